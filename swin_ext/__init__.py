@@ -1,0 +1,42 @@
+"""swin_ext: the Swin Transformer with fused C++/CUDA kernels.
+
+    >>> import swin_ext
+    >>> model = swin_ext.swin_t()            # backend="fused" by default
+    >>> logits = model(torch.randn(2, 3, 224, 224))
+"""
+from ._ext import HAS_OPS, build_info
+from .ops import patch_merging, window_attention
+from .reference import patch_merging_reference, window_attention_reference
+from .model import (
+    PatchEmbed,
+    PatchMerging,
+    BasicLayer,
+    SwinTransformer,
+    SwinTransformerBlock,
+    WindowAttention,
+    swin_b,
+    swin_l,
+    swin_s,
+    swin_t,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HAS_OPS",
+    "build_info",
+    "window_attention",
+    "patch_merging",
+    "window_attention_reference",
+    "patch_merging_reference",
+    "PatchEmbed",
+    "PatchMerging",
+    "BasicLayer",
+    "SwinTransformer",
+    "SwinTransformerBlock",
+    "WindowAttention",
+    "swin_t",
+    "swin_s",
+    "swin_b",
+    "swin_l",
+]

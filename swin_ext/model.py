@@ -1,0 +1,587 @@
+"""The Swin Transformer (Liu et al., ICCV 2021) on swin_ext's fused kernels.
+
+Token layout between modules is ``(B, H, W, C)``.  ``state_dict`` keys follow
+the official Microsoft layout (``layers.i.downsample`` at the end of stage i,
+``head.weight``); ``relative_position_index`` is a non-persistent buffer and
+no attention-mask tensor exists (the kernel computes the mask).
+
+Any input size works: a map that the window does not divide is padded at
+bottom/right to a window multiple, then shifted (the official detection
+backbone's and torchvision's order); a stage whose padded map is no larger
+than the window along an axis does not shift along it; odd sizes at patch
+merging are zero-padded.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from .ops import patch_merging, window_attention
+from .reference import patch_merging_reference, relative_position_index, window_attention_reference
+
+__all__ = [
+    "PatchEmbed",
+    "WindowAttention",
+    "SwinTransformerBlock",
+    "PatchMerging",
+    "BasicLayer",
+    "SwinTransformer",
+    "swin_t",
+    "swin_s",
+    "swin_b",
+    "swin_l",
+    "BACKENDS",
+]
+
+BACKENDS = ("fused", "reference")
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _to_2tuple(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    if isinstance(v, int):
+        return v, v
+    a, b = v
+    return int(a), int(b)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        mask = x.new_empty(shape).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> dropout -> fc2 -> dropout (keys ``fc1``, ``fc2``)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection + LayerNorm.
+
+    ``(B, in_chans, H, W)`` -> ``(B, ceil(H/p), ceil(W/p), embed_dim)``; sizes
+    that ``patch_size`` does not divide are zero-padded at bottom/right.
+    """
+
+    def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        H, W = x.shape[-2:]
+        if H % p or W % p:
+            x = F.pad(x, (0, (-W) % p, 0, (-H) % p))
+        x = self.proj(x).permute(0, 2, 3, 1)
+        return self.norm(x)
+
+    def flops(self, H: int, W: int) -> int:
+        Ho, Wo = H // self.patch_size, W // self.patch_size
+        return Ho * Wo * self.embed_dim * self.in_chans * self.patch_size**2 + Ho * Wo * self.embed_dim
+
+
+class WindowAttention(nn.Module):
+    """Window multi-head self-attention with relative-position bias.
+
+    ``forward(x (B, H, W, C), shift (s_h, s_w))`` -> ``(B, H, W, C)``.
+    ``backend="fused"`` runs the swin_ext kernel; ``"reference"`` the plain
+    PyTorch composite.  Attention dropout (``attn_drop > 0`` while training)
+    is not fused and runs the reference path.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        window_size: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        backend: str = "fused",
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.backend = _check_backend(backend)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def relative_position_bias(self) -> torch.Tensor:
+        """``(heads, N, N)`` bias gathered from the table."""
+        N = self.window_size**2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(N, N, self.num_heads).permute(2, 0, 1).contiguous()
+
+    def forward(self, x: torch.Tensor, shift: Tuple[int, int] = (0, 0)) -> torch.Tensor:
+        H, W = x.shape[1], x.shape[2]
+        ws = self.window_size
+        qkv = self.qkv(x)
+        bias = self.relative_position_bias()
+        # The map is zero-padded before the qkv Linear, so padding tokens carry
+        # the Linear's bias as their q, k and v.
+        needs_pad = H % ws != 0 or W % ws != 0
+        qkv_pad = self.qkv.bias.to(qkv.dtype) if (needs_pad and self.qkv.bias is not None) else None
+        if self.backend == "fused" and not (self.training and self.attn_drop.p > 0):
+            out = window_attention(qkv, bias, ws, shift, self.scale, qkv_pad)
+        else:
+            out = self._reference_attention(qkv, bias, shift, qkv_pad)
+        return self.proj_drop(self.proj(out))
+
+    def _reference_attention(self, qkv, bias, shift, qkv_pad):
+        if self.attn_drop.p == 0 or not self.training:
+            return window_attention_reference(qkv, bias, self.window_size, shift, self.scale, qkv_pad)
+        # attention dropout needs the probabilities: spell the composite out
+        from .reference import shift_mask, window_partition, window_reverse
+
+        B, H, W, C3 = qkv.shape
+        ws, heads, d = self.window_size, self.num_heads, self.head_dim
+        pad_b, pad_r = (-H) % ws, (-W) % ws
+        x = qkv
+        if pad_b or pad_r:
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+            if qkv_pad is not None:
+                valid = torch.zeros(x.shape[1:3], dtype=torch.bool, device=x.device)
+                valid[:H, :W] = True
+                x = torch.where(valid[None, :, :, None], x, qkv_pad)
+        Hp, Wp = H + pad_b, W + pad_r
+        sh, sw = shift
+        if sh or sw:
+            x = torch.roll(x, (-sh, -sw), (1, 2))
+        win = window_partition(x, ws)
+        Bn, N, _ = win.shape
+        q, k, v = win.reshape(Bn, N, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (q * self.scale) @ k.transpose(-2, -1) + bias.to(q.dtype).unsqueeze(0)
+        if sh or sw:
+            mask = shift_mask(Hp, Wp, ws, (sh, sw), device=x.device, dtype=attn.dtype)
+            nW = mask.shape[0]
+            attn = (attn.view(Bn // nW, nW, heads, N, N) + mask[None, :, None]).view(Bn, heads, N, N)
+        attn = self.attn_drop(attn.softmax(-1))
+        out = window_reverse((attn @ v).transpose(1, 2).reshape(Bn, N, C3 // 3), ws, Hp, Wp)
+        if sh or sw:
+            out = torch.roll(out, (sh, sw), (1, 2))
+        return out[:, :H, :W]
+
+    def flops(self, N: int) -> int:
+        """Multiply-accumulates of one window of ``N`` tokens (official count)."""
+        C, h = self.dim, self.num_heads
+        return N * C * 3 * C + h * N * (C // h) * N + h * N * N * (C // h) + N * C * C
+
+
+class SwinTransformerBlock(nn.Module):
+    """``x + DropPath(W-MSA(LN(x)))`` then ``x + DropPath(MLP(LN(x)))`` on ``(B, H, W, C)``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int = 7,
+        shift_size: int = 0,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        backend: str = "fused",
+    ) -> None:
+        super().__init__()
+        if not 0 <= shift_size < window_size:
+            raise ValueError(f"shift_size must be in [0, window_size={window_size}), got {shift_size}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.mlp_ratio = mlp_ratio
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, attn_drop, drop, backend)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def effective_shift(self, H: int, W: int) -> Tuple[int, int]:
+        """Shift per axis: none along an axis whose padded size is no larger than the window."""
+        ws = self.window_size
+        Hp, Wp = math.ceil(H / ws) * ws, math.ceil(W / ws) * ws
+        return (self.shift_size if Hp > ws else 0, self.shift_size if Wp > ws else 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[1], x.shape[2]
+        x = x + self.drop_path(self.attn(self.norm1(x), self.effective_shift(H, W)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def flops(self, H: int, W: int) -> int:
+        # Official convention: a map no larger than the window uses a window of its size.
+        ws = min(self.window_size, H, W)
+        nW = H * W / ws / ws
+        return int(
+            self.dim * H * W
+            + nW * self.attn.flops(ws * ws)
+            + 2 * H * W * self.dim * self.dim * self.mlp_ratio
+            + self.dim * H * W
+        )
+
+
+class PatchMerging(nn.Module):
+    """2x2 merge + LayerNorm(4C) + Linear(4C -> 2C): ``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 2C)``."""
+
+    def __init__(self, dim: int, backend: str = "fused") -> None:
+        super().__init__()
+        self.dim = dim
+        self.backend = _check_backend(backend)
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "fused":
+            x = patch_merging(x, self.norm.weight, self.norm.bias, self.norm.eps)
+        else:
+            x = patch_merging_reference(x, self.norm.weight, self.norm.bias, self.norm.eps)
+        return self.reduction(x)
+
+    def flops(self, H: int, W: int) -> int:
+        return H * W * self.dim + (H // 2) * (W // 2) * 4 * self.dim * 2 * self.dim
+
+
+class BasicLayer(nn.Module):
+    """One stage: ``depth`` blocks (even ones unshifted, odd ones shifted by ws // 2), then merging."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: Union[float, Sequence[float]] = 0.0,
+        downsample: bool = False,
+        use_checkpoint: bool = False,
+        backend: str = "fused",
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.depth = depth
+        self.use_checkpoint = use_checkpoint
+        dp = list(drop_path) if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
+        self.blocks = nn.ModuleList(
+            [
+                SwinTransformerBlock(
+                    dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
+                    mlp_ratio, qkv_bias, drop, attn_drop, dp[i], backend,
+                )
+                for i in range(depth)
+            ]
+        )
+        self.downsample = PatchMerging(dim, backend) if downsample else None
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            if self.use_checkpoint and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_blocks(x)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x
+
+    def flops(self, H: int, W: int) -> int:
+        f = sum(blk.flops(H, W) for blk in self.blocks)
+        if self.downsample is not None:
+            f += self.downsample.flops(H, W)
+        return f
+
+
+# Seed-config keys accepted by ``SwinTransformer(config)`` and their keyword names.
+_CONFIG_KEYS = {
+    "image_size": "img_size",
+    "patch_size": "patch_size",
+    "in_channels": "in_chans",
+    "num_classes": "num_classes",
+    "embed_dim": "embed_dim",
+    "depths": "depths",
+    "num_heads": "num_heads",
+    "window_size": "window_size",
+    "mlp_ratio": "mlp_ratio",
+    "dropout": "drop_rate",
+    "attn_dropout": "attn_drop_rate",
+    "drop_path_rate": "drop_path_rate",
+    "use_checkpoint": "use_checkpoint",
+    "qkv_bias": "qkv_bias",
+    "backend": "backend",
+}
+
+
+class SwinTransformer(nn.Module):
+    """Swin Transformer classifier/backbone.
+
+    ``forward(x (B, in_chans, H, W))`` -> logits ``(B, num_classes)``;
+    ``forward_features(x)`` -> ``(B, ceil(H/32), ceil(W/32), num_features)``
+    (for 4 stages and patch 4) after the final LayerNorm.
+
+    Construct with keywords, or with a config dict whose keys are
+    ``image_size, patch_size, in_channels, num_classes, embed_dim, depths,
+    num_heads, window_size, mlp_ratio, dropout, drop_path_rate,
+    use_checkpoint`` (optionally ``attn_dropout, qkv_bias, backend``).
+    """
+
+    def __init__(
+        self,
+        config: Optional[Dict[str, Any]] = None,
+        *,
+        img_size: int = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        use_checkpoint: bool = False,
+        backend: str = "fused",
+    ) -> None:
+        super().__init__()
+        if config is not None:
+            if not isinstance(config, dict):
+                raise TypeError(f"config must be a dict, got {type(config).__name__}")
+            unknown = sorted(set(config) - set(_CONFIG_KEYS))
+            if unknown:
+                raise ValueError(f"unknown config keys {unknown}; accepted: {sorted(_CONFIG_KEYS)}")
+            kw = {_CONFIG_KEYS[k]: v for k, v in config.items()}
+            img_size = kw.get("img_size", img_size)
+            patch_size = kw.get("patch_size", patch_size)
+            in_chans = kw.get("in_chans", in_chans)
+            num_classes = kw.get("num_classes", num_classes)
+            embed_dim = kw.get("embed_dim", embed_dim)
+            depths = kw.get("depths", depths)
+            num_heads = kw.get("num_heads", num_heads)
+            window_size = kw.get("window_size", window_size)
+            mlp_ratio = kw.get("mlp_ratio", mlp_ratio)
+            qkv_bias = kw.get("qkv_bias", qkv_bias)
+            drop_rate = kw.get("drop_rate", drop_rate)
+            attn_drop_rate = kw.get("attn_drop_rate", attn_drop_rate)
+            drop_path_rate = kw.get("drop_path_rate", drop_path_rate)
+            use_checkpoint = kw.get("use_checkpoint", use_checkpoint)
+            backend = kw.get("backend", backend)
+        depths, num_heads = list(depths), list(num_heads)
+        img_size_2 = _to_2tuple(img_size)
+        self._validate(img_size_2, patch_size, in_chans, num_classes, embed_dim, depths, num_heads,
+                       window_size, mlp_ratio, drop_rate, attn_drop_rate, drop_path_rate)
+        _check_backend(backend)
+
+        self.img_size = img_size_2
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.depths = tuple(depths)
+        self.num_heads = tuple(num_heads)
+        self.window_size = window_size
+        self.mlp_ratio = mlp_ratio
+        self.num_layers = len(depths)
+        self.num_features = int(embed_dim * 2 ** (self.num_layers - 1))
+        self.backend = backend
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.pos_drop = nn.Dropout(drop_rate)
+        n_blocks = sum(depths)  # linear stochastic-depth schedule, as torch.linspace(0, rate, n_blocks)
+        dpr = [drop_path_rate * i / (n_blocks - 1) if n_blocks > 1 else 0.0 for i in range(n_blocks)]
+        self.layers = nn.ModuleList()
+        for i in range(self.num_layers):
+            self.layers.append(
+                BasicLayer(
+                    dim=int(embed_dim * 2**i),
+                    depth=depths[i],
+                    num_heads=num_heads[i],
+                    window_size=window_size,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    drop=drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                    downsample=i < self.num_layers - 1,
+                    use_checkpoint=use_checkpoint,
+                    backend=backend,
+                )
+            )
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _validate(img_size, patch_size, in_chans, num_classes, embed_dim, depths, num_heads,
+                  window_size, mlp_ratio, drop_rate, attn_drop_rate, drop_path_rate) -> None:
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not is_int(patch_size) or patch_size < 1:
+            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+        if any(not is_int(s) or s < 1 for s in img_size):
+            raise ValueError(f"img_size must be positive, got {img_size!r}")
+        if img_size[0] % patch_size or img_size[1] % patch_size:
+            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        if not is_int(in_chans) or in_chans < 1:
+            raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+        if not is_int(num_classes) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        if not is_int(embed_dim) or embed_dim < 1:
+            raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
+        if not is_int(window_size) or window_size < 1:
+            raise ValueError(f"window_size must be an int >= 1, got {window_size!r}")
+        if len(depths) == 0 or any(not is_int(d) or d < 1 for d in depths):
+            raise ValueError(f"depths must be a non-empty list of positive ints, got {depths!r}")
+        if len(depths) != len(num_heads):
+            raise ValueError(f"depths (len {len(depths)}) and num_heads (len {len(num_heads)}) must have the same length")
+        for i, h in enumerate(num_heads):
+            dim = embed_dim * 2**i
+            if not is_int(h) or h < 1 or dim % h:
+                raise ValueError(f"num_heads[{i}]={h!r} does not divide the stage-{i} dim {dim}")
+        if not mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio!r}")
+        for name, p in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p!r}")
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def no_weight_decay_keywords(self) -> set:
+        return {"relative_position_bias_table"}
+
+    def set_backend(self, backend: str) -> "SwinTransformer":
+        """Switch every attention and patch-merging module to ``backend``."""
+        _check_backend(backend)
+        self.backend = backend
+        for m in self.modules():
+            if isinstance(m, (WindowAttention, PatchMerging)):
+                m.backend = backend
+        return self
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"input must be (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"input must be a floating-point tensor, got {x.dtype}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"input has {x.shape[1]} channels, the model expects in_chans={self.in_chans}")
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"input spatial size must be positive, got {tuple(x.shape[2:])}")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W)`` -> ``(B, H', W', num_features)`` after the final norm."""
+        self._check_input(x)
+        x = self.pos_drop(self.patch_embed(x))
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.mean(dim=(1, 2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def flops(self) -> int:
+        """Multiply-accumulates at ``img_size`` (the official convention, labelled FLOPs there)."""
+        H, W = self.img_size
+        f = self.patch_embed.flops(H, W)
+        h, w = H // self.patch_size, W // self.patch_size
+        res = (h, w)
+        for layer in self.layers:
+            f += layer.flops(*res)
+            res = (res[0] // 2, res[1] // 2)
+        f += self.num_features * h * w // (2**self.num_layers)
+        f += self.num_features * self.num_classes
+        return int(f)
+
+
+def _swin(embed_dim, depths, num_heads, **kwargs) -> SwinTransformer:
+    kwargs.setdefault("embed_dim", embed_dim)
+    kwargs.setdefault("depths", depths)
+    kwargs.setdefault("num_heads", num_heads)
+    return SwinTransformer(**kwargs)
+
+
+def swin_t(**kwargs) -> SwinTransformer:
+    """Swin-T: embed 96, depths (2, 2, 6, 2), heads (3, 6, 12, 24); 28.3M params, 4.5 GMACs at 224."""
+    kwargs.setdefault("drop_path_rate", 0.2)
+    return _swin(96, (2, 2, 6, 2), (3, 6, 12, 24), **kwargs)
+
+
+def swin_s(**kwargs) -> SwinTransformer:
+    """Swin-S: embed 96, depths (2, 2, 18, 2), heads (3, 6, 12, 24); 49.6M params, 8.7 GMACs."""
+    kwargs.setdefault("drop_path_rate", 0.3)
+    return _swin(96, (2, 2, 18, 2), (3, 6, 12, 24), **kwargs)
+
+
+def swin_b(**kwargs) -> SwinTransformer:
+    """Swin-B: embed 128, depths (2, 2, 18, 2), heads (4, 8, 16, 32); 87.8M params, 15.4 GMACs."""
+    kwargs.setdefault("drop_path_rate", 0.5)
+    return _swin(128, (2, 2, 18, 2), (4, 8, 16, 32), **kwargs)
+
+
+def swin_l(**kwargs) -> SwinTransformer:
+    """Swin-L: embed 192, depths (2, 2, 18, 2), heads (6, 12, 24, 48); 196.5M params, 34.5 GMACs."""
+    kwargs.setdefault("drop_path_rate", 0.5)
+    return _swin(192, (2, 2, 18, 2), (6, 12, 24, 48), **kwargs)

@@ -1,0 +1,152 @@
+"""Plain-PyTorch reference of swin_ext's fused operators.
+
+The same math as the kernels, written the way the official Swin code and
+torchvision write it (pad, roll, window partition, bias, mask, softmax,
+reverse, roll back, crop).  It is the oracle of the tests and the
+``backend="reference"`` path of the model.  Nothing here is fast on purpose.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "SHIFT_MASK_VALUE",
+    "shift_mask",
+    "window_partition",
+    "window_reverse",
+    "window_attention_reference",
+    "patch_merging_reference",
+    "relative_position_index",
+]
+
+#: Logit offset between tokens of different shift regions (the official value).
+SHIFT_MASK_VALUE = -100.0
+
+
+def _pair(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    if isinstance(v, int):
+        return v, v
+    a, b = v
+    return int(a), int(b)
+
+
+def relative_position_index(window_size: int) -> torch.Tensor:
+    """Index ``(N, N)`` into the ``((2ws-1)^2, heads)`` bias table (official recipe)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
+    coords = coords.flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
+    rel[:, :, 0] += window_size - 1
+    rel[:, :, 1] += window_size - 1
+    rel[:, :, 0] *= 2 * window_size - 1
+    return rel.sum(-1)
+
+
+def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """(B, H, W, C) with H, W multiples of ``ws`` -> (B * nW, ws * ws, C)."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws * ws, C)
+
+
+def window_reverse(windows: torch.Tensor, ws: int, H: int, W: int) -> torch.Tensor:
+    """(B * nW, ws * ws, C) -> (B, H, W, C)."""
+    C = windows.shape[-1]
+    x = windows.view(-1, H // ws, W // ws, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, H, W, C)
+
+
+def shift_mask(Hp: int, Wp: int, ws: int, shift: Tuple[int, int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """The official (nW, N, N) shifted-window mask on a padded (Hp, Wp) map.
+
+    Regions are the 3 x 3 slices ``[0, -ws), [-ws, -s), [-s, end)``; an axis
+    that is not shifted is a single region.
+    """
+    img = torch.zeros((1, Hp, Wp, 1), device=device, dtype=dtype)
+    sh, sw = shift
+    h_slices = (slice(0, -ws), slice(-ws, -sh), slice(-sh, None)) if sh > 0 else (slice(0, None),)
+    w_slices = (slice(0, -ws), slice(-ws, -sw), slice(-sw, None)) if sw > 0 else (slice(0, None),)
+    cnt = 0
+    for h in h_slices:
+        for w in w_slices:
+            img[:, h, w, :] = cnt
+            cnt += 1
+    mw = window_partition(img, ws).squeeze(-1)  # nW, N
+    mask = mw.unsqueeze(1) - mw.unsqueeze(2)
+    return mask.masked_fill(mask != 0, SHIFT_MASK_VALUE).masked_fill(mask == 0, 0.0)
+
+
+def window_attention_reference(
+    qkv: torch.Tensor,
+    bias: torch.Tensor,
+    window_size: int,
+    shift: Union[int, Sequence[int]] = 0,
+    scale: Optional[float] = None,
+    qkv_pad: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Shifted-window multi-head self-attention on a token-major map.
+
+    Args:
+        qkv: ``(B, H, W, 3C)``, the output of the block's qkv ``Linear``.
+        bias: ``(heads, N, N)`` relative-position bias, ``N = window_size**2``.
+        window_size: window side ``ws``.
+        shift: cyclic shift ``s`` or ``(s_h, s_w)``, ``0 <= s < ws``.
+        scale: logit scale, default ``head_dim ** -0.5``.
+        qkv_pad: ``(3C,)`` qkv value of padding tokens (default zeros).
+    Returns:
+        ``(B, H, W, C)`` attention output before the projection.
+    """
+    B, H, W, C3 = qkv.shape
+    C = C3 // 3
+    heads = bias.shape[0]
+    d = C // heads
+    ws = window_size
+    sh, sw = _pair(shift)
+    if scale is None:
+        scale = d ** -0.5
+    pad_b, pad_r = (-H) % ws, (-W) % ws
+    x = qkv
+    if pad_b or pad_r:
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        if qkv_pad is not None:
+            valid = torch.zeros(x.shape[1:3], dtype=torch.bool, device=x.device)
+            valid[:H, :W] = True
+            x = torch.where(valid[None, :, :, None], x, qkv_pad.to(x.dtype))
+    Hp, Wp = H + pad_b, W + pad_r
+    if sh or sw:
+        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+    win = window_partition(x, ws)  # B*nW, N, 3C
+    Bn, N, _ = win.shape
+    q, k, v = win.reshape(Bn, N, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+    q = q * scale
+    attn = q @ k.transpose(-2, -1)
+    attn = attn + bias.to(attn.dtype).unsqueeze(0)
+    if sh or sw:
+        mask = shift_mask(Hp, Wp, ws, (sh, sw), device=qkv.device, dtype=attn.dtype)
+        nW = mask.shape[0]
+        attn = attn.view(Bn // nW, nW, heads, N, N) + mask[None, :, None]
+        attn = attn.view(Bn, heads, N, N)
+    attn = attn.softmax(dim=-1)
+    out = (attn @ v).transpose(1, 2).reshape(Bn, N, C)
+    out = window_reverse(out, ws, Hp, Wp)
+    if sh or sw:
+        out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
+    return out[:, :H, :W].contiguous()
+
+
+def patch_merging_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """2x2 gather (official order x0=(0,0), x1=(1,0), x2=(0,1), x3=(1,1)) + LayerNorm(4C).
+
+    ``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 4C)``; odd H/W are zero-padded.
+    """
+    B, H, W, C = x.shape
+    if H % 2 or W % 2:
+        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+    x0 = x[:, 0::2, 0::2]
+    x1 = x[:, 1::2, 0::2]
+    x2 = x[:, 0::2, 1::2]
+    x3 = x[:, 1::2, 1::2]
+    x = torch.cat([x0, x1, x2, x3], dim=-1)
+    return F.layer_norm(x, (4 * C,), weight.to(x.dtype), bias.to(x.dtype), eps)

@@ -1,0 +1,182 @@
+"""The Swin model: sizes, FLOPs, backends, compile, bad configs and inputs."""
+import copy
+
+import pytest
+import torch
+
+import swin_ext
+from swin_ext import SwinTransformer, swin_b, swin_l, swin_s, swin_t
+
+pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
+
+TINY = dict(img_size=64, patch_size=4, embed_dim=12, depths=(2, 2, 2), num_heads=(1, 2, 3), window_size=4, num_classes=7)
+
+
+def tiny(**kw):
+    cfg = dict(TINY)
+    cfg.update(kw)
+    return SwinTransformer(**cfg)
+
+
+@pytest.mark.parametrize(
+    "factory,params,gflops",
+    [(swin_t, 28_288_354, 4.5), (swin_s, 49_606_258, 8.7), (swin_b, 87_768_224, 15.4), (swin_l, 196_532_476, 34.5)],
+)
+def test_parameter_count_and_flops(factory, params, gflops):
+    with torch.device("meta"):
+        m = factory()
+    assert sum(p.numel() for p in m.parameters()) == params
+    assert round(m.flops() / 1e9, 1) == gflops
+
+
+def test_swin_t_flops_exact():
+    with torch.device("meta"):
+        assert swin_t().flops() == 4_494_405_120  # the official code's count
+
+
+def test_state_dict_keys_official_layout():
+    with torch.device("meta"):
+        sd = swin_t().state_dict()
+    assert "layers.0.downsample.reduction.weight" in sd and "layers.2.downsample.norm.weight" in sd
+    assert "layers.3.downsample.reduction.weight" not in sd
+    assert "layers.0.blocks.1.attn.relative_position_bias_table" in sd
+    assert "head.weight" in sd and "norm.weight" in sd and "patch_embed.proj.weight" in sd
+    assert "layers.2.blocks.5.mlp.fc2.bias" in sd
+    assert not any("relative_position_index" in k or "attn_mask" in k for k in sd)
+    assert len(sd) == 173
+
+
+def test_config_dict_constructor():
+    cfg = dict(image_size=64, patch_size=4, in_channels=3, num_classes=5, embed_dim=12, depths=[2, 2],
+               num_heads=[2, 4], window_size=4, mlp_ratio=4.0, dropout=0.0, drop_path_rate=0.1, use_checkpoint=False)
+    m = SwinTransformer(cfg)
+    assert m.num_classes == 5 and m.depths == (2, 2) and m.window_size == 4
+    assert m(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+    with pytest.raises(ValueError, match="unknown config keys"):
+        SwinTransformer(dict(cfg, bogus=1))
+
+
+@pytest.mark.parametrize("size", [(64, 64), (60, 44), (36, 100), (8, 8), (5, 7)])
+def test_fused_equals_reference_float64(size):
+    m = tiny(drop_path_rate=0.0).double().eval()
+    r = copy.deepcopy(m).set_backend("reference")
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    out_f, out_r = m(x), r(x)
+    torch.testing.assert_close(out_f, out_r, atol=1e-10, rtol=1e-10)
+    g = torch.randn_like(out_f)
+    gf = torch.autograd.grad(out_f, [x] + list(m.parameters()), g)
+    gr = torch.autograd.grad(out_r, [x] + list(r.parameters()), g)
+    for a, b in zip(gf, gr):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
+def test_forward_features_shape():
+    m = tiny().eval()
+    f = m.forward_features(torch.randn(2, 3, 64, 64))
+    assert f.shape == (2, 4, 4, 48)  # H/16 for 3 stages (two merges) after patch 4
+    with torch.device("meta"):
+        t = swin_t()
+    assert t.forward_features(torch.empty(1, 3, 224, 224, device="meta")).shape == (1, 7, 7, 768)
+
+
+def test_channels_last_input():
+    m = tiny().eval()
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(m(x.contiguous(memory_format=torch.channels_last)), m(x))
+
+
+def test_batch_zero():
+    m = tiny().eval()
+    out = m(torch.randn(0, 3, 64, 64))
+    assert out.shape == (0, 7)
+
+
+def test_nan_sample_is_isolated():
+    m = tiny().eval()
+    x = torch.randn(3, 3, 64, 64)
+    x[1, 0, 5, 5] = float("nan")
+    out = m(x)
+    assert torch.isnan(out[1]).all()
+    assert torch.isfinite(out[0]).all() and torch.isfinite(out[2]).all()
+    torch.testing.assert_close(out[0], m(x[:1])[0])
+
+
+def test_training_backward_is_bitwise_deterministic():
+    m = tiny(drop_path_rate=0.0)
+    x = torch.randn(2, 3, 44, 52)
+    grads = []
+    for _ in range(2):
+        m.zero_grad()
+        m(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+def test_gradient_checkpointing_same_gradients():
+    x = torch.randn(2, 3, 64, 64)
+    m = tiny(drop_path_rate=0.0)
+    mc = copy.deepcopy(m)
+    for layer in mc.layers:
+        layer.use_checkpoint = True
+    m(x).sum().backward()
+    mc(x).sum().backward()
+    for a, b in zip(m.parameters(), mc.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_stochastic_depth_linear_schedule():
+    m = tiny(drop_path_rate=0.3)
+    rates = [blk.drop_path.drop_prob for layer in m.layers for blk in layer.blocks]
+    assert rates[0] == 0.0 and abs(rates[-1] - 0.3) < 1e-6
+    assert all(b > a for a, b in zip(rates, rates[1:]))
+
+
+def test_attention_dropout_training_runs():
+    m = tiny(attn_drop_rate=0.2).train()
+    m(torch.randn(2, 3, 64, 64)).sum().backward()
+
+
+def test_torch_compile_fullgraph():
+    m = tiny(drop_path_rate=0.0)
+    x = torch.randn(2, 3, 40, 56)
+    eager = m(x)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+
+
+def test_shift_disabled_on_small_maps():
+    blk = tiny().layers[2].blocks[1]
+    assert blk.shift_size == 2
+    assert blk.effective_shift(4, 4) == (0, 0)
+    assert blk.effective_shift(4, 12) == (0, 2)
+    assert blk.effective_shift(5, 5) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(window_size=0), "window_size"),
+        (dict(num_heads=(1, 5, 3)), "num_heads\\[1\\]"),
+        (dict(depths=(2, 2)), "same length"),
+        (dict(img_size=66), "img_size"),
+        (dict(embed_dim=0), "embed_dim"),
+        (dict(drop_path_rate=1.5), "drop_path_rate"),
+        (dict(backend="cuda"), "backend"),
+    ],
+)
+def test_bad_config(kw, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**kw)
+
+
+def test_bad_input():
+    m = tiny().eval()
+    with pytest.raises(ValueError, match="shape"):
+        m(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match="channels"):
+        m(torch.randn(1, 4, 64, 64))
+    with pytest.raises(TypeError, match="floating"):
+        m(torch.ones(1, 3, 64, 64, dtype=torch.uint8))

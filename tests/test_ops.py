@@ -1,0 +1,232 @@
+"""swin_ext operators vs the plain-PyTorch reference (CPU)."""
+import itertools
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import swin_ext
+from swin_ext import patch_merging, patch_merging_reference, window_attention, window_attention_reference
+
+pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
+
+# (H, W, window, shift): divisible, padded, map smaller than the window,
+# rectangular, per-axis shift, window 1.
+GEOMETRIES = [
+    (14, 14, 7, (0, 0)),
+    (14, 14, 7, (3, 3)),
+    (13, 10, 7, (3, 3)),
+    (9, 17, 4, (2, 2)),
+    (5, 3, 7, (0, 0)),
+    (5, 3, 7, (3, 3)),
+    (7, 14, 7, (0, 3)),
+    (8, 8, 4, (1, 3)),
+    (3, 4, 1, (0, 0)),
+]
+TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=2e-5, rtol=2e-5)}
+
+
+def _attn_inputs(B, H, W, ws, heads, d, dtype, with_pad):
+    C = heads * d
+    qkv = torch.randn(B, H, W, 3 * C, dtype=dtype)
+    bias = torch.randn(heads, ws * ws, ws * ws, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    pad = torch.randn(3 * C, dtype=dtype) if with_pad else None
+    return qkv, bias, pad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("H,W,ws,shift", GEOMETRIES)
+@pytest.mark.parametrize("heads,B", [(1, 1), (3, 3), (4, 0), (2, 1)])
+def test_attention_forward_backward_matches_reference(dtype, H, W, ws, shift, heads, B):
+    d = 5 if heads == 3 else 8  # odd head dim too
+    with_pad = (H % ws) != 0 or (W % ws) != 0
+    qkv, bias, pad = _attn_inputs(B, H, W, ws, heads, d, dtype, with_pad)
+    leaves = [t for t in (qkv, bias, pad) if t is not None]
+    for t in leaves:
+        t.requires_grad_(True)
+    out = window_attention(qkv, bias, ws, shift, None, pad)
+    ref = window_attention_reference(qkv, bias, ws, shift, None, pad)
+    assert out.shape == (B, H, W, heads * d) and out.dtype == dtype
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, leaves, g)
+    want = torch.autograd.grad(ref, leaves, g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shift", [(0, 0), (3, 3)])
+def test_attention_low_precision(dtype, shift):
+    """fp16/bf16: error vs float64 at most ~2x the composite's own error in that dtype."""
+    qkv, bias, pad = _attn_inputs(2, 13, 15, 7, 3, 16, torch.float64, True)
+    qkv = qkv * 3  # large logits: the official fp16 code overflows here
+    exact = window_attention_reference(qkv, bias, 7, shift, None, pad)
+    out = window_attention(qkv.to(dtype), bias.float(), 7, shift, None, pad.to(dtype))
+    comp = window_attention_reference(qkv.to(dtype), bias.to(dtype), 7, shift, None, pad.to(dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    err = (out.double() - exact).abs().max().item()
+    err_comp = (comp.double() - exact).abs().max().item()
+    assert err <= 2 * err_comp + 1e-3, (err, err_comp)
+
+
+@pytest.mark.parametrize(
+    "H,W,ws,shift,pad",
+    [(6, 6, 3, (1, 1), False), (5, 7, 3, (1, 1), True), (4, 5, 4, (0, 0), True), (2, 2, 3, (1, 2), True)],
+)
+def test_attention_gradcheck(H, W, ws, shift, pad):
+    qkv, bias, p = _attn_inputs(2, H, W, ws, 2, 3, torch.float64, pad)
+    inputs = [qkv.requires_grad_(), bias.requires_grad_()] + ([p.requires_grad_()] if pad else [])
+
+    def f(q, b, *pp):
+        return window_attention(q, b, ws, shift, None, pp[0] if pp else None)
+
+    assert gradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B,H,W,C", [(2, 8, 8, 4), (3, 7, 5, 3), (1, 1, 1, 2), (0, 4, 4, 2), (2, 13, 6, 5)])
+def test_patch_merging_matches_reference(dtype, B, H, W, C):
+    x = torch.randn(B, H, W, C, dtype=dtype, requires_grad=True)
+    wdt = torch.float64 if dtype == torch.float64 else torch.float32
+    w = (1 + 0.1 * torch.randn(4 * C, dtype=wdt)).requires_grad_()
+    b = (0.1 * torch.randn(4 * C, dtype=wdt)).requires_grad_()
+    y = patch_merging(x, w, b, 1e-5)
+    r = patch_merging_reference(x, w, b, 1e-5)
+    assert y.shape == (B, (H + 1) // 2, (W + 1) // 2, 4 * C)
+    torch.testing.assert_close(y, r, **TOL[dtype])
+    g = torch.randn_like(y)
+    for a, c in zip(torch.autograd.grad(y, (x, w, b), g), torch.autograd.grad(r, (x, w, b), g)):
+        torch.testing.assert_close(a, c, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_patch_merging_low_precision(dtype):
+    x = torch.randn(2, 9, 6, 8, dtype=torch.float64)
+    w, b = torch.randn(32, dtype=torch.float64), torch.randn(32, dtype=torch.float64)
+    exact = patch_merging_reference(x, w, b)
+    y = patch_merging(x.to(dtype), w.float(), b.float())
+    comp = patch_merging_reference(x.to(dtype), w.to(dtype), b.to(dtype))
+    err = (y.double() - exact).abs().max().item()
+    assert err <= 2 * (comp.double() - exact).abs().max().item() + 1e-3
+
+
+def test_patch_merging_gradcheck():
+    x = torch.randn(2, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(12, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(12, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda x, w, b: patch_merging(x, w, b), (x, w, b))
+
+
+def test_attention_noncontiguous_inputs():
+    qkv = torch.randn(2, 3 * 12, 9, 9).permute(0, 2, 3, 1)  # (B, H, W, 3C), not contiguous
+    bias = torch.randn(2, 16, 32)[:, :, ::2]  # (2, 16, 16), strided
+    out = window_attention(qkv, bias, 4, (2, 2))
+    torch.testing.assert_close(out, window_attention_reference(qkv, bias, 4, (2, 2)), atol=2e-5, rtol=2e-5)
+
+
+def test_backward_is_bitwise_deterministic():
+    qkv, bias, pad = _attn_inputs(3, 11, 9, 4, 2, 8, torch.float32, True)
+    for t in (qkv, bias, pad):
+        t.requires_grad_(True)
+    g = torch.randn(3, 11, 9, 16)
+    runs = []
+    for _ in range(2):
+        out = window_attention(qkv, bias, 4, (2, 2), None, pad)
+        runs.append(torch.autograd.grad(out, (qkv, bias, pad), g))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_nan_in_one_sample_stays_there():
+    qkv, bias, _ = _attn_inputs(3, 8, 8, 4, 2, 4, torch.float32, False)
+    qkv[1, 2, 3, 0] = float("nan")
+    out = window_attention(qkv, bias, 4, (2, 2))
+    assert torch.isnan(out[1]).any()
+    assert torch.isfinite(out[0]).all() and torch.isfinite(out[2]).all()
+
+
+# ----------------------------------------------------------------------------- opcheck
+
+
+def _opcheck_samples():
+    qkv, bias, pad = _attn_inputs(2, 9, 7, 4, 2, 4, torch.float32, True)
+    yield torch.ops.swin_ext.window_attention_fwd.default, (qkv, bias, pad, 4, 2, 2, 0.5)
+    yield torch.ops.swin_ext.window_attention_fwd.default, (qkv.requires_grad_(), bias.requires_grad_(), pad.requires_grad_(), 4, 2, 2, 0.5)
+    q2 = torch.randn(1, 8, 8, 3 * 6, dtype=torch.float64).transpose(1, 2)
+    yield torch.ops.swin_ext.window_attention_fwd.default, (q2, torch.randn(3, 16, 16, dtype=torch.float64, requires_grad=True), None, 4, 0, 0, 0.7)
+    x = torch.randn(2, 5, 6, 3, requires_grad=True)
+    w, b = torch.randn(12, requires_grad=True), torch.randn(12, requires_grad=True)
+    yield torch.ops.swin_ext.patch_merging_fwd.default, (x, w, b, 1e-5)
+    yield torch.ops.swin_ext.patch_merging_fwd.default, (x.detach().transpose(1, 2), w.detach(), b.detach(), 1e-6)
+    go = torch.randn(2, 3, 3, 12)
+    y, mean, rstd = torch.ops.swin_ext.patch_merging_fwd(x.detach(), w.detach(), b.detach(), 1e-5)
+    yield torch.ops.swin_ext.patch_merging_bwd.default, (go, x.detach(), w.detach(), mean, rstd)
+    qd, bd, pd = qkv.detach(), bias.detach(), pad.detach()
+    out, lse = torch.ops.swin_ext.window_attention_fwd(qd, bd, pd, 4, 2, 2, 0.5)
+    yield torch.ops.swin_ext.window_attention_bwd.default, (torch.randn_like(out), qd, bd, pd, lse, 4, 2, 2, 0.5)
+
+
+@pytest.mark.parametrize("sample", list(range(7)))
+def test_opcheck(sample):
+    op, args = list(_opcheck_samples())[sample]
+    torch.library.opcheck(op, args)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(qkv=torch.randn(2, 4, 4)), ValueError, "4 dims"),
+        (dict(qkv=torch.randint(0, 3, (1, 4, 4, 12))), TypeError, "float32"),
+        (dict(window_size=0), ValueError, "window_size"),
+        (dict(shift=4), ValueError, "shift"),
+        (dict(shift=-1), ValueError, "shift"),
+        (dict(qkv=torch.randn(1, 4, 4, 13)), ValueError, "3\\*C"),
+        (dict(qkv=torch.randn(1, 4, 4, 9)), ValueError, "divisible by heads"),
+        (dict(bias=torch.randn(2, 9, 9)), ValueError, "bias must be"),
+        (dict(qkv_pad=torch.randn(5)), ValueError, "qkv_pad"),
+        (dict(bias=torch.randn(2, 16, 16, device="meta")), ValueError, "meta"),
+    ],
+)
+def test_attention_bad_input(kwargs, exc, match):
+    args = dict(qkv=torch.randn(1, 4, 4, 12), bias=torch.randn(2, 16, 16), window_size=4, shift=0, qkv_pad=None)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        window_attention(args["qkv"], args["bias"], args["window_size"], args["shift"], None, args["qkv_pad"])
+
+
+def test_patch_merging_bad_input():
+    with pytest.raises(ValueError, match="4 dims"):
+        patch_merging(torch.randn(4, 4, 2), torch.ones(8), torch.zeros(8))
+    with pytest.raises(ValueError, match="weight and bias"):
+        patch_merging(torch.randn(1, 4, 4, 2), torch.ones(7), torch.zeros(8))
+    with pytest.raises(TypeError, match="float32"):
+        patch_merging(torch.ones(1, 4, 4, 2, dtype=torch.int32), torch.ones(8), torch.zeros(8))
+
+
+def test_cpp_checks_raise_python_errors():
+    """The raw op validates too: a bad call is a RuntimeError, never a crash."""
+    with pytest.raises(RuntimeError, match="shift"):
+        torch.ops.swin_ext.window_attention_fwd(torch.randn(1, 4, 4, 12), torch.randn(2, 16, 16), None, 4, 5, 0, 1.0)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        torch.ops.swin_ext.window_attention_fwd(torch.randn(1, 4, 4, 12), torch.randn(2, 16, 16, dtype=torch.float64), None, 4, 0, 0, 1.0)
+    with pytest.raises(RuntimeError, match="grad_out"):
+        torch.ops.swin_ext.patch_merging_bwd(torch.randn(1, 1, 1, 8), torch.randn(1, 4, 4, 2), torch.ones(8), torch.zeros(1, 2, 2), torch.ones(1, 2, 2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_without_cuda_kernels_is_a_clear_error():
+    if swin_ext.build_info()["cuda"]:
+        pytest.skip("CUDA kernels compiled in")
+    with pytest.raises(RuntimeError, match="without CUDA"):
+        window_attention(torch.randn(1, 4, 4, 12, device="cuda"), torch.randn(2, 16, 16, device="cuda"), 4)
+
+
+def test_build_info():
+    info = swin_ext.build_info()
+    assert info["ops_loaded"] is True
+    assert info["torch_built"] == torch.__version__
+    assert isinstance(info["cuda"], bool) and info["variant_reason"]
