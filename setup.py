@@ -76,7 +76,7 @@ def build_extensions():
 
     debug = _flag("SWIN_EXT_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx_flags = opt + ["-fopenmp", "-fdiagnostics-color=always", "-Wall", "-Wno-unknown-pragmas"]
+    cxx_flags = opt + ["-fopenmp", "-ffp-contract=fast", "-fdiagnostics-color=always", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
     extra_link_args = ["-fopenmp"]
     define_macros = []
     include_dirs = [os.path.join(ROOT, CSRC)]

@@ -63,6 +63,27 @@ inline WindowGeometry check_attention_args(const at::Tensor& qkv, const at::Tens
   return make_geometry(qkv.size(0), qkv.size(1), qkv.size(2), window_size, shift_h, shift_w);
 }
 
+// Validates the extra arguments of the attention backward.
+inline void check_attention_bwd_args(const at::Tensor& grad_out, const at::Tensor& qkv,
+                                     const at::Tensor& lse, const WindowGeometry& g,
+                                     int64_t heads) {
+  const int64_t C = qkv.size(3) / 3;
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == g.B && grad_out.size(1) == g.H &&
+                  grad_out.size(2) == g.W && grad_out.size(3) == C,
+              "swin_ext.window_attention_bwd: grad_out must be (", g.B, ", ", g.H, ", ", g.W,
+              ", ", C, "), got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == qkv.scalar_type(),
+              "swin_ext.window_attention_bwd: grad_out dtype ", grad_out.scalar_type(),
+              " differs from qkv dtype ", qkv.scalar_type());
+  const auto acc = acc_type_of(qkv.scalar_type());
+  TORCH_CHECK(lse.dim() == 4 && lse.size(0) == g.B && lse.size(1) == g.nW &&
+                  lse.size(2) == heads && lse.size(3) == g.N && lse.scalar_type() == acc,
+              "swin_ext.window_attention_bwd: lse must be ", acc, " (", g.B, ", ", g.nW, ", ",
+              heads, ", ", g.N, "), got ", lse.scalar_type(), " ", lse.sizes());
+  check_same_device(qkv, grad_out, "qkv", "grad_out");
+  check_same_device(qkv, lse, "qkv", "lse");
+}
+
 inline void check_merging_args(const at::Tensor& x, const at::Tensor& weight,
                                const at::Tensor& bias) {
   TORCH_CHECK(x.dim() == 4, "swin_ext.patch_merging: x must be (B, H, W, C), got ", x.dim(),

@@ -1,0 +1,176 @@
+// Small dense building blocks for the CPU kernels: a register-blocked
+// row-major GEMM micro-kernel and a vectorisable exp.
+//
+// Written as plain loops with fixed-size inner blocks so that the compiler
+// vectorises them; the kernels that use them are compiled once per ISA
+// (see SWIN_TARGET_AVX2) and picked at run time.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__GNUC__)
+#define SWIN_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define SWIN_ALWAYS_INLINE inline
+#endif
+
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__) && !defined(__clang__)
+#define SWIN_HAVE_AVX2_CLONE 1
+#define SWIN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define SWIN_HAVE_AVX2_CLONE 0
+#define SWIN_TARGET_AVX2
+#endif
+
+namespace swin_ext {
+namespace cpu {
+
+// Every padded dimension of the tile buffers is a multiple of this.
+constexpr int64_t kPad = 16;
+constexpr int64_t kRowBlock = 4;
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// 32-byte vectors (GCC/Clang vector extensions): one AVX2 register, two SSE
+// registers on the baseline ISA.
+template <typename T>
+struct Vec32 {
+  typedef T type __attribute__((vector_size(32)));
+  static constexpr int kLanes = 32 / sizeof(T);
+};
+
+template <typename V, typename T>
+SWIN_ALWAYS_INLINE V load_vec(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V, typename T>
+SWIN_ALWAYS_INLINE void store_vec(T* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+// C[M x Nc] = alpha * A[M x K] * B[K x Nc]  (+ C when accumulate), row-major.
+// Requires M % kRowBlock == 0 and Nc % (64 / sizeof(T)) == 0 (buffers are
+// padded).  4 x 2 vector accumulators stay in registers across the K loop.
+template <typename T>
+SWIN_ALWAYS_INLINE void gemm_nn(int64_t M, int64_t Nc, int64_t K, T alpha, const T* A, int64_t lda,
+                                const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  typedef typename Vec32<T>::type V;
+  constexpr int L = Vec32<T>::kLanes;
+  static_assert(kRowBlock == 4, "micro-kernel is written for 4 rows");
+  for (int64_t i0 = 0; i0 < M; i0 += 4) {
+    const T* a0p = A + (i0 + 0) * lda;
+    const T* a1p = A + (i0 + 1) * lda;
+    const T* a2p = A + (i0 + 2) * lda;
+    const T* a3p = A + (i0 + 3) * lda;
+    for (int64_t j0 = 0; j0 < Nc; j0 += 2 * L) {
+      V c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
+      const T* bp = B + j0;
+      for (int64_t k = 0; k < K; ++k, bp += ldb) {
+        const V b0 = load_vec<V>(bp);
+        const V b1 = load_vec<V>(bp + L);
+        const T a0 = a0p[k], a1 = a1p[k], a2 = a2p[k], a3 = a3p[k];
+        c00 += a0 * b0;
+        c01 += a0 * b1;
+        c10 += a1 * b0;
+        c11 += a1 * b1;
+        c20 += a2 * b0;
+        c21 += a2 * b1;
+        c30 += a3 * b0;
+        c31 += a3 * b1;
+      }
+      V* rows[4][2] = {{&c00, &c01}, {&c10, &c11}, {&c20, &c21}, {&c30, &c31}};
+      for (int r = 0; r < 4; ++r) {
+        T* c = C + (i0 + r) * ldc + j0;
+        for (int h = 0; h < 2; ++h) {
+          V v = alpha * *rows[r][h];
+          if (accumulate) v += load_vec<V>(c + h * L);
+          store_vec(c + h * L, v);
+        }
+      }
+    }
+  }
+}
+
+// exp(x) for 8 floats at once: Cody-Waite range reduction and a degree-6
+// polynomial (Cephes expf), ~1 ulp; exactly 0 below the float range (so
+// exp(-inf) == 0) and NaN stays NaN.
+typedef Vec32<float>::type v8f;
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+SWIN_ALWAYS_INLINE v8f exp_v8f(v8f x) {
+  const float lo = -87.33654f, hi = 88.37626f;
+  v8f xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  const v8f t = xc * 1.44269504088896341f;
+  const v8f n = (t + 12582912.0f) - 12582912.0f;  // round to nearest integer
+  v8f r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  v8f p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
+  const v8f y = p * (v8f)bits;
+  return x < lo ? v8f{} : y;
+}
+
+// In-place row softmax over Np (a multiple of 16) entries whose padding holds
+// -inf; returns the log-sum-exp.  Generic version (double): scalar std::exp.
+template <typename T>
+SWIN_ALWAYS_INLINE T softmax_row(T* __restrict s, int64_t Np) {
+  T mx = s[0];
+  for (int64_t j = 1; j < Np; ++j) mx = s[j] > mx ? s[j] : mx;
+  T sum = 0;
+  for (int64_t j = 0; j < Np; ++j) {
+    s[j] = __builtin_exp(s[j] - mx);
+    sum += s[j];
+  }
+  const T inv = T(1) / sum;
+  for (int64_t j = 0; j < Np; ++j) s[j] *= inv;
+  return mx + __builtin_log(sum);
+}
+
+SWIN_ALWAYS_INLINE float softmax_row(float* __restrict s, int64_t Np) {
+  v8f m0 = load_vec<v8f>(s), m1 = load_vec<v8f>(s + 8);
+  for (int64_t j = 16; j < Np; j += 16) {
+    const v8f a = load_vec<v8f>(s + j), b = load_vec<v8f>(s + j + 8);
+    m0 = a > m0 ? a : m0;
+    m1 = b > m1 ? b : m1;
+  }
+  m0 = m1 > m0 ? m1 : m0;
+  float mx = m0[0];
+  for (int l = 1; l < 8; ++l) mx = m0[l] > mx ? m0[l] : mx;
+  v8f s0 = {}, s1 = {};
+  for (int64_t j = 0; j < Np; j += 16) {
+    const v8f a = exp_v8f(load_vec<v8f>(s + j) - mx), b = exp_v8f(load_vec<v8f>(s + j + 8) - mx);
+    store_vec(s + j, a);
+    store_vec(s + j + 8, b);
+    s0 += a;
+    s1 += b;
+  }
+  s0 += s1;
+  float sum = 0;
+  for (int l = 0; l < 8; ++l) sum += s0[l];
+  const float inv = 1.0f / sum;
+  for (int64_t j = 0; j < Np; j += 8) store_vec(s + j, load_vec<v8f>(s + j) * inv);
+  return mx + __builtin_logf(sum);
+}
+
+// s[j] = exp(s[j] - l) over Np entries (padding -inf -> 0).
+template <typename T>
+SWIN_ALWAYS_INLINE void exp_shift_row(T* __restrict s, T l, int64_t Np) {
+  for (int64_t j = 0; j < Np; ++j) s[j] = __builtin_exp(s[j] - l);
+}
+
+SWIN_ALWAYS_INLINE void exp_shift_row(float* __restrict s, float l, int64_t Np) {
+  for (int64_t j = 0; j < Np; j += 8) store_vec(s + j, exp_v8f(load_vec<v8f>(s + j) - l));
+}
+
+}  // namespace cpu
+}  // namespace swin_ext
