@@ -19,6 +19,8 @@ from .model import (
     swin_s,
     swin_t,
 )
+from .checkpoint import CheckpointError, LoadResult, load_pretrained
+from .factory import create_model, list_models
 
 __version__ = "0.1.0"
 
@@ -39,4 +41,9 @@ __all__ = [
     "swin_s",
     "swin_b",
     "swin_l",
+    "load_pretrained",
+    "create_model",
+    "list_models",
+    "CheckpointError",
+    "LoadResult",
 ]

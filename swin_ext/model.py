@@ -10,6 +10,11 @@ bottom/right to a window multiple, then shifted (the official detection
 backbone's and torchvision's order); a stage whose padded map is no larger
 than the window along an axis does not shift along it; odd sizes at patch
 merging are zero-padded.
+
+``features_only=True`` turns the model into a detection/segmentation backbone
+(the official detection backbone's layout): ``forward`` returns the per-stage
+maps ``out_indices`` in NCHW, each through its own LayerNorm ``norm{i}``, and
+the model has no final norm and no head.
 """
 from __future__ import annotations
 
@@ -356,7 +361,34 @@ _CONFIG_KEYS = {
     "use_checkpoint": "use_checkpoint",
     "qkv_bias": "qkv_bias",
     "backend": "backend",
+    "features_only": "features_only",
+    "out_indices": "out_indices",
 }
+
+OUTPUT_FORMATS = ("NCHW", "NHWC")
+
+
+def _normalize_indices(indices: Union[int, Sequence[int], None], num_layers: int, what: str) -> List[int]:
+    """timm's convention: ``None`` -> all stages, an int ``n`` -> the last ``n``,
+    a sequence -> those stages (negative counts from the end); sorted, unique."""
+    if indices is None:
+        return list(range(num_layers))
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 1 <= indices <= num_layers:
+            raise ValueError(f"{what}: an int selects the last n stages, n must be in [1, {num_layers}], got {indices}")
+        return list(range(num_layers - indices, num_layers))
+    try:
+        seq = list(indices)
+    except TypeError:
+        raise TypeError(f"{what} must be None, an int or a sequence of ints, got {type(indices).__name__}") from None
+    if not seq:
+        raise ValueError(f"{what} must not be empty")
+    out = set()
+    for i in seq:
+        if not isinstance(i, int) or isinstance(i, bool) or not -num_layers <= i < num_layers:
+            raise ValueError(f"{what}: stage index {i!r} out of range for {num_layers} stages")
+        out.add(i % num_layers)
+    return sorted(out)
 
 
 class SwinTransformer(nn.Module):
@@ -364,12 +396,21 @@ class SwinTransformer(nn.Module):
 
     ``forward(x (B, in_chans, H, W))`` -> logits ``(B, num_classes)``;
     ``forward_features(x)`` -> ``(B, ceil(H/32), ceil(W/32), num_features)``
-    (for 4 stages and patch 4) after the final LayerNorm.
+    (for 4 stages and patch 4) after the final LayerNorm;
+    ``forward_intermediates(x)`` -> the per-stage maps at strides 4, 8, 16, 32.
+
+    ``features_only=True, out_indices=(0, 1, 2, 3)`` makes a backbone:
+    ``forward(x)`` -> ``[(B, C_i, ceil(H/s_i), ceil(W/s_i)) for i in out_indices]``
+    with a LayerNorm ``norm{i}`` per output stage (the official detection
+    backbone's keys); it has no final ``norm`` and no ``head``.
+    ``img_size`` only sets the resolution ``flops()`` counts at: any input
+    size works at run time.
 
     Construct with keywords, or with a config dict whose keys are
     ``image_size, patch_size, in_channels, num_classes, embed_dim, depths,
     num_heads, window_size, mlp_ratio, dropout, drop_path_rate,
-    use_checkpoint`` (optionally ``attn_dropout, qkv_bias, backend``).
+    use_checkpoint`` (optionally ``attn_dropout, qkv_bias, backend,
+    features_only, out_indices``).
     """
 
     def __init__(
@@ -391,6 +432,8 @@ class SwinTransformer(nn.Module):
         drop_path_rate: float = 0.1,
         use_checkpoint: bool = False,
         backend: str = "fused",
+        features_only: bool = False,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
     ) -> None:
         super().__init__()
         if config is not None:
@@ -415,11 +458,16 @@ class SwinTransformer(nn.Module):
             drop_path_rate = kw.get("drop_path_rate", drop_path_rate)
             use_checkpoint = kw.get("use_checkpoint", use_checkpoint)
             backend = kw.get("backend", backend)
+            features_only = kw.get("features_only", features_only)
+            out_indices = kw.get("out_indices", out_indices)
         depths, num_heads = list(depths), list(num_heads)
         img_size_2 = _to_2tuple(img_size)
         self._validate(img_size_2, patch_size, in_chans, num_classes, embed_dim, depths, num_heads,
                        window_size, mlp_ratio, drop_rate, attn_drop_rate, drop_path_rate)
         _check_backend(backend)
+        if features_only:
+            out_indices = _normalize_indices(out_indices, len(depths), "out_indices")
+            num_classes = 0
 
         self.img_size = img_size_2
         self.patch_size = patch_size
@@ -433,6 +481,14 @@ class SwinTransformer(nn.Module):
         self.num_layers = len(depths)
         self.num_features = int(embed_dim * 2 ** (self.num_layers - 1))
         self.backend = backend
+        self.features_only = bool(features_only)
+        #: stages whose maps ``forward`` returns (features_only) -- all stages otherwise
+        self.out_indices: Tuple[int, ...] = tuple(out_indices) if features_only else tuple(range(self.num_layers))
+        #: per stage: channels, stride w.r.t. the input, and the module producing it (timm's convention)
+        self.feature_info: List[Dict[str, Any]] = [
+            dict(num_chs=int(embed_dim * 2**i), reduction=patch_size * 2**i, module=f"layers.{i}")
+            for i in range(self.num_layers)
+        ]
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
@@ -456,8 +512,16 @@ class SwinTransformer(nn.Module):
                     backend=backend,
                 )
             )
-        self.norm = nn.LayerNorm(self.num_features)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if self.features_only:
+            # The official detection backbone: one LayerNorm per output stage,
+            # keyed norm{i}; no final norm and no head.
+            for i in self.out_indices:
+                self.add_module(f"norm{i}", nn.LayerNorm(self.feature_info[i]["num_chs"]))
+            self.norm = None
+            self.head = None
+        else:
+            self.norm = nn.LayerNorm(self.num_features)
+            self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod
@@ -528,18 +592,87 @@ class SwinTransformer(nn.Module):
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueError(f"input spatial size must be positive, got {tuple(x.shape[2:])}")
 
+    @property
+    def out_channels(self) -> List[int]:
+        """Channels of the maps ``forward`` returns when ``features_only`` (of every stage otherwise)."""
+        return [self.feature_info[i]["num_chs"] for i in self.out_indices]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_chans, H, W)`` -> ``(B, H', W', num_features)`` after the final norm."""
+        """``(B, in_chans, H, W)`` -> ``(B, H', W', num_features)`` after the final norm.
+
+        With ``features_only`` there is no final norm: the last stage's map is
+        returned as it is.
+        """
         self._check_input(x)
         x = self.pos_drop(self.patch_embed(x))
         for layer in self.layers:
             x = layer(x)
-        return self.norm(x)
+        return self.norm(x) if self.norm is not None else x
+
+    def _stage_norm(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        if self.features_only:
+            if i not in self.out_indices:
+                raise ValueError(f"norm=True: stage {i} has no output norm (out_indices={self.out_indices})")
+            return getattr(self, f"norm{i}")(x)
+        # timm's convention: the final norm is sized for, and applied to, the last stage only
+        return self.norm(x) if i == self.num_layers - 1 else x
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Union[int, Sequence[int], None] = None,
+        norm: bool = False,
+        output_fmt: str = "NCHW",
+        *,
+        stop_early: bool = False,
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Per-stage feature maps, as timm's ``forward_intermediates``.
+
+        Stage ``i`` (before its patch merging) has stride ``patch_size * 2**i``
+        (4, 8, 16, 32): ``(B, C_i, ceil(H/s), ceil(W/s))`` for ``output_fmt="NCHW"``,
+        ``(B, ceil(H/s), ceil(W/s), C_i)`` for ``"NHWC"``.
+
+        ``indices``: ``None`` all stages, an int ``n`` the last ``n``, a sequence
+        those stages.  ``norm``: apply the final norm to the last stage's map
+        (timm's convention); on a ``features_only`` model, apply each stage's
+        output norm ``norm{i}``.  ``stop_early``: skip the stages after the last
+        one asked for.  Returns ``(final, intermediates)`` where ``final`` is
+        ``forward_features(x)`` (NHWC; un-normed if the last stage did not run),
+        or only the list when ``intermediates_only``.
+        """
+        if output_fmt not in OUTPUT_FORMATS:
+            raise ValueError(f"output_fmt must be one of {OUTPUT_FORMATS}, got {output_fmt!r}")
+        take = _normalize_indices(indices, self.num_layers, "indices")
+        self._check_input(x)
+        last = take[-1] if (stop_early or intermediates_only) else self.num_layers - 1
+        x = self.pos_drop(self.patch_embed(x))
+        intermediates: List[torch.Tensor] = []
+        for i in range(last + 1):
+            layer = self.layers[i]
+            x = layer.forward_blocks(x)
+            if i in take:
+                y = self._stage_norm(i, x) if norm else x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
+            if i < last and layer.downsample is not None:
+                x = layer.downsample(x)
+        if intermediates_only:
+            return intermediates
+        if last == self.num_layers - 1 and self.norm is not None:
+            x = self.norm(x)
+        return x, intermediates
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            raise RuntimeError("a features_only model has no head")
         return self.head(x.mean(dim=(1, 2)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
+        """Logits ``(B, num_classes)``; with ``features_only``, the list of
+        ``(B, C_i, ceil(H/s_i), ceil(W/s_i))`` maps of ``out_indices``, each
+        through its LayerNorm ``norm{i}``."""
+        if self.features_only:
+            return self.forward_intermediates(x, self.out_indices, norm=True, intermediates_only=True)
         return self.forward_head(self.forward_features(x))
 
     def flops(self) -> int:
@@ -551,7 +684,8 @@ class SwinTransformer(nn.Module):
         for layer in self.layers:
             f += layer.flops(*res)
             res = (res[0] // 2, res[1] // 2)
-        f += self.num_features * h * w // (2**self.num_layers)
+        if self.norm is not None:
+            f += self.num_features * h * w // (2**self.num_layers)
         f += self.num_features * self.num_classes
         return int(f)
 

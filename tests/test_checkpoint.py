@@ -1,0 +1,576 @@
+"""load_pretrained / create_model: every checkpoint layout, parity with timm,
+torchvision and transformers, bias-table resizing, and bad checkpoints."""
+import math
+import pickle
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import swin_ext
+from swin_ext import CheckpointError, SwinTransformer, create_model, load_pretrained
+
+pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
+
+# Small 4-stage config: 224 px -> maps 56, 28, 14, 7, all window-divisible.
+EMBED, DEPTHS, HEADS, WINDOW, NCLS = 32, (2, 2, 2, 2), (1, 2, 4, 8), 7, 5
+
+
+def small(**kw):
+    cfg = dict(embed_dim=EMBED, depths=DEPTHS, num_heads=HEADS, window_size=WINDOW, num_classes=NCLS,
+               drop_path_rate=0.0)
+    cfg.update(kw)
+    return SwinTransformer(**cfg)
+
+
+def randomize(module, std=0.3):
+    """Non-trivial values everywhere (libraries init tables and LayerNorms to constants)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, std)
+    return module
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model, snap):
+    sd = model.state_dict()
+    assert sd.keys() == snap.keys()
+    for k, v in snap.items():
+        assert torch.equal(sd[k], v), k
+
+
+# ----------------------------------------------------------------------------- libraries
+
+
+def timm_small(**kw):
+    timm = pytest.importorskip("timm")
+    cfg = dict(embed_dim=EMBED, depths=DEPTHS, num_heads=HEADS, window_size=WINDOW, num_classes=NCLS)
+    cfg.update(kw)
+    return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, **cfg)
+
+
+def tv_small():
+    tvs = pytest.importorskip("torchvision.models.swin_transformer")
+    return tvs.SwinTransformer(patch_size=[4, 4], embed_dim=EMBED, depths=list(DEPTHS), num_heads=list(HEADS),
+                               window_size=[WINDOW, WINDOW], num_classes=NCLS)
+
+
+def hf_config(**kw):
+    transformers = pytest.importorskip("transformers")
+    cfg = dict(image_size=224, patch_size=4, embed_dim=EMBED, depths=list(DEPTHS), num_heads=list(HEADS),
+               window_size=WINDOW, num_labels=NCLS, drop_path_rate=0.0)
+    cfg.update(kw)
+    return transformers.SwinConfig(**cfg)
+
+
+def hf_to_classic(sd):
+    """The hub files' naming (attention.self.query/key/value, output.dense, intermediate.dense)."""
+    out = {}
+    for k, v in sd.items():
+        k = (k.replace("attention.q_proj.", "attention.self.query.")
+              .replace("attention.k_proj.", "attention.self.key.")
+              .replace("attention.v_proj.", "attention.self.value.")
+              .replace("attention.o_proj.", "attention.output.dense.")
+              .replace("attention.relative_position_bias.relative_position_bias_table",
+                       "attention.self.relative_position_bias_table")
+              .replace("mlp.fc1.", "intermediate.dense.")
+              .replace("mlp.fc2.", "output.dense."))
+        out[k] = v
+        if k.endswith("attention.self.relative_position_bias_table"):  # a persistent buffer in the hub files
+            n = ((math.isqrt(v.shape[0]) + 1) // 2) ** 2
+            out[k.replace("relative_position_bias_table", "relative_position_index")] = torch.zeros(n, n, dtype=torch.long)
+    return out
+
+
+def hf_to_new(sd):
+    """The current transformers naming (q_proj/k_proj/v_proj/o_proj, mlp.fc1/fc2)."""
+    out = {}
+    for k, v in sd.items():
+        k = (k.replace("attention.self.query.", "attention.q_proj.")
+              .replace("attention.self.key.", "attention.k_proj.")
+              .replace("attention.self.value.", "attention.v_proj.")
+              .replace("attention.output.dense.", "attention.o_proj.")
+              .replace("attention.self.relative_position_bias_table",
+                       "attention.relative_position_bias.relative_position_bias_table")
+              .replace("intermediate.dense.", "mlp.fc1.")
+              .replace("output.dense.", "mlp.fc2."))
+        out[k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_timm_parity(backend):
+    ref = randomize(timm_small()).double().eval()
+    sd = ref.state_dict()
+    assert "head.fc.weight" in sd and "layers.1.downsample.reduction.weight" in sd
+    m = small(backend=backend).double().eval()
+    res = load_pretrained(m, sd)
+    assert res.format == "timm" and not res.missing_keys and not res.unexpected_keys
+    assert len(res.loaded) == len(m.state_dict())
+    # stage 0's merging moved from timm's layers.1 to the end of our stage 0
+    assert torch.equal(m.layers[0].downsample.reduction.weight, ref.layers[1].downsample.reduction.weight)
+    x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(m(x), ref(x)) <= 1e-9
+
+
+def test_torchvision_parity_divisible_and_not():
+    ref = randomize(tv_small()).double().eval()
+    sd = ref.state_dict()
+    assert "features.0.0.weight" in sd and "features.1.0.mlp.3.weight" in sd
+    m = small().double().eval()
+    res = load_pretrained(m, sd)
+    assert res.format == "torchvision" and not res.missing_keys and not res.unexpected_keys
+    assert any(k.endswith("relative_position_index") for k in res.ignored_keys)
+    # 224: window-divisible; 100x132 -> maps 25x33, 13x17, 7x9, 4x5: padded, shifted along one
+    # axis only (7x9), not shifted (4x5); 92x60 -> odd merges and a map smaller than the window.
+    for size in [(224, 224), (100, 132), (92, 60)]:
+        x = torch.randn(1, 3, *size, dtype=torch.float64)
+        with torch.no_grad():
+            assert rel_err(m(x), ref(x)) <= 1e-9, size
+
+
+def test_torchvision_parity_reference_backend_non_divisible():
+    ref = randomize(tv_small()).double().eval()
+    m = small(backend="reference").double().eval()
+    load_pretrained(m, ref.state_dict())
+    x = torch.randn(1, 3, 100, 132, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(m(x), ref(x)) <= 1e-9
+
+
+def test_transformers_defaults_match():
+    cfg = pytest.importorskip("transformers").SwinConfig()
+    assert cfg.layer_norm_eps == 1e-5 and cfg.hidden_act == "gelu"  # nn.LayerNorm default, exact GELU
+    assert cfg.qkv_bias and cfg.mlp_ratio == 4.0 and not cfg.use_absolute_embeddings
+    m = small()
+    assert all(mod.eps == 1e-5 for mod in m.modules() if isinstance(mod, torch.nn.LayerNorm))
+    assert m.layers[0].blocks[0].mlp.act.approximate == "none"
+
+
+def test_transformers_parity_both_namings():
+    transformers = pytest.importorskip("transformers")
+    ref = randomize(transformers.SwinForImageClassification(hf_config())).double().eval()
+    native = ref.state_dict()
+    uses_new = any(".attention.q_proj." in k for k in native)
+    named = {"new": hf_to_new(native), "classic": hf_to_classic(native)}
+    assert named["new" if uses_new else "classic"].keys() == native.keys()
+    assert any("attention.self.query" in k for k in named["classic"])
+    assert any(k.endswith("attention.self.relative_position_index") for k in named["classic"])
+    x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
+    with torch.no_grad():
+        want = ref(pixel_values=x).logits
+    loaded = []
+    for name, sd in named.items():
+        m = small().double().eval()
+        res = load_pretrained(m, sd)
+        assert res.format == "transformers" and not res.missing_keys and not res.unexpected_keys, name
+        with torch.no_grad():
+            assert rel_err(m(x), want) <= 1e-9, name
+        loaded.append(m.state_dict())
+    for k in loaded[0]:
+        assert torch.equal(loaded[0][k], loaded[1][k])
+
+
+def test_transformers_non_divisible_sizes_where_no_window_is_clamped():
+    # transformers pads then shifts too; it clamps the window when a map is smaller than it,
+    # which we do not (and which breaks its static bias): compare where every map is > window.
+    transformers = pytest.importorskip("transformers")
+    ref = randomize(transformers.SwinForImageClassification(hf_config(window_size=4))).double().eval()
+    m = small(window_size=4).double().eval()
+    load_pretrained(m, ref.state_dict())
+    x = torch.randn(1, 3, 200, 264, dtype=torch.float64)  # maps 50x66, 25x33, 13x17, 7x9
+    with torch.no_grad():
+        assert rel_err(m(x), ref(pixel_values=x).logits) <= 1e-9
+
+
+def test_transformers_swin_model_without_prefix_and_classifier():
+    transformers = pytest.importorskip("transformers")
+    ref = randomize(transformers.SwinModel(hf_config(), add_pooling_layer=False)).double().eval()
+    sd = ref.state_dict()
+    assert not any(k.startswith(("swin.", "classifier.")) for k in sd)
+    m = small(num_classes=0).double().eval()
+    res = load_pretrained(m, hf_to_classic(sd))
+    assert res.format == "transformers" and not res.missing_keys
+    x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
+    with torch.no_grad():
+        want = ref(pixel_values=x).last_hidden_state  # (B, 49, C)
+        got = m.forward_features(x)
+    assert rel_err(got.flatten(1, 2), want) <= 1e-9
+
+
+# One full-size Swin-T per library: every key of the real layout converts.
+@pytest.mark.parametrize("lib", ["timm", "torchvision", "transformers"])
+def test_full_size_swin_t_from_each_library(lib):
+    if lib == "timm":
+        timm = pytest.importorskip("timm")
+        ref = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)
+        call = ref
+    elif lib == "torchvision":
+        tvm = pytest.importorskip("torchvision.models")
+        ref = tvm.swin_t(weights=None)
+        call = ref
+    else:
+        transformers = pytest.importorskip("transformers")
+        ref = transformers.SwinForImageClassification(transformers.SwinConfig(num_labels=1000))
+        call = lambda x: ref(pixel_values=x).logits  # noqa: E731
+    ref.eval()
+    randomize(ref, std=0.02)
+    m = swin_ext.swin_t().eval()
+    res = load_pretrained(m, ref.state_dict())
+    assert res.format == lib and len(res.loaded) == 173
+    assert not res.missing_keys and not res.unexpected_keys
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert rel_err(m(x), call(x)) <= 1e-4  # float32
+
+
+# ----------------------------------------------------------------------------- official layout, files
+
+
+def official_checkpoint(model):
+    """Our state dict plus the buffers the official code saves."""
+    sd = dict(model.state_dict())
+    for i, layer in enumerate(model.layers):
+        for j, blk in enumerate(layer.blocks):
+            n = blk.window_size**2
+            sd[f"layers.{i}.blocks.{j}.attn.relative_position_index"] = torch.zeros(n, n, dtype=torch.long)
+            if j % 2:
+                sd[f"layers.{i}.blocks.{j}.attn_mask"] = torch.zeros(4, n, n)
+    return sd
+
+
+def test_official_layout_with_buffers_and_wrappers(tmp_path):
+    src = randomize(small())
+    sd = official_checkpoint(src)
+    variants = {
+        "plain.pth": sd,
+        "wrapped.pth": {"model": sd, "epoch": 3, "max_accuracy": 81.2, "optimizer": {"state": {}}},
+        "lightning.ckpt": {"state_dict": {"module." + k: v for k, v in sd.items()}},
+        "hf.bin": sd,
+    }
+    for name, obj in variants.items():
+        torch.save(obj, tmp_path / name)
+    pytest.importorskip("safetensors")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "w.safetensors"))
+    for source in [sd, *(tmp_path / n for n in variants), tmp_path / "w.safetensors", str(tmp_path / "w.safetensors")]:
+        m = small()
+        res = load_pretrained(m, source)
+        assert res.format == "official" and not res.missing_keys and not res.unexpected_keys, source
+        assert any(k.endswith("attn_mask") for k in res.ignored_keys)
+        for k, v in src.state_dict().items():
+            assert torch.equal(m.state_dict()[k], v), (source, k)
+
+
+def test_safetensors_content_under_another_suffix(tmp_path):
+    pytest.importorskip("safetensors")
+    from safetensors.torch import save_file
+
+    src = randomize(small())
+    save_file(dict(src.state_dict()), str(tmp_path / "weights.pth"))
+    m = small()
+    load_pretrained(m, tmp_path / "weights.pth")
+    assert torch.equal(m.head.weight, src.head.weight)
+
+
+def test_source_dict_is_not_modified():
+    src = randomize(timm_small())
+    sd = dict(src.state_dict())
+    keys = list(sd)
+    load_pretrained(small(), sd)
+    assert list(sd) == keys
+
+
+def test_load_casts_to_model_dtype():
+    src = randomize(small()).half()
+    m = small().double()
+    load_pretrained(m, src.state_dict())
+    assert m.head.weight.dtype == torch.float64
+    assert torch.equal(m.head.weight, src.head.weight.double())
+
+
+# ----------------------------------------------------------------------------- bias-table resize
+
+
+def test_relative_position_table_bicubic_resize_7_to_12():
+    src = randomize(small())
+    m = small(window_size=12)
+    res = load_pretrained(m, src.state_dict())
+    n_tables = sum(DEPTHS)
+    assert len(res.resized_keys) == n_tables
+    for i, heads in enumerate(HEADS):
+        for j in range(DEPTHS[i]):
+            old = src.layers[i].blocks[j].attn.relative_position_bias_table.detach()
+            new = m.layers[i].blocks[j].attn.relative_position_bias_table.detach()
+            assert old.shape == (13 * 13, heads) and new.shape == (23 * 23, heads)
+            want = F.interpolate(old.permute(1, 0).reshape(1, heads, 13, 13), size=(23, 23), mode="bicubic")
+            torch.testing.assert_close(new, want.reshape(heads, 23 * 23).permute(1, 0), rtol=0, atol=0)
+    # everything else is copied unchanged and the model runs at 384
+    assert torch.equal(m.layers[2].blocks[1].attn.qkv.weight, src.layers[2].blocks[1].attn.qkv.weight)
+    assert m.eval()(torch.randn(1, 3, 384, 384)).shape == (1, NCLS)
+
+
+def test_relative_position_table_resize_12_to_7_and_same_size_untouched():
+    src = randomize(small(window_size=12))
+    m = small()
+    res = load_pretrained(m, src.state_dict())
+    assert m.layers[3].blocks[1].attn.relative_position_bias_table.shape == (169, 8)
+    assert len(res.resized_keys) == sum(DEPTHS)
+    assert load_pretrained(small(), randomize(small()).state_dict()).resized_keys == []
+
+
+# ----------------------------------------------------------------------------- num_classes
+
+
+def test_num_classes_mismatch_strict_raises_and_changes_nothing():
+    src = randomize(small(num_classes=1000))
+    m = small()
+    snap = snapshot(m)
+    with pytest.raises(CheckpointError, match=r"num_classes differs: checkpoint 1000, model 5.*strict=False"):
+        load_pretrained(m, src.state_dict())
+    assert_unchanged(m, snap)
+
+
+def test_num_classes_mismatch_non_strict_keeps_new_head():
+    src = randomize(small(num_classes=1000))
+    m = small()
+    head = m.head.weight.detach().clone()
+    with pytest.warns(UserWarning, match="head was not loaded"):
+        res = load_pretrained(m, src.state_dict(), strict=False)
+    assert res.new_head and "1000" in res.new_head and "5" in res.new_head
+    assert set(res.initialized_keys) == {"head.weight", "head.bias"}
+    assert "head.weight" in res.ignored_keys and not res.missing_keys and not res.unexpected_keys
+    assert torch.equal(m.head.weight, head)
+    assert torch.equal(m.norm.weight, src.norm.weight)
+    assert torch.equal(m.layers[1].blocks[1].mlp.fc2.weight, src.layers[1].blocks[1].mlp.fc2.weight)
+    assert "kept the model's own head" in str(res)
+
+
+def test_headless_checkpoint_into_classifier_and_back():
+    src = randomize(small(num_classes=0))
+    with pytest.raises(CheckpointError, match="no classification head"):
+        load_pretrained(small(), src.state_dict())
+    with pytest.warns(UserWarning):
+        res = load_pretrained(small(), src.state_dict(), strict=False)
+    assert res.new_head is not None
+    # a classifier checkpoint into a num_classes=0 model
+    with pytest.raises(CheckpointError, match="num_classes differs: checkpoint 5, model 0"):
+        load_pretrained(small(num_classes=0), randomize(small()).state_dict())
+
+
+# ----------------------------------------------------------------------------- wrong architecture
+
+
+def test_wrong_architecture_lists_mismatches_and_changes_nothing():
+    src = randomize(SwinTransformer(embed_dim=48, depths=(2, 2, 4, 2), num_heads=(2, 4, 8, 16), window_size=7,
+                                    num_classes=NCLS))
+    m = small()
+    snap = snapshot(m)
+    with pytest.raises(CheckpointError) as ei:
+        load_pretrained(m, src.state_dict(), strict=False)
+    msg = str(ei.value)
+    assert "does not match the model's architecture" in msg
+    assert "embed_dim: checkpoint 48, model 32" in msg
+    assert "depths: checkpoint (2, 2, 4, 2), model (2, 2, 2, 2)" in msg
+    assert "num_heads: checkpoint (2, 4, 8, 16), model (1, 2, 4, 8)" in msg
+    assert_unchanged(m, snap)
+
+
+def test_wrong_heads_only():
+    src = randomize(small(num_heads=(2, 4, 8, 16)))
+    with pytest.raises(CheckpointError, match=r"num_heads: checkpoint \(2, 4, 8, 16\), model \(1, 2, 4, 8\)"):
+        load_pretrained(small(), src.state_dict())
+
+
+def test_wrong_patch_size_in_chans_and_mlp():
+    with pytest.raises(CheckpointError, match="patch_size: checkpoint 2, model 4"):
+        load_pretrained(small(), randomize(small(patch_size=2)).state_dict())
+    with pytest.raises(CheckpointError, match="in_chans: checkpoint 1, model 3"):
+        load_pretrained(small(), randomize(small(in_chans=1)).state_dict())
+    with pytest.raises(CheckpointError, match="mlp_hidden: checkpoint 64, model 128"):
+        load_pretrained(small(), randomize(small(mlp_ratio=2.0)).state_dict())
+
+
+def test_failed_load_late_in_validation_changes_nothing():
+    # Everything fits except one tensor near the end: nothing may have been copied.
+    src = randomize(small())
+    sd = dict(src.state_dict())
+    sd["norm.weight"] = torch.randn(7)
+    m = small()
+    snap = snapshot(m)
+    with pytest.raises(CheckpointError, match=r"norm.weight.*\(7,\).*\(256,\)"):
+        load_pretrained(m, sd)
+    assert_unchanged(m, snap)
+
+
+def test_missing_and_unexpected_keys():
+    src = randomize(small())
+    sd = dict(src.state_dict())
+    del sd["layers.1.blocks.0.norm2.bias"]
+    m = small()
+    snap = snapshot(m)
+    with pytest.raises(CheckpointError, match="missing from the checkpoint.*layers.1.blocks.0.norm2.bias"):
+        load_pretrained(m, sd)
+    assert_unchanged(m, snap)
+    res = load_pretrained(m, sd, strict=False)
+    assert res.missing_keys == ["layers.1.blocks.0.norm2.bias"]
+    assert torch.equal(m.layers[1].blocks[0].norm2.bias, snap["layers.1.blocks.0.norm2.bias"])
+    assert torch.equal(m.layers[1].blocks[0].norm2.weight, src.layers[1].blocks[0].norm2.weight)
+
+    sd = dict(src.state_dict(), absolute_pos_embed=torch.zeros(1, 3136, 32))
+    m = small()
+    with pytest.raises(CheckpointError, match="not used by the model.*absolute_pos_embed"):
+        load_pretrained(m, sd)
+    res = load_pretrained(m, sd, strict=False)
+    assert res.unexpected_keys == ["absolute_pos_embed"]
+
+
+def test_incomplete_qkv_and_swin_v2():
+    transformers = pytest.importorskip("transformers")
+    sd = dict(transformers.SwinModel(hf_config()).state_dict())
+    k = next(k for k in sd if k.endswith("attention.k_proj.weight") or k.endswith("attention.self.key.weight"))
+    del sd[k]
+    with pytest.raises(CheckpointError, match="incomplete query/key/value"):
+        load_pretrained(small(num_classes=0), sd)
+    sd = dict(small().state_dict(), **{"layers.0.blocks.0.attn.logit_scale": torch.zeros(1, 1, 1)})
+    with pytest.raises(CheckpointError, match="Swin V2"):
+        load_pretrained(small(), sd)
+
+
+# ----------------------------------------------------------------------------- bad files
+
+
+class _NotATensor:
+    pass
+
+
+def test_bad_files(tmp_path):
+    m = small()
+    snap = snapshot(m)
+    good = tmp_path / "good.pth"
+    torch.save(randomize(small()).state_dict(), good)
+
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="corrupt.pth: not a readable PyTorch checkpoint"):
+        load_pretrained(m, corrupt)
+
+    text = tmp_path / "notes.pth"
+    text.write_text("this is not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_pretrained(m, text)
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_pretrained(m, empty)
+
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.randn(3), tensor)
+    with pytest.raises(CheckpointError, match="expected a dict of tensors, got Tensor"):
+        load_pretrained(m, tensor)
+
+    other = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.randn(8, 3, 7, 7), "fc.weight": torch.randn(10, 8)}, other)
+    with pytest.raises(CheckpointError, match="not a Swin Transformer checkpoint"):
+        load_pretrained(m, other)
+
+    nothing = tmp_path / "meta.pth"
+    torch.save({"epoch": 3, "config": {"lr": 0.1}}, nothing)
+    with pytest.raises(CheckpointError, match="no tensors found"):
+        load_pretrained(m, nothing)
+
+    pickled = tmp_path / "pickled.pth"
+    with open(pickled, "wb") as f:
+        pickle.dump({"model": _NotATensor()}, f, protocol=2)
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_pretrained(m, pickled)
+
+    bad_st = tmp_path / "bad.safetensors"
+    bad_st.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_pretrained(m, bad_st)
+
+    with pytest.raises(FileNotFoundError):
+        load_pretrained(m, tmp_path / "missing.pth")
+    with pytest.raises(CheckpointError, match="directory"):
+        load_pretrained(m, tmp_path)
+    with pytest.raises(TypeError, match="path or a state dict"):
+        load_pretrained(m, 3)
+    with pytest.raises(TypeError, match="SwinTransformer"):
+        load_pretrained(torch.nn.Linear(2, 2), good)
+    assert_unchanged(m, snap)
+
+
+def test_torch_save_of_whole_module_is_refused(tmp_path):
+    path = tmp_path / "module.pth"
+    torch.save(small(), path)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_pretrained(small(), path)
+
+
+# ----------------------------------------------------------------------------- create_model
+
+
+def test_create_model_names_and_sizes():
+    names = swin_ext.list_models()
+    for n in ["swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224",
+              "swin_base_patch4_window12_384", "swin_large_patch4_window7_224", "swin_large_patch4_window12_384",
+              "swin_base_patch4_window12_384_22k", "swin_t", "swin_l"]:
+        assert n in names
+    expected = {  # the official / timm parameter counts
+        "swin_tiny_patch4_window7_224": 28_288_354,
+        "swin_base_patch4_window12_384": 87_903_584,
+        "swin_large_patch4_window12_384": 196_735_516,
+        "swin_large_patch4_window7_224_22k": 196_532_476 + (1536 + 1) * (21841 - 1000),
+    }
+    with torch.device("meta"):
+        for name, n in expected.items():
+            m = create_model(name)
+            assert sum(p.numel() for p in m.parameters()) == n, name
+        m = create_model("swin_base_patch4_window12_384")
+    assert m.window_size == 12 and m.img_size == (384, 384) and m.embed_dim == 128
+    with torch.device("meta"):
+        assert round(m.flops() / 1e9, 1) == 47.1
+        assert create_model("swin_t", num_classes=10, backend="reference").num_classes == 10
+
+
+def test_create_model_bad_names_and_pretrained_true():
+    with pytest.raises(ValueError, match="did you mean.*swin_tiny_patch4_window7_224"):
+        create_model("swin_tiny_patch4_window7_22")
+    with pytest.raises(ValueError, match="downloads nothing"):
+        create_model("swin_t", pretrained=True)
+
+
+def test_create_model_pretrained_path(tmp_path):
+    small_kw = dict(embed_dim=EMBED, depths=DEPTHS, num_heads=HEADS, drop_path_rate=0.0)
+    src = randomize(timm_small(num_classes=1000))
+    path = tmp_path / "timm.pth"
+    torch.save({"state_dict": src.state_dict()}, path)
+    m = create_model("swin_tiny_patch4_window7_224", pretrained=path, **small_kw)
+    assert m.pretrained_result.format == "timm" and torch.equal(m.head.weight, src.head.fc.weight)
+    # window 12 variant from a window-7 checkpoint: tables resized
+    m = create_model("swin_base_patch4_window12_384", pretrained=str(path), **small_kw)
+    assert len(m.pretrained_result.resized_keys) == sum(DEPTHS)
+    # an explicit num_classes asks for a new head: no error
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = create_model("swin_tiny_patch4_window7_224", pretrained=path, num_classes=10, **small_kw)
+    assert m.head.weight.shape == (10, 256) and m.pretrained_result.new_head
+    # but the architecture still has to match
+    with pytest.raises(CheckpointError, match="embed_dim"):
+        create_model("swin_tiny_patch4_window7_224", pretrained=path, embed_dim=64, depths=DEPTHS,
+                     num_heads=(2, 4, 8, 16))
