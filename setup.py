@@ -87,7 +87,7 @@ def build_extensions():
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         include_dirs += _cuda_include_dirs()
         define_macros.append(("SWIN_EXT_WITH_CUDA", None))
-        nvcc_flags = opt + ["-lineinfo", "--expt-relaxed-constexpr", "-std=c++17"]
+        nvcc_flags = opt + ["-lineinfo", "--expt-relaxed-constexpr"]
         ext = cpp_extension.CUDAExtension(
             "swin_ext._C",
             cpu_sources + cuda_sources,
@@ -121,4 +121,5 @@ setup(
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
     zip_safe=False,
+    entry_points={"console_scripts": ["swin-ext-train=swin_ext.train:main"]},
 )

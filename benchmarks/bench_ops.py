@@ -77,8 +77,16 @@ def main(argv=None):
           f"threads={torch.get_num_threads()}  torch={torch.__version__}")
     if device.type == "cuda":
         print(f"# GPU: {torch.cuda.get_device_name(device)}")
-    print("| op | model | stage | shape | pass | fused ms | reference ms | speed-up | fused GB/s |")
-    print("|---|---|---|---|---|---:|---:|---:|---:|")
+    copy_gbs = None
+    if device.type == "cuda":
+        src = torch.empty(256 * 2**20, device=device, dtype=torch.float32)  # 1 GiB
+        dst = torch.empty_like(src)
+        t = measure(lambda: dst.copy_(src), device, repeats=args.repeats)["median"]
+        copy_gbs = 2 * src.numel() * 4 / t / 1e9
+        del src, dst
+        print(f"# device copy bandwidth (read + write): {copy_gbs:.0f} GB/s")
+    print("| op | model | stage | shape | pass | fused ms | reference ms | speed-up | fused GB/s | % of copy |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|---:|")
     for name in args.models:
         spec = MODELS[name]
         for s in args.stages:
@@ -92,9 +100,12 @@ def main(argv=None):
                 for op, shape, (fused, ref, nbytes) in cases:
                     tf = measure(fused, device, repeats=args.repeats)["median"]
                     tr = measure(ref, device, repeats=args.repeats)["median"]
-                    gbs = f"{nbytes / tf / 1e9:.0f}" if (device.type == "cuda" and not backward) else "-"
+                    gbs = pct = "-"
+                    if copy_gbs is not None and not backward:
+                        gbs = f"{nbytes / tf / 1e9:.0f}"
+                        pct = f"{100 * nbytes / tf / 1e9 / copy_gbs:.0f}%"
                     print(f"| {op} | {name} | {s + 1} | {shape} | {'fwd+bwd' if backward else 'fwd'} | "
-                          f"{tf * 1e3:.2f} | {tr * 1e3:.2f} | {tr / tf:.2f}x | {gbs} |", flush=True)
+                          f"{tf * 1e3:.2f} | {tr * 1e3:.2f} | {tr / tf:.2f}x | {gbs} | {pct} |", flush=True)
 
 
 if __name__ == "__main__":

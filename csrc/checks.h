@@ -101,4 +101,28 @@ inline void check_merging_args(const at::Tensor& x, const at::Tensor& weight,
   check_same_device(x, bias, "x", "bias");
 }
 
+// Validates the extra arguments of the patch-merging backward.
+inline void check_merging_bwd_args(const at::Tensor& grad_out, const at::Tensor& x,
+                                   const at::Tensor& mean, const at::Tensor& rstd) {
+  const int64_t B = x.size(0), H2 = (x.size(1) + 1) / 2, W2 = (x.size(2) + 1) / 2;
+  const int64_t C4 = 4 * x.size(3);
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == B && grad_out.size(1) == H2 &&
+                  grad_out.size(2) == W2 && grad_out.size(3) == C4,
+              "swin_ext.patch_merging_bwd: grad_out must be (", B, ", ", H2, ", ", W2, ", ", C4,
+              "), got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(),
+              "swin_ext.patch_merging_bwd: grad_out dtype ", grad_out.scalar_type(),
+              " differs from x dtype ", x.scalar_type());
+  const auto acc = acc_type_of(x.scalar_type());
+  for (const at::Tensor* t : {&mean, &rstd}) {
+    TORCH_CHECK(t->dim() == 3 && t->size(0) == B && t->size(1) == H2 && t->size(2) == W2 &&
+                    t->scalar_type() == acc,
+                "swin_ext.patch_merging_bwd: mean/rstd must be ", acc, " (", B, ", ", H2, ", ",
+                W2, "), got ", t->scalar_type(), " ", t->sizes());
+  }
+  check_same_device(x, grad_out, "x", "grad_out");
+  check_same_device(x, mean, "x", "mean");
+  check_same_device(x, rstd, "x", "rstd");
+}
+
 }  // namespace swin_ext

@@ -24,8 +24,15 @@ $PIP install -q -r requirements-dev.txt
 # CUDA: compile the CUDA sources whenever a toolkit is present, even without a
 # GPU (see DESIGN.md "Building without a GPU").
 if [ -z "${CUDA_HOME:-}" ] && command -v nvcc >/dev/null 2>&1; then
-  CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
-  export CUDA_HOME
+  # The toolkit root is where nvcc's libraries live (nvcc itself may be a
+  # copy or wrapper in /usr/local/bin).
+  for cand in "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")" /usr/local/cuda /usr/local/cuda-*; do
+    if ls "$cand"/lib64/libcudart.so* >/dev/null 2>&1 || ls "$cand"/lib/libcudart.so* >/dev/null 2>&1; then
+      CUDA_HOME=$cand
+      break
+    fi
+  done
+  [ -n "${CUDA_HOME:-}" ] && export CUDA_HOME
 fi
 NVINC=$("$VENV/bin/python" - <<'PY'
 import os, sys

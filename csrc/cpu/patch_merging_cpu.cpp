@@ -156,22 +156,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_merging_bwd_cpu(
     const at::Tensor& mean_in, const at::Tensor& rstd_in) {
   check_merging_args(x_in, weight_in, weight_in);
   TORCH_CHECK(x_in.device().is_cpu(), "swin_ext: CPU kernel called with ", x_in.device());
+  check_merging_bwd_args(grad_out_in, x_in, mean_in, rstd_in);
   const int64_t B = x_in.size(0), H2 = (x_in.size(1) + 1) / 2, W2 = (x_in.size(2) + 1) / 2;
   const int64_t C4 = 4 * x_in.size(3);
-  TORCH_CHECK(grad_out_in.dim() == 4 && grad_out_in.size(0) == B && grad_out_in.size(1) == H2 &&
-                  grad_out_in.size(2) == W2 && grad_out_in.size(3) == C4,
-              "swin_ext.patch_merging_bwd: grad_out must be (", B, ", ", H2, ", ", W2, ", ", C4,
-              "), got ", grad_out_in.sizes());
-  TORCH_CHECK(grad_out_in.scalar_type() == x_in.scalar_type(),
-              "swin_ext.patch_merging_bwd: grad_out dtype ", grad_out_in.scalar_type(),
-              " differs from x dtype ", x_in.scalar_type());
-  const auto acc = acc_type_of(x_in.scalar_type());
-  for (const at::Tensor* t : {&mean_in, &rstd_in}) {
-    TORCH_CHECK(t->dim() == 3 && t->size(0) == B && t->size(1) == H2 && t->size(2) == W2 &&
-                    t->scalar_type() == acc,
-                "swin_ext.patch_merging_bwd: mean/rstd must be ", acc, " (", B, ", ", H2, ", ",
-                W2, "), got ", t->scalar_type(), " ", t->sizes());
-  }
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor x = x_in.contiguous();
   const at::Tensor weight = weight_in.contiguous();

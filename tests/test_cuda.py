@@ -1,0 +1,203 @@
+"""CUDA kernels vs the reference and vs the CPU kernels (skipped without a GPU)."""
+import copy
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+import swin_ext
+from swin_ext import patch_merging, patch_merging_reference, window_attention, window_attention_reference
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and swin_ext.HAS_OPS and swin_ext.build_info()["cuda"]),
+    reason="needs a GPU and a CUDA build of swin_ext",
+)
+DEV = "cuda"
+ALL_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_low_precision(got, exact, composite, what):
+    """flash-attention's rule: error vs float64 at most ~2x the composite's in the same dtype."""
+    err = (got.double() - exact).abs().max().item()
+    err_c = (composite.double() - exact).abs().max().item()
+    assert err <= 2 * err_c + 1e-5, f"{what}: {err} vs composite {err_c}"
+
+
+def _close(got, want, dtype, what=""):
+    tol = {torch.float64: 1e-10, torch.float32: 1e-4}[dtype]
+    torch.testing.assert_close(got.double(), want.double(), atol=tol, rtol=tol, msg=lambda m: f"{what}: {m}")
+
+
+# (B, H, W, window, shift, heads, head_dim)
+CASES = [
+    (2, 14, 14, 7, 0, 3, 32),
+    (2, 14, 14, 7, 3, 3, 32),
+    (1, 13, 10, 7, 3, 2, 32),
+    (2, 9, 17, 4, 2, 2, 16),
+    (1, 8, 8, 8, 4, 1, 64),
+    (1, 24, 12, 12, 6, 2, 32),
+    (1, 5, 3, 7, 3, 3, 20),
+    (1, 16, 16, 16, 8, 1, 128),
+    (3, 7, 14, 7, 3, 2, 48),
+]
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("B,H,W,ws,shift,heads,d", CASES)
+def test_attention_cuda_vs_reference(dtype, B, H, W, ws, shift, heads, d):
+    C = heads * d
+    pad_needed = H % ws or W % ws
+    qkv64 = torch.randn(B, H, W, 3 * C, dtype=torch.float64)
+    bias64 = torch.randn(heads, ws * ws, ws * ws, dtype=torch.float64)
+    pad64 = torch.randn(3 * C, dtype=torch.float64) if pad_needed else None
+    sh = (shift if -(-H // ws) * ws > ws else 0, shift if -(-W // ws) * ws > ws else 0)
+    leaves64 = [t.requires_grad_() for t in (qkv64, bias64, pad64) if t is not None]
+    exact = window_attention_reference(qkv64, bias64, ws, sh, None, pad64)
+    g64 = torch.randn_like(exact)
+    exact_grads = torch.autograd.grad(exact, leaves64, g64)
+
+    def run(fn, device, dt, bias_dt):
+        q = qkv64.detach().to(device, dt).requires_grad_()
+        b = bias64.detach().to(device, bias_dt).requires_grad_()
+        p = pad64.detach().to(device, dt).requires_grad_() if pad64 is not None else None
+        out = fn(q, b, ws, sh, None, p)
+        leaves = [t for t in (q, b, p) if t is not None]
+        return out, torch.autograd.grad(out, leaves, g64.to(device, dt))
+
+    out, grads = run(window_attention, DEV, dtype, _acc(dtype))
+    assert out.dtype == dtype and out.device.type == "cuda" and torch.isfinite(out).all()
+    if dtype in (torch.float64, torch.float32):
+        _close(out, exact, dtype, "out")
+        for name, a, b in zip(("dqkv", "dbias", "dpad"), grads, exact_grads):
+            _close(a, b, dtype, name)
+    else:
+        comp, comp_grads = run(window_attention_reference, DEV, dtype, dtype)
+        _check_low_precision(out, exact, comp, "out")
+        for name, a, b, c in zip(("dqkv", "dbias", "dpad"), grads, exact_grads, comp_grads):
+            _check_low_precision(a, b, c, name)
+    # and vs the CPU kernel in the same dtype
+    if dtype in (torch.float64, torch.float32):
+        out_cpu, grads_cpu = run(window_attention, "cpu", dtype, _acc(dtype))
+        _close(out.cpu(), out_cpu, dtype, "out vs cpu")
+        for a, b in zip(grads, grads_cpu):
+            _close(a.cpu(), b, dtype, "grad vs cpu")
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("B,H,W,C", [(2, 8, 8, 16), (3, 7, 5, 3), (1, 13, 6, 96), (2, 28, 28, 192)])
+def test_patch_merging_cuda_vs_reference(dtype, B, H, W, C):
+    x64 = torch.randn(B, H, W, C, dtype=torch.float64, requires_grad=True)
+    w64 = (1 + 0.1 * torch.randn(4 * C, dtype=torch.float64)).requires_grad_()
+    b64 = (0.1 * torch.randn(4 * C, dtype=torch.float64)).requires_grad_()
+    exact = patch_merging_reference(x64, w64, b64)
+    g64 = torch.randn_like(exact)
+    exact_grads = torch.autograd.grad(exact, (x64, w64, b64), g64)
+
+    def run(fn, dt, wdt):
+        x = x64.detach().to(DEV, dt).requires_grad_()
+        w = w64.detach().to(DEV, wdt).requires_grad_()
+        b = b64.detach().to(DEV, wdt).requires_grad_()
+        y = fn(x, w, b, 1e-5)
+        return y, torch.autograd.grad(y, (x, w, b), g64.to(DEV, dt))
+
+    y, grads = run(patch_merging, dtype, _acc(dtype))
+    if dtype in (torch.float64, torch.float32):
+        _close(y, exact, dtype, "y")
+        for a, b in zip(grads, exact_grads):
+            _close(a, b, dtype, "grad")
+    else:
+        comp, comp_grads = run(patch_merging_reference, dtype, dtype)
+        _check_low_precision(y, exact, comp, "y")
+        for a, b, c in zip(grads, exact_grads, comp_grads):
+            _check_low_precision(a, b, c, "grad")
+
+
+def test_fp16_large_logits_stay_finite():
+    qkv = torch.randn(2, 14, 14, 3 * 96, device=DEV, dtype=torch.float16) * 40
+    bias = torch.randn(3, 49, 49, device=DEV)
+    out = window_attention(qkv, bias, 7, 3)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("H,W,ws,shift,pad", [(6, 6, 3, 1, False), (5, 7, 3, 1, True), (4, 5, 4, 0, True)])
+def test_attention_gradcheck_cuda(H, W, ws, shift, pad):
+    kw = dict(device=DEV, dtype=torch.float64, requires_grad=True)
+    qkv = torch.randn(2, H, W, 3 * 6, **kw)
+    bias = torch.randn(2, ws * ws, ws * ws, **kw)
+    p = torch.randn(18, **kw) if pad else None
+    inputs = [qkv, bias] + ([p] if pad else [])
+    assert gradcheck(lambda q, b, *pp: window_attention(q, b, ws, shift, None, pp[0] if pp else None), inputs)
+
+
+def test_patch_merging_gradcheck_cuda():
+    kw = dict(device=DEV, dtype=torch.float64, requires_grad=True)
+    x, w, b = torch.randn(2, 5, 3, 3, **kw), torch.randn(12, **kw), torch.randn(12, **kw)
+    assert gradcheck(lambda x, w, b: patch_merging(x, w, b), (x, w, b))
+
+
+def test_opcheck_cuda():
+    qkv = torch.randn(2, 9, 7, 24, device=DEV, requires_grad=True)
+    bias = torch.randn(2, 16, 16, device=DEV, requires_grad=True)
+    pad = torch.randn(24, device=DEV, requires_grad=True)
+    torch.library.opcheck(torch.ops.swin_ext.window_attention_fwd.default, (qkv, bias, pad, 4, 2, 2, 0.5))
+    x = torch.randn(2, 5, 6, 3, device=DEV, requires_grad=True)
+    w, b = torch.randn(12, device=DEV, requires_grad=True), torch.randn(12, device=DEV, requires_grad=True)
+    torch.library.opcheck(torch.ops.swin_ext.patch_merging_fwd.default, (x, w, b, 1e-5))
+
+
+def test_backward_deterministic_cuda():
+    qkv = torch.randn(4, 21, 19, 3 * 64, device=DEV, requires_grad=True)
+    bias = torch.randn(2, 49, 49, device=DEV, requires_grad=True)
+    pad = torch.randn(3 * 64, device=DEV, requires_grad=True)
+    g = torch.randn(4, 21, 19, 64, device=DEV)
+    runs = [torch.autograd.grad(window_attention(qkv, bias, 7, 3, None, pad), (qkv, bias, pad), g) for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_cuda_graph_capture():
+    qkv = torch.randn(2, 14, 14, 3 * 64, device=DEV, requires_grad=True)
+    bias = torch.randn(2, 49, 49, device=DEV, requires_grad=True)
+    g = torch.randn(2, 14, 14, 64, device=DEV)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            torch.autograd.grad(window_attention(qkv, bias, 7, 3), (qkv, bias), g)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = window_attention(qkv, bias, 7, 3)
+        dq, db = torch.autograd.grad(out, (qkv, bias), g)
+    graph.replay()
+    torch.cuda.synchronize()
+    ref_out = window_attention(qkv, bias, 7, 3)
+    torch.testing.assert_close(out, ref_out)
+
+
+@pytest.mark.parametrize("size", [(224, 224), (100, 132)])
+def test_model_cuda_vs_cpu(size):
+    torch.manual_seed(0)
+    m = swin_ext.SwinTransformer(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), num_classes=10,
+                                 drop_path_rate=0.0).double()
+    mc = copy.deepcopy(m).cuda()
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    out_cpu, out_gpu = m(x), mc(x.cuda())
+    torch.testing.assert_close(out_gpu.cpu(), out_cpu, atol=1e-9, rtol=1e-9)
+    out_cpu.sum().backward()
+    out_gpu.sum().backward()
+    for a, b in zip(m.parameters(), mc.parameters()):
+        torch.testing.assert_close(b.grad.cpu(), a.grad, atol=1e-8, rtol=1e-8)
+
+
+def test_model_bf16_autocast_training_step():
+    m = swin_ext.swin_t(num_classes=10).cuda()
+    x = torch.randn(4, 3, 224, 224, device=DEV)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = m(x).float().logsumexp(-1).mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
