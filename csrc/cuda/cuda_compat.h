@@ -1,0 +1,54 @@
+// Included first by every CUDA kernel header (csrc/cuda/*.cuh).
+//
+// The kernel headers are compiled twice, from the same source:
+//   * by nvcc (__CUDACC__) for the GPU, into swin_ext._C;
+//   * by the host C++ compiler with -DSWIN_CUDA_HARNESS, where
+//     csrc/harness/cuda_harness.h runs every CUDA thread of a block as a
+//     fiber on the CPU (the test-only swin_ext_harness extension; see the
+//     README section "Developer: the CUDA harness").
+//
+// Kernel headers stay ATen-free: raw pointers, sizes, a cudaStream_t.  Use
+//   SWIN_LAUNCH_KERNEL(kernel, grid, block, smem_bytes, stream, args...)
+//       instead of kernel<<<grid, block, smem_bytes, stream>>>(args...);
+//       wrap a template instantiation in parentheses:
+//       SWIN_LAUNCH_KERNEL((attn_fwd_kernel<float, 32>), grid, block, smem, stream, ...)
+//   SWIN_DYNAMIC_SHARED(type, name);
+//       instead of extern __shared__ type name[];  (a `type*` named `name`)
+//   SWIN_CUDA_CHECK_LAUNCH();
+//       after a launch, in the .cu ATen glue (C10_CUDA_KERNEL_LAUNCH_CHECK()).
+#pragma once
+
+#if defined(__CUDACC__)
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#define SWIN_LAUNCH_KERNEL(kernel, grid, block, smem_bytes, stream, ...) \
+  kernel<<<(grid), (block), (smem_bytes), (stream)>>>(__VA_ARGS__)
+
+// One untyped extern array (templates instantiated with different types would
+// otherwise declare conflicting `extern __shared__ T name[]`).
+#define SWIN_DYNAMIC_SHARED(type, name)                                   \
+  extern __shared__ __align__(16) unsigned char swin_dyn_smem[];          \
+  type* name = reinterpret_cast<type*>(swin_dyn_smem)
+
+#define SWIN_CUDA_CHECK_LAUNCH() C10_CUDA_KERNEL_LAUNCH_CHECK()
+
+#elif defined(SWIN_CUDA_HARNESS)
+
+#include "../harness/cuda_harness.h"
+
+#define SWIN_LAUNCH_KERNEL(kernel, grid, block, smem_bytes, stream, ...) \
+  ::swin_harness::launch(#kernel, kernel, (grid), (block), (smem_bytes), (stream), ##__VA_ARGS__)
+
+#define SWIN_DYNAMIC_SHARED(type, name) \
+  type* name = reinterpret_cast<type*>(::swin_harness::dynamic_shared_memory())
+
+// The harness throws swin_harness::Error from the launch itself.
+#define SWIN_CUDA_CHECK_LAUNCH() ((void)0)
+
+#else
+#error "csrc/cuda/cuda_compat.h: compile with nvcc, or with -DSWIN_CUDA_HARNESS for the CPU harness"
+#endif
