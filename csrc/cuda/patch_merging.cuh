@@ -1,8 +1,9 @@
 // CUDA kernels of patch merging: 2x2 gather (zero padding of odd H/W, the
 // official quadrant order) fused with LayerNorm over the 4C channels.
 //
-//   forward   merge_fwd_kernel     one warp per output pixel; mean and
-//             variance in two passes over the (cached) gathered row.
+//   forward   merge_fwd_kernel     one warp per output pixel, 16-byte packed
+//             loads/stores where aligned; mean and variance in two passes
+//             over the (cached) gathered row.
 //   backward  merge_bwd_dx_kernel  one warp per output pixel: LayerNorm
 //             backward + scatter into dx.
 //             merge_bwd_dwdb_kernel  one thread per (channel, pixel chunk):
@@ -33,7 +34,37 @@ __device__ __forceinline__ acc_t merged_value(const scalar_t* x, int64_t H, int6
   return to_acc(x[((b * H + y) * W + xx) * C + c]);
 }
 
-template <typename scalar_t, typename acc_t>
+// VEC consecutive channels of one source pixel as one 16-byte (or smaller)
+// load: the quadrant's C channels are contiguous in memory.
+template <typename scalar_t, int VEC>
+struct alignas(sizeof(scalar_t) * VEC) Pack {
+  scalar_t v[VEC];
+};
+
+// Gathered channels [k, k + VEC) of output pixel (b, oy, ox) in acc_t; k is a
+// multiple of VEC and C % VEC == 0, so they come from one quadrant.
+template <typename scalar_t, typename acc_t, int VEC>
+__device__ __forceinline__ void merged_pack(const scalar_t* x, int64_t H, int64_t W, int64_t C,
+                                            int64_t b, int64_t oy, int64_t ox, int64_t k,
+                                            acc_t* out) {
+  const int q = static_cast<int>(k / C);
+  const int64_t c = k - q * C;
+  int64_t y, xx;
+  if (!merge_source(H, W, oy, ox, q, &y, &xx)) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) out[e] = acc_t(0);
+    return;
+  }
+  const Pack<scalar_t, VEC> p =
+      *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + ((b * H + y) * W + xx) * C + c);
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) out[e] = to_acc(p.v[e]);
+}
+
+// Forward: one warp per output pixel; lanes read VEC channels at a time
+// (vectorised loads and stores), mean and variance in two passes over the
+// cached gathered row.
+template <typename scalar_t, typename acc_t, int VEC>
 __global__ void __launch_bounds__(kMergeWarps * 32)
     merge_fwd_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ weight,
                      const acc_t* __restrict__ bias, scalar_t* __restrict__ y,
@@ -44,19 +75,28 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
   const int lane = threadIdx.x & 31;
   if (pix >= B * H2 * W2) return;  // the whole warp leaves together
   const int64_t ox = pix % W2, oy = (pix / W2) % H2, b = pix / (W2 * H2);
+  acc_t v[VEC];
   acc_t s = 0;
-  for (int64_t k = lane; k < C4; k += 32) s += merged_value<scalar_t, acc_t>(x, H, W, C, b, oy, ox, k);
-  const acc_t mu = warp_sum(s) / static_cast<acc_t>(C4);
-  acc_t v = 0;
-  for (int64_t k = lane; k < C4; k += 32) {
-    const acc_t dlt = merged_value<scalar_t, acc_t>(x, H, W, C, b, oy, ox, k) - mu;
-    v += dlt * dlt;
+  for (int64_t k = lane * VEC; k < C4; k += 32 * VEC) {
+    merged_pack<scalar_t, acc_t, VEC>(x, H, W, C, b, oy, ox, k, v);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) s += v[e];
   }
-  const acc_t rs = acc_rsqrt(warp_sum(v) / static_cast<acc_t>(C4) + eps);
+  const acc_t mu = warp_sum(s) / static_cast<acc_t>(C4);
+  acc_t var = 0;
+  for (int64_t k = lane * VEC; k < C4; k += 32 * VEC) {
+    merged_pack<scalar_t, acc_t, VEC>(x, H, W, C, b, oy, ox, k, v);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) var += (v[e] - mu) * (v[e] - mu);
+  }
+  const acc_t rs = acc_rsqrt(warp_sum(var) / static_cast<acc_t>(C4) + eps);
   scalar_t* dst = y + pix * C4;
-  for (int64_t k = lane; k < C4; k += 32) {
-    const acc_t xh = (merged_value<scalar_t, acc_t>(x, H, W, C, b, oy, ox, k) - mu) * rs;
-    dst[k] = from_acc<scalar_t>(xh * weight[k] + bias[k]);
+  for (int64_t k = lane * VEC; k < C4; k += 32 * VEC) {
+    merged_pack<scalar_t, acc_t, VEC>(x, H, W, C, b, oy, ox, k, v);
+    Pack<scalar_t, VEC> o;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) o.v[e] = from_acc<scalar_t>((v[e] - mu) * rs * weight[k + e] + bias[k + e]);
+    *reinterpret_cast<Pack<scalar_t, VEC>*>(dst + k) = o;
   }
   if (lane == 0) {
     mean[pix] = mu;
@@ -134,8 +174,17 @@ void launch_patch_merging_fwd(const scalar_t* x, const acc_t* weight, const acc_
   const int64_t P = B * ((H + 1) / 2) * ((W + 1) / 2);
   if (P == 0) return;
   const unsigned blocks = static_cast<unsigned>(ceil_div64(P, kMergeWarps));
-  SWIN_LAUNCH_KERNEL((merge_fwd_kernel<scalar_t, acc_t>), blocks, kMergeWarps * 32, 0, stream, x,
-                     weight, bias, y, mean, rstd, B, H, W, C, static_cast<acc_t>(eps));
+  // 16-byte packs when every source row and output row stays aligned.
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(y) % 16 == 0;
+  if (aligned && C % kVec == 0) {
+    SWIN_LAUNCH_KERNEL((merge_fwd_kernel<scalar_t, acc_t, kVec>), blocks, kMergeWarps * 32, 0,
+                       stream, x, weight, bias, y, mean, rstd, B, H, W, C, static_cast<acc_t>(eps));
+  } else {
+    SWIN_LAUNCH_KERNEL((merge_fwd_kernel<scalar_t, acc_t, 1>), blocks, kMergeWarps * 32, 0, stream,
+                       x, weight, bias, y, mean, rstd, B, H, W, C, static_cast<acc_t>(eps));
+  }
 }
 
 // dx (B, H, W, C); dw_part/db_part (merge_num_partials(B, H, W), 4C), summed
