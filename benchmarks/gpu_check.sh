@@ -51,8 +51,12 @@ TEST_RC=${PIPESTATUS[0]}
   echo
   echo "## Model level (benchmarks/bench_model.py)"
   echo
-  timeout 240 $PY benchmarks/bench_model.py --device cuda --models swin_t swin_b --dtypes float32 bfloat16 \
-      --markdown-only 2>&1 || echo "(bench_model.py failed or timed out)"
+  for model in swin_t swin_b; do
+    timeout 150 $PY benchmarks/bench_model.py --device cuda --model $model --dtypes float32 bfloat16 \
+        --impls swin_ext-fused swin_ext-reference timm timm-sdpa --infer-batches 128 --train-batches 64 \
+        --warmup 3 --repeats 10 --out-dir "$RES" 2>&1 || echo "(bench_model.py $model failed or timed out)"
+    echo
+  done
 } > "$REPORT.tmp"
 mv "$REPORT.tmp" "$REPORT"
 cat "$REPORT"

@@ -1,5 +1,6 @@
-"""The main job (for now): build check, Swin-T forward+backward on the CPU,
-fused-vs-reference agreement and timing.
+"""Fused-vs-reference speed table (the second half of the main job, after
+``swin_ext.train`` on the digits): build check, Swin-T forward+backward on
+the CPU, fused-vs-reference agreement and timing.
 
     python -m swin_ext.demo [--batch 2] [--repeats 3]
 """

@@ -1,0 +1,511 @@
+"""Model benchmark: Swin-T (or --model swin_s / swin_b) img/s and peak memory, training and inference,
+swin_ext (fused and reference backends) against timm and torchvision with the
+same weights.
+
+    python benchmarks/bench_model.py                                   # CPU: inference b8, train b4, float32
+    python benchmarks/bench_model.py --device cuda --dtypes float32 bfloat16 float16
+    python benchmarks/bench_model.py --impls swin_ext-fused timm --infer-batches 8 16 --train-batches 4
+
+Implementations (those whose library is missing are skipped):
+
+* ``swin_ext-fused``     swin_ext.swin_t(backend="fused")
+* ``swin_ext-reference`` the same weights, backend="reference" (plain PyTorch composite)
+* ``timm``               timm ``swin_tiny_patch4_window7_224``, pretrained=False, with its
+                         default attention.  timm's Swin asks
+                         ``use_fused_attn(experimental=True)``, so its default (``TIMM_FUSED_ATTN``
+                         unset or 1) is the explicit softmax path.
+* ``timm-sdpa``          the same with ``F.scaled_dot_product_attention`` (bias + mask
+                         materialized as ``attn_mask``): what ``TIMM_FUSED_ATTN=2`` gives.
+                         timm reads the env var once at import and each WindowAttention
+                         copies the flag at construction; this script builds the models under
+                         ``timm.layers.set_fused_attn(True/False, experimental=True)`` and
+                         reports the ``fused_attn`` attribute the modules actually have.
+* ``torchvision``        torchvision ``swin_t(weights=None)``.
+
+All models get swin_ext's weights (key mapping below), stochastic depth 0, and
+their fp32 eval logits are checked against swin_ext-fused before timing.
+
+Timing: every implementation of one (mode, dtype, batch) case is warmed up,
+then timed in interleaved rounds (A, B, C, A, B, C, ...) so that a load change
+on a shared machine hits all of them alike; the median per implementation is
+reported.  ``infer`` = eval forward under ``torch.inference_mode``; ``train``
+= forward + cross-entropy + backward + AdamW step.  float16/bfloat16 run
+under ``torch.autocast`` with float32 weights.
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during one more
+iteration (absolute: weights, optimizer state and activations); on CPU the
+peak RSS above the RSS before that iteration, from the kernel's VmHWM after
+resetting it through ``/proc/self/clear_refs`` (Linux); "n/a" where that is
+unavailable.  CPU numbers include allocator caching and are approximate.
+
+Writes ``benchmarks/results/bench_model_<device>_<date>.md`` and ``.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import datetime
+import gc
+import os
+import platform
+import re
+import shlex
+import sys
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import measure  # noqa: E402
+
+import swin_ext  # noqa: E402
+
+ALL_IMPLS = ["swin_ext-fused", "swin_ext-reference", "timm", "timm-sdpa", "torchvision"]
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+# --------------------------------------------------------------------------- weight mapping
+
+
+def to_timm_state_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """swin_ext (official layout) -> timm: patch merging moves to the start of
+    the next stage (``layers.{i+1}.downsample``), ``head`` -> ``head.fc``."""
+    out = {}
+    for k, v in sd.items():
+        k2 = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", k)
+        if k2.startswith("head."):
+            k2 = "head.fc." + k2[len("head."):]
+        out[k2] = v
+    return out
+
+
+def to_torchvision_state_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """swin_ext -> torchvision ``swin_t``: ``features.0`` = (conv, permute, norm),
+    ``features.2i+1`` = stage i's blocks, ``features.2i+2`` = stage i's merging,
+    ``mlp.fc1/fc2`` -> ``mlp.0/mlp.3``."""
+    out = {}
+    for k, v in sd.items():
+        m = re.match(r"^patch_embed\.(proj|norm)\.(.*)$", k)
+        if m:
+            out[f"features.0.{0 if m.group(1) == 'proj' else 2}.{m.group(2)}"] = v
+            continue
+        m = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(.*)$", k)
+        if m:
+            rest = m.group(3).replace("mlp.fc1.", "mlp.0.").replace("mlp.fc2.", "mlp.3.")
+            out[f"features.{2 * int(m.group(1)) + 1}.{m.group(2)}.{rest}"] = v
+            continue
+        m = re.match(r"^layers\.(\d+)\.downsample\.(.*)$", k)
+        if m:
+            out[f"features.{2 * int(m.group(1)) + 2}.{m.group(2)}"] = v
+            continue
+        out[k] = v  # norm.*, head.*
+    return out
+
+
+def _load_into(model: nn.Module, mapped: Dict[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    # buffers the other library keeps persistent (torchvision's relative_position_index)
+    for k, v in own.items():
+        if k not in mapped and k.endswith("relative_position_index"):
+            mapped[k] = v
+    model.load_state_dict(mapped, strict=True)
+
+
+# --------------------------------------------------------------------------- models
+
+
+# model name -> (swin_ext factory, timm name, torchvision builder name)
+MODELS = {
+    "swin_t": ("swin_t", "swin_tiny_patch4_window7_224", "swin_t"),
+    "swin_s": ("swin_s", "swin_small_patch4_window7_224", "swin_s"),
+    "swin_b": ("swin_b", "swin_base_patch4_window7_224", "swin_b"),
+}
+
+
+def build_models(impls: List[str], device: torch.device, seed: int = 0,
+                 model: str = "swin_t") -> Tuple[Dict[str, nn.Module], Dict[str, str]]:
+    """The implementations, all with the weights of ``swin_ext.<model>`` seeded with ``seed``."""
+    ours, timm_name, tv_name = MODELS[model]
+    torch.manual_seed(seed)
+    base = getattr(swin_ext, ours)(drop_path_rate=0.0, num_classes=1000)
+    sd = base.state_dict()
+    models: Dict[str, nn.Module] = {}
+    notes: Dict[str, str] = {}
+    for name in impls:
+        if name == "swin_ext-fused":
+            models[name] = copy.deepcopy(base).set_backend("fused")
+            notes[name] = "swin_ext fused C++/CUDA kernels"
+        elif name == "swin_ext-reference":
+            models[name] = copy.deepcopy(base).set_backend("reference")
+            notes[name] = "swin_ext plain-PyTorch composite (same weights)"
+        elif name in ("timm", "timm-sdpa"):
+            try:
+                import timm
+                import timm.layers.config as tcfg
+            except ImportError:
+                notes[name] = "skipped: timm not installed"
+                continue
+            saved = tcfg._USE_FUSED_ATTN
+            try:
+                timm.layers.set_fused_attn(name == "timm-sdpa", experimental=True)
+                m = timm.create_model(timm_name, pretrained=False, num_classes=1000, drop_path_rate=0.0)
+            finally:
+                tcfg._USE_FUSED_ATTN = saved
+            m.load_state_dict(to_timm_state_dict(sd), strict=True)
+            flags = {bool(getattr(a, "fused_attn", False)) for a in m.modules() if type(a).__name__ == "WindowAttention"}
+            notes[name] = (f"timm {timm.__version__} {timm_name}, WindowAttention.fused_attn="
+                           f"{'/'.join(str(f) for f in sorted(flags))}"
+                           + (" (F.scaled_dot_product_attention, = TIMM_FUSED_ATTN=2)" if True in flags
+                              else " (explicit softmax: timm's default for Swin)"))
+            models[name] = m
+        elif name == "torchvision":
+            try:
+                import torchvision
+                import torchvision.models as tvm
+            except ImportError:
+                notes[name] = "skipped: torchvision not installed"
+                continue
+            m = getattr(tvm, tv_name)(weights=None)  # stochastic_depth_prob is fixed at 0.2 by the builder: zero it
+            for mod in m.modules():
+                if type(mod).__name__ == "StochasticDepth":
+                    mod.p = 0.0
+            _load_into(m, to_torchvision_state_dict(sd))
+            notes[name] = f"torchvision {torchvision.__version__} {tv_name}"
+            models[name] = m
+        else:
+            raise ValueError(f"unknown implementation {name!r}; choose from {ALL_IMPLS}")
+    for m in models.values():
+        m.to(device)
+    return models, notes
+
+
+@torch.no_grad()
+def agreement(models: Dict[str, nn.Module], device: torch.device) -> Dict[str, float]:
+    """Max |logit difference| to the first model, fp32, eval, batch 2."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 224, 224, generator=g).to(device)
+    outs = {}
+    for name, m in models.items():
+        m.eval()
+        outs[name] = m(x).float()
+    ref = next(iter(outs.values()))
+    return {k: (v - ref).abs().max().item() for k, v in outs.items()}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _proc_status_kb(key: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mib(fn: Callable[[], None], device: torch.device) -> Optional[float]:
+    """Peak memory of one ``fn()``: CUDA max_memory_allocated, CPU peak-RSS delta (None if unmeasurable)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    gc.collect()
+    _malloc_trim()
+    base = _proc_status_kb("VmRSS")
+    if base is None or not _reset_hwm():
+        return None
+    if (_proc_status_kb("VmHWM") or 0) > base + 1024:  # reset did not take
+        return None
+    fn()
+    peak = _proc_status_kb("VmHWM")
+    return None if peak is None else max(0.0, (peak - base) / 1024)
+
+
+# --------------------------------------------------------------------------- runners
+
+
+def make_runner(model: nn.Module, mode: str, batch: int, dtype: torch.dtype, device: torch.device) -> Callable[[], None]:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(batch, 3, 224, 224, generator=g).to(device)
+    y = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    amp = dtype != torch.float32
+    if mode == "infer":
+        model.eval()
+
+        def run():
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=amp):
+                model(x)
+
+        return run
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def bench_case(models, mode, batch, dtype, device, warmup, repeats) -> Dict[str, Dict[str, float]]:
+    runners = {}
+    for name, m in models.items():
+        try:
+            runners[name] = make_runner(m, mode, batch, dtype, device)
+            for _ in range(warmup):
+                runners[name]()
+        except Exception as e:  # noqa: BLE001 - e.g. a dtype an implementation lacks
+            print(f"  {name}: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
+            runners.pop(name, None)
+    times: Dict[str, List[float]] = {n: [] for n in runners}
+    for _ in range(repeats):
+        for name, fn in runners.items():  # interleaved rounds
+            times[name].append(measure(fn, device, warmup=0, repeats=1)["median"])
+    res = {}
+    for name, fn in runners.items():
+        ts = sorted(times[name])
+        med = ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2])
+        res[name] = {
+            "median_s": med,
+            "min_s": ts[0],
+            "p20_s": ts[min(len(ts) - 1, int(0.2 * len(ts)))],
+            "p80_s": ts[min(len(ts) - 1, int(0.8 * len(ts)))],
+            "img_s": batch / med,
+            "peak_mib": peak_memory_mib(fn, device),
+        }
+    for m in models.values():
+        m.zero_grad(set_to_none=True)
+    gc.collect()
+    return res
+
+
+# --------------------------------------------------------------------------- report
+
+
+def device_tag(device: torch.device) -> str:
+    if device.type == "cuda":
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+    return f"cpu-{torch.get_num_threads()}t"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def plot(results, impls, path: str, title: str) -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    cases = list(results)
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(cases) + 2), 4.2))
+    width = 0.8 / max(1, len(impls))
+    for i, name in enumerate(impls):
+        vals = [results[c].get(name, {}).get("img_s", 0.0) for c in cases]
+        xs = [j + (i - (len(impls) - 1) / 2) * width for j in range(len(cases))]
+        bars = ax.bar(xs, vals, width, label=name)
+        for b, v in zip(bars, vals):
+            if v:
+                ax.annotate(f"{v:.1f}" if v < 100 else f"{v:.0f}", (b.get_x() + b.get_width() / 2, v),
+                            ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([f"{m} {d}\nbatch {b}" for (m, d, b) in cases])
+    ax.set_ylabel("images / s (higher is better)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--model", default="swin_t", choices=list(MODELS))
+    ap.add_argument("--impls", nargs="+", default=ALL_IMPLS, choices=ALL_IMPLS)
+    ap.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="default float32 on CPU; float32 bfloat16 float16 on CUDA")
+    ap.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
+    ap.add_argument("--infer-batches", nargs="+", type=int, default=None, help="default 8 on CPU, 64 256 on CUDA")
+    ap.add_argument("--train-batches", nargs="+", type=int, default=None, help="default 4 on CPU, 32 128 on CUDA")
+    ap.add_argument("--warmup", type=int, default=None, help="default 1 on CPU, 5 on CUDA")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 5 on CPU, 20 on CUDA)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--out-dir", default=RESULTS)
+    ap.add_argument("--no-save", action="store_true", help="print only")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtypes = args.dtypes or (["float32", "bfloat16", "float16"] if cuda else ["float32"])
+    batches = {"infer": args.infer_batches or ([64, 256] if cuda else [8]),
+               "train": args.train_batches or ([32, 128] if cuda else [4])}
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    repeats = args.repeats or (20 if cuda else 5)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+    date = datetime.date.today().isoformat()
+    devname = torch.cuda.get_device_name(device) if cuda else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    cmd = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/bench_model.py"] + (sys.argv[1:] if argv is None else list(argv)))
+    header = [
+        f"# {args.model} model benchmark — {devname} — {date}",
+        "",
+        f"`{cmd}`",
+        "",
+        f"torch {torch.__version__}, swin_ext {swin_ext.__version__} (build: {swin_ext.build_info().get('variant_reason')}), "
+        f"Python {platform.python_version()}, warm-up {warmup}, {repeats} interleaved rounds, median.",
+        "",
+    ]
+    for line in header:
+        print(line, flush=True)
+
+    models, notes = build_models(args.impls, device, model=args.model)
+    impls = list(models)
+    print("Implementations:")
+    for name in args.impls:
+        print(f"* `{name}`: {notes.get(name, '')}")
+    diffs = agreement(models, device)
+    print("\nSame weights, fp32 eval logits, max |diff| vs " + impls[0] + ": "
+          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()), flush=True)
+
+    results: Dict[Tuple[str, str, int], Dict[str, Dict[str, float]]] = {}
+    for mode in args.modes:
+        for dt in dtypes:
+            for b in batches[mode]:
+                print(f"\n... {mode} {dt} batch {b}", flush=True)
+                results[(mode, dt, b)] = bench_case(models, mode, b, getattr(torch, dt), device, warmup, repeats)
+
+    mem_head = "peak alloc MiB" if cuda else "peak RSS Δ MiB"
+    table = [
+        f"| mode | dtype | batch | implementation | img/s | ms / iter (p20–p80) | {mem_head} | vs timm | vs timm-sdpa |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for (mode, dt, b), res in results.items():
+        for name in impls:
+            if name not in res:
+                table.append(f"| {mode} | {dt} | {b} | {name} | failed | | | | |")
+                continue
+            r = res[name]
+            mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+            vs = [f"{r['img_s'] / res[t]['img_s']:.2f}x" if t in res else "-" for t in ("timm", "timm-sdpa")]
+            table.append(f"| {mode} | {dt} | {b} | {name} | {r['img_s']:.1f} | {1e3 * r['median_s']:.1f} "
+                         f"({1e3 * r['p20_s']:.1f}–{1e3 * r['p80_s']:.1f}) | {mem} | {vs[0]} | {vs[1]} |")
+
+    summary = []
+    if "swin_ext-fused" in impls and any(t in impls for t in ("timm", "timm-sdpa")):
+        summary.append("swin_ext-fused speed relative to timm (>1 = faster), same weights:")
+        for (mode, dt, b), res in results.items():
+            if "swin_ext-fused" not in res:
+                continue
+            parts = [f"{t} {res['swin_ext-fused']['img_s'] / res[t]['img_s']:.2f}x" for t in ("timm", "timm-sdpa") if t in res]
+            summary.append(f"* {mode} {dt} batch {b}: " + ", ".join(parts))
+        if not cuda:
+            # The CPU target: inference batch 8 and a training step at batch 4, float32, fused >= timm.
+            def target(key: str):
+                checks = []
+                for mode, b in (("infer", 8), ("train", 4)):
+                    res = results.get((mode, "float32", b))
+                    if res and "swin_ext-fused" in res:
+                        speed = {t: b / res[t][key] for t in ("timm", "timm-sdpa") if t in res}
+                        if speed:
+                            best_t = max(speed, key=speed.get)
+                            checks.append((f"{mode} b{b}", (b / res["swin_ext-fused"][key]) / speed[best_t], best_t))
+                return checks
+
+            for key, label in (("median_s", "by median"), ("min_s", f"by best of {repeats}")):
+                checks = target(key)
+                if not checks:
+                    continue
+                verdict = "MET" if all(r >= 1.0 for _, r, _ in checks) else "NOT MET"
+                if len(checks) < 2:
+                    verdict += f" for {checks[0][0]} only (the other case was not run)"
+                if key == "median_s":
+                    summary.append("")
+                summary.append(f"CPU target (fused >= the faster timm variant; inference b8, train b4, float32), {label}: "
+                               f"{verdict} — " + ", ".join(f"{c} {r:.2f}x vs {t}" for c, r, t in checks))
+            spread = max([r["p80_s"] / r["p20_s"] for (mode, dt, b), res in results.items() for r in res.values()
+                          if dt == "float32" and (mode, b) in (("infer", 8), ("train", 4))] or [1.0])
+            if spread > 1.25:
+                summary.append(f"Caution: timings were noisy (p80/p20 up to {spread:.1f}x; another load on the "
+                               "machine?): rerun on an idle machine, or with more --repeats, before trusting the ratios; "
+                               "the best-of-N ratio is the less load-sensitive one.")
+
+    notes_md = [
+        "",
+        "Notes: `infer` = eval forward under inference_mode; `train` = forward + cross-entropy + backward + AdamW step. "
+        "float16/bfloat16 run under torch.autocast (float32 weights). "
+        + ("Peak memory = torch.cuda.max_memory_allocated over one iteration (absolute, includes weights and optimizer state)."
+           if cuda else
+           "Peak memory = VmHWM − VmRSS over one iteration after resetting VmHWM via /proc/self/clear_refs "
+           "(activations and temporaries; approximate, includes allocator effects; the optimizer state is "
+           "allocated during warm-up and so not counted)."),
+        "timm: `timm` is timm's default for Swin (its WindowAttention asks use_fused_attn(experimental=True), off "
+        "unless TIMM_FUSED_ATTN=2); `timm-sdpa` is the TIMM_FUSED_ATTN=2 path (F.scaled_dot_product_attention with the "
+        "bias + shift mask materialized).",
+    ]
+    print()
+    for line in table + [""] + summary + notes_md:
+        print(line)
+
+    if not args.no_save:
+        os.makedirs(args.out_dir, exist_ok=True)
+        stem = os.path.join(args.out_dir, f"bench_model_{args.model}_{device_tag(device)}_{date}")
+        png = plot(results, impls, stem + ".png",
+                   f"{args.model} 224 img/s — {devname} — {date}")
+        md = header + ["Implementations:", ""] + [f"* `{n}`: {notes.get(n, '')}" for n in args.impls] + [
+            "", "Same weights, fp32 eval logits, max |diff| vs " + impls[0] + ": "
+            + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()), ""] + table + [""] + summary + notes_md
+        if png:
+            md += ["", f"![chart]({os.path.basename(png)})"]
+        with open(stem + ".md", "w") as f:
+            f.write("\n".join(md) + "\n")
+        print(f"\nwrote {stem}.md" + (f" and {png}" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,760 @@
+"""Train a swin_ext Swin Transformer on an ImageFolder directory or the built-in digits set.
+
+One process:
+
+    python -m swin_ext.train --data digits --model swin_digits --epochs 40
+
+Many processes / nodes (DistributedDataParallel; gloo on CPU, nccl on GPU),
+the same command under torchrun:
+
+    torchrun --nproc-per-node 2 -m swin_ext.train --data digits --model swin_digits
+    torchrun --nnodes 2 --node-rank 0 --master-addr HOST --nproc-per-node 8 -m swin_ext.train --data /imagenet --model swin_t
+
+AdamW with linear warm-up and cosine decay (per step), optional layer-wise lr
+decay, label smoothing, AMP (bf16/fp16), gradient checkpointing, gradient
+clipping, atomic checkpoints with exact resume (model, optimizer, scheduler,
+grad scaler, step, data position and every rank's RNG state), tqdm progress
+bars, a final ``FINAL_METRICS {json}`` line, ``metrics.json`` and a PNG of the
+loss / accuracy curves in ``--output-dir``.
+
+``--batch-size`` is per process; the global batch is ``batch_size * world_size``.
+``--lr`` is used as given (no automatic scaling with the global batch).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
+
+__all__ = ["PRESETS", "build_parser", "build_model", "param_groups", "save_checkpoint", "load_checkpoint", "train", "main"]
+
+CHECKPOINT_FORMAT = "swin_ext.train/1"
+
+# Model presets.  ``swin_digits`` is the compact model of the main job:
+# 32x32 digits, patch 4 (one token per original 8x8 pixel), 8x8 tokens in
+# 2x2 windows of 4 (shifted) then 4x4 tokens in one window; 0.3M parameters.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "swin_t": dict(img_size=224, patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                   window_size=7, drop_path_rate=0.2),
+    "swin_s": dict(img_size=224, patch_size=4, embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
+                   window_size=7, drop_path_rate=0.3),
+    "swin_b": dict(img_size=224, patch_size=4, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
+                   window_size=7, drop_path_rate=0.5),
+    "swin_l": dict(img_size=224, patch_size=4, embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48),
+                   window_size=7, drop_path_rate=0.5),
+    "swin_digits": dict(img_size=32, patch_size=4, embed_dim=48, depths=(2, 2), num_heads=(3, 6),
+                        window_size=4, drop_path_rate=0.1),
+}
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _int_list(s: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in s.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a list of ints like '2,2,6,2', got {s!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="swin-ext-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    g = ap.add_argument_group("data")
+    g.add_argument("--data", default="digits", help="'digits' (scikit-learn's digits, built in) or an ImageFolder "
+                   "directory (root/train + root/val|test, or one class-per-folder tree split deterministically)")
+    g.add_argument("--test-fraction", type=float, default=0.2, help="test split when the data has none (default 0.2)")
+    g.add_argument("--no-augment", action="store_true", help="no training augmentation")
+    g.add_argument("--limit", type=int, default=None, help="use only the first N samples of each split (smoke tests)")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader workers per process (default 0 for digits, 4 otherwise)")
+
+    g = ap.add_argument_group("model")
+    g.add_argument("--model", default="swin_digits", choices=sorted(PRESETS), help="preset (default swin_digits)")
+    g.add_argument("--img-size", type=int, default=None)
+    g.add_argument("--patch-size", type=int, default=None)
+    g.add_argument("--in-chans", type=int, default=None, help="default 1 for digits, 3 for image folders")
+    g.add_argument("--embed-dim", type=int, default=None)
+    g.add_argument("--depths", type=_int_list, default=None, help="e.g. 2,2,6,2")
+    g.add_argument("--num-heads", type=_int_list, default=None, help="e.g. 3,6,12,24")
+    g.add_argument("--window-size", type=int, default=None)
+    g.add_argument("--mlp-ratio", type=float, default=None)
+    g.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (preset default)")
+    g.add_argument("--backend", default="fused", choices=["fused", "reference"])
+    g.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing of every block")
+
+    g = ap.add_argument_group("optimization")
+    g.add_argument("--epochs", type=int, default=40, help="(default 40)")
+    g.add_argument("--max-steps", type=int, default=None, help="total optimizer steps (overrides --epochs)")
+    g.add_argument("--batch-size", type=int, default=32, help="per process (default 32)")
+    g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    g.add_argument("--min-lr", type=float, default=1e-5, help="final learning rate of the cosine")
+    g.add_argument("--warmup-epochs", type=float, default=2.0)
+    g.add_argument("--warmup-steps", type=int, default=None, help="overrides --warmup-epochs")
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--layer-decay", type=float, default=None,
+                   help="layer-wise lr decay factor (e.g. 0.9): lr * decay**(depth from the head)")
+    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--clip-grad", type=float, default=5.0, help="max gradient norm (0 disables)")
+    g.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+                   help="autocast dtype; auto = bf16 on a GPU that supports it, else none")
+
+    g = ap.add_argument_group("run")
+    g.add_argument("--output-dir", default=None, help="default runs/<data>-<model>")
+    g.add_argument("--resume", default=None, help="checkpoint path, or 'auto' (output-dir/last.pt if present)")
+    g.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (0: epoch ends only)")
+    g.add_argument("--no-save", action="store_true", help="write no checkpoints")
+    g.add_argument("--stop-after-steps", type=int, default=None,
+                   help="checkpoint and stop after N steps in this invocation (time-boxed jobs; resume later)")
+    g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and always at the end)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    g.add_argument("--no-plot", action="store_true", help="no PNG of the curves")
+    g.add_argument("--min-acc", type=float, default=None, help="exit with status 1 if the final test accuracy is lower")
+    return ap
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+class DistEnv:
+    """Rank / world size / device from the torchrun environment (or a single process)."""
+
+    def __init__(self, device_arg: str = "auto") -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device_arg == "auto":
+            device_arg = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = torch.device(device_arg)
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError("--device cuda but no GPU is available")
+            dev = torch.device("cuda", self.local_rank if dev.index is None else dev.index)
+            torch.cuda.set_device(dev)
+        self.device = dev
+        self.distributed = self.world_size > 1
+        self._owns_group = False
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+            self._owns_group = True
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            # gloo and nccl both reduce float64 on their device
+            t = t.to(self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.cpu()
+
+    def all_gather_object(self, obj: Any) -> List[Any]:
+        if not self.distributed:
+            return [obj]
+        out: List[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self._owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class ShardedSampler(Sampler[int]):
+    """Deterministic per-epoch shuffle, sharded over ranks, resumable mid-epoch.
+
+    Every rank gets ``ceil(n / world)`` indices (the permutation is padded by
+    wrapping, as ``DistributedSampler`` does), so all ranks take the same
+    number of steps.  ``set_epoch(epoch, skip)`` drops the first ``skip``
+    indices of this rank's share: the samples a resumed run already consumed.
+    """
+
+    def __init__(self, n: int, world_size: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0) -> None:
+        if n < 1:
+            raise ValueError("empty data set")
+        self.n, self.world_size, self.rank, self.shuffle, self.seed = n, world_size, rank, shuffle, seed
+        self.per_rank = math.ceil(n / world_size)
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            perm = torch.randperm(self.n, generator=g).tolist()
+        else:
+            perm = list(range(self.n))
+        total = self.per_rank * self.world_size
+        perm = (perm * math.ceil(total / self.n))[:total]
+        return iter(perm[self.rank : total : self.world_size][self.skip :])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.skip
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation: rank r takes indices r, r + world, ... (no padding, no duplicates)."""
+
+    def __init__(self, n: int, world_size: int = 1, rank: int = 0) -> None:
+        self.indices = list(range(rank, n, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+# --------------------------------------------------------------------------- model / optimizer
+
+
+def model_config(args: argparse.Namespace, num_classes: int) -> Dict[str, Any]:
+    cfg = dict(PRESETS[args.model])
+    for key, attr in (("img_size", "img_size"), ("patch_size", "patch_size"), ("embed_dim", "embed_dim"),
+                      ("depths", "depths"), ("num_heads", "num_heads"), ("window_size", "window_size"),
+                      ("mlp_ratio", "mlp_ratio"), ("drop_path_rate", "drop_path")):
+        v = getattr(args, attr)
+        if v is not None:
+            cfg[key] = v
+    cfg["depths"], cfg["num_heads"] = list(cfg["depths"]), list(cfg["num_heads"])
+    cfg["in_chans"] = args.in_chans if args.in_chans is not None else (1 if args.data == "digits" else 3)
+    cfg["num_classes"] = num_classes
+    return cfg
+
+
+def build_model(cfg: Dict[str, Any], backend: str = "fused", use_checkpoint: bool = False) -> nn.Module:
+    from .model import SwinTransformer
+
+    return SwinTransformer(**cfg, backend=backend, use_checkpoint=use_checkpoint)
+
+
+def _layer_id(name: str, depths: List[int]) -> int:
+    """Depth of a parameter for layer-wise lr decay (the official Swin/SimMIM rule):
+    patch_embed 0, block j of stage i ``sum(depths[:i]) + j + 1``, stage i's
+    downsample ``sum(depths[:i+1])``, final norm and head ``sum(depths) + 1``."""
+    if name.startswith("patch_embed"):
+        return 0
+    if name.startswith("layers."):
+        parts = name.split(".")
+        i = int(parts[1])
+        if parts[2] == "downsample":
+            return sum(depths[: i + 1])
+        return sum(depths[:i]) + int(parts[3]) + 1
+    return sum(depths) + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: Optional[float] = None) -> List[Dict[str, Any]]:
+    """AdamW groups: no weight decay for biases, norms (1-d tensors) and the
+    relative-position bias tables; with ``layer_decay`` each group's
+    ``lr_scale`` is ``layer_decay ** (num_layers - 1 - layer_id)``."""
+    skip_kw = set(model.no_weight_decay_keywords()) if hasattr(model, "no_weight_decay_keywords") else set()
+    skip_names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    depths = list(getattr(model, "depths", [0]))
+    num_layers = sum(depths) + 2
+    groups: Dict[Tuple[int, bool], Dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1 or name.endswith(".bias") or name in skip_names or any(k in name for k in skip_kw)
+        lid = _layer_id(name, depths) if layer_decay is not None else 0
+        key = (lid, no_decay)
+        if key not in groups:
+            scale = layer_decay ** (num_layers - 1 - lid) if layer_decay is not None else 1.0
+            groups[key] = {"params": [], "names": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                           "lr_scale": scale, "layer_id": lid}
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warm-up to 1 over ``warmup_steps``, then cosine to ``min_ratio`` at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(state: Dict[str, Any], path: str) -> None:
+    """Write ``state`` to ``path`` atomically.
+
+    The bytes go to a temporary file in the same directory, are flushed and
+    fsync'ed, and the file is renamed over ``path`` with ``os.replace`` (atomic
+    on POSIX and Windows); the directory is fsync'ed too.  A crash at any point
+    leaves either the previous checkpoint or the new one, never a torn file.
+    """
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if hasattr(os, "O_DIRECTORY"):
+        with contextlib.suppress(OSError):
+            dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (CPU tensors).
+
+    Training checkpoints hold RNG states and the argument namespace as plain
+    Python objects, so this uses ``weights_only=False``: load only files you
+    trust (your own runs).
+    """
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a swin_ext.train checkpoint")
+    return state
+
+
+def _rng_state(device: torch.device) -> Dict[str, Any]:
+    st: Dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    try:
+        import numpy as np
+
+        st["numpy"] = np.random.get_state()
+    except ImportError:  # pragma: no cover
+        pass
+    if device.type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state(device)
+    return st
+
+
+def _set_rng_state(st: Dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    if "numpy" in st:
+        import numpy as np
+
+        np.random.set_state(st["numpy"])
+    if device.type == "cuda" and "cuda" in st:
+        torch.cuda.set_rng_state(st["cuda"], device)
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """Hash of every tensor of ``model.state_dict()`` (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- plotting
+
+
+def plot_curves(history: Dict[str, Any], path: str, title: str = "") -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return None
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = history.get("steps", [])
+    if steps:
+        s, l = zip(*steps)
+        ax_l.plot(s, l, color="tab:blue", alpha=0.25, lw=0.8, label="train loss (step, label-smoothed)")
+    ep = history.get("epochs", [])
+    if ep:
+        ax_l.plot([e["step"] for e in ep], [e["train_loss"] for e in ep], "o-", color="tab:blue", label="train loss (epoch mean)")
+        ax_l.plot([e["step"] for e in ep], [e["test_loss"] for e in ep], "s-", color="tab:orange", label="test loss")
+        ax_a.plot([e["step"] for e in ep], [100 * e["test_acc"] for e in ep], "s-", color="tab:green", label="test accuracy")
+        best = max(ep, key=lambda e: e["test_acc"])
+        ax_a.annotate(f"{100 * best['test_acc']:.2f}%", (best["step"], 100 * best["test_acc"]),
+                      textcoords="offset points", xytext=(0, -14), ha="center")
+    ax_l.set_xlabel("step")
+    ax_l.set_ylabel("cross-entropy")
+    ax_l.set_yscale("log")
+    if steps or ep:
+        ax_l.legend()
+    ax_l.grid(alpha=0.3)
+    ax_a.set_xlabel("step")
+    ax_a.set_ylabel("test accuracy (%)")
+    ax_a.grid(alpha=0.3)
+    if ep:
+        ax_a.legend(loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    if amp == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, env: DistEnv, amp_dtype: Optional[torch.dtype]) -> Dict[str, float]:
+    was_training = model.training
+    model.eval()
+    tot = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    for x, y in loader:
+        x = x.to(env.device, non_blocking=True)
+        y = y.to(env.device, non_blocking=True)
+        with torch.autocast(env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+        tot[0] += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        tot[1] += (logits.argmax(-1) == y).sum().item()
+        tot[2] += y.numel()
+    tot = env.all_reduce_sum(tot)
+    model.train(was_training)
+    n = max(tot[2].item(), 1.0)
+    return {"test_loss": tot[0].item() / n, "test_acc": tot[1].item() / n, "test_count": int(tot[2].item())}
+
+
+def train(args: argparse.Namespace) -> Dict[str, Any]:
+    """Run training as configured by ``args`` (see :func:`build_parser`); returns the final metrics."""
+    from .data import build_datasets
+
+    t_start = time.perf_counter()
+    threads = torch.get_num_threads()
+    env = DistEnv(args.device)
+    try:
+        return _train(args, env, build_datasets, t_start)
+    finally:
+        env.close()
+        torch.set_num_threads(threads)  # train() may run inside a bigger program
+
+
+def _log(env: DistEnv, *a) -> None:
+    if env.is_main:
+        print(*a, flush=True)
+
+
+def _train(args, env: DistEnv, build_datasets, t_start: float) -> Dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = env.device
+    out_dir = args.output_dir or os.path.join("runs", f"{'digits' if args.data == 'digits' else os.path.basename(os.path.normpath(args.data))}-{args.model}")
+    if env.is_main:
+        os.makedirs(out_dir, exist_ok=True)
+    ckpt_path = os.path.join(out_dir, "last.pt")
+
+    # ---- data
+    in_chans = args.in_chans if args.in_chans is not None else (1 if args.data == "digits" else 3)
+    img_size = args.img_size or PRESETS[args.model]["img_size"]
+    train_set, test_set, num_classes = build_datasets(
+        args.data, img_size, in_chans, args.test_fraction, args.seed, augment=not args.no_augment, limit=args.limit
+    )
+    workers = args.workers if args.workers is not None else (0 if args.data == "digits" else min(4, os.cpu_count() or 1))
+    sampler = ShardedSampler(len(train_set), env.world_size, env.rank, shuffle=True, seed=args.seed)
+    if args.batch_size > sampler.per_rank:
+        raise ValueError(f"--batch-size {args.batch_size} is larger than the {sampler.per_rank} training samples per process")
+    loader_gen = torch.Generator()
+    pin = device.type == "cuda"
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=workers,
+                              drop_last=True, pin_memory=pin, generator=loader_gen, persistent_workers=False)
+    test_loader = DataLoader(test_set, batch_size=args.batch_size * 2, sampler=ShardSampler(len(test_set), env.world_size, env.rank),
+                             num_workers=workers, pin_memory=pin)
+    steps_per_epoch = sampler.per_rank // args.batch_size
+    if args.max_steps is not None:
+        total_steps = args.max_steps
+        epochs = math.ceil(total_steps / steps_per_epoch)
+    else:
+        epochs = args.epochs
+        total_steps = epochs * steps_per_epoch
+    warmup_steps = args.warmup_steps if args.warmup_steps is not None else int(round(args.warmup_epochs * steps_per_epoch))
+
+    # ---- model (identical init on every rank; DDP also broadcasts rank 0's)
+    cfg = model_config(args, num_classes)
+    torch.manual_seed(args.seed)
+    model = build_model(cfg, args.backend, args.grad_checkpoint).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    groups = param_groups(model, args.weight_decay, args.layer_decay)
+    for g in groups:
+        g["lr"] = args.lr * g["lr_scale"]
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
+                                  **({"fused": True} if device.type == "cuda" else {}))
+    min_ratio = args.min_lr / args.lr if args.lr > 0 else 0.0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, min_ratio)
+    )
+    amp_dtype = _amp_dtype(args.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    ddp_model: nn.Module = model
+    if env.distributed:
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+    # ---- resume
+    step, epoch, step_in_epoch = 0, 0, 0
+    history: Dict[str, Any] = {"epochs": [], "steps": []}
+    torch.manual_seed(args.seed * 1000 + env.rank)  # per-rank stream: augmentation, drop path
+    random.seed(args.seed * 1000 + env.rank)
+    resume_path = args.resume
+    if resume_path == "auto":
+        resume_path = ckpt_path if os.path.isfile(ckpt_path) else None
+    resumed_from = None
+    if resume_path:
+        if not os.path.isfile(resume_path):
+            raise FileNotFoundError(f"--resume {resume_path}: no such checkpoint")
+        state = load_checkpoint(resume_path)
+        if state.get("model_config") != cfg:
+            raise ValueError(f"checkpoint model config {state.get('model_config')} differs from this run's {cfg}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+        step, epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        history = state.get("history", history)
+        rng = state.get("rng") or []
+        if len(rng) == env.world_size:
+            _set_rng_state(rng[env.rank], device)
+        else:
+            _log(env, f"warning: checkpoint has RNG states of {len(rng)} ranks, this run has {env.world_size}; "
+                      "the data position and random streams are not restored exactly")
+            if state.get("world_size") and state["world_size"] != env.world_size:
+                step_in_epoch = int(step_in_epoch * state["world_size"] / env.world_size)
+        resumed_from = {"path": resume_path, "step": step}
+        _log(env, f"resumed from {resume_path} at step {step} (epoch {epoch + 1}, batch {step_in_epoch})")
+    start_step = step
+
+    _log(env, f"swin_ext.train: {args.model} {json.dumps(cfg)}")
+    _log(env, f"  {n_params:,} parameters, backend={args.backend}, device={device}, world_size={env.world_size}, "
+              f"amp={amp_dtype and str(amp_dtype).replace('torch.', '')}, grad_checkpoint={args.grad_checkpoint}, "
+              f"threads/process={torch.get_num_threads()}")
+    _log(env, f"  data={args.data}: {len(train_set)} train / {len(test_set)} test, {num_classes} classes; "
+              f"batch {args.batch_size}x{env.world_size}, {steps_per_epoch} steps/epoch, {total_steps} steps, "
+              f"warm-up {warmup_steps}, output {out_dir}")
+
+    def checkpoint_state() -> Dict[str, Any]:
+        rng = env.all_gather_object(_rng_state(device))  # collective: every rank calls it
+        ep, sie = (epoch + 1, 0) if step_in_epoch >= steps_per_epoch else (epoch, step_in_epoch)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": model.state_dict(),
+            "model_config": cfg,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "step": step,
+            "epoch": ep,
+            "step_in_epoch": sie,
+            "rng": rng,
+            "world_size": env.world_size,
+            "history": history,
+            "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        }
+
+    def save() -> None:
+        if args.no_save:
+            return
+        st = checkpoint_state()
+        if env.is_main:
+            save_checkpoint(st, ckpt_path)
+        env.barrier()
+
+    # ---- loop
+    show = env.is_main and not args.no_progress
+    record_every = max(1, steps_per_epoch // 100)  # step losses kept for the plot (<= ~100 per epoch)
+    ddp_model.train()
+    last_eval_step = -1
+    metrics: Dict[str, Any] = {}
+    steps_this_run = 0
+    stopped_early = False
+    train_time = 0.0
+    samples_this_run = 0
+    while epoch < epochs and step < total_steps and not stopped_early:
+        skip = step_in_epoch * args.batch_size
+        sampler.set_epoch(epoch, skip)
+        loader_gen.manual_seed(args.seed * 100_003 + epoch)
+        n_batches = min(steps_per_epoch - step_in_epoch, total_steps - step)
+        bar = tqdm(total=steps_per_epoch, initial=step_in_epoch, desc=f"epoch {epoch + 1}/{epochs}",
+                   disable=not show, dynamic_ncols=True, leave=True, file=sys.stdout,
+                   mininterval=0.1 if sys.stdout.isatty() else 2.0)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        n_loss = 0
+        t_epoch = time.perf_counter()
+        pause = 0.0  # time spent saving mid-epoch, excluded from img/s
+        seen = 0
+        for i, (x, y) in enumerate(train_loader):
+            if i >= n_batches:
+                break
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = ddp_model(x)
+            loss = criterion(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if args.clip_grad and args.clip_grad > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            step_in_epoch += 1
+            steps_this_run += 1
+            lv = loss.detach().item()
+            loss_sum += lv
+            n_loss += 1
+            seen += x.shape[0] * env.world_size
+            if env.is_main and step % record_every == 0:
+                history["steps"].append((step, lv))
+            elapsed = time.perf_counter() - t_epoch - pause
+            if show:
+                bar.update(1)
+                bar.set_postfix(loss=f"{lv:.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}",
+                                img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
+            if args.save_every and step % args.save_every == 0 and step < total_steps:
+                t_save = time.perf_counter()
+                save()
+                pause += time.perf_counter() - t_save
+            if args.stop_after_steps is not None and steps_this_run >= args.stop_after_steps and step < total_steps:
+                stopped_early = True
+                break
+        bar.close()
+        epoch_time = time.perf_counter() - t_epoch - pause
+        train_time += epoch_time
+        samples_this_run += seen
+        mean_loss = env.all_reduce_sum(torch.tensor([loss_sum.item(), float(n_loss)], dtype=torch.float64))
+        train_loss = (mean_loss[0] / mean_loss[1].clamp_min(1)).item()
+        epoch_done = step_in_epoch >= steps_per_epoch
+        if epoch_done:
+            is_last = epoch + 1 >= epochs or step >= total_steps
+            if (epoch + 1) % max(1, args.eval_every) == 0 or is_last:
+                ev = evaluate(model, test_loader, env, amp_dtype)
+                last_eval_step = step
+                rec = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "lr": optimizer.param_groups[-1]["lr"],
+                       "img_s": seen / max(epoch_time, 1e-9), **ev}
+                history["epochs"].append(rec)
+                _log(env, f"epoch {epoch + 1}/{epochs}  step {step}  train_loss {train_loss:.4f}  "
+                          f"test_loss {ev['test_loss']:.4f}  test_acc {100 * ev['test_acc']:.2f}%  "
+                          f"{rec['img_s']:.0f} img/s")
+            save()
+            epoch += 1
+            step_in_epoch = 0
+        elif stopped_early or step >= total_steps:
+            save()
+
+    if stopped_early:
+        _log(env, f"stopped after {steps_this_run} steps at step {step} (--stop-after-steps); resume with --resume {ckpt_path}")
+
+    # ---- final evaluation and metrics
+    if last_eval_step != step:
+        ev = evaluate(model, test_loader, env, amp_dtype)
+    else:
+        ev = {k: history["epochs"][-1][k] for k in ("test_loss", "test_acc", "test_count")}
+    hashes = env.all_gather_object(state_dict_sha256(model))
+    if len(set(hashes)) != 1:
+        _log(env, f"error: model weights differ across ranks: {hashes}")
+    wall = time.perf_counter() - t_start
+    train_losses = [e["train_loss"] for e in history["epochs"]]
+    metrics = {
+        "model": args.model,
+        "data": args.data,
+        "test_acc": ev["test_acc"],
+        "test_loss": ev["test_loss"],
+        "test_count": ev["test_count"],
+        "best_test_acc": max([e["test_acc"] for e in history["epochs"]] + [ev["test_acc"]]),
+        "train_loss": train_losses[-1] if train_losses else None,
+        "step": step,
+        "start_step": start_step,
+        "total_steps": total_steps,
+        "epoch": epoch,
+        "epochs": epochs,
+        "stopped_early": stopped_early,
+        "world_size": env.world_size,
+        "device": str(device),
+        "backend": args.backend,
+        "params": n_params,
+        "train_img_s": samples_this_run / max(train_time, 1e-9),
+        "train_time_s": train_time,
+        "wall_s": wall,
+        "replica_sha256": hashes,
+        "resumed_from": resumed_from,
+        "output_dir": out_dir,
+    }
+    if env.is_main:
+        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+            json.dump({**metrics, "history": history["epochs"]}, f, indent=1)
+        if not args.no_plot:
+            png = plot_curves(history, os.path.join(out_dir, "curves.png"),
+                              f"{args.model} on {args.data} ({n_params / 1e6:.2f}M params, {args.backend})")
+            if png:
+                metrics["plot"] = png
+        print(f"final: test_acc {100 * ev['test_acc']:.2f}%  test_loss {ev['test_loss']:.4f}  "
+              f"step {step}/{total_steps}  {metrics['train_img_s']:.0f} img/s  wall {wall:.1f}s  "
+              f"({env.world_size} process{'es' if env.world_size > 1 else ''}, {device})", flush=True)
+        print("FINAL_METRICS " + json.dumps(metrics), flush=True)
+    env.barrier()
+    return metrics
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    metrics = train(args)
+    if args.min_acc is not None and not metrics["stopped_early"] and metrics["test_acc"] < args.min_acc:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: test accuracy {100 * metrics['test_acc']:.2f}% < --min-acc {100 * args.min_acc:.2f}%",
+                  file=sys.stderr, flush=True)
+        return 1
+    if len(set(metrics["replica_sha256"])) != 1:
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Training CLI: data, schedule, parameter groups, atomic checkpoints, exact
+resume, ImageFolder/AMP smoke run, and 2-process DDP on the CPU (gloo)."""
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import swin_ext
+from swin_ext import train as T
+from swin_ext.data import build_datasets, load_digits_split
+
+pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# 16x16 digits, patch 4 -> 4x4 tokens in shifted 2x2 windows, then 2x2 tokens.
+TINY = ["--data", "digits", "--img-size", "16", "--patch-size", "4", "--embed-dim", "12", "--depths", "1,2",
+        "--num-heads", "1,2", "--window-size", "2", "--batch-size", "8", "--no-progress", "--threads", "1"]
+
+
+def _run(tmp, *extra, plot=False):
+    argv = TINY + ["--output-dir", str(tmp)] + list(extra) + ([] if plot else ["--no-plot"])
+    return T.train(T.build_parser().parse_args(argv))
+
+
+def _sd(path):
+    return T.load_checkpoint(path)["model"]
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_digits_split_is_deterministic_stratified_and_disjoint():
+    x_tr, y_tr, x_te, y_te = load_digits_split(img_size=32, in_chans=3, test_fraction=0.2, seed=0)
+    assert x_tr.shape[1:] == (3, 32, 32) and x_te.shape[1:] == (3, 32, 32)
+    assert x_tr.shape[0] + x_te.shape[0] == 1797
+    assert abs(x_te.shape[0] / 1797 - 0.2) < 0.01
+    # every class in both splits, in proportion
+    assert torch.bincount(y_te, minlength=10).min() >= 30
+    x2 = load_digits_split(img_size=32, in_chans=3, test_fraction=0.2, seed=0)
+    assert torch.equal(x_tr, x2[0]) and torch.equal(y_te, x2[3])
+    x3 = load_digits_split(img_size=32, in_chans=3, test_fraction=0.2, seed=1)
+    assert not torch.equal(y_te, x3[3]) or not torch.equal(x_te, x3[2])
+    # disjoint: no test image equals a training image of the same split
+    flat_tr = {tuple(v.tolist()) for v in x_tr[:, 0, ::4, ::4].flatten(1)}
+    dup = sum(tuple(v.tolist()) in flat_tr for v in x_te[:, 0, ::4, ::4].flatten(1))
+    assert dup < 5  # the raw data set itself has a handful of identical digits
+    assert abs(x_tr.mean().item()) < 1e-4 and abs(x_tr.std().item() - 1) < 1e-3
+
+
+def test_digits_augmentation_translates_and_keeps_shape():
+    train, test, n = build_datasets("digits", 16, 1, augment=True, limit=16)
+    assert n == 10 and len(train) == 16 and len(test) == 16
+    torch.manual_seed(0)
+    xs = [train[0][0] for _ in range(20)]
+    assert all(x.shape == (1, 16, 16) for x in xs)
+    assert any(not torch.equal(x, train.images[0]) for x in xs)
+    assert torch.equal(test[0][0], test.images[0])
+
+
+def test_lr_schedule_warmup_then_cosine():
+    f = lambda s: T.lr_factor(s, total_steps=100, warmup_steps=10, min_ratio=0.01)  # noqa: E731
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert f(100) == pytest.approx(0.01)
+    assert all(f(s) >= f(s + 1) for s in range(10, 100))
+
+
+def test_param_groups_weight_decay_and_layer_decay():
+    model = swin_ext.SwinTransformer(img_size=16, patch_size=4, embed_dim=12, depths=(1, 2), num_heads=(1, 2),
+                                     window_size=2, num_classes=10)
+    groups = T.param_groups(model, weight_decay=0.05, layer_decay=0.5)
+    names = {n: g for g in groups for n in g["names"]}
+    assert len(names) == len(list(model.parameters()))
+    for n, g in names.items():
+        no_decay = n.endswith(".bias") or "norm" in n or "relative_position_bias_table" in n
+        assert g["weight_decay"] == (0.0 if no_decay else 0.05), n
+    L = sum(model.depths) + 2  # patch_embed, 3 blocks, head
+    assert names["patch_embed.proj.weight"]["lr_scale"] == pytest.approx(0.5 ** (L - 1))
+    assert names["layers.0.blocks.0.attn.qkv.weight"]["lr_scale"] == pytest.approx(0.5 ** (L - 2))
+    assert names["layers.0.downsample.reduction.weight"]["lr_scale"] == pytest.approx(0.5 ** (L - 2))
+    assert names["layers.1.blocks.1.mlp.fc1.weight"]["lr_scale"] == pytest.approx(0.5 ** (L - 4))
+    assert names["head.weight"]["lr_scale"] == 1.0 and names["norm.weight"]["lr_scale"] == 1.0
+    # without layer decay: one scale
+    assert {g["lr_scale"] for g in T.param_groups(model, 0.05)} == {1.0}
+
+
+def test_atomic_save_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    good = {"format": T.CHECKPOINT_FORMAT, "step": 3, "w": torch.arange(1000.0)}
+    T.save_checkpoint(good, str(path))
+    real_save = torch.save
+
+    def crashing_save(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)  # all bytes into the temp file ...
+        f.truncate(100)  # ... then a torn write and a crash before the rename
+        raise RuntimeError("simulated crash during save")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        T.save_checkpoint({"format": T.CHECKPOINT_FORMAT, "step": 4, "w": torch.zeros(1000)}, str(path))
+    monkeypatch.setattr(torch, "save", real_save)
+    back = T.load_checkpoint(str(path))
+    assert back["step"] == 3 and torch.equal(back["w"], good["w"])
+    assert os.listdir(tmp_path) == ["last.pt"]  # no temp file left behind
+    # and a good save replaces it
+    T.save_checkpoint({"format": T.CHECKPOINT_FORMAT, "step": 5}, str(path))
+    assert T.load_checkpoint(str(path))["step"] == 5
+
+
+def test_load_checkpoint_rejects_foreign_files(tmp_path):
+    p = tmp_path / "x.pt"
+    torch.save({"a": 1}, p)
+    with pytest.raises(ValueError, match="not a swin_ext.train checkpoint"):
+        T.load_checkpoint(str(p))
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_resume_continues_from_saved_step_exactly(tmp_path, capsys):
+    # 40 samples / batch 8 = 5 steps per epoch; 8 steps cross an epoch boundary.
+    common = ["--limit", "40", "--max-steps", "8", "--layer-decay", "0.8", "--grad-checkpoint",
+              "--drop-path", "0.2", "--clip-grad", "1.0"]
+    full = _run(tmp_path / "full", *common, plot=True)
+    assert full["step"] == 8 and full["start_step"] == 0
+    assert os.path.isfile(tmp_path / "full" / "curves.png")
+    m = json.load(open(tmp_path / "full" / "metrics.json"))
+    assert m["step"] == 8 and 0.0 <= m["test_acc"] <= 1.0 and len(m["history"]) == 1
+    out = capsys.readouterr().out
+    line = [ln for ln in out.splitlines() if ln.startswith("FINAL_METRICS ")][-1]
+    assert json.loads(line[len("FINAL_METRICS "):])["step"] == 8
+
+    # Interrupted after 3 steps (mid-epoch), then resumed twice: 3 -> 7 (across the epoch end) -> 8.
+    part = _run(tmp_path / "part", *common, "--stop-after-steps", "3")
+    assert part["stopped_early"] and part["step"] == 3
+    st = T.load_checkpoint(str(tmp_path / "part" / "last.pt"))
+    assert (st["step"], st["epoch"], st["step_in_epoch"]) == (3, 0, 3)
+    assert st["scheduler"]["last_epoch"] == 3 and len(st["rng"]) == 1
+    mid = _run(tmp_path / "part", *common, "--resume", "auto", "--stop-after-steps", "4")
+    assert mid["start_step"] == 3 and mid["step"] == 7 and mid["resumed_from"]["step"] == 3
+    res = _run(tmp_path / "part", *common, "--resume", str(tmp_path / "part" / "last.pt"))
+    assert res["start_step"] == 7 and res["step"] == 8 and not res["stopped_early"]
+    # Same weights, optimizer state and metrics as the uninterrupted run.
+    _assert_same_weights(_sd(tmp_path / "full" / "last.pt"), _sd(tmp_path / "part" / "last.pt"))
+    assert res["replica_sha256"] == full["replica_sha256"]
+    assert res["test_acc"] == full["test_acc"]
+    a = T.load_checkpoint(str(tmp_path / "full" / "last.pt"))["optimizer"]["state"]
+    b = T.load_checkpoint(str(tmp_path / "part" / "last.pt"))["optimizer"]["state"]
+    for k in a:
+        assert torch.equal(a[k]["exp_avg_sq"], b[k]["exp_avg_sq"])
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    _run(tmp_path, "--limit", "16", "--max-steps", "1")
+    with pytest.raises(ValueError, match="model config"):
+        _run(tmp_path, "--limit", "16", "--max-steps", "2", "--resume", "auto", "--embed-dim", "24")
+
+
+def test_cli_min_acc_exit_status_and_help(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        T.main(["--help"])
+    assert e.value.code == 0
+    argv = TINY + ["--limit", "16", "--max-steps", "1", "--no-save", "--no-plot", "--output-dir", str(tmp_path)]
+    assert T.main(argv + ["--min-acc", "0.0"]) == 0
+    assert T.main(argv + ["--min-acc", "1.01"]) == 1
+    assert "--min-acc" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "last.pt")
+
+
+def test_imagefolder_with_bf16_autocast(tmp_path):
+    PIL = pytest.importorskip("PIL.Image")
+    pytest.importorskip("torchvision")
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c in ("cat", "dog", "eel"):
+            d = tmp_path / "data" / split / c
+            d.mkdir(parents=True)
+            for i in range(4):
+                arr = (torch.rand(20, 24, 3, generator=g) * 255).to(torch.uint8).numpy()
+                PIL.fromarray(arr).save(d / f"{i}.png")
+    argv = ["--data", str(tmp_path / "data"), "--img-size", "16", "--patch-size", "4", "--embed-dim", "12",
+            "--depths", "1,1", "--num-heads", "1,2", "--window-size", "2", "--batch-size", "4", "--max-steps", "2",
+            "--workers", "0", "--amp", "bf16", "--no-progress", "--no-plot", "--threads", "1",
+            "--output-dir", str(tmp_path / "run")]
+    m = T.train(T.build_parser().parse_args(argv))
+    assert m["step"] == 2 and m["test_count"] == 12 and math.isfinite(m["test_loss"])
+    st = T.load_checkpoint(str(tmp_path / "run" / "last.pt"))
+    assert st["model_config"]["in_chans"] == 3 and st["model_config"]["num_classes"] == 3
+
+
+# --------------------------------------------------------------------------- DDP
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(out_dir, *extra):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+           "-m", "swin_ext.train", *TINY, "--limit", "48", "--output-dir", str(out_dir), "--no-plot", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return json.load(open(os.path.join(out_dir, "metrics.json"))), p.stdout
+
+
+def test_ddp_two_cpu_processes_identical_weights_and_resume(tmp_path):
+    out = tmp_path / "ddp"
+    # 48 samples, 24 per rank, batch 8 -> 3 steps per epoch; stop at step 2, resume to step 5.
+    m1, log1 = _torchrun(out, "--max-steps", "5", "--stop-after-steps", "2")
+    assert m1["world_size"] == 2 and m1["step"] == 2 and m1["stopped_early"]
+    assert len(m1["replica_sha256"]) == 2 and m1["replica_sha256"][0] == m1["replica_sha256"][1]
+    st = T.load_checkpoint(str(out / "last.pt"))
+    assert st["step"] == 2 and st["world_size"] == 2 and len(st["rng"]) == 2
+    # the RNG streams of the two ranks differ (augmentation / drop path per rank)
+    assert not torch.equal(st["rng"][0]["torch"], st["rng"][1]["torch"])
+    # the saved weights are the weights both ranks hold
+    model = T.build_model(st["model_config"])
+    model.load_state_dict(st["model"])
+    assert T.state_dict_sha256(model) == m1["replica_sha256"][0]
+    assert log1.count("FINAL_METRICS") == 1  # only rank 0 prints
+
+    m2, log2 = _torchrun(out, "--max-steps", "5", "--resume", "auto")
+    assert "resumed from" in log2
+    assert m2["start_step"] == 2 and m2["step"] == 5 and not m2["stopped_early"]
+    assert m2["replica_sha256"][0] == m2["replica_sha256"][1] != m1["replica_sha256"][0]
+    assert T.load_checkpoint(str(out / "last.pt"))["step"] == 5
