@@ -1,0 +1,294 @@
+// Self-tests of the CUDA harness: a standalone program (no torch), built by
+// tests/harness_build.py in a normal and an AddressSanitizer variant and run
+// by tests/test_harness.py, one test per process:
+//
+//   selftest <name>     exit 0: PASS, 1: wrong result, 2: harness error (the
+//                       message is printed), 3: unknown test
+//
+// Modes come from the environment (SWIN_HARNESS_SHUFFLE, SWIN_HARNESS_WORKERS).
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "selftest_kernels.cuh"
+
+using namespace swin_selftest;
+
+namespace {
+
+int g_fail = 0;
+void check(bool ok, const char* what) {
+  if (!ok) {
+    std::printf("FAIL: %s\n", what);
+    g_fail = 1;
+  }
+}
+
+int test_smem_reduction() {
+  const int n = 5000;
+  std::vector<float> in(n);
+  double want = 0;
+  for (int i = 0; i < n; ++i) {
+    in[i] = static_cast<float>((i * 37) % 101) * 0.25f;
+    want += in[i];
+  }
+  // Dynamic shared memory tree reduction, 40 blocks of 128.
+  std::vector<float> part((n + 127) / 128, -1.0f);
+  launch_smem_tree_sum(in.data(), part.data(), n, 128, nullptr);
+  double got = 0;
+  for (float p : part) got += p;
+  check(std::fabs(got - want) < 1e-3 * want, "dynamic smem tree sum");
+  // Static shared memory + warp shuffles, 7 blocks of 256.
+  std::vector<float> out(7, -1.0f);
+  launch_block_sum<float, 256>(in.data(), out.data(), n, 7, nullptr);
+  got = 0;
+  for (float p : out) got += p;
+  check(std::fabs(got - want) < 1e-3 * want, "static smem block sum (float)");
+  std::vector<double> ind(in.begin(), in.end()), outd(3, -1.0);
+  launch_block_sum<double, 64>(ind.data(), outd.data(), n, 3, nullptr);
+  check(std::fabs(outd[0] + outd[1] + outd[2] - want) < 1e-9 * want, "static smem block sum (double)");
+  return g_fail;
+}
+
+int test_shuffle_reduction() {
+  const int block = 96, blocks = 3, n = block * blocks;  // 3 warps per block
+  std::vector<int> in(n), out(n * kWarpOpsOut, -7);
+  for (int i = 0; i < n; ++i) in[i] = (i * 7919) % 97;
+  SWIN_LAUNCH_KERNEL(warp_ops_kernel, blocks, block, 0, nullptr, in.data(), out.data());
+  for (int w = 0; w < n / 32; ++w) {
+    const int* v = in.data() + w * 32;
+    int sum = 0, odd = 0;
+    bool any = false, all = true;
+    for (int l = 0; l < 32; ++l) {
+      sum += v[l];
+      if (v[l] & 1) odd |= 1 << l;
+      any |= v[l] > 90;
+      all &= v[l] >= 0;
+    }
+    const int blk = (w * 32) / block;
+    int odd_in_block = 0;
+    for (int i = blk * block; i < (blk + 1) * block; ++i) odd_in_block += in[i] & 1;
+    int scan = 0;
+    for (int l = 0; l < 32; ++l) {
+      const int* o = out.data() + (w * 32 + l) * kWarpOpsOut;
+      scan += v[l];
+      int seg = 0;
+      for (int k = (l / 8) * 8; k < (l / 8) * 8 + 8; ++k) seg += v[k];
+      int half = 0;
+      for (int k = 0; k < 16; ++k) half += v[k];
+      char what[64];
+      std::snprintf(what, sizeof what, "warp %d lane %d", w, l);
+      check(o[0] == sum, (std::string(what) + ": __shfl_xor_sync sum").c_str());
+      if (l == 0) check(o[1] == sum, (std::string(what) + ": __shfl_down_sync sum").c_str());
+      check(o[2] == scan, (std::string(what) + ": __shfl_up_sync scan").c_str());
+      check(o[3] == v[3], (std::string(what) + ": __shfl_sync broadcast").c_str());
+      check(o[4] == seg, (std::string(what) + ": width-8 __shfl_xor_sync").c_str());
+      check(o[5] == v[(l / 16) * 16 + (l + 1) % 16], (std::string(what) + ": width-16 __shfl_sync").c_str());
+      check(o[6] == odd, (std::string(what) + ": __ballot_sync").c_str());
+      check(o[7] == (any ? 1 : 0), (std::string(what) + ": __any_sync").c_str());
+      check(o[8] == (all ? 1 : 0), (std::string(what) + ": __all_sync").c_str());
+      check(o[9] == (l < 16 ? half : -1), (std::string(what) + ": half-warp mask").c_str());
+      check(o[10] == (l == 0 ? v[31] : v[l]), (std::string(what) + ": __shfl_down_sync clamp").c_str());
+      check(o[11] == v[31 - l], (std::string(what) + ": double __shfl_sync").c_str());
+      check(o[12] == odd_in_block, (std::string(what) + ": __syncthreads_count").c_str());
+    }
+  }
+  return g_fail;
+}
+
+int test_atomics() {
+  int counter = 0;
+  float fsum = 0;
+  double dsum = 0;
+  unsigned maxv = 0;
+  SWIN_LAUNCH_KERNEL(atomics_kernel, 64, 64, 0, nullptr, &counter, &fsum, &dsum, &maxv);
+  check(counter == 4096, "atomicAdd(int)");
+  check(fsum == 4096.0f, "atomicAdd(float)");
+  check(dsum == 2048.0, "atomicAdd(double)");
+  check(maxv == 4095u, "atomicMax(unsigned)");
+  return g_fail;
+}
+
+int test_exited_barrier() {
+  std::vector<float> out(100, -1.0f);
+  SWIN_LAUNCH_KERNEL(exited_barrier_kernel, 1, 128, 0, nullptr, out.data(), 100);
+  for (int t = 0; t < 100; ++t) check(out[t] == static_cast<float>(99 - t), "exited threads");
+  return g_fail;
+}
+
+template <typename T>
+int test_wmma_t() {
+  const int M = 32, N = 48, K = 32;
+  std::vector<T> a(M * K), b(K * N);
+  std::vector<float> af(M * K), bf(K * N), c(M * N, -1.0f);
+  for (int i = 0; i < M * K; ++i) {
+    af[i] = static_cast<float>((i * 13) % 17 - 8) * 0.125f;
+    a[i] = static_cast<T>(af[i]);
+  }
+  for (int i = 0; i < K * N; ++i) {
+    bf[i] = static_cast<float>((i * 7) % 11 - 5) * 0.25f;
+    b[i] = static_cast<T>(bf[i]);
+  }
+  const int tiles = (M / 16) * (N / 16);  // 6 tiles, 4 warps per block -> 2 blocks
+  SWIN_LAUNCH_KERNEL((wmma_gemm_kernel<T>), (tiles + 3) / 4, 128, 0, nullptr, a.data(), b.data(),
+                     c.data(), M, N, K);
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      float want = 0;
+      for (int k = 0; k < K; ++k) want += af[i * K + k] * bf[k * N + j];
+      check(std::fabs(c[i * N + j] - 2.0f * want) < 1e-4f, "wmma gemm");
+    }
+  return g_fail;
+}
+int test_wmma() {
+  test_wmma_t<__half>();
+  return test_wmma_t<__nv_bfloat16>();
+}
+
+int test_launch_config() {
+  std::vector<float> buf(4096);
+  int errors = 0;
+  auto expect_error = [&](const char* what, const std::function<void()>& f, const char* needle) {
+    try {
+      f();
+      std::printf("FAIL: %s: no error\n", what);
+      g_fail = 1;
+    } catch (const swin_harness::Error& e) {
+      if (!std::strstr(e.what(), needle)) {
+        std::printf("FAIL: %s: unexpected message: %s\n", what, e.what());
+        g_fail = 1;
+      }
+      ++errors;
+    }
+  };
+  float* p = buf.data();
+  expect_error("empty grid", [&] { SWIN_LAUNCH_KERNEL(planted_oob_global_kernel, 0, 32, 0, nullptr, p); },
+               "grid dimension is 0");
+  expect_error("2048 threads", [&] { SWIN_LAUNCH_KERNEL(planted_oob_global_kernel, 1, 2048, 0, nullptr, p); },
+               "1024 threads");
+  expect_error("64 KiB smem without opt-in",
+               [&] { SWIN_LAUNCH_KERNEL(planted_oob_global_kernel, 1, 32, 65536, nullptr, p); },
+               "cudaFuncSetAttribute");
+  // With the attribute set, 64 KiB is fine on sm_90.
+  cudaFuncSetAttribute(planted_divergent_barrier_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 65536);
+  try {
+    SWIN_LAUNCH_KERNEL(planted_divergent_barrier_kernel, 1, 8, 65536, nullptr, p);  // 8 threads: no divergence
+  } catch (const swin_harness::Error& e) {
+    std::printf("FAIL: launch with 64 KiB after opt-in: %s\n", e.what());
+    g_fail = 1;
+  }
+  return g_fail;
+}
+
+// ---- planted bugs: the test driver checks the outcome.
+int test_planted_missing_barrier() {
+  const int block = 64, blocks = 4;
+  std::vector<float> in(block * blocks), out(block * blocks, 0.0f);
+  for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<float>(i % 13) + 1.0f;
+  SWIN_LAUNCH_KERNEL(planted_missing_barrier_kernel, blocks, block, block * sizeof(float), nullptr,
+                     in.data(), out.data());
+  int bad = 0;
+  for (int b = 0; b < blocks; ++b)
+    for (int t = 0; t < block; ++t) {
+      const float want = in[b * block + t] - (t > 0 ? in[b * block + t - 1] : 0.0f);
+      if (!(out[b * block + t] == want)) ++bad;
+    }
+  if (bad) std::printf("FAIL: %d of %d outputs are wrong (the missing barrier)\n", bad, block * blocks);
+  return bad ? 1 : 0;
+}
+
+int test_planted_divergent_barrier() {
+  std::vector<float> out(64);
+  SWIN_LAUNCH_KERNEL(planted_divergent_barrier_kernel, 1, 64, 0, nullptr, out.data());
+  return 0;
+}
+int test_planted_missing_lane() {
+  std::vector<float> out(64);
+  SWIN_LAUNCH_KERNEL(planted_missing_lane_kernel, 2, 64, 0, nullptr, out.data());
+  return 0;
+}
+int test_planted_trap() {
+  std::vector<float> out(64);
+  SWIN_LAUNCH_KERNEL(planted_trap_kernel, 1, 64, 0, nullptr, out.data());
+  return 0;
+}
+int test_planted_bad_mask() {
+  std::vector<float> out(64);
+  SWIN_LAUNCH_KERNEL(planted_bad_mask_kernel, 1, 32, 0, nullptr, out.data());
+  return 0;
+}
+int test_planted_oob_global() {
+  float* out = new float[64];  // heap, exactly 64 floats: ASan sees out[64]
+  SWIN_LAUNCH_KERNEL(planted_oob_global_kernel, 1, 64, 0, nullptr, out);
+  delete[] out;
+  return 0;
+}
+int test_planted_oob_dynamic_shared() {
+  std::vector<float> out(64);
+  SWIN_LAUNCH_KERNEL(planted_oob_dynamic_shared_kernel, 1, 64, 64 * sizeof(float), nullptr, out.data());
+  return 0;
+}
+int test_planted_oob_static_shared() {
+  std::vector<float> out(64);
+  SWIN_LAUNCH_KERNEL(planted_oob_static_shared_kernel, 1, 64, 0, nullptr, out.data());
+  return 0;
+}
+
+int test_planted_spin() {
+  int flag = 0;
+  SWIN_LAUNCH_KERNEL(planted_spin_kernel, 2, 32, 0, nullptr, &flag);
+  return 0;
+}
+
+const std::map<std::string, int (*)()>& tests() {
+  static const std::map<std::string, int (*)()> t = {
+      {"smem_reduction", test_smem_reduction},
+      {"shuffle_reduction", test_shuffle_reduction},
+      {"atomics", test_atomics},
+      {"exited_barrier", test_exited_barrier},
+      {"wmma", test_wmma},
+      {"launch_config", test_launch_config},
+      {"planted_missing_barrier", test_planted_missing_barrier},
+      {"planted_divergent_barrier", test_planted_divergent_barrier},
+      {"planted_missing_lane", test_planted_missing_lane},
+      {"planted_trap", test_planted_trap},
+      {"planted_bad_mask", test_planted_bad_mask},
+      {"planted_oob_global", test_planted_oob_global},
+      {"planted_oob_dynamic_shared", test_planted_oob_dynamic_shared},
+      {"planted_oob_static_shared", test_planted_oob_static_shared},
+      {"planted_spin", test_planted_spin},
+  };
+  return t;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::printf("usage: %s <test>|list\n", argv[0]);
+    return 3;
+  }
+  const std::string name = argv[1];
+  if (name == "list") {
+    for (auto& kv : tests()) std::printf("%s\n", kv.first.c_str());
+    return 0;
+  }
+  auto it = tests().find(name);
+  if (it == tests().end()) {
+    std::printf("unknown test %s\n", name.c_str());
+    return 3;
+  }
+  try {
+    const int rc = it->second();
+    if (rc == 0) std::printf("PASS %s\n", name.c_str());
+    return rc ? 1 : 0;
+  } catch (const swin_harness::Error& e) {
+    std::printf("HARNESS ERROR: %s\n", e.what());
+    return 2;
+  }
+}

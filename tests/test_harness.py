@@ -1,0 +1,479 @@
+"""The CUDA harness: CUDA kernel sources run on the CPU (csrc/harness/).
+
+* Self-tests of the harness itself (the ``selftest`` program, one process per
+  test, since planted bugs are expected to fail or abort it): shared-memory
+  and shuffle reductions, atomics, WMMA, launch-configuration checks, and
+  planted bugs -- a missing barrier that the shuffled mode catches, divergent
+  barriers and warp operations with missing lanes that the scheduler reports,
+  out-of-bounds writes that AddressSanitizer catches.
+* ``test_kernel_*``: CUDA kernels run by the harness through the test-only
+  ``swin_ext_harness`` op library on CPU tensors, against PyTorch / the
+  ``swin_ext.reference`` oracle, in thread order and in shuffled order with
+  blocks on several OS threads.  ``test_asan_kernel_suite`` runs the same
+  tests again in a child Python with the AddressSanitizer build.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import harness_build as hb
+
+ASAN_CHILD = os.environ.get("SWIN_HARNESS_VARIANT") == "asan"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# ---------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="session")
+def artefacts():
+    """Paths of the harness programs and libraries (built once per session)."""
+    if ASAN_CHILD:  # the parent built everything; never run the compiler under LD_PRELOAD
+        outs = hb.outputs()
+        missing = [p for p in outs.values() if not os.path.exists(p)]
+        assert not missing, f"harness artefacts missing: {missing}"
+        return outs
+    try:
+        hb.build()
+    except hb.BuildUnavailable as e:
+        pytest.skip(f"CUDA harness cannot be built here: {e}")
+    return hb.outputs()
+
+
+def built(name: str) -> str:
+    """A built artefact; a compile error fails the test with the compiler output."""
+    return hb.outputs()[name] if ASAN_CHILD else hb.require(name)
+
+
+@pytest.fixture(scope="session")
+def hops(artefacts):
+    torch.ops.load_library(built("lib_asan" if ASAN_CHILD else "lib"))
+    ops = torch.ops.swin_ext_harness
+    assert ops.asan_enabled() == ASAN_CHILD
+    return ops
+
+
+# (name, shuffle seed, workers): thread order on one OS thread, and a random
+# order between barriers with blocks spread over two OS threads.
+# Under ASan (serial blocks) the shuffled order alone: the memory accesses are the same.
+MODES = [("shuffled", 12345, 1)] if ASAN_CHILD else [("ordered", 0, 1), ("shuffled", 12345, 2)]
+
+
+@pytest.fixture(params=MODES, ids=[m[0] for m in MODES])
+def mode(request, hops):
+    _, seed, workers = request.param
+    hops.set_options(seed, workers)
+    yield request.param[0]
+    hops.clear_options()
+
+
+def has_harness_kernel(op: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"swin_ext_harness::{op}", "CPU")
+
+
+# ---------------------------------------------------------------------------
+# Self-tests of the harness (standalone program)
+
+needs_parent = pytest.mark.skipif(ASAN_CHILD, reason="run by the parent test session")
+
+
+def run_selftest(exe: str, name: str, shuffle: int = 0, workers: int = 0, asan: bool = False, extra_env=None):
+    env = dict(os.environ, **(extra_env or {}))
+    if asan:  # the ASan program links libasan itself: only the options are needed
+        env["ASAN_OPTIONS"] = hb.asan_env()["ASAN_OPTIONS"]
+    env["SWIN_HARNESS_SHUFFLE"] = str(shuffle)
+    env["SWIN_HARNESS_WORKERS"] = str(workers)
+    p = subprocess.run([exe, name], capture_output=True, text=True, env=env, timeout=120)
+    return p.returncode, p.stdout + p.stderr
+
+
+SELFTESTS = ["smem_reduction", "shuffle_reduction", "atomics", "exited_barrier", "wmma", "launch_config"]
+
+
+@needs_parent
+@pytest.mark.parametrize("name", SELFTESTS)
+@pytest.mark.parametrize("shuffle,workers", [(0, 1), (7, 3)], ids=["ordered", "shuffled"])
+def test_selftest(artefacts, name, shuffle, workers):
+    rc, out = run_selftest(built("selftest"), name, shuffle, workers)
+    assert rc == 0 and f"PASS {name}" in out, out
+
+
+@needs_parent
+def test_planted_missing_barrier_caught_by_shuffled_mode(artefacts):
+    # Thread order hides the missing __syncthreads (thread t-1 has written its
+    # value before thread t reads it, as lockstep warps often hide it on a GPU).
+    rc, out = run_selftest(built("selftest"), "planted_missing_barrier")
+    assert rc == 0, out
+    # The shuffled mode runs the threads between barriers in a random order.
+    for seed in (1, 2, 3):
+        rc, out = run_selftest(built("selftest"), "planted_missing_barrier", shuffle=seed)
+        assert rc == 1 and "the missing barrier" in out, (seed, out)
+
+
+@needs_parent
+def test_planted_divergent_barrier_is_reported(artefacts):
+    rc, out = run_selftest(built("selftest"), "planted_divergent_barrier")
+    assert rc == 2, out
+    assert "kernel planted_divergent_barrier_kernel" in out
+    assert "threads wait at different barriers" in out
+    assert re.search(r"threads 0-15 wait at __syncthreads\(\) at .*selftest_kernels.cuh:\d+", out), out
+    assert re.search(r"threads 16-63 wait at __syncthreads\(\) at .*selftest_kernels.cuh:\d+", out), out
+
+
+@needs_parent
+def test_planted_missing_lanes_are_reported(artefacts):
+    rc, out = run_selftest(built("selftest"), "planted_missing_lane", shuffle=3)
+    assert rc == 2, out
+    assert "kernel planted_missing_lane_kernel" in out
+    assert re.search(r"__shfl_sync at .*selftest_kernels.cuh:\d+ with mask 0xffffffff in warp \d can never complete", out), out
+    assert "lanes 0-15 wait there" in out and "lanes 16-31 wait at __syncthreads()" in out, out
+
+
+@needs_parent
+@pytest.mark.parametrize(
+    "name,needle",
+    [
+        ("planted_trap", r"thread \(5,0,0\) \(warp 0 lane 5\): kernel called __trap\(\)"),
+        ("planted_bad_mask", r"with mask 0x00000001, which does not include the calling lane 1"),
+    ],
+)
+def test_planted_kernel_errors_are_reported(artefacts, name, needle):
+    rc, out = run_selftest(built("selftest"), name)
+    assert rc == 2 and re.search(needle, out), out
+
+
+@needs_parent
+def test_planted_spin_wait_stopped_by_watchdog(artefacts):
+    """A block spin-waiting on another block never yields; the watchdog names it."""
+    rc, out = run_selftest(built("selftest"), "planted_spin", workers=1, extra_env={"SWIN_HARNESS_TIMEOUT": "2"})
+    assert rc != 0, out
+    assert re.search(r"kernel planted_spin_kernel .* still running after 2 s .* in block \(0,0,0\)", out), out
+
+
+def _asan_available():
+    return hb.asan_runtime() is not None
+
+
+needs_asan = pytest.mark.skipif(ASAN_CHILD or not _asan_available(), reason="needs the compiler's ASan runtime")
+
+
+@needs_asan
+@pytest.mark.parametrize("name", ["smem_reduction", "shuffle_reduction", "atomics", "exited_barrier", "wmma"])
+def test_selftest_under_asan(artefacts, name):
+    rc, out = run_selftest(built("selftest_asan"), name, shuffle=5)
+    assert rc == 0 and f"PASS {name}" in out, out
+
+
+@needs_asan
+@pytest.mark.parametrize(
+    "name,kind,kernel",
+    [
+        ("planted_oob_global", "heap-buffer-overflow", "planted_oob_global_kernel"),
+        ("planted_oob_dynamic_shared", "heap-buffer-overflow", "planted_oob_dynamic_shared_kernel"),
+        ("planted_oob_static_shared", "global-buffer-overflow", "planted_oob_static_shared_kernel"),
+    ],
+)
+def test_planted_out_of_bounds_caught_by_asan(artefacts, name, kind, kernel):
+    rc, out = run_selftest(built("selftest_asan"), name, asan=True)
+    assert rc != 0, out
+    assert f"AddressSanitizer: {kind}" in out, out
+    # The report's stack names the kernel and the harness names block and thread.
+    assert f"in {kernel}" in out, out
+    assert re.search(rf"swin_harness: kernel {kernel} .*block \(0,0,0\), thread \(\d+,0,0\)", out), out
+
+
+@needs_asan
+def test_asan_sees_out_of_bounds_writes_into_torch_tensors(artefacts):
+    """The ASan library works inside a torch process (LD_PRELOAD of libasan)."""
+    code = textwrap.dedent(
+        f"""
+        import torch
+        torch.ops.load_library({built('lib_asan')!r})
+        assert torch.ops.swin_ext_harness.asan_enabled()
+        torch.ops.swin_ext_harness.planted("oob_global")
+        print("NOT CAUGHT")
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=hb.asan_env(), timeout=180)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "NOT CAUGHT" not in out, out
+    assert "AddressSanitizer: heap-buffer-overflow" in out and "planted_oob_global_kernel" in out, out
+
+
+@needs_asan
+def test_asan_kernel_suite(artefacts):
+    """Every test_kernel_* test again, in a child Python with the ASan build."""
+    built("lib_asan")
+    # --capture=sys: an ASan report (written to fd 2) reaches this process's output.
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "--capture=sys", "-p", "no:cacheprovider", os.path.join(HERE, "test_harness.py"), "-k", "test_kernel_"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=hb.asan_env(), timeout=600, cwd=os.path.dirname(HERE))
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-20000:]
+    assert re.search(r"\d+ passed", out), out[-5000:]
+
+
+@needs_parent
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")
+def test_harness_kernels_compile_with_nvcc(tmp_path):
+    """The self-test and demo kernels and cuda_compat.h are valid CUDA too."""
+    inc, _ = hb.cuda_include_dir()
+    src = tmp_path / "check.cu"
+    src.write_text(
+        textwrap.dedent(
+            """
+            #include "selftest_kernels.cuh"
+            #include "demo_kernels.cuh"
+            template void swin_selftest::launch_block_sum<float, 256>(const float*, float*, int, int, cudaStream_t);
+            template void swin_demo::launch_row_softmax<__half>(const __half*, __half*, int64_t, int64_t, cudaStream_t);
+            template void swin_demo::launch_row_softmax<double>(const double*, double*, int64_t, int64_t, cudaStream_t);
+            template void swin_demo::launch_layer_norm_fwd<__nv_bfloat16>(const __nv_bfloat16*, const float*, const float*,
+                __nv_bfloat16*, float*, float*, int64_t, int64_t, double, cudaStream_t);
+            void check_launch(const __half* a, const __half* b, float* c, cudaStream_t s) {
+              SWIN_LAUNCH_KERNEL((swin_selftest::wmma_gemm_kernel<__half>), 1, 128, 0, s, a, b, c, 16, 16, 16);
+              SWIN_LAUNCH_KERNEL(swin_selftest::smem_tree_sum_kernel, 1, 128, 512, s, c, c, 16);
+            }
+            """
+        )
+    )
+    cmd = ["nvcc", "-std=c++17", "-arch=sm_90", "-c", str(src), "-o", str(tmp_path / "check.o"), f"-I{hb.HARNESS_DIR}"]
+    if inc:
+        cmd.append(f"-I{inc}")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+# ---------------------------------------------------------------------------
+# Kernels run by the harness on CPU tensors (also run under ASan by
+# test_asan_kernel_suite).
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+TOL = {
+    torch.float64: dict(atol=1e-12, rtol=1e-12),
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows,cols", [(3, 1), (5, 200), (2, 1000)])
+def test_kernel_row_softmax(hops, mode, dtype, rows, cols):
+    x = (torch.randn(rows, cols, dtype=torch.float64) * 4).to(dtype)
+    y = hops.row_softmax(x)
+    want = torch.softmax(x.double(), dim=-1).to(dtype)
+    torch.testing.assert_close(y, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows,cols", [(1, 24), (9, 96), (6, 257)])
+def test_kernel_layer_norm(hops, mode, dtype, rows, cols):
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x = (torch.randn(rows, cols, dtype=torch.float64) * 3 + 1).to(dtype)
+    w = torch.randn(cols, dtype=acc)
+    b = torch.randn(cols, dtype=acc)
+    y, mean, rstd = hops.layer_norm_fwd(x, w, b, 1e-5)
+    xd = x.double()
+    want = torch.nn.functional.layer_norm(xd, (cols,), w.double(), b.double(), 1e-5)
+    torch.testing.assert_close(y, want.to(dtype), **TOL[dtype])
+    torch.testing.assert_close(mean, xd.mean(-1).to(acc), **TOL[acc])
+    torch.testing.assert_close(rstd, (xd.var(-1, unbiased=False) + 1e-5).rsqrt().to(acc), **TOL[acc])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_kernel_wmma_matmul(hops, mode, dtype):
+    a = torch.randn(32, 48, dtype=torch.float64).to(dtype)
+    b = torch.randn(48, 64, dtype=torch.float64).to(dtype)
+    c = hops.wmma_matmul(a, b)
+    torch.testing.assert_close(c, 2 * (a.double() @ b.double()).float(), atol=1e-4, rtol=1e-4)
+
+
+def test_kernel_harness_errors_reach_python(hops):
+    n = hops.launch_count()
+    with pytest.raises(RuntimeError, match=r"kernel swin_selftest::planted_divergent_barrier_kernel .*different barriers"):
+        hops.planted("divergent_barrier")
+    with pytest.raises(RuntimeError, match=r"__shfl_sync .* can never complete"):
+        hops.planted("missing_lane")
+    assert hops.launch_count() == n + 2
+
+
+# ---------------------------------------------------------------------------
+# The project's kernels (csrc/cuda/*.cuh) against swin_ext.reference.
+
+
+def _needs_op(op: str):
+    if not has_harness_kernel(op):
+        pytest.skip(f"swin_ext_harness::{op} has no harness glue yet (its CUDA kernel has not landed)")
+
+
+def _err(a, b):
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def _check(name, got, exact, comp, floor, dtype):
+    """float32/64: close to the float64 reference.  float16/bfloat16: error at
+    most ~2x that of the plain PyTorch composite run in the same dtype (the
+    flash-attention rule of DESIGN.md) -- or of the rounding floor, the exact
+    result computed from the kernel's rounded inputs and rounded like its
+    output, which no kernel can beat (on a few dozen elements the composite
+    is sometimes luckier than that)."""
+    assert got.shape == exact.shape, (name, got.shape, exact.shape)
+    assert torch.isfinite(got).all(), f"{name}: non-finite values (an element no kernel wrote is NaN)"
+    if dtype in (torch.float32, torch.float64):
+        tol = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else dict(atol=5e-5, rtol=5e-5)
+        torch.testing.assert_close(got.double(), exact.double(), **tol, msg=lambda m: f"{name}: {m}")
+    else:
+        err, err_comp, err_floor = _err(got, exact), _err(comp, exact), _err(floor, exact)
+        assert err <= 2 * max(err_comp, err_floor) + 1e-3, (name, err, err_comp, err_floor)
+
+
+# B, H, W, window, (shift_h, shift_w), heads, head dim, qkv_pad
+ATTN_CASES = [
+    (2, 8, 8, 4, (0, 0), 2, 16, False),
+    (1, 9, 11, 4, (2, 1), 1, 32, True),  # padded, per-axis shift
+    (1, 14, 14, 7, (3, 3), 2, 32, False),
+    (2, 13, 10, 7, (0, 0), 1, 16, True),  # padded
+    (1, 5, 3, 7, (3, 3), 1, 64, True),  # map smaller than the window
+    (1, 16, 8, 8, (4, 4), 1, 64, False),
+    (1, 12, 12, 12, (0, 0), 1, 32, False),
+    (1, 14, 13, 12, (6, 6), 1, 16, True),  # padded, shifted, N = 144
+]
+
+
+def _attn_id(c):
+    B, H, W, ws, (sh, sw), heads, d, pad = c
+    return f"B{B}-{H}x{W}-ws{ws}-s{sh}{sw}-h{heads}-d{d}" + ("-pad" if pad else "")
+
+
+def _attn_run(hops, case, dtype):
+    from swin_ext.reference import window_attention_reference
+
+    B, H, W, ws, shift, heads, d, with_pad = case
+    C = heads * d
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    big = 1.0 if dtype in (torch.float32, torch.float64) else 3.0  # large logits in half precision
+    qkv = torch.randn(B, H, W, 3 * C, dtype=torch.float64) * big
+    bias = torch.randn(heads, ws * ws, ws * ws, dtype=torch.float64)
+    pad = torch.randn(3 * C, dtype=torch.float64) if with_pad else None
+    go = torch.randn(B, H, W, C, dtype=torch.float64)
+    scale = d**-0.5
+    low = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    out, lse = hops.window_attention_fwd(low(qkv), bias.to(acc), low(pad), ws, shift[0], shift[1], scale)
+    dqkv, dbias, dpad = hops.window_attention_bwd(low(go), low(qkv), bias.to(acc), low(pad), lse, ws, shift[0], shift[1], scale)
+    return dict(qkv=qkv, bias=bias, pad=pad, go=go, scale=scale, ref=window_attention_reference,
+                got=dict(out=out, lse=lse, dqkv=dqkv, dbias=dbias, dpad=dpad))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", ATTN_CASES, ids=_attn_id)
+def test_kernel_window_attention(hops, mode, case, dtype):
+    _needs_op("window_attention_fwd")
+    B, H, W, ws, shift, heads, d, with_pad = case
+    r = _attn_run(hops, case, dtype)
+    got, ref, scale, go = r["got"], r["ref"], r["scale"], r["go"]
+    assert got["out"].dtype == dtype and got["out"].shape == (B, H, W, heads * d)
+
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def fwd_bwd(prec, bias_prec, rnd=None):
+        # rnd: compute in float64 from inputs rounded as the kernel gets them
+        q = (lambda t, p: t.to(p).double()) if rnd else (lambda t, p: t.to(p))
+        leaves = [q(r["qkv"], rnd or prec).requires_grad_(), q(r["bias"], bias_prec).requires_grad_()]
+        if with_pad:
+            leaves.append(q(r["pad"], rnd or prec).requires_grad_())
+        out = ref(leaves[0], leaves[1], ws, shift, scale, leaves[2] if with_pad else None)
+        return [out] + list(torch.autograd.grad(out, leaves, q(go, rnd or prec)))
+
+    exact = fwd_bwd(torch.float64, torch.float64)
+    names = ["out", "dqkv", "dbias"] + (["dpad"] if with_pad else [])
+    if dtype in (torch.float32, torch.float64):
+        comp = floor = exact
+    else:
+        comp = fwd_bwd(dtype, dtype)
+        out_dtypes = [dtype, dtype, acc, acc]  # out and dqkv in the input dtype, the rest in fp32
+        floor = [t.to(dt) for t, dt in zip(fwd_bwd(torch.float64, acc, rnd=dtype), out_dtypes)]
+    for i, name in enumerate(names):
+        _check(name, got[name], exact[i], comp[i], floor[i], dtype)
+    if not with_pad:
+        assert torch.count_nonzero(got["dpad"]) == 0
+    assert torch.isfinite(got["lse"]).all()
+
+
+def test_kernel_window_attention_matches_cpu_kernel_lse(hops):
+    """The saved log-sum-exp equals the CPU kernel's (padding rows included)."""
+    _needs_op("window_attention_fwd")
+    swin_ext = pytest.importorskip("swin_ext")
+    if not getattr(swin_ext, "HAS_OPS", False):
+        pytest.skip("swin_ext._C is not built")
+    qkv = torch.randn(2, 13, 10, 3 * 32)
+    bias = torch.randn(2, 49, 49)
+    pad = torch.randn(3 * 32)
+    _, lse = hops.window_attention_fwd(qkv, bias, pad, 7, 3, 3, 0.25)
+    _, lse_cpu = torch.ops.swin_ext.window_attention_fwd(qkv, bias, pad, 7, 3, 3, 0.25)
+    torch.testing.assert_close(lse, lse_cpu, atol=1e-5, rtol=1e-5)
+
+
+def test_kernel_window_attention_is_deterministic(hops):
+    """Bitwise-identical results whatever the thread order and block placement."""
+    _needs_op("window_attention_fwd")
+    qkv = torch.randn(2, 9, 11, 3 * 32)
+    bias = torch.randn(2, 16, 16)
+    pad = torch.randn(3 * 32)
+    go = torch.randn(2, 9, 11, 32)
+    results = []
+    for seed, workers in [(0, 1), (1, 2), (99, 3)]:
+        hops.set_options(seed, workers)
+        out, lse = hops.window_attention_fwd(qkv, bias, pad, 4, 2, 2, 0.25)
+        results.append((out, lse) + tuple(hops.window_attention_bwd(go, qkv, bias, pad, lse, 4, 2, 2, 0.25)))
+    hops.clear_options()
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+# B, H, W, C: even, odd (zero-padded) sizes
+MERGE_CASES = [(2, 8, 8, 16), (1, 7, 9, 32), (1, 5, 4, 48), (2, 1, 3, 8)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", MERGE_CASES, ids=lambda c: "B{}-{}x{}-C{}".format(*c))
+def test_kernel_patch_merging(hops, mode, case, dtype):
+    _needs_op("patch_merging_fwd")
+    from swin_ext.reference import patch_merging_reference
+
+    B, H, W, C = case
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x = torch.randn(B, H, W, C, dtype=torch.float64) * 2 + 0.5
+    w = torch.randn(4 * C, dtype=torch.float64)
+    b = torch.randn(4 * C, dtype=torch.float64)
+    H2, W2 = (H + 1) // 2, (W + 1) // 2
+    go = torch.randn(B, H2, W2, 4 * C, dtype=torch.float64)
+    y, mean, rstd = hops.patch_merging_fwd(x.to(dtype), w.to(acc), b.to(acc), 1e-5)
+    dx, dw, db = hops.patch_merging_bwd(go.to(dtype), x.to(dtype), w.to(acc), mean, rstd)
+    assert y.dtype == dtype and y.shape == (B, H2, W2, 4 * C)
+    assert mean.shape == rstd.shape == (B, H2, W2) and mean.dtype == rstd.dtype == acc
+
+    def fwd_bwd(prec, wprec=None, rnd=False):
+        # rnd: compute in float64 from inputs rounded as the kernel gets them
+        q = (lambda t, p: t.to(p).double()) if rnd else (lambda t, p: t.to(p))
+        wprec = wprec or prec
+        leaves = [q(x, prec).requires_grad_(), q(w, wprec).requires_grad_(), q(b, wprec).requires_grad_()]
+        out = patch_merging_reference(*leaves, 1e-5)
+        return [out] + list(torch.autograd.grad(out, leaves, q(go, prec)))
+
+    exact = fwd_bwd(torch.float64)
+    if dtype in (torch.float32, torch.float64):
+        comp = floor = exact
+    else:
+        comp = fwd_bwd(dtype)
+        floor = [t.to(dt) for t, dt in zip(fwd_bwd(dtype, acc, rnd=True), [dtype, dtype, acc, acc])]
+    for i, (name, t) in enumerate([("y", y), ("dx", dx), ("dweight", dw), ("dbias", db)]):
+        _check(name, t, exact[i], comp[i], floor[i], dtype)
