@@ -251,6 +251,13 @@ def test_baseline_isa_path_matches_reference():
         "    g = torch.randn_like(o)\n"
         "    for x, y in zip(torch.autograd.grad(o, (q, b, p), g), torch.autograd.grad(r, (q, b, p), g)):\n"
         "        torch.testing.assert_close(x, y, atol=tol, rtol=tol)\n"
+        "    x = torch.randn(2, 7, 5, 6, dtype=dt, requires_grad=True)\n"
+        "    w = torch.randn(24, dtype=dt, requires_grad=True); c = torch.randn(24, dtype=dt, requires_grad=True)\n"
+        "    y = swin_ext.patch_merging(x, w, c); yr = R.patch_merging_reference(x, w, c)\n"
+        "    torch.testing.assert_close(y, yr, atol=tol, rtol=tol)\n"
+        "    g = torch.randn_like(y)\n"
+        "    for a, b in zip(torch.autograd.grad(y, (x, w, c), g), torch.autograd.grad(yr, (x, w, c), g)):\n"
+        "        torch.testing.assert_close(a, b, atol=tol, rtol=tol)\n"
         "print('ok')\n"
     )
     env = dict(os.environ, SWIN_EXT_CPU_ISA="default")

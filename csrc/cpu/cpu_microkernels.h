@@ -7,7 +7,9 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #if defined(__GNUC__)
 #define SWIN_ALWAYS_INLINE inline __attribute__((always_inline))
@@ -25,6 +27,19 @@
 
 namespace swin_ext {
 namespace cpu {
+
+#if SWIN_HAVE_AVX2_CLONE
+// SWIN_EXT_CPU_ISA=default forces the baseline build of the kernels (tests
+// use it to cover the path that machines without AVX2 take).
+inline bool cpu_has_avx2() {
+  static const bool has = [] {
+    const char* isa = std::getenv("SWIN_EXT_CPU_ISA");
+    if (isa != nullptr && std::string(isa) == "default") return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+}
+#endif
 
 // Every padded dimension of the tile buffers is a multiple of this.
 constexpr int64_t kPad = 16;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "cpu_microkernels.h"
 
 namespace swin_ext {
 namespace {
@@ -19,13 +20,13 @@ namespace {
 constexpr int64_t kMergeRowsPerPartial = 64;
 
 template <typename scalar_t, typename acc_t>
-inline void gather_pixel(const scalar_t* x, int64_t H, int64_t W, int64_t C, int64_t b,
-                         int64_t oy, int64_t ox, acc_t* buf) {
+SWIN_ALWAYS_INLINE void gather_pixel(const scalar_t* x, int64_t H, int64_t W, int64_t C, int64_t b,
+                                     int64_t oy, int64_t ox, acc_t* __restrict buf) {
   for (int q = 0; q < 4; ++q) {
     int64_t y, xx;
-    acc_t* dst = buf + q * C;
+    acc_t* __restrict dst = buf + q * C;
     if (merge_source(H, W, oy, ox, q, &y, &xx)) {
-      const scalar_t* src = x + ((b * H + y) * W + xx) * C;
+      const scalar_t* __restrict src = x + ((b * H + y) * W + xx) * C;
       for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<acc_t>(src[c]);
     } else {
       for (int64_t c = 0; c < C; ++c) dst[c] = acc_t(0);
@@ -34,40 +35,145 @@ inline void gather_pixel(const scalar_t* x, int64_t H, int64_t W, int64_t C, int
 }
 
 template <typename scalar_t>
+struct MergeArgs {
+  using acc_t = at::opmath_type<scalar_t>;
+  int64_t B, H, W, C, H2, W2;
+  acc_t eps;
+  const scalar_t* x;
+  const acc_t* weight;
+  const acc_t* bias;
+  scalar_t* y;
+  acc_t* mean;
+  acc_t* rstd;
+  // backward
+  const scalar_t* grad_out;
+  const acc_t* mean_in;
+  const acc_t* rstd_in;
+  scalar_t* dx;
+  acc_t* dw_part;
+  acc_t* db_part;
+};
+
+// Forward of output pixels [begin, end): gather, two-pass mean/variance,
+// normalise.  Reductions are `omp simd` (vectorised, fixed order per build).
+template <typename scalar_t>
+SWIN_ALWAYS_INLINE void merging_fwd_pixels(const MergeArgs<scalar_t>& a, int64_t begin,
+                                           int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C4 = 4 * a.C;
+  std::vector<acc_t> storage(C4);
+  acc_t* __restrict buf = storage.data();
+  const acc_t* __restrict w = a.weight;
+  const acc_t* __restrict bb = a.bias;
+  for (int64_t pix = begin; pix < end; ++pix) {
+    const int64_t ox = pix % a.W2;
+    const int64_t oy = (pix / a.W2) % a.H2;
+    const int64_t b = pix / (a.W2 * a.H2);
+    gather_pixel(a.x, a.H, a.W, a.C, b, oy, ox, buf);
+    acc_t m = 0;
+#pragma omp simd reduction(+ : m)
+    for (int64_t c = 0; c < C4; ++c) m += buf[c];
+    m /= static_cast<acc_t>(C4);
+    acc_t var = 0;
+#pragma omp simd reduction(+ : var)
+    for (int64_t c = 0; c < C4; ++c) var += (buf[c] - m) * (buf[c] - m);
+    var /= static_cast<acc_t>(C4);
+    const acc_t rs = acc_t(1) / std::sqrt(var + a.eps);
+    a.mean[pix] = m;
+    a.rstd[pix] = rs;
+    scalar_t* __restrict dst = a.y + pix * C4;
+    for (int64_t c = 0; c < C4; ++c) dst[c] = static_cast<scalar_t>((buf[c] - m) * rs * w[c] + bb[c]);
+  }
+}
+
+// Backward of the fixed pixel blocks [begin, end): LayerNorm backward +
+// scatter into dx, and per-block weight/bias gradient partials.
+template <typename scalar_t>
+SWIN_ALWAYS_INLINE void merging_bwd_blocks(const MergeArgs<scalar_t>& a, int64_t begin,
+                                           int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t C = a.C, C4 = 4 * C, P = a.B * a.H2 * a.W2;
+  std::vector<acc_t> storage(2 * C4);
+  acc_t* __restrict xhat = storage.data();
+  acc_t* __restrict g = storage.data() + C4;
+  const acc_t* __restrict w = a.weight;
+  for (int64_t blk = begin; blk < end; ++blk) {
+    acc_t* __restrict dw = a.dw_part + blk * C4;
+    acc_t* __restrict db = a.db_part + blk * C4;
+    std::fill(dw, dw + C4, acc_t(0));
+    std::fill(db, db + C4, acc_t(0));
+    const int64_t p_end = std::min(P, (blk + 1) * kMergeRowsPerPartial);
+    for (int64_t pix = blk * kMergeRowsPerPartial; pix < p_end; ++pix) {
+      const int64_t ox = pix % a.W2;
+      const int64_t oy = (pix / a.W2) % a.H2;
+      const int64_t b = pix / (a.W2 * a.H2);
+      gather_pixel(a.x, a.H, a.W, C, b, oy, ox, xhat);
+      const acc_t m = a.mean_in[pix], rs = a.rstd_in[pix];
+      const scalar_t* __restrict go = a.grad_out + pix * C4;
+      acc_t sum_g = 0, sum_gx = 0;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+      for (int64_t c = 0; c < C4; ++c) {
+        const acc_t gy = static_cast<acc_t>(go[c]);
+        const acc_t xh = (xhat[c] - m) * rs;
+        xhat[c] = xh;
+        dw[c] += gy * xh;
+        db[c] += gy;
+        g[c] = gy * w[c];
+        sum_g += g[c];
+        sum_gx += g[c] * xh;
+      }
+      const acc_t inv_n = acc_t(1) / static_cast<acc_t>(C4);
+      const acc_t mg = sum_g * inv_n, mgx = sum_gx * inv_n;
+      for (int q = 0; q < 4; ++q) {
+        int64_t y, xx;
+        if (!merge_source(a.H, a.W, oy, ox, q, &y, &xx)) continue;  // padding: no gradient
+        scalar_t* __restrict dst = a.dx + ((b * a.H + y) * a.W + xx) * C;
+        const acc_t* __restrict gq = g + q * C;
+        const acc_t* __restrict xq = xhat + q * C;
+        for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(rs * (gq[c] - mg - xq[c] * mgx));
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void fwd_pixels_default(const MergeArgs<scalar_t>& a, int64_t b, int64_t e) {
+  merging_fwd_pixels(a, b, e);
+}
+template <typename scalar_t>
+void bwd_blocks_default(const MergeArgs<scalar_t>& a, int64_t b, int64_t e) {
+  merging_bwd_blocks(a, b, e);
+}
+#if SWIN_HAVE_AVX2_CLONE
+template <typename scalar_t>
+SWIN_TARGET_AVX2 void fwd_pixels_avx2(const MergeArgs<scalar_t>& a, int64_t b, int64_t e) {
+  merging_fwd_pixels(a, b, e);
+}
+template <typename scalar_t>
+SWIN_TARGET_AVX2 void bwd_blocks_avx2(const MergeArgs<scalar_t>& a, int64_t b, int64_t e) {
+  merging_bwd_blocks(a, b, e);
+}
+#endif
+
+template <typename scalar_t>
 void merging_fwd_impl(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                       double eps, at::Tensor& y, at::Tensor& mean, at::Tensor& rstd) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
-  const int64_t H2 = y.size(1), W2 = y.size(2), C4 = 4 * C;
-  const scalar_t* x_p = x.const_data_ptr<scalar_t>();
-  const acc_t* w_p = weight.const_data_ptr<acc_t>();
-  const acc_t* b_p = bias.const_data_ptr<acc_t>();
-  scalar_t* y_p = y.mutable_data_ptr<scalar_t>();
-  acc_t* mean_p = mean.mutable_data_ptr<acc_t>();
-  acc_t* rstd_p = rstd.mutable_data_ptr<acc_t>();
-  at::parallel_for(0, B * H2 * W2, 16, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buf(C4);
-    for (int64_t pix = begin; pix < end; ++pix) {
-      const int64_t ox = pix % W2;
-      const int64_t oy = (pix / W2) % H2;
-      const int64_t b = pix / (W2 * H2);
-      gather_pixel(x_p, H, W, C, b, oy, ox, buf.data());
-      acc_t m = 0;
-      for (int64_t c = 0; c < C4; ++c) m += buf[c];
-      m /= static_cast<acc_t>(C4);
-      acc_t var = 0;
-      for (int64_t c = 0; c < C4; ++c) {
-        const acc_t dlt = buf[c] - m;
-        var += dlt * dlt;
-      }
-      var /= static_cast<acc_t>(C4);
-      const acc_t rs = acc_t(1) / std::sqrt(var + static_cast<acc_t>(eps));
-      mean_p[pix] = m;
-      rstd_p[pix] = rs;
-      scalar_t* dst = y_p + pix * C4;
-      for (int64_t c = 0; c < C4; ++c)
-        dst[c] = static_cast<scalar_t>((buf[c] - m) * rs * w_p[c] + b_p[c]);
-    }
+  MergeArgs<scalar_t> a{};
+  a.B = x.size(0), a.H = x.size(1), a.W = x.size(2), a.C = x.size(3);
+  a.H2 = y.size(1), a.W2 = y.size(2);
+  a.eps = static_cast<acc_t>(eps);
+  a.x = x.const_data_ptr<scalar_t>();
+  a.weight = weight.const_data_ptr<acc_t>();
+  a.bias = bias.const_data_ptr<acc_t>();
+  a.y = y.mutable_data_ptr<scalar_t>();
+  a.mean = mean.mutable_data_ptr<acc_t>();
+  a.rstd = rstd.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, a.B * a.H2 * a.W2, 16, [&](int64_t begin, int64_t end) {
+#if SWIN_HAVE_AVX2_CLONE
+    if (cpu::cpu_has_avx2()) return fwd_pixels_avx2(a, begin, end);
+#endif
+    fwd_pixels_default(a, begin, end);
   });
 }
 
@@ -76,57 +182,22 @@ void merging_bwd_impl(const at::Tensor& grad_out, const at::Tensor& x, const at:
                       const at::Tensor& mean, const at::Tensor& rstd, at::Tensor& dx,
                       at::Tensor& dw_part, at::Tensor& db_part) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
-  const int64_t H2 = grad_out.size(1), W2 = grad_out.size(2), C4 = 4 * C;
-  const int64_t P = B * H2 * W2;
-  const scalar_t* x_p = x.const_data_ptr<scalar_t>();
-  const scalar_t* go_p = grad_out.const_data_ptr<scalar_t>();
-  const acc_t* w_p = weight.const_data_ptr<acc_t>();
-  const acc_t* mean_p = mean.const_data_ptr<acc_t>();
-  const acc_t* rstd_p = rstd.const_data_ptr<acc_t>();
-  scalar_t* dx_p = dx.mutable_data_ptr<scalar_t>();
-  acc_t* dw_p = dw_part.mutable_data_ptr<acc_t>();
-  acc_t* db_p = db_part.mutable_data_ptr<acc_t>();
-  const int64_t nblocks = dw_part.size(0);
-  at::parallel_for(0, nblocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> xhat(C4), g(C4);
-    for (int64_t blk = begin; blk < end; ++blk) {
-      acc_t* dw = dw_p + blk * C4;
-      acc_t* db = db_p + blk * C4;
-      std::fill(dw, dw + C4, acc_t(0));
-      std::fill(db, db + C4, acc_t(0));
-      const int64_t p_end = std::min(P, (blk + 1) * kMergeRowsPerPartial);
-      for (int64_t pix = blk * kMergeRowsPerPartial; pix < p_end; ++pix) {
-        const int64_t ox = pix % W2;
-        const int64_t oy = (pix / W2) % H2;
-        const int64_t b = pix / (W2 * H2);
-        gather_pixel(x_p, H, W, C, b, oy, ox, xhat.data());
-        const acc_t m = mean_p[pix], rs = rstd_p[pix];
-        const scalar_t* go = go_p + pix * C4;
-        acc_t sum_g = 0, sum_gx = 0;
-        for (int64_t c = 0; c < C4; ++c) {
-          const acc_t gy = static_cast<acc_t>(go[c]);
-          const acc_t xh = (xhat[c] - m) * rs;
-          xhat[c] = xh;
-          dw[c] += gy * xh;
-          db[c] += gy;
-          g[c] = gy * w_p[c];
-          sum_g += g[c];
-          sum_gx += g[c] * xh;
-        }
-        const acc_t inv_n = acc_t(1) / static_cast<acc_t>(C4);
-        const acc_t mg = sum_g * inv_n, mgx = sum_gx * inv_n;
-        for (int q = 0; q < 4; ++q) {
-          int64_t y, xx;
-          if (!merge_source(H, W, oy, ox, q, &y, &xx)) continue;  // padding: no gradient
-          scalar_t* dst = dx_p + ((b * H + y) * W + xx) * C;
-          for (int64_t c = 0; c < C; ++c) {
-            const int64_t k = q * C + c;
-            dst[c] = static_cast<scalar_t>(rs * (g[k] - mg - xhat[k] * mgx));
-          }
-        }
-      }
-    }
+  MergeArgs<scalar_t> a{};
+  a.B = x.size(0), a.H = x.size(1), a.W = x.size(2), a.C = x.size(3);
+  a.H2 = grad_out.size(1), a.W2 = grad_out.size(2);
+  a.x = x.const_data_ptr<scalar_t>();
+  a.weight = weight.const_data_ptr<acc_t>();
+  a.grad_out = grad_out.const_data_ptr<scalar_t>();
+  a.mean_in = mean.const_data_ptr<acc_t>();
+  a.rstd_in = rstd.const_data_ptr<acc_t>();
+  a.dx = dx.mutable_data_ptr<scalar_t>();
+  a.dw_part = dw_part.mutable_data_ptr<acc_t>();
+  a.db_part = db_part.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, dw_part.size(0), 1, [&](int64_t begin, int64_t end) {
+#if SWIN_HAVE_AVX2_CLONE
+    if (cpu::cpu_has_avx2()) return bwd_blocks_avx2(a, begin, end);
+#endif
+    bwd_blocks_default(a, begin, end);
   });
 }
 

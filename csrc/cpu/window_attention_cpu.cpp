@@ -14,8 +14,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -267,16 +265,6 @@ template <typename scalar_t>
 SWIN_TARGET_AVX2 void bwd_items_avx2(const AttnArgs<scalar_t>& a, int64_t b, int64_t e) {
   attention_bwd_items(a, b, e);
 }
-// SWIN_EXT_CPU_ISA=default forces the baseline build of the kernels (tests
-// use it to cover the path that machines without AVX2 take).
-inline bool cpu_has_avx2() {
-  static const bool has = [] {
-    const char* isa = std::getenv("SWIN_EXT_CPU_ISA");
-    if (isa != nullptr && std::string(isa) == "default") return false;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return has;
-}
 #endif
 
 template <typename scalar_t>
@@ -284,7 +272,7 @@ void run_fwd(const AttnArgs<scalar_t>& a) {
   const int64_t tiles = a.g.B * a.g.nW * a.heads;
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
 #if SWIN_HAVE_AVX2_CLONE
-    if (cpu_has_avx2()) return fwd_tiles_avx2(a, begin, end);
+    if (cpu::cpu_has_avx2()) return fwd_tiles_avx2(a, begin, end);
 #endif
     fwd_tiles_default(a, begin, end);
   });
@@ -294,7 +282,7 @@ template <typename scalar_t>
 void run_bwd(const AttnArgs<scalar_t>& a) {
   at::parallel_for(0, a.g.nW * a.heads, 1, [&](int64_t begin, int64_t end) {
 #if SWIN_HAVE_AVX2_CLONE
-    if (cpu_has_avx2()) return bwd_items_avx2(a, begin, end);
+    if (cpu::cpu_has_avx2()) return bwd_items_avx2(a, begin, end);
 #endif
     bwd_items_default(a, begin, end);
   });
