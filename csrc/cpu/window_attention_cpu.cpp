@@ -235,8 +235,9 @@ SWIN_ALWAYS_INLINE void attention_bwd_items(const AttnArgs<scalar_t>& a, int64_t
           copy_cast(dki, dst + C, d);
           copy_cast(dvi, dst + 2 * C, d);
         } else {
+          // A padding token's k and v feed every query; as a query its dO is
+          // 0 (its output is cropped away), so its dq is 0.
           for (int64_t c = 0; c < d; ++c) {
-            dpad_w[h * d + c] += dqi[c];
             dpad_w[C + h * d + c] += dki[c];
             dpad_w[2 * C + h * d + c] += dvi[c];
           }

@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(kAttnThreads)
 
 inline size_t attn_bwd_dq_smem(int64_t N, int64_t d, size_t acc_size) {
   return align16(N * 8) + align16(N * 4) +
-         align16((2 * kRowsPerBlock * d + 2 * kKeyChunk * (d + 1) + kAttnWarps * d) * acc_size);
+         align16((2 * kRowsPerBlock * d + 2 * kKeyChunk * (d + 1)) * acc_size);
 }
 
 template <typename scalar_t, typename acc_t, int DPL>
@@ -215,8 +215,7 @@ __global__ void __launch_bounds__(kAttnThreads)
                        const acc_t* __restrict__ bias, const scalar_t* __restrict__ pad,
                        const acc_t* __restrict__ lse, scalar_t* __restrict__ dqkv,
                        acc_t* __restrict__ Dbuf, acc_t* __restrict__ dbias_part,
-                       acc_t* __restrict__ dpad_q_part, WindowGeometry g, int64_t heads, int64_t d,
-                       acc_t scale) {
+                       WindowGeometry g, int64_t heads, int64_t d, acc_t scale) {
   SWIN_DYNAMIC_SHARED(unsigned char, smem);
   const int64_t N = g.N, C = heads * d, HW = g.H * g.W;
   int64_t* sp = reinterpret_cast<int64_t*>(smem);
@@ -225,7 +224,6 @@ __global__ void __launch_bounds__(kAttnThreads)
   acc_t* sdO = sQ + kRowsPerBlock * d;
   acc_t* sK = sdO + kRowsPerBlock * d;
   acc_t* sV = sK + kKeyChunk * (d + 1);
-  acc_t* sPad = sV + kKeyChunk * (d + 1);  // kAttnWarps x d: dq of padding rows, per warp
 
   const int64_t win = blockIdx.x;
   const int64_t h = blockIdx.y;
@@ -237,7 +235,6 @@ __global__ void __launch_bounds__(kAttnThreads)
   acc_t* dbias_w = dbias_part + (win * heads + h) * N * N;  // zero-initialised by the caller
 
   load_token_table(g, win, sp, region);
-  for (int64_t idx = threadIdx.x; idx < kAttnWarps * d; idx += blockDim.x) sPad[idx] = 0;
 
   // The batch loop is inside the block: dbias_w rows owned by this block are
   // accumulated in batch order, whatever the launch configuration.
@@ -303,29 +300,19 @@ __global__ void __launch_bounds__(kAttnThreads)
         }
       }
     }
+    // Padding query rows have dO = 0 (their output is cropped away), hence
+    // dS = 0 and dq = 0: only real tokens get a dq.
 #pragma unroll
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const int64_t i = row0 + warp * kRowsPerWarp + rr;
-      if (i >= N) continue;
+      if (i >= N || sp[i] < 0) continue;
+      scalar_t* dst = dqkv + (b * HW + sp[i]) * 3 * C + h * d;
 #pragma unroll
       for (int t = 0; t < DPL; ++t) {
         const int64_t c = lane + 32 * t;
-        if (c >= d) continue;
-        const acc_t v = dq[rr][t] * scale;
-        if (sp[i] >= 0) {
-          dqkv[(b * HW + sp[i]) * 3 * C + h * d + c] = from_acc<scalar_t>(v);
-        } else {
-          sPad[warp * d + c] += v;  // lane-owned slot, rows in a fixed order
-        }
+        if (c < d) dst[c] = from_acc<scalar_t>(dq[rr][t] * scale);
       }
     }
-  }
-  __syncthreads();
-  // Padding rows' dq of this block, summed over warps in order.
-  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
-    acc_t v = 0;
-    for (int w = 0; w < kAttnWarps; ++w) v += sPad[w * d + c];
-    dpad_q_part[(win * gridDim.z + qb) * C + h * d + c] = v;
   }
 }
 
@@ -476,8 +463,7 @@ void launch_attention_fwd(const scalar_t* qkv, const acc_t* bias, const scalar_t
 template <typename scalar_t, typename acc_t, int DPL>
 void launch_attention_bwd_dq_dpl(const scalar_t* grad_out, const scalar_t* qkv, const acc_t* bias,
                                  const scalar_t* pad, const acc_t* lse, scalar_t* dqkv,
-                                 acc_t* Dbuf, acc_t* dbias_part, acc_t* dpad_q_part,
-                                 const WindowGeometry& g, int64_t heads, int64_t d, double scale,
+                                 acc_t* Dbuf, acc_t* dbias_part, const WindowGeometry& g, int64_t heads, int64_t d, double scale,
                                  cudaStream_t stream) {
   const size_t smem = attn_bwd_dq_smem(g.N, d, sizeof(acc_t));
   auto kernel = attn_bwd_dq_kernel<scalar_t, acc_t, DPL>;
@@ -485,36 +471,36 @@ void launch_attention_bwd_dq_dpl(const scalar_t* grad_out, const scalar_t* qkv, 
   const dim3 grid(static_cast<unsigned>(g.nW), static_cast<unsigned>(heads),
                   static_cast<unsigned>(attn_num_row_blocks(g.N)));
   SWIN_LAUNCH_KERNEL((attn_bwd_dq_kernel<scalar_t, acc_t, DPL>), grid, kAttnThreads, smem, stream,
-                     grad_out, qkv, bias, pad, lse, dqkv, Dbuf, dbias_part, dpad_q_part, g, heads,
+                     grad_out, qkv, bias, pad, lse, dqkv, Dbuf, dbias_part, g, heads,
                      d, static_cast<acc_t>(scale));
 }
 
 // Backward.  Workspace (all in acc_t):
 //   Dbuf         (B, nW, heads, N)                         written
 //   dbias_part   (nW, heads, N, N)                         must be zero on entry
-//   dpad_q_part  (nW, attn_num_row_blocks(N), C)           written
 //   dpad_kv_part (B * nW, attn_num_key_blocks(N), 2C)      written
-// The caller sums dbias_part over dim 0 and the pad partials over all but
-// the last dim.  Requires d <= 128.
+// The caller sums dbias_part over dim 0 and dpad_kv_part over all but the
+// last dim; the q part of the pad gradient is zero (padding queries have
+// dO = 0).  Requires d <= 128.
 template <typename scalar_t, typename acc_t>
 void launch_attention_bwd(const scalar_t* grad_out, const scalar_t* qkv, const acc_t* bias,
                           const scalar_t* pad, const acc_t* lse, scalar_t* dqkv, acc_t* Dbuf,
-                          acc_t* dbias_part, acc_t* dpad_q_part, acc_t* dpad_kv_part,
+                          acc_t* dbias_part, acc_t* dpad_kv_part,
                           const WindowGeometry& g, int64_t heads, int64_t d, double scale,
                           cudaStream_t stream) {
   if (g.B * g.nW == 0 || heads == 0) return;
   if (d <= 32) {
     launch_attention_bwd_dq_dpl<scalar_t, acc_t, 1>(grad_out, qkv, bias, pad, lse, dqkv, Dbuf,
-                                                    dbias_part, dpad_q_part, g, heads, d, scale, stream);
+                                                    dbias_part, g, heads, d, scale, stream);
   } else if (d <= 64) {
     launch_attention_bwd_dq_dpl<scalar_t, acc_t, 2>(grad_out, qkv, bias, pad, lse, dqkv, Dbuf,
-                                                    dbias_part, dpad_q_part, g, heads, d, scale, stream);
+                                                    dbias_part, g, heads, d, scale, stream);
   } else if (d <= 96) {
     launch_attention_bwd_dq_dpl<scalar_t, acc_t, 3>(grad_out, qkv, bias, pad, lse, dqkv, Dbuf,
-                                                    dbias_part, dpad_q_part, g, heads, d, scale, stream);
+                                                    dbias_part, g, heads, d, scale, stream);
   } else {
     launch_attention_bwd_dq_dpl<scalar_t, acc_t, 4>(grad_out, qkv, bias, pad, lse, dqkv, Dbuf,
-                                                    dbias_part, dpad_q_part, g, heads, d, scale, stream);
+                                                    dbias_part, g, heads, d, scale, stream);
   }
   const size_t smem = attn_bwd_dkv_smem(g.N, d, sizeof(acc_t));
   auto kernel = attn_bwd_dkv_kernel<scalar_t, acc_t>;
