@@ -7,55 +7,26 @@
 
 #include <cstdint>
 
-#include "../cuda/cuda_compat.h"
+#include "../cuda/common.cuh"
 
 namespace swin_demo {
 
-// Accumulation type and conversions (half/bfloat16 -> float, double -> double).
+// The project's device helpers (csrc/cuda/common.cuh), under the names the
+// demo kernels use.
 template <typename T>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_acc(float v);
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <typename T>
-__device__ __forceinline__ T from_acc(double v) { return static_cast<T>(v); }
-__device__ __forceinline__ float acc_exp(float v) { return __expf(v); }
-__device__ __forceinline__ double acc_exp(double v) { return exp(v); }
-__device__ __forceinline__ float acc_rsqrt(float v) { return rsqrtf(v); }
-__device__ __forceinline__ double acc_rsqrt(double v) { return rsqrt(v); }
-template <typename T>
-__device__ __forceinline__ T neg_inf();
-template <>
-__device__ __forceinline__ float neg_inf<float>() { return -__int_as_float(0x7f800000); }
-template <>
-__device__ __forceinline__ double neg_inf<double>() { return -__longlong_as_double(0x7ff0000000000000ll); }
-
+using Acc = swin_ext::cuda::AccType<T>;
+using swin_ext::cuda::acc_exp;
+using swin_ext::cuda::acc_rsqrt;
+using swin_ext::cuda::from_acc;
+using swin_ext::cuda::neg_inf;
+using swin_ext::cuda::to_acc;
 template <typename T>
 __device__ __forceinline__ T warp_allreduce_sum(T v) {
-#pragma unroll
-  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-  return v;
+  return swin_ext::cuda::warp_sum(v);
 }
 template <typename T>
 __device__ __forceinline__ T warp_allreduce_max(T v) {
-#pragma unroll
-  for (int m = 16; m > 0; m >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, m));
-  return v;
+  return swin_ext::cuda::warp_max(v);
 }
 
 // Block-wide all-reduce through a static __shared__ array (one slot per warp).
