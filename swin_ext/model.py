@@ -176,38 +176,9 @@ class WindowAttention(nn.Module):
         return self.proj_drop(self.proj(out))
 
     def _reference_attention(self, qkv, bias, shift, qkv_pad):
-        if self.attn_drop.p == 0 or not self.training:
-            return window_attention_reference(qkv, bias, self.window_size, shift, self.scale, qkv_pad)
-        # attention dropout needs the probabilities: spell the composite out
-        from .reference import shift_mask, window_partition, window_reverse
-
-        B, H, W, C3 = qkv.shape
-        ws, heads, d = self.window_size, self.num_heads, self.head_dim
-        pad_b, pad_r = (-H) % ws, (-W) % ws
-        x = qkv
-        if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-            if qkv_pad is not None:
-                valid = torch.zeros(x.shape[1:3], dtype=torch.bool, device=x.device)
-                valid[:H, :W] = True
-                x = torch.where(valid[None, :, :, None], x, qkv_pad)
-        Hp, Wp = H + pad_b, W + pad_r
-        sh, sw = shift
-        if sh or sw:
-            x = torch.roll(x, (-sh, -sw), (1, 2))
-        win = window_partition(x, ws)
-        Bn, N, _ = win.shape
-        q, k, v = win.reshape(Bn, N, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = (q * self.scale) @ k.transpose(-2, -1) + bias.to(q.dtype).unsqueeze(0)
-        if sh or sw:
-            mask = shift_mask(Hp, Wp, ws, (sh, sw), device=x.device, dtype=attn.dtype)
-            nW = mask.shape[0]
-            attn = (attn.view(Bn // nW, nW, heads, N, N) + mask[None, :, None]).view(Bn, heads, N, N)
-        attn = self.attn_drop(attn.softmax(-1))
-        out = window_reverse((attn @ v).transpose(1, 2).reshape(Bn, N, C3 // 3), ws, Hp, Wp)
-        if sh or sw:
-            out = torch.roll(out, (sh, sw), (1, 2))
-        return out[:, :H, :W]
+        return window_attention_reference(
+            qkv, bias, self.window_size, shift, self.scale, qkv_pad, self.attn_drop.p, self.training
+        )
 
     def flops(self, N: int) -> int:
         """Multiply-accumulates of one window of ``N`` tokens (official count)."""

@@ -85,6 +85,8 @@ def window_attention_reference(
     shift: Union[int, Sequence[int]] = 0,
     scale: Optional[float] = None,
     qkv_pad: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    training: bool = False,
 ) -> torch.Tensor:
     """Shifted-window multi-head self-attention on a token-major map.
 
@@ -95,6 +97,8 @@ def window_attention_reference(
         shift: cyclic shift ``s`` or ``(s_h, s_w)``, ``0 <= s < ws``.
         scale: logit scale, default ``head_dim ** -0.5``.
         qkv_pad: ``(3C,)`` qkv value of padding tokens (default zeros).
+        dropout_p, training: attention-probability dropout (the model's
+            ``attn_drop``; the fused kernel has none).
     Returns:
         ``(B, H, W, C)`` attention output before the projection.
     """
@@ -129,6 +133,8 @@ def window_attention_reference(
         attn = attn.view(Bn // nW, nW, heads, N, N) + mask[None, :, None]
         attn = attn.view(Bn, heads, N, N)
     attn = attn.softmax(dim=-1)
+    if dropout_p > 0 and training:
+        attn = F.dropout(attn, dropout_p, training=True)
     out = (attn @ v).transpose(1, 2).reshape(Bn, N, C)
     out = window_reverse(out, ws, Hp, Wp)
     if sh or sw:

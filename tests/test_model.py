@@ -133,8 +133,13 @@ def test_stochastic_depth_linear_schedule():
 
 
 def test_attention_dropout_training_runs():
-    m = tiny(attn_drop_rate=0.2).train()
-    m(torch.randn(2, 3, 64, 64)).sum().backward()
+    m = tiny(attn_drop_rate=0.2, drop_path_rate=0.0).train()
+    x = torch.randn(2, 3, 64, 64)
+    a, b = m(x), m(x)
+    assert not torch.equal(a, b)  # dropout on the attention probabilities is active
+    a.sum().backward()
+    m.eval()
+    torch.testing.assert_close(m(x), m.set_backend("reference")(x))  # eval: no dropout, fused == reference
 
 
 def test_torch_compile_fullgraph():
