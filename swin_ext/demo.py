@@ -17,20 +17,24 @@ import torch
 import swin_ext
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _interleaved_medians(fns, repeats: int):
+    """Median seconds of each function, timed in interleaved rounds (A, B, A, B, ...)
+    after one warm-up each, so that a load change on the machine hits all alike."""
+    for fn in fns:
         fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    ts = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            ts[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in ts]
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
 
     print("swin_ext", swin_ext.__version__, json.dumps(swin_ext.build_info()))
@@ -49,20 +53,28 @@ def main(argv=None) -> None:
     dgrad = max((a.grad - b.grad).abs().max().item() for a, b in zip(fused.parameters(), ref.parameters()))
     print(f"fused vs reference: max |logit diff| = {dout:.2e}, max |grad diff| = {dgrad:.2e}")
 
-    rows = []
-    for name, model in (("fused", fused), ("reference", ref)):
-        model.eval()
-        with torch.inference_mode():
-            t_inf = _median_time(lambda: model(x), args.repeats)
-        model.train()
+    models = (("fused", fused), ("reference", ref))
 
-        def step():
+    def infer(model):
+        def f():
+            with torch.inference_mode():
+                model(x)
+        return f
+
+    def step(model):
+        def f():
             model.zero_grad(set_to_none=True)
             model(x).square().mean().backward()
+        return f
 
-        t_train = _median_time(step, args.repeats)
-        rows.append((name, t_inf, t_train))
-    print(f"\nSwin-T on CPU, batch {args.batch}, {torch.get_num_threads()} threads (median of {args.repeats}):")
+    for _, model in models:
+        model.eval()
+    t_inf = _interleaved_medians([infer(m) for _, m in models], args.repeats)
+    for _, model in models:
+        model.train()
+    t_train = _interleaved_medians([step(m) for _, m in models], args.repeats)
+    rows = [(name, ti, tt) for (name, _), ti, tt in zip(models, t_inf, t_train)]
+    print(f"\nSwin-T on CPU, batch {args.batch}, {torch.get_num_threads()} threads (median of {args.repeats} interleaved rounds):")
     print("| backend | inference ms | img/s | fwd+bwd ms | img/s |")
     print("|---|---:|---:|---:|---:|")
     for name, ti, tt in rows:
