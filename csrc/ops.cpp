@@ -1,4 +1,5 @@
-// Every swin_ext operator schema, in one place.
+// Registration of every swin_ext operator schema (the strings, with their
+// shape contracts, are in op_schemas.h).
 //
 // Forward and backward are separate operators (as torchvision does); Python
 // (swin_ext/ops.py) ties them together with torch.library.register_autograd
@@ -6,6 +7,8 @@
 // registered by csrc/cpu/*.cpp and csrc/cuda/*.cu with TORCH_LIBRARY_IMPL.
 #include <Python.h>
 #include <torch/library.h>
+
+#include "op_schemas.h"
 
 extern "C" {
 // `import swin_ext._C` runs the static initialisers below; the module itself
@@ -19,29 +22,8 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(swin_ext, m) {
-  // Fused shifted-window attention.
-  //   qkv     (B, H, W, 3C)  token-major output of the qkv Linear
-  //   bias    (heads, N, N)  relative-position bias, N = window_size^2,
-  //                          dtype float32 (float64 when qkv is float64)
-  //   qkv_pad (3C,) or None  the qkv vector of padding tokens (the Linear's
-  //                          bias: the map is zero-padded before the Linear)
-  // returns out (B, H, W, C) and lse (B, nW, heads, N) in the accumulation dtype.
-  m.def(
-      "window_attention_fwd(Tensor qkv, Tensor bias, Tensor? qkv_pad, int window_size, "
-      "int shift_h, int shift_w, float scale) -> (Tensor, Tensor)");
-  // returns dqkv (B, H, W, 3C), dbias (heads, N, N) and dqkv_pad (3C,), the
-  // last two in the accumulation dtype.
-  m.def(
-      "window_attention_bwd(Tensor grad_out, Tensor qkv, Tensor bias, Tensor? qkv_pad, "
-      "Tensor lse, int window_size, int shift_h, int shift_w, float scale) -> (Tensor, Tensor, Tensor)");
-  // Patch merging (2x2 gather, zero padding of odd sizes) fused with LayerNorm(4C).
-  //   x (B, H, W, C), weight/bias (4C,) in the accumulation dtype
-  // returns y (B, ceil(H/2), ceil(W/2), 4C), mean and rstd (B, H2, W2) in the
-  // accumulation dtype.
-  m.def(
-      "patch_merging_fwd(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)");
-  // returns dx (B, H, W, C), dweight (4C,), dbias (4C,)
-  m.def(
-      "patch_merging_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor mean, Tensor rstd) "
-      "-> (Tensor, Tensor, Tensor)");
+  m.def(swin_ext::schema::kWindowAttentionFwd);
+  m.def(swin_ext::schema::kWindowAttentionBwd);
+  m.def(swin_ext::schema::kPatchMergingFwd);
+  m.def(swin_ext::schema::kPatchMergingBwd);
 }

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "harness_glue.h"
+#include "../op_schemas.h"
 #include "demo_kernels.cuh"
 #include "selftest_kernels.cuh"
 
@@ -118,18 +119,12 @@ TORCH_LIBRARY(swin_ext_harness, m) {
   m.def("row_softmax(Tensor x) -> Tensor");
   m.def("layer_norm_fwd(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)");
   m.def("wmma_matmul(Tensor a, Tensor b) -> Tensor");
-  // The project's ops (same schemas as csrc/ops.cpp), implemented in
-  // harness_<op>.cpp once their CUDA kernels exist.
-  m.def(
-      "window_attention_fwd(Tensor qkv, Tensor bias, Tensor? qkv_pad, int window_size, "
-      "int shift_h, int shift_w, float scale) -> (Tensor, Tensor)");
-  m.def(
-      "window_attention_bwd(Tensor grad_out, Tensor qkv, Tensor bias, Tensor? qkv_pad, "
-      "Tensor lse, int window_size, int shift_h, int shift_w, float scale) -> (Tensor, Tensor, Tensor)");
-  m.def("patch_merging_fwd(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)");
-  m.def(
-      "patch_merging_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor mean, Tensor rstd) "
-      "-> (Tensor, Tensor, Tensor)");
+  // The project's ops, with swin_ext's own schema strings (csrc/op_schemas.h);
+  // implemented in harness_kernels.cpp through the shipped glue.
+  m.def(swin_ext::schema::kWindowAttentionFwd);
+  m.def(swin_ext::schema::kWindowAttentionBwd);
+  m.def(swin_ext::schema::kPatchMergingFwd);
+  m.def(swin_ext::schema::kPatchMergingBwd);
 }
 
 TORCH_LIBRARY_IMPL(swin_ext_harness, CPU, m) {

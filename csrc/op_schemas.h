@@ -1,0 +1,36 @@
+// The schema strings of swin_ext's operators.  csrc/ops.cpp registers them
+// under torch.ops.swin_ext; the test-only harness library registers the same
+// strings under swin_ext_harness, so the two cannot drift apart.
+#pragma once
+
+namespace swin_ext {
+namespace schema {
+
+// Fused shifted-window attention.
+//   qkv     (B, H, W, 3C)  token-major output of the qkv Linear
+//   bias    (heads, N, N)  relative-position bias, N = window_size^2,
+//                          dtype float32 (float64 when qkv is float64)
+//   qkv_pad (3C,) or None  the qkv vector of padding tokens (the Linear's
+//                          bias: the map is zero-padded before the Linear)
+// returns out (B, H, W, C) and lse (B, nW, heads, N) in the accumulation dtype.
+constexpr const char* kWindowAttentionFwd =
+    "window_attention_fwd(Tensor qkv, Tensor bias, Tensor? qkv_pad, int window_size, "
+    "int shift_h, int shift_w, float scale) -> (Tensor, Tensor)";
+// returns dqkv (B, H, W, 3C), dbias (heads, N, N) and dqkv_pad (3C,), the
+// last two in the accumulation dtype.
+constexpr const char* kWindowAttentionBwd =
+    "window_attention_bwd(Tensor grad_out, Tensor qkv, Tensor bias, Tensor? qkv_pad, "
+    "Tensor lse, int window_size, int shift_h, int shift_w, float scale) -> (Tensor, Tensor, Tensor)";
+// Patch merging (2x2 gather, zero padding of odd sizes) fused with LayerNorm(4C).
+//   x (B, H, W, C), weight/bias (4C,) in the accumulation dtype
+// returns y (B, ceil(H/2), ceil(W/2), 4C), mean and rstd (B, H2, W2) in the
+// accumulation dtype.
+constexpr const char* kPatchMergingFwd =
+    "patch_merging_fwd(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)";
+// returns dx (B, H, W, C), dweight (4C,), dbias (4C,)
+constexpr const char* kPatchMergingBwd =
+    "patch_merging_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor mean, Tensor rstd) "
+    "-> (Tensor, Tensor, Tensor)";
+
+}  // namespace schema
+}  // namespace swin_ext
