@@ -9,29 +9,12 @@ import torch
 import swin_ext
 from swin_ext import CheckpointError, SwinTransformer, create_model, load_pretrained
 
+from swin_test_utils import DEPTHS, EMBED, HEADS, WINDOW, randomize, rel_err, small
+
 pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
 
-EMBED, DEPTHS, HEADS, WINDOW = 32, (2, 2, 2, 2), (1, 2, 4, 8), 7
 CHANNELS = [32, 64, 128, 256]
 STRIDES = [4, 8, 16, 32]
-
-
-def small(**kw):
-    cfg = dict(embed_dim=EMBED, depths=DEPTHS, num_heads=HEADS, window_size=WINDOW, num_classes=5,
-               drop_path_rate=0.0)
-    cfg.update(kw)
-    return SwinTransformer(**cfg)
-
-
-def randomize(module, std=0.3):
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0.0, std)
-    return module
-
-
-def rel_err(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 def expected_shapes(B, H, W, channels=CHANNELS, strides=STRIDES):
