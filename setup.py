@@ -121,5 +121,5 @@ setup(
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
     zip_safe=False,
-    entry_points={"console_scripts": ["swin-ext-train=swin_ext.train:main"]},
+    entry_points={"console_scripts": ["swin-ext-train=swin_ext.train:cli"]},
 )
