@@ -19,6 +19,7 @@ the model has no final norm and no head.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -78,17 +79,81 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob:.3f}"
 
 
-class Mlp(nn.Module):
-    """fc1 -> GELU -> dropout -> fc2 -> dropout (keys ``fc1``, ``fc2``)."""
+_ONEDNN_GELU_OK: Optional[bool] = None
 
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+
+def _onednn_linear_gelu_ok() -> bool:
+    """Whether oneDNN's fused ``linear + GELU`` op exists here and agrees with
+    ``F.gelu(F.linear(...))`` (checked once per process on a small random case).
+
+    ``torch.ops.mkldnn._linear_pointwise`` is the op inductor's CPU backend
+    uses; it is private, so its absence or a changed signature disables the
+    fast path instead of failing.  ``SWIN_EXT_ONEDNN_MLP=0`` disables it too.
+    """
+    global _ONEDNN_GELU_OK
+    if _ONEDNN_GELU_OK is None:
+        ok = os.environ.get("SWIN_EXT_ONEDNN_MLP", "1") != "0" and torch.backends.mkldnn.is_available()
+        if ok:
+            try:
+                g = torch.Generator().manual_seed(0)
+                x = torch.randn(37, 24, generator=g)
+                w = torch.randn(40, 24, generator=g)
+                b = torch.randn(40, generator=g)
+                with torch.no_grad():
+                    got = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
+                ok = got.shape == (37, 40) and torch.allclose(got, F.gelu(F.linear(x, w, b)), rtol=1e-4, atol=1e-4)
+            except Exception:  # op missing or a different signature in this torch
+                ok = False
+        _ONEDNN_GELU_OK = ok
+    return _ONEDNN_GELU_OK
+
+
+def _linear_gelu_onednn(x: torch.Tensor, fc: nn.Linear) -> torch.Tensor:
+    """``gelu(fc(x))`` with the GELU in the GEMM's epilogue (oneDNN post-op).
+
+    ``x (..., in)`` float32 on the CPU -> ``(..., out)``.  No autograd: only
+    for inference.  Saves one pass over the ``(tokens, 4C)`` hidden activations,
+    the largest tensor of a block.
+    """
+    lead = x.shape[:-1]
+    y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), fc.weight, fc.bias, "gelu", [], "none")
+    return y.view(*lead, y.shape[-1])
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> dropout -> fc2 -> dropout (keys ``fc1``, ``fc2``).
+
+    With ``fuse_cpu_inference`` (the fused backend), float32 CPU inference
+    (no autograd, dropout inactive) runs fc1 and the GELU as one oneDNN GEMM
+    with a GELU epilogue when that op is available (see
+    :func:`_onednn_linear_gelu_ok`); anything else takes the plain path.
+    """
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, fuse_cpu_inference: bool = False) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
+        self.fuse_cpu_inference = fuse_cpu_inference
+
+    def _can_fuse(self, x: torch.Tensor) -> bool:
+        return (
+            self.fuse_cpu_inference
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.fc1.weight.dtype == torch.float32
+            and self.fc1.bias is not None
+            and self.act.approximate == "none"
+            and not (self.training and self.drop.p > 0)
+            and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+            and _onednn_linear_gelu_ok()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._can_fuse(x):
+            return self.fc2(_linear_gelu_onednn(x, self.fc1))
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
@@ -214,7 +279,7 @@ class SwinTransformerBlock(nn.Module):
         self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, attn_drop, drop, backend)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, fuse_cpu_inference=backend == "fused")
 
     def effective_shift(self, H: int, W: int) -> Tuple[int, int]:
         """Shift per axis: none along an axis whose padded size is no larger than the window."""
@@ -549,6 +614,8 @@ class SwinTransformer(nn.Module):
         for m in self.modules():
             if isinstance(m, (WindowAttention, PatchMerging)):
                 m.backend = backend
+            elif isinstance(m, Mlp):
+                m.fuse_cpu_inference = backend == "fused"
         return self
 
     def _check_input(self, x: torch.Tensor) -> None:

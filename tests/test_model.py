@@ -101,6 +101,67 @@ def test_nan_sample_is_isolated():
     torch.testing.assert_close(out[0], m(x[:1])[0])
 
 
+def _count_onednn_mlp(monkeypatch):
+    import swin_ext.model as M
+
+    calls = []
+    real = M._linear_gelu_onednn
+
+    def counting(x, fc):
+        calls.append(tuple(x.shape))
+        return real(x, fc)
+
+    monkeypatch.setattr(M, "_linear_gelu_onednn", counting)
+    return calls
+
+
+def _set_mlp_fusion(m, on):
+    for mod in m.modules():
+        if isinstance(mod, swin_ext.model.Mlp):
+            mod.fuse_cpu_inference = on
+
+
+def test_cpu_inference_mlp_gelu_epilogue_matches_plain_path(monkeypatch):
+    if not swin_ext.model._onednn_linear_gelu_ok():
+        pytest.skip("oneDNN linear+GELU op not available in this torch build")
+    calls = _count_onednn_mlp(monkeypatch)
+    m = tiny(drop_rate=0.1).eval()
+    x = torch.randn(3, 3, 60, 52)  # padded windows, odd merge sizes
+    with torch.no_grad():
+        fast = m(x)
+        assert len(calls) == sum(TINY["depths"])
+        _set_mlp_fusion(m, False)
+        plain = m(x)
+    assert len(calls) == sum(TINY["depths"])
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    # the batch-0 and NaN-isolation guarantees hold on this path too
+    _set_mlp_fusion(m, True)
+    with torch.inference_mode():
+        assert m(torch.randn(0, 3, 64, 64)).shape == (0, 7)
+        x[1, 0, 5, 5] = float("nan")
+        out = m(x)
+    assert torch.isnan(out[1]).all() and torch.isfinite(out[0]).all() and torch.isfinite(out[2]).all()
+
+
+def test_mlp_gelu_epilogue_only_for_float32_inference(monkeypatch):
+    calls = _count_onednn_mlp(monkeypatch)
+    m = tiny(drop_rate=0.1)
+    x = torch.randn(2, 3, 64, 64)
+    m.train()
+    with torch.no_grad():
+        m(x)  # dropout active
+    m.eval()
+    m(x).sum().backward()  # autograd needs the plain path
+    with torch.no_grad():
+        m.double()(x.double())  # float64 stays on the plain path
+        m.float().set_backend("reference")(x)  # the reference backend is plain PyTorch
+    assert calls == []
+    monkeypatch.setattr(swin_ext.model, "_ONEDNN_GELU_OK", False)  # op missing / probe failed
+    with torch.no_grad():
+        m.set_backend("fused")(x)
+    assert calls == []
+
+
 def test_training_backward_is_bitwise_deterministic():
     m = tiny(drop_path_rate=0.0)
     x = torch.randn(2, 3, 44, 52)
