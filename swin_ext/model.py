@@ -108,6 +108,13 @@ def _onednn_linear_gelu_ok() -> bool:
     return _ONEDNN_GELU_OK
 
 
+def _cpu_autocast_on() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 has no device_type argument
+        return torch.is_autocast_cpu_enabled()
+
+
 def _linear_gelu_onednn(x: torch.Tensor, fc: nn.Linear) -> torch.Tensor:
     """``gelu(fc(x))`` with the GELU in the GEMM's epilogue (oneDNN post-op).
 
@@ -124,7 +131,7 @@ class Mlp(nn.Module):
     """fc1 -> GELU -> dropout -> fc2 -> dropout (keys ``fc1``, ``fc2``).
 
     With ``fuse_cpu_inference`` (the fused backend), float32 CPU inference
-    (no autograd, dropout inactive) runs fc1 and the GELU as one oneDNN GEMM
+    (no autograd or autocast, dropout inactive) runs fc1 and the GELU as one oneDNN GEMM
     with a GELU epilogue when that op is available (see
     :func:`_onednn_linear_gelu_ok`); anything else takes the plain path.
     """
@@ -147,6 +154,7 @@ class Mlp(nn.Module):
             and self.act.approximate == "none"
             and not (self.training and self.drop.p > 0)
             and not torch.is_grad_enabled()
+            and not _cpu_autocast_on()  # autocast picks the Linear's dtype itself
             and not torch.compiler.is_compiling()
             and _onednn_linear_gelu_ok()
         )

@@ -154,7 +154,13 @@ def test_mlp_gelu_epilogue_only_for_float32_inference(monkeypatch):
     m(x).sum().backward()  # autograd needs the plain path
     with torch.no_grad():
         m.double()(x.double())  # float64 stays on the plain path
-        m.float().set_backend("reference")(x)  # the reference backend is plain PyTorch
+        m.float()
+        mlp = m.layers[0].blocks[0].mlp
+        assert mlp._can_fuse(torch.randn(2, 4, 4, 12)) == swin_ext.model._onednn_linear_gelu_ok()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            m(x)  # autocast chooses the Linear's dtype
+            assert not mlp._can_fuse(torch.randn(2, 4, 4, 12))  # even for a float32 input
+        m.set_backend("reference")(x)  # the reference backend is plain PyTorch
     assert calls == []
     monkeypatch.setattr(swin_ext.model, "_ONEDNN_GELU_OK", False)  # op missing / probe failed
     with torch.no_grad():
