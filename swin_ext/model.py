@@ -79,19 +79,20 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob:.3f}"
 
 
-_ONEDNN_GELU_OK: Optional[bool] = None
+_ONEDNN_MLP_OK: Optional[bool] = None
 
 
-def _onednn_linear_gelu_ok() -> bool:
-    """Whether oneDNN's fused ``linear + GELU`` op exists here and agrees with
-    ``F.gelu(F.linear(...))`` (checked once per process on a small random case).
+def _onednn_mlp_ok() -> bool:
+    """Whether oneDNN's fused ``linear + GELU`` and ``linear + add`` ops exist
+    here and agree with ``F.gelu(F.linear(...))`` and ``F.linear(...) + other``
+    (checked once per process on a small random case).
 
     ``torch.ops.mkldnn._linear_pointwise`` is the op inductor's CPU backend
     uses; it is private, so its absence or a changed signature disables the
     fast path instead of failing.  ``SWIN_EXT_ONEDNN_MLP=0`` disables it too.
     """
-    global _ONEDNN_GELU_OK
-    if _ONEDNN_GELU_OK is None:
+    global _ONEDNN_MLP_OK
+    if _ONEDNN_MLP_OK is None:
         ok = os.environ.get("SWIN_EXT_ONEDNN_MLP", "1") != "0" and torch.backends.mkldnn.is_available()
         if ok:
             try:
@@ -99,13 +100,21 @@ def _onednn_linear_gelu_ok() -> bool:
                 x = torch.randn(37, 24, generator=g)
                 w = torch.randn(40, 24, generator=g)
                 b = torch.randn(40, generator=g)
+                other = torch.randn(37, 40, generator=g)
                 with torch.no_grad():
                     got = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
-                ok = got.shape == (37, 40) and torch.allclose(got, F.gelu(F.linear(x, w, b)), rtol=1e-4, atol=1e-4)
+                    got_add = torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, "add")
+                    want = F.linear(x, w, b)
+                ok = (
+                    got.shape == (37, 40)
+                    and got_add.shape == (37, 40)
+                    and torch.allclose(got, F.gelu(want), rtol=1e-4, atol=1e-4)
+                    and torch.allclose(got_add, want + other, rtol=1e-4, atol=1e-4)
+                )
             except Exception:  # op missing or a different signature in this torch
                 ok = False
-        _ONEDNN_GELU_OK = ok
-    return _ONEDNN_GELU_OK
+        _ONEDNN_MLP_OK = ok
+    return _ONEDNN_MLP_OK
 
 
 def _cpu_autocast_on() -> bool:
@@ -113,6 +122,22 @@ def _cpu_autocast_on() -> bool:
         return torch.is_autocast_enabled("cpu")
     except TypeError:  # torch < 2.4 has no device_type argument
         return torch.is_autocast_cpu_enabled()
+
+
+def _onednn_inference_ok(x: torch.Tensor, linears: Sequence[nn.Linear], drops: Sequence[nn.Dropout]) -> bool:
+    """Whether ``x`` may take the oneDNN fused-epilogue path through ``linears``:
+    float32 on the CPU, no autograd, no autocast, the dropouts inactive, not
+    while compiling, the ops available."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and all(fc.weight.dtype == torch.float32 and fc.bias is not None for fc in linears)
+        and not any(d.training and d.p > 0 for d in drops)
+        and not torch.is_grad_enabled()
+        and not _cpu_autocast_on()  # autocast picks the Linear's dtype itself
+        and not torch.compiler.is_compiling()
+        and _onednn_mlp_ok()
+    )
 
 
 def _linear_gelu_onednn(x: torch.Tensor, fc: nn.Linear) -> torch.Tensor:
@@ -127,13 +152,27 @@ def _linear_gelu_onednn(x: torch.Tensor, fc: nn.Linear) -> torch.Tensor:
     return y.view(*lead, y.shape[-1])
 
 
+def _linear_add_onednn(x: torch.Tensor, fc: nn.Linear, other: torch.Tensor) -> torch.Tensor:
+    """``fc(x) + other`` with the add in the GEMM's epilogue (oneDNN post-op).
+
+    ``x (..., in)``, ``other (..., out)`` float32 on the CPU -> ``(..., out)``.
+    No autograd: only for inference.
+    """
+    y = torch.ops.mkldnn._linear_pointwise.binary(
+        x.reshape(-1, x.shape[-1]), other.reshape(-1, other.shape[-1]), fc.weight, fc.bias, "add"
+    )
+    return y.view(other.shape)
+
+
 class Mlp(nn.Module):
     """fc1 -> GELU -> dropout -> fc2 -> dropout (keys ``fc1``, ``fc2``).
 
     With ``fuse_cpu_inference`` (the fused backend), float32 CPU inference
-    (no autograd or autocast, dropout inactive) runs fc1 and the GELU as one oneDNN GEMM
-    with a GELU epilogue when that op is available (see
-    :func:`_onednn_linear_gelu_ok`); anything else takes the plain path.
+    (no autograd or autocast, dropout inactive) runs fc1 and the GELU as one
+    oneDNN GEMM with a GELU epilogue, and in :meth:`forward_residual` fc2 and
+    the residual add as one GEMM with an add epilogue, when those ops are
+    available (see :func:`_onednn_mlp_ok` and :func:`_onednn_inference_ok`);
+    anything else takes the plain path.
     """
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0, fuse_cpu_inference: bool = False) -> None:
@@ -147,22 +186,21 @@ class Mlp(nn.Module):
     def _can_fuse(self, x: torch.Tensor) -> bool:
         return (
             self.fuse_cpu_inference
-            and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and self.fc1.weight.dtype == torch.float32
-            and self.fc1.bias is not None
             and self.act.approximate == "none"
-            and not (self.training and self.drop.p > 0)
-            and not torch.is_grad_enabled()
-            and not _cpu_autocast_on()  # autocast picks the Linear's dtype itself
-            and not torch.compiler.is_compiling()
-            and _onednn_linear_gelu_ok()
+            and _onednn_inference_ok(x, (self.fc1, self.fc2), (self.drop,))
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., dim)`` -> ``(..., dim)``."""
         if self._can_fuse(x):
             return self.fc2(_linear_gelu_onednn(x, self.fc1))
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+    def forward_residual(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """``shortcut + self(x)``; ``x`` and ``shortcut`` are ``(..., dim)``."""
+        if shortcut.shape == x.shape and shortcut.dtype == x.dtype and self._can_fuse(x):
+            return _linear_add_onednn(_linear_gelu_onednn(x, self.fc1), self.fc2, shortcut)
+        return shortcut + self.forward(x)
 
 
 class PatchEmbed(nn.Module):
@@ -233,7 +271,14 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(N, N, self.num_heads).permute(2, 0, 1).contiguous()
 
-    def forward(self, x: torch.Tensor, shift: Tuple[int, int] = (0, 0)) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, shift: Tuple[int, int] = (0, 0), shortcut: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``x (B, H, W, C)`` -> ``(B, H, W, C)``, plus ``shortcut`` (same shape) if given.
+
+        With the fused backend, float32 CPU inference adds ``shortcut`` in the
+        output projection's GEMM epilogue (oneDNN; see :class:`Mlp`).
+        """
         H, W = x.shape[1], x.shape[2]
         ws = self.window_size
         qkv = self.qkv(x)
@@ -246,7 +291,16 @@ class WindowAttention(nn.Module):
             out = window_attention(qkv, bias, ws, shift, self.scale, qkv_pad)
         else:
             out = self._reference_attention(qkv, bias, shift, qkv_pad)
-        return self.proj_drop(self.proj(out))
+        if shortcut is None:
+            return self.proj_drop(self.proj(out))
+        if (
+            self.backend == "fused"
+            and shortcut.shape == x.shape
+            and shortcut.dtype == out.dtype
+            and _onednn_inference_ok(out, (self.proj,), (self.proj_drop,))
+        ):
+            return _linear_add_onednn(out, self.proj, shortcut)
+        return shortcut + self.proj_drop(self.proj(out))
 
     def _reference_attention(self, qkv, bias, shift, qkv_pad):
         return window_attention_reference(
@@ -297,7 +351,12 @@ class SwinTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[1], x.shape[2]
-        x = x + self.drop_path(self.attn(self.norm1(x), self.effective_shift(H, W)))
+        shift = self.effective_shift(H, W)
+        if self.drop_path.drop_prob == 0.0 or not self.training:
+            # no stochastic depth: the residual adds may go into the GEMM epilogues
+            x = self.attn(self.norm1(x), shift, shortcut=x)
+            return self.mlp.forward_residual(self.norm2(x), x)
+        x = x + self.drop_path(self.attn(self.norm1(x), shift))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def flops(self, H: int, W: int) -> int:

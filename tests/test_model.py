@@ -105,37 +105,38 @@ def _count_onednn_mlp(monkeypatch):
     import swin_ext.model as M
 
     calls = []
-    real = M._linear_gelu_onednn
+    real_gelu, real_add = M._linear_gelu_onednn, M._linear_add_onednn
 
-    def counting(x, fc):
-        calls.append(tuple(x.shape))
-        return real(x, fc)
+    def gelu(x, fc):
+        calls.append("gelu")
+        return real_gelu(x, fc)
 
-    monkeypatch.setattr(M, "_linear_gelu_onednn", counting)
+    def add(x, fc, other):
+        calls.append("add")
+        return real_add(x, fc, other)
+
+    monkeypatch.setattr(M, "_linear_gelu_onednn", gelu)
+    monkeypatch.setattr(M, "_linear_add_onednn", add)
     return calls
 
 
-def _set_mlp_fusion(m, on):
-    for mod in m.modules():
-        if isinstance(mod, swin_ext.model.Mlp):
-            mod.fuse_cpu_inference = on
-
-
-def test_cpu_inference_mlp_gelu_epilogue_matches_plain_path(monkeypatch):
-    if not swin_ext.model._onednn_linear_gelu_ok():
+def test_cpu_inference_gemm_epilogues_match_plain_path(monkeypatch):
+    if not swin_ext.model._onednn_mlp_ok():
         pytest.skip("oneDNN linear+GELU op not available in this torch build")
     calls = _count_onednn_mlp(monkeypatch)
     m = tiny(drop_rate=0.1).eval()
     x = torch.randn(3, 3, 60, 52)  # padded windows, odd merge sizes
+    blocks = sum(TINY["depths"])
     with torch.no_grad():
         fast = m(x)
-        assert len(calls) == sum(TINY["depths"])
-        _set_mlp_fusion(m, False)
+        # per block: attention proj + residual, fc1 + GELU, fc2 + residual
+        assert sorted(calls) == ["add"] * (2 * blocks) + ["gelu"] * blocks
+        m.set_backend("reference")  # plain PyTorch through the same weights
         plain = m(x)
-    assert len(calls) == sum(TINY["depths"])
+        m.set_backend("fused")
+    assert len(calls) == 3 * blocks
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
     # the batch-0 and NaN-isolation guarantees hold on this path too
-    _set_mlp_fusion(m, True)
     with torch.inference_mode():
         assert m(torch.randn(0, 3, 64, 64)).shape == (0, 7)
         x[1, 0, 5, 5] = float("nan")
@@ -143,7 +144,7 @@ def test_cpu_inference_mlp_gelu_epilogue_matches_plain_path(monkeypatch):
     assert torch.isnan(out[1]).all() and torch.isfinite(out[0]).all() and torch.isfinite(out[2]).all()
 
 
-def test_mlp_gelu_epilogue_only_for_float32_inference(monkeypatch):
+def test_gemm_epilogues_only_for_float32_inference(monkeypatch):
     calls = _count_onednn_mlp(monkeypatch)
     m = tiny(drop_rate=0.1)
     x = torch.randn(2, 3, 64, 64)
@@ -156,16 +157,28 @@ def test_mlp_gelu_epilogue_only_for_float32_inference(monkeypatch):
         m.double()(x.double())  # float64 stays on the plain path
         m.float()
         mlp = m.layers[0].blocks[0].mlp
-        assert mlp._can_fuse(torch.randn(2, 4, 4, 12)) == swin_ext.model._onednn_linear_gelu_ok()
+        assert mlp._can_fuse(torch.randn(2, 4, 4, 12)) == swin_ext.model._onednn_mlp_ok()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             m(x)  # autocast chooses the Linear's dtype
             assert not mlp._can_fuse(torch.randn(2, 4, 4, 12))  # even for a float32 input
         m.set_backend("reference")(x)  # the reference backend is plain PyTorch
     assert calls == []
-    monkeypatch.setattr(swin_ext.model, "_ONEDNN_GELU_OK", False)  # op missing / probe failed
+    monkeypatch.setattr(swin_ext.model, "_ONEDNN_MLP_OK", False)  # op missing / probe failed
     with torch.no_grad():
         m.set_backend("fused")(x)
     assert calls == []
+
+
+def test_residual_add_epilogues_off_while_drop_path_is_active(monkeypatch):
+    if not swin_ext.model._onednn_mlp_ok():
+        pytest.skip("oneDNN linear+GELU op not available in this torch build")
+    calls = _count_onednn_mlp(monkeypatch)
+    m = tiny(drop_path_rate=0.3).train()  # stochastic depth on the residual branch, no dropout
+    with torch.no_grad():
+        m(torch.randn(2, 3, 64, 64))
+    blocks = sum(TINY["depths"])
+    # the first block's drop-path rate is 0, so its two residual adds may be fused
+    assert calls.count("gelu") == blocks and calls.count("add") == 2
 
 
 def test_training_backward_is_bitwise_deterministic():
