@@ -9,6 +9,9 @@ same weights.
 Implementations (those whose library is missing are skipped):
 
 * ``swin_ext-fused``     swin_ext.swin_t(backend="fused")
+* ``swin_ext-fused-noepi`` the same, ``set_cpu_inference_fusion(False)``: CPU inference
+                         without the oneDNN GEMM epilogues (fc1+GELU, residual adds);
+                         identical to ``swin_ext-fused`` elsewhere
 * ``swin_ext-reference`` the same weights, backend="reference" (plain PyTorch composite)
 * ``timm``               timm ``swin_tiny_patch4_window7_224``, pretrained=False, with its
                          default attention.  timm's Swin asks
@@ -63,7 +66,7 @@ from _timing import measure  # noqa: E402
 
 import swin_ext  # noqa: E402
 
-ALL_IMPLS = ["swin_ext-fused", "swin_ext-reference", "timm", "timm-sdpa", "torchvision"]
+ALL_IMPLS = ["swin_ext-fused", "swin_ext-fused-noepi", "swin_ext-reference", "timm", "timm-sdpa", "torchvision"]
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -138,6 +141,9 @@ def build_models(impls: List[str], device: torch.device, seed: int = 0,
         if name == "swin_ext-fused":
             models[name] = copy.deepcopy(base).set_backend("fused")
             notes[name] = "swin_ext fused C++/CUDA kernels"
+        elif name == "swin_ext-fused-noepi":
+            models[name] = copy.deepcopy(base).set_backend("fused").set_cpu_inference_fusion(False)
+            notes[name] = "swin_ext fused kernels without the oneDNN GEMM epilogues of CPU inference"
         elif name == "swin_ext-reference":
             models[name] = copy.deepcopy(base).set_backend("reference")
             notes[name] = "swin_ext plain-PyTorch composite (same weights)"

@@ -257,6 +257,8 @@ class WindowAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.backend = _check_backend(backend)
+        #: add the residual in the proj GEMM's epilogue in CPU inference (fused backend only)
+        self.fuse_cpu_inference = True
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -295,6 +297,7 @@ class WindowAttention(nn.Module):
             return self.proj_drop(self.proj(out))
         if (
             self.backend == "fused"
+            and self.fuse_cpu_inference
             and shortcut.shape == x.shape
             and shortcut.dtype == out.dtype
             and _onednn_inference_ok(out, (self.proj,), (self.proj_drop,))
@@ -683,6 +686,19 @@ class SwinTransformer(nn.Module):
                 m.backend = backend
             elif isinstance(m, Mlp):
                 m.fuse_cpu_inference = backend == "fused"
+        return self
+
+    def set_cpu_inference_fusion(self, enabled: bool) -> "SwinTransformer":
+        """Turn the oneDNN GEMM epilogues of fused-backend CPU inference on or
+        off (fc1 + GELU, and the residual adds after the attention projection
+        and fc2; see :class:`Mlp`).  On by default with ``backend="fused"``;
+        the reference backend never uses them.  ``SWIN_EXT_ONEDNN_MLP=0``
+        turns them off process-wide."""
+        for m in self.modules():
+            if isinstance(m, WindowAttention):
+                m.fuse_cpu_inference = bool(enabled)
+            elif isinstance(m, Mlp):
+                m.fuse_cpu_inference = bool(enabled) and self.backend == "fused"
         return self
 
     def _check_input(self, x: torch.Tensor) -> None:

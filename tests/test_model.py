@@ -163,9 +163,13 @@ def test_gemm_epilogues_only_for_float32_inference(monkeypatch):
             assert not mlp._can_fuse(torch.randn(2, 4, 4, 12))  # even for a float32 input
         m.set_backend("reference")(x)  # the reference backend is plain PyTorch
     assert calls == []
+    with torch.no_grad():
+        m.set_backend("fused").set_cpu_inference_fusion(False)(x)  # switched off by the user
+    assert calls == []
+    m.set_cpu_inference_fusion(True)
     monkeypatch.setattr(swin_ext.model, "_ONEDNN_MLP_OK", False)  # op missing / probe failed
     with torch.no_grad():
-        m.set_backend("fused")(x)
+        m(x)
     assert calls == []
 
 
