@@ -167,7 +167,7 @@ def _linear_add_onednn(x: torch.Tensor, fc: nn.Linear, other: torch.Tensor) -> t
 class Mlp(nn.Module):
     """fc1 -> GELU -> dropout -> fc2 -> dropout (keys ``fc1``, ``fc2``).
 
-    With ``fuse_cpu_inference`` (the fused backend), float32 CPU inference
+    With ``backend="fused"`` and ``fuse_cpu_inference``, float32 CPU inference
     (no autograd or autocast, dropout inactive) runs fc1 and the GELU as one
     oneDNN GEMM with a GELU epilogue, and in :meth:`forward_residual` fc2 and
     the residual add as one GEMM with an add epilogue, when those ops are
@@ -175,17 +175,20 @@ class Mlp(nn.Module):
     anything else takes the plain path.
     """
 
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0, fuse_cpu_inference: bool = False) -> None:
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, backend: str = "fused") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
-        self.fuse_cpu_inference = fuse_cpu_inference
+        self.backend = _check_backend(backend)
+        #: use the oneDNN GEMM epilogues in CPU inference (fused backend only)
+        self.fuse_cpu_inference = True
 
     def _can_fuse(self, x: torch.Tensor) -> bool:
         return (
-            self.fuse_cpu_inference
+            self.backend == "fused"
+            and self.fuse_cpu_inference
             and self.act.approximate == "none"
             and _onednn_inference_ok(x, (self.fc1, self.fc2), (self.drop,))
         )
@@ -344,7 +347,7 @@ class SwinTransformerBlock(nn.Module):
         self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, attn_drop, drop, backend)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, fuse_cpu_inference=backend == "fused")
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, backend)
 
     def effective_shift(self, H: int, W: int) -> Tuple[int, int]:
         """Shift per axis: none along an axis whose padded size is no larger than the window."""
@@ -678,14 +681,12 @@ class SwinTransformer(nn.Module):
         return {"relative_position_bias_table"}
 
     def set_backend(self, backend: str) -> "SwinTransformer":
-        """Switch every attention and patch-merging module to ``backend``."""
+        """Switch every attention, MLP and patch-merging module to ``backend``."""
         _check_backend(backend)
         self.backend = backend
         for m in self.modules():
-            if isinstance(m, (WindowAttention, PatchMerging)):
+            if isinstance(m, (WindowAttention, Mlp, PatchMerging)):
                 m.backend = backend
-            elif isinstance(m, Mlp):
-                m.fuse_cpu_inference = backend == "fused"
         return self
 
     def set_cpu_inference_fusion(self, enabled: bool) -> "SwinTransformer":
@@ -695,10 +696,8 @@ class SwinTransformer(nn.Module):
         the reference backend never uses them.  ``SWIN_EXT_ONEDNN_MLP=0``
         turns them off process-wide."""
         for m in self.modules():
-            if isinstance(m, WindowAttention):
+            if isinstance(m, (WindowAttention, Mlp)):
                 m.fuse_cpu_inference = bool(enabled)
-            elif isinstance(m, Mlp):
-                m.fuse_cpu_inference = bool(enabled) and self.backend == "fused"
         return self
 
     def _check_input(self, x: torch.Tensor) -> None:

@@ -165,6 +165,7 @@ def test_gemm_epilogues_only_for_float32_inference(monkeypatch):
     assert calls == []
     with torch.no_grad():
         m.set_backend("fused").set_cpu_inference_fusion(False)(x)  # switched off by the user
+        m.set_backend("reference").set_backend("fused")(x)  # a backend switch keeps that choice
     assert calls == []
     m.set_cpu_inference_fusion(True)
     monkeypatch.setattr(swin_ext.model, "_ONEDNN_MLP_OK", False)  # op missing / probe failed
