@@ -195,6 +195,11 @@ def _esc(path: str) -> str:  # ninja path escaping
     return path.replace("$", "$$").replace(" ", "$ ").replace(":", "$:")
 
 
+def kernel_sources() -> List[str]:
+    """The ATen-free CUDA translation units the harness library also compiles (csrc/cuda/attention_*.cu)."""
+    return sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "attention_*.cu")))
+
+
 def write_ninja(build_dir: str = BUILD_DIR) -> str:
     inc, searched = cuda_include_dir()
     if inc is None:
@@ -245,6 +250,12 @@ def write_ninja(build_dir: str = BUILD_DIR) -> str:
         ext_obj = f"obj{suffix}/swin_ext_harness.o"
         ext_objs = [ext_obj]
         lines += [f"build {ext_obj}: cxx {_esc(unity)}", f"  flags = {_q(vflags + tcflags)}"]
+        # The ATen-free kernel instantiation files of csrc/cuda (one per
+        # dtype), compiled as C++: they build in parallel with the glue.
+        for src in kernel_sources():
+            obj = f"obj{suffix}/{os.path.splitext(os.path.basename(src))[0]}.o"
+            ext_objs.append(obj)
+            lines += [f"build {obj}: cxx {_esc(src)}", f"  flags = {_q(['-x', 'c++'] + vflags)}"]
         lines += [
             f"build {_esc(os.path.relpath(outs['lib' + suffix], build_dir))}: link {rt_obj} {' '.join(ext_objs)}",
             f"  ldflags = {_q(['-shared', '-Wl,-Bsymbolic'] + san + ['-pthread'] + tldflags)}",

@@ -46,6 +46,23 @@ __device__ __forceinline__ float acc_log(float v) { return logf(v); }
 __device__ __forceinline__ double acc_log(double v) { return log(v); }
 __device__ __forceinline__ float acc_rsqrt(float v) { return rsqrtf(v); }
 __device__ __forceinline__ double acc_rsqrt(double v) { return rsqrt(v); }
+__device__ __forceinline__ float acc_exp2(float v) { return exp2f(v); }
+__device__ __forceinline__ double acc_exp2(double v) { return exp2(v); }
+__device__ __forceinline__ float acc_log2(float v) { return log2f(v); }
+__device__ __forceinline__ double acc_log2(double v) { return log2(v); }
+__device__ __forceinline__ float acc_max(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double acc_max(double a, double b) { return fmax(a, b); }
+
+// Zero of any element type (all-zero bits), without the half / bfloat16
+// conversion operators that torch builds disable.
+template <typename T>
+__device__ __forceinline__ T zero_value() {
+  T z;
+  unsigned char* p = reinterpret_cast<unsigned char*>(&z);
+#pragma unroll
+  for (unsigned i = 0; i < sizeof(T); ++i) p[i] = 0;
+  return z;
+}
 
 template <typename T>
 __device__ __forceinline__ T neg_inf();
@@ -65,13 +82,23 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
+// fmax: lane-consistent with NaNs (a comparison with NaN is asymmetric).
 template <typename T>
 __device__ __forceinline__ T warp_max(T v) {
 #pragma unroll
-  for (int m = 16; m > 0; m >>= 1) {
-    const T o = __shfl_xor_sync(0xffffffffu, v, m);
-    v = o > v ? o : v;
-  }
+  for (int m = 16; m > 0; m >>= 1) v = acc_max(v, __shfl_xor_sync(0xffffffffu, v, m));
+  return v;
+}
+
+// Reductions over aligned groups of `width` lanes (a power of two <= 32).
+template <typename T>
+__device__ __forceinline__ T group_sum(T v, int width) {
+  for (int m = width >> 1; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+  return v;
+}
+template <typename T>
+__device__ __forceinline__ T group_max(T v, int width) {
+  for (int m = width >> 1; m > 0; m >>= 1) v = acc_max(v, __shfl_xor_sync(0xffffffffu, v, m));
   return v;
 }
 

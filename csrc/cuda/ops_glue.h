@@ -18,9 +18,12 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "../checks.h"
+#include "attention/api.h"
 #include "patch_merging.cuh"
-#include "window_attention.cuh"
 
 namespace swin_ext {
 namespace cuda_glue {
@@ -51,12 +54,71 @@ inline T* mut_ptr(at::Tensor& t) {
   return reinterpret_cast<T*>(t.mutable_data_ptr());
 }
 
+// The attention kernels work in 32-bit geometry; everything that must fit
+// is checked here, with the shape in the message.
 inline void check_attention_limits(const WindowGeometry& g, int64_t heads, int64_t d) {
-  TORCH_CHECK(d <= cuda::kMaxHeadDim, "swin_ext.window_attention (CUDA): head_dim ", d, " > ",
-              cuda::kMaxHeadDim, " is not supported");
-  TORCH_CHECK(heads <= 65535, "swin_ext.window_attention (CUDA): too many heads (", heads, ")");
-  TORCH_CHECK(g.B * g.nW < (int64_t(1) << 31), "swin_ext.window_attention (CUDA): B * windows = ",
-              g.B * g.nW, " exceeds the grid limit");
+  TORCH_CHECK(d >= 1 && d <= cuda::attn::kMaxHeadDim, "swin_ext.window_attention (CUDA): head_dim ", d,
+              " is not supported (1 <= head_dim <= ", cuda::attn::kMaxHeadDim, ")");
+  constexpr int64_t kMax32 = (int64_t(1) << 31) - 1;
+  TORCH_CHECK(g.H * g.W <= kMax32 && g.Hp <= kMax32 && g.Wp <= kMax32 && g.nW <= kMax32 &&
+                  g.N <= kMax32 && g.B <= kMax32 && heads * d * 3 <= kMax32,
+              "swin_ext.window_attention (CUDA): map ", g.H, "x", g.W, " (windows ", g.nW,
+              ", batch ", g.B, ", channels ", heads * d, ") exceeds the kernels' 32-bit indexing");
+}
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+inline cuda::attn::AttnParams attention_params(const WindowGeometry& g, int64_t heads, int64_t d,
+                                               double scale, size_t elem_size) {
+  cuda::attn::AttnParams p;
+  p.g = {static_cast<int>(g.H), static_cast<int>(g.W), static_cast<int>(g.Hp), static_cast<int>(g.Wp),
+         static_cast<int>(g.ws), static_cast<int>(g.N), static_cast<int>(g.nWw), static_cast<int>(g.nW),
+         static_cast<int>(g.sh), static_cast<int>(g.sw)};
+  p.B = static_cast<int>(g.B);
+  p.heads = static_cast<int>(heads);
+  p.d = static_cast<int>(d);
+  p.C = static_cast<int>(heads * d);
+  p.img_qkv = g.H * g.W * 3 * heads * d;
+  p.img_out = g.H * g.W * heads * d;
+  p.scale = scale;
+  p.masked = g.sh > 0 || g.sw > 0;
+  p.padded = g.Hp != g.H || g.Wp != g.W;
+  // 16-byte vectors when every row slice (token stride 3C or C, head offset
+  // h * d) is a multiple of 16 bytes; the pointers are checked by the caller.
+  p.vec = (d * elem_size) % 16 == 0;
+  return p;
+}
+
+inline int device_smem_optin() {
+  int dev = 0, v = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  TORCH_CHECK(e == cudaSuccess, "swin_ext.window_attention (CUDA): cannot read the device's shared-memory limit: ",
+              cudaGetErrorString(e));
+  return v;
+}
+
+// SWIN_EXT_ATTN_BWD=fused|streaming forces the backward kernels (tests,
+// debugging); unset or anything else: the fused kernel where it fits.
+inline cuda::attn::BwdChoice attention_bwd_choice() {
+  const char* v = std::getenv("SWIN_EXT_ATTN_BWD");
+  if (v == nullptr) return cuda::attn::BwdChoice::kAuto;
+  if (std::strcmp(v, "fused") == 0) return cuda::attn::BwdChoice::kFused;
+  if (std::strcmp(v, "streaming") == 0) return cuda::attn::BwdChoice::kStreaming;
+  return cuda::attn::BwdChoice::kAuto;
+}
+
+inline void check_attention_launch(int64_t blocks, int smem, int optin, const WindowGeometry& g, int64_t d,
+                                   at::ScalarType dtype, const char* kernel) {
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "swin_ext.window_attention (CUDA): ", kernel, " needs ", blocks,
+              " blocks, more than a grid holds (batch ", g.B, ", ", g.nW, " windows)");
+  TORCH_CHECK(smem <= optin, "swin_ext.window_attention (CUDA): ", kernel, " needs ", smem,
+              " bytes of shared memory per block for window ", g.ws, ", head_dim ", d, ", dtype ", dtype,
+              "; this GPU allows ", optin);
+}
+
+inline void check_attention_status(cudaError_t e, const char* what) {
+  TORCH_CHECK(e == cudaSuccess, "swin_ext.window_attention (CUDA): ", what, " failed: ", cudaGetErrorString(e));
 }
 
 template <class Backend>
@@ -74,19 +136,25 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd(const at::Tensor& qkv_in
   const bool has_pad = qkv_pad.has_value();
   const at::Tensor pad = has_pad ? qkv_pad->contiguous() : at::Tensor();
   const int64_t heads = bias.size(0), C = qkv.size(3) / 3, d = C / heads;
-  check_attention_limits(g, heads, d);
   at::Tensor out = Backend::output({g.B, g.H, g.W, C}, qkv.options());
   at::Tensor lse =
       Backend::output({g.B, g.nW, heads, g.N}, qkv.options().dtype(acc_type_of(qkv.scalar_type())));
   if (out.numel() == 0) return {out, lse};
+  check_attention_limits(g, heads, d);
   const cudaStream_t stream = Backend::stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, qkv.scalar_type(), "window_attention_fwd_cuda", [&] {
         using T = cuda_t<scalar_t>;
-        using A = typename cuda::AccType<T>::type;
-        cuda::launch_attention_fwd<T, A>(ptr<T>(qkv), ptr<A>(bias), has_pad ? ptr<T>(pad) : nullptr,
-                                         mut_ptr<T>(out), mut_ptr<A>(lse), g, heads, d, scale,
-                                         stream);
+        cuda::attn::AttnParams p = attention_params(g, heads, d, scale, sizeof(T));
+        p.qkv = qkv.const_data_ptr();
+        p.bias = bias.const_data_ptr();
+        p.pad = has_pad ? pad.const_data_ptr() : nullptr;
+        p.out = out.mutable_data_ptr();
+        p.lse_out = lse.mutable_data_ptr();
+        p.vec = p.vec && aligned16(p.qkv) && aligned16(p.out) && (!has_pad || aligned16(p.pad));
+        const cuda::attn::FwdPlan plan = cuda::attn::attention_fwd_plan<T>(p);
+        check_attention_launch(plan.blocks, plan.smem, device_smem_optin(), g, d, qkv.scalar_type(), "the forward kernel");
+        check_attention_status(cuda::attn::attention_fwd_run<T>(p, plan, stream), "the forward launch");
         Backend::check_launch();
       });
   return {out, lse};
@@ -103,7 +171,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd(
   const typename Backend::Guard guard(qkv_in.device());
   const int64_t heads = bias_in.size(0), C3 = qkv_in.size(3), C = C3 / 3, d = C / heads;
   check_attention_bwd_args(grad_out_in, qkv_in, lse_in, g, heads);
-  check_attention_limits(g, heads, d);
   const at::Tensor qkv = qkv_in.contiguous();
   const at::Tensor bias = bias_in.contiguous();
   const at::Tensor grad_out = grad_out_in.contiguous();
@@ -116,25 +183,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd(
   if (qkv.numel() == 0) {
     return {dqkv, at::zeros({heads, g.N, g.N}, acc_opts), at::zeros({C3}, acc_opts)};
   }
-  const int64_t nKB = cuda::attn_num_key_blocks(g.N);
-  at::Tensor Dbuf = Backend::output({g.B, g.nW, heads, g.N}, acc_opts);
-  at::Tensor dbias_part = at::zeros({g.nW, heads, g.N, g.N}, acc_opts);  // accumulated in place
-  at::Tensor dpad_kv_part = Backend::output({g.B * g.nW * nKB, 2 * C}, acc_opts);
+  check_attention_limits(g, heads, d);
   const cudaStream_t stream = Backend::stream();
+  at::Tensor dbias, dpad;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, qkv.scalar_type(), "window_attention_bwd_cuda", [&] {
         using T = cuda_t<scalar_t>;
-        using A = typename cuda::AccType<T>::type;
-        cuda::launch_attention_bwd<T, A>(
-            ptr<T>(grad_out), ptr<T>(qkv), ptr<A>(bias), has_pad ? ptr<T>(pad) : nullptr,
-            ptr<A>(lse), mut_ptr<T>(dqkv), mut_ptr<A>(Dbuf), mut_ptr<A>(dbias_part),
-            mut_ptr<A>(dpad_kv_part), g, heads, d, scale, stream);
+        cuda::attn::AttnParams p = attention_params(g, heads, d, scale, sizeof(T));
+        p.qkv = qkv.const_data_ptr();
+        p.bias = bias.const_data_ptr();
+        p.pad = has_pad ? pad.const_data_ptr() : nullptr;
+        p.lse = lse.const_data_ptr();
+        p.grad_out = grad_out.const_data_ptr();
+        p.dqkv = dqkv.mutable_data_ptr();
+        p.vec = p.vec && aligned16(p.qkv) && aligned16(p.grad_out) && aligned16(p.dqkv) &&
+                (!has_pad || aligned16(p.pad));
+        const int optin = device_smem_optin();
+        const cuda::attn::BwdPlan plan = cuda::attn::attention_bwd_plan<T>(p, optin, attention_bwd_choice());
+        const bool fused = plan.path == cuda::attn::BwdPath::kFused;
+        const int64_t blocks = static_cast<int64_t>(fused ? plan.n_chunks : plan.n_chunks * plan.n_row_blocks) * g.nW * heads;
+        check_attention_launch(blocks, plan.smem, optin, g, d, qkv.scalar_type(),
+                               fused ? "the fused backward kernel" : "the dq backward kernel");
+        if (!fused) {
+          check_attention_launch(g.B * g.nW * heads * plan.n_key_blocks, plan.smem_dkv, optin, g, d,
+                                 qkv.scalar_type(), "the dk/dv backward kernel");
+        }
+        // Workspaces: every element is written by the kernels.
+        at::Tensor dbias_part = Backend::output({plan.dbias_part_elems}, acc_opts);
+        at::Tensor dpad_part = Backend::output({plan.dpad_slots, 2 * C}, acc_opts);
+        at::Tensor dbuf = Backend::output({plan.dbuf_elems}, acc_opts);
+        p.dbias_part = dbias_part.mutable_data_ptr();
+        p.dpad_part = plan.dpad_slots ? dpad_part.mutable_data_ptr() : nullptr;
+        p.Dbuf = plan.dbuf_elems ? dbuf.mutable_data_ptr() : nullptr;
+        check_attention_status(cuda::attn::attention_bwd_run<T>(p, plan, stream), "the backward launch");
         Backend::check_launch();
+        // Partials reduced over fixed shapes: bitwise reproducible run to run.
+        dbias = dbias_part.view({-1, heads, g.N, g.N}).sum(0);
+        // The q part of the padding vector's gradient is zero: padding queries have dO = 0.
+        dpad = plan.dpad_slots ? at::cat({at::zeros({C}, acc_opts), dpad_part.sum(0)}) : at::zeros({C3}, acc_opts);
       });
-  // Partials are reduced over fixed shapes: reproducible run to run.  The q
-  // part of the pad gradient is zero: padding queries have dO = 0.
-  at::Tensor dpad = at::cat({at::zeros({C}, acc_opts), dpad_kv_part.sum(0)});
-  return {dqkv, dbias_part.sum(0), dpad};
+  return {dqkv, dbias, dpad};
 }
 
 template <class Backend>

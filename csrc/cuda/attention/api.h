@@ -1,0 +1,44 @@
+// What the ATen glue sees of the attention kernels: a plan (launch shape,
+// shared memory, workspaces) and a run, per element type.  Defined in
+// launch_template.cuh and instantiated once per dtype in
+// csrc/cuda/attention_<dtype>.cu (split translation units, compiled in
+// parallel), so the glue does not instantiate any kernel itself.
+//
+// ATen-free (see cuda_compat.h).
+#pragma once
+
+#include <cstdint>
+
+#include "../cuda_compat.h"
+#include "params.h"
+
+namespace swin_ext {
+namespace cuda {
+namespace attn {
+
+struct FwdPlan {
+  int nwarps = 0, n_row_blocks = 0, smem = 0;
+  int64_t blocks = 0;
+};
+
+// Forced choice of the backward kernels (tests; SWIN_EXT_ATTN_BWD).
+enum class BwdChoice : int { kAuto = 0, kFused = 1, kStreaming = 2 };
+
+// p: geometry, sizes and flags filled (pointers may be null).
+template <typename T>
+FwdPlan attention_fwd_plan(const AttnParams& p);
+template <typename T>
+cudaError_t attention_fwd_run(AttnParams p, const FwdPlan& plan, cudaStream_t stream);
+
+// smem_optin: the device's opt-in shared memory per block.  The fused
+// kernel is chosen when the window fits one tile and its shared memory fits
+// the device (unless `choice` forces a path; a forced fused path that does
+// not fit falls back to the streaming one and says so in plan.path).
+template <typename T>
+BwdPlan attention_bwd_plan(const AttnParams& p, int smem_optin, BwdChoice choice);
+template <typename T>
+cudaError_t attention_bwd_run(AttnParams p, const BwdPlan& plan, cudaStream_t stream);
+
+}  // namespace attn
+}  // namespace cuda
+}  // namespace swin_ext

@@ -1,0 +1,185 @@
+// Launch templates of the attention kernels (the shape of flash-attention's
+// flash_fwd_launch_template.h): the plan (warps, blocks, shared memory,
+// workspaces) and the launches, apart from the ATen glue.  Included only by
+// the per-dtype instantiation files csrc/cuda/attention_<dtype>.cu.
+//
+// ATen-free (see cuda_compat.h).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <mutex>
+
+#include "api.h"
+#include "bwd_kernel.cuh"
+#include "fwd_kernel.cuh"
+#include "static_switch.h"
+
+namespace swin_ext {
+namespace cuda {
+namespace attn {
+
+constexpr int kMaxDevices = 64;
+constexpr int kTargetBlocks = 2048;            // enough blocks for every GPU, whatever its size
+constexpr int kMaxChunk = 8;                   // images per backward block
+constexpr int64_t kMaxBiasPartials = int64_t(1) << 25;  // elements of dbias partials (128 MB fp32)
+
+// Raises a kernel's dynamic shared-memory limit once per (device, kernel),
+// to the most that kernel can ever ask for (its layout at the largest
+// head_dim of its traits) or the device's opt-in limit, whichever is lower:
+// setting it per launch would race between host threads launching the same
+// kernel with different sizes.
+template <auto kernel>
+cudaError_t ensure_smem_limit(int max_bytes) {
+  static std::once_flag once[kMaxDevices];
+  static cudaError_t status[kMaxDevices];
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  if (dev < 0 || dev >= kMaxDevices) return cudaErrorInvalidDevice;
+  std::call_once(once[dev], [&] {
+    int optin = 0;
+    status[dev] = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (status[dev] == cudaSuccess)
+      status[dev] = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         std::min(max_bytes, optin));
+  });
+  return status[dev];
+}
+
+inline int ceil_div_int(int a, int b) { return (a + b - 1) / b; }
+
+// Largest shared memory any launch of a kernel can need (its layouts do not
+// depend on N; the generic kernels are sized at kMaxHeadDim).
+template <class Tr>
+int fwd_smem_max() { return fwd_layout<Tr>(Tr::kMaxD, Tr::kFwdWarps).total; }
+template <class Tr>
+int fused_smem_max() { return fused_layout<Tr>(Tr::kMaxD, Tr::kFusedWarps).total; }
+template <class Tr>
+int dq_smem_max() { return dq_layout<Tr>(Tr::kMaxD, Tr::kDqWarps).total; }
+template <class Tr>
+int dkv_smem_max() { return dkv_layout<Tr>(Tr::kMaxD, Tr::kDkvWarps).total; }
+
+template <class Tr>
+FwdPlan plan_fwd(const AttnParams& p) {
+  static_assert(streaming_fits_everywhere<Tr>(), "a streaming attention kernel does not fit 99 KB of shared memory");
+  FwdPlan plan;
+  plan.nwarps = std::min(Tr::kFwdWarps, ceil_div_int(p.g.N, kRowTile));
+  plan.n_row_blocks = ceil_div_int(p.g.N, kRowTile * plan.nwarps);
+  plan.smem = fwd_layout<Tr>(p.d, plan.nwarps).total;
+  plan.blocks = static_cast<int64_t>(p.B) * p.g.nW * p.heads * plan.n_row_blocks;
+  return plan;
+}
+
+template <class Tr>
+cudaError_t run_fwd(AttnParams p, const FwdPlan& plan, cudaStream_t stream) {
+  if (plan.blocks == 0) return cudaSuccess;
+  const cudaError_t e = ensure_smem_limit<attn_fwd_kernel<Tr>>(fwd_smem_max<Tr>());
+  if (e != cudaSuccess) return e;
+  p.nwarps = plan.nwarps;
+  p.n_row_blocks = plan.n_row_blocks;
+  SWIN_LAUNCH_KERNEL((attn_fwd_kernel<Tr>), dim3(static_cast<unsigned>(plan.blocks)), plan.nwarps * 32,
+                     plan.smem, stream, p);
+  return cudaSuccess;
+}
+
+// Images per backward block: a function of the shape only (so the bias
+// gradient's summation order, hence its bits, do not depend on the GPU),
+// enough blocks for any GPU, partials of bounded size.
+inline int choose_chunk(int B, int64_t blocks_per_image, int64_t partial_per_chunk) {
+  int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(kMaxChunk, B * blocks_per_image / kTargetBlocks));
+  while (chunk < B && ((B + chunk - 1) / chunk) * partial_per_chunk > kMaxBiasPartials) chunk *= 2;
+  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(chunk, 1), std::max(B, 1)));
+}
+
+template <class Tr>
+BwdPlan plan_bwd(const AttnParams& p, int smem_optin, BwdChoice choice) {
+  BwdPlan plan;
+  const int N = p.g.N;
+  const int64_t wh = static_cast<int64_t>(p.g.nW) * p.heads;
+  const int64_t partial = wh * N * N;
+  const int fused_warps = ceil_div_int(N, kRowTile);
+  const bool fused_ok = N <= kFusedMaxN && fused_layout<Tr>(p.d, fused_warps).total <= smem_optin;
+  if (fused_ok && choice != BwdChoice::kStreaming) {
+    plan.path = BwdPath::kFused;
+    plan.nwarps = fused_warps;
+    plan.n_row_blocks = 1;
+    plan.chunk = choose_chunk(p.B, wh, partial);
+    plan.n_chunks = ceil_div_int(p.B, plan.chunk);
+    plan.smem = fused_layout<Tr>(p.d, fused_warps).total;
+    plan.dpad_slots = p.padded ? static_cast<int64_t>(plan.n_chunks) * p.g.nW * plan.nwarps : 0;
+  } else {
+    plan.path = BwdPath::kStreaming;
+    plan.nwarps = std::min(Tr::kDqWarps, ceil_div_int(N, kRowTile));
+    plan.n_row_blocks = ceil_div_int(N, kRowTile * plan.nwarps);
+    plan.nwarps_dkv = std::min(Tr::kDkvWarps, ceil_div_int(N, kRowTile));
+    plan.n_key_blocks = ceil_div_int(N, kRowTile * plan.nwarps_dkv);
+    plan.chunk = choose_chunk(p.B, wh * plan.n_row_blocks, partial);
+    plan.n_chunks = ceil_div_int(p.B, plan.chunk);
+    plan.smem = dq_layout<Tr>(p.d, plan.nwarps).total;
+    plan.smem_dkv = dkv_layout<Tr>(p.d, plan.nwarps_dkv).total;
+    plan.dbuf_elems = static_cast<int64_t>(p.B) * wh * N;
+    plan.dpad_slots = p.padded ? static_cast<int64_t>(p.B) * p.g.nW * plan.n_key_blocks * plan.nwarps_dkv : 0;
+  }
+  plan.dbias_part_elems = static_cast<int64_t>(plan.n_chunks) * partial;
+  return plan;
+}
+
+template <class Tr>
+cudaError_t run_bwd(AttnParams p, const BwdPlan& plan, cudaStream_t stream) {
+  if (static_cast<int64_t>(p.B) * p.g.nW * p.heads == 0) return cudaSuccess;
+  p.chunk = plan.chunk;
+  p.n_chunks = plan.n_chunks;
+  const int64_t wh = static_cast<int64_t>(p.g.nW) * p.heads;
+  if (plan.path == BwdPath::kFused) {
+    const cudaError_t e = ensure_smem_limit<attn_bwd_fused_kernel<Tr>>(fused_smem_max<Tr>());
+    if (e != cudaSuccess) return e;
+    p.nwarps = plan.nwarps;
+    p.n_row_blocks = 1;
+    SWIN_LAUNCH_KERNEL((attn_bwd_fused_kernel<Tr>), dim3(static_cast<unsigned>(plan.n_chunks * wh)),
+                       plan.nwarps * 32, plan.smem, stream, p);
+    return cudaSuccess;
+  }
+  cudaError_t e = ensure_smem_limit<attn_bwd_dq_kernel<Tr>>(dq_smem_max<Tr>());
+  if (e != cudaSuccess) return e;
+  e = ensure_smem_limit<attn_bwd_dkv_kernel<Tr>>(dkv_smem_max<Tr>());
+  if (e != cudaSuccess) return e;
+  p.nwarps = plan.nwarps;
+  p.n_row_blocks = plan.n_row_blocks;
+  SWIN_LAUNCH_KERNEL((attn_bwd_dq_kernel<Tr>), dim3(static_cast<unsigned>(plan.n_chunks * wh * plan.n_row_blocks)),
+                     plan.nwarps * 32, plan.smem, stream, p);
+  p.nwarps = plan.nwarps_dkv;
+  p.n_row_blocks = plan.n_key_blocks;
+  SWIN_LAUNCH_KERNEL((attn_bwd_dkv_kernel<Tr>), dim3(static_cast<unsigned>(p.B * wh * plan.n_key_blocks)),
+                     plan.nwarps_dkv * 32, plan.smem_dkv, stream, p);
+  return cudaSuccess;
+}
+
+// ------------------------------------------------------------------ per-dtype entry points
+
+template <typename T>
+FwdPlan attention_fwd_plan(const AttnParams& p) {
+  return SWIN_HEADDIM_SWITCH(p.d, [&] { return plan_fwd<Traits<T, kHeadDim>>(p); });
+}
+template <typename T>
+cudaError_t attention_fwd_run(AttnParams p, const FwdPlan& plan, cudaStream_t stream) {
+  return SWIN_HEADDIM_SWITCH(p.d, [&] { return run_fwd<Traits<T, kHeadDim>>(p, plan, stream); });
+}
+template <typename T>
+BwdPlan attention_bwd_plan(const AttnParams& p, int smem_optin, BwdChoice choice) {
+  return SWIN_HEADDIM_SWITCH(p.d, [&] { return plan_bwd<Traits<T, kHeadDim>>(p, smem_optin, choice); });
+}
+template <typename T>
+cudaError_t attention_bwd_run(AttnParams p, const BwdPlan& plan, cudaStream_t stream) {
+  return SWIN_HEADDIM_SWITCH(p.d, [&] { return run_bwd<Traits<T, kHeadDim>>(p, plan, stream); });
+}
+
+#define SWIN_ATTN_INSTANTIATE(T)                                                                 \
+  template FwdPlan attention_fwd_plan<T>(const AttnParams&);                                     \
+  template cudaError_t attention_fwd_run<T>(AttnParams, const FwdPlan&, cudaStream_t);           \
+  template BwdPlan attention_bwd_plan<T>(const AttnParams&, int, BwdChoice);                     \
+  template cudaError_t attention_bwd_run<T>(AttnParams, const BwdPlan&, cudaStream_t);
+
+}  // namespace attn
+}  // namespace cuda
+}  // namespace swin_ext

@@ -1,0 +1,73 @@
+// Parameters of the window-attention kernels (one struct, as flash.h does),
+// filled by the ATen glue and passed by value to every kernel.
+//
+// All geometry is 32-bit: the glue checks that every size and every token
+// index of one image fits (H * W < 2^31, windows per image < 2^31, ...).
+// Only the per-image base offsets are 64-bit.
+#pragma once
+
+#include <cstdint>
+
+namespace swin_ext {
+namespace cuda {
+namespace attn {
+
+constexpr int kMaxHeadDim = 128;  // the largest head_dim the CUDA kernels take
+
+// Window geometry of one image, as swin_geometry.h defines it, in 32 bits.
+struct Geom {
+  int H, W;      // unpadded map
+  int Hp, Wp;    // padded to a window multiple
+  int ws, N;     // window side, tokens per window
+  int nWw, nW;   // windows along W, windows per image
+  int sh, sw;    // cyclic shift
+};
+
+struct AttnParams {
+  // Inputs (device pointers; element types are the kernel's T and acc_t).
+  const void* qkv = nullptr;       // (B, H, W, 3C)
+  const void* bias = nullptr;      // (heads, N, N) acc_t
+  const void* pad = nullptr;       // (3C,) or null: zero padding
+  const void* lse = nullptr;       // (B, nW, heads, N) acc_t (backward input)
+  const void* grad_out = nullptr;  // (B, H, W, C) (backward)
+  // Outputs and workspaces.
+  void* out = nullptr;             // (B, H, W, C) forward output
+  void* lse_out = nullptr;         // (B, nW, heads, N) acc_t forward output
+  void* dqkv = nullptr;            // (B, H, W, 3C)
+  void* dbias_part = nullptr;      // (n_chunks, nW, heads, N, N) acc_t partials
+  void* dpad_part = nullptr;       // (n_dpad_slots, 2, heads, d) acc_t partials, null when unpadded
+  void* Dbuf = nullptr;            // (B, nW, heads, N) acc_t, streaming backward only
+
+  Geom g{};
+  int B = 0, heads = 0, d = 0, C = 0;
+  int64_t img_qkv = 0;  // H * W * 3C: elements per image of qkv / dqkv
+  int64_t img_out = 0;  // H * W * C: elements per image of out / grad_out
+  double scale = 1.0;
+  bool masked = false;  // shift active (sh or sw > 0)
+  bool padded = false;  // the map has padding tokens (H or W not a window multiple)
+  bool vec = false;     // every row slice is 16-byte aligned: vector loads / stores
+
+  // Launch shape (set by the launcher's plan).
+  int nwarps = 0;       // warps per block actually launched
+  int n_row_blocks = 0; // query-row (or key) blocks per window
+  int chunk = 1;        // images per block (backward: bias partials per chunk)
+  int n_chunks = 1;
+};
+
+// Which backward kernels run, and the workspaces they need (elements of acc_t).
+enum class BwdPath : int { kFused = 0, kStreaming = 1 };
+
+struct BwdPlan {
+  BwdPath path = BwdPath::kFused;
+  int chunk = 1, n_chunks = 1;
+  int nwarps = 0, nwarps_dkv = 0;
+  int n_row_blocks = 0, n_key_blocks = 0;
+  int64_t dbias_part_elems = 0;  // n_chunks * nW * heads * N * N
+  int64_t dpad_slots = 0;        // rows of the (slots, 2, heads, d) dpad partials (0: unpadded)
+  int64_t dbuf_elems = 0;        // B * nW * heads * N (streaming only)
+  int smem = 0, smem_dkv = 0;    // dynamic shared memory of the launches
+};
+
+}  // namespace attn
+}  // namespace cuda
+}  // namespace swin_ext

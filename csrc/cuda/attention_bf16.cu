@@ -1,0 +1,13 @@
+// Window-attention kernels for __nv_bfloat16: every head_dim specialisation of the
+// forward and backward, instantiated in a translation unit of its own so the
+// four dtypes compile in parallel.  ATen-free: the CPU harness compiles this
+// file too (tests/harness_build.py).
+#include "attention/launch_template.cuh"
+
+namespace swin_ext {
+namespace cuda {
+namespace attn {
+SWIN_ATTN_INSTANTIATE(__nv_bfloat16)
+}  // namespace attn
+}  // namespace cuda
+}  // namespace swin_ext
