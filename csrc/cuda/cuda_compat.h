@@ -16,6 +16,8 @@
 //       instead of extern __shared__ type name[];  (a `type*` named `name`)
 //   SWIN_CUDA_CHECK_LAUNCH();
 //       after a launch, in the .cu ATen glue (C10_CUDA_KERNEL_LAUNCH_CHECK()).
+//   swin_ldg16(p) / swin_stg16(p, v)
+//       one 128-bit global load (read-only path) / store of a uint4.
 #pragma once
 
 #if defined(__CUDACC__)
@@ -36,6 +38,22 @@
 
 #define SWIN_CUDA_CHECK_LAUNCH() C10_CUDA_KERNEL_LAUNCH_CHECK()
 
+// 16-byte global accesses as single 128-bit instructions (the compiler may
+// otherwise split a vector store assembled from packed halves).  p must be
+// 16-byte aligned; loads go through the read-only (non-coherent) path, so
+// only for data no kernel of the same launch writes.
+__device__ __forceinline__ uint4 swin_ldg16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+__device__ __forceinline__ void swin_stg16(void* p, const uint4& v) {
+  asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+
 #elif defined(SWIN_CUDA_HARNESS)
 
 #include "../harness/cuda_harness.h"
@@ -48,6 +66,19 @@
 
 // The harness throws swin_harness::Error from the launch itself.
 #define SWIN_CUDA_CHECK_LAUNCH() ((void)0)
+
+// 16-byte accesses (see the nvcc branch); alignment is checked here, as a
+// misaligned vector access faults on a GPU.
+inline uint4 swin_ldg16(const void* p) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) ::swin_harness::detail::kernel_fail("swin_ldg16: address not 16-byte aligned");
+  uint4 v;
+  std::memcpy(&v, p, 16);
+  return v;
+}
+inline void swin_stg16(void* p, const uint4& v) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) ::swin_harness::detail::kernel_fail("swin_stg16: address not 16-byte aligned");
+  std::memcpy(p, &v, 16);
+}
 
 #else
 #error "csrc/cuda/cuda_compat.h: compile with nvcc, or with -DSWIN_CUDA_HARNESS for the CPU harness"

@@ -43,11 +43,14 @@ __device__ __forceinline__ A prob(A x2, A lse) {
 }
 
 // Row pass over the 16 x ncols score tiles S, dP of a warp (rows = queries):
-// P, D (row sums of P o dP, if with_d) and dS = P o (dP - D); P is written
-// over S and dS over dP.  Row stats: lse[r] read, D[r] read (!with_d) or
-// written (with_d).  fn(pi, e, i, j, ds) is called per element for the bias
-// gradient.  Rows are read whole before they are overwritten.
-template <class Tr, bool kWithD, bool kWriteP, typename F>
+// P, D (row sums of P o dP, if kWithD) and dS = P o (dP - D); P is written
+// over S (if kWriteP) and dS over dP.  kLpr lanes per row, kCpl columns per
+// lane (ncols <= kLpr * kCpl).  Row stats: lse[r] read, D[r] read (!kWithD)
+// or written (kWithD, if D_r).  fn(pass, e, i, j, ds) is called per element
+// (the bias gradient); with kUnroll the passes are unrolled, so that fn may
+// index register arrays by (pass, e).  Rows are read whole before they are
+// overwritten.
+template <class Tr, int kLpr, int kCpl, bool kWithD, bool kWriteP, bool kUnroll, typename F>
 __device__ __forceinline__ void grad_rows(typename Tr::acc_t* S, typename Tr::acc_t* dP, int ldS,
                                           int ncols, int col0, int row0, const AttnParams& p,
                                           int h, const int* reg_r, const int* reg_c,
@@ -55,25 +58,25 @@ __device__ __forceinline__ void grad_rows(typename Tr::acc_t* S, typename Tr::ac
                                           typename Tr::acc_t* D_r, F&& fn) {
   using A = typename Tr::acc_t;
   using T = typename Tr::T;
+  constexpr int kRpp = 32 / kLpr;
+  constexpr int kPasses = kRowTile / kRpp;
+  [[maybe_unused]] constexpr int kUnrollPasses = kUnroll ? kPasses : 1;  // (the host compiler ignores the pragma)
   const int N = p.g.N;
   const int lane = threadIdx.x & 31;
-  const int lpr = ncols < 32 ? ncols : 32;
-  const int rpp = 32 / lpr;
-  const int sub = lane / lpr, cl = lane - sub * lpr;
+  const int sub = lane / kLpr, cl = lane - sub * kLpr;
   const A scale = static_cast<A>(p.scale);
   const A* bias = static_cast<const A*>(p.bias);
   const int ldP = ldS * static_cast<int>(sizeof(A) / sizeof(T));  // P row r over score row r
-#pragma unroll
-  for (int pi = 0; pi < kRowTile; ++pi) {
-    if (pi * rpp >= kRowTile) break;  // rpp = 2 for 16-column tiles
-    const int r = pi * rpp + sub, i = row0 + r;
+#pragma unroll kUnrollPasses
+  for (int pi = 0; pi < kPasses; ++pi) {
+    const int r = pi * kRpp + sub, i = row0 + r;
     const A* brow = bias + (static_cast<int64_t>(h) * N + (i < N ? i : 0)) * N;
     const A lse = i < N ? lse_r[r] : neg_inf<A>();
-    A pv[2], dpv[2];
+    A pv[kCpl], dpv[kCpl];
     A dsum = 0;
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int c = cl + e * lpr;
+    for (int e = 0; e < kCpl; ++e) {
+      const int c = cl + e * kLpr;
       pv[e] = A(0);
       dpv[e] = A(0);
       if (c < ncols) {
@@ -85,14 +88,14 @@ __device__ __forceinline__ void grad_rows(typename Tr::acc_t* S, typename Tr::ac
     }
     A Dv;
     if constexpr (kWithD) {
-      Dv = group_sum(dsum, lpr);
+      Dv = group_sum(dsum, kLpr);
     } else {
       Dv = D_r[r];
     }
     __syncwarp();  // the row is read whole before P / dS overwrite it
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int c = cl + e * lpr;
+    for (int e = 0; e < kCpl; ++e) {
+      const int c = cl + e * kLpr;
       if (c < ncols) {
         const A ds = pv[e] * (dpv[e] - Dv);
         fn(pi, e, i, col0 + c, ds);
@@ -144,7 +147,7 @@ __device__ __forceinline__ void write_dpad_slot(A* slot, const A (&ak)[4], const
 // ------------------------------------------------------------------ fused
 
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kFusedWarps * 32) attn_bwd_fused_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(Tr::kFusedWarps * 32, 1) attn_bwd_fused_kernel(const AttnParams p) {
   using T = typename Tr::T;
   using A = typename Tr::acc_t;
   const int nwarps = blockDim.x >> 5;
@@ -203,19 +206,20 @@ __global__ void __launch_bounds__(Tr::kFusedWarps * 32) attn_bwd_fused_kernel(co
   for (int b = b0; b < b1; ++b) {
     __syncthreads();  // the previous image is consumed (and the token table is built)
     const T* img = qkv + static_cast<int64_t>(b) * p.img_qkv + h * d;
-    gather_rows<T, Tr::kD, Tr::kTC>(sQ, ld, tok, rows, N, img, stride, pad ? pad + h * d : nullptr, d, p.vec);
-    gather_rows<T, Tr::kD, Tr::kTC>(sK, ld, tok, rows, N, img + C, stride, pad ? pad + C + h * d : nullptr, d, p.vec);
-    gather_rows<T, Tr::kD, Tr::kTC>(sV, ld, tok, rows, N, img + 2 * C, stride, pad ? pad + 2 * C + h * d : nullptr, d, p.vec);
-    gather_rows<T, Tr::kD, Tr::kTC>(sdO, ld, tok, rows, N, gout + static_cast<int64_t>(b) * p.img_out + h * d, C,
-                                    nullptr, d, p.vec);
+    gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sQ, img, stride, pad ? pad + h * d : nullptr},
+                                       GatherSrc<T>{sK, img + C, stride, pad ? pad + C + h * d : nullptr}, ld, tok,
+                                       rows, N, d, p.vec);
+    gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sV, img + 2 * C, stride, pad ? pad + 2 * C + h * d : nullptr},
+                                       GatherSrc<T>{sdO, gout + static_cast<int64_t>(b) * p.img_out + h * d, C, nullptr},
+                                       ld, tok, rows, N, d, p.vec);
     __syncthreads();
     if (active) {
       warp_gemm<Tr, true, false>(sS, ldS, sQ + wrow0 * ld, ld, 16, sK, ld, 16, rows, dp, false);
       warp_gemm<Tr, true, false>(sdP, ldS, sdO + wrow0 * ld, ld, 16, sV, ld, 16, rows, dp, false);
       __syncwarp();
       const A* lse = static_cast<const A*>(p.lse) + ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * N + wrow0;
-      grad_rows<Tr, true, true>(sS, sdP, ldS, rows, 0, wrow0, p, h, reg + wrow0, reg, lse, nullptr,
-                                [&](int pi, int e, int, int, A ds) { dbacc[pi][e] += ds; });
+      grad_rows<Tr, 32, 2, true, true, true>(sS, sdP, ldS, rows, 0, wrow0, p, h, reg + wrow0, reg, lse, nullptr,
+                                             [&](int pi, int e, int, int, A ds) { dbacc[pi][e] += ds; });
     }
     __syncthreads();  // P and dS of every warp are in shared memory
     if (!active) continue;
@@ -243,19 +247,15 @@ __global__ void __launch_bounds__(Tr::kFusedWarps * 32) attn_bwd_fused_kernel(co
   // Bias-gradient partial of this (chunk, window, head): every (i, j) from
   // its owner lane, in the order the row pass visits them.
   {
-    const int lpr = rows < 32 ? rows : 32;
-    const int rpp = 32 / lpr;
-    const int sub = lane / lpr, cl = lane - sub * lpr;
     A* dst = static_cast<A*>(p.dbias_part) +
              ((static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h) * N * N;
 #pragma unroll
-    for (int pi = 0; pi < kRowTile; ++pi) {
-      if (pi * rpp >= kRowTile) break;
-      const int i = wrow0 + pi * rpp + sub;
+    for (int r = 0; r < kRowTile; ++r) {  // row r, columns lane and lane + 32, as grad_rows<32, 2> visits them
+      const int i = wrow0 + r;
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const int j = cl + e * lpr;
-        if (i < N && j < N) dst[static_cast<int64_t>(i) * N + j] = dbacc[pi][e];
+        const int j = lane + 32 * e;
+        if (i < N && j < N) dst[static_cast<int64_t>(i) * N + j] = dbacc[r][e];
       }
     }
   }
@@ -269,7 +269,7 @@ __global__ void __launch_bounds__(Tr::kFusedWarps * 32) attn_bwd_fused_kernel(co
 // ------------------------------------------------------------------ streaming: dq, D, dbias
 
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kDqWarps * 32) attn_bwd_dq_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(Tr::kDqWarps * 32, 1) attn_bwd_dq_kernel(const AttnParams p) {
   using T = typename Tr::T;
   using A = typename Tr::acc_t;
   constexpr int Kt = Tr::kDqKeyTile;
@@ -309,7 +309,6 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32) attn_bwd_dq_kernel(const At
 
   const T* qkv = static_cast<const T*>(p.qkv);
   const T* pad = static_cast<const T*>(p.pad);
-  const T* gout = static_cast<const T*>(p.grad_out);
   const int C = p.C;
   const int64_t stride = 3 * static_cast<int64_t>(C);
   const A scale = static_cast<A>(p.scale);
@@ -325,9 +324,8 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32) attn_bwd_dq_kernel(const At
     const bool first = b == b0;
     __syncthreads();
     const T* img = qkv + static_cast<int64_t>(b) * p.img_qkv + h * d;
-    gather_rows<T, Tr::kD, Tr::kTC>(sQ, ld, tok_r, rows, N - row0, img, stride, pad ? pad + h * d : nullptr, d, p.vec);
-    gather_rows<T, Tr::kD, Tr::kTC>(sdO, ld, tok_r, rows, N - row0, gout + static_cast<int64_t>(b) * p.img_out + h * d,
-                                    C, nullptr, d, p.vec);
+    gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sQ, img, stride, pad ? pad + h * d : nullptr}, GatherSrc<T>{sdO, static_cast<const T*>(p.grad_out) + static_cast<int64_t>(b) * p.img_out + h * d, C,
+                                   nullptr}, ld, tok_r, rows, N - row0, d, p.vec);
     const int64_t rowstat = ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * N;
     if (active && lane < kRowTile) {
       const int i = wrow0 + lane;
@@ -339,8 +337,7 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32) attn_bwd_dq_kernel(const At
         __syncthreads();
         build_token_table(g, win, kt0, Kt, tok_k, reg_k);
         __syncthreads();
-        gather_rows<T, Tr::kD, Tr::kTC>(sK, ld, tok_k, Kt, N - kt0, img + C, stride, pad ? pad + C + h * d : nullptr, d, p.vec);
-        gather_rows<T, Tr::kD, Tr::kTC>(sV, ld, tok_k, Kt, N - kt0, img + 2 * C, stride, pad ? pad + 2 * C + h * d : nullptr, d, p.vec);
+        gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sK, img + C, stride, pad ? pad + C + h * d : nullptr}, GatherSrc<T>{sV, img + 2 * C, stride, pad ? pad + 2 * C + h * d : nullptr}, ld, tok_k, Kt, N - kt0, d, p.vec);
         __syncthreads();
         if (!active) continue;
         warp_gemm<Tr, true, false>(sS, ldS, sQ + warp * kRowTile * ld, ld, 16, sK, ld, 16, Kt, dp, false);
@@ -348,8 +345,8 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32) attn_bwd_dq_kernel(const At
         __syncwarp();
         if (pass == 0) {
           // Partial row sums of P o dP over this key tile, added to D.
-          const int lpr = Kt < 32 ? Kt : 32;
-          const int rpp = 32 / lpr;
+          constexpr int lpr = Kt < 32 ? Kt : 32;
+          constexpr int rpp = 32 / lpr;
           const int sub = lane / lpr, cl = lane - sub * lpr;
           const A* bias = static_cast<const A*>(p.bias);
           for (int r0 = 0; r0 < kRowTile; r0 += rpp) {
@@ -370,7 +367,8 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32) attn_bwd_dq_kernel(const At
           }
           __syncwarp();
         } else {
-          grad_rows<Tr, false, false>(sS, sdP, ldS, Kt, kt0, wrow0, p, h, reg_r + warp * kRowTile, reg_k, st,
+          grad_rows<Tr, (Kt < 32 ? Kt : 32), (Kt < 32 ? 1 : Kt / 32), false, false, false>(
+              sS, sdP, ldS, Kt, kt0, wrow0, p, h, reg_r + warp * kRowTile, reg_k, st,
                                       st + kRowTile, [&](int, int, int i, int j, A ds) {
                                         if (i < N && j < N) {
                                           A* e = dbias + static_cast<int64_t>(i) * N + j;
@@ -395,7 +393,7 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32) attn_bwd_dq_kernel(const At
 // ------------------------------------------------------------------ streaming: dk, dv
 
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kDkvWarps * 32) attn_bwd_dkv_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(Tr::kDkvWarps * 32, 1) attn_bwd_dkv_kernel(const AttnParams p) {
   using T = typename Tr::T;
   using A = typename Tr::acc_t;
   constexpr int Qt = Tr::kDkvQTile;
@@ -448,8 +446,7 @@ __global__ void __launch_bounds__(Tr::kDkvWarps * 32) attn_bwd_dkv_kernel(const 
 
   build_token_table(g, win, key0, keys, tok_k, reg_k);
   __syncthreads();
-  gather_rows<T, Tr::kD, Tr::kTC>(sK, ld, tok_k, keys, N - key0, img + C, stride, pad ? pad + C + h * d : nullptr, d, p.vec);
-  gather_rows<T, Tr::kD, Tr::kTC>(sV, ld, tok_k, keys, N - key0, img + 2 * C, stride, pad ? pad + 2 * C + h * d : nullptr, d, p.vec);
+  gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sK, img + C, stride, pad ? pad + C + h * d : nullptr}, GatherSrc<T>{sV, img + 2 * C, stride, pad ? pad + 2 * C + h * d : nullptr}, ld, tok_k, keys, N - key0, d, p.vec);
   for (int qt0 = 0; qt0 < N; qt0 += Qt) {
     __syncthreads();
     build_token_table(g, win, qt0, Qt, tok_q, reg_q);
@@ -459,10 +456,8 @@ __global__ void __launch_bounds__(Tr::kDkvWarps * 32) attn_bwd_dkv_kernel(const 
       s_D[e] = i < N ? static_cast<const A*>(p.Dbuf)[rowstat + i] : A(0);
     }
     __syncthreads();
-    gather_rows<T, Tr::kD, Tr::kTC>(sQ, ld, tok_q, Qt, N - qt0, img, stride, pad ? pad + h * d : nullptr, d, p.vec);
-    gather_rows<T, Tr::kD, Tr::kTC>(sdO, ld, tok_q, Qt, N - qt0,
-                                    static_cast<const T*>(p.grad_out) + static_cast<int64_t>(b) * p.img_out + h * d, C,
-                                    nullptr, d, p.vec);
+    gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sQ, img, stride, pad ? pad + h * d : nullptr}, GatherSrc<T>{sdO, static_cast<const T*>(p.grad_out) + static_cast<int64_t>(b) * p.img_out + h * d, C,
+                                   nullptr}, ld, tok_q, Qt, N - qt0, d, p.vec);
     __syncthreads();
     if (!active) continue;
     // S^T = K_w Q^T, dP^T = V_w dO^T (rows: this warp's keys, columns: queries)

@@ -34,8 +34,8 @@ constexpr double kLn2 = 0.6931471805599453;
 // and the factor alpha that rescales what was accumulated before.  P
 // (unnormalised, exp2(x - m)) is written over S.  Rows past N behave as rows
 // of zeros (never stored); keys past N are -inf.
-template <class Tr>
-__device__ __forceinline__ void online_softmax_tile(typename Tr::acc_t* S, int ldS, int Kt, int kt0,
+template <class Tr, int Kt>
+__device__ __forceinline__ void online_softmax_tile(typename Tr::acc_t* S, int ldS, int kt0,
                                                     int row0, const AttnParams& p, int h,
                                                     const int* reg_r, const int* reg_k,
                                                     typename Tr::acc_t* st) {
@@ -43,8 +43,8 @@ __device__ __forceinline__ void online_softmax_tile(typename Tr::acc_t* S, int l
   using T = typename Tr::T;
   const int N = p.g.N;
   const int lane = threadIdx.x & 31;
-  const int lpr = Kt < 32 ? Kt : 32;  // lanes per row
-  const int rpp = 32 / lpr;           // rows per pass
+  constexpr int lpr = Kt < 32 ? Kt : 32;  // lanes per row
+  constexpr int rpp = 32 / lpr;           // rows per pass
   const int sub = lane / lpr, cl = lane - sub * lpr;
   const A scale = static_cast<A>(p.scale), log2e = static_cast<A>(kLog2e);
   const A* bias = static_cast<const A*>(p.bias);
@@ -53,6 +53,7 @@ __device__ __forceinline__ void online_softmax_tile(typename Tr::acc_t* S, int l
   A* sm = st;
   A* sl = st + kRowTile;
   A* salpha = st + 2 * kRowTile;
+#pragma unroll 1
   for (int r0 = 0; r0 < kRowTile; r0 += rpp) {
     const int r = r0 + sub, i = row0 + r;
     const A* brow = bias + (static_cast<int64_t>(h) * N + (i < N ? i : 0)) * N;
@@ -111,7 +112,7 @@ __device__ __forceinline__ void online_softmax_tile(typename Tr::acc_t* S, int l
 }
 
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kFwdWarps * 32) attn_fwd_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(Tr::kFwdWarps * 32, 1) attn_fwd_kernel(const AttnParams p) {
   using T = typename Tr::T;
   using A = typename Tr::acc_t;
   constexpr int Kt = Tr::kFwdKeyTile;
@@ -158,7 +159,7 @@ __global__ void __launch_bounds__(Tr::kFwdWarps * 32) attn_fwd_kernel(const Attn
     st[kRowTile + lane] = A(0);
   }
   __syncthreads();
-  gather_rows<T, Tr::kD, Tr::kTC>(sQ, ld, tok_r, rows, N - row0, img, stride, pad ? pad + h * d : nullptr, d, p.vec);
+  gather_rows<T, Tr::kD, Tr::kTC, 1>(GatherSrc<T>{sQ, img, stride, pad ? pad + h * d : nullptr}, GatherSrc<T>{}, ld, tok_r, rows, N - row0, d, p.vec);
 
   const int wrow0 = row0 + warp * kRowTile;  // first query row of this warp
   const bool active = wrow0 < N;             // warp-uniform
@@ -166,14 +167,13 @@ __global__ void __launch_bounds__(Tr::kFwdWarps * 32) attn_fwd_kernel(const Attn
     __syncthreads();  // the previous tile's K, V and key table are consumed
     build_token_table(g, win, kt0, Kt, tok_k, reg_k);
     __syncthreads();
-    gather_rows<T, Tr::kD, Tr::kTC>(sK, ld, tok_k, Kt, N - kt0, img + C, stride, pad ? pad + C + h * d : nullptr, d, p.vec);
-    gather_rows<T, Tr::kD, Tr::kTC>(sV, ld, tok_k, Kt, N - kt0, img + 2 * C, stride, pad ? pad + 2 * C + h * d : nullptr, d, p.vec);
+    gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sK, img + C, stride, pad ? pad + C + h * d : nullptr}, GatherSrc<T>{sV, img + 2 * C, stride, pad ? pad + 2 * C + h * d : nullptr}, ld, tok_k, Kt, N - kt0, d, p.vec);
     __syncthreads();
     if (!active) continue;
     // S = Q_w K^T
     warp_gemm<Tr, true, false>(sS, ldS, sQ + warp * kRowTile * ld, ld, 16, sK, ld, 16, Kt, dp, false);
     __syncwarp();
-    online_softmax_tile<Tr>(sS, ldS, Kt, kt0, wrow0, p, h, reg_r + warp * kRowTile, reg_k, st);
+    online_softmax_tile<Tr, Kt>(sS, ldS, kt0, wrow0, p, h, reg_r + warp * kRowTile, reg_k, st);
     if (kt0 > 0) {  // rescale what the previous tiles accumulated
       for (int r = 0; r < kRowTile; ++r) {
         const A alpha = st[2 * kRowTile + r];

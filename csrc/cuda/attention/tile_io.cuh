@@ -49,57 +49,111 @@ __device__ __forceinline__ void build_token_table(const Geom& g, int win, int t0
   }
 }
 
+// One operand of a gather: row t of the tile is base + tok[t] * stride, a
+// padding token reads pad (null: zeros); rows are written to dst (stride ld).
 template <typename T>
-struct alignas(16) Vec16 {
-  T v[16 / sizeof(T)];
+struct GatherSrc {
+  T* dst;
+  const T* base;
+  int64_t stride;
+  const T* pad;
 };
 
-// Gathers rows [0, n) of an operand tile (n x d, row stride ld in smem).
-//   base     image base of the part/head slice: row t is base + tok[t] * stride
-//   pad_src  the padding vector's slice, or null (zero padding)
-//   n_valid  rows at or past it are beyond the window: zero
-// Columns [d, dp) are zero (the tensor-core k padding).
-template <typename T, int kD, int kTC>
-__device__ __forceinline__ void gather_rows(T* dst, int ld, const int* tok, int n, int n_valid,
-                                            const T* base, int64_t stride, const T* pad_src,
-                                            int d_rt, bool vec) {
+// Source row of token `tok` in operand s0 or s1: the fields are selected one
+// by one (a select between the two structs would put them in local memory).
+template <typename T>
+__device__ __forceinline__ const T* gather_row_src(const GatherSrc<T>& s0, const GatherSrc<T>& s1, bool second,
+                                                   int tok) {
+  const T* base = second ? s1.base : s0.base;
+  const int64_t stride = second ? s1.stride : s0.stride;
+  const T* pad = second ? s1.pad : s0.pad;
+  return tok >= 0 ? base + static_cast<int64_t>(tok) * stride : pad;
+}
+
+// Gathers rows [0, n) of one or two operand tiles (n x d each, same token
+// table) into shared memory.  Rows at or past n_valid are beyond the window
+// and zero; columns [d, dp) are zero (the tensor-core k padding).  The
+// vector path issues kBatch 16-byte loads per thread before their stores
+// (and interleaves the two operands), so several loads are in flight.
+template <typename T, int kD, int kTC, int kParts>
+__device__ __forceinline__ void gather_rows(const GatherSrc<T> s0, const GatherSrc<T> s1, int ld, const int* tok,
+                                            int n, int n_valid, int d_rt, bool vec) {
   constexpr int kVec = 16 / sizeof(T);
+  constexpr int kBatch = 4;
   const int d = kD ? kD : d_rt;
   const int dp = kTC ? (d + 15) & ~15 : d;
-  const T zero = zero_value<T>();
   if (vec) {  // d % kVec == 0 and every row slice 16-byte aligned
-    const int per_row = dp / kVec;
-    const int dv = d / kVec;
-    for (int idx = threadIdx.x; idx < n * per_row; idx += blockDim.x) {
-      const int r = idx / per_row, cv = idx - r * per_row;
-      Vec16<T> x;
-      const T* src = nullptr;
-      if (cv < dv && r < n_valid) src = tok[r] >= 0 ? base + static_cast<int64_t>(tok[r]) * stride : pad_src;
-      if (src != nullptr) {
-        x = *reinterpret_cast<const Vec16<T>*>(src + cv * kVec);
-      } else {
+    const int per_row = dp / kVec, dv = d / kVec;
+    const int per_part = n * per_row, total = kParts * per_part;
+    for (int base = threadIdx.x; base < total; base += kBatch * blockDim.x) {
+      uint4 x[kBatch];
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) x.v[e] = zero;
+      for (int u = 0; u < kBatch; ++u) {
+        x[u] = make_uint4(0u, 0u, 0u, 0u);
+        const int idx = base + u * blockDim.x;
+        if (idx < total) {
+          const bool second = kParts == 2 && idx >= per_part;
+          const int rem = second ? idx - per_part : idx;
+          const int r = rem / per_row, cv = rem - r * per_row;
+          if (cv < dv && r < n_valid) {
+            const T* s = gather_row_src(s0, s1, second, tok[r]);
+            if (s != nullptr) x[u] = swin_ldg16(s + cv * kVec);
+          }
+        }
       }
-      T* out = dst + r * ld + cv * kVec;
-      if (kTC) {
-        *reinterpret_cast<Vec16<T>*>(out) = x;  // 16-byte smem rows
-      } else {
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) out[e] = x.v[e];
+      for (int u = 0; u < kBatch; ++u) {
+        const int idx = base + u * blockDim.x;
+        if (idx >= total) continue;
+        const bool second = kParts == 2 && idx >= per_part;
+        const int rem = second ? idx - per_part : idx;
+        const int r = rem / per_row, cv = rem - r * per_row;
+        T* out = (second ? s1.dst : s0.dst) + r * ld + cv * kVec;
+        if constexpr (kTC) {
+          *reinterpret_cast<uint4*>(out) = x[u];  // 16-byte smem rows
+        } else {  // odd SIMT row stride: element stores
+          const uint32_t w[4] = {x[u].x, x[u].y, x[u].z, x[u].w};
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) {
+            T v;
+            if constexpr (sizeof(T) == 4) {
+              memcpy(&v, &w[e], 4);
+            } else {
+              const uint64_t q = static_cast<uint64_t>(w[2 * e]) | (static_cast<uint64_t>(w[2 * e + 1]) << 32);
+              memcpy(&v, &q, 8);
+            }
+            out[e] = v;
+          }
+        }
       }
     }
   } else {
-    for (int idx = threadIdx.x; idx < n * dp; idx += blockDim.x) {
-      const int r = idx / dp, c = idx - r * dp;
+    const T zero = zero_value<T>();
+    const int per_part = n * dp, total = kParts * per_part;
+    for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
+      const bool second = kParts == 2 && idx >= per_part;
+      const int rem = second ? idx - per_part : idx;
+      const int r = rem / dp, c = rem - r * dp;
       T x = zero;
       if (c < d && r < n_valid) {
-        const T* src = tok[r] >= 0 ? base + static_cast<int64_t>(tok[r]) * stride : pad_src;
-        if (src != nullptr) x = src[c];
+        const T* s = gather_row_src(s0, s1, second, tok[r]);
+        if (s != nullptr) x = s[c];
       }
-      dst[r * ld + c] = x;
+      (second ? s1.dst : s0.dst)[r * ld + c] = x;
     }
   }
+}
+
+// Packs kVec values (times m) into the 16 bytes of one vector store.
+template <typename T, typename A>
+__device__ __forceinline__ uint4 pack16(const A* s, A m) {
+  constexpr int kVec = 16 / sizeof(T);
+  T v[kVec];
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) v[e] = from_acc<T>(s[e] * m);
+  uint4 u;
+  memcpy(&u, v, 16);
+  return u;
 }
 
 // Writes rows [0, n) of a warp's accumulator tile (row stride lds) to their
@@ -118,11 +172,7 @@ __device__ __forceinline__ void warp_store_rows(T* base, int64_t stride, const i
       const int r = idx / per_row, cv = idx - r * per_row;
       if (tok[r] < 0) continue;
       const A m = row_mul ? row_mul[r] * mul : mul;
-      const A* s = src + r * lds + cv * kVec;
-      Vec16<T> x;
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) x.v[e] = from_acc<T>(s[e] * m);
-      *reinterpret_cast<Vec16<T>*>(base + static_cast<int64_t>(tok[r]) * stride + cv * kVec) = x;
+      swin_stg16(base + static_cast<int64_t>(tok[r]) * stride + cv * kVec, pack16<T, A>(src + r * lds + cv * kVec, m));
     }
   } else {
     for (int idx = lane; idx < n * d; idx += 32) {
