@@ -78,7 +78,7 @@ class Kernel:
         args = m.group(2)
         args = args.replace("swin_ext::cuda::attn::Traits", "").replace("__nv_bfloat16", "bf16").replace("__half", "fp16")
         args = args.replace("float", "fp32").replace("double", "fp64")
-        return f"{m.group(1)}{args}"
+        return f"{m.group(1)}<{args.strip()}>"
 
 
 _TRACKED = {

@@ -225,6 +225,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd(
   return {dqkv, dbias, dpad};
 }
 
+// The merging kernels index pixels and channels in 32 bits.
+inline void check_merging_limits(int64_t B, int64_t H, int64_t W, int64_t C) {
+  constexpr int64_t kMax32 = (int64_t(1) << 31) - 1;
+  TORCH_CHECK(B * H * W <= kMax32 && 4 * C <= kMax32 && B * ((H + 1) / 2) * ((W + 1) / 2) <= kMax32,
+              "swin_ext.patch_merging (CUDA): input (", B, ", ", H, ", ", W, ", ", C,
+              ") exceeds the kernels' 32-bit pixel indexing");
+}
+
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_merging_fwd(const at::Tensor& x_in,
                                                                  const at::Tensor& weight_in,
@@ -242,6 +250,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_merging_fwd(const at::Tenso
   at::Tensor mean = Backend::output({B, H2, W2}, weight.options());
   at::Tensor rstd = Backend::output({B, H2, W2}, weight.options());
   if (y.numel() == 0) return {y, mean, rstd};
+  check_merging_limits(B, H, W, C);
   const cudaStream_t stream = Backend::stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "patch_merging_fwd_cuda", [&] {
@@ -271,12 +280,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_merging_bwd(const at::Tenso
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor mean = mean_in.contiguous();
   const at::Tensor rstd = rstd_in.contiguous();
-  const int64_t nparts = cuda::merge_num_partials(B, H, W);
-  TORCH_CHECK(nparts < (int64_t(1) << 31), "swin_ext.patch_merging (CUDA): input too large");
   at::Tensor dx = Backend::output(x.sizes(), x.options());
-  if (nparts == 0 || C == 0) {
+  if (B * ((H + 1) / 2) * ((W + 1) / 2) == 0 || C == 0) {
     return {dx.zero_(), at::zeros({4 * C}, weight.options()), at::zeros({4 * C}, weight.options())};
   }
+  check_merging_limits(B, H, W, C);
+  const size_t acc_size = x.scalar_type() == at::kDouble ? sizeof(double) : sizeof(float);
+  const int nwarps = cuda::merge_bwd_warps(4 * C, acc_size);
+  TORCH_CHECK(nwarps > 0, "swin_ext.patch_merging (CUDA): C = ", C, " is too large for the backward kernel (",
+              "its per-block weight/bias accumulators of 2 * 4C values exceed ", cuda::kMergeBwdMaxSmem,
+              " bytes of shared memory)");
+  const int64_t nparts = cuda::merge_num_partials(B, H, W, nwarps);
   at::Tensor dw_part = Backend::output({nparts, 4 * C}, weight.options());
   at::Tensor db_part = Backend::output({nparts, 4 * C}, weight.options());
   const cudaStream_t stream = Backend::stream();
@@ -287,9 +301,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_merging_bwd(const at::Tenso
         cuda::launch_patch_merging_bwd<T, A>(ptr<T>(grad_out), ptr<T>(x), ptr<A>(weight),
                                              ptr<A>(mean), ptr<A>(rstd), mut_ptr<T>(dx),
                                              mut_ptr<A>(dw_part), mut_ptr<A>(db_part), B, H, W, C,
-                                             stream);
+                                             nwarps, stream);
         Backend::check_launch();
       });
+  // Partials reduced over a fixed shape: bitwise reproducible run to run.
   return {dx, dw_part.sum(0), db_part.sum(0)};
 }
 

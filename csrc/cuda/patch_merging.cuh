@@ -1,18 +1,25 @@
 // CUDA kernels of patch merging: 2x2 gather (zero padding of odd H/W, the
 // official quadrant order) fused with LayerNorm over the 4C channels.
 //
-//   forward   merge_fwd_kernel     one warp per output pixel, 16-byte packed
-//             loads/stores where aligned; mean and variance in two passes
-//             over the (cached) gathered row.
-//   backward  merge_bwd_dx_kernel  one warp per output pixel: LayerNorm
-//             backward + scatter into dx.
-//             merge_bwd_dwdb_kernel  one thread per (channel, pixel chunk):
-//             weight/bias gradient partials over a fixed chunk of pixels,
-//             summed by the caller (deterministic, no atomics).
+//   forward   merge_fwd_kernel   one warp per output pixel; lanes walk the
+//             gathered row quadrant by quadrant in VEC-element (16-byte)
+//             packs; mean and variance in two passes over the row (L1-hot),
+//             then the normalised row.
+//   backward  merge_bwd_kernel   one warp per output pixel, the same walk:
+//             pass 1 forms the row sums of g = dy * weight and g * xhat, pass
+//             2 writes dx as 16-byte packs and adds dy * xhat, dy to the
+//             warp's dweight / dbias accumulators in shared memory (each
+//             channel owned by one lane, pixels in a fixed order).  A block
+//             covers a fixed range of pixels and writes one partial row per
+//             block, its warps summed in order; the caller sums the partials
+//             (deterministic, no atomics).
+// The pixel index is split into (b, oy, ox) once per pixel in 32-bit
+// arithmetic; the channel loops carry no division.
 // ATen-free (see cuda_compat.h).
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "../swin_geometry.h"
 #include "common.cuh"
@@ -21,152 +28,209 @@ namespace swin_ext {
 namespace cuda {
 
 constexpr int kMergeWarps = 4;
-constexpr int kMergePixelsPerPartial = 256;
+constexpr int kMergePixelsPerWarp = 16;              // backward: pixels per warp per block
+constexpr int kMergeBwdMaxSmem = 48 * 1024;          // dweight / dbias accumulators per block
 
-// Value of gathered channel k (0 <= k < 4C) of output pixel (b, oy, ox).
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t merged_value(const scalar_t* x, int64_t H, int64_t W, int64_t C,
-                                              int64_t b, int64_t oy, int64_t ox, int64_t k) {
-  const int q = static_cast<int>(k / C);
-  const int64_t c = k - q * C;
-  int64_t y, xx;
-  if (!merge_source(H, W, oy, ox, q, &y, &xx)) return acc_t(0);
-  return to_acc(x[((b * H + y) * W + xx) * C + c]);
+// Where the four quadrants of an output pixel come from: element offsets of
+// the source pixels' channel rows, or -1 for zero padding (odd H / W).
+struct MergeSrc {
+  int64_t off[4];
+};
+
+__device__ __forceinline__ MergeSrc merge_sources(int pix, int H, int W, int H2, int W2, int C) {
+  const int ox = pix % W2;
+  const int t = pix / W2;
+  const int oy = t % H2, b = t / H2;
+  MergeSrc s;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int y = 2 * oy + (q & 1), x = 2 * ox + (q >> 1);  // x0=(0,0), x1=(1,0), x2=(0,1), x3=(1,1)
+    s.off[q] = (y < H && x < W) ? ((static_cast<int64_t>(b) * H + y) * W + x) * C : int64_t(-1);
+  }
+  return s;
 }
 
-// VEC consecutive channels of one source pixel as one 16-byte (or smaller)
-// load: the quadrant's C channels are contiguous in memory.
+// VEC consecutive elements as one 16-byte (or smaller) access.
 template <typename scalar_t, int VEC>
 struct alignas(sizeof(scalar_t) * VEC) Pack {
   scalar_t v[VEC];
 };
 
-// Gathered channels [k, k + VEC) of output pixel (b, oy, ox) in acc_t; k is a
-// multiple of VEC and C % VEC == 0, so they come from one quadrant.
 template <typename scalar_t, typename acc_t, int VEC>
-__device__ __forceinline__ void merged_pack(const scalar_t* x, int64_t H, int64_t W, int64_t C,
-                                            int64_t b, int64_t oy, int64_t ox, int64_t k,
-                                            acc_t* out) {
-  const int q = static_cast<int>(k / C);
-  const int64_t c = k - q * C;
-  int64_t y, xx;
-  if (!merge_source(H, W, oy, ox, q, &y, &xx)) {
+__device__ __forceinline__ void load_pack(const scalar_t* p, acc_t* out) {
+  const Pack<scalar_t, VEC> pk = *reinterpret_cast<const Pack<scalar_t, VEC>*>(p);
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) out[e] = acc_t(0);
-    return;
-  }
-  const Pack<scalar_t, VEC> p =
-      *reinterpret_cast<const Pack<scalar_t, VEC>*>(x + ((b * H + y) * W + xx) * C + c);
-#pragma unroll
-  for (int e = 0; e < VEC; ++e) out[e] = to_acc(p.v[e]);
+  for (int e = 0; e < VEC; ++e) out[e] = to_acc(pk.v[e]);
 }
 
-// Forward: one warp per output pixel; lanes read VEC channels at a time
-// (vectorised loads and stores), mean and variance in two passes over the
-// cached gathered row.
+template <typename scalar_t, typename acc_t, int VEC>
+__device__ __forceinline__ void store_pack(scalar_t* p, const acc_t* v) {
+  Pack<scalar_t, VEC> pk;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) pk.v[e] = from_acc<scalar_t>(v[e]);
+  *reinterpret_cast<Pack<scalar_t, VEC>*>(p) = pk;
+}
+
+// Gathered channels [q*C + c, + VEC) of a pixel (zeros for padding).
+template <typename scalar_t, typename acc_t, int VEC>
+__device__ __forceinline__ void load_quadrant(const scalar_t* x, const MergeSrc& s, int q, int c, acc_t* v) {
+  if (s.off[q] < 0) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) v[e] = acc_t(0);
+  } else {
+    load_pack<scalar_t, acc_t, VEC>(x + s.off[q] + c, v);
+  }
+}
+
+// Forward: one warp per output pixel.
 template <typename scalar_t, typename acc_t, int VEC>
 __global__ void __launch_bounds__(kMergeWarps * 32)
     merge_fwd_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ weight,
                      const acc_t* __restrict__ bias, scalar_t* __restrict__ y,
-                     acc_t* __restrict__ mean, acc_t* __restrict__ rstd, int64_t B, int64_t H,
-                     int64_t W, int64_t C, acc_t eps) {
-  const int64_t H2 = (H + 1) / 2, W2 = (W + 1) / 2, C4 = 4 * C;
-  const int64_t pix = static_cast<int64_t>(blockIdx.x) * kMergeWarps + threadIdx.x / 32;
+                     acc_t* __restrict__ mean, acc_t* __restrict__ rstd, int B, int H, int W, int C,
+                     acc_t eps) {
+  const int H2 = (H + 1) / 2, W2 = (W + 1) / 2, C4 = 4 * C;
+  const int pix = blockIdx.x * kMergeWarps + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (pix >= B * H2 * W2) return;  // the whole warp leaves together
-  const int64_t ox = pix % W2, oy = (pix / W2) % H2, b = pix / (W2 * H2);
+  const MergeSrc src = merge_sources(pix, H, W, H2, W2, C);
   acc_t v[VEC];
   acc_t s = 0;
-  for (int64_t k = lane * VEC; k < C4; k += 32 * VEC) {
-    merged_pack<scalar_t, acc_t, VEC>(x, H, W, C, b, oy, ox, k, v);
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) s += v[e];
-  }
+  for (int q = 0; q < 4; ++q)
+    for (int c = lane * VEC; c < C; c += 32 * VEC) {
+      load_quadrant<scalar_t, acc_t, VEC>(x, src, q, c, v);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) s += v[e];
+    }
   const acc_t mu = warp_sum(s) / static_cast<acc_t>(C4);
   acc_t var = 0;
-  for (int64_t k = lane * VEC; k < C4; k += 32 * VEC) {
-    merged_pack<scalar_t, acc_t, VEC>(x, H, W, C, b, oy, ox, k, v);
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) var += (v[e] - mu) * (v[e] - mu);
-  }
+  for (int q = 0; q < 4; ++q)
+    for (int c = lane * VEC; c < C; c += 32 * VEC) {
+      load_quadrant<scalar_t, acc_t, VEC>(x, src, q, c, v);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) var += (v[e] - mu) * (v[e] - mu);
+    }
   const acc_t rs = acc_rsqrt(warp_sum(var) / static_cast<acc_t>(C4) + eps);
-  scalar_t* dst = y + pix * C4;
-  for (int64_t k = lane * VEC; k < C4; k += 32 * VEC) {
-    merged_pack<scalar_t, acc_t, VEC>(x, H, W, C, b, oy, ox, k, v);
-    Pack<scalar_t, VEC> o;
+  scalar_t* dst = y + static_cast<int64_t>(pix) * C4;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) o.v[e] = from_acc<scalar_t>((v[e] - mu) * rs * weight[k + e] + bias[k + e]);
-    *reinterpret_cast<Pack<scalar_t, VEC>*>(dst + k) = o;
-  }
+  for (int q = 0; q < 4; ++q)
+    for (int c = lane * VEC; c < C; c += 32 * VEC) {
+      load_quadrant<scalar_t, acc_t, VEC>(x, src, q, c, v);
+      const int k = q * C + c;
+      acc_t o[VEC];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) o[e] = (v[e] - mu) * rs * weight[k + e] + bias[k + e];
+      store_pack<scalar_t, acc_t, VEC>(dst + k, o);
+    }
   if (lane == 0) {
     mean[pix] = mu;
     rstd[pix] = rs;
   }
 }
 
-template <typename scalar_t, typename acc_t>
+// Shared memory of the backward: per warp, dweight and dbias accumulators.
+inline size_t merge_bwd_smem(int nwarps, int64_t C4, size_t acc_size) {
+  return static_cast<size_t>(nwarps) * 2 * C4 * acc_size;
+}
+
+// Warps per backward block: as many as kMergeWarps whose accumulators fit
+// kMergeBwdMaxSmem (0: not even one).
+inline int merge_bwd_warps(int64_t C4, size_t acc_size) {
+  for (int w = kMergeWarps; w >= 1; --w)
+    if (merge_bwd_smem(w, C4, acc_size) <= kMergeBwdMaxSmem) return w;
+  return 0;
+}
+
+inline int64_t merge_bwd_pixels_per_block(int nwarps) { return static_cast<int64_t>(nwarps) * kMergePixelsPerWarp; }
+
+// Backward: block = a fixed range of pixels, one warp per pixel at a time.
+template <typename scalar_t, typename acc_t, int VEC>
 __global__ void __launch_bounds__(kMergeWarps * 32)
-    merge_bwd_dx_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
-                        const acc_t* __restrict__ weight, const acc_t* __restrict__ mean,
-                        const acc_t* __restrict__ rstd, scalar_t* __restrict__ dx, int64_t B,
-                        int64_t H, int64_t W, int64_t C) {
-  const int64_t H2 = (H + 1) / 2, W2 = (W + 1) / 2, C4 = 4 * C;
-  const int64_t pix = static_cast<int64_t>(blockIdx.x) * kMergeWarps + threadIdx.x / 32;
-  const int lane = threadIdx.x & 31;
-  if (pix >= B * H2 * W2) return;
-  const int64_t ox = pix % W2, oy = (pix / W2) % H2, b = pix / (W2 * H2);
-  const acc_t mu = mean[pix], rs = rstd[pix];
-  const scalar_t* go = grad_out + pix * C4;
-  acc_t sg = 0, sgx = 0;
-  for (int64_t k = lane; k < C4; k += 32) {
-    const acc_t g = to_acc(go[k]) * weight[k];
-    const acc_t xh = (merged_value<scalar_t, acc_t>(x, H, W, C, b, oy, ox, k) - mu) * rs;
-    sg += g;
-    sgx += g * xh;
-  }
+    merge_bwd_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
+                     const acc_t* __restrict__ weight, const acc_t* __restrict__ mean,
+                     const acc_t* __restrict__ rstd, scalar_t* __restrict__ dx,
+                     acc_t* __restrict__ dw_part, acc_t* __restrict__ db_part, int B, int H, int W,
+                     int C) {
+  SWIN_DYNAMIC_SHARED(acc_t, smem);
+  const int H2 = (H + 1) / 2, W2 = (W + 1) / 2, C4 = 4 * C;
+  const int nwarps = blockDim.x >> 5;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int P = B * H2 * W2;
+  acc_t* dw_acc = smem + static_cast<int64_t>(warp) * 2 * C4;
+  acc_t* db_acc = dw_acc + C4;
+  for (int k = lane; k < 2 * C4; k += 32) dw_acc[k] = acc_t(0);  // the warp's own accumulators
+  __syncwarp();
+
+  const int p0 = blockIdx.x * nwarps * kMergePixelsPerWarp;
+  const int p1 = p0 + nwarps * kMergePixelsPerWarp < P ? p0 + nwarps * kMergePixelsPerWarp : P;
   const acc_t inv_n = acc_t(1) / static_cast<acc_t>(C4);
-  const acc_t mg = warp_sum(sg) * inv_n, mgx = warp_sum(sgx) * inv_n;
-  for (int64_t k = lane; k < C4; k += 32) {
-    const int q = static_cast<int>(k / C);
-    const int64_t c = k - q * C;
-    int64_t yy, xx;
-    if (!merge_source(H, W, oy, ox, q, &yy, &xx)) continue;  // padding: no gradient
-    const int64_t src = ((b * H + yy) * W + xx) * C + c;
-    const acc_t xh = (to_acc(x[src]) - mu) * rs;
-    const acc_t g = to_acc(go[k]) * weight[k];
-    dx[src] = from_acc<scalar_t>(rs * (g - mg - xh * mgx));
+  for (int pix = p0 + warp; pix < p1; pix += nwarps) {
+    const MergeSrc src = merge_sources(pix, H, W, H2, W2, C);
+    const acc_t mu = mean[pix], rs = rstd[pix];
+    const scalar_t* go = grad_out + static_cast<int64_t>(pix) * C4;
+    acc_t xv[VEC], gv[VEC];
+    acc_t sg = 0, sgx = 0;
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      for (int c = lane * VEC; c < C; c += 32 * VEC) {
+        const int k = q * C + c;
+        load_quadrant<scalar_t, acc_t, VEC>(x, src, q, c, xv);
+        load_pack<scalar_t, acc_t, VEC>(go + k, gv);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          const acc_t g = gv[e] * weight[k + e];
+          sg += g;
+          sgx += g * (xv[e] - mu) * rs;
+        }
+      }
+    const acc_t mg = warp_sum(sg) * inv_n, mgx = warp_sum(sgx) * inv_n;
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      for (int c = lane * VEC; c < C; c += 32 * VEC) {
+        const int k = q * C + c;
+        load_quadrant<scalar_t, acc_t, VEC>(x, src, q, c, xv);  // L1-hot: read in pass 1
+        load_pack<scalar_t, acc_t, VEC>(go + k, gv);
+        acc_t d[VEC];
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          const acc_t xh = (xv[e] - mu) * rs;
+          d[e] = rs * (gv[e] * weight[k + e] - mg - xh * mgx);
+          dw_acc[k + e] += gv[e] * xh;
+          db_acc[k + e] += gv[e];
+        }
+        if (src.off[q] >= 0) store_pack<scalar_t, acc_t, VEC>(dx + src.off[q] + c, d);  // padding: no gradient
+      }
+  }
+  __syncthreads();
+  // One partial row per block: the warps' accumulators summed in warp order.
+  for (int k = threadIdx.x; k < C4; k += blockDim.x) {
+    acc_t w = 0, b = 0;
+    for (int j = 0; j < nwarps; ++j) {
+      w += smem[static_cast<int64_t>(j) * 2 * C4 + k];
+      b += smem[static_cast<int64_t>(j) * 2 * C4 + C4 + k];
+    }
+    dw_part[static_cast<int64_t>(blockIdx.x) * C4 + k] = w;
+    db_part[static_cast<int64_t>(blockIdx.x) * C4 + k] = b;
   }
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(128)
-    merge_bwd_dwdb_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
-                          const acc_t* __restrict__ mean, const acc_t* __restrict__ rstd,
-                          acc_t* __restrict__ dw_part, acc_t* __restrict__ db_part, int64_t B,
-                          int64_t H, int64_t W, int64_t C) {
-  const int64_t H2 = (H + 1) / 2, W2 = (W + 1) / 2, C4 = 4 * C, P = B * H2 * W2;
-  const int64_t k = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
-  const int64_t chunk = blockIdx.x;
-  if (k >= C4) return;
-  const int64_t p0 = chunk * kMergePixelsPerPartial;
-  const int64_t p1 = p0 + kMergePixelsPerPartial < P ? p0 + kMergePixelsPerPartial : P;
-  acc_t dw = 0, db = 0;
-  for (int64_t pix = p0; pix < p1; ++pix) {
-    const int64_t ox = pix % W2, oy = (pix / W2) % H2, b = pix / (W2 * H2);
-    const acc_t g = to_acc(grad_out[pix * C4 + k]);
-    const acc_t xh = (merged_value<scalar_t, acc_t>(x, H, W, C, b, oy, ox, k) - mean[pix]) * rstd[pix];
-    dw += g * xh;
-    db += g;
-  }
-  dw_part[chunk * C4 + k] = dw;
-  db_part[chunk * C4 + k] = db;
+inline int64_t merge_num_partials(int64_t B, int64_t H, int64_t W, int nwarps) {
+  return ceil_div64(B * ((H + 1) / 2) * ((W + 1) / 2), merge_bwd_pixels_per_block(nwarps));
 }
 
-inline int64_t merge_num_partials(int64_t B, int64_t H, int64_t W) {
-  return ceil_div64(B * ((H + 1) / 2) * ((W + 1) / 2), kMergePixelsPerPartial);
+template <typename scalar_t>
+inline bool merge_vec_ok(int64_t C, std::initializer_list<const void*> ptrs) {
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  if (C % kVec != 0) return false;
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
 }
 
-// y (B, ceil(H/2), ceil(W/2), 4C), mean/rstd (B, H2, W2).
+// y (B, ceil(H/2), ceil(W/2), 4C), mean/rstd (B, H2, W2).  Sizes are
+// checked by the caller to fit 32-bit pixel indices.
 template <typename scalar_t, typename acc_t>
 void launch_patch_merging_fwd(const scalar_t* x, const acc_t* weight, const acc_t* bias,
                               scalar_t* y, acc_t* mean, acc_t* rstd, int64_t B, int64_t H,
@@ -174,35 +238,37 @@ void launch_patch_merging_fwd(const scalar_t* x, const acc_t* weight, const acc_
   const int64_t P = B * ((H + 1) / 2) * ((W + 1) / 2);
   if (P == 0) return;
   const unsigned blocks = static_cast<unsigned>(ceil_div64(P, kMergeWarps));
-  // 16-byte packs when every source row and output row stays aligned.
   constexpr int kVec = 16 / sizeof(scalar_t);
-  const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
-                       reinterpret_cast<uintptr_t>(y) % 16 == 0;
-  if (aligned && C % kVec == 0) {
+  const int b = static_cast<int>(B), h = static_cast<int>(H), w = static_cast<int>(W), c = static_cast<int>(C);
+  if (merge_vec_ok<scalar_t>(C, {x, y})) {
     SWIN_LAUNCH_KERNEL((merge_fwd_kernel<scalar_t, acc_t, kVec>), blocks, kMergeWarps * 32, 0,
-                       stream, x, weight, bias, y, mean, rstd, B, H, W, C, static_cast<acc_t>(eps));
+                       stream, x, weight, bias, y, mean, rstd, b, h, w, c, static_cast<acc_t>(eps));
   } else {
     SWIN_LAUNCH_KERNEL((merge_fwd_kernel<scalar_t, acc_t, 1>), blocks, kMergeWarps * 32, 0, stream,
-                       x, weight, bias, y, mean, rstd, B, H, W, C, static_cast<acc_t>(eps));
+                       x, weight, bias, y, mean, rstd, b, h, w, c, static_cast<acc_t>(eps));
   }
 }
 
-// dx (B, H, W, C); dw_part/db_part (merge_num_partials(B, H, W), 4C), summed
-// over dim 0 by the caller.
+// dx (B, H, W, C); dw_part/db_part (merge_num_partials(B, H, W, nwarps), 4C),
+// summed over dim 0 by the caller; nwarps = merge_bwd_warps(4C, sizeof(acc_t)).
 template <typename scalar_t, typename acc_t>
 void launch_patch_merging_bwd(const scalar_t* grad_out, const scalar_t* x, const acc_t* weight,
                               const acc_t* mean, const acc_t* rstd, scalar_t* dx, acc_t* dw_part,
-                              acc_t* db_part, int64_t B, int64_t H, int64_t W, int64_t C,
+                              acc_t* db_part, int64_t B, int64_t H, int64_t W, int64_t C, int nwarps,
                               cudaStream_t stream) {
   const int64_t P = B * ((H + 1) / 2) * ((W + 1) / 2);
   if (P == 0 || C == 0) return;
-  const unsigned blocks = static_cast<unsigned>(ceil_div64(P, kMergeWarps));
-  SWIN_LAUNCH_KERNEL((merge_bwd_dx_kernel<scalar_t, acc_t>), blocks, kMergeWarps * 32, 0, stream,
-                     grad_out, x, weight, mean, rstd, dx, B, H, W, C);
-  const dim3 grid(static_cast<unsigned>(merge_num_partials(B, H, W)),
-                  static_cast<unsigned>(ceil_div64(4 * C, 128)));
-  SWIN_LAUNCH_KERNEL((merge_bwd_dwdb_kernel<scalar_t, acc_t>), grid, 128, 0, stream, grad_out, x,
-                     mean, rstd, dw_part, db_part, B, H, W, C);
+  const unsigned blocks = static_cast<unsigned>(merge_num_partials(B, H, W, nwarps));
+  const size_t smem = merge_bwd_smem(nwarps, 4 * C, sizeof(acc_t));
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  const int b = static_cast<int>(B), h = static_cast<int>(H), w = static_cast<int>(W), c = static_cast<int>(C);
+  if (merge_vec_ok<scalar_t>(C, {grad_out, x, dx})) {
+    SWIN_LAUNCH_KERNEL((merge_bwd_kernel<scalar_t, acc_t, kVec>), blocks, nwarps * 32, smem, stream,
+                       grad_out, x, weight, mean, rstd, dx, dw_part, db_part, b, h, w, c);
+  } else {
+    SWIN_LAUNCH_KERNEL((merge_bwd_kernel<scalar_t, acc_t, 1>), blocks, nwarps * 32, smem, stream,
+                       grad_out, x, weight, mean, rstd, dx, dw_part, db_part, b, h, w, c);
+  }
 }
 
 }  // namespace cuda
