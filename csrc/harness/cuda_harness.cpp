@@ -117,6 +117,9 @@ std::mutex g_opt_mu;
 bool g_opt_override = false;
 Options g_opt;
 std::atomic<uint64_t> g_launches{0};
+std::mutex g_log_mu;
+bool g_log_on = false;
+std::vector<LaunchRecord> g_log;
 
 long env_long(const char* name, long dflt) {
   const char* v = std::getenv(name);
@@ -912,6 +915,12 @@ void run_launch(const LaunchSpec& spec) {
         " bytes of shared memory per block");
   }
 
+  {
+    std::lock_guard<std::mutex> lk(g_log_mu);
+    if (g_log_on)
+      g_log.push_back(LaunchRecord{name, {spec.grid.x, spec.grid.y, spec.grid.z},
+                                   {spec.block.x, spec.block.y, spec.block.z}, spec.smem});
+  }
   const uint64_t nblocks = static_cast<uint64_t>(spec.grid.x) * spec.grid.y * spec.grid.z;
   LaunchState L;
   L.spec = &spec;
@@ -1070,5 +1079,18 @@ void clear_options() {
 }
 Options current_options() { return detail::read_options(); }
 uint64_t launch_count() { return detail::g_launches.load(); }
+
+void start_launch_log() {
+  std::lock_guard<std::mutex> lk(detail::g_log_mu);
+  detail::g_log.clear();
+  detail::g_log_on = true;
+}
+std::vector<LaunchRecord> stop_launch_log() {
+  std::lock_guard<std::mutex> lk(detail::g_log_mu);
+  detail::g_log_on = false;
+  std::vector<LaunchRecord> out;
+  out.swap(detail::g_log);
+  return out;
+}
 
 }  // namespace swin_harness

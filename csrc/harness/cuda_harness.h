@@ -61,6 +61,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #define SWIN_HARNESS_ACTIVE 1
 
@@ -118,6 +119,19 @@ Options current_options();
 
 // Number of kernel launches run so far (tests use it to check a path ran).
 uint64_t launch_count();
+
+// The launch log: while recording, every launch that passes the launch
+// checks is recorded (kernel name, grid, block, dynamic shared memory), so
+// tests can assert what ran and how (grids that grow with the batch, shared
+// memory under a device's limit).
+struct LaunchRecord {
+  std::string kernel;
+  unsigned grid[3];
+  unsigned block[3];
+  size_t smem;
+};
+void start_launch_log();                    // clears the log and starts recording
+std::vector<LaunchRecord> stop_launch_log();  // stops recording, returns the log
 
 namespace detail {
 

@@ -26,6 +26,18 @@ void set_options(int64_t shuffle_seed, int64_t workers) {
 }
 void clear_options() { swin_harness::clear_options(); }
 int64_t launch_count() { return static_cast<int64_t>(swin_harness::launch_count()); }
+void start_launch_log() { swin_harness::start_launch_log(); }
+// One line per launch: "kernel;gx,gy,gz;bx,by,bz;smem".
+std::string stop_launch_log() {
+  std::string out;
+  for (const auto& r : swin_harness::stop_launch_log()) {
+    out += r.kernel + ";" + std::to_string(r.grid[0]) + "," + std::to_string(r.grid[1]) + "," +
+           std::to_string(r.grid[2]) + ";" + std::to_string(r.block[0]) + "," + std::to_string(r.block[1]) +
+           "," + std::to_string(r.block[2]) + ";" + std::to_string(r.smem) + "\n";
+  }
+  return out;
+}
+
 bool asan_enabled() {
 #if defined(__SANITIZE_ADDRESS__)
   return true;
@@ -113,6 +125,8 @@ TORCH_LIBRARY(swin_ext_harness, m) {
   m.def("set_options(int shuffle_seed, int workers) -> ()", &swin_harness_ops::set_options);
   m.def("clear_options() -> ()", &swin_harness_ops::clear_options);
   m.def("launch_count() -> int", &swin_harness_ops::launch_count);
+  m.def("start_launch_log() -> ()", &swin_harness_ops::start_launch_log);
+  m.def("stop_launch_log() -> str", &swin_harness_ops::stop_launch_log);
   m.def("asan_enabled() -> bool", &swin_harness_ops::asan_enabled);
   m.def("planted(str name) -> ()", &swin_harness_ops::planted);
   // Demo kernels.
