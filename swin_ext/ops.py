@@ -135,27 +135,25 @@ def _vjp(
 ) -> Tuple[Optional[torch.Tensor], ...]:
     """``cotangent``-vector-Jacobian product of ``fn`` at ``primals`` for the inputs in ``needs``.
 
-    Differentiable (the graph is kept) when grad mode is on, as it is in a
-    backward with ``create_graph=True``: the primals are then used as they
-    are, with their history.  Inputs that get no gradient give zeros.
+    Through ``torch.func.vjp``, so the result is differentiable again: by
+    autograd (a backward with ``create_graph=True``) and by enclosing
+    torch.func transforms (``grad`` of ``grad``, ``jacrev``, ``vmap``).
+    Inputs that do not reach the output get zeros.
     """
-    create = torch.is_grad_enabled()
-    with torch.enable_grad():
-        ps = []
-        for p, n in zip(primals, needs):
-            if p is not None and n and not (create and p.requires_grad):
-                p = p.detach().requires_grad_()
-            ps.append(p)
-        out = fn(*ps)
-        wrt = [p for p, n in zip(ps, needs) if n and p is not None]
-        got = iter(torch.autograd.grad(out, wrt, cotangent, create_graph=create, allow_unused=True) if wrt else ())
-    grads = []
-    for p, n in zip(ps, needs):
-        if not n or p is None:
-            grads.append(None)
-            continue
-        g = next(got)
-        grads.append(torch.zeros_like(p) if g is None else g)
+    idx = [i for i, (p, n) in enumerate(zip(primals, needs)) if n and p is not None]
+    grads: list = [None] * len(primals)
+    if not idx:
+        return tuple(grads)
+
+    def g(*sel):
+        full = list(primals)
+        for i, t in zip(idx, sel):
+            full[i] = t
+        return fn(*full)
+
+    _, vjp_fn = torch.func.vjp(g, *[primals[i] for i in idx])
+    for i, t in zip(idx, vjp_fn(cotangent)):
+        grads[i] = t
     return tuple(grads)
 
 
