@@ -491,6 +491,11 @@ def _weights_finite(model: nn.Module) -> bool:
     return bool(torch.stack(flags).all().item()) if flags else True
 
 
+def _kept(ckpt_path: str) -> str:
+    return (f"{ckpt_path} keeps the last good checkpoint" if os.path.isfile(ckpt_path)
+            else "no checkpoint was written")
+
+
 def _finite_state(sd: Dict[str, Any]) -> bool:
     return all(torch.isfinite(v).all().item() for v in sd.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
 
@@ -754,7 +759,7 @@ def _train(args, env: DistEnv, build_datasets, t_start: float) -> Dict[str, Any]
         # rank holds the same weights, so every rank decides alike).
         if not _weights_finite(model):
             raise TrainError(f"the model weights are not finite at step {step}: training diverged; not saving, "
-                             f"{ckpt_path} keeps the last good checkpoint (try a lower --lr)")
+                             f"{_kept(ckpt_path)} (try a lower --lr)")
         st = checkpoint_state()
         if env.is_main:
             save_checkpoint(st, ckpt_path)
@@ -810,7 +815,7 @@ def _train(args, env: DistEnv, build_datasets, t_start: float) -> Dict[str, Any]
             if diverged:
                 raise TrainError(
                     f"the training loss is {lv} at step {step} (epoch {epoch + 1}): training diverged; stopped without "
-                    f"saving, {ckpt_path} keeps the last good checkpoint (try a lower --lr or --clip-grad)"
+                    f"saving, {_kept(ckpt_path)} (try a lower --lr or --clip-grad)"
                 )
             loss_sum += lv
             n_loss += 1

@@ -107,11 +107,20 @@ SWIN_ALWAYS_INLINE void merging_fwd_pixels(const MergeArgs<scalar_t>& a, int64_t
       }
       if (eps > 0) eps = std::max(std::ldexp(eps, -2 * k), std::numeric_limits<acc_t>::min());
     }
-    m /= static_cast<acc_t>(C4);
-    acc_t var = 0;
-#pragma omp simd reduction(+ : var)
-    for (int64_t c = 0; c < C4; ++c) var += (buf[c] - m) * (buf[c] - m);
-    var /= static_cast<acc_t>(C4);
+    const acc_t inv_n = acc_t(1) / static_cast<acc_t>(C4);
+    m *= inv_n;
+    // Corrected two-pass (Chan, Golub & LeVeque): the residuals' own mean
+    // dm repairs the rounding of m, so a constant row has exactly var = 0.
+    acc_t s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+    for (int64_t c = 0; c < C4; ++c) {
+      const acc_t d = buf[c] - m;
+      s1 += d;
+      s2 += d * d;
+    }
+    const acc_t dm = s1 * inv_n;
+    m += dm;
+    const acc_t var = std::max(s2 * inv_n - dm * dm, acc_t(0));
     const acc_t rs = acc_t(1) / std::sqrt(var + eps);
     a.mean[pix] = k ? std::ldexp(m, k) : m;
     a.rstd[pix] = k ? std::ldexp(rs, -k) : rs;
