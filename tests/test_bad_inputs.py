@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
@@ -662,7 +663,7 @@ def test_cli_refuses_bad_argument(extra, flag, text, capsys, tmp_path):
         T.main(TINY + ["--output-dir", str(tmp_path)] + extra)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert flag in err and __import__("re").search(text, err), err
+    assert flag in err and re.search(text, err), err
     assert not os.listdir(tmp_path)
 
 
@@ -746,7 +747,7 @@ def test_resume_from_bad_checkpoint_is_one_clear_line(name, good_run, tmp_path, 
     assert T.main(argv) == 1
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("swin-ext-train: error: "), err
-    assert __import__("re").search(match, err[0]), err[0]
+    assert re.search(match, err[0]), err[0]
     assert not (d / "marker").exists()
     if before is not None:
         assert ck.read_bytes() == before  # the checkpoint stays as it was
