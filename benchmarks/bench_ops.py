@@ -58,19 +58,34 @@ def merging_case(B, H, C, device, dtype, backward):
     return run(swin_ext.patch_merging), run(reference.patch_merging_reference), x.numel() * x.element_size() * 2
 
 
+def _positive_int(s: str) -> int:
+    """argparse type: an int >= 1 (0 is refused, not replaced by a default)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
-    ap.add_argument("--batch", type=int, default=None, help="default 8 on CPU, 64 on CUDA")
+    ap.add_argument("--batch", type=_positive_int, default=None, help="default 8 on CPU, 64 on CUDA")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--stages", nargs="+", type=int, default=[0, 1, 2, 3])
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--stages", nargs="+", type=int, default=[0, 1, 2, 3], choices=[0, 1, 2, 3],
+                    help="Swin stages, 0-based (default all four)")
+    ap.add_argument("--repeats", type=_positive_int, default=10)
+    ap.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        ap.error(f"argument --device: {e}")
     dtype = getattr(torch, args.dtype)
-    B = args.batch or (64 if device.type == "cuda" else 8)
+    B = args.batch if args.batch is not None else (64 if device.type == "cuda" else 8)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"# swin_ext op benchmark  device={device}  dtype={args.dtype}  batch={B}  "

@@ -1,17 +1,62 @@
 // Argument checks shared by the CPU and CUDA ATen glue.
+//
+// Every size argument is bounded before any arithmetic is done on it, and
+// every derived size (tokens per window, windows, output elements) is
+// computed with overflow checks, so no product can wrap around before it
+// reaches a kernel.  swin_ext/ops.py runs the same checks in Python (the
+// wrappers and the fake kernels), with the same bounds.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/safe_numerics.h>
+
+#include <cmath>
 
 #include "swin_geometry.h"
 
 namespace swin_ext {
 
+// Largest window side: N = ws^2 <= 2^30 tokens, N^2 <= 2^60 bias entries.
+constexpr int64_t kMaxWindowSize = int64_t(1) << 15;
+// Largest dimension of any tensor argument (B, H, W, channels).  Only a
+// tensor without elements (or a meta tensor) can come near it; bounding it
+// keeps H + ws, 2 * H2, 4 * C and friends far from int64 overflow.
+constexpr int64_t kMaxDim = int64_t(1) << 40;
+// Largest patch-merging channel count C (4C <= 2^30; the LayerNorm
+// statistics' overflow guard relies on it, see patch_merging_cpu.cpp).
+constexpr int64_t kMaxMergeChannels = int64_t(1) << 28;
+
+// a * b, or an error naming `what` if the product does not fit in int64.
+inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  int64_t out = 0;
+  TORCH_CHECK(a >= 0 && b >= 0 && !c10::mul_overflows(a, b, &out), "swin_ext: ", what,
+              " overflows int64 (", a, " * ", b, ")");
+  return out;
+}
+
+// ceil(a / b) for a >= 0, b >= 1, without forming a + b - 1.
+inline int64_t checked_ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0 ? 1 : 0); }
+
 inline at::ScalarType acc_type_of(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// A dense (strided) tensor: sparse, mkldnn or nested inputs are refused by name.
+inline void check_strided(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.layout() == at::kStrided, "swin_ext: ", name,
+              " must be a dense (strided) tensor, got layout ", t.layout());
+}
+
+// Every dimension of `t` in [0, kMaxDim].
+inline void check_dims_bounded(const at::Tensor& t, const char* name) {
+  for (int64_t i = 0; i < t.dim(); ++i) {
+    TORCH_CHECK(t.size(i) <= kMaxDim, "swin_ext: ", name, " dimension ", i, " is ", t.size(i),
+                ", larger than the supported ", kMaxDim);
+  }
+}
+
 inline void check_float(const at::Tensor& t, const char* name) {
+  check_strided(t, name);
   TORCH_CHECK(at::isFloatingType(t.scalar_type()) &&
                   (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble ||
                    t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16),
@@ -25,6 +70,17 @@ inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const ch
               " is on ", b.device());
 }
 
+// The attention's logit scale: a finite number (the CPU and CUDA glue call it).
+inline void check_attention_scale(double scale) {
+  TORCH_CHECK(std::isfinite(scale), "swin_ext.window_attention: scale must be finite, got ", scale);
+}
+
+// The LayerNorm epsilon of patch merging: finite and >= 0.
+inline void check_merging_eps(double eps) {
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, "swin_ext.patch_merging: eps must be finite and >= 0, got ",
+              eps);
+}
+
 // Validates the attention arguments and returns the window geometry.
 inline WindowGeometry check_attention_args(const at::Tensor& qkv, const at::Tensor& bias,
                                            const std::optional<at::Tensor>& qkv_pad,
@@ -33,17 +89,21 @@ inline WindowGeometry check_attention_args(const at::Tensor& qkv, const at::Tens
   TORCH_CHECK(qkv.dim() == 4, "swin_ext.window_attention: qkv must be (B, H, W, 3C), got ",
               qkv.dim(), " dims");
   check_float(qkv, "qkv");
-  TORCH_CHECK(window_size >= 1, "swin_ext.window_attention: window_size must be >= 1, got ",
+  check_dims_bounded(qkv, "qkv");
+  check_strided(bias, "bias");
+  // Bounded before anything is computed from it: window_size^2 cannot overflow.
+  TORCH_CHECK(window_size >= 1 && window_size <= kMaxWindowSize,
+              "swin_ext.window_attention: window_size must be in [1, ", kMaxWindowSize, "], got ",
               window_size);
   TORCH_CHECK(shift_h >= 0 && shift_h < window_size && shift_w >= 0 && shift_w < window_size,
               "swin_ext.window_attention: shift must satisfy 0 <= shift < window_size (",
               window_size, "), got (", shift_h, ", ", shift_w, ")");
   const int64_t C3 = qkv.size(3);
   TORCH_CHECK(C3 % 3 == 0, "swin_ext.window_attention: last dim of qkv must be 3*C, got ", C3);
-  const int64_t N = window_size * window_size;
+  const int64_t N = window_size * window_size;  // <= 2^30
   TORCH_CHECK(bias.dim() == 3 && bias.size(1) == N && bias.size(2) == N,
-              "swin_ext.window_attention: bias must be (heads, ", N, ", ", N, "), got ",
-              bias.sizes());
+              "swin_ext.window_attention: bias must be (heads, ", N, ", ", N, ") for window_size ",
+              window_size, ", got ", bias.sizes());
   const int64_t heads = bias.size(0);
   TORCH_CHECK(heads >= 1 && (C3 / 3) % heads == 0, "swin_ext.window_attention: C = ", C3 / 3,
               " is not divisible by heads = ", heads);
@@ -53,6 +113,7 @@ inline WindowGeometry check_attention_args(const at::Tensor& qkv, const at::Tens
   check_same_device(qkv, bias, "qkv", "bias");
   if (qkv_pad.has_value()) {
     const auto& p = *qkv_pad;
+    check_strided(p, "qkv_pad");
     TORCH_CHECK(p.dim() == 1 && p.size(0) == C3, "swin_ext.window_attention: qkv_pad must be (",
                 C3, ",), got ", p.sizes());
     TORCH_CHECK(p.scalar_type() == qkv.scalar_type(),
@@ -60,6 +121,14 @@ inline WindowGeometry check_attention_args(const at::Tensor& qkv, const at::Tens
                 " differs from qkv dtype ", qkv.scalar_type());
     check_same_device(qkv, p, "qkv", "qkv_pad");
   }
+  // Every size make_geometry and the kernels derive, checked for overflow
+  // (H, W <= 2^40 and ws <= 2^15, so H + ws cannot wrap).
+  const int64_t nW = checked_mul(checked_ceil_div(qkv.size(1), window_size),
+                                 checked_ceil_div(qkv.size(2), window_size),
+                                 "window_attention: the number of windows");
+  checked_mul(checked_mul(checked_mul(qkv.size(0), nW, "window_attention: B * windows"), heads,
+                          "window_attention: B * windows * heads"),
+              N, "window_attention: the lse size B * windows * heads * N");
   return make_geometry(qkv.size(0), qkv.size(1), qkv.size(2), window_size, shift_h, shift_w);
 }
 
@@ -67,6 +136,8 @@ inline WindowGeometry check_attention_args(const at::Tensor& qkv, const at::Tens
 inline void check_attention_bwd_args(const at::Tensor& grad_out, const at::Tensor& qkv,
                                      const at::Tensor& lse, const WindowGeometry& g,
                                      int64_t heads) {
+  check_strided(grad_out, "grad_out");
+  check_strided(lse, "lse");
   const int64_t C = qkv.size(3) / 3;
   TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == g.B && grad_out.size(1) == g.H &&
                   grad_out.size(2) == g.W && grad_out.size(3) == C,
@@ -82,6 +153,10 @@ inline void check_attention_bwd_args(const at::Tensor& grad_out, const at::Tenso
               heads, ", ", g.N, "), got ", lse.scalar_type(), " ", lse.sizes());
   check_same_device(qkv, grad_out, "qkv", "grad_out");
   check_same_device(qkv, lse, "qkv", "lse");
+  // The per-window bias-gradient partials (windows, heads, N, N).
+  checked_mul(checked_mul(g.nW, heads, "window_attention_bwd: windows * heads"),
+              checked_mul(g.N, g.N, "window_attention_bwd: N * N"),
+              "window_attention_bwd: the bias-gradient partials windows * heads * N * N");
 }
 
 inline void check_merging_args(const at::Tensor& x, const at::Tensor& weight,
@@ -89,6 +164,11 @@ inline void check_merging_args(const at::Tensor& x, const at::Tensor& weight,
   TORCH_CHECK(x.dim() == 4, "swin_ext.patch_merging: x must be (B, H, W, C), got ", x.dim(),
               " dims");
   check_float(x, "x");
+  check_dims_bounded(x, "x");
+  check_strided(weight, "weight");
+  check_strided(bias, "bias");
+  TORCH_CHECK(x.size(3) <= kMaxMergeChannels, "swin_ext.patch_merging: C = ", x.size(3),
+              " is larger than the supported ", kMaxMergeChannels);
   const int64_t C4 = 4 * x.size(3);
   TORCH_CHECK(weight.dim() == 1 && weight.size(0) == C4 && bias.dim() == 1 && bias.size(0) == C4,
               "swin_ext.patch_merging: weight and bias must be (", C4, ",), got ", weight.sizes(),
@@ -99,12 +179,21 @@ inline void check_merging_args(const at::Tensor& x, const at::Tensor& weight,
               x.scalar_type(), ", got ", weight.scalar_type(), " and ", bias.scalar_type());
   check_same_device(x, weight, "x", "weight");
   check_same_device(x, bias, "x", "bias");
+  // Output elements B * ceil(H/2) * ceil(W/2) * 4C, checked for overflow.
+  checked_mul(checked_mul(checked_mul(x.size(0), checked_ceil_div(x.size(1), 2),
+                                      "patch_merging: B * H2"),
+                          checked_ceil_div(x.size(2), 2), "patch_merging: B * H2 * W2"),
+              C4, "patch_merging: the output size B * H2 * W2 * 4C");
 }
 
 // Validates the extra arguments of the patch-merging backward.
 inline void check_merging_bwd_args(const at::Tensor& grad_out, const at::Tensor& x,
                                    const at::Tensor& mean, const at::Tensor& rstd) {
-  const int64_t B = x.size(0), H2 = (x.size(1) + 1) / 2, W2 = (x.size(2) + 1) / 2;
+  check_strided(grad_out, "grad_out");
+  check_strided(mean, "mean");
+  check_strided(rstd, "rstd");
+  const int64_t B = x.size(0), H2 = checked_ceil_div(x.size(1), 2),
+                W2 = checked_ceil_div(x.size(2), 2);
   const int64_t C4 = 4 * x.size(3);
   TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == B && grad_out.size(1) == H2 &&
                   grad_out.size(2) == W2 && grad_out.size(3) == C4,

@@ -28,23 +28,44 @@ transformers   ``[swin.]embeddings.patch_embeddings.projection``; attention
 Buffers (``relative_position_index``, ``attn_mask``, ``relative_coords_table``)
 are dropped: the model computes them.  A ``relative_position_bias_table``
 of another window size is resized by bicubic interpolation, as the official
-fine-tuning code does.  Everything is checked before anything is copied, so
-a load that fails leaves the model exactly as it was.
+fine-tuning code does; one whose length is not ``(2 * window - 1) ** 2`` for
+any window is refused.
+
+Nothing in a file is executed (``weights_only=True``), only regular files are
+opened (a FIFO or device is refused before ``open``), and a zip archive's
+CRC-32 checksums are verified before it is unpickled, so flipped bytes inside
+tensor data are an error naming the damaged entry, not a silently changed
+model.  Everything is checked before anything is copied -- storage and layout
+(no meta, sparse, nested or quantized tensors), shapes, dtypes, and that every
+value is finite and fits the model's dtype -- so a load that fails leaves the
+model bitwise as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
 import re
+import stat
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CheckpointError", "LoadResult", "load_pretrained", "read_state_dict", "convert_state_dict"]
+__all__ = [
+    "CheckpointError",
+    "LoadResult",
+    "load_pretrained",
+    "read_state_dict",
+    "convert_state_dict",
+    "safe_torch_load",
+    "check_regular_file",
+    "verify_archive",
+]
 
 FORMATS = ("official", "timm", "torchvision", "transformers")
 
@@ -117,6 +138,98 @@ class LoadResult:
 # --------------------------------------------------------------------------- reading
 
 
+def check_regular_file(path: str) -> os.stat_result:
+    """``os.stat(path)`` of a regular file; anything else is refused before it is opened.
+
+    A FIFO would block the reader forever, a device would be read without
+    end; a directory is a common slip.  Symbolic links are followed.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint file not found: {path}") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from e
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"{path} is a directory; pass the checkpoint file itself")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+                or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise CheckpointError(f"{path} is {kind}, not a regular file; refusing to open it")
+    return st
+
+
+def verify_archive(path: str) -> None:
+    """Check the CRC-32 of every entry of a zip archive (``torch.save``'s format).
+
+    ``torch.load`` itself does not: flipped bytes inside tensor data load
+    silently.  Non-zip files (torch's legacy format, anything else) pass
+    untouched; ``torch.load`` judges them.  Reads the whole file once.
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                try:
+                    with zf.open(info) as f:
+                        while f.read(1 << 22):
+                            pass
+                except zipfile.BadZipFile as e:
+                    if "CRC" in str(e):
+                        raise CheckpointError(
+                            f"{path}: damaged: the stored checksum (CRC-32) of its entry {info.filename!r} does "
+                            "not match its data; the file is corrupt (download or save it again)"
+                        ) from None
+                    raise CheckpointError(f"{path}: damaged zip archive: entry {info.filename!r}: {e}") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: damaged zip archive ({type(e).__name__}: {e})") from None
+
+
+def _torch_reason(e: BaseException) -> str:
+    """torch.load's own reason, without its advice to turn off ``weights_only``."""
+    msg = str(e)
+    if "WeightsUnpickler error:" in msg:
+        msg = msg.split("WeightsUnpickler error:", 1)[1]
+        msg = msg.split("Check the documentation of torch.load", 1)[0]
+        msg = msg.split("Please use `torch.serialization.add_safe_globals", 1)[0]
+    msg = " ".join(msg.split())
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def safe_torch_load(path: Union[str, os.PathLike], what: str = "PyTorch checkpoint") -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, checked first.
+
+    The path must be a regular file (:func:`check_regular_file`), non-empty,
+    and a zip archive must pass its checksums (:func:`verify_archive`).
+    Nothing in the file is ever executed: a file that needs Python globals
+    other than tensors and plain containers is refused, naming them.  Every
+    failure is a :class:`CheckpointError` that names the file and says what
+    is wrong (damaged vs. holding foreign objects); the file is not touched.
+    """
+    path = os.fspath(path)
+    st = check_regular_file(path)
+    if st.st_size == 0:
+        raise CheckpointError(f"{path}: not a readable {what}: the file is empty (0 bytes)")
+    verify_archive(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = _torch_reason(e)
+        needed = re.findall(r"GLOBAL ([\w.]+)", str(e))
+        if not needed and isinstance(e, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+            with contextlib.suppress(Exception):
+                needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        if needed:
+            raise CheckpointError(
+                f"{path}: torch.load(weights_only=True) refused it: it holds objects other than tensors and "
+                f"plain containers (it needs the Python globals {sorted(set(needed))}), which are never "
+                f"executed when loading a {what}. If you trust the file and need those objects, load it "
+                "yourself with torch.load(path, weights_only=False) and pass the state dict."
+            ) from e
+        raise CheckpointError(f"{path}: not a readable {what}: damaged or not written by torch.save ({reason})") from e
+
+
 def _is_safetensors_file(path: str) -> bool:
     """safetensors: little-endian u64 header length, then a JSON object."""
     try:
@@ -132,10 +245,7 @@ def _is_safetensors_file(path: str) -> bool:
 
 
 def _read_file(path: str) -> Any:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if os.path.isdir(path):
-        raise CheckpointError(f"{path} is a directory; pass the checkpoint file itself")
+    check_regular_file(path)
     if path.endswith(".safetensors") or _is_safetensors_file(path):
         try:
             from safetensors.torch import load_file
@@ -145,17 +255,22 @@ def _read_file(path: str) -> Any:
             return load_file(path, device="cpu")
         except Exception as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if isinstance(e, pickle.UnpicklingError) and "weights_only" in str(e):
-            raise CheckpointError(
-                f"{path}: torch.load(weights_only=True) refused it: it holds objects other than tensors and "
-                f"plain containers ({msg}). If you trust the file, load it yourself with "
-                "torch.load(path, weights_only=False) and pass the state dict."
-            ) from e
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {msg})") from e
+    return safe_torch_load(path)
+
+
+def _check_values(sd: Mapping[str, torch.Tensor], name: str) -> None:
+    """Storage and layout of every tensor, before anything is converted or copied."""
+    bad = []
+    for k, v in sd.items():
+        if v.is_meta:
+            bad.append(f"{k!r} is a meta tensor (it has no data)")
+        elif v.layout != torch.strided or v.is_nested:
+            bad.append(f"{k!r} has layout {v.layout}{' (nested)' if v.is_nested else ''}; only dense tensors load")
+        elif v.is_quantized:
+            bad.append(f"{k!r} is a quantized tensor ({v.dtype})")
+    if bad:
+        shown = bad[:20] + ([f"... and {len(bad) - 20} more"] if len(bad) > 20 else [])
+        raise CheckpointError(f"{name}: cannot be loaded:\n  " + "\n  ".join(shown))
 
 
 def read_state_dict(source: Union[str, os.PathLike, Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
@@ -188,6 +303,7 @@ def read_state_dict(source: Union[str, os.PathLike, Mapping[str, Any]]) -> Dict[
         raise CheckpointError(
             f"{name}: not a checkpoint: no tensors found (top-level keys: {sorted(map(str, obj))[:10]})"
         )
+    _check_values(sd, name)
     return sd
 
 
@@ -489,15 +605,21 @@ def _load(model, source, strict: bool, allow_new_head: bool) -> LoadResult:
             unexpected.append(orig)
             continue
         want = tuple(target[k].shape)
-        if k.endswith("relative_position_bias_table") and v.dim() == 2 and len(want) == 2 \
-                and v.shape[1] == want[1] and tuple(v.shape) != want and math.isqrt(v.shape[0]) ** 2 == v.shape[0]:
-            v = _resize_table(v, want[0])
-            result.resized_keys.append(k)
+        if k.endswith("relative_position_bias_table") and v.dim() == 2:
+            side = math.isqrt(v.shape[0])
+            if side * side != v.shape[0] or side % 2 == 0:
+                problems.append(f"{k} (from {orig!r}): its length {v.shape[0]} is not (2 * window - 1) ** 2 "
+                                "for any window size")
+                continue
+            if len(want) == 2 and v.shape[1] == want[1] and tuple(v.shape) != want:
+                v = _resize_table(v, want[0])
+                result.resized_keys.append(k)
         if tuple(v.shape) != want:
             problems.append(f"{k} (from {orig!r}): checkpoint shape {tuple(v.shape)}, model {want}")
             continue
-        if v.is_floating_point() != target[k].is_floating_point():
-            problems.append(f"{k} (from {orig!r}): checkpoint dtype {v.dtype}, model {target[k].dtype}")
+        problem = _value_problem(v, target[k])
+        if problem:
+            problems.append(f"{k} (from {orig!r}): {problem}")
             continue
         values[k] = v
 
@@ -536,6 +658,27 @@ def _load(model, source, strict: bool, allow_new_head: bool) -> LoadResult:
         warnings.warn(f"load_pretrained: the checkpoint's head was not loaded ({result.new_head}); "
                       "the model keeps its own head", stacklevel=3)
     return result
+
+
+def _value_problem(v: torch.Tensor, target: torch.Tensor) -> Optional[str]:
+    """Why ``v`` cannot be copied into ``target`` (dtype kind, finiteness, range), or ``None``.
+
+    The policy: floating-point parameters take floating-point values only,
+    every value must be finite, and must stay finite in the model's dtype
+    (no silent overflow to inf when a float32 value goes into float16).
+    """
+    if v.is_complex() or v.is_floating_point() != target.is_floating_point() or v.dtype == torch.bool:
+        return f"checkpoint dtype {v.dtype}, model {target.dtype}"
+    if not v.is_floating_point() or v.numel() == 0:
+        return None
+    bad = (~torch.isfinite(v)).sum().item()
+    if bad:
+        return f"{bad} of its {v.numel()} values are NaN or infinite"
+    if torch.finfo(target.dtype).max < torch.finfo(v.dtype).max:
+        big = v.abs().max().item()
+        if big > torch.finfo(target.dtype).max:
+            return f"holds {big:.3g}, beyond the range of the model's {target.dtype}"
+    return None
 
 
 def _short(keys: List[str], n: int = 12) -> str:

@@ -20,10 +20,32 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-__all__ = ["DigitsDataset", "load_digits_split", "build_datasets", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["DataError", "DigitsDataset", "load_digits_split", "build_datasets", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(ValueError):
+    """A data set that cannot be trained on (one class, no images) or an image that cannot be read.
+
+    The message names the directory or file.
+    """
+
+
+def read_image(path: str):
+    """torchvision's default image loader, with a :class:`DataError` naming the file when it fails.
+
+    A corrupt or truncated file raises inside PIL (``UnidentifiedImageError``,
+    ``OSError: image file is truncated``); that becomes one line saying which
+    file and why.
+    """
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception as e:  # PIL raises many types for damaged files
+        raise DataError(f"{path}: cannot read this image ({type(e).__name__}: {' '.join(str(e).split())})") from None
 
 
 class DigitsDataset(Dataset):
@@ -133,17 +155,29 @@ def _imagefolder(root: str, img_size: int, in_chans: int, test_fraction: float, 
             transforms.Normalize(mean, std),
         ]
     )
+    def folder(d: str, tf, min_classes: int = 2):
+        try:
+            ds = datasets.ImageFolder(d, transform=tf, loader=read_image)
+        except (FileNotFoundError, OSError) as e:
+            raise DataError(f"{d}: not a usable ImageFolder directory ({' '.join(str(e).split())})") from None
+        if len(ds.classes) < min_classes:
+            raise DataError(
+                f"{d}: an ImageFolder needs at least 2 class folders to train a classifier, found "
+                f"{len(ds.classes)} ({ds.classes})"
+            )
+        return ds
+
     train_dir = os.path.join(root, "train")
     test_dir = next((os.path.join(root, s) for s in ("val", "test") if os.path.isdir(os.path.join(root, s))), None)
     if os.path.isdir(train_dir) and test_dir is not None:
-        train = datasets.ImageFolder(train_dir, transform=train_tf)
-        test = datasets.ImageFolder(test_dir, transform=test_tf)
+        train = folder(train_dir, train_tf)
+        test = folder(test_dir, test_tf, min_classes=1)
         if train.classes != test.classes:
-            raise ValueError(f"class folders differ between {train_dir} and {test_dir}")
+            raise DataError(f"class folders differ between {train_dir} and {test_dir}")
         return train, test, len(train.classes)
     # One tree: deterministic split into two views with their own transforms.
-    full_train = datasets.ImageFolder(root, transform=train_tf)
-    full_test = datasets.ImageFolder(root, transform=test_tf)
+    full_train = folder(root, train_tf)
+    full_test = folder(root, test_tf)
     n = len(full_train)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     n_test = max(1, int(round(n * test_fraction)))
@@ -172,7 +206,7 @@ def build_datasets(
         test = DigitsDataset(x_te, y_te)
         return train, test, 10
     if not os.path.isdir(data):
-        raise FileNotFoundError(f"--data must be 'digits' or an ImageFolder directory; {data!r} is neither")
+        raise DataError(f"--data must be 'digits' or an ImageFolder directory; {data!r} is neither")
     train, test, num_classes = _imagefolder(data, img_size, in_chans, test_fraction, seed)
     if limit is not None:
         train = Subset(train, range(min(limit, len(train))))

@@ -19,6 +19,7 @@ the model has no final norm and no head.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -27,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from ._validate import MAX_WINDOW_SIZE
 from .ops import patch_merging, window_attention
 from .reference import patch_merging_reference, relative_position_index, window_attention_reference
 
@@ -53,11 +55,49 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
-def _to_2tuple(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    if isinstance(v, int):
-        return v, v
-    a, b = v
-    return int(a), int(b)
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _int_field(v: Any, name: str, lo: Optional[int] = None) -> int:
+    """A config int: ``TypeError`` for another type (a float, bool or string), ``ValueError`` below ``lo``."""
+    if not _is_int(v):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+    if lo is not None and v < lo:
+        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _real_field(v: Any, name: str) -> float:
+    """A config real number: finite, not a bool or string."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__} {v!r}")
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v!r}")
+    return float(v)
+
+
+def _int_list_field(v: Any, name: str) -> List[int]:
+    """A per-stage list of ints (list or tuple); a bare int or a string is a ``TypeError``."""
+    if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
+        raise TypeError(f"{name} must be a list or tuple of ints (one per stage), got {type(v).__name__} {v!r}")
+    for i, x in enumerate(v):
+        if not _is_int(x):
+            raise TypeError(f"{name}[{i}] must be an int, got {type(x).__name__} {x!r}")
+    return [int(x) for x in v]
+
+
+def _to_2tuple(v: Any, name: str = "img_size") -> Tuple[int, int]:
+    """``s`` or ``(h, w)`` of positive ints; a string, float or 1-tuple is a ``TypeError`` naming ``name``."""
+    if _is_int(v):
+        pair = (v, v)
+    elif isinstance(v, Sequence) and not isinstance(v, (str, bytes)) and len(v) == 2 and all(map(_is_int, v)):
+        pair = tuple(v)
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints (H, W), got {type(v).__name__} {v!r}")
+    if pair[0] < 1 or pair[1] < 1:
+        raise ValueError(f"{name} must be positive, got {v!r}")
+    return int(pair[0]), int(pair[1])
 
 
 class DropPath(nn.Module):
@@ -254,6 +294,11 @@ class WindowAttention(nn.Module):
         backend: str = "fused",
     ) -> None:
         super().__init__()
+        _int_field(dim, "dim", 1)
+        _int_field(window_size, "window_size", 1)
+        _int_field(num_heads, "num_heads", 1)
+        if dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} does not divide dim={dim}")
         self.dim = dim
         self.window_size = window_size
         self.num_heads = num_heads
@@ -336,8 +381,11 @@ class SwinTransformerBlock(nn.Module):
         backend: str = "fused",
     ) -> None:
         super().__init__()
+        _int_field(shift_size, "shift_size")
         if not 0 <= shift_size < window_size:
             raise ValueError(f"shift_size must be in [0, window_size={window_size}), got {shift_size}")
+        if int(dim * _real_field(mlp_ratio, "mlp_ratio")) < 1:
+            raise ValueError(f"mlp_ratio {mlp_ratio!r} gives a hidden width of 0 for dim {dim}")
         self.dim = dim
         self.num_heads = num_heads
         self.window_size = window_size
@@ -569,8 +617,8 @@ class SwinTransformer(nn.Module):
             backend = kw.get("backend", backend)
             features_only = kw.get("features_only", features_only)
             out_indices = kw.get("out_indices", out_indices)
-        depths, num_heads = list(depths), list(num_heads)
-        img_size_2 = _to_2tuple(img_size)
+        depths, num_heads = _int_list_field(depths, "depths"), _int_list_field(num_heads, "num_heads")
+        img_size_2 = _to_2tuple(img_size, "img_size")
         self._validate(img_size_2, patch_size, in_chans, num_classes, embed_dim, depths, num_heads,
                        window_size, mlp_ratio, drop_rate, attn_drop_rate, drop_path_rate)
         _check_backend(backend)
@@ -636,34 +684,34 @@ class SwinTransformer(nn.Module):
     @staticmethod
     def _validate(img_size, patch_size, in_chans, num_classes, embed_dim, depths, num_heads,
                   window_size, mlp_ratio, drop_rate, attn_drop_rate, drop_path_rate) -> None:
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if not is_int(patch_size) or patch_size < 1:
-            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
-        if any(not is_int(s) or s < 1 for s in img_size):
-            raise ValueError(f"img_size must be positive, got {img_size!r}")
+        """Every field's type and value; ``TypeError`` / ``ValueError`` naming the field."""
+        _int_field(patch_size, "patch_size", 1)
         if img_size[0] % patch_size or img_size[1] % patch_size:
             raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
-        if not is_int(in_chans) or in_chans < 1:
-            raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
-        if not is_int(num_classes) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
-        if not is_int(embed_dim) or embed_dim < 1:
-            raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
-        if not is_int(window_size) or window_size < 1:
-            raise ValueError(f"window_size must be an int >= 1, got {window_size!r}")
-        if len(depths) == 0 or any(not is_int(d) or d < 1 for d in depths):
+        _int_field(in_chans, "in_chans", 1)
+        _int_field(num_classes, "num_classes", 0)
+        _int_field(embed_dim, "embed_dim", 1)
+        _int_field(window_size, "window_size", 1)
+        if window_size > MAX_WINDOW_SIZE:
+            raise ValueError(f"window_size must be <= {MAX_WINDOW_SIZE}, got {window_size}")
+        if len(depths) == 0 or any(not _is_int(d) or d < 1 for d in depths):
             raise ValueError(f"depths must be a non-empty list of positive ints, got {depths!r}")
         if len(depths) != len(num_heads):
             raise ValueError(f"depths (len {len(depths)}) and num_heads (len {len(num_heads)}) must have the same length")
         for i, h in enumerate(num_heads):
             dim = embed_dim * 2**i
-            if not is_int(h) or h < 1 or dim % h:
+            if not _is_int(h) or h < 1 or dim % h:
                 raise ValueError(f"num_heads[{i}]={h!r} does not divide the stage-{i} dim {dim}")
+        _real_field(mlp_ratio, "mlp_ratio")
         if not mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio!r}")
+        if int(embed_dim * mlp_ratio) < 1:
+            raise ValueError(
+                f"mlp_ratio {mlp_ratio!r} gives the stage-0 MLP (dim {embed_dim}) a hidden width of "
+                f"int({embed_dim} * {mlp_ratio!r}) = 0"
+            )
         for name, p in (("drop_rate", drop_rate), ("attn_drop_rate", attn_drop_rate), ("drop_path_rate", drop_path_rate)):
+            _real_field(p, name)
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p!r}")
 

@@ -3,51 +3,39 @@
 ``window_attention`` and ``patch_merging`` validate their arguments, call the
 ``torch.ops.swin_ext`` operators and are differentiable: autograd is wired
 with ``torch.library.register_autograd`` (the backward is itself a custom
-op) and every op has a ``register_fake`` kernel, so the model runs under
-``torch.compile(fullgraph=True)`` without graph breaks.
+op) and every op has a ``register_fake`` kernel that runs the same checks as
+the compiled kernels, so the model runs under ``torch.compile(fullgraph=True)``
+without graph breaks and a bad argument is refused under the meta device,
+``torch.compile`` and ``torch.export`` as it is eagerly.
+
+Higher-order autograd: the first-order backward runs the fused backward
+kernel; when a second-order graph is requested (``create_graph=True``,
+``torch.autograd.gradgradcheck``, gradient penalties) the backward is instead
+computed through the plain-PyTorch composite of :mod:`swin_ext.reference`,
+which is differentiable to any order.  ``torch.func`` transforms (``grad``,
+``vjp``, ``jacrev``, ``vmap`` and their compositions, e.g. per-sample
+gradients) go through an ``autograd.Function`` with ``setup_context`` and a
+generated vmap rule; the operators have vmap rules of their own.
+
+The auxiliary outputs of the forward ops (``lse``; ``mean`` and ``rstd``) are
+marked non-differentiable.  The backward ops are not differentiable
+themselves: building a graph through them directly raises.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ._ext import HAS_OPS, require_ops
+from ._validate import acc_dtype, check_attention, check_merging, real_arg
 
 __all__ = ["window_attention", "patch_merging", "acc_dtype"]
 
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of the kernels: float64 for float64, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _check_tensor(t, name: str, ndim: Optional[int] = None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
-    if ndim is not None and t.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dims, got shape {tuple(t.shape)}")
-
-
-def _check_same_device(a: torch.Tensor, b: torch.Tensor, an: str, bn: str) -> None:
-    if a.device != b.device:
-        raise ValueError(f"{an} is on {a.device} but {bn} is on {b.device}")
-
-
-def _pair(v: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
-    if isinstance(v, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
-    if isinstance(v, int):
-        return v, v
-    try:
-        a, b = v
-        return int(a), int(b)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}") from None
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vmap, jvp, ...) is running (never while compiling)."""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
 
 
 # --------------------------------------------------------------------------- attention
@@ -70,46 +58,37 @@ def window_attention(
     Args:
         qkv: ``(B, H, W, 3C)`` output of the qkv ``Linear`` (float32/64/16, bfloat16).
         bias: ``(heads, N, N)`` relative-position bias, ``N = window_size**2``.
-        window_size: window side ``ws >= 1``.
-        shift: ``s`` or ``(s_h, s_w)`` with ``0 <= s < ws``.
-        scale: logit scale; default ``(C / heads) ** -0.5``.
+        window_size: window side, an int in ``[1, 2**15]``.
+        shift: ``s`` or ``(s_h, s_w)`` ints with ``0 <= s < ws`` (floats and
+            bools are refused, never truncated).
+        scale: logit scale, a finite real number (not a tensor); default
+            ``(C / heads) ** -0.5``.
         qkv_pad: ``(3C,)`` qkv value of padding tokens (the ``Linear``'s bias,
             as the map is zero-padded before it); ``None`` means zeros.
     Returns:
         ``(B, H, W, C)``, same dtype as ``qkv``.
+    Raises:
+        TypeError, ValueError: an argument of the wrong type or value; the
+        message names it.
     """
-    _check_tensor(qkv, "qkv", 4)
-    _check_tensor(bias, "bias", 3)
-    if isinstance(window_size, bool) or not isinstance(window_size, int):
-        raise TypeError(f"window_size must be an int, got {window_size!r}")
-    if window_size < 1:
-        raise ValueError(f"window_size must be >= 1, got {window_size}")
-    sh, sw = _pair(shift, "shift")
-    if not (0 <= sh < window_size and 0 <= sw < window_size):
-        raise ValueError(f"shift must satisfy 0 <= shift < window_size ({window_size}), got {(sh, sw)}")
-    C3 = qkv.shape[-1]
-    if C3 % 3 != 0:
-        raise ValueError(f"last dim of qkv must be 3*C, got {C3}")
-    N = window_size * window_size
-    heads = bias.shape[0]
-    if tuple(bias.shape[1:]) != (N, N):
-        raise ValueError(f"bias must be (heads, {N}, {N}) for window_size {window_size}, got {tuple(bias.shape)}")
-    if heads < 1 or (C3 // 3) % heads != 0:
-        raise ValueError(f"channels C={C3 // 3} are not divisible by heads={heads}")
-    _check_same_device(qkv, bias, "qkv", "bias")
-    if qkv_pad is not None:
-        _check_tensor(qkv_pad, "qkv_pad", 1)
-        if qkv_pad.shape[0] != C3:
-            raise ValueError(f"qkv_pad must be ({C3},), got {tuple(qkv_pad.shape)}")
-        _check_same_device(qkv, qkv_pad, "qkv", "qkv_pad")
-        qkv_pad = qkv_pad.to(qkv.dtype)
+    ws, sh, sw, heads = check_attention(qkv, bias, qkv_pad, window_size, shift)
+    C = qkv.shape[-1] // 3
     if scale is None:
-        scale = (C3 // 3 // heads) ** -0.5
+        if C == 0:
+            raise ValueError(
+                "swin_ext.window_attention: qkv has C = 0 channels, so the default scale "
+                "head_dim ** -0.5 is undefined; pass scale explicitly"
+            )
+        scale = (C // heads) ** -0.5
+    else:
+        scale = real_arg(scale, "scale", where="swin_ext.window_attention")
+    if qkv_pad is not None:
+        qkv_pad = qkv_pad.to(qkv.dtype)
     require_ops(qkv.device)
-    out, _ = torch.ops.swin_ext.window_attention_fwd(
-        qkv, bias.to(acc_dtype(qkv.dtype)), qkv_pad, window_size, sh, sw, float(scale)
-    )
-    return out
+    args = (qkv, bias.to(acc_dtype(qkv.dtype)), qkv_pad, ws, sh, sw, scale)
+    if _functorch_active():
+        return _WindowAttentionFn.apply(*args)[0]
+    return torch.ops.swin_ext.window_attention_fwd(*args)[0]
 
 
 # --------------------------------------------------------------------------- patch merging
@@ -118,28 +97,209 @@ def window_attention(
 def patch_merging(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """2x2 patch gather fused with LayerNorm over the gathered ``4C`` channels.
 
+    The LayerNorm statistics are right for every finite input, also where
+    torch's float32 LayerNorm overflows (``|x| >~ 1e19``): see
+    ``csrc/cpu/patch_merging_cpu.cpp``.
+
     Args:
         x: ``(B, H, W, C)``; odd ``H``/``W`` are zero-padded at bottom/right.
         weight, bias: ``(4C,)`` LayerNorm affine parameters.
-        eps: LayerNorm epsilon.
+        eps: LayerNorm epsilon, a finite real number ``>= 0``.
     Returns:
         ``(B, ceil(H/2), ceil(W/2), 4C)`` in ``x``'s dtype, channel order
         x0=(0,0), x1=(1,0), x2=(0,1), x3=(1,1) (row, col) as the official code.
+    Raises:
+        TypeError, ValueError: an argument of the wrong type or value; the
+        message names it.
     """
-    _check_tensor(x, "x", 4)
-    _check_tensor(weight, "weight", 1)
-    _check_tensor(bias, "bias", 1)
-    C4 = 4 * x.shape[-1]
-    if weight.shape[0] != C4 or bias.shape[0] != C4:
-        raise ValueError(
-            f"weight and bias must be ({C4},) for x with C={x.shape[-1]}, got {tuple(weight.shape)} and {tuple(bias.shape)}"
-        )
-    _check_same_device(x, weight, "x", "weight")
-    _check_same_device(x, bias, "x", "bias")
+    check_merging(x, weight, bias)
+    eps = real_arg(eps, "eps", where="swin_ext.patch_merging")
+    if eps < 0:
+        raise ValueError(f"swin_ext.patch_merging: eps must be >= 0, got {eps}")
     require_ops(x.device)
     acc = acc_dtype(x.dtype)
-    y, _, _ = torch.ops.swin_ext.patch_merging_fwd(x, weight.to(acc), bias.to(acc), float(eps))
-    return y
+    args = (x, weight.to(acc), bias.to(acc), eps)
+    if _functorch_active():
+        return _PatchMergingFn.apply(*args)[0]
+    return torch.ops.swin_ext.patch_merging_fwd(*args)[0]
+
+
+# --------------------------------------------------------------------------- autograd
+
+
+def _vjp(
+    fn: Callable[..., torch.Tensor],
+    primals: Sequence[Optional[torch.Tensor]],
+    cotangent: torch.Tensor,
+    needs: Sequence[bool],
+) -> Tuple[Optional[torch.Tensor], ...]:
+    """``cotangent``-vector-Jacobian product of ``fn`` at ``primals`` for the inputs in ``needs``.
+
+    Through ``torch.func.vjp``, so the result is differentiable again: by
+    autograd (a backward with ``create_graph=True``) and by enclosing
+    torch.func transforms (``grad`` of ``grad``, ``jacrev``, ``vmap``).
+    Inputs that do not reach the output get zeros.
+    """
+    idx = [i for i, (p, n) in enumerate(zip(primals, needs)) if n and p is not None]
+    grads: list = [None] * len(primals)
+    if not idx:
+        return tuple(grads)
+
+    def g(*sel):
+        full = list(primals)
+        for i, t in zip(idx, sel):
+            full[i] = t
+        return fn(*full)
+
+    _, vjp_fn = torch.func.vjp(g, *[primals[i] for i in idx])
+    for i, t in zip(idx, vjp_fn(cotangent)):
+        grads[i] = t
+    return tuple(grads)
+
+
+def _attention_setup_context(ctx, inputs, output):
+    qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale = inputs
+    _, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(qkv, bias, qkv_pad, lse)
+    ctx.geometry = (window_size, shift_h, shift_w, scale)
+    ctx.has_pad = qkv_pad is not None
+
+
+def _attention_backward(ctx, grad_out, grad_lse):
+    qkv, bias, qkv_pad, lse = ctx.saved_tensors
+    window_size, shift_h, shift_w, scale = ctx.geometry
+    if torch.is_grad_enabled():
+        # A second-order graph is being built (create_graph=True, torch.func):
+        # differentiate the reference composite, whose backward is itself
+        # differentiable.  Computed in the accumulation dtype, like the kernels.
+        from .reference import window_attention_reference
+
+        acc = acc_dtype(qkv.dtype)
+
+        def f(q, b, p):
+            out = window_attention_reference(
+                q.to(acc), b, window_size, (shift_h, shift_w), scale, None if p is None else p.to(acc)
+            )
+            return out.to(q.dtype)
+
+        dqkv, dbias, dpad = _vjp(f, (qkv, bias, qkv_pad), grad_out, ctx.needs_input_grad[:3])
+        return dqkv, dbias, dpad, None, None, None, None
+    dqkv, dbias, dpad = torch.ops.swin_ext.window_attention_bwd(
+        grad_out, qkv, bias, qkv_pad, lse, window_size, shift_h, shift_w, scale
+    )
+    dpad = dpad.to(qkv.dtype) if ctx.has_pad else None
+    return dqkv, dbias, dpad, None, None, None, None
+
+
+def _merging_setup_context(ctx, inputs, output):
+    x, weight, bias, eps = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+    ctx.eps = eps
+
+
+def _merging_backward(ctx, grad_y, grad_mean, grad_rstd):
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # Second-order graph: through the differentiable reference composite.
+        from .reference import patch_merging_reference
+
+        acc = acc_dtype(x.dtype)
+        eps = ctx.eps
+
+        def f(x_, w_, b_):
+            return patch_merging_reference(x_.to(acc), w_, b_, eps).to(x_.dtype)
+
+        dx, dw, db = _vjp(f, (x, weight, bias), grad_y, ctx.needs_input_grad[:3])
+        return dx, dw, db, None
+    dx, dw, db = torch.ops.swin_ext.patch_merging_bwd(grad_y, x, weight, mean, rstd)
+    return dx, dw, db, None
+
+
+class _WindowAttentionFn(torch.autograd.Function):
+    """The attention op as an ``autograd.Function`` for torch.func transforms."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale):
+        return torch.ops.swin_ext.window_attention_fwd(qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale)
+
+    setup_context = staticmethod(_attention_setup_context)
+    backward = staticmethod(_attention_backward)
+
+
+class _PatchMergingFn(torch.autograd.Function):
+    """The patch-merging op as an ``autograd.Function`` for torch.func transforms."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, bias, eps):
+        return torch.ops.swin_ext.patch_merging_fwd(x, weight, bias, eps)
+
+    setup_context = staticmethod(_merging_setup_context)
+    backward = staticmethod(_merging_backward)
+
+
+def _not_differentiable(op: str) -> Callable:
+    def setup_context(ctx, inputs, output):
+        raise RuntimeError(
+            f"swin_ext::{op} is not differentiable; differentiate swin_ext.{op.replace('_bwd', '')} instead "
+            "(its backward supports create_graph=True and torch.func)"
+        )
+
+    return setup_context
+
+
+def _no_backward(ctx, *grads):  # pragma: no cover - setup_context raises first
+    raise RuntimeError("unreachable")
+
+
+# --------------------------------------------------------------------------- vmap rules
+
+
+def _vmap_loop(op, info, in_dims, *args):
+    """Batch rule of last resort: the op once per batch element, results stacked."""
+    outs = []
+    for i in range(info.batch_size):
+        a = [x.select(d, i) if d is not None else x for x, d in zip(args, in_dims)]
+        outs.append(op(*a))
+    res = tuple(torch.stack(o) for o in zip(*outs))
+    return res, (0,) * len(res)
+
+
+def _attention_fwd_vmap(info, in_dims, qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale):
+    qd, bd, pd = in_dims[:3]
+    if qd is not None and bd is None and pd is None:
+        # Only the input map is batched: the batch folds into B.
+        q = qkv.movedim(qd, 0)
+        V, B = q.shape[:2]
+        out, lse = torch.ops.swin_ext.window_attention_fwd(
+            q.reshape(V * B, *q.shape[2:]), bias, qkv_pad, window_size, shift_h, shift_w, scale
+        )
+        return (out.view(V, B, *out.shape[1:]), lse.view(V, B, *lse.shape[1:])), (0, 0)
+    return _vmap_loop(torch.ops.swin_ext.window_attention_fwd, info, in_dims,
+                      qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale)
+
+
+def _merging_fwd_vmap(info, in_dims, x, weight, bias, eps):
+    xd, wd, bd = in_dims[:3]
+    if xd is not None and wd is None and bd is None:
+        xx = x.movedim(xd, 0)
+        V, B = xx.shape[:2]
+        y, mean, rstd = torch.ops.swin_ext.patch_merging_fwd(xx.reshape(V * B, *xx.shape[2:]), weight, bias, eps)
+        return tuple(t.view(V, B, *t.shape[1:]) for t in (y, mean, rstd)), (0, 0, 0)
+    return _vmap_loop(torch.ops.swin_ext.patch_merging_fwd, info, in_dims, x, weight, bias, eps)
+
+
+def _loop_rule(op):
+    def rule(info, in_dims, *args):
+        return _vmap_loop(op, info, in_dims, *args)
+
+    return rule
 
 
 # --------------------------------------------------------------------------- registrations
@@ -148,37 +308,39 @@ if HAS_OPS:
 
     @torch.library.register_fake("swin_ext::window_attention_fwd")
     def _attention_fwd_fake(qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale):
-        torch._check(qkv.dim() == 4, lambda: "qkv must be (B, H, W, 3C)")
+        ws, _, _, heads = check_attention(
+            qkv, bias, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True
+        )
+        real_arg(scale, "scale", raw=True, where="swin_ext.window_attention")
         B, H, W, C3 = qkv.shape
-        heads, N = bias.shape[0], bias.shape[1]
-        nW = ((H + window_size - 1) // window_size) * ((W + window_size - 1) // window_size)
+        nW = ((H + ws - 1) // ws) * ((W + ws - 1) // ws)
         out = qkv.new_empty((B, H, W, C3 // 3))
-        lse = qkv.new_empty((B, nW, heads, N), dtype=acc_dtype(qkv.dtype))
+        lse = qkv.new_empty((B, nW, heads, ws * ws), dtype=acc_dtype(qkv.dtype))
         return out, lse
 
     @torch.library.register_fake("swin_ext::window_attention_bwd")
     def _attention_bwd_fake(grad_out, qkv, bias, qkv_pad, lse, window_size, shift_h, shift_w, scale):
+        ws, _, _, heads = check_attention(
+            qkv, bias, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True,
+            where="swin_ext.window_attention_bwd",
+        )
+        B, H, W, C3 = qkv.shape
+        torch._check(
+            tuple(grad_out.shape) == (B, H, W, C3 // 3) and grad_out.dtype == qkv.dtype,
+            lambda: f"swin_ext.window_attention_bwd: grad_out must be {qkv.dtype} {(B, H, W, C3 // 3)}, "
+            f"got {grad_out.dtype} {tuple(grad_out.shape)}",
+        )
+        nW = ((H + ws - 1) // ws) * ((W + ws - 1) // ws)
+        torch._check(
+            tuple(lse.shape) == (B, nW, heads, ws * ws) and lse.dtype == acc_dtype(qkv.dtype),
+            lambda: f"swin_ext.window_attention_bwd: lse must be {acc_dtype(qkv.dtype)} {(B, nW, heads, ws * ws)}, "
+            f"got {lse.dtype} {tuple(lse.shape)}",
+        )
         return (
             torch.empty_like(qkv, memory_format=torch.contiguous_format),
             bias.new_empty(bias.shape),
             bias.new_empty((qkv.shape[-1],)),
         )
-
-    def _attention_setup_context(ctx, inputs, output):
-        qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale = inputs
-        _, lse = output
-        ctx.save_for_backward(qkv, bias, qkv_pad, lse)
-        ctx.geometry = (window_size, shift_h, shift_w, scale)
-        ctx.has_pad = qkv_pad is not None
-
-    def _attention_backward(ctx, grad_out, grad_lse):
-        qkv, bias, qkv_pad, lse = ctx.saved_tensors
-        window_size, shift_h, shift_w, scale = ctx.geometry
-        dqkv, dbias, dpad = torch.ops.swin_ext.window_attention_bwd(
-            grad_out, qkv, bias, qkv_pad, lse, window_size, shift_h, shift_w, scale
-        )
-        dpad = dpad.to(qkv.dtype) if ctx.has_pad else None
-        return dqkv, dbias, dpad, None, None, None, None
 
     torch.library.register_autograd(
         "swin_ext::window_attention_fwd", _attention_backward, setup_context=_attention_setup_context
@@ -186,7 +348,9 @@ if HAS_OPS:
 
     @torch.library.register_fake("swin_ext::patch_merging_fwd")
     def _merging_fwd_fake(x, weight, bias, eps):
-        torch._check(x.dim() == 4, lambda: "x must be (B, H, W, C)")
+        check_merging(x, weight, bias, raw=True, exact_dtypes=True)
+        eps = real_arg(eps, "eps", raw=True, where="swin_ext.patch_merging")
+        torch._check(eps >= 0, lambda: f"swin_ext.patch_merging: eps must be finite and >= 0, got {eps}")
         B, H, W, C = x.shape
         H2, W2 = (H + 1) // 2, (W + 1) // 2
         y = x.new_empty((B, H2, W2, 4 * C))
@@ -196,22 +360,33 @@ if HAS_OPS:
 
     @torch.library.register_fake("swin_ext::patch_merging_bwd")
     def _merging_bwd_fake(grad_out, x, weight, mean, rstd):
+        check_merging(x, weight, weight, raw=True, exact_dtypes=True, where="swin_ext.patch_merging_bwd")
+        B, H, W, C = x.shape
+        H2, W2 = (H + 1) // 2, (W + 1) // 2
+        torch._check(
+            tuple(grad_out.shape) == (B, H2, W2, 4 * C) and grad_out.dtype == x.dtype,
+            lambda: f"swin_ext.patch_merging_bwd: grad_out must be {x.dtype} {(B, H2, W2, 4 * C)}, "
+            f"got {grad_out.dtype} {tuple(grad_out.shape)}",
+        )
+        for name, t in (("mean", mean), ("rstd", rstd)):
+            torch._check(
+                tuple(t.shape) == (B, H2, W2) and t.dtype == acc_dtype(x.dtype),
+                lambda: f"swin_ext.patch_merging_bwd: {name} must be {acc_dtype(x.dtype)} {(B, H2, W2)}, "
+                f"got {t.dtype} {tuple(t.shape)}",
+            )
         return (
             torch.empty_like(x, memory_format=torch.contiguous_format),
             weight.new_empty(weight.shape),
             weight.new_empty(weight.shape),
         )
 
-    def _merging_setup_context(ctx, inputs, output):
-        x, weight, bias, eps = inputs
-        _, mean, rstd = output
-        ctx.save_for_backward(x, weight, mean, rstd)
-
-    def _merging_backward(ctx, grad_y, grad_mean, grad_rstd):
-        x, weight, mean, rstd = ctx.saved_tensors
-        dx, dw, db = torch.ops.swin_ext.patch_merging_bwd(grad_y, x, weight, mean, rstd)
-        return dx, dw, db, None
-
     torch.library.register_autograd(
         "swin_ext::patch_merging_fwd", _merging_backward, setup_context=_merging_setup_context
     )
+    for _name in ("window_attention_bwd", "patch_merging_bwd"):
+        torch.library.register_autograd(f"swin_ext::{_name}", _no_backward, setup_context=_not_differentiable(_name))
+
+    torch.library.register_vmap("swin_ext::window_attention_fwd", _attention_fwd_vmap)
+    torch.library.register_vmap("swin_ext::patch_merging_fwd", _merging_fwd_vmap)
+    torch.library.register_vmap("swin_ext::window_attention_bwd", _loop_rule(torch.ops.swin_ext.window_attention_bwd))
+    torch.library.register_vmap("swin_ext::patch_merging_bwd", _loop_rule(torch.ops.swin_ext.patch_merging_bwd))

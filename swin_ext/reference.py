@@ -12,6 +12,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from ._validate import check_attention, check_merging, real_arg
+
 __all__ = [
     "SHIFT_MASK_VALUE",
     "shift_mask",
@@ -24,13 +26,6 @@ __all__ = [
 
 #: Logit offset between tokens of different shift regions (the official value).
 SHIFT_MASK_VALUE = -100.0
-
-
-def _pair(v: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    if isinstance(v, int):
-        return v, v
-    a, b = v
-    return int(a), int(b)
 
 
 def relative_position_index(window_size: int) -> torch.Tensor:
@@ -102,14 +97,25 @@ def window_attention_reference(
     Returns:
         ``(B, H, W, C)`` attention output before the projection.
     """
+    ws, sh, sw, heads = check_attention(qkv, bias, qkv_pad, window_size, shift,
+                                        where="swin_ext.window_attention_reference")
     B, H, W, C3 = qkv.shape
     C = C3 // 3
-    heads = bias.shape[0]
     d = C // heads
-    ws = window_size
-    sh, sw = _pair(shift)
     if scale is None:
+        if C == 0:
+            raise ValueError(
+                "swin_ext.window_attention_reference: qkv has C = 0 channels, so the default scale "
+                "head_dim ** -0.5 is undefined; pass scale explicitly"
+            )
         scale = d ** -0.5
+    else:
+        scale = real_arg(scale, "scale", where="swin_ext.window_attention_reference")
+    if H == 0 or W == 0:
+        # An empty map: an empty output that still depends on every input
+        # (so their gradients are zeros, as the kernel's are).
+        out = qkv[..., :C] * 0 + (bias.sum() * 0).to(qkv.dtype)
+        return out + (qkv_pad.sum() * 0).to(qkv.dtype) if qkv_pad is not None else out
     pad_b, pad_r = (-H) % ws, (-W) % ws
     x = qkv
     if pad_b or pad_r:
@@ -147,6 +153,8 @@ def patch_merging_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
 
     ``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 4C)``; odd H/W are zero-padded.
     """
+    check_merging(x, weight, bias, where="swin_ext.patch_merging_reference")
+    eps = real_arg(eps, "eps", where="swin_ext.patch_merging_reference")
     B, H, W, C = x.shape
     if H % 2 or W % 2:
         x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))

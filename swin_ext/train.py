@@ -40,9 +40,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
-__all__ = ["PRESETS", "build_parser", "build_model", "param_groups", "save_checkpoint", "load_checkpoint", "train", "main"]
+__all__ = [
+    "PRESETS",
+    "TrainError",
+    "build_parser",
+    "validate_args",
+    "build_model",
+    "param_groups",
+    "save_checkpoint",
+    "load_checkpoint",
+    "remove_stale_temporaries",
+    "train",
+    "main",
+]
 
-CHECKPOINT_FORMAT = "swin_ext.train/1"
+CHECKPOINT_FORMAT = "swin_ext.train/2"  # /2: loads with weights_only=True
 
 # Model presets.  ``swin_digits`` is the compact model of the main job:
 # 32x32 digits, patch 4 (one token per original 8x8 pixel), 8x8 tokens in
@@ -64,11 +76,65 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 # --------------------------------------------------------------------------- CLI
 
 
+class TrainError(ValueError):
+    """A problem with the run's arguments, data, checkpoint or progress (a diverged loss).
+
+    The CLI reports it as one line naming what is wrong and exits non-zero.
+    """
+
+
 def _int_list(s: str) -> Tuple[int, ...]:
     try:
-        return tuple(int(v) for v in s.replace(",", " ").split())
+        vals = tuple(int(v) for v in s.replace(",", " ").split())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a list of ints like '2,2,6,2', got {s!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected a list of positive ints like '2,2,6,2', got {s!r}")
+    return vals
+
+
+def _int_at_least(lo: int):
+    """argparse type: an int >= ``lo``."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _real(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False, hi_open: bool = False):
+    """argparse type: a finite float in the interval given (open ends where asked)."""
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be finite, got {s}")
+        if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and (v > hi or (hi_open and v == hi))):
+            left = "(" if lo_open else "["
+            right = ")" if hi_open else "]"
+            raise argparse.ArgumentTypeError(
+                f"must be in {left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}, got {v:g}"
+            )
+        return v
+
+    parse.__name__ = "float"
+    return parse
+
+
+_POS_INT, _NONNEG_INT = _int_at_least(1), _int_at_least(0)
+_NONNEG = _real(0.0)
+_POS = _real(0.0, lo_open=True)
+_UNIT_OPEN = _real(0.0, 1.0, hi_open=True)  # [0, 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,56 +144,64 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("data")
     g.add_argument("--data", default="digits", help="'digits' (scikit-learn's digits, built in) or an ImageFolder "
                    "directory (root/train + root/val|test, or one class-per-folder tree split deterministically)")
-    g.add_argument("--test-fraction", type=float, default=0.2, help="test split when the data has none (default 0.2)")
+    g.add_argument("--test-fraction", type=_real(0.0, 1.0, True, True), default=0.2, help="test split when the data has none (default 0.2)")
     g.add_argument("--no-augment", action="store_true", help="no training augmentation")
-    g.add_argument("--limit", type=int, default=None, help="use only the first N samples of each split (smoke tests)")
-    g.add_argument("--workers", type=int, default=None, help="DataLoader workers per process (default 0 for digits, 4 otherwise)")
+    g.add_argument("--limit", type=_POS_INT, default=None, help="use only the first N samples of each split (smoke tests)")
+    g.add_argument("--workers", type=_NONNEG_INT, default=None, help="DataLoader workers per process (default 0 for digits, 4 otherwise)")
 
     g = ap.add_argument_group("model")
     g.add_argument("--model", default="swin_digits", choices=sorted(PRESETS), help="preset (default swin_digits)")
-    g.add_argument("--img-size", type=int, default=None)
-    g.add_argument("--patch-size", type=int, default=None)
-    g.add_argument("--in-chans", type=int, default=None, help="default 1 for digits, 3 for image folders")
-    g.add_argument("--embed-dim", type=int, default=None)
+    g.add_argument("--img-size", type=_POS_INT, default=None)
+    g.add_argument("--patch-size", type=_POS_INT, default=None)
+    g.add_argument("--in-chans", type=_POS_INT, default=None, help="default 1 for digits, 3 for image folders")
+    g.add_argument("--embed-dim", type=_POS_INT, default=None)
     g.add_argument("--depths", type=_int_list, default=None, help="e.g. 2,2,6,2")
     g.add_argument("--num-heads", type=_int_list, default=None, help="e.g. 3,6,12,24")
-    g.add_argument("--window-size", type=int, default=None)
-    g.add_argument("--mlp-ratio", type=float, default=None)
-    g.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (preset default)")
+    g.add_argument("--window-size", type=_POS_INT, default=None)
+    g.add_argument("--mlp-ratio", type=_POS, default=None)
+    g.add_argument("--drop-path", type=_UNIT_OPEN, default=None, help="stochastic depth rate (preset default)")
     g.add_argument("--backend", default="fused", choices=["fused", "reference"])
     g.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing of every block")
 
     g = ap.add_argument_group("optimization")
-    g.add_argument("--epochs", type=int, default=40, help="(default 40)")
-    g.add_argument("--max-steps", type=int, default=None, help="total optimizer steps (overrides --epochs)")
-    g.add_argument("--batch-size", type=int, default=32, help="per process (default 32)")
-    g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
-    g.add_argument("--min-lr", type=float, default=1e-5, help="final learning rate of the cosine")
-    g.add_argument("--warmup-epochs", type=float, default=2.0)
-    g.add_argument("--warmup-steps", type=int, default=None, help="overrides --warmup-epochs")
-    g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--layer-decay", type=float, default=None,
+    g.add_argument("--epochs", type=_POS_INT, default=40, help="(default 40)")
+    g.add_argument("--max-steps", type=_POS_INT, default=None, help="total optimizer steps (overrides --epochs)")
+    g.add_argument("--batch-size", type=_POS_INT, default=32, help="per process (default 32)")
+    g.add_argument("--lr", type=_POS, default=2e-3, help="peak learning rate (default 2e-3)")
+    g.add_argument("--min-lr", type=_NONNEG, default=1e-5, help="final learning rate of the cosine (<= --lr)")
+    g.add_argument("--warmup-epochs", type=_NONNEG, default=2.0)
+    g.add_argument("--warmup-steps", type=_NONNEG_INT, default=None, help="overrides --warmup-epochs")
+    g.add_argument("--weight-decay", type=_NONNEG, default=0.05)
+    g.add_argument("--layer-decay", type=_real(0.0, 1.0, lo_open=True), default=None,
                    help="layer-wise lr decay factor (e.g. 0.9): lr * decay**(depth from the head)")
-    g.add_argument("--label-smoothing", type=float, default=0.1)
-    g.add_argument("--clip-grad", type=float, default=5.0, help="max gradient norm (0 disables)")
+    g.add_argument("--label-smoothing", type=_UNIT_OPEN, default=0.1)
+    g.add_argument("--clip-grad", type=_NONNEG, default=5.0, help="max gradient norm (0 disables)")
     g.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
                    help="autocast dtype; auto = bf16 on a GPU that supports it, else none")
 
     g = ap.add_argument_group("run")
     g.add_argument("--output-dir", default=None, help="default runs/<data>-<model>")
     g.add_argument("--resume", default=None, help="checkpoint path, or 'auto' (output-dir/last.pt if present)")
-    g.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (0: epoch ends only)")
+    g.add_argument("--save-every", type=_NONNEG_INT, default=0, help="also checkpoint every N steps (0: epoch ends only)")
     g.add_argument("--no-save", action="store_true", help="write no checkpoints")
-    g.add_argument("--stop-after-steps", type=int, default=None,
+    g.add_argument("--stop-after-steps", type=_POS_INT, default=None,
                    help="checkpoint and stop after N steps in this invocation (time-boxed jobs; resume later)")
-    g.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and always at the end)")
+    g.add_argument("--eval-every", type=_POS_INT, default=1, help="evaluate every N epochs (and always at the end)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    g.add_argument("--threads", type=_POS_INT, default=None, help="torch CPU threads per process")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     g.add_argument("--no-plot", action="store_true", help="no PNG of the curves")
-    g.add_argument("--min-acc", type=float, default=None, help="exit with status 1 if the final test accuracy is lower")
+    g.add_argument("--min-acc", type=_real(), default=None, help="exit with status 1 if the final test accuracy is lower")
     return ap
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Checks across arguments (each one alone is checked by its argparse type); raises :class:`TrainError`."""
+    if args.min_lr > args.lr:
+        raise TrainError(f"--min-lr {args.min_lr:g} is above --lr {args.lr:g}; the cosine decays from --lr to --min-lr")
+    if args.resume not in (None, "auto") and not args.resume:
+        raise TrainError("--resume needs a checkpoint path or 'auto'")
 
 
 # --------------------------------------------------------------------------- distributed
@@ -200,7 +274,7 @@ class ShardedSampler(Sampler[int]):
 
     def __init__(self, n: int, world_size: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0) -> None:
         if n < 1:
-            raise ValueError("empty data set")
+            raise TrainError("empty data set")
         self.n, self.world_size, self.rank, self.shuffle, self.seed = n, world_size, rank, shuffle, seed
         self.per_rank = math.ceil(n / world_size)
         self.epoch, self.skip = 0, 0
@@ -339,25 +413,58 @@ def save_checkpoint(state: Dict[str, Any], path: str) -> None:
                 os.close(dfd)
 
 
+# Fields of a training checkpoint and their types (checked on load).
+_CHECKPOINT_FIELDS = {
+    "model": dict, "model_config": dict, "optimizer": dict, "scheduler": dict, "step": int, "epoch": int,
+    "step_in_epoch": int, "rng": list, "world_size": int, "history": dict, "args": dict,
+}
+
+
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (CPU tensors).
 
-    Training checkpoints hold RNG states and the argument namespace as plain
-    Python objects, so this uses ``weights_only=False``: load only files you
-    trust (your own runs).
+    Read with ``torch.load(weights_only=True)`` after the checks of
+    :func:`swin_ext.checkpoint.safe_torch_load` (a regular file, its zip
+    checksums intact): a training checkpoint holds only tensors and plain
+    containers (RNG states included), so nothing in the file is ever
+    executed; a file that needs anything else is refused.  Raises
+    :class:`~swin_ext.checkpoint.CheckpointError` (a ``ValueError``) naming
+    the file; the file is never modified.
     """
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    from .checkpoint import CheckpointError, safe_torch_load
+
+    try:
+        state = safe_torch_load(path, what="swin_ext.train checkpoint")
+    except CheckpointError as e:
+        if "numpy" in str(e) and "needs the Python globals" in str(e):
+            raise CheckpointError(
+                f"{e} (a checkpoint of format swin_ext.train/1 stored numpy's RNG state as an array; this "
+                "version cannot resume it without executing pickled code: start a new run)"
+            ) from e
+        raise
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a swin_ext.train checkpoint")
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a swin_ext.train checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
     return state
 
 
+def _check_resumable(state: Dict[str, Any], path: str) -> None:
+    """The fields a resume needs, with their types (:class:`TrainError` naming what is wrong)."""
+    wrong = [f"{k} (missing)" if k not in state else f"{k} ({type(state[k]).__name__}, expected {t.__name__})"
+             for k, t in _CHECKPOINT_FIELDS.items() if not isinstance(state.get(k), t) or isinstance(state.get(k), bool)]
+    if wrong:
+        raise TrainError(f"{path}: an incomplete swin_ext.train checkpoint: bad fields {wrong}")
+
+
 def _rng_state(device: torch.device) -> Dict[str, Any]:
+    """Every RNG stream of this process as tensors and plain Python values (``weights_only``-loadable)."""
     st: Dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     try:
         import numpy as np
 
-        st["numpy"] = np.random.get_state()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        st["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
     except ImportError:  # pragma: no cover
         pass
     if device.type == "cuda":
@@ -367,13 +474,43 @@ def _rng_state(device: torch.device) -> Dict[str, Any]:
 
 def _set_rng_state(st: Dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(st["torch"])
-    random.setstate(st["python"])
+    py = st["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
     if "numpy" in st:
         import numpy as np
 
-        np.random.set_state(st["numpy"])
+        n = st["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     if device.type == "cuda" and "cuda" in st:
         torch.cuda.set_rng_state(st["cuda"], device)
+
+
+def _weights_finite(model: nn.Module) -> bool:
+    """Whether every parameter and buffer is finite (one pass, one sync)."""
+    flags = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(flags).all().item()) if flags else True
+
+
+def _kept(ckpt_path: str) -> str:
+    return (f"{ckpt_path} keeps the last good checkpoint" if os.path.isfile(ckpt_path)
+            else "no checkpoint was written")
+
+
+def _finite_state(sd: Dict[str, Any]) -> bool:
+    return all(torch.isfinite(v).all().item() for v in sd.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+
+
+def remove_stale_temporaries(ckpt_path: str) -> List[str]:
+    """Delete the temporary files a killed :func:`save_checkpoint` left next to ``ckpt_path``."""
+    d, base = os.path.split(os.path.abspath(ckpt_path))
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(d):
+            if name.startswith("." + base + ".") and name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(d, name))
+                    removed.append(os.path.join(d, name))
+    return removed
 
 
 def state_dict_sha256(model: nn.Module) -> str:
@@ -464,6 +601,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     """Run training as configured by ``args`` (see :func:`build_parser`); returns the final metrics."""
     from .data import build_datasets
 
+    validate_args(args)
     t_start = time.perf_counter()
     threads = torch.get_num_threads()
     env = DistEnv(args.device)
@@ -489,6 +627,9 @@ def _train(args, env: DistEnv, build_datasets, t_start: float) -> Dict[str, Any]
     if env.is_main:
         os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, "last.pt")
+    if env.is_main and not args.no_save:
+        for tmp in remove_stale_temporaries(ckpt_path):
+            _log(env, f"removed {tmp}, the temporary file of a checkpoint save that was interrupted")
 
     # ---- data
     in_chans = args.in_chans if args.in_chans is not None else (1 if args.data == "digits" else 3)
@@ -499,7 +640,7 @@ def _train(args, env: DistEnv, build_datasets, t_start: float) -> Dict[str, Any]
     workers = args.workers if args.workers is not None else (0 if args.data == "digits" else min(4, os.cpu_count() or 1))
     sampler = ShardedSampler(len(train_set), env.world_size, env.rank, shuffle=True, seed=args.seed)
     if args.batch_size > sampler.per_rank:
-        raise ValueError(f"--batch-size {args.batch_size} is larger than the {sampler.per_rank} training samples per process")
+        raise TrainError(f"--batch-size {args.batch_size} is larger than the {sampler.per_rank} training samples per process")
     loader_gen = torch.Generator()
     pin = device.type == "cuda"
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=workers,
@@ -543,19 +684,33 @@ def _train(args, env: DistEnv, build_datasets, t_start: float) -> Dict[str, Any]
     random.seed(args.seed * 1000 + env.rank)
     resume_path = args.resume
     if resume_path == "auto":
-        resume_path = ckpt_path if os.path.isfile(ckpt_path) else None
+        # lexists: a FIFO or directory named last.pt is refused by name, not skipped or opened.
+        resume_path = ckpt_path if os.path.lexists(ckpt_path) else None
     resumed_from = None
     if resume_path:
-        if not os.path.isfile(resume_path):
-            raise FileNotFoundError(f"--resume {resume_path}: no such checkpoint")
+        if not os.path.lexists(resume_path):
+            raise TrainError(f"--resume {resume_path}: no such checkpoint")
         state = load_checkpoint(resume_path)
+        _check_resumable(state, resume_path)
         if state.get("model_config") != cfg:
-            raise ValueError(f"checkpoint model config {state.get('model_config')} differs from this run's {cfg}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
+            raise TrainError(f"{resume_path}: checkpoint model config {state.get('model_config')} differs from this run's {cfg}")
+        old_bs = state["args"].get("batch_size")
+        if old_bs is not None and old_bs != args.batch_size:
+            raise TrainError(
+                f"{resume_path} was written with --batch-size {old_bs} (per process), this run has --batch-size "
+                f"{args.batch_size}: its step count, schedule and data position would not carry over; resume with "
+                f"--batch-size {old_bs}, or start a new run"
+            )
+        if not _finite_state(state["model"]):
+            raise TrainError(f"{resume_path}: its model weights are not all finite (the run that wrote it diverged)")
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler") is not None:
+                scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise TrainError(f"{resume_path}: cannot restore the training state: {' '.join(str(e).split())}") from e
         step, epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
         history = state.get("history", history)
         rng = state.get("rng") or []
@@ -600,6 +755,11 @@ def _train(args, env: DistEnv, build_datasets, t_start: float) -> Dict[str, Any]
     def save() -> None:
         if args.no_save:
             return
+        # Never write non-finite weights over the last good checkpoint (every
+        # rank holds the same weights, so every rank decides alike).
+        if not _weights_finite(model):
+            raise TrainError(f"the model weights are not finite at step {step}: training diverged; not saving, "
+                             f"{_kept(ckpt_path)} (try a lower --lr)")
         st = checkpoint_state()
         if env.is_main:
             save_checkpoint(st, ckpt_path)
@@ -648,6 +808,15 @@ def _train(args, env: DistEnv, build_datasets, t_start: float) -> Dict[str, Any]
             step_in_epoch += 1
             steps_this_run += 1
             lv = loss.detach().item()
+            # A non-finite loss on any rank stops every rank at the same step.
+            diverged = not math.isfinite(lv)
+            if env.distributed:
+                diverged = env.all_reduce_sum(torch.tensor([float(diverged)], dtype=torch.float64)).item() > 0
+            if diverged:
+                raise TrainError(
+                    f"the training loss is {lv} at step {step} (epoch {epoch + 1}): training diverged; stopped without "
+                    f"saving, {_kept(ckpt_path)} (try a lower --lr or --clip-grad)"
+                )
             loss_sum += lv
             n_loss += 1
             seen += x.shape[0] * env.world_size
@@ -743,9 +912,42 @@ def _train(args, env: DistEnv, build_datasets, t_start: float) -> Dict[str, Any]
     return metrics
 
 
+def _one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line; for an error re-raised from a DataLoader worker, the original one."""
+    msg = str(e)
+    if "Original Traceback" in msg:  # torch's ExceptionWrapper: the worker's traceback, its last line the error
+        last = [ln for ln in msg.strip().splitlines() if ln.strip()][-1].strip()
+        name = type(e).__module__ + "." + type(e).__qualname__
+        for prefix in (name + ": ", type(e).__qualname__ + ": "):
+            if last.startswith(prefix):
+                last = last[len(prefix):]
+        msg = last
+    return " ".join(msg.split())
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    metrics = train(args)
+    """The CLI: returns the exit status (0 ok, 1 an error or --min-acc missed, 2 bad arguments or replicas differ).
+
+    Bad arguments exit through argparse (status 2, with the usage line); a
+    bad data set, checkpoint or a diverged run print one ``error:`` line
+    naming the cause and return 1.
+    """
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        validate_args(args)
+    except TrainError as e:
+        parser.error(str(e))
+    try:
+        metrics = train(args)
+    except (TrainError, CheckpointError, DataError, FileNotFoundError) as e:
+        rank = os.environ.get("RANK")
+        where = f" (rank {rank})" if rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"swin-ext-train: error{where}: {_one_line(e)}", file=sys.stderr, flush=True)
+        return 1
     if args.min_acc is not None and not metrics["stopped_early"] and metrics["test_acc"] < args.min_acc:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: test accuracy {100 * metrics['test_acc']:.2f}% < --min-acc {100 * args.min_acc:.2f}%",

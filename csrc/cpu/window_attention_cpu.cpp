@@ -313,6 +313,7 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cpu(
     int64_t window_size, int64_t shift_h, int64_t shift_w, double scale) {
   const WindowGeometry g =
       check_attention_args(qkv_in, bias_in, qkv_pad, window_size, shift_h, shift_w);
+  check_attention_scale(scale);
   TORCH_CHECK(qkv_in.device().is_cpu(), "swin_ext: CPU kernel called with ", qkv_in.device());
   const at::Tensor qkv = qkv_in.contiguous();
   const at::Tensor bias = bias_in.contiguous();
@@ -340,6 +341,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cpu(
     int64_t shift_h, int64_t shift_w, double scale) {
   const WindowGeometry g =
       check_attention_args(qkv_in, bias_in, qkv_pad, window_size, shift_h, shift_w);
+  check_attention_scale(scale);
   TORCH_CHECK(qkv_in.device().is_cpu(), "swin_ext: CPU kernel called with ", qkv_in.device());
   const int64_t heads = bias_in.size(0);
   const int64_t C3 = qkv_in.size(3);

@@ -1,0 +1,195 @@
+"""Argument validation shared by the op wrappers, the fake kernels and the reference.
+
+The same rules as ``csrc/checks.h`` (and the same bounds), in Python, so that
+an argument the compiled kernels refuse is refused everywhere: by the public
+wrappers (``TypeError`` / ``ValueError`` naming the argument), by the fake
+(meta) kernels under the meta device, ``torch.compile`` and ``torch.export``
+(``RuntimeError``, like the compiled kernels' ``TORCH_CHECK``), and by the
+reference composite.
+
+Everything here is host-side arithmetic on shapes and Python numbers: no
+tensor data is read, so nothing here synchronises a device.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence, Tuple, Type, Union
+
+import torch
+
+__all__ = [
+    "MAX_WINDOW_SIZE",
+    "MAX_DIM",
+    "MAX_MERGE_CHANNELS",
+    "FLOAT_DTYPES",
+    "acc_dtype",
+    "int_arg",
+    "pair_arg",
+    "real_arg",
+    "check_attention",
+    "check_merging",
+]
+
+#: Largest window side (``csrc/checks.h`` kMaxWindowSize): ``N = ws**2 <= 2**30``.
+MAX_WINDOW_SIZE = 2**15
+#: Largest dimension of any tensor argument (kMaxDim).
+MAX_DIM = 2**40
+#: Largest patch-merging channel count ``C`` (kMaxMergeChannels): ``4C <= 2**30``.
+MAX_MERGE_CHANNELS = 2**28
+_INT64_MAX = 2**63 - 1
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of the kernels: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _exc(raw: bool, kind: Type[Exception], msg: str) -> Exception:
+    """``kind(msg)`` for the public API; ``RuntimeError`` for a raw op (as TORCH_CHECK raises)."""
+    return RuntimeError(msg) if raw else kind(msg)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (numbers.Integral, torch.SymInt)) and not isinstance(v, bool)
+
+
+def int_arg(v, name: str, raw: bool = False, where: str = "swin_ext"):
+    """``v`` as an int; floats, bools, strings and tensors are refused (never truncated)."""
+    if not _is_int(v):
+        raise _exc(raw, TypeError, f"{where}: {name} must be an int, got {type(v).__name__} {v!r}")
+    return v if isinstance(v, torch.SymInt) else int(v)
+
+
+def pair_arg(v: Union[int, Sequence[int]], name: str, raw: bool = False, where: str = "swin_ext") -> Tuple[int, int]:
+    """``s`` or ``(s_h, s_w)`` of ints as a pair; anything else is a ``TypeError`` naming ``name``."""
+    if _is_int(v):
+        v = int_arg(v, name, raw, where)
+        return v, v
+    if isinstance(v, (str, bytes, torch.Tensor)) or not isinstance(v, Sequence) or len(v) != 2:
+        raise _exc(raw, TypeError, f"{where}: {name} must be an int or a pair of ints, got {v!r}")
+    return int_arg(v[0], f"{name}[0]", raw, where), int_arg(v[1], f"{name}[1]", raw, where)
+
+
+def real_arg(v, name: str, raw: bool = False, where: str = "swin_ext") -> float:
+    """``v`` as a finite float.  A tensor is refused: it would be detached, its gradient lost."""
+    if isinstance(v, torch.Tensor):
+        raise _exc(
+            raw,
+            TypeError,
+            f"{where}: {name} must be a Python number, got a Tensor; a tensor {name} would not be "
+            f"differentiated (pass float({name}) if it needs no gradient)",
+        )
+    if isinstance(v, torch.SymFloat):
+        return v
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise _exc(raw, TypeError, f"{where}: {name} must be a real number, got {type(v).__name__} {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise _exc(raw, ValueError, f"{where}: {name} must be finite, got {v}")
+    return v
+
+
+def _static(*vals) -> bool:
+    """All plain ints (not symbolic): overflow bounds are checked only then."""
+    return all(isinstance(v, int) for v in vals)
+
+
+def _check_tensor(t, name: str, ndim: Optional[int], raw: bool, where: str, dtypes=FLOAT_DTYPES) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise _exc(raw, TypeError, f"{where}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise _exc(raw, TypeError, f"{where}: {name} must be a dense (strided) tensor, got layout {t.layout}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise _exc(raw, TypeError, f"{where}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise _exc(raw, ValueError, f"{where}: {name} must have {ndim} dims, got shape {tuple(t.shape)}")
+
+
+def _check_dims(t: torch.Tensor, name: str, raw: bool, where: str) -> None:
+    for i, s in enumerate(t.shape):
+        if isinstance(s, int) and s > MAX_DIM:
+            raise _exc(raw, ValueError, f"{where}: {name} dimension {i} is {s}, larger than the supported {MAX_DIM}")
+
+
+def _check_device(a: torch.Tensor, b: torch.Tensor, an: str, bn: str, raw: bool, where: str) -> None:
+    if a.device != b.device:
+        raise _exc(raw, ValueError, f"{where}: {an} is on {a.device} but {bn} is on {b.device}")
+
+
+def check_attention(
+    qkv,
+    bias,
+    qkv_pad,
+    window_size,
+    shift,
+    raw: bool = False,
+    exact_dtypes: bool = False,
+    where: str = "swin_ext.window_attention",
+) -> Tuple[int, int, int, int]:
+    """Validate the attention arguments; returns ``(window_size, shift_h, shift_w, heads)``.
+
+    ``exact_dtypes``: the raw op's contract (bias in the accumulation dtype,
+    ``qkv_pad`` in ``qkv``'s dtype); the wrappers convert instead.
+    """
+    _check_tensor(qkv, "qkv", 4, raw, where)
+    _check_dims(qkv, "qkv", raw, where)
+    _check_tensor(bias, "bias", 3, raw, where)
+    ws = int_arg(window_size, "window_size", raw, where)
+    if _static(ws) and not 1 <= ws <= MAX_WINDOW_SIZE:
+        raise _exc(raw, ValueError, f"{where}: window_size must be in [1, {MAX_WINDOW_SIZE}], got {ws}")
+    sh, sw = pair_arg(shift, "shift", raw, where)
+    if not (0 <= sh < ws and 0 <= sw < ws):
+        raise _exc(raw, ValueError, f"{where}: shift must satisfy 0 <= shift < window_size ({ws}), got {(sh, sw)}")
+    B, H, W, C3 = qkv.shape
+    if C3 % 3 != 0:
+        raise _exc(raw, ValueError, f"{where}: last dim of qkv must be 3*C, got {C3}")
+    N = ws * ws
+    if tuple(bias.shape[1:]) != (N, N):
+        raise _exc(raw, ValueError, f"{where}: bias must be (heads, {N}, {N}) for window_size {ws}, got {tuple(bias.shape)}")
+    heads = bias.shape[0]
+    if heads < 1 or (C3 // 3) % heads != 0:
+        raise _exc(raw, ValueError, f"{where}: channels C={C3 // 3} are not divisible by heads={heads}")
+    if exact_dtypes and bias.dtype != acc_dtype(qkv.dtype):
+        raise _exc(raw, TypeError, f"{where}: bias must be {acc_dtype(qkv.dtype)} for qkv of dtype {qkv.dtype}, got {bias.dtype}")
+    _check_device(qkv, bias, "qkv", "bias", raw, where)
+    if qkv_pad is not None:
+        _check_tensor(qkv_pad, "qkv_pad", 1, raw, where)
+        if qkv_pad.shape[0] != C3:
+            raise _exc(raw, ValueError, f"{where}: qkv_pad must be ({C3},), got {tuple(qkv_pad.shape)}")
+        if exact_dtypes and qkv_pad.dtype != qkv.dtype:
+            raise _exc(raw, TypeError, f"{where}: qkv_pad dtype {qkv_pad.dtype} differs from qkv dtype {qkv.dtype}")
+        _check_device(qkv, qkv_pad, "qkv", "qkv_pad", raw, where)
+    if _static(B, H, W, heads, ws):
+        nW = -(-H // ws) * -(-W // ws)
+        if B * nW * heads * N > _INT64_MAX:
+            raise _exc(raw, ValueError, f"{where}: the lse size B * windows * heads * N = {B}*{nW}*{heads}*{N} overflows int64")
+    return ws, sh, sw, heads
+
+
+def check_merging(x, weight, bias, raw: bool = False, exact_dtypes: bool = False, where: str = "swin_ext.patch_merging") -> None:
+    """Validate the patch-merging arguments (``exact_dtypes``: weight/bias in the accumulation dtype)."""
+    _check_tensor(x, "x", 4, raw, where)
+    _check_dims(x, "x", raw, where)
+    _check_tensor(weight, "weight", 1, raw, where)
+    _check_tensor(bias, "bias", 1, raw, where)
+    B, H, W, C = x.shape
+    if _static(C) and C > MAX_MERGE_CHANNELS:
+        raise _exc(raw, ValueError, f"{where}: C = {C} is larger than the supported {MAX_MERGE_CHANNELS}")
+    C4 = 4 * C
+    if weight.shape[0] != C4 or bias.shape[0] != C4:
+        raise _exc(
+            raw,
+            ValueError,
+            f"{where}: weight and bias must be ({C4},) for x with C={C}, got {tuple(weight.shape)} and {tuple(bias.shape)}",
+        )
+    if exact_dtypes:
+        acc = acc_dtype(x.dtype)
+        if weight.dtype != acc or bias.dtype != acc:
+            raise _exc(raw, TypeError, f"{where}: weight/bias must be {acc} for x of dtype {x.dtype}, got {weight.dtype} and {bias.dtype}")
+    _check_device(x, weight, "x", "weight", raw, where)
+    _check_device(x, bias, "x", "bias", raw, where)
+    if _static(B, H, W, C) and B * -(-H // 2) * -(-W // 2) * C4 > _INT64_MAX:
+        raise _exc(raw, ValueError, f"{where}: the output size B * H2 * W2 * 4C overflows int64")
