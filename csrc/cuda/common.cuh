@@ -50,6 +50,14 @@ __device__ __forceinline__ float acc_exp2(float v) { return exp2f(v); }
 __device__ __forceinline__ double acc_exp2(double v) { return exp2(v); }
 __device__ __forceinline__ float acc_log2(float v) { return log2f(v); }
 __device__ __forceinline__ double acc_log2(double v) { return log2(v); }
+__device__ __forceinline__ float acc_sqrt(float v) { return sqrtf(v); }
+__device__ __forceinline__ double acc_sqrt(double v) { return sqrt(v); }
+__device__ __forceinline__ float acc_abs(float v) { return fabsf(v); }
+__device__ __forceinline__ double acc_abs(double v) { return fabs(v); }
+__device__ __forceinline__ int acc_ilogb(float v) { return ilogbf(v); }
+__device__ __forceinline__ int acc_ilogb(double v) { return ilogb(v); }
+__device__ __forceinline__ float acc_ldexp(float v, int e) { return ldexpf(v, e); }
+__device__ __forceinline__ double acc_ldexp(double v, int e) { return ldexp(v, e); }
 __device__ __forceinline__ float acc_max(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double acc_max(double a, double b) { return fmax(a, b); }
 

@@ -129,6 +129,7 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd(const at::Tensor& qkv_in
                                                         int64_t shift_w, double scale) {
   const WindowGeometry g =
       check_attention_args(qkv_in, bias_in, qkv_pad, window_size, shift_h, shift_w);
+  check_attention_scale(scale);
   Backend::check_device(qkv_in, "qkv");
   const typename Backend::Guard guard(qkv_in.device());
   const at::Tensor qkv = qkv_in.contiguous();
@@ -167,6 +168,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd(
     int64_t shift_h, int64_t shift_w, double scale) {
   const WindowGeometry g =
       check_attention_args(qkv_in, bias_in, qkv_pad, window_size, shift_h, shift_w);
+  check_attention_scale(scale);
   Backend::check_device(qkv_in, "qkv");
   const typename Backend::Guard guard(qkv_in.device());
   const int64_t heads = bias_in.size(0), C3 = qkv_in.size(3), C = C3 / 3, d = C / heads;
@@ -239,6 +241,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_merging_fwd(const at::Tenso
                                                                  const at::Tensor& bias_in,
                                                                  double eps) {
   check_merging_args(x_in, weight_in, bias_in);
+  check_merging_eps(eps);
   Backend::check_device(x_in, "x");
   const typename Backend::Guard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();

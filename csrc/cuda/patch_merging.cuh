@@ -3,8 +3,9 @@
 //
 //   forward   merge_fwd_kernel   one warp per output pixel; lanes walk the
 //             gathered row quadrant by quadrant in VEC-element (16-byte)
-//             packs; mean and variance in two passes over the row (L1-hot),
-//             then the normalised row.
+//             packs; the statistics in passes over the row (L1-hot), with
+//             a power-of-two rescaling of huge rows as the CPU kernel, then
+//             the normalised row.
 //   backward  merge_bwd_kernel   one warp per output pixel, the same walk:
 //             pass 1 forms the row sums of g = dy * weight and g * xhat, pass
 //             2 writes dx as 16-byte packs and adds dy * xhat, dy to the
@@ -20,6 +21,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 
 #include "../swin_geometry.h"
 #include "common.cuh"
@@ -82,7 +84,21 @@ __device__ __forceinline__ void load_quadrant(const scalar_t* x, const MergeSrc&
   }
 }
 
-// Forward: one warp per output pixel.
+// Magnitude above which a pixel's statistics are computed on the row
+// scaled by 2^-ilogb(max|x|) (as the CPU kernel does): below it the sum of
+// squared residuals over 4C <= 2^30 channels cannot overflow acc_t.
+template <typename acc_t>
+__host__ __device__ constexpr acc_t merge_scale_above() {
+  return sizeof(acc_t) == 4 ? acc_t(1099511627776.0) /* 2^40 */ : acc_t(0x1p488);
+}
+
+// Forward: one warp per output pixel.  The statistics are right for every
+// finite input (torch's float32 LayerNorm overflows from |x| ~ 1e19 on):
+// pass 1 sums the row and finds max|x|; a row above merge_scale_above is
+// scaled by an exact power of two 2^-k (eps by 2^-2k, floored at the
+// smallest normal number when eps > 0), the mean is refined by the
+// residuals' own mean (corrected two-pass: a constant row has var = 0), and
+// mean * 2^k, rstd * 2^-k are stored.
 template <typename scalar_t, typename acc_t, int VEC>
 __global__ void __launch_bounds__(kMergeWarps * 32)
     merge_fwd_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ weight,
@@ -94,39 +110,68 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
   const int lane = threadIdx.x & 31;
   if (pix >= B * H2 * W2) return;  // the whole warp leaves together
   const MergeSrc src = merge_sources(pix, H, W, H2, W2, C);
+  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(C4);
   acc_t v[VEC];
-  acc_t s = 0;
+  acc_t s = 0, amax = 0;
 #pragma unroll
   for (int q = 0; q < 4; ++q)
     for (int c = lane * VEC; c < C; c += 32 * VEC) {
       load_quadrant<scalar_t, acc_t, VEC>(x, src, q, c, v);
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) s += v[e];
+      for (int e = 0; e < VEC; ++e) {
+        s += v[e];
+        amax = acc_max(amax, acc_abs(v[e]));  // fmax: a NaN never wins (it reaches the output through s)
+      }
     }
-  const acc_t mu = warp_sum(s) / static_cast<acc_t>(C4);
-  acc_t var = 0;
+  s = warp_sum(s);
+  amax = warp_max(amax);
+  int k = 0;
+  acc_t f = 1;
+  if (amax > merge_scale_above<acc_t>() && amax <= std::numeric_limits<acc_t>::max()) {
+    k = acc_ilogb(amax);
+    f = acc_ldexp(acc_t(1), -k);
+    s = 0;
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      for (int c = lane * VEC; c < C; c += 32 * VEC) {
+        load_quadrant<scalar_t, acc_t, VEC>(x, src, q, c, v);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) s += v[e] * f;
+      }
+    s = warp_sum(s);
+    if (eps > 0) eps = acc_max(acc_ldexp(eps, -2 * k), std::numeric_limits<acc_t>::min());
+  }
+  acc_t mu = s * inv_n;
+  acc_t s1 = 0, s2 = 0;
 #pragma unroll
   for (int q = 0; q < 4; ++q)
     for (int c = lane * VEC; c < C; c += 32 * VEC) {
       load_quadrant<scalar_t, acc_t, VEC>(x, src, q, c, v);
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) var += (v[e] - mu) * (v[e] - mu);
+      for (int e = 0; e < VEC; ++e) {
+        const acc_t d = v[e] * f - mu;
+        s1 += d;
+        s2 += d * d;
+      }
     }
-  const acc_t rs = acc_rsqrt(warp_sum(var) / static_cast<acc_t>(C4) + eps);
+  const acc_t dm = warp_sum(s1) * inv_n;
+  mu += dm;
+  const acc_t var = acc_max(warp_sum(s2) * inv_n - dm * dm, acc_t(0));
+  const acc_t rs = acc_t(1) / acc_sqrt(var + eps);
   scalar_t* dst = y + static_cast<int64_t>(pix) * C4;
 #pragma unroll
   for (int q = 0; q < 4; ++q)
     for (int c = lane * VEC; c < C; c += 32 * VEC) {
       load_quadrant<scalar_t, acc_t, VEC>(x, src, q, c, v);
-      const int k = q * C + c;
+      const int kk = q * C + c;
       acc_t o[VEC];
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) o[e] = (v[e] - mu) * rs * weight[k + e] + bias[k + e];
-      store_pack<scalar_t, acc_t, VEC>(dst + k, o);
+      for (int e = 0; e < VEC; ++e) o[e] = (v[e] * f - mu) * rs * weight[kk + e] + bias[kk + e];
+      store_pack<scalar_t, acc_t, VEC>(dst + kk, o);
     }
   if (lane == 0) {
-    mean[pix] = mu;
-    rstd[pix] = rs;
+    mean[pix] = k ? acc_ldexp(mu, k) : mu;
+    rstd[pix] = k ? acc_ldexp(rs, -k) : rs;
   }
 }
 
