@@ -1,11 +1,25 @@
-"""Op-level benchmark: swin_ext's fused kernels vs the plain-PyTorch reference composite.
+"""Op-level benchmark: swin_ext's fused kernels vs the attention other Swins run.
 
 Shapes are the attention/merging shapes of every Swin-T and Swin-B stage at
-224 px.  Forward and forward+backward, median of repeats after warm-up; on
-CUDA also the achieved GB/s (bytes of qkv read + output written, the minimum
-traffic of a fused kernel).
+224 px.  Forward and forward+backward, median of repeats after warm-up (CUDA
+events on a GPU), all implementations timed in the same run on the same
+inputs.  Baselines of the window attention (all take the qkv Linear's output
+and return the input of the proj Linear, like swin_ext's op):
+
+* ``eager``: timm's / the official WindowAttention math in plain PyTorch (pad,
+  roll, window partition, q*scale @ k^T, + bias, + shift mask, softmax, @ v,
+  reverse, roll back) -- ``swin_ext.reference``, what timm's eager path and
+  torchvision run;
+* ``sdpa``: the same with ``F.scaled_dot_product_attention`` and the bias +
+  mask materialised as a (B*nW, heads, N, N) attn_mask, what timm runs with
+  fused attention enabled.
+
+On CUDA also the achieved GB/s of the fused op against its byte floor (each
+input read once, each output written once: qkv + out forward, plus dO and
+dqkv backward) and against a device-to-device copy measured in the same run.
 
     python benchmarks/bench_ops.py --device cpu --batch 8 --models swin_t --stages 0
+    python benchmarks/bench_ops.py --device cuda --dtype bfloat16 --batch 128 --models swin_t --baselines eager sdpa
 """
 from __future__ import annotations
 
@@ -27,7 +41,45 @@ MODELS = {
 }
 
 
-def attention_case(B, H, C, heads, ws, shift, device, dtype, backward):
+def sdpa_window_attention(qkv, bias, ws, shift, scale=None, qkv_pad=None):
+    """timm's fused-attention path: F.scaled_dot_product_attention with bias + mask materialised."""
+    import torch.nn.functional as F
+
+    B, H, W, C3 = qkv.shape
+    C, heads = C3 // 3, bias.shape[0]
+    d, N = C // heads, ws * ws
+    sh = sw = shift if isinstance(shift, int) else shift[0]
+    pad_b, pad_r = (-H) % ws, (-W) % ws
+    x = F.pad(qkv, (0, 0, 0, pad_r, 0, pad_b)) if pad_b or pad_r else qkv
+    Hp, Wp = H + pad_b, W + pad_r
+    if sh:
+        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+    win = reference.window_partition(x, ws)
+    Bn = win.shape[0]
+    q, k, v = win.reshape(Bn, N, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+    attn_mask = bias.to(q.dtype).unsqueeze(0)
+    if sh:
+        mask = reference.shift_mask(Hp, Wp, ws, (sh, sw), device=qkv.device, dtype=q.dtype)
+        nW = mask.shape[0]
+        attn_mask = (attn_mask.view(1, 1, heads, N, N) + mask.view(1, nW, 1, N, N)).expand(Bn // nW, -1, -1, -1, -1)
+        attn_mask = attn_mask.reshape(Bn, heads, N, N)
+    else:
+        attn_mask = attn_mask.expand(Bn, -1, -1, -1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    out = reference.window_reverse(out.transpose(1, 2).reshape(Bn, N, C), ws, Hp, Wp)
+    if sh:
+        out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
+    return out[:, :H, :W]
+
+
+ATTENTION_IMPLS = {
+    "fused": swin_ext.window_attention,
+    "eager": reference.window_attention_reference,
+    "sdpa": sdpa_window_attention,
+}
+
+
+def attention_case(B, H, C, heads, ws, shift, device, dtype, backward, impls):
     qkv = torch.randn(B, H, H, 3 * C, device=device, dtype=dtype, requires_grad=backward)
     bias = torch.randn(heads, ws * ws, ws * ws, device=device, dtype=torch.float32, requires_grad=backward)
     g = torch.randn(B, H, H, C, device=device, dtype=dtype)
@@ -39,7 +91,18 @@ def attention_case(B, H, C, heads, ws, shift, device, dtype, backward):
                 torch.autograd.grad(out, (qkv, bias), g)
         return f
 
-    return run(swin_ext.window_attention), run(reference.window_attention_reference), qkv.numel() * qkv.element_size() * 4 // 3
+    el = qkv.element_size()
+    tokens = B * H * H
+    floor = tokens * C * el * (4 + (7 if backward else 0))  # qkv + out; + dO, qkv, dqkv
+    if not backward:  # every implementation computes the same function (a broken baseline would show here)
+        with torch.no_grad():
+            outs = {name: ATTENTION_IMPLS[name](qkv, bias, ws, shift).float() for name in impls}
+        ref = outs[impls[-1]]
+        for name, o in outs.items():
+            err = ((o - ref).norm() / ref.norm()).item()
+            if not err <= (1e-4 if dtype in (torch.float32, torch.float64) else 2e-2):
+                print(f"# WARNING: {name} differs from {impls[-1]} by {err:.2e} (relative)", flush=True)
+    return {name: run(ATTENTION_IMPLS[name]) for name in impls}, floor
 
 
 def merging_case(B, H, C, device, dtype, backward):
@@ -55,7 +118,8 @@ def merging_case(B, H, C, device, dtype, backward):
                 torch.autograd.grad(y, (x, w, b), g)
         return f
 
-    return run(swin_ext.patch_merging), run(reference.patch_merging_reference), x.numel() * x.element_size() * 2
+    nbytes = x.numel() * x.element_size() * (2 + (3 if backward else 0))  # x + y; + dy, x, dx
+    return {"fused": run(swin_ext.patch_merging), "eager": run(reference.patch_merging_reference)}, nbytes
 
 
 def _positive_int(s: str) -> int:
@@ -79,6 +143,8 @@ def main(argv=None):
                     help="Swin stages, 0-based (default all four)")
     ap.add_argument("--repeats", type=_positive_int, default=10)
     ap.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--baselines", nargs="+", default=["eager"], choices=["eager", "sdpa"],
+                    help="attention baselines timed beside the fused op (default: eager)")
     args = ap.parse_args(argv)
     try:
         device = torch.device(args.device)
@@ -100,8 +166,11 @@ def main(argv=None):
         copy_gbs = 2 * src.numel() * 4 / t / 1e9
         del src, dst
         print(f"# device copy bandwidth (read + write): {copy_gbs:.0f} GB/s")
-    print("| op | model | stage | shape | pass | fused ms | reference ms | speed-up | fused GB/s | % of copy |")
-    print("|---|---|---|---|---|---:|---:|---:|---:|---:|")
+    base = args.baselines
+    cols = ["op", "model", "stage", "shape", "pass", "fused ms"] + [f"{b} ms" for b in base] + [f"vs {b}" for b in base]
+    cols += ["fused GB/s (floor bytes)", "% of copy"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * 5 + "---:|" * (len(cols) - 5))
     for name in args.models:
         spec = MODELS[name]
         for s in args.stages:
@@ -109,19 +178,18 @@ def main(argv=None):
             shift = 3 if H > 7 else 0
             for backward in (False, True):
                 cases = [("attention", f"{B}x{H}x{H}x{C} h{heads} s{shift}",
-                          attention_case(B, H, C, heads, 7, shift, device, dtype, backward))]
+                          attention_case(B, H, C, heads, 7, shift, device, dtype, backward, ["fused"] + base))]
                 if s < 3:
                     cases.append(("merging", f"{B}x{H}x{H}x{C}", merging_case(B, H, C, device, dtype, backward)))
-                for op, shape, (fused, ref, nbytes) in cases:
-                    tf = measure(fused, device, repeats=args.repeats)["median"]
-                    tr = measure(ref, device, repeats=args.repeats)["median"]
-                    gbs = pct = "-"
-                    if copy_gbs is not None and not backward:
-                        gbs = f"{nbytes / tf / 1e9:.0f}"
-                        pct = f"{100 * nbytes / tf / 1e9 / copy_gbs:.0f}%"
-                    print(f"| {op} | {name} | {s + 1} | {shape} | {'fwd+bwd' if backward else 'fwd'} | "
-                          f"{tf * 1e3:.2f} | {tr * 1e3:.2f} | {tr / tf:.2f}x | {gbs} | {pct} |", flush=True)
-
+                for op, shape, (fns, nbytes) in cases:
+                    t = {impl: measure(fn, device, repeats=args.repeats)["median"] for impl, fn in fns.items()}
+                    tf = t["fused"]
+                    row = [op, name, str(s + 1), shape, "fwd+bwd" if backward else "fwd", f"{tf * 1e3:.3f}"]
+                    row += [f"{t[b] * 1e3:.3f}" if b in t else "-" for b in base]
+                    row += [f"{t[b] / tf:.2f}x" if b in t else "-" for b in base]
+                    gbs = nbytes / tf / 1e9
+                    row += [f"{gbs:.0f}", f"{100 * gbs / copy_gbs:.0f}%" if copy_gbs else "-"]
+                    print("| " + " | ".join(row) + " |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -108,6 +108,15 @@ inline cuda::attn::BwdChoice attention_bwd_choice() {
   return cuda::attn::BwdChoice::kAuto;
 }
 
+// SWIN_EXT_ATTN_CHUNK=<n> forces the images per backward block (tests of
+// the multi-image bias accumulation on small inputs); else a rule of the shape.
+inline int attention_bwd_chunk() {
+  const char* v = std::getenv("SWIN_EXT_ATTN_CHUNK");
+  if (v == nullptr) return 0;
+  const long n = std::strtol(v, nullptr, 10);
+  return n > 0 && n < 1024 ? static_cast<int>(n) : 0;
+}
+
 inline void check_attention_launch(int64_t blocks, int smem, int optin, const WindowGeometry& g, int64_t d,
                                    at::ScalarType dtype, const char* kernel) {
   TORCH_CHECK(blocks < (int64_t(1) << 31), "swin_ext.window_attention (CUDA): ", kernel, " needs ", blocks,
@@ -201,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd(
         p.vec = p.vec && aligned16(p.qkv) && aligned16(p.grad_out) && aligned16(p.dqkv) &&
                 (!has_pad || aligned16(p.pad));
         const int optin = device_smem_optin();
-        const cuda::attn::BwdPlan plan = cuda::attn::attention_bwd_plan<T>(p, optin, attention_bwd_choice());
+        const cuda::attn::BwdPlan plan = cuda::attn::attention_bwd_plan<T>(p, optin, attention_bwd_choice(), attention_bwd_chunk());
         const bool fused = plan.path == cuda::attn::BwdPath::kFused;
         const int64_t blocks = static_cast<int64_t>(fused ? plan.n_chunks : plan.n_chunks * plan.n_row_blocks) * g.nW * heads;
         check_attention_launch(blocks, plan.smem, optin, g, d, qkv.scalar_type(),

@@ -34,8 +34,9 @@ cudaError_t attention_fwd_run(AttnParams p, const FwdPlan& plan, cudaStream_t st
 // kernel is chosen when the window fits one tile and its shared memory fits
 // the device (unless `choice` forces a path; a forced fused path that does
 // not fit falls back to the streaming one and says so in plan.path).
+// chunk > 0 forces the images per block (tests), else a rule of the shape.
 template <typename T>
-BwdPlan attention_bwd_plan(const AttnParams& p, int smem_optin, BwdChoice choice);
+BwdPlan attention_bwd_plan(const AttnParams& p, int smem_optin, BwdChoice choice, int chunk = 0);
 template <typename T>
 cudaError_t attention_bwd_run(AttnParams p, const BwdPlan& plan, cudaStream_t stream);
 

@@ -93,7 +93,7 @@ inline int choose_chunk(int B, int64_t blocks_per_image, int64_t partial_per_chu
 }
 
 template <class Tr>
-BwdPlan plan_bwd(const AttnParams& p, int smem_optin, BwdChoice choice) {
+BwdPlan plan_bwd(const AttnParams& p, int smem_optin, BwdChoice choice, int force_chunk) {
   BwdPlan plan;
   const int N = p.g.N;
   const int64_t wh = static_cast<int64_t>(p.g.nW) * p.heads;
@@ -104,7 +104,7 @@ BwdPlan plan_bwd(const AttnParams& p, int smem_optin, BwdChoice choice) {
     plan.path = BwdPath::kFused;
     plan.nwarps = fused_warps;
     plan.n_row_blocks = 1;
-    plan.chunk = choose_chunk(p.B, wh, partial);
+    plan.chunk = force_chunk > 0 ? std::min(force_chunk, std::max(p.B, 1)) : choose_chunk(p.B, wh, partial);
     plan.n_chunks = ceil_div_int(p.B, plan.chunk);
     plan.smem = fused_layout<Tr>(p.d, fused_warps).total;
     plan.dpad_slots = p.padded ? static_cast<int64_t>(plan.n_chunks) * p.g.nW * plan.nwarps : 0;
@@ -114,7 +114,8 @@ BwdPlan plan_bwd(const AttnParams& p, int smem_optin, BwdChoice choice) {
     plan.n_row_blocks = ceil_div_int(N, kRowTile * plan.nwarps);
     plan.nwarps_dkv = std::min(Tr::kDkvWarps, ceil_div_int(N, kRowTile));
     plan.n_key_blocks = ceil_div_int(N, kRowTile * plan.nwarps_dkv);
-    plan.chunk = choose_chunk(p.B, wh * plan.n_row_blocks, partial);
+    plan.chunk = force_chunk > 0 ? std::min(force_chunk, std::max(p.B, 1))
+                                 : choose_chunk(p.B, wh * plan.n_row_blocks, partial);
     plan.n_chunks = ceil_div_int(p.B, plan.chunk);
     plan.smem = dq_layout<Tr>(p.d, plan.nwarps).total;
     plan.smem_dkv = dkv_layout<Tr>(p.d, plan.nwarps_dkv).total;
@@ -166,8 +167,8 @@ cudaError_t attention_fwd_run(AttnParams p, const FwdPlan& plan, cudaStream_t st
   return SWIN_HEADDIM_SWITCH(p.d, [&] { return run_fwd<Traits<T, kHeadDim>>(p, plan, stream); });
 }
 template <typename T>
-BwdPlan attention_bwd_plan(const AttnParams& p, int smem_optin, BwdChoice choice) {
-  return SWIN_HEADDIM_SWITCH(p.d, [&] { return plan_bwd<Traits<T, kHeadDim>>(p, smem_optin, choice); });
+BwdPlan attention_bwd_plan(const AttnParams& p, int smem_optin, BwdChoice choice, int chunk) {
+  return SWIN_HEADDIM_SWITCH(p.d, [&] { return plan_bwd<Traits<T, kHeadDim>>(p, smem_optin, choice, chunk); });
 }
 template <typename T>
 cudaError_t attention_bwd_run(AttnParams p, const BwdPlan& plan, cudaStream_t stream) {
@@ -177,7 +178,7 @@ cudaError_t attention_bwd_run(AttnParams p, const BwdPlan& plan, cudaStream_t st
 #define SWIN_ATTN_INSTANTIATE(T)                                                                 \
   template FwdPlan attention_fwd_plan<T>(const AttnParams&);                                     \
   template cudaError_t attention_fwd_run<T>(AttnParams, const FwdPlan&, cudaStream_t);           \
-  template BwdPlan attention_bwd_plan<T>(const AttnParams&, int, BwdChoice);                     \
+  template BwdPlan attention_bwd_plan<T>(const AttnParams&, int, BwdChoice, int);                \
   template cudaError_t attention_bwd_run<T>(AttnParams, const BwdPlan&, cudaStream_t);
 
 }  // namespace attn

@@ -3,7 +3,7 @@
 //   * bf16 / fp16 operands: tensor cores through WMMA m16n16k16 with fp32
 //     accumulation (HMMA on sm_80+); n and k are multiples of 16.
 //   * fp32 / fp64 operands: SIMT, a 4 x (n/8) register tile per lane, in the
-//     accumulation type; n is a multiple of 8, k any.
+//     accumulation type; n and k any.
 //
 // Layouts, with k split into 16-wide steps whose start is `a_step` /
 // `b_step` elements apart (so a tile may be spread over several per-warp
@@ -65,7 +65,8 @@ __device__ __forceinline__ void warp_gemm_simt(A* c, int ldc, const T* a, int ld
   const int lane = threadIdx.x & 31;
   const int rg = lane >> 3, cg = lane & 7;
   for (int n0 = 0; n0 < n; n0 += 64) {
-    const int nj = (n - n0 < 64 ? n - n0 : 64) >> 3;  // columns per lane in this block
+    const int nb = n - n0 < 64 ? n - n0 : 64;  // columns in this block
+    const int nj = (nb - cg + 7) >> 3;         // of them, this lane's (cg, cg + 8, ...)
     A acc[4][8];
 #pragma unroll
     for (int i = 0; i < 4; ++i)

@@ -1,0 +1,333 @@
+"""One way to test an op kernel on every executor the machine has.
+
+An *executor* runs the raw ``window_attention_fwd/_bwd`` and
+``patch_merging_fwd/_bwd`` ops with the shared schemas:
+
+* ``cpu``               the CPU kernels (``torch.ops.swin_ext`` on CPU tensors);
+* ``harness-ordered``   the CUDA kernels run by the CPU harness
+  (``torch.ops.swin_ext_harness``), threads in order on one OS thread;
+* ``harness-shuffled``  the same, threads in a random order between barriers,
+  blocks on two OS threads;
+* ``cuda``              the CUDA kernels on the GPU (``torch.ops.swin_ext`` on
+  CUDA tensors), only where a GPU and a CUDA build exist.
+
+Every case is compared with ``swin_ext.reference`` by one tolerance rule
+(:func:`check_close`), as torchvision's ``RoIOpTester`` does for its ops.
+Inputs are drawn from a generator seeded by the test id (conftest.py).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import pytest
+import torch
+
+import harness_build as hb
+
+ASAN_CHILD = os.environ.get("SWIN_HARNESS_VARIANT") == "asan"
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------- executors
+
+
+def _cuda_available() -> bool:
+    try:
+        import swin_ext
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and swin_ext.HAS_OPS and swin_ext.build_info()["cuda"]
+
+
+_harness_ops = None
+
+
+def harness_ops():
+    """``torch.ops.swin_ext_harness`` (built once per session), or a skip saying why not."""
+    global _harness_ops
+    if _harness_ops is None:
+        if ASAN_CHILD:
+            lib = hb.outputs()["lib_asan"]
+            assert os.path.exists(lib), "the parent test session builds the ASan library"
+        else:
+            try:
+                hb.build()
+            except hb.BuildUnavailable as e:
+                pytest.skip(f"CUDA harness cannot be built here: {e}")
+            lib = hb.require("lib")
+        torch.ops.load_library(lib)
+        _harness_ops = torch.ops.swin_ext_harness
+    return _harness_ops
+
+
+@dataclass
+class Executor:
+    name: str
+    device: str
+    ops: object
+    mode: Optional[Tuple[int, int]] = None  # harness (shuffle seed, OS threads)
+
+    def __enter__(self):
+        if self.mode is not None:
+            self.ops.set_options(*self.mode)
+        return self
+
+    def __exit__(self, *exc):
+        if self.mode is not None:
+            self.ops.clear_options()
+
+    @property
+    def is_cuda_kernel(self) -> bool:
+        """Runs the CUDA kernel sources (harness or GPU)."""
+        return self.name != "cpu"
+
+
+def executor_names() -> List[str]:
+    """Executors of this process: the ASan child re-runs the harness in one mode."""
+    if ASAN_CHILD:
+        return ["harness-shuffled"]
+    only = os.environ.get("SWIN_TEST_EXECUTORS")
+    names = ["cpu", "harness-ordered", "harness-shuffled", "cuda"]
+    return [n for n in names if n in only.split(",")] if only else names
+
+
+def make_executor(name: str) -> Executor:
+    if name == "cpu":
+        import swin_ext
+
+        if not swin_ext.HAS_OPS:
+            pytest.skip("swin_ext._C is not built")
+        return Executor(name, "cpu", torch.ops.swin_ext)
+    if name.startswith("harness"):
+        seed, workers = (0, 1) if name == "harness-ordered" else (12345, 2)
+        return Executor(name, "cpu", harness_ops(), (seed, workers))
+    if name == "cuda":
+        if not _cuda_available():
+            pytest.skip("needs a GPU and a CUDA build of swin_ext")
+        return Executor(name, "cuda", torch.ops.swin_ext)
+    raise ValueError(name)
+
+
+# ----------------------------------------------------------------------------- tolerance
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def check_close(name: str, got: torch.Tensor, exact: torch.Tensor, comp: torch.Tensor, floor: torch.Tensor,
+                dtype: torch.dtype) -> None:
+    """The one tolerance rule.
+
+    float32 / float64: close to the float64 reference.  float16 / bfloat16:
+    error at most ~2x that of the plain PyTorch composite run in the same
+    dtype (flash-attention's rule) -- or of the rounding floor, the exact
+    result computed from the kernel's rounded inputs and rounded like its
+    output, which no kernel can beat (on a few dozen elements the composite
+    is sometimes luckier than that).  NaN never passes (an element no kernel
+    wrote is NaN in the harness).
+    """
+    got = got.detach().cpu()
+    assert got.shape == exact.shape, (name, tuple(got.shape), tuple(exact.shape))
+    assert torch.isfinite(got).all(), f"{name}: non-finite values (an element no kernel wrote is NaN)"
+    if dtype in (torch.float32, torch.float64):
+        tol = dict(atol=1e-10, rtol=1e-10) if dtype == torch.float64 else dict(atol=5e-5, rtol=5e-5)
+        torch.testing.assert_close(got.double(), exact.double(), **tol, msg=lambda m: f"{name}: {m}")
+    else:
+        err, err_comp, err_floor = max_err(got, exact), max_err(comp, exact), max_err(floor, exact)
+        assert err <= 2 * max(err_comp, err_floor) + 1e-3, (name, err, err_comp, err_floor)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+@dataclass(frozen=True)
+class AttnCase:
+    B: int
+    H: int
+    W: int
+    ws: int
+    shift: Tuple[int, int]
+    heads: int
+    d: int
+    pad: bool  # a qkv_pad vector (else zero padding)
+
+    @property
+    def N(self) -> int:
+        return self.ws * self.ws
+
+    @property
+    def id(self) -> str:
+        sh, sw = self.shift
+        return f"B{self.B}-{self.H}x{self.W}-ws{self.ws}-s{sh}{sw}-h{self.heads}-d{self.d}" + ("-pad" if self.pad else "")
+
+
+# Window 1 to 16 (N = 1 ... 256), head_dim 8 ... 128 (specialised 16/32/64/128
+# and generic), B = 0 / 1 / odd, shifted and unshifted, padded (with and
+# without a pad vector), maps smaller than the window.
+ATTN_CASES = [
+    AttnCase(2, 8, 8, 4, (0, 0), 2, 16, False),
+    AttnCase(1, 9, 11, 4, (2, 1), 1, 32, True),    # padded, per-axis shift
+    AttnCase(1, 14, 14, 7, (3, 3), 2, 32, False),  # Swin-T's window
+    AttnCase(3, 13, 10, 7, (0, 0), 1, 16, True),   # odd batch, padded
+    AttnCase(1, 5, 3, 7, (3, 3), 1, 64, True),     # map smaller than the window
+    AttnCase(1, 16, 8, 8, (4, 4), 1, 64, False),   # N = 64: the largest single tile
+    AttnCase(1, 3, 3, 1, (0, 0), 2, 8, False),     # N = 1
+    AttnCase(0, 7, 7, 7, (3, 3), 1, 32, False),    # empty batch
+    AttnCase(2, 6, 7, 3, (1, 1), 3, 20, True),     # generic head_dim, not a vector multiple
+    AttnCase(1, 10, 10, 5, (2, 2), 2, 24, False),  # generic head_dim, vector multiple
+    AttnCase(1, 8, 8, 8, (0, 0), 1, 128, True),    # N = 64, head_dim 128
+    AttnCase(1, 12, 12, 12, (0, 0), 1, 32, False), # N = 144: streaming
+    AttnCase(1, 14, 13, 12, (6, 6), 1, 16, True),  # N = 144, padded, shifted
+    AttnCase(1, 9, 9, 9, (4, 4), 1, 96, True),     # N = 81, generic head_dim 96
+    AttnCase(1, 16, 16, 16, (8, 8), 1, 32, False), # N = 256
+    AttnCase(1, 17, 9, 16, (0, 0), 1, 128, True),  # N = 256, head_dim 128, padded
+    AttnCase(1, 7, 14, 7, (0, 3), 3, 5, False),    # one axis shifted, odd head_dim, 3 heads
+    AttnCase(3, 8, 8, 4, (1, 3), 4, 8, False),     # asymmetric shift, 4 heads
+    AttnCase(4, 5, 3, 7, (0, 0), 2, 8, False),     # map smaller than the window, unshifted
+]
+
+
+def attention_inputs(case: AttnCase, gen: torch.Generator, dtype: torch.dtype) -> Dict[str, Optional[torch.Tensor]]:
+    """float64 inputs of a case (large logits in half precision, where overflow would show)."""
+    C = case.heads * case.d
+    big = 1.0 if dtype in (torch.float32, torch.float64) else 3.0
+    f64 = dict(dtype=torch.float64, generator=gen)
+    return dict(
+        qkv=torch.randn(case.B, case.H, case.W, 3 * C, **f64) * big,
+        bias=torch.randn(case.heads, case.N, case.N, **f64),
+        pad=torch.randn(3 * C, **f64) if case.pad else None,
+        go=torch.randn(case.B, case.H, case.W, C, **f64),
+    )
+
+
+def run_attention(ex: Executor, case: AttnCase, inp: Dict, dtype: torch.dtype, scale: float):
+    """fwd + bwd of the raw ops on an executor; returns out, lse, dqkv, dbias, dpad on the CPU."""
+    acc = acc_dtype(dtype)
+    dev = ex.device
+    low = lambda t: None if t is None else t.to(dev, dtype)  # noqa: E731
+    sh, sw = case.shift
+    with ex:
+        out, lse = ex.ops.window_attention_fwd(low(inp["qkv"]), inp["bias"].to(dev, acc), low(inp["pad"]), case.ws, sh, sw, scale)
+        dqkv, dbias, dpad = ex.ops.window_attention_bwd(low(inp["go"]), low(inp["qkv"]), inp["bias"].to(dev, acc),
+                                                        low(inp["pad"]), lse, case.ws, sh, sw, scale)
+    return {k: v.cpu() for k, v in dict(out=out, lse=lse, dqkv=dqkv, dbias=dbias, dpad=dpad).items()}
+
+
+def attention_reference(case: AttnCase, inp: Dict, scale: float, prec: torch.dtype, bias_prec: torch.dtype,
+                        rnd: Optional[torch.dtype] = None) -> List[torch.Tensor]:
+    """out, dqkv, dbias(, dpad) of the reference composite.
+
+    rnd: compute in float64 from inputs rounded to ``rnd`` (the rounding floor).
+    """
+    from swin_ext.reference import window_attention_reference
+
+    q = (lambda t, p: t.to(p).double()) if rnd else (lambda t, p: t.to(p, copy=True))  # never the caller's tensor
+    leaves = [q(inp["qkv"], rnd or prec).requires_grad_(), q(inp["bias"], bias_prec).requires_grad_()]
+    if case.pad:
+        leaves.append(q(inp["pad"], rnd or prec).requires_grad_())
+    out = window_attention_reference(leaves[0], leaves[1], case.ws, case.shift, scale, leaves[2] if case.pad else None)
+    if out.numel() == 0:
+        return [out] + [torch.zeros_like(t) for t in leaves]
+    grads = torch.autograd.grad(out, leaves, q(inp["go"], rnd or prec), allow_unused=True)  # pad: unused on unpadded maps
+    return [out] + [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)]
+
+
+def check_attention(case: AttnCase, inp: Dict, got: Dict, dtype: torch.dtype, scale: float) -> None:
+    acc = acc_dtype(dtype)
+    assert got["out"].dtype == dtype and got["out"].shape == (case.B, case.H, case.W, case.heads * case.d)
+    assert got["dqkv"].dtype == dtype and got["dbias"].dtype == acc and got["dpad"].dtype == acc
+    exact = attention_reference(case, inp, scale, torch.float64, torch.float64)
+    names = ["out", "dqkv", "dbias"] + (["dpad"] if case.pad else [])
+    if dtype in (torch.float32, torch.float64):
+        comp = floor = exact
+    else:
+        comp = attention_reference(case, inp, scale, dtype, dtype)
+        out_dtypes = [dtype, dtype, acc, acc]  # out and dqkv in the input dtype, the rest in the accumulation dtype
+        floor = [t.to(dt) for t, dt in zip(attention_reference(case, inp, scale, torch.float64, acc, rnd=dtype), out_dtypes)]
+    for i, name in enumerate(names):
+        check_close(name, got[name], exact[i], comp[i], floor[i], dtype)
+    if case.B and case.H and case.W:
+        assert torch.isfinite(got["lse"]).all()
+
+
+# ----------------------------------------------------------------------------- patch merging
+
+
+@dataclass(frozen=True)
+class MergeCase:
+    B: int
+    H: int
+    W: int
+    C: int
+
+    @property
+    def id(self) -> str:
+        return f"B{self.B}-{self.H}x{self.W}-C{self.C}"
+
+
+# Even and odd (zero-padded) sizes, 1-pixel maps, an empty batch, channel
+# counts with and without a 16-byte vector multiple.
+MERGE_CASES = [
+    MergeCase(2, 8, 8, 16),
+    MergeCase(1, 7, 9, 32),
+    MergeCase(1, 5, 4, 48),
+    MergeCase(2, 1, 3, 8),
+    MergeCase(0, 4, 4, 8),
+    MergeCase(3, 6, 5, 3),
+    MergeCase(1, 9, 7, 96),
+]
+
+
+def merge_inputs(case: MergeCase, gen: torch.Generator, scale: float = 1.0) -> Dict[str, torch.Tensor]:
+    f64 = dict(dtype=torch.float64, generator=gen)
+    H2, W2 = (case.H + 1) // 2, (case.W + 1) // 2
+    return dict(
+        x=(torch.randn(case.B, case.H, case.W, case.C, **f64) * 2 + 0.5) * scale,
+        w=torch.randn(4 * case.C, **f64),
+        b=torch.randn(4 * case.C, **f64),
+        go=torch.randn(case.B, H2, W2, 4 * case.C, **f64),
+    )
+
+
+def run_merging(ex: Executor, inp: Dict, dtype: torch.dtype, eps: float = 1e-5):
+    acc = acc_dtype(dtype)
+    dev = ex.device
+    with ex:
+        y, mean, rstd = ex.ops.patch_merging_fwd(inp["x"].to(dev, dtype), inp["w"].to(dev, acc), inp["b"].to(dev, acc), eps)
+        dx, dw, db = ex.ops.patch_merging_bwd(inp["go"].to(dev, dtype), inp["x"].to(dev, dtype), inp["w"].to(dev, acc), mean, rstd)
+    return {k: v.cpu() for k, v in dict(y=y, mean=mean, rstd=rstd, dx=dx, dweight=dw, dbias=db).items()}
+
+
+def merging_reference(inp: Dict, prec: torch.dtype, wprec: Optional[torch.dtype] = None, rnd: bool = False,
+                      eps: float = 1e-5) -> List[torch.Tensor]:
+    from swin_ext.reference import patch_merging_reference
+
+    q = (lambda t, p: t.to(p).double()) if rnd else (lambda t, p: t.to(p, copy=True))  # never the caller's tensor
+    wprec = wprec or prec
+    leaves = [q(inp["x"], prec).requires_grad_(), q(inp["w"], wprec).requires_grad_(), q(inp["b"], wprec).requires_grad_()]
+    out = patch_merging_reference(*leaves, eps)
+    if out.numel() == 0:
+        return [out] + [torch.zeros_like(t) for t in leaves]
+    return [out] + list(torch.autograd.grad(out, leaves, q(inp["go"], prec)))
+
+
+def check_merging(case: MergeCase, inp: Dict, got: Dict, dtype: torch.dtype) -> None:
+    acc = acc_dtype(dtype)
+    H2, W2 = (case.H + 1) // 2, (case.W + 1) // 2
+    assert got["y"].dtype == dtype and got["y"].shape == (case.B, H2, W2, 4 * case.C)
+    assert got["mean"].shape == got["rstd"].shape == (case.B, H2, W2) and got["mean"].dtype == acc
+    exact = merging_reference(inp, torch.float64)
+    if dtype in (torch.float32, torch.float64):
+        comp = floor = exact
+    else:
+        comp = merging_reference(inp, dtype)
+        floor = [t.to(dt) for t, dt in zip(merging_reference(inp, dtype, acc, rnd=True), [dtype, dtype, acc, acc])]
+    for i, name in enumerate(["y", "dx", "dweight", "dbias"]):
+        check_close(name, got[name], exact[i], comp[i], floor[i], dtype)

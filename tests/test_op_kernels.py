@@ -1,0 +1,93 @@
+"""Every op kernel against swin_ext.reference, on every executor (op_testing.py).
+
+One case table per op, run by one fixture on the CPU kernels, on the CUDA
+kernels under the CPU harness (in thread order and shuffled) and on the GPU
+where there is one, for every dtype, with one tolerance rule.  The CUDA
+backward of the attention runs both ways it can: the fused kernel (N <= 64)
+and the streaming pair (forced with SWIN_EXT_ATTN_BWD=streaming), and with
+several images per block (SWIN_EXT_ATTN_CHUNK) so the bias gradient's
+accumulation across images is exercised on small inputs.
+``tests/test_harness.py::test_asan_kernel_suite`` reruns the harness part
+under AddressSanitizer, ``test_sm86_kernel_suite`` with the sm_86 limits.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from op_testing import (
+    ATTN_CASES,
+    DTYPES,
+    MERGE_CASES,
+    attention_inputs,
+    check_attention,
+    check_merging,
+    executor_names,
+    make_executor,
+    merge_inputs,
+    run_attention,
+    run_merging,
+)
+
+
+@pytest.fixture(params=executor_names())
+def executor(request):
+    return make_executor(request.param)
+
+
+# (SWIN_EXT_ATTN_BWD, SWIN_EXT_ATTN_CHUNK) variants of the CUDA backward.
+BWD_VARIANTS = {
+    "auto": {},
+    "streaming": {"SWIN_EXT_ATTN_BWD": "streaming"},
+    "chunk2": {"SWIN_EXT_ATTN_CHUNK": "2"},
+}
+
+
+def _variants(case):
+    out = ["auto"]
+    if case.N <= 64:
+        out.append("streaming")  # else streaming is what auto runs
+    if case.B >= 2:
+        out.append("chunk2")
+    return out
+
+
+ATTN_PARAMS = [pytest.param(c, v, id=f"{c.id}-{v}") for c in ATTN_CASES for v in _variants(c)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case,variant", ATTN_PARAMS)
+def test_window_attention(executor, case, variant, dtype, monkeypatch, seed_generator):
+    if variant != "auto" and not executor.is_cuda_kernel:
+        pytest.skip("a CUDA backward variant")
+    for k, v in BWD_VARIANTS[variant].items():
+        monkeypatch.setenv(k, v)
+    inp = attention_inputs(case, seed_generator, dtype)
+    scale = case.d ** -0.5
+    got = run_attention(executor, case, inp, dtype, scale)
+    check_attention(case, inp, got, dtype, scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", MERGE_CASES, ids=lambda c: c.id)
+def test_patch_merging(executor, case, dtype, seed_generator):
+    inp = merge_inputs(case, seed_generator)
+    got = run_merging(executor, inp, dtype)
+    check_merging(case, inp, got, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("magnitude", [1e30, 1e36])
+def test_patch_merging_huge_values(executor, dtype, magnitude, seed_generator):
+    """LayerNorm statistics stay right where float32 squares overflow (torch's own LayerNorm gives NaN)."""
+    case = MERGE_CASES[1]
+    inp = merge_inputs(case, seed_generator, scale=magnitude)
+    got = run_merging(executor, inp, dtype)
+    check_merging(case, inp, got, dtype)
+    # a constant row has variance 0: the output is exactly the bias
+    inp["x"] = torch.full_like(inp["x"], magnitude)
+    got = run_merging(executor, inp, dtype)
+    H2, W2 = (case.H + 1) // 2, (case.W + 1) // 2
+    interior = got["y"][:, : case.H // 2, : case.W // 2]
+    want = inp["b"].to(dtype).expand_as(interior)
+    torch.testing.assert_close(interior, want, atol=0, rtol=0)
