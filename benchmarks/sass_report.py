@@ -76,7 +76,10 @@ class Kernel:
         if not m:
             return n
         args = m.group(2)
-        args = args.replace("swin_ext::cuda::attn::Traits", "").replace("__nv_bfloat16", "bf16").replace("__half", "fp16")
+        t = re.match(r"swin_ext::cuda::attn::Traits<(.*)>$", args.strip())
+        if t:
+            args = t.group(1)
+        args = args.replace("__nv_bfloat16", "bf16").replace("__half", "fp16")
         args = args.replace("float", "fp32").replace("double", "fp64")
         return f"{m.group(1)}<{args.strip()}>"
 

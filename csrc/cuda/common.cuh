@@ -50,6 +50,9 @@ __device__ __forceinline__ float acc_exp2(float v) { return exp2f(v); }
 __device__ __forceinline__ double acc_exp2(double v) { return exp2(v); }
 __device__ __forceinline__ float acc_log2(float v) { return log2f(v); }
 __device__ __forceinline__ double acc_log2(double v) { return log2(v); }
+// 1 / sqrt(v): float as 1 / sqrtf (the CPU kernels' rounding), double as rsqrt.
+__device__ __forceinline__ float acc_inv_sqrt(float v) { return 1.0f / sqrtf(v); }
+__device__ __forceinline__ double acc_inv_sqrt(double v) { return rsqrt(v); }
 __device__ __forceinline__ float acc_sqrt(float v) { return sqrtf(v); }
 __device__ __forceinline__ double acc_sqrt(double v) { return sqrt(v); }
 __device__ __forceinline__ float acc_abs(float v) { return fabsf(v); }

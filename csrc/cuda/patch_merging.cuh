@@ -52,6 +52,12 @@ __device__ __forceinline__ MergeSrc merge_sources(int pix, int H, int W, int H2,
   return s;
 }
 
+// Offset of quadrant q by selects, not an indexed load: a quadrant loop the
+// compiler does not unroll would otherwise put MergeSrc in local memory.
+__device__ __forceinline__ int64_t merge_off(const MergeSrc& s, int q) {
+  return q == 0 ? s.off[0] : q == 1 ? s.off[1] : q == 2 ? s.off[2] : s.off[3];
+}
+
 // VEC consecutive elements as one 16-byte (or smaller) access.
 template <typename scalar_t, int VEC>
 struct alignas(sizeof(scalar_t) * VEC) Pack {
@@ -76,11 +82,12 @@ __device__ __forceinline__ void store_pack(scalar_t* p, const acc_t* v) {
 // Gathered channels [q*C + c, + VEC) of a pixel (zeros for padding).
 template <typename scalar_t, typename acc_t, int VEC>
 __device__ __forceinline__ void load_quadrant(const scalar_t* x, const MergeSrc& s, int q, int c, acc_t* v) {
-  if (s.off[q] < 0) {
+  const int64_t off = merge_off(s, q);
+  if (off < 0) {
 #pragma unroll
     for (int e = 0; e < VEC; ++e) v[e] = acc_t(0);
   } else {
-    load_pack<scalar_t, acc_t, VEC>(x + s.off[q] + c, v);
+    load_pack<scalar_t, acc_t, VEC>(x + off + c, v);
   }
 }
 
@@ -100,17 +107,16 @@ __host__ __device__ constexpr acc_t merge_scale_above() {
 // residuals' own mean (corrected two-pass: a constant row has var = 0), and
 // mean * 2^k, rstd * 2^-k are stored.
 template <typename scalar_t, typename acc_t, int VEC>
-__global__ void __launch_bounds__(kMergeWarps * 32)
+__global__ void __launch_bounds__(kMergeWarps * 32, 1)
     merge_fwd_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ weight,
                      const acc_t* __restrict__ bias, scalar_t* __restrict__ y,
                      acc_t* __restrict__ mean, acc_t* __restrict__ rstd, int B, int H, int W, int C,
-                     acc_t eps) {
+                     acc_t eps, acc_t inv_n) {
   const int H2 = (H + 1) / 2, W2 = (W + 1) / 2, C4 = 4 * C;
   const int pix = blockIdx.x * kMergeWarps + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (pix >= B * H2 * W2) return;  // the whole warp leaves together
   const MergeSrc src = merge_sources(pix, H, W, H2, W2, C);
-  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(C4);
   acc_t v[VEC];
   acc_t s = 0, amax = 0;
 #pragma unroll
@@ -157,7 +163,7 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
   const acc_t dm = warp_sum(s1) * inv_n;
   mu += dm;
   const acc_t var = acc_max(warp_sum(s2) * inv_n - dm * dm, acc_t(0));
-  const acc_t rs = acc_t(1) / acc_sqrt(var + eps);
+  const acc_t rs = acc_inv_sqrt(var + eps);
   scalar_t* dst = y + static_cast<int64_t>(pix) * C4;
 #pragma unroll
   for (int q = 0; q < 4; ++q)
@@ -192,12 +198,12 @@ inline int64_t merge_bwd_pixels_per_block(int nwarps) { return static_cast<int64
 
 // Backward: block = a fixed range of pixels, one warp per pixel at a time.
 template <typename scalar_t, typename acc_t, int VEC>
-__global__ void __launch_bounds__(kMergeWarps * 32)
+__global__ void __launch_bounds__(kMergeWarps * 32, 1)
     merge_bwd_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ x,
                      const acc_t* __restrict__ weight, const acc_t* __restrict__ mean,
                      const acc_t* __restrict__ rstd, scalar_t* __restrict__ dx,
                      acc_t* __restrict__ dw_part, acc_t* __restrict__ db_part, int B, int H, int W,
-                     int C) {
+                     int C, acc_t inv_n) {
   SWIN_DYNAMIC_SHARED(acc_t, smem);
   const int H2 = (H + 1) / 2, W2 = (W + 1) / 2, C4 = 4 * C;
   const int nwarps = blockDim.x >> 5;
@@ -210,7 +216,6 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
 
   const int p0 = blockIdx.x * nwarps * kMergePixelsPerWarp;
   const int p1 = p0 + nwarps * kMergePixelsPerWarp < P ? p0 + nwarps * kMergePixelsPerWarp : P;
-  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(C4);
   for (int pix = p0 + warp; pix < p1; pix += nwarps) {
     const MergeSrc src = merge_sources(pix, H, W, H2, W2, C);
     const acc_t mu = mean[pix], rs = rstd[pix];
@@ -245,7 +250,8 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
           dw_acc[k + e] += gv[e] * xh;
           db_acc[k + e] += gv[e];
         }
-        if (src.off[q] >= 0) store_pack<scalar_t, acc_t, VEC>(dx + src.off[q] + c, d);  // padding: no gradient
+        const int64_t off = merge_off(src, q);
+        if (off >= 0) store_pack<scalar_t, acc_t, VEC>(dx + off + c, d);  // padding: no gradient
       }
   }
   __syncthreads();
@@ -285,12 +291,13 @@ void launch_patch_merging_fwd(const scalar_t* x, const acc_t* weight, const acc_
   const unsigned blocks = static_cast<unsigned>(ceil_div64(P, kMergeWarps));
   constexpr int kVec = 16 / sizeof(scalar_t);
   const int b = static_cast<int>(B), h = static_cast<int>(H), w = static_cast<int>(W), c = static_cast<int>(C);
+  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(4 * C);  // on the host: no division in the kernel
   if (merge_vec_ok<scalar_t>(C, {x, y})) {
     SWIN_LAUNCH_KERNEL((merge_fwd_kernel<scalar_t, acc_t, kVec>), blocks, kMergeWarps * 32, 0,
-                       stream, x, weight, bias, y, mean, rstd, b, h, w, c, static_cast<acc_t>(eps));
+                       stream, x, weight, bias, y, mean, rstd, b, h, w, c, static_cast<acc_t>(eps), inv_n);
   } else {
     SWIN_LAUNCH_KERNEL((merge_fwd_kernel<scalar_t, acc_t, 1>), blocks, kMergeWarps * 32, 0, stream,
-                       x, weight, bias, y, mean, rstd, b, h, w, c, static_cast<acc_t>(eps));
+                       x, weight, bias, y, mean, rstd, b, h, w, c, static_cast<acc_t>(eps), inv_n);
   }
 }
 
@@ -307,12 +314,13 @@ void launch_patch_merging_bwd(const scalar_t* grad_out, const scalar_t* x, const
   const size_t smem = merge_bwd_smem(nwarps, 4 * C, sizeof(acc_t));
   constexpr int kVec = 16 / sizeof(scalar_t);
   const int b = static_cast<int>(B), h = static_cast<int>(H), w = static_cast<int>(W), c = static_cast<int>(C);
+  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(4 * C);
   if (merge_vec_ok<scalar_t>(C, {grad_out, x, dx})) {
     SWIN_LAUNCH_KERNEL((merge_bwd_kernel<scalar_t, acc_t, kVec>), blocks, nwarps * 32, smem, stream,
-                       grad_out, x, weight, mean, rstd, dx, dw_part, db_part, b, h, w, c);
+                       grad_out, x, weight, mean, rstd, dx, dw_part, db_part, b, h, w, c, inv_n);
   } else {
     SWIN_LAUNCH_KERNEL((merge_bwd_kernel<scalar_t, acc_t, 1>), blocks, nwarps * 32, smem, stream,
-                       grad_out, x, weight, mean, rstd, dx, dw_part, db_part, b, h, w, c);
+                       grad_out, x, weight, mean, rstd, dx, dw_part, db_part, b, h, w, c, inv_n);
   }
 }
 

@@ -497,6 +497,7 @@ inline float __tanf(float x) { return ::tanf(x); }
 inline void __sincosf(float x, float* s, float* c) { *s = ::sinf(x); *c = ::cosf(x); }
 inline float __fdividef(float x, float y) { return x / y; }
 inline float __frcp_rn(float x) { return 1.0f / x; }
+inline double __drcp_rn(double x) { return 1.0 / x; }
 inline float __fsqrt_rn(float x) { return ::sqrtf(x); }
 inline float __frsqrt_rn(float x) { return 1.0f / ::sqrtf(x); }
 inline float __fadd_rn(float a, float b) { return a + b; }
