@@ -32,5 +32,19 @@ constexpr const char* kPatchMergingBwd =
     "patch_merging_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor mean, Tensor rstd) "
     "-> (Tensor, Tensor, Tensor)";
 
+// Fused residual add + LayerNorm over the last dim.
+//   x, branch (..., C)  h = x + branch is stored in x's dtype (the residual
+//                       stream), y = LayerNorm(h) in y_dtype (None: x's)
+//   weight/bias (C,) in the accumulation dtype
+// returns h, y, mean and rstd (...) in the accumulation dtype.
+constexpr const char* kAddLayerNormFwd =
+    "add_layernorm_fwd(Tensor x, Tensor branch, Tensor weight, Tensor bias, float eps, ScalarType? y_dtype) "
+    "-> (Tensor, Tensor, Tensor, Tensor)";
+// returns dh (h's dtype: the gradient of x), dbranch (the same values in
+// branch_dtype, or an empty tensor when branch_dtype is None), dweight, dbias.
+constexpr const char* kAddLayerNormBwd =
+    "add_layernorm_bwd(Tensor? grad_h, Tensor grad_y, Tensor h, Tensor weight, Tensor mean, Tensor rstd, "
+    "ScalarType? branch_dtype) -> (Tensor, Tensor, Tensor, Tensor)";
+
 }  // namespace schema
 }  // namespace swin_ext

@@ -33,7 +33,7 @@
 // One untyped extern array (templates instantiated with different types would
 // otherwise declare conflicting `extern __shared__ T name[]`).
 #define SWIN_DYNAMIC_SHARED(type, name)                                   \
-  extern __shared__ __align__(16) unsigned char swin_dyn_smem[];          \
+  extern __shared__ __align__(128) unsigned char swin_dyn_smem[];         \
   type* name = reinterpret_cast<type*>(swin_dyn_smem)
 
 #define SWIN_CUDA_CHECK_LAUNCH() C10_CUDA_KERNEL_LAUNCH_CHECK()

@@ -29,6 +29,8 @@ TORCH_LIBRARY_IMPL(swin_ext, CUDA, m) {
   m.impl("window_attention_bwd", &cuda_glue::window_attention_bwd<CudaBackend>);
   m.impl("patch_merging_fwd", &cuda_glue::patch_merging_fwd<CudaBackend>);
   m.impl("patch_merging_bwd", &cuda_glue::patch_merging_bwd<CudaBackend>);
+  m.impl("add_layernorm_fwd", &cuda_glue::add_layernorm_fwd<CudaBackend>);
+  m.impl("add_layernorm_bwd", &cuda_glue::add_layernorm_bwd<CudaBackend>);
 }
 
 }  // namespace swin_ext

@@ -22,6 +22,7 @@
 #include <cstring>
 
 #include "../checks.h"
+#include "add_layernorm.cuh"
 #include "attention/api.h"
 #include "patch_merging.cuh"
 
@@ -318,6 +319,158 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_merging_bwd(const at::Tenso
       });
   // Partials reduced over a fixed shape: bitwise reproducible run to run.
   return {dx, dw_part.sum(0), db_part.sum(0)};
+}
+
+
+// ------------------------------------------------------------------ add + LayerNorm
+
+// The dtype combinations of (x / h, branch, y): one dtype throughout, or the
+// autocast mixes of a float32 residual stream with a bf16 / fp16 branch and
+// output.  f.template operator()<TX, TB, TY>() is called with the CUDA types.
+template <class F>
+void dispatch_add_layernorm(at::ScalarType tx, at::ScalarType tb, at::ScalarType ty, const char* what, F&& f) {
+  using at::kBFloat16;
+  using at::kDouble;
+  using at::kFloat;
+  using at::kHalf;
+  auto is = [&](at::ScalarType a, at::ScalarType b, at::ScalarType c) { return tx == a && tb == b && ty == c; };
+  if (is(kFloat, kFloat, kFloat)) return f.template operator()<float, float, float>();
+  if (is(kDouble, kDouble, kDouble)) return f.template operator()<double, double, double>();
+  if (is(kHalf, kHalf, kHalf)) return f.template operator()<__half, __half, __half>();
+  if (is(kBFloat16, kBFloat16, kBFloat16)) return f.template operator()<__nv_bfloat16, __nv_bfloat16, __nv_bfloat16>();
+  if (is(kFloat, kBFloat16, kBFloat16)) return f.template operator()<float, __nv_bfloat16, __nv_bfloat16>();
+  if (is(kFloat, kHalf, kHalf)) return f.template operator()<float, __half, __half>();
+  if (is(kFloat, kFloat, kBFloat16)) return f.template operator()<float, float, __nv_bfloat16>();
+  if (is(kFloat, kFloat, kHalf)) return f.template operator()<float, float, __half>();
+  if (is(kFloat, kBFloat16, kFloat)) return f.template operator()<float, __nv_bfloat16, float>();
+  if (is(kFloat, kHalf, kFloat)) return f.template operator()<float, __half, float>();
+  TORCH_CHECK(false, "swin_ext.add_layernorm (CUDA): ", what, " dtypes (", tx, ", ", tb, ", ", ty,
+              ") are not supported: one dtype throughout, or a float32 residual stream with a float16 / "
+              "bfloat16 branch or output");
+}
+
+// Argument checks of the add + LayerNorm glue (shapes, dtypes, devices).
+inline void add_ln_checks(const at::Tensor& x, const at::Tensor& branch, const at::Tensor& weight,
+                          const at::Tensor& bias, double eps) {
+  check_float(x, "x");
+  check_float(branch, "branch");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) >= 1, "swin_ext.add_layernorm: x must be (..., C) with C >= 1, got ",
+              x.sizes());
+  TORCH_CHECK(branch.sizes() == x.sizes(), "swin_ext.add_layernorm: branch ", branch.sizes(),
+              " must have the shape of x ", x.sizes());
+  const int64_t C = x.size(-1);
+  const auto acc = acc_type_of(x.scalar_type());
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == C && bias.dim() == 1 && bias.size(0) == C,
+              "swin_ext.add_layernorm: weight and bias must be (", C, ",), got ", weight.sizes(), " and ", bias.sizes());
+  TORCH_CHECK(weight.scalar_type() == acc && bias.scalar_type() == acc, "swin_ext.add_layernorm: weight/bias must be ",
+              acc, " for x of dtype ", x.scalar_type(), ", got ", weight.scalar_type(), " and ", bias.scalar_type());
+  check_same_device(x, branch, "x", "branch");
+  check_same_device(x, weight, "x", "weight");
+  check_same_device(x, bias, "x", "bias");
+  check_merging_eps(eps);
+}
+
+inline void add_ln_bwd_checks(const std::optional<at::Tensor>& grad_h, const at::Tensor& grad_y,
+                              const at::Tensor& h, const at::Tensor& weight, const at::Tensor& mean,
+                              const at::Tensor& rstd) {
+  check_float(h, "h");
+  TORCH_CHECK(h.dim() >= 1 && h.size(-1) >= 1, "swin_ext.add_layernorm_bwd: h must be (..., C), got ", h.sizes());
+  TORCH_CHECK(grad_y.sizes() == h.sizes(), "swin_ext.add_layernorm_bwd: grad_y ", grad_y.sizes(),
+              " must have the shape of h ", h.sizes());
+  if (grad_h.has_value()) {
+    TORCH_CHECK(grad_h->sizes() == h.sizes() && grad_h->scalar_type() == h.scalar_type(),
+                "swin_ext.add_layernorm_bwd: grad_h must be ", h.scalar_type(), " ", h.sizes(), ", got ",
+                grad_h->scalar_type(), " ", grad_h->sizes());
+    check_same_device(h, *grad_h, "h", "grad_h");
+  }
+  const auto acc = acc_type_of(h.scalar_type());
+  const auto stat_sizes = h.sizes().slice(0, h.dim() - 1);
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == h.size(-1) && weight.scalar_type() == acc,
+              "swin_ext.add_layernorm_bwd: weight must be ", acc, " (", h.size(-1), ",), got ", weight.scalar_type(),
+              " ", weight.sizes());
+  for (const at::Tensor* t : {&mean, &rstd}) {
+    TORCH_CHECK(t->sizes() == stat_sizes && t->scalar_type() == acc, "swin_ext.add_layernorm_bwd: mean/rstd must be ",
+                acc, " ", stat_sizes, ", got ", t->scalar_type(), " ", t->sizes());
+  }
+  check_same_device(h, grad_y, "h", "grad_y");
+  check_same_device(h, weight, "h", "weight");
+  check_same_device(h, mean, "h", "mean");
+  check_same_device(h, rstd, "h", "rstd");
+}
+
+inline void check_add_layernorm_limits(int64_t rows, int64_t C) {
+  constexpr int64_t kMax32 = (int64_t(1) << 31) - 1;
+  TORCH_CHECK(rows <= kMax32 && C <= kMax32, "swin_ext.add_layernorm (CUDA): ", rows, " rows of ", C,
+              " channels exceed the kernels' 32-bit row indexing");
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_fwd(
+    const at::Tensor& x_in, const at::Tensor& branch_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
+    double eps, std::optional<at::ScalarType> y_dtype) {
+  add_ln_checks(x_in, branch_in, weight_in, bias_in, eps);
+  Backend::check_device(x_in, "x");
+  const typename Backend::Guard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous(), branch = branch_in.contiguous();
+  const at::Tensor weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  const int64_t C = x.size(-1), rows = C ? x.numel() / C : 0;
+  const at::ScalarType ty = y_dtype.value_or(x.scalar_type());
+  at::Tensor h = Backend::output(x.sizes(), x.options());
+  at::Tensor y = Backend::output(x.sizes(), x.options().dtype(ty));
+  const auto stat_sizes = x.sizes().slice(0, x.dim() - 1);
+  at::Tensor mean = Backend::output(stat_sizes, weight.options());
+  at::Tensor rstd = Backend::output(stat_sizes, weight.options());
+  if (rows == 0) return {h, y, mean, rstd};
+  check_add_layernorm_limits(rows, C);
+  const cudaStream_t stream = Backend::stream();
+  dispatch_add_layernorm(x.scalar_type(), branch.scalar_type(), ty, "forward", [&]<typename TX, typename TB, typename TY>() {
+    using A = typename cuda::AccType<TX>::type;
+    cuda::launch_add_layernorm_fwd<TX, TB, TY, A>(ptr<TX>(x), ptr<TB>(branch), ptr<A>(weight), ptr<A>(bias),
+                                                  mut_ptr<TX>(h), mut_ptr<TY>(y), mut_ptr<A>(mean), mut_ptr<A>(rstd),
+                                                  rows, C, eps, stream);
+    Backend::check_launch();
+  });
+  return {h, y, mean, rstd};
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_bwd(
+    const std::optional<at::Tensor>& grad_h_in, const at::Tensor& grad_y_in, const at::Tensor& h_in,
+    const at::Tensor& weight_in, const at::Tensor& mean_in, const at::Tensor& rstd_in,
+    std::optional<at::ScalarType> branch_dtype) {
+  add_ln_bwd_checks(grad_h_in, grad_y_in, h_in, weight_in, mean_in, rstd_in);
+  Backend::check_device(h_in, "h");
+  const typename Backend::Guard guard(h_in.device());
+  const at::Tensor h = h_in.contiguous(), grad_y = grad_y_in.contiguous();
+  const at::Tensor grad_h = grad_h_in.has_value() ? grad_h_in->contiguous() : at::Tensor();
+  const at::Tensor weight = weight_in.contiguous(), mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  const int64_t C = h.size(-1), rows = C ? h.numel() / C : 0;
+  at::Tensor dh = Backend::output(h.sizes(), h.options());
+  at::Tensor dbranch = branch_dtype.has_value() ? Backend::output(h.sizes(), h.options().dtype(*branch_dtype))
+                                                : at::empty({0}, h.options());
+  if (rows == 0) {
+    return {dh, dbranch, at::zeros({C}, weight.options()), at::zeros({C}, weight.options())};
+  }
+  check_add_layernorm_limits(rows, C);
+  const size_t acc_size = h.scalar_type() == at::kDouble ? sizeof(double) : sizeof(float);
+  const int nwarps = cuda::add_ln_bwd_warps(C, acc_size);
+  TORCH_CHECK(nwarps > 0, "swin_ext.add_layernorm (CUDA): C = ", C, " is too large for the backward kernel (its ",
+              "per-block weight/bias accumulators of 2C values exceed ", cuda::kAddLnBwdMaxSmem, " bytes of shared memory)");
+  const int64_t nparts = cuda::add_ln_num_partials(rows, nwarps);
+  at::Tensor dw_part = Backend::output({nparts, C}, weight.options());
+  at::Tensor db_part = Backend::output({nparts, C}, weight.options());
+  const cudaStream_t stream = Backend::stream();
+  const at::ScalarType tb = branch_dtype.value_or(h.scalar_type());
+  dispatch_add_layernorm(h.scalar_type(), tb, grad_y.scalar_type(), "backward", [&]<typename TX, typename TB, typename TY>() {
+    using A = typename cuda::AccType<TX>::type;
+    cuda::launch_add_layernorm_bwd<TX, TB, TY, A>(
+        grad_h.defined() ? ptr<TX>(grad_h) : nullptr, ptr<TY>(grad_y), ptr<TX>(h), ptr<A>(weight), ptr<A>(mean),
+        ptr<A>(rstd), mut_ptr<TX>(dh), branch_dtype.has_value() ? mut_ptr<TB>(dbranch) : nullptr,
+        mut_ptr<A>(dw_part), mut_ptr<A>(db_part), rows, C, nwarps, stream);
+    Backend::check_launch();
+  });
+  // Partials reduced over a fixed shape: bitwise reproducible run to run.
+  return {dh, dbranch, dw_part.sum(0), db_part.sum(0)};
 }
 
 }  // namespace cuda_glue

@@ -3,9 +3,8 @@
 //
 //   forward   merge_fwd_kernel   one warp per output pixel; lanes walk the
 //             gathered row quadrant by quadrant in VEC-element (16-byte)
-//             packs; the statistics in passes over the row (L1-hot), with
-//             a power-of-two rescaling of huge rows as the CPU kernel, then
-//             the normalised row.
+//             packs; the statistics in passes over the row (L1-hot,
+//             layernorm_stats.cuh), then the normalised row.
 //   backward  merge_bwd_kernel   one warp per output pixel, the same walk:
 //             pass 1 forms the row sums of g = dy * weight and g * xhat, pass
 //             2 writes dx as 16-byte packs and adds dy * xhat, dy to the
@@ -25,6 +24,7 @@
 
 #include "../swin_geometry.h"
 #include "common.cuh"
+#include "layernorm_stats.cuh"
 
 namespace swin_ext {
 namespace cuda {
@@ -91,21 +91,8 @@ __device__ __forceinline__ void load_quadrant(const scalar_t* x, const MergeSrc&
   }
 }
 
-// Magnitude above which a pixel's statistics are computed on the row
-// scaled by 2^-ilogb(max|x|) (as the CPU kernel does): below it the sum of
-// squared residuals over 4C <= 2^30 channels cannot overflow acc_t.
-template <typename acc_t>
-__host__ __device__ constexpr acc_t merge_scale_above() {
-  return sizeof(acc_t) == 4 ? acc_t(1099511627776.0) /* 2^40 */ : acc_t(0x1p488);
-}
-
-// Forward: one warp per output pixel.  The statistics are right for every
-// finite input (torch's float32 LayerNorm overflows from |x| ~ 1e19 on):
-// pass 1 sums the row and finds max|x|; a row above merge_scale_above is
-// scaled by an exact power of two 2^-k (eps by 2^-2k, floored at the
-// smallest normal number when eps > 0), the mean is refined by the
-// residuals' own mean (corrected two-pass: a constant row has var = 0), and
-// mean * 2^k, rstd * 2^-k are stored.
+// Forward: one warp per output pixel; the statistics as the CPU kernel
+// computes them (layernorm_stats.cuh: right for every finite input).
 template <typename scalar_t, typename acc_t, int VEC>
 __global__ void __launch_bounds__(kMergeWarps * 32, 1)
     merge_fwd_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ weight,
@@ -117,67 +104,31 @@ __global__ void __launch_bounds__(kMergeWarps * 32, 1)
   const int lane = threadIdx.x & 31;
   if (pix >= B * H2 * W2) return;  // the whole warp leaves together
   const MergeSrc src = merge_sources(pix, H, W, H2, W2, C);
-  acc_t v[VEC];
-  acc_t s = 0, amax = 0;
-#pragma unroll
-  for (int q = 0; q < 4; ++q)
-    for (int c = lane * VEC; c < C; c += 32 * VEC) {
-      load_quadrant<scalar_t, acc_t, VEC>(x, src, q, c, v);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        s += v[e];
-        amax = acc_max(amax, acc_abs(v[e]));  // fmax: a NaN never wins (it reaches the output through s)
-      }
-    }
-  s = warp_sum(s);
-  amax = warp_max(amax);
-  int k = 0;
-  acc_t f = 1;
-  if (amax > merge_scale_above<acc_t>() && amax <= std::numeric_limits<acc_t>::max()) {
-    k = acc_ilogb(amax);
-    f = acc_ldexp(acc_t(1), -k);
-    s = 0;
+  auto for_each = [&](auto&& fn) {
 #pragma unroll
     for (int q = 0; q < 4; ++q)
       for (int c = lane * VEC; c < C; c += 32 * VEC) {
+        acc_t v[VEC];
         load_quadrant<scalar_t, acc_t, VEC>(x, src, q, c, v);
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) s += v[e] * f;
+        fn(v);
       }
-    s = warp_sum(s);
-    if (eps > 0) eps = acc_max(acc_ldexp(eps, -2 * k), std::numeric_limits<acc_t>::min());
-  }
-  acc_t mu = s * inv_n;
-  acc_t s1 = 0, s2 = 0;
-#pragma unroll
-  for (int q = 0; q < 4; ++q)
-    for (int c = lane * VEC; c < C; c += 32 * VEC) {
-      load_quadrant<scalar_t, acc_t, VEC>(x, src, q, c, v);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        const acc_t d = v[e] * f - mu;
-        s1 += d;
-        s2 += d * d;
-      }
-    }
-  const acc_t dm = warp_sum(s1) * inv_n;
-  mu += dm;
-  const acc_t var = acc_max(warp_sum(s2) * inv_n - dm * dm, acc_t(0));
-  const acc_t rs = acc_inv_sqrt(var + eps);
+  };
+  const RowStats<acc_t> st = warp_row_stats<acc_t, VEC>(for_each, inv_n, eps);
   scalar_t* dst = y + static_cast<int64_t>(pix) * C4;
 #pragma unroll
   for (int q = 0; q < 4; ++q)
     for (int c = lane * VEC; c < C; c += 32 * VEC) {
+      acc_t v[VEC];
       load_quadrant<scalar_t, acc_t, VEC>(x, src, q, c, v);
       const int kk = q * C + c;
       acc_t o[VEC];
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) o[e] = (v[e] * f - mu) * rs * weight[kk + e] + bias[kk + e];
+      for (int e = 0; e < VEC; ++e) o[e] = (v[e] * st.scale - st.mean) * st.rstd * weight[kk + e] + bias[kk + e];
       store_pack<scalar_t, acc_t, VEC>(dst + kk, o);
     }
   if (lane == 0) {
-    mean[pix] = k ? acc_ldexp(mu, k) : mu;
-    rstd[pix] = k ? acc_ldexp(rs, -k) : rs;
+    mean[pix] = st.stored_mean();
+    rstd[pix] = st.stored_rstd();
   }
 }
 

@@ -693,7 +693,7 @@ struct Worker {
 
     // Dynamic shared memory: exactly the launch's size (ASan sees overruns),
     // filled with 0xFF so that reading it before writing shows.
-    smem = static_cast<unsigned char*>(::operator new(s.smem, std::align_val_t(16)));
+    smem = static_cast<unsigned char*>(::operator new(s.smem, std::align_val_t(128)));  // as SWIN_DYNAMIC_SHARED
     if (s.smem) std::memset(smem, 0xFF, s.smem);
 
     const unsigned n = L->nthreads;
@@ -723,7 +723,7 @@ struct Worker {
       stall();
       if (!error.empty()) break;
     }
-    ::operator delete(smem, std::align_val_t(16));
+    ::operator delete(smem, std::align_val_t(128));
     smem = nullptr;
     if (!error.empty()) L->set_error(error);
   }

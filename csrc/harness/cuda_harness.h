@@ -711,6 +711,18 @@ inline void warp_sync(const char* what, const char* file, int line) {
   swin_harness::detail::warp_op(swin_harness::detail::kWmma, 0xffffffffu, 0, 0, 32, what, file,
                                 line);
 }
+// The CUDA rules a GPU enforces (a violation is undefined behaviour there):
+// the pointer 256-bit aligned, ldm a multiple of 16 bytes' worth of elements.
+template <typename P>
+inline void check_ptr_ldm(const P* p, unsigned ldm, const char* what, const char* file, int line) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0)
+    swin_harness::detail::kernel_fail(std::string(what) + " at " + file + ":" + std::to_string(line) +
+                                      ": pointer not 256-bit aligned");
+  if ((ldm * sizeof(P)) % 16 != 0)
+    swin_harness::detail::kernel_fail(std::string(what) + " at " + file + ":" + std::to_string(line) +
+                                      ": ldm " + std::to_string(ldm) + " is not a multiple of " +
+                                      std::to_string(16 / sizeof(P)) + " elements");
+}
 }  // namespace detail
 
 template <typename Use, int M, int N, int K, typename T, typename Layout = void>
@@ -735,6 +747,7 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const P* p, unsign
                              SWIN_HARNESS_SITE) {
   static_assert(!std::is_same<L, void>::value, "accumulator loads take a layout_t");
   detail::warp_sync("wmma::load_matrix_sync", swin_file, swin_line);
+  detail::check_ptr_ldm(p, ldm, "wmma::load_matrix_sync", swin_file, swin_line);
   using F = fragment<Use, M, N, K, T, L>;
   for (int r = 0; r < F::rows; ++r)
     for (int c = 0; c < F::cols; ++c)
@@ -745,6 +758,7 @@ template <int M, int N, int K, typename T, typename P>
 inline void load_matrix_sync(fragment<accumulator, M, N, K, T, void>& f, const P* p, unsigned ldm,
                              layout_t layout, SWIN_HARNESS_SITE) {
   detail::warp_sync("wmma::load_matrix_sync", swin_file, swin_line);
+  detail::check_ptr_ldm(p, ldm, "wmma::load_matrix_sync", swin_file, swin_line);
   for (int r = 0; r < M; ++r)
     for (int c = 0; c < N; ++c)
       f.x[r * N + c] = layout == mem_row_major ? p[size_t(r) * ldm + c] : p[size_t(c) * ldm + r];
@@ -753,6 +767,7 @@ template <int M, int N, int K, typename T, typename P>
 inline void store_matrix_sync(P* p, const fragment<accumulator, M, N, K, T, void>& f, unsigned ldm,
                               layout_t layout, SWIN_HARNESS_SITE) {
   detail::warp_sync("wmma::store_matrix_sync", swin_file, swin_line);
+  detail::check_ptr_ldm(p, ldm, "wmma::store_matrix_sync", swin_file, swin_line);
   for (int r = 0; r < M; ++r)
     for (int c = 0; c < N; ++c) {
       P& dst = layout == mem_row_major ? p[size_t(r) * ldm + c] : p[size_t(c) * ldm + r];

@@ -40,4 +40,6 @@ TORCH_LIBRARY_IMPL(swin_ext_harness, CPU, m) {
   m.impl("window_attention_bwd", &glue::window_attention_bwd<B>);
   m.impl("patch_merging_fwd", &glue::patch_merging_fwd<B>);
   m.impl("patch_merging_bwd", &glue::patch_merging_bwd<B>);
+  m.impl("add_layernorm_fwd", &glue::add_layernorm_fwd<B>);
+  m.impl("add_layernorm_bwd", &glue::add_layernorm_bwd<B>);
 }

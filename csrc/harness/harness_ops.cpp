@@ -139,6 +139,8 @@ TORCH_LIBRARY(swin_ext_harness, m) {
   m.def(swin_ext::schema::kWindowAttentionBwd);
   m.def(swin_ext::schema::kPatchMergingFwd);
   m.def(swin_ext::schema::kPatchMergingBwd);
+  m.def(swin_ext::schema::kAddLayerNormFwd);
+  m.def(swin_ext::schema::kAddLayerNormBwd);
 }
 
 TORCH_LIBRARY_IMPL(swin_ext_harness, CPU, m) {

@@ -1,0 +1,88 @@
+// LayerNorm row statistics shared by the patch-merging and add+LayerNorm
+// kernels: one warp holds a row, each lane VEC-element chunks of it.
+//
+// The statistics are right for every finite input, as the CPU kernels
+// compute them (torch's float32 LayerNorm overflows from |x| ~ 1e19 on):
+// pass 1 sums the row and finds max|x|; a row above layernorm_scale_above()
+// is scaled by an exact power of two 2^-k (eps by 2^-2k, floored at the
+// smallest normal number when eps > 0, so a constant row gives 0, not
+// 0 * inf), and the mean is refined by the residuals' own mean (corrected
+// two-pass: a constant row has var = 0).  The caller normalises with
+// (x * f - mean) * rstd and stores mean * 2^k, rstd * 2^-k.
+// ATen-free (see cuda_compat.h).
+#pragma once
+
+#include <limits>
+
+#include "common.cuh"
+
+namespace swin_ext {
+namespace cuda {
+
+// Below this magnitude the sum of squared residuals over <= 2^30 channels
+// cannot overflow acc_t.
+template <typename acc_t>
+__host__ __device__ constexpr acc_t layernorm_scale_above() {
+  return sizeof(acc_t) == 4 ? acc_t(1099511627776.0) /* 2^40 */ : acc_t(0x1p488);
+}
+
+template <typename acc_t>
+struct RowStats {
+  acc_t mean;   // of the (scaled) row
+  acc_t rstd;   // of the (scaled) row
+  acc_t scale;  // 2^-k: the row is normalised as (x * scale - mean) * rstd
+  int k;        // stored statistics: mean * 2^k, rstd * 2^-k
+  __device__ __forceinline__ acc_t stored_mean() const { return k ? acc_ldexp(mean, k) : mean; }
+  __device__ __forceinline__ acc_t stored_rstd() const { return k ? acc_ldexp(rstd, -k) : rstd; }
+};
+
+// for_each(fn) must call fn(const acc_t (&v)[VEC]) for every chunk of the
+// row this lane owns, in a fixed order (every lane of the warp calls it).
+template <typename acc_t, int VEC, typename ForEach>
+__device__ __forceinline__ RowStats<acc_t> warp_row_stats(ForEach&& for_each, acc_t inv_n, acc_t eps) {
+  acc_t s = 0, amax = 0;
+  for_each([&](const acc_t (&v)[VEC]) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      s += v[e];
+      amax = acc_max(amax, acc_abs(v[e]));  // fmax: a NaN never wins (it reaches the output through s)
+    }
+  });
+  s = warp_sum(s);
+  amax = warp_max(amax);
+  RowStats<acc_t> r;
+  r.k = 0;
+  r.scale = 1;
+  if (amax > layernorm_scale_above<acc_t>() && amax <= std::numeric_limits<acc_t>::max()) {
+    r.k = acc_ilogb(amax);
+    r.scale = acc_ldexp(acc_t(1), -r.k);
+    s = 0;
+    const acc_t f = r.scale;
+    for_each([&](const acc_t (&v)[VEC]) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) s += v[e] * f;
+    });
+    s = warp_sum(s);
+    if (eps > 0) eps = acc_max(acc_ldexp(eps, -2 * r.k), std::numeric_limits<acc_t>::min());
+  }
+  acc_t mu = s * inv_n;
+  acc_t s1 = 0, s2 = 0;
+  const acc_t f = r.scale;
+  for_each([&](const acc_t (&v)[VEC]) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      const acc_t d = v[e] * f - mu;
+      s1 += d;
+      s2 += d * d;
+    }
+  });
+  const acc_t dm = warp_sum(s1) * inv_n;
+  mu += dm;
+  const acc_t var = acc_max(warp_sum(s2) * inv_n - dm * dm, acc_t(0));
+  r.mean = mu;
+  r.rstd = acc_inv_sqrt(var + eps);
+  return r;
+}
+
+}  // namespace cuda
+}  // namespace swin_ext
