@@ -196,8 +196,10 @@ def _esc(path: str) -> str:  # ninja path escaping
 
 
 def kernel_sources() -> List[str]:
-    """The ATen-free CUDA translation units the harness library also compiles (csrc/cuda/attention_*.cu)."""
-    return sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "attention_*.cu")))
+    """The ATen-free CUDA translation units the harness library also compiles
+    (csrc/cuda/attention_<dtype>.cu, csrc/cuda/*_kernels.cu)."""
+    d = os.path.join(ROOT, "csrc", "cuda")
+    return sorted(glob.glob(os.path.join(d, "attention_*.cu")) + glob.glob(os.path.join(d, "*_kernels.cu")))
 
 
 def write_ninja(build_dir: str = BUILD_DIR) -> str:

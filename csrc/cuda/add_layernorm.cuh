@@ -209,5 +209,35 @@ void launch_add_layernorm_bwd(const th* grad_h, const ty* grad_y, const th* h, c
   }
 }
 
+// The dtype combinations the glue dispatches to (x / h, branch, y): one
+// dtype throughout, or a float32 residual stream with a bf16 / fp16 branch
+// or output.  Instantiated in add_layernorm_kernels.cu (a translation unit
+// of its own, compiled in parallel and by the harness); declared extern here
+// so that the glue does not instantiate them again.
+#define SWIN_ADD_LN_TYPES(X)                                                                          \
+  X(float, float, float)                                                                              \
+  X(double, double, double)                                                                           \
+  X(__half, __half, __half)                                                                           \
+  X(__nv_bfloat16, __nv_bfloat16, __nv_bfloat16)                                                      \
+  X(float, __nv_bfloat16, __nv_bfloat16)                                                              \
+  X(float, __half, __half)                                                                            \
+  X(float, float, __nv_bfloat16)                                                                      \
+  X(float, float, __half)                                                                             \
+  X(float, __nv_bfloat16, float)                                                                      \
+  X(float, __half, float)
+
+#define SWIN_ADD_LN_LAUNCHERS(PREFIX, TX, TB, TY)                                                     \
+  PREFIX template void launch_add_layernorm_fwd<TX, TB, TY, AccType<TX>::type>(                     \
+      const TX*, const TB*, const AccType<TX>::type*, const AccType<TX>::type*, TX*, TY*,             \
+      AccType<TX>::type*, AccType<TX>::type*, int64_t, int64_t, double, cudaStream_t);               \
+  PREFIX template void launch_add_layernorm_bwd<TX, TB, TY, AccType<TX>::type>(                     \
+      const TX*, const TY*, const TX*, const AccType<TX>::type*, const AccType<TX>::type*,            \
+      const AccType<TX>::type*, TX*, TB*, AccType<TX>::type*, AccType<TX>::type*, int64_t, int64_t,   \
+      int, cudaStream_t);
+#define SWIN_ADD_LN_EXTERN(TX, TB, TY) SWIN_ADD_LN_LAUNCHERS(extern, TX, TB, TY)
+#ifndef SWIN_ADD_LN_INSTANTIATING
+SWIN_ADD_LN_TYPES(SWIN_ADD_LN_EXTERN)
+#endif
+
 }  // namespace cuda
 }  // namespace swin_ext

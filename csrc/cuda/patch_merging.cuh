@@ -275,5 +275,20 @@ void launch_patch_merging_bwd(const scalar_t* grad_out, const scalar_t* x, const
   }
 }
 
+// Instantiated in patch_merging_kernels.cu (a translation unit of its own,
+// compiled in parallel and by the harness), extern for everyone else.
+#define SWIN_MERGE_LAUNCHERS(PREFIX, T)                                                               \
+  PREFIX template void launch_patch_merging_fwd<T, AccType<T>::type>(                               \
+      const T*, const AccType<T>::type*, const AccType<T>::type*, T*, AccType<T>::type*,             \
+      AccType<T>::type*, int64_t, int64_t, int64_t, int64_t, double, cudaStream_t);                  \
+  PREFIX template void launch_patch_merging_bwd<T, AccType<T>::type>(                               \
+      const T*, const T*, const AccType<T>::type*, const AccType<T>::type*, const AccType<T>::type*, \
+      T*, AccType<T>::type*, AccType<T>::type*, int64_t, int64_t, int64_t, int64_t, int, cudaStream_t);
+#define SWIN_MERGE_TYPES(X) X(float) X(double) X(__half) X(__nv_bfloat16)
+#define SWIN_MERGE_EXTERN(T) SWIN_MERGE_LAUNCHERS(extern, T)
+#ifndef SWIN_MERGE_INSTANTIATING
+SWIN_MERGE_TYPES(SWIN_MERGE_EXTERN)
+#endif
+
 }  // namespace cuda
 }  // namespace swin_ext
