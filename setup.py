@@ -16,32 +16,36 @@ run time by ``swin_ext.build_info()``.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import sys
 
-from setuptools import find_packages, setup
-
-import torch
-from torch.utils import cpp_extension
+from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_cuda_env():
+    """scripts/cuda_env.py: the one place that finds the CUDA toolkit and headers."""
+    spec = importlib.util.spec_from_file_location("swin_cuda_env", os.path.join(ROOT, "scripts", "cuda_env.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+cuda_env = _load_cuda_env()
+if not os.environ.get("CUDA_HOME") and cuda_env.cuda_home():
+    os.environ["CUDA_HOME"] = cuda_env.cuda_home()  # before torch.utils.cpp_extension reads it
+
+import torch  # noqa: E402
+from torch.utils import cpp_extension  # noqa: E402
+
 CSRC = os.path.join("csrc")
 RELEASE_ARCHS = "8.0 8.6 8.9 9.0+PTX"
 
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
-
-
-def _cuda_include_dirs() -> list[str]:
-    """CUDA library headers shipped by the torch wheel's nvidia packages."""
-    dirs = []
-    for path in sys.path:
-        for sub in ("nvidia/cu13/include", "nvidia/cuda_runtime/include"):
-            cand = os.path.join(path, sub)
-            if os.path.isdir(cand):
-                dirs.append(cand)
-    return dirs
 
 
 def _choose_variant(cuda_sources: list[str]) -> tuple[bool, str]:
@@ -69,6 +73,15 @@ def _write_build_config(with_cuda: bool, reason: str, archs: str) -> None:
         f.write(f"VARIANT_REASON = {reason!r}\n")
 
 
+def _remove_stale_libraries() -> None:
+    """An in-place library of another ABI tag (`_C.cpython-311-...so` from an
+    older build beside this build's `_C.abi3.so`) would be imported first."""
+    for path in glob.glob(os.path.join(ROOT, "swin_ext", "_C.*.so")):
+        if not path.endswith(".abi3.so"):
+            print(f"swin_ext: removing the stale library {os.path.relpath(path, ROOT)}", flush=True)
+            os.remove(path)
+
+
 def build_extensions():
     cpu_sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")) + glob.glob(os.path.join(CSRC, "cuda", "*.cpp")))
@@ -85,12 +98,12 @@ def build_extensions():
     if with_cuda:
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST", RELEASE_ARCHS)
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
-        include_dirs += _cuda_include_dirs()
-        define_macros.append(("SWIN_EXT_WITH_CUDA", None))
+        include_dirs += cuda_env.wheel_include_dirs()
         nvcc_flags = opt + ["-lineinfo", "--expt-relaxed-constexpr"]
         ext = cpp_extension.CUDAExtension(
             "swin_ext._C",
             cpu_sources + cuda_sources,
+            py_limited_api=True,
             include_dirs=include_dirs,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
@@ -100,6 +113,7 @@ def build_extensions():
         ext = cpp_extension.CppExtension(
             "swin_ext._C",
             cpu_sources,
+            py_limited_api=True,
             include_dirs=include_dirs,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags},
@@ -108,18 +122,16 @@ def build_extensions():
     print(f"swin_ext: building {'CUDA' if with_cuda else 'CPU-only'} extension ({reason})"
           + (f", archs {archs}" if with_cuda else ""), flush=True)
     _write_build_config(with_cuda, reason, archs)
+    _remove_stale_libraries()
     return [ext]
 
 
+# The package's metadata is pyproject.toml's [project] table; this file only
+# builds the extension.  It uses nothing of CPython beyond the stable ABI
+# (the ops register through the dispatcher, the module init is
+# PyModule_Create): one abi3 wheel serves every Python >= 3.9.
 setup(
-    name="swin_ext",
-    version="0.1.0",
-    description="Swin Transformer with fused C++/CUDA window attention and patch merging kernels",
-    packages=find_packages(include=["swin_ext", "swin_ext.*"]),
     ext_modules=build_extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension},
-    python_requires=">=3.9",
-    install_requires=["torch>=2.4"],
-    zip_safe=False,
-    entry_points={"console_scripts": ["swin-ext-train=swin_ext.train:cli"]},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

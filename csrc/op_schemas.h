@@ -1,7 +1,11 @@
-// The schema strings of swin_ext's operators.  csrc/ops.cpp registers them
-// under torch.ops.swin_ext; the test-only harness library registers the same
-// strings under swin_ext_harness, so the two cannot drift apart.
+// The schema of every swin_ext operator, and define_ops(), the one list of
+// them: csrc/ops.cpp defines them under torch.ops.swin_ext and the test-only
+// harness library the same ones under swin_ext_harness, so the two cannot
+// drift apart.  A new op is one schema string here and one line in
+// define_ops(); its kernels register with TORCH_LIBRARY_IMPL.
 #pragma once
+
+#include <torch/library.h>
 
 namespace swin_ext {
 namespace schema {
@@ -45,6 +49,16 @@ constexpr const char* kAddLayerNormFwd =
 constexpr const char* kAddLayerNormBwd =
     "add_layernorm_bwd(Tensor? grad_h, Tensor grad_y, Tensor h, Tensor weight, Tensor mean, Tensor rstd, "
     "ScalarType? branch_dtype) -> (Tensor, Tensor, Tensor, Tensor)";
+
+// Defines every operator of the list on `m`.
+inline void define_ops(torch::Library& m) {
+  m.def(kWindowAttentionFwd);
+  m.def(kWindowAttentionBwd);
+  m.def(kPatchMergingFwd);
+  m.def(kPatchMergingBwd);
+  m.def(kAddLayerNormFwd);
+  m.def(kAddLayerNormBwd);
+}
 
 }  // namespace schema
 }  // namespace swin_ext

@@ -1,5 +1,5 @@
 // Registration of every swin_ext operator schema (the strings, with their
-// shape contracts, are in op_schemas.h).
+// shape contracts, and the list are in op_schemas.h).
 //
 // Forward and backward are separate operators (as torchvision does); Python
 // (swin_ext/ops.py) ties them together with torch.library.register_autograd
@@ -21,11 +21,4 @@ PyObject* PyInit__C(void) {
 }
 }
 
-TORCH_LIBRARY(swin_ext, m) {
-  m.def(swin_ext::schema::kWindowAttentionFwd);
-  m.def(swin_ext::schema::kWindowAttentionBwd);
-  m.def(swin_ext::schema::kPatchMergingFwd);
-  m.def(swin_ext::schema::kPatchMergingBwd);
-  m.def(swin_ext::schema::kAddLayerNormFwd);
-  m.def(swin_ext::schema::kAddLayerNormBwd);
-}
+TORCH_LIBRARY(swin_ext, m) { swin_ext::schema::define_ops(m); }

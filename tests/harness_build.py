@@ -57,50 +57,14 @@ class BuildFailed(RuntimeError):
     """The compiler failed; the message holds its output."""
 
 
-def _has_cuda_headers(d: str) -> bool:
-    return all(os.path.isfile(os.path.join(d, f)) for f in ("cuda_fp16.h", "cuda_bf16.h", "crt/host_defines.h"))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import cuda_env  # noqa: E402  (scripts/cuda_env.py: the one place that finds the CUDA headers)
 
 
 def cuda_include_dir() -> Tuple[Optional[str], str]:
-    """The CUDA toolkit include dir with cuda_fp16.h / cuda_bf16.h usable by the host compiler.
-
-    Looks at ``SWIN_HARNESS_CUDA_INCLUDE``, ``$CUDA_HOME``/``$CUDA_PATH``, the
-    directory of ``nvcc`` (following symlinks and the one-line wrapper scripts
-    some installs put on the PATH), ``/usr/local/cuda`` and the nvidia wheels
-    in site-packages (which ship cuda_fp16.h but not always crt/host_defines.h).
-    Returns (dir or None, what was searched).
-    """
-    cands: List[str] = []
-    if os.environ.get("SWIN_HARNESS_CUDA_INCLUDE"):
-        cands.append(os.environ["SWIN_HARNESS_CUDA_INCLUDE"])
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            cands.append(os.path.join(os.environ[var], "include"))
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        real = os.path.realpath(nvcc)
-        cands.append(os.path.join(os.path.dirname(os.path.dirname(real)), "include"))
-        try:  # a wrapper script: `exec /usr/local/cuda-13.0/bin/nvcc "$@"`
-            with open(real, "rb") as f:
-                head = f.read(4096)
-            if head.startswith(b"#!"):
-                for tok in shlex.split(head.decode("utf-8", "replace"), comments=True):
-                    if tok.endswith("/nvcc") and os.path.isabs(tok):
-                        cands.append(os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(tok))), "include"))
-        except (OSError, ValueError):
-            pass
-    cands += ["/usr/local/cuda/include", "/opt/cuda/include", "/usr/include"]
-    for p in sys.path:
-        for sub in ("nvidia/cu13/include", "nvidia/cuda_runtime/include"):
-            cands.append(os.path.join(p, sub))
-    seen = []
-    for c in cands:
-        if c in seen:
-            continue
-        seen.append(c)
-        if _has_cuda_headers(c):
-            return c, ", ".join(seen)
-    return None, ", ".join(seen)
+    """The CUDA include dir with cuda_fp16.h / cuda_bf16.h usable by the host
+    compiler, and what was searched (scripts/cuda_env.py)."""
+    return cuda_env.host_header_dir()
 
 
 def compiler() -> str:

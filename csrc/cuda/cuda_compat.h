@@ -14,8 +14,6 @@
 //       SWIN_LAUNCH_KERNEL((attn_fwd_kernel<float, 32>), grid, block, smem, stream, ...)
 //   SWIN_DYNAMIC_SHARED(type, name);
 //       instead of extern __shared__ type name[];  (a `type*` named `name`)
-//   SWIN_CUDA_CHECK_LAUNCH();
-//       after a launch, in the .cu ATen glue (C10_CUDA_KERNEL_LAUNCH_CHECK()).
 //   swin_ldg16(p) / swin_stg16(p, v)
 //       one 128-bit global load (read-only path) / store of a uint4.
 #pragma once
@@ -36,8 +34,6 @@
   extern __shared__ __align__(128) unsigned char swin_dyn_smem[];         \
   type* name = reinterpret_cast<type*>(swin_dyn_smem)
 
-#define SWIN_CUDA_CHECK_LAUNCH() C10_CUDA_KERNEL_LAUNCH_CHECK()
-
 // 16-byte global accesses as single 128-bit instructions (the compiler may
 // otherwise split a vector store assembled from packed halves).  p must be
 // 16-byte aligned; loads go through the read-only (non-coherent) path, so
@@ -56,6 +52,8 @@ __device__ __forceinline__ void swin_stg16(void* p, const uint4& v) {
 
 #elif defined(SWIN_CUDA_HARNESS)
 
+// Only the test-only harness build defines SWIN_CUDA_HARNESS: the same kernel
+// source then needs the harness's CUDA runtime, which lives with the tests.
 #include "../harness/cuda_harness.h"
 
 #define SWIN_LAUNCH_KERNEL(kernel, grid, block, smem_bytes, stream, ...) \
@@ -63,9 +61,6 @@ __device__ __forceinline__ void swin_stg16(void* p, const uint4& v) {
 
 #define SWIN_DYNAMIC_SHARED(type, name) \
   type* name = reinterpret_cast<type*>(::swin_harness::dynamic_shared_memory())
-
-// The harness throws swin_harness::Error from the launch itself.
-#define SWIN_CUDA_CHECK_LAUNCH() ((void)0)
 
 // 16-byte accesses (see the nvcc branch); alignment is checked here, as a
 // misaligned vector access faults on a GPU.

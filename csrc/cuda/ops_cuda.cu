@@ -24,13 +24,6 @@ struct CudaBackend {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(swin_ext, CUDA, m) {
-  m.impl("window_attention_fwd", &cuda_glue::window_attention_fwd<CudaBackend>);
-  m.impl("window_attention_bwd", &cuda_glue::window_attention_bwd<CudaBackend>);
-  m.impl("patch_merging_fwd", &cuda_glue::patch_merging_fwd<CudaBackend>);
-  m.impl("patch_merging_bwd", &cuda_glue::patch_merging_bwd<CudaBackend>);
-  m.impl("add_layernorm_fwd", &cuda_glue::add_layernorm_fwd<CudaBackend>);
-  m.impl("add_layernorm_bwd", &cuda_glue::add_layernorm_bwd<CudaBackend>);
-}
+TORCH_LIBRARY_IMPL(swin_ext, CUDA, m) { cuda_glue::register_kernels<CudaBackend>(m); }
 
 }  // namespace swin_ext

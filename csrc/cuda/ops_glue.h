@@ -17,6 +17,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <torch/library.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -471,6 +472,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_bwd(
   });
   // Partials reduced over a fixed shape: bitwise reproducible run to run.
   return {dh, dbranch, dw_part.sum(0), db_part.sum(0)};
+}
+
+// ------------------------------------------------------------------ registration
+
+// The kernels of every op through this glue, for one backend: ops_cuda.cu
+// (CUDA tensors) and the harness (CPU tensors) register the same list.
+template <class Backend>
+void register_kernels(torch::Library& m) {
+  m.impl("window_attention_fwd", &window_attention_fwd<Backend>);
+  m.impl("window_attention_bwd", &window_attention_bwd<Backend>);
+  m.impl("patch_merging_fwd", &patch_merging_fwd<Backend>);
+  m.impl("patch_merging_bwd", &patch_merging_bwd<Backend>);
+  m.impl("add_layernorm_fwd", &add_layernorm_fwd<Backend>);
+  m.impl("add_layernorm_bwd", &add_layernorm_bwd<Backend>);
 }
 
 }  // namespace cuda_glue

@@ -63,7 +63,6 @@
 #include <utility>
 #include <vector>
 
-#define SWIN_HARNESS_ACTIVE 1
 
 // ---------------------------------------------------------------------------
 // Qualifiers.  crt/host_defines.h (host compiler) defines __device__,
