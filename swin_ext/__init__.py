@@ -21,6 +21,11 @@ from .model import (
 )
 from .checkpoint import CheckpointError, LoadResult, load_pretrained
 from .factory import create_model, list_models
+from .export import ExportError, export_onnx, install_onnx_hook, onnx_translation_table
+from .convert import ConversionError, from_timm, from_torchvision, from_transformers
+from .detection import SwinFPN, fpn_backbone
+
+install_onnx_hook()  # swin_ext's ONNX translations join torch.onnx's registry when torch imports it
 
 __version__ = "0.1.0"
 
@@ -46,4 +51,13 @@ __all__ = [
     "list_models",
     "CheckpointError",
     "LoadResult",
+    "export_onnx",
+    "onnx_translation_table",
+    "ExportError",
+    "from_timm",
+    "from_torchvision",
+    "from_transformers",
+    "ConversionError",
+    "fpn_backbone",
+    "SwinFPN",
 ]

@@ -86,6 +86,8 @@ def real_arg(v, name: str, raw: bool = False, where: str = "swin_ext") -> float:
         return v
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise _exc(raw, TypeError, f"{where}: {name} must be a real number, got {type(v).__name__} {v!r}")
+    if torch.compiler.is_compiling():
+        return v  # may be traced symbolically (dynamic=True); the kernels' C++ check sees the value
     v = float(v)
     if not math.isfinite(v):
         raise _exc(raw, ValueError, f"{where}: {name} must be finite, got {v}")

@@ -1,0 +1,339 @@
+"""ONNX export of swin_ext models: translations of the ops into standard ONNX.
+
+``torch.onnx.export(model, (x,), path, dynamo=True)`` keeps swin_ext's ops in
+the captured graph and translates each into standard ONNX operators (opset
+>= 17, no custom domain, no Roll), so the file runs in onnxruntime and in
+TensorRT's ONNX parser:
+
+* ``window_attention_fwd``: pad, cyclic shift and window partition are one
+  ``Gather`` of the token rows through a constant index (padding tokens read
+  an appended ``qkv_pad`` row), the heads a ``Reshape`` + ``Transpose``,
+  then ``MatMul`` / ``Add`` (the bias; the shift mask as a constant) /
+  ``Softmax`` / ``MatMul``, and the inverse ``Gather`` back to the map;
+* ``patch_merging_fwd``: the 2x2 gather as one ``Gather`` (zero rows for odd
+  sizes), ``LayerNormalization``;
+* ``add_layernorm_fwd``: ``Add``, ``LayerNormalization``.
+
+The spatial size is fixed at export (the window tables are constants); the
+batch may be dynamic.  The translations are registered with torch's exporter
+the first time it is imported (an import hook: importing swin_ext does not
+import the exporter), and :func:`onnx_translation_table` returns them for an
+explicit ``custom_translation_table=``.  :func:`export_onnx` wraps the export
+and checks the file with onnxruntime when it is installed.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+
+__all__ = ["export_onnx", "onnx_translation_table", "ExportError", "MIN_OPSET"]
+
+#: LayerNormalization, which the merging / add+LayerNorm translations use, is opset 17.
+MIN_OPSET = 17
+SHIFT_MASK_VALUE = -100.0
+
+
+class ExportError(ValueError):
+    """The model or the arguments cannot be exported (the message says why)."""
+
+
+# ----------------------------------------------------------------------------- geometry tables
+
+
+def _region_1d(pos, padded: int, ws: int, shift: int):
+    import numpy as np
+
+    if shift == 0:
+        return np.zeros_like(pos)
+    return np.where(pos < padded - ws, 0, np.where(pos < padded - shift, 1, 2))
+
+
+def window_tables(H: int, W: int, ws: int, sh: int, sw: int) -> Tuple[Any, Any, Optional[Any]]:
+    """(token index per window slot, slot per token, shift mask) of a map, as swin_geometry.h defines them.
+
+    Returns ``tok`` (nW * N,) int64: the row ``y * W + x`` of each window slot,
+    or ``H * W`` (the padding row); ``inv`` (H * W,) int64: each token's slot;
+    ``mask`` (nW, 1, N, N) float32 (None without a shift).
+    """
+    import numpy as np
+
+    nWh, nWw = -(-H // ws), -(-W // ws)
+    Hp, Wp, N = nWh * ws, nWw * ws, ws * ws
+    wy, wx, r, c = np.meshgrid(np.arange(nWh), np.arange(nWw), np.arange(ws), np.arange(ws), indexing="ij")
+    ry, rx = wy * ws + r, wx * ws + c  # rolled, padded coordinates
+    y, x = (ry + sh) % Hp, (rx + sw) % Wp  # roll(x, -s)[i] == x[(i + s) mod P]
+    valid = (y < H) & (x < W)
+    tok = np.where(valid, y * W + x, H * W).reshape(-1).astype(np.int64)
+    inv = np.empty(H * W, dtype=np.int64)
+    slots = np.arange(tok.size)
+    inv[tok[valid.reshape(-1)]] = slots[valid.reshape(-1)]
+    mask = None
+    if sh or sw:
+        region = (_region_1d(ry, Hp, ws, sh) * 3 + _region_1d(rx, Wp, ws, sw)).reshape(nWh * nWw, N)
+        mask = np.where(region[:, :, None] != region[:, None, :], SHIFT_MASK_VALUE, 0.0).astype(np.float32)
+        mask = mask[:, None]
+    return tok, inv, mask
+
+
+def merge_table(H: int, W: int):
+    """Source row of each (output pixel, quadrant) of patch merging, ``H * W`` for zero padding."""
+    import numpy as np
+
+    H2, W2 = (H + 1) // 2, (W + 1) // 2
+    oy, ox, q = np.meshgrid(np.arange(H2), np.arange(W2), np.arange(4), indexing="ij")
+    y, x = 2 * oy + (q & 1), 2 * ox + (q >> 1)  # x0=(0,0), x1=(1,0), x2=(0,1), x3=(1,1)
+    return np.where((y < H) & (x < W), y * W + x, H * W).reshape(-1).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- translations
+
+
+def _static_dims(value, names: str, what: str) -> Tuple[int, ...]:
+    dims = tuple(value.shape)
+    out = []
+    for i, d in enumerate(dims):
+        if i == 0:
+            out.append(d)
+            continue
+        if not isinstance(d, int):
+            raise ExportError(f"swin_ext ONNX export: {what} needs a static {names[i] if i < len(names) else 'dimension'} "
+                              f"(dimension {i} is {d}); only the batch dimension may be dynamic")
+        out.append(d)
+    return tuple(out)
+
+
+def _rows_with_pad(op, x, pad, C: int):
+    """(B, T, C) rows with one more row appended: ``pad`` (C,), or zeros."""
+    shape = op.Concat(op.Shape(x, start=0, end=1), op.Constant(value_ints=[1, C]), axis=0)
+    if pad is None:
+        row = op.Expand(op.CastLike(op.Constant(value_float=0.0), x), shape)
+    else:
+        row = op.Expand(op.Reshape(pad, op.Constant(value_ints=[1, 1, C])), shape)
+    return op.Concat(x, row, axis=1)
+
+
+def _attention_onnx(qkv, bias, qkv_pad=None, window_size: int = 7, shift_h: int = 0, shift_w: int = 0,
+                    scale: float = 1.0):
+    """ONNX of swin_ext::window_attention_fwd: returns (out, lse)."""
+    from onnxscript import opset18 as op
+
+    _, H, W, C3 = _static_dims(qkv, "BHWC", "window_attention")
+    heads, N = bias.shape[0], bias.shape[1]
+    ws = window_size
+    C, d = C3 // 3, C3 // 3 // heads
+    tok, inv, mask = window_tables(H, W, ws, shift_h, shift_w)
+    nW = tok.size // N
+    x = op.Reshape(qkv, op.Constant(value_ints=[-1, H * W, C3]))
+    if tok.max() == H * W:  # padding tokens
+        x = _rows_with_pad(op, x, qkv_pad, C3)
+    g = op.Gather(x, op.Constant(value=_tensor(tok)), axis=1)  # (B, nW * N, 3C)
+    g = op.Transpose(op.Reshape(g, op.Constant(value_ints=[-1, nW, N, 3, heads, d])), perm=[3, 0, 1, 4, 2, 5])
+    q = op.Gather(g, op.Constant(value_int=0), axis=0)  # (B, nW, heads, N, d)
+    k = op.Gather(g, op.Constant(value_int=1), axis=0)
+    v = op.Gather(g, op.Constant(value_int=2), axis=0)
+    logits = op.MatMul(q, op.Transpose(k, perm=[0, 1, 2, 4, 3]))
+    logits = op.CastLike(logits, bias)  # softmax in the accumulation dtype (float32 for half inputs), as the kernels
+    logits = op.Add(op.Mul(logits, op.CastLike(op.Constant(value_float=float(scale)), bias)), bias)
+    if mask is not None:
+        logits = op.Add(logits, op.CastLike(op.Constant(value=_tensor(mask)), bias))
+    p = op.Softmax(logits, axis=-1)
+    lse = op.ReduceLogSumExp(logits, op.Constant(value_ints=[-1]), keepdims=0)  # (B, nW, heads, N)
+    o = op.MatMul(op.CastLike(p, v), v)  # (B, nW, heads, N, d)
+    o = op.Reshape(op.Transpose(o, perm=[0, 1, 3, 2, 4]), op.Constant(value_ints=[-1, nW * N, C]))
+    out = op.Reshape(op.Gather(o, op.Constant(value=_tensor(inv)), axis=1), op.Constant(value_ints=[-1, H, W, C]))
+    return out, lse
+
+
+def _layer_norm_onnx(op, x, weight, bias, eps: float):
+    """LayerNormalization over the last dim; returns (y, mean, rstd) with mean/rstd (...) in float32."""
+    y, mean, rstd = op.LayerNormalization(x, op.CastLike(weight, x), op.CastLike(bias, x), axis=-1,
+                                          epsilon=float(eps), stash_type=1)
+    axes = op.Constant(value_ints=[-1])
+    return y, op.Squeeze(mean, axes), op.Squeeze(rstd, axes)
+
+
+def _merging_onnx(x, weight, bias, eps: float = 1e-5):
+    """ONNX of swin_ext::patch_merging_fwd: returns (y, mean, rstd)."""
+    from onnxscript import opset18 as op
+
+    _, H, W, C = _static_dims(x, "BHWC", "patch_merging")
+    H2, W2 = (H + 1) // 2, (W + 1) // 2
+    idx = merge_table(H, W)
+    rows = op.Reshape(x, op.Constant(value_ints=[-1, H * W, C]))
+    if idx.max() == H * W:
+        rows = _rows_with_pad(op, rows, None, C)
+    g = op.Reshape(op.Gather(rows, op.Constant(value=_tensor(idx)), axis=1), op.Constant(value_ints=[-1, H2, W2, 4 * C]))
+    y, mean, rstd = _layer_norm_onnx(op, g, weight, bias, eps)
+    return y, op.CastLike(mean, weight), op.CastLike(rstd, weight)
+
+
+def _tensor(a):
+    import onnx_ir as ir
+
+    return ir.tensor(a)
+
+
+def onnx_translation_table() -> Dict[Any, Callable]:
+    """``{swin_ext op overload: ONNX translation}`` for ``torch.onnx.export(..., custom_translation_table=)``."""
+    table: Dict[Any, Callable] = {
+        torch.ops.swin_ext.window_attention_fwd.default: _attention_onnx,
+        torch.ops.swin_ext.patch_merging_fwd.default: _merging_onnx,
+    }
+    extra = _extra_translations()
+    table.update(extra)
+    return table
+
+
+def _extra_translations() -> Dict[Any, Callable]:
+    """Translations of ops that may not be compiled in every build."""
+    out: Dict[Any, Callable] = {}
+    if hasattr(torch.ops.swin_ext, "add_layernorm_fwd"):
+        out[torch.ops.swin_ext.add_layernorm_fwd.default] = _add_layernorm_onnx
+    return out
+
+
+def _add_layernorm_onnx(x, branch, weight, bias, eps: float = 1e-5, y_dtype=None):
+    """ONNX of swin_ext::add_layernorm_fwd: returns (h, y, mean, rstd)."""
+    from onnxscript import opset18 as op
+
+    h = op.Add(x, op.CastLike(branch, x))
+    y, mean, rstd = _layer_norm_onnx(op, h, weight, bias, eps)
+    if y_dtype is not None:
+        from torch.onnx._internal.exporter import _type_casting  # noqa: F401  (present since torch 2.6)
+        import onnx_ir as ir
+
+        to = {torch.float16: ir.DataType.FLOAT16, torch.bfloat16: ir.DataType.BFLOAT16, torch.float32: ir.DataType.FLOAT,
+              torch.float64: ir.DataType.DOUBLE}.get(y_dtype)
+        if to is not None:
+            y = op.Cast(y, to=int(to))
+    return h, y, op.CastLike(mean, weight), op.CastLike(rstd, weight)
+
+
+# ----------------------------------------------------------------------------- registration with torch.onnx
+
+# torch's exporter builds its registry for every export from the torchlib
+# list of _torchlib_registry; the hook waits for _registration (which imports
+# that list, and is complete only once its own import has finished).
+_REGISTRY_MODULE = "torch.onnx._internal.exporter._registration"
+_registered = False
+
+
+def _register_with_torch_onnx(module) -> None:
+    """Adds the translations to torch's exporter registry (what every export starts from)."""
+    global _registered
+    if _registered:
+        return
+    try:
+        from torch.onnx._internal.exporter._torchlib import _torchlib_registry
+
+        for target, fn in onnx_translation_table().items():
+            _torchlib_registry._registry.append(
+                module.OnnxDecompMeta(onnx_function=fn, fx_target=target, signature=None, is_custom=True))
+        _registered = True
+    except Exception as e:  # pragma: no cover - another torch's exporter internals
+        import warnings
+
+        warnings.warn(f"swin_ext could not register its ONNX translations with torch.onnx ({e!r}); "
+                      "pass custom_translation_table=swin_ext.onnx_translation_table() or use swin_ext.export_onnx")
+
+
+class _RegistryHook(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Registers the translations right after torch imports its exporter registry."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _REGISTRY_MODULE:
+            return None
+        for finder in sys.meta_path:
+            if finder is self:
+                continue
+            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None:
+                self._inner = spec.loader
+                spec.loader = self
+                return spec
+        return None
+
+    def create_module(self, spec):
+        return self._inner.create_module(spec) if hasattr(self._inner, "create_module") else None
+
+    def exec_module(self, module):
+        self._inner.exec_module(module)
+        _register_with_torch_onnx(module)
+
+
+def install_onnx_hook() -> None:
+    """Registers now if torch's exporter is already imported, else when it is."""
+    mod = sys.modules.get(_REGISTRY_MODULE)
+    if mod is not None:
+        _register_with_torch_onnx(mod)
+    elif not any(isinstance(f, _RegistryHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegistryHook())
+
+
+# ----------------------------------------------------------------------------- export_onnx
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    path: str,
+    example: Union[torch.Tensor, Sequence[torch.Tensor]],
+    dynamic_batch: bool = True,
+    check: bool = True,
+    opset_version: Optional[int] = None,
+    rtol: Optional[float] = None,
+) -> "Any":
+    """Exports ``model`` (in eval mode) to ONNX at ``path``; returns the ONNXProgram.
+
+    Args:
+        model: a swin_ext model (or any module using swin_ext's ops), in eval mode.
+        path: the ``.onnx`` file to write.
+        example: an input ``(B, 3, H, W)`` (or a tuple of inputs); the spatial
+            size is fixed in the file.
+        dynamic_batch: export the batch dimension as dynamic.
+        check: run the file in onnxruntime (when installed) on ``example`` and
+            compare with PyTorch: relative error <= ``rtol`` (default 1e-4 in
+            float32, 1e-2 in half precision), else an ExportError.
+        opset_version: ONNX opset (default torch's; at least :data:`MIN_OPSET`).
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise ExportError(f"export_onnx: model must be a torch.nn.Module, got {type(model).__name__}")
+    if model.training:
+        raise ExportError("export_onnx: the model is in training mode (dropout, stochastic depth and the "
+                          "training-only paths would be exported); call model.eval() first")
+    if opset_version is not None and (not isinstance(opset_version, int) or opset_version < MIN_OPSET):
+        raise ExportError(f"export_onnx: opset_version {opset_version!r} is not supported; swin_ext's translations "
+                          f"need opset >= {MIN_OPSET} (LayerNormalization)")
+    args = (example,) if isinstance(example, torch.Tensor) else tuple(example)
+    if not args or not all(isinstance(a, torch.Tensor) for a in args):
+        raise ExportError("export_onnx: example must be a tensor or a sequence of tensors")
+    dyn = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch")
+        dyn = tuple({0: batch} for _ in args)
+    kw = {} if opset_version is None else {"opset_version": opset_version}
+    with torch.no_grad():
+        prog = torch.onnx.export(model, args, path, dynamo=True, dynamic_shapes=dyn,
+                                 custom_translation_table=onnx_translation_table(), verbose=False, **kw)
+    if check:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return prog
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        import numpy as np
+
+        feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(sess.get_inputs(), args)}
+        got = sess.run(None, feeds)[0]
+        with torch.no_grad():
+            want = model(*args)
+        want = (want[0] if isinstance(want, (list, tuple)) else want).detach().float().cpu().numpy()
+        tol = rtol if rtol is not None else (1e-4 if args[0].dtype in (torch.float32, torch.float64) else 1e-2)
+        err = float(np.linalg.norm(got.astype(np.float64) - want) / max(np.linalg.norm(want), 1e-30))
+        if not err <= tol:
+            raise ExportError(f"export_onnx: onnxruntime's output differs from PyTorch's by {err:.2e} (relative), "
+                              f"more than {tol:.0e}")
+    return prog

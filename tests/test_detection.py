@@ -1,0 +1,66 @@
+"""swin_ext as a torchvision detection backbone (FPN)."""
+from collections import OrderedDict
+
+import pytest
+import torch
+
+import swin_ext
+from swin_test_utils import small
+
+pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
+tv = pytest.importorskip("torchvision")
+
+
+def test_fpn_backbone_contract():
+    bb = swin_ext.fpn_backbone(small(), out_channels=64)
+    assert bb.out_channels == 64 and isinstance(bb.out_channels, int)
+    out = bb(torch.randn(2, 3, 128, 96))
+    assert isinstance(out, OrderedDict) and list(out) == ["0", "1", "2", "3", "pool"]
+    strides = [4, 8, 16, 32, 64]
+    for (k, f), s in zip(out.items(), strides):
+        assert f.shape == (2, 64, -(-128 // s), -(-96 // s)), (k, f.shape)
+
+
+def test_fpn_backbone_from_name_and_bad_input():
+    bb = swin_ext.fpn_backbone("swin_tiny_patch4_window7_224", out_channels=32, out_indices=(1, 2, 3),
+                               embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))
+    assert list(bb(torch.randn(1, 3, 64, 64))) == ["0", "1", "2", "pool"]
+    with pytest.raises(TypeError, match="name_or_model"):
+        swin_ext.fpn_backbone(torch.nn.Linear(1, 1))
+    with pytest.raises(ValueError, match="out_channels"):
+        swin_ext.fpn_backbone(small(), out_channels=0)
+
+
+def test_faster_rcnn_trains_a_step_and_runs_in_eval():
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    bb = swin_ext.fpn_backbone(small(), out_channels=32)
+    anchors = AnchorGenerator(sizes=((16,), (32,), (64,), (128,), (256,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+    det = FasterRCNN(bb, num_classes=3, min_size=128, max_size=160, rpn_anchor_generator=anchors)
+    images = [torch.rand(3, 128, 160), torch.rand(3, 120, 150)]
+    targets = [dict(boxes=torch.tensor([[10.0, 20.0, 60.0, 90.0]]), labels=torch.tensor([1])),
+               dict(boxes=torch.tensor([[5.0, 5.0, 40.0, 30.0], [50.0, 40.0, 120.0, 110.0]]), labels=torch.tensor([2, 1]))]
+    det.train()
+    opt = torch.optim.SGD(det.parameters(), lr=1e-3)
+    losses = det(images, targets)
+    assert {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} <= set(losses)
+    loss = sum(losses.values())
+    assert torch.isfinite(loss)
+    before = bb.body.patch_embed.proj.weight.detach().clone()
+    loss.backward()
+    opt.step()
+    assert not torch.equal(before, bb.body.patch_embed.proj.weight)  # the Swin body trained
+    det.eval()
+    with torch.no_grad():
+        out = det(images)
+    assert len(out) == 2 and all({"boxes", "labels", "scores"} <= set(o) for o in out)
+
+
+def test_detection_example_runs():
+    import os
+    import runpy
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "detection_finetune.py")
+    mod = runpy.run_path(path, run_name="example")
+    mod["main"](["--small", "--steps", "1", "--size", "96"])
