@@ -25,6 +25,17 @@ constexpr const char* kWindowAttentionFwd =
 constexpr const char* kWindowAttentionBwd =
     "window_attention_bwd(Tensor grad_out, Tensor qkv, Tensor bias, Tensor? qkv_pad, "
     "Tensor lse, int window_size, int shift_h, int shift_w, float scale) -> (Tensor, Tensor, Tensor)";
+// Swin V2's scaled cosine attention on the same kernels: q and k rows are
+// L2-normalised (x / max(||x||, 1e-12)) and q is multiplied by head_scale
+// (heads,) in the accumulation dtype (the caller's exp(clamp(logit_scale))),
+// instead of a scalar scale; otherwise as window_attention_fwd.
+constexpr const char* kWindowAttentionV2Fwd =
+    "window_attention_v2_fwd(Tensor qkv, Tensor bias, Tensor? qkv_pad, Tensor head_scale, int window_size, "
+    "int shift_h, int shift_w) -> (Tensor, Tensor)";
+// returns dqkv, dbias, dqkv_pad and dhead_scale (heads,).
+constexpr const char* kWindowAttentionV2Bwd =
+    "window_attention_v2_bwd(Tensor grad_out, Tensor qkv, Tensor bias, Tensor? qkv_pad, Tensor head_scale, "
+    "Tensor lse, int window_size, int shift_h, int shift_w) -> (Tensor, Tensor, Tensor, Tensor)";
 // Patch merging (2x2 gather, zero padding of odd sizes) fused with LayerNorm(4C).
 //   x (B, H, W, C), weight/bias (4C,) in the accumulation dtype
 // returns y (B, ceil(H/2), ceil(W/2), 4C), mean and rstd (B, H2, W2) in the
@@ -54,6 +65,8 @@ constexpr const char* kAddLayerNormBwd =
 inline void define_ops(torch::Library& m) {
   m.def(kWindowAttentionFwd);
   m.def(kWindowAttentionBwd);
+  m.def(kWindowAttentionV2Fwd);
+  m.def(kWindowAttentionV2Bwd);
   m.def(kPatchMergingFwd);
   m.def(kPatchMergingBwd);
   m.def(kAddLayerNormFwd);

@@ -132,21 +132,36 @@ inline void check_attention_status(cudaError_t e, const char* what) {
   TORCH_CHECK(e == cudaSuccess, "swin_ext.window_attention (CUDA): ", what, " failed: ", cudaGetErrorString(e));
 }
 
+// Swin V2's per-head scale: (heads,) in the accumulation dtype, on qkv's device.
+inline void check_head_scale(const at::Tensor& head_scale, const at::Tensor& qkv, int64_t heads) {
+  const auto acc = acc_type_of(qkv.scalar_type());
+  TORCH_CHECK(head_scale.dim() == 1 && head_scale.size(0) == heads && head_scale.scalar_type() == acc,
+              "swin_ext.window_attention_v2: head_scale must be ", acc, " (", heads, ",), got ",
+              head_scale.scalar_type(), " ", head_scale.sizes());
+  check_same_device(qkv, head_scale, "qkv", "head_scale");
+}
+
+// The forward of both attention ops: V1 (head_scale undefined) and Swin V2's
+// cosine attention (q, k L2-normalised, q times head_scale, scale 1).
 template <class Backend>
-std::tuple<at::Tensor, at::Tensor> window_attention_fwd(const at::Tensor& qkv_in,
-                                                        const at::Tensor& bias_in,
-                                                        const std::optional<at::Tensor>& qkv_pad,
-                                                        int64_t window_size, int64_t shift_h,
-                                                        int64_t shift_w, double scale) {
+std::tuple<at::Tensor, at::Tensor> window_attention_fwd_impl(const at::Tensor& qkv_in,
+                                                             const at::Tensor& bias_in,
+                                                             const std::optional<at::Tensor>& qkv_pad,
+                                                             const at::Tensor& head_scale_in,
+                                                             int64_t window_size, int64_t shift_h,
+                                                             int64_t shift_w, double scale) {
   const WindowGeometry g =
       check_attention_args(qkv_in, bias_in, qkv_pad, window_size, shift_h, shift_w);
   check_attention_scale(scale);
+  const bool v2 = head_scale_in.defined();
+  if (v2) check_head_scale(head_scale_in, qkv_in, bias_in.size(0));
   Backend::check_device(qkv_in, "qkv");
   const typename Backend::Guard guard(qkv_in.device());
   const at::Tensor qkv = qkv_in.contiguous();
   const at::Tensor bias = bias_in.contiguous();
   const bool has_pad = qkv_pad.has_value();
   const at::Tensor pad = has_pad ? qkv_pad->contiguous() : at::Tensor();
+  const at::Tensor head_scale = v2 ? head_scale_in.contiguous() : at::Tensor();
   const int64_t heads = bias.size(0), C = qkv.size(3) / 3, d = C / heads;
   at::Tensor out = Backend::output({g.B, g.H, g.W, C}, qkv.options());
   at::Tensor lse =
@@ -163,6 +178,8 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd(const at::Tensor& qkv_in
         p.pad = has_pad ? pad.const_data_ptr() : nullptr;
         p.out = out.mutable_data_ptr();
         p.lse_out = lse.mutable_data_ptr();
+        p.qk_norm = v2;
+        p.head_scale = v2 ? head_scale.const_data_ptr() : nullptr;
         p.vec = p.vec && aligned16(p.qkv) && aligned16(p.out) && (!has_pad || aligned16(p.pad));
         const cuda::attn::FwdPlan plan = cuda::attn::attention_fwd_plan<T>(p);
         check_attention_launch(plan.blocks, plan.smem, device_smem_optin(), g, d, qkv.scalar_type(), "the forward kernel");
@@ -173,13 +190,32 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd(const at::Tensor& qkv_in
 }
 
 template <class Backend>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd(
+std::tuple<at::Tensor, at::Tensor> window_attention_fwd(const at::Tensor& qkv, const at::Tensor& bias,
+                                                        const std::optional<at::Tensor>& qkv_pad,
+                                                        int64_t window_size, int64_t shift_h,
+                                                        int64_t shift_w, double scale) {
+  return window_attention_fwd_impl<Backend>(qkv, bias, qkv_pad, at::Tensor(), window_size, shift_h, shift_w, scale);
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor> window_attention_v2_fwd(const at::Tensor& qkv, const at::Tensor& bias,
+                                                           const std::optional<at::Tensor>& qkv_pad,
+                                                           const at::Tensor& head_scale, int64_t window_size,
+                                                           int64_t shift_h, int64_t shift_w) {
+  return window_attention_fwd_impl<Backend>(qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w, 1.0);
+}
+
+// The backward of both attention ops; dhead_scale is returned (V2) or empty.
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_impl(
     const at::Tensor& grad_out_in, const at::Tensor& qkv_in, const at::Tensor& bias_in,
-    const std::optional<at::Tensor>& qkv_pad, const at::Tensor& lse_in, int64_t window_size,
-    int64_t shift_h, int64_t shift_w, double scale) {
+    const std::optional<at::Tensor>& qkv_pad, const at::Tensor& head_scale_in, const at::Tensor& lse_in,
+    int64_t window_size, int64_t shift_h, int64_t shift_w, double scale) {
   const WindowGeometry g =
       check_attention_args(qkv_in, bias_in, qkv_pad, window_size, shift_h, shift_w);
   check_attention_scale(scale);
+  const bool v2 = head_scale_in.defined();
+  if (v2) check_head_scale(head_scale_in, qkv_in, bias_in.size(0));
   Backend::check_device(qkv_in, "qkv");
   const typename Backend::Guard guard(qkv_in.device());
   const int64_t heads = bias_in.size(0), C3 = qkv_in.size(3), C = C3 / 3, d = C / heads;
@@ -190,15 +226,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd(
   const at::Tensor lse = lse_in.contiguous();
   const bool has_pad = qkv_pad.has_value();
   const at::Tensor pad = has_pad ? qkv_pad->contiguous() : at::Tensor();
+  const at::Tensor head_scale = v2 ? head_scale_in.contiguous() : at::Tensor();
   const auto acc_opts = bias.options();
 
   at::Tensor dqkv = Backend::output(qkv.sizes(), qkv.options());
   if (qkv.numel() == 0) {
-    return {dqkv, at::zeros({heads, g.N, g.N}, acc_opts), at::zeros({C3}, acc_opts)};
+    return {dqkv, at::zeros({heads, g.N, g.N}, acc_opts), at::zeros({C3}, acc_opts),
+            v2 ? at::zeros({heads}, acc_opts) : at::Tensor()};
   }
   check_attention_limits(g, heads, d);
   const cudaStream_t stream = Backend::stream();
-  at::Tensor dbias, dpad;
+  at::Tensor dbias, dpad, dscale;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, qkv.scalar_type(), "window_attention_bwd_cuda", [&] {
         using T = cuda_t<scalar_t>;
@@ -211,6 +249,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd(
         p.dqkv = dqkv.mutable_data_ptr();
         p.vec = p.vec && aligned16(p.qkv) && aligned16(p.grad_out) && aligned16(p.dqkv) &&
                 (!has_pad || aligned16(p.pad));
+        p.qk_norm = v2;
+        p.head_scale = v2 ? head_scale.const_data_ptr() : nullptr;
         const int optin = device_smem_optin();
         const cuda::attn::BwdPlan plan = cuda::attn::attention_bwd_plan<T>(p, optin, attention_bwd_choice(), attention_bwd_chunk());
         const bool fused = plan.path == cuda::attn::BwdPath::kFused;
@@ -225,6 +265,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd(
         at::Tensor dbias_part = Backend::output({plan.dbias_part_elems}, acc_opts);
         at::Tensor dpad_part = Backend::output({plan.dpad_slots, 2 * C}, acc_opts);
         at::Tensor dbuf = Backend::output({plan.dbuf_elems}, acc_opts);
+        const int64_t dscale_slots = !v2 ? 0 : (fused ? plan.n_chunks : plan.n_chunks * plan.n_row_blocks) * g.nW;
+        at::Tensor dscale_part = Backend::output({dscale_slots, heads}, acc_opts);
+        p.dscale_part = v2 ? dscale_part.mutable_data_ptr() : nullptr;
         p.dbias_part = dbias_part.mutable_data_ptr();
         p.dpad_part = plan.dpad_slots ? dpad_part.mutable_data_ptr() : nullptr;
         p.Dbuf = plan.dbuf_elems ? dbuf.mutable_data_ptr() : nullptr;
@@ -234,8 +277,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd(
         dbias = dbias_part.view({-1, heads, g.N, g.N}).sum(0);
         // The q part of the padding vector's gradient is zero: padding queries have dO = 0.
         dpad = plan.dpad_slots ? at::cat({at::zeros({C}, acc_opts), dpad_part.sum(0)}) : at::zeros({C3}, acc_opts);
+        if (v2) dscale = dscale_part.sum(0);
       });
-  return {dqkv, dbias, dpad};
+  return {dqkv, dbias, dpad, dscale};
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd(
+    const at::Tensor& grad_out, const at::Tensor& qkv, const at::Tensor& bias,
+    const std::optional<at::Tensor>& qkv_pad, const at::Tensor& lse, int64_t window_size,
+    int64_t shift_h, int64_t shift_w, double scale) {
+  auto r = window_attention_bwd_impl<Backend>(grad_out, qkv, bias, qkv_pad, at::Tensor(), lse, window_size, shift_h,
+                                              shift_w, scale);
+  return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_v2_bwd(
+    const at::Tensor& grad_out, const at::Tensor& qkv, const at::Tensor& bias,
+    const std::optional<at::Tensor>& qkv_pad, const at::Tensor& head_scale, const at::Tensor& lse,
+    int64_t window_size, int64_t shift_h, int64_t shift_w) {
+  return window_attention_bwd_impl<Backend>(grad_out, qkv, bias, qkv_pad, head_scale, lse, window_size, shift_h,
+                                            shift_w, 1.0);
 }
 
 // The merging kernels index pixels and channels in 32 bits.
@@ -482,6 +545,8 @@ template <class Backend>
 void register_kernels(torch::Library& m) {
   m.impl("window_attention_fwd", &window_attention_fwd<Backend>);
   m.impl("window_attention_bwd", &window_attention_bwd<Backend>);
+  m.impl("window_attention_v2_fwd", &window_attention_v2_fwd<Backend>);
+  m.impl("window_attention_v2_bwd", &window_attention_v2_bwd<Backend>);
   m.impl("patch_merging_fwd", &patch_merging_fwd<Backend>);
   m.impl("patch_merging_bwd", &patch_merging_bwd<Backend>);
   m.impl("add_layernorm_fwd", &add_layernorm_fwd<Backend>);

@@ -183,6 +183,9 @@ __global__ void __launch_bounds__(Tr::kFusedWarps * 32, 1) attn_bwd_fused_kernel
   // (of acc_t for SIMT), over the per-warp score tiles.
   const T* P_all = reinterpret_cast<const T*>(sS_all);
   const T* dS_all = reinterpret_cast<const T*>(sdP_all);
+  A* inv_q = reinterpret_cast<A*>(smem + L.inv);  // Swin V2 only
+  A* inv_k = inv_q + rows;
+  A* ds_w = reinterpret_cast<A*>(smem + L.dscale);
 
   const T* qkv = static_cast<const T*>(p.qkv);
   const T* pad = static_cast<const T*>(p.pad);
@@ -200,6 +203,8 @@ __global__ void __launch_bounds__(Tr::kFusedWarps * 32, 1) attn_bwd_fused_kernel
 #pragma unroll
   for (int a = 0; a < kRowTile; ++a) dbacc[a][0] = dbacc[a][1] = A(0);
   A padk[4] = {0, 0, 0, 0}, padv[4] = {0, 0, 0, 0};
+  const A s_h = p.qk_norm ? static_cast<const A*>(p.head_scale)[h] : A(1);
+  A ds_acc = 0;  // Swin V2: this lane's share of d head_scale over the chunk
 
   const int b0 = chunk * p.chunk;
   const int b1 = b0 + p.chunk < p.B ? b0 + p.chunk : p.B;
@@ -213,6 +218,11 @@ __global__ void __launch_bounds__(Tr::kFusedWarps * 32, 1) attn_bwd_fused_kernel
                                        GatherSrc<T>{sdO, gout + static_cast<int64_t>(b) * p.img_out + h * d, C, nullptr},
                                        ld, tok, rows, N, d, p.vec);
     __syncthreads();
+    if (p.qk_norm) {  // Swin V2: q' = s_h q^, k^ (and the norms for the chain rule)
+      normalize_rows<T, A, Tr::kD>(sQ, ld, rows, d, s_h, inv_q);
+      normalize_rows<T, A, Tr::kD>(sK, ld, rows, d, A(1), inv_k);
+      __syncthreads();
+    }
     if (active) {
       warp_gemm<Tr, true, false>(sS, ldS, sQ + wrow0 * ld, ld, 16, sK, ld, 16, rows, dp, false);
       warp_gemm<Tr, true, false>(sdP, ldS, sdO + wrow0 * ld, ld, 16, sV, ld, 16, rows, dp, false);
@@ -230,17 +240,34 @@ __global__ void __launch_bounds__(Tr::kFusedWarps * 32, 1) attn_bwd_fused_kernel
     warp_store_rows<T, A, Tr::kD>(dqkv + ob + 2 * C, stride, tok + wrow0, kRowTile, stage, ldO, nullptr, A(1), d, p.vec);
     if (p.padded) add_padding_rows(padv, stage, ldO, tok + wrow0, wrow0, N, dp, A(1));
     __syncwarp();
-    // dK = scale dS^T Q
+    // dK = scale dS^T Q (Swin V2: the gradient of k^, then through the normalisation)
     warp_gemm<Tr, false, true>(stage, ldO, dS_all + wrow0, ldP, 16 * ldP, sQ, ld, 16 * ld, dp, rows, false);
     __syncwarp();
+    if (p.qk_norm) {
+      normalize_rows_backward<T, A, Tr::kD>(stage, ldO, sK + wrow0 * ld, ld, inv_k + wrow0, d, A(1));
+      __syncwarp();
+    }
     warp_store_rows<T, A, Tr::kD>(dqkv + ob + C, stride, tok + wrow0, kRowTile, stage, ldO, nullptr, scale, d, p.vec);
     if (p.padded) add_padding_rows(padk, stage, ldO, tok + wrow0, wrow0, N, dp, scale);
     __syncwarp();
-    // dQ (queries of this warp) = scale dS K
+    // dQ (queries of this warp) = scale dS K (Swin V2: of q' = s_h q^, then through the normalisation)
     warp_gemm<Tr, true, true>(stage, ldO, dS_all + wrow0 * ldP, ldP, 16, sK, ld, 16 * ld, dp, rows, false);
     __syncwarp();
-    warp_store_rows<T, A, Tr::kD>(dqkv + ob, stride, tok + wrow0, kRowTile, stage, ldO, nullptr, scale, d, p.vec);
+    if (p.qk_norm) {
+      ds_acc += normalize_rows_backward<T, A, Tr::kD>(stage, ldO, sQ + wrow0 * ld, ld, inv_q + wrow0, d, s_h);
+      __syncwarp();
+    }
+    warp_store_rows<T, A, Tr::kD>(dqkv + ob, stride, tok + wrow0, kRowTile, stage, ldO, nullptr, scale * s_h, d, p.vec);
     __syncwarp();
+  }
+  if (p.qk_norm) {  // d head_scale of this (chunk, window, head): the warps' sums in warp order
+    if (lane == 0) ds_w[warp] = ds_acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      A t = 0;
+      for (int w = 0; w < nwarps; ++w) t += ds_w[w];
+      static_cast<A*>(p.dscale_part)[(static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h] = t;
+    }
   }
   if (!active) return;
 
@@ -306,6 +333,8 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32, 1) attn_bwd_dq_kernel(const
   A* sdP = reinterpret_cast<A*>(smem + L.dp) + warp * kRowTile * ldS;
   A* acc = reinterpret_cast<A*>(smem + L.acc) + warp * kRowTile * ldO;
   A* st = reinterpret_cast<A*>(smem + L.stats) + warp * 2 * kRowTile;  // lse, D
+  A* inv_q = reinterpret_cast<A*>(smem + L.inv);                          // Swin V2 only
+  A* ds_w = reinterpret_cast<A*>(smem + L.dscale);
 
   const T* qkv = static_cast<const T*>(p.qkv);
   const T* pad = static_cast<const T*>(p.pad);
@@ -318,6 +347,8 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32, 1) attn_bwd_dq_kernel(const
              ((static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h) * N * N;
 
   build_token_table(g, win, row0, rows, tok_r, reg_r);
+  const A s_h = p.qk_norm ? static_cast<const A*>(p.head_scale)[h] : A(1);
+  A ds_acc = 0;
   const int b0 = chunk * p.chunk;
   const int b1 = b0 + p.chunk < p.B ? b0 + p.chunk : p.B;
   for (int b = b0; b < b1; ++b) {
@@ -326,6 +357,10 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32, 1) attn_bwd_dq_kernel(const
     const T* img = qkv + static_cast<int64_t>(b) * p.img_qkv + h * d;
     gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sQ, img, stride, pad ? pad + h * d : nullptr}, GatherSrc<T>{sdO, static_cast<const T*>(p.grad_out) + static_cast<int64_t>(b) * p.img_out + h * d, C,
                                    nullptr}, ld, tok_r, rows, N - row0, d, p.vec);
+    if (p.qk_norm) {  // the loop's first barrier orders it before the products
+      __syncthreads();
+      normalize_rows<T, A, Tr::kD>(sQ, ld, rows, d, s_h, inv_q);
+    }
     const int64_t rowstat = ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * N;
     if (active && lane < kRowTile) {
       const int i = wrow0 + lane;
@@ -339,6 +374,10 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32, 1) attn_bwd_dq_kernel(const
         __syncthreads();
         gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sK, img + C, stride, pad ? pad + C + h * d : nullptr}, GatherSrc<T>{sV, img + 2 * C, stride, pad ? pad + 2 * C + h * d : nullptr}, ld, tok_k, Kt, N - kt0, d, p.vec);
         __syncthreads();
+        if (p.qk_norm) {
+          normalize_rows<T, A, Tr::kD>(sK, ld, Kt, d, A(1), static_cast<A*>(nullptr));
+          __syncthreads();
+        }
         if (!active) continue;
         warp_gemm<Tr, true, false>(sS, ldS, sQ + warp * kRowTile * ld, ld, 16, sK, ld, 16, Kt, dp, false);
         warp_gemm<Tr, true, false>(sdP, ldS, sdO + warp * kRowTile * ld, ld, 16, sV, ld, 16, Kt, dp, false);
@@ -382,10 +421,23 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32, 1) attn_bwd_dq_kernel(const
       }
     }
     if (active) {
+      if (p.qk_norm) {
+        ds_acc += normalize_rows_backward<T, A, Tr::kD>(acc, ldO, sQ + warp * kRowTile * ld, ld, inv_q + warp * kRowTile, d, s_h);
+        __syncwarp();
+      }
       warp_store_rows<T, A, Tr::kD>(static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv + h * d, stride,
-                                    tok_r + warp * kRowTile, kRowTile, acc, ldO, nullptr, scale, d, p.vec);
+                                    tok_r + warp * kRowTile, kRowTile, acc, ldO, nullptr, scale * s_h, d, p.vec);
       if (lane < kRowTile && wrow0 + lane < N) static_cast<A*>(p.Dbuf)[rowstat + wrow0 + lane] = st[kRowTile + lane];
       __syncwarp();
+    }
+  }
+  if (p.qk_norm) {  // d head_scale of this (chunk, window, row block, head): warps summed in order
+    if (lane == 0) ds_w[warp] = ds_acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      A t = 0;
+      for (int w = 0; w < nwarps; ++w) t += ds_w[w];
+      static_cast<A*>(p.dscale_part)[((static_cast<int64_t>(chunk) * g.nW + win) * p.n_row_blocks + rb) * p.heads + h] = t;
     }
   }
 }
@@ -432,6 +484,8 @@ __global__ void __launch_bounds__(Tr::kDkvWarps * 32, 1) attn_bwd_dkv_kernel(con
   A* sdP = reinterpret_cast<A*>(smem + L.dp) + warp * kRowTile * ldS;
   A* dK = reinterpret_cast<A*>(smem + L.dk) + warp * kRowTile * ldO;
   A* dV = reinterpret_cast<A*>(smem + L.dv) + warp * kRowTile * ldO;
+  A* inv_k = reinterpret_cast<A*>(smem + L.inv);  // Swin V2 only
+  const A s_h = p.qk_norm ? static_cast<const A*>(p.head_scale)[h] : A(1);
 
   const T* qkv = static_cast<const T*>(p.qkv);
   const T* pad = static_cast<const T*>(p.pad);
@@ -447,6 +501,10 @@ __global__ void __launch_bounds__(Tr::kDkvWarps * 32, 1) attn_bwd_dkv_kernel(con
   build_token_table(g, win, key0, keys, tok_k, reg_k);
   __syncthreads();
   gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sK, img + C, stride, pad ? pad + C + h * d : nullptr}, GatherSrc<T>{sV, img + 2 * C, stride, pad ? pad + 2 * C + h * d : nullptr}, ld, tok_k, keys, N - key0, d, p.vec);
+  if (p.qk_norm) {  // the loop's first barrier orders it before the products
+    __syncthreads();
+    normalize_rows<T, A, Tr::kD>(sK, ld, keys, d, A(1), inv_k);
+  }
   for (int qt0 = 0; qt0 < N; qt0 += Qt) {
     __syncthreads();
     build_token_table(g, win, qt0, Qt, tok_q, reg_q);
@@ -459,6 +517,10 @@ __global__ void __launch_bounds__(Tr::kDkvWarps * 32, 1) attn_bwd_dkv_kernel(con
     gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sQ, img, stride, pad ? pad + h * d : nullptr}, GatherSrc<T>{sdO, static_cast<const T*>(p.grad_out) + static_cast<int64_t>(b) * p.img_out + h * d, C,
                                    nullptr}, ld, tok_q, Qt, N - qt0, d, p.vec);
     __syncthreads();
+    if (p.qk_norm) {
+      normalize_rows<T, A, Tr::kD>(sQ, ld, Qt, d, s_h, static_cast<A*>(nullptr));
+      __syncthreads();
+    }
     if (!active) continue;
     // S^T = K_w Q^T, dP^T = V_w dO^T (rows: this warp's keys, columns: queries)
     warp_gemm<Tr, true, false>(sS, ldS, sK + warp * kRowTile * ld, ld, 16, sQ, ld, 16, Qt, dp, false);
@@ -502,6 +564,10 @@ __global__ void __launch_bounds__(Tr::kDkvWarps * 32, 1) attn_bwd_dkv_kernel(con
     // dV += P^T dO, dK += dS^T Q
     warp_gemm<Tr, true, true>(dV, ldO, reinterpret_cast<const T*>(sS), ldP, 16, sdO, ld, 16 * ld, dp, Qt, qt0 > 0);
     warp_gemm<Tr, true, true>(dK, ldO, reinterpret_cast<const T*>(sdP), ldP, 16, sQ, ld, 16 * ld, dp, Qt, qt0 > 0);
+    __syncwarp();
+  }
+  if (p.qk_norm && active) {  // Swin V2: dK is the gradient of k^; through the normalisation
+    normalize_rows_backward<T, A, Tr::kD>(dK, ldO, sK + warp * kRowTile * ld, ld, inv_k + warp * kRowTile, d, A(1));
     __syncwarp();
   }
   if (p.padded) {  // every warp writes its slot, zeros when it has no padding key

@@ -160,6 +160,10 @@ __global__ void __launch_bounds__(Tr::kFwdWarps * 32, 1) attn_fwd_kernel(const A
   }
   __syncthreads();
   gather_rows<T, Tr::kD, Tr::kTC, 1>(GatherSrc<T>{sQ, img, stride, pad ? pad + h * d : nullptr}, GatherSrc<T>{}, ld, tok_r, rows, N - row0, d, p.vec);
+  if (p.qk_norm) {  // Swin V2: q^ * s_h (the loop's barrier orders it before the first product)
+    __syncthreads();
+    normalize_rows<T, A, Tr::kD>(sQ, ld, rows, d, static_cast<const A*>(p.head_scale)[h], static_cast<A*>(nullptr));
+  }
 
   const int wrow0 = row0 + warp * kRowTile;  // first query row of this warp
   const bool active = wrow0 < N;             // warp-uniform
@@ -169,6 +173,10 @@ __global__ void __launch_bounds__(Tr::kFwdWarps * 32, 1) attn_fwd_kernel(const A
     __syncthreads();
     gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sK, img + C, stride, pad ? pad + C + h * d : nullptr}, GatherSrc<T>{sV, img + 2 * C, stride, pad ? pad + 2 * C + h * d : nullptr}, ld, tok_k, Kt, N - kt0, d, p.vec);
     __syncthreads();
+    if (p.qk_norm) {  // Swin V2: k^
+      normalize_rows<T, A, Tr::kD>(sK, ld, Kt, d, A(1), static_cast<A*>(nullptr));
+      __syncthreads();
+    }
     if (!active) continue;
     // S = Q_w K^T
     warp_gemm<Tr, true, false>(sS, ldS, sQ + warp * kRowTile * ld, ld, 16, sK, ld, 16, Kt, dp, false);

@@ -113,7 +113,7 @@ __host__ __device__ constexpr FwdLayout fwd_layout(int d, int nwarps) {
 
 // ---------------------------------------------------------------- fused backward
 struct FusedLayout {
-  int tok, reg, q, k, v, dout, s, dp, stage, dpad, total;
+  int tok, reg, q, k, v, dout, s, dp, stage, dpad, inv, dscale, total;
 };
 template <class Tr>
 __host__ __device__ constexpr FusedLayout fused_layout(int d, int nwarps) {
@@ -130,13 +130,15 @@ __host__ __device__ constexpr FusedLayout fused_layout(int d, int nwarps) {
   L.dp = c.take(nwarps * kRowTile * Tr::ld_acc(rows) * Tr::kAB);  // dP, then dS
   L.stage = c.take(nwarps * kRowTile * Tr::ld_acc(Tr::dpad(d)) * Tr::kAB);  // dV / dK / dQ tile
   L.dpad = c.take(nwarps * 2 * Tr::dpad(d) * Tr::kAB);             // per-warp padding-key gradients
+  L.inv = c.take(2 * rows * Tr::kAB);                              // Swin V2: 1 / ||q||, 1 / ||k|| per row
+  L.dscale = c.take(nwarps * Tr::kAB);                             // Swin V2: per-warp d head_scale
   L.total = c.off;
   return L;
 }
 
 // ---------------------------------------------------------------- streaming backward: dq
 struct DqLayout {
-  int tok_r, reg_r, tok_k, reg_k, q, dout, k, v, s, dp, acc, stats, total;
+  int tok_r, reg_r, tok_k, reg_k, q, dout, k, v, s, dp, acc, stats, inv, dscale, total;
 };
 template <class Tr>
 __host__ __device__ constexpr DqLayout dq_layout(int d, int nwarps) {
@@ -156,13 +158,15 @@ __host__ __device__ constexpr DqLayout dq_layout(int d, int nwarps) {
   L.dp = c.take(nwarps * kRowTile * Tr::ld_acc(Kt) * Tr::kAB);
   L.acc = c.take(nwarps * kRowTile * Tr::ld_acc(Tr::dpad(d)) * Tr::kAB);  // dQ accumulator
   L.stats = c.take(nwarps * 2 * kRowTile * Tr::kAB);                    // lse, D per row
+  L.inv = c.take(rows * Tr::kAB);                                        // Swin V2: 1 / ||q|| per row
+  L.dscale = c.take(nwarps * Tr::kAB);                                   // Swin V2: per-warp d head_scale
   L.total = c.off;
   return L;
 }
 
 // ---------------------------------------------------------------- streaming backward: dk, dv
 struct DkvLayout {
-  int tok_k, reg_k, tok_q, reg_q, k, v, q, dout, stats, s, dp, dk, dv, total;
+  int tok_k, reg_k, tok_q, reg_q, k, v, q, dout, stats, s, dp, dk, dv, inv, total;
 };
 template <class Tr>
 __host__ __device__ constexpr DkvLayout dkv_layout(int d, int nwarps) {
@@ -183,6 +187,7 @@ __host__ __device__ constexpr DkvLayout dkv_layout(int d, int nwarps) {
   L.dp = c.take(nwarps * kRowTile * Tr::ld_acc(Qt) * Tr::kAB);  // dP^T, then dS^T
   L.dk = c.take(nwarps * kRowTile * Tr::ld_acc(Tr::dpad(d)) * Tr::kAB);
   L.dv = c.take(nwarps * kRowTile * Tr::ld_acc(Tr::dpad(d)) * Tr::kAB);
+  L.inv = c.take(keys * Tr::kAB);  // Swin V2: 1 / ||k|| per key
   L.total = c.off;
   return L;
 }

@@ -37,6 +37,11 @@ struct AttnParams {
   void* dbias_part = nullptr;      // (n_chunks, nW, heads, N, N) acc_t partials
   void* dpad_part = nullptr;       // (n_dpad_slots, 2, heads, d) acc_t partials, null when unpadded
   void* Dbuf = nullptr;            // (B, nW, heads, N) acc_t, streaming backward only
+  // Swin V2 (cosine attention): q and k rows L2-normalised, q times a
+  // per-head scale s_h (logits = s_h * q^.k^ + bias + mask; p.scale is 1).
+  bool qk_norm = false;
+  const void* head_scale = nullptr;  // (heads,) acc_t
+  void* dscale_part = nullptr;       // (n_dscale_slots, heads) acc_t partials of d head_scale (backward)
 
   Geom g{};
   int B = 0, heads = 0, d = 0, C = 0;
@@ -65,6 +70,7 @@ struct BwdPlan {
   int64_t dbias_part_elems = 0;  // n_chunks * nW * heads * N * N
   int64_t dpad_slots = 0;        // rows of the (slots, 2, heads, d) dpad partials (0: unpadded)
   int64_t dbuf_elems = 0;        // B * nW * heads * N (streaming only)
+  int64_t dscale_slots = 0;      // rows of the (slots, heads) d head_scale partials (qk_norm only)
   int smem = 0, smem_dkv = 0;    // dynamic shared memory of the launches
 };
 

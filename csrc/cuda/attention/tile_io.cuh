@@ -144,6 +144,54 @@ __device__ __forceinline__ void gather_rows(const GatherSrc<T> s0, const GatherS
   }
 }
 
+// Swin V2's cosine attention: rows [0, n) of a tile (stride ld, d valid
+// columns) become row * mul / max(||row||, 1e-12) (F.normalize's rule; rows
+// of zeros stay zeros), with 1 / max(||row||, 1e-12) in inv_out[r] when
+// inv_out is not null.  Block-collective: a warp per row, the caller
+// synchronises before and after.
+template <typename T, typename A, int kD>
+__device__ __forceinline__ void normalize_rows(T* rows, int ld, int n, int d_rt, A mul, A* inv_out) {
+  const int d = kD ? kD : d_rt;
+  const int nwarps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int r = warp; r < n; r += nwarps) {
+    T* row = rows + r * ld;
+    A ss = 0;
+    for (int c = lane; c < d; c += 32) {
+      const A v = to_acc(row[c]);
+      ss += v * v;
+    }
+    ss = warp_sum(ss);
+    const A norm = acc_sqrt(ss);
+    const A inv = A(1) / (norm > A(1e-12) ? norm : A(1e-12));
+    const A m = inv * mul;
+    for (int c = lane; c < d; c += 32) row[c] = from_acc<T>(to_acc(row[c]) * m);
+    if (lane == 0 && inv_out != nullptr) inv_out[r] = inv;
+  }
+}
+
+// The backward of a row normalisation, in place on a warp's 16 x d gradient
+// tile g (stride ldg, the gradient w.r.t. the normalised row xh, which is
+// stored in `xh_rows` as row * xh_mul): g <- (g - xh (xh . g)) * inv[r],
+// i.e. d/dx of x / ||x||.  Returns this lane's share of sum_r (xh . g)
+// before the update (the scale's gradient is (1 / xh_mul) times it summed
+// over lanes).  Called by one warp.
+template <typename T, typename A, int kD>
+__device__ __forceinline__ A normalize_rows_backward(A* g, int ldg, const T* xh_rows, int ldx, const A* inv,
+                                                     int d_rt, A xh_mul) {
+  const int d = kD ? kD : d_rt;
+  const int lane = threadIdx.x & 31;
+  const A rmul = A(1) / xh_mul;
+  A total = 0;
+  for (int r = 0; r < 16; ++r) {
+    A dot = 0;
+    for (int c = lane; c < d; c += 32) dot += to_acc(xh_rows[r * ldx + c]) * rmul * g[r * ldg + c];
+    dot = warp_sum(dot);
+    if (lane == 0) total += dot;
+    for (int c = lane; c < d; c += 32) g[r * ldg + c] = (g[r * ldg + c] - to_acc(xh_rows[r * ldx + c]) * rmul * dot) * inv[r];
+  }
+  return total;
+}
+
 // Packs kVec values (times m) into the 16 bytes of one vector store.
 template <typename T, typename A>
 __device__ __forceinline__ uint4 pack16(const A* s, A m) {
