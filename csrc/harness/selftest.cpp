@@ -12,6 +12,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,30 @@ using namespace swin_selftest;
 namespace {
 
 int g_fail = 0;
+
+// Device-style buffers: cudaMalloc returns 256-byte aligned memory and WMMA
+// loads need 256-bit aligned tiles, while std::vector's malloc only promises
+// 16 bytes.
+template <typename T>
+struct DeviceAlloc {
+  using value_type = T;
+  DeviceAlloc() = default;
+  template <typename U>
+  DeviceAlloc(const DeviceAlloc<U>&) {}
+  T* allocate(size_t n) {
+    const size_t bytes = ((n * sizeof(T) + 255) / 256) * 256;
+    void* p = std::aligned_alloc(256, bytes == 0 ? 256 : bytes);
+    if (p == nullptr) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { std::free(p); }
+  template <typename U>
+  bool operator==(const DeviceAlloc<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const DeviceAlloc<U>&) const { return false; }
+};
+template <typename T>
+using DeviceVec = std::vector<T, DeviceAlloc<T>>;
 void check(bool ok, const char* what) {
   if (!ok) {
     std::printf("FAIL: %s\n", what);
@@ -124,8 +149,9 @@ int test_exited_barrier() {
 template <typename T>
 int test_wmma_t() {
   const int M = 32, N = 48, K = 32;
-  std::vector<T> a(M * K), b(K * N);
-  std::vector<float> af(M * K), bf(K * N), c(M * N, -1.0f);
+  DeviceVec<T> a(M * K), b(K * N);
+  DeviceVec<float> c(M * N, -1.0f);
+  std::vector<float> af(M * K), bf(K * N);
   for (int i = 0; i < M * K; ++i) {
     af[i] = static_cast<float>((i * 13) % 17 - 8) * 0.125f;
     a[i] = static_cast<T>(af[i]);
