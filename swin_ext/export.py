@@ -5,7 +5,9 @@ the captured graph and translates each into standard ONNX operators (opset
 >= 17, no custom domain, no Roll), so the file runs in onnxruntime and in
 TensorRT's ONNX parser:
 
-* ``window_attention_fwd``: pad, cyclic shift and window partition are one
+* ``window_attention_fwd`` (and ``window_attention_v2_fwd``, with the
+  ``ReduceL2`` normalisation of q and k and the per-head scale): pad, cyclic
+  shift and window partition are one
   ``Gather`` of the token rows through a constant index (padding tokens read
   an appended ``qkv_pad`` row), the heads a ``Reshape`` + ``Transpose``,
   then ``MatMul`` / ``Add`` (the bias; the shift mask as a constant) /
@@ -116,14 +118,12 @@ def _rows_with_pad(op, x, pad, C: int):
     return op.Concat(x, row, axis=1)
 
 
-def _attention_onnx(qkv, bias, qkv_pad=None, window_size: int = 7, shift_h: int = 0, shift_w: int = 0,
-                    scale: float = 1.0):
-    """ONNX of swin_ext::window_attention_fwd: returns (out, lse)."""
+def _window_attention_graph(qkv, bias, qkv_pad, ws: int, shift_h: int, shift_w: int, scale: float, head_scale=None):
+    """The window attention as standard ONNX; with head_scale, Swin V2's cosine attention."""
     from onnxscript import opset18 as op
 
     _, H, W, C3 = _static_dims(qkv, "BHWC", "window_attention")
     heads, N = bias.shape[0], bias.shape[1]
-    ws = window_size
     C, d = C3 // 3, C3 // 3 // heads
     tok, inv, mask = window_tables(H, W, ws, shift_h, shift_w)
     nW = tok.size // N
@@ -135,9 +135,18 @@ def _attention_onnx(qkv, bias, qkv_pad=None, window_size: int = 7, shift_h: int 
     q = op.Gather(g, op.Constant(value_int=0), axis=0)  # (B, nW, heads, N, d)
     k = op.Gather(g, op.Constant(value_int=1), axis=0)
     v = op.Gather(g, op.Constant(value_int=2), axis=0)
+    if head_scale is not None:  # x / max(||x||, 1e-12), as F.normalize
+        axes = op.Constant(value_ints=[-1])
+        eps = op.CastLike(op.Constant(value_float=1e-12), q)
+        q = op.Div(q, op.Max(op.ReduceL2(q, axes, keepdims=1), eps))
+        k = op.Div(k, op.Max(op.ReduceL2(k, axes, keepdims=1), eps))
     logits = op.MatMul(q, op.Transpose(k, perm=[0, 1, 2, 4, 3]))
     logits = op.CastLike(logits, bias)  # softmax in the accumulation dtype (float32 for half inputs), as the kernels
-    logits = op.Add(op.Mul(logits, op.CastLike(op.Constant(value_float=float(scale)), bias)), bias)
+    if head_scale is not None:
+        logits = op.Mul(logits, op.Reshape(head_scale, op.Constant(value_ints=[1, 1, heads, 1, 1])))
+    else:
+        logits = op.Mul(logits, op.CastLike(op.Constant(value_float=float(scale)), bias))
+    logits = op.Add(logits, bias)
     if mask is not None:
         logits = op.Add(logits, op.CastLike(op.Constant(value=_tensor(mask)), bias))
     p = op.Softmax(logits, axis=-1)
@@ -146,6 +155,18 @@ def _attention_onnx(qkv, bias, qkv_pad=None, window_size: int = 7, shift_h: int 
     o = op.Reshape(op.Transpose(o, perm=[0, 1, 3, 2, 4]), op.Constant(value_ints=[-1, nW * N, C]))
     out = op.Reshape(op.Gather(o, op.Constant(value=_tensor(inv)), axis=1), op.Constant(value_ints=[-1, H, W, C]))
     return out, lse
+
+
+def _attention_onnx(qkv, bias, qkv_pad=None, window_size: int = 7, shift_h: int = 0, shift_w: int = 0,
+                    scale: float = 1.0):
+    """ONNX of swin_ext::window_attention_fwd: returns (out, lse)."""
+    return _window_attention_graph(qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale)
+
+
+def _attention_v2_onnx(qkv, bias, qkv_pad=None, head_scale=None, window_size: int = 8, shift_h: int = 0,
+                       shift_w: int = 0):
+    """ONNX of swin_ext::window_attention_v2_fwd (Swin V2's cosine attention): returns (out, lse)."""
+    return _window_attention_graph(qkv, bias, qkv_pad, window_size, shift_h, shift_w, 1.0, head_scale)
 
 
 def _layer_norm_onnx(op, x, weight, bias, eps: float):
@@ -193,6 +214,8 @@ def _extra_translations() -> Dict[Any, Callable]:
     out: Dict[Any, Callable] = {}
     if hasattr(torch.ops.swin_ext, "add_layernorm_fwd"):
         out[torch.ops.swin_ext.add_layernorm_fwd.default] = _add_layernorm_onnx
+    if hasattr(torch.ops.swin_ext, "window_attention_v2_fwd"):
+        out[torch.ops.swin_ext.window_attention_v2_fwd.default] = _attention_v2_onnx
     return out
 
 
