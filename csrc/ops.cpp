@@ -26,4 +26,6 @@ TORCH_LIBRARY(swin_ext, m) {
   m.def(swin_ext::schema::kWindowAttentionBwd);
   m.def(swin_ext::schema::kPatchMergingFwd);
   m.def(swin_ext::schema::kPatchMergingBwd);
+  m.def(swin_ext::schema::kAddLayerNormFwd);
+  m.def(swin_ext::schema::kAddLayerNormBwd);
 }
