@@ -146,6 +146,8 @@ def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     autocast state).  torch < 2.4 has no ``device_type`` argument and no
     ``get_autocast_dtype``: the CPU / GPU specific functions there.
     """
+    if device_type not in ("cpu", "cuda"):  # meta (fake tensors), or a device swin_ext has no kernels for
+        return None
     try:
         if not torch.is_autocast_enabled(device_type):
             return None
@@ -312,9 +314,7 @@ def _add_ln_backward(ctx, grad_h, grad_y, grad_mean, grad_rstd):
     need_h = need_x or need_branch
     if grad_y is None:
         # y is unused: h's gradient passes through unchanged.
-        dh = grad_h if need_h else None
-        dw = torch.zeros_like(weight) if need_w and grad_h is not None else None
-        db = torch.zeros_like(bias) if need_b and grad_h is not None else None
+        dh, dw, db = (grad_h if need_h else None), None, None
     elif torch.is_grad_enabled():
         # A second-order graph is being built (create_graph=True, torch.func):
         # differentiate the reference LayerNorm, whose backward is itself
