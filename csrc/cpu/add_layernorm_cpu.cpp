@@ -104,6 +104,140 @@ SWIN_ALWAYS_INLINE void add_ln_fwd_rows(const AddLnArgs<acc_t>& a, int64_t begin
   }
 }
 
+// ---------------------------------------------------------------- float32 fast paths
+//
+// The autocast and float32 cases -- x (and h) float32, branch and y float32
+// or bfloat16, accumulation float32 -- as three vectorised passes per row:
+// (1) h = x + branch, stored, with sum and max|h|; (2) the corrected
+// two-pass variance on h (re-read from L1); (3) y.  A row with max|h| above
+// the rescaling threshold (or a non-finite one) goes through the generic
+// code, which handles it (layernorm_cpu.h).  Same statistics as row_stats,
+// summed in 8 lanes then across them.
+
+template <typename BT, typename YT>
+SWIN_ALWAYS_INLINE void add_ln_fwd_rows_f32(const AddLnArgs<float>& a, int64_t begin, int64_t end) {
+  using cpu::v8f;
+  const int64_t C = a.C, Cv = C / 8 * 8;
+  const float* __restrict w = a.weight;
+  const float* __restrict bb = a.bias;
+  const float inv_n = 1.0f / static_cast<float>(C);
+  for (int64_t r = begin; r < end; ++r) {
+    const float* __restrict x = static_cast<const float*>(a.x) + r * C;
+    const BT* __restrict br = static_cast<const BT*>(a.branch) + r * C;
+    float* __restrict h = static_cast<float*>(a.h) + r * C;
+    YT* __restrict y = static_cast<YT*>(a.y) + r * C;
+    v8f vs = {}, vm = {};
+    int64_t c = 0;
+    for (; c < Cv; c += 8) {
+      const v8f v = cpu::load8(x + c) + cpu::load8(br + c);
+      cpu::store8(h + c, v);
+      vs += v;
+      const v8f av = cpu::abs8(v);
+      vm = av > vm ? av : vm;
+    }
+    float sum = cpu::hsum8(vs), amax = cpu::hmax8(vm);
+    for (; c < C; ++c) {
+      const float v = x[c] + static_cast<float>(br[c]);
+      h[c] = v;
+      sum += v;
+      const float av = std::abs(v);
+      amax = av > amax ? av : amax;
+    }
+    if (!(amax <= cpu::kScaleAbove<float>)) {  // huge or non-finite: the generic row code
+      add_ln_fwd_rows<float>(a, r, r + 1);
+      continue;
+    }
+    const float m0 = sum * inv_n;
+    v8f v1 = {}, v2 = {};
+    for (c = 0; c < Cv; c += 8) {
+      const v8f d = cpu::load8(h + c) - m0;
+      v1 += d;
+      v2 += d * d;
+    }
+    float s1 = cpu::hsum8(v1), s2 = cpu::hsum8(v2);
+    for (; c < C; ++c) {
+      const float d = h[c] - m0;
+      s1 += d;
+      s2 += d * d;
+    }
+    const float dm = s1 * inv_n;
+    const float m = m0 + dm;
+    const float var = std::max(s2 * inv_n - dm * dm, 0.0f);
+    const float rs = 1.0f / std::sqrt(var + a.eps);
+    a.mean[r] = m;
+    a.rstd[r] = rs;
+    for (c = 0; c < Cv; c += 8) {
+      cpu::store8(y + c, (cpu::load8(h + c) - m) * rs * cpu::load8(w + c) + cpu::load8(bb + c));
+    }
+    for (; c < C; ++c) y[c] = static_cast<YT>((h[c] - m) * rs * w[c] + bb[c]);
+  }
+}
+
+// Backward of the float32 fast path: h, grad_h, dh float32; grad_y and dbranch
+// float32 or bfloat16 (DT = void: no dbranch).
+template <typename GT, typename DT>
+SWIN_ALWAYS_INLINE void add_ln_bwd_blocks_f32(const AddLnArgs<float>& a, int64_t begin, int64_t end) {
+  using cpu::v8f;
+  const int64_t C = a.C, Cv = C / 8 * 8;
+  std::vector<float> storage(2 * C);
+  float* __restrict xh = storage.data();
+  float* __restrict gwb = storage.data() + C;
+  const float* __restrict w = a.weight;
+  const float inv_n = 1.0f / static_cast<float>(C);
+  for (int64_t blk = begin; blk < end; ++blk) {
+    float* __restrict dw = a.dw_part + blk * C;
+    float* __restrict db = a.db_part + blk * C;
+    std::fill(dw, dw + C, 0.0f);
+    std::fill(db, db + C, 0.0f);
+    const int64_t r_end = std::min(a.rows, (blk + 1) * kLnRowsPerPartial);
+    for (int64_t r = blk * kLnRowsPerPartial; r < r_end; ++r) {
+      const float* __restrict h = static_cast<const float*>(a.h_in) + r * C;
+      const GT* __restrict gy = static_cast<const GT*>(a.grad_y) + r * C;
+      const float m = a.mean_in[r], rs = a.rstd_in[r];
+      v8f vg = {}, vgx = {};
+      int64_t c = 0;
+      for (; c < Cv; c += 8) {
+        const v8f x = (cpu::load8(h + c) - m) * rs;
+        const v8f g = cpu::load8(gy + c);
+        cpu::store8(dw + c, cpu::load8(dw + c) + g * x);
+        cpu::store8(db + c, cpu::load8(db + c) + g);
+        const v8f gw = g * cpu::load8(w + c);
+        cpu::store8(xh + c, x);
+        cpu::store8(gwb + c, gw);
+        vg += gw;
+        vgx += gw * x;
+      }
+      float sum_g = cpu::hsum8(vg), sum_gx = cpu::hsum8(vgx);
+      for (; c < C; ++c) {
+        const float x = (h[c] - m) * rs;
+        const float g = static_cast<float>(gy[c]);
+        dw[c] += g * x;
+        db[c] += g;
+        const float gw = g * w[c];
+        xh[c] = x;
+        gwb[c] = gw;
+        sum_g += gw;
+        sum_gx += gw * x;
+      }
+      const float mg = sum_g * inv_n, mgx = sum_gx * inv_n;
+      const float* __restrict gh = a.grad_h ? static_cast<const float*>(a.grad_h) + r * C : nullptr;
+      float* __restrict dh = static_cast<float*>(a.dh) + r * C;
+      for (c = 0; c < Cv; c += 8) {
+        v8f d = rs * (cpu::load8(gwb + c) - mg - cpu::load8(xh + c) * mgx);
+        if (gh) d += cpu::load8(gh + c);
+        cpu::store8(dh + c, d);
+        if constexpr (!std::is_void<DT>::value) cpu::store8(static_cast<DT*>(a.dbranch) + r * C + c, d);
+      }
+      for (; c < C; ++c) {
+        float d = rs * (gwb[c] - mg - xh[c] * mgx);
+        if (gh) d += gh[c];
+        dh[c] = d;
+        if constexpr (!std::is_void<DT>::value) static_cast<DT*>(a.dbranch)[r * C + c] = static_cast<DT>(d);
+      }
+    }
+  }
+}
+
 // Backward of the fixed row blocks [begin, end): dh (and dbranch) and the
 // per-block dweight/dbias partials.
 template <typename acc_t>
@@ -171,22 +305,64 @@ SWIN_ALWAYS_INLINE void reduce_partials(const AddLnArgs<acc_t>& a, int64_t nbloc
 
 // ---------------------------------------------------------------- ISA dispatch
 
+// Which row code a call takes: the float32 fast paths (by branch / y /
+// grad_y / dbranch dtype) or the generic one.
+enum class Path { kGeneric, kF32F32, kF32BF16, kBF16F32, kBF16BF16 };
+
+inline Path fast_path(at::ScalarType first, at::ScalarType second, bool second_none = false) {
+  const bool f1 = first == at::kFloat, b1 = first == at::kBFloat16;
+  const bool f2 = second_none || second == at::kFloat, b2 = !second_none && second == at::kBFloat16;
+  if (!(f1 || b1) || !(f2 || b2)) return Path::kGeneric;
+  return f1 ? (f2 ? Path::kF32F32 : Path::kF32BF16) : (f2 ? Path::kBF16F32 : Path::kBF16BF16);
+}
+
 template <typename add_t, typename acc_t>
-void fwd_rows_default(const AddLnArgs<acc_t>& a, int64_t b, int64_t e) {
+SWIN_ALWAYS_INLINE void fwd_rows(const AddLnArgs<acc_t>& a, Path path, int64_t b, int64_t e) {
+  if constexpr (std::is_same<add_t, float>::value && std::is_same<acc_t, float>::value) {
+    switch (path) {
+      case Path::kF32F32: return add_ln_fwd_rows_f32<float, float>(a, b, e);
+      case Path::kF32BF16: return add_ln_fwd_rows_f32<float, c10::BFloat16>(a, b, e);
+      case Path::kBF16F32: return add_ln_fwd_rows_f32<c10::BFloat16, float>(a, b, e);
+      case Path::kBF16BF16: return add_ln_fwd_rows_f32<c10::BFloat16, c10::BFloat16>(a, b, e);
+      default: break;
+    }
+  }
   add_ln_fwd_rows<add_t>(a, b, e);
 }
+
 template <typename acc_t>
-void bwd_blocks_default(const AddLnArgs<acc_t>& a, int64_t b, int64_t e) {
+SWIN_ALWAYS_INLINE void bwd_blocks(const AddLnArgs<acc_t>& a, Path path, int64_t b, int64_t e) {
+  if constexpr (std::is_same<acc_t, float>::value) {
+    const bool none = a.dbranch == nullptr;
+    switch (path) {
+      case Path::kF32F32: return none ? add_ln_bwd_blocks_f32<float, void>(a, b, e)
+                                      : add_ln_bwd_blocks_f32<float, float>(a, b, e);
+      case Path::kF32BF16: return add_ln_bwd_blocks_f32<float, c10::BFloat16>(a, b, e);
+      case Path::kBF16F32: return none ? add_ln_bwd_blocks_f32<c10::BFloat16, void>(a, b, e)
+                                       : add_ln_bwd_blocks_f32<c10::BFloat16, float>(a, b, e);
+      case Path::kBF16BF16: return add_ln_bwd_blocks_f32<c10::BFloat16, c10::BFloat16>(a, b, e);
+      default: break;
+    }
+  }
   add_ln_bwd_blocks(a, b, e);
+}
+
+template <typename add_t, typename acc_t>
+void fwd_rows_default(const AddLnArgs<acc_t>& a, Path p, int64_t b, int64_t e) {
+  fwd_rows<add_t>(a, p, b, e);
+}
+template <typename acc_t>
+void bwd_blocks_default(const AddLnArgs<acc_t>& a, Path p, int64_t b, int64_t e) {
+  bwd_blocks(a, p, b, e);
 }
 #if SWIN_HAVE_AVX2_CLONE
 template <typename add_t, typename acc_t>
-SWIN_TARGET_AVX2 void fwd_rows_avx2(const AddLnArgs<acc_t>& a, int64_t b, int64_t e) {
-  add_ln_fwd_rows<add_t>(a, b, e);
+SWIN_TARGET_AVX2 void fwd_rows_avx2(const AddLnArgs<acc_t>& a, Path p, int64_t b, int64_t e) {
+  fwd_rows<add_t>(a, p, b, e);
 }
 template <typename acc_t>
-SWIN_TARGET_AVX2 void bwd_blocks_avx2(const AddLnArgs<acc_t>& a, int64_t b, int64_t e) {
-  add_ln_bwd_blocks(a, b, e);
+SWIN_TARGET_AVX2 void bwd_blocks_avx2(const AddLnArgs<acc_t>& a, Path p, int64_t b, int64_t e) {
+  bwd_blocks(a, p, b, e);
 }
 #endif
 
@@ -195,22 +371,24 @@ inline int64_t row_grain(int64_t C) { return std::max<int64_t>(1, (int64_t(1) <<
 
 template <typename add_t, typename acc_t>
 void run_fwd(const AddLnArgs<acc_t>& a) {
+  const Path p = a.x_t == at::kFloat ? fast_path(a.b_t, a.y_t) : Path::kGeneric;
   at::parallel_for(0, a.rows, row_grain(a.C), [&](int64_t begin, int64_t end) {
 #if SWIN_HAVE_AVX2_CLONE
-    if (cpu::cpu_has_avx2()) return fwd_rows_avx2<add_t>(a, begin, end);
+    if (cpu::cpu_has_avx2()) return fwd_rows_avx2<add_t>(a, p, begin, end);
 #endif
-    fwd_rows_default<add_t>(a, begin, end);
+    fwd_rows_default<add_t>(a, p, begin, end);
   });
 }
 
 template <typename acc_t>
 void run_bwd(const AddLnArgs<acc_t>& a, int64_t nblocks, acc_t* dweight, acc_t* dbias) {
   const int64_t grain = std::max<int64_t>(1, row_grain(a.C) / kLnRowsPerPartial);
+  const Path p = a.x_t == at::kFloat ? fast_path(a.y_t, a.b_t, a.dbranch == nullptr) : Path::kGeneric;
   at::parallel_for(0, nblocks, grain, [&](int64_t begin, int64_t end) {
 #if SWIN_HAVE_AVX2_CLONE
-    if (cpu::cpu_has_avx2()) return bwd_blocks_avx2(a, begin, end);
+    if (cpu::cpu_has_avx2()) return bwd_blocks_avx2(a, p, begin, end);
 #endif
-    bwd_blocks_default(a, begin, end);
+    bwd_blocks_default(a, p, begin, end);
   });
   // Channel chunks of 64 (a multiple of every vector width); each sums its
   // channels over the blocks in order.

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "cpu_microkernels.h"
@@ -111,6 +112,47 @@ SWIN_ALWAYS_INLINE void store_row(at::ScalarType t, void* base, int64_t r, int64
     default: return cvt_row(src, static_cast<c10::BFloat16*>(base) + r * n, n);
   }
 }
+
+// ---------------------------------------------------------------- 8-wide float rows
+//
+// Loads and stores of 8 floats from float or bfloat16 memory (GCC vector
+// extensions: one AVX2 register in the AVX2 clones), for the float32 fast
+// paths of the row kernels.  bfloat16 is rounded to nearest even, NaN kept
+// NaN, as c10::BFloat16 does.
+typedef uint32_t v8u __attribute__((vector_size(32)));
+typedef uint16_t v8h __attribute__((vector_size(16)));
+
+SWIN_ALWAYS_INLINE v8f load8(const float* p) { return load_vec<v8f>(p); }
+
+SWIN_ALWAYS_INLINE v8f load8(const c10::BFloat16* p) {
+  v8h raw;
+  std::memcpy(&raw, p, sizeof(raw));
+  return (v8f)(__builtin_convertvector(raw, v8u) << 16);
+}
+
+SWIN_ALWAYS_INLINE void store8(float* p, v8f v) { store_vec(p, v); }
+
+SWIN_ALWAYS_INLINE void store8(c10::BFloat16* p, v8f v) {
+  const v8u bits = (v8u)v;
+  const v8u rounded = (bits + (0x7FFFu + ((bits >> 16) & 1u))) >> 16;
+  const v8u out = v == v ? rounded : v8u{} + 0x7FC0u;  // NaN -> the canonical quiet NaN
+  const v8h h = __builtin_convertvector(out, v8h);
+  std::memcpy(p, &h, sizeof(h));
+}
+
+SWIN_ALWAYS_INLINE float hsum8(v8f v) {
+  float s = 0;
+  for (int l = 0; l < 8; ++l) s += v[l];
+  return s;
+}
+
+SWIN_ALWAYS_INLINE float hmax8(v8f v) {
+  float m = 0;
+  for (int l = 0; l < 8; ++l) m = v[l] > m ? v[l] : m;
+  return m;
+}
+
+SWIN_ALWAYS_INLINE v8f abs8(v8f v) { return (v8f)((v8u)v & 0x7FFFFFFFu); }
 
 }  // namespace cpu
 }  // namespace swin_ext
