@@ -1,4 +1,5 @@
-"""Op-level benchmark: swin_ext's fused kernels vs the attention other Swins run.
+"""Op-level benchmark: swin_ext's fused kernels vs the attention (and the residual add +
+LayerNorm, and the patch merging) other Swins run.
 
 Shapes are the attention/merging shapes of every Swin-T and Swin-B stage at
 224 px.  Forward and forward+backward, median of repeats after warm-up (CUDA
@@ -13,6 +14,11 @@ and return the input of the proj Linear, like swin_ext's op):
 * ``sdpa``: the same with ``F.scaled_dot_product_attention`` and the bias +
   mask materialised as a (B*nW, heads, N, N) attn_mask, what timm runs with
   fused attention enabled.
+
+``add+LN`` times :func:`swin_ext.add_layernorm` against ``x + branch`` then
+``F.layer_norm`` (a float32 stream plus a low-precision branch for float16 /
+bfloat16, as under autocast); ``eager`` is the only baseline for it and for
+merging.
 
 On CUDA also the achieved GB/s of the fused op against its byte floor (each
 input read once, each output written once: qkv + out forward, plus dO and
@@ -122,6 +128,48 @@ def merging_case(B, H, C, device, dtype, backward):
     return {"fused": run(swin_ext.patch_merging), "eager": run(reference.patch_merging_reference)}, nbytes
 
 
+def add_layernorm_case(B, H, C, device, dtype, backward):
+    """The residual add + LayerNorm of a block: fused op vs ``x + branch`` then ``F.layer_norm``.
+
+    float16/bfloat16: as under autocast, a float32 stream plus a low-precision
+    branch, ``y`` in the low dtype (the fused op under ``torch.autocast``; the
+    eager pair casts ``y`` as the next Linear's autocast would).
+    """
+    import torch.nn.functional as F
+
+    low = dtype in (torch.float16, torch.bfloat16)
+    xdt = torch.float32 if low else dtype
+    x = torch.randn(B, H, H, C, device=device, dtype=xdt, requires_grad=backward)
+    br = torch.randn(B, H, H, C, device=device, dtype=dtype, requires_grad=backward)
+    wdt = torch.float64 if dtype == torch.float64 else torch.float32
+    w = torch.randn(C, device=device, dtype=wdt, requires_grad=backward)
+    b = torch.randn(C, device=device, dtype=wdt, requires_grad=backward)
+    gh = torch.randn(B, H, H, C, device=device, dtype=xdt)
+    gy = torch.randn(B, H, H, C, device=device, dtype=dtype)
+
+    def fused():
+        with torch.autocast(device.type, dtype=dtype, enabled=low):
+            return swin_ext.add_layernorm(x, br, w, b)
+
+    def eager():
+        h = x + br
+        return h, F.layer_norm(h, (C,), w, b).to(dtype)
+
+    def run(fn):
+        def f():
+            h, y = fn()
+            if backward:
+                torch.autograd.grad((h, y), (x, br, w, b), (gh, gy))
+        return f
+
+    e = x.numel()
+    sx, sb = x.element_size(), br.element_size()
+    nbytes = e * (sx + sb + sx + sb)  # x, branch read; h, y written
+    if backward:
+        nbytes += e * (sx + sb + sx + sx + (sb if sb != sx else 0))  # grad_h, grad_y, h read; dh (+ dbranch) written
+    return {"fused": run(fused), "eager": run(eager)}, nbytes
+
+
 def _positive_int(s: str) -> int:
     """argparse type: an int >= 1 (0 is refused, not replaced by a default)."""
     try:
@@ -181,6 +229,7 @@ def main(argv=None):
                           attention_case(B, H, C, heads, 7, shift, device, dtype, backward, ["fused"] + base))]
                 if s < 3:
                     cases.append(("merging", f"{B}x{H}x{H}x{C}", merging_case(B, H, C, device, dtype, backward)))
+                cases.append(("add+LN", f"{B}x{H}x{H}x{C}", add_layernorm_case(B, H, C, device, dtype, backward)))
                 for op, shape, (fns, nbytes) in cases:
                     t = {impl: measure(fn, device, repeats=args.repeats)["median"] for impl, fn in fns.items()}
                     tf = t["fused"]

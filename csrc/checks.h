@@ -25,6 +25,9 @@ constexpr int64_t kMaxDim = int64_t(1) << 40;
 // Largest patch-merging channel count C (4C <= 2^30; the LayerNorm
 // statistics' overflow guard relies on it, see patch_merging_cpu.cpp).
 constexpr int64_t kMaxMergeChannels = int64_t(1) << 28;
+// Largest add_layernorm channel count C (the LayerNorm statistics' overflow
+// guard, see layernorm_cpu.h, needs n <= 2^30 elements per row).
+constexpr int64_t kMaxLayerNormChannels = int64_t(1) << 30;
 
 // a * b, or an error naming `what` if the product does not fit in int64.
 inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
@@ -79,6 +82,95 @@ inline void check_attention_scale(double scale) {
 inline void check_merging_eps(double eps) {
   TORCH_CHECK(std::isfinite(eps) && eps >= 0, "swin_ext.patch_merging: eps must be finite and >= 0, got ",
               eps);
+}
+
+// A LayerNorm epsilon: finite and >= 0 (`op` names the operator in the message).
+inline void check_layernorm_eps(double eps, const char* op) {
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, op, ": eps must be finite and >= 0, got ", eps);
+}
+
+// An optional dtype argument of the add_layernorm ops: one of the four floating dtypes.
+inline void check_float_dtype(const std::optional<at::ScalarType>& t, const char* op,
+                              const char* name) {
+  TORCH_CHECK(!t.has_value() || *t == at::kFloat || *t == at::kDouble || *t == at::kHalf ||
+                  *t == at::kBFloat16,
+              op, ": ", name, " must be float32, float64, float16 or bfloat16, got ", *t);
+}
+
+// The channel count of a (..., C) LayerNorm input, checked: rank >= 1,
+// 1 <= C <= kMaxLayerNormChannels, every dim bounded, the element count
+// representable.
+inline int64_t check_layernorm_input(const at::Tensor& t, const char* op, const char* name) {
+  check_float(t, name);
+  TORCH_CHECK(t.dim() >= 1, op, ": ", name, " must be (..., C) with at least one dim, got a scalar");
+  check_dims_bounded(t, name);
+  const int64_t C = t.size(-1);
+  TORCH_CHECK(C >= 1 && C <= kMaxLayerNormChannels, op, ": the normalized (last) dim C of ", name,
+              " must be in [1, ", kMaxLayerNormChannels, "], got ", C);
+  int64_t n = 1;
+  for (int64_t i = 0; i < t.dim(); ++i) n = checked_mul(n, t.size(i), "add_layernorm: the element count");
+  return C;
+}
+
+// Validates the arguments of add_layernorm_fwd; returns C.
+inline int64_t check_add_layernorm_args(const at::Tensor& x, const at::Tensor& branch,
+                                        const at::Tensor& weight, const at::Tensor& bias,
+                                        const std::optional<at::ScalarType>& y_dtype) {
+  constexpr const char* op = "swin_ext.add_layernorm";
+  const int64_t C = check_layernorm_input(x, op, "x");
+  check_float(branch, "branch");
+  TORCH_CHECK(branch.sizes() == x.sizes(), op, ": branch must have the shape of x ", x.sizes(),
+              ", got ", branch.sizes());
+  check_strided(weight, "weight");
+  check_strided(bias, "bias");
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == C && bias.dim() == 1 && bias.size(0) == C, op,
+              ": weight and bias must be (", C, ",), got ", weight.sizes(), " and ", bias.sizes());
+  const auto acc = acc_type_of(x.scalar_type());
+  TORCH_CHECK(weight.scalar_type() == acc && bias.scalar_type() == acc, op, ": weight/bias must be ",
+              acc, " for x of dtype ", x.scalar_type(), ", got ", weight.scalar_type(), " and ",
+              bias.scalar_type());
+  check_float_dtype(y_dtype, op, "y_dtype");
+  check_same_device(x, branch, "x", "branch");
+  check_same_device(x, weight, "x", "weight");
+  check_same_device(x, bias, "x", "bias");
+  return C;
+}
+
+// Validates the arguments of add_layernorm_bwd; returns C.
+inline int64_t check_add_layernorm_bwd_args(const std::optional<at::Tensor>& grad_h,
+                                            const at::Tensor& grad_y, const at::Tensor& h,
+                                            const at::Tensor& weight, const at::Tensor& mean,
+                                            const at::Tensor& rstd,
+                                            const std::optional<at::ScalarType>& branch_dtype) {
+  constexpr const char* op = "swin_ext.add_layernorm_bwd";
+  const int64_t C = check_layernorm_input(h, op, "h");
+  check_float(grad_y, "grad_y");
+  TORCH_CHECK(grad_y.sizes() == h.sizes(), op, ": grad_y must have the shape of h ", h.sizes(),
+              ", got ", grad_y.sizes());
+  if (grad_h.has_value()) {
+    check_strided(*grad_h, "grad_h");
+    TORCH_CHECK(grad_h->sizes() == h.sizes() && grad_h->scalar_type() == h.scalar_type(), op,
+                ": grad_h must be ", h.scalar_type(), " ", h.sizes(), ", got ", grad_h->scalar_type(),
+                " ", grad_h->sizes());
+    check_same_device(h, *grad_h, "h", "grad_h");
+  }
+  check_strided(weight, "weight");
+  const auto acc = acc_type_of(h.scalar_type());
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == C && weight.scalar_type() == acc, op,
+              ": weight must be ", acc, " (", C, ",), got ", weight.scalar_type(), " ",
+              weight.sizes());
+  const auto rows_shape = h.sizes().slice(0, h.dim() - 1);
+  for (const at::Tensor* t : {&mean, &rstd}) {
+    check_strided(*t, "mean/rstd");
+    TORCH_CHECK(t->sizes() == rows_shape && t->scalar_type() == acc, op, ": mean/rstd must be ", acc,
+                " ", rows_shape, ", got ", t->scalar_type(), " ", t->sizes());
+  }
+  check_float_dtype(branch_dtype, op, "branch_dtype");
+  check_same_device(h, grad_y, "h", "grad_y");
+  check_same_device(h, weight, "h", "weight");
+  check_same_device(h, mean, "h", "mean");
+  check_same_device(h, rstd, "h", "rstd");
+  return C;
 }
 
 // Validates the attention arguments and returns the window geometry.

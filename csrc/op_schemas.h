@@ -47,19 +47,27 @@ constexpr const char* kPatchMergingBwd =
     "patch_merging_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor mean, Tensor rstd) "
     "-> (Tensor, Tensor, Tensor)";
 
-// Fused residual add + LayerNorm over the last dim.
-//   x, branch (..., C)  h = x + branch is stored in x's dtype (the residual
-//                       stream), y = LayerNorm(h) in y_dtype (None: x's)
-//   weight/bias (C,) in the accumulation dtype
-// returns h, y, mean and rstd (...) in the accumulation dtype.
+// Residual add fused with LayerNorm over the last dim.
+//   x, branch (..., C)   the residual stream and the branch added to it; each
+//                        float32/float64/float16/bfloat16, the two may differ
+//                        (under autocast: float32 stream, bf16 Linear output)
+//   weight, bias (C,)    in the accumulation dtype of x (float32, float64 for
+//                        float64 x)
+//   y_dtype              dtype of y (None: x's dtype)
+// returns h = x + branch (summed in float32, float64 if either is float64,
+// stored in x's dtype), y = LayerNorm(h) in y_dtype, and mean, rstd (...) in
+// the accumulation dtype.
 constexpr const char* kAddLayerNormFwd =
-    "add_layernorm_fwd(Tensor x, Tensor branch, Tensor weight, Tensor bias, float eps, ScalarType? y_dtype) "
-    "-> (Tensor, Tensor, Tensor, Tensor)";
-// returns dh (h's dtype: the gradient of x), dbranch (the same values in
-// branch_dtype, or an empty tensor when branch_dtype is None), dweight, dbias.
+    "add_layernorm_fwd(Tensor x, Tensor branch, Tensor weight, Tensor bias, float eps, "
+    "ScalarType? y_dtype) -> (Tensor, Tensor, Tensor, Tensor)";
+// grad_h (h's dtype, optional: the gradient reaching h from its other uses)
+// and grad_y (y's dtype); returns dh = grad_h + LayerNorm-backward(grad_y) in
+// h's dtype (the gradient of x), dbranch = the same values in branch_dtype
+// (an empty (0,) tensor when branch_dtype is None: the caller reuses dh), and
+// dweight, dbias (C,) in the accumulation dtype, bitwise deterministic.
 constexpr const char* kAddLayerNormBwd =
-    "add_layernorm_bwd(Tensor? grad_h, Tensor grad_y, Tensor h, Tensor weight, Tensor mean, Tensor rstd, "
-    "ScalarType? branch_dtype) -> (Tensor, Tensor, Tensor, Tensor)";
+    "add_layernorm_bwd(Tensor? grad_h, Tensor grad_y, Tensor h, Tensor weight, Tensor mean, "
+    "Tensor rstd, ScalarType? branch_dtype) -> (Tensor, Tensor, Tensor, Tensor)";
 
 // Defines every operator of the list on `m`.
 inline void define_ops(torch::Library& m) {

@@ -5,8 +5,8 @@
     >>> logits = model(torch.randn(2, 3, 224, 224))
 """
 from ._ext import HAS_OPS, build_info
-from .ops import patch_merging, window_attention
-from .reference import patch_merging_reference, window_attention_reference
+from .ops import add_layernorm, patch_merging, window_attention
+from .reference import add_layernorm_reference, patch_merging_reference, window_attention_reference
 from .model import (
     PatchEmbed,
     PatchMerging,
@@ -34,8 +34,10 @@ __all__ = [
     "build_info",
     "window_attention",
     "patch_merging",
+    "add_layernorm",
     "window_attention_reference",
     "patch_merging_reference",
+    "add_layernorm_reference",
     "PatchEmbed",
     "PatchMerging",
     "BasicLayer",

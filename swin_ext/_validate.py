@@ -22,6 +22,7 @@ __all__ = [
     "MAX_WINDOW_SIZE",
     "MAX_DIM",
     "MAX_MERGE_CHANNELS",
+    "MAX_LAYERNORM_CHANNELS",
     "FLOAT_DTYPES",
     "acc_dtype",
     "int_arg",
@@ -29,6 +30,9 @@ __all__ = [
     "real_arg",
     "check_attention",
     "check_merging",
+    "check_add_layernorm",
+    "check_add_layernorm_bwd",
+    "dtype_arg",
 ]
 
 #: Largest window side (``csrc/checks.h`` kMaxWindowSize): ``N = ws**2 <= 2**30``.
@@ -37,6 +41,8 @@ MAX_WINDOW_SIZE = 2**15
 MAX_DIM = 2**40
 #: Largest patch-merging channel count ``C`` (kMaxMergeChannels): ``4C <= 2**30``.
 MAX_MERGE_CHANNELS = 2**28
+#: Largest add_layernorm channel count ``C`` (kMaxLayerNormChannels).
+MAX_LAYERNORM_CHANNELS = 2**30
 _INT64_MAX = 2**63 - 1
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -195,3 +201,81 @@ def check_merging(x, weight, bias, raw: bool = False, exact_dtypes: bool = False
     _check_device(x, bias, "x", "bias", raw, where)
     if _static(B, H, W, C) and B * -(-H // 2) * -(-W // 2) * C4 > _INT64_MAX:
         raise _exc(raw, ValueError, f"{where}: the output size B * H2 * W2 * 4C overflows int64")
+
+
+def dtype_arg(v, name: str, raw: bool = False, where: str = "swin_ext") -> Optional[torch.dtype]:
+    """``None`` or one of the four floating dtypes."""
+    if v is None:
+        return None
+    if not isinstance(v, torch.dtype):
+        raise _exc(raw, TypeError, f"{where}: {name} must be a torch.dtype or None, got {type(v).__name__} {v!r}")
+    if v not in FLOAT_DTYPES:
+        raise _exc(raw, TypeError, f"{where}: {name} must be float32, float64, float16 or bfloat16, got {v}")
+    return v
+
+
+def _check_layernorm_input(t, name: str, raw: bool, where: str) -> int:
+    """A ``(..., C)`` LayerNorm input; returns ``C``."""
+    _check_tensor(t, name, None, raw, where)
+    if t.dim() < 1:
+        raise _exc(raw, ValueError, f"{where}: {name} must be (..., C) with at least one dim, got a scalar")
+    _check_dims(t, name, raw, where)
+    C = t.shape[-1]
+    if _static(C) and not 1 <= C <= MAX_LAYERNORM_CHANNELS:
+        raise _exc(raw, ValueError, f"{where}: the normalized (last) dim C of {name} must be in [1, {MAX_LAYERNORM_CHANNELS}], got {C}")
+    if _static(*t.shape) and math.prod(t.shape) > _INT64_MAX:
+        raise _exc(raw, ValueError, f"{where}: the element count of {name} overflows int64")
+    return C
+
+
+def check_add_layernorm(x, branch, weight, bias, raw: bool = False, exact_dtypes: bool = False,
+                        where: str = "swin_ext.add_layernorm") -> int:
+    """Validate the add_layernorm arguments; returns ``C``.
+
+    ``exact_dtypes``: the raw op's contract (weight/bias in the accumulation
+    dtype of ``x``); the wrapper converts instead.
+    """
+    C = _check_layernorm_input(x, "x", raw, where)
+    _check_tensor(branch, "branch", None, raw, where)
+    if tuple(branch.shape) != tuple(x.shape):
+        raise _exc(raw, ValueError, f"{where}: branch must have the shape of x {tuple(x.shape)}, got {tuple(branch.shape)}")
+    _check_tensor(weight, "weight", 1, raw, where)
+    _check_tensor(bias, "bias", 1, raw, where)
+    if weight.shape[0] != C or bias.shape[0] != C:
+        raise _exc(raw, ValueError, f"{where}: weight and bias must be ({C},), got {tuple(weight.shape)} and {tuple(bias.shape)}")
+    if exact_dtypes:
+        acc = acc_dtype(x.dtype)
+        if weight.dtype != acc or bias.dtype != acc:
+            raise _exc(raw, TypeError, f"{where}: weight/bias must be {acc} for x of dtype {x.dtype}, got {weight.dtype} and {bias.dtype}")
+    _check_device(x, branch, "x", "branch", raw, where)
+    _check_device(x, weight, "x", "weight", raw, where)
+    _check_device(x, bias, "x", "bias", raw, where)
+    return C
+
+
+def check_add_layernorm_bwd(grad_h, grad_y, h, weight, mean, rstd, branch_dtype,
+                            where: str = "swin_ext.add_layernorm_bwd") -> int:
+    """Validate the raw add_layernorm_bwd arguments (``RuntimeError``, as the kernels); returns ``C``."""
+    raw = True
+    C = _check_layernorm_input(h, "h", raw, where)
+    _check_tensor(grad_y, "grad_y", None, raw, where)
+    if tuple(grad_y.shape) != tuple(h.shape):
+        raise _exc(raw, ValueError, f"{where}: grad_y must have the shape of h {tuple(h.shape)}, got {tuple(grad_y.shape)}")
+    if grad_h is not None:
+        _check_tensor(grad_h, "grad_h", None, raw, where)
+        if tuple(grad_h.shape) != tuple(h.shape) or grad_h.dtype != h.dtype:
+            raise _exc(raw, ValueError, f"{where}: grad_h must be {h.dtype} {tuple(h.shape)}, got {grad_h.dtype} {tuple(grad_h.shape)}")
+        _check_device(h, grad_h, "h", "grad_h", raw, where)
+    acc = acc_dtype(h.dtype)
+    _check_tensor(weight, "weight", 1, raw, where)
+    if weight.shape[0] != C or weight.dtype != acc:
+        raise _exc(raw, ValueError, f"{where}: weight must be {acc} ({C},), got {weight.dtype} {tuple(weight.shape)}")
+    rows = tuple(h.shape[:-1])
+    for name, t in (("mean", mean), ("rstd", rstd)):
+        _check_tensor(t, name, None, raw, where)
+        if tuple(t.shape) != rows or t.dtype != acc:
+            raise _exc(raw, ValueError, f"{where}: mean/rstd must be {acc} {rows}, got {t.dtype} {tuple(t.shape)}")
+    dtype_arg(branch_dtype, "branch_dtype", raw, where)
+    for name, t in (("grad_y", grad_y), ("weight", weight), ("mean", mean), ("rstd", rstd)):
+        _check_device(h, t, "h", name, raw, where)
+    return C

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -29,8 +28,9 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from ._validate import MAX_WINDOW_SIZE
-from .ops import patch_merging, window_attention
-from .reference import patch_merging_reference, relative_position_index, window_attention_reference
+from .layers import Linear, Mlp, add_layernorm, has_kernel, residual_add, window_attention
+from .ops import patch_merging
+from .reference import patch_merging_reference, relative_position_index
 
 __all__ = [
     "PatchEmbed",
@@ -119,133 +119,6 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob:.3f}"
 
 
-_ONEDNN_MLP_OK: Optional[bool] = None
-
-
-def _onednn_mlp_ok() -> bool:
-    """Whether oneDNN's fused ``linear + GELU`` and ``linear + add`` ops exist
-    here and agree with ``F.gelu(F.linear(...))`` and ``F.linear(...) + other``
-    (checked once per process on a small random case).
-
-    ``torch.ops.mkldnn._linear_pointwise`` is the op inductor's CPU backend
-    uses; it is private, so its absence or a changed signature disables the
-    fast path instead of failing.  ``SWIN_EXT_ONEDNN_MLP=0`` disables it too.
-    """
-    global _ONEDNN_MLP_OK
-    if _ONEDNN_MLP_OK is None:
-        ok = os.environ.get("SWIN_EXT_ONEDNN_MLP", "1") != "0" and torch.backends.mkldnn.is_available()
-        if ok:
-            try:
-                g = torch.Generator().manual_seed(0)
-                x = torch.randn(37, 24, generator=g)
-                w = torch.randn(40, 24, generator=g)
-                b = torch.randn(40, generator=g)
-                other = torch.randn(37, 40, generator=g)
-                with torch.no_grad():
-                    got = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
-                    got_add = torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, "add")
-                    want = F.linear(x, w, b)
-                ok = (
-                    got.shape == (37, 40)
-                    and got_add.shape == (37, 40)
-                    and torch.allclose(got, F.gelu(want), rtol=1e-4, atol=1e-4)
-                    and torch.allclose(got_add, want + other, rtol=1e-4, atol=1e-4)
-                )
-            except Exception:  # op missing or a different signature in this torch
-                ok = False
-        _ONEDNN_MLP_OK = ok
-    return _ONEDNN_MLP_OK
-
-
-def _cpu_autocast_on() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4 has no device_type argument
-        return torch.is_autocast_cpu_enabled()
-
-
-def _onednn_inference_ok(x: torch.Tensor, linears: Sequence[nn.Linear], drops: Sequence[nn.Dropout]) -> bool:
-    """Whether ``x`` may take the oneDNN fused-epilogue path through ``linears``:
-    float32 on the CPU, no autograd, no autocast, the dropouts inactive, not
-    while compiling, the ops available."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and all(fc.weight.dtype == torch.float32 and fc.bias is not None for fc in linears)
-        and not any(d.training and d.p > 0 for d in drops)
-        and not torch.is_grad_enabled()
-        and not _cpu_autocast_on()  # autocast picks the Linear's dtype itself
-        and not torch.compiler.is_compiling()
-        and _onednn_mlp_ok()
-    )
-
-
-def _linear_gelu_onednn(x: torch.Tensor, fc: nn.Linear) -> torch.Tensor:
-    """``gelu(fc(x))`` with the GELU in the GEMM's epilogue (oneDNN post-op).
-
-    ``x (..., in)`` float32 on the CPU -> ``(..., out)``.  No autograd: only
-    for inference.  Saves one pass over the ``(tokens, 4C)`` hidden activations,
-    the largest tensor of a block.
-    """
-    lead = x.shape[:-1]
-    y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), fc.weight, fc.bias, "gelu", [], "none")
-    return y.view(*lead, y.shape[-1])
-
-
-def _linear_add_onednn(x: torch.Tensor, fc: nn.Linear, other: torch.Tensor) -> torch.Tensor:
-    """``fc(x) + other`` with the add in the GEMM's epilogue (oneDNN post-op).
-
-    ``x (..., in)``, ``other (..., out)`` float32 on the CPU -> ``(..., out)``.
-    No autograd: only for inference.
-    """
-    y = torch.ops.mkldnn._linear_pointwise.binary(
-        x.reshape(-1, x.shape[-1]), other.reshape(-1, other.shape[-1]), fc.weight, fc.bias, "add"
-    )
-    return y.view(other.shape)
-
-
-class Mlp(nn.Module):
-    """fc1 -> GELU -> dropout -> fc2 -> dropout (keys ``fc1``, ``fc2``).
-
-    With ``backend="fused"`` and ``fuse_cpu_inference``, float32 CPU inference
-    (no autograd or autocast, dropout inactive) runs fc1 and the GELU as one
-    oneDNN GEMM with a GELU epilogue, and in :meth:`forward_residual` fc2 and
-    the residual add as one GEMM with an add epilogue, when those ops are
-    available (see :func:`_onednn_mlp_ok` and :func:`_onednn_inference_ok`);
-    anything else takes the plain path.
-    """
-
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0, backend: str = "fused") -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-        self.backend = _check_backend(backend)
-        #: use the oneDNN GEMM epilogues in CPU inference (fused backend only)
-        self.fuse_cpu_inference = True
-
-    def _can_fuse(self, x: torch.Tensor) -> bool:
-        return (
-            self.backend == "fused"
-            and self.fuse_cpu_inference
-            and self.act.approximate == "none"
-            and _onednn_inference_ok(x, (self.fc1, self.fc2), (self.drop,))
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(..., dim)`` -> ``(..., dim)``."""
-        if self._can_fuse(x):
-            return self.fc2(_linear_gelu_onednn(x, self.fc1))
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-    def forward_residual(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        """``shortcut + self(x)``; ``x`` and ``shortcut`` are ``(..., dim)``."""
-        if shortcut.shape == x.shape and shortcut.dtype == x.dtype and self._can_fuse(x):
-            return _linear_add_onednn(_linear_gelu_onednn(x, self.fc1), self.fc2, shortcut)
-        return shortcut + self.forward(x)
-
-
 class PatchEmbed(nn.Module):
     """Non-overlapping patch projection + LayerNorm.
 
@@ -278,9 +151,9 @@ class WindowAttention(nn.Module):
     """Window multi-head self-attention with relative-position bias.
 
     ``forward(x (B, H, W, C), shift (s_h, s_w))`` -> ``(B, H, W, C)``.
-    ``backend="fused"`` runs the swin_ext kernel; ``"reference"`` the plain
-    PyTorch composite.  Attention dropout (``attn_drop > 0`` while training)
-    is not fused and runs the reference path.
+    ``fused``: the swin_ext kernel (:func:`swin_ext.layers.window_attention`;
+    attention dropout while training runs the reference composite, the
+    kernel has none); else the plain PyTorch composite.
     """
 
     def __init__(
@@ -291,7 +164,7 @@ class WindowAttention(nn.Module):
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
-        backend: str = "fused",
+        fused: bool = True,
     ) -> None:
         super().__init__()
         _int_field(dim, "dim", 1)
@@ -304,14 +177,13 @@ class WindowAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
-        self.backend = _check_backend(backend)
-        #: add the residual in the proj GEMM's epilogue in CPU inference (fused backend only)
-        self.fuse_cpu_inference = True
+        #: run the fused attention kernel
+        self.fused = fused
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias, fast=fused)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim, fast=fused)
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
@@ -321,42 +193,18 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(N, N, self.num_heads).permute(2, 0, 1).contiguous()
 
-    def forward(
-        self, x: torch.Tensor, shift: Tuple[int, int] = (0, 0), shortcut: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """``x (B, H, W, C)`` -> ``(B, H, W, C)``, plus ``shortcut`` (same shape) if given.
-
-        With the fused backend, float32 CPU inference adds ``shortcut`` in the
-        output projection's GEMM epilogue (oneDNN; see :class:`Mlp`).
-        """
+    def forward(self, x: torch.Tensor, shift: Tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """``x (B, H, W, C)`` -> ``(B, H, W, C)``."""
         H, W = x.shape[1], x.shape[2]
         ws = self.window_size
         qkv = self.qkv(x)
-        bias = self.relative_position_bias()
         # The map is zero-padded before the qkv Linear, so padding tokens carry
         # the Linear's bias as their q, k and v.
         needs_pad = H % ws != 0 or W % ws != 0
         qkv_pad = self.qkv.bias.to(qkv.dtype) if (needs_pad and self.qkv.bias is not None) else None
-        if self.backend == "fused" and not (self.training and self.attn_drop.p > 0):
-            out = window_attention(qkv, bias, ws, shift, self.scale, qkv_pad)
-        else:
-            out = self._reference_attention(qkv, bias, shift, qkv_pad)
-        if shortcut is None:
-            return self.proj_drop(self.proj(out))
-        if (
-            self.backend == "fused"
-            and self.fuse_cpu_inference
-            and shortcut.shape == x.shape
-            and shortcut.dtype == out.dtype
-            and _onednn_inference_ok(out, (self.proj,), (self.proj_drop,))
-        ):
-            return _linear_add_onednn(out, self.proj, shortcut)
-        return shortcut + self.proj_drop(self.proj(out))
-
-    def _reference_attention(self, qkv, bias, shift, qkv_pad):
-        return window_attention_reference(
-            qkv, bias, self.window_size, shift, self.scale, qkv_pad, self.attn_drop.p, self.training
-        )
+        out = window_attention(qkv, self.relative_position_bias(), ws, shift, self.scale, qkv_pad,
+                               self.attn_drop.p, self.training, self.fused)
+        return self.proj_drop(self.proj(out))
 
     def flops(self, N: int) -> int:
         """Multiply-accumulates of one window of ``N`` tokens (official count)."""
@@ -365,7 +213,15 @@ class WindowAttention(nn.Module):
 
 
 class SwinTransformerBlock(nn.Module):
-    """``x + DropPath(W-MSA(LN(x)))`` then ``x + DropPath(MLP(LN(x)))`` on ``(B, H, W, C)``."""
+    """``x + DropPath(W-MSA(LN(x)))`` then ``x + DropPath(MLP(LN(x)))`` on ``(B, H, W, C)``.
+
+    The residual stream is passed on with the MLP branch not yet added:
+    ``forward(x, branch)`` takes the previous block's pending branch and
+    returns its own, so that each residual add is fused with the LayerNorm
+    after it (``norm1`` of the next block, ``norm2``, the stage's output
+    norm; :func:`swin_ext.layers.add_layernorm`), as flash-attention's and
+    Mamba's ``Block(hidden_states, residual)`` do.
+    """
 
     def __init__(
         self,
@@ -378,7 +234,7 @@ class SwinTransformerBlock(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
-        backend: str = "fused",
+        fused: bool = True,
     ) -> None:
         super().__init__()
         _int_field(shift_size, "shift_size")
@@ -391,11 +247,13 @@ class SwinTransformerBlock(nn.Module):
         self.window_size = window_size
         self.shift_size = shift_size
         self.mlp_ratio = mlp_ratio
+        #: fuse each residual add with the LayerNorm after it
+        self.fused = fused
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, attn_drop, drop, backend)
+        self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, attn_drop, drop, fused)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, backend)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, fused)
 
     def effective_shift(self, H: int, W: int) -> Tuple[int, int]:
         """Shift per axis: none along an axis whose padded size is no larger than the window."""
@@ -403,15 +261,16 @@ class SwinTransformerBlock(nn.Module):
         Hp, Wp = math.ceil(H / ws) * ws, math.ceil(W / ws) * ws
         return (self.shift_size if Hp > ws else 0, self.shift_size if Wp > ws else 0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[1], x.shape[2]
-        shift = self.effective_shift(H, W)
-        if self.drop_path.drop_prob == 0.0 or not self.training:
-            # no stochastic depth: the residual adds may go into the GEMM epilogues
-            x = self.attn(self.norm1(x), shift, shortcut=x)
-            return self.mlp.forward_residual(self.norm2(x), x)
-        x = x + self.drop_path(self.attn(self.norm1(x), shift))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x: torch.Tensor, branch: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``x (B, H, W, C)`` and the pending branch (or ``None``) -> ``(x', branch')``.
+
+        The block's output is ``x' + branch'``; ``x'`` already holds ``x +
+        branch`` and the attention residual.
+        """
+        shift = self.effective_shift(x.shape[1], x.shape[2])
+        x, y = add_layernorm(x, branch, self.norm1, self.fused)
+        x, y = add_layernorm(x, self.drop_path(self.attn(y, shift)), self.norm2, self.fused)
+        return x, self.drop_path(self.mlp(y))
 
     def flops(self, H: int, W: int) -> int:
         # Official convention: a map no larger than the window uses a window of its size.
@@ -426,17 +285,22 @@ class SwinTransformerBlock(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    """2x2 merge + LayerNorm(4C) + Linear(4C -> 2C): ``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 2C)``."""
+    """2x2 merge + LayerNorm(4C) + Linear(4C -> 2C): ``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 2C)``.
 
-    def __init__(self, dim: int, backend: str = "fused") -> None:
+    ``fused``: the gather and the LayerNorm are one swin_ext kernel and the
+    reduction a :class:`swin_ext.layers.Linear`; else plain PyTorch.
+    """
+
+    def __init__(self, dim: int, fused: bool = True) -> None:
         super().__init__()
         self.dim = dim
-        self.backend = _check_backend(backend)
+        #: run the fused gather + LayerNorm kernel
+        self.fused = fused
         self.norm = nn.LayerNorm(4 * dim)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = Linear(4 * dim, 2 * dim, bias=False, fast=fused)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backend == "fused":
+        if self.fused and has_kernel("patch_merging", x.device.type):
             x = patch_merging(x, self.norm.weight, self.norm.bias, self.norm.eps)
         else:
             x = patch_merging_reference(x, self.norm.weight, self.norm.bias, self.norm.eps)
@@ -447,7 +311,13 @@ class PatchMerging(nn.Module):
 
 
 class BasicLayer(nn.Module):
-    """One stage: ``depth`` blocks (even ones unshifted, odd ones shifted by ws // 2), then merging."""
+    """One stage: ``depth`` blocks (even ones unshifted, odd ones shifted by ws // 2), then merging.
+
+    ``forward(x, branch=None)`` -> ``(x', branch')`` like the blocks: the
+    stage's output is ``x' + branch'``.  With a patch merging the add is done
+    before it and ``branch'`` is ``None``; without one (the last stage) the
+    add is left to the norm that follows.
+    """
 
     def __init__(
         self,
@@ -462,7 +332,7 @@ class BasicLayer(nn.Module):
         drop_path: Union[float, Sequence[float]] = 0.0,
         downsample: bool = False,
         use_checkpoint: bool = False,
-        backend: str = "fused",
+        fused: bool = True,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -473,26 +343,31 @@ class BasicLayer(nn.Module):
             [
                 SwinTransformerBlock(
                     dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
-                    mlp_ratio, qkv_bias, drop, attn_drop, dp[i], backend,
+                    mlp_ratio, qkv_bias, drop, attn_drop, dp[i], fused,
                 )
                 for i in range(depth)
             ]
         )
-        self.downsample = PatchMerging(dim, backend) if downsample else None
+        self.downsample = PatchMerging(dim, fused) if downsample else None
 
-    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_blocks(
+        self, x: torch.Tensor, branch: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The blocks only: ``(x, branch)`` -> ``(x', branch')``, the stage's map before merging is ``x' + branch'``."""
         for blk in self.blocks:
             if self.use_checkpoint and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+                x, branch = torch.utils.checkpoint.checkpoint(blk, x, branch, use_reentrant=False)
             else:
-                x = blk(x)
-        return x
+                x, branch = blk(x, branch)
+        return x, branch
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_blocks(x)
+    def forward(
+        self, x: torch.Tensor, branch: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        x, branch = self.forward_blocks(x, branch)
         if self.downsample is not None:
-            x = self.downsample(x)
-        return x
+            return self.downsample(residual_add(x, branch)), None
+        return x, branch
 
     def flops(self, H: int, W: int) -> int:
         f = sum(blk.flops(H, W) for blk in self.blocks)
@@ -638,6 +513,8 @@ class SwinTransformer(nn.Module):
         self.num_layers = len(depths)
         self.num_features = int(embed_dim * 2 ** (self.num_layers - 1))
         self.backend = backend
+        # The user's choice of set_cpu_inference_fusion, kept across set_backend.
+        self._cpu_gemm_fusion = True
         self.features_only = bool(features_only)
         #: stages whose maps ``forward`` returns (features_only) -- all stages otherwise
         self.out_indices: Tuple[int, ...] = tuple(out_indices) if features_only else tuple(range(self.num_layers))
@@ -666,7 +543,7 @@ class SwinTransformer(nn.Module):
                     drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])],
                     downsample=i < self.num_layers - 1,
                     use_checkpoint=use_checkpoint,
-                    backend=backend,
+                    fused=backend == "fused",
                 )
             )
         if self.features_only:
@@ -729,24 +606,27 @@ class SwinTransformer(nn.Module):
         return {"relative_position_bias_table"}
 
     def set_backend(self, backend: str) -> "SwinTransformer":
-        """Switch every attention, MLP and patch-merging module to ``backend``."""
+        """Switch every module to ``backend``: ``"fused"`` sets each module's fast-path
+        flag (``fused`` / ``Linear.fast``), ``"reference"`` clears them (plain PyTorch)."""
         _check_backend(backend)
         self.backend = backend
+        fused = backend == "fused"
         for m in self.modules():
-            if isinstance(m, (WindowAttention, Mlp, PatchMerging)):
-                m.backend = backend
+            if isinstance(m, Linear):
+                m.fast = fused and self._cpu_gemm_fusion
+            elif isinstance(m, (WindowAttention, SwinTransformerBlock, PatchMerging)):
+                m.fused = fused
         return self
 
     def set_cpu_inference_fusion(self, enabled: bool) -> "SwinTransformer":
-        """Turn the oneDNN GEMM epilogues of fused-backend CPU inference on or
-        off (fc1 + GELU, and the residual adds after the attention projection
-        and fc2; see :class:`Mlp`).  On by default with ``backend="fused"``;
-        the reference backend never uses them.  ``SWIN_EXT_ONEDNN_MLP=0``
-        turns them off process-wide."""
-        for m in self.modules():
-            if isinstance(m, (WindowAttention, Mlp)):
-                m.fuse_cpu_inference = bool(enabled)
-        return self
+        """Turn the CPU's oneDNN GEMM paths of the fused backend on or off for this
+        model: fc1 + GELU in one GEMM in inference, oneDNN forward and input-gradient
+        GEMMs for every block Linear (see :mod:`swin_ext.layers.fast_linear`).  On by
+        default; kept across :meth:`set_backend`; the reference backend never uses
+        them.  ``SWIN_EXT_ONEDNN_MLP=0`` or ``swin_ext.layers.set_onednn(False)``
+        turn them off process-wide."""
+        self._cpu_gemm_fusion = bool(enabled)
+        return self.set_backend(self.backend)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
@@ -772,18 +652,22 @@ class SwinTransformer(nn.Module):
         returned as it is.
         """
         self._check_input(x)
-        x = self.pos_drop(self.patch_embed(x))
+        x, branch = self.pos_drop(self.patch_embed(x)), None
         for layer in self.layers:
-            x = layer(x)
-        return self.norm(x) if self.norm is not None else x
+            x, branch = layer(x, branch)
+        return self._final_norm(x, branch)
 
-    def _stage_norm(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        if self.features_only:
-            if i not in self.out_indices:
-                raise ValueError(f"norm=True: stage {i} has no output norm (out_indices={self.out_indices})")
-            return getattr(self, f"norm{i}")(x)
-        # timm's convention: the final norm is sized for, and applied to, the last stage only
-        return self.norm(x) if i == self.num_layers - 1 else x
+    def _final_norm(self, x: torch.Tensor, branch: Optional[torch.Tensor]) -> torch.Tensor:
+        """The last stage's ``x + branch`` through the final norm (fused), or as it is without one."""
+        if self.norm is None:
+            return residual_add(x, branch)
+        return add_layernorm(x, branch, self.norm, self.backend == "fused")[1]
+
+    def _output_norm(self, i: int, x: torch.Tensor, branch: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """features_only: stage ``i``'s ``(map, norm{i}(map))``, the pending add fused with the norm."""
+        if i not in self.out_indices:
+            raise ValueError(f"norm=True: stage {i} has no output norm (out_indices={self.out_indices})")
+        return add_layernorm(x, branch, getattr(self, f"norm{i}"), self.backend == "fused")
 
     def forward_intermediates(
         self,
@@ -814,21 +698,29 @@ class SwinTransformer(nn.Module):
         take = _normalize_indices(indices, self.num_layers, "indices")
         self._check_input(x)
         last = take[-1] if (stop_early or intermediates_only) else self.num_layers - 1
-        x = self.pos_drop(self.patch_embed(x))
+        x, branch = self.pos_drop(self.patch_embed(x)), None
+        final: Optional[torch.Tensor] = None
         intermediates: List[torch.Tensor] = []
         for i in range(last + 1):
             layer = self.layers[i]
-            x = layer.forward_blocks(x)
+            x, branch = layer.forward_blocks(x, branch)
+            if i == self.num_layers - 1 and self.norm is not None and not (intermediates_only and not (norm and i in take)):
+                # the final norm, fused with the last residual add, as in forward_features
+                (x, final), branch = add_layernorm(x, branch, self.norm, self.backend == "fused"), None
             if i in take:
-                y = self._stage_norm(i, x) if norm else x
+                if norm and self.features_only:
+                    (x, y), branch = self._output_norm(i, x, branch), None
+                elif norm and final is not None:
+                    y = final  # timm's convention: the final norm applies to the last stage only
+                else:
+                    x, branch = residual_add(x, branch), None
+                    y = x
                 intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
             if i < last and layer.downsample is not None:
-                x = layer.downsample(x)
+                x, branch = layer.downsample(residual_add(x, branch)), None
         if intermediates_only:
             return intermediates
-        if last == self.num_layers - 1 and self.norm is not None:
-            x = self.norm(x)
-        return x, intermediates
+        return (final if final is not None else residual_add(x, branch)), intermediates
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         if self.head is None:

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ._validate import check_attention, check_merging, real_arg
+from ._validate import acc_dtype, check_add_layernorm, check_attention, check_merging, dtype_arg, real_arg
 
 __all__ = [
     "SHIFT_MASK_VALUE",
@@ -21,6 +21,7 @@ __all__ = [
     "window_reverse",
     "window_attention_reference",
     "patch_merging_reference",
+    "add_layernorm_reference",
     "relative_position_index",
 ]
 
@@ -164,3 +165,28 @@ def patch_merging_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     x3 = x[:, 1::2, 1::2]
     x = torch.cat([x0, x1, x2, x3], dim=-1)
     return F.layer_norm(x, (4 * C,), weight.to(x.dtype), bias.to(x.dtype), eps)
+
+
+def add_layernorm_reference(
+    x: torch.Tensor,
+    branch: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float = 1e-5,
+    y_dtype: Optional[torch.dtype] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``h = x + branch`` and ``y = LayerNorm(h)`` over the last dim, as the fused op computes them.
+
+    ``x``, ``branch`` ``(..., C)``; the sum in float32 (float64 if either is
+    float64) stored in ``x``'s dtype; the LayerNorm of the stored ``h`` in
+    float32 (float64 for float64 ``x``), returned in ``y_dtype`` (default
+    ``x``'s dtype).  torch's LayerNorm: no rescaling of huge rows.
+    """
+    check_add_layernorm(x, branch, weight, bias, where="swin_ext.add_layernorm_reference")
+    eps = real_arg(eps, "eps", where="swin_ext.add_layernorm_reference")
+    y_dtype = dtype_arg(y_dtype, "y_dtype", where="swin_ext.add_layernorm_reference")
+    add = torch.float64 if torch.float64 in (x.dtype, branch.dtype) else torch.float32
+    h = (x.to(add) + branch.to(add)).to(x.dtype)
+    acc = acc_dtype(x.dtype)
+    y = F.layer_norm(h.to(acc), (h.shape[-1],), weight.to(acc), bias.to(acc), eps)
+    return h, y.to(y_dtype or x.dtype)

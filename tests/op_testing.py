@@ -331,3 +331,139 @@ def check_merging(case: MergeCase, inp: Dict, got: Dict, dtype: torch.dtype) -> 
         floor = [t.to(dt) for t, dt in zip(merging_reference(inp, dtype, acc, rnd=True), [dtype, dtype, acc, acc])]
     for i, name in enumerate(["y", "dx", "dweight", "dbias"]):
         check_close(name, got[name], exact[i], comp[i], floor[i], dtype)
+
+
+# ----------------------------------------------------------------------------- add + LayerNorm
+
+
+@dataclass(frozen=True)
+class LnCase:
+    shape: Tuple[int, ...]  # (..., C)
+    branch: Optional[torch.dtype] = None  # the branch's dtype (None: x's)
+    y_dtype: Optional[torch.dtype] = None  # the op's y_dtype argument
+    grad_h: bool = True  # a gradient reaching h from its other uses
+
+    @property
+    def C(self) -> int:
+        return self.shape[-1]
+
+    @property
+    def id(self) -> str:
+        s = "x".join(map(str, self.shape))
+        b = f"-b{str(self.branch).split('.')[-1]}" if self.branch else ""
+        y = f"-y{str(self.y_dtype).split('.')[-1]}" if self.y_dtype else ""
+        return s + b + y + ("" if self.grad_h else "-nogradh")
+
+
+BF16 = torch.bfloat16
+# C from 1 to 1536 (vector multiples and not), rows 0 / 1 / odd / several
+# deterministic-partial blocks, mixed dtypes (a bf16 branch as autocast's
+# Linear gives, a float32 branch onto a low-precision stream), y_dtype None
+# and bf16, grad_h given and not.
+LN_CASES = [
+    LnCase((2, 3, 96)),                           # Swin-T stage 1 channels
+    LnCase((1, 1)),                               # C = 1, one row: y is the bias
+    LnCase((7, 3), grad_h=False),                 # odd rows, C not a vector multiple, no grad_h
+    LnCase((0, 8)),                               # no rows
+    LnCase((5, 8), branch=BF16, y_dtype=BF16),    # autocast: stream + bf16 branch, bf16 y
+    LnCase((33, 100), y_dtype=BF16),              # two partial blocks, C = 100
+    LnCase((2, 4, 384), branch=BF16),             # Swin-T stage 3
+    LnCase((3, 1536), y_dtype=BF16, grad_h=False),  # the largest C of the spec
+    LnCase((130, 96), branch=torch.float32),      # many rows, several partial blocks; float32 branch
+]
+
+
+def ln_inputs(case: LnCase, gen: torch.Generator, scale: float = 1.0) -> Dict[str, torch.Tensor]:
+    f64 = dict(dtype=torch.float64, generator=gen)
+    return dict(
+        x=(torch.randn(*case.shape, **f64) * 2 + 0.5) * scale,
+        b=torch.randn(*case.shape, **f64) * scale,
+        w=torch.randn(case.C, **f64),
+        bb=torch.randn(case.C, **f64),
+        gh=torch.randn(*case.shape, **f64),
+        gy=torch.randn(*case.shape, **f64),
+    )
+
+
+def ln_dtypes(case: LnCase, dtype: torch.dtype) -> Dict[str, torch.dtype]:
+    """The dtype of every input and output of a case run with x in ``dtype``."""
+    acc, bdt, ydt = acc_dtype(dtype), case.branch or dtype, case.y_dtype or dtype
+    return dict(x=dtype, b=bdt, w=acc, bb=acc, gh=dtype, gy=ydt,
+                h=dtype, y=ydt, dx=dtype, dbranch=bdt, dweight=acc, dbias=acc)
+
+
+def has_add_layernorm(ex: Executor) -> bool:
+    """Whether the executor has an add_layernorm kernel (the harness library registers it with the CUDA kernel)."""
+    if ex.name == "cpu":
+        return True
+    ns = "swin_ext_harness" if ex.name.startswith("harness") else "swin_ext"
+    key = "CPU" if ex.name.startswith("harness") else "CUDA"
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"{ns}::add_layernorm_fwd", key)
+    except RuntimeError:  # the op is not defined there
+        return False
+
+
+def run_add_layernorm(ex: Executor, case: LnCase, inp: Dict, dtype: torch.dtype, eps: float = 1e-5):
+    """fwd + bwd of the raw ops on an executor; returns h, y, mean, rstd, dx, dbranch, dweight, dbias on the CPU.
+
+    ``dbranch`` is the op's own output when the branch's dtype differs from
+    x's, else ``dh`` (what the wrapper passes on); ``dbranch_raw`` is what the op returned.
+    """
+    dt = ln_dtypes(case, dtype)
+    dev = ex.device
+    t = lambda k: inp[k].to(dev, dt[k])  # noqa: E731
+    branch_dtype = dt["b"] if dt["b"] != dtype else None
+    with ex:
+        h, y, mean, rstd = ex.ops.add_layernorm_fwd(t("x"), t("b"), t("w"), t("bb"), eps, case.y_dtype)
+        dh, dbranch, dw, db = ex.ops.add_layernorm_bwd(t("gh") if case.grad_h else None, t("gy"), h, t("w"), mean,
+                                                       rstd, branch_dtype)
+    out = dict(h=h, y=y, mean=mean, rstd=rstd, dx=dh, dbranch=dbranch if branch_dtype else dh, dbranch_raw=dbranch,
+               dweight=dw, dbias=db)
+    return {k: v.cpu() for k, v in out.items()}
+
+
+def ln_reference(case: LnCase, inp: Dict, dtype: torch.dtype, exact: bool, eps: float = 1e-5) -> List[torch.Tensor]:
+    """h, y, dx, dbranch, dweight, dbias of the reference composite.
+
+    exact: in float64 from the inputs rounded to the kernel's dtypes; else in
+    the kernel's own dtypes (the plain PyTorch composite of the same precision).
+    """
+    from swin_ext.reference import add_layernorm_reference
+
+    dt = ln_dtypes(case, dtype)
+    if exact:  # never the caller's tensor (requires_grad_ below)
+        q = lambda k: inp[k].to(dt[k]).to(torch.float64, copy=True)  # noqa: E731
+    else:
+        q = lambda k: inp[k].to(dt[k], copy=True)  # noqa: E731
+    leaves = [q(k).requires_grad_() for k in ("x", "b", "w", "bb")]
+    h, y = add_layernorm_reference(*leaves, eps, None if exact else case.y_dtype)
+    if h.numel() == 0:
+        return [h, y] + [torch.zeros_like(t) for t in leaves]
+    outs, cots = [y], [q("gy")]
+    if case.grad_h:
+        outs.append(h)
+        cots.append(q("gh"))
+    return [h, y] + list(torch.autograd.grad(outs, leaves, cots))
+
+
+def check_add_layernorm(case: LnCase, inp: Dict, got: Dict, dtype: torch.dtype) -> None:
+    dt = ln_dtypes(case, dtype)
+    acc = acc_dtype(dtype)
+    rows = case.shape[:-1]
+    for k in ("h", "y", "dx", "dbranch", "dweight", "dbias"):
+        assert got[k].dtype == dt[k], (k, got[k].dtype, dt[k])
+    assert got["h"].shape == got["y"].shape == case.shape and got["dweight"].shape == (case.C,)
+    assert got["mean"].shape == got["rstd"].shape == rows and got["mean"].dtype == got["rstd"].dtype == acc
+    if dt["b"] == dtype:
+        assert got["dbranch_raw"].shape == (0,), "dbranch must be empty when branch_dtype is None"
+    exact = ln_reference(case, inp, dtype, exact=True)
+    comp = ln_reference(case, inp, dtype, exact=False)
+    names = ["h", "y", "dx", "dbranch", "dweight", "dbias"]
+    for i, name in enumerate(names):
+        # float32 / float64 results of float32 / float64 streams: close to float64; any low-precision
+        # stream or output: the 2x-the-composite rule
+        rule = dt[name] if dtype in (torch.float32, torch.float64) else dtype
+        check_close(name, got[name], exact[i], comp[i], exact[i].to(dt[name]), rule)
+    if all(rows):
+        assert torch.isfinite(got["mean"]).all() and (got["rstd"] > 0).all()

@@ -25,6 +25,8 @@ import swin_ext
 from swin_ext import (
     CheckpointError,
     SwinTransformer,
+    add_layernorm,
+    add_layernorm_reference,
     load_pretrained,
     patch_merging,
     patch_merging_reference,
@@ -87,6 +89,12 @@ def _merge(**over):
     return lambda: patch_merging(a["x"], a["weight"], a["bias"], a["eps"])
 
 
+def _ln(**over):
+    a = dict(x=torch.randn(2, 3, 4), branch=torch.randn(2, 3, 4), weight=torch.ones(4), bias=torch.zeros(4), eps=1e-5)
+    a.update(over)
+    return lambda: add_layernorm(a["x"], a["branch"], a["weight"], a["bias"], a["eps"])
+
+
 def _ref_attn(**over):
     a = dict(qkv=_q(), bias=torch.randn(2, 16, 16), window_size=4, shift=0, scale=None)
     a.update(over)
@@ -141,6 +149,27 @@ OP_ARGUMENT_CASES = [
     ("ref-window-2**32", _ref_attn(window_size=2**32, bias=torch.randn(2, 0, 0)), ValueError, "window_size"),
     ("ref-merge-eps-str", lambda: patch_merging_reference(torch.randn(1, 2, 2, 1), torch.ones(4), torch.zeros(4), "x"),
      TypeError, "eps"),
+    # --- add_layernorm: shapes, dtypes, layouts, devices, eps
+    ("ln-branch-shape", _ln(branch=torch.randn(2, 3, 5)), ValueError, r"branch must have the shape of x \(2, 3, 4\)"),
+    ("ln-branch-broadcast", _ln(branch=torch.randn(1, 3, 4)), ValueError, "branch must have the shape of x"),
+    ("ln-x-scalar", _ln(x=torch.tensor(1.0), branch=torch.tensor(1.0)), ValueError, r"x must be \(\.\.\., C\)"),
+    ("ln-C-zero", _ln(x=torch.randn(2, 0), branch=torch.randn(2, 0), weight=torch.ones(0), bias=torch.zeros(0)),
+     ValueError, r"C of x must be in \[1, 1073741824\], got 0"),
+    ("ln-weight-len", _ln(weight=torch.ones(5)), ValueError, r"weight and bias must be \(4,\)"),
+    ("ln-weight-2d", _ln(weight=torch.ones(1, 4)), ValueError, "weight must have 1 dims"),
+    ("ln-x-int", _ln(x=torch.ones(2, 3, 4, dtype=torch.int32)), TypeError, "x must be float32"),
+    ("ln-branch-int", _ln(branch=torch.ones(2, 3, 4, dtype=torch.int64)), TypeError, "branch must be float32"),
+    ("ln-branch-sparse", _ln(branch=torch.randn(2, 3, 4).to_sparse()), TypeError, "branch must be a dense"),
+    ("ln-branch-not-tensor", _ln(branch=1.0), TypeError, "branch must be a torch.Tensor"),
+    ("ln-branch-on-meta", _ln(branch=torch.randn(2, 3, 4, device="meta")), ValueError, "branch is on meta"),
+    ("ln-eps-negative", _ln(eps=-1.0), ValueError, "eps must be >= 0"),
+    ("ln-eps-str", _ln(eps="1e-5"), TypeError, "eps must be a real number"),
+    ("ln-eps-tensor", _ln(eps=torch.tensor(1e-5)), TypeError, "eps must be a Python number"),
+    ("ln-eps-nan", _ln(eps=float("nan")), ValueError, "eps must be finite"),
+    ("ref-ln-branch-shape", lambda: add_layernorm_reference(torch.randn(2, 4), torch.randn(4), torch.ones(4), torch.zeros(4)),
+     ValueError, "branch must have the shape of x"),
+    ("ref-ln-y-dtype", lambda: add_layernorm_reference(torch.randn(2, 4), torch.randn(2, 4), torch.ones(4), torch.zeros(4),
+                                                       y_dtype=torch.int8), TypeError, "y_dtype must be float32"),
 ]
 
 
@@ -171,6 +200,27 @@ def _raw_merge(device="cpu", C=2, wlen=None, eps=1e-5):
     return f
 
 
+def _raw_ln(device="cpu", shape=(2, 3, 4), bshape=None, wdtype=torch.float32, eps=1e-5, y_dtype=None):
+    def f():
+        mk = (lambda *s, dtype=torch.float32: torch.empty(*s, device=device, dtype=dtype)) if device == "meta" else \
+            (lambda *s, dtype=torch.float32: torch.randn(*s, dtype=dtype))
+        C = shape[-1]
+        return torch.ops.swin_ext.add_layernorm_fwd(mk(*shape), mk(*(bshape or shape)), mk(C, dtype=wdtype), mk(C, dtype=wdtype),
+                                                    eps, y_dtype)
+
+    return f
+
+
+def _raw_ln_bwd(device="cpu", grad_h_dtype=torch.float32, mean_shape=(2, 3), gy_shape=(2, 3, 4)):
+    def f():
+        mk = (lambda *s, dtype=torch.float32: torch.empty(*s, device=device, dtype=dtype)) if device == "meta" else \
+            (lambda *s, dtype=torch.float32: torch.rand(*s, dtype=dtype) + 0.5)
+        return torch.ops.swin_ext.add_layernorm_bwd(mk(2, 3, 4, dtype=grad_h_dtype), mk(*gy_shape), mk(2, 3, 4), mk(4),
+                                                    mk(*mean_shape), mk(*mean_shape), None)
+
+    return f
+
+
 RAW_OP_CASES = [
     ("cpu-shift-ge-window", _raw_attn(sh=4), "shift must satisfy"),
     ("cpu-window-2**15+1", _raw_attn(ws=2**15 + 1, bias_shape=(2, 0, 0)), r"window_size must be in \[1, 32768\]"),
@@ -185,6 +235,23 @@ RAW_OP_CASES = [
     ("meta-scale-nan", _raw_attn("meta", scale=float("nan")), "scale must be finite"),
     ("meta-merge-weight-len", _raw_merge("meta", wlen=7), r"weight and bias must be \(8,\)"),  # was: accepted
     ("meta-eps-negative", _raw_merge("meta", eps=-1.0), "eps must be finite"),  # was: accepted
+    # add_layernorm: the C++ checks and the fake kernel say the same
+    ("cpu-ln-y-dtype-int", _raw_ln(y_dtype=torch.int32), "y_dtype must be float32, float64, float16 or bfloat16"),
+    ("cpu-ln-weight-dtype", _raw_ln(wdtype=torch.float64), "weight/bias must be"),
+    ("cpu-ln-eps-negative", _raw_ln(eps=-1.0), "eps must be finite and >= 0"),
+    ("cpu-ln-eps-inf", _raw_ln(eps=math.inf), "eps must be finite and >= 0"),
+    ("cpu-ln-branch-shape", _raw_ln(bshape=(2, 3, 5)), "branch must have the shape of x"),
+    ("cpu-ln-C-zero", _raw_ln(shape=(2, 0)), r"C of x must be in \[1, "),
+    ("cpu-ln-bwd-grad-h-dtype", _raw_ln_bwd(grad_h_dtype=torch.float64), "grad_h must be"),
+    ("cpu-ln-bwd-mean-shape", _raw_ln_bwd(mean_shape=(3,)), "mean/rstd must be"),
+    ("cpu-ln-bwd-grad-y-shape", _raw_ln_bwd(gy_shape=(2, 3, 5)), "grad_y must have the shape of h"),
+    ("meta-ln-y-dtype-int", _raw_ln("meta", y_dtype=torch.int32), "y_dtype must be float32, float64, float16 or bfloat16"),
+    ("meta-ln-weight-dtype", _raw_ln("meta", wdtype=torch.float64), "weight/bias must be"),
+    ("meta-ln-eps-negative", _raw_ln("meta", eps=-1.0), "eps must be finite and >= 0"),
+    ("meta-ln-branch-shape", _raw_ln("meta", bshape=(2, 3, 5)), "branch must have the shape of x"),
+    ("meta-ln-C-zero", _raw_ln("meta", shape=(2, 0)), r"C of x must be in \[1, "),
+    ("meta-ln-bwd-grad-h-dtype", _raw_ln_bwd("meta", grad_h_dtype=torch.float64), "grad_h must be"),
+    ("meta-ln-bwd-mean-shape", _raw_ln_bwd("meta", mean_shape=(3,)), "mean/rstd must be"),
 ]
 
 
@@ -296,6 +363,56 @@ def _merging_nonfinite_propagates():
     assert torch.isnan(y).all()  # as torch's LayerNorm: NaN, never a finite wrong number
 
 
+def _ln_huge(scale, dtype=torch.float32):
+    x = torch.randn(5, 3, 24, dtype=F64) * scale
+    x[0, 0, 0] = 3 * scale
+    b = torch.randn(5, 3, 24, dtype=F64) * scale
+    acc = F64 if dtype == F64 else torch.float32
+    w, c = torch.randn(24, dtype=F64), torch.randn(24, dtype=F64)
+    h, y = add_layernorm(x.to(dtype), b.to(dtype), w.to(acc), c.to(acc))
+    hd = (x.to(dtype).double() + b.to(dtype).double()).to(dtype).double()
+    # LayerNorm(h, eps) == LayerNorm(h / s, eps / s**2): the float64 reference on the rescaled rows
+    exact = torch.nn.functional.layer_norm(hd / scale, (24,), w, c, 1e-5 / scale / scale)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y.double(), exact, atol=1e-4, rtol=1e-4)
+
+
+def _ln_huge_backward():
+    x = (torch.randn(3, 4, 12, dtype=F64) * 1e30).float().requires_grad_()
+    b = torch.zeros(3, 4, 12, requires_grad=True)
+    w, c = torch.randn(12, requires_grad=True), torch.randn(12, requires_grad=True)
+    g = torch.randn(3, 4, 12)
+    got = torch.autograd.grad(add_layernorm(x, b, w, c)[1], (x, b, w, c), g)
+    xd, bd, wd, cd = (t.detach().double().requires_grad_() for t in (x, b, w, c))
+    want = torch.autograd.grad(add_layernorm_reference(xd, bd, wd, cd)[1], (xd, bd, wd, cd), g.double())
+    for a, r in zip(got, want):
+        torch.testing.assert_close(a.double(), r, atol=1e-4 * r.abs().max().item(), rtol=1e-3)
+
+
+def _ln_constant_huge_row():
+    x = torch.full((2, 3, 8), 1e30)
+    _, y = add_layernorm(x, torch.zeros_like(x), torch.ones(8), torch.full((8,), 0.5))
+    torch.testing.assert_close(y, torch.full_like(y, 0.5), atol=0, rtol=0)  # no 0 * inf
+
+
+def _ln_nonfinite_rows():
+    x = torch.randn(4, 8)
+    x[1, 3] = float("inf")
+    x[2, 0] = float("nan")
+    h, y = add_layernorm(x, torch.randn(4, 8), torch.ones(8), torch.zeros(8))
+    assert torch.isnan(y[1]).all() and torch.isnan(y[2]).all()  # as torch's LayerNorm: NaN, never finite and wrong
+    assert torch.isfinite(y[0]).all() and torch.isfinite(y[3]).all()  # other rows untouched
+
+
+def _ln_empty_rows():
+    x, b = torch.randn(0, 3, 8, requires_grad=True), torch.randn(0, 3, 8, requires_grad=True)
+    w, c = torch.ones(8, requires_grad=True), torch.zeros(8, requires_grad=True)
+    h, y = add_layernorm(x, b, w, c)
+    assert h.shape == y.shape == (0, 3, 8)
+    gx, gb, gw, gc = torch.autograd.grad((y.sum() + h.sum()), (x, b, w, c))
+    assert gx.shape == (0, 3, 8) and torch.equal(gw, torch.zeros(8)) and torch.equal(gc, torch.zeros(8))
+
+
 RESULT_CASES = [
     ("empty-map-H0", lambda: _empty_map_matches(0, 4, 2)),  # was: ZeroDivisionError in the reference
     ("empty-map-W0", lambda: _empty_map_matches(4, 0, 0)),  # was: reshape error in the reference
@@ -308,6 +425,14 @@ RESULT_CASES = [
     ("merging-1e30-backward", _merging_huge_backward),
     ("merging-constant-1e30-row", _merging_constant_huge_row),
     ("merging-inf-nan", _merging_nonfinite_propagates),
+    ("ln-1e30-float32", lambda: _ln_huge(1e30)),  # torch's float32 LayerNorm gives NaN here
+    ("ln-1e37-float32", lambda: _ln_huge(1e37)),
+    ("ln-1e300-float64", lambda: _ln_huge(1e300, F64)),
+    ("ln-small-values", lambda: _ln_huge(1e-3)),
+    ("ln-1e30-backward", _ln_huge_backward),
+    ("ln-constant-1e30-row", _ln_constant_huge_row),
+    ("ln-inf-nan-rows", _ln_nonfinite_rows),
+    ("ln-empty-rows", _ln_empty_rows),
 ]
 
 
@@ -341,6 +466,14 @@ def test_double_backward_merging_gradgradcheck():
     assert gradgradcheck(lambda x, w, c: patch_merging(x, w, c), (x, w, c), fast_mode=True)
 
 
+def test_double_backward_add_layernorm_gradgradcheck():
+    g = torch.Generator().manual_seed(0)
+    x, b = (torch.randn(2, 3, 5, dtype=F64, generator=g, requires_grad=True) for _ in range(2))
+    w, c = (torch.randn(5, dtype=F64, generator=g, requires_grad=True) for _ in range(2))
+    assert gradgradcheck(lambda *a: add_layernorm(*a), (x, b, w, c), fast_mode=True)
+    assert gradgradcheck(lambda *a: add_layernorm(*a)[1], (x, b, w, c), fast_mode=True)  # h unused
+
+
 def test_gradient_penalty_matches_reference():
     """R1 / WGAN-GP: d/dparams of |d out / d input|^2, through both ops."""
 
@@ -368,6 +501,10 @@ def test_backward_ops_refuse_a_graph():
     y, mean, rstd = torch.ops.swin_ext.patch_merging_fwd(x, torch.ones(4), torch.zeros(4), 1e-5)
     with pytest.raises(RuntimeError, match="patch_merging_bwd is not differentiable"):
         torch.ops.swin_ext.patch_merging_bwd(torch.ones_like(y), x, torch.ones(4), mean, rstd)
+    xl = torch.randn(2, 4, requires_grad=True)
+    h, y, mean, rstd = torch.ops.swin_ext.add_layernorm_fwd(xl, xl, torch.ones(4), torch.zeros(4), 1e-5, None)
+    with pytest.raises(RuntimeError, match="add_layernorm_bwd is not differentiable"):
+        torch.ops.swin_ext.add_layernorm_bwd(None, torch.ones_like(y), h, torch.ones(4), mean, rstd, None)
 
 
 def test_auxiliary_outputs_are_not_differentiable():
@@ -377,6 +514,8 @@ def test_auxiliary_outputs_are_not_differentiable():
     x = torch.randn(1, 2, 2, 1, requires_grad=True)
     y, mean, rstd = torch.ops.swin_ext.patch_merging_fwd(x, torch.ones(4, requires_grad=True), torch.zeros(4), 1e-5)
     assert y.requires_grad and not mean.requires_grad and not rstd.requires_grad
+    h, y, mean, rstd = torch.ops.swin_ext.add_layernorm_fwd(x, x, torch.ones(1, requires_grad=True), torch.zeros(1), 1e-5, None)
+    assert h.requires_grad and y.requires_grad and not mean.requires_grad and not rstd.requires_grad
 
 
 def _func_case(name):
@@ -403,13 +542,25 @@ def _func_case(name):
         return [vmap(grad(lambda ww, x, f=f: f(x, ww, c).pow(3).sum()), in_dims=(None, 0))(w, xs) for f in (M, MR)]
     if name == "merging-jacrev":
         return [jacrev(lambda x, f=f: f(x, w, c))(xs[0]) for f in (M, MR)]
+    L, LR = add_layernorm, add_layernorm_reference
+    ls = torch.randn(3, 4, 6, dtype=F64, generator=g)
+    lw, lc = torch.randn(6, dtype=F64, generator=g), torch.randn(6, dtype=F64, generator=g)
+    if name == "ln-per-sample-grad":
+        return [vmap(grad(lambda ww, x, f=f: f(x, x * 0.5, ww, lc)[1].pow(3).sum()), in_dims=(None, 0))(lw, ls)
+                for f in (L, LR)]
+    if name == "ln-jacrev":
+        return [jacrev(lambda x, f=f: f(x, x.flip(-1), lw, lc)[1])(ls[0]) for f in (L, LR)]
+    if name == "ln-vmap-batched-weight":
+        lws = torch.randn(3, 6, dtype=F64, generator=g)
+        return [vmap(lambda x, ww: L(x, x, ww, lc)[1])(ls, lws), torch.stack([LR(ls[i], ls[i], lws[i], lc)[1] for i in range(3)])]
     raise KeyError(name)
 
 
 @pytest.mark.parametrize(
     "name",
     # was: every one failed with "it must override the setup_context staticmethod"
-    ["grad", "per-sample-grad", "jacrev", "vmap-batched-bias", "grad-of-grad", "merging-per-sample-grad", "merging-jacrev"],
+    ["grad", "per-sample-grad", "jacrev", "vmap-batched-bias", "grad-of-grad", "merging-per-sample-grad", "merging-jacrev",
+     "ln-per-sample-grad", "ln-jacrev", "ln-vmap-batched-weight"],
 )
 def test_torch_func_matches_reference(name):
     got, want = _func_case(name)

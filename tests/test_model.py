@@ -101,40 +101,36 @@ def test_nan_sample_is_isolated():
     torch.testing.assert_close(out[0], m(x[:1])[0])
 
 
-def _count_onednn_mlp(monkeypatch):
-    import swin_ext.model as M
+def _count_onednn(monkeypatch):
+    """Records every oneDNN GEMM of swin_ext.layers.fast_linear: "gelu" (fc1 + GELU epilogue) or "none"."""
+    import swin_ext.layers.fast_linear as L
 
     calls = []
-    real_gelu, real_add = M._linear_gelu_onednn, M._linear_add_onednn
+    real = L._lp
 
-    def gelu(x, fc):
-        calls.append("gelu")
-        return real_gelu(x, fc)
+    def lp(x2d, weight, bias, act="none"):
+        calls.append(act)
+        return real(x2d, weight, bias, act)
 
-    def add(x, fc, other):
-        calls.append("add")
-        return real_add(x, fc, other)
-
-    monkeypatch.setattr(M, "_linear_gelu_onednn", gelu)
-    monkeypatch.setattr(M, "_linear_add_onednn", add)
+    monkeypatch.setattr(L, "_lp", lp)
     return calls
 
 
 def test_cpu_inference_gemm_epilogues_match_plain_path(monkeypatch):
-    if not swin_ext.model._onednn_mlp_ok():
+    if not swin_ext.layers.onednn_available():
         pytest.skip("oneDNN linear+GELU op not available in this torch build")
-    calls = _count_onednn_mlp(monkeypatch)
+    calls = _count_onednn(monkeypatch)
     m = tiny(drop_rate=0.1).eval()
     x = torch.randn(3, 3, 60, 52)  # padded windows, odd merge sizes
-    blocks = sum(TINY["depths"])
+    blocks, merges = sum(TINY["depths"]), len(TINY["depths"]) - 1
     with torch.no_grad():
         fast = m(x)
-        # per block: attention proj + residual, fc1 + GELU, fc2 + residual
-        assert sorted(calls) == ["add"] * (2 * blocks) + ["gelu"] * blocks
+        # per block: fc1 + GELU in one GEMM; qkv, proj, fc2 and each merge's reduction on oneDNN
+        assert calls.count("gelu") == blocks and calls.count("none") == 3 * blocks + merges
         m.set_backend("reference")  # plain PyTorch through the same weights
         plain = m(x)
         m.set_backend("fused")
-    assert len(calls) == 3 * blocks
+    assert len(calls) == 4 * blocks + merges
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
     # the batch-0 and NaN-isolation guarantees hold on this path too
     with torch.inference_mode():
@@ -145,22 +141,18 @@ def test_cpu_inference_gemm_epilogues_match_plain_path(monkeypatch):
 
 
 def test_gemm_epilogues_only_for_float32_inference(monkeypatch):
-    calls = _count_onednn_mlp(monkeypatch)
+    calls = _count_onednn(monkeypatch)
     m = tiny(drop_rate=0.1)
     x = torch.randn(2, 3, 64, 64)
-    m.train()
-    with torch.no_grad():
-        m(x)  # dropout active
     m.eval()
-    m(x).sum().backward()  # autograd needs the plain path
+    m(x).sum().backward()  # autograd: oneDNN GEMMs (forward, input gradient), no GELU epilogue
+    assert "gelu" not in calls and calls.count("none") == (len(calls) if swin_ext.layers.use_onednn() else 0)
+    calls.clear()
     with torch.no_grad():
         m.double()(x.double())  # float64 stays on the plain path
         m.float()
-        mlp = m.layers[0].blocks[0].mlp
-        assert mlp._can_fuse(torch.randn(2, 4, 4, 12)) == swin_ext.model._onednn_mlp_ok()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             m(x)  # autocast chooses the Linear's dtype
-            assert not mlp._can_fuse(torch.randn(2, 4, 4, 12))  # even for a float32 input
         m.set_backend("reference")(x)  # the reference backend is plain PyTorch
     assert calls == []
     with torch.no_grad():
@@ -168,22 +160,72 @@ def test_gemm_epilogues_only_for_float32_inference(monkeypatch):
         m.set_backend("reference").set_backend("fused")(x)  # a backend switch keeps that choice
     assert calls == []
     m.set_cpu_inference_fusion(True)
-    monkeypatch.setattr(swin_ext.model, "_ONEDNN_MLP_OK", False)  # op missing / probe failed
+    monkeypatch.setattr(swin_ext.layers.config, "_ONEDNN_OK", False)  # op missing / probe failed
+    with torch.no_grad():
+        m(x)
+    assert calls == []
+    monkeypatch.setattr(swin_ext.layers.config, "_ONEDNN_OK", None)
+    monkeypatch.setattr(swin_ext.layers.config, "_ONEDNN_ENABLED", False)  # SWIN_EXT_ONEDNN_MLP=0
     with torch.no_grad():
         m(x)
     assert calls == []
 
 
-def test_residual_add_epilogues_off_while_drop_path_is_active(monkeypatch):
-    if not swin_ext.model._onednn_mlp_ok():
-        pytest.skip("oneDNN linear+GELU op not available in this torch build")
-    calls = _count_onednn_mlp(monkeypatch)
-    m = tiny(drop_path_rate=0.3).train()  # stochastic depth on the residual branch, no dropout
-    with torch.no_grad():
-        m(torch.randn(2, 3, 64, 64))
-    blocks = sum(TINY["depths"])
-    # the first block's drop-path rate is 0, so its two residual adds may be fused
-    assert calls.count("gelu") == blocks and calls.count("add") == 2
+def test_stochastic_depth_fused_equals_reference():
+    """The residual adds stay fused with the LayerNorms under stochastic depth (drop path on the branch first)."""
+    m = tiny(drop_path_rate=0.3).train()
+    r = copy.deepcopy(m).set_backend("reference")
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(0)
+    a = m(x)
+    torch.manual_seed(0)
+    b = r(x)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(1)
+    assert not torch.allclose(m(x), a)  # the drop masks are live
+
+
+def _record_dtypes(model):
+    """Hooks recording, per block after a stage's first, the qkv / fc1 input dtype and the block's stream dtype."""
+    seen = {}
+
+    def record(key, t):
+        seen.setdefault(key, t.dtype)  # returns None: the hooks change nothing
+
+    for i, layer in enumerate(model.layers):
+        for j, blk in enumerate(layer.blocks):
+            if j == 0:
+                continue  # a stage's first norm1 follows no residual add: torch's LayerNorm
+            blk.attn.qkv.register_forward_pre_hook(lambda mod, a, k=(i, j, "qkv"): record(k, a[0]))
+            blk.mlp.fc1.register_forward_pre_hook(lambda mod, a, k=(i, j, "fc1"): record(k, a[0]))
+            blk.register_forward_hook(lambda mod, a, out, k=(i, j, "stream"): record(k, out[0]))
+    return seen
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_autocast_residual_stream_and_linear_inputs(dtype):
+    """Under autocast the fused add + LayerNorm keeps the residual stream in its own dtype (what it is
+    in the reference backend and timm: CPU autocast runs LayerNorm in its input's dtype) and gives the
+    qkv and fc1 Linears their input in the autocast dtype (no cast kernel)."""
+    m = tiny(drop_path_rate=0.0)
+    r = copy.deepcopy(m).set_backend("reference")
+    seen, seen_ref = _record_dtypes(m), _record_dtypes(r)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=dtype):
+        out, ref = m(x), r(x)
+    assert seen and all(v == dtype for k, v in seen.items() if k[2] != "stream"), seen
+    assert {k: v for k, v in seen.items() if k[2] == "stream"} == {k: v for k, v in seen_ref.items() if k[2] == "stream"}
+    assert out.dtype == ref.dtype == dtype
+    torch.testing.assert_close(out.float(), ref.float(), rtol=0.05, atol=0.05)
+    # a float32 stream (the input of stage 0 in float32) stays float32 and still feeds the Linears in `dtype`
+    with torch.autocast("cpu", dtype=dtype):
+        h, y = swin_ext.layers.add_layernorm(torch.randn(2, 4, 4, 12), torch.randn(2, 4, 4, 12, dtype=dtype),
+                                              m.layers[0].blocks[0].norm2)
+    assert h.dtype == torch.float32 and y.dtype == dtype
+    with torch.autocast("cpu", dtype=dtype):
+        out = m(x)
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 
 
 def test_training_backward_is_bitwise_deterministic():
@@ -235,6 +277,19 @@ def test_torch_compile_fullgraph():
     out = compiled(x)
     torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
     out.sum().backward()
+    with torch.no_grad():  # inference: the GELU epilogue and the fused ops under compile
+        torch.testing.assert_close(compiled(x), eager, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_compile_inductor_matches_eager():
+    m = tiny(drop_path_rate=0.0)
+    x = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(m, fullgraph=True)
+    torch.testing.assert_close(compiled(x), m(x), atol=1e-4, rtol=1e-4)
+    g = [p.grad for p in m.parameters()]
+    assert all(t is None for t in g)
+    compiled(x).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
 
 
 def test_shift_disabled_on_small_maps():

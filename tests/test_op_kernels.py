@@ -1,5 +1,9 @@
 """Every op kernel against swin_ext.reference, on every executor (op_testing.py).
 
+add_layernorm runs on the harness executors once the harness library
+registers ``swin_ext_harness::add_layernorm_fwd`` (with its CUDA kernel);
+until then those cases skip and say so.
+
 One case table per op, run by one fixture on the CPU kernels, on the CUDA
 kernels under the CPU harness (in thread order and shuffled) and on the GPU
 where there is one, for every dtype, with one tolerance rule.  The CUDA
@@ -18,13 +22,20 @@ import torch
 from op_testing import (
     ATTN_CASES,
     DTYPES,
+    LN_CASES,
     MERGE_CASES,
+    LnCase,
     attention_inputs,
+    check_add_layernorm,
     check_attention,
+    check_close,
     check_merging,
     executor_names,
+    ln_inputs,
+    ln_reference,
     make_executor,
     merge_inputs,
+    run_add_layernorm,
     run_attention,
     run_merging,
 )
@@ -91,3 +102,40 @@ def test_patch_merging_huge_values(executor, dtype, magnitude, seed_generator):
     interior = got["y"][:, : case.H // 2, : case.W // 2]
     want = inp["b"].to(dtype).expand_as(interior)
     torch.testing.assert_close(interior, want, atol=0, rtol=0)
+
+
+def _need_add_layernorm(executor):
+    from op_testing import has_add_layernorm
+
+    if not has_add_layernorm(executor):
+        pytest.skip(f"{executor.name}: no add_layernorm kernel registered "
+                    "(swin_ext_harness::add_layernorm_fwd comes with its CUDA kernel)")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", LN_CASES, ids=lambda c: c.id)
+def test_add_layernorm(executor, case, dtype, seed_generator):
+    _need_add_layernorm(executor)
+    inp = ln_inputs(case, seed_generator)
+    got = run_add_layernorm(executor, case, inp, dtype)
+    check_add_layernorm(case, inp, got, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("magnitude", [1e30, 1e36])
+def test_add_layernorm_huge_values(executor, dtype, magnitude, seed_generator):
+    """Statistics stay right where float32 squares overflow; a constant row gives exactly the bias."""
+    _need_add_layernorm(executor)
+    case = LnCase((33, 100))  # two partial blocks, C not a vector multiple
+    inp = ln_inputs(case, seed_generator, scale=magnitude)
+    got = run_add_layernorm(executor, case, inp, dtype)
+    exact = ln_reference(case, inp, dtype, exact=True)
+    for i, name in enumerate(["h", "y"]):
+        check_close(name, got[name], exact[i], exact[i], exact[i], dtype)
+    for i, name in ((4, "dweight"), (5, "dbias")):
+        check_close(name, got[name], exact[i], exact[i], exact[i], dtype)
+    torch.testing.assert_close(got["dx"].double() * magnitude, exact[2] * magnitude, atol=1e-4, rtol=1e-4)
+    inp["x"] = torch.full_like(inp["x"], magnitude)
+    inp["b"] = torch.zeros_like(inp["b"])
+    got = run_add_layernorm(executor, case, inp, dtype)
+    torch.testing.assert_close(got["y"], inp["bb"].to(dtype).expand_as(got["y"]), atol=0, rtol=0)

@@ -6,7 +6,14 @@ import torch
 from torch.autograd import gradcheck
 
 import swin_ext
-from swin_ext import patch_merging, patch_merging_reference, window_attention, window_attention_reference
+from swin_ext import (
+    add_layernorm,
+    add_layernorm_reference,
+    patch_merging,
+    patch_merging_reference,
+    window_attention,
+    window_attention_reference,
+)
 
 pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
 
@@ -138,6 +145,128 @@ def test_opcheck(sample):
     torch.library.opcheck(op, args)
 
 
+def _ln_opcheck_samples():
+    fwd, bwd = torch.ops.swin_ext.add_layernorm_fwd.default, torch.ops.swin_ext.add_layernorm_bwd.default
+    x, b = torch.randn(2, 5, 12, requires_grad=True), torch.randn(2, 5, 12, requires_grad=True)
+    w, c = torch.randn(12, requires_grad=True), torch.randn(12, requires_grad=True)
+    yield fwd, (x, b, w, c, 1e-5, None)
+    yield fwd, (x.detach().transpose(0, 1), b.detach().transpose(0, 1), w.detach(), c.detach(), 1e-6, None)  # strided
+    yield fwd, (x, b.detach().bfloat16().requires_grad_(), w, c, 1e-5, torch.bfloat16)  # autocast's mix
+    yield fwd, (torch.randn(7, 3, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64),
+                torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64), 0.0, None)
+    h, y, mean, rstd = torch.ops.swin_ext.add_layernorm_fwd(x.detach(), b.detach(), w.detach(), c.detach(), 1e-5, None)
+    yield bwd, (torch.randn_like(h), torch.randn_like(y), h, w.detach(), mean, rstd, None)
+    yield bwd, (None, torch.randn_like(y).bfloat16(), h, w.detach(), mean, rstd, torch.bfloat16)
+
+
+@pytest.mark.parametrize("sample", list(range(6)))
+def test_add_layernorm_opcheck(sample):
+    op, args = list(_ln_opcheck_samples())[sample]
+    torch.library.opcheck(op, args)
+
+
+# ----------------------------------------------------------------------------- add_layernorm wrapper
+
+
+def _ln_leaves(shape=(2, 5, 12), dtype=torch.float64, bdtype=None):
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x = torch.randn(*shape, dtype=dtype, requires_grad=True)
+    b = torch.randn(*shape, dtype=bdtype or dtype, requires_grad=True)
+    w = torch.randn(shape[-1], dtype=acc, requires_grad=True)
+    c = torch.randn(shape[-1], dtype=acc, requires_grad=True)
+    return x, b, w, c
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("use_h", [True, False])
+def test_add_layernorm_matches_reference_through_autograd(dtype, use_h):
+    x, b, w, c = _ln_leaves((3, 7, 20), dtype)
+    h, y = add_layernorm(x, b, w, c)
+    hr, yr = add_layernorm_reference(x, b, w, c)
+    torch.testing.assert_close(h, hr, **TOL[dtype])
+    torch.testing.assert_close(y, yr, **TOL[dtype])
+    gy, gh = torch.randn_like(y), torch.randn_like(h)
+    outs, outs_r, cots = ((y, h), (yr, hr), (gy, gh)) if use_h else ((y,), (yr,), (gy,))
+    for a, r in zip(torch.autograd.grad(outs, (x, b, w, c), cots), torch.autograd.grad(outs_r, (x, b, w, c), cots)):
+        torch.testing.assert_close(a, r, **TOL[dtype])
+
+
+def test_add_layernorm_gradcheck_and_gradgradcheck():
+    x, b, w, c = _ln_leaves((2, 3, 6))
+    assert gradcheck(lambda *a: add_layernorm(*a), (x, b, w, c))
+    assert gradcheck(lambda *a: add_layernorm(*a)[1], (x, b, w, c))  # h unused: no grad_h
+    assert torch.autograd.gradgradcheck(lambda *a: add_layernorm(*a), (x, b, w, c))
+
+
+def test_add_layernorm_mixed_dtypes_gradients():
+    """autocast's mix: a float32 stream plus a bf16 branch; each input gets its gradient in its own dtype."""
+    x, b, w, c = _ln_leaves((4, 9, 16), torch.float32, torch.bfloat16)
+    h, y = add_layernorm(x, b, w, c)
+    assert h.dtype == y.dtype == torch.float32
+    hr, yr = add_layernorm_reference(x, b, w, c)
+    torch.testing.assert_close(y, yr, atol=2e-5, rtol=2e-5)
+    g = torch.randn_like(y)
+    dx, db, dw, dc = torch.autograd.grad((y, h), (x, b, w, c), (g, g))
+    rx, rb, rw, rc = torch.autograd.grad((yr, hr), (x, b, w, c), (g, g))
+    assert dx.dtype == torch.float32 and db.dtype == torch.bfloat16
+    torch.testing.assert_close(dx, rx, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(db.float(), dx.bfloat16().float(), atol=0, rtol=0)  # the same values, rounded
+    torch.testing.assert_close(dw, rw, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_add_layernorm_autocast_output_dtype(dtype):
+    x, b, w, c = _ln_leaves((2, 5, 12), torch.float32)
+    with torch.autocast("cpu", dtype=dtype):
+        h, y = add_layernorm(x, b.detach().to(dtype).requires_grad_(), w, c)
+    assert h.dtype == torch.float32 and y.dtype == dtype
+    _, yr = add_layernorm_reference(x, b.to(dtype), w, c)
+    torch.testing.assert_close(y.float(), yr.to(dtype).float(), atol=1e-2, rtol=1e-2)
+    (y.float().sum() + h.sum()).backward()
+    assert x.grad.dtype == torch.float32 and w.grad is not None
+    h, y = add_layernorm(x, b, w, c)  # outside autocast: x's dtype
+    assert y.dtype == torch.float32
+
+
+def test_add_layernorm_under_compile_follows_autocast():
+    x, b, w, c = (t.detach() for t in _ln_leaves((2, 5, 12), torch.float32))
+    f = torch.compile(lambda *a: add_layernorm(*a), fullgraph=True, backend="aot_eager")
+    h, y = f(x, b, w, c)
+    assert y.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h2, y2 = f(x, b.bfloat16(), w, c)  # a new graph: guarded on the autocast state
+    assert h2.dtype == torch.float32 and y2.dtype == torch.bfloat16
+    torch.testing.assert_close(y2.float(), add_layernorm(x, b.bfloat16(), w, c)[1].bfloat16().float())
+
+
+def test_add_layernorm_backward_is_bitwise_deterministic():
+    x, b, w, c = _ln_leaves((300, 96), torch.float32)
+    g = torch.randn(300, 96)
+    runs = []
+    for threads in (1, 2, 1):
+        torch.set_num_threads(threads)
+        h, y = add_layernorm(x, b, w, c)
+        runs.append(torch.autograd.grad((y, h), (x, b, w, c), (g, g)))
+    torch.set_num_threads(2)
+    for r in runs[1:]:
+        for a, bb in zip(runs[0], r):
+            assert torch.equal(a, bb)  # dweight/dbias from fixed per-block partials: independent of threads
+
+
+def test_add_layernorm_torch_func():
+    from torch.func import grad, jacrev, vmap
+
+    x, b, w, c = (t.detach() for t in _ln_leaves((3, 4, 6)))
+    f = lambda fn: (lambda w_, x_: fn(x_, b[0], w_, c)[1].pow(3).sum())  # noqa: E731
+    per_sample = [vmap(grad(f(fn)), in_dims=(None, 0))(w, x) for fn in (add_layernorm, add_layernorm_reference)]
+    torch.testing.assert_close(per_sample[0], per_sample[1], atol=1e-9, rtol=1e-9)
+    j = [jacrev(lambda x_, fn=fn: fn(x_, b[0:1], w, c)[1])(x[0:1]) for fn in (add_layernorm, add_layernorm_reference)]
+    torch.testing.assert_close(j[0], j[1], atol=1e-9, rtol=1e-9)
+    gg = [grad(lambda x_, fn=fn: grad(lambda x2: fn(x2, b, w, c)[1].pow(3).sum())(x_).sum())(x)
+          for fn in (add_layernorm, add_layernorm_reference)]
+    torch.testing.assert_close(gg[0], gg[1], atol=1e-9, rtol=1e-9)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -222,6 +351,13 @@ def test_baseline_isa_path_matches_reference():
         "    torch.testing.assert_close(y, yr, atol=tol, rtol=tol)\n"
         "    g = torch.randn_like(y)\n"
         "    for a, b in zip(torch.autograd.grad(y, (x, w, c), g), torch.autograd.grad(yr, (x, w, c), g)):\n"
+        "        torch.testing.assert_close(a, b, atol=tol, rtol=tol)\n"
+        "    x = torch.randn(5, 7, 20, dtype=dt, requires_grad=True); br = torch.randn(5, 7, 20, dtype=dt, requires_grad=True)\n"
+        "    w = torch.randn(20, dtype=dt, requires_grad=True); c = torch.randn(20, dtype=dt, requires_grad=True)\n"
+        "    (h, y), (hr, yr) = swin_ext.add_layernorm(x, br, w, c), R.add_layernorm_reference(x, br, w, c)\n"
+        "    torch.testing.assert_close(y, yr, atol=tol, rtol=tol)\n"
+        "    for a, b in zip(torch.autograd.grad((y, h), (x, br, w, c), (g2 := torch.randn_like(y), g2)),\n"
+        "                    torch.autograd.grad((yr, hr), (x, br, w, c), (g2, g2))):\n"
         "        torch.testing.assert_close(a, b, atol=tol, rtol=tol)\n"
         "print('ok')\n"
     )

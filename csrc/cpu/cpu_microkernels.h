@@ -110,6 +110,86 @@ SWIN_ALWAYS_INLINE void gemm_nn(int64_t M, int64_t Nc, int64_t K, T alpha, const
   }
 }
 
+// C[M x Nc] = alpha * A^T * B with A stored K x M (row-major, lda >= M): the
+// transposed operand without a transposed copy (the broadcast loads read four
+// consecutive A elements of row k).  Same blocking and padding rules as gemm_nn.
+template <typename T>
+SWIN_ALWAYS_INLINE void gemm_tn(int64_t M, int64_t Nc, int64_t K, T alpha, const T* A, int64_t lda,
+                                const T* B, int64_t ldb, T* C, int64_t ldc) {
+  typedef typename Vec32<T>::type V;
+  constexpr int L = Vec32<T>::kLanes;
+  for (int64_t i0 = 0; i0 < M; i0 += 4) {
+    for (int64_t j0 = 0; j0 < Nc; j0 += 2 * L) {
+      V c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
+      const T* bp = B + j0;
+      const T* ap = A + i0;
+      for (int64_t k = 0; k < K; ++k, bp += ldb, ap += lda) {
+        const V b0 = load_vec<V>(bp);
+        const V b1 = load_vec<V>(bp + L);
+        const T a0 = ap[0], a1 = ap[1], a2 = ap[2], a3 = ap[3];
+        c00 += a0 * b0;
+        c01 += a0 * b1;
+        c10 += a1 * b0;
+        c11 += a1 * b1;
+        c20 += a2 * b0;
+        c21 += a2 * b1;
+        c30 += a3 * b0;
+        c31 += a3 * b1;
+      }
+      V* rows[4][2] = {{&c00, &c01}, {&c10, &c11}, {&c20, &c21}, {&c30, &c31}};
+      for (int r = 0; r < 4; ++r) {
+        T* c = C + (i0 + r) * ldc + j0;
+        for (int h = 0; h < 2; ++h) store_vec(c + h * L, alpha * *rows[r][h]);
+      }
+    }
+  }
+}
+
+// dst[c] = src[c] * scale (converted), n elements.  Written with explicit
+// vectors for float so that no copy loop becomes a memmove call (GCC turns
+// plain copy loops into library calls, costly on rows of 32 elements).
+//
+// The empty volatile asm keeps the loop a loop: GCC's -O3 turns plain copy
+// loops (vectorised or not) into memmove calls, whose call overhead is a
+// large share of copying the 16-64 elements of a head's row.
+#if defined(__GNUC__)
+#define SWIN_KEEP_LOOP() __asm__ volatile("")
+#else
+#define SWIN_KEEP_LOOP() (void)0
+#endif
+
+template <typename S, typename T>
+SWIN_ALWAYS_INLINE void copy_row(const S* __restrict src, T* __restrict dst, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) dst[c] = static_cast<T>(src[c]);
+}
+
+template <>
+SWIN_ALWAYS_INLINE void copy_row<float, float>(const float* __restrict src, float* __restrict dst, int64_t n) {
+  typedef Vec32<float>::type V;
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    store_vec(dst + c, load_vec<V>(src + c));
+    SWIN_KEEP_LOOP();
+  }
+  for (; c < n; ++c) {
+    dst[c] = src[c];
+    SWIN_KEEP_LOOP();
+  }
+}
+
+template <>
+SWIN_ALWAYS_INLINE void copy_row<double, double>(const double* __restrict src, double* __restrict dst, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    dst[c] = src[c];
+    SWIN_KEEP_LOOP();
+  }
+}
+
+template <typename S, typename T>
+SWIN_ALWAYS_INLINE void copy_row_scaled(const S* __restrict src, T* __restrict dst, int64_t n, T scale) {
+  for (int64_t c = 0; c < n; ++c) dst[c] = static_cast<T>(src[c]) * scale;
+}
+
 // exp(x) for 8 floats at once: Cody-Waite range reduction and a degree-6
 // polynomial (Cephes expf), ~1 ulp; exactly 0 below the float range (so
 // exp(-inf) == 0) and NaN stays NaN.

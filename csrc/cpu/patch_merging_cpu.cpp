@@ -13,6 +13,7 @@
 
 #include "../checks.h"
 #include "cpu_microkernels.h"
+#include "layernorm_cpu.h"
 
 namespace swin_ext {
 namespace {
@@ -56,23 +57,9 @@ struct MergeArgs {
   acc_t* db_part;
 };
 
-// Magnitude above which a pixel's LayerNorm statistics are computed on the
-// row scaled by a power of two: below it, sum((x - mean)^2) over 4C <= 2^30
-// channels cannot overflow acc_t (4 * 2^30 * T^2 < max): T = 2^40 for float,
-// 2^488 for double.
-template <typename acc_t>
-constexpr acc_t kScaleAbove = acc_t(std::numeric_limits<acc_t>::max_exponent == 128 ? 0x1p40 : 0x1p488);
-
-// Forward of output pixels [begin, end): gather, two-pass mean/variance,
-// normalise.  Reductions are `omp simd` (vectorised, fixed order per build).
-//
-// The statistics are right for every finite input (torch's LayerNorm in
-// float32 overflows to NaN from |x| ~ 1e19 on): the first pass also finds
-// max|x|; a row above kScaleAbove is multiplied by 2^-k, k = ilogb(max|x|)
-// (exact: a power of two), both passes run on it with eps * 2^-2k (floored
-// at the smallest normal number when eps > 0, so a constant row gives 0, not
-// 0 * inf), and mean * 2^k, rstd * 2^-k are stored.  Rows below the
-// threshold take the plain two-pass path unchanged.
+// Forward of output pixels [begin, end): gather, the LayerNorm statistics
+// (cpu::row_stats: right for every finite input, see layernorm_cpu.h),
+// normalise.
 template <typename scalar_t>
 SWIN_ALWAYS_INLINE void merging_fwd_pixels(const MergeArgs<scalar_t>& a, int64_t begin,
                                            int64_t end) {
@@ -87,43 +74,10 @@ SWIN_ALWAYS_INLINE void merging_fwd_pixels(const MergeArgs<scalar_t>& a, int64_t
     const int64_t oy = (pix / a.W2) % a.H2;
     const int64_t b = pix / (a.W2 * a.H2);
     gather_pixel(a.x, a.H, a.W, a.C, b, oy, ox, buf);
-    acc_t m = 0, amax = 0;
-#pragma omp simd reduction(+ : m) reduction(max : amax)
-    for (int64_t c = 0; c < C4; ++c) {
-      m += buf[c];
-      const acc_t v = std::abs(buf[c]);
-      amax = v > amax ? v : amax;  // NaN never wins: it reaches the output through m
-    }
-    int k = 0;
-    acc_t eps = a.eps;
-    if (amax > kScaleAbove<acc_t> && amax <= std::numeric_limits<acc_t>::max()) {
-      k = std::ilogb(amax);
-      const acc_t sc = std::ldexp(acc_t(1), -k);
-      m = 0;
-#pragma omp simd reduction(+ : m)
-      for (int64_t c = 0; c < C4; ++c) {
-        buf[c] *= sc;
-        m += buf[c];
-      }
-      if (eps > 0) eps = std::max(std::ldexp(eps, -2 * k), std::numeric_limits<acc_t>::min());
-    }
-    const acc_t inv_n = acc_t(1) / static_cast<acc_t>(C4);
-    m *= inv_n;
-    // Corrected two-pass (Chan, Golub & LeVeque): the residuals' own mean
-    // dm repairs the rounding of m, so a constant row has exactly var = 0.
-    acc_t s1 = 0, s2 = 0;
-#pragma omp simd reduction(+ : s1, s2)
-    for (int64_t c = 0; c < C4; ++c) {
-      const acc_t d = buf[c] - m;
-      s1 += d;
-      s2 += d * d;
-    }
-    const acc_t dm = s1 * inv_n;
-    m += dm;
-    const acc_t var = std::max(s2 * inv_n - dm * dm, acc_t(0));
-    const acc_t rs = acc_t(1) / std::sqrt(var + eps);
-    a.mean[pix] = k ? std::ldexp(m, k) : m;
-    a.rstd[pix] = k ? std::ldexp(rs, -k) : rs;
+    const auto st = cpu::row_stats(buf, C4, a.eps);
+    a.mean[pix] = st.mean_store;
+    a.rstd[pix] = st.rstd_store;
+    const acc_t m = st.mean, rs = st.rstd;
     scalar_t* __restrict dst = a.y + pix * C4;
     for (int64_t c = 0; c < C4; ++c) dst[c] = static_cast<scalar_t>((buf[c] - m) * rs * w[c] + bb[c]);
   }

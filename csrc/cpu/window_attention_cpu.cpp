@@ -1,11 +1,22 @@
 // CPU kernels of the fused shifted-window attention.
 //
-// One work item is a (window, head) tile of one image.  Its N tokens are
-// gathered by index math (pad + roll + partition, see swin_geometry.h) into
-// small zero-padded buffers in the accumulation type; the products run
-// through a register-blocked GEMM micro-kernel and the softmax through a
-// vectorised exp; results are scattered back to the tokens' own positions.
-// The tile code is compiled twice (AVX2+FMA and baseline) and picked at run
+// One work item is a window of one image (forward) or a window over the
+// whole batch (backward), for a chunk of its heads.  The item's tokens are
+// found by index math (pad + roll + partition, see swin_geometry.h) and each
+// token's qkv row is read once, in order, for all the chunk's heads (one
+// sequential pass over the row, which the hardware prefetcher follows; a
+// per-head gather touches 3 short pieces of every row and waits on memory).
+// The rows go into small zero-padded per-head buffers in the accumulation
+// type; the products run through register-blocked GEMM micro-kernels
+// (cpu_microkernels.h; the transposed operands of the backward are read in
+// place, not copied), the softmax through a vectorised exp; results are
+// written back to the tokens' own rows, all of the chunk's heads at once.
+//
+// Heads are chunked so that every item count is at least kMinItems (the
+// small late-stage maps have few windows); the chunking depends only on the
+// shapes, and each (window, head)'s bias gradient is summed over the batch in
+// a fixed order inside its item, so the result does not depend on threads.
+// The item code is compiled twice (AVX2+FMA and baseline) and picked at run
 // time.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -24,16 +35,23 @@
 namespace swin_ext {
 namespace {
 
+using cpu::copy_row;
+using cpu::copy_row_scaled;
 using cpu::exp_shift_row;
-using cpu::softmax_row;
 using cpu::gemm_nn;
+using cpu::gemm_tn;
 using cpu::round_up;
+using cpu::softmax_row;
+
+// Work items of a call are at least this many (when there are enough heads).
+constexpr int64_t kMinItems = 16;
 
 template <typename scalar_t>
 struct AttnArgs {
   using acc_t = at::opmath_type<scalar_t>;
   WindowGeometry g;
   int64_t heads, d, C;
+  int64_t chunks;  // head chunks per window
   acc_t scale;
   bool masked;
   const scalar_t* qkv;
@@ -48,89 +66,140 @@ struct AttnArgs {
   scalar_t* dqkv;
   acc_t* dbias_part;  // (nW, heads, N, N)
   acc_t* dpad_part;   // (nW, 3C)
+
+  int64_t head_begin(int64_t chunk) const { return chunk * heads / chunks; }
 };
 
-// Zero-padded per-thread tile buffers.  Rows are padded to Nr (multiple of
-// the GEMM row block), token columns to Np and channels to dp (multiples of
-// the GEMM column block); padding stays zero for the buffers' lifetime.
+// Head chunks per window: enough items for the threads, from the shapes only.
+inline int64_t head_chunks(int64_t items_per_chunk, int64_t heads) {
+  const int64_t want = (kMinItems + items_per_chunk - 1) / std::max<int64_t>(1, items_per_chunk);
+  return std::max<int64_t>(1, std::min(heads, want));
+}
+
+// Zero-padded per-thread buffers of one work item: per head of the chunk,
+// q (scaled), k, v and the gradients as Nr x dp (rows padded to the GEMM row
+// block), k^T and v^T as d x Np (token columns padded to the column block);
+// S and dS shared, Nr x Np.  Padding stays zero for the buffers' lifetime.
 template <typename acc_t>
-struct Tile {
-  int64_t N, Nr, Np, d, dp;
-  std::vector<acc_t> q, k, v, kt, vt;  // q: Nr x dp (scaled), k, v: Np x dp, kt, vt: d x Np
-  std::vector<acc_t> S, T;             // Nr x Np: logits/probabilities, scratch (transposes, dP)
-  std::vector<acc_t> o, dO, dq, dk, dv;  // Nr x dp
-  std::vector<int64_t> offset;         // token offset into the (B, H, W) map; -1: padding
+struct Work {
+  int64_t N, Nr, Np, d, dp, tile, ttile;
+  std::vector<acc_t> q, k, v, kt, vt, o, dO, dq, dk, dv, S, dS;
+  std::vector<int64_t> offset;  // token offset into the (B, H, W) map; -1: padding
   std::vector<int> region;
-  Tile(int64_t N_, int64_t d_, bool backward)
-      : N(N_), Nr(round_up(N_, cpu::kRowBlock)), Np(round_up(N_, cpu::kPad)), d(d_), dp(round_up(d_, cpu::kPad)),
-        q(Nr * dp), k(Np * dp), v(Np * dp), kt(d * Np), vt(d * Np), S(Nr * Np),
-        T(backward ? 2 * Nr * Np : 0), o(Nr * dp), dO(backward ? Nr * dp : 0), dq(backward ? Nr * dp : 0),
-        dk(backward ? Nr * dp : 0), dv(backward ? Nr * dp : 0), offset(N_), region(N_) {}
-};
-
-template <typename scalar_t, typename acc_t>
-SWIN_ALWAYS_INLINE void copy_scaled(const scalar_t* __restrict src, acc_t* __restrict dst, int64_t n,
-                                    acc_t scale) {
-  for (int64_t c = 0; c < n; ++c) dst[c] = static_cast<acc_t>(src[c]) * scale;
-}
-
-template <typename scalar_t, typename acc_t>
-SWIN_ALWAYS_INLINE void copy_cast(const scalar_t* __restrict src, acc_t* __restrict dst, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) dst[c] = static_cast<acc_t>(src[c]);
-}
-
-// dst (d x Np) = top-left N x d block of src (ld dp), transposed.
-template <typename acc_t>
-SWIN_ALWAYS_INLINE void transpose_tokens(const acc_t* __restrict src, acc_t* __restrict dst, int64_t N,
-                                         int64_t d, int64_t dp, int64_t Np) {
-  for (int64_t i = 0; i < N; ++i)
-    for (int64_t c = 0; c < d; ++c) dst[c * Np + i] = src[i * dp + c];
-}
-
-// Gathers q (scaled), k, v of one (image, window, head) tile and k^T (and
-// v^T for the backward) by index math: pad + roll + partition.
-template <typename scalar_t, typename acc_t>
-SWIN_ALWAYS_INLINE void gather_tile(const AttnArgs<scalar_t>& a, int64_t b, int64_t win, int64_t h,
-                                    Tile<acc_t>& t, bool need_vt) {
-  const WindowGeometry& g = a.g;
-  const int64_t d = a.d, C = a.C, dp = t.dp;
-  const acc_t scale = a.scale;
-  for (int64_t i = 0; i < t.N; ++i) {
-    const TokenLoc loc = locate_token(g, win, i);
-    t.region[i] = loc.region;
-    const scalar_t* src = a.pad;
-    t.offset[i] = -1;
-    if (loc.valid) {
-      t.offset[i] = (b * g.H + loc.y) * g.W + loc.x;
-      src = a.qkv + t.offset[i] * 3 * C;
-    }
-    acc_t* qi = t.q.data() + i * dp;
-    acc_t* ki = t.k.data() + i * dp;
-    acc_t* vi = t.v.data() + i * dp;
-    if (src == nullptr) {
-      std::fill(qi, qi + d, acc_t(0));
-      std::fill(ki, ki + d, acc_t(0));
-      std::fill(vi, vi + d, acc_t(0));
+  Work(int64_t N_, int64_t d_, int64_t hmax, bool backward)
+      : N(N_), Nr(round_up(N_, cpu::kRowBlock)), Np(round_up(N_, cpu::kPad)), d(d_),
+        dp(round_up(d_, cpu::kPad)), tile(Nr * dp), ttile(d_ * Np), offset(N_), region(N_) {
+    auto sized = [&](std::vector<acc_t>& b, int64_t n) { b.assign(n, acc_t(0)); };
+    sized(q, hmax * tile);
+    sized(kt, hmax * ttile);
+    sized(S, Nr * Np);
+    if (backward) {
+      sized(k, hmax * tile);
+      sized(vt, hmax * ttile);
+      sized(dO, hmax * tile);
+      sized(dq, tile);
+      sized(dk, tile);
+      sized(dv, tile);
+      sized(dS, Nr * Np);
     } else {
-      copy_scaled(src + h * d, qi, d, scale);
-      copy_cast(src + C + h * d, ki, d);
-      copy_cast(src + 2 * C + h * d, vi, d);
+      sized(v, hmax * tile);
+      sized(o, hmax * tile);
     }
   }
-  transpose_tokens(t.k.data(), t.kt.data(), t.N, d, dp, t.Np);
-  if (need_vt) transpose_tokens(t.v.data(), t.vt.data(), t.N, d, dp, t.Np);
+};
+
+// Token positions and regions of window `win`.
+template <typename scalar_t, typename acc_t>
+SWIN_ALWAYS_INLINE void locate_window(const AttnArgs<scalar_t>& a, int64_t b, int64_t win, Work<acc_t>& w) {
+  for (int64_t i = 0; i < w.N; ++i) {
+    const TokenLoc loc = locate_token(a.g, win, i);
+    w.region[i] = loc.region;
+    w.offset[i] = loc.valid ? (b * a.g.H + loc.y) * a.g.W + loc.x : -1;
+  }
+}
+
+// Software prefetch of the pieces of window `win`'s token rows that an item
+// of heads [h0, h1) reads (q, k, v of those heads; grad_out's too in the
+// backward), issued one item ahead: the rows of a shifted window are
+// scattered over the map, so without it every item waits on memory.
+template <typename scalar_t>
+SWIN_ALWAYS_INLINE void prefetch_window(const AttnArgs<scalar_t>& a, int64_t b, int64_t win, int64_t h0,
+                                        int64_t h1, bool with_grad) {
+#if defined(__GNUC__)
+  constexpr int64_t kLine = 64 / sizeof(scalar_t);
+  const int64_t C = a.C, len = (h1 - h0) * a.d;
+  for (int64_t i = 0; i < a.g.N; ++i) {
+    const TokenLoc loc = locate_token(a.g, win, i);
+    if (!loc.valid) continue;
+    const int64_t off = (b * a.g.H + loc.y) * a.g.W + loc.x;
+    const scalar_t* row = a.qkv + off * 3 * C + h0 * a.d;
+    for (int part = 0; part < 3; ++part)
+      for (int64_t c = 0; c < len; c += kLine) __builtin_prefetch(row + part * C + c, 0, 3);
+    if (with_grad) {
+      const scalar_t* grow = a.grad_out + off * C + h0 * a.d;
+      for (int64_t c = 0; c < len; c += kLine) __builtin_prefetch(grow + c, 0, 3);
+    }
+  }
+#endif
+}
+
+// One pass over each token's qkv row for heads [h0, h1): q (scaled) and k^T
+// always; v (forward) or k and v^T (backward).
+template <typename scalar_t, typename acc_t>
+SWIN_ALWAYS_INLINE void gather_qkv(const AttnArgs<scalar_t>& a, int64_t h0, int64_t h1, Work<acc_t>& w,
+                                   bool backward) {
+  const int64_t d = a.d, C = a.C, dp = w.dp, Np = w.Np;
+  for (int64_t i = 0; i < w.N; ++i) {
+    const scalar_t* src = w.offset[i] >= 0 ? a.qkv + w.offset[i] * 3 * C : a.pad;
+    for (int64_t h = h0; h < h1; ++h) {
+      const int64_t hh = h - h0;
+      acc_t* qi = w.q.data() + hh * w.tile + i * dp;
+      acc_t* kt = w.kt.data() + hh * w.ttile + i;
+      if (src == nullptr) {
+        std::fill(qi, qi + d, acc_t(0));
+        for (int64_t c = 0; c < d; ++c) kt[c * Np] = acc_t(0);
+        continue;
+      }
+      copy_row_scaled(src + h * d, qi, d, a.scale);
+      const scalar_t* ks = src + C + h * d;
+      for (int64_t c = 0; c < d; ++c) kt[c * Np] = static_cast<acc_t>(ks[c]);
+    }
+    for (int64_t h = h0; h < h1; ++h) {
+      const int64_t hh = h - h0;
+      if (backward) {
+        acc_t* ki = w.k.data() + hh * w.tile + i * dp;
+        acc_t* vt = w.vt.data() + hh * w.ttile + i;
+        if (src == nullptr) {
+          std::fill(ki, ki + d, acc_t(0));
+          for (int64_t c = 0; c < d; ++c) vt[c * Np] = acc_t(0);
+          continue;
+        }
+        copy_row(src + C + h * d, ki, d);
+        const scalar_t* vs = src + 2 * C + h * d;
+        for (int64_t c = 0; c < d; ++c) vt[c * Np] = static_cast<acc_t>(vs[c]);
+      } else {
+        acc_t* vi = w.v.data() + hh * w.tile + i * dp;
+        if (src == nullptr) {
+          std::fill(vi, vi + d, acc_t(0));
+        } else {
+          copy_row(src + 2 * C + h * d, vi, d);
+        }
+      }
+    }
+  }
 }
 
 // S = (q * scale) k^T + bias (+ mask) for rows < N; padding columns -inf.
 template <typename scalar_t, typename acc_t>
-SWIN_ALWAYS_INLINE void tile_logits(const AttnArgs<scalar_t>& a, int64_t h, Tile<acc_t>& t) {
-  const int64_t N = t.N, Np = t.Np;
-  gemm_nn<acc_t>(t.Nr, Np, t.d, acc_t(1), t.q.data(), t.dp, t.kt.data(), Np, t.S.data(), Np, false);
+SWIN_ALWAYS_INLINE void tile_logits(const AttnArgs<scalar_t>& a, int64_t h, int64_t hh, Work<acc_t>& w) {
+  const int64_t N = w.N, Np = w.Np;
+  gemm_nn<acc_t>(w.Nr, Np, a.d, acc_t(1), w.q.data() + hh * w.tile, w.dp, w.kt.data() + hh * w.ttile, Np,
+                 w.S.data(), Np, false);
   const acc_t* bias_h = a.bias + h * N * N;
-  const int* __restrict region = t.region.data();
+  const int* __restrict region = w.region.data();
   const acc_t mask_value = static_cast<acc_t>(kShiftMaskValue);
   for (int64_t i = 0; i < N; ++i) {
-    acc_t* __restrict s = t.S.data() + i * Np;
+    acc_t* __restrict s = w.S.data() + i * Np;
     const acc_t* __restrict bi = bias_h + i * N;
     if (a.masked) {
       const int ri = region[i];
@@ -143,36 +212,38 @@ SWIN_ALWAYS_INLINE void tile_logits(const AttnArgs<scalar_t>& a, int64_t h, Tile
 }
 
 template <typename scalar_t>
-SWIN_ALWAYS_INLINE void attention_fwd_tiles(const AttnArgs<scalar_t>& a, int64_t begin, int64_t end) {
+SWIN_ALWAYS_INLINE void attention_fwd_items(const AttnArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const WindowGeometry& g = a.g;
   const int64_t N = g.N, d = a.d;
-  Tile<acc_t> t(N, d, false);
-  const int64_t Np = t.Np, dp = t.dp;
-  for (int64_t tile = begin; tile < end; ++tile) {
-    const int64_t h = tile % a.heads;
-    const int64_t bw = tile / a.heads;
+  Work<acc_t> w(N, d, (a.heads + a.chunks - 1) / a.chunks, false);
+  const int64_t Np = w.Np, dp = w.dp;
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t chunk = item % a.chunks;
+    const int64_t bw = item / a.chunks;
     const int64_t win = bw % g.nW;
     const int64_t b = bw / g.nW;
-    gather_tile(a, b, win, h, t, false);
-    tile_logits(a, h, t);
-    for (int64_t i = 0; i < N; ++i) a.lse[tile * N + i] = softmax_row(t.S.data() + i * Np, Np);
-    gemm_nn<acc_t>(t.Nr, dp, N, acc_t(1), t.S.data(), Np, t.v.data(), dp, t.o.data(), dp, false);
+    const int64_t h0 = a.head_begin(chunk), h1 = a.head_begin(chunk + 1);
+    locate_window(a, b, win, w);
+    gather_qkv(a, h0, h1, w, false);
+    if (item + 1 < end) {
+      const int64_t nchunk = (item + 1) % a.chunks, nbw = (item + 1) / a.chunks;
+      prefetch_window(a, nbw / g.nW, nbw % g.nW, a.head_begin(nchunk), a.head_begin(nchunk + 1), false);
+    }
+    for (int64_t h = h0; h < h1; ++h) {
+      const int64_t hh = h - h0;
+      tile_logits(a, h, hh, w);
+      acc_t* lse = a.lse + (bw * a.heads + h) * N;
+      for (int64_t i = 0; i < N; ++i) lse[i] = softmax_row(w.S.data() + i * Np, Np);
+      gemm_nn<acc_t>(w.Nr, dp, N, acc_t(1), w.S.data(), Np, w.v.data() + hh * w.tile, dp,
+                     w.o.data() + hh * w.tile, dp, false);
+    }
     for (int64_t i = 0; i < N; ++i) {
-      if (t.offset[i] < 0) continue;  // padding token: its output is cropped away
-      scalar_t* dst = a.out + t.offset[i] * a.C + h * d;
-      const acc_t* oi = t.o.data() + i * dp;
-      copy_cast(oi, dst, d);
+      if (w.offset[i] < 0) continue;  // padding token: its output is cropped away
+      scalar_t* dst = a.out + w.offset[i] * a.C;
+      for (int64_t h = h0; h < h1; ++h) copy_row(w.o.data() + (h - h0) * w.tile + i * dp, dst + h * d, d);
     }
   }
-}
-
-// Transpose the top-left N x N block of src (ld Np) into dst (ld Np); dst's
-// padding stays zero.
-template <typename acc_t>
-SWIN_ALWAYS_INLINE void transpose_nn(const acc_t* src, acc_t* dst, int64_t N, int64_t Np) {
-  for (int64_t i = 0; i < N; ++i)
-    for (int64_t j = 0; j < N; ++j) dst[j * Np + i] = src[i * Np + j];
 }
 
 template <typename scalar_t>
@@ -180,66 +251,80 @@ SWIN_ALWAYS_INLINE void attention_bwd_items(const AttnArgs<scalar_t>& a, int64_t
   using acc_t = at::opmath_type<scalar_t>;
   const WindowGeometry& g = a.g;
   const int64_t N = g.N, d = a.d, C = a.C, C3 = 3 * C;
-  Tile<acc_t> t(N, d, true);
-  const int64_t Nr = t.Nr, Np = t.Np, dp = t.dp;
-  acc_t* PT = t.T.data();
-  acc_t* dS = t.T.data() + Nr * Np;
+  Work<acc_t> w(N, d, (a.heads + a.chunks - 1) / a.chunks, true);
+  const int64_t Nr = w.Nr, Np = w.Np, dp = w.dp;
+  acc_t* P = w.S.data();
+  acc_t* dS = w.dS.data();
   for (int64_t item = begin; item < end; ++item) {
-    const int64_t h = item % a.heads;
-    const int64_t win = item / a.heads;
-    acc_t* dbias_w = a.dbias_part + item * N * N;
-    std::fill(dbias_w, dbias_w + N * N, acc_t(0));
+    const int64_t chunk = item % a.chunks;
+    const int64_t win = item / a.chunks;
+    const int64_t h0 = a.head_begin(chunk), h1 = a.head_begin(chunk + 1);
+    for (int64_t h = h0; h < h1; ++h) {
+      acc_t* dbias_w = a.dbias_part + (win * a.heads + h) * N * N;
+      std::fill(dbias_w, dbias_w + N * N, acc_t(0));
+    }
     acc_t* dpad_w = a.dpad_part + win * C3;
-    // The batch is looped inside the work item, so the bias gradient is
-    // summed in a fixed order whatever the number of threads.
+    // The batch is looped inside the work item, so each (window, head)'s bias
+    // gradient is summed in a fixed order whatever the number of threads.
     for (int64_t b = 0; b < g.B; ++b) {
-      gather_tile(a, b, win, h, t, true);
+      locate_window(a, b, win, w);
+      gather_qkv(a, h0, h1, w, true);
+      if (b + 1 < g.B) prefetch_window(a, b + 1, win, h0, h1, true);
       for (int64_t i = 0; i < N; ++i) {
-        acc_t* dOi = t.dO.data() + i * dp;
-        if (t.offset[i] >= 0) {
-          copy_cast(a.grad_out + t.offset[i] * C + h * d, dOi, d);
-        } else {
-          for (int64_t c = 0; c < d; ++c) dOi[c] = acc_t(0);
+        const scalar_t* src = w.offset[i] >= 0 ? a.grad_out + w.offset[i] * C : nullptr;
+        for (int64_t h = h0; h < h1; ++h) {
+          acc_t* dOi = w.dO.data() + (h - h0) * w.tile + i * dp;
+          if (src != nullptr) {
+            copy_row(src + h * d, dOi, d);
+          } else {
+            std::fill(dOi, dOi + d, acc_t(0));
+          }
         }
       }
-      // P = exp(S - lse)
-      tile_logits(a, h, t);
-      const acc_t* lse_t = a.lse_in + ((b * g.nW + win) * a.heads + h) * N;
-      for (int64_t i = 0; i < N; ++i) exp_shift_row(t.S.data() + i * Np, lse_t[i], Np);
-      // dP = dO v^T  (into dS), dS = P * (dP - rowsum(P * dP))
-      gemm_nn<acc_t>(Nr, Np, d, acc_t(1), t.dO.data(), dp, t.vt.data(), Np, dS, Np, false);
-      for (int64_t i = 0; i < N; ++i) {
-        const acc_t* p = t.S.data() + i * Np;
-        acc_t* ds = dS + i * Np;
-        acc_t D = 0;
-        for (int64_t j = 0; j < N; ++j) D += p[j] * ds[j];
-        for (int64_t j = 0; j < N; ++j) ds[j] = p[j] * (ds[j] - D);
-        for (int64_t j = N; j < Np; ++j) ds[j] = acc_t(0);
-        acc_t* dbi = dbias_w + i * N;
-        for (int64_t j = 0; j < N; ++j) dbi[j] += ds[j];
-      }
-      // dV = P^T dO
-      transpose_nn(t.S.data(), PT, N, Np);
-      gemm_nn<acc_t>(Nr, dp, N, acc_t(1), PT, Np, t.dO.data(), dp, t.dv.data(), dp, false);
-      // dQ = scale * dS k,  dK = dS^T (q * scale)
-      gemm_nn<acc_t>(Nr, dp, N, a.scale, dS, Np, t.k.data(), dp, t.dq.data(), dp, false);
-      transpose_nn(dS, PT, N, Np);
-      gemm_nn<acc_t>(Nr, dp, N, acc_t(1), PT, Np, t.q.data(), dp, t.dk.data(), dp, false);
-      for (int64_t i = 0; i < N; ++i) {
-        const acc_t* dqi = t.dq.data() + i * dp;
-        const acc_t* dki = t.dk.data() + i * dp;
-        const acc_t* dvi = t.dv.data() + i * dp;
-        if (t.offset[i] >= 0) {
-          scalar_t* dst = a.dqkv + t.offset[i] * C3 + h * d;
-          copy_cast(dqi, dst, d);
-          copy_cast(dki, dst + C, d);
-          copy_cast(dvi, dst + 2 * C, d);
-        } else {
-          // A padding token's k and v feed every query; as a query its dO is
-          // 0 (its output is cropped away), so its dq is 0.
-          for (int64_t c = 0; c < d; ++c) {
-            dpad_w[C + h * d + c] += dki[c];
-            dpad_w[2 * C + h * d + c] += dvi[c];
+      for (int64_t h = h0; h < h1; ++h) {
+        const int64_t hh = h - h0;
+        const acc_t* q = w.q.data() + hh * w.tile;
+        const acc_t* k = w.k.data() + hh * w.tile;
+        const acc_t* dO = w.dO.data() + hh * w.tile;
+        // P = exp(S - lse)
+        tile_logits(a, h, hh, w);
+        const acc_t* lse_t = a.lse_in + ((b * g.nW + win) * a.heads + h) * N;
+        for (int64_t i = 0; i < N; ++i) exp_shift_row(P + i * Np, lse_t[i], Np);
+        // dP = dO v^T  (into dS), dS = P * (dP - rowsum(P * dP))
+        gemm_nn<acc_t>(Nr, Np, d, acc_t(1), dO, dp, w.vt.data() + hh * w.ttile, Np, dS, Np, false);
+        acc_t* dbias_w = a.dbias_part + (win * a.heads + h) * N * N;
+        for (int64_t i = 0; i < N; ++i) {
+          const acc_t* __restrict p = P + i * Np;
+          acc_t* __restrict ds = dS + i * Np;
+          acc_t D = 0;
+#pragma omp simd reduction(+ : D)
+          for (int64_t j = 0; j < N; ++j) D += p[j] * ds[j];
+          for (int64_t j = 0; j < N; ++j) ds[j] = p[j] * (ds[j] - D);
+          for (int64_t j = N; j < Np; ++j) ds[j] = acc_t(0);
+          acc_t* __restrict dbi = dbias_w + i * N;
+          for (int64_t j = 0; j < N; ++j) dbi[j] += ds[j];
+        }
+        // dV = P^T dO, dQ = scale * dS k, dK = dS^T (q * scale); P's and dS's
+        // padding columns are 0, so the rows of dV and dK past N are 0.
+        gemm_tn<acc_t>(Nr, dp, N, acc_t(1), P, Np, dO, dp, w.dv.data(), dp);
+        gemm_nn<acc_t>(Nr, dp, N, a.scale, dS, Np, k, dp, w.dq.data(), dp, false);
+        gemm_tn<acc_t>(Nr, dp, N, acc_t(1), dS, Np, q, dp, w.dk.data(), dp);
+        for (int64_t i = 0; i < N; ++i) {
+          const acc_t* dqi = w.dq.data() + i * dp;
+          const acc_t* dki = w.dk.data() + i * dp;
+          const acc_t* dvi = w.dv.data() + i * dp;
+          if (w.offset[i] >= 0) {
+            scalar_t* dst = a.dqkv + w.offset[i] * C3 + h * d;
+            copy_row(dqi, dst, d);
+            copy_row(dki, dst + C, d);
+            copy_row(dvi, dst + 2 * C, d);
+          } else {
+            // A padding token's k and v feed every query; as a query its dO is
+            // 0 (its output is cropped away), so its dq is 0.
+            for (int64_t c = 0; c < d; ++c) {
+              dpad_w[C + h * d + c] += dki[c];
+              dpad_w[2 * C + h * d + c] += dvi[c];
+            }
           }
         }
       }
@@ -250,8 +335,8 @@ SWIN_ALWAYS_INLINE void attention_bwd_items(const AttnArgs<scalar_t>& a, int64_t
 // ---------------------------------------------------------------- ISA dispatch
 
 template <typename scalar_t>
-void fwd_tiles_default(const AttnArgs<scalar_t>& a, int64_t b, int64_t e) {
-  attention_fwd_tiles(a, b, e);
+void fwd_items_default(const AttnArgs<scalar_t>& a, int64_t b, int64_t e) {
+  attention_fwd_items(a, b, e);
 }
 template <typename scalar_t>
 void bwd_items_default(const AttnArgs<scalar_t>& a, int64_t b, int64_t e) {
@@ -259,8 +344,8 @@ void bwd_items_default(const AttnArgs<scalar_t>& a, int64_t b, int64_t e) {
 }
 #if SWIN_HAVE_AVX2_CLONE
 template <typename scalar_t>
-SWIN_TARGET_AVX2 void fwd_tiles_avx2(const AttnArgs<scalar_t>& a, int64_t b, int64_t e) {
-  attention_fwd_tiles(a, b, e);
+SWIN_TARGET_AVX2 void fwd_items_avx2(const AttnArgs<scalar_t>& a, int64_t b, int64_t e) {
+  attention_fwd_items(a, b, e);
 }
 template <typename scalar_t>
 SWIN_TARGET_AVX2 void bwd_items_avx2(const AttnArgs<scalar_t>& a, int64_t b, int64_t e) {
@@ -269,19 +354,20 @@ SWIN_TARGET_AVX2 void bwd_items_avx2(const AttnArgs<scalar_t>& a, int64_t b, int
 #endif
 
 template <typename scalar_t>
-void run_fwd(const AttnArgs<scalar_t>& a) {
-  const int64_t tiles = a.g.B * a.g.nW * a.heads;
-  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+void run_fwd(AttnArgs<scalar_t>& a) {
+  a.chunks = head_chunks(a.g.B * a.g.nW, a.heads);
+  at::parallel_for(0, a.g.B * a.g.nW * a.chunks, 1, [&](int64_t begin, int64_t end) {
 #if SWIN_HAVE_AVX2_CLONE
-    if (cpu::cpu_has_avx2()) return fwd_tiles_avx2(a, begin, end);
+    if (cpu::cpu_has_avx2()) return fwd_items_avx2(a, begin, end);
 #endif
-    fwd_tiles_default(a, begin, end);
+    fwd_items_default(a, begin, end);
   });
 }
 
 template <typename scalar_t>
-void run_bwd(const AttnArgs<scalar_t>& a) {
-  at::parallel_for(0, a.g.nW * a.heads, 1, [&](int64_t begin, int64_t end) {
+void run_bwd(AttnArgs<scalar_t>& a) {
+  a.chunks = head_chunks(a.g.nW, a.heads);
+  at::parallel_for(0, a.g.nW * a.chunks, 1, [&](int64_t begin, int64_t end) {
 #if SWIN_HAVE_AVX2_CLONE
     if (cpu::cpu_has_avx2()) return bwd_items_avx2(a, begin, end);
 #endif
@@ -300,6 +386,7 @@ AttnArgs<scalar_t> make_args(const at::Tensor& qkv, const at::Tensor& bias, cons
   a.heads = bias.size(0);
   a.C = qkv.size(3) / 3;
   a.d = a.C / a.heads;
+  a.chunks = 1;
   a.scale = static_cast<acc_t>(scale);
   a.masked = g.sh > 0 || g.sw > 0;
   a.qkv = qkv.const_data_ptr<scalar_t>();

@@ -413,55 +413,6 @@ void dispatch_add_layernorm(at::ScalarType tx, at::ScalarType tb, at::ScalarType
               "bfloat16 branch or output");
 }
 
-// Argument checks of the add + LayerNorm glue (shapes, dtypes, devices).
-inline void add_ln_checks(const at::Tensor& x, const at::Tensor& branch, const at::Tensor& weight,
-                          const at::Tensor& bias, double eps) {
-  check_float(x, "x");
-  check_float(branch, "branch");
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) >= 1, "swin_ext.add_layernorm: x must be (..., C) with C >= 1, got ",
-              x.sizes());
-  TORCH_CHECK(branch.sizes() == x.sizes(), "swin_ext.add_layernorm: branch ", branch.sizes(),
-              " must have the shape of x ", x.sizes());
-  const int64_t C = x.size(-1);
-  const auto acc = acc_type_of(x.scalar_type());
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == C && bias.dim() == 1 && bias.size(0) == C,
-              "swin_ext.add_layernorm: weight and bias must be (", C, ",), got ", weight.sizes(), " and ", bias.sizes());
-  TORCH_CHECK(weight.scalar_type() == acc && bias.scalar_type() == acc, "swin_ext.add_layernorm: weight/bias must be ",
-              acc, " for x of dtype ", x.scalar_type(), ", got ", weight.scalar_type(), " and ", bias.scalar_type());
-  check_same_device(x, branch, "x", "branch");
-  check_same_device(x, weight, "x", "weight");
-  check_same_device(x, bias, "x", "bias");
-  check_merging_eps(eps);
-}
-
-inline void add_ln_bwd_checks(const std::optional<at::Tensor>& grad_h, const at::Tensor& grad_y,
-                              const at::Tensor& h, const at::Tensor& weight, const at::Tensor& mean,
-                              const at::Tensor& rstd) {
-  check_float(h, "h");
-  TORCH_CHECK(h.dim() >= 1 && h.size(-1) >= 1, "swin_ext.add_layernorm_bwd: h must be (..., C), got ", h.sizes());
-  TORCH_CHECK(grad_y.sizes() == h.sizes(), "swin_ext.add_layernorm_bwd: grad_y ", grad_y.sizes(),
-              " must have the shape of h ", h.sizes());
-  if (grad_h.has_value()) {
-    TORCH_CHECK(grad_h->sizes() == h.sizes() && grad_h->scalar_type() == h.scalar_type(),
-                "swin_ext.add_layernorm_bwd: grad_h must be ", h.scalar_type(), " ", h.sizes(), ", got ",
-                grad_h->scalar_type(), " ", grad_h->sizes());
-    check_same_device(h, *grad_h, "h", "grad_h");
-  }
-  const auto acc = acc_type_of(h.scalar_type());
-  const auto stat_sizes = h.sizes().slice(0, h.dim() - 1);
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == h.size(-1) && weight.scalar_type() == acc,
-              "swin_ext.add_layernorm_bwd: weight must be ", acc, " (", h.size(-1), ",), got ", weight.scalar_type(),
-              " ", weight.sizes());
-  for (const at::Tensor* t : {&mean, &rstd}) {
-    TORCH_CHECK(t->sizes() == stat_sizes && t->scalar_type() == acc, "swin_ext.add_layernorm_bwd: mean/rstd must be ",
-                acc, " ", stat_sizes, ", got ", t->scalar_type(), " ", t->sizes());
-  }
-  check_same_device(h, grad_y, "h", "grad_y");
-  check_same_device(h, weight, "h", "weight");
-  check_same_device(h, mean, "h", "mean");
-  check_same_device(h, rstd, "h", "rstd");
-}
-
 inline void check_add_layernorm_limits(int64_t rows, int64_t C) {
   constexpr int64_t kMax32 = (int64_t(1) << 31) - 1;
   TORCH_CHECK(rows <= kMax32 && C <= kMax32, "swin_ext.add_layernorm (CUDA): ", rows, " rows of ", C,
@@ -472,7 +423,8 @@ template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_fwd(
     const at::Tensor& x_in, const at::Tensor& branch_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
     double eps, std::optional<at::ScalarType> y_dtype) {
-  add_ln_checks(x_in, branch_in, weight_in, bias_in, eps);
+  check_add_layernorm_args(x_in, branch_in, weight_in, bias_in, y_dtype);
+  check_layernorm_eps(eps, "swin_ext.add_layernorm");
   Backend::check_device(x_in, "x");
   const typename Backend::Guard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), branch = branch_in.contiguous();
@@ -502,7 +454,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_bwd(
     const std::optional<at::Tensor>& grad_h_in, const at::Tensor& grad_y_in, const at::Tensor& h_in,
     const at::Tensor& weight_in, const at::Tensor& mean_in, const at::Tensor& rstd_in,
     std::optional<at::ScalarType> branch_dtype) {
-  add_ln_bwd_checks(grad_h_in, grad_y_in, h_in, weight_in, mean_in, rstd_in);
+  check_add_layernorm_bwd_args(grad_h_in, grad_y_in, h_in, weight_in, mean_in, rstd_in, branch_dtype);
   Backend::check_device(h_in, "h");
   const typename Backend::Guard guard(h_in.device());
   const at::Tensor h = h_in.contiguous(), grad_y = grad_y_in.contiguous();

@@ -1,0 +1,509 @@
+// CPU kernels of the residual add fused with LayerNorm (add_layernorm_fwd /
+// add_layernorm_bwd, schemas in op_schemas.h).
+//
+// Forward, one pass over each row: h = x + branch (summed in float32, float64
+// if either input is float64; stored in x's dtype), the LayerNorm statistics
+// of the stored h (layernorm_cpu.h: huge-value safe, corrected two-pass) and
+// y = (h - mean) * rstd * weight + bias in y's dtype.  x and branch are read
+// once and h and y written once; the row lives in a small buffer in the
+// accumulation type in between.
+//
+// Backward, one pass over each row: dh = grad_h + rstd * (g - mean(g) -
+// xhat * mean(g * xhat)) with g = grad_y * weight, written in h's dtype and,
+// when asked, in the branch's dtype too (the branch's gradient has the same
+// values).  dweight / dbias are summed per fixed block of rows into partials
+// which are then added in block order, so they do not depend on the number
+// of threads (bitwise reproducible, no atomics).
+//
+// Rows are split over threads with at::parallel_for; the row code is compiled
+// twice (AVX2+FMA and baseline, see cpu_microkernels.h) and picked at run
+// time.  Dtypes are resolved per row by a switch in the load/store helpers,
+// so the arithmetic is compiled once per accumulation type.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "../checks.h"
+#include "cpu_microkernels.h"
+#include "layernorm_cpu.h"
+
+namespace swin_ext {
+namespace {
+
+using cpu::load_row;
+using cpu::row_stats;
+using cpu::store_row;
+
+// Rows per block of the weight/bias gradient partial sums.  Fixed, so that
+// the reduction order (hence the result) is independent of threads.
+constexpr int64_t kLnRowsPerPartial = 32;
+
+template <typename acc_t>
+struct AddLnArgs {
+  int64_t rows, C;
+  acc_t eps;
+  at::ScalarType x_t, b_t, y_t;  // forward: x (and h), branch, y; backward: h, dbranch, grad_y
+  const acc_t* weight;
+  const acc_t* bias;
+  // forward
+  const void* x;
+  const void* branch;
+  void* h;
+  void* y;
+  acc_t* mean;
+  acc_t* rstd;
+  // backward
+  const void* grad_h;  // null: no gradient from h's other uses
+  const void* grad_y;
+  const void* h_in;
+  const acc_t* mean_in;
+  const acc_t* rstd_in;
+  void* dh;
+  void* dbranch;  // null: not asked for
+  acc_t* dw_part;
+  acc_t* db_part;
+};
+
+// Forward of rows [begin, end).  add_t: the type the add runs in.
+template <typename add_t, typename acc_t>
+SWIN_ALWAYS_INLINE void add_ln_fwd_rows(const AddLnArgs<acc_t>& a, int64_t begin, int64_t end) {
+  const int64_t C = a.C;
+  // h needs re-reading (rounded to x's dtype) unless the sum already is h exactly.
+  constexpr bool kSameAcc = std::is_same<add_t, acc_t>::value;
+  const bool h_exact = kSameAcc && (a.x_t == (std::is_same<acc_t, double>::value ? at::kDouble : at::kFloat));
+  std::vector<add_t> s_storage(2 * C);
+  std::vector<acc_t> n_storage(h_exact ? 0 : C);
+  add_t* __restrict s = s_storage.data();
+  add_t* __restrict t = s_storage.data() + C;
+  const acc_t* __restrict w = a.weight;
+  const acc_t* __restrict bb = a.bias;
+  for (int64_t r = begin; r < end; ++r) {
+    load_row(a.x_t, a.x, r, C, s);
+    load_row(a.b_t, a.branch, r, C, t);
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) s[c] += t[c];
+    store_row(a.x_t, a.h, r, C, s);
+    acc_t* __restrict buf;
+    if constexpr (kSameAcc) {
+      buf = h_exact ? s : n_storage.data();
+    } else {
+      buf = n_storage.data();
+    }
+    if (!h_exact) load_row(a.x_t, a.h, r, C, buf);  // the stored (rounded) h, still in L1
+    const auto st = row_stats(buf, C, a.eps);
+    a.mean[r] = st.mean_store;
+    a.rstd[r] = st.rstd_store;
+    const acc_t m = st.mean, rs = st.rstd;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) buf[c] = (buf[c] - m) * rs * w[c] + bb[c];
+    store_row(a.y_t, a.y, r, C, buf);
+  }
+}
+
+// ---------------------------------------------------------------- float32 fast paths
+//
+// The autocast and float32 cases -- x (and h) float32, branch and y float32
+// or bfloat16, accumulation float32 -- as three vectorised passes per row:
+// (1) h = x + branch, stored, with sum and max|h|; (2) the corrected
+// two-pass variance on h (re-read from L1); (3) y.  A row with max|h| above
+// the rescaling threshold (or a non-finite one) goes through the generic
+// code, which handles it (layernorm_cpu.h).  Same statistics as row_stats,
+// summed in 8 lanes then across them.
+
+template <typename BT, typename YT>
+SWIN_ALWAYS_INLINE void add_ln_fwd_rows_f32(const AddLnArgs<float>& a, int64_t begin, int64_t end) {
+  using cpu::v8f;
+  const int64_t C = a.C, Cv = C / 8 * 8;
+  const float* __restrict w = a.weight;
+  const float* __restrict bb = a.bias;
+  const float inv_n = 1.0f / static_cast<float>(C);
+  for (int64_t r = begin; r < end; ++r) {
+    const float* __restrict x = static_cast<const float*>(a.x) + r * C;
+    const BT* __restrict br = static_cast<const BT*>(a.branch) + r * C;
+    float* __restrict h = static_cast<float*>(a.h) + r * C;
+    YT* __restrict y = static_cast<YT*>(a.y) + r * C;
+    v8f vs = {}, vm = {};
+    int64_t c = 0;
+    for (; c < Cv; c += 8) {
+      const v8f v = cpu::load8(x + c) + cpu::load8(br + c);
+      cpu::store8(h + c, v);
+      vs += v;
+      const v8f av = cpu::abs8(v);
+      vm = av > vm ? av : vm;
+    }
+    float sum = cpu::hsum8(vs), amax = cpu::hmax8(vm);
+    for (; c < C; ++c) {
+      const float v = x[c] + static_cast<float>(br[c]);
+      h[c] = v;
+      sum += v;
+      const float av = std::abs(v);
+      amax = av > amax ? av : amax;
+    }
+    if (!(amax <= cpu::kScaleAbove<float>)) {  // huge or non-finite: the generic row code
+      add_ln_fwd_rows<float>(a, r, r + 1);
+      continue;
+    }
+    const float m0 = sum * inv_n;
+    v8f v1 = {}, v2 = {};
+    for (c = 0; c < Cv; c += 8) {
+      const v8f d = cpu::load8(h + c) - m0;
+      v1 += d;
+      v2 += d * d;
+    }
+    float s1 = cpu::hsum8(v1), s2 = cpu::hsum8(v2);
+    for (; c < C; ++c) {
+      const float d = h[c] - m0;
+      s1 += d;
+      s2 += d * d;
+    }
+    const float dm = s1 * inv_n;
+    const float m = m0 + dm;
+    const float var = std::max(s2 * inv_n - dm * dm, 0.0f);
+    const float rs = 1.0f / std::sqrt(var + a.eps);
+    a.mean[r] = m;
+    a.rstd[r] = rs;
+    for (c = 0; c < Cv; c += 8) {
+      cpu::store8(y + c, (cpu::load8(h + c) - m) * rs * cpu::load8(w + c) + cpu::load8(bb + c));
+    }
+    for (; c < C; ++c) y[c] = static_cast<YT>((h[c] - m) * rs * w[c] + bb[c]);
+  }
+}
+
+// Backward of the float32 fast path: h, grad_h, dh float32; grad_y and dbranch
+// float32 or bfloat16 (DT = void: no dbranch).
+template <typename GT, typename DT>
+SWIN_ALWAYS_INLINE void add_ln_bwd_blocks_f32(const AddLnArgs<float>& a, int64_t begin, int64_t end) {
+  using cpu::v8f;
+  const int64_t C = a.C, Cv = C / 8 * 8;
+  std::vector<float> storage(2 * C);
+  float* __restrict xh = storage.data();
+  float* __restrict gwb = storage.data() + C;
+  const float* __restrict w = a.weight;
+  const float inv_n = 1.0f / static_cast<float>(C);
+  for (int64_t blk = begin; blk < end; ++blk) {
+    float* __restrict dw = a.dw_part + blk * C;
+    float* __restrict db = a.db_part + blk * C;
+    std::fill(dw, dw + C, 0.0f);
+    std::fill(db, db + C, 0.0f);
+    const int64_t r_end = std::min(a.rows, (blk + 1) * kLnRowsPerPartial);
+    for (int64_t r = blk * kLnRowsPerPartial; r < r_end; ++r) {
+      const float* __restrict h = static_cast<const float*>(a.h_in) + r * C;
+      const GT* __restrict gy = static_cast<const GT*>(a.grad_y) + r * C;
+      const float m = a.mean_in[r], rs = a.rstd_in[r];
+      v8f vg = {}, vgx = {};
+      int64_t c = 0;
+      for (; c < Cv; c += 8) {
+        const v8f x = (cpu::load8(h + c) - m) * rs;
+        const v8f g = cpu::load8(gy + c);
+        cpu::store8(dw + c, cpu::load8(dw + c) + g * x);
+        cpu::store8(db + c, cpu::load8(db + c) + g);
+        const v8f gw = g * cpu::load8(w + c);
+        cpu::store8(xh + c, x);
+        cpu::store8(gwb + c, gw);
+        vg += gw;
+        vgx += gw * x;
+      }
+      float sum_g = cpu::hsum8(vg), sum_gx = cpu::hsum8(vgx);
+      for (; c < C; ++c) {
+        const float x = (h[c] - m) * rs;
+        const float g = static_cast<float>(gy[c]);
+        dw[c] += g * x;
+        db[c] += g;
+        const float gw = g * w[c];
+        xh[c] = x;
+        gwb[c] = gw;
+        sum_g += gw;
+        sum_gx += gw * x;
+      }
+      const float mg = sum_g * inv_n, mgx = sum_gx * inv_n;
+      const float* __restrict gh = a.grad_h ? static_cast<const float*>(a.grad_h) + r * C : nullptr;
+      float* __restrict dh = static_cast<float*>(a.dh) + r * C;
+      for (c = 0; c < Cv; c += 8) {
+        v8f d = rs * (cpu::load8(gwb + c) - mg - cpu::load8(xh + c) * mgx);
+        if (gh) d += cpu::load8(gh + c);
+        cpu::store8(dh + c, d);
+        if constexpr (!std::is_void<DT>::value) cpu::store8(static_cast<DT*>(a.dbranch) + r * C + c, d);
+      }
+      for (; c < C; ++c) {
+        float d = rs * (gwb[c] - mg - xh[c] * mgx);
+        if (gh) d += gh[c];
+        dh[c] = d;
+        if constexpr (!std::is_void<DT>::value) static_cast<DT*>(a.dbranch)[r * C + c] = static_cast<DT>(d);
+      }
+    }
+  }
+}
+
+// Backward of the fixed row blocks [begin, end): dh (and dbranch) and the
+// per-block dweight/dbias partials.
+template <typename acc_t>
+SWIN_ALWAYS_INLINE void add_ln_bwd_blocks(const AddLnArgs<acc_t>& a, int64_t begin, int64_t end) {
+  const int64_t C = a.C;
+  std::vector<acc_t> storage(2 * C);
+  acc_t* __restrict xh = storage.data();
+  acc_t* __restrict g = storage.data() + C;
+  const acc_t* __restrict w = a.weight;
+  const acc_t inv_n = acc_t(1) / static_cast<acc_t>(C);
+  for (int64_t blk = begin; blk < end; ++blk) {
+    acc_t* __restrict dw = a.dw_part + blk * C;
+    acc_t* __restrict db = a.db_part + blk * C;
+    std::fill(dw, dw + C, acc_t(0));
+    std::fill(db, db + C, acc_t(0));
+    const int64_t r_end = std::min(a.rows, (blk + 1) * kLnRowsPerPartial);
+    for (int64_t r = blk * kLnRowsPerPartial; r < r_end; ++r) {
+      load_row(a.x_t, a.h_in, r, C, xh);
+      load_row(a.y_t, a.grad_y, r, C, g);
+      const acc_t m = a.mean_in[r], rs = a.rstd_in[r];
+      acc_t sum_g = 0, sum_gx = 0;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t gy = g[c];
+        const acc_t x = (xh[c] - m) * rs;
+        xh[c] = x;
+        dw[c] += gy * x;
+        db[c] += gy;
+        const acc_t gw = gy * w[c];
+        g[c] = gw;
+        sum_g += gw;
+        sum_gx += gw * x;
+      }
+      const acc_t mg = sum_g * inv_n, mgx = sum_gx * inv_n;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) xh[c] = rs * (g[c] - mg - xh[c] * mgx);
+      if (a.grad_h != nullptr) {
+        load_row(a.x_t, a.grad_h, r, C, g);
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) xh[c] += g[c];
+      }
+      store_row(a.x_t, a.dh, r, C, xh);
+      if (a.dbranch != nullptr) store_row(a.b_t, a.dbranch, r, C, xh);
+    }
+  }
+}
+
+// dweight/dbias = the partials summed in block order (channels split over threads).
+template <typename acc_t>
+SWIN_ALWAYS_INLINE void reduce_partials(const AddLnArgs<acc_t>& a, int64_t nblocks, acc_t* dweight,
+                                        acc_t* dbias, int64_t c0, int64_t c1) {
+  const int64_t C = a.C;
+  std::fill(dweight + c0, dweight + c1, acc_t(0));
+  std::fill(dbias + c0, dbias + c1, acc_t(0));
+  for (int64_t blk = 0; blk < nblocks; ++blk) {
+    const acc_t* __restrict pw = a.dw_part + blk * C;
+    const acc_t* __restrict pb = a.db_part + blk * C;
+#pragma omp simd
+    for (int64_t c = c0; c < c1; ++c) {
+      dweight[c] += pw[c];
+      dbias[c] += pb[c];
+    }
+  }
+}
+
+// ---------------------------------------------------------------- ISA dispatch
+
+// Which row code a call takes: the float32 fast paths (by branch / y /
+// grad_y / dbranch dtype) or the generic one.
+enum class Path { kGeneric, kF32F32, kF32BF16, kBF16F32, kBF16BF16 };
+
+inline Path fast_path(at::ScalarType first, at::ScalarType second, bool second_none = false) {
+  const bool f1 = first == at::kFloat, b1 = first == at::kBFloat16;
+  const bool f2 = second_none || second == at::kFloat, b2 = !second_none && second == at::kBFloat16;
+  if (!(f1 || b1) || !(f2 || b2)) return Path::kGeneric;
+  return f1 ? (f2 ? Path::kF32F32 : Path::kF32BF16) : (f2 ? Path::kBF16F32 : Path::kBF16BF16);
+}
+
+template <typename add_t, typename acc_t>
+SWIN_ALWAYS_INLINE void fwd_rows(const AddLnArgs<acc_t>& a, Path path, int64_t b, int64_t e) {
+  if constexpr (std::is_same<add_t, float>::value && std::is_same<acc_t, float>::value) {
+    switch (path) {
+      case Path::kF32F32: return add_ln_fwd_rows_f32<float, float>(a, b, e);
+      case Path::kF32BF16: return add_ln_fwd_rows_f32<float, c10::BFloat16>(a, b, e);
+      case Path::kBF16F32: return add_ln_fwd_rows_f32<c10::BFloat16, float>(a, b, e);
+      case Path::kBF16BF16: return add_ln_fwd_rows_f32<c10::BFloat16, c10::BFloat16>(a, b, e);
+      default: break;
+    }
+  }
+  add_ln_fwd_rows<add_t>(a, b, e);
+}
+
+template <typename acc_t>
+SWIN_ALWAYS_INLINE void bwd_blocks(const AddLnArgs<acc_t>& a, Path path, int64_t b, int64_t e) {
+  if constexpr (std::is_same<acc_t, float>::value) {
+    const bool none = a.dbranch == nullptr;
+    switch (path) {
+      case Path::kF32F32: return none ? add_ln_bwd_blocks_f32<float, void>(a, b, e)
+                                      : add_ln_bwd_blocks_f32<float, float>(a, b, e);
+      case Path::kF32BF16: return add_ln_bwd_blocks_f32<float, c10::BFloat16>(a, b, e);
+      case Path::kBF16F32: return none ? add_ln_bwd_blocks_f32<c10::BFloat16, void>(a, b, e)
+                                       : add_ln_bwd_blocks_f32<c10::BFloat16, float>(a, b, e);
+      case Path::kBF16BF16: return add_ln_bwd_blocks_f32<c10::BFloat16, c10::BFloat16>(a, b, e);
+      default: break;
+    }
+  }
+  add_ln_bwd_blocks(a, b, e);
+}
+
+template <typename add_t, typename acc_t>
+void fwd_rows_default(const AddLnArgs<acc_t>& a, Path p, int64_t b, int64_t e) {
+  fwd_rows<add_t>(a, p, b, e);
+}
+template <typename acc_t>
+void bwd_blocks_default(const AddLnArgs<acc_t>& a, Path p, int64_t b, int64_t e) {
+  bwd_blocks(a, p, b, e);
+}
+#if SWIN_HAVE_AVX2_CLONE
+template <typename add_t, typename acc_t>
+SWIN_TARGET_AVX2 void fwd_rows_avx2(const AddLnArgs<acc_t>& a, Path p, int64_t b, int64_t e) {
+  fwd_rows<add_t>(a, p, b, e);
+}
+template <typename acc_t>
+SWIN_TARGET_AVX2 void bwd_blocks_avx2(const AddLnArgs<acc_t>& a, Path p, int64_t b, int64_t e) {
+  bwd_blocks(a, p, b, e);
+}
+#endif
+
+// Rows per parallel task: about 16K elements, so small tensors stay on one thread.
+inline int64_t row_grain(int64_t C) { return std::max<int64_t>(1, (int64_t(1) << 14) / C); }
+
+template <typename add_t, typename acc_t>
+void run_fwd(const AddLnArgs<acc_t>& a) {
+  const Path p = a.x_t == at::kFloat ? fast_path(a.b_t, a.y_t) : Path::kGeneric;
+  at::parallel_for(0, a.rows, row_grain(a.C), [&](int64_t begin, int64_t end) {
+#if SWIN_HAVE_AVX2_CLONE
+    if (cpu::cpu_has_avx2()) return fwd_rows_avx2<add_t>(a, p, begin, end);
+#endif
+    fwd_rows_default<add_t>(a, p, begin, end);
+  });
+}
+
+template <typename acc_t>
+void run_bwd(const AddLnArgs<acc_t>& a, int64_t nblocks, acc_t* dweight, acc_t* dbias) {
+  const int64_t grain = std::max<int64_t>(1, row_grain(a.C) / kLnRowsPerPartial);
+  const Path p = a.x_t == at::kFloat ? fast_path(a.y_t, a.b_t, a.dbranch == nullptr) : Path::kGeneric;
+  at::parallel_for(0, nblocks, grain, [&](int64_t begin, int64_t end) {
+#if SWIN_HAVE_AVX2_CLONE
+    if (cpu::cpu_has_avx2()) return bwd_blocks_avx2(a, p, begin, end);
+#endif
+    bwd_blocks_default(a, p, begin, end);
+  });
+  // Channel chunks of 64 (a multiple of every vector width); each sums its
+  // channels over the blocks in order.
+  at::parallel_for(0, (a.C + 63) / 64, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, nblocks)),
+                   [&](int64_t begin, int64_t end) {
+                     reduce_partials(a, nblocks, dweight, dbias, begin * 64,
+                                     std::min(a.C, end * 64));
+                   });
+}
+
+// ---------------------------------------------------------------- ATen glue
+
+std::vector<int64_t> row_shape(const at::Tensor& t) {
+  return std::vector<int64_t>(t.sizes().begin(), t.sizes().end() - 1);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_fwd_cpu(
+    const at::Tensor& x_in, const at::Tensor& branch_in, const at::Tensor& weight_in,
+    const at::Tensor& bias_in, double eps, std::optional<at::ScalarType> y_dtype) {
+  const int64_t C = check_add_layernorm_args(x_in, branch_in, weight_in, bias_in, y_dtype);
+  check_layernorm_eps(eps, "swin_ext.add_layernorm");
+  TORCH_CHECK(x_in.device().is_cpu(), "swin_ext: CPU kernel called with ", x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor branch = branch_in.contiguous();
+  const at::Tensor weight = weight_in.contiguous();
+  const at::Tensor bias = bias_in.contiguous();
+  const at::ScalarType yt = y_dtype.value_or(x.scalar_type());
+  at::Tensor h = at::empty(x.sizes(), x.options());
+  at::Tensor y = at::empty(x.sizes(), x.options().dtype(yt));
+  at::Tensor mean = at::empty(row_shape(x), weight.options());
+  at::Tensor rstd = at::empty(row_shape(x), weight.options());
+  const int64_t rows = x.numel() / C;
+  if (rows == 0) return {h, y, mean, rstd};
+  const bool wide_add = x.scalar_type() == at::kDouble || branch.scalar_type() == at::kDouble;
+  auto launch = [&](auto acc_tag, auto add_tag) {
+    using acc_t = decltype(acc_tag);
+    using add_t = decltype(add_tag);
+    AddLnArgs<acc_t> a{};
+    a.rows = rows, a.C = C, a.eps = static_cast<acc_t>(eps);
+    a.x_t = x.scalar_type(), a.b_t = branch.scalar_type(), a.y_t = yt;
+    a.weight = weight.const_data_ptr<acc_t>();
+    a.bias = bias.const_data_ptr<acc_t>();
+    a.x = x.const_data_ptr();
+    a.branch = branch.const_data_ptr();
+    a.h = h.mutable_data_ptr();
+    a.y = y.mutable_data_ptr();
+    a.mean = mean.mutable_data_ptr<acc_t>();
+    a.rstd = rstd.mutable_data_ptr<acc_t>();
+    run_fwd<add_t>(a);
+  };
+  if (x.scalar_type() == at::kDouble) {
+    launch(double{}, double{});
+  } else if (wide_add) {
+    launch(float{}, double{});
+  } else {
+    launch(float{}, float{});
+  }
+  return {h, y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_bwd_cpu(
+    const std::optional<at::Tensor>& grad_h_in, const at::Tensor& grad_y_in, const at::Tensor& h_in,
+    const at::Tensor& weight_in, const at::Tensor& mean_in, const at::Tensor& rstd_in,
+    std::optional<at::ScalarType> branch_dtype) {
+  const int64_t C = check_add_layernorm_bwd_args(grad_h_in, grad_y_in, h_in, weight_in, mean_in,
+                                                 rstd_in, branch_dtype);
+  TORCH_CHECK(h_in.device().is_cpu(), "swin_ext: CPU kernel called with ", h_in.device());
+  const at::Tensor h = h_in.contiguous();
+  const at::Tensor grad_y = grad_y_in.contiguous();
+  const at::Tensor weight = weight_in.contiguous();
+  const at::Tensor mean = mean_in.contiguous();
+  const at::Tensor rstd = rstd_in.contiguous();
+  const bool has_grad_h = grad_h_in.has_value();
+  const at::Tensor grad_h = has_grad_h ? grad_h_in->contiguous() : at::Tensor();
+  at::Tensor dh = at::empty(h.sizes(), h.options());
+  at::Tensor dbranch = branch_dtype.has_value() ? at::empty(h.sizes(), h.options().dtype(*branch_dtype))
+                                                : at::empty({0}, h.options());
+  at::Tensor dweight = at::empty({C}, weight.options());
+  at::Tensor dbias = at::empty({C}, weight.options());
+  const int64_t rows = h.numel() / C;
+  if (rows == 0) return {dh, dbranch, dweight.zero_(), dbias.zero_()};
+  const int64_t nblocks = (rows + kLnRowsPerPartial - 1) / kLnRowsPerPartial;
+  at::Tensor dw_part = at::empty({nblocks, C}, weight.options());
+  at::Tensor db_part = at::empty({nblocks, C}, weight.options());
+  auto launch = [&](auto acc_tag) {
+    using acc_t = decltype(acc_tag);
+    AddLnArgs<acc_t> a{};
+    a.rows = rows, a.C = C;
+    a.x_t = h.scalar_type(), a.y_t = grad_y.scalar_type();
+    a.b_t = branch_dtype.value_or(h.scalar_type());
+    a.weight = weight.const_data_ptr<acc_t>();
+    a.grad_h = has_grad_h ? grad_h.const_data_ptr() : nullptr;
+    a.grad_y = grad_y.const_data_ptr();
+    a.h_in = h.const_data_ptr();
+    a.mean_in = mean.const_data_ptr<acc_t>();
+    a.rstd_in = rstd.const_data_ptr<acc_t>();
+    a.dh = dh.mutable_data_ptr();
+    a.dbranch = branch_dtype.has_value() ? dbranch.mutable_data_ptr() : nullptr;
+    a.dw_part = dw_part.mutable_data_ptr<acc_t>();
+    a.db_part = db_part.mutable_data_ptr<acc_t>();
+    run_bwd(a, nblocks, dweight.mutable_data_ptr<acc_t>(), dbias.mutable_data_ptr<acc_t>());
+  };
+  if (h.scalar_type() == at::kDouble) {
+    launch(double{});
+  } else {
+    launch(float{});
+  }
+  return {dh, dbranch, dweight, dbias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(swin_ext, CPU, m) {
+  m.impl("add_layernorm_fwd", &add_layernorm_fwd_cpu);
+  m.impl("add_layernorm_bwd", &add_layernorm_bwd_cpu);
+}
+
+}  // namespace swin_ext

@@ -1,0 +1,26 @@
+"""swin_ext's layers: the fast paths behind small functions, the probes and switches in :mod:`.config`.
+
+Each model module stores one flag (``fused`` / ``fast``, set from the model's
+backend) and calls these; every function falls back to plain PyTorch where
+its fast path does not apply, and its docstring says what runs where.
+"""
+from .attention import window_attention
+from .config import autocast_dtype, has_kernel, onednn_available, set_onednn, use_onednn
+from .fast_linear import Linear, linear, linear_gelu
+from .mlp import Mlp
+from .norm import add_layernorm, residual_add
+
+__all__ = [
+    "window_attention",
+    "add_layernorm",
+    "residual_add",
+    "Linear",
+    "linear",
+    "linear_gelu",
+    "Mlp",
+    "has_kernel",
+    "use_onednn",
+    "set_onednn",
+    "onednn_available",
+    "autocast_dtype",
+]
