@@ -105,7 +105,7 @@ inline int64_t check_layernorm_input(const at::Tensor& t, const char* op, const 
   TORCH_CHECK(t.dim() >= 1, op, ": ", name, " must be (..., C) with at least one dim, got a scalar");
   check_dims_bounded(t, name);
   const int64_t C = t.size(-1);
-  TORCH_CHECK(C >= 1 && C <= kMaxLayerNormChannels, op, ": the normalized (last) dim C of ", name,
+  TORCH_CHECK(C >= 1 && C <= kMaxLayerNormChannels, op, ": the last dim C of ", name,
               " must be in [1, ", kMaxLayerNormChannels, "], got ", C);
   int64_t n = 1;
   for (int64_t i = 0; i < t.dim(); ++i) n = checked_mul(n, t.size(i), "add_layernorm: the element count");
@@ -171,6 +171,31 @@ inline int64_t check_add_layernorm_bwd_args(const std::optional<at::Tensor>& gra
   check_same_device(h, mean, "h", "mean");
   check_same_device(h, rstd, "h", "rstd");
   return C;
+}
+
+// Validates the arguments of bias_gelu_fwd (z (..., K), bias (K,) in z's
+// accumulation dtype); returns K.
+inline int64_t check_bias_gelu_args(const at::Tensor& z, const at::Tensor& bias) {
+  constexpr const char* op = "swin_ext.bias_gelu";
+  const int64_t K = check_layernorm_input(z, op, "z");
+  check_strided(bias, "bias");
+  const auto acc = acc_type_of(z.scalar_type());
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == K && bias.scalar_type() == acc, op, ": bias must be ", acc,
+              " (", K, ",) for z of dtype ", z.scalar_type(), " and shape ", z.sizes(), ", got ",
+              bias.scalar_type(), " ", bias.sizes());
+  check_same_device(z, bias, "z", "bias");
+  return K;
+}
+
+// Validates the arguments of bias_gelu_bwd; returns K.
+inline int64_t check_bias_gelu_bwd_args(const at::Tensor& grad_y, const at::Tensor& z, const at::Tensor& bias) {
+  const int64_t K = check_bias_gelu_args(z, bias);
+  check_float(grad_y, "grad_y");
+  TORCH_CHECK(grad_y.sizes() == z.sizes() && grad_y.scalar_type() == z.scalar_type(),
+              "swin_ext.bias_gelu_bwd: grad_y must be ", z.scalar_type(), " ", z.sizes(), ", got ",
+              grad_y.scalar_type(), " ", grad_y.sizes());
+  check_same_device(z, grad_y, "z", "grad_y");
+  return K;
 }
 
 // Validates the attention arguments and returns the window geometry.

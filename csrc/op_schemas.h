@@ -69,6 +69,13 @@ constexpr const char* kAddLayerNormBwd =
     "add_layernorm_bwd(Tensor? grad_h, Tensor grad_y, Tensor h, Tensor weight, Tensor mean, "
     "Tensor rstd, ScalarType? branch_dtype) -> (Tensor, Tensor, Tensor, Tensor)";
 
+// fc1's epilogue: y = GELU(z + bias), the exact (erf) GELU, over the output
+// z (..., K) of the bias-free fc1 GEMM; bias (K,) in z's accumulation dtype.
+constexpr const char* kBiasGeluFwd = "bias_gelu_fwd(Tensor z, Tensor bias) -> Tensor";
+// returns dz = grad_y * GELU'(z + bias) in z's dtype and dbias (K,) = the
+// column sums of dz (from float32 values, fixed-order partials).
+constexpr const char* kBiasGeluBwd = "bias_gelu_bwd(Tensor grad_y, Tensor z, Tensor bias) -> (Tensor, Tensor)";
+
 // Defines every operator of the list on `m`.
 inline void define_ops(torch::Library& m) {
   m.def(kWindowAttentionFwd);
@@ -79,6 +86,8 @@ inline void define_ops(torch::Library& m) {
   m.def(kPatchMergingBwd);
   m.def(kAddLayerNormFwd);
   m.def(kAddLayerNormBwd);
+  m.def(kBiasGeluFwd);
+  m.def(kBiasGeluBwd);
 }
 
 }  // namespace schema

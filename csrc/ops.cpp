@@ -8,16 +8,37 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "checks.h"
 #include "op_schemas.h"
 
 extern "C" {
-// `import swin_ext._C` runs the static initialisers below; the module itself
-// is empty (the ops live in torch.ops.swin_ext).
+// `import swin_ext._C` runs the static initialisers below; the module holds
+// only the argument limits of checks.h (written once, there: swin_ext's
+// Python validation reads them from here), the ops live in torch.ops.swin_ext.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT, "_C", "swin_ext compiled operators (see torch.ops.swin_ext)", -1,
       nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* m = PyModule_Create(&module_def);
+  if (m == nullptr) return nullptr;
+  const struct {
+    const char* name;
+    long long value;
+  } limits[] = {
+      {"MAX_WINDOW_SIZE", swin_ext::kMaxWindowSize},
+      {"MAX_DIM", swin_ext::kMaxDim},
+      {"MAX_MERGE_CHANNELS", swin_ext::kMaxMergeChannels},
+      {"MAX_LAYERNORM_CHANNELS", swin_ext::kMaxLayerNormChannels},
+  };
+  for (const auto& l : limits) {
+    PyObject* v = PyLong_FromLongLong(l.value);
+    if (v == nullptr || PyModule_AddObject(m, l.name, v) != 0) {
+      Py_XDECREF(v);
+      Py_DECREF(m);
+      return nullptr;
+    }
+  }
+  return m;
 }
 }
 

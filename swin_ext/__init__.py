@@ -5,9 +5,10 @@
     >>> logits = model(torch.randn(2, 3, 224, 224))
 """
 from ._ext import HAS_OPS, build_info
-from .ops import add_layernorm, patch_merging, window_attention, window_attention_v2
+from .ops import add_layernorm, bias_gelu, patch_merging, window_attention, window_attention_v2
 from .reference import (
     add_layernorm_reference,
+    bias_gelu_reference,
     patch_merging_reference,
     window_attention_reference,
     window_attention_v2_reference,
@@ -41,10 +42,12 @@ __all__ = [
     "window_attention_v2",
     "patch_merging",
     "add_layernorm",
+    "bias_gelu",
     "window_attention_reference",
     "window_attention_v2_reference",
     "patch_merging_reference",
     "add_layernorm_reference",
+    "bias_gelu_reference",
     "PatchEmbed",
     "PatchMerging",
     "BasicLayer",

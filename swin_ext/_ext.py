@@ -5,7 +5,7 @@ from typing import Any, Dict
 
 import torch
 
-__all__ = ["HAS_OPS", "LOAD_ERROR", "build_info", "require_ops"]
+__all__ = ["HAS_OPS", "LOAD_ERROR", "LIMITS", "build_info", "require_ops"]
 
 try:
     from . import _build_config  # written by setup.py
@@ -14,6 +14,9 @@ except ImportError:  # a source checkout that was never built
 
 HAS_OPS = False
 LOAD_ERROR = ""
+#: The kernels' argument limits, from ``csrc/checks.h`` through ``swin_ext._C``
+#: (empty without the compiled extension: then no kernel runs to need them).
+LIMITS: Dict[str, int] = {}
 
 if _build_config is None:
     LOAD_ERROR = (
@@ -33,6 +36,8 @@ else:
         from . import _C  # noqa: F401  (registers torch.ops.swin_ext.*)
 
         HAS_OPS = True
+        LIMITS = {k: getattr(_C, k) for k in ("MAX_WINDOW_SIZE", "MAX_DIM", "MAX_MERGE_CHANNELS",
+                                              "MAX_LAYERNORM_CHANNELS") if hasattr(_C, k)}
     except ImportError as e:  # pragma: no cover - broken install
         LOAD_ERROR = f"swin_ext._C failed to load: {e}"
 

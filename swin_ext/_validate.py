@@ -18,6 +18,8 @@ from typing import Optional, Sequence, Tuple, Type, Union
 
 import torch
 
+from ._ext import LIMITS
+
 __all__ = [
     "MAX_WINDOW_SIZE",
     "MAX_DIM",
@@ -35,14 +37,17 @@ __all__ = [
     "dtype_arg",
 ]
 
-#: Largest window side (``csrc/checks.h`` kMaxWindowSize): ``N = ws**2 <= 2**30``.
-MAX_WINDOW_SIZE = 2**15
+# The kernels' limits are written once, in csrc/checks.h, and read from the
+# compiled extension; without it no kernel runs and nothing is limited.
+_NO_LIMIT = float("inf")
+#: Largest window side (kMaxWindowSize): ``N = ws**2 <= 2**30``.
+MAX_WINDOW_SIZE = LIMITS.get("MAX_WINDOW_SIZE", _NO_LIMIT)
 #: Largest dimension of any tensor argument (kMaxDim).
-MAX_DIM = 2**40
+MAX_DIM = LIMITS.get("MAX_DIM", _NO_LIMIT)
 #: Largest patch-merging channel count ``C`` (kMaxMergeChannels): ``4C <= 2**30``.
-MAX_MERGE_CHANNELS = 2**28
-#: Largest add_layernorm channel count ``C`` (kMaxLayerNormChannels).
-MAX_LAYERNORM_CHANNELS = 2**30
+MAX_MERGE_CHANNELS = LIMITS.get("MAX_MERGE_CHANNELS", _NO_LIMIT)
+#: Largest add_layernorm / bias_gelu channel count (kMaxLayerNormChannels).
+MAX_LAYERNORM_CHANNELS = LIMITS.get("MAX_LAYERNORM_CHANNELS", _NO_LIMIT)
 _INT64_MAX = 2**63 - 1
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -245,7 +250,7 @@ def _check_layernorm_input(t, name: str, raw: bool, where: str) -> int:
     _check_dims(t, name, raw, where)
     C = t.shape[-1]
     if _static(C) and not 1 <= C <= MAX_LAYERNORM_CHANNELS:
-        raise _exc(raw, ValueError, f"{where}: the normalized (last) dim C of {name} must be in [1, {MAX_LAYERNORM_CHANNELS}], got {C}")
+        raise _exc(raw, ValueError, f"{where}: the last dim C of {name} must be in [1, {MAX_LAYERNORM_CHANNELS}], got {C}")
     if _static(*t.shape) and math.prod(t.shape) > _INT64_MAX:
         raise _exc(raw, ValueError, f"{where}: the element count of {name} overflows int64")
     return C
@@ -302,3 +307,18 @@ def check_add_layernorm_bwd(grad_h, grad_y, h, weight, mean, rstd, branch_dtype,
     for name, t in (("grad_y", grad_y), ("weight", weight), ("mean", mean), ("rstd", rstd)):
         _check_device(h, t, "h", name, raw, where)
     return C
+
+
+def check_bias_gelu(z, bias, raw: bool = False, exact_dtypes: bool = False, where: str = "swin_ext.bias_gelu") -> int:
+    """Validate the bias_gelu arguments (``z (..., K)``, ``bias (K,)``); returns ``K``.
+
+    ``exact_dtypes``: the raw op's contract (bias in the accumulation dtype of ``z``).
+    """
+    K = _check_layernorm_input(z, "z", raw, where)
+    _check_tensor(bias, "bias", 1, raw, where)
+    if bias.shape[0] != K:
+        raise _exc(raw, ValueError, f"{where}: bias must be ({K},) for z of shape {tuple(z.shape)}, got {tuple(bias.shape)}")
+    if exact_dtypes and bias.dtype != acc_dtype(z.dtype):
+        raise _exc(raw, TypeError, f"{where}: bias must be {acc_dtype(z.dtype)} for z of dtype {z.dtype}, got {bias.dtype}")
+    _check_device(z, bias, "z", "bias", raw, where)
+    return K

@@ -214,6 +214,8 @@ def _extra_translations() -> Dict[Any, Callable]:
     out: Dict[Any, Callable] = {}
     if hasattr(torch.ops.swin_ext, "add_layernorm_fwd"):
         out[torch.ops.swin_ext.add_layernorm_fwd.default] = _add_layernorm_onnx
+    if hasattr(torch.ops.swin_ext, "bias_gelu_fwd"):
+        out[torch.ops.swin_ext.bias_gelu_fwd.default] = _bias_gelu_onnx
     if hasattr(torch.ops.swin_ext, "window_attention_v2_fwd"):
         out[torch.ops.swin_ext.window_attention_v2_fwd.default] = _attention_v2_onnx
     return out
@@ -235,6 +237,15 @@ def _add_layernorm_onnx(x, branch, weight, bias, eps: float = 1e-5, y_dtype=None
             y = op.Cast(y, to=int(to))
     return h, y, op.CastLike(mean, weight), op.CastLike(rstd, weight)
 
+
+
+def _bias_gelu_onnx(z, bias):
+    """ONNX of swin_ext::bias_gelu_fwd: the exact GELU 0.5 u (1 + erf(u / sqrt(2))) of u = z + bias."""
+    from onnxscript import opset18 as op
+
+    u = op.Add(z, op.CastLike(bias, z))
+    c = lambda v: op.CastLike(op.Constant(value_float=v), z)  # noqa: E731
+    return op.Mul(op.Mul(c(0.5), u), op.Add(c(1.0), op.Erf(op.Mul(u, c(0.7071067811865476)))))
 
 # ----------------------------------------------------------------------------- registration with torch.onnx
 

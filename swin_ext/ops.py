@@ -38,12 +38,13 @@ from ._validate import (
     check_add_layernorm_bwd,
     check_attention,
     check_attention_v2,
+    check_bias_gelu,
     check_merging,
     dtype_arg,
     real_arg,
 )
 
-__all__ = ["window_attention", "window_attention_v2", "patch_merging", "add_layernorm", "acc_dtype", "autocast_dtype"]
+__all__ = ["window_attention", "window_attention_v2", "patch_merging", "add_layernorm", "bias_gelu", "acc_dtype", "autocast_dtype"]
 
 
 def _functorch_active() -> bool:
@@ -247,6 +248,35 @@ def add_layernorm(
     return h, y
 
 
+# --------------------------------------------------------------------------- bias + GELU
+
+
+def bias_gelu(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """fc1's epilogue: ``GELU(z + bias)``, the exact (erf) GELU of ``nn.GELU()``.
+
+    ``z`` is the output of fc1's GEMM *without* its bias (``F.linear(x,
+    weight)``), so the bias add, the GELU and, in the backward, the GELU's
+    derivative and the bias gradient (the column sums of ``dz``) each take
+    one pass: the forward reads ``z`` and writes ``y``, the backward reads
+    ``dy`` and ``z`` and writes ``dz`` and ``dbias`` (deterministic
+    fixed-order partials) -- torch's GELU backward followed by the bias
+    gradient reads ``dz`` once more.  Statistics in float32 (float64).
+
+    Args:
+        z: ``(..., K)`` float32/64/16 or bfloat16 (under autocast, the
+            low-precision GEMM output).
+        bias: ``(K,)``, any floating dtype (used in the accumulation dtype).
+    Returns:
+        ``(..., K)`` in ``z``'s dtype.
+    """
+    check_bias_gelu(z, bias)
+    require_ops(z.device)
+    args = (z, bias.to(acc_dtype(z.dtype)))
+    if _functorch_active():
+        return _BiasGeluFn.apply(*args)
+    return torch.ops.swin_ext.bias_gelu_fwd(*args)
+
+
 # --------------------------------------------------------------------------- autograd
 
 
@@ -349,6 +379,22 @@ def _attention_v2_backward(ctx, grad_out, grad_lse):
     return dqkv, dbias, dpad, dscale, None, None, None
 
 
+def _bias_gelu_setup_context(ctx, inputs, output):
+    z, bias = inputs
+    ctx.save_for_backward(z, bias)
+
+
+def _bias_gelu_backward(ctx, grad_y):
+    z, bias = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # Second-order graph: through the differentiable reference composite.
+        from .reference import bias_gelu_reference
+
+        return _vjp(bias_gelu_reference, (z, bias), grad_y, ctx.needs_input_grad[:2])
+    dz, dbias = torch.ops.swin_ext.bias_gelu_bwd(grad_y.contiguous(), z, bias)
+    return dz, dbias
+
+
 def _merging_setup_context(ctx, inputs, output):
     x, weight, bias, eps = inputs
     _, mean, rstd = output
@@ -447,6 +493,19 @@ class _WindowAttentionV2Fn(torch.autograd.Function):
     backward = staticmethod(_attention_v2_backward)
 
 
+class _BiasGeluFn(torch.autograd.Function):
+    """The bias + GELU op as an ``autograd.Function`` for torch.func transforms."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(z, bias):
+        return torch.ops.swin_ext.bias_gelu_fwd(z, bias)
+
+    setup_context = staticmethod(_bias_gelu_setup_context)
+    backward = staticmethod(_bias_gelu_backward)
+
+
 class _PatchMergingFn(torch.autograd.Function):
     """The patch-merging op as an ``autograd.Function`` for torch.func transforms."""
 
@@ -524,6 +583,14 @@ def _attention_v2_fwd_vmap(info, in_dims, qkv, bias, qkv_pad, head_scale, window
         return (out.view(V, B, *out.shape[1:]), lse.view(V, B, *lse.shape[1:])), (0, 0)
     return _vmap_loop(torch.ops.swin_ext.window_attention_v2_fwd, info, in_dims,
                       qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w)
+
+
+def _bias_gelu_fwd_vmap(info, in_dims, z, bias):
+    zd, bd = in_dims
+    if bd is None:
+        # The op is row-wise over the leading dims: the vmapped dim is one more of them.
+        return torch.ops.swin_ext.bias_gelu_fwd(z, bias), zd
+    return _vmap_loop(lambda *a: (torch.ops.swin_ext.bias_gelu_fwd(*a),), info, in_dims, z, bias)[0][0], 0
 
 
 def _merging_fwd_vmap(info, in_dims, x, weight, bias, eps):
@@ -640,6 +707,25 @@ if HAS_OPS:
         "swin_ext::window_attention_v2_fwd", _attention_v2_backward, setup_context=_attention_v2_setup_context
     )
 
+    @torch.library.register_fake("swin_ext::bias_gelu_fwd")
+    def _bias_gelu_fwd_fake(z, bias):
+        check_bias_gelu(z, bias, raw=True, exact_dtypes=True)
+        return z.new_empty(z.shape)
+
+    @torch.library.register_fake("swin_ext::bias_gelu_bwd")
+    def _bias_gelu_bwd_fake(grad_y, z, bias):
+        where = "swin_ext.bias_gelu_bwd"
+        check_bias_gelu(z, bias, raw=True, exact_dtypes=True, where=where)
+        torch._check(
+            tuple(grad_y.shape) == tuple(z.shape) and grad_y.dtype == z.dtype,
+            lambda: f"{where}: grad_y must be {z.dtype} {tuple(z.shape)}, got {grad_y.dtype} {tuple(grad_y.shape)}",
+        )
+        return z.new_empty(z.shape), bias.new_empty(bias.shape)
+
+    torch.library.register_autograd(
+        "swin_ext::bias_gelu_fwd", _bias_gelu_backward, setup_context=_bias_gelu_setup_context
+    )
+
     @torch.library.register_fake("swin_ext::patch_merging_fwd")
     def _merging_fwd_fake(x, weight, bias, eps):
         check_merging(x, weight, bias, raw=True, exact_dtypes=True)
@@ -697,13 +783,16 @@ if HAS_OPS:
     torch.library.register_autograd(
         "swin_ext::add_layernorm_fwd", _add_ln_backward, setup_context=_add_ln_setup_context
     )
-    for _name in ("window_attention_bwd", "window_attention_v2_bwd", "patch_merging_bwd", "add_layernorm_bwd"):
+    for _name in ("window_attention_bwd", "window_attention_v2_bwd", "patch_merging_bwd", "add_layernorm_bwd",
+                  "bias_gelu_bwd"):
         torch.library.register_autograd(f"swin_ext::{_name}", _no_backward, setup_context=_not_differentiable(_name))
 
     torch.library.register_vmap("swin_ext::window_attention_fwd", _attention_fwd_vmap)
     torch.library.register_vmap("swin_ext::window_attention_v2_fwd", _attention_v2_fwd_vmap)
     torch.library.register_vmap("swin_ext::window_attention_v2_bwd",
                                 _loop_rule(torch.ops.swin_ext.window_attention_v2_bwd))
+    torch.library.register_vmap("swin_ext::bias_gelu_fwd", _bias_gelu_fwd_vmap)
+    torch.library.register_vmap("swin_ext::bias_gelu_bwd", _loop_rule(torch.ops.swin_ext.bias_gelu_bwd))
     torch.library.register_vmap("swin_ext::patch_merging_fwd", _merging_fwd_vmap)
     torch.library.register_vmap("swin_ext::window_attention_bwd", _loop_rule(torch.ops.swin_ext.window_attention_bwd))
     torch.library.register_vmap("swin_ext::patch_merging_bwd", _loop_rule(torch.ops.swin_ext.patch_merging_bwd))

@@ -17,6 +17,7 @@ from ._validate import (
     check_add_layernorm,
     check_attention,
     check_attention_v2,
+    check_bias_gelu,
     check_merging,
     dtype_arg,
     real_arg,
@@ -31,6 +32,7 @@ __all__ = [
     "window_attention_v2_reference",
     "patch_merging_reference",
     "add_layernorm_reference",
+    "bias_gelu_reference",
     "relative_position_index",
 ]
 
@@ -242,3 +244,14 @@ def add_layernorm_reference(
     acc = acc_dtype(x.dtype)
     y = F.layer_norm(h.to(acc), (h.shape[-1],), weight.to(acc), bias.to(acc), eps)
     return h, y.to(y_dtype or x.dtype)
+
+
+def bias_gelu_reference(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``GELU(z + bias)`` with the exact (erf) GELU, as the fused op computes it.
+
+    ``z (..., K)`` (fc1's output without its bias), ``bias (K,)``; computed in
+    float32 (float64 for float64 ``z``), returned in ``z``'s dtype.
+    """
+    check_bias_gelu(z, bias, where="swin_ext.bias_gelu_reference")
+    acc = acc_dtype(z.dtype)
+    return F.gelu(z.to(acc) + bias.to(acc)).to(z.dtype)

@@ -513,3 +513,77 @@ def check_add_layernorm(case: LnCase, inp: Dict, got: Dict, dtype: torch.dtype) 
         check_close(name, got[name], exact[i], comp[i], exact[i].to(dt[name]), rule)
     if all(rows):
         assert torch.isfinite(got["mean"]).all() and (got["rstd"] > 0).all()
+
+
+# ----------------------------------------------------------------------------- bias + GELU
+
+
+@dataclass(frozen=True)
+class BgCase:
+    shape: Tuple[int, ...]  # (..., K)
+
+    @property
+    def K(self) -> int:
+        return self.shape[-1]
+
+    @property
+    def id(self) -> str:
+        return "x".join(map(str, self.shape))
+
+
+# K from 1 to 1536 (vector multiples and not, wider than one 32-lane column
+# slab), rows 0 / 1 / odd / several 128-row partial chunks, 3-d inputs.
+BG_CASES = [
+    BgCase((2, 5, 384)),   # Swin-T stage 1 hidden width
+    BgCase((1, 1)),        # K = 1
+    BgCase((7, 3)),        # odd rows, K not a vector multiple
+    BgCase((0, 16)),       # no rows
+    BgCase((300, 40)),     # three row chunks, K = 40 (bf16 vectors of 8, fp32 of 4, not fp64's 2 * 32 slab)
+    BgCase((3, 1536)),     # Swin-T stage 3 hidden width, several column slabs
+    BgCase((129, 264)),    # one row past a chunk, K past one slab in every dtype
+]
+
+
+def bg_inputs(case: BgCase, gen: torch.Generator) -> Dict[str, torch.Tensor]:
+    f64 = dict(dtype=torch.float64, generator=gen)
+    return dict(z=torch.randn(*case.shape, **f64) * 2, b=torch.randn(case.K, **f64), gy=torch.randn(*case.shape, **f64))
+
+
+def run_bias_gelu(ex: Executor, case: BgCase, inp: Dict, dtype: torch.dtype):
+    """fwd + bwd of the raw ops on an executor; returns y, dz, dbias on the CPU."""
+    acc = acc_dtype(dtype)
+    dev = ex.device
+    z, b, gy = inp["z"].to(dev, dtype), inp["b"].to(dev, acc), inp["gy"].to(dev, dtype)
+    with ex:
+        y = ex.ops.bias_gelu_fwd(z, b)
+        dz, db = ex.ops.bias_gelu_bwd(gy, z, b)
+    return {k: v.cpu() for k, v in dict(y=y, dz=dz, dbias=db).items()}
+
+
+def bg_reference(case: BgCase, inp: Dict, dtype: torch.dtype, exact: bool) -> List[torch.Tensor]:
+    """y, dz, dbias of the reference composite: in float64 from the rounded inputs
+    (exact), else in the kernel's own dtypes (the plain PyTorch composite)."""
+    acc = acc_dtype(dtype)
+    if exact:
+        z = inp["z"].to(dtype).double().requires_grad_()
+        b = inp["b"].to(acc).double().requires_grad_()
+        gy = inp["gy"].to(dtype).double()
+    else:
+        z = inp["z"].to(dtype).requires_grad_()
+        b = inp["b"].to(dtype).requires_grad_()
+        gy = inp["gy"].to(dtype)
+    y = torch.nn.functional.gelu(z + b)
+    if y.numel() == 0:
+        return [y, torch.zeros_like(z), torch.zeros_like(b)]
+    dz, db = torch.autograd.grad(y, (z, b), gy)
+    return [y, dz, db]
+
+
+def check_bias_gelu(case: BgCase, inp: Dict, got: Dict, dtype: torch.dtype) -> None:
+    acc = acc_dtype(dtype)
+    assert got["y"].dtype == dtype and got["dz"].dtype == dtype and got["dbias"].dtype == acc
+    assert got["y"].shape == got["dz"].shape == case.shape and got["dbias"].shape == (case.K,)
+    exact = bg_reference(case, inp, dtype, exact=True)
+    comp = bg_reference(case, inp, dtype, exact=False)
+    for i, (name, odt) in enumerate((("y", dtype), ("dz", dtype), ("dbias", acc))):
+        check_close(name, got[name], exact[i], comp[i], exact[i].to(odt), dtype)

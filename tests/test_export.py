@@ -120,7 +120,7 @@ def test_op_level_translations(tmp_path):
 
 
 def test_op_level_translations_v2_attention_and_add_layernorm(tmp_path):
-    """The Swin V2 attention (ReduceL2 normalisation, per-head scale) and add + LayerNorm translations."""
+    """The Swin V2 attention (ReduceL2 normalisation, per-head scale), add + LayerNorm and bias + GELU translations."""
     rt = _ort()
 
     class Ops(torch.nn.Module):
@@ -134,7 +134,7 @@ def test_op_level_translations_v2_attention_and_add_layernorm(tmp_path):
         def forward(self, qkv, bias, x, branch):
             out = swin_ext.window_attention_v2(qkv, bias, self.scale, 4, (2, 1), self.pad)
             h, y = swin_ext.add_layernorm(x, branch, self.w, self.b)
-            return out, h, y
+            return out, h, y, swin_ext.bias_gelu(x * 2, self.b)
 
     m = Ops().eval()
     args = (torch.randn(2, 9, 11, 72), torch.randn(3, 16, 16), torch.randn(2, 5, 24), torch.randn(2, 5, 24))
@@ -146,7 +146,7 @@ def test_op_level_translations_v2_attention_and_add_layernorm(tmp_path):
     assert domains <= {"", "ai.onnx"} and ops <= STANDARD | {"ReduceL2", "Max"}, (domains, ops)
     sess = rt.InferenceSession(path, providers=["CPUExecutionProvider"])
     got = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})
-    assert len(got) == 3
+    assert len(got) == 4
     for g, w in zip(got, want):
         assert _rel(g, w) <= 1e-5
 

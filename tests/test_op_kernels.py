@@ -18,11 +18,14 @@ import torch
 from op_testing import (
     ATTN_CASES,
     ATTN_V2_CASES,
+    BG_CASES,
     DTYPES,
     LN_CASES,
     MERGE_CASES,
     LnCase,
     attention_inputs,
+    bg_inputs,
+    check_bias_gelu,
     check_add_layernorm,
     check_attention,
     check_close,
@@ -34,6 +37,7 @@ from op_testing import (
     merge_inputs,
     run_add_layernorm,
     run_attention,
+    run_bias_gelu,
     run_merging,
 )
 
@@ -152,3 +156,11 @@ def test_add_layernorm_huge_values(executor, dtype, magnitude, seed_generator):
     inp["b"] = torch.zeros_like(inp["b"])
     got = run_add_layernorm(executor, case, inp, dtype)
     torch.testing.assert_close(got["y"], inp["bb"].to(dtype).expand_as(got["y"]), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", BG_CASES, ids=lambda c: c.id)
+def test_bias_gelu(executor, case, dtype, seed_generator):
+    inp = bg_inputs(case, seed_generator)
+    got = run_bias_gelu(executor, case, inp, dtype)
+    check_bias_gelu(case, inp, got, dtype)

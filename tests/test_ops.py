@@ -489,3 +489,107 @@ def test_v2_raw_op_checks_raise_python_errors():
     qkv, bias, hs = torch.randn(1, 4, 4, 12), torch.randn(2, 16, 16), torch.ones(2, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="head_scale must be Float"):
         torch.ops.swin_ext.window_attention_v2_fwd(qkv, bias, None, hs, 4, 0, 0)
+
+
+# ----------------------------------------------------------------------------- bias + GELU
+
+
+def _bg_leaves(shape=(3, 5, 12), dtype=torch.float64):
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.randn(*shape, dtype=dtype) * 2, torch.randn(shape[-1], dtype=acc)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bias_gelu_matches_reference_through_autograd(dtype):
+    z, b = (t.requires_grad_() for t in _bg_leaves((4, 7, 24), dtype))
+    y, r = swin_ext.bias_gelu(z, b), swin_ext.bias_gelu_reference(z, b)
+    torch.testing.assert_close(y, r, **TOL[dtype])
+    torch.testing.assert_close(y, torch.nn.functional.gelu(z + b), **TOL[dtype])  # nn.GELU(), exact erf
+    g = torch.randn_like(y)
+    for a, c in zip(torch.autograd.grad(y, (z, b), g), torch.autograd.grad(r, (z, b), g)):
+        torch.testing.assert_close(a, c, **TOL[dtype])
+
+
+def test_bias_gelu_gradcheck_and_gradgradcheck():
+    z, b = (t.requires_grad_() for t in _bg_leaves((3, 2, 5)))
+    assert gradcheck(swin_ext.bias_gelu, (z, b))
+    assert torch.autograd.gradgradcheck(swin_ext.bias_gelu, (z, b), fast_mode=True)
+
+
+def test_bias_gelu_backward_is_bitwise_deterministic():
+    z, b = (t.requires_grad_() for t in _bg_leaves((300, 40), torch.float32))
+    g = torch.randn(300, 40)
+    runs = [torch.autograd.grad(swin_ext.bias_gelu(z, b), (z, b), g) for _ in range(2)]
+    for a, c in zip(*runs):
+        assert torch.equal(a, c)
+
+
+def test_bias_gelu_mixed_bias_dtype_and_autocast():
+    """A bf16 GEMM output (autocast) with the float32 parameter bias: y in bf16, dbias in float32."""
+    z = (torch.randn(6, 16) * 2).bfloat16().requires_grad_()
+    b = torch.randn(16, requires_grad=True)
+    y = swin_ext.bias_gelu(z, b)
+    assert y.dtype == torch.bfloat16
+    gz, gb = torch.autograd.grad(y, (z, b), torch.ones_like(y))
+    assert gz.dtype == torch.bfloat16 and gb.dtype == torch.float32
+    want = torch.nn.functional.gelu(z.float() + b)
+    torch.testing.assert_close(y.float(), want, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("sample", [0, 1, 2])
+def test_bias_gelu_opcheck(sample):
+    z, b = _bg_leaves((4, 9), torch.float32)
+    samples = [
+        (torch.ops.swin_ext.bias_gelu_fwd.default, (z, b)),
+        (torch.ops.swin_ext.bias_gelu_fwd.default, (z.clone().requires_grad_(), b.clone().requires_grad_())),
+        (torch.ops.swin_ext.bias_gelu_bwd.default, (torch.randn(4, 9), z, b)),
+    ]
+    op, args = samples[sample]
+    torch.library.opcheck(op, args)
+
+
+def test_bias_gelu_torch_func():
+    from torch.func import grad, vmap
+
+    z, b = _bg_leaves((3, 4, 6))
+    per_sample = [vmap(grad(lambda b_, z_, fn=fn: fn(z_, b_).pow(3).sum()), in_dims=(None, 0))(b, z)
+                  for fn in (swin_ext.bias_gelu, swin_ext.bias_gelu_reference)]
+    torch.testing.assert_close(per_sample[0], per_sample[1], atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "z,b,exc,match",
+    [
+        (torch.randn(()), torch.randn(1), ValueError, "at least one dim"),
+        (torch.randn(2, 5), torch.randn(4), ValueError, "bias must be \\(5,\\)"),
+        (torch.randn(2, 5), torch.randn(5, 1), ValueError, "bias must have 1 dims"),
+        (torch.randint(0, 3, (2, 5)), torch.randn(5), TypeError, "z must be float32"),
+        (torch.randn(2, 5), torch.randn(5, device="meta"), ValueError, "bias is on meta"),
+        (torch.randn(2, 0), torch.randn(0), ValueError, "last dim C of z must be in"),
+    ],
+)
+def test_bias_gelu_bad_input(z, b, exc, match):
+    with pytest.raises(exc, match=match):
+        swin_ext.bias_gelu(z, b)
+
+
+def test_bias_gelu_raw_op_checks_raise_python_errors():
+    with pytest.raises(RuntimeError, match="bias must be Float"):
+        torch.ops.swin_ext.bias_gelu_fwd(torch.randn(2, 5), torch.randn(5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="grad_y must be"):
+        torch.ops.swin_ext.bias_gelu_bwd(torch.randn(2, 4), torch.randn(2, 5), torch.randn(5))
+
+
+def test_limits_come_from_the_compiled_checks():
+    """The kernels' limits are written once (csrc/checks.h) and read by the Python validation."""
+    from swin_ext import _validate
+    from swin_ext._ext import LIMITS
+
+    assert set(LIMITS) == {"MAX_WINDOW_SIZE", "MAX_DIM", "MAX_MERGE_CHANNELS", "MAX_LAYERNORM_CHANNELS"}
+    assert _validate.MAX_WINDOW_SIZE == LIMITS["MAX_WINDOW_SIZE"] and _validate.MAX_DIM == LIMITS["MAX_DIM"]
+    ws = LIMITS["MAX_WINDOW_SIZE"] + 1
+    # the C++ check and the Python one name the same bound
+    with pytest.raises(RuntimeError, match=f"window_size must be in \\[1, {ws - 1}\\]"):
+        torch.ops.swin_ext.window_attention_fwd(torch.randn(1, 2, 2, 6), torch.randn(1, 1, 1), None, ws, 0, 0, 1.0)
+    with pytest.raises(ValueError, match=f"window_size must be in \\[1, {ws - 1}\\]"):
+        window_attention(torch.randn(1, 2, 2, 6), torch.randn(1, 1, 1), ws)

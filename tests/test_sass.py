@@ -40,7 +40,7 @@ def kernels():
     if "9.0" not in swin_ext.build_info()["cuda_archs"]:
         pytest.skip(f"the extension has no sm_90 code (archs {swin_ext.build_info()['cuda_archs']!r})")
     ks = sass_report.read_kernels(swin_ext._C.__file__, "sm_90", tool)
-    ks = [k for k in ks if k.short.startswith(("attn_", "merge_", "add_ln_"))]
+    ks = [k for k in ks if k.short.startswith(("attn_", "merge_", "add_ln_", "bias_gelu_"))]
     assert ks, "no swin_ext kernels in the extension's sm_90 code"
     return ks
 
@@ -61,7 +61,7 @@ def test_tensor_core_kernels_use_hmma(kernels):
 
 def test_row_accesses_are_128_bit(kernels):
     for k in kernels:
-        vec = k.short.startswith("attn_") or not k.short.rstrip(">").endswith(", 1")  # merge / add_ln <..., 1>: the scalar path
+        vec = k.short.startswith("attn_") or not k.short.rstrip(">").endswith(", 1")  # merge / add_ln / bias_gelu <..., 1>: the scalar path
         if vec:
             assert k.counts.get("LDG.128", 0) > 0, f"{k.short}: no 128-bit global load"
             assert k.counts.get("STG.128", 0) > 0, f"{k.short}: no 128-bit global store"

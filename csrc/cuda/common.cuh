@@ -61,6 +61,8 @@ __device__ __forceinline__ int acc_ilogb(float v) { return ilogbf(v); }
 __device__ __forceinline__ int acc_ilogb(double v) { return ilogb(v); }
 __device__ __forceinline__ float acc_ldexp(float v, int e) { return ldexpf(v, e); }
 __device__ __forceinline__ double acc_ldexp(double v, int e) { return ldexp(v, e); }
+__device__ __forceinline__ float acc_erf(float v) { return erff(v); }
+__device__ __forceinline__ double acc_erf(double v) { return erf(v); }
 __device__ __forceinline__ float acc_max(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double acc_max(double a, double b) { return fmax(a, b); }
 

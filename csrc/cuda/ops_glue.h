@@ -24,6 +24,7 @@
 
 #include "../checks.h"
 #include "add_layernorm.cuh"
+#include "bias_gelu.cuh"
 #include "attention/api.h"
 #include "patch_merging.cuh"
 
@@ -489,6 +490,57 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_bwd(
   return {dh, dbranch, dw_part.sum(0), db_part.sum(0)};
 }
 
+// ------------------------------------------------------------------ bias + GELU
+
+inline void check_bias_gelu_limits(int64_t K) {
+  constexpr int64_t kMax32 = (int64_t(1) << 31) - 1;
+  TORCH_CHECK(K <= kMax32, "swin_ext.bias_gelu (CUDA): K = ", K, " exceeds the kernels' 32-bit column indexing");
+}
+
+template <class Backend>
+at::Tensor bias_gelu_fwd(const at::Tensor& z_in, const at::Tensor& bias_in) {
+  const int64_t K = check_bias_gelu_args(z_in, bias_in);
+  Backend::check_device(z_in, "z");
+  const typename Backend::Guard guard(z_in.device());
+  const at::Tensor z = z_in.contiguous(), bias = bias_in.contiguous();
+  const int64_t rows = z.numel() / K;
+  at::Tensor y = Backend::output(z.sizes(), z.options());
+  if (rows == 0) return y;
+  check_bias_gelu_limits(K);
+  const cudaStream_t stream = Backend::stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "bias_gelu_fwd_cuda", [&] {
+    using T = cuda_t<scalar_t>;
+    using A = typename cuda::AccType<T>::type;
+    cuda::launch_bias_gelu_fwd<T, A>(ptr<T>(z), ptr<A>(bias), mut_ptr<T>(y), rows, K, stream);
+    Backend::check_launch();
+  });
+  return y;
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd(const at::Tensor& grad_y_in, const at::Tensor& z_in,
+                                                 const at::Tensor& bias_in) {
+  const int64_t K = check_bias_gelu_bwd_args(grad_y_in, z_in, bias_in);
+  Backend::check_device(z_in, "z");
+  const typename Backend::Guard guard(z_in.device());
+  const at::Tensor z = z_in.contiguous(), grad_y = grad_y_in.contiguous(), bias = bias_in.contiguous();
+  const int64_t rows = z.numel() / K;
+  at::Tensor dz = Backend::output(z.sizes(), z.options());
+  if (rows == 0) return {dz, at::zeros({K}, bias.options())};
+  check_bias_gelu_limits(K);
+  at::Tensor db_part = Backend::output({cuda::bias_gelu_row_chunks(rows), K}, bias.options());
+  const cudaStream_t stream = Backend::stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "bias_gelu_bwd_cuda", [&] {
+    using T = cuda_t<scalar_t>;
+    using A = typename cuda::AccType<T>::type;
+    cuda::launch_bias_gelu_bwd<T, A>(ptr<T>(grad_y), ptr<T>(z), ptr<A>(bias), mut_ptr<T>(dz), mut_ptr<A>(db_part),
+                                     rows, K, stream);
+    Backend::check_launch();
+  });
+  // Partials reduced over a fixed shape: bitwise reproducible run to run.
+  return {dz, db_part.sum(0)};
+}
+
 // ------------------------------------------------------------------ registration
 
 // The kernels of every op through this glue, for one backend: ops_cuda.cu
@@ -503,6 +555,8 @@ void register_kernels(torch::Library& m) {
   m.impl("patch_merging_bwd", &patch_merging_bwd<Backend>);
   m.impl("add_layernorm_fwd", &add_layernorm_fwd<Backend>);
   m.impl("add_layernorm_bwd", &add_layernorm_bwd<Backend>);
+  m.impl("bias_gelu_fwd", &bias_gelu_fwd<Backend>);
+  m.impl("bias_gelu_bwd", &bias_gelu_bwd<Backend>);
 }
 
 }  // namespace cuda_glue

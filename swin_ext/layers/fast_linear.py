@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops import bias_gelu as _bias_gelu_op
 from . import config
 
 __all__ = ["Linear", "linear", "linear_gelu"]
@@ -118,13 +119,31 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 
 
 def linear_gelu(x: torch.Tensor, fc: nn.Linear, approximate: str = "none") -> torch.Tensor:
-    """``F.gelu(fc(x), approximate)``: in CPU inference one oneDNN GEMM with the exact GELU in its epilogue.
+    """``F.gelu(fc(x), approximate)``, fc1 and its exact GELU, on the device's fused path.
 
-    ``x (..., in)`` -> ``(..., out)``.  Saves one pass over the ``(tokens, 4C)``
-    hidden map, the largest tensor of a Swin block.  Training takes
-    :func:`linear` then ``F.gelu`` (the GELU backward needs the pre-activation).
+    ``x (..., in)`` -> ``(..., out)``.
+
+    * CPU inference (float32, oneDNN): one oneDNN GEMM with the exact GELU in
+      its epilogue, saving a pass over the ``(tokens, 4C)`` hidden map, the
+      largest tensor of a Swin block.  CPU training: :func:`linear` then
+      ``F.gelu`` (the GELU backward needs the pre-activation).
+    * CUDA (any dtype, autocast, training and inference): the bias-free GEMM
+      ``F.linear(x, weight)`` then :func:`swin_ext.bias_gelu` -- the same
+      forward bytes as ``addmm`` + GELU, and a backward that writes ``dz``
+      and the bias gradient in one pass (torch's reads ``dz`` again for the
+      bias).  cuBLASLt's GELU epilogue, reachable from torch as
+      ``torch._addmm_activation(..., use_gelu=True)``, is the tanh
+      approximation, not ``nn.GELU()``'s erf, so it is not used.
     """
     fast = getattr(fc, "fast", False)
+    if (
+        fast
+        and approximate == "none"
+        and x.device.type == "cuda"
+        and fc.bias is not None
+        and config.has_kernel("bias_gelu", "cuda")
+    ):
+        return _bias_gelu_op(F.linear(x, fc.weight), fc.bias)
     if (
         fast
         and approximate == "none"
