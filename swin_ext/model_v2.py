@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from ._validate import MAX_WINDOW_SIZE
-from .layers import Linear, Mlp, linear, window_attention_v2
+from .layers import Linear, Mlp, autocast_dtype, linear, window_attention_v2
 from .model import (
     OUTPUT_FORMATS,
     DropPath,
@@ -166,7 +166,12 @@ class WindowAttentionV2(nn.Module):
             dev = self.relative_coords_table.device
             coords = relative_coords_table(w, self.pretrained_window_size).to(dev)
             index = relative_position_index(w).to(dev)
-        table = 16 * torch.sigmoid(self.cpb_mlp(coords.to(dtype)))  # (2w-1)^2, heads
+        if autocast_dtype(coords.device.type) is not None:
+            # the bias reaches 16: in float16 / bfloat16 it would lose 1-2 decimals of the logits
+            with torch.autocast(coords.device.type, enabled=False):
+                table = 16 * torch.sigmoid(self.cpb_mlp(coords.to(dtype)))
+        else:
+            table = 16 * torch.sigmoid(self.cpb_mlp(coords.to(dtype)))  # (2w-1)^2, heads
         N = w * w
         return table[index.reshape(-1)].view(N, N, self.num_heads).permute(2, 0, 1).contiguous()
 
@@ -180,8 +185,8 @@ class WindowAttentionV2(nn.Module):
         # The map is zero-padded before the qkv Linear, so padding tokens carry its bias.
         needs_pad = H % ws != 0 or W % ws != 0
         qkv_pad = bias.to(qkv.dtype) if (needs_pad and bias is not None) else None
-        out = window_attention_v2(qkv, self.position_bias(ws), self.head_scale().to(qkv.dtype), ws, shift,
-                                  qkv_pad, self.attn_drop.p, self.training, self.fused)
+        out = window_attention_v2(qkv, self.position_bias(ws), self.head_scale(), ws, shift, qkv_pad,
+                                  self.attn_drop.p, self.training, self.fused)
         return self.proj_drop(self.proj(out))
 
     def flops(self, N: int) -> int:

@@ -306,3 +306,26 @@ def test_bad_checkpoints_leave_model_unchanged():
     with pytest.raises(CheckpointError, match="Swin V2 checkpoint"):
         load_pretrained(v1, ours.state_dict())
     assert_unchanged(ours, snap)
+
+
+# ----------------------------------------------------------------------------- integrations
+
+
+def test_training_cli_swinv2(tmp_path):
+    from swin_ext import train as T
+
+    argv = ["--data", "digits", "--model", "swinv2_tiny_window8_256", "--img-size", "16", "--embed-dim", "12",
+            "--depths", "1,2", "--num-heads", "1,2", "--window-size", "2", "--batch-size", "8", "--limit", "16",
+            "--max-steps", "2", "--no-progress", "--threads", "1", "--no-plot", "--grad-checkpoint",
+            "--output-dir", str(tmp_path)]
+    res = T.train(T.build_parser().parse_args(argv))
+    assert res["step"] == 2
+    state = T.load_checkpoint(str(tmp_path / "last.pt"))
+    assert state["model_config"]["arch"] == "swinv2"
+    assert any(k.endswith("attn.logit_scale") for k in state["model"])
+    model = T.build_model(state["model_config"])
+    assert isinstance(model, SwinTransformerV2)
+    model.load_state_dict(state["model"])
+    groups = T.param_groups(model, 0.05)
+    no_decay = {n for g in groups if g["weight_decay"] == 0.0 for n in g["names"]}
+    assert "layers.0.blocks.0.attn.logit_scale" in no_decay and "layers.0.blocks.0.attn.cpb_mlp.0.weight" in no_decay
