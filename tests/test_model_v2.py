@@ -129,7 +129,7 @@ def timm_v2(cfg, num_classes=7):
     _timm()
     from timm.models.swin_transformer_v2 import SwinTransformerV2 as TimmV2
 
-    return randomize(TimmV2(num_classes=num_classes, drop_path_rate=0.0, **cfg)).double().eval()
+    return randomize(TimmV2(num_classes=num_classes, drop_path_rate=0.0, **cfg).double()).eval()
 
 
 def ours_v2(cfg, num_classes=7, **kw):
@@ -199,7 +199,7 @@ def hf_v2(image_size, window, cls="Swinv2ForImageClassification", **kw):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.Swinv2Config(image_size=image_size, patch_size=4, embed_dim=24, depths=[2, 2],
                                     num_heads=[2, 4], window_size=window, num_labels=7, drop_path_rate=0.0, **kw)
-    return randomize(getattr(transformers, cls)(cfg)).double().eval()
+    return randomize(getattr(transformers, cls)(cfg).double()).eval()
 
 
 @pytest.mark.parametrize("image_size,window", [(64, 8), (96, 16)])  # (96, 16): map 24 padded to 32, shifted
@@ -329,3 +329,40 @@ def test_training_cli_swinv2(tmp_path):
     groups = T.param_groups(model, 0.05)
     no_decay = {n for g in groups if g["weight_decay"] == 0.0 for n in g["names"]}
     assert "layers.0.blocks.0.attn.logit_scale" in no_decay and "layers.0.blocks.0.attn.cpb_mlp.0.weight" in no_decay
+
+
+def test_from_timm_and_from_transformers():
+    cfg = TIMM_CASES["w16_small_map"]
+    theirs = timm_v2(cfg)
+    ours = swin_ext.from_timm(theirs)
+    assert isinstance(ours, SwinTransformerV2) and ours.pretrained_window_sizes == (8, 8, 4)
+    assert not ours.training and next(ours.parameters()).dtype == torch.float64
+    x = torch.randn(2, 3, 128, 128, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(ours(x), theirs(x)) <= TOL
+    hf = hf_v2(96, 16, pretrained_window_sizes=[8, 8])
+    ours = swin_ext.from_transformers(hf)
+    x = torch.randn(2, 3, 96, 96, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(ours(x), hf(pixel_values=x).logits) <= TOL
+
+
+def test_fpn_backbone_v2():
+    pytest.importorskip("torchvision")
+    model = randomize(ours_v2(TIMM_CASES["w16_small_map"]))
+    fpn = swin_ext.fpn_backbone(model, out_channels=16, out_indices=(0, 1, 2)).double()
+    x = torch.randn(1, 3, 100, 72, dtype=torch.float64)
+    feats = fpn(x)
+    assert list(feats) == ["0", "1", "2", "pool"] and feats["0"].shape == (1, 16, 25, 18)
+    body = fpn.body
+    assert isinstance(body, SwinTransformerV2) and body.features_only
+    with torch.no_grad():  # the body holds the classification model's weights
+        _, inter = model.forward_intermediates(x)
+        for i, f in enumerate(body(x)):
+            norm = getattr(body, f"norm{i}")
+            want = F.layer_norm(inter[i].permute(0, 2, 3, 1), norm.normalized_shape, norm.weight, norm.bias,
+                                norm.eps).permute(0, 3, 1, 2)
+            assert rel_err(f, want) <= TOL
+    named = swin_ext.fpn_backbone("swinv2_tiny_window8_256", out_channels=8, embed_dim=12, depths=(1, 1, 1, 1),
+                                  num_heads=(1, 1, 1, 1))
+    assert isinstance(named.body, SwinTransformerV2) and named.body.out_channels == [12, 24, 48, 96]
