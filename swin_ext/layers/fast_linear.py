@@ -20,7 +20,8 @@ What runs where (``fast=True``, the fused backend's setting):
   into fc2's input-gradient GEMM as a oneDNN binary post-op -- measured
   ~1.4 ms per stage-1 block at batch 4, under 1% of a step: not done).
 * **anything else** (CUDA, float64 / half inputs, autocast, ``torch.func``
-  transforms, ``fast=False``): ``F.linear`` and ``F.gelu``, as ``nn.Linear``.
+  transforms, ``torch.export`` / ONNX export, ``fast=False``): ``F.linear`` and
+  ``F.gelu``, as ``nn.Linear``.
 
 Second-order gradients (``create_graph=True``) through the oneDNN path are
 computed with differentiable torch ops.
@@ -54,6 +55,7 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and config.autocast_dtype("cpu") is None
         and config.use_onednn()
         and not _functorch_active()
+        and not torch.compiler.is_exporting()  # an exported program (torch.export, ONNX) keeps aten.linear
     )
 
 
