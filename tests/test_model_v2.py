@@ -366,3 +366,24 @@ def test_fpn_backbone_v2():
     named = swin_ext.fpn_backbone("swinv2_tiny_window8_256", out_channels=8, embed_dim=12, depths=(1, 1, 1, 1),
                                   num_heads=(1, 1, 1, 1))
     assert isinstance(named.body, SwinTransformerV2) and named.body.out_channels == [12, 24, 48, 96]
+
+
+def test_onnx_export_v2(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    # maps 15 x 17 (padded and shifted) then 8 x 9 (window shrunk to 9, H padded): both translation paths
+    model = randomize(SwinTransformerV2(img_size=64, embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=9,
+                                        num_classes=5, drop_path_rate=0.0)).eval()
+    x = torch.randn(2, 3, 60, 68)
+    path = str(tmp_path / "v2.onnx")
+    swin_ext.export_onnx(model, path, x, dynamic_batch=True)  # checks onnxruntime against PyTorch (rtol 1e-4)
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert "ReduceL2" in ops and not {o for o in ops if "swin" in o.lower() or o == "Roll"}
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x3 = torch.randn(3, 3, 60, 68)
+    got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x3.numpy()})[0])
+    with torch.no_grad():
+        assert rel_err(got.double(), model(x3).double()) <= 1e-4
