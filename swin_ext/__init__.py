@@ -5,8 +5,13 @@
     >>> logits = model(torch.randn(2, 3, 224, 224))
 """
 from ._ext import HAS_OPS, build_info
-from .ops import add_layernorm, patch_merging, window_attention
-from .reference import add_layernorm_reference, patch_merging_reference, window_attention_reference
+from .ops import add_layernorm, patch_merging, window_attention, window_attention_v2
+from .reference import (
+    add_layernorm_reference,
+    patch_merging_reference,
+    window_attention_reference,
+    window_attention_v2_reference,
+)
 from .model import (
     PatchEmbed,
     PatchMerging,
@@ -34,9 +39,11 @@ __all__ = [
     "HAS_OPS",
     "build_info",
     "window_attention",
+    "window_attention_v2",
     "patch_merging",
     "add_layernorm",
     "window_attention_reference",
+    "window_attention_v2_reference",
     "patch_merging_reference",
     "add_layernorm_reference",
     "PatchEmbed",

@@ -177,6 +177,29 @@ def check_attention(
     return ws, sh, sw, heads
 
 
+def check_attention_v2(
+    qkv,
+    bias,
+    head_scale,
+    qkv_pad,
+    window_size,
+    shift,
+    raw: bool = False,
+    exact_dtypes: bool = False,
+    where: str = "swin_ext.window_attention_v2",
+) -> Tuple[int, int, int, int]:
+    """Validate Swin V2 attention arguments: those of :func:`check_attention` plus
+    ``head_scale`` ``(heads,)`` (``exact_dtypes``: in the accumulation dtype)."""
+    ws, sh, sw, heads = check_attention(qkv, bias, qkv_pad, window_size, shift, raw, exact_dtypes, where)
+    _check_tensor(head_scale, "head_scale", 1, raw, where)
+    if head_scale.shape[0] != heads:
+        raise _exc(raw, ValueError, f"{where}: head_scale must be ({heads},) (one scale per head), got {tuple(head_scale.shape)}")
+    if exact_dtypes and head_scale.dtype != acc_dtype(qkv.dtype):
+        raise _exc(raw, TypeError, f"{where}: head_scale must be {acc_dtype(qkv.dtype)} for qkv of dtype {qkv.dtype}, got {head_scale.dtype}")
+    _check_device(qkv, head_scale, "qkv", "head_scale", raw, where)
+    return ws, sh, sw, heads
+
+
 def check_merging(x, weight, bias, raw: bool = False, exact_dtypes: bool = False, where: str = "swin_ext.patch_merging") -> None:
     """Validate the patch-merging arguments (``exact_dtypes``: weight/bias in the accumulation dtype)."""
     _check_tensor(x, "x", 4, raw, where)

@@ -1,6 +1,6 @@
 """Python entry points of swin_ext's compiled operators.
 
-``window_attention``, ``patch_merging`` and ``add_layernorm`` validate their arguments, call the
+``window_attention``, ``window_attention_v2``, ``patch_merging`` and ``add_layernorm`` validate their arguments, call the
 ``torch.ops.swin_ext`` operators and are differentiable: autograd is wired
 with ``torch.library.register_autograd`` (the backward is itself a custom
 op) and every op has a ``register_fake`` kernel that runs the same checks as
@@ -37,12 +37,13 @@ from ._validate import (
     check_add_layernorm,
     check_add_layernorm_bwd,
     check_attention,
+    check_attention_v2,
     check_merging,
     dtype_arg,
     real_arg,
 )
 
-__all__ = ["window_attention", "patch_merging", "add_layernorm", "acc_dtype", "autocast_dtype"]
+__all__ = ["window_attention", "window_attention_v2", "patch_merging", "add_layernorm", "acc_dtype", "autocast_dtype"]
 
 
 def _functorch_active() -> bool:
@@ -101,6 +102,50 @@ def window_attention(
     if _functorch_active():
         return _WindowAttentionFn.apply(*args)[0]
     return torch.ops.swin_ext.window_attention_fwd(*args)[0]
+
+
+def window_attention_v2(
+    qkv: torch.Tensor,
+    bias: torch.Tensor,
+    head_scale: torch.Tensor,
+    window_size: int,
+    shift: Union[int, Sequence[int]] = 0,
+    qkv_pad: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Fused Swin V2 scaled cosine attention in (shifted) windows.
+
+    As :func:`window_attention`, except that q and k are L2-normalized per
+    head (``F.normalize``) and the logits of head ``h`` are multiplied by
+    ``head_scale[h]`` instead of a scalar scale.  The normalization runs
+    inside the attention kernels, on the gathered rows (no normalized copy of
+    ``qkv`` on CUDA); its backward is chained in the backward kernels, which
+    also return the gradient of ``head_scale``.
+
+    Args:
+        qkv: ``(B, H, W, 3C)`` output of the qkv ``Linear`` (float32/64/16, bfloat16).
+        bias: ``(heads, N, N)`` continuous position bias (``16 * sigmoid(cpb)``),
+            ``N = window_size**2``; differentiable.
+        head_scale: ``(heads,)`` per-head logit scale, the model's
+            ``exp(clamp(logit_scale, max=log(100)))``; differentiable.
+        window_size: window side, an int in ``[1, 2**15]``.
+        shift: ``s`` or ``(s_h, s_w)`` ints with ``0 <= s < ws``.
+        qkv_pad: ``(3C,)`` qkv value of padding tokens (the ``Linear``'s bias);
+            ``None`` means zeros.
+    Returns:
+        ``(B, H, W, C)``, same dtype as ``qkv``.
+    Raises:
+        TypeError, ValueError: an argument of the wrong type or value; the
+        message names it.
+    """
+    ws, sh, sw, _ = check_attention_v2(qkv, bias, head_scale, qkv_pad, window_size, shift)
+    if qkv_pad is not None:
+        qkv_pad = qkv_pad.to(qkv.dtype)
+    require_ops(qkv.device)
+    acc = acc_dtype(qkv.dtype)
+    args = (qkv, bias.to(acc), qkv_pad, head_scale.to(acc), ws, sh, sw)
+    if _functorch_active():
+        return _WindowAttentionV2Fn.apply(*args)[0]
+    return torch.ops.swin_ext.window_attention_v2_fwd(*args)[0]
 
 
 # --------------------------------------------------------------------------- patch merging
@@ -270,6 +315,40 @@ def _attention_backward(ctx, grad_out, grad_lse):
     return dqkv, dbias, dpad, None, None, None, None
 
 
+def _attention_v2_setup_context(ctx, inputs, output):
+    qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w = inputs
+    _, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(qkv, bias, qkv_pad, head_scale, lse)
+    ctx.geometry = (window_size, shift_h, shift_w)
+    ctx.has_pad = qkv_pad is not None
+
+
+def _attention_v2_backward(ctx, grad_out, grad_lse):
+    qkv, bias, qkv_pad, head_scale, lse = ctx.saved_tensors
+    window_size, shift_h, shift_w = ctx.geometry
+    if torch.is_grad_enabled():
+        # Second-order graph: through the differentiable reference composite,
+        # in the accumulation dtype like the kernels.
+        from .reference import window_attention_v2_reference
+
+        acc = acc_dtype(qkv.dtype)
+
+        def f(q, b, p, s):
+            out = window_attention_v2_reference(
+                q.to(acc), b, s, window_size, (shift_h, shift_w), None if p is None else p.to(acc)
+            )
+            return out.to(q.dtype)
+
+        dqkv, dbias, dpad, dscale = _vjp(f, (qkv, bias, qkv_pad, head_scale), grad_out, ctx.needs_input_grad[:4])
+        return dqkv, dbias, dpad, dscale, None, None, None
+    dqkv, dbias, dpad, dscale = torch.ops.swin_ext.window_attention_v2_bwd(
+        grad_out, qkv, bias, qkv_pad, head_scale, lse, window_size, shift_h, shift_w
+    )
+    dpad = dpad.to(qkv.dtype) if ctx.has_pad else None
+    return dqkv, dbias, dpad, dscale, None, None, None
+
+
 def _merging_setup_context(ctx, inputs, output):
     x, weight, bias, eps = inputs
     _, mean, rstd = output
@@ -355,6 +434,19 @@ class _WindowAttentionFn(torch.autograd.Function):
     backward = staticmethod(_attention_backward)
 
 
+class _WindowAttentionV2Fn(torch.autograd.Function):
+    """The V2 attention op as an ``autograd.Function`` for torch.func transforms."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w):
+        return torch.ops.swin_ext.window_attention_v2_fwd(qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w)
+
+    setup_context = staticmethod(_attention_v2_setup_context)
+    backward = staticmethod(_attention_v2_backward)
+
+
 class _PatchMergingFn(torch.autograd.Function):
     """The patch-merging op as an ``autograd.Function`` for torch.func transforms."""
 
@@ -420,6 +512,18 @@ def _attention_fwd_vmap(info, in_dims, qkv, bias, qkv_pad, window_size, shift_h,
         return (out.view(V, B, *out.shape[1:]), lse.view(V, B, *lse.shape[1:])), (0, 0)
     return _vmap_loop(torch.ops.swin_ext.window_attention_fwd, info, in_dims,
                       qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale)
+
+
+def _attention_v2_fwd_vmap(info, in_dims, qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w):
+    if in_dims[0] is not None and all(d is None for d in in_dims[1:4]):
+        q = qkv.movedim(in_dims[0], 0)
+        V, B = q.shape[:2]
+        out, lse = torch.ops.swin_ext.window_attention_v2_fwd(
+            q.reshape(V * B, *q.shape[2:]), bias, qkv_pad, head_scale, window_size, shift_h, shift_w
+        )
+        return (out.view(V, B, *out.shape[1:]), lse.view(V, B, *lse.shape[1:])), (0, 0)
+    return _vmap_loop(torch.ops.swin_ext.window_attention_v2_fwd, info, in_dims,
+                      qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w)
 
 
 def _merging_fwd_vmap(info, in_dims, x, weight, bias, eps):
@@ -495,6 +599,47 @@ if HAS_OPS:
         "swin_ext::window_attention_fwd", _attention_backward, setup_context=_attention_setup_context
     )
 
+    @torch.library.register_fake("swin_ext::window_attention_v2_fwd")
+    def _attention_v2_fwd_fake(qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w):
+        ws, _, _, heads = check_attention_v2(
+            qkv, bias, head_scale, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True
+        )
+        B, H, W, C3 = qkv.shape
+        nW = ((H + ws - 1) // ws) * ((W + ws - 1) // ws)
+        out = qkv.new_empty((B, H, W, C3 // 3))
+        lse = qkv.new_empty((B, nW, heads, ws * ws), dtype=acc_dtype(qkv.dtype))
+        return out, lse
+
+    @torch.library.register_fake("swin_ext::window_attention_v2_bwd")
+    def _attention_v2_bwd_fake(grad_out, qkv, bias, qkv_pad, head_scale, lse, window_size, shift_h, shift_w):
+        where = "swin_ext.window_attention_v2_bwd"
+        ws, _, _, heads = check_attention_v2(
+            qkv, bias, head_scale, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True,
+            where=where,
+        )
+        B, H, W, C3 = qkv.shape
+        torch._check(
+            tuple(grad_out.shape) == (B, H, W, C3 // 3) and grad_out.dtype == qkv.dtype,
+            lambda: f"{where}: grad_out must be {qkv.dtype} {(B, H, W, C3 // 3)}, "
+            f"got {grad_out.dtype} {tuple(grad_out.shape)}",
+        )
+        nW = ((H + ws - 1) // ws) * ((W + ws - 1) // ws)
+        torch._check(
+            tuple(lse.shape) == (B, nW, heads, ws * ws) and lse.dtype == acc_dtype(qkv.dtype),
+            lambda: f"{where}: lse must be {acc_dtype(qkv.dtype)} {(B, nW, heads, ws * ws)}, "
+            f"got {lse.dtype} {tuple(lse.shape)}",
+        )
+        return (
+            torch.empty_like(qkv, memory_format=torch.contiguous_format),
+            bias.new_empty(bias.shape),
+            bias.new_empty((qkv.shape[-1],)),
+            head_scale.new_empty(head_scale.shape),
+        )
+
+    torch.library.register_autograd(
+        "swin_ext::window_attention_v2_fwd", _attention_v2_backward, setup_context=_attention_v2_setup_context
+    )
+
     @torch.library.register_fake("swin_ext::patch_merging_fwd")
     def _merging_fwd_fake(x, weight, bias, eps):
         check_merging(x, weight, bias, raw=True, exact_dtypes=True)
@@ -552,10 +697,13 @@ if HAS_OPS:
     torch.library.register_autograd(
         "swin_ext::add_layernorm_fwd", _add_ln_backward, setup_context=_add_ln_setup_context
     )
-    for _name in ("window_attention_bwd", "patch_merging_bwd", "add_layernorm_bwd"):
+    for _name in ("window_attention_bwd", "window_attention_v2_bwd", "patch_merging_bwd", "add_layernorm_bwd"):
         torch.library.register_autograd(f"swin_ext::{_name}", _no_backward, setup_context=_not_differentiable(_name))
 
     torch.library.register_vmap("swin_ext::window_attention_fwd", _attention_fwd_vmap)
+    torch.library.register_vmap("swin_ext::window_attention_v2_fwd", _attention_v2_fwd_vmap)
+    torch.library.register_vmap("swin_ext::window_attention_v2_bwd",
+                                _loop_rule(torch.ops.swin_ext.window_attention_v2_bwd))
     torch.library.register_vmap("swin_ext::patch_merging_fwd", _merging_fwd_vmap)
     torch.library.register_vmap("swin_ext::window_attention_bwd", _loop_rule(torch.ops.swin_ext.window_attention_bwd))
     torch.library.register_vmap("swin_ext::patch_merging_bwd", _loop_rule(torch.ops.swin_ext.patch_merging_bwd))

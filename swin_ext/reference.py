@@ -12,7 +12,15 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ._validate import acc_dtype, check_add_layernorm, check_attention, check_merging, dtype_arg, real_arg
+from ._validate import (
+    acc_dtype,
+    check_add_layernorm,
+    check_attention,
+    check_attention_v2,
+    check_merging,
+    dtype_arg,
+    real_arg,
+)
 
 __all__ = [
     "SHIFT_MASK_VALUE",
@@ -20,6 +28,7 @@ __all__ = [
     "window_partition",
     "window_reverse",
     "window_attention_reference",
+    "window_attention_v2_reference",
     "patch_merging_reference",
     "add_layernorm_reference",
     "relative_position_index",
@@ -98,24 +107,64 @@ def window_attention_reference(
     Returns:
         ``(B, H, W, C)`` attention output before the projection.
     """
-    ws, sh, sw, heads = check_attention(qkv, bias, qkv_pad, window_size, shift,
-                                        where="swin_ext.window_attention_reference")
-    B, H, W, C3 = qkv.shape
-    C = C3 // 3
-    d = C // heads
+    where = "swin_ext.window_attention_reference"
+    ws, sh, sw, heads = check_attention(qkv, bias, qkv_pad, window_size, shift, where=where)
+    C = qkv.shape[-1] // 3
     if scale is None:
         if C == 0:
             raise ValueError(
-                "swin_ext.window_attention_reference: qkv has C = 0 channels, so the default scale "
+                f"{where}: qkv has C = 0 channels, so the default scale "
                 "head_dim ** -0.5 is undefined; pass scale explicitly"
             )
-        scale = d ** -0.5
+        scale = (C // heads) ** -0.5
     else:
-        scale = real_arg(scale, "scale", where="swin_ext.window_attention_reference")
+        scale = real_arg(scale, "scale", where=where)
+    return _windowed_attention(qkv, bias, ws, sh, sw, heads, qkv_pad, scale, None, dropout_p, training)
+
+
+def window_attention_v2_reference(
+    qkv: torch.Tensor,
+    bias: torch.Tensor,
+    head_scale: torch.Tensor,
+    window_size: int,
+    shift: Union[int, Sequence[int]] = 0,
+    qkv_pad: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
+    """Swin V2's scaled cosine attention in shifted windows (Liu et al., 2022).
+
+    As :func:`window_attention_reference`, except that q and k are
+    L2-normalized per head (``F.normalize``: ``x / max(||x||, 1e-12)``) and
+    the logits of head ``h`` are multiplied by ``head_scale[h]`` (the
+    model's ``exp(clamp(logit_scale, max=log(100)))``) instead of a scalar
+    scale.
+
+    Args:
+        qkv: ``(B, H, W, 3C)``, the output of the block's qkv ``Linear``.
+        bias: ``(heads, N, N)``, the continuous position bias ``16 * sigmoid(cpb)``.
+        head_scale: ``(heads,)`` per-head logit scale.
+        window_size, shift, qkv_pad, dropout_p, training: as
+            :func:`window_attention_reference`.
+    Returns:
+        ``(B, H, W, C)`` attention output before the projection.
+    """
+    where = "swin_ext.window_attention_v2_reference"
+    ws, sh, sw, heads = check_attention_v2(qkv, bias, head_scale, qkv_pad, window_size, shift, where=where)
+    return _windowed_attention(qkv, bias, ws, sh, sw, heads, qkv_pad, None, head_scale, dropout_p, training)
+
+
+def _windowed_attention(qkv, bias, ws, sh, sw, heads, qkv_pad, scale, head_scale, dropout_p, training):
+    """The window math shared by V1 (scalar ``scale``) and V2 (cosine logits times ``head_scale``)."""
+    B, H, W, C3 = qkv.shape
+    C = C3 // 3
+    d = C // heads
     if H == 0 or W == 0:
         # An empty map: an empty output that still depends on every input
         # (so their gradients are zeros, as the kernel's are).
         out = qkv[..., :C] * 0 + (bias.sum() * 0).to(qkv.dtype)
+        if head_scale is not None:
+            out = out + (head_scale.sum() * 0).to(qkv.dtype)
         return out + (qkv_pad.sum() * 0).to(qkv.dtype) if qkv_pad is not None else out
     pad_b, pad_r = (-H) % ws, (-W) % ws
     x = qkv
@@ -131,8 +180,11 @@ def window_attention_reference(
     win = window_partition(x, ws)  # B*nW, N, 3C
     Bn, N, _ = win.shape
     q, k, v = win.reshape(Bn, N, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
-    q = q * scale
-    attn = q @ k.transpose(-2, -1)
+    if head_scale is None:
+        attn = (q * scale) @ k.transpose(-2, -1)
+    else:
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        attn = attn * head_scale.to(attn.dtype).view(1, heads, 1, 1)
     attn = attn + bias.to(attn.dtype).unsqueeze(0)
     if sh or sw:
         mask = shift_mask(Hp, Wp, ws, (sh, sw), device=qkv.device, dtype=attn.dtype)

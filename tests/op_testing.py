@@ -1,7 +1,8 @@
 """One way to test an op kernel on every executor the machine has.
 
-An *executor* runs the raw ``window_attention_fwd/_bwd`` and
-``patch_merging_fwd/_bwd`` ops with the shared schemas:
+An *executor* runs the raw ``window_attention_fwd/_bwd``,
+``window_attention_v2_fwd/_bwd``, ``patch_merging_fwd/_bwd`` and
+``add_layernorm_fwd/_bwd`` ops with the shared schemas:
 
 * ``cpu``               the CPU kernels (``torch.ops.swin_ext`` on CPU tensors);
 * ``harness-ordered``   the CUDA kernels run by the CPU harness
@@ -194,45 +195,86 @@ ATTN_CASES = [
 ]
 
 
-def attention_inputs(case: AttnCase, gen: torch.Generator, dtype: torch.dtype) -> Dict[str, Optional[torch.Tensor]]:
-    """float64 inputs of a case (large logits in half precision, where overflow would show)."""
+# Swin V2 (cosine attention, per-head scale) on the same kernels: the
+# single-tile and streaming paths, padded with a pad vector, shifted, an
+# empty batch, a generic head_dim, and window 24 (N = 576, the 384-px
+# fine-tunes).
+ATTN_V2_CASES = [
+    AttnCase(2, 8, 8, 4, (2, 2), 2, 16, False),
+    AttnCase(1, 9, 11, 4, (2, 1), 1, 32, True),
+    AttnCase(1, 16, 16, 8, (4, 4), 2, 32, True),   # timm's swinv2 window 8, N = 64
+    AttnCase(0, 8, 8, 8, (4, 4), 1, 32, False),    # empty batch
+    AttnCase(2, 6, 7, 3, (1, 1), 3, 20, True),     # generic head_dim
+    AttnCase(1, 13, 12, 12, (6, 6), 1, 32, True),  # N = 144: streaming, padded
+    AttnCase(1, 16, 16, 16, (8, 8), 1, 16, False), # window 16, N = 256
+    AttnCase(1, 24, 24, 24, (12, 12), 1, 16, False),  # window 24, N = 576
+]
+
+
+def attention_inputs(case: AttnCase, gen: torch.Generator, dtype: torch.dtype,
+                     v2: bool = False) -> Dict[str, Optional[torch.Tensor]]:
+    """float64 inputs of a case (large logits in half precision, where overflow would show).
+
+    v2: also a per-head ``head_scale`` in [1, 21) (``exp(logit_scale)``; the
+    cosine logits times it span up to +-21).
+    """
     C = case.heads * case.d
     big = 1.0 if dtype in (torch.float32, torch.float64) else 3.0
     f64 = dict(dtype=torch.float64, generator=gen)
-    return dict(
+    inp = dict(
         qkv=torch.randn(case.B, case.H, case.W, 3 * C, **f64) * big,
         bias=torch.randn(case.heads, case.N, case.N, **f64),
         pad=torch.randn(3 * C, **f64) if case.pad else None,
         go=torch.randn(case.B, case.H, case.W, C, **f64),
     )
+    if v2:
+        inp["head_scale"] = torch.rand(case.heads, **f64) * 20 + 1
+    return inp
 
 
 def run_attention(ex: Executor, case: AttnCase, inp: Dict, dtype: torch.dtype, scale: float):
-    """fwd + bwd of the raw ops on an executor; returns out, lse, dqkv, dbias, dpad on the CPU."""
+    """fwd + bwd of the raw ops on an executor; returns out, lse, dqkv, dbias, dpad (and
+    dscale for V2 inputs, which carry ``head_scale``; ``scale`` is then unused) on the CPU."""
     acc = acc_dtype(dtype)
     dev = ex.device
     low = lambda t: None if t is None else t.to(dev, dtype)  # noqa: E731
     sh, sw = case.shift
+    bias = inp["bias"].to(dev, acc)
     with ex:
-        out, lse = ex.ops.window_attention_fwd(low(inp["qkv"]), inp["bias"].to(dev, acc), low(inp["pad"]), case.ws, sh, sw, scale)
-        dqkv, dbias, dpad = ex.ops.window_attention_bwd(low(inp["go"]), low(inp["qkv"]), inp["bias"].to(dev, acc),
-                                                        low(inp["pad"]), lse, case.ws, sh, sw, scale)
-    return {k: v.cpu() for k, v in dict(out=out, lse=lse, dqkv=dqkv, dbias=dbias, dpad=dpad).items()}
+        if "head_scale" in inp:
+            hs = inp["head_scale"].to(dev, acc)
+            out, lse = ex.ops.window_attention_v2_fwd(low(inp["qkv"]), bias, low(inp["pad"]), hs, case.ws, sh, sw)
+            dqkv, dbias, dpad, dscale = ex.ops.window_attention_v2_bwd(
+                low(inp["go"]), low(inp["qkv"]), bias, low(inp["pad"]), hs, lse, case.ws, sh, sw)
+            got = dict(out=out, lse=lse, dqkv=dqkv, dbias=dbias, dpad=dpad, dscale=dscale)
+        else:
+            out, lse = ex.ops.window_attention_fwd(low(inp["qkv"]), bias, low(inp["pad"]), case.ws, sh, sw, scale)
+            dqkv, dbias, dpad = ex.ops.window_attention_bwd(low(inp["go"]), low(inp["qkv"]), bias,
+                                                            low(inp["pad"]), lse, case.ws, sh, sw, scale)
+            got = dict(out=out, lse=lse, dqkv=dqkv, dbias=dbias, dpad=dpad)
+    return {k: v.cpu() for k, v in got.items()}
 
 
 def attention_reference(case: AttnCase, inp: Dict, scale: float, prec: torch.dtype, bias_prec: torch.dtype,
                         rnd: Optional[torch.dtype] = None) -> List[torch.Tensor]:
-    """out, dqkv, dbias(, dpad) of the reference composite.
+    """out, dqkv, dbias(, dpad)(, dscale) of the reference composite (V2 when ``inp`` has ``head_scale``).
 
     rnd: compute in float64 from inputs rounded to ``rnd`` (the rounding floor).
     """
-    from swin_ext.reference import window_attention_reference
+    from swin_ext.reference import window_attention_reference, window_attention_v2_reference
 
     q = (lambda t, p: t.to(p).double()) if rnd else (lambda t, p: t.to(p, copy=True))  # never the caller's tensor
     leaves = [q(inp["qkv"], rnd or prec).requires_grad_(), q(inp["bias"], bias_prec).requires_grad_()]
+    pad = None
     if case.pad:
-        leaves.append(q(inp["pad"], rnd or prec).requires_grad_())
-    out = window_attention_reference(leaves[0], leaves[1], case.ws, case.shift, scale, leaves[2] if case.pad else None)
+        pad = q(inp["pad"], rnd or prec).requires_grad_()
+        leaves.append(pad)
+    if "head_scale" in inp:
+        hs = q(inp["head_scale"], bias_prec).requires_grad_()
+        leaves.append(hs)
+        out = window_attention_v2_reference(leaves[0], leaves[1], hs, case.ws, case.shift, pad)
+    else:
+        out = window_attention_reference(leaves[0], leaves[1], case.ws, case.shift, scale, pad)
     if out.numel() == 0:
         return [out] + [torch.zeros_like(t) for t in leaves]
     grads = torch.autograd.grad(out, leaves, q(inp["go"], rnd or prec), allow_unused=True)  # pad: unused on unpadded maps
@@ -241,15 +283,19 @@ def attention_reference(case: AttnCase, inp: Dict, scale: float, prec: torch.dty
 
 def check_attention(case: AttnCase, inp: Dict, got: Dict, dtype: torch.dtype, scale: float) -> None:
     acc = acc_dtype(dtype)
+    v2 = "head_scale" in inp
     assert got["out"].dtype == dtype and got["out"].shape == (case.B, case.H, case.W, case.heads * case.d)
     assert got["dqkv"].dtype == dtype and got["dbias"].dtype == acc and got["dpad"].dtype == acc
+    if v2:
+        assert got["dscale"].dtype == acc and got["dscale"].shape == (case.heads,)
     exact = attention_reference(case, inp, scale, torch.float64, torch.float64)
-    names = ["out", "dqkv", "dbias"] + (["dpad"] if case.pad else [])
+    names = ["out", "dqkv", "dbias"] + (["dpad"] if case.pad else []) + (["dscale"] if v2 else [])
     if dtype in (torch.float32, torch.float64):
         comp = floor = exact
     else:
         comp = attention_reference(case, inp, scale, dtype, dtype)
-        out_dtypes = [dtype, dtype, acc, acc]  # out and dqkv in the input dtype, the rest in the accumulation dtype
+        # out and dqkv in the input dtype, the rest in the accumulation dtype
+        out_dtypes = [dtype, dtype] + [acc] * (len(names) - 2)
         floor = [t.to(dt) for t, dt in zip(attention_reference(case, inp, scale, torch.float64, acc, rnd=dtype), out_dtypes)]
     for i, name in enumerate(names):
         check_close(name, got[name], exact[i], comp[i], floor[i], dtype)

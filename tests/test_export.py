@@ -118,6 +118,38 @@ def test_op_level_translations(tmp_path):
         assert _rel(g, w) <= 1e-5
 
 
+
+def test_op_level_translations_v2_attention_and_add_layernorm(tmp_path):
+    """The Swin V2 attention (ReduceL2 normalisation, per-head scale) and add + LayerNorm translations."""
+    rt = _ort()
+
+    class Ops(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pad = torch.nn.Parameter(torch.randn(72))
+            self.scale = torch.nn.Parameter(torch.rand(3) * 20 + 1)
+            self.w = torch.nn.Parameter(torch.randn(24))
+            self.b = torch.nn.Parameter(torch.randn(24))
+
+        def forward(self, qkv, bias, x, branch):
+            out = swin_ext.window_attention_v2(qkv, bias, self.scale, 4, (2, 1), self.pad)
+            h, y = swin_ext.add_layernorm(x, branch, self.w, self.b)
+            return out, h, y
+
+    m = Ops().eval()
+    args = (torch.randn(2, 9, 11, 72), torch.randn(3, 16, 16), torch.randn(2, 5, 24), torch.randn(2, 5, 24))
+    path = str(tmp_path / "ops_v2.onnx")
+    with torch.no_grad():
+        torch.onnx.export(m, args, path, dynamo=True, verbose=False)
+        want = m(*args)
+    ops, domains, _ = _op_types(path)
+    assert domains <= {"", "ai.onnx"} and ops <= STANDARD | {"ReduceL2", "Max"}, (domains, ops)
+    sess = rt.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})
+    assert len(got) == 3
+    for g, w in zip(got, want):
+        assert _rel(g, w) <= 1e-5
+
 def test_export_onnx_bad_input(tmp_path):
     m = _small()
     x = torch.randn(1, 3, 224, 224)

@@ -1,9 +1,5 @@
 """Every op kernel against swin_ext.reference, on every executor (op_testing.py).
 
-add_layernorm runs on the harness executors once the harness library
-registers ``swin_ext_harness::add_layernorm_fwd`` (with its CUDA kernel);
-until then those cases skip and say so.
-
 One case table per op, run by one fixture on the CPU kernels, on the CUDA
 kernels under the CPU harness (in thread order and shuffled) and on the GPU
 where there is one, for every dtype, with one tolerance rule.  The CUDA
@@ -21,6 +17,7 @@ import torch
 
 from op_testing import (
     ATTN_CASES,
+    ATTN_V2_CASES,
     DTYPES,
     LN_CASES,
     MERGE_CASES,
@@ -77,6 +74,22 @@ def test_window_attention(executor, case, variant, dtype, monkeypatch, seed_gene
     scale = case.d ** -0.5
     got = run_attention(executor, case, inp, dtype, scale)
     check_attention(case, inp, got, dtype, scale)
+
+
+ATTN_V2_PARAMS = [pytest.param(c, v, id=f"{c.id}-{v}") for c in ATTN_V2_CASES for v in _variants(c)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case,variant", ATTN_V2_PARAMS)
+def test_window_attention_v2(executor, case, variant, dtype, monkeypatch, seed_generator):
+    """Swin V2 cosine attention (q, k normalized in the kernel, per-head scale), fwd + bwd."""
+    if variant != "auto" and not executor.is_cuda_kernel:
+        pytest.skip("a CUDA backward variant")
+    for k, v in BWD_VARIANTS[variant].items():
+        monkeypatch.setenv(k, v)
+    inp = attention_inputs(case, seed_generator, dtype, v2=True)
+    got = run_attention(executor, case, inp, dtype, 1.0)
+    check_attention(case, inp, got, dtype, 1.0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

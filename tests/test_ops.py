@@ -364,3 +364,128 @@ def test_baseline_isa_path_matches_reference():
     env = dict(os.environ, SWIN_EXT_CPU_ISA="default")
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- Swin V2 attention
+
+
+def _v2_leaves(B=2, H=9, W=7, ws=4, heads=2, d=3, dtype=torch.float64, pad=True):
+    qkv, bias, p = _attn_inputs(B, H, W, ws, heads, d, dtype, pad)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    hs = torch.rand(heads, dtype=acc) * 9 + 1
+    return [t for t in (qkv, bias, hs, p)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("H,W,ws,shift", [GEOMETRIES[2], GEOMETRIES[6], GEOMETRIES[5]])
+def test_v2_wrapper_matches_reference_through_autograd(dtype, H, W, ws, shift):
+    qkv, bias, hs, pad = _v2_leaves(2, H, W, ws, 3, 5, dtype, (H % ws) != 0 or (W % ws) != 0)
+    leaves = [t.requires_grad_() for t in (qkv, bias, hs, pad) if t is not None]
+    out = swin_ext.window_attention_v2(qkv, bias, hs, ws, shift, pad)
+    ref = swin_ext.window_attention_v2_reference(qkv, bias, hs, ws, shift, pad)
+    assert out.shape == (2, H, W, 15) and out.dtype == dtype
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(ref, leaves, g)):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+def test_v2_reference_is_timm_cosine_attention():
+    """The reference is Swin V2's math, written out independently here for one window."""
+    ws, heads, d = 3, 2, 4
+    qkv = torch.randn(1, ws, ws, 3 * heads * d, dtype=torch.float64)
+    bias = torch.randn(heads, ws * ws, ws * ws, dtype=torch.float64)
+    hs = torch.tensor([2.0, 7.5], dtype=torch.float64)
+    q, k, v = qkv.reshape(ws * ws, 3, heads, d).permute(1, 2, 0, 3)
+    logits = (q / q.norm(dim=-1, keepdim=True)) @ (k / k.norm(dim=-1, keepdim=True)).transpose(-1, -2)
+    want = (torch.softmax(logits * hs.view(heads, 1, 1) + bias, -1) @ v).transpose(0, 1).reshape(1, ws, ws, heads * d)
+    got = swin_ext.window_attention_v2_reference(qkv, bias, hs, ws)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(swin_ext.window_attention_v2(qkv, bias, hs, ws), want, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("H,W,ws,shift,pad", [(6, 6, 3, (1, 1), False), (5, 7, 3, (1, 1), True), (2, 2, 3, (1, 2), True)])
+def test_v2_gradcheck(H, W, ws, shift, pad):
+    qkv, bias, hs, p = _v2_leaves(1, H, W, ws, 2, 3, torch.float64, pad)
+    inputs = [qkv.requires_grad_(), bias.requires_grad_(), hs.requires_grad_()] + ([p.requires_grad_()] if pad else [])
+
+    def f(q, b, s, *pp):
+        return swin_ext.window_attention_v2(q, b, s, ws, shift, pp[0] if pp else None)
+
+    assert gradcheck(f, inputs)
+
+
+def test_v2_gradgradcheck():
+    """Second order goes through the differentiable reference composite."""
+    qkv, bias, hs, p = _v2_leaves(1, 3, 3, 2, 1, 2, torch.float64, True)
+    inputs = [t.requires_grad_() for t in (qkv, bias, hs, p)]
+    assert torch.autograd.gradgradcheck(lambda q, b, s, pp: swin_ext.window_attention_v2(q, b, s, 2, (1, 1), pp),
+                                        inputs, fast_mode=True)
+
+
+def test_v2_backward_is_bitwise_deterministic():
+    qkv, bias, hs, pad = _v2_leaves(3, 11, 9, 4, 2, 8, torch.float32, True)
+    leaves = [t.requires_grad_() for t in (qkv, bias, hs, pad)]
+    g = torch.randn(3, 11, 9, 16)
+    runs = [torch.autograd.grad(swin_ext.window_attention_v2(qkv, bias, hs, 4, (2, 2), pad), leaves, g)
+            for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def _v2_opcheck_samples():
+    qkv, bias, hs, pad = _v2_leaves(2, 9, 7, 4, 2, 4, torch.float32, True)
+    yield torch.ops.swin_ext.window_attention_v2_fwd.default, (qkv, bias, pad, hs, 4, 2, 2)
+    yield torch.ops.swin_ext.window_attention_v2_fwd.default, (
+        qkv.clone().requires_grad_(), bias.clone().requires_grad_(), pad.clone().requires_grad_(),
+        hs.clone().requires_grad_(), 4, 2, 2)
+    q2 = torch.randn(1, 8, 8, 3 * 6, dtype=torch.float64).transpose(1, 2)
+    yield torch.ops.swin_ext.window_attention_v2_fwd.default, (
+        q2, torch.randn(3, 16, 16, dtype=torch.float64), None, torch.rand(3, dtype=torch.float64) + 1, 4, 0, 0)
+    out, lse = torch.ops.swin_ext.window_attention_v2_fwd(qkv, bias, pad, hs, 4, 2, 2)
+    yield torch.ops.swin_ext.window_attention_v2_bwd.default, (torch.randn_like(out), qkv, bias, pad, hs, lse, 4, 2, 2)
+
+
+@pytest.mark.parametrize("sample", list(range(4)))
+def test_v2_opcheck(sample):
+    op, args = list(_v2_opcheck_samples())[sample]
+    torch.library.opcheck(op, args)
+
+
+def test_v2_torch_func():
+    from torch.func import grad, vmap
+
+    qkv, bias, hs, _ = (t.detach() if t is not None else None for t in _v2_leaves(3, 6, 6, 3, 2, 3, pad=False))
+
+    def loss(fn):
+        return lambda s, q: fn(q[None], bias, s, 3, (1, 1)).pow(2).sum()
+
+    per_sample = [vmap(grad(loss(fn)), in_dims=(None, 0))(hs, qkv)
+                  for fn in (swin_ext.window_attention_v2, swin_ext.window_attention_v2_reference)]
+    torch.testing.assert_close(per_sample[0], per_sample[1], atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(head_scale=torch.ones(3)), ValueError, "head_scale must be \\(2,\\)"),
+        (dict(head_scale=torch.ones(2, 1)), ValueError, "head_scale must have 1 dims"),
+        (dict(head_scale=torch.ones(2, dtype=torch.int64)), TypeError, "head_scale must be float32"),
+        (dict(head_scale=[1.0, 2.0]), TypeError, "head_scale must be a torch.Tensor"),
+        (dict(head_scale=torch.ones(2, device="meta")), ValueError, "head_scale is on meta"),
+        (dict(shift=4), ValueError, "shift"),
+        (dict(bias=torch.randn(2, 9, 9)), ValueError, "bias must be"),
+    ],
+)
+def test_v2_bad_input(kwargs, exc, match):
+    args = dict(qkv=torch.randn(1, 4, 4, 12), bias=torch.randn(2, 16, 16), head_scale=torch.ones(2), window_size=4,
+                shift=0)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        swin_ext.window_attention_v2(args["qkv"], args["bias"], args["head_scale"], args["window_size"], args["shift"])
+
+
+def test_v2_raw_op_checks_raise_python_errors():
+    qkv, bias, hs = torch.randn(1, 4, 4, 12), torch.randn(2, 16, 16), torch.ones(2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="head_scale must be Float"):
+        torch.ops.swin_ext.window_attention_v2_fwd(qkv, bias, None, hs, 4, 0, 0)
