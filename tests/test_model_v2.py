@@ -145,7 +145,7 @@ def test_timm_equivalence(case):
     assert result.format == "timm" and not result.missing_keys
     x = torch.randn(2, 3, cfg["img_size"], cfg["img_size"], dtype=torch.float64)
     want, want_g = logits_and_input_grad(theirs, x)
-    for backend in ("fused", "reference") if case == "w16_small_map" else ("fused",):
+    for backend in ("fused", "reference") if case == "w8" else ("fused",):
         got, got_g = logits_and_input_grad(ours.set_backend(backend), x)
         assert rel_err(got, want) <= TOL, backend
         assert rel_err(got_g, want_g) <= TOL, backend
@@ -234,6 +234,22 @@ def _train_step(model, x):
     (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     return out.detach(), x.grad, grads
+
+
+def test_fused_backend_runs_the_v2_kernel(monkeypatch):
+    import swin_ext.layers.attention as attn
+
+    calls = []
+    real = attn._window_attention_v2_op
+    monkeypatch.setattr(attn, "_window_attention_v2_op", lambda *a: calls.append(a[3:5]) or real(*a))
+    model = ours_v2(dict(img_size=64, embed_dim=24, depths=(2, 2), num_heads=(2, 4), window_size=8))
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        model(x)
+        assert calls == [(8, (0, 0)), (8, (4, 4)), (8, (0, 0)), (8, (0, 0))]  # stage 1: map == window, no shift
+        calls.clear()
+        model.set_backend("reference")(x)
+        assert not calls
 
 
 def test_fused_vs_reference_and_grad_checkpointing():

@@ -8,18 +8,20 @@ kernel has no dropout) or on a device without a kernel, which run
 ``fused=False`` path).
 
 :func:`window_attention_v2` is Swin V2's cosine attention with the same
-dispatch: q and k rows L2-normalised, the logits scaled per head by
-``head_scale`` instead of one scalar.
+dispatch (q and k rows L2-normalised, the logits scaled per head by
+``head_scale`` instead of one scalar): the fused op
+:func:`swin_ext.window_attention_v2`, or
+:func:`swin_ext.reference.window_attention_v2_reference`.
 """
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from ..ops import window_attention as _window_attention_op
-from ..reference import window_attention_reference
+from ..ops import window_attention_v2 as _window_attention_v2_op
+from ..reference import window_attention_reference, window_attention_v2_reference
 from . import config
 
 __all__ = ["window_attention", "window_attention_v2"]
@@ -42,18 +44,6 @@ def window_attention(
     return window_attention_reference(qkv, bias, window_size, shift, scale, qkv_pad, dropout_p, training)
 
 
-def _cosine_qkv(t: torch.Tensor, head_scale: torch.Tensor) -> torch.Tensor:
-    """``(..., 3C)`` rows with q -> ``normalize(q) * head_scale[h]`` and k -> ``normalize(k)`` per head.
-
-    V2's logits ``head_scale * <q/|q|, k/|k|>`` are then V1's with scale 1.
-    """
-    heads = head_scale.shape[0]
-    q, k, v = t.unflatten(-1, (3, heads, -1)).unbind(-3)
-    q = F.normalize(q, dim=-1) * head_scale.to(t.dtype)[:, None]
-    k = F.normalize(k, dim=-1)
-    return torch.stack((q, k, v), dim=-3).flatten(-3)
-
-
 def window_attention_v2(
     qkv: torch.Tensor,
     bias: torch.Tensor,
@@ -66,11 +56,12 @@ def window_attention_v2(
     fused: bool = True,
 ) -> torch.Tensor:
     """Swin V2 cosine window attention: ``qkv (B, H, W, 3C)``, ``bias (heads, N, N)``,
-    ``head_scale (heads,)`` -> ``(B, H, W, C)``.
+    ``head_scale (heads,)`` -> ``(B, H, W, C)`` (see :func:`swin_ext.window_attention_v2`).
 
     ``head_scale`` is ``exp(clamp(logit_scale, max=log(100)))`` and ``bias``
-    ``16 * sigmoid(cpb)`` gathered, both computed by the caller (differentiable).
+    ``16 * sigmoid(cpb)`` gathered, both computed by the caller (differentiable);
+    under autocast the model keeps both in float32.
     """
-    t = _cosine_qkv(qkv, head_scale)
-    pad = _cosine_qkv(qkv_pad, head_scale) if qkv_pad is not None else None
-    return window_attention(t, bias, window_size, shift, 1.0, pad, dropout_p, training, fused)
+    if fused and not (training and dropout_p > 0) and config.has_kernel("window_attention_v2", qkv.device.type):
+        return _window_attention_v2_op(qkv, bias, head_scale, window_size, shift, qkv_pad)
+    return window_attention_v2_reference(qkv, bias, head_scale, window_size, shift, qkv_pad, dropout_p, training)
