@@ -160,6 +160,8 @@ class WindowAttentionV2(nn.Module):
         """
         w = self.window_size if window_size is None else window_size
         dtype = self.cpb_mlp[0].weight.dtype
+        # the configured window's coordinates and index are buffers; a smaller window's (a small map)
+        # are built here, parameter-free and small
         if w == self.window_size:
             coords, index = self.relative_coords_table, self.relative_position_index
         else:
@@ -226,8 +228,6 @@ class SwinTransformerV2Block(nn.Module):
         self.window_size = window_size
         self.shift_size = shift_size
         self.mlp_ratio = mlp_ratio
-        #: mirrors the attention's flag (set_backend sets both)
-        self.fused = fused
         self.attn = WindowAttentionV2(dim, window_size, num_heads, qkv_bias, attn_drop, proj_drop,
                                       pretrained_window_size, fused)
         self.norm1 = nn.LayerNorm(dim)
@@ -513,7 +513,7 @@ class SwinTransformerV2(nn.Module):
         for m in self.modules():
             if isinstance(m, Linear):
                 m.fast = fused and self._cpu_gemm_fusion
-            elif isinstance(m, (WindowAttentionV2, SwinTransformerV2Block)):
+            elif isinstance(m, WindowAttentionV2):
                 m.fused = fused
         return self
 
