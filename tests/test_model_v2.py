@@ -202,7 +202,9 @@ def hf_v2(image_size, window, cls="Swinv2ForImageClassification", **kw):
     return randomize(getattr(transformers, cls)(cfg).double()).eval()
 
 
-@pytest.mark.parametrize("image_size,window", [(64, 8), (96, 16)])  # (96, 16): map 24 padded to 32, shifted
+# (96, 16): map 24 padded to 32 and shifted by 8; (144, 16): maps 36 and 18 padded to 48 and 32, shifted by 8
+# (pad != shift: padding before the roll, as swin_ext and transformers do, is not timm's roll-then-pad)
+@pytest.mark.parametrize("image_size,window", [(64, 8), (96, 16), (144, 16)])
 def test_transformers_equivalence(image_size, window):
     theirs = hf_v2(image_size, window)
     ours = ours_v2(dict(img_size=image_size, embed_dim=24, depths=(2, 2), num_heads=(2, 4), window_size=window))
@@ -403,3 +405,13 @@ def test_onnx_export_v2(tmp_path):
     got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x3.numpy()})[0])
     with torch.no_grad():
         assert rel_err(got.double(), model(x3).double()) <= 1e-4
+
+
+def test_create_model_with_a_checkpoint_and_a_new_head():
+    small = dict(embed_dim=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+    src = randomize(create_model("swinv2_tiny_window8_256", drop_path_rate=0.0, **small))
+    m = create_model("swinv2_tiny_window8_256", pretrained=src.state_dict(), num_classes=3, **small)
+    assert m.head.out_features == 3 and m.pretrained_result.new_head
+    assert torch.equal(m.layers[2].blocks[0].attn.cpb_mlp[0].weight, src.layers[2].blocks[0].attn.cpb_mlp[0].weight)
+    with pytest.raises(CheckpointError, match="num_classes"):  # load_pretrained itself is strict about the head
+        load_pretrained(create_model("swinv2_tiny_window8_256", num_classes=3, **small), {"model": src.state_dict()})
