@@ -46,8 +46,8 @@ __device__ __forceinline__ A prob(A x2, A lse) {
 // P, D (row sums of P o dP, if kWithD) and dS = P o (dP - D); P is written
 // over S (if kWriteP) and dS over dP.  kLpr lanes per row, kCpl columns per
 // lane (ncols <= kLpr * kCpl).  Row stats: lse[r] read, D[r] read (!kWithD)
-// or written (kWithD, if D_r).  fn(pass, e, i, j, ds) is called per element
-// (the bias gradient); with kUnroll the passes are unrolled, so that fn may
+// or written (kWithD, if D_r).  fn(pass, e, i, j, ds, s) is called per element
+// with dS and the raw score s = S (the bias gradient; Swin V2's scale gradient); with kUnroll the passes are unrolled, so that fn may
 // index register arrays by (pass, e).  Rows are read whole before they are
 // overwritten.
 template <class Tr, int kLpr, int kCpl, bool kWithD, bool kWriteP, bool kUnroll, typename F>
@@ -72,16 +72,18 @@ __device__ __forceinline__ void grad_rows(typename Tr::acc_t* S, typename Tr::ac
     const int r = pi * kRpp + sub, i = row0 + r;
     const A* brow = bias + (static_cast<int64_t>(h) * N + (i < N ? i : 0)) * N;
     const A lse = i < N ? lse_r[r] : neg_inf<A>();
-    A pv[kCpl], dpv[kCpl];
+    A pv[kCpl], dpv[kCpl], sv[kCpl];
     A dsum = 0;
 #pragma unroll
     for (int e = 0; e < kCpl; ++e) {
       const int c = cl + e * kLpr;
       pv[e] = A(0);
       dpv[e] = A(0);
+      sv[e] = A(0);
       if (c < ncols) {
         const int j = col0 + c;
-        pv[e] = prob(logit2(S[r * ldS + c], scale, brow, i, j, N, p.masked, reg_r[r], reg_c[c]), lse);
+        sv[e] = S[r * ldS + c];
+        pv[e] = prob(logit2(sv[e], scale, brow, i, j, N, p.masked, reg_r[r], reg_c[c]), lse);
         dpv[e] = dP[r * ldS + c];
         dsum += pv[e] * dpv[e];
       }
@@ -98,7 +100,7 @@ __device__ __forceinline__ void grad_rows(typename Tr::acc_t* S, typename Tr::ac
       const int c = cl + e * kLpr;
       if (c < ncols) {
         const A ds = pv[e] * (dpv[e] - Dv);
-        fn(pi, e, i, col0 + c, ds);
+        fn(pi, e, i, col0 + c, ds, sv[e]);
         if constexpr (Tr::kTC) {
           if (kWriteP) reinterpret_cast<T*>(S)[r * ldP + c] = from_acc<T>(pv[e]);
           reinterpret_cast<T*>(dP)[r * ldP + c] = from_acc<T>(ds);
@@ -218,20 +220,34 @@ __global__ void __launch_bounds__(Tr::kFusedWarps * 32, 1) attn_bwd_fused_kernel
                                        GatherSrc<T>{sdO, gout + static_cast<int64_t>(b) * p.img_out + h * d, C, nullptr},
                                        ld, tok, rows, N, d, p.vec);
     __syncthreads();
-    if (p.qk_norm) {  // Swin V2: q' = s_h q^, k^ (and the norms for the chain rule)
-      normalize_rows<T, A, Tr::kD>(sQ, ld, rows, d, s_h, inv_q);
-      normalize_rows<T, A, Tr::kD>(sK, ld, rows, d, A(1), inv_k);
+    if (p.qk_norm) {  // Swin V2: the inverse norms (the scores come from the raw rows)
+      row_inv_norms<T, A, Tr::kD>(sQ, ld, rows, d, inv_q);
+      row_inv_norms<T, A, Tr::kD>(sK, ld, rows, d, inv_k);
       __syncthreads();
     }
     if (active) {
       warp_gemm<Tr, true, false>(sS, ldS, sQ + wrow0 * ld, ld, 16, sK, ld, 16, rows, dp, false);
       warp_gemm<Tr, true, false>(sdP, ldS, sdO + wrow0 * ld, ld, 16, sV, ld, 16, rows, dp, false);
       __syncwarp();
+      if (p.qk_norm) {  // s_h q^ . k^ in float32
+        scale_scores(sS, ldS, rows, inv_q + wrow0, inv_k, s_h);
+        __syncwarp();
+      }
       const A* lse = static_cast<const A*>(p.lse) + ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * N + wrow0;
       grad_rows<Tr, 32, 2, true, true, true>(sS, sdP, ldS, rows, 0, wrow0, p, h, reg + wrow0, reg, lse, nullptr,
-                                             [&](int pi, int e, int, int, A ds) { dbacc[pi][e] += ds; });
+                                             [&](int pi, int e, int i, int j, A ds, A s) {
+                                               dbacc[pi][e] += ds;
+                                               // Swin V2: d head_scale = sum dS o (q^ . k^), from the
+                                               // float32 dS and logits (before dS is rounded for the GEMMs)
+                                               if (p.qk_norm && i < N && j < N) ds_acc += ds * s;
+                                             });
     }
     __syncthreads();  // P and dS of every warp are in shared memory
+    if (p.qk_norm) {  // the gradient products' operands: q' = s_h q^ and k^
+      scale_rows<T, A, Tr::kD>(sQ, ld, rows, d, inv_q, s_h);
+      scale_rows<T, A, Tr::kD>(sK, ld, rows, d, inv_k, A(1));
+      __syncthreads();
+    }
     if (!active) continue;
     const int64_t ob = static_cast<int64_t>(b) * p.img_qkv + h * d;
     // dV (keys of this warp) = P^T dO
@@ -254,14 +270,16 @@ __global__ void __launch_bounds__(Tr::kFusedWarps * 32, 1) attn_bwd_fused_kernel
     warp_gemm<Tr, true, true>(stage, ldO, dS_all + wrow0 * ldP, ldP, 16, sK, ld, 16 * ld, dp, rows, false);
     __syncwarp();
     if (p.qk_norm) {
-      ds_acc += normalize_rows_backward<T, A, Tr::kD>(stage, ldO, sQ + wrow0 * ld, ld, inv_q + wrow0, d, s_h);
+      normalize_rows_backward<T, A, Tr::kD>(stage, ldO, sQ + wrow0 * ld, ld, inv_q + wrow0, d, s_h);
       __syncwarp();
     }
     warp_store_rows<T, A, Tr::kD>(dqkv + ob, stride, tok + wrow0, kRowTile, stage, ldO, nullptr, scale * s_h, d, p.vec);
     __syncwarp();
   }
   if (p.qk_norm) {  // d head_scale of this (chunk, window, head): the warps' sums in warp order
-    if (lane == 0) ds_w[warp] = ds_acc;
+    // The scores are s_h cos (q' = s_h q^ in shared memory): d s_h = sum dS cos.
+    const A w = warp_sum(ds_acc) / s_h;
+    if (lane == 0) ds_w[warp] = w;
     __syncthreads();
     if (threadIdx.x == 0) {
       A t = 0;
@@ -334,6 +352,7 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32, 1) attn_bwd_dq_kernel(const
   A* acc = reinterpret_cast<A*>(smem + L.acc) + warp * kRowTile * ldO;
   A* st = reinterpret_cast<A*>(smem + L.stats) + warp * 2 * kRowTile;  // lse, D
   A* inv_q = reinterpret_cast<A*>(smem + L.inv);                          // Swin V2 only
+  A* inv_kt = inv_q + rows;
   A* ds_w = reinterpret_cast<A*>(smem + L.dscale);
 
   const T* qkv = static_cast<const T*>(p.qkv);
@@ -357,9 +376,9 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32, 1) attn_bwd_dq_kernel(const
     const T* img = qkv + static_cast<int64_t>(b) * p.img_qkv + h * d;
     gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sQ, img, stride, pad ? pad + h * d : nullptr}, GatherSrc<T>{sdO, static_cast<const T*>(p.grad_out) + static_cast<int64_t>(b) * p.img_out + h * d, C,
                                    nullptr}, ld, tok_r, rows, N - row0, d, p.vec);
-    if (p.qk_norm) {  // the loop's first barrier orders it before the products
+    if (p.qk_norm) {  // 1 / ||q|| (the loop's first barrier orders it before the products)
       __syncthreads();
-      normalize_rows<T, A, Tr::kD>(sQ, ld, rows, d, s_h, inv_q);
+      row_inv_norms<T, A, Tr::kD>(sQ, ld, rows, d, inv_q);
     }
     const int64_t rowstat = ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * N;
     if (active && lane < kRowTile) {
@@ -374,14 +393,25 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32, 1) attn_bwd_dq_kernel(const
         __syncthreads();
         gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sK, img + C, stride, pad ? pad + C + h * d : nullptr}, GatherSrc<T>{sV, img + 2 * C, stride, pad ? pad + 2 * C + h * d : nullptr}, ld, tok_k, Kt, N - kt0, d, p.vec);
         __syncthreads();
-        if (p.qk_norm) {
-          normalize_rows<T, A, Tr::kD>(sK, ld, Kt, d, A(1), static_cast<A*>(nullptr));
+        if (p.qk_norm) {  // 1 / ||k|| of the tile
+          row_inv_norms<T, A, Tr::kD>(sK, ld, Kt, d, inv_kt);
+          __syncthreads();
+        }
+        if (active) {
+          warp_gemm<Tr, true, false>(sS, ldS, sQ + warp * kRowTile * ld, ld, 16, sK, ld, 16, Kt, dp, false);
+          warp_gemm<Tr, true, false>(sdP, ldS, sdO + warp * kRowTile * ld, ld, 16, sV, ld, 16, Kt, dp, false);
+          __syncwarp();
+          if (p.qk_norm) {  // s_h q^ . k^ in float32
+            scale_scores(sS, ldS, Kt, inv_q + warp * kRowTile, inv_kt, s_h);
+            __syncwarp();
+          }
+        }
+        if (p.qk_norm && pass == 1) {  // k^ for dQ += dS K^, once every warp has its scores
+          __syncthreads();
+          scale_rows<T, A, Tr::kD>(sK, ld, Kt, d, inv_kt, A(1));
           __syncthreads();
         }
         if (!active) continue;
-        warp_gemm<Tr, true, false>(sS, ldS, sQ + warp * kRowTile * ld, ld, 16, sK, ld, 16, Kt, dp, false);
-        warp_gemm<Tr, true, false>(sdP, ldS, sdO + warp * kRowTile * ld, ld, 16, sV, ld, 16, Kt, dp, false);
-        __syncwarp();
         if (pass == 0) {
           // Partial row sums of P o dP over this key tile, added to D.
           constexpr int lpr = Kt < 32 ? Kt : 32;
@@ -408,10 +438,11 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32, 1) attn_bwd_dq_kernel(const
         } else {
           grad_rows<Tr, (Kt < 32 ? Kt : 32), (Kt < 32 ? 1 : Kt / 32), false, false, false>(
               sS, sdP, ldS, Kt, kt0, wrow0, p, h, reg_r + warp * kRowTile, reg_k, st,
-                                      st + kRowTile, [&](int, int, int i, int j, A ds) {
+                                      st + kRowTile, [&](int, int, int i, int j, A ds, A s) {
                                         if (i < N && j < N) {
                                           A* e = dbias + static_cast<int64_t>(i) * N + j;
                                           *e = first ? ds : *e + ds;
+                                          if (p.qk_norm) ds_acc += ds * s;  // Swin V2, as the fused kernel
                                         }
                                       });
           // dQ += dS K_tile
@@ -421,18 +452,19 @@ __global__ void __launch_bounds__(Tr::kDqWarps * 32, 1) attn_bwd_dq_kernel(const
       }
     }
     if (active) {
-      if (p.qk_norm) {
-        ds_acc += normalize_rows_backward<T, A, Tr::kD>(acc, ldO, sQ + warp * kRowTile * ld, ld, inv_q + warp * kRowTile, d, s_h);
+      if (p.qk_norm) {  // acc = dS K^: times s_h it is the gradient of q^; through the normalisation
+        project_out_rows<T, A, Tr::kD>(acc, ldO, sQ + warp * kRowTile * ld, ld, inv_q + warp * kRowTile, d, s_h);
         __syncwarp();
       }
       warp_store_rows<T, A, Tr::kD>(static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv + h * d, stride,
-                                    tok_r + warp * kRowTile, kRowTile, acc, ldO, nullptr, scale * s_h, d, p.vec);
+                                    tok_r + warp * kRowTile, kRowTile, acc, ldO, nullptr, scale, d, p.vec);
       if (lane < kRowTile && wrow0 + lane < N) static_cast<A*>(p.Dbuf)[rowstat + wrow0 + lane] = st[kRowTile + lane];
       __syncwarp();
     }
   }
   if (p.qk_norm) {  // d head_scale of this (chunk, window, row block, head): warps summed in order
-    if (lane == 0) ds_w[warp] = ds_acc;
+    const A w = warp_sum(ds_acc) / s_h;  // as the fused kernel
+    if (lane == 0) ds_w[warp] = w;
     __syncthreads();
     if (threadIdx.x == 0) {
       A t = 0;
@@ -485,6 +517,7 @@ __global__ void __launch_bounds__(Tr::kDkvWarps * 32, 1) attn_bwd_dkv_kernel(con
   A* dK = reinterpret_cast<A*>(smem + L.dk) + warp * kRowTile * ldO;
   A* dV = reinterpret_cast<A*>(smem + L.dv) + warp * kRowTile * ldO;
   A* inv_k = reinterpret_cast<A*>(smem + L.inv);  // Swin V2 only
+  A* inv_qt = inv_k + keys;
   const A s_h = p.qk_norm ? static_cast<const A*>(p.head_scale)[h] : A(1);
 
   const T* qkv = static_cast<const T*>(p.qkv);
@@ -501,9 +534,9 @@ __global__ void __launch_bounds__(Tr::kDkvWarps * 32, 1) attn_bwd_dkv_kernel(con
   build_token_table(g, win, key0, keys, tok_k, reg_k);
   __syncthreads();
   gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sK, img + C, stride, pad ? pad + C + h * d : nullptr}, GatherSrc<T>{sV, img + 2 * C, stride, pad ? pad + 2 * C + h * d : nullptr}, ld, tok_k, keys, N - key0, d, p.vec);
-  if (p.qk_norm) {  // the loop's first barrier orders it before the products
+  if (p.qk_norm) {  // 1 / ||k|| (the loop's first barrier orders it before the products)
     __syncthreads();
-    normalize_rows<T, A, Tr::kD>(sK, ld, keys, d, A(1), inv_k);
+    row_inv_norms<T, A, Tr::kD>(sK, ld, keys, d, inv_k);
   }
   for (int qt0 = 0; qt0 < N; qt0 += Qt) {
     __syncthreads();
@@ -517,15 +550,26 @@ __global__ void __launch_bounds__(Tr::kDkvWarps * 32, 1) attn_bwd_dkv_kernel(con
     gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sQ, img, stride, pad ? pad + h * d : nullptr}, GatherSrc<T>{sdO, static_cast<const T*>(p.grad_out) + static_cast<int64_t>(b) * p.img_out + h * d, C,
                                    nullptr}, ld, tok_q, Qt, N - qt0, d, p.vec);
     __syncthreads();
-    if (p.qk_norm) {
-      normalize_rows<T, A, Tr::kD>(sQ, ld, Qt, d, s_h, static_cast<A*>(nullptr));
+    if (p.qk_norm) {  // 1 / ||q|| of the tile
+      row_inv_norms<T, A, Tr::kD>(sQ, ld, Qt, d, inv_qt);
+      __syncthreads();
+    }
+    if (active) {
+      // S^T = K_w Q^T, dP^T = V_w dO^T (rows: this warp's keys, columns: queries)
+      warp_gemm<Tr, true, false>(sS, ldS, sK + warp * kRowTile * ld, ld, 16, sQ, ld, 16, Qt, dp, false);
+      warp_gemm<Tr, true, false>(sdP, ldS, sV + warp * kRowTile * ld, ld, 16, sdO, ld, 16, Qt, dp, false);
+      __syncwarp();
+      if (p.qk_norm) {  // s_h k^ . q^ in float32
+        scale_scores(sS, ldS, Qt, inv_k + warp * kRowTile, inv_qt, s_h);
+        __syncwarp();
+      }
+    }
+    if (p.qk_norm) {  // q' = s_h q^ for dK += dS^T Q', once every warp has its scores
+      __syncthreads();
+      scale_rows<T, A, Tr::kD>(sQ, ld, Qt, d, inv_qt, s_h);
       __syncthreads();
     }
     if (!active) continue;
-    // S^T = K_w Q^T, dP^T = V_w dO^T (rows: this warp's keys, columns: queries)
-    warp_gemm<Tr, true, false>(sS, ldS, sK + warp * kRowTile * ld, ld, 16, sQ, ld, 16, Qt, dp, false);
-    warp_gemm<Tr, true, false>(sdP, ldS, sV + warp * kRowTile * ld, ld, 16, sdO, ld, 16, Qt, dp, false);
-    __syncwarp();
     // P^T and dS^T, in 16-column steps (each step's P / dS land over scores
     // already read), lane = (key r, query parity).
     {
@@ -566,8 +610,8 @@ __global__ void __launch_bounds__(Tr::kDkvWarps * 32, 1) attn_bwd_dkv_kernel(con
     warp_gemm<Tr, true, true>(dK, ldO, reinterpret_cast<const T*>(sdP), ldP, 16, sQ, ld, 16 * ld, dp, Qt, qt0 > 0);
     __syncwarp();
   }
-  if (p.qk_norm && active) {  // Swin V2: dK is the gradient of k^; through the normalisation
-    normalize_rows_backward<T, A, Tr::kD>(dK, ldO, sK + warp * kRowTile * ld, ld, inv_k + warp * kRowTile, d, A(1));
+  if (p.qk_norm && active) {  // Swin V2: dK is the gradient of k^; through the normalisation (raw K rows)
+    project_out_rows<T, A, Tr::kD>(dK, ldO, sK + warp * kRowTile * ld, ld, inv_k + warp * kRowTile, d, A(1));
     __syncwarp();
   }
   if (p.padded) {  // every warp writes its slot, zeros when it has no padding key

@@ -160,9 +160,12 @@ __global__ void __launch_bounds__(Tr::kFwdWarps * 32, 1) attn_fwd_kernel(const A
   }
   __syncthreads();
   gather_rows<T, Tr::kD, Tr::kTC, 1>(GatherSrc<T>{sQ, img, stride, pad ? pad + h * d : nullptr}, GatherSrc<T>{}, ld, tok_r, rows, N - row0, d, p.vec);
-  if (p.qk_norm) {  // Swin V2: q^ * s_h (the loop's barrier orders it before the first product)
+  A* inv_q = reinterpret_cast<A*>(smem + L.inv);  // Swin V2 only
+  A* inv_k = inv_q + rows;
+  const A s_h = p.qk_norm ? static_cast<const A*>(p.head_scale)[h] : A(1);
+  if (p.qk_norm) {  // Swin V2: 1 / ||q|| (the loop's barrier orders it before the first product)
     __syncthreads();
-    normalize_rows<T, A, Tr::kD>(sQ, ld, rows, d, static_cast<const A*>(p.head_scale)[h], static_cast<A*>(nullptr));
+    row_inv_norms<T, A, Tr::kD>(sQ, ld, rows, d, inv_q);
   }
 
   const int wrow0 = row0 + warp * kRowTile;  // first query row of this warp
@@ -173,14 +176,18 @@ __global__ void __launch_bounds__(Tr::kFwdWarps * 32, 1) attn_fwd_kernel(const A
     __syncthreads();
     gather_rows<T, Tr::kD, Tr::kTC, 2>(GatherSrc<T>{sK, img + C, stride, pad ? pad + C + h * d : nullptr}, GatherSrc<T>{sV, img + 2 * C, stride, pad ? pad + 2 * C + h * d : nullptr}, ld, tok_k, Kt, N - kt0, d, p.vec);
     __syncthreads();
-    if (p.qk_norm) {  // Swin V2: k^
-      normalize_rows<T, A, Tr::kD>(sK, ld, Kt, d, A(1), static_cast<A*>(nullptr));
+    if (p.qk_norm) {  // Swin V2: 1 / ||k|| of the tile
+      row_inv_norms<T, A, Tr::kD>(sK, ld, Kt, d, inv_k);
       __syncthreads();
     }
     if (!active) continue;
-    // S = Q_w K^T
+    // S = Q_w K^T (Swin V2: then s_h q^ . k^, in float32)
     warp_gemm<Tr, true, false>(sS, ldS, sQ + warp * kRowTile * ld, ld, 16, sK, ld, 16, Kt, dp, false);
     __syncwarp();
+    if (p.qk_norm) {
+      scale_scores(sS, ldS, Kt, inv_q + warp * kRowTile, inv_k, s_h);
+      __syncwarp();
+    }
     online_softmax_tile<Tr, Kt>(sS, ldS, kt0, wrow0, p, h, reg_r + warp * kRowTile, reg_k, st);
     if (kt0 > 0) {  // rescale what the previous tiles accumulated
       for (int r = 0; r < kRowTile; ++r) {

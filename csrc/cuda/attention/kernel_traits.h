@@ -89,7 +89,7 @@ struct Carve {
 
 // ---------------------------------------------------------------- forward
 struct FwdLayout {
-  int tok_r, reg_r, tok_k, reg_k, q, k, v, s, o, stats, total;
+  int tok_r, reg_r, tok_k, reg_k, q, k, v, s, o, stats, inv, total;
 };
 template <class Tr>
 __host__ __device__ constexpr FwdLayout fwd_layout(int d, int nwarps) {
@@ -107,6 +107,7 @@ __host__ __device__ constexpr FwdLayout fwd_layout(int d, int nwarps) {
   L.s = c.take(nwarps * kRowTile * Tr::ld_acc(Kt) * Tr::kAB);          // scores, then P
   L.o = c.take(nwarps * kRowTile * Tr::ld_acc(Tr::dpad(d)) * Tr::kAB);  // output accumulator
   L.stats = c.take(nwarps * 3 * kRowTile * Tr::kAB);                  // row max, sum, rescale
+  L.inv = c.take((rows + Kt) * Tr::kAB);                              // Swin V2: 1 / ||q||, 1 / ||k||
   L.total = c.off;
   return L;
 }
@@ -158,7 +159,7 @@ __host__ __device__ constexpr DqLayout dq_layout(int d, int nwarps) {
   L.dp = c.take(nwarps * kRowTile * Tr::ld_acc(Kt) * Tr::kAB);
   L.acc = c.take(nwarps * kRowTile * Tr::ld_acc(Tr::dpad(d)) * Tr::kAB);  // dQ accumulator
   L.stats = c.take(nwarps * 2 * kRowTile * Tr::kAB);                    // lse, D per row
-  L.inv = c.take(rows * Tr::kAB);                                        // Swin V2: 1 / ||q|| per row
+  L.inv = c.take((rows + Kt) * Tr::kAB);  // Swin V2: 1 / ||q|| per row, 1 / ||k|| of the key tile
   L.dscale = c.take(nwarps * Tr::kAB);                                   // Swin V2: per-warp d head_scale
   L.total = c.off;
   return L;
@@ -187,7 +188,7 @@ __host__ __device__ constexpr DkvLayout dkv_layout(int d, int nwarps) {
   L.dp = c.take(nwarps * kRowTile * Tr::ld_acc(Qt) * Tr::kAB);  // dP^T, then dS^T
   L.dk = c.take(nwarps * kRowTile * Tr::ld_acc(Tr::dpad(d)) * Tr::kAB);
   L.dv = c.take(nwarps * kRowTile * Tr::ld_acc(Tr::dpad(d)) * Tr::kAB);
-  L.inv = c.take(keys * Tr::kAB);  // Swin V2: 1 / ||k|| per key
+  L.inv = c.take((keys + Qt) * Tr::kAB);  // Swin V2: 1 / ||k|| per key, 1 / ||q|| of the query tile
   L.total = c.off;
   return L;
 }

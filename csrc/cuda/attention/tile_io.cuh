@@ -144,17 +144,22 @@ __device__ __forceinline__ void gather_rows(const GatherSrc<T> s0, const GatherS
   }
 }
 
-// Swin V2's cosine attention: rows [0, n) of a tile (stride ld, d valid
-// columns) become row * mul / max(||row||, 1e-12) (F.normalize's rule; rows
-// of zeros stay zeros), with 1 / max(||row||, 1e-12) in inv_out[r] when
-// inv_out is not null.  Block-collective: a warp per row, the caller
-// synchronises before and after.
+// Swin V2's cosine attention.  The scores are formed from the raw (rounded
+// once, as loaded) q and k rows and scaled in float32 by the inverse norms
+// (scale_scores), so the logits s_h q^ . k^ carry no rounding of normalised
+// rows, which s_h (up to 100) would amplify; the rows are normalised in
+// shared memory (scale_rows) only as operands of the backward's gradient
+// products, whose error is not amplified.
+
+// inv_out[r] = 1 / max(||row r||, 1e-12) (F.normalize's rule) for rows
+// [0, n) of a tile (stride ld, d valid columns).  Block-collective: a warp
+// per row, the caller synchronises before and after.
 template <typename T, typename A, int kD>
-__device__ __forceinline__ void normalize_rows(T* rows, int ld, int n, int d_rt, A mul, A* inv_out) {
+__device__ __forceinline__ void row_inv_norms(const T* rows, int ld, int n, int d_rt, A* inv_out) {
   const int d = kD ? kD : d_rt;
   const int nwarps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   for (int r = warp; r < n; r += nwarps) {
-    T* row = rows + r * ld;
+    const T* row = rows + r * ld;
     A ss = 0;
     for (int c = lane; c < d; c += 32) {
       const A v = to_acc(row[c]);
@@ -162,34 +167,69 @@ __device__ __forceinline__ void normalize_rows(T* rows, int ld, int n, int d_rt,
     }
     ss = warp_sum(ss);
     const A norm = acc_sqrt(ss);
-    const A inv = A(1) / (norm > A(1e-12) ? norm : A(1e-12));
-    const A m = inv * mul;
+    if (lane == 0) inv_out[r] = A(1) / (norm > A(1e-12) ? norm : A(1e-12));
+  }
+}
+
+// Rows [0, n) of a tile become row * inv[r] * mul (normalised, rows of zeros
+// stay zeros).  Block-collective, the caller synchronises before and after.
+template <typename T, typename A, int kD>
+__device__ __forceinline__ void scale_rows(T* rows, int ld, int n, int d_rt, const A* inv, A mul) {
+  const int d = kD ? kD : d_rt;
+  const int nwarps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int r = warp; r < n; r += nwarps) {
+    T* row = rows + r * ld;
+    const A m = inv[r] * mul;
     for (int c = lane; c < d; c += 32) row[c] = from_acc<T>(to_acc(row[c]) * m);
-    if (lane == 0 && inv_out != nullptr) inv_out[r] = inv;
+  }
+}
+
+// A warp's 16 x ncols float32 score tile (stride ldS) of raw products
+// q . k becomes mul * inv_r[r] * inv_c[c] * S, i.e. mul * q^ . k^.
+// Called by one warp; the caller synchronises the warp after.
+template <typename A>
+__device__ __forceinline__ void scale_scores(A* S, int ldS, int ncols, const A* inv_r, const A* inv_c, A mul) {
+  const int lane = threadIdx.x & 31;
+  for (int idx = lane; idx < 16 * ncols; idx += 32) {
+    const int r = idx / ncols, c = idx - r * ncols;
+    S[r * ldS + c] *= mul * inv_r[r] * inv_c[c];
+  }
+}
+
+// The backward of x^ = x / ||x|| against the raw rows x: a warp's 16 x d
+// gradient tile g (stride ldg) w.r.t. x^ becomes the gradient w.r.t. x,
+// times mul: g <- (g - x (x . g) inv^2) * inv * mul, with inv[r] =
+// 1 / max(||x||, 1e-12).  Called by one warp.
+template <typename T, typename A, int kD>
+__device__ __forceinline__ void project_out_rows(A* g, int ldg, const T* x_rows, int ldx, const A* inv, int d_rt,
+                                                 A mul) {
+  const int d = kD ? kD : d_rt;
+  const int lane = threadIdx.x & 31;
+  for (int r = 0; r < 16; ++r) {
+    A dot = 0;
+    for (int c = lane; c < d; c += 32) dot += to_acc(x_rows[r * ldx + c]) * g[r * ldg + c];
+    dot = warp_sum(dot);
+    const A inv2 = inv[r] * inv[r], m = inv[r] * mul;
+    for (int c = lane; c < d; c += 32) g[r * ldg + c] = (g[r * ldg + c] - to_acc(x_rows[r * ldx + c]) * dot * inv2) * m;
   }
 }
 
 // The backward of a row normalisation, in place on a warp's 16 x d gradient
 // tile g (stride ldg, the gradient w.r.t. the normalised row xh, which is
 // stored in `xh_rows` as row * xh_mul): g <- (g - xh (xh . g)) * inv[r],
-// i.e. d/dx of x / ||x||.  Returns this lane's share of sum_r (xh . g)
-// before the update (the scale's gradient is (1 / xh_mul) times it summed
-// over lanes).  Called by one warp.
+// i.e. d/dx of x / ||x||.  Called by one warp.
 template <typename T, typename A, int kD>
-__device__ __forceinline__ A normalize_rows_backward(A* g, int ldg, const T* xh_rows, int ldx, const A* inv,
-                                                     int d_rt, A xh_mul) {
+__device__ __forceinline__ void normalize_rows_backward(A* g, int ldg, const T* xh_rows, int ldx, const A* inv,
+                                                        int d_rt, A xh_mul) {
   const int d = kD ? kD : d_rt;
   const int lane = threadIdx.x & 31;
   const A rmul = A(1) / xh_mul;
-  A total = 0;
   for (int r = 0; r < 16; ++r) {
     A dot = 0;
     for (int c = lane; c < d; c += 32) dot += to_acc(xh_rows[r * ldx + c]) * rmul * g[r * ldg + c];
     dot = warp_sum(dot);
-    if (lane == 0) total += dot;
     for (int c = lane; c < d; c += 32) g[r * ldg + c] = (g[r * ldg + c] - to_acc(xh_rows[r * ldx + c]) * rmul * dot) * inv[r];
   }
-  return total;
 }
 
 // Packs kVec values (times m) into the 16 bytes of one vector store.
