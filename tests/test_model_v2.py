@@ -410,7 +410,8 @@ def test_onnx_export_v2(tmp_path):
 def test_create_model_with_a_checkpoint_and_a_new_head():
     small = dict(embed_dim=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
     src = randomize(create_model("swinv2_tiny_window8_256", drop_path_rate=0.0, **small))
-    m = create_model("swinv2_tiny_window8_256", pretrained=src.state_dict(), num_classes=3, **small)
+    with pytest.warns(UserWarning, match="head was not loaded"):
+        m = create_model("swinv2_tiny_window8_256", pretrained=src.state_dict(), num_classes=3, **small)
     assert m.head.out_features == 3 and m.pretrained_result.new_head
     assert torch.equal(m.layers[2].blocks[0].attn.cpb_mlp[0].weight, src.layers[2].blocks[0].attn.cpb_mlp[0].weight)
     with pytest.raises(CheckpointError, match="num_classes"):  # load_pretrained itself is strict about the head
