@@ -394,6 +394,9 @@ def test_onnx_export_v2(tmp_path):
     model = randomize(SwinTransformerV2(img_size=64, embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=9,
                                         num_classes=5, drop_path_rate=0.0)).eval()
     x = torch.randn(2, 3, 60, 68)
+    ep = torch.export.export(model, (x,))  # the fused V2 op is kept in the exported graph
+    targets = [n.target for n in ep.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.swin_ext.window_attention_v2_fwd.default) == 4
     path = str(tmp_path / "v2.onnx")
     swin_ext.export_onnx(model, path, x, dynamic_batch=True)  # checks onnxruntime against PyTorch (rtol 1e-4)
     ops = {n.op_type for n in onnx.load(path).graph.node}
