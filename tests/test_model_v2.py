@@ -419,3 +419,16 @@ def test_create_model_with_a_checkpoint_and_a_new_head():
     assert torch.equal(m.layers[2].blocks[0].attn.cpb_mlp[0].weight, src.layers[2].blocks[0].attn.cpb_mlp[0].weight)
     with pytest.raises(CheckpointError, match="num_classes"):  # load_pretrained itself is strict about the head
         load_pretrained(create_model("swinv2_tiny_window8_256", num_classes=3, **small), {"model": src.state_dict()})
+
+
+def test_autocast_keeps_the_position_bias_in_float32():
+    model = randomize(SwinTransformerV2(img_size=32, embed_dim=16, depths=(2,), num_heads=(2,), window_size=4,
+                                        num_classes=5, drop_path_rate=0.0)).eval()
+    attn = model.layers[0].blocks[1].attn
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert attn.position_bias().dtype == torch.float32
+            got = model(x)
+    assert got.dtype == torch.bfloat16 and rel_err(got.float(), want) < 3e-2
