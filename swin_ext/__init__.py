@@ -25,6 +25,7 @@ from .model import (
     swin_s,
     swin_t,
 )
+from .model_v2 import SwinTransformerV2
 from .checkpoint import CheckpointError, LoadResult, load_pretrained
 from .factory import create_model, list_models
 from .export import ExportError, export_onnx, install_onnx_hook, onnx_translation_table
@@ -58,6 +59,7 @@ __all__ = [
     "swin_s",
     "swin_b",
     "swin_l",
+    "SwinTransformerV2",
     "load_pretrained",
     "create_model",
     "list_models",

@@ -1,4 +1,4 @@
-"""Loading Swin Transformer (v1) checkpoints of every common layout.
+"""Loading Swin Transformer (V1 and V2) checkpoints of every common layout.
 
 ``load_pretrained(model, source, strict=True)`` reads a file (``.pth`` /
 ``.pt`` / ``.bin`` through ``torch.load(weights_only=True)``, or
@@ -24,6 +24,14 @@ transformers   ``[swin.]embeddings.patch_embeddings.projection``; attention
                transformers); ``classifier`` head,
                ``hidden_states_norms.stageN`` (``SwinBackbone``)
 =============  ===========================================================
+
+Swin V2 checkpoints (``logit_scale`` / ``cpb_mlp`` /
+``continuous_position_bias_mlp`` keys) load into a
+:class:`~swin_ext.SwinTransformerV2` from the official, timm and transformers
+layouts (transformers' ``query.bias`` / ``value.bias`` become ``q_bias`` /
+``v_bias``; its key has no bias); a V1 checkpoint into a V2 model, or the
+reverse, is an error that says so.  The CPB MLP evaluates any window, so a
+V2 checkpoint of another window size needs no resizing.
 
 Buffers (``relative_position_index``, ``attn_mask``, ``relative_coords_table``)
 are dropped: the model computes them.  A ``relative_position_bias_table``
@@ -62,6 +70,7 @@ __all__ = [
     "load_pretrained",
     "read_state_dict",
     "convert_state_dict",
+    "checkpoint_version",
     "safe_torch_load",
     "check_regular_file",
     "verify_archive",
@@ -84,6 +93,11 @@ _EMBED_KEYS = (
 
 # Keys of Swin V2 (cosine attention, continuous position bias).
 _V2_MARKERS = ("logit_scale", "cpb_mlp", "continuous_position_bias_mlp")
+
+
+def checkpoint_version(sd: Mapping[str, Any]) -> int:
+    """2 for a Swin V2 state dict (cosine attention / continuous position bias keys), else 1."""
+    return 2 if any(m in k for k in sd for m in _V2_MARKERS) else 1
 
 
 class CheckpointError(ValueError):
@@ -312,9 +326,6 @@ def read_state_dict(source: Union[str, os.PathLike, Mapping[str, Any]]) -> Dict[
 
 def _find_layout(sd: Mapping[str, torch.Tensor]) -> Tuple[str, str]:
     """``(format, prefix)`` from the patch-embedding key; prefix like ``"module."``, ``"swin."``."""
-    if any(m in k for k in sd for m in _V2_MARKERS):
-        raise CheckpointError("this looks like a Swin V2 checkpoint (cosine attention / continuous position "
-                              "bias), which swin_ext (Swin V1) does not support")
     for fmt, suffix in _EMBED_KEYS:
         prefixes = [k[: -len(suffix)] for k in sd if k.endswith(suffix) and (k == suffix or k[-len(suffix) - 1] == ".")]
         if prefixes:
@@ -341,7 +352,11 @@ def _official_or_timm(sd: Mapping[str, torch.Tensor], prefix: str) -> str:
 def _split_prefix(sd, prefix, fmt):
     """Strip the model prefix; keys outside it are kept (HF heads) or ignored (a detector's neck and heads)."""
     out, ignored = {}, {}
-    outer = prefix[: -len("swin.")] if fmt == "transformers" and prefix.endswith("swin.") else None
+    outer = None
+    if fmt == "transformers":
+        for model_prefix in ("swin.", "swinv2."):
+            if prefix.endswith(model_prefix):
+                outer = prefix[: -len(model_prefix)]
     for k, v in sd.items():
         if k.startswith(prefix):
             out[k[len(prefix):]] = (k, v)
@@ -387,6 +402,8 @@ _HF_BLOCK = (
     ("attention.relative_position_bias.relative_position_bias_table", "attn.relative_position_bias_table"),
     ("attention.self.relative_position_index", "attn.relative_position_index"),
     ("attention.relative_position_bias.relative_position_index", "attn.relative_position_index"),
+    ("attention.self.logit_scale", "attn.logit_scale"),
+    ("attention.self.continuous_position_bias_mlp.", "attn.cpb_mlp."),
     ("attention.output.dense.", "attn.proj."),
     ("attention.o_proj.", "attn.proj."),
     ("intermediate.dense.", "mlp.fc1."),
@@ -436,8 +453,10 @@ def convert_state_dict(
 
     Returns ``(format, converted, unexpected, ignored)``: ``converted`` maps
     each official key to ``(source key, tensor)``; ``unexpected`` lists keys
-    that belong to no Swin V1 layout; ``ignored`` the keys dropped on purpose.
+    that belong to no Swin layout; ``ignored`` the keys dropped on purpose.
+    Swin V2 (:func:`checkpoint_version`) converts to the official V2 keys.
     """
+    v2 = checkpoint_version(sd) == 2
     fmt, prefix = _find_layout(sd)
     keyed, ignored = _split_prefix(sd, prefix, fmt)
     out: Dict[str, Tuple[str, torch.Tensor]] = {}
@@ -468,6 +487,13 @@ def convert_state_dict(
             out[new] = (orig, v)
 
     for (block, param), parts in sorted(qkv.items()):
+        if v2 and param == "bias":  # V2: q and v have biases, k none (transformers' key Linear has bias=False)
+            for part, name in (("q", "q_bias"), ("v", "v_bias")):
+                if part in parts:
+                    out[f"{block}attn.{name}"] = parts[part]
+            if "k" in parts:
+                unexpected.append(parts["k"][0])
+            continue
         if set(parts) != {"q", "k", "v"}:
             names = sorted(o for o, _ in parts.values())
             raise CheckpointError(f"incomplete query/key/value {param} in {names}: all three are needed")
@@ -499,12 +525,13 @@ def _describe(shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, Any]:
         heads = []
         for i in range(n):
             t = shapes.get(f"layers.{i}.blocks.0.attn.relative_position_bias_table")
-            heads.append(t[1] if t is not None and len(t) == 2 else None)
+            s = shapes.get(f"layers.{i}.blocks.0.attn.logit_scale")  # V2: (heads, 1, 1)
+            heads.append(t[1] if t is not None and len(t) == 2 else s[0] if s is not None and len(s) >= 1 else None)
         d["num_heads"] = tuple(heads)
         fc1 = shapes.get("layers.0.blocks.0.mlp.fc1.weight")
         if fc1 is not None and len(fc1) == 2:
             d["mlp_hidden"] = fc1[0]
-        d["qkv_bias"] = "layers.0.blocks.0.attn.qkv.bias" in shapes
+        d["qkv_bias"] = any(f"layers.0.blocks.0.attn.{b}" in shapes for b in ("qkv.bias", "q_bias"))
     t = shapes.get("layers.0.blocks.0.attn.relative_position_bias_table")
     if t is not None and len(t) == 2:
         s = math.isqrt(t[0])
@@ -553,11 +580,27 @@ def load_pretrained(model: torch.nn.Module, source: Union[str, os.PathLike, Mapp
 
 def _load(model, source, strict: bool, allow_new_head: bool) -> LoadResult:
     from .model import SwinTransformer
+    from .model_v2 import SwinTransformerV2
 
-    if not isinstance(model, SwinTransformer):
-        raise TypeError(f"model must be a swin_ext.SwinTransformer, got {type(model).__name__}")
+    if not isinstance(model, (SwinTransformer, SwinTransformerV2)):
+        raise TypeError(f"model must be a swin_ext.SwinTransformer or SwinTransformerV2, got {type(model).__name__}")
     sd = read_state_dict(source)
+    version, want_version = checkpoint_version(sd), 2 if isinstance(model, SwinTransformerV2) else 1
+    if version != want_version:
+        if version == 2:
+            raise CheckpointError(
+                "this is a Swin V2 checkpoint (cosine attention / continuous position bias keys such as "
+                "'logit_scale', 'cpb_mlp'); the model is a Swin V1 swin_ext.SwinTransformer: load it into a "
+                "swin_ext.SwinTransformerV2 (e.g. create_model('swinv2_tiny_window8_256'))"
+            )
+        raise CheckpointError(
+            "this is a Swin V1 checkpoint (relative_position_bias_table, no logit_scale / cpb_mlp); the model "
+            "is a swin_ext.SwinTransformerV2: load it into a swin_ext.SwinTransformer"
+        )
     fmt, converted, unexpected, ignored = convert_state_dict(sd)
+    if version == 2 and fmt == "torchvision":
+        raise CheckpointError("torchvision's Swin V2 checkpoints (swin_v2_t/s/b) are not supported; the official, "
+                              "timm and transformers Swin V2 layouts are")
     result = LoadResult(format=fmt, ignored_keys=ignored)
 
     target = model.state_dict()

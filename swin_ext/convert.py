@@ -5,9 +5,12 @@ read the source's configuration (embed dim, depths, heads, window, classes,
 patch size, MLP ratio, qkv bias, LayerNorm eps, input channels, image size)
 and weights, and return a swin_ext :class:`~swin_ext.SwinTransformer` that
 computes the same outputs (its ``state_dict`` through the same layout
-conversion as :func:`~swin_ext.load_pretrained`).  The copy has the source's
-mode (train / eval), dtype and device.  Other model families, and Swin V2
-(not supported yet), get a :class:`ConversionError`.
+conversion as :func:`~swin_ext.load_pretrained`).  timm's
+``SwinTransformerV2`` and transformers' ``Swinv2ForImageClassification`` /
+``Swinv2Model`` become a :class:`~swin_ext.SwinTransformerV2` (with their
+pretrained window sizes).  The copy has the source's mode (train / eval),
+dtype and device.  Other model families, and torchvision's Swin V2, get a
+:class:`ConversionError`.
 
     model = swin_ext.from_timm(timm.create_model("swin_tiny_patch4_window7_224", pretrained=True))
 """
@@ -20,6 +23,7 @@ import torch.nn as nn
 
 from .checkpoint import load_pretrained
 from .model import SwinTransformer
+from .model_v2 import SwinTransformerV2
 
 __all__ = ["from_timm", "from_torchvision", "from_transformers", "ConversionError"]
 
@@ -35,18 +39,19 @@ def _ln_eps(mod: nn.Module, what: str) -> float:
     return eps.pop() if eps else 1e-5
 
 
-def _build(cfg: Dict[str, Any], eps: float, source: nn.Module, state_dict, what: str) -> SwinTransformer:
+def _build(cfg: Dict[str, Any], eps: float, source: nn.Module, state_dict, what: str, cls: type = SwinTransformer):
     try:
-        model = SwinTransformer(drop_path_rate=0.0, **cfg)
+        model = cls(drop_path_rate=0.0, **cfg)
     except (TypeError, ValueError) as e:
-        raise ConversionError(f"{what}: its configuration {cfg} is not a swin_ext SwinTransformer: {e}") from e
+        raise ConversionError(f"{what}: its configuration {cfg} is not a swin_ext {cls.__name__}: {e}") from e
     for m in model.modules():  # the source's LayerNorm eps (every swin_ext norm reads its module's eps)
         if isinstance(m, nn.LayerNorm):
             m.eps = eps
-    load_pretrained(model, state_dict, strict=True)
+    # to the source's dtype first: float64 weights loaded into float32 parameters would be rounded
     p = next(source.parameters(), None)
     if p is not None:
         model = model.to(device=p.device, dtype=p.dtype)
+    load_pretrained(model, state_dict, strict=True)
     return model.train(source.training)
 
 
@@ -60,12 +65,52 @@ def _first(seq, what):
 # ----------------------------------------------------------------------------- timm
 
 
-def from_timm(model: nn.Module) -> SwinTransformer:
-    """A swin_ext copy of a timm ``SwinTransformer`` (``swin_*_patch4_window*``)."""
+def _square(v, what: str, name: str) -> int:
+    v = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(set(v)) != 1:
+        raise ConversionError(f"{what}: non-square {name} {v} are not supported")
+    return int(v[0])
+
+
+def _from_timm_v2(model: nn.Module, what: str) -> SwinTransformerV2:
+    """timm's ``SwinTransformerV2`` (``swinv2_*``, not the ``swinv2_cr_*`` family)."""
+    if getattr(model, "global_pool", "avg") != "avg":
+        raise ConversionError(f"{what}: global_pool={model.global_pool!r} is not supported (only 'avg')")
+    proj = model.patch_embed.proj
+    layers = list(model.layers)
+    blocks = [_first(list(layer.blocks), what) for layer in layers]
+    if any(getattr(b, "always_partition", False) for b in blocks):
+        raise ConversionError(f"{what}: always_partition=True is not supported (swin_ext shrinks the window "
+                              "to a smaller map, as timm's default)")
+    dim0 = model.embed_dim
+    head_fc = getattr(getattr(model, "head", None), "fc", None)
+    cfg = dict(
+        img_size=tuple(getattr(model.patch_embed, "img_size", None) or (224, 224)),
+        patch_size=proj.kernel_size[0],
+        in_chans=proj.in_channels,
+        num_classes=head_fc.out_features if isinstance(head_fc, nn.Linear) else 0,
+        embed_dim=dim0,
+        depths=[len(layer.blocks) for layer in layers],
+        num_heads=[b.attn.num_heads for b in blocks],
+        # timm's window per stage after its shrink to a smaller map at img_size (the same at img_size)
+        window_size=[_square(b.window_size, what, "windows") for b in blocks],
+        pretrained_window_sizes=[_square(b.attn.pretrained_window_size, what, "pretrained windows") for b in blocks],
+        mlp_ratio=blocks[0].mlp.fc1.out_features / dim0,
+        qkv_bias=blocks[0].attn.q_bias is not None,
+    )
+    return _build(cfg, _ln_eps(model, what), model, model.state_dict(), what, SwinTransformerV2)
+
+
+def from_timm(model: nn.Module):
+    """A swin_ext copy of a timm ``SwinTransformer`` (``swin_*_patch4_window*``) or
+    ``SwinTransformerV2`` (``swinv2_*``; a :class:`~swin_ext.SwinTransformerV2`)."""
     what = f"from_timm({type(model).__name__})"
     cls = type(model)
-    if cls.__module__.startswith("timm.models.swin_transformer_v2") or "V2" in cls.__name__:
-        raise ConversionError(f"{what}: Swin V2 models are not supported yet (swin_ext implements Swin V1)")
+    if cls.__name__ == "SwinTransformerV2" and cls.__module__ == "timm.models.swin_transformer_v2":
+        return _from_timm_v2(model, what)
+    if cls.__module__.startswith("timm.models.swin_transformer_v2"):
+        raise ConversionError(f"{what}: timm's {cls.__module__}.{cls.__name__} (the swinv2_cr_* family) is not "
+                              "supported; timm's SwinTransformerV2 (swinv2_*) is")
     if cls.__name__ != "SwinTransformer" or not cls.__module__.startswith("timm.models.swin_transformer"):
         raise ConversionError(f"{what}: expects timm.models.swin_transformer.SwinTransformer, got {cls.__module__}.{cls.__name__}")
     pe = model.patch_embed
@@ -110,7 +155,8 @@ def from_torchvision(model: nn.Module) -> SwinTransformer:
     stages = [m for m in model.features[1:] if isinstance(m, nn.Sequential) and len(m) and not isinstance(m[0], nn.Conv2d)]
     blocks = [list(s) for s in stages]
     if any(isinstance(b, tv.SwinTransformerBlockV2) for s in blocks for b in s):
-        raise ConversionError(f"{what}: Swin V2 models (swin_v2_*) are not supported yet (swin_ext implements Swin V1)")
+        raise ConversionError(f"{what}: torchvision's Swin V2 models (swin_v2_*) are not supported (timm's and "
+                              "transformers' Swin V2 are: swin_ext.from_timm / from_transformers)")
     conv = model.features[0][0]
     b0 = _first(blocks[0], what)
     ws = b0.attn.window_size
@@ -134,18 +180,20 @@ def from_torchvision(model: nn.Module) -> SwinTransformer:
 # ----------------------------------------------------------------------------- transformers
 
 
-def from_transformers(model: nn.Module) -> SwinTransformer:
-    """A swin_ext copy of a transformers ``SwinForImageClassification`` or ``SwinModel``."""
+def from_transformers(model: nn.Module):
+    """A swin_ext copy of a transformers ``SwinForImageClassification`` or ``SwinModel``, or of a
+    ``Swinv2ForImageClassification`` or ``Swinv2Model`` (a :class:`~swin_ext.SwinTransformerV2`)."""
     what = f"from_transformers({type(model).__name__})"
     cfg_src = getattr(model, "config", None)
     mtype = getattr(cfg_src, "model_type", None)
-    if mtype == "swinv2":
-        raise ConversionError(f"{what}: Swin V2 models are not supported yet (swin_ext implements Swin V1)")
-    if mtype != "swin":
-        raise ConversionError(f"{what}: expects a transformers Swin model (config.model_type 'swin'), got {mtype!r}")
+    if mtype not in ("swin", "swinv2"):
+        raise ConversionError(f"{what}: expects a transformers Swin or Swin V2 model (config.model_type 'swin' "
+                              f"or 'swinv2'), got {mtype!r}")
+    v2 = mtype == "swinv2"
     name = type(model).__name__
-    if name not in ("SwinForImageClassification", "SwinModel"):
-        raise ConversionError(f"{what}: supported are SwinForImageClassification and SwinModel, got {name}")
+    supported = ("Swinv2ForImageClassification", "Swinv2Model") if v2 else ("SwinForImageClassification", "SwinModel")
+    if name not in supported:
+        raise ConversionError(f"{what}: supported are {' and '.join(supported)}, got {name}")
     c = cfg_src
     img = c.image_size if isinstance(c.image_size, (tuple, list)) else (c.image_size, c.image_size)
     patch = c.patch_size if isinstance(c.patch_size, int) else c.patch_size[0]
@@ -166,4 +214,7 @@ def from_transformers(model: nn.Module) -> SwinTransformer:
     if getattr(c, "use_absolute_embeddings", False):
         raise ConversionError(f"{what}: absolute position embeddings (use_absolute_embeddings=True) are not supported")
     eps = float(c.layer_norm_eps)
+    if v2:
+        cfg["pretrained_window_sizes"] = list(c.pretrained_window_sizes or [0] * len(c.depths))
+        return _build(cfg, eps, model, model.state_dict(), what, SwinTransformerV2)
     return _build(cfg, eps, model, model.state_dict(), what)

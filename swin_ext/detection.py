@@ -20,6 +20,9 @@ import torch.nn as nn
 
 from .checkpoint import load_pretrained
 from .model import SwinTransformer
+from .model_v2 import SwinTransformerV2
+
+_SWIN = (SwinTransformer, SwinTransformerV2)
 
 __all__ = ["SwinFPN", "fpn_backbone"]
 
@@ -32,8 +35,8 @@ class SwinFPN(nn.Module):
         from torchvision.ops import FeaturePyramidNetwork
         from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-        if not (isinstance(body, SwinTransformer) and body.features_only):
-            raise TypeError("SwinFPN needs a features_only swin_ext SwinTransformer")
+        if not (isinstance(body, _SWIN) and body.features_only):
+            raise TypeError("SwinFPN needs a features_only swin_ext SwinTransformer or SwinTransformerV2")
         if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
             raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
         self.body = body
@@ -47,21 +50,27 @@ class SwinFPN(nn.Module):
         return self.fpn(OrderedDict((str(k), f) for k, f in enumerate(feats)))
 
 
-def _features_only_copy(model: SwinTransformer, out_indices: Sequence[int]) -> SwinTransformer:
+def _features_only_copy(model, out_indices: Sequence[int]):
     """A features_only model with ``model``'s configuration and weights (its head and final norm left out)."""
-    qkv_bias = model.layers[0].blocks[0].attn.qkv.bias is not None
-    body = SwinTransformer(
-        img_size=model.img_size, patch_size=model.patch_size, in_chans=model.in_chans, embed_dim=model.embed_dim,
-        depths=model.depths, num_heads=model.num_heads, window_size=model.window_size, mlp_ratio=model.mlp_ratio,
-        qkv_bias=qkv_bias, drop_path_rate=0.0, backend=model.backend, features_only=True, out_indices=out_indices,
-    )
-    load_pretrained(body, model.state_dict(), strict=False)
+    common = dict(img_size=model.img_size, patch_size=model.patch_size, in_chans=model.in_chans,
+                  embed_dim=model.embed_dim, depths=model.depths, num_heads=model.num_heads,
+                  mlp_ratio=model.mlp_ratio, drop_path_rate=0.0, backend=model.backend, features_only=True,
+                  out_indices=out_indices)
+    if isinstance(model, SwinTransformerV2):
+        body = SwinTransformerV2(window_size=list(model.window_sizes), qkv_bias=model.qkv_bias,
+                                 pretrained_window_sizes=list(model.pretrained_window_sizes), **common)
+    else:
+        qkv_bias = model.layers[0].blocks[0].attn.qkv.bias is not None
+        body = SwinTransformer(window_size=model.window_size, qkv_bias=qkv_bias, **common)
+    # to the source's dtype first: loading a float64 model into a float32 body would round its weights
     p = next(model.parameters())
-    return body.to(device=p.device, dtype=p.dtype)
+    body = body.to(device=p.device, dtype=p.dtype)
+    load_pretrained(body, model.state_dict(), strict=False)
+    return body
 
 
 def fpn_backbone(
-    name_or_model: Union[str, SwinTransformer] = "swin_tiny_patch4_window7_224",
+    name_or_model: Union[str, SwinTransformer, SwinTransformerV2] = "swin_tiny_patch4_window7_224",
     out_channels: int = 256,
     pretrained: Optional[Any] = None,
     out_indices: Sequence[int] = (0, 1, 2, 3),
@@ -70,8 +79,8 @@ def fpn_backbone(
     """A torchvision-detector backbone: a features_only Swin with an FPN on top.
 
     Args:
-        name_or_model: a :func:`~swin_ext.create_model` name, or a swin_ext
-            ``SwinTransformer`` (a classification model is copied into a
+        name_or_model: a :func:`~swin_ext.create_model` name (``swinv2_*`` too), or a swin_ext
+            ``SwinTransformer`` / ``SwinTransformerV2`` (a classification model is copied into a
             features_only one with its weights; a features_only one is used
             as it is and must have these ``out_indices``).
         out_channels: channels of every FPN level.
@@ -84,7 +93,7 @@ def fpn_backbone(
 
     if isinstance(name_or_model, str):
         body = create_model(name_or_model, pretrained=pretrained, features_only=True, out_indices=out_indices, **kw)
-    elif isinstance(name_or_model, SwinTransformer):
+    elif isinstance(name_or_model, _SWIN):
         if pretrained is not None or kw:
             raise ValueError("fpn_backbone: pretrained= and model keywords apply to a model name, not to a model")
         if name_or_model.features_only:
@@ -95,6 +104,6 @@ def fpn_backbone(
         else:
             body = _features_only_copy(name_or_model, out_indices)
     else:
-        raise TypeError(f"fpn_backbone: name_or_model must be a model name or a swin_ext SwinTransformer, got "
+        raise TypeError(f"fpn_backbone: name_or_model must be a model name or a swin_ext SwinTransformer(V2), got "
                         f"{type(name_or_model).__name__}")
     return SwinFPN(body, out_channels)

@@ -3,8 +3,10 @@
 Names follow the official release (and timm): ``swin_{tiny,small,base,large}
 _patch4_window{7,12}_{224,384}``, with ``_22k`` (21,841 ImageNet-22k classes)
 and ``_22kto1k`` (22k pre-trained, 1k fine-tuned) suffixes, plus the short
-aliases ``swin_t``, ``swin_s``, ``swin_b``, ``swin_l``.  ``pretrained`` is a
-local checkpoint path or a state dict: nothing is ever downloaded.
+aliases ``swin_t``, ``swin_s``, ``swin_b``, ``swin_l``; and timm's twelve Swin V2
+names ``swinv2_{tiny,small,base,large}_window{8,12,16,...}_{192,256,384}``
+(a :class:`~swin_ext.SwinTransformerV2` with timm's defaults).  ``pretrained``
+is a local checkpoint path or a state dict: nothing is ever downloaded.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 from .checkpoint import LoadResult, _load
 from .model import SwinTransformer
+from .model_v2 import SwinTransformerV2
 
-__all__ = ["create_model", "list_models", "model_config"]
+__all__ = ["create_model", "list_models", "model_config", "model_class"]
 
 _SIZES = {
     "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2),
@@ -41,21 +44,54 @@ def _build_table() -> Dict[str, Dict[str, Any]]:
     return table
 
 
+# Swin V2: timm's registrations (size, window, image size, pretrained windows, classes); the 192-px
+# ones are the ImageNet-22k pre-trained models, the "12to16" / "12to24" ones fine-tuned from them.
+_V2_RELEASES = [
+    ("tiny", 8, 256, 0, 1000), ("tiny", 16, 256, 0, 1000), ("small", 8, 256, 0, 1000),
+    ("small", 16, 256, 0, 1000), ("base", 8, 256, 0, 1000), ("base", 16, 256, 0, 1000),
+    ("base", 12, 192, 0, 21841), ("base", "12to16", 256, (12, 12, 12, 6), 1000),
+    ("base", "12to24", 384, (12, 12, 12, 6), 1000), ("large", 12, 192, 0, 21841),
+    ("large", "12to16", 256, (12, 12, 12, 6), 1000), ("large", "12to24", 384, (12, 12, 12, 6), 1000),
+]
+
+
+def _build_v2_table() -> Dict[str, Dict[str, Any]]:
+    table: Dict[str, Dict[str, Any]] = {}
+    for size, window, img, pretrained_ws, classes in _V2_RELEASES:
+        arch = {k: v for k, v in _SIZES[size].items() if k != "drop_path_rate"}  # timm's default 0.1
+        ws = int(str(window).split("to")[-1])
+        img_name = f"{img}" if isinstance(window, int) else f"192to{img}"
+        table[f"swinv2_{size}_window{window}_{img_name}"] = dict(
+            arch, window_size=ws, img_size=img, patch_size=4, num_classes=classes,
+            pretrained_window_sizes=pretrained_ws,
+        )
+    return table
+
+
 _MODELS = _build_table()
+_V2_MODELS = _build_v2_table()
 
 
 def list_models() -> List[str]:
     """The names ``create_model`` knows, sorted."""
-    return sorted(_MODELS)
+    return sorted(list(_MODELS) + list(_V2_MODELS))
 
 
 def model_config(name: str) -> Dict[str, Any]:
     """The constructor keywords of ``name`` (a copy)."""
+    if name in _V2_MODELS:
+        return dict(_V2_MODELS[name])
     if name not in _MODELS:
-        close = difflib.get_close_matches(name, _MODELS, n=3)
+        close = difflib.get_close_matches(name, list_models(), n=3)
         hint = f"; did you mean {close}?" if close else f"; known: {list_models()}"
         raise ValueError(f"unknown model {name!r}{hint}")
     return dict(_MODELS[name])
+
+
+def model_class(name: str) -> type:
+    """:class:`~swin_ext.SwinTransformerV2` for a ``swinv2_*`` name, else :class:`~swin_ext.SwinTransformer`."""
+    model_config(name)  # unknown names raise
+    return SwinTransformerV2 if name in _V2_MODELS else SwinTransformer
 
 
 def create_model(
@@ -64,7 +100,7 @@ def create_model(
     *,
     strict: Optional[bool] = None,
     **kwargs: Any,
-) -> SwinTransformer:
+) -> Union[SwinTransformer, SwinTransformerV2]:
     """Build the variant ``name``; keywords override its defaults.
 
     ``pretrained``: a local checkpoint (path or state dict, any layout
@@ -78,13 +114,14 @@ def create_model(
         >>> m = create_model("swin_base_patch4_window12_384", pretrained="swin_base_patch4_window12_384.pth")
         >>> backbone = create_model("swin_tiny_patch4_window7_224", pretrained="swin_tiny.pth",
         ...                         features_only=True, out_indices=(1, 2, 3))
+        >>> v2 = create_model("swinv2_tiny_window8_256", pretrained="swinv2_tiny_patch4_window8_256.pth")
     """
     cfg = model_config(name)
     if pretrained is True:
         raise ValueError("pretrained must be a local checkpoint path or a state dict; swin_ext downloads nothing")
     new_head = "num_classes" in kwargs
     cfg.update(kwargs)
-    model = SwinTransformer(**cfg)
+    model = model_class(name)(**cfg)
     if pretrained is not None and pretrained is not False:
         result: LoadResult = _load(model, pretrained, strict=True if strict is None else strict,
                                    allow_new_head=new_head)

@@ -73,6 +73,23 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
+def _v2_presets() -> Dict[str, Dict[str, Any]]:
+    """Swin V2 presets: timm's ``swinv2_*`` names (a :class:`~swin_ext.SwinTransformerV2`, ``arch="swinv2"``)
+    with the official training stochastic depth of their size (as the V1 presets)."""
+    from .factory import _SIZES, _V2_MODELS
+
+    out = {}
+    for name, cfg in _V2_MODELS.items():
+        size = name.split("_")[1]
+        cfg = {k: v for k, v in cfg.items() if k != "num_classes"}
+        cfg["drop_path_rate"] = _SIZES[size]["drop_path_rate"]
+        out[name] = dict(cfg, arch="swinv2")
+    return out
+
+
+PRESETS.update(_v2_presets())
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -321,15 +338,21 @@ def model_config(args: argparse.Namespace, num_classes: int) -> Dict[str, Any]:
         if v is not None:
             cfg[key] = v
     cfg["depths"], cfg["num_heads"] = list(cfg["depths"]), list(cfg["num_heads"])
+    if isinstance(cfg.get("pretrained_window_sizes"), (tuple, list)):
+        cfg["pretrained_window_sizes"] = list(cfg["pretrained_window_sizes"])
     cfg["in_chans"] = args.in_chans if args.in_chans is not None else (1 if args.data == "digits" else 3)
     cfg["num_classes"] = num_classes
     return cfg
 
 
 def build_model(cfg: Dict[str, Any], backend: str = "fused", use_checkpoint: bool = False) -> nn.Module:
+    """A :class:`~swin_ext.SwinTransformer`, or a :class:`~swin_ext.SwinTransformerV2` for ``arch="swinv2"``."""
     from .model import SwinTransformer
+    from .model_v2 import SwinTransformerV2
 
-    return SwinTransformer(**cfg, backend=backend, use_checkpoint=use_checkpoint)
+    kw = {k: v for k, v in cfg.items() if k != "arch"}
+    cls = SwinTransformerV2 if cfg.get("arch") == "swinv2" else SwinTransformer
+    return cls(**kw, backend=backend, use_checkpoint=use_checkpoint)
 
 
 def _layer_id(name: str, depths: List[int]) -> int:

@@ -75,10 +75,12 @@ def test_unsupported_sources_are_clear_errors():
     with pytest.raises(ConversionError, match="Swin V2"):
         from_torchvision(tv.models.swin_v2_t())
     timm = pytest.importorskip("timm")
-    with pytest.raises(ConversionError, match="Swin V2"):
-        from_timm(timm.create_model("swinv2_tiny_window8_256", pretrained=False, depths=(1, 1), num_heads=(1, 2), embed_dim=16))
+    with torch.device("meta"):  # timm's other V2 family (the Swin V2 models convert: tests/test_model_v2.py)
+        cr = timm.create_model("swinv2_cr_tiny_ns_224", pretrained=False)
+    with pytest.raises(ConversionError, match="swinv2_cr"):
+        from_timm(cr)
     transformers = pytest.importorskip("transformers")
-    with pytest.raises(ConversionError, match="Swin V2"):
-        from_transformers(transformers.Swinv2Model(transformers.Swinv2Config(embed_dim=16, depths=[1, 1], num_heads=[1, 2])))
+    with pytest.raises(ConversionError, match="Swinv2ForImageClassification and Swinv2Model"):
+        from_transformers(transformers.Swinv2Backbone(transformers.Swinv2Config(embed_dim=16, depths=[1, 1], num_heads=[1, 2])))
     with pytest.raises(ConversionError, match="model_type 'swin'"):
         from_transformers(torch.nn.Linear(2, 2))

@@ -4,7 +4,7 @@ Each model module stores one flag (``fused`` / ``fast``, set from the model's
 backend) and calls these; every function falls back to plain PyTorch where
 its fast path does not apply, and its docstring says what runs where.
 """
-from .attention import window_attention
+from .attention import window_attention, window_attention_v2
 from .config import autocast_dtype, has_kernel, onednn_available, set_onednn, use_onednn
 from .fast_linear import Linear, linear, linear_gelu
 from .mlp import Mlp
@@ -12,6 +12,7 @@ from .norm import add_layernorm, residual_add
 
 __all__ = [
     "window_attention",
+    "window_attention_v2",
     "add_layernorm",
     "residual_add",
     "Linear",

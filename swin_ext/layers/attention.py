@@ -6,6 +6,12 @@ except with attention dropout active (``dropout_p > 0`` while training: the
 kernel has no dropout) or on a device without a kernel, which run
 :func:`swin_ext.reference.window_attention_reference` (plain PyTorch, also the
 ``fused=False`` path).
+
+:func:`window_attention_v2` is Swin V2's cosine attention with the same
+dispatch (q and k rows L2-normalised, the logits scaled per head by
+``head_scale`` instead of one scalar): the fused op
+:func:`swin_ext.window_attention_v2`, or
+:func:`swin_ext.reference.window_attention_v2_reference`.
 """
 from __future__ import annotations
 
@@ -14,10 +20,11 @@ from typing import Optional, Tuple
 import torch
 
 from ..ops import window_attention as _window_attention_op
-from ..reference import window_attention_reference
+from ..ops import window_attention_v2 as _window_attention_v2_op
+from ..reference import window_attention_reference, window_attention_v2_reference
 from . import config
 
-__all__ = ["window_attention"]
+__all__ = ["window_attention", "window_attention_v2"]
 
 
 def window_attention(
@@ -35,3 +42,26 @@ def window_attention(
     if fused and not (training and dropout_p > 0) and config.has_kernel("window_attention", qkv.device.type):
         return _window_attention_op(qkv, bias, window_size, shift, scale, qkv_pad)
     return window_attention_reference(qkv, bias, window_size, shift, scale, qkv_pad, dropout_p, training)
+
+
+def window_attention_v2(
+    qkv: torch.Tensor,
+    bias: torch.Tensor,
+    head_scale: torch.Tensor,
+    window_size: int,
+    shift: Tuple[int, int],
+    qkv_pad: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    training: bool = False,
+    fused: bool = True,
+) -> torch.Tensor:
+    """Swin V2 cosine window attention: ``qkv (B, H, W, 3C)``, ``bias (heads, N, N)``,
+    ``head_scale (heads,)`` -> ``(B, H, W, C)`` (see :func:`swin_ext.window_attention_v2`).
+
+    ``head_scale`` is ``exp(clamp(logit_scale, max=log(100)))`` and ``bias``
+    ``16 * sigmoid(cpb)`` gathered, both computed by the caller (differentiable);
+    under autocast the model keeps both in float32.
+    """
+    if fused and not (training and dropout_p > 0) and config.has_kernel("window_attention_v2", qkv.device.type):
+        return _window_attention_v2_op(qkv, bias, head_scale, window_size, shift, qkv_pad)
+    return window_attention_v2_reference(qkv, bias, head_scale, window_size, shift, qkv_pad, dropout_p, training)

@@ -32,7 +32,7 @@ from ..ops import autocast_dtype
 
 __all__ = ["has_kernel", "use_onednn", "set_onednn", "onednn_available", "autocast_dtype"]
 
-_OPS = ("window_attention_fwd", "patch_merging_fwd", "add_layernorm_fwd", "bias_gelu_fwd")
+_OPS = ("window_attention_fwd", "window_attention_v2_fwd", "patch_merging_fwd", "add_layernorm_fwd", "bias_gelu_fwd")
 
 
 def _probe_kernels() -> Dict[Tuple[str, str], bool]:
@@ -55,7 +55,8 @@ _KERNELS = _probe_kernels()
 def has_kernel(op: str, device_type: str) -> bool:
     """Whether ``swin_ext::<op>_fwd`` has a compiled kernel for ``device_type``.
 
-    ``op`` is ``"window_attention"``, ``"patch_merging"``, ``"add_layernorm"`` or ``"bias_gelu"``.
+    ``op`` is ``"window_attention"``, ``"window_attention_v2"``, ``"patch_merging"``, ``"add_layernorm"``
+    or ``"bias_gelu"``.
     The meta device always has one (the fake kernels).
     """
     if device_type == "meta":

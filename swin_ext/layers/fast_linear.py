@@ -19,8 +19,13 @@ What runs where (``fast=True``, the fused backend's setting):
   kernel writing GELU and GELU' from the pre-activation, GELU' multiplied
   into fc2's input-gradient GEMM as a oneDNN binary post-op -- measured
   ~1.4 ms per stage-1 block at batch 4, under 1% of a step: not done).
-* **anything else** (CUDA, float64 / half inputs, autocast, ``torch.func``
-  transforms, ``fast=False``): ``F.linear`` and ``F.gelu``, as ``nn.Linear``.
+* **CUDA**, fc1 + GELU (:func:`linear_gelu`, ``fast=True``): the bias-free
+  GEMM ``F.linear(x, weight)`` and :func:`swin_ext.bias_gelu` (bias + exact
+  GELU in one pass, and in the backward GELU' and the bias gradient in one);
+  the other Linears ``F.linear``.
+* **anything else** (float64 / half inputs or autocast on the CPU, ``torch.func``
+  transforms, ``torch.export`` / ONNX export on the CPU, ``fast=False``):
+  ``F.linear`` and ``F.gelu``, as ``nn.Linear``.
 
 Second-order gradients (``create_graph=True``) through the oneDNN path are
 computed with differentiable torch ops.
@@ -55,6 +60,7 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and config.autocast_dtype("cpu") is None
         and config.use_onednn()
         and not _functorch_active()
+        and not torch.compiler.is_exporting()  # an exported program (torch.export, ONNX) keeps aten.linear
     )
 
 
