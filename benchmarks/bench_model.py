@@ -137,13 +137,13 @@ def _load_into(model: nn.Module, mapped: Dict[str, torch.Tensor]) -> None:
 # --------------------------------------------------------------------------- models
 
 
-# model name -> (swin_ext factory or create_model name, timm name, torchvision builder name or None, image size)
-MODELS = {
-    "swin_t": ("swin_t", "swin_tiny_patch4_window7_224", "swin_t", 224),
-    "swin_s": ("swin_s", "swin_small_patch4_window7_224", "swin_s", 224),
-    "swin_b": ("swin_b", "swin_base_patch4_window7_224", "swin_b", 224),
-    "swinv2_tiny_window8_256": ("swinv2_tiny_window8_256", "swinv2_tiny_window8_256", None, 256),
-}
+# model name -> (swin_ext factory or create_model name, timm name, torchvision builder name or None,
+# image size); the architectures and image sizes come from swin_ext's variant table (swin_ext.variants).
+_TIMM_NAMES = {"swin_t": ("swin_tiny_patch4_window7_224", "swin_t"), "swin_s": ("swin_small_patch4_window7_224", "swin_s"),
+               "swin_b": ("swin_base_patch4_window7_224", "swin_b"),
+               "swinv2_tiny_window8_256": ("swinv2_tiny_window8_256", None)}
+MODELS = {name: (name, timm_name, tv, swin_ext.factory.model_config(name)["img_size"])
+          for name, (timm_name, tv) in _TIMM_NAMES.items()}
 
 
 def _base_model(model: str) -> nn.Module:

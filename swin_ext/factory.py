@@ -7,6 +7,8 @@ aliases ``swin_t``, ``swin_s``, ``swin_b``, ``swin_l``; and timm's twelve Swin V
 names ``swinv2_{tiny,small,base,large}_window{8,12,16,...}_{192,256,384}``
 (a :class:`~swin_ext.SwinTransformerV2` with timm's defaults).  ``pretrained``
 is a local checkpoint path or a state dict: nothing is ever downloaded.
+The names and their keywords come from the one variant table,
+:mod:`swin_ext.variants`.
 """
 from __future__ import annotations
 
@@ -17,59 +19,12 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 from .checkpoint import LoadResult, _load
 from .model import SwinTransformer
 from .model_v2 import SwinTransformerV2
+from .variants import v1_table, v2_table
 
 __all__ = ["create_model", "list_models", "model_config", "model_class"]
 
-_SIZES = {
-    "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2),
-    "small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.3),
-    "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5),
-    "large": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), drop_path_rate=0.5),
-}
-# (size, window, image size) of the official releases
-_RELEASES = [("tiny", 7, 224), ("small", 7, 224), ("base", 7, 224), ("base", 12, 384),
-             ("large", 7, 224), ("large", 12, 384)]
-
-
-def _build_table() -> Dict[str, Dict[str, Any]]:
-    table: Dict[str, Dict[str, Any]] = {}
-    for size, window, img in _RELEASES:
-        base = dict(_SIZES[size], window_size=window, img_size=img, patch_size=4, num_classes=1000)
-        name = f"swin_{size}_patch4_window{window}_{img}"
-        table[name] = base
-        table[name + "_22k"] = dict(base, num_classes=21841)
-        table[name + "_22kto1k"] = dict(base)
-    for short, long in (("t", "tiny"), ("s", "small"), ("b", "base"), ("l", "large")):
-        table[f"swin_{short}"] = table[f"swin_{long}_patch4_window7_224"]
-    return table
-
-
-# Swin V2: timm's registrations (size, window, image size, pretrained windows, classes); the 192-px
-# ones are the ImageNet-22k pre-trained models, the "12to16" / "12to24" ones fine-tuned from them.
-_V2_RELEASES = [
-    ("tiny", 8, 256, 0, 1000), ("tiny", 16, 256, 0, 1000), ("small", 8, 256, 0, 1000),
-    ("small", 16, 256, 0, 1000), ("base", 8, 256, 0, 1000), ("base", 16, 256, 0, 1000),
-    ("base", 12, 192, 0, 21841), ("base", "12to16", 256, (12, 12, 12, 6), 1000),
-    ("base", "12to24", 384, (12, 12, 12, 6), 1000), ("large", 12, 192, 0, 21841),
-    ("large", "12to16", 256, (12, 12, 12, 6), 1000), ("large", "12to24", 384, (12, 12, 12, 6), 1000),
-]
-
-
-def _build_v2_table() -> Dict[str, Dict[str, Any]]:
-    table: Dict[str, Dict[str, Any]] = {}
-    for size, window, img, pretrained_ws, classes in _V2_RELEASES:
-        arch = {k: v for k, v in _SIZES[size].items() if k != "drop_path_rate"}  # timm's default 0.1
-        ws = int(str(window).split("to")[-1])
-        img_name = f"{img}" if isinstance(window, int) else f"192to{img}"
-        table[f"swinv2_{size}_window{window}_{img_name}"] = dict(
-            arch, window_size=ws, img_size=img, patch_size=4, num_classes=classes,
-            pretrained_window_sizes=pretrained_ws,
-        )
-    return table
-
-
-_MODELS = _build_table()
-_V2_MODELS = _build_v2_table()
+_MODELS = v1_table()
+_V2_MODELS = v2_table()
 
 
 def list_models() -> List[str]:

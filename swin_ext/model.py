@@ -31,6 +31,7 @@ from ._validate import MAX_WINDOW_SIZE
 from .layers import Linear, Mlp, add_layernorm, has_kernel, residual_add, window_attention
 from .ops import patch_merging
 from .reference import patch_merging_reference, relative_position_index
+from .variants import SIZES
 
 __all__ = [
     "PatchEmbed",
@@ -750,32 +751,26 @@ class SwinTransformer(nn.Module):
         return int(f)
 
 
-def _swin(embed_dim, depths, num_heads, **kwargs) -> SwinTransformer:
-    kwargs.setdefault("embed_dim", embed_dim)
-    kwargs.setdefault("depths", depths)
-    kwargs.setdefault("num_heads", num_heads)
-    return SwinTransformer(**kwargs)
+def _swin(size: str, **kwargs) -> SwinTransformer:
+    """The V1 model of a size of :data:`swin_ext.variants.SIZES`; keywords override it."""
+    return SwinTransformer(**{**SIZES[size], **kwargs})
 
 
 def swin_t(**kwargs) -> SwinTransformer:
     """Swin-T: embed 96, depths (2, 2, 6, 2), heads (3, 6, 12, 24); 28.3M params, 4.5 GMACs at 224."""
-    kwargs.setdefault("drop_path_rate", 0.2)
-    return _swin(96, (2, 2, 6, 2), (3, 6, 12, 24), **kwargs)
+    return _swin("tiny", **kwargs)
 
 
 def swin_s(**kwargs) -> SwinTransformer:
     """Swin-S: embed 96, depths (2, 2, 18, 2), heads (3, 6, 12, 24); 49.6M params, 8.7 GMACs."""
-    kwargs.setdefault("drop_path_rate", 0.3)
-    return _swin(96, (2, 2, 18, 2), (3, 6, 12, 24), **kwargs)
+    return _swin("small", **kwargs)
 
 
 def swin_b(**kwargs) -> SwinTransformer:
     """Swin-B: embed 128, depths (2, 2, 18, 2), heads (4, 8, 16, 32); 87.8M params, 15.4 GMACs."""
-    kwargs.setdefault("drop_path_rate", 0.5)
-    return _swin(128, (2, 2, 18, 2), (4, 8, 16, 32), **kwargs)
+    return _swin("base", **kwargs)
 
 
 def swin_l(**kwargs) -> SwinTransformer:
     """Swin-L: embed 192, depths (2, 2, 18, 2), heads (6, 12, 24, 48); 196.5M params, 34.5 GMACs."""
-    kwargs.setdefault("drop_path_rate", 0.5)
-    return _swin(192, (2, 2, 18, 2), (6, 12, 24, 48), **kwargs)
+    return _swin("large", **kwargs)

@@ -56,18 +56,20 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "swin_ext.train/2"  # /2: loads with weights_only=True
 
-# Model presets.  ``swin_digits`` is the compact model of the main job:
-# 32x32 digits, patch 4 (one token per original 8x8 pixel), 8x8 tokens in
-# 2x2 windows of 4 (shifted) then 4x4 tokens in one window; 0.3M parameters.
+# Model presets: the variant table's models, and ``swin_digits``, the compact
+# model of the main job: 32x32 digits, patch 4 (one token per original 8x8
+# pixel), 8x8 tokens in 2x2 windows of 4 (shifted) then 4x4 tokens in one
+# window; 0.3M parameters.
+def _v1_presets() -> Dict[str, Dict[str, Any]]:
+    """``swin_t`` ... ``swin_l``: the variant table's models (:mod:`swin_ext.variants`), their
+    official stochastic depth; the head is sized from the data."""
+    from .variants import ALIASES, v1_table
+
+    return {f"swin_{s}": {k: v for k, v in v1_table()[f"swin_{s}"].items() if k != "num_classes"} for s in ALIASES}
+
+
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "swin_t": dict(img_size=224, patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-                   window_size=7, drop_path_rate=0.2),
-    "swin_s": dict(img_size=224, patch_size=4, embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
-                   window_size=7, drop_path_rate=0.3),
-    "swin_b": dict(img_size=224, patch_size=4, embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32),
-                   window_size=7, drop_path_rate=0.5),
-    "swin_l": dict(img_size=224, patch_size=4, embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48),
-                   window_size=7, drop_path_rate=0.5),
+    **_v1_presets(),
     "swin_digits": dict(img_size=32, patch_size=4, embed_dim=48, depths=(2, 2), num_heads=(3, 6),
                         window_size=4, drop_path_rate=0.1),
 }
@@ -76,13 +78,12 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 def _v2_presets() -> Dict[str, Dict[str, Any]]:
     """Swin V2 presets: timm's ``swinv2_*`` names (a :class:`~swin_ext.SwinTransformerV2`, ``arch="swinv2"``)
     with the official training stochastic depth of their size (as the V1 presets)."""
-    from .factory import _SIZES, _V2_MODELS
+    from .variants import SIZES, size_of, v2_table
 
     out = {}
-    for name, cfg in _V2_MODELS.items():
-        size = name.split("_")[1]
+    for name, cfg in v2_table().items():
         cfg = {k: v for k, v in cfg.items() if k != "num_classes"}
-        cfg["drop_path_rate"] = _SIZES[size]["drop_path_rate"]
+        cfg["drop_path_rate"] = SIZES[size_of(name)]["drop_path_rate"]
         out[name] = dict(cfg, arch="swinv2")
     return out
 

@@ -325,3 +325,18 @@ def test_bad_input():
         m(torch.randn(1, 4, 64, 64))
     with pytest.raises(TypeError, match="floating"):
         m(torch.ones(1, 3, 64, 64, dtype=torch.uint8))
+
+
+def test_variant_table_feeds_factories_create_model_and_presets():
+    """swin_t ... swin_l, create_model's names and the training presets are one table (swin_ext.variants)."""
+    from swin_ext.train import PRESETS
+    from swin_ext.variants import ALIASES, SIZES
+
+    for short, size in ALIASES.items():
+        with torch.device("meta"):
+            a = getattr(swin_ext, f"swin_{short}")()
+            b = swin_ext.create_model(f"swin_{size}_patch4_window7_224")
+            c = swin_ext.SwinTransformer(num_classes=1000, **PRESETS[f"swin_{short}"])
+        counts = {sum(p.numel() for p in m.parameters()) for m in (a, b, c)}
+        assert len(counts) == 1, (short, counts)
+        assert a.embed_dim == SIZES[size]["embed_dim"] == PRESETS[f"swin_{short}"]["embed_dim"]
