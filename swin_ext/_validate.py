@@ -132,6 +132,17 @@ def _check_device(a: torch.Tensor, b: torch.Tensor, an: str, bn: str, raw: bool,
         raise _exc(raw, ValueError, f"{where}: {an} is on {a.device} but {bn} is on {b.device}")
 
 
+def _check_vector(t, name: str, n, ref, ref_name: str, exact_dtypes: bool, raw: bool, where: str,
+                  why: str = "") -> None:
+    """``t`` is an ``(n,)`` tensor on ``ref``'s device (``exact_dtypes``: in ``ref``'s accumulation dtype)."""
+    _check_tensor(t, name, 1, raw, where)
+    if t.shape[0] != n:
+        raise _exc(raw, ValueError, f"{where}: {name} must be ({n},){why}, got {tuple(t.shape)}")
+    if exact_dtypes and t.dtype != acc_dtype(ref.dtype):
+        raise _exc(raw, TypeError, f"{where}: {name} must be {acc_dtype(ref.dtype)} for {ref_name} of dtype {ref.dtype}, got {t.dtype}")
+    _check_device(ref, t, ref_name, name, raw, where)
+
+
 def check_attention(
     qkv,
     bias,
@@ -196,12 +207,7 @@ def check_attention_v2(
     """Validate Swin V2 attention arguments: those of :func:`check_attention` plus
     ``head_scale`` ``(heads,)`` (``exact_dtypes``: in the accumulation dtype)."""
     ws, sh, sw, heads = check_attention(qkv, bias, qkv_pad, window_size, shift, raw, exact_dtypes, where)
-    _check_tensor(head_scale, "head_scale", 1, raw, where)
-    if head_scale.shape[0] != heads:
-        raise _exc(raw, ValueError, f"{where}: head_scale must be ({heads},) (one scale per head), got {tuple(head_scale.shape)}")
-    if exact_dtypes and head_scale.dtype != acc_dtype(qkv.dtype):
-        raise _exc(raw, TypeError, f"{where}: head_scale must be {acc_dtype(qkv.dtype)} for qkv of dtype {qkv.dtype}, got {head_scale.dtype}")
-    _check_device(qkv, head_scale, "qkv", "head_scale", raw, where)
+    _check_vector(head_scale, "head_scale", heads, qkv, "qkv", exact_dtypes, raw, where, " (one scale per head)")
     return ws, sh, sw, heads
 
 
@@ -315,10 +321,5 @@ def check_bias_gelu(z, bias, raw: bool = False, exact_dtypes: bool = False, wher
     ``exact_dtypes``: the raw op's contract (bias in the accumulation dtype of ``z``).
     """
     K = _check_layernorm_input(z, "z", raw, where)
-    _check_tensor(bias, "bias", 1, raw, where)
-    if bias.shape[0] != K:
-        raise _exc(raw, ValueError, f"{where}: bias must be ({K},) for z of shape {tuple(z.shape)}, got {tuple(bias.shape)}")
-    if exact_dtypes and bias.dtype != acc_dtype(z.dtype):
-        raise _exc(raw, TypeError, f"{where}: bias must be {acc_dtype(z.dtype)} for z of dtype {z.dtype}, got {bias.dtype}")
-    _check_device(z, bias, "z", "bias", raw, where)
+    _check_vector(bias, "bias", K, z, "z", exact_dtypes, raw, where, f" for z of shape {tuple(z.shape)}")
     return K

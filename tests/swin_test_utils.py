@@ -24,3 +24,15 @@ def randomize(module, std=0.3):
 
 def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
+
+
+def snapshot(model):
+    """A copy of every state_dict entry (for the bitwise-unchanged checks of failed loads)."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model, snap):
+    sd = model.state_dict()
+    assert sd.keys() == snap.keys()
+    for k, v in snap.items():
+        assert torch.equal(sd[k], v), k

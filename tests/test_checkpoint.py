@@ -11,20 +11,9 @@ import torch.nn.functional as F
 import swin_ext
 from swin_ext import CheckpointError, SwinTransformer, create_model, load_pretrained
 
-from swin_test_utils import DEPTHS, EMBED, HEADS, NCLS, WINDOW, randomize, rel_err, small
+from swin_test_utils import DEPTHS, EMBED, HEADS, NCLS, WINDOW, assert_unchanged, randomize, rel_err, small, snapshot
 
 pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
-
-
-def snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_unchanged(model, snap):
-    sd = model.state_dict()
-    assert sd.keys() == snap.keys()
-    for k, v in snap.items():
-        assert torch.equal(sd[k], v), k
 
 
 # ----------------------------------------------------------------------------- libraries

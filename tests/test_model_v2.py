@@ -10,6 +10,8 @@ import torch.nn.functional as F
 import swin_ext
 from swin_ext import CheckpointError, SwinTransformerV2, create_model, load_pretrained
 
+from swin_test_utils import assert_unchanged, snapshot
+
 pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
 
 TOL = 1e-9
@@ -33,17 +35,6 @@ def randomize(module):
             else:
                 p.normal_(0.0, 0.02)
     return module
-
-
-def snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def assert_unchanged(model, snap):
-    sd = model.state_dict()
-    assert sd.keys() == snap.keys()
-    for k, v in snap.items():
-        assert torch.equal(sd[k], v), k
 
 
 def logits_and_input_grad(model, x, logits=lambda out: out):

@@ -126,26 +126,36 @@ inline bool bias_gelu_aligned(std::initializer_list<const void*> ptrs) {
 // maps are launched in slices of rows.
 constexpr int64_t kBgMaxChunksPerLaunch = 65535;
 
+// Calls launch(grid, first_row, rows_in_slice) for each slice of at most
+// kBgMaxChunksPerLaunch row chunks; the grid's x covers the K / vec column
+// vectors, 32 per block.
+template <typename F>
+void for_each_row_slice(int64_t rows, int64_t K, int vec, F&& launch) {
+  const unsigned gx = static_cast<unsigned>(ceil_div64(K / vec, 32));
+  constexpr int64_t kSlice = kBgMaxChunksPerLaunch * kBgRows;
+  for (int64_t r0 = 0; r0 < rows; r0 += kSlice) {
+    const int64_t n = rows - r0 < kSlice ? rows - r0 : kSlice;
+    launch(dim3(gx, static_cast<unsigned>(bias_gelu_row_chunks(n))), r0, static_cast<int>(n));
+  }
+}
+
 // z, y: (rows, K) in T; bias (K,) in acc_t.  K fits 31 bits (checked by the caller).
 template <typename T, typename A>
 void launch_bias_gelu_fwd(const T* z, const A* bias, T* y, int64_t rows, int64_t K, cudaStream_t stream) {
   if (rows == 0 || K == 0) return;
   constexpr int kVec = bias_gelu_vec<T>();
   const bool vec = K % kVec == 0 && bias_gelu_aligned({z, y});
-  const dim3 block(kBgWarps * 32);
-  const unsigned gx = static_cast<unsigned>(vec ? ceil_div64(K / kVec, 32) : ceil_div64(K, 32));
-  for (int64_t r0 = 0; r0 < rows; r0 += kBgMaxChunksPerLaunch * kBgRows) {
-    const int64_t n = rows - r0 < kBgMaxChunksPerLaunch * kBgRows ? rows - r0 : kBgMaxChunksPerLaunch * kBgRows;
-    const dim3 grid(gx, static_cast<unsigned>(bias_gelu_row_chunks(n)));
+  const int k = static_cast<int>(K);
+  for_each_row_slice(rows, K, vec ? kVec : 1, [&](dim3 grid, int64_t r0, int n) {
     const int64_t off = r0 * K;
     if (vec) {
-      SWIN_LAUNCH_KERNEL((bias_gelu_fwd_kernel<T, A, kVec>), grid, block, 0, stream, z + off, bias, y + off,
-                         static_cast<int>(n), static_cast<int>(K));
+      SWIN_LAUNCH_KERNEL((bias_gelu_fwd_kernel<T, A, kVec>), grid, kBgWarps * 32, 0, stream, z + off, bias, y + off,
+                         n, k);
     } else {
-      SWIN_LAUNCH_KERNEL((bias_gelu_fwd_kernel<T, A, 1>), grid, block, 0, stream, z + off, bias, y + off,
-                         static_cast<int>(n), static_cast<int>(K));
+      SWIN_LAUNCH_KERNEL((bias_gelu_fwd_kernel<T, A, 1>), grid, kBgWarps * 32, 0, stream, z + off, bias, y + off, n,
+                         k);
     }
-  }
+  });
 }
 
 // db_part: (bias_gelu_row_chunks(rows), K) in acc_t, summed over dim 0 by the caller.
@@ -155,21 +165,18 @@ void launch_bias_gelu_bwd(const T* dy, const T* z, const A* bias, T* dz, A* db_p
   if (rows == 0 || K == 0) return;
   constexpr int kVec = bias_gelu_vec<T>();
   const bool vec = K % kVec == 0 && bias_gelu_aligned({dy, z, dz});
-  const dim3 block(kBgWarps * 32);
-  const unsigned gx = static_cast<unsigned>(vec ? ceil_div64(K / kVec, 32) : ceil_div64(K, 32));
-  for (int64_t r0 = 0; r0 < rows; r0 += kBgMaxChunksPerLaunch * kBgRows) {
-    const int64_t n = rows - r0 < kBgMaxChunksPerLaunch * kBgRows ? rows - r0 : kBgMaxChunksPerLaunch * kBgRows;
-    const dim3 grid(gx, static_cast<unsigned>(bias_gelu_row_chunks(n)));
+  const int k = static_cast<int>(K);
+  for_each_row_slice(rows, K, vec ? kVec : 1, [&](dim3 grid, int64_t r0, int n) {
     const int64_t off = r0 * K;
-    A* part = db_part + (r0 / kBgRows) * K;
+    A* part = db_part + (r0 / kBgRows) * K;  // r0 is a multiple of kBgRows
     if (vec) {
-      SWIN_LAUNCH_KERNEL((bias_gelu_bwd_kernel<T, A, kVec>), grid, block, 0, stream, dy + off, z + off, bias,
-                         dz + off, part, static_cast<int>(n), static_cast<int>(K));
+      SWIN_LAUNCH_KERNEL((bias_gelu_bwd_kernel<T, A, kVec>), grid, kBgWarps * 32, 0, stream, dy + off, z + off, bias,
+                         dz + off, part, n, k);
     } else {
-      SWIN_LAUNCH_KERNEL((bias_gelu_bwd_kernel<T, A, 1>), grid, block, 0, stream, dy + off, z + off, bias,
-                         dz + off, part, static_cast<int>(n), static_cast<int>(K));
+      SWIN_LAUNCH_KERNEL((bias_gelu_bwd_kernel<T, A, 1>), grid, kBgWarps * 32, 0, stream, dy + off, z + off, bias,
+                         dz + off, part, n, k);
     }
-  }
+  });
 }
 
 // Instantiated in bias_gelu_kernels.cu (its own translation unit, compiled
