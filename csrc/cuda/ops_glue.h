@@ -389,9 +389,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_merging_bwd(const at::Tenso
 
 // ------------------------------------------------------------------ add + LayerNorm
 
-// The dtype combinations of (x / h, branch, y): one dtype throughout, or the
-// autocast mixes of a float32 residual stream with a bf16 / fp16 branch and
-// output.  f.template operator()<TX, TB, TY>() is called with the CUDA types.
+// The fused dtype combinations of (x / h, branch, y): one dtype throughout,
+// or the autocast mixes of a float32 residual stream with a bf16 / fp16
+// branch and output (every other mix runs promoted, see add_layernorm_fwd).
+// f.template operator()<TX, TB, TY>() is called with the CUDA types.
 template <class F>
 void dispatch_add_layernorm(at::ScalarType tx, at::ScalarType tb, at::ScalarType ty, const char* what, F&& f) {
   using at::kBFloat16;
@@ -414,6 +415,18 @@ void dispatch_add_layernorm(at::ScalarType tx, at::ScalarType tb, at::ScalarType
               "bfloat16 branch or output");
 }
 
+// Whether (x / h, branch, y) is one of dispatch_add_layernorm's fused combinations.
+inline bool add_layernorm_fused_dtypes(at::ScalarType tx, at::ScalarType tb, at::ScalarType ty) {
+  const bool low_b = tb == at::kHalf || tb == at::kBFloat16, low_y = ty == at::kHalf || ty == at::kBFloat16;
+  if (tx == tb && tb == ty) return true;
+  return tx == at::kFloat && ((low_b && ty == tb) || (tb == at::kFloat && low_y) || (low_b && ty == at::kFloat));
+}
+
+// The dtype every other combination runs in: float64 if any is float64, else float32.
+inline at::ScalarType add_layernorm_promoted(at::ScalarType tx, at::ScalarType tb, at::ScalarType ty) {
+  return (tx == at::kDouble || tb == at::kDouble || ty == at::kDouble) ? at::kDouble : at::kFloat;
+}
+
 inline void check_add_layernorm_limits(int64_t rows, int64_t C) {
   constexpr int64_t kMax32 = (int64_t(1) << 31) - 1;
   TORCH_CHECK(rows <= kMax32 && C <= kMax32, "swin_ext.add_layernorm (CUDA): ", rows, " rows of ", C,
@@ -427,6 +440,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_fwd(
   check_add_layernorm_args(x_in, branch_in, weight_in, bias_in, y_dtype);
   check_layernorm_eps(eps, "swin_ext.add_layernorm");
   Backend::check_device(x_in, "x");
+  const at::ScalarType tx = x_in.scalar_type(), ty_req = y_dtype.value_or(tx);
+  if (!add_layernorm_fused_dtypes(tx, branch_in.scalar_type(), ty_req)) {
+    // Another mix of dtypes (none that autocast makes): h = x + branch summed
+    // in the promoted dtype c and stored in x's dtype, as the CPU kernel
+    // does, then the fused kernel in c on the stored h (its LayerNorm is that
+    // of the tensor h) and y cast once to y_dtype.  Extra passes, same result.
+    const at::ScalarType c = add_layernorm_promoted(tx, branch_in.scalar_type(), ty_req);
+    const at::Tensor h = (x_in.to(c) + branch_in.to(c)).to(tx);
+    const at::Tensor hc = h.to(c);
+    const auto acc = c == at::kDouble ? at::kDouble : at::kFloat;
+    auto [h2, yc, mean, rstd] = add_layernorm_fwd<Backend>(hc, at::zeros_like(hc), weight_in.to(acc), bias_in.to(acc),
+                                                          eps, std::nullopt);
+    (void)h2;
+    const auto stat = weight_in.scalar_type();
+    return {h, yc.to(ty_req), mean.to(stat), rstd.to(stat)};
+  }
   const typename Backend::Guard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), branch = branch_in.contiguous();
   const at::Tensor weight = weight_in.contiguous(), bias = bias_in.contiguous();
@@ -457,6 +486,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_bwd(
     std::optional<at::ScalarType> branch_dtype) {
   check_add_layernorm_bwd_args(grad_h_in, grad_y_in, h_in, weight_in, mean_in, rstd_in, branch_dtype);
   Backend::check_device(h_in, "h");
+  const at::ScalarType th = h_in.scalar_type(), tb_req = branch_dtype.value_or(th);
+  if (!add_layernorm_fused_dtypes(th, tb_req, grad_y_in.scalar_type())) {
+    // Another mix of dtypes (see the forward): the fused kernel in the promoted dtype, cast back once.
+    const at::ScalarType c = add_layernorm_promoted(th, tb_req, grad_y_in.scalar_type());
+    const auto acc = c == at::kDouble ? at::kDouble : at::kFloat;
+    std::optional<at::Tensor> gh;
+    if (grad_h_in.has_value()) gh = grad_h_in->to(c);
+    auto [dhc, unused, dw, db] = add_layernorm_bwd<Backend>(gh, grad_y_in.to(c), h_in.to(c), weight_in.to(acc),
+                                                            mean_in.to(acc), rstd_in.to(acc), std::nullopt);
+    (void)unused;
+    const auto stat = weight_in.scalar_type();
+    at::Tensor dbranch = branch_dtype.has_value() ? dhc.to(*branch_dtype) : at::empty({0}, h_in.options());
+    return {dhc.to(th), dbranch, dw.to(stat), db.to(stat)};
+  }
   const typename Backend::Guard guard(h_in.device());
   const at::Tensor h = h_in.contiguous(), grad_y = grad_y_in.contiguous();
   const at::Tensor grad_h = grad_h_in.has_value() ? grad_h_in->contiguous() : at::Tensor();

@@ -314,7 +314,7 @@ __global__ void __launch_bounds__(Tr::kFusedWarps * 32, 1) attn_bwd_fused_kernel
 // ------------------------------------------------------------------ streaming: dq, D, dbias
 
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kDqWarps * 32, 1) attn_bwd_dq_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(Tr::kDqWarps * 32, Tr::kDqMinBlocks) attn_bwd_dq_kernel(const AttnParams p) {
   using T = typename Tr::T;
   using A = typename Tr::acc_t;
   constexpr int Kt = Tr::kDqKeyTile;

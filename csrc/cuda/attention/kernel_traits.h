@@ -60,6 +60,11 @@ struct Traits {
   // Streaming backward, dq kernel: warps (16 query rows each) and keys per tile.
   static constexpr int kDqWarps = kTC ? (kMaxD <= 64 ? 4 : 2) : (kTB == 4 ? (kMaxD <= 64 ? 4 : 2) : (kMaxD <= 64 ? 2 : 1));
   static constexpr int kDqKeyTile = kTC ? (kMaxD <= 64 ? 64 : 32) : (kTB == 4 ? (kMaxD <= 64 ? 32 : 32) : 16);
+  // Resident dq blocks per SM the register allocation is bounded for: at
+  // head_dim 32 on tensor cores the block's 66 KB of shared memory allows 3
+  // per SM, which 170 registers a thread or fewer keep (19% occupancy; the
+  // compiler chose 172 unbounded, 2 blocks).
+  static constexpr int kDqMinBlocks = (kTC && kD == 32) ? 3 : 1;
   // Streaming backward, dk/dv kernel: warps (16 keys each) and query rows per tile.
   static constexpr int kDkvWarps = kTC ? (kMaxD <= 64 ? 4 : 2) : (kTB == 4 ? (kMaxD <= 64 ? 2 : 1) : 1);
   static constexpr int kDkvQTile = kTC ? (kMaxD <= 32 ? 64 : 32) : (kTB == 4 ? 32 : (kMaxD <= 64 ? 16 : 8));
