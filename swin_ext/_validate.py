@@ -31,6 +31,7 @@ __all__ = [
     "pair_arg",
     "real_arg",
     "check_attention",
+    "attention_scale",
     "check_merging",
     "check_add_layernorm",
     "check_add_layernorm_bwd",
@@ -209,6 +210,19 @@ def check_attention_v2(
     ws, sh, sw, heads = check_attention(qkv, bias, qkv_pad, window_size, shift, raw, exact_dtypes, where)
     _check_vector(head_scale, "head_scale", heads, qkv, "qkv", exact_dtypes, raw, where, " (one scale per head)")
     return ws, sh, sw, heads
+
+
+def attention_scale(scale, qkv, heads: int, where: str) -> float:
+    """The logit scale: ``scale`` checked as a real number, or the default ``head_dim ** -0.5``."""
+    if scale is not None:
+        return real_arg(scale, "scale", where=where)
+    C = qkv.shape[-1] // 3
+    if C == 0:
+        raise ValueError(
+            f"{where}: qkv has C = 0 channels, so the default scale "
+            "head_dim ** -0.5 is undefined; pass scale explicitly"
+        )
+    return (C // heads) ** -0.5
 
 
 def check_merging(x, weight, bias, raw: bool = False, exact_dtypes: bool = False, where: str = "swin_ext.patch_merging") -> None:

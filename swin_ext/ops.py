@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from ._ext import HAS_OPS, require_ops
 from ._validate import (
     acc_dtype,
+    attention_scale,
     check_add_layernorm,
     check_add_layernorm_bwd,
     check_attention,
@@ -86,16 +87,7 @@ def window_attention(
         message names it.
     """
     ws, sh, sw, heads = check_attention(qkv, bias, qkv_pad, window_size, shift)
-    C = qkv.shape[-1] // 3
-    if scale is None:
-        if C == 0:
-            raise ValueError(
-                "swin_ext.window_attention: qkv has C = 0 channels, so the default scale "
-                "head_dim ** -0.5 is undefined; pass scale explicitly"
-            )
-        scale = (C // heads) ** -0.5
-    else:
-        scale = real_arg(scale, "scale", where="swin_ext.window_attention")
+    scale = attention_scale(scale, qkv, heads, "swin_ext.window_attention")
     if qkv_pad is not None:
         qkv_pad = qkv_pad.to(qkv.dtype)
     require_ops(qkv.device)
@@ -626,64 +618,16 @@ def _loop_rule(op):
 
 if HAS_OPS:
 
-    @torch.library.register_fake("swin_ext::window_attention_fwd")
-    def _attention_fwd_fake(qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale):
-        ws, _, _, heads = check_attention(
-            qkv, bias, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True
-        )
-        real_arg(scale, "scale", raw=True, where="swin_ext.window_attention")
+    def _attention_fwd_outputs(qkv, ws, heads):
+        """The fake ``(out, lse)`` of both attention forwards."""
         B, H, W, C3 = qkv.shape
         nW = ((H + ws - 1) // ws) * ((W + ws - 1) // ws)
         out = qkv.new_empty((B, H, W, C3 // 3))
         lse = qkv.new_empty((B, nW, heads, ws * ws), dtype=acc_dtype(qkv.dtype))
         return out, lse
 
-    @torch.library.register_fake("swin_ext::window_attention_bwd")
-    def _attention_bwd_fake(grad_out, qkv, bias, qkv_pad, lse, window_size, shift_h, shift_w, scale):
-        ws, _, _, heads = check_attention(
-            qkv, bias, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True,
-            where="swin_ext.window_attention_bwd",
-        )
-        B, H, W, C3 = qkv.shape
-        torch._check(
-            tuple(grad_out.shape) == (B, H, W, C3 // 3) and grad_out.dtype == qkv.dtype,
-            lambda: f"swin_ext.window_attention_bwd: grad_out must be {qkv.dtype} {(B, H, W, C3 // 3)}, "
-            f"got {grad_out.dtype} {tuple(grad_out.shape)}",
-        )
-        nW = ((H + ws - 1) // ws) * ((W + ws - 1) // ws)
-        torch._check(
-            tuple(lse.shape) == (B, nW, heads, ws * ws) and lse.dtype == acc_dtype(qkv.dtype),
-            lambda: f"swin_ext.window_attention_bwd: lse must be {acc_dtype(qkv.dtype)} {(B, nW, heads, ws * ws)}, "
-            f"got {lse.dtype} {tuple(lse.shape)}",
-        )
-        return (
-            torch.empty_like(qkv, memory_format=torch.contiguous_format),
-            bias.new_empty(bias.shape),
-            bias.new_empty((qkv.shape[-1],)),
-        )
-
-    torch.library.register_autograd(
-        "swin_ext::window_attention_fwd", _attention_backward, setup_context=_attention_setup_context
-    )
-
-    @torch.library.register_fake("swin_ext::window_attention_v2_fwd")
-    def _attention_v2_fwd_fake(qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w):
-        ws, _, _, heads = check_attention_v2(
-            qkv, bias, head_scale, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True
-        )
-        B, H, W, C3 = qkv.shape
-        nW = ((H + ws - 1) // ws) * ((W + ws - 1) // ws)
-        out = qkv.new_empty((B, H, W, C3 // 3))
-        lse = qkv.new_empty((B, nW, heads, ws * ws), dtype=acc_dtype(qkv.dtype))
-        return out, lse
-
-    @torch.library.register_fake("swin_ext::window_attention_v2_bwd")
-    def _attention_v2_bwd_fake(grad_out, qkv, bias, qkv_pad, head_scale, lse, window_size, shift_h, shift_w):
-        where = "swin_ext.window_attention_v2_bwd"
-        ws, _, _, heads = check_attention_v2(
-            qkv, bias, head_scale, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True,
-            where=where,
-        )
+    def _attention_bwd_outputs(grad_out, qkv, bias, lse, ws, heads, where):
+        """Checks grad_out and lse of both attention backwards; the fake ``(dqkv, dbias, dpad)``."""
         B, H, W, C3 = qkv.shape
         torch._check(
             tuple(grad_out.shape) == (B, H, W, C3 // 3) and grad_out.dtype == qkv.dtype,
@@ -700,6 +644,43 @@ if HAS_OPS:
             torch.empty_like(qkv, memory_format=torch.contiguous_format),
             bias.new_empty(bias.shape),
             bias.new_empty((qkv.shape[-1],)),
+        )
+
+    @torch.library.register_fake("swin_ext::window_attention_fwd")
+    def _attention_fwd_fake(qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale):
+        ws, _, _, heads = check_attention(
+            qkv, bias, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True
+        )
+        real_arg(scale, "scale", raw=True, where="swin_ext.window_attention")
+        return _attention_fwd_outputs(qkv, ws, heads)
+
+    @torch.library.register_fake("swin_ext::window_attention_bwd")
+    def _attention_bwd_fake(grad_out, qkv, bias, qkv_pad, lse, window_size, shift_h, shift_w, scale):
+        where = "swin_ext.window_attention_bwd"
+        ws, _, _, heads = check_attention(
+            qkv, bias, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True, where=where
+        )
+        return _attention_bwd_outputs(grad_out, qkv, bias, lse, ws, heads, where)
+
+    torch.library.register_autograd(
+        "swin_ext::window_attention_fwd", _attention_backward, setup_context=_attention_setup_context
+    )
+
+    @torch.library.register_fake("swin_ext::window_attention_v2_fwd")
+    def _attention_v2_fwd_fake(qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w):
+        ws, _, _, heads = check_attention_v2(
+            qkv, bias, head_scale, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True
+        )
+        return _attention_fwd_outputs(qkv, ws, heads)
+
+    @torch.library.register_fake("swin_ext::window_attention_v2_bwd")
+    def _attention_v2_bwd_fake(grad_out, qkv, bias, qkv_pad, head_scale, lse, window_size, shift_h, shift_w):
+        where = "swin_ext.window_attention_v2_bwd"
+        ws, _, _, heads = check_attention_v2(
+            qkv, bias, head_scale, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True,
+            where=where,
+        )
+        return _attention_bwd_outputs(grad_out, qkv, bias, lse, ws, heads, where) + (
             head_scale.new_empty(head_scale.shape),
         )
 

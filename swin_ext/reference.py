@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ._validate import (
     acc_dtype,
+    attention_scale,
     check_add_layernorm,
     check_attention,
     check_attention_v2,
@@ -111,16 +112,7 @@ def window_attention_reference(
     """
     where = "swin_ext.window_attention_reference"
     ws, sh, sw, heads = check_attention(qkv, bias, qkv_pad, window_size, shift, where=where)
-    C = qkv.shape[-1] // 3
-    if scale is None:
-        if C == 0:
-            raise ValueError(
-                f"{where}: qkv has C = 0 channels, so the default scale "
-                "head_dim ** -0.5 is undefined; pass scale explicitly"
-            )
-        scale = (C // heads) ** -0.5
-    else:
-        scale = real_arg(scale, "scale", where=where)
+    scale = attention_scale(scale, qkv, heads, where)
     return _windowed_attention(qkv, bias, ws, sh, sw, heads, qkv_pad, scale, None, dropout_p, training)
 
 

@@ -64,36 +64,33 @@ def _variants(case):
     return out
 
 
+def _attention_case(executor, case, variant, dtype, monkeypatch, gen, v2: bool) -> None:
+    """fwd + bwd of one attention case (V1 at the default scale, or V2) against the reference."""
+    if variant != "auto" and not executor.is_cuda_kernel:
+        pytest.skip("a CUDA backward variant")
+    for k, v in BWD_VARIANTS[variant].items():
+        monkeypatch.setenv(k, v)
+    inp = attention_inputs(case, gen, dtype, v2=v2)
+    scale = 1.0 if v2 else case.d ** -0.5  # V2: head_scale replaces it
+    got = run_attention(executor, case, inp, dtype, scale)
+    check_attention(case, inp, got, dtype, scale)
+
+
 ATTN_PARAMS = [pytest.param(c, v, id=f"{c.id}-{v}") for c in ATTN_CASES for v in _variants(c)]
+ATTN_V2_PARAMS = [pytest.param(c, v, id=f"{c.id}-{v}") for c in ATTN_V2_CASES for v in _variants(c)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case,variant", ATTN_PARAMS)
 def test_window_attention(executor, case, variant, dtype, monkeypatch, seed_generator):
-    if variant != "auto" and not executor.is_cuda_kernel:
-        pytest.skip("a CUDA backward variant")
-    for k, v in BWD_VARIANTS[variant].items():
-        monkeypatch.setenv(k, v)
-    inp = attention_inputs(case, seed_generator, dtype)
-    scale = case.d ** -0.5
-    got = run_attention(executor, case, inp, dtype, scale)
-    check_attention(case, inp, got, dtype, scale)
-
-
-ATTN_V2_PARAMS = [pytest.param(c, v, id=f"{c.id}-{v}") for c in ATTN_V2_CASES for v in _variants(c)]
+    _attention_case(executor, case, variant, dtype, monkeypatch, seed_generator, v2=False)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case,variant", ATTN_V2_PARAMS)
 def test_window_attention_v2(executor, case, variant, dtype, monkeypatch, seed_generator):
     """Swin V2 cosine attention (q, k normalized in the kernel, per-head scale), fwd + bwd."""
-    if variant != "auto" and not executor.is_cuda_kernel:
-        pytest.skip("a CUDA backward variant")
-    for k, v in BWD_VARIANTS[variant].items():
-        monkeypatch.setenv(k, v)
-    inp = attention_inputs(case, seed_generator, dtype, v2=True)
-    got = run_attention(executor, case, inp, dtype, 1.0)
-    check_attention(case, inp, got, dtype, 1.0)
+    _attention_case(executor, case, variant, dtype, monkeypatch, seed_generator, v2=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
