@@ -39,13 +39,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import bias_gelu as _bias_gelu_op
+from ..ops import functorch_active
 from . import config
 
 __all__ = ["Linear", "linear", "linear_gelu"]
-
-
-def _functorch_active() -> bool:
-    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
 
 
 def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -59,7 +56,7 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.shape[0] > 0
         and config.autocast_dtype("cpu") is None
         and config.use_onednn()
-        and not _functorch_active()
+        and not functorch_active()
         and not torch.compiler.is_exporting()  # an exported program (torch.export, ONNX) keeps aten.linear
     )
 

@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Tuple, Type, Union
 
 import torch
 
-from ._ext import LIMITS
+from .._ext import LIMITS
 
 __all__ = [
     "MAX_WINDOW_SIZE",

@@ -34,22 +34,10 @@ __all__ = [
     "patch_merging_reference",
     "add_layernorm_reference",
     "bias_gelu_reference",
-    "relative_position_index",
 ]
 
 #: Logit offset between tokens of different shift regions (the official value).
 SHIFT_MASK_VALUE = -100.0
-
-
-def relative_position_index(window_size: int) -> torch.Tensor:
-    """Index ``(N, N)`` into the ``((2ws-1)^2, heads)`` bias table (official recipe)."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
-    coords = coords.flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
-    rel[:, :, 0] += window_size - 1
-    rel[:, :, 1] += window_size - 1
-    rel[:, :, 0] *= 2 * window_size - 1
-    return rel.sum(-1)
 
 
 def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
@@ -247,3 +235,17 @@ def bias_gelu_reference(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     check_bias_gelu(z, bias, where="swin_ext.bias_gelu_reference")
     acc = acc_dtype(z.dtype)
     return F.gelu(z.to(acc) + bias.to(acc)).to(z.dtype)
+
+
+def __getattr__(name: str):
+    """``relative_position_index`` moved to :mod:`swin_ext.layers.pos_bias` (a model buffer, not an op's
+    oracle); the old name stays here for one release."""
+    if name == "relative_position_index":
+        import warnings
+
+        from ..layers.pos_bias import relative_position_index
+
+        warnings.warn("swin_ext.reference.relative_position_index is deprecated; import it from "
+                      "swin_ext.layers.pos_bias", DeprecationWarning, stacklevel=2)
+        return relative_position_index
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
