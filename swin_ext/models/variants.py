@@ -1,9 +1,9 @@
 """The Swin variant table, written once: architectures, releases and their names.
 
 Everything that knows a variant reads it from here: the ``swin_t`` ...
-``swin_l`` factories (:mod:`swin_ext.model`), ``create_model`` /
+``swin_l`` factories (:mod:`swin_ext.models.swin`), ``create_model`` /
 ``list_models`` (:mod:`swin_ext.factory`), the training CLI's presets
-(:mod:`swin_ext.train`) and the benchmarks.  As timm's ``@register_model``
+(:mod:`swin_ext.train.presets`) and the benchmarks.  As timm's ``@register_model``
 registry, a name maps to its constructor keywords; unlike timm's, the names
 are generated from the release tables below rather than written one function
 each.
@@ -16,12 +16,14 @@ each.
   the window-7, 224-px ones.
 * :data:`V2_RELEASES` -- timm's twelve ``swinv2_*`` registrations (size,
   window or ``"<pre>to<fine>"``, image size, pretrained window sizes, classes).
+* :data:`COMPACT` -- small V1 models that are not releases: ``swin_digits``,
+  the model the demo trains on the digits.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
-__all__ = ["SIZES", "RELEASES", "V2_RELEASES", "ALIASES", "v1_table", "v2_table", "size_of"]
+__all__ = ["SIZES", "RELEASES", "V2_RELEASES", "ALIASES", "COMPACT", "v1_table", "v2_table", "size_of"]
 
 SIZES: Dict[str, Dict[str, Any]] = {
     "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path_rate=0.2),
@@ -48,6 +50,13 @@ V2_RELEASES: Tuple[Tuple[str, Any, int, Any, int], ...] = (
     ("large", "12to16", 256, (12, 12, 12, 6), 1000), ("large", "12to24", 384, (12, 12, 12, 6), 1000),
 )
 
+#: small V1 models, not releases.  ``swin_digits``: 32x32 digits, patch 4 (one token per original 8x8
+#: pixel), 8x8 tokens in 2x2 windows of 4 (shifted), then 4x4 tokens in one window; 0.3M parameters.
+COMPACT: Dict[str, Dict[str, Any]] = {
+    "swin_digits": dict(img_size=32, patch_size=4, in_chans=1, num_classes=10, embed_dim=48, depths=(2, 2),
+                        num_heads=(3, 6), window_size=4, drop_path_rate=0.1),
+}
+
 
 def size_of(name: str) -> str:
     """The size (``"tiny"`` ... ``"large"``) of a V1/V2 name or short alias."""
@@ -56,7 +65,8 @@ def size_of(name: str) -> str:
 
 
 def v1_table() -> Dict[str, Dict[str, Any]]:
-    """Every Swin V1 name -> its constructor keywords (the official stochastic depth included)."""
+    """Every Swin V1 name (releases, aliases, :data:`COMPACT`) -> its constructor keywords (the official
+    stochastic depth included)."""
     table: Dict[str, Dict[str, Any]] = {}
     for size, window, img in RELEASES:
         base = dict(SIZES[size], window_size=window, img_size=img, patch_size=4, num_classes=1000)
@@ -66,6 +76,7 @@ def v1_table() -> Dict[str, Dict[str, Any]]:
         table[name + "_22kto1k"] = dict(base)
     for short, size in ALIASES.items():
         table[f"swin_{short}"] = table[f"swin_{size}_patch4_window7_224"]
+    table.update(COMPACT)
     return table
 
 
