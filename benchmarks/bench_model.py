@@ -80,6 +80,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import measure  # noqa: E402
 
 import swin_ext  # noqa: E402
+from swin_ext.weights.layouts import to_timm, to_torchvision  # noqa: E402
 
 ALL_IMPLS = ["swin_ext-fused", "swin_ext-fused-noepi", "swin_ext-fused-compiled", "swin_ext-reference", "timm",
              "timm-sdpa", "timm-compiled", "torchvision"]
@@ -88,41 +89,6 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 # --------------------------------------------------------------------------- weight mapping
-
-
-def to_timm_state_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """swin_ext (official layout) -> timm: patch merging moves to the start of
-    the next stage (``layers.{i+1}.downsample``), ``head`` -> ``head.fc``."""
-    out = {}
-    for k, v in sd.items():
-        k2 = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", k)
-        if k2.startswith("head."):
-            k2 = "head.fc." + k2[len("head."):]
-        out[k2] = v
-    return out
-
-
-def to_torchvision_state_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """swin_ext -> torchvision ``swin_t``: ``features.0`` = (conv, permute, norm),
-    ``features.2i+1`` = stage i's blocks, ``features.2i+2`` = stage i's merging,
-    ``mlp.fc1/fc2`` -> ``mlp.0/mlp.3``."""
-    out = {}
-    for k, v in sd.items():
-        m = re.match(r"^patch_embed\.(proj|norm)\.(.*)$", k)
-        if m:
-            out[f"features.0.{0 if m.group(1) == 'proj' else 2}.{m.group(2)}"] = v
-            continue
-        m = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(.*)$", k)
-        if m:
-            rest = m.group(3).replace("mlp.fc1.", "mlp.0.").replace("mlp.fc2.", "mlp.3.")
-            out[f"features.{2 * int(m.group(1)) + 1}.{m.group(2)}.{rest}"] = v
-            continue
-        m = re.match(r"^layers\.(\d+)\.downsample\.(.*)$", k)
-        if m:
-            out[f"features.{2 * int(m.group(1)) + 2}.{m.group(2)}"] = v
-            continue
-        out[k] = v  # norm.*, head.*
-    return out
 
 
 def _load_into(model: nn.Module, mapped: Dict[str, torch.Tensor]) -> None:
@@ -138,7 +104,7 @@ def _load_into(model: nn.Module, mapped: Dict[str, torch.Tensor]) -> None:
 
 
 # model name -> (swin_ext factory or create_model name, timm name, torchvision builder name or None,
-# image size); the architectures and image sizes come from swin_ext's variant table (swin_ext.variants).
+# image size); the architectures and image sizes come from swin_ext's variant table (swin_ext.models.variants).
 _TIMM_NAMES = {"swin_t": ("swin_tiny_patch4_window7_224", "swin_t"), "swin_s": ("swin_small_patch4_window7_224", "swin_s"),
                "swin_b": ("swin_base_patch4_window7_224", "swin_b"),
                "swinv2_tiny_window8_256": ("swinv2_tiny_window8_256", None)}
@@ -196,7 +162,7 @@ def build_models(impls: List[str], device: torch.device, seed: int = 0,
                 m = timm.create_model(timm_name, pretrained=False, num_classes=1000, drop_path_rate=0.0)
             finally:
                 tcfg._USE_FUSED_ATTN = saved
-            m.load_state_dict(to_timm_state_dict(sd), strict=True)
+            m.load_state_dict(to_timm(sd), strict=True)
             flags = {bool(getattr(a, "fused_attn", False)) for a in m.modules() if type(a).__name__ == "WindowAttention"}
             if v2:
                 attn_note = "explicit softmax (timm's only Swin V2 attention path)"
@@ -222,7 +188,7 @@ def build_models(impls: List[str], device: torch.device, seed: int = 0,
             for mod in m.modules():
                 if type(mod).__name__ == "StochasticDepth":
                     mod.p = 0.0
-            _load_into(m, to_torchvision_state_dict(sd))
+            _load_into(m, to_torchvision(sd))
             notes[name] = f"torchvision {torchvision.__version__} {tv_name}"
             models[name] = m
         else:

@@ -18,9 +18,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .checkpoint import load_pretrained
-from .model import SwinTransformer
-from .model_v2 import SwinTransformerV2
+from .models import SwinTransformer, SwinTransformerV2
+from .weights import load_pretrained
 
 _SWIN = (SwinTransformer, SwinTransformerV2)
 

@@ -8,7 +8,7 @@ names ``swinv2_{tiny,small,base,large}_window{8,12,16,...}_{192,256,384}``
 (a :class:`~swin_ext.SwinTransformerV2` with timm's defaults).  ``pretrained``
 is a local checkpoint path or a state dict: nothing is ever downloaded.
 The names and their keywords come from the one variant table,
-:mod:`swin_ext.variants`.
+:mod:`swin_ext.models.variants`.
 """
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ import difflib
 import os
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from .checkpoint import LoadResult, _load
-from .model import SwinTransformer
-from .model_v2 import SwinTransformerV2
-from .variants import v1_table, v2_table
+from .weights.checkpoint import LoadResult, load_pretrained
+from .models import SwinTransformer, SwinTransformerV2
+from .models.variants import v1_table, v2_table
 
 __all__ = ["create_model", "list_models", "model_config", "model_class"]
 
@@ -63,7 +62,7 @@ def create_model(
     strict, except that passing ``num_classes`` explicitly asks for a new head:
     a checkpoint head of another size is then left out (like timm).  Pass
     ``strict=False`` to also tolerate missing/unexpected keys.  The
-    :class:`~swin_ext.checkpoint.LoadResult` is kept on the model as
+    :class:`~swin_ext.LoadResult` is kept on the model as
     ``model.pretrained_result``.
 
         >>> m = create_model("swin_base_patch4_window12_384", pretrained="swin_base_patch4_window12_384.pth")
@@ -78,7 +77,7 @@ def create_model(
     cfg.update(kwargs)
     model = model_class(name)(**cfg)
     if pretrained is not None and pretrained is not False:
-        result: LoadResult = _load(model, pretrained, strict=True if strict is None else strict,
-                                   allow_new_head=new_head)
+        result: LoadResult = load_pretrained(model, pretrained, strict=True if strict is None else strict,
+                                             allow_new_head=new_head)
         model.pretrained_result = result
     return model

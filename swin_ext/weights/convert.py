@@ -22,8 +22,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import load_pretrained
-from .model import SwinTransformer
-from .model_v2 import SwinTransformerV2
+from ..models import SwinTransformer, SwinTransformerV2
 
 __all__ = ["from_timm", "from_torchvision", "from_transformers", "ConversionError"]
 
