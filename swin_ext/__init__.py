@@ -6,14 +6,14 @@
 """
 from ._ext import HAS_OPS, build_info
 from .ops import add_layernorm, bias_gelu, patch_merging, window_attention, window_attention_v2
-from .reference import (
+from .ops.reference import (
     add_layernorm_reference,
     bias_gelu_reference,
     patch_merging_reference,
     window_attention_reference,
     window_attention_v2_reference,
 )
-from .model import (
+from .models import (
     PatchEmbed,
     PatchMerging,
     BasicLayer,
@@ -25,11 +25,11 @@ from .model import (
     swin_s,
     swin_t,
 )
-from .model_v2 import SwinTransformerV2
-from .checkpoint import CheckpointError, LoadResult, load_pretrained
+from .models import SwinTransformerV2
+from .weights import CheckpointError, LoadResult, load_pretrained
 from .factory import create_model, list_models
 from .export import ExportError, export_onnx, install_onnx_hook, onnx_translation_table
-from .convert import ConversionError, from_timm, from_torchvision, from_transformers
+from .weights import ConversionError, from_timm, from_torchvision, from_transformers
 from .detection import SwinFPN, fpn_backbone
 
 install_onnx_hook()  # swin_ext's ONNX translations join torch.onnx's registry when torch imports it

@@ -12,7 +12,7 @@ An *executor* runs the raw ``window_attention_fwd/_bwd``,
 * ``cuda``              the CUDA kernels on the GPU (``torch.ops.swin_ext`` on
   CUDA tensors), only where a GPU and a CUDA build exist.
 
-Every case is compared with ``swin_ext.reference`` by one tolerance rule
+Every case is compared with ``swin_ext.ops.reference`` by one tolerance rule
 (:func:`check_close`), as torchvision's ``RoIOpTester`` does for its ops.
 Inputs are drawn from a generator seeded by the test id (conftest.py).
 """
@@ -261,7 +261,7 @@ def attention_reference(case: AttnCase, inp: Dict, scale: float, prec: torch.dty
 
     rnd: compute in float64 from inputs rounded to ``rnd`` (the rounding floor).
     """
-    from swin_ext.reference import window_attention_reference, window_attention_v2_reference
+    from swin_ext.ops.reference import window_attention_reference, window_attention_v2_reference
 
     q = (lambda t, p: t.to(p).double()) if rnd else (lambda t, p: t.to(p, copy=True))  # never the caller's tensor
     leaves = [q(inp["qkv"], rnd or prec).requires_grad_(), q(inp["bias"], bias_prec).requires_grad_()]
@@ -353,7 +353,7 @@ def run_merging(ex: Executor, inp: Dict, dtype: torch.dtype, eps: float = 1e-5):
 
 def merging_reference(inp: Dict, prec: torch.dtype, wprec: Optional[torch.dtype] = None, rnd: bool = False,
                       eps: float = 1e-5) -> List[torch.Tensor]:
-    from swin_ext.reference import patch_merging_reference
+    from swin_ext.ops.reference import patch_merging_reference
 
     q = (lambda t, p: t.to(p).double()) if rnd else (lambda t, p: t.to(p, copy=True))  # never the caller's tensor
     wprec = wprec or prec
@@ -475,7 +475,7 @@ def ln_reference(case: LnCase, inp: Dict, dtype: torch.dtype, exact: bool, eps: 
     exact: in float64 from the inputs rounded to the kernel's dtypes; else in
     the kernel's own dtypes (the plain PyTorch composite of the same precision).
     """
-    from swin_ext.reference import add_layernorm_reference
+    from swin_ext.ops.reference import add_layernorm_reference
 
     dt = ln_dtypes(case, dtype)
     if exact:  # never the caller's tensor (requires_grad_ below)

@@ -323,7 +323,7 @@ def test_kernel_harness_errors_reach_python(hops):
 
 
 # ---------------------------------------------------------------------------
-# The project's kernels (csrc/cuda/*.cuh): every case against swin_ext.reference
+# The project's kernels (csrc/cuda/*.cuh): every case against swin_ext.ops.reference
 # is in test_op_kernels.py (one table for every executor); here what is
 # particular to the harness.
 

@@ -328,9 +328,9 @@ def test_bad_input():
 
 
 def test_variant_table_feeds_factories_create_model_and_presets():
-    """swin_t ... swin_l, create_model's names and the training presets are one table (swin_ext.variants)."""
+    """swin_t ... swin_l, create_model's names and the training presets are one table (swin_ext.models.variants)."""
     from swin_ext.train import PRESETS
-    from swin_ext.variants import ALIASES, SIZES
+    from swin_ext.models.variants import ALIASES, SIZES
 
     for short, size in ALIASES.items():
         with torch.device("meta"):

@@ -330,7 +330,7 @@ def test_training_cli_swinv2(tmp_path):
     res = T.train(T.build_parser().parse_args(argv))
     assert res["step"] == 2
     state = T.load_checkpoint(str(tmp_path / "last.pt"))
-    assert state["model_config"]["arch"] == "swinv2"
+    assert state["model_config"]["model"] == "swinv2_tiny_window8_256"
     assert any(k.endswith("attn.logit_scale") for k in state["model"])
     model = T.build_model(state["model_config"])
     assert isinstance(model, SwinTransformerV2)

@@ -334,7 +334,7 @@ def test_baseline_isa_path_matches_reference():
 
     code = (
         "import torch, swin_ext\n"
-        "from swin_ext import reference as R\n"
+        "from swin_ext.ops import reference as R\n"
         "torch.manual_seed(0)\n"
         "for dt, tol in ((torch.float32, 2e-5), (torch.float64, 1e-10)):\n"
         "    q = torch.randn(2, 11, 9, 3 * 12, dtype=dt, requires_grad=True)\n"
@@ -582,7 +582,7 @@ def test_bias_gelu_raw_op_checks_raise_python_errors():
 
 def test_limits_come_from_the_compiled_checks():
     """The kernels' limits are written once (csrc/checks.h) and read by the Python validation."""
-    from swin_ext import _validate
+    from swin_ext.ops import _validate
     from swin_ext._ext import LIMITS
 
     assert set(LIMITS) == {"MAX_WINDOW_SIZE", "MAX_DIM", "MAX_MERGE_CHANNELS", "MAX_LAYERNORM_CHANNELS"}

@@ -12,7 +12,7 @@ import torch
 
 import swin_ext
 from swin_ext import train as T
-from swin_ext.data import build_datasets, load_digits_split
+from swin_ext.train.data import build_datasets, load_digits_split
 
 pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
 

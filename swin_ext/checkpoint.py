@@ -1,0 +1,4 @@
+"""Deprecated: moved to :mod:`swin_ext.weights.checkpoint` (this path is removed in the next release)."""
+from ._deprecated import alias
+
+alias(__name__)
