@@ -4,6 +4,7 @@ import torch
 
 import swin_ext
 from swin_ext import ConversionError, from_timm, from_torchvision, from_transformers
+
 from swin_test_utils import randomize, rel_err
 
 pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
@@ -47,9 +48,17 @@ def test_from_timm_other_mlp_ratio_eps_and_no_qkv_bias():
 @pytest.mark.parametrize("size", [(224, 224), (200, 180)])
 def test_from_torchvision(size):
     tv = pytest.importorskip("torchvision")
-    src = tv.models.swin_transformer._swin_transformer(patch_size=[4, 4], embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
-                                                      window_size=[7, 7], stochastic_depth_prob=0.0, weights=None, progress=False,
-                                                      num_classes=5)
+    src = tv.models.swin_transformer._swin_transformer(
+        patch_size=[4, 4],
+        embed_dim=96,
+        depths=[2, 2, 6, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=[7, 7],
+        stochastic_depth_prob=0.0,
+        weights=None,
+        progress=False,
+        num_classes=5,
+    )
     src = randomize(src).double().eval()
     m = from_torchvision(src)
     assert (m.embed_dim, m.depths, m.num_heads, m.window_size) == (96, (2, 2, 6, 2), (3, 6, 12, 24), 7)
@@ -58,8 +67,17 @@ def test_from_torchvision(size):
 
 def test_from_transformers():
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.SwinConfig(image_size=224, patch_size=4, embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
-                                  window_size=7, num_labels=6, drop_path_rate=0.0, layer_norm_eps=1e-5)
+    cfg = transformers.SwinConfig(
+        image_size=224,
+        patch_size=4,
+        embed_dim=32,
+        depths=[2, 2, 2, 2],
+        num_heads=[1, 2, 4, 8],
+        window_size=7,
+        num_labels=6,
+        drop_path_rate=0.0,
+        layer_norm_eps=1e-5,
+    )
     src = randomize(transformers.SwinForImageClassification(cfg)).double().eval()
     m = from_transformers(src)
     assert m.num_classes == 6
@@ -81,6 +99,8 @@ def test_unsupported_sources_are_clear_errors():
         from_timm(cr)
     transformers = pytest.importorskip("transformers")
     with pytest.raises(ConversionError, match="Swinv2ForImageClassification and Swinv2Model"):
-        from_transformers(transformers.Swinv2Backbone(transformers.Swinv2Config(embed_dim=16, depths=[1, 1], num_heads=[1, 2])))
+        from_transformers(
+            transformers.Swinv2Backbone(transformers.Swinv2Config(embed_dim=16, depths=[1, 1], num_heads=[1, 2]))
+        )
     with pytest.raises(ConversionError, match="model_type 'swin'"):
         from_transformers(torch.nn.Linear(2, 2))

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import swin_ext
+
 from swin_test_utils import small
 
 pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
@@ -39,8 +40,10 @@ def test_faster_rcnn_trains_a_step_and_runs_in_eval():
     anchors = AnchorGenerator(sizes=((16,), (32,), (64,), (128,), (256,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
     det = FasterRCNN(bb, num_classes=3, min_size=128, max_size=160, rpn_anchor_generator=anchors)
     images = [torch.rand(3, 128, 160), torch.rand(3, 120, 150)]
-    targets = [dict(boxes=torch.tensor([[10.0, 20.0, 60.0, 90.0]]), labels=torch.tensor([1])),
-               dict(boxes=torch.tensor([[5.0, 5.0, 40.0, 30.0], [50.0, 40.0, 120.0, 110.0]]), labels=torch.tensor([2, 1]))]
+    targets = [
+        dict(boxes=torch.tensor([[10.0, 20.0, 60.0, 90.0]]), labels=torch.tensor([1])),
+        dict(boxes=torch.tensor([[5.0, 5.0, 40.0, 30.0], [50.0, 40.0, 120.0, 110.0]]), labels=torch.tensor([2, 1])),
+    ]
     det.train()
     opt = torch.optim.SGD(det.parameters(), lr=1e-3)
     losses = det(images, targets)
@@ -61,6 +64,8 @@ def test_detection_example_runs():
     import os
     import runpy
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "detection_finetune.py")
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "detection_finetune.py"
+    )
     mod = runpy.run_path(path, run_name="example")
     mod["main"](["--small", "--steps", "1", "--size", "96"])

@@ -1,8 +1,6 @@
 """Export and deployment: ONNX (onnxruntime), torch.export, torch.compile."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -104,7 +102,9 @@ def test_op_level_translations(tmp_path):
             self.b = torch.nn.Parameter(torch.randn(32))
 
         def forward(self, qkv, bias, x):
-            return swin_ext.window_attention(qkv, bias, 4, (2, 1), None, self.pad), swin_ext.patch_merging(x, self.w, self.b)
+            return swin_ext.window_attention(qkv, bias, 4, (2, 1), None, self.pad), swin_ext.patch_merging(
+                x, self.w, self.b
+            )
 
     m = Ops().eval()
     args = (torch.randn(2, 9, 11, 72), torch.randn(3, 16, 16), torch.randn(2, 7, 9, 8))
@@ -116,7 +116,6 @@ def test_op_level_translations(tmp_path):
     got = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args)})
     for g, w in zip(got, want):
         assert _rel(g, w) <= 1e-5
-
 
 
 def test_op_level_translations_v2_attention_and_add_layernorm(tmp_path):
@@ -149,6 +148,7 @@ def test_op_level_translations_v2_attention_and_add_layernorm(tmp_path):
     assert len(got) == 4
     for g, w in zip(got, want):
         assert _rel(g, w) <= 1e-5
+
 
 def test_export_onnx_bad_input(tmp_path):
     m = _small()

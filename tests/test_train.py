@@ -3,6 +3,7 @@ resume, ImageFolder/AMP smoke run, and 2-process DDP on the CPU (gloo)."""
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import torch
 import swin_ext
 from swin_ext import train as T
 from swin_ext.train.data import build_datasets, load_digits_split
+
+from swin_test_utils import Evil, flip_tensor_byte
 
 pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
 
@@ -241,3 +244,209 @@ def test_ddp_two_cpu_processes_identical_weights_and_resume(tmp_path):
     assert m2["start_step"] == 2 and m2["step"] == 5 and not m2["stopped_early"]
     assert m2["replica_sha256"][0] == m2["replica_sha256"][1] != m1["replica_sha256"][0]
     assert T.load_checkpoint(str(out / "last.pt"))["step"] == 5
+
+
+# ----------------------------------------------------------------------------- bad arguments, checkpoints, data
+# (one clear error line each)
+
+# TINY plus: no plot, 32 samples
+TINY_RUN = TINY + ["--no-plot", "--limit", "32"]
+
+
+CLI_ARGUMENT_CASES = [
+    # (argv, flag the one error line names, text); was: all accepted
+    (["--epochs", "-3"], "--epochs", "must be >= 1, got -3"),
+    (["--warmup-epochs", "-5"], "--warmup-epochs", "must be in"),
+    (["--save-every", "-1"], "--save-every", "must be >= 0, got -1"),
+    (["--max-steps", "-5"], "--max-steps", "must be >= 1, got -5"),
+    (["--stop-after-steps", "0"], "--stop-after-steps", "must be >= 1, got 0"),
+    (["--layer-decay", "0"], "--layer-decay", r"must be in \(0.0, 1.0\]"),
+    (["--lr", "inf"], "--lr", "must be finite"),
+    (["--lr", "nan"], "--lr", "must be finite"),
+    (["--lr", "0.1", "--min-lr", "1"], "--min-lr", "is above --lr"),
+    (["--batch-size", "0"], "--batch-size", "must be >= 1"),
+    (["--mlp-ratio", "inf"], "--mlp-ratio", "must be finite"),
+    (["--label-smoothing", "1"], "--label-smoothing", "must be in"),
+    (["--depths", "2,0"], "--depths", "positive ints"),
+]
+
+
+@pytest.mark.parametrize("extra,flag,text", CLI_ARGUMENT_CASES, ids=[" ".join(c[0]) for c in CLI_ARGUMENT_CASES])
+def test_cli_refuses_bad_argument(extra, flag, text, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        T.main(TINY_RUN + ["--output-dir", str(tmp_path)] + extra)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert flag in err and re.search(text, err), err
+    assert not os.listdir(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    """A 2-step run's directory; tests copy its last.pt."""
+    d = tmp_path_factory.mktemp("good")
+    assert T.main(TINY_RUN + ["--max-steps", "2", "--output-dir", str(d)]) == 0
+    return d
+
+
+def _copy_run(good_run, tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "last.pt").write_bytes((good_run / "last.pt").read_bytes())
+    return d
+
+
+def test_training_checkpoint_loads_with_weights_only(good_run):
+    st = torch.load(good_run / "last.pt", weights_only=True)  # was: needed weights_only=False (numpy RNG state)
+    assert st["format"] == T.CHECKPOINT_FORMAT and st["step"] == 2
+    assert isinstance(st["rng"][0]["numpy"]["keys"], torch.Tensor)
+
+
+def _resume_case(name, d):
+    """Prepare ``d/last.pt``; returns (expected error text, whether last.pt must stay byte-identical)."""
+    ck = d / "last.pt"
+    if name == "crafted-pickle":  # was: ran the payload on --resume auto
+        torch.save({"format": T.CHECKPOINT_FORMAT, "step": 0, "x": Evil(str(d / "marker"))}, ck)
+        return r"last.pt: torch.load\(weights_only=True\) refused it.*io\.open"
+    if name == "truncated":  # was: a raw zip traceback
+        ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])
+        return r"last.pt: not a readable swin_ext.train checkpoint"
+    if name == "empty":
+        ck.write_bytes(b"")
+        return r"last.pt: not a readable swin_ext.train checkpoint: the file is empty"
+    if name == "random":
+        ck.write_bytes(os.urandom(4096))
+        return r"last.pt: not a readable swin_ext.train checkpoint"
+    if name == "flipped-byte":  # was: resumed on corrupted state
+        entry = flip_tensor_byte(ck)
+        return rf"last.pt: damaged: the stored checksum \(CRC-32\) of its entry '{entry}'"
+    if name == "foreign":
+        torch.save({"weights": torch.zeros(3)}, ck)
+        return r"last.pt is not a swin_ext.train checkpoint"
+    if name == "other-batch-size":  # was: silently ended early on the old schedule
+        return r"last.pt was written with --batch-size 8 .* this run has --batch-size 4"
+    if name == "directory":
+        ck.unlink()
+        ck.mkdir()
+        return r"last.pt is a directory"
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["crafted-pickle", "truncated", "empty", "random", "flipped-byte", "foreign", "other-batch-size", "directory"],
+)
+def test_resume_from_bad_checkpoint_is_one_clear_line(name, good_run, tmp_path, capsys):
+    d = _copy_run(good_run, tmp_path)
+    match = _resume_case(name, d)
+    ck = d / "last.pt"
+    before = ck.read_bytes() if ck.is_file() else None
+    argv = TINY_RUN + ["--max-steps", "4", "--output-dir", str(d), "--resume", "auto"]
+    if name == "other-batch-size":
+        argv[argv.index("--batch-size") + 1] = "4"
+    assert T.main(argv) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("swin-ext-train: error: "), err
+    assert re.search(match, err[0]), err[0]
+    assert not (d / "marker").exists()
+    if before is not None:
+        assert ck.read_bytes() == before  # the checkpoint stays as it was
+    assert not (d / "metrics.json").exists()
+
+
+def test_diverged_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    # was: trained on, exit 0, NaN weights saved over the last good checkpoint
+    d = tmp_path / "run"
+    rc = T.main(
+        TINY_RUN + ["--max-steps", "30", "--lr", "1e6", "--clip-grad", "0", "--save-every", "1", "--output-dir", str(d)]
+    )
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "keeps the last good checkpoint" in err
+    st = T.load_checkpoint(str(d / "last.pt"))
+    assert all(torch.isfinite(v).all() for v in st["model"].values())
+    assert not (d / "metrics.json").exists()
+
+
+def test_nan_loss_stops_before_any_save(tmp_path, capsys):
+    d = tmp_path / "run"
+    rc = T.main(
+        TINY_RUN + ["--max-steps", "30", "--lr", "1e6", "--clip-grad", "0", "--output-dir", str(d), "--limit", "64"]
+    )
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "the training loss is nan" in err and "training diverged" in err and "no checkpoint was written" in err
+    assert not (d / "last.pt").exists()  # no checkpoint of a diverged run
+
+
+def test_stale_temporary_checkpoints_are_removed(good_run, tmp_path, capsys):
+    # was: a save killed midway left .last.pt.*.tmp behind for good
+    d = _copy_run(good_run, tmp_path)
+    stale = d / ".last.pt.k2j4h1.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    assert T.main(TINY_RUN + ["--max-steps", "3", "--output-dir", str(d), "--resume", "auto"]) == 0
+    assert not stale.exists()
+    assert f"removed {stale}" in capsys.readouterr().out
+    assert T.load_checkpoint(str(d / "last.pt"))["step"] == 3
+
+
+def _image_folder(root, classes, n=4, broken=None):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            arr = (torch.rand(12, 12, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(arr).save(root / c / f"{i}.png")
+    if broken:
+        path = root / classes[0] / "0.png"
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] if broken == "truncated" else b"\x89PNG garbage")
+        return path
+    return None
+
+
+IMAGE_ARGS = [
+    "--img-size",
+    "16",
+    "--patch-size",
+    "4",
+    "--embed-dim",
+    "12",
+    "--depths",
+    "1,1",
+    "--num-heads",
+    "1,2",
+    "--window-size",
+    "2",
+    "--batch-size",
+    "2",
+    "--max-steps",
+    "3",
+    "--no-progress",
+    "--no-plot",
+    "--threads",
+    "1",
+]
+
+
+@pytest.mark.parametrize("case", ["one-class", "truncated-image", "garbage-image", "truncated-image-in-worker"])
+def test_image_folder_problems_are_one_clear_line(case, tmp_path, capsys):
+    pytest.importorskip("PIL")
+    pytest.importorskip("torchvision")
+    root = tmp_path / "data"
+    if case == "one-class":  # was: trained a one-class classifier silently
+        _image_folder(root, ["cat"])
+        match = "needs at least 2 class folders to train a classifier, found 1"
+    else:
+        bad = _image_folder(root, ["cat", "dog"], broken="garbage" if case == "garbage-image" else "truncated")
+        match = f"{bad}: cannot read this image"  # was: a raw PIL traceback
+    workers = "1" if case.endswith("worker") else "0"
+    rc = T.main(
+        IMAGE_ARGS
+        + ["--data", str(root), "--workers", workers, "--output-dir", str(tmp_path / "run"), "--test-fraction", "0.25"]
+    )
+    assert rc == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("swin-ext-train: error: ") and match in err[0], err
