@@ -36,10 +36,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import measure  # noqa: E402
-
 import swin_ext  # noqa: E402
 from swin_ext.ops import reference  # noqa: E402
+
+from _timing import measure  # noqa: E402
 
 MODELS = {
     "swin_t": dict(embed_dim=96, heads=(3, 6, 12, 24)),

@@ -50,7 +50,9 @@ def folder_batches(images_dir: str, annotations: str, batch: int):
             imgs, tgts = [], []
             for it in items[i:i + batch]:
                 imgs.append(read_image(os.path.join(images_dir, it["file"])).float() / 255)
-                tgts.append(dict(boxes=torch.tensor(it["boxes"], dtype=torch.float32), labels=torch.tensor(it["labels"])))
+                tgts.append(
+                    dict(boxes=torch.tensor(it["boxes"], dtype=torch.float32), labels=torch.tensor(it["labels"]))
+                )
             yield imgs, tgts
 
 
@@ -89,8 +91,12 @@ def main(argv=None):
         loss.backward()
         opt.step()
         if step == 1 or step % 10 == 0 or step == a.steps:
-            print(f"step {step}/{a.steps}  loss {loss.item():.3f}  " + "  ".join(f"{k} {v.item():.3f}" for k, v in losses.items())
-                  + f"  ({time.time() - t0:.1f} s)", flush=True)
+            print(
+                f"step {step}/{a.steps}  loss {loss.item():.3f}  "
+                + "  ".join(f"{k} {v.item():.3f}" for k, v in losses.items())
+                + f"  ({time.time() - t0:.1f} s)",
+                flush=True,
+            )
     det.eval()
     with torch.no_grad():
         out = det([images[0]])

@@ -102,8 +102,10 @@ def _static_dims(value, names: str, what: str) -> Tuple[int, ...]:
             out.append(d)
             continue
         if not isinstance(d, int):
-            raise ExportError(f"swin_ext ONNX export: {what} needs a static {names[i] if i < len(names) else 'dimension'} "
-                              f"(dimension {i} is {d}); only the batch dimension may be dynamic")
+            raise ExportError(
+                f"swin_ext ONNX export: {what} needs a static {names[i] if i < len(names) else 'dimension'} "
+                f"(dimension {i} is {d}); only the batch dimension may be dynamic"
+            )
         out.append(d)
     return tuple(out)
 
@@ -157,22 +159,25 @@ def _window_attention_graph(qkv, bias, qkv_pad, ws: int, shift_h: int, shift_w: 
     return out, lse
 
 
-def _attention_onnx(qkv, bias, qkv_pad=None, window_size: int = 7, shift_h: int = 0, shift_w: int = 0,
-                    scale: float = 1.0):
+def _attention_onnx(
+    qkv, bias, qkv_pad=None, window_size: int = 7, shift_h: int = 0, shift_w: int = 0, scale: float = 1.0
+):
     """ONNX of swin_ext::window_attention_fwd: returns (out, lse)."""
     return _window_attention_graph(qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale)
 
 
-def _attention_v2_onnx(qkv, bias, qkv_pad=None, head_scale=None, window_size: int = 8, shift_h: int = 0,
-                       shift_w: int = 0):
+def _attention_v2_onnx(
+    qkv, bias, qkv_pad=None, head_scale=None, window_size: int = 8, shift_h: int = 0, shift_w: int = 0
+):
     """ONNX of swin_ext::window_attention_v2_fwd (Swin V2's cosine attention): returns (out, lse)."""
     return _window_attention_graph(qkv, bias, qkv_pad, window_size, shift_h, shift_w, 1.0, head_scale)
 
 
 def _layer_norm_onnx(op, x, weight, bias, eps: float):
     """LayerNormalization over the last dim; returns (y, mean, rstd) with mean/rstd (...) in float32."""
-    y, mean, rstd = op.LayerNormalization(x, op.CastLike(weight, x), op.CastLike(bias, x), axis=-1,
-                                          epsilon=float(eps), stash_type=1)
+    y, mean, rstd = op.LayerNormalization(
+        x, op.CastLike(weight, x), op.CastLike(bias, x), axis=-1, epsilon=float(eps), stash_type=1
+    )
     axes = op.Constant(value_ints=[-1])
     return y, op.Squeeze(mean, axes), op.Squeeze(rstd, axes)
 
@@ -187,7 +192,9 @@ def _merging_onnx(x, weight, bias, eps: float = 1e-5):
     rows = op.Reshape(x, op.Constant(value_ints=[-1, H * W, C]))
     if idx.max() == H * W:
         rows = _rows_with_pad(op, rows, None, C)
-    g = op.Reshape(op.Gather(rows, op.Constant(value=_tensor(idx)), axis=1), op.Constant(value_ints=[-1, H2, W2, 4 * C]))
+    g = op.Reshape(
+        op.Gather(rows, op.Constant(value=_tensor(idx)), axis=1), op.Constant(value_ints=[-1, H2, W2, 4 * C])
+    )
     y, mean, rstd = _layer_norm_onnx(op, g, weight, bias, eps)
     return y, op.CastLike(mean, weight), op.CastLike(rstd, weight)
 
@@ -228,15 +235,18 @@ def _add_layernorm_onnx(x, branch, weight, bias, eps: float = 1e-5, y_dtype=None
     h = op.Add(x, op.CastLike(branch, x))
     y, mean, rstd = _layer_norm_onnx(op, h, weight, bias, eps)
     if y_dtype is not None:
-        from torch.onnx._internal.exporter import _type_casting  # noqa: F401  (present since torch 2.6)
         import onnx_ir as ir
+        from torch.onnx._internal.exporter import _type_casting  # noqa: F401  (present since torch 2.6)
 
-        to = {torch.float16: ir.DataType.FLOAT16, torch.bfloat16: ir.DataType.BFLOAT16, torch.float32: ir.DataType.FLOAT,
-              torch.float64: ir.DataType.DOUBLE}.get(y_dtype)
+        to = {
+            torch.float16: ir.DataType.FLOAT16,
+            torch.bfloat16: ir.DataType.BFLOAT16,
+            torch.float32: ir.DataType.FLOAT,
+            torch.float64: ir.DataType.DOUBLE,
+        }.get(y_dtype)
         if to is not None:
             y = op.Cast(y, to=int(to))
     return h, y, op.CastLike(mean, weight), op.CastLike(rstd, weight)
-
 
 
 def _bias_gelu_onnx(z, bias):
@@ -246,6 +256,7 @@ def _bias_gelu_onnx(z, bias):
     u = op.Add(z, op.CastLike(bias, z))
     c = lambda v: op.CastLike(op.Constant(value_float=v), z)  # noqa: E731
     return op.Mul(op.Mul(c(0.5), u), op.Add(c(1.0), op.Erf(op.Mul(u, c(0.7071067811865476)))))
+
 
 # ----------------------------------------------------------------------------- registration with torch.onnx
 
@@ -266,13 +277,16 @@ def _register_with_torch_onnx(module) -> None:
 
         for target, fn in onnx_translation_table().items():
             _torchlib_registry._registry.append(
-                module.OnnxDecompMeta(onnx_function=fn, fx_target=target, signature=None, is_custom=True))
+                module.OnnxDecompMeta(onnx_function=fn, fx_target=target, signature=None, is_custom=True)
+            )
         _registered = True
     except Exception as e:  # pragma: no cover - another torch's exporter internals
         import warnings
 
-        warnings.warn(f"swin_ext could not register its ONNX translations with torch.onnx ({e!r}); "
-                      "pass custom_translation_table=swin_ext.onnx_translation_table() or use swin_ext.export_onnx")
+        warnings.warn(
+            f"swin_ext could not register its ONNX translations with torch.onnx ({e!r}); "
+            "pass custom_translation_table=swin_ext.onnx_translation_table() or use swin_ext.export_onnx"
+        )
 
 
 class _RegistryHook(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -332,15 +346,20 @@ def export_onnx(
             compare with PyTorch: relative error <= ``rtol`` (default 1e-4 in
             float32, 1e-2 in half precision), else an ExportError.
         opset_version: ONNX opset (default torch's; at least :data:`MIN_OPSET`).
+        rtol: the tolerance of ``check`` (default 1e-4 in float32, 1e-2 in half precision).
     """
     if not isinstance(model, torch.nn.Module):
         raise ExportError(f"export_onnx: model must be a torch.nn.Module, got {type(model).__name__}")
     if model.training:
-        raise ExportError("export_onnx: the model is in training mode (dropout, stochastic depth and the "
-                          "training-only paths would be exported); call model.eval() first")
+        raise ExportError(
+            "export_onnx: the model is in training mode (dropout, stochastic depth and the "
+            "training-only paths would be exported); call model.eval() first"
+        )
     if opset_version is not None and (not isinstance(opset_version, int) or opset_version < MIN_OPSET):
-        raise ExportError(f"export_onnx: opset_version {opset_version!r} is not supported; swin_ext's translations "
-                          f"need opset >= {MIN_OPSET} (LayerNormalization)")
+        raise ExportError(
+            f"export_onnx: opset_version {opset_version!r} is not supported; swin_ext's translations "
+            f"need opset >= {MIN_OPSET} (LayerNormalization)"
+        )
     args = (example,) if isinstance(example, torch.Tensor) else tuple(example)
     if not args or not all(isinstance(a, torch.Tensor) for a in args):
         raise ExportError("export_onnx: example must be a tensor or a sequence of tensors")
@@ -350,8 +369,16 @@ def export_onnx(
         dyn = tuple({0: batch} for _ in args)
     kw = {} if opset_version is None else {"opset_version": opset_version}
     with torch.no_grad():
-        prog = torch.onnx.export(model, args, path, dynamo=True, dynamic_shapes=dyn,
-                                 custom_translation_table=onnx_translation_table(), verbose=False, **kw)
+        prog = torch.onnx.export(
+            model,
+            args,
+            path,
+            dynamo=True,
+            dynamic_shapes=dyn,
+            custom_translation_table=onnx_translation_table(),
+            verbose=False,
+            **kw,
+        )
     if check:
         try:
             import onnxruntime as ort
@@ -368,6 +395,7 @@ def export_onnx(
         tol = rtol if rtol is not None else (1e-4 if args[0].dtype in (torch.float32, torch.float64) else 1e-2)
         err = float(np.linalg.norm(got.astype(np.float64) - want) / max(np.linalg.norm(want), 1e-30))
         if not err <= tol:
-            raise ExportError(f"export_onnx: onnxruntime's output differs from PyTorch's by {err:.2e} (relative), "
-                              f"more than {tol:.0e}")
+            raise ExportError(
+                f"export_onnx: onnxruntime's output differs from PyTorch's by {err:.2e} (relative), more than {tol:.0e}"
+            )
     return prog

@@ -16,9 +16,9 @@ import difflib
 import os
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from .weights.checkpoint import LoadResult, load_pretrained
 from .models import SwinTransformer, SwinTransformerV2
 from .models.variants import v1_table, v2_table
+from .weights.checkpoint import LoadResult, load_pretrained
 
 __all__ = ["create_model", "list_models", "model_config", "model_class"]
 

@@ -110,7 +110,9 @@ def _onednn_linear_backward(ctx, grad):
 onednn_linear.register_autograd(_onednn_linear_backward, setup_context=_onednn_linear_setup)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, fast: bool = True) -> torch.Tensor:
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, fast: bool = True
+) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; on the oneDNN path when ``fast`` and eligible (module docstring).
 
     ``x (..., in)`` -> ``(..., out)``.

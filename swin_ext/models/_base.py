@@ -29,15 +29,33 @@ from ..layers.helpers import check_backend, int_field, int_list_field, is_int, r
 from ..layers.patch_embed import PatchEmbed
 from ._features import OUTPUT_FORMATS, feature_info, normalize_indices
 
-__all__ = ["SwinBase", "SwinStage", "SwinBlock", "check_config", "check_attention_dims", "check_block", "attention_flops",
-           "block_flops", "init_weights"]
+__all__ = [
+    "SwinBase",
+    "SwinStage",
+    "SwinBlock",
+    "check_config",
+    "check_attention_dims",
+    "check_block",
+    "attention_flops",
+    "block_flops",
+    "init_weights",
+]
 
 
 # --------------------------------------------------------------------------- configuration checks
 
 
-def check_config(img_size: Tuple[int, int], patch_size: int, in_chans: int, num_classes: int, embed_dim: int,
-                 depths: Sequence[int], num_heads: Sequence[int], mlp_ratio: float, **rates: float) -> None:
+def check_config(
+    img_size: Tuple[int, int],
+    patch_size: int,
+    in_chans: int,
+    num_classes: int,
+    embed_dim: int,
+    depths: Sequence[int],
+    num_heads: Sequence[int],
+    mlp_ratio: float,
+    **rates: float,
+) -> None:
     """Every field both models share (the window is checked by each model); ``TypeError`` /
     ``ValueError`` naming the field.  ``rates``: dropout rates by name, each in ``[0, 1)``."""
     int_field(patch_size, "patch_size", 1)
@@ -140,7 +158,6 @@ class SwinBlock(nn.Module):
         return block_flops(self, H, W)
 
 
-
 class SwinStage(nn.Module):
     """A stage's shared parts: the blocks (run under activation checkpointing when
     ``use_checkpoint`` and gradients are on), an optional ``downsample`` at its
@@ -218,9 +235,21 @@ class SwinBase(nn.Module):
     head_drop: Optional[nn.Module]
     head: Optional[nn.Module]
 
-    def _setup(self, img_size: Union[int, Tuple[int, int]], patch_size: int, in_chans: int, num_classes: int,
-               embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], mlp_ratio: float, backend: str,
-               features_only: bool, out_indices: Sequence[int], **rates: float) -> None:
+    def _setup(
+        self,
+        img_size: Union[int, Tuple[int, int]],
+        patch_size: int,
+        in_chans: int,
+        num_classes: int,
+        embed_dim: int,
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        mlp_ratio: float,
+        backend: str,
+        features_only: bool,
+        out_indices: Sequence[int],
+        **rates: float,
+    ) -> None:
         """Check the shared fields (:func:`check_config`; ``rates``: the dropout rates by name), store
         them and build the patch embedding."""
         depths, num_heads = int_list_field(depths, "depths"), int_list_field(num_heads, "num_heads")
@@ -319,7 +348,9 @@ class SwinBase(nn.Module):
         """Channels of the maps ``forward`` returns when ``features_only`` (of every stage otherwise)."""
         return [self.feature_info[i]["num_chs"] for i in self.out_indices]
 
-    def _norm(self, norm: nn.LayerNorm, x: torch.Tensor, branch: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _norm(
+        self, norm: nn.LayerNorm, x: torch.Tensor, branch: Optional[torch.Tensor]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(x + branch, norm(x + branch))``, the pending add fused with the norm on the fused backend."""
         return add_layernorm(x, branch, norm, self.backend == "fused")
 

@@ -231,15 +231,38 @@ class BasicLayerV2(SwinStage):
         use_checkpoint: recompute the blocks in the backward.
     """
 
-    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, proj_drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: Union[float, Sequence[float]] = 0.0, downsample: bool = False, pretrained_window_size: int = 0,
-                 use_checkpoint: bool = False, fused: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: Union[float, Sequence[float]] = 0.0,
+        downsample: bool = False,
+        pretrained_window_size: int = 0,
+        use_checkpoint: bool = False,
+        fused: bool = True,
+    ) -> None:
         super().__init__(dim, depth, use_checkpoint)
         rates = self.per_block(drop_path)
         self.blocks = nn.ModuleList(
-            SwinTransformerV2Block(dim, num_heads, window_size, self.shift_of(i, window_size), mlp_ratio, qkv_bias,
-                                   proj_drop, attn_drop, rates[i], pretrained_window_size, fused)
+            SwinTransformerV2Block(
+                dim,
+                num_heads,
+                window_size,
+                self.shift_of(i, window_size),
+                mlp_ratio,
+                qkv_bias,
+                proj_drop,
+                attn_drop,
+                rates[i],
+                pretrained_window_size,
+                fused,
+            )
             for i in range(depth)
         )
         self.downsample = PatchMergingV2(dim, fused) if downsample else None
@@ -281,17 +304,46 @@ class SwinTransformerV2(SwinBase):
 
     NO_WEIGHT_DECAY = ("cpb_mlp", "logit_scale", "relative_position_bias_table")
 
-    def __init__(self, img_size: Union[int, Tuple[int, int]] = 224, patch_size: int = 4, in_chans: int = 3,
-                 num_classes: int = 1000, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
-                 num_heads: Sequence[int] = (3, 6, 12, 24), window_size: Union[int, Sequence[int]] = 7,
-                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
-                 pretrained_window_sizes: Union[int, Sequence[int]] = 0, use_checkpoint: bool = False,
-                 backend: str = "fused", features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3)) -> None:
+    def __init__(
+        self,
+        img_size: Union[int, Tuple[int, int]] = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: Union[int, Sequence[int]] = 7,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        pretrained_window_sizes: Union[int, Sequence[int]] = 0,
+        use_checkpoint: bool = False,
+        backend: str = "fused",
+        features_only: bool = False,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+    ) -> None:
         super().__init__()
-        self._setup(img_size, patch_size, in_chans, num_classes, embed_dim, depths, num_heads, mlp_ratio, backend,
-                    features_only, out_indices, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
-                    drop_path_rate=drop_path_rate, proj_drop_rate=proj_drop_rate)
+        self._setup(
+            img_size,
+            patch_size,
+            in_chans,
+            num_classes,
+            embed_dim,
+            depths,
+            num_heads,
+            mlp_ratio,
+            backend,
+            features_only,
+            out_indices,
+            drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate,
+            drop_path_rate=drop_path_rate,
+            proj_drop_rate=proj_drop_rate,
+        )
         n = self.num_layers
         windows = per_stage(window_size, n, "window_size", 1, MAX_WINDOW_SIZE)
         pretrained = per_stage(pretrained_window_sizes, n, "pretrained_window_sizes", 0, MAX_WINDOW_SIZE)
@@ -301,9 +353,21 @@ class SwinTransformerV2(SwinBase):
         self.qkv_bias = bool(qkv_bias)
         self.pos_drop = nn.Identity()  # V2's drop_rate is the head's
         self.layers = nn.ModuleList(
-            BasicLayerV2(int(embed_dim * 2**i), self.depths[i], self.num_heads[i], windows[i], mlp_ratio, qkv_bias,
-                         proj_drop_rate, attn_drop_rate, rates, downsample=i < n - 1,
-                         pretrained_window_size=pretrained[i], use_checkpoint=use_checkpoint, fused=backend == "fused")
+            BasicLayerV2(
+                int(embed_dim * 2**i),
+                self.depths[i],
+                self.num_heads[i],
+                windows[i],
+                mlp_ratio,
+                qkv_bias,
+                proj_drop_rate,
+                attn_drop_rate,
+                rates,
+                downsample=i < n - 1,
+                pretrained_window_size=pretrained[i],
+                use_checkpoint=use_checkpoint,
+                fused=backend == "fused",
+            )
             for i, rates in enumerate(drop_path_rates(drop_path_rate, self.depths))
         )
         self._add_outputs(head_drop=drop_rate)

@@ -140,7 +140,8 @@ def _check_vector(t, name: str, n, ref, ref_name: str, exact_dtypes: bool, raw: 
     if t.shape[0] != n:
         raise _exc(raw, ValueError, f"{where}: {name} must be ({n},){why}, got {tuple(t.shape)}")
     if exact_dtypes and t.dtype != acc_dtype(ref.dtype):
-        raise _exc(raw, TypeError, f"{where}: {name} must be {acc_dtype(ref.dtype)} for {ref_name} of dtype {ref.dtype}, got {t.dtype}")
+        raise _exc(raw, TypeError,
+                   f"{where}: {name} must be {acc_dtype(ref.dtype)} for {ref_name} of dtype {ref.dtype}, got {t.dtype}")
     _check_device(ref, t, ref_name, name, raw, where)
 
 
@@ -173,12 +174,18 @@ def check_attention(
         raise _exc(raw, ValueError, f"{where}: last dim of qkv must be 3*C, got {C3}")
     N = ws * ws
     if tuple(bias.shape[1:]) != (N, N):
-        raise _exc(raw, ValueError, f"{where}: bias must be (heads, {N}, {N}) for window_size {ws}, got {tuple(bias.shape)}")
+        raise _exc(
+            raw, ValueError, f"{where}: bias must be (heads, {N}, {N}) for window_size {ws}, got {tuple(bias.shape)}"
+        )
     heads = bias.shape[0]
     if heads < 1 or (C3 // 3) % heads != 0:
         raise _exc(raw, ValueError, f"{where}: channels C={C3 // 3} are not divisible by heads={heads}")
     if exact_dtypes and bias.dtype != acc_dtype(qkv.dtype):
-        raise _exc(raw, TypeError, f"{where}: bias must be {acc_dtype(qkv.dtype)} for qkv of dtype {qkv.dtype}, got {bias.dtype}")
+        raise _exc(
+            raw,
+            TypeError,
+            f"{where}: bias must be {acc_dtype(qkv.dtype)} for qkv of dtype {qkv.dtype}, got {bias.dtype}",
+        )
     _check_device(qkv, bias, "qkv", "bias", raw, where)
     if qkv_pad is not None:
         _check_tensor(qkv_pad, "qkv_pad", 1, raw, where)
@@ -190,7 +197,9 @@ def check_attention(
     if _static(B, H, W, heads, ws):
         nW = -(-H // ws) * -(-W // ws)
         if B * nW * heads * N > _INT64_MAX:
-            raise _exc(raw, ValueError, f"{where}: the lse size B * windows * heads * N = {B}*{nW}*{heads}*{N} overflows int64")
+            raise _exc(
+                raw, ValueError, f"{where}: the lse size B * windows * heads * N = {B}*{nW}*{heads}*{N} overflows int64"
+            )
     return ws, sh, sw, heads
 
 
@@ -225,7 +234,9 @@ def attention_scale(scale, qkv, heads: int, where: str) -> float:
     return (C // heads) ** -0.5
 
 
-def check_merging(x, weight, bias, raw: bool = False, exact_dtypes: bool = False, where: str = "swin_ext.patch_merging") -> None:
+def check_merging(
+    x, weight, bias, raw: bool = False, exact_dtypes: bool = False, where: str = "swin_ext.patch_merging"
+) -> None:
     """Validate the patch-merging arguments (``exact_dtypes``: weight/bias in the accumulation dtype)."""
     _check_tensor(x, "x", 4, raw, where)
     _check_dims(x, "x", raw, where)
@@ -239,12 +250,17 @@ def check_merging(x, weight, bias, raw: bool = False, exact_dtypes: bool = False
         raise _exc(
             raw,
             ValueError,
-            f"{where}: weight and bias must be ({C4},) for x with C={C}, got {tuple(weight.shape)} and {tuple(bias.shape)}",
+            f"{where}: weight and bias must be ({C4},) for x with C={C}, "
+            f"got {tuple(weight.shape)} and {tuple(bias.shape)}",
         )
     if exact_dtypes:
         acc = acc_dtype(x.dtype)
         if weight.dtype != acc or bias.dtype != acc:
-            raise _exc(raw, TypeError, f"{where}: weight/bias must be {acc} for x of dtype {x.dtype}, got {weight.dtype} and {bias.dtype}")
+            raise _exc(
+                raw,
+                TypeError,
+                f"{where}: weight/bias must be {acc} for x of dtype {x.dtype}, got {weight.dtype} and {bias.dtype}",
+            )
     _check_device(x, weight, "x", "weight", raw, where)
     _check_device(x, bias, "x", "bias", raw, where)
     if _static(B, H, W, C) and B * -(-H // 2) * -(-W // 2) * C4 > _INT64_MAX:
@@ -270,14 +286,17 @@ def _check_layernorm_input(t, name: str, raw: bool, where: str) -> int:
     _check_dims(t, name, raw, where)
     C = t.shape[-1]
     if _static(C) and not 1 <= C <= MAX_LAYERNORM_CHANNELS:
-        raise _exc(raw, ValueError, f"{where}: the last dim C of {name} must be in [1, {MAX_LAYERNORM_CHANNELS}], got {C}")
+        raise _exc(
+            raw, ValueError, f"{where}: the last dim C of {name} must be in [1, {MAX_LAYERNORM_CHANNELS}], got {C}"
+        )
     if _static(*t.shape) and math.prod(t.shape) > _INT64_MAX:
         raise _exc(raw, ValueError, f"{where}: the element count of {name} overflows int64")
     return C
 
 
-def check_add_layernorm(x, branch, weight, bias, raw: bool = False, exact_dtypes: bool = False,
-                        where: str = "swin_ext.add_layernorm") -> int:
+def check_add_layernorm(
+    x, branch, weight, bias, raw: bool = False, exact_dtypes: bool = False, where: str = "swin_ext.add_layernorm"
+) -> int:
     """Validate the add_layernorm arguments; returns ``C``.
 
     ``exact_dtypes``: the raw op's contract (weight/bias in the accumulation
@@ -286,33 +305,50 @@ def check_add_layernorm(x, branch, weight, bias, raw: bool = False, exact_dtypes
     C = _check_layernorm_input(x, "x", raw, where)
     _check_tensor(branch, "branch", None, raw, where)
     if tuple(branch.shape) != tuple(x.shape):
-        raise _exc(raw, ValueError, f"{where}: branch must have the shape of x {tuple(x.shape)}, got {tuple(branch.shape)}")
+        raise _exc(
+            raw, ValueError, f"{where}: branch must have the shape of x {tuple(x.shape)}, got {tuple(branch.shape)}"
+        )
     _check_tensor(weight, "weight", 1, raw, where)
     _check_tensor(bias, "bias", 1, raw, where)
     if weight.shape[0] != C or bias.shape[0] != C:
-        raise _exc(raw, ValueError, f"{where}: weight and bias must be ({C},), got {tuple(weight.shape)} and {tuple(bias.shape)}")
+        raise _exc(
+            raw,
+            ValueError,
+            f"{where}: weight and bias must be ({C},), got {tuple(weight.shape)} and {tuple(bias.shape)}",
+        )
     if exact_dtypes:
         acc = acc_dtype(x.dtype)
         if weight.dtype != acc or bias.dtype != acc:
-            raise _exc(raw, TypeError, f"{where}: weight/bias must be {acc} for x of dtype {x.dtype}, got {weight.dtype} and {bias.dtype}")
+            raise _exc(
+                raw,
+                TypeError,
+                f"{where}: weight/bias must be {acc} for x of dtype {x.dtype}, got {weight.dtype} and {bias.dtype}",
+            )
     _check_device(x, branch, "x", "branch", raw, where)
     _check_device(x, weight, "x", "weight", raw, where)
     _check_device(x, bias, "x", "bias", raw, where)
     return C
 
 
-def check_add_layernorm_bwd(grad_h, grad_y, h, weight, mean, rstd, branch_dtype,
-                            where: str = "swin_ext.add_layernorm_bwd") -> int:
+def check_add_layernorm_bwd(
+    grad_h, grad_y, h, weight, mean, rstd, branch_dtype, where: str = "swin_ext.add_layernorm_bwd"
+) -> int:
     """Validate the raw add_layernorm_bwd arguments (``RuntimeError``, as the kernels); returns ``C``."""
     raw = True
     C = _check_layernorm_input(h, "h", raw, where)
     _check_tensor(grad_y, "grad_y", None, raw, where)
     if tuple(grad_y.shape) != tuple(h.shape):
-        raise _exc(raw, ValueError, f"{where}: grad_y must have the shape of h {tuple(h.shape)}, got {tuple(grad_y.shape)}")
+        raise _exc(
+            raw, ValueError, f"{where}: grad_y must have the shape of h {tuple(h.shape)}, got {tuple(grad_y.shape)}"
+        )
     if grad_h is not None:
         _check_tensor(grad_h, "grad_h", None, raw, where)
         if tuple(grad_h.shape) != tuple(h.shape) or grad_h.dtype != h.dtype:
-            raise _exc(raw, ValueError, f"{where}: grad_h must be {h.dtype} {tuple(h.shape)}, got {grad_h.dtype} {tuple(grad_h.shape)}")
+            raise _exc(
+                raw,
+                ValueError,
+                f"{where}: grad_h must be {h.dtype} {tuple(h.shape)}, got {grad_h.dtype} {tuple(grad_h.shape)}",
+            )
         _check_device(h, grad_h, "h", "grad_h", raw, where)
     acc = acc_dtype(h.dtype)
     _check_tensor(weight, "weight", 1, raw, where)

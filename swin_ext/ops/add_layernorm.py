@@ -72,7 +72,8 @@ def add_layernorm(
         x: ``(..., C)`` the residual stream (float32/64/16, bfloat16).
         branch: ``(..., C)`` the branch added to it, any of those dtypes
             (under autocast typically the bf16/fp16 output of a Linear).
-        weight, bias: ``(C,)`` LayerNorm affine parameters.
+        weight: ``(C,)`` LayerNorm scale.
+        bias: ``(C,)`` LayerNorm shift.
         eps: LayerNorm epsilon, a finite real number ``>= 0``.
     Returns:
         ``(h, y)``: ``h = x + branch`` (summed in float32, float64 if either

@@ -36,7 +36,8 @@ def patch_merging(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
 
     Args:
         x: ``(B, H, W, C)``; odd ``H``/``W`` are zero-padded at bottom/right.
-        weight, bias: ``(4C,)`` LayerNorm affine parameters.
+        weight: ``(4C,)`` LayerNorm scale.
+        bias: ``(4C,)`` LayerNorm shift.
         eps: LayerNorm epsilon, a finite real number ``>= 0``.
     Returns:
         ``(B, ceil(H/2), ceil(W/2), 4C)`` in ``x``'s dtype, channel order

@@ -93,8 +93,9 @@ def window_attention_reference(
         shift: cyclic shift ``s`` or ``(s_h, s_w)``, ``0 <= s < ws``.
         scale: logit scale, default ``head_dim ** -0.5``.
         qkv_pad: ``(3C,)`` qkv value of padding tokens (default zeros).
-        dropout_p, training: attention-probability dropout (the model's
-            ``attn_drop``; the fused kernel has none).
+        dropout_p: attention-probability dropout (the model's ``attn_drop``;
+            the fused kernel has none).
+        training: apply ``dropout_p``.
     Returns:
         ``(B, H, W, C)`` attention output before the projection.
     """
@@ -126,8 +127,11 @@ def window_attention_v2_reference(
         qkv: ``(B, H, W, 3C)``, the output of the block's qkv ``Linear``.
         bias: ``(heads, N, N)``, the continuous position bias ``16 * sigmoid(cpb)``.
         head_scale: ``(heads,)`` per-head logit scale.
-        window_size, shift, qkv_pad, dropout_p, training: as
-            :func:`window_attention_reference`.
+        window_size: as :func:`window_attention_reference`.
+        shift: as :func:`window_attention_reference`.
+        qkv_pad: as :func:`window_attention_reference`.
+        dropout_p: as :func:`window_attention_reference`.
+        training: as :func:`window_attention_reference`.
     Returns:
         ``(B, H, W, C)`` attention output before the projection.
     """
@@ -183,7 +187,9 @@ def _windowed_attention(qkv, bias, ws, sh, sw, heads, qkv_pad, scale, head_scale
     return out[:, :H, :W].contiguous()
 
 
-def patch_merging_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def patch_merging_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
     """2x2 gather (official order x0=(0,0), x1=(1,0), x2=(0,1), x3=(1,1)) + LayerNorm(4C).
 
     ``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 4C)``; odd H/W are zero-padded.
@@ -245,7 +251,10 @@ def __getattr__(name: str):
 
         from ..layers.pos_bias import relative_position_index
 
-        warnings.warn("swin_ext.reference.relative_position_index is deprecated; import it from "
-                      "swin_ext.layers.pos_bias", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "swin_ext.reference.relative_position_index is deprecated; import it from swin_ext.layers.pos_bias",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return relative_position_index
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,7 +6,13 @@ Rooms: :mod:`.cli` (arguments, ``train(args)``, ``main``), :mod:`.loop` (the
 samplers), :mod:`.checkpointing` (atomic saves, checked loads, RNG states),
 :mod:`.optim` (parameter groups, the schedule), :mod:`.plot`.
 """
-from .checkpointing import CHECKPOINT_FORMAT, load_checkpoint, remove_stale_temporaries, save_checkpoint, state_dict_sha256
+from .checkpointing import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+    state_dict_sha256,
+)
 from .cli import build_parser, cli, main, train, validate_args
 from .errors import TrainError
 from .loop import Trainer

@@ -86,14 +86,19 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         raise
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path} is not a swin_ext.train checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
+        raise CheckpointError(
+            f"{path} is not a swin_ext.train checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})"
+        )
     return state
 
 
 def check_resumable(state: Dict[str, Any], path: str) -> None:
     """The fields a resume needs, with their types (:class:`TrainError` naming what is wrong)."""
-    wrong = [f"{k} (missing)" if k not in state else f"{k} ({type(state[k]).__name__}, expected {t.__name__})"
-             for k, t in _CHECKPOINT_FIELDS.items() if not isinstance(state.get(k), t) or isinstance(state.get(k), bool)]
+    wrong = [
+        f"{k} (missing)" if k not in state else f"{k} ({type(state[k]).__name__}, expected {t.__name__})"
+        for k, t in _CHECKPOINT_FIELDS.items()
+        if not isinstance(state.get(k), t) or isinstance(state.get(k), bool)
+    ]
     if wrong:
         raise TrainError(f"{path}: an incomplete swin_ext.train checkpoint: bad fields {wrong}")
 
@@ -105,8 +110,13 @@ def rng_state(device: torch.device) -> Dict[str, Any]:
         import numpy as np
 
         kind, keys, pos, has_gauss, cached = np.random.get_state()
-        st["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+        st["numpy"] = {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        }
     except ImportError:  # pragma: no cover
         pass
     if device.type == "cuda":
@@ -122,7 +132,9 @@ def set_rng_state(st: Dict[str, Any], device: torch.device) -> None:
         import numpy as np
 
         n = st["numpy"]
-        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+        np.random.set_state(
+            (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        )
     if device.type == "cuda" and "cuda" in st:
         torch.cuda.set_rng_state(st["cuda"], device)
 
@@ -134,12 +146,13 @@ def weights_finite(model: nn.Module) -> bool:
 
 
 def kept_message(ckpt_path: str) -> str:
-    return (f"{ckpt_path} keeps the last good checkpoint" if os.path.isfile(ckpt_path)
-            else "no checkpoint was written")
+    return f"{ckpt_path} keeps the last good checkpoint" if os.path.isfile(ckpt_path) else "no checkpoint was written"
 
 
 def finite_state(sd: Dict[str, Any]) -> bool:
-    return all(torch.isfinite(v).all().item() for v in sd.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+    return all(
+        torch.isfinite(v).all().item() for v in sd.values() if isinstance(v, torch.Tensor) and v.is_floating_point()
+    )
 
 
 def remove_stale_temporaries(ckpt_path: str) -> List[str]:

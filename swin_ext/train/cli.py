@@ -8,7 +8,8 @@ Many processes / nodes (DistributedDataParallel; gloo on CPU, nccl on GPU),
 the same command under torchrun:
 
     torchrun --nproc-per-node 2 -m swin_ext.train --data digits --model swin_digits
-    torchrun --nnodes 2 --node-rank 0 --master-addr HOST --nproc-per-node 8 -m swin_ext.train --data /imagenet --model swin_t
+    torchrun --nnodes 2 --node-rank 0 --master-addr HOST --nproc-per-node 8 \\
+        -m swin_ext.train --data /imagenet --model swin_t
 
 AdamW with linear warm-up and cosine decay (per step), optional layer-wise lr
 decay, label smoothing, AMP (bf16/fp16), gradient checkpointing, gradient
@@ -20,6 +21,7 @@ loss / accuracy curves in ``--output-dir``.
 ``--batch-size`` is per process; the global batch is ``batch_size * world_size``.
 ``--lr`` is used as given (no automatic scaling with the global batch).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,7 +79,9 @@ def _real(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool 
             raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
         if not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"must be finite, got {s}")
-        if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and (v > hi or (hi_open and v == hi))):
+        if (lo is not None and (v < lo or (lo_open and v == lo))) or (
+            hi is not None and (v > hi or (hi_open and v == hi))
+        ):
             left = "(" if lo_open else "["
             right = ")" if hi_open else "]"
             raise argparse.ArgumentTypeError(
@@ -100,12 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="swin-ext-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     g = ap.add_argument_group("data")
-    g.add_argument("--data", default="digits", help="'digits' (scikit-learn's digits, built in) or an ImageFolder "
-                   "directory (root/train + root/val|test, or one class-per-folder tree split deterministically)")
-    g.add_argument("--test-fraction", type=_real(0.0, 1.0, True, True), default=0.2, help="test split when the data has none (default 0.2)")
+    g.add_argument(
+        "--data",
+        default="digits",
+        help="'digits' (scikit-learn's digits, built in) or an ImageFolder "
+        "directory (root/train + root/val|test, or one class-per-folder tree split deterministically)",
+    )
+    g.add_argument(
+        "--test-fraction",
+        type=_real(0.0, 1.0, True, True),
+        default=0.2,
+        help="test split when the data has none (default 0.2)",
+    )
     g.add_argument("--no-augment", action="store_true", help="no training augmentation")
-    g.add_argument("--limit", type=_POS_INT, default=None, help="use only the first N samples of each split (smoke tests)")
-    g.add_argument("--workers", type=_NONNEG_INT, default=None, help="DataLoader workers per process (default 0 for digits, 4 otherwise)")
+    g.add_argument(
+        "--limit", type=_POS_INT, default=None, help="use only the first N samples of each split (smoke tests)"
+    )
+    g.add_argument(
+        "--workers",
+        type=_NONNEG_INT,
+        default=None,
+        help="DataLoader workers per process (default 0 for digits, 4 otherwise)",
+    )
 
     g = ap.add_argument_group("model")
     g.add_argument("--model", default="swin_digits", choices=sorted(PRESETS), help="preset (default swin_digits)")
@@ -130,27 +150,43 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-epochs", type=_NONNEG, default=2.0)
     g.add_argument("--warmup-steps", type=_NONNEG_INT, default=None, help="overrides --warmup-epochs")
     g.add_argument("--weight-decay", type=_NONNEG, default=0.05)
-    g.add_argument("--layer-decay", type=_real(0.0, 1.0, lo_open=True), default=None,
-                   help="layer-wise lr decay factor (e.g. 0.9): lr * decay**(depth from the head)")
+    g.add_argument(
+        "--layer-decay",
+        type=_real(0.0, 1.0, lo_open=True),
+        default=None,
+        help="layer-wise lr decay factor (e.g. 0.9): lr * decay**(depth from the head)",
+    )
     g.add_argument("--label-smoothing", type=_UNIT_OPEN, default=0.1)
     g.add_argument("--clip-grad", type=_NONNEG, default=5.0, help="max gradient norm (0 disables)")
-    g.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
-                   help="autocast dtype; auto = bf16 on a GPU that supports it, else none")
+    g.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "none", "bf16", "fp16"],
+        help="autocast dtype; auto = bf16 on a GPU that supports it, else none",
+    )
 
     g = ap.add_argument_group("run")
     g.add_argument("--output-dir", default=None, help="default runs/<data>-<model>")
     g.add_argument("--resume", default=None, help="checkpoint path, or 'auto' (output-dir/last.pt if present)")
-    g.add_argument("--save-every", type=_NONNEG_INT, default=0, help="also checkpoint every N steps (0: epoch ends only)")
+    g.add_argument(
+        "--save-every", type=_NONNEG_INT, default=0, help="also checkpoint every N steps (0: epoch ends only)"
+    )
     g.add_argument("--no-save", action="store_true", help="write no checkpoints")
-    g.add_argument("--stop-after-steps", type=_POS_INT, default=None,
-                   help="checkpoint and stop after N steps in this invocation (time-boxed jobs; resume later)")
+    g.add_argument(
+        "--stop-after-steps",
+        type=_POS_INT,
+        default=None,
+        help="checkpoint and stop after N steps in this invocation (time-boxed jobs; resume later)",
+    )
     g.add_argument("--eval-every", type=_POS_INT, default=1, help="evaluate every N epochs (and always at the end)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda")
     g.add_argument("--threads", type=_POS_INT, default=None, help="torch CPU threads per process")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     g.add_argument("--no-plot", action="store_true", help="no PNG of the curves")
-    g.add_argument("--min-acc", type=_real(), default=None, help="exit with status 1 if the final test accuracy is lower")
+    g.add_argument(
+        "--min-acc", type=_real(), default=None, help="exit with status 1 if the final test accuracy is lower"
+    )
     return ap
 
 
@@ -183,7 +219,7 @@ def _one_line(e: BaseException) -> str:
         name = type(e).__module__ + "." + type(e).__qualname__
         for prefix in (name + ": ", type(e).__qualname__ + ": "):
             if last.startswith(prefix):
-                last = last[len(prefix):]
+                last = last[len(prefix) :]
         msg = last
     return " ".join(msg.split())
 
@@ -210,8 +246,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     if args.min_acc is not None and not metrics["stopped_early"] and metrics["test_acc"] < args.min_acc:
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"error: test accuracy {100 * metrics['test_acc']:.2f}% < --min-acc {100 * args.min_acc:.2f}%",
-                  file=sys.stderr, flush=True)
+            print(
+                f"error: test accuracy {100 * metrics['test_acc']:.2f}% < --min-acc {100 * args.min_acc:.2f}%",
+                file=sys.stderr,
+                flush=True,
+            )
         return 1
     if len(set(metrics["replica_sha256"])) != 1:
         return 2

@@ -133,19 +133,34 @@ class Trainer:
             args.data, img_size, default_in_chans(args), args.test_fraction, args.seed, augment=not args.no_augment,
             limit=args.limit,
         )
-        workers = args.workers if args.workers is not None else (0 if args.data == "digits" else min(4, os.cpu_count() or 1))
+        workers = args.workers
+        if workers is None:
+            workers = 0 if args.data == "digits" else min(4, os.cpu_count() or 1)
         self.sampler = ShardedSampler(len(self.train_set), env.world_size, env.rank, shuffle=True, seed=args.seed)
         if args.batch_size > self.sampler.per_rank:
-            raise TrainError(f"--batch-size {args.batch_size} is larger than the {self.sampler.per_rank} training "
-                             "samples per process")
+            raise TrainError(
+                f"--batch-size {args.batch_size} is larger than the {self.sampler.per_rank} training "
+                "samples per process"
+            )
         self.loader_gen = torch.Generator()
         pin = self.device.type == "cuda"
-        self.train_loader = DataLoader(self.train_set, batch_size=args.batch_size, sampler=self.sampler,
-                                       num_workers=workers, drop_last=True, pin_memory=pin, generator=self.loader_gen,
-                                       persistent_workers=False)
-        self.test_loader = DataLoader(self.test_set, batch_size=args.batch_size * 2,
-                                      sampler=ShardSampler(len(self.test_set), env.world_size, env.rank),
-                                      num_workers=workers, pin_memory=pin)
+        self.train_loader = DataLoader(
+            self.train_set,
+            batch_size=args.batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            drop_last=True,
+            pin_memory=pin,
+            generator=self.loader_gen,
+            persistent_workers=False,
+        )
+        self.test_loader = DataLoader(
+            self.test_set,
+            batch_size=args.batch_size * 2,
+            sampler=ShardSampler(len(self.test_set), env.world_size, env.rank),
+            num_workers=workers,
+            pin_memory=pin,
+        )
         self.steps_per_epoch = self.sampler.per_rank // args.batch_size
         if args.max_steps is not None:
             self.total_steps = args.max_steps
@@ -153,8 +168,11 @@ class Trainer:
         else:
             self.epochs = args.epochs
             self.total_steps = self.epochs * self.steps_per_epoch
-        self.warmup_steps = (args.warmup_steps if args.warmup_steps is not None
-                             else int(round(args.warmup_epochs * self.steps_per_epoch)))
+        self.warmup_steps = (
+            args.warmup_steps
+            if args.warmup_steps is not None
+            else int(round(args.warmup_epochs * self.steps_per_epoch))
+        )
 
     def setup_model(self) -> None:
         """Model (identical init on every rank; DDP also broadcasts rank 0's), optimizer, schedule, AMP, loss."""
@@ -166,8 +184,9 @@ class Trainer:
         groups = param_groups(self.model, args.weight_decay, args.layer_decay)
         for g in groups:
             g["lr"] = args.lr * g["lr_scale"]
-        self.optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
-                                           **({"fused": True} if device.type == "cuda" else {}))
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if device.type == "cuda" else {})
+        )
         min_ratio = args.min_lr / args.lr if args.lr > 0 else 0.0
         total, warmup = self.total_steps, self.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -178,7 +197,8 @@ class Trainer:
         self.model_ddp: nn.Module = self.model
         if self.env.distributed:
             self.model_ddp = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
     def resume(self) -> None:
@@ -200,7 +220,9 @@ class Trainer:
         if "model" not in saved:  # written before a run's configuration named its preset
             saved = {"model": args.model, **{k: v for k, v in saved.items() if k != "arch"}}
         if saved != self.cfg:
-            raise TrainError(f"{path}: checkpoint model config {state.get('model_config')} differs from this run's {self.cfg}")
+            raise TrainError(
+                f"{path}: checkpoint model config {state.get('model_config')} differs from this run's {self.cfg}"
+            )
         old_bs = state["args"].get("batch_size")
         if old_bs is not None and old_bs != args.batch_size:
             raise TrainError(
@@ -224,8 +246,10 @@ class Trainer:
         if len(rng) == env.world_size:
             set_rng_state(rng[env.rank], self.device)
         else:
-            self.log(f"warning: checkpoint has RNG states of {len(rng)} ranks, this run has {env.world_size}; "
-                     "the data position and random streams are not restored exactly")
+            self.log(
+                f"warning: checkpoint has RNG states of {len(rng)} ranks, this run has {env.world_size}; "
+                "the data position and random streams are not restored exactly"
+            )
             if state.get("world_size") and state["world_size"] != env.world_size:
                 self.step_in_epoch = int(self.step_in_epoch * state["world_size"] / env.world_size)
         self.resumed_from = {"path": path, "step": self.step}
@@ -234,12 +258,16 @@ class Trainer:
     def log_setup(self) -> None:
         args, env = self.args, self.env
         self.log(f"swin_ext.train: {args.model} {json.dumps(self.cfg)}")
-        self.log(f"  {self.n_params:,} parameters, backend={args.backend}, device={self.device}, "
-                 f"world_size={env.world_size}, amp={self.amp_dtype and str(self.amp_dtype).replace('torch.', '')}, "
-                 f"grad_checkpoint={args.grad_checkpoint}, threads/process={torch.get_num_threads()}")
-        self.log(f"  data={args.data}: {len(self.train_set)} train / {len(self.test_set)} test, {self.num_classes} "
-                 f"classes; batch {args.batch_size}x{env.world_size}, {self.steps_per_epoch} steps/epoch, "
-                 f"{self.total_steps} steps, warm-up {self.warmup_steps}, output {self.out_dir}")
+        self.log(
+            f"  {self.n_params:,} parameters, backend={args.backend}, device={self.device}, "
+            f"world_size={env.world_size}, amp={self.amp_dtype and str(self.amp_dtype).replace('torch.', '')}, "
+            f"grad_checkpoint={args.grad_checkpoint}, threads/process={torch.get_num_threads()}"
+        )
+        self.log(
+            f"  data={args.data}: {len(self.train_set)} train / {len(self.test_set)} test, {self.num_classes} "
+            f"classes; batch {args.batch_size}x{env.world_size}, {self.steps_per_epoch} steps/epoch, "
+            f"{self.total_steps} steps, warm-up {self.warmup_steps}, output {self.out_dir}"
+        )
 
     def train_epoch(self) -> None:
         """The rest of the current epoch (or up to the step budget / ``--stop-after-steps``); at its end,
@@ -252,9 +280,16 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, self.step_in_epoch * args.batch_size)
         self.loader_gen.manual_seed(args.seed * 100_003 + self.epoch)
         n_batches = min(self.steps_per_epoch - self.step_in_epoch, self.total_steps - self.step)
-        bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{self.epochs}",
-                   disable=not show, dynamic_ncols=True, leave=True, file=sys.stdout,
-                   mininterval=0.1 if sys.stdout.isatty() else 2.0)
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=self.step_in_epoch,
+            desc=f"epoch {self.epoch + 1}/{self.epochs}",
+            disable=not show,
+            dynamic_ncols=True,
+            leave=True,
+            file=sys.stdout,
+            mininterval=0.1 if sys.stdout.isatty() else 2.0,
+        )
         loss_sum = torch.zeros((), dtype=torch.float64)
         n_loss = 0
         t_epoch = time.perf_counter()
@@ -272,14 +307,21 @@ class Trainer:
             elapsed = time.perf_counter() - t_epoch - pause
             if show:
                 bar.update(1)
-                bar.set_postfix(loss=f"{lv:.4f}", lr=f"{self.optimizer.param_groups[-1]['lr']:.2e}",
-                                img_s=f"{seen / max(elapsed, 1e-9):.0f}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{lv:.4f}",
+                    lr=f"{self.optimizer.param_groups[-1]['lr']:.2e}",
+                    img_s=f"{seen / max(elapsed, 1e-9):.0f}",
+                    refresh=False,
+                )
             if args.save_every and self.step % args.save_every == 0 and self.step < self.total_steps:
                 t_save = time.perf_counter()
                 self.save()
                 pause += time.perf_counter() - t_save
-            if (args.stop_after_steps is not None and self.steps_this_run >= args.stop_after_steps
-                    and self.step < self.total_steps):
+            if (
+                args.stop_after_steps is not None
+                and self.steps_this_run >= args.stop_after_steps
+                and self.step < self.total_steps
+            ):
                 self.stopped_early = True
                 break
         bar.close()
@@ -292,12 +334,20 @@ class Trainer:
             is_last = self.epoch + 1 >= self.epochs or self.step >= self.total_steps
             if (self.epoch + 1) % max(1, args.eval_every) == 0 or is_last:
                 ev = self.evaluate()
-                rec = {"epoch": self.epoch + 1, "step": self.step, "train_loss": train_loss,
-                       "lr": self.optimizer.param_groups[-1]["lr"], "img_s": seen / max(epoch_time, 1e-9), **ev}
+                rec = {
+                    "epoch": self.epoch + 1,
+                    "step": self.step,
+                    "train_loss": train_loss,
+                    "lr": self.optimizer.param_groups[-1]["lr"],
+                    "img_s": seen / max(epoch_time, 1e-9),
+                    **ev,
+                }
                 self.history["epochs"].append(rec)
-                self.log(f"epoch {self.epoch + 1}/{self.epochs}  step {self.step}  train_loss {train_loss:.4f}  "
-                         f"test_loss {ev['test_loss']:.4f}  test_acc {100 * ev['test_acc']:.2f}%  "
-                         f"{rec['img_s']:.0f} img/s")
+                self.log(
+                    f"epoch {self.epoch + 1}/{self.epochs}  step {self.step}  train_loss {train_loss:.4f}  "
+                    f"test_loss {ev['test_loss']:.4f}  test_acc {100 * ev['test_acc']:.2f}%  "
+                    f"{rec['img_s']:.0f} img/s"
+                )
             self.save()
             self.epoch += 1
             self.step_in_epoch = 0
@@ -368,8 +418,10 @@ class Trainer:
         if self.args.no_save:
             return
         if not weights_finite(self.model):
-            raise TrainError(f"the model weights are not finite at step {self.step}: training diverged; not saving, "
-                             f"{kept_message(self.ckpt_path)} (try a lower --lr)")
+            raise TrainError(
+                f"the model weights are not finite at step {self.step}: training diverged; not saving, "
+                f"{kept_message(self.ckpt_path)} (try a lower --lr)"
+            )
         st = self.checkpoint_state()
         if self.env.is_main:
             save_checkpoint(st, self.ckpt_path)
@@ -419,13 +471,19 @@ class Trainer:
             with open(os.path.join(self.out_dir, "metrics.json"), "w") as f:
                 json.dump({**metrics, "history": epochs}, f, indent=1)
             if not args.no_plot:
-                png = plot_curves(self.history, os.path.join(self.out_dir, "curves.png"),
-                                  f"{args.model} on {args.data} ({self.n_params / 1e6:.2f}M params, {args.backend})")
+                png = plot_curves(
+                    self.history,
+                    os.path.join(self.out_dir, "curves.png"),
+                    f"{args.model} on {args.data} ({self.n_params / 1e6:.2f}M params, {args.backend})",
+                )
                 if png:
                     metrics["plot"] = png
-            print(f"final: test_acc {100 * ev['test_acc']:.2f}%  test_loss {ev['test_loss']:.4f}  "
-                  f"step {self.step}/{self.total_steps}  {metrics['train_img_s']:.0f} img/s  wall {wall:.1f}s  "
-                  f"({env.world_size} process{'es' if env.world_size > 1 else ''}, {self.device})", flush=True)
+            print(
+                f"final: test_acc {100 * ev['test_acc']:.2f}%  test_loss {ev['test_loss']:.4f}  "
+                f"step {self.step}/{self.total_steps}  {metrics['train_img_s']:.0f} img/s  wall {wall:.1f}s  "
+                f"({env.world_size} process{'es' if env.world_size > 1 else ''}, {self.device})",
+                flush=True,
+            )
             print("FINAL_METRICS " + json.dumps(metrics), flush=True)
         env.barrier()
         return metrics

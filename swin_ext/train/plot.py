@@ -19,16 +19,29 @@ def plot_curves(history: Dict[str, Any], path: str, title: str = "") -> Optional
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
     steps = history.get("steps", [])
     if steps:
-        s, l = zip(*steps)
-        ax_l.plot(s, l, color="tab:blue", alpha=0.25, lw=0.8, label="train loss (step, label-smoothed)")
+        s, losses = zip(*steps)
+        ax_l.plot(s, losses, color="tab:blue", alpha=0.25, lw=0.8, label="train loss (step, label-smoothed)")
     ep = history.get("epochs", [])
     if ep:
-        ax_l.plot([e["step"] for e in ep], [e["train_loss"] for e in ep], "o-", color="tab:blue", label="train loss (epoch mean)")
+        ax_l.plot(
+            [e["step"] for e in ep],
+            [e["train_loss"] for e in ep],
+            "o-",
+            color="tab:blue",
+            label="train loss (epoch mean)",
+        )
         ax_l.plot([e["step"] for e in ep], [e["test_loss"] for e in ep], "s-", color="tab:orange", label="test loss")
-        ax_a.plot([e["step"] for e in ep], [100 * e["test_acc"] for e in ep], "s-", color="tab:green", label="test accuracy")
+        ax_a.plot(
+            [e["step"] for e in ep], [100 * e["test_acc"] for e in ep], "s-", color="tab:green", label="test accuracy"
+        )
         best = max(ep, key=lambda e: e["test_acc"])
-        ax_a.annotate(f"{100 * best['test_acc']:.2f}%", (best["step"], 100 * best["test_acc"]),
-                      textcoords="offset points", xytext=(0, -14), ha="center")
+        ax_a.annotate(
+            f"{100 * best['test_acc']:.2f}%",
+            (best["step"], 100 * best["test_acc"]),
+            textcoords="offset points",
+            xytext=(0, -14),
+            ha="center",
+        )
     ax_l.set_xlabel("step")
     ax_l.set_ylabel("cross-entropy")
     ax_l.set_yscale("log")

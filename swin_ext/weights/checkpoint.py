@@ -408,12 +408,12 @@ def load_pretrained(
     if not features_only and ck["num_classes"] != mine["num_classes"]:
         what = (
             f"num_classes differs: checkpoint {ck['num_classes']}, model {mine['num_classes']}"
-            if ck["num_classes"] else f"the checkpoint has no classification head, model num_classes {mine['num_classes']}"
+            if ck["num_classes"]
+            else f"the checkpoint has no classification head, model num_classes {mine['num_classes']}"
         )
         if strict and not allow_new_head and not problems:
             raise CheckpointError(
-                f"{what}. Pass strict=False to load everything else and keep the model's own "
-                "(newly initialised) head."
+                f"{what}. Pass strict=False to load everything else and keep the model's own (newly initialised) head."
             )
         result.new_head = what
         for k in [k for k in converted if k.startswith("head.")]:
@@ -431,8 +431,9 @@ def load_pretrained(
         if k.endswith("relative_position_bias_table") and v.dim() == 2:
             side = math.isqrt(v.shape[0])
             if side * side != v.shape[0] or side % 2 == 0:
-                problems.append(f"{k} (from {orig!r}): its length {v.shape[0]} is not (2 * window - 1) ** 2 "
-                                "for any window size")
+                problems.append(
+                    f"{k} (from {orig!r}): its length {v.shape[0]} is not (2 * window - 1) ** 2 for any window size"
+                )
                 continue
             if len(want) == 2 and v.shape[1] == want[1] and tuple(v.shape) != want:
                 v = _resize_table(v, want[0])
@@ -448,9 +449,7 @@ def load_pretrained(
 
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise CheckpointError(
-            f"the {fmt} checkpoint does not match the model's architecture:\n  " + "\n  ".join(shown)
-        )
+        raise CheckpointError(f"the {fmt} checkpoint does not match the model's architecture:\n  " + "\n  ".join(shown))
 
     for k in target:
         if k in values or k in result.initialized_keys:
@@ -478,8 +477,10 @@ def load_pretrained(
     result.loaded = sorted(values)
 
     if result.new_head is not None:
-        warnings.warn(f"load_pretrained: the checkpoint's head was not loaded ({result.new_head}); "
-                      "the model keeps its own head", stacklevel=2)
+        warnings.warn(
+            f"load_pretrained: the checkpoint's head was not loaded ({result.new_head}); the model keeps its own head",
+            stacklevel=2,
+        )
     return result
 
 

@@ -16,13 +16,12 @@ dtype and device.  Other model families, and torchvision's Swin V2, get a
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
-import torch
 import torch.nn as nn
 
-from .checkpoint import load_pretrained
 from ..models import SwinTransformer, SwinTransformerV2
+from .checkpoint import load_pretrained
 
 __all__ = ["from_timm", "from_torchvision", "from_transformers", "ConversionError"]
 
@@ -111,7 +110,9 @@ def from_timm(model: nn.Module):
         raise ConversionError(f"{what}: timm's {cls.__module__}.{cls.__name__} (the swinv2_cr_* family) is not "
                               "supported; timm's SwinTransformerV2 (swinv2_*) is")
     if cls.__name__ != "SwinTransformer" or not cls.__module__.startswith("timm.models.swin_transformer"):
-        raise ConversionError(f"{what}: expects timm.models.swin_transformer.SwinTransformer, got {cls.__module__}.{cls.__name__}")
+        raise ConversionError(
+            f"{what}: expects timm.models.swin_transformer.SwinTransformer, got {cls.__module__}.{cls.__name__}"
+        )
     pe = model.patch_embed
     proj = pe.proj
     layers = list(model.layers)
@@ -120,7 +121,7 @@ def from_timm(model: nn.Module):
     ws = ws[0] if isinstance(ws, (tuple, list)) else ws
     if isinstance(blocks0.window_size, (tuple, list)) and len(set(blocks0.window_size)) != 1:
         raise ConversionError(f"{what}: non-square windows {blocks0.window_size} are not supported")
-    dims = [int(model.embed_dim * 2 ** i) for i in range(len(layers))]
+    dims = [int(model.embed_dim * 2**i) for i in range(len(layers))]
     head_fc = getattr(getattr(model, "head", None), "fc", None)
     num_classes = head_fc.out_features if isinstance(head_fc, nn.Linear) else 0
     img = getattr(pe, "img_size", None) or (224, 224)
@@ -147,15 +148,20 @@ def from_torchvision(model: nn.Module) -> SwinTransformer:
     what = f"from_torchvision({type(model).__name__})"
     cls = type(model)
     if cls.__name__ != "SwinTransformer" or not cls.__module__.startswith("torchvision.models.swin_transformer"):
-        raise ConversionError(f"{what}: expects torchvision.models.swin_transformer.SwinTransformer, got "
-                              f"{cls.__module__}.{cls.__name__}")
+        raise ConversionError(
+            f"{what}: expects torchvision.models.swin_transformer.SwinTransformer, got {cls.__module__}.{cls.__name__}"
+        )
     from torchvision.models import swin_transformer as tv
 
-    stages = [m for m in model.features[1:] if isinstance(m, nn.Sequential) and len(m) and not isinstance(m[0], nn.Conv2d)]
+    stages = [
+        m for m in model.features[1:] if isinstance(m, nn.Sequential) and len(m) and not isinstance(m[0], nn.Conv2d)
+    ]
     blocks = [list(s) for s in stages]
     if any(isinstance(b, tv.SwinTransformerBlockV2) for s in blocks for b in s):
-        raise ConversionError(f"{what}: torchvision's Swin V2 models (swin_v2_*) are not supported (timm's and "
-                              "transformers' Swin V2 are: swin_ext.from_timm / from_transformers)")
+        raise ConversionError(
+            f"{what}: torchvision's Swin V2 models (swin_v2_*) are not supported (timm's and "
+            "transformers' Swin V2 are: swin_ext.from_timm / from_transformers)"
+        )
     conv = model.features[0][0]
     b0 = _first(blocks[0], what)
     ws = b0.attn.window_size
@@ -186,8 +192,10 @@ def from_transformers(model: nn.Module):
     cfg_src = getattr(model, "config", None)
     mtype = getattr(cfg_src, "model_type", None)
     if mtype not in ("swin", "swinv2"):
-        raise ConversionError(f"{what}: expects a transformers Swin or Swin V2 model (config.model_type 'swin' "
-                              f"or 'swinv2'), got {mtype!r}")
+        raise ConversionError(
+            f"{what}: expects a transformers Swin or Swin V2 model (config.model_type 'swin' "
+            f"or 'swinv2'), got {mtype!r}"
+        )
     v2 = mtype == "swinv2"
     name = type(model).__name__
     supported = ("Swinv2ForImageClassification", "Swinv2Model") if v2 else ("SwinForImageClassification", "SwinModel")
