@@ -32,11 +32,12 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .ops.reference import SHIFT_MASK_VALUE
+
 __all__ = ["export_onnx", "onnx_translation_table", "ExportError", "MIN_OPSET"]
 
 #: LayerNormalization, which the merging / add+LayerNorm translations use, is opset 17.
 MIN_OPSET = 17
-SHIFT_MASK_VALUE = -100.0
 
 
 class ExportError(ValueError):

@@ -60,6 +60,7 @@ def has_kernel(op: str, device_type: str) -> bool:
     return _KERNELS.get((op, device_type), False)
 
 
+# SWIN_EXT_ONEDNN_MLP (its name from when it governed the MLP only) switches every oneDNN Linear path.
 _ONEDNN_ENABLED = os.environ.get("SWIN_EXT_ONEDNN_MLP", "1") != "0"
 _ONEDNN_OK: Optional[bool] = None
 

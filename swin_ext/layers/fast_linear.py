@@ -9,16 +9,13 @@ What runs where (``fast=True``, the fused backend's setting):
   keeps it as one kernel.  Its autograd formula is the plain Linear
   backward: the input gradient ``grad @ W`` on oneDNN too, the weight
   gradient ``grad^T @ x`` on torch's ``mm``, the bias gradient a ``sum``
-  (measured on the 2-core AMD EPYC dev machine for every Swin-T shape at
-  batch 4: oneDNN forward 185 ms vs ``addmm`` 225 ms, input gradient 184 vs
-  232 ms, weight gradient 274 vs 227 ms, summed over a training step).
+  -- each on whichever measured faster on the CPU for the Swin-T shapes
+  (the numbers: ``docs/models.md``).
   :func:`linear_gelu` puts fc1's exact (erf) GELU into the GEMM epilogue in
   inference (no pass over the ``(tokens, 4C)`` hidden map for the GELU); in
   training the GELU stays torch's op, since its backward needs the
-  pre-activation, which the epilogue does not keep (the alternative -- a
-  kernel writing GELU and GELU' from the pre-activation, GELU' multiplied
-  into fc2's input-gradient GEMM as a oneDNN binary post-op -- measured
-  ~1.4 ms per stage-1 block at batch 4, under 1% of a step: not done).
+  pre-activation, which the epilogue does not keep (keeping it was
+  measured at under 1% of a step: not done).
 * **CUDA**, fc1 + GELU (:func:`linear_gelu`, ``fast=True``): the bias-free
   GEMM ``F.linear(x, weight)`` and :func:`swin_ext.bias_gelu` (bias + exact
   GELU in one pass, and in the backward GELU' and the bias gradient in one);

@@ -45,17 +45,8 @@ __all__ = [
 # --------------------------------------------------------------------------- configuration checks
 
 
-def check_config(
-    img_size: Tuple[int, int],
-    patch_size: int,
-    in_chans: int,
-    num_classes: int,
-    embed_dim: int,
-    depths: Sequence[int],
-    num_heads: Sequence[int],
-    mlp_ratio: float,
-    **rates: float,
-) -> None:
+def check_config(img_size: Tuple[int, int], patch_size: int, in_chans: int, num_classes: int, embed_dim: int,
+                 depths: Sequence[int], num_heads: Sequence[int], mlp_ratio: float, **rates: float) -> None:
     """Every field both models share (the window is checked by each model); ``TypeError`` /
     ``ValueError`` naming the field.  ``rates``: dropout rates by name, each in ``[0, 1)``."""
     int_field(patch_size, "patch_size", 1)
@@ -235,21 +226,9 @@ class SwinBase(nn.Module):
     head_drop: Optional[nn.Module]
     head: Optional[nn.Module]
 
-    def _setup(
-        self,
-        img_size: Union[int, Tuple[int, int]],
-        patch_size: int,
-        in_chans: int,
-        num_classes: int,
-        embed_dim: int,
-        depths: Sequence[int],
-        num_heads: Sequence[int],
-        mlp_ratio: float,
-        backend: str,
-        features_only: bool,
-        out_indices: Sequence[int],
-        **rates: float,
-    ) -> None:
+    def _setup(self, img_size: Union[int, Tuple[int, int]], patch_size: int, in_chans: int, num_classes: int,
+               embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], mlp_ratio: float, backend: str,
+               features_only: bool, out_indices: Sequence[int], **rates: float) -> None:
         """Check the shared fields (:func:`check_config`; ``rates``: the dropout rates by name), store
         them and build the patch embedding."""
         depths, num_heads = int_list_field(depths, "depths"), int_list_field(num_heads, "num_heads")
