@@ -38,9 +38,11 @@ def test_opcheck(executor, op, sample):
     run_opcheck(op, sample, executor.device)
 
 
-@pytest.mark.parametrize("case", [c for op in ('bias_gelu',) for c in GRADCHECK[op]], ids=lambda c: c.id)
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=() if c.second_order else pytest.mark.slow)
+                                  for op in ('bias_gelu',) for c in GRADCHECK[op]])
 def test_gradcheck(executor, case):
-    """float64 gradcheck (gradgradcheck where marked) of the wrapper, and its gradients against the reference."""
+    """float64 gradcheck (gradgradcheck where marked) of the wrapper, and its gradients against the reference;
+    the second-order rows (small inputs) are the fast tier's."""
     executor.require_wrappers()
     r = run_gradcheck(case, executor.device)
     assert r["ok"], r

@@ -38,6 +38,7 @@ STANDARD = {"Add", "Gather", "MatMul", "Mul", "Reshape", "Softmax", "Transpose",
 # ----------------------------------------------------------------------------- ONNX
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(224, 224), (200, 232)], ids=["divisible", "padded"])
 def test_plain_torch_onnx_export_gives_standard_ops(tmp_path, size):
     """torch.onnx.export(..., dynamo=True) on the default fused model: only standard ONNX ops, no custom domain."""
@@ -60,6 +61,7 @@ def _ort():
     return pytest.importorskip("onnxruntime")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(224, 224), (200, 232)], ids=["divisible", "padded"])
 def test_onnxruntime_matches_pytorch_with_a_dynamic_batch(tmp_path, size):
     rt = _ort()
@@ -76,6 +78,7 @@ def test_onnxruntime_matches_pytorch_with_a_dynamic_batch(tmp_path, size):
         assert _rel(got, want) <= 1e-4
 
 
+@pytest.mark.slow
 def test_onnx_float16(tmp_path):
     rt = _ort()
     m = _small().half()
@@ -90,6 +93,7 @@ def test_onnx_float16(tmp_path):
     assert _rel(got.astype("float32"), want) <= 1e-2
 
 
+@pytest.mark.slow
 def test_op_level_translations(tmp_path):
     """Every op's translation against the op itself (shifted, padded with a pad vector, odd merging sizes)."""
     rt = _ort()
@@ -118,6 +122,7 @@ def test_op_level_translations(tmp_path):
         assert _rel(g, w) <= 1e-5
 
 
+@pytest.mark.slow
 def test_op_level_translations_v2_attention_and_add_layernorm(tmp_path):
     """The Swin V2 attention (ReduceL2 normalisation, per-head scale), add + LayerNorm and bias + GELU translations."""
     rt = _ort()
@@ -173,6 +178,7 @@ def test_translation_table_is_public():
 # ----------------------------------------------------------------------------- torch.export
 
 
+@pytest.mark.slow
 def test_torch_export_keeps_the_ops_with_a_dynamic_batch_and_round_trips(tmp_path):
     m = _small()
     x = torch.randn(2, 3, 224, 224)
@@ -193,6 +199,7 @@ def test_torch_export_keeps_the_ops_with_a_dynamic_batch_and_round_trips(tmp_pat
 # ----------------------------------------------------------------------------- torch.compile
 
 
+@pytest.mark.slow
 def test_compile_inductor_fullgraph_inference_and_training():
     torch._dynamo.reset()
     m = _small(depths=(2, 2), num_heads=(1, 2), num_classes=5, img_size=64, window_size=4)
@@ -212,6 +219,7 @@ def test_compile_inductor_fullgraph_inference_and_training():
         torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=lambda s: f"{n}: {s}")
 
 
+@pytest.mark.slow
 def test_compile_dynamic_does_not_recompile_per_batch_size():
     from torch._dynamo.utils import counters
 

@@ -287,6 +287,7 @@ def test_attention_dropout_training_runs():
     torch.testing.assert_close(m(x), m.set_backend("reference")(x))  # eval: no dropout, fused == reference
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph():
     m = tiny(drop_path_rate=0.0)
     x = torch.randn(2, 3, 40, 56)
@@ -299,6 +300,7 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(compiled(x), eager, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_torch_compile_inductor_matches_eager():
     m = tiny(drop_path_rate=0.0)
     x = torch.randn(2, 3, 32, 32)

@@ -320,6 +320,7 @@ def test_bad_checkpoints_leave_model_unchanged():
 # ----------------------------------------------------------------------------- integrations
 
 
+@pytest.mark.slow
 def test_training_cli_swinv2(tmp_path):
     from swin_ext import train as T
 

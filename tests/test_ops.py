@@ -82,6 +82,7 @@ def test_limits_come_from_the_compiled_checks():
         window_attention(torch.randn(1, 2, 2, 6), torch.randn(1, 1, 1), ws)
 
 
+@pytest.mark.slow
 def test_baseline_isa_path_matches_reference():
     """The kernels' baseline (non-AVX2) build, which machines without AVX2 run."""
     import os

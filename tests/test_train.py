@@ -133,6 +133,7 @@ def test_load_checkpoint_rejects_foreign_files(tmp_path):
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_resume_continues_from_saved_step_exactly(tmp_path, capsys):
     # 40 samples / batch 8 = 5 steps per epoch; 8 steps cross an epoch boundary.
     common = ["--limit", "40", "--max-steps", "8", "--layer-decay", "0.8", "--grad-checkpoint",
@@ -183,6 +184,7 @@ def test_cli_min_acc_exit_status_and_help(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "last.pt")
 
 
+@pytest.mark.slow
 def test_imagefolder_with_bf16_autocast(tmp_path):
     PIL = pytest.importorskip("PIL.Image")
     pytest.importorskip("torchvision")
@@ -223,6 +225,7 @@ def _torchrun(out_dir, *extra):
     return json.load(open(os.path.join(out_dir, "metrics.json"))), p.stdout
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_identical_weights_and_resume(tmp_path):
     out = tmp_path / "ddp"
     # 48 samples, 24 per rank, batch 8 -> 3 steps per epoch; stop at step 2, resume to step 5.
@@ -296,6 +299,7 @@ def _copy_run(good_run, tmp_path):
     return d
 
 
+@pytest.mark.slow
 def test_training_checkpoint_loads_with_weights_only(good_run):
     st = torch.load(good_run / "last.pt", weights_only=True)  # was: needed weights_only=False (numpy RNG state)
     assert st["format"] == T.CHECKPOINT_FORMAT and st["step"] == 2
@@ -332,6 +336,7 @@ def _resume_case(name, d):
     raise KeyError(name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     ["crafted-pickle", "truncated", "empty", "random", "flipped-byte", "foreign", "other-batch-size", "directory"],
@@ -354,6 +359,7 @@ def test_resume_from_bad_checkpoint_is_one_clear_line(name, good_run, tmp_path, 
     assert not (d / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_diverged_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     # was: trained on, exit 0, NaN weights saved over the last good checkpoint
     d = tmp_path / "run"
@@ -368,6 +374,7 @@ def test_diverged_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     assert not (d / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_before_any_save(tmp_path, capsys):
     d = tmp_path / "run"
     rc = T.main(
@@ -379,6 +386,7 @@ def test_nan_loss_stops_before_any_save(tmp_path, capsys):
     assert not (d / "last.pt").exists()  # no checkpoint of a diverged run
 
 
+@pytest.mark.slow
 def test_stale_temporary_checkpoints_are_removed(good_run, tmp_path, capsys):
     # was: a save killed midway left .last.pt.*.tmp behind for good
     d = _copy_run(good_run, tmp_path)
@@ -431,6 +439,7 @@ IMAGE_ARGS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["one-class", "truncated-image", "garbage-image", "truncated-image-in-worker"])
 def test_image_folder_problems_are_one_clear_line(case, tmp_path, capsys):
     pytest.importorskip("PIL")
