@@ -3,8 +3,9 @@
 Names follow the official release (and timm): ``swin_{tiny,small,base,large}
 _patch4_window{7,12}_{224,384}``, with ``_22k`` (21,841 ImageNet-22k classes)
 and ``_22kto1k`` (22k pre-trained, 1k fine-tuned) suffixes, plus the short
-aliases ``swin_t``, ``swin_s``, ``swin_b``, ``swin_l``; and timm's twelve Swin V2
-names ``swinv2_{tiny,small,base,large}_window{8,12,16,...}_{192,256,384}``
+aliases ``swin_t``, ``swin_s``, ``swin_b``, ``swin_l`` and the demo's compact
+``swin_digits``; and timm's twelve Swin V2 names
+``swinv2_{tiny,small,base,large}_window{8,12,16,...}_{192,256,384}``
 (a :class:`~swin_ext.SwinTransformerV2` with timm's defaults).  ``pretrained``
 is a local checkpoint path or a state dict: nothing is ever downloaded.
 The names and their keywords come from the one variant table,
