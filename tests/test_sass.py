@@ -110,6 +110,7 @@ def _launch_shapes():
     return shapes
 
 
+@pytest.mark.slow  # the launch shapes come from the CPU harness (built on first use)
 def test_write_sass_table(kernels):
     shapes = _launch_shapes()
     lines = [
