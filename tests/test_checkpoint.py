@@ -202,6 +202,7 @@ def test_transformers_swin_model_without_prefix_and_classifier():
 
 
 # One full-size Swin-T per library: every key of the real layout converts.
+@pytest.mark.slow
 @pytest.mark.parametrize("lib", ["timm", "torchvision", "transformers"])
 def test_full_size_swin_t_from_each_library(lib):
     if lib == "timm":

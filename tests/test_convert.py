@@ -45,6 +45,7 @@ def test_from_timm_other_mlp_ratio_eps_and_no_qkv_bias():
     _same_outputs(src, m, torch.randn(2, 3, 112, 112, dtype=F64))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(224, 224), (200, 180)])
 def test_from_torchvision(size):
     tv = pytest.importorskip("torchvision")

@@ -60,6 +60,7 @@ def test_faster_rcnn_trains_a_step_and_runs_in_eval():
     assert len(out) == 2 and all({"boxes", "labels", "scores"} <= set(o) for o in out)
 
 
+@pytest.mark.slow
 def test_detection_example_runs():
     import os
     import runpy

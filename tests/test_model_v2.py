@@ -378,6 +378,7 @@ def test_fpn_backbone_v2():
     assert isinstance(named.body, SwinTransformerV2) and named.body.out_channels == [12, 24, 48, 96]
 
 
+@pytest.mark.slow
 def test_onnx_export_v2(tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")

@@ -28,8 +28,12 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import sass_report  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not (swin_ext.HAS_OPS and swin_ext.build_info()["cuda"]),
-                                reason="swin_ext was built without CUDA kernels (nothing to disassemble)")
+# Disassembling the extension takes minutes on 2 cores: the slow tier.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (swin_ext.HAS_OPS and swin_ext.build_info()["cuda"]),
+                       reason="swin_ext was built without CUDA kernels (nothing to disassemble)"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +114,6 @@ def _launch_shapes():
     return shapes
 
 
-@pytest.mark.slow  # the launch shapes come from the CPU harness (built on first use)
 def test_write_sass_table(kernels):
     shapes = _launch_shapes()
     lines = [
