@@ -29,6 +29,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -43,6 +44,7 @@ from torch.utils.data import DataLoader, Sampler
 __all__ = [
     "PRESETS",
     "TrainError",
+    "TrainArgumentError",
     "build_parser",
     "validate_args",
     "build_model",
@@ -101,6 +103,11 @@ class TrainError(ValueError):
     """
 
 
+class TrainArgumentError(TrainError):
+    """A command-line argument that cannot be used (found after parsing: the device, the model
+    configuration, the output directory). The CLI prints it as one line and exits with status 2."""
+
+
 def _int_list(s: str) -> Tuple[int, ...]:
     try:
         vals = tuple(int(v) for v in s.replace(",", " ").split())
@@ -149,14 +156,34 @@ def _real(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool 
     return parse
 
 
+def _int_in(lo: int, hi: int):
+    """argparse type: an int in ``[lo, hi]``."""
+
+    def parse(s: str) -> int:
+        v = _int_at_least(lo)(s)
+        if v > hi:
+            raise argparse.ArgumentTypeError(f"must be <= {hi}, got {v}")
+        return v
+
+    parse.__name__ = "int"
+    return parse
+
+
 _POS_INT, _NONNEG_INT = _int_at_least(1), _int_at_least(0)
 _NONNEG = _real(0.0)
 _POS = _real(0.0, lo_open=True)
 _UNIT_OPEN = _real(0.0, 1.0, hi_open=True)  # [0, 1)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with every argument error on one line (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="swin-ext-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     g = ap.add_argument_group("data")
@@ -205,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop-after-steps", type=_POS_INT, default=None,
                    help="checkpoint and stop after N steps in this invocation (time-boxed jobs; resume later)")
     g.add_argument("--eval-every", type=_POS_INT, default=1, help="evaluate every N epochs (and always at the end)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0, help="in [0, 2**32)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda")
     g.add_argument("--threads", type=_POS_INT, default=None, help="torch CPU threads per process")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -220,6 +247,25 @@ def validate_args(args: argparse.Namespace) -> None:
         raise TrainError(f"--min-lr {args.min_lr:g} is above --lr {args.lr:g}; the cosine decays from --lr to --min-lr")
     if args.resume not in (None, "auto") and not args.resume:
         raise TrainError("--resume needs a checkpoint path or 'auto'")
+    _check_device(args.device)
+
+
+def _check_device(arg: str) -> None:
+    """``--device``: auto, cpu, or cuda[:N] with that GPU present (:class:`TrainArgumentError` otherwise)."""
+    if arg == "auto":
+        return
+    try:
+        dev = torch.device(arg)
+    except (RuntimeError, ValueError, TypeError):
+        raise TrainArgumentError(f"--device {arg!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise TrainArgumentError(f"--device {arg}: training runs on cpu or cuda (swin_ext's kernels), not {dev.type}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainArgumentError(f"--device {arg}: no GPU is available (torch.cuda.is_available() is False)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TrainArgumentError(f"--device {arg}: there {'is' if torch.cuda.device_count() == 1 else 'are'} "
+                                     f"{torch.cuda.device_count()} GPU(s), numbered from 0")
 
 
 # --------------------------------------------------------------------------- distributed
@@ -237,7 +283,7 @@ class DistEnv:
         dev = torch.device(device_arg)
         if dev.type == "cuda":
             if not torch.cuda.is_available():
-                raise RuntimeError("--device cuda but no GPU is available")
+                raise TrainArgumentError("--device cuda but no GPU is available")
             dev = torch.device("cuda", self.local_rank if dev.index is None else dev.index)
             torch.cuda.set_device(dev)
         self.device = dev
@@ -437,7 +483,7 @@ def save_checkpoint(state: Dict[str, Any], path: str) -> None:
                 os.close(dfd)
 
 
-# Fields of a training checkpoint and their types (checked on load).
+# Fields of a training checkpoint and their types (checked on load; :func:`checkpoint_problems` checks inside them).
 _CHECKPOINT_FIELDS = {
     "model": dict, "model_config": dict, "optimizer": dict, "scheduler": dict, "step": int, "epoch": int,
     "step_in_epoch": int, "rng": list, "world_size": int, "history": dict, "args": dict,
@@ -472,12 +518,224 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     return state
 
 
-def _check_resumable(state: Dict[str, Any], path: str) -> None:
-    """The fields a resume needs, with their types (:class:`TrainError` naming what is wrong)."""
-    wrong = [f"{k} (missing)" if k not in state else f"{k} ({type(state[k]).__name__}, expected {t.__name__})"
+def _int(v: Any, lo: int = 0, hi: Optional[int] = None) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
+
+
+def _num(v: Any, lo: float = 0.0) -> bool:
+    """A finite real number >= ``lo`` (a 0-d tensor counts: torch keeps some hyper-parameters as tensors)."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and (v.is_floating_point() or not v.dtype.is_complex):
+        v = v.item()
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= lo
+
+
+def _tensor(v: Any, dtype: Optional[torch.dtype] = None, dim: Optional[int] = None) -> bool:
+    return (isinstance(v, torch.Tensor) and v.layout == torch.strided and not v.is_meta
+            and (dtype is None or v.dtype == dtype) and (dim is None or v.dim() == dim))
+
+
+def _rng_problems(st: Any, where: str) -> List[str]:
+    """What is wrong with one rank's RNG states (the layout :func:`_rng_state` writes)."""
+    if not isinstance(st, dict):
+        return [f"{where} is a {type(st).__name__}, not a dict"]
+    out = []
+    if not _tensor(st.get("torch"), torch.uint8, 1):
+        out.append(f"{where}['torch'] is not a 1-d uint8 tensor")
+    py = st.get("python")
+    if not (isinstance(py, (list, tuple)) and len(py) == 3 and _int(py[0]) and isinstance(py[1], (list, tuple))
+            and len(py[1]) == 625 and all(_int(v, 0, 2**32 - 1) for v in py[1][:624]) and _int(py[1][624], 0, 624)
+            and (py[2] is None or isinstance(py[2], float))):
+        out.append(f"{where}['python'] is not a Python random state")
+    n = st.get("numpy")
+    if n is not None and not (isinstance(n, dict) and n.get("kind") == "MT19937" and _tensor(n.get("keys"), torch.int64, 1)
+                              and n["keys"].numel() == 624 and _int(n.get("pos"), 0, 624)
+                              and _int(n.get("has_gauss"), 0, 1) and isinstance(n.get("cached_gaussian"), float)):
+        out.append(f"{where}['numpy'] is not a numpy MT19937 state")
+    if "cuda" in st and not _tensor(st["cuda"], torch.uint8, 1):
+        out.append(f"{where}['cuda'] is not a 1-d uint8 tensor")
+    return out
+
+
+def _optimizer_problems(opt: Dict[str, Any]) -> List[str]:
+    groups, state = opt.get("param_groups"), opt.get("state")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups) or not groups:
+        return ["optimizer['param_groups'] is not a list of dicts"]
+    if not isinstance(state, dict):
+        return ["optimizer['state'] is not a dict"]
+    out, ids = [], []
+    for i, g in enumerate(groups):
+        if not (isinstance(g.get("params"), list) and all(_int(p) for p in g["params"])):
+            out.append(f"optimizer param group {i}: 'params' is not a list of parameter indices")
+            continue
+        ids += g["params"]
+        for k in ("lr", "weight_decay", "eps", "initial_lr", "lr_scale"):
+            if k in g and not _num(g[k]):
+                out.append(f"optimizer param group {i}: {k} {g[k]!r} is not a finite number >= 0")
+        flags = [f for f in _ADAMW_FLAGS if f in g and not (g[f] is None or isinstance(g[f], bool))]
+        if flags:
+            out.append(f"optimizer param group {i}: {flags} are not booleans")
+        betas = g.get("betas")
+        if betas is not None and not (isinstance(betas, (list, tuple)) and len(betas) == 2
+                                      and all(_num(b) and float(b) < 1 for b in betas)):
+            out.append(f"optimizer param group {i}: betas {betas!r} are not two numbers in [0, 1)")
+    if sorted(ids) != list(range(len(ids))):
+        out.append("optimizer param groups do not hold each parameter index exactly once")
+    for k, v in state.items():
+        if k not in ids or not isinstance(v, dict):
+            out.append(f"optimizer state {k!r} belongs to no parameter or is not a dict")
+            continue
+        if not (_num(v.get("step")) and float(v["step"]) == int(float(v["step"]))):
+            out.append(f"optimizer state {k}: step {v.get('step')!r} is not a count")
+        for name in ("exp_avg", "exp_avg_sq"):
+            if not (_tensor(v.get(name)) and v[name].is_floating_point()):
+                out.append(f"optimizer state {k}: {name} is not a floating-point tensor")
+        if len(out) > 20:
+            break
+    return out
+
+
+_SCHEDULER_KEYS = {"base_lrs", "last_epoch", "_step_count", "_is_initial", "_get_lr_called_within_step", "_last_lr",
+                   "lr_lambdas", "verbose"}
+_ADAMW_FLAGS = ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay", "foreach", "fused")
+
+
+def _scheduler_problems(sched: Dict[str, Any], n_groups: int) -> List[str]:
+    out = []
+    if not _int(sched.get("last_epoch")):
+        out.append(f"scheduler last_epoch {sched.get('last_epoch')!r} is not a step count >= 0")
+    for k in ("base_lrs", "_last_lr"):
+        v = sched.get(k)
+        if k in sched or k == "base_lrs":
+            if not (isinstance(v, list) and len(v) == n_groups and all(_num(x) for x in v)):
+                out.append(f"scheduler {k} is not a list of {n_groups} finite learning rates")
+    lambdas = sched.get("lr_lambdas")
+    if lambdas is not None and not (isinstance(lambdas, list) and all(x is None for x in lambdas)):
+        out.append("scheduler lr_lambdas hold objects (this scheduler stores none)")
+    if "_step_count" in sched and not _int(sched["_step_count"]):
+        out.append(f"scheduler _step_count {sched['_step_count']!r} is not a count")
+    unknown = sorted(map(str, set(sched) - _SCHEDULER_KEYS))
+    if unknown:  # LambdaLR.load_state_dict sets every key as an attribute of the scheduler
+        out.append(f"scheduler has unknown fields {unknown[:5]}")
+    return out
+
+
+def _scaler_problems(sc: Any) -> List[str]:
+    if sc is None:
+        return []
+    if not (isinstance(sc, dict) and _num(sc.get("scale")) and float(sc["scale"]) > 0 and _num(sc.get("growth_factor"))
+            and _num(sc.get("backoff_factor")) and _int(sc.get("growth_interval"), 1)
+            and _int(sc.get("_growth_tracker"))):
+        return ["scaler is not a GradScaler state (scale > 0, factors, growth interval, tracker)"]
+    return []
+
+
+def _history_problems(h: Dict[str, Any]) -> List[str]:
+    out = []
+    epochs, steps = h.get("epochs"), h.get("steps")
+    keys = ("epoch", "step", "train_loss", "lr", "img_s", "test_loss", "test_acc", "test_count")
+    if not (isinstance(epochs, list) and all(isinstance(e, dict) and all(_num(e.get(k)) for k in keys) for e in epochs)):
+        out.append(f"history['epochs'] is not a list of epoch records with finite {list(keys)}")
+    if not (isinstance(steps, list) and all(isinstance(s, (list, tuple)) and len(s) == 2 and _int(s[0]) and _num(s[1], -math.inf)
+                                            for s in steps)):
+        out.append("history['steps'] is not a list of (step, loss) pairs")
+    return out
+
+
+def checkpoint_problems(state: Dict[str, Any]) -> List[str]:
+    """Every field of a training checkpoint checked, as a list of what is wrong (empty: resumable).
+
+    Types and ranges of every field and of what is inside them -- model
+    tensors, optimizer groups and state, scheduler, grad scaler, counters
+    (``step >= 0``, ``world_size >= 1``, the scheduler at ``step``), each
+    rank's RNG states, the history -- so that a damaged or crafted file is
+    one clear error before anything is restored, not a traceback mid-run.
+    """
+    wrong = [f"{k} is missing" if k not in state else f"{k} is a {type(state[k]).__name__}, not a {t.__name__}"
              for k, t in _CHECKPOINT_FIELDS.items() if not isinstance(state.get(k), t) or isinstance(state.get(k), bool)]
     if wrong:
-        raise TrainError(f"{path}: an incomplete swin_ext.train checkpoint: bad fields {wrong}")
+        return wrong
+    out = []
+    for k in ("step", "epoch", "step_in_epoch"):
+        if state[k] < 0:
+            out.append(f"{k} is {state[k]}, negative")
+    if state["world_size"] < 1:
+        out.append(f"world_size is {state['world_size']}, not >= 1")
+    if not all(isinstance(k, str) and _tensor(v) for k, v in state["model"].items()):
+        out.append("model is not a dict of dense tensors")
+    if not all(isinstance(k, str) for k in state["args"]):
+        out.append("args has keys that are not strings")
+    out += _optimizer_problems(state["optimizer"])
+    groups = state["optimizer"].get("param_groups")
+    out += _scheduler_problems(state["scheduler"], len(groups) if isinstance(groups, list) else 0)
+    if not out and state["scheduler"]["last_epoch"] != state["step"]:
+        out.append(f"the scheduler is at step {state['scheduler']['last_epoch']}, the checkpoint at step {state['step']}")
+    out += _scaler_problems(state.get("scaler"))
+    for r, st in enumerate(state["rng"]):
+        out += _rng_problems(st, f"rng[{r}]")
+    out += _history_problems(state["history"])
+    return out
+
+
+def _damaged(path: str, problems: List[str]) -> TrainError:
+    shown = "; ".join(problems[:6]) + (f"; ... and {len(problems) - 6} more" if len(problems) > 6 else "")
+    return TrainError(f"{path}: damaged or incompatible swin_ext.train checkpoint: {shown}")
+
+
+def _check_resumable(state: Dict[str, Any], path: str) -> None:
+    """Every field a resume needs, checked (:func:`checkpoint_problems`); a :class:`TrainError` naming what is wrong."""
+    problems = checkpoint_problems(state)
+    if problems:
+        raise _damaged(path, problems)
+
+
+# How --resume treats an argument that differs from the one the checkpoint's run had.  Refused: the
+# run would not continue the same training.  Applied (and said): the rest of the run uses the new
+# value.  The model's fields are compared through the model config, --batch-size on its own; run
+# settings (workers, output, saving, logging, device, threads) are applied without a word.
+_RESUME_REFUSED = {
+    "data": "the data set (its split, order and the position in the epoch are the checkpoint's)",
+    "test_fraction": "the train/test split (images the checkpoint trained on could land in the test split)",
+    "limit": "the samples of each split",
+    "seed": "the train/test split and the data order",
+    "layer_decay": "the optimizer's parameter groups",
+}
+_RESUME_APPLIED = {
+    "lr": "the schedule continues from this step with the new peak learning rate",
+    "min_lr": "the cosine continues from this step towards the new final learning rate",
+    "warmup_epochs": "the schedule continues from this step with the new warm-up",
+    "warmup_steps": "the schedule continues from this step with the new warm-up",
+    "weight_decay": "the decaying parameter groups use it from the next step",
+    "epochs": "the schedule is re-planned for the new length from this step",
+    "max_steps": "the schedule is re-planned for the new length from this step",
+}
+_RESUME_SILENT = {
+    "model", "img_size", "patch_size", "in_chans", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio",
+    "drop_path", "batch_size", "workers", "output_dir", "resume", "save_every", "no_save", "stop_after_steps",
+    "eval_every", "device", "threads", "no_progress", "no_plot", "min_acc",
+}
+
+
+def _same_arg(name: str, old: Any, new: Any) -> bool:
+    norm = (lambda v: list(v) if isinstance(v, (tuple, list)) else v)
+    if name == "data" and isinstance(old, str) and isinstance(new, str) and "digits" not in (old, new):
+        return os.path.realpath(old) == os.path.realpath(new)
+    return norm(old) == norm(new)
+
+
+def resume_differences(saved: Dict[str, Any], args: argparse.Namespace) -> Tuple[List[str], List[str]]:
+    """``(applied, refused)``: one line per argument of this run that differs from the checkpoint's
+    (arguments the checkpoint does not record are not compared)."""
+    applied, refused = [], []
+    for name, new in vars(args).items():
+        if name in _RESUME_SILENT or name not in saved or _same_arg(name, saved[name], new):
+            continue
+        flag = "--" + name.replace("_", "-")
+        what = f"{flag} {new} (the checkpoint's run: {saved[name]})"
+        if name in _RESUME_REFUSED:
+            refused.append(f"{what} would change {_RESUME_REFUSED[name]}")
+        else:
+            applied.append(f"{what}: applied; {_RESUME_APPLIED.get(name, 'used from this step on')}")
+    return applied, refused
 
 
 def _rng_state(device: torch.device) -> Dict[str, Any]:
@@ -522,6 +780,45 @@ def _kept(ckpt_path: str) -> str:
 
 def _finite_state(sd: Dict[str, Any]) -> bool:
     return all(torch.isfinite(v).all().item() for v in sd.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+
+
+def check_output_dir(out_dir: str, need_bytes: int = 0) -> None:
+    """Create ``out_dir`` and prove it usable before training: a probe file is written, fsync'ed and
+    deleted, and the file system must have ``need_bytes`` free.  :class:`TrainArgumentError` naming
+    the problem (unwritable, not a directory, full) -- at the start, not after the training."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise TrainArgumentError(f"--output-dir {out_dir}: cannot be created ({e.strerror or e})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(bytes(1 << 16))
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            os.unlink(probe)
+    except OSError as e:
+        raise TrainArgumentError(f"--output-dir {out_dir}: cannot be written ({e.strerror or e})") from None
+    free = shutil.disk_usage(out_dir).free
+    if free < need_bytes:
+        raise TrainArgumentError(f"--output-dir {out_dir}: {free / 2**20:.1f} MiB free, but a checkpoint of this run "
+                                 f"needs about {need_bytes / 2**20:.1f} MiB (the model, AdamW's two moments and a "
+                                 "temporary copy while it is replaced)")
+
+
+def _on_main(env: "DistEnv", check) -> None:
+    """Run ``check`` on rank 0 and raise its :class:`TrainError` on every rank (no rank left waiting)."""
+    problem = None
+    if env.is_main:
+        try:
+            check()
+        except TrainError as e:
+            problem = (type(e).__name__, str(e))
+    problem = env.broadcast_object(problem)
+    if problem:
+        raise (TrainArgumentError if problem[0] == "TrainArgumentError" else TrainError)(problem[1])
 
 
 def remove_stale_temporaries(ckpt_path: str) -> List[str]:
@@ -648,8 +945,7 @@ def _train(args, env: DistEnv, build_datasets, t_start: float) -> Dict[str, Any]
         torch.set_num_threads(args.threads)
     device = env.device
     out_dir = args.output_dir or os.path.join("runs", f"{'digits' if args.data == 'digits' else os.path.basename(os.path.normpath(args.data))}-{args.model}")
-    if env.is_main:
-        os.makedirs(out_dir, exist_ok=True)
+    _on_main(env, lambda: check_output_dir(out_dir))
     ckpt_path = os.path.join(out_dir, "last.pt")
     if env.is_main and not args.no_save:
         for tmp in remove_stale_temporaries(ckpt_path):
@@ -683,8 +979,15 @@ def _train(args, env: DistEnv, build_datasets, t_start: float) -> Dict[str, Any]
     # ---- model (identical init on every rank; DDP also broadcasts rank 0's)
     cfg = model_config(args, num_classes)
     torch.manual_seed(args.seed)
-    model = build_model(cfg, args.backend, args.grad_checkpoint).to(device)
+    try:
+        model = build_model(cfg, args.backend, args.grad_checkpoint)
+    except (ValueError, TypeError) as e:
+        raise TrainArgumentError(f"--model {args.model} with these options: {' '.join(str(e).split())}") from None
+    model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
+    if not args.no_save:  # the model, AdamW's two moments, and the new file next to the old one
+        size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        _on_main(env, lambda: check_output_dir(out_dir, 2 * 3 * size + (1 << 20)))
     groups = param_groups(model, args.weight_decay, args.layer_decay)
     for g in groups:
         g["lr"] = args.lr * g["lr_scale"]
@@ -725,6 +1028,10 @@ def _train(args, env: DistEnv, build_datasets, t_start: float) -> Dict[str, Any]
                 f"{args.batch_size}: its step count, schedule and data position would not carry over; resume with "
                 f"--batch-size {old_bs}, or start a new run"
             )
+        applied, refused = resume_differences(state["args"], args)
+        if refused:
+            raise TrainError(f"{resume_path}: cannot resume with {'; '.join(refused)}: resume with the checkpoint's "
+                             "values, or start a new run")
         if not _finite_state(state["model"]):
             raise TrainError(f"{resume_path}: its model weights are not all finite (the run that wrote it diverged)")
         try:
@@ -734,12 +1041,36 @@ def _train(args, env: DistEnv, build_datasets, t_start: float) -> Dict[str, Any]
             if state.get("scaler") is not None:
                 scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-            raise TrainError(f"{resume_path}: cannot restore the training state: {' '.join(str(e).split())}") from e
+            raise _damaged(resume_path, [f"cannot restore the training state: {' '.join(str(e).split())}"]) from e
         step, epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        problems = [f"optimizer state of {name}: {k} has shape {tuple(st[k].shape)}, the parameter {tuple(p.shape)}"
+                    for g in optimizer.param_groups for name, p in zip(g["names"], g["params"])
+                    for st in [optimizer.state.get(p, {})] for k in ("exp_avg", "exp_avg_sq")
+                    if k in st and st[k].shape != p.shape]
+        if state["world_size"] == env.world_size and step_in_epoch > steps_per_epoch:
+            problems.append(f"its position in the epoch (batch {step_in_epoch}) is beyond this data's "
+                            f"{steps_per_epoch} batches per epoch (other data than the run that wrote it?)")
+        if problems:
+            raise _damaged(resume_path, problems)
+        # This run's hyper-parameters (the optimizer and scheduler states carry the checkpoint's): the
+        # learning rate and weight decay of every group, and the schedule's base, recomputed as at the start
+        # (bitwise the checkpoint's values when nothing changed).
+        for g, fresh in zip(optimizer.param_groups, param_groups(model, args.weight_decay, args.layer_decay)):
+            g["weight_decay"], g["lr_scale"], g["initial_lr"] = fresh["weight_decay"], fresh["lr_scale"], \
+                args.lr * fresh["lr_scale"]
+        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            g["lr"] = base * lr_factor(scheduler.last_epoch, total_steps, warmup_steps, min_ratio)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+        for line in applied:
+            _log(env, f"resume: {line}")
         history = state.get("history", history)
         rng = state.get("rng") or []
         if len(rng) == env.world_size:
-            _set_rng_state(rng[env.rank], device)
+            try:
+                _set_rng_state(rng[env.rank], device)
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                raise _damaged(resume_path, [f"rng[{env.rank}] cannot be restored: {' '.join(str(e).split())}"]) from e
         else:
             _log(env, f"warning: checkpoint has RNG states of {len(rng)} ranks, this run has {env.world_size}; "
                       "the data position and random streams are not restored exactly")
@@ -952,9 +1283,11 @@ def _one_line(e: BaseException) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     """The CLI: returns the exit status (0 ok, 1 an error or --min-acc missed, 2 bad arguments or replicas differ).
 
-    Bad arguments exit through argparse (status 2, with the usage line); a
-    bad data set, checkpoint or a diverged run print one ``error:`` line
-    naming the cause and return 1.
+    Bad arguments exit through argparse (status 2, with the usage line); an
+    argument found unusable later (:class:`TrainArgumentError`: the model
+    configuration, the output directory) prints one ``error:`` line and
+    returns 2; a bad data set, checkpoint or a diverged run print one
+    ``error:`` line naming the cause and return 1.  Never a traceback.
     """
     from .checkpoint import CheckpointError
     from .data import DataError
@@ -971,7 +1304,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         rank = os.environ.get("RANK")
         where = f" (rank {rank})" if rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
         print(f"swin-ext-train: error{where}: {_one_line(e)}", file=sys.stderr, flush=True)
-        return 1
+        return 2 if isinstance(e, TrainArgumentError) else 1
     if args.min_acc is not None and not metrics["stopped_early"] and metrics["test_acc"] < args.min_acc:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: test accuracy {100 * metrics['test_acc']:.2f}% < --min-acc {100 * args.min_acc:.2f}%",
