@@ -1283,7 +1283,7 @@ def _one_line(e: BaseException) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     """The CLI: returns the exit status (0 ok, 1 an error or --min-acc missed, 2 bad arguments or replicas differ).
 
-    Bad arguments exit through argparse (status 2, with the usage line); an
+    Bad arguments exit through argparse (status 2, one line: no usage block); an
     argument found unusable later (:class:`TrainArgumentError`: the model
     configuration, the output directory) prints one ``error:`` line and
     returns 2; a bad data set, checkpoint or a diverged run print one
