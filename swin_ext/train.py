@@ -547,8 +547,9 @@ def _rng_problems(st: Any, where: str) -> List[str]:
             and (py[2] is None or isinstance(py[2], float))):
         out.append(f"{where}['python'] is not a Python random state")
     n = st.get("numpy")
-    if n is not None and not (isinstance(n, dict) and n.get("kind") == "MT19937" and _tensor(n.get("keys"), torch.int64, 1)
-                              and n["keys"].numel() == 624 and _int(n.get("pos"), 0, 624)
+    if n is not None and not (isinstance(n, dict) and n.get("kind") == "MT19937"
+                              and _tensor(n.get("keys"), torch.int64, 1) and n["keys"].numel() == 624
+                              and _int(n.get("pos"), 0, 624)
                               and _int(n.get("has_gauss"), 0, 1) and isinstance(n.get("cached_gaussian"), float)):
         out.append(f"{where}['numpy'] is not a numpy MT19937 state")
     if "cuda" in st and not _tensor(st["cuda"], torch.uint8, 1):
@@ -635,8 +636,8 @@ def _history_problems(h: Dict[str, Any]) -> List[str]:
     keys = ("epoch", "step", "train_loss", "lr", "img_s", "test_loss", "test_acc", "test_count")
     if not (isinstance(epochs, list) and all(isinstance(e, dict) and all(_num(e.get(k)) for k in keys) for e in epochs)):
         out.append(f"history['epochs'] is not a list of epoch records with finite {list(keys)}")
-    if not (isinstance(steps, list) and all(isinstance(s, (list, tuple)) and len(s) == 2 and _int(s[0]) and _num(s[1], -math.inf)
-                                            for s in steps)):
+    if not (isinstance(steps, list) and all(isinstance(s, (list, tuple)) and len(s) == 2 and _int(s[0])
+                                            and _num(s[1], -math.inf) for s in steps)):
         out.append("history['steps'] is not a list of (step, loss) pairs")
     return out
 
@@ -668,7 +669,8 @@ def checkpoint_problems(state: Dict[str, Any]) -> List[str]:
     groups = state["optimizer"].get("param_groups")
     out += _scheduler_problems(state["scheduler"], len(groups) if isinstance(groups, list) else 0)
     if not out and state["scheduler"]["last_epoch"] != state["step"]:
-        out.append(f"the scheduler is at step {state['scheduler']['last_epoch']}, the checkpoint at step {state['step']}")
+        out.append(f"the scheduler is at step {state['scheduler']['last_epoch']}, "
+                   f"the checkpoint at step {state['step']}")
     out += _scaler_problems(state.get("scaler"))
     for r, st in enumerate(state["rng"]):
         out += _rng_problems(st, f"rng[{r}]")
@@ -804,8 +806,7 @@ def check_output_dir(out_dir: str, need_bytes: int = 0) -> None:
     free = shutil.disk_usage(out_dir).free
     if free < need_bytes:
         raise TrainArgumentError(f"--output-dir {out_dir}: {free / 2**20:.1f} MiB free, but a checkpoint of this run "
-                                 f"needs about {need_bytes / 2**20:.1f} MiB (the model, AdamW's two moments and a "
-                                 "temporary copy while it is replaced)")
+                                 f"needs about {need_bytes / 2**20:.1f} MiB (the model and AdamW's two moments)")
 
 
 def _on_main(env: "DistEnv", check) -> None:
@@ -985,9 +986,9 @@ def _train(args, env: DistEnv, build_datasets, t_start: float) -> Dict[str, Any]
         raise TrainArgumentError(f"--model {args.model} with these options: {' '.join(str(e).split())}") from None
     model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    if not args.no_save:  # the model, AdamW's two moments, and the new file next to the old one
+    if not args.no_save:  # a checkpoint: the model and AdamW's two moments (the old file's space is already used)
         size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        _on_main(env, lambda: check_output_dir(out_dir, 2 * 3 * size + (1 << 20)))
+        _on_main(env, lambda: check_output_dir(out_dir, 3 * size + (1 << 20)))
     groups = param_groups(model, args.weight_decay, args.layer_decay)
     for g in groups:
         g["lr"] = args.lr * g["lr_scale"]
