@@ -55,8 +55,8 @@ peak RSS above the RSS before that iteration, from the kernel's VmHWM after
 resetting it through ``/proc/self/clear_refs`` (Linux); "n/a" where that is
 unavailable.  CPU numbers include allocator caching and are approximate.
 
-Writes ``benchmarks/results/bench_model_<model>_<device>_<date>.md`` (``<device>``: ``cpu-<threads>t``, or the GPU's name
-on CUDA) and a ``.png`` chart; ``--no-save`` prints only.
+Writes ``benchmarks/results/bench_model_<model>_<device>_<date>.md`` (``<device>``: ``cpu-<threads>t``, or the GPU
+name on CUDA) and a ``.png`` chart; ``--no-save`` prints only.
 """
 from __future__ import annotations
 

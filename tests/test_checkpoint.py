@@ -3,6 +3,7 @@ torchvision and transformers, bias-table resizing, and bad checkpoints."""
 import math
 import os
 import pickle
+import re
 import warnings
 
 import pytest
@@ -763,3 +764,190 @@ print(json.dumps(results))
     r = run_child(code)
     for name in ("load_pretrained", "load_checkpoint"):
         assert r[name].startswith("CheckpointError:") and "is a FIFO (named pipe), not a regular file" in r[name], r
+
+
+# ----------------------------------------------------------------------------- crafted archives (issue 17)
+
+
+def _tiny():
+    return SwinTransformer(img_size=32, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=2,
+                           num_classes=3, drop_path_rate=0.0)
+
+
+def _zip_bomb(path, entries=1000, size=1 << 20, method=8, name="archive/data/0"):
+    """A zip whose directory lists ``entries`` entries that all share one local header and one data
+    stream (deflate of ``size`` zero bytes, or the bytes themselves stored): reading every entry
+    decompresses ``entries * size`` bytes from a file of a few kB."""
+    import binascii
+    import struct
+    import zlib
+
+    raw = bytes(size)
+    if method == 8:
+        comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+        data = comp.compress(raw) + comp.flush()
+    else:
+        data = raw
+    crc, fname = binascii.crc32(raw), name.encode()
+    body = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0, crc, len(data), size, len(fname), 0)
+    body += fname + data
+    record = struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, 0, 0, crc, len(data), size, len(fname),
+                         0, 0, 0, 0, 0, 0) + fname
+    cd = record * entries
+    eocd = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, entries, entries, len(cd), len(body), 0)
+    path.write_bytes(body + cd + eocd)
+    return path
+
+
+def _bomb_entry_points():
+    from swin_ext import train as T
+
+    return {
+        "load_pretrained": lambda p: load_pretrained(_tiny(), p),
+        "create_model": lambda p: create_model("swin_tiny_patch4_window7_224", pretrained=p, embed_dim=8,
+                                               depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
+        "fpn_backbone": lambda p: swin_ext.fpn_backbone("swin_tiny_patch4_window7_224", pretrained=p, embed_dim=8,
+                                                        depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
+        "train --resume": T.load_checkpoint,
+    }
+
+
+@pytest.mark.parametrize("entry", ["load_pretrained", "create_model", "fpn_backbone", "train --resume"])
+def test_zip_bomb_is_refused_in_milliseconds(entry, tmp_path, monkeypatch):
+    # was: the CRC pass decompressed all 1,000 entries (1 GB here; minutes for the issue's 125 kB file)
+    import time
+
+    from swin_ext.weights import checkpoint as C
+
+    bomb = _zip_bomb(tmp_path / "bomb.pth")
+    assert bomb.stat().st_size < 100_000
+    seconds, real = [], C.safe_torch_load
+
+    def timed(*a, **k):  # the file's checks and refusal, without building the model around them
+        t0 = time.perf_counter()
+        try:
+            return real(*a, **k)
+        finally:
+            seconds.append(time.perf_counter() - t0)
+
+    monkeypatch.setattr(C, "safe_torch_load", timed)
+    with pytest.raises(CheckpointError, match=r"bomb.pth: not a valid PyTorch checkpoint archive \(refused before "
+                                              r"decompressing anything\)"):
+        _bomb_entry_points()[entry](bomb)
+    assert len(seconds) == 1 and seconds[0] < 1.0
+
+
+@pytest.mark.parametrize("case", ["overlap", "expansion", "method", "count", "stored-size"])
+def test_zip_layout_bounds(case, tmp_path, monkeypatch):
+    import zipfile
+
+    from swin_ext.weights import checkpoint as C
+
+    path = tmp_path / f"{case}.pth"
+    if case == "overlap":  # three stored 1 kB entries on the same bytes: within every size bound
+        _zip_bomb(path, entries=3, size=1024, method=0)
+        match = "entries 'archive/data/0' and 'archive/data/0' overlap"
+    elif case == "expansion":  # one honest deflated entry that expands 1000-fold
+        monkeypatch.setattr(C, "EXPANSION_FLOOR", 0)
+        _zip_bomb(path, entries=1, size=1 << 20)
+        match = "declare 1,048,576 bytes in all, more than 16x the file's"
+    elif case == "method":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_LZMA) as zf:
+            zf.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        match = "uses zip compression method 14; torch.save stores entries uncompressed"
+    elif case == "count":
+        monkeypatch.setattr(C, "MAX_ZIP_ENTRIES", 4)
+        torch.save({"a": torch.zeros(2)}, path)
+        match = r"lists \d+ entries, more than the 4 any checkpoint has"
+    else:
+        _zip_bomb(path, entries=1, size=1024, method=0)
+        data = bytearray(path.read_bytes())
+        i = data.index(b"PK\x01\x02")
+        data[i + 24:i + 28] = (4096).to_bytes(4, "little")  # the directory's uncompressed size
+        path.write_bytes(bytes(data))
+        match = "declares 4096 bytes but stores 1024"
+    with pytest.raises(CheckpointError, match=match):
+        load_pretrained(_tiny(), path)
+
+
+def test_recompressed_checkpoint_still_loads(tmp_path):
+    import zipfile
+
+    m = _tiny()
+    sd = randomize(_tiny()).state_dict()
+    stored = tmp_path / "stored.pth"
+    torch.save({"model": sd}, stored)
+    deflated = tmp_path / "deflated.pth"  # re-zipped by another tool: torch.load reads it, so do we
+    with zipfile.ZipFile(stored) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    load_pretrained(m, deflated)
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in sd.items())
+
+
+def _non_checkpoint(name, tmp_path):
+    import io
+    import tarfile
+
+    p = tmp_path / f"{name}.pth"
+    if name == "zeros":
+        p.write_bytes(bytes(4096))
+    elif name == "tar":
+        buf = io.BytesIO()
+        torch.save(_tiny().state_dict(), buf)
+        with tarfile.open(p, "w") as tf:
+            info = tarfile.TarInfo("weights.pth")
+            info.size = len(buf.getvalue())
+            tf.addfile(info, io.BytesIO(buf.getvalue()))
+    elif name == "text":
+        p.write_text("this is not a checkpoint\n")
+    elif name == "random":
+        p.write_bytes(bytes(range(256)) * 8)
+    elif name == "pickled-object":
+        with open(p, "wb") as f:
+            pickle.dump({"model": _NotATensor()}, f, protocol=2)
+    return p
+
+
+@pytest.mark.parametrize("name,match", [
+    ("zeros", r"zeros.pth: not a PyTorch checkpoint: the file holds only zero bytes \(4,096 of them\)"),
+    ("tar", r"tar.pth: not a PyTorch checkpoint: it is a tar archive"),
+    ("text", "not a readable PyTorch checkpoint: damaged or not written by torch.save"),
+    ("random", "not a readable PyTorch checkpoint: damaged or not written by torch.save"),
+    ("pickled-object", r"holds objects other than tensors .*_NotATensor"),
+])
+def test_non_checkpoint_files_never_get_weights_only_advice(name, match, tmp_path):
+    # was: zeros and tar got torch's advice that weights_only=False "will likely succeed"
+    from swin_ext import train as T
+
+    p = _non_checkpoint(name, tmp_path)
+    for load in (lambda: load_pretrained(_tiny(), p), lambda: T.load_checkpoint(str(p))):
+        with pytest.raises(CheckpointError) as ei:
+            load()
+        msg = str(ei.value)
+        assert re.search(match.replace("PyTorch checkpoint", r"(PyTorch|swin_ext\.train) checkpoint"), msg), msg
+        for advice in ("weights_only=False", "weights_only` set to `False", "will likely succeed", "legacy .tar"):
+            assert advice not in msg, msg
+
+
+def test_wrapper_dicts_with_metadata(tmp_path):
+    # was: {"epoch": tensor, "state_dict": ...} was "not a Swin Transformer checkpoint"
+    sd = randomize(_tiny()).state_dict()
+    wrappers = [
+        {"epoch": torch.tensor(7), "state_dict": sd},
+        {"model": sd, "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}}, "step": torch.tensor(10), "lr": 0.1},
+        {"model_state_dict": sd, "config": {"arch": "swin"}, "best_acc": torch.tensor(0.8)},
+        {"module": sd, "epoch": 3},
+        {"checkpoint": 1, "state_dict": {"model": sd}, "ema": torch.zeros(1)},
+    ]
+    for i, w in enumerate(wrappers):
+        for src in (w, tmp_path / f"w{i}.pth"):
+            if not isinstance(src, dict):
+                torch.save(w, src)
+            m = _tiny()
+            res = load_pretrained(m, src)
+            assert res.format == "official" and len(res.loaded) == len(sd)
+            assert all(torch.equal(m.state_dict()[k], v) for k, v in sd.items())
+    # a wrapper whose model entry holds no tensors is still "no tensors found", naming the keys
+    with pytest.raises(CheckpointError, match="no tensors found"):
+        load_pretrained(_tiny(), {"model": {"name": "swin"}, "epoch": 3})

@@ -70,3 +70,45 @@ def test_detection_example_runs():
     )
     mod = runpy.run_path(path, run_name="example")
     mod["main"](["--small", "--steps", "1", "--size", "96"])
+
+
+def _example():
+    import os
+    import runpy
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(repo, "examples", "detection_finetune.py")
+    return runpy.run_path(path, run_name="example")
+
+
+@pytest.mark.parametrize("argv,text", [
+    (["--steps", "0"], "argument --steps: must be >= 1, got 0"),  # was: NameError after no step
+    (["--num-classes", "1"], "argument --num-classes: must be >= 2, got 1"),  # was: ValueError from random.randint
+    (["--batch", "0"], "argument --batch: must be >= 1, got 0"),
+    (["--lr", "nan"], "argument --lr: must be a finite number > 0"),
+    (["--images", "."], "--images and --annotations go together"),
+])
+def test_detection_example_refuses_bad_arguments(argv, text, capsys):
+    with pytest.raises(SystemExit) as e:
+        _example()["main"](["--small"] + argv)
+    assert e.value.code == 2
+    assert text in capsys.readouterr().err
+
+
+def test_detection_example_fewer_images_than_batch_is_refused(tmp_path, capsys):
+    # was: folder_batches spun forever looking for a complete batch
+    import json
+
+    ann = tmp_path / "boxes.json"
+    ann.write_text(json.dumps([{"file": "a.png", "boxes": [[1, 1, 9, 9]], "labels": [1]}]))
+    mod = _example()
+    with pytest.raises(SystemExit) as e:
+        mod["main"](["--small", "--images", str(tmp_path), "--annotations", str(ann), "--batch", "2"])
+    assert e.value.code == 2
+    assert "lists 1 image, fewer than --batch 2" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="none would ever be complete"):
+        next(mod["folder_batches"](str(tmp_path), [], 2))
+    ann.write_text(json.dumps([{"file": "a.png", "boxes": [[1, 1, 9, 9]], "labels": [4]}]))
+    with pytest.raises(SystemExit):
+        mod["main"](["--small", "--images", str(tmp_path), "--annotations", str(ann), "--batch", "1"])
+    assert r"labels [4] are outside 1..3" in capsys.readouterr().err

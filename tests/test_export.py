@@ -1,6 +1,8 @@
 """Export and deployment: ONNX (onnxruntime), torch.export, torch.compile."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -161,12 +163,88 @@ def test_export_onnx_bad_input(tmp_path):
     with pytest.raises(ExportError, match="training mode"):
         export_onnx(m.train(), str(tmp_path / "a.onnx"), x)
     m.eval()
-    with pytest.raises(ExportError, match=r"opset_version 13 .* opset >= 17"):
+    with pytest.raises(ExportError, match=r"opset_version 13 .* opset >= 18"):
         export_onnx(m, str(tmp_path / "a.onnx"), x, opset_version=13)
     with pytest.raises(ExportError, match="must be a torch.nn.Module"):
         export_onnx("model", str(tmp_path / "a.onnx"), x)
     with pytest.raises(ExportError, match="example must be a tensor"):
         export_onnx(m, str(tmp_path / "a.onnx"), [1, 2])
+
+
+def _tiny(**kw):
+    cfg = dict(img_size=32, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=2, num_classes=3,
+               drop_path_rate=0.0)
+    cfg.update(kw)
+    return SwinTransformer(**cfg).eval()
+
+
+def _nan_example():
+    x = torch.randn(1, 3, 32, 32)
+    x[0, 1, 2, 3] = float("nan")
+    return x
+
+
+def _block_train():
+    m = _tiny()
+    m.layers[0].blocks[0].train()
+    return m
+
+
+EXPORT_REFUSALS = [
+    # (id, model factory, example factory, keywords, exception, message); each refused before exporting
+    ("rtol<0", _tiny, lambda: torch.randn(1, 3, 32, 32), dict(rtol=-1.0), ExportError,
+     r"rtol must be a finite number >= 0 .* got -1.0"),  # was: "differs by 1.6e-07 (relative), more than -1e+00"
+    ("rtol-nan", _tiny, lambda: torch.randn(1, 3, 32, 32), dict(rtol=float("nan")), ExportError, "rtol must be"),
+    ("rtol-str", _tiny, lambda: torch.randn(1, 3, 32, 32), dict(rtol="1e-3"), TypeError, "rtol must be a number"),
+    ("nan-example", _tiny, _nan_example, {}, ExportError,
+     "example holds 1 NaN or infinite values"),  # was: "differs from PyTorch's by nan"
+    ("block-in-train-mode", _block_train, None, {},
+     ExportError, r"its submodule \['layers.0.blocks.0'\] is in training mode"),  # was: exported as it was
+    ("opset-99", _tiny, lambda: torch.randn(1, 3, 32, 32), dict(opset_version=99), ExportError,
+     r"opset_version 99 is not supported; .* opset >= 18 and the installed onnx package defines opsets up to \d+"),
+    ("opset-17", _tiny, lambda: torch.randn(1, 3, 32, 32), dict(opset_version=17), ExportError,
+     "opset >= 18"),  # was: accepted, and the file came out at opset 18
+    ("opset-float", _tiny, lambda: torch.randn(1, 3, 32, 32), dict(opset_version=18.0), TypeError,
+     "opset_version must be an int"),
+    ("float64", lambda: _tiny().double(), lambda: torch.randn(1, 3, 32, 32, dtype=torch.float64), {}, ExportError,
+     "float64 is not supported"),  # was: "NOT_IMPLEMENTED: Could not find an implementation for Conv(11)"
+    ("dtype-mismatch", _tiny, lambda: torch.randn(1, 3, 32, 32).half(), {}, ExportError,
+     "example is torch.float16 but the model's parameters are torch.float32"),
+]
+
+
+@pytest.mark.parametrize("make,example,kw,exc,match", [pytest.param(*c[1:], id=c[0]) for c in EXPORT_REFUSALS])
+def test_export_onnx_refuses_before_exporting(make, example, kw, exc, match, tmp_path, monkeypatch):
+    def no_export(*a, **k):
+        raise AssertionError("torch.onnx.export was called")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    x = example() if example is not None else torch.randn(1, 3, 32, 32)
+    with pytest.raises(exc, match=match):
+        export_onnx(make(), str(tmp_path / "m.onnx"), x, **kw)
+    assert not os.path.exists(tmp_path / "m.onnx")
+
+
+def test_export_onnx_checks_every_output_of_a_dict(tmp_path):
+    # was: AttributeError: 'dict' object has no attribute 'detach'
+    pytest.importorskip("onnxruntime")
+
+    class Heads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = _tiny()
+
+        def forward(self, x):
+            f = self.body.forward_features(x)
+            return {"logits": self.body.forward_head(f), "features": f}
+
+    m = Heads().eval()
+    path = str(tmp_path / "dict.onnx")
+    export_onnx(m, path, torch.randn(2, 3, 32, 32), dynamic_batch=False, opset_version=20)
+    assert _op_types(path)[2].opset_import[0].version == 20
+    rt = _ort()
+    sess = rt.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert len(sess.get_outputs()) == 2
 
 
 def test_translation_table_is_public():

@@ -40,7 +40,8 @@ PUBLIC = {
     "swin_ext.export": ["export_onnx", "onnx_translation_table", "ExportError", "install_onnx_hook"],
     "swin_ext.train": ["PRESETS", "TrainError", "build_parser", "validate_args", "build_model", "param_groups",
                        "save_checkpoint", "load_checkpoint", "remove_stale_temporaries", "train", "main", "cli",
-                       "CHECKPOINT_FORMAT", "lr_factor", "state_dict_sha256"],
+                       "CHECKPOINT_FORMAT", "lr_factor", "state_dict_sha256", "TrainArgumentError",
+                       "checkpoint_problems"],
 }
 
 # Moved modules: old path, its 0.1 names, new path.

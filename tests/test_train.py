@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -415,28 +416,9 @@ def _image_folder(root, classes, n=4, broken=None):
     return None
 
 
-IMAGE_ARGS = [
-    "--img-size",
-    "16",
-    "--patch-size",
-    "4",
-    "--embed-dim",
-    "12",
-    "--depths",
-    "1,1",
-    "--num-heads",
-    "1,2",
-    "--window-size",
-    "2",
-    "--batch-size",
-    "2",
-    "--max-steps",
-    "3",
-    "--no-progress",
-    "--no-plot",
-    "--threads",
-    "1",
-]
+IMAGE_ARGS = ["--img-size", "16", "--patch-size", "4", "--embed-dim", "12", "--depths", "1,1", "--num-heads", "1,2",
+              "--window-size", "2", "--batch-size", "2", "--max-steps", "3", "--no-progress", "--no-plot",
+              "--threads", "1"]
 
 
 @pytest.mark.slow
@@ -459,3 +441,247 @@ def test_image_folder_problems_are_one_clear_line(case, tmp_path, capsys):
     assert rc == 1
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("swin-ext-train: error: ") and match in err[0], err
+
+
+# --------------------------------------------------------------------------- issue 17: data edges
+
+
+def _images(root, classes, n=2):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for c in classes:
+        d = root / c
+        d.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray((torch.rand(8, 8, 3, generator=g) * 255).to(torch.uint8).numpy()).save(d / f"{i}.png")
+
+
+@pytest.mark.parametrize("train,evals", [("training", "val"), ("train", "validation"), ("Train", "Test"),
+                                         ("train", "valid")])
+def test_split_folders_are_recognised_by_name(train, evals, tmp_path):
+    # was: root/{training,val} trained a 2-class model on the split names
+    pytest.importorskip("torchvision")
+    for split in (train, evals):
+        _images(tmp_path / split, ["cat", "dog", "eel"])
+    tr, te, n = build_datasets(str(tmp_path), 16, 3)
+    assert n == 3 and tr.classes == ["cat", "dog", "eel"] and len(tr) == 6 and len(te) == 6
+    assert all(os.sep + train + os.sep in p for p, _ in tr.samples)
+    assert all(os.sep + evals + os.sep in p for p, _ in te.samples)
+
+
+@pytest.mark.parametrize("folders,match", [
+    (["train"], "a training split folder with no evaluation folder"),
+    (["val", "test"], r"evaluation split folders \['val', 'test'\] but no training split folder"),
+    (["train", "training", "val"], r"2 training split folders \['train', 'training'\]"),
+    (["train", "val", "validation"], r"2 validation folders \['val', 'validation'\]"),
+    (["train", "val", "cat"], r"mixes split folders \['train', 'val'\] .* with other folders \['cat'\]"),
+])
+def test_ambiguous_split_folders_are_refused(folders, match, tmp_path):
+    from swin_ext.train.data import DataError, split_folders
+
+    for f in folders:
+        (tmp_path / f / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match=match):
+        split_folders(str(tmp_path))
+    assert split_folders(str(tmp_path / folders[0])) is None  # class folders only: one tree
+
+
+def test_folder_scan_skips_loops_links_across_splits_and_fifos(tmp_path):
+    # was: a loop counted its images ~40x and leaked the val split into train; a FIFO *.png blocked the reader
+    pytest.importorskip("torchvision")
+    from swin_ext.train.data import DataWarning
+
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        _images(root / split, ["cat", "dog"])
+    (root / "train" / "cat" / "loop").symlink_to("../..")  # the data root: a loop, and it holds val/
+    (root / "train" / "dog" / "val-dog").symlink_to(root / "val" / "dog")  # a directory of the other split
+    (root / "train" / "cat" / "leak.png").symlink_to(root / "val" / "cat" / "0.png")  # an image of the other split
+    os.mkfifo(root / "train" / "cat" / "pipe.png")
+    (root / "train" / "dog" / "broken.png").symlink_to("nowhere.png")
+    outside = tmp_path / "more-dogs"  # a link to images outside the data set is followed
+    _images(outside, ["x"], n=1)
+    (root / "train" / "dog" / "more").symlink_to(outside / "x")
+    with pytest.warns(DataWarning) as w:
+        tr, te, n = build_datasets(str(root), 16, 3)
+    msg = str(w[0].message)
+    for entry, why in [("cat/loop", "a loop"), ("dog/val-dog", "another class or split"),
+                       ("cat/leak.png", "another class or split"), ("cat/pipe.png", "a FIFO"),
+                       ("dog/broken.png", "a broken link")]:
+        assert re.search(f"{entry}: [^;]*{why}", msg), (entry, msg)
+    assert "skipped 5 entries" in msg
+    rel = sorted(os.path.relpath(p, tmp_path) for p, _ in tr.samples)
+    assert rel == ["data/train/cat/0.png", "data/train/cat/1.png", "data/train/dog/0.png", "data/train/dog/1.png",
+                   "data/train/dog/more/0.png"]
+    assert len(te) == 4
+
+
+def test_one_tree_folder_scan_keeps_torchvision_order(tmp_path):
+    tv = pytest.importorskip("torchvision")
+    _images(tmp_path, ["b", "a"], n=3)
+    _images(tmp_path / "a" / "sub", ["z"], n=2)
+    from swin_ext.train.data import ImageFolderDataset
+
+    ours = ImageFolderDataset(str(tmp_path))
+    theirs = tv.datasets.ImageFolder(str(tmp_path))
+    assert ours.samples == theirs.samples and ours.classes == theirs.classes
+
+
+def test_digits_limit_is_applied_before_upscaling(monkeypatch):
+    # was: the whole set was upscaled, then cut (--img-size 2048 --limit 16: 30 GB)
+    from swin_ext.train import data as D
+
+    sizes, real = [], D.F.interpolate
+    monkeypatch.setattr(D.F, "interpolate", lambda x, *a, **k: sizes.append(x.shape[0]) or real(x, *a, **k))
+    tr, te, n = build_datasets("digits", 64, 1, limit=16)
+    assert len(tr) == 16 and len(te) == 16 and tr.images.shape == (16, 1, 64, 64)
+    assert sizes and max(sizes) <= 16
+    monkeypatch.setattr(D, "_available_memory", lambda: 1 << 20)
+    with pytest.raises(D.DataError, match=r"--img-size 2048: 1797 images .* use --limit or a smaller --img-size"):
+        build_datasets("digits", 2048, 1)
+
+
+# --------------------------------------------------------------------------- issue 17: resume and CLI edges
+
+
+def test_resume_applies_new_lr_and_weight_decay_and_says_so(tmp_path, capsys):
+    # was: the checkpoint's lr and weight decay were kept silently
+    _run(tmp_path, "--limit", "32", "--max-steps", "4", "--stop-after-steps", "2")
+    capsys.readouterr()
+    m = _run(tmp_path, "--limit", "32", "--max-steps", "4", "--resume", "auto", "--lr", "1e-3",
+             "--weight-decay", "0.2", "--warmup-steps", "0", "--stop-after-steps", "1")
+    out = capsys.readouterr().out
+    assert m["start_step"] == 2 and m["step"] == 3
+    assert "resume: --lr 0.001 (the checkpoint's run: 0.002): applied" in out
+    assert "resume: --weight-decay 0.2 (the checkpoint's run: 0.05): applied" in out
+    assert "resume: --warmup-steps 0 (the checkpoint's run: None): applied" in out
+    st = T.load_checkpoint(str(tmp_path / "last.pt"))
+    factor = T.lr_factor(3, 4, 0, 1e-5 / 1e-3)
+    for g in st["optimizer"]["param_groups"]:
+        assert g["initial_lr"] == 1e-3 * g["lr_scale"] and g["lr"] == pytest.approx(1e-3 * g["lr_scale"] * factor)
+        assert g["weight_decay"] in (0.0, 0.2)
+    assert {g["weight_decay"] for g in st["optimizer"]["param_groups"]} == {0.0, 0.2}
+    assert st["scheduler"]["base_lrs"] == [g["initial_lr"] for g in st["optimizer"]["param_groups"]]
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--seed", "1"], r"--seed 1 \(the checkpoint's run: 0\) would change the train/test split"),
+    (["--test-fraction", "0.3"], r"--test-fraction 0.3 .* would change the train/test split"),
+    (["--layer-decay", "0.9"], r"--layer-decay 0.9 \(the checkpoint's run: None\) would change the optimizer"),
+])
+def test_resume_refuses_arguments_that_change_the_run(extra, match, tmp_path):
+    _run(tmp_path, "--limit", "32", "--max-steps", "1")
+    with pytest.raises(T.TrainError, match=match):
+        _run(tmp_path, "--limit", "32", "--max-steps", "2", "--resume", "auto", *extra)
+
+
+@pytest.fixture(scope="module")
+def good_state(tmp_path_factory):
+    """The state of a 2-step run's last.pt (the tests below craft copies of it)."""
+    d = tmp_path_factory.mktemp("good17")
+    _run(d, "--limit", "32", "--max-steps", "2")
+    return T.load_checkpoint(str(d / "last.pt"))
+
+
+def _crafted(st, case):
+    import copy
+
+    st = copy.deepcopy(st)
+    if case == "negative-step":
+        st["step"] = -5
+    elif case == "rng-not-a-dict":
+        st["rng"] = ["not a state"]
+    elif case == "rng-torch-string":
+        st["rng"][0]["torch"] = "seed"
+    elif case == "rng-python-short":
+        st["rng"][0]["python"] = (3, (1, 2, 3), None)
+    elif case == "optimizer-lr-string":
+        st["optimizer"]["param_groups"][0]["lr"] = "fast"
+    elif case == "optimizer-step-string":
+        st["optimizer"]["state"][0]["step"] = "two"
+    elif case == "optimizer-groups-list":
+        st["optimizer"]["param_groups"] = "all"
+    elif case == "scheduler-extra-field":
+        st["scheduler"]["optimizer"] = {}
+    elif case == "scheduler-behind":
+        st["scheduler"]["last_epoch"] = 1
+    elif case == "history-epochs-string":
+        st["history"]["epochs"] = "none"
+    elif case == "history-steps-bad":
+        st["history"]["steps"] = [(1, "x")]
+    elif case == "scaler-bad":
+        st["scaler"] = {"scale": -1.0}
+    elif case == "world-size-zero":
+        st["world_size"] = 0
+    elif case == "exp-avg-shape":  # only the restore finds it: shapes need the model
+        st["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
+    return st
+
+
+CRAFTED = {
+    "negative-step": "step is -5, negative", "rng-not-a-dict": r"rng\[0\] is a str, not a dict",
+    "rng-torch-string": r"rng\[0\]\['torch'\] is not a 1-d uint8 tensor",
+    "rng-python-short": r"rng\[0\]\['python'\] is not a Python random state",
+    "optimizer-lr-string": "optimizer param group 0: lr 'fast' is not a finite number",
+    "optimizer-step-string": "optimizer state 0: step 'two' is not a count",
+    "optimizer-groups-list": r"optimizer\['param_groups'\] is not a list of dicts",
+    "scheduler-extra-field": r"scheduler has unknown fields \['optimizer'\]",
+    "scheduler-behind": "the scheduler is at step 1, the checkpoint at step 2",
+    "history-epochs-string": r"history\['epochs'\] is not a list", "history-steps-bad": r"history\['steps'\] is not",
+    "scaler-bad": "scaler is not a GradScaler state", "world-size-zero": "world_size is 0, not >= 1",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_checkpoint_problems_names_each_damaged_field(case, good_state):
+    assert T.checkpoint_problems(good_state) == []
+    problems = T.checkpoint_problems(_crafted(good_state, case))
+    assert any(re.search(CRAFTED[case], p) for p in problems), problems
+
+
+@pytest.mark.parametrize("case", ["negative-step", "rng-torch-string", "optimizer-step-string", "exp-avg-shape"])
+def test_resume_from_crafted_checkpoint_is_one_clear_line(case, good_state, tmp_path, capsys):
+    # was: a negative step was accepted; wrong-typed RNG/optimizer fields gave tracebacks
+    torch.save(_crafted(good_state, case), tmp_path / "last.pt")  # written by torch.save: every CRC is valid
+    argv = TINY + ["--limit", "32", "--max-steps", "4", "--no-plot", "--output-dir", str(tmp_path), "--resume", "auto"]
+    assert T.main(argv) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "last.pt: damaged or incompatible swin_ext.train checkpoint: " in err[0], err
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("extra,text", [
+    (["--seed", "2**70"], "argument --seed: expected an int, got '2**70'"),  # was: a RuntimeError traceback
+    (["--seed", str(2**70)], "argument --seed: must be <= 4294967295"),
+    (["--device", "meta"], "--device meta: training runs on cpu or cuda"),  # was: a traceback
+    (["--device", "cuda:x"], "--device 'cuda:x' is not a device"),
+    # was: a traceback
+    (["--num-heads", "5,6"], "--model swin_digits with these options: num_heads[0]=5 does not divide"),
+    (["--output-dir", "FILE/run"], "--output-dir FILE/run: cannot be created"),
+])
+def test_argument_errors_are_one_line_with_status_2(extra, text, tmp_path, capsys):
+    (tmp_path / "FILE").write_text("a file, not a directory")
+    extra = [e.replace("FILE", str(tmp_path / "FILE")) for e in extra]
+    text = text.replace("FILE", str(tmp_path / "FILE"))
+    argv = ["--data", "digits", "--limit", "16", "--batch-size", "8", "--max-steps", "1", "--no-progress", "--no-plot",
+            "--threads", "1", "--output-dir", str(tmp_path / "run")] + extra
+    try:
+        rc = T.main(argv)
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("swin-ext-train: error: ") and text in err[0], err
+
+
+def test_full_output_dir_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    # was: found only when the first checkpoint was written, after the training
+    import collections
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 30, (1 << 30) - 4096, 4096))
+    rc = T.main(TINY + ["--limit", "16", "--max-steps", "1", "--no-plot", "--output-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "MiB free, but a checkpoint of this run needs about" in err
+    assert "FINAL_METRICS" not in out and not (tmp_path / "last.pt").exists()

@@ -14,7 +14,7 @@ from .checkpointing import (
     state_dict_sha256,
 )
 from .cli import build_parser, cli, main, train, validate_args
-from .errors import TrainError
+from .errors import TrainArgumentError, TrainError
 from .loop import Trainer
 from .optim import lr_factor, param_groups
 from .presets import PRESETS, build_model, run_config
@@ -22,6 +22,7 @@ from .presets import PRESETS, build_model, run_config
 __all__ = [
     "PRESETS",
     "TrainError",
+    "TrainArgumentError",
     "Trainer",
     "build_parser",
     "validate_args",
@@ -34,6 +35,9 @@ __all__ = [
     "load_checkpoint",
     "remove_stale_temporaries",
     "state_dict_sha256",
+    "checkpoint_problems",
+    "resume_differences",
+    "check_output_dir",
     "train",
     "main",
     "cli",

@@ -36,7 +36,7 @@ import torch
 from ..weights import CheckpointError
 from .data import DataError
 from .distributed import DistEnv
-from .errors import TrainError
+from .errors import TrainArgumentError, TrainError
 from .loop import Trainer
 from .presets import PRESETS
 
@@ -93,14 +93,34 @@ def _real(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool 
     return parse
 
 
+def _int_in(lo: int, hi: int):
+    """argparse type: an int in ``[lo, hi]``."""
+
+    def parse(s: str) -> int:
+        v = _int_at_least(lo)(s)
+        if v > hi:
+            raise argparse.ArgumentTypeError(f"must be <= {hi}, got {v}")
+        return v
+
+    parse.__name__ = "int"
+    return parse
+
+
 _POS_INT, _NONNEG_INT = _int_at_least(1), _int_at_least(0)
 _NONNEG = _real(0.0)
 _POS = _real(0.0, lo_open=True)
 _UNIT_OPEN = _real(0.0, 1.0, hi_open=True)  # [0, 1)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with every argument error on one line (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="swin-ext-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     g = ap.add_argument_group("data")
@@ -179,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint and stop after N steps in this invocation (time-boxed jobs; resume later)",
     )
     g.add_argument("--eval-every", type=_POS_INT, default=1, help="evaluate every N epochs (and always at the end)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0, help="in [0, 2**32)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda")
     g.add_argument("--threads", type=_POS_INT, default=None, help="torch CPU threads per process")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -196,6 +216,25 @@ def validate_args(args: argparse.Namespace) -> None:
         raise TrainError(f"--min-lr {args.min_lr:g} is above --lr {args.lr:g}; the cosine decays from --lr to --min-lr")
     if args.resume not in (None, "auto") and not args.resume:
         raise TrainError("--resume needs a checkpoint path or 'auto'")
+    _check_device(args.device)
+
+
+def _check_device(arg: str) -> None:
+    """``--device``: auto, cpu, or cuda[:N] with that GPU present (:class:`TrainArgumentError` otherwise)."""
+    if arg == "auto":
+        return
+    try:
+        dev = torch.device(arg)
+    except (RuntimeError, ValueError, TypeError):
+        raise TrainArgumentError(f"--device {arg!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise TrainArgumentError(f"--device {arg}: training runs on cpu or cuda (swin_ext's kernels), not {dev.type}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainArgumentError(f"--device {arg}: no GPU is available (torch.cuda.is_available() is False)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TrainArgumentError(f"--device {arg}: there {'is' if torch.cuda.device_count() == 1 else 'are'} "
+                                     f"{torch.cuda.device_count()} GPU(s), numbered from 0")
 
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:
@@ -227,9 +266,11 @@ def _one_line(e: BaseException) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     """The CLI: returns the exit status (0 ok, 1 an error or --min-acc missed, 2 bad arguments or replicas differ).
 
-    Bad arguments exit through argparse (status 2, with the usage line); a
-    bad data set, checkpoint or a diverged run print one ``error:`` line
-    naming the cause and return 1.
+    Bad arguments exit through argparse (status 2, one line: no usage block); an
+    argument found unusable later (:class:`TrainArgumentError`: the model
+    configuration, the output directory) prints one ``error:`` line and
+    returns 2; a bad data set, checkpoint or a diverged run print one
+    ``error:`` line naming the cause and return 1.  Never a traceback.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -243,7 +284,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         rank = os.environ.get("RANK")
         where = f" (rank {rank})" if rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
         print(f"swin-ext-train: error{where}: {_one_line(e)}", file=sys.stderr, flush=True)
-        return 1
+        return 2 if isinstance(e, TrainArgumentError) else 1
     if args.min_acc is not None and not metrics["stopped_early"] and metrics["test_acc"] < args.min_acc:
         if int(os.environ.get("RANK", "0")) == 0:
             print(

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Iterator, List
+from typing import Any, Callable, Iterator, List
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from .errors import TrainError
+from .errors import TrainArgumentError, TrainError
 
-__all__ = ["DistEnv", "ShardedSampler", "ShardSampler"]
+__all__ = ["DistEnv", "ShardedSampler", "ShardSampler", "on_main"]
 
 
 class DistEnv:
@@ -31,7 +31,7 @@ class DistEnv:
         dev = torch.device(device_arg)
         if dev.type == "cuda":
             if not torch.cuda.is_available():
-                raise RuntimeError("--device cuda but no GPU is available")
+                raise TrainArgumentError("--device cuda but no GPU is available")
             dev = torch.device("cuda", self.local_rank if dev.index is None else dev.index)
             torch.cuda.set_device(dev)
         self.device = dev
@@ -119,3 +119,16 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def on_main(env: DistEnv, check: Callable[[], None]) -> None:
+    """Run ``check`` on rank 0 and raise its :class:`TrainError` on every rank (no rank left waiting)."""
+    problem = None
+    if env.is_main:
+        try:
+            check()
+        except TrainError as e:
+            problem = (type(e).__name__, str(e))
+    problem = env.broadcast_object(problem)
+    if problem:
+        raise (TrainArgumentError if problem[0] == "TrainArgumentError" else TrainError)(problem[1])

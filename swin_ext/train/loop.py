@@ -26,11 +26,14 @@ from torch.utils.data import DataLoader
 
 from .checkpointing import (
     CHECKPOINT_FORMAT,
+    check_output_dir,
     check_resumable,
+    damaged,
     finite_state,
     kept_message,
     load_checkpoint,
     remove_stale_temporaries,
+    resume_differences,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -38,8 +41,8 @@ from .checkpointing import (
     weights_finite,
 )
 from .data import build_datasets
-from .distributed import DistEnv, ShardedSampler, ShardSampler
-from .errors import TrainError
+from .distributed import DistEnv, ShardedSampler, ShardSampler, on_main
+from .errors import TrainArgumentError, TrainError
 from .optim import lr_factor, param_groups
 from .plot import plot_curves
 from .presets import PRESETS, build_model, default_in_chans, run_config
@@ -107,8 +110,8 @@ class Trainer:
         args = self.args
         if args.threads:
             torch.set_num_threads(args.threads)
+        on_main(self.env, lambda: check_output_dir(self.out_dir))
         if self.env.is_main:
-            os.makedirs(self.out_dir, exist_ok=True)
             if not args.no_save:
                 for tmp in remove_stale_temporaries(self.ckpt_path):
                     self.log(f"removed {tmp}, the temporary file of a checkpoint save that was interrupted")
@@ -179,15 +182,22 @@ class Trainer:
         args, device = self.args, self.device
         self.cfg = run_config(args, self.num_classes)
         torch.manual_seed(args.seed)
-        self.model = build_model(self.cfg, args.backend, args.grad_checkpoint).to(device)
+        try:
+            model = build_model(self.cfg, args.backend, args.grad_checkpoint)
+        except (ValueError, TypeError) as e:
+            raise TrainArgumentError(f"--model {args.model} with these options: {' '.join(str(e).split())}") from None
+        self.model = model.to(device)
         self.n_params = sum(p.numel() for p in self.model.parameters())
+        if not args.no_save:  # a checkpoint: the model and AdamW's two moments (the old file's space is already used)
+            size = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+            on_main(self.env, lambda: check_output_dir(self.out_dir, 3 * size + (1 << 20)))
         groups = param_groups(self.model, args.weight_decay, args.layer_decay)
         for g in groups:
             g["lr"] = args.lr * g["lr_scale"]
         self.optimizer = torch.optim.AdamW(
             groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if device.type == "cuda" else {})
         )
-        min_ratio = args.min_lr / args.lr if args.lr > 0 else 0.0
+        min_ratio = self.min_ratio = args.min_lr / args.lr if args.lr > 0 else 0.0
         total, warmup = self.total_steps, self.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, total, warmup, min_ratio)
@@ -230,6 +240,10 @@ class Trainer:
                 f"{args.batch_size}: its step count, schedule and data position would not carry over; resume with "
                 f"--batch-size {old_bs}, or start a new run"
             )
+        applied, refused = resume_differences(state["args"], args)
+        if refused:
+            raise TrainError(f"{path}: cannot resume with {'; '.join(refused)}: resume with the checkpoint's "
+                             "values, or start a new run")
         if not finite_state(state["model"]):
             raise TrainError(f"{path}: its model weights are not all finite (the run that wrote it diverged)")
         try:
@@ -239,12 +253,37 @@ class Trainer:
             if state.get("scaler") is not None:
                 self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-            raise TrainError(f"{path}: cannot restore the training state: {' '.join(str(e).split())}") from e
+            raise damaged(path, [f"cannot restore the training state: {' '.join(str(e).split())}"]) from e
         self.step, self.epoch, self.step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
+        optimizer, scheduler = self.optimizer, self.scheduler
+        problems = [f"optimizer state of {name}: {k} has shape {tuple(st[k].shape)}, the parameter {tuple(p.shape)}"
+                    for g in optimizer.param_groups for name, p in zip(g["names"], g["params"])
+                    for st in [optimizer.state.get(p, {})] for k in ("exp_avg", "exp_avg_sq")
+                    if k in st and st[k].shape != p.shape]
+        if state["world_size"] == env.world_size and self.step_in_epoch > self.steps_per_epoch:
+            problems.append(f"its position in the epoch (batch {self.step_in_epoch}) is beyond this data's "
+                            f"{self.steps_per_epoch} batches per epoch (other data than the run that wrote it?)")
+        if problems:
+            raise damaged(path, problems)
+        # This run's hyper-parameters (the optimizer and scheduler states carry the checkpoint's): the
+        # learning rate and weight decay of every group, and the schedule's base, recomputed as at the start
+        # (bitwise the checkpoint's values when nothing changed).
+        for g, fresh in zip(optimizer.param_groups, param_groups(self.model, args.weight_decay, args.layer_decay)):
+            g["weight_decay"], g["lr_scale"] = fresh["weight_decay"], fresh["lr_scale"]
+            g["initial_lr"] = args.lr * fresh["lr_scale"]
+        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            g["lr"] = base * lr_factor(scheduler.last_epoch, self.total_steps, self.warmup_steps, self.min_ratio)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+        for line in applied:
+            self.log(f"resume: {line}")
         self.history = state.get("history", self.history)
         rng = state.get("rng") or []
         if len(rng) == env.world_size:
-            set_rng_state(rng[env.rank], self.device)
+            try:
+                set_rng_state(rng[env.rank], self.device)
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                raise damaged(path, [f"rng[{env.rank}] cannot be restored: {' '.join(str(e).split())}"]) from e
         else:
             self.log(
                 f"warning: checkpoint has RNG states of {len(rng)} ranks, this run has {env.world_size}; "

@@ -16,10 +16,13 @@ fine-tuning code does; one whose length is not ``(2 * window - 1) ** 2`` for
 any window is refused.
 
 Nothing in a file is executed (``weights_only=True``), only regular files are
-opened (a FIFO or device is refused before ``open``), and a zip archive's
-CRC-32 checksums are verified before it is unpickled, so flipped bytes inside
-tensor data are an error naming the damaged entry, not a silently changed
-model.  Everything is checked before anything is copied -- storage and layout
+opened (a FIFO or device is refused before ``open``), a file of zero bytes or
+a tar archive is said to be no checkpoint, and a zip archive's layout is
+bounded (entry count, declared sizes against the file size, no overlapping
+entries, stored or deflated only: a zip bomb is refused in milliseconds)
+before its CRC-32 checksums are verified and it is unpickled, so flipped
+bytes inside tensor data are an error naming the damaged entry, not a
+silently changed model.  Everything is checked before anything is copied -- storage and layout
 (no meta, sparse, nested or quantized tensors), shapes, dtypes, and that every
 value is finite and fits the model's dtype -- so a load that fails leaves the
 model bitwise as it was.
@@ -32,8 +35,11 @@ import os
 import pickle
 import re
 import stat
+import struct
+import tarfile
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -130,17 +136,80 @@ def check_regular_file(path: str) -> os.stat_result:
     return st
 
 
+# Bounds on a zip archive, checked from its central directory and local headers before
+# any entry is decompressed (the CRC pass below reads every entry once).
+MAX_ZIP_ENTRIES = 1_000_000  # torch.save writes one entry per storage, plus five; big models have thousands
+MAX_EXPANSION = 16  # compressed entries may declare at most 16x the file's size in all (weights barely compress)
+EXPANSION_FLOOR = 64 << 20  # ... or 64 MiB, for small files
+_STORED, _DEFLATED = 0, 8
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length (30 bytes)
+
+
+def _check_zip_layout(path: str, zf: zipfile.ZipFile, size: int) -> None:
+    """Refuse, from the directory alone, an archive whose CRC pass could do unbounded work.
+
+    A zip bomb lists many entries whose data are one shared (deflate) stream,
+    or declares far more data than the file holds.  ``torch.save`` writes
+    stored (uncompressed) entries, one after the other.  So: at most
+    :data:`MAX_ZIP_ENTRIES` entries; only stored or deflated, unencrypted
+    entries; a stored entry's size equal to its stored bytes; all declared
+    sizes together at most ``MAX_EXPANSION`` times the file size (or
+    ``EXPANSION_FLOOR``); and every entry's local header and data inside the
+    file, before the central directory, overlapping no other entry.  Then
+    reading every entry once costs at most that bound.
+    """
+    infos = zf.infolist()
+    refused = f"{path}: not a valid PyTorch checkpoint archive (refused before decompressing anything): "
+    if len(infos) > MAX_ZIP_ENTRIES:
+        raise CheckpointError(refused + f"its zip directory lists {len(infos):,} entries, more than the "
+                              f"{MAX_ZIP_ENTRIES:,} any checkpoint has")
+    total = 0
+    for info in infos:
+        if info.flag_bits & 0x1:
+            raise CheckpointError(refused + f"its entry {info.filename!r} is encrypted")
+        if info.compress_type not in (_STORED, _DEFLATED):
+            raise CheckpointError(refused + f"its entry {info.filename!r} uses zip compression method "
+                                  f"{info.compress_type}; torch.save stores entries uncompressed (method 0)")
+        if info.compress_type == _STORED and info.compress_size != info.file_size:
+            raise CheckpointError(refused + f"its uncompressed entry {info.filename!r} declares {info.file_size} "
+                                  f"bytes but stores {info.compress_size}")
+        total += info.file_size
+    limit = max(MAX_EXPANSION * size, EXPANSION_FLOOR)
+    if total > limit:
+        raise CheckpointError(refused + f"its entries declare {total:,} bytes in all, more than {MAX_EXPANSION}x "
+                              f"the file's {size:,} bytes (a zip bomb; model weights barely compress)")
+    end_of_data, previous = 0, None
+    with open(path, "rb") as f:
+        for info in sorted(infos, key=lambda i: i.header_offset):
+            if info.header_offset < end_of_data:
+                raise CheckpointError(refused + f"its entries {previous!r} and {info.filename!r} overlap (they share "
+                                      "bytes: the construction of a zip bomb; torch.save never writes this)")
+            f.seek(info.header_offset)
+            head = f.read(_LOCAL_HEADER.size)
+            if len(head) < _LOCAL_HEADER.size or _LOCAL_HEADER.unpack(head)[0] != b"PK\x03\x04":
+                raise CheckpointError(refused + f"its entry {info.filename!r} has no local header at offset "
+                                      f"{info.header_offset}")
+            _, name_len, extra_len = _LOCAL_HEADER.unpack(head)
+            end_of_data = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + info.compress_size
+            previous = info.filename
+    if end_of_data > zf.start_dir:
+        raise CheckpointError(refused + f"the data of its entry {previous!r} runs into the zip directory")
+
+
 def verify_archive(path: str) -> None:
     """Check the CRC-32 of every entry of a zip archive (``torch.save``'s format).
 
     ``torch.load`` itself does not: flipped bytes inside tensor data load
     silently.  Non-zip files (torch's legacy format, anything else) pass
-    untouched; ``torch.load`` judges them.  Reads the whole file once.
+    untouched; ``torch.load`` judges them.  The archive's layout is bounded
+    first (:func:`_check_zip_layout`: a zip bomb is refused in milliseconds,
+    before anything is decompressed); then the whole file is read once.
     """
     if not zipfile.is_zipfile(path):
         return
     try:
         with zipfile.ZipFile(path) as zf:
+            _check_zip_layout(path, zf, os.path.getsize(path))
             for info in zf.infolist():
                 try:
                     with zf.open(info) as f:
@@ -153,8 +222,17 @@ def verify_archive(path: str) -> None:
                             "not match its data; the file is corrupt (download or save it again)"
                         ) from None
                     raise CheckpointError(f"{path}: damaged zip archive: entry {info.filename!r}: {e}") from None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, zlib.error) as e:
+        if isinstance(e, CheckpointError):
+            raise
         raise CheckpointError(f"{path}: damaged zip archive ({type(e).__name__}: {e})") from None
+
+
+# torch.load's advice to turn weights_only off ("will likely succeed"), never passed on: a file
+# that is not a checkpoint must not be met with it, and a checkpoint is never loaded that way here.
+_ADVICE = re.compile(r"weights_only`? (set to|=) ?`?False|weights_only=False|In PyTorch 2\.6|arbitrary code"
+                     r"|trusted source|Check the documentation of torch\.load|add_safe_globals|safe_globals",
+                     re.IGNORECASE)
 
 
 def _torch_reason(e: BaseException) -> str:
@@ -162,26 +240,54 @@ def _torch_reason(e: BaseException) -> str:
     msg = str(e)
     if "WeightsUnpickler error:" in msg:
         msg = msg.split("WeightsUnpickler error:", 1)[1]
-        msg = msg.split("Check the documentation of torch.load", 1)[0]
-        msg = msg.split("Please use `torch.serialization.add_safe_globals", 1)[0]
-    msg = " ".join(msg.split())
+    msg = msg.split("Check the documentation of torch.load", 1)[0]
+    sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z`])", " ".join(msg.split()))
+    msg = " ".join(t for t in sentences if not _ADVICE.search(t) and t != "Weights only load failed.")
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def _not_a_checkpoint(path: str, size: int) -> Optional[str]:
+    """Why ``path`` is plainly not a PyTorch checkpoint (all zero bytes, a tar archive), or ``None``.
+
+    torch.load answers both with its legacy-tar error and the advice that
+    ``weights_only=False`` "will likely succeed"; neither file holds a
+    checkpoint.  Reads until the first non-zero byte.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(0)
+        while True:
+            block = f.read(1 << 20)
+            if not block:
+                return f"the file holds only zero bytes ({size:,} of them)"
+            if block.count(0) != len(block):
+                break
+    with contextlib.suppress(Exception):  # a zip (torch.save) starts with its first entry; a tar may hold one
+        if head != b"PK\x03\x04" and tarfile.is_tarfile(path):
+            return ("it is a tar archive (torch.save writes a zip archive); if the archive holds a checkpoint, "
+                    "extract it and load that file")
+    return None
 
 
 def safe_torch_load(path: Union[str, os.PathLike], what: str = "PyTorch checkpoint") -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)``, checked first.
 
     The path must be a regular file (:func:`check_regular_file`), non-empty,
-    and a zip archive must pass its checksums (:func:`verify_archive`).
+    not plainly something else (all zero bytes, a tar archive), and a zip
+    archive must pass its layout bounds and checksums (:func:`verify_archive`).
     Nothing in the file is ever executed: a file that needs Python globals
     other than tensors and plain containers is refused, naming them.  Every
     failure is a :class:`CheckpointError` that names the file and says what
-    is wrong (damaged vs. holding foreign objects); the file is not touched.
+    is wrong (damaged, not a checkpoint, holding foreign objects); none
+    suggests ``weights_only=False``; the file is not touched.
     """
     path = os.fspath(path)
     st = check_regular_file(path)
     if st.st_size == 0:
         raise CheckpointError(f"{path}: not a readable {what}: the file is empty (0 bytes)")
+    other = _not_a_checkpoint(path, st.st_size)
+    if other:
+        raise CheckpointError(f"{path}: not a {what}: {other}")
     verify_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -195,8 +301,8 @@ def safe_torch_load(path: Union[str, os.PathLike], what: str = "PyTorch checkpoi
             raise CheckpointError(
                 f"{path}: torch.load(weights_only=True) refused it: it holds objects other than tensors and "
                 f"plain containers (it needs the Python globals {sorted(set(needed))}), which are never "
-                f"executed when loading a {what}. If you trust the file and need those objects, load it "
-                "yourself with torch.load(path, weights_only=False) and pass the state dict."
+                f"executed when loading a {what}; save the weights alone (torch.save(model.state_dict(), path)) "
+                "to get a file that loads"
             ) from e
         raise CheckpointError(f"{path}: not a readable {what}: damaged or not written by torch.save ({reason})") from e
 
@@ -244,11 +350,36 @@ def _check_values(sd: Mapping[str, torch.Tensor], name: str) -> None:
         raise CheckpointError(f"{name}: cannot be loaded:\n  " + "\n  ".join(shown))
 
 
+def _holds_tensors(obj: Any, depth: int = 3) -> bool:
+    """Whether a mapping holds a tensor, directly or in mappings nested up to ``depth`` deep."""
+    return isinstance(obj, Mapping) and depth > 0 and any(
+        isinstance(v, torch.Tensor) or _holds_tensors(v, depth - 1) for v in obj.values())
+
+
+def _unwrap(obj: Any) -> Any:
+    """The state dict inside a training script's wrapper dict, or ``obj`` itself.
+
+    A wrapper is a dict with a ``state_dict`` / ``model`` / ``model_state_dict``
+    / ``module`` entry that is itself a dict holding tensors, next to any
+    metadata (``epoch`` -- often a 0-d tensor --, ``optimizer``, ``config``,
+    ...).  A state dict never has such an entry: its values are tensors.
+    """
+    for _ in range(3):
+        if not isinstance(obj, Mapping):
+            break
+        inner = next((obj[k] for k in _WRAPPER_KEYS if _holds_tensors(obj.get(k))), None)
+        if inner is None:
+            break
+        obj = inner
+    return obj
+
+
 def read_state_dict(source: Union[str, os.PathLike, Mapping[str, Any]]) -> Dict[str, torch.Tensor]:
     """The flat ``{name: tensor}`` dict of a file or (possibly wrapped) state dict.
 
     Unwraps ``{"model": ...}`` / ``{"state_dict": ...}`` (and
-    ``model_state_dict``, ``module``) wrappers; non-tensor entries are dropped.
+    ``model_state_dict``, ``module``) wrappers, whatever metadata sits next to
+    them (:func:`_unwrap`); non-tensor entries are dropped.
     """
     name = "state dict"
     if isinstance(source, (str, os.PathLike)):
@@ -258,15 +389,7 @@ def read_state_dict(source: Union[str, os.PathLike, Mapping[str, Any]]) -> Dict[
         obj = source
     else:
         raise TypeError(f"source must be a path or a state dict, got {type(source).__name__}")
-    for _ in range(3):
-        if not isinstance(obj, Mapping):
-            break
-        if any(isinstance(v, torch.Tensor) for v in obj.values()):
-            break
-        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
+    obj = _unwrap(obj)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{name}: not a checkpoint: expected a dict of tensors, got {type(obj).__name__}")
     sd = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
