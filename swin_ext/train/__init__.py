@@ -8,8 +8,11 @@ samplers), :mod:`.checkpointing` (atomic saves, checked loads, RNG states),
 """
 from .checkpointing import (
     CHECKPOINT_FORMAT,
+    check_output_dir,
+    checkpoint_problems,
     load_checkpoint,
     remove_stale_temporaries,
+    resume_differences,
     save_checkpoint,
     state_dict_sha256,
 )
