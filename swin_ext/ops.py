@@ -659,7 +659,8 @@ def _register_autograd(name: str, backward: Callable, setup_context: Callable) -
         return
     public = name[: -len("_fwd")] if name.endswith("_fwd") else name[: -len("_bwd")]
     if name.endswith("_fwd"):
-        advice = f"call swin_ext.{public}, which computes forward-mode derivatives through the reference composite"
+        advice = (f"call swin_ext.{public} eagerly (not under torch.compile), which computes forward-mode "
+                  "derivatives through the reference composite")
     else:
         advice = f"a backward operator has no forward-mode derivative; differentiate swin_ext.{public} instead"
 

@@ -220,6 +220,16 @@ def test_raw_ops_refuse_a_tangent(op, args, advice):
         getattr(torch.ops.swin_ext, op)(*args(_r(2, 6)))
 
 
+def test_forward_mode_under_torch_compile_is_refused_not_dropped():
+    # the compiled graph keeps the raw op (no forward-mode rule): an error, never a zero tangent
+    z, b = _r(3, 6), _r(6)
+    f = torch.compile(lambda z_: bias_gelu(z_, b), backend="eager")
+    with fwAD.dual_level():
+        with pytest.raises(RuntimeError, match="does not propagate forward-mode AD tangents.*not under torch.compile"):
+            f(fwAD.make_dual(z, torch.ones_like(z)))
+    torch._dynamo.reset()
+
+
 def test_forward_mode_under_autocast_keeps_the_ops_dtypes():
     # the op computes in float32 under autocast; its forward-mode path too (no bfloat16 matmuls)
     _, _, inputs = _case("window_attention")
