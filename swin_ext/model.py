@@ -377,6 +377,22 @@ class BasicLayer(nn.Module):
         return f
 
 
+def _per_stage(v: Any, n: int, name: str, lo: int) -> List[int]:
+    """An int for every stage, or a list/tuple of ``n`` ints."""
+    if _is_int(v):
+        vals = [int(v)] * n
+    else:
+        vals = _int_list_field(v, name)
+        if len(vals) != n:
+            raise ValueError(f"{name} must be an int or one int per stage ({n}), got {v!r}")
+    for i, x in enumerate(vals):
+        if x < lo:
+            raise ValueError(f"{name}[{i}] must be >= {lo}, got {x}")
+        if x > MAX_WINDOW_SIZE:
+            raise ValueError(f"{name}[{i}] must be <= {MAX_WINDOW_SIZE}, got {x}")
+    return vals
+
+
 # Seed-config keys accepted by ``SwinTransformer(config)`` and their keyword names.
 _CONFIG_KEYS = {
     "image_size": "img_size",
@@ -437,7 +453,9 @@ class SwinTransformer(nn.Module):
     with a LayerNorm ``norm{i}`` per output stage (the official detection
     backbone's keys); it has no final ``norm`` and no ``head``.
     ``img_size`` only sets the resolution ``flops()`` counts at: any input
-    size works at run time.
+    size works at run time.  ``window_size`` is an int or one per stage (a
+    converted timm model whose small stage maps shrank their windows has one
+    per stage); a stage map smaller than its window is padded to it.
 
     Construct with keywords, or with a config dict whose keys are
     ``image_size, patch_size, in_channels, num_classes, embed_dim, depths,
@@ -457,7 +475,7 @@ class SwinTransformer(nn.Module):
         embed_dim: int = 96,
         depths: Sequence[int] = (2, 2, 6, 2),
         num_heads: Sequence[int] = (3, 6, 12, 24),
-        window_size: int = 7,
+        window_size: Union[int, Sequence[int]] = 7,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_rate: float = 0.0,
@@ -495,8 +513,10 @@ class SwinTransformer(nn.Module):
             out_indices = kw.get("out_indices", out_indices)
         depths, num_heads = _int_list_field(depths, "depths"), _int_list_field(num_heads, "num_heads")
         img_size_2 = _to_2tuple(img_size, "img_size")
+        per_stage = isinstance(window_size, (list, tuple))  # one window per stage: checked below
         self._validate(img_size_2, patch_size, in_chans, num_classes, embed_dim, depths, num_heads,
-                       window_size, mlp_ratio, drop_rate, attn_drop_rate, drop_path_rate)
+                       1 if per_stage else window_size, mlp_ratio, drop_rate, attn_drop_rate, drop_path_rate)
+        windows = _per_stage(window_size, len(depths), "window_size", 1)
         _check_backend(backend)
         if features_only:
             out_indices = _normalize_indices(out_indices, len(depths), "out_indices")
@@ -509,7 +529,9 @@ class SwinTransformer(nn.Module):
         self.embed_dim = embed_dim
         self.depths = tuple(depths)
         self.num_heads = tuple(num_heads)
-        self.window_size = window_size
+        self.window_size = windows[0] if len(set(windows)) == 1 else tuple(windows)
+        #: the window of every stage
+        self.window_sizes = tuple(windows)
         self.mlp_ratio = mlp_ratio
         self.num_layers = len(depths)
         self.num_features = int(embed_dim * 2 ** (self.num_layers - 1))
@@ -536,7 +558,7 @@ class SwinTransformer(nn.Module):
                     dim=int(embed_dim * 2**i),
                     depth=depths[i],
                     num_heads=num_heads[i],
-                    window_size=window_size,
+                    window_size=windows[i],
                     mlp_ratio=mlp_ratio,
                     qkv_bias=qkv_bias,
                     drop=drop_rate,

@@ -56,6 +56,7 @@ from .model import (
     _int_list_field,
     _is_int,
     _normalize_indices,
+    _per_stage,
     _real_field,
     _to_2tuple,
 )
@@ -358,22 +359,6 @@ class BasicLayerV2(nn.Module):
             for norm in (blk.norm1, blk.norm2):
                 nn.init.zeros_(norm.weight)
                 nn.init.zeros_(norm.bias)
-
-
-def _per_stage(v: Any, n: int, name: str, lo: int) -> List[int]:
-    """An int for every stage, or a list/tuple of ``n`` ints."""
-    if _is_int(v):
-        vals = [int(v)] * n
-    else:
-        vals = _int_list_field(v, name)
-        if len(vals) != n:
-            raise ValueError(f"{name} must be an int or one int per stage ({n}), got {v!r}")
-    for i, x in enumerate(vals):
-        if x < lo:
-            raise ValueError(f"{name}[{i}] must be >= {lo}, got {x}")
-        if x > MAX_WINDOW_SIZE:
-            raise ValueError(f"{name}[{i}] must be <= {MAX_WINDOW_SIZE}, got {x}")
-    return vals
 
 
 class SwinTransformerV2(nn.Module):

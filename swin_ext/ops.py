@@ -2,8 +2,8 @@
 
 ``window_attention``, ``window_attention_v2``, ``patch_merging`` and ``add_layernorm`` validate their arguments, call the
 ``torch.ops.swin_ext`` operators and are differentiable: autograd is wired
-with ``torch.library.register_autograd`` (the backward is itself a custom
-op) and every op has a ``register_fake`` kernel that runs the same checks as
+with ``torch.library.register_autograd``'s kernel (:func:`_register_autograd`;
+the backward is itself a custom op) and every op has a ``register_fake`` kernel that runs the same checks as
 the compiled kernels, so the model runs under ``torch.compile(fullgraph=True)``
 without graph breaks and a bad argument is refused under the meta device,
 ``torch.compile`` and ``torch.export`` as it is eagerly.
@@ -12,10 +12,22 @@ Higher-order autograd: the first-order backward runs the fused backward
 kernel; when a second-order graph is requested (``create_graph=True``,
 ``torch.autograd.gradgradcheck``, gradient penalties) the backward is instead
 computed through the plain-PyTorch composite of :mod:`swin_ext.reference`,
-which is differentiable to any order.  ``torch.func`` transforms (``grad``,
+which is differentiable to any order (its LayerNorm written from elementary
+ops: torch's own gives wrong second derivatives under ``torch.func``, see
+:func:`~swin_ext.reference.layer_norm_composite`).  ``torch.func`` transforms (``grad``,
 ``vjp``, ``jacrev``, ``vmap`` and their compositions, e.g. per-sample
 gradients) go through an ``autograd.Function`` with ``setup_context`` and a
 generated vmap rule; the operators have vmap rules of their own.
+
+Forward-mode AD (``torch.autograd.forward_ad`` dual tensors, ``torch.func.jvp``,
+``jacfwd``, ``hessian``, forward-over-forward): the wrappers compute the call
+through the plain-PyTorch composite of :mod:`swin_ext.reference` (the same
+math, in the accumulation dtype like the kernels, autocast off), which is
+differentiable in both modes to any order.  A ``jvp`` staticmethod on an
+``autograd.Function`` would keep the fused forward, but torch drops the
+outer tangent of forward-over-forward through it (the jvp rule runs with
+forward grad disabled), a silently wrong second derivative.  The raw
+``torch.ops.swin_ext.*`` refuse tangents with an error naming the wrapper.
 
 The auxiliary outputs of the forward ops (``lse``; ``mean`` and ``rstd``) are
 marked non-differentiable.  Under ``torch.autocast`` ``add_layernorm`` keeps
@@ -29,7 +41,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
+from torch.autograd import forward_ad as _fwad
 
 from ._ext import HAS_OPS, require_ops
 from ._validate import (
@@ -51,6 +63,39 @@ __all__ = ["window_attention", "window_attention_v2", "patch_merging", "add_laye
 def _functorch_active() -> bool:
     """Whether a torch.func transform (grad, vmap, jvp, ...) is running (never while compiling)."""
     return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
+def _has_tangent(tensors: Sequence[object]) -> bool:
+    """Whether a ``torch.autograd.forward_ad`` tangent rides on any of ``tensors`` (eager dual tensors)."""
+    if _fwad._current_level < 0 or not torch._C._is_fwd_grad_enabled():
+        return False
+    return any(isinstance(t, torch.Tensor) and _fwad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def _forward_mode(tensors: Sequence[object]) -> bool:
+    """Whether forward-mode AD is computing tangents through a call on ``tensors``.
+
+    Eager dual tensors carry their tangent; under ``torch.func`` the tangents
+    hide in functorch's wrappers, so any open forward-AD level
+    (``torch.func.jvp``, ``jacfwd``, ``hessian`` open one) counts.  Never
+    while compiling (the compiled graph keeps the ops).
+    """
+    if _fwad._current_level < 0 or torch.compiler.is_compiling():
+        return False
+    return torch._C._are_functorch_transforms_active() or _has_tangent(tensors)
+
+
+def _composite_call(fn: Callable, *args):
+    """``fn(*args)``, a differentiable reference composite, with autocast off: the forward-mode path.
+
+    The composites compute in the accumulation dtype as the kernels do; under
+    autocast their matmuls would otherwise run in the autocast dtype.
+    """
+    dev = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+    if autocast_dtype(dev) is None:
+        return fn(*args)
+    with torch.autocast(device_type=dev, enabled=False):
+        return fn(*args)
 
 
 # --------------------------------------------------------------------------- attention
@@ -92,6 +137,8 @@ def window_attention(
         qkv_pad = qkv_pad.to(qkv.dtype)
     require_ops(qkv.device)
     args = (qkv, bias.to(acc_dtype(qkv.dtype)), qkv_pad, ws, sh, sw, scale)
+    if _forward_mode(args):
+        return _composite_call(_attention_composite(ws, sh, sw, scale), *args[:3])
     if _functorch_active():
         return _WindowAttentionFn.apply(*args)[0]
     return torch.ops.swin_ext.window_attention_fwd(*args)[0]
@@ -136,6 +183,8 @@ def window_attention_v2(
     require_ops(qkv.device)
     acc = acc_dtype(qkv.dtype)
     args = (qkv, bias.to(acc), qkv_pad, head_scale.to(acc), ws, sh, sw)
+    if _forward_mode(args):
+        return _composite_call(_attention_v2_composite(ws, sh, sw), *args[:4])
     if _functorch_active():
         return _WindowAttentionV2Fn.apply(*args)[0]
     return torch.ops.swin_ext.window_attention_v2_fwd(*args)[0]
@@ -169,6 +218,8 @@ def patch_merging(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     require_ops(x.device)
     acc = acc_dtype(x.dtype)
     args = (x, weight.to(acc), bias.to(acc), eps)
+    if _forward_mode(args):
+        return _composite_call(_merging_composite(eps), *args[:3])
     if _functorch_active():
         return _PatchMergingFn.apply(*args)[0]
     return torch.ops.swin_ext.patch_merging_fwd(*args)[0]
@@ -233,6 +284,8 @@ def add_layernorm(
     require_ops(x.device)
     acc = acc_dtype(x.dtype)
     args = (x, branch, weight.to(acc), bias.to(acc), eps, autocast_dtype(x.device.type))
+    if _forward_mode(args):
+        return _composite_call(_add_ln_composite(eps, args[5] or x.dtype), *args[:4])
     if _functorch_active():
         h, y, _, _ = _AddLayerNormFn.apply(*args)
     else:
@@ -264,6 +317,10 @@ def bias_gelu(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     check_bias_gelu(z, bias)
     require_ops(z.device)
     args = (z, bias.to(acc_dtype(z.dtype)))
+    if _forward_mode(args):
+        from .reference import bias_gelu_reference
+
+        return _composite_call(bias_gelu_reference, *args)
     if _functorch_active():
         return _BiasGeluFn.apply(*args)
     return torch.ops.swin_ext.bias_gelu_fwd(*args)
@@ -311,23 +368,33 @@ def _attention_setup_context(ctx, inputs, output):
     ctx.has_pad = qkv_pad is not None
 
 
+def _attention_composite(window_size: int, shift_h: int, shift_w: int, scale: float) -> Callable:
+    """``window_attention_fwd``'s output as the differentiable reference composite ``f(qkv, bias, qkv_pad)``.
+
+    Computed in the accumulation dtype like the kernels; the second-order
+    backward and the forward-mode path of :func:`window_attention`.
+    """
+    from .reference import window_attention_reference
+
+    def f(q, b, p):
+        acc = acc_dtype(q.dtype)
+        out = window_attention_reference(
+            q.to(acc), b, window_size, (shift_h, shift_w), scale, None if p is None else p.to(acc)
+        )
+        return out.to(q.dtype)
+
+    return f
+
+
 def _attention_backward(ctx, grad_out, grad_lse):
     qkv, bias, qkv_pad, lse = ctx.saved_tensors
     window_size, shift_h, shift_w, scale = ctx.geometry
-    if torch.is_grad_enabled():
-        # A second-order graph is being built (create_graph=True, torch.func):
+    if torch.is_grad_enabled() or _has_tangent((grad_out,)):
+        # A second-order graph is being built (create_graph=True, torch.func),
+        # or the cotangent is a dual tensor (forward-over-reverse):
         # differentiate the reference composite, whose backward is itself
-        # differentiable.  Computed in the accumulation dtype, like the kernels.
-        from .reference import window_attention_reference
-
-        acc = acc_dtype(qkv.dtype)
-
-        def f(q, b, p):
-            out = window_attention_reference(
-                q.to(acc), b, window_size, (shift_h, shift_w), scale, None if p is None else p.to(acc)
-            )
-            return out.to(q.dtype)
-
+        # differentiable.
+        f = _attention_composite(window_size, shift_h, shift_w, scale)
         dqkv, dbias, dpad = _vjp(f, (qkv, bias, qkv_pad), grad_out, ctx.needs_input_grad[:3])
         return dqkv, dbias, dpad, None, None, None, None
     dqkv, dbias, dpad = torch.ops.swin_ext.window_attention_bwd(
@@ -346,22 +413,28 @@ def _attention_v2_setup_context(ctx, inputs, output):
     ctx.has_pad = qkv_pad is not None
 
 
+def _attention_v2_composite(window_size: int, shift_h: int, shift_w: int) -> Callable:
+    """``window_attention_v2_fwd``'s output as the differentiable reference composite
+    ``f(qkv, bias, qkv_pad, head_scale)``, in the accumulation dtype like the kernels."""
+    from .reference import window_attention_v2_reference
+
+    def f(q, b, p, s):
+        acc = acc_dtype(q.dtype)
+        out = window_attention_v2_reference(
+            q.to(acc), b, s, window_size, (shift_h, shift_w), None if p is None else p.to(acc)
+        )
+        return out.to(q.dtype)
+
+    return f
+
+
 def _attention_v2_backward(ctx, grad_out, grad_lse):
     qkv, bias, qkv_pad, head_scale, lse = ctx.saved_tensors
     window_size, shift_h, shift_w = ctx.geometry
-    if torch.is_grad_enabled():
-        # Second-order graph: through the differentiable reference composite,
-        # in the accumulation dtype like the kernels.
-        from .reference import window_attention_v2_reference
-
-        acc = acc_dtype(qkv.dtype)
-
-        def f(q, b, p, s):
-            out = window_attention_v2_reference(
-                q.to(acc), b, s, window_size, (shift_h, shift_w), None if p is None else p.to(acc)
-            )
-            return out.to(q.dtype)
-
+    if torch.is_grad_enabled() or _has_tangent((grad_out,)):
+        # Second-order graph or a dual cotangent: through the differentiable
+        # reference composite.
+        f = _attention_v2_composite(window_size, shift_h, shift_w)
         dqkv, dbias, dpad, dscale = _vjp(f, (qkv, bias, qkv_pad, head_scale), grad_out, ctx.needs_input_grad[:4])
         return dqkv, dbias, dpad, dscale, None, None, None
     dqkv, dbias, dpad, dscale = torch.ops.swin_ext.window_attention_v2_bwd(
@@ -378,8 +451,8 @@ def _bias_gelu_setup_context(ctx, inputs, output):
 
 def _bias_gelu_backward(ctx, grad_y):
     z, bias = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        # Second-order graph: through the differentiable reference composite.
+    if torch.is_grad_enabled() or _has_tangent((grad_y,)):
+        # Second-order graph or a dual cotangent: through the differentiable reference composite.
         from .reference import bias_gelu_reference
 
         return _vjp(bias_gelu_reference, (z, bias), grad_y, ctx.needs_input_grad[:2])
@@ -395,19 +468,23 @@ def _merging_setup_context(ctx, inputs, output):
     ctx.eps = eps
 
 
+def _merging_composite(eps: float) -> Callable:
+    """``patch_merging_fwd``'s output as the differentiable reference composite ``f(x, weight, bias)``,
+    in the accumulation dtype like the kernels; its LayerNorm from elementary ops
+    (:func:`~swin_ext.reference.layer_norm_composite`: torch's is wrong at second order under torch.func)."""
+    from .reference import layer_norm_composite, patch_gather
+
+    def f(x_, w_, b_):
+        return layer_norm_composite(patch_gather(x_.to(acc_dtype(x_.dtype))), w_, b_, eps).to(x_.dtype)
+
+    return f
+
+
 def _merging_backward(ctx, grad_y, grad_mean, grad_rstd):
     x, weight, bias, mean, rstd = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        # Second-order graph: through the differentiable reference composite.
-        from .reference import patch_merging_reference
-
-        acc = acc_dtype(x.dtype)
-        eps = ctx.eps
-
-        def f(x_, w_, b_):
-            return patch_merging_reference(x_.to(acc), w_, b_, eps).to(x_.dtype)
-
-        dx, dw, db = _vjp(f, (x, weight, bias), grad_y, ctx.needs_input_grad[:3])
+    if torch.is_grad_enabled() or _has_tangent((grad_y,)):
+        # Second-order graph or a dual cotangent: through the differentiable reference composite.
+        dx, dw, db = _vjp(_merging_composite(ctx.eps), (x, weight, bias), grad_y, ctx.needs_input_grad[:3])
         return dx, dw, db, None
     dx, dw, db = torch.ops.swin_ext.patch_merging_bwd(grad_y, x, weight, mean, rstd)
     return dx, dw, db, None
@@ -425,6 +502,31 @@ def _add_ln_setup_context(ctx, inputs, output):
     ctx.y_dtype = y.dtype
 
 
+def _ln_composite(eps: float, y_dtype: torch.dtype) -> Callable:
+    """``y = LayerNorm(h)`` of ``add_layernorm_fwd`` as a differentiable composite ``f(h, weight, bias)``:
+    in the accumulation dtype, returned in ``y_dtype``, the LayerNorm from elementary ops
+    (:func:`~swin_ext.reference.layer_norm_composite`: torch's is wrong at second order under torch.func)."""
+    from .reference import layer_norm_composite
+
+    def f(h, w, b):
+        return layer_norm_composite(h.to(acc_dtype(h.dtype)), w, b, eps).to(y_dtype)
+
+    return f
+
+
+def _add_ln_composite(eps: float, y_dtype: torch.dtype) -> Callable:
+    """``add_layernorm_fwd``'s ``(h, y)`` as a differentiable composite ``f(x, branch, weight, bias)``
+    (the sum in float32, float64 if either input is, stored in ``x``'s dtype, as the kernels)."""
+    ln = _ln_composite(eps, y_dtype)
+
+    def f(x, branch, w, b):
+        add = torch.float64 if torch.float64 in (x.dtype, branch.dtype) else torch.float32
+        h = (x.to(add) + branch.to(add)).to(x.dtype)
+        return h, ln(h, w, b)
+
+    return f
+
+
 def _add_ln_backward(ctx, grad_h, grad_y, grad_mean, grad_rstd):
     h, weight, bias, mean, rstd = ctx.saved_tensors
     need_x, need_branch, need_w, need_b = ctx.needs_input_grad[:4]
@@ -432,16 +534,13 @@ def _add_ln_backward(ctx, grad_h, grad_y, grad_mean, grad_rstd):
     if grad_y is None:
         # y is unused: h's gradient passes through unchanged.
         dh, dw, db = (grad_h if need_h else None), None, None
-    elif torch.is_grad_enabled():
-        # A second-order graph is being built (create_graph=True, torch.func):
+    elif torch.is_grad_enabled() or _has_tangent((grad_h, grad_y)):
+        # A second-order graph is being built (create_graph=True, torch.func),
+        # or a cotangent is a dual tensor (forward-over-reverse):
         # differentiate the reference LayerNorm, whose backward is itself
         # differentiable.  h is a saved output, so this graph reaches x and
         # branch through this node again.
-        acc, eps, C, y_dtype = acc_dtype(h.dtype), ctx.eps, h.shape[-1], ctx.y_dtype
-
-        def f(h_, w_, b_):
-            return F.layer_norm(h_.to(acc), (C,), w_, b_, eps).to(y_dtype)
-
+        f = _ln_composite(ctx.eps, ctx.y_dtype)
         dh, dw, db = _vjp(f, (h, weight, bias), grad_y, (need_h, need_w, need_b))
         if need_h and grad_h is not None:
             dh = dh + grad_h
@@ -538,6 +637,44 @@ def _no_backward(ctx, *grads):  # pragma: no cover - setup_context raises first
     raise RuntimeError("unreachable")
 
 
+def _register_autograd(name: str, backward: Callable, setup_context: Callable) -> None:
+    """``torch.library.register_autograd`` of ``swin_ext::<name>``, refusing forward-mode tangents.
+
+    ``register_autograd`` has no forward-mode rule: for a dual input that does
+    not require grad its kernel runs the op below autograd and the tangent is
+    dropped (read as zero downstream).  The same kernel
+    (``torch._library.autograd.make_autograd_impl``, what ``register_autograd``
+    registers) goes behind a check that raises on a tangent instead; the
+    public wrappers never pass one (their forward-mode path is the reference
+    composite).  A torch whose private helper differs gets the plain
+    ``register_autograd`` (the wrappers are right there too).
+    """
+    op = getattr(torch.ops.swin_ext, name).default
+    try:
+        from torch._library.autograd import Info, make_autograd_impl
+
+        impl = make_autograd_impl(op, Info(backward, setup_context))
+    except (ImportError, TypeError, AttributeError):  # pragma: no cover - another torch
+        torch.library.register_autograd(f"swin_ext::{name}", backward, setup_context=setup_context)
+        return
+    public = name[: -len("_fwd")] if name.endswith("_fwd") else name[: -len("_bwd")]
+    if name.endswith("_fwd"):
+        advice = (f"call swin_ext.{public} eagerly (not under torch.compile), which computes forward-mode "
+                  "derivatives through the reference composite")
+    else:
+        advice = f"a backward operator has no forward-mode derivative; differentiate swin_ext.{public} instead"
+
+    def autograd_kernel(keyset, *args):
+        if _has_tangent(args):
+            raise RuntimeError(
+                f"torch.ops.swin_ext.{name} does not propagate forward-mode AD tangents "
+                f"(torch.autograd.forward_ad dual tensors, torch.func.jvp): {advice}"
+            )
+        return impl(keyset, *args)
+
+    _LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True)
+
+
 # --------------------------------------------------------------------------- vmap rules
 
 
@@ -617,6 +754,7 @@ def _loop_rule(op):
 # --------------------------------------------------------------------------- registrations
 
 if HAS_OPS:
+    _LIB = torch.library.Library("swin_ext", "FRAGMENT")  # the autograd kernels (_register_autograd)
 
     def _attention_fwd_outputs(qkv, ws, heads):
         """The fake ``(out, lse)`` of both attention forwards."""
@@ -662,9 +800,7 @@ if HAS_OPS:
         )
         return _attention_bwd_outputs(grad_out, qkv, bias, lse, ws, heads, where)
 
-    torch.library.register_autograd(
-        "swin_ext::window_attention_fwd", _attention_backward, setup_context=_attention_setup_context
-    )
+    _register_autograd("window_attention_fwd", _attention_backward, _attention_setup_context)
 
     @torch.library.register_fake("swin_ext::window_attention_v2_fwd")
     def _attention_v2_fwd_fake(qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w):
@@ -684,9 +820,7 @@ if HAS_OPS:
             head_scale.new_empty(head_scale.shape),
         )
 
-    torch.library.register_autograd(
-        "swin_ext::window_attention_v2_fwd", _attention_v2_backward, setup_context=_attention_v2_setup_context
-    )
+    _register_autograd("window_attention_v2_fwd", _attention_v2_backward, _attention_v2_setup_context)
 
     @torch.library.register_fake("swin_ext::bias_gelu_fwd")
     def _bias_gelu_fwd_fake(z, bias):
@@ -703,9 +837,7 @@ if HAS_OPS:
         )
         return z.new_empty(z.shape), bias.new_empty(bias.shape)
 
-    torch.library.register_autograd(
-        "swin_ext::bias_gelu_fwd", _bias_gelu_backward, setup_context=_bias_gelu_setup_context
-    )
+    _register_autograd("bias_gelu_fwd", _bias_gelu_backward, _bias_gelu_setup_context)
 
     @torch.library.register_fake("swin_ext::patch_merging_fwd")
     def _merging_fwd_fake(x, weight, bias, eps):
@@ -741,9 +873,7 @@ if HAS_OPS:
             weight.new_empty(weight.shape),
         )
 
-    torch.library.register_autograd(
-        "swin_ext::patch_merging_fwd", _merging_backward, setup_context=_merging_setup_context
-    )
+    _register_autograd("patch_merging_fwd", _merging_backward, _merging_setup_context)
     @torch.library.register_fake("swin_ext::add_layernorm_fwd")
     def _add_ln_fwd_fake(x, branch, weight, bias, eps, y_dtype):
         where = "swin_ext.add_layernorm"
@@ -761,12 +891,10 @@ if HAS_OPS:
         dbranch = h.new_empty(h.shape, dtype=branch_dtype) if branch_dtype is not None else h.new_empty((0,))
         return h.new_empty(h.shape), dbranch, weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
-    torch.library.register_autograd(
-        "swin_ext::add_layernorm_fwd", _add_ln_backward, setup_context=_add_ln_setup_context
-    )
+    _register_autograd("add_layernorm_fwd", _add_ln_backward, _add_ln_setup_context)
     for _name in ("window_attention_bwd", "window_attention_v2_bwd", "patch_merging_bwd", "add_layernorm_bwd",
                   "bias_gelu_bwd"):
-        torch.library.register_autograd(f"swin_ext::{_name}", _no_backward, setup_context=_not_differentiable(_name))
+        _register_autograd(_name, _no_backward, _not_differentiable(_name))
 
     torch.library.register_vmap("swin_ext::window_attention_fwd", _attention_fwd_vmap)
     torch.library.register_vmap("swin_ext::window_attention_v2_fwd", _attention_v2_fwd_vmap)
