@@ -31,6 +31,7 @@ from .factory import create_model, list_models
 from .export import ExportError, export_onnx, install_onnx_hook, onnx_translation_table
 from .convert import ConversionError, from_timm, from_torchvision, from_transformers
 from .detection import SwinFPN, fpn_backbone
+from . import segmentation
 
 install_onnx_hook()  # swin_ext's ONNX translations join torch.onnx's registry when torch imports it
 
@@ -74,4 +75,5 @@ __all__ = [
     "ConversionError",
     "fpn_backbone",
     "SwinFPN",
+    "segmentation",
 ]

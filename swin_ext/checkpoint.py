@@ -456,6 +456,11 @@ def convert_state_dict(
     that belong to no Swin layout; ``ignored`` the keys dropped on purpose.
     Swin V2 (:func:`checkpoint_version`) converts to the official V2 keys.
     """
+    from .segmentation.weights import openmmlab_swin  # OpenMMLab's (mmseg / mmdet) Swin keys, renamed first
+
+    mm = openmmlab_swin(sd)
+    if mm is not None:
+        return mm.restore(convert_state_dict(mm.state_dict))
     v2 = checkpoint_version(sd) == 2
     fmt, prefix = _find_layout(sd)
     keyed, ignored = _split_prefix(sd, prefix, fmt)
@@ -581,9 +586,15 @@ def load_pretrained(model: torch.nn.Module, source: Union[str, os.PathLike, Mapp
 def _load(model, source, strict: bool, allow_new_head: bool) -> LoadResult:
     from .model import SwinTransformer
     from .model_v2 import SwinTransformerV2
+    from .segmentation.upernet import UperNet
 
+    if isinstance(model, UperNet):  # backbone and heads: swin_ext.segmentation.weights
+        from .segmentation.weights import load_upernet
+
+        return load_upernet(model, source, strict=strict, allow_new_classes=allow_new_head)
     if not isinstance(model, (SwinTransformer, SwinTransformerV2)):
-        raise TypeError(f"model must be a swin_ext.SwinTransformer or SwinTransformerV2, got {type(model).__name__}")
+        raise TypeError(f"model must be a swin_ext.SwinTransformer, SwinTransformerV2 or segmentation.UperNet, got "
+                        f"{type(model).__name__}")
     sd = read_state_dict(source)
     version, want_version = checkpoint_version(sd), 2 if isinstance(model, SwinTransformerV2) else 1
     if version != want_version:

@@ -180,25 +180,11 @@ def from_torchvision(model: nn.Module) -> SwinTransformer:
 # ----------------------------------------------------------------------------- transformers
 
 
-def from_transformers(model: nn.Module):
-    """A swin_ext copy of a transformers ``SwinForImageClassification`` or ``SwinModel``, or of a
-    ``Swinv2ForImageClassification`` or ``Swinv2Model`` (a :class:`~swin_ext.SwinTransformerV2`)."""
-    what = f"from_transformers({type(model).__name__})"
-    cfg_src = getattr(model, "config", None)
-    mtype = getattr(cfg_src, "model_type", None)
-    if mtype not in ("swin", "swinv2"):
-        raise ConversionError(f"{what}: expects a transformers Swin or Swin V2 model (config.model_type 'swin' "
-                              f"or 'swinv2'), got {mtype!r}")
-    v2 = mtype == "swinv2"
-    name = type(model).__name__
-    supported = ("Swinv2ForImageClassification", "Swinv2Model") if v2 else ("SwinForImageClassification", "SwinModel")
-    if name not in supported:
-        raise ConversionError(f"{what}: supported are {' and '.join(supported)}, got {name}")
-    c = cfg_src
+def _transformers_config(c: Any, what: str, num_classes: int = 0):
+    """``(keywords, LayerNorm eps, class)`` of the swin_ext model for a transformers ``SwinConfig`` /
+    ``Swinv2Config`` (also read by the UperNet conversion, :mod:`swin_ext.segmentation.weights`)."""
     img = c.image_size if isinstance(c.image_size, (tuple, list)) else (c.image_size, c.image_size)
     patch = c.patch_size if isinstance(c.patch_size, int) else c.patch_size[0]
-    num_classes = getattr(model, "classifier", None)
-    num_classes = num_classes.out_features if isinstance(num_classes, nn.Linear) else 0
     cfg = dict(
         img_size=tuple(img),
         patch_size=patch,
@@ -213,8 +199,33 @@ def from_transformers(model: nn.Module):
     )
     if getattr(c, "use_absolute_embeddings", False):
         raise ConversionError(f"{what}: absolute position embeddings (use_absolute_embeddings=True) are not supported")
-    eps = float(c.layer_norm_eps)
-    if v2:
+    if c.model_type == "swinv2":
         cfg["pretrained_window_sizes"] = list(c.pretrained_window_sizes or [0] * len(c.depths))
-        return _build(cfg, eps, model, model.state_dict(), what, SwinTransformerV2)
-    return _build(cfg, eps, model, model.state_dict(), what)
+        return cfg, float(c.layer_norm_eps), SwinTransformerV2
+    return cfg, float(c.layer_norm_eps), SwinTransformer
+
+
+def from_transformers(model: nn.Module):
+    """A swin_ext copy of a transformers ``SwinForImageClassification`` or ``SwinModel``, or of a
+    ``Swinv2ForImageClassification`` or ``Swinv2Model`` (a :class:`~swin_ext.SwinTransformerV2`), or of an
+    ``UperNetForSemanticSegmentation`` with a ``SwinBackbone`` / ``Swinv2Backbone`` (a
+    :class:`~swin_ext.segmentation.UperNet`)."""
+    what = f"from_transformers({type(model).__name__})"
+    cfg_src = getattr(model, "config", None)
+    mtype = getattr(cfg_src, "model_type", None)
+    if mtype == "upernet":
+        from .segmentation.weights import from_transformers_upernet
+
+        return from_transformers_upernet(model)
+    if mtype not in ("swin", "swinv2"):
+        raise ConversionError(f"{what}: expects a transformers Swin or Swin V2 model (config.model_type 'swin' "
+                              f"or 'swinv2') or a UperNet, got {mtype!r}")
+    v2 = mtype == "swinv2"
+    name = type(model).__name__
+    supported = ("Swinv2ForImageClassification", "Swinv2Model") if v2 else ("SwinForImageClassification", "SwinModel")
+    if name not in supported:
+        raise ConversionError(f"{what}: supported are {' and '.join(supported)}, got {name}")
+    num_classes = getattr(model, "classifier", None)
+    num_classes = num_classes.out_features if isinstance(num_classes, nn.Linear) else 0
+    cfg, eps, cls = _transformers_config(cfg_src, what, num_classes)
+    return _build(cfg, eps, model, model.state_dict(), what, cls)

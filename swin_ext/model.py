@@ -8,8 +8,10 @@ no attention-mask tensor exists (the kernel computes the mask).
 Any input size works: a map that the window does not divide is padded at
 bottom/right to a window multiple, then shifted (the official detection
 backbone's and torchvision's order); a stage whose padded map is no larger
-than the window along an axis does not shift along it; odd sizes at patch
-merging are zero-padded.
+than the window along an axis does not shift along it (``always_partition=True``:
+every block keeps its window and shift on any map, as the official detection /
+segmentation backbone, mmseg's and transformers' ``SwinBackbone`` do); odd
+sizes at patch merging are zero-padded.
 
 ``features_only=True`` turns the model into a detection/segmentation backbone
 (the official detection backbone's layout): ``forward`` returns the per-stage
@@ -236,11 +238,14 @@ class SwinTransformerBlock(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         fused: bool = True,
+        always_partition: bool = False,
     ) -> None:
         super().__init__()
         _int_field(shift_size, "shift_size")
         if not 0 <= shift_size < window_size:
             raise ValueError(f"shift_size must be in [0, window_size={window_size}), got {shift_size}")
+        #: shift by shift_size on every map, even one no larger than the window (transformers' SwinBackbone)
+        self.always_partition = bool(always_partition)
         if int(dim * _real_field(mlp_ratio, "mlp_ratio")) < 1:
             raise ValueError(f"mlp_ratio {mlp_ratio!r} gives a hidden width of 0 for dim {dim}")
         self.dim = dim
@@ -257,8 +262,11 @@ class SwinTransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, fused)
 
     def effective_shift(self, H: int, W: int) -> Tuple[int, int]:
-        """Shift per axis: none along an axis whose padded size is no larger than the window."""
+        """Shift per axis: none along an axis whose padded size is no larger than the window
+        (unless ``always_partition``)."""
         ws = self.window_size
+        if self.always_partition:
+            return (self.shift_size, self.shift_size)
         Hp, Wp = math.ceil(H / ws) * ws, math.ceil(W / ws) * ws
         return (self.shift_size if Hp > ws else 0, self.shift_size if Wp > ws else 0)
 
@@ -334,6 +342,7 @@ class BasicLayer(nn.Module):
         downsample: bool = False,
         use_checkpoint: bool = False,
         fused: bool = True,
+        always_partition: bool = False,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -344,7 +353,7 @@ class BasicLayer(nn.Module):
             [
                 SwinTransformerBlock(
                     dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
-                    mlp_ratio, qkv_bias, drop, attn_drop, dp[i], fused,
+                    mlp_ratio, qkv_bias, drop, attn_drop, dp[i], fused, always_partition,
                 )
                 for i in range(depth)
             ]
@@ -437,7 +446,11 @@ class SwinTransformer(nn.Module):
     with a LayerNorm ``norm{i}`` per output stage (the official detection
     backbone's keys); it has no final ``norm`` and no ``head``.
     ``img_size`` only sets the resolution ``flops()`` counts at: any input
-    size works at run time.
+    size works at run time.  ``always_partition=True``: every block keeps its
+    window and shift whatever the map size (transformers' ``SwinBackbone``,
+    the official detection / segmentation backbone, mmseg / mmdet), instead
+    of not shifting along an axis whose padded map is no larger than the
+    window (the default, as torchvision).
 
     Construct with keywords, or with a config dict whose keys are
     ``image_size, patch_size, in_channels, num_classes, embed_dim, depths,
@@ -467,6 +480,7 @@ class SwinTransformer(nn.Module):
         backend: str = "fused",
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3),
+        always_partition: bool = False,
     ) -> None:
         super().__init__()
         if config is not None:
@@ -517,6 +531,8 @@ class SwinTransformer(nn.Module):
         # The user's choice of set_cpu_inference_fusion, kept across set_backend.
         self._cpu_gemm_fusion = True
         self.features_only = bool(features_only)
+        #: every block keeps its window and shift on any map (see the module docstring)
+        self.always_partition = bool(always_partition)
         #: stages whose maps ``forward`` returns (features_only) -- all stages otherwise
         self.out_indices: Tuple[int, ...] = tuple(out_indices) if features_only else tuple(range(self.num_layers))
         #: per stage: channels, stride w.r.t. the input, and the module producing it (timm's convention)
@@ -545,6 +561,7 @@ class SwinTransformer(nn.Module):
                     downsample=i < self.num_layers - 1,
                     use_checkpoint=use_checkpoint,
                     fused=backend == "fused",
+                    always_partition=self.always_partition,
                 )
             )
         if self.features_only:
