@@ -16,6 +16,10 @@ timm           as official, but the merging sits at the start of the next
 torchvision    ``features.N...``: ``features.0.{0,2}`` patch embedding,
                ``features.{2i+1}.j`` blocks (``mlp.0`` / ``mlp.3``),
                ``features.{2i+2}`` merging
+openmmlab      ``patch_embed.projection``, ``stages.i.blocks.j.attn.w_msa``
+               (mmseg's / mmdet's / mmpretrain's ``SwinTransformer``; renamed
+               by :mod:`swin_ext.segmentation.weights`, merging weights
+               permuted from ``nn.Unfold``'s channel order)
 transformers   ``[swin.]embeddings.patch_embeddings.projection``; attention
                as ``attention.self.{query,key,value}`` +
                ``attention.output.dense`` +
@@ -24,6 +28,10 @@ transformers   ``[swin.]embeddings.patch_embeddings.projection``; attention
                transformers); ``classifier`` head,
                ``hidden_states_norms.stageN`` (``SwinBackbone``)
 =============  ===========================================================
+
+A :class:`~swin_ext.segmentation.UperNet` loads through
+:func:`swin_ext.segmentation.weights.load_upernet` (UperNet layouts of
+swin_ext, transformers and mmseg, or a backbone checkpoint).
 
 Swin V2 checkpoints (``logit_scale`` / ``cpb_mlp`` /
 ``continuous_position_bias_mlp`` keys) load into a

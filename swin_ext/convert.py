@@ -9,7 +9,10 @@ conversion as :func:`~swin_ext.load_pretrained`).  timm's
 ``SwinTransformerV2`` and transformers' ``Swinv2ForImageClassification`` /
 ``Swinv2Model`` become a :class:`~swin_ext.SwinTransformerV2` (with their
 pretrained window sizes).  The copy has the source's mode (train / eval),
-dtype and device.  Other model families, and torchvision's Swin V2, get a
+dtype and device.  transformers' ``UperNetForSemanticSegmentation`` with a
+``SwinBackbone`` / ``Swinv2Backbone`` becomes a
+:class:`~swin_ext.segmentation.UperNet` (:mod:`swin_ext.segmentation.weights`).
+Other model families, and torchvision's Swin V2, get a
 :class:`ConversionError`.
 
     model = swin_ext.from_timm(timm.create_model("swin_tiny_patch4_window7_224", pretrained=True))

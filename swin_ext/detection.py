@@ -61,7 +61,8 @@ def _features_only_copy(model, out_indices: Sequence[int]):
                                  pretrained_window_sizes=list(model.pretrained_window_sizes), **common)
     else:
         qkv_bias = model.layers[0].blocks[0].attn.qkv.bias is not None
-        body = SwinTransformer(window_size=model.window_size, qkv_bias=qkv_bias, **common)
+        body = SwinTransformer(window_size=model.window_size, qkv_bias=qkv_bias,
+                               always_partition=model.always_partition, **common)
     # to the source's dtype first: loading a float64 model into a float32 body would round its weights
     p = next(model.parameters())
     body = body.to(device=p.device, dtype=p.dtype)

@@ -31,6 +31,12 @@ def test_fpn_backbone_from_name_and_bad_input():
         swin_ext.fpn_backbone(small(), out_channels=0)
 
 
+def test_fpn_backbone_keeps_always_partition():
+    # a classification model copied into the backbone keeps its window rule (the official detection backbone's)
+    assert swin_ext.fpn_backbone(small(always_partition=True)).body.always_partition
+    assert not swin_ext.fpn_backbone(small()).body.always_partition
+
+
 def test_faster_rcnn_trains_a_step_and_runs_in_eval():
     from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
