@@ -266,8 +266,8 @@ def build_seg_models(impls: List[str], device: torch.device, seed: int = 0,
             m = swin_ext.from_transformers(hf["default"])
             m.backbone.set_backend(name.split("-")[1])
             models[name] = m
-            notes[name] = (f"swin_ext UperNet ({'fused kernels' if name.endswith('fused') else 'plain-PyTorch backbone'}"
-                           "), from_transformers of the transformers model")
+            what = "fused kernels" if name.endswith("fused") else "plain-PyTorch backbone"
+            notes[name] = f"swin_ext UperNet ({what}), from_transformers of the transformers model"
         elif name in ("transformers", "transformers-eager"):
             m = hf["default" if name == "transformers" else "eager"]
             models[name] = m

@@ -130,7 +130,8 @@ def main(argv=None) -> Dict[str, float]:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    val_images, val_labels = shapes_batch(args.val_images, args.img_size, torch.Generator().manual_seed(10_000 + args.seed))
+    val_gen = torch.Generator().manual_seed(10_000 + args.seed)
+    val_images, val_labels = shapes_batch(args.val_images, args.img_size, val_gen)
     model = build(args)
     params = sum(p.numel() for p in model.parameters())
     print(f"UperNet-Swin ({args.model}): {params / 1e6:.2f}M parameters, {args.steps} steps of {args.batch} "

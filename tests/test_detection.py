@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import swin_ext
+
 from swin_test_utils import randomize, small
 
 pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")

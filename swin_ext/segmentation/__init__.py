@@ -16,9 +16,9 @@
 from .metrics import SegmentationMetric, SegmentationMetrics, confusion_matrix, metrics_from_confusion, miou
 from .upernet import (
     AUX_WEIGHT,
-    FCNHead,
     PPM,
     ConvBNReLU,
+    FCNHead,
     UperNet,
     UperNetHead,
     upernet,

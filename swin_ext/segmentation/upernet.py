@@ -307,9 +307,10 @@ class UperNet(nn.Module):
                 or target.dtype == torch.bool:
             raise TypeError("loss: target must be an integer tensor of class labels (B, H, W), got "
                             + (str(target.dtype) if isinstance(target, torch.Tensor) else type(target).__name__))
-        if target.shape != (logits.shape[0],) + tuple(logits.shape[2:]):
+        want = (logits.shape[0],) + tuple(logits.shape[2:])
+        if target.shape != want:
             raise ValueError(f"loss: target shape {tuple(target.shape)} does not match {what} "
-                             f"{tuple(logits.shape)} (expected (B, H, W) = {(logits.shape[0],) + tuple(logits.shape[2:])})")
+                             f"{tuple(logits.shape)} (expected (B, H, W) = {want})")
         target = target.long()
         valid = target != ignore
         if bool(((target < 0) | (target >= self.num_classes))[valid].any()):
@@ -362,6 +363,10 @@ def upernet(
     Args:
         backbone: a model name, or a ``features_only`` swin_ext Swin.
         num_classes: classes of the new model.
+        channels: the decoder's width (see :class:`UperNet`).
+        aux_channels: the auxiliary head's width.
+        aux: build the auxiliary head.
+        dropout: ``Dropout2d`` before the classifiers.
         pretrained: a checkpoint path or state dict: a UperNet checkpoint
             (swin_ext's, transformers' ``UperNetForSemanticSegmentation`` or
             mmseg's layout) loads everything; a Swin classification or

@@ -139,7 +139,10 @@ _HF_HEAD_NAMES = {"batch_norm": "bn", "classifier": "conv_seg"}
 _BN_COUNTER = "num_batches_tracked"
 
 
-def _split(sd: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+_StateDict = Dict[str, torch.Tensor]
+
+
+def _split(sd: Mapping[str, torch.Tensor]) -> Tuple[_StateDict, _StateDict, _StateDict]:
     """``(backbone, heads, other)``: the ``backbone.`` keys without the prefix, the head keys, the rest."""
     backbone, heads, other = {}, {}, {}
     for k, v in sd.items():
@@ -294,7 +297,8 @@ def _norm_problems(model: UperNet, backbone_sd: Dict[str, torch.Tensor], strict:
         msg = "the checkpoint's backbone has output norms, the model's (output_norms=False) none"
         if strict:
             return [msg + ": build it with output_norms=True"]
-        res.ignored_keys.update({f"backbone.{converted[f'norm{i}.{p}'][0]}": msg for i in ck for p in ("weight", "bias")})
+        for i in ck:
+            res.ignored_keys.update({f"backbone.{converted[f'norm{i}.{p}'][0]}": msg for p in ("weight", "bias")})
     return []
 
 
@@ -386,7 +390,8 @@ def from_transformers_upernet(model: nn.Module) -> UperNet:
 def _copy_eps(ours: UperNet, source: nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
     """Each of our LayerNorms / BatchNorms gets the eps (and BN momentum) of the source module its weight came from."""
     src_modules = dict(source.named_modules())
-    _, converted, _, _ = convert_state_dict({k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")})
+    backbone_sd, _, _ = _split(sd)
+    _, converted, _, _ = convert_state_dict(backbone_sd)
     origin = {"backbone." + k: "backbone." + o for k, (o, _) in converted.items()}
     origin.update({_rename_head(k): k for k in sd if k.startswith(_HEADS)})
     for name, m in ours.named_modules():
