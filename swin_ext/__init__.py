@@ -29,6 +29,7 @@ from .ops.reference import (
     window_attention_reference,
     window_attention_v2_reference,
 )
+from . import segmentation
 from .weights import (
     CheckpointError,
     ConversionError,
@@ -81,4 +82,5 @@ __all__ = [
     "ConversionError",
     "fpn_backbone",
     "SwinFPN",
+    "segmentation",
 ]

@@ -3,8 +3,9 @@
 ``load_pretrained(model, source, strict=True)`` reads a file (``.pth`` /
 ``.pt`` / ``.bin`` through ``torch.load(weights_only=True)``, or
 ``.safetensors``) or takes a state dict, recognises its layout (official,
-timm, torchvision, transformers; V1 and V2: :mod:`.layouts`), converts it
-to the model's own (the official Microsoft layout) and copies it in.  A V1
+timm, torchvision, transformers, V1 and V2; OpenMMLab V1: :mod:`.layouts`),
+converts it to the model's own (the official Microsoft layout) and copies it
+in (a segmentation UperNet: :mod:`swin_ext.segmentation.weights`).  A V1
 checkpoint into a V2 model, or the reverse, is an error that says so.  The
 CPB MLP evaluates any window, so a V2 checkpoint of another window size
 needs no resizing.
@@ -61,6 +62,7 @@ __all__ = [
     "safe_torch_load",
     "check_regular_file",
     "verify_archive",
+    "value_problem",
 ]
 
 # Wrappers a training script puts around the state dict, tried in this order.
@@ -482,11 +484,21 @@ def load_pretrained(
     ``allow_new_head=True`` (what ``create_model(..., num_classes=n)`` asks
     for) tolerates a head of another size even with ``strict=True``.
 
+    A :class:`swin_ext.segmentation.UperNet` is loaded by
+    :func:`swin_ext.segmentation.load_upernet` (UperNet layouts of swin_ext,
+    transformers and mmseg, or a backbone checkpoint; ``allow_new_head``
+    there tolerates another class count).
+
     Everything is validated before anything is copied: a failed load leaves
     the model unchanged.  Returns a :class:`LoadResult`.
     """
+    from ..segmentation import UperNet, load_upernet  # the segmentation package builds on this one
+
+    if isinstance(model, UperNet):
+        return load_upernet(model, source, strict=strict, allow_new_classes=allow_new_head)
     if not isinstance(model, (SwinTransformer, SwinTransformerV2)):
-        raise TypeError(f"model must be a swin_ext.SwinTransformer or SwinTransformerV2, got {type(model).__name__}")
+        raise TypeError(f"model must be a swin_ext.SwinTransformer, SwinTransformerV2 or segmentation.UperNet, got "
+                        f"{type(model).__name__}")
     sd = read_state_dict(source)
     version, want_version = checkpoint_version(sd), 2 if isinstance(model, SwinTransformerV2) else 1
     if version != want_version:
@@ -564,7 +576,7 @@ def load_pretrained(
         if tuple(v.shape) != want:
             problems.append(f"{k} (from {orig!r}): checkpoint shape {tuple(v.shape)}, model {want}")
             continue
-        problem = _value_problem(v, target[k])
+        problem = value_problem(v, target[k])
         if problem:
             problems.append(f"{k} (from {orig!r}): {problem}")
             continue
@@ -607,7 +619,7 @@ def load_pretrained(
     return result
 
 
-def _value_problem(v: torch.Tensor, target: torch.Tensor) -> Optional[str]:
+def value_problem(v: torch.Tensor, target: torch.Tensor) -> Optional[str]:
     """Why ``v`` cannot be copied into ``target`` (dtype kind, finiteness, range), or ``None``.
 
     The policy: floating-point parameters take floating-point values only,
