@@ -4,6 +4,7 @@
     >>> model = swin_ext.swin_t()            # backend="fused" by default
     >>> logits = model(torch.randn(2, 3, 224, 224))
 """
+from . import segmentation
 from ._ext import HAS_OPS, build_info
 from .detection import SwinFPN, fpn_backbone
 from .export import ExportError, export_onnx, install_onnx_hook, onnx_translation_table
@@ -29,7 +30,6 @@ from .ops.reference import (
     window_attention_reference,
     window_attention_v2_reference,
 )
-from . import segmentation
 from .weights import (
     CheckpointError,
     ConversionError,
