@@ -8,8 +8,9 @@
 
 * :mod:`.upernet` -- :class:`UperNet` (mmseg's ``UPerHead`` + ``FCNHead``) and
   the ``upernet_swin_t/s/b/l`` builders;
-* :mod:`.weights` -- the checkpoint layouts (swin_ext, transformers, mmseg;
-  OpenMMLab's Swin backbone) and the conversion of a live transformers
+* :mod:`.weights` -- the UperNet checkpoint layouts (swin_ext, transformers,
+  mmseg; OpenMMLab's Swin keys are :mod:`swin_ext.weights.layouts`'s) and
+  the conversion of a live transformers
   ``UperNetForSemanticSegmentation`` (:func:`swin_ext.from_transformers`);
 * :mod:`.metrics` -- per-class IoU, mIoU, pixel accuracy.
 """
@@ -21,6 +22,7 @@ from .upernet import (
     FCNHead,
     UperNet,
     UperNetHead,
+    has_output_norms,
     upernet,
     upernet_swin_b,
     upernet_swin_l,
@@ -43,6 +45,7 @@ __all__ = [
     "upernet_swin_b",
     "upernet_swin_l",
     "without_output_norms",
+    "has_output_norms",
     "load_upernet",
     "from_transformers_upernet",
     "to_mmseg_state_dict",

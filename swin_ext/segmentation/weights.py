@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from ..models import SwinTransformerV2
 from ..weights import CheckpointError, LoadResult, convert_state_dict, load_pretrained, read_state_dict, to_openmmlab
-from ..weights.checkpoint import value_problem
+from ..weights.checkpoint import raise_key_mismatch, raise_problems, tensor_problem
 from ..weights.convert import ConversionError, transformers_backbone
 from .upernet import UperNet, has_output_norms, without_output_norms
 
@@ -138,17 +138,9 @@ def load_upernet(
     head_res = LoadResult(format=layout, unexpected_keys=sorted(other))
     values, problems = _plan_heads(model, heads, layout, strict, allow_new_classes, head_res)
     problems += _norm_problems(model, backbone_sd, strict, head_res)
-    if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise CheckpointError(f"the {layout} UperNet checkpoint does not match the model:\n  " + "\n  ".join(shown))
-    if strict and (head_res.missing_keys or head_res.unexpected_keys):
-        lines = []
-        if head_res.missing_keys:
-            lines.append(f"missing from the checkpoint: {head_res.missing_keys[:12]}")
-        if head_res.unexpected_keys:
-            lines.append(f"not used by the model: {head_res.unexpected_keys[:12]}")
-        raise CheckpointError(f"the {layout} UperNet checkpoint's keys do not match the model (strict=True):\n  "
-                              + "\n  ".join(lines))
+    raise_problems(f"the {layout} UperNet checkpoint does not match the model", problems)
+    if strict:
+        raise_key_mismatch(f"the {layout} UperNet checkpoint's keys do not match the model (strict=True)", head_res)
     # the heads are checked; the backbone load checks its part, then copies it; then the heads are copied
     res = load_pretrained(model.backbone, backbone_sd, strict=strict)
     target = model.state_dict()
@@ -191,12 +183,9 @@ def _plan_heads(model: UperNet, heads: Dict[str, torch.Tensor], layout: str, str
         if k not in target:
             res.unexpected_keys.append(orig)
             continue
-        if tuple(v.shape) != tuple(target[k].shape):
-            problems.append(f"{k} (from {orig!r}): checkpoint shape {tuple(v.shape)}, model {tuple(target[k].shape)}")
-            continue
-        problem = value_problem(v, target[k])
+        problem = tensor_problem(k, orig, v, target[k])
         if problem:
-            problems.append(f"{k} (from {orig!r}): {problem}")
+            problems.append(problem)
             continue
         values[k] = v
     for k in target:
