@@ -10,7 +10,8 @@ import torch
 import swin_ext
 from swin_ext.weights.layouts import to_timm
 
-timm = pytest.importorskip("timm")
+pytest.importorskip("timm")
+import timm  # noqa: E402
 import timm.data  # noqa: E402
 import timm.optim  # noqa: E402
 

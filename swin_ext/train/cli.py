@@ -343,7 +343,11 @@ def _one_line(e: BaseException) -> str:
             if last.startswith(prefix):
                 last = last[len(prefix) :]
         msg = last
-    return " ".join(msg.split())
+    out = ""
+    for line in (" ".join(ln.split()) for ln in msg.splitlines()):  # a list of problems: "; " between them
+        if line:
+            out += ("" if not out else " " if out.endswith(":") else "; ") + line
+    return out
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from ..models._base import IMAGENET_MEAN, IMAGENET_STD, default_pretrained_cfg
+from .errors import TrainArgumentError
 
 __all__ = ["DataError", "DataWarning", "DigitsDataset", "ImageFolderDataset", "load_digits_split", "build_datasets",
            "split_folders", "IMAGENET_MEAN", "IMAGENET_STD", "TRAIN_SPLITS", "EVAL_SPLITS", "Augment",
@@ -465,7 +466,7 @@ def image_transforms(pretrained_cfg: Dict[str, Any], augment: bool = True,
     jitter or the auto-augment policy, random erasing; ``augment=False``
     (``--no-augment``) gives timm's no-augmentation training transform
     (resize, centre crop).  The evaluation transform is :func:`eval_transform`.
-    A bad ``aug.aa`` policy is a ``ValueError`` naming it.
+    A bad ``aug.aa`` policy is a :class:`~swin_ext.train.TrainArgumentError` naming it.
     """
     td = _timm_data()
     aug = aug or Augment()
@@ -479,8 +480,8 @@ def image_transforms(pretrained_cfg: Dict[str, Any], augment: bool = True,
             re_prob=aug.reprob if augment else 0.0, re_mode=aug.remode, re_count=1,
         )
     except (AssertionError, ValueError, KeyError, IndexError) as e:
-        raise ValueError(f"--aa {aug.aa!r} is not a timm augmentation policy (e.g. rand-m9-mstd0.5-inc1): "
-                         f"{type(e).__name__}: {' '.join(str(e).split())}") from None
+        raise TrainArgumentError(f"--aa {aug.aa!r} is not a timm augmentation policy (e.g. rand-m9-mstd0.5-inc1): "
+                                 f"{type(e).__name__}: {' '.join(str(e).split())}") from None
     return _channels(train, in_chans), eval_transform(pretrained_cfg)
 
 

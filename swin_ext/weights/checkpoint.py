@@ -525,6 +525,7 @@ def load_pretrained(
     ]
     if "window_size" in ck and ck["window_size"] is None:
         problems.append("relative_position_bias_table: its length is not (2 * window - 1) ** 2")
+    arch_problems = list(problems)
 
     # Head: a different num_classes is the one tolerated mismatch.
     head_keys = [k for k in target if k.startswith("head.")]
@@ -571,6 +572,9 @@ def load_pretrained(
         values[k] = v
 
     if problems:
+        if arch_problems:  # the tensors' shapes follow from the hyper-parameters: name those alone
+            follow = len(problems) - len(arch_problems)
+            problems = arch_problems + ([f"(so {follow} tensors have other shapes)"] if follow else [])
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise CheckpointError(f"the {fmt} checkpoint does not match the model's architecture:\n  " + "\n  ".join(shown))
 
