@@ -297,7 +297,7 @@ def read_pretrained(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]
     obj = safe_torch_load(path)
     meta: Dict[str, Any] = {}
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        problems = [p for p in _optional_problems(obj)]
+        problems = _optional_problems(obj)
         if not isinstance(obj.get("model"), dict):
             problems.append("model is missing or not a dict")
         if not isinstance(obj.get("model_config"), dict):
