@@ -142,6 +142,13 @@ def test_pretrained_problems_are_one_clear_line(folder, tmp_path, capsys):
     torch.save({"model": swin_ext.SwinTransformerV2(**ARCH).state_dict()}, tmp_path / "v2.pth")
     rc, out, err = _main(base + ["--pretrained", tmp_path / "v2.pth"], capsys)
     assert rc == 1 and "this is a Swin V2 checkpoint" in err
+    sd = _official().state_dict()
+    sd["extra.weight"] = sd.pop("norm.bias")
+    torch.save(sd, tmp_path / "partial.pth")  # loads, and says what is missing and what is not used
+    rc, out, err = _main(base + ["--pretrained", tmp_path / "partial.pth", "--output-dir", tmp_path / "partial"], capsys)
+    assert rc == 0, err
+    assert "pretrained: missing from the checkpoint, left as initialised: norm.bias" in out
+    assert "pretrained: in the checkpoint but not used: extra.weight" in out
     torch.save({"model": Evil(str(tmp_path / "marker"))}, tmp_path / "evil.pth")  # never executed
     rc, out, err = _main(base + ["--pretrained", tmp_path / "evil.pth"], capsys)
     assert rc == 1 and "weights_only=True" in err and not (tmp_path / "marker").exists()
