@@ -53,24 +53,24 @@ from .presets import PRESETS, RECIPES, resolve_recipe
 __all__ = ["build_parser", "validate_args", "train", "main", "cli"]
 
 
-def _int_list(s: str) -> Tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in s.replace(",", " ").split())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a list of ints like '2,2,6,2', got {s!r}") from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected a list of positive ints like '2,2,6,2', got {s!r}")
-    return vals
+def _int_list_of(lo: int, example: str):
+    """argparse type: a comma- or space-separated list of ints >= ``lo``, e.g. ``example``."""
+    what = "positive ints" if lo == 1 else f"ints >= {lo}"
+
+    def parse(s: str) -> Tuple[int, ...]:
+        try:
+            vals = tuple(int(v) for v in s.replace(",", " ").split())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a list of ints like '{example}', got {s!r}") from None
+        if not vals or min(vals) < lo:
+            raise argparse.ArgumentTypeError(f"expected a list of {what} like '{example}', got {s!r}")
+        return vals
+
+    return parse
 
 
-def _nonneg_int_list(s: str) -> Tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in s.replace(",", " ").split())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a list of ints like '12,12,12,6', got {s!r}") from None
-    if not vals or min(vals) < 0:
-        raise argparse.ArgumentTypeError(f"expected a list of ints >= 0 like '12,12,12,6', got {s!r}")
-    return vals
+_int_list = _int_list_of(1, "2,2,6,2")
+_nonneg_int_list = _int_list_of(0, "12,12,12,6")
 
 
 def _int_at_least(lo: int):
