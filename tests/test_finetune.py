@@ -145,7 +145,8 @@ def test_pretrained_problems_are_one_clear_line(folder, tmp_path, capsys):
     sd = _official().state_dict()
     sd["extra.weight"] = sd.pop("norm.bias")
     torch.save(sd, tmp_path / "partial.pth")  # loads, and says what is missing and what is not used
-    rc, out, err = _main(base + ["--pretrained", tmp_path / "partial.pth", "--output-dir", tmp_path / "partial"], capsys)
+    argv = base + ["--pretrained", tmp_path / "partial.pth", "--output-dir", tmp_path / "partial"]
+    rc, out, err = _main(argv, capsys)
     assert rc == 0, err
     assert "pretrained: missing from the checkpoint, left as initialised: norm.bias" in out
     assert "pretrained: in the checkpoint but not used: extra.weight" in out
