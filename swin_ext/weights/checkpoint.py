@@ -539,6 +539,7 @@ def load_pretrained(
     ]
     if "window_size" in ck and ck["window_size"] is None:
         problems.append("relative_position_bias_table: its length is not (2 * window - 1) ** 2")
+    arch_problems = list(problems)
 
     # Head: a different num_classes is the one tolerated mismatch.
     head_keys = [k for k in target if k.startswith("head.")]
@@ -581,6 +582,9 @@ def load_pretrained(
             continue
         values[k] = v
 
+    if problems and arch_problems:  # the tensors' shapes follow from the hyper-parameters: name those alone
+        follow = len(problems) - len(arch_problems)
+        problems = arch_problems + ([f"(so {follow} tensors have other shapes)"] if follow else [])
     raise_problems(f"the {fmt} checkpoint does not match the model's architecture", problems)
 
     for k in target:

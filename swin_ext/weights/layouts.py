@@ -50,7 +50,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 __all__ = ["FORMATS", "BUFFER_SUFFIXES", "CheckpointError", "checkpoint_version", "convert_state_dict", "to_timm",
-           "to_torchvision", "to_openmmlab"]
+           "to_torchvision", "to_openmmlab", "v2_checkpoint_windows"]
 
 FORMATS = ("official", "timm", "torchvision", "transformers", "openmmlab")
 
@@ -71,6 +71,20 @@ _V2_MARKERS = ("logit_scale", "cpb_mlp", "continuous_position_bias_mlp")
 def checkpoint_version(sd: Mapping[str, Any]) -> int:
     """2 for a Swin V2 state dict (cosine attention / continuous position bias keys), else 1."""
     return 2 if any(m in k for k in sd for m in _V2_MARKERS) else 1
+
+
+def v2_checkpoint_windows(sd: Mapping[str, Any]) -> Optional[List[int]]:
+    """The window of each stage of a Swin V2 state dict, read off its coordinate tables
+    (``relative_coords_table``, ``(1, 2w - 1, 2w - 1, 2)``: the official layout stores them; timm's and
+    transformers' do not), or ``None`` when not every stage has one."""
+    found: Dict[int, int] = {}
+    for k, v in sd.items():
+        m = re.search(r"layers\.(\d+)\.blocks\.0\.(?:attn|attention\.self)\.relative_coords_table$", k)
+        if m and isinstance(v, torch.Tensor) and v.dim() == 4 and v.shape[1] == v.shape[2] and v.shape[1] % 2:
+            found[int(m.group(1))] = (v.shape[1] + 1) // 2
+    if not found or set(found) != set(range(len(found))):
+        return None
+    return [found[i] for i in range(len(found))]
 
 
 class CheckpointError(ValueError):
