@@ -423,6 +423,65 @@ def test_kernel_grids_grow_with_the_batch(hops, monkeypatch, dtype, path, ws):
         assert g3 > g1, f"{name}: {g1} blocks at B=1, {g3} at B=3"
 
 
+def _add_ln_launches(hops, rows, C, dtype, branch=None, offset=0):
+    branch = branch or dtype
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def at(t):
+        buf = torch.empty(t.numel() + offset, dtype=t.dtype)
+        v = buf[offset:].view(t.shape)
+        v.copy_(t)
+        return v
+
+    x, b = at(torch.randn(rows, C).to(dtype)), at(torch.randn(rows, C).to(branch))
+    w, bb = torch.randn(C).to(acc), torch.randn(C).to(acc)
+    gy = at(torch.randn(rows, C).to(dtype))
+
+    def step():
+        h, y, mean, rstd = hops.add_layernorm_fwd(x, b, w, bb, 1e-5, None)
+        hops.add_layernorm_bwd(None, gy, h, w, mean, rstd, branch if branch != dtype else None)
+
+    return _launches(hops, step)
+
+
+@pytest.mark.parametrize("dtype,branch", [(torch.bfloat16, None), (torch.float32, torch.bfloat16)], ids=str)
+def test_kernel_add_layernorm_paths(hops, dtype, branch):
+    """Rows in registers (2^k lanes per row, several rows per warp below C = 768 at 16-bit
+    vectors) up to C = 1536, the larger capacity above 768; the wide kernels above 1536
+    and for rows that are not 16-byte aligned; the partial rows grow with the rows."""
+    _needs_op("add_layernorm_fwd")
+    hops.clear_options()
+
+    def names(launches):
+        return [n for n, _, _, _ in launches]
+
+    small = _add_ln_launches(hops, 64, 96, dtype, branch)
+    assert all("_reg_kernel" in n and "false>()" in n for n in names(small)), small
+    big = _add_ln_launches(hops, 256, 96, dtype, branch)
+    assert [g for _, g, _, _ in big] > [g for _, g, _, _ in small], (small, big)  # more blocks for more rows
+    large = _add_ln_launches(hops, 4, 1536, dtype, branch)
+    assert all("_reg_kernel" in n and "true>()" in n for n in names(large)), large
+    wide = _add_ln_launches(hops, 4, 1600, dtype, branch)
+    assert all("_reg_kernel" not in n and n.endswith("kVec>)") for n in names(wide)), wide
+    unaligned = _add_ln_launches(hops, 4, 96, dtype, branch, offset=1)
+    assert all("_reg_kernel" not in n and n.endswith(", 1>)") for n in names(unaligned)), unaligned
+
+
+def test_kernel_bias_gelu_block_shape(hops):
+    """bias + GELU at Swin-T's K = 384 (bf16): 48 16-byte vectors x 4 rows = 192 threads, no idle
+    lane; few rows: 16-row blocks (19 of them for 300 rows) rather than 3 of 128."""
+    _needs_op("bias_gelu_fwd")
+    hops.clear_options()
+    z, bias = torch.randn(300, 384).to(torch.bfloat16), torch.randn(384)
+
+    def step():
+        hops.bias_gelu_fwd(z, bias)
+        hops.bias_gelu_bwd(torch.randn_like(z), z, bias)
+
+    runs = _launches(hops, step)
+    assert len(runs) == 2 and all(block == [192, 1, 1] and grid == 19 for _, grid, block, _ in runs), runs
+
+
 @pytest.mark.skipif(os.environ.get("SWIN_HARNESS_ARCH") != "86", reason="runs in test_sm86_kernel_suite's child (SWIN_HARNESS_ARCH=86)")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64], ids=str)
 def test_kernel_shared_memory_fits_sm86(hops, dtype):
