@@ -244,6 +244,20 @@ def _loops(ins: List[tuple]) -> List[tuple]:
     return out
 
 
+def row_loop(ins: List[tuple]) -> Optional[tuple]:
+    """(first, last) index of the loop with the most global loads (the row loop of a streaming kernel)."""
+    loops = _loops(ins)
+    if not loops:
+        return None
+    return max(loops, key=lambda l: (sum(opcode(ins[i][1]).startswith("LDG") for i in range(l[0], l[1] + 1)),
+                                     l[1] - l[0]))
+
+
+def opcode(text: str) -> str:
+    """The instruction without its guard predicate (@P0, @!PT, @UP1 ...)."""
+    return re.sub(r"^@!?U?P\w+\s+", "", text)
+
+
 def loop_count(k: Kernel, ins: List[tuple], lg: int = 2) -> Optional[LoopCount]:
     """The row loop (the loop with the most 128-bit global loads), its trip cost.
 
@@ -257,7 +271,7 @@ def loop_count(k: Kernel, ins: List[tuple], lg: int = 2) -> Optional[LoopCount]:
     loops = _loops(ins)
     if elems is None or not loops:
         return None
-    lo, hi = max(loops, key=lambda l: (sum("LDG.E.128" in ins[i][1] for i in range(l[0], l[1] + 1)), l[1] - l[0]))
+    lo, hi = row_loop(ins)
     body = hi - lo + 1
     for a, b in loops:
         if lo < a and b < hi:  # an inner loop: lg trips instead of the one counted
