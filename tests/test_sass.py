@@ -165,8 +165,8 @@ def _loop(ins):
 
 def test_stream_kernel_registers(stream):
     """Occupancy by the launch bounds, no spills: bias_gelu (192 threads) fwd <= 56 registers (6 blocks = 56%),
-    bwd <= 64 (5 blocks, two rows of dy and z in flight); add_ln (128 threads) small capacity fwd <= 64
-    (8 blocks), bwd <= 128 (4 blocks), large capacity fwd <= 168 (3 blocks), bwd <= 255 (the fp32
+    bwd <= 64 (5 blocks, two rows of dy and z in flight); add_ln (128 threads) small capacity fwd <= 72
+    (7 blocks), bwd <= 128 (4 blocks), large capacity fwd <= 168 (3 blocks), bwd <= 255 (the fp32
     accumulation only: fp64 is for gradcheck)."""
     for k, _ in stream:
         a = _args(k)
@@ -176,7 +176,7 @@ def test_stream_kernel_registers(stream):
             bound = 56 if "fwd" in k.short else 64
         else:
             small = int(a[-1]) * int(a[-2]) <= 24
-            bound = (64 if small else 168) if "fwd" in k.short else (128 if small else 255)
+            bound = (72 if small else 168) if "fwd" in k.short else (128 if small else 255)
         assert k.regs <= bound, f"{k.short}: {k.regs} registers > {bound}"
 
 
