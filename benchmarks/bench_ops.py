@@ -50,10 +50,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import measure  # noqa: E402
-
 import swin_ext  # noqa: E402
-from swin_ext import reference  # noqa: E402
+from swin_ext.ops import reference  # noqa: E402
+
+from _timing import measure  # noqa: E402
 
 # Stage shapes (H = W, C, heads) per configuration, with the window and the image size.
 CONFIGS = {

@@ -20,7 +20,7 @@
 #      floor at the device-copy bandwidth measured in the same run;
 #   5. one ncu pass over a stage-1 attention forward and backward (achieved
 #      IPC, warp stall reasons, DRAM throughput), where ncu exists;
-#   6. tests/test_cuda.py, then the cuda executor of tests/test_op_kernels.py
+#   6. tests/test_cuda.py, then the cuda executor of the op tests (tests/test_<op>.py)
 #      while time is left.
 # Writes benchmarks/results/gpu_check_<stamp>.md (and .log, the ncu CSV) and
 # copies them to $OUT when set, after every step.
@@ -76,6 +76,7 @@ step() {
   echo "== $1 (at $(( $(date +%s) - T0 )) s, $(left) s left)"
 }
 STATUS=0
+OP_TESTS="tests/test_window_attention.py tests/test_patch_merging.py tests/test_add_layernorm.py tests/test_bias_gelu.py"
 
 say "# swin_ext GPU check ($STAMP)"
 say ""
@@ -162,7 +163,7 @@ else
 fi
 
 # ---------------------------------------------------------------- 6. tests
-step "6. tests/test_cuda.py, then the cuda executor of tests/test_op_kernels.py"
+step "6. tests/test_cuda.py, then the cuda executor of the op tests (tests/test_<op>.py)"
 B=$(budget 100000 5)
 if (( B >= 20 )); then
   timeout "$B" $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py > "$RES/gpu_check_${STAMP}_tests.log" 2>&1
@@ -174,10 +175,10 @@ if (( B >= 20 )); then
   (( RC != 0 && RC != 5 )) && STATUS=1
   B=$(budget 100000 5)
   if (( B >= 30 )); then
-    SWIN_TEST_EXECUTORS=cuda timeout "$B" $PY -m pytest -q -x -p no:cacheprovider tests/test_op_kernels.py \
+    SWIN_TEST_EXECUTORS=cuda timeout "$B" $PY -m pytest -q -x -p no:cacheprovider $OP_TESTS \
         > "$RES/gpu_check_${STAMP}_kernels.log" 2>&1
     RC=$?
-    say "tests/test_op_kernels.py (cuda executor, $B s allowed): exit status $RC"
+    say "the op tests (cuda executor, $B s allowed): exit status $RC"
     say '```'
     tail -8 "$RES/gpu_check_${STAMP}_kernels.log" >> "$REPORT"
     say '```'
