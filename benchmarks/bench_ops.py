@@ -242,7 +242,8 @@ def attention_cases(config: str, stage: int, B: int, device, dtype, backward: bo
     el = qkv.element_size()
     tokens = B * H * H
     floor = tokens * C * el * (4 + (7 if backward else 0))  # qkv + out; + dO, qkv, dqkv
-    return Case("attention" + (" V2" if v2 else ""), f"{config} s{stage + 1}", f"{B}x{H}x{H}x{C} h{heads} w{ws} s{shift}",
+    return Case("attention" + (" V2" if v2 else ""), f"{config} s{stage + 1}",
+                f"{B}x{H}x{H}x{C} h{heads} w{ws} s{shift}",
                 {name: run(fn, params) for name, (fn, params) in impls.items()}, floor)
 
 
@@ -451,7 +452,8 @@ def ncu_table(path: str) -> str:
         except (KeyError, ValueError, IndexError):
             return float("nan")
 
-    lines = ["| kernel | time | achieved IPC | occupancy | DRAM % of peak | DRAM GB/s | top stall reasons (cycles per issue) |",
+    lines = ["| kernel | time | achieved IPC | occupancy | DRAM % of peak | DRAM GB/s | "
+             "top stall reasons (cycles per issue) |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in data:
         stalls = sorted(((val(r, c), c) for c in cols if c.startswith("smsp__average_warps_issue_stalled_")),
@@ -460,12 +462,14 @@ def ncu_table(path: str) -> str:
         tu = units[idx["gpu__time_duration.sum"]] if "gpu__time_duration.sum" in idx else ""
         bw = val(r, "dram__bytes.sum.per_second")
         bu = units[idx["dram__bytes.sum.per_second"]] if "dram__bytes.sum.per_second" in idx else ""
-        scale = {"Tbyte/second": 1e3, "Gbyte/second": 1.0, "Mbyte/second": 1e-3, "byte/second": 1e-9}.get(bu, float("nan"))
+        scale = {"Tbyte/second": 1e3, "Gbyte/second": 1.0, "Mbyte/second": 1e-3, "byte/second": 1e-9}.get(
+            bu, float("nan"))
         name = r[idx["Kernel Name"]][:70]
         lines.append(f"| `{name}` | {val(r, 'gpu__time_duration.sum'):.1f} {tu} | "
                      f"{val(r, 'sm__inst_executed.avg.per_cycle_active'):.2f} | "
                      f"{val(r, 'sm__warps_active.avg.pct_of_peak_sustained_active'):.0f}% | "
-                     f"{val(r, 'dram__throughput.avg.pct_of_peak_sustained_elapsed'):.0f}% | {bw * scale:.0f} | {top} |")
+                     f"{val(r, 'dram__throughput.avg.pct_of_peak_sustained_elapsed'):.0f}% | "
+                     f"{bw * scale:.0f} | {top} |")
     return "\n".join(lines)
 
 
@@ -520,7 +524,8 @@ def main(argv=None):
     ap.add_argument("--md-out", default=None, help="append the table here, row by row")
     ap.add_argument("--smoke", action="store_true", help="every op once against the reference, then exit")
     ap.add_argument("--ncu-driver", action="store_true", help="stage-1 attention fwd + bwd for ncu, then exit")
-    ap.add_argument("--ncu-table", default=None, metavar="CSV", help="print ncu's raw CSV as a markdown table, then exit")
+    ap.add_argument("--ncu-table", default=None, metavar="CSV",
+                    help="print ncu's raw CSV as a markdown table, then exit")
     args = ap.parse_args(argv)
     if args.ncu_table:
         print(ncu_table(args.ncu_table))
@@ -551,14 +556,16 @@ def main(argv=None):
     stages = [0] if args.quick else args.stages
     repeats = 2 if args.quick else args.repeats
     models = args.models or ["swin_t"]
-    attn_cfgs = args.attention if args.attention is not None else ["swin_t", "swin_b_384", "swinv2_t_w8", "swinv2_t_w16"]
+    attn_cfgs = args.attention
+    if attn_cfgs is None:
+        attn_cfgs = ["swin_t", "swin_b_384", "swinv2_t_w8", "swinv2_t_w16"]
     base = ["composite" if b in ("eager", "timm") else b for b in args.baselines]
     base = list(dict.fromkeys(base))
     print(f"# swin_ext op benchmark  device={device}  dtypes={[str(d).split('.')[-1] for d in dtypes]}  batch={B}  "
           f"threads={torch.get_num_threads()}  torch={torch.__version__}", flush=True)
     src = torch.empty((256 if cuda else 16) * 2**20, device=device, dtype=torch.float32)
     dst = torch.empty_like(src)
-    t = measure(lambda: dst.copy_(src), device, repeats=5 if args.quick else 10)["median"]
+    t = measure(lambda d=dst, s=src: d.copy_(s), device, repeats=5 if args.quick else 10)["median"]
     copy_bw = 2 * src.numel() * 4 / t
     del src, dst
     dev_name = torch.cuda.get_device_name(device) if cuda else "CPU"
@@ -568,7 +575,8 @@ def main(argv=None):
         "F.scaled_dot_product_attention and the bias + mask materialised.  Median of "
         f"{repeats} after warm-up, ms.")
     out("")
-    cols = ["op", "config", "shape", "pass", "dtype", "fused ms"] + [f"{b} ms" for b in base] + [f"vs {b}" for b in base]
+    cols = (["op", "config", "shape", "pass", "dtype", "fused ms"] + [f"{b} ms" for b in base]
+            + [f"vs {b}" for b in base])
     cols += ["floor ms", "fused / floor"]
     out("| " + " | ".join(cols) + " |")
     out("|" + "---|" * 5 + "---:|" * (len(cols) - 5))
@@ -583,13 +591,17 @@ def main(argv=None):
                         spec = MODELS[m]
                         H, C = 56 >> s, spec["embed_dim"] << s
                         if "attention" in args.ops and m == "swin_t" and "swin_t" in attn_cfgs:
-                            yield lambda s=s, b=backward, d=dtype: attention_cases("swin_t", s, B, device, d, b, base), dtype, backward
+                            yield (lambda s=s, b=backward, d=dtype: attention_cases("swin_t", s, B, device, d, b, base),
+                                   dtype, backward)
                         if "add+LN" in args.ops:
-                            yield lambda H=H, C=C, b=backward, d=dtype: add_layernorm_case(B, H, C, device, d, b), dtype, backward
+                            yield (lambda H=H, C=C, b=backward, d=dtype: add_layernorm_case(B, H, C, device, d, b),
+                                   dtype, backward)
                         if "bias+GELU" in args.ops:
-                            yield lambda H=H, C=C, b=backward, d=dtype: bias_gelu_case(B, H, C, device, d, b), dtype, backward
+                            yield (lambda H=H, C=C, b=backward, d=dtype: bias_gelu_case(B, H, C, device, d, b),
+                                   dtype, backward)
                         if "merging" in args.ops and s < 3:
-                            yield lambda H=H, C=C, b=backward, d=dtype: merging_case(B, H, C, device, d, b), dtype, backward
+                            yield (lambda H=H, C=C, b=backward, d=dtype: merging_case(B, H, C, device, d, b),
+                                   dtype, backward)
         if "attention" in args.ops:
             for cfg in attn_cfgs:
                 if cfg == "swin_t":
@@ -598,8 +610,8 @@ def main(argv=None):
                     for backward in (False, True):
                         for s in stages:
                             if s < len(CONFIGS[cfg]["stages"]):
-                                yield (lambda c=cfg, s=s, b=backward, d=dtype: attention_cases(c, s, B, device, d, b, base),
-                                       dtype, backward)
+                                yield (lambda c=cfg, s=s, b=backward, d=dtype:
+                                       attention_cases(c, s, B, device, d, b, base), dtype, backward)
 
     last = 0.0
     for build, dtype, backward in plan():
@@ -616,7 +628,8 @@ def main(argv=None):
                 except Exception as e:  # noqa: BLE001 - e.g. out of memory in a composite: a "-" in its column
                     print(f"# {case.op} {case.shape}: {impl} failed: {type(e).__name__}: {str(e)[:100]}", flush=True)
             if "fused" in times:
-                out("| " + " | ".join(_row_cells(case, times, base, dtype, "fwd+bwd" if backward else "fwd", copy_bw)) + " |")
+                cells = _row_cells(case, times, base, dtype, "fwd+bwd" if backward else "fwd", copy_bw)
+                out("| " + " | ".join(cells) + " |")
                 rows_done += 1
         except Exception as e:  # noqa: BLE001
             print(f"# case failed: {type(e).__name__}: {str(e)[:200]}", flush=True)

@@ -274,8 +274,8 @@ def row_loop(ins: List[tuple]) -> Optional[tuple]:
     loops = _loops(ins)
     if not loops:
         return None
-    return max(loops, key=lambda l: (sum(opcode(ins[i][1]).startswith("LDG") for i in range(l[0], l[1] + 1)),
-                                     l[1] - l[0]))
+    return max(loops, key=lambda lp: (sum(opcode(ins[i][1]).startswith("LDG") for i in range(lp[0], lp[1] + 1)),
+                                       lp[1] - lp[0]))
 
 
 def opcode(text: str) -> str:
@@ -400,7 +400,8 @@ def stream_table(so: str, arch: str = "sm_90", kernels: Optional[List[Kernel]] =
         "1.755 GHz; floor = the op's bytes at 4.8 TB/s.  add+LN: fp32 stream + bf16 branch -> bf16 y, 2 per block, "
         "statistics included in the floor; bytes also count the dweight / dbias partials (written and summed).",
         "",
-        "| op | kernel | instr per element (lane) | warp-instr per element | B per element (floor) | floor ms | est. ms | x floor |",
+        "| op | kernel | instr per element (lane) | warp-instr per element | B per element (floor) | floor ms "
+        "| est. ms | x floor |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in stream_estimates(counts):

@@ -162,7 +162,8 @@ def _args(k):
 @pytest.fixture(scope="module")
 def stream(kernels):
     ks = [k for k in kernels if k.short.startswith(STREAM_KERNELS)]
-    assert len([k for k in ks if k.short.startswith("add_ln")]) == 2 * 10 * 2, [k.short for k in ks]  # fwd/bwd x dtypes x capacities
+    # fwd/bwd x dtypes x capacities
+    assert len([k for k in ks if k.short.startswith("add_ln")]) == 2 * 10 * 2, [k.short for k in ks]
     assert len([k for k in ks if k.short.startswith("bias_gelu")]) == 2 * 4 * 2  # fwd/bwd x dtypes x vec/scalar
     ins = sass_report.read_sass_instrs(swin_ext._C.__file__, ks)
     return [(k, ins[k.mangled]) for k in ks]
