@@ -147,6 +147,17 @@ AddLnPlan add_ln_plan(int64_t rows, int64_t C, bool aligned, bool backward,
   return p;
 }
 
+// The incoming gradient of h (the residual stream's other uses) at grad_h[i .. i + VEC), or zeros without one.
+template <typename th, typename acc_t, int VEC>
+__device__ __forceinline__ void load_grad_h(const th* grad_h, int64_t i, acc_t* d) {
+  if (grad_h != nullptr) {
+    load_pack<th, acc_t, VEC>(grad_h + i, d);
+  } else {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) d[e] = acc_t(0);
+  }
+}
+
 // ------------------------------------------------------------------ register path
 
 // Shared-memory copy of a (C,) vector in the acc type, read back in VEC-value
@@ -317,12 +328,7 @@ __global__ void __launch_bounds__(kAddLnWarps * 32, sizeof(acc_t) == 4 && NCH * 
       const int c = (gl + (k << lg)) * VEC;
       if (valid >> k & 1u) {
         acc_t d[VEC];
-        if (grad_h != nullptr) {
-          load_pack<th, acc_t, VEC>(grad_h + off + c, d);
-        } else {
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) d[e] = acc_t(0);
-        }
+        load_grad_h<th, acc_t, VEC>(grad_h, off + c, d);
 #pragma unroll
         for (int e = 0; e < VEC; ++e) d[e] += rs * (g[k][e] - mg - xh[k][e] * mgx);
         store_pack<th, acc_t, VEC>(dh + off + c, d);
@@ -450,12 +456,7 @@ __global__ void __launch_bounds__(kAddLnWarps * 32, 1)
       acc_t hv[VEC], gv[VEC], d[VEC];
       load_pack<th, acc_t, VEC>(h + base + c, hv);  // L1-hot: read in pass 1
       load_pack<ty, acc_t, VEC>(grad_y + base + c, gv);
-      if (grad_h != nullptr) {
-        load_pack<th, acc_t, VEC>(grad_h + base + c, d);
-      } else {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) d[e] = acc_t(0);
-      }
+      load_grad_h<th, acc_t, VEC>(grad_h, base + c, d);
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
         const acc_t xh = (hv[e] - mu) * rs;
