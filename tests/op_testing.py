@@ -456,6 +456,12 @@ LN_CASES = [
     LnCase((2, 4, 384), branch=BF16),  # Swin-T stage 3
     LnCase((3, 1536), y_dtype=BF16, grad_h=False),  # the largest C of the spec
     LnCase((130, 96), branch=torch.float32),  # many rows, several partial blocks; float32 branch
+    # The CUDA register path's lane groups (add_layernorm.cuh): 2 lanes per row with a
+    # partial last chunk, 8 lanes, 32 lanes at the small capacity; above 1536 the wide path.
+    LnCase((3, 40), branch=BF16),
+    LnCase((2, 5, 192), y_dtype=BF16),
+    LnCase((2, 768), branch=BF16, y_dtype=BF16),
+    LnCase((2, 1600)),
 ]
 
 
@@ -479,15 +485,28 @@ def ln_dtypes(case: LnCase, dtype: torch.dtype) -> Dict[str, torch.dtype]:
     )
 
 
-def run_add_layernorm(ex: Executor, case: LnCase, inp: Dict, dtype: torch.dtype, eps: float = 1e-5):
+def at_storage_offset(t: torch.Tensor, offset: int) -> torch.Tensor:
+    """A contiguous copy of ``t`` that starts ``offset`` elements into its storage (unaligned rows)."""
+    if not offset:
+        return t
+    buf = torch.empty(t.numel() + offset, dtype=t.dtype, device=t.device)
+    view = buf[offset:].view(t.shape)
+    view.copy_(t)
+    return view
+
+
+def run_add_layernorm(
+    ex: Executor, case: LnCase, inp: Dict, dtype: torch.dtype, eps: float = 1e-5, offset: int = 0
+):
     """fwd + bwd of the raw ops on an executor; returns h, y, mean, rstd, dx, dbranch, dweight, dbias on the CPU.
 
     ``dbranch`` is the op's own output when the branch's dtype differs from
     x's, else ``dh`` (what the wrapper passes on); ``dbranch_raw`` is what the op returned.
+    ``offset``: x, branch, grad_h and grad_y start that many elements into their storage.
     """
     dt = ln_dtypes(case, dtype)
     dev = ex.device
-    t = lambda k: inp[k].to(dev, dt[k])  # noqa: E731
+    t = lambda k: at_storage_offset(inp[k].to(dev, dt[k]), offset if k in ("x", "b", "gh", "gy") else 0)  # noqa: E731
     branch_dtype = dt["b"] if dt["b"] != dtype else None
     with ex:
         h, y, mean, rstd = ex.ops.add_layernorm_fwd(t("x"), t("b"), t("w"), t("bb"), eps, case.y_dtype)
@@ -580,6 +599,7 @@ BG_CASES = [
     BgCase((300, 40)),  # three row chunks, K = 40 (bf16 vectors of 8, fp32 of 4, not fp64's 2 * 32 slab)
     BgCase((3, 1536)),  # Swin-T stage 3 hidden width, several column slabs
     BgCase((129, 264)),  # one row past a chunk, K past one slab in every dtype
+    BgCase((5, 1544)),  # several column blocks, the last one with idle threads
 ]
 
 

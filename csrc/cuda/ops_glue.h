@@ -427,6 +427,14 @@ inline at::ScalarType add_layernorm_promoted(at::ScalarType tx, at::ScalarType t
   return (tx == at::kDouble || tb == at::kDouble || ty == at::kDouble) ? at::kDouble : at::kFloat;
 }
 
+// SWIN_EXT_ADD_LN_BLOCKS=<n> sets the register path's target block count
+// (tests: several row groups per warp on small inputs); else the default.
+inline int64_t add_layernorm_target_blocks() {
+  const char* v = std::getenv("SWIN_EXT_ADD_LN_BLOCKS");
+  const long n = v == nullptr ? 0 : std::strtol(v, nullptr, 10);
+  return n > 0 && n < (1L << 30) ? n : cuda::kAddLnTargetBlocks;
+}
+
 inline void check_add_layernorm_limits(int64_t rows, int64_t C) {
   constexpr int64_t kMax32 = (int64_t(1) << 31) - 1;
   TORCH_CHECK(rows <= kMax32 && C <= kMax32, "swin_ext.add_layernorm (CUDA): ", rows, " rows of ", C,
@@ -471,9 +479,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_fwd(
   const cudaStream_t stream = Backend::stream();
   dispatch_add_layernorm(x.scalar_type(), branch.scalar_type(), ty, "forward", [&]<typename TX, typename TB, typename TY>() {
     using A = typename cuda::AccType<TX>::type;
+    const bool aligned = cuda::add_ln_aligned({x.const_data_ptr(), branch.const_data_ptr(), h.const_data_ptr(),
+                                               y.const_data_ptr()});
+    const cuda::AddLnPlan plan = cuda::add_ln_plan<TX, TB, TY, A>(rows, C, aligned, false, add_layernorm_target_blocks());
     cuda::launch_add_layernorm_fwd<TX, TB, TY, A>(ptr<TX>(x), ptr<TB>(branch), ptr<A>(weight), ptr<A>(bias),
                                                   mut_ptr<TX>(h), mut_ptr<TY>(y), mut_ptr<A>(mean), mut_ptr<A>(rstd),
-                                                  rows, C, eps, stream);
+                                                  rows, C, eps, plan, stream);
     Backend::check_launch();
   });
   return {h, y, mean, rstd};
@@ -512,21 +523,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_bwd(
     return {dh, dbranch, at::zeros({C}, weight.options()), at::zeros({C}, weight.options())};
   }
   check_add_layernorm_limits(rows, C);
-  const size_t acc_size = h.scalar_type() == at::kDouble ? sizeof(double) : sizeof(float);
-  const int nwarps = cuda::add_ln_bwd_warps(C, acc_size);
-  TORCH_CHECK(nwarps > 0, "swin_ext.add_layernorm (CUDA): C = ", C, " is too large for the backward kernel (its ",
-              "per-block weight/bias accumulators of 2C values exceed ", cuda::kAddLnBwdMaxSmem, " bytes of shared memory)");
-  const int64_t nparts = cuda::add_ln_num_partials(rows, nwarps);
-  at::Tensor dw_part = Backend::output({nparts, C}, weight.options());
-  at::Tensor db_part = Backend::output({nparts, C}, weight.options());
   const cudaStream_t stream = Backend::stream();
   const at::ScalarType tb = branch_dtype.value_or(h.scalar_type());
+  at::Tensor dw_part, db_part;
   dispatch_add_layernorm(h.scalar_type(), tb, grad_y.scalar_type(), "backward", [&]<typename TX, typename TB, typename TY>() {
     using A = typename cuda::AccType<TX>::type;
+    const bool aligned = cuda::add_ln_aligned({grad_h.defined() ? grad_h.const_data_ptr() : nullptr,
+                                               grad_y.const_data_ptr(), h.const_data_ptr(), dh.const_data_ptr(),
+                                               branch_dtype.has_value() ? dbranch.const_data_ptr() : nullptr});
+    const cuda::AddLnPlan plan = cuda::add_ln_plan<TX, TB, TY, A>(rows, C, aligned, true, add_layernorm_target_blocks());
+    TORCH_CHECK(plan.reg || plan.nwarps > 0, "swin_ext.add_layernorm (CUDA): C = ", C, " is too large for the ",
+                "backward kernel (its per-block weight/bias accumulators of 2C values exceed ", cuda::kAddLnBwdMaxSmem,
+                " bytes of shared memory)");
+    dw_part = Backend::output({plan.partials(), C}, weight.options());
+    db_part = Backend::output({plan.partials(), C}, weight.options());
     cuda::launch_add_layernorm_bwd<TX, TB, TY, A>(
         grad_h.defined() ? ptr<TX>(grad_h) : nullptr, ptr<TY>(grad_y), ptr<TX>(h), ptr<A>(weight), ptr<A>(mean),
         ptr<A>(rstd), mut_ptr<TX>(dh), branch_dtype.has_value() ? mut_ptr<TB>(dbranch) : nullptr,
-        mut_ptr<A>(dw_part), mut_ptr<A>(db_part), rows, C, nwarps, stream);
+        mut_ptr<A>(dw_part), mut_ptr<A>(db_part), rows, C, plan, stream);
     Backend::check_launch();
   });
   // Partials reduced over a fixed shape: bitwise reproducible run to run.
@@ -554,7 +568,9 @@ at::Tensor bias_gelu_fwd(const at::Tensor& z_in, const at::Tensor& bias_in) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "bias_gelu_fwd_cuda", [&] {
     using T = cuda_t<scalar_t>;
     using A = typename cuda::AccType<T>::type;
-    cuda::launch_bias_gelu_fwd<T, A>(ptr<T>(z), ptr<A>(bias), mut_ptr<T>(y), rows, K, stream);
+    const cuda::BgPlan plan =
+        cuda::bias_gelu_plan<T>(rows, K, cuda::bias_gelu_aligned({z.const_data_ptr(), y.const_data_ptr()}));
+    cuda::launch_bias_gelu_fwd<T, A>(ptr<T>(z), ptr<A>(bias), mut_ptr<T>(y), rows, K, plan, stream);
     Backend::check_launch();
   });
   return y;
@@ -571,13 +587,16 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd(const at::Tensor& grad_y_in, co
   at::Tensor dz = Backend::output(z.sizes(), z.options());
   if (rows == 0) return {dz, at::zeros({K}, bias.options())};
   check_bias_gelu_limits(K);
-  at::Tensor db_part = Backend::output({cuda::bias_gelu_row_chunks(rows), K}, bias.options());
+  at::Tensor db_part;
   const cudaStream_t stream = Backend::stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "bias_gelu_bwd_cuda", [&] {
     using T = cuda_t<scalar_t>;
     using A = typename cuda::AccType<T>::type;
+    const cuda::BgPlan plan = cuda::bias_gelu_plan<T>(
+        rows, K, cuda::bias_gelu_aligned({grad_y.const_data_ptr(), z.const_data_ptr(), dz.const_data_ptr()}));
+    db_part = Backend::output({plan.chunks, K}, bias.options());
     cuda::launch_bias_gelu_bwd<T, A>(ptr<T>(grad_y), ptr<T>(z), ptr<A>(bias), mut_ptr<T>(dz), mut_ptr<A>(db_part),
-                                     rows, K, stream);
+                                     rows, K, plan, stream);
     Backend::check_launch();
   });
   // Partials reduced over a fixed shape: bitwise reproducible run to run.
