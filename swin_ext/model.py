@@ -28,9 +28,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from ._validate import MAX_WINDOW_SIZE
-from .layers import Linear, Mlp, add_layernorm, has_kernel, residual_add, window_attention
-from .ops import patch_merging
-from .reference import patch_merging_reference, relative_position_index
+from .layers import Linear, Mlp, add_layernorm, merge_norm, residual_add, window_attention
+from .reference import relative_position_index
 from .variants import SIZES
 
 __all__ = [
@@ -288,24 +287,24 @@ class SwinTransformerBlock(nn.Module):
 class PatchMerging(nn.Module):
     """2x2 merge + LayerNorm(4C) + Linear(4C -> 2C): ``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 2C)``.
 
-    ``fused``: the gather and the LayerNorm are one swin_ext kernel and the
-    reduction a :class:`swin_ext.layers.Linear`; else plain PyTorch.
+    ``forward(x, branch=None)`` takes the stage's pending branch (the last
+    block's MLP output, not yet added to the stream) and merges ``x +
+    branch``.  ``fused``: the add, the gather and the LayerNorm are one
+    swin_ext kernel (:func:`swin_ext.layers.merge_norm`; under autocast its
+    output is already in the Linear's dtype) and the reduction a
+    :class:`swin_ext.layers.Linear`; else plain PyTorch.
     """
 
     def __init__(self, dim: int, fused: bool = True) -> None:
         super().__init__()
         self.dim = dim
-        #: run the fused gather + LayerNorm kernel
+        #: run the fused add + gather + LayerNorm kernel
         self.fused = fused
         self.norm = nn.LayerNorm(4 * dim)
         self.reduction = Linear(4 * dim, 2 * dim, bias=False, fast=fused)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and has_kernel("patch_merging", x.device.type):
-            x = patch_merging(x, self.norm.weight, self.norm.bias, self.norm.eps)
-        else:
-            x = patch_merging_reference(x, self.norm.weight, self.norm.bias, self.norm.eps)
-        return self.reduction(x)
+    def forward(self, x: torch.Tensor, branch: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.reduction(merge_norm(x, branch, self.norm, self.fused))
 
     def flops(self, H: int, W: int) -> int:
         return H * W * self.dim + (H // 2) * (W // 2) * 4 * self.dim * 2 * self.dim
@@ -315,9 +314,10 @@ class BasicLayer(nn.Module):
     """One stage: ``depth`` blocks (even ones unshifted, odd ones shifted by ws // 2), then merging.
 
     ``forward(x, branch=None)`` -> ``(x', branch')`` like the blocks: the
-    stage's output is ``x' + branch'``.  With a patch merging the add is done
-    before it and ``branch'`` is ``None``; without one (the last stage) the
-    add is left to the norm that follows.
+    stage's output is ``x' + branch'``.  With a patch merging the last
+    block's pending branch goes into it (the add fused with the merging's
+    gather and LayerNorm) and ``branch'`` is ``None``; without one (the last
+    stage) the add is left to the norm that follows.
     """
 
     def __init__(
@@ -367,7 +367,7 @@ class BasicLayer(nn.Module):
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         x, branch = self.forward_blocks(x, branch)
         if self.downsample is not None:
-            return self.downsample(residual_add(x, branch)), None
+            return self.downsample(x, branch), None
         return x, branch
 
     def flops(self, H: int, W: int) -> int:
@@ -718,7 +718,7 @@ class SwinTransformer(nn.Module):
                     y = x
                 intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
             if i < last and layer.downsample is not None:
-                x, branch = layer.downsample(residual_add(x, branch)), None
+                x, branch = layer.downsample(x, branch), None
         if intermediates_only:
             return intermediates
         return (final if final is not None else residual_add(x, branch)), intermediates

@@ -23,6 +23,7 @@ from op_testing import (
     LN_CASES,
     MERGE_CASES,
     LnCase,
+    MergeCase,
     attention_inputs,
     bg_inputs,
     check_bias_gelu,
@@ -97,24 +98,26 @@ def test_window_attention_v2(executor, case, variant, dtype, monkeypatch, seed_g
 @pytest.mark.parametrize("case", MERGE_CASES, ids=lambda c: c.id)
 def test_patch_merging(executor, case, dtype, seed_generator):
     inp = merge_inputs(case, seed_generator)
-    got = run_merging(executor, inp, dtype)
+    got = run_merging(executor, inp, dtype, case=case)
     check_merging(case, inp, got, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("magnitude", [1e30, 1e36])
-def test_patch_merging_huge_values(executor, dtype, magnitude, seed_generator):
-    """LayerNorm statistics stay right where float32 squares overflow (torch's own LayerNorm gives NaN)."""
-    case = MERGE_CASES[1]
+@pytest.mark.parametrize("case", [MERGE_CASES[1], MergeCase(1, 3, 4, 384, branch="x")], ids=lambda c: c.id)
+def test_patch_merging_huge_values(executor, case, dtype, magnitude, seed_generator):
+    """LayerNorm statistics stay right where float32 squares (and, at 4C = 1536, the row sum) overflow
+    (torch's own LayerNorm gives NaN); with a branch, on groups of four warps in the CUDA register kernels."""
     inp = merge_inputs(case, seed_generator, scale=magnitude)
-    got = run_merging(executor, inp, dtype)
+    got = run_merging(executor, inp, dtype, case=case)
     check_merging(case, inp, got, dtype)
     # a constant row has variance 0: the output is exactly the bias
     inp["x"] = torch.full_like(inp["x"], magnitude)
-    got = run_merging(executor, inp, dtype)
+    inp["b"] = torch.zeros_like(inp["b"])
+    got = run_merging(executor, inp, dtype, case=case)
     H2, W2 = (case.H + 1) // 2, (case.W + 1) // 2
     interior = got["y"][:, : case.H // 2, : case.W // 2]
-    want = inp["b"].to(dtype).expand_as(interior)
+    want = inp["bb"].to(dtype).expand_as(interior)
     torch.testing.assert_close(interior, want, atol=0, rtol=0)
 
 

@@ -88,6 +88,81 @@ def test_patch_merging_gradcheck():
     w = torch.randn(12, dtype=torch.float64, requires_grad=True)
     b = torch.randn(12, dtype=torch.float64, requires_grad=True)
     assert gradcheck(lambda x, w, b: patch_merging(x, w, b), (x, w, b))
+    br = torch.randn(2, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert gradcheck(lambda x, w, b, br: patch_merging(x, w, b, 1e-5, br), (x, w, b, br))
+    xs, ws, bs, brs = (t.detach()[:1, :3].clone().requires_grad_() if t.dim() == 4 else t for t in (x, w, b, br))
+    assert torch.autograd.gradgradcheck(lambda x, w, b, br: patch_merging(x, w, b, 1e-5, br), (xs, ws, bs, brs))
+
+
+def _merge_leaves(shape=(2, 5, 7, 6), dtype=torch.float64, bdtype=None):
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x = torch.randn(*shape, dtype=dtype, requires_grad=True)
+    br = torch.randn(*shape, dtype=bdtype or dtype, requires_grad=True)
+    w = torch.randn(4 * shape[-1], dtype=acc, requires_grad=True)
+    c = torch.randn(4 * shape[-1], dtype=acc, requires_grad=True)
+    return x, w, c, br
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_patch_merging_with_branch_matches_reference_through_autograd(dtype):
+    x, w, c, br = _merge_leaves((2, 5, 7, 6), dtype)
+    y = patch_merging(x, w, c, 1e-5, br)
+    r = patch_merging_reference(x + br, w, c, 1e-5)  # what the model did before: the add, then the merging
+    torch.testing.assert_close(y, r, **TOL[dtype])
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, (x, w, c, br), g), torch.autograd.grad(r, (x, w, c, br), g)):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+def test_patch_merging_mixed_dtypes_and_autocast():
+    """autocast's mix: a float32 stream plus a bf16 branch; each input gets its gradient in its own dtype,
+    and under autocast the output comes in the autocast dtype (the reduction Linear's input)."""
+    x, w, c, br = _merge_leaves((3, 9, 6, 16), torch.float32, torch.bfloat16)
+    y = patch_merging(x, w, c, 1e-5, br)
+    assert y.dtype == torch.float32
+    yr = patch_merging_reference(x, w, c, 1e-5, branch=br)
+    torch.testing.assert_close(y, yr, atol=2e-5, rtol=2e-5)
+    g = torch.randn_like(y)
+    dx, dw, dc, dbr = torch.autograd.grad(y, (x, w, c, br), g)
+    rx, rw, rc, _ = torch.autograd.grad(yr, (x, w, c, br), g, retain_graph=True)
+    assert dx.dtype == torch.float32 and dbr.dtype == torch.bfloat16
+    torch.testing.assert_close(dx, rx, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(dbr.float(), dx.bfloat16().float(), atol=0, rtol=0)  # the same values, rounded
+    torch.testing.assert_close(dw, rw, atol=1e-4, rtol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya = patch_merging(x, w, c, 1e-5, br)
+    assert ya.dtype == torch.bfloat16
+    torch.testing.assert_close(ya.float(), y.bfloat16().float(), atol=0, rtol=0)  # y rounded once
+    (ya.float() * g).sum().backward()  # y's gradient reaches the kernel in bf16
+    assert x.grad.dtype == torch.float32 and br.grad.dtype == torch.bfloat16
+    (rx16,) = torch.autograd.grad(yr, (x,), g.bfloat16().float())
+    torch.testing.assert_close(x.grad, rx16, atol=2e-5, rtol=2e-5)
+
+
+def test_patch_merging_backward_is_bitwise_deterministic():
+    x, w, c, br = _merge_leaves((3, 17, 15, 8), torch.float32, torch.bfloat16)
+    g = torch.randn(3, 9, 8, 32)
+    runs = []
+    for threads in (1, 2, 1):
+        torch.set_num_threads(threads)
+        runs.append(torch.autograd.grad(patch_merging(x, w, c, 1e-5, br), (x, w, c, br), g))
+    torch.set_num_threads(2)
+    for r in runs[1:]:
+        for a, b in zip(runs[0], r):
+            assert torch.equal(a, b)  # dweight/dbias from fixed per-block partials: independent of threads
+
+
+def test_patch_merging_torch_func():
+    from torch.func import grad, vmap
+
+    x, w, c, br = (t.detach() for t in _merge_leaves((3, 2, 3, 5, 2)))  # (V, B, H, W, C)
+    f = lambda fn: (lambda w_, x_, b_: fn(x_, w_, c, 1e-5, b_).pow(3).sum())  # noqa: E731
+    ref = lambda x_, w_, c_, eps, b_: patch_merging_reference(x_ + b_, w_, c_, eps)  # noqa: E731
+    for dims in ((None, 0, 0), (None, 0, None), (None, None, 0)):  # per-sample weight gradients
+        args = (w, x if dims[1] == 0 else x[0], br if dims[2] == 0 else br[0])
+        got = vmap(grad(f(patch_merging)), in_dims=dims)(*args)
+        want = vmap(grad(f(ref)), in_dims=dims)(*args)
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
 
 
 def test_attention_noncontiguous_inputs():
@@ -134,12 +209,18 @@ def _opcheck_samples():
     go = torch.randn(2, 3, 3, 12)
     y, mean, rstd = torch.ops.swin_ext.patch_merging_fwd(x.detach(), w.detach(), b.detach(), 1e-5)
     yield torch.ops.swin_ext.patch_merging_bwd.default, (go, x.detach(), w.detach(), mean, rstd)
+    br = torch.randn(2, 5, 6, 3).bfloat16().requires_grad_()
+    yield torch.ops.swin_ext.patch_merging_fwd.default, (x, w, b, 1e-5, br, torch.bfloat16)  # autocast's mix
+    y, mean, rstd = torch.ops.swin_ext.patch_merging_fwd(x.detach(), w.detach(), b.detach(), 1e-5, br.detach(),
+                                                         torch.bfloat16)
+    yield torch.ops.swin_ext.patch_merging_bwd.default, (go.bfloat16(), x.detach(), w.detach(), mean, rstd,
+                                                         br.detach(), torch.bfloat16)
     qd, bd, pd = qkv.detach(), bias.detach(), pad.detach()
     out, lse = torch.ops.swin_ext.window_attention_fwd(qd, bd, pd, 4, 2, 2, 0.5)
     yield torch.ops.swin_ext.window_attention_bwd.default, (torch.randn_like(out), qd, bd, pd, lse, 4, 2, 2, 0.5)
 
 
-@pytest.mark.parametrize("sample", list(range(7)))
+@pytest.mark.parametrize("sample", list(range(9)))
 def test_opcheck(sample):
     op, args = list(_opcheck_samples())[sample]
     torch.library.opcheck(op, args)
@@ -267,6 +348,31 @@ def test_add_layernorm_torch_func():
     torch.testing.assert_close(gg[0], gg[1], atol=1e-9, rtol=1e-9)
 
 
+def test_bias_gelu_cpu_accuracy_over_the_bf16_range():
+    """The vectorised CPU GELU (Cephes erf / erfc) at every finite bf16 value below 1e4 in magnitude,
+    against u * Phi(u) from erfc in float64 (torch's own GELU, 1 + erf, loses the lower tail): a few
+    ulp in the bulk, <= 80 ulp where exp(-u^2 / 2) of a rounded u^2 limits it (GELU < 1e-15, like
+    Cephes' erfcf); GELU' within 2 ulp of 1 in absolute terms (it crosses zero at u ~ -0.75).
+    test_baseline_isa_path_matches_reference runs the non-AVX2 build."""
+    import math
+
+    z = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
+    z = z[torch.isfinite(z) & (z.abs() < 1e4)][:, None].contiguous()
+    zd = z.double()
+    phi = 0.5 * torch.special.erfc(-zd / math.sqrt(2))
+    ref, dref = zd * phi, phi + zd * torch.exp(-0.5 * zd * zd) / math.sqrt(2 * math.pi)
+    b = torch.zeros(1)
+    y = swin_ext.bias_gelu(z, b).double()
+    dz, db = torch.ops.swin_ext.bias_gelu_bwd(torch.ones_like(z), z, b)
+    ulp = 2.0 ** -23
+    e = (y - ref).abs()
+    bulk = z[:, 0] > -5
+    assert (e[bulk] <= 10 * ulp * ref[bulk].abs() + 1e-38).all(), e[bulk].max()
+    assert (e <= 80 * ulp * ref.abs() + 1e-37).all(), (e / ref.abs()).max()
+    assert ((dz.double() - dref).abs() <= 2 * ulp).all(), (dz.double() - dref).abs().max()
+    torch.testing.assert_close(db.double(), dz.double().sum(0), rtol=1e-6, atol=0)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -299,6 +405,25 @@ def test_patch_merging_bad_input():
         patch_merging(torch.randn(1, 4, 4, 2), torch.ones(7), torch.zeros(8))
     with pytest.raises(TypeError, match="float32"):
         patch_merging(torch.ones(1, 4, 4, 2, dtype=torch.int32), torch.ones(8), torch.zeros(8))
+    x, w, b = torch.randn(1, 4, 4, 2), torch.ones(8), torch.zeros(8)
+    with pytest.raises(ValueError, match="branch must have the shape of x"):
+        patch_merging(x, w, b, 1e-5, torch.randn(1, 4, 3, 2))
+    with pytest.raises(TypeError, match="branch must be float32"):
+        patch_merging(x, w, b, 1e-5, torch.ones(1, 4, 4, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="branch must be a torch.Tensor"):
+        patch_merging(x, w, b, 1e-5, 0.5)
+    with pytest.raises(ValueError, match="branch is on meta"):
+        patch_merging(x, w, b, 1e-5, torch.randn(1, 4, 4, 2, device="meta"))
+    # the raw ops say the same (RuntimeError, as TORCH_CHECK raises)
+    with pytest.raises(RuntimeError, match="branch must have the shape of x"):
+        torch.ops.swin_ext.patch_merging_fwd(x, w, b, 1e-5, torch.randn(1, 4, 4, 3))
+    with pytest.raises(RuntimeError, match="y_dtype must be float32"):
+        torch.ops.swin_ext.patch_merging_fwd(x, w, b, 1e-5, None, torch.int32)
+    y, mean, rstd = torch.ops.swin_ext.patch_merging_fwd(x, w, b, 1e-5)
+    with pytest.raises(RuntimeError, match="branch_dtype must be float32"):
+        torch.ops.swin_ext.patch_merging_bwd(torch.ones_like(y), x, w, mean, rstd, None, torch.int64)
+    with pytest.raises(RuntimeError, match="grad_out must be float32"):
+        torch.ops.swin_ext.patch_merging_bwd(torch.ones_like(y).int(), x, w, mean, rstd)
 
 
 def test_cpp_checks_raise_python_errors():
@@ -351,6 +476,19 @@ def test_baseline_isa_path_matches_reference():
         "    torch.testing.assert_close(y, yr, atol=tol, rtol=tol)\n"
         "    g = torch.randn_like(y)\n"
         "    for a, b in zip(torch.autograd.grad(y, (x, w, c), g), torch.autograd.grad(yr, (x, w, c), g)):\n"
+        "        torch.testing.assert_close(a, b, atol=tol, rtol=tol)\n"
+        "    x = torch.randn(2, 7, 5, 16, dtype=dt, requires_grad=True); br = torch.randn(2, 7, 5, 16).bfloat16().requires_grad_()\n"
+        "    w = torch.randn(64, dtype=dt, requires_grad=True); c = torch.randn(64, dtype=dt, requires_grad=True)\n"
+        "    y = swin_ext.patch_merging(x, w, c, 1e-5, br); yr = R.patch_merging_reference(x, w, c, 1e-5, br)\n"
+        "    torch.testing.assert_close(y, yr, atol=tol, rtol=tol)\n"
+        "    g = torch.randn_like(y)\n"
+        "    for a, b in zip(torch.autograd.grad(y, (x, w, c, br), g), torch.autograd.grad(yr, (x, w, c, br), g)):\n"
+        "        torch.testing.assert_close(a.double(), b.double(), atol=tol, rtol=tol)\n"
+        "    z = torch.randn(9, 37, dtype=dt, requires_grad=True) * 3; bz = torch.randn(37, dtype=dt, requires_grad=True)\n"
+        "    y, yr = swin_ext.bias_gelu(z, bz), R.bias_gelu_reference(z, bz)\n"
+        "    torch.testing.assert_close(y, yr, atol=tol, rtol=tol)\n"
+        "    g = torch.randn_like(y)\n"
+        "    for a, b in zip(torch.autograd.grad(y, (z, bz), g), torch.autograd.grad(yr, (z, bz), g)):\n"
         "        torch.testing.assert_close(a, b, atol=tol, rtol=tol)\n"
         "    x = torch.randn(5, 7, 20, dtype=dt, requires_grad=True); br = torch.randn(5, 7, 20, dtype=dt, requires_grad=True)\n"
         "    w = torch.randn(20, dtype=dt, requires_grad=True); c = torch.randn(20, dtype=dt, requires_grad=True)\n"
