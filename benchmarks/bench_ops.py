@@ -16,9 +16,12 @@ and return the input of the proj Linear, like swin_ext's op):
   fused attention enabled.
 
 ``add+LN`` times :func:`swin_ext.add_layernorm` against ``x + branch`` then
-``F.layer_norm`` (a float32 stream plus a low-precision branch for float16 /
-bfloat16, as under autocast); ``eager`` is the only baseline for it and for
-merging.
+``F.layer_norm``, ``merging`` :func:`swin_ext.patch_merging` with the pending
+branch against ``x + branch`` then the plain merging (a float32 stream plus a
+low-precision branch for float16 / bfloat16, as under autocast); ``eager`` is
+the only baseline for them.  On the CPU, ``fc1+GELU`` times fc1 and its GELU
+in training as the model runs them (bias-free GEMM + :func:`swin_ext.bias_gelu`)
+against the GEMM with its bias + torch's GELU.
 
 On CUDA also the achieved GB/s of the fused op against its byte floor (each
 input read once, each output written once: qkv + out forward, plus dO and
@@ -41,6 +44,7 @@ from _timing import measure  # noqa: E402
 import swin_ext  # noqa: E402
 from swin_ext import reference  # noqa: E402
 
+OPS = ["attention", "merging", "add+LN", "fc1+GELU"]
 MODELS = {
     "swin_t": dict(embed_dim=96, heads=(3, 6, 12, 24)),
     "swin_b": dict(embed_dim=128, heads=(4, 8, 16, 32)),
@@ -112,20 +116,72 @@ def attention_case(B, H, C, heads, ws, shift, device, dtype, backward, impls):
 
 
 def merging_case(B, H, C, device, dtype, backward):
-    x = torch.randn(B, H, H, C, device=device, dtype=dtype, requires_grad=backward)
-    w = torch.randn(4 * C, device=device, requires_grad=backward)
-    b = torch.randn(4 * C, device=device, requires_grad=backward)
+    """The stage's end: the fused op on the stream and the last block's pending branch vs
+    ``x + branch`` then the plain PyTorch merging.
+
+    float16/bfloat16: as under autocast, a float32 stream plus a low-precision
+    branch, the merged map in the low dtype (the fused op under
+    ``torch.autocast``; the eager pair casts it as the reduction Linear's
+    autocast would).
+    """
+    low = dtype in (torch.float16, torch.bfloat16)
+    xdt = torch.float32 if low else dtype
+    wdt = torch.float64 if dtype == torch.float64 else torch.float32
+    x = torch.randn(B, H, H, C, device=device, dtype=xdt, requires_grad=backward)
+    br = torch.randn(B, H, H, C, device=device, dtype=dtype, requires_grad=backward)
+    w = torch.randn(4 * C, device=device, dtype=wdt, requires_grad=backward)
+    b = torch.randn(4 * C, device=device, dtype=wdt, requires_grad=backward)
     g = torch.randn(B, H // 2, H // 2, 4 * C, device=device, dtype=dtype)
+
+    def fused():
+        with torch.autocast(device.type, dtype=dtype, enabled=low):
+            return swin_ext.patch_merging(x, w, b, 1e-5, br)
+
+    def eager():
+        return reference.patch_merging_reference(x + br, w, b, 1e-5).to(dtype)
 
     def run(fn):
         def f():
-            y = fn(x, w, b, 1e-5)
+            y = fn()
             if backward:
-                torch.autograd.grad(y, (x, w, b), g)
+                torch.autograd.grad(y, (x, br, w, b), g)
         return f
 
-    nbytes = x.numel() * x.element_size() * (2 + (3 if backward else 0))  # x + y; + dy, x, dx
-    return {"fused": run(swin_ext.patch_merging), "eager": run(reference.patch_merging_reference)}, nbytes
+    e = x.numel()
+    sx, sb = x.element_size(), br.element_size()
+    nbytes = e * (sx + sb + sb)  # x, branch read; y written (in the branch's dtype)
+    if backward:
+        nbytes += e * (sb + sx + sb + sx + (sb if sb != sx else 0))  # dy, x, branch read; dx (+ dbranch) written
+    return {"fused": run(fused), "eager": run(eager)}, nbytes
+
+
+def fc1_gelu_case(B, H, C, device, dtype, backward):
+    """fc1 + GELU of a block's MLP (C -> 4C) through :func:`swin_ext.layers.linear_gelu`: the
+    bias-free GEMM + :func:`swin_ext.bias_gelu` (``fused``) vs the GEMM with its bias + torch's GELU
+    (``eager``, ``fast_linear.CPU_TRAINING_BIAS_GELU = False``).  Backward: the GELU's and the
+    bias's gradients (the GEMMs' are the same on both paths and are left out: only ``dz`` flows)."""
+    from swin_ext.layers import fast_linear as FL
+
+    fc = FL.Linear(C, 4 * C).to(device)
+    fc.weight.requires_grad_(False)  # only the bias's gradient: no GEMM in either backward
+    x = torch.randn(B, H, H, C, device=device)
+    g = torch.randn(B, H, H, 4 * C, device=device)
+
+    def run(flag):
+        def f():
+            old, FL.CPU_TRAINING_BIAS_GELU = FL.CPU_TRAINING_BIAS_GELU, flag
+            try:
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                    y = FL.linear_gelu(x, fc)
+                if backward:
+                    torch.autograd.grad(y, (fc.bias,), g.to(y.dtype))
+            finally:
+                FL.CPU_TRAINING_BIAS_GELU = old
+        return f
+
+    e = g.numel()
+    nbytes = e * 4 * (2 + (3 if backward else 0))  # z read, y written; + dy, z read, dz written
+    return {"fused": run(True), "eager": run(False)}, nbytes
 
 
 def add_layernorm_case(B, H, C, device, dtype, backward):
@@ -191,6 +247,7 @@ def main(argv=None):
                     help="Swin stages, 0-based (default all four)")
     ap.add_argument("--repeats", type=_positive_int, default=10)
     ap.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--ops", nargs="+", default=OPS, choices=OPS, help="ops to time (default all)")
     ap.add_argument("--baselines", nargs="+", default=["eager"], choices=["eager", "sdpa"],
                     help="attention baselines timed beside the fused op (default: eager)")
     args = ap.parse_args(argv)
@@ -225,11 +282,16 @@ def main(argv=None):
             H, C, heads = 56 >> s, spec["embed_dim"] << s, spec["heads"][s]
             shift = 3 if H > 7 else 0
             for backward in (False, True):
-                cases = [("attention", f"{B}x{H}x{H}x{C} h{heads} s{shift}",
-                          attention_case(B, H, C, heads, 7, shift, device, dtype, backward, ["fused"] + base))]
-                if s < 3:
+                cases = []
+                if "attention" in args.ops:
+                    cases.append(("attention", f"{B}x{H}x{H}x{C} h{heads} s{shift}",
+                                  attention_case(B, H, C, heads, 7, shift, device, dtype, backward, ["fused"] + base)))
+                if s < 3 and "merging" in args.ops:
                     cases.append(("merging", f"{B}x{H}x{H}x{C}", merging_case(B, H, C, device, dtype, backward)))
-                cases.append(("add+LN", f"{B}x{H}x{H}x{C}", add_layernorm_case(B, H, C, device, dtype, backward)))
+                if "add+LN" in args.ops:
+                    cases.append(("add+LN", f"{B}x{H}x{H}x{C}", add_layernorm_case(B, H, C, device, dtype, backward)))
+                if device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and "fc1+GELU" in args.ops:
+                    cases.append(("fc1+GELU", f"{B}x{H}x{H}x{C}", fc1_gelu_case(B, H, C, device, dtype, backward)))
                 for op, shape, (fns, nbytes) in cases:
                     t = {impl: measure(fn, device, repeats=args.repeats)["median"] for impl, fn in fns.items()}
                     tf = t["fused"]

@@ -171,6 +171,26 @@ def test_gemm_epilogues_only_for_float32_inference(monkeypatch):
     assert calls == []
 
 
+@pytest.mark.parametrize("bias_gelu", [True, False])
+def test_training_only_fc1_biases_on_cpu(bias_gelu, monkeypatch):
+    """Everything frozen but fc1's biases: fc1's bias needs a gradient although neither its input nor its
+    weight does -- no oneDNN GELU epilogue then (it has no backward; this raised before), with and
+    without the CPU training bias_gelu path."""
+    monkeypatch.setattr(swin_ext.layers.fast_linear, "CPU_TRAINING_BIAS_GELU", bias_gelu)
+    m = tiny(drop_path_rate=0.0)
+    for name, p in m.named_parameters():
+        p.requires_grad_(name.endswith("mlp.fc1.bias"))
+    r = copy.deepcopy(m).set_backend("reference")
+    x = torch.randn(2, 3, 32, 32)
+    out, ref = m(x), r(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for (name, p), q in zip(m.named_parameters(), r.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_merging_takes_the_pending_branch(monkeypatch):
     """Each stage's last MLP branch goes into the fused merging (no separate residual add), and the
     model still equals the reference backend (which adds, then merges) through training."""

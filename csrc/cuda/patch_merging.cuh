@@ -187,6 +187,15 @@ __device__ __forceinline__ void st16(T* p, const float (&v)[VEC]) {
   }
 }
 
+// One 16-byte store of 4 floats at p (16-byte aligned, shared memory).
+__device__ __forceinline__ void st_float4(float* p, const float4& v) {
+#if defined(__CUDACC__)
+  *reinterpret_cast<float4*>(p) = v;
+#else
+  memcpy(p, &v, 16);  // the harness's host compiler enforces strict aliasing
+#endif
+}
+
 // h of one chunk (ld16 loads; zeros for off < 0).
 template <typename tx, typename tb, int VEC>
 __device__ __forceinline__ void ld16_h(const tx* x, const tb* branch, int64_t off, float (&v)[VEC]) {
@@ -439,8 +448,8 @@ __global__ void __launch_bounds__(kMergeThreads, kMergeRegBlocks)
     for (int e = 0; e < VEC; e += 4) {  // 16-byte stores
       const float4 w4 = make_float4(dw[i][e], dw[i][e + 1], dw[i][e + 2], dw[i][e + 3]);
       const float4 b4 = make_float4(db[i][e], db[i][e + 1], db[i][e + 2], db[i][e + 3]);
-      memcpy(__builtin_assume_aligned(rw + ch.k[i] + e, 16), &w4, 16);
-      memcpy(__builtin_assume_aligned(rw + C4 + ch.k[i] + e, 16), &b4, 16);
+      st_float4(rw + ch.k[i] + e, w4);
+      st_float4(rw + C4 + ch.k[i] + e, b4);
     }
   }
   __syncthreads();

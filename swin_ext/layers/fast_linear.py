@@ -179,7 +179,8 @@ def linear_gelu(x: torch.Tensor, fc: nn.Linear, approximate: str = "none") -> to
     if (
         fast
         and approximate == "none"
-        and not (torch.is_grad_enabled() and (x.requires_grad or fc.weight.requires_grad))
+        and not (torch.is_grad_enabled() and (x.requires_grad or fc.weight.requires_grad
+                                              or (fc.bias is not None and fc.bias.requires_grad)))
         and _onednn_ok(x, fc.weight)
         and (fc.bias is None or fc.bias.dtype == torch.float32)
     ):
