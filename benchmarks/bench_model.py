@@ -29,6 +29,15 @@ Implementations (those whose library is missing are skipped):
                          elementwise ops; the GEMMs stay torch's).
 * ``torchvision``        torchvision ``swin_t(weights=None)``.
 
+``--model upernet_swin_t`` (semantic segmentation, 512 px, inference) compares the
+swin_ext UperNet (``swin_ext-fused``; ``swin_ext-reference`` its plain-PyTorch backbone)
+with transformers' ``UperNetForSemanticSegmentation`` with a ``SwinBackbone`` of the
+Swin-T configuration (``transformers``: its default attention, SDPA;
+``transformers-eager``: ``set_attn_implementation("eager")``), 150 classes, random
+weights copied by ``swin_ext.from_transformers``.  transformers' forward also
+runs its auxiliary head (it always does); swin_ext's inference does not (the
+auxiliary head only serves the training loss).
+
 ``--model swinv2_tiny_window8_256`` (Swin V2 at 256 px) compares
 ``swin_ext.create_model("swinv2_tiny_window8_256")`` with timm's model of that
 name (the res-post-norms, zero at initialisation, set to ones so that the
@@ -45,10 +54,7 @@ their fp32 eval logits are checked against swin_ext-fused before timing.
 Timing: every implementation of one (mode, dtype, batch) case is warmed up,
 then timed in interleaved rounds (A, B, C, A, B, C, ...) so that a load change
 on a shared machine hits all of them alike; the median per implementation is
-reported.  ``--isolate`` puts each implementation in a process of its own (its
-own allocator, thread pool and oneDNN caches: how the issue-20 CPU targets are
-measured); the parent still interleaves the rounds, one timed iteration per
-process at a time.  ``infer`` = eval forward under ``torch.inference_mode``; ``train``
+reported.  ``infer`` = eval forward under ``torch.inference_mode``; ``train``
 = forward + cross-entropy + backward + AdamW step.  float16/bfloat16 run
 under ``torch.autocast`` with float32 weights.
 
@@ -58,7 +64,8 @@ peak RSS above the RSS before that iteration, from the kernel's VmHWM after
 resetting it through ``/proc/self/clear_refs`` (Linux); "n/a" where that is
 unavailable.  CPU numbers include allocator caching and are approximate.
 
-Writes ``benchmarks/results/bench_model_<device>_<date>.md`` and ``.png``.
+Writes ``benchmarks/results/bench_model_<model>_<device>_<date>.md`` (``<device>``: ``cpu-<threads>t``, or the GPU
+name on CUDA) and a ``.png`` chart; ``--no-save`` prints only.
 """
 from __future__ import annotations
 
@@ -67,12 +74,10 @@ import copy
 import ctypes
 import datetime
 import gc
-import json
 import os
 import platform
 import re
 import shlex
-import subprocess
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
@@ -82,52 +87,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import swin_ext  # noqa: E402
+from swin_ext.weights.layouts import to_timm, to_torchvision  # noqa: E402
+
 from _timing import measure  # noqa: E402
 
-import swin_ext  # noqa: E402
-
 ALL_IMPLS = ["swin_ext-fused", "swin_ext-fused-noepi", "swin_ext-fused-compiled", "swin_ext-reference", "timm",
-             "timm-sdpa", "timm-compiled", "torchvision"]
+             "timm-sdpa", "timm-compiled", "torchvision", "transformers", "transformers-eager"]
+#: the segmentation models (``build_seg_models``): name -> (image size, transformers SwinConfig keywords)
+SEG_MODELS = {"upernet_swin_t": (512, dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7))}
+SEG_IMPLS = ["swin_ext-fused", "swin_ext-reference", "transformers", "transformers-eager"]
+BASELINES = ("timm", "timm-sdpa", "timm-compiled", "transformers", "transformers-eager")
 COMPILED = ("swin_ext-fused-compiled", "timm-compiled")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 # --------------------------------------------------------------------------- weight mapping
-
-
-def to_timm_state_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """swin_ext (official layout) -> timm: patch merging moves to the start of
-    the next stage (``layers.{i+1}.downsample``), ``head`` -> ``head.fc``."""
-    out = {}
-    for k, v in sd.items():
-        k2 = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", k)
-        if k2.startswith("head."):
-            k2 = "head.fc." + k2[len("head."):]
-        out[k2] = v
-    return out
-
-
-def to_torchvision_state_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """swin_ext -> torchvision ``swin_t``: ``features.0`` = (conv, permute, norm),
-    ``features.2i+1`` = stage i's blocks, ``features.2i+2`` = stage i's merging,
-    ``mlp.fc1/fc2`` -> ``mlp.0/mlp.3``."""
-    out = {}
-    for k, v in sd.items():
-        m = re.match(r"^patch_embed\.(proj|norm)\.(.*)$", k)
-        if m:
-            out[f"features.0.{0 if m.group(1) == 'proj' else 2}.{m.group(2)}"] = v
-            continue
-        m = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(.*)$", k)
-        if m:
-            rest = m.group(3).replace("mlp.fc1.", "mlp.0.").replace("mlp.fc2.", "mlp.3.")
-            out[f"features.{2 * int(m.group(1)) + 1}.{m.group(2)}.{rest}"] = v
-            continue
-        m = re.match(r"^layers\.(\d+)\.downsample\.(.*)$", k)
-        if m:
-            out[f"features.{2 * int(m.group(1)) + 2}.{m.group(2)}"] = v
-            continue
-        out[k] = v  # norm.*, head.*
-    return out
 
 
 def _load_into(model: nn.Module, mapped: Dict[str, torch.Tensor]) -> None:
@@ -143,12 +118,17 @@ def _load_into(model: nn.Module, mapped: Dict[str, torch.Tensor]) -> None:
 
 
 # model name -> (swin_ext factory or create_model name, timm name, torchvision builder name or None,
-# image size); the architectures and image sizes come from swin_ext's variant table (swin_ext.variants).
-_TIMM_NAMES = {"swin_t": ("swin_tiny_patch4_window7_224", "swin_t"), "swin_s": ("swin_small_patch4_window7_224", "swin_s"),
-               "swin_b": ("swin_base_patch4_window7_224", "swin_b"),
-               "swinv2_tiny_window8_256": ("swinv2_tiny_window8_256", None)}
-MODELS = {name: (name, timm_name, tv, swin_ext.factory.model_config(name)["img_size"])
-          for name, (timm_name, tv) in _TIMM_NAMES.items()}
+# image size); the architectures and image sizes come from swin_ext's variant table (swin_ext.models.variants).
+_TIMM_NAMES = {
+    "swin_t": ("swin_tiny_patch4_window7_224", "swin_t"),
+    "swin_s": ("swin_small_patch4_window7_224", "swin_s"),
+    "swin_b": ("swin_base_patch4_window7_224", "swin_b"),
+    "swinv2_tiny_window8_256": ("swinv2_tiny_window8_256", None),
+}
+MODELS = {
+    name: (name, timm_name, tv, swin_ext.factory.model_config(name)["img_size"])
+    for name, (timm_name, tv) in _TIMM_NAMES.items()
+}
 
 
 def _base_model(model: str) -> nn.Module:
@@ -163,8 +143,9 @@ def _base_model(model: str) -> nn.Module:
     return m
 
 
-def build_models(impls: List[str], device: torch.device, seed: int = 0,
-                 model: str = "swin_t") -> Tuple[Dict[str, nn.Module], Dict[str, str]]:
+def build_models(
+    impls: List[str], device: torch.device, seed: int = 0, model: str = "swin_t"
+) -> Tuple[Dict[str, nn.Module], Dict[str, str]]:
     """The implementations, all with the weights of ``swin_ext.<model>`` seeded with ``seed``."""
     ours, timm_name, tv_name, _ = MODELS[model]
     torch.manual_seed(seed)
@@ -201,14 +182,18 @@ def build_models(impls: List[str], device: torch.device, seed: int = 0,
                 m = timm.create_model(timm_name, pretrained=False, num_classes=1000, drop_path_rate=0.0)
             finally:
                 tcfg._USE_FUSED_ATTN = saved
-            m.load_state_dict(to_timm_state_dict(sd), strict=True)
-            flags = {bool(getattr(a, "fused_attn", False)) for a in m.modules() if type(a).__name__ == "WindowAttention"}
+            m.load_state_dict(to_timm(sd), strict=True)
+            flags = {
+                bool(getattr(a, "fused_attn", False)) for a in m.modules() if type(a).__name__ == "WindowAttention"
+            }
             if v2:
                 attn_note = "explicit softmax (timm's only Swin V2 attention path)"
             else:
-                attn_note = (f"WindowAttention.fused_attn={'/'.join(str(f) for f in sorted(flags))}"
-                             + (" (F.scaled_dot_product_attention, = TIMM_FUSED_ATTN=2)" if True in flags
-                                else " (explicit softmax: timm's default for Swin)"))
+                attn_note = f"WindowAttention.fused_attn={'/'.join(str(f) for f in sorted(flags))}" + (
+                    " (F.scaled_dot_product_attention, = TIMM_FUSED_ATTN=2)"
+                    if True in flags
+                    else " (explicit softmax: timm's default for Swin)"
+                )
             notes[name] = f"timm {timm.__version__} {timm_name}, {attn_note}"
             if name == "timm-compiled":
                 notes[name] += ", under torch.compile (inductor, dynamic=False)"
@@ -227,7 +212,7 @@ def build_models(impls: List[str], device: torch.device, seed: int = 0,
             for mod in m.modules():
                 if type(mod).__name__ == "StochasticDepth":
                     mod.p = 0.0
-            _load_into(m, to_torchvision_state_dict(sd))
+            _load_into(m, to_torchvision(sd))
             notes[name] = f"torchvision {torchvision.__version__} {tv_name}"
             models[name] = m
         else:
@@ -237,24 +222,53 @@ def build_models(impls: List[str], device: torch.device, seed: int = 0,
     return models, notes
 
 
+def build_seg_models(impls: List[str], device: torch.device, seed: int = 0,
+                     model: str = "upernet_swin_t") -> Tuple[Dict[str, nn.Module], Dict[str, str]]:
+    """transformers' UperNet-Swin (random weights, seeded) and swin_ext's copy of it (``from_transformers``)."""
+    import transformers
+
+    _, swin_kw = SEG_MODELS[model]
+    models: Dict[str, nn.Module] = {}
+    notes: Dict[str, str] = {}
+    bc = transformers.SwinConfig(image_size=224, patch_size=4, out_features=["stage1", "stage2", "stage3", "stage4"],
+                                 drop_path_rate=0.0, **swin_kw)
+    cfg = transformers.UperNetConfig(backbone_config=bc, hidden_size=512, auxiliary_channels=256, num_labels=150)
+    torch.manual_seed(seed)
+    hf = {"default": transformers.UperNetForSemanticSegmentation(cfg).eval()}
+    if "transformers-eager" in impls:
+        hf["eager"] = copy.deepcopy(hf["default"])
+        hf["eager"].set_attn_implementation("eager")
+    for name in impls:
+        if name in ("swin_ext-fused", "swin_ext-reference"):
+            m = swin_ext.from_transformers(hf["default"])
+            m.backbone.set_backend(name.split("-")[1])
+            models[name] = m
+            what = "fused kernels" if name.endswith("fused") else "plain-PyTorch backbone"
+            notes[name] = f"swin_ext UperNet ({what}), from_transformers of the transformers model"
+        elif name in ("transformers", "transformers-eager"):
+            m = hf["default" if name == "transformers" else "eager"]
+            models[name] = m
+            notes[name] = (f"transformers {transformers.__version__} UperNetForSemanticSegmentation + SwinBackbone, "
+                           f"attn_implementation={m.backbone.config._attn_implementation!r}")
+        else:
+            notes[name] = f"skipped: no {name} UperNet"
+    for m in models.values():
+        m.to(device)
+    return models, notes
+
+
 @torch.no_grad()
-def agreement_logits(model: nn.Module, device: torch.device, img: int = 224) -> torch.Tensor:
-    """fp32 eval logits of a fixed batch of 2 (on the CPU)."""
+def agreement(models: Dict[str, nn.Module], device: torch.device, img: int = 224, batch: int = 2) -> Dict[str, float]:
+    """Max |logit difference| to the first model, fp32, eval, batch 2."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 3, img, img, generator=g).to(device)
-    model.eval()
-    return model(x).float().cpu()
-
-
-def logit_diffs(outs: Dict[str, torch.Tensor]) -> Dict[str, float]:
-    """Max |logit difference| of each implementation to the first."""
+    x = torch.randn(batch, 3, img, img, generator=g).to(device)
+    outs = {}
+    for name, m in models.items():
+        m.eval()
+        out = m(x)
+        outs[name] = getattr(out, "logits", out).float()  # transformers' UperNet returns an output object
     ref = next(iter(outs.values()))
     return {k: (v - ref).abs().max().item() for k, v in outs.items()}
-
-
-def agreement(models: Dict[str, nn.Module], device: torch.device, img: int = 224) -> Dict[str, float]:
-    """Max |logit difference| to the first model, fp32, eval, batch 2."""
-    return logit_diffs({name: agreement_logits(m, device, img) for name, m in models.items()})
 
 
 # --------------------------------------------------------------------------- memory
@@ -310,8 +324,9 @@ def peak_memory_mib(fn: Callable[[], None], device: torch.device) -> Optional[fl
 # --------------------------------------------------------------------------- runners
 
 
-def make_runner(model: nn.Module, mode: str, batch: int, dtype: torch.dtype, device: torch.device,
-                img: int = 224) -> Callable[[], None]:
+def make_runner(
+    model: nn.Module, mode: str, batch: int, dtype: torch.dtype, device: torch.device, img: int = 224
+) -> Callable[[], None]:
     g = torch.Generator().manual_seed(2)
     x = torch.randn(batch, 3, img, img, generator=g).to(device)
     y = torch.randint(0, 1000, (batch,), generator=g).to(device)
@@ -338,8 +353,9 @@ def make_runner(model: nn.Module, mode: str, batch: int, dtype: torch.dtype, dev
     return step
 
 
-def bench_case(models, mode, batch, dtype, device, warmup, repeats,
-               compile_s: Optional[Dict[str, float]] = None, img: int = 224) -> Dict[str, Dict[str, float]]:
+def bench_case(
+    models, mode, batch, dtype, device, warmup, repeats, compile_s: Optional[Dict[str, float]] = None, img: int = 224
+) -> Dict[str, Dict[str, float]]:
     runners = {}
     for name, m in models.items():
         try:
@@ -360,127 +376,22 @@ def bench_case(models, mode, batch, dtype, device, warmup, repeats,
     for _ in range(repeats):
         for name, fn in runners.items():  # interleaved rounds
             times[name].append(measure(fn, device, warmup=0, repeats=1)["median"])
-    res = {name: time_stats(times[name], batch, peak_memory_mib(fn, device)) for name, fn in runners.items()}
+    res = {}
+    for name, fn in runners.items():
+        ts = sorted(times[name])
+        med = ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2])
+        res[name] = {
+            "median_s": med,
+            "min_s": ts[0],
+            "p20_s": ts[min(len(ts) - 1, int(0.2 * len(ts)))],
+            "p80_s": ts[min(len(ts) - 1, int(0.8 * len(ts)))],
+            "img_s": batch / med,
+            "peak_mib": peak_memory_mib(fn, device),
+        }
     for m in models.values():
         m.zero_grad(set_to_none=True)
     gc.collect()
     return res
-
-
-def time_stats(times: List[float], batch: int, peak_mib: Optional[float]) -> Dict[str, float]:
-    """Median, best, p20 / p80 seconds and images / s of one implementation's timed iterations."""
-    ts = sorted(times)
-    med = ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2])
-    return {
-        "median_s": med,
-        "min_s": ts[0],
-        "p20_s": ts[min(len(ts) - 1, int(0.2 * len(ts)))],
-        "p80_s": ts[min(len(ts) - 1, int(0.8 * len(ts)))],
-        "img_s": batch / med,
-        "peak_mib": peak_mib,
-    }
-
-
-# --------------------------------------------------------------------------- one process per implementation
-
-_REPLY = "@@bench_model@@ "  # a worker's replies on stdout (other output there is ignored)
-
-
-class IsolatedImpl:
-    """One implementation in a child process of its own (``--isolate``): its own allocator, thread
-    pool and oneDNN caches, so that the implementations cannot disturb each other's memory or
-    caches.  The parent sends one JSON command per line and times nothing itself: the child times
-    one iteration per ``time`` command, so that the rounds stay interleaved across the processes."""
-
-    def __init__(self, name: str, device: torch.device, model: str, threads: Optional[int],
-                 tree: Optional[str] = None):
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--device", str(device), "--model", model]
-        if threads:
-            cmd += ["--threads", str(threads)]
-        env = None
-        if tree:  # swin_ext imported from another checkout (--compare-tree)
-            env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
-        self.name = name
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
-        self.hello = self._recv()
-
-    def _recv(self) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith(_REPLY):
-                return json.loads(line[len(_REPLY):])
-        raise RuntimeError(f"bench_model worker {self.name} exited (code {self.proc.wait()})")
-
-    def call(self, **cmd) -> dict:
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return self._recv()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.call(cmd="quit")
-            self.proc.wait(timeout=60)
-
-
-def worker_main(name: str, device: torch.device, model: str) -> int:
-    """The child of :class:`IsolatedImpl`: builds ``name`` (same seeded weights as every
-    implementation) and answers commands until ``quit``."""
-    def reply(**kw) -> None:
-        print(_REPLY + json.dumps(kw), flush=True)
-
-    models, notes = build_models([name], device, model=model)
-    img = MODELS[model][3]
-    reply(ok=name in models, note=notes.get(name, ""))
-    runner = None
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        c = cmd["cmd"]
-        if c == "quit":
-            reply(ok=True)
-            return 0
-        if c == "logits":
-            reply(logits=agreement_logits(models[name], device, img).tolist())
-        elif c == "setup":
-            m = models[name]
-            m.zero_grad(set_to_none=True)
-            gc.collect()
-            try:
-                runner = make_runner(m, cmd["mode"], cmd["batch"], getattr(torch, cmd["dtype"]), device, img)
-                first = None
-                for i in range(max(cmd["warmup"], 2) if name in COMPILED else cmd["warmup"]):
-                    t0 = time.perf_counter()
-                    runner()
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    if i == 0:
-                        first = time.perf_counter() - t0
-                reply(ok=True, compile_s=first if name in COMPILED else None)
-            except Exception as e:  # noqa: BLE001 - e.g. a dtype an implementation lacks
-                runner = None
-                reply(ok=False, error=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
-        elif c == "time":
-            reply(t=measure(runner, device, warmup=0, repeats=1)["median"])
-        elif c == "peak":
-            reply(peak=peak_memory_mib(runner, device))
-    return 0
-
-
-def bench_case_isolated(workers: Dict[str, IsolatedImpl], mode, batch, dtype: str, warmup, repeats,
-                        compile_s: Optional[Dict[str, float]] = None) -> Dict[str, Dict[str, float]]:
-    """:func:`bench_case` with every implementation in its own process, rounds interleaved."""
-    live = []
-    for name, w in workers.items():
-        r = w.call(cmd="setup", mode=mode, batch=batch, dtype=dtype, warmup=warmup)
-        if not r["ok"]:
-            print(f"  {name}: {r['error']}", flush=True)
-            continue
-        if r.get("compile_s") is not None and compile_s is not None:
-            compile_s[f"{name} {mode} {dtype} b{batch}"] = r["compile_s"]
-        live.append(name)
-    times: Dict[str, List[float]] = {n: [] for n in live}
-    for _ in range(repeats):
-        for name in live:  # interleaved rounds, one process at a time
-            times[name].append(workers[name].call(cmd="time")["t"])
-    return {name: time_stats(times[name], batch, workers[name].call(cmd="peak")["peak"]) for name in live}
 
 
 # --------------------------------------------------------------------------- report
@@ -520,8 +431,13 @@ def plot(results, impls, path: str, title: str) -> Optional[str]:
         bars = ax.bar(xs, vals, width, label=name)
         for b, v in zip(bars, vals):
             if v:
-                ax.annotate(f"{v:.1f}" if v < 100 else f"{v:.0f}", (b.get_x() + b.get_width() / 2, v),
-                            ha="center", va="bottom", fontsize=7)
+                ax.annotate(
+                    f"{v:.1f}" if v < 100 else f"{v:.0f}",
+                    (b.get_x() + b.get_width() / 2, v),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
     ax.set_xticks(range(len(cases)))
     ax.set_xticklabels([f"{m} {d}\nbatch {b}" for (m, d, b) in cases])
     ax.set_ylabel("images / s (higher is better)")
@@ -537,35 +453,45 @@ def plot(results, impls, path: str, title: str) -> Optional[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--model", default="swin_t", choices=list(MODELS))
-    ap.add_argument("--impls", nargs="+", default=ALL_IMPLS, choices=ALL_IMPLS)
-    ap.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16", "float16"],
-                    help="default float32 on CPU; float32 bfloat16 float16 on CUDA")
+    ap.add_argument("--model", default="swin_t", choices=list(MODELS) + list(SEG_MODELS))
+    ap.add_argument(
+        "--impls",
+        nargs="+",
+        default=None,
+        choices=ALL_IMPLS,
+        help="default: all (for a segmentation model: " + ", ".join(SEG_IMPLS) + ")",
+    )
+    ap.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="default float32 on CPU; float32 bfloat16 float16 on CUDA",
+    )
     ap.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
     ap.add_argument("--infer-batches", nargs="+", type=int, default=None, help="default 8 on CPU, 64 256 on CUDA")
     ap.add_argument("--train-batches", nargs="+", type=int, default=None, help="default 4 on CPU, 32 128 on CUDA")
     ap.add_argument("--warmup", type=int, default=None, help="default 1 on CPU, 5 on CUDA")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 5 on CPU, 20 on CUDA)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    ap.add_argument("--isolate", action="store_true",
-                    help="each implementation in a process of its own (rounds still interleaved)")
-    ap.add_argument("--compare-tree", default=None, metavar="PATH",
-                    help="with --isolate: also swin_ext-fused imported from the checkout at PATH (with its built "
-                         "library), as implementation 'swin_ext-fused@PATH': a before/after in the same run")
     ap.add_argument("--out-dir", default=RESULTS)
     ap.add_argument("--no-save", action="store_true", help="print only")
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # the child of --isolate
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    seg = args.model in SEG_MODELS
+    if args.impls is None:
+        args.impls = SEG_IMPLS if seg else ALL_IMPLS
+    if seg and "train" in args.modes:
+        args.modes = [m for m in args.modes if m != "train"] or ["infer"]  # the segmentation row is inference
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.worker:
-        return worker_main(args.worker, device, args.model)
     dtypes = args.dtypes or (["float32", "bfloat16", "float16"] if cuda else ["float32"])
-    batches = {"infer": args.infer_batches or ([64, 256] if cuda else [8]),
-               "train": args.train_batches or ([32, 128] if cuda else [4])}
+    batches = {
+        "infer": args.infer_batches or (([8] if cuda else [1]) if seg else ([64, 256] if cuda else [8])),
+        "train": args.train_batches or ([32, 128] if cuda else [4]),
+    }
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     repeats = args.repeats or (20 if cuda else 5)
     if cuda:
@@ -574,69 +500,57 @@ def main(argv=None) -> int:
 
     date = datetime.date.today().isoformat()
     devname = torch.cuda.get_device_name(device) if cuda else f"{cpu_name()}, {torch.get_num_threads()} threads"
-    cmd = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/bench_model.py"] + (sys.argv[1:] if argv is None else list(argv)))
+    cmd = "python " + " ".join(
+        shlex.quote(a) for a in ["benchmarks/bench_model.py"] + (sys.argv[1:] if argv is None else list(argv))
+    )
     header = [
         f"# {args.model} model benchmark — {devname} — {date}",
         "",
         f"`{cmd}`",
         "",
-        f"torch {torch.__version__}, swin_ext {swin_ext.__version__} (build: {swin_ext.build_info().get('variant_reason')}), "
-        f"Python {platform.python_version()}, warm-up {warmup}, {repeats} interleaved rounds, median"
-        + (", each implementation in its own process." if args.isolate else "."),
+        f"torch {torch.__version__}, swin_ext {swin_ext.__version__} "
+        f"(build: {swin_ext.build_info().get('variant_reason')}), "
+        f"Python {platform.python_version()}, warm-up {warmup}, {repeats} interleaved rounds, median.",
         "",
     ]
     for line in header:
         print(line, flush=True)
 
-    img = MODELS[args.model][3]
-    workers: Dict[str, IsolatedImpl] = {}
-    if args.compare_tree and not args.isolate:
-        ap.error("--compare-tree needs --isolate")
-    if args.isolate:
-        notes = {}
-        entries = [(name, name, None) for name in args.impls]
-        if args.compare_tree:
-            entries.insert(1, (f"swin_ext-fused@{args.compare_tree}", "swin_ext-fused", args.compare_tree))
-        for label, name, tree in entries:
-            w = IsolatedImpl(name, device, args.model, args.threads, tree)
-            notes[label] = w.hello["note"] + (f", swin_ext from {tree}" if tree else "")
-            if w.hello["ok"]:
-                workers[label] = w
-            else:
-                w.close()
-        impls = list(workers)
-        diffs = logit_diffs({n: torch.tensor(w.call(cmd="logits")["logits"]) for n, w in workers.items()})
+    if seg:
+        models, notes = build_seg_models(args.impls, device, model=args.model)
+        img = SEG_MODELS[args.model][0]
     else:
         models, notes = build_models(args.impls, device, model=args.model)
-        impls = list(models)
-        diffs = agreement(models, device, img)
+        img = MODELS[args.model][3]
+    impls = list(models)
     print("Implementations:")
-    for name in notes if args.isolate else args.impls:
+    for name in args.impls:
         print(f"* `{name}`: {notes.get(name, '')}")
-    print("\nSame weights, fp32 eval logits, max |diff| vs " + impls[0] + ": "
-          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()), flush=True)
+    diffs = agreement(models, device, img, batch=1 if seg else 2)
+    print(
+        "\nSame weights, fp32 eval logits, max |diff| vs "
+        + impls[0]
+        + ": "
+        + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()),
+        flush=True,
+    )
 
     results: Dict[Tuple[str, str, int], Dict[str, Dict[str, float]]] = {}
     compile_s: Dict[str, float] = {}
-    try:
-        for mode in args.modes:
-            for dt in dtypes:
-                for b in batches[mode]:
-                    print(f"\n... {mode} {dt} batch {b}", flush=True)
-                    if args.isolate:
-                        results[(mode, dt, b)] = bench_case_isolated(workers, mode, b, dt, warmup, repeats, compile_s)
-                    else:
-                        results[(mode, dt, b)] = bench_case(models, mode, b, getattr(torch, dt), device, warmup,
-                                                            repeats, compile_s, img)
-    finally:
-        for w in workers.values():
-            w.close()
+    for mode in args.modes:
+        for dt in dtypes:
+            for b in batches[mode]:
+                print(f"\n... {mode} {dt} batch {b}", flush=True)
+                results[(mode, dt, b)] = bench_case(
+                    models, mode, b, getattr(torch, dt), device, warmup, repeats, compile_s, img
+                )
 
-    baselines = [t for t in ("timm", "timm-sdpa", "timm-compiled") if t in impls]
+    baselines = [t for t in BASELINES if t in impls]
     mem_head = "peak alloc MiB" if cuda else "peak RSS Δ MiB"
     table = [
         f"| mode | dtype | batch | implementation | img/s | ms / iter (p20–p80) | {mem_head} | "
-        + " | ".join(f"vs {t}" for t in baselines) + " |",
+        + " | ".join(f"vs {t}" for t in baselines)
+        + " |",
         "|---|---|---:|---|---:|---:|---:|" + "---:|" * len(baselines),
     ]
     for (mode, dt, b), res in results.items():
@@ -647,8 +561,11 @@ def main(argv=None) -> int:
             r = res[name]
             mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
             vs = [f"{r['img_s'] / res[t]['img_s']:.2f}x" if t in res else "-" for t in baselines]
-            table.append(f"| {mode} | {dt} | {b} | {name} | {r['img_s']:.1f} | {1e3 * r['median_s']:.1f} "
-                         f"({1e3 * r['p20_s']:.1f}–{1e3 * r['p80_s']:.1f}) | {mem} | " + " | ".join(vs) + " |")
+            ips = f"{r['img_s']:.1f}" if r["img_s"] >= 10 else f"{r['img_s']:.3f}"  # 512-px segmentation: < 1 img/s
+            table.append(
+                f"| {mode} | {dt} | {b} | {name} | {ips} | {1e3 * r['median_s']:.1f} "
+                f"({1e3 * r['p20_s']:.1f}–{1e3 * r['p80_s']:.1f}) | {mem} | " + " | ".join(vs) + " |"
+            )
 
     summary = []
     if "swin_ext-fused" in impls and baselines:
@@ -658,16 +575,18 @@ def main(argv=None) -> int:
                 continue
             parts = [f"{t} {res['swin_ext-fused']['img_s'] / res[t]['img_s']:.2f}x" for t in baselines if t in res]
             if "swin_ext-fused-compiled" in res and "timm-compiled" in res:
-                parts.append("compiled vs compiled "
-                             f"{res['swin_ext-fused-compiled']['img_s'] / res['timm-compiled']['img_s']:.2f}x")
+                parts.append(
+                    "compiled vs compiled "
+                    f"{res['swin_ext-fused-compiled']['img_s'] / res['timm-compiled']['img_s']:.2f}x"
+                )
             summary.append(f"* {mode} {dt} batch {b}: " + ", ".join(parts))
         if not cuda:
-            # The CPU targets (issue 20, Swin-T, float32, swin_ext-fused, each model in its own process:
-            # --isolate): a training step at batch 2-4 >= 1.25x timm eager; inference >= 1.6x timm eager
-            # and >= 1.4x timm under torch.compile.
-            targets = [("train", b, "timm", 1.25) for b in batches["train"] if 2 <= b <= 4]
-            targets += [("infer", b, base, g) for b in batches["infer"] for base, g in (("timm", 1.6), ("timm-compiled", 1.4))]
-            if args.model != "swin_t":
+            # The CPU targets (issue 10, Swin-T): a training step at batch 4 >= 1.2x timm eager; inference at
+            # batch 8 >= 1.3x timm eager and >= 1.1x timm under torch.compile; float32, swin_ext-fused.
+            targets = [("train", 4, "timm", 1.2), ("infer", 8, "timm", 1.3), ("infer", 8, "timm-compiled", 1.1)]
+            if args.model == "upernet_swin_t":  # issue 22: UperNet-Swin-T inference, 512 px, >= 1.3x transformers
+                targets = [("infer", 1, "transformers", 1.3)]
+            elif args.model != "swin_t":
                 targets = []
             for key, label in (("median_s", "by median"), ("min_s", f"by best of {repeats}")):
                 checks = []
@@ -679,34 +598,57 @@ def main(argv=None) -> int:
                     continue
                 if key == "median_s":
                     summary.append("")
-                summary.append(f"CPU targets (issue 20, float32; train b2-4 >= 1.25x timm, infer >= 1.6x timm and "
-                               f">= 1.4x timm-compiled), {label}: " + ", ".join(
-                                   f"{c} {r:.2f}x ({'met' if r >= g else f'NOT met, goal {g:.2f}x'})"
-                                   for c, r, g in checks))
-            spread = max([r["p80_s"] / r["p20_s"] for (mode, dt, b), res in results.items() for r in res.values()
-                          if dt == "float32"] or [1.0])
+                goals = ", ".join(f"{m} b{b} >= {g:.1f}x {t}" for m, b, t, g in targets)
+                summary.append(
+                    f"CPU targets (float32; {goals}), {label}: "
+                    + ", ".join(
+                        f"{c} {r:.2f}x ({'met' if r >= g else f'NOT met, goal {g:.1f}x'})" for c, r, g in checks
+                    )
+                )
+            spread = max(
+                [
+                    r["p80_s"] / r["p20_s"]
+                    for (mode, dt, b), res in results.items()
+                    for r in res.values()
+                    if dt == "float32" and (mode, b) in (("infer", 8), ("train", 4), ("infer", 1))
+                ]
+                or [1.0]
+            )
             if spread > 1.25:
-                summary.append(f"Caution: timings were noisy (p80/p20 up to {spread:.1f}x; another load on the "
-                               "machine?): rerun on an idle machine, or with more --repeats, before trusting the ratios; "
-                               "the best-of-N ratio is the less load-sensitive one.")
+                summary.append(
+                    f"Caution: timings were noisy (p80/p20 up to {spread:.1f}x; another load on the "
+                    "machine?): rerun on an idle machine, or with more --repeats, before trusting the ratios; "
+                    "the best-of-N ratio is the less load-sensitive one."
+                )
     if compile_s:
         summary.append("")
-        summary.append("Compile time (first call of each case, not timed): "
-                       + ", ".join(f"{k} {v:.0f} s" for k, v in compile_s.items()))
+        summary.append(
+            "Compile time (first call of each case, not timed): "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in compile_s.items())
+        )
 
     notes_md = [
         "",
-        "Notes: `infer` = eval forward under inference_mode; `train` = forward + cross-entropy + backward + AdamW step. "
+        "Notes: `infer` = eval forward under inference_mode; "
+        "`train` = forward + cross-entropy + backward + AdamW step. "
         "float16/bfloat16 run under torch.autocast (float32 weights). "
-        + ("Peak memory = torch.cuda.max_memory_allocated over one iteration (absolute, includes weights and optimizer state)."
-           if cuda else
-           "Peak memory = VmHWM − VmRSS over one iteration after resetting VmHWM via /proc/self/clear_refs "
-           "(activations and temporaries; approximate, includes allocator effects; the optimizer state is "
-           "allocated during warm-up and so not counted)."),
+        + (
+            "Peak memory = torch.cuda.max_memory_allocated over one iteration "
+            "(absolute, includes weights and optimizer state)."
+            if cuda
+            else "Peak memory = VmHWM − VmRSS over one iteration after resetting VmHWM via /proc/self/clear_refs "
+            "(activations and temporaries; approximate, includes allocator effects; the optimizer state is "
+            "allocated during warm-up and so not counted)."
+        ),
         "timm: `timm` is timm's default for Swin (its WindowAttention asks use_fused_attn(experimental=True), off "
         "unless TIMM_FUSED_ATTN=2); `timm-sdpa` is the TIMM_FUSED_ATTN=2 path (F.scaled_dot_product_attention with the "
         "bias + shift mask materialized); `timm-compiled` is `timm` under torch.compile (inductor).",
     ]
+    if seg:
+        notes_md[1:] = [
+            "Notes: `infer` = eval forward at 512x512 under inference_mode, logits at the input resolution. "
+            "transformers' forward also computes its auxiliary head's logits (it always does); swin_ext's inference "
+            "does not. Peak memory as for the classification rows (VmHWM − VmRSS on the CPU)."]
     print()
     for line in table + [""] + summary + notes_md:
         print(line)
@@ -714,11 +656,24 @@ def main(argv=None) -> int:
     if not args.no_save:
         os.makedirs(args.out_dir, exist_ok=True)
         stem = os.path.join(args.out_dir, f"bench_model_{args.model}_{device_tag(device)}_{date}")
-        png = plot(results, impls, stem + ".png",
-                   f"{args.model} {img} img/s — {devname} — {date}")
-        md = header + ["Implementations:", ""] + [f"* `{n}`: {notes.get(n, '')}" for n in (notes if args.isolate else args.impls)] + [
-            "", "Same weights, fp32 eval logits, max |diff| vs " + impls[0] + ": "
-            + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()), ""] + table + [""] + summary + notes_md
+        png = plot(results, impls, stem + ".png", f"{args.model} {img} img/s — {devname} — {date}")
+        md = (
+            header
+            + ["Implementations:", ""]
+            + [f"* `{n}`: {notes.get(n, '')}" for n in args.impls]
+            + [
+                "",
+                "Same weights, fp32 eval logits, max |diff| vs "
+                + impls[0]
+                + ": "
+                + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()),
+                "",
+            ]
+            + table
+            + [""]
+            + summary
+            + notes_md
+        )
         if png:
             md += ["", f"![chart]({os.path.basename(png)})"]
         with open(stem + ".md", "w") as f:

@@ -3,7 +3,7 @@
 # timm, nvcc and ninja installed).  Budget: under 8 minutes on an H200, build
 # included.  In order:
 #   1. build in place for this GPU's arch only (TORCH_CUDA_ARCH_LIST, default 9.0);
-#   2. tests/test_cuda.py and the "cuda" executor of tests/test_op_kernels.py
+#   2. tests/test_cuda.py and the "cuda" executor of the op tests (tests/test_<op>.py)
 #      (every kernel case, every dtype, both backward paths);
 #   3. the op benchmark in bf16 at the Swin-T stage shapes, B = 128: fused vs
 #      the eager composite (timm's WindowAttention math) and vs SDPA with the
@@ -14,7 +14,9 @@
 #      step at B = 128 under torch.compile (timm-compiled vs
 #      swin_ext-fused-compiled, with the eager two again in the same run;
 #      compile time reported apart, never timed);
-#   5. the SASS table of the built kernels (registers, HMMA, 128-bit accesses, spills).
+#   5. the UperNet-Swin-T segmentation row (bf16 inference at 512 px, B = 8, vs transformers' UperNet;
+#      run between the eager and the compiled steps of 4);
+#   6. the SASS table of the built kernels (registers, HMMA, 128-bit accesses, spills).
 # Writes benchmarks/results/gpu_check_<date>.md (and copies it to $OUT when set).
 #
 #   bash benchmarks/gpu_check.sh            # PYTHON=python3 TORCH_CUDA_ARCH_LIST=9.0 by default
@@ -45,7 +47,7 @@ echo "build done at $(elapsed)"
 $PY -c "import swin_ext, json; print(json.dumps(swin_ext.build_info()))"
 
 echo "== CUDA tests"
-SWIN_TEST_EXECUTORS=cuda timeout 240 $PY -m pytest -q -p no:cacheprovider -x tests/test_cuda.py tests/test_op_kernels.py 2>&1 | tail -40
+SWIN_TEST_EXECUTORS=cuda timeout 240 $PY -m pytest -q -p no:cacheprovider -x tests/test_cuda.py tests/test_window_attention.py tests/test_patch_merging.py tests/test_add_layernorm.py tests/test_bias_gelu.py 2>&1 | tail -40
 TEST_RC=${PIPESTATUS[0]}
 echo "tests done at $(elapsed) (exit status $TEST_RC)"
 
@@ -55,7 +57,7 @@ echo "tests done at $(elapsed) (exit status $TEST_RC)"
   echo '```'
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>/dev/null
   $PY -c "import torch, swin_ext, json; print('torch', torch.__version__); print(json.dumps(swin_ext.build_info()))"
-  echo "tests/test_cuda.py + tests/test_op_kernels.py (cuda executor) exit status: $TEST_RC"
+  echo "tests/test_cuda.py + the op tests (cuda executor) exit status: $TEST_RC"
   echo '```'
   echo
   echo "## Op level, bf16, Swin-T stage shapes, B = 128 (benchmarks/bench_ops.py)"
@@ -68,6 +70,12 @@ echo "tests done at $(elapsed) (exit status $TEST_RC)"
   timeout 150 $PY benchmarks/bench_model.py --device cuda --model swin_t --dtypes bfloat16 \
       --impls swin_ext-fused timm timm-sdpa --infer-batches 128 --train-batches 128 \
       --warmup 3 --repeats 8 --out-dir "$RES" 2>&1 || echo "(bench_model.py failed or timed out)"
+  echo
+  echo "## Segmentation, UperNet-Swin-T 512 px inference, B = 8 (benchmarks/bench_model.py)"
+  echo
+  timeout 60 $PY benchmarks/bench_model.py --device cuda --model upernet_swin_t --dtypes bfloat16 \
+      --impls swin_ext-fused transformers --infer-batches 8 --warmup 2 --repeats 6 --out-dir "$RES" 2>&1 \
+    || echo "(segmentation bench_model.py failed or timed out)"
   echo
   echo "## Model level under torch.compile, Swin-T bf16 training step, B = 128"
   echo

@@ -1,5 +1,6 @@
 """The Swin model: sizes, FLOPs, backends, compile, bad configs and inputs."""
 import copy
+import math
 
 import pytest
 import torch
@@ -9,7 +10,9 @@ from swin_ext import SwinTransformer, swin_b, swin_l, swin_s, swin_t
 
 pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
 
-TINY = dict(img_size=64, patch_size=4, embed_dim=12, depths=(2, 2, 2), num_heads=(1, 2, 3), window_size=4, num_classes=7)
+TINY = dict(
+    img_size=64, patch_size=4, embed_dim=12, depths=(2, 2, 2), num_heads=(1, 2, 3), window_size=4, num_classes=7
+)
 
 
 def tiny(**kw):
@@ -47,8 +50,20 @@ def test_state_dict_keys_official_layout():
 
 
 def test_config_dict_constructor():
-    cfg = dict(image_size=64, patch_size=4, in_channels=3, num_classes=5, embed_dim=12, depths=[2, 2],
-               num_heads=[2, 4], window_size=4, mlp_ratio=4.0, dropout=0.0, drop_path_rate=0.1, use_checkpoint=False)
+    cfg = dict(
+        image_size=64,
+        patch_size=4,
+        in_channels=3,
+        num_classes=5,
+        embed_dim=12,
+        depths=[2, 2],
+        num_heads=[2, 4],
+        window_size=4,
+        mlp_ratio=4.0,
+        dropout=0.0,
+        drop_path_rate=0.1,
+        use_checkpoint=False,
+    )
     m = SwinTransformer(cfg)
     assert m.num_classes == 5 and m.depths == (2, 2) and m.window_size == 4
     assert m(torch.randn(2, 3, 64, 64)).shape == (2, 5)
@@ -62,6 +77,27 @@ def test_fused_equals_reference_float64(size):
     r = copy.deepcopy(m).set_backend("reference")
     x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
     out_f, out_r = m(x), r(x)
+    torch.testing.assert_close(out_f, out_r, atol=1e-10, rtol=1e-10)
+    g = torch.randn_like(out_f)
+    gf = torch.autograd.grad(out_f, [x] + list(m.parameters()), g)
+    gr = torch.autograd.grad(out_r, [x] + list(r.parameters()), g)
+    for a, b in zip(gf, gr):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("size", [(36, 100), (5, 7)])
+def test_always_partition_shifts_every_map_fused_equals_reference(size):
+    # every shifted block shifts also a map padded to one window (36 x 100: the last stage's 3 x 7 map along H; 5 x 7:
+    # every stage): another model than the default one, and the kernel's mask agrees with the reference's
+    m = tiny(drop_path_rate=0.0, always_partition=True).double().eval()
+    blk = m.layers[0].blocks[1]
+    assert blk.effective_shift(4, 4) == (blk.shift_size,) * 2 and blk.shift_size > 0
+    default = tiny(drop_path_rate=0.0).double().eval()
+    default.load_state_dict(m.state_dict())
+    r = copy.deepcopy(m).set_backend("reference")
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    out_f, out_r = m(x), r(x)
+    assert not torch.allclose(out_f, default(x), atol=1e-6)
     torch.testing.assert_close(out_f, out_r, atol=1e-10, rtol=1e-10)
     g = torch.randn_like(out_f)
     gf = torch.autograd.grad(out_f, [x] + list(m.parameters()), g)
@@ -194,16 +230,16 @@ def test_training_only_fc1_biases_on_cpu(bias_gelu, monkeypatch):
 def test_merging_takes_the_pending_branch(monkeypatch):
     """Each stage's last MLP branch goes into the fused merging (no separate residual add), and the
     model still equals the reference backend (which adds, then merges) through training."""
-    import swin_ext.layers.norm as N
+    import swin_ext.layers.merging as M
 
     branches = []
-    op = N._patch_merging_op
+    op = M._patch_merging_op
 
     def spy(x, w, b, eps, branch=None):
         branches.append(branch)
         return op(x, w, b, eps, branch)
 
-    monkeypatch.setattr(N, "_patch_merging_op", spy)
+    monkeypatch.setattr(M, "_patch_merging_op", spy)
     m = tiny(drop_path_rate=0.0)
     r = copy.deepcopy(m).set_backend("reference")
     x = torch.randn(2, 3, 60, 44)  # odd merge sizes
@@ -246,7 +282,9 @@ def _record_dtypes(model):
             blk.mlp.fc1.register_forward_pre_hook(lambda mod, a, k=(i, j, "fc1"): record(k, a[0]))
             blk.register_forward_hook(lambda mod, a, out, k=(i, j, "stream"): record(k, out[0]))
         if layer.downsample is not None:
-            layer.downsample.reduction.register_forward_pre_hook(lambda mod, a, k=(i, "merge", "reduction"): record(k, a[0]))
+            layer.downsample.reduction.register_forward_pre_hook(
+                lambda mod, a, k=(i, "merge", "reduction"): record(k, a[0])
+            )
     return seen
 
 
@@ -264,13 +302,16 @@ def test_cpu_autocast_residual_stream_and_linear_inputs(dtype):
         out, ref = m(x), r(x)
     assert seen and all(v == dtype for k, v in seen.items() if k[2] != "stream"), seen
     assert sum(k[2] == "reduction" for k in seen) == len(TINY["depths"]) - 1
-    assert {k: v for k, v in seen.items() if k[2] == "stream"} == {k: v for k, v in seen_ref.items() if k[2] == "stream"}
+    assert {k: v for k, v in seen.items() if k[2] == "stream"} == {
+        k: v for k, v in seen_ref.items() if k[2] == "stream"
+    }
     assert out.dtype == ref.dtype == dtype
     torch.testing.assert_close(out.float(), ref.float(), rtol=0.05, atol=0.05)
     # a float32 stream (the input of stage 0 in float32) stays float32 and still feeds the Linears in `dtype`
     with torch.autocast("cpu", dtype=dtype):
-        h, y = swin_ext.layers.add_layernorm(torch.randn(2, 4, 4, 12), torch.randn(2, 4, 4, 12, dtype=dtype),
-                                              m.layers[0].blocks[0].norm2)
+        h, y = swin_ext.layers.add_layernorm(
+            torch.randn(2, 4, 4, 12), torch.randn(2, 4, 4, 12, dtype=dtype), m.layers[0].blocks[0].norm2
+        )
     assert h.dtype == torch.float32 and y.dtype == dtype
     with torch.autocast("cpu", dtype=dtype):
         out = m(x)
@@ -319,6 +360,7 @@ def test_attention_dropout_training_runs():
     torch.testing.assert_close(m(x), m.set_backend("reference")(x))  # eval: no dropout, fused == reference
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph():
     m = tiny(drop_path_rate=0.0)
     x = torch.randn(2, 3, 40, 56)
@@ -331,6 +373,7 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(compiled(x), eager, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_torch_compile_inductor_matches_eager():
     m = tiny(drop_path_rate=0.0)
     x = torch.randn(2, 3, 32, 32)
@@ -378,9 +421,9 @@ def test_bad_input():
 
 
 def test_variant_table_feeds_factories_create_model_and_presets():
-    """swin_t ... swin_l, create_model's names and the training presets are one table (swin_ext.variants)."""
+    """swin_t ... swin_l, create_model's names and the training presets are one table (swin_ext.models.variants)."""
+    from swin_ext.models.variants import ALIASES, SIZES
     from swin_ext.train import PRESETS
-    from swin_ext.variants import ALIASES, SIZES
 
     for short, size in ALIASES.items():
         with torch.device("meta"):
@@ -390,3 +433,34 @@ def test_variant_table_feeds_factories_create_model_and_presets():
         counts = {sum(p.numel() for p in m.parameters()) for m in (a, b, c)}
         assert len(counts) == 1, (short, counts)
         assert a.embed_dim == SIZES[size]["embed_dim"] == PRESETS[f"swin_{short}"]["embed_dim"]
+
+
+# ----------------------------------------------------------------------------- bad configuration
+
+
+MODEL_CONFIG_CASES = [
+    ("depths-int", dict(depths=2), TypeError, "depths must be a list or tuple of ints"),  # was: 'int' not iterable
+    ("num_heads-int", dict(num_heads=3), TypeError, "num_heads must be a list or tuple"),  # was: 'int' not iterable
+    ("depths-float-entry", dict(depths=(2, 2.0, 6, 2)), TypeError, r"depths\[1\] must be an int"),
+    ("img_size-str", dict(img_size="224"), TypeError, "img_size must be an int or a pair"),  # was: unpack error
+    ("img_size-float", dict(img_size=224.0), TypeError, "img_size must be an int or a pair"),  # was: unpack error
+    ("img_size-1-tuple", dict(img_size=(224,)), TypeError, "img_size must be an int or a pair"),  # was: unpack error
+    ("img_size-zero", dict(img_size=0), ValueError, "img_size must be positive"),
+    ("mlp_ratio-inf", dict(mlp_ratio=math.inf), ValueError, "mlp_ratio must be finite"),  # was: OverflowError
+    ("mlp_ratio-str", dict(mlp_ratio="4"), TypeError, "mlp_ratio must be a real number"),  # was: bare comparison error
+    ("mlp_ratio-zero-width", dict(mlp_ratio=0.001), ValueError, "mlp_ratio 0.001 gives.*hidden width"),  # was: trained
+    ("mlp_ratio-negative", dict(mlp_ratio=-1.0), ValueError, "mlp_ratio must be > 0"),
+    ("window-float", dict(window_size=7.0), TypeError, "window_size must be an int"),
+    ("window-huge", dict(window_size=2**20), ValueError, "window_size must be <= 32768"),  # was: a huge allocation
+    ("drop_path-str", dict(drop_path_rate="0.1"), TypeError, "drop_path_rate must be a real number"),
+    ("drop_path-1.5", dict(drop_path_rate=1.5), ValueError, "drop_path_rate"),
+    ("embed_dim-float", dict(embed_dim=96.0), TypeError, "embed_dim must be an int"),
+    ("num_heads-not-dividing", dict(num_heads=(1, 5, 3, 24)), ValueError, r"num_heads\[1\]"),
+    ("patch_size-zero", dict(patch_size=0), ValueError, "patch_size"),
+]
+
+
+@pytest.mark.parametrize("kw,exc,match", [pytest.param(*c[1:], id=c[0]) for c in MODEL_CONFIG_CASES])
+def test_model_config(kw, exc, match):
+    with pytest.raises(exc, match=match), torch.device("meta"):
+        SwinTransformer(**kw)

@@ -29,8 +29,12 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import sass_report  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not (swin_ext.HAS_OPS and swin_ext.build_info()["cuda"]),
-                                reason="swin_ext was built without CUDA kernels (nothing to disassemble)")
+# Disassembling the extension takes minutes on 2 cores: the slow tier.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (swin_ext.HAS_OPS and swin_ext.build_info()["cuda"]),
+                       reason="swin_ext was built without CUDA kernels (nothing to disassemble)"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +66,9 @@ def test_tensor_core_kernels_use_hmma(kernels):
 
 def test_row_accesses_are_128_bit(kernels):
     for k in kernels:
-        vec = k.short.startswith("attn_") or not k.short.rstrip(">").endswith(", 1")  # merge / add_ln / bias_gelu <..., 1>: the scalar path
+        vec = k.short.startswith("attn_") or not k.short.rstrip(">").endswith(
+            ", 1"
+        )  # merge / add_ln / bias_gelu <..., 1>: the scalar path
         if vec:
             assert k.counts.get("LDG.128", 0) > 0, f"{k.short}: no 128-bit global load"
             assert k.counts.get("STG.128", 0) > 0, f"{k.short}: no 128-bit global store"
@@ -82,7 +88,8 @@ def test_merge_register_kernels(kernels):
 def test_no_local_memory(kernels):
     for k in kernels:
         assert k.stack == 0 and k.counts.get("STL", 0) == 0 and k.counts.get("LDL", 0) == 0, (
-            f"{k.short}: {k.stack} B stack frame, {k.counts.get('STL', 0)} STL / {k.counts.get('LDL', 0)} LDL")
+            f"{k.short}: {k.stack} B stack frame, {k.counts.get('STL', 0)} STL / {k.counts.get('LDL', 0)} LDL"
+        )
 
 
 def _launch_shapes():
@@ -129,7 +136,8 @@ def test_write_sass_table(kernels):
         "log; occupancy is the theoretical H100 value (64K registers, 228 KB shared memory, 64 warps per SM).",
         "The generic head_dim path (`0`) is shown launched at head_dim 48.",
         "",
-        "| kernel | SASS instrs | regs | stack B | STL/LDL | HMMA | LDG.128 | STG.128 | threads | dyn smem B | H100 occupancy |",
+        "| kernel | SASS instrs | regs | stack B | STL/LDL | HMMA | LDG.128 | STG.128 | threads | dyn smem B "
+        "| H100 occupancy |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for k in kernels:
@@ -141,8 +149,10 @@ def test_write_sass_table(kernels):
             thr, smem = shape
             occ = f"{100 * sass_report.occupancy(k.regs, thr, smem):.0f}%"
         c = k.counts
-        lines.append(f"| `{k.short}` | {k.instrs} | {k.regs} | {k.stack} | {c.get('STL', 0)}/{c.get('LDL', 0)} | "
-                     f"{c.get('HMMA', 0)} | {c.get('LDG.128', 0)} | {c.get('STG.128', 0)} | {thr} | {smem} | {occ} |")
+        lines.append(
+            f"| `{k.short}` | {k.instrs} | {k.regs} | {k.stack} | {c.get('STL', 0)}/{c.get('LDL', 0)} | "
+            f"{c.get('HMMA', 0)} | {c.get('LDG.128', 0)} | {c.get('STG.128', 0)} | {thr} | {smem} | {occ} |"
+        )
     out = os.path.join(ROOT, "benchmarks", "results", "sass_sm90.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

@@ -8,13 +8,12 @@ from .attention import window_attention, window_attention_v2
 from .config import autocast_dtype, has_kernel, onednn_available, set_onednn, use_onednn
 from .fast_linear import Linear, linear, linear_gelu
 from .mlp import Mlp
-from .norm import add_layernorm, merge_norm, residual_add
+from .norm import add_layernorm, residual_add
 
 __all__ = [
     "window_attention",
     "window_attention_v2",
     "add_layernorm",
-    "merge_norm",
     "residual_add",
     "Linear",
     "linear",

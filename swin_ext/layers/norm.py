@@ -2,8 +2,8 @@
 
 What runs where (``fused=True``, the fused backend's setting):
 
-* **a device with an ``add_layernorm`` kernel** (CPU; CUDA once its kernel is
-  compiled in), an affine ``nn.LayerNorm`` over the last dim: the fused op
+* **a device with an ``add_layernorm`` kernel** (CPU; CUDA in a CUDA build:
+  :func:`config.has_kernel`), an affine ``nn.LayerNorm`` over the last dim: the fused op
   :func:`swin_ext.add_layernorm` -- ``h = x + branch`` and ``y = LN(h)`` in
   one pass forward and one backward, which also adds the gradient reaching
   ``h`` from the residual stream.  Under autocast ``h`` stays in ``x``'s
@@ -11,13 +11,6 @@ What runs where (``fused=True``, the fused backend's setting):
 * **anything else** (``fused=False``, the reference backend; other devices;
   a LayerNorm without affine parameters): ``h = x + branch``, ``y = norm(h)``
   in plain PyTorch.
-
-:func:`merge_norm` does the same for patch merging's LayerNorm over the
-gathered ``4C`` channels: with a ``patch_merging`` kernel the stage's pending
-``x + branch``, the 2x2 gather and the LayerNorm are one op
-(:func:`swin_ext.patch_merging`; the sum is never stored, under autocast the
-output is in the autocast dtype), else ``x + branch`` and
-:func:`swin_ext.reference.patch_merging_reference`.
 """
 from __future__ import annotations
 
@@ -27,11 +20,9 @@ import torch
 import torch.nn as nn
 
 from ..ops import add_layernorm as _add_layernorm_op
-from ..ops import patch_merging as _patch_merging_op
-from ..reference import patch_merging_reference
 from . import config
 
-__all__ = ["add_layernorm", "merge_norm", "residual_add"]
+__all__ = ["add_layernorm", "residual_add"]
 
 
 def residual_add(x: torch.Tensor, branch: Optional[torch.Tensor]) -> torch.Tensor:
@@ -67,15 +58,3 @@ def add_layernorm(
         return _add_layernorm_op(x, branch, norm.weight, norm.bias, norm.eps)
     h = x + branch
     return h, norm(h)
-
-
-def merge_norm(x: torch.Tensor, branch: Optional[torch.Tensor], norm: nn.LayerNorm, fused: bool = True) -> torch.Tensor:
-    """Patch merging's ``norm(gather2x2(x + branch))`` (``x`` alone when ``branch`` is ``None``).
-
-    ``x``, ``branch`` ``(B, H, W, C)``; ``norm`` a LayerNorm over ``4C``.
-    Returns ``(B, ceil(H/2), ceil(W/2), 4C)``.  One kernel forward and
-    backward when ``fused`` and the device has it (see the module docstring).
-    """
-    if fused and norm.weight is not None and norm.bias is not None and config.has_kernel("patch_merging", x.device.type):
-        return _patch_merging_op(x, norm.weight, norm.bias, norm.eps, branch)
-    return patch_merging_reference(residual_add(x, branch), norm.weight, norm.bias, norm.eps)
