@@ -2,12 +2,11 @@
 // op_schemas.h): y = GELU(z + bias) with the exact (erf) GELU, and dz =
 // grad_y * GELU'(z + bias) with dbias the column sums of dz, in one pass.
 //
-// float32 and bfloat16 z (the float32 and CPU-autocast model) run 8 lanes at
-// a time (GCC vector extensions; compiled twice, AVX2+FMA and baseline, see
-// cpu_microkernels.h): the normal CDF Phi from Cephes' erf / erfc
-// polynomials (erf(w) = w T(w^2) for w = |u| / sqrt(2) < 1, erfc(w) =
-// exp(-w^2) / w P(1 / w^2) or R(1 / w^2) above, so the lower tail keeps its
-// relative accuracy: ~1e-7 relative, like erff), exp(-u^2 / 2) shared by the
+// float32 and bfloat16 z (the float32 and CPU-autocast model) run 8 or 16
+// lanes at a time (GCC vector extensions; compiled three times, AVX-512,
+// AVX2+FMA and baseline, see cpu_microkernels.h): the normal CDF from one
+// erfc approximation over the whole range (exp(-w^2) t R(t), below), so the
+// lower tail keeps its relative accuracy, with exp(-u^2 / 2) shared by the
 // CDF and, in the backward, the density.  float64 and float16 z run the
 // scalar std::erf code.
 //
@@ -50,79 +49,81 @@ inline acc_t gelu_erf_grad(acc_t u) {
   return cdf + u * std::exp(acc_t(-0.5) * u * u) * acc_t(0.39894228040143267794);
 }
 
-// ---------------------------------------------------------------- 8-wide float32
+// ---------------------------------------------------------------- vectorised float32
+//
+// V: a float vector of 8 (AVX2 / baseline) or 16 (AVX-512) lanes.  Phi(u) =
+// 0.5 erfc(-u / sqrt(2)); for w = |u| / sqrt(2), erfc(w) = exp(-w^2) t R(t)
+// with t = 1 / (1 + w / 2) and R a degree-8 polynomial fitted (relative
+// minimax, Lawson) to exp(w^2) erfc(w) / t on w in [0, 10]: 2.2e-7 relative
+// in float32 evaluation; beyond w = 9.3, exp(-w^2) underflows and erfc is 0.
+// One exp and one division per element, no range branches; exp(-w^2) is the
+// density's exp too (GELU' = Phi(u) + u exp(-u^2 / 2) / sqrt(2 pi)).
 
-template <int N>
-SWIN_ALWAYS_INLINE v8f polevl(v8f x, const float (&c)[N]) {
-  v8f r = v8f{} + c[0];
-  for (int i = 1; i < N; ++i) r = r * x + c[i];
-  return r;
+template <typename V>
+using VI = typename cpu::VecN<cpu::lanes_of<V>>::i;
+
+template <typename V>
+SWIN_ALWAYS_INLINE V normal_cdf(V u, V& e) {
+  static constexpr float R[] = {-5.906921560e-02f, 2.845761685e-01f, -4.872022997e-01f,
+                                2.780697872e-01f,  -2.662738457e-02f, 2.026875542e-01f,
+                                2.431036012e-01f,  2.823753290e-01f,  2.820864168e-01f};
+  const V w = (V)((VI<V>)u & 0x7FFFFFFF) * 0.70710678118654752f;  // |u| / sqrt(2)
+  e = cpu::exp_vec<V, VI<V>>(-(w * w));
+  const V t = 1.0f / (1.0f + 0.5f * w);
+  V r = V{} + R[0];
+  for (int i = 1; i < 9; ++i) r = r * t + R[i];
+  const V half_erfc = 0.5f * e * t * r;                          // Phi(-|u|)
+  return u >= 0.0f ? 1.0f - half_erfc : (u < 0.0f ? half_erfc : u);  // NaN stays NaN
 }
 
-// Phi(u) = 0.5 erfc(-u / sqrt(2)) for 8 floats; e = exp(-u^2 / 2).
-SWIN_ALWAYS_INLINE v8f normal_cdf_v8f(v8f u, v8f& e) {
-  // Cephes ndtrf.c: erf(x) = x T(x^2) on [0, 1); erfc(x) = exp(-x^2) / x P(1 / x^2) on [1, 2), R(1 / x^2) above.
-  static constexpr float T[] = {7.853861353153693e-5f, -8.010193625184903e-4f, 5.188327685732524e-3f,
-                                -2.685381193529856e-2f, 1.128358514861418e-1f, -3.761262582423300e-1f,
-                                1.128379165726710e0f};
-  static constexpr float P[] = {2.326819970068386e-2f, -1.387039388740657e-1f, 3.687424674597105e-1f,
-                                -5.824733027278666e-1f, 6.210004621745983e-1f,  -4.944515323274145e-1f,
-                                3.404879937665872e-1f,  -2.741127028184656e-1f, 5.638259427386472e-1f};
-  static constexpr float R[] = {-1.047766399936249e1f, 1.297719955372516e1f,  -7.495518717768503e0f,
-                                2.921019019210786e0f,  -1.015265279202700e0f, 4.218463358204948e-1f,
-                                -2.820767439740514e-1f, 5.641895067754075e-1f};
-  const v8f w = cpu::abs8(u) * 0.70710678118654752f;
-  const v8f w2 = w * w;
-  e = cpu::exp_v8f(-w2);
-  const v8f erf_small = w * polevl(w2, T);  // erf(w), w < 1
-  const v8f q = 1.0f / (w > 1.0f ? w : 1.0f);  // (w <= 1 takes erf_small)
-  const v8f y = q * q;
-  const v8f erfc_large = e * q * (w < 2.0f ? polevl(y, P) : polevl(y, R));  // erfc(w), w >= 1
-  const v8f hi = w < 1.0f ? 0.5f + 0.5f * erf_small : 1.0f - 0.5f * erfc_large;  // Phi(|u|)
-  const v8f lo = w < 1.0f ? 0.5f - 0.5f * erf_small : 0.5f * erfc_large;         // Phi(-|u|)
-  return u >= 0.0f ? hi : (u < 0.0f ? lo : u);  // NaN stays NaN
+template <typename V>
+SWIN_ALWAYS_INLINE V gelu_vec(V u) {
+  V e;
+  return u * normal_cdf(u, e);
 }
-
-// GELU(u) and GELU'(u) = Phi(u) + u phi(u).
-SWIN_ALWAYS_INLINE v8f gelu_v8f(v8f u) {
-  v8f e;
-  return u * normal_cdf_v8f(u, e);
-}
-SWIN_ALWAYS_INLINE v8f gelu_grad_v8f(v8f u) {
-  v8f e;
-  const v8f cdf = normal_cdf_v8f(u, e);
+template <typename V>
+SWIN_ALWAYS_INLINE V gelu_grad_vec(V u) {
+  V e;
+  const V cdf = normal_cdf(u, e);
   return cdf + u * e * 0.39894228040143267794f;
 }
 
-// The first n (< 8) elements of a row as one vector (zeros after), and back.
-template <typename T>
-SWIN_ALWAYS_INLINE v8f load_tail(const T* p, int64_t n) {
-  float buf[8] = {};
+// The first n (< lanes) elements of a row as one vector (zeros after), and back.
+template <typename V, typename T>
+SWIN_ALWAYS_INLINE V load_tail(const T* p, int64_t n) {
+  float buf[cpu::lanes_of<V>] = {};
   for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(p[i]);
-  return cpu::load8(buf);
+  return cpu::load_lanes<V>(buf);
 }
-template <typename T>
-SWIN_ALWAYS_INLINE void store_tail(T* p, v8f v, int64_t n) {
+template <typename V, typename T>
+SWIN_ALWAYS_INLINE void store_tail(T* p, V v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(v[i]);
 }
 
-template <typename T>
-SWIN_ALWAYS_INLINE void bg_fwd_rows_f32(const T* z, const float* bias, T* y, int64_t K, int64_t r0, int64_t r1) {
-  const int64_t Kv = K / 8 * 8;
+template <typename V, typename T>
+SWIN_ALWAYS_INLINE void bg_fwd_rows_vec(const T* z, const float* bias, T* y, int64_t K, int64_t r0, int64_t r1) {
+  constexpr int L = cpu::lanes_of<V>;
+  const int64_t Kv = K / L * L;
   for (int64_t r = r0; r < r1; ++r) {
     const T* __restrict zr = z + r * K;
     T* __restrict yr = y + r * K;
     int64_t k = 0;
-    for (; k < Kv; k += 8) cpu::store8(yr + k, gelu_v8f(cpu::load8(zr + k) + cpu::load8(bias + k)));
-    if (k < K) store_tail(yr + k, gelu_v8f(load_tail(zr + k, K - k) + load_tail(bias + k, K - k)), K - k);
+    for (; k < Kv; k += L) {
+      cpu::store_lanes(yr + k, gelu_vec(cpu::load_lanes<V>(zr + k) + cpu::load_lanes<V>(bias + k)));
+    }
+    if (k < K) {
+      const int64_t n = K - k;
+      store_tail(yr + k, gelu_vec(load_tail<V>(zr + k, n) + load_tail<V>(bias + k, n)), n);
+    }
   }
 }
 
 // Partial rows [p0, p1) of the backward: dz of their rows, and each block's dz column sums in part.
-template <typename T>
-SWIN_ALWAYS_INLINE void bg_bwd_blocks_f32(const T* gy, const T* z, const float* bias, T* dz, float* part,
+template <typename V, typename T>
+SWIN_ALWAYS_INLINE void bg_bwd_blocks_vec(const T* gy, const T* z, const float* bias, T* dz, float* part,
                                           int64_t rows, int64_t K, int64_t p0, int64_t p1) {
-  const int64_t Kv = K / 8 * 8;
+  constexpr int L = cpu::lanes_of<V>;
+  const int64_t Kv = K / L * L;
   for (int64_t p = p0; p < p1; ++p) {
     float* __restrict acc = part + p * K;
     std::fill(acc, acc + K, 0.0f);
@@ -132,14 +133,15 @@ SWIN_ALWAYS_INLINE void bg_bwd_blocks_f32(const T* gy, const T* z, const float* 
       const T* __restrict gr = gy + r * K;
       T* __restrict dr = dz + r * K;
       int64_t k = 0;
-      for (; k < Kv; k += 8) {
-        const v8f g = cpu::load8(gr + k) * gelu_grad_v8f(cpu::load8(zr + k) + cpu::load8(bias + k));
-        cpu::store8(dr + k, g);
-        cpu::store8(acc + k, cpu::load8(acc + k) + g);
+      for (; k < Kv; k += L) {
+        const V g = cpu::load_lanes<V>(gr + k) *
+                    gelu_grad_vec(cpu::load_lanes<V>(zr + k) + cpu::load_lanes<V>(bias + k));
+        cpu::store_lanes(dr + k, g);
+        cpu::store_lanes(acc + k, cpu::load_lanes<V>(acc + k) + g);
       }
       if (k < K) {
         const int64_t n = K - k;
-        const v8f g = load_tail(gr + k, n) * gelu_grad_v8f(load_tail(zr + k, n) + load_tail(bias + k, n));
+        const V g = load_tail<V>(gr + k, n) * gelu_grad_vec(load_tail<V>(zr + k, n) + load_tail<V>(bias + k, n));
         store_tail(dr + k, g, n);
         for (int64_t i = 0; i < n; ++i) acc[k + i] += g[i];
       }
@@ -149,22 +151,31 @@ SWIN_ALWAYS_INLINE void bg_bwd_blocks_f32(const T* gy, const T* z, const float* 
 
 template <typename T>
 void bg_fwd_default(const T* z, const float* b, T* y, int64_t K, int64_t r0, int64_t r1) {
-  bg_fwd_rows_f32(z, b, y, K, r0, r1);
+  bg_fwd_rows_vec<v8f>(z, b, y, K, r0, r1);
 }
 template <typename T>
 void bg_bwd_default(const T* gy, const T* z, const float* b, T* dz, float* part, int64_t rows, int64_t K,
                     int64_t p0, int64_t p1) {
-  bg_bwd_blocks_f32(gy, z, b, dz, part, rows, K, p0, p1);
+  bg_bwd_blocks_vec<v8f>(gy, z, b, dz, part, rows, K, p0, p1);
 }
 #if SWIN_HAVE_AVX2_CLONE
 template <typename T>
 SWIN_TARGET_AVX2 void bg_fwd_avx2(const T* z, const float* b, T* y, int64_t K, int64_t r0, int64_t r1) {
-  bg_fwd_rows_f32(z, b, y, K, r0, r1);
+  bg_fwd_rows_vec<v8f>(z, b, y, K, r0, r1);
 }
 template <typename T>
 SWIN_TARGET_AVX2 void bg_bwd_avx2(const T* gy, const T* z, const float* b, T* dz, float* part, int64_t rows,
                                   int64_t K, int64_t p0, int64_t p1) {
-  bg_bwd_blocks_f32(gy, z, b, dz, part, rows, K, p0, p1);
+  bg_bwd_blocks_vec<v8f>(gy, z, b, dz, part, rows, K, p0, p1);
+}
+template <typename T>
+SWIN_TARGET_AVX512 void bg_fwd_avx512(const T* z, const float* b, T* y, int64_t K, int64_t r0, int64_t r1) {
+  bg_fwd_rows_vec<cpu::v16f>(z, b, y, K, r0, r1);
+}
+template <typename T>
+SWIN_TARGET_AVX512 void bg_bwd_avx512(const T* gy, const T* z, const float* b, T* dz, float* part, int64_t rows,
+                                      int64_t K, int64_t p0, int64_t p1) {
+  bg_bwd_blocks_vec<cpu::v16f>(gy, z, b, dz, part, rows, K, p0, p1);
 }
 #endif
 
@@ -208,6 +219,7 @@ template <typename scalar_t, typename acc_t>
 void bg_fwd_rows(const scalar_t* zp, const acc_t* bp, scalar_t* yp, int64_t K, int64_t r0, int64_t r1) {
   if constexpr (kVectorised<scalar_t>) {
 #if SWIN_HAVE_AVX2_CLONE
+    if (cpu::cpu_has_avx512()) return bg_fwd_avx512(zp, bp, yp, K, r0, r1);
     if (cpu::cpu_has_avx2()) return bg_fwd_avx2(zp, bp, yp, K, r0, r1);
 #endif
     bg_fwd_default(zp, bp, yp, K, r0, r1);
@@ -221,6 +233,7 @@ void bg_bwd_blocks(const scalar_t* gp, const scalar_t* zp, const acc_t* bp, scal
                    int64_t K, int64_t p0, int64_t p1) {
   if constexpr (kVectorised<scalar_t>) {
 #if SWIN_HAVE_AVX2_CLONE
+    if (cpu::cpu_has_avx512()) return bg_bwd_avx512(gp, zp, bp, dp, pp, rows, K, p0, p1);
     if (cpu::cpu_has_avx2()) return bg_bwd_avx2(gp, zp, bp, dp, pp, rows, K, p0, p1);
 #endif
     bg_bwd_default(gp, zp, bp, dp, pp, rows, K, p0, p1);

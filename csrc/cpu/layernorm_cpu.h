@@ -140,25 +140,55 @@ SWIN_ALWAYS_INLINE void round_row(at::ScalarType t, A* __restrict buf, int64_t n
 // extensions: one AVX2 register in the AVX2 clones), for the float32 fast
 // paths of the row kernels.  bfloat16 is rounded to nearest even, NaN kept
 // NaN, as c10::BFloat16 does.
-typedef uint32_t v8u __attribute__((vector_size(32)));
-typedef uint16_t v8h __attribute__((vector_size(16)));
+// N-lane float rows (N = 8: one AVX2 register; 16: one AVX-512 register).
+template <int N>
+struct VecN {
+  typedef float f __attribute__((vector_size(4 * N)));
+  typedef int32_t i __attribute__((vector_size(4 * N)));
+  typedef uint32_t u __attribute__((vector_size(4 * N)));
+  typedef uint16_t h __attribute__((vector_size(2 * N)));
+};
+typedef VecN<8>::u v8u;
+typedef VecN<8>::h v8h;
+typedef VecN<16>::f v16f;
 
-SWIN_ALWAYS_INLINE v8f load8(const float* p) { return load_vec<v8f>(p); }
+template <typename V>
+constexpr int lanes_of = sizeof(V) / sizeof(float);
 
-SWIN_ALWAYS_INLINE v8f load8(const c10::BFloat16* p) {
-  v8h raw;
-  std::memcpy(&raw, p, sizeof(raw));
-  return (v8f)(__builtin_convertvector(raw, v8u) << 16);
+template <typename V>
+SWIN_ALWAYS_INLINE V load_lanes(const float* p) {
+  return load_vec<V>(p);
 }
 
-SWIN_ALWAYS_INLINE void store8(float* p, v8f v) { store_vec(p, v); }
+template <typename V>
+SWIN_ALWAYS_INLINE V load_lanes(const c10::BFloat16* p) {
+  typename VecN<lanes_of<V>>::h raw;
+  std::memcpy(&raw, p, sizeof(raw));
+  return (V)(__builtin_convertvector(raw, typename VecN<lanes_of<V>>::u) << 16);
+}
 
-SWIN_ALWAYS_INLINE void store8(c10::BFloat16* p, v8f v) {
-  const v8u bits = (v8u)v;
-  const v8u rounded = (bits + (0x7FFFu + ((bits >> 16) & 1u))) >> 16;
-  const v8u out = v == v ? rounded : v8u{} + 0x7FC0u;  // NaN -> the canonical quiet NaN
-  const v8h h = __builtin_convertvector(out, v8h);
+template <typename V>
+SWIN_ALWAYS_INLINE void store_lanes(float* p, V v) {
+  store_vec(p, v);
+}
+
+template <typename V>
+SWIN_ALWAYS_INLINE void store_lanes(c10::BFloat16* p, V v) {
+  using U = typename VecN<lanes_of<V>>::u;
+  const U bits = (U)v;
+  const U rounded = (bits + (0x7FFFu + ((bits >> 16) & 1u))) >> 16;
+  const U out = v == v ? rounded : U{} + 0x7FC0u;  // NaN -> the canonical quiet NaN
+  const auto h = __builtin_convertvector(out, typename VecN<lanes_of<V>>::h);
   std::memcpy(p, &h, sizeof(h));
+}
+
+template <typename T>
+SWIN_ALWAYS_INLINE v8f load8(const T* p) {
+  return load_lanes<v8f>(p);
+}
+template <typename T>
+SWIN_ALWAYS_INLINE void store8(T* p, v8f v) {
+  store_lanes(p, v);
 }
 
 SWIN_ALWAYS_INLINE float hsum8(v8f v) {
