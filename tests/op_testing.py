@@ -334,6 +334,29 @@ def check_attention(case: AttnCase, inp: Dict, got: Dict, dtype: torch.dtype, sc
         assert torch.isfinite(got["lse"]).all()
 
 
+def assert_thread_independent(fn: Callable[[], Tuple[torch.Tensor, ...]]) -> None:
+    """``fn()``'s tensors are bitwise the same at 1, 2 and again 1 threads (fixed-order reductions)."""
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            runs.append(fn())
+    finally:
+        torch.set_num_threads(before)
+    for r in runs[1:]:
+        for a, b in zip(runs[0], r):
+            assert torch.equal(a, b)
+
+
+def _reference_leaf(inp: Dict, dt: Dict, exact: bool) -> Callable[[str], torch.Tensor]:
+    """Input ``k`` rounded to its kernel dtype: in float64 (``exact``) or in that dtype; always a copy
+    (never the caller's tensor: the callers set requires_grad)."""
+    if exact:
+        return lambda k: inp[k].to(dt[k]).to(torch.float64, copy=True)
+    return lambda k: inp[k].to(dt[k], copy=True)
+
+
 # ----------------------------------------------------------------------------- patch merging
 
 
@@ -436,10 +459,7 @@ def merging_reference(
     from swin_ext.ops.reference import patch_merging_reference
 
     dt = merge_dtypes(case, dtype)
-    if exact:  # never the caller's tensor (requires_grad_ below)
-        q = lambda k: inp[k].to(dt[k]).to(torch.float64, copy=True)  # noqa: E731
-    else:
-        q = lambda k: inp[k].to(dt[k], copy=True)  # noqa: E731
+    q = _reference_leaf(inp, dt, exact)
     x, w, bb = (q(k).requires_grad_() for k in ("x", "w", "bb"))
     br = q("b").requires_grad_() if dt["b"] is not None else None
     leaves = [x, w, bb] + ([br] if br is not None else [])
@@ -571,10 +591,7 @@ def ln_reference(case: LnCase, inp: Dict, dtype: torch.dtype, exact: bool, eps: 
     from swin_ext.ops.reference import add_layernorm_reference
 
     dt = ln_dtypes(case, dtype)
-    if exact:  # never the caller's tensor (requires_grad_ below)
-        q = lambda k: inp[k].to(dt[k]).to(torch.float64, copy=True)  # noqa: E731
-    else:
-        q = lambda k: inp[k].to(dt[k], copy=True)  # noqa: E731
+    q = _reference_leaf(inp, dt, exact)
     leaves = [q(k).requires_grad_() for k in ("x", "b", "w", "bb")]
     h, y = add_layernorm_reference(*leaves, eps, None if exact else case.y_dtype)
     if h.numel() == 0:
