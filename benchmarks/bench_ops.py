@@ -310,22 +310,34 @@ def bias_gelu_case(B, H, C, device, dtype, backward) -> Case:
 
 
 def merging_case(B, H, C, device, dtype, backward) -> Case:
-    kw = dict(device=device, requires_grad=backward)
-    x = torch.randn(B, H, H, C, dtype=dtype, **kw)
-    w = torch.randn(4 * C, **kw)
-    b = torch.randn(4 * C, **kw)
+    """The stage's end as the model runs it: the fused op on the float32 stream and the last block's
+    pending branch (low precision under autocast) vs ``x + branch`` then the plain merging."""
+    low = dtype in (torch.float16, torch.bfloat16)
+    x = torch.randn(B, H, H, C, device=device, dtype=torch.float32 if low else dtype, requires_grad=backward)
+    br = torch.randn(B, H, H, C, device=device, dtype=dtype, requires_grad=backward)
+    w = torch.randn(4 * C, device=device, requires_grad=backward)
+    b = torch.randn(4 * C, device=device, requires_grad=backward)
     g = torch.randn(B, H // 2, H // 2, 4 * C, device=device, dtype=dtype)
+
+    def fused():
+        with torch.autocast(device.type, dtype=dtype, enabled=low):
+            return swin_ext.patch_merging(x, w, b, 1e-5, br)
+
+    def composite():
+        return reference.patch_merging_reference(x + br, w, b, 1e-5).to(dtype)
 
     def run(fn):
         def f():
-            y = fn(x, w, b, 1e-5)
+            y = fn()
             if backward:
-                torch.autograd.grad(y, (x, w, b), g)
+                torch.autograd.grad(y, (x, br, w, b), g)
         return f
 
-    nbytes = x.numel() * x.element_size() * (2 + (3 if backward else 0))  # x + y; + dy, x, dx
-    return Case("merging", f"C={C}", f"{B}x{H}x{H}x{C}",
-                {"fused": run(swin_ext.patch_merging), "composite": run(reference.patch_merging_reference)}, nbytes)
+    e, sx, sb = x.numel(), x.element_size(), br.element_size()
+    nbytes = e * (sx + 2 * sb)  # x, branch read; y written (the branch's dtype)
+    if backward:
+        nbytes += e * (sb + sx + sb + sx + (sb if sb != sx else 0))  # dy, x, branch read; dx (+ dbranch) written
+    return Case("merging", f"C={C}", f"{B}x{H}x{H}x{C}", {"fused": run(fused), "composite": run(composite)}, nbytes)
 
 
 # --------------------------------------------------------------------------- smoke test

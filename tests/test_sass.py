@@ -5,7 +5,8 @@ the copy in triton's package) and fails unless
 
 * every bf16 / fp16 attention kernel issues tensor-core instructions (HMMA),
 * every attention kernel and every vectorised merging kernel moves rows
-  with 128-bit global loads and stores (LDG.E.128 / STG.E.128),
+  with 128-bit global loads and stores (LDG.E.128 / STG.E.128), and
+  patch merging's register kernels fit 4 blocks of 128 threads per SM,
 * no kernel has a stack frame or spills to local memory (STL / LDL).
 
 It writes the per-kernel table -- SASS instructions, registers, dynamic
@@ -71,6 +72,17 @@ def test_row_accesses_are_128_bit(kernels):
         if vec:
             assert k.counts.get("LDG.128", 0) > 0, f"{k.short}: no 128-bit global load"
             assert k.counts.get("STG.128", 0) > 0, f"{k.short}: no 128-bit global store"
+
+
+def test_merge_register_kernels(kernels):
+    """Patch merging's register kernels (issue 20): one of each direction per float-accumulation dtype
+    mix, 128-bit loads and stores of every row, at most 128 registers (4 blocks of 128 threads per SM)."""
+    reg = [k for k in kernels if k.short.startswith(("merge_fwd_reg_kernel<", "merge_bwd_reg_kernel<"))]
+    mixes = {k.short.split("<", 1)[1].rsplit(",", 2)[0] for k in reg}
+    assert len(mixes) == 9 and len(reg) == 18, sorted(k.short for k in reg)  # every mix but float64's
+    for k in reg:
+        assert k.counts.get("LDG.128", 0) > 0 and k.counts.get("STG.128", 0) > 0, f"{k.short}: not 128-bit"
+        assert k.regs <= 128, f"{k.short}: {k.regs} registers"
 
 
 def test_no_local_memory(kernels):

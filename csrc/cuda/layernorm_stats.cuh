@@ -21,6 +21,21 @@
 namespace swin_ext {
 namespace cuda {
 
+// The (stream, branch, output) dtype combinations of the fused residual +
+// LayerNorm kernels (patch merging): one dtype throughout, or a float32
+// residual stream with a bf16 / fp16 branch or output (every autocast mix).
+#define SWIN_LN_DTYPE_MIXES(X)                     \
+  X(float, float, float)                           \
+  X(double, double, double)                        \
+  X(__half, __half, __half)                        \
+  X(__nv_bfloat16, __nv_bfloat16, __nv_bfloat16)   \
+  X(float, __nv_bfloat16, __nv_bfloat16)           \
+  X(float, __half, __half)                         \
+  X(float, float, __nv_bfloat16)                   \
+  X(float, float, __half)                          \
+  X(float, __nv_bfloat16, float)                   \
+  X(float, __half, float)
+
 // Below this magnitude the sum of squared residuals over <= 2^30 channels
 // cannot overflow acc_t.
 template <typename acc_t>
