@@ -77,6 +77,7 @@ inline cuda::attn::AttnParams attention_params(const WindowGeometry& g, int64_t 
   p.g = {static_cast<int>(g.H), static_cast<int>(g.W), static_cast<int>(g.Hp), static_cast<int>(g.Wp),
          static_cast<int>(g.ws), static_cast<int>(g.N), static_cast<int>(g.nWw), static_cast<int>(g.nW),
          static_cast<int>(g.sh), static_cast<int>(g.sw)};
+  p.g.set_divisors();
   p.B = static_cast<int>(g.B);
   p.heads = static_cast<int>(heads);
   p.d = static_cast<int>(d);

@@ -155,6 +155,7 @@ enum WarpKind : int {
   kReduceOr,
   kReduceXor,
   kWmma,
+  kCollective,  // warp_collective: a function computes every lane's result
 };
 enum BarrierKind : int { kBarPlain = 0, kBarCount, kBarAnd, kBarOr };
 
@@ -165,6 +166,22 @@ uint64_t warp_op(int kind, unsigned mask, uint64_t value, int param, int width, 
                  const char* file, int line);
 unsigned active_mask();
 void* dynamic_smem();
+size_t dynamic_smem_size();
+
+// A warp-collective operation whose result is computed by `fn` once every
+// lane named in `mask` has arrived at the same call site: fn(lanes, arrived)
+// gets each arrived lane's `data` pointer (null for the others; the data
+// lives on the waiting lanes' stacks) and writes the lanes' results through
+// them.  It returns nullptr, or an error message that fails the launch.
+using CollectiveFn = const char* (*)(void* const* lanes, unsigned arrived);
+void warp_collective(CollectiveFn fn, unsigned mask, void* data, const char* what, const char* file,
+                     int line);
+
+// cp.async of the calling thread: recorded, performed when a wait retires its
+// group (see swin_harness::ptx below).
+void async_copy(void* dst, const void* src, int bytes, int src_bytes, const char* file, int line);
+void async_commit();
+void async_wait(int pending_groups);
 [[noreturn]] void kernel_fail(const std::string& msg);
 
 struct LaunchSpec {
@@ -798,3 +815,41 @@ inline void mma_sync(fragment<accumulator, M, N, K, Td, void>& d,
 inline float __float_to_tf32(float x) { return __float_to_tf32_value(x); }
 }  // namespace wmma
 }  // namespace nvcuda
+
+// ---------------------------------------------------------------------------
+// PTX warp-level matrix instructions and asynchronous copies, emulated as the
+// PTX ISA documents them (the device side is csrc/cuda/attention/mma.h):
+//
+//   * mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32: every
+//     lane contributes its fragment registers; the 16x16 A, 16x8 B and C
+//     tiles are assembled from the lanes by the ISA's fragment layouts
+//     (groupID = lane / 4, threadID_in_group = lane % 4), D = A B + C is
+//     computed in float (k in order; the products are exact) and each lane
+//     gets back the D registers its layout names.  So a kernel that reads or
+//     writes a fragment register as the wrong (row, col) gets wrong numbers,
+//     as on a GPU.
+//   * ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{,.trans}.shared.b16: lanes 8m..8m+7
+//     give the row addresses of matrix m (16-byte aligned, inside the block's
+//     dynamic shared memory, checked); lane l receives, per matrix, elements
+//     (l / 4, 2 (l % 4)) and (l / 4, 2 (l % 4) + 1) -- of the transpose with .trans.
+//   * cp.async.{ca,cg}.shared.global (4, 8, 16 bytes, with a source size for
+//     zero fill) + commit_group / wait_group: the destination is poisoned
+//     (0xFF bytes) when the copy is issued and written when a wait_group of the
+//     issuing thread retires its group, the latest moment a GPU may complete
+//     it: a read before the wait (or by another thread before the wait and a
+//     barrier) sees the poison.
+// All lanes of the warp must execute mma / ldmatrix (.aligned): a lane that
+// has exited, or lanes at different call sites, fail the launch.
+namespace swin_harness {
+namespace ptx {
+enum class MmaIn { kF16, kBF16 };
+void mma_m16n8k16(MmaIn type, float* d, const uint32_t* a, const uint32_t* b, const float* c, const char* file,
+                  int line);
+void ldmatrix(int num, bool trans, uint32_t* r, const void* row, const char* file, int line);
+inline void cp_async(void* dst, const void* src, int bytes, int src_bytes, const char* file, int line) {
+  detail::async_copy(dst, src, bytes, src_bytes, file, line);
+}
+inline void cp_async_commit() { detail::async_commit(); }
+inline void cp_async_wait(int pending_groups) { detail::async_wait(pending_groups); }
+}  // namespace ptx
+}  // namespace swin_harness

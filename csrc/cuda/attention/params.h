@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "fast_div.h"
+
 namespace swin_ext {
 namespace cuda {
 namespace attn {
@@ -21,6 +23,12 @@ struct Geom {
   int ws, N;     // window side, tokens per window
   int nWw, nW;   // windows along W, windows per image
   int sh, sw;    // cyclic shift
+  // Divisors of the token tables, precomputed on the host (set_divisors).
+  FastDiv div_ws, div_nWw;
+  void set_divisors() {
+    div_ws = FastDiv::make(ws);
+    div_nWw = FastDiv::make(nWw);
+  }
 };
 
 struct AttnParams {

@@ -31,12 +31,14 @@ __device__ __forceinline__ int region_of(int pos, int padded, int ws, int shift)
 // are zero-filled by the gathers (n_valid).
 __device__ __forceinline__ void build_token_table(const Geom& g, int win, int t0, int n, int* tok,
                                                   int* reg) {
-  const int wy = win / g.nWw, wx = win - wy * g.nWw;
+  int wy, wx;
+  g.div_nWw.divmod(win, wy, wx);
   for (int e = threadIdx.x; e < n; e += blockDim.x) {
     const int t = t0 + e;
     int tk = -1, rg = 0;
     if (t < g.N) {
-      const int r = t / g.ws, c = t - r * g.ws;
+      int r, c;
+      g.div_ws.divmod(t, r, c);
       const int ry = wy * g.ws + r, rx = wx * g.ws + c;  // rolled, padded coordinates
       int y = ry + g.sh, x = rx + g.sw;                  // roll(x, -s)[i] == x[(i + s) mod P]
       if (y >= g.Hp) y -= g.Hp;
