@@ -10,6 +10,8 @@ H100 for a given dynamic shared-memory size.
 
     python benchmarks/sass_report.py                 # table of every kernel
     python benchmarks/sass_report.py --out benchmarks/results/sass_sm90.md
+    python benchmarks/sass_report.py --dyn           # dynamic instruction estimate of the
+                                                     # attention forward (Swin-T path)
 """
 from __future__ import annotations
 
@@ -76,16 +78,23 @@ class Kernel:
         if not m:
             return n
         args = m.group(2)
-        t = re.match(r"swin_ext::cuda::attn::Traits<(.*)>$", args.strip())
+        t = re.match(r"swin_ext::cuda::attn::(?:FwdMma)?Traits<(.*)>$", args.strip())
         if t:
             args = t.group(1)
         args = args.replace("__nv_bfloat16", "bf16").replace("__half", "fp16")
         args = args.replace("float", "fp32").replace("double", "fp64")
+        args = args.replace("false", "v1").replace("true", "v2")  # FwdMmaTraits' Swin V2 flag
         return f"{m.group(1)}<{args.strip()}>"
 
 
 _TRACKED = {
     "HMMA": r"\bHMMA\.",
+    "HMMA.16816": r"\bHMMA\.16816\.",
+    "LDSM": r"\bLDSM\.",
+    "MOVM": r"\bMOVM\.",
+    "LD.generic": r"(?<![\w.])LD\.",  # generic-address loads / stores (shared memory through them is slow)
+    "ST.generic": r"(?<![\w.])ST\.",
+    "LDGSTS": r"\bLDGSTS\.",
     "LDG.128": r"\bLDG\.E\.(?:\w+\.)*128\b",
     "STG.128": r"\bSTG\.E\.(?:\w+\.)*128\b",
     "LDG": r"\bLDG\.",
@@ -166,17 +175,267 @@ def table(kernels: List[Kernel]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- dynamic estimate
+#
+# Static SASS x loop trip counts, per kernel path (the method of the
+# 2026-12-03 review's sass_dyn.py, made robust to source edits): the kernel
+# source marks, in comments on the lines the SASS is attributed to,
+#   // sass-dyn: trips=<expr>   the loop whose back edge this line's
+#                               instructions close runs <expr> times
+#                               (names: images, warps, threads, N, d, keys)
+#   // sass-dyn: skip           code off the costed path (scalar fallbacks)
+# Every instruction is counted once per execution of the loops around it
+# (their trips multiplied); instructions with a skip line anywhere in their
+# inline chain are not counted; a loop without a marker counts once.
+# Branches inside the costed path are all taken as executed (an upper bound).
+
+
+@dataclass
+class Instr:
+    op: str
+    text: str
+    chain: List[tuple]  # (file basename, line), innermost first
+
+
+def find_nvdisasm(cuobjdump: Optional[str] = None) -> Optional[str]:
+    for c in ([os.path.join(os.path.dirname(cuobjdump), "nvdisasm")] if cuobjdump else []) + [shutil.which("nvdisasm") or ""]:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def disassemble_with_lines(so: str, arch: str, workdir: str, cuobjdump: Optional[str] = None,
+                           name_filter: str = "attention") -> Dict[str, str]:
+    """cubin name -> path of its ``nvdisasm -c -gi`` listing (SASS with inlined source lines)."""
+    cuobjdump = cuobjdump or find_cuobjdump()
+    nvdisasm = find_nvdisasm(cuobjdump)
+    if cuobjdump is None or nvdisasm is None:
+        raise FileNotFoundError("needs cuobjdump and nvdisasm (CUDA toolkit or triton's bundled copies)")
+    subprocess.run([cuobjdump, "-xelf", "all", os.path.abspath(so)], cwd=workdir, capture_output=True, check=True)
+    out = {}
+    for cubin in sorted(glob.glob(os.path.join(workdir, f"*{arch}*.cubin"))):
+        if name_filter not in os.path.basename(cubin):
+            continue
+        path = cubin[: -len(".cubin")] + ".gi.sass"
+        with open(path, "w") as f:
+            subprocess.run([nvdisasm, "-c", "-gi", cubin], stdout=f, check=True)
+        out[os.path.basename(cubin)] = path
+    return out
+
+
+def parse_gi(path: str, name_substr: str):
+    """Instructions (with inline chains) and labels of the first kernel whose mangled name contains name_substr."""
+    ins: List[Instr] = []
+    labels: Dict[str, int] = {}
+    cur = None
+    chain: List[tuple] = []
+    fresh = True
+    found = None
+    with open(path) as f:
+        for line in f:
+            if line.startswith(".text."):
+                cur = line[6:].split(":")[0].strip()
+                if found is not None and cur != found:
+                    break
+                if found is None and name_substr in cur:
+                    found = cur
+                continue
+            if found is None or cur != found:
+                continue
+            m = re.match(r'\s*//## File "([^"]+)", line (\d+)', line)
+            if m:
+                if fresh:
+                    chain, fresh = [], False
+                chain.append((os.path.basename(m.group(1)), int(m.group(2))))
+                continue
+            m = re.match(r"^(\.L_x_\d+):", line)
+            if m:
+                labels[m.group(1)] = len(ins)
+                continue
+            m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(.*?);", line)
+            if m:
+                fresh = True
+                text = m.group(1).strip()
+                op = re.sub(r"^@!?U?P\w+\s+", "", text).split()[0]
+                ins.append(Instr(op, text, list(chain)))
+    return found, ins, labels
+
+
+def dyn_markers(src: str) -> Dict[int, str]:
+    """line -> marker; the lines between ``skip-begin`` and ``skip-end`` are ``skip``."""
+    out: Dict[int, str] = {}
+    begin = None
+    with open(src) as f:
+        for i, line in enumerate(f, 1):
+            m = re.search(r"//\s*sass-dyn:\s*(.+?)\s*$", line)
+            mk = m.group(1) if m else None
+            if mk == "skip-begin":
+                begin = i
+            elif mk == "skip-end" and begin is not None:
+                for k in range(begin, i + 1):
+                    out[k] = "skip"
+                begin = None
+            elif mk:
+                out[i] = mk
+    return out
+
+
+_DYN_CATS = [("HMMA", r"^HMMA"), ("LDSM", r"^LDSM"), ("MOVM", r"^MOVM"), ("LD.E", r"^LD\.E"), ("ST.E", r"^ST\.E"),
+             ("LDS", r"^LDS(?!M)"), ("STS", r"^STS"), ("LDGSTS", r"^LDGSTS"), ("LDG", r"^LDG(?!STS|DEPBAR)"),
+             ("STG", r"^STG"), ("SHFL", r"^SHFL"), ("BAR", r"^BAR"), ("MUFU", r"^MUFU"),
+             ("FP", r"^(FFMA|FMUL|FADD|FMNMX|FSETP|FSEL|F2F|F2FP)"), ("BRA", r"^BRA")]
+
+
+def dynamic_count(ins: List[Instr], labels: Dict[str, int], kernel_file: str, markers: Dict[int, str],
+                  env: Dict[str, float]):
+    """(total warp-instructions per warp, counts by category, loops) of one kernel path."""
+    skip_lines = {l for l, m in markers.items() if m == "skip"}
+
+    def outer(ch):
+        for f_, l_ in reversed(ch):
+            if f_ == kernel_file:
+                return l_
+        return None
+
+    loops = []
+    for i, x in enumerate(ins):
+        if not x.op.startswith("BRA"):
+            continue
+        m = re.search(r"`\((\.L_x_\d+)\)", x.text)
+        if not m or m.group(1) not in labels or labels[m.group(1)] > i:
+            continue
+        loops.append([labels[m.group(1)], i, outer(x.chain), 1.0, None])
+    # A marker gives its trips to the outermost loop closed on its line.
+    for lp in sorted(loops, key=lambda lp: lp[0] - lp[1]):
+        mk = markers.get(lp[2], "")
+        if mk.startswith("trips=") and not any(o is not lp and o[2] == lp[2] and o[4] for o in loops
+                                                if o[0] <= lp[0] and lp[1] <= o[1]):
+            lp[3] = float(eval(mk[len("trips="):], {"__builtins__": {}}, dict(env)))  # noqa: S307 - our own markers
+            lp[4] = mk
+    mult = [1.0] * len(ins)
+    for j, i, _, trips, _ in loops:
+        for k in range(j, i + 1):
+            mult[k] *= trips
+    total = 0.0
+    cats: Dict[str, float] = {}
+    for k, x in enumerate(ins):
+        if any(f_ == kernel_file and l_ in skip_lines for f_, l_ in x.chain):
+            continue
+        total += mult[k]
+        for cat, pat in _DYN_CATS:
+            if re.match(pat, x.op):
+                cats[cat] = cats.get(cat, 0.0) + mult[k]
+                break
+    return total, cats, loops
+
+
+# Swin-T at 224 px: (stage, blocks, windows per image, heads); window 7, head_dim 32.
+SWIN_T_STAGES = [(1, 2, 64, 3), (2, 2, 16, 6), (3, 6, 4, 12), (4, 2, 1, 24)]
+FWD_TARGET_BLOCKS, FWD_MAX_CHUNK = 1024, 8  # csrc/cuda/attention/launch_template.cuh, plan_fwd
+_MANGLED_T = {"bf16": "13__nv_bfloat16", "fp16": "6__half"}
+
+
+def fwd_chunk(B: int, windows_heads: int) -> int:
+    """Images per block of the one-tile forward (plan_fwd's rule)."""
+    return max(1, min(FWD_MAX_CHUNK, B * windows_heads // FWD_TARGET_BLOCKS))
+
+
+def parse_gi_all(path: str, name_substrs: List[str]):
+    return {sub: parse_gi(path, sub) for sub in name_substrs}
+
+
+def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128) -> str:
+    """Markdown: the estimated dynamic warp-instructions per warp and per (image,
+    window, head) of the tensor-core forward on the Swin-T path (bf16 / fp16,
+    head_dim 32, window 7, V1, 16-byte vector path), per stage at ``batch``,
+    plus SwinV2 window 8 (one tile) and window 12 / 16 (streamed key tiles)."""
+    import tempfile
+
+    kernel_file = "fwd_mma_kernel.cuh"
+    markers = dyn_markers(os.path.join(ROOT, "csrc", "cuda", "attention", kernel_file))
+    lines = [
+        f"# Dynamic warp-instruction estimate of the attention forward ({arch})",
+        "",
+        "Written by `python benchmarks/sass_report.py --dyn` from `nvdisasm -c -gi` of the built extension:",
+        "static SASS x loop trip counts (the loops and the paths off the costed one are marked `sass-dyn:` in",
+        "`csrc/cuda/attention/fwd_mma_kernel.cuh`); every branch inside the costed path is counted as taken",
+        "(an upper bound: e.g. the shift-mask code of the bias staging counts for every window).  Per warp:",
+        "one warp's instructions per block, divided by the images of the block (the block's once-only work --",
+        "token table, bias + mask tile, prefill -- spread over them).  The review of 2026-12-03 estimated the",
+        "kernel it replaces at ~3,590 (bf16) / ~3,480 (fp16) per warp per (image, window, head), by the",
+        "same method (`shared/notes/cuda-review-2026-12-03/dyn_cases.py`).",
+        "",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        listings = disassemble_with_lines(so, arch, tmp)
+        for dt, mt in _MANGLED_T.items():
+            path = listings.get(f"attention_{dt}.{arch}.cubin")
+            if path is None:
+                lines.append(f"no attention_{dt} cubin for {arch}")
+                continue
+            subs = {
+                "tile_v1": f"attn_fwd_tile_kernelINS1_12FwdMmaTraitsI{mt}Li32ELb0E",
+                "tile_v2": f"attn_fwd_tile_kernelINS1_12FwdMmaTraitsI{mt}Li32ELb1E",
+                "stream_v1": f"attn_fwd_stream_kernelINS1_12FwdMmaTraitsI{mt}Li32ELb0E",
+            }
+            parsed = parse_gi_all(path, list(subs.values()))
+            _, ins, labels = parsed[subs["tile_v1"]]
+            base = dict(warps=4, threads=128, keytiles=1)
+            lines += [f"## {dt}, Swin-T (window 7, N = 49, head_dim 32), batch {batch}", "",
+                      "| stage | (image, window, head) units | images per block | per warp per block | "
+                      "per warp per (image, window, head) | HMMA | LDSM | SHFL | MUFU | BAR |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            tot_units, tot_instr = 0, 0.0
+            for stage, nblk, nw, heads in SWIN_T_STAGES:
+                chunk = fwd_chunk(batch, nw * heads)
+                total, cats, _ = dynamic_count(ins, labels, kernel_file, markers, dict(base, images=chunk))
+                units = nblk * batch * nw * heads
+                per = total / chunk
+                tot_units += units
+                tot_instr += units * per
+                lines.append(f"| {stage} | {units} | {chunk} | {total:.0f} | **{per:.0f}** | "
+                             + " | ".join(f"{cats.get(c, 0) / chunk:.0f}" for c in ("HMMA", "LDSM", "SHFL", "MUFU", "BAR")) + " |")
+            lines += ["", f"Swin-T step average: **{tot_instr / tot_units:.0f}** warp-instructions per warp per "
+                      f"(image, window, head) (4 warps per unit: {4 * tot_instr / 1e9:.3f} G per forward at batch {batch}).", ""]
+            # Other paths, one image per block / per key-tile loop.
+            lines += [f"### {dt}, other windows (head_dim 32)", "",
+                      "| path | kernel | images per block | key tiles | per warp per block |", "|---|---|---:|---:|---:|"]
+            _, ins2, lab2 = parsed[subs["tile_v2"]]
+            for chunk in (1, 8):
+                total, _, _ = dynamic_count(ins2, lab2, kernel_file, markers, dict(base, images=chunk))
+                lines.append(f"| SwinV2 window 8 (N = 64) | tile, V2 | {chunk} | 1 | {total / chunk:.0f} per image |")
+            _, ins3, lab3 = parsed[subs["stream_v1"]]
+            for ws in (12, 16, 24):
+                kt = (ws * ws + 63) // 64
+                total, _, _ = dynamic_count(ins3, lab3, kernel_file, markers, dict(base, images=1, keytiles=kt))
+                lines.append(f"| window {ws} (N = {ws * ws}) | stream, V1 | 1 | {kt} | {total:.0f} (x {kt} row blocks "
+                             f"per (image, window, head)) |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--so", default=None, help="extension library (default: swin_ext/_C*.so)")
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--out", default=None, help="also write the markdown table here")
     ap.add_argument("--filter", default="", help="only kernels whose name contains this")
+    ap.add_argument("--dyn", action="store_true",
+                    help="the dynamic warp-instruction estimate of the attention forward (Swin-T path) instead; "
+                         "--out defaults to benchmarks/results/attn_fwd_dyn_<arch>.md")
+    ap.add_argument("--batch", type=int, default=128, help="batch of the --dyn estimate")
     a = ap.parse_args(argv)
     so = a.so or extension_path()
     if not so:
         print("no built extension (swin_ext/_C*.so)", file=sys.stderr)
         return 2
+    if a.dyn:
+        text = forward_dynamic_report(so, a.arch, a.batch)
+        print(text)
+        out = a.out or os.path.join(ROOT, "benchmarks", "results", f"attn_fwd_dyn_{a.arch.replace('_', '')}.md")
+        with open(out, "w") as f:
+            f.write(text)
+        return 0
     ks = [k for k in read_kernels(so, a.arch) if a.filter in k.short]
     text = table(ks)
     print(text)

@@ -407,6 +407,48 @@ def test_kernel_window_attention_is_deterministic(hops):
             assert torch.equal(a, b)
 
 
+def test_kernel_window_attention_launch_errors_and_slow_paths(artefacts):
+    """A failed cudaFuncSetAttribute is reported with its text and retried by the
+    next launch (not remembered for the process); a launch that falls back to the
+    element-by-element path warns once, naming the reason.  A process of its own:
+    both are once-per-process behaviours."""
+    _needs_op("window_attention_fwd")
+    code = textwrap.dedent(
+        f"""
+        import warnings, torch
+        torch.ops.load_library({built('lib_asan' if ASAN_CHILD else 'lib')!r})
+        ops = torch.ops.swin_ext_harness
+        qkv = torch.randn(1, 7, 7, 3 * 32).bfloat16()
+        bias = torch.randn(1, 49, 49)
+        ops.inject_attribute_failures(1)
+        try:
+            ops.window_attention_fwd(qkv, bias, None, 7, 3, 3, 0.2)
+            raise SystemExit("no error")
+        except RuntimeError as e:
+            assert "shared-memory limit" in str(e) and "invalid argument" in str(e), str(e)
+        out, lse = ops.window_attention_fwd(qkv, bias, None, 7, 3, 3, 0.2)  # retried: works
+        assert torch.isfinite(out).all()
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            q20 = torch.randn(1, 7, 7, 3 * 20).bfloat16()
+            for _ in range(2):
+                ops.window_attention_fwd(q20, bias, None, 7, 3, 3, 0.2)
+            base = torch.randn(49 * 96 + 1).bfloat16()
+            q_off = base[1:].view(1, 7, 7, 96)  # a view 2 bytes into its storage
+            for _ in range(2):
+                ops.window_attention_fwd(q_off, bias, None, 7, 3, 3, 0.2)
+        msgs = [str(x.message) for x in w if "slow path" in str(x.message)]
+        assert len(msgs) == 2, msgs
+        assert "head_dim 20 is not a multiple of 8" in msgs[0], msgs
+        assert "not 16-byte aligned" in msgs[1], msgs
+        print("OK")
+        """
+    )
+    env = hb.asan_env() if ASAN_CHILD else dict(os.environ)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0 and "OK" in p.stdout, p.stdout + p.stderr
+
+
 # ---------------------------------------------------------------------------
 # Launch shapes: the harness records every launch (kernel, grid, block,
 # dynamic shared memory).

@@ -60,6 +60,9 @@ struct AttnParams {
   bool padded = false;  // the map has padding tokens (H or W not a window multiple)
   bool vec = false;     // every row slice is 16-byte aligned: vector loads / stores
 
+  // Divisors of the block decode, precomputed on the host (the launcher).
+  FastDiv div_heads, div_nW, div_rb;
+
   // Launch shape (set by the launcher's plan).
   int nwarps = 0;       // warps per block actually launched
   int n_row_blocks = 0; // query-row (or key) blocks per window
