@@ -415,7 +415,7 @@ def test_kernel_window_attention_launch_errors_and_slow_paths(artefacts):
     _needs_op("window_attention_fwd")
     code = textwrap.dedent(
         f"""
-        import warnings, torch
+        import torch
         torch.ops.load_library({built('lib_asan' if ASAN_CHILD else 'lib')!r})
         ops = torch.ops.swin_ext_harness
         qkv = torch.randn(1, 7, 7, 3 * 32).bfloat16()
@@ -428,25 +428,24 @@ def test_kernel_window_attention_launch_errors_and_slow_paths(artefacts):
             assert "shared-memory limit" in str(e) and "invalid argument" in str(e), str(e)
         out, lse = ops.window_attention_fwd(qkv, bias, None, 7, 3, 3, 0.2)  # retried: works
         assert torch.isfinite(out).all()
-        with warnings.catch_warnings(record=True) as w:
-            warnings.simplefilter("always")
-            q20 = torch.randn(1, 7, 7, 3 * 20).bfloat16()
-            for _ in range(2):
-                ops.window_attention_fwd(q20, bias, None, 7, 3, 3, 0.2)
-            base = torch.randn(49 * 96 + 1).bfloat16()
-            q_off = base[1:].view(1, 7, 7, 96)  # a view 2 bytes into its storage
-            for _ in range(2):
-                ops.window_attention_fwd(q_off, bias, None, 7, 3, 3, 0.2)
-        msgs = [str(x.message) for x in w if "slow path" in str(x.message)]
-        assert len(msgs) == 2, msgs
-        assert "head_dim 20 is not a multiple of 8" in msgs[0], msgs
-        assert "not 16-byte aligned" in msgs[1], msgs
+        q20 = torch.randn(1, 7, 7, 3 * 20).bfloat16()
+        for _ in range(2):
+            ops.window_attention_fwd(q20, bias, None, 7, 3, 3, 0.2)
+        base = torch.randn(49 * 96 + 1).bfloat16()
+        q_off = base[1:].view(1, 7, 7, 96)  # a view 2 bytes into its storage
+        for _ in range(2):
+            ops.window_attention_fwd(q_off, bias, None, 7, 3, 3, 0.2)
         print("OK")
         """
     )
     env = hb.asan_env() if ASAN_CHILD else dict(os.environ)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0 and "OK" in p.stdout, p.stdout + p.stderr
+    # c10's warning (the log, as a custom op's TORCH_WARN reaches it): once per reason
+    slow = [line for line in p.stderr.splitlines() if "slow path" in line]
+    assert len(slow) == 2, p.stderr
+    assert "head_dim 20 is not a multiple of 8 elements" in slow[0], slow
+    assert "storage is not 16-byte aligned" in slow[1], slow
 
 
 # ---------------------------------------------------------------------------
@@ -529,4 +528,5 @@ def test_kernel_shared_memory_fits_sm86(hops, dtype):
                 seen.add(name.split("<")[0])
     for name, _, block, smem in _launches(hops, lambda: _merging_step(hops, 2, 6, 6, 768, dtype)):
         assert smem <= 101376, (name, smem)
-    assert {"attn_fwd_kernel", "attn_bwd_fused_kernel", "attn_bwd_dq_kernel", "attn_bwd_dkv_kernel"} <= seen, seen
+    fwd = {"attn_fwd_tile_kernel", "attn_fwd_stream_kernel"} if dtype == torch.bfloat16 else {"attn_fwd_kernel"}
+    assert fwd | {"attn_bwd_fused_kernel", "attn_bwd_dq_kernel", "attn_bwd_dkv_kernel"} <= seen, seen

@@ -18,8 +18,9 @@
 //   (a float4 per lane and 8-key tile), so the logits of an image cost one
 //   FFMA per element; then it walks its images with the next image's q, k, v
 //   in flight (two stages) while the current one is computed.
-// attn_fwd_stream_kernel (N > 64: windows 9 ... 24): one block per (image,
-//   window, head, 64 query rows), key tiles of 64 streamed through two
+// attn_fwd_stream_kernel (N > 64: windows 9 ... 24; and the generic
+//   head_dim at any N): one block per (image, window, head, 64 query rows),
+//   key tiles (64 keys; 32 at head_dim 64, 16 at 128) streamed through two
 //   cp.async stages with the online softmax (running max with -inf guards,
 //   rescaled sums and outputs, all in registers); the bias is read in the
 //   fragment layout from global memory (L2-resident) and the mask from
@@ -74,6 +75,8 @@ struct FwdMmaTraits {
   static constexpr int kTileBytes = 64 * kRowBytes;     // 64 rows (queries or keys)
   static constexpr int kVecs = kDPad / 8;               // 16-byte vectors of a staged row
   static constexpr int kMinBlocks = 4;                  // <= 128 registers: 25% occupancy on sm_90
+  // One-tile kernel: O columns per pass (accumulator registers: 4 per 8 columns).
+  static constexpr int kOChunk = kDPad > 64 ? 64 : kDPad;
 
   // ---- attn_fwd_tile_kernel (N <= 64): bytes of dynamic shared memory
   static constexpr int kStages = kDPad <= 64 ? 2 : 1;   // images in flight
@@ -89,19 +92,24 @@ struct FwdMmaTraits {
   static constexpr int kTileSlots = 3 * 64 * kVecs / kThreads;
   static constexpr bool kCacheTileSlots = kTileSlots <= 6;  // source offsets held in registers
 
-  // ---- attn_fwd_stream_kernel (N > 64)
+  // ---- attn_fwd_stream_kernel (N > 64): the running O of the whole head_dim
+  // stays in registers, so larger head_dims take smaller key tiles (S: 4
+  // registers per 8 keys).
+  static constexpr int kStrKeys = kDPad >= 128 ? 16 : (kDPad >= 64 ? 32 : 64);
+  static constexpr int kStrNT = kStrKeys / 8, kStrKV = kStrKeys / 16;
+  static constexpr int kKVTileBytes = kStrKeys * kRowBytes;
   static constexpr int kStrTokQ = 0;                    // int[64]: token of each query row
   static constexpr int kStrRegQ = kStrTokQ + 256;       // int[64]: region of each query row
-  static constexpr int kStrRegK = kStrRegQ + 256;       // int[2][64]: region of each key of a stage
+  static constexpr int kStrRegK = kStrRegQ + 256;       // int[2][kStrKeys]: region of each key of a stage
   static constexpr int kStrQ = kStrRegK + 512;          // q tile
-  static constexpr int kStrKV = kStrQ + kTileBytes;     // [stage][k, v] tiles
-  static constexpr int kStrInv = kStrKV + 4 * kTileBytes;  // V2: 1/||q||[64], 1/||k||[2][64]
+  static constexpr int kStrKVOff = kStrQ + kTileBytes;  // [stage][k, v] tiles
+  static constexpr int kStrInv = kStrKVOff + 4 * kKVTileBytes;  // V2: 1/||q||[64], 1/||k||[2][kStrKeys]
   static constexpr int kStrSmem = kStrInv + (kV2 ? 768 : 0);
-  static constexpr int kStrSlots = 2 * 64 * kVecs / kThreads;  // k, v chunks per thread and key tile
-  static constexpr int kQSlots = 64 * kVecs / kThreads;        // q chunks per thread
+  static constexpr int kStrSlots = 2 * kStrKeys * kVecs / kThreads;  // k, v chunks per thread and key tile
+  static constexpr int kQSlots = 64 * kVecs / kThreads;              // q chunks per thread
 
-  static_assert(kThreads % kVecs == 0 && (64 * kVecs) % kThreads == 0, "gather slots");
-  static_assert(kTileBytes % 128 == 0 && kBiasBytes % 128 == 0, "128-byte aligned buffers");
+  static_assert(kThreads % kVecs == 0 && (kStrKeys * kVecs) % kThreads == 0, "gather slots");
+  static_assert(kTileBytes % 128 == 0 && kKVTileBytes % 128 == 0 && kBiasBytes % 128 == 0, "aligned buffers");
 };
 
 constexpr uint32_t kNoSlot = 0xffffffffu;
@@ -109,18 +117,18 @@ constexpr uint32_t kNoSlot = 0xffffffffu;
 // ------------------------------------------------------------------ gathers
 
 // Row r, part, 16-byte column cv of gather slot s of thread tid: chunk e =
-// tid + kThreads s of a [kParts][64][kVecs] tile set (compile-time shifts).
-template <class Tr>
+// tid + kThreads s of a [parts][kRows][kVecs] tile set (compile-time shifts).
+template <class Tr, int kRows = 64>
 struct Slot {
-  static constexpr int kPerPart = 64 * Tr::kVecs / Tr::kThreads;  // slots per part
+  static constexpr int kPerPart = kRows * Tr::kVecs / Tr::kThreads;  // slots per part
   __device__ __forceinline__ static int part(int s) { return s / kPerPart; }
   __device__ __forceinline__ static int row(int tid, int s) {
     return tid / Tr::kVecs + (s % kPerPart) * (Tr::kThreads / Tr::kVecs);
   }
   __device__ __forceinline__ static int col(int tid) { return tid % Tr::kVecs; }
-  // Byte offset of the slot's chunk in its tile set (parts kTileBytes apart).
+  // Byte offset of the slot's chunk in its tile set (parts kRows rows apart).
   __device__ __forceinline__ static int dst(int tid, int s) {
-    return part(s) * Tr::kTileBytes + row(tid, s) * Tr::kRowBytes + col(tid) * 16;
+    return part(s) * kRows * Tr::kRowBytes + row(tid, s) * Tr::kRowBytes + col(tid) * 16;
   }
 };
 
@@ -143,17 +151,17 @@ __device__ __forceinline__ uint32_t out_chunk16(int tok, int cv, int dv, int C8,
 // per-image gather writes: rows >= n and rows of padding tokens (tok < 0)
 // get the pad vector (null: zeros) in columns < d, every row zeros in
 // columns [d, dp).  A warp per row, lanes over columns.
-template <class Tr>
+template <class Tr, int kRows = 64>
 __device__ __forceinline__ void prefill_rows(unsigned char* tiles, const typename Tr::T* pad, const int* tok,
                                              int first_part, int parts, int n, int d, int dp, int C, int hd) {
   using T = typename Tr::T;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const T zero = zero_value<T>();
-  for (int pr = warp; pr < parts * 64; pr += Tr::kWarps) {
-    const int part = pr >> 6, r = pr & 63;
+  for (int pr = warp; pr < parts * kRows; pr += Tr::kWarps) {
+    const int part = pr / kRows, r = pr % kRows;
     const bool real = r < n && tok[r] >= 0;
     const T* src = (r < n && pad != nullptr) ? pad + (first_part + part) * C + hd : nullptr;
-    T* dst = reinterpret_cast<T*>(tiles + part * Tr::kTileBytes + r * Tr::kRowBytes);
+    T* dst = reinterpret_cast<T*>(tiles + (part * kRows + r) * Tr::kRowBytes);
     for (int c = lane; c < dp; c += 32) {
       if (real && c < d) continue;
       dst[c] = (src != nullptr && c < d) ? src[c] : zero;
@@ -164,17 +172,17 @@ __device__ __forceinline__ void prefill_rows(unsigned char* tiles, const typenam
 // Scalar gather (head_dim not a multiple of 8, or storage not 16-byte
 // aligned): the real rows (r < n, tok >= 0) of `parts` operands, columns < d,
 // element by element.  A warp per row.
-template <class Tr>
+template <class Tr, int kRows = 64>
 __device__ __forceinline__ void gather_rows_scalar(unsigned char* tiles, const typename Tr::T* img, const int* tok,
                                                    int first_part, int parts, int n, int d, int C, int hd) {
   using T = typename Tr::T;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int pr = warp; pr < parts * 64; pr += Tr::kWarps) {
-    const int part = pr >> 6, r = pr & 63;
+  for (int pr = warp; pr < parts * kRows; pr += Tr::kWarps) {
+    const int part = pr / kRows, r = pr % kRows;
     const int t = r < n ? tok[r] : -1;
     if (t < 0) continue;
     const T* src = img + static_cast<int64_t>(t) * (3 * C) + (first_part + part) * C + hd;
-    T* dst = reinterpret_cast<T*>(tiles + part * Tr::kTileBytes + r * Tr::kRowBytes);
+    T* dst = reinterpret_cast<T*>(tiles + (part * kRows + r) * Tr::kRowBytes);
     for (int c = lane; c < d; c += 32) dst[c] = src[c];
   }
 }
@@ -211,12 +219,12 @@ __device__ __forceinline__ float staged_row_inv_norm(const unsigned char* row, i
 // computed (keys past N are zero rows, their logits -inf: a branch per
 // n-tile would cost more than the two mma it saves); the generic kernel skips
 // the k-steps at or past dp (warp-uniform).
-template <class Tr>
-__device__ __forceinline__ void qk_tile(float (&s)[Tr::kNT][4], const unsigned char* sQw, const unsigned char* sK,
+template <class Tr, int kNT>
+__device__ __forceinline__ void qk_tile(float (&s)[kNT][4], const unsigned char* sQw, const unsigned char* sK,
                                         int dp, int lane) {
   using T = typename Tr::T;
 #pragma unroll
-  for (int nt = 0; nt < Tr::kNT; ++nt)
+  for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
     for (int r = 0; r < 4; ++r) s[nt][r] = 0.f;
   const unsigned char* qa_row = sQw + ((lane & 7) + ((lane >> 3) & 1) * 8) * Tr::kRowBytes + (lane >> 4) * 16;
@@ -231,7 +239,7 @@ __device__ __forceinline__ void qk_tile(float (&s)[Tr::kNT][4], const unsigned c
     ldsm<4>(qa0, qa_row + kk * 32);
     if (pair) ldsm<4>(qa1, qa_row + kk * 32 + 32);
 #pragma unroll
-    for (int nt = 0; nt < Tr::kNT; ++nt) {
+    for (int nt = 0; nt < kNT; ++nt) {
       if (pair) {
         uint32_t kb[4];
         ldsm<4>(kb, kb_row + nt * 8 * Tr::kRowBytes + kk * 32);
@@ -247,21 +255,22 @@ __device__ __forceinline__ void qk_tile(float (&s)[Tr::kNT][4], const unsigned c
   }
 }
 
-// O (16 x kDPad: fragments o[n-tile][4]) += P V of one key tile: P as the A
-// fragments pa[key k-step][4], V rows (keys, k-major) by ldmatrix.x4.trans
-// (matrices: keys 0-7 | 8-15 of the k-step x columns dn*8 | dn*8 + 8: the B
-// fragments of two n-tiles).  The generic kernel skips the n-tiles at or
-// past dp.
-template <class Tr>
-__device__ __forceinline__ void pv_tile(float (&o)[Tr::kDN][4], const uint32_t (&pa)[Tr::kKV][4],
-                                        const unsigned char* sV, int dp, int lane) {
+// O columns [c0, c0 + 8 kDT) (fragments o[n-tile][4]) += P V of one key
+// tile: P as the A fragments pa[key k-step][4], V rows (keys, k-major) by
+// ldmatrix.x4.trans (matrices: keys 0-7 | 8-15 of the k-step x columns
+// c0 + dn*8 | + 8: the B fragments of two n-tiles).  The generic kernel skips
+// the n-tiles at or past dp.
+template <class Tr, int kKV, int kDT>
+__device__ __forceinline__ void pv_tile(float (&o)[kDT][4], const uint32_t (&pa)[kKV][4], const unsigned char* sV,
+                                        int c0, int dp, int lane) {
   using T = typename Tr::T;
-  const unsigned char* vb_row = sV + ((lane & 7) + ((lane >> 3) & 1) * 8) * Tr::kRowBytes + (lane >> 4) * 16;
+  const unsigned char* vb_row =
+      sV + ((lane & 7) + ((lane >> 3) & 1) * 8) * Tr::kRowBytes + (lane >> 4) * 16 + c0 * 2;
 #pragma unroll
-  for (int kv = 0; kv < Tr::kKV; ++kv) {
+  for (int kv = 0; kv < kKV; ++kv) {
 #pragma unroll
-    for (int dn = 0; dn < Tr::kDN; dn += 2) {
-      if (Tr::kD == 0 && dn * 8 >= dp) break;
+    for (int dn = 0; dn < kDT; dn += 2) {
+      if (Tr::kD == 0 && c0 + dn * 8 >= dp) break;
       uint32_t vb[4];
       ldsm<4, true>(vb, vb_row + kv * 16 * Tr::kRowBytes + dn * 16);
       const uint32_t b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
@@ -306,10 +315,10 @@ __device__ __forceinline__ float quad_sum(float v) {
 __device__ __forceinline__ float finite_or_zero(float m) { return m == neg_inf<float>() ? 0.f : m; }
 
 // Row max of the lane's elements of rows g (r = 0, 1) and g + 8 (r = 2, 3).
-template <class Tr>
-__device__ __forceinline__ void tile_row_max(const float (&s)[Tr::kNT][4], float& mx0, float& mx1) {
+template <int kNT>
+__device__ __forceinline__ void tile_row_max(const float (&s)[kNT][4], float& mx0, float& mx1) {
 #pragma unroll
-  for (int nt = 0; nt < Tr::kNT; ++nt) {
+  for (int nt = 0; nt < kNT; ++nt) {
     mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
     mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
   }
@@ -319,12 +328,12 @@ __device__ __forceinline__ void tile_row_max(const float (&s)[Tr::kNT][4], float
 // added to l0 / l1, and P packed into the A fragments of P V: key k-step kv
 // is n-tiles 2kv, 2kv+1, so a0 = (g, 2t..), a1 = (g+8, 2t..), a2 = (g, 8+2t..),
 // a3 = (g+8, 8+2t..) -- the accumulator layout of S is the A layout of P.
-template <class Tr>
-__device__ __forceinline__ void exp_pack(float (&s)[Tr::kNT][4], float m0, float m1, float& l0, float& l1,
-                                         uint32_t (&pa)[Tr::kKV][4]) {
+template <class Tr, int kNT>
+__device__ __forceinline__ void exp_pack(float (&s)[kNT][4], float m0, float m1, float& l0, float& l1,
+                                         uint32_t (&pa)[kNT / 2][4]) {
   using T = typename Tr::T;
 #pragma unroll
-  for (int nt = 0; nt < Tr::kNT; ++nt) {
+  for (int nt = 0; nt < kNT; ++nt) {
     s[nt][0] = exp2_fast(s[nt][0] - m0);
     s[nt][1] = exp2_fast(s[nt][1] - m0);
     s[nt][2] = exp2_fast(s[nt][2] - m1);
@@ -333,7 +342,7 @@ __device__ __forceinline__ void exp_pack(float (&s)[Tr::kNT][4], float m0, float
     l1 += s[nt][2] + s[nt][3];
   }
 #pragma unroll
-  for (int kv = 0; kv < Tr::kKV; ++kv) {
+  for (int kv = 0; kv < kNT / 2; ++kv) {
     pa[kv][0] = pack2<T>(s[2 * kv][0], s[2 * kv][1]);
     pa[kv][1] = pack2<T>(s[2 * kv][2], s[2 * kv][3]);
     pa[kv][2] = pack2<T>(s[2 * kv + 1][0], s[2 * kv + 1][1]);
@@ -352,19 +361,11 @@ struct OutChunks {
   __device__ __forceinline__ static bool exists(int lane, int u) { return kTotal % 32 == 0 || lane + 32 * u < kTotal; }
 };
 
-// Epilogue of a warp: the lse of its rows < N (one lane per row), O / l packed
-// into the warp's (consumed) Q rows of shared memory, then 16-byte stores of
-// the rows whose token is real -- or element stores on the scalar path.
-// l0 / l1 are the lanes' partial row sums, m0 / m1 the guarded row maxima.
-// out_off: the lane's cached output chunk offsets (OutChunks::kCache) or null.
-template <class Tr, bool kCachedOffsets>
-__device__ __forceinline__ void store_rows(const AttnParams& p, float (&o)[Tr::kDN][4], float m0, float m1,
-                                           float l0, float l1, unsigned char* sQw, const int* tok_w, int wrow0,
-                                           int64_t lse_row0, typename Tr::T* out_img,
-                                           const uint32_t* out_off,
-                                           int d, int hd, int lane) {
-  using T = typename Tr::T;
-  using OC = OutChunks<Tr>;
+// Epilogue of a warp, in three steps.  finish_rows: the row sums over the
+// quad (l0 / l1: the lanes' partial sums), the lse of the rows < N (one lane
+// per row; m0 / m1: the guarded row maxima) and the factors 1 / l.
+__device__ __forceinline__ void finish_rows(const AttnParams& p, float m0, float m1, float l0, float l1, int wrow0,
+                                            int64_t lse_row0, int lane, float& i0, float& i1) {
   const int N = p.g.N;
   l0 = quad_sum(l0);
   l1 = quad_sum(l1);
@@ -374,14 +375,35 @@ __device__ __forceinline__ void store_rows(const AttnParams& p, float (&o)[Tr::k
     if (wrow0 + g < N) lse[g] = (m0 + log2_fast(l0)) * static_cast<float>(kLn2);
     if (wrow0 + g + 8 < N) lse[g + 8] = (m1 + log2_fast(l1)) * static_cast<float>(kLn2);
   }
-  const float i0 = __fdividef(1.0f, l0), i1 = __fdividef(1.0f, l1);  // l >= 1: the row max contributes 1
-  __syncwarp();  // every lane's ldmatrix of the Q rows is done
+  i0 = __fdividef(1.0f, l0);  // l >= 1: the row max contributes 1
+  i1 = __fdividef(1.0f, l1);
+}
+
+// stage_o: O columns [c0, c0 + 8 kDT) times 1 / l, packed into the warp's
+// (consumed) Q rows of shared memory (the caller has synchronised the warp
+// after its last ldmatrix of them).
+template <class Tr, int kDT>
+__device__ __forceinline__ void stage_o(const float (&o)[kDT][4], float i0, float i1, unsigned char* sQw, int c0,
+                                        int lane) {
+  using T = typename Tr::T;
+  const int g = lane >> 2, t = lane & 3;
+  unsigned char* r0 = sQw + g * Tr::kRowBytes + c0 * 2 + t * 4;
 #pragma unroll
-  for (int dn = 0; dn < Tr::kDN; ++dn) {
-    *reinterpret_cast<uint32_t*>(sQw + g * Tr::kRowBytes + dn * 16 + t * 4) = pack2<T>(o[dn][0] * i0, o[dn][1] * i0);
-    *reinterpret_cast<uint32_t*>(sQw + (g + 8) * Tr::kRowBytes + dn * 16 + t * 4) =
-        pack2<T>(o[dn][2] * i1, o[dn][3] * i1);
+  for (int dn = 0; dn < kDT; ++dn) {
+    *reinterpret_cast<uint32_t*>(r0 + dn * 16) = pack2<T>(o[dn][0] * i0, o[dn][1] * i0);
+    *reinterpret_cast<uint32_t*>(r0 + 8 * Tr::kRowBytes + dn * 16) = pack2<T>(o[dn][2] * i1, o[dn][3] * i1);
   }
+}
+
+// store_staged: the staged rows whose token is real, as 16-byte stores (the
+// lane's chunk offsets cached in out_off when kCachedOffsets) -- or element
+// stores on the scalar path.
+template <class Tr, bool kCachedOffsets>
+__device__ __forceinline__ void store_staged(const AttnParams& p, const unsigned char* sQw, const int* tok_w,
+                                             typename Tr::T* out_img, const uint32_t* out_off, int d, int hd,
+                                             int lane) {
+  using T = typename Tr::T;
+  using OC = OutChunks<Tr>;
   __syncwarp();
   if (p.vec) {
     uint4* out16 = reinterpret_cast<uint4*>(out_img);
@@ -413,7 +435,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
   using T = typename Tr::T;
   using SL = Slot<Tr>;
   using OC = OutChunks<Tr>;
-  constexpr int kNT = Tr::kNT, kDN = Tr::kDN, kKV = Tr::kKV;
+  constexpr int kNT = Tr::kNT, kKV = Tr::kKV;
+  static_assert(Tr::kD != 0, "the generic head_dim streams (attn_fwd_stream_kernel)");
   SWIN_DYNAMIC_SHARED(unsigned char, smem);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const Geom& g = p.g;
@@ -439,7 +462,6 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
   build_token_table(g, win, 0, 64, tok, reg);  // sass-dyn: trips=1
   __syncthreads();
   const int C8 = C >> 3, hd8 = hd >> 3, dv = d >> 3;
-  const bool vec = p.vec;
   // This thread's gather slots (the token table is fixed for the block):
   // source offsets of the real chunks, kNoSlot for the rest.
   uint32_t src_off[Tr::kCacheTileSlots ? Tr::kTileSlots : 1];
@@ -452,7 +474,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
     for (int s = 0; s < Tr::kTileSlots; ++s)
       src_off[s] = qkv_chunk16(tok[SL::row(tid, s)], SL::part(s), SL::col(tid), dv, C8, hd8);
   }
-  if (vec) {
+  if (p.vec) {
     // The chunks no image writes, in every stage: padding tokens get the pad
     // vector (or zeros), rows past N and columns past head_dim zeros.
     const uint4* pad16 = reinterpret_cast<const uint4*>(pad);
@@ -541,12 +563,12 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
   [[maybe_unused]] const float sh_log2 =
       Tr::kV2 ? static_cast<const float*>(p.head_scale)[h] * static_cast<float>(kLog2e) : 0.f;
   __syncthreads();  // the prefill is done before any copy lands
-  if (vec) issue(b0, 0);
+  if (p.vec) issue(b0, 0);
   for (int it = 0; it < nimg; ++it) {  // sass-dyn: trips=images
     const int b = b0 + it;
     const int cur = Tr::kStages == 2 ? (it & 1) : 0;
     unsigned char* st = stages + cur * Tr::kStageBytes;
-    if (vec) {
+    if (p.vec) {
       if (Tr::kStages == 2 && it + 1 < nimg) {
         issue(b + 1, cur ^ 1);
         cp_async_wait<1>();
@@ -564,7 +586,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
     if (wrow0 < N) {  // warp-uniform: warps past the window only stage and wait
       unsigned char* sQw = st + wrow0 * Tr::kRowBytes;
       float s[kNT][4];
-      qk_tile<Tr>(s, sQw, st + Tr::kTileBytes, dp, lane);
+      qk_tile<Tr, kNT>(s, sQw, st + Tr::kTileBytes, dp, lane);
       const float4* bw = sbias + warp * kNT * 32 + lane;
       float mx0 = neg_inf<float>(), mx1 = neg_inf<float>();
       if constexpr (Tr::kV2) {  // head_scale q.k / (||q|| ||k||), in float32, plus the bias
@@ -588,23 +610,33 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
           s[nt][3] = fmaf(s[nt][3], scale_log2, bm.w);
         }
       }
-      tile_row_max<Tr>(s, mx0, mx1);
+      tile_row_max<kNT>(s, mx0, mx1);
       const float m0 = finite_or_zero(quad_max(mx0)), m1 = finite_or_zero(quad_max(mx1));
       float l0 = 0.f, l1 = 0.f;
       uint32_t pa[kKV][4];
-      exp_pack<Tr>(s, m0, m1, l0, l1, pa);
-      float o[kDN][4];
+      exp_pack<Tr, kNT>(s, m0, m1, l0, l1, pa);
+      float i0, i1;
+      finish_rows(p, m0, m1, l0, l1, wrow0, ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * N + wrow0, lane,
+                  i0, i1);
+      __syncwarp();  // every lane's ldmatrix of the Q rows is done: they take O
+      // O = P V / l, kOChunk columns at a time (head_dim 128: 32 accumulator registers, not 64)
+      constexpr int kDT = Tr::kOChunk / 8;
 #pragma unroll
-      for (int dn = 0; dn < kDN; ++dn)
+      for (int c0 = 0; c0 < Tr::kDPad; c0 += Tr::kOChunk) {
+        if (Tr::kD == 0 && c0 >= dp) break;
+        float o[kDT][4];
 #pragma unroll
-        for (int r = 0; r < 4; ++r) o[dn][r] = 0.f;
-      pv_tile<Tr>(o, pa, st + 2 * Tr::kTileBytes, dp, lane);
-      const int64_t lse_row0 = ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * N + wrow0;
-      store_rows<Tr, OC::kCache>(p, o, m0, m1, l0, l1, sQw, tok + wrow0, wrow0, lse_row0,
-                     static_cast<T*>(p.out) + static_cast<int64_t>(b) * p.img_out, out_off, d, hd, lane);
+        for (int dn = 0; dn < kDT; ++dn)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) o[dn][r] = 0.f;
+        pv_tile<Tr, kKV, kDT>(o, pa, st + 2 * Tr::kTileBytes, c0, dp, lane);
+        stage_o<Tr, kDT>(o, i0, i1, sQw, c0, lane);
+      }
+      store_staged<Tr, OC::kCache>(p, sQw, tok + wrow0, static_cast<T*>(p.out) + static_cast<int64_t>(b) * p.img_out,
+                                   out_off, d, hd, lane);
     }
     __syncthreads();  // stage `cur` is consumed before it is refilled
-    if (Tr::kStages == 1 && vec && it + 1 < nimg) issue(b + 1, 0);
+    if (Tr::kStages == 1 && p.vec && it + 1 < nimg) issue(b + 1, 0);
   }
 }
 
@@ -613,8 +645,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_kernel(const AttnParams p) {
   using T = typename Tr::T;
-  using SL = Slot<Tr>;
-  constexpr int kNT = Tr::kNT, kDN = Tr::kDN, kKV = Tr::kKV;
+  constexpr int kKeys = Tr::kStrKeys, kNT = Tr::kStrNT, kKV = Tr::kStrKV, kDN = Tr::kDN;
+  using SQ = Slot<Tr, 64>;      // q tile slots
+  using SKV = Slot<Tr, kKeys>;  // k, v tile slots
   SWIN_DYNAMIC_SHARED(unsigned char, smem);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const Geom& g = p.g;
@@ -634,9 +667,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
 
   int* tokq = reinterpret_cast<int*>(smem + Tr::kStrTokQ);
   int* regq = reinterpret_cast<int*>(smem + Tr::kStrRegQ);
-  int* regk = reinterpret_cast<int*>(smem + Tr::kStrRegK);  // [stage][64]; the scalar path: tokens there too
+  int* regk = reinterpret_cast<int*>(smem + Tr::kStrRegK);  // [stage][kKeys]; the scalar path: tokens first
   unsigned char* sQ = smem + Tr::kStrQ;
-  unsigned char* sKV = smem + Tr::kStrKV;                   // [stage][k, v]
+  unsigned char* sKV = smem + Tr::kStrKVOff;                // [stage][k, v]
   const T* img = static_cast<const T*>(p.qkv) + static_cast<int64_t>(b) * p.img_qkv;
   const T* pad = static_cast<const T*>(p.pad);
   const uint4* img16 = reinterpret_cast<const uint4*>(img);
@@ -650,12 +683,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
     tokq[tid] = tk;
     regq[tid] = rg;
   }
-  // Every chunk of a tile, by cp.async: real rows from qkv, padding tokens
-  // from the pad vector, rows >= N, missing pad vectors and columns past d
-  // zero-filled; columns past dp are never read.  Rows t0 + r of the window.
-  auto issue_rows = [&](unsigned char* tiles, int first_part, int slots, int t0) {
+  // Every chunk of a tile set by cp.async: real rows from qkv, padding
+  // tokens from the pad vector, rows >= N, missing pad vectors and columns
+  // past d zero-filled (columns past dp are never read).  Rows t0 + r of the
+  // window; SL: the slot map of the tile set, `slots` of them.
+  auto issue_rows = [&](auto slot_map, int slots, unsigned char* tiles, int first_part, int t0) {
+    using SL = decltype(slot_map);
 #pragma unroll
-    for (int s = 0; s < Tr::kStrSlots; ++s) {
+    for (int s = 0; s < 2 * SL::kPerPart; ++s) {
       if (s >= slots) break;
       const int r = SL::row(tid, s), part = SL::part(s), cv = SL::col(tid);
       if (Tr::kD == 0 && cv * 8 >= dp) continue;
@@ -676,30 +711,30 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
       cp_async16(tiles + SL::dst(tid, s), src, bytes);
     }
   };
-  // Key tile kt into stage st: the region table (and tokens, for the scalar
+  // Key tile kt into stage st: the region table (the tokens, on the scalar
   // path) of its keys, then (vector path) its k, v chunks as one group.
   auto issue_kv = [&](int kt, int st) {
-    const int kt0 = kt * Tr::kKeys;
-    if (tid < 64) {
+    const int kt0 = kt * kKeys;
+    if (tid < kKeys) {
       int tk = -1, rg = 0;
       if (kt0 + tid < N) window_token(g, wy, wx, kt0 + tid, tk, rg);
-      regk[st * 64 + tid] = vec ? rg : tk;  // the scalar path keeps the token (regions: recomputed below)
+      regk[st * kKeys + tid] = vec ? rg : tk;
     }
     if (vec) {
-      issue_rows(sKV + st * 2 * Tr::kTileBytes, 1, Tr::kStrSlots, kt0);
+      issue_rows(SKV{}, 2 * SKV::kPerPart, sKV + st * 2 * Tr::kKVTileBytes, 1, kt0);
       cp_async_commit();
     }
   };
 
-  const int nkt = (N + Tr::kKeys - 1) / Tr::kKeys;  // (a shift, kKeys = 64)
-  if (vec) issue_rows(sQ, 0, Tr::kQSlots, row0);   // the q tile joins key tile 0's group
+  const int nkt = (N + kKeys - 1) / kKeys;
+  if (vec) issue_rows(SQ{}, SQ::kPerPart, sQ, 0, row0);  // the q tile joins key tile 0's group
   issue_kv(0, 0);
 
   const int wrow0 = warp * kRowTile;  // this warp's first row in the block
   const bool active = row0 + wrow0 < N;
   const float scale_log2 = static_cast<float>(p.scale * kLog2e);
   const float l2e = static_cast<float>(kLog2e), ninf = neg_inf<float>();
-  [[maybe_unused]] float* inv_q = reinterpret_cast<float*>(smem + Tr::kStrInv);  // V2: [64], then 1/||k|| [2][64]
+  [[maybe_unused]] float* inv_q = reinterpret_cast<float*>(smem + Tr::kStrInv);  // V2: [64], then 1/||k|| [2][kKeys]
   [[maybe_unused]] const float sh_log2 =
       Tr::kV2 ? static_cast<const float*>(p.head_scale)[h] * static_cast<float>(kLog2e) : 0.f;
   const float* bias_h = static_cast<const float*>(p.bias) + static_cast<int64_t>(h) * N * N;
@@ -716,8 +751,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
   float m0 = ninf, m1 = ninf, l0 = 0.f, l1 = 0.f;  // running max (unguarded) and lane sums
 
   for (int kt = 0; kt < nkt; ++kt) {  // sass-dyn: trips=keytiles
-    const int cur = kt & 1, kt0 = kt * Tr::kKeys;
-    unsigned char* sK = sKV + cur * 2 * Tr::kTileBytes;
+    const int cur = kt & 1, kt0 = kt * kKeys;
+    unsigned char* sK = sKV + cur * 2 * Tr::kKVTileBytes;
     if (vec) {
       if (kt + 1 < nkt) {
         issue_kv(kt + 1, cur ^ 1);
@@ -732,30 +767,33 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
         prefill_rows<Tr>(sQ, pad, tokq, 0, 1, N - row0, d, dp, C, hd);
         gather_rows_scalar<Tr>(sQ, img, tokq, 0, 1, N - row0, d, C, hd);
       }
-      prefill_rows<Tr>(sK, pad, regk + cur * 64, 1, 2, N - kt0, d, dp, C, hd);
-      gather_rows_scalar<Tr>(sK, img, regk + cur * 64, 1, 2, N - kt0, d, C, hd);
+      prefill_rows<Tr, kKeys>(sK, pad, regk + cur * kKeys, 1, 2, N - kt0, d, dp, C, hd);
+      gather_rows_scalar<Tr, kKeys>(sK, img, regk + cur * kKeys, 1, 2, N - kt0, d, C, hd);
       __syncthreads();  // the tokens are consumed: the table becomes the regions
-      if (tid < 64) {
+      if (tid < kKeys) {
         int tk = -1, rg = 0;
         if (kt0 + tid < N) window_token(g, wy, wx, kt0 + tid, tk, rg);
-        regk[cur * 64 + tid] = rg;
+        regk[cur * kKeys + tid] = rg;
       }
       if (kt + 1 < nkt) issue_kv(kt + 1, cur ^ 1);  // the next tile's tokens (other stage)
       // sass-dyn: skip-end
     }
     __syncthreads();  // key tile kt (and the q tile) are complete
     if constexpr (Tr::kV2) {
-      if (tid < 64) {
-        inv_q[64 + cur * 64 + tid] = staged_row_inv_norm<Tr>(sK + tid * Tr::kRowBytes, dp);
-      } else if (kt == 0) {
+      if (tid < kKeys) {
+        inv_q[64 + cur * kKeys + tid] = staged_row_inv_norm<Tr>(sK + tid * Tr::kRowBytes, dp);
+      } else if (kt == 0 && tid >= 64) {
         inv_q[tid - 64] = staged_row_inv_norm<Tr>(sQ + (tid - 64) * Tr::kRowBytes, dp);
+      }
+      if (kt == 0 && kKeys < 64 && tid < 64 - kKeys) {  // the q rows the k threads leave
+        inv_q[tid + kKeys] = staged_row_inv_norm<Tr>(sQ + (tid + kKeys) * Tr::kRowBytes, dp);
       }
       __syncthreads();
     }
     if (active) {
       float s[kNT][4];
-      qk_tile<Tr>(s, sQ + wrow0 * Tr::kRowBytes, sK, dp, lane);
-      const int* rk = regk + cur * 64;
+      qk_tile<Tr, kNT>(s, sQ + wrow0 * Tr::kRowBytes, sK, dp, lane);
+      const int* rk = regk + cur * kKeys;
       const int rq0 = regq[wrow0 + gi], rq1 = regq[wrow0 + gi + 8];
       [[maybe_unused]] float rf0 = 0.f, rf1 = 0.f;
       if constexpr (Tr::kV2) {
@@ -776,7 +814,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
               if (rq1 != rkj) b1 += kShiftMaskValue;
             }
             if constexpr (Tr::kV2) {
-              const float cf = inv_q[64 + cur * 64 + c];
+              const float cf = inv_q[64 + cur * kKeys + c];
               x0 = fmaf(s[nt][e] * cf, rf0, b0 * l2e);
               x1 = fmaf(s[nt][2 + e] * cf, rf1, b1 * l2e);
             } else {
@@ -789,7 +827,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
         }
       }
       float mx0 = m0, mx1 = m1;
-      tile_row_max<Tr>(s, mx0, mx1);
+      tile_row_max<kNT>(s, mx0, mx1);
       mx0 = quad_max(mx0);
       mx1 = quad_max(mx1);
       const float u0 = finite_or_zero(mx0), u1 = finite_or_zero(mx1);
@@ -806,17 +844,19 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
         o[dn][3] *= a1;
       }
       uint32_t pa[kKV][4];
-      exp_pack<Tr>(s, u0, u1, l0, l1, pa);
-      pv_tile<Tr>(o, pa, sK + Tr::kTileBytes, dp, lane);
+      exp_pack<Tr, kNT>(s, u0, u1, l0, l1, pa);
+      pv_tile<Tr, kKV, kDN>(o, pa, sK + Tr::kKVTileBytes, 0, dp, lane);
     }
     __syncthreads();  // stage `cur` is consumed before it is refilled
   }
   if (!active) return;
-  const int64_t lse_row0 = ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * N + row0 + wrow0;
-  const uint32_t* no_cache = nullptr;
-  store_rows<Tr, false>(p, o, finite_or_zero(m0), finite_or_zero(m1), l0, l1, sQ + wrow0 * Tr::kRowBytes, tokq + wrow0,
-                 row0 + wrow0, lse_row0, static_cast<T*>(p.out) + static_cast<int64_t>(b) * p.img_out, no_cache, d,
-                 hd, lane);
+  float i0f, i1f;
+  finish_rows(p, finite_or_zero(m0), finite_or_zero(m1), l0, l1, row0 + wrow0,
+              ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * N + row0 + wrow0, lane, i0f, i1f);
+  unsigned char* sQw = sQ + wrow0 * Tr::kRowBytes;  // this warp's rows only: no other warp reads them now
+  stage_o<Tr, kDN>(o, i0f, i1f, sQw, 0, lane);
+  store_staged<Tr, false>(p, sQw, tokq + wrow0, static_cast<T*>(p.out) + static_cast<int64_t>(b) * p.img_out, nullptr,
+                          d, hd, lane);
 }
 
 }  // namespace attn

@@ -86,7 +86,10 @@ FwdPlan plan_fwd(const AttnParams& p, int force_chunk) {
     using M2 = FwdMmaTraits<typename Tr::T, Tr::kD, true>;
     static_assert(std::max(M2::kTileSmem, M2::kStrSmem) <= kSmallestOptinSmem, "forward shared memory > 99 KB");
     plan.nwarps = M1::kWarps;
-    plan.tile = p.g.N <= M1::kKeys;
+    // The one-tile kernel for the specialised head_dims; the generic head_dim
+    // (a correctness path) always streams, which keeps it within 128
+    // registers without local memory.
+    plan.tile = Tr::kD != 0 && p.g.N <= M1::kKeys;
     if (plan.tile) {
       plan.n_row_blocks = 1;
       plan.chunk = force_chunk > 0
@@ -119,11 +122,15 @@ cudaError_t run_fwd_mma(AttnParams p, const FwdPlan& plan, cudaStream_t stream) 
   p.div_nW = FastDiv::make(p.g.nW);
   p.div_rb = FastDiv::make(plan.n_row_blocks);
   const dim3 grid(static_cast<unsigned>(plan.blocks));
-  if (plan.tile) {
-    const cudaError_t e = ensure_smem_limit<attn_fwd_tile_kernel<M>>(M::kTileSmem);
-    if (e != cudaSuccess) return e;
-    SWIN_LAUNCH_KERNEL((attn_fwd_tile_kernel<M>), grid, M::kThreads, plan.smem, stream, p);
-  } else {
+  if constexpr (M::kD != 0) {
+    if (plan.tile) {
+      const cudaError_t e = ensure_smem_limit<attn_fwd_tile_kernel<M>>(M::kTileSmem);
+      if (e != cudaSuccess) return e;
+      SWIN_LAUNCH_KERNEL((attn_fwd_tile_kernel<M>), grid, M::kThreads, plan.smem, stream, p);
+      return cudaSuccess;
+    }
+  }
+  {
     const cudaError_t e = ensure_smem_limit<attn_fwd_stream_kernel<M>>(M::kStrSmem);
     if (e != cudaSuccess) return e;
     SWIN_LAUNCH_KERNEL((attn_fwd_stream_kernel<M>), grid, M::kThreads, plan.smem, stream, p);
