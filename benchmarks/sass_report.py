@@ -286,6 +286,25 @@ _DYN_CATS = [("HMMA", r"^HMMA"), ("LDSM", r"^LDSM"), ("MOVM", r"^MOVM"), ("LD.E"
              ("FP", r"^(FFMA|FMUL|FADD|FMNMX|FSETP|FSEL|F2F|F2FP)"), ("BRA", r"^BRA")]
 
 
+def check_lines_are_code(ins: List[Instr], kernel_file: str, src: str) -> None:
+    """Raise unless every line of ``src`` the SASS is attributed to holds code: a
+    listing of another version of the source (a stale build) would put the
+    ``sass-dyn`` markers on the wrong loops and silently give wrong counts."""
+    with open(src) as f:
+        text = f.read().splitlines()
+    bad = set()
+    for x in ins:
+        for f_, l_ in x.chain:
+            if f_ != kernel_file:
+                continue
+            code = text[l_ - 1].split("//", 1)[0].strip() if 0 < l_ <= len(text) else ""
+            if code in ("", "#pragma unroll"):  # (a closing brace holds the exit)
+                bad.add(l_)
+    if bad:
+        raise ValueError(f"SASS attributed to lines of {kernel_file} without code ({sorted(bad)[:8]}): "
+                         "the extension was not built from this source -- rebuild it")
+
+
 def dynamic_count(ins: List[Instr], labels: Dict[str, int], kernel_file: str, markers: Dict[int, str],
                   env: Dict[str, float]):
     """(total warp-instructions per warp, counts by category, loops) of one kernel path."""
@@ -305,13 +324,20 @@ def dynamic_count(ins: List[Instr], labels: Dict[str, int], kernel_file: str, ma
         if not m or m.group(1) not in labels or labels[m.group(1)] > i:
             continue
         loops.append([labels[m.group(1)], i, outer(x.chain), 1.0, None])
-    # A marker gives its trips to the outermost loop closed on its line.
-    for lp in sorted(loops, key=lambda lp: lp[0] - lp[1]):
-        mk = markers.get(lp[2], "")
-        if mk.startswith("trips=") and not any(o is not lp and o[2] == lp[2] and o[4] for o in loops
-                                                if o[0] <= lp[0] and lp[1] <= o[1]):
-            lp[3] = float(eval(mk[len("trips="):], {"__builtins__": {}}, dict(env)))  # noqa: S307 - our own markers
-            lp[4] = mk
+    # A trips marker belongs to the innermost loop that holds an instruction of
+    # its line (the loop's own increment and test: `for` lines carry them).
+    for line, mk in markers.items():
+        if not mk.startswith("trips="):
+            continue
+        inside = [lp for lp in loops if any(outer(ins[k].chain) == line for k in range(lp[0], lp[1] + 1))]
+        if not inside:
+            if any(outer(x.chain) == line for x in ins):  # the line is this kernel's, but loops nowhere
+                raise ValueError(f"{kernel_file}:{line}: marker {mk!r} is in no loop of the SASS -- "
+                                 "is the extension built from this source?")
+            continue  # another kernel's loop
+        lp = min(inside, key=lambda lp: lp[1] - lp[0])
+        lp[3] = float(eval(mk[len("trips="):], {"__builtins__": {}}, dict(env)))  # noqa: S307 - our own markers
+        lp[4] = mk
     mult = [1.0] * len(ins)
     for j, i, _, trips, _ in loops:
         for k in range(j, i + 1):
@@ -344,28 +370,60 @@ def parse_gi_all(path: str, name_substrs: List[str]):
     return {sub: parse_gi(path, sub) for sub in name_substrs}
 
 
-def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128) -> str:
+# The review of 2026-12-03 (shared/notes/cuda-kernel-review-2026-12-03.md): the SIMT/WMMA forward it
+# costed, per warp per (image, window, head), and its per-step totals (G warp-instructions, batch 128).
+REVIEW_FWD_PER_WARP = {"bf16": 3585, "fp16": 3482}
+REVIEW_STEP_G = dict(fwd=1.67, bwd=3.32, total=5.0)
+FWD_WARPS = 4  # FwdMmaTraits::kWarps: warps per block, all four own rows at N = 49 (rows 48..63 of warp 3)
+
+
+def hmma_by_hand(d: int = 32, keys: int = 64) -> int:
+    """mma.sync m16n8k16 per warp (16 query rows) and key tile: S = Q K^T is (keys / 8) n-tiles x (d / 16)
+    k-steps, O += P V is (keys / 16) k-steps x (d / 8) n-tiles."""
+    return (keys // 8) * (d // 16) + (keys // 16) * (d // 8)
+
+
+def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
+                           kernels: Optional[List[Kernel]] = None) -> str:
     """Markdown: the estimated dynamic warp-instructions per warp and per (image,
     window, head) of the tensor-core forward on the Swin-T path (bf16 / fp16,
     head_dim 32, window 7, V1, 16-byte vector path), per stage at ``batch``,
-    plus SwinV2 window 8 (one tile) and window 12 / 16 (streamed key tiles)."""
+    plus SwinV2 window 8 (one tile) and window 12 / 16 / 24 (streamed key tiles),
+    and the forward kernels' registers and local memory (``kernels``: read_kernels(so, arch), if at hand)."""
     import tempfile
 
     kernel_file = "fwd_mma_kernel.cuh"
-    markers = dyn_markers(os.path.join(ROOT, "csrc", "cuda", "attention", kernel_file))
+    src = os.path.join(ROOT, "csrc", "cuda", "attention", kernel_file)
+    markers = dyn_markers(src)
+    hand = hmma_by_hand()
     lines = [
         f"# Dynamic warp-instruction estimate of the attention forward ({arch})",
         "",
-        "Written by `python benchmarks/sass_report.py --dyn` from `nvdisasm -c -gi` of the built extension:",
-        "static SASS x loop trip counts (the loops and the paths off the costed one are marked `sass-dyn:` in",
-        "`csrc/cuda/attention/fwd_mma_kernel.cuh`); every branch inside the costed path is counted as taken",
-        "(an upper bound: e.g. the shift-mask code of the bias staging counts for every window).  Per warp:",
-        "one warp's instructions per block, divided by the images of the block (the block's once-only work --",
-        "token table, bias + mask tile, prefill -- spread over them).  The review of 2026-12-03 estimated the",
-        "kernel it replaces at ~3,590 (bf16) / ~3,480 (fp16) per warp per (image, window, head), by the",
-        "same method (`shared/notes/cuda-review-2026-12-03/dyn_cases.py`).",
+        f"Written by `PYTHONPATH=$PWD python benchmarks/sass_report.py --dyn --batch {batch}` (also by",
+        "`tests/test_sass.py::test_attention_forward_instruction_estimate`) from `nvdisasm -c -gi` of the built",
+        "extension: static SASS x loop trip counts (the loops and the paths off the costed one are marked",
+        "`sass-dyn:` in `csrc/cuda/attention/fwd_mma_kernel.cuh`; the tool refuses a listing whose line",
+        "attribution does not fit the source, i.e. a stale build).  Every branch inside the costed path is",
+        "counted as taken (an upper bound: e.g. both arms of the prefetch test, and the shift-mask code of the",
+        "bias staging for every window).  **Per warp**: one warp's instructions per block divided by the images",
+        "of the block (the block's once-only work -- token table, gather offsets, bias + mask tile, prefill --",
+        f"spread over them); **per unit**: the {FWD_WARPS} warps of an (image, window, head) together.",
+        "",
+        f"Cross-check by hand (head_dim 32, N = 49 padded to 64 rows and keys): per warp (16 rows) S = Q K^T is",
+        f"8 n-tiles x 2 k-steps = 16 mma and O += P V 4 k-steps x 4 n-tiles = 16 mma, {hand} per warp; per",
+        f"(image, window, head) {FWD_WARPS} x {hand} = {FWD_WARPS * hand} = 64 (Q K^T: (64/16) (64/8) (32/16)) + 64 (P V).",
+        "The HMMA column is the tool's count; it must equal the hand count (the test asserts it).",
         "",
     ]
+    kernels = [k for k in (kernels or read_kernels(so, arch)) if k.short.startswith(("attn_fwd_tile_kernel", "attn_fwd_stream_kernel"))]
+    lines += ["## Registers and local memory (cuobjdump --dump-resource-usage)", "",
+              "Limit (issue 19, item 5): <= 128 registers per thread (4 blocks of 128 threads, 25% occupancy on sm_90),",
+              "no stack frame, no STL / LDL.", "",
+              "| kernel | registers | stack B | local B | STL / LDL |", "|---|---:|---:|---:|---:|"]
+    for k in kernels:
+        lines.append(f"| `{k.short}` | {k.regs} | {k.stack} | {k.local} | {k.counts.get('STL', 0)} / {k.counts.get('LDL', 0)} |")
+    lines.append("")
+    step_g = {}
     with tempfile.TemporaryDirectory() as tmp:
         listings = disassemble_with_lines(so, arch, tmp)
         for dt, mt in _MANGLED_T.items():
@@ -379,12 +437,15 @@ def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128) -> st
                 "stream_v1": f"attn_fwd_stream_kernelINS1_12FwdMmaTraitsI{mt}Li32ELb0E",
             }
             parsed = parse_gi_all(path, list(subs.values()))
+            for _, ins_, _ in parsed.values():
+                check_lines_are_code(ins_, kernel_file, src)
             _, ins, labels = parsed[subs["tile_v1"]]
-            base = dict(warps=4, threads=128, keytiles=1)
-            lines += [f"## {dt}, Swin-T (window 7, N = 49, head_dim 32), batch {batch}", "",
+            base = dict(warps=FWD_WARPS, threads=32 * FWD_WARPS, keytiles=1)
+            lines += [f"## {dt}, Swin-T (window 7, N = 49, head_dim 32), batch {batch}: attn_fwd_tile_kernel", "",
                       "| stage | (image, window, head) units | images per block | per warp per block | "
-                      "per warp per (image, window, head) | HMMA | LDSM | SHFL | MUFU | BAR |",
-                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                      "per warp per unit | per unit | HMMA per warp per unit (by hand: "
+                      f"{hand}) | LDSM | SHFL | MUFU | BAR |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
             tot_units, tot_instr = 0, 0.0
             for stage, nblk, nw, heads in SWIN_T_STAGES:
                 chunk = fwd_chunk(batch, nw * heads)
@@ -392,25 +453,49 @@ def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128) -> st
                 units = nblk * batch * nw * heads
                 per = total / chunk
                 tot_units += units
-                tot_instr += units * per
-                lines.append(f"| {stage} | {units} | {chunk} | {total:.0f} | **{per:.0f}** | "
+                tot_instr += units * per * FWD_WARPS
+                lines.append(f"| {stage} | {units} | {chunk} | {total:.0f} | **{per:.0f}** | {FWD_WARPS * per:.0f} | "
                              + " | ".join(f"{cats.get(c, 0) / chunk:.0f}" for c in ("HMMA", "LDSM", "SHFL", "MUFU", "BAR")) + " |")
-            lines += ["", f"Swin-T step average: **{tot_instr / tot_units:.0f}** warp-instructions per warp per "
-                      f"(image, window, head) (4 warps per unit: {4 * tot_instr / 1e9:.3f} G per forward at batch {batch}).", ""]
-            # Other paths, one image per block / per key-tile loop.
+            step_g[dt] = tot_instr / 1e9
+            old = REVIEW_FWD_PER_WARP[dt]
+            avg = tot_instr / tot_units / FWD_WARPS
+            lines += ["", f"Swin-T forward, batch {batch} ({tot_units} units): **{avg:.0f}** warp-instructions per warp per "
+                      f"unit on average, **{step_g[dt]:.3f} G** per forward; the review's kernel: ~{old} per warp, "
+                      f"{4 * old * tot_units / 1e9:.2f} G ({old / avg:.1f}x this one).", ""]
+            # Other paths: the V2 one-tile kernel, and the streamed key tiles (one block per 64 query rows).
             lines += [f"### {dt}, other windows (head_dim 32)", "",
-                      "| path | kernel | images per block | key tiles | per warp per block |", "|---|---|---:|---:|---:|"]
+                      "| path | kernel | images per block | key tiles | per warp per block | per warp per image | "
+                      "per (image, window, head) | HMMA per warp per block (by hand) |",
+                      "|---|---|---:|---:|---:|---:|---:|---:|"]
             _, ins2, lab2 = parsed[subs["tile_v2"]]
             for chunk in (1, 8):
-                total, _, _ = dynamic_count(ins2, lab2, kernel_file, markers, dict(base, images=chunk))
-                lines.append(f"| SwinV2 window 8 (N = 64) | tile, V2 | {chunk} | 1 | {total / chunk:.0f} per image |")
+                total, cats, _ = dynamic_count(ins2, lab2, kernel_file, markers, dict(base, images=chunk))
+                lines.append(f"| SwinV2 window 8 (N = 64) | tile, V2 | {chunk} | 1 | {total:.0f} | {total / chunk:.0f} | "
+                             f"{FWD_WARPS * total / chunk:.0f} | {cats.get('HMMA', 0):.0f} ({hand * chunk}) |")
             _, ins3, lab3 = parsed[subs["stream_v1"]]
             for ws in (12, 16, 24):
-                kt = (ws * ws + 63) // 64
-                total, _, _ = dynamic_count(ins3, lab3, kernel_file, markers, dict(base, images=1, keytiles=kt))
-                lines.append(f"| window {ws} (N = {ws * ws}) | stream, V1 | 1 | {kt} | {total:.0f} (x {kt} row blocks "
-                             f"per (image, window, head)) |")
-            lines.append("")
+                n = ws * ws
+                kt = (n + 63) // 64
+                total, cats, _ = dynamic_count(ins3, lab3, kernel_file, markers, dict(base, images=1, keytiles=kt))
+                lines.append(f"| window {ws} (N = {n}) | stream, V1 | 1 | {kt} | {total:.0f} | {total:.0f} | "
+                             f"{FWD_WARPS * kt * total:.0f} ({kt} row blocks) | {cats.get('HMMA', 0):.0f} ({hand * kt}) |")
+            lines += ["", "(The stream kernel's rows count every warp of every row block as active: an upper bound at N = "
+                      "144, whose last row block holds 16 rows.)", ""]
+    if "bf16" in step_g:
+        lines += ["## Per Swin-T training step (batch 128), against the review", "",
+                  f"The review estimated ~{REVIEW_STEP_G['total']} G warp-instructions of attention per step "
+                  f"(forward {REVIEW_STEP_G['fwd']} G, backward {REVIEW_STEP_G['bwd']} G).  With this forward and the "
+                  "backward the review costed (the register-resident backward is separate work):", "",
+                  "| dtype | forward G (this) | forward G (review) | backward G (review) | step G | step vs review |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for dt, g in step_g.items():
+            if dt != "bf16":  # the review's step totals are bf16's
+                continue
+            tot = g + REVIEW_STEP_G["bwd"]
+            lines.append(f"| {dt} | {g:.3f} | {REVIEW_STEP_G['fwd']} | {REVIEW_STEP_G['bwd']} | {tot:.2f} | "
+                         f"{tot / REVIEW_STEP_G['total']:.2f}x |")
+        lines += ["", "The issue's targets: <= 900 warp-instructions per warp in the forward (met at every stage above) "
+                  "and <= 2,200 per warp per image in the backward (the backward's work).", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,7 @@ shared memory and theoretical H100 occupancy at Swin-T's window (7, head_dim
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import pytest
@@ -93,10 +94,19 @@ def test_attention_forward_instruction_estimate(kernels):
     so = swin_ext._C.__file__
     if sass_report.find_nvdisasm(sass_report.find_cuobjdump()) is None:
         pytest.skip("no nvdisasm")
-    text = sass_report.forward_dynamic_report(so, "sm_90", 128)
-    per_stage = [float(m) for m in __import__("re").findall(r"\| \*\*(\d+)\*\* \|", text)]
-    assert len(per_stage) == 2 * 4, text  # bf16, fp16 x 4 stages
-    assert max(per_stage) <= 900, text
+    text = sass_report.forward_dynamic_report(so, "sm_90", 128, kernels)
+    # | stage | units | images per block | per warp per block | **per warp per unit** | per unit | HMMA | ...
+    rows = re.findall(r"\| \d \| \d+ \| \d+ \| \d+ \| \*\*(\d+)\*\* \| \d+ \| (\d+) \|", text)
+    assert len(rows) == 2 * 4, text  # bf16, fp16 x 4 stages
+    # The loop trips were applied: the tool's HMMA per warp and image is the hand count (S = Q K^T:
+    # 8 n-tiles x 2 k-steps, O += P V: 4 k-steps x 4 n-tiles).  The old table (the image loop's
+    # trips lost) said 4 at 8 images per block.
+    assert sass_report.hmma_by_hand(32, 64) == 32
+    assert all(int(hmma) == 32 for _, hmma in rows), text
+    assert max(int(per) for per, _ in rows) <= 900, text
+    # the streamed key tiles: 32 HMMA per warp and key tile (window 12: 3 tiles ... window 24: 9)
+    streamed = re.findall(r"\| window \d+ \(N = \d+\) \| stream, V1 \| 1 \| (\d+) \|.*\| (\d+) \((\d+)\) \|", text)
+    assert len(streamed) == 2 * 3 and all(int(h) == int(e) == 32 * int(kt) for kt, h, e in streamed), text
     with open(os.path.join(ROOT, "benchmarks", "results", "attn_fwd_dyn_sm90.md"), "w") as f:
         f.write(text)
 

@@ -459,21 +459,24 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
   const T* pad = static_cast<const T*>(p.pad);
 
   // ---- once per block: token table, the tiles' constant elements, bias + mask
-  build_token_table(g, win, 0, 64, tok, reg);  // sass-dyn: trips=1
+  build_token_table(g, win, 0, 64, tok, reg);
   __syncthreads();
   const int C8 = C >> 3, hd8 = hd >> 3, dv = d >> 3;
   // This thread's gather slots (the token table is fixed for the block):
   // source offsets of the real chunks, kNoSlot for the rest.
   uint32_t src_off[Tr::kCacheTileSlots ? Tr::kTileSlots : 1];
-  auto slot_src = [&](int s) {
-    return Tr::kCacheTileSlots ? src_off[s]
-                               : qkv_chunk16(tok[SL::row(tid, s)], SL::part(s), SL::col(tid), dv, C8, hd8);
-  };
   if constexpr (Tr::kCacheTileSlots) {
 #pragma unroll
     for (int s = 0; s < Tr::kTileSlots; ++s)
       src_off[s] = qkv_chunk16(tok[SL::row(tid, s)], SL::part(s), SL::col(tid), dv, C8, hd8);
   }
+  auto slot_src = [&](int s) {
+    if constexpr (Tr::kCacheTileSlots) {
+      return src_off[s];
+    } else {
+      return qkv_chunk16(tok[SL::row(tid, s)], SL::part(s), SL::col(tid), dv, C8, hd8);
+    }
+  };
   if (p.vec) {
     // The chunks no image writes, in every stage: padding tokens get the pad
     // vector (or zeros), rows past N and columns past head_dim zeros.
