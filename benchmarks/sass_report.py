@@ -114,7 +114,9 @@ def read_kernels(so: str, arch: str = "sm_90", cuobjdump: Optional[str] = None) 
     cuobjdump = cuobjdump or find_cuobjdump()
     if cuobjdump is None:
         raise FileNotFoundError("no cuobjdump (CUDA toolkit or triton's bundled copy)")
-    res = subprocess.run([cuobjdump, "--dump-resource-usage", "-arch", arch, so], capture_output=True, text=True, check=True).stdout
+    res = subprocess.run(
+        [cuobjdump, "--dump-resource-usage", "-arch", arch, so], capture_output=True, text=True, check=True
+    ).stdout
     kernels: Dict[str, Kernel] = {}
     cur = None
     for line in res.splitlines():
@@ -148,7 +150,15 @@ def read_kernels(so: str, arch: str = "sm_90", cuobjdump: Optional[str] = None) 
 
 
 # H100 (sm_90) limits for the theoretical occupancy.
-H100 = dict(regs_per_sm=65536, max_warps=64, max_blocks=32, smem_per_sm=233472, smem_reserved=1024, reg_alloc=256, smem_alloc=128)
+H100 = dict(
+    regs_per_sm=65536,
+    max_warps=64,
+    max_blocks=32,
+    smem_per_sm=233472,
+    smem_reserved=1024,
+    reg_alloc=256,
+    smem_alloc=128,
+)
 
 
 def occupancy(regs: int, threads: int, smem: int, dev=H100) -> float:
@@ -163,13 +173,28 @@ def occupancy(regs: int, threads: int, smem: int, dev=H100) -> float:
 
 
 def table(kernels: List[Kernel]) -> str:
-    cols = ["kernel", "instrs", "regs", "stack B", "STL/LDL", "HMMA", "LDG.128", "STG.128", "LDG", "STG", "FFMA", "DFMA", "SHFL"]
+    cols = [
+        "kernel",
+        "instrs",
+        "regs",
+        "stack B",
+        "STL/LDL",
+        "HMMA",
+        "LDG.128",
+        "STG.128",
+        "LDG",
+        "STG",
+        "FFMA",
+        "DFMA",
+        "SHFL",
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for k in kernels:
         c = k.counts
         lines.append(
-            f"| `{k.short}` | {k.instrs} | {k.regs} | {k.stack} | {c.get('STL', 0)}/{c.get('LDL', 0)} | {c.get('HMMA', 0)} | "
-            f"{c.get('LDG.128', 0)} | {c.get('STG.128', 0)} | {c.get('LDG', 0)} | {c.get('STG', 0)} | {c.get('FFMA', 0)} | "
+            f"| `{k.short}` | {k.instrs} | {k.regs} | {k.stack} | {c.get('STL', 0)}/{c.get('LDL', 0)} | "
+            f"{c.get('HMMA', 0)} | {c.get('LDG.128', 0)} | {c.get('STG.128', 0)} | {c.get('LDG', 0)} | "
+            f"{c.get('STG', 0)} | {c.get('FFMA', 0)} | "
             f"{c.get('DFMA', 0)} | {c.get('SHFL', 0)} |"
         )
     return "\n".join(lines)

@@ -32,8 +32,12 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import sass_report  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not (swin_ext.HAS_OPS and swin_ext.build_info()["cuda"]),
-                                reason="swin_ext was built without CUDA kernels (nothing to disassemble)")
+# Disassembling the extension takes minutes on 2 cores: the slow tier.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (swin_ext.HAS_OPS and swin_ext.build_info()["cuda"]),
+                       reason="swin_ext was built without CUDA kernels (nothing to disassemble)"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +117,9 @@ def test_attention_forward_instruction_estimate(kernels):
 
 def test_row_accesses_are_128_bit(kernels):
     for k in kernels:
-        vec = k.short.startswith("attn_") or not k.short.rstrip(">").endswith(", 1")  # merge / add_ln / bias_gelu <..., 1>: the scalar path
+        vec = k.short.startswith("attn_") or not k.short.rstrip(">").endswith(
+            ", 1"
+        )  # merge / add_ln / bias_gelu <..., 1>: the scalar path
         if vec:
             if k.short.startswith(MMA_FWD):  # rows arrive by 16-byte cp.async (LDGSTS.E.BYPASS.128)
                 assert k.counts.get("LDGSTS", 0) > 0, f"{k.short}: no cp.async"
@@ -125,7 +131,8 @@ def test_row_accesses_are_128_bit(kernels):
 def test_no_local_memory(kernels):
     for k in kernels:
         assert k.stack == 0 and k.counts.get("STL", 0) == 0 and k.counts.get("LDL", 0) == 0, (
-            f"{k.short}: {k.stack} B stack frame, {k.counts.get('STL', 0)} STL / {k.counts.get('LDL', 0)} LDL")
+            f"{k.short}: {k.stack} B stack frame, {k.counts.get('STL', 0)} STL / {k.counts.get('LDL', 0)} LDL"
+        )
 
 
 def _launch_shapes():
@@ -173,7 +180,8 @@ def test_write_sass_table(kernels):
         "The generic head_dim path (`0`) is shown launched at head_dim 48; the forward's one-tile kernels",
         "(`attn_fwd_tile_kernel<dtype, d, v1|v2>`) at the V1 launch (V2 adds 512 B of shared memory).",
         "",
-        "| kernel | SASS instrs | regs | stack B | STL/LDL | HMMA | LDSM | MOVM | LDG.128 | LDGSTS | STG.128 | threads | dyn smem B | H100 occupancy |",
+        "| kernel | SASS instrs | regs | stack B | STL/LDL | HMMA | LDSM | MOVM | LDG.128 | LDGSTS | STG.128 "
+        "| threads | dyn smem B | H100 occupancy |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for k in kernels:
@@ -185,9 +193,11 @@ def test_write_sass_table(kernels):
             thr, smem = shape
             occ = f"{100 * sass_report.occupancy(k.regs, thr, smem):.0f}%"
         c = k.counts
-        lines.append(f"| `{k.short}` | {k.instrs} | {k.regs} | {k.stack} | {c.get('STL', 0)}/{c.get('LDL', 0)} | "
-                     f"{c.get('HMMA', 0)} | {c.get('LDSM', 0)} | {c.get('MOVM', 0)} | {c.get('LDG.128', 0)} | "
-                     f"{c.get('LDGSTS', 0)} | {c.get('STG.128', 0)} | {thr} | {smem} | {occ} |")
+        lines.append(
+            f"| `{k.short}` | {k.instrs} | {k.regs} | {k.stack} | {c.get('STL', 0)}/{c.get('LDL', 0)} | "
+            f"{c.get('HMMA', 0)} | {c.get('LDSM', 0)} | {c.get('MOVM', 0)} | {c.get('LDG.128', 0)} | "
+            f"{c.get('LDGSTS', 0)} | {c.get('STG.128', 0)} | {thr} | {smem} | {occ} |"
+        )
     out = os.path.join(ROOT, "benchmarks", "results", "sass_sm90.md")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
