@@ -283,24 +283,22 @@ __device__ __forceinline__ void pv_tile(float (&o)[kDT][4], const uint32_t (&pa)
 // exp2 by the MUFU.EX2 approximation (2 ulp; flushes denormal results to
 // 0, harmless for probabilities <= 1), and log2 likewise: the accurate
 // exp2f / log2f add a range reduction around every MUFU.
-__device__ __forceinline__ float exp2_fast(float x) {
+template <bool kExp2>  // one MUFU op by its PTX name (the harness: libm's)
+__device__ __forceinline__ float mufu_approx(float x) {
 #if defined(__CUDACC__)
   float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  if constexpr (kExp2) {
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  } else {
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  }
   return y;
 #else
-  return exp2f(x);
+  return kExp2 ? exp2f(x) : log2f(x);
 #endif
 }
-__device__ __forceinline__ float log2_fast(float x) {
-#if defined(__CUDACC__)
-  float y;
-  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-#else
-  return log2f(x);
-#endif
-}
+__device__ __forceinline__ float exp2_fast(float x) { return mufu_approx<true>(x); }
+__device__ __forceinline__ float log2_fast(float x) { return mufu_approx<false>(x); }
 
 // Reductions over the 4 lanes of a row (lanes 4g .. 4g + 3).
 __device__ __forceinline__ float quad_max(float v) {
@@ -428,6 +426,17 @@ __device__ __forceinline__ void store_staged(const AttnParams& p, const unsigned
   }
 }
 
+// The launch's head_dim, and the staged width (a multiple of 16: the k-steps
+// of Q K^T) of the generic kernel; both compile-time for a specialised one.
+template <class Tr>
+__device__ __forceinline__ int fwd_head_dim(const AttnParams& p) {
+  return Tr::kD ? Tr::kD : p.d;
+}
+template <class Tr>
+__device__ __forceinline__ int fwd_staged_dim(int d) {
+  return Tr::kD ? Tr::kD : (d + 15) & ~15;
+}
+
 // ------------------------------------------------------------------ N <= 64: one key tile, images in flight
 
 template <class Tr>
@@ -440,10 +449,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
   SWIN_DYNAMIC_SHARED(unsigned char, smem);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const Geom& g = p.g;
-  const int N = g.N;
-  const int d = Tr::kD ? Tr::kD : p.d;
-  const int dp = Tr::kD ? Tr::kD : (d + 15) & ~15;
-  const int C = p.C;
+  const int N = g.N, C = p.C, d = fwd_head_dim<Tr>(p), dp = fwd_staged_dim<Tr>(d);
 
   // blockIdx.x = (chunk * nW + win) * heads + h
   int cw, h, chunk, win;
@@ -654,10 +660,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
   SWIN_DYNAMIC_SHARED(unsigned char, smem);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const Geom& g = p.g;
-  const int N = g.N;
-  const int d = Tr::kD ? Tr::kD : p.d;
-  const int dp = Tr::kD ? Tr::kD : (d + 15) & ~15;
-  const int C = p.C;
+  const int N = g.N, C = p.C, d = fwd_head_dim<Tr>(p), dp = fwd_staged_dim<Tr>(d);
 
   // blockIdx.x = ((b * nW + win) * heads + h) * n_row_blocks + rb
   int bwh, rb, bw, h, b, win;
