@@ -428,7 +428,6 @@ def test_kernel_window_attention_launch_errors_and_slow_paths(artefacts):
     next launch (not remembered for the process); a launch that falls back to the
     element-by-element path warns once, naming the reason.  A process of its own:
     both are once-per-process behaviours."""
-    _needs_op("window_attention_fwd")
     code = textwrap.dedent(
         f"""
         import torch
