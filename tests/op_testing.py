@@ -210,6 +210,7 @@ ATTN_CASES = [
     AttnCase(1, 7, 14, 7, (0, 3), 3, 5, False),  # one axis shifted, odd head_dim, 3 heads
     AttnCase(3, 8, 8, 4, (1, 3), 4, 8, False),  # asymmetric shift, 4 heads
     AttnCase(4, 5, 3, 7, (0, 0), 2, 8, False),  # map smaller than the window, unshifted
+    AttnCase(1, 9, 10, 9, (4, 4), 1, 12, True),  # N = 81 (two key tiles), head_dim not a vector multiple
 ]
 
 

@@ -62,6 +62,39 @@ def test_cuda_graph_capture():
     torch.testing.assert_close(db, ref_db)
 
 
+def test_cuda_graph_capture_of_a_first_call():
+    """The first call of an attention kernel instantiation inside CUDA-graph capture
+    (cudaGetDevice / cudaDeviceGetAttribute / cudaFuncSetAttribute and the workspace
+    allocations happen while capturing).  A process of its own: the kernels' one-time
+    setup must not have run."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import torch, swin_ext
+        qkv = torch.randn(2, 16, 16, 3 * 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        bias = torch.randn(1, 64, 64, device="cuda", requires_grad=True)
+        g = torch.randn(2, 16, 16, 64, device="cuda", dtype=torch.bfloat16)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = swin_ext.window_attention(qkv, bias, 8, 4)
+            dq, db = torch.autograd.grad(out, (qkv, bias), g)
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = swin_ext.window_attention(qkv, bias, 8, 4)
+        ref_dq, ref_db = torch.autograd.grad(ref, (qkv, bias), g)
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(dq, ref_dq)
+        torch.testing.assert_close(db, ref_db)
+        print("OK")
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and "OK" in p.stdout, p.stdout + p.stderr
+
+
 @pytest.mark.parametrize("size", [(224, 224), (100, 132)])
 def test_model_cuda_vs_cpu(size):
     torch.manual_seed(0)

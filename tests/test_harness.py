@@ -95,7 +95,8 @@ def run_selftest(exe: str, name: str, shuffle: int = 0, workers: int = 0, asan: 
     return p.returncode, p.stdout + p.stderr
 
 
-SELFTESTS = ["smem_reduction", "shuffle_reduction", "atomics", "exited_barrier", "wmma", "launch_config"]
+SELFTESTS = ["smem_reduction", "shuffle_reduction", "atomics", "exited_barrier", "wmma", "launch_config", "mma",
+             "cp_async", "fast_div"]
 
 
 @needs_parent
@@ -116,6 +117,41 @@ def test_planted_missing_barrier_caught_by_shuffled_mode(artefacts):
     for seed in (1, 2, 3):
         rc, out = run_selftest(built("selftest"), "planted_missing_barrier", shuffle=seed)
         assert rc == 1 and "the missing barrier" in out, (seed, out)
+
+
+@needs_parent
+@pytest.mark.parametrize(
+    "name,needle",
+    [
+        # mma.sync fed an A fragment whose registers 1 and 2 are exchanged
+        ("planted_mma_swapped_fragment", "the swapped A fragment registers"),
+        # a k-major B tile loaded by ldmatrix without .trans
+        ("planted_ldmatrix_no_trans", "the B tile loaded without .trans"),
+        # cp.async data read after the barrier but without cp.async.wait_group
+        ("planted_cp_async_no_wait", "the missing cp.async wait"),
+    ],
+)
+def test_planted_wrong_fragment_use_gives_wrong_numbers(artefacts, name, needle):
+    """The mma / ldmatrix / cp.async emulation follows the PTX ISA's layouts and
+    timing closely enough that a kernel using them wrongly computes wrong numbers."""
+    for shuffle in (0, 5):
+        rc, out = run_selftest(built("selftest"), name, shuffle=shuffle)
+        assert rc == 1 and needle in out, (shuffle, out)
+
+
+@needs_parent
+@pytest.mark.parametrize(
+    "name,needle",
+    [
+        ("planted_mma_exited_lane",
+         r"mma\.sync\.aligned\.m16n8k16 \(f16\) at .*selftest_kernels.cuh:\d+ in warp 0: lanes 16-31 have exited"),
+        ("planted_ldmatrix_misaligned",
+         r"ldmatrix\.sync\.aligned\.m8n8\.x1\.shared\.b16 at .*: the row address of lane 0 is not 16-byte aligned"),
+    ],
+)
+def test_planted_mma_misuse_is_reported(artefacts, name, needle):
+    rc, out = run_selftest(built("selftest"), name)
+    assert rc == 2 and re.search(needle, out), out
 
 
 @needs_parent
@@ -167,7 +203,8 @@ needs_asan = pytest.mark.skipif(ASAN_CHILD or not _asan_available(), reason="nee
 
 
 @needs_asan
-@pytest.mark.parametrize("name", ["smem_reduction", "shuffle_reduction", "atomics", "exited_barrier", "wmma"])
+@pytest.mark.parametrize("name", ["smem_reduction", "shuffle_reduction", "atomics", "exited_barrier", "wmma", "mma",
+                                  "cp_async"])
 def test_selftest_under_asan(artefacts, name):
     rc, out = run_selftest(built("selftest_asan"), name, shuffle=5)
     assert rc == 0 and f"PASS {name}" in out, out
@@ -277,6 +314,11 @@ def test_harness_kernels_compile_with_nvcc(tmp_path):
                 const float*, __nv_bfloat16*, float*, float*, int64_t, int64_t, double, cudaStream_t);
             void check_launch(const __half* a, const __half* b, float* c, cudaStream_t s) {
               SWIN_LAUNCH_KERNEL((swin_selftest::wmma_gemm_kernel<__half>), 1, 128, 0, s, a, b, c, 16, 16, 16);
+              SWIN_LAUNCH_KERNEL((swin_selftest::mma_gemm_kernel<__half>), 1, 64, 8192, s, a, b, c, 16, 16, 16, 0);
+              SWIN_LAUNCH_KERNEL((swin_selftest::mma_gemm_kernel<__nv_bfloat16>), 1, 64, 8192, s,
+                                 reinterpret_cast<const __nv_bfloat16*>(a), reinterpret_cast<const __nv_bfloat16*>(b),
+                                 c, 16, 16, 16, 0);
+              SWIN_LAUNCH_KERNEL(swin_selftest::cp_async_kernel, 1, 32, 512, s, c, c, 4, false);
               SWIN_LAUNCH_KERNEL(swin_selftest::smem_tree_sum_kernel, 1, 128, 512, s, c, c, 16);
             }
             """
@@ -400,6 +442,46 @@ def test_kernel_add_layernorm_and_bias_gelu_are_deterministic(hops, monkeypatch)
     for other in results[1:]:
         for a, c in zip(results[0], other):
             assert torch.equal(a, c)
+
+
+def test_kernel_window_attention_launch_errors_and_slow_paths(artefacts):
+    """A failed cudaFuncSetAttribute is reported with its text and retried by the
+    next launch (not remembered for the process); a launch that falls back to the
+    element-by-element path warns once, naming the reason.  A process of its own:
+    both are once-per-process behaviours."""
+    code = textwrap.dedent(
+        f"""
+        import torch
+        torch.ops.load_library({built('lib_asan' if ASAN_CHILD else 'lib')!r})
+        ops = torch.ops.swin_ext_harness
+        qkv = torch.randn(1, 7, 7, 3 * 32).bfloat16()
+        bias = torch.randn(1, 49, 49)
+        ops.inject_attribute_failures(1)
+        try:
+            ops.window_attention_fwd(qkv, bias, None, 7, 3, 3, 0.2)
+            raise SystemExit("no error")
+        except RuntimeError as e:
+            assert "shared-memory limit" in str(e) and "invalid argument" in str(e), str(e)
+        out, lse = ops.window_attention_fwd(qkv, bias, None, 7, 3, 3, 0.2)  # retried: works
+        assert torch.isfinite(out).all()
+        q20 = torch.randn(1, 7, 7, 3 * 20).bfloat16()
+        for _ in range(2):
+            ops.window_attention_fwd(q20, bias, None, 7, 3, 3, 0.2)
+        base = torch.randn(49 * 96 + 1).bfloat16()
+        q_off = base[1:].view(1, 7, 7, 96)  # a view 2 bytes into its storage
+        for _ in range(2):
+            ops.window_attention_fwd(q_off, bias, None, 7, 3, 3, 0.2)
+        print("OK")
+        """
+    )
+    env = hb.asan_env() if ASAN_CHILD else dict(os.environ)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0 and "OK" in p.stdout, p.stdout + p.stderr
+    # c10's warning (the log, as a custom op's TORCH_WARN reaches it): once per reason
+    slow = [line for line in p.stderr.splitlines() if "slow path" in line]
+    assert len(slow) == 2, p.stderr
+    assert "head_dim 20 is not a multiple of 8 elements" in slow[0], slow
+    assert "storage is not 16-byte aligned" in slow[1], slow
 
 
 # ---------------------------------------------------------------------------
@@ -542,4 +624,5 @@ def test_kernel_shared_memory_fits_sm86(hops, dtype):
                 seen.add(name.split("<")[0])
     for name, _, block, smem in _launches(hops, lambda: _merging_step(hops, 2, 6, 6, 768, dtype)):
         assert smem <= 101376, (name, smem)
-    assert {"attn_fwd_kernel", "attn_bwd_fused_kernel", "attn_bwd_dq_kernel", "attn_bwd_dkv_kernel"} <= seen, seen
+    fwd = {"attn_fwd_tile_kernel", "attn_fwd_stream_kernel"} if dtype == torch.bfloat16 else {"attn_fwd_kernel"}
+    assert fwd | {"attn_bwd_fused_kernel", "attn_bwd_dq_kernel", "attn_bwd_dkv_kernel"} <= seen, seen

@@ -38,11 +38,15 @@ F64 = torch.float64
 # ----------------------------------------------------------------------------- kernels on every executor
 
 
-# (SWIN_EXT_ATTN_BWD, SWIN_EXT_ATTN_CHUNK) variants of the CUDA backward.
+# (SWIN_EXT_ATTN_BWD, SWIN_EXT_ATTN_CHUNK) variants of the CUDA kernels: the
+# streaming backward, and several images per block (the backward's bias
+# accumulation; the one-tile forward's images in flight: chunk3 reuses a
+# stage for the third image).
 BWD_VARIANTS = {
     "auto": {},
     "streaming": {"SWIN_EXT_ATTN_BWD": "streaming"},
     "chunk2": {"SWIN_EXT_ATTN_CHUNK": "2"},
+    "chunk3": {"SWIN_EXT_ATTN_CHUNK": "3"},
 }
 
 
@@ -52,6 +56,8 @@ def _variants(case):
         out.append("streaming")  # else streaming is what auto runs
     if case.B >= 2:
         out.append("chunk2")
+    if case.B >= 3 and case.N <= 64:
+        out.append("chunk3")
     return out
 
 
@@ -59,6 +65,8 @@ def _attention_case(executor, case, variant, dtype, monkeypatch, gen, v2: bool) 
     """fwd + bwd of one attention case (V1 at the default scale, or V2) against the reference."""
     if variant != "auto" and not executor.is_cuda_kernel:
         pytest.skip("a CUDA backward variant")
+    if variant == "chunk3" and dtype not in (torch.float16, torch.bfloat16):
+        pytest.skip("chunk3 is for the tensor-core forward's image pipeline (chunk2 covers the backward)")
     for k, v in BWD_VARIANTS[variant].items():
         monkeypatch.setenv(k, v)
     inp = attention_inputs(case, gen, dtype, v2=v2)

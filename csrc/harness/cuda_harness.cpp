@@ -159,6 +159,7 @@ constexpr size_t kDefaultSmemLimit = 48 * 1024;
 
 std::mutex g_attr_mu;
 std::map<const void*, int> g_max_dyn_smem;
+std::atomic<int> g_attr_failures{0};
 
 // ---------------------------------------------------------------------------
 // Fiber stacks: mmap'ed with a guard page below, pooled across blocks.
@@ -224,6 +225,16 @@ struct ThreadRec {
   int wkind = 0, param = 0, width = 32;
   unsigned mask = 0;
   uint64_t in = 0, out = 0;
+  CollectiveFn fn = nullptr;  // kCollective
+  // cp.async copies issued and not yet performed (group -1: not committed)
+  struct AsyncCopy {
+    void* dst;
+    const void* src;
+    int bytes, src_bytes;
+    int64_t group;
+  };
+  std::vector<AsyncCopy> async;
+  int64_t async_groups = 0;  // groups committed so far
 };
 
 struct LaunchState {
@@ -420,7 +431,7 @@ struct Worker {
     return n >= 32 ? 0xffffffffu : ((1u << n) - 1u);
   }
   static bool same_op(const ThreadRec& a, const ThreadRec& b) {
-    return a.wkind == b.wkind && a.mask == b.mask && a.line == b.line &&
+    return a.wkind == b.wkind && a.mask == b.mask && a.line == b.line && a.fn == b.fn &&
            (a.file == b.file || std::strcmp(a.file, b.file) == 0);
   }
   // Completes t's warp operation if every live lane named in its mask waits at it.
@@ -449,6 +460,19 @@ struct Worker {
     return true;
   }
   void compute(int base, unsigned arrived, const ThreadRec& op) {
+    if (op.wkind == kCollective) {
+      void* lanes[32];
+      for (int l = 0; l < 32; ++l)
+        lanes[l] = ((arrived >> l) & 1u) ? reinterpret_cast<void*>(static_cast<uintptr_t>(threads[base + l].in))
+                                          : nullptr;
+      const char* err = op.fn(lanes, arrived);
+      if (err)
+        fail(where() + ": " + op.what + " at " + site(op.file, op.line) + " in warp " + std::to_string(op.warp) +
+             ": " + err);
+      for (int l = 0; l < 32; ++l)
+        if ((arrived >> l) & 1u) threads[base + l].out = 0;
+      return;
+    }
     uint64_t in[32];
     for (int l = 0; l < 32; ++l) in[l] = ((arrived >> l) & 1u) ? threads[base + l].in : ~0ull;
     const int kind = op.wkind;
@@ -709,6 +733,9 @@ struct Worker {
       t.file = "";
       t.what = "";
       t.line = 0;
+      t.fn = nullptr;
+      t.async.clear();
+      t.async_groups = 0;
       init_fiber(t);
     }
     ready.clear();
@@ -843,11 +870,82 @@ uint64_t warp_op(int kind, unsigned mask, uint64_t value, int param, int width, 
   t.in = value;
   t.param = param;
   t.width = width;
+  t.fn = nullptr;
   t.file = file;
   t.line = line;
   t.what = what;
   if (!w.try_complete(t, &t)) w.yield(t);
   return t.out;
+}
+
+void warp_collective(CollectiveFn fn, unsigned mask, void* data, const char* what, const char* file, int line) {
+  Worker& w = require_worker(what);
+  ThreadRec& t = *w.current;
+  if (!((mask >> t.lane) & 1u))
+    kernel_fail(std::string(what) + " at " + site(file, line) + " with mask " + hex(mask) +
+                ", which does not include the calling lane " + std::to_string(t.lane));
+  t.state = TS::Warp;
+  t.wkind = kCollective;
+  t.mask = mask;
+  t.in = static_cast<uint64_t>(reinterpret_cast<uintptr_t>(data));
+  t.param = 0;
+  t.width = 32;
+  t.fn = fn;
+  t.file = file;
+  t.line = line;
+  t.what = what;
+  if (!w.try_complete(t, &t)) w.yield(t);
+  if (!w.error.empty()) {  // the operation failed: this lane goes no further
+    t.state = TS::Failed;
+    --w.live;
+    w.yield(t);
+    std::abort();  // never resumed
+  }
+}
+
+void async_copy(void* dst, const void* src, int bytes, int src_bytes, const char* file, int line) {
+  Worker& w = require_worker("cp.async");
+  ThreadRec& t = *w.current;
+  const std::string at = std::string("cp.async at ") + site(file, line);
+  if (bytes != 4 && bytes != 8 && bytes != 16) kernel_fail(at + ": copy size " + std::to_string(bytes) + " is not 4, 8 or 16");
+  if (src_bytes < 0 || src_bytes > bytes)
+    kernel_fail(at + ": source size " + std::to_string(src_bytes) + " outside [0, " + std::to_string(bytes) + "]");
+  if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || (src_bytes > 0 && reinterpret_cast<uintptr_t>(src) % bytes != 0))
+    kernel_fail(at + ": addresses not " + std::to_string(bytes) + "-byte aligned");
+  const unsigned char* lo = w.smem;
+  const size_t size = w.L->spec->smem;
+  const unsigned char* p = static_cast<const unsigned char*>(dst);
+  if (p < lo || p + bytes > lo + size)
+    kernel_fail(at + ": destination is not in the block's dynamic shared memory");
+  // Until a wait retires it, the destination holds nothing a thread may read.
+  std::memset(dst, 0xFF, static_cast<size_t>(bytes));
+  t.async.push_back({dst, src, bytes, src_bytes, -1});
+}
+
+void async_commit() {
+  Worker& w = require_worker("cp.async.commit_group");
+  ThreadRec& t = *w.current;
+  for (auto& c : t.async)
+    if (c.group < 0) c.group = t.async_groups;
+  ++t.async_groups;
+}
+
+void async_wait(int pending_groups) {
+  Worker& w = require_worker("cp.async.wait_group");
+  ThreadRec& t = *w.current;
+  const int64_t last_done = t.async_groups - 1 - pending_groups;  // groups <= this complete
+  size_t keep = 0;
+  for (size_t i = 0; i < t.async.size(); ++i) {
+    const auto& c = t.async[i];
+    if (c.group >= 0 && c.group <= last_done) {
+      if (c.src_bytes > 0) std::memcpy(c.dst, c.src, static_cast<size_t>(c.src_bytes));
+      if (c.src_bytes < c.bytes)
+        std::memset(static_cast<unsigned char*>(c.dst) + c.src_bytes, 0, static_cast<size_t>(c.bytes - c.src_bytes));
+    } else {
+      t.async[keep++] = c;
+    }
+  }
+  t.async.resize(keep);
 }
 
 unsigned active_mask() {
@@ -863,6 +961,7 @@ unsigned active_mask() {
 }
 
 void* dynamic_smem() { return require_worker("dynamic shared memory").smem; }
+size_t dynamic_smem_size() { return require_worker("dynamic shared memory").L->spec->smem; }
 
 [[noreturn]] void kernel_fail(const std::string& msg) {
   Worker* w = tls_worker;
@@ -1007,6 +1106,8 @@ void run_launch(const LaunchSpec& spec) {
 // ---------------------------------------------------------------------------
 // Emulated runtime.
 int func_set_attribute(const void* func, int attr, int value) {
+  for (int n = g_attr_failures.load(); n > 0;)
+    if (g_attr_failures.compare_exchange_weak(n, n - 1)) return static_cast<int>(cudaErrorInvalidValue);
   const DeviceLimits dev = limits_for(read_options().arch);
   if (attr == static_cast<int>(cudaFuncAttributeMaxDynamicSharedMemorySize)) {
     if (value < 0 || value > dev.smem_optin)
@@ -1078,6 +1179,7 @@ void clear_options() {
   detail::g_opt_override = false;
 }
 Options current_options() { return detail::read_options(); }
+void inject_attribute_failures(int n) { detail::g_attr_failures.store(n < 0 ? 0 : n); }
 uint64_t launch_count() { return detail::g_launches.load(); }
 
 void start_launch_log() {
@@ -1093,4 +1195,151 @@ std::vector<LaunchRecord> stop_launch_log() {
   return out;
 }
 
+}  // namespace swin_harness
+
+// ---------------------------------------------------------------------------
+// PTX mma.sync / ldmatrix emulation (see cuda_harness.h).
+namespace swin_harness {
+namespace ptx {
+namespace {
+
+struct MmaLane {
+  const uint32_t* a;
+  const uint32_t* b;
+  const float* c;
+  float* d;
+};
+
+template <MmaIn kIn>
+float b16_to_float(uint16_t bits) {
+  if constexpr (kIn == MmaIn::kBF16) {
+    const uint32_t u = static_cast<uint32_t>(bits) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  } else {
+    return detail::half_bits_to_float(bits);
+  }
+}
+
+const char* need_full_warp(unsigned arrived) {
+  if (arrived == 0xffffffffu) return nullptr;
+  thread_local std::string msg;
+  std::vector<int> missing;
+  for (int l = 0; l < 32; ++l)
+    if (!((arrived >> l) & 1u)) missing.push_back(l);
+  msg = "lanes " + detail::ranges(missing) + " have exited or do not exist; the .aligned instruction needs all 32 lanes";
+  return msg.c_str();
+}
+
+// m16n8k16, .row A / .col B, f32 accumulators (PTX ISA, "Matrix Fragments for
+// mma.m16n8k16 with floating point type"), with g = lane >> 2, t = lane & 3:
+//   A: a0 = (g, 2t..2t+1), a1 = (g+8, 2t..2t+1), a2 = (g, 2t+8..2t+9), a3 = (g+8, 2t+8..2t+9)
+//   B: b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
+//   C, D: c0 = (g, 2t), c1 = (g, 2t+1), c2 = (g+8, 2t), c3 = (g+8, 2t+1)
+// (each .b32 register holds two 16-bit elements, the lower column / k in the low half).
+template <MmaIn kIn>
+const char* mma_fn(void* const* lanes, unsigned arrived) {
+  if (const char* e = need_full_warp(arrived)) return e;
+  float A[16][16], B[16][8], C[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const MmaLane& L = *static_cast<const MmaLane*>(lanes[l]);
+    const int g = l >> 2, t = l & 3;
+    for (int r = 0; r < 4; ++r) {
+      const int row = g + ((r & 1) ? 8 : 0), col = 2 * t + ((r & 2) ? 8 : 0);
+      A[row][col] = b16_to_float<kIn>(static_cast<uint16_t>(L.a[r] & 0xffffu));
+      A[row][col + 1] = b16_to_float<kIn>(static_cast<uint16_t>(L.a[r] >> 16));
+    }
+    for (int r = 0; r < 2; ++r) {
+      const int k = 2 * t + (r ? 8 : 0);
+      B[k][g] = b16_to_float<kIn>(static_cast<uint16_t>(L.b[r] & 0xffffu));
+      B[k + 1][g] = b16_to_float<kIn>(static_cast<uint16_t>(L.b[r] >> 16));
+    }
+    for (int r = 0; r < 4; ++r) C[g + ((r & 2) ? 8 : 0)][2 * t + (r & 1)] = L.c[r];
+  }
+  float D[16][8];
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 8; ++j) {
+      float acc = C[i][j];
+      for (int k = 0; k < 16; ++k) acc += A[i][k] * B[k][j];  // exact products, float sums in k order
+      D[i][j] = acc;
+    }
+  for (int l = 0; l < 32; ++l) {
+    const MmaLane& L = *static_cast<const MmaLane*>(lanes[l]);
+    const int g = l >> 2, t = l & 3;
+    for (int r = 0; r < 4; ++r) L.d[r] = D[g + ((r & 2) ? 8 : 0)][2 * t + (r & 1)];
+  }
+  return nullptr;
+}
+
+struct LdsmLane {
+  const void* row;
+  uint32_t* r;
+};
+
+template <int kNum, bool kTrans>
+const char* ldmatrix_fn(void* const* lanes, unsigned arrived) {
+  if (const char* e = need_full_warp(arrived)) return e;
+  const unsigned char* lo = static_cast<const unsigned char*>(detail::dynamic_smem());
+  const size_t size = detail::dynamic_smem_size();
+  uint16_t M[kNum][8][8];
+  for (int m = 0; m < kNum; ++m)
+    for (int i = 0; i < 8; ++i) {
+      const int l = 8 * m + i;
+      const unsigned char* p = static_cast<const unsigned char*>(static_cast<const LdsmLane*>(lanes[l])->row);
+      thread_local std::string msg;
+      if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
+        msg = "the row address of lane " + std::to_string(l) + " is not 16-byte aligned";
+        return msg.c_str();
+      }
+      if (p < lo || p + 16 > lo + size) {
+        msg = "the row address of lane " + std::to_string(l) + " is not in the block's dynamic shared memory";
+        return msg.c_str();
+      }
+      std::memcpy(M[m][i], p, 16);
+    }
+  for (int l = 0; l < 32; ++l) {
+    uint32_t* r = static_cast<const LdsmLane*>(lanes[l])->r;
+    const int row = l >> 2, col = 2 * (l & 3);
+    for (int m = 0; m < kNum; ++m) {
+      const uint16_t e0 = kTrans ? M[m][col][row] : M[m][row][col];
+      const uint16_t e1 = kTrans ? M[m][col + 1][row] : M[m][row][col + 1];
+      r[m] = static_cast<uint32_t>(e0) | (static_cast<uint32_t>(e1) << 16);
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+void mma_m16n8k16(MmaIn type, float* d, const uint32_t* a, const uint32_t* b, const float* c, const char* file,
+                  int line) {
+  float out[4];
+  MmaLane me{a, b, c, out};
+  if (type == MmaIn::kBF16)
+    detail::warp_collective(&mma_fn<MmaIn::kBF16>, 0xffffffffu, &me, "mma.sync.aligned.m16n8k16 (bf16)", file, line);
+  else
+    detail::warp_collective(&mma_fn<MmaIn::kF16>, 0xffffffffu, &me, "mma.sync.aligned.m16n8k16 (f16)", file, line);
+  std::memcpy(d, out, sizeof out);
+}
+
+void ldmatrix(int num, bool trans, uint32_t* r, const void* row, const char* file, int line) {
+  uint32_t out[4];
+  LdsmLane me{row, out};
+  detail::CollectiveFn fn = nullptr;
+  const char* what = "";
+  switch (num * 2 + (trans ? 1 : 0)) {
+    case 2: fn = &ldmatrix_fn<1, false>; what = "ldmatrix.sync.aligned.m8n8.x1.shared.b16"; break;
+    case 3: fn = &ldmatrix_fn<1, true>; what = "ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16"; break;
+    case 4: fn = &ldmatrix_fn<2, false>; what = "ldmatrix.sync.aligned.m8n8.x2.shared.b16"; break;
+    case 5: fn = &ldmatrix_fn<2, true>; what = "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16"; break;
+    case 8: fn = &ldmatrix_fn<4, false>; what = "ldmatrix.sync.aligned.m8n8.x4.shared.b16"; break;
+    case 9: fn = &ldmatrix_fn<4, true>; what = "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"; break;
+    default: detail::kernel_fail("ldmatrix: .num must be x1, x2 or x4");
+  }
+  detail::warp_collective(fn, 0xffffffffu, &me, what, file, line);
+  std::memcpy(r, out, sizeof(uint32_t) * static_cast<size_t>(num));
+}
+
+}  // namespace ptx
 }  // namespace swin_harness

@@ -119,6 +119,10 @@ Options current_options();
 // Number of kernel launches run so far (tests use it to check a path ran).
 uint64_t launch_count();
 
+// Fault injection: the next n cudaFuncSetAttribute calls fail with
+// cudaErrorInvalidValue (tests of the launchers' error handling).
+void inject_attribute_failures(int n);
+
 // The launch log: while recording, every launch that passes the launch
 // checks is recorded (kernel name, grid, block, dynamic shared memory), so
 // tests can assert what ran and how (grids that grow with the batch, shared
@@ -155,6 +159,7 @@ enum WarpKind : int {
   kReduceOr,
   kReduceXor,
   kWmma,
+  kCollective,  // warp_collective: a function computes every lane's result
 };
 enum BarrierKind : int { kBarPlain = 0, kBarCount, kBarAnd, kBarOr };
 
@@ -165,6 +170,22 @@ uint64_t warp_op(int kind, unsigned mask, uint64_t value, int param, int width, 
                  const char* file, int line);
 unsigned active_mask();
 void* dynamic_smem();
+size_t dynamic_smem_size();
+
+// A warp-collective operation whose result is computed by `fn` once every
+// lane named in `mask` has arrived at the same call site: fn(lanes, arrived)
+// gets each arrived lane's `data` pointer (null for the others; the data
+// lives on the waiting lanes' stacks) and writes the lanes' results through
+// them.  It returns nullptr, or an error message that fails the launch.
+using CollectiveFn = const char* (*)(void* const* lanes, unsigned arrived);
+void warp_collective(CollectiveFn fn, unsigned mask, void* data, const char* what, const char* file,
+                     int line);
+
+// cp.async of the calling thread: recorded, performed when a wait retires its
+// group (see swin_harness::ptx below).
+void async_copy(void* dst, const void* src, int bytes, int src_bytes, const char* file, int line);
+void async_commit();
+void async_wait(int pending_groups);
 [[noreturn]] void kernel_fail(const std::string& msg);
 
 struct LaunchSpec {
@@ -596,7 +617,12 @@ inline cudaError_t func_set_attribute(const void* func, cudaFuncAttribute attr, 
 }
 inline cudaError_t get_last_error() { return cudaSuccess; }
 inline const char* get_error_string(cudaError_t e) {
-  return e == cudaSuccess ? "no error (swin_harness)" : "error (swin_harness)";
+  switch (e) {
+    case cudaSuccess: return "no error (swin_harness)";
+    case cudaErrorInvalidValue: return "invalid argument (swin_harness)";
+    case cudaErrorInvalidDevice: return "invalid device ordinal (swin_harness)";
+    default: return "error (swin_harness)";
+  }
 }
 template <typename S>
 inline cudaError_t memset_async(void* p, int value, size_t count, const S&) {
@@ -654,6 +680,25 @@ inline cudaError_t device_synchronize() { return cudaSuccess; }
 #define cudaStreamSynchronize(s) ::swin_harness::rt::stream_synchronize(s)
 #define cudaDeviceSynchronize() ::swin_harness::rt::device_synchronize()
 
+// fp16 bits -> float by a table: the host conversion is slow, and the tensor-core
+// emulation (WMMA, mma.sync) converts every element it multiplies.
+namespace swin_harness {
+namespace detail {
+inline float half_bits_to_float(uint16_t bits) {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(65536);
+    for (uint32_t i = 0; i < 65536; ++i) {
+      __half_raw raw;
+      raw.x = static_cast<uint16_t>(i);
+      t[i] = __half2float(__half(raw));
+    }
+    return t;
+  }();
+  return table[bits];
+}
+}  // namespace detail
+}  // namespace swin_harness
+
 // ---------------------------------------------------------------------------
 // WMMA.  Fragment layouts are opaque in CUDA, so each lane here holds the
 // whole tile (x[] in row-major order of the logical matrix): element-wise
@@ -698,7 +743,7 @@ struct storage<precision::tf32> {
 };
 template <typename T>
 inline float to_f(const T& v) { return static_cast<float>(v); }
-inline float to_f(const __half& v) { return __half2float(v); }
+inline float to_f(const __half& v) { return swin_harness::detail::half_bits_to_float(static_cast<__half_raw>(v).x); }
 inline float to_f(const __nv_bfloat16& v) { return __bfloat162float(v); }
 template <typename T>
 inline T from_f(float v) { return static_cast<T>(v); }
@@ -781,20 +826,58 @@ inline void mma_sync(fragment<accumulator, M, N, K, Td, void>& d,
                      SWIN_HARNESS_SITE) {
   detail::warp_sync("wmma::mma_sync", swin_file, swin_line);
   constexpr bool tf32 = std::is_same<Tab, precision::tf32>::value;
-  float acc[M * N];
+  float acc[M * N], bf[K * N];
   for (int i = 0; i < M * N; ++i) acc[i] = detail::to_f(c.x[i]);
+  for (int i = 0; i < K * N; ++i) {  // B converted once (not once per row of A)
+    bf[i] = detail::to_f(b.x[i]);
+    if (tf32) bf[i] = __uint_as_float(__float_as_uint(bf[i]) & 0xffffe000u);
+  }
   for (int i = 0; i < M; ++i)
     for (int k = 0; k < K; ++k) {
       float av = detail::to_f(a.x[i * K + k]);
       if (tf32) av = __uint_as_float(__float_as_uint(av) & 0xffffe000u);
-      for (int j = 0; j < N; ++j) {
-        float bv = detail::to_f(b.x[k * N + j]);
-        if (tf32) bv = __uint_as_float(__float_as_uint(bv) & 0xffffe000u);
-        acc[i * N + j] += av * bv;
-      }
+      for (int j = 0; j < N; ++j) acc[i * N + j] += av * bf[k * N + j];
     }
   for (int i = 0; i < M * N; ++i) d.x[i] = detail::from_f<Td>(acc[i]);
 }
 inline float __float_to_tf32(float x) { return __float_to_tf32_value(x); }
 }  // namespace wmma
 }  // namespace nvcuda
+
+// ---------------------------------------------------------------------------
+// PTX warp-level matrix instructions and asynchronous copies, emulated as the
+// PTX ISA documents them (the device side is csrc/cuda/attention/mma.h):
+//
+//   * mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32: every
+//     lane contributes its fragment registers; the 16x16 A, 16x8 B and C
+//     tiles are assembled from the lanes by the ISA's fragment layouts
+//     (groupID = lane / 4, threadID_in_group = lane % 4), D = A B + C is
+//     computed in float (k in order; the products are exact) and each lane
+//     gets back the D registers its layout names.  So a kernel that reads or
+//     writes a fragment register as the wrong (row, col) gets wrong numbers,
+//     as on a GPU.
+//   * ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{,.trans}.shared.b16: lanes 8m..8m+7
+//     give the row addresses of matrix m (16-byte aligned, inside the block's
+//     dynamic shared memory, checked); lane l receives, per matrix, elements
+//     (l / 4, 2 (l % 4)) and (l / 4, 2 (l % 4) + 1) -- of the transpose with .trans.
+//   * cp.async.{ca,cg}.shared.global (4, 8, 16 bytes, with a source size for
+//     zero fill) + commit_group / wait_group: the destination is poisoned
+//     (0xFF bytes) when the copy is issued and written when a wait_group of the
+//     issuing thread retires its group, the latest moment a GPU may complete
+//     it: a read before the wait (or by another thread before the wait and a
+//     barrier) sees the poison.
+// All lanes of the warp must execute mma / ldmatrix (.aligned): a lane that
+// has exited, or lanes at different call sites, fail the launch.
+namespace swin_harness {
+namespace ptx {
+enum class MmaIn { kF16, kBF16 };
+void mma_m16n8k16(MmaIn type, float* d, const uint32_t* a, const uint32_t* b, const float* c, const char* file,
+                  int line);
+void ldmatrix(int num, bool trans, uint32_t* r, const void* row, const char* file, int line);
+inline void cp_async(void* dst, const void* src, int bytes, int src_bytes, const char* file, int line) {
+  detail::async_copy(dst, src, bytes, src_bytes, file, line);
+}
+inline void cp_async_commit() { detail::async_commit(); }
+inline void cp_async_wait(int pending_groups) { detail::async_wait(pending_groups); }
+}  // namespace ptx
+}  // namespace swin_harness

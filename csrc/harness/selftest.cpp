@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "../cuda/attention/fast_div.h"
 #include "selftest_kernels.cuh"
 
 using namespace swin_selftest;
@@ -176,6 +177,120 @@ int test_wmma() {
   return test_wmma_t<__nv_bfloat16>();
 }
 
+// mma.sync + ldmatrix (every variant the kernels may use) + cp.async against
+// a plain matmul; the values are small multiples of 1/8, so the products and
+// sums are exact in float and any fragment misplaced shows.
+template <typename T>
+int mma_gemm_errors(int variant, int M, int N, int K) {
+  DeviceVec<T> a(M * K), b(K * N);
+  DeviceVec<float> c(M * N, -1.0f);
+  std::vector<float> af(M * K), bf(K * N);
+  for (int i = 0; i < M * K; ++i) {
+    af[i] = static_cast<float>((i * 13 + 5) % 17 - 8) * 0.125f;
+    a[i] = static_cast<T>(af[i]);
+  }
+  for (int i = 0; i < K * N; ++i) {
+    bf[i] = static_cast<float>((i * 7 + 3) % 11 - 5) * 0.25f;
+    b[i] = static_cast<T>(bf[i]);
+  }
+  SWIN_LAUNCH_KERNEL((mma_gemm_kernel<T>), 1, 64, mma_gemm_smem<T>(M, N, K), nullptr, a.data(), b.data(), c.data(),
+                     M, N, K, variant);
+  int bad = 0;
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      float want = 0;
+      for (int k = 0; k < K; ++k) want += af[i * K + k] * bf[k * N + j];
+      if (!(std::fabs(c[i * N + j] - want) <= 1e-5f)) ++bad;
+    }
+  return bad;
+}
+
+int test_mma() {
+  for (int v = 0; v < kMmaVariants; ++v) {
+    char what[96];
+    std::snprintf(what, sizeof what, "mma.sync m16n8k16 fp16, variant %d (a_mode %d, b_mode %d)", v, v / 6, v % 6);
+    check(mma_gemm_errors<__half>(v, 32, 48, 48) == 0, what);
+    std::snprintf(what, sizeof what, "mma.sync m16n8k16 bf16, variant %d (a_mode %d, b_mode %d)", v, v / 6, v % 6);
+    check(mma_gemm_errors<__nv_bfloat16>(v, 32, 48, 48) == 0, what);
+  }
+  return g_fail;
+}
+
+int test_planted_mma_swapped_fragment() {
+  const int bad = mma_gemm_errors<__nv_bfloat16>(kPlantedSwapA, 32, 32, 32);
+  if (bad) std::printf("FAIL: %d of %d outputs are wrong (the swapped A fragment registers)\n", bad, 32 * 32);
+  return bad ? 1 : 0;
+}
+
+int test_planted_ldmatrix_no_trans() {
+  const int bad = mma_gemm_errors<__half>(kPlantedNoTrans, 32, 32, 32);
+  if (bad) std::printf("FAIL: %d of %d outputs are wrong (the B tile loaded without .trans)\n", bad, 32 * 32);
+  return bad ? 1 : 0;
+}
+
+int cp_async_errors(bool planted) {
+  DeviceVec<float> in(128), out(128, -1.0f);
+  for (int i = 0; i < 128; ++i) in[i] = static_cast<float>(i) + 0.5f;
+  const int valid = 24;
+  SWIN_LAUNCH_KERNEL(cp_async_kernel, 1, 32, 128 * sizeof(float), nullptr, in.data(), out.data(), valid, planted);
+  int bad = 0;
+  for (int i = 0; i < 128; ++i)
+    if (!(out[i] == (i / 4 < valid ? in[i] : 0.0f))) ++bad;
+  return bad;
+}
+
+int test_cp_async() {
+  check(cp_async_errors(false) == 0, "cp.async with zero fill");
+  return g_fail;
+}
+
+int test_planted_cp_async_no_wait() {
+  const int bad = cp_async_errors(true);
+  if (bad) std::printf("FAIL: %d of 128 outputs are wrong (the missing cp.async wait)\n", bad);
+  return bad ? 1 : 0;
+}
+
+int test_planted_mma_exited_lane() {
+  std::vector<float> out(32);
+  SWIN_LAUNCH_KERNEL(planted_mma_exited_lane_kernel, 1, 32, 0, nullptr, out.data());
+  return 0;
+}
+
+int test_planted_ldmatrix_misaligned() {
+  std::vector<float> out(32);
+  SWIN_LAUNCH_KERNEL(planted_ldmatrix_misaligned_kernel, 1, 32, 512, nullptr, out.data());
+  return 0;
+}
+
+// The kernels' division by host-precomputed multipliers (fast_div.h) against
+// / and %: every divisor below 2^12, powers of two and their neighbours, and
+// dividends at the edges of [0, 2^31) plus a pseudo-random sample.
+int test_fast_div() {
+  using swin_ext::cuda::attn::FastDiv;
+  std::vector<int> divisors;
+  for (int d = 1; d < 4096; ++d) divisors.push_back(d);
+  for (int k = 12; k < 31; ++k)
+    for (int e = -2; e <= 2; ++e) divisors.push_back((1 << k) + e);
+  divisors.push_back(2147483647);
+  uint64_t s = 0x9E3779B97F4A7C15ull;
+  auto next = [&s]() { s ^= s << 13; s ^= s >> 7; s ^= s << 17; return s; };
+  int bad = 0;
+  for (int d : divisors) {
+    const FastDiv f = FastDiv::make(d);
+    std::vector<int64_t> ns = {0, 1, d - 1, d, d + 1, 2 * int64_t(d) - 1, 2 * int64_t(d), 2147483647, 2147483646,
+                               2147483647 - int64_t(d)};
+    for (int i = 0; i < 64; ++i) ns.push_back(static_cast<int64_t>(next() % 2147483648ull));
+    for (int64_t n : ns) {
+      if (n < 0 || n > 2147483647) continue;
+      int q, r;
+      f.divmod(static_cast<int>(n), q, r);
+      if (q != n / d || r != n % d) ++bad;
+    }
+  }
+  check(bad == 0, "FastDiv::divmod");
+  return g_fail;
+}
+
 int test_launch_config() {
   std::vector<float> buf(4096);
   int errors = 0;
@@ -279,6 +394,14 @@ const std::map<std::string, int (*)()>& tests() {
       {"exited_barrier", test_exited_barrier},
       {"wmma", test_wmma},
       {"launch_config", test_launch_config},
+      {"mma", test_mma},
+      {"fast_div", test_fast_div},
+      {"cp_async", test_cp_async},
+      {"planted_mma_swapped_fragment", test_planted_mma_swapped_fragment},
+      {"planted_ldmatrix_no_trans", test_planted_ldmatrix_no_trans},
+      {"planted_cp_async_no_wait", test_planted_cp_async_no_wait},
+      {"planted_mma_exited_lane", test_planted_mma_exited_lane},
+      {"planted_ldmatrix_misaligned", test_planted_ldmatrix_misaligned},
       {"planted_missing_barrier", test_planted_missing_barrier},
       {"planted_divergent_barrier", test_planted_divergent_barrier},
       {"planted_missing_lane", test_planted_missing_lane},

@@ -4,6 +4,7 @@
 // what a GPU would run.  The "planted_*" kernels contain deliberate bugs.
 #pragma once
 
+#include "../cuda/attention/mma.h"
 #include "../cuda/cuda_compat.h"
 
 namespace swin_selftest {
@@ -149,6 +150,153 @@ __global__ void wmma_gemm_kernel(const T* __restrict__ a, const T* __restrict__ 
   wmma::store_matrix_sync(c + static_cast<size_t>(tm) * 16 * N + tn * 16, acc, N,
                           wmma::mem_row_major);
 #endif
+}
+
+// ---------------------------------------------------------------------------
+// mma.sync m16n8k16 + ldmatrix + cp.async (csrc/cuda/attention/mma.h):
+// C (M x N, float, row-major) = A (M x K) B (K x N), one warp per 16 x 16
+// block of C (two 8-column tiles).  The operands are staged in dynamic shared
+// memory with cp.async in four layouts (row stride + 8 elements):
+//   sA  = A row-major (M x K)     sAt = A^T row-major (K x M)
+//   sB  = B row-major (K x N)     sBt = B^T row-major (N x K)
+// and `variant` picks how the fragments are loaded:
+//   a_mode  0: A by ldmatrix.x4 from sA,  1: A by ldmatrix.x4.trans from sAt
+//   b_mode  0: x2 from sBt   1: x2.trans from sB   2: x4 from sBt (both tiles)
+//           3: x4.trans from sB (both tiles)   4: x1 from sBt   5: x1.trans from sB
+// variant = a_mode * 6 + b_mode; the planted variants use a fragment wrongly:
+//   kPlantedSwapA: A registers 1 and 2 exchanged (rows g+8 taken for columns +8);
+//   kPlantedNoTrans: B loaded from the k-major sB without .trans.
+// C is written through AccLayout.
+constexpr int kMmaVariants = 12;
+constexpr int kPlantedSwapA = 100;
+constexpr int kPlantedNoTrans = 101;
+
+template <typename T>
+__global__ void mma_gemm_kernel(const T* __restrict__ a, const T* __restrict__ b, float* __restrict__ c, int M,
+                                int N, int K, int variant) {
+  using namespace swin_ext::cuda::attn;
+  SWIN_DYNAMIC_SHARED(T, smem);
+  const int lda = K + 8, ldat = M + 8, ldb = N + 8, ldbt = K + 8;
+  T* sA = smem;
+  T* sAt = sA + M * lda;
+  T* sB = sAt + K * ldat;
+  T* sBt = sB + K * ldb;
+  // Row-major A and B arrive by 16-byte cp.async (8 elements); the
+  // transposes are written element by element after the wait.
+  for (int e = threadIdx.x; e < M * K / 8; e += blockDim.x) {
+    const int r = e / (K / 8), cv = e % (K / 8);
+    cp_async16(sA + r * lda + cv * 8, a + r * K + cv * 8);
+  }
+  cp_async_commit();
+  for (int e = threadIdx.x; e < K * N / 8; e += blockDim.x) {
+    const int r = e / (N / 8), cv = e % (N / 8);
+    cp_async16(sB + r * ldb + cv * 8, b + r * N + cv * 8);
+  }
+  cp_async_commit();
+  for (int e = threadIdx.x; e < M * K; e += blockDim.x) sAt[(e % K) * ldat + e / K] = a[e];
+  for (int e = threadIdx.x; e < K * N; e += blockDim.x) sBt[(e % N) * ldbt + e / N] = b[e];
+  cp_async_wait<0>();
+  __syncthreads();
+
+  const int a_mode = variant >= kPlantedSwapA ? 0 : variant / 6;
+  const int b_mode = variant == kPlantedNoTrans ? -1 : (variant >= kPlantedSwapA ? 0 : variant % 6);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int li = lane & 7, lm = lane >> 3;  // row within a matrix, matrix of this lane's address
+  for (int tile = warp; tile < (M / 16) * (N / 16); tile += nwarps) {
+    const int m0 = (tile / (N / 16)) * 16, n0 = (tile % (N / 16)) * 16;
+    float acc[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    for (int k0 = 0; k0 < K; k0 += 16) {
+      uint32_t fa[4];
+      if (a_mode == 0) {
+        ldsm<4>(fa, sA + (m0 + li + (lm & 1) * 8) * lda + k0 + (lm >> 1) * 8);
+      } else {
+        ldsm<4, true>(fa, sAt + (k0 + li + (lm >> 1) * 8) * ldat + m0 + (lm & 1) * 8);
+      }
+      if (variant == kPlantedSwapA) {
+        const uint32_t t = fa[1];
+        fa[1] = fa[2];
+        fa[2] = t;
+      }
+      uint32_t fb[2][2];
+      if (b_mode == 2 || b_mode == 3) {
+        uint32_t r4[4];
+        if (b_mode == 2) {
+          ldsm<4>(r4, sBt + (n0 + li + (lm >> 1) * 8) * ldbt + k0 + (lm & 1) * 8);
+        } else {
+          ldsm<4, true>(r4, sB + (k0 + li + (lm & 1) * 8) * ldb + n0 + (lm >> 1) * 8);
+        }
+        fb[0][0] = r4[0];
+        fb[0][1] = r4[1];
+        fb[1][0] = r4[2];
+        fb[1][1] = r4[3];
+      } else {
+        for (int j = 0; j < 2; ++j) {
+          const int n = n0 + 8 * j;
+          if (b_mode == 0) {
+            ldsm<2>(fb[j], sBt + (n + li) * ldbt + k0 + (lm & 1) * 8);
+          } else if (b_mode == 1) {
+            ldsm<2, true>(fb[j], sB + (k0 + li + (lm & 1) * 8) * ldb + n);
+          } else if (b_mode == -1) {  // planted: the k-major tile read as if n-major
+            ldsm<2>(fb[j], sB + (k0 + li + (lm & 1) * 8) * ldb + n);
+          } else {
+            for (int h = 0; h < 2; ++h) {
+              uint32_t r1[1];
+              if (b_mode == 4) {
+                ldsm<1>(r1, sBt + (n + li) * ldbt + k0 + 8 * h);
+              } else {
+                ldsm<1, true>(r1, sB + (k0 + li + 8 * h) * ldb + n);
+              }
+              fb[j][h] = r1[0];
+            }
+          }
+        }
+      }
+      mma_16816<T>(acc[0], fa, fb[0], acc[0]);
+      mma_16816<T>(acc[1], fa, fb[1], acc[1]);
+    }
+    for (int j = 0; j < 2; ++j)
+      for (int r = 0; r < 4; ++r)
+        c[(m0 + AccLayout::row(lane, r)) * N + n0 + 8 * j + AccLayout::col(lane, r)] = acc[j][r];
+  }
+}
+
+template <typename T>
+inline size_t mma_gemm_smem(int M, int N, int K) {
+  return sizeof(T) * static_cast<size_t>(M * (K + 8) + K * (M + 8) + K * (N + 8) + N * (K + 8));
+}
+
+// cp.async with zero fill: 32 threads stage 128 floats in shared memory, one
+// 16-byte chunk each (chunks >= valid_chunks: zero fill), and each writes out
+// its neighbour's chunk.  planted_no_wait: the wait before the barrier is
+// missing (the data is read while the copies may still be in flight).
+__global__ void cp_async_kernel(const float* __restrict__ in, float* __restrict__ out, int valid_chunks,
+                                bool planted_no_wait) {
+  SWIN_DYNAMIC_SHARED(float, s);
+  const int t = threadIdx.x;  // 32 threads, one 16-byte chunk each
+  swin_ext::cuda::attn::cp_async16(s + 4 * t, in + 4 * t, t < valid_chunks ? 16 : 0);
+  swin_ext::cuda::attn::cp_async_commit();
+  if (!planted_no_wait) swin_ext::cuda::attn::cp_async_wait<0>();
+  __syncthreads();
+  for (int e = 0; e < 4; ++e) out[4 * ((t + 1) % 32) + e] = s[4 * ((t + 1) % 32) + e];  // a neighbour's chunk
+}
+
+// mma.sync by half a warp (the other half has returned).
+__global__ void planted_mma_exited_lane_kernel(float* out) {
+  if (threadIdx.x >= 16) return;
+  uint32_t a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
+  float c[4] = {0, 0, 0, 0};
+  swin_ext::cuda::attn::mma_16816<__half>(c, a, b, c);
+  out[threadIdx.x] = c[0];
+}
+
+// ldmatrix given a row address that is not 16-byte aligned.
+__global__ void planted_ldmatrix_misaligned_kernel(float* out) {
+  SWIN_DYNAMIC_SHARED(__half, s);
+  for (int e = threadIdx.x; e < 256; e += blockDim.x) s[e] = __float2half(1.0f);
+  __syncwarp();
+  uint32_t r[1];
+  swin_ext::cuda::attn::ldsm<1>(r, s + (threadIdx.x & 7) * 16 + 1);  // BUG: + 1 element
+  out[threadIdx.x] = static_cast<float>(r[0]);
 }
 
 // ---------------------------------------------------------------------------

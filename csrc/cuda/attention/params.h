@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "fast_div.h"
+
 namespace swin_ext {
 namespace cuda {
 namespace attn {
@@ -21,6 +23,12 @@ struct Geom {
   int ws, N;     // window side, tokens per window
   int nWw, nW;   // windows along W, windows per image
   int sh, sw;    // cyclic shift
+  // Divisors of the token tables, precomputed on the host (set_divisors).
+  FastDiv div_ws, div_nWw;
+  void set_divisors() {
+    div_ws = FastDiv::make(ws);
+    div_nWw = FastDiv::make(nWw);
+  }
 };
 
 struct AttnParams {
@@ -51,6 +59,9 @@ struct AttnParams {
   bool masked = false;  // shift active (sh or sw > 0)
   bool padded = false;  // the map has padding tokens (H or W not a window multiple)
   bool vec = false;     // every row slice is 16-byte aligned: vector loads / stores
+
+  // Divisors of the block decode, precomputed on the host (the launcher).
+  FastDiv div_heads, div_nW, div_rb;
 
   // Launch shape (set by the launcher's plan).
   int nwarps = 0;       // warps per block actually launched
