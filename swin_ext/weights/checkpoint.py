@@ -46,7 +46,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ..models import SwinTransformer, SwinTransformerV2
+from ..models import SwinTransformer, SwinTransformer3d, SwinTransformerV2
 from .layouts import BUFFER_SUFFIXES, FORMATS, CheckpointError, checkpoint_version, convert_state_dict
 
 __all__ = [
@@ -484,9 +484,18 @@ def load_pretrained(
 
     Everything is validated before anything is copied: a failed load leaves
     the model unchanged.  Returns a :class:`LoadResult`.
+
+    A :class:`~swin_ext.SwinTransformer3d` (Video Swin) loads torchvision's
+    and the official / mmaction2 video checkpoints, and inflates 2-D Swin V1
+    image checkpoints (:mod:`swin_ext.weights.video`).
     """
+    if isinstance(model, SwinTransformer3d):
+        from .video import load_video_pretrained
+
+        return load_video_pretrained(model, source, strict, allow_new_head=allow_new_head)
     if not isinstance(model, (SwinTransformer, SwinTransformerV2)):
-        raise TypeError(f"model must be a swin_ext.SwinTransformer or SwinTransformerV2, got {type(model).__name__}")
+        raise TypeError("model must be a swin_ext.SwinTransformer, SwinTransformerV2 or SwinTransformer3d, got "
+                        f"{type(model).__name__}")
     sd = read_state_dict(source)
     version, want_version = checkpoint_version(sd), 2 if isinstance(model, SwinTransformerV2) else 1
     if version != want_version:
@@ -534,15 +543,7 @@ def load_pretrained(
             if ck["num_classes"]
             else f"the checkpoint has no classification head, model num_classes {mine['num_classes']}"
         )
-        if strict and not allow_new_head and not problems:
-            raise CheckpointError(
-                f"{what}. Pass strict=False to load everything else and keep the model's own (newly initialised) head."
-            )
-        result.new_head = what
-        for k in [k for k in converted if k.startswith("head.")]:
-            result.ignored_keys[converted.pop(k)[0]] = what
-        for k in head_keys:
-            result.initialized_keys[k] = what
+        settle_head(result, converted, head_keys, what, refuse=strict and not allow_new_head and not problems)
 
     # Tensor by tensor: resize tables, check shapes, find missing / unexpected.
     values: Dict[str, torch.Tensor] = {}
@@ -561,19 +562,56 @@ def load_pretrained(
             if len(want) == 2 and v.shape[1] == want[1] and tuple(v.shape) != want:
                 v = _resize_table(v, want[0])
                 result.resized_keys.append(k)
-        if tuple(v.shape) != want:
-            problems.append(f"{k} (from {orig!r}): checkpoint shape {tuple(v.shape)}, model {want}")
-            continue
-        problem = _value_problem(v, target[k])
-        if problem:
-            problems.append(f"{k} (from {orig!r}): {problem}")
-            continue
-        values[k] = v
+        accept_value(k, orig, v, target, values, problems)
 
+    finish_load(target, values, problems, unexpected, result, features_only, strict, fmt)
+
+    if result.new_head is not None:
+        warnings.warn(
+            f"load_pretrained: the checkpoint's head was not loaded ({result.new_head}); the model keeps its own head",
+            stacklevel=2,
+        )
+    return result
+
+
+def accept_value(k: str, orig: str, v: torch.Tensor, target: Dict[str, torch.Tensor], values: Dict[str, torch.Tensor],
+                 problems: List[str], why: str = "") -> None:
+    """``values[k] = v`` if ``v`` fits the model's ``target[k]`` (shape, then :func:`_value_problem`), else a line
+    in ``problems`` naming the key (``orig``: its checkpoint name; ``why``: said after a shape mismatch)."""
+    want = tuple(target[k].shape)
+    if tuple(v.shape) != want:
+        problems.append(f"{k} (from {orig!r}): checkpoint shape {tuple(v.shape)}, model {want}{why}")
+        return
+    problem = _value_problem(v, target[k])
+    if problem:
+        problems.append(f"{k} (from {orig!r}): {problem}")
+        return
+    values[k] = v
+
+
+def settle_head(result: LoadResult, converted: Dict[str, Tuple[str, torch.Tensor]], head_keys: List[str], what: str,
+                refuse: bool) -> None:
+    """A checkpoint head the model cannot take (``what`` says why): an error when ``refuse``, else the
+    checkpoint's ``head.*`` entries are dropped and the model's ``head_keys`` kept (``result`` says so)."""
+    if refuse:
+        raise CheckpointError(
+            f"{what}. Pass strict=False to load everything else and keep the model's own (newly initialised) head."
+        )
+    result.new_head = what
+    for k in [k for k in converted if k.startswith("head.")]:
+        result.ignored_keys[converted.pop(k)[0]] = what
+    for k in head_keys:
+        result.initialized_keys[k] = what
+
+
+def finish_load(target: Dict[str, torch.Tensor], values: Dict[str, torch.Tensor], problems: List[str],
+                unexpected: List[str], result: LoadResult, features_only: bool, strict: bool, fmt: str) -> None:
+    """The end of every load, once the values are converted and checked: refuse on ``problems``, find the
+    missing keys (a ``features_only`` backbone's output norms are kept, not missing), refuse missing or
+    unexpected keys under ``strict``, and only then copy ``values`` into ``target`` (the model's state)."""
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise CheckpointError(f"the {fmt} checkpoint does not match the model's architecture:\n  " + "\n  ".join(shown))
-
     for k in target:
         if k in values or k in result.initialized_keys:
             continue
@@ -582,7 +620,6 @@ def load_pretrained(
         else:
             result.missing_keys.append(k)
     result.unexpected_keys = sorted(unexpected)
-
     if strict and (result.missing_keys or result.unexpected_keys):
         lines = []
         if result.missing_keys:
@@ -592,19 +629,10 @@ def load_pretrained(
         raise CheckpointError(
             f"the {fmt} checkpoint's keys do not match the model (strict=True):\n  " + "\n  ".join(lines)
         )
-
-    # All checked: copy.
-    with torch.no_grad():
+    with torch.no_grad():  # all checked: copy
         for k, v in values.items():
             target[k].copy_(v)
     result.loaded = sorted(values)
-
-    if result.new_head is not None:
-        warnings.warn(
-            f"load_pretrained: the checkpoint's head was not loaded ({result.new_head}); the model keeps its own head",
-            stacklevel=2,
-        )
-    return result
 
 
 def _value_problem(v: torch.Tensor, target: torch.Tensor) -> Optional[str]:
