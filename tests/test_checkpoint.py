@@ -817,6 +817,7 @@ def test_zip_bomb_is_refused_in_milliseconds(entry, tmp_path, monkeypatch):
     # was: the CRC pass decompressed all 1,000 entries (1 GB here; minutes for the issue's 125 kB file)
     import time
 
+    from swin_ext.train import checkpointing as CK
     from swin_ext.weights import checkpoint as C
 
     bomb = _zip_bomb(tmp_path / "bomb.pth")
@@ -831,6 +832,7 @@ def test_zip_bomb_is_refused_in_milliseconds(entry, tmp_path, monkeypatch):
             seconds.append(time.perf_counter() - t0)
 
     monkeypatch.setattr(C, "safe_torch_load", timed)
+    monkeypatch.setattr(CK, "safe_torch_load", timed)  # the training checkpoints' reader imports it by name
     with pytest.raises(CheckpointError, match=r"bomb.pth: not a valid PyTorch checkpoint archive \(refused before "
                                               r"decompressing anything\)"):
         _bomb_entry_points()[entry](bomb)

@@ -112,3 +112,39 @@ def test_detection_example_fewer_images_than_batch_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         mod["main"](["--small", "--images", str(tmp_path), "--annotations", str(ann), "--batch", "1"])
     assert r"labels [4] are outside 1..3" in capsys.readouterr().err
+
+
+def _eps_model(version, eps):
+    cls = swin_ext.SwinTransformer if version == "v1" else swin_ext.SwinTransformerV2
+    m = cls(img_size=64, embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4, num_classes=3)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0.0, 0.3)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.LayerNorm):
+            mod.eps = eps
+    return m.eval()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_fpn_backbone_keeps_the_models_layernorm_eps(version):
+    model = _eps_model(version, 0.1)  # an eps large enough to change every norm's output
+    bb = swin_ext.fpn_backbone(model, out_channels=8, out_indices=(0, 1))
+    assert {m.eps for m in bb.body.modules() if isinstance(m, torch.nn.LayerNorm)} == {0.1}
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        got = bb.body(x)
+        maps = model.forward_intermediates(x, output_fmt="NHWC", intermediates_only=True)
+    for i, (g, t) in enumerate(zip(got, maps)):
+        norm = getattr(bb.body, f"norm{i}")
+        want = torch.nn.functional.layer_norm(t, (t.shape[-1],), norm.weight, norm.bias, 0.1).permute(0, 3, 1, 2)
+        torch.testing.assert_close(g, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_fpn_backbone_of_a_float64_model_runs_in_float64(version):
+    model = _eps_model(version, 1e-5).double()
+    for bb in (swin_ext.fpn_backbone(model, out_channels=8, out_indices=(0, 1)),
+               swin_ext.SwinFPN(swin_ext.fpn_backbone(model, out_channels=8, out_indices=(0, 1)).body, 8)):
+        out = bb(torch.randn(1, 3, 64, 64, dtype=torch.float64))
+        assert list(out) == ["0", "1", "pool"] and all(f.dtype == torch.float64 for f in out.values())

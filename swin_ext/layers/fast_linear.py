@@ -21,7 +21,7 @@ What runs where (``fast=True``, the fused backend's setting):
   GELU in one pass, and in the backward GELU' and the bias gradient in one);
   the other Linears ``F.linear``.
 * **anything else** (float64 / half inputs or autocast on the CPU, ``torch.func``
-  transforms, ``torch.export`` / ONNX export on the CPU, ``fast=False``):
+  transforms, forward-mode AD, ``torch.export`` / ONNX export on the CPU, ``fast=False``):
   ``F.linear`` and ``F.gelu``, as ``nn.Linear``.
 
 Second-order gradients (``create_graph=True``) through the oneDNN path are
@@ -36,14 +36,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import bias_gelu as _bias_gelu_op
-from ..ops import functorch_active
+from ..ops import forward_mode, functorch_active
 from . import config
 
 __all__ = ["Linear", "linear", "linear_gelu"]
 
 
-def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """float32 CPU input and weight, no CPU autocast (it picks the GEMM's dtype itself), oneDNN on."""
+def _onednn_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """float32 CPU input and weight, no CPU autocast (it picks the GEMM's dtype itself), oneDNN on,
+    no forward-mode AD (the custom op has no forward-mode rule: a dual input's tangent would be lost)."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -54,6 +55,7 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and config.autocast_dtype("cpu") is None
         and config.use_onednn()
         and not functorch_active()
+        and not forward_mode((x, weight, bias))
         and not torch.compiler.is_exporting()  # an exported program (torch.export, ONNX) keeps aten.linear
     )
 
@@ -114,7 +116,7 @@ def linear(
 
     ``x (..., in)`` -> ``(..., out)``.
     """
-    if not (fast and _onednn_ok(x, weight) and (bias is None or bias.dtype == torch.float32)):
+    if not (fast and _onednn_ok(x, weight, bias) and (bias is None or bias.dtype == torch.float32)):
         return F.linear(x, weight, bias)
     y = onednn_linear(x.reshape(-1, x.shape[-1]), weight, bias, "none")
     return y.view(*x.shape[:-1], y.shape[-1])
@@ -150,7 +152,7 @@ def linear_gelu(x: torch.Tensor, fc: nn.Linear, approximate: str = "none") -> to
         fast
         and approximate == "none"
         and not (torch.is_grad_enabled() and (x.requires_grad or fc.weight.requires_grad))
-        and _onednn_ok(x, fc.weight)
+        and _onednn_ok(x, fc.weight, fc.bias)
         and (fc.bias is None or fc.bias.dtype == torch.float32)
     ):
         y = onednn_linear(x.reshape(-1, x.shape[-1]), fc.weight, fc.bias, "gelu")

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from ..layers import Linear, Mlp, add_layernorm, window_attention
 from ..layers.drop import DropPath, drop_path_rates
-from ..layers.helpers import BACKENDS, int_field
+from ..layers.helpers import BACKENDS, int_field, per_stage
 from ..layers.merging import patch_merging
 from ..layers.patch_embed import PatchEmbed
 from ..layers.pos_bias import relative_position_index
@@ -267,7 +267,9 @@ class SwinTransformer(SwinBase):
         embed_dim: channels of stage 0 (doubling per stage).
         depths: blocks per stage.
         num_heads: attention heads per stage.
-        window_size: window side, the same in every stage.
+        window_size: window side, an int or one per stage (a converted timm model whose small stage
+            maps shrank their windows has one per stage); a stage map smaller than its window is
+            padded to it.
         mlp_ratio: MLP hidden width over the channels.
         qkv_bias: a bias in the qkv Linears.
         drop_rate: dropout after the patch embedding, attention projections and MLPs.
@@ -286,7 +288,8 @@ class SwinTransformer(SwinBase):
 
     def __init__(self, config: Optional[Dict[str, Any]] = None, *, img_size: Union[int, Tuple[int, int]] = 224,
                  patch_size: int = 4, in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 96,
-                 depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24), window_size: int = 7,
+                 depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                 window_size: Union[int, Sequence[int]] = 7,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.1, use_checkpoint: bool = False, backend: str = "fused",
                  features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3)) -> None:
@@ -298,11 +301,16 @@ class SwinTransformer(SwinBase):
         self._setup(img_size, patch_size, in_chans, num_classes, embed_dim, depths, num_heads, mlp_ratio, backend,
                     features_only, out_indices, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
                     drop_path_rate=drop_path_rate)
-        int_field(window_size, "window_size", 1, MAX_WINDOW_SIZE)
-        self.window_size = window_size
+        if isinstance(window_size, (list, tuple)):
+            windows = per_stage(window_size, self.num_layers, "window_size", 1, MAX_WINDOW_SIZE)
+        else:
+            windows = [int_field(window_size, "window_size", 1, MAX_WINDOW_SIZE)] * self.num_layers
+        self.window_size = windows[0] if len(set(windows)) == 1 else tuple(windows)
+        #: the window of every stage
+        self.window_sizes = tuple(windows)
         self.pos_drop = nn.Dropout(drop_rate)
         self.layers = nn.ModuleList(
-            BasicLayer(int(embed_dim * 2**i), self.depths[i], self.num_heads[i], window_size, mlp_ratio, qkv_bias,
+            BasicLayer(int(embed_dim * 2**i), self.depths[i], self.num_heads[i], windows[i], mlp_ratio, qkv_bias,
                        drop_rate, attn_drop_rate, rates, downsample=i < self.num_layers - 1,
                        use_checkpoint=use_checkpoint, fused=backend == "fused")
             for i, rates in enumerate(drop_path_rates(drop_path_rate, self.depths))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import Tuple
 
-from ._autograd import functorch_active
+from ._autograd import forward_mode, functorch_active
 from ._validate import MAX_WINDOW_SIZE, acc_dtype
 from .add_layernorm import add_layernorm, autocast_dtype
 from .bias_gelu import bias_gelu
@@ -38,6 +38,7 @@ __all__ = [
     "acc_dtype",
     "autocast_dtype",
     "functorch_active",
+    "forward_mode",
 ]
 
 # The op modules, the one list of them.  (``swin_ext.ops.window_attention`` is

@@ -11,6 +11,16 @@ The contract each op module follows (see any of them top to bottom):
   ``autograd.Function`` with ``setup_context`` and a generated vmap rule
   (:func:`functorch_active` decides), because ``register_autograd`` alone
   does not compose with functorch;
+* forward-mode AD (``torch.autograd.forward_ad`` dual tensors,
+  ``torch.func.jvp``, ``jacfwd``, ``hessian``, forward-over-forward): the
+  wrappers compute the call through the op's reference composite
+  (:func:`forward_mode`, :func:`composite_call`; the same math, in the
+  accumulation dtype like the kernels, autocast off), which is
+  differentiable in both modes to any order.  A ``jvp`` staticmethod on an
+  ``autograd.Function`` would keep the fused forward, but torch drops the
+  outer tangent of forward-over-forward through it (the jvp rule runs with
+  forward grad disabled), a silently wrong second derivative.  The raw ops
+  refuse tangents with an error naming the wrapper (:func:`register_autograd`);
 * the raw ``*_bwd`` ops are not differentiable themselves: building a graph
   through one raises (:func:`register_backward_op`), as torchvision's
   ``autograd/roi_align_kernel.cpp`` does.
@@ -20,13 +30,67 @@ from __future__ import annotations
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+from torch.autograd import forward_ad as _fwad
 
-__all__ = ["functorch_active", "vjp", "vmap_loop", "register_backward_op"]
+__all__ = ["functorch_active", "has_tangent", "forward_mode", "autocast_dtype", "composite_call", "vjp", "vmap_loop",
+           "register_autograd", "register_backward_op"]
 
 
 def functorch_active() -> bool:
     """Whether a torch.func transform (grad, vmap, jvp, ...) is running (never while compiling)."""
     return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
+def has_tangent(tensors: Sequence[object]) -> bool:
+    """Whether a ``torch.autograd.forward_ad`` tangent rides on any of ``tensors`` (eager dual tensors)."""
+    if _fwad._current_level < 0 or not torch._C._is_fwd_grad_enabled():
+        return False
+    return any(isinstance(t, torch.Tensor) and _fwad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def forward_mode(tensors: Sequence[object]) -> bool:
+    """Whether forward-mode AD is computing tangents through a call on ``tensors``.
+
+    Eager dual tensors carry their tangent; under ``torch.func`` the tangents
+    hide in functorch's wrappers, so any open forward-AD level
+    (``torch.func.jvp``, ``jacfwd``, ``hessian`` open one) counts.  Never
+    while compiling (the compiled graph keeps the ops).
+    """
+    if _fwad._current_level < 0 or torch.compiler.is_compiling():
+        return False
+    return torch._C._are_functorch_transforms_active() or has_tangent(tensors)
+
+
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype ``torch.autocast`` casts to on ``device_type``, or ``None`` when it is off.
+
+    Traced by ``torch.compile`` (the compiled graph is guarded on the
+    autocast state).  torch < 2.4 has no ``device_type`` argument and no
+    ``get_autocast_dtype``: the CPU / GPU specific functions there.
+    """
+    if device_type not in ("cpu", "cuda"):  # meta (fake tensors), or a device swin_ext has no kernels for
+        return None
+    try:
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        return torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError):  # pragma: no cover - torch < 2.4
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
+def composite_call(fn: Callable, *args):
+    """``fn(*args)``, a differentiable reference composite, with autocast off: the forward-mode path.
+
+    The composites compute in the accumulation dtype as the kernels do; under
+    autocast their matmuls would otherwise run in the autocast dtype.
+    """
+    dev = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+    if autocast_dtype(dev) is None:
+        return fn(*args)
+    with torch.autocast(device_type=dev, enabled=False):
+        return fn(*args)
 
 
 def vjp(
@@ -70,6 +134,50 @@ def vmap_loop(op: Callable, info, in_dims, *args):
     return res, (0,) * len(res)
 
 
+_LIB: Optional[torch.library.Library] = None  # the autograd kernels of register_autograd
+
+
+def register_autograd(name: str, backward: Callable, setup_context: Callable) -> None:
+    """``torch.library.register_autograd`` of ``swin_ext::<name>``, refusing forward-mode tangents.
+
+    ``register_autograd`` has no forward-mode rule: for a dual input that does
+    not require grad its kernel runs the op below autograd and the tangent is
+    dropped (read as zero downstream).  The same kernel
+    (``torch._library.autograd.make_autograd_impl``, what ``register_autograd``
+    registers) goes behind a check that raises on a tangent instead; the
+    public wrappers never pass one (their forward-mode path is the reference
+    composite).  A torch whose private helper differs gets the plain
+    ``register_autograd`` (the wrappers are right there too).
+    """
+    global _LIB
+    op = getattr(torch.ops.swin_ext, name).default
+    try:
+        from torch._library.autograd import Info, make_autograd_impl
+
+        impl = make_autograd_impl(op, Info(backward, setup_context))
+    except (ImportError, TypeError, AttributeError):  # pragma: no cover - another torch
+        torch.library.register_autograd(f"swin_ext::{name}", backward, setup_context=setup_context)
+        return
+    public = name[: -len("_fwd")] if name.endswith("_fwd") else name[: -len("_bwd")]
+    if name.endswith("_fwd"):
+        advice = (f"call swin_ext.{public} eagerly (not under torch.compile), which computes forward-mode "
+                  "derivatives through the reference composite")
+    else:
+        advice = f"a backward operator has no forward-mode derivative; differentiate swin_ext.{public} instead"
+
+    def autograd_kernel(keyset, *args):
+        if has_tangent(args):
+            raise RuntimeError(
+                f"torch.ops.swin_ext.{name} does not propagate forward-mode AD tangents "
+                f"(torch.autograd.forward_ad dual tensors, torch.func.jvp): {advice}"
+            )
+        return impl(keyset, *args)
+
+    if _LIB is None:
+        _LIB = torch.library.Library("swin_ext", "FRAGMENT")
+    _LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True)
+
+
 def register_backward_op(name: str) -> None:
     """Register ``swin_ext::<name>_bwd`` as not differentiable, with a per-element vmap rule.
 
@@ -91,5 +199,5 @@ def register_backward_op(name: str) -> None:
     def rule(info, in_dims, *args):
         return vmap_loop(op, info, in_dims, *args)
 
-    torch.library.register_autograd(f"swin_ext::{name}_bwd", backward, setup_context=setup_context)
+    register_autograd(f"{name}_bwd", backward, setup_context)
     torch.library.register_vmap(f"swin_ext::{name}_bwd", rule)

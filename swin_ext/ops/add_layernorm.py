@@ -15,14 +15,24 @@ This file reads top to bottom: wrapper, fakes, autograd, the
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from .._ext import HAS_OPS, require_ops
-from ._autograd import functorch_active, register_backward_op, vjp, vmap_loop
+from ._autograd import (
+    autocast_dtype,
+    composite_call,
+    forward_mode,
+    functorch_active,
+    has_tangent,
+    register_autograd,
+    register_backward_op,
+    vjp,
+    vmap_loop,
+)
 from ._validate import acc_dtype, check_add_layernorm, check_add_layernorm_bwd, dtype_arg, real_arg
+from .reference import layer_norm_composite
 
 __all__ = ["add_layernorm", "autocast_dtype"]
 
@@ -31,25 +41,6 @@ OPS = ("add_layernorm",)
 
 
 # --------------------------------------------------------------------------- wrapper
-
-
-def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
-    """The dtype ``torch.autocast`` casts to on ``device_type``, or ``None`` when it is off.
-
-    Traced by ``torch.compile`` (the compiled graph is guarded on the
-    autocast state).  torch < 2.4 has no ``device_type`` argument and no
-    ``get_autocast_dtype``: the CPU / GPU specific functions there.
-    """
-    if device_type not in ("cpu", "cuda"):  # meta (fake tensors), or a device swin_ext has no kernels for
-        return None
-    try:
-        if not torch.is_autocast_enabled(device_type):
-            return None
-        return torch.get_autocast_dtype(device_type)
-    except (TypeError, AttributeError):  # pragma: no cover - torch < 2.4
-        if device_type == "cpu":
-            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
-        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
 def add_layernorm(
@@ -90,6 +81,8 @@ def add_layernorm(
     require_ops(x.device)
     acc = acc_dtype(x.dtype)
     args = (x, branch, weight.to(acc), bias.to(acc), eps, autocast_dtype(x.device.type))
+    if forward_mode(args):
+        return composite_call(_composite(eps, args[5] or x.dtype), *args[:4])
     if functorch_active():
         h, y, _, _ = _AddLayerNormFn.apply(*args)
     else:
@@ -120,6 +113,30 @@ def _bwd_fake(grad_h, grad_y, h, weight, mean, rstd, branch_dtype):
 # --------------------------------------------------------------------------- autograd
 
 
+def _ln_composite(eps: float, y_dtype: torch.dtype) -> Callable:
+    """``y = LayerNorm(h)`` of ``add_layernorm_fwd`` as a differentiable composite ``f(h, weight, bias)``:
+    in the accumulation dtype, returned in ``y_dtype``, the LayerNorm from elementary ops
+    (:func:`~swin_ext.ops.reference.layer_norm_composite`: torch's is wrong at second order under torch.func)."""
+
+    def f(h, w, b):
+        return layer_norm_composite(h.to(acc_dtype(h.dtype)), w, b, eps).to(y_dtype)
+
+    return f
+
+
+def _composite(eps: float, y_dtype: torch.dtype) -> Callable:
+    """``add_layernorm_fwd``'s ``(h, y)`` as a differentiable composite ``f(x, branch, weight, bias)``
+    (the sum in float32, float64 if either input is, stored in ``x``'s dtype, as the kernels)."""
+    ln = _ln_composite(eps, y_dtype)
+
+    def f(x, branch, w, b):
+        add = torch.float64 if torch.float64 in (x.dtype, branch.dtype) else torch.float32
+        h = (x.to(add) + branch.to(add)).to(x.dtype)
+        return h, ln(h, w, b)
+
+    return f
+
+
 def _setup_context(ctx, inputs, output):
     x, branch, weight, bias, eps, y_dtype = inputs
     h, y, mean, rstd = output
@@ -139,16 +156,12 @@ def _backward(ctx, grad_h, grad_y, grad_mean, grad_rstd):
     if grad_y is None:
         # y is unused: h's gradient passes through unchanged.
         dh, dw, db = (grad_h if need_h else None), None, None
-    elif torch.is_grad_enabled():
-        # A second-order graph is being built (create_graph=True, torch.func):
-        # differentiate the reference LayerNorm, whose backward is itself
-        # differentiable.  h is a saved output, so this graph reaches x and
-        # branch through this node again.
-        acc, eps, C, y_dtype = acc_dtype(h.dtype), ctx.eps, h.shape[-1], ctx.y_dtype
-
-        def f(h_, w_, b_):
-            return F.layer_norm(h_.to(acc), (C,), w_, b_, eps).to(y_dtype)
-
+    elif torch.is_grad_enabled() or has_tangent((grad_h, grad_y)):
+        # A second-order graph is being built (create_graph=True, torch.func),
+        # or a cotangent is a dual tensor (forward-over-reverse): differentiate
+        # the composite LayerNorm, whose backward is itself differentiable.  h is
+        # a saved output, so this graph reaches x and branch through this node again.
+        f = _ln_composite(ctx.eps, ctx.y_dtype)
         dh, dw, db = vjp(f, (h, weight, bias), grad_y, (need_h, need_w, need_b))
         if need_h and grad_h is not None:
             dh = dh + grad_h
@@ -199,6 +212,6 @@ def _fwd_vmap(info, in_dims, x, branch, weight, bias, eps, y_dtype):
 if HAS_OPS:
     torch.library.register_fake("swin_ext::add_layernorm_fwd", _fwd_fake)
     torch.library.register_fake("swin_ext::add_layernorm_bwd", _bwd_fake)
-    torch.library.register_autograd("swin_ext::add_layernorm_fwd", _backward, setup_context=_setup_context)
+    register_autograd("add_layernorm_fwd", _backward, _setup_context)
     torch.library.register_vmap("swin_ext::add_layernorm_fwd", _fwd_vmap)
     register_backward_op("add_layernorm")

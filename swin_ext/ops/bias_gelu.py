@@ -13,7 +13,16 @@ from __future__ import annotations
 import torch
 
 from .._ext import HAS_OPS, require_ops
-from ._autograd import functorch_active, register_backward_op, vjp, vmap_loop
+from ._autograd import (
+    composite_call,
+    forward_mode,
+    functorch_active,
+    has_tangent,
+    register_autograd,
+    register_backward_op,
+    vjp,
+    vmap_loop,
+)
 from ._validate import acc_dtype, check_bias_gelu
 from .reference import bias_gelu_reference
 
@@ -50,6 +59,8 @@ def bias_gelu(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     check_bias_gelu(z, bias)
     require_ops(z.device)
     args = (z, bias.to(acc_dtype(z.dtype)))
+    if forward_mode(args):
+        return composite_call(bias_gelu_reference, *args)
     if functorch_active():
         return _BiasGeluFn.apply(*args)
     return torch.ops.swin_ext.bias_gelu_fwd(*args)
@@ -83,8 +94,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y):
     z, bias = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        # Second-order graph: through the differentiable reference composite.
+    if torch.is_grad_enabled() or has_tangent((grad_y,)):
+        # Second-order graph or a dual cotangent: through the differentiable reference composite.
         return vjp(bias_gelu_reference, (z, bias), grad_y, ctx.needs_input_grad[:2])
     dz, dbias = torch.ops.swin_ext.bias_gelu_bwd(grad_y.contiguous(), z, bias)
     return dz, dbias
@@ -119,6 +130,6 @@ def _fwd_vmap(info, in_dims, z, bias):
 if HAS_OPS:
     torch.library.register_fake("swin_ext::bias_gelu_fwd", _fwd_fake)
     torch.library.register_fake("swin_ext::bias_gelu_bwd", _bwd_fake)
-    torch.library.register_autograd("swin_ext::bias_gelu_fwd", _backward, setup_context=_setup_context)
+    register_autograd("bias_gelu_fwd", _backward, _setup_context)
     torch.library.register_vmap("swin_ext::bias_gelu_fwd", _fwd_vmap)
     register_backward_op("bias_gelu")

@@ -11,12 +11,23 @@ This file reads top to bottom: wrapper, fakes, autograd, the
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .._ext import HAS_OPS, require_ops
-from ._autograd import functorch_active, register_backward_op, vjp, vmap_loop
+from ._autograd import (
+    composite_call,
+    forward_mode,
+    functorch_active,
+    has_tangent,
+    register_autograd,
+    register_backward_op,
+    vjp,
+    vmap_loop,
+)
 from ._validate import acc_dtype, check_merging, real_arg
-from .reference import patch_merging_reference
+from .reference import layer_norm_composite, patch_gather
 
 __all__ = ["patch_merging"]
 
@@ -53,6 +64,8 @@ def patch_merging(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     require_ops(x.device)
     acc = acc_dtype(x.dtype)
     args = (x, weight.to(acc), bias.to(acc), eps)
+    if forward_mode(args):
+        return composite_call(_composite(eps), *args[:3])
     if functorch_active():
         return _PatchMergingFn.apply(*args)[0]
     return torch.ops.swin_ext.patch_merging_fwd(*args)[0]
@@ -98,6 +111,17 @@ def _bwd_fake(grad_out, x, weight, mean, rstd):
 # --------------------------------------------------------------------------- autograd
 
 
+def _composite(eps: float) -> Callable:
+    """``patch_merging_fwd``'s output as the differentiable reference composite ``f(x, weight, bias)``,
+    in the accumulation dtype like the kernels; its LayerNorm from elementary ops
+    (:func:`~swin_ext.ops.reference.layer_norm_composite`: torch's is wrong at second order under torch.func)."""
+
+    def f(x_, w_, b_):
+        return layer_norm_composite(patch_gather(x_.to(acc_dtype(x_.dtype))), w_, b_, eps).to(x_.dtype)
+
+    return f
+
+
 def _setup_context(ctx, inputs, output):
     x, weight, bias, eps = inputs
     _, mean, rstd = output
@@ -108,15 +132,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y, grad_mean, grad_rstd):
     x, weight, bias, mean, rstd = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        # Second-order graph: through the differentiable reference composite.
-        acc = acc_dtype(x.dtype)
-        eps = ctx.eps
-
-        def f(x_, w_, b_):
-            return patch_merging_reference(x_.to(acc), w_, b_, eps).to(x_.dtype)
-
-        dx, dw, db = vjp(f, (x, weight, bias), grad_y, ctx.needs_input_grad[:3])
+    if torch.is_grad_enabled() or has_tangent((grad_y,)):
+        # Second-order graph or a dual cotangent: through the differentiable composite.
+        dx, dw, db = vjp(_composite(ctx.eps), (x, weight, bias), grad_y, ctx.needs_input_grad[:3])
         return dx, dw, db, None
     dx, dw, db = torch.ops.swin_ext.patch_merging_bwd(grad_y, x, weight, mean, rstd)
     return dx, dw, db, None
@@ -153,6 +171,6 @@ def _fwd_vmap(info, in_dims, x, weight, bias, eps):
 if HAS_OPS:
     torch.library.register_fake("swin_ext::patch_merging_fwd", _fwd_fake)
     torch.library.register_fake("swin_ext::patch_merging_bwd", _bwd_fake)
-    torch.library.register_autograd("swin_ext::patch_merging_fwd", _backward, setup_context=_setup_context)
+    register_autograd("patch_merging_fwd", _backward, _setup_context)
     torch.library.register_vmap("swin_ext::patch_merging_fwd", _fwd_vmap)
     register_backward_op("patch_merging")

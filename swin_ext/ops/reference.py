@@ -35,6 +35,8 @@ __all__ = [
     "window_attention_reference",
     "window_attention_v2_reference",
     "patch_merging_reference",
+    "patch_gather",
+    "layer_norm_composite",
     "add_layernorm_reference",
     "bias_gelu_reference",
 ]
@@ -253,15 +255,34 @@ def patch_merging_reference(
     """
     check_merging(x, weight, bias, where="swin_ext.patch_merging_reference")
     eps = real_arg(eps, "eps", where="swin_ext.patch_merging_reference")
-    B, H, W, C = x.shape
+    x = patch_gather(x)
+    return F.layer_norm(x, (x.shape[-1],), weight.to(x.dtype), bias.to(x.dtype), eps)
+
+
+def patch_gather(x: torch.Tensor) -> torch.Tensor:
+    """Patch merging's 2x2 gather: ``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 4C)``, odd H/W zero-padded,
+    channel order x0=(0,0), x1=(1,0), x2=(0,1), x3=(1,1) (row, col)."""
+    H, W = x.shape[1:3]
     if H % 2 or W % 2:
         x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
-    x0 = x[:, 0::2, 0::2]
-    x1 = x[:, 1::2, 0::2]
-    x2 = x[:, 0::2, 1::2]
-    x3 = x[:, 1::2, 1::2]
-    x = torch.cat([x0, x1, x2, x3], dim=-1)
-    return F.layer_norm(x, (4 * C,), weight.to(x.dtype), bias.to(x.dtype), eps)
+    return torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+
+
+def layer_norm_composite(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm over the last dim from elementary ops (mean, centred variance, rsqrt, affine).
+
+    The same function as ``F.layer_norm``, differentiable to any order under
+    every ``torch.func`` transform.  torch's own LayerNorm is not there with
+    an affine weight: its second derivatives under ``torch.func`` (``hessian``,
+    ``jacrev(jacrev)``, ``jvp`` of ``jvp``) are wrong in the (weight, input)
+    block (pytorch/pytorch#196700, functorch#534), while eager double backward
+    is right.  The second-order and forward-mode paths of
+    :func:`swin_ext.patch_merging` and :func:`swin_ext.add_layernorm` use this.
+    """
+    mean = x.mean(-1, keepdim=True)
+    centred = x - mean
+    var = (centred * centred).mean(-1, keepdim=True)
+    return centred * torch.rsqrt(var + eps) * weight.to(x.dtype) + bias.to(x.dtype)
 
 
 def add_layernorm_reference(

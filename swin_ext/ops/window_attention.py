@@ -14,12 +14,21 @@ This file reads top to bottom: wrappers, fakes, autograd, the
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
 from .._ext import HAS_OPS, require_ops
-from ._autograd import functorch_active, register_backward_op, vjp, vmap_loop
+from ._autograd import (
+    composite_call,
+    forward_mode,
+    functorch_active,
+    has_tangent,
+    register_autograd,
+    register_backward_op,
+    vjp,
+    vmap_loop,
+)
 from ._validate import acc_dtype, attention_scale, check_attention, check_attention_v2, num_windows, real_arg
 from .reference import window_attention_reference, window_attention_v2_reference
 
@@ -75,6 +84,8 @@ def window_attention(
         qkv_pad = qkv_pad.to(qkv.dtype)
     require_ops(qkv.device)
     args = (qkv, bias.to(acc_dtype(qkv.dtype)), qkv_pad, list(window), list(shifts), scale)
+    if forward_mode(args):
+        return composite_call(_composite(window, shifts, scale), *args[:3])
     if functorch_active():
         return _WindowAttentionFn.apply(*args)[0]
     return torch.ops.swin_ext.window_attention_fwd(*args)[0]
@@ -119,6 +130,8 @@ def window_attention_v2(
     require_ops(qkv.device)
     acc = acc_dtype(qkv.dtype)
     args = (qkv, bias.to(acc), qkv_pad, head_scale.to(acc), ws, sh, sw)
+    if forward_mode(args):
+        return composite_call(_v2_composite(ws, sh, sw), *args[:4])
     if functorch_active():
         return _WindowAttentionV2Fn.apply(*args)[0]
     return torch.ops.swin_ext.window_attention_v2_fwd(*args)[0]
@@ -185,6 +198,34 @@ def _v2_bwd_fake(grad_out, qkv, bias, qkv_pad, head_scale, lse, window_size, shi
 # --------------------------------------------------------------------------- autograd
 
 
+def _composite(window: Sequence[int], shift: Sequence[int], scale: float) -> Callable:
+    """``window_attention_fwd``'s output as the differentiable reference composite ``f(qkv, bias, qkv_pad)``,
+    in the accumulation dtype like the kernels: the second-order backward and the forward-mode path.
+    ``window`` and ``shift`` have one entry per map axis."""
+
+    def f(q, b, p):
+        acc = acc_dtype(q.dtype)
+        out = window_attention_reference(q.to(acc), b, tuple(window), tuple(shift), scale,
+                                         None if p is None else p.to(acc))
+        return out.to(q.dtype)
+
+    return f
+
+
+def _v2_composite(window_size: int, shift_h: int, shift_w: int) -> Callable:
+    """``window_attention_v2_fwd``'s output as the differentiable reference composite
+    ``f(qkv, bias, qkv_pad, head_scale)``, in the accumulation dtype like the kernels."""
+
+    def f(q, b, p, s):
+        acc = acc_dtype(q.dtype)
+        out = window_attention_v2_reference(
+            q.to(acc), b, s, window_size, (shift_h, shift_w), None if p is None else p.to(acc)
+        )
+        return out.to(q.dtype)
+
+    return f
+
+
 def _setup_context(ctx, inputs, output):
     qkv, bias, qkv_pad, window_size, shift, scale = inputs
     _, lse = output
@@ -197,15 +238,10 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out, grad_lse):
     qkv, bias, qkv_pad, lse = ctx.saved_tensors
     window, shift, scale = ctx.geometry
-    if torch.is_grad_enabled():
-        # A second-order graph is being built: differentiate the reference
-        # composite, in the accumulation dtype like the kernels.
-        acc = acc_dtype(qkv.dtype)
-
-        def f(q, b, p):
-            out = window_attention_reference(q.to(acc), b, window, shift, scale, None if p is None else p.to(acc))
-            return out.to(q.dtype)
-
+    if torch.is_grad_enabled() or has_tangent((grad_out,)):
+        # A second-order graph is being built (create_graph=True, torch.func), or the
+        # cotangent is a dual tensor (forward-over-reverse): differentiate the composite.
+        f = _composite(window, shift, scale)
         dqkv, dbias, dpad = vjp(f, (qkv, bias, qkv_pad), grad_out, ctx.needs_input_grad[:3])
         return dqkv, dbias, dpad, None, None, None
     dqkv, dbias, dpad = torch.ops.swin_ext.window_attention_bwd(
@@ -227,17 +263,9 @@ def _v2_setup_context(ctx, inputs, output):
 def _v2_backward(ctx, grad_out, grad_lse):
     qkv, bias, qkv_pad, head_scale, lse = ctx.saved_tensors
     window_size, shift_h, shift_w = ctx.geometry
-    if torch.is_grad_enabled():
-        # Second-order graph: through the differentiable reference composite,
-        # in the accumulation dtype like the kernels.
-        acc = acc_dtype(qkv.dtype)
-
-        def f(q, b, p, s):
-            out = window_attention_v2_reference(
-                q.to(acc), b, s, window_size, (shift_h, shift_w), None if p is None else p.to(acc)
-            )
-            return out.to(q.dtype)
-
+    if torch.is_grad_enabled() or has_tangent((grad_out,)):
+        # Second-order graph or a dual cotangent: through the differentiable composite.
+        f = _v2_composite(window_size, shift_h, shift_w)
         dqkv, dbias, dpad, dscale = vjp(f, (qkv, bias, qkv_pad, head_scale), grad_out, ctx.needs_input_grad[:4])
         return dqkv, dbias, dpad, dscale, None, None, None
     dqkv, dbias, dpad, dscale = torch.ops.swin_ext.window_attention_v2_bwd(
@@ -307,12 +335,12 @@ def _v2_fwd_vmap(info, in_dims, qkv, bias, qkv_pad, head_scale, window_size, shi
 if HAS_OPS:
     torch.library.register_fake("swin_ext::window_attention_fwd", _fwd_fake)
     torch.library.register_fake("swin_ext::window_attention_bwd", _bwd_fake)
-    torch.library.register_autograd("swin_ext::window_attention_fwd", _backward, setup_context=_setup_context)
+    register_autograd("window_attention_fwd", _backward, _setup_context)
     torch.library.register_vmap("swin_ext::window_attention_fwd", _fwd_vmap)
     register_backward_op("window_attention")
 
     torch.library.register_fake("swin_ext::window_attention_v2_fwd", _v2_fwd_fake)
     torch.library.register_fake("swin_ext::window_attention_v2_bwd", _v2_bwd_fake)
-    torch.library.register_autograd("swin_ext::window_attention_v2_fwd", _v2_backward, setup_context=_v2_setup_context)
+    register_autograd("window_attention_v2_fwd", _v2_backward, _v2_setup_context)
     torch.library.register_vmap("swin_ext::window_attention_v2_fwd", _v2_fwd_vmap)
     register_backward_op("window_attention_v2")
