@@ -341,6 +341,7 @@ def _from_torchvision_3d(model: nn.Module, what: str) -> SwinTransformer3d:
     from torchvision.models import swin_transformer as tv2
     from torchvision.models.video import swin_transformer as tv3
 
+    eps = _video_ln_eps(model, what)  # first: a norm_layer that is not a LayerNorm is refused by that name
     pe = model.patch_embed
     if type(pe) is not tv3.PatchEmbed3d or not isinstance(pe.norm, nn.LayerNorm):
         norm = type(getattr(pe, "norm", None)).__name__
@@ -381,7 +382,6 @@ def _from_torchvision_3d(model: nn.Module, what: str) -> SwinTransformer3d:
                                       "(torchvision's per-block rule); not supported")
     if model.pos_drop.p != dropout:
         raise ConversionError(f"{what}: pos_drop {model.pos_drop.p} differs from the blocks' dropout {dropout}")
-    eps = _video_ln_eps(model, what)
     cfg = dict(
         patch_size=pe.tuple_patch_size,
         embed_dim=dim0,
