@@ -210,59 +210,6 @@ def test_from_torchvision_refuses_what_it_cannot_reproduce():
         swin_ext.from_torchvision(tv)
 
 
-def _tv_options():
-    """torchvision SwinTransformer3d options: (name, value, None = supported or the refusal's message)."""
-    from torchvision.models import swin_transformer as tv2
-
-    class Embed(tvv.PatchEmbed3d):
-        pass
-
-    return [
-        ("patch_size", [1, 4, 2], None),
-        ("embed_dim", 8, None),
-        ("depths", [1, 3], None),
-        ("num_heads", [1, 4], None),
-        ("window_size", [2, 3, 2], None),
-        ("mlp_ratio", 2.5, None),
-        ("dropout", 0.1, None),
-        ("attention_dropout", 0.2, None),
-        ("stochastic_depth_prob", 0.3, None),
-        ("num_classes", 3, None),
-        ("norm_layer", functools.partial(nn.LayerNorm, eps=1e-3), None),
-        ("norm_layer", nn.RMSNorm, "norm patch_embed.norm is a RMSNorm (norm_layer)"),
-        ("block", tv2.SwinTransformerBlockV2, "SwinTransformerBlock with ShiftedWindowAttention3d"),
-        ("downsample_layer", tv2.PatchMergingV2, "PatchMerging"),
-        ("patch_embed", Embed, "PatchEmbed3d"),
-    ]
-
-
-def test_torchvision_options_are_all_classified():
-    """Every option of torchvision's SwinTransformer3d is in the table (docs/converters.md lists the same)."""
-    import inspect
-
-    params = set(inspect.signature(tvv.SwinTransformer3d.__init__).parameters) - {"self"}
-    assert params == {name for name, _, _ in _tv_options()}
-
-
-@pytest.mark.parametrize("option", range(len(_tv_options())), ids=lambda i: f"{_tv_options()[i][0]}-{i}")
-def test_from_torchvision_option(option):
-    """A supported option converts to a copy with torchvision's logits (float64, eval); the others are refused."""
-    name, value, refusal = _tv_options()[option]
-    cfg = dict(TINY, depths=[2, 2], num_heads=[2, 2])
-    cfg[name] = value
-    if name == "num_heads":
-        cfg["embed_dim"] = 8
-    tv = _randomize(tvv.SwinTransformer3d(**cfg)).double().eval()
-    if refusal is not None:
-        with pytest.raises(ConversionError, match=re.escape(refusal)):
-            swin_ext.from_torchvision(tv)
-        return
-    me = swin_ext.from_torchvision(tv)
-    x = torch.randn(1, 3, 5, 19, 22, dtype=F64)
-    with torch.no_grad():
-        assert _rel(me(x), tv(x)) <= 1e-9
-
-
 def _official(sd, mmaction2: bool):
     """torchvision's keys in the official Video Swin / mmaction2 recognizer layout."""
     out = {}
