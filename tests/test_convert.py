@@ -226,15 +226,11 @@ def _timm_cases(v2):
     return cases
 
 
-def _torchvision_cases():
-    from torchvision.models import swin_transformer as tv
-
+def _torchvision_shared_cases():
+    """The rows torchvision's SwinTransformer and SwinTransformer3d share."""
     return {
-        "patch_size": [P(patch_size=[2, 2]), R("non-square patches", patch_size=[2, 4])],
         "embed_dim": [P(embed_dim=24)],
-        "depths": [P(depths=[1, 2, 1], num_heads=[1, 2, 2])],  # stage 2's 2 x 2 map padded to the window
         "num_heads": [P(num_heads=[2, 4])],
-        "window_size": [P(window_size=[2, 2]), P(window_size=[8, 8]), R("non-square windows", window_size=[4, 2])],
         "mlp_ratio": [P(mlp_ratio=2.5)],
         "dropout": [_TV_DROPS],
         "attention_dropout": [_TV_DROPS],
@@ -243,11 +239,22 @@ def _torchvision_cases():
         "norm_layer": [P(norm_layer=partial(nn.LayerNorm, eps=1e-3)),
                        R("is a RMSNorm \\(norm_layer\\)", norm_layer=nn.RMSNorm),
                        R("is a _OtherNorm \\(norm_layer\\)", norm_layer=_OtherNorm)],
-        "block": [P(block=tv.SwinTransformerBlock), R("Swin V2", block=tv.SwinTransformerBlockV2)],
-        "downsample_layer": [P(downsample_layer=tv.PatchMerging), R("Swin V2", downsample_layer=tv.PatchMergingV2)],
         # the builders' own: the copy takes whatever weights the model holds (random ones here)
         "weights": [_TV_BUILDER],
         "progress": [_TV_BUILDER],
+    }
+
+
+def _torchvision_cases():
+    from torchvision.models import swin_transformer as tv
+
+    return {
+        **_torchvision_shared_cases(),
+        "patch_size": [P(patch_size=[2, 2]), R("non-square patches", patch_size=[2, 4])],
+        "depths": [P(depths=[1, 2, 1], num_heads=[1, 2, 2])],  # stage 2's 2 x 2 map padded to the window
+        "window_size": [P(window_size=[2, 2]), P(window_size=[8, 8]), R("non-square windows", window_size=[4, 2])],
+        "block": [P(block=tv.SwinTransformerBlock), R("Swin V2", block=tv.SwinTransformerBlockV2)],
+        "downsample_layer": [P(downsample_layer=tv.PatchMerging), R("Swin V2", downsample_layer=tv.PatchMergingV2)],
     }
 
 
@@ -259,26 +266,15 @@ def _torchvision_3d_cases():
         pass
 
     return {
+        **_torchvision_shared_cases(),
         "patch_size": [P(patch_size=[1, 4, 2])],
-        "embed_dim": [P(embed_dim=24)],
         "depths": [P(depths=[1, 3], num_heads=[1, 2])],
-        "num_heads": [P(num_heads=[2, 4])],
         "window_size": [P(window_size=[2, 3, 2]), P(window_size=[8, 7, 7])],  # (8, 7, 7): clamped on every axis
-        "mlp_ratio": [P(mlp_ratio=2.5)],
-        "dropout": [_TV_DROPS],
-        "attention_dropout": [_TV_DROPS],
-        "stochastic_depth_prob": [_TV_DROPS],
-        "num_classes": [P(num_classes=5)],
-        "norm_layer": [P(norm_layer=partial(nn.LayerNorm, eps=1e-3)),
-                       R("is a RMSNorm \\(norm_layer\\)", norm_layer=nn.RMSNorm),
-                       R("is a _OtherNorm \\(norm_layer\\)", norm_layer=_OtherNorm)],
         "block": [P(block=tv.SwinTransformerBlock),
-                  R("SwinTransformerBlockV2 .* is not torchvision's SwinTransformerBlock", block=tv.SwinTransformerBlockV2)],
+                  R("SwinTransformerBlockV2 .* is not torchvision's", block=tv.SwinTransformerBlockV2)],
         "downsample_layer": [P(downsample_layer=tv.PatchMerging),
                              R("only torchvision's PatchMerging", downsample_layer=tv.PatchMergingV2)],
         "patch_embed": [P(patch_embed=tv3.PatchEmbed3d), R("other than torchvision's PatchEmbed3d", patch_embed=Embed)],
-        "weights": [_TV_BUILDER],
-        "progress": [_TV_BUILDER],
     }
 
 
