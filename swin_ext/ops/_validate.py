@@ -229,8 +229,12 @@ def check_attention(
 
 
 def num_windows(sizes: Sequence[int], window: Sequence[int]) -> int:
-    """Windows per image of a map of ``sizes`` (padded to window multiples)."""
-    return math.prod(-(-n // w) for n, w in zip(sizes, window))
+    """Windows per image of a map of ``sizes`` (padded to window multiples).  A loop, not
+    ``math.prod`` of a generator: torch.compile's fullgraph tracing takes no generator there."""
+    nW = 1
+    for n, w in zip(sizes, window):
+        nW *= -(-n // w)
+    return nW
 
 
 def check_attention_v2(
