@@ -3,8 +3,9 @@
 ``load_pretrained(model, source, strict=True)`` reads a file (``.pth`` /
 ``.pt`` / ``.bin`` through ``torch.load(weights_only=True)``, or
 ``.safetensors``) or takes a state dict, recognises its layout (official,
-timm, torchvision, transformers; V1 and V2: :mod:`.layouts`), converts it
-to the model's own (the official Microsoft layout) and copies it in.  A V1
+timm, torchvision, transformers, V1 and V2; OpenMMLab V1: :mod:`.layouts`),
+converts it to the model's own (the official Microsoft layout) and copies it
+in (a segmentation UperNet: :mod:`swin_ext.segmentation.weights`).  A V1
 checkpoint into a V2 model, or the reverse, is an error that says so.  The
 CPB MLP evaluates any window, so a V2 checkpoint of another window size
 needs no resizing.
@@ -41,7 +42,7 @@ import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,9 @@ __all__ = [
     "safe_torch_load",
     "check_regular_file",
     "verify_archive",
+    "tensor_problem",
+    "raise_problems",
+    "raise_key_mismatch",
 ]
 
 # Wrappers a training script puts around the state dict, tried in this order.
@@ -482,6 +486,11 @@ def load_pretrained(
     ``allow_new_head=True`` (what ``create_model(..., num_classes=n)`` asks
     for) tolerates a head of another size even with ``strict=True``.
 
+    A :class:`swin_ext.segmentation.UperNet` is loaded by
+    :func:`swin_ext.segmentation.load_upernet` (UperNet layouts of swin_ext,
+    transformers and mmseg, or a backbone checkpoint; ``allow_new_head``
+    there tolerates another class count).
+
     Everything is validated before anything is copied: a failed load leaves
     the model unchanged.  Returns a :class:`LoadResult`.
 
@@ -489,13 +498,17 @@ def load_pretrained(
     and the official / mmaction2 video checkpoints, and inflates 2-D Swin V1
     image checkpoints (:mod:`swin_ext.weights.video`).
     """
+    from ..segmentation import UperNet, load_upernet  # the segmentation package builds on this one
+
+    if isinstance(model, UperNet):
+        return load_upernet(model, source, strict=strict, allow_new_classes=allow_new_head)
     if isinstance(model, SwinTransformer3d):
         from .video import load_video_pretrained
 
         return load_video_pretrained(model, source, strict, allow_new_head=allow_new_head)
     if not isinstance(model, (SwinTransformer, SwinTransformerV2)):
-        raise TypeError("model must be a swin_ext.SwinTransformer, SwinTransformerV2 or SwinTransformer3d, got "
-                        f"{type(model).__name__}")
+        raise TypeError("model must be a swin_ext.SwinTransformer, SwinTransformerV2, SwinTransformer3d or "
+                        f"segmentation.UperNet, got {type(model).__name__}")
     sd = read_state_dict(source)
     version, want_version = checkpoint_version(sd), 2 if isinstance(model, SwinTransformerV2) else 1
     if version != want_version:
@@ -534,6 +547,7 @@ def load_pretrained(
     ]
     if "window_size" in ck and ck["window_size"] is None:
         problems.append("relative_position_bias_table: its length is not (2 * window - 1) ** 2")
+    arch_problems = list(problems)
 
     # Head: a different num_classes is the one tolerated mismatch.
     head_keys = [k for k in target if k.startswith("head.")]
@@ -564,7 +578,7 @@ def load_pretrained(
                 result.resized_keys.append(k)
         accept_value(k, orig, v, target, values, problems)
 
-    finish_load(target, values, problems, unexpected, result, features_only, strict, fmt)
+    finish_load(target, values, problems, unexpected, result, features_only, strict, fmt, arch_problems)
 
     if result.new_head is not None:
         warnings.warn(
@@ -576,17 +590,13 @@ def load_pretrained(
 
 def accept_value(k: str, orig: str, v: torch.Tensor, target: Dict[str, torch.Tensor], values: Dict[str, torch.Tensor],
                  problems: List[str], why: str = "") -> None:
-    """``values[k] = v`` if ``v`` fits the model's ``target[k]`` (shape, then :func:`_value_problem`), else a line
-    in ``problems`` naming the key (``orig``: its checkpoint name; ``why``: said after a shape mismatch)."""
-    want = tuple(target[k].shape)
-    if tuple(v.shape) != want:
-        problems.append(f"{k} (from {orig!r}): checkpoint shape {tuple(v.shape)}, model {want}{why}")
-        return
-    problem = _value_problem(v, target[k])
-    if problem:
-        problems.append(f"{k} (from {orig!r}): {problem}")
-        return
-    values[k] = v
+    """``values[k] = v`` if ``v`` fits the model's ``target[k]`` (:func:`tensor_problem`), else a line in
+    ``problems`` naming the key (``orig``: its checkpoint name; ``why``: said after a shape mismatch)."""
+    problem = tensor_problem(k, orig, v, target[k])
+    if problem is None:
+        values[k] = v
+    else:
+        problems.append(problem + (why if tuple(v.shape) != tuple(target[k].shape) else ""))
 
 
 def settle_head(result: LoadResult, converted: Dict[str, Tuple[str, torch.Tensor]], head_keys: List[str], what: str,
@@ -605,13 +615,16 @@ def settle_head(result: LoadResult, converted: Dict[str, Tuple[str, torch.Tensor
 
 
 def finish_load(target: Dict[str, torch.Tensor], values: Dict[str, torch.Tensor], problems: List[str],
-                unexpected: List[str], result: LoadResult, features_only: bool, strict: bool, fmt: str) -> None:
-    """The end of every load, once the values are converted and checked: refuse on ``problems``, find the
-    missing keys (a ``features_only`` backbone's output norms are kept, not missing), refuse missing or
-    unexpected keys under ``strict``, and only then copy ``values`` into ``target`` (the model's state)."""
-    if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise CheckpointError(f"the {fmt} checkpoint does not match the model's architecture:\n  " + "\n  ".join(shown))
+                unexpected: List[str], result: LoadResult, features_only: bool, strict: bool, fmt: str,
+                arch_problems: Sequence[str] = ()) -> None:
+    """The end of every load, once the values are converted and checked: refuse on ``problems`` (naming the
+    hyper-parameters alone when ``arch_problems`` explain them), find the missing keys (a ``features_only``
+    backbone's output norms are kept, not missing), refuse missing or unexpected keys under ``strict``, and
+    only then copy ``values`` into ``target`` (the model's state)."""
+    if problems and arch_problems:  # the tensors' shapes follow from the hyper-parameters: name those alone
+        follow = len(problems) - len(arch_problems)
+        problems = list(arch_problems) + ([f"(so {follow} tensors have other shapes)"] if follow else [])
+    raise_problems(f"the {fmt} checkpoint does not match the model's architecture", problems)
     for k in target:
         if k in values or k in result.initialized_keys:
             continue
@@ -620,19 +633,39 @@ def finish_load(target: Dict[str, torch.Tensor], values: Dict[str, torch.Tensor]
         else:
             result.missing_keys.append(k)
     result.unexpected_keys = sorted(unexpected)
-    if strict and (result.missing_keys or result.unexpected_keys):
-        lines = []
-        if result.missing_keys:
-            lines.append(f"missing from the checkpoint: {_short(result.missing_keys)}")
-        if result.unexpected_keys:
-            lines.append(f"not used by the model: {_short(result.unexpected_keys)}")
-        raise CheckpointError(
-            f"the {fmt} checkpoint's keys do not match the model (strict=True):\n  " + "\n  ".join(lines)
-        )
+    if strict:
+        raise_key_mismatch(f"the {fmt} checkpoint's keys do not match the model (strict=True)", result)
     with torch.no_grad():  # all checked: copy
         for k, v in values.items():
             target[k].copy_(v)
     result.loaded = sorted(values)
+
+
+def raise_problems(what: str, problems: List[str]) -> None:
+    """A :class:`CheckpointError` ``what:`` followed by the problems (the first 20), one a line; none for none."""
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise CheckpointError(f"{what}:\n  " + "\n  ".join(shown))
+
+
+def raise_key_mismatch(what: str, result: LoadResult) -> None:
+    """A :class:`CheckpointError` ``what:`` naming ``result``'s missing and unexpected keys, if it has any."""
+    lines = []
+    if result.missing_keys:
+        lines.append(f"missing from the checkpoint: {_short(result.missing_keys)}")
+    if result.unexpected_keys:
+        lines.append(f"not used by the model: {_short(result.unexpected_keys)}")
+    if lines:
+        raise CheckpointError(f"{what}:\n  " + "\n  ".join(lines))
+
+
+def tensor_problem(key: str, orig: str, v: torch.Tensor, target: torch.Tensor) -> Optional[str]:
+    """Why the checkpoint's tensor ``orig`` (the model's ``key``) cannot be copied into ``target`` -- its
+    shape, then its dtype kind, finiteness and range -- as one line naming both keys; ``None`` if it can."""
+    if tuple(v.shape) != tuple(target.shape):
+        return f"{key} (from {orig!r}): checkpoint shape {tuple(v.shape)}, model {tuple(target.shape)}"
+    problem = _value_problem(v, target)
+    return f"{key} (from {orig!r}): {problem}" if problem else None
 
 
 def _value_problem(v: torch.Tensor, target: torch.Tensor) -> Optional[str]:
