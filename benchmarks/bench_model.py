@@ -517,8 +517,9 @@ def main(argv=None) -> int:
     dtypes = args.dtypes or (["float32", "bfloat16", "float16"] if cuda else ["float32"])
     video = args.model in VIDEO_MODELS
     batches = {
-        "infer": args.infer_batches
-        or ([8, 32] if cuda and video else [8] if cuda and seg else [64, 256] if cuda else [1] if video or seg else [8]),
+        "infer": args.infer_batches or (
+            [8, 32] if cuda and video else [8] if cuda and seg else [64, 256] if cuda else [1] if video or seg else [8]
+        ),
         "train": args.train_batches or ([4, 16] if cuda and video else [32, 128] if cuda else [1] if video else [4]),
     }
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
