@@ -1,4 +1,4 @@
-"""Model benchmark: Swin-T (or --model swin_s / swin_b / swinv2_tiny_window8_256) img/s and peak memory,
+"""Model benchmark: Swin-T (or --model swin_s / swin_b / swinv2_tiny_window8_256 / swin3d_t) img/s and peak memory,
 training and inference, swin_ext (fused and reference backends) against timm and torchvision with the
 same weights.
 
@@ -29,6 +29,11 @@ Implementations (those whose library is missing are skipped):
                          elementwise ops; the GEMMs stay torch's).
 * ``torchvision``        torchvision ``swin_t(weights=None)``.
 
+``--model swin3d_t`` (and ``swin3d_s`` / ``swin3d_b``: Video Swin) compares
+``swin_ext.swin3d_t()`` with torchvision's ``swin3d_t`` (same layout, same
+weights) on clips ``(B, 3, T, H, W)`` of ``--clip T H W`` (default 16 112 112);
+timm has no Video Swin (the timm rows are skipped), and the targets are
+inference >= 1.5x and a training step >= 1.3x torchvision (float32, CPU).
 ``--model upernet_swin_t`` (semantic segmentation, 512 px, inference) compares the
 swin_ext UperNet (``swin_ext-fused``; ``swin_ext-reference`` its plain-PyTorch backbone)
 with transformers' ``UperNetForSemanticSegmentation`` with a ``SwinBackbone`` of the
@@ -137,10 +142,25 @@ MODELS = {
     name: (name, timm_name, tv, swin_ext.factory.model_config(name)["img_size"])
     for name, (timm_name, tv) in _TIMM_NAMES.items()
 }
+#: Video Swin: (swin_ext factory, no timm model, torchvision.models.video builder, no image size)
+VIDEO_MODELS = {name: (name, None, name, None) for name in ("swin3d_t", "swin3d_s", "swin3d_b")}
+MODELS.update(VIDEO_MODELS)
+
+
+def num_classes_of(model: str) -> int:
+    return 400 if model in VIDEO_MODELS else 1000
+
+
+def example_input(model: str, batch: int, img, g: torch.Generator) -> torch.Tensor:
+    """An image batch ``(B, 3, img, img)``, or a clip batch ``(B, 3, T, H, W)`` of a video model (``img``: the clip)."""
+    shape = (batch, 3, *img) if model in VIDEO_MODELS else (batch, 3, img, img)
+    return torch.randn(*shape, generator=g)
 
 
 def _base_model(model: str) -> nn.Module:
     ours = MODELS[model][0]
+    if model in VIDEO_MODELS:
+        return getattr(swin_ext, ours)(stochastic_depth_prob=0.0)
     if hasattr(swin_ext, ours):
         return getattr(swin_ext, ours)(drop_path_rate=0.0, num_classes=1000)
     m = swin_ext.create_model(ours, drop_path_rate=0.0, num_classes=1000)
@@ -175,6 +195,8 @@ def build_models(
         elif name == "swin_ext-reference":
             models[name] = copy.deepcopy(base).set_backend("reference")
             notes[name] = "swin_ext plain-PyTorch composite (same weights)"
+        elif name.startswith("timm") and model in VIDEO_MODELS:
+            notes[name] = "skipped: timm has no Video Swin"
         elif name == "timm-sdpa" and v2:
             notes[name] = "skipped: timm's Swin V2 attention has no SDPA path"
         elif name in ("timm", "timm-sdpa", "timm-compiled"):
@@ -216,11 +238,12 @@ def build_models(
             except ImportError:
                 notes[name] = "skipped: torchvision not installed"
                 continue
-            m = getattr(tvm, tv_name)(weights=None)  # stochastic_depth_prob is fixed at 0.2 by the builder: zero it
-            for mod in m.modules():
+            video = model in VIDEO_MODELS
+            m = getattr(tvm.video if video else tvm, tv_name)(weights=None)
+            for mod in m.modules():  # the builder fixes stochastic_depth_prob (0.2 / 0.1): zero it
                 if type(mod).__name__ == "StochasticDepth":
                     mod.p = 0.0
-            _load_into(m, to_torchvision(sd))
+            _load_into(m, dict(sd) if video else to_torchvision(sd))  # Video Swin: swin_ext has torchvision's keys
             notes[name] = f"torchvision {torchvision.__version__} {tv_name}"
             models[name] = m
         else:
@@ -266,12 +289,12 @@ def build_seg_models(impls: List[str], device: torch.device, seed: int = 0,
 
 
 @torch.no_grad()
-def agreement(models: Dict[str, nn.Module], device: torch.device, img: int = 224, batch: int = 2,
-              skip: Tuple[str, ...] = ()) -> Dict[str, float]:
-    """Max |logit difference| to the first model, fp32, eval, ``batch`` images (models named in ``skip``
-    left out)."""
+def agreement(models: Dict[str, nn.Module], device: torch.device, img=224, model: str = "swin_t",
+              batch: int = 2, skip: Tuple[str, ...] = ()) -> Dict[str, float]:
+    """Max |logit difference| to the first model, fp32, eval, ``batch`` images or clips (models named in
+    ``skip`` left out)."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, 3, img, img, generator=g).to(device)
+    x = example_input(model, batch, img, g).to(device)
     outs = {}
     for name, m in models.items():
         if name in skip:
@@ -337,11 +360,11 @@ def peak_memory_mib(fn: Callable[[], None], device: torch.device) -> Optional[fl
 
 
 def make_runner(
-    model: nn.Module, mode: str, batch: int, dtype: torch.dtype, device: torch.device, img: int = 224
+    model: nn.Module, mode: str, batch: int, dtype: torch.dtype, device: torch.device, img=224, name: str = "swin_t"
 ) -> Callable[[], None]:
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(batch, 3, img, img, generator=g).to(device)
-    y = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    x = example_input(name, batch, img, g).to(device)
+    y = torch.randint(0, num_classes_of(name), (batch,), generator=g).to(device)
     amp = dtype != torch.float32
     if mode == "infer":
         model.eval()
@@ -366,12 +389,13 @@ def make_runner(
 
 
 def bench_case(
-    models, mode, batch, dtype, device, warmup, repeats, compile_s: Optional[Dict[str, float]] = None, img: int = 224
+    models, mode, batch, dtype, device, warmup, repeats, compile_s: Optional[Dict[str, float]] = None, img=224,
+    model: str = "swin_t",
 ) -> Dict[str, Dict[str, float]]:
     runners = {}
     for name, m in models.items():
         try:
-            runners[name] = make_runner(m, mode, batch, dtype, device, img)
+            runners[name] = make_runner(m, mode, batch, dtype, device, img, model)
             # A compiled model compiles in its first call (and, for training, its
             # backward in the first backward): warm up at least twice, time the first.
             for i in range(max(warmup, 2) if name in COMPILED else warmup):
@@ -502,6 +526,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=None, help="default 1 on CPU, 5 on CUDA")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 5 on CPU, 20 on CUDA)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--clip", nargs=3, type=int, default=[16, 112, 112], metavar=("T", "H", "W"),
+                    help="clip size of a video model (default 16 112 112)")
     ap.add_argument("--out-dir", default=RESULTS)
     ap.add_argument("--no-save", action="store_true", help="print only")
     ap.add_argument("--md-out", default=None, help="append each case's rows to this markdown file as it finishes")
@@ -528,9 +554,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtypes = args.dtypes or (["float32", "bfloat16", "float16"] if cuda else ["float32"])
+    video = args.model in VIDEO_MODELS
     batches = {
-        "infer": args.infer_batches or (([8] if cuda else [1]) if seg else ([64, 256] if cuda else [8])),
-        "train": args.train_batches or ([32, 128] if cuda else [4]),
+        "infer": args.infer_batches or (
+            [8, 32] if cuda and video else [8] if cuda and seg else [64, 256] if cuda else [1] if video or seg else [8]
+        ),
+        "train": args.train_batches or ([4, 16] if cuda and video else [32, 128] if cuda else [1] if video else [4]),
     }
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     repeats = args.repeats or (20 if cuda else 5)
@@ -573,19 +602,22 @@ def main(argv=None) -> int:
     print("Implementations:")
     for name in args.impls:
         print(f"* `{name}`: {notes.get(name, '')}")
+    if video:
+        img = tuple(args.clip)
     md_write([f"`{cmd}`", "", f"{devname}, torch {torch.__version__}, warm-up {warmup}, {repeats} interleaved rounds, "
               "median.", ""] + [f"* `{n}`: {notes.get(n, '')}" for n in args.impls] + [""])
     skip = () if args.agreement == "all" else tuple(impls) if args.agreement == "none" else COMPILED
-    diffs = agreement(models, device, img, batch=1 if seg else 2, skip=skip)
+    diffs = agreement(models, device, img, args.model, batch=1 if seg else 2, skip=skip)
     line = ("Same weights, fp32 eval logits, max |diff| vs " + impls[0] + ": "
             + (", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) or "not checked")
             + (f" (not checked: {', '.join(n for n in impls if n in skip)})" if any(n in skip for n in impls) else ""))
     print("\n" + line, flush=True)
     md_write([line, ""])
 
-    baselines = [t for t in BASELINES if t in impls]
+    baselines = [t for t in (("torchvision",) if video else BASELINES) if t in impls]
     mem_head = "peak alloc MiB" if cuda else "peak RSS Δ MiB"
-    head = [f"| mode | dtype | batch | implementation | img/s | ms / iter (p20–p80) | {mem_head} | "
+    unit = "clips" if video else "img"
+    head = [f"| mode | dtype | batch | implementation | {unit}/s | ms / iter (p20–p80) | {mem_head} | "
             + " | ".join(f"vs {t}" for t in baselines) + " |",
             "|---|---|---:|---|---:|---:|---:|" + "---:|" * len(baselines)]
     md_write(head)
@@ -609,7 +641,8 @@ def main(argv=None) -> int:
                                 left_out.append(f"{n} {mode} {dt} b{b}: skipped ({left:.0f} s left, "
                                                 f"{args.compile_min_s:.0f} s needed to compile)")
                 print(f"\n... {mode} {dt} batch {b}", flush=True)
-                res = bench_case(case_models, mode, b, getattr(torch, dt), device, warmup, repeats, compile_s, img)
+                res = bench_case(case_models, mode, b, getattr(torch, dt), device, warmup, repeats, compile_s, img,
+                                 args.model)
                 results[(mode, dt, b)] = res
                 md_write(_case_rows(mode, dt, b, res, impls, baselines)
                          + [f"| | | | compile (first call, not timed): {k} {v:.0f} s |" for k, v in compile_s.items()
@@ -639,7 +672,11 @@ def main(argv=None) -> int:
             # The CPU targets (issue 10, Swin-T): a training step at batch 4 >= 1.2x timm eager; inference at
             # batch 8 >= 1.3x timm eager and >= 1.1x timm under torch.compile; float32, swin_ext-fused.
             targets = [("train", 4, "timm", 1.2), ("infer", 8, "timm", 1.3), ("infer", 8, "timm-compiled", 1.1)]
-            if args.model == "upernet_swin_t":  # issue 22: UperNet-Swin-T inference, 512 px, >= 1.3x transformers
+            if args.model == "swin3d_t":
+                # issue 23, Video Swin-T on the CPU: inference >= 1.5x and a training step >= 1.3x torchvision
+                targets = [("infer", b, "torchvision", 1.5) for b in batches["infer"]] + [
+                    ("train", b, "torchvision", 1.3) for b in batches["train"]]
+            elif args.model == "upernet_swin_t":  # issue 22: UperNet-Swin-T inference, 512 px, >= 1.3x transformers
                 targets = [("infer", 1, "transformers", 1.3)]
             elif args.model != "swin_t":
                 targets = []
@@ -665,7 +702,7 @@ def main(argv=None) -> int:
                     r["p80_s"] / r["p20_s"]
                     for (mode, dt, b), res in results.items()
                     for r in res.values()
-                    if dt == "float32" and (mode, b) in (("infer", 8), ("train", 4), ("infer", 1))
+                    if dt == "float32" and b in batches[mode]
                 ]
                 or [1.0]
             )
@@ -714,8 +751,8 @@ def main(argv=None) -> int:
     if not args.no_save:
         os.makedirs(args.out_dir, exist_ok=True)
         stem = os.path.join(args.out_dir, f"bench_model_{args.model}_{device_tag(device)}_{date}")
-        png = plot(results, impls, stem + ".png",
-                   f"{args.model} {img} img/s — {devname} — {date}")
+        size = "x".join(map(str, img)) if video else img
+        png = plot(results, impls, stem + ".png", f"{args.model} {size} {unit}/s — {devname} — {date}")
         md_lines = header + ["Implementations:", ""] + [f"* `{n}`: {notes.get(n, '')}" for n in args.impls] + [
             "", line, ""] + table + [""] + summary + notes_md
         if png:

@@ -11,13 +11,19 @@
 #include <c10/util/safe_numerics.h>
 
 #include <cmath>
+#include <vector>
 
 #include "swin_geometry.h"
 
 namespace swin_ext {
 
-// Largest window side: N = ws^2 <= 2^30 tokens, N^2 <= 2^60 bias entries.
+// Largest window side along any axis.
 constexpr int64_t kMaxWindowSize = int64_t(1) << 15;
+// Largest number of tokens in a window, N = wt * wh * ww (N^2 <= 2^60 bias
+// entries per head).  A 2-D window of 7 is N = 49; Video Swin's (8, 7, 7) is
+// N = 392.  The CPU kernel takes any N up to this; what the CUDA kernels take
+// is checked in their glue (csrc/cuda/ops_glue.h, check_attention_limits).
+constexpr int64_t kMaxWindowTokens = int64_t(1) << 30;
 // Largest dimension of any tensor argument (B, H, W, channels).  Only a
 // tensor without elements (or a meta tensor) can come near it; bounding it
 // keeps H + ws, 2 * H2, 4 * C and friends far from int64 overflow.
@@ -199,28 +205,47 @@ inline int64_t check_bias_gelu_bwd_args(const at::Tensor& grad_y, const at::Tens
 }
 
 // Validates the attention arguments and returns the window geometry.
+//
+// qkv is (B, H, W, 3C) -- a 2-D map, window (wh, ww), shift (sh, sw) -- or
+// (B, T, H, W, 3C) -- a 3-D map (video), window (wt, wh, ww), shift
+// (st, sh, sw); `window` and `shift` have one entry per map axis.  A 2-D map
+// is the 3-D geometry with T = 1, wt = 1, st = 0 (swin_geometry.h).
+//
+// Limits: every window side in [1, kMaxWindowSize], the window's token count
+// N = wt * wh * ww in [1, kMaxWindowTokens] (Video Swin's (8, 7, 7) is
+// N = 392; N^2 bias entries per head), 0 <= shift < window on every axis.
 inline WindowGeometry check_attention_args(const at::Tensor& qkv, const at::Tensor& bias,
                                            const std::optional<at::Tensor>& qkv_pad,
-                                           int64_t window_size, int64_t shift_h,
-                                           int64_t shift_w) {
-  TORCH_CHECK(qkv.dim() == 4, "swin_ext.window_attention: qkv must be (B, H, W, 3C), got ",
-              qkv.dim(), " dims");
+                                           at::IntArrayRef window, at::IntArrayRef shift) {
+  TORCH_CHECK(qkv.dim() == 4 || qkv.dim() == 5,
+              "swin_ext.window_attention: qkv must be (B, H, W, 3C) or (B, T, H, W, 3C), got ", qkv.dim(),
+              " dims");
   check_float(qkv, "qkv");
   check_dims_bounded(qkv, "qkv");
   check_strided(bias, "bias");
-  // Bounded before anything is computed from it: window_size^2 cannot overflow.
-  TORCH_CHECK(window_size >= 1 && window_size <= kMaxWindowSize,
-              "swin_ext.window_attention: window_size must be in [1, ", kMaxWindowSize, "], got ",
-              window_size);
-  TORCH_CHECK(shift_h >= 0 && shift_h < window_size && shift_w >= 0 && shift_w < window_size,
-              "swin_ext.window_attention: shift must satisfy 0 <= shift < window_size (",
-              window_size, "), got (", shift_h, ", ", shift_w, ")");
-  const int64_t C3 = qkv.size(3);
+  const int64_t axes = qkv.dim() - 2;
+  TORCH_CHECK(static_cast<int64_t>(window.size()) == axes && static_cast<int64_t>(shift.size()) == axes,
+              "swin_ext.window_attention: window_size and shift need one entry per map axis (", axes,
+              " for qkv of ", qkv.dim(), " dims), got window_size ", window, " and shift ", shift);
+  // Bounded before anything is computed from them: the products cannot overflow.
+  for (const int64_t w : window) {
+    TORCH_CHECK(w >= 1 && w <= kMaxWindowSize, "swin_ext.window_attention: window_size must be in [1, ",
+                kMaxWindowSize, "], got ", w);
+  }
+  for (int64_t i = 0; i < axes; ++i) {
+    TORCH_CHECK(shift[i] >= 0 && shift[i] < window[i],
+                "swin_ext.window_attention: shift must satisfy 0 <= shift < window_size on every axis, got shift ",
+                shift, " for window_size ", window);
+  }
+  int64_t N = 1;  // <= 2^45 before the check
+  for (const int64_t w : window) N *= w;
+  TORCH_CHECK(N <= kMaxWindowTokens, "swin_ext.window_attention: a window of ", window, " holds ", N,
+              " tokens, more than the supported ", kMaxWindowTokens);
+  const int64_t C3 = qkv.size(-1);
   TORCH_CHECK(C3 % 3 == 0, "swin_ext.window_attention: last dim of qkv must be 3*C, got ", C3);
-  const int64_t N = window_size * window_size;  // <= 2^30
   TORCH_CHECK(bias.dim() == 3 && bias.size(1) == N && bias.size(2) == N,
-              "swin_ext.window_attention: bias must be (heads, ", N, ", ", N, ") for window_size ",
-              window_size, ", got ", bias.sizes());
+              "swin_ext.window_attention: bias must be (heads, ", N, ", ", N, ") for window_size ", window,
+              ", got ", bias.sizes());
   const int64_t heads = bias.size(0);
   TORCH_CHECK(heads >= 1 && (C3 / 3) % heads == 0, "swin_ext.window_attention: C = ", C3 / 3,
               " is not divisible by heads = ", heads);
@@ -238,15 +263,38 @@ inline WindowGeometry check_attention_args(const at::Tensor& qkv, const at::Tens
                 " differs from qkv dtype ", qkv.scalar_type());
     check_same_device(qkv, p, "qkv", "qkv_pad");
   }
+  const bool video = axes == 3;
+  const int64_t T = video ? qkv.size(1) : 1, H = qkv.size(axes - 1), W = qkv.size(axes);
+  const int64_t wt = video ? window[0] : 1, wh = window[axes - 2], ww = window[axes - 1];
+  const int64_t st = video ? shift[0] : 0, sh = shift[axes - 2], sw = shift[axes - 1];
   // Every size make_geometry and the kernels derive, checked for overflow
-  // (H, W <= 2^40 and ws <= 2^15, so H + ws cannot wrap).
-  const int64_t nW = checked_mul(checked_ceil_div(qkv.size(1), window_size),
-                                 checked_ceil_div(qkv.size(2), window_size),
-                                 "window_attention: the number of windows");
+  // (sizes <= 2^40 and windows <= 2^15, so T + wt cannot wrap).
+  const int64_t nW = checked_mul(checked_mul(checked_ceil_div(T, wt), checked_ceil_div(H, wh),
+                                             "window_attention: the number of windows"),
+                                 checked_ceil_div(W, ww), "window_attention: the number of windows");
   checked_mul(checked_mul(checked_mul(qkv.size(0), nW, "window_attention: B * windows"), heads,
                           "window_attention: B * windows * heads"),
               N, "window_attention: the lse size B * windows * heads * N");
-  return make_geometry(qkv.size(0), qkv.size(1), qkv.size(2), window_size, shift_h, shift_w);
+  checked_mul(checked_mul(checked_mul(qkv.size(0), T, "window_attention: B * T"), H, "window_attention: B * T * H"),
+              checked_mul(W, C3, "window_attention: W * 3C"), "window_attention: the qkv size");
+  return make_geometry(qkv.size(0), T, H, W, wt, wh, ww, st, sh, sw);
+}
+
+// The 2-D form (Swin V2's raw ops): qkv (B, H, W, 3C), a square window.
+inline WindowGeometry check_attention_args_2d(const at::Tensor& qkv, const at::Tensor& bias,
+                                              const std::optional<at::Tensor>& qkv_pad, int64_t window_size,
+                                              int64_t shift_h, int64_t shift_w) {
+  TORCH_CHECK(qkv.dim() == 4, "swin_ext.window_attention_v2: qkv must be (B, H, W, 3C), got ", qkv.dim(),
+              " dims");
+  const int64_t window[2] = {window_size, window_size};
+  const int64_t shift[2] = {shift_h, shift_w};
+  return check_attention_args(qkv, bias, qkv_pad, window, shift);
+}
+
+// The map's own sizes of a geometry: (B, H, W) or (B, T, H, W), as `like` has them.
+inline std::vector<int64_t> attention_map_sizes(const WindowGeometry& g, const at::Tensor& like) {
+  if (like.dim() == 5) return {g.B, g.T, g.H, g.W};
+  return {g.B, g.H, g.W};
 }
 
 // Validates the extra arguments of the attention backward.
@@ -255,11 +303,12 @@ inline void check_attention_bwd_args(const at::Tensor& grad_out, const at::Tenso
                                      int64_t heads) {
   check_strided(grad_out, "grad_out");
   check_strided(lse, "lse");
-  const int64_t C = qkv.size(3) / 3;
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == g.B && grad_out.size(1) == g.H &&
-                  grad_out.size(2) == g.W && grad_out.size(3) == C,
-              "swin_ext.window_attention_bwd: grad_out must be (", g.B, ", ", g.H, ", ", g.W,
-              ", ", C, "), got ", grad_out.sizes());
+  const int64_t C = qkv.size(-1) / 3;
+  std::vector<int64_t> want = attention_map_sizes(g, qkv);
+  want.push_back(C);
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(want),
+              "swin_ext.window_attention_bwd: grad_out must be ", at::IntArrayRef(want), ", got ",
+              grad_out.sizes());
   TORCH_CHECK(grad_out.scalar_type() == qkv.scalar_type(),
               "swin_ext.window_attention_bwd: grad_out dtype ", grad_out.scalar_type(),
               " differs from qkv dtype ", qkv.scalar_type());

@@ -10,25 +10,30 @@
 namespace swin_ext {
 namespace schema {
 
-// Fused shifted-window attention.
-//   qkv     (B, H, W, 3C)  token-major output of the qkv Linear
-//   bias    (heads, N, N)  relative-position bias, N = window_size^2,
-//                          dtype float32 (float64 when qkv is float64)
-//   qkv_pad (3C,) or None  the qkv vector of padding tokens (the Linear's
-//                          bias: the map is zero-padded before the Linear)
-// returns out (B, H, W, C) and lse (B, nW, heads, N) in the accumulation dtype.
+// Fused shifted-window attention, on 2-D maps (Swin) and 3-D maps (Video Swin).
+//   qkv     (B, H, W, 3C)     token-major output of the qkv Linear, or
+//           (B, T, H, W, 3C)  a clip of T frames
+//   bias    (heads, N, N)     relative-position bias, N = the window's token
+//                             count, dtype float32 (float64 when qkv is float64)
+//   qkv_pad (3C,) or None     the qkv vector of padding tokens (the Linear's
+//                             bias: the map is zero-padded before the Linear)
+//   window_size, shift        one entry per map axis: (wh, ww) and (sh, sw),
+//                             or (wt, wh, ww) and (st, sh, sw); 0 <= s < w
+// returns out (B, [T,] H, W, C) and lse (B, nW, heads, N) in the accumulation
+// dtype (nW windows per image, in (T, H, W) row-major order).
 constexpr const char* kWindowAttentionFwd =
-    "window_attention_fwd(Tensor qkv, Tensor bias, Tensor? qkv_pad, int window_size, "
-    "int shift_h, int shift_w, float scale) -> (Tensor, Tensor)";
-// returns dqkv (B, H, W, 3C), dbias (heads, N, N) and dqkv_pad (3C,), the
+    "window_attention_fwd(Tensor qkv, Tensor bias, Tensor? qkv_pad, int[] window_size, "
+    "int[] shift, float scale) -> (Tensor, Tensor)";
+// returns dqkv (qkv's shape), dbias (heads, N, N) and dqkv_pad (3C,), the
 // last two in the accumulation dtype.
 constexpr const char* kWindowAttentionBwd =
     "window_attention_bwd(Tensor grad_out, Tensor qkv, Tensor bias, Tensor? qkv_pad, "
-    "Tensor lse, int window_size, int shift_h, int shift_w, float scale) -> (Tensor, Tensor, Tensor)";
+    "Tensor lse, int[] window_size, int[] shift, float scale) -> (Tensor, Tensor, Tensor)";
 // Swin V2's scaled cosine attention on the same kernels: q and k rows are
 // L2-normalised (x / max(||x||, 1e-12)) and q is multiplied by head_scale
 // (heads,) in the accumulation dtype (the caller's exp(clamp(logit_scale))),
-// instead of a scalar scale; otherwise as window_attention_fwd.
+// instead of a scalar scale; otherwise as window_attention_fwd on a 2-D map with a
+// square window (window_size, shift_h, shift_w).
 constexpr const char* kWindowAttentionV2Fwd =
     "window_attention_v2_fwd(Tensor qkv, Tensor bias, Tensor? qkv_pad, Tensor head_scale, int window_size, "
     "int shift_h, int shift_w) -> (Tensor, Tensor)";

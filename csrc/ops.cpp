@@ -26,6 +26,7 @@ PyObject* PyInit__C(void) {
     long long value;
   } limits[] = {
       {"MAX_WINDOW_SIZE", swin_ext::kMaxWindowSize},
+      {"MAX_WINDOW_TOKENS", swin_ext::kMaxWindowTokens},
       {"MAX_DIM", swin_ext::kMaxDim},
       {"MAX_MERGE_CHANNELS", swin_ext::kMaxMergeChannels},
       {"MAX_LAYERNORM_CHANNELS", swin_ext::kMaxLayerNormChannels},

@@ -36,8 +36,8 @@ else:
         from . import _C  # noqa: F401  (registers torch.ops.swin_ext.*)
 
         HAS_OPS = True
-        LIMITS = {k: getattr(_C, k) for k in ("MAX_WINDOW_SIZE", "MAX_DIM", "MAX_MERGE_CHANNELS",
-                                              "MAX_LAYERNORM_CHANNELS") if hasattr(_C, k)}
+        LIMITS = {k: getattr(_C, k) for k in ("MAX_WINDOW_SIZE", "MAX_WINDOW_TOKENS", "MAX_DIM",
+                                              "MAX_MERGE_CHANNELS", "MAX_LAYERNORM_CHANNELS") if hasattr(_C, k)}
     except ImportError as e:  # pragma: no cover - broken install
         LOAD_ERROR = f"swin_ext._C failed to load: {e}"
 

@@ -5,9 +5,9 @@ the captured graph and translates each into standard ONNX operators (opset
 >= 18, no custom domain, no Roll), so the file runs in onnxruntime and in
 TensorRT's ONNX parser:
 
-* ``window_attention_fwd`` (and ``window_attention_v2_fwd``, with the
-  ``ReduceL2`` normalisation of q and k and the per-head scale): pad, cyclic
-  shift and window partition are one
+* ``window_attention_fwd`` on 2-D maps and 3-D clips (and
+  ``window_attention_v2_fwd``, with the ``ReduceL2`` normalisation of q and k
+  and the per-head scale): pad, cyclic shift and window partition are one
   ``Gather`` of the token rows through a constant index (padding tokens read
   an appended ``qkv_pad`` row), the heads a ``Reshape`` + ``Transpose``,
   then ``MatMul`` / ``Add`` (the bias; the shift mask as a constant) /
@@ -50,36 +50,43 @@ class ExportError(ValueError):
 # ----------------------------------------------------------------------------- geometry tables
 
 
-def _region_1d(pos, padded: int, ws: int, shift: int):
+def _region_1d(pos, padded: int, w: int, shift: int):
     import numpy as np
 
     if shift == 0:
         return np.zeros_like(pos)
-    return np.where(pos < padded - ws, 0, np.where(pos < padded - shift, 1, 2))
+    return np.where(pos < padded - w, 0, np.where(pos < padded - shift, 1, 2))
 
 
-def window_tables(H: int, W: int, ws: int, sh: int, sw: int) -> Tuple[Any, Any, Optional[Any]]:
+def window_tables(sizes: Sequence[int], window: Sequence[int], shift: Sequence[int]) -> Tuple[Any, Any, Optional[Any]]:
     """(token index per window slot, slot per token, shift mask) of a map, as swin_geometry.h defines them.
 
-    Returns ``tok`` (nW * N,) int64: the row ``y * W + x`` of each window slot,
-    or ``H * W`` (the padding row); ``inv`` (H * W,) int64: each token's slot;
-    ``mask`` (nW, 1, N, N) float32 (None without a shift).
+    ``sizes``, ``window``, ``shift``: ``(H, W)`` or ``(T, H, W)`` (a 2-D map is
+    one frame with a window of depth 1).  Returns ``tok`` (nW * N,) int64: the
+    row ``(z * H + y) * W + x`` of each window slot, or ``T * H * W`` (the
+    padding row); ``inv`` (T * H * W,) int64: each token's slot; ``mask``
+    (nW, 1, N, N) float32 from the shift-region ids (None without a shift).
     """
     import numpy as np
 
-    nWh, nWw = -(-H // ws), -(-W // ws)
-    Hp, Wp, N = nWh * ws, nWw * ws, ws * ws
-    wy, wx, r, c = np.meshgrid(np.arange(nWh), np.arange(nWw), np.arange(ws), np.arange(ws), indexing="ij")
-    ry, rx = wy * ws + r, wx * ws + c  # rolled, padded coordinates
-    y, x = (ry + sh) % Hp, (rx + sw) % Wp  # roll(x, -s)[i] == x[(i + s) mod P]
-    valid = (y < H) & (x < W)
-    tok = np.where(valid, y * W + x, H * W).reshape(-1).astype(np.int64)
-    inv = np.empty(H * W, dtype=np.int64)
+    if len(sizes) == 2:
+        sizes, window, shift = (1, *sizes), (1, *window), (0, *shift)
+    (T, H, W), (wt, wh, ww), (st, sh, sw) = sizes, window, shift
+    nWt, nWh, nWw = -(-T // wt), -(-H // wh), -(-W // ww)
+    Tp, Hp, Wp, N = nWt * wt, nWh * wh, nWw * ww, wt * wh * ww
+    wz, wy, wx, f, r, c = np.meshgrid(np.arange(nWt), np.arange(nWh), np.arange(nWw), np.arange(wt), np.arange(wh),
+                                      np.arange(ww), indexing="ij")
+    rz, ry, rx = wz * wt + f, wy * wh + r, wx * ww + c  # rolled, padded coordinates
+    z, y, x = (rz + st) % Tp, (ry + sh) % Hp, (rx + sw) % Wp  # roll(x, -s)[i] == x[(i + s) mod P]
+    valid = (z < T) & (y < H) & (x < W)
+    tok = np.where(valid, (z * H + y) * W + x, T * H * W).reshape(-1).astype(np.int64)
+    inv = np.empty(T * H * W, dtype=np.int64)
     slots = np.arange(tok.size)
     inv[tok[valid.reshape(-1)]] = slots[valid.reshape(-1)]
     mask = None
-    if sh or sw:
-        region = (_region_1d(ry, Hp, ws, sh) * 3 + _region_1d(rx, Wp, ws, sw)).reshape(nWh * nWw, N)
+    if st or sh or sw:
+        region = (_region_1d(rz, Tp, wt, st) * 9 + _region_1d(ry, Hp, wh, sh) * 3 + _region_1d(rx, Wp, ww, sw))
+        region = region.reshape(nWt * nWh * nWw, N)
         mask = np.where(region[:, :, None] != region[:, None, :], SHIFT_MASK_VALUE, 0.0).astype(np.float32)
         mask = mask[:, None]
     return tok, inv, mask
@@ -124,17 +131,20 @@ def _rows_with_pad(op, x, pad, C: int):
     return op.Concat(x, row, axis=1)
 
 
-def _window_attention_graph(qkv, bias, qkv_pad, ws: int, shift_h: int, shift_w: int, scale: float, head_scale=None):
-    """The window attention as standard ONNX; with head_scale, Swin V2's cosine attention."""
+def _window_attention_graph(qkv, bias, qkv_pad, window, shift, scale: float, head_scale=None):
+    """The window attention as standard ONNX, on a 2-D map or a 3-D clip (``window``, ``shift``: one
+    entry per map axis); with head_scale, Swin V2's cosine attention."""
     from onnxscript import opset18 as op
 
-    _, H, W, C3 = _static_dims(qkv, "BHWC", "window_attention")
+    dims = _static_dims(qkv, "BHWC" if len(qkv.shape) == 4 else "BTHWC", "window_attention")
+    sizes, C3 = dims[1:-1], dims[-1]
+    L = math.prod(sizes)
     heads, N = bias.shape[0], bias.shape[1]
     C, d = C3 // 3, C3 // 3 // heads
-    tok, inv, mask = window_tables(H, W, ws, shift_h, shift_w)
+    tok, inv, mask = window_tables(sizes, tuple(window), tuple(shift))
     nW = tok.size // N
-    x = op.Reshape(qkv, op.Constant(value_ints=[-1, H * W, C3]))
-    if tok.max() == H * W:  # padding tokens
+    x = op.Reshape(qkv, op.Constant(value_ints=[-1, L, C3]))
+    if tok.max() == L:  # padding tokens
         x = _rows_with_pad(op, x, qkv_pad, C3)
     g = op.Gather(x, op.Constant(value=_tensor(tok)), axis=1)  # (B, nW * N, 3C)
     g = op.Transpose(op.Reshape(g, op.Constant(value_ints=[-1, nW, N, 3, heads, d])), perm=[3, 0, 1, 4, 2, 5])
@@ -159,22 +169,23 @@ def _window_attention_graph(qkv, bias, qkv_pad, ws: int, shift_h: int, shift_w: 
     lse = op.ReduceLogSumExp(logits, op.Constant(value_ints=[-1]), keepdims=0)  # (B, nW, heads, N)
     o = op.MatMul(op.CastLike(p, v), v)  # (B, nW, heads, N, d)
     o = op.Reshape(op.Transpose(o, perm=[0, 1, 3, 2, 4]), op.Constant(value_ints=[-1, nW * N, C]))
-    out = op.Reshape(op.Gather(o, op.Constant(value=_tensor(inv)), axis=1), op.Constant(value_ints=[-1, H, W, C]))
+    out = op.Reshape(op.Gather(o, op.Constant(value=_tensor(inv)), axis=1),
+                     op.Constant(value_ints=[-1, *sizes, C]))
     return out, lse
 
 
-def _attention_onnx(
-    qkv, bias, qkv_pad=None, window_size: int = 7, shift_h: int = 0, shift_w: int = 0, scale: float = 1.0
-):
-    """ONNX of swin_ext::window_attention_fwd: returns (out, lse)."""
-    return _window_attention_graph(qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale)
+def _attention_onnx(qkv, bias, qkv_pad=None, window_size: Sequence[int] = (7, 7), shift: Sequence[int] = (0, 0),
+                    scale: float = 1.0):
+    """ONNX of swin_ext::window_attention_fwd (2-D maps and 3-D clips): returns (out, lse)."""
+    return _window_attention_graph(qkv, bias, qkv_pad, window_size, shift, scale)
 
 
 def _attention_v2_onnx(
     qkv, bias, qkv_pad=None, head_scale=None, window_size: int = 8, shift_h: int = 0, shift_w: int = 0
 ):
     """ONNX of swin_ext::window_attention_v2_fwd (Swin V2's cosine attention): returns (out, lse)."""
-    return _window_attention_graph(qkv, bias, qkv_pad, window_size, shift_h, shift_w, 1.0, head_scale)
+    return _window_attention_graph(qkv, bias, qkv_pad, (window_size, window_size), (shift_h, shift_w), 1.0,
+                                   head_scale)
 
 
 def _layer_norm_onnx(op, x, weight, bias, eps: float):

@@ -29,6 +29,7 @@ kernels only).  Inputs are drawn from a generator seeded by the test id
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -170,21 +171,43 @@ class AttnCase:
     B: int
     H: int
     W: int
-    ws: int
-    shift: Tuple[int, int]
+    ws: Union[int, Tuple[int, ...]]  # a side, or one per map axis ((wh, ww) / (wt, wh, ww))
+    shift: Tuple[int, ...]  # one per map axis
     heads: int
     d: int
     pad: bool  # a qkv_pad vector (else zero padding)
+    T: Optional[int] = None  # frames of a 3-D clip (None: a 2-D map)
+
+    @property
+    def video(self) -> bool:
+        return self.T is not None
+
+    @property
+    def sizes(self) -> Tuple[int, ...]:
+        """The map's own sizes: (H, W) or (T, H, W)."""
+        return (self.H, self.W) if self.T is None else (self.T, self.H, self.W)
+
+    @property
+    def window(self) -> Tuple[int, ...]:
+        """The window per map axis."""
+        return tuple(self.ws) if isinstance(self.ws, tuple) else (self.ws,) * len(self.sizes)
 
     @property
     def N(self) -> int:
-        return self.ws * self.ws
+        return math.prod(self.window)
+
+    @property
+    def cuda_kernel_takes(self) -> bool:
+        """Whether this build's CUDA kernels take the window: square 2-D windows (a clip's of depth 1 too)."""
+        w = self.window
+        return w[-1] == w[-2] and (len(w) == 2 or w[0] == 1)
 
     @property
     def id(self) -> str:
-        sh, sw = self.shift
         pad = "-pad" if self.pad else ""
-        return f"B{self.B}-{self.H}x{self.W}-ws{self.ws}-s{sh}{sw}-h{self.heads}-d{self.d}{pad}"
+        size = "x".join(map(str, self.sizes))
+        ws = "x".join(map(str, self.window)) if isinstance(self.ws, tuple) else str(self.ws)
+        return f"B{self.B}-{size}-ws{ws}-s{''.join(map(str, self.shift))}-h{self.heads}-d{self.d}{pad}"
 
 
 # Window 1 to 16 (N = 1 ... 256), head_dim 8 ... 128 (specialised 16/32/64/128
@@ -211,6 +234,15 @@ ATTN_CASES = [
     AttnCase(3, 8, 8, 4, (1, 3), 4, 8, False),  # asymmetric shift, 4 heads
     AttnCase(4, 5, 3, 7, (0, 0), 2, 8, False),  # map smaller than the window, unshifted
     AttnCase(1, 9, 10, 9, (4, 4), 1, 12, True),  # N = 81 (two key tiles), head_dim not a vector multiple
+    AttnCase(1, 7, 9, (3, 4), (1, 2), 2, 8, True),  # a non-square 2-D window, padded, shifted
+    # 3-D clips (Video Swin): one geometry, T = 1 / window depth 1 is the 2-D map
+    AttnCase(2, 6, 6, (2, 3, 3), (1, 1, 1), 2, 8, False, T=4),  # divisible, shifted on every axis
+    AttnCase(1, 7, 5, (4, 3, 3), (2, 1, 1), 1, 16, True, T=5),  # odd T/H/W: padded on every axis, then shifted
+    AttnCase(1, 4, 9, (2, 7, 3), (1, 0, 2), 2, 8, True, T=3),  # window taller than the map, H unshifted
+    AttnCase(3, 5, 4, (3, 2, 2), (0, 1, 0), 1, 8, False, T=2),  # T shorter than the window, odd batch
+    AttnCase(1, 7, 7, (8, 7, 7), (4, 3, 3), 1, 32, False, T=8),  # Video Swin's window, N = 392, 27 regions
+    AttnCase(2, 6, 7, (1, 3, 3), (0, 1, 1), 2, 16, True, T=3),  # window depth 1: frames of 2-D windows
+    AttnCase(0, 4, 4, (2, 2, 2), (1, 1, 1), 1, 8, False, T=2),  # empty batch
 ]
 
 
@@ -242,10 +274,10 @@ def attention_inputs(
     big = 1.0 if dtype in (torch.float32, torch.float64) else 3.0
     f64 = dict(dtype=torch.float64, generator=gen)
     inp = dict(
-        qkv=torch.randn(case.B, case.H, case.W, 3 * C, **f64) * big,
+        qkv=torch.randn(case.B, *case.sizes, 3 * C, **f64) * big,
         bias=torch.randn(case.heads, case.N, case.N, **f64),
         pad=torch.randn(3 * C, **f64) if case.pad else None,
-        go=torch.randn(case.B, case.H, case.W, C, **f64),
+        go=torch.randn(case.B, *case.sizes, C, **f64),
     )
     if v2:
         inp["head_scale"] = torch.rand(case.heads, **f64) * 20 + 1
@@ -258,10 +290,10 @@ def run_attention(ex: Executor, case: AttnCase, inp: Dict, dtype: torch.dtype, s
     acc = acc_dtype(dtype)
     dev = ex.device
     low = lambda t: None if t is None else t.to(dev, dtype)  # noqa: E731
-    sh, sw = case.shift
     bias = inp["bias"].to(dev, acc)
     with ex:
         if "head_scale" in inp:
+            sh, sw = case.shift
             hs = inp["head_scale"].to(dev, acc)
             out, lse = ex.ops.window_attention_v2_fwd(low(inp["qkv"]), bias, low(inp["pad"]), hs, case.ws, sh, sw)
             dqkv, dbias, dpad, dscale = ex.ops.window_attention_v2_bwd(
@@ -269,9 +301,10 @@ def run_attention(ex: Executor, case: AttnCase, inp: Dict, dtype: torch.dtype, s
             )
             got = dict(out=out, lse=lse, dqkv=dqkv, dbias=dbias, dpad=dpad, dscale=dscale)
         else:
-            out, lse = ex.ops.window_attention_fwd(low(inp["qkv"]), bias, low(inp["pad"]), case.ws, sh, sw, scale)
+            window, shift = list(case.window), list(case.shift)
+            out, lse = ex.ops.window_attention_fwd(low(inp["qkv"]), bias, low(inp["pad"]), window, shift, scale)
             dqkv, dbias, dpad = ex.ops.window_attention_bwd(
-                low(inp["go"]), low(inp["qkv"]), bias, low(inp["pad"]), lse, case.ws, sh, sw, scale
+                low(inp["go"]), low(inp["qkv"]), bias, low(inp["pad"]), lse, window, shift, scale
             )
             got = dict(out=out, lse=lse, dqkv=dqkv, dbias=dbias, dpad=dpad)
     return {k: v.cpu() for k, v in got.items()}
@@ -302,7 +335,7 @@ def attention_reference(
         leaves.append(hs)
         out = window_attention_v2_reference(leaves[0], leaves[1], hs, case.ws, case.shift, pad)
     else:
-        out = window_attention_reference(leaves[0], leaves[1], case.ws, case.shift, scale, pad)
+        out = window_attention_reference(leaves[0], leaves[1], case.window, case.shift, scale, pad)
     if out.numel() == 0:
         return [out] + [torch.zeros_like(t) for t in leaves]
     grads = torch.autograd.grad(
@@ -314,7 +347,9 @@ def attention_reference(
 def check_attention(case: AttnCase, inp: Dict, got: Dict, dtype: torch.dtype, scale: float) -> None:
     acc = acc_dtype(dtype)
     v2 = "head_scale" in inp
-    assert got["out"].dtype == dtype and got["out"].shape == (case.B, case.H, case.W, case.heads * case.d)
+    assert got["out"].dtype == dtype and got["out"].shape == (case.B, *case.sizes, case.heads * case.d)
+    nW = math.prod(-(-n // w) for n, w in zip(case.sizes, case.window))
+    assert got["lse"].shape == (case.B, nW, case.heads, case.N)
     assert got["dqkv"].dtype == dtype and got["dbias"].dtype == acc and got["dpad"].dtype == acc
     if v2:
         assert got["dscale"].dtype == acc and got["dscale"].shape == (case.heads,)
@@ -331,7 +366,7 @@ def check_attention(case: AttnCase, inp: Dict, got: Dict, dtype: torch.dtype, sc
         ]
     for i, name in enumerate(names):
         check_close(name, got[name], exact[i], comp[i], floor[i], dtype)
-    if case.B and case.H and case.W:
+    if case.B and all(case.sizes):
         assert torch.isfinite(got["lse"]).all()
 
 
@@ -741,13 +776,14 @@ def _attn_opcheck(v2: bool, sample: str, device: str) -> OpSample:
         qkv = _rand(1, 8, 8, 18, device=device, dtype=torch.float64).transpose(1, 2)
         bias = _rand(3, 16, 16, device=device, dtype=torch.float64, grad=True)
         extra = (torch.rand(3, dtype=torch.float64, device=device) + 1,) if v2 else ()
-        return fwd.default, ((qkv, bias, None) + extra + (4, 0, 0) + (() if v2 else (0.7,)))
+        return fwd.default, ((qkv, bias, None) + extra + ((4, 0, 0) if v2 else ([4, 4], [0, 0], 0.7)))
+    video = "video" in sample  # a 3-D clip (B, T, H, W, 3C), window (2, 2, 3), V1 only
     qkv, bias, pad = (
-        _rand(2, 9, 7, 24, device=device, grad=grad),
-        _rand(2, 16, 16, device=device, grad=grad),
+        _rand(*((2, 3, 5, 4, 24) if video else (2, 9, 7, 24)), device=device, grad=grad),
+        _rand(*((2, 12, 12) if video else (2, 16, 16)), device=device, grad=grad),
         _rand(24, device=device, grad=grad),
     )
-    geometry = (4, 2, 2) if v2 else (4, 2, 2, 0.5)
+    geometry = (4, 2, 2) if v2 else (([2, 2, 3], [1, 1, 2], 0.5) if video else ([4, 4], [2, 2], 0.5))
     head_scale = ((torch.rand(2, device=device) * 9 + 1).requires_grad_(grad),) if v2 else ()
     args = (qkv, bias, pad) + head_scale + geometry
     if sample.startswith("fwd"):
@@ -813,7 +849,9 @@ _ATTN_SAMPLES = ("fwd-pad", "fwd-requires-grad", "fwd-strided-float64", "bwd")
 #: op -> {sample id: (device -> (op overload, args))}; every forward and backward op, the shapes
 #: ``opcheck`` needs to see (requires_grad, strided inputs, optional arguments absent)
 OPCHECK: Dict[str, Dict[str, Callable[[str], OpSample]]] = {
-    "window_attention": {s: (lambda d, s=s: _attn_opcheck(False, s, d)) for s in _ATTN_SAMPLES},
+    "window_attention": {
+        s: (lambda d, s=s: _attn_opcheck(False, s, d)) for s in _ATTN_SAMPLES + ("fwd-video-pad", "bwd-video")
+    },
     "window_attention_v2": {s: (lambda d, s=s: _attn_opcheck(True, s, d)) for s in _ATTN_SAMPLES},
     "patch_merging": {
         s: (lambda d, s=s: _merging_opcheck(s, d))
@@ -861,12 +899,15 @@ def _f64(*shape, device, gen, scale=1.0, offset=0.0) -> torch.Tensor:
     return (torch.randn(*shape, dtype=torch.float64, generator=gen) * scale + offset).to(device).requires_grad_()
 
 
-def _attn_grad(v2: bool, B, H, W, ws, shift, heads, d, pad: bool):
+def _attn_grad(v2: bool, B, H, W, ws, shift, heads, d, pad: bool, T: Optional[int] = None):
+    """``ws``: a side or one per map axis; ``T``: frames of a 3-D clip (None: a 2-D map)."""
     def build(device, gen):
         import swin_ext
 
         C = heads * d
-        leaves = [_f64(B, H, W, 3 * C, device=device, gen=gen), _f64(heads, ws * ws, ws * ws, device=device, gen=gen)]
+        sizes = (H, W) if T is None else (T, H, W)
+        N = math.prod(ws) if isinstance(ws, tuple) else ws ** len(sizes)
+        leaves = [_f64(B, *sizes, 3 * C, device=device, gen=gen), _f64(heads, N, N, device=device, gen=gen)]
         if v2:
             leaves.append((torch.rand(heads, dtype=torch.float64, generator=gen) * 9 + 1).to(device).requires_grad_())
         if pad:
@@ -948,6 +989,10 @@ GRADCHECK: Dict[str, List[GradCase]] = {
         GradCase("window_attention", "4x5-ws4-pad", _attn_grad(False, 2, 4, 5, 4, (0, 0), 2, 3, True)),
         GradCase("window_attention", "2x2-ws3-s12-pad", _attn_grad(False, 2, 2, 2, 3, (1, 2), 2, 3, True)),
         GradCase("window_attention", "3x3-ws2-s1-pad", _attn_grad(False, 1, 3, 3, 2, (1, 1), 2, 2, True), True),
+        GradCase("window_attention", "3x3x3-w223-s111-pad",
+                 _attn_grad(False, 1, 3, 3, (2, 2, 3), (1, 1, 1), 1, 2, True, T=3)),
+        GradCase("window_attention", "3x3x2-w222-s101-pad",
+                 _attn_grad(False, 1, 3, 2, (2, 2, 2), (1, 0, 1), 1, 2, True, T=3), True),
     ],
     "window_attention_v2": [
         GradCase("window_attention_v2", "6x6-ws3-s1", _attn_grad(True, 1, 6, 6, 3, (1, 1), 2, 3, False)),

@@ -230,15 +230,11 @@ def _timm_cases(v2):
     return cases
 
 
-def _torchvision_cases():
-    from torchvision.models import swin_transformer as tv
-
+def _torchvision_shared_cases():
+    """The rows torchvision's SwinTransformer and SwinTransformer3d share."""
     return {
-        "patch_size": [P(patch_size=[2, 2]), R("non-square patches", patch_size=[2, 4])],
         "embed_dim": [P(embed_dim=24)],
-        "depths": [P(depths=[1, 2, 1], num_heads=[1, 2, 2])],  # stage 2's 2 x 2 map padded to the window
         "num_heads": [P(num_heads=[2, 4])],
-        "window_size": [P(window_size=[2, 2]), P(window_size=[8, 8]), R("non-square windows", window_size=[4, 2])],
         "mlp_ratio": [P(mlp_ratio=2.5)],
         "dropout": [_TV_DROPS],
         "attention_dropout": [_TV_DROPS],
@@ -247,11 +243,42 @@ def _torchvision_cases():
         "norm_layer": [P(norm_layer=partial(nn.LayerNorm, eps=1e-3)),
                        R("is a RMSNorm \\(norm_layer\\)", norm_layer=nn.RMSNorm),
                        R("is a _OtherNorm \\(norm_layer\\)", norm_layer=_OtherNorm)],
-        "block": [P(block=tv.SwinTransformerBlock), R("Swin V2", block=tv.SwinTransformerBlockV2)],
-        "downsample_layer": [P(downsample_layer=tv.PatchMerging), R("Swin V2", downsample_layer=tv.PatchMergingV2)],
         # the builders' own: the copy takes whatever weights the model holds (random ones here)
         "weights": [_TV_BUILDER],
         "progress": [_TV_BUILDER],
+    }
+
+
+def _torchvision_cases():
+    from torchvision.models import swin_transformer as tv
+
+    return {
+        **_torchvision_shared_cases(),
+        "patch_size": [P(patch_size=[2, 2]), R("non-square patches", patch_size=[2, 4])],
+        "depths": [P(depths=[1, 2, 1], num_heads=[1, 2, 2])],  # stage 2's 2 x 2 map padded to the window
+        "window_size": [P(window_size=[2, 2]), P(window_size=[8, 8]), R("non-square windows", window_size=[4, 2])],
+        "block": [P(block=tv.SwinTransformerBlock), R("Swin V2", block=tv.SwinTransformerBlockV2)],
+        "downsample_layer": [P(downsample_layer=tv.PatchMerging), R("Swin V2", downsample_layer=tv.PatchMergingV2)],
+    }
+
+
+def _torchvision_3d_cases():
+    from torchvision.models import swin_transformer as tv
+    from torchvision.models.video import swin_transformer as tv3
+
+    class Embed(tv3.PatchEmbed3d):
+        pass
+
+    return {
+        **_torchvision_shared_cases(),
+        "patch_size": [P(patch_size=[1, 4, 2])],
+        "depths": [P(depths=[1, 3], num_heads=[1, 2])],
+        "window_size": [P(window_size=[2, 3, 2]), P(window_size=[8, 7, 7])],  # (8, 7, 7): clamped on every axis
+        "block": [P(block=tv.SwinTransformerBlock),
+                  R("SwinTransformerBlockV2 .* is not torchvision's", block=tv.SwinTransformerBlockV2)],
+        "downsample_layer": [P(downsample_layer=tv.PatchMerging),
+                             R("only torchvision's PatchMerging", downsample_layer=tv.PatchMergingV2)],
+        "patch_embed": [P(patch_embed=tv3.PatchEmbed3d), R("other than torchvision's PatchEmbed3d", patch_embed=Embed)],
     }
 
 
@@ -298,6 +325,9 @@ def _transformers_cases(v2):
 _TIMM_BASE = dict(img_size=32, embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4, num_classes=3)
 _TV_BASE = dict(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=[4, 4],
                 stochastic_depth_prob=0.0, weights=None, progress=False, num_classes=3)
+_TV3D_BASE = dict(patch_size=[2, 4, 4], embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=[4, 3, 3],
+                  stochastic_depth_prob=0.0, weights=None, progress=False, num_classes=3)
+_TV3D_CLIP = (5, 19, 22)  # tokens 3 x 5 x 6: padded, shifted in space, clamped in time; stage 2 clamped on every axis
 _HF_BASE = dict(image_size=32, embed_dim=16, depths=[2, 2], num_heads=[1, 2], window_size=4)
 
 
@@ -308,6 +338,10 @@ def _peer(name):
         cls = (timm.models.swin_transformer_v2.SwinTransformerV2 if "v2" in name.lower()
                else timm.models.swin_transformer.SwinTransformer)
         return [cls.__init__], _timm_cases("v2" in name.lower()), (lambda **kw: cls(**{**_TIMM_BASE, **kw})), from_timm
+    if name == "torchvision SwinTransformer3d":
+        tv3 = pytest.importorskip("torchvision").models.video.swin_transformer
+        return [tv3.SwinTransformer3d.__init__, tv3.swin3d_t], _torchvision_3d_cases(), \
+            (lambda **kw: tv3._swin_transformer3d(**{**_TV3D_BASE, **kw})), from_torchvision
     if name.startswith("torchvision"):
         tvm = pytest.importorskip("torchvision").models.swin_transformer
         sigs = [tvm.SwinTransformer.__init__, tvm.swin_t, tvm.swin_v2_t]
@@ -320,8 +354,8 @@ def _peer(name):
         from_transformers
 
 
-PEERS = ["timm SwinTransformer", "timm SwinTransformerV2", "torchvision SwinTransformer", "transformers SwinConfig",
-         "transformers Swinv2Config"]
+PEERS = ["timm SwinTransformer", "timm SwinTransformerV2", "torchvision SwinTransformer",
+         "torchvision SwinTransformer3d", "transformers SwinConfig", "transformers Swinv2Config"]
 
 
 def _signature_options(sigs):
@@ -388,8 +422,9 @@ def test_peer_option(peer, option, i):
         src.config.return_dict = True  # the copy does not depend on it; transformers' own forward needs it
     m = convert(src)
     assert isinstance(m, swin_ext.SwinTransformerV2) == ("v2" in peer.lower())
+    assert isinstance(m, swin_ext.SwinTransformer3d) == peer.endswith("3d")
     img = kw.get("img_size", kw.get("image_size", 32))
-    img = img if isinstance(img, tuple) else (img, img)
+    img = _TV3D_CLIP if peer.endswith("3d") else img if isinstance(img, tuple) else (img, img)
     chans = kw.get("in_chans", kw.get("num_channels", 3))
     x = torch.randn(1, chans, *img, dtype=F64)
     _same_outputs(src, m, x, tol=1e-9)

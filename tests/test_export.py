@@ -157,6 +157,25 @@ def test_op_level_translations_v2_attention_and_add_layernorm(tmp_path):
         assert _rel(g, w) <= 1e-5
 
 
+def test_video_swin_onnx_runs_in_onnxruntime(tmp_path):
+    """Video Swin: the 3-D window attention (a clip padded on every axis, shifted: 27 shift regions) and the
+    per-frame patch merging translate into standard ONNX; onnxruntime matches PyTorch at other batch sizes."""
+    rt = _ort()
+    m = swin_ext.SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2],
+                                   window_size=[2, 3, 3], num_classes=5).eval()
+    x = torch.randn(2, 3, 9, 28, 20)  # tokens 5 x 7 x 5: padded to 6 x 9 x 6 and shifted by (1, 1, 1)
+    path = str(tmp_path / "video.onnx")
+    export_onnx(m, path, x, dynamic_batch=True, check=True)
+    ops, domains, _ = _op_types(path)
+    assert domains <= {"", "ai.onnx"} and ops <= STANDARD, (domains, ops - STANDARD)
+    sess = rt.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for B in (1, 3):
+        x = torch.randn(B, 3, 9, 28, 20)
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        with torch.no_grad():
+            assert _rel(got, m(x)) <= 1e-5
+
+
 def test_export_onnx_bad_input(tmp_path):
     m = _small()
     x = torch.randn(1, 3, 224, 224)

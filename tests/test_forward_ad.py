@@ -46,6 +46,12 @@ def _cases():
             lambda q, b, p: window_attention_reference(q, b, 2, (0, 1), qkv_pad=p),
             (_r(1, 3, 5, C3), _r(heads, 4, 4), _r(C3)),
         ),
+        # a 3 x 3 x 2 clip in (2, 2, 2) windows: padded along T and H, shifted along T and W (Video Swin)
+        "window_attention_3d": (
+            lambda q, b, p: window_attention(q, b, (2, 2, 2), (1, 0, 1), qkv_pad=p),
+            lambda q, b, p: window_attention_reference(q, b, (2, 2, 2), (1, 0, 1), qkv_pad=p),
+            (_r(1, 3, 3, 2, C3), _r(heads, 8, 8), _r(C3)),
+        ),
         "window_attention_v2": (
             lambda q, b, s, p: window_attention_v2(q, b, s, 2, (1, 0), qkv_pad=p),
             lambda q, b, s, p: window_attention_v2_reference(q, b, s, 2, (1, 0), qkv_pad=p),

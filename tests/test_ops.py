@@ -41,10 +41,12 @@ def test_op_table_covers_every_op():
 def test_cpp_checks_raise_python_errors():
     """The raw op validates too: a bad call is a RuntimeError, never a crash."""
     with pytest.raises(RuntimeError, match="shift"):
-        torch.ops.swin_ext.window_attention_fwd(torch.randn(1, 4, 4, 12), torch.randn(2, 16, 16), None, 4, 5, 0, 1.0)
+        torch.ops.swin_ext.window_attention_fwd(
+            torch.randn(1, 4, 4, 12), torch.randn(2, 16, 16), None, [4, 4], [5, 0], 1.0
+        )
     with pytest.raises(RuntimeError, match="bias must be"):
         torch.ops.swin_ext.window_attention_fwd(
-            torch.randn(1, 4, 4, 12), torch.randn(2, 16, 16, dtype=torch.float64), None, 4, 0, 0, 1.0
+            torch.randn(1, 4, 4, 12), torch.randn(2, 16, 16, dtype=torch.float64), None, [4, 4], [0, 0], 1.0
         )
     with pytest.raises(RuntimeError, match="grad_out"):
         torch.ops.swin_ext.patch_merging_bwd(
@@ -72,12 +74,16 @@ def test_limits_come_from_the_compiled_checks():
     from swin_ext._ext import LIMITS
     from swin_ext.ops import _validate
 
-    assert set(LIMITS) == {"MAX_WINDOW_SIZE", "MAX_DIM", "MAX_MERGE_CHANNELS", "MAX_LAYERNORM_CHANNELS"}
+    assert set(LIMITS) == {"MAX_WINDOW_SIZE", "MAX_WINDOW_TOKENS", "MAX_DIM", "MAX_MERGE_CHANNELS",
+                           "MAX_LAYERNORM_CHANNELS"}
     assert _validate.MAX_WINDOW_SIZE == LIMITS["MAX_WINDOW_SIZE"] and _validate.MAX_DIM == LIMITS["MAX_DIM"]
+    assert _validate.MAX_WINDOW_TOKENS == LIMITS["MAX_WINDOW_TOKENS"] == 2**30
     ws = LIMITS["MAX_WINDOW_SIZE"] + 1
     # the C++ check and the Python one name the same bound
     with pytest.raises(RuntimeError, match=f"window_size must be in \\[1, {ws - 1}\\]"):
-        torch.ops.swin_ext.window_attention_fwd(torch.randn(1, 2, 2, 6), torch.randn(1, 1, 1), None, ws, 0, 0, 1.0)
+        torch.ops.swin_ext.window_attention_fwd(
+            torch.randn(1, 2, 2, 6), torch.randn(1, 1, 1), None, [ws, ws], [0, 0], 1.0
+        )
     with pytest.raises(ValueError, match=f"window_size must be in \\[1, {ws - 1}\\]"):
         window_attention(torch.randn(1, 2, 2, 6), torch.randn(1, 1, 1), ws)
 
@@ -177,9 +183,9 @@ def test_gradient_penalty_matches_reference():
 
 def test_backward_ops_refuse_a_graph():
     q, b, _ = _attn_small()
-    out, lse = torch.ops.swin_ext.window_attention_fwd(q, b, None, 2, 1, 1, 0.5)
+    out, lse = torch.ops.swin_ext.window_attention_fwd(q, b, None, [2, 2], [1, 1], 0.5)
     with pytest.raises(RuntimeError, match="window_attention_bwd is not differentiable"):  # was: zeros + warning
-        torch.ops.swin_ext.window_attention_bwd(torch.ones_like(out), q, b, None, lse, 2, 1, 1, 0.5)
+        torch.ops.swin_ext.window_attention_bwd(torch.ones_like(out), q, b, None, lse, [2, 2], [1, 1], 0.5)
     x = torch.randn(1, 2, 2, 1, requires_grad=True)
     y, mean, rstd = torch.ops.swin_ext.patch_merging_fwd(x, torch.ones(4), torch.zeros(4), 1e-5)
     with pytest.raises(RuntimeError, match="patch_merging_bwd is not differentiable"):
@@ -192,7 +198,7 @@ def test_backward_ops_refuse_a_graph():
 
 def test_auxiliary_outputs_are_not_differentiable():
     q, b, _ = _attn_small()
-    out, lse = torch.ops.swin_ext.window_attention_fwd(q, b, None, 2, 1, 1, 0.5)
+    out, lse = torch.ops.swin_ext.window_attention_fwd(q, b, None, [2, 2], [1, 1], 0.5)
     assert out.requires_grad and not lse.requires_grad  # was: lse required grad, its gradient dropped
     x = torch.randn(1, 2, 2, 1, requires_grad=True)
     y, mean, rstd = torch.ops.swin_ext.patch_merging_fwd(x, torch.ones(4, requires_grad=True), torch.zeros(4), 1e-5)

@@ -71,6 +71,11 @@ def _attention_case(executor, case, variant, dtype, monkeypatch, gen, v2: bool) 
         monkeypatch.setenv(k, v)
     inp = attention_inputs(case, gen, dtype, v2=v2)
     scale = 1.0 if v2 else case.d ** -0.5  # V2: head_scale replaces it
+    if executor.is_cuda_kernel and not case.cuda_kernel_takes:
+        # This build's CUDA kernels take square 2-D windows: anything else is refused by name.
+        with pytest.raises(RuntimeError, match=r"is not supported by this build's CUDA kernels"):
+            run_attention(executor, case, inp, dtype, scale)
+        return
     got = run_attention(executor, case, inp, dtype, scale)
     check_attention(case, inp, got, dtype, scale)
 
@@ -350,7 +355,8 @@ OP_ARGUMENT_CASES = [
     ),  # was: N overflowed to 0, garbage output
     ("window-2**15+1", _attn(window_size=2**15 + 1, bias=torch.randn(2, 0, 0)), ValueError, "window_size must be in"),
     ("window-zero", _attn(window_size=0), ValueError, "window_size"),
-    ("shift-ge-window", _attn(shift=(0, 4)), ValueError, r"shift must satisfy 0 <= shift < window_size \(4\)"),
+    ("shift-ge-window", _attn(shift=(0, 4)), ValueError,
+     r"shift must satisfy 0 <= shift < window_size on every axis, got shift \(0, 4\) for window_size \(4, 4\)"),
     ("bias-wrong-shape", _attn(bias=torch.randn(2, 9, 9)), ValueError, r"bias must be \(heads, 16, 16\)"),
     ("heads-zero", _attn(bias=torch.randn(0, 16, 16)), ValueError, "not divisible by heads=0"),
     (
@@ -386,7 +392,7 @@ def _raw_attn(device="cpu", qkv_shape=(1, 4, 4, 12), bias_shape=(2, 16, 16), ws=
         b = torch.empty(bias_shape, device=device) if device == "meta" else torch.randn(bias_shape)
         if layout == "sparse":
             q = q.to_sparse()
-        return torch.ops.swin_ext.window_attention_fwd(q, b, None, ws, sh, sw, scale)
+        return torch.ops.swin_ext.window_attention_fwd(q, b, None, [ws, ws], [sh, sw], scale)
 
     return f
 
@@ -416,7 +422,7 @@ class _RawAttn(torch.nn.Module):
         self.shift = shift
 
     def forward(self, q, b):
-        return torch.ops.swin_ext.window_attention_fwd(q, b, None, 4, self.shift, 0, 1.0)[0]
+        return torch.ops.swin_ext.window_attention_fwd(q, b, None, [4, 4], [self.shift, 0], 1.0)[0]
 
 
 def test_fake_kernel_refuses_under_compile_and_export():
@@ -438,19 +444,22 @@ def test_overflowing_sizes_in_a_child_process():
         CHILD_HARNESS
         + r"""
 q, b0 = torch.randn(1, 4, 4, 12), torch.randn(2, 0, 0)
-case("raw-2**32", lambda: torch.ops.swin_ext.window_attention_fwd(q, b0, None, 2**32, 0, 0, 1.0))
-case("raw-2**31", lambda: torch.ops.swin_ext.window_attention_fwd(q, b0, None, 2**31 + 1, 0, 0, 1.0))
+case("raw-2**32", lambda: torch.ops.swin_ext.window_attention_fwd(q, b0, None, [2**32, 2**32], [0, 0], 1.0))
+case("raw-2**31", lambda: torch.ops.swin_ext.window_attention_fwd(q, b0, None, [2**31 + 1, 1], [0, 0], 1.0))
 case("wrapper-2**32", lambda: swin_ext.window_attention(q, b0, 2**32))
 case("raw-bwd-2**32", lambda: torch.ops.swin_ext.window_attention_bwd(torch.randn(1, 4, 4, 4), q, b0, None,
-     torch.empty(1, 1, 2, 0), 2**32, 0, 0, 1.0))
+     torch.empty(1, 1, 2, 0), [2**32, 2**32], [0, 0], 1.0))
 case("huge-empty-map", lambda: torch.ops.swin_ext.window_attention_fwd(torch.empty(0, 2**40 + 1, 1, 12),
-     torch.randn(2, 16, 16), None, 4, 0, 0, 1.0))
+     torch.randn(2, 16, 16), None, [4, 4], [0, 0], 1.0))
+case("raw-video-N-2**45", lambda: torch.ops.swin_ext.window_attention_fwd(torch.randn(1, 2, 2, 2, 12), b0, None,
+     [2**15, 2**15, 2**15], [0, 0, 0], 1.0))
 print(json.dumps(results))
 """
     )
     r = run_child(code)
     for name in ("raw-2**32", "raw-2**31", "raw-bwd-2**32"):
         assert r[name].startswith("RuntimeError: swin_ext.window_attention") and "window_size must be in" in r[name], r
+    assert r["raw-video-N-2**45"].startswith("RuntimeError:") and "more than the supported" in r["raw-video-N-2**45"]
     assert r["wrapper-2**32"].startswith("ValueError:") and "window_size" in r["wrapper-2**32"]
     assert r["huge-empty-map"].startswith("RuntimeError:") and "larger than the supported" in r["huge-empty-map"]
 
@@ -487,3 +496,126 @@ RESULT_CASES = [
 @pytest.mark.parametrize("fn", [pytest.param(c[1], id=c[0]) for c in RESULT_CASES])
 def test_op_result(fn):
     fn()
+
+
+# ----------------------------------------------------------------------------- 3-D windows (Video Swin)
+
+
+def _video_leaves(B, T, H, W, window, heads=2, d=4, dtype=F64, pad=True):
+    N = math.prod(window)
+    qkv = torch.randn(B, T, H, W, 3 * heads * d, dtype=dtype)
+    bias = torch.randn(heads, N, N, dtype=torch.float64 if dtype == F64 else torch.float32)
+    return qkv, bias, (torch.randn(3 * heads * d, dtype=dtype) if pad else None)
+
+
+def test_video_one_frame_is_the_2d_map():
+    """One geometry: a clip of one frame with a window of depth 1 is the 2-D map, bitwise, forward and backward."""
+    qkv, bias, pad = _video_leaves(2, 1, 9, 7, (1, 4, 4))
+    g = torch.randn(2, 1, 9, 7, 8, dtype=F64)
+    res = []
+    for q, gg, win, sh in ((qkv, g, (1, 4, 4), (0, 2, 1)), (qkv[:, 0], g[:, 0], 4, (2, 1))):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, bias, pad)]
+        out = window_attention(*leaves[:2], win, sh, None, leaves[2])
+        res.append([out.reshape(-1)] + [t.reshape(-1) for t in torch.autograd.grad(out, leaves, gg.view_as(out))])
+    for a, b in zip(*res):
+        assert torch.equal(a, b)
+
+
+def test_video_depth1_windows_are_per_frame_2d_windows():
+    """Windows of depth 1 on a clip: each frame attends alone, as the 2-D op on (B * T) maps."""
+    qkv, bias, pad = _video_leaves(2, 3, 6, 5, (1, 3, 3))
+    out = window_attention(qkv, bias, (1, 3, 3), (0, 1, 2), None, pad)
+    want = window_attention(qkv.flatten(0, 1), bias, 3, (1, 2), None, pad).view_as(out)
+    assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("padded,window,shift", [
+    ((8, 14, 14), (8, 7, 7), (4, 3, 3)),  # Video Swin's: 27 regions
+    ((8, 14, 14), (8, 7, 7), (0, 3, 3)),  # T clamped (unshifted)
+    ((6, 4, 9), (3, 2, 3), (1, 0, 2)),  # H unshifted
+    ((4, 6, 6), (2, 3, 3), (1, 1, 1)),
+])
+def test_region_mask_is_torchvisions_3d_mask(padded, window, shift):
+    """The 27-region mask from region ids is torchvision's (and the official) slice-assigned mask."""
+    from torchvision.models.video.swin_transformer import _compute_attention_mask_3d
+
+    from swin_ext.ops.reference import shift_mask
+
+    want = _compute_attention_mask_3d(torch.zeros(1, dtype=F64), padded, window, shift)
+    torch.testing.assert_close(shift_mask(padded, window, shift, dtype=F64), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("size", [(16, 56, 56), (8, 7, 7), (4, 7, 3), (9, 1, 8), (1, 1, 1)])
+def test_clamp_window_is_torchvisions(size):
+    from torchvision.models.video.swin_transformer import _get_window_and_shift_size
+
+    from swin_ext.ops.reference import clamp_window
+
+    for shift in ([0, 0, 0], [4, 3, 3]):
+        w, s = _get_window_and_shift_size(list(shift), list(size), [8, 7, 7])
+        assert clamp_window(size, (8, 7, 7), shift) == (tuple(w), tuple(s))
+
+
+@pytest.mark.parametrize("size,window,shift", [
+    ((5, 9, 7), (4, 3, 3), (2, 1, 1)),  # padded on every axis, then shifted
+    ((4, 6, 6), (4, 3, 3), (0, 1, 1)),  # T = window: not shifted along T
+    ((3, 4, 5), (3, 4, 5), (0, 0, 0)),  # one window
+])
+def test_video_op_is_torchvisions_shifted_window_attention_3d(size, window, shift):
+    """The fused op (qkv Linear applied first, padding tokens carrying its bias) against torchvision's
+    ``shifted_window_attention_3d`` itself, float64."""
+    from torchvision.models.video.swin_transformer import shifted_window_attention_3d
+
+    heads, C = 2, 8
+    N = math.prod(window)
+    x = torch.randn(2, *size, C, dtype=F64, requires_grad=True)
+    wq, bq = torch.randn(3 * C, C, dtype=F64), torch.randn(3 * C, dtype=F64)
+    wp, bp = torch.randn(C, C, dtype=F64), torch.randn(C, dtype=F64)
+    bias = torch.randn(heads, N, N, dtype=F64)
+    want = shifted_window_attention_3d(x, wq, wp, bias.unsqueeze(0), list(window), heads, list(shift),
+                                       qkv_bias=bq, proj_bias=bp, training=False)
+    pad = bq if any(n % w for n, w in zip(size, window)) else None
+    got = torch.nn.functional.linear(window_attention(x @ wq.T + bq, bias, window, shift, None, pad), wp, bp)
+    g = torch.randn_like(want)
+    for a, b in ((got, want), (torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])):
+        assert ((a - b).abs().max() / b.abs().max()).item() <= 1e-12
+
+
+def test_video_vmap_and_grad():
+    from torch.func import grad, vmap
+
+    qkv, bias, pad = _video_leaves(3, 3, 4, 5, (2, 3, 3), pad=True)
+
+    def loss(fn):
+        return lambda b, q: fn(q[None], b, (2, 3, 3), (1, 1, 1), None, pad).pow(2).sum()
+
+    per_sample = [vmap(grad(loss(fn)), in_dims=(None, 0))(bias, qkv)
+                  for fn in (window_attention, window_attention_reference)]
+    _close(per_sample[0], per_sample[1], 1e-9)
+    out = vmap(lambda q: window_attention(q, bias, (2, 3, 3), (1, 1, 1)))(qkv.view(3, 1, *qkv.shape[1:]))
+    _close(out.view(3, *out.shape[2:]), window_attention(qkv, bias, (2, 3, 3), (1, 1, 1)))
+
+
+VIDEO_ARGUMENT_CASES = [
+    ("window-pair-on-clip", dict(window_size=(2, 2)), TypeError, r"window_size must be an int or 3 ints"),
+    ("shift-pair-on-clip", dict(shift=(1, 1)), TypeError, r"shift must be an int or 3 ints"),
+    ("shift-ge-window-T", dict(shift=(2, 0, 0)), ValueError, r"shift must satisfy 0 <= shift < window_size on every"),
+    ("window-float", dict(window_size=(2, 2.0, 2)), TypeError, r"window_size\[1\] must be an int"),
+    ("bias-shape", dict(bias=torch.randn(2, 16, 16)), ValueError,
+     r"bias must be \(heads, 8, 8\) for window_size \(2, 2, 2\)"),
+    ("too-many-tokens", dict(window_size=(2**11, 2**10, 2**10), bias=torch.randn(2, 0, 0)), ValueError,
+     r"holds 2147483648 tokens, more than the supported 1073741824"),
+    ("qkv-6d", dict(qkv=torch.randn(1, 1, 2, 2, 2, 12)), ValueError, r"qkv must have 4 dims \(B, H, W, 3C\) or 5 dims"),
+]
+
+
+@pytest.mark.parametrize("over,exc,match", [pytest.param(*c[1:], id=c[0]) for c in VIDEO_ARGUMENT_CASES])
+def test_video_op_argument(over, exc, match):
+    a = dict(qkv=torch.randn(1, 2, 4, 4, 12), bias=torch.randn(2, 8, 8), window_size=(2, 2, 2), shift=0)
+    a.update(over)
+    with pytest.raises(exc, match=match):
+        window_attention(a["qkv"], a["bias"], a["window_size"], a["shift"])
+    w, s = a["window_size"], a["shift"] if not isinstance(a["shift"], int) else (a["shift"],) * 3
+    if all(isinstance(v, int) for v in (*w, *s)):
+        with pytest.raises(RuntimeError, match="swin_ext.window_attention"):  # the raw op's own TORCH_CHECK
+            torch.ops.swin_ext.window_attention_fwd(a["qkv"], a["bias"], None, list(w), list(s), 1.0)

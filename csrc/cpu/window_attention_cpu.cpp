@@ -1,7 +1,8 @@
 // CPU kernels of the fused shifted-window attention.
 //
 // One work item is a window of one image (forward) or a window over the
-// whole batch (backward), for a chunk of its heads.  The item's tokens are
+// whole batch (backward), for a chunk of its heads.  Maps are 2-D (B, H, W)
+// or 3-D (B, T, H, W) clips: one geometry (swin_geometry.h), one code path.  The item's tokens are
 // found by index math (pad + roll + partition, see swin_geometry.h) and each
 // token's qkv row is read once, in order, for all the chunk's heads (one
 // sequential pass over the row, which the hardware prefetcher follows; a
@@ -84,7 +85,7 @@ template <typename acc_t>
 struct Work {
   int64_t N, Nr, Np, d, dp, tile, ttile;
   std::vector<acc_t> q, k, v, kt, vt, o, dO, dq, dk, dv, S, dS;
-  std::vector<int64_t> offset;  // token offset into the (B, H, W) map; -1: padding
+  std::vector<int64_t> offset;  // token row of the (B, [T,] H, W) map; -1: padding
   std::vector<int> region;
   Work(int64_t N_, int64_t d_, int64_t hmax, bool backward)
       : N(N_), Nr(round_up(N_, cpu::kRowBlock)), Np(round_up(N_, cpu::kPad)), d(d_),
@@ -114,7 +115,7 @@ SWIN_ALWAYS_INLINE void locate_window(const AttnArgs<scalar_t>& a, int64_t b, in
   for (int64_t i = 0; i < w.N; ++i) {
     const TokenLoc loc = locate_token(a.g, win, i);
     w.region[i] = loc.region;
-    w.offset[i] = loc.valid ? (b * a.g.H + loc.y) * a.g.W + loc.x : -1;
+    w.offset[i] = loc.valid ? token_row(a.g, b, loc) : -1;
   }
 }
 
@@ -131,7 +132,7 @@ SWIN_ALWAYS_INLINE void prefetch_window(const AttnArgs<scalar_t>& a, int64_t b, 
   for (int64_t i = 0; i < a.g.N; ++i) {
     const TokenLoc loc = locate_token(a.g, win, i);
     if (!loc.valid) continue;
-    const int64_t off = (b * a.g.H + loc.y) * a.g.W + loc.x;
+    const int64_t off = token_row(a.g, b, loc);
     const scalar_t* row = a.qkv + off * 3 * C + h0 * a.d;
     for (int part = 0; part < 3; ++part)
       for (int64_t c = 0; c < len; c += kLine) __builtin_prefetch(row + part * C + c, 0, 3);
@@ -384,11 +385,11 @@ AttnArgs<scalar_t> make_args(const at::Tensor& qkv, const at::Tensor& bias, cons
   AttnArgs<scalar_t> a{};
   a.g = g;
   a.heads = bias.size(0);
-  a.C = qkv.size(3) / 3;
+  a.C = qkv.size(-1) / 3;
   a.d = a.C / a.heads;
   a.chunks = 1;
   a.scale = static_cast<acc_t>(scale);
-  a.masked = g.sh > 0 || g.sw > 0;
+  a.masked = g.shifted();
   a.qkv = qkv.const_data_ptr<scalar_t>();
   a.pad = has_pad ? pad.const_data_ptr<scalar_t>() : nullptr;
   a.bias = bias.const_data_ptr<acc_t>();
@@ -397,9 +398,8 @@ AttnArgs<scalar_t> make_args(const at::Tensor& qkv, const at::Tensor& bias, cons
 
 std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cpu(
     const at::Tensor& qkv_in, const at::Tensor& bias_in, const std::optional<at::Tensor>& qkv_pad,
-    int64_t window_size, int64_t shift_h, int64_t shift_w, double scale) {
-  const WindowGeometry g =
-      check_attention_args(qkv_in, bias_in, qkv_pad, window_size, shift_h, shift_w);
+    at::IntArrayRef window_size, at::IntArrayRef shift, double scale) {
+  const WindowGeometry g = check_attention_args(qkv_in, bias_in, qkv_pad, window_size, shift);
   check_attention_scale(scale);
   TORCH_CHECK(qkv_in.device().is_cpu(), "swin_ext: CPU kernel called with ", qkv_in.device());
   const at::Tensor qkv = qkv_in.contiguous();
@@ -407,7 +407,9 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cpu(
   const bool has_pad = qkv_pad.has_value();
   const at::Tensor pad = has_pad ? qkv_pad->contiguous() : at::Tensor();
   const int64_t heads = bias.size(0);
-  at::Tensor out = at::empty({g.B, g.H, g.W, qkv.size(3) / 3}, qkv.options());
+  std::vector<int64_t> out_sizes = attention_map_sizes(g, qkv);
+  out_sizes.push_back(qkv.size(-1) / 3);
+  at::Tensor out = at::empty(out_sizes, qkv.options());
   at::Tensor lse =
       at::empty({g.B, g.nW, heads, g.N}, qkv.options().dtype(acc_type_of(qkv.scalar_type())));
   if (out.numel() == 0) return {out, lse};
@@ -424,14 +426,13 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cpu(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& qkv_in, const at::Tensor& bias_in,
-    const std::optional<at::Tensor>& qkv_pad, const at::Tensor& lse_in, int64_t window_size,
-    int64_t shift_h, int64_t shift_w, double scale) {
-  const WindowGeometry g =
-      check_attention_args(qkv_in, bias_in, qkv_pad, window_size, shift_h, shift_w);
+    const std::optional<at::Tensor>& qkv_pad, const at::Tensor& lse_in, at::IntArrayRef window_size,
+    at::IntArrayRef shift, double scale) {
+  const WindowGeometry g = check_attention_args(qkv_in, bias_in, qkv_pad, window_size, shift);
   check_attention_scale(scale);
   TORCH_CHECK(qkv_in.device().is_cpu(), "swin_ext: CPU kernel called with ", qkv_in.device());
   const int64_t heads = bias_in.size(0);
-  const int64_t C3 = qkv_in.size(3);
+  const int64_t C3 = qkv_in.size(-1);
   check_attention_bwd_args(grad_out_in, qkv_in, lse_in, g, heads);
   const at::Tensor qkv = qkv_in.contiguous();
   const at::Tensor bias = bias_in.contiguous();

@@ -66,26 +66,26 @@ Normalised normalise(const at::Tensor& qkv, const at::Tensor& head_scale) {
 }
 
 c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                            const std::optional<at::Tensor>&, int64_t, int64_t,
-                                                            int64_t, double)>
+                                                            const std::optional<at::Tensor>&, at::IntArrayRef,
+                                                            at::IntArrayRef, double)>
 v1_fwd() {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("swin_ext::window_attention_fwd", "")
                        .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                 const std::optional<at::Tensor>&, int64_t,
-                                                                 int64_t, int64_t, double)>();
+                                                                 const std::optional<at::Tensor>&, at::IntArrayRef,
+                                                                 at::IntArrayRef, double)>();
   return op;
 }
 
 c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
-    int64_t, int64_t, int64_t, double)>
+    at::IntArrayRef, at::IntArrayRef, double)>
 v1_bwd() {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("swin_ext::window_attention_bwd", "")
                        .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                            const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const std::optional<at::Tensor>&, const at::Tensor&, int64_t, int64_t, int64_t,
+                           const std::optional<at::Tensor>&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
                            double)>();
   return op;
 }
@@ -94,12 +94,12 @@ std::tuple<at::Tensor, at::Tensor> window_attention_v2_fwd_cpu(const at::Tensor&
                                                                const std::optional<at::Tensor>& qkv_pad,
                                                                const at::Tensor& head_scale, int64_t window_size,
                                                                int64_t shift_h, int64_t shift_w) {
-  check_attention_args(qkv, bias, qkv_pad, window_size, shift_h, shift_w);
+  check_attention_args_2d(qkv, bias, qkv_pad, window_size, shift_h, shift_w);
   check_v2_head_scale(head_scale, qkv, bias);
   const Normalised n = normalise(qkv, head_scale);
   std::optional<at::Tensor> pad_n;
   if (qkv_pad.has_value()) pad_n = normalise(qkv_pad->view({1, -1}), head_scale).qkv.view({-1});
-  return v1_fwd().call(n.qkv, bias, pad_n, window_size, shift_h, shift_w, 1.0);
+  return v1_fwd().call(n.qkv, bias, pad_n, {window_size, window_size}, {shift_h, shift_w}, 1.0);
 }
 
 // d of (q' = s q^, k^, v) -> d of (q, k, v); adds sum(q^ . dq') over every
@@ -123,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_v2_b
     const at::Tensor& grad_out, const at::Tensor& qkv, const at::Tensor& bias,
     const std::optional<at::Tensor>& qkv_pad, const at::Tensor& head_scale, const at::Tensor& lse,
     int64_t window_size, int64_t shift_h, int64_t shift_w) {
-  check_attention_args(qkv, bias, qkv_pad, window_size, shift_h, shift_w);
+  check_attention_args_2d(qkv, bias, qkv_pad, window_size, shift_h, shift_w);
   check_v2_head_scale(head_scale, qkv, bias);
   const Normalised n = normalise(qkv, head_scale);
   std::optional<at::Tensor> pad_n;
@@ -132,7 +132,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_v2_b
     np = normalise(qkv_pad->view({1, -1}), head_scale);
     pad_n = np.qkv.view({-1});
   }
-  auto [dqkv_n, dbias, dpad_n] = v1_bwd().call(grad_out, n.qkv, bias, pad_n, lse, window_size, shift_h, shift_w, 1.0);
+  auto [dqkv_n, dbias, dpad_n] = v1_bwd().call(grad_out, n.qkv, bias, pad_n, lse, {window_size, window_size},
+                                              {shift_h, shift_w}, 1.0);
   at::Tensor ds = at::zeros({head_scale.size(0)}, head_scale.options());
   at::Tensor dqkv = chain(n, dqkv_n, head_scale, ds).to(qkv.scalar_type()).contiguous();
   at::Tensor dpad = dpad_n;

@@ -71,11 +71,23 @@ inline void check_attention_limits(const WindowGeometry& g, int64_t heads, int64
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// The CUDA kernels of this build index a 2-D map with a square window.  A
+// clip (B, T, H, W) whose windows have depth 1 is B * T independent frames
+// (no temporal shift: 0 <= st < wt = 1), so it runs as that 2-D map; 3-D
+// windows (depth > 1) and non-square windows are refused here, naming the
+// window (the CPU kernel runs them).
+inline WindowGeometry cuda_frames_geometry(const WindowGeometry& g) {
+  TORCH_CHECK(g.wt == 1 && g.wh == g.ww, "swin_ext.window_attention (CUDA): window_size (", g.wt, ", ", g.wh,
+              ", ", g.ww, ") is not supported by this build's CUDA kernels (they take square 2-D windows; "
+              "3-D windows of depth > 1 run on the CPU kernel)");
+  return make_geometry(g.B * g.T, 1, g.H, g.W, 1, g.wh, g.ww, 0, g.sh, g.sw);
+}
+
 inline cuda::attn::AttnParams attention_params(const WindowGeometry& g, int64_t heads, int64_t d,
                                                double scale, size_t elem_size) {
   cuda::attn::AttnParams p;
   p.g = {static_cast<int>(g.H), static_cast<int>(g.W), static_cast<int>(g.Hp), static_cast<int>(g.Wp),
-         static_cast<int>(g.ws), static_cast<int>(g.N), static_cast<int>(g.nWw), static_cast<int>(g.nW),
+         static_cast<int>(g.wh), static_cast<int>(g.N), static_cast<int>(g.nWw), static_cast<int>(g.nW),
          static_cast<int>(g.sh), static_cast<int>(g.sw)};
   p.g.set_divisors();
   p.B = static_cast<int>(g.B);
@@ -85,8 +97,8 @@ inline cuda::attn::AttnParams attention_params(const WindowGeometry& g, int64_t 
   p.img_qkv = g.H * g.W * 3 * heads * d;
   p.img_out = g.H * g.W * heads * d;
   p.scale = scale;
-  p.masked = g.sh > 0 || g.sw > 0;
-  p.padded = g.Hp != g.H || g.Wp != g.W;
+  p.masked = g.shifted();
+  p.padded = g.padded();
   // 16-byte vectors when every row slice (token stride 3C or C, head offset
   // h * d) is a multiple of 16 bytes; the pointers are checked by the caller.
   p.vec = (d * elem_size) % 16 == 0;
@@ -127,7 +139,7 @@ inline void check_attention_launch(int64_t blocks, int smem, int optin, const Wi
   TORCH_CHECK(blocks < (int64_t(1) << 31), "swin_ext.window_attention (CUDA): ", kernel, " needs ", blocks,
               " blocks, more than a grid holds (batch ", g.B, ", ", g.nW, " windows)");
   TORCH_CHECK(smem <= optin, "swin_ext.window_attention (CUDA): ", kernel, " needs ", smem,
-              " bytes of shared memory per block for window ", g.ws, ", head_dim ", d, ", dtype ", dtype,
+              " bytes of shared memory per block for window ", g.wh, ", head_dim ", d, ", dtype ", dtype,
               "; this GPU allows ", optin);
 }
 
@@ -168,30 +180,32 @@ inline void check_head_scale(const at::Tensor& head_scale, const at::Tensor& qkv
 
 // The forward of both attention ops: V1 (head_scale undefined) and Swin V2's
 // cosine attention (q, k L2-normalised, q times head_scale, scale 1).
+// g_in: the geometry check_attention_args returned for qkv_in.
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor> window_attention_fwd_impl(const at::Tensor& qkv_in,
                                                              const at::Tensor& bias_in,
                                                              const std::optional<at::Tensor>& qkv_pad,
                                                              const at::Tensor& head_scale_in,
-                                                             int64_t window_size, int64_t shift_h,
-                                                             int64_t shift_w, double scale) {
-  const WindowGeometry g =
-      check_attention_args(qkv_in, bias_in, qkv_pad, window_size, shift_h, shift_w);
+                                                             const WindowGeometry& g_in, double scale) {
   check_attention_scale(scale);
   const bool v2 = head_scale_in.defined();
   if (v2) check_head_scale(head_scale_in, qkv_in, bias_in.size(0));
   Backend::check_device(qkv_in, "qkv");
   const typename Backend::Guard guard(qkv_in.device());
-  const at::Tensor qkv = qkv_in.contiguous();
+  const WindowGeometry g = cuda_frames_geometry(g_in);
+  const at::Tensor qkv = qkv_in.contiguous().view({g.B, g.H, g.W, qkv_in.size(-1)});
   const at::Tensor bias = bias_in.contiguous();
   const bool has_pad = qkv_pad.has_value();
   const at::Tensor pad = has_pad ? qkv_pad->contiguous() : at::Tensor();
   const at::Tensor head_scale = v2 ? head_scale_in.contiguous() : at::Tensor();
   const int64_t heads = bias.size(0), C = qkv.size(3) / 3, d = C / heads;
+  std::vector<int64_t> out_sizes = attention_map_sizes(g_in, qkv_in);
+  out_sizes.push_back(C);
   at::Tensor out = Backend::output({g.B, g.H, g.W, C}, qkv.options());
   at::Tensor lse =
       Backend::output({g.B, g.nW, heads, g.N}, qkv.options().dtype(acc_type_of(qkv.scalar_type())));
-  if (out.numel() == 0) return {out, lse};
+  const std::vector<int64_t> lse_sizes = {g_in.B, g_in.nW, heads, g_in.N};
+  if (out.numel() == 0) return {out.view(out_sizes), lse.view(lse_sizes)};
   check_attention_limits(g, heads, d);
   const cudaStream_t stream = Backend::stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -215,15 +229,16 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_impl(const at::Tensor& q
                                "the forward launch (or raising its shared-memory limit)");
         Backend::check_launch();
       });
-  return {out, lse};
+  return {out.view(out_sizes), lse.view(lse_sizes)};
 }
 
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor> window_attention_fwd(const at::Tensor& qkv, const at::Tensor& bias,
                                                         const std::optional<at::Tensor>& qkv_pad,
-                                                        int64_t window_size, int64_t shift_h,
-                                                        int64_t shift_w, double scale) {
-  return window_attention_fwd_impl<Backend>(qkv, bias, qkv_pad, at::Tensor(), window_size, shift_h, shift_w, scale);
+                                                        at::IntArrayRef window_size, at::IntArrayRef shift,
+                                                        double scale) {
+  const WindowGeometry g = check_attention_args(qkv, bias, qkv_pad, window_size, shift);
+  return window_attention_fwd_impl<Backend>(qkv, bias, qkv_pad, at::Tensor(), g, scale);
 }
 
 template <class Backend>
@@ -231,7 +246,8 @@ std::tuple<at::Tensor, at::Tensor> window_attention_v2_fwd(const at::Tensor& qkv
                                                            const std::optional<at::Tensor>& qkv_pad,
                                                            const at::Tensor& head_scale, int64_t window_size,
                                                            int64_t shift_h, int64_t shift_w) {
-  return window_attention_fwd_impl<Backend>(qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w, 1.0);
+  const WindowGeometry g = check_attention_args_2d(qkv, bias, qkv_pad, window_size, shift_h, shift_w);
+  return window_attention_fwd_impl<Backend>(qkv, bias, qkv_pad, head_scale, g, 1.0);
 }
 
 // The backward of both attention ops; dhead_scale is returned (V2) or empty.
@@ -239,20 +255,19 @@ template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_impl(
     const at::Tensor& grad_out_in, const at::Tensor& qkv_in, const at::Tensor& bias_in,
     const std::optional<at::Tensor>& qkv_pad, const at::Tensor& head_scale_in, const at::Tensor& lse_in,
-    int64_t window_size, int64_t shift_h, int64_t shift_w, double scale) {
-  const WindowGeometry g =
-      check_attention_args(qkv_in, bias_in, qkv_pad, window_size, shift_h, shift_w);
+    const WindowGeometry& g_in, double scale) {
   check_attention_scale(scale);
   const bool v2 = head_scale_in.defined();
   if (v2) check_head_scale(head_scale_in, qkv_in, bias_in.size(0));
   Backend::check_device(qkv_in, "qkv");
   const typename Backend::Guard guard(qkv_in.device());
-  const int64_t heads = bias_in.size(0), C3 = qkv_in.size(3), C = C3 / 3, d = C / heads;
-  check_attention_bwd_args(grad_out_in, qkv_in, lse_in, g, heads);
-  const at::Tensor qkv = qkv_in.contiguous();
+  const int64_t heads = bias_in.size(0), C3 = qkv_in.size(-1), C = C3 / 3, d = C / heads;
+  check_attention_bwd_args(grad_out_in, qkv_in, lse_in, g_in, heads);
+  const WindowGeometry g = cuda_frames_geometry(g_in);
+  const at::Tensor qkv = qkv_in.contiguous().view({g.B, g.H, g.W, C3});
   const at::Tensor bias = bias_in.contiguous();
-  const at::Tensor grad_out = grad_out_in.contiguous();
-  const at::Tensor lse = lse_in.contiguous();
+  const at::Tensor grad_out = grad_out_in.contiguous().view({g.B, g.H, g.W, C});
+  const at::Tensor lse = lse_in.contiguous().view({g.B, g.nW, heads, g.N});
   const bool has_pad = qkv_pad.has_value();
   const at::Tensor pad = has_pad ? qkv_pad->contiguous() : at::Tensor();
   const at::Tensor head_scale = v2 ? head_scale_in.contiguous() : at::Tensor();
@@ -260,7 +275,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
 
   at::Tensor dqkv = Backend::output(qkv.sizes(), qkv.options());
   if (qkv.numel() == 0) {
-    return {dqkv, at::zeros({heads, g.N, g.N}, acc_opts), at::zeros({C3}, acc_opts),
+    return {dqkv.view(qkv_in.sizes()), at::zeros({heads, g.N, g.N}, acc_opts), at::zeros({C3}, acc_opts),
             v2 ? at::zeros({heads}, acc_opts) : at::Tensor()};
   }
   check_attention_limits(g, heads, d);
@@ -311,16 +326,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
         dpad = plan.dpad_slots ? at::cat({at::zeros({C}, acc_opts), dpad_part.sum(0)}) : at::zeros({C3}, acc_opts);
         if (v2) dscale = dscale_part.sum(0);
       });
-  return {dqkv, dbias, dpad, dscale};
+  return {dqkv.view(qkv_in.sizes()), dbias, dpad, dscale};
 }
 
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd(
     const at::Tensor& grad_out, const at::Tensor& qkv, const at::Tensor& bias,
-    const std::optional<at::Tensor>& qkv_pad, const at::Tensor& lse, int64_t window_size,
-    int64_t shift_h, int64_t shift_w, double scale) {
-  auto r = window_attention_bwd_impl<Backend>(grad_out, qkv, bias, qkv_pad, at::Tensor(), lse, window_size, shift_h,
-                                              shift_w, scale);
+    const std::optional<at::Tensor>& qkv_pad, const at::Tensor& lse, at::IntArrayRef window_size,
+    at::IntArrayRef shift, double scale) {
+  const WindowGeometry g = check_attention_args(qkv, bias, qkv_pad, window_size, shift);
+  auto r = window_attention_bwd_impl<Backend>(grad_out, qkv, bias, qkv_pad, at::Tensor(), lse, g, scale);
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
 }
 
@@ -329,8 +344,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_v2_b
     const at::Tensor& grad_out, const at::Tensor& qkv, const at::Tensor& bias,
     const std::optional<at::Tensor>& qkv_pad, const at::Tensor& head_scale, const at::Tensor& lse,
     int64_t window_size, int64_t shift_h, int64_t shift_w) {
-  return window_attention_bwd_impl<Backend>(grad_out, qkv, bias, qkv_pad, head_scale, lse, window_size, shift_h,
-                                            shift_w, 1.0);
+  const WindowGeometry g = check_attention_args_2d(qkv, bias, qkv_pad, window_size, shift_h, shift_w);
+  return window_attention_bwd_impl<Backend>(grad_out, qkv, bias, qkv_pad, head_scale, lse, g, 1.0);
 }
 
 // ------------------------------------------------------------------ add + LayerNorm

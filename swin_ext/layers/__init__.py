@@ -7,7 +7,7 @@ its fast path does not apply, and its docstring says what runs where.
 from .attention import window_attention, window_attention_v2
 from .config import autocast_dtype, has_kernel, onednn_available, set_onednn, use_onednn
 from .fast_linear import Linear, linear, linear_gelu
-from .mlp import Mlp
+from .mlp import Mlp, SequentialMlp
 from .norm import add_layernorm, residual_add
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "linear",
     "linear_gelu",
     "Mlp",
+    "SequentialMlp",
     "has_kernel",
     "use_onednn",
     "set_onednn",

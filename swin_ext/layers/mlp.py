@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from .fast_linear import Linear, linear_gelu
 
-__all__ = ["Mlp"]
+__all__ = ["Mlp", "SequentialMlp"]
 
 
 class Mlp(nn.Module):
@@ -28,3 +28,17 @@ class Mlp(nn.Module):
         """``(..., dim)`` -> ``(..., dim)``."""
         x = self.drop(linear_gelu(x, self.fc1, self.act.approximate))
         return self.drop(self.fc2(x))
+
+
+class SequentialMlp(nn.Sequential):
+    """The MLP in torchvision's layout (``torchvision.ops.MLP``: keys ``0`` and ``3``): Linear,
+    GELU, Dropout, Linear, Dropout on ``(..., dim)``, with :class:`Mlp`'s fast paths (``fast``)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, fast: bool = True) -> None:
+        super().__init__(Linear(dim, hidden, fast=fast), nn.GELU(), nn.Dropout(drop), Linear(hidden, dim, fast=fast),
+                         nn.Dropout(drop))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., dim)`` -> ``(..., dim)``."""
+        fc1, act, drop1, fc2, drop2 = self
+        return drop2(fc2(drop1(linear_gelu(x, fc1, act.approximate))))

@@ -1,11 +1,13 @@
-"""Patch embedding: the non-overlapping patch projection that starts every Swin model."""
+"""Patch embedding: the non-overlapping patch projection that starts every Swin model (2-D and video)."""
 from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["PatchEmbed"]
+__all__ = ["PatchEmbed", "PatchEmbed3d"]
 
 
 class PatchEmbed(nn.Module):
@@ -36,3 +38,28 @@ class PatchEmbed(nn.Module):
         """Multiply-accumulates at an ``H x W`` input (the official count)."""
         Ho, Wo = H // self.patch_size, W // self.patch_size
         return Ho * Wo * self.embed_dim * self.in_chans * self.patch_size**2 + Ho * Wo * self.embed_dim
+
+
+class PatchEmbed3d(nn.Module):
+    """Non-overlapping spatio-temporal patch projection + norm (Video Swin; torchvision's keys).
+
+    ``(B, in_channels, T, H, W)`` -> ``(B, ceil(T/pt), ceil(H/ph), ceil(W/pw), embed_dim)``
+    (token-major); sizes the patch does not divide are zero-padded at the end
+    of each axis, as torchvision and the official code do.  ``norm`` is
+    ``norm_layer(embed_dim)`` or, without one, an identity.
+    """
+
+    def __init__(self, patch_size: Sequence[int] = (2, 4, 4), in_channels: int = 3, embed_dim: int = 96,
+                 norm_layer: Optional[Callable[..., nn.Module]] = None) -> None:
+        super().__init__()
+        self.tuple_patch_size = (int(patch_size[0]), int(patch_size[1]), int(patch_size[2]))
+        self.in_channels = in_channels
+        self.embed_dim = embed_dim
+        self.proj = nn.Conv3d(in_channels, embed_dim, kernel_size=self.tuple_patch_size, stride=self.tuple_patch_size)
+        self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = [(-n) % p for n, p in zip(x.shape[-3:], self.tuple_patch_size)]
+        if any(pads):
+            x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
+        return self.norm(self.proj(x).permute(0, 2, 3, 4, 1))

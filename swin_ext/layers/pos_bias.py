@@ -6,25 +6,31 @@ buffers (recomputed, never loaded from a checkpoint).
 from __future__ import annotations
 
 import math
+from typing import Sequence, Union
 
 import torch
 
 __all__ = ["relative_position_index", "relative_coords_table"]
 
 
-def relative_position_index(window_size: int) -> torch.Tensor:
-    """``(N, N)`` index into the ``((2ws-1)^2, heads)`` bias table, ``N = ws**2`` (the official recipe).
+def relative_position_index(window_size: Union[int, Sequence[int]]) -> torch.Tensor:
+    """``(N, N)`` index into the relative-position bias table (the official recipe), 2-D or 3-D.
 
-    Entry ``(i, j)`` is the row of the relative offset of token ``j`` from
-    token ``i``: ``(dh + ws - 1) * (2ws - 1) + (dw + ws - 1)``.
+    ``window_size``: a side ``ws`` (a square 2-D window, ``N = ws**2``, table
+    ``((2ws-1)^2, heads)``) or one side per axis, ``(wh, ww)`` or ``(wt, wh,
+    ww)`` (Video Swin's, table ``((2wt-1)(2wh-1)(2ww-1), heads)``).  Entry ``(i,
+    j)`` is the row of the offset of token ``i`` from token ``j``: the offsets
+    ``d_a + w_a - 1`` per axis, mixed-radix with radices ``2 w_a - 1`` (so
+    ``(dh + ws - 1) * (2ws - 1) + (dw + ws - 1)`` in 2-D).  Tokens are
+    row-major over the window's axes.
     """
-    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
-    coords = coords.flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
-    rel[:, :, 0] += window_size - 1
-    rel[:, :, 1] += window_size - 1
-    rel[:, :, 0] *= 2 * window_size - 1
-    return rel.sum(-1)
+    sides = (window_size, window_size) if isinstance(window_size, int) else tuple(window_size)
+    coords = torch.stack(torch.meshgrid(*[torch.arange(w) for w in sides], indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()  # N, N, axes
+    index = torch.zeros(rel.shape[:2], dtype=torch.int64)
+    for a, w in enumerate(sides):
+        index = index * (2 * w - 1) + rel[:, :, a] + (w - 1)
+    return index
 
 
 def relative_coords_table(window_size: int, pretrained_window_size: int = 0) -> torch.Tensor:

@@ -1,7 +1,8 @@
-"""The Swin Transformer models (V1 and V2) and the variant table.
+"""The Swin Transformer models (V1, V2 and Video Swin) and the variant table.
 
 :mod:`.swin` and :mod:`.swin_v2` hold each family's blocks and stages and
-share the rest through :class:`._base.SwinBase`; :mod:`.variants` names the
+share the rest through :class:`._base.SwinBase`; :mod:`.swin3d` is Video
+Swin in torchvision's layout (its own skeleton, the shared layers); :mod:`.variants` names the
 standard sizes and releases.  Build them by name with
 :func:`swin_ext.create_model`.
 """
@@ -16,6 +17,16 @@ from .swin import (
     swin_l,
     swin_s,
     swin_t,
+)
+from .swin3d import (
+    PatchEmbed3d,
+    PatchMerging3d,
+    ShiftedWindowAttention3d,
+    SwinTransformer3d,
+    SwinTransformerBlock3d,
+    swin3d_b,
+    swin3d_s,
+    swin3d_t,
 )
 from .swin_v2 import BasicLayerV2, PatchMergingV2, SwinTransformerV2, SwinTransformerV2Block, WindowAttentionV2
 
@@ -35,4 +46,12 @@ __all__ = [
     "SwinTransformerV2Block",
     "PatchMergingV2",
     "BasicLayerV2",
+    "SwinTransformer3d",
+    "swin3d_t",
+    "swin3d_s",
+    "swin3d_b",
+    "PatchEmbed3d",
+    "ShiftedWindowAttention3d",
+    "SwinTransformerBlock3d",
+    "PatchMerging3d",
 ]

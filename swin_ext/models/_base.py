@@ -30,11 +30,13 @@ from ..layers.patch_embed import PatchEmbed
 from ._features import OUTPUT_FORMATS, feature_info, normalize_indices
 
 __all__ = [
+    "FusedBackend",
     "SwinBase",
     "SwinStage",
     "SwinBlock",
     "check_config",
     "check_attention_dims",
+    "check_input",
     "check_block",
     "attention_flops",
     "block_flops",
@@ -140,6 +142,22 @@ def check_block(dim: int, window_size: int, shift_size: int, mlp_ratio: float) -
         raise ValueError(f"shift_size must be in [0, window_size={window_size}), got {shift_size}")
     if int(dim * real_field(mlp_ratio, "mlp_ratio")) < 1:
         raise ValueError(f"mlp_ratio {mlp_ratio!r} gives a hidden width of 0 for dim {dim}")
+
+
+def check_input(x: Any, channels: int, channels_name: str, axes: Tuple[str, ...]) -> None:
+    """A model input ``(B, channels, *axes)``: a floating-point tensor of positive size; ``TypeError`` /
+    ``ValueError`` naming what is wrong (``channels_name``: the model's argument, ``axes``: e.g. ``("H", "W")``)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2 + len(axes):
+        raise ValueError(f"input must be (B, {channels}, {', '.join(axes)}), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got {x.dtype}")
+    if x.shape[1] != channels:
+        raise ValueError(f"input has {x.shape[1]} channels, the model expects {channels_name}={channels}")
+    if min(x.shape[2:]) < 1:
+        what = "spatial" if len(axes) == 2 else "clip"
+        raise ValueError(f"input {what} size must be positive, got {tuple(x.shape[2:])}")
 
 
 # --------------------------------------------------------------------------- FLOPs and init
@@ -253,7 +271,39 @@ class SwinStage(nn.Module):
 # --------------------------------------------------------------------------- model
 
 
-class SwinBase(nn.Module):
+class FusedBackend:
+    """The backend switch every swin_ext model has (V1, V2, video): ``backend`` ``"fused"`` or
+    ``"reference"``, and the CPU's oneDNN GEMM paths of the fused backend.  The model sets
+    ``backend`` and ``_cpu_gemm_fusion`` (``True``) in its constructor."""
+
+    backend: str
+    _cpu_gemm_fusion: bool
+
+    def set_backend(self, backend: str) -> "FusedBackend":
+        """Switch every module to ``backend``: ``"fused"`` sets each module's fast-path
+        flag (``fused``, ``Linear.fast``), ``"reference"`` clears them (plain PyTorch)."""
+        check_backend(backend)
+        self.backend = backend
+        fused = backend == "fused"
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.fast = fused and self._cpu_gemm_fusion
+            elif m is not self and isinstance(getattr(m, "fused", None), bool):
+                m.fused = fused
+        return self
+
+    def set_cpu_inference_fusion(self, enabled: bool) -> "FusedBackend":
+        """Turn the CPU's oneDNN GEMM paths of the fused backend on or off for this
+        model: fc1 + GELU in one GEMM in inference, oneDNN forward and input-gradient
+        GEMMs for every block Linear (see :mod:`swin_ext.layers.fast_linear`).  On by
+        default; kept across :meth:`set_backend`; the reference backend never uses
+        them.  ``SWIN_EXT_ONEDNN_MLP=0`` or ``swin_ext.layers.set_onednn(False)``
+        turn them off process-wide."""
+        self._cpu_gemm_fusion = bool(enabled)
+        return self.set_backend(self.backend)
+
+
+class SwinBase(FusedBackend, nn.Module):
     """The model-level skeleton of Swin V1 and V2 (see the module docstring).
 
     ``forward(x (B, in_chans, H, W))`` -> logits ``(B, num_classes)``;
@@ -441,31 +491,6 @@ class SwinBase(nn.Module):
             m.eval()
         return self
 
-    # ----------------------------------------------------------------- switches
-
-    def set_backend(self, backend: str) -> "SwinBase":
-        """Switch every module to ``backend``: ``"fused"`` sets each module's fast-path
-        flag (``fused``, ``Linear.fast``), ``"reference"`` clears them (plain PyTorch)."""
-        check_backend(backend)
-        self.backend = backend
-        fused = backend == "fused"
-        for m in self.modules():
-            if isinstance(m, Linear):
-                m.fast = fused and self._cpu_gemm_fusion
-            elif m is not self and isinstance(getattr(m, "fused", None), bool):
-                m.fused = fused
-        return self
-
-    def set_cpu_inference_fusion(self, enabled: bool) -> "SwinBase":
-        """Turn the CPU's oneDNN GEMM paths of the fused backend on or off for this
-        model: fc1 + GELU in one GEMM in inference, oneDNN forward and input-gradient
-        GEMMs for every block Linear (see :mod:`swin_ext.layers.fast_linear`).  On by
-        default; kept across :meth:`set_backend`; the reference backend never uses
-        them.  ``SWIN_EXT_ONEDNN_MLP=0`` or ``swin_ext.layers.set_onednn(False)``
-        turn them off process-wide."""
-        self._cpu_gemm_fusion = bool(enabled)
-        return self.set_backend(self.backend)
-
     def set_grad_checkpointing(self, enable: bool = True) -> "SwinBase":
         """Recompute each block in the backward instead of keeping its activations (timm's name)."""
         for layer in self.layers:
@@ -475,16 +500,7 @@ class SwinBase(nn.Module):
     # ----------------------------------------------------------------- forward
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(f"input must be (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"input must be a floating-point tensor, got {x.dtype}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"input has {x.shape[1]} channels, the model expects in_chans={self.in_chans}")
-        if x.shape[2] < 1 or x.shape[3] < 1:
-            raise ValueError(f"input spatial size must be positive, got {tuple(x.shape[2:])}")
+        check_input(x, self.in_chans, "in_chans", ("H", "W"))
 
     @property
     def out_channels(self) -> List[int]:

@@ -22,6 +22,7 @@ from .._ext import LIMITS
 
 __all__ = [
     "MAX_WINDOW_SIZE",
+    "MAX_WINDOW_TOKENS",
     "MAX_DIM",
     "MAX_MERGE_CHANNELS",
     "MAX_LAYERNORM_CHANNELS",
@@ -29,6 +30,7 @@ __all__ = [
     "acc_dtype",
     "int_arg",
     "pair_arg",
+    "axes_arg",
     "real_arg",
     "check_attention",
     "attention_scale",
@@ -41,8 +43,10 @@ __all__ = [
 # The kernels' limits are written once, in csrc/checks.h, and read from the
 # compiled extension; without it no kernel runs and nothing is limited.
 _NO_LIMIT = float("inf")
-#: Largest window side (kMaxWindowSize): ``N = ws**2 <= 2**30``.
+#: Largest window side along any axis (kMaxWindowSize).
 MAX_WINDOW_SIZE = LIMITS.get("MAX_WINDOW_SIZE", _NO_LIMIT)
+#: Largest token count of a window, ``N = wt * wh * ww`` (kMaxWindowTokens; Video Swin's (8, 7, 7) is 392).
+MAX_WINDOW_TOKENS = LIMITS.get("MAX_WINDOW_TOKENS", _NO_LIMIT)
 #: Largest dimension of any tensor argument (kMaxDim).
 MAX_DIM = LIMITS.get("MAX_DIM", _NO_LIMIT)
 #: Largest patch-merging channel count ``C`` (kMaxMergeChannels): ``4C <= 2**30``.
@@ -75,14 +79,21 @@ def int_arg(v, name: str, raw: bool = False, where: str = "swin_ext"):
     return v if isinstance(v, torch.SymInt) else int(v)
 
 
+def axes_arg(v: Union[int, Sequence[int]], axes: int, name: str, raw: bool = False,
+             where: str = "swin_ext") -> Tuple[int, ...]:
+    """An int (the same on every axis) or a sequence of ``axes`` ints, one per map axis, as a tuple;
+    anything else is a ``TypeError`` naming ``name``."""
+    if _is_int(v):
+        return (int_arg(v, name, raw, where),) * axes
+    if isinstance(v, (str, bytes, torch.Tensor)) or not isinstance(v, Sequence) or len(v) != axes:
+        what = "a pair of ints" if axes == 2 else f"{axes} ints (one per axis T, H, W)"
+        raise _exc(raw, TypeError, f"{where}: {name} must be an int or {what}, got {v!r}")
+    return tuple(int_arg(x, f"{name}[{i}]", raw, where) for i, x in enumerate(v))
+
+
 def pair_arg(v: Union[int, Sequence[int]], name: str, raw: bool = False, where: str = "swin_ext") -> Tuple[int, int]:
     """``s`` or ``(s_h, s_w)`` of ints as a pair; anything else is a ``TypeError`` naming ``name``."""
-    if _is_int(v):
-        v = int_arg(v, name, raw, where)
-        return v, v
-    if isinstance(v, (str, bytes, torch.Tensor)) or not isinstance(v, Sequence) or len(v) != 2:
-        raise _exc(raw, TypeError, f"{where}: {name} must be an int or a pair of ints, got {v!r}")
-    return int_arg(v[0], f"{name}[0]", raw, where), int_arg(v[1], f"{name}[1]", raw, where)
+    return axes_arg(v, 2, name, raw, where)  # type: ignore[return-value]
 
 
 def real_arg(v, name: str, raw: bool = False, where: str = "swin_ext") -> float:
@@ -154,28 +165,41 @@ def check_attention(
     raw: bool = False,
     exact_dtypes: bool = False,
     where: str = "swin_ext.window_attention",
-) -> Tuple[int, int, int, int]:
-    """Validate the attention arguments; returns ``(window_size, shift_h, shift_w, heads)``.
+    video: bool = True,
+) -> Tuple[Tuple[int, ...], Tuple[int, ...], int]:
+    """Validate the attention arguments; returns ``(window, shift, heads)``, ``window`` and
+    ``shift`` with one entry per map axis: ``(h, w)`` for ``qkv (B, H, W, 3C)``, ``(t, h, w)``
+    for ``qkv (B, T, H, W, 3C)`` (``video=False``: 2-D maps only).
 
     ``exact_dtypes``: the raw op's contract (bias in the accumulation dtype,
     ``qkv_pad`` in ``qkv``'s dtype); the wrappers convert instead.
     """
-    _check_tensor(qkv, "qkv", 4, raw, where)
+    _check_tensor(qkv, "qkv", None, raw, where)
+    if qkv.dim() != 4 and not (video and qkv.dim() == 5):
+        also = " or 5 dims (B, T, H, W, 3C)" if video else ""
+        raise _exc(raw, ValueError, f"{where}: qkv must have 4 dims (B, H, W, 3C){also}, got shape {tuple(qkv.shape)}")
     _check_dims(qkv, "qkv", raw, where)
     _check_tensor(bias, "bias", 3, raw, where)
-    ws = int_arg(window_size, "window_size", raw, where)
-    if _static(ws) and not 1 <= ws <= MAX_WINDOW_SIZE:
-        raise _exc(raw, ValueError, f"{where}: window_size must be in [1, {MAX_WINDOW_SIZE}], got {ws}")
-    sh, sw = pair_arg(shift, "shift", raw, where)
-    if not (0 <= sh < ws and 0 <= sw < ws):
-        raise _exc(raw, ValueError, f"{where}: shift must satisfy 0 <= shift < window_size ({ws}), got {(sh, sw)}")
-    B, H, W, C3 = qkv.shape
+    axes = qkv.dim() - 2
+    window = axes_arg(window_size, axes, "window_size", raw, where)
+    for w in window:
+        if _static(w) and not 1 <= w <= MAX_WINDOW_SIZE:
+            raise _exc(raw, ValueError, f"{where}: window_size must be in [1, {MAX_WINDOW_SIZE}], got {w}")
+    shifts = axes_arg(shift, axes, "shift", raw, where)
+    if not all(0 <= s < w for s, w in zip(shifts, window)):
+        raise _exc(raw, ValueError, f"{where}: shift must satisfy 0 <= shift < window_size on every axis, got shift "
+                                    f"{shifts} for window_size {window}")
+    N = math.prod(window)
+    if _static(N) and N > MAX_WINDOW_TOKENS:
+        raise _exc(raw, ValueError, f"{where}: a window of {window} holds {N} tokens, more than the supported "
+                                    f"{MAX_WINDOW_TOKENS}")
+    C3 = qkv.shape[-1]
     if C3 % 3 != 0:
         raise _exc(raw, ValueError, f"{where}: last dim of qkv must be 3*C, got {C3}")
-    N = ws * ws
     if tuple(bias.shape[1:]) != (N, N):
         raise _exc(
-            raw, ValueError, f"{where}: bias must be (heads, {N}, {N}) for window_size {ws}, got {tuple(bias.shape)}"
+            raw, ValueError,
+            f"{where}: bias must be (heads, {N}, {N}) for window_size {window}, got {tuple(bias.shape)}"
         )
     heads = bias.shape[0]
     if heads < 1 or (C3 // 3) % heads != 0:
@@ -194,13 +218,23 @@ def check_attention(
         if exact_dtypes and qkv_pad.dtype != qkv.dtype:
             raise _exc(raw, TypeError, f"{where}: qkv_pad dtype {qkv_pad.dtype} differs from qkv dtype {qkv.dtype}")
         _check_device(qkv, qkv_pad, "qkv", "qkv_pad", raw, where)
-    if _static(B, H, W, heads, ws):
-        nW = -(-H // ws) * -(-W // ws)
+    B, sizes = qkv.shape[0], tuple(qkv.shape[1:-1])
+    if _static(B, heads, *sizes, *window):
+        nW = num_windows(sizes, window)
         if B * nW * heads * N > _INT64_MAX:
             raise _exc(
                 raw, ValueError, f"{where}: the lse size B * windows * heads * N = {B}*{nW}*{heads}*{N} overflows int64"
             )
-    return ws, sh, sw, heads
+    return window, shifts, heads
+
+
+def num_windows(sizes: Sequence[int], window: Sequence[int]) -> int:
+    """Windows per image of a map of ``sizes`` (padded to window multiples).  A loop, not
+    ``math.prod`` of a generator: torch.compile's fullgraph tracing takes no generator there."""
+    nW = 1
+    for n, w in zip(sizes, window):
+        nW *= -(-n // w)
+    return nW
 
 
 def check_attention_v2(
@@ -214,9 +248,11 @@ def check_attention_v2(
     exact_dtypes: bool = False,
     where: str = "swin_ext.window_attention_v2",
 ) -> Tuple[int, int, int, int]:
-    """Validate Swin V2 attention arguments: those of :func:`check_attention` plus
-    ``head_scale`` ``(heads,)`` (``exact_dtypes``: in the accumulation dtype)."""
-    ws, sh, sw, heads = check_attention(qkv, bias, qkv_pad, window_size, shift, raw, exact_dtypes, where)
+    """Validate Swin V2 attention arguments (a 2-D map, a square window): those of
+    :func:`check_attention` plus ``head_scale`` ``(heads,)`` (``exact_dtypes``: in the
+    accumulation dtype); returns ``(window_size, shift_h, shift_w, heads)``."""
+    ws = int_arg(window_size, "window_size", raw, where)
+    (ws, _), (sh, sw), heads = check_attention(qkv, bias, qkv_pad, ws, shift, raw, exact_dtypes, where, video=False)
     _check_vector(head_scale, "head_scale", heads, qkv, "qkv", exact_dtypes, raw, where, " (one scale per head)")
     return ws, sh, sw, heads
 

@@ -2,7 +2,8 @@
 
 The same math as the kernels, written the way the official Swin code and
 torchvision write it (pad, roll, window partition, bias, mask, softmax,
-reverse, roll back, crop).  It is the oracle of the tests and the
+reverse, roll back, crop), for 2-D maps and 3-D clips (Video Swin) alike: a
+2-D map is a clip of one frame with a window of depth 1, one code path.  It is the oracle of the tests and the
 ``backend="reference"`` path of the model.  Nothing here is fast on purpose.
 """
 from __future__ import annotations
@@ -27,6 +28,8 @@ from ._validate import (
 __all__ = [
     "SHIFT_MASK_VALUE",
     "shift_mask",
+    "region_ids",
+    "clamp_window",
     "window_partition",
     "window_reverse",
     "window_attention_reference",
@@ -42,69 +45,113 @@ __all__ = [
 SHIFT_MASK_VALUE = -100.0
 
 
-def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
-    """(B, H, W, C) with H, W multiples of ``ws`` -> (B * nW, ws * ws, C)."""
-    B, H, W, C = x.shape
-    x = x.view(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, ws * ws, C)
+def _as_3d(x: torch.Tensor, window: Union[int, Sequence[int]]) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
+    """A 2-D map ``(B, H, W, C)`` as the clip ``(B, 1, H, W, C)`` with window ``(1, wh, ww)``; a
+    clip as it is.  ``window``: an int (the same on every axis) or one int per map axis."""
+    axes = x.dim() - 2
+    w = tuple(window) if isinstance(window, Sequence) else (int(window),) * axes
+    if axes == 2:
+        return x.unsqueeze(1), (1,) + w  # type: ignore[return-value]
+    return x, w  # type: ignore[return-value]
 
 
-def window_reverse(windows: torch.Tensor, ws: int, H: int, W: int) -> torch.Tensor:
-    """(B * nW, ws * ws, C) -> (B, H, W, C)."""
-    C = windows.shape[-1]
-    x = windows.view(-1, H // ws, W // ws, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, H, W, C)
+def window_partition(x: torch.Tensor, window: Union[int, Sequence[int]]) -> torch.Tensor:
+    """``(B, H, W, C)`` or ``(B, T, H, W, C)``, sizes multiples of the window -> ``(B * nW, N, C)``.
 
-
-def shift_mask(Hp: int, Wp: int, ws: int, shift: Tuple[int, int], device=None, dtype=torch.float32) -> torch.Tensor:
-    """The official (nW, N, N) shifted-window mask on a padded (Hp, Wp) map.
-
-    Regions are the 3 x 3 slices ``[0, -ws), [-ws, -s), [-s, end)``; an axis
-    that is not shifted is a single region.
+    ``window``: an int or one int per map axis; windows in (T, H, W) row-major
+    order, tokens row-major inside a window (the official and torchvision order).
     """
-    img = torch.zeros((1, Hp, Wp, 1), device=device, dtype=dtype)
-    sh, sw = shift
-    h_slices = (slice(0, -ws), slice(-ws, -sh), slice(-sh, None)) if sh > 0 else (slice(0, None),)
-    w_slices = (slice(0, -ws), slice(-ws, -sw), slice(-sw, None)) if sw > 0 else (slice(0, None),)
-    cnt = 0
-    for h in h_slices:
-        for w in w_slices:
-            img[:, h, w, :] = cnt
-            cnt += 1
-    mw = window_partition(img, ws).squeeze(-1)  # nW, N
-    mask = mw.unsqueeze(1) - mw.unsqueeze(2)
-    return mask.masked_fill(mask != 0, SHIFT_MASK_VALUE).masked_fill(mask == 0, 0.0)
+    x, (wt, wh, ww) = _as_3d(x, window)
+    B, T, H, W, C = x.shape
+    x = x.view(B, T // wt, wt, H // wh, wh, W // ww, ww, C).permute(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(-1, wt * wh * ww, C)
+
+
+def window_reverse(windows: torch.Tensor, window: Union[int, Sequence[int]], *sizes: int) -> torch.Tensor:
+    """``(B * nW, N, C)`` -> the map of ``sizes``: ``(H, W)`` -> ``(B, H, W, C)``, ``(T, H, W)`` ->
+    ``(B, T, H, W, C)``; the inverse of :func:`window_partition`."""
+    if len(sizes) not in (2, 3):
+        raise TypeError(f"window_reverse: sizes must be (H, W) or (T, H, W), got {sizes}")
+    w = tuple(window) if isinstance(window, Sequence) else (int(window),) * len(sizes)
+    (T, H, W), (wt, wh, ww) = ((1,) + sizes, (1,) + w) if len(sizes) == 2 else (sizes, w)
+    C = windows.shape[-1]
+    x = windows.view(-1, T // wt, H // wh, W // ww, wt, wh, ww, C).permute(0, 1, 4, 2, 5, 3, 6, 7)
+    x = x.reshape(-1, T, H, W, C)
+    return x.squeeze(1) if len(sizes) == 2 else x
+
+
+def clamp_window(size: Sequence[int], window: Sequence[int], shift: Sequence[int]) -> Tuple[Tuple[int, ...], ...]:
+    """The window and shift a map of ``size`` uses: along an axis no longer than the window, the
+    window shrinks to the map and that axis is not shifted.
+
+    The rule of torchvision's ``swin3d`` (``_get_window_and_shift_size``) and of
+    the official Video Swin (``get_window_size``), per axis (``size[i] <=
+    window[i]``: ``window[i] = size[i]``, ``shift[i] = 0``); any number of axes.
+    The ops take the window as given (a larger one pads the map); the video
+    model applies this rule before it gathers its bias.  A zero-size axis keeps
+    a window of 1.
+    """
+    w, s = list(window), list(shift)
+    for i, n in enumerate(size):
+        if n <= w[i]:
+            w[i], s[i] = max(int(n), 1), 0
+    return tuple(w), tuple(s)
+
+
+def region_ids(padded: Sequence[int], window: Sequence[int], shift: Sequence[int], device=None) -> torch.Tensor:
+    """``(nW, N)`` shift-region id of every window token of a padded, rolled map.
+
+    ``padded``, ``window``, ``shift``: ``(H, W)`` or ``(T, H, W)``.  Along each
+    axis the official 3-slice recipe: ``[0, P - w) -> 0``, ``[P - w, P - s) ->
+    1``, ``[P - s, P) -> 2`` (one region when unshifted); the id is ``9 r_t + 3
+    r_h + r_w``, up to 27 regions (swin_geometry.h's ``region_id``).
+    """
+    ids = torch.zeros((), dtype=torch.int64, device=device)
+    for P, w, s in zip(padded, window, shift):
+        pos = torch.arange(P, device=device)
+        r = torch.zeros_like(pos) if s == 0 else (pos >= P - w).long() + (pos >= P - s).long()
+        ids = ids.unsqueeze(-1) * 3 + r
+    return window_partition(ids.unsqueeze(0).unsqueeze(-1), tuple(window)).squeeze(-1)
+
+
+def shift_mask(padded: Sequence[int], window: Sequence[int], shift: Sequence[int], device=None,
+               dtype=torch.float32) -> torch.Tensor:
+    """The official ``(nW, N, N)`` shifted-window mask of a padded ``(H, W)`` or ``(T, H, W)`` map:
+    0 between tokens of the same shift region (:func:`region_ids`), ``SHIFT_MASK_VALUE`` else."""
+    ids = region_ids(padded, window, shift, device)
+    same = ids.unsqueeze(1) == ids.unsqueeze(2)
+    return torch.where(same, 0.0, SHIFT_MASK_VALUE).to(dtype)
 
 
 def window_attention_reference(
     qkv: torch.Tensor,
     bias: torch.Tensor,
-    window_size: int,
+    window_size: Union[int, Sequence[int]],
     shift: Union[int, Sequence[int]] = 0,
     scale: Optional[float] = None,
     qkv_pad: Optional[torch.Tensor] = None,
     dropout_p: float = 0.0,
     training: bool = False,
 ) -> torch.Tensor:
-    """Shifted-window multi-head self-attention on a token-major map.
+    """Shifted-window multi-head self-attention on a token-major 2-D map or 3-D clip.
 
     Args:
-        qkv: ``(B, H, W, 3C)``, the output of the block's qkv ``Linear``.
-        bias: ``(heads, N, N)`` relative-position bias, ``N = window_size**2``.
-        window_size: window side ``ws``.
-        shift: cyclic shift ``s`` or ``(s_h, s_w)``, ``0 <= s < ws``.
+        qkv: ``(B, H, W, 3C)`` or ``(B, T, H, W, 3C)``, the output of the block's qkv ``Linear``.
+        bias: ``(heads, N, N)`` relative-position bias, ``N`` the window's token count.
+        window_size: an int or one int per map axis (``(wh, ww)`` / ``(wt, wh, ww)``).
+        shift: cyclic shift, an int or one per map axis, ``0 <= s < window``.
         scale: logit scale, default ``head_dim ** -0.5``.
         qkv_pad: ``(3C,)`` qkv value of padding tokens (default zeros).
         dropout_p: attention-probability dropout (the model's ``attn_drop``;
             the fused kernel has none).
         training: apply ``dropout_p``.
     Returns:
-        ``(B, H, W, C)`` attention output before the projection.
+        ``(B, [T,] H, W, C)`` attention output before the projection.
     """
     where = "swin_ext.window_attention_reference"
-    ws, sh, sw, heads = check_attention(qkv, bias, qkv_pad, window_size, shift, where=where)
+    window, shifts, heads = check_attention(qkv, bias, qkv_pad, window_size, shift, where=where)
     scale = attention_scale(scale, qkv, heads, where)
-    return _windowed_attention(qkv, bias, ws, sh, sw, heads, qkv_pad, scale, None, dropout_p, training)
+    return _windowed_attention(qkv, bias, window, shifts, heads, qkv_pad, scale, None, dropout_p, training)
 
 
 def window_attention_v2_reference(
@@ -119,7 +166,8 @@ def window_attention_v2_reference(
 ) -> torch.Tensor:
     """Swin V2's scaled cosine attention in shifted windows (Liu et al., 2022).
 
-    As :func:`window_attention_reference`, except that q and k are
+    As :func:`window_attention_reference` on a 2-D map with a square window,
+    except that q and k are
     L2-normalized per head (``F.normalize``: ``x / max(||x||, 1e-12)``) and
     the logits of head ``h`` are multiplied by ``head_scale[h]`` (the
     model's ``exp(clamp(logit_scale, max=log(100)))``) instead of a scalar
@@ -129,7 +177,7 @@ def window_attention_v2_reference(
         qkv: ``(B, H, W, 3C)``, the output of the block's qkv ``Linear``.
         bias: ``(heads, N, N)``, the continuous position bias ``16 * sigmoid(cpb)``.
         head_scale: ``(heads,)`` per-head logit scale.
-        window_size: as :func:`window_attention_reference`.
+        window_size: the window side.
         shift: as :func:`window_attention_reference`.
         qkv_pad: as :func:`window_attention_reference`.
         dropout_p: as :func:`window_attention_reference`.
@@ -139,33 +187,41 @@ def window_attention_v2_reference(
     """
     where = "swin_ext.window_attention_v2_reference"
     ws, sh, sw, heads = check_attention_v2(qkv, bias, head_scale, qkv_pad, window_size, shift, where=where)
-    return _windowed_attention(qkv, bias, ws, sh, sw, heads, qkv_pad, None, head_scale, dropout_p, training)
+    return _windowed_attention(qkv, bias, (ws, ws), (sh, sw), heads, qkv_pad, None, head_scale, dropout_p, training)
 
 
-def _windowed_attention(qkv, bias, ws, sh, sw, heads, qkv_pad, scale, head_scale, dropout_p, training):
-    """The window math shared by V1 (scalar ``scale``) and V2 (cosine logits times ``head_scale``)."""
-    B, H, W, C3 = qkv.shape
+def _windowed_attention(qkv, bias, window, shift, heads, qkv_pad, scale, head_scale, dropout_p, training):
+    """The window math shared by V1 (scalar ``scale``) and V2 (cosine logits times ``head_scale``),
+    2-D maps and 3-D clips: a 2-D map runs as the clip of one frame with a window of depth 1."""
+    video = qkv.dim() == 5
+    if not video:
+        qkv, window, shift = qkv.unsqueeze(1), (1,) + tuple(window), (0,) + tuple(shift)
+    B, T, H, W, C3 = qkv.shape
     C = C3 // 3
     d = C // heads
-    if H == 0 or W == 0:
+    if T == 0 or H == 0 or W == 0:
         # An empty map: an empty output that still depends on every input
         # (so their gradients are zeros, as the kernel's are).
         out = qkv[..., :C] * 0 + (bias.sum() * 0).to(qkv.dtype)
         if head_scale is not None:
             out = out + (head_scale.sum() * 0).to(qkv.dtype)
-        return out + (qkv_pad.sum() * 0).to(qkv.dtype) if qkv_pad is not None else out
-    pad_b, pad_r = (-H) % ws, (-W) % ws
-    x = qkv
-    if pad_b or pad_r:
-        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         if qkv_pad is not None:
-            valid = torch.zeros(x.shape[1:3], dtype=torch.bool, device=x.device)
-            valid[:H, :W] = True
-            x = torch.where(valid[None, :, :, None], x, qkv_pad.to(x.dtype))
-    Hp, Wp = H + pad_b, W + pad_r
-    if sh or sw:
-        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
-    win = window_partition(x, ws)  # B*nW, N, 3C
+            out = out + (qkv_pad.sum() * 0).to(qkv.dtype)
+        return out if video else out.squeeze(1)
+    size = (T, H, W)
+    pads = tuple((-n) % w for n, w in zip(size, window))
+    x = qkv
+    if any(pads):
+        x = F.pad(x, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
+        if qkv_pad is not None:
+            valid = torch.zeros(x.shape[1:4], dtype=torch.bool, device=x.device)
+            valid[:T, :H, :W] = True
+            x = torch.where(valid[None, :, :, :, None], x, qkv_pad.to(x.dtype))
+    padded = tuple(n + p for n, p in zip(size, pads))
+    shifted = any(shift)
+    if shifted:
+        x = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
+    win = window_partition(x, window)  # B*nW, N, 3C
     Bn, N, _ = win.shape
     q, k, v = win.reshape(Bn, N, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
     if head_scale is None:
@@ -174,8 +230,8 @@ def _windowed_attention(qkv, bias, ws, sh, sw, heads, qkv_pad, scale, head_scale
         attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
         attn = attn * head_scale.to(attn.dtype).view(1, heads, 1, 1)
     attn = attn + bias.to(attn.dtype).unsqueeze(0)
-    if sh or sw:
-        mask = shift_mask(Hp, Wp, ws, (sh, sw), device=qkv.device, dtype=attn.dtype)
+    if shifted:
+        mask = shift_mask(padded, window, shift, device=qkv.device, dtype=attn.dtype)
         nW = mask.shape[0]
         attn = attn.view(Bn // nW, nW, heads, N, N) + mask[None, :, None]
         attn = attn.view(Bn, heads, N, N)
@@ -183,10 +239,11 @@ def _windowed_attention(qkv, bias, ws, sh, sw, heads, qkv_pad, scale, head_scale
     if dropout_p > 0 and training:
         attn = F.dropout(attn, dropout_p, training=True)
     out = (attn @ v).transpose(1, 2).reshape(Bn, N, C)
-    out = window_reverse(out, ws, Hp, Wp)
-    if sh or sw:
-        out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
-    return out[:, :H, :W].contiguous()
+    out = window_reverse(out, window, *padded)
+    if shifted:
+        out = torch.roll(out, shifts=tuple(shift), dims=(1, 2, 3))
+    out = out[:, :T, :H, :W].contiguous()
+    return out if video else out.squeeze(1)
 
 
 def residual_sum(x: torch.Tensor, branch: Optional[torch.Tensor]) -> torch.Tensor:

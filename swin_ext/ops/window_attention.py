@@ -13,6 +13,7 @@ This file reads top to bottom: wrappers, fakes, autograd, the
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -28,7 +29,7 @@ from ._autograd import (
     vjp,
     vmap_loop,
 )
-from ._validate import acc_dtype, attention_scale, check_attention, check_attention_v2, real_arg
+from ._validate import acc_dtype, attention_scale, check_attention, check_attention_v2, num_windows, real_arg
 from .reference import window_attention_reference, window_attention_v2_reference
 
 __all__ = ["window_attention", "window_attention_v2"]
@@ -43,41 +44,48 @@ OPS = ("window_attention", "window_attention_v2")
 def window_attention(
     qkv: torch.Tensor,
     bias: torch.Tensor,
-    window_size: int,
+    window_size: Union[int, Sequence[int]],
     shift: Union[int, Sequence[int]] = 0,
     scale: Optional[float] = None,
     qkv_pad: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Fused (shifted-)window multi-head self-attention.
+    """Fused (shifted-)window multi-head self-attention on a 2-D map or a 3-D clip (Video Swin).
 
-    The map is padded at bottom/right to a multiple of ``window_size``, rolled
-    by ``-shift``, cut into windows, attended with the relative-position
-    ``bias`` and the shift mask, and put back; all by index math in the kernel.
+    The map is padded at the end of each axis to a multiple of the window,
+    rolled by ``-shift``, cut into windows, attended with the relative-position
+    ``bias`` and the shift mask (up to 27 shift regions in 3-D), and put back;
+    all by index math in the kernel.  The window is taken as given (one larger
+    than the map pads it); the video model's rule that shrinks it to a smaller
+    map is :func:`swin_ext.ops.reference.clamp_window`.
 
     Args:
-        qkv: ``(B, H, W, 3C)`` output of the qkv ``Linear`` (float32/64/16, bfloat16).
-        bias: ``(heads, N, N)`` relative-position bias, ``N = window_size**2``.
-        window_size: window side, an int in ``[1, 2**15]``.
-        shift: ``s`` or ``(s_h, s_w)`` ints with ``0 <= s < ws`` (floats and
-            bools are refused, never truncated).
+        qkv: ``(B, H, W, 3C)`` or ``(B, T, H, W, 3C)``, the output of the qkv
+            ``Linear`` (float32/64/16, bfloat16).
+        bias: ``(heads, N, N)`` relative-position bias, ``N`` the window's
+            token count (``ws**2``; ``wt * wh * ww``, 392 for Video Swin's
+            ``(8, 7, 7)``; at most ``MAX_WINDOW_TOKENS``).
+        window_size: an int in ``[1, 2**15]`` (the same on every axis) or one
+            per map axis: ``(wh, ww)`` / ``(wt, wh, ww)``.
+        shift: an int or one per map axis, ``0 <= s < window`` on every axis
+            (floats and bools are refused, never truncated).
         scale: logit scale, a finite real number (not a tensor); default
             ``(C / heads) ** -0.5``.
         qkv_pad: ``(3C,)`` qkv value of padding tokens (the ``Linear``'s bias,
             as the map is zero-padded before it); ``None`` means zeros.
     Returns:
-        ``(B, H, W, C)``, same dtype as ``qkv``.
+        ``(B, [T,] H, W, C)``, same dtype as ``qkv``.
     Raises:
         TypeError, ValueError: an argument of the wrong type or value; the
         message names it.
     """
-    ws, sh, sw, heads = check_attention(qkv, bias, qkv_pad, window_size, shift)
+    window, shifts, heads = check_attention(qkv, bias, qkv_pad, window_size, shift)
     scale = attention_scale(scale, qkv, heads, "swin_ext.window_attention")
     if qkv_pad is not None:
         qkv_pad = qkv_pad.to(qkv.dtype)
     require_ops(qkv.device)
-    args = (qkv, bias.to(acc_dtype(qkv.dtype)), qkv_pad, ws, sh, sw, scale)
+    args = (qkv, bias.to(acc_dtype(qkv.dtype)), qkv_pad, list(window), list(shifts), scale)
     if forward_mode(args):
-        return composite_call(_composite(ws, sh, sw, scale), *args[:3])
+        return composite_call(_composite(window, shifts, scale), *args[:3])
     if functorch_active():
         return _WindowAttentionFn.apply(*args)[0]
     return torch.ops.swin_ext.window_attention_fwd(*args)[0]
@@ -132,28 +140,25 @@ def window_attention_v2(
 # --------------------------------------------------------------------------- fakes
 
 
-def _fwd_outputs(qkv, ws, heads):
-    """The fake ``(out, lse)`` of both attention forwards."""
-    B, H, W, C3 = qkv.shape
-    nW = ((H + ws - 1) // ws) * ((W + ws - 1) // ws)
-    out = qkv.new_empty((B, H, W, C3 // 3))
-    lse = qkv.new_empty((B, nW, heads, ws * ws), dtype=acc_dtype(qkv.dtype))
+def _fwd_outputs(qkv, window, heads):
+    """The fake ``(out, lse)`` of both attention forwards (``window``: one entry per map axis)."""
+    nW = num_windows(qkv.shape[1:-1], window)
+    out = qkv.new_empty((*qkv.shape[:-1], qkv.shape[-1] // 3))
+    lse = qkv.new_empty((qkv.shape[0], nW, heads, math.prod(window)), dtype=acc_dtype(qkv.dtype))
     return out, lse
 
 
-def _bwd_outputs(grad_out, qkv, bias, lse, ws, heads, where):
+def _bwd_outputs(grad_out, qkv, bias, lse, window, heads, where):
     """Checks grad_out and lse of both attention backwards; the fake ``(dqkv, dbias, dpad)``."""
-    B, H, W, C3 = qkv.shape
+    want = (*qkv.shape[:-1], qkv.shape[-1] // 3)
     torch._check(
-        tuple(grad_out.shape) == (B, H, W, C3 // 3) and grad_out.dtype == qkv.dtype,
-        lambda: f"{where}: grad_out must be {qkv.dtype} {(B, H, W, C3 // 3)}, "
-        f"got {grad_out.dtype} {tuple(grad_out.shape)}",
+        tuple(grad_out.shape) == want and grad_out.dtype == qkv.dtype,
+        lambda: f"{where}: grad_out must be {qkv.dtype} {want}, got {grad_out.dtype} {tuple(grad_out.shape)}",
     )
-    nW = ((H + ws - 1) // ws) * ((W + ws - 1) // ws)
+    lse_shape = (qkv.shape[0], num_windows(qkv.shape[1:-1], window), heads, math.prod(window))
     torch._check(
-        tuple(lse.shape) == (B, nW, heads, ws * ws) and lse.dtype == acc_dtype(qkv.dtype),
-        lambda: f"{where}: lse must be {acc_dtype(qkv.dtype)} {(B, nW, heads, ws * ws)}, "
-        f"got {lse.dtype} {tuple(lse.shape)}",
+        tuple(lse.shape) == lse_shape and lse.dtype == acc_dtype(qkv.dtype),
+        lambda: f"{where}: lse must be {acc_dtype(qkv.dtype)} {lse_shape}, got {lse.dtype} {tuple(lse.shape)}",
     )
     return (
         torch.empty_like(qkv, memory_format=torch.contiguous_format),
@@ -162,25 +167,24 @@ def _bwd_outputs(grad_out, qkv, bias, lse, ws, heads, where):
     )
 
 
-def _fwd_fake(qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale):
-    ws, _, _, heads = check_attention(qkv, bias, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True)
+def _fwd_fake(qkv, bias, qkv_pad, window_size, shift, scale):
+    window, _, heads = check_attention(qkv, bias, qkv_pad, window_size, shift, raw=True, exact_dtypes=True)
     real_arg(scale, "scale", raw=True, where="swin_ext.window_attention")
-    return _fwd_outputs(qkv, ws, heads)
+    return _fwd_outputs(qkv, window, heads)
 
 
-def _bwd_fake(grad_out, qkv, bias, qkv_pad, lse, window_size, shift_h, shift_w, scale):
+def _bwd_fake(grad_out, qkv, bias, qkv_pad, lse, window_size, shift, scale):
     where = "swin_ext.window_attention_bwd"
-    ws, _, _, heads = check_attention(
-        qkv, bias, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True, where=where
-    )
-    return _bwd_outputs(grad_out, qkv, bias, lse, ws, heads, where)
+    window, _, heads = check_attention(qkv, bias, qkv_pad, window_size, shift, raw=True, exact_dtypes=True,
+                                       where=where)
+    return _bwd_outputs(grad_out, qkv, bias, lse, window, heads, where)
 
 
 def _v2_fwd_fake(qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w):
     ws, _, _, heads = check_attention_v2(
         qkv, bias, head_scale, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True
     )
-    return _fwd_outputs(qkv, ws, heads)
+    return _fwd_outputs(qkv, (ws, ws), heads)
 
 
 def _v2_bwd_fake(grad_out, qkv, bias, qkv_pad, head_scale, lse, window_size, shift_h, shift_w):
@@ -188,21 +192,21 @@ def _v2_bwd_fake(grad_out, qkv, bias, qkv_pad, head_scale, lse, window_size, shi
     ws, _, _, heads = check_attention_v2(
         qkv, bias, head_scale, qkv_pad, window_size, (shift_h, shift_w), raw=True, exact_dtypes=True, where=where
     )
-    return _bwd_outputs(grad_out, qkv, bias, lse, ws, heads, where) + (head_scale.new_empty(head_scale.shape),)
+    return _bwd_outputs(grad_out, qkv, bias, lse, (ws, ws), heads, where) + (head_scale.new_empty(head_scale.shape),)
 
 
 # --------------------------------------------------------------------------- autograd
 
 
-def _composite(window_size: int, shift_h: int, shift_w: int, scale: float) -> Callable:
+def _composite(window: Sequence[int], shift: Sequence[int], scale: float) -> Callable:
     """``window_attention_fwd``'s output as the differentiable reference composite ``f(qkv, bias, qkv_pad)``,
-    in the accumulation dtype like the kernels: the second-order backward and the forward-mode path."""
+    in the accumulation dtype like the kernels: the second-order backward and the forward-mode path.
+    ``window`` and ``shift`` have one entry per map axis."""
 
     def f(q, b, p):
         acc = acc_dtype(q.dtype)
-        out = window_attention_reference(
-            q.to(acc), b, window_size, (shift_h, shift_w), scale, None if p is None else p.to(acc)
-        )
+        out = window_attention_reference(q.to(acc), b, tuple(window), tuple(shift), scale,
+                                         None if p is None else p.to(acc))
         return out.to(q.dtype)
 
     return f
@@ -223,28 +227,28 @@ def _v2_composite(window_size: int, shift_h: int, shift_w: int) -> Callable:
 
 
 def _setup_context(ctx, inputs, output):
-    qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale = inputs
+    qkv, bias, qkv_pad, window_size, shift, scale = inputs
     _, lse = output
     ctx.mark_non_differentiable(lse)
     ctx.save_for_backward(qkv, bias, qkv_pad, lse)
-    ctx.geometry = (window_size, shift_h, shift_w, scale)
+    ctx.geometry = (tuple(window_size), tuple(shift), scale)
     ctx.has_pad = qkv_pad is not None
 
 
 def _backward(ctx, grad_out, grad_lse):
     qkv, bias, qkv_pad, lse = ctx.saved_tensors
-    window_size, shift_h, shift_w, scale = ctx.geometry
+    window, shift, scale = ctx.geometry
     if torch.is_grad_enabled() or has_tangent((grad_out,)):
         # A second-order graph is being built (create_graph=True, torch.func), or the
         # cotangent is a dual tensor (forward-over-reverse): differentiate the composite.
-        f = _composite(window_size, shift_h, shift_w, scale)
+        f = _composite(window, shift, scale)
         dqkv, dbias, dpad = vjp(f, (qkv, bias, qkv_pad), grad_out, ctx.needs_input_grad[:3])
-        return dqkv, dbias, dpad, None, None, None, None
+        return dqkv, dbias, dpad, None, None, None
     dqkv, dbias, dpad = torch.ops.swin_ext.window_attention_bwd(
-        grad_out, qkv, bias, qkv_pad, lse, window_size, shift_h, shift_w, scale
+        grad_out, qkv, bias, qkv_pad, lse, list(window), list(shift), scale
     )
     dpad = dpad.to(qkv.dtype) if ctx.has_pad else None
-    return dqkv, dbias, dpad, None, None, None, None
+    return dqkv, dbias, dpad, None, None, None
 
 
 def _v2_setup_context(ctx, inputs, output):
@@ -277,8 +281,8 @@ class _WindowAttentionFn(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale):
-        return torch.ops.swin_ext.window_attention_fwd(qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale)
+    def forward(qkv, bias, qkv_pad, window_size, shift, scale):
+        return torch.ops.swin_ext.window_attention_fwd(qkv, bias, qkv_pad, window_size, shift, scale)
 
     setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
@@ -300,18 +304,18 @@ class _WindowAttentionV2Fn(torch.autograd.Function):
 # --------------------------------------------------------------------------- vmap
 
 
-def _fwd_vmap(info, in_dims, qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale):
+def _fwd_vmap(info, in_dims, qkv, bias, qkv_pad, window_size, shift, scale):
     qd, bd, pd = in_dims[:3]
     if qd is not None and bd is None and pd is None:
         # Only the input map is batched: the batch folds into B.
         q = qkv.movedim(qd, 0)
         V, B = q.shape[:2]
         out, lse = torch.ops.swin_ext.window_attention_fwd(
-            q.reshape(V * B, *q.shape[2:]), bias, qkv_pad, window_size, shift_h, shift_w, scale
+            q.reshape(V * B, *q.shape[2:]), bias, qkv_pad, window_size, shift, scale
         )
         return (out.view(V, B, *out.shape[1:]), lse.view(V, B, *lse.shape[1:])), (0, 0)
     return vmap_loop(torch.ops.swin_ext.window_attention_fwd, info, in_dims,
-                     qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale)
+                     qkv, bias, qkv_pad, window_size, shift, scale)
 
 
 def _v2_fwd_vmap(info, in_dims, qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w):

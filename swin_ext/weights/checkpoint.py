@@ -42,12 +42,12 @@ import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-from ..models import SwinTransformer, SwinTransformerV2
+from ..models import SwinTransformer, SwinTransformer3d, SwinTransformerV2
 from .layouts import BUFFER_SUFFIXES, FORMATS, CheckpointError, checkpoint_version, convert_state_dict
 
 __all__ = [
@@ -493,14 +493,22 @@ def load_pretrained(
 
     Everything is validated before anything is copied: a failed load leaves
     the model unchanged.  Returns a :class:`LoadResult`.
+
+    A :class:`~swin_ext.SwinTransformer3d` (Video Swin) loads torchvision's
+    and the official / mmaction2 video checkpoints, and inflates 2-D Swin V1
+    image checkpoints (:mod:`swin_ext.weights.video`).
     """
     from ..segmentation import UperNet, load_upernet  # the segmentation package builds on this one
 
     if isinstance(model, UperNet):
         return load_upernet(model, source, strict=strict, allow_new_classes=allow_new_head)
+    if isinstance(model, SwinTransformer3d):
+        from .video import load_video_pretrained
+
+        return load_video_pretrained(model, source, strict, allow_new_head=allow_new_head)
     if not isinstance(model, (SwinTransformer, SwinTransformerV2)):
-        raise TypeError(f"model must be a swin_ext.SwinTransformer, SwinTransformerV2 or segmentation.UperNet, got "
-                        f"{type(model).__name__}")
+        raise TypeError("model must be a swin_ext.SwinTransformer, SwinTransformerV2, SwinTransformer3d or "
+                        f"segmentation.UperNet, got {type(model).__name__}")
     sd = read_state_dict(source)
     version, want_version = checkpoint_version(sd), 2 if isinstance(model, SwinTransformerV2) else 1
     if version != want_version:
@@ -549,15 +557,7 @@ def load_pretrained(
             if ck["num_classes"]
             else f"the checkpoint has no classification head, model num_classes {mine['num_classes']}"
         )
-        if strict and not allow_new_head and not problems:
-            raise CheckpointError(
-                f"{what}. Pass strict=False to load everything else and keep the model's own (newly initialised) head."
-            )
-        result.new_head = what
-        for k in [k for k in converted if k.startswith("head.")]:
-            result.ignored_keys[converted.pop(k)[0]] = what
-        for k in head_keys:
-            result.initialized_keys[k] = what
+        settle_head(result, converted, head_keys, what, refuse=strict and not allow_new_head and not problems)
 
     # Tensor by tensor: resize tables, check shapes, find missing / unexpected.
     values: Dict[str, torch.Tensor] = {}
@@ -576,17 +576,55 @@ def load_pretrained(
             if len(want) == 2 and v.shape[1] == want[1] and tuple(v.shape) != want:
                 v = _resize_table(v, want[0])
                 result.resized_keys.append(k)
-        problem = tensor_problem(k, orig, v, target[k])
-        if problem:
-            problems.append(problem)
-            continue
-        values[k] = v
+        accept_value(k, orig, v, target, values, problems)
 
+    finish_load(target, values, problems, unexpected, result, features_only, strict, fmt, arch_problems)
+
+    if result.new_head is not None:
+        warnings.warn(
+            f"load_pretrained: the checkpoint's head was not loaded ({result.new_head}); the model keeps its own head",
+            stacklevel=2,
+        )
+    return result
+
+
+def accept_value(k: str, orig: str, v: torch.Tensor, target: Dict[str, torch.Tensor], values: Dict[str, torch.Tensor],
+                 problems: List[str], why: str = "") -> None:
+    """``values[k] = v`` if ``v`` fits the model's ``target[k]`` (:func:`tensor_problem`), else a line in
+    ``problems`` naming the key (``orig``: its checkpoint name; ``why``: said after a shape mismatch)."""
+    problem = tensor_problem(k, orig, v, target[k])
+    if problem is None:
+        values[k] = v
+    else:
+        problems.append(problem + (why if tuple(v.shape) != tuple(target[k].shape) else ""))
+
+
+def settle_head(result: LoadResult, converted: Dict[str, Tuple[str, torch.Tensor]], head_keys: List[str], what: str,
+                refuse: bool) -> None:
+    """A checkpoint head the model cannot take (``what`` says why): an error when ``refuse``, else the
+    checkpoint's ``head.*`` entries are dropped and the model's ``head_keys`` kept (``result`` says so)."""
+    if refuse:
+        raise CheckpointError(
+            f"{what}. Pass strict=False to load everything else and keep the model's own (newly initialised) head."
+        )
+    result.new_head = what
+    for k in [k for k in converted if k.startswith("head.")]:
+        result.ignored_keys[converted.pop(k)[0]] = what
+    for k in head_keys:
+        result.initialized_keys[k] = what
+
+
+def finish_load(target: Dict[str, torch.Tensor], values: Dict[str, torch.Tensor], problems: List[str],
+                unexpected: List[str], result: LoadResult, features_only: bool, strict: bool, fmt: str,
+                arch_problems: Sequence[str] = ()) -> None:
+    """The end of every load, once the values are converted and checked: refuse on ``problems`` (naming the
+    hyper-parameters alone when ``arch_problems`` explain them), find the missing keys (a ``features_only``
+    backbone's output norms are kept, not missing), refuse missing or unexpected keys under ``strict``, and
+    only then copy ``values`` into ``target`` (the model's state)."""
     if problems and arch_problems:  # the tensors' shapes follow from the hyper-parameters: name those alone
         follow = len(problems) - len(arch_problems)
-        problems = arch_problems + ([f"(so {follow} tensors have other shapes)"] if follow else [])
+        problems = list(arch_problems) + ([f"(so {follow} tensors have other shapes)"] if follow else [])
     raise_problems(f"the {fmt} checkpoint does not match the model's architecture", problems)
-
     for k in target:
         if k in values or k in result.initialized_keys:
             continue
@@ -595,22 +633,12 @@ def load_pretrained(
         else:
             result.missing_keys.append(k)
     result.unexpected_keys = sorted(unexpected)
-
     if strict:
         raise_key_mismatch(f"the {fmt} checkpoint's keys do not match the model (strict=True)", result)
-
-    # All checked: copy.
-    with torch.no_grad():
+    with torch.no_grad():  # all checked: copy
         for k, v in values.items():
             target[k].copy_(v)
     result.loaded = sorted(values)
-
-    if result.new_head is not None:
-        warnings.warn(
-            f"load_pretrained: the checkpoint's head was not loaded ({result.new_head}); the model keeps its own head",
-            stacklevel=2,
-        )
-    return result
 
 
 def raise_problems(what: str, problems: List[str]) -> None:

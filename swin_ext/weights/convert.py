@@ -8,7 +8,8 @@ input channels, image size) and weights, and return a swin_ext
 source's image size (its ``state_dict`` through the same layout conversion
 as :func:`~swin_ext.load_pretrained`).  timm's ``SwinTransformerV2`` and
 transformers' ``Swinv2ForImageClassification`` / ``Swinv2Model`` become a
-:class:`~swin_ext.SwinTransformerV2` (with their pretrained window sizes).
+:class:`~swin_ext.SwinTransformerV2` (with their pretrained window sizes),
+torchvision's ``SwinTransformer3d`` (``swin3d_*``) a :class:`~swin_ext.SwinTransformer3d`.
 The copy has the source's mode (train / eval), dtype and device; dropout and
 drop-path rates are not copied (the copy has none).  transformers'
 ``UperNetForSemanticSegmentation`` over a ``SwinBackbone`` / ``Swinv2Backbone``
@@ -22,12 +23,14 @@ docs/converters.md lists every option of the three libraries' constructors.
 """
 from __future__ import annotations
 
+import functools
+import math
 import re
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 
-from ..models import SwinTransformer, SwinTransformerV2
+from ..models import SwinTransformer, SwinTransformer3d, SwinTransformerV2
 from .checkpoint import load_pretrained
 from .layouts import convert_state_dict
 
@@ -264,14 +267,18 @@ def from_timm(model: nn.Module):
 # ----------------------------------------------------------------------------- torchvision
 
 
-def from_torchvision(model: nn.Module) -> SwinTransformer:
-    """A swin_ext copy of a torchvision ``SwinTransformer`` (``swin_t`` / ``swin_s`` / ``swin_b``).
+def from_torchvision(model: nn.Module):
+    """A swin_ext copy of a torchvision ``SwinTransformer`` (``swin_t`` / ``swin_s`` / ``swin_b``), or of
+    a torchvision ``SwinTransformer3d`` (``swin3d_t`` / ``_s`` / ``_b``: a :class:`~swin_ext.SwinTransformer3d`).
 
     torchvision pads a map to the window and shifts only along an axis longer
-    than it, as swin_ext V1 does: the copy equals the source at every input size.
+    than it, as swin_ext V1 does: the copy equals the source at every input size
+    (Video Swin: the window clamped per axis to the map, as torchvision's swin3d does).
     """
     what = f"from_torchvision({type(model).__name__})"
     cls = type(model)
+    if cls.__name__ == "SwinTransformer3d" and cls.__module__ == "torchvision.models.video.swin_transformer":
+        return _from_torchvision_3d(model, what)
     if cls.__name__ != "SwinTransformer" or not cls.__module__.startswith("torchvision.models.swin_transformer"):
         raise ConversionError(
             f"{what}: expects torchvision.models.swin_transformer.SwinTransformer, got {cls.__module__}.{cls.__name__}"
@@ -322,6 +329,93 @@ def from_torchvision(model: nn.Module) -> SwinTransformer:
         qkv_bias=b0[0].attn.qkv.bias is not None,
     )
     return _build(cfg, model, model.state_dict(), what)
+
+
+def _video_ln_eps(model: nn.Module, what: str) -> float:
+    """The one eps of every norm of torchvision's Video Swin (its ``norm_layer``); swin_ext's
+    SwinTransformer3d takes one ``norm_layer`` too, so mixed eps or a norm that is not a LayerNorm is refused."""
+    eps = set()
+    for name, m in model.named_modules():
+        if "norm" in name.rsplit(".", 1)[-1]:
+            if not _is_layer_norm(m):
+                raise ConversionError(f"{what}: its norm {name} is a {type(m).__name__} (norm_layer): only "
+                                      "torch's LayerNorm with weight and bias over the channels is supported")
+            eps.add(float(m.eps))
+    if len(eps) > 1:
+        raise ConversionError(f"{what}: LayerNorms with different eps {sorted(eps)} are not supported")
+    return eps.pop() if eps else 1e-5
+
+
+def _from_torchvision_3d(model: nn.Module, what: str) -> SwinTransformer3d:
+    """torchvision's Video Swin: its configuration read off the modules, every option it has that
+    swin_ext's model does not reproduce refused by name."""
+    from torchvision.models import swin_transformer as tv2
+    from torchvision.models.video import swin_transformer as tv3
+
+    eps = _video_ln_eps(model, what)  # first: a norm_layer that is not a LayerNorm is refused by that name
+    pe = model.patch_embed
+    if type(pe) is not tv3.PatchEmbed3d or not isinstance(pe.norm, nn.LayerNorm):
+        norm = type(getattr(pe, "norm", None)).__name__
+        raise ConversionError(f"{what}: a patch embedding other than torchvision's PatchEmbed3d with a LayerNorm "
+                              f"({type(pe).__name__}, norm {norm}) is not supported")
+    stages = [m for m in model.features if isinstance(m, nn.Sequential)]
+    merges = [m for m in model.features if not isinstance(m, nn.Sequential)]
+    blocks = [b for s in stages for b in s]
+    if not blocks:
+        raise ConversionError(f"{what}: no blocks found")
+    for b in blocks:
+        if type(b) is not tv2.SwinTransformerBlock or type(b.attn) is not tv3.ShiftedWindowAttention3d:
+            raise ConversionError(f"{what}: block {type(b).__name__} with attention {type(b.attn).__name__} is not "
+                                  "torchvision's SwinTransformerBlock with ShiftedWindowAttention3d")
+    if any(type(m) is not tv2.PatchMerging for m in merges) or len(merges) != len(stages) - 1:
+        raise ConversionError(f"{what}: only torchvision's PatchMerging between the stages is supported")
+    b0 = blocks[0]
+    dim0, window = pe.proj.out_channels, tuple(b0.attn.window_size)
+    total = len(blocks)
+    sd_prob = blocks[-1].stochastic_depth.p
+    dropout, attn_dropout = b0.attn.dropout, b0.attn.attention_dropout
+    for k, b in enumerate(blocks):
+        j = next(j for s in stages for j, x in enumerate(s) if x is b)
+        want_shift = [0 if j % 2 == 0 else w // 2 for w in window]
+        checks = (
+            ("window_size", tuple(b.attn.window_size), window),
+            ("shift_size", list(b.attn.shift_size), want_shift),
+            ("stochastic depth", b.stochastic_depth.p, sd_prob * k / (total - 1) if total > 1 else 0.0),
+            ("dropout", (b.attn.dropout, b.mlp[2].p, b.mlp[4].p), (dropout,) * 3),
+            ("attention_dropout", b.attn.attention_dropout, attn_dropout),
+            ("qkv / proj bias", (b.attn.qkv.bias is not None, b.attn.proj.bias is not None), (True, True)),
+            ("MLP activation", type(b.mlp[1]), nn.GELU),
+        )
+        for name, got, want in checks:
+            same = math.isclose(got, want, rel_tol=1e-12, abs_tol=1e-15) if isinstance(got, float) else got == want
+            if not same:
+                raise ConversionError(f"{what}: block {k} has {name} {got}, swin_ext's model would have {want} "
+                                      "(torchvision's per-block rule); not supported")
+    if model.pos_drop.p != dropout:
+        raise ConversionError(f"{what}: pos_drop {model.pos_drop.p} differs from the blocks' dropout {dropout}")
+    cfg = dict(
+        patch_size=pe.tuple_patch_size,
+        embed_dim=dim0,
+        depths=[len(s) for s in stages],
+        num_heads=[s[0].attn.num_heads for s in stages],
+        window_size=window,
+        mlp_ratio=b0.mlp[0].out_features / dim0,
+        dropout=dropout,
+        attention_dropout=attn_dropout,
+        stochastic_depth_prob=sd_prob,
+        num_classes=model.head.out_features,
+        norm_layer=functools.partial(nn.LayerNorm, eps=eps),
+        in_channels=pe.proj.in_channels,
+    )
+    try:
+        out = SwinTransformer3d(**cfg)
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"{what}: its configuration {cfg} is not a swin_ext SwinTransformer3d: {e}") from e
+    p = next(model.parameters(), None)
+    if p is not None:
+        out = out.to(device=p.device, dtype=p.dtype)
+    load_pretrained(out, model.state_dict(), strict=True)
+    return out.train(model.training)
 
 
 # ----------------------------------------------------------------------------- transformers
