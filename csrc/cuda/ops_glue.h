@@ -255,11 +255,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
         p.head_scale = v2 ? head_scale.const_data_ptr() : nullptr;
         const int optin = device_smem_optin();
         const cuda::attn::BwdPlan plan = cuda::attn::attention_bwd_plan<T>(p, optin, attention_bwd_choice(), attention_bwd_chunk());
-        const bool fused = plan.path == cuda::attn::BwdPath::kFused;
-        const int64_t blocks = static_cast<int64_t>(fused ? plan.n_chunks : plan.n_chunks * plan.n_row_blocks) * g.nW * heads;
+        const bool two_kernels = plan.smem_dkv > 0;  // the SIMT dq + dk/dv pair
+        const int64_t blocks = static_cast<int64_t>(plan.n_chunks) * plan.n_row_blocks * g.nW * heads;
         check_attention_launch(blocks, plan.smem, optin, g, d, qkv.scalar_type(),
-                               fused ? "the fused backward kernel" : "the dq backward kernel");
-        if (!fused) {
+                               two_kernels ? "the dq backward kernel" : "the backward kernel");
+        if (two_kernels) {
           check_attention_launch(g.B * g.nW * heads * plan.n_key_blocks, plan.smem_dkv, optin, g, d,
                                  qkv.scalar_type(), "the dk/dv backward kernel");
         }
@@ -267,8 +267,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
         at::Tensor dbias_part = Backend::output({plan.dbias_part_elems}, acc_opts);
         at::Tensor dpad_part = Backend::output({plan.dpad_slots, 2 * C}, acc_opts);
         at::Tensor dbuf = Backend::output({plan.dbuf_elems}, acc_opts);
-        const int64_t dscale_slots = !v2 ? 0 : (fused ? plan.n_chunks : plan.n_chunks * plan.n_row_blocks) * g.nW;
-        at::Tensor dscale_part = Backend::output({dscale_slots, heads}, acc_opts);
+        at::Tensor dscale_part = Backend::output({plan.dscale_slots, heads}, acc_opts);
+        at::Tensor out_fwd, drow, dq_ws;
+        if (plan.drow_elems) {
+          // The key-tiled tensor-core kernels take D = rowsum(dO o O) of the
+          // forward's output, recomputed here (the op's schema has no `out`).
+          cuda::attn::AttnParams pf = p;
+          out_fwd = Backend::output({g.B, g.H, g.W, C}, qkv.options());
+          at::Tensor lse_tmp = Backend::output(lse.sizes(), lse.options());
+          pf.out = out_fwd.mutable_data_ptr();
+          pf.lse_out = lse_tmp.mutable_data_ptr();
+          pf.vec = p.vec && aligned16(pf.out);
+          const cuda::attn::FwdPlan fplan = cuda::attn::attention_fwd_plan<T>(pf);
+          check_attention_launch(fplan.blocks, fplan.smem, optin, g, d, qkv.scalar_type(), "the forward kernel");
+          check_attention_status(cuda::attn::attention_fwd_run<T>(pf, fplan, stream), "the forward launch");
+          Backend::check_launch();
+          drow = Backend::output({plan.drow_elems}, acc_opts);
+          dq_ws = Backend::output({plan.dq_ws_elems}, acc_opts);
+          p.out_fwd = out_fwd.const_data_ptr();
+          p.Drow = drow.mutable_data_ptr();
+          p.dq_ws = plan.dq_ws_elems ? dq_ws.mutable_data_ptr() : nullptr;
+          p.vec = p.vec && aligned16(p.out_fwd);
+        }
         p.dscale_part = v2 ? dscale_part.mutable_data_ptr() : nullptr;
         p.dbias_part = dbias_part.mutable_data_ptr();
         p.dpad_part = plan.dpad_slots ? dpad_part.mutable_data_ptr() : nullptr;

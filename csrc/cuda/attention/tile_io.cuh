@@ -26,6 +26,20 @@ __device__ __forceinline__ int region_of(int pos, int padded, int ws, int shift)
   return pos < padded - ws ? 0 : (pos < padded - shift ? 1 : 2);
 }
 
+// Token t (< N) of the window at window coordinates (wy, wx): its index
+// y * W + x in the unpadded map, or -1 for a padding token, and its shift
+// region (0..8).
+__device__ __forceinline__ void window_token(const Geom& g, int wy, int wx, int t, int& tok, int& reg) {
+  int r, c;
+  g.div_ws.divmod(t, r, c);
+  const int ry = wy * g.ws + r, rx = wx * g.ws + c;  // rolled, padded coordinates
+  int y = ry + g.sh, x = rx + g.sw;                  // roll(x, -s)[i] == x[(i + s) mod P]
+  if (y >= g.Hp) y -= g.Hp;
+  if (x >= g.Wp) x -= g.Wp;
+  tok = (y < g.H && x < g.W) ? y * g.W + x : -1;
+  reg = region_of(ry, g.Hp, g.ws, g.sh) * 3 + region_of(rx, g.Wp, g.ws, g.sw);
+}
+
 // Table of rows [t0, t0 + n) of window `win`: token index or -1 (padding
 // token), region id; rows past the window (t >= N) get tok = -1 as well and
 // are zero-filled by the gathers (n_valid).
@@ -36,16 +50,7 @@ __device__ __forceinline__ void build_token_table(const Geom& g, int win, int t0
   for (int e = threadIdx.x; e < n; e += blockDim.x) {
     const int t = t0 + e;
     int tk = -1, rg = 0;
-    if (t < g.N) {
-      int r, c;
-      g.div_ws.divmod(t, r, c);
-      const int ry = wy * g.ws + r, rx = wx * g.ws + c;  // rolled, padded coordinates
-      int y = ry + g.sh, x = rx + g.sw;                  // roll(x, -s)[i] == x[(i + s) mod P]
-      if (y >= g.Hp) y -= g.Hp;
-      if (x >= g.Wp) x -= g.Wp;
-      tk = (y < g.H && x < g.W) ? y * g.W + x : -1;
-      rg = region_of(ry, g.Hp, g.ws, g.sh) * 3 + region_of(rx, g.Wp, g.ws, g.sw);
-    }
+    if (t < g.N) window_token(g, wy, wx, t, tk, rg);
     tok[e] = tk;
     reg[e] = rg;
   }
