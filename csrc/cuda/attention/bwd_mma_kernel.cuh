@@ -117,10 +117,20 @@ struct BwdMmaTraits {
   // buffers of their own.
   static constexpr int kAliasOff = kV2 ? 2 * kTileBytes : kTileBytes;  // in the stage
   static constexpr int kAliasBytes = kV2 ? kTileBytes : 2 * kTileBytes;
+  // Where only one of them fits, P goes to a buffer of its own -- or, when
+  // that keeps two images in flight at three blocks per SM (V1, head_dim 32:
+  // the Swin path), P and then dS take the dead region one after the other
+  // (kSeqPdS: two more barriers per image).
   static constexpr bool kDSAlias = kPBytes <= kAliasBytes;
-  static constexpr bool kPAlias = 2 * kPBytes <= kAliasBytes;
-  static constexpr int kSepBytes = (kDSAlias ? 0 : kPBytes) + (kPAlias ? 0 : kPBytes);
-  static constexpr int tile_smem(int stages) { return kTStage + stages * kStageBytes + kSepBytes; }
+  static constexpr bool kPAlias2 = 2 * kPBytes <= kAliasBytes;
+  static constexpr int tile_smem_of(int stages, int sep) { return kTStage + stages * kStageBytes + sep; }
+  static constexpr int kSepPar = (kDSAlias ? 0 : kPBytes) + (kPAlias2 ? 0 : kPBytes);
+  static constexpr bool kSeqPdS = kDSAlias && !kPAlias2 && tile_smem_of(2, kSepPar) > kSmemThreeBlocks &&
+                                  tile_smem_of(2, 0) <= kSmemThreeBlocks;
+  static constexpr bool kPAlias = kPAlias2 || kSeqPdS;  // P in the dead region (at kPOff)
+  static constexpr int kPOff = kSeqPdS ? kAliasOff : kAliasOff + kPBytes;
+  static constexpr int kSepBytes = kSeqPdS ? 0 : kSepPar;
+  static constexpr int tile_smem(int stages) { return tile_smem_of(stages, kSepBytes); }
   static constexpr int kStages = tile_smem(2) <= kSmemThreeBlocks ? 2 : 1;  // images in flight
   static constexpr int kTSep = kTStage + kStages * kStageBytes;
   static constexpr int kTileSmem = tile_smem(kStages);
@@ -365,11 +375,12 @@ __device__ __forceinline__ float2 row_pair(const unsigned char* row, int c) {
 // 1 / max(||row||, 1e-12) (F.normalize's rule) of a staged row (zeros past
 // d), in float32 from the rounded elements (the forward's inverse norms).
 template <class Tr>
-__device__ __forceinline__ float staged_inv_norm(const unsigned char* row) {
+__device__ __forceinline__ float staged_inv_norm(const unsigned char* row, int dp) {
   using T = typename Tr::T;
   float ss = 0.f;
 #pragma unroll
   for (int cv = 0; cv < Tr::kVecs; ++cv) {
+    if (Tr::kD == 0 && cv * 8 >= dp) break;  // generic head_dim: columns past dp are never staged
     const uint4 u = *reinterpret_cast<const uint4*>(row + cv * 16);
     T v[8];
     memcpy(static_cast<void*>(v), &u, 16);
@@ -625,6 +636,15 @@ __device__ __forceinline__ void dscores(const float (&pr)[Tr::kNT][4], float (&d
   }
 }
 
+// The padding keys (bit r) among 16 rows of a tile table (valid: row < n).
+__device__ __forceinline__ uint32_t padding_rows(const int* tok16, int n) {
+  uint32_t m = 0;
+#pragma unroll
+  for (int r = 0; r < kRowTile; ++r)
+    if (r < n && tok16[r] < 0) m |= 1u << r;
+  return m;
+}
+
 // ------------------------------------------------------------------ N <= 64: one tile, images in flight
 
 template <class Tr>
@@ -703,13 +723,6 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
   }
   const int wrow0 = warp * kRowTile;
   const bool active = wrow0 < N;  // warp-uniform: warps past the window only stage and wait
-  // Padding keys among the warp's 16 rows (bit r), for the pad vector's gradient.
-  uint32_t pad_rows = 0;
-  if (p.padded) {  // sass: skip(padded)
-#pragma unroll
-    for (int r = 0; r < kRowTile; ++r)
-      if (wrow0 + r < N && tok[wrow0 + r] < 0) pad_rows |= 1u << r;
-  }
 
   const uint4* pad16 = reinterpret_cast<const uint4*>(pad);
   // Issues image b's q, k, v, dO chunks into stage st (one cp.async group).
@@ -748,7 +761,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
   float4* dbw = reinterpret_cast<float4*>(smem + Tr::kTDbias) + warp * kNT * 32 + lane;
 #pragma unroll
   for (int nt = 0; nt < kNT; ++nt) dbw[nt * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
-  [[maybe_unused]] float ds_acc = 0.f;  // V2: this lane's share of d head_scale
+  if constexpr (Tr::kV2) {
+    if (lane == 0) inv[128 + warp] = 0.f;  // the warp's d head_scale over the chunk
+  }
 
   __syncthreads();  // the tables and the bias tile are complete
   if (vec) issue(b0, 0);
@@ -760,7 +775,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     unsigned char* sK = st + Tr::kTileBytes;
     unsigned char* sV = st + 2 * Tr::kTileBytes;
     unsigned char* sdO = st + 3 * Tr::kTileBytes;
-    unsigned char* sP = Tr::kPAlias ? st + Tr::kAliasOff + Tr::kPBytes : smem + Tr::kTSep;
+    unsigned char* sP = Tr::kPAlias ? st + Tr::kPOff : smem + Tr::kTSep;
     unsigned char* sdS = Tr::kDSAlias ? st + Tr::kAliasOff : smem + Tr::kTSep + (Tr::kPAlias ? 0 : Tr::kPBytes);
     if (vec) {
       cp_async_wait<0>();
@@ -771,7 +786,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     __syncthreads();  // image b is complete; every warp is done with image b - 1
     if (Tr::kStages == 2 && vec && it + 1 < nimg) issue(b + 1, cur ^ 1);  // in flight while b is computed
     if constexpr (Tr::kV2) {
-      inv[tid] = staged_inv_norm<Tr>(st + (tid >> 6) * Tr::kTileBytes + (tid & 63) * Tr::kRowBytes);
+      inv[tid] = staged_inv_norm<Tr>(st + (tid >> 6) * Tr::kTileBytes + (tid & 63) * Tr::kRowBytes, dp);
       __syncthreads();
     }
 
@@ -782,13 +797,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       const float lse0 = lse2_of(lse, wrow0 + gr, N), lse1 = lse2_of(lse, wrow0 + gr + 8, N);
       float s[kNT][4], dpf[kNT][4];
       rows_x_rowsT<Tr>(s, sQ + wrow0 * Tr::kRowBytes, sK, N, dp, lane);
-      [[maybe_unused]] float rq0 = 0.f, rq1 = 0.f;       // V2: 1 / ||q|| of rows g, g + 8
-      [[maybe_unused]] float ca0 = 0.f, ca1 = 0.f, cb0 = 0.f, cb1 = 0.f;  // V2: row sums of P dP c, P c
+      [[maybe_unused]] float rq0 = 0.f, rq1 = 0.f;  // V2: 1 / ||q|| of rows g, g + 8
       if constexpr (Tr::kV2) {
         // head_scale q.k / (||q|| ||k||) in float32 plus the bias (the
-        // forward's formula); c = q.k / ||k|| is the cosine times ||q||.
-        // d head_scale = sum dS cos = sum_i (sum_j P dP c - D_i sum_j P c) / ||q_i||.
-        rows_x_rowsT<Tr>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, N, dp, lane);
+        // forward's formula: c = q.k / ||k|| is the cosine times ||q||).
         rq0 = inv[wrow0 + gr];
         rq1 = inv[wrow0 + gr + 8];
         const float rf0 = sh_log2 * rq0, rf1 = sh_log2 * rq1;
@@ -796,17 +808,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
         for (int nt = 0; nt < kNT; ++nt) {
           const float4 bm = bw[nt * 32];
           const float2 cf = *reinterpret_cast<const float2*>(inv + 64 + nt * 8 + c0);
-          const float c[4] = {s[nt][0] * cf.x, s[nt][1] * cf.y, s[nt][2] * cf.x, s[nt][3] * cf.y};
-          s[nt][0] = bexp2(fmaf(c[0], rf0, bm.x) - lse0);
-          s[nt][1] = bexp2(fmaf(c[1], rf0, bm.y) - lse0);
-          s[nt][2] = bexp2(fmaf(c[2], rf1, bm.z) - lse1);
-          s[nt][3] = bexp2(fmaf(c[3], rf1, bm.w) - lse1);
-          cb0 = fmaf(s[nt][0], c[0], fmaf(s[nt][1], c[1], cb0));
-          cb1 = fmaf(s[nt][2], c[2], fmaf(s[nt][3], c[3], cb1));
-          ca0 = fmaf(s[nt][0] * dpf[nt][0], c[0], fmaf(s[nt][1] * dpf[nt][1], c[1], ca0));
-          ca1 = fmaf(s[nt][2] * dpf[nt][2], c[2], fmaf(s[nt][3] * dpf[nt][3], c[3], ca1));
-          // (keeps the compiler from hoisting every n-tile's bias and norm loads at once)
-          if (nt == kNT / 2 - 1) __syncwarp();
+          s[nt][0] = bexp2(fmaf(s[nt][0] * cf.x, rf0, bm.x) - lse0);
+          s[nt][1] = bexp2(fmaf(s[nt][1] * cf.y, rf0, bm.y) - lse0);
+          s[nt][2] = bexp2(fmaf(s[nt][2] * cf.x, rf1, bm.z) - lse1);
+          s[nt][3] = bexp2(fmaf(s[nt][3] * cf.y, rf1, bm.w) - lse1);
         }
       } else {
 #pragma unroll
@@ -817,8 +822,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
           s[nt][2] = bexp2(fmaf(s[nt][2], scale_log2, bm.z) - lse1);
           s[nt][3] = bexp2(fmaf(s[nt][3], scale_log2, bm.w) - lse1);
         }
-        rows_x_rowsT<Tr>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, N, dp, lane);  // after P: fewer live registers
       }
+      rows_x_rowsT<Tr>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, N, dp, lane);  // after P: fewer live registers
       // D = rowsum(P o dP): the whole row is in this tile.
       float D0 = 0.f, D1 = 0.f;
 #pragma unroll
@@ -840,9 +845,27 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
         dbw[nt * 32] = v;
       }
       pack_a<Tr>(pa, s);
-      zero_frags<Tr>(dq);
       if constexpr (Tr::kV2) {
-        ds_acc += rq0 * (ca0 - D0 * cb0) + rq1 * (ca1 - D1 * cb1);
+        // d head_scale = sum dS cos, from the float32 dS and the raw scores
+        // (formed again, 16 keys at a time: fewer live registers than
+        // keeping them).  This image's share of the warp is added by lane 0
+        // to the warp's float in shared memory.
+        float ca0 = 0.f, ca1 = 0.f;
+#pragma unroll
+        for (int kh = 0; kh < 4; ++kh) {
+          if (kh * 16 >= N) break;
+          float s2[2][4];
+          rows_x_rowsT<Tr, 2>(s2, sQ + wrow0 * Tr::kRowBytes, sK, N, dp, lane, kh * 2);
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            const float2 cf = *reinterpret_cast<const float2*>(inv + 64 + (kh * 2 + nt) * 8 + c0);
+            const float(&x)[4] = dpf[kh * 2 + nt];
+            ca0 = fmaf(x[0] * cf.x, s2[nt][0], fmaf(x[1] * cf.y, s2[nt][1], ca0));
+            ca1 = fmaf(x[2] * cf.x, s2[nt][2], fmaf(x[3] * cf.y, s2[nt][3], ca1));
+          }
+        }
+        const float dsw = warp_sum(rq0 * ca0 + rq1 * ca1);
+        if (lane == 0) inv[128 + warp] += dsw;
         // dQ against the raw k rows: dS / ||k|| per column; dK against the
         // raw q rows: dS head_scale / ||q|| per row (staged).  Both packed
         // before the products, so that dS dies first.
@@ -863,44 +886,51 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
           dsa[kv][2] = pack2<T>(x1[0] * m0, x1[1] * m0);
           dsa[kv][3] = pack2<T>(x1[2] * m1, x1[3] * m1);
         }
+        zero_frags<Tr>(dq);
         regs_x_rows<Tr>(dq, dsq, sK, N, dp, lane);  // the gradient of q^ / head_scale
         normalize_backward<Tr>(dq, sQ + wrow0 * Tr::kRowBytes, rq0, rq1, s_h, dp, lane);
       } else {
         pack_a<Tr>(dsa, dpf);
+        zero_frags<Tr>(dq);
         regs_x_rows<Tr>(dq, dsa, sK, N, dp, lane);  // dQ = dS K (times scale at the store)
-      }
-    }
-    if (active) {
-      // dQ now (not held through dK, dV): through the warp's rows of the P
-      // buffer when P has one of its own (its rows are written below), else
-      // from the fragments.
-      T* dimg = static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv;
-      if constexpr (Tr::kStagedOut && !Tr::kPAlias) {
-        store_out<Tr, true, Tr::kPRowBytes>(p, dq, scale, 0, tok_w, sP + wrow0 * Tr::kPRowBytes, dimg, d, hd, lane);
-      } else {
-        store_out<Tr, false>(p, dq, scale, 0, tok_w, nullptr, dimg, d, hd, lane);
       }
     }
     if constexpr (Tr::kDSAlias) __syncthreads();  // every warp is done with K and V: P / dS may overwrite them
     if (active) {
+      // dQ now (not held through dK, dV): through the warp's own rows of P
+      // (written right after), or from the fragments.
+      T* dimg = static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv;
+      if constexpr (Tr::kStagedOut) {
+        store_out<Tr, true, Tr::kPRowBytes>(p, dq, scale, 0, tok_w, sP + wrow0 * Tr::kPRowBytes, dimg, d, hd, lane);
+      } else {
+        store_out<Tr, false>(p, dq, scale, 0, tok_w, nullptr, dimg, d, hd, lane);
+      }
       stage_a<Tr>(sP + wrow0 * Tr::kPRowBytes, pa, N, lane);
-      stage_a<Tr>(sdS + wrow0 * Tr::kPRowBytes, dsa, N, lane);
+      if constexpr (!Tr::kSeqPdS) stage_a<Tr>(sdS + wrow0 * Tr::kPRowBytes, dsa, N, lane);
     }
-    __syncthreads();  // P and dS of every row are staged
+    __syncthreads();  // P (and dS) of every row are staged
+    // The warp's 16 keys (the same positions as its rows): dV = P^T dO and
+    // dK = dS^T Q (V2: the gradient of k^, then through the normalisation).
+    // The padding keys among them (bit r), for the pad vector's gradient
+    // (read from the table when needed: no register held over the images).
+    const uint32_t pad_rows = p.padded ? padding_rows(tok_w, N - wrow0) : 0u;  // sass: skip(padded)
     float dk[Tr::kDN][4], dva[Tr::kDN][4];
-    if (active) {  // the warp's 16 keys (the same positions as its rows)
+    const auto grad_v = [&] {
       uint32_t at[kK16][4];
       staged_t_frags<Tr>(at, sP, wrow0, N, lane);
       zero_frags<Tr>(dva);
-      regs_x_rows<Tr>(dva, at, sdO, N, dp, lane);  // dV = P^T dO
+      regs_x_rows<Tr>(dva, at, sdO, N, dp, lane);
+      if (pad_rows) add_padding_rows_frag<Tr>(dpad_w + Tr::kDPad, dva, pad_rows, dp, lane);  // sass: skip(padded)
       if constexpr (!Tr::kStagedOut) {
-        if (pad_rows) add_padding_rows_frag<Tr>(dpad_w + Tr::kDPad, dva, pad_rows, dp, lane);  // sass: skip(padded)
         store_out<Tr>(p, dva, 1.f, 2, tok_w, nullptr, static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv, d, hd,
                       lane);
       }
+    };
+    const auto grad_k = [&] {
+      uint32_t at[kK16][4];
       staged_t_frags<Tr>(at, sdS, wrow0, N, lane);
       zero_frags<Tr>(dk);
-      regs_x_rows<Tr>(dk, at, sQ, N, dp, lane);  // dK = dS^T Q (V2: the gradient of k^)
+      regs_x_rows<Tr>(dk, at, sQ, N, dp, lane);
       if constexpr (Tr::kV2) {
         normalize_backward<Tr>(dk, sK + wrow0 * Tr::kRowBytes, inv[64 + wrow0 + gr], inv[64 + wrow0 + gr + 8], 1.f, dp,
                                lane);
@@ -915,12 +945,23 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
         store_out<Tr>(p, dk, 1.f, 1, tok_w, nullptr, static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv, d, hd,
                       lane);
       }
+    };
+    if constexpr (Tr::kSeqPdS) {  // P's product first, then dS over P once every warp has read it
+      if (active) grad_v();
+      __syncthreads();
+      if (active) stage_a<Tr>(sdS + wrow0 * Tr::kPRowBytes, dsa, N, lane);
+      __syncthreads();
+      if (active) grad_k();
+    } else {  // dK first: its normalisation (V2) runs with fewer live registers
+      if (active) {
+        grad_k();
+        grad_v();
+      }
     }
     if constexpr (Tr::kStagedOut) {
       __syncthreads();  // P, dS, Q and dO are consumed: the warp's rows of the stage take its outputs
       if (active) {
         T* dimg = static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv;
-        if (pad_rows) add_padding_rows_frag<Tr>(dpad_w + Tr::kDPad, dva, pad_rows, dp, lane);  // sass: skip(padded)
         store_out<Tr>(p, dk, 1.f, 1, tok_w, sK + wrow0 * Tr::kRowBytes, dimg, d, hd, lane);
         store_out<Tr>(p, dva, 1.f, 2, tok_w, sV + wrow0 * Tr::kRowBytes, dimg, d, hd, lane);
       }
@@ -961,9 +1002,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     }
   }
   if constexpr (Tr::kV2) {  // d head_scale of this (chunk, window, head): the warps' sums in warp order
-    const float w = warp_sum(ds_acc);
-    float* ds_w = inv + 128;
-    if (lane == 0) ds_w[warp] = w;
+    const float* ds_w = inv + 128;
     __syncthreads();
     if (tid == 0) {
       float t = 0.f;
@@ -986,15 +1025,6 @@ __device__ __forceinline__ void tile_table(const Geom& g, int wy, int wx, int t0
     tab[t] = tk;
     tab[64 + t] = rg;
   }
-}
-
-// The padding keys (bit r) among 16 rows of a tile table (valid: row < n).
-__device__ __forceinline__ uint32_t padding_rows(const int* tok16, int n) {
-  uint32_t m = 0;
-#pragma unroll
-  for (int r = 0; r < kRowTile; ++r)
-    if (r < n && tok16[r] < 0) m |= 1u << r;
-  return m;
 }
 
 // Fragment-order float32 storage of a 16 x kDPad tile: float4 [dn][lane]
@@ -1230,9 +1260,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
         if (kStages == 2 && vec) issue_next();
         if constexpr (Tr::kV2) {
           if (tid < 64) {
-            if (st == 0) invk[ks * 64 + tid] = staged_inv_norm<Tr>(sK + tid * Tr::kRowBytes);
+            if (st == 0) invk[ks * 64 + tid] = staged_inv_norm<Tr>(sK + tid * Tr::kRowBytes, dp);
           } else {
-            invq[qs * 64 + tid - 64] = staged_inv_norm<Tr>(sQ + (tid - 64) * Tr::kRowBytes);
+            invq[qs * 64 + tid - 64] = staged_inv_norm<Tr>(sQ + (tid - 64) * Tr::kRowBytes, dp);
           }
           __syncthreads();
         }
