@@ -271,17 +271,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
         at::Tensor out_fwd, drow, dq_ws;
         if (plan.drow_elems) {
           // The key-tiled tensor-core kernels take D = rowsum(dO o O) of the
-          // forward's output, recomputed here (the op's schema has no `out`).
-          cuda::attn::AttnParams pf = p;
-          out_fwd = Backend::output({g.B, g.H, g.W, C}, qkv.options());
-          at::Tensor lse_tmp = Backend::output(lse.sizes(), lse.options());
-          pf.out = out_fwd.mutable_data_ptr();
-          pf.lse_out = lse_tmp.mutable_data_ptr();
-          pf.vec = p.vec && aligned16(pf.out);
-          const cuda::attn::FwdPlan fplan = cuda::attn::attention_fwd_plan<T>(pf);
-          check_attention_launch(fplan.blocks, fplan.smem, optin, g, d, qkv.scalar_type(), "the forward kernel");
-          check_attention_status(cuda::attn::attention_fwd_run<T>(pf, fplan, stream), "the forward launch");
-          Backend::check_launch();
+          // forward's output, recomputed here (the op's schema has no `out`) in
+          // float32 from the same rounded inputs: from the bf16 / fp16-rounded
+          // output, D would be off by dO . (O - round(O)) in every row, an error
+          // that V2's d head_scale sums over every window (twice the
+          // composite's error at bf16 under the harness).
+          const std::optional<at::Tensor> pad32 =
+              has_pad ? std::optional<at::Tensor>(pad.to(at::kFloat)) : std::nullopt;
+          out_fwd = std::get<0>(window_attention_fwd_impl<Backend>(qkv.to(at::kFloat), bias, pad32, head_scale,
+                                                                   window_size, shift_h, shift_w, scale));
           drow = Backend::output({plan.drow_elems}, acc_opts);
           dq_ws = Backend::output({plan.dq_ws_elems}, acc_opts);
           p.out_fwd = out_fwd.const_data_ptr();

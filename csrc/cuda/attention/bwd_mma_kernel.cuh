@@ -1476,13 +1476,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
 // ------------------------------------------------------------------ D = rowsum(dO o O)
 
 // D of every (token, head) of the batch, token-major (B, H, W, heads), in
-// float32 from the forward's output and its gradient: a thread per row of
-// head_dim elements, 16-byte loads when the rows are aligned.
+// float32 from the forward's float32 output (recomputed by the glue) and the
+// output gradient: a thread per row of head_dim elements, 16-byte loads when
+// the rows are aligned.
 template <typename T>
 __global__ void __launch_bounds__(256) attn_bwd_rowdot_kernel(const AttnParams p) {
   const int64_t rows = static_cast<int64_t>(p.B) * p.g.H * p.g.W * p.heads;
   const int d = p.d;
-  const T* out = static_cast<const T*>(p.out_fwd);
+  const float* out = static_cast<const float*>(p.out_fwd);
   const T* go = static_cast<const T*>(p.grad_out);
   float* D = static_cast<float*>(p.Drow);
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < rows;
@@ -1491,15 +1492,17 @@ __global__ void __launch_bounds__(256) attn_bwd_rowdot_kernel(const AttnParams p
     float acc = 0.f;
     if (p.vec) {
       for (int c = 0; c < d; c += 8) {
-        const uint4 a = swin_ldg16(out + off + c), b2 = swin_ldg16(go + off + c);
-        T x[8], y[8];
-        memcpy(static_cast<void*>(x), &a, 16);
+        const uint4 a0 = swin_ldg16(out + off + c), a1 = swin_ldg16(out + off + c + 4), b2 = swin_ldg16(go + off + c);
+        float x[8];
+        T y[8];
+        memcpy(static_cast<void*>(x), &a0, 16);
+        memcpy(static_cast<void*>(x + 4), &a1, 16);
         memcpy(static_cast<void*>(y), &b2, 16);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc = fmaf(to_acc(x[e]), to_acc(y[e]), acc);
+        for (int e = 0; e < 8; ++e) acc = fmaf(x[e], to_acc(y[e]), acc);
       }
     } else {
-      for (int c = 0; c < d; ++c) acc = fmaf(to_acc(out[off + c]), to_acc(go[off + c]), acc);
+      for (int c = 0; c < d; ++c) acc = fmaf(out[off + c], to_acc(go[off + c]), acc);
     }
     D[r] = acc;
   }

@@ -45,7 +45,7 @@ struct AttnParams {
   void* dbias_part = nullptr;      // (n_chunks, nW, heads, N, N) acc_t partials
   void* dpad_part = nullptr;       // (n_dpad_slots, 2, heads, d) acc_t partials, null when unpadded
   void* Dbuf = nullptr;            // (B, nW, heads, N) acc_t, streaming backward only (SIMT)
-  const void* out_fwd = nullptr;   // (B, H, W, C) the forward's output (key-tiled tensor-core backward)
+  const void* out_fwd = nullptr;   // (B, H, W, C) float32: the forward's output recomputed (key-tiled tensor-core backward)
   void* Drow = nullptr;            // (B, H, W, heads) float: rowsum(dO o O) per token and head (the same)
   void* dq_ws = nullptr;           // float32 dQ workspace (streamed key-tiled tensor-core backward)
   // Swin V2 (cosine attention): q and k rows L2-normalised, q times a
