@@ -407,6 +407,38 @@ def test_kernel_window_attention_is_deterministic(hops):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+@pytest.mark.parametrize("ws,H,W,d", [(4, 9, 11, 32), (9, 10, 11, 16)], ids=["tile", "key-tiled"])
+def test_kernel_tensor_core_backward_is_deterministic(hops, monkeypatch, dtype, v2, ws, H, W, d):
+    """The mma.sync backward (tile kernel at N = 16, key-tiled kernel at N = 81),
+    bf16 / fp16, V1 / V2, padded and shifted, several images per block:
+    bitwise-identical gradients whatever the thread order and block placement."""
+    _needs_op("window_attention_fwd")
+    B, heads, N, sh = 2, 2, ws * ws, ws // 2
+    qkv = torch.randn(B, H, W, 3 * heads * d).to(dtype)
+    bias = torch.randn(heads, N, N)
+    pad = torch.randn(3 * heads * d).to(dtype)
+    go = torch.randn(B, H, W, heads * d).to(dtype)
+    hs = torch.rand(heads) * 20 + 1
+    monkeypatch.setenv("SWIN_EXT_ATTN_CHUNK", "2")
+    results = []
+    for seed, workers in [(0, 1), (1, 2), (99, 3)]:
+        hops.set_options(seed, workers)
+        if v2:
+            _, lse = hops.window_attention_v2_fwd(qkv, bias, pad, hs, ws, sh, sh)
+            grads = hops.window_attention_v2_bwd(go, qkv, bias, pad, hs, lse, ws, sh, sh)
+        else:
+            _, lse = hops.window_attention_fwd(qkv, bias, pad, ws, sh, sh, d ** -0.5)
+            grads = hops.window_attention_bwd(go, qkv, bias, pad, lse, ws, sh, sh, d ** -0.5)
+        results.append(tuple(grads))
+    hops.clear_options()
+    assert all(torch.isfinite(t).all() for t in results[0])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------------------
 # Launch shapes: the harness records every launch (kernel, grid, block,
 # dynamic shared memory).
