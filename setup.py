@@ -18,7 +18,6 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-import sys
 
 from setuptools import setup
 
@@ -84,12 +83,21 @@ def _remove_stale_libraries() -> None:
 
 def build_extensions():
     cpu_sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
-    cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")) + glob.glob(os.path.join(CSRC, "cuda", "*.cpp")))
+    cuda_sources = sorted(
+        glob.glob(os.path.join(CSRC, "cuda", "*.cu")) + glob.glob(os.path.join(CSRC, "cuda", "*.cpp"))
+    )
     with_cuda, reason = _choose_variant(cuda_sources)
 
     debug = _flag("SWIN_EXT_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx_flags = opt + ["-fopenmp", "-ffp-contract=fast", "-fdiagnostics-color=always", "-Wall", "-Wno-unknown-pragmas", "-Wno-psabi"]
+    cxx_flags = opt + [
+        "-fopenmp",
+        "-ffp-contract=fast",
+        "-fdiagnostics-color=always",
+        "-Wall",
+        "-Wno-unknown-pragmas",
+        "-Wno-psabi",
+    ]
     extra_link_args = ["-fopenmp"]
     define_macros = []
     include_dirs = [os.path.join(ROOT, CSRC)]
@@ -119,8 +127,11 @@ def build_extensions():
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=extra_link_args,
         )
-    print(f"swin_ext: building {'CUDA' if with_cuda else 'CPU-only'} extension ({reason})"
-          + (f", archs {archs}" if with_cuda else ""), flush=True)
+    print(
+        f"swin_ext: building {'CUDA' if with_cuda else 'CPU-only'} extension ({reason})"
+        + (f", archs {archs}" if with_cuda else ""),
+        flush=True,
+    )
     _write_build_config(with_cuda, reason, archs)
     _remove_stale_libraries()
     return [ext]

@@ -55,7 +55,8 @@ peak RSS above the RSS before that iteration, from the kernel's VmHWM after
 resetting it through ``/proc/self/clear_refs`` (Linux); "n/a" where that is
 unavailable.  CPU numbers include allocator caching and are approximate.
 
-Writes ``benchmarks/results/bench_model_<device>_<date>.md`` and ``.png``.
+Writes ``benchmarks/results/bench_model_<model>_<device>_<date>.md`` (``<device>``: ``cpu-<threads>t``, or the GPU
+name on CUDA) and a ``.png`` chart; ``--no-save`` prints only.
 """
 from __future__ import annotations
 
@@ -77,9 +78,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import measure  # noqa: E402
-
 import swin_ext  # noqa: E402
+from swin_ext.weights.layouts import to_timm, to_torchvision  # noqa: E402
+
+from _timing import measure  # noqa: E402
 
 ALL_IMPLS = ["swin_ext-fused", "swin_ext-fused-noepi", "swin_ext-fused-compiled", "swin_ext-reference", "timm",
              "timm-sdpa", "timm-compiled", "torchvision"]
@@ -88,41 +90,6 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 # --------------------------------------------------------------------------- weight mapping
-
-
-def to_timm_state_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """swin_ext (official layout) -> timm: patch merging moves to the start of
-    the next stage (``layers.{i+1}.downsample``), ``head`` -> ``head.fc``."""
-    out = {}
-    for k, v in sd.items():
-        k2 = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", k)
-        if k2.startswith("head."):
-            k2 = "head.fc." + k2[len("head."):]
-        out[k2] = v
-    return out
-
-
-def to_torchvision_state_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """swin_ext -> torchvision ``swin_t``: ``features.0`` = (conv, permute, norm),
-    ``features.2i+1`` = stage i's blocks, ``features.2i+2`` = stage i's merging,
-    ``mlp.fc1/fc2`` -> ``mlp.0/mlp.3``."""
-    out = {}
-    for k, v in sd.items():
-        m = re.match(r"^patch_embed\.(proj|norm)\.(.*)$", k)
-        if m:
-            out[f"features.0.{0 if m.group(1) == 'proj' else 2}.{m.group(2)}"] = v
-            continue
-        m = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(.*)$", k)
-        if m:
-            rest = m.group(3).replace("mlp.fc1.", "mlp.0.").replace("mlp.fc2.", "mlp.3.")
-            out[f"features.{2 * int(m.group(1)) + 1}.{m.group(2)}.{rest}"] = v
-            continue
-        m = re.match(r"^layers\.(\d+)\.downsample\.(.*)$", k)
-        if m:
-            out[f"features.{2 * int(m.group(1)) + 2}.{m.group(2)}"] = v
-            continue
-        out[k] = v  # norm.*, head.*
-    return out
 
 
 def _load_into(model: nn.Module, mapped: Dict[str, torch.Tensor]) -> None:
@@ -138,12 +105,17 @@ def _load_into(model: nn.Module, mapped: Dict[str, torch.Tensor]) -> None:
 
 
 # model name -> (swin_ext factory or create_model name, timm name, torchvision builder name or None,
-# image size); the architectures and image sizes come from swin_ext's variant table (swin_ext.variants).
-_TIMM_NAMES = {"swin_t": ("swin_tiny_patch4_window7_224", "swin_t"), "swin_s": ("swin_small_patch4_window7_224", "swin_s"),
-               "swin_b": ("swin_base_patch4_window7_224", "swin_b"),
-               "swinv2_tiny_window8_256": ("swinv2_tiny_window8_256", None)}
-MODELS = {name: (name, timm_name, tv, swin_ext.factory.model_config(name)["img_size"])
-          for name, (timm_name, tv) in _TIMM_NAMES.items()}
+# image size); the architectures and image sizes come from swin_ext's variant table (swin_ext.models.variants).
+_TIMM_NAMES = {
+    "swin_t": ("swin_tiny_patch4_window7_224", "swin_t"),
+    "swin_s": ("swin_small_patch4_window7_224", "swin_s"),
+    "swin_b": ("swin_base_patch4_window7_224", "swin_b"),
+    "swinv2_tiny_window8_256": ("swinv2_tiny_window8_256", None),
+}
+MODELS = {
+    name: (name, timm_name, tv, swin_ext.factory.model_config(name)["img_size"])
+    for name, (timm_name, tv) in _TIMM_NAMES.items()
+}
 
 
 def _base_model(model: str) -> nn.Module:
@@ -158,8 +130,9 @@ def _base_model(model: str) -> nn.Module:
     return m
 
 
-def build_models(impls: List[str], device: torch.device, seed: int = 0,
-                 model: str = "swin_t") -> Tuple[Dict[str, nn.Module], Dict[str, str]]:
+def build_models(
+    impls: List[str], device: torch.device, seed: int = 0, model: str = "swin_t"
+) -> Tuple[Dict[str, nn.Module], Dict[str, str]]:
     """The implementations, all with the weights of ``swin_ext.<model>`` seeded with ``seed``."""
     ours, timm_name, tv_name, _ = MODELS[model]
     torch.manual_seed(seed)
@@ -196,14 +169,18 @@ def build_models(impls: List[str], device: torch.device, seed: int = 0,
                 m = timm.create_model(timm_name, pretrained=False, num_classes=1000, drop_path_rate=0.0)
             finally:
                 tcfg._USE_FUSED_ATTN = saved
-            m.load_state_dict(to_timm_state_dict(sd), strict=True)
-            flags = {bool(getattr(a, "fused_attn", False)) for a in m.modules() if type(a).__name__ == "WindowAttention"}
+            m.load_state_dict(to_timm(sd), strict=True)
+            flags = {
+                bool(getattr(a, "fused_attn", False)) for a in m.modules() if type(a).__name__ == "WindowAttention"
+            }
             if v2:
                 attn_note = "explicit softmax (timm's only Swin V2 attention path)"
             else:
-                attn_note = (f"WindowAttention.fused_attn={'/'.join(str(f) for f in sorted(flags))}"
-                             + (" (F.scaled_dot_product_attention, = TIMM_FUSED_ATTN=2)" if True in flags
-                                else " (explicit softmax: timm's default for Swin)"))
+                attn_note = f"WindowAttention.fused_attn={'/'.join(str(f) for f in sorted(flags))}" + (
+                    " (F.scaled_dot_product_attention, = TIMM_FUSED_ATTN=2)"
+                    if True in flags
+                    else " (explicit softmax: timm's default for Swin)"
+                )
             notes[name] = f"timm {timm.__version__} {timm_name}, {attn_note}"
             if name == "timm-compiled":
                 notes[name] += ", under torch.compile (inductor, dynamic=False)"
@@ -222,7 +199,7 @@ def build_models(impls: List[str], device: torch.device, seed: int = 0,
             for mod in m.modules():
                 if type(mod).__name__ == "StochasticDepth":
                     mod.p = 0.0
-            _load_into(m, to_torchvision_state_dict(sd))
+            _load_into(m, to_torchvision(sd))
             notes[name] = f"torchvision {torchvision.__version__} {tv_name}"
             models[name] = m
         else:
@@ -298,8 +275,9 @@ def peak_memory_mib(fn: Callable[[], None], device: torch.device) -> Optional[fl
 # --------------------------------------------------------------------------- runners
 
 
-def make_runner(model: nn.Module, mode: str, batch: int, dtype: torch.dtype, device: torch.device,
-                img: int = 224) -> Callable[[], None]:
+def make_runner(
+    model: nn.Module, mode: str, batch: int, dtype: torch.dtype, device: torch.device, img: int = 224
+) -> Callable[[], None]:
     g = torch.Generator().manual_seed(2)
     x = torch.randn(batch, 3, img, img, generator=g).to(device)
     y = torch.randint(0, 1000, (batch,), generator=g).to(device)
@@ -326,8 +304,9 @@ def make_runner(model: nn.Module, mode: str, batch: int, dtype: torch.dtype, dev
     return step
 
 
-def bench_case(models, mode, batch, dtype, device, warmup, repeats,
-               compile_s: Optional[Dict[str, float]] = None, img: int = 224) -> Dict[str, Dict[str, float]]:
+def bench_case(
+    models, mode, batch, dtype, device, warmup, repeats, compile_s: Optional[Dict[str, float]] = None, img: int = 224
+) -> Dict[str, Dict[str, float]]:
     runners = {}
     for name, m in models.items():
         try:
@@ -403,8 +382,13 @@ def plot(results, impls, path: str, title: str) -> Optional[str]:
         bars = ax.bar(xs, vals, width, label=name)
         for b, v in zip(bars, vals):
             if v:
-                ax.annotate(f"{v:.1f}" if v < 100 else f"{v:.0f}", (b.get_x() + b.get_width() / 2, v),
-                            ha="center", va="bottom", fontsize=7)
+                ax.annotate(
+                    f"{v:.1f}" if v < 100 else f"{v:.0f}",
+                    (b.get_x() + b.get_width() / 2, v),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
     ax.set_xticks(range(len(cases)))
     ax.set_xticklabels([f"{m} {d}\nbatch {b}" for (m, d, b) in cases])
     ax.set_ylabel("images / s (higher is better)")
@@ -422,8 +406,13 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--model", default="swin_t", choices=list(MODELS))
     ap.add_argument("--impls", nargs="+", default=ALL_IMPLS, choices=ALL_IMPLS)
-    ap.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16", "float16"],
-                    help="default float32 on CPU; float32 bfloat16 float16 on CUDA")
+    ap.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="default float32 on CPU; float32 bfloat16 float16 on CUDA",
+    )
     ap.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
     ap.add_argument("--infer-batches", nargs="+", type=int, default=None, help="default 8 on CPU, 64 256 on CUDA")
     ap.add_argument("--train-batches", nargs="+", type=int, default=None, help="default 4 on CPU, 32 128 on CUDA")
@@ -439,8 +428,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtypes = args.dtypes or (["float32", "bfloat16", "float16"] if cuda else ["float32"])
-    batches = {"infer": args.infer_batches or ([64, 256] if cuda else [8]),
-               "train": args.train_batches or ([32, 128] if cuda else [4])}
+    batches = {
+        "infer": args.infer_batches or ([64, 256] if cuda else [8]),
+        "train": args.train_batches or ([32, 128] if cuda else [4]),
+    }
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     repeats = args.repeats or (20 if cuda else 5)
     if cuda:
@@ -449,13 +440,16 @@ def main(argv=None) -> int:
 
     date = datetime.date.today().isoformat()
     devname = torch.cuda.get_device_name(device) if cuda else f"{cpu_name()}, {torch.get_num_threads()} threads"
-    cmd = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/bench_model.py"] + (sys.argv[1:] if argv is None else list(argv)))
+    cmd = "python " + " ".join(
+        shlex.quote(a) for a in ["benchmarks/bench_model.py"] + (sys.argv[1:] if argv is None else list(argv))
+    )
     header = [
         f"# {args.model} model benchmark — {devname} — {date}",
         "",
         f"`{cmd}`",
         "",
-        f"torch {torch.__version__}, swin_ext {swin_ext.__version__} (build: {swin_ext.build_info().get('variant_reason')}), "
+        f"torch {torch.__version__}, swin_ext {swin_ext.__version__} "
+        f"(build: {swin_ext.build_info().get('variant_reason')}), "
         f"Python {platform.python_version()}, warm-up {warmup}, {repeats} interleaved rounds, median.",
         "",
     ]
@@ -469,8 +463,13 @@ def main(argv=None) -> int:
         print(f"* `{name}`: {notes.get(name, '')}")
     img = MODELS[args.model][3]
     diffs = agreement(models, device, img)
-    print("\nSame weights, fp32 eval logits, max |diff| vs " + impls[0] + ": "
-          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()), flush=True)
+    print(
+        "\nSame weights, fp32 eval logits, max |diff| vs "
+        + impls[0]
+        + ": "
+        + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()),
+        flush=True,
+    )
 
     results: Dict[Tuple[str, str, int], Dict[str, Dict[str, float]]] = {}
     compile_s: Dict[str, float] = {}
@@ -478,14 +477,16 @@ def main(argv=None) -> int:
         for dt in dtypes:
             for b in batches[mode]:
                 print(f"\n... {mode} {dt} batch {b}", flush=True)
-                results[(mode, dt, b)] = bench_case(models, mode, b, getattr(torch, dt), device, warmup, repeats,
-                                                    compile_s, img)
+                results[(mode, dt, b)] = bench_case(
+                    models, mode, b, getattr(torch, dt), device, warmup, repeats, compile_s, img
+                )
 
     baselines = [t for t in ("timm", "timm-sdpa", "timm-compiled") if t in impls]
     mem_head = "peak alloc MiB" if cuda else "peak RSS Δ MiB"
     table = [
         f"| mode | dtype | batch | implementation | img/s | ms / iter (p20–p80) | {mem_head} | "
-        + " | ".join(f"vs {t}" for t in baselines) + " |",
+        + " | ".join(f"vs {t}" for t in baselines)
+        + " |",
         "|---|---|---:|---|---:|---:|---:|" + "---:|" * len(baselines),
     ]
     for (mode, dt, b), res in results.items():
@@ -496,8 +497,10 @@ def main(argv=None) -> int:
             r = res[name]
             mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
             vs = [f"{r['img_s'] / res[t]['img_s']:.2f}x" if t in res else "-" for t in baselines]
-            table.append(f"| {mode} | {dt} | {b} | {name} | {r['img_s']:.1f} | {1e3 * r['median_s']:.1f} "
-                         f"({1e3 * r['p20_s']:.1f}–{1e3 * r['p80_s']:.1f}) | {mem} | " + " | ".join(vs) + " |")
+            table.append(
+                f"| {mode} | {dt} | {b} | {name} | {r['img_s']:.1f} | {1e3 * r['median_s']:.1f} "
+                f"({1e3 * r['p20_s']:.1f}–{1e3 * r['p80_s']:.1f}) | {mem} | " + " | ".join(vs) + " |"
+            )
 
     summary = []
     if "swin_ext-fused" in impls and baselines:
@@ -507,8 +510,10 @@ def main(argv=None) -> int:
                 continue
             parts = [f"{t} {res['swin_ext-fused']['img_s'] / res[t]['img_s']:.2f}x" for t in baselines if t in res]
             if "swin_ext-fused-compiled" in res and "timm-compiled" in res:
-                parts.append("compiled vs compiled "
-                             f"{res['swin_ext-fused-compiled']['img_s'] / res['timm-compiled']['img_s']:.2f}x")
+                parts.append(
+                    "compiled vs compiled "
+                    f"{res['swin_ext-fused-compiled']['img_s'] / res['timm-compiled']['img_s']:.2f}x"
+                )
             summary.append(f"* {mode} {dt} batch {b}: " + ", ".join(parts))
         if not cuda:
             # The CPU targets (issue 10, Swin-T): a training step at batch 4 >= 1.2x timm eager; inference at
@@ -526,30 +531,48 @@ def main(argv=None) -> int:
                     continue
                 if key == "median_s":
                     summary.append("")
-                summary.append(f"CPU targets (float32; train b4 >= 1.2x timm, infer b8 >= 1.3x timm and >= 1.1x "
-                               f"timm-compiled), {label}: " + ", ".join(
-                                   f"{c} {r:.2f}x ({'met' if r >= g else f'NOT met, goal {g:.1f}x'})"
-                                   for c, r, g in checks))
-            spread = max([r["p80_s"] / r["p20_s"] for (mode, dt, b), res in results.items() for r in res.values()
-                          if dt == "float32" and (mode, b) in (("infer", 8), ("train", 4))] or [1.0])
+                summary.append(
+                    f"CPU targets (float32; train b4 >= 1.2x timm, infer b8 >= 1.3x timm and >= 1.1x "
+                    f"timm-compiled), {label}: "
+                    + ", ".join(
+                        f"{c} {r:.2f}x ({'met' if r >= g else f'NOT met, goal {g:.1f}x'})" for c, r, g in checks
+                    )
+                )
+            spread = max(
+                [
+                    r["p80_s"] / r["p20_s"]
+                    for (mode, dt, b), res in results.items()
+                    for r in res.values()
+                    if dt == "float32" and (mode, b) in (("infer", 8), ("train", 4))
+                ]
+                or [1.0]
+            )
             if spread > 1.25:
-                summary.append(f"Caution: timings were noisy (p80/p20 up to {spread:.1f}x; another load on the "
-                               "machine?): rerun on an idle machine, or with more --repeats, before trusting the ratios; "
-                               "the best-of-N ratio is the less load-sensitive one.")
+                summary.append(
+                    f"Caution: timings were noisy (p80/p20 up to {spread:.1f}x; another load on the "
+                    "machine?): rerun on an idle machine, or with more --repeats, before trusting the ratios; "
+                    "the best-of-N ratio is the less load-sensitive one."
+                )
     if compile_s:
         summary.append("")
-        summary.append("Compile time (first call of each case, not timed): "
-                       + ", ".join(f"{k} {v:.0f} s" for k, v in compile_s.items()))
+        summary.append(
+            "Compile time (first call of each case, not timed): "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in compile_s.items())
+        )
 
     notes_md = [
         "",
-        "Notes: `infer` = eval forward under inference_mode; `train` = forward + cross-entropy + backward + AdamW step. "
+        "Notes: `infer` = eval forward under inference_mode; "
+        "`train` = forward + cross-entropy + backward + AdamW step. "
         "float16/bfloat16 run under torch.autocast (float32 weights). "
-        + ("Peak memory = torch.cuda.max_memory_allocated over one iteration (absolute, includes weights and optimizer state)."
-           if cuda else
-           "Peak memory = VmHWM − VmRSS over one iteration after resetting VmHWM via /proc/self/clear_refs "
-           "(activations and temporaries; approximate, includes allocator effects; the optimizer state is "
-           "allocated during warm-up and so not counted)."),
+        + (
+            "Peak memory = torch.cuda.max_memory_allocated over one iteration "
+            "(absolute, includes weights and optimizer state)."
+            if cuda
+            else "Peak memory = VmHWM − VmRSS over one iteration after resetting VmHWM via /proc/self/clear_refs "
+            "(activations and temporaries; approximate, includes allocator effects; the optimizer state is "
+            "allocated during warm-up and so not counted)."
+        ),
         "timm: `timm` is timm's default for Swin (its WindowAttention asks use_fused_attn(experimental=True), off "
         "unless TIMM_FUSED_ATTN=2); `timm-sdpa` is the TIMM_FUSED_ATTN=2 path (F.scaled_dot_product_attention with the "
         "bias + shift mask materialized); `timm-compiled` is `timm` under torch.compile (inductor).",
@@ -561,11 +584,24 @@ def main(argv=None) -> int:
     if not args.no_save:
         os.makedirs(args.out_dir, exist_ok=True)
         stem = os.path.join(args.out_dir, f"bench_model_{args.model}_{device_tag(device)}_{date}")
-        png = plot(results, impls, stem + ".png",
-                   f"{args.model} {img} img/s — {devname} — {date}")
-        md = header + ["Implementations:", ""] + [f"* `{n}`: {notes.get(n, '')}" for n in args.impls] + [
-            "", "Same weights, fp32 eval logits, max |diff| vs " + impls[0] + ": "
-            + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()), ""] + table + [""] + summary + notes_md
+        png = plot(results, impls, stem + ".png", f"{args.model} {img} img/s — {devname} — {date}")
+        md = (
+            header
+            + ["Implementations:", ""]
+            + [f"* `{n}`: {notes.get(n, '')}" for n in args.impls]
+            + [
+                "",
+                "Same weights, fp32 eval logits, max |diff| vs "
+                + impls[0]
+                + ": "
+                + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()),
+                "",
+            ]
+            + table
+            + [""]
+            + summary
+            + notes_md
+        )
         if png:
             md += ["", f"![chart]({os.path.basename(png)})"]
         with open(stem + ".md", "w") as f:

@@ -9,7 +9,7 @@ and return the input of the proj Linear, like swin_ext's op):
 
 * ``eager``: timm's / the official WindowAttention math in plain PyTorch (pad,
   roll, window partition, q*scale @ k^T, + bias, + shift mask, softmax, @ v,
-  reverse, roll back) -- ``swin_ext.reference``, what timm's eager path and
+  reverse, roll back) -- ``swin_ext.ops.reference``, what timm's eager path and
   torchvision run;
 * ``sdpa``: the same with ``F.scaled_dot_product_attention`` and the bias +
   mask materialised as a (B*nW, heads, N, N) attn_mask, what timm runs with
@@ -36,10 +36,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import measure  # noqa: E402
-
 import swin_ext  # noqa: E402
-from swin_ext import reference  # noqa: E402
+from swin_ext.ops import reference  # noqa: E402
+
+from _timing import measure  # noqa: E402
 
 MODELS = {
     "swin_t": dict(embed_dim=96, heads=(3, 6, 12, 24)),

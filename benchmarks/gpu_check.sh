@@ -3,7 +3,7 @@
 # timm, nvcc and ninja installed).  Budget: under 8 minutes on an H200, build
 # included.  In order:
 #   1. build in place for this GPU's arch only (TORCH_CUDA_ARCH_LIST, default 9.0);
-#   2. tests/test_cuda.py and the "cuda" executor of tests/test_op_kernels.py
+#   2. tests/test_cuda.py and the "cuda" executor of the op tests (tests/test_<op>.py)
 #      (every kernel case, every dtype, both backward paths);
 #   3. the op benchmark in bf16 at the Swin-T stage shapes, B = 128: fused vs
 #      the eager composite (timm's WindowAttention math) and vs SDPA with the
@@ -45,7 +45,7 @@ echo "build done at $(elapsed)"
 $PY -c "import swin_ext, json; print(json.dumps(swin_ext.build_info()))"
 
 echo "== CUDA tests"
-SWIN_TEST_EXECUTORS=cuda timeout 240 $PY -m pytest -q -p no:cacheprovider -x tests/test_cuda.py tests/test_op_kernels.py 2>&1 | tail -40
+SWIN_TEST_EXECUTORS=cuda timeout 240 $PY -m pytest -q -p no:cacheprovider -x tests/test_cuda.py tests/test_window_attention.py tests/test_patch_merging.py tests/test_add_layernorm.py tests/test_bias_gelu.py 2>&1 | tail -40
 TEST_RC=${PIPESTATUS[0]}
 echo "tests done at $(elapsed) (exit status $TEST_RC)"
 
@@ -55,7 +55,7 @@ echo "tests done at $(elapsed) (exit status $TEST_RC)"
   echo '```'
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>/dev/null
   $PY -c "import torch, swin_ext, json; print('torch', torch.__version__); print(json.dumps(swin_ext.build_info()))"
-  echo "tests/test_cuda.py + tests/test_op_kernels.py (cuda executor) exit status: $TEST_RC"
+  echo "tests/test_cuda.py + the op tests (cuda executor) exit status: $TEST_RC"
   echo '```'
   echo
   echo "## Op level, bf16, Swin-T stage shapes, B = 128 (benchmarks/bench_ops.py)"

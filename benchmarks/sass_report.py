@@ -10,6 +10,8 @@ H100 for a given dynamic shared-memory size.
 
     python benchmarks/sass_report.py                 # table of every kernel
     python benchmarks/sass_report.py --out benchmarks/results/sass_sm90.md
+    python benchmarks/sass_report.py --dyn           # dynamic instruction estimate of the
+                                                     # attention forward (Swin-T path)
 """
 from __future__ import annotations
 
@@ -70,39 +72,35 @@ class Kernel:
 
     @property
     def short(self) -> str:
-        """kernel<dtype, head_dim[, v2][, resident|streamed]> in a compact form.
-
-        ``Traits<T, D>`` and the tensor-core traits ``*MmaTraits<T, D, V2>``
-        become ``T, D`` (``, v2`` for Swin V2); the key-tiled backward's
-        second argument (dQ in shared memory or in the workspace) becomes
-        ``resident`` / ``streamed``.
-        """
+        """kernel<Traits<dtype, head_dim[, v1|v2]>[, resident|streamed]> in a compact form."""
         n = self.name
         m = re.match(r"void (?:[\w:]*::)?(\w+)<(.*)>\(.*\)$", n)
         if not m:
             return n
-        name, args = m.group(1), re.sub(r"swin_ext::cuda::(?:\w+::)*", "", m.group(2))
-
-        def traits(t: "re.Match[str]") -> str:
-            parts = [p.strip() for p in t.group(1).split(",")]
-            return ", ".join(parts[:2] + (["v2"] if parts[2:] == ["true"] else []))
-
-        args = re.sub(r"\w*Traits<([^<>]*)>", traits, args).replace(" >", ">")
-        if name == "attn_bwd_window_kernel":
-            args = re.sub(r",\s*(true|false)\s*$", lambda b: ", resident" if b.group(1) == "true" else ", streamed", args)
+        args = m.group(2)
+        # the backward's key-tiled kernel: <BwdMmaTraits<...>, dQ resident in shared memory or streamed>
+        kind = ""
+        if m.group(1) == "attn_bwd_window_kernel":
+            b = re.match(r"(.*),\s*(true|false)\s*$", args)
+            if b:
+                args, kind = b.group(1), ", resident" if b.group(2) == "true" else ", streamed"
+        t = re.match(r"swin_ext::cuda::attn::(?:bwd::BwdMma|FwdMma)?Traits<(.*)>$", args.strip())
+        if t:
+            args = t.group(1)
         args = args.replace("__nv_bfloat16", "bf16").replace("__half", "fp16")
         args = args.replace("float", "fp32").replace("double", "fp64")
-        return f"{name}<{args.strip()}>"
+        args = args.replace("false", "v1").replace("true", "v2")  # the Mma traits' Swin V2 flag
+        return f"{m.group(1)}<{args.strip()}{kind}>"
 
 
 _TRACKED = {
     "HMMA": r"\bHMMA\.",
     "HMMA.16816": r"\bHMMA\.16816\.",
     "LDSM": r"\bLDSM\.",
-    "MOVM": r"\bMOVM\b",
-    "LDGSTS.128": r"\bLDGSTS\.E\.(?:\w+\.)*128\b",  # cp.async, 16 bytes
-    "LD.E": r"\bLD\.E\b",  # generic-address loads (shared memory through a generic pointer)
-    "ST.E": r"\bST\.E\b",
+    "MOVM": r"\bMOVM\.",
+    "LD.generic": r"(?<![\w.])LD\.",  # generic-address loads / stores (shared memory through them is slow)
+    "ST.generic": r"(?<![\w.])ST\.",
+    "LDGSTS": r"\bLDGSTS\.",
     "LDG.128": r"\bLDG\.E\.(?:\w+\.)*128\b",
     "STG.128": r"\bSTG\.E\.(?:\w+\.)*128\b",
     "LDG": r"\bLDG\.",
@@ -122,7 +120,9 @@ def read_kernels(so: str, arch: str = "sm_90", cuobjdump: Optional[str] = None) 
     cuobjdump = cuobjdump or find_cuobjdump()
     if cuobjdump is None:
         raise FileNotFoundError("no cuobjdump (CUDA toolkit or triton's bundled copy)")
-    res = subprocess.run([cuobjdump, "--dump-resource-usage", "-arch", arch, so], capture_output=True, text=True, check=True).stdout
+    res = subprocess.run(
+        [cuobjdump, "--dump-resource-usage", "-arch", arch, so], capture_output=True, text=True, check=True
+    ).stdout
     kernels: Dict[str, Kernel] = {}
     cur = None
     for line in res.splitlines():
@@ -156,7 +156,15 @@ def read_kernels(so: str, arch: str = "sm_90", cuobjdump: Optional[str] = None) 
 
 
 # H100 (sm_90) limits for the theoretical occupancy.
-H100 = dict(regs_per_sm=65536, max_warps=64, max_blocks=32, smem_per_sm=233472, smem_reserved=1024, reg_alloc=256, smem_alloc=128)
+H100 = dict(
+    regs_per_sm=65536,
+    max_warps=64,
+    max_blocks=32,
+    smem_per_sm=233472,
+    smem_reserved=1024,
+    reg_alloc=256,
+    smem_alloc=128,
+)
 
 
 def occupancy(regs: int, threads: int, smem: int, dev=H100) -> float:
@@ -171,257 +179,355 @@ def occupancy(regs: int, threads: int, smem: int, dev=H100) -> float:
 
 
 def table(kernels: List[Kernel]) -> str:
-    cols = ["kernel", "instrs", "regs", "stack B", "STL/LDL", "HMMA", "LDG.128", "STG.128", "LDG", "STG", "FFMA", "DFMA", "SHFL"]
+    cols = [
+        "kernel",
+        "instrs",
+        "regs",
+        "stack B",
+        "STL/LDL",
+        "HMMA",
+        "LDG.128",
+        "STG.128",
+        "LDG",
+        "STG",
+        "FFMA",
+        "DFMA",
+        "SHFL",
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for k in kernels:
         c = k.counts
         lines.append(
-            f"| `{k.short}` | {k.instrs} | {k.regs} | {k.stack} | {c.get('STL', 0)}/{c.get('LDL', 0)} | {c.get('HMMA', 0)} | "
-            f"{c.get('LDG.128', 0)} | {c.get('STG.128', 0)} | {c.get('LDG', 0)} | {c.get('STG', 0)} | {c.get('FFMA', 0)} | "
+            f"| `{k.short}` | {k.instrs} | {k.regs} | {k.stack} | {c.get('STL', 0)}/{c.get('LDL', 0)} | "
+            f"{c.get('HMMA', 0)} | {c.get('LDG.128', 0)} | {c.get('STG.128', 0)} | {c.get('LDG', 0)} | "
+            f"{c.get('STG', 0)} | {c.get('FFMA', 0)} | "
             f"{c.get('DFMA', 0)} | {c.get('SHFL', 0)} |"
         )
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------- dynamic estimate
+# --------------------------------------------------------------------------- dynamic estimate
 #
-# A dynamic warp-instruction estimate of one kernel path from its SASS with
-# source-line information (``nvdisasm -c -gi``), the method of the 2026-12-03
-# review (shared/notes/cuda-review-2026-12-03/sass_dyn.py): basic blocks are
-# cut at labels and after branches; a block runs or is skipped by the source
-# lines of its instructions; runtime loops (backward branches) multiply their
-# bodies by their trip counts.  The kernel source says which lines are which
-# with ``// sass:`` comments (so no line number is hard-coded here):
-#
-#   // sass: image-loop       the loop over the images of a block: its body is
-#                             the per-image cost, the rest is per block
-#   // sass: skip(<path>)     a path the costed case does not take (scalar
-#                             fallbacks, padded maps)
-#   // sass: trips(<expr>)    a runtime loop's trip count (kWarps, kThreads,
-#                             kDPad, kNT, N)
-#
-# A marker on a line that opens a block covers the block (brace-matched);
-# otherwise the statement.  Unrolled loops that break at run time (n-tiles
-# past N) are counted whole: an upper bound where N is not a multiple of 8
-# (N = 49 runs 7 of the 8 key n-tiles of S and dP).
-
-
-def nvdisasm_path() -> Optional[str]:
-    tool = find_cuobjdump()
-    if tool:
-        cand = os.path.join(os.path.dirname(tool), "nvdisasm")
-        if os.path.isfile(cand) and os.access(cand, os.X_OK):
-            return cand
-    w = shutil.which("nvdisasm")
-    return w
-
-
-def gi_sass(so: str, cubin: str, arch: str = "sm_90") -> str:
-    """``nvdisasm -c -gi`` of one embedded cubin (e.g. ``attention_bf16``) of the library."""
-    import tempfile
-
-    cuobjdump, nvdisasm = find_cuobjdump(), nvdisasm_path()
-    if cuobjdump is None or nvdisasm is None:
-        raise FileNotFoundError("no cuobjdump / nvdisasm (CUDA toolkit or triton's bundled copy)")
-    name = f"{cubin}.{arch}.cubin"
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([cuobjdump, "-xelf", name, so], cwd=tmp, capture_output=True, check=True)
-        return subprocess.run([nvdisasm, "-c", "-gi", os.path.join(tmp, name)], capture_output=True, text=True,
-                              check=True).stdout
-
-
-def parse_gi(text: str, kernel_substring: str):
-    """(instructions, labels) of the kernel whose mangled name contains the substring: instruction =
-    (op, text, frames) with frames the (file, line) inline chain, innermost first."""
-    insts, labels, chain, fresh, cur = [], {}, [], True, None
-    for line in text.splitlines():
-        if line.startswith(".text."):
-            cur = line[6:].split(":")[0]
-            continue
-        if cur is None or kernel_substring not in cur:
-            continue
-        m = re.match(r'\s*//## File "([^"]+)", line (\d+)(?: inlined at "([^"]+)", line (\d+))?', line)
-        if m:
-            if fresh:
-                chain, fresh = [], False
-            chain.append((os.path.basename(m.group(1)), int(m.group(2))))
-            if m.group(3):
-                chain.append((os.path.basename(m.group(3)), int(m.group(4))))
-            continue
-        m = re.match(r"^(\.L_x_\d+):", line)
-        if m:
-            labels[m.group(1)] = len(insts)
-            continue
-        m = re.match(r"\s*/\*([0-9a-f]+)\*/\s+(.*?);", line)
-        if m:
-            fresh = True
-            text_ = m.group(2).strip()
-            op = re.sub(r"^@!?U?P\w+\s+", "", text_).split()[0]
-            insts.append((op, text_, list(dict.fromkeys(chain))))
-    return insts, labels
-
-
-def source_markers(path: str) -> Dict[str, List]:
-    """The ``// sass:`` markers of a source file: {"image": [(a, b)], "skip": [(a, b, path)],
-    "trips": [(a, b, expr)]} with 1-based inclusive line ranges."""
-    lines = open(path).read().splitlines()
-
-    def extent(i: int) -> int:
-        code = lines[i].split("//")[0]
-        if "{" not in code:  # one statement (a loop header's own `;` are inside its parentheses)
-            j, code = i, re.sub(r"^\s*(for|while|if)\s*\(.*\)", "", code)
-            while ";" not in code:
-                j += 1
-                code = lines[j].split("//")[0]
-            return j
-        depth, j, col = 0, i, code.rfind("{")
-        text = code[col:]
-        while True:
-            for ch in text:
-                depth += (ch == "{") - (ch == "}")
-                if depth == 0:
-                    return j
-            j += 1
-            text = lines[j].split("//")[0]
-
-    out: Dict[str, List] = {"image": [], "skip": [], "trips": []}
-    for i, l in enumerate(lines):
-        m = re.search(r"//\s*sass:\s*(image-loop|skip\((\w+)\)|trips\(([^)]*)\))", l)
-        if not m:
-            continue
-        rng = (i + 1, extent(i) + 1)
-        if m.group(1) == "image-loop":
-            out["image"].append(rng)
-        elif m.group(2):
-            out["skip"].append(rng + (m.group(2),))
-        else:
-            out["trips"].append(rng + (m.group(3),))
-    return out
+# Static SASS x loop trip counts, per kernel path (the method of the
+# 2026-12-03 review's sass_dyn.py, made robust to source edits): the kernel
+# source marks, in comments on the lines the SASS is attributed to,
+#   // sass-dyn: trips=<expr>   the loop whose back edge this line's
+#                               instructions close runs <expr> times
+#                               (names: images, warps, threads, N, d, keys)
+#   // sass-dyn: skip           code off the costed path (scalar fallbacks)
+# Every instruction is counted once per execution of the loops around it
+# (their trips multiplied); instructions with a skip line anywhere in their
+# inline chain are not counted; a loop without a marker counts once.
+# Branches inside the costed path are all taken as executed (an upper bound).
 
 
 @dataclass
-class DynEstimate:
-    per_image: float   # warp-instructions of one warp's image-loop iteration
-    per_block: float   # warp-instructions of one warp outside the image loop (prologue, epilogue)
-    static: int        # SASS instructions of the kernel
-    mix: Dict[str, float] = field(default_factory=dict)  # per image, by class
-
-    def amortized(self, chunk: int) -> float:
-        """Per warp and image, with `chunk` images per block."""
-        return self.per_image + self.per_block / max(chunk, 1)
+class Instr:
+    op: str
+    text: str
+    chain: List[tuple]  # (file basename, line), innermost first
 
 
-_MIX = [("HMMA", r"^HMMA"), ("LDSM", r"^LDSM"), ("LDS", r"^LDS"), ("STS", r"^STS"), ("LDGSTS", r"^LDGSTS"),
-        ("LDG", r"^LDG"), ("STG", r"^STG"), ("BAR", r"^BAR"), ("SHFL", r"^SHFL"), ("MUFU", r"^MUFU"),
-        ("FP", r"^(FFMA|FMUL|FADD|FMNMX|FSETP|FSEL|F2F|F2FP)"), ("LD.E/ST.E", r"^(LD|ST)\.E")]
+def find_nvdisasm(cuobjdump: Optional[str] = None) -> Optional[str]:
+    for c in ([os.path.join(os.path.dirname(cuobjdump), "nvdisasm")] if cuobjdump else []) + [shutil.which("nvdisasm") or ""]:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return None
 
 
-def dynamic_estimate(gi_text: str, kernel_substring: str, source: str, skip_paths=("scalar", "padded"),
-                     consts: Optional[Dict[str, int]] = None) -> DynEstimate:
-    """Dynamic warp-instructions per warp of one kernel path (see the section comment)."""
-    import collections
-
-    insts, labels = parse_gi(gi_text, kernel_substring)
-    if not insts:
-        raise ValueError(f"no kernel matching {kernel_substring!r}")
-    src = os.path.basename(source)
-    marks = source_markers(source)
-    consts = dict(consts or {})
-
-    def in_ranges(line, rngs):
-        return any(a <= line <= b for a, b, *_ in rngs)
-
-    def frames(ch):
-        return [ln for f, ln in ch if f == src]
-
-    skip_rngs = [r for r in marks["skip"] if r[2] in skip_paths]
-    skip = [any(in_ranges(ln, skip_rngs) for ln in frames(ch)) for _, _, ch in insts]
-    image = [bool(frames(ch)) and in_ranges(frames(ch)[-1], marks["image"]) for _, _, ch in insts]
-    # Basic blocks: a block is skipped when most of its instructions are.
-    starts = sorted(set(labels.values()) | {0} | {i + 1 for i, (op, _, _) in enumerate(insts)
-                                                  if op.startswith(("BRA", "EXIT", "RET", "BREAK", "JMP"))
-                                                  and i + 1 < len(insts)})
-    run = [True] * len(insts)
-    for k, a in enumerate(starts):
-        b = starts[k + 1] if k + 1 < len(starts) else len(insts)
-        own = [i for i in range(a, b) if insts[i][2]]
-        if own and sum(skip[i] for i in own) * 2 >= len(own):
-            for i in range(a, b):
-                run[i] = False
-    # Runtime loops: backward branches whose body lies mostly in a trips(...) range.
-    mult = [1.0] * len(insts)
-    for i, (op, text_, _) in enumerate(insts):
-        if not op.startswith("BRA"):
+def disassemble_with_lines(so: str, arch: str, workdir: str, cuobjdump: Optional[str] = None,
+                           name_filter: str = "attention") -> Dict[str, str]:
+    """cubin name -> path of its ``nvdisasm -c -gi`` listing (SASS with inlined source lines)."""
+    cuobjdump = cuobjdump or find_cuobjdump()
+    nvdisasm = find_nvdisasm(cuobjdump)
+    if cuobjdump is None or nvdisasm is None:
+        raise FileNotFoundError("needs cuobjdump and nvdisasm (CUDA toolkit or triton's bundled copies)")
+    subprocess.run([cuobjdump, "-xelf", "all", os.path.abspath(so)], cwd=workdir, capture_output=True, check=True)
+    out = {}
+    for cubin in sorted(glob.glob(os.path.join(workdir, f"*{arch}*.cubin"))):
+        if name_filter not in os.path.basename(cubin):
             continue
-        m = re.search(r"`\((\.L_x_\d+)\)", text_)
+        path = cubin[: -len(".cubin")] + ".gi.sass"
+        with open(path, "w") as f:
+            subprocess.run([nvdisasm, "-c", "-gi", cubin], stdout=f, check=True)
+        out[os.path.basename(cubin)] = path
+    return out
+
+
+def parse_gi(path: str, name_substr: str):
+    """Instructions (with inline chains) and labels of the first kernel whose mangled name contains name_substr."""
+    ins: List[Instr] = []
+    labels: Dict[str, int] = {}
+    cur = None
+    chain: List[tuple] = []
+    fresh = True
+    found = None
+    with open(path) as f:
+        for line in f:
+            if line.startswith(".text."):
+                cur = line[6:].split(":")[0].strip()
+                if found is not None and cur != found:
+                    break
+                if found is None and name_substr in cur:
+                    found = cur
+                continue
+            if found is None or cur != found:
+                continue
+            m = re.match(r'\s*//## File "([^"]+)", line (\d+)', line)
+            if m:
+                if fresh:
+                    chain, fresh = [], False
+                chain.append((os.path.basename(m.group(1)), int(m.group(2))))
+                continue
+            m = re.match(r"^(\.L_x_\d+):", line)
+            if m:
+                labels[m.group(1)] = len(ins)
+                continue
+            m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(.*?);", line)
+            if m:
+                fresh = True
+                text = m.group(1).strip()
+                op = re.sub(r"^@!?U?P\w+\s+", "", text).split()[0]
+                ins.append(Instr(op, text, list(chain)))
+    return found, ins, labels
+
+
+def dyn_markers(src: str) -> Dict[int, str]:
+    """line -> marker; the lines between ``skip-begin`` and ``skip-end`` are ``skip``."""
+    out: Dict[int, str] = {}
+    begin = None
+    with open(src) as f:
+        for i, line in enumerate(f, 1):
+            m = re.search(r"//\s*sass-dyn:\s*(.+?)\s*$", line)
+            mk = m.group(1) if m else None
+            if mk == "skip-begin":
+                begin = i
+            elif mk == "skip-end" and begin is not None:
+                for k in range(begin, i + 1):
+                    out[k] = "skip"
+                begin = None
+            elif mk:
+                out[i] = mk
+    return out
+
+
+_DYN_CATS = [("HMMA", r"^HMMA"), ("LDSM", r"^LDSM"), ("MOVM", r"^MOVM"), ("LD.E", r"^LD\.E"), ("ST.E", r"^ST\.E"),
+             ("LDS", r"^LDS(?!M)"), ("STS", r"^STS"), ("LDGSTS", r"^LDGSTS"), ("LDG", r"^LDG(?!STS|DEPBAR)"),
+             ("STG", r"^STG"), ("SHFL", r"^SHFL"), ("BAR", r"^BAR"), ("MUFU", r"^MUFU"),
+             ("FP", r"^(FFMA|FMUL|FADD|FMNMX|FSETP|FSEL|F2F|F2FP)"), ("BRA", r"^BRA")]
+
+
+def check_lines_are_code(ins: List[Instr], kernel_file: str, src: str) -> None:
+    """Raise unless every line of ``src`` the SASS is attributed to holds code: a
+    listing of another version of the source (a stale build) would put the
+    ``sass-dyn`` markers on the wrong loops and silently give wrong counts."""
+    with open(src) as f:
+        text = f.read().splitlines()
+    bad = set()
+    for x in ins:
+        for f_, l_ in x.chain:
+            if f_ != kernel_file:
+                continue
+            code = text[l_ - 1].split("//", 1)[0].strip() if 0 < l_ <= len(text) else ""
+            if code in ("", "#pragma unroll"):  # (a closing brace holds the exit)
+                bad.add(l_)
+    if bad:
+        raise ValueError(f"SASS attributed to lines of {kernel_file} without code ({sorted(bad)[:8]}): "
+                         "the extension was not built from this source -- rebuild it")
+
+
+def dynamic_count(ins: List[Instr], labels: Dict[str, int], kernel_file: str, markers: Dict[int, str],
+                  env: Dict[str, float]):
+    """(total warp-instructions per warp, counts by category, loops) of one kernel path."""
+    skip_lines = {l for l, m in markers.items() if m == "skip"}
+
+    def outer(ch):
+        for f_, l_ in reversed(ch):
+            if f_ == kernel_file:
+                return l_
+        return None
+
+    loops = []
+    for i, x in enumerate(ins):
+        if not x.op.startswith("BRA"):
+            continue
+        m = re.search(r"`\((\.L_x_\d+)\)", x.text)
         if not m or m.group(1) not in labels or labels[m.group(1)] > i:
             continue
-        body = range(labels[m.group(1)], i + 1)
-        for a, b, expr in marks["trips"]:
-            inside = sum(1 for x in body if any(a <= ln <= b for ln in frames(insts[x][2])))
-            if inside * 2 >= len(body):
-                trips = float(eval(expr, {"__builtins__": {}}, consts))
-                for x in body:
-                    mult[x] = max(mult[x], trips)
-    per_image = per_block = 0.0
-    mix = collections.Counter()
-    for i, (op, _, _) in enumerate(insts):
-        if not run[i]:
+        loops.append([labels[m.group(1)], i, outer(x.chain), 1.0, None])
+    # A trips marker belongs to the innermost loop that holds an instruction of
+    # its line (the loop's own increment and test: `for` lines carry them).
+    for line, mk in markers.items():
+        if not mk.startswith("trips="):
             continue
-        if image[i]:
-            per_image += mult[i]
-            for k, pat in _MIX:
-                if re.match(pat, op):
-                    mix[k] += mult[i]
-                    break
-        else:
-            per_block += mult[i]
-    return DynEstimate(per_image, per_block, len(insts), dict(mix))
+        inside = [lp for lp in loops if any(outer(ins[k].chain) == line for k in range(lp[0], lp[1] + 1))]
+        if not inside:
+            if any(outer(x.chain) == line for x in ins):  # the line is this kernel's, but loops nowhere
+                raise ValueError(f"{kernel_file}:{line}: marker {mk!r} is in no loop of the SASS -- "
+                                 "is the extension built from this source?")
+            continue  # another kernel's loop
+        lp = min(inside, key=lambda lp: lp[1] - lp[0])
+        lp[3] = float(eval(mk[len("trips="):], {"__builtins__": {}}, dict(env)))  # noqa: S307 - our own markers
+        lp[4] = mk
+    mult = [1.0] * len(ins)
+    for j, i, _, trips, _ in loops:
+        for k in range(j, i + 1):
+            mult[k] *= trips
+    total = 0.0
+    cats: Dict[str, float] = {}
+    for k, x in enumerate(ins):
+        if any(f_ == kernel_file and l_ in skip_lines for f_, l_ in x.chain):
+            continue
+        total += mult[k]
+        for cat, pat in _DYN_CATS:
+            if re.match(pat, x.op):
+                cats[cat] = cats.get(cat, 0.0) + mult[k]
+                break
+    return total, cats, loops
 
 
-# Swin-T (window 7, head_dim 32) at batch 128: (image, window, head) units per
-# image and the images per backward block the planner picks, per stage
-# (launch_template.cuh choose_chunk: 2048 target blocks, at most 8).
-SWIN_T_STAGES = [  # (blocks = depth, windows per image, heads)
-    (2, 64, 3), (2, 16, 6), (6, 4, 12), (2, 1, 24)]
+# Swin-T at 224 px: (stage, blocks, windows per image, heads); window 7, head_dim 32.
+SWIN_T_STAGES = [(1, 2, 64, 3), (2, 2, 16, 6), (3, 6, 4, 12), (4, 2, 1, 24)]
+FWD_TARGET_BLOCKS, FWD_MAX_CHUNK = 1024, 8  # csrc/cuda/attention/launch_template.cuh, plan_fwd
+_MANGLED_T = {"bf16": "13__nv_bfloat16", "fp16": "6__half"}
 
 
-def swin_t_chunks(batch: int = 128) -> List[tuple]:
-    """[(units per image, chunk)] of the Swin-T stages at `batch`."""
-    out = []
-    for depth, nw, heads in SWIN_T_STAGES:
-        chunk = max(1, min(8, batch * nw * heads // 2048))
-        out.append((depth * nw * heads, chunk))
-    return out
+def fwd_chunk(B: int, windows_heads: int) -> int:
+    """Images per block of the one-tile forward (plan_fwd's rule)."""
+    return max(1, min(FWD_MAX_CHUNK, B * windows_heads // FWD_TARGET_BLOCKS))
 
 
-def swin_t_backward_estimate(so: str, arch: str = "sm_90") -> List[tuple]:
-    """[(dtype, DynEstimate, Swin-T-weighted per warp per image)] of the tile backward, head_dim 32, V1."""
-    src = os.path.join(ROOT, "csrc", "cuda", "attention", "bwd_mma_kernel.cuh")
-    consts = dict(kWarps=4, kThreads=128, kDPad=32, kNT=8, N=49)
-    out = []
-    for dtype, tag, mangled in (("bf16", "attention_bf16", "13__nv_bfloat16Li32ELb0E"), ("fp16", "attention_fp16", "6__halfLi32ELb0E")):
-        est = dynamic_estimate(gi_sass(so, tag, arch), f"attn_bwd_tile_kernelINS2_12BwdMmaTraitsI{mangled}", src,
-                               consts=consts)
-        units = swin_t_chunks()
-        weighted = sum(u * est.amortized(c) for u, c in units) / sum(u for u, _ in units)
-        out.append((dtype, est, weighted))
-    return out
+def parse_gi_all(path: str, name_substrs: List[str]):
+    return {sub: parse_gi(path, sub) for sub in name_substrs}
 
 
-def dyn_table(rows) -> str:
-    lines = ["| kernel | static SASS | per image (loop body) | per block (outside) | chunk 8 | chunk 1 | Swin-T weighted |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for dtype, est, w in rows:
-        lines.append(f"| `attn_bwd_tile_kernel<{dtype}, 32>` | {est.static} | {est.per_image:.0f} | {est.per_block:.0f} | "
-                     f"{est.amortized(8):.0f} | {est.amortized(1):.0f} | {w:.0f} |")
-    lines += ["", "Per-image instruction mix (warp-instructions per warp):", ""]
-    keys = [k for k, _ in _MIX]
-    lines.append("| kernel | " + " | ".join(keys) + " |")
-    lines.append("|---|" + "---:|" * len(keys))
-    for dtype, est, _ in rows:
-        lines.append(f"| `attn_bwd_tile_kernel<{dtype}, 32>` | " + " | ".join(f"{est.mix.get(k, 0):.0f}" for k in keys) + " |")
-    return "\n".join(lines)
+# The review of 2026-12-03 (shared/notes/cuda-kernel-review-2026-12-03.md): the SIMT/WMMA forward it
+# costed, per warp per (image, window, head), and its per-step totals (G warp-instructions, batch 128).
+REVIEW_FWD_PER_WARP = {"bf16": 3585, "fp16": 3482}
+REVIEW_STEP_G = dict(fwd=1.67, bwd=3.32, total=5.0)
+FWD_WARPS = 4  # FwdMmaTraits::kWarps: warps per block, all four own rows at N = 49 (rows 48..63 of warp 3)
+
+
+def hmma_by_hand(d: int = 32, keys: int = 64) -> int:
+    """mma.sync m16n8k16 per warp (16 query rows) and key tile: S = Q K^T is (keys / 8) n-tiles x (d / 16)
+    k-steps, O += P V is (keys / 16) k-steps x (d / 8) n-tiles."""
+    return (keys // 8) * (d // 16) + (keys // 16) * (d // 8)
+
+
+def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
+                           kernels: Optional[List[Kernel]] = None) -> str:
+    """Markdown: the estimated dynamic warp-instructions per warp and per (image,
+    window, head) of the tensor-core forward on the Swin-T path (bf16 / fp16,
+    head_dim 32, window 7, V1, 16-byte vector path), per stage at ``batch``,
+    plus SwinV2 window 8 (one tile) and window 12 / 16 / 24 (streamed key tiles),
+    and the forward kernels' registers and local memory (``kernels``: read_kernels(so, arch), if at hand)."""
+    import tempfile
+
+    kernel_file = "fwd_mma_kernel.cuh"
+    src = os.path.join(ROOT, "csrc", "cuda", "attention", kernel_file)
+    markers = dyn_markers(src)
+    hand = hmma_by_hand()
+    lines = [
+        f"# Dynamic warp-instruction estimate of the attention forward ({arch})",
+        "",
+        f"Written by `PYTHONPATH=$PWD python benchmarks/sass_report.py --dyn --batch {batch}` (also by",
+        "`tests/test_sass.py::test_attention_forward_instruction_estimate`) from `nvdisasm -c -gi` of the built",
+        "extension: static SASS x loop trip counts (the loops and the paths off the costed one are marked",
+        "`sass-dyn:` in `csrc/cuda/attention/fwd_mma_kernel.cuh`; the tool refuses a listing whose line",
+        "attribution does not fit the source, i.e. a stale build).  Every branch inside the costed path is",
+        "counted as taken (an upper bound: e.g. both arms of the prefetch test, and the shift-mask code of the",
+        "bias staging for every window).  **Per warp**: one warp's instructions per block divided by the images",
+        "of the block (the block's once-only work -- token table, gather offsets, bias + mask tile, prefill --",
+        f"spread over them); **per unit**: the {FWD_WARPS} warps of an (image, window, head) together.",
+        "",
+        f"Cross-check by hand (head_dim 32, N = 49 padded to 64 rows and keys): per warp (16 rows) S = Q K^T is",
+        f"8 n-tiles x 2 k-steps = 16 mma and O += P V 4 k-steps x 4 n-tiles = 16 mma, {hand} per warp; per",
+        f"(image, window, head) {FWD_WARPS} x {hand} = {FWD_WARPS * hand} = 64 (Q K^T: (64/16) (64/8) (32/16)) + 64 (P V).",
+        "The HMMA column is the tool's count; it must equal the hand count (the test asserts it).",
+        "",
+    ]
+    kernels = [k for k in (kernels or read_kernels(so, arch)) if k.short.startswith(("attn_fwd_tile_kernel", "attn_fwd_stream_kernel"))]
+    lines += ["## Registers and local memory (cuobjdump --dump-resource-usage)", "",
+              "Limit (issue 19, item 5): <= 128 registers per thread (4 blocks of 128 threads, 25% occupancy on sm_90),",
+              "no stack frame, no STL / LDL.", "",
+              "| kernel | registers | stack B | local B | STL / LDL |", "|---|---:|---:|---:|---:|"]
+    for k in kernels:
+        lines.append(f"| `{k.short}` | {k.regs} | {k.stack} | {k.local} | {k.counts.get('STL', 0)} / {k.counts.get('LDL', 0)} |")
+    lines.append("")
+    step_g = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        listings = disassemble_with_lines(so, arch, tmp)
+        for dt, mt in _MANGLED_T.items():
+            path = listings.get(f"attention_{dt}.{arch}.cubin")
+            if path is None:
+                lines.append(f"no attention_{dt} cubin for {arch}")
+                continue
+            subs = {
+                "tile_v1": f"attn_fwd_tile_kernelINS1_12FwdMmaTraitsI{mt}Li32ELb0E",
+                "tile_v2": f"attn_fwd_tile_kernelINS1_12FwdMmaTraitsI{mt}Li32ELb1E",
+                "stream_v1": f"attn_fwd_stream_kernelINS1_12FwdMmaTraitsI{mt}Li32ELb0E",
+            }
+            parsed = parse_gi_all(path, list(subs.values()))
+            for _, ins_, _ in parsed.values():
+                check_lines_are_code(ins_, kernel_file, src)
+            _, ins, labels = parsed[subs["tile_v1"]]
+            base = dict(warps=FWD_WARPS, threads=32 * FWD_WARPS, keytiles=1)
+            lines += [f"## {dt}, Swin-T (window 7, N = 49, head_dim 32), batch {batch}: attn_fwd_tile_kernel", "",
+                      "| stage | (image, window, head) units | images per block | per warp per block | "
+                      "per warp per unit | per unit | HMMA per warp per unit (by hand: "
+                      f"{hand}) | LDSM | SHFL | MUFU | BAR |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            tot_units, tot_instr = 0, 0.0
+            for stage, nblk, nw, heads in SWIN_T_STAGES:
+                chunk = fwd_chunk(batch, nw * heads)
+                total, cats, _ = dynamic_count(ins, labels, kernel_file, markers, dict(base, images=chunk))
+                units = nblk * batch * nw * heads
+                per = total / chunk
+                tot_units += units
+                tot_instr += units * per * FWD_WARPS
+                lines.append(f"| {stage} | {units} | {chunk} | {total:.0f} | **{per:.0f}** | {FWD_WARPS * per:.0f} | "
+                             + " | ".join(f"{cats.get(c, 0) / chunk:.0f}" for c in ("HMMA", "LDSM", "SHFL", "MUFU", "BAR")) + " |")
+            step_g[dt] = tot_instr / 1e9
+            old = REVIEW_FWD_PER_WARP[dt]
+            avg = tot_instr / tot_units / FWD_WARPS
+            lines += ["", f"Swin-T forward, batch {batch} ({tot_units} units): **{avg:.0f}** warp-instructions per warp per "
+                      f"unit on average, **{step_g[dt]:.3f} G** per forward; the review's kernel: ~{old} per warp, "
+                      f"{4 * old * tot_units / 1e9:.2f} G ({old / avg:.1f}x this one).", ""]
+            # Other paths: the V2 one-tile kernel, and the streamed key tiles (one block per 64 query rows).
+            lines += [f"### {dt}, other windows (head_dim 32)", "",
+                      "| path | kernel | images per block | key tiles | per warp per block | per warp per image | "
+                      "per (image, window, head) | HMMA per warp per block (by hand) |",
+                      "|---|---|---:|---:|---:|---:|---:|---:|"]
+            _, ins2, lab2 = parsed[subs["tile_v2"]]
+            for chunk in (1, 8):
+                total, cats, _ = dynamic_count(ins2, lab2, kernel_file, markers, dict(base, images=chunk))
+                lines.append(f"| SwinV2 window 8 (N = 64) | tile, V2 | {chunk} | 1 | {total:.0f} | {total / chunk:.0f} | "
+                             f"{FWD_WARPS * total / chunk:.0f} | {cats.get('HMMA', 0):.0f} ({hand * chunk}) |")
+            _, ins3, lab3 = parsed[subs["stream_v1"]]
+            for ws in (12, 16, 24):
+                n = ws * ws
+                kt = (n + 63) // 64
+                total, cats, _ = dynamic_count(ins3, lab3, kernel_file, markers, dict(base, images=1, keytiles=kt))
+                lines.append(f"| window {ws} (N = {n}) | stream, V1 | 1 | {kt} | {total:.0f} | {total:.0f} | "
+                             f"{FWD_WARPS * kt * total:.0f} ({kt} row blocks) | {cats.get('HMMA', 0):.0f} ({hand * kt}) |")
+            lines += ["", "(The stream kernel's rows count every warp of every row block as active: an upper bound at N = "
+                      "144, whose last row block holds 16 rows.)", ""]
+    if "bf16" in step_g:
+        lines += ["## Per Swin-T training step (batch 128), against the review", "",
+                  f"The review estimated ~{REVIEW_STEP_G['total']} G warp-instructions of attention per step "
+                  f"(forward {REVIEW_STEP_G['fwd']} G, backward {REVIEW_STEP_G['bwd']} G).  With this forward and the "
+                  "backward the review costed (the register-resident backward is separate work):", "",
+                  "| dtype | forward G (this) | forward G (review) | backward G (review) | step G | step vs review |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for dt, g in step_g.items():
+            if dt != "bf16":  # the review's step totals are bf16's
+                continue
+            tot = g + REVIEW_STEP_G["bwd"]
+            lines.append(f"| {dt} | {g:.3f} | {REVIEW_STEP_G['fwd']} | {REVIEW_STEP_G['bwd']} | {tot:.2f} | "
+                         f"{tot / REVIEW_STEP_G['total']:.2f}x |")
+        lines += ["", "The issue's targets: <= 900 warp-instructions per warp in the forward (met at every stage above) "
+                  "and <= 2,200 per warp per image in the backward (the backward's work).", ""]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -430,26 +536,21 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", default="sm_90")
     ap.add_argument("--out", default=None, help="also write the markdown table here")
     ap.add_argument("--filter", default="", help="only kernels whose name contains this")
-    ap.add_argument("--dyn", default=None, metavar="FILE",
-                    help="write the dynamic warp-instruction estimate of the Swin-T backward (bf16 / fp16 tile "
-                         "kernel, head_dim 32, window 7) to FILE (e.g. benchmarks/results/sass_dyn_sm90.md)")
+    ap.add_argument("--dyn", action="store_true",
+                    help="the dynamic warp-instruction estimate of the attention forward (Swin-T path) instead; "
+                         "--out defaults to benchmarks/results/attn_fwd_dyn_<arch>.md")
+    ap.add_argument("--batch", type=int, default=128, help="batch of the --dyn estimate")
     a = ap.parse_args(argv)
     so = a.so or extension_path()
     if not so:
         print("no built extension (swin_ext/_C*.so)", file=sys.stderr)
         return 2
     if a.dyn:
-        text = dyn_table(swin_t_backward_estimate(so, a.arch))
+        text = forward_dynamic_report(so, a.arch, a.batch)
         print(text)
-        with open(a.dyn, "w") as f:
-            f.write(f"# Dynamic warp-instruction estimate, Swin-T attention backward ({a.arch})\n\n"
-                    "Written by `python benchmarks/sass_report.py --dyn <file>` from `nvdisasm -c -gi` of the built\n"
-                    "extension: static SASS of the path a Swin-T launch takes (window 7, N = 49, head_dim 32, V1,\n"
-                    "16-byte vector path, unpadded map) times loop trip counts, per warp.  The image loop body is\n"
-                    "the per-image cost; the prologue and epilogue are per block, amortised over the images of a\n"
-                    "block (the planner's chunk: 8, 6, 3, 1 for the four stages at batch 128).  An estimate: branch\n"
-                    "outcomes come from source attribution, not simulation (see the section comment in\n"
-                    "benchmarks/sass_report.py).\n\n" + text + "\n")
+        out = a.out or os.path.join(ROOT, "benchmarks", "results", f"attn_fwd_dyn_{a.arch.replace('_', '')}.md")
+        with open(out, "w") as f:
+            f.write(text)
         return 0
     ks = [k for k in read_kernels(so, a.arch) if a.filter in k.short]
     text = table(ks)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import time
@@ -39,19 +40,73 @@ def synthetic_batch(n: int, size: int, num_classes: int, gen: torch.Generator):
     return images, targets
 
 
-def folder_batches(images_dir: str, annotations: str, batch: int):
+def read_annotations(path: str, num_classes: int, batch: int):
+    """The annotation list, checked: a non-empty list of ``{"file", "boxes", "labels"}`` with labels in
+    ``1..num_classes - 1`` and at least ``batch`` images (else a ValueError naming the problem)."""
+    with open(path) as f:
+        items = json.load(f)
+    if not isinstance(items, list) or not all(isinstance(it, dict) and {"file", "boxes", "labels"} <= set(it)
+                                               and isinstance(it["labels"], list) for it in items):
+        raise ValueError(f"{path}: expected a list of {{\"file\", \"boxes\", \"labels\"}} objects")
+    if not items:
+        raise ValueError(f"{path} lists no images")
+    if len(items) < batch:
+        raise ValueError(f"{path} lists {len(items)} image{'s' if len(items) != 1 else ''}, fewer than --batch {batch} "
+                         f"(no batch would ever be complete): lower --batch to at most {len(items)}")
+    bad = sorted({lab for it in items for lab in it["labels"] if not (isinstance(lab, int) and 1 <= lab < num_classes)},
+                 key=str)
+    if bad:
+        raise ValueError(f"{path}: labels {bad[:5]} are outside 1..{num_classes - 1} (--num-classes {num_classes} "
+                         "counts the background, label 0)")
+    return items
+
+
+def folder_batches(images_dir: str, items, batch: int):
+    """Shuffled batches of ``batch`` annotated images, forever (each pass leaves out the ``len % batch``
+    images that do not fill a batch, different ones each time); ``items`` must hold at least ``batch``
+    images (:func:`read_annotations`), else no batch would ever be complete."""
     from torchvision.io import read_image
 
-    with open(annotations) as f:
-        items = json.load(f)
+    if not 1 <= batch <= len(items):
+        raise ValueError(f"batches of {batch} from {len(items)} images: none would ever be complete")
+    items = list(items)
     while True:
         random.shuffle(items)
         for i in range(0, len(items) - batch + 1, batch):
             imgs, tgts = [], []
             for it in items[i:i + batch]:
                 imgs.append(read_image(os.path.join(images_dir, it["file"])).float() / 255)
-                tgts.append(dict(boxes=torch.tensor(it["boxes"], dtype=torch.float32), labels=torch.tensor(it["labels"])))
+                tgts.append(
+                    dict(boxes=torch.tensor(it["boxes"], dtype=torch.float32), labels=torch.tensor(it["labels"]))
+                )
             yield imgs, tgts
+
+
+def _int_at_least(lo: int):
+    """argparse type: an int >= ``lo``."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _positive(s: str) -> float:
+    """argparse type: a finite float > 0."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
+    return v
 
 
 def main(argv=None):
@@ -60,13 +115,22 @@ def main(argv=None):
     ap.add_argument("--pretrained", default=None, help="a Swin checkpoint (any supported layout)")
     ap.add_argument("--images", default=None)
     ap.add_argument("--annotations", default=None)
-    ap.add_argument("--num-classes", type=int, default=4, help="including the background")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--size", type=int, default=256, help="synthetic image side; the detector's min_size")
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--num-classes", type=_int_at_least(2), default=4,
+                    help="including the background (label 0): at least 2")
+    ap.add_argument("--steps", type=_int_at_least(1), default=20)
+    ap.add_argument("--batch", type=_int_at_least(1), default=2)
+    ap.add_argument("--size", type=_int_at_least(32), default=256, help="synthetic image side; the detector's min_size")
+    ap.add_argument("--lr", type=_positive, default=1e-4)
     ap.add_argument("--small", action="store_true", help="a tiny Swin (quick CPU runs)")
     a = ap.parse_args(argv)
+    if (a.images is None) != (a.annotations is None):
+        ap.error("--images and --annotations go together")
+    items = None
+    if a.annotations:
+        try:
+            items = read_annotations(a.annotations, a.num_classes, a.batch)
+        except (OSError, ValueError) as e:
+            ap.error(str(e))
     from torchvision.models.detection import FasterRCNN
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -75,7 +139,7 @@ def main(argv=None):
     det = FasterRCNN(backbone, num_classes=a.num_classes, min_size=a.size, max_size=int(a.size * 1.34)).to(dev)
     opt = torch.optim.AdamW([p for p in det.parameters() if p.requires_grad], lr=a.lr, weight_decay=0.05)
     gen = torch.Generator().manual_seed(0)
-    data = folder_batches(a.images, a.annotations, a.batch) if a.images else None
+    data = folder_batches(a.images, items, a.batch) if items else None
     det.train()
     t0 = time.time()
     for step in range(1, a.steps + 1):
@@ -89,8 +153,12 @@ def main(argv=None):
         loss.backward()
         opt.step()
         if step == 1 or step % 10 == 0 or step == a.steps:
-            print(f"step {step}/{a.steps}  loss {loss.item():.3f}  " + "  ".join(f"{k} {v.item():.3f}" for k, v in losses.items())
-                  + f"  ({time.time() - t0:.1f} s)", flush=True)
+            print(
+                f"step {step}/{a.steps}  loss {loss.item():.3f}  "
+                + "  ".join(f"{k} {v.item():.3f}" for k, v in losses.items())
+                + f"  ({time.time() - t0:.1f} s)",
+                flush=True,
+            )
     det.eval()
     with torch.no_grad():
         out = det([images[0]])

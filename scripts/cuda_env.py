@@ -24,7 +24,9 @@ _HOST_HEADERS = ("cuda_fp16.h", "cuda_bf16.h", "crt/host_defines.h")
 
 
 def _has_cudart(root: str) -> bool:
-    return bool(glob.glob(os.path.join(root, "lib64", "libcudart.so*")) or glob.glob(os.path.join(root, "lib", "libcudart.so*")))
+    return bool(
+        glob.glob(os.path.join(root, "lib64", "libcudart.so*")) or glob.glob(os.path.join(root, "lib", "libcudart.so*"))
+    )
 
 
 def _nvcc_roots() -> List[str]:

@@ -23,3 +23,5 @@ echo "== training finished in $(( $(date +%s) - start )) s; curves: runs/digits-
 
 echo "== fused vs reference on Swin-T (swin_ext.demo)"
 "$PY" -m swin_ext.demo
+echo "== done.  The environment's Python is $PY (a plain \`python\` does not have torch), e.g.:"
+echo "   $PY -m swin_ext.train --help"

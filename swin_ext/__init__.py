@@ -5,32 +5,39 @@
     >>> logits = model(torch.randn(2, 3, 224, 224))
 """
 from ._ext import HAS_OPS, build_info
-from .ops import add_layernorm, bias_gelu, patch_merging, window_attention, window_attention_v2
-from .reference import (
-    add_layernorm_reference,
-    bias_gelu_reference,
-    patch_merging_reference,
-    window_attention_reference,
-    window_attention_v2_reference,
-)
-from .model import (
+from .detection import SwinFPN, fpn_backbone
+from .export import ExportError, export_onnx, install_onnx_hook, onnx_translation_table
+from .factory import create_model, list_models
+from .models import (
+    BasicLayer,
     PatchEmbed,
     PatchMerging,
-    BasicLayer,
     SwinTransformer,
     SwinTransformerBlock,
+    SwinTransformerV2,
     WindowAttention,
     swin_b,
     swin_l,
     swin_s,
     swin_t,
 )
-from .model_v2 import SwinTransformerV2
-from .checkpoint import CheckpointError, LoadResult, load_pretrained
-from .factory import create_model, list_models
-from .export import ExportError, export_onnx, install_onnx_hook, onnx_translation_table
-from .convert import ConversionError, from_timm, from_torchvision, from_transformers
-from .detection import SwinFPN, fpn_backbone
+from .ops import add_layernorm, bias_gelu, patch_merging, window_attention, window_attention_v2
+from .ops.reference import (
+    add_layernorm_reference,
+    bias_gelu_reference,
+    patch_merging_reference,
+    window_attention_reference,
+    window_attention_v2_reference,
+)
+from .weights import (
+    CheckpointError,
+    ConversionError,
+    LoadResult,
+    from_timm,
+    from_torchvision,
+    from_transformers,
+    load_pretrained,
+)
 
 install_onnx_hook()  # swin_ext's ONNX translations join torch.onnx's registry when torch imports it
 

@@ -74,12 +74,17 @@ def main(argv=None) -> None:
         model.train()
     t_train = _interleaved_medians([step(m) for _, m in models], args.repeats)
     rows = [(name, ti, tt) for (name, _), ti, tt in zip(models, t_inf, t_train)]
-    print(f"\nSwin-T on CPU, batch {args.batch}, {torch.get_num_threads()} threads (median of {args.repeats} interleaved rounds):")
+    print(
+        f"\nSwin-T on CPU, batch {args.batch}, {torch.get_num_threads()} threads "
+        f"(median of {args.repeats} interleaved rounds):"
+    )
     print("| backend | inference ms | img/s | fwd+bwd ms | img/s |")
     print("|---|---:|---:|---:|---:|")
     for name, ti, tt in rows:
         print(f"| {name} | {ti * 1e3:.1f} | {args.batch / ti:.1f} | {tt * 1e3:.1f} | {args.batch / tt:.1f} |")
-    print(f"speed-up fused/reference: inference {rows[1][1] / rows[0][1]:.2f}x, training {rows[1][2] / rows[0][2]:.2f}x")
+    print(
+        f"speed-up fused/reference: inference {rows[1][1] / rows[0][1]:.2f}x, training {rows[1][2] / rows[0][2]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

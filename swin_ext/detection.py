@@ -18,9 +18,9 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .checkpoint import load_pretrained
-from .model import SwinTransformer
-from .model_v2 import SwinTransformerV2
+from .models import SwinTransformer, SwinTransformerV2
+from .weights import load_pretrained
+from .weights.convert import copy_norm_eps
 
 _SWIN = (SwinTransformer, SwinTransformerV2)
 
@@ -42,6 +42,9 @@ class SwinFPN(nn.Module):
         self.body = body
         in_channels = [body.feature_info[i]["num_chs"] for i in body.out_indices]
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool())
+        p = next(body.parameters(), None)
+        if p is not None:  # on the body's device and in its dtype (a float64 body gets a float64 FPN)
+            self.fpn.to(device=p.device, dtype=p.dtype)
         #: what torchvision's detectors read
         self.out_channels = out_channels
 
@@ -51,7 +54,8 @@ class SwinFPN(nn.Module):
 
 
 def _features_only_copy(model, out_indices: Sequence[int]):
-    """A features_only model with ``model``'s configuration and weights (its head and final norm left out)."""
+    """A features_only model with ``model``'s configuration, LayerNorm eps and weights (its head and final norm
+    left out; the new per-stage norms ``norm{i}`` take the final norm's eps)."""
     common = dict(img_size=model.img_size, patch_size=model.patch_size, in_chans=model.in_chans,
                   embed_dim=model.embed_dim, depths=model.depths, num_heads=model.num_heads,
                   mlp_ratio=model.mlp_ratio, drop_path_rate=0.0, backend=model.backend, features_only=True,
@@ -61,7 +65,10 @@ def _features_only_copy(model, out_indices: Sequence[int]):
                                  pretrained_window_sizes=list(model.pretrained_window_sizes), **common)
     else:
         qkv_bias = model.layers[0].blocks[0].attn.qkv.bias is not None
-        body = SwinTransformer(window_size=model.window_size, qkv_bias=qkv_bias, **common)
+        body = SwinTransformer(window_size=list(model.window_sizes), qkv_bias=qkv_bias, **common)
+    copy_norm_eps(model, body, "fpn_backbone")
+    for i in body.out_indices:
+        getattr(body, f"norm{i}").eps = model.norm.eps
     # to the source's dtype first: loading a float64 model into a float32 body would round its weights
     p = next(model.parameters())
     body = body.to(device=p.device, dtype=p.dtype)

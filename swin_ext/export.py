@@ -2,7 +2,7 @@
 
 ``torch.onnx.export(model, (x,), path, dynamo=True)`` keeps swin_ext's ops in
 the captured graph and translates each into standard ONNX operators (opset
->= 17, no custom domain, no Roll), so the file runs in onnxruntime and in
+>= 18, no custom domain, no Roll), so the file runs in onnxruntime and in
 TensorRT's ONNX parser:
 
 * ``window_attention_fwd`` (and ``window_attention_v2_fwd``, with the
@@ -27,16 +27,19 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import math
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .ops.reference import SHIFT_MASK_VALUE
+
 __all__ = ["export_onnx", "onnx_translation_table", "ExportError", "MIN_OPSET"]
 
-#: LayerNormalization, which the merging / add+LayerNorm translations use, is opset 17.
-MIN_OPSET = 17
-SHIFT_MASK_VALUE = -100.0
+#: The translations are written in opset 18 (ReduceL2 / ReduceLogSumExp take their axes as an input
+#: from 18 on; LayerNormalization is 17): torch's converter cannot take them down to 17.
+MIN_OPSET = 18
 
 
 class ExportError(ValueError):
@@ -102,8 +105,10 @@ def _static_dims(value, names: str, what: str) -> Tuple[int, ...]:
             out.append(d)
             continue
         if not isinstance(d, int):
-            raise ExportError(f"swin_ext ONNX export: {what} needs a static {names[i] if i < len(names) else 'dimension'} "
-                              f"(dimension {i} is {d}); only the batch dimension may be dynamic")
+            raise ExportError(
+                f"swin_ext ONNX export: {what} needs a static {names[i] if i < len(names) else 'dimension'} "
+                f"(dimension {i} is {d}); only the batch dimension may be dynamic"
+            )
         out.append(d)
     return tuple(out)
 
@@ -157,22 +162,25 @@ def _window_attention_graph(qkv, bias, qkv_pad, ws: int, shift_h: int, shift_w: 
     return out, lse
 
 
-def _attention_onnx(qkv, bias, qkv_pad=None, window_size: int = 7, shift_h: int = 0, shift_w: int = 0,
-                    scale: float = 1.0):
+def _attention_onnx(
+    qkv, bias, qkv_pad=None, window_size: int = 7, shift_h: int = 0, shift_w: int = 0, scale: float = 1.0
+):
     """ONNX of swin_ext::window_attention_fwd: returns (out, lse)."""
     return _window_attention_graph(qkv, bias, qkv_pad, window_size, shift_h, shift_w, scale)
 
 
-def _attention_v2_onnx(qkv, bias, qkv_pad=None, head_scale=None, window_size: int = 8, shift_h: int = 0,
-                       shift_w: int = 0):
+def _attention_v2_onnx(
+    qkv, bias, qkv_pad=None, head_scale=None, window_size: int = 8, shift_h: int = 0, shift_w: int = 0
+):
     """ONNX of swin_ext::window_attention_v2_fwd (Swin V2's cosine attention): returns (out, lse)."""
     return _window_attention_graph(qkv, bias, qkv_pad, window_size, shift_h, shift_w, 1.0, head_scale)
 
 
 def _layer_norm_onnx(op, x, weight, bias, eps: float):
     """LayerNormalization over the last dim; returns (y, mean, rstd) with mean/rstd (...) in float32."""
-    y, mean, rstd = op.LayerNormalization(x, op.CastLike(weight, x), op.CastLike(bias, x), axis=-1,
-                                          epsilon=float(eps), stash_type=1)
+    y, mean, rstd = op.LayerNormalization(
+        x, op.CastLike(weight, x), op.CastLike(bias, x), axis=-1, epsilon=float(eps), stash_type=1
+    )
     axes = op.Constant(value_ints=[-1])
     return y, op.Squeeze(mean, axes), op.Squeeze(rstd, axes)
 
@@ -187,7 +195,9 @@ def _merging_onnx(x, weight, bias, eps: float = 1e-5):
     rows = op.Reshape(x, op.Constant(value_ints=[-1, H * W, C]))
     if idx.max() == H * W:
         rows = _rows_with_pad(op, rows, None, C)
-    g = op.Reshape(op.Gather(rows, op.Constant(value=_tensor(idx)), axis=1), op.Constant(value_ints=[-1, H2, W2, 4 * C]))
+    g = op.Reshape(
+        op.Gather(rows, op.Constant(value=_tensor(idx)), axis=1), op.Constant(value_ints=[-1, H2, W2, 4 * C])
+    )
     y, mean, rstd = _layer_norm_onnx(op, g, weight, bias, eps)
     return y, op.CastLike(mean, weight), op.CastLike(rstd, weight)
 
@@ -228,15 +238,18 @@ def _add_layernorm_onnx(x, branch, weight, bias, eps: float = 1e-5, y_dtype=None
     h = op.Add(x, op.CastLike(branch, x))
     y, mean, rstd = _layer_norm_onnx(op, h, weight, bias, eps)
     if y_dtype is not None:
-        from torch.onnx._internal.exporter import _type_casting  # noqa: F401  (present since torch 2.6)
         import onnx_ir as ir
+        from torch.onnx._internal.exporter import _type_casting  # noqa: F401  (present since torch 2.6)
 
-        to = {torch.float16: ir.DataType.FLOAT16, torch.bfloat16: ir.DataType.BFLOAT16, torch.float32: ir.DataType.FLOAT,
-              torch.float64: ir.DataType.DOUBLE}.get(y_dtype)
+        to = {
+            torch.float16: ir.DataType.FLOAT16,
+            torch.bfloat16: ir.DataType.BFLOAT16,
+            torch.float32: ir.DataType.FLOAT,
+            torch.float64: ir.DataType.DOUBLE,
+        }.get(y_dtype)
         if to is not None:
             y = op.Cast(y, to=int(to))
     return h, y, op.CastLike(mean, weight), op.CastLike(rstd, weight)
-
 
 
 def _bias_gelu_onnx(z, bias):
@@ -246,6 +259,7 @@ def _bias_gelu_onnx(z, bias):
     u = op.Add(z, op.CastLike(bias, z))
     c = lambda v: op.CastLike(op.Constant(value_float=v), z)  # noqa: E731
     return op.Mul(op.Mul(c(0.5), u), op.Add(c(1.0), op.Erf(op.Mul(u, c(0.7071067811865476)))))
+
 
 # ----------------------------------------------------------------------------- registration with torch.onnx
 
@@ -266,13 +280,16 @@ def _register_with_torch_onnx(module) -> None:
 
         for target, fn in onnx_translation_table().items():
             _torchlib_registry._registry.append(
-                module.OnnxDecompMeta(onnx_function=fn, fx_target=target, signature=None, is_custom=True))
+                module.OnnxDecompMeta(onnx_function=fn, fx_target=target, signature=None, is_custom=True)
+            )
         _registered = True
     except Exception as e:  # pragma: no cover - another torch's exporter internals
         import warnings
 
-        warnings.warn(f"swin_ext could not register its ONNX translations with torch.onnx ({e!r}); "
-                      "pass custom_translation_table=swin_ext.onnx_translation_table() or use swin_ext.export_onnx")
+        warnings.warn(
+            f"swin_ext could not register its ONNX translations with torch.onnx ({e!r}); "
+            "pass custom_translation_table=swin_ext.onnx_translation_table() or use swin_ext.export_onnx"
+        )
 
 
 class _RegistryHook(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -311,6 +328,93 @@ def install_onnx_hook() -> None:
 # ----------------------------------------------------------------------------- export_onnx
 
 
+def _max_opset() -> int:
+    """The newest opset the installed ``onnx`` package defines (torch's exporter converts to it)."""
+    try:
+        import onnx
+
+        return int(onnx.defs.onnx_opset_version())
+    except Exception:  # pragma: no cover - onnx is a dependency of torch's exporter
+        return MIN_OPSET
+
+
+def _check_export_args(model, example, opset_version, rtol) -> Tuple[torch.Tensor, ...]:
+    """Every argument of :func:`export_onnx` checked before the (slow) export; returns the example tuple."""
+    if not isinstance(model, torch.nn.Module):
+        raise ExportError(f"export_onnx: model must be a torch.nn.Module, got {type(model).__name__}")
+    in_training = {name for name, m in model.named_modules() if m.training}
+    training = [
+        n
+        for n, _ in model.named_modules()  # the outermost modules in training mode
+        if n in in_training and (n == "" or n.rpartition(".")[0] not in in_training)
+    ]
+    if training:
+        where = (
+            "the model is"
+            if "" in training
+            else (
+                f"its submodule{'s' if len(training) > 1 else ''} {training[:4]}{' ...' if len(training) > 4 else ''} "
+                f"{'are' if len(training) > 1 else 'is'}"
+            )
+        )
+        raise ExportError(
+            f"export_onnx: {where} in training mode (dropout, stochastic depth and the training-only "
+            "paths would be exported); call model.eval() first, which sets every submodule"
+        )
+    if opset_version is not None:
+        if not isinstance(opset_version, int) or isinstance(opset_version, bool):
+            raise TypeError(f"export_onnx: opset_version must be an int, got {type(opset_version).__name__}")
+        if not MIN_OPSET <= opset_version <= _max_opset():
+            raise ExportError(
+                f"export_onnx: opset_version {opset_version} is not supported; swin_ext's translations "
+                f"need opset >= {MIN_OPSET} and the installed onnx package defines opsets up to "
+                f"{_max_opset()}"
+            )
+    if rtol is not None:
+        if not isinstance(rtol, (int, float)) or isinstance(rtol, bool):
+            raise TypeError(f"export_onnx: rtol must be a number, got {type(rtol).__name__}")
+        if not (math.isfinite(rtol) and rtol >= 0):
+            raise ExportError(f"export_onnx: rtol must be a finite number >= 0 (a relative error bound), got {rtol}")
+    args = (
+        (example,)
+        if isinstance(example, torch.Tensor)
+        else tuple(example)
+        if isinstance(example, (list, tuple))
+        else ()
+    )
+    if not args or not all(isinstance(a, torch.Tensor) for a in args):
+        raise ExportError("export_onnx: example must be a tensor or a sequence of tensors")
+    for i, a in enumerate(args):
+        if (a.is_floating_point() or a.is_complex()) and not bool(torch.isfinite(a).all()):
+            bad = int((~torch.isfinite(a)).sum())
+            raise ExportError(
+                f"export_onnx: example{'' if len(args) == 1 else f' {i}'} holds {bad} NaN or infinite "
+                "values; the export is traced and checked on it: pass a finite example"
+            )
+    dtypes = {t.dtype for t in list(model.parameters()) + list(args) if t.is_floating_point()}
+    if torch.float64 in dtypes:
+        raise ExportError(
+            "export_onnx: float64 is not supported: onnxruntime and TensorRT have no float64 convolution "
+            "or LayerNormalization kernels, so the file could not run; export model.float() with a "
+            "float32 example (or .half() / .bfloat16())"
+        )
+    param = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    for i, a in enumerate(args):
+        if a.is_floating_point() and param is not None and a.dtype != param:
+            raise ExportError(
+                f"export_onnx: example{'' if len(args) == 1 else f' {i}'} is {a.dtype} but the model's "
+                f"parameters are {param}; pass an example of the model's dtype"
+            )
+    return args
+
+
+def _file_opset(path: str) -> Optional[int]:
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+    return next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def export_onnx(
     model: torch.nn.Module,
     path: str,
@@ -323,51 +427,90 @@ def export_onnx(
     """Exports ``model`` (in eval mode) to ONNX at ``path``; returns the ONNXProgram.
 
     Args:
-        model: a swin_ext model (or any module using swin_ext's ops), in eval mode.
+        model: a swin_ext model (or any module using swin_ext's ops), in eval
+            mode -- every submodule (a block left in training mode is refused,
+            not silently switched: call ``model.eval()``).  float32, float16
+            or bfloat16 (float64 is refused: no ONNX runtime convolves in it).
         path: the ``.onnx`` file to write.
-        example: an input ``(B, 3, H, W)`` (or a tuple of inputs); the spatial
-            size is fixed in the file.
+        example: an input ``(B, 3, H, W)`` (or a tuple of inputs), finite, of
+            the model's dtype; the spatial size is fixed in the file.
         dynamic_batch: export the batch dimension as dynamic.
         check: run the file in onnxruntime (when installed) on ``example`` and
-            compare with PyTorch: relative error <= ``rtol`` (default 1e-4 in
-            float32, 1e-2 in half precision), else an ExportError.
-        opset_version: ONNX opset (default torch's; at least :data:`MIN_OPSET`).
+            compare every output (a tensor, tuple or dict of tensors) with
+            PyTorch's: relative error <= ``rtol`` (default 1e-4 in float32,
+            1e-2 in half precision), else an ExportError.
+        opset_version: ONNX opset, from :data:`MIN_OPSET` to the newest the
+            installed ``onnx`` defines (default torch's); a file torch could
+            not convert to it is an ExportError.
+        rtol: a finite number >= 0.
+
+    Raises :class:`ExportError` (a ``ValueError``) naming the problem, or
+    ``TypeError`` for an ``rtol`` / ``opset_version`` of the wrong type.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise ExportError(f"export_onnx: model must be a torch.nn.Module, got {type(model).__name__}")
-    if model.training:
-        raise ExportError("export_onnx: the model is in training mode (dropout, stochastic depth and the "
-                          "training-only paths would be exported); call model.eval() first")
-    if opset_version is not None and (not isinstance(opset_version, int) or opset_version < MIN_OPSET):
-        raise ExportError(f"export_onnx: opset_version {opset_version!r} is not supported; swin_ext's translations "
-                          f"need opset >= {MIN_OPSET} (LayerNormalization)")
-    args = (example,) if isinstance(example, torch.Tensor) else tuple(example)
-    if not args or not all(isinstance(a, torch.Tensor) for a in args):
-        raise ExportError("export_onnx: example must be a tensor or a sequence of tensors")
+    args = _check_export_args(model, example, opset_version, rtol)
     dyn = None
     if dynamic_batch:
         batch = torch.export.Dim("batch")
         dyn = tuple({0: batch} for _ in args)
     kw = {} if opset_version is None else {"opset_version": opset_version}
     with torch.no_grad():
-        prog = torch.onnx.export(model, args, path, dynamo=True, dynamic_shapes=dyn,
-                                 custom_translation_table=onnx_translation_table(), verbose=False, **kw)
+        prog = torch.onnx.export(
+            model,
+            args,
+            path,
+            dynamo=True,
+            dynamic_shapes=dyn,
+            custom_translation_table=onnx_translation_table(),
+            verbose=False,
+            **kw,
+        )
+    if opset_version is not None:
+        got_opset = _file_opset(path)
+        if got_opset != opset_version:
+            raise ExportError(
+                f"export_onnx: torch.onnx could not convert the model to opset {opset_version} (its "
+                f"version converter failed; {path} holds opset {got_opset}); use the default opset "
+                "(opset_version=None) or another one"
+            )
     if check:
         try:
             import onnxruntime as ort
         except ImportError:
             return prog
-        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        import numpy as np
-
-        feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(sess.get_inputs(), args)}
-        got = sess.run(None, feeds)[0]
-        with torch.no_grad():
-            want = model(*args)
-        want = (want[0] if isinstance(want, (list, tuple)) else want).detach().float().cpu().numpy()
-        tol = rtol if rtol is not None else (1e-4 if args[0].dtype in (torch.float32, torch.float64) else 1e-2)
-        err = float(np.linalg.norm(got.astype(np.float64) - want) / max(np.linalg.norm(want), 1e-30))
-        if not err <= tol:
-            raise ExportError(f"export_onnx: onnxruntime's output differs from PyTorch's by {err:.2e} (relative), "
-                              f"more than {tol:.0e}")
+        _check_with_onnxruntime(ort, model, path, args, rtol)
     return prog
+
+
+def _check_with_onnxruntime(ort, model, path: str, args, rtol: Optional[float]) -> None:
+    """Every output of the file in onnxruntime against PyTorch's, on the example."""
+    import numpy as np
+    from torch.utils._pytree import tree_leaves
+
+    try:
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ExportError(
+            f"export_onnx: onnxruntime {ort.__version__} cannot load {path} ({' '.join(str(e).split())})"
+        ) from e
+    feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(sess.get_inputs(), args)}
+    got = sess.run(None, feeds)
+    with torch.no_grad():
+        out = model(*args)
+    want = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+    if len(got) != len(want):
+        raise ExportError(f"export_onnx: the file has {len(got)} outputs, the model returns {len(want)} tensors")
+    tol = rtol if rtol is not None else (1e-4 if args[0].dtype in (torch.float32, torch.float64) else 1e-2)
+    for i, (g, w) in enumerate(zip(got, want)):
+        w = w.detach().float().cpu().numpy()
+        which = "" if len(want) == 1 else f" {i}"
+        if not np.isfinite(w).all():
+            raise ExportError(
+                f"export_onnx: the model's own output{which} on the example is not finite (NaN or inf); "
+                "the export cannot be checked: look at the model's weights"
+            )
+        err = float(np.linalg.norm(g.astype(np.float64) - w) / max(np.linalg.norm(w), 1e-30))
+        if not err <= tol:
+            raise ExportError(
+                f"export_onnx: onnxruntime's output{which} differs from PyTorch's by {err:.2e} "
+                f"(relative), more than {tol:.0e}"
+            )

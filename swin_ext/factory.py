@@ -3,12 +3,13 @@
 Names follow the official release (and timm): ``swin_{tiny,small,base,large}
 _patch4_window{7,12}_{224,384}``, with ``_22k`` (21,841 ImageNet-22k classes)
 and ``_22kto1k`` (22k pre-trained, 1k fine-tuned) suffixes, plus the short
-aliases ``swin_t``, ``swin_s``, ``swin_b``, ``swin_l``; and timm's twelve Swin V2
-names ``swinv2_{tiny,small,base,large}_window{8,12,16,...}_{192,256,384}``
+aliases ``swin_t``, ``swin_s``, ``swin_b``, ``swin_l`` and the demo's compact
+``swin_digits``; and timm's twelve Swin V2 names
+``swinv2_{tiny,small,base,large}_window{8,12,16,...}_{192,256,384}``
 (a :class:`~swin_ext.SwinTransformerV2` with timm's defaults).  ``pretrained``
 is a local checkpoint path or a state dict: nothing is ever downloaded.
 The names and their keywords come from the one variant table,
-:mod:`swin_ext.variants`.
+:mod:`swin_ext.models.variants`.
 """
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ import difflib
 import os
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from .checkpoint import LoadResult, _load
-from .model import SwinTransformer
-from .model_v2 import SwinTransformerV2
-from .variants import v1_table, v2_table
+from .models import SwinTransformer, SwinTransformerV2
+from .models.variants import v1_table, v2_table
+from .weights.checkpoint import LoadResult, load_pretrained
 
 __all__ = ["create_model", "list_models", "model_config", "model_class"]
 
@@ -63,7 +63,7 @@ def create_model(
     strict, except that passing ``num_classes`` explicitly asks for a new head:
     a checkpoint head of another size is then left out (like timm).  Pass
     ``strict=False`` to also tolerate missing/unexpected keys.  The
-    :class:`~swin_ext.checkpoint.LoadResult` is kept on the model as
+    :class:`~swin_ext.LoadResult` is kept on the model as
     ``model.pretrained_result``.
 
         >>> m = create_model("swin_base_patch4_window12_384", pretrained="swin_base_patch4_window12_384.pth")
@@ -78,7 +78,7 @@ def create_model(
     cfg.update(kwargs)
     model = model_class(name)(**cfg)
     if pretrained is not None and pretrained is not False:
-        result: LoadResult = _load(model, pretrained, strict=True if strict is None else strict,
-                                   allow_new_head=new_head)
+        result: LoadResult = load_pretrained(model, pretrained, strict=True if strict is None else strict,
+                                             allow_new_head=new_head)
         model.pretrained_result = result
     return model

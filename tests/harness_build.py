@@ -203,7 +203,8 @@ def write_ninja(build_dir: str = BUILD_DIR) -> str:
         vflags = base + _FLAGS[v]
         suffix = "" if v == "normal" else "_asan"
         rt_obj = f"obj{suffix}/cuda_harness.o"
-        lines += [f"build {rt_obj}: cxx {_esc(os.path.join(HARNESS_DIR, 'cuda_harness.cpp'))}", f"  flags = {_q(vflags)}"]
+        rt_src = _esc(os.path.join(HARNESS_DIR, "cuda_harness.cpp"))
+        lines += [f"build {rt_obj}: cxx {rt_src}", f"  flags = {_q(vflags)}"]
         st_obj = f"obj{suffix}/selftest.o"
         lines += [f"build {st_obj}: cxx {_esc(os.path.join(HARNESS_DIR, 'selftest.cpp'))}", f"  flags = {_q(vflags)}"]
         san = ["-fsanitize=address"] if v == "asan" else []
@@ -239,7 +240,9 @@ def write_ninja(build_dir: str = BUILD_DIR) -> str:
 _runs: Dict[Tuple[str, Tuple[str, ...]], str] = {}
 
 
-def build(targets: Optional[List[str]] = None, build_dir: str = BUILD_DIR, jobs: Optional[int] = None) -> Dict[str, str]:
+def build(
+    targets: Optional[List[str]] = None, build_dir: str = BUILD_DIR, jobs: Optional[int] = None
+) -> Dict[str, str]:
     """Builds ``targets`` (keys of :func:`outputs`; default all) in one ninja run.
 
     ninja keeps going past a failed target (``-k 0``), so that one broken

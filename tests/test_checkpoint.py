@@ -1,7 +1,9 @@
 """load_pretrained / create_model: every checkpoint layout, parity with timm,
 torchvision and transformers, bias-table resizing, and bad checkpoints."""
 import math
+import os
 import pickle
+import re
 import warnings
 
 import pytest
@@ -11,7 +13,22 @@ import torch.nn.functional as F
 import swin_ext
 from swin_ext import CheckpointError, SwinTransformer, create_model, load_pretrained
 
-from swin_test_utils import DEPTHS, EMBED, HEADS, NCLS, WINDOW, assert_unchanged, randomize, rel_err, small, snapshot
+from swin_test_utils import (
+    CHILD_HARNESS,
+    DEPTHS,
+    EMBED,
+    HEADS,
+    NCLS,
+    WINDOW,
+    Evil,
+    assert_unchanged,
+    flip_tensor_byte,
+    randomize,
+    rel_err,
+    run_child,
+    small,
+    snapshot,
+)
 
 pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
 
@@ -55,7 +72,9 @@ def hf_to_classic(sd):
         out[k] = v
         if k.endswith("attention.self.relative_position_bias_table"):  # a persistent buffer in the hub files
             n = ((math.isqrt(v.shape[0]) + 1) // 2) ** 2
-            out[k.replace("relative_position_bias_table", "relative_position_index")] = torch.zeros(n, n, dtype=torch.long)
+            out[k.replace("relative_position_bias_table", "relative_position_index")] = torch.zeros(
+                n, n, dtype=torch.long
+            )
     return out
 
 
@@ -63,14 +82,18 @@ def hf_to_new(sd):
     """The current transformers naming (q_proj/k_proj/v_proj/o_proj, mlp.fc1/fc2)."""
     out = {}
     for k, v in sd.items():
-        k = (k.replace("attention.self.query.", "attention.q_proj.")
-              .replace("attention.self.key.", "attention.k_proj.")
-              .replace("attention.self.value.", "attention.v_proj.")
-              .replace("attention.output.dense.", "attention.o_proj.")
-              .replace("attention.self.relative_position_bias_table",
-                       "attention.relative_position_bias.relative_position_bias_table")
-              .replace("intermediate.dense.", "mlp.fc1.")
-              .replace("output.dense.", "mlp.fc2."))
+        k = (
+            k.replace("attention.self.query.", "attention.q_proj.")
+            .replace("attention.self.key.", "attention.k_proj.")
+            .replace("attention.self.value.", "attention.v_proj.")
+            .replace("attention.output.dense.", "attention.o_proj.")
+            .replace(
+                "attention.self.relative_position_bias_table",
+                "attention.relative_position_bias.relative_position_bias_table",
+            )
+            .replace("intermediate.dense.", "mlp.fc1.")
+            .replace("output.dense.", "mlp.fc2.")
+        )
         out[k] = v
     return out
 
@@ -180,6 +203,7 @@ def test_transformers_swin_model_without_prefix_and_classifier():
 
 
 # One full-size Swin-T per library: every key of the real layout converts.
+@pytest.mark.slow
 @pytest.mark.parametrize("lib", ["timm", "torchvision", "transformers"])
 def test_full_size_swin_t_from_each_library(lib):
     if lib == "timm":
@@ -344,8 +368,9 @@ def test_headless_checkpoint_into_classifier_and_back():
 
 
 def test_wrong_architecture_lists_mismatches_and_changes_nothing():
-    src = randomize(SwinTransformer(embed_dim=48, depths=(2, 2, 4, 2), num_heads=(2, 4, 8, 16), window_size=7,
-                                    num_classes=NCLS))
+    src = randomize(
+        SwinTransformer(embed_dim=48, depths=(2, 2, 4, 2), num_heads=(2, 4, 8, 16), window_size=7, num_classes=NCLS)
+    )
     m = small()
     snap = snapshot(m)
     with pytest.raises(CheckpointError) as ei:
@@ -496,9 +521,17 @@ def test_torch_save_of_whole_module_is_refused(tmp_path):
 
 def test_create_model_names_and_sizes():
     names = swin_ext.list_models()
-    for n in ["swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224",
-              "swin_base_patch4_window12_384", "swin_large_patch4_window7_224", "swin_large_patch4_window12_384",
-              "swin_base_patch4_window12_384_22k", "swin_t", "swin_l"]:
+    for n in [
+        "swin_tiny_patch4_window7_224",
+        "swin_small_patch4_window7_224",
+        "swin_base_patch4_window7_224",
+        "swin_base_patch4_window12_384",
+        "swin_large_patch4_window7_224",
+        "swin_large_patch4_window12_384",
+        "swin_base_patch4_window12_384_22k",
+        "swin_t",
+        "swin_l",
+    ]:
         assert n in names
     expected = {  # the official / timm parameter counts
         "swin_tiny_patch4_window7_224": 28_288_354,
@@ -541,5 +574,382 @@ def test_create_model_pretrained_path(tmp_path):
     assert m.head.weight.shape == (10, 256) and m.pretrained_result.new_head
     # but the architecture still has to match
     with pytest.raises(CheckpointError, match="embed_dim"):
-        create_model("swin_tiny_patch4_window7_224", pretrained=path, embed_dim=64, depths=DEPTHS,
-                     num_heads=(2, 4, 8, 16))
+        create_model(
+            "swin_tiny_patch4_window7_224", pretrained=path, embed_dim=64, depths=DEPTHS, num_heads=(2, 4, 8, 16)
+        )
+
+
+# ----------------------------------------------------------------------------- bad files and values
+# (a failed load leaves the model bitwise unchanged)
+
+
+def _tiny_model(**kw):
+    cfg = dict(
+        img_size=32,
+        patch_size=4,
+        embed_dim=8,
+        depths=(1, 1),
+        num_heads=(1, 2),
+        window_size=2,
+        num_classes=3,
+        drop_path_rate=0.0,
+    )
+    cfg.update(kw)
+    return SwinTransformer(**cfg)
+
+
+def _source_sd():
+    torch.manual_seed(7)
+    src = _tiny_model()
+    with torch.no_grad():
+        for p in src.parameters():
+            p.normal_(0, 0.3)
+    return src.state_dict()
+
+
+def _sd_with(**repl):
+    sd = dict(_source_sd())
+    for k, v in repl.items():
+        k = k.replace("__", ".")
+        sd[k] = v(sd[k]) if callable(v) else v
+    return sd
+
+
+def _late():  # the last key of the state dict: copied last, after all the others
+    return list(_tiny_model().state_dict())[-1]
+
+
+def _file_case(name, tmp_path):
+    """``(source for load_pretrained, expected message regex, forbidden message text)``."""
+    p = tmp_path / f"{name}.pth"
+    if name == "flipped-byte":  # was: loaded silently, model changed
+        torch.save(_source_sd(), p)
+        entry = flip_tensor_byte(p)
+        return p, rf"damaged: the stored checksum \(CRC-32\) of its entry '{entry}'", None
+    if name == "garbage-text":  # was: "holds objects other than tensors", advice to turn off weights_only
+        p.write_text("this is not a checkpoint\n")
+        return p, "not a readable PyTorch checkpoint: damaged or not written by torch.save", "weights_only=False"
+    if name == "random-bytes":  # was: "holds objects other than tensors", advice to turn off weights_only
+        p.write_bytes(bytes(range(256)) * 8)
+        return p, "not a readable PyTorch checkpoint.*Unsupported operand", "weights_only=False"
+    if name == "truncated":
+        torch.save(_source_sd(), p)
+        p.write_bytes(p.read_bytes()[:-200])
+        return p, "not a readable PyTorch checkpoint", "weights_only=False"
+    if name == "empty":
+        p.write_bytes(b"")
+        return p, "the file is empty", "weights_only=False"
+    if name == "pickled-object":  # the genuine case: names the global, nothing executed
+        marker = tmp_path / "marker"
+        with open(p, "wb") as f:
+            pickle.dump({"model": Evil(str(marker))}, f, protocol=2)
+        return p, r"holds objects other than tensors.*io\.open", None
+    if name == "directory":
+        return tmp_path, "is a directory", None
+    if name == "char-device":
+        return "/dev/zero", "is a device, not a regular file", None  # was: read forever
+    if name == "missing":
+        return tmp_path / "nope.pth", None, None
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "flipped-byte",
+        "garbage-text",
+        "random-bytes",
+        "truncated",
+        "empty",
+        "pickled-object",
+        "directory",
+        "char-device",
+        "missing",
+    ],
+)
+def test_load_pretrained_bad_file(name, tmp_path):
+    m = _tiny_model()
+    snap = snapshot(m)
+    src, match, forbidden = _file_case(name, tmp_path)
+    before = open(src, "rb").read() if os.path.isfile(src) else None
+    if match is None:
+        with pytest.raises(FileNotFoundError, match="not found"):
+            load_pretrained(m, src)
+    else:
+        with pytest.raises(CheckpointError, match=match) as ei:
+            load_pretrained(m, src)
+        assert forbidden is None or forbidden not in str(ei.value)
+        if name != "char-device":
+            assert str(src) in str(ei.value)
+    assert_unchanged(m, snap)
+    assert not (tmp_path / "marker").exists()
+    if before is not None:
+        assert open(src, "rb").read() == before  # the file is left as it was
+
+
+STATE_DICT_CASES = [
+    # (id, state dict factory, message regex); the late key is copied last
+    (
+        "meta-late",
+        lambda: _sd_with(**{_late(): lambda v: torch.empty_like(v, device="meta")}),
+        "is a meta tensor",
+    ),  # was: earlier parameters overwritten, then a copy error
+    (
+        "sparse-late",
+        lambda: _sd_with(**{_late(): lambda v: v.to_sparse()}),
+        "has layout torch.sparse_coo",
+    ),  # was: ditto
+    ("nan-late", lambda: _sd_with(**{_late(): lambda v: v.clone().fill_(float("nan"))}), "values are NaN or infinite"),
+    ("inf-late", lambda: _sd_with(**{_late(): lambda v: v.clone().fill_(float("inf"))}), "values are NaN or infinite"),
+    ("overflows-float32", lambda: _sd_with(**{_late(): lambda v: v.double().fill_(1e300)}), "beyond the range"),
+    ("int-for-float", lambda: _sd_with(**{_late(): lambda v: v.long()}), "checkpoint dtype torch.int64"),
+    (
+        "complex-for-float",
+        lambda: _sd_with(**{_late(): lambda v: v.to(torch.complex64)}),
+        "checkpoint dtype torch.complex64",
+    ),
+    (
+        "even-sided-table",
+        lambda: _sd_with(**{"layers.1.blocks.0.attn.relative_position_bias_table": torch.randn(16, 2)}),
+        r"its length 16 is not \(2 \* window - 1\) \*\* 2",
+    ),
+    # was: resized to the model's window
+]
+
+
+@pytest.mark.parametrize("make,match", [pytest.param(*c[1:], id=c[0]) for c in STATE_DICT_CASES])
+def test_load_pretrained_bad_values_leave_model_bitwise_unchanged(make, match, tmp_path):
+    for as_file in (False, True):
+        m = _tiny_model()
+        snap = snapshot(m)
+        sd = make()
+        src = sd
+        if as_file:
+            src = tmp_path / "sd.pth"
+            torch.save(sd, src)
+        with pytest.raises(CheckpointError, match=match):
+            load_pretrained(m, src)
+        assert_unchanged(m, snap)
+
+
+def test_load_pretrained_good_file_still_loads(tmp_path):
+    p = tmp_path / "good.pth"
+    sd = _source_sd()
+    torch.save({"model": sd}, p)
+    m = _tiny_model()
+    res = load_pretrained(m, p)
+    assert len(res.loaded) == len(sd)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+
+
+def test_fifo_is_refused_not_opened_in_a_child_process(tmp_path):
+    """A FIFO blocked ``open`` forever (load_pretrained and --resume auto)."""
+    fifo = tmp_path / "weights.pth"
+    os.mkfifo(fifo)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.mkfifo(run_dir / "last.pt")
+    code = (
+        CHILD_HARNESS
+        + rf"""
+from swin_ext import train as T
+m = swin_ext.SwinTransformer(img_size=32, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=2,
+                             num_classes=3)
+case("load_pretrained", lambda: swin_ext.load_pretrained(m, {str(fifo)!r}))
+case("load_checkpoint", lambda: T.load_checkpoint({str(run_dir / "last.pt")!r}))
+print(json.dumps(results))
+"""
+    )
+    r = run_child(code)
+    for name in ("load_pretrained", "load_checkpoint"):
+        assert r[name].startswith("CheckpointError:") and "is a FIFO (named pipe), not a regular file" in r[name], r
+
+
+# ----------------------------------------------------------------------------- crafted archives (issue 17)
+
+
+def _tiny():
+    return SwinTransformer(img_size=32, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=2,
+                           num_classes=3, drop_path_rate=0.0)
+
+
+def _zip_bomb(path, entries=1000, size=1 << 20, method=8, name="archive/data/0"):
+    """A zip whose directory lists ``entries`` entries that all share one local header and one data
+    stream (deflate of ``size`` zero bytes, or the bytes themselves stored): reading every entry
+    decompresses ``entries * size`` bytes from a file of a few kB."""
+    import binascii
+    import struct
+    import zlib
+
+    raw = bytes(size)
+    if method == 8:
+        comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+        data = comp.compress(raw) + comp.flush()
+    else:
+        data = raw
+    crc, fname = binascii.crc32(raw), name.encode()
+    body = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0, crc, len(data), size, len(fname), 0)
+    body += fname + data
+    record = struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, 0, 0, crc, len(data), size, len(fname),
+                         0, 0, 0, 0, 0, 0) + fname
+    cd = record * entries
+    eocd = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, entries, entries, len(cd), len(body), 0)
+    path.write_bytes(body + cd + eocd)
+    return path
+
+
+def _bomb_entry_points():
+    from swin_ext import train as T
+
+    return {
+        "load_pretrained": lambda p: load_pretrained(_tiny(), p),
+        "create_model": lambda p: create_model("swin_tiny_patch4_window7_224", pretrained=p, embed_dim=8,
+                                               depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
+        "fpn_backbone": lambda p: swin_ext.fpn_backbone("swin_tiny_patch4_window7_224", pretrained=p, embed_dim=8,
+                                                        depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
+        "train --resume": T.load_checkpoint,
+    }
+
+
+@pytest.mark.parametrize("entry", ["load_pretrained", "create_model", "fpn_backbone", "train --resume"])
+def test_zip_bomb_is_refused_in_milliseconds(entry, tmp_path, monkeypatch):
+    # was: the CRC pass decompressed all 1,000 entries (1 GB here; minutes for the issue's 125 kB file)
+    import time
+
+    from swin_ext.train import checkpointing as CK
+    from swin_ext.weights import checkpoint as C
+
+    bomb = _zip_bomb(tmp_path / "bomb.pth")
+    assert bomb.stat().st_size < 100_000
+    seconds, real = [], C.safe_torch_load
+
+    def timed(*a, **k):  # the file's checks and refusal, without building the model around them
+        t0 = time.perf_counter()
+        try:
+            return real(*a, **k)
+        finally:
+            seconds.append(time.perf_counter() - t0)
+
+    monkeypatch.setattr(C, "safe_torch_load", timed)
+    monkeypatch.setattr(CK, "safe_torch_load", timed)  # the training checkpoints' reader imports it by name
+    with pytest.raises(CheckpointError, match=r"bomb.pth: not a valid PyTorch checkpoint archive \(refused before "
+                                              r"decompressing anything\)"):
+        _bomb_entry_points()[entry](bomb)
+    assert len(seconds) == 1 and seconds[0] < 1.0
+
+
+@pytest.mark.parametrize("case", ["overlap", "expansion", "method", "count", "stored-size"])
+def test_zip_layout_bounds(case, tmp_path, monkeypatch):
+    import zipfile
+
+    from swin_ext.weights import checkpoint as C
+
+    path = tmp_path / f"{case}.pth"
+    if case == "overlap":  # three stored 1 kB entries on the same bytes: within every size bound
+        _zip_bomb(path, entries=3, size=1024, method=0)
+        match = "entries 'archive/data/0' and 'archive/data/0' overlap"
+    elif case == "expansion":  # one honest deflated entry that expands 1000-fold
+        monkeypatch.setattr(C, "EXPANSION_FLOOR", 0)
+        _zip_bomb(path, entries=1, size=1 << 20)
+        match = "declare 1,048,576 bytes in all, more than 16x the file's"
+    elif case == "method":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_LZMA) as zf:
+            zf.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        match = "uses zip compression method 14; torch.save stores entries uncompressed"
+    elif case == "count":
+        monkeypatch.setattr(C, "MAX_ZIP_ENTRIES", 4)
+        torch.save({"a": torch.zeros(2)}, path)
+        match = r"lists \d+ entries, more than the 4 any checkpoint has"
+    else:
+        _zip_bomb(path, entries=1, size=1024, method=0)
+        data = bytearray(path.read_bytes())
+        i = data.index(b"PK\x01\x02")
+        data[i + 24:i + 28] = (4096).to_bytes(4, "little")  # the directory's uncompressed size
+        path.write_bytes(bytes(data))
+        match = "declares 4096 bytes but stores 1024"
+    with pytest.raises(CheckpointError, match=match):
+        load_pretrained(_tiny(), path)
+
+
+def test_recompressed_checkpoint_still_loads(tmp_path):
+    import zipfile
+
+    m = _tiny()
+    sd = randomize(_tiny()).state_dict()
+    stored = tmp_path / "stored.pth"
+    torch.save({"model": sd}, stored)
+    deflated = tmp_path / "deflated.pth"  # re-zipped by another tool: torch.load reads it, so do we
+    with zipfile.ZipFile(stored) as src, zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    load_pretrained(m, deflated)
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in sd.items())
+
+
+def _non_checkpoint(name, tmp_path):
+    import io
+    import tarfile
+
+    p = tmp_path / f"{name}.pth"
+    if name == "zeros":
+        p.write_bytes(bytes(4096))
+    elif name == "tar":
+        buf = io.BytesIO()
+        torch.save(_tiny().state_dict(), buf)
+        with tarfile.open(p, "w") as tf:
+            info = tarfile.TarInfo("weights.pth")
+            info.size = len(buf.getvalue())
+            tf.addfile(info, io.BytesIO(buf.getvalue()))
+    elif name == "text":
+        p.write_text("this is not a checkpoint\n")
+    elif name == "random":
+        p.write_bytes(bytes(range(256)) * 8)
+    elif name == "pickled-object":
+        with open(p, "wb") as f:
+            pickle.dump({"model": _NotATensor()}, f, protocol=2)
+    return p
+
+
+@pytest.mark.parametrize("name,match", [
+    ("zeros", r"zeros.pth: not a PyTorch checkpoint: the file holds only zero bytes \(4,096 of them\)"),
+    ("tar", r"tar.pth: not a PyTorch checkpoint: it is a tar archive"),
+    ("text", "not a readable PyTorch checkpoint: damaged or not written by torch.save"),
+    ("random", "not a readable PyTorch checkpoint: damaged or not written by torch.save"),
+    ("pickled-object", r"holds objects other than tensors .*_NotATensor"),
+])
+def test_non_checkpoint_files_never_get_weights_only_advice(name, match, tmp_path):
+    # was: zeros and tar got torch's advice that weights_only=False "will likely succeed"
+    from swin_ext import train as T
+
+    p = _non_checkpoint(name, tmp_path)
+    for load in (lambda: load_pretrained(_tiny(), p), lambda: T.load_checkpoint(str(p))):
+        with pytest.raises(CheckpointError) as ei:
+            load()
+        msg = str(ei.value)
+        assert re.search(match.replace("PyTorch checkpoint", r"(PyTorch|swin_ext\.train) checkpoint"), msg), msg
+        for advice in ("weights_only=False", "weights_only` set to `False", "will likely succeed", "legacy .tar"):
+            assert advice not in msg, msg
+
+
+def test_wrapper_dicts_with_metadata(tmp_path):
+    # was: {"epoch": tensor, "state_dict": ...} was "not a Swin Transformer checkpoint"
+    sd = randomize(_tiny()).state_dict()
+    wrappers = [
+        {"epoch": torch.tensor(7), "state_dict": sd},
+        {"model": sd, "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}}, "step": torch.tensor(10), "lr": 0.1},
+        {"model_state_dict": sd, "config": {"arch": "swin"}, "best_acc": torch.tensor(0.8)},
+        {"module": sd, "epoch": 3},
+        {"checkpoint": 1, "state_dict": {"model": sd}, "ema": torch.zeros(1)},
+    ]
+    for i, w in enumerate(wrappers):
+        for src in (w, tmp_path / f"w{i}.pth"):
+            if not isinstance(src, dict):
+                torch.save(w, src)
+            m = _tiny()
+            res = load_pretrained(m, src)
+            assert res.format == "official" and len(res.loaded) == len(sd)
+            assert all(torch.equal(m.state_dict()[k], v) for k, v in sd.items())
+    # a wrapper whose model entry holds no tensors is still "no tensors found", naming the keys
+    with pytest.raises(CheckpointError, match="no tensors found"):
+        load_pretrained(_tiny(), {"model": {"name": "swin"}, "epoch": 3})

@@ -40,6 +40,7 @@ STANDARD = {"Add", "Gather", "MatMul", "Mul", "Reshape", "Softmax", "Transpose",
 # ----------------------------------------------------------------------------- ONNX
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(224, 224), (200, 232)], ids=["divisible", "padded"])
 def test_plain_torch_onnx_export_gives_standard_ops(tmp_path, size):
     """torch.onnx.export(..., dynamo=True) on the default fused model: only standard ONNX ops, no custom domain."""
@@ -62,6 +63,7 @@ def _ort():
     return pytest.importorskip("onnxruntime")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(224, 224), (200, 232)], ids=["divisible", "padded"])
 def test_onnxruntime_matches_pytorch_with_a_dynamic_batch(tmp_path, size):
     rt = _ort()
@@ -78,6 +80,7 @@ def test_onnxruntime_matches_pytorch_with_a_dynamic_batch(tmp_path, size):
         assert _rel(got, want) <= 1e-4
 
 
+@pytest.mark.slow
 def test_onnx_float16(tmp_path):
     rt = _ort()
     m = _small().half()
@@ -92,6 +95,7 @@ def test_onnx_float16(tmp_path):
     assert _rel(got.astype("float32"), want) <= 1e-2
 
 
+@pytest.mark.slow
 def test_op_level_translations(tmp_path):
     """Every op's translation against the op itself (shifted, padded with a pad vector, odd merging sizes)."""
     rt = _ort()
@@ -104,7 +108,9 @@ def test_op_level_translations(tmp_path):
             self.b = torch.nn.Parameter(torch.randn(32))
 
         def forward(self, qkv, bias, x):
-            return swin_ext.window_attention(qkv, bias, 4, (2, 1), None, self.pad), swin_ext.patch_merging(x, self.w, self.b)
+            return swin_ext.window_attention(qkv, bias, 4, (2, 1), None, self.pad), swin_ext.patch_merging(
+                x, self.w, self.b
+            )
 
     m = Ops().eval()
     args = (torch.randn(2, 9, 11, 72), torch.randn(3, 16, 16), torch.randn(2, 7, 9, 8))
@@ -118,7 +124,7 @@ def test_op_level_translations(tmp_path):
         assert _rel(g, w) <= 1e-5
 
 
-
+@pytest.mark.slow
 def test_op_level_translations_v2_attention_and_add_layernorm(tmp_path):
     """The Swin V2 attention (ReduceL2 normalisation, per-head scale), add + LayerNorm and bias + GELU translations."""
     rt = _ort()
@@ -150,18 +156,95 @@ def test_op_level_translations_v2_attention_and_add_layernorm(tmp_path):
     for g, w in zip(got, want):
         assert _rel(g, w) <= 1e-5
 
+
 def test_export_onnx_bad_input(tmp_path):
     m = _small()
     x = torch.randn(1, 3, 224, 224)
     with pytest.raises(ExportError, match="training mode"):
         export_onnx(m.train(), str(tmp_path / "a.onnx"), x)
     m.eval()
-    with pytest.raises(ExportError, match=r"opset_version 13 .* opset >= 17"):
+    with pytest.raises(ExportError, match=r"opset_version 13 .* opset >= 18"):
         export_onnx(m, str(tmp_path / "a.onnx"), x, opset_version=13)
     with pytest.raises(ExportError, match="must be a torch.nn.Module"):
         export_onnx("model", str(tmp_path / "a.onnx"), x)
     with pytest.raises(ExportError, match="example must be a tensor"):
         export_onnx(m, str(tmp_path / "a.onnx"), [1, 2])
+
+
+def _tiny(**kw):
+    cfg = dict(img_size=32, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=2, num_classes=3,
+               drop_path_rate=0.0)
+    cfg.update(kw)
+    return SwinTransformer(**cfg).eval()
+
+
+def _nan_example():
+    x = torch.randn(1, 3, 32, 32)
+    x[0, 1, 2, 3] = float("nan")
+    return x
+
+
+def _block_train():
+    m = _tiny()
+    m.layers[0].blocks[0].train()
+    return m
+
+
+EXPORT_REFUSALS = [
+    # (id, model factory, example factory, keywords, exception, message); each refused before exporting
+    ("rtol<0", _tiny, lambda: torch.randn(1, 3, 32, 32), dict(rtol=-1.0), ExportError,
+     r"rtol must be a finite number >= 0 .* got -1.0"),  # was: "differs by 1.6e-07 (relative), more than -1e+00"
+    ("rtol-nan", _tiny, lambda: torch.randn(1, 3, 32, 32), dict(rtol=float("nan")), ExportError, "rtol must be"),
+    ("rtol-str", _tiny, lambda: torch.randn(1, 3, 32, 32), dict(rtol="1e-3"), TypeError, "rtol must be a number"),
+    ("nan-example", _tiny, _nan_example, {}, ExportError,
+     "example holds 1 NaN or infinite values"),  # was: "differs from PyTorch's by nan"
+    ("block-in-train-mode", _block_train, None, {},
+     ExportError, r"its submodule \['layers.0.blocks.0'\] is in training mode"),  # was: exported as it was
+    ("opset-99", _tiny, lambda: torch.randn(1, 3, 32, 32), dict(opset_version=99), ExportError,
+     r"opset_version 99 is not supported; .* opset >= 18 and the installed onnx package defines opsets up to \d+"),
+    ("opset-17", _tiny, lambda: torch.randn(1, 3, 32, 32), dict(opset_version=17), ExportError,
+     "opset >= 18"),  # was: accepted, and the file came out at opset 18
+    ("opset-float", _tiny, lambda: torch.randn(1, 3, 32, 32), dict(opset_version=18.0), TypeError,
+     "opset_version must be an int"),
+    ("float64", lambda: _tiny().double(), lambda: torch.randn(1, 3, 32, 32, dtype=torch.float64), {}, ExportError,
+     "float64 is not supported"),  # was: "NOT_IMPLEMENTED: Could not find an implementation for Conv(11)"
+    ("dtype-mismatch", _tiny, lambda: torch.randn(1, 3, 32, 32).half(), {}, ExportError,
+     "example is torch.float16 but the model's parameters are torch.float32"),
+]
+
+
+@pytest.mark.parametrize("make,example,kw,exc,match", [pytest.param(*c[1:], id=c[0]) for c in EXPORT_REFUSALS])
+def test_export_onnx_refuses_before_exporting(make, example, kw, exc, match, tmp_path, monkeypatch):
+    def no_export(*a, **k):
+        raise AssertionError("torch.onnx.export was called")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    x = example() if example is not None else torch.randn(1, 3, 32, 32)
+    with pytest.raises(exc, match=match):
+        export_onnx(make(), str(tmp_path / "m.onnx"), x, **kw)
+    assert not os.path.exists(tmp_path / "m.onnx")
+
+
+def test_export_onnx_checks_every_output_of_a_dict(tmp_path):
+    # was: AttributeError: 'dict' object has no attribute 'detach'
+    pytest.importorskip("onnxruntime")
+
+    class Heads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = _tiny()
+
+        def forward(self, x):
+            f = self.body.forward_features(x)
+            return {"logits": self.body.forward_head(f), "features": f}
+
+    m = Heads().eval()
+    path = str(tmp_path / "dict.onnx")
+    export_onnx(m, path, torch.randn(2, 3, 32, 32), dynamic_batch=False, opset_version=20)
+    assert _op_types(path)[2].opset_import[0].version == 20
+    rt = _ort()
+    sess = rt.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert len(sess.get_outputs()) == 2
 
 
 def test_translation_table_is_public():
@@ -173,6 +256,7 @@ def test_translation_table_is_public():
 # ----------------------------------------------------------------------------- torch.export
 
 
+@pytest.mark.slow
 def test_torch_export_keeps_the_ops_with_a_dynamic_batch_and_round_trips(tmp_path):
     m = _small()
     x = torch.randn(2, 3, 224, 224)
@@ -193,6 +277,7 @@ def test_torch_export_keeps_the_ops_with_a_dynamic_batch_and_round_trips(tmp_pat
 # ----------------------------------------------------------------------------- torch.compile
 
 
+@pytest.mark.slow
 def test_compile_inductor_fullgraph_inference_and_training():
     torch._dynamo.reset()
     m = _small(depths=(2, 2), num_heads=(1, 2), num_classes=5, img_size=64, window_size=4)
@@ -212,6 +297,7 @@ def test_compile_inductor_fullgraph_inference_and_training():
         torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=lambda s: f"{n}: {s}")
 
 
+@pytest.mark.slow
 def test_compile_dynamic_does_not_recompile_per_batch_size():
     from torch._dynamo.utils import counters
 

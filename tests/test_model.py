@@ -1,5 +1,6 @@
 """The Swin model: sizes, FLOPs, backends, compile, bad configs and inputs."""
 import copy
+import math
 
 import pytest
 import torch
@@ -9,7 +10,9 @@ from swin_ext import SwinTransformer, swin_b, swin_l, swin_s, swin_t
 
 pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
 
-TINY = dict(img_size=64, patch_size=4, embed_dim=12, depths=(2, 2, 2), num_heads=(1, 2, 3), window_size=4, num_classes=7)
+TINY = dict(
+    img_size=64, patch_size=4, embed_dim=12, depths=(2, 2, 2), num_heads=(1, 2, 3), window_size=4, num_classes=7
+)
 
 
 def tiny(**kw):
@@ -47,8 +50,20 @@ def test_state_dict_keys_official_layout():
 
 
 def test_config_dict_constructor():
-    cfg = dict(image_size=64, patch_size=4, in_channels=3, num_classes=5, embed_dim=12, depths=[2, 2],
-               num_heads=[2, 4], window_size=4, mlp_ratio=4.0, dropout=0.0, drop_path_rate=0.1, use_checkpoint=False)
+    cfg = dict(
+        image_size=64,
+        patch_size=4,
+        in_channels=3,
+        num_classes=5,
+        embed_dim=12,
+        depths=[2, 2],
+        num_heads=[2, 4],
+        window_size=4,
+        mlp_ratio=4.0,
+        dropout=0.0,
+        drop_path_rate=0.1,
+        use_checkpoint=False,
+    )
     m = SwinTransformer(cfg)
     assert m.num_classes == 5 and m.depths == (2, 2) and m.window_size == 4
     assert m(torch.randn(2, 3, 64, 64)).shape == (2, 5)
@@ -214,13 +229,16 @@ def test_cpu_autocast_residual_stream_and_linear_inputs(dtype):
     with torch.autocast("cpu", dtype=dtype):
         out, ref = m(x), r(x)
     assert seen and all(v == dtype for k, v in seen.items() if k[2] != "stream"), seen
-    assert {k: v for k, v in seen.items() if k[2] == "stream"} == {k: v for k, v in seen_ref.items() if k[2] == "stream"}
+    assert {k: v for k, v in seen.items() if k[2] == "stream"} == {
+        k: v for k, v in seen_ref.items() if k[2] == "stream"
+    }
     assert out.dtype == ref.dtype == dtype
     torch.testing.assert_close(out.float(), ref.float(), rtol=0.05, atol=0.05)
     # a float32 stream (the input of stage 0 in float32) stays float32 and still feeds the Linears in `dtype`
     with torch.autocast("cpu", dtype=dtype):
-        h, y = swin_ext.layers.add_layernorm(torch.randn(2, 4, 4, 12), torch.randn(2, 4, 4, 12, dtype=dtype),
-                                              m.layers[0].blocks[0].norm2)
+        h, y = swin_ext.layers.add_layernorm(
+            torch.randn(2, 4, 4, 12), torch.randn(2, 4, 4, 12, dtype=dtype), m.layers[0].blocks[0].norm2
+        )
     assert h.dtype == torch.float32 and y.dtype == dtype
     with torch.autocast("cpu", dtype=dtype):
         out = m(x)
@@ -269,6 +287,7 @@ def test_attention_dropout_training_runs():
     torch.testing.assert_close(m(x), m.set_backend("reference")(x))  # eval: no dropout, fused == reference
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph():
     m = tiny(drop_path_rate=0.0)
     x = torch.randn(2, 3, 40, 56)
@@ -281,6 +300,7 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(compiled(x), eager, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_torch_compile_inductor_matches_eager():
     m = tiny(drop_path_rate=0.0)
     x = torch.randn(2, 3, 32, 32)
@@ -328,9 +348,9 @@ def test_bad_input():
 
 
 def test_variant_table_feeds_factories_create_model_and_presets():
-    """swin_t ... swin_l, create_model's names and the training presets are one table (swin_ext.variants)."""
+    """swin_t ... swin_l, create_model's names and the training presets are one table (swin_ext.models.variants)."""
+    from swin_ext.models.variants import ALIASES, SIZES
     from swin_ext.train import PRESETS
-    from swin_ext.variants import ALIASES, SIZES
 
     for short, size in ALIASES.items():
         with torch.device("meta"):
@@ -340,3 +360,34 @@ def test_variant_table_feeds_factories_create_model_and_presets():
         counts = {sum(p.numel() for p in m.parameters()) for m in (a, b, c)}
         assert len(counts) == 1, (short, counts)
         assert a.embed_dim == SIZES[size]["embed_dim"] == PRESETS[f"swin_{short}"]["embed_dim"]
+
+
+# ----------------------------------------------------------------------------- bad configuration
+
+
+MODEL_CONFIG_CASES = [
+    ("depths-int", dict(depths=2), TypeError, "depths must be a list or tuple of ints"),  # was: 'int' not iterable
+    ("num_heads-int", dict(num_heads=3), TypeError, "num_heads must be a list or tuple"),  # was: 'int' not iterable
+    ("depths-float-entry", dict(depths=(2, 2.0, 6, 2)), TypeError, r"depths\[1\] must be an int"),
+    ("img_size-str", dict(img_size="224"), TypeError, "img_size must be an int or a pair"),  # was: unpack error
+    ("img_size-float", dict(img_size=224.0), TypeError, "img_size must be an int or a pair"),  # was: unpack error
+    ("img_size-1-tuple", dict(img_size=(224,)), TypeError, "img_size must be an int or a pair"),  # was: unpack error
+    ("img_size-zero", dict(img_size=0), ValueError, "img_size must be positive"),
+    ("mlp_ratio-inf", dict(mlp_ratio=math.inf), ValueError, "mlp_ratio must be finite"),  # was: OverflowError
+    ("mlp_ratio-str", dict(mlp_ratio="4"), TypeError, "mlp_ratio must be a real number"),  # was: bare comparison error
+    ("mlp_ratio-zero-width", dict(mlp_ratio=0.001), ValueError, "mlp_ratio 0.001 gives.*hidden width"),  # was: trained
+    ("mlp_ratio-negative", dict(mlp_ratio=-1.0), ValueError, "mlp_ratio must be > 0"),
+    ("window-float", dict(window_size=7.0), TypeError, "window_size must be an int"),
+    ("window-huge", dict(window_size=2**20), ValueError, "window_size must be <= 32768"),  # was: a huge allocation
+    ("drop_path-str", dict(drop_path_rate="0.1"), TypeError, "drop_path_rate must be a real number"),
+    ("drop_path-1.5", dict(drop_path_rate=1.5), ValueError, "drop_path_rate"),
+    ("embed_dim-float", dict(embed_dim=96.0), TypeError, "embed_dim must be an int"),
+    ("num_heads-not-dividing", dict(num_heads=(1, 5, 3, 24)), ValueError, r"num_heads\[1\]"),
+    ("patch_size-zero", dict(patch_size=0), ValueError, "patch_size"),
+]
+
+
+@pytest.mark.parametrize("kw,exc,match", [pytest.param(*c[1:], id=c[0]) for c in MODEL_CONFIG_CASES])
+def test_model_config(kw, exc, match):
+    with pytest.raises(exc, match=match), torch.device("meta"):
+        SwinTransformer(**kw)

@@ -112,9 +112,10 @@ inline cuda::attn::BwdChoice attention_bwd_choice() {
   return cuda::attn::BwdChoice::kAuto;
 }
 
-// SWIN_EXT_ATTN_CHUNK=<n> forces the images per backward block (tests of
-// the multi-image bias accumulation on small inputs); else a rule of the shape.
-inline int attention_bwd_chunk() {
+// SWIN_EXT_ATTN_CHUNK=<n> forces the images per block of the backward and of
+// the one-tile forward (tests of the multi-image paths on small inputs);
+// else a rule of the shape.
+inline int attention_chunk() {
   const char* v = std::getenv("SWIN_EXT_ATTN_CHUNK");
   if (v == nullptr) return 0;
   const long n = std::strtol(v, nullptr, 10);
@@ -128,6 +129,28 @@ inline void check_attention_launch(int64_t blocks, int smem, int optin, const Wi
   TORCH_CHECK(smem <= optin, "swin_ext.window_attention (CUDA): ", kernel, " needs ", smem,
               " bytes of shared memory per block for window ", g.ws, ", head_dim ", d, ", dtype ", dtype,
               "; this GPU allows ", optin);
+}
+
+// A CUDA launch whose rows cannot move as 16-byte vectors runs the
+// kernels' element-by-element path, several times slower: say so once, with
+// the reason.
+inline void warn_attention_scalar_path(int64_t d, size_t elem_size, bool aligned, const char* op) {
+  if ((d * static_cast<int64_t>(elem_size)) % 16 != 0) {
+    TORCH_WARN_ONCE("swin_ext.window_attention (CUDA): head_dim ", d, " is not a multiple of ", 16 / elem_size,
+                    " elements, so the ", op, " kernels move rows element by element (slow path)");
+  } else if (!aligned) {
+    TORCH_WARN_ONCE("swin_ext.window_attention (CUDA): a tensor's storage is not 16-byte aligned (an offset view?), "
+                    "so the ", op, " kernels move rows element by element (slow path); pass contiguous tensors "
+                    "with their own storage");
+  }
+}
+
+// The vector paths address a row chunk of an image as a 32-bit count of
+// 16-byte vectors.
+inline void check_attention_image_size(int64_t elems_per_image, size_t elem_size) {
+  TORCH_CHECK(elems_per_image * static_cast<int64_t>(elem_size) / 16 < (int64_t(1) << 32) - 1,
+              "swin_ext.window_attention (CUDA): one image of qkv holds ", elems_per_image,
+              " elements, more than the kernels' 32-bit addressing of 16-byte vectors allows");
 }
 
 inline void check_attention_status(cudaError_t e, const char* what) {
@@ -182,10 +205,14 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_impl(const at::Tensor& q
         p.lse_out = lse.mutable_data_ptr();
         p.qk_norm = v2;
         p.head_scale = v2 ? head_scale.const_data_ptr() : nullptr;
-        p.vec = p.vec && aligned16(p.qkv) && aligned16(p.out) && (!has_pad || aligned16(p.pad));
-        const cuda::attn::FwdPlan plan = cuda::attn::attention_fwd_plan<T>(p);
+        const bool aligned = aligned16(p.qkv) && aligned16(p.out) && (!has_pad || aligned16(p.pad));
+        warn_attention_scalar_path(d, sizeof(T), aligned, "forward");
+        p.vec = p.vec && aligned;
+        check_attention_image_size(p.img_qkv, sizeof(T));
+        const cuda::attn::FwdPlan plan = cuda::attn::attention_fwd_plan<T>(p, attention_chunk());
         check_attention_launch(plan.blocks, plan.smem, device_smem_optin(), g, d, qkv.scalar_type(), "the forward kernel");
-        check_attention_status(cuda::attn::attention_fwd_run<T>(p, plan, stream), "the forward launch");
+        check_attention_status(cuda::attn::attention_fwd_run<T>(p, plan, stream),
+                               "the forward launch (or raising its shared-memory limit)");
         Backend::check_launch();
       });
   return {out, lse};
@@ -249,12 +276,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
         p.lse = lse.const_data_ptr();
         p.grad_out = grad_out.const_data_ptr();
         p.dqkv = dqkv.mutable_data_ptr();
-        p.vec = p.vec && aligned16(p.qkv) && aligned16(p.grad_out) && aligned16(p.dqkv) &&
-                (!has_pad || aligned16(p.pad));
+        const bool aligned = aligned16(p.qkv) && aligned16(p.grad_out) && aligned16(p.dqkv) &&
+                             (!has_pad || aligned16(p.pad));
+        warn_attention_scalar_path(d, sizeof(T), aligned, "backward");
+        p.vec = p.vec && aligned;
         p.qk_norm = v2;
         p.head_scale = v2 ? head_scale.const_data_ptr() : nullptr;
         const int optin = device_smem_optin();
-        const cuda::attn::BwdPlan plan = cuda::attn::attention_bwd_plan<T>(p, optin, attention_bwd_choice(), attention_bwd_chunk());
+        const cuda::attn::BwdPlan plan = cuda::attn::attention_bwd_plan<T>(p, optin, attention_bwd_choice(), attention_chunk());
         const bool two_kernels = plan.smem_dkv > 0;  // the SIMT dq + dk/dv pair
         const int64_t blocks = static_cast<int64_t>(plan.n_chunks) * plan.n_row_blocks * g.nW * heads;
         check_attention_launch(blocks, plan.smem, optin, g, d, qkv.scalar_type(),
@@ -291,7 +320,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
         p.dbias_part = dbias_part.mutable_data_ptr();
         p.dpad_part = plan.dpad_slots ? dpad_part.mutable_data_ptr() : nullptr;
         p.Dbuf = plan.dbuf_elems ? dbuf.mutable_data_ptr() : nullptr;
-        check_attention_status(cuda::attn::attention_bwd_run<T>(p, plan, stream), "the backward launch");
+        check_attention_status(cuda::attn::attention_bwd_run<T>(p, plan, stream),
+                               "the backward launch (or raising its shared-memory limit)");
         Backend::check_launch();
         // Partials reduced over fixed shapes: bitwise reproducible run to run.
         dbias = dbias_part.view({-1, heads, g.N, g.N}).sum(0);

@@ -159,6 +159,7 @@ constexpr size_t kDefaultSmemLimit = 48 * 1024;
 
 std::mutex g_attr_mu;
 std::map<const void*, int> g_max_dyn_smem;
+std::atomic<int> g_attr_failures{0};
 
 // ---------------------------------------------------------------------------
 // Fiber stacks: mmap'ed with a guard page below, pooled across blocks.
@@ -1105,6 +1106,8 @@ void run_launch(const LaunchSpec& spec) {
 // ---------------------------------------------------------------------------
 // Emulated runtime.
 int func_set_attribute(const void* func, int attr, int value) {
+  for (int n = g_attr_failures.load(); n > 0;)
+    if (g_attr_failures.compare_exchange_weak(n, n - 1)) return static_cast<int>(cudaErrorInvalidValue);
   const DeviceLimits dev = limits_for(read_options().arch);
   if (attr == static_cast<int>(cudaFuncAttributeMaxDynamicSharedMemorySize)) {
     if (value < 0 || value > dev.smem_optin)
@@ -1176,6 +1179,7 @@ void clear_options() {
   detail::g_opt_override = false;
 }
 Options current_options() { return detail::read_options(); }
+void inject_attribute_failures(int n) { detail::g_attr_failures.store(n < 0 ? 0 : n); }
 uint64_t launch_count() { return detail::g_launches.load(); }
 
 void start_launch_log() {
@@ -1214,9 +1218,7 @@ float b16_to_float(uint16_t bits) {
     std::memcpy(&f, &u, 4);
     return f;
   } else {
-    __half_raw raw;
-    raw.x = bits;
-    return __half2float(__half(raw));
+    return detail::half_bits_to_float(bits);
   }
 }
 

@@ -119,6 +119,10 @@ Options current_options();
 // Number of kernel launches run so far (tests use it to check a path ran).
 uint64_t launch_count();
 
+// Fault injection: the next n cudaFuncSetAttribute calls fail with
+// cudaErrorInvalidValue (tests of the launchers' error handling).
+void inject_attribute_failures(int n);
+
 // The launch log: while recording, every launch that passes the launch
 // checks is recorded (kernel name, grid, block, dynamic shared memory), so
 // tests can assert what ran and how (grids that grow with the batch, shared
@@ -613,7 +617,12 @@ inline cudaError_t func_set_attribute(const void* func, cudaFuncAttribute attr, 
 }
 inline cudaError_t get_last_error() { return cudaSuccess; }
 inline const char* get_error_string(cudaError_t e) {
-  return e == cudaSuccess ? "no error (swin_harness)" : "error (swin_harness)";
+  switch (e) {
+    case cudaSuccess: return "no error (swin_harness)";
+    case cudaErrorInvalidValue: return "invalid argument (swin_harness)";
+    case cudaErrorInvalidDevice: return "invalid device ordinal (swin_harness)";
+    default: return "error (swin_harness)";
+  }
 }
 template <typename S>
 inline cudaError_t memset_async(void* p, int value, size_t count, const S&) {
@@ -671,6 +680,25 @@ inline cudaError_t device_synchronize() { return cudaSuccess; }
 #define cudaStreamSynchronize(s) ::swin_harness::rt::stream_synchronize(s)
 #define cudaDeviceSynchronize() ::swin_harness::rt::device_synchronize()
 
+// fp16 bits -> float by a table: the host conversion is slow, and the tensor-core
+// emulation (WMMA, mma.sync) converts every element it multiplies.
+namespace swin_harness {
+namespace detail {
+inline float half_bits_to_float(uint16_t bits) {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(65536);
+    for (uint32_t i = 0; i < 65536; ++i) {
+      __half_raw raw;
+      raw.x = static_cast<uint16_t>(i);
+      t[i] = __half2float(__half(raw));
+    }
+    return t;
+  }();
+  return table[bits];
+}
+}  // namespace detail
+}  // namespace swin_harness
+
 // ---------------------------------------------------------------------------
 // WMMA.  Fragment layouts are opaque in CUDA, so each lane here holds the
 // whole tile (x[] in row-major order of the logical matrix): element-wise
@@ -715,7 +743,7 @@ struct storage<precision::tf32> {
 };
 template <typename T>
 inline float to_f(const T& v) { return static_cast<float>(v); }
-inline float to_f(const __half& v) { return __half2float(v); }
+inline float to_f(const __half& v) { return swin_harness::detail::half_bits_to_float(static_cast<__half_raw>(v).x); }
 inline float to_f(const __nv_bfloat16& v) { return __bfloat162float(v); }
 template <typename T>
 inline T from_f(float v) { return static_cast<T>(v); }
@@ -798,17 +826,17 @@ inline void mma_sync(fragment<accumulator, M, N, K, Td, void>& d,
                      SWIN_HARNESS_SITE) {
   detail::warp_sync("wmma::mma_sync", swin_file, swin_line);
   constexpr bool tf32 = std::is_same<Tab, precision::tf32>::value;
-  float acc[M * N];
+  float acc[M * N], bf[K * N];
   for (int i = 0; i < M * N; ++i) acc[i] = detail::to_f(c.x[i]);
+  for (int i = 0; i < K * N; ++i) {  // B converted once (not once per row of A)
+    bf[i] = detail::to_f(b.x[i]);
+    if (tf32) bf[i] = __uint_as_float(__float_as_uint(bf[i]) & 0xffffe000u);
+  }
   for (int i = 0; i < M; ++i)
     for (int k = 0; k < K; ++k) {
       float av = detail::to_f(a.x[i * K + k]);
       if (tf32) av = __uint_as_float(__float_as_uint(av) & 0xffffe000u);
-      for (int j = 0; j < N; ++j) {
-        float bv = detail::to_f(b.x[k * N + j]);
-        if (tf32) bv = __uint_as_float(__float_as_uint(bv) & 0xffffe000u);
-        acc[i * N + j] += av * bv;
-      }
+      for (int j = 0; j < N; ++j) acc[i * N + j] += av * bf[k * N + j];
     }
   for (int i = 0; i < M * N; ++i) d.x[i] = detail::from_f<Td>(acc[i]);
 }

@@ -26,6 +26,7 @@ void set_options(int64_t shuffle_seed, int64_t workers) {
 }
 void clear_options() { swin_harness::clear_options(); }
 int64_t launch_count() { return static_cast<int64_t>(swin_harness::launch_count()); }
+void inject_attribute_failures(int64_t n) { swin_harness::inject_attribute_failures(static_cast<int>(n)); }
 void start_launch_log() { swin_harness::start_launch_log(); }
 // One line per launch: "kernel;gx,gy,gz;bx,by,bz;smem".
 std::string stop_launch_log() {
@@ -125,6 +126,7 @@ TORCH_LIBRARY(swin_ext_harness, m) {
   m.def("set_options(int shuffle_seed, int workers) -> ()", &swin_harness_ops::set_options);
   m.def("clear_options() -> ()", &swin_harness_ops::clear_options);
   m.def("launch_count() -> int", &swin_harness_ops::launch_count);
+  m.def("inject_attribute_failures(int n) -> ()", &swin_harness_ops::inject_attribute_failures);
   m.def("start_launch_log() -> ()", &swin_harness_ops::start_launch_log);
   m.def("stop_launch_log() -> str", &swin_harness_ops::stop_launch_log);
   m.def("asan_enabled() -> bool", &swin_harness_ops::asan_enabled);

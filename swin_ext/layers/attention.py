@@ -21,7 +21,7 @@ import torch
 
 from ..ops import window_attention as _window_attention_op
 from ..ops import window_attention_v2 as _window_attention_v2_op
-from ..reference import window_attention_reference, window_attention_v2_reference
+from ..ops.reference import window_attention_reference, window_attention_v2_reference
 from . import config
 
 __all__ = ["window_attention", "window_attention_v2"]

@@ -28,21 +28,18 @@ import torch
 import torch.nn.functional as F
 
 from .._ext import HAS_OPS
-from ..ops import autocast_dtype
+from ..ops import OPS, autocast_dtype
 
 __all__ = ["has_kernel", "use_onednn", "set_onednn", "onednn_available", "autocast_dtype"]
 
-_OPS = ("window_attention_fwd", "window_attention_v2_fwd", "patch_merging_fwd", "add_layernorm_fwd", "bias_gelu_fwd")
-
-
 def _probe_kernels() -> Dict[Tuple[str, str], bool]:
     out = {}
-    for op in _OPS:
+    for op in OPS:
         for dev, key in (("cpu", "CPU"), ("cuda", "CUDA")):
             ok = False
             if HAS_OPS:
                 try:
-                    ok = torch._C._dispatch_has_kernel_for_dispatch_key(f"swin_ext::{op}", key)
+                    ok = torch._C._dispatch_has_kernel_for_dispatch_key(f"swin_ext::{op}_fwd", key)
                 except RuntimeError:  # op not defined in this build
                     ok = False
             out[(op, dev)] = ok
@@ -55,15 +52,15 @@ _KERNELS = _probe_kernels()
 def has_kernel(op: str, device_type: str) -> bool:
     """Whether ``swin_ext::<op>_fwd`` has a compiled kernel for ``device_type``.
 
-    ``op`` is ``"window_attention"``, ``"window_attention_v2"``, ``"patch_merging"``, ``"add_layernorm"``
-    or ``"bias_gelu"``.
-    The meta device always has one (the fake kernels).
+    ``op`` is one of :data:`swin_ext.ops.OPS`.  The meta device always has
+    one (the fake kernels).
     """
     if device_type == "meta":
         return HAS_OPS
-    return _KERNELS.get((f"{op}_fwd", device_type), False)
+    return _KERNELS.get((op, device_type), False)
 
 
+# SWIN_EXT_ONEDNN_MLP (its name from when it governed the MLP only) switches every oneDNN Linear path.
 _ONEDNN_ENABLED = os.environ.get("SWIN_EXT_ONEDNN_MLP", "1") != "0"
 _ONEDNN_OK: Optional[bool] = None
 

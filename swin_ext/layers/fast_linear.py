@@ -9,22 +9,19 @@ What runs where (``fast=True``, the fused backend's setting):
   keeps it as one kernel.  Its autograd formula is the plain Linear
   backward: the input gradient ``grad @ W`` on oneDNN too, the weight
   gradient ``grad^T @ x`` on torch's ``mm``, the bias gradient a ``sum``
-  (measured on the 2-core AMD EPYC dev machine for every Swin-T shape at
-  batch 4: oneDNN forward 185 ms vs ``addmm`` 225 ms, input gradient 184 vs
-  232 ms, weight gradient 274 vs 227 ms, summed over a training step).
+  -- each on whichever measured faster on the CPU for the Swin-T shapes
+  (the numbers: ``docs/models.md``).
   :func:`linear_gelu` puts fc1's exact (erf) GELU into the GEMM epilogue in
   inference (no pass over the ``(tokens, 4C)`` hidden map for the GELU); in
   training the GELU stays torch's op, since its backward needs the
-  pre-activation, which the epilogue does not keep (the alternative -- a
-  kernel writing GELU and GELU' from the pre-activation, GELU' multiplied
-  into fc2's input-gradient GEMM as a oneDNN binary post-op -- measured
-  ~1.4 ms per stage-1 block at batch 4, under 1% of a step: not done).
+  pre-activation, which the epilogue does not keep (keeping it was
+  measured at under 1% of a step: not done).
 * **CUDA**, fc1 + GELU (:func:`linear_gelu`, ``fast=True``): the bias-free
   GEMM ``F.linear(x, weight)`` and :func:`swin_ext.bias_gelu` (bias + exact
   GELU in one pass, and in the backward GELU' and the bias gradient in one);
   the other Linears ``F.linear``.
 * **anything else** (float64 / half inputs or autocast on the CPU, ``torch.func``
-  transforms, ``torch.export`` / ONNX export on the CPU, ``fast=False``):
+  transforms, forward-mode AD, ``torch.export`` / ONNX export on the CPU, ``fast=False``):
   ``F.linear`` and ``F.gelu``, as ``nn.Linear``.
 
 Second-order gradients (``create_graph=True``) through the oneDNN path are
@@ -39,17 +36,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import bias_gelu as _bias_gelu_op
+from ..ops import forward_mode, functorch_active
 from . import config
 
 __all__ = ["Linear", "linear", "linear_gelu"]
 
 
-def _functorch_active() -> bool:
-    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
-
-
-def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """float32 CPU input and weight, no CPU autocast (it picks the GEMM's dtype itself), oneDNN on."""
+def _onednn_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """float32 CPU input and weight, no CPU autocast (it picks the GEMM's dtype itself), oneDNN on,
+    no forward-mode AD (the custom op has no forward-mode rule: a dual input's tangent would be lost)."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -59,7 +54,8 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.shape[0] > 0
         and config.autocast_dtype("cpu") is None
         and config.use_onednn()
-        and not _functorch_active()
+        and not functorch_active()
+        and not forward_mode((x, weight, bias))
         and not torch.compiler.is_exporting()  # an exported program (torch.export, ONNX) keeps aten.linear
     )
 
@@ -113,12 +109,14 @@ def _onednn_linear_backward(ctx, grad):
 onednn_linear.register_autograd(_onednn_linear_backward, setup_context=_onednn_linear_setup)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, fast: bool = True) -> torch.Tensor:
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, fast: bool = True
+) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; on the oneDNN path when ``fast`` and eligible (module docstring).
 
     ``x (..., in)`` -> ``(..., out)``.
     """
-    if not (fast and _onednn_ok(x, weight) and (bias is None or bias.dtype == torch.float32)):
+    if not (fast and _onednn_ok(x, weight, bias) and (bias is None or bias.dtype == torch.float32)):
         return F.linear(x, weight, bias)
     y = onednn_linear(x.reshape(-1, x.shape[-1]), weight, bias, "none")
     return y.view(*x.shape[:-1], y.shape[-1])
@@ -154,7 +152,7 @@ def linear_gelu(x: torch.Tensor, fc: nn.Linear, approximate: str = "none") -> to
         fast
         and approximate == "none"
         and not (torch.is_grad_enabled() and (x.requires_grad or fc.weight.requires_grad))
-        and _onednn_ok(x, fc.weight)
+        and _onednn_ok(x, fc.weight, fc.bias)
         and (fc.bias is None or fc.bias.dtype == torch.float32)
     ):
         y = onednn_linear(x.reshape(-1, x.shape[-1]), fc.weight, fc.bias, "gelu")

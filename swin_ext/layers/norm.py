@@ -2,8 +2,8 @@
 
 What runs where (``fused=True``, the fused backend's setting):
 
-* **a device with an ``add_layernorm`` kernel** (CPU; CUDA once its kernel is
-  compiled in), an affine ``nn.LayerNorm`` over the last dim: the fused op
+* **a device with an ``add_layernorm`` kernel** (CPU; CUDA in a CUDA build:
+  :func:`config.has_kernel`), an affine ``nn.LayerNorm`` over the last dim: the fused op
   :func:`swin_ext.add_layernorm` -- ``h = x + branch`` and ``y = LN(h)`` in
   one pass forward and one backward, which also adds the gradient reaching
   ``h`` from the residual stream.  Under autocast ``h`` stays in ``x``'s

@@ -19,14 +19,20 @@ namespace attn {
 struct FwdPlan {
   int nwarps = 0, n_row_blocks = 0, smem = 0;
   int64_t blocks = 0;
+  // bf16 / fp16: the one-tile kernel (N <= 64; blocks over chunks of images)
+  // or the streaming one; fp32 / fp64: the SIMT kernel.
+  bool tile = false;
+  int chunk = 1, n_chunks = 1;
 };
 
 // Forced choice of the backward kernels (tests; SWIN_EXT_ATTN_BWD).
 enum class BwdChoice : int { kAuto = 0, kFused = 1, kStreaming = 2 };
 
-// p: geometry, sizes and flags filled (pointers may be null).
+// p: geometry, sizes and flags filled (pointers may be null).  chunk > 0
+// forces the images per block of the one-tile kernel (tests), else a rule of
+// the shape.
 template <typename T>
-FwdPlan attention_fwd_plan(const AttnParams& p);
+FwdPlan attention_fwd_plan(const AttnParams& p, int chunk = 0);
 template <typename T>
 cudaError_t attention_fwd_run(AttnParams p, const FwdPlan& plan, cudaStream_t stream);
 

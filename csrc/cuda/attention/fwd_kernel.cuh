@@ -1,4 +1,5 @@
-// Forward of the fused shifted-window attention.
+// Forward of the fused shifted-window attention: the SIMT kernel of fp32 /
+// fp64 (bf16 / fp16 run fwd_mma_kernel.cuh).
 //
 // One block per (image, window, head, block of 16 * nwarps query rows);
 // consecutive blocks are the heads (and row blocks) of one window, so a
@@ -124,13 +125,10 @@ __global__ void __launch_bounds__(Tr::kFwdWarps * 32, 1) attn_fwd_kernel(const A
   const int N = g.N;
 
   // blockIdx.x = ((b * nW + win) * heads + h) * n_row_blocks + rb
-  int bid = blockIdx.x;
-  const int rb = bid % p.n_row_blocks;
-  bid /= p.n_row_blocks;
-  const int h = bid % p.heads;
-  bid /= p.heads;
-  const int win = bid % g.nW;
-  const int b = bid / g.nW;
+  int bwh, rb, bw, h, b, win;
+  p.div_rb.divmod(blockIdx.x, bwh, rb);
+  p.div_heads.divmod(bwh, bw, h);
+  p.div_nW.divmod(bw, b, win);
   const int rows = kRowTile * nwarps;
   const int row0 = rb * rows;
 

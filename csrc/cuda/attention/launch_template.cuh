@@ -7,6 +7,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 
@@ -14,6 +15,7 @@
 #include "bwd_kernel.cuh"
 #include "bwd_mma_kernel.cuh"
 #include "fwd_kernel.cuh"
+#include "fwd_mma_kernel.cuh"
 #include "static_switch.h"
 
 namespace swin_ext {
@@ -29,23 +31,31 @@ constexpr int64_t kMaxBiasPartials = int64_t(1) << 25;  // elements of dbias par
 // to the most that kernel can ever ask for (its layout at the largest
 // head_dim of its traits) or the device's opt-in limit, whichever is lower:
 // setting it per launch would race between host threads launching the same
-// kernel with different sizes.
+// kernel with different sizes.  Only a success is remembered: a failure
+// (returned, the caller reports its text) is retried by the next launch, so
+// that an error unrelated to this kernel cannot disable it for the life of
+// the process.
 template <auto kernel>
 cudaError_t ensure_smem_limit(int max_bytes) {
-  static std::once_flag once[kMaxDevices];
-  static cudaError_t status[kMaxDevices];
+  static std::atomic<bool> done[kMaxDevices];
+  static std::mutex mu;
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e != cudaSuccess) return e;
   if (dev < 0 || dev >= kMaxDevices) return cudaErrorInvalidDevice;
-  std::call_once(once[dev], [&] {
-    int optin = 0;
-    status[dev] = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    if (status[dev] == cudaSuccess)
-      status[dev] = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         std::min(max_bytes, optin));
-  });
-  return status[dev];
+  if (done[dev].load(std::memory_order_acquire)) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(mu);
+  if (done[dev].load(std::memory_order_relaxed)) return cudaSuccess;
+  int optin = 0;
+  e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (e != cudaSuccess) return e;
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, std::min(max_bytes, optin));
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();  // not sticky: clear it so that the next launch may try again
+    return e;
+  }
+  done[dev].store(true, std::memory_order_release);
+  return cudaSuccess;
 }
 
 inline int ceil_div_int(int a, int b) { return (a + b - 1) / b; }
@@ -61,27 +71,92 @@ int dq_smem_max() { return dq_layout<Tr>(Tr::kMaxD, Tr::kDqWarps).total; }
 template <class Tr>
 int dkv_smem_max() { return dkv_layout<Tr>(Tr::kMaxD, Tr::kDkvWarps).total; }
 
+// Images per block of the one-tile forward: a function of the shape only,
+// at most kMaxChunk, with at least ~1024 blocks (~2 waves of 4 blocks per SM
+// on 132 SMs) where the batch allows: the bias tile and the token table are
+// staged once per block, so more images per block cost fewer instructions.
+constexpr int kFwdTargetBlocks = 1024;
+
 template <class Tr>
-FwdPlan plan_fwd(const AttnParams& p) {
+FwdPlan plan_fwd(const AttnParams& p, int force_chunk) {
   static_assert(streaming_fits_everywhere<Tr>(), "a streaming attention kernel does not fit 99 KB of shared memory");
   FwdPlan plan;
-  plan.nwarps = std::min(Tr::kFwdWarps, ceil_div_int(p.g.N, kRowTile));
-  plan.n_row_blocks = ceil_div_int(p.g.N, kRowTile * plan.nwarps);
-  plan.smem = fwd_layout<Tr>(p.d, plan.nwarps).total;
-  plan.blocks = static_cast<int64_t>(p.B) * p.g.nW * p.heads * plan.n_row_blocks;
+  const int64_t wh = static_cast<int64_t>(p.g.nW) * p.heads;
+  if constexpr (Tr::kTC) {
+    using M1 = FwdMmaTraits<typename Tr::T, Tr::kD, false>;
+    using M2 = FwdMmaTraits<typename Tr::T, Tr::kD, true>;
+    static_assert(std::max(M2::kTileSmem, M2::kStrSmem) <= kSmallestOptinSmem, "forward shared memory > 99 KB");
+    plan.nwarps = M1::kWarps;
+    // The one-tile kernel for the specialised head_dims; the generic head_dim
+    // (a correctness path) always streams, which keeps it within 128
+    // registers without local memory.
+    plan.tile = Tr::kD != 0 && p.g.N <= M1::kKeys;
+    if (plan.tile) {
+      plan.n_row_blocks = 1;
+      plan.chunk = force_chunk > 0
+                       ? std::min(force_chunk, std::max(p.B, 1))
+                       : static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kMaxChunk, p.B * wh / kFwdTargetBlocks)));
+      plan.n_chunks = ceil_div_int(p.B, plan.chunk);
+      plan.smem = p.qk_norm ? M2::kTileSmem : M1::kTileSmem;
+      plan.blocks = static_cast<int64_t>(plan.n_chunks) * wh;
+    } else {
+      plan.n_row_blocks = ceil_div_int(p.g.N, M1::kRows);
+      plan.smem = p.qk_norm ? M2::kStrSmem : M1::kStrSmem;
+      plan.blocks = static_cast<int64_t>(p.B) * wh * plan.n_row_blocks;
+    }
+  } else {
+    plan.nwarps = std::min(Tr::kFwdWarps, ceil_div_int(p.g.N, kRowTile));
+    plan.n_row_blocks = ceil_div_int(p.g.N, kRowTile * plan.nwarps);
+    plan.smem = fwd_layout<Tr>(p.d, plan.nwarps).total;
+    plan.blocks = static_cast<int64_t>(p.B) * wh * plan.n_row_blocks;
+  }
   return plan;
+}
+
+template <class M>
+cudaError_t run_fwd_mma(AttnParams p, const FwdPlan& plan, cudaStream_t stream) {
+  p.nwarps = plan.nwarps;
+  p.n_row_blocks = plan.n_row_blocks;
+  p.chunk = plan.chunk;
+  p.n_chunks = plan.n_chunks;
+  p.div_heads = FastDiv::make(p.heads);
+  p.div_nW = FastDiv::make(p.g.nW);
+  p.div_rb = FastDiv::make(plan.n_row_blocks);
+  const dim3 grid(static_cast<unsigned>(plan.blocks));
+  if constexpr (M::kD != 0) {
+    if (plan.tile) {
+      const cudaError_t e = ensure_smem_limit<attn_fwd_tile_kernel<M>>(M::kTileSmem);
+      if (e != cudaSuccess) return e;
+      SWIN_LAUNCH_KERNEL((attn_fwd_tile_kernel<M>), grid, M::kThreads, plan.smem, stream, p);
+      return cudaSuccess;
+    }
+  }
+  {
+    const cudaError_t e = ensure_smem_limit<attn_fwd_stream_kernel<M>>(M::kStrSmem);
+    if (e != cudaSuccess) return e;
+    SWIN_LAUNCH_KERNEL((attn_fwd_stream_kernel<M>), grid, M::kThreads, plan.smem, stream, p);
+  }
+  return cudaSuccess;
 }
 
 template <class Tr>
 cudaError_t run_fwd(AttnParams p, const FwdPlan& plan, cudaStream_t stream) {
   if (plan.blocks == 0) return cudaSuccess;
-  const cudaError_t e = ensure_smem_limit<attn_fwd_kernel<Tr>>(fwd_smem_max<Tr>());
-  if (e != cudaSuccess) return e;
-  p.nwarps = plan.nwarps;
-  p.n_row_blocks = plan.n_row_blocks;
-  SWIN_LAUNCH_KERNEL((attn_fwd_kernel<Tr>), dim3(static_cast<unsigned>(plan.blocks)), plan.nwarps * 32,
-                     plan.smem, stream, p);
-  return cudaSuccess;
+  if constexpr (Tr::kTC) {
+    return p.qk_norm ? run_fwd_mma<FwdMmaTraits<typename Tr::T, Tr::kD, true>>(p, plan, stream)
+                     : run_fwd_mma<FwdMmaTraits<typename Tr::T, Tr::kD, false>>(p, plan, stream);
+  } else {
+    const cudaError_t e = ensure_smem_limit<attn_fwd_kernel<Tr>>(fwd_smem_max<Tr>());
+    if (e != cudaSuccess) return e;
+    p.nwarps = plan.nwarps;
+    p.n_row_blocks = plan.n_row_blocks;
+    p.div_heads = FastDiv::make(p.heads);
+    p.div_nW = FastDiv::make(p.g.nW);
+    p.div_rb = FastDiv::make(plan.n_row_blocks);
+    SWIN_LAUNCH_KERNEL((attn_fwd_kernel<Tr>), dim3(static_cast<unsigned>(plan.blocks)), plan.nwarps * 32,
+                       plan.smem, stream, p);
+    return cudaSuccess;
+  }
 }
 
 // Images per backward block: a function of the shape only (so the bias
@@ -254,8 +329,8 @@ cudaError_t run_bwd(AttnParams p, const BwdPlan& plan, cudaStream_t stream) {
 // ------------------------------------------------------------------ per-dtype entry points
 
 template <typename T>
-FwdPlan attention_fwd_plan(const AttnParams& p) {
-  return SWIN_HEADDIM_SWITCH(p.d, [&] { return plan_fwd<Traits<T, kHeadDim>>(p); });
+FwdPlan attention_fwd_plan(const AttnParams& p, int chunk) {
+  return SWIN_HEADDIM_SWITCH(p.d, [&] { return plan_fwd<Traits<T, kHeadDim>>(p, chunk); });
 }
 template <typename T>
 cudaError_t attention_fwd_run(AttnParams p, const FwdPlan& plan, cudaStream_t stream) {
@@ -271,7 +346,7 @@ cudaError_t attention_bwd_run(AttnParams p, const BwdPlan& plan, cudaStream_t st
 }
 
 #define SWIN_ATTN_INSTANTIATE(T)                                                                 \
-  template FwdPlan attention_fwd_plan<T>(const AttnParams&);                                     \
+  template FwdPlan attention_fwd_plan<T>(const AttnParams&, int);                                \
   template cudaError_t attention_fwd_run<T>(AttnParams, const FwdPlan&, cudaStream_t);           \
   template BwdPlan attention_bwd_plan<T>(const AttnParams&, int, BwdChoice, int);                \
   template cudaError_t attention_bwd_run<T>(AttnParams, const BwdPlan&, cudaStream_t);

@@ -1,0 +1,46 @@
+"""Stochastic depth (as timm's ``layers/drop.py``)."""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+import torch.nn as nn
+
+__all__ = ["DropPath", "drop_path_rates"]
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch of a sample with probability ``drop_prob``.
+
+    ``(B, ...)`` -> ``(B, ...)``; kept samples are scaled by ``1 / (1 - drop_prob)``
+    so the expectation is unchanged.  The identity in eval mode and at rate 0.
+    """
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        mask = x.new_empty(shape).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+def drop_path_rates(rate: float, depths: Sequence[int]) -> List[List[float]]:
+    """The linear stochastic-depth schedule, per stage: block ``k`` of all blocks gets ``rate * k / (n - 1)``.
+
+    Computed as the official code and timm do (``torch.linspace(0, rate, n)``,
+    float32), so a model and its timm twin drop with the same probabilities.
+    """
+    rates = [x.item() for x in torch.linspace(0, rate, sum(depths), device="cpu")]
+    out, start = [], 0
+    for d in depths:
+        out.append(rates[start:start + d])
+        start += d
+    return out

@@ -1,0 +1,6 @@
+"""``python -m swin_ext.train``."""
+import sys
+
+from .cli import cli
+
+sys.exit(cli())

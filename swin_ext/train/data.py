@@ -1,0 +1,413 @@
+"""Data sets for the training CLI.
+
+* ``digits``: the 1,797 handwritten 8x8 digits that ship with scikit-learn
+  (``sklearn.datasets.load_digits``), upscaled bilinearly to ``img_size`` and
+  split train/test deterministically (stratified, seeded).  The whole set is a
+  few MB and lives in memory; no download.
+* an ImageFolder directory (torchvision's layout): split folders recognised
+  by name (``train``/``training`` and ``val``/``valid``/``validation``, else
+  ``test``), else one class-per-folder tree split deterministically.  The
+  scan follows directory links but skips, with a warning, loops, links into
+  another class or split of the same data set, folders reached twice, and
+  anything that is not a regular file (a FIFO named ``*.png`` would block
+  the reader forever).
+
+``build_datasets(data, img_size, in_chans, ...)`` returns
+``(train_set, test_set, num_classes)``.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from typing import Callable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset
+
+__all__ = ["DataError", "DataWarning", "DigitsDataset", "ImageFolderDataset", "load_digits_split", "build_datasets",
+           "split_folders", "IMAGENET_MEAN", "IMAGENET_STD", "TRAIN_SPLITS", "EVAL_SPLITS"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Folder names of the training split and of the evaluation split (case-insensitive), in order of preference.
+TRAIN_SPLITS = ("train", "training")
+EVAL_SPLITS = ("val", "valid", "validation", "test")
+
+
+class DataError(ValueError):
+    """A data set that cannot be trained on (one class, no images) or an image that cannot be read.
+
+    The message names the directory or file.
+    """
+
+
+class DataWarning(UserWarning):
+    """Entries of an image folder that were skipped (not regular files, loops, links across classes)."""
+
+
+def read_image(path: str):
+    """torchvision's default image loader, with a :class:`DataError` naming the file when it fails.
+
+    A corrupt or truncated file raises inside PIL (``UnidentifiedImageError``,
+    ``OSError: image file is truncated``); that becomes one line saying which
+    file and why.
+    """
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception as e:  # PIL raises many types for damaged files
+        raise DataError(f"{path}: cannot read this image ({type(e).__name__}: {' '.join(str(e).split())})") from None
+
+
+class DigitsDataset(Dataset):
+    """In-memory image tensors ``(N, C, S, S)`` with labels.
+
+    ``augment=True`` applies a random translation of up to ``max_shift``
+    pixels (zero fill) per sample, drawn from torch's global RNG (so a run is
+    reproducible from its seed and a resumed run continues the same stream).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool = False, max_shift: int = 0) -> None:
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        self.images = images
+        self.labels = labels
+        self.augment = augment
+        self.max_shift = int(max_shift)
+        self.classes = [str(i) for i in range(int(labels.max()) + 1)] if labels.numel() else []
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
+        x = self.images[i]
+        if self.augment and self.max_shift > 0:
+            s = self.max_shift
+            dy, dx = (torch.randint(-s, s + 1, (2,))).tolist()
+            if dy or dx:
+                x = F.pad(x, (s, s, s, s))
+                S_h, S_w = self.images.shape[-2:]
+                x = x[:, s + dy : s + dy + S_h, s + dx : s + dx + S_w]
+        return x, int(self.labels[i])
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or ``None`` if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def load_digits_split(
+    img_size: int = 32,
+    in_chans: int = 1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    limit: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_train, y_train, x_test, y_test)``: scikit-learn's digits, upscaled and split.
+
+    Pixels (0..16) are scaled to [0, 1], upscaled bilinearly (align_corners=False)
+    to ``img_size`` and normalized to mean 0 / std 1 with the statistics of the
+    training images returned; ``in_chans > 1`` repeats the gray channel.  The
+    split is stratified by class and depends only on ``seed``.  ``limit`` keeps
+    the first ``limit`` images of each split, chosen before anything is
+    upscaled (memory and time scale with what is kept); a set that would not
+    fit in the available memory is a :class:`DataError`.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover - dependency missing
+        raise ImportError("the digits data set needs scikit-learn (pip install scikit-learn)") from e
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    d = load_digits()
+    x = torch.from_numpy(d.images).float().div_(16.0).unsqueeze(1)  # (N, 1, 8, 8)
+    y = torch.from_numpy(d.target).long()
+    # Stratified split: a seeded permutation within each class, the first
+    # test_fraction of each class goes to test.
+    g = torch.Generator().manual_seed(seed)
+    train_idx, test_idx = [], []
+    for c in range(int(y.max()) + 1):
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=g)]
+        n_test = int(round(idx.numel() * test_fraction))
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    train_idx = torch.cat(train_idx).sort().values[:limit]
+    test_idx = torch.cat(test_idx).sort().values[:limit]
+    n = train_idx.numel() + test_idx.numel()
+    need = 3 * n * max(in_chans, 1) * img_size * img_size * 4  # float32 upscaled, normalized and repeated copies
+    avail = _available_memory()
+    if avail is not None and need > avail:
+        raise DataError(
+            f"--data digits at --img-size {img_size}: {n} images of {in_chans}x{img_size}x{img_size} float32 "
+            f"need about {need / 2**30:.1f} GiB of memory, more than the {avail / 2**30:.1f} GiB available; "
+            "use --limit or a smaller --img-size"
+        )
+
+    def upscale(t: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(t, size=(img_size, img_size), mode="bilinear", align_corners=False) \
+            if img_size != t.shape[-1] else t
+
+    x_train, x_test = upscale(x[train_idx]), upscale(x[test_idx])
+    mean, std = x_train.mean(), x_train.std()
+    x_train = (x_train - mean) / std
+    x_test = (x_test - mean) / std
+    if in_chans > 1:
+        x_train = x_train.repeat(1, in_chans, 1, 1)
+        x_test = x_test.repeat(1, in_chans, 1, 1)
+    return x_train.contiguous(), y[train_idx], x_test.contiguous(), y[test_idx]
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _kind(path: str) -> str:
+    """What a non-regular directory entry is, for the warning."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a broken link" if os.path.islink(path) else "unreadable"
+    return ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+
+
+def scan_class_folder(top: str, data_root: str, is_valid: Callable[[str], bool],
+                      skipped: List[Tuple[str, str]]) -> List[str]:
+    """The image files under ``top`` in ``os.walk(top, followlinks=True)`` order (directories sorted, then
+    names), as torchvision's ImageFolder lists them, minus what cannot be trained on.
+
+    Directory links are followed, except a link back to a folder that
+    contains it (a loop: ``os.walk`` would descend ~40 times, counting the
+    same images again), a link to a folder already included, and a link
+    (to a directory or a file) into another class or split of ``data_root``
+    (those images would leak across classes or splits).  Entries that are
+    not regular files -- FIFOs (opening one blocks forever), sockets,
+    devices, broken links -- are skipped.  Each skip is appended to
+    ``skipped`` as ``(path, why)``; only entries ``is_valid`` accepts by
+    name are reported.
+    """
+    top_real, root_real = os.path.realpath(top), os.path.realpath(data_root)
+    visited = set()
+    listed: List[Tuple[str, List[str]]] = []
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        d_real = os.path.realpath(d)
+        try:
+            st = os.stat(d)
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            skipped.append((d, f"cannot be listed ({e.strerror or e})"))
+            continue
+        if (st.st_dev, st.st_ino) in visited:
+            skipped.append((d, "a folder already included, reached again through a link"))
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        names = []
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=True):
+                    real = os.path.realpath(e.path) if e.is_symlink() else None
+                    if real is not None and _inside(d_real, real):
+                        skipped.append((e.path, "a link back to a folder that contains it, a loop"))
+                    elif real is not None and _inside(real, root_real) and not _inside(real, top_real):
+                        skipped.append((e.path, f"a link into another class or split of {data_root}"))
+                    else:
+                        stack.append(e.path)
+                elif not is_valid(e.path):
+                    continue
+                elif not e.is_file(follow_symlinks=True):
+                    skipped.append((e.path, _kind(e.path)))
+                elif e.is_symlink() and _inside(os.path.realpath(e.path), root_real) and not _inside(
+                        os.path.realpath(e.path), top_real):
+                    skipped.append((e.path, f"a link to an image of another class or split of {data_root}"))
+                else:
+                    names.append(e.name)
+            except OSError as err:
+                skipped.append((e.path, f"cannot be read ({err.strerror or err})"))
+        listed.append((d, names))
+    return [os.path.join(d, n) for d, names in sorted(listed) for n in names]
+
+
+class ImageFolderDataset(Dataset):
+    """torchvision's ImageFolder layout (``root/<class>/**/<image>``, classes sorted, the same sample
+    order), scanned by :func:`scan_class_folder`: loops, links across classes or splits of
+    ``data_root`` and non-regular files are skipped with one :class:`DataWarning`.
+
+    ``samples``: ``[(path, class index)]``; ``classes``; ``targets``.  Images
+    are read with :func:`read_image` (a :class:`DataError` naming a damaged file).
+    """
+
+    def __init__(self, root: str, transform: Optional[Callable] = None, data_root: Optional[str] = None) -> None:
+        from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+        self.root, self.transform = root, transform
+        try:
+            self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        except OSError as e:
+            raise DataError(f"{root}: not a usable ImageFolder directory ({e.strerror or e})") from None
+        if not self.classes:
+            raise DataError(f"{root}: not a usable ImageFolder directory (it has no class folders)")
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        skipped: List[Tuple[str, str]] = []
+        self.samples = []
+        empty = []
+        for c in self.classes:
+            files = scan_class_folder(os.path.join(root, c), data_root or root,
+                                      lambda p: has_file_allowed_extension(p, IMG_EXTENSIONS), skipped)
+            self.samples += [(f, self.class_to_idx[c]) for f in files]
+            if not files:
+                empty.append(c)
+        if skipped:
+            shown = "; ".join(f"{p}: {why}" for p, why in skipped[:5])
+            warnings.warn(f"{root}: skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'}: {shown}"
+                          + (f"; ... and {len(skipped) - 5} more" if len(skipped) > 5 else ""), DataWarning,
+                          stacklevel=2)
+        if empty:
+            raise DataError(f"{root}: no images (files ending in {', '.join(IMG_EXTENSIONS)}) in the class "
+                            f"folder{'s' if len(empty) > 1 else ''} {empty}")
+        self.targets = [t for _, t in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, target = self.samples[i]
+        img = read_image(path)
+        return (self.transform(img) if self.transform is not None else img), target
+
+
+def split_folders(root: str) -> Optional[Tuple[str, str]]:
+    """``(train folder, evaluation folder)`` of an image-folder root with split folders, else ``None``.
+
+    Split folders are recognised by name, case-insensitively: :data:`TRAIN_SPLITS`
+    and :data:`EVAL_SPLITS` (``val``/``valid``/``validation`` preferred to
+    ``test``, which is then held out).  A root that has split folders but not
+    exactly one of each kind, two validation folders, or split folders next
+    to other folders is a :class:`DataError` -- never a classifier trained
+    on the split names.  ``None``: no split folder, one class-per-folder tree.
+    """
+    try:
+        subdirs = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    except OSError as e:
+        raise DataError(f"{root}: not a usable ImageFolder directory ({e.strerror or e})") from None
+    train = [d for d in subdirs if d.lower() in TRAIN_SPLITS]
+    evals = sorted((d for d in subdirs if d.lower() in EVAL_SPLITS), key=lambda d: EVAL_SPLITS.index(d.lower()))
+    if not train and not evals:
+        return None
+    others = [d for d in subdirs if d not in train and d not in evals]
+    if others:
+        raise DataError(f"{root} mixes split folders {train + evals} ({'/'.join(TRAIN_SPLITS)} for training, "
+                        f"{'/'.join(EVAL_SPLITS)} for evaluation) with other folders {others[:5]}: put the class "
+                        "folders inside the split folders, or rename them")
+    if not train:
+        raise DataError(f"{root} has the evaluation split folder{'s' if len(evals) > 1 else ''} {evals} but no "
+                        f"training split folder ({' or '.join(TRAIN_SPLITS)})")
+    if len(train) > 1:
+        raise DataError(f"{root} has {len(train)} training split folders {train}: keep one")
+    if not evals:
+        raise DataError(f"{root}/{train[0]} is a training split folder with no evaluation folder "
+                        f"({'/'.join(EVAL_SPLITS)}) next to it: add one, or pass --data {os.path.join(root, train[0])} "
+                        "to split its classes deterministically")
+    validation = [d for d in evals if d.lower() != "test"]
+    if len(validation) > 1:
+        raise DataError(f"{root} has {len(validation)} validation folders {validation}: keep one")
+    return train[0], evals[0]
+
+
+def _imagefolder(root: str, img_size: int, in_chans: int, test_fraction: float, seed: int):
+    try:
+        from torchvision import transforms
+    except ImportError as e:  # pragma: no cover - dependency missing
+        raise ImportError("training on an image folder needs torchvision (pip install torchvision)") from e
+    if in_chans == 1:
+        mean, std, gray = (0.5,), (0.5,), [transforms.Grayscale(1)]
+    elif in_chans == 3:
+        mean, std, gray = IMAGENET_MEAN, IMAGENET_STD, []
+    else:
+        raise ValueError(f"ImageFolder data supports in_chans 1 or 3, got {in_chans}")
+    train_tf = transforms.Compose(
+        gray
+        + [
+            transforms.RandomResizedCrop(img_size, scale=(0.5, 1.0)),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+    test_tf = transforms.Compose(
+        gray
+        + [
+            transforms.Resize(int(round(img_size / 0.875))),
+            transforms.CenterCrop(img_size),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+    def folder(d: str, tf, min_classes: int = 2):
+        ds = ImageFolderDataset(d, transform=tf, data_root=root)
+        if len(ds.classes) < min_classes:
+            raise DataError(
+                f"{d}: an ImageFolder needs at least 2 class folders to train a classifier, found "
+                f"{len(ds.classes)} ({ds.classes})"
+            )
+        return ds
+
+    splits = split_folders(root)
+    if splits is not None:
+        train_dir, test_dir = (os.path.join(root, s) for s in splits)
+        train = folder(train_dir, train_tf)
+        test = folder(test_dir, test_tf, min_classes=1)
+        if train.classes != test.classes:
+            raise DataError(f"class folders differ between {train_dir} and {test_dir}")
+        return train, test, len(train.classes)
+    # One tree: deterministic split into two views with their own transforms.
+    full_train = folder(root, train_tf)
+    full_test = copy.copy(full_train)  # the same samples (scanned once), the test transform
+    full_test.transform = test_tf
+    n = len(full_train)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_test = max(1, int(round(n * test_fraction)))
+    return Subset(full_train, sorted(perm[n_test:])), Subset(full_test, sorted(perm[:n_test])), len(full_train.classes)
+
+
+def build_datasets(
+    data: str,
+    img_size: int,
+    in_chans: int,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    augment: bool = True,
+    limit: Optional[int] = None,
+):
+    """``(train_set, test_set, num_classes)`` for ``data`` = ``"digits"`` or an ImageFolder path.
+
+    ``limit`` keeps only the first ``limit`` samples of each split (for smoke tests).
+    """
+    if data == "digits":
+        x_tr, y_tr, x_te, y_te = load_digits_split(img_size, in_chans, test_fraction, seed, limit=limit)
+        # Random translation by up to 1/16 of the side (half an original pixel).
+        train = DigitsDataset(x_tr, y_tr, augment=augment, max_shift=max(0, img_size // 16))
+        test = DigitsDataset(x_te, y_te)
+        return train, test, 10
+    if not os.path.isdir(data):
+        raise DataError(f"--data must be 'digits' or an ImageFolder directory; {data!r} is neither")
+    train, test, num_classes = _imagefolder(data, img_size, in_chans, test_fraction, seed)
+    if limit is not None:
+        train = Subset(train, range(min(limit, len(train))))
+        test = Subset(test, range(min(limit, len(test))))
+    return train, test, num_classes

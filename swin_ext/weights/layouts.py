@@ -1,0 +1,289 @@
+"""Checkpoint key layouts of Swin (V1 and V2), in both directions, in one place.
+
+INTO the official Microsoft layout (the model's own ``state_dict`` keys),
+:func:`convert_state_dict` recognises a layout by its patch-embedding key:
+
+=============  ===========================================================
+layout         recognised by
+=============  ===========================================================
+official       ``patch_embed.proj.weight``, ``layers.i.downsample`` at the
+               end of stage i, ``head.*`` (also the official detection
+               backbone: ``norm0..norm3``, optionally under ``backbone.``)
+timm           as official, but the merging sits at the start of the next
+               stage (``layers.i+1.downsample``) and the head is ``head.fc``
+torchvision    ``features.N...``: ``features.0.{0,2}`` patch embedding,
+               ``features.{2i+1}.j`` blocks (``mlp.0`` / ``mlp.3``),
+               ``features.{2i+2}`` merging
+transformers   ``[swin.]embeddings.patch_embeddings.projection``; attention
+               as ``attention.self.{query,key,value}`` +
+               ``attention.output.dense`` +
+               ``intermediate.dense`` / ``output.dense`` (the hub's files) or
+               as ``attention.{q,k,v,o}_proj`` + ``mlp.fc1/fc2`` (current
+               transformers); ``classifier`` head,
+               ``hidden_states_norms.stageN`` (``SwinBackbone``)
+=============  ===========================================================
+
+Swin V2 keys (``logit_scale`` / ``cpb_mlp`` / ``continuous_position_bias_mlp``,
+:func:`checkpoint_version`) convert to the official V2 keys (transformers'
+``query.bias`` / ``value.bias`` become ``q_bias`` / ``v_bias``).
+
+OUT of the official layout, :func:`to_timm` and :func:`to_torchvision` give
+the keys of timm's and torchvision's Swin V1 (the benchmarks load the same
+weights into every implementation with them).
+
+Pure key and tensor bookkeeping: nothing here reads files or touches a model
+(:mod:`.checkpoint` does).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+
+__all__ = ["FORMATS", "BUFFER_SUFFIXES", "CheckpointError", "checkpoint_version", "convert_state_dict", "to_timm",
+           "to_torchvision"]
+
+FORMATS = ("official", "timm", "torchvision", "transformers")
+
+# Buffers every implementation recomputes; never loaded.
+BUFFER_SUFFIXES = ("relative_position_index", "attn_mask", "relative_coords_table")
+
+# The patch-embedding weight of each layout: finds the layout and the key prefix.
+_EMBED_KEYS = (
+    ("transformers", "embeddings.patch_embeddings.projection.weight"),
+    ("torchvision", "features.0.0.weight"),
+    ("official", "patch_embed.proj.weight"),  # or timm: told apart below
+)
+
+# Keys of Swin V2 (cosine attention, continuous position bias).
+_V2_MARKERS = ("logit_scale", "cpb_mlp", "continuous_position_bias_mlp")
+
+
+def checkpoint_version(sd: Mapping[str, Any]) -> int:
+    """2 for a Swin V2 state dict (cosine attention / continuous position bias keys), else 1."""
+    return 2 if any(m in k for k in sd for m in _V2_MARKERS) else 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or does not fit the model."""
+
+
+
+# --------------------------------------------------------------------------- into the official layout
+
+
+def _find_layout(sd: Mapping[str, torch.Tensor]) -> Tuple[str, str]:
+    """``(format, prefix)`` from the patch-embedding key; prefix like ``"module."``, ``"swin."``."""
+    for fmt, suffix in _EMBED_KEYS:
+        prefixes = [k[: -len(suffix)] for k in sd if k.endswith(suffix) and (k == suffix or k[-len(suffix) - 1] == ".")]
+        if prefixes:
+            prefix = min(prefixes, key=len)
+            if fmt == "official":
+                fmt = _official_or_timm(sd, prefix)
+            return fmt, prefix
+    raise CheckpointError(
+        "not a Swin Transformer checkpoint: no patch-embedding weight found (looked for keys ending in "
+        f"{[s for _, s in _EMBED_KEYS]}); its first keys are {list(sd)[:8]}"
+    )
+
+
+def _official_or_timm(sd: Mapping[str, torch.Tensor], prefix: str) -> str:
+    """timm puts stage i's merging at ``layers.{i+1}.downsample`` and its head at ``head.fc``."""
+    if prefix + "head.fc.weight" in sd:
+        return "timm"
+    down = [int(m.group(1)) for k in sd if (m := re.match(re.escape(prefix) + r"layers\.(\d+)\.downsample\.", k))]
+    if not down or 0 in down:
+        return "official"
+    return "timm"
+
+
+def _split_prefix(sd, prefix, fmt):
+    """Strip the model prefix; keys outside it are kept (HF heads) or ignored (a detector's neck and heads)."""
+    out, ignored = {}, {}
+    outer = None
+    if fmt == "transformers":
+        for model_prefix in ("swin.", "swinv2."):
+            if prefix.endswith(model_prefix):
+                outer = prefix[: -len(model_prefix)]
+    for k, v in sd.items():
+        if k.startswith(prefix):
+            out[k[len(prefix):]] = (k, v)
+        elif outer is not None and k.startswith(outer):
+            out[k[len(outer):]] = (k, v)
+        elif prefix.endswith("backbone."):
+            ignored[k] = f"outside the checkpoint's '{prefix}'"
+        else:
+            out[k] = (k, v)
+    return out, ignored
+
+
+_TV_BLOCK = {"mlp.0.": "mlp.fc1.", "mlp.3.": "mlp.fc2."}
+
+
+def _rename_torchvision(k: str) -> Optional[str]:
+    if k.startswith("features.0.0."):
+        return "patch_embed.proj." + k[len("features.0.0."):]
+    if k.startswith("features.0.2."):
+        return "patch_embed.norm." + k[len("features.0.2."):]
+    m = re.match(r"features\.(\d+)\.(.*)$", k)
+    if not m:
+        return k  # norm.*, head.*
+    n, rest = int(m.group(1)), m.group(2)
+    if n == 0:
+        return None
+    if n % 2 == 1:  # stage (n-1)/2 blocks
+        b = re.match(r"(\d+)\.(.*)$", rest)
+        if not b:
+            return None
+        j, tail = b.group(1), b.group(2)
+        for a, c in _TV_BLOCK.items():
+            if tail.startswith(a):
+                tail = c + tail[len(a):]
+        return f"layers.{(n - 1) // 2}.blocks.{j}.{tail}"
+    return f"layers.{(n - 2) // 2}.downsample.{rest}"
+
+
+_HF_BLOCK = (
+    ("layernorm_before.", "norm1."),
+    ("layernorm_after.", "norm2."),
+    ("attention.self.relative_position_bias_table", "attn.relative_position_bias_table"),
+    ("attention.relative_position_bias.relative_position_bias_table", "attn.relative_position_bias_table"),
+    ("attention.self.relative_position_index", "attn.relative_position_index"),
+    ("attention.relative_position_bias.relative_position_index", "attn.relative_position_index"),
+    ("attention.self.logit_scale", "attn.logit_scale"),
+    ("attention.self.continuous_position_bias_mlp.", "attn.cpb_mlp."),
+    ("attention.output.dense.", "attn.proj."),
+    ("attention.o_proj.", "attn.proj."),
+    ("intermediate.dense.", "mlp.fc1."),
+    ("output.dense.", "mlp.fc2."),
+    ("mlp.fc1.", "mlp.fc1."),
+    ("mlp.fc2.", "mlp.fc2."),
+)
+_HF_QKV = {
+    "attention.self.query.": "q", "attention.self.key.": "k", "attention.self.value.": "v",
+    "attention.q_proj.": "q", "attention.k_proj.": "k", "attention.v_proj.": "v",
+}
+
+
+def _rename_transformers(k: str) -> Union[None, str, Tuple[str, str, str]]:
+    """New key, or ``(block prefix, "q"|"k"|"v", param)`` for a part of qkv."""
+    if k.startswith("embeddings.patch_embeddings.projection."):
+        return "patch_embed.proj." + k[len("embeddings.patch_embeddings.projection."):]
+    if k.startswith("embeddings.norm."):
+        return "patch_embed.norm." + k[len("embeddings.norm."):]
+    if k.startswith("layernorm."):
+        return "norm." + k[len("layernorm."):]
+    if k.startswith("classifier."):
+        return "head." + k[len("classifier."):]
+    m = re.match(r"hidden_states_norms\.stage(\d+)\.(.*)$", k)
+    if m:
+        return f"norm{int(m.group(1)) - 1}.{m.group(2)}"
+    m = re.match(r"encoder\.layers\.(\d+)\.downsample\.(.*)$", k)
+    if m:
+        return f"layers.{m.group(1)}.downsample.{m.group(2)}"
+    m = re.match(r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.*)$", k)
+    if not m:
+        return None
+    block, tail = f"layers.{m.group(1)}.blocks.{m.group(2)}.", m.group(3)
+    for a, part in _HF_QKV.items():
+        if tail.startswith(a):
+            return block, part, tail[len(a):]
+    for a, c in _HF_BLOCK:
+        if tail.startswith(a):
+            return block + c + tail[len(a):]
+    return None
+
+
+def convert_state_dict(
+    sd: Mapping[str, torch.Tensor],
+) -> Tuple[str, Dict[str, Tuple[str, torch.Tensor]], List[str], Dict[str, str]]:
+    """Convert any supported layout to the official one.
+
+    Returns ``(format, converted, unexpected, ignored)``: ``converted`` maps
+    each official key to ``(source key, tensor)``; ``unexpected`` lists keys
+    that belong to no Swin layout; ``ignored`` the keys dropped on purpose.
+    Swin V2 (:func:`checkpoint_version`) converts to the official V2 keys.
+    """
+    v2 = checkpoint_version(sd) == 2
+    fmt, prefix = _find_layout(sd)
+    keyed, ignored = _split_prefix(sd, prefix, fmt)
+    out: Dict[str, Tuple[str, torch.Tensor]] = {}
+    unexpected: List[str] = []
+    qkv: Dict[Tuple[str, str], Dict[str, Tuple[str, torch.Tensor]]] = {}
+
+    for k, (orig, v) in keyed.items():
+        if fmt == "torchvision":
+            new = _rename_torchvision(k)
+        elif fmt == "transformers":
+            new = _rename_transformers(k)
+        elif fmt == "timm":
+            new = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) - 1}.downsample.", k)
+            new = "head." + new[len("head.fc."):] if new.startswith("head.fc.") else new
+        else:
+            new = k
+        if isinstance(new, tuple):
+            block, part, param = new
+            qkv.setdefault((block, param), {})[part] = (orig, v)
+            continue
+        if new is None:
+            unexpected.append(orig)
+        elif new.rsplit(".", 1)[-1] in BUFFER_SUFFIXES:
+            ignored[orig] = "buffer, recomputed by the model"
+        elif new in out:
+            raise CheckpointError(f"checkpoint keys {out[new][0]!r} and {orig!r} both map to {new!r}")
+        else:
+            out[new] = (orig, v)
+
+    for (block, param), parts in sorted(qkv.items()):
+        if v2 and param == "bias":  # V2: q and v have biases, k none (transformers' key Linear has bias=False)
+            for part, name in (("q", "q_bias"), ("v", "v_bias")):
+                if part in parts:
+                    out[f"{block}attn.{name}"] = parts[part]
+            if "k" in parts:
+                unexpected.append(parts["k"][0])
+            continue
+        if set(parts) != {"q", "k", "v"}:
+            names = sorted(o for o, _ in parts.values())
+            raise CheckpointError(f"incomplete query/key/value {param} in {names}: all three are needed")
+        key = f"{block}attn.qkv.{param}"
+        out[key] = (parts["q"][0], torch.cat([parts[p][1] for p in ("q", "k", "v")], 0))
+    return fmt, out, unexpected, ignored
+
+
+# --------------------------------------------------------------------------- out of the official layout
+
+
+def to_timm(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Official (swin_ext) V1 keys -> timm's ``SwinTransformer``: patch merging moves to the start
+    of the next stage (``layers.{i+1}.downsample``), ``head`` -> ``head.fc``."""
+    out = {}
+    for k, v in sd.items():
+        k2 = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", k)
+        if k2.startswith("head."):
+            k2 = "head.fc." + k2[len("head."):]
+        out[k2] = v
+    return out
+
+
+def to_torchvision(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Official (swin_ext) V1 keys -> torchvision's ``swin_t``: ``features.0`` = (conv, permute,
+    norm), ``features.2i+1`` = stage i's blocks, ``features.2i+2`` = stage i's merging,
+    ``mlp.fc1/fc2`` -> ``mlp.0/mlp.3``."""
+    out = {}
+    for k, v in sd.items():
+        m = re.match(r"^patch_embed\.(proj|norm)\.(.*)$", k)
+        if m:
+            out[f"features.0.{0 if m.group(1) == 'proj' else 2}.{m.group(2)}"] = v
+            continue
+        m = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(.*)$", k)
+        if m:
+            rest = m.group(3).replace("mlp.fc1.", "mlp.0.").replace("mlp.fc2.", "mlp.3.")
+            out[f"features.{2 * int(m.group(1)) + 1}.{m.group(2)}.{rest}"] = v
+            continue
+        m = re.match(r"^layers\.(\d+)\.downsample\.(.*)$", k)
+        if m:
+            out[f"features.{2 * int(m.group(1)) + 2}.{m.group(2)}"] = v
+            continue
+        out[k] = v  # norm.*, head.*
+    return out

@@ -1,0 +1,122 @@
+"""``bias_gelu``: kernels on every executor, the wrapper (mixed dtypes, torch.func), bad input."""
+import pytest
+import torch
+
+import swin_ext
+
+from op_testing import (
+    BG_CASES,
+    DTYPES,
+    GRADCHECK,
+    OPCHECK,
+    TOL,
+    bg_inputs,
+    check_bias_gelu,
+    run_bias_gelu,
+    run_gradcheck,
+    run_opcheck,
+)
+
+pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
+
+
+# ----------------------------------------------------------------------------- kernels on every executor
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", BG_CASES, ids=lambda c: c.id)
+def test_bias_gelu(executor, case, dtype, seed_generator):
+    inp = bg_inputs(case, seed_generator)
+    got = run_bias_gelu(executor, case, inp, dtype)
+    check_bias_gelu(case, inp, got, dtype)
+
+
+@pytest.mark.parametrize("op,sample", [(op, s) for op in ('bias_gelu',) for s in OPCHECK[op]])
+def test_opcheck(executor, op, sample):
+    """torch.library.opcheck of every forward and backward op (schema, fakes, autograd registration)."""
+    executor.require_wrappers()
+    run_opcheck(op, sample, executor.device)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=() if c.second_order else pytest.mark.slow)
+                                  for op in ('bias_gelu',) for c in GRADCHECK[op]])
+def test_gradcheck(executor, case):
+    """float64 gradcheck (gradgradcheck where marked) of the wrapper, and its gradients against the reference;
+    the second-order rows (small inputs) are the fast tier's."""
+    executor.require_wrappers()
+    r = run_gradcheck(case, executor.device)
+    assert r["ok"], r
+
+
+# ----------------------------------------------------------------------------- the wrapper
+
+
+def _bg_leaves(shape=(3, 5, 12), dtype=torch.float64):
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.randn(*shape, dtype=dtype) * 2, torch.randn(shape[-1], dtype=acc)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bias_gelu_matches_reference_through_autograd(dtype):
+    z, b = (t.requires_grad_() for t in _bg_leaves((4, 7, 24), dtype))
+    y, r = swin_ext.bias_gelu(z, b), swin_ext.bias_gelu_reference(z, b)
+    torch.testing.assert_close(y, r, **TOL[dtype])
+    torch.testing.assert_close(y, torch.nn.functional.gelu(z + b), **TOL[dtype])  # nn.GELU(), exact erf
+    g = torch.randn_like(y)
+    for a, c in zip(torch.autograd.grad(y, (z, b), g), torch.autograd.grad(r, (z, b), g)):
+        torch.testing.assert_close(a, c, **TOL[dtype])
+
+
+def test_bias_gelu_backward_is_bitwise_deterministic():
+    z, b = (t.requires_grad_() for t in _bg_leaves((300, 40), torch.float32))
+    g = torch.randn(300, 40)
+    runs = [torch.autograd.grad(swin_ext.bias_gelu(z, b), (z, b), g) for _ in range(2)]
+    for a, c in zip(*runs):
+        assert torch.equal(a, c)
+
+
+def test_bias_gelu_mixed_bias_dtype_and_autocast():
+    """A bf16 GEMM output (autocast) with the float32 parameter bias: y in bf16, dbias in float32."""
+    z = (torch.randn(6, 16) * 2).bfloat16().requires_grad_()
+    b = torch.randn(16, requires_grad=True)
+    y = swin_ext.bias_gelu(z, b)
+    assert y.dtype == torch.bfloat16
+    gz, gb = torch.autograd.grad(y, (z, b), torch.ones_like(y))
+    assert gz.dtype == torch.bfloat16 and gb.dtype == torch.float32
+    want = torch.nn.functional.gelu(z.float() + b)
+    torch.testing.assert_close(y.float(), want, atol=2e-2, rtol=2e-2)
+
+
+def test_bias_gelu_torch_func():
+    from torch.func import grad, vmap
+
+    z, b = _bg_leaves((3, 4, 6))
+    per_sample = [vmap(grad(lambda b_, z_, fn=fn: fn(z_, b_).pow(3).sum()), in_dims=(None, 0))(b, z)
+                  for fn in (swin_ext.bias_gelu, swin_ext.bias_gelu_reference)]
+    torch.testing.assert_close(per_sample[0], per_sample[1], atol=1e-9, rtol=1e-9)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "z,b,exc,match",
+    [
+        (torch.randn(()), torch.randn(1), ValueError, "at least one dim"),
+        (torch.randn(2, 5), torch.randn(4), ValueError, "bias must be \\(5,\\)"),
+        (torch.randn(2, 5), torch.randn(5, 1), ValueError, "bias must have 1 dims"),
+        (torch.randint(0, 3, (2, 5)), torch.randn(5), TypeError, "z must be float32"),
+        (torch.randn(2, 5), torch.randn(5, device="meta"), ValueError, "bias is on meta"),
+        (torch.randn(2, 0), torch.randn(0), ValueError, "last dim C of z must be in"),
+    ],
+)
+def test_bias_gelu_bad_input(z, b, exc, match):
+    with pytest.raises(exc, match=match):
+        swin_ext.bias_gelu(z, b)
+
+
+def test_bias_gelu_raw_op_checks_raise_python_errors():
+    with pytest.raises(RuntimeError, match="bias must be Float"):
+        torch.ops.swin_ext.bias_gelu_fwd(torch.randn(2, 5), torch.randn(5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="grad_y must be"):
+        torch.ops.swin_ext.bias_gelu_bwd(torch.randn(2, 4), torch.randn(2, 5), torch.randn(5))

@@ -1,0 +1,489 @@
+"""``window_attention`` and ``window_attention_v2``: kernels on every executor, wrappers, autograd, bad input.
+
+The kernel cases are ``op_testing.ATTN_CASES`` / ``ATTN_V2_CASES``, run on
+every executor (CPU kernels, the CUDA kernels under the CPU harness in
+thread order and shuffled, the GPU where there is one) for every dtype.  The
+CUDA backward runs both ways it can: the fused kernel (N <= 64) and the
+streaming pair (``SWIN_EXT_ATTN_BWD=streaming``), and with several images
+per block (``SWIN_EXT_ATTN_CHUNK``) so the bias gradient's accumulation
+across images is exercised on small inputs.
+"""
+import math
+
+import pytest
+import torch
+
+import swin_ext
+from swin_ext import window_attention, window_attention_reference
+
+from op_testing import (
+    ATTN_CASES,
+    ATTN_V2_CASES,
+    DTYPES,
+    GRADCHECK,
+    OPCHECK,
+    TOL,
+    attention_inputs,
+    check_attention,
+    run_attention,
+    run_gradcheck,
+    run_opcheck,
+)
+from swin_test_utils import CHILD_HARNESS, run_child
+
+pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
+F64 = torch.float64
+
+
+# ----------------------------------------------------------------------------- kernels on every executor
+
+
+# (SWIN_EXT_ATTN_BWD, SWIN_EXT_ATTN_CHUNK) variants of the CUDA kernels: the
+# streaming backward, and several images per block (the backward's bias
+# accumulation; the one-tile forward's images in flight: chunk3 reuses a
+# stage for the third image).
+BWD_VARIANTS = {
+    "auto": {},
+    "streaming": {"SWIN_EXT_ATTN_BWD": "streaming"},
+    "chunk2": {"SWIN_EXT_ATTN_CHUNK": "2"},
+    "chunk3": {"SWIN_EXT_ATTN_CHUNK": "3"},
+}
+
+
+def _variants(case):
+    out = ["auto"]
+    if case.N <= 64:
+        out.append("streaming")  # else streaming is what auto runs
+    if case.B >= 2:
+        out.append("chunk2")
+    if case.B >= 3 and case.N <= 64:
+        out.append("chunk3")
+    return out
+
+
+def _attention_case(executor, case, variant, dtype, monkeypatch, gen, v2: bool) -> None:
+    """fwd + bwd of one attention case (V1 at the default scale, or V2) against the reference."""
+    if variant != "auto" and not executor.is_cuda_kernel:
+        pytest.skip("a CUDA backward variant")
+    if variant == "chunk3" and dtype not in (torch.float16, torch.bfloat16):
+        pytest.skip("chunk3 is for the tensor-core forward's image pipeline (chunk2 covers the backward)")
+    for k, v in BWD_VARIANTS[variant].items():
+        monkeypatch.setenv(k, v)
+    inp = attention_inputs(case, gen, dtype, v2=v2)
+    scale = 1.0 if v2 else case.d ** -0.5  # V2: head_scale replaces it
+    got = run_attention(executor, case, inp, dtype, scale)
+    check_attention(case, inp, got, dtype, scale)
+
+
+ATTN_PARAMS = [pytest.param(c, v, id=f"{c.id}-{v}") for c in ATTN_CASES for v in _variants(c)]
+ATTN_V2_PARAMS = [pytest.param(c, v, id=f"{c.id}-{v}") for c in ATTN_V2_CASES for v in _variants(c)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case,variant", ATTN_PARAMS)
+def test_window_attention(executor, case, variant, dtype, monkeypatch, seed_generator):
+    _attention_case(executor, case, variant, dtype, monkeypatch, seed_generator, v2=False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case,variant", ATTN_V2_PARAMS)
+def test_window_attention_v2(executor, case, variant, dtype, monkeypatch, seed_generator):
+    """Swin V2 cosine attention (q, k normalized in the kernel, per-head scale), fwd + bwd."""
+    _attention_case(executor, case, variant, dtype, monkeypatch, seed_generator, v2=True)
+
+
+@pytest.mark.parametrize(
+    "op,sample", [(op, s) for op in ("window_attention", "window_attention_v2") for s in OPCHECK[op]]
+)
+def test_opcheck(executor, op, sample):
+    """torch.library.opcheck of every forward and backward op (schema, fakes, autograd registration)."""
+    executor.require_wrappers()
+    run_opcheck(op, sample, executor.device)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=() if c.second_order else pytest.mark.slow)
+                                  for op in ("window_attention", "window_attention_v2") for c in GRADCHECK[op]])
+def test_gradcheck(executor, case):
+    """float64 gradcheck (gradgradcheck where marked) of the wrapper, and its gradients against the reference;
+    the second-order rows (small inputs) are the fast tier's."""
+    executor.require_wrappers()
+    r = run_gradcheck(case, executor.device)
+    assert r["ok"], r
+
+
+# ----------------------------------------------------------------------------- the wrappers
+
+# (H, W, window, shift): divisible, padded, map smaller than the window,
+# rectangular, per-axis shift, window 1.
+GEOMETRIES = [
+    (14, 14, 7, (0, 0)),
+    (14, 14, 7, (3, 3)),
+    (13, 10, 7, (3, 3)),
+    (9, 17, 4, (2, 2)),
+    (5, 3, 7, (0, 0)),
+    (5, 3, 7, (3, 3)),
+    (7, 14, 7, (0, 3)),
+    (8, 8, 4, (1, 3)),
+    (3, 4, 1, (0, 0)),
+]
+
+
+def _attn_inputs(B, H, W, ws, heads, d, dtype, with_pad):
+    C = heads * d
+    qkv = torch.randn(B, H, W, 3 * C, dtype=dtype)
+    bias = torch.randn(heads, ws * ws, ws * ws, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    pad = torch.randn(3 * C, dtype=dtype) if with_pad else None
+    return qkv, bias, pad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("H,W,ws,shift", [GEOMETRIES[2], GEOMETRIES[6]])
+def test_wrappers_match_reference_through_autograd(dtype, H, W, ws, shift):
+    heads, d, B = 3, 5, 2
+    with_pad = (H % ws) != 0 or (W % ws) != 0
+    qkv, bias, pad = _attn_inputs(B, H, W, ws, heads, d, dtype, with_pad)
+    leaves = [t.requires_grad_() for t in (qkv, bias, pad) if t is not None]
+    out = window_attention(qkv, bias, ws, shift, None, pad)
+    ref = window_attention_reference(qkv, bias, ws, shift, None, pad)
+    assert out.shape == (B, H, W, heads * d) and out.dtype == dtype
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(ref, leaves, g)):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+def test_attention_noncontiguous_inputs():
+    qkv = torch.randn(2, 3 * 12, 9, 9).permute(0, 2, 3, 1)  # (B, H, W, 3C), not contiguous
+    bias = torch.randn(2, 16, 32)[:, :, ::2]  # (2, 16, 16), strided
+    out = window_attention(qkv, bias, 4, (2, 2))
+    torch.testing.assert_close(out, window_attention_reference(qkv, bias, 4, (2, 2)), atol=2e-5, rtol=2e-5)
+
+
+def test_backward_is_bitwise_deterministic():
+    qkv, bias, pad = _attn_inputs(3, 11, 9, 4, 2, 8, torch.float32, True)
+    for t in (qkv, bias, pad):
+        t.requires_grad_(True)
+    g = torch.randn(3, 11, 9, 16)
+    runs = []
+    for _ in range(2):
+        out = window_attention(qkv, bias, 4, (2, 2), None, pad)
+        runs.append(torch.autograd.grad(out, (qkv, bias, pad), g))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_nan_in_one_sample_stays_there():
+    qkv, bias, _ = _attn_inputs(3, 8, 8, 4, 2, 4, torch.float32, False)
+    qkv[1, 2, 3, 0] = float("nan")
+    out = window_attention(qkv, bias, 4, (2, 2))
+    assert torch.isnan(out[1]).any()
+    assert torch.isfinite(out[0]).all() and torch.isfinite(out[2]).all()
+
+
+# ----------------------------------------------------------------------------- Swin V2
+
+
+def _v2_leaves(B=2, H=9, W=7, ws=4, heads=2, d=3, dtype=torch.float64, pad=True):
+    qkv, bias, p = _attn_inputs(B, H, W, ws, heads, d, dtype, pad)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    hs = torch.rand(heads, dtype=acc) * 9 + 1
+    return [t for t in (qkv, bias, hs, p)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("H,W,ws,shift", [GEOMETRIES[2], GEOMETRIES[6], GEOMETRIES[5]])
+def test_v2_wrapper_matches_reference_through_autograd(dtype, H, W, ws, shift):
+    qkv, bias, hs, pad = _v2_leaves(2, H, W, ws, 3, 5, dtype, (H % ws) != 0 or (W % ws) != 0)
+    leaves = [t.requires_grad_() for t in (qkv, bias, hs, pad) if t is not None]
+    out = swin_ext.window_attention_v2(qkv, bias, hs, ws, shift, pad)
+    ref = swin_ext.window_attention_v2_reference(qkv, bias, hs, ws, shift, pad)
+    assert out.shape == (2, H, W, 15) and out.dtype == dtype
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(ref, leaves, g)):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+def test_v2_reference_is_timm_cosine_attention():
+    """The reference is Swin V2's math, written out independently here for one window."""
+    ws, heads, d = 3, 2, 4
+    qkv = torch.randn(1, ws, ws, 3 * heads * d, dtype=torch.float64)
+    bias = torch.randn(heads, ws * ws, ws * ws, dtype=torch.float64)
+    hs = torch.tensor([2.0, 7.5], dtype=torch.float64)
+    q, k, v = qkv.reshape(ws * ws, 3, heads, d).permute(1, 2, 0, 3)
+    logits = (q / q.norm(dim=-1, keepdim=True)) @ (k / k.norm(dim=-1, keepdim=True)).transpose(-1, -2)
+    want = (torch.softmax(logits * hs.view(heads, 1, 1) + bias, -1) @ v).transpose(0, 1).reshape(1, ws, ws, heads * d)
+    got = swin_ext.window_attention_v2_reference(qkv, bias, hs, ws)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(swin_ext.window_attention_v2(qkv, bias, hs, ws), want, atol=1e-12, rtol=1e-12)
+
+
+def test_v2_backward_is_bitwise_deterministic():
+    qkv, bias, hs, pad = _v2_leaves(3, 11, 9, 4, 2, 8, torch.float32, True)
+    leaves = [t.requires_grad_() for t in (qkv, bias, hs, pad)]
+    g = torch.randn(3, 11, 9, 16)
+    runs = [
+        torch.autograd.grad(swin_ext.window_attention_v2(qkv, bias, hs, 4, (2, 2), pad), leaves, g) for _ in range(2)
+    ]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_v2_torch_func():
+    from torch.func import grad, vmap
+
+    qkv, bias, hs, _ = (t.detach() if t is not None else None for t in _v2_leaves(3, 6, 6, 3, 2, 3, pad=False))
+
+    def loss(fn):
+        return lambda s, q: fn(q[None], bias, s, 3, (1, 1)).pow(2).sum()
+
+    per_sample = [
+        vmap(grad(loss(fn)), in_dims=(None, 0))(hs, qkv)
+        for fn in (swin_ext.window_attention_v2, swin_ext.window_attention_v2_reference)
+    ]
+    torch.testing.assert_close(per_sample[0], per_sample[1], atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(head_scale=torch.ones(3)), ValueError, "head_scale must be \\(2,\\)"),
+        (dict(head_scale=torch.ones(2, 1)), ValueError, "head_scale must have 1 dims"),
+        (dict(head_scale=torch.ones(2, dtype=torch.int64)), TypeError, "head_scale must be float32"),
+        (dict(head_scale=[1.0, 2.0]), TypeError, "head_scale must be a torch.Tensor"),
+        (dict(head_scale=torch.ones(2, device="meta")), ValueError, "head_scale is on meta"),
+        (dict(shift=4), ValueError, "shift"),
+        (dict(bias=torch.randn(2, 9, 9)), ValueError, "bias must be"),
+    ],
+)
+def test_v2_bad_input(kwargs, exc, match):
+    args = dict(
+        qkv=torch.randn(1, 4, 4, 12), bias=torch.randn(2, 16, 16), head_scale=torch.ones(2), window_size=4, shift=0
+    )
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        swin_ext.window_attention_v2(args["qkv"], args["bias"], args["head_scale"], args["window_size"], args["shift"])
+
+
+def test_v2_raw_op_checks_raise_python_errors():
+    qkv, bias, hs = torch.randn(1, 4, 4, 12), torch.randn(2, 16, 16), torch.ones(2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="head_scale must be Float"):
+        torch.ops.swin_ext.window_attention_v2_fwd(qkv, bias, None, hs, 4, 0, 0)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(qkv=torch.randn(2, 4, 4)), ValueError, "4 dims"),
+        (dict(qkv=torch.randint(0, 3, (1, 4, 4, 12))), TypeError, "float32"),
+        (dict(window_size=0), ValueError, "window_size"),
+        (dict(shift=4), ValueError, "shift"),
+        (dict(shift=-1), ValueError, "shift"),
+        (dict(qkv=torch.randn(1, 4, 4, 13)), ValueError, "3\\*C"),
+        (dict(qkv=torch.randn(1, 4, 4, 9)), ValueError, "divisible by heads"),
+        (dict(bias=torch.randn(2, 9, 9)), ValueError, "bias must be"),
+        (dict(qkv_pad=torch.randn(5)), ValueError, "qkv_pad"),
+        (dict(bias=torch.randn(2, 16, 16, device="meta")), ValueError, "meta"),
+    ],
+)
+def test_attention_bad_input(kwargs, exc, match):
+    args = dict(qkv=torch.randn(1, 4, 4, 12), bias=torch.randn(2, 16, 16), window_size=4, shift=0, qkv_pad=None)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        window_attention(args["qkv"], args["bias"], args["window_size"], args["shift"], None, args["qkv_pad"])
+
+
+def _q(C3=12, H=4, W=4, **kw):
+    return torch.randn(1, H, W, C3, **kw)
+
+
+def _attn(**over):
+    a = dict(qkv=_q(), bias=torch.randn(2, 16, 16), window_size=4, shift=0, scale=None, qkv_pad=None)
+    a.update(over)
+    return lambda: window_attention(a["qkv"], a["bias"], a["window_size"], a["shift"], a["scale"], a["qkv_pad"])
+
+
+def _ref_attn(**over):
+    a = dict(qkv=_q(), bias=torch.randn(2, 16, 16), window_size=4, shift=0, scale=None)
+    a.update(over)
+    return lambda: window_attention_reference(a["qkv"], a["bias"], a["window_size"], a["shift"], a["scale"])
+
+
+OP_ARGUMENT_CASES = [
+    (
+        "shift-float-pair",
+        _attn(shift=(1.7, 0.2)),
+        TypeError,
+        r"shift\[0\] must be an int, got float 1.7",
+    ),  # was: ran as (1, 0)
+    ("shift-float", _attn(shift=1.0), TypeError, "shift must be an int or a pair of ints"),  # was: ran as 1
+    ("shift-bool", _attn(shift=True), TypeError, "shift"),
+    (
+        "shift-bool-pair",
+        _attn(shift=(True, 0)),
+        TypeError,
+        r"shift\[0\] must be an int, got bool",
+    ),  # was: ran as (1, 0)
+    ("shift-str", _attn(shift="1"), TypeError, "shift"),
+    ("shift-triple", _attn(shift=(1, 1, 1)), TypeError, "shift"),
+    ("window-float", _attn(window_size=4.0), TypeError, "window_size"),
+    ("scale-str", _attn(scale="0.5"), TypeError, "scale must be a real number, got str"),  # was: float("0.5")
+    ("scale-complex", _attn(scale=1j), TypeError, "scale must be a real number"),  # was: bare float() error
+    ("scale-none-like-list", _attn(scale=[0.5]), TypeError, "scale"),  # was: bare float() error
+    ("scale-bool", _attn(scale=True), TypeError, "scale"),  # was: ran with scale 1.0
+    (
+        "scale-tensor-grad",
+        _attn(scale=torch.tensor(0.5, requires_grad=True)),
+        TypeError,
+        "scale must be a Python number, got a Tensor",
+    ),  # was: detached, gradient lost
+    ("scale-nan", _attn(scale=float("nan")), ValueError, "scale must be finite"),  # was: NaN output
+    ("scale-inf", _attn(scale=math.inf), ValueError, "scale must be finite"),
+    (
+        "window-2**32",
+        _attn(window_size=2**32, bias=torch.randn(2, 0, 0)),
+        ValueError,
+        r"window_size must be in \[1, 32768\], got 4294967296",
+    ),  # was: N overflowed to 0, garbage output
+    ("window-2**15+1", _attn(window_size=2**15 + 1, bias=torch.randn(2, 0, 0)), ValueError, "window_size must be in"),
+    ("window-zero", _attn(window_size=0), ValueError, "window_size"),
+    ("shift-ge-window", _attn(shift=(0, 4)), ValueError, r"shift must satisfy 0 <= shift < window_size \(4\)"),
+    ("bias-wrong-shape", _attn(bias=torch.randn(2, 9, 9)), ValueError, r"bias must be \(heads, 16, 16\)"),
+    ("heads-zero", _attn(bias=torch.randn(0, 16, 16)), ValueError, "not divisible by heads=0"),
+    (
+        "C-zero-default-scale",
+        _attn(qkv=_q(C3=0)),
+        ValueError,
+        "C = 0 channels.*default scale",
+    ),  # was: ZeroDivisionError
+    ("qkv-sparse", _attn(qkv=_q().to_sparse()), TypeError, "qkv must be a dense"),  # was: internal layout error
+    ("bias-sparse", _attn(bias=torch.randn(2, 16, 16).to_sparse()), TypeError, "bias must be a dense"),
+    ("qkv-int", _attn(qkv=torch.ones(1, 4, 4, 12, dtype=torch.int32)), TypeError, "qkv must be float32"),
+    ("qkv-3d", _attn(qkv=torch.randn(4, 4, 12)), ValueError, "qkv must have 4 dims"),
+    ("qkv-not-tensor", _attn(qkv=[[1.0]]), TypeError, "qkv must be a torch.Tensor"),
+    ("pad-wrong-len", _attn(qkv_pad=torch.randn(5)), ValueError, r"qkv_pad must be \(12,\)"),
+    ("bias-on-meta", _attn(bias=torch.randn(2, 16, 16, device="meta")), ValueError, "bias is on meta"),
+    ("ref-C-zero-default-scale", _ref_attn(qkv=_q(C3=0)), ValueError, "C = 0 channels"),  # was: ZeroDivisionError
+    ("ref-shift-float", _ref_attn(shift=(1.5, 0)), TypeError, r"shift\[0\] must be an int"),  # was: truncated
+    ("ref-window-2**32", _ref_attn(window_size=2**32, bias=torch.randn(2, 0, 0)), ValueError, "window_size"),
+]
+
+
+@pytest.mark.parametrize("fn,exc,match", [pytest.param(*c[1:], id=c[0]) for c in OP_ARGUMENT_CASES])
+def test_op_argument(fn, exc, match):
+    with pytest.raises(exc, match=match):
+        fn()
+
+
+# Raw ops (the C++ kernels' own TORCH_CHECKs) and their fake kernels: the same
+# rules, as RuntimeError, on CPU tensors and on the meta device.
+def _raw_attn(device="cpu", qkv_shape=(1, 4, 4, 12), bias_shape=(2, 16, 16), ws=4, sh=0, sw=0, scale=1.0, layout=None):
+    def f():
+        q = torch.empty(qkv_shape, device=device) if device == "meta" else torch.randn(qkv_shape)
+        b = torch.empty(bias_shape, device=device) if device == "meta" else torch.randn(bias_shape)
+        if layout == "sparse":
+            q = q.to_sparse()
+        return torch.ops.swin_ext.window_attention_fwd(q, b, None, ws, sh, sw, scale)
+
+    return f
+
+
+RAW_OP_CASES = [
+    ("cpu-shift-ge-window", _raw_attn(sh=4), "shift must satisfy"),
+    ("cpu-window-2**15+1", _raw_attn(ws=2**15 + 1, bias_shape=(2, 0, 0)), r"window_size must be in \[1, 32768\]"),
+    ("cpu-scale-nan", _raw_attn(scale=float("nan")), "scale must be finite"),  # was: NaN output
+    ("cpu-qkv-sparse", _raw_attn(layout="sparse"), "from the .SparseCPU. backend"),  # the dispatcher refuses it
+    ("meta-shift-ge-window", _raw_attn("meta", sh=4), "shift must satisfy"),  # was: accepted by the fake
+    ("meta-bias-shape", _raw_attn("meta", bias_shape=(2, 9, 9)), r"bias must be \(heads, 16, 16\)"),  # was: accepted
+    ("meta-window-2**32", _raw_attn("meta", ws=2**32, bias_shape=(2, 0, 0)), "window_size must be in"),  # was: accepted
+    ("meta-heads-divide", _raw_attn("meta", qkv_shape=(1, 4, 4, 9)), "not divisible by heads"),  # was: accepted
+    ("meta-scale-nan", _raw_attn("meta", scale=float("nan")), "scale must be finite"),
+]
+
+
+@pytest.mark.parametrize("fn,match", [pytest.param(*c[1:], id=c[0]) for c in RAW_OP_CASES])
+def test_raw_op_and_fake_kernel_refuse(fn, match):
+    with pytest.raises(RuntimeError, match=match):
+        fn()
+
+
+class _RawAttn(torch.nn.Module):
+    def __init__(self, shift: int) -> None:
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, q, b):
+        return torch.ops.swin_ext.window_attention_fwd(q, b, None, 4, self.shift, 0, 1.0)[0]
+
+
+def test_fake_kernel_refuses_under_compile_and_export():
+    q, b = torch.randn(1, 4, 4, 12), torch.randn(2, 16, 16)
+    with pytest.raises(RuntimeError, match="shift must satisfy"):  # was: compiled, then failed (or not) at run time
+        torch.compile(_RawAttn(4), backend="eager", fullgraph=True)(q, b)
+    with pytest.raises(RuntimeError, match="shift must satisfy"):
+        torch.export.export(_RawAttn(4), (q, b))
+    ep = torch.export.export(_RawAttn(1), (q, b))  # a valid one still exports and runs
+    torch.testing.assert_close(
+        ep.module()(q, b), window_attention_reference(q, b, 4, (1, 0), 1.0), atol=2e-5, rtol=2e-5
+    )
+
+
+@pytest.mark.slow
+def test_overflowing_sizes_in_a_child_process():
+    """``window_size = 2**32`` made ``window_size**2`` wrap to 0 and read uninitialised memory."""
+    code = (
+        CHILD_HARNESS
+        + r"""
+q, b0 = torch.randn(1, 4, 4, 12), torch.randn(2, 0, 0)
+case("raw-2**32", lambda: torch.ops.swin_ext.window_attention_fwd(q, b0, None, 2**32, 0, 0, 1.0))
+case("raw-2**31", lambda: torch.ops.swin_ext.window_attention_fwd(q, b0, None, 2**31 + 1, 0, 0, 1.0))
+case("wrapper-2**32", lambda: swin_ext.window_attention(q, b0, 2**32))
+case("raw-bwd-2**32", lambda: torch.ops.swin_ext.window_attention_bwd(torch.randn(1, 4, 4, 4), q, b0, None,
+     torch.empty(1, 1, 2, 0), 2**32, 0, 0, 1.0))
+case("huge-empty-map", lambda: torch.ops.swin_ext.window_attention_fwd(torch.empty(0, 2**40 + 1, 1, 12),
+     torch.randn(2, 16, 16), None, 4, 0, 0, 1.0))
+print(json.dumps(results))
+"""
+    )
+    r = run_child(code)
+    for name in ("raw-2**32", "raw-2**31", "raw-bwd-2**32"):
+        assert r[name].startswith("RuntimeError: swin_ext.window_attention") and "window_size must be in" in r[name], r
+    assert r["wrapper-2**32"].startswith("ValueError:") and "window_size" in r["wrapper-2**32"]
+    assert r["huge-empty-map"].startswith("RuntimeError:") and "larger than the supported" in r["huge-empty-map"]
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def _close(a, b, tol=1e-10):
+    torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+def _empty_map_matches(H, W, shift):
+    q = torch.randn(1, H, W, 12, dtype=F64, requires_grad=True)
+    b = torch.randn(2, 16, 16, dtype=F64, requires_grad=True)
+    out, ref = window_attention(q, b, 4, shift), window_attention_reference(q, b, 4, shift)
+    assert out.shape == ref.shape == (1, H, W, 4)
+    g = torch.autograd.grad(ref.sum(), (q, b))  # the reference stays connected: zero gradients
+    assert all(torch.count_nonzero(t) == 0 for t in g)
+
+
+def _numpy_int_shift():
+    np = pytest.importorskip("numpy")
+    q, b = torch.randn(1, 8, 8, 12, dtype=F64), torch.randn(2, 16, 16, dtype=F64)
+    _close(window_attention(q, b, np.int64(4), (np.int64(2), 1)), window_attention_reference(q, b, 4, (2, 1)))
+
+
+RESULT_CASES = [
+    ("empty-map-H0", lambda: _empty_map_matches(0, 4, 2)),  # was: ZeroDivisionError in the reference
+    ("empty-map-W0", lambda: _empty_map_matches(4, 0, 0)),  # was: reshape error in the reference
+    ("numpy-int-args", _numpy_int_shift),
+]
+
+
+@pytest.mark.parametrize("fn", [pytest.param(c[1], id=c[0]) for c in RESULT_CASES])
+def test_op_result(fn):
+    fn()
