@@ -546,9 +546,10 @@ def test_kernel_grids_grow_with_the_batch(hops, monkeypatch, dtype, path, ws):
         )
     names1 = [r[0] for r in runs[1]]
     assert names1 == [r[0] for r in runs[3]], (runs[1], runs[3])
-    want = (
-        {"auto": "attn_bwd_fused_kernel", "streaming": "attn_bwd_dq_kernel"}[path] if ws == 7 else "attn_bwd_dq_kernel"
-    )
+    if dtype == torch.bfloat16:  # the mma.sync tile kernel (N <= 64), else the key-tiled one
+        want = "attn_bwd_tile_kernel" if (path, ws) == ("auto", 7) else "attn_bwd_window_kernel"
+    else:
+        want = "attn_bwd_fused_kernel" if (path, ws) == ("auto", 7) else "attn_bwd_dq_kernel"
     assert any(want in n for n in names1), names1
     for (name, g1, _, _), (_, g3, _, _) in zip(runs[1], runs[3]):
         assert g3 > g1, f"{name}: {g1} blocks at B=1, {g3} at B=3"
@@ -577,5 +578,8 @@ def test_kernel_shared_memory_fits_sm86(hops, dtype):
                 seen.add(name.split("<")[0])
     for name, _, block, smem in _launches(hops, lambda: _merging_step(hops, 2, 6, 6, 768, dtype)):
         assert smem <= 101376, (name, smem)
-    fwd = {"attn_fwd_tile_kernel", "attn_fwd_stream_kernel"} if dtype == torch.bfloat16 else {"attn_fwd_kernel"}
-    assert fwd | {"attn_bwd_fused_kernel", "attn_bwd_dq_kernel", "attn_bwd_dkv_kernel"} <= seen, seen
+    if dtype == torch.bfloat16:
+        want = {"attn_fwd_tile_kernel", "attn_fwd_stream_kernel", "attn_bwd_tile_kernel", "attn_bwd_window_kernel"}
+    else:
+        want = {"attn_fwd_kernel", "attn_bwd_fused_kernel", "attn_bwd_dq_kernel", "attn_bwd_dkv_kernel"}
+    assert want <= seen, seen
