@@ -14,7 +14,9 @@
 #      step at B = 128 under torch.compile (timm-compiled vs
 #      swin_ext-fused-compiled, with the eager two again in the same run;
 #      compile time reported apart, never timed);
-#   5. the SASS table of the built kernels (registers, HMMA, 128-bit accesses, spills).
+#   5. the UperNet-Swin-T segmentation row (bf16 inference at 512 px, B = 8, vs transformers' UperNet;
+#      run between the eager and the compiled steps of 4);
+#   6. the SASS table of the built kernels (registers, HMMA, 128-bit accesses, spills).
 # Writes benchmarks/results/gpu_check_<date>.md (and copies it to $OUT when set).
 #
 #   bash benchmarks/gpu_check.sh            # PYTHON=python3 TORCH_CUDA_ARCH_LIST=9.0 by default
@@ -68,6 +70,12 @@ echo "tests done at $(elapsed) (exit status $TEST_RC)"
   timeout 150 $PY benchmarks/bench_model.py --device cuda --model swin_t --dtypes bfloat16 \
       --impls swin_ext-fused timm timm-sdpa --infer-batches 128 --train-batches 128 \
       --warmup 3 --repeats 8 --out-dir "$RES" 2>&1 || echo "(bench_model.py failed or timed out)"
+  echo
+  echo "## Segmentation, UperNet-Swin-T 512 px inference, B = 8 (benchmarks/bench_model.py)"
+  echo
+  timeout 60 $PY benchmarks/bench_model.py --device cuda --model upernet_swin_t --dtypes bfloat16 \
+      --impls swin_ext-fused transformers --infer-batches 8 --warmup 2 --repeats 6 --out-dir "$RES" 2>&1 \
+    || echo "(segmentation bench_model.py failed or timed out)"
   echo
   echo "## Model level under torch.compile, Swin-T bf16 training step, B = 128"
   echo

@@ -4,6 +4,7 @@
     >>> model = swin_ext.swin_t()            # backend="fused" by default
     >>> logits = model(torch.randn(2, 3, 224, 224))
 """
+from . import segmentation
 from ._ext import HAS_OPS, build_info
 from .detection import SwinFPN, fpn_backbone
 from .export import ExportError, export_onnx, install_onnx_hook, onnx_translation_table
@@ -81,4 +82,5 @@ __all__ = [
     "ConversionError",
     "fpn_backbone",
     "SwinFPN",
+    "segmentation",
 ]

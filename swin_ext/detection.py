@@ -65,7 +65,8 @@ def _features_only_copy(model, out_indices: Sequence[int]):
                                  pretrained_window_sizes=list(model.pretrained_window_sizes), **common)
     else:
         qkv_bias = model.layers[0].blocks[0].attn.qkv.bias is not None
-        body = SwinTransformer(window_size=list(model.window_sizes), qkv_bias=qkv_bias, **common)
+        body = SwinTransformer(window_size=list(model.window_sizes), qkv_bias=qkv_bias,
+                               always_partition=model.always_partition, **common)
     copy_norm_eps(model, body, "fpn_backbone")
     for i in body.out_indices:
         getattr(body, f"norm{i}").eps = model.norm.eps

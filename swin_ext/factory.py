@@ -77,6 +77,7 @@ def create_model(
     new_head = "num_classes" in kwargs
     cfg.update(kwargs)
     model = model_class(name)(**cfg)
+    model.pretrained_cfg["architecture"] = name
     if pretrained is not None and pretrained is not False:
         result: LoadResult = load_pretrained(model, pretrained, strict=True if strict is None else strict,
                                              allow_new_head=new_head)

@@ -40,7 +40,8 @@ def snapshot(model):
 
 
 def _bits(t):
-    return t.view(torch.uint8) if t.numel() else t
+    """The bytes of ``t`` (0-d tensors too, e.g. BatchNorm's ``num_batches_tracked``)."""
+    return t.reshape(-1).view(torch.uint8) if t.numel() else t
 
 
 def assert_unchanged(model, snap):

@@ -145,11 +145,14 @@ def test_add_layernorm_backward_is_bitwise_deterministic():
     x, b, w, c = _ln_leaves((300, 96), torch.float32)
     g = torch.randn(300, 96)
     runs = []
-    for threads in (1, 2, 1):
-        torch.set_num_threads(threads)
-        h, y = add_layernorm(x, b, w, c)
-        runs.append(torch.autograd.grad((y, h), (x, b, w, c), (g, g)))
-    torch.set_num_threads(2)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            h, y = add_layernorm(x, b, w, c)
+            runs.append(torch.autograd.grad((y, h), (x, b, w, c), (g, g)))
+    finally:
+        torch.set_num_threads(before)
     for r in runs[1:]:
         for a, bb in zip(runs[0], r):
             assert torch.equal(a, bb)  # dweight/dbias from fixed per-block partials: independent of threads

@@ -6,7 +6,7 @@ import torch
 
 import swin_ext
 
-from swin_test_utils import small
+from swin_test_utils import randomize, small
 
 pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
 tv = pytest.importorskip("torchvision")
@@ -30,6 +30,12 @@ def test_fpn_backbone_from_name_and_bad_input():
         swin_ext.fpn_backbone(torch.nn.Linear(1, 1))
     with pytest.raises(ValueError, match="out_channels"):
         swin_ext.fpn_backbone(small(), out_channels=0)
+
+
+def test_fpn_backbone_keeps_always_partition():
+    # a classification model copied into the backbone keeps its window rule (the official detection backbone's)
+    assert swin_ext.fpn_backbone(small(always_partition=True)).body.always_partition
+    assert not swin_ext.fpn_backbone(small()).body.always_partition
 
 
 def test_faster_rcnn_trains_a_step_and_runs_in_eval():
@@ -148,3 +154,80 @@ def test_fpn_backbone_of_a_float64_model_runs_in_float64(version):
                swin_ext.SwinFPN(swin_ext.fpn_backbone(model, out_channels=8, out_indices=(0, 1)).body, 8)):
         out = bb(torch.randn(1, 3, 64, 64, dtype=torch.float64))
         assert list(out) == ["0", "1", "pool"] and all(f.dtype == torch.float64 for f in out.values())
+
+
+# ----------------------------------------------------------------------------- Mask R-CNN and detection checkpoints
+
+
+def _mask_rcnn(bb):
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    anchors = AnchorGenerator(sizes=((16,), (32,), (64,), (128,), (256,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+    return MaskRCNN(bb, num_classes=3, min_size=96, max_size=128, rpn_anchor_generator=anchors,
+                    rpn_pre_nms_top_n_train=64, rpn_post_nms_top_n_train=32, rpn_pre_nms_top_n_test=64,
+                    rpn_post_nms_top_n_test=32, box_batch_size_per_image=32)
+
+
+def _boxes_and_masks(size, boxes, labels):
+    masks = torch.zeros(len(boxes), *size, dtype=torch.uint8)
+    for m, (x0, y0, x1, y1) in zip(masks, boxes):
+        m[int(y0):int(y1), int(x0):int(x1)] = 1
+    return dict(boxes=torch.tensor(boxes, dtype=torch.float32), labels=torch.tensor(labels), masks=masks)
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_mask_rcnn_trains_a_step_and_evaluates(v2):
+    """torchvision's MaskRCNN on fpn_backbone: one step on synthetic boxes + masks reaches every backbone
+    parameter (a finite, non-zero gradient), and eval returns boxes, labels, scores and masks."""
+    name = "swinv2_tiny_window8_256" if v2 else "swin_tiny_patch4_window7_224"
+    bb = swin_ext.fpn_backbone(name, out_channels=32, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
+                               window_size=4, drop_path_rate=0.0)
+    if v2:  # V2's res-post-norms start at zero (each block the identity, its branch without gradient): set to 1
+        with torch.no_grad():
+            for blk in (b for layer in bb.body.layers for b in layer.blocks):
+                blk.norm1.weight.fill_(1.0)
+                blk.norm2.weight.fill_(1.0)
+    det = _mask_rcnn(bb)
+    images = [torch.rand(3, 96, 128), torch.rand(3, 90, 110)]
+    targets = [_boxes_and_masks((96, 128), [[10.0, 20.0, 60.0, 90.0]], [1]),
+               _boxes_and_masks((90, 110), [[5.0, 5.0, 40.0, 30.0], [50.0, 40.0, 100.0, 85.0]], [2, 1])]
+    det.train()
+    losses = det(images, targets)
+    assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"} <= set(losses)
+    loss = sum(losses.values())
+    assert torch.isfinite(loss)
+    loss.backward()
+    no_grad = [n for n, p in bb.body.named_parameters()
+               if p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.abs().sum() > 0]
+    assert not no_grad, no_grad
+    before = bb.body.layers[3].blocks[0].attn.qkv.weight.detach().clone()
+    torch.optim.SGD(det.parameters(), lr=1e-2).step()
+    assert not torch.equal(before, bb.body.layers[3].blocks[0].attn.qkv.weight)
+    det.eval()
+    with torch.no_grad():
+        out = det(images)
+    assert len(out) == 2 and all({"boxes", "labels", "scores", "masks"} <= set(o) for o in out)
+    assert out[0]["masks"].shape[1:] == (1, 96, 128)
+
+
+@pytest.mark.parametrize("layout", ["official", "mmdet"])
+def test_backbone_loads_a_mask_rcnn_checkpoint(layout):
+    """A detector checkpoint (backbone + neck + heads) gives fpn_backbone its Swin; the neck and heads are not read."""
+    src = randomize(small(features_only=True))
+    sd = src.state_dict()
+    if layout == "mmdet":  # mmdet's SwinTransformer keys, the merging weights in nn.Unfold's channel order
+        sd = swin_ext.weights.to_openmmlab(sd)
+        assert "stages.1.blocks.0.attn.w_msa.qkv.weight" in sd and "stages.2.downsample.reduction.weight" in sd
+    ckpt = {"backbone." + k: v for k, v in sd.items()}
+    ckpt["neck.lateral_convs.0.conv.weight"] = torch.randn(64, 32, 1, 1)
+    ckpt["rpn_head.rpn_conv.weight"] = torch.randn(64, 64, 3, 3)
+    ckpt["roi_head.mask_head.conv_logits.weight"] = torch.randn(80, 64, 1, 1)
+    bb = swin_ext.fpn_backbone("swin_tiny_patch4_window7_224", out_channels=32, pretrained={"state_dict": ckpt},
+                               embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), drop_path_rate=0.0)
+    res = bb.body.pretrained_result
+    assert res.format == ("openmmlab" if layout == "mmdet" else "official")
+    assert {"neck.lateral_convs.0.conv.weight", "rpn_head.rpn_conv.weight",
+            "roi_head.mask_head.conv_logits.weight"} <= set(res.ignored_keys)
+    for k, v in src.state_dict().items():
+        assert torch.equal(bb.body.state_dict()[k], v), k

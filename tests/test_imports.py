@@ -97,9 +97,10 @@ def test_reference_relative_position_index_moved():
 
 
 def test_console_script_and_module_entry_point():
-    entry = re.search(r'^swin-ext-train = "([\w.]+):(\w+)"', (REPO / "pyproject.toml").read_text(), re.M)
-    module, func = entry.groups()
-    assert callable(getattr(importlib.import_module(module), func))
+    for script in ("swin-ext-train", "swin-ext-predict"):
+        entry = re.search(rf'^{script} = "([\w.]+):(\w+)"', (REPO / "pyproject.toml").read_text(), re.M)
+        module, func = entry.groups()
+        assert callable(getattr(importlib.import_module(module), func)), script
     p = subprocess.run([sys.executable, "-m", "swin_ext.train", "--help"], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0 and "swin-ext-train" in p.stdout and "--model" in p.stdout, p.stderr[-2000:]

@@ -85,6 +85,27 @@ def test_fused_equals_reference_float64(size):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
 
 
+@pytest.mark.parametrize("size", [(36, 100), (5, 7)])
+def test_always_partition_shifts_every_map_fused_equals_reference(size):
+    # every shifted block shifts also a map padded to one window (36 x 100: the last stage's 3 x 7 map along H; 5 x 7:
+    # every stage): another model than the default one, and the kernel's mask agrees with the reference's
+    m = tiny(drop_path_rate=0.0, always_partition=True).double().eval()
+    blk = m.layers[0].blocks[1]
+    assert blk.effective_shift(4, 4) == (blk.shift_size,) * 2 and blk.shift_size > 0
+    default = tiny(drop_path_rate=0.0).double().eval()
+    default.load_state_dict(m.state_dict())
+    r = copy.deepcopy(m).set_backend("reference")
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    out_f, out_r = m(x), r(x)
+    assert not torch.allclose(out_f, default(x), atol=1e-6)
+    torch.testing.assert_close(out_f, out_r, atol=1e-10, rtol=1e-10)
+    g = torch.randn_like(out_f)
+    gf = torch.autograd.grad(out_f, [x] + list(m.parameters()), g)
+    gr = torch.autograd.grad(out_r, [x] + list(r.parameters()), g)
+    for a, b in zip(gf, gr):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9)
+
+
 def test_forward_features_shape():
     m = tiny().eval()
     f = m.forward_features(torch.randn(2, 3, 64, 64))

@@ -39,7 +39,56 @@ __all__ = [
     "attention_flops",
     "block_flops",
     "init_weights",
+    "GLOBAL_POOLS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "default_pretrained_cfg",
 ]
+
+#: ImageNet's per-channel mean and standard deviation (RGB, pixel values in [0, 1])
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: the pooling ``reset_classifier(n, global_pool)`` / ``forward_head`` accept (timm's names): the mean,
+#: the max, their average, or ``""`` for none (``forward_head`` then keeps the map ``(B, H, W, C)``)
+GLOBAL_POOLS = ("avg", "max", "avgmax", "")
+
+# timm's group ordinal that joins a parameter group with the one sorted before it
+# (``timm.models._manipulate.MATCH_PREV_GROUP``), and one that sorts after a stage's blocks.
+_MATCH_PREV = 99999
+_AFTER_BLOCKS = 99998
+
+
+def default_pretrained_cfg(img_size: Tuple[int, int], in_chans: int, num_classes: int,
+                           patch_size: int = 4, num_layers: int = 4) -> Dict[str, Any]:
+    """timm's ``pretrained_cfg`` of a Swin model of this input: what
+    ``timm.data.resolve_data_config({}, model=m)`` reads to build the model's
+    evaluation transform.
+
+    timm's values for its Swin V1 / V2 releases: bicubic resizing, the centre
+    crop keeping 90% of the side (100% at 384 px and above, the
+    ``*_384`` releases), ImageNet's mean and std (``0.5`` per channel for
+    inputs that are not RGB); the head is ``head`` (timm's own Swin names it
+    ``head.fc``).  ``fixed_input_size`` is ``False``: any input size runs.
+    """
+    H, W = img_size
+    reduction = patch_size * 2 ** (num_layers - 1)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ((0.5,) * in_chans, (0.5,) * in_chans)
+    return {
+        "url": "",
+        "num_classes": num_classes,
+        "input_size": (in_chans, H, W),
+        "pool_size": (-(-H // reduction), -(-W // reduction)),
+        "crop_pct": 1.0 if min(H, W) >= 384 else 0.9,
+        "crop_mode": "center",
+        "interpolation": "bicubic",
+        "fixed_input_size": False,
+        "mean": mean,
+        "std": std,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": "mit",
+    }
 
 
 # --------------------------------------------------------------------------- configuration checks
@@ -257,6 +306,12 @@ class SwinBase(nn.Module):
         self.out_indices: Tuple[int, ...] = tuple(out_indices) if features_only else tuple(range(n))
         #: per stage: channels, stride w.r.t. the input, and the module producing it (timm's convention)
         self.feature_info: List[Dict[str, Any]] = feature_info(embed_dim, patch_size, n)
+        #: timm's data configuration of the model (:func:`default_pretrained_cfg`); ``default_cfg`` is an alias
+        self.pretrained_cfg: Dict[str, Any] = default_pretrained_cfg(img_size, in_chans, num_classes, patch_size, n)
+        #: the head's pooling (:data:`GLOBAL_POOLS`), set by :meth:`reset_classifier`
+        self.global_pool = "avg"
+        #: stages :meth:`freeze_stages` froze (with the patch embedding; all of them: the final norm too)
+        self.frozen_stages = 0
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
 
     def _add_outputs(self, head_drop: float = 0.0) -> None:
@@ -273,11 +328,120 @@ class SwinBase(nn.Module):
             self.head_drop = nn.Dropout(head_drop) if head_drop > 0 else nn.Identity()
             self.head = nn.Linear(self.num_features, self.num_classes) if self.num_classes > 0 else nn.Identity()
 
-    # ----------------------------------------------------------------- switches
+    # ----------------------------------------------------------------- timm's model API
+
+    @property
+    def default_cfg(self) -> Dict[str, Any]:
+        """timm's older name of :attr:`pretrained_cfg` (the same dict)."""
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, cfg: Dict[str, Any]) -> None:
+        self.pretrained_cfg = cfg
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Channels of the pooled features the head sees (timm's name; ``num_features`` for Swin)."""
+        return self.num_features
 
     def no_weight_decay_keywords(self) -> Set[str]:
         """Substrings of the parameter names that get no weight decay (the official lists)."""
         return set(self.NO_WEIGHT_DECAY)
+
+    def no_weight_decay(self) -> Set[str]:
+        """Names of the parameters kept out of weight decay besides the 1-d ones (timm's hook, read by
+        ``timm.optim.create_optimizer_v2``): the relative-position bias tables (V1), the continuous
+        position bias MLPs and logit scales (V2) -- the names timm's own Swin / Swin V2 return."""
+        return {n for n, _ in self.named_parameters() if any(k in n for k in self.NO_WEIGHT_DECAY)}
+
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """timm's parameter grouping: what ``timm.optim.param_groups_layer_decay`` (``create_optimizer_v2(...,
+        layer_decay=...)``) and ``timm.models.group_parameters`` read.
+
+        The groups are timm's own Swin's, parameter by parameter: the patch
+        embedding; then one group per block (``coarse``: per stage), the final
+        norm with the last block; the head after them.  timm keeps stage i's
+        patch merging at the start of stage i + 1 and groups it with that
+        stage's first block (``coarse``: with that stage); here it is
+        ``layers.i.downsample``, at the end of stage i (the official layout).
+        The ordinals put it there anyway: it sorts after stage i's blocks
+        (``_AFTER_BLOCKS``) and stage i + 1's first block (``coarse``: all of
+        stage i + 1) joins its group (timm's "same group as the previous one"
+        ordinal), so every parameter gets the lr scale timm's model gives it.
+        """
+        if coarse:
+            blocks = [
+                (r"^layers\.(\d+)\.downsample(?:\.|$)", (_AFTER_BLOCKS,)),
+                (r"^layers\.([1-9]\d*)(?:\.|$)", (0, _MATCH_PREV)),
+                (r"^layers\.(\d+)(?:\.|$)", None),
+            ]
+        else:
+            blocks = [
+                (r"^layers\.(\d+)\.downsample(?:\.|$)", (_AFTER_BLOCKS,)),
+                (r"^layers\.([1-9]\d*)\.blocks\.0(?:\.|$)", (0, _MATCH_PREV)),
+                (r"^layers\.(\d+)\.blocks\.(\d+)(?:\.|$)", None),
+                (r"^norm(?:\.|$)", (_MATCH_PREV,)),
+            ]
+        return {"stem": r"^patch_embed(?:\.|$)", "blocks": blocks}
+
+    def _classifier_model(self, what: str) -> None:
+        if self.features_only:
+            raise RuntimeError(f"{what}: a features_only model has no head")
+
+    def get_classifier(self) -> nn.Module:
+        """The classification layer: ``head`` (an ``nn.Linear``, or ``nn.Identity`` with 0 classes)."""
+        self._classifier_model("get_classifier")
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new, freshly initialised head of ``num_classes`` (0: none, ``forward`` returns the pooled
+        features) on the model's device and dtype; ``global_pool`` (one of :data:`GLOBAL_POOLS`) also
+        changes the pooling, ``None`` keeps it.  timm's signature."""
+        self._classifier_model("reset_classifier")
+        int_field(num_classes, "num_classes", 0)
+        if global_pool is not None and global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+        ref = self.norm.weight
+        head: nn.Module = nn.Identity()
+        if num_classes > 0:
+            head = nn.Linear(self.num_features, num_classes)
+            init_weights(head)
+            head = head.to(device=ref.device, dtype=ref.dtype)
+        self.head = head
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+
+    def freeze_stages(self, num_stages: int) -> "SwinBase":
+        """Freeze the patch embedding and the first ``num_stages`` stages, each with the patch merging
+        that ends it (0: nothing; all of them: the final norm too, so that only the head trains -- a
+        linear probe).  Frozen parameters get ``requires_grad=False`` and the frozen modules stay in
+        eval mode (no dropout, no stochastic depth) when the model trains, as mmdetection's
+        ``frozen_stages``.  Cannot be undone on the same model."""
+        int_field(num_stages, "num_stages", 0, self.num_layers)
+        if num_stages < self.frozen_stages:
+            raise ValueError(f"stages 0-{self.frozen_stages - 1} are frozen already; freezing cannot be undone")
+        self.frozen_stages = num_stages
+        for m in self._frozen_modules():
+            m.requires_grad_(False)
+        return self.train(self.training)
+
+    def _frozen_modules(self) -> List[nn.Module]:
+        if self.frozen_stages == 0:
+            return []
+        mods = [self.patch_embed, self.pos_drop, *self.layers[: self.frozen_stages]]
+        if self.frozen_stages == self.num_layers and self.norm is not None:
+            mods.append(self.norm)
+        return mods
+
+    def train(self, mode: bool = True) -> "SwinBase":
+        """As ``nn.Module.train``; the stages :meth:`freeze_stages` froze stay in eval mode."""
+        super().train(mode)
+        for m in self._frozen_modules():
+            m.eval()
+        return self
+
+    # ----------------------------------------------------------------- switches
 
     def set_backend(self, backend: str) -> "SwinBase":
         """Switch every module to ``backend``: ``"fused"`` sets each module's fast-path
@@ -404,10 +568,17 @@ class SwinBase(nn.Module):
         return (final if final is not None else residual_add(x, branch)), intermediates
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``(B, H, W, C)`` -> logits (or the pooled ``(B, C)`` with ``pre_logits``)."""
-        if self.head is None:
-            raise RuntimeError("a features_only model has no head")
-        x = self.head_drop(x.mean(dim=(1, 2)))
+        """``(B, H, W, C)`` -> logits ``(B, num_classes)``, or with ``pre_logits`` the pooled ``(B, C)``
+        (timm's signature).  The pooling is :attr:`global_pool`; with ``""`` nothing is pooled and the
+        result keeps the map, ``(B, H, W, num_classes)`` / ``(B, H, W, C)``."""
+        self._classifier_model("forward_head")
+        if self.global_pool == "avg":
+            x = x.mean(dim=(1, 2))
+        elif self.global_pool == "max":
+            x = x.amax(dim=(1, 2))
+        elif self.global_pool == "avgmax":
+            x = 0.5 * (x.mean(dim=(1, 2)) + x.amax(dim=(1, 2)))
+        x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:

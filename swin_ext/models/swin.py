@@ -8,8 +8,10 @@ no attention-mask tensor exists (the kernel computes the mask).
 Any input size works: a map that the window does not divide is padded at
 bottom/right to a window multiple, then shifted (the official detection
 backbone's and torchvision's order); a stage whose padded map is no larger
-than the window along an axis does not shift along it; odd sizes at patch
-merging are zero-padded.
+than the window along an axis does not shift along it (torchvision's rule),
+unless ``always_partition=True`` (every block keeps its shift on every map:
+the official detection / segmentation backbones, mmseg's / mmdet's and
+transformers' ``SwinBackbone``); odd sizes at patch merging are zero-padded.
 
 Each module stores one flag, ``fused`` (set from the model's backend), and
 calls the functions of :mod:`swin_ext.layers`, which choose between a
@@ -127,14 +129,18 @@ class SwinTransformerBlock(SwinBlock):
         drop: dropout after the attention projection and in the MLP.
         drop_path: stochastic-depth rate of both branches.
         fused: fuse each residual add with the LayerNorm after it; passed to the attention and the MLP.
+        always_partition: shift by ``shift_size`` on every map, also along an axis whose padded size is
+            no larger than the window (:meth:`effective_shift`).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift_size: int = 0, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 fused: bool = True) -> None:
+                 fused: bool = True, always_partition: bool = False) -> None:
         super().__init__(dim, num_heads, window_size, shift_size, mlp_ratio)
         #: fuse each residual add with the LayerNorm after it
         self.fused = fused
+        #: shift by shift_size on every map (see effective_shift)
+        self.always_partition = bool(always_partition)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, attn_drop, drop, fused)
         self.drop_path = DropPath(drop_path)
@@ -142,7 +148,11 @@ class SwinTransformerBlock(SwinBlock):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, fused)
 
     def effective_shift(self, H: int, W: int) -> Tuple[int, int]:
-        """Shift per axis: none along an axis whose padded size is no larger than the window."""
+        """Shift per axis: none along an axis whose padded size is no larger than the window
+        (torchvision's rule), or ``shift_size`` along both whatever the map with ``always_partition``
+        (the map padded to one window is still shifted, as transformers' ``SwinBackbone`` does)."""
+        if self.always_partition:
+            return (self.shift_size, self.shift_size)
         ws = self.window_size
         Hp, Wp = math.ceil(H / ws) * ws, math.ceil(W / ws) * ws
         return (self.shift_size if Hp > ws else 0, self.shift_size if Wp > ws else 0)
@@ -196,17 +206,18 @@ class BasicLayer(SwinStage):
         drop_path: one rate for every block, or one per block.
         downsample: end with a :class:`PatchMerging`.
         use_checkpoint: recompute the blocks in the backward.
+        always_partition: as :class:`SwinTransformerBlock`, for every block.
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
                  drop_path: Union[float, Sequence[float]] = 0.0, downsample: bool = False,
-                 use_checkpoint: bool = False, fused: bool = True) -> None:
+                 use_checkpoint: bool = False, fused: bool = True, always_partition: bool = False) -> None:
         super().__init__(dim, depth, use_checkpoint)
         rates = self.per_block(drop_path)
         self.blocks = nn.ModuleList(
             SwinTransformerBlock(dim, num_heads, window_size, self.shift_of(i, window_size), mlp_ratio, qkv_bias, drop,
-                                 attn_drop, rates[i], fused)
+                                 attn_drop, rates[i], fused, always_partition)
             for i in range(depth)
         )
         self.downsample = PatchMerging(dim, fused) if downsample else None
@@ -239,6 +250,7 @@ CONFIG_KEYS = {
     "backend": "backend",
     "features_only": "features_only",
     "out_indices": "out_indices",
+    "always_partition": "always_partition",
 }
 
 
@@ -282,6 +294,13 @@ class SwinTransformer(SwinBase):
             through a LayerNorm ``norm{i}`` (the official detection backbone's
             keys); no final ``norm`` and no ``head``.
         out_indices: the stages a ``features_only`` backbone returns.
+        always_partition: every shifted block shifts on every map, also one
+            whose padded size is no larger than the window along an axis (the
+            official detection / segmentation backbone, mmseg / mmdet and
+            transformers' ``SwinBackbone``: their weights need it to reproduce
+            their outputs where a stage map is that small, e.g. the last stage
+            at 224 px with window 7).  The default does not shift there, as
+            torchvision and the official classification code do.
     """
 
     NO_WEIGHT_DECAY = ("relative_position_bias_table",)
@@ -292,7 +311,8 @@ class SwinTransformer(SwinBase):
                  window_size: Union[int, Sequence[int]] = 7,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.1, use_checkpoint: bool = False, backend: str = "fused",
-                 features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3)) -> None:
+                 features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 always_partition: bool = False) -> None:
         if config is not None:
             keywords = {k: v for k, v in locals().items() if k in CONFIG_KEYS.values()}
             SwinTransformer.__init__(self, **{**keywords, **config_kwargs(config)})
@@ -308,11 +328,14 @@ class SwinTransformer(SwinBase):
         self.window_size = windows[0] if len(set(windows)) == 1 else tuple(windows)
         #: the window of every stage
         self.window_sizes = tuple(windows)
+        #: every shifted block shifts on every map (see the Args)
+        self.always_partition = bool(always_partition)
         self.pos_drop = nn.Dropout(drop_rate)
         self.layers = nn.ModuleList(
             BasicLayer(int(embed_dim * 2**i), self.depths[i], self.num_heads[i], windows[i], mlp_ratio, qkv_bias,
                        drop_rate, attn_drop_rate, rates, downsample=i < self.num_layers - 1,
-                       use_checkpoint=use_checkpoint, fused=backend == "fused")
+                       use_checkpoint=use_checkpoint, fused=backend == "fused",
+                       always_partition=self.always_partition)
             for i, rates in enumerate(drop_path_rates(drop_path_rate, self.depths))
         )
         self._add_outputs()
@@ -322,7 +345,7 @@ class SwinTransformer(SwinBase):
     def from_config(cls, config: Dict[str, Any]) -> "SwinTransformer":
         """A model from a seed config dict: keys ``image_size, patch_size, in_channels, num_classes,
         embed_dim, depths, num_heads, window_size, mlp_ratio, dropout, drop_path_rate, use_checkpoint``
-        (optionally ``attn_dropout, qkv_bias, backend, features_only, out_indices``)."""
+        (optionally ``attn_dropout, qkv_bias, backend, features_only, out_indices, always_partition``)."""
         return cls(**config_kwargs(config))
 
 

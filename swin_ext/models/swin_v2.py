@@ -298,8 +298,10 @@ class SwinTransformerV2(SwinBase):
         pretrained_window_sizes: an int or one per stage; the window the CPB
             coordinates are normalised by (0: the window itself).
         features_only, out_indices: a backbone with a LayerNorm ``norm{i}`` per
-            output stage (as swin_ext's V1 backbone and transformers'
-            ``Swinv2Backbone``), no final ``norm`` and no ``head``.
+            output stage (as swin_ext's V1 backbone; transformers'
+            ``Swinv2Backbone`` has none:
+            :func:`swin_ext.segmentation.without_output_norms`), no final
+            ``norm`` and no ``head``.
     """
 
     NO_WEIGHT_DECAY = ("cpb_mlp", "logit_scale", "relative_position_bias_table")

@@ -4,7 +4,9 @@ Rooms: :mod:`.cli` (arguments, ``train(args)``, ``main``), :mod:`.loop` (the
 :class:`Trainer`), :mod:`.presets` (the ``--model`` names, built with
 :func:`swin_ext.create_model`), :mod:`.data`, :mod:`.distributed` (ranks and
 samplers), :mod:`.checkpointing` (atomic saves, checked loads, RNG states),
-:mod:`.optim` (parameter groups, the schedule), :mod:`.plot`.
+:mod:`.optim` (parameter groups, the schedule), :mod:`.finetune` (``--pretrained``, the
+``--eval-only`` report), :mod:`.plot`.  ``python -m swin_ext.predict`` classifies images with a
+checkpoint.
 """
 from .checkpointing import (
     CHECKPOINT_FORMAT,

@@ -20,13 +20,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..weights.checkpoint import CheckpointError, safe_torch_load
+from ..weights.checkpoint import CheckpointError, read_state_dict, safe_torch_load
 from .errors import TrainArgumentError, TrainError
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "checkpoint_problems", "check_resumable",
            "damaged", "resume_differences", "check_output_dir", "rng_state",
            "set_rng_state", "weights_finite", "finite_state", "kept_message", "remove_stale_temporaries",
-           "state_dict_sha256"]
+           "state_dict_sha256", "read_pretrained"]
 
 CHECKPOINT_FORMAT = "swin_ext.train/2"  # /2: loads with weights_only=True
 
@@ -226,6 +226,22 @@ def _history_problems(h: Dict[str, Any]) -> List[str]:
     return out
 
 
+def _optional_problems(state: Dict[str, Any]) -> List[str]:
+    """The optional fields: the EMA weights, the class names, the data configuration."""
+    out = []
+    ema = state.get("model_ema")
+    if ema is not None and not (isinstance(ema, dict) and all(isinstance(k, str) and _tensor(v)
+                                                                  for k, v in ema.items())):
+        out.append("model_ema is not a dict of dense tensors")
+    classes = state.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        out.append("classes is not a list of class names")
+    dc = state.get("data_config")
+    if dc is not None and not (isinstance(dc, dict) and all(isinstance(k, str) for k in dc)):
+        out.append("data_config is not a dict")
+    return out
+
+
 def checkpoint_problems(state: Dict[str, Any]) -> List[str]:
     """Every field of a training checkpoint checked, as a list of what is wrong (empty: resumable).
 
@@ -263,7 +279,37 @@ def checkpoint_problems(state: Dict[str, Any]) -> List[str]:
     for r, st in enumerate(state["rng"]):
         out += _rng_problems(st, f"rng[{r}]")
     out += _history_problems(state["history"])
+    out += _optional_problems(state)
     return out
+
+
+def read_pretrained(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """``(state dict, metadata)`` of a ``--pretrained`` / ``predict --checkpoint`` file, read without
+    executing anything (:func:`swin_ext.weights.read_state_dict`: every layout, ``.safetensors`` too).
+
+    For a swin_ext.train checkpoint the state dict is its ``model`` and the
+    metadata its ``model_config``, ``classes``, ``data_config`` and
+    ``model_ema`` (the EMA weights) where present; for any other file the
+    metadata is empty.  Raises :class:`~swin_ext.CheckpointError` naming the file.
+    """
+    if str(path).endswith(".safetensors"):
+        return read_state_dict(path), {}
+    obj = safe_torch_load(path)
+    meta: Dict[str, Any] = {}
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        problems = _optional_problems(obj)
+        if not isinstance(obj.get("model"), dict):
+            problems.append("model is missing or not a dict")
+        if not isinstance(obj.get("model_config"), dict):
+            problems.append("model_config is missing or not a dict")
+        if problems:
+            raise CheckpointError(f"{path}: damaged swin_ext.train checkpoint: {'; '.join(problems)}")
+        meta = {k: obj[k] for k in ("model_config", "classes", "data_config", "model_ema") if obj.get(k) is not None}
+        obj = obj["model"]
+    try:
+        return read_state_dict(obj), meta
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def damaged(path: str, problems: List[str]) -> TrainError:
@@ -288,6 +334,8 @@ _RESUME_REFUSED = {
     "limit": "the samples of each split",
     "seed": "the train/test split and the data order",
     "layer_decay": "the optimizer's parameter groups",
+    "freeze_stages": "the parameters that train (the optimizer's parameter groups)",
+    "head_only": "the parameters that train (the optimizer's parameter groups)",
 }
 
 
@@ -299,6 +347,7 @@ _RESUME_APPLIED = {
     "weight_decay": "the decaying parameter groups use it from the next step",
     "epochs": "the schedule is re-planned for the new length from this step",
     "max_steps": "the schedule is re-planned for the new length from this step",
+    "model_ema": "the weight average is kept from this step (starting from the current weights) or no longer",
 }
 
 
@@ -326,6 +375,11 @@ _RESUME_SILENT = {
     "no_progress",
     "no_plot",
     "min_acc",
+    "pretrained",  # only where a run starts: a resumed run continues from its checkpoint
+    "pretrained_window_sizes",  # part of the model config, compared there
+    "recipe",  # its values are compared flag by flag
+    "compile",
+    "eval_only",
 }
 
 

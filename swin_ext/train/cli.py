@@ -11,12 +11,22 @@ the same command under torchrun:
     torchrun --nnodes 2 --node-rank 0 --master-addr HOST --nproc-per-node 8 \\
         -m swin_ext.train --data /imagenet --model swin_t
 
-AdamW with linear warm-up and cosine decay (per step), optional layer-wise lr
-decay, label smoothing, AMP (bf16/fp16), gradient checkpointing, gradient
-clipping, atomic checkpoints with exact resume (model, optimizer, scheduler,
-grad scaler, step, data position and every rank's RNG state), tqdm progress
-bars, a final ``FINAL_METRICS {json}`` line, ``metrics.json`` and a PNG of the
-loss / accuracy curves in ``--output-dir``.
+Fine-tune from any Swin checkpoint (official, timm, torchvision,
+transformers; V1 and V2) with ``--pretrained PATH``, the official fine-tuning
+recipe with ``--recipe finetune``; evaluate one with ``--eval-only``:
+
+    python -m swin_ext.train --data DIR --model swin_t --pretrained swin_tiny.pth --recipe finetune
+    python -m swin_ext.train --eval-only --data DIR --pretrained runs/DIR-swin_t/last.pt
+
+AdamW with linear warm-up and cosine decay (per step), layer-wise lr decay
+(timm's groups), timm's augmentation on image folders (RandAugment, random
+erasing, Mixup / CutMix, label smoothing), weight EMA, frozen stages, AMP
+(bf16/fp16), gradient checkpointing, gradient clipping, ``torch.compile``,
+atomic checkpoints with exact resume (model, EMA, optimizer, scheduler, grad
+scaler, step, data position and every rank's RNG state; random augmentation
+is seeded per sample, so a resume is exact with any number of workers), tqdm
+progress bars, a final ``FINAL_METRICS {json}`` line, ``metrics.json`` and a
+PNG of the loss / accuracy curves in ``--output-dir``.
 
 ``--batch-size`` is per process; the global batch is ``batch_size * world_size``.
 ``--lr`` is used as given (no automatic scaling with the global batch).
@@ -38,19 +48,29 @@ from .data import DataError
 from .distributed import DistEnv
 from .errors import TrainArgumentError, TrainError
 from .loop import Trainer
-from .presets import PRESETS
+from .presets import PRESETS, RECIPES, resolve_recipe
 
 __all__ = ["build_parser", "validate_args", "train", "main", "cli"]
 
 
-def _int_list(s: str) -> Tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in s.replace(",", " ").split())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a list of ints like '2,2,6,2', got {s!r}") from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected a list of positive ints like '2,2,6,2', got {s!r}")
-    return vals
+def _int_list_of(lo: int, example: str):
+    """argparse type: a comma- or space-separated list of ints >= ``lo``, e.g. ``example``."""
+    what = "positive ints" if lo == 1 else f"ints >= {lo}"
+
+    def parse(s: str) -> Tuple[int, ...]:
+        try:
+            vals = tuple(int(v) for v in s.replace(",", " ").split())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a list of ints like '{example}', got {s!r}") from None
+        if not vals or min(vals) < lo:
+            raise argparse.ArgumentTypeError(f"expected a list of {what} like '{example}', got {s!r}")
+        return vals
+
+    return parse
+
+
+_int_list = _int_list_of(1, "2,2,6,2")
+_nonneg_int_list = _int_list_of(0, "12,12,12,6")
 
 
 def _int_at_least(lo: int):
@@ -136,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.2,
         help="test split when the data has none (default 0.2)",
     )
-    g.add_argument("--no-augment", action="store_true", help="no training augmentation")
+    g.add_argument("--no-augment", action="store_true",
+                   help="no training augmentation at all (any data: crops, flips, jitter, --aa, --reprob, mixing)")
     g.add_argument(
         "--limit", type=_POS_INT, default=None, help="use only the first N samples of each split (smoke tests)"
     )
@@ -147,8 +168,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="DataLoader workers per process (default 0 for digits, 4 otherwise)",
     )
 
+    g = ap.add_argument_group("augmentation (timm's; image folders, except the mixing)")
+    g.add_argument("--aa", default=None, metavar="POLICY",
+                   help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (RandAugment, the official recipe's)")
+    g.add_argument("--reprob", type=_real(0.0, 1.0), default=None, help="random erasing probability (default 0)")
+    g.add_argument("--remode", default="pixel", choices=["pixel", "rand", "const"], help="random erasing fill")
+    g.add_argument("--color-jitter", type=_NONNEG, default=0.4, help="colour jitter (used without --aa; default 0.4)")
+    g.add_argument("--mixup", type=_NONNEG, default=None, help="Mixup alpha, on when > 0 (default 0; any data)")
+    g.add_argument("--cutmix", type=_NONNEG, default=None, help="CutMix alpha, on when > 0 (default 0; any data)")
+    g.add_argument("--mixup-prob", type=_real(0.0, 1.0), default=1.0, help="probability of mixing a batch")
+    g.add_argument("--mixup-switch-prob", type=_real(0.0, 1.0), default=0.5,
+                   help="probability of CutMix rather than Mixup when both are on")
+    g.add_argument("--mixup-mode", default="batch", choices=["batch", "pair", "elem"], help="timm's Mixup mode")
+
     g = ap.add_argument_group("model")
-    g.add_argument("--model", default="swin_digits", choices=sorted(PRESETS), help="preset (default swin_digits)")
+    g.add_argument("--model", default=None, choices=sorted(PRESETS),
+                   help="preset (default swin_digits, or the model of a --pretrained swin_ext.train checkpoint)")
+    g.add_argument("--pretrained", default=None, metavar="PATH",
+                   help="start from this checkpoint: official, timm, torchvision or transformers layout, V1 or "
+                   "V2, .pth/.pt/.bin/.safetensors, or a swin_ext.train last.pt (read without executing code; a "
+                   "head of another class count is replaced, bias tables resized to the window)")
+    g.add_argument("--freeze-stages", type=_NONNEG_INT, default=0, metavar="N",
+                   help="freeze the patch embedding and the first N stages (default 0)")
+    g.add_argument("--head-only", action="store_true", help="train the head only (a linear probe): every stage frozen")
     g.add_argument("--img-size", type=_POS_INT, default=None)
     g.add_argument("--patch-size", type=_POS_INT, default=None)
     g.add_argument("--in-chans", type=_POS_INT, default=None, help="default 1 for digits, 3 for image folders")
@@ -158,25 +200,38 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--window-size", type=_POS_INT, default=None)
     g.add_argument("--mlp-ratio", type=_POS, default=None)
     g.add_argument("--drop-path", type=_UNIT_OPEN, default=None, help="stochastic depth rate (preset default)")
+    g.add_argument("--pretrained-window-sizes", type=_nonneg_int_list, default=None, metavar="LIST",
+                   help="Swin V2: the windows the CPB coordinates are normalised by (the --pretrained "
+                   "checkpoint's windows; read from official V2 checkpoints when not given)")
     g.add_argument("--backend", default="fused", choices=["fused", "reference"])
     g.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing of every block")
+    g.add_argument("--model-ema", action="store_true",
+                   help="keep an exponential moving average of the weights (timm's ModelEmaV3): evaluated, saved")
+    g.add_argument("--model-ema-decay", type=_real(0.0, 1.0, hi_open=True), default=0.9998, help="(default 0.9998)")
+    g.add_argument("--model-ema-warmup", action="store_true", help="timm's EMA decay warm-up")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model for training (off by default)")
 
-    g = ap.add_argument_group("optimization")
-    g.add_argument("--epochs", type=_POS_INT, default=40, help="(default 40)")
+    g = ap.add_argument_group("optimization (defaults: --recipe's where it sets one)")
+    g.add_argument("--recipe", default=None, choices=sorted(RECIPES),
+                   help="defaults of a training recipe; 'finetune': the official Swin fine-tuning schedule and "
+                   "augmentation with layer decay 0.9 (docs/training.md); any flag given overrides it")
+    g.add_argument("--epochs", type=_POS_INT, default=None, help="(default 40)")
     g.add_argument("--max-steps", type=_POS_INT, default=None, help="total optimizer steps (overrides --epochs)")
     g.add_argument("--batch-size", type=_POS_INT, default=32, help="per process (default 32)")
-    g.add_argument("--lr", type=_POS, default=2e-3, help="peak learning rate (default 2e-3)")
-    g.add_argument("--min-lr", type=_NONNEG, default=1e-5, help="final learning rate of the cosine (<= --lr)")
-    g.add_argument("--warmup-epochs", type=_NONNEG, default=2.0)
+    g.add_argument("--lr", type=_POS, default=None, help="peak learning rate (default 2e-3)")
+    g.add_argument("--min-lr", type=_NONNEG, default=None,
+                   help="final learning rate of the cosine (<= --lr; default 1e-5)")
+    g.add_argument("--warmup-epochs", type=_NONNEG, default=None, help="(default 2)")
     g.add_argument("--warmup-steps", type=_NONNEG_INT, default=None, help="overrides --warmup-epochs")
-    g.add_argument("--weight-decay", type=_NONNEG, default=0.05)
+    g.add_argument("--weight-decay", type=_NONNEG, default=None, help="(default 0.05)")
     g.add_argument(
         "--layer-decay",
         type=_real(0.0, 1.0, lo_open=True),
         default=None,
-        help="layer-wise lr decay factor (e.g. 0.9): lr * decay**(depth from the head)",
+        help="layer-wise lr decay factor (e.g. 0.9): lr * decay**(depth from the head), timm's layer groups",
     )
-    g.add_argument("--label-smoothing", type=_UNIT_OPEN, default=0.1)
+    g.add_argument("--label-smoothing", "--smoothing", dest="label_smoothing", type=_UNIT_OPEN, default=None,
+                   help="(default 0.1)")
     g.add_argument("--clip-grad", type=_NONNEG, default=5.0, help="max gradient norm (0 disables)")
     g.add_argument(
         "--amp",
@@ -199,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint and stop after N steps in this invocation (time-boxed jobs; resume later)",
     )
     g.add_argument("--eval-every", type=_POS_INT, default=1, help="evaluate every N epochs (and always at the end)")
+    g.add_argument("--eval-only", action="store_true",
+                   help="evaluate --pretrained on the evaluation split of --data (top-1, top-5, per class); no "
+                   "training, nothing written")
     g.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0, help="in [0, 2**32)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda")
     g.add_argument("--threads", type=_POS_INT, default=None, help="torch CPU threads per process")
@@ -211,15 +269,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def validate_args(args: argparse.Namespace) -> None:
-    """Checks across arguments (each one alone is checked by its argparse type); raises :class:`TrainError`."""
+    """Fill the defaults (:func:`~swin_ext.train.presets.resolve_recipe`: ``--recipe``'s, then the
+    CLI's), then the checks across arguments (each one alone is checked by its argparse type); raises
+    :class:`TrainError`.  Calling it again changes nothing."""
+    resolve_recipe(args)
     if args.min_lr > args.lr:
         raise TrainError(f"--min-lr {args.min_lr:g} is above --lr {args.lr:g}; the cosine decays from --lr to --min-lr")
     if args.resume not in (None, "auto") and not args.resume:
         raise TrainError("--resume needs a checkpoint path or 'auto'")
-    _check_device(args.device)
+    if args.pretrained is not None and not args.pretrained:
+        raise TrainError("--pretrained needs a checkpoint path")
+    if args.eval_only and not args.pretrained:
+        raise TrainError("--eval-only needs --pretrained PATH: the checkpoint to evaluate")
+    if args.eval_only and args.resume:
+        raise TrainError("--eval-only evaluates --pretrained; --resume continues a training run: pass one of them")
+    if args.head_only and args.freeze_stages:
+        raise TrainError("--head-only freezes every stage; --freeze-stages N a number of them: pass one of them")
+    mixing = args.mixup > 0 or args.cutmix > 0
+    if args.no_augment and (args.aa or args.reprob > 0 or mixing):
+        given = [f for f, on in (("--aa", args.aa), ("--reprob", args.reprob > 0), ("--mixup", args.mixup > 0),
+                                 ("--cutmix", args.cutmix > 0)) if on]
+        raise TrainError(f"--no-augment turns off all training augmentation, but {', '.join(given)} asks for some: "
+                         "pass one or the other")
+    if args.data == "digits" and (args.aa or args.reprob > 0):
+        raise TrainError("--aa and --reprob augment images of an image folder (PIL images); the digits are tensors "
+                         "(they take --mixup / --cutmix)")
+    if mixing and not args.no_augment and args.batch_size % 2:
+        raise TrainError(f"--mixup / --cutmix mix each sample with another of its batch: --batch-size must be even, "
+                         f"got {args.batch_size}")
+    check_device(args.device)
 
 
-def _check_device(arg: str) -> None:
+
+def check_device(arg: str) -> None:
     """``--device``: auto, cpu, or cuda[:N] with that GPU present (:class:`TrainArgumentError` otherwise)."""
     if arg == "auto":
         return
@@ -244,7 +326,8 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     threads = torch.get_num_threads()
     env = DistEnv(args.device)
     try:
-        return Trainer(args, env, t_start).run()
+        trainer = Trainer(args, env, t_start)
+        return trainer.run_eval_only() if args.eval_only else trainer.run()
     finally:
         env.close()
         torch.set_num_threads(threads)  # train() may run inside a bigger program
@@ -260,7 +343,11 @@ def _one_line(e: BaseException) -> str:
             if last.startswith(prefix):
                 last = last[len(prefix) :]
         msg = last
-    return " ".join(msg.split())
+    out = ""
+    for line in (" ".join(ln.split()) for ln in msg.splitlines()):  # a list of problems: "; " between them
+        if line:
+            out += ("" if not out else " " if out.endswith(":") else "; ") + line
+    return out
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -285,6 +372,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         where = f" (rank {rank})" if rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
         print(f"swin-ext-train: error{where}: {_one_line(e)}", file=sys.stderr, flush=True)
         return 2 if isinstance(e, TrainArgumentError) else 1
+    if args.eval_only:
+        return 0
     if args.min_acc is not None and not metrics["stopped_early"] and metrics["test_acc"] < args.min_acc:
         if int(os.environ.get("RANK", "0")) == 0:
             print(

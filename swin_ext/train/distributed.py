@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from .data import sample_seed
 from .errors import TrainArgumentError, TrainError
 
 __all__ = ["DistEnv", "ShardedSampler", "ShardSampler", "on_main"]
@@ -75,26 +76,33 @@ class DistEnv:
             dist.destroy_process_group()
 
 
-class ShardedSampler(Sampler[int]):
+class ShardedSampler(Sampler):
     """Deterministic per-epoch shuffle, sharded over ranks, resumable mid-epoch.
 
     Every rank gets ``ceil(n / world)`` indices (the permutation is padded by
     wrapping, as ``DistributedSampler`` does), so all ranks take the same
     number of steps.  ``set_epoch(epoch, skip)`` drops the first ``skip``
     indices of this rank's share: the samples a resumed run already consumed.
+
+    ``sample_seeds=True`` yields ``(index, seed)`` keys for a
+    :class:`~swin_ext.train.data.SeededDataset`: the seed of the sample at
+    position ``p`` of the epoch's (padded) order is ``sample_seed(seed, epoch,
+    p)``, the same on every rank, in every worker and after a resume.
     """
 
-    def __init__(self, n: int, world_size: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0) -> None:
+    def __init__(self, n: int, world_size: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+                 sample_seeds: bool = False) -> None:
         if n < 1:
             raise TrainError("empty data set")
         self.n, self.world_size, self.rank, self.shuffle, self.seed = n, world_size, rank, shuffle, seed
+        self.sample_seeds = sample_seeds
         self.per_rank = math.ceil(n / world_size)
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[Any]:
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             perm = torch.randperm(self.n, generator=g).tolist()
@@ -102,7 +110,10 @@ class ShardedSampler(Sampler[int]):
             perm = list(range(self.n))
         total = self.per_rank * self.world_size
         perm = (perm * math.ceil(total / self.n))[:total]
-        return iter(perm[self.rank : total : self.world_size][self.skip :])
+        positions = range(self.rank, total, self.world_size)[self.skip :]
+        if not self.sample_seeds:
+            return iter([perm[p] for p in positions])
+        return iter([(perm[p], sample_seed(self.seed, self.epoch, p)) for p in positions])
 
     def __len__(self) -> int:
         return self.per_rank - self.skip

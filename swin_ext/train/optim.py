@@ -6,38 +6,38 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 
-__all__ = ["param_groups", "lr_factor"]
+__all__ = ["param_groups", "layer_ids", "lr_factor"]
 
 
-def _layer_id(name: str, depths: List[int]) -> int:
-    """Depth of a parameter for layer-wise lr decay (the official Swin/SimMIM rule):
-    patch_embed 0, block j of stage i ``sum(depths[:i]) + j + 1``, stage i's
-    downsample ``sum(depths[:i+1])``, final norm and head ``sum(depths) + 1``."""
-    if name.startswith("patch_embed"):
-        return 0
-    if name.startswith("layers."):
-        parts = name.split(".")
-        i = int(parts[1])
-        if parts[2] == "downsample":
-            return sum(depths[: i + 1])
-        return sum(depths[:i]) + int(parts[3]) + 1
-    return sum(depths) + 1
+def layer_ids(model: nn.Module) -> Dict[str, int]:
+    """Each parameter's depth for layer-wise lr decay, as timm's ``param_groups_layer_decay`` finds it:
+    ``timm.models.group_parameters(model, model.group_matcher(), reverse=True)`` -- the patch
+    embedding 0, then one id per block (a stage's patch merging with the next stage's first block,
+    the final norm with the last block), the head last.  So ``--layer-decay`` gives every parameter
+    the lr scale timm's ``create_optimizer_v2(model, layer_decay=...)`` gives it."""
+    try:
+        from timm.models import group_parameters
+    except ImportError as e:  # pragma: no cover - dependency missing
+        raise ImportError("--layer-decay needs timm (pip install 'swin_ext[train]' or pip install timm)") from e
+    return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: Optional[float] = None) -> List[Dict[str, Any]]:
-    """AdamW groups: no weight decay for biases, norms (1-d tensors) and the
-    relative-position bias tables; with ``layer_decay`` each group's
-    ``lr_scale`` is ``layer_decay ** (num_layers - 1 - layer_id)``."""
+    """AdamW groups of the parameters that train (``requires_grad``): no weight decay for biases, norms
+    (1-d tensors) and :meth:`no_weight_decay`'s names (the relative-position bias tables; V2's CPB MLPs
+    and logit scales), as timm; with ``layer_decay`` each group's ``lr_scale`` is ``layer_decay **
+    (num_layers - 1 - layer_id)`` (:func:`layer_ids`, timm's).  Each group holds its parameters'
+    ``names``, in ``named_parameters`` order; the groups are sorted by ``(layer_id, no decay)``."""
     skip_kw = set(model.no_weight_decay_keywords()) if hasattr(model, "no_weight_decay_keywords") else set()
     skip_names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    depths = list(getattr(model, "depths", [0]))
-    num_layers = sum(depths) + 2
+    ids = layer_ids(model) if layer_decay is not None else {}
+    num_layers = max(ids.values()) + 1 if ids else 1
     groups: Dict[Tuple[int, bool], Dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         no_decay = p.ndim <= 1 or name.endswith(".bias") or name in skip_names or any(k in name for k in skip_kw)
-        lid = _layer_id(name, depths) if layer_decay is not None else 0
+        lid = ids.get(name, num_layers - 1) if layer_decay is not None else 0
         key = (lid, no_decay)
         if key not in groups:
             scale = layer_decay ** (num_layers - 1 - lid) if layer_decay is not None else 1.0

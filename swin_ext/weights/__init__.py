@@ -3,7 +3,15 @@
 (:mod:`.convert`)."""
 from .checkpoint import LoadResult, load_pretrained, read_state_dict
 from .convert import ConversionError, from_timm, from_torchvision, from_transformers
-from .layouts import FORMATS, CheckpointError, checkpoint_version, convert_state_dict, to_timm, to_torchvision
+from .layouts import (
+    FORMATS,
+    CheckpointError,
+    checkpoint_version,
+    convert_state_dict,
+    to_openmmlab,
+    to_timm,
+    to_torchvision,
+)
 
 __all__ = [
     "load_pretrained",
@@ -15,6 +23,7 @@ __all__ = [
     "convert_state_dict",
     "to_timm",
     "to_torchvision",
+    "to_openmmlab",
     "from_timm",
     "from_torchvision",
     "from_transformers",

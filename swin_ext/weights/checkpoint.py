@@ -3,8 +3,9 @@
 ``load_pretrained(model, source, strict=True)`` reads a file (``.pth`` /
 ``.pt`` / ``.bin`` through ``torch.load(weights_only=True)``, or
 ``.safetensors``) or takes a state dict, recognises its layout (official,
-timm, torchvision, transformers; V1 and V2: :mod:`.layouts`), converts it
-to the model's own (the official Microsoft layout) and copies it in.  A V1
+timm, torchvision, transformers, V1 and V2; OpenMMLab V1: :mod:`.layouts`),
+converts it to the model's own (the official Microsoft layout) and copies it
+in (a segmentation UperNet: :mod:`swin_ext.segmentation.weights`).  A V1
 checkpoint into a V2 model, or the reverse, is an error that says so.  The
 CPB MLP evaluates any window, so a V2 checkpoint of another window size
 needs no resizing.
@@ -61,6 +62,9 @@ __all__ = [
     "safe_torch_load",
     "check_regular_file",
     "verify_archive",
+    "tensor_problem",
+    "raise_problems",
+    "raise_key_mismatch",
 ]
 
 # Wrappers a training script puts around the state dict, tried in this order.
@@ -482,11 +486,21 @@ def load_pretrained(
     ``allow_new_head=True`` (what ``create_model(..., num_classes=n)`` asks
     for) tolerates a head of another size even with ``strict=True``.
 
+    A :class:`swin_ext.segmentation.UperNet` is loaded by
+    :func:`swin_ext.segmentation.load_upernet` (UperNet layouts of swin_ext,
+    transformers and mmseg, or a backbone checkpoint; ``allow_new_head``
+    there tolerates another class count).
+
     Everything is validated before anything is copied: a failed load leaves
     the model unchanged.  Returns a :class:`LoadResult`.
     """
+    from ..segmentation import UperNet, load_upernet  # the segmentation package builds on this one
+
+    if isinstance(model, UperNet):
+        return load_upernet(model, source, strict=strict, allow_new_classes=allow_new_head)
     if not isinstance(model, (SwinTransformer, SwinTransformerV2)):
-        raise TypeError(f"model must be a swin_ext.SwinTransformer or SwinTransformerV2, got {type(model).__name__}")
+        raise TypeError(f"model must be a swin_ext.SwinTransformer, SwinTransformerV2 or segmentation.UperNet, got "
+                        f"{type(model).__name__}")
     sd = read_state_dict(source)
     version, want_version = checkpoint_version(sd), 2 if isinstance(model, SwinTransformerV2) else 1
     if version != want_version:
@@ -525,6 +539,7 @@ def load_pretrained(
     ]
     if "window_size" in ck and ck["window_size"] is None:
         problems.append("relative_position_bias_table: its length is not (2 * window - 1) ** 2")
+    arch_problems = list(problems)
 
     # Head: a different num_classes is the one tolerated mismatch.
     head_keys = [k for k in target if k.startswith("head.")]
@@ -561,18 +576,16 @@ def load_pretrained(
             if len(want) == 2 and v.shape[1] == want[1] and tuple(v.shape) != want:
                 v = _resize_table(v, want[0])
                 result.resized_keys.append(k)
-        if tuple(v.shape) != want:
-            problems.append(f"{k} (from {orig!r}): checkpoint shape {tuple(v.shape)}, model {want}")
-            continue
-        problem = _value_problem(v, target[k])
+        problem = tensor_problem(k, orig, v, target[k])
         if problem:
-            problems.append(f"{k} (from {orig!r}): {problem}")
+            problems.append(problem)
             continue
         values[k] = v
 
-    if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise CheckpointError(f"the {fmt} checkpoint does not match the model's architecture:\n  " + "\n  ".join(shown))
+    if problems and arch_problems:  # the tensors' shapes follow from the hyper-parameters: name those alone
+        follow = len(problems) - len(arch_problems)
+        problems = arch_problems + ([f"(so {follow} tensors have other shapes)"] if follow else [])
+    raise_problems(f"the {fmt} checkpoint does not match the model's architecture", problems)
 
     for k in target:
         if k in values or k in result.initialized_keys:
@@ -583,15 +596,8 @@ def load_pretrained(
             result.missing_keys.append(k)
     result.unexpected_keys = sorted(unexpected)
 
-    if strict and (result.missing_keys or result.unexpected_keys):
-        lines = []
-        if result.missing_keys:
-            lines.append(f"missing from the checkpoint: {_short(result.missing_keys)}")
-        if result.unexpected_keys:
-            lines.append(f"not used by the model: {_short(result.unexpected_keys)}")
-        raise CheckpointError(
-            f"the {fmt} checkpoint's keys do not match the model (strict=True):\n  " + "\n  ".join(lines)
-        )
+    if strict:
+        raise_key_mismatch(f"the {fmt} checkpoint's keys do not match the model (strict=True)", result)
 
     # All checked: copy.
     with torch.no_grad():
@@ -605,6 +611,33 @@ def load_pretrained(
             stacklevel=2,
         )
     return result
+
+
+def raise_problems(what: str, problems: List[str]) -> None:
+    """A :class:`CheckpointError` ``what:`` followed by the problems (the first 20), one a line; none for none."""
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise CheckpointError(f"{what}:\n  " + "\n  ".join(shown))
+
+
+def raise_key_mismatch(what: str, result: LoadResult) -> None:
+    """A :class:`CheckpointError` ``what:`` naming ``result``'s missing and unexpected keys, if it has any."""
+    lines = []
+    if result.missing_keys:
+        lines.append(f"missing from the checkpoint: {_short(result.missing_keys)}")
+    if result.unexpected_keys:
+        lines.append(f"not used by the model: {_short(result.unexpected_keys)}")
+    if lines:
+        raise CheckpointError(f"{what}:\n  " + "\n  ".join(lines))
+
+
+def tensor_problem(key: str, orig: str, v: torch.Tensor, target: torch.Tensor) -> Optional[str]:
+    """Why the checkpoint's tensor ``orig`` (the model's ``key``) cannot be copied into ``target`` -- its
+    shape, then its dtype kind, finiteness and range -- as one line naming both keys; ``None`` if it can."""
+    if tuple(v.shape) != tuple(target.shape):
+        return f"{key} (from {orig!r}): checkpoint shape {tuple(v.shape)}, model {tuple(target.shape)}"
+    problem = _value_problem(v, target)
+    return f"{key} (from {orig!r}): {problem}" if problem else None
 
 
 def _value_problem(v: torch.Tensor, target: torch.Tensor) -> Optional[str]:

@@ -10,7 +10,10 @@ as :func:`~swin_ext.load_pretrained`).  timm's ``SwinTransformerV2`` and
 transformers' ``Swinv2ForImageClassification`` / ``Swinv2Model`` become a
 :class:`~swin_ext.SwinTransformerV2` (with their pretrained window sizes).
 The copy has the source's mode (train / eval), dtype and device; dropout and
-drop-path rates are not copied (the copy has none).  A source the copy
+drop-path rates are not copied (the copy has none).  transformers'
+``UperNetForSemanticSegmentation`` over a ``SwinBackbone`` / ``Swinv2Backbone``
+becomes a :class:`swin_ext.segmentation.UperNet` (its backbone through
+:func:`transformers_backbone`).  A source the copy
 cannot reproduce -- another model family, torchvision's Swin V2, an option
 swin_ext does not implement -- raises :class:`ConversionError` naming it;
 docs/converters.md lists every option of the three libraries' constructors.
@@ -19,7 +22,8 @@ docs/converters.md lists every option of the three libraries' constructors.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+import re
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
 
@@ -27,7 +31,8 @@ from ..models import SwinTransformer, SwinTransformerV2
 from .checkpoint import load_pretrained
 from .layouts import convert_state_dict
 
-__all__ = ["from_timm", "from_torchvision", "from_transformers", "ConversionError"]
+__all__ = ["from_timm", "from_torchvision", "from_transformers", "transformers_backbone", "ConversionError",
+           "copy_norm_eps"]
 
 
 class ConversionError(ValueError):
@@ -209,10 +214,13 @@ def _timm_common(model: nn.Module, what: str) -> Tuple[Dict[str, Any], list]:
     return cfg, windows
 
 
+def _timm_always_partition(model: nn.Module) -> bool:
+    return any(getattr(b, "always_partition", False) for layer in model.layers for b in layer.blocks)
+
+
 def _timm_hint(model: nn.Module) -> str:
-    if any(getattr(b, "always_partition", False) for layer in model.layers for b in layer.blocks):
-        return "always_partition=True is not supported"
-    return ""
+    """V2: swin_ext's Swin V2 shrinks the window to a map no larger than it and does not shift there."""
+    return "always_partition=True is not supported for Swin V2" if _timm_always_partition(model) else ""
 
 
 def _from_timm_v2(model: nn.Module, what: str) -> SwinTransformerV2:
@@ -231,7 +239,9 @@ def from_timm(model: nn.Module):
     ``SwinTransformerV2`` (``swinv2_*``; a :class:`~swin_ext.SwinTransformerV2`).
 
     timm's per-stage windows (its shrink of a window to a smaller stage map)
-    become the copy's; what the copy cannot reproduce raises
+    become the copy's, and its ``always_partition`` (V1) the copy's (timm
+    shifts before padding: reproduced where no shifted map needs padding);
+    what the copy cannot reproduce raises
     :class:`ConversionError` naming the option (docs/converters.md).
     """
     what = f"from_timm({type(model).__name__})"
@@ -247,7 +257,8 @@ def from_timm(model: nn.Module):
         )
     cfg, windows = _timm_common(model, what)
     cfg["qkv_bias"] = _first(list(model.layers[0].blocks), what).attn.qkv.bias is not None
-    return _build(cfg, model, model.state_dict(), what, SwinTransformer, windows, True, _timm_hint(model))
+    cfg["always_partition"] = _timm_always_partition(model)
+    return _build(cfg, model, model.state_dict(), what, SwinTransformer, windows, True)
 
 
 # ----------------------------------------------------------------------------- torchvision
@@ -316,13 +327,15 @@ def from_torchvision(model: nn.Module) -> SwinTransformer:
 # ----------------------------------------------------------------------------- transformers
 
 
-def _hf_windows(c, model: nn.Module, v2: bool, what: str):
+def _hf_windows(c, model: nn.Module, v2: bool, what: str, always_partition: bool = False):
     """transformers' window and shift per block at ``config.image_size``.
 
     Swin (V1) decides at run time: a stage whose shorter side is no longer
     than the window uses a window of that side and no shift (and fails for a
-    side shorter than the window: its position bias is the full window's).
-    Swin V2 decides at construction, per stage, from the H side.
+    side shorter than the window: its position bias is the full window's);
+    ``always_partition`` (how ``SwinBackbone`` runs its encoder): every map
+    keeps the window and the shift, padded to the window.  Swin V2 decides at
+    construction, per stage, from the H side.
     """
     if v2:
         enc = getattr(model, "swinv2", model).encoder
@@ -335,39 +348,26 @@ def _hf_windows(c, model: nn.Module, v2: bool, what: str):
     ws = int(c.window_size)
     out = []
     for i, depth in enumerate(c.depths):
-        if min(res) < ws:
+        if always_partition:
+            shift = ws // 2
+        elif min(res) < ws:
             raise ConversionError(
                 f"{what}: stage {i}'s {res[0]} x {res[1]} map at image_size {c.image_size} is smaller than window_size "
                 f"{ws}: transformers' Swin fails to run there (it shrinks the window but not its position bias); "
                 "nothing to reproduce"
             )
-        shift = 0 if min(res) <= ws else ws // 2
+        else:
+            shift = 0 if min(res) <= ws else ws // 2
         out.append([((ws, ws), (shift * (j % 2),) * 2, res) for j in range(depth)])
         res = tuple(-(-r // 2) for r in res)
     return out
 
 
-def from_transformers(model: nn.Module):
-    """A swin_ext copy of a transformers ``SwinForImageClassification`` or ``SwinModel``, or of a
-    ``Swinv2ForImageClassification`` or ``Swinv2Model`` (a :class:`~swin_ext.SwinTransformerV2`).
-
-    The copy equals the source at ``config.image_size``; what it cannot
-    reproduce raises :class:`ConversionError` naming the option (docs/converters.md).
-    """
-    what = f"from_transformers({type(model).__name__})"
-    cfg_src = getattr(model, "config", None)
-    mtype = getattr(cfg_src, "model_type", None)
-    if mtype not in ("swin", "swinv2"):
-        raise ConversionError(
-            f"{what}: expects a transformers Swin or Swin V2 model (config.model_type 'swin' "
-            f"or 'swinv2'), got {mtype!r}"
-        )
-    v2 = mtype == "swinv2"
-    name = type(model).__name__
-    supported = ("Swinv2ForImageClassification", "Swinv2Model") if v2 else ("SwinForImageClassification", "SwinModel")
-    if name not in supported:
-        raise ConversionError(f"{what}: supported are {' and '.join(supported)}, got {name}")
-    c = cfg_src
+def _transformers_config(model: nn.Module, v2: bool, what: str, num_classes: int = 0,
+                         always_partition: bool = False):
+    """``(constructor keywords, per-block windows)`` of the swin_ext copy of a transformers Swin / Swin V2
+    model (its ``config``); refusals naming the option."""
+    c = model.config
     if getattr(c, "use_absolute_embeddings", False):
         raise ConversionError(f"{what}: absolute position embeddings (use_absolute_embeddings=True) are not supported")
     if c.hidden_act != "gelu":
@@ -375,9 +375,7 @@ def from_transformers(model: nn.Module):
             f"{what}: hidden_act={c.hidden_act!r} is not supported: swin_ext's MLP is the exact "
             "GELU (hidden_act='gelu')"
         )
-    num_classes = getattr(model, "classifier", None)
-    num_classes = num_classes.out_features if isinstance(num_classes, nn.Linear) else 0
-    windows = _hf_windows(c, model, v2, what)
+    windows = _hf_windows(c, model, v2, what, always_partition)
     cfg = dict(
         img_size=_pair(c.image_size),
         patch_size=_square(c.patch_size, what, "patches"),
@@ -390,13 +388,72 @@ def from_transformers(model: nn.Module):
         mlp_ratio=c.mlp_ratio,
         qkv_bias=c.qkv_bias,
     )
-    if not v2:
-        return _build(cfg, model, model.state_dict(), what, SwinTransformer, windows)
-    # transformers reads pretrained_window_sizes[i] for stage i: the config's default has 4 entries
-    pws = list(c.pretrained_window_sizes or [0] * len(c.depths))
-    if len(pws) < len(c.depths):
+    if always_partition:
+        cfg["always_partition"] = True
+    if v2:
+        # transformers reads pretrained_window_sizes[i] for stage i: the config's default has 4 entries
+        pws = list(c.pretrained_window_sizes or [0] * len(c.depths))
+        if len(pws) < len(c.depths):
+            raise ConversionError(
+                f"{what}: pretrained_window_sizes {pws} has fewer entries than the {len(c.depths)} stages"
+            )
+        cfg["pretrained_window_sizes"] = pws[: len(c.depths)]
+    return cfg, windows
+
+
+def from_transformers(model: nn.Module):
+    """A swin_ext copy of a transformers ``SwinForImageClassification`` or ``SwinModel``, of a
+    ``Swinv2ForImageClassification`` or ``Swinv2Model`` (a :class:`~swin_ext.SwinTransformerV2`), or of an
+    ``UperNetForSemanticSegmentation`` over a ``SwinBackbone`` / ``Swinv2Backbone`` (a
+    :class:`swin_ext.segmentation.UperNet`: :func:`swin_ext.segmentation.from_transformers_upernet`).
+
+    The copy equals the source at ``config.image_size``; what it cannot
+    reproduce raises :class:`ConversionError` naming the option (docs/converters.md).
+    """
+    what = f"from_transformers({type(model).__name__})"
+    cfg_src = getattr(model, "config", None)
+    mtype = getattr(cfg_src, "model_type", None)
+    if mtype == "upernet":
+        from ..segmentation import from_transformers_upernet  # the segmentation package builds on this one
+
+        return from_transformers_upernet(model)
+    if mtype not in ("swin", "swinv2"):
         raise ConversionError(
-            f"{what}: pretrained_window_sizes {pws} has fewer entries than the {len(c.depths)} stages"
+            f"{what}: expects a transformers Swin or Swin V2 model (config.model_type 'swin' "
+            f"or 'swinv2') or a UperNet over one, got {mtype!r}"
         )
-    cfg["pretrained_window_sizes"] = pws[: len(c.depths)]
-    return _build(cfg, model, model.state_dict(), what, SwinTransformerV2, windows)
+    v2 = mtype == "swinv2"
+    name = type(model).__name__
+    supported = ("Swinv2ForImageClassification", "Swinv2Model") if v2 else ("SwinForImageClassification", "SwinModel")
+    if name not in supported:
+        raise ConversionError(f"{what}: supported are {' and '.join(supported)}, got {name}")
+    num_classes = getattr(model, "classifier", None)
+    num_classes = num_classes.out_features if isinstance(num_classes, nn.Linear) else 0
+    cfg, windows = _transformers_config(model, v2, what, num_classes)
+    return _build(cfg, model, model.state_dict(), what, SwinTransformerV2 if v2 else SwinTransformer, windows)
+
+
+def transformers_backbone(backbone: nn.Module, what: str = "") -> Union[SwinTransformer, SwinTransformerV2]:
+    """A ``features_only`` swin_ext copy of a transformers ``SwinBackbone`` or ``Swinv2Backbone``.
+
+    ``out_indices`` are its ``out_features`` (``stageN`` is stage ``N - 1``).
+    ``SwinBackbone`` runs its encoder with ``always_partition=True`` (every
+    map padded to the window and shifted), and so does the copy; its
+    ``hidden_states_norms`` become the copy's ``norm{i}``.
+    ``Swinv2Backbone`` fixes its windows per stage at ``config.image_size``
+    (the copy's ``window_size`` per stage) and has no output norms: the
+    copy's keep their initialisation
+    (:func:`swin_ext.segmentation.without_output_norms` removes them).
+    ``what`` names the source in errors.
+    """
+    name = type(backbone).__name__
+    what = what or f"transformers_backbone({name})"
+    if name not in ("SwinBackbone", "Swinv2Backbone"):
+        raise ConversionError(f"{what}: expects a transformers SwinBackbone or Swinv2Backbone, got {name}")
+    stages = list(backbone.out_features)
+    if not stages or any(not re.fullmatch(r"stage\d+", s) for s in stages):
+        raise ConversionError(f"{what}: out_features {stages} are not supported (the stem is not a Swin stage)")
+    v2 = name == "Swinv2Backbone"
+    cfg, windows = _transformers_config(backbone, v2, what, always_partition=not v2)
+    cfg.update(features_only=True, out_indices=[int(s[len("stage"):]) - 1 for s in stages])
+    return _build(cfg, backbone, backbone.state_dict(), what, SwinTransformerV2 if v2 else SwinTransformer, windows)

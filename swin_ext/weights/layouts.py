@@ -21,15 +21,23 @@ transformers   ``[swin.]embeddings.patch_embeddings.projection``; attention
                as ``attention.{q,k,v,o}_proj`` + ``mlp.fc1/fc2`` (current
                transformers); ``classifier`` head,
                ``hidden_states_norms.stageN`` (``SwinBackbone``)
+openmmlab      ``patch_embed.projection``, ``stages.i.blocks.j.attn.w_msa``,
+               ``ffn.layers.0.0`` / ``ffn.layers.1`` (mmseg's, mmdet's and
+               mmpretrain's ``SwinTransformer``, optionally under
+               ``backbone.``); its patch merging gathers the 2x2
+               neighbourhood with ``nn.Unfold`` (channel-major), so the
+               merging's norm and reduction are permuted to the official
+               quadrant order (the inverse of mmseg's ``swin2mmseg.py``)
 =============  ===========================================================
 
 Swin V2 keys (``logit_scale`` / ``cpb_mlp`` / ``continuous_position_bias_mlp``,
 :func:`checkpoint_version`) convert to the official V2 keys (transformers'
 ``query.bias`` / ``value.bias`` become ``q_bias`` / ``v_bias``).
 
-OUT of the official layout, :func:`to_timm` and :func:`to_torchvision` give
-the keys of timm's and torchvision's Swin V1 (the benchmarks load the same
-weights into every implementation with them).
+OUT of the official layout, :func:`to_timm`, :func:`to_torchvision` and
+:func:`to_openmmlab` give the keys of timm's, torchvision's and OpenMMLab's
+Swin V1 (the benchmarks load the same weights into every implementation with
+them; :func:`swin_ext.segmentation.to_mmseg_state_dict` writes mmseg's).
 
 Pure key and tensor bookkeeping: nothing here reads files or touches a model
 (:mod:`.checkpoint` does).
@@ -37,14 +45,14 @@ Pure key and tensor bookkeeping: nothing here reads files or touches a model
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 __all__ = ["FORMATS", "BUFFER_SUFFIXES", "CheckpointError", "checkpoint_version", "convert_state_dict", "to_timm",
-           "to_torchvision"]
+           "to_torchvision", "to_openmmlab", "v2_checkpoint_windows"]
 
-FORMATS = ("official", "timm", "torchvision", "transformers")
+FORMATS = ("official", "timm", "torchvision", "transformers", "openmmlab")
 
 # Buffers every implementation recomputes; never loaded.
 BUFFER_SUFFIXES = ("relative_position_index", "attn_mask", "relative_coords_table")
@@ -63,6 +71,20 @@ _V2_MARKERS = ("logit_scale", "cpb_mlp", "continuous_position_bias_mlp")
 def checkpoint_version(sd: Mapping[str, Any]) -> int:
     """2 for a Swin V2 state dict (cosine attention / continuous position bias keys), else 1."""
     return 2 if any(m in k for k in sd for m in _V2_MARKERS) else 1
+
+
+def v2_checkpoint_windows(sd: Mapping[str, Any]) -> Optional[List[int]]:
+    """The window of each stage of a Swin V2 state dict, read off its coordinate tables
+    (``relative_coords_table``, ``(1, 2w - 1, 2w - 1, 2)``: the official layout stores them; timm's and
+    transformers' do not), or ``None`` when not every stage has one."""
+    found: Dict[int, int] = {}
+    for k, v in sd.items():
+        m = re.search(r"layers\.(\d+)\.blocks\.0\.(?:attn|attention\.self)\.relative_coords_table$", k)
+        if m and isinstance(v, torch.Tensor) and v.dim() == 4 and v.shape[1] == v.shape[2] and v.shape[1] % 2:
+            found[int(m.group(1))] = (v.shape[1] + 1) // 2
+    if not found or set(found) != set(range(len(found))):
+        return None
+    return [found[i] for i in range(len(found))]
 
 
 class CheckpointError(ValueError):
@@ -195,6 +217,60 @@ def _rename_transformers(k: str) -> Union[None, str, Tuple[str, str, str]]:
     return None
 
 
+# OpenMMLab name -> official name, of a whole key segment sequence (``(^|.)name.``)
+_MM_RENAMES = (("stages", "layers"), ("attn.w_msa", "attn"), ("ffn.layers.0.0", "mlp.fc1"), ("ffn.layers.1", "mlp.fc2"),
+               ("patch_embed.projection", "patch_embed.proj"))
+# The quadrant permutation between nn.Unfold's 2x2 order and the official (x0, x1, x2, x3): its own inverse.
+_UNFOLD_ORDER = [0, 2, 1, 3]
+_MERGE_NORM = re.compile(r"downsample\.norm\.(weight|bias)$")
+
+
+def _is_openmmlab(sd: Mapping[str, Any]) -> bool:
+    return any(k.endswith("patch_embed.projection.weight") for k in sd) and any(".w_msa." in k for k in sd)
+
+
+def _rename_segments(k: str, renames: Sequence[Tuple[str, str]]) -> str:
+    for a, b in renames:
+        k = re.sub(r"(^|\.)" + re.escape(a) + r"\.", r"\g<1>" + b + ".", k, count=1)
+    return k
+
+
+def _unfold_to_official(k: str, v: torch.Tensor) -> torch.Tensor:
+    """A merging ``reduction.weight (2C, 4C)`` / ``norm.{weight,bias} (4C,)`` from nn.Unfold's channel-major
+    order ``c * 4 + q`` to the official quadrant-major ``q * C + c``; other tensors as they are."""
+    if k.endswith("downsample.reduction.weight") and v.dim() == 2 and v.shape[1] % 4 == 0:
+        o, c4 = v.shape
+        return v.reshape(o, c4 // 4, 4)[:, :, _UNFOLD_ORDER].transpose(1, 2).reshape(o, c4)
+    if _MERGE_NORM.search(k) and v.dim() == 1 and v.shape[0] % 4 == 0:
+        return v.reshape(v.shape[0] // 4, 4)[:, _UNFOLD_ORDER].transpose(0, 1).reshape(-1)
+    return v
+
+
+def _official_to_unfold(k: str, v: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`_unfold_to_official` (mmseg's ``correct_unfold_*_order``)."""
+    if k.endswith("downsample.reduction.weight") and v.dim() == 2 and v.shape[1] % 4 == 0:
+        o, c4 = v.shape
+        return v.reshape(o, 4, c4 // 4)[:, _UNFOLD_ORDER, :].transpose(1, 2).reshape(o, c4)
+    if _MERGE_NORM.search(k) and v.dim() == 1 and v.shape[0] % 4 == 0:
+        return v.reshape(4, v.shape[0] // 4)[_UNFOLD_ORDER, :].transpose(0, 1).reshape(-1)
+    return v
+
+
+def _convert_openmmlab(sd: Mapping[str, torch.Tensor]):
+    """:func:`convert_state_dict` of an OpenMMLab Swin: renamed to the official keys, converted, and reported
+    under the checkpoint's own key names."""
+    renamed: Dict[str, torch.Tensor] = {}
+    names: Dict[str, str] = {}  # official key -> the checkpoint's
+    for k, v in sd.items():
+        new = _rename_segments(k, _MM_RENAMES)
+        if new in renamed:
+            raise CheckpointError(f"checkpoint keys {names[new]!r} and {k!r} both map to {new!r}")
+        renamed[new], names[new] = _unfold_to_official(new, v), k
+    _, out, unexpected, ignored = convert_state_dict(renamed)
+    return ("openmmlab", {k: (names.get(o, o), v) for k, (o, v) in out.items()},
+            [names.get(k, k) for k in unexpected], {names.get(k, k): why for k, why in ignored.items()})
+
+
 def convert_state_dict(
     sd: Mapping[str, torch.Tensor],
 ) -> Tuple[str, Dict[str, Tuple[str, torch.Tensor]], List[str], Dict[str, str]]:
@@ -205,6 +281,8 @@ def convert_state_dict(
     that belong to no Swin layout; ``ignored`` the keys dropped on purpose.
     Swin V2 (:func:`checkpoint_version`) converts to the official V2 keys.
     """
+    if _is_openmmlab(sd):
+        return _convert_openmmlab(sd)
     v2 = checkpoint_version(sd) == 2
     fmt, prefix = _find_layout(sd)
     keyed, ignored = _split_prefix(sd, prefix, fmt)
@@ -286,4 +364,16 @@ def to_torchvision(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
             out[f"features.{2 * int(m.group(1)) + 2}.{m.group(2)}"] = v
             continue
         out[k] = v  # norm.*, head.*
+    return out
+
+
+def to_openmmlab(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Official (swin_ext) V1 keys -> OpenMMLab's ``SwinTransformer`` (mmseg / mmdet / mmpretrain):
+    ``stages.i``, ``attn.w_msa``, ``ffn.layers.0.0`` / ``ffn.layers.1``, ``patch_embed.projection``, the
+    merging's norm and reduction in ``nn.Unfold``'s channel order.  Any key prefix (``backbone.``) is kept."""
+    back = [(b, a) for a, b in _MM_RENAMES]
+    out = {}
+    for k, v in sd.items():
+        k2 = _rename_segments(k, back)
+        out[k2] = _official_to_unfold(k2, v)
     return out
