@@ -66,6 +66,14 @@ unavailable.  CPU numbers include allocator caching and are approximate.
 
 Writes ``benchmarks/results/bench_model_<model>_<device>_<date>.md`` (``<device>``: ``cpu-<threads>t``, or the GPU
 name on CUDA) and a ``.png`` chart; ``--no-save`` prints only.
+
+For a lent GPU with a time budget (benchmarks/gpu_check.sh): ``--md-out``
+appends each case's rows to a file as soon as the case is timed (a kill
+loses nothing done), ``--deadline`` (unix time) skips cases that would start
+after it and compiled implementations when less than ``--compile-min-s`` is
+left, ``--agreement eager`` leaves compiled models out of the fp32 logits
+check (which would compile them once more, in eval mode).  ``--quick`` is a
+dry run (batch 2, one warm-up, 2 rounds) to prove the script on a CPU.
 """
 from __future__ import annotations
 
@@ -258,12 +266,16 @@ def build_seg_models(impls: List[str], device: torch.device, seed: int = 0,
 
 
 @torch.no_grad()
-def agreement(models: Dict[str, nn.Module], device: torch.device, img: int = 224, batch: int = 2) -> Dict[str, float]:
-    """Max |logit difference| to the first model, fp32, eval, batch 2."""
+def agreement(models: Dict[str, nn.Module], device: torch.device, img: int = 224, batch: int = 2,
+              skip: Tuple[str, ...] = ()) -> Dict[str, float]:
+    """Max |logit difference| to the first model, fp32, eval, ``batch`` images (models named in ``skip``
+    left out)."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, img, img, generator=g).to(device)
     outs = {}
     for name, m in models.items():
+        if name in skip:
+            continue
         m.eval()
         out = m(x)
         outs[name] = getattr(out, "logits", out).float()  # transformers' UperNet returns an output object
@@ -450,6 +462,22 @@ def plot(results, impls, path: str, title: str) -> Optional[str]:
     return path
 
 
+def _case_rows(mode: str, dt: str, b: int, res: Dict[str, Dict[str, float]], impls: List[str],
+               baselines: List[str]) -> List[str]:
+    rows = []
+    for name in impls:
+        if name not in res:
+            rows.append(f"| {mode} | {dt} | {b} | {name} | failed or skipped | | |" + " |" * len(baselines))
+            continue
+        r = res[name]
+        mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+        vs = [f"{r['img_s'] / res[t]['img_s']:.2f}x" if t in res else "-" for t in baselines]
+        ips = f"{r['img_s']:.1f}" if r["img_s"] >= 10 else f"{r['img_s']:.3f}"  # 512-px segmentation: < 1 img/s
+        rows.append(f"| {mode} | {dt} | {b} | {name} | {ips} | {1e3 * r['median_s']:.1f} "
+                    f"({1e3 * r['p20_s']:.1f}–{1e3 * r['p80_s']:.1f}) | {mem} | " + " | ".join(vs) + " |")
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -476,7 +504,19 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     ap.add_argument("--out-dir", default=RESULTS)
     ap.add_argument("--no-save", action="store_true", help="print only")
+    ap.add_argument("--md-out", default=None, help="append each case's rows to this markdown file as it finishes")
+    ap.add_argument("--deadline", type=float, default=None, help="unix time: no case starts after it")
+    ap.add_argument("--compile-min-s", type=float, default=120.0,
+                    help="with --deadline: compiled implementations only while this much time is left")
+    ap.add_argument("--agreement", default="all", choices=["all", "eager", "none"],
+                    help="fp32 logits check of every model, of the uncompiled ones, or none")
+    ap.add_argument("--quick", action="store_true", help="dry run: batch 2, 1 warm-up, 2 rounds")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.infer_batches = args.infer_batches or [2]
+        args.train_batches = args.train_batches or [2]
+        args.warmup = 1 if args.warmup is None else args.warmup
+        args.repeats = args.repeats or 2
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -516,6 +556,13 @@ def main(argv=None) -> int:
     for line in header:
         print(line, flush=True)
 
+    md = open(args.md_out, "a") if args.md_out else None
+
+    def md_write(lines: List[str]) -> None:
+        if md:
+            md.write("\n".join(lines) + "\n")
+            md.flush()
+
     if seg:
         models, notes = build_seg_models(args.impls, device, model=args.model)
         img = SEG_MODELS[args.model][0]
@@ -526,46 +573,54 @@ def main(argv=None) -> int:
     print("Implementations:")
     for name in args.impls:
         print(f"* `{name}`: {notes.get(name, '')}")
-    diffs = agreement(models, device, img, batch=1 if seg else 2)
-    print(
-        "\nSame weights, fp32 eval logits, max |diff| vs "
-        + impls[0]
-        + ": "
-        + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()),
-        flush=True,
-    )
-
-    results: Dict[Tuple[str, str, int], Dict[str, Dict[str, float]]] = {}
-    compile_s: Dict[str, float] = {}
-    for mode in args.modes:
-        for dt in dtypes:
-            for b in batches[mode]:
-                print(f"\n... {mode} {dt} batch {b}", flush=True)
-                results[(mode, dt, b)] = bench_case(
-                    models, mode, b, getattr(torch, dt), device, warmup, repeats, compile_s, img
-                )
+    md_write([f"`{cmd}`", "", f"{devname}, torch {torch.__version__}, warm-up {warmup}, {repeats} interleaved rounds, "
+              "median.", ""] + [f"* `{n}`: {notes.get(n, '')}" for n in args.impls] + [""])
+    skip = () if args.agreement == "all" else tuple(impls) if args.agreement == "none" else COMPILED
+    diffs = agreement(models, device, img, batch=1 if seg else 2, skip=skip)
+    line = ("Same weights, fp32 eval logits, max |diff| vs " + impls[0] + ": "
+            + (", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) or "not checked")
+            + (f" (not checked: {', '.join(n for n in impls if n in skip)})" if any(n in skip for n in impls) else ""))
+    print("\n" + line, flush=True)
+    md_write([line, ""])
 
     baselines = [t for t in BASELINES if t in impls]
     mem_head = "peak alloc MiB" if cuda else "peak RSS Δ MiB"
-    table = [
-        f"| mode | dtype | batch | implementation | img/s | ms / iter (p20–p80) | {mem_head} | "
-        + " | ".join(f"vs {t}" for t in baselines)
-        + " |",
-        "|---|---|---:|---|---:|---:|---:|" + "---:|" * len(baselines),
-    ]
+    head = [f"| mode | dtype | batch | implementation | img/s | ms / iter (p20–p80) | {mem_head} | "
+            + " | ".join(f"vs {t}" for t in baselines) + " |",
+            "|---|---|---:|---|---:|---:|---:|" + "---:|" * len(baselines)]
+    md_write(head)
+
+    results: Dict[Tuple[str, str, int], Dict[str, Dict[str, float]]] = {}
+    compile_s: Dict[str, float] = {}
+    left_out: List[str] = []
+    for mode in args.modes:
+        for dt in dtypes:
+            for b in batches[mode]:
+                case_models = dict(models)
+                if args.deadline is not None:
+                    left = args.deadline - time.time()
+                    if left < 10:
+                        left_out.append(f"{mode} {dt} b{b}: skipped ({left:.0f} s left of the budget)")
+                        md_write([f"| {mode} | {dt} | {b} | (skipped: {left:.0f} s left of the budget) |"])
+                        continue
+                    if left < args.compile_min_s:
+                        for n in COMPILED:
+                            if case_models.pop(n, None) is not None:
+                                left_out.append(f"{n} {mode} {dt} b{b}: skipped ({left:.0f} s left, "
+                                                f"{args.compile_min_s:.0f} s needed to compile)")
+                print(f"\n... {mode} {dt} batch {b}", flush=True)
+                res = bench_case(case_models, mode, b, getattr(torch, dt), device, warmup, repeats, compile_s, img)
+                results[(mode, dt, b)] = res
+                md_write(_case_rows(mode, dt, b, res, impls, baselines)
+                         + [f"| | | | compile (first call, not timed): {k} {v:.0f} s |" for k, v in compile_s.items()
+                            if k.startswith(tuple(case_models)) and f" {mode} {dt} b{b}" in k])
+    md_write([""] + [f"* {x}" for x in left_out] + [""])
+    if md:
+        md.close()
+
+    table = head[:]
     for (mode, dt, b), res in results.items():
-        for name in impls:
-            if name not in res:
-                table.append(f"| {mode} | {dt} | {b} | {name} | failed | | |" + " |" * len(baselines))
-                continue
-            r = res[name]
-            mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
-            vs = [f"{r['img_s'] / res[t]['img_s']:.2f}x" if t in res else "-" for t in baselines]
-            ips = f"{r['img_s']:.1f}" if r["img_s"] >= 10 else f"{r['img_s']:.3f}"  # 512-px segmentation: < 1 img/s
-            table.append(
-                f"| {mode} | {dt} | {b} | {name} | {ips} | {1e3 * r['median_s']:.1f} "
-                f"({1e3 * r['p20_s']:.1f}–{1e3 * r['p80_s']:.1f}) | {mem} | " + " | ".join(vs) + " |"
-            )
+        table += _case_rows(mode, dt, b, res, impls, baselines)
 
     summary = []
     if "swin_ext-fused" in impls and baselines:
@@ -650,34 +705,23 @@ def main(argv=None) -> int:
             "transformers' forward also computes its auxiliary head's logits (it always does); swin_ext's inference "
             "does not. Peak memory as for the classification rows (VmHWM − VmRSS on the CPU)."]
     print()
-    for line in table + [""] + summary + notes_md:
-        print(line)
+    for text in table + [""] + summary + notes_md:
+        print(text)
+    if args.md_out:
+        with open(args.md_out, "a") as f:
+            f.write("\n".join(summary + notes_md) + "\n\n")
 
     if not args.no_save:
         os.makedirs(args.out_dir, exist_ok=True)
         stem = os.path.join(args.out_dir, f"bench_model_{args.model}_{device_tag(device)}_{date}")
-        png = plot(results, impls, stem + ".png", f"{args.model} {img} img/s — {devname} — {date}")
-        md = (
-            header
-            + ["Implementations:", ""]
-            + [f"* `{n}`: {notes.get(n, '')}" for n in args.impls]
-            + [
-                "",
-                "Same weights, fp32 eval logits, max |diff| vs "
-                + impls[0]
-                + ": "
-                + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()),
-                "",
-            ]
-            + table
-            + [""]
-            + summary
-            + notes_md
-        )
+        png = plot(results, impls, stem + ".png",
+                   f"{args.model} {img} img/s — {devname} — {date}")
+        md_lines = header + ["Implementations:", ""] + [f"* `{n}`: {notes.get(n, '')}" for n in args.impls] + [
+            "", line, ""] + table + [""] + summary + notes_md
         if png:
-            md += ["", f"![chart]({os.path.basename(png)})"]
+            md_lines += ["", f"![chart]({os.path.basename(png)})"]
         with open(stem + ".md", "w") as f:
-            f.write("\n".join(md) + "\n")
+            f.write("\n".join(md_lines) + "\n")
         print(f"\nwrote {stem}.md" + (f" and {png}" if png else ""))
     return 0
 

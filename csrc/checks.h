@@ -276,8 +276,10 @@ inline void check_attention_bwd_args(const at::Tensor& grad_out, const at::Tenso
               "window_attention_bwd: the bias-gradient partials windows * heads * N * N");
 }
 
-inline void check_merging_args(const at::Tensor& x, const at::Tensor& weight,
-                               const at::Tensor& bias) {
+// Validates the arguments of patch_merging_fwd (branch and y_dtype optional).
+inline void check_merging_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                               const std::optional<at::Tensor>& branch = std::nullopt,
+                               const std::optional<at::ScalarType>& y_dtype = std::nullopt) {
   TORCH_CHECK(x.dim() == 4, "swin_ext.patch_merging: x must be (B, H, W, C), got ", x.dim(),
               " dims");
   check_float(x, "x");
@@ -296,6 +298,13 @@ inline void check_merging_args(const at::Tensor& x, const at::Tensor& weight,
               x.scalar_type(), ", got ", weight.scalar_type(), " and ", bias.scalar_type());
   check_same_device(x, weight, "x", "weight");
   check_same_device(x, bias, "x", "bias");
+  if (branch.has_value()) {
+    check_float(*branch, "branch");
+    TORCH_CHECK(branch->sizes() == x.sizes(), "swin_ext.patch_merging: branch must have the shape of x ",
+                x.sizes(), ", got ", branch->sizes());
+    check_same_device(x, *branch, "x", "branch");
+  }
+  check_float_dtype(y_dtype, "swin_ext.patch_merging", "y_dtype");
   // Output elements B * ceil(H/2) * ceil(W/2) * 4C, checked for overflow.
   checked_mul(checked_mul(checked_mul(x.size(0), checked_ceil_div(x.size(1), 2),
                                       "patch_merging: B * H2"),
@@ -303,10 +312,13 @@ inline void check_merging_args(const at::Tensor& x, const at::Tensor& weight,
               C4, "patch_merging: the output size B * H2 * W2 * 4C");
 }
 
-// Validates the extra arguments of the patch-merging backward.
+// Validates the extra arguments of the patch-merging backward (x, weight,
+// branch already checked by check_merging_args): grad_out in any of the four
+// floating dtypes (y's), mean/rstd in the accumulation dtype.
 inline void check_merging_bwd_args(const at::Tensor& grad_out, const at::Tensor& x,
-                                   const at::Tensor& mean, const at::Tensor& rstd) {
-  check_strided(grad_out, "grad_out");
+                                   const at::Tensor& mean, const at::Tensor& rstd,
+                                   const std::optional<at::ScalarType>& branch_dtype = std::nullopt) {
+  check_float(grad_out, "grad_out");
   check_strided(mean, "mean");
   check_strided(rstd, "rstd");
   const int64_t B = x.size(0), H2 = checked_ceil_div(x.size(1), 2),
@@ -316,9 +328,6 @@ inline void check_merging_bwd_args(const at::Tensor& grad_out, const at::Tensor&
                   grad_out.size(2) == W2 && grad_out.size(3) == C4,
               "swin_ext.patch_merging_bwd: grad_out must be (", B, ", ", H2, ", ", W2, ", ", C4,
               "), got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(),
-              "swin_ext.patch_merging_bwd: grad_out dtype ", grad_out.scalar_type(),
-              " differs from x dtype ", x.scalar_type());
   const auto acc = acc_type_of(x.scalar_type());
   for (const at::Tensor* t : {&mean, &rstd}) {
     TORCH_CHECK(t->dim() == 3 && t->size(0) == B && t->size(1) == H2 && t->size(2) == W2 &&
@@ -326,6 +335,7 @@ inline void check_merging_bwd_args(const at::Tensor& grad_out, const at::Tensor&
                 "swin_ext.patch_merging_bwd: mean/rstd must be ", acc, " (", B, ", ", H2, ", ",
                 W2, "), got ", t->scalar_type(), " ", t->sizes());
   }
+  check_float_dtype(branch_dtype, "swin_ext.patch_merging_bwd", "branch_dtype");
   check_same_device(x, grad_out, "x", "grad_out");
   check_same_device(x, mean, "x", "mean");
   check_same_device(x, rstd, "x", "rstd");

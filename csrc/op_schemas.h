@@ -36,16 +36,30 @@ constexpr const char* kWindowAttentionV2Fwd =
 constexpr const char* kWindowAttentionV2Bwd =
     "window_attention_v2_bwd(Tensor grad_out, Tensor qkv, Tensor bias, Tensor? qkv_pad, Tensor head_scale, "
     "Tensor lse, int window_size, int shift_h, int shift_w) -> (Tensor, Tensor, Tensor, Tensor)";
-// Patch merging (2x2 gather, zero padding of odd sizes) fused with LayerNorm(4C).
-//   x (B, H, W, C), weight/bias (4C,) in the accumulation dtype
-// returns y (B, ceil(H/2), ceil(W/2), 4C), mean and rstd (B, H2, W2) in the
-// accumulation dtype.
+// Patch merging (2x2 gather, zero padding of odd sizes) fused with the
+// stage's pending residual add and LayerNorm(4C).
+//   x (B, H, W, C)      the residual stream (float32/float64/float16/bfloat16)
+//   weight/bias (4C,)   in the accumulation dtype of x
+//   branch (B, H, W, C) or None: the branch added to x first (any of the four
+//                       dtypes; under autocast the bf16/fp16 output of the
+//                       stage's last Linear), as add_layernorm_fwd accepts it:
+//                       h = x + branch summed in float32 (float64 if either
+//                       is float64) and rounded to x's dtype; None: h = x
+//   y_dtype             dtype of y (None: x's dtype; under autocast the
+//                       autocast dtype, so the reduction Linear needs no cast)
+// returns y = LayerNorm(gather(h)) (B, ceil(H/2), ceil(W/2), 4C) in y_dtype,
+// mean and rstd (B, H2, W2) in the accumulation dtype.  h is not stored.
 constexpr const char* kPatchMergingFwd =
-    "patch_merging_fwd(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor)";
-// returns dx (B, H, W, C), dweight (4C,), dbias (4C,)
+    "patch_merging_fwd(Tensor x, Tensor weight, Tensor bias, float eps, Tensor? branch=None, "
+    "ScalarType? y_dtype=None) -> (Tensor, Tensor, Tensor)";
+// grad_out (y's dtype); x and branch as given to the forward (h is recomputed
+// from them); returns dx (B, H, W, C) in x's dtype, dbranch = the same values
+// in branch_dtype (an empty (0,) tensor when branch_dtype is None: the caller
+// reuses dx, as add_layernorm_bwd does), and dweight, dbias (4C,) in the
+// accumulation dtype, bitwise deterministic.
 constexpr const char* kPatchMergingBwd =
-    "patch_merging_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor mean, Tensor rstd) "
-    "-> (Tensor, Tensor, Tensor)";
+    "patch_merging_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor mean, Tensor rstd, "
+    "Tensor? branch=None, ScalarType? branch_dtype=None) -> (Tensor, Tensor, Tensor, Tensor)";
 
 // Residual add fused with LayerNorm over the last dim.
 //   x, branch (..., C)   the residual stream and the branch added to it; each

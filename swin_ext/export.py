@@ -12,8 +12,9 @@ TensorRT's ONNX parser:
   an appended ``qkv_pad`` row), the heads a ``Reshape`` + ``Transpose``,
   then ``MatMul`` / ``Add`` (the bias; the shift mask as a constant) /
   ``Softmax`` / ``MatMul``, and the inverse ``Gather`` back to the map;
-* ``patch_merging_fwd``: the 2x2 gather as one ``Gather`` (zero rows for odd
-  sizes), ``LayerNormalization``;
+* ``patch_merging_fwd``: the pending residual ``Add`` (when a branch is
+  given), the 2x2 gather as one ``Gather`` (zero rows for odd sizes),
+  ``LayerNormalization``, a ``Cast`` to the output dtype (under autocast);
 * ``add_layernorm_fwd``: ``Add``, ``LayerNormalization``.
 
 The spatial size is fixed at export (the window tables are constants); the
@@ -185,13 +186,27 @@ def _layer_norm_onnx(op, x, weight, bias, eps: float):
     return y, op.Squeeze(mean, axes), op.Squeeze(rstd, axes)
 
 
-def _merging_onnx(x, weight, bias, eps: float = 1e-5):
+def _cast_to(op, v, dtype):
+    """``v`` cast to the torch dtype ``dtype`` (``None``: unchanged)."""
+    if dtype is None:
+        return v
+    import onnx_ir as ir
+    from torch.onnx._internal.exporter import _type_casting  # noqa: F401  (present since torch 2.6)
+
+    to = {torch.float16: ir.DataType.FLOAT16, torch.bfloat16: ir.DataType.BFLOAT16, torch.float32: ir.DataType.FLOAT,
+          torch.float64: ir.DataType.DOUBLE}.get(dtype)
+    return v if to is None else op.Cast(v, to=int(to))
+
+
+def _merging_onnx(x, weight, bias, eps: float = 1e-5, branch=None, y_dtype=None):
     """ONNX of swin_ext::patch_merging_fwd: returns (y, mean, rstd)."""
     from onnxscript import opset18 as op
 
     _, H, W, C = _static_dims(x, "BHWC", "patch_merging")
     H2, W2 = (H + 1) // 2, (W + 1) // 2
     idx = merge_table(H, W)
+    if branch is not None:
+        x = op.Add(x, op.CastLike(branch, x))  # the pending residual add, in x's dtype
     rows = op.Reshape(x, op.Constant(value_ints=[-1, H * W, C]))
     if idx.max() == H * W:
         rows = _rows_with_pad(op, rows, None, C)
@@ -199,7 +214,7 @@ def _merging_onnx(x, weight, bias, eps: float = 1e-5):
         op.Gather(rows, op.Constant(value=_tensor(idx)), axis=1), op.Constant(value_ints=[-1, H2, W2, 4 * C])
     )
     y, mean, rstd = _layer_norm_onnx(op, g, weight, bias, eps)
-    return y, op.CastLike(mean, weight), op.CastLike(rstd, weight)
+    return _cast_to(op, y, y_dtype), op.CastLike(mean, weight), op.CastLike(rstd, weight)
 
 
 def _tensor(a):
@@ -237,19 +252,8 @@ def _add_layernorm_onnx(x, branch, weight, bias, eps: float = 1e-5, y_dtype=None
 
     h = op.Add(x, op.CastLike(branch, x))
     y, mean, rstd = _layer_norm_onnx(op, h, weight, bias, eps)
-    if y_dtype is not None:
-        import onnx_ir as ir
-        from torch.onnx._internal.exporter import _type_casting  # noqa: F401  (present since torch 2.6)
+    return h, _cast_to(op, y, y_dtype), op.CastLike(mean, weight), op.CastLike(rstd, weight)
 
-        to = {
-            torch.float16: ir.DataType.FLOAT16,
-            torch.bfloat16: ir.DataType.BFLOAT16,
-            torch.float32: ir.DataType.FLOAT,
-            torch.float64: ir.DataType.DOUBLE,
-        }.get(y_dtype)
-        if to is not None:
-            y = op.Cast(y, to=int(to))
-    return h, y, op.CastLike(mean, weight), op.CastLike(rstd, weight)
 
 
 def _bias_gelu_onnx(z, bias):

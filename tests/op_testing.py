@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import pytest
 import torch
@@ -335,6 +335,29 @@ def check_attention(case: AttnCase, inp: Dict, got: Dict, dtype: torch.dtype, sc
         assert torch.isfinite(got["lse"]).all()
 
 
+def assert_thread_independent(fn: Callable[[], Tuple[torch.Tensor, ...]]) -> None:
+    """``fn()``'s tensors are bitwise the same at 1, 2 and again 1 threads (fixed-order reductions)."""
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            runs.append(fn())
+    finally:
+        torch.set_num_threads(before)
+    for r in runs[1:]:
+        for a, b in zip(runs[0], r):
+            assert torch.equal(a, b)
+
+
+def _reference_leaf(inp: Dict, dt: Dict, exact: bool) -> Callable[[str], torch.Tensor]:
+    """Input ``k`` rounded to its kernel dtype: in float64 (``exact``) or in that dtype; always a copy
+    (never the caller's tensor: the callers set requires_grad)."""
+    if exact:
+        return lambda k: inp[k].to(dt[k]).to(torch.float64, copy=True)
+    return lambda k: inp[k].to(dt[k], copy=True)
+
+
 # ----------------------------------------------------------------------------- patch merging
 
 
@@ -344,14 +367,27 @@ class MergeCase:
     H: int
     W: int
     C: int
+    branch: Union[None, str, torch.dtype] = None  # the pending branch: None (none), "x" (x's dtype) or its dtype
+    y_dtype: Optional[torch.dtype] = None  # the op's y_dtype argument
 
     @property
     def id(self) -> str:
-        return f"B{self.B}-{self.H}x{self.W}-C{self.C}"
+        b = ""
+        if self.branch is not None:
+            b = "-b" + (self.branch if isinstance(self.branch, str) else str(self.branch).split(".")[-1])
+        y = f"-y{str(self.y_dtype).split('.')[-1]}" if self.y_dtype else ""
+        return f"B{self.B}-{self.H}x{self.W}-C{self.C}" + b + y
 
 
+BF16, HALF = torch.bfloat16, torch.float16
 # Even and odd (zero-padded) sizes, 1-pixel maps, an empty batch, channel
-# counts with and without a 16-byte vector multiple.
+# counts with and without a 16-byte vector multiple; with and without the
+# pending branch, in every dtype mix (x's dtype, the autocast mixes of a
+# bf16 / fp16 branch and output on a float32 stream, a float32 branch onto a
+# low-precision stream); on the CUDA kernels: the streaming kernels (C not a
+# vector multiple, float64), the register kernels with groups of a few lanes,
+# of a warp, and (C = 384) of two and four warps, and several partial blocks
+# of the register backward (B3-9x10-C96).
 MERGE_CASES = [
     MergeCase(2, 8, 8, 16),
     MergeCase(1, 7, 9, 32),
@@ -360,7 +396,23 @@ MERGE_CASES = [
     MergeCase(0, 4, 4, 8),
     MergeCase(3, 6, 5, 3),
     MergeCase(1, 9, 7, 96),
+    MergeCase(0, 4, 4, 8, branch=BF16, y_dtype=BF16),
+    MergeCase(2, 8, 8, 16, branch="x"),
+    MergeCase(1, 7, 9, 32, branch=BF16, y_dtype=BF16),  # autocast bf16: float32 stream + bf16 branch, bf16 y
+    MergeCase(1, 5, 4, 48, branch=HALF, y_dtype=HALF),  # autocast fp16
+    MergeCase(3, 6, 5, 3, branch=BF16),                 # not a vector multiple, bf16 branch
+    MergeCase(2, 1, 3, 8, y_dtype=BF16),                # no branch, bf16 y
+    MergeCase(1, 5, 7, 24, branch=torch.float32),       # a float32 branch (onto a low-precision stream)
+    MergeCase(3, 9, 10, 96, branch=BF16, y_dtype=BF16),  # several register-backward blocks
+    MergeCase(1, 3, 4, 384, branch="x"),                # groups of 2 and 4 warps
 ]
+
+
+def merge_dtypes(case: MergeCase, dtype: torch.dtype) -> Dict[str, Optional[torch.dtype]]:
+    """The dtype of every input and output of a case run with x in ``dtype`` (``b``: None without a branch)."""
+    acc, ydt = acc_dtype(dtype), case.y_dtype or dtype
+    bdt = dtype if case.branch == "x" else case.branch
+    return dict(x=dtype, b=bdt, w=acc, bb=acc, go=ydt, y=ydt, dx=dtype, dbranch=bdt, dweight=acc, dbias=acc)
 
 
 def merge_inputs(case: MergeCase, gen: torch.Generator, scale: float = 1.0) -> Dict[str, torch.Tensor]:
@@ -368,56 +420,79 @@ def merge_inputs(case: MergeCase, gen: torch.Generator, scale: float = 1.0) -> D
     H2, W2 = (case.H + 1) // 2, (case.W + 1) // 2
     return dict(
         x=(torch.randn(case.B, case.H, case.W, case.C, **f64) * 2 + 0.5) * scale,
+        b=torch.randn(case.B, case.H, case.W, case.C, **f64) * scale,
         w=torch.randn(4 * case.C, **f64),
-        b=torch.randn(4 * case.C, **f64),
+        bb=torch.randn(4 * case.C, **f64),
         go=torch.randn(case.B, H2, W2, 4 * case.C, **f64),
     )
 
 
-def run_merging(ex: Executor, inp: Dict, dtype: torch.dtype, eps: float = 1e-5):
-    acc = acc_dtype(dtype)
+def run_merging(
+    ex: Executor, inp: Dict, dtype: torch.dtype, eps: float = 1e-5, case: Optional[MergeCase] = None
+):
+    """fwd + bwd of the raw ops on an executor; returns y, mean, rstd, dx, dbranch, dweight, dbias on the CPU.
+
+    ``dbranch`` is the op's own output when the branch's dtype differs from
+    x's, else ``dx`` (what the wrapper passes on); ``dbranch_raw`` is what the op returned.
+    """
+    case = case or MergeCase(0, 0, 0, 0)
+    dt = merge_dtypes(case, dtype)
     dev = ex.device
+    t = lambda k: inp[k].to(dev, dt[k])  # noqa: E731
+    branch = t("b") if dt["b"] is not None else None
+    branch_dtype = dt["b"] if dt["b"] is not None and dt["b"] != dtype else None
     with ex:
-        y, mean, rstd = ex.ops.patch_merging_fwd(
-            inp["x"].to(dev, dtype), inp["w"].to(dev, acc), inp["b"].to(dev, acc), eps
-        )
-        dx, dw, db = ex.ops.patch_merging_bwd(
-            inp["go"].to(dev, dtype), inp["x"].to(dev, dtype), inp["w"].to(dev, acc), mean, rstd
-        )
-    return {k: v.cpu() for k, v in dict(y=y, mean=mean, rstd=rstd, dx=dx, dweight=dw, dbias=db).items()}
+        y, mean, rstd = ex.ops.patch_merging_fwd(t("x"), t("w"), t("bb"), eps, branch, case.y_dtype)
+        dx, dbranch, dw, db = ex.ops.patch_merging_bwd(t("go"), t("x"), t("w"), mean, rstd, branch, branch_dtype)
+    out = dict(y=y, mean=mean, rstd=rstd, dx=dx, dbranch=dbranch if branch_dtype else dx, dbranch_raw=dbranch,
+               dweight=dw, dbias=db)
+    return {k: v.cpu() for k, v in out.items()}
 
 
 def merging_reference(
-    inp: Dict, prec: torch.dtype, wprec: Optional[torch.dtype] = None, rnd: bool = False, eps: float = 1e-5
+    case: MergeCase, inp: Dict, dtype: torch.dtype, exact: bool, eps: float = 1e-5
 ) -> List[torch.Tensor]:
+    """y, dx, dbranch (None without a branch), dweight, dbias of the reference composite.
+
+    exact: in float64 from the inputs rounded to the kernel's dtypes; else in
+    the kernel's own dtypes (the plain PyTorch composite of the same precision).
+    """
     from swin_ext.ops.reference import patch_merging_reference
 
-    q = (lambda t, p: t.to(p).double()) if rnd else (lambda t, p: t.to(p, copy=True))  # never the caller's tensor
-    wprec = wprec or prec
-    leaves = [
-        q(inp["x"], prec).requires_grad_(),
-        q(inp["w"], wprec).requires_grad_(),
-        q(inp["b"], wprec).requires_grad_(),
-    ]
-    out = patch_merging_reference(*leaves, eps)
+    dt = merge_dtypes(case, dtype)
+    q = _reference_leaf(inp, dt, exact)
+    x, w, bb = (q(k).requires_grad_() for k in ("x", "w", "bb"))
+    br = q("b").requires_grad_() if dt["b"] is not None else None
+    leaves = [x, w, bb] + ([br] if br is not None else [])
+    out = patch_merging_reference(x, w, bb, eps, branch=br, y_dtype=None if exact else case.y_dtype)
     if out.numel() == 0:
-        return [out] + [torch.zeros_like(t) for t in leaves]
-    return [out] + list(torch.autograd.grad(out, leaves, q(inp["go"], prec)))
+        grads = [torch.zeros_like(t) for t in leaves]
+    else:
+        grads = list(torch.autograd.grad(out, leaves, q("go")))
+    return [out, grads[0], grads[3] if br is not None else None, grads[1], grads[2]]
 
 
 def check_merging(case: MergeCase, inp: Dict, got: Dict, dtype: torch.dtype) -> None:
+    dt = merge_dtypes(case, dtype)
     acc = acc_dtype(dtype)
     H2, W2 = (case.H + 1) // 2, (case.W + 1) // 2
-    assert got["y"].dtype == dtype and got["y"].shape == (case.B, H2, W2, 4 * case.C)
+    names = ["y", "dx", "dbranch", "dweight", "dbias"]
+    for k in names:
+        if dt[k] is not None:
+            assert got[k].dtype == dt[k], (k, got[k].dtype, dt[k])
+    assert got["y"].shape == (case.B, H2, W2, 4 * case.C)
     assert got["mean"].shape == got["rstd"].shape == (case.B, H2, W2) and got["mean"].dtype == acc
-    exact = merging_reference(inp, torch.float64)
-    if dtype in (torch.float32, torch.float64):
-        comp = floor = exact
-    else:
-        comp = merging_reference(inp, dtype)
-        floor = [t.to(dt) for t, dt in zip(merging_reference(inp, dtype, acc, rnd=True), [dtype, dtype, acc, acc])]
-    for i, name in enumerate(["y", "dx", "dweight", "dbias"]):
-        check_close(name, got[name], exact[i], comp[i], floor[i], dtype)
+    if dt["b"] in (None, dtype):
+        assert got["dbranch_raw"].shape == (0,), "dbranch must be empty when branch_dtype is None"
+    exact = merging_reference(case, inp, dtype, exact=True)
+    comp = merging_reference(case, inp, dtype, exact=False)
+    for i, name in enumerate(names):
+        if exact[i] is None:
+            continue
+        # float32 / float64 results of float32 / float64 streams: close to float64; any low-precision
+        # stream or output: the 2x-the-composite rule
+        rule = dt[name] if dtype in (torch.float32, torch.float64) else dtype
+        check_close(name, got[name], exact[i], comp[i], exact[i].to(dt[name]), rule)
 
 
 # ----------------------------------------------------------------------------- add + LayerNorm
@@ -442,7 +517,6 @@ class LnCase:
         return s + b + y + ("" if self.grad_h else "-nogradh")
 
 
-BF16 = torch.bfloat16
 # C from 1 to 1536 (vector multiples and not), rows 0 / 1 / odd / several
 # deterministic-partial blocks, mixed dtypes (a bf16 branch as autocast's
 # Linear gives, a float32 branch onto a low-precision stream), y_dtype None
@@ -457,6 +531,12 @@ LN_CASES = [
     LnCase((2, 4, 384), branch=BF16),  # Swin-T stage 3
     LnCase((3, 1536), y_dtype=BF16, grad_h=False),  # the largest C of the spec
     LnCase((130, 96), branch=torch.float32),  # many rows, several partial blocks; float32 branch
+    # The CUDA register path's lane groups (add_layernorm.cuh): 2 lanes per row with a
+    # partial last chunk, 8 lanes, 32 lanes at the small capacity; above 1536 the wide path.
+    LnCase((3, 40), branch=BF16),
+    LnCase((2, 5, 192), y_dtype=BF16),
+    LnCase((2, 768), branch=BF16, y_dtype=BF16),
+    LnCase((2, 1600)),
 ]
 
 
@@ -480,15 +560,28 @@ def ln_dtypes(case: LnCase, dtype: torch.dtype) -> Dict[str, torch.dtype]:
     )
 
 
-def run_add_layernorm(ex: Executor, case: LnCase, inp: Dict, dtype: torch.dtype, eps: float = 1e-5):
+def at_storage_offset(t: torch.Tensor, offset: int) -> torch.Tensor:
+    """A contiguous copy of ``t`` that starts ``offset`` elements into its storage (unaligned rows)."""
+    if not offset:
+        return t
+    buf = torch.empty(t.numel() + offset, dtype=t.dtype, device=t.device)
+    view = buf[offset:].view(t.shape)
+    view.copy_(t)
+    return view
+
+
+def run_add_layernorm(
+    ex: Executor, case: LnCase, inp: Dict, dtype: torch.dtype, eps: float = 1e-5, offset: int = 0
+):
     """fwd + bwd of the raw ops on an executor; returns h, y, mean, rstd, dx, dbranch, dweight, dbias on the CPU.
 
     ``dbranch`` is the op's own output when the branch's dtype differs from
     x's, else ``dh`` (what the wrapper passes on); ``dbranch_raw`` is what the op returned.
+    ``offset``: x, branch, grad_h and grad_y start that many elements into their storage.
     """
     dt = ln_dtypes(case, dtype)
     dev = ex.device
-    t = lambda k: inp[k].to(dev, dt[k])  # noqa: E731
+    t = lambda k: at_storage_offset(inp[k].to(dev, dt[k]), offset if k in ("x", "b", "gh", "gy") else 0)  # noqa: E731
     branch_dtype = dt["b"] if dt["b"] != dtype else None
     with ex:
         h, y, mean, rstd = ex.ops.add_layernorm_fwd(t("x"), t("b"), t("w"), t("bb"), eps, case.y_dtype)
@@ -518,10 +611,7 @@ def ln_reference(case: LnCase, inp: Dict, dtype: torch.dtype, exact: bool, eps: 
     from swin_ext.ops.reference import add_layernorm_reference
 
     dt = ln_dtypes(case, dtype)
-    if exact:  # never the caller's tensor (requires_grad_ below)
-        q = lambda k: inp[k].to(dt[k]).to(torch.float64, copy=True)  # noqa: E731
-    else:
-        q = lambda k: inp[k].to(dt[k], copy=True)  # noqa: E731
+    q = _reference_leaf(inp, dt, exact)
     leaves = [q(k).requires_grad_() for k in ("x", "b", "w", "bb")]
     h, y = add_layernorm_reference(*leaves, eps, None if exact else case.y_dtype)
     if h.numel() == 0:
@@ -581,6 +671,7 @@ BG_CASES = [
     BgCase((300, 40)),  # three row chunks, K = 40 (bf16 vectors of 8, fp32 of 4, not fp64's 2 * 32 slab)
     BgCase((3, 1536)),  # Swin-T stage 3 hidden width, several column slabs
     BgCase((129, 264)),  # one row past a chunk, K past one slab in every dtype
+    BgCase((5, 1544)),  # several column blocks, the last one with idle threads
 ]
 
 
@@ -677,6 +768,13 @@ def _merging_opcheck(sample: str, device: str) -> OpSample:
     x, w, b = x.detach(), w.detach(), b.detach()
     if sample == "fwd-strided":
         return ops.patch_merging_fwd.default, (x.transpose(1, 2), w, b, 1e-6)
+    br = _rand(2, 5, 6, 3, device=device).bfloat16()
+    if sample == "fwd-branch-autocast-mix":  # a float32 stream, a bf16 branch and y
+        return ops.patch_merging_fwd.default, (x, w, b, 1e-5, br.requires_grad_(), torch.bfloat16)
+    if sample == "bwd-branch-bf16":
+        _, mean, rstd = ops.patch_merging_fwd(x, w, b, 1e-5, br, torch.bfloat16)
+        go = _rand(2, 3, 3, 12, device=device).bfloat16()
+        return ops.patch_merging_bwd.default, (go, x, w, mean, rstd, br, torch.bfloat16)
     _, mean, rstd = ops.patch_merging_fwd(x, w, b, 1e-5)
     return ops.patch_merging_bwd.default, (_rand(2, 3, 3, 12, device=device), x, w, mean, rstd)
 
@@ -717,7 +815,10 @@ _ATTN_SAMPLES = ("fwd-pad", "fwd-requires-grad", "fwd-strided-float64", "bwd")
 OPCHECK: Dict[str, Dict[str, Callable[[str], OpSample]]] = {
     "window_attention": {s: (lambda d, s=s: _attn_opcheck(False, s, d)) for s in _ATTN_SAMPLES},
     "window_attention_v2": {s: (lambda d, s=s: _attn_opcheck(True, s, d)) for s in _ATTN_SAMPLES},
-    "patch_merging": {s: (lambda d, s=s: _merging_opcheck(s, d)) for s in ("fwd-requires-grad", "fwd-strided", "bwd")},
+    "patch_merging": {
+        s: (lambda d, s=s: _merging_opcheck(s, d))
+        for s in ("fwd-requires-grad", "fwd-strided", "fwd-branch-autocast-mix", "bwd", "bwd-branch-bf16")
+    },
     "add_layernorm": {
         s: (lambda d, s=s: _add_layernorm_opcheck(s, d))
         for s in (
@@ -783,7 +884,7 @@ def _attn_grad(v2: bool, B, H, W, ws, shift, heads, d, pad: bool):
     return build
 
 
-def _merging_grad(B, H, W, C):
+def _merging_grad(B, H, W, C, branch: bool = False):
     def build(device, gen):
         import swin_ext
 
@@ -792,6 +893,12 @@ def _merging_grad(B, H, W, C):
             _f64(4 * C, device=device, gen=gen, scale=0.3, offset=1.0),
             _f64(4 * C, device=device, gen=gen, scale=0.3),
         )
+        if branch:  # the stage's pending residual branch as a fourth leaf
+            return (
+                leaves + (_f64(B, H, W, C, device=device, gen=gen),),
+                (lambda x, w, b, br: swin_ext.patch_merging(x, w, b, 1e-5, br)),
+                (lambda x, w, b, br: swin_ext.patch_merging_reference(x, w, b, 1e-5, br)),
+            )
         return leaves, swin_ext.patch_merging, swin_ext.patch_merging_reference
 
     return build
@@ -853,6 +960,8 @@ GRADCHECK: Dict[str, List[GradCase]] = {
         GradCase("patch_merging", "4x4-C3", _merging_grad(2, 4, 4, 3)),
         GradCase("patch_merging", "1x1-C2", _merging_grad(2, 1, 1, 2)),
         GradCase("patch_merging", "3x4-C2", _merging_grad(1, 3, 4, 2), True),
+        GradCase("patch_merging", "5x3-C3-branch", _merging_grad(2, 5, 3, 3, branch=True)),
+        GradCase("patch_merging", "3x3-C2-branch", _merging_grad(1, 3, 3, 2, branch=True), True),
     ],
     "add_layernorm": [
         GradCase("add_layernorm", "2x3x6", _add_layernorm_grad((2, 3, 6)), True),

@@ -14,6 +14,7 @@ from op_testing import (
     OPCHECK,
     TOL,
     LnCase,
+    assert_thread_independent,
     check_add_layernorm,
     check_close,
     ln_inputs,
@@ -30,11 +31,33 @@ F64 = torch.float64
 # ----------------------------------------------------------------------------- kernels on every executor
 
 
+# SWIN_EXT_ADD_LN_BLOCKS=1: the CUDA register path puts all rows of these
+# cases in one block, so every warp walks several row groups (its last one
+# partial) and the dweight / dbias sums span them.
+LN_PARAMS = [pytest.param(c, "auto", id=c.id) for c in LN_CASES] + [
+    pytest.param(c, "blocks1", id=f"{c.id}-blocks1") for c in LN_CASES if c.shape[0] >= 100
+]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", LN_CASES, ids=lambda c: c.id)
-def test_add_layernorm(executor, case, dtype, seed_generator):
+@pytest.mark.parametrize("case,variant", LN_PARAMS)
+def test_add_layernorm(executor, case, variant, dtype, monkeypatch, seed_generator):
+    if variant != "auto":
+        if not executor.is_cuda_kernel:
+            pytest.skip("a CUDA launch variant")
+        monkeypatch.setenv("SWIN_EXT_ADD_LN_BLOCKS", "1")
     inp = ln_inputs(case, seed_generator)
     got = run_add_layernorm(executor, case, inp, dtype)
+    check_add_layernorm(case, inp, got, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_add_layernorm_unaligned_rows(executor, dtype, seed_generator):
+    """Inputs one element into their storage (rows not 16-byte aligned): the same results
+    (the CUDA kernels take the scalar path)."""
+    case = LnCase((6, 96), branch=torch.bfloat16)
+    inp = ln_inputs(case, seed_generator)
+    got = run_add_layernorm(executor, case, inp, dtype, offset=1)
     check_add_layernorm(case, inp, got, dtype)
 
 
@@ -144,18 +167,12 @@ def test_add_layernorm_under_compile_follows_autocast():
 def test_add_layernorm_backward_is_bitwise_deterministic():
     x, b, w, c = _ln_leaves((300, 96), torch.float32)
     g = torch.randn(300, 96)
-    runs = []
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 2, 1):
-            torch.set_num_threads(threads)
-            h, y = add_layernorm(x, b, w, c)
-            runs.append(torch.autograd.grad((y, h), (x, b, w, c), (g, g)))
-    finally:
-        torch.set_num_threads(before)
-    for r in runs[1:]:
-        for a, bb in zip(runs[0], r):
-            assert torch.equal(a, bb)  # dweight/dbias from fixed per-block partials: independent of threads
+
+    def grads():
+        h, y = add_layernorm(x, b, w, c)
+        return torch.autograd.grad((y, h), (x, b, w, c), (g, g))
+
+    assert_thread_independent(grads)  # dweight/dbias from fixed per-block partials: independent of threads
 
 
 def test_add_layernorm_torch_func():

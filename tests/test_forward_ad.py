@@ -56,6 +56,11 @@ def _cases():
             lambda x, w, b: patch_merging_reference(x, w, b, 1e-3),
             (_r(1, 3, 5, 2), 1 + _r(8) / 4, _r(8)),
         ),
+        "patch_merging-branch": (  # the stage's pending residual branch, added in the op
+            lambda x, w, b, br: patch_merging(x, w, b, 1e-3, br),
+            lambda x, w, b, br: patch_merging_reference(x, w, b, 1e-3, br),
+            (_r(1, 3, 5, 2), 1 + _r(8) / 4, _r(8), _r(1, 3, 5, 2)),
+        ),
         "add_layernorm": (
             lambda x, br, w, b: add_layernorm(x, br, w, b, 1e-3),
             lambda x, br, w, b: add_layernorm_reference(x, br, w, b, 1e-3),

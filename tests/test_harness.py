@@ -454,6 +454,27 @@ def test_kernel_tensor_core_backward_is_deterministic(hops, monkeypatch, dtype, 
             assert torch.equal(a, b)
 
 
+def test_kernel_add_layernorm_and_bias_gelu_are_deterministic(hops, monkeypatch):
+    """Bitwise-identical outputs and dweight / dbias / dbias(gelu) whatever the thread order and block
+    placement: the register path's group and warp reductions, several row groups per warp (2 blocks)."""
+    monkeypatch.setenv("SWIN_EXT_ADD_LN_BLOCKS", "2")
+    x, br = torch.randn(300, 96), torch.randn(300, 96).to(torch.bfloat16)
+    w, b = torch.randn(96), torch.randn(96)
+    gy, gh = torch.randn(300, 96).to(torch.bfloat16), torch.randn(300, 96)
+    z, bias = torch.randn(300, 384).to(torch.bfloat16), torch.randn(384)
+    dz = torch.randn(300, 384).to(torch.bfloat16)
+    results = []
+    for seed, workers in [(0, 1), (1, 2), (99, 3)]:
+        hops.set_options(seed, workers)
+        h, y, mean, rstd = hops.add_layernorm_fwd(x, br, w, b, 1e-5, torch.bfloat16)
+        results.append((h, y, mean, rstd) + tuple(hops.add_layernorm_bwd(gh, gy, h, w, mean, rstd, torch.bfloat16))
+                       + (hops.bias_gelu_fwd(z, bias),) + tuple(hops.bias_gelu_bwd(dz, z, bias)))
+    hops.clear_options()
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            assert torch.equal(a, c)
+
+
 def test_kernel_window_attention_launch_errors_and_slow_paths(artefacts):
     """A failed cudaFuncSetAttribute is reported with its text and retried by the
     next launch (not remembered for the process); a launch that falls back to the
@@ -553,6 +574,63 @@ def test_kernel_grids_grow_with_the_batch(hops, monkeypatch, dtype, path, ws):
     assert any(want in n for n in names1), names1
     for (name, g1, _, _), (_, g3, _, _) in zip(runs[1], runs[3]):
         assert g3 > g1, f"{name}: {g1} blocks at B=1, {g3} at B=3"
+
+
+def _add_ln_launches(hops, rows, C, dtype, branch=None, offset=0):
+    branch = branch or dtype
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def at(t):
+        buf = torch.empty(t.numel() + offset, dtype=t.dtype)
+        v = buf[offset:].view(t.shape)
+        v.copy_(t)
+        return v
+
+    x, b = at(torch.randn(rows, C).to(dtype)), at(torch.randn(rows, C).to(branch))
+    w, bb = torch.randn(C).to(acc), torch.randn(C).to(acc)
+    gy = at(torch.randn(rows, C).to(dtype))
+
+    def step():
+        h, y, mean, rstd = hops.add_layernorm_fwd(x, b, w, bb, 1e-5, None)
+        hops.add_layernorm_bwd(None, gy, h, w, mean, rstd, branch if branch != dtype else None)
+
+    return _launches(hops, step)
+
+
+@pytest.mark.parametrize("dtype,branch", [(torch.bfloat16, None), (torch.float32, torch.bfloat16)], ids=str)
+def test_kernel_add_layernorm_paths(hops, dtype, branch):
+    """Rows in registers (2^k lanes per row, several rows per warp below C = 768 at 16-bit
+    vectors) up to C = 1536, the larger capacity above 768; the wide kernels above 1536
+    and for rows that are not 16-byte aligned; the partial rows grow with the rows."""
+    hops.clear_options()
+
+    def names(launches):
+        return [n for n, _, _, _ in launches]
+
+    small = _add_ln_launches(hops, 64, 96, dtype, branch)
+    assert all("_reg_kernel" in n and "false>()" in n for n in names(small)), small
+    big = _add_ln_launches(hops, 256, 96, dtype, branch)
+    assert [g for _, g, _, _ in big] > [g for _, g, _, _ in small], (small, big)  # more blocks for more rows
+    large = _add_ln_launches(hops, 4, 1536, dtype, branch)
+    assert all("_reg_kernel" in n and "true>()" in n for n in names(large)), large
+    wide = _add_ln_launches(hops, 4, 1600, dtype, branch)
+    assert all("_reg_kernel" not in n and n.endswith("kVec>") for n in names(wide)), wide
+    unaligned = _add_ln_launches(hops, 4, 96, dtype, branch, offset=1)
+    assert all("_reg_kernel" not in n and n.endswith(", 1>") for n in names(unaligned)), unaligned
+
+
+def test_kernel_bias_gelu_block_shape(hops):
+    """bias + GELU at Swin-T's K = 384 (bf16): 48 16-byte vectors x 4 rows = 192 threads, no idle
+    lane; few rows: 16-row blocks (19 of them for 300 rows) rather than 3 of 128."""
+    hops.clear_options()
+    z, bias = torch.randn(300, 384).to(torch.bfloat16), torch.randn(384)
+
+    def step():
+        hops.bias_gelu_fwd(z, bias)
+        hops.bias_gelu_bwd(torch.randn_like(z), z, bias)
+
+    runs = _launches(hops, step)
+    assert len(runs) == 2 and all(block == [192, 1, 1] and grid == 19 for _, grid, block, _ in runs), runs
 
 
 @pytest.mark.skipif(

@@ -207,6 +207,52 @@ def test_gemm_epilogues_only_for_float32_inference(monkeypatch):
     assert calls == []
 
 
+@pytest.mark.parametrize("bias_gelu", [True, False])
+def test_training_only_fc1_biases_on_cpu(bias_gelu, monkeypatch):
+    """Everything frozen but fc1's biases: fc1's bias needs a gradient although neither its input nor its
+    weight does -- no oneDNN GELU epilogue then (it has no backward; this raised before), with and
+    without the CPU training bias_gelu path."""
+    monkeypatch.setattr(swin_ext.layers.fast_linear, "CPU_TRAINING_BIAS_GELU", bias_gelu)
+    m = tiny(drop_path_rate=0.0)
+    for name, p in m.named_parameters():
+        p.requires_grad_(name.endswith("mlp.fc1.bias"))
+    r = copy.deepcopy(m).set_backend("reference")
+    x = torch.randn(2, 3, 32, 32)
+    out, ref = m(x), r(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for (name, p), q in zip(m.named_parameters(), r.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_merging_takes_the_pending_branch(monkeypatch):
+    """Each stage's last MLP branch goes into the fused merging (no separate residual add), and the
+    model still equals the reference backend (which adds, then merges) through training."""
+    import swin_ext.layers.merging as M
+
+    branches = []
+    op = M._patch_merging_op
+
+    def spy(x, w, b, eps, branch=None):
+        branches.append(branch)
+        return op(x, w, b, eps, branch)
+
+    monkeypatch.setattr(M, "_patch_merging_op", spy)
+    m = tiny(drop_path_rate=0.0)
+    r = copy.deepcopy(m).set_backend("reference")
+    x = torch.randn(2, 3, 60, 44)  # odd merge sizes
+    out = m(x)
+    assert len(branches) == len(TINY["depths"]) - 1 and all(b is not None for b in branches)
+    ref = r(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for (name, p), q in zip(m.named_parameters(), r.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_stochastic_depth_fused_equals_reference():
     """The residual adds stay fused with the LayerNorms under stochastic depth (drop path on the branch first)."""
     m = tiny(drop_path_rate=0.3).train()
@@ -235,6 +281,10 @@ def _record_dtypes(model):
             blk.attn.qkv.register_forward_pre_hook(lambda mod, a, k=(i, j, "qkv"): record(k, a[0]))
             blk.mlp.fc1.register_forward_pre_hook(lambda mod, a, k=(i, j, "fc1"): record(k, a[0]))
             blk.register_forward_hook(lambda mod, a, out, k=(i, j, "stream"): record(k, out[0]))
+        if layer.downsample is not None:
+            layer.downsample.reduction.register_forward_pre_hook(
+                lambda mod, a, k=(i, "merge", "reduction"): record(k, a[0])
+            )
     return seen
 
 
@@ -242,7 +292,8 @@ def _record_dtypes(model):
 def test_cpu_autocast_residual_stream_and_linear_inputs(dtype):
     """Under autocast the fused add + LayerNorm keeps the residual stream in its own dtype (what it is
     in the reference backend and timm: CPU autocast runs LayerNorm in its input's dtype) and gives the
-    qkv and fc1 Linears their input in the autocast dtype (no cast kernel)."""
+    qkv and fc1 Linears, and the fused add + merging the reduction Linear, their input in the autocast
+    dtype (no cast kernel)."""
     m = tiny(drop_path_rate=0.0)
     r = copy.deepcopy(m).set_backend("reference")
     seen, seen_ref = _record_dtypes(m), _record_dtypes(r)
@@ -250,6 +301,7 @@ def test_cpu_autocast_residual_stream_and_linear_inputs(dtype):
     with torch.autocast("cpu", dtype=dtype):
         out, ref = m(x), r(x)
     assert seen and all(v == dtype for k, v in seen.items() if k[2] != "stream"), seen
+    assert sum(k[2] == "reduction" for k in seen) == len(TINY["depths"]) - 1
     assert {k: v for k, v in seen.items() if k[2] == "stream"} == {
         k: v for k, v in seen_ref.items() if k[2] == "stream"
     }

@@ -83,8 +83,10 @@ def test_limits_come_from_the_compiled_checks():
 
 
 @pytest.mark.slow
-def test_baseline_isa_path_matches_reference():
-    """The kernels' baseline (non-AVX2) build, which machines without AVX2 run."""
+@pytest.mark.parametrize("isa", ["default", "avx2"])
+def test_baseline_isa_path_matches_reference(isa):
+    """The kernels' baseline (non-AVX2) build, which machines without AVX2 run, and the AVX2 build where the
+    machine has AVX-512 (bias + GELU is compiled a third time for it; SWIN_EXT_CPU_ISA=avx2 stops before)."""
     import os
     import subprocess
     import sys
@@ -110,6 +112,21 @@ def test_baseline_isa_path_matches_reference():
         "    g = torch.randn_like(y)\n"
         "    for a, b in zip(torch.autograd.grad(y, (x, w, c), g), torch.autograd.grad(yr, (x, w, c), g)):\n"
         "        torch.testing.assert_close(a, b, atol=tol, rtol=tol)\n"
+        "    x = torch.randn(2, 7, 5, 16, dtype=dt, requires_grad=True)\n"
+        "    br = torch.randn(2, 7, 5, 16).bfloat16().requires_grad_()\n"
+        "    w = torch.randn(64, dtype=dt, requires_grad=True); c = torch.randn(64, dtype=dt, requires_grad=True)\n"
+        "    y = swin_ext.patch_merging(x, w, c, 1e-5, br); yr = R.patch_merging_reference(x, w, c, 1e-5, br)\n"
+        "    torch.testing.assert_close(y, yr, atol=tol, rtol=tol)\n"
+        "    g = torch.randn_like(y)\n"
+        "    for a, b in zip(torch.autograd.grad(y, (x, w, c, br), g), torch.autograd.grad(yr, (x, w, c, br), g)):\n"
+        "        torch.testing.assert_close(a.double(), b.double(), atol=tol, rtol=tol)\n"
+        "    z = torch.randn(9, 37, dtype=dt, requires_grad=True) * 3\n"
+        "    bz = torch.randn(37, dtype=dt, requires_grad=True)\n"
+        "    y, yr = swin_ext.bias_gelu(z, bz), R.bias_gelu_reference(z, bz)\n"
+        "    torch.testing.assert_close(y, yr, atol=tol, rtol=tol)\n"
+        "    g = torch.randn_like(y)\n"
+        "    for a, b in zip(torch.autograd.grad(y, (z, bz), g), torch.autograd.grad(yr, (z, bz), g)):\n"
+        "        torch.testing.assert_close(a, b, atol=tol, rtol=tol)\n"
         "    x = torch.randn(5, 7, 20, dtype=dt, requires_grad=True)\n"
         "    br = torch.randn(5, 7, 20, dtype=dt, requires_grad=True)\n"
         "    w = torch.randn(20, dtype=dt, requires_grad=True); c = torch.randn(20, dtype=dt, requires_grad=True)\n"
@@ -120,7 +137,7 @@ def test_baseline_isa_path_matches_reference():
         "        torch.testing.assert_close(a, b, atol=tol, rtol=tol)\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, SWIN_EXT_CPU_ISA="default")
+    env = dict(os.environ, SWIN_EXT_CPU_ISA=isa)
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
 

@@ -11,6 +11,8 @@ from op_testing import (
     MERGE_CASES,
     OPCHECK,
     TOL,
+    MergeCase,
+    assert_thread_independent,
     check_merging,
     merge_inputs,
     run_gradcheck,
@@ -30,23 +32,25 @@ F64 = torch.float64
 @pytest.mark.parametrize("case", MERGE_CASES, ids=lambda c: c.id)
 def test_patch_merging(executor, case, dtype, seed_generator):
     inp = merge_inputs(case, seed_generator)
-    got = run_merging(executor, inp, dtype)
+    got = run_merging(executor, inp, dtype, case=case)
     check_merging(case, inp, got, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("magnitude", [1e30, 1e36])
-def test_patch_merging_huge_values(executor, dtype, magnitude, seed_generator):
-    """LayerNorm statistics stay right where float32 squares overflow (torch's own LayerNorm gives NaN)."""
-    case = MERGE_CASES[1]
+@pytest.mark.parametrize("case", [MERGE_CASES[1], MergeCase(1, 3, 4, 384, branch="x")], ids=lambda c: c.id)
+def test_patch_merging_huge_values(executor, case, dtype, magnitude, seed_generator):
+    """LayerNorm statistics stay right where float32 squares (and, at 4C = 1536, the row sum) overflow
+    (torch's own LayerNorm gives NaN); with a branch, on groups of four warps in the CUDA register kernels."""
     inp = merge_inputs(case, seed_generator, scale=magnitude)
-    got = run_merging(executor, inp, dtype)
+    got = run_merging(executor, inp, dtype, case=case)
     check_merging(case, inp, got, dtype)
     # a constant row has variance 0: the output is exactly the bias
     inp["x"] = torch.full_like(inp["x"], magnitude)
-    got = run_merging(executor, inp, dtype)
+    inp["b"] = torch.zeros_like(inp["b"])
+    got = run_merging(executor, inp, dtype, case=case)
     interior = got["y"][:, : case.H // 2, : case.W // 2]
-    want = inp["b"].to(dtype).expand_as(interior)
+    want = inp["bb"].to(dtype).expand_as(interior)
     torch.testing.assert_close(interior, want, atol=0, rtol=0)
 
 
@@ -83,6 +87,71 @@ def test_wrapper_matches_reference_through_autograd(dtype):
         torch.testing.assert_close(a, c, **TOL[dtype])
 
 
+def _merge_leaves(shape=(2, 5, 7, 6), dtype=torch.float64, bdtype=None):
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x = torch.randn(*shape, dtype=dtype, requires_grad=True)
+    br = torch.randn(*shape, dtype=bdtype or dtype, requires_grad=True)
+    w = torch.randn(4 * shape[-1], dtype=acc, requires_grad=True)
+    c = torch.randn(4 * shape[-1], dtype=acc, requires_grad=True)
+    return x, w, c, br
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_patch_merging_with_branch_matches_reference_through_autograd(dtype):
+    x, w, c, br = _merge_leaves((2, 5, 7, 6), dtype)
+    y = patch_merging(x, w, c, 1e-5, br)
+    r = patch_merging_reference(x + br, w, c, 1e-5)  # what the model did before: the add, then the merging
+    torch.testing.assert_close(y, r, **TOL[dtype])
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, (x, w, c, br), g), torch.autograd.grad(r, (x, w, c, br), g)):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+def test_patch_merging_mixed_dtypes_and_autocast():
+    """autocast's mix: a float32 stream plus a bf16 branch; each input gets its gradient in its own dtype,
+    and under autocast the output comes in the autocast dtype (the reduction Linear's input)."""
+    x, w, c, br = _merge_leaves((3, 9, 6, 16), torch.float32, torch.bfloat16)
+    y = patch_merging(x, w, c, 1e-5, br)
+    assert y.dtype == torch.float32
+    yr = patch_merging_reference(x, w, c, 1e-5, branch=br)
+    torch.testing.assert_close(y, yr, atol=2e-5, rtol=2e-5)
+    g = torch.randn_like(y)
+    dx, dw, dc, dbr = torch.autograd.grad(y, (x, w, c, br), g)
+    rx, rw, rc, _ = torch.autograd.grad(yr, (x, w, c, br), g, retain_graph=True)
+    assert dx.dtype == torch.float32 and dbr.dtype == torch.bfloat16
+    torch.testing.assert_close(dx, rx, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(dbr.float(), dx.bfloat16().float(), atol=0, rtol=0)  # the same values, rounded
+    torch.testing.assert_close(dw, rw, atol=1e-4, rtol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya = patch_merging(x, w, c, 1e-5, br)
+    assert ya.dtype == torch.bfloat16
+    torch.testing.assert_close(ya.float(), y.bfloat16().float(), atol=0, rtol=0)  # y rounded once
+    (ya.float() * g).sum().backward()  # y's gradient reaches the kernel in bf16
+    assert x.grad.dtype == torch.float32 and br.grad.dtype == torch.bfloat16
+    (rx16,) = torch.autograd.grad(yr, (x,), g.bfloat16().float())
+    torch.testing.assert_close(x.grad, rx16, atol=2e-5, rtol=2e-5)
+
+
+def test_patch_merging_backward_is_bitwise_deterministic():
+    x, w, c, br = _merge_leaves((3, 17, 15, 8), torch.float32, torch.bfloat16)
+    g = torch.randn(3, 9, 8, 32)
+    # dweight/dbias from fixed per-block partials: independent of threads
+    assert_thread_independent(lambda: torch.autograd.grad(patch_merging(x, w, c, 1e-5, br), (x, w, c, br), g))
+
+
+def test_patch_merging_torch_func():
+    from torch.func import grad, vmap
+
+    x, w, c, br = (t.detach() for t in _merge_leaves((3, 2, 3, 5, 2)))  # (V, B, H, W, C)
+    f = lambda fn: (lambda w_, x_, b_: fn(x_, w_, c, 1e-5, b_).pow(3).sum())  # noqa: E731
+    ref = lambda x_, w_, c_, eps, b_: patch_merging_reference(x_ + b_, w_, c_, eps)  # noqa: E731
+    for dims in ((None, 0, 0), (None, 0, None), (None, None, 0)):  # per-sample weight gradients
+        args = (w, x if dims[1] == 0 else x[0], br if dims[2] == 0 else br[0])
+        got = vmap(grad(f(patch_merging)), in_dims=dims)(*args)
+        want = vmap(grad(f(ref)), in_dims=dims)(*args)
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -93,6 +162,25 @@ def test_patch_merging_bad_input():
         patch_merging(torch.randn(1, 4, 4, 2), torch.ones(7), torch.zeros(8))
     with pytest.raises(TypeError, match="float32"):
         patch_merging(torch.ones(1, 4, 4, 2, dtype=torch.int32), torch.ones(8), torch.zeros(8))
+    x, w, b = torch.randn(1, 4, 4, 2), torch.ones(8), torch.zeros(8)
+    with pytest.raises(ValueError, match="branch must have the shape of x"):
+        patch_merging(x, w, b, 1e-5, torch.randn(1, 4, 3, 2))
+    with pytest.raises(TypeError, match="branch must be float32"):
+        patch_merging(x, w, b, 1e-5, torch.ones(1, 4, 4, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="branch must be a torch.Tensor"):
+        patch_merging(x, w, b, 1e-5, 0.5)
+    with pytest.raises(ValueError, match="branch is on meta"):
+        patch_merging(x, w, b, 1e-5, torch.randn(1, 4, 4, 2, device="meta"))
+    # the raw ops say the same (RuntimeError, as TORCH_CHECK raises)
+    with pytest.raises(RuntimeError, match="branch must have the shape of x"):
+        torch.ops.swin_ext.patch_merging_fwd(x, w, b, 1e-5, torch.randn(1, 4, 4, 3))
+    with pytest.raises(RuntimeError, match="y_dtype must be float32"):
+        torch.ops.swin_ext.patch_merging_fwd(x, w, b, 1e-5, None, torch.int32)
+    y, mean, rstd = torch.ops.swin_ext.patch_merging_fwd(x, w, b, 1e-5)
+    with pytest.raises(RuntimeError, match="branch_dtype must be float32"):
+        torch.ops.swin_ext.patch_merging_bwd(torch.ones_like(y), x, w, mean, rstd, None, torch.int64)
+    with pytest.raises(RuntimeError, match="grad_out must be float32"):
+        torch.ops.swin_ext.patch_merging_bwd(torch.ones_like(y).int(), x, w, mean, rstd)
 
 
 def _merge(**over):

@@ -8,7 +8,8 @@ the copy in triton's package) and fails unless
   no generic LD/ST, <= 128 registers) and their dynamic instruction estimate on
   the Swin-T path stays under 900 per warp (``benchmarks/results/attn_fwd_dyn_sm90.md``),
 * every attention kernel and every vectorised merging kernel moves rows
-  with 128-bit global loads and stores (LDG.E.128 / STG.E.128),
+  with 128-bit global loads and stores (LDG.E.128 / STG.E.128), and
+  patch merging's register kernels fit 4 blocks of 128 threads per SM,
 * no kernel has a stack frame or spills to local memory (STL / LDL).
 
 It writes the per-kernel table -- SASS instructions, registers, dynamic
@@ -160,6 +161,17 @@ def test_row_accesses_are_128_bit(kernels):
                 assert k.counts.get("STG.128", 0) > 0, f"{k.short}: no 128-bit global store"
 
 
+def test_merge_register_kernels(kernels):
+    """Patch merging's register kernels (issue 20): one of each direction per float-accumulation dtype
+    mix, 128-bit loads and stores of every row, at most 128 registers (4 blocks of 128 threads per SM)."""
+    reg = [k for k in kernels if k.short.startswith(("merge_fwd_reg_kernel<", "merge_bwd_reg_kernel<"))]
+    mixes = {k.short.split("<", 1)[1].rsplit(",", 2)[0] for k in reg}
+    assert len(mixes) == 9 and len(reg) == 18, sorted(k.short for k in reg)  # every mix but float64's
+    for k in reg:
+        assert k.counts.get("LDG.128", 0) > 0 and k.counts.get("STG.128", 0) > 0, f"{k.short}: not 128-bit"
+        assert k.regs <= 128, f"{k.short}: {k.regs} registers"
+
+
 def test_no_local_memory(kernels):
     for k in kernels:
         assert k.stack == 0 and k.counts.get("STL", 0) == 0 and k.counts.get("LDL", 0) == 0, (
@@ -235,3 +247,110 @@ def test_write_sass_table(kernels):
     with open(out, "w") as f:
         f.write("\n".join(lines) + "\n")
     assert os.path.getsize(out) > 0
+
+
+# ---------------------------------------------------------------------------
+# add + LayerNorm (register path) and bias + GELU: the row loops in the SASS
+# (issue 20).  benchmarks/sass_report.py --streams prints the numbers.
+
+STREAM_KERNELS = ("add_ln_fwd_reg_kernel", "add_ln_bwd_reg_kernel", "bias_gelu_fwd_kernel", "bias_gelu_bwd_kernel")
+
+
+def _args(k):
+    return [a.strip() for a in k.short.split("<", 1)[1].rstrip(">").split(",")]
+
+
+@pytest.fixture(scope="module")
+def stream(kernels):
+    ks = [k for k in kernels if k.short.startswith(STREAM_KERNELS)]
+    # fwd/bwd x dtypes x capacities
+    assert len([k for k in ks if k.short.startswith("add_ln")]) == 2 * 10 * 2, [k.short for k in ks]
+    assert len([k for k in ks if k.short.startswith("bias_gelu")]) == 2 * 4 * 2  # fwd/bwd x dtypes x vec/scalar
+    ins = sass_report.read_sass_instrs(swin_ext._C.__file__, ks)
+    return [(k, ins[k.mangled]) for k in ks]
+
+
+def _loop(ins):
+    lo, hi = sass_report.row_loop(ins)
+    return [sass_report.opcode(t) for _, t in ins[lo:hi + 1]]
+
+
+def test_stream_kernel_registers(stream):
+    """Occupancy by the launch bounds, no spills: bias_gelu (192 threads) fwd <= 56 registers (6 blocks = 56%),
+    bwd <= 64 (5 blocks, two rows of dy and z in flight); add_ln (128 threads) small capacity fwd <= 72
+    (7 blocks), bwd <= 128 (4 blocks), large capacity fwd <= 168 (3 blocks), bwd <= 255 (the fp32
+    accumulation only: fp64 is for gradcheck)."""
+    for k, _ in stream:
+        a = _args(k)
+        if "fp64" in a:
+            continue
+        if k.short.startswith("bias_gelu"):
+            bound = 56 if "fwd" in k.short else 64
+        else:
+            small = int(a[-1]) * int(a[-2]) <= 24
+            bound = (72 if small else 168) if "fwd" in k.short else (128 if small else 255)
+        assert k.regs <= bound, f"{k.short}: {k.regs} registers > {bound}"
+
+
+def test_add_ln_reads_each_row_once(stream):
+    """The forward's row loop loads x and branch once per chunk (no second pass over global memory),
+    nothing else; the backward's h, grad_y, grad_h once per chunk plus mean and rstd."""
+    size = {"fp32": 4, "bf16": 2, "fp16": 2, "fp64": 8}
+    for k, ins in stream:
+        if not k.short.startswith("add_ln"):
+            continue
+        tx, tb, ty, _, vec, nch = _args(k)
+        loop = _loop(ins)
+        wide = sum(t.startswith("LDG.E.128") for t in loop)
+        other = sum(t.startswith("LDG") and not t.startswith("LDG.E.128") for t in loop)
+        per_chunk = size[tx] * int(vec) // 16 + size[ty if "bwd" in k.short else tb] * int(vec) // 16
+        if "bwd" in k.short:
+            per_chunk += size[tx] * int(vec) // 16  # grad_h
+        assert wide == int(nch) * per_chunk, (k.short, wide, int(nch) * per_chunk)
+        assert other == (2 if "bwd" in k.short else 0), (k.short, other)  # mean, rstd
+
+
+def test_add_ln_backward_keeps_dweight_dbias_in_registers(stream):
+    """No shared-memory store or atomic in the backward's row loop: dweight / dbias live in registers
+    (the shared-memory read-modify-writes of the wide kernel are gone from the register path)."""
+    for k, ins in stream:
+        if k.short.startswith("add_ln_bwd_reg_kernel"):
+            bad = [t for t in _loop(ins) if t.startswith(("STS", "ATOMS", "ATOM", "RED"))]
+            assert not bad, (k.short, bad)
+
+
+def test_bias_gelu_two_rows_in_flight(stream):
+    """Both rows' 16-byte loads (z; dy and z) are issued before the first row's store."""
+    for k, ins in stream:
+        if not k.short.startswith("bias_gelu") or _args(k)[-1] == "1":
+            continue
+        loop = _loop(ins)
+        first_store = next(i for i, t in enumerate(loop) if t.startswith("STG"))
+        loads = sum(t.startswith("LDG.E.128") for t in loop[:first_store])
+        assert loads == (2 if "fwd" in k.short else 4), (k.short, loads)
+
+
+# SASS instructions per element of a lane (the row loop per element it handles; add_ln: with the rarely
+# taken rescale block and the group reductions at 4 lanes per row, an upper bound).  Before issue 20:
+# bias_gelu fwd 30.9, bwd 46.1 (one row per trip, erff); add_ln one warp per row in four passes.
+PER_ELEM_BOUND = {"bias_gelu_fwd_kernel": 20.0, "bias_gelu_bwd_kernel": 27.0,
+                  "add_ln_fwd_reg_kernel": 34.0, "add_ln_bwd_reg_kernel": 34.0}
+
+
+def test_instructions_per_element(stream):
+    for k, ins in stream:
+        a = _args(k)
+        if "fp64" in a or a[-1] == "1" or (k.short.startswith("add_ln") and a[-2] != "8"):
+            continue  # the 16-bit-vector kernels the autocast model runs
+        c = sass_report.loop_count(k, ins, lg=2)
+        bound = PER_ELEM_BOUND[k.short.split("<")[0]]
+        assert c is not None and c.per_elem <= bound, (k.short, c and c.per_elem, bound)
+
+
+def test_write_stream_table(kernels):
+    out = os.path.join(ROOT, "benchmarks", "results", "sass_streams_sm90.md")
+    text = sass_report.stream_table(swin_ext._C.__file__, "sm_90", kernels)
+    with open(out, "w") as f:
+        f.write("# add + LayerNorm and bias + GELU: SASS per element, bytes, estimated H200 time\n\n"
+                "Written by `tests/test_sass.py` (`benchmarks/sass_report.py --streams`).\n\n" + text + "\n")
+    assert "add+LN bwd" in text and "bias+GELU bwd" in text

@@ -116,60 +116,19 @@ SWIN_ALWAYS_INLINE void add_ln_fwd_rows(const AddLnArgs<acc_t>& a, int64_t begin
 
 template <typename BT, typename YT>
 SWIN_ALWAYS_INLINE void add_ln_fwd_rows_f32(const AddLnArgs<float>& a, int64_t begin, int64_t end) {
-  using cpu::v8f;
-  const int64_t C = a.C, Cv = C / 8 * 8;
-  const float* __restrict w = a.weight;
-  const float* __restrict bb = a.bias;
-  const float inv_n = 1.0f / static_cast<float>(C);
+  const int64_t C = a.C;
   for (int64_t r = begin; r < end; ++r) {
-    const float* __restrict x = static_cast<const float*>(a.x) + r * C;
-    const BT* __restrict br = static_cast<const BT*>(a.branch) + r * C;
     float* __restrict h = static_cast<float*>(a.h) + r * C;
-    YT* __restrict y = static_cast<YT*>(a.y) + r * C;
-    v8f vs = {}, vm = {};
-    int64_t c = 0;
-    for (; c < Cv; c += 8) {
-      const v8f v = cpu::load8(x + c) + cpu::load8(br + c);
-      cpu::store8(h + c, v);
-      vs += v;
-      const v8f av = cpu::abs8(v);
-      vm = av > vm ? av : vm;
-    }
-    float sum = cpu::hsum8(vs), amax = cpu::hmax8(vm);
-    for (; c < C; ++c) {
-      const float v = x[c] + static_cast<float>(br[c]);
-      h[c] = v;
-      sum += v;
-      const float av = std::abs(v);
-      amax = av > amax ? av : amax;
-    }
-    if (!(amax <= cpu::kScaleAbove<float>)) {  // huge or non-finite: the generic row code
+    cpu::v8f vs = {}, vm = {};
+    float ts = 0, tm = 0;
+    cpu::f32_add_row(static_cast<const float*>(a.x) + r * C, static_cast<const BT*>(a.branch) + r * C, C, h, vs,
+                     vm, ts, tm);
+    if (!(std::max(cpu::hmax8(vm), tm) <= cpu::kScaleAbove<float>)) {  // huge or non-finite: the generic row code
       add_ln_fwd_rows<float>(a, r, r + 1);
       continue;
     }
-    const float m0 = sum * inv_n;
-    v8f v1 = {}, v2 = {};
-    for (c = 0; c < Cv; c += 8) {
-      const v8f d = cpu::load8(h + c) - m0;
-      v1 += d;
-      v2 += d * d;
-    }
-    float s1 = cpu::hsum8(v1), s2 = cpu::hsum8(v2);
-    for (; c < C; ++c) {
-      const float d = h[c] - m0;
-      s1 += d;
-      s2 += d * d;
-    }
-    const float dm = s1 * inv_n;
-    const float m = m0 + dm;
-    const float var = std::max(s2 * inv_n - dm * dm, 0.0f);
-    const float rs = 1.0f / std::sqrt(var + a.eps);
-    a.mean[r] = m;
-    a.rstd[r] = rs;
-    for (c = 0; c < Cv; c += 8) {
-      cpu::store8(y + c, (cpu::load8(h + c) - m) * rs * cpu::load8(w + c) + cpu::load8(bb + c));
-    }
-    for (; c < C; ++c) y[c] = static_cast<YT>((h[c] - m) * rs * w[c] + bb[c]);
+    cpu::f32_stats(h, C, cpu::hsum8(vs) + ts, a.eps, a.mean[r], a.rstd[r]);
+    cpu::f32_normalize(h, C, a.mean[r], a.rstd[r], a.weight, a.bias, static_cast<YT*>(a.y) + r * C);
   }
 }
 
@@ -177,12 +136,10 @@ SWIN_ALWAYS_INLINE void add_ln_fwd_rows_f32(const AddLnArgs<float>& a, int64_t b
 // float32 or bfloat16 (DT = void: no dbranch).
 template <typename GT, typename DT>
 SWIN_ALWAYS_INLINE void add_ln_bwd_blocks_f32(const AddLnArgs<float>& a, int64_t begin, int64_t end) {
-  using cpu::v8f;
-  const int64_t C = a.C, Cv = C / 8 * 8;
+  const int64_t C = a.C;
   std::vector<float> storage(2 * C);
   float* __restrict xh = storage.data();
   float* __restrict gwb = storage.data() + C;
-  const float* __restrict w = a.weight;
   const float inv_n = 1.0f / static_cast<float>(C);
   for (int64_t blk = begin; blk < end; ++blk) {
     float* __restrict dw = a.dw_part + blk * C;
@@ -191,49 +148,14 @@ SWIN_ALWAYS_INLINE void add_ln_bwd_blocks_f32(const AddLnArgs<float>& a, int64_t
     std::fill(db, db + C, 0.0f);
     const int64_t r_end = std::min(a.rows, (blk + 1) * kLnRowsPerPartial);
     for (int64_t r = blk * kLnRowsPerPartial; r < r_end; ++r) {
-      const float* __restrict h = static_cast<const float*>(a.h_in) + r * C;
-      const GT* __restrict gy = static_cast<const GT*>(a.grad_y) + r * C;
-      const float m = a.mean_in[r], rs = a.rstd_in[r];
-      v8f vg = {}, vgx = {};
-      int64_t c = 0;
-      for (; c < Cv; c += 8) {
-        const v8f x = (cpu::load8(h + c) - m) * rs;
-        const v8f g = cpu::load8(gy + c);
-        cpu::store8(dw + c, cpu::load8(dw + c) + g * x);
-        cpu::store8(db + c, cpu::load8(db + c) + g);
-        const v8f gw = g * cpu::load8(w + c);
-        cpu::store8(xh + c, x);
-        cpu::store8(gwb + c, gw);
-        vg += gw;
-        vgx += gw * x;
-      }
-      float sum_g = cpu::hsum8(vg), sum_gx = cpu::hsum8(vgx);
-      for (; c < C; ++c) {
-        const float x = (h[c] - m) * rs;
-        const float g = static_cast<float>(gy[c]);
-        dw[c] += g * x;
-        db[c] += g;
-        const float gw = g * w[c];
-        xh[c] = x;
-        gwb[c] = gw;
-        sum_g += gw;
-        sum_gx += gw * x;
-      }
-      const float mg = sum_g * inv_n, mgx = sum_gx * inv_n;
-      const float* __restrict gh = a.grad_h ? static_cast<const float*>(a.grad_h) + r * C : nullptr;
-      float* __restrict dh = static_cast<float*>(a.dh) + r * C;
-      for (c = 0; c < Cv; c += 8) {
-        v8f d = rs * (cpu::load8(gwb + c) - mg - cpu::load8(xh + c) * mgx);
-        if (gh) d += cpu::load8(gh + c);
-        cpu::store8(dh + c, d);
-        if constexpr (!std::is_void<DT>::value) cpu::store8(static_cast<DT*>(a.dbranch) + r * C + c, d);
-      }
-      for (; c < C; ++c) {
-        float d = rs * (gwb[c] - mg - xh[c] * mgx);
-        if (gh) d += gh[c];
-        dh[c] = d;
-        if constexpr (!std::is_void<DT>::value) static_cast<DT*>(a.dbranch)[r * C + c] = static_cast<DT>(d);
-      }
+      float sum_g, sum_gx;
+      cpu::f32_ln_bwd_row(static_cast<const float*>(a.h_in) + r * C, static_cast<const GT*>(a.grad_y) + r * C, C,
+                          a.mean_in[r], a.rstd_in[r], a.weight, dw, db, xh, gwb, sum_g, sum_gx);
+      void* dbr = nullptr;
+      if constexpr (!std::is_void<DT>::value) dbr = static_cast<DT*>(a.dbranch) + r * C;
+      cpu::f32_ln_bwd_out<DT>(gwb, xh, C, a.rstd_in[r], sum_g * inv_n, sum_gx * inv_n,
+                              a.grad_h ? static_cast<const float*>(a.grad_h) + r * C : nullptr,
+                              static_cast<float*>(a.dh) + r * C, dbr);
     }
   }
 }
@@ -281,24 +203,6 @@ SWIN_ALWAYS_INLINE void add_ln_bwd_blocks(const AddLnArgs<acc_t>& a, int64_t beg
       }
       store_row(a.x_t, a.dh, r, C, xh);
       if (a.dbranch != nullptr) store_row(a.b_t, a.dbranch, r, C, xh);
-    }
-  }
-}
-
-// dweight/dbias = the partials summed in block order (channels split over threads).
-template <typename acc_t>
-SWIN_ALWAYS_INLINE void reduce_partials(const AddLnArgs<acc_t>& a, int64_t nblocks, acc_t* dweight,
-                                        acc_t* dbias, int64_t c0, int64_t c1) {
-  const int64_t C = a.C;
-  std::fill(dweight + c0, dweight + c1, acc_t(0));
-  std::fill(dbias + c0, dbias + c1, acc_t(0));
-  for (int64_t blk = 0; blk < nblocks; ++blk) {
-    const acc_t* __restrict pw = a.dw_part + blk * C;
-    const acc_t* __restrict pb = a.db_part + blk * C;
-#pragma omp simd
-    for (int64_t c = c0; c < c1; ++c) {
-      dweight[c] += pw[c];
-      dbias[c] += pb[c];
     }
   }
 }
@@ -390,13 +294,7 @@ void run_bwd(const AddLnArgs<acc_t>& a, int64_t nblocks, acc_t* dweight, acc_t* 
 #endif
     bwd_blocks_default(a, p, begin, end);
   });
-  // Channel chunks of 64 (a multiple of every vector width); each sums its
-  // channels over the blocks in order.
-  at::parallel_for(0, (a.C + 63) / 64, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, nblocks)),
-                   [&](int64_t begin, int64_t end) {
-                     reduce_partials(a, nblocks, dweight, dbias, begin * 64,
-                                     std::min(a.C, end * 64));
-                   });
+  cpu::sum_partials(a.dw_part, a.db_part, nblocks, a.C, dweight, dbias);
 }
 
 // ---------------------------------------------------------------- ATen glue

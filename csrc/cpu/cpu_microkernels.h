@@ -20,9 +20,11 @@
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__) && !defined(__clang__)
 #define SWIN_HAVE_AVX2_CLONE 1
 #define SWIN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define SWIN_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
 #else
 #define SWIN_HAVE_AVX2_CLONE 0
 #define SWIN_TARGET_AVX2
+#define SWIN_TARGET_AVX512
 #endif
 
 namespace swin_ext {
@@ -36,6 +38,19 @@ inline bool cpu_has_avx2() {
     const char* isa = std::getenv("SWIN_EXT_CPU_ISA");
     if (isa != nullptr && std::string(isa) == "default") return false;
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return has;
+}
+
+// AVX-512 (F, VL, BW, DQ) for the kernels compiled a third time with 16-lane
+// vectors (compute-bound ones: bias + GELU).  SWIN_EXT_CPU_ISA=avx2 stops at
+// the AVX2 build (tests use it on AVX-512 machines), =default at the baseline.
+inline bool cpu_has_avx512() {
+  static const bool has = [] {
+    const char* isa = std::getenv("SWIN_EXT_CPU_ISA");
+    if (isa != nullptr && (std::string(isa) == "default" || std::string(isa) == "avx2")) return false;
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
   }();
   return has;
 }
@@ -196,24 +211,28 @@ SWIN_ALWAYS_INLINE void copy_row_scaled(const S* __restrict src, T* __restrict d
 typedef Vec32<float>::type v8f;
 typedef int32_t v8i __attribute__((vector_size(32)));
 
-SWIN_ALWAYS_INLINE v8f exp_v8f(v8f x) {
+// The same for any float vector V (VI: the int32 vector of as many lanes).
+template <typename V, typename VI>
+SWIN_ALWAYS_INLINE V exp_vec(V x) {
   const float lo = -87.33654f, hi = 88.37626f;
-  v8f xc = x < lo ? lo : x;
+  V xc = x < lo ? lo : x;
   xc = xc > hi ? hi : xc;
-  const v8f t = xc * 1.44269504088896341f;
-  const v8f n = (t + 12582912.0f) - 12582912.0f;  // round to nearest integer
-  v8f r = xc - n * 0.693359375f;
+  const V t = xc * 1.44269504088896341f;
+  const V n = (t + 12582912.0f) - 12582912.0f;  // round to nearest integer
+  V r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  v8f p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  V p = r * 1.9875691500e-4f + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
-  const v8f y = p * (v8f)bits;
-  return x < lo ? v8f{} : y;
+  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
+  const V y = p * (V)bits;
+  return x < lo ? V{} : y;
 }
+
+SWIN_ALWAYS_INLINE v8f exp_v8f(v8f x) { return exp_vec<v8f, v8i>(x); }
 
 // In-place row softmax over Np (a multiple of 16) entries whose padding holds
 // -inf; returns the log-sum-exp.  Generic version (double): scalar std::exp.

@@ -1,5 +1,7 @@
 // LayerNorm row statistics shared by the patch-merging and add+LayerNorm
-// kernels: one warp holds a row, each lane VEC-element chunks of it.
+// kernels: warp_row_stats for a row walked by one warp in VEC-element chunks
+// (re-read per pass), group_row_stats for a row held in registers by a
+// group of lanes.
 //
 // The statistics are right for every finite input, as the CPU kernels
 // compute them (torch's float32 LayerNorm overflows from |x| ~ 1e19 on):
@@ -18,6 +20,21 @@
 
 namespace swin_ext {
 namespace cuda {
+
+// The (stream, branch, output) dtype combinations of the fused residual +
+// LayerNorm kernels (patch merging): one dtype throughout, or a float32
+// residual stream with a bf16 / fp16 branch or output (every autocast mix).
+#define SWIN_LN_DTYPE_MIXES(X)                     \
+  X(float, float, float)                           \
+  X(double, double, double)                        \
+  X(__half, __half, __half)                        \
+  X(__nv_bfloat16, __nv_bfloat16, __nv_bfloat16)   \
+  X(float, __nv_bfloat16, __nv_bfloat16)           \
+  X(float, __half, __half)                         \
+  X(float, float, __nv_bfloat16)                   \
+  X(float, float, __half)                          \
+  X(float, __nv_bfloat16, float)                   \
+  X(float, __half, float)
 
 // Below this magnitude the sum of squared residuals over <= 2^30 channels
 // cannot overflow acc_t.
@@ -79,6 +96,83 @@ __device__ __forceinline__ RowStats<acc_t> warp_row_stats(ForEach&& for_each, ac
   const acc_t dm = warp_sum(s1) * inv_n;
   mu += dm;
   const acc_t var = acc_max(warp_sum(s2) * inv_n - dm * dm, acc_t(0));
+  r.mean = mu;
+  r.rstd = acc_inv_sqrt(var + eps);
+  return r;
+}
+
+// ---------------------------------------------------------------------------
+// The same statistics for rows held in registers by aligned groups of 2^lg
+// lanes (add_layernorm.cuh): each lane holds NCH chunks of VEC values of its
+// group's row, chunk k counted when bit k of `valid` is set (the others are
+// ignored).  Two passes over the registers, the sums over the group by xor
+// butterflies (every lane of a group gets the same bits).  Every lane of the
+// warp calls it (the shuffles use the full mask; the rare rescaling pass is
+// entered by the whole warp when any group needs it).
+
+// a += the group's a, b += the group's b (aligned groups of 2^lg lanes).
+template <typename T>
+__device__ __forceinline__ void group_sum2(T& a, T& b, int lg) {
+  for (int m = (1 << lg) >> 1; m > 0; m >>= 1) {
+    a += __shfl_xor_sync(0xffffffffu, a, m);
+    b += __shfl_xor_sync(0xffffffffu, b, m);
+  }
+}
+
+template <typename acc_t, int NCH, int VEC>
+__device__ __forceinline__ RowStats<acc_t> group_row_stats(const acc_t (&v)[NCH][VEC], unsigned valid, int lg,
+                                                           acc_t inv_n, acc_t eps) {
+  acc_t s = 0, amax = 0;
+#pragma unroll
+  for (int k = 0; k < NCH; ++k) {
+    if (valid >> k & 1u) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        s += v[k][e];
+        amax = acc_max(amax, acc_abs(v[k][e]));  // fmax: a NaN never wins (it reaches the output through s)
+      }
+    }
+  }
+  for (int m = (1 << lg) >> 1; m > 0; m >>= 1) {
+    s += __shfl_xor_sync(0xffffffffu, s, m);
+    amax = acc_max(amax, __shfl_xor_sync(0xffffffffu, amax, m));
+  }
+  RowStats<acc_t> r;
+  r.k = 0;
+  r.scale = 1;
+  const bool big = amax > layernorm_scale_above<acc_t>() && amax <= std::numeric_limits<acc_t>::max();
+  if (__any_sync(0xffffffffu, big)) {  // warp-uniform: the groups that do not need it redo their sum unscaled
+    r.k = big ? acc_ilogb(amax) : 0;
+    r.scale = acc_ldexp(acc_t(1), -r.k);
+    acc_t s2 = 0, unused = 0;
+#pragma unroll
+    for (int k = 0; k < NCH; ++k) {
+      if (valid >> k & 1u) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) s2 += v[k][e] * r.scale;
+      }
+    }
+    group_sum2(s2, unused, lg);
+    s = s2;
+    if (big && eps > 0) eps = acc_max(acc_ldexp(eps, -2 * r.k), std::numeric_limits<acc_t>::min());
+  }
+  acc_t mu = s * inv_n;
+  acc_t s1 = 0, s2 = 0;
+#pragma unroll
+  for (int k = 0; k < NCH; ++k) {
+    if (valid >> k & 1u) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const acc_t d = v[k][e] * r.scale - mu;
+        s1 += d;
+        s2 += d * d;
+      }
+    }
+  }
+  group_sum2(s1, s2, lg);
+  const acc_t dm = s1 * inv_n;
+  mu += dm;
+  const acc_t var = acc_max(s2 * inv_n - dm * dm, acc_t(0));
   r.mean = mu;
   r.rstd = acc_inv_sqrt(var + eps);
   return r;

@@ -13,9 +13,15 @@ What runs where (``fast=True``, the fused backend's setting):
   (the numbers: ``docs/models.md``).
   :func:`linear_gelu` puts fc1's exact (erf) GELU into the GEMM epilogue in
   inference (no pass over the ``(tokens, 4C)`` hidden map for the GELU); in
-  training the GELU stays torch's op, since its backward needs the
+  training the epilogue cannot be used, since the GELU backward needs the
   pre-activation, which the epilogue does not keep (keeping it was
   measured at under 1% of a step: not done).
+* **CPU training**, fc1 + GELU (:func:`linear_gelu`, ``fast=True``, float32
+  or CPU autocast to bfloat16, autograd recording): the bias-free GEMM (on
+  oneDNN in float32) and :func:`swin_ext.bias_gelu` -- its vectorised CPU
+  kernel writes the GELU in one pass and, in the backward, GELU' and the bias
+  gradient in one (torch's GELU backward writes the gradient and the Linear's
+  backward reads it again for the bias); :data:`CPU_TRAINING_BIAS_GELU`.
 * **CUDA**, fc1 + GELU (:func:`linear_gelu`, ``fast=True``): the bias-free
   GEMM ``F.linear(x, weight)`` and :func:`swin_ext.bias_gelu` (bias + exact
   GELU in one pass, and in the backward GELU' and the bias gradient in one);
@@ -40,6 +46,11 @@ from ..ops import forward_mode, functorch_active
 from . import config
 
 __all__ = ["Linear", "linear", "linear_gelu"]
+
+#: CPU training: fc1's bias + GELU as :func:`swin_ext.bias_gelu` after the
+#: bias-free GEMM (measured: benchmarks/results/, issue 20); False: the GEMM
+#: with its bias, then torch's GELU.
+CPU_TRAINING_BIAS_GELU = True
 
 
 def _onednn_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
@@ -129,8 +140,10 @@ def linear_gelu(x: torch.Tensor, fc: nn.Linear, approximate: str = "none") -> to
 
     * CPU inference (float32, oneDNN): one oneDNN GEMM with the exact GELU in
       its epilogue, saving a pass over the ``(tokens, 4C)`` hidden map, the
-      largest tensor of a Swin block.  CPU training: :func:`linear` then
-      ``F.gelu`` (the GELU backward needs the pre-activation).
+      largest tensor of a Swin block.  CPU training (float32, or autocast to
+      bfloat16): the bias-free :func:`linear` then :func:`swin_ext.bias_gelu`
+      (the GELU backward needs the pre-activation, which the epilogue does
+      not keep; the bias gradient comes out of the GELU backward's pass).
     * CUDA (any dtype, autocast, training and inference): the bias-free GEMM
       ``F.linear(x, weight)`` then :func:`swin_ext.bias_gelu` -- the same
       forward bytes as ``addmm`` + GELU, and a backward that writes ``dz``
@@ -150,8 +163,24 @@ def linear_gelu(x: torch.Tensor, fc: nn.Linear, approximate: str = "none") -> to
         return _bias_gelu_op(F.linear(x, fc.weight), fc.bias)
     if (
         fast
+        and CPU_TRAINING_BIAS_GELU
         and approximate == "none"
-        and not (torch.is_grad_enabled() and (x.requires_grad or fc.weight.requires_grad))
+        and x.device.type == "cpu"
+        and fc.bias is not None
+        and torch.is_grad_enabled()
+        and (x.requires_grad or fc.weight.requires_grad or fc.bias.requires_grad)
+        and (config.autocast_dtype("cpu") or x.dtype) in (torch.float32, torch.bfloat16)
+        and config.has_kernel("bias_gelu", "cpu")
+        and not torch.compiler.is_exporting()
+    ):
+        return _bias_gelu_op(linear(x, fc.weight, None, fast), fc.bias)
+    if (
+        fast
+        and approximate == "none"
+        and not (
+            torch.is_grad_enabled()
+            and (x.requires_grad or fc.weight.requires_grad or (fc.bias is not None and fc.bias.requires_grad))
+        )
         and _onednn_ok(x, fc.weight, fc.bias)
         and (fc.bias is None or fc.bias.dtype == torch.float32)
     ):

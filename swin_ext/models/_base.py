@@ -237,10 +237,10 @@ class SwinStage(nn.Module):
         self, x: torch.Tensor, branch: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``(x, branch)`` -> ``(x', branch')``: the stage's output is ``x' + branch'``.  With a
-        downsample the add is done before it and ``branch'`` is ``None``."""
+        downsample the pending branch goes into it (``downsample(x, branch)``) and ``branch'`` is ``None``."""
         x, branch = self.forward_blocks(x, branch)
         if self.downsample is not None:
-            return self.downsample(residual_add(x, branch)), None
+            return self.downsample(x, branch), None
         return x, branch
 
     def flops(self, H: int, W: int) -> int:
@@ -562,7 +562,7 @@ class SwinBase(nn.Module):
                     y = x
                 intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
             if i < last and layer.downsample is not None:
-                x, branch = layer.downsample(residual_add(x, branch)), None
+                x, branch = layer.downsample(x, branch), None
         if intermediates_only:
             return intermediates
         return (final if final is not None else residual_add(x, branch)), intermediates

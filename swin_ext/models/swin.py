@@ -172,21 +172,24 @@ class SwinTransformerBlock(SwinBlock):
 class PatchMerging(nn.Module):
     """2x2 merge + LayerNorm(4C) + Linear(4C -> 2C): ``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 2C)``.
 
-    ``fused``: the gather and the LayerNorm are one swin_ext kernel
-    (:func:`swin_ext.layers.patch_merging`) and the reduction a
+    ``forward(x, branch=None)`` takes the stage's pending branch (the last
+    block's MLP output, not yet added to the stream) and merges ``x +
+    branch``.  ``fused``: the add, the gather and the LayerNorm are one
+    swin_ext kernel (:func:`swin_ext.layers.patch_merging`; under autocast its
+    output is already in the Linear's dtype) and the reduction a
     :class:`swin_ext.layers.Linear`; else plain PyTorch.
     """
 
     def __init__(self, dim: int, fused: bool = True) -> None:
         super().__init__()
         self.dim = dim
-        #: run the fused gather + LayerNorm kernel
+        #: run the fused add + gather + LayerNorm kernel
         self.fused = fused
         self.norm = nn.LayerNorm(4 * dim)
         self.reduction = Linear(4 * dim, 2 * dim, bias=False, fast=fused)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.reduction(patch_merging(x, self.norm, self.fused))
+    def forward(self, x: torch.Tensor, branch: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.reduction(patch_merging(x, self.norm, self.fused, branch))
 
     def flops(self, H: int, W: int) -> int:
         return H * W * self.dim + (H // 2) * (W // 2) * 4 * self.dim * 2 * self.dim
@@ -196,9 +199,10 @@ class BasicLayer(SwinStage):
     """One stage: ``depth`` blocks (even ones unshifted, odd ones shifted by ws // 2), then merging.
 
     ``forward(x, branch=None)`` -> ``(x', branch')`` like the blocks: the
-    stage's output is ``x' + branch'``.  With a patch merging the add is done
-    before it and ``branch'`` is ``None``; without one (the last stage) the
-    add is left to the norm that follows.
+    stage's output is ``x' + branch'``.  With a patch merging the last
+    block's pending branch goes into it (the add fused with the merging's
+    gather and LayerNorm) and ``branch'`` is ``None``; without one (the last
+    stage) the add is left to the norm that follows.
 
     Args:
         dim, depth, num_heads, window_size, mlp_ratio, qkv_bias, drop, attn_drop, fused:

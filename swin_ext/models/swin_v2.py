@@ -208,8 +208,8 @@ class PatchMergingV2(nn.Module):
         self.reduction = Linear(4 * dim, 2 * dim, bias=False, fast=fused)
         self.norm = nn.LayerNorm(2 * dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.reduction(merge_gather(x)))
+    def forward(self, x: torch.Tensor, branch: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.norm(self.reduction(merge_gather(residual_add(x, branch))))
 
     def flops(self, H: int, W: int) -> int:
         # official V2 count: the reduction, then the LayerNorm over 2C at H/2 x W/2

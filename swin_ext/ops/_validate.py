@@ -235,9 +235,18 @@ def attention_scale(scale, qkv, heads: int, where: str) -> float:
 
 
 def check_merging(
-    x, weight, bias, raw: bool = False, exact_dtypes: bool = False, where: str = "swin_ext.patch_merging"
+    x,
+    weight,
+    bias,
+    raw: bool = False,
+    exact_dtypes: bool = False,
+    where: str = "swin_ext.patch_merging",
+    branch=None,
 ) -> None:
-    """Validate the patch-merging arguments (``exact_dtypes``: weight/bias in the accumulation dtype)."""
+    """Validate the patch-merging arguments (``exact_dtypes``: weight/bias in the accumulation dtype).
+
+    ``branch``: ``None`` or the pending residual branch, a floating tensor of ``x``'s shape on its device.
+    """
     _check_tensor(x, "x", 4, raw, where)
     _check_dims(x, "x", raw, where)
     _check_tensor(weight, "weight", 1, raw, where)
@@ -263,6 +272,13 @@ def check_merging(
             )
     _check_device(x, weight, "x", "weight", raw, where)
     _check_device(x, bias, "x", "bias", raw, where)
+    if branch is not None:
+        _check_tensor(branch, "branch", None, raw, where)
+        if tuple(branch.shape) != tuple(x.shape):
+            raise _exc(
+                raw, ValueError, f"{where}: branch must have the shape of x {tuple(x.shape)}, got {tuple(branch.shape)}"
+            )
+        _check_device(x, branch, "x", "branch", raw, where)
     if _static(B, H, W, C) and B * -(-H // 2) * -(-W // 2) * C4 > _INT64_MAX:
         raise _exc(raw, ValueError, f"{where}: the output size B * H2 * W2 * 4C overflows int64")
 

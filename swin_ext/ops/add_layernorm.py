@@ -32,7 +32,7 @@ from ._autograd import (
     vmap_loop,
 )
 from ._validate import acc_dtype, check_add_layernorm, check_add_layernorm_bwd, dtype_arg, real_arg
-from .reference import layer_norm_composite
+from .reference import layer_norm_composite, residual_sum
 
 __all__ = ["add_layernorm", "autocast_dtype"]
 
@@ -130,8 +130,7 @@ def _composite(eps: float, y_dtype: torch.dtype) -> Callable:
     ln = _ln_composite(eps, y_dtype)
 
     def f(x, branch, w, b):
-        add = torch.float64 if torch.float64 in (x.dtype, branch.dtype) else torch.float32
-        h = (x.to(add) + branch.to(add)).to(x.dtype)
+        h = residual_sum(x, branch)
         return h, ln(h, w, b)
 
     return f

@@ -1,22 +1,30 @@
-"""``patch_merging``: the 2x2 gather of Swin V1's patch merging fused with its LayerNorm over ``4C``.
+"""``patch_merging``: the stage's pending residual add, the 2x2 gather of Swin V1's patch merging and its LayerNorm
+over ``4C``, fused.
 
 Raw ops ``swin_ext::patch_merging_{fwd,bwd}``: schemas in ``csrc/op_schemas.h``,
 CPU kernel in ``csrc/cpu/patch_merging_cpu.cpp``, CUDA kernels in
-``csrc/cuda/patch_merging.cuh``.  The forward returns ``(y, mean, rstd)``;
-the row statistics (non-differentiable outputs) are what the backward (the
-LayerNorm backward and the scatter, one kernel) needs besides ``x``.
+``csrc/cuda/patch_merging.cuh``.  The forward takes an optional ``branch``
+(the stage's last residual branch, still to be added to ``x``) and an
+optional ``y_dtype`` (autocast's), and returns ``(y, mean, rstd)``; the row
+statistics (non-differentiable outputs) are what the backward (the LayerNorm
+backward and the scatter, one kernel) needs besides ``x`` and ``branch``
+(``h = x + branch`` is never stored: the backward recomputes it).  The
+backward returns ``(dx, dbranch, dweight, dbias)``, ``dbranch`` in
+``branch_dtype`` or an empty ``(0,)`` tensor when that is ``None`` (the
+wrapper then passes ``dx`` on for the branch), as ``add_layernorm_bwd``.
 
 This file reads top to bottom: wrapper, fakes, autograd, the
 ``autograd.Function`` used under ``torch.func``, vmap rule, registration.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
 from .._ext import HAS_OPS, require_ops
 from ._autograd import (
+    autocast_dtype,
     composite_call,
     forward_mode,
     functorch_active,
@@ -26,8 +34,8 @@ from ._autograd import (
     vjp,
     vmap_loop,
 )
-from ._validate import acc_dtype, check_merging, real_arg
-from .reference import layer_norm_composite, patch_gather
+from ._validate import FLOAT_DTYPES, acc_dtype, check_merging, dtype_arg, real_arg
+from .reference import layer_norm_composite, patch_gather, residual_sum
 
 __all__ = ["patch_merging"]
 
@@ -38,34 +46,55 @@ OPS = ("patch_merging",)
 # --------------------------------------------------------------------------- wrapper
 
 
-def patch_merging(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """2x2 patch gather fused with LayerNorm over the gathered ``4C`` channels.
+def patch_merging(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float = 1e-5,
+    branch: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The stage's pending residual add, the 2x2 patch gather and LayerNorm over the ``4C`` channels, fused.
 
-    The LayerNorm statistics are right for every finite input, also where
-    torch's float32 LayerNorm overflows (``|x| >~ 1e19``): see
-    ``csrc/cpu/patch_merging_cpu.cpp``.
+    One pass forward (``x`` and ``branch`` read once, ``y`` written once; the
+    sum ``x + branch`` is never stored) and one backward (``h`` recomputed
+    from ``x`` and ``branch``; the gradients of ``x``, ``branch``, ``weight``
+    and ``bias`` out, the last two bitwise deterministic).  The LayerNorm
+    statistics are right for every finite input, also where torch's float32
+    LayerNorm overflows (``|x| >~ 1e19``): see ``csrc/cpu/patch_merging_cpu.cpp``.
+
+    Under ``torch.autocast`` (CPU or CUDA) the output comes out in the
+    autocast dtype, ready for the reduction Linear without a cast, as
+    :func:`~swin_ext.add_layernorm`'s does.
 
     Args:
-        x: ``(B, H, W, C)``; odd ``H``/``W`` are zero-padded at bottom/right.
+        x: ``(B, H, W, C)`` (the residual stream); odd ``H``/``W`` are
+            zero-padded at bottom/right.
         weight: ``(4C,)`` LayerNorm scale.
         bias: ``(4C,)`` LayerNorm shift.
         eps: LayerNorm epsilon, a finite real number ``>= 0``.
+        branch: ``None``, or the ``(B, H, W, C)`` branch still to be added to
+            ``x`` (any floating dtype; under autocast typically the bf16/fp16
+            output of the stage's last Linear): ``h = x + branch`` summed in
+            float32 (float64 if either is float64) and rounded to ``x``'s
+            dtype, as :func:`~swin_ext.add_layernorm` forms it.  Its gradient
+            comes back in its own dtype.
     Returns:
-        ``(B, ceil(H/2), ceil(W/2), 4C)`` in ``x``'s dtype, channel order
-        x0=(0,0), x1=(1,0), x2=(0,1), x3=(1,1) (row, col) as the official code.
+        ``(B, ceil(H/2), ceil(W/2), 4C)`` in ``x``'s dtype (the autocast dtype
+        under autocast), channel order x0=(0,0), x1=(1,0), x2=(0,1), x3=(1,1)
+        (row, col) as the official code.
     Raises:
         TypeError, ValueError: an argument of the wrong type or value; the
         message names it.
     """
-    check_merging(x, weight, bias)
+    check_merging(x, weight, bias, branch=branch)
     eps = real_arg(eps, "eps", where="swin_ext.patch_merging")
     if eps < 0:
         raise ValueError(f"swin_ext.patch_merging: eps must be >= 0, got {eps}")
     require_ops(x.device)
     acc = acc_dtype(x.dtype)
-    args = (x, weight.to(acc), bias.to(acc), eps)
+    args = (x, weight.to(acc), bias.to(acc), eps, branch, autocast_dtype(x.device.type))
     if forward_mode(args):
-        return composite_call(_composite(eps), *args[:3])
+        return composite_call(_composite(eps, args[5] or x.dtype), x, args[1], args[2], branch)
     if functorch_active():
         return _PatchMergingFn.apply(*args)[0]
     return torch.ops.swin_ext.patch_merging_fwd(*args)[0]
@@ -74,35 +103,42 @@ def patch_merging(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
 # --------------------------------------------------------------------------- fakes
 
 
-def _fwd_fake(x, weight, bias, eps):
-    check_merging(x, weight, bias, raw=True, exact_dtypes=True)
-    eps = real_arg(eps, "eps", raw=True, where="swin_ext.patch_merging")
-    torch._check(eps >= 0, lambda: f"swin_ext.patch_merging: eps must be finite and >= 0, got {eps}")
+def _fwd_fake(x, weight, bias, eps, branch=None, y_dtype=None):
+    where = "swin_ext.patch_merging"
+    check_merging(x, weight, bias, raw=True, exact_dtypes=True, branch=branch)
+    eps = real_arg(eps, "eps", raw=True, where=where)
+    torch._check(eps >= 0, lambda: f"{where}: eps must be finite and >= 0, got {eps}")
+    y_dtype = dtype_arg(y_dtype, "y_dtype", raw=True, where=where)
     B, H, W, C = x.shape
     H2, W2 = (H + 1) // 2, (W + 1) // 2
-    y = x.new_empty((B, H2, W2, 4 * C))
+    y = x.new_empty((B, H2, W2, 4 * C), dtype=y_dtype or x.dtype)
     mean = weight.new_empty((B, H2, W2))
     rstd = weight.new_empty((B, H2, W2))
     return y, mean, rstd
 
 
-def _bwd_fake(grad_out, x, weight, mean, rstd):
-    check_merging(x, weight, weight, raw=True, exact_dtypes=True, where="swin_ext.patch_merging_bwd")
+def _bwd_fake(grad_out, x, weight, mean, rstd, branch=None, branch_dtype=None):
+    where = "swin_ext.patch_merging_bwd"
+    check_merging(x, weight, weight, raw=True, exact_dtypes=True, where=where, branch=branch)
     B, H, W, C = x.shape
     H2, W2 = (H + 1) // 2, (W + 1) // 2
     torch._check(
-        tuple(grad_out.shape) == (B, H2, W2, 4 * C) and grad_out.dtype == x.dtype,
-        lambda: f"swin_ext.patch_merging_bwd: grad_out must be {x.dtype} {(B, H2, W2, 4 * C)}, "
+        isinstance(grad_out, torch.Tensor)
+        and grad_out.dtype in FLOAT_DTYPES
+        and tuple(grad_out.shape) == (B, H2, W2, 4 * C),
+        lambda: f"{where}: grad_out must be a floating (B, H2, W2, 4C) = {(B, H2, W2, 4 * C)} tensor, "
         f"got {grad_out.dtype} {tuple(grad_out.shape)}",
     )
     for name, t in (("mean", mean), ("rstd", rstd)):
         torch._check(
             tuple(t.shape) == (B, H2, W2) and t.dtype == acc_dtype(x.dtype),
-            lambda: f"swin_ext.patch_merging_bwd: {name} must be {acc_dtype(x.dtype)} {(B, H2, W2)}, "
-            f"got {t.dtype} {tuple(t.shape)}",
+            lambda: f"{where}: {name} must be {acc_dtype(x.dtype)} {(B, H2, W2)}, got {t.dtype} {tuple(t.shape)}",
         )
+    branch_dtype = dtype_arg(branch_dtype, "branch_dtype", raw=True, where=where)
+    dbranch = x.new_empty(x.shape, dtype=branch_dtype) if branch_dtype is not None else x.new_empty((0,))
     return (
         torch.empty_like(x, memory_format=torch.contiguous_format),
+        dbranch,
         weight.new_empty(weight.shape),
         weight.new_empty(weight.shape),
     )
@@ -111,33 +147,45 @@ def _bwd_fake(grad_out, x, weight, mean, rstd):
 # --------------------------------------------------------------------------- autograd
 
 
-def _composite(eps: float) -> Callable:
-    """``patch_merging_fwd``'s output as the differentiable reference composite ``f(x, weight, bias)``,
-    in the accumulation dtype like the kernels; its LayerNorm from elementary ops
+def _composite(eps: float, y_dtype: torch.dtype) -> Callable:
+    """``patch_merging_fwd``'s output as the differentiable reference composite ``f(x, weight, bias, branch)``:
+    the residual sum as the kernels form it (:func:`~swin_ext.ops.reference.residual_sum`), the rest in the
+    accumulation dtype like the kernels, returned in ``y_dtype``; its LayerNorm from elementary ops
     (:func:`~swin_ext.ops.reference.layer_norm_composite`: torch's is wrong at second order under torch.func)."""
 
-    def f(x_, w_, b_):
-        return layer_norm_composite(patch_gather(x_.to(acc_dtype(x_.dtype))), w_, b_, eps).to(x_.dtype)
+    def f(x_, w_, b_, br=None):
+        h = residual_sum(x_, br)
+        return layer_norm_composite(patch_gather(h.to(acc_dtype(h.dtype))), w_, b_, eps).to(y_dtype)
 
     return f
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, eps = inputs
-    _, mean, rstd = output
+    x, weight, bias, eps, branch, _ = (tuple(inputs) + (None, None))[:6]  # trailing defaults may be left off
+    y, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
-    ctx.save_for_backward(x, weight, bias, mean, rstd)
+    # h = x + branch is not stored: the backward recomputes it from x and the branch.
+    ctx.save_for_backward(x, weight, bias, mean, rstd, branch)
     ctx.eps = eps
+    ctx.y_dtype = y.dtype
+    ctx.n_inputs = len(inputs)
 
 
 def _backward(ctx, grad_y, grad_mean, grad_rstd):
-    x, weight, bias, mean, rstd = ctx.saved_tensors
+    x, weight, bias, mean, rstd, branch = ctx.saved_tensors
+    need_x, need_w, need_b, _, need_branch = (tuple(ctx.needs_input_grad) + (False,))[:5]
+    need_branch = need_branch and branch is not None
     if torch.is_grad_enabled() or has_tangent((grad_y,)):
         # Second-order graph or a dual cotangent: through the differentiable composite.
-        dx, dw, db = vjp(_composite(ctx.eps), (x, weight, bias), grad_y, ctx.needs_input_grad[:3])
-        return dx, dw, db, None
-    dx, dw, db = torch.ops.swin_ext.patch_merging_bwd(grad_y, x, weight, mean, rstd)
-    return dx, dw, db, None
+        dx, dw, db, dbranch = vjp(
+            _composite(ctx.eps, ctx.y_dtype), (x, weight, bias, branch), grad_y, (need_x, need_w, need_b, need_branch)
+        )
+        return (dx, dw, db, None, dbranch, None)[: ctx.n_inputs]
+    branch_dtype = branch.dtype if need_branch and branch.dtype != x.dtype else None
+    dx, dbranch, dw, db = torch.ops.swin_ext.patch_merging_bwd(grad_y, x, weight, mean, rstd, branch, branch_dtype)
+    if need_branch and branch_dtype is None:
+        dbranch = dx  # x and branch get the same gradient (h = x + branch)
+    return ((dx if need_x else None), dw, db, None, (dbranch if need_branch else None), None)[: ctx.n_inputs]
 
 
 class _PatchMergingFn(torch.autograd.Function):
@@ -146,8 +194,8 @@ class _PatchMergingFn(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, weight, bias, eps):
-        return torch.ops.swin_ext.patch_merging_fwd(x, weight, bias, eps)
+    def forward(x, weight, bias, eps, branch, y_dtype):
+        return torch.ops.swin_ext.patch_merging_fwd(x, weight, bias, eps, branch, y_dtype)
 
     setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
@@ -156,14 +204,22 @@ class _PatchMergingFn(torch.autograd.Function):
 # --------------------------------------------------------------------------- vmap
 
 
-def _fwd_vmap(info, in_dims, x, weight, bias, eps):
-    xd, wd, bd = in_dims[:3]
-    if xd is not None and wd is None and bd is None:
-        xx = x.movedim(xd, 0)
-        V, B = xx.shape[:2]
-        y, mean, rstd = torch.ops.swin_ext.patch_merging_fwd(xx.reshape(V * B, *xx.shape[2:]), weight, bias, eps)
+def _fwd_vmap(info, in_dims, x, weight, bias, eps, branch=None, y_dtype=None):
+    xd, wd, bd, _, brd = (tuple(in_dims) + (None,) * 5)[:5]
+    if wd is None and bd is None and (xd is not None or brd is not None):
+        # Only the maps are batched: the vmapped dim folds into B.
+        V = info.batch_size
+        xx = x.movedim(xd, 0) if xd is not None else x.expand(V, *x.shape)
+        br = None
+        if branch is not None:
+            br = branch.movedim(brd, 0) if brd is not None else branch.expand(V, *branch.shape)
+            br = br.reshape(-1, *br.shape[2:])
+        B = xx.shape[1]
+        y, mean, rstd = torch.ops.swin_ext.patch_merging_fwd(
+            xx.reshape(V * B, *xx.shape[2:]), weight, bias, eps, br, y_dtype
+        )
         return tuple(t.view(V, B, *t.shape[1:]) for t in (y, mean, rstd)), (0, 0, 0)
-    return vmap_loop(torch.ops.swin_ext.patch_merging_fwd, info, in_dims, x, weight, bias, eps)
+    return vmap_loop(torch.ops.swin_ext.patch_merging_fwd, info, in_dims, x, weight, bias, eps, branch, y_dtype)
 
 
 # --------------------------------------------------------------------------- registration

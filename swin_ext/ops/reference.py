@@ -189,17 +189,38 @@ def _windowed_attention(qkv, bias, ws, sh, sw, heads, qkv_pad, scale, head_scale
     return out[:, :H, :W].contiguous()
 
 
+def residual_sum(x: torch.Tensor, branch: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x + branch`` as the fused ops form it: summed in float32 (float64 if either is float64) and
+    stored in ``x``'s dtype; ``x`` when ``branch`` is ``None``."""
+    if branch is None:
+        return x
+    add = torch.float64 if torch.float64 in (x.dtype, branch.dtype) else torch.float32
+    return (x.to(add) + branch.to(add)).to(x.dtype)
+
+
 def patch_merging_reference(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float = 1e-5,
+    branch: Optional[torch.Tensor] = None,
+    y_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """2x2 gather (official order x0=(0,0), x1=(1,0), x2=(0,1), x3=(1,1)) + LayerNorm(4C).
 
     ``(B, H, W, C)`` -> ``(B, ceil(H/2), ceil(W/2), 4C)``; odd H/W are zero-padded.
+    ``branch``: the stage's pending residual branch, added first as
+    :func:`add_layernorm_reference` adds it (:func:`residual_sum`).  The
+    LayerNorm runs in ``x``'s dtype (torch upcasts half precision
+    internally), the result is returned in ``y_dtype`` (default ``x``'s dtype).
     """
-    check_merging(x, weight, bias, where="swin_ext.patch_merging_reference")
-    eps = real_arg(eps, "eps", where="swin_ext.patch_merging_reference")
-    x = patch_gather(x)
-    return F.layer_norm(x, (x.shape[-1],), weight.to(x.dtype), bias.to(x.dtype), eps)
+    where = "swin_ext.patch_merging_reference"
+    check_merging(x, weight, bias, where=where, branch=branch)
+    eps = real_arg(eps, "eps", where=where)
+    y_dtype = dtype_arg(y_dtype, "y_dtype", where=where)
+    x = patch_gather(residual_sum(x, branch))
+    y = F.layer_norm(x, (x.shape[-1],), weight.to(x.dtype), bias.to(x.dtype), eps)
+    return y if y_dtype is None else y.to(y_dtype)
 
 
 def patch_gather(x: torch.Tensor) -> torch.Tensor:
@@ -246,8 +267,7 @@ def add_layernorm_reference(
     check_add_layernorm(x, branch, weight, bias, where="swin_ext.add_layernorm_reference")
     eps = real_arg(eps, "eps", where="swin_ext.add_layernorm_reference")
     y_dtype = dtype_arg(y_dtype, "y_dtype", where="swin_ext.add_layernorm_reference")
-    add = torch.float64 if torch.float64 in (x.dtype, branch.dtype) else torch.float32
-    h = (x.to(add) + branch.to(add)).to(x.dtype)
+    h = residual_sum(x, branch)
     acc = acc_dtype(x.dtype)
     y = F.layer_norm(h.to(acc), (h.shape[-1],), weight.to(acc), bias.to(acc), eps)
     return h, y.to(y_dtype or x.dtype)
