@@ -208,7 +208,7 @@ def _launch_shapes():
                 key_d = d if d != 48 else 0
                 for line in log.splitlines():
                     name, _, block, smem = line.split(";")
-                    fam = name.strip("()").split("<")[0]
+                    fam = name.strip("()").split("<")[0].split("::")[-1]
                     shapes[(fam, dn, key_d)] = (int(block.split(",")[0]), int(smem))
     return shapes
 
