@@ -74,19 +74,25 @@ class Kernel:
 
     @property
     def short(self) -> str:
-        """kernel<Traits<dtype, head_dim>> in a compact form."""
+        """kernel<Traits<dtype, head_dim[, v1|v2]>[, resident|streamed]> in a compact form."""
         n = self.name
-        m = re.match(r"void (?:swin_ext::cuda::(?:attn::)?)?(\w+)<(.*)>\(.*\)$", n)
+        m = re.match(r"void (?:[\w:]*::)?(\w+)<(.*)>\(.*\)$", n)
         if not m:
             return n
         args = m.group(2)
-        t = re.match(r"swin_ext::cuda::attn::(?:FwdMma)?Traits<(.*)>$", args.strip())
+        # the backward's key-tiled kernel: <BwdMmaTraits<...>, dQ resident in shared memory or streamed>
+        kind = ""
+        if m.group(1) == "attn_bwd_window_kernel":
+            b = re.match(r"(.*),\s*(true|false)\s*$", args)
+            if b:
+                args, kind = b.group(1), ", resident" if b.group(2) == "true" else ", streamed"
+        t = re.match(r"swin_ext::cuda::attn::(?:bwd::BwdMma|FwdMma)?Traits<(.*)>$", args.strip())
         if t:
             args = t.group(1)
         args = args.replace("__nv_bfloat16", "bf16").replace("__half", "fp16")
         args = args.replace("float", "fp32").replace("double", "fp64")
-        args = args.replace("false", "v1").replace("true", "v2")  # FwdMmaTraits' Swin V2 flag
-        return f"{m.group(1)}<{args.strip()}>"
+        args = args.replace("false", "v1").replace("true", "v2")  # the Mma traits' Swin V2 flag
+        return f"{m.group(1)}<{args.strip()}{kind}>"
 
 
 _TRACKED = {

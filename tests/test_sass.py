@@ -59,16 +59,21 @@ def _dtype_of(k) -> str:
 
 
 MMA_FWD = ("attn_fwd_tile_kernel", "attn_fwd_stream_kernel")
+MMA_BWD = ("attn_bwd_tile_kernel", "attn_bwd_window_kernel")
+ROWDOT = "attn_bwd_rowdot_kernel"  # bf16 / fp16: D = rowsum(dO o O), SIMT dot products
 
 
 def test_tensor_core_kernels_use_hmma(kernels):
     attn = [k for k in kernels if k.short.startswith("attn_")]
-    # backward: 3 kernels x 4 dtypes x 5 head_dim paths; forward: the SIMT kernel
-    # for fp32 / fp64, and for bf16 / fp16 (V1, V2) the one-tile mma kernel of the
-    # 4 specialised head_dims and the streaming one of all 5 paths
-    assert len(attn) == 3 * 4 * 5 + 2 * 5 + 2 * 2 * (4 + 5), [k.short for k in attn]
+    # backward: the SIMT fused / dq / dk-dv kernels for fp32 / fp64 x 5 head_dim paths,
+    # for bf16 / fp16 (V1, V2) the mma tile kernel of head_dims 16 / 32 / 64 and the
+    # key-tiled one (dQ resident or streamed) of all 5 paths, and the D pre-pass;
+    # forward: the SIMT kernel for fp32 / fp64, and for bf16 / fp16 (V1, V2) the
+    # one-tile mma kernel of the 4 specialised head_dims and the streaming one of all 5 paths
+    n_bwd = 3 * 2 * 5 + 2 * 2 * (3 + 2 * 5) + 2
+    assert len(attn) == n_bwd + 2 * 5 + 2 * 2 * (4 + 5), [k.short for k in attn]
     for k in attn:
-        if _dtype_of(k) in ("bf16", "fp16"):
+        if _dtype_of(k) in ("bf16", "fp16") and not k.short.startswith(ROWDOT):
             assert k.counts.get("HMMA", 0) > 0, f"{k.short}: no tensor-core instruction"
         else:
             assert k.counts.get("HMMA", 0) == 0, f"{k.short}: fp32/fp64 are SIMT"
@@ -90,6 +95,29 @@ def test_attention_forward_is_register_resident(kernels):
         assert k.stack == 0 and c.get("STL", 0) == 0 and c.get("LDL", 0) == 0, k.short
         assert k.regs <= 128, f"{k.short}: {k.regs} registers"
         assert c.get("LDGSTS", 0) > 0, f"{k.short}: no cp.async"
+
+
+def test_attention_backward_is_register_resident(kernels):
+    """Every bf16 / fp16 attention backward kernel (the tile kernel, N <= 64, and the
+    key-tiled one): mma.sync m16n8k16 fed by ldmatrix (.trans for P^T and dS^T), no
+    MOVM, no local memory, rows gathered by cp.async.  The tile kernel also: no
+    generic-address LD/ST, and at Swin's head_dims (<= 32) at most 168 registers
+    (3 blocks of 128 threads per SM).  Not yet met, so not asserted (see
+    benchmarks/results/attn_bwd_resources_sm90.md): the key-tiled kernel's
+    registers (195-243) and generic LD/ST, the V2 tile kernel at head_dim 64 (217)."""
+    bwd = [k for k in kernels if k.short.startswith(MMA_BWD)]
+    assert len(bwd) == 2 * 2 * (3 + 2 * 5), [k.short for k in bwd]  # dtypes x V1/V2 x (tile: 3 + key-tiled: 2 x 5)
+    for k in bwd:
+        c = k.counts
+        assert c.get("HMMA.16816", 0) > 0 and c.get("HMMA.16816", 0) == c.get("HMMA", 0), (k.short, c)
+        assert c.get("LDSM", 0) > 0, f"{k.short}: no ldmatrix"
+        assert c.get("MOVM", 0) == 0, f"{k.short}: {c['MOVM']} MOVM"
+        assert k.stack == 0 and c.get("STL", 0) == 0 and c.get("LDL", 0) == 0, k.short
+        assert c.get("LDGSTS", 0) > 0, f"{k.short}: no cp.async"
+        if k.short.startswith("attn_bwd_tile_kernel"):
+            assert c.get("LD.generic", 0) == 0 and c.get("ST.generic", 0) == 0, (k.short, c)
+            if int(k.short.split(",")[1]) <= 32:
+                assert k.regs <= 168, f"{k.short}: {k.regs} registers"
 
 
 def test_attention_forward_instruction_estimate(kernels):
@@ -122,11 +150,15 @@ def test_row_accesses_are_128_bit(kernels):
             ", 1"
         )  # merge / add_ln / bias_gelu <..., 1>: the scalar path
         if vec:
-            if k.short.startswith(MMA_FWD):  # rows arrive by 16-byte cp.async (LDGSTS.E.BYPASS.128)
+            if k.short.startswith(MMA_FWD + MMA_BWD):  # rows arrive by 16-byte cp.async (LDGSTS.E.BYPASS.128)
                 assert k.counts.get("LDGSTS", 0) > 0, f"{k.short}: no cp.async"
             else:
                 assert k.counts.get("LDG.128", 0) > 0, f"{k.short}: no 128-bit global load"
-            assert k.counts.get("STG.128", 0) > 0, f"{k.short}: no 128-bit global store"
+            # (the D pre-pass writes a float per row; the tile backward above head_dim 32
+            # stores its gradients from the fragments, 32 bits at a time)
+            fragment_out = k.short.startswith("attn_bwd_tile_kernel") and int(k.short.split(",")[1]) > 32
+            if not (k.short.startswith(ROWDOT) or fragment_out):
+                assert k.counts.get("STG.128", 0) > 0, f"{k.short}: no 128-bit global store"
 
 
 def test_merge_register_kernels(kernels):
@@ -176,7 +208,7 @@ def _launch_shapes():
                 key_d = d if d != 48 else 0
                 for line in log.splitlines():
                     name, _, block, smem = line.split(";")
-                    fam = name.strip("()").split("<")[0]
+                    fam = name.strip("()").split("<")[0].split("::")[-1]
                     shapes[(fam, dn, key_d)] = (int(block.split(",")[0]), int(smem))
     return shapes
 

@@ -299,11 +299,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
         p.head_scale = v2 ? head_scale.const_data_ptr() : nullptr;
         const int optin = device_smem_optin();
         const cuda::attn::BwdPlan plan = cuda::attn::attention_bwd_plan<T>(p, optin, attention_bwd_choice(), attention_chunk());
-        const bool fused = plan.path == cuda::attn::BwdPath::kFused;
-        const int64_t blocks = static_cast<int64_t>(fused ? plan.n_chunks : plan.n_chunks * plan.n_row_blocks) * g.nW * heads;
+        const bool two_kernels = plan.smem_dkv > 0;  // the SIMT dq + dk/dv pair
+        const int64_t blocks = static_cast<int64_t>(plan.n_chunks) * plan.n_row_blocks * g.nW * heads;
         check_attention_launch(blocks, plan.smem, optin, g, d, qkv.scalar_type(),
-                               fused ? "the fused backward kernel" : "the dq backward kernel");
-        if (!fused) {
+                               two_kernels ? "the dq backward kernel" : "the backward kernel");
+        if (two_kernels) {
           check_attention_launch(g.B * g.nW * heads * plan.n_key_blocks, plan.smem_dkv, optin, g, d,
                                  qkv.scalar_type(), "the dk/dv backward kernel");
         }
@@ -311,8 +311,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
         at::Tensor dbias_part = Backend::output({plan.dbias_part_elems}, acc_opts);
         at::Tensor dpad_part = Backend::output({plan.dpad_slots, 2 * C}, acc_opts);
         at::Tensor dbuf = Backend::output({plan.dbuf_elems}, acc_opts);
-        const int64_t dscale_slots = !v2 ? 0 : (fused ? plan.n_chunks : plan.n_chunks * plan.n_row_blocks) * g.nW;
-        at::Tensor dscale_part = Backend::output({dscale_slots, heads}, acc_opts);
+        at::Tensor dscale_part = Backend::output({plan.dscale_slots, heads}, acc_opts);
+        at::Tensor out_fwd, drow, dq_ws;
+        if (plan.drow_elems) {
+          // The key-tiled tensor-core kernels take D = rowsum(dO o O) of the
+          // forward's output, recomputed here (the op's schema has no `out`) in
+          // float32 from the same rounded inputs: from the bf16 / fp16-rounded
+          // output, D would be off by dO . (O - round(O)) in every row, an error
+          // that V2's d head_scale sums over every window (twice the
+          // composite's error at bf16 under the harness).
+          const std::optional<at::Tensor> pad32 =
+              has_pad ? std::optional<at::Tensor>(pad.to(at::kFloat)) : std::nullopt;
+          out_fwd = std::get<0>(window_attention_fwd_impl<Backend>(qkv.to(at::kFloat), bias, pad32, head_scale,
+                                                                   window_size, shift_h, shift_w, scale));
+          drow = Backend::output({plan.drow_elems}, acc_opts);
+          dq_ws = Backend::output({plan.dq_ws_elems}, acc_opts);
+          p.out_fwd = out_fwd.const_data_ptr();
+          p.Drow = drow.mutable_data_ptr();
+          p.dq_ws = plan.dq_ws_elems ? dq_ws.mutable_data_ptr() : nullptr;
+          p.vec = p.vec && aligned16(p.out_fwd);
+        }
         p.dscale_part = v2 ? dscale_part.mutable_data_ptr() : nullptr;
         p.dbias_part = dbias_part.mutable_data_ptr();
         p.dpad_part = plan.dpad_slots ? dpad_part.mutable_data_ptr() : nullptr;

@@ -13,6 +13,7 @@
 
 #include "api.h"
 #include "bwd_kernel.cuh"
+#include "bwd_mma_kernel.cuh"
 #include "fwd_kernel.cuh"
 #include "fwd_mma_kernel.cuh"
 #include "static_switch.h"
@@ -167,8 +168,75 @@ inline int choose_chunk(int B, int64_t blocks_per_image, int64_t partial_per_chu
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>(chunk, 1), std::max(B, 1)));
 }
 
+// bf16 / fp16: the tile kernel (N <= 64, head_dim <= 64), else the
+// key-tiled kernel with the window's dQ in shared memory where that fits the
+// device, else the key-tiled kernel with dQ in a float32 workspace (any N,
+// bounded shared memory).  SWIN_EXT_ATTN_BWD=streaming
+// forces the last (at any N), =fused the first two.
 template <class Tr>
-BwdPlan plan_bwd(const AttnParams& p, int smem_optin, BwdChoice choice, int force_chunk) {
+BwdPlan plan_bwd_mma(const AttnParams& p, int smem_optin, BwdChoice choice, int force_chunk) {
+  using M1 = bwd::BwdMmaTraits<typename Tr::T, Tr::kD, false>;
+  using M2 = bwd::BwdMmaTraits<typename Tr::T, Tr::kD, true>;
+  BwdPlan plan;
+  const int N = p.g.N, n16 = align_up(N, kRowTile);
+  const int64_t wh = static_cast<int64_t>(p.g.nW) * p.heads;
+  const auto window_smem = [&](bool dq_smem) {
+    return p.qk_norm ? M2::window_smem(n16, dq_smem) : M1::window_smem(n16, dq_smem);
+  };
+  if (N <= M1::kTile && M1::kDPad <= 64 && choice != BwdChoice::kStreaming) {
+    plan.path = BwdPath::kFused;
+    plan.smem = p.qk_norm ? M2::kTileSmem : M1::kTileSmem;
+  } else if (choice != BwdChoice::kStreaming && window_smem(true) <= smem_optin) {
+    plan.path = BwdPath::kWindow;
+    plan.smem = window_smem(true);
+  } else {
+    plan.path = BwdPath::kStreaming;
+    plan.smem = window_smem(false);
+  }
+  plan.nwarps = M1::kWarps;
+  plan.n_row_blocks = plan.n_key_blocks = 1;
+  plan.chunk = force_chunk > 0 ? std::min(force_chunk, std::max(p.B, 1)) : choose_chunk(p.B, wh, wh * N * N);
+  plan.n_chunks = ceil_div_int(p.B, plan.chunk);
+  plan.dbias_part_elems = static_cast<int64_t>(plan.n_chunks) * wh * N * N;
+  plan.dpad_slots = p.padded ? static_cast<int64_t>(plan.n_chunks) * p.g.nW * M1::kWarps : 0;
+  plan.dscale_slots = p.qk_norm ? static_cast<int64_t>(plan.n_chunks) * p.g.nW : 0;
+  if (plan.path != BwdPath::kFused) {
+    plan.drow_elems = static_cast<int64_t>(p.B) * p.g.H * p.g.W * p.heads;
+    plan.dq_ws_elems = static_cast<int64_t>(plan.n_chunks) * wh * M1::window_ws(n16, plan.path == BwdPath::kWindow);
+  }
+  return plan;
+}
+
+template <class M>
+cudaError_t run_bwd_mma(AttnParams p, const BwdPlan& plan, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(static_cast<int64_t>(plan.n_chunks) * p.g.nW * p.heads));
+  if constexpr (M::kDPad <= 64) {  // (the plan takes the tile kernel only there)
+    if (plan.path == BwdPath::kFused) {
+      const cudaError_t e = ensure_smem_limit<bwd::attn_bwd_tile_kernel<M>>(M::kTileSmem);
+      if (e != cudaSuccess) return e;
+      SWIN_LAUNCH_KERNEL((bwd::attn_bwd_tile_kernel<M>), grid, M::kThreads, plan.smem, stream, p);
+      return cudaSuccess;
+    }
+  }
+  // D = rowsum(dO o O) per (token, head), then the key-tiled kernel.
+  const int64_t rows = plan.drow_elems;
+  const unsigned rd_blocks = static_cast<unsigned>(std::min<int64_t>((rows + 255) / 256, int64_t(1) << 20));
+  SWIN_LAUNCH_KERNEL((bwd::attn_bwd_rowdot_kernel<typename M::T>), dim3(rd_blocks), 256, 0, stream, p);
+  if (plan.path == BwdPath::kWindow) {
+    const cudaError_t e = ensure_smem_limit<bwd::attn_bwd_window_kernel<M, true>>(1 << 30);
+    if (e != cudaSuccess) return e;
+    SWIN_LAUNCH_KERNEL((bwd::attn_bwd_window_kernel<M, true>), grid, M::kThreads, plan.smem, stream, p);
+  } else {
+    const cudaError_t e = ensure_smem_limit<bwd::attn_bwd_window_kernel<M, false>>(M::window_smem(0, false));
+    if (e != cudaSuccess) return e;
+    SWIN_LAUNCH_KERNEL((bwd::attn_bwd_window_kernel<M, false>), grid, M::kThreads, plan.smem, stream, p);
+  }
+  return cudaSuccess;
+}
+
+// fp32 / fp64: the SIMT fused kernel (N <= 64, where it fits) or the dq + dk/dv pair.
+template <class Tr>
+BwdPlan plan_bwd_simt(const AttnParams& p, int smem_optin, BwdChoice choice, int force_chunk) {
   BwdPlan plan;
   const int N = p.g.N;
   const int64_t wh = static_cast<int64_t>(p.g.nW) * p.heads;
@@ -198,11 +266,12 @@ BwdPlan plan_bwd(const AttnParams& p, int smem_optin, BwdChoice choice, int forc
     plan.dpad_slots = p.padded ? static_cast<int64_t>(p.B) * p.g.nW * plan.n_key_blocks * plan.nwarps_dkv : 0;
   }
   plan.dbias_part_elems = static_cast<int64_t>(plan.n_chunks) * partial;
+  plan.dscale_slots = p.qk_norm ? static_cast<int64_t>(plan.n_chunks) * plan.n_row_blocks * p.g.nW : 0;
   return plan;
 }
 
 template <class Tr>
-cudaError_t run_bwd(AttnParams p, const BwdPlan& plan, cudaStream_t stream) {
+cudaError_t run_bwd_simt(AttnParams p, const BwdPlan& plan, cudaStream_t stream) {
   if (static_cast<int64_t>(p.B) * p.g.nW * p.heads == 0) return cudaSuccess;
   p.chunk = plan.chunk;
   p.n_chunks = plan.n_chunks;
@@ -229,6 +298,32 @@ cudaError_t run_bwd(AttnParams p, const BwdPlan& plan, cudaStream_t stream) {
   SWIN_LAUNCH_KERNEL((attn_bwd_dkv_kernel<Tr>), dim3(static_cast<unsigned>(p.B * wh * plan.n_key_blocks)),
                      plan.nwarps_dkv * 32, plan.smem_dkv, stream, p);
   return cudaSuccess;
+}
+
+template <class Tr>
+BwdPlan plan_bwd(const AttnParams& p, int smem_optin, BwdChoice choice, int force_chunk) {
+  if constexpr (Tr::kTC) {
+    return plan_bwd_mma<Tr>(p, smem_optin, choice, force_chunk);
+  } else {
+    return plan_bwd_simt<Tr>(p, smem_optin, choice, force_chunk);
+  }
+}
+
+template <class Tr>
+cudaError_t run_bwd(AttnParams p, const BwdPlan& plan, cudaStream_t stream) {
+  if constexpr (Tr::kTC) {
+    if (static_cast<int64_t>(p.B) * p.g.nW * p.heads == 0) return cudaSuccess;
+    p.chunk = plan.chunk;
+    p.n_chunks = plan.n_chunks;
+    p.nwarps = plan.nwarps;
+    p.n_row_blocks = 1;
+    p.div_heads = FastDiv::make(p.heads);
+    p.div_nW = FastDiv::make(p.g.nW);
+    return p.qk_norm ? run_bwd_mma<bwd::BwdMmaTraits<typename Tr::T, Tr::kD, true>>(p, plan, stream)
+                     : run_bwd_mma<bwd::BwdMmaTraits<typename Tr::T, Tr::kD, false>>(p, plan, stream);
+  } else {
+    return run_bwd_simt<Tr>(p, plan, stream);
+  }
 }
 
 // ------------------------------------------------------------------ per-dtype entry points

@@ -44,7 +44,10 @@ struct AttnParams {
   void* dqkv = nullptr;            // (B, H, W, 3C)
   void* dbias_part = nullptr;      // (n_chunks, nW, heads, N, N) acc_t partials
   void* dpad_part = nullptr;       // (n_dpad_slots, 2, heads, d) acc_t partials, null when unpadded
-  void* Dbuf = nullptr;            // (B, nW, heads, N) acc_t, streaming backward only
+  void* Dbuf = nullptr;            // (B, nW, heads, N) acc_t, streaming backward only (SIMT)
+  const void* out_fwd = nullptr;   // (B, H, W, C) float32: the forward's output recomputed (key-tiled tensor-core backward)
+  void* Drow = nullptr;            // (B, H, W, heads) float: rowsum(dO o O) per token and head (the same)
+  void* dq_ws = nullptr;           // float32 dQ workspace (streamed key-tiled tensor-core backward)
   // Swin V2 (cosine attention): q and k rows L2-normalised, q times a
   // per-head scale s_h (logits = s_h * q^.k^ + bias + mask; p.scale is 1).
   bool qk_norm = false;
@@ -71,7 +74,15 @@ struct AttnParams {
 };
 
 // Which backward kernels run, and the workspaces they need (elements of acc_t).
-enum class BwdPath : int { kFused = 0, kStreaming = 1 };
+//   kFused:     one block per (window, head, chunk) holding the whole window:
+//               the SIMT fused kernel (fp32 / fp64, N <= 64) or the
+//               tensor-core tile kernel (bf16 / fp16, N <= 64);
+//   kWindow:    bf16 / fp16, the key-tiled fused kernel with q, dO and dQ of
+//               the window resident in shared memory;
+//   kStreaming: the SIMT dq + dk/dv pair (fp32 / fp64), or (bf16 / fp16) the
+//               key-tiled fused kernel with q, dO streamed per query tile
+//               and dQ in a float32 workspace.
+enum class BwdPath : int { kFused = 0, kStreaming = 1, kWindow = 2 };
 
 struct BwdPlan {
   BwdPath path = BwdPath::kFused;
@@ -82,6 +93,8 @@ struct BwdPlan {
   int64_t dpad_slots = 0;        // rows of the (slots, 2, heads, d) dpad partials (0: unpadded)
   int64_t dbuf_elems = 0;        // B * nW * heads * N (streaming only)
   int64_t dscale_slots = 0;      // rows of the (slots, heads) d head_scale partials (qk_norm only)
+  int64_t drow_elems = 0;        // B * H * W * heads: D = rowsum(dO o O) per (token, head) (key-tiled kernels)
+  int64_t dq_ws_elems = 0;       // float32 dQ workspace of the streamed key-tiled kernel
   int smem = 0, smem_dkv = 0;    // dynamic shared memory of the launches
 };
 

@@ -1,0 +1,1514 @@
+// Backward of the fused shifted-window attention on tensor cores (bf16 /
+// fp16), register-resident in the manner of FlashAttention-2's backward.
+//
+// Every warp owns 16 query rows of a 64-key tile.  S = Q K^T and dP = dO V^T
+// are mma.sync m16n8k16 accumulator fragments and never leave the registers:
+// the logits (scale, bias, shift mask, in log2 units), P = exp2(x - lse),
+// the row sums D and dS = P o (dP - D) are formed in the fragment layout,
+// dQ += dS K takes the packed dS registers directly as its A operand (the
+// accumulator layout of S is the A layout of dS), and the bias gradient is
+// accumulated from the float32 dS.  P and dS go to shared memory once, as
+// bf16 / fp16, only as the transposed A operands of dV = P^T dO and dK =
+// dS^T Q (ldmatrix.trans of the staged [query][key] tiles); Q / K / V / dO
+// fragments come from shared memory by ldmatrix (.trans for the k-major
+// operands), the tiles arrive by 16-byte cp.async.
+//
+// attn_bwd_tile_kernel (N <= 64, every 224-px Swin and V2 window 8): one
+//   block per (window, head, chunk of images), 4 warps over the window's (up
+//   to) 64 rows and keys, one key tile.  Once per block: the token table and
+//   the head's bias with the window's shift mask, in log2 units, -inf past N,
+//   in fragment order (a float4 per lane and 8-key tile), so a logit costs
+//   one FFMA.  Then the images of the chunk one after another, the next
+//   image's q, k, v, dO in flight (two stages where the layout fits three
+//   blocks per SM) while the current one is computed.  D = rowsum(P o dP)
+//   comes from the register fragments (the whole row is in one key tile: two
+//   quad shuffles, no extra read of the forward's output).  The bias
+//   gradient is accumulated over the chunk in registers, one fixed owner
+//   lane per (i, j), and written once per block.
+// attn_bwd_window_kernel (any N): the key-tiled fused backward.  One block
+//   per (window, head, chunk of images); per image the key tiles of 64 are
+//   walked once (K, V through two cp.async stages), each warp accumulating
+//   dK and dV of its 16 keys in registers over the query tiles of 64 rows;
+//   dQ of the whole window accumulates in float32 in a block-local buffer,
+//   in fragment order (kResident: q and dO of the whole window and the dQ
+//   buffer live in shared memory, windows up to 16 where it fits the device),
+//   or in a float32 workspace owned by the block, with q and dO streamed per
+//   query tile (any window; bounded shared memory).  D = rowsum(dO o O)
+//   comes from a pre-pass over the forward's output (attn_bwd_rowdot_kernel).
+//   S and dP are computed once per (query, key) pair.  The bias-gradient
+//   partial of the block's chunk is read-modify-written in global memory by
+//   its owner lane (L2-resident), in a fixed order.
+//
+// Swin V2 (kV2): the scores are the raw q . k scaled in float32 by head_scale
+// / (||q|| ||k||) (the forward's formula); d head_scale = sum dS o cos from
+// the float32 dS; dQ and dK are formed against the raw rows with dS scaled
+// per column by 1 / ||k|| (dQ) or per row by head_scale / ||q|| (dK), then
+// taken through the normalisation in the fragment layout.
+//
+// Bitwise deterministic: every sum has a fixed order and owner (no float
+// atomics); the partials are reduced by the glue over fixed shapes.
+//
+// Compile-time layout: warp count, tiles, strides and shared-memory offsets
+// are constants of the traits; the block decode and the token tables use the
+// host's FastDiv multipliers (no division in the kernels).  fp32 / fp64 keep
+// the SIMT kernels of bwd_kernel.cuh.
+//
+// ATen-free (see cuda_compat.h).
+#pragma once
+
+#include "fwd_kernel.cuh"
+#include "kernel_traits.h"
+#include "mma.h"
+#include "params.h"
+#include "tile_io.cuh"
+
+namespace swin_ext {
+namespace cuda {
+namespace attn {
+namespace bwd {
+
+// Shared memory a block may take for three resident blocks per SM on sm_90
+// (228 KB, 1 KB reserved per block).
+constexpr int kSmemThreeBlocks = 76800;
+
+template <typename T_, int kD_, bool kV2_>
+struct BwdMmaTraits {
+  using T = T_;
+  static_assert(sizeof(T) == 2, "bf16 / fp16");
+  static constexpr int kD = kD_;      // head_dim, or 0: any head_dim <= kMaxHeadDim at run time
+  static constexpr bool kV2 = kV2_;   // Swin V2 cosine attention
+  static constexpr int kDPad = kD ? kD : kMaxHeadDim;  // columns of the staged rows (zeros past d)
+  static_assert(kDPad % 16 == 0, "tensor-core head_dims are multiples of 16");
+  static constexpr int kWarps = 4;                      // launched always; idle rows masked
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kTile = kRowTile * kWarps;       // 64 rows (queries) or keys of a tile
+  static constexpr int kNT = kTile / 8;                 // 8-key n-tiles of S, dP
+  static constexpr int kKS = kDPad / 16;                // k-steps over head_dim (S, dP)
+  static constexpr int kDN = kDPad / 8;                 // 8-column n-tiles over head_dim (dQ, dK, dV)
+  static constexpr int kK16 = kTile / 16;               // 16-wide k-steps over a tile's keys / queries
+  static constexpr int kLd = kDPad + 8;                 // operand row stride (elements): 8 rows in 8
+  static constexpr int kRowBytes = 2 * kLd;             //   distinct 16-byte bank groups (ldmatrix)
+  static constexpr int kTileBytes = kTile * kRowBytes;
+  static constexpr int kVecs = kDPad / 8;               // 16-byte vectors of a staged row
+  static constexpr int kPRowBytes = 2 * (kTile + 8);    // staged P / dS rows: [query][key], 144 B
+  static constexpr int kPBytes = kTile * kPRowBytes;
+  // The outputs go through shared memory as 16-byte rows (head_dim <= 32,
+  // the Swin path: a quarter of the store transactions of fragment stores),
+  // or are stored from the fragments as soon as each is formed (wider heads:
+  // their float32 accumulators are not held).
+  static constexpr bool kStagedOut = kDPad <= 32;
+  static constexpr int kOutChunks = kRowTile * kVecs / 32;  // 16-byte output chunks per lane and operand
+  // Accumulators over head_dim are formed kDNH n-tiles (<= 64 columns) at a time.
+  static constexpr int kDNH = kDN < 8 ? kDN : 8;
+  static constexpr int kHalves = kDN / kDNH;
+
+  // ---- attn_bwd_tile_kernel (N <= 64): bytes of dynamic shared memory
+  static constexpr int kBiasBytes = kWarps * kNT * 32 * 16;
+  static constexpr int kTBias = 0;                        // float4 [warp][n-tile][lane]: bias + mask, log2 units
+  static constexpr int kTTok = kTBias + kBiasBytes;       // int[64]: token of each row (-1: padding / >= N)
+  static constexpr int kTReg = kTTok + 256;               // int[64]: shift region of each row
+  static constexpr int kTDpad = kTReg + 256;              // float [warp][k, v][kDPad]: padding-key gradients
+  static constexpr int kTDbias = kTDpad + kWarps * 2 * kDPad * 4;  // float4 [warp][n-tile][lane]: bias gradient
+  static constexpr int kTInv = kTDbias + kBiasBytes;    // V2: 1/||q||[64], 1/||k||[64], d head_scale[warp]
+  static constexpr int kTStage = align_up(kTInv + (kV2 ? 128 * 4 + kWarps * 4 : 0), kSmemAlign);
+  static constexpr int kStageBytes = 4 * kTileBytes;      // q, k, v, dO
+  // P and dS are staged over the tiles that are dead by then: k and v (V1;
+  // V2 still reads the raw k rows in the dK epilogue: v only), else in
+  // buffers of their own.
+  static constexpr int kAliasOff = kV2 ? 2 * kTileBytes : kTileBytes;  // in the stage
+  static constexpr int kAliasBytes = kV2 ? kTileBytes : 2 * kTileBytes;
+  // Where only one of them fits, P goes to a buffer of its own -- or, when
+  // that keeps two images in flight at three blocks per SM (V1, head_dim 32:
+  // the Swin path), P and then dS take the dead region one after the other
+  // (kSeqPdS: two more barriers per image).
+  static constexpr bool kDSAlias = kPBytes <= kAliasBytes;
+  static constexpr bool kPAlias2 = 2 * kPBytes <= kAliasBytes;
+  static constexpr int tile_smem_of(int stages, int sep) { return kTStage + stages * kStageBytes + sep; }
+  static constexpr int kSepPar = (kDSAlias ? 0 : kPBytes) + (kPAlias2 ? 0 : kPBytes);
+  static constexpr bool kSeqPdS = kDSAlias && !kPAlias2 && tile_smem_of(2, kSepPar) > kSmemThreeBlocks &&
+                                  tile_smem_of(2, 0) <= kSmemThreeBlocks;
+  static constexpr bool kPAlias = kPAlias2 || kSeqPdS;  // P in the dead region (at kPOff)
+  static constexpr int kPOff = kSeqPdS ? kAliasOff : kAliasOff + kPBytes;
+  static constexpr int kSepBytes = kSeqPdS ? 0 : kSepPar;
+  static constexpr int tile_smem(int stages) { return tile_smem_of(stages, kSepBytes); }
+  static constexpr int kStages = tile_smem(2) <= kSmemThreeBlocks ? 2 : 1;  // images in flight
+  static constexpr int kTSep = kTStage + kStages * kStageBytes;
+  static constexpr int kTileSmem = tile_smem(kStages);
+  // Resident blocks per SM the registers are bounded for: as many as shared
+  // memory allows, at most 3 (<= 168 registers: 19% occupancy on sm_90).
+  static constexpr int blocks_by_smem(int smem) { return 233472 / (smem + 1024) < 3 ? 233472 / (smem + 1024) : 3; }
+  static constexpr int kTileMinBlocks = blocks_by_smem(kTileSmem) > 0 ? blocks_by_smem(kTileSmem) : 1;
+  static constexpr int kTSlots = 4 * kTile * kVecs / kThreads;  // 16-byte chunks per thread and image
+  static constexpr bool kCacheSlots = false && kTSlots <= 8;             // source offsets held in registers
+
+  // ---- attn_bwd_window_kernel (key-tiled): bytes of dynamic shared memory.
+  // dK and dV of the warp's 16 keys accumulate over the query tiles in
+  // float32, fragment order, in shared memory (head_dim <= 32) or in the
+  // block's float32 workspace (wider heads: the streamed form fits 99 KB);
+  // dQ in a block-local buffer at the end (kDqSmem, N16 rows of kDPad floats
+  // in fragment order) or in the workspace.
+  static constexpr bool kKVSmem = kDPad <= 32;
+  static constexpr int kWKStages = kDPad <= 64 ? 2 : 1;   // key tiles (k, v) in flight
+  static constexpr int kWQStages = kDPad <= 64 ? 2 : 1;   // query tiles (q, dO) in flight
+  static constexpr int kWTabK = 0;                        // int [stage][tok, reg][64] of the key tiles
+  static constexpr int kWTabQ = kWTabK + kWKStages * 512;  // int [stage][tok, reg][64] of the query tiles
+  static constexpr int kWDpad = kWTabQ + kWQStages * 512;  // float [warp][k, v][kDPad]
+  static constexpr int kWInv = kWDpad + kWarps * 2 * kDPad * 4;  // V2: 1/||k|| [kstage][64], 1/||q|| [qstage][64], ds[warp]
+  static constexpr int kWKV = align_up(kWInv + (kV2 ? (kWKStages + kWQStages) * 256 + kWarps * 4 : 0), kSmemAlign);
+  static constexpr int kWQD = kWKV + kWKStages * 2 * kTileBytes;  // [stage][q, dO]
+  static constexpr int kWP = kWQD + kWQStages * 2 * kTileBytes;
+  static constexpr int kWdS = kWP + kPBytes;
+  static constexpr int kWKVAcc = kWdS + kPBytes;                  // kKVSmem: float4 [v, k][row tile][dn][lane]
+  static constexpr int kWDq = kWKVAcc + (kKVSmem ? 2 * kTile * kDPad * 4 : 0);  // kDqSmem: float4 [row tile][dn][lane]
+  static constexpr int window_smem(int n16, bool dq_smem) { return kWDq + (dq_smem ? n16 * kDPad * 4 : 0); }
+  // float32 workspace per block: dQ (unless in shared memory), dK and dV (unless in shared memory).
+  static constexpr int64_t window_ws(int n16, bool dq_smem) {
+    return (dq_smem ? 0 : int64_t(n16) * kDPad) + (kKVSmem ? 0 : 2 * int64_t(kTile) * kDPad);
+  }
+  static constexpr int kWSlotsKV = 2 * kTile * kVecs / kThreads;  // 16-byte chunks per thread and tile pair
+
+  static_assert(kThreads % kVecs == 0 && (kTile * kVecs) % kThreads == 0, "gather slots");
+  static_assert(kTileBytes % 128 == 0 && kPBytes % 128 == 0 && kBiasBytes % 128 == 0, "128-byte buffers");
+  static_assert(kDPad > 64 || kTileSmem <= kSmallestOptinSmem, "the tile backward fits every device");
+  // The window kernel's register bound: two blocks per SM, what its shared
+  // memory allows at window 12 and 16 (N = 144 / 256, the 384-px Swin: 80-96
+  // KB at head_dim 32; N <= 64 runs the tile kernel), so registers never
+  // limit its occupancy there.
+  static constexpr int kWindowMinBlocks = 2;
+  static_assert(window_smem(0, false) <= kSmallestOptinSmem, "the streamed window backward fits every device");
+};
+
+// ------------------------------------------------------------------ small pieces
+
+// exp2 of a float32 in log2 units: one MUFU.EX2 on the device (ex2.approx,
+// ~2 ulp, flushing denormal results to 0: a probability below 2^-126 is 0
+// to every product it enters); the harness uses exp2f.
+__device__ __forceinline__ float bexp2(float x) {
+#if defined(__CUDACC__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
+#endif
+}
+
+// The base of image b of a tensor (image = img elements), formed where it is
+// used: the value is opaque to the compiler, which would otherwise keep the
+// 64-bit bases of every image it can see in registers across the loops.
+template <typename T>
+__device__ __forceinline__ const T* image_base(const T* base, int b, int64_t img) {
+  const T* q = base + static_cast<int64_t>(b) * img;
+#if defined(__CUDACC__)
+  asm volatile("" : "+l"(q));
+#endif
+  return q;
+}
+template <typename T>
+__device__ __forceinline__ T* image_base(T* base, int b, int64_t img) {
+  return const_cast<T*>(image_base(static_cast<const T*>(base), b, img));
+}
+
+// Sums over the 4 lanes of a row (lanes 4g .. 4g + 3).
+__device__ __forceinline__ float quad_sum4(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+template <class Tr>
+__device__ __forceinline__ void zero_frags(float (&x)[Tr::kDN][4]) {
+#pragma unroll
+  for (int n = 0; n < Tr::kDN; ++n)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) x[n][r] = 0.f;
+}
+
+// S (16 x 64: fragments s[n-tile][4]) = A_w B^T: the warp's 16 rows of A
+// (aw) and the 64 rows of B (n-major: row = key), both [row][head_dim] in
+// shared memory with stride kRowBytes.  A by ldmatrix.x4 (rows 0-7 | 8-15 x
+// columns 0-7 | 8-15 of a k-step), B by ldmatrix.x4 (8 keys, two k-steps).
+// n-tiles at or past n_keys and (generic head_dim) k-steps at or past dp are
+// skipped (warp-uniform; their accumulators stay 0).
+// (kCols n-tiles from n-tile nt0: keys nt0 * 8 ...)
+template <class Tr, int kCols = Tr::kNT>
+__device__ __forceinline__ void rows_x_rowsT(float (&s)[kCols][4], const unsigned char* aw, const unsigned char* bt,
+                                             int n_keys, int dp, int lane, int nt0 = 0) {
+  using T = typename Tr::T;
+#pragma unroll
+  for (int nt = 0; nt < kCols; ++nt)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) s[nt][r] = 0.f;
+  n_keys -= nt0 * 8;
+  const unsigned char* a_row = aw + ((lane & 7) + ((lane >> 3) & 1) * 8) * Tr::kRowBytes + (lane >> 4) * 16;
+  const unsigned char* b_row = bt + (nt0 * 8 + (lane & 7)) * Tr::kRowBytes + (lane >> 3) * 16;
+#pragma unroll
+  for (int kk = 0; kk < Tr::kKS; kk += 2) {
+    if (Tr::kD == 0 && kk * 16 >= dp) break;
+    constexpr bool kPair = Tr::kKS % 2 == 0;  // head_dim 16: one k-step
+    uint32_t a0[4], a1[4];
+    ldsm<4>(a0, a_row + kk * 32);
+    if constexpr (kPair) ldsm<4>(a1, a_row + kk * 32 + 32);
+#pragma unroll
+    for (int nt = 0; nt < kCols; ++nt) {
+      if (nt * 8 >= n_keys) break;
+      if constexpr (kPair) {
+        uint32_t bb[4];
+        ldsm<4>(bb, b_row + nt * 8 * Tr::kRowBytes + kk * 32);
+        const uint32_t b0[2] = {bb[0], bb[1]}, b1[2] = {bb[2], bb[3]};
+        mma_16816<T>(s[nt], a0, b0, s[nt]);
+        mma_16816<T>(s[nt], a1, b1, s[nt]);
+      } else {
+        uint32_t bb[2];
+        ldsm<2>(bb, b_row + nt * 8 * Tr::kRowBytes + kk * 32);
+        mma_16816<T>(s[nt], a0, bb, s[nt]);
+      }
+    }
+  }
+}
+
+// O (16 x kDPad: fragments o[n-tile][4]) += A B: A (16 x 64) as the A
+// fragments a[k-step][4] in registers, B the 64 rows of a [row][head_dim]
+// tile (k-major: row = k) by ldmatrix.x4.trans (rows 0-7 | 8-15 of a k-step
+// x columns dn*8 | dn*8 + 8: the B fragments of two n-tiles).  k-steps at or
+// past n_k and (generic head_dim) n-tiles at or past dp are skipped.
+// The accumulator covers kCols n-tiles from n-tile dn0 (columns dn0 * 8 ...).
+template <class Tr, int kCols = Tr::kDN>
+__device__ __forceinline__ void regs_x_rows(float (&o)[kCols][4], const uint32_t (&a)[Tr::kK16][4],
+                                            const unsigned char* b, int n_k, int dp, int lane, int dn0 = 0) {
+  using T = typename Tr::T;
+  const unsigned char* b_row =
+      b + ((lane & 7) + ((lane >> 3) & 1) * 8) * Tr::kRowBytes + (lane >> 4) * 16 + dn0 * 16;
+#pragma unroll
+  for (int kv = 0; kv < Tr::kK16; ++kv) {
+    if (kv * 16 >= n_k) break;
+#pragma unroll
+    for (int dn = 0; dn < kCols; dn += 2) {
+      if (Tr::kD == 0 && (dn0 + dn) * 8 >= dp) break;
+      uint32_t bb[4];
+      ldsm<4, true>(bb, b_row + kv * 16 * Tr::kRowBytes + dn * 16);
+      const uint32_t b0[2] = {bb[0], bb[1]}, b1[2] = {bb[2], bb[3]};
+      mma_16816<T>(o[dn], a[kv], b0, o[dn]);
+      mma_16816<T>(o[dn + 1], a[kv], b1, o[dn + 1]);
+    }
+  }
+}
+
+// The A fragments of X^T for 16 keys (columns key0 .. key0 + 15) of a staged
+// [query][key] tile (stride kPRowBytes), the queries as k: ldmatrix.x4.trans
+// of (queries 0-7 | 8-15 of a k-step) x (keys 0-7 | 8-15).  k-steps at or
+// past n_q are left unloaded (regs_x_rows skips them).
+template <class Tr>
+__device__ __forceinline__ void staged_t_frags(uint32_t (&a)[Tr::kK16][4], const unsigned char* staged, int key0,
+                                               int n_q, int lane) {
+  const unsigned char* row =
+      staged + ((lane & 7) + (lane >> 4) * 8) * Tr::kPRowBytes + (key0 + ((lane >> 3) & 1) * 8) * 2;
+#pragma unroll
+  for (int kq = 0; kq < Tr::kK16; ++kq) {
+    if (kq * 16 >= n_q) break;
+    ldsm<4, true>(a[kq], row + kq * 16 * Tr::kPRowBytes);
+  }
+}
+
+// Packs a 16 x 64 float32 fragment tile (times the per-element factors the
+// caller applied) into the A fragments of a 16 x 64 operand: k-step kv is
+// n-tiles 2kv, 2kv + 1 (the accumulator layout of S is the A layout).
+template <class Tr>
+__device__ __forceinline__ void pack_a(uint32_t (&a)[Tr::kK16][4], const float (&x)[Tr::kNT][4]) {
+  using T = typename Tr::T;
+#pragma unroll
+  for (int kv = 0; kv < Tr::kK16; ++kv) {
+    a[kv][0] = pack2<T>(x[2 * kv][0], x[2 * kv][1]);
+    a[kv][1] = pack2<T>(x[2 * kv][2], x[2 * kv][3]);
+    a[kv][2] = pack2<T>(x[2 * kv + 1][0], x[2 * kv + 1][1]);
+    a[kv][3] = pack2<T>(x[2 * kv + 1][2], x[2 * kv + 1][3]);
+  }
+}
+
+// One k-step of A fragments from n-tiles x0 (keys 0-7 of the step), x1 (8-15).
+template <class Tr>
+__device__ __forceinline__ void pack_kstep(uint32_t (&a)[4], const float (&x0)[4], const float (&x1)[4]) {
+  using T = typename Tr::T;
+  a[0] = pack2<T>(x0[0], x0[1]);
+  a[1] = pack2<T>(x0[2], x0[3]);
+  a[2] = pack2<T>(x1[0], x1[1]);
+  a[3] = pack2<T>(x1[2], x1[3]);
+}
+// Writes one k-step of packed A fragments (16 rows x keys kv * 16 ...) into
+// rows g, g + 8 of a staged [query][key] tile (see stage_a).
+template <class Tr>
+__device__ __forceinline__ void stage_kstep(unsigned char* rows, const uint32_t (&a)[4], int kv, int lane) {
+  unsigned char* r0 = rows + (lane >> 2) * Tr::kPRowBytes + (lane & 3) * 4 + kv * 32;
+  unsigned char* r1 = r0 + 8 * Tr::kPRowBytes;
+  *reinterpret_cast<uint32_t*>(r0) = a[0];
+  *reinterpret_cast<uint32_t*>(r1) = a[1];
+  *reinterpret_cast<uint32_t*>(r0 + 16) = a[2];
+  *reinterpret_cast<uint32_t*>(r1 + 16) = a[3];
+}
+
+// Writes packed A fragments (16 rows x 64 keys) as rows g, g + 8 of a staged
+// [query][key] tile at the warp's rows `rows` (stride kPRowBytes): 32-bit
+// stores, conflict-free (row stride 36 words).  k-steps at or past n_k are
+// skipped (never read).
+template <class Tr>
+__device__ __forceinline__ void stage_a(unsigned char* rows, const uint32_t (&a)[Tr::kK16][4], int n_k, int lane) {
+  unsigned char* r0 = rows + (lane >> 2) * Tr::kPRowBytes + (lane & 3) * 4;
+  unsigned char* r1 = r0 + 8 * Tr::kPRowBytes;
+#pragma unroll
+  for (int kv = 0; kv < Tr::kK16; ++kv) {
+    if (kv * 16 >= n_k) break;
+    *reinterpret_cast<uint32_t*>(r0 + kv * 32) = a[kv][0];
+    *reinterpret_cast<uint32_t*>(r1 + kv * 32) = a[kv][1];
+    *reinterpret_cast<uint32_t*>(r0 + kv * 32 + 16) = a[kv][2];
+    *reinterpret_cast<uint32_t*>(r1 + kv * 32 + 16) = a[kv][3];
+  }
+}
+
+// Two elements (columns c, c + 1) of a staged [row][head_dim] row as floats.
+template <class Tr>
+__device__ __forceinline__ float2 row_pair(const unsigned char* row, int c) {
+  using T = typename Tr::T;
+  T v[2];
+  memcpy(static_cast<void*>(v), row + c * 2, 4);
+  return make_float2(to_acc(v[0]), to_acc(v[1]));
+}
+
+// 1 / max(||row||, 1e-12) (F.normalize's rule) of a staged row (zeros past
+// d), in float32 from the rounded elements (the forward's inverse norms).
+template <class Tr>
+__device__ __forceinline__ float staged_inv_norm(const unsigned char* row, int dp) {
+  using T = typename Tr::T;
+  float ss = 0.f;
+#pragma unroll
+  for (int cv = 0; cv < Tr::kVecs; ++cv) {
+    if (Tr::kD == 0 && cv * 8 >= dp) break;  // generic head_dim: columns past dp are never staged
+    const uint4 u = *reinterpret_cast<const uint4*>(row + cv * 16);
+    T v[8];
+    memcpy(static_cast<void*>(v), &u, 16);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float x = to_acc(v[e]);
+      ss = fmaf(x, x, ss);
+    }
+  }
+  const float norm = sqrtf(ss);
+  return 1.0f / (norm > 1e-12f ? norm : 1e-12f);
+}
+
+// Swin V2: the gradient w.r.t. the normalised row x^ = x inv (a 16 x d
+// fragment tile, rows g and g + 8 of the lane; kCols n-tiles from n-tile
+// dn0) becomes the gradient w.r.t. the raw row x, times mul:
+// g <- (g - x inv^2 (x . g)) inv mul, with x the raw rows (rows0: row g,
+// rows0 + 8 rows: row g + 8, stride kRowBytes) and inv0 / inv1 their inverse
+// norms.  In two steps when the tile is formed in column blocks: the row
+// dots over every block (row_dots, then quad_sum4), then the update.
+template <class Tr, int kCols>
+__device__ __forceinline__ void row_dots(const float (&g)[kCols][4], const unsigned char* rows0, int dn0, int dp,
+                                         int lane, float& dot0, float& dot1) {
+  const unsigned char* x0 = rows0 + (lane >> 2) * Tr::kRowBytes;
+  const unsigned char* x1 = x0 + 8 * Tr::kRowBytes;
+  const int c0 = 2 * (lane & 3);
+#pragma unroll
+  for (int dn = 0; dn < kCols; ++dn) {
+    if (Tr::kD == 0 && (dn0 + dn) * 8 >= dp) break;
+    const float2 a = row_pair<Tr>(x0, (dn0 + dn) * 8 + c0), b = row_pair<Tr>(x1, (dn0 + dn) * 8 + c0);
+    dot0 = fmaf(a.x, g[dn][0], fmaf(a.y, g[dn][1], dot0));
+    dot1 = fmaf(b.x, g[dn][2], fmaf(b.y, g[dn][3], dot1));
+  }
+}
+// dot0 / dot1: the quad-summed row dots times inv^2; m0 / m1: inv * mul.
+template <class Tr, int kCols>
+__device__ __forceinline__ void project_rows(float (&g)[kCols][4], const unsigned char* rows0, int dn0, int dp,
+                                             int lane, float dot0, float dot1, float m0, float m1) {
+  const unsigned char* x0 = rows0 + (lane >> 2) * Tr::kRowBytes;
+  const unsigned char* x1 = x0 + 8 * Tr::kRowBytes;
+  const int c0 = 2 * (lane & 3);
+#pragma unroll
+  for (int dn = 0; dn < kCols; ++dn) {
+    if (Tr::kD == 0 && (dn0 + dn) * 8 >= dp) break;
+    const float2 a = row_pair<Tr>(x0, (dn0 + dn) * 8 + c0), b = row_pair<Tr>(x1, (dn0 + dn) * 8 + c0);
+    g[dn][0] = (g[dn][0] - a.x * dot0) * m0;
+    g[dn][1] = (g[dn][1] - a.y * dot0) * m0;
+    g[dn][2] = (g[dn][2] - b.x * dot1) * m1;
+    g[dn][3] = (g[dn][3] - b.y * dot1) * m1;
+  }
+}
+template <class Tr, int kCols>
+__device__ __forceinline__ void normalize_backward(float (&g)[kCols][4], const unsigned char* rows0, float inv0,
+                                                   float inv1, float mul, int dp, int lane) {
+  float dot0 = 0.f, dot1 = 0.f;
+  row_dots<Tr, kCols>(g, rows0, 0, dp, lane, dot0, dot1);
+  dot0 = quad_sum4(dot0) * inv0 * inv0;
+  dot1 = quad_sum4(dot1) * inv1 * inv1;
+  project_rows<Tr, kCols>(g, rows0, 0, dp, lane, dot0, dot1, inv0 * mul, inv1 * mul);
+}
+
+// Adds the rows of a 16 x d fragment tile whose bit is set in `rows_mask`
+// (bit r: row r of the warp's tile is a padding token) into acc[c] (float32,
+// shared memory, lanes 0-3 own the columns): the lanes' rows are summed over
+// the 8 row groups by shuffles in a fixed order.  Warp-uniform: call only
+// when rows_mask != 0.
+template <class Tr, int kCols>
+__device__ __forceinline__ void add_padding_rows_frag(float* acc, const float (&x)[kCols][4], uint32_t rows_mask,
+                                                      int dp, int lane, int dn0 = 0) {
+  const int gr = lane >> 2, c0 = 2 * (lane & 3);
+  const bool p0 = (rows_mask >> gr) & 1u, p1 = (rows_mask >> (gr + 8)) & 1u;
+  acc += dn0 * 8;
+#pragma unroll
+  for (int dn = 0; dn < kCols; ++dn) {
+    if (Tr::kD == 0 && (dn0 + dn) * 8 >= dp) break;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float v = (p0 ? x[dn][e] : 0.f) + (p1 ? x[dn][2 + e] : 0.f);
+      v += __shfl_xor_sync(0xffffffffu, v, 4);
+      v += __shfl_xor_sync(0xffffffffu, v, 8);
+      v += __shfl_xor_sync(0xffffffffu, v, 16);
+      if (gr == 0) acc[dn * 8 + c0 + e] += v;
+    }
+  }
+}
+
+// ------------------------------------------------------------------ outputs
+
+// Source / destination of a 16-byte chunk in 16-byte units from the image's
+// base: the q (0), k (1), v (2) part of qkv (C8 = C / 8, hd8 = h d / 8).
+__device__ __forceinline__ uint32_t qkv16(int tok, int part, int cv, int C8, int hd8) {
+  return static_cast<uint32_t>(tok) * static_cast<uint32_t>(3 * C8) + static_cast<uint32_t>(part * C8 + hd8 + cv);
+}
+
+// Stores a warp's 16 x d fragment tile x (times mul) of one operand of dqkv
+// (part 0 q, 1 k, 2 v) at the tokens tok_w[0..15] of the image (dst = its
+// base), skipping rows whose token is -1 (padding, or past the window).
+//   kStaged: packed into `stage_rows` (16 rows of the warp, stride kStride
+//     bytes, dead by then), then 16-byte stores (vec) or element stores.
+//   else: from the fragments, 32-bit pairs (vec) or elements.
+template <class Tr, bool kStaged = Tr::kStagedOut, int kStride = Tr::kRowBytes, int kCols = Tr::kDN>
+__device__ __forceinline__ void store_out(const AttnParams& p, const float (&x)[kCols][4], float mul, int part,
+                                          const int* tok_w, unsigned char* stage_rows, typename Tr::T* dst, int d,
+                                          int hd, int lane, int dn0 = 0) {
+  using T = typename Tr::T;
+  const int C = p.C;
+  const int gr = lane >> 2, c0 = 2 * (lane & 3);
+  if constexpr (kStaged) {
+    static_assert(kStride >= 2 * Tr::kDPad && kCols == Tr::kDN, "staging rows hold a row of head_dim");
+    unsigned char* r0 = stage_rows + gr * kStride + c0 * 2;
+#pragma unroll
+    for (int dn = 0; dn < Tr::kDN; ++dn) {
+      *reinterpret_cast<uint32_t*>(r0 + dn * 16) = pack2<T>(x[dn][0] * mul, x[dn][1] * mul);
+      *reinterpret_cast<uint32_t*>(r0 + 8 * kStride + dn * 16) = pack2<T>(x[dn][2] * mul, x[dn][3] * mul);
+    }
+    __syncwarp();
+    if (p.vec) {
+      uint4* d16 = reinterpret_cast<uint4*>(dst);
+      const int C8 = C >> 3, hd8 = hd >> 3, dv = d >> 3;
+#pragma unroll
+      for (int u = 0; u < Tr::kOutChunks; ++u) {
+        const int e = lane + 32 * u, r = e / Tr::kVecs, cv = e % Tr::kVecs;
+        const int tk = tok_w[r];
+        if (tk >= 0 && cv < dv)
+          swin_stg16(d16 + qkv16(tk, part, cv, C8, hd8), *reinterpret_cast<const uint4*>(stage_rows + r * kStride + cv * 16));
+      }
+    } else {  // sass: skip(scalar)
+      for (int r = 0; r < kRowTile; ++r) {
+        const int tk = tok_w[r];
+        if (tk < 0) continue;
+        const T* src = reinterpret_cast<const T*>(stage_rows + r * kStride);
+        T* o = dst + static_cast<int64_t>(tk) * (3 * C) + part * C + hd;
+        for (int c = lane; c < d; c += 32) o[c] = src[c];
+      }
+    }
+    __syncwarp();  // the staging rows are read before anything overwrites them
+  } else {
+    const int t0 = tok_w[gr], t1 = tok_w[gr + 8];
+    T* o0 = dst + static_cast<int64_t>(t0) * (3 * C) + part * C + hd;
+    T* o1 = dst + static_cast<int64_t>(t1) * (3 * C) + part * C + hd;
+#pragma unroll
+    for (int dn = 0; dn < kCols; ++dn) {
+      const int c = (dn0 + dn) * 8 + c0;
+      if (c >= d) break;
+      if (p.vec) {  // d % 8 == 0, 16-byte aligned rows: the pair is 4-byte aligned
+        if (t0 >= 0) *reinterpret_cast<uint32_t*>(o0 + c) = pack2<T>(x[dn][0] * mul, x[dn][1] * mul);
+        if (t1 >= 0) *reinterpret_cast<uint32_t*>(o1 + c) = pack2<T>(x[dn][2] * mul, x[dn][3] * mul);
+      } else {  // sass: skip(scalar)
+        if (t0 >= 0) {
+          o0[c] = from_acc<T>(x[dn][0] * mul);
+          if (c + 1 < d) o0[c + 1] = from_acc<T>(x[dn][1] * mul);
+        }
+        if (t1 >= 0) {
+          o1[c] = from_acc<T>(x[dn][2] * mul);
+          if (c + 1 < d) o1[c + 1] = from_acc<T>(x[dn][3] * mul);
+        }
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ gathers
+
+// Gather slot s of thread tid: chunk tid + kThreads s of a [4][64][kVecs] set
+// of tiles (q, k, v, dO), compile-time shifts.
+template <class Tr>
+struct BSlot {
+  static constexpr int kPerPart = Tr::kTile * Tr::kVecs / Tr::kThreads;
+  __device__ __forceinline__ static int part(int s) { return s / kPerPart; }
+  __device__ __forceinline__ static int row(int tid, int s) {
+    return tid / Tr::kVecs + (s % kPerPart) * (Tr::kThreads / Tr::kVecs);
+  }
+  __device__ __forceinline__ static int col(int tid) { return tid % Tr::kVecs; }
+  __device__ __forceinline__ static int dst(int tid, int s) {
+    return part(s) * Tr::kTileBytes + row(tid, s) * Tr::kRowBytes + col(tid) * 16;
+  }
+};
+
+// Where a gathered 16-byte chunk comes from: an offset (16-byte units) from
+// the image's qkv (parts 0-2) or grad_out (part 3), from the pad vector, or
+// nothing (zero fill: rows past the window, dO of padding tokens, columns
+// past d, a padding token without a pad vector).
+enum ChunkKind : uint32_t { kChunkImg = 0, kChunkPad = 1, kChunkZero = 2 };
+struct ChunkSrc {
+  uint32_t off;
+  uint32_t kind;
+};
+__device__ __forceinline__ ChunkSrc chunk_src(int tok, bool in_window, int part, int cv, int dv, int C8, int hd8,
+                                              bool has_pad) {
+  if (!in_window || cv >= dv) return {0u, kChunkZero};
+  if (tok >= 0) {
+    return {part < 3 ? qkv16(tok, part, cv, C8, hd8)
+                     : static_cast<uint32_t>(tok) * static_cast<uint32_t>(C8) + static_cast<uint32_t>(hd8 + cv),
+            kChunkImg};
+  }
+  if (part < 3 && has_pad) return {static_cast<uint32_t>(part * C8 + hd8 + cv), kChunkPad};
+  return {0u, kChunkZero};
+}
+__device__ __forceinline__ void issue_chunk(unsigned char* dst, const ChunkSrc& c, const uint4* img16,
+                                            const uint4* go16, const uint4* pad16, int part) {
+  const uint4* src = c.kind == kChunkPad ? pad16 + c.off : (part < 3 ? img16 : go16) + c.off;
+  cp_async16(dst, c.kind == kChunkZero ? static_cast<const void*>(img16) : static_cast<const void*>(src),
+             c.kind == kChunkZero ? 0 : 16);
+}
+
+// Scalar gather (head_dim not a multiple of 8, or storage not 16-byte
+// aligned): every element of `parts` consecutive tiles, operands
+// first_part + part_step * k (q 0, k 1, v 2, dO 3), of rows [0, 64): rows of
+// the window with tokens tok[r], rows >= n_valid past it.  A warp per row.
+template <class Tr>
+__device__ __forceinline__ void gather_scalar(unsigned char* tiles, const typename Tr::T* img,
+                                              const typename Tr::T* go_img, const typename Tr::T* pad,
+                                              const int* tok, int first_part, int part_step, int parts, int n_valid,
+                                              int d, int dp, int C, int hd) {
+  using T = typename Tr::T;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const T zero = zero_value<T>();
+  for (int pr = warp; pr < parts * Tr::kTile; pr += Tr::kWarps) {
+    const int pi = pr / Tr::kTile, r = pr - pi * Tr::kTile, part = first_part + part_step * pi;
+    const int tk = r < n_valid ? tok[r] : -1;
+    const T* src = nullptr;
+    if (r < n_valid) {
+      if (tk >= 0) {
+        src = part < 3 ? img + static_cast<int64_t>(tk) * (3 * C) + part * C + hd : go_img + static_cast<int64_t>(tk) * C + hd;
+      } else if (part < 3 && pad != nullptr) {
+        src = pad + part * C + hd;
+      }
+    }
+    T* dst = reinterpret_cast<T*>(tiles + pi * Tr::kTileBytes + r * Tr::kRowBytes);
+    for (int c = lane; c < dp; c += 32) dst[c] = (src != nullptr && c < d) ? src[c] : zero;
+  }
+}
+
+// ------------------------------------------------------------------ logits, P, dS
+
+// lse in log2 units of window row i (+inf past the window or for a row
+// without a finite logit: P = 0 there).
+__device__ __forceinline__ float lse2_of(const float* lse, int i, int N) {
+  if (i >= N) return __int_as_float(0x7f800000);
+  const float v = lse[i];
+  return v == neg_inf<float>() ? __int_as_float(0x7f800000) : v * static_cast<float>(kLog2e);
+}
+
+// dS = P o (dP - D) in place of dP (rows g: D0, g + 8: D1).
+template <class Tr>
+__device__ __forceinline__ void dscores(const float (&pr)[Tr::kNT][4], float (&dpf)[Tr::kNT][4], float D0, float D1) {
+#pragma unroll
+  for (int nt = 0; nt < Tr::kNT; ++nt) {
+    dpf[nt][0] = pr[nt][0] * (dpf[nt][0] - D0);
+    dpf[nt][1] = pr[nt][1] * (dpf[nt][1] - D0);
+    dpf[nt][2] = pr[nt][2] * (dpf[nt][2] - D1);
+    dpf[nt][3] = pr[nt][3] * (dpf[nt][3] - D1);
+  }
+}
+
+// The padding keys (bit r) among 16 rows of a tile table (valid: row < n).
+__device__ __forceinline__ uint32_t padding_rows(const int* tok16, int n) {
+  uint32_t m = 0;
+#pragma unroll
+  for (int r = 0; r < kRowTile; ++r)
+    if (r < n && tok16[r] < 0) m |= 1u << r;
+  return m;
+}
+
+// ------------------------------------------------------------------ N <= 64: one tile, images in flight
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_tile_kernel(const AttnParams p) {
+  static_assert(Tr::kDPad <= 64, "head_dim 128 and the generic head_dim run the window kernel");
+  using T = typename Tr::T;
+  using SL = BSlot<Tr>;
+  constexpr int kNT = Tr::kNT, kK16 = Tr::kK16;
+  SWIN_DYNAMIC_SHARED(unsigned char, smem);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const Geom& g = p.g;
+  const int N = g.N;
+  // N unsigned in 64-bit offsets (no sign word to keep alive).
+  const uint32_t Nu = static_cast<uint32_t>(N);
+  const int d = Tr::kD ? Tr::kD : p.d;
+  const int dp = Tr::kD ? Tr::kD : (d + 31) & ~31;  // generic: k-steps are taken in pairs
+  const int C = p.C;
+
+  // blockIdx.x = (chunk * nW + win) * heads + h
+  int cw, h, chunk, win;
+  p.div_heads.divmod(blockIdx.x, cw, h);
+  p.div_nW.divmod(cw, chunk, win);
+  const int hd = h * d;
+
+  float4* sbias = reinterpret_cast<float4*>(smem + Tr::kTBias);
+  int* tok = reinterpret_cast<int*>(smem + Tr::kTTok);
+  int* reg = reinterpret_cast<int*>(smem + Tr::kTReg);
+  float* dpad_w = reinterpret_cast<float*>(smem + Tr::kTDpad) + warp * 2 * Tr::kDPad;  // [k, v][kDPad]
+  [[maybe_unused]] float* inv = reinterpret_cast<float*>(smem + Tr::kTInv);  // V2: 1/||q||[64], 1/||k||[64], ds[warp]
+  unsigned char* stages = smem + Tr::kTStage;
+  const T* qkv = static_cast<const T*>(p.qkv);
+  const T* gout = static_cast<const T*>(p.grad_out);
+  const T* pad = static_cast<const T*>(p.pad);
+
+  // ---- once per block: token table, bias + mask in fragment order, padding-key accumulators
+  build_token_table(g, win, 0, Tr::kTile, tok, reg);
+  for (int e = tid; e < Tr::kWarps * 2 * Tr::kDPad; e += Tr::kThreads)  // sass: trips(kWarps * 2 * kDPad / kThreads)
+    reinterpret_cast<float*>(smem + Tr::kTDpad)[e] = 0.f;
+  __syncthreads();
+  {
+    // (bias + mask) * log2(e) of (row, key) in the accumulator layout, -inf
+    // for keys >= N, 0 for rows >= N: entry q = (warp, n-tile, lane) holds
+    // rows g, g + 8 x keys 2t, 2t + 1 of that warp and n-tile.
+    const float* bias = static_cast<const float*>(p.bias) + static_cast<int64_t>(h) * (static_cast<uint64_t>(Nu) * Nu);
+    const float l2e = static_cast<float>(kLog2e), ninf = neg_inf<float>();
+    for (int q = tid; q < Tr::kWarps * kNT * 32; q += Tr::kThreads) {  // sass: trips(kWarps * kNT * 32 / kThreads)
+      const int w = q / (kNT * 32), nt = (q / 32) % kNT, ln = q % 32;
+      float v[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int i = w * kRowTile + AccLayout::row(ln, r), j = nt * 8 + AccLayout::col(ln, r);
+        float x = ninf;
+        if (j < N) {
+          x = 0.f;
+          if (i < N) {
+            x = bias[i * N + j];
+            if (p.masked && reg[i] != reg[j]) x += kShiftMaskValue;
+            x *= l2e;
+          }
+        }
+        v[r] = x;
+      }
+      sbias[q] = make_float4(v[0], v[1], v[2], v[3]);
+    }
+  }
+  // This thread's gather slots (token table fixed for the block).
+  const int C8 = C >> 3, hd8 = hd >> 3, dv = d >> 3;
+  const bool has_pad = pad != nullptr;
+  ChunkSrc src_c[Tr::kCacheSlots ? Tr::kTSlots : 1];
+  if constexpr (Tr::kCacheSlots) {
+#pragma unroll
+    for (int s = 0; s < Tr::kTSlots; ++s) {
+      const int r = SL::row(tid, s);
+      src_c[s] = chunk_src(tok[r], r < N, SL::part(s), SL::col(tid), dv, C8, hd8, has_pad);
+    }
+  }
+  const int wrow0 = warp * kRowTile;
+  const bool active = wrow0 < N;  // warp-uniform: warps past the window only stage and wait
+
+  const uint4* pad16 = reinterpret_cast<const uint4*>(pad);
+  // Issues image b's q, k, v, dO chunks into stage st (one cp.async group).
+  auto issue = [&](int b, int st) {
+    const uint4* img16 = reinterpret_cast<const uint4*>(image_base(qkv, b, p.img_qkv));
+    const uint4* go16 = reinterpret_cast<const uint4*>(image_base(gout, b, p.img_out));
+    unsigned char* dst = stages + st * Tr::kStageBytes;
+#pragma unroll
+    for (int s = 0; s < Tr::kTSlots; ++s) {
+      if (Tr::kD == 0 && SL::col(tid) * 8 >= dp) continue;  // never read
+      ChunkSrc c;
+      if constexpr (Tr::kCacheSlots) {
+        c = src_c[s];
+      } else {
+        const int r = SL::row(tid, s);
+        c = chunk_src(tok[r], r < N, SL::part(s), SL::col(tid), dv, C8, hd8, has_pad);
+      }
+      issue_chunk(dst + SL::dst(tid, s), c, img16, go16, pad16, SL::part(s));
+    }
+    cp_async_commit();
+  };
+
+  const int b0 = chunk * p.chunk;
+  const int nimg = min(p.chunk, p.B - b0);
+  const bool vec = p.vec;
+  const float scale_log2 = static_cast<float>(p.scale * kLog2e);
+  const float scale = static_cast<float>(p.scale);
+  [[maybe_unused]] const float s_h = Tr::kV2 ? static_cast<const float*>(p.head_scale)[h] : 1.f;
+  [[maybe_unused]] const float sh_log2 = s_h * static_cast<float>(kLog2e);
+  const int gr = lane >> 2, c0 = 2 * (lane & 3);
+  const float4* bw = sbias + warp * kNT * 32 + lane;
+  const int* tok_w = tok + wrow0;
+
+  // The bias gradient of (row g / g + 8, key nt * 8 + 2t / + 1) over the
+  // chunk, this lane's, in shared memory (fragment order, conflict-free).
+  float4* dbw = reinterpret_cast<float4*>(smem + Tr::kTDbias) + warp * kNT * 32 + lane;
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) dbw[nt * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
+  if constexpr (Tr::kV2) {
+    if (lane == 0) inv[128 + warp] = 0.f;  // the warp's d head_scale over the chunk
+  }
+
+  __syncthreads();  // the tables and the bias tile are complete
+  if (vec) issue(b0, 0);
+  for (int it = 0; it < nimg; ++it) {  // sass: image-loop
+    const int b = b0 + it;
+    const int cur = Tr::kStages == 2 ? (it & 1) : 0;
+    unsigned char* st = stages + cur * Tr::kStageBytes;
+    unsigned char* sQ = st;
+    unsigned char* sK = st + Tr::kTileBytes;
+    unsigned char* sV = st + 2 * Tr::kTileBytes;
+    unsigned char* sdO = st + 3 * Tr::kTileBytes;
+    unsigned char* sP = Tr::kPAlias ? st + Tr::kPOff : smem + Tr::kTSep;
+    unsigned char* sdS = Tr::kDSAlias ? st + Tr::kAliasOff : smem + Tr::kTSep + (Tr::kPAlias ? 0 : Tr::kPBytes);
+    if (vec) {
+      cp_async_wait<0>();
+    } else {  // sass: skip(scalar)
+      gather_scalar<Tr>(st, qkv + static_cast<int64_t>(b) * p.img_qkv, gout + static_cast<int64_t>(b) * p.img_out, pad,
+                        tok, 0, 1, 4, N, d, dp, C, hd);
+    }
+    __syncthreads();  // image b is complete; every warp is done with image b - 1
+    if (Tr::kStages == 2 && vec && it + 1 < nimg) issue(b + 1, cur ^ 1);  // in flight while b is computed
+    if constexpr (Tr::kV2) {
+      inv[tid] = staged_inv_norm<Tr>(st + (tid >> 6) * Tr::kTileBytes + (tid & 63) * Tr::kRowBytes, dp);
+      __syncthreads();
+    }
+
+    uint32_t pa[kK16][4], dsa[kK16][4];  // P and dS (V2: dS head_scale / ||q||) as A fragments
+    float dq[Tr::kDN][4];
+    if (active) {
+      const float* lse = static_cast<const float*>(p.lse) + ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * Nu;
+      const float lse0 = lse2_of(lse, wrow0 + gr, N), lse1 = lse2_of(lse, wrow0 + gr + 8, N);
+      float s[kNT][4], dpf[kNT][4];
+      rows_x_rowsT<Tr>(s, sQ + wrow0 * Tr::kRowBytes, sK, N, dp, lane);
+      [[maybe_unused]] float rq0 = 0.f, rq1 = 0.f;  // V2: 1 / ||q|| of rows g, g + 8
+      if constexpr (Tr::kV2) {
+        // head_scale q.k / (||q|| ||k||) in float32 plus the bias (the
+        // forward's formula: c = q.k / ||k|| is the cosine times ||q||).
+        rq0 = inv[wrow0 + gr];
+        rq1 = inv[wrow0 + gr + 8];
+        const float rf0 = sh_log2 * rq0, rf1 = sh_log2 * rq1;
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          const float4 bm = bw[nt * 32];
+          const float2 cf = *reinterpret_cast<const float2*>(inv + 64 + nt * 8 + c0);
+          s[nt][0] = bexp2(fmaf(s[nt][0] * cf.x, rf0, bm.x) - lse0);
+          s[nt][1] = bexp2(fmaf(s[nt][1] * cf.y, rf0, bm.y) - lse0);
+          s[nt][2] = bexp2(fmaf(s[nt][2] * cf.x, rf1, bm.z) - lse1);
+          s[nt][3] = bexp2(fmaf(s[nt][3] * cf.y, rf1, bm.w) - lse1);
+        }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          const float4 bm = bw[nt * 32];
+          s[nt][0] = bexp2(fmaf(s[nt][0], scale_log2, bm.x) - lse0);
+          s[nt][1] = bexp2(fmaf(s[nt][1], scale_log2, bm.y) - lse0);
+          s[nt][2] = bexp2(fmaf(s[nt][2], scale_log2, bm.z) - lse1);
+          s[nt][3] = bexp2(fmaf(s[nt][3], scale_log2, bm.w) - lse1);
+        }
+      }
+      rows_x_rowsT<Tr>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, N, dp, lane);  // after P: fewer live registers
+      // D = rowsum(P o dP): the whole row is in this tile.
+      float D0 = 0.f, D1 = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        D0 = fmaf(s[nt][0], dpf[nt][0], fmaf(s[nt][1], dpf[nt][1], D0));
+        D1 = fmaf(s[nt][2], dpf[nt][2], fmaf(s[nt][3], dpf[nt][3], D1));
+      }
+      D0 = quad_sum4(D0);
+      D1 = quad_sum4(D1);
+      dscores<Tr>(s, dpf, D0, D1);
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        if (nt * 8 >= N) break;
+        float4 v = dbw[nt * 32];
+        v.x += dpf[nt][0];
+        v.y += dpf[nt][1];
+        v.z += dpf[nt][2];
+        v.w += dpf[nt][3];
+        dbw[nt * 32] = v;
+      }
+      pack_a<Tr>(pa, s);
+      if constexpr (Tr::kV2) {
+        // d head_scale = sum dS cos, from the float32 dS and the raw scores
+        // (formed again, 16 keys at a time: fewer live registers than
+        // keeping them).  This image's share of the warp is added by lane 0
+        // to the warp's float in shared memory.
+        float ca0 = 0.f, ca1 = 0.f;
+#pragma unroll
+        for (int kh = 0; kh < 4; ++kh) {
+          if (kh * 16 >= N) break;
+          float s2[2][4];
+          rows_x_rowsT<Tr, 2>(s2, sQ + wrow0 * Tr::kRowBytes, sK, N, dp, lane, kh * 2);
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            const float2 cf = *reinterpret_cast<const float2*>(inv + 64 + (kh * 2 + nt) * 8 + c0);
+            const float(&x)[4] = dpf[kh * 2 + nt];
+            ca0 = fmaf(x[0] * cf.x, s2[nt][0], fmaf(x[1] * cf.y, s2[nt][1], ca0));
+            ca1 = fmaf(x[2] * cf.x, s2[nt][2], fmaf(x[3] * cf.y, s2[nt][3], ca1));
+          }
+        }
+        const float dsw = warp_sum(rq0 * ca0 + rq1 * ca1);
+        if (lane == 0) inv[128 + warp] += dsw;
+        // dQ against the raw k rows: dS / ||k|| per column; dK against the
+        // raw q rows: dS head_scale / ||q|| per row (staged).  Both packed
+        // before the products, so that dS dies first.
+        uint32_t dsq[kK16][4];
+        const float m0 = s_h * rq0, m1 = s_h * rq1;
+#pragma unroll
+        for (int kv = 0; kv < kK16; ++kv) {
+          const float2 c0f = *reinterpret_cast<const float2*>(inv + 64 + kv * 16 + c0);
+          const float2 c1f = *reinterpret_cast<const float2*>(inv + 64 + kv * 16 + 8 + c0);
+          const float(&x0)[4] = dpf[2 * kv];
+          const float(&x1)[4] = dpf[2 * kv + 1];
+          dsq[kv][0] = pack2<T>(x0[0] * c0f.x, x0[1] * c0f.y);
+          dsq[kv][1] = pack2<T>(x0[2] * c0f.x, x0[3] * c0f.y);
+          dsq[kv][2] = pack2<T>(x1[0] * c1f.x, x1[1] * c1f.y);
+          dsq[kv][3] = pack2<T>(x1[2] * c1f.x, x1[3] * c1f.y);
+          dsa[kv][0] = pack2<T>(x0[0] * m0, x0[1] * m0);
+          dsa[kv][1] = pack2<T>(x0[2] * m1, x0[3] * m1);
+          dsa[kv][2] = pack2<T>(x1[0] * m0, x1[1] * m0);
+          dsa[kv][3] = pack2<T>(x1[2] * m1, x1[3] * m1);
+        }
+        zero_frags<Tr>(dq);
+        regs_x_rows<Tr>(dq, dsq, sK, N, dp, lane);  // the gradient of q^ / head_scale
+        normalize_backward<Tr>(dq, sQ + wrow0 * Tr::kRowBytes, rq0, rq1, s_h, dp, lane);
+      } else {
+        pack_a<Tr>(dsa, dpf);
+        zero_frags<Tr>(dq);
+        regs_x_rows<Tr>(dq, dsa, sK, N, dp, lane);  // dQ = dS K (times scale at the store)
+      }
+    }
+    if constexpr (Tr::kDSAlias) __syncthreads();  // every warp is done with K and V: P / dS may overwrite them
+    if (active) {
+      // dQ now (not held through dK, dV): through the warp's own rows of P
+      // (written right after), or from the fragments.
+      T* dimg = static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv;
+      if constexpr (Tr::kStagedOut) {
+        store_out<Tr, true, Tr::kPRowBytes>(p, dq, scale, 0, tok_w, sP + wrow0 * Tr::kPRowBytes, dimg, d, hd, lane);
+      } else {
+        store_out<Tr, false>(p, dq, scale, 0, tok_w, nullptr, dimg, d, hd, lane);
+      }
+      stage_a<Tr>(sP + wrow0 * Tr::kPRowBytes, pa, N, lane);
+      if constexpr (!Tr::kSeqPdS) stage_a<Tr>(sdS + wrow0 * Tr::kPRowBytes, dsa, N, lane);
+    }
+    __syncthreads();  // P (and dS) of every row are staged
+    // The warp's 16 keys (the same positions as its rows): dV = P^T dO and
+    // dK = dS^T Q (V2: the gradient of k^, then through the normalisation).
+    // The padding keys among them (bit r), for the pad vector's gradient
+    // (read from the table when needed: no register held over the images).
+    const uint32_t pad_rows = p.padded ? padding_rows(tok_w, N - wrow0) : 0u;  // sass: skip(padded)
+    float dk[Tr::kDN][4], dva[Tr::kDN][4];
+    const auto grad_v = [&] {
+      uint32_t at[kK16][4];
+      staged_t_frags<Tr>(at, sP, wrow0, N, lane);
+      zero_frags<Tr>(dva);
+      regs_x_rows<Tr>(dva, at, sdO, N, dp, lane);
+      if (pad_rows) add_padding_rows_frag<Tr>(dpad_w + Tr::kDPad, dva, pad_rows, dp, lane);  // sass: skip(padded)
+      if constexpr (!Tr::kStagedOut) {
+        store_out<Tr>(p, dva, 1.f, 2, tok_w, nullptr, static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv, d, hd,
+                      lane);
+      }
+    };
+    const auto grad_k = [&] {
+      uint32_t at[kK16][4];
+      staged_t_frags<Tr>(at, sdS, wrow0, N, lane);
+      zero_frags<Tr>(dk);
+      regs_x_rows<Tr>(dk, at, sQ, N, dp, lane);
+      if constexpr (Tr::kV2) {
+        normalize_backward<Tr>(dk, sK + wrow0 * Tr::kRowBytes, inv[64 + wrow0 + gr], inv[64 + wrow0 + gr + 8], 1.f, dp,
+                               lane);
+      } else {
+#pragma unroll
+        for (int dn = 0; dn < Tr::kDN; ++dn)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) dk[dn][r] *= scale;
+      }
+      if (pad_rows) add_padding_rows_frag<Tr>(dpad_w, dk, pad_rows, dp, lane);  // sass: skip(padded)
+      if constexpr (!Tr::kStagedOut) {
+        store_out<Tr>(p, dk, 1.f, 1, tok_w, nullptr, static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv, d, hd,
+                      lane);
+      }
+    };
+    if constexpr (Tr::kSeqPdS) {  // P's product first, then dS over P once every warp has read it
+      if (active) grad_v();
+      __syncthreads();
+      if (active) stage_a<Tr>(sdS + wrow0 * Tr::kPRowBytes, dsa, N, lane);
+      __syncthreads();
+      if (active) grad_k();
+    } else {  // dK first: its normalisation (V2) runs with fewer live registers
+      if (active) {
+        grad_k();
+        grad_v();
+      }
+    }
+    if constexpr (Tr::kStagedOut) {
+      __syncthreads();  // P, dS, Q and dO are consumed: the warp's rows of the stage take its outputs
+      if (active) {
+        T* dimg = static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv;
+        store_out<Tr>(p, dk, 1.f, 1, tok_w, sK + wrow0 * Tr::kRowBytes, dimg, d, hd, lane);
+        store_out<Tr>(p, dva, 1.f, 2, tok_w, sV + wrow0 * Tr::kRowBytes, dimg, d, hd, lane);
+      }
+    }
+    if (Tr::kStages == 1) {
+      __syncthreads();  // the stage is consumed before it is refilled
+      if (vec && it + 1 < nimg) issue(b + 1, 0);
+    }
+  }
+
+  // ---- once per block: the bias-gradient partial, the padding-key and V2 partials
+  if (active) {
+    float* dst = static_cast<float*>(p.dbias_part) +
+                 ((static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h) * (static_cast<uint64_t>(Nu) * Nu);
+    const int i0 = wrow0 + gr, i1 = i0 + 8;
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      const int j = nt * 8 + c0;
+      if (j >= N) break;
+      const float4 v = dbw[nt * 32];
+      if (i0 < N) {
+        dst[i0 * N + j] = v.x;
+        if (j + 1 < N) dst[i0 * N + j + 1] = v.y;
+      }
+      if (i1 < N) {
+        dst[i1 * N + j] = v.z;
+        if (j + 1 < N) dst[i1 * N + j + 1] = v.w;
+      }
+    }
+  }
+  if (p.padded) {  // sass: skip(padded)
+    __syncthreads();  // (the warps' own accumulators; a barrier keeps the slot writes simple)
+    float* slot = static_cast<float*>(p.dpad_part) +
+                  ((static_cast<int64_t>(chunk) * g.nW + win) * Tr::kWarps + warp) * 2 * p.heads * d;
+    for (int c = lane; c < d; c += 32) {
+      slot[static_cast<int64_t>(h) * d + c] = dpad_w[c];
+      slot[(static_cast<int64_t>(p.heads) + h) * d + c] = dpad_w[Tr::kDPad + c];
+    }
+  }
+  if constexpr (Tr::kV2) {  // d head_scale of this (chunk, window, head): the warps' sums in warp order
+    const float* ds_w = inv + 128;
+    __syncthreads();
+    if (tid == 0) {
+      float t = 0.f;
+      for (int w2 = 0; w2 < Tr::kWarps; ++w2) t += ds_w[w2];
+      static_cast<float*>(p.dscale_part)[(static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h] = t;
+    }
+  }
+}
+
+
+// ------------------------------------------------------------------ any N: key tiles, the window's dQ in one place
+
+// Tokens (tab[0..63]) and shift regions (tab[64..127]) of rows [t0, t0 + 64)
+// of the window, one per thread tid < 64; -1 / 0 past N.
+__device__ __forceinline__ void tile_table(const Geom& g, int wy, int wx, int t0, int* tab) {
+  const int t = threadIdx.x;
+  if (t < 64) {
+    int tk = -1, rg = 0;
+    if (t0 + t < g.N) window_token(g, wy, wx, t0 + t, tk, rg);
+    tab[t] = tk;
+    tab[64 + t] = rg;
+  }
+}
+
+// Fragment-order float32 storage of a 16 x kDPad tile: float4 [dn][lane]
+// (f points at n-tile dn0 of this lane); kCols n-tiles at a time.
+template <class Tr, int kCols>
+__device__ __forceinline__ void frag_add(float (&x)[kCols][4], const float4* f, int dp, int dn0) {
+#pragma unroll
+  for (int dn = 0; dn < kCols; ++dn) {
+    if (Tr::kD == 0 && (dn0 + dn) * 8 >= dp) break;
+    const float4 v = f[dn * 32];
+    x[dn][0] = v.x + x[dn][0];
+    x[dn][1] = v.y + x[dn][1];
+    x[dn][2] = v.z + x[dn][2];
+    x[dn][3] = v.w + x[dn][3];
+  }
+}
+template <class Tr, int kCols>
+__device__ __forceinline__ void frag_store(float4* f, const float (&x)[kCols][4], int dp, int dn0) {
+#pragma unroll
+  for (int dn = 0; dn < kCols; ++dn) {
+    if (Tr::kD == 0 && (dn0 + dn) * 8 >= dp) break;
+    f[dn * 32] = make_float4(x[dn][0], x[dn][1], x[dn][2], x[dn][3]);
+  }
+}
+
+// The end of a 16 x d output tile formed in fragment-order float32 storage
+// f (kDN n-tiles): V2's normalisation against the raw rows `norm_rows`
+// (null: none; inverse norms inv0 / inv1), times mul, the padding rows
+// (bits of pad_mask) into dpad_acc, and the stores from the fragments,
+// kDNH n-tiles at a time.
+// kStagedOut (one column block): the stores go through `stage_rows` (the
+// warp's 16 rows, dead by then; may be norm_rows: read first) as 16-byte rows.
+template <class Tr>
+__device__ __forceinline__ void finish_frags(const AttnParams& p, const float4* f, const unsigned char* norm_rows,
+                                             float inv0, float inv1, float mul, int part, const int* tok_w,
+                                             float* dpad_acc, uint32_t pad_mask, typename Tr::T* dimg, int d, int dp,
+                                             int hd, int lane, unsigned char* stage_rows = nullptr) {
+  constexpr int kC = Tr::kDNH;
+  if constexpr (Tr::kStagedOut) {
+    static_assert(Tr::kHalves == 1, "staged stores: one column block");
+    float x[kC][4];
+#pragma unroll
+    for (int n = 0; n < kC; ++n) x[n][0] = x[n][1] = x[n][2] = x[n][3] = 0.f;
+    frag_add<Tr, kC>(x, f, dp, 0);
+    if (norm_rows != nullptr) {
+      normalize_backward<Tr>(x, norm_rows, inv0, inv1, mul, dp, lane);
+    } else {
+#pragma unroll
+      for (int n = 0; n < kC; ++n)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) x[n][r] *= mul;
+    }
+    if (pad_mask) add_padding_rows_frag<Tr, kC>(dpad_acc, x, pad_mask, dp, lane);
+    __syncwarp();  // the raw rows are read before the staging overwrites them
+    store_out<Tr>(p, x, 1.f, part, tok_w, stage_rows, dimg, d, hd, lane);
+    return;
+  }
+  float dot0 = 0.f, dot1 = 0.f;
+  if (norm_rows != nullptr) {
+#pragma unroll
+    for (int hf = 0; hf < Tr::kHalves; ++hf) {
+      float x[kC][4];
+#pragma unroll
+      for (int n = 0; n < kC; ++n) x[n][0] = x[n][1] = x[n][2] = x[n][3] = 0.f;
+      frag_add<Tr, kC>(x, f + hf * kC * 32, dp, hf * kC);
+      row_dots<Tr, kC>(x, norm_rows, hf * kC, dp, lane, dot0, dot1);
+    }
+    dot0 = quad_sum4(dot0) * inv0 * inv0;
+    dot1 = quad_sum4(dot1) * inv1 * inv1;
+  }
+#pragma unroll
+  for (int hf = 0; hf < Tr::kHalves; ++hf) {
+    float x[kC][4];
+#pragma unroll
+    for (int n = 0; n < kC; ++n) x[n][0] = x[n][1] = x[n][2] = x[n][3] = 0.f;
+    frag_add<Tr, kC>(x, f + hf * kC * 32, dp, hf * kC);
+    if (norm_rows != nullptr) {
+      project_rows<Tr, kC>(x, norm_rows, hf * kC, dp, lane, dot0, dot1, inv0 * mul, inv1 * mul);
+    } else {
+#pragma unroll
+      for (int n = 0; n < kC; ++n)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) x[n][r] *= mul;
+    }
+    if (pad_mask) add_padding_rows_frag<Tr, kC>(dpad_acc, x, pad_mask, dp, lane, hf * kC);
+    store_out<Tr, false, Tr::kRowBytes, kC>(p, x, 1.f, part, tok_w, nullptr, dimg, d, hd, lane, hf * kC);
+  }
+}
+
+template <class Tr, bool kDqSmem>
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_window_kernel(const AttnParams p) {
+  using T = typename Tr::T;
+  constexpr int kK16 = Tr::kK16, kDN = Tr::kDN, kTile = Tr::kTile;
+  constexpr int kStages = Tr::kWKStages;
+  static_assert(Tr::kWKStages == Tr::kWQStages, "one prefetch depth");
+  constexpr int kPerPart = kTile * Tr::kVecs / Tr::kThreads;  // rows per thread and operand of a tile pair
+  SWIN_DYNAMIC_SHARED(unsigned char, smem);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const Geom& g = p.g;
+  const int N = g.N;
+  // N unsigned in 64-bit offsets (no sign word to keep alive).
+  const uint32_t Nu = static_cast<uint32_t>(N);
+  const int d = Tr::kD ? Tr::kD : p.d;
+  const int dp = Tr::kD ? Tr::kD : (d + 31) & ~31;  // generic: k-steps are taken in pairs
+  const int C = p.C;
+
+  // blockIdx.x = (chunk * nW + win) * heads + h
+  int cw, h, chunk, win, wy, wx;
+  p.div_heads.divmod(blockIdx.x, cw, h);
+  p.div_nW.divmod(cw, chunk, win);
+  g.div_nWw.divmod(win, wy, wx);
+  const int hd = h * d;
+
+  int* tabk = reinterpret_cast<int*>(smem + Tr::kWTabK);  // [stage][tok, reg][64]
+  int* tabq = reinterpret_cast<int*>(smem + Tr::kWTabQ);
+  float* dpad_w = reinterpret_cast<float*>(smem + Tr::kWDpad) + warp * 2 * Tr::kDPad;
+  [[maybe_unused]] float* invk = reinterpret_cast<float*>(smem + Tr::kWInv);  // V2: [kstage][64]
+  [[maybe_unused]] float* invq = invk + kStages * 64;                         // V2: [qstage][64]
+  unsigned char* sKV = smem + Tr::kWKV;
+  unsigned char* sQD = smem + Tr::kWQD;
+  unsigned char* sP = smem + Tr::kWP;
+  unsigned char* sdS = smem + Tr::kWdS;
+  const int nkt = (N + kTile - 1) / kTile;  // key tiles (= query tiles): N / 64, a shift
+  const int n16 = (N + 15) & ~15;
+  float* ws_block = static_cast<float*>(p.dq_ws) + static_cast<int64_t>(blockIdx.x) * Tr::window_ws(n16, kDqSmem);
+  float4* dqbuf = kDqSmem ? reinterpret_cast<float4*>(smem + Tr::kWDq) : reinterpret_cast<float4*>(ws_block);
+  float4* kvacc = Tr::kKVSmem ? reinterpret_cast<float4*>(smem + Tr::kWKVAcc)
+                              : reinterpret_cast<float4*>(ws_block + (kDqSmem ? 0 : int64_t(n16) * Tr::kDPad));
+
+  const T* qkv = static_cast<const T*>(p.qkv);
+  const T* gout = static_cast<const T*>(p.grad_out);
+  const T* pad = static_cast<const T*>(p.pad);
+  const uint4* pad16 = reinterpret_cast<const uint4*>(pad);
+  const int C8 = C >> 3, hd8 = hd >> 3, dv = d >> 3;
+  const bool has_pad = pad != nullptr, vec = p.vec;
+  const int64_t HW = static_cast<int64_t>(g.H) * g.W;
+
+  for (int e = tid; e < Tr::kWarps * 2 * Tr::kDPad; e += Tr::kThreads)  // sass: trips(kWarps * 2 * kDPad / kThreads)
+    reinterpret_cast<float*>(smem + Tr::kWDpad)[e] = 0.f;
+
+  // Issues rows [t0, t0 + 64) of two operands (kKV: k, v; else q, dO) of
+  // image b into `tiles` (one tile after the other), with their table.
+  auto issue_pair = [&](int b, bool kKV, int t0, unsigned char* tiles, int* tab) {
+    tile_table(g, wy, wx, t0, tab);
+    const uint4* img16 = reinterpret_cast<const uint4*>(image_base(qkv, b, p.img_qkv));
+    const uint4* go16 = reinterpret_cast<const uint4*>(image_base(gout, b, p.img_out));
+    const int cv = tid % Tr::kVecs;
+    if (Tr::kD == 0 && cv * 8 >= dp) return;  // never read
+#pragma unroll
+    for (int u = 0; u < kPerPart; ++u) {
+      const int row = tid / Tr::kVecs + u * (Tr::kThreads / Tr::kVecs), t = t0 + row;
+      int tk = -1, rg = 0;
+      if (t < N) window_token(g, wy, wx, t, tk, rg);
+#pragma unroll
+      for (int pi = 0; pi < 2; ++pi) {
+        const int part = kKV ? 1 + pi : 3 * pi;
+        issue_chunk(tiles + pi * Tr::kTileBytes + row * Tr::kRowBytes + cv * 16,
+                    chunk_src(tk, t < N, part, cv, dv, C8, hd8, has_pad), img16, go16, pad16, part);
+      }
+    }
+  };
+
+  const int b0 = chunk * p.chunk;
+  const int nimg = min(p.chunk, p.B - b0);
+  const float scale_log2 = static_cast<float>(p.scale * kLog2e);
+  const float scale = static_cast<float>(p.scale);
+  const float l2e = static_cast<float>(kLog2e), ninf = neg_inf<float>();
+  [[maybe_unused]] const float s_h = Tr::kV2 ? static_cast<const float*>(p.head_scale)[h] : 1.f;
+  [[maybe_unused]] const float sh_log2 = s_h * l2e;
+  const int gr = lane >> 2, c0 = 2 * (lane & 3);
+  const int wrow0 = warp * kRowTile;
+  const float* bias_h = static_cast<const float*>(p.bias) + static_cast<int64_t>(h) * (static_cast<uint64_t>(Nu) * Nu);
+  float* dbias = static_cast<float*>(p.dbias_part) + ((static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h) * (static_cast<uint64_t>(Nu) * Nu);
+  const float* Drow = static_cast<const float*>(p.Drow);
+  [[maybe_unused]] float ds_acc = 0.f;
+
+  int kc = 0, sc = 0;               // key tiles and steps issued so far (stage parities)
+  __syncthreads();
+  if (vec) {
+    issue_pair(b0, true, 0, sKV, tabk);
+    issue_pair(b0, false, 0, sQD, tabq);
+    cp_async_commit();
+  }
+  for (int it = 0; it < nimg; ++it) {  // sass: image-loop
+    const int b = b0 + it;
+    const float* lse = static_cast<const float*>(p.lse) + ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * Nu;
+    const float* Db = Drow + static_cast<int64_t>(b) * HW * p.heads + h;
+    // dqkv's image base, formed at each use (see image_base)
+    const auto dimg_at = [&] { return image_base(static_cast<T*>(p.dqkv), b, p.img_qkv); };
+    for (int kt = 0; kt < nkt; ++kt, ++kc) {
+      const int ks = kStages == 2 ? (kc & 1) : 0;
+      const int kt0 = kt * kTile, n_keys = min(kTile, N - kt0);
+      int* tk = tabk + ks * 128;
+      unsigned char* sK = sKV + ks * 2 * Tr::kTileBytes;
+      unsigned char* sV = sK + Tr::kTileBytes;
+      const bool active_k = kt0 + wrow0 < N;
+      for (int st = 0; st < nkt; ++st, ++sc) {
+        const int qs = kStages == 2 ? (sc & 1) : 0;
+        const int q0 = st * kTile, n_q = min(kTile, N - q0);
+        int* tq = tabq + qs * 128;
+        unsigned char* sQ = sQD + qs * 2 * Tr::kTileBytes;
+        unsigned char* sdO = sQ + Tr::kTileBytes;
+        const bool last_kt = kt == nkt - 1, last_st = st == nkt - 1;
+        if (vec) {
+          cp_async_wait<0>();
+        } else {  // sass: skip(scalar)
+          if (st == 0) tile_table(g, wy, wx, kt0, tk);
+          tile_table(g, wy, wx, q0, tq);
+          __syncthreads();
+          const T* img = image_base(qkv, b, p.img_qkv);
+          const T* go = image_base(gout, b, p.img_out);
+          if (st == 0) gather_scalar<Tr>(sK, img, go, pad, tk, 1, 1, 2, n_keys, d, dp, C, hd);
+          gather_scalar<Tr>(sQ, img, go, pad, tq, 0, 3, 2, n_q, d, dp, C, hd);
+        }
+        __syncthreads();  // this step's tiles and tables are complete; the previous step is consumed
+        // The next step's tiles, in flight while this one is computed.
+        auto issue_next = [&] {
+          int nb = b, nk = kt, ns = st + 1;
+          if (ns == nkt) {
+            ns = 0;
+            if (++nk == nkt) {
+              nk = 0;
+              ++nb;
+            }
+          }
+          if (nb >= b0 + nimg) return;
+          if (ns == 0) issue_pair(nb, true, nk * kTile, sKV + (kStages == 2 ? ((kc + 1) & 1) : 0) * 2 * Tr::kTileBytes,
+                                  tabk + (kStages == 2 ? ((kc + 1) & 1) : 0) * 128);
+          const int nq = kStages == 2 ? ((sc + 1) & 1) : 0;
+          issue_pair(nb, false, ns * kTile, sQD + nq * 2 * Tr::kTileBytes, tabq + nq * 128);
+          cp_async_commit();
+        };
+        if (kStages == 2 && vec) issue_next();
+        if constexpr (Tr::kV2) {
+          if (tid < 64) {
+            if (st == 0) invk[ks * 64 + tid] = staged_inv_norm<Tr>(sK + tid * Tr::kRowBytes, dp);
+          } else {
+            invq[qs * 64 + tid - 64] = staged_inv_norm<Tr>(sQ + (tid - 64) * Tr::kRowBytes, dp);
+          }
+          __syncthreads();
+        }
+
+        // ---- rows of this warp: S, dP, P, dS in registers; dQ += dS K; P, dS staged
+        float dq[Tr::kDNH][4];  // (kHalves == 1) the window's dQ rows of this warp at the last key tile
+        if (q0 + wrow0 < N) {
+          const int i0 = q0 + wrow0 + gr, i1 = i0 + 8;
+          const float lse0 = lse2_of(lse, i0, N), lse1 = lse2_of(lse, i1, N);
+          const int tq0 = tq[wrow0 + gr], tq1 = tq[wrow0 + gr + 8];
+          const float D0 = tq0 >= 0 ? Db[static_cast<int64_t>(tq0) * p.heads] : 0.f;
+          const float D1 = tq1 >= 0 ? Db[static_cast<int64_t>(tq1) * p.heads] : 0.f;
+          const int rq0 = tq[64 + wrow0 + gr], rq1 = tq[64 + wrow0 + gr + 8];
+          const float* brow0 = bias_h + static_cast<int64_t>(i0 < N ? i0 : 0) * Nu;
+          const float* brow1 = bias_h + static_cast<int64_t>(i1 < N ? i1 : 0) * Nu;
+          [[maybe_unused]] float iq0 = 0.f, iq1 = 0.f;
+          if constexpr (Tr::kV2) {
+            iq0 = invq[qs * 64 + wrow0 + gr];
+            iq1 = invq[qs * 64 + wrow0 + gr + 8];
+          }
+          uint32_t dsa[kK16][4];  // dS (V2: dS / ||k||) as the A fragments of dQ += dS K
+          // 32-key halves of the key tile (D is known: half the fragments live at a time).
+#pragma unroll
+          for (int kh = 0; kh < 2; ++kh) {
+            if (kh * 32 >= n_keys) break;
+            float s[4][4], dpf[4][4];
+            if constexpr (Tr::kV2) rows_x_rowsT<Tr, 4>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, n_keys, dp, lane, kh * 4);
+            rows_x_rowsT<Tr, 4>(s, sQ + wrow0 * Tr::kRowBytes, sK, n_keys, dp, lane, kh * 4);
+            [[maybe_unused]] float ca0 = 0.f, ca1 = 0.f, cb0 = 0.f, cb1 = 0.f;
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int c = (kh * 4 + nt) * 8 + c0 + e, j = kt0 + c;
+                float x0 = ninf, x1 = ninf;
+                [[maybe_unused]] float cs0 = 0.f, cs1 = 0.f;  // V2: q.k / ||k|| (the cosine times ||q||)
+                if (j < N) {
+                  float bb0 = i0 < N ? brow0[j] : 0.f, bb1 = i1 < N ? brow1[j] : 0.f;
+                  if (p.masked) {
+                    const int rk = tk[64 + c];
+                    if (rq0 != rk) bb0 += kShiftMaskValue;
+                    if (rq1 != rk) bb1 += kShiftMaskValue;
+                  }
+                  if constexpr (Tr::kV2) {
+                    const float cf = invk[ks * 64 + c];
+                    cs0 = s[nt][e] * cf;
+                    cs1 = s[nt][2 + e] * cf;
+                    x0 = fmaf(cs0, sh_log2 * iq0, bb0 * l2e);
+                    x1 = fmaf(cs1, sh_log2 * iq1, bb1 * l2e);
+                  } else {
+                    x0 = fmaf(s[nt][e], scale_log2, bb0 * l2e);
+                    x1 = fmaf(s[nt][2 + e], scale_log2, bb1 * l2e);
+                  }
+                }
+                const float p0 = bexp2(x0 - lse0), p1 = bexp2(x1 - lse1);
+                if constexpr (Tr::kV2) {  // d head_scale: sum_j dS cos = sum_j P dP c - D sum_j P c, over ||q||
+                  cb0 = fmaf(p0, cs0, cb0);
+                  cb1 = fmaf(p1, cs1, cb1);
+                  ca0 = fmaf(p0 * dpf[nt][e], cs0, ca0);
+                  ca1 = fmaf(p1 * dpf[nt][2 + e], cs1, ca1);
+                }
+                s[nt][e] = p0;
+                s[nt][2 + e] = p1;
+              }
+            }
+            if constexpr (!Tr::kV2) rows_x_rowsT<Tr, 4>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, n_keys, dp, lane, kh * 4);
+            if constexpr (Tr::kV2) ds_acc += iq0 * (ca0 - D0 * cb0) + iq1 * (ca1 - D1 * cb1);
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {  // dS = P o (dP - D); the chunk's bias gradient by its owner lane
+              dpf[nt][0] = s[nt][0] * (dpf[nt][0] - D0);
+              dpf[nt][1] = s[nt][1] * (dpf[nt][1] - D0);
+              dpf[nt][2] = s[nt][2] * (dpf[nt][2] - D1);
+              dpf[nt][3] = s[nt][3] * (dpf[nt][3] - D1);
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int j = kt0 + (kh * 4 + nt) * 8 + c0 + e;
+                if (j < N) {
+                  if (i0 < N) {
+                    float* q = dbias + static_cast<int64_t>(i0) * Nu + j;
+                    *q = it == 0 ? dpf[nt][e] : *q + dpf[nt][e];
+                  }
+                  if (i1 < N) {
+                    float* q = dbias + static_cast<int64_t>(i1) * Nu + j;
+                    *q = it == 0 ? dpf[nt][2 + e] : *q + dpf[nt][2 + e];
+                  }
+                }
+              }
+            }
+#pragma unroll
+            for (int k2 = 0; k2 < 2; ++k2) {  // the half's two k-steps: P and dS staged, dS kept for dQ
+              const int kv = kh * 2 + k2;
+              if (kv * 16 >= n_keys) break;
+              uint32_t a[4];
+              pack_kstep<Tr>(a, s[2 * k2], s[2 * k2 + 1]);
+              stage_kstep<Tr>(sP + wrow0 * Tr::kPRowBytes, a, kv, lane);
+              if constexpr (Tr::kV2) {  // dQ against the raw k rows: dS / ||k||; dK against the raw q rows: dS head_scale / ||q||
+                const float2 f0 = *reinterpret_cast<const float2*>(invk + ks * 64 + kv * 16 + c0);
+                const float2 f1 = *reinterpret_cast<const float2*>(invk + ks * 64 + kv * 16 + 8 + c0);
+                const float(&x0)[4] = dpf[2 * k2];
+                const float(&x1)[4] = dpf[2 * k2 + 1];
+                const float t0[4] = {x0[0] * f0.x, x0[1] * f0.y, x0[2] * f0.x, x0[3] * f0.y};
+                const float t1[4] = {x1[0] * f1.x, x1[1] * f1.y, x1[2] * f1.x, x1[3] * f1.y};
+                pack_kstep<Tr>(dsa[kv], t0, t1);
+                const float m0 = s_h * iq0, m1 = s_h * iq1;
+                const float u0[4] = {x0[0] * m0, x0[1] * m0, x0[2] * m1, x0[3] * m1};
+                const float u1[4] = {x1[0] * m0, x1[1] * m0, x1[2] * m1, x1[3] * m1};
+                pack_kstep<Tr>(a, u0, u1);
+                stage_kstep<Tr>(sdS + wrow0 * Tr::kPRowBytes, a, kv, lane);
+              } else {
+                pack_kstep<Tr>(dsa[kv], dpf[2 * k2], dpf[2 * k2 + 1]);
+                stage_kstep<Tr>(sdS + wrow0 * Tr::kPRowBytes, dsa[kv], kv, lane);
+              }
+            }
+          }
+          // dQ of the window: this key tile's part added in a fixed order
+          // (key tile 0 first), kDNH n-tiles at a time.
+          float4* fq = dqbuf + ((q0 + wrow0) / 16 * kDN) * 32 + lane;
+#pragma unroll
+          for (int hf = 0; hf < Tr::kHalves; ++hf) {
+            float acc[Tr::kDNH][4];
+#pragma unroll
+            for (int n = 0; n < Tr::kDNH; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+            regs_x_rows<Tr, Tr::kDNH>(acc, dsa, sK, n_keys, dp, lane, hf * Tr::kDNH);
+            if (kt > 0) frag_add<Tr, Tr::kDNH>(acc, fq + hf * Tr::kDNH * 32, dp, hf * Tr::kDNH);
+            if (!last_kt || Tr::kHalves > 1) frag_store<Tr, Tr::kDNH>(fq + hf * Tr::kDNH * 32, acc, dp, hf * Tr::kDNH);
+            if constexpr (Tr::kHalves == 1) {
+#pragma unroll
+              for (int n = 0; n < Tr::kDNH; ++n)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) dq[n][r] = acc[n][r];
+            }
+          }
+          if (last_kt) {  // the window's dQ rows of this warp are complete
+            if constexpr (Tr::kHalves == 1) {
+              if constexpr (Tr::kV2) normalize_backward<Tr>(dq, sQ + wrow0 * Tr::kRowBytes, iq0, iq1, s_h, dp, lane);
+              if constexpr (!Tr::kStagedOut) store_out<Tr>(p, dq, scale, 0, tq + wrow0, nullptr, dimg_at(), d, hd, lane);
+            } else {
+              finish_frags<Tr>(p, fq, Tr::kV2 ? sQ + wrow0 * Tr::kRowBytes : nullptr, iq0, iq1, Tr::kV2 ? s_h : scale, 0,
+                               tq + wrow0, nullptr, 0, dimg_at(), d, dp, hd, lane);
+            }
+          }
+        }
+        __syncthreads();  // P and dS of the query tile are staged
+
+        // ---- keys of this warp: dV += P^T dO, dK += dS^T Q over the query tile
+        if (active_k) {
+          uint32_t at[kK16][4];
+#pragma unroll
+          for (int pass = 0; pass < 2; ++pass) {  // 0: dV, 1: dK
+            staged_t_frags<Tr>(at, pass ? sdS : sP, wrow0, n_q, lane);
+            const uint32_t pm = p.padded ? padding_rows(tk + wrow0, n_keys - wrow0) : 0u;
+            float* dpad_acc = dpad_w + (pass ? 0 : Tr::kDPad);
+            const float kmul = pass ? scale : 1.f;
+            {  // float32 accumulators (shared memory or the workspace), kDNH n-tiles at a time
+              float4* fkv = kvacc + ((pass * kTile + wrow0) / 16 * kDN) * 32 + lane;
+#pragma unroll
+              for (int hf = 0; hf < Tr::kHalves; ++hf) {
+                float acc[Tr::kDNH][4];
+#pragma unroll
+                for (int n = 0; n < Tr::kDNH; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+                if (st > 0) frag_add<Tr, Tr::kDNH>(acc, fkv + hf * Tr::kDNH * 32, dp, hf * Tr::kDNH);
+                regs_x_rows<Tr, Tr::kDNH>(acc, at, pass ? sQ : sdO, n_q, dp, lane, hf * Tr::kDNH);
+                frag_store<Tr, Tr::kDNH>(fkv + hf * Tr::kDNH * 32, acc, dp, hf * Tr::kDNH);
+              }
+              if (last_st) {
+                const bool norm = Tr::kV2 && pass;
+                finish_frags<Tr>(p, fkv, norm ? sK + wrow0 * Tr::kRowBytes : nullptr,
+                                 norm ? invk[ks * 64 + wrow0 + gr] : 0.f, norm ? invk[ks * 64 + wrow0 + gr + 8] : 0.f,
+                                 kmul, pass ? 1 : 2, tk + wrow0, pm ? dpad_acc : nullptr, pm, dimg_at(), d, dp, hd, lane,
+                                 (pass ? sK : sV) + wrow0 * Tr::kRowBytes);
+              }
+            }
+          }
+        }
+        if (Tr::kStagedOut && last_kt) {
+          __syncthreads();  // q and dO of the tile are consumed: the warp's q rows take its dQ
+          if (q0 + wrow0 < N) store_out<Tr>(p, dq, scale, 0, tq + wrow0, sQ + wrow0 * Tr::kRowBytes, dimg_at(), d, hd, lane);
+        }
+        if (kStages == 1) {
+          __syncthreads();  // the step's tiles are consumed before they are refilled
+          if (vec) issue_next();
+        }
+      }
+    }
+  }
+
+  // ---- once per block: the padding-key and V2 partials
+  if (p.padded) {  // sass: skip(padded)
+    __syncthreads();
+    float* slot = static_cast<float*>(p.dpad_part) +
+                  ((static_cast<int64_t>(chunk) * g.nW + win) * Tr::kWarps + warp) * 2 * p.heads * d;
+    for (int c = lane; c < d; c += 32) {
+      slot[static_cast<int64_t>(h) * d + c] = dpad_w[c];
+      slot[(static_cast<int64_t>(p.heads) + h) * d + c] = dpad_w[Tr::kDPad + c];
+    }
+  }
+  if constexpr (Tr::kV2) {
+    const float w = warp_sum(ds_acc);
+    float* ds_w = invq + kStages * 64;
+    __syncthreads();
+    if (lane == 0) ds_w[warp] = w;
+    __syncthreads();
+    if (tid == 0) {
+      float t = 0.f;
+      for (int w2 = 0; w2 < Tr::kWarps; ++w2) t += ds_w[w2];
+      static_cast<float*>(p.dscale_part)[(static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h] = t;
+    }
+  }
+}
+
+// ------------------------------------------------------------------ D = rowsum(dO o O)
+
+// D of every (token, head) of the batch, token-major (B, H, W, heads), in
+// float32 from the forward's float32 output (recomputed by the glue) and the
+// output gradient: a thread per row of head_dim elements, 16-byte loads when
+// the rows are aligned.
+template <typename T>
+__global__ void __launch_bounds__(256) attn_bwd_rowdot_kernel(const AttnParams p) {
+  const int64_t rows = static_cast<int64_t>(p.B) * p.g.H * p.g.W * p.heads;
+  const int d = p.d;
+  const float* out = static_cast<const float*>(p.out_fwd);
+  const T* go = static_cast<const T*>(p.grad_out);
+  float* D = static_cast<float*>(p.Drow);
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t off = r * d;  // (token, head) rows are contiguous: C = heads * d
+    float acc = 0.f;
+    if (p.vec) {
+      for (int c = 0; c < d; c += 8) {
+        const uint4 a0 = swin_ldg16(out + off + c), a1 = swin_ldg16(out + off + c + 4), b2 = swin_ldg16(go + off + c);
+        float x[8];
+        T y[8];
+        memcpy(static_cast<void*>(x), &a0, 16);
+        memcpy(static_cast<void*>(x + 4), &a1, 16);
+        memcpy(static_cast<void*>(y), &b2, 16);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc = fmaf(x[e], to_acc(y[e]), acc);
+      }
+    } else {
+      for (int c = 0; c < d; ++c) acc = fmaf(out[off + c], to_acc(go[off + c]), acc);
+    }
+    D[r] = acc;
+  }
+}
+
+}  // namespace bwd
+}  // namespace attn
+}  // namespace cuda
+}  // namespace swin_ext
