@@ -1,7 +1,7 @@
 """Where the CUDA toolkit and its headers are: the one place that finds them.
 
 Used by ``setup.py`` (the extension build), ``scripts/setup_env.sh`` (through
-``--shell``) and ``tests/harness_build.py`` (the CPU harness, which needs the
+``--shell``) and ``tools/cuda_harness/harness_build.py`` (the CPU harness, which needs the
 host-capable ``cuda_fp16.h`` / ``cuda_bf16.h``).  No third-party imports: it
 runs before anything is installed.
 

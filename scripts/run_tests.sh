@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: sets everything up on a fresh machine, then runs pytest.
-# The CUDA harness (tests/harness_build.py, test-only) is built in the
+# The CUDA harness (tools/cuda_harness/harness_build.py, test-only) is built in the
 # background while the extension builds, so its compile time overlaps the
 # extension's; the test session then finds it built (ninja is incremental).
 set -euo pipefail
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VENV=${SWIN_EXT_VENV:-$(pwd)/.venv}
 SWIN_EXT_SETUP_PHASE=deps bash scripts/setup_env.sh
 mkdir -p build
-"$VENV/bin/python" tests/harness_build.py > build/harness_build.log 2>&1 &
+"$VENV/bin/python" tools/cuda_harness/harness_build.py > build/harness_build.log 2>&1 &
 HARNESS_PID=$!
 SWIN_EXT_SETUP_PHASE=build bash scripts/setup_env.sh
 wait "$HARNESS_PID" || echo "== the background harness build failed (build/harness_build.log); the tests rebuild it and report the error"

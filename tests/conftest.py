@@ -15,6 +15,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The CUDA harness build script (tools/cuda_harness/harness_build.py, imported as harness_build).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "cuda_harness"))
 
 import op_testing  # noqa: E402
 

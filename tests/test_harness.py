@@ -1,4 +1,4 @@
-"""The CUDA harness: CUDA kernel sources run on the CPU (csrc/harness/).
+"""The CUDA harness: CUDA kernel sources run on the CPU (tools/cuda_harness/).
 
 * Self-tests of the harness itself (the ``selftest`` program, one process per
   test, since planted bugs are expected to fail or abort it): shared-memory

@@ -1,7 +1,7 @@
 // Window-attention kernels for __half: every head_dim specialisation of the
 // forward and backward, instantiated in a translation unit of its own so the
 // four dtypes compile in parallel.  ATen-free: the CPU harness compiles this
-// file too (tests/harness_build.py).
+// file too (the CPU execution harness; docs/kernels.md).
 #include "attention/launch_template.cuh"
 
 namespace swin_ext {

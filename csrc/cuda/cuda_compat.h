@@ -3,9 +3,9 @@
 // The kernel headers are compiled twice, from the same source:
 //   * by nvcc (__CUDACC__) for the GPU, into swin_ext._C;
 //   * by the host C++ compiler with -DSWIN_CUDA_HARNESS, where
-//     csrc/harness/cuda_harness.h runs every CUDA thread of a block as a
-//     fiber on the CPU (the test-only swin_ext_harness extension; see the
-//     README section "Developer: the CUDA harness").
+//     the CPU execution harness runs every CUDA thread of a block as a
+//     fiber on the CPU (the test-only swin_ext_harness extension, outside
+//     csrc/ because it does not ship; see docs/kernels.md).
 //
 // Kernel headers stay ATen-free: raw pointers, sizes, a cudaStream_t.  Use
 //   SWIN_LAUNCH_KERNEL(kernel, grid, block, smem_bytes, stream, args...)
@@ -53,8 +53,9 @@ __device__ __forceinline__ void swin_stg16(void* p, const uint4& v) {
 #elif defined(SWIN_CUDA_HARNESS)
 
 // Only the test-only harness build defines SWIN_CUDA_HARNESS: the same kernel
-// source then needs the harness's CUDA runtime, which lives with the tests.
-#include "../harness/cuda_harness.h"
+// source then needs the harness's CUDA runtime, which the harness build puts
+// on the include path (it is a test tool and does not ship).
+#include "cuda_harness.h"  // on the harness build's include path; not shipped
 
 #define SWIN_LAUNCH_KERNEL(kernel, grid, block, smem_bytes, stream, ...) \
   ::swin_harness::launch(#kernel, kernel, (grid), (block), (smem_bytes), (stream), ##__VA_ARGS__)

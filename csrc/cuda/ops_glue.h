@@ -2,7 +2,7 @@
 // of outputs and workspaces, the launch, and the deterministic reduction of
 // the partials.  Written once, instantiated twice:
 //   * ops_cuda.cu:  Backend = CudaBackend, for CUDA tensors (swin_ext::*);
-//   * csrc/harness/harness_kernels.cpp:  Backend = HarnessBackend, for CPU
+//   * the CPU execution harness's glue:  Backend = HarnessBackend, for CPU
 //     tensors run by the CPU execution harness (swin_ext_harness::*), so
 //     the tests exercise this very glue, not a copy of it.
 //

@@ -29,7 +29,7 @@
 // (row, col) each accumulator register holds, for element-wise epilogues
 // (bias, mask, softmax) on the fragments.
 //
-// The CPU harness (csrc/harness/cuda_harness.h, swin_harness::ptx) emulates
+// The CPU execution harness (its swin_harness::ptx; docs/kernels.md) emulates
 // each instruction by these layouts, lane by lane.
 //
 // ATen-free (see cuda_compat.h).

@@ -9,8 +9,8 @@
 #ifndef SWIN_CUDA_HARNESS
 #error "the swin_ext_harness extension is compiled with -DSWIN_CUDA_HARNESS"
 #endif
-#include "../cuda/cuda_compat.h"
-#include "../cuda/ops_glue.h"
+#include "cuda/cuda_compat.h"
+#include "cuda/ops_glue.h"
 
 namespace swin_harness_ops {
 

@@ -1,11 +1,11 @@
-// Kernels of the harness self-tests (csrc/harness/selftest.cpp and the
+// Kernels of the harness self-tests (tools/cuda_harness/selftest.cpp and the
 // swin_ext_harness test extension).  Ordinary CUDA: they compile with nvcc
 // too (tests/test_harness.py checks that), so that what the harness runs is
 // what a GPU would run.  The "planted_*" kernels contain deliberate bugs.
 #pragma once
 
-#include "../cuda/attention/mma.h"
-#include "../cuda/cuda_compat.h"
+#include "cuda/attention/mma.h"
+#include "cuda/cuda_compat.h"
 
 namespace swin_selftest {
 

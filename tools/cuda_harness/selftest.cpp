@@ -1,5 +1,5 @@
 // Self-tests of the CUDA harness: a standalone program (no torch), built by
-// tests/harness_build.py in a normal and an AddressSanitizer variant and run
+// tools/cuda_harness/harness_build.py in a normal and an AddressSanitizer variant and run
 // by tests/test_harness.py, one test per process:
 //
 //   selftest <name>     exit 0: PASS, 1: wrong result, 2: harness error (the
@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "../cuda/attention/fast_div.h"
+#include "cuda/attention/fast_div.h"
 #include "selftest_kernels.cuh"
 
 using namespace swin_selftest;

@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "../cuda/common.cuh"
+#include "cuda/common.cuh"
 
 namespace swin_demo {
 

@@ -1,7 +1,7 @@
 // The swin_ext_harness test extension: CUDA kernel sources compiled by the
 // host compiler (-DSWIN_CUDA_HARNESS) and run by the CPU harness on CPU
 // tensors, under the op namespace swin_ext_harness.  Test-only: built by
-// tests/harness_build.py, never by setup.py.
+// tools/cuda_harness/harness_build.py, never by setup.py.
 //
 // This file holds the harness controls and the demo / self-test kernels, and
 // defines the library's schemas (swin_ext's own list, csrc/op_schemas.h);
@@ -11,7 +11,7 @@
 #include <torch/library.h>
 
 #include "harness_glue.h"
-#include "../op_schemas.h"
+#include "op_schemas.h"
 #include "demo_kernels.cuh"
 #include "selftest_kernels.cuh"
 
