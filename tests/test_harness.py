@@ -401,8 +401,8 @@ def test_kernel_window_attention_matches_cpu_kernel_lse(hops):
     qkv = torch.randn(2, 13, 10, 3 * 32)
     bias = torch.randn(2, 49, 49)
     pad = torch.randn(3 * 32)
-    _, lse = hops.window_attention_fwd(qkv, bias, pad, 7, 3, 3, 0.25)
-    _, lse_cpu = torch.ops.swin_ext.window_attention_fwd(qkv, bias, pad, 7, 3, 3, 0.25)
+    _, lse = hops.window_attention_fwd(qkv, bias, pad, [7, 7], [3, 3], 0.25)
+    _, lse_cpu = torch.ops.swin_ext.window_attention_fwd(qkv, bias, pad, [7, 7], [3, 3], 0.25)
     torch.testing.assert_close(lse, lse_cpu, atol=1e-5, rtol=1e-5)
 
 
@@ -415,8 +415,8 @@ def test_kernel_window_attention_is_deterministic(hops):
     results = []
     for seed, workers in [(0, 1), (1, 2), (99, 3)]:
         hops.set_options(seed, workers)
-        out, lse = hops.window_attention_fwd(qkv, bias, pad, 4, 2, 2, 0.25)
-        results.append((out, lse) + tuple(hops.window_attention_bwd(go, qkv, bias, pad, lse, 4, 2, 2, 0.25)))
+        out, lse = hops.window_attention_fwd(qkv, bias, pad, [4, 4], [2, 2], 0.25)
+        results.append((out, lse) + tuple(hops.window_attention_bwd(go, qkv, bias, pad, lse, [4, 4], [2, 2], 0.25)))
     hops.clear_options()
     for other in results[1:]:
         for a, b in zip(results[0], other):
@@ -444,8 +444,8 @@ def test_kernel_tensor_core_backward_is_deterministic(hops, monkeypatch, dtype, 
             _, lse = hops.window_attention_v2_fwd(qkv, bias, pad, hs, ws, sh, sh)
             grads = hops.window_attention_v2_bwd(go, qkv, bias, pad, hs, lse, ws, sh, sh)
         else:
-            _, lse = hops.window_attention_fwd(qkv, bias, pad, ws, sh, sh, d ** -0.5)
-            grads = hops.window_attention_bwd(go, qkv, bias, pad, lse, ws, sh, sh, d ** -0.5)
+            _, lse = hops.window_attention_fwd(qkv, bias, pad, [ws, ws], [sh, sh], d ** -0.5)
+            grads = hops.window_attention_bwd(go, qkv, bias, pad, lse, [ws, ws], [sh, sh], d ** -0.5)
         results.append(tuple(grads))
     hops.clear_options()
     assert all(torch.isfinite(t).all() for t in results[0])
@@ -489,19 +489,19 @@ def test_kernel_window_attention_launch_errors_and_slow_paths(artefacts):
         bias = torch.randn(1, 49, 49)
         ops.inject_attribute_failures(1)
         try:
-            ops.window_attention_fwd(qkv, bias, None, 7, 3, 3, 0.2)
+            ops.window_attention_fwd(qkv, bias, None, [7, 7], [3, 3], 0.2)
             raise SystemExit("no error")
         except RuntimeError as e:
             assert "shared-memory limit" in str(e) and "invalid argument" in str(e), str(e)
-        out, lse = ops.window_attention_fwd(qkv, bias, None, 7, 3, 3, 0.2)  # retried: works
+        out, lse = ops.window_attention_fwd(qkv, bias, None, [7, 7], [3, 3], 0.2)  # retried: works
         assert torch.isfinite(out).all()
         q20 = torch.randn(1, 7, 7, 3 * 20).bfloat16()
         for _ in range(2):
-            ops.window_attention_fwd(q20, bias, None, 7, 3, 3, 0.2)
+            ops.window_attention_fwd(q20, bias, None, [7, 7], [3, 3], 0.2)
         base = torch.randn(49 * 96 + 1).bfloat16()
         q_off = base[1:].view(1, 7, 7, 96)  # a view 2 bytes into its storage
         for _ in range(2):
-            ops.window_attention_fwd(q_off, bias, None, 7, 3, 3, 0.2)
+            ops.window_attention_fwd(q_off, bias, None, [7, 7], [3, 3], 0.2)
         print("OK")
         """
     )
@@ -541,8 +541,8 @@ def _attention_step(hops, B, H, W, ws, heads, d, dtype, pad=True):
     bias = torch.randn(heads, ws * ws, ws * ws).to(acc)
     p = torch.randn(3 * C).to(dtype) if pad else None
     shift = ws // 2 if min(H, W) > ws else 0
-    out, lse = hops.window_attention_fwd(qkv, bias, p, ws, shift, shift, d**-0.5)
-    hops.window_attention_bwd(torch.randn_like(out), qkv, bias, p, lse, ws, shift, shift, d**-0.5)
+    out, lse = hops.window_attention_fwd(qkv, bias, p, [ws, ws], [shift, shift], d**-0.5)
+    hops.window_attention_bwd(torch.randn_like(out), qkv, bias, p, lse, [ws, ws], [shift, shift], d**-0.5)
 
 
 def _merging_step(hops, B, H, W, C, dtype):

@@ -200,8 +200,8 @@ def _launch_shapes():
                     os.environ["SWIN_EXT_ATTN_BWD"] = "streaming"
                 hops.start_launch_log()
                 try:
-                    out, lse = hops.window_attention_fwd(qkv, bias, None, 7, 3, 3, 0.2)
-                    hops.window_attention_bwd(torch.randn_like(out), qkv, bias, None, lse, 7, 3, 3, 0.2)
+                    out, lse = hops.window_attention_fwd(qkv, bias, None, [7, 7], [3, 3], 0.2)
+                    hops.window_attention_bwd(torch.randn_like(out), qkv, bias, None, lse, [7, 7], [3, 3], 0.2)
                 finally:
                     log = hops.stop_launch_log()
                     os.environ.pop("SWIN_EXT_ATTN_BWD", None)
