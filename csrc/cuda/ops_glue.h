@@ -323,7 +323,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
           const std::optional<at::Tensor> pad32 =
               has_pad ? std::optional<at::Tensor>(pad.to(at::kFloat)) : std::nullopt;
           out_fwd = std::get<0>(window_attention_fwd_impl<Backend>(qkv.to(at::kFloat), bias, pad32, head_scale,
-                                                                   g_in, scale));
+                                                                   g, scale));  // g: the frames geometry of qkv
           drow = Backend::output({plan.drow_elems}, acc_opts);
           dq_ws = Backend::output({plan.dq_ws_elems}, acc_opts);
           p.out_fwd = out_fwd.const_data_ptr();

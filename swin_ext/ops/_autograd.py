@@ -125,10 +125,13 @@ def vjp(
 
 
 def vmap_loop(op: Callable, info, in_dims, *args):
-    """Batch rule of last resort: the op once per batch element, results stacked along dim 0."""
+    """Batch rule of last resort: the op once per batch element, results stacked along dim 0.
+
+    ``in_dims`` holds an int for each batched tensor; an ``int[]`` argument (the window
+    and shift of the 3-D schema) gets a list of ``None`` there, and passes through."""
     outs = []
     for i in range(info.batch_size):
-        a = [x.select(d, i) if d is not None else x for x, d in zip(args, in_dims)]
+        a = [x.select(d, i) if isinstance(d, int) else x for x, d in zip(args, in_dims)]
         outs.append(op(*a))
     res = tuple(torch.stack(o) for o in zip(*outs))
     return res, (0,) * len(res)
