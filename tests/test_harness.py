@@ -324,7 +324,8 @@ def test_harness_kernels_compile_with_nvcc(tmp_path):
             """
         )
     )
-    cmd = ["nvcc", "-std=c++17", "-arch=sm_90", "-c", str(src), "-o", str(tmp_path / "check.o"), f"-I{hb.HARNESS_DIR}", f"-I{os.path.join(hb.ROOT, 'csrc')}"]
+    cmd = ["nvcc", "-std=c++17", "-arch=sm_90", "-c", str(src), "-o", str(tmp_path / "check.o"),
+           f"-I{hb.HARNESS_DIR}", f"-I{os.path.join(hb.ROOT, 'csrc')}"]
     if inc:
         cmd.append(f"-I{inc}")
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
