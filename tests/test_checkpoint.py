@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import swin_ext
 from swin_ext import CheckpointError, SwinTransformer, create_model, load_pretrained
+from swin_ext.layers.pos_bias import relative_position_index
 
 from swin_test_utils import (
     CHILD_HARNESS,
@@ -71,9 +72,8 @@ def hf_to_classic(sd):
               .replace("mlp.fc2.", "output.dense."))
         out[k] = v
         if k.endswith("attention.self.relative_position_bias_table"):  # a persistent buffer in the hub files
-            n = ((math.isqrt(v.shape[0]) + 1) // 2) ** 2
-            out[k.replace("relative_position_bias_table", "relative_position_index")] = torch.zeros(
-                n, n, dtype=torch.long
+            out[k.replace("relative_position_bias_table", "relative_position_index")] = relative_position_index(
+                (math.isqrt(v.shape[0]) + 1) // 2
             )
     return out
 
@@ -238,10 +238,27 @@ def official_checkpoint(model):
     for i, layer in enumerate(model.layers):
         for j, blk in enumerate(layer.blocks):
             n = blk.window_size**2
-            sd[f"layers.{i}.blocks.{j}.attn.relative_position_index"] = torch.zeros(n, n, dtype=torch.long)
+            sd[f"layers.{i}.blocks.{j}.attn.relative_position_index"] = relative_position_index(blk.window_size)
             if j % 2:
                 sd[f"layers.{i}.blocks.{j}.attn_mask"] = torch.zeros(4, n, n)
     return sd
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_nonstandard_relative_position_index_is_refused(flatten):
+    """A checkpoint whose bias lookup differs from the standard index cannot be reproduced: refused, model kept."""
+    src, dst = randomize(small()), small()
+    sd = official_checkpoint(src)
+    key = "layers.1.blocks.0.attn.relative_position_index"
+    idx = sd[key].clone()
+    idx[0, 1], idx[1, 0] = idx[1, 0].item(), idx[0, 1].item()  # two lookups swapped
+    sd[key] = idx.reshape(-1) if flatten else idx
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"layers\.1\.blocks\.0\.attn\.relative_position_index.*not the standard"):
+        load_pretrained(dst, sd)
+    assert all(torch.equal(before[k], v) for k, v in dst.state_dict().items())
+    sd[key] = relative_position_index(src.layers[1].blocks[0].window_size).reshape(sd[key].shape)
+    load_pretrained(dst, sd)  # the standard index, in either shape, loads
 
 
 def test_official_layout_with_buffers_and_wrappers(tmp_path):

@@ -49,8 +49,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..layers.pos_bias import relative_position_index
+
 __all__ = ["FORMATS", "BUFFER_SUFFIXES", "CheckpointError", "checkpoint_version", "convert_state_dict", "to_timm",
-           "to_torchvision", "to_openmmlab", "v2_checkpoint_windows"]
+           "to_torchvision", "to_openmmlab", "v2_checkpoint_windows", "check_index_buffer"]
 
 FORMATS = ("official", "timm", "torchvision", "transformers", "openmmlab")
 
@@ -271,6 +273,36 @@ def _convert_openmmlab(sd: Mapping[str, torch.Tensor]):
             [names.get(k, k) for k in unexpected], {names.get(k, k): why for k, why in ignored.items()})
 
 
+def check_index_buffer(key: str, v: torch.Tensor, window: Optional[Sequence[int]] = None) -> None:
+    """Refuse a checkpoint's ``relative_position_index`` that is not the standard one.
+
+    Every layout stores the same index (the official recipe,
+    :func:`swin_ext.layers.pos_bias.relative_position_index`), as ``(N, N)``
+    or flattened ``(N * N,)``; the models recompute it rather than load it.  A
+    checkpoint whose index differs was trained with another bias lookup, so
+    loading its tables under the standard index would give a different model:
+    that is a :class:`CheckpointError`, not a silent drop.  ``window``: the
+    window per axis; without it a square 2-D window is inferred from ``N``.
+    """
+    n2 = v.numel()
+    n = int(round(n2 ** 0.5))
+    if v.is_floating_point() or v.is_complex() or n * n != n2 or v.dim() not in (1, 2):
+        raise CheckpointError(f"{key}: a relative_position_index must be an integer (N, N) or (N * N,) tensor, "
+                              f"got {v.dtype} of shape {tuple(v.shape)}")
+    if window is None:
+        side = int(round(n ** 0.5))
+        if side * side != n:
+            raise CheckpointError(f"{key}: {n} tokens per window is not a square 2-D window")
+        window = (side, side)
+    want = relative_position_index(tuple(window))
+    if want.numel() != n2 or not torch.equal(v.detach().cpu().to(torch.int64).reshape(-1), want.reshape(-1)):
+        raise CheckpointError(
+            f"{key}: the checkpoint's relative_position_index is not the standard Swin index for window "
+            f"{tuple(window)}; its bias tables were trained under another lookup, which these models cannot "
+            "reproduce (loading them under the standard index would give a different model)"
+        )
+
+
 def convert_state_dict(
     sd: Mapping[str, torch.Tensor],
 ) -> Tuple[str, Dict[str, Tuple[str, torch.Tensor]], List[str], Dict[str, str]]:
@@ -307,6 +339,8 @@ def convert_state_dict(
         if new is None:
             unexpected.append(orig)
         elif new.rsplit(".", 1)[-1] in BUFFER_SUFFIXES:
+            if new.endswith("relative_position_index"):
+                check_index_buffer(orig, v)
             ignored[orig] = "buffer, recomputed by the model"
         elif new in out:
             raise CheckpointError(f"checkpoint keys {out[new][0]!r} and {orig!r} both map to {new!r}")

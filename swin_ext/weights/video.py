@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import LoadResult, accept_value, finish_load, read_state_dict, settle_head
-from .layouts import CheckpointError, checkpoint_version, convert_state_dict
+from .layouts import CheckpointError, check_index_buffer, checkpoint_version, convert_state_dict
 
 __all__ = ["load_video_pretrained", "video_layout", "inflate_2d"]
 
@@ -152,8 +152,12 @@ def load_video_pretrained(model, source, strict: bool = True, *, allow_new_head:
                 continue
             converted[short if layout == "torchvision" else _official_key(short, features_only, last)] = (k, v)
     result = LoadResult(format=fmt, ignored_keys=ignored, resized_keys=resized)
+    n2 = math.prod(model.window_size) ** 2
     for k in [k for k in converted if k.rsplit(".", 1)[-1] in _BUFFERS]:
-        result.ignored_keys[converted.pop(k)[0]] = "a buffer the model computes"
+        orig, v = converted.pop(k)
+        if k.endswith("relative_position_index") and v.numel() == n2:  # another window: its tables mismatch anyway
+            check_index_buffer(orig, v, model.window_size)
+        result.ignored_keys[orig] = "a buffer the model computes"
 
     target = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] not in _BUFFERS}
     if features_only:
