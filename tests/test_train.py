@@ -689,3 +689,23 @@ def test_full_output_dir_is_refused_before_training(tmp_path, capsys, monkeypatc
     out, err = capsys.readouterr()
     assert rc == 2 and "MiB free, but a checkpoint of this run needs about" in err
     assert "FINAL_METRICS" not in out and not (tmp_path / "last.pt").exists()
+
+
+def test_single_tree_image_folder_split_is_stratified_by_class(tmp_path):
+    # was: one seeded permutation of all images, so a small class could land wholly on one side
+    pytest.importorskip("PIL")
+    pytest.importorskip("torchvision")
+    counts = {"ant": 2, "bee": 3, "cat": 12, "dog": 7}
+    for c, n in counts.items():
+        _images(tmp_path / "data", [c], n=n)
+    for seed in (0, 1, 2):
+        train, test, k = build_datasets(str(tmp_path / "data"), 16, 3, test_fraction=0.3, seed=seed, augment=False)
+        assert k == 4
+        tr = [train.dataset.targets[i] for i in train.indices]
+        te = [test.dataset.targets[i] for i in test.indices]
+        assert sorted(train.indices + test.indices) == list(range(sum(counts.values())))
+        for c, n in counts.items():
+            ci = train.dataset.class_to_idx[c]
+            assert te.count(ci) == min(round(n * 0.3), n - 1) and tr.count(ci) == n - te.count(ci), (seed, c)
+    again = build_datasets(str(tmp_path / "data"), 16, 3, test_fraction=0.3, seed=2, augment=False)[1]
+    assert again.indices == test.indices  # deterministic per seed

@@ -6,7 +6,8 @@
   few MB and lives in memory; no download.
 * an ImageFolder directory (torchvision's layout): split folders recognised
   by name (``train``/``training`` and ``val``/``valid``/``validation``, else
-  ``test``), else one class-per-folder tree split deterministically.  The
+  ``test``), else one class-per-folder tree split deterministically
+  (stratified by class, seeded, as the digits).  The
   scan follows directory links but skips, with a warning, loops, links into
   another class or split of the same data set, folders reached twice, and
   anything that is not a regular file (a FIFO named ``*.png`` would block
@@ -213,18 +214,8 @@ def load_digits_split(
     d = load_digits()
     x = torch.from_numpy(d.images).float().div_(16.0).unsqueeze(1)  # (N, 1, 8, 8)
     y = torch.from_numpy(d.target).long()
-    # Stratified split: a seeded permutation within each class, the first
-    # test_fraction of each class goes to test.
-    g = torch.Generator().manual_seed(seed)
-    train_idx, test_idx = [], []
-    for c in range(int(y.max()) + 1):
-        idx = torch.nonzero(y == c).flatten()
-        idx = idx[torch.randperm(idx.numel(), generator=g)]
-        n_test = int(round(idx.numel() * test_fraction))
-        test_idx.append(idx[:n_test])
-        train_idx.append(idx[n_test:])
-    train_idx = torch.cat(train_idx).sort().values[:limit]
-    test_idx = torch.cat(test_idx).sort().values[:limit]
+    train_idx, test_idx = stratified_split(y, test_fraction, seed)
+    train_idx, test_idx = train_idx[:limit], test_idx[:limit]
     n = train_idx.numel() + test_idx.numel()
     need = 3 * n * max(in_chans, 1) * img_size * img_size * 4  # float32 upscaled, normalized and repeated copies
     avail = _available_memory()
@@ -488,6 +479,23 @@ def image_transforms(pretrained_cfg: Dict[str, Any], augment: bool = True,
     return _channels(train, in_chans), eval_transform(pretrained_cfg)
 
 
+def stratified_split(targets: torch.Tensor, test_fraction: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(train indices, test indices)``, each sorted: per class a seeded permutation, whose first
+    ``round(n_c * test_fraction)`` samples are held out, so every class keeps its share on both sides
+    (a class of one sample stays in training).  Depends only on ``targets`` and ``seed``."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    g = torch.Generator().manual_seed(seed)
+    train_idx, test_idx = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
+    for c in torch.unique(targets).tolist():
+        idx = torch.nonzero(targets == c).flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=g)]
+        n_test = min(int(round(idx.numel() * test_fraction)), idx.numel() - 1)
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    return torch.cat(train_idx).sort().values, torch.cat(test_idx).sort().values
+
+
 def _imagefolder(root: str, train_tf: Callable, test_tf: Callable, test_fraction: float, seed: int):
     def folder(d: str, tf, min_classes: int = 2):
         ds = ImageFolderDataset(d, transform=tf, data_root=root)
@@ -510,10 +518,11 @@ def _imagefolder(root: str, train_tf: Callable, test_tf: Callable, test_fraction
     full_train = folder(root, train_tf)
     full_test = copy.copy(full_train)  # the same samples (scanned once), the test transform
     full_test.transform = test_tf
-    n = len(full_train)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_test = max(1, int(round(n * test_fraction)))
-    return Subset(full_train, sorted(perm[n_test:])), Subset(full_test, sorted(perm[:n_test])), len(full_train.classes)
+    train_idx, test_idx = stratified_split(torch.tensor(full_train.targets, dtype=torch.long), test_fraction, seed)
+    if test_idx.numel() == 0:
+        raise DataError(f"{root}: {len(full_train)} images are too few to hold out a test fraction of "
+                        f"{test_fraction} of any class; add images or use split folders (train/ and val/)")
+    return Subset(full_train, train_idx.tolist()), Subset(full_test, test_idx.tolist()), len(full_train.classes)
 
 
 def build_datasets(
