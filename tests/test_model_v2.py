@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import swin_ext
 from swin_ext import CheckpointError, SwinTransformerV2, create_model, load_pretrained
+from swin_ext.layers.pos_bias import relative_position_index
 
 from swin_test_utils import assert_unchanged, snapshot
 
@@ -286,7 +287,7 @@ def test_official_layout_and_buffers_dropped():
     sd = dict(src.state_dict())
     # the official files keep the coordinate table, the index and the masks as persistent buffers
     sd["layers.0.blocks.0.attn.relative_coords_table"] = torch.zeros(1, 15, 15, 2)
-    sd["layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(64, 64, dtype=torch.long)
+    sd["layers.0.blocks.0.attn.relative_position_index"] = relative_position_index(8)
     sd["layers.0.blocks.1.attn_mask"] = torch.zeros(4, 64, 64)
     ours = ours_v2(cfg)
     result = load_pretrained(ours, {"model": sd})

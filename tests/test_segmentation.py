@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 
 import pytest
@@ -14,6 +15,7 @@ import torch.nn as nn
 
 import swin_ext
 from swin_ext import CheckpointError, ConversionError, from_transformers, load_pretrained, segmentation
+from swin_ext.layers.pos_bias import relative_position_index
 from swin_ext.segmentation import UperNet, miou, upernet
 from swin_ext.segmentation.weights import to_mmseg_state_dict
 
@@ -254,7 +256,7 @@ def test_mmseg_layout_round_trip(openmmlab_backbone):
                     "backbone.stages.0.downsample.reduction.weight", "backbone.norm3.weight"):
             assert key in sd, key
         for k in [k for k in sd if k.endswith("w_msa.relative_position_bias_table")]:  # mmseg saves the index too
-            sd[k.replace("bias_table", "index")] = torch.zeros(16, 16, dtype=torch.int64)
+            sd[k.replace("bias_table", "index")] = relative_position_index(4)
         # the merging weights are in nn.Unfold's order: mmseg's own merging reproduces ours
         x = torch.randn(2, 8, 6, 16, dtype=torch.float64)
         p = "backbone.stages.0.downsample."
@@ -268,6 +270,11 @@ def test_mmseg_layout_round_trip(openmmlab_backbone):
     assert res.format.startswith("mmseg UperNet (" + ("openmmlab" if openmmlab_backbone else "official"))
     assert not res.missing_keys and not res.unexpected_keys
     assert _same_outputs(src, dst, torch.randn(1, 3, 45, 70, dtype=torch.float64))
+    if openmmlab_backbone:  # another bias lookup is refused under the checkpoint's own key name
+        key = "backbone.stages.0.blocks.0.attn.w_msa.relative_position_index"
+        sd[key] = sd[key].flip(0)
+        with pytest.raises(CheckpointError, match=re.escape(key.split(".", 1)[1]) + ": .*not the standard Swin index"):
+            load_pretrained(_tiny().double(), ckpt)
 
 
 def test_backbone_only_checkpoint_and_new_classes():

@@ -268,7 +268,13 @@ def _convert_openmmlab(sd: Mapping[str, torch.Tensor]):
         if new in renamed:
             raise CheckpointError(f"checkpoint keys {names[new]!r} and {k!r} both map to {new!r}")
         renamed[new], names[new] = _unfold_to_official(new, v), k
-    _, out, unexpected, ignored = convert_state_dict(renamed)
+    try:
+        _, out, unexpected, ignored = convert_state_dict(renamed)
+    except CheckpointError as e:  # name the checkpoint's own key
+        key, sep, rest = str(e).partition(": ")
+        if sep and key in names:
+            raise CheckpointError(f"{names[key]}: {rest}") from None
+        raise
     return ("openmmlab", {k: (names.get(o, o), v) for k, (o, v) in out.items()},
             [names.get(k, k) for k in unexpected], {names.get(k, k): why for k, why in ignored.items()})
 
