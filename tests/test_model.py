@@ -8,6 +8,8 @@ import torch
 import swin_ext
 from swin_ext import SwinTransformer, swin_b, swin_l, swin_s, swin_t
 
+from swin_test_utils import randomize, small
+
 pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
 
 TINY = dict(
@@ -464,3 +466,51 @@ MODEL_CONFIG_CASES = [
 def test_model_config(kw, exc, match):
     with pytest.raises(exc, match=match), torch.device("meta"):
         SwinTransformer(**kw)
+
+
+# --------------------------------------------------------------------------- the inference bias cache
+
+def _bias_cache_cases():
+    from swin_ext import SwinTransformer3d, SwinTransformerV2
+
+    return {
+        "v1": (lambda: small(embed_dim=16, depths=(2, 2), num_heads=(1, 2)), (2, 3, 56, 56)),
+        "v2": (lambda: SwinTransformerV2(img_size=64, embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4,
+                                         num_classes=5), (2, 3, 64, 64)),
+        "3d": (lambda: SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=16, depths=[2, 2], num_heads=[1, 2],
+                                         window_size=[2, 3, 3], num_classes=5), (1, 3, 4, 24, 24)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2", "3d"])
+def test_inference_bias_cache_follows_the_weights(kind):
+    """The gathered (heads, N, N) bias is reused between grad-free calls and recomputed whenever a source
+    changes (an in-place step, load_state_dict), never used with grad on, never saved."""
+    make, shape = _bias_cache_cases()[kind]
+    torch.manual_seed(0)
+    m = randomize(make()).eval()
+    x = torch.randn(shape)
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    with torch.no_grad():
+        a = m(x)
+        assert torch.equal(m(x), a)
+    cached = [mod for mod in m.modules() if mod.__dict__.get("_inference_bias_cache")]
+    assert cached, "no module kept its bias"
+    assert not any("cache" in k for k in m.state_dict())
+    with torch.no_grad():  # an optimizer-like in-place step on the bias sources
+        for name, p in m.named_parameters():
+            if "relative_position_bias_table" in name or "cpb_mlp" in name:
+                p.add_(torch.randn_like(p))
+        b = m(x)
+        fresh = randomize(make()).eval()
+        fresh.load_state_dict(m.state_dict())
+        assert torch.equal(b, fresh(x)) and not torch.equal(b, a)
+    m.load_state_dict(sd)
+    with torch.inference_mode():
+        assert torch.equal(m(x), a)
+    with torch.no_grad():
+        assert torch.equal(m(x), a)  # a value cached in inference mode is not reused outside it
+    m.zero_grad()
+    m(x).square().sum().backward()  # grad on: computed afresh and differentiable
+    grads = [p.grad for n, p in m.named_parameters() if "relative_position_bias_table" in n or "cpb_mlp" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)

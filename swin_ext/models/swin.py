@@ -32,7 +32,7 @@ from ..layers.drop import DropPath, drop_path_rates
 from ..layers.helpers import BACKENDS, int_field, per_stage
 from ..layers.merging import patch_merging
 from ..layers.patch_embed import PatchEmbed
-from ..layers.pos_bias import relative_position_index
+from ..layers.pos_bias import inference_cached, relative_position_index
 from ..ops import MAX_WINDOW_SIZE
 from ._base import SwinBase, SwinBlock, SwinStage, attention_flops, check_attention_dims, init_weights
 from .variants import SIZES
@@ -92,8 +92,12 @@ class WindowAttention(nn.Module):
     def relative_position_bias(self) -> torch.Tensor:
         """``(heads, N, N)`` bias gathered from the table."""
         N = self.window_size**2
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return bias.view(N, N, self.num_heads).permute(2, 0, 1).contiguous()
+        table, index = self.relative_position_bias_table, self.relative_position_index
+
+        def gather() -> torch.Tensor:
+            return table[index.view(-1)].view(N, N, self.num_heads).permute(2, 0, 1).contiguous()
+
+        return inference_cached(self, N, (table, index), gather)
 
     def forward(self, x: torch.Tensor, shift: Tuple[int, int] = (0, 0)) -> torch.Tensor:
         """``x (B, H, W, C)`` -> ``(B, H, W, C)``."""

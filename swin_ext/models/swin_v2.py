@@ -46,7 +46,7 @@ from ..layers import Linear, Mlp, autocast_dtype, linear, residual_add, window_a
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.helpers import int_field, per_stage
 from ..layers.merging import merge_gather
-from ..layers.pos_bias import relative_coords_table, relative_position_index
+from ..layers.pos_bias import inference_cached, relative_coords_table, relative_position_index
 from ..ops import MAX_WINDOW_SIZE
 from ._base import SwinBase, SwinBlock, SwinStage, attention_flops, check_attention_dims, init_weights
 
@@ -118,6 +118,10 @@ class WindowAttentionV2(nn.Module):
         gather (the same values as timm's gather-then-sigmoid, fewer of them).
         """
         w = self.window_size if window_size is None else window_size
+        sources = (*self.cpb_mlp.parameters(), self.relative_coords_table, self.relative_position_index)
+        return inference_cached(self, w, sources, lambda: self._position_bias(w))
+
+    def _position_bias(self, w: int) -> torch.Tensor:
         dtype = self.cpb_mlp[0].weight.dtype
         # the configured window's coordinates and index are buffers; a smaller window's (a small map)
         # are built here, parameter-free and small
