@@ -514,3 +514,43 @@ def test_inference_bias_cache_follows_the_weights(kind):
     m(x).square().sum().backward()  # grad on: computed afresh and differentiable
     grads = [p.grad for n, p in m.named_parameters() if "relative_position_bias_table" in n or "cpb_mlp" in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("window", [(7, 7), (2, 3, 3), (8, 7, 7)])
+def test_gather_bias_backward_is_the_ordered_sum(window):
+    """gather_bias's CPU backward (one scatter_add_) is the per-bin sum in token-pair order at any thread
+    count: autograd's index_put_ backward bit for bit at N = 49, to rounding above; gradcheck; under
+    forward AD it takes the plain gather."""
+    from torch.autograd import forward_ad as fwAD
+
+    from swin_ext.layers.pos_bias import gather_bias, relative_position_index
+
+    N = math.prod(window)
+    rows = math.prod(2 * w - 1 for w in window)
+    idx = relative_position_index(window).reshape(-1)
+    g = torch.Generator().manual_seed(N)
+    table = torch.randn(rows, 3, generator=g, requires_grad=True)
+    dout = torch.randn(3, N, N, generator=g)
+    got = torch.autograd.grad(gather_bias(table, idx, N), table, dout)[0]
+    want = torch.autograd.grad(table[idx].view(N, N, 3).permute(2, 0, 1).contiguous(), table, dout)[0]
+    seq = torch.zeros(rows, 3, dtype=torch.float32).numpy()
+    for i, row in zip(idx.tolist(), dout.reshape(3, -1).t().numpy()):
+        seq[i] += row  # float32, in token-pair order
+    assert torch.equal(got, torch.from_numpy(seq)) and got.abs().sum() > 0
+    if N <= 64:
+        assert torch.equal(got, want)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if threads > 1 else 2)
+        assert torch.equal(torch.autograd.grad(gather_bias(table, idx, N), table, dout)[0], got)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(gather_bias(table, idx, N), table.detach()[idx].view(N, N, 3).permute(2, 0, 1))
+    if N <= 20:  # gradcheck's cost grows with rows * N * N
+        t64 = torch.randn(rows, 2, dtype=torch.float64, generator=g, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda t: gather_bias(t, idx, N), (t64,))
+        with fwAD.dual_level():
+            tan = torch.randn_like(t64)
+            out = fwAD.unpack_dual(gather_bias(fwAD.make_dual(t64.detach(), tan), idx, N))
+            assert torch.equal(out.tangent, tan[idx].view(N, N, 2).permute(2, 0, 1))

@@ -2,7 +2,8 @@
 
 Both depend on the window size only; the models keep them as non-persistent
 buffers (recomputed, never loaded from a checkpoint).  :func:`inference_cached`
-keeps a model's gathered ``(heads, N, N)`` bias between inference calls.
+keeps a model's gathered ``(heads, N, N)`` bias between inference calls;
+:func:`gather_bias` gathers it with a cheaper CPU backward.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Callable, Hashable, Sequence, Union
 import torch
 from torch import nn
 
-__all__ = ["relative_position_index", "relative_coords_table", "inference_cached"]
+__all__ = ["relative_position_index", "relative_coords_table", "gather_bias", "inference_cached"]
 
 
 def relative_position_index(window_size: Union[int, Sequence[int]]) -> torch.Tensor:
@@ -90,3 +91,55 @@ def inference_cached(owner: nn.Module, key: Hashable, sources: Sequence[torch.Te
     value = compute()
     cache[key] = (stamp, value)
     return value
+
+
+class _GatherBias(torch.autograd.Function):
+    """``table[index].view(N, N, heads).permute(2, 0, 1)`` whose backward is one ``scatter_add_``.
+
+    Autograd's own backward of the gather is ``index_put_(accumulate=True)``,
+    which the CPU runs element by element: 27 ms per Video Swin block at
+    N = 392 (3% of a CPU training step).  ``scatter_add_`` over ``(heads,
+    N * N)`` sums each bin from zero in increasing token-pair order, the
+    same at any thread count (a thread owns whole heads): bitwise
+    autograd's gradient at Swin's N = 49; at large N autograd's
+    ``index_put_`` sums in another order, and the two agree to rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, index: torch.Tensor, N: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.rows = table.shape[0]
+        return table[index].view(N, N, table.shape[1]).permute(2, 0, 1).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        heads = grad.shape[0]
+        g = grad.contiguous().view(heads, -1)
+        dtable = g.new_zeros(heads, ctx.rows).scatter_add_(1, index.expand(heads, -1), g)
+        return dtable.t().contiguous(), None, None
+
+
+def _plain_autograd(t: torch.Tensor) -> bool:
+    """Whether ``t`` is an ordinary CPU tensor under eager reverse-mode autograd only (no functorch
+    wrapper, forward-AD tangent, compile or trace): where :class:`_GatherBias` may replace the gather."""
+    if t.device.type != "cpu" or type(t) not in (torch.Tensor, nn.Parameter):
+        return False
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.is_functorch_wrapped_tensor(t):
+        return False
+    return torch.autograd.forward_ad.unpack_dual(t).tangent is None
+
+
+def gather_bias(table: torch.Tensor, index: torch.Tensor, N: int) -> torch.Tensor:
+    """``(heads, N, N)`` bias: rows ``index`` (``(N * N,)`` int64) of ``table (rows, heads)``.
+
+    The gather of every Swin model; where a CPU table needs its gradient,
+    through :class:`_GatherBias` (same values, a cheaper deterministic
+    backward), else the plain indexing (CUDA's sort-based ``index_put_`` is
+    deterministic already; compile, export and functorch see plain ops).
+    """
+    if torch.is_grad_enabled() and table.requires_grad and _plain_autograd(table):
+        return _GatherBias.apply(table, index, N)
+    return table[index].view(N, N, table.shape[1]).permute(2, 0, 1).contiguous()

@@ -32,7 +32,7 @@ from ..layers.drop import DropPath, drop_path_rates
 from ..layers.helpers import BACKENDS, int_field, per_stage
 from ..layers.merging import patch_merging
 from ..layers.patch_embed import PatchEmbed
-from ..layers.pos_bias import inference_cached, relative_position_index
+from ..layers.pos_bias import gather_bias, inference_cached, relative_position_index
 from ..ops import MAX_WINDOW_SIZE
 from ._base import SwinBase, SwinBlock, SwinStage, attention_flops, check_attention_dims, init_weights
 from .variants import SIZES
@@ -95,7 +95,7 @@ class WindowAttention(nn.Module):
         table, index = self.relative_position_bias_table, self.relative_position_index
 
         def gather() -> torch.Tensor:
-            return table[index.view(-1)].view(N, N, self.num_heads).permute(2, 0, 1).contiguous()
+            return gather_bias(table, index.view(-1), N)
 
         return inference_cached(self, N, (table, index), gather)
 

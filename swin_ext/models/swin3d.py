@@ -33,7 +33,7 @@ from ..layers.drop import DropPath
 from ..layers.helpers import check_backend, int_field, int_list_field, rate_field, real_field
 from ..layers.merging import patch_merging
 from ..layers.patch_embed import PatchEmbed3d
-from ..layers.pos_bias import inference_cached, relative_position_index
+from ..layers.pos_bias import gather_bias, inference_cached, relative_position_index
 from ..ops import MAX_WINDOW_SIZE
 from ..ops.reference import clamp_window
 from ._base import FusedBackend, check_input, init_weights
@@ -116,8 +116,7 @@ class ShiftedWindowAttention3d(nn.Module):
         table, index = self.relative_position_bias_table, self.relative_position_index
 
         def gather() -> torch.Tensor:
-            idx = index[:N, :N].reshape(-1)
-            return table[idx].view(N, N, self.num_heads).permute(2, 0, 1).contiguous()
+            return gather_bias(table, index[:N, :N].reshape(-1), N)
 
         return inference_cached(self, N, (table, index), gather)
 

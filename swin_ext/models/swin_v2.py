@@ -46,7 +46,7 @@ from ..layers import Linear, Mlp, autocast_dtype, linear, residual_add, window_a
 from ..layers.drop import DropPath, drop_path_rates
 from ..layers.helpers import int_field, per_stage
 from ..layers.merging import merge_gather
-from ..layers.pos_bias import inference_cached, relative_coords_table, relative_position_index
+from ..layers.pos_bias import gather_bias, inference_cached, relative_coords_table, relative_position_index
 from ..ops import MAX_WINDOW_SIZE
 from ._base import SwinBase, SwinBlock, SwinStage, attention_flops, check_attention_dims, init_weights
 
@@ -138,7 +138,7 @@ class WindowAttentionV2(nn.Module):
         else:
             table = 16 * torch.sigmoid(self.cpb_mlp(coords.to(dtype)))  # (2w-1)^2, heads
         N = w * w
-        return table[index.reshape(-1)].view(N, N, self.num_heads).permute(2, 0, 1).contiguous()
+        return gather_bias(table, index.reshape(-1), N)
 
     def forward(self, x: torch.Tensor, window_size: Optional[int] = None,
                 shift: Tuple[int, int] = (0, 0)) -> torch.Tensor:
