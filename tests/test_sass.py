@@ -394,6 +394,25 @@ def test_write_stream_table(kernels):
     assert "add+LN bwd" in text and "bias+GELU bwd" in text
 
 
+def test_dyn_markers_and_stale_listing():
+    """Both marker spellings reach the one counter (the backward's `sass: image-loop` is
+    `trips=images`, a `sass: skip(...)` covers the block it opens), and a listing whose
+    line attribution does not fit the source (a stale build) is refused."""
+    src = os.path.join(ROOT, "csrc", "cuda", "attention", "bwd_mma_kernel.cuh")
+    with open(src) as f:
+        text = f.read().splitlines()
+    mk = sass_report.dyn_markers(src)
+    loops = [i for i, t in enumerate(text, 1) if "sass: image-loop" in t]
+    assert len(loops) == 2 and all(mk[i] == "trips=images" for i in loops), loops
+    skip = next(i for i, t in enumerate(text, 1) if "sass: skip(scalar)" in t)
+    assert mk[skip] == mk[skip + 1] == "skip" and "}" in text[max(k for k, v in mk.items() if v == "skip"
+                                                                    and k < skip + 12) - 1]
+    blank = next(i for i, t in enumerate(text, 1) if i > skip and not t.strip())
+    stale = [sass_report.Instr("FADD", "FADD R1, R2, R3", [("bwd_mma_kernel.cuh", blank)])]
+    with pytest.raises(ValueError, match="rebuild"):
+        sass_report.check_lines_are_code(stale, "bwd_mma_kernel.cuh", src)
+
+
 # ---------------------------------------------------------------------------
 # The rest of the step against its floors (issue 20): benchmarks/sass_report.py --floors.
 
