@@ -144,9 +144,9 @@ __device__ __forceinline__ void load_h(const tx* x, const tb* branch, int64_t of
 template <typename acc_t>
 __device__ __forceinline__ void store_partial_row(const acc_t* red, int parts, int C4, acc_t* dw_part,
                                                   acc_t* db_part) {
-  for (int c = threadIdx.x; c < C4; c += blockDim.x) {
+  for (int c = threadIdx.x; c < C4; c += blockDim.x) {  // sass-dyn: trips=c4_threads
     acc_t w = 0, b = 0;
-    for (int j = 0; j < parts; ++j) {
+    for (int j = 0; j < parts; ++j) {  // sass-dyn: trips=groups
       w += red[static_cast<int64_t>(j) * 2 * C4 + c];
       b += red[static_cast<int64_t>(j) * 2 * C4 + C4 + c];
     }
@@ -221,7 +221,7 @@ __device__ __forceinline__ void ld16_h(const tx* x, const tb* branch, int64_t of
 template <int N>
 __device__ __forceinline__ void group_allreduce(float (&a)[N], int log2G, unsigned max_mask, float* xchg) {
   const int width = log2G < 5 ? (1 << log2G) : 32;
-  for (int m = width >> 1; m > 0; m >>= 1) {
+  for (int m = width >> 1; m > 0; m >>= 1) {  // sass-dyn: trips=bfly
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       const float o = __shfl_xor_sync(0xffffffffu, a[i], m);
@@ -238,7 +238,7 @@ __device__ __forceinline__ void group_allreduce(float (&a)[N], int log2G, unsign
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       float r = xchg[w0 * N + i];
-      for (int w = 1; w < wpg; ++w) {
+      for (int w = 1; w < wpg; ++w) {  // sass-dyn: trips=wpg - 1
         const float o = xchg[(w0 + w) * N + i];
         r = ((max_mask >> i) & 1u) ? acc_max(r, o) : r + o;
       }
@@ -326,7 +326,7 @@ __global__ void __launch_bounds__(kMergeThreads, kMergeRegBlocks)
     f = acc_ldexp(1.0f, -k);
     if (eps > 0) eps = acc_max(acc_ldexp(eps, -2 * k), std::numeric_limits<float>::min());
   }
-  if (group_any(huge, log2G)) {
+  if (group_any(huge, log2G)) {  // sass: skip(cold): rows above 2^40
     float s[1] = {0.0f};
 #pragma unroll
     for (int i = 0; i < NCH; ++i)
@@ -397,7 +397,7 @@ __global__ void __launch_bounds__(kMergeThreads, kMergeRegBlocks)
     for (int e = 0; e < VEC; ++e) dw[i][e] = db[i][e] = 0.0f;
 
   const int p0 = blockIdx.x * iters * groups;
-  for (int it = 0; it < iters; ++it) {  // block-uniform
+  for (int it = 0; it < iters; ++it) {  // block-uniform  // sass-dyn: trips=iters
     const int pix = p0 + it * groups + grp;
     const bool active = pix < P;
     const MergeSrc src = merge_sources_or_none(active, pix, H, W, H2, W2, C);
