@@ -201,6 +201,25 @@ __device__ __forceinline__ unsigned lane_chunks(int gl, int lg, int chunks) {
   return m;
 }
 
+// The rows a warp of the register kernels walks: 32 >> lg rows at a time
+// (rpw), one per group of 2^lg lanes (gl: the lane in its group), from the
+// warp's first row to the end of the block's rows; cols: the lane's chunks.
+template <int NCH, int VEC>
+struct RegRows {
+  int warp, lane, gl, rpw, first, end;
+  unsigned cols;
+  __device__ __forceinline__ RegRows(int rows, int C, int lg, int rows_per_block) {
+    warp = threadIdx.x >> 5;
+    lane = threadIdx.x & 31;
+    gl = lane & ((1 << lg) - 1);
+    rpw = 32 >> lg;
+    cols = lane_chunks<NCH>(gl, lg, C / VEC);
+    const int r0 = blockIdx.x * rows_per_block;
+    end = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
+    first = r0 + warp * rpw;
+  }
+};
+
 template <typename tx, typename tb, typename ty, typename acc_t, int VEC, int NCH>
 __global__ void __launch_bounds__(kAddLnWarps * 32)
     add_ln_fwd_reg_kernel(const tx* __restrict__ x, const tb* __restrict__ branch, const acc_t* __restrict__ weight,
@@ -212,14 +231,11 @@ __global__ void __launch_bounds__(kAddLnWarps * 32)
   stage_vector<acc_t, VEC>(s_w, weight, C);
   stage_vector<acc_t, VEC>(s_b, bias, C);
   __syncthreads();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int gl = lane & ((1 << lg) - 1), rpw = 32 >> lg;
-  const unsigned cols = lane_chunks<NCH>(gl, lg, C / VEC);
-  const int r0 = blockIdx.x * rows_per_block;
-  const int r_end = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
-  for (int base = r0 + warp * rpw; base < r_end; base += kAddLnWarps * rpw) {  // warp-uniform
-    const int row = base + (lane >> lg);
-    const unsigned valid = row < r_end ? cols : 0u;
+  const RegRows<NCH, VEC> rr(rows, C, lg, rows_per_block);
+  const int gl = rr.gl;
+  for (int base = rr.first; base < rr.end; base += kAddLnWarps * rr.rpw) {  // warp-uniform
+    const int row = base + (rr.lane >> lg);
+    const unsigned valid = row < rr.end ? rr.cols : 0u;
     const int64_t off = static_cast<int64_t>(row) * C;
     acc_t v[NCH][VEC];
 #pragma unroll
@@ -273,19 +289,16 @@ __global__ void __launch_bounds__(kAddLnWarps * 32, sizeof(acc_t) == 4 && NCH * 
   acc_t* s_db = s_dw + lane_cols;
   stage_vector<acc_t, VEC>(s_w, weight, C);
   __syncthreads();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int gl = lane & ((1 << lg) - 1), rpw = 32 >> lg;
-  const unsigned cols = lane_chunks<NCH>(gl, lg, C / VEC);
+  const RegRows<NCH, VEC> rr(rows, C, lg, rows_per_block);
+  const int gl = rr.gl;
   acc_t dw[NCH][VEC], db[NCH][VEC];
 #pragma unroll
   for (int k = 0; k < NCH; ++k)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) dw[k][e] = db[k][e] = acc_t(0);
-  const int r0 = blockIdx.x * rows_per_block;
-  const int r_end = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
-  for (int base = r0 + warp * rpw; base < r_end; base += kAddLnWarps * rpw) {  // warp-uniform
-    const int row = base + (lane >> lg);
-    const unsigned valid = row < r_end ? cols : 0u;
+  for (int base = rr.first; base < rr.end; base += kAddLnWarps * rr.rpw) {  // warp-uniform
+    const int row = base + (rr.lane >> lg);
+    const unsigned valid = row < rr.end ? rr.cols : 0u;
     const int64_t off = static_cast<int64_t>(row) * C;
     acc_t mu = 0, rs = 0;
     if (valid != 0u) {
@@ -349,7 +362,7 @@ __global__ void __launch_bounds__(kAddLnWarps * 32, sizeof(acc_t) == 4 && NCH * 
   // Then the warps, in warp order: group 0 of warp j adds its row to the block's
   // at word (k * VEC + e) * 2^lg + gl (consecutive lanes, consecutive words).
   for (int j = 0; j < kAddLnWarps; ++j) {
-    if (warp == j && lane < (1 << lg)) {
+    if (rr.warp == j && rr.lane < (1 << lg)) {
 #pragma unroll
       for (int k = 0; k < NCH; ++k)
 #pragma unroll
