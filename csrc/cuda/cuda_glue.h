@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "../checks.h"
 #include "common.cuh"
@@ -93,22 +94,10 @@ using cuda_t = typename CudaType<T>::type;
 
 // ... and back: the ScalarType of a type the kernels are written for.
 template <typename T>
-constexpr at::ScalarType scalar_type_of();
-template <>
-constexpr at::ScalarType scalar_type_of<float>() {
-  return at::kFloat;
-}
-template <>
-constexpr at::ScalarType scalar_type_of<double>() {
-  return at::kDouble;
-}
-template <>
-constexpr at::ScalarType scalar_type_of<__half>() {
-  return at::kHalf;
-}
-template <>
-constexpr at::ScalarType scalar_type_of<__nv_bfloat16>() {
-  return at::kBFloat16;
+constexpr at::ScalarType scalar_type_of() {
+  if constexpr (std::is_same_v<T, __half>) return at::kHalf;
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return at::kBFloat16;
+  else return c10::CppTypeToScalarType<T>::value;  // float, double
 }
 
 template <typename T>
