@@ -1,10 +1,13 @@
-// Argument checks shared by the CPU and CUDA ATen glue.
+// Argument checks shared by the CPU and CUDA ATen glue: the one rulebook of
+// what an op accepts (shapes, dtypes, devices, limits).  The glue files
+// (csrc/cpu/<op>_cpu.cpp, csrc/cuda/<op>_cuda.cu) add only what their
+// kernels need beyond it (the CUDA kernels' 32-bit indexing, say).
 //
 // Every size argument is bounded before any arithmetic is done on it, and
 // every derived size (tokens per window, windows, output elements) is
 // computed with overflow checks, so no product can wrap around before it
-// reaches a kernel.  swin_ext/ops.py runs the same checks in Python (the
-// wrappers and the fake kernels), with the same bounds.
+// reaches a kernel.  swin_ext/ops/_validate.py runs the same checks in
+// Python (the wrappers and the fake kernels), with the same bounds.
 #pragma once
 
 #include <ATen/ATen.h>
