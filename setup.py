@@ -83,9 +83,9 @@ def _remove_stale_libraries() -> None:
 
 def build_extensions():
     cpu_sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
-    cuda_sources = sorted(
-        glob.glob(os.path.join(CSRC, "cuda", "*.cu")) + glob.glob(os.path.join(CSRC, "cuda", "*.cpp"))
-    )
+    # csrc/cuda: the glue per op (<op>_cuda.cu) and the kernel units (<op>_kernels.cu,
+    # attention/attention_<dtype>.cu).
+    cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "**", "*.cu"), recursive=True))
     with_cuda, reason = _choose_variant(cuda_sources)
 
     debug = _flag("SWIN_EXT_DEBUG")

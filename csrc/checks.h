@@ -1,10 +1,13 @@
-// Argument checks shared by the CPU and CUDA ATen glue.
+// Argument checks shared by the CPU and CUDA ATen glue: the one rulebook of
+// what an op accepts (shapes, dtypes, devices, limits).  The glue files
+// (csrc/cpu/<op>_cpu.cpp, csrc/cuda/<op>_cuda.cu) add only what their
+// kernels need beyond it (the CUDA kernels' 32-bit indexing, say).
 //
 // Every size argument is bounded before any arithmetic is done on it, and
 // every derived size (tokens per window, windows, output elements) is
 // computed with overflow checks, so no product can wrap around before it
-// reaches a kernel.  swin_ext/ops.py runs the same checks in Python (the
-// wrappers and the fake kernels), with the same bounds.
+// reaches a kernel.  swin_ext/ops/_validate.py runs the same checks in
+// Python (the wrappers and the fake kernels), with the same bounds.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,7 +25,7 @@ constexpr int64_t kMaxWindowSize = int64_t(1) << 15;
 // Largest number of tokens in a window, N = wt * wh * ww (N^2 <= 2^60 bias
 // entries per head).  A 2-D window of 7 is N = 49; Video Swin's (8, 7, 7) is
 // N = 392.  The CPU kernel takes any N up to this; what the CUDA kernels take
-// is checked in their glue (csrc/cuda/ops_glue.h, check_attention_limits).
+// is checked in their glue (csrc/cuda/window_attention_cuda.h, check_attention_limits).
 constexpr int64_t kMaxWindowTokens = int64_t(1) << 30;
 // Largest dimension of any tensor argument (B, H, W, channels).  Only a
 // tensor without elements (or a meta tensor) can come near it; bounding it
@@ -82,12 +85,6 @@ inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const ch
 // The attention's logit scale: a finite number (the CPU and CUDA glue call it).
 inline void check_attention_scale(double scale) {
   TORCH_CHECK(std::isfinite(scale), "swin_ext.window_attention: scale must be finite, got ", scale);
-}
-
-// The LayerNorm epsilon of patch merging: finite and >= 0.
-inline void check_merging_eps(double eps) {
-  TORCH_CHECK(std::isfinite(eps) && eps >= 0, "swin_ext.patch_merging: eps must be finite and >= 0, got ",
-              eps);
 }
 
 // A LayerNorm epsilon: finite and >= 0 (`op` names the operator in the message).
@@ -291,6 +288,17 @@ inline WindowGeometry check_attention_args_2d(const at::Tensor& qkv, const at::T
   return check_attention_args(qkv, bias, qkv_pad, window, shift);
 }
 
+// Swin V2's per-head logit scale (window_attention_v2_*): (heads,) in qkv's
+// accumulation dtype, on qkv's device.
+inline void check_v2_head_scale(const at::Tensor& head_scale, const at::Tensor& qkv, int64_t heads) {
+  const auto acc = acc_type_of(qkv.scalar_type());
+  check_strided(head_scale, "head_scale");
+  TORCH_CHECK(head_scale.dim() == 1 && head_scale.size(0) == heads && head_scale.scalar_type() == acc,
+              "swin_ext.window_attention_v2: head_scale must be ", acc, " (", heads, ",), got ",
+              head_scale.scalar_type(), " ", head_scale.sizes());
+  check_same_device(qkv, head_scale, "qkv", "head_scale");
+}
+
 // The map's own sizes of a geometry: (B, H, W) or (B, T, H, W), as `like` has them.
 inline std::vector<int64_t> attention_map_sizes(const WindowGeometry& g, const at::Tensor& like) {
   if (like.dim() == 5) return {g.B, g.T, g.H, g.W};
@@ -361,12 +369,14 @@ inline void check_merging_args(const at::Tensor& x, const at::Tensor& weight, co
               C4, "patch_merging: the output size B * H2 * W2 * 4C");
 }
 
-// Validates the extra arguments of the patch-merging backward (x, weight,
-// branch already checked by check_merging_args): grad_out in any of the four
+// Validates the arguments of patch_merging_bwd: x, weight and branch as the
+// forward takes them (the backward has no bias), grad_out in any of the four
 // floating dtypes (y's), mean/rstd in the accumulation dtype.
-inline void check_merging_bwd_args(const at::Tensor& grad_out, const at::Tensor& x,
+inline void check_merging_bwd_args(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
                                    const at::Tensor& mean, const at::Tensor& rstd,
-                                   const std::optional<at::ScalarType>& branch_dtype = std::nullopt) {
+                                   const std::optional<at::Tensor>& branch,
+                                   const std::optional<at::ScalarType>& branch_dtype) {
+  check_merging_args(x, weight, /*bias=*/weight, branch);
   check_float(grad_out, "grad_out");
   check_strided(mean, "mean");
   check_strided(rstd, "rstd");

@@ -51,7 +51,13 @@ struct WindowGeometry {
   SWIN_HOST_DEVICE int64_t tokens() const { return T * H * W; }
 };
 
-SWIN_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// ceil(a / b) for a >= 0, b >= 1 (a + b - 1 must fit in I): the one ceil_div of
+// csrc/, for host and device code (checks.h's checked_ceil_div is the
+// overflow-proof form for unchecked arguments).
+template <typename I>
+SWIN_HOST_DEVICE constexpr I ceil_div(I a, I b) {
+  return (a + b - 1) / b;
+}
 
 // The geometry of a (B, T, H, W) map, window (wt, wh, ww), shift (st, sh, sw).
 SWIN_HOST_DEVICE WindowGeometry make_geometry(int64_t B, int64_t T, int64_t H, int64_t W, int64_t wt,

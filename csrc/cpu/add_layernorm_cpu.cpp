@@ -16,7 +16,7 @@
 // of threads (bitwise reproducible, no atomics).
 //
 // Rows are split over threads with at::parallel_for; the row code is compiled
-// twice (AVX2+FMA and baseline, see cpu_microkernels.h) and picked at run
+// twice (AVX2+FMA and baseline, see isa_dispatch.h) and picked at run
 // time.  Dtypes are resolved per row by a switch in the load/store helpers,
 // so the arithmetic is compiled once per accumulation type.
 #include <ATen/ATen.h>
@@ -251,24 +251,10 @@ SWIN_ALWAYS_INLINE void bwd_blocks(const AddLnArgs<acc_t>& a, Path path, int64_t
   add_ln_bwd_blocks(a, b, e);
 }
 
-template <typename add_t, typename acc_t>
-void fwd_rows_default(const AddLnArgs<acc_t>& a, Path p, int64_t b, int64_t e) {
-  fwd_rows<add_t>(a, p, b, e);
-}
-template <typename acc_t>
-void bwd_blocks_default(const AddLnArgs<acc_t>& a, Path p, int64_t b, int64_t e) {
-  bwd_blocks(a, p, b, e);
-}
-#if SWIN_HAVE_AVX2_CLONE
-template <typename add_t, typename acc_t>
-SWIN_TARGET_AVX2 void fwd_rows_avx2(const AddLnArgs<acc_t>& a, Path p, int64_t b, int64_t e) {
-  fwd_rows<add_t>(a, p, b, e);
-}
-template <typename acc_t>
-SWIN_TARGET_AVX2 void bwd_blocks_avx2(const AddLnArgs<acc_t>& a, Path p, int64_t b, int64_t e) {
-  bwd_blocks(a, p, b, e);
-}
-#endif
+SWIN_CPU_CLONES((template <typename add_t, typename acc_t>), fwd_rows,
+                (const AddLnArgs<acc_t>& a, Path p, int64_t b, int64_t e), fwd_rows<add_t>(a, p, b, e));
+SWIN_CPU_CLONES((template <typename acc_t>), bwd_blocks, (const AddLnArgs<acc_t>& a, Path p, int64_t b, int64_t e),
+                bwd_blocks(a, p, b, e));
 
 // Rows per parallel task: about 16K elements, so small tensors stay on one thread.
 inline int64_t row_grain(int64_t C) { return std::max<int64_t>(1, (int64_t(1) << 14) / C); }
@@ -277,10 +263,7 @@ template <typename add_t, typename acc_t>
 void run_fwd(const AddLnArgs<acc_t>& a) {
   const Path p = a.x_t == at::kFloat ? fast_path(a.b_t, a.y_t) : Path::kGeneric;
   at::parallel_for(0, a.rows, row_grain(a.C), [&](int64_t begin, int64_t end) {
-#if SWIN_HAVE_AVX2_CLONE
-    if (cpu::cpu_has_avx2()) return fwd_rows_avx2<add_t>(a, p, begin, end);
-#endif
-    fwd_rows_default<add_t>(a, p, begin, end);
+    SWIN_CPU_DISPATCH(fwd_rows, <add_t>(a, p, begin, end));
   });
 }
 
@@ -289,10 +272,7 @@ void run_bwd(const AddLnArgs<acc_t>& a, int64_t nblocks, acc_t* dweight, acc_t* 
   const int64_t grain = std::max<int64_t>(1, row_grain(a.C) / kLnRowsPerPartial);
   const Path p = a.x_t == at::kFloat ? fast_path(a.y_t, a.b_t, a.dbranch == nullptr) : Path::kGeneric;
   at::parallel_for(0, nblocks, grain, [&](int64_t begin, int64_t end) {
-#if SWIN_HAVE_AVX2_CLONE
-    if (cpu::cpu_has_avx2()) return bwd_blocks_avx2(a, p, begin, end);
-#endif
-    bwd_blocks_default(a, p, begin, end);
+    SWIN_CPU_DISPATCH(bwd_blocks, (a, p, begin, end));
   });
   cpu::sum_partials(a.dw_part, a.db_part, nblocks, a.C, dweight, dbias);
 }
@@ -368,7 +348,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_bwd_cpu
   at::Tensor dbias = at::empty({C}, weight.options());
   const int64_t rows = h.numel() / C;
   if (rows == 0) return {dh, dbranch, dweight.zero_(), dbias.zero_()};
-  const int64_t nblocks = (rows + kLnRowsPerPartial - 1) / kLnRowsPerPartial;
+  const int64_t nblocks = ceil_div(rows, kLnRowsPerPartial);
   at::Tensor dw_part = at::empty({nblocks, C}, weight.options());
   at::Tensor db_part = at::empty({nblocks, C}, weight.options());
   auto launch = [&](auto acc_tag) {

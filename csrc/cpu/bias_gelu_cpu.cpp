@@ -4,7 +4,7 @@
 //
 // float32 and bfloat16 z (the float32 and CPU-autocast model) run 8 or 16
 // lanes at a time (GCC vector extensions; compiled three times, AVX-512,
-// AVX2+FMA and baseline, see cpu_microkernels.h): the normal CDF from one
+// AVX2+FMA and baseline, see isa_dispatch.h): the normal CDF from one
 // erfc approximation over the whole range (exp(-w^2) t R(t), below), so the
 // lower tail keeps its relative accuracy, with exp(-u^2 / 2) shared by the
 // CDF and, in the backward, the density.  float64 and float16 z run the
@@ -149,35 +149,18 @@ SWIN_ALWAYS_INLINE void bg_bwd_blocks_vec(const T* gy, const T* z, const float* 
   }
 }
 
-template <typename T>
-void bg_fwd_default(const T* z, const float* b, T* y, int64_t K, int64_t r0, int64_t r1) {
-  bg_fwd_rows_vec<v8f>(z, b, y, K, r0, r1);
-}
-template <typename T>
-void bg_bwd_default(const T* gy, const T* z, const float* b, T* dz, float* part, int64_t rows, int64_t K,
-                    int64_t p0, int64_t p1) {
-  bg_bwd_blocks_vec<v8f>(gy, z, b, dz, part, rows, K, p0, p1);
-}
-#if SWIN_HAVE_AVX2_CLONE
-template <typename T>
-SWIN_TARGET_AVX2 void bg_fwd_avx2(const T* z, const float* b, T* y, int64_t K, int64_t r0, int64_t r1) {
-  bg_fwd_rows_vec<v8f>(z, b, y, K, r0, r1);
-}
-template <typename T>
-SWIN_TARGET_AVX2 void bg_bwd_avx2(const T* gy, const T* z, const float* b, T* dz, float* part, int64_t rows,
-                                  int64_t K, int64_t p0, int64_t p1) {
-  bg_bwd_blocks_vec<v8f>(gy, z, b, dz, part, rows, K, p0, p1);
-}
-template <typename T>
-SWIN_TARGET_AVX512 void bg_fwd_avx512(const T* z, const float* b, T* y, int64_t K, int64_t r0, int64_t r1) {
-  bg_fwd_rows_vec<cpu::v16f>(z, b, y, K, r0, r1);
-}
-template <typename T>
-SWIN_TARGET_AVX512 void bg_bwd_avx512(const T* gy, const T* z, const float* b, T* dz, float* part, int64_t rows,
-                                      int64_t K, int64_t p0, int64_t p1) {
-  bg_bwd_blocks_vec<cpu::v16f>(gy, z, b, dz, part, rows, K, p0, p1);
-}
-#endif
+#define SWIN_BG_FWD_PARAMS (const T* z, const float* b, T* y, int64_t K, int64_t r0, int64_t r1)
+#define SWIN_BG_BWD_PARAMS \
+  (const T* gy, const T* z, const float* b, T* dz, float* part, int64_t rows, int64_t K, int64_t p0, int64_t p1)
+SWIN_CPU_CLONES((template <typename T>), bg_fwd, SWIN_BG_FWD_PARAMS, bg_fwd_rows_vec<v8f>(z, b, y, K, r0, r1));
+SWIN_CPU_CLONE_AVX512((template <typename T>), bg_fwd, SWIN_BG_FWD_PARAMS,
+                      bg_fwd_rows_vec<cpu::v16f>(z, b, y, K, r0, r1));
+SWIN_CPU_CLONES((template <typename T>), bg_bwd, SWIN_BG_BWD_PARAMS,
+                bg_bwd_blocks_vec<v8f>(gy, z, b, dz, part, rows, K, p0, p1));
+SWIN_CPU_CLONE_AVX512((template <typename T>), bg_bwd, SWIN_BG_BWD_PARAMS,
+                      bg_bwd_blocks_vec<cpu::v16f>(gy, z, b, dz, part, rows, K, p0, p1));
+#undef SWIN_BG_FWD_PARAMS
+#undef SWIN_BG_BWD_PARAMS
 
 // ---------------------------------------------------------------- generic (float64, float16)
 
@@ -218,11 +201,7 @@ constexpr bool kVectorised = std::is_same_v<scalar_t, float> || std::is_same_v<s
 template <typename scalar_t, typename acc_t>
 void bg_fwd_rows(const scalar_t* zp, const acc_t* bp, scalar_t* yp, int64_t K, int64_t r0, int64_t r1) {
   if constexpr (kVectorised<scalar_t>) {
-#if SWIN_HAVE_AVX2_CLONE
-    if (cpu::cpu_has_avx512()) return bg_fwd_avx512(zp, bp, yp, K, r0, r1);
-    if (cpu::cpu_has_avx2()) return bg_fwd_avx2(zp, bp, yp, K, r0, r1);
-#endif
-    bg_fwd_default(zp, bp, yp, K, r0, r1);
+    SWIN_CPU_DISPATCH_AVX512(bg_fwd, (zp, bp, yp, K, r0, r1));
   } else {
     bg_fwd_generic(zp, bp, yp, K, r0, r1);
   }
@@ -232,11 +211,7 @@ template <typename scalar_t, typename acc_t>
 void bg_bwd_blocks(const scalar_t* gp, const scalar_t* zp, const acc_t* bp, scalar_t* dp, acc_t* pp, int64_t rows,
                    int64_t K, int64_t p0, int64_t p1) {
   if constexpr (kVectorised<scalar_t>) {
-#if SWIN_HAVE_AVX2_CLONE
-    if (cpu::cpu_has_avx512()) return bg_bwd_avx512(gp, zp, bp, dp, pp, rows, K, p0, p1);
-    if (cpu::cpu_has_avx2()) return bg_bwd_avx2(gp, zp, bp, dp, pp, rows, K, p0, p1);
-#endif
-    bg_bwd_default(gp, zp, bp, dp, pp, rows, K, p0, p1);
+    SWIN_CPU_DISPATCH_AVX512(bg_bwd, (gp, zp, bp, dp, pp, rows, K, p0, p1));
   } else {
     bg_bwd_generic(gp, zp, bp, dp, pp, rows, K, p0, p1);
   }
@@ -273,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd_cpu(const at::Tensor& grad_y_in
   at::Tensor dz = at::empty(z.sizes(), z.options());
   const int64_t rows = z.numel() / K;
   if (rows == 0) return {dz, at::zeros({K}, bias.options())};
-  const int64_t nparts = (rows + kBgRowsPerPartial - 1) / kBgRowsPerPartial;
+  const int64_t nparts = ceil_div(rows, kBgRowsPerPartial);
   at::Tensor part = at::empty({nparts, K}, bias.options());
   at::Tensor dbias = at::empty({K}, bias.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "bias_gelu_bwd_cpu", [&] {

@@ -3,7 +3,7 @@
 //
 // Written as plain loops with fixed-size inner blocks so that the compiler
 // vectorises them; the kernels that use them are compiled once per ISA
-// (see SWIN_TARGET_AVX2) and picked at run time.
+// and picked at run time (isa_dispatch.h).
 #pragma once
 
 #include <cstdint>
@@ -11,56 +11,23 @@
 #include <cstring>
 #include <string>
 
+#include "../swin_geometry.h"  // ceil_div
+#include "isa_dispatch.h"
+
 #if defined(__GNUC__)
 #define SWIN_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
 #define SWIN_ALWAYS_INLINE inline
 #endif
 
-#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__) && !defined(__clang__)
-#define SWIN_HAVE_AVX2_CLONE 1
-#define SWIN_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define SWIN_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
-#else
-#define SWIN_HAVE_AVX2_CLONE 0
-#define SWIN_TARGET_AVX2
-#define SWIN_TARGET_AVX512
-#endif
-
 namespace swin_ext {
 namespace cpu {
-
-#if SWIN_HAVE_AVX2_CLONE
-// SWIN_EXT_CPU_ISA=default forces the baseline build of the kernels (tests
-// use it to cover the path that machines without AVX2 take).
-inline bool cpu_has_avx2() {
-  static const bool has = [] {
-    const char* isa = std::getenv("SWIN_EXT_CPU_ISA");
-    if (isa != nullptr && std::string(isa) == "default") return false;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return has;
-}
-
-// AVX-512 (F, VL, BW, DQ) for the kernels compiled a third time with 16-lane
-// vectors (compute-bound ones: bias + GELU).  SWIN_EXT_CPU_ISA=avx2 stops at
-// the AVX2 build (tests use it on AVX-512 machines), =default at the baseline.
-inline bool cpu_has_avx512() {
-  static const bool has = [] {
-    const char* isa = std::getenv("SWIN_EXT_CPU_ISA");
-    if (isa != nullptr && (std::string(isa) == "default" || std::string(isa) == "avx2")) return false;
-    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
-  }();
-  return has;
-}
-#endif
 
 // Every padded dimension of the tile buffers is a multiple of this.
 constexpr int64_t kPad = 16;
 constexpr int64_t kRowBlock = 4;
 
-inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+inline int64_t round_up(int64_t v, int64_t m) { return ceil_div(v, m) * m; }
 
 // 32-byte vectors (GCC/Clang vector extensions): one AVX2 register, two SSE
 // registers on the baseline ISA.

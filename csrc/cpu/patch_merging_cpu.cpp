@@ -20,7 +20,7 @@
 // float32 / bfloat16, the float32 and CPU-autocast model -- run 8-wide
 // passes (layernorm_cpu.h); every other dtype mix runs the generic row code,
 // whose dtypes are resolved per row by a switch in the load/store helpers.
-// Each is compiled twice (AVX2+FMA and baseline, see cpu_microkernels.h) and
+// Each is compiled twice (AVX2+FMA and baseline, see isa_dispatch.h) and
 // picked at run time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -320,24 +320,10 @@ SWIN_ALWAYS_INLINE void bwd_blocks(const MergeArgs<acc_t>& a, const FastPath& p,
   merging_bwd_blocks<add_t>(a, b, e);
 }
 
-template <typename add_t, typename acc_t>
-void fwd_pixels_default(const MergeArgs<acc_t>& a, const FastPath& p, int64_t b, int64_t e) {
-  fwd_pixels<add_t>(a, p, b, e);
-}
-template <typename add_t, typename acc_t>
-void bwd_blocks_default(const MergeArgs<acc_t>& a, const FastPath& p, int64_t b, int64_t e) {
-  bwd_blocks<add_t>(a, p, b, e);
-}
-#if SWIN_HAVE_AVX2_CLONE
-template <typename add_t, typename acc_t>
-SWIN_TARGET_AVX2 void fwd_pixels_avx2(const MergeArgs<acc_t>& a, const FastPath& p, int64_t b, int64_t e) {
-  fwd_pixels<add_t>(a, p, b, e);
-}
-template <typename add_t, typename acc_t>
-SWIN_TARGET_AVX2 void bwd_blocks_avx2(const MergeArgs<acc_t>& a, const FastPath& p, int64_t b, int64_t e) {
-  bwd_blocks<add_t>(a, p, b, e);
-}
-#endif
+SWIN_CPU_CLONES((template <typename add_t, typename acc_t>), fwd_pixels,
+                (const MergeArgs<acc_t>& a, const FastPath& p, int64_t b, int64_t e), fwd_pixels<add_t>(a, p, b, e));
+SWIN_CPU_CLONES((template <typename add_t, typename acc_t>), bwd_blocks,
+                (const MergeArgs<acc_t>& a, const FastPath& p, int64_t b, int64_t e), bwd_blocks<add_t>(a, p, b, e));
 
 template <typename acc_t>
 FastPath path_of(const MergeArgs<acc_t>& a, bool backward) {
@@ -351,10 +337,7 @@ void run_fwd(const MergeArgs<acc_t>& a) {
   // About 16K elements per task, so small maps stay on one thread.
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / (4 * a.C));
   at::parallel_for(0, a.pixels(), grain, [&](int64_t begin, int64_t end) {
-#if SWIN_HAVE_AVX2_CLONE
-    if (cpu::cpu_has_avx2()) return fwd_pixels_avx2<add_t>(a, p, begin, end);
-#endif
-    fwd_pixels_default<add_t>(a, p, begin, end);
+    SWIN_CPU_DISPATCH(fwd_pixels, <add_t>(a, p, begin, end));
   });
 }
 
@@ -362,10 +345,7 @@ template <typename add_t, typename acc_t>
 void run_bwd(const MergeArgs<acc_t>& a, int64_t nblocks, acc_t* dweight, acc_t* dbias) {
   const FastPath p = std::is_same<add_t, acc_t>::value ? path_of(a, true) : FastPath{};
   at::parallel_for(0, nblocks, 1, [&](int64_t begin, int64_t end) {
-#if SWIN_HAVE_AVX2_CLONE
-    if (cpu::cpu_has_avx2()) return bwd_blocks_avx2<add_t>(a, p, begin, end);
-#endif
-    bwd_blocks_default<add_t>(a, p, begin, end);
+    SWIN_CPU_DISPATCH(bwd_blocks, <add_t>(a, p, begin, end));
   });
   cpu::sum_partials(a.dw_part, a.db_part, nblocks, 4 * a.C, dweight, dbias);
 }
@@ -385,7 +365,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> patch_merging_fwd_cpu(
     const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& bias_in, double eps,
     const std::optional<at::Tensor>& branch_in, std::optional<at::ScalarType> y_dtype) {
   check_merging_args(x_in, weight_in, bias_in, branch_in, y_dtype);
-  check_merging_eps(eps);
+  check_layernorm_eps(eps, "swin_ext.patch_merging");
   TORCH_CHECK(x_in.device().is_cpu(), "swin_ext: CPU kernel called with ", x_in.device());
   const at::Tensor x = x_in.contiguous();
   const at::Tensor branch = branch_in.has_value() ? branch_in->contiguous() : at::Tensor();
@@ -419,9 +399,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_merging_bwd_cpu
     const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& weight_in, const at::Tensor& mean_in,
     const at::Tensor& rstd_in, const std::optional<at::Tensor>& branch_in,
     std::optional<at::ScalarType> branch_dtype) {
-  check_merging_args(x_in, weight_in, weight_in, branch_in);
+  check_merging_bwd_args(grad_out_in, x_in, weight_in, mean_in, rstd_in, branch_in, branch_dtype);
   TORCH_CHECK(x_in.device().is_cpu(), "swin_ext: CPU kernel called with ", x_in.device());
-  check_merging_bwd_args(grad_out_in, x_in, mean_in, rstd_in, branch_dtype);
   const int64_t B = x_in.size(0), H2 = checked_ceil_div(x_in.size(1), 2), W2 = checked_ceil_div(x_in.size(2), 2);
   const int64_t C4 = 4 * x_in.size(3);
   const at::Tensor grad_out = grad_out_in.contiguous();
@@ -438,7 +417,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_merging_bwd_cpu
     if (dbranch.numel()) dbranch.zero_();
     return {dx.zero_(), dbranch, at::zeros({C4}, weight.options()), at::zeros({C4}, weight.options())};
   }
-  const int64_t nblocks = (P + kMergeRowsPerPartial - 1) / kMergeRowsPerPartial;
+  const int64_t nblocks = ceil_div(P, kMergeRowsPerPartial);
   at::Tensor dw_part = at::empty({nblocks, C4}, weight.options());
   at::Tensor db_part = at::empty({nblocks, C4}, weight.options());
   at::Tensor dweight = at::empty({C4}, weight.options());

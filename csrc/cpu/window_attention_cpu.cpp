@@ -217,7 +217,7 @@ SWIN_ALWAYS_INLINE void attention_fwd_items(const AttnArgs<scalar_t>& a, int64_t
   using acc_t = at::opmath_type<scalar_t>;
   const WindowGeometry& g = a.g;
   const int64_t N = g.N, d = a.d;
-  Work<acc_t> w(N, d, (a.heads + a.chunks - 1) / a.chunks, false);
+  Work<acc_t> w(N, d, ceil_div(a.heads, a.chunks), false);
   const int64_t Np = w.Np, dp = w.dp;
   for (int64_t item = begin; item < end; ++item) {
     const int64_t chunk = item % a.chunks;
@@ -252,7 +252,7 @@ SWIN_ALWAYS_INLINE void attention_bwd_items(const AttnArgs<scalar_t>& a, int64_t
   using acc_t = at::opmath_type<scalar_t>;
   const WindowGeometry& g = a.g;
   const int64_t N = g.N, d = a.d, C = a.C, C3 = 3 * C;
-  Work<acc_t> w(N, d, (a.heads + a.chunks - 1) / a.chunks, true);
+  Work<acc_t> w(N, d, ceil_div(a.heads, a.chunks), true);
   const int64_t Nr = w.Nr, Np = w.Np, dp = w.dp;
   acc_t* P = w.S.data();
   acc_t* dS = w.dS.data();
@@ -335,33 +335,16 @@ SWIN_ALWAYS_INLINE void attention_bwd_items(const AttnArgs<scalar_t>& a, int64_t
 
 // ---------------------------------------------------------------- ISA dispatch
 
-template <typename scalar_t>
-void fwd_items_default(const AttnArgs<scalar_t>& a, int64_t b, int64_t e) {
-  attention_fwd_items(a, b, e);
-}
-template <typename scalar_t>
-void bwd_items_default(const AttnArgs<scalar_t>& a, int64_t b, int64_t e) {
-  attention_bwd_items(a, b, e);
-}
-#if SWIN_HAVE_AVX2_CLONE
-template <typename scalar_t>
-SWIN_TARGET_AVX2 void fwd_items_avx2(const AttnArgs<scalar_t>& a, int64_t b, int64_t e) {
-  attention_fwd_items(a, b, e);
-}
-template <typename scalar_t>
-SWIN_TARGET_AVX2 void bwd_items_avx2(const AttnArgs<scalar_t>& a, int64_t b, int64_t e) {
-  attention_bwd_items(a, b, e);
-}
-#endif
+SWIN_CPU_CLONES((template <typename scalar_t>), fwd_items, (const AttnArgs<scalar_t>& a, int64_t b, int64_t e),
+                attention_fwd_items(a, b, e));
+SWIN_CPU_CLONES((template <typename scalar_t>), bwd_items, (const AttnArgs<scalar_t>& a, int64_t b, int64_t e),
+                attention_bwd_items(a, b, e));
 
 template <typename scalar_t>
 void run_fwd(AttnArgs<scalar_t>& a) {
   a.chunks = head_chunks(a.g.B * a.g.nW, a.heads);
   at::parallel_for(0, a.g.B * a.g.nW * a.chunks, 1, [&](int64_t begin, int64_t end) {
-#if SWIN_HAVE_AVX2_CLONE
-    if (cpu::cpu_has_avx2()) return fwd_items_avx2(a, begin, end);
-#endif
-    fwd_items_default(a, begin, end);
+    SWIN_CPU_DISPATCH(fwd_items, (a, begin, end));
   });
 }
 
@@ -369,10 +352,7 @@ template <typename scalar_t>
 void run_bwd(AttnArgs<scalar_t>& a) {
   a.chunks = head_chunks(a.g.nW, a.heads);
   at::parallel_for(0, a.g.nW * a.chunks, 1, [&](int64_t begin, int64_t end) {
-#if SWIN_HAVE_AVX2_CLONE
-    if (cpu::cpu_has_avx2()) return bwd_items_avx2(a, begin, end);
-#endif
-    bwd_items_default(a, begin, end);
+    SWIN_CPU_DISPATCH(bwd_items, (a, begin, end));
   });
 }
 

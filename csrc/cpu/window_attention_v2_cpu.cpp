@@ -17,15 +17,6 @@ namespace {
 
 constexpr double kNormEps = 1e-12;
 
-void check_v2_head_scale(const at::Tensor& head_scale, const at::Tensor& qkv, const at::Tensor& bias) {
-  const auto acc = acc_type_of(qkv.scalar_type());
-  check_strided(head_scale, "head_scale");
-  TORCH_CHECK(head_scale.dim() == 1 && head_scale.size(0) == bias.size(0) && head_scale.scalar_type() == acc,
-              "swin_ext.window_attention_v2: head_scale must be ", acc, " (", bias.size(0), ",), got ",
-              head_scale.scalar_type(), " ", head_scale.sizes());
-  check_same_device(qkv, head_scale, "qkv", "head_scale");
-}
-
 // The q, k, v parts of (..., 3C) as (..., heads, d) views, in the accumulation dtype.
 struct Parts {
   at::Tensor q, k, v;
@@ -95,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor> window_attention_v2_fwd_cpu(const at::Tensor&
                                                                const at::Tensor& head_scale, int64_t window_size,
                                                                int64_t shift_h, int64_t shift_w) {
   check_attention_args_2d(qkv, bias, qkv_pad, window_size, shift_h, shift_w);
-  check_v2_head_scale(head_scale, qkv, bias);
+  check_v2_head_scale(head_scale, qkv, bias.size(0));
   const Normalised n = normalise(qkv, head_scale);
   std::optional<at::Tensor> pad_n;
   if (qkv_pad.has_value()) pad_n = normalise(qkv_pad->view({1, -1}), head_scale).qkv.view({-1});
@@ -124,7 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_v2_b
     const std::optional<at::Tensor>& qkv_pad, const at::Tensor& head_scale, const at::Tensor& lse,
     int64_t window_size, int64_t shift_h, int64_t shift_w) {
   check_attention_args_2d(qkv, bias, qkv_pad, window_size, shift_h, shift_w);
-  check_v2_head_scale(head_scale, qkv, bias);
+  check_v2_head_scale(head_scale, qkv, bias.size(0));
   const Normalised n = normalise(qkv, head_scale);
   std::optional<at::Tensor> pad_n;
   Normalised np;

@@ -89,7 +89,7 @@ inline size_t add_ln_bwd_smem(int nwarps, int64_t C_pad, size_t acc_size) {
   return static_cast<size_t>(nwarps) * 2 * C_pad * acc_size;
 }
 // Columns of a wide backward's per-warp accumulators: C rounded up to whole 32-lane chunk rows.
-inline int64_t add_ln_wide_cols(int64_t C, int vec) { return ceil_div64(C, 32 * vec) * 32 * vec; }
+inline int64_t add_ln_wide_cols(int64_t C, int vec) { return ceil_div<int64_t>(C, 32 * vec) * 32 * vec; }
 // Warps per wide backward block whose accumulators fit kAddLnBwdMaxSmem (0: none).
 inline int add_ln_bwd_warps(int64_t C_pad, size_t acc_size) {
   for (int w = kAddLnWarps; w >= 1; --w)
@@ -124,9 +124,9 @@ AddLnPlan add_ln_plan(int64_t rows, int64_t C, bool aligned, bool backward,
       const int nch = p.large ? nch_large : nch_small;
       while ((int64_t(nch) << p.lg) < chunks) ++p.lg;
       const int64_t rows_per_iter = int64_t(kAddLnWarps) * (32 >> p.lg);
-      const int64_t iters = ceil_div64(rows, (target_blocks > 0 ? target_blocks : 1) * rows_per_iter);
+      const int64_t iters = ceil_div<int64_t>(rows, (target_blocks > 0 ? target_blocks : 1) * rows_per_iter);
       p.rows_per_block = static_cast<int>(rows_per_iter * (iters < kAddLnMaxRowIters ? iters : kAddLnMaxRowIters));
-      p.blocks = ceil_div64(rows, p.rows_per_block);
+      p.blocks = ceil_div<int64_t>(rows, p.rows_per_block);
       p.vec = kVec;
       // forward: weight and bias; backward: weight and the dweight / dbias reduction rows
       const int64_t lane_cols = (int64_t(nch) * kVec) << p.lg;
@@ -139,10 +139,10 @@ AddLnPlan add_ln_plan(int64_t rows, int64_t C, bool aligned, bool backward,
     const int64_t cols = add_ln_wide_cols(C, p.vec);
     p.nwarps = add_ln_bwd_warps(cols, sizeof(acc_t));
     if (p.nwarps == 0) return p;
-    p.blocks = ceil_div64(rows, static_cast<int64_t>(p.nwarps) * kAddLnRowsPerWarp);
+    p.blocks = ceil_div<int64_t>(rows, static_cast<int64_t>(p.nwarps) * kAddLnRowsPerWarp);
     p.smem = add_ln_bwd_smem(p.nwarps, cols, sizeof(acc_t));
   } else {
-    p.blocks = ceil_div64(rows, kAddLnWarps);
+    p.blocks = ceil_div<int64_t>(rows, kAddLnWarps);
   }
   return p;
 }
@@ -201,6 +201,25 @@ __device__ __forceinline__ unsigned lane_chunks(int gl, int lg, int chunks) {
   return m;
 }
 
+// The rows a warp of the register kernels walks: 32 >> lg rows at a time
+// (rpw), one per group of 2^lg lanes (gl: the lane in its group), from the
+// warp's first row to the end of the block's rows; cols: the lane's chunks.
+template <int NCH, int VEC>
+struct RegRows {
+  int warp, lane, gl, rpw, first, end;
+  unsigned cols;
+  __device__ __forceinline__ RegRows(int rows, int C, int lg, int rows_per_block) {
+    warp = threadIdx.x >> 5;
+    lane = threadIdx.x & 31;
+    gl = lane & ((1 << lg) - 1);
+    rpw = 32 >> lg;
+    cols = lane_chunks<NCH>(gl, lg, C / VEC);
+    const int r0 = blockIdx.x * rows_per_block;
+    end = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
+    first = r0 + warp * rpw;
+  }
+};
+
 template <typename tx, typename tb, typename ty, typename acc_t, int VEC, int NCH>
 __global__ void __launch_bounds__(kAddLnWarps * 32)
     add_ln_fwd_reg_kernel(const tx* __restrict__ x, const tb* __restrict__ branch, const acc_t* __restrict__ weight,
@@ -212,14 +231,11 @@ __global__ void __launch_bounds__(kAddLnWarps * 32)
   stage_vector<acc_t, VEC>(s_w, weight, C);
   stage_vector<acc_t, VEC>(s_b, bias, C);
   __syncthreads();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int gl = lane & ((1 << lg) - 1), rpw = 32 >> lg;
-  const unsigned cols = lane_chunks<NCH>(gl, lg, C / VEC);
-  const int r0 = blockIdx.x * rows_per_block;
-  const int r_end = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
-  for (int base = r0 + warp * rpw; base < r_end; base += kAddLnWarps * rpw) {  // warp-uniform
-    const int row = base + (lane >> lg);
-    const unsigned valid = row < r_end ? cols : 0u;
+  const RegRows<NCH, VEC> rr(rows, C, lg, rows_per_block);
+  const int gl = rr.gl;
+  for (int base = rr.first; base < rr.end; base += kAddLnWarps * rr.rpw) {  // warp-uniform
+    const int row = base + (rr.lane >> lg);
+    const unsigned valid = row < rr.end ? rr.cols : 0u;
     const int64_t off = static_cast<int64_t>(row) * C;
     acc_t v[NCH][VEC];
 #pragma unroll
@@ -273,19 +289,16 @@ __global__ void __launch_bounds__(kAddLnWarps * 32, sizeof(acc_t) == 4 && NCH * 
   acc_t* s_db = s_dw + lane_cols;
   stage_vector<acc_t, VEC>(s_w, weight, C);
   __syncthreads();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int gl = lane & ((1 << lg) - 1), rpw = 32 >> lg;
-  const unsigned cols = lane_chunks<NCH>(gl, lg, C / VEC);
+  const RegRows<NCH, VEC> rr(rows, C, lg, rows_per_block);
+  const int gl = rr.gl;
   acc_t dw[NCH][VEC], db[NCH][VEC];
 #pragma unroll
   for (int k = 0; k < NCH; ++k)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) dw[k][e] = db[k][e] = acc_t(0);
-  const int r0 = blockIdx.x * rows_per_block;
-  const int r_end = r0 + rows_per_block < rows ? r0 + rows_per_block : rows;
-  for (int base = r0 + warp * rpw; base < r_end; base += kAddLnWarps * rpw) {  // warp-uniform
-    const int row = base + (lane >> lg);
-    const unsigned valid = row < r_end ? cols : 0u;
+  for (int base = rr.first; base < rr.end; base += kAddLnWarps * rr.rpw) {  // warp-uniform
+    const int row = base + (rr.lane >> lg);
+    const unsigned valid = row < rr.end ? rr.cols : 0u;
     const int64_t off = static_cast<int64_t>(row) * C;
     acc_t mu = 0, rs = 0;
     if (valid != 0u) {
@@ -349,7 +362,7 @@ __global__ void __launch_bounds__(kAddLnWarps * 32, sizeof(acc_t) == 4 && NCH * 
   // Then the warps, in warp order: group 0 of warp j adds its row to the block's
   // at word (k * VEC + e) * 2^lg + gl (consecutive lanes, consecutive words).
   for (int j = 0; j < kAddLnWarps; ++j) {
-    if (warp == j && lane < (1 << lg)) {
+    if (rr.warp == j && rr.lane < (1 << lg)) {
 #pragma unroll
       for (int k = 0; k < NCH; ++k)
 #pragma unroll
@@ -550,23 +563,11 @@ void launch_add_layernorm_bwd(const th* grad_h, const ty* grad_y, const th* h, c
   }
 }
 
-// The dtype combinations the glue dispatches to (x / h, branch, y): one
-// dtype throughout, or a float32 residual stream with a bf16 / fp16 branch
-// or output.  Instantiated in add_layernorm_kernels.cu (a translation unit
-// of its own, compiled in parallel and by the harness); declared extern here
-// so that the glue does not instantiate them again.
-#define SWIN_ADD_LN_TYPES(X)                                                                          \
-  X(float, float, float)                                                                              \
-  X(double, double, double)                                                                           \
-  X(__half, __half, __half)                                                                           \
-  X(__nv_bfloat16, __nv_bfloat16, __nv_bfloat16)                                                      \
-  X(float, __nv_bfloat16, __nv_bfloat16)                                                              \
-  X(float, __half, __half)                                                                            \
-  X(float, float, __nv_bfloat16)                                                                      \
-  X(float, float, __half)                                                                             \
-  X(float, __nv_bfloat16, float)                                                                      \
-  X(float, __half, float)
-
+// The dtype combinations the glue dispatches to (x / h, branch, y):
+// SWIN_LN_DTYPE_MIXES (layernorm_stats.cuh).  Instantiated in
+// add_layernorm_kernels.cu (a translation unit of its own, compiled in
+// parallel and by the harness); declared extern here so that the glue does
+// not instantiate them again.
 #define SWIN_ADD_LN_LAUNCHERS(PREFIX, TX, TB, TY)                                                     \
   PREFIX template void launch_add_layernorm_fwd<TX, TB, TY, AccType<TX>::type>(                     \
       const TX*, const TB*, const AccType<TX>::type*, const AccType<TX>::type*, TX*, TY*,             \
@@ -578,7 +579,7 @@ void launch_add_layernorm_bwd(const th* grad_h, const ty* grad_y, const th* h, c
       const AddLnPlan&, cudaStream_t);
 #define SWIN_ADD_LN_EXTERN(TX, TB, TY) SWIN_ADD_LN_LAUNCHERS(extern, TX, TB, TY)
 #ifndef SWIN_ADD_LN_INSTANTIATING
-SWIN_ADD_LN_TYPES(SWIN_ADD_LN_EXTERN)
+SWIN_LN_DTYPE_MIXES(SWIN_ADD_LN_EXTERN)
 #endif
 
 }  // namespace cuda

@@ -7,6 +7,6 @@
 namespace swin_ext {
 namespace cuda {
 #define SWIN_ADD_LN_INSTANTIATE(TX, TB, TY) SWIN_ADD_LN_LAUNCHERS(, TX, TB, TY)
-SWIN_ADD_LN_TYPES(SWIN_ADD_LN_INSTANTIATE)
+SWIN_LN_DTYPE_MIXES(SWIN_ADD_LN_INSTANTIATE)
 }  // namespace cuda
 }  // namespace swin_ext

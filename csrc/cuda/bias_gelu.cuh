@@ -64,10 +64,10 @@ struct BgGeom {
 // when fewer rows fill whole warps (48 vectors: 4 rows = 6 warps, not 5 = 7.5).
 inline BgGeom bias_gelu_geom(int64_t K, int vec) {
   const int64_t nvec = K / vec;
-  const int64_t gx = ceil_div64(nvec, kBgThreads);
-  const int nb = static_cast<int>(ceil_div64(nvec, gx));
+  const int64_t gx = ceil_div<int64_t>(nvec, kBgThreads);
+  const int nb = static_cast<int>(ceil_div<int64_t>(nvec, gx));
   const int most = kBgThreads / nb > 0 ? kBgThreads / nb : 1;
-  auto used = [&](int r) { return static_cast<double>(nb * r) / (32.0 * ceil_div64(int64_t(nb) * r, 32)); };
+  auto used = [&](int r) { return static_cast<double>(nb * r) / (32.0 * ceil_div<int64_t>(int64_t(nb) * r, 32)); };
   int rp = most;
   for (int r = most - 1; r >= (most + 1) / 2; --r)
     if (used(r) > used(rp) + 1e-9) rp = r;
@@ -89,9 +89,9 @@ BgPlan bias_gelu_plan(int64_t rows, int64_t K, bool aligned) {
   p.vec = K % bias_gelu_vec<T>() == 0 && aligned;
   p.g = bias_gelu_geom(K, p.vec ? bias_gelu_vec<T>() : 1);
   p.rows_per_block = kBgMaxRows;
-  while (p.rows_per_block > kBgMinRows && int64_t(p.g.gx) * ceil_div64(rows, p.rows_per_block) < kBgTargetBlocks)
+  while (p.rows_per_block > kBgMinRows && int64_t(p.g.gx) * ceil_div<int64_t>(rows, p.rows_per_block) < kBgTargetBlocks)
     p.rows_per_block /= 2;
-  p.chunks = ceil_div64(rows, p.rows_per_block);
+  p.chunks = ceil_div<int64_t>(rows, p.rows_per_block);
   return p;
 }
 
@@ -240,7 +240,7 @@ void for_each_row_slice(int64_t rows, const BgPlan& p, F&& launch) {
   const int64_t slice = kBgMaxChunksPerLaunch * p.rows_per_block;
   for (int64_t r0 = 0; r0 < rows; r0 += slice) {
     const int64_t n = rows - r0 < slice ? rows - r0 : slice;
-    launch(dim3(p.g.gx, static_cast<unsigned>(ceil_div64(n, p.rows_per_block))), r0, static_cast<int>(n));
+    launch(dim3(p.g.gx, static_cast<unsigned>(ceil_div<int64_t>(n, p.rows_per_block))), r0, static_cast<int>(n));
   }
 }
 

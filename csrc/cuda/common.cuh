@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "../swin_geometry.h"  // ceil_div
 #include "cuda_compat.h"
 
 namespace swin_ext {
@@ -114,8 +115,6 @@ __device__ __forceinline__ T group_max(T v, int width) {
   for (int m = width >> 1; m > 0; m >>= 1) v = acc_max(v, __shfl_xor_sync(0xffffffffu, v, m));
   return v;
 }
-
-inline int64_t ceil_div64(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace cuda
 }  // namespace swin_ext

@@ -22,8 +22,10 @@ namespace swin_ext {
 namespace cuda {
 
 // The (stream, branch, output) dtype combinations of the fused residual +
-// LayerNorm kernels (patch merging): one dtype throughout, or a float32
-// residual stream with a bf16 / fp16 branch or output (every autocast mix).
+// LayerNorm kernels (add_layernorm, patch_merging), the one list of them:
+// one dtype throughout, or a float32 residual stream with a bf16 / fp16
+// branch or output (every autocast mix).  The kernels are instantiated for
+// these and the glue dispatches to these (csrc/cuda/cuda_glue.h).
 #define SWIN_LN_DTYPE_MIXES(X)                     \
   X(float, float, float)                           \
   X(double, double, double)                        \

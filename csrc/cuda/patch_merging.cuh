@@ -586,7 +586,7 @@ __global__ void __launch_bounds__(kMergeThreads, 1)
 }
 
 inline int64_t merge_num_partials(int64_t B, int64_t H, int64_t W, int nwarps) {
-  return ceil_div64(B * ((H + 1) / 2) * ((W + 1) / 2), merge_bwd_pixels_per_block(nwarps));
+  return ceil_div<int64_t>(B * ((H + 1) / 2) * ((W + 1) / 2), merge_bwd_pixels_per_block(nwarps));
 }
 
 // ------------------------------------------------------------------ launch plans
@@ -624,9 +624,9 @@ inline MergePlan merge_plan(int64_t B, int64_t H, int64_t W, int64_t C, int vec,
     while ((int64_t(1) << log2G) * nch_max < chunks) ++log2G;
     p.reg = true;
     p.log2G = log2G;
-    p.nch = static_cast<int>(ceil_div64(chunks, int64_t(1) << log2G));
+    p.nch = static_cast<int>(ceil_div<int64_t>(chunks, int64_t(1) << log2G));
     const int64_t groups = kMergeThreads >> log2G;
-    p.blocks = ceil_div64(P, backward ? groups * kMergeBwdIters : groups);
+    p.blocks = ceil_div<int64_t>(P, backward ? groups * kMergeBwdIters : groups);
     if (backward) p.smem = merge_bwd_reg_smem(log2G, C4);
     return p;
   }
@@ -635,7 +635,7 @@ inline MergePlan merge_plan(int64_t B, int64_t H, int64_t W, int64_t C, int vec,
     p.blocks = p.nwarps ? merge_num_partials(B, H, W, p.nwarps) : 0;
     p.smem = merge_bwd_smem(p.nwarps, C4, acc_size);
   } else {
-    p.blocks = ceil_div64(P, kMergeWarps);
+    p.blocks = ceil_div<int64_t>(P, kMergeWarps);
   }
   return p;
 }

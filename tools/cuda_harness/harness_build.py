@@ -161,9 +161,11 @@ def _esc(path: str) -> str:  # ninja path escaping
 
 def kernel_sources() -> List[str]:
     """The ATen-free CUDA translation units the harness library also compiles
-    (csrc/cuda/attention_<dtype>.cu, csrc/cuda/*_kernels.cu)."""
+    (csrc/cuda/attention/attention_<dtype>.cu, csrc/cuda/*_kernels.cu).  The
+    glue files (csrc/cuda/<op>_cuda.cu) are included by harness_ops.cpp."""
     d = os.path.join(ROOT, "csrc", "cuda")
-    return sorted(glob.glob(os.path.join(d, "attention_*.cu")) + glob.glob(os.path.join(d, "*_kernels.cu")))
+    units = glob.glob(os.path.join(d, "attention", "attention_*.cu")) + glob.glob(os.path.join(d, "*_kernels.cu"))
+    return sorted(units)
 
 
 def write_ninja(build_dir: str = BUILD_DIR) -> str:

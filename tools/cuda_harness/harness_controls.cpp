@@ -5,7 +5,8 @@
 //
 // This file holds the harness controls and the demo / self-test kernels, and
 // defines the library's schemas (swin_ext's own list, csrc/op_schemas.h);
-// harness_ops.cpp registers the project's kernels through the shipped glue.
+// harness_ops.cpp registers the project's kernels through the shipped glue
+// (csrc/cuda/<op>_cuda.cu).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>

@@ -1,7 +1,9 @@
 // swin_ext_harness::<every swin_ext op>: the project's CUDA kernels *and
-// their ATen glue* (csrc/cuda/ops_glue.h, the
-// same code ops_cuda.cu registers for CUDA tensors) run by the CPU harness on
-// CPU tensors, with the schemas and semantics of swin_ext::*.
+// their ATen glue* (csrc/cuda/<op>_cuda.cu, the same files nvcc compiles into
+// swin_ext._C for CUDA tensors) run by the CPU harness on CPU tensors, with
+// the schemas and semantics of swin_ext::*.  Each glue file registers its
+// ops with SWIN_CUDA_GLUE_IMPL, which harness_glue.h points at the
+// swin_ext_harness library and HarnessBackend.
 //
 // One difference on purpose: every output and workspace the kernels must
 // write is allocated filled with NaN, so an element that no kernel writes
@@ -12,27 +14,9 @@
 
 #include "harness_glue.h"
 
-namespace swin_harness_ops {
-namespace {
-
-struct HarnessBackend {
-  struct Guard {
-    explicit Guard(const c10::Device&) {}
-  };
-  static void check_device(const at::Tensor& t, const char* name) {
-    TORCH_CHECK(t.device().is_cpu(), "swin_ext_harness runs on CPU tensors, got ", name, " on ",
-                t.device());
-  }
-  static cudaStream_t stream() { return nullptr; }
-  static at::Tensor output(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-    return poisoned(sizes, opts);
-  }
-  static void check_launch() {}  // the harness throws from the launch itself
-};
-
-}  // namespace
-}  // namespace swin_harness_ops
-
-TORCH_LIBRARY_IMPL(swin_ext_harness, CPU, m) {
-  swin_ext::cuda_glue::register_kernels<swin_harness_ops::HarnessBackend>(m);
-}
+// One line per op (the registry of the harness's kernels).
+#include "cuda/add_layernorm_cuda.cu"
+#include "cuda/bias_gelu_cuda.cu"
+#include "cuda/patch_merging_cuda.cu"
+#include "cuda/window_attention_cuda.cu"
+#include "cuda/window_attention_v2_cuda.cu"

@@ -1,7 +1,7 @@
 // What the ATen glue sees of the attention kernels: a plan (launch shape,
 // shared memory, workspaces) and a run, per element type.  Defined in
 // launch_template.cuh and instantiated once per dtype in
-// csrc/cuda/attention_<dtype>.cu (split translation units, compiled in
+// attention/attention_<dtype>.cu (split translation units, compiled in
 // parallel), so the glue does not instantiate any kernel itself.
 //
 // ATen-free (see cuda_compat.h).

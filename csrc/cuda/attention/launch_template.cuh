@@ -1,7 +1,7 @@
 // Launch templates of the attention kernels (the shape of flash-attention's
 // flash_fwd_launch_template.h): the plan (warps, blocks, shared memory,
 // workspaces) and the launches, apart from the ATen glue.  Included only by
-// the per-dtype instantiation files csrc/cuda/attention_<dtype>.cu.
+// the per-dtype instantiation files attention_<dtype>.cu.
 //
 // ATen-free (see cuda_compat.h).
 #pragma once
@@ -58,8 +58,6 @@ cudaError_t ensure_smem_limit(int max_bytes) {
   return cudaSuccess;
 }
 
-inline int ceil_div_int(int a, int b) { return (a + b - 1) / b; }
-
 // Largest shared memory any launch of a kernel can need (its layouts do not
 // depend on N; the generic kernels are sized at kMaxHeadDim).
 template <class Tr>
@@ -96,17 +94,17 @@ FwdPlan plan_fwd(const AttnParams& p, int force_chunk) {
       plan.chunk = force_chunk > 0
                        ? std::min(force_chunk, std::max(p.B, 1))
                        : static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kMaxChunk, p.B * wh / kFwdTargetBlocks)));
-      plan.n_chunks = ceil_div_int(p.B, plan.chunk);
+      plan.n_chunks = ceil_div<int>(p.B, plan.chunk);
       plan.smem = p.qk_norm ? M2::kTileSmem : M1::kTileSmem;
       plan.blocks = static_cast<int64_t>(plan.n_chunks) * wh;
     } else {
-      plan.n_row_blocks = ceil_div_int(p.g.N, M1::kRows);
+      plan.n_row_blocks = ceil_div<int>(p.g.N, M1::kRows);
       plan.smem = p.qk_norm ? M2::kStrSmem : M1::kStrSmem;
       plan.blocks = static_cast<int64_t>(p.B) * wh * plan.n_row_blocks;
     }
   } else {
-    plan.nwarps = std::min(Tr::kFwdWarps, ceil_div_int(p.g.N, kRowTile));
-    plan.n_row_blocks = ceil_div_int(p.g.N, kRowTile * plan.nwarps);
+    plan.nwarps = std::min(Tr::kFwdWarps, ceil_div<int>(p.g.N, kRowTile));
+    plan.n_row_blocks = ceil_div<int>(p.g.N, kRowTile * plan.nwarps);
     plan.smem = fwd_layout<Tr>(p.d, plan.nwarps).total;
     plan.blocks = static_cast<int64_t>(p.B) * wh * plan.n_row_blocks;
   }
@@ -164,7 +162,7 @@ cudaError_t run_fwd(AttnParams p, const FwdPlan& plan, cudaStream_t stream) {
 // enough blocks for any GPU, partials of bounded size.
 inline int choose_chunk(int B, int64_t blocks_per_image, int64_t partial_per_chunk) {
   int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(kMaxChunk, B * blocks_per_image / kTargetBlocks));
-  while (chunk < B && ((B + chunk - 1) / chunk) * partial_per_chunk > kMaxBiasPartials) chunk *= 2;
+  while (chunk < B && ceil_div<int64_t>(B, chunk) * partial_per_chunk > kMaxBiasPartials) chunk *= 2;
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>(chunk, 1), std::max(B, 1)));
 }
 
@@ -196,7 +194,7 @@ BwdPlan plan_bwd_mma(const AttnParams& p, int smem_optin, BwdChoice choice, int 
   plan.nwarps = M1::kWarps;
   plan.n_row_blocks = plan.n_key_blocks = 1;
   plan.chunk = force_chunk > 0 ? std::min(force_chunk, std::max(p.B, 1)) : choose_chunk(p.B, wh, wh * N * N);
-  plan.n_chunks = ceil_div_int(p.B, plan.chunk);
+  plan.n_chunks = ceil_div<int>(p.B, plan.chunk);
   plan.dbias_part_elems = static_cast<int64_t>(plan.n_chunks) * wh * N * N;
   plan.dpad_slots = p.padded ? static_cast<int64_t>(plan.n_chunks) * p.g.nW * M1::kWarps : 0;
   plan.dscale_slots = p.qk_norm ? static_cast<int64_t>(plan.n_chunks) * p.g.nW : 0;
@@ -241,25 +239,25 @@ BwdPlan plan_bwd_simt(const AttnParams& p, int smem_optin, BwdChoice choice, int
   const int N = p.g.N;
   const int64_t wh = static_cast<int64_t>(p.g.nW) * p.heads;
   const int64_t partial = wh * N * N;
-  const int fused_warps = ceil_div_int(N, kRowTile);
+  const int fused_warps = ceil_div<int>(N, kRowTile);
   const bool fused_ok = N <= kFusedMaxN && fused_layout<Tr>(p.d, fused_warps).total <= smem_optin;
   if (fused_ok && choice != BwdChoice::kStreaming) {
     plan.path = BwdPath::kFused;
     plan.nwarps = fused_warps;
     plan.n_row_blocks = 1;
     plan.chunk = force_chunk > 0 ? std::min(force_chunk, std::max(p.B, 1)) : choose_chunk(p.B, wh, partial);
-    plan.n_chunks = ceil_div_int(p.B, plan.chunk);
+    plan.n_chunks = ceil_div<int>(p.B, plan.chunk);
     plan.smem = fused_layout<Tr>(p.d, fused_warps).total;
     plan.dpad_slots = p.padded ? static_cast<int64_t>(plan.n_chunks) * p.g.nW * plan.nwarps : 0;
   } else {
     plan.path = BwdPath::kStreaming;
-    plan.nwarps = std::min(Tr::kDqWarps, ceil_div_int(N, kRowTile));
-    plan.n_row_blocks = ceil_div_int(N, kRowTile * plan.nwarps);
-    plan.nwarps_dkv = std::min(Tr::kDkvWarps, ceil_div_int(N, kRowTile));
-    plan.n_key_blocks = ceil_div_int(N, kRowTile * plan.nwarps_dkv);
+    plan.nwarps = std::min(Tr::kDqWarps, ceil_div<int>(N, kRowTile));
+    plan.n_row_blocks = ceil_div<int>(N, kRowTile * plan.nwarps);
+    plan.nwarps_dkv = std::min(Tr::kDkvWarps, ceil_div<int>(N, kRowTile));
+    plan.n_key_blocks = ceil_div<int>(N, kRowTile * plan.nwarps_dkv);
     plan.chunk = force_chunk > 0 ? std::min(force_chunk, std::max(p.B, 1))
                                  : choose_chunk(p.B, wh * plan.n_row_blocks, partial);
-    plan.n_chunks = ceil_div_int(p.B, plan.chunk);
+    plan.n_chunks = ceil_div<int>(p.B, plan.chunk);
     plan.smem = dq_layout<Tr>(p.d, plan.nwarps).total;
     plan.smem_dkv = dkv_layout<Tr>(p.d, plan.nwarps_dkv).total;
     plan.dbuf_elems = static_cast<int64_t>(p.B) * wh * N;

@@ -2,7 +2,7 @@
 // forward and backward, instantiated in a translation unit of its own so the
 // four dtypes compile in parallel.  ATen-free: the CPU harness compiles this
 // file too (the CPU execution harness; docs/kernels.md).
-#include "attention/launch_template.cuh"
+#include "launch_template.cuh"
 
 namespace swin_ext {
 namespace cuda {
