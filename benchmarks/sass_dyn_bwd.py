@@ -280,6 +280,31 @@ def swin_t_backward_estimate(so: str, arch: str = "sm_90") -> List[tuple]:
     return out
 
 
+# Video Swin's window (8, 7, 7): N = 392, 7 key tiles of 64 (the last one 8 keys), head_dim 32.
+VIDEO_N = 392
+
+
+def swin3d_backward_estimate(so: str, arch: str = "sm_90", n: int = VIDEO_N) -> List[tuple]:
+    """[(dtype, DynEstimate)] of the key-tiled backward (``attn_bwd_window_kernel``, the window's dQ in
+    shared memory, head_dim 32, V1) at window size ``n``: per warp, the image loop body (every key tile x
+    every query tile: the ``// sass: trips(nkt)`` / ``trips(nkt * nkt)`` markers) and the per-block rest.
+    An upper bound: the once-per-key-tile and once-per-image epilogues inside the query-tile loop are
+    counted on every step, and every warp as active in the last (partial) tiles."""
+    src = os.path.join(ROOT, "csrc", "cuda", "attention", "bwd_mma_kernel.cuh")
+    nkt = (n + 63) // 64
+    consts = dict(kWarps=4, kThreads=128, kDPad=32, kNT=8, N=n, nkt=nkt)
+    out = []
+    for dtype, tag, mangled in (
+        ("bf16", "attention_bf16", "13__nv_bfloat16Li32ELb0EEELb1E"),
+        ("fp16", "attention_fp16", "6__halfLi32ELb0EEELb1E"),
+    ):
+        est = dynamic_estimate(
+            gi_sass(so, tag, arch), f"attn_bwd_window_kernelINS2_12BwdMmaTraitsI{mangled}", src, consts=consts
+        )
+        out.append((dtype, est))
+    return out
+
+
 def dyn_table(rows) -> str:
     lines = [
         "| kernel | static SASS | per image (loop body) | per block (outside) | chunk 8 | chunk 1 | Swin-T weighted |",

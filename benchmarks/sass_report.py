@@ -679,6 +679,7 @@ def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
                      f"{k.counts.get('STL', 0)} / {k.counts.get('LDL', 0)} |")
     lines.append("")
     step_g = {}
+    video_fwd: Dict[str, tuple] = {}
     with tempfile.TemporaryDirectory() as tmp:
         listings = disassemble_with_lines(so, arch, tmp)
         for dt, mt in _MANGLED_T.items():
@@ -738,8 +739,15 @@ def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
                 lines.append(f"| window {ws} (N = {n}) | stream, V1 | 1 | {kt} | {total:.0f} | {total:.0f} | "
                              f"{FWD_WARPS * kt * total:.0f} ({kt} row blocks) | "
                              f"{cats.get('HMMA', 0):.0f} ({hand * kt}) |")
+            total3, cats3, _ = dynamic_count(ins3, lab3, kernel_file, markers,
+                                             dict(base, images=1, keytiles=VIDEO_KEYTILES))
+            video_fwd[dt] = (total3, cats3)
+            lines.append(f"| Video Swin (8, 7, 7) (N = {VIDEO_N}) | stream, V1 | 1 | {VIDEO_KEYTILES} | {total3:.0f} | "
+                         f"{total3:.0f} | {FWD_WARPS * VIDEO_KEYTILES * total3:.0f} ({VIDEO_KEYTILES} row blocks) | "
+                         f"{cats3.get('HMMA', 0):.0f} ({hand * VIDEO_KEYTILES}) |")
             lines += ["", "(The stream kernel's rows count every warp of every row block as active: "
-                      "an upper bound at N = 144, whose last row block holds 16 rows.)", ""]
+                      "an upper bound at N = 144, whose last row block holds 16 rows, and at N = 392, whose last "
+                      "holds 8.)", ""]
     if "bf16" in step_g:
         lines += ["## Per Swin-T training step (batch 128), against the review", "",
                   f"The review estimated ~{REVIEW_STEP_G['total']} G warp-instructions of attention per step "
@@ -756,7 +764,60 @@ def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
         lines += ["", "The issue's targets: <= 900 warp-instructions per warp in the forward "
                   "(met at every stage above) and <= 2,200 per warp per image in the backward "
                   "(the backward's work).", ""]
+    lines += video_swin_report(so, arch, video_fwd)
     return "\n".join(lines) + "\n"
+
+
+# Video Swin (swin3d_t) stage 1: window (8, 7, 7), 3 heads of head_dim 32, 2 blocks; at batch 8 of
+# 32 x 224 x 224 clips (patch 2 x 4 x 4) the map is 16 x 56 x 56: 2 x 8 x 8 = 128 windows per clip.
+VIDEO_N, VIDEO_KEYTILES = 392, 7
+SWIN3D_T_STAGE1 = dict(blocks=2, batch=8, windows=128, heads=3)
+
+
+def video_swin_report(so: str, arch: str, video_fwd: Dict[str, tuple]) -> List[str]:
+    """Markdown: the N = 392 forward (stream kernel, 7 key tiles x 7 row blocks) and key-tiled backward
+    (dQ in shared memory, 7 x 7 (key, query) tile steps per image) per (clip, window, head), and per
+    swin3d_t stage-1 step (batch 8 of 32 x 224 x 224)."""
+    if not video_fwd:
+        return []
+    import sass_dyn_bwd  # (imports this module: not at the top)
+
+    st = SWIN3D_T_STAGE1
+    units = st["blocks"] * st["batch"] * st["windows"] * st["heads"]
+    kt = VIDEO_KEYTILES
+    # Backward, by hand, per warp and (key tile, query tile) step: S = Q K^T and dP = dO V^T 8 n-tiles x 2
+    # k-steps each, dQ += dS K 4 k-steps x 4 n-tiles, dV += P^T dO and dK += dS^T Q the same: 5 x 16.
+    bwd_hand = 5 * 16 * kt * kt
+    # The planner's images per backward block at this shape (launch_template.cuh choose_chunk): the
+    # (windows, heads, N, N) partial of one chunk (59 M floats) exceeds the 2^25 bound, so chunk = batch.
+    chunk = st["batch"]
+    lines = [f"## Video Swin: swin3d_t stage 1 (window (8, 7, 7), N = {VIDEO_N}, 3 heads, head_dim 32, V1)", "",
+             f"Forward: `attn_fwd_stream_kernel`, {kt} row blocks of 64 queries x {kt} key tiles of 64 per "
+             f"(clip, window, head), 4 warps a block.  Backward: `attn_bwd_window_kernel` (the window's dQ in "
+             f"shared memory, 127 KB at N = 392 on sm_90), {kt} x {kt} (key tile, query tile) steps per image, "
+             f"{chunk} images per block (`choose_chunk` at batch {st['batch']}).  Stage 1 at batch {st['batch']} "
+             f"of 32 x 224 x 224 clips: 16 x 56 x 56 tokens, {st['windows']} windows per clip, "
+             f"{units} (clip, window, head) units over its {st['blocks']} blocks.  Upper bounds (every warp of the "
+             "last, partial tiles counted active; the backward's per-key-tile and per-image epilogues counted on "
+             "every step).", "",
+             "| dtype | pass | per warp per block | per warp per (clip, window, head) | per (clip, window, head) | "
+             "HMMA per warp per unit (by hand) | stage-1 step G |", "|---|---|---:|---:|---:|---:|---:|"]
+    note = []
+    try:
+        bwd = dict(sass_dyn_bwd.swin3d_backward_estimate(so, arch, VIDEO_N))
+    except (ValueError, FileNotFoundError) as e:  # no such kernel in this build, no nvdisasm
+        bwd, note = {}, ["", f"(backward estimate unavailable: {e})"]
+    for dt, (total, cats) in video_fwd.items():
+        per_unit = 4 * kt * total
+        lines.append(f"| {dt} | forward | {total:.0f} | {kt * total:.0f} | {per_unit:.0f} | "
+                     f"{kt * cats.get('HMMA', 0):.0f} ({kt * hmma_by_hand()}) | {units * per_unit / 1e9:.3f} |")
+        if dt in bwd:
+            e = bwd[dt]
+            per_warp = e.amortized(chunk)
+            lines.append(f"| {dt} | backward | {e.per_image * chunk + e.per_block:.0f} | {per_warp:.0f} | "
+                         f"{4 * per_warp:.0f} | {e.mix.get('HMMA', 0):.0f} ({bwd_hand}) | "
+                         f"{units * 4 * per_warp / 1e9:.3f} |")
+    return lines + note + [""]
 
 
 def main(argv=None) -> int:

@@ -1214,14 +1214,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
     const float* Db = Drow + static_cast<int64_t>(b) * tokens * p.heads + h;
     // dqkv's image base, formed at each use (see image_base)
     const auto dimg_at = [&] { return image_base(static_cast<T*>(p.dqkv), b, p.img_qkv); };
-    for (int kt = 0; kt < nkt; ++kt, ++kc) {
+    for (int kt = 0; kt < nkt; ++kt, ++kc) {  // sass: trips(nkt)
       const int ks = kStages == 2 ? (kc & 1) : 0;
       const int kt0 = kt * kTile, n_keys = min(kTile, N - kt0);
       int* tk = tabk + ks * 128;
       unsigned char* sK = sKV + ks * 2 * Tr::kTileBytes;
       unsigned char* sV = sK + Tr::kTileBytes;
       const bool active_k = kt0 + wrow0 < N;
-      for (int st = 0; st < nkt; ++st, ++sc) {
+      for (int st = 0; st < nkt; ++st, ++sc) {  // sass: trips(nkt * nkt)
         const int qs = kStages == 2 ? (sc & 1) : 0;
         const int q0 = st * kTile, n_q = min(kTile, N - q0);
         int* tq = tabq + qs * 128;
