@@ -800,6 +800,9 @@ def video_swin_report(so: str, arch: str, video_fwd: Dict[str, tuple]) -> List[s
              f"{units} (clip, window, head) units over its {st['blocks']} blocks.  Upper bounds (every warp of the "
              "last, partial tiles counted active; the backward's per-key-tile and per-image epilogues counted on "
              "every step).", "",
+             "Forward: one warp's instructions per block (one row block, 7 key tiles), times the 7 row blocks "
+             "(per warp per unit), times 4 warps (per unit).  Backward: per warp per block of "
+             f"{chunk} images, per warp and image (the block's rest amortised), times 4 warps.", "",
              "| dtype | pass | per warp per block | per warp per (clip, window, head) | per (clip, window, head) | "
              "HMMA per warp per unit (by hand) | stage-1 step G |", "|---|---|---:|---:|---:|---:|---:|"]
     note = []
@@ -810,7 +813,7 @@ def video_swin_report(so: str, arch: str, video_fwd: Dict[str, tuple]) -> List[s
     for dt, (total, cats) in video_fwd.items():
         per_unit = 4 * kt * total
         lines.append(f"| {dt} | forward | {total:.0f} | {kt * total:.0f} | {per_unit:.0f} | "
-                     f"{kt * cats.get('HMMA', 0):.0f} ({kt * hmma_by_hand()}) | {units * per_unit / 1e9:.3f} |")
+                     f"{kt * cats.get('HMMA', 0):.0f} ({kt * kt * hmma_by_hand()}) | {units * per_unit / 1e9:.3f} |")
         if dt in bwd:
             e = bwd[dt]
             per_warp = e.amortized(chunk)
