@@ -740,6 +740,7 @@ def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
                      f"{k.counts.get('STL', 0)} / {k.counts.get('LDL', 0)} |")
     lines.append("")
     step_g = {}
+    video_fwd: Dict[str, tuple] = {}
     stats = {} if stats is None else stats
     with (contextlib.nullcontext(None) if listings else tempfile.TemporaryDirectory()) as tmp:
         listings = listings or disassemble_with_lines(so, arch, tmp)
@@ -801,8 +802,16 @@ def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
                 lines.append(f"| window {ws} (N = {n}) | stream, V1 | 1 | {kt} | {total:.0f} | {total:.0f} | "
                              f"{FWD_WARPS * kt * total:.0f} ({kt} row blocks) | "
                              f"{cats.get('HMMA', 0):.0f} ({hand * kt}) |")
+            total3, cats3, _ = dynamic_count(ins3, lab3, kernel_file, markers,
+                                             dict(base, images=1, keytiles=VIDEO_KEYTILES))
+            video_fwd[dt] = (total3, cats3)
+            lines.append(f"| Video Swin (8, 7, 7) (N = {VIDEO_N}) | stream, V1 | 1 | {VIDEO_KEYTILES} | {total3:.0f} | "
+                         f"{total3:.0f} | {FWD_WARPS * VIDEO_KEYTILES * total3:.0f} ({VIDEO_KEYTILES} row blocks) | "
+                         f"{cats3.get('HMMA', 0):.0f} ({hand * VIDEO_KEYTILES}) |")
             lines += ["", "(The stream kernel's rows count every warp of every row block as active: "
-                      "an upper bound at N = 144, whose last row block holds 16 rows.)", ""]
+                      "an upper bound at N = 144, whose last row block holds 16 rows, and at N = 392, whose last "
+                      "holds 8.)", ""]
+        lines += video_swin_report(arch, video_fwd, listings)
     for dt, g in step_g.items():
         stats.setdefault("fwd_g", {})[dt] = g
     lines += ["The issue's target: <= 900 warp-instructions per warp in the forward.  The backward and the",
@@ -1323,6 +1332,60 @@ def floors_report(so: str, arch: str = "sm_90", kernels: Optional[List[Kernel]] 
               "the floor here is the op's own tensors (the ratio is against that).  The review's add+LN and",
               "bias+GELU floors are the same tensors (28 and 10 B per element).", ""]
     return "\n".join(lines) + "\n"
+
+
+# Video Swin (swin3d_t) stage 1: window (8, 7, 7), 3 heads of head_dim 32, 2 blocks; at batch 8 of
+# 32 x 224 x 224 clips (patch 2 x 4 x 4) the map is 16 x 56 x 56: 2 x 8 x 8 = 128 windows per clip.
+VIDEO_N, VIDEO_KEYTILES = 392, 7
+SWIN3D_T_STAGE1 = dict(blocks=2, batch=8, windows=128, heads=3)
+
+
+def video_swin_report(arch: str, video_fwd: Dict[str, tuple], listings: Dict[str, str]) -> List[str]:
+    """Markdown: the N = 392 forward (stream kernel, 7 key tiles x 7 row blocks; ``video_fwd[dtype]`` =
+    its (per warp per block, categories) from forward_dynamic_report) and the key-tiled backward (dQ in
+    shared memory, 7 x 7 (key, query) tile steps per image, counted here by the same counter) per (clip,
+    window, head), and per swin3d_t stage-1 step (batch 8 of 32 x 224 x 224)."""
+    if not video_fwd:
+        return []
+    kernel_file = "bwd_mma_kernel.cuh"
+    src = os.path.join(ROOT, "csrc", "cuda", "attention", kernel_file)
+    markers = dyn_markers(src)
+    st = SWIN3D_T_STAGE1
+    units = st["blocks"] * st["batch"] * st["windows"] * st["heads"]
+    kt = VIDEO_KEYTILES
+    bwd_hand = bwd_hmma_by_hand() * kt * kt  # per warp and image: the tile kernel's 80 per (key, query) tile step
+    # The planner's images per backward block at this shape (launch_template.cuh choose_chunk): the
+    # (windows, heads, N, N) partial of one chunk (59 M floats) exceeds the 2^25 bound, so chunk = batch.
+    chunk = st["batch"]
+    lines = [f"## Video Swin: swin3d_t stage 1 (window (8, 7, 7), N = {VIDEO_N}, 3 heads, head_dim 32, V1)", "",
+             f"Forward: `attn_fwd_stream_kernel`, {kt} row blocks of 64 queries x {kt} key tiles of 64 per "
+             f"(clip, window, head), 4 warps a block.  Backward: `attn_bwd_window_kernel` (the window's dQ in "
+             f"shared memory, 127 KB at N = 392 on sm_90), {kt} x {kt} (key tile, query tile) steps per image, "
+             f"{chunk} images per block (`choose_chunk` at batch {st['batch']}); D = rowsum(dO o O) by the "
+             "pre-pass, not counted.  Stage 1 at batch "
+             f"{st['batch']} of 32 x 224 x 224 clips: 16 x 56 x 56 tokens, {st['windows']} windows per clip, "
+             f"{units} (clip, window, head) units over its {st['blocks']} blocks.  Upper bounds (every warp of the "
+             "last, partial tiles counted active).", "",
+             "| dtype | pass | per warp per block | per warp per (clip, window, head) | per (clip, window, head) | "
+             "HMMA per warp per unit (by hand) | stage-1 step G |", "|---|---|---:|---:|---:|---:|---:|"]
+    for dt, (total, cats) in video_fwd.items():
+        per_unit = 4 * kt * total
+        lines.append(f"| {dt} | forward | {total:.0f} | {kt * total:.0f} | {per_unit:.0f} | "
+                     f"{kt * cats.get('HMMA', 0):.0f} ({kt * kt * hmma_by_hand()}) | {units * per_unit / 1e9:.3f} |")
+        path = listings.get(f"attention_{dt}.{arch}.cubin")
+        name = f"attn_bwd_window_kernelINS2_12BwdMmaTraitsI{_MANGLED_T[dt]}Li32ELb0EEELb1EEEv"
+        found, ins, labels = parse_gi_all(path, [name])[name] if path else (None, [], {})
+        if found is None or not ins:
+            lines.append(f"| {dt} | backward | (no `attn_bwd_window_kernel` in this build) | | | | |")
+            continue
+        check_lines_are_code(ins, kernel_file, src)
+        env = dict(kWarps=BWD_WARPS, kThreads=32 * BWD_WARPS, kDPad=32, kNT=8, N=VIDEO_N, warps=BWD_WARPS,
+                   threads=32 * BWD_WARPS, keytiles=kt, images=chunk)
+        tot_b, cb, _ = dynamic_count(ins, labels, kernel_file, markers, env)
+        per_warp = tot_b / chunk
+        lines.append(f"| {dt} | backward | {tot_b:.0f} | {per_warp:.0f} | {BWD_WARPS * per_warp:.0f} | "
+                     f"{cb.get('HMMA', 0) / chunk:.0f} ({bwd_hand}) | {units * BWD_WARPS * per_warp / 1e9:.3f} |")
+    return lines + [""]
 
 
 def main(argv=None) -> int:

@@ -197,12 +197,6 @@ class AttnCase:
         return math.prod(self.window)
 
     @property
-    def cuda_kernel_takes(self) -> bool:
-        """Whether this build's CUDA kernels take the window: square 2-D windows (a clip's of depth 1 too)."""
-        w = self.window
-        return w[-1] == w[-2] and (len(w) == 2 or w[0] == 1)
-
-    @property
     def id(self) -> str:
         pad = "-pad" if self.pad else ""
         size = "x".join(map(str, self.sizes))

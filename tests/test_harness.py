@@ -455,6 +455,31 @@ def test_kernel_tensor_core_backward_is_deterministic(hops, monkeypatch, dtype, 
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("window,shift", [((2, 3, 3), (1, 1, 2)), ((3, 5, 5), (1, 2, 2))], ids=["tile", "key-tiled"])
+def test_kernel_3d_backward_is_deterministic(hops, monkeypatch, dtype, window, shift):
+    """3-D windows (Video Swin): the tensor-core backward (tile kernel at N = 18, key-tiled at N = 75)
+    and the SIMT one (fused, streaming pair), a clip padded and shifted (27 regions),
+    several images per block: bitwise-identical gradients whatever the thread order and block placement."""
+    B, T, H, W, heads, d = 2, 3, 6, 4, 1, 16
+    N = window[0] * window[1] * window[2]
+    qkv = torch.randn(B, T, H, W, 3 * heads * d).to(dtype)
+    bias = torch.randn(heads, N, N)
+    pad = torch.randn(3 * heads * d).to(dtype)
+    go = torch.randn(B, T, H, W, heads * d).to(dtype)
+    monkeypatch.setenv("SWIN_EXT_ATTN_CHUNK", "2")
+    results = []
+    for seed, workers in [(0, 1), (1, 2), (99, 3)]:
+        hops.set_options(seed, workers)
+        _, lse = hops.window_attention_fwd(qkv, bias, pad, list(window), list(shift), d ** -0.5)
+        results.append(tuple(hops.window_attention_bwd(go, qkv, bias, pad, lse, list(window), list(shift), d ** -0.5)))
+    hops.clear_options()
+    assert all(torch.isfinite(t).all() for t in results[0])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
 def test_kernel_add_layernorm_and_bias_gelu_are_deterministic(hops, monkeypatch):
     """Bitwise-identical outputs and dweight / dbias / dbias(gelu) whatever the thread order and block
     placement: the register path's group and warp reductions, several row groups per warp (2 blocks)."""

@@ -150,6 +150,12 @@ def test_attention_forward_instruction_estimate(dyn):
     # the streamed key tiles: 32 HMMA per warp and key tile (window 12: 3 tiles ... window 24: 9)
     streamed = re.findall(r"\| window \d+ \(N = \d+\) \| stream, V1 \| 1 \| (\d+) \|.*\| (\d+) \((\d+)\) \|", text)
     assert len(streamed) == 2 * 3 and all(int(h) == int(e) == 32 * int(kt) for kt, h, e in streamed), text
+    # Video Swin's (8, 7, 7), N = 392: 7 key tiles per row block, 32 HMMA each
+    video = re.findall(r"\| Video Swin \(8, 7, 7\) \(N = 392\) \| stream, V1 \| 1 \| 7 \|.*\| (\d+) \((\d+)\) \|", text)
+    assert len(video) == 2 and all(int(h) == int(e) == 32 * 7 for h, e in video), text
+    # ... and its key-tiled backward: 5 x 16 HMMA per warp and (key tile, query tile) step, 7 x 7 steps
+    vbwd = re.findall(r"\| (?:bf16|fp16) \| backward \|.*\| (\d+) \((\d+)\) \| [\d.]+ \|", text)
+    assert len(vbwd) == 2 and all(int(h) == int(e) == 80 * 49 for h, e in vbwd), text
     with open(os.path.join(ROOT, "benchmarks", "results", "attn_fwd_dyn_sm90.md"), "w") as f:
         f.write(text)
 

@@ -343,3 +343,45 @@ def test_compiles_in_one_graph_forward_and_backward():
     for g, p in zip(got, m.parameters()):
         torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-5)
     assert any(p.grad.abs().sum() > 0 for p in m.parameters())
+
+
+# ----------------------------------------------------------------------------- the CUDA kernels, under the harness
+
+
+@pytest.mark.slow
+def test_swin3d_t_on_the_cuda_kernels_under_the_harness():
+    """swin3d_t's window (8, 7, 7) and patch 2 x 4 x 4 at a tiny width (head_dim 16; heads 1 / 2 / 4 / 8,
+    a third of swin3d_t's: the harness runs every thread as a fiber) and clip, its window attention on the
+    CUDA kernel sources run by the CPU harness (float64: the SIMT kernels): stage 1 is N = 392, shifted and
+    padded on every axis (27 regions); the later stages shrink the window on H / W.  Logits and input
+    gradients equal the reference backend's (plain PyTorch)."""
+    import op_testing
+
+    hops = op_testing.harness_ops()
+    cfg = dict(patch_size=[2, 4, 4], embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8],
+               window_size=[8, 7, 7], num_classes=5)
+    ref = _randomize(SwinTransformer3d(**cfg, backend="reference")).to(F64).eval()
+    fused = SwinTransformer3d(**cfg).to(F64).eval()
+    fused.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 3, 18, 32, 32, dtype=F64, generator=g)  # stage 1: 9 x 8 x 8 tokens, padded to 16 x 14 x 14
+    cot = torch.randn(1, 5, dtype=F64, generator=g)
+    want, gwant = _logits_and_input_grad(ref, x, cot)
+    calls = []
+
+    def on_harness(name):
+        def run(*args):
+            calls.append(name)
+            return getattr(hops, name)(*args)
+        return run
+
+    # The harness kernels as swin_ext's CPU kernels of the two raw ops, for this test only.
+    lib = torch.library.Library("swin_ext", "IMPL")
+    try:
+        for name in ("window_attention_fwd", "window_attention_bwd"):
+            lib.impl(name, on_harness(name), "CPU")
+        got, ggot = _logits_and_input_grad(fused, x, cot)
+    finally:
+        lib._destroy()
+    assert calls.count("window_attention_fwd") == 8 and calls.count("window_attention_bwd") == 8, calls
+    assert _rel(got, want) <= 1e-9 and _rel(ggot, gwant) <= 1e-9, (_rel(got, want), _rel(ggot, gwant))

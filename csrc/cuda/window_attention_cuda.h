@@ -17,39 +17,27 @@ inline void check_attention_limits(const WindowGeometry& g, int64_t heads, int64
   TORCH_CHECK(d >= 1 && d <= cuda::attn::kMaxHeadDim, "swin_ext.window_attention (CUDA): head_dim ", d,
               " is not supported (1 <= head_dim <= ", cuda::attn::kMaxHeadDim, ")");
   constexpr int64_t kMax32 = (int64_t(1) << 31) - 1;
-  TORCH_CHECK(g.H * g.W <= kMax32 && g.Hp <= kMax32 && g.Wp <= kMax32 && g.nW <= kMax32 &&
+  TORCH_CHECK(g.tokens() <= kMax32 && g.Tp <= kMax32 && g.Hp <= kMax32 && g.Wp <= kMax32 && g.nW <= kMax32 &&
                   g.N <= kMax32 && g.B <= kMax32 && heads * d * 3 <= kMax32,
-              "swin_ext.window_attention (CUDA): map ", g.H, "x", g.W, " (windows ", g.nW,
+              "swin_ext.window_attention (CUDA): map ", g.T, "x", g.H, "x", g.W, " (windows ", g.nW,
               ", batch ", g.B, ", channels ", heads * d, ") exceeds the kernels' 32-bit indexing");
 }
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// The CUDA kernels of this build index a 2-D map with a square window.  A
-// clip (B, T, H, W) whose windows have depth 1 is B * T independent frames
-// (no temporal shift: 0 <= st < wt = 1), so it runs as that 2-D map; 3-D
-// windows (depth > 1) and non-square windows are refused here, naming the
-// window (the CPU kernel runs them).
-inline WindowGeometry cuda_frames_geometry(const WindowGeometry& g) {
-  TORCH_CHECK(g.wt == 1 && g.wh == g.ww, "swin_ext.window_attention (CUDA): window_size (", g.wt, ", ", g.wh,
-              ", ", g.ww, ") is not supported by this build's CUDA kernels (they take square 2-D windows; "
-              "3-D windows of depth > 1 run on the CPU kernel)");
-  return make_geometry(g.B * g.T, 1, g.H, g.W, 1, g.wh, g.ww, 0, g.sh, g.sw);
-}
-
 inline cuda::attn::AttnParams attention_params(const WindowGeometry& g, int64_t heads, int64_t d,
                                                double scale, size_t elem_size) {
   cuda::attn::AttnParams p;
-  p.g = {static_cast<int>(g.H), static_cast<int>(g.W), static_cast<int>(g.Hp), static_cast<int>(g.Wp),
-         static_cast<int>(g.wh), static_cast<int>(g.N), static_cast<int>(g.nWw), static_cast<int>(g.nW),
-         static_cast<int>(g.sh), static_cast<int>(g.sw)};
+  const auto i32 = [](int64_t v) { return static_cast<int>(v); };  // check_attention_limits: they fit
+  p.g = {i32(g.T),  i32(g.H), i32(g.W),   i32(g.Tp),  i32(g.Hp), i32(g.Wp), i32(g.wt), i32(g.wh),
+         i32(g.ww), i32(g.N), i32(g.nWh), i32(g.nWw), i32(g.nW), i32(g.st), i32(g.sh), i32(g.sw)};
   p.g.set_divisors();
   p.B = static_cast<int>(g.B);
   p.heads = static_cast<int>(heads);
   p.d = static_cast<int>(d);
   p.C = static_cast<int>(heads * d);
-  p.img_qkv = g.H * g.W * 3 * heads * d;
-  p.img_out = g.H * g.W * heads * d;
+  p.img_qkv = g.tokens() * 3 * heads * d;
+  p.img_out = g.tokens() * heads * d;
   p.scale = scale;
   p.masked = g.shifted();
   p.padded = g.padded();
@@ -93,7 +81,8 @@ inline void check_attention_launch(int64_t blocks, int smem, int optin, const Wi
   TORCH_CHECK(blocks < (int64_t(1) << 31), "swin_ext.window_attention (CUDA): ", kernel, " needs ", blocks,
               " blocks, more than a grid holds (batch ", g.B, ", ", g.nW, " windows)");
   TORCH_CHECK(smem <= optin, "swin_ext.window_attention (CUDA): ", kernel, " needs ", smem,
-              " bytes of shared memory per block for window ", g.wh, ", head_dim ", d, ", dtype ", dtype,
+              " bytes of shared memory per block for window (", g.wt, ", ", g.wh, ", ", g.ww, ") of N = ", g.N,
+              " tokens, head_dim ", d, ", dtype ", dtype,
               "; this GPU allows ", optin);
 }
 
@@ -136,8 +125,8 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_impl(const at::Tensor& q
   const bool v2 = head_scale_in.defined();
   Backend::check_device(qkv_in, "qkv");
   const typename Backend::Guard guard(qkv_in.device());
-  const WindowGeometry g = cuda_frames_geometry(g_in);
-  const at::Tensor qkv = qkv_in.contiguous().view({g.B, g.H, g.W, qkv_in.size(-1)});
+  const WindowGeometry& g = g_in;
+  const at::Tensor qkv = qkv_in.contiguous().view({g.B * g.T, g.H, g.W, qkv_in.size(-1)});
   const at::Tensor bias = bias_in.contiguous();
   const bool has_pad = qkv_pad.has_value();
   const at::Tensor pad = has_pad ? qkv_pad->contiguous() : at::Tensor();
@@ -145,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_impl(const at::Tensor& q
   const int64_t heads = bias.size(0), C = qkv.size(3) / 3, d = C / heads;
   std::vector<int64_t> out_sizes = attention_map_sizes(g_in, qkv_in);
   out_sizes.push_back(C);
-  at::Tensor out = Backend::output({g.B, g.H, g.W, C}, qkv.options());
+  at::Tensor out = Backend::output({g.B * g.T, g.H, g.W, C}, qkv.options());
   at::Tensor lse =
       Backend::output({g.B, g.nW, heads, g.N}, qkv.options().dtype(acc_type_of(qkv.scalar_type())));
   const std::vector<int64_t> lse_sizes = {g_in.B, g_in.nW, heads, g_in.N};
@@ -188,10 +177,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
   const typename Backend::Guard guard(qkv_in.device());
   const int64_t heads = bias_in.size(0), C3 = qkv_in.size(-1), C = C3 / 3, d = C / heads;
   check_attention_bwd_args(grad_out_in, qkv_in, lse_in, g_in, heads);
-  const WindowGeometry g = cuda_frames_geometry(g_in);
-  const at::Tensor qkv = qkv_in.contiguous().view({g.B, g.H, g.W, C3});
+  const WindowGeometry& g = g_in;
+  const at::Tensor qkv = qkv_in.contiguous().view({g.B * g.T, g.H, g.W, C3});
   const at::Tensor bias = bias_in.contiguous();
-  const at::Tensor grad_out = grad_out_in.contiguous().view({g.B, g.H, g.W, C});
+  const at::Tensor grad_out = grad_out_in.contiguous().view({g.B * g.T, g.H, g.W, C});
   const at::Tensor lse = lse_in.contiguous().view({g.B, g.nW, heads, g.N});
   const bool has_pad = qkv_pad.has_value();
   const at::Tensor pad = has_pad ? qkv_pad->contiguous() : at::Tensor();
@@ -247,8 +236,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
           // composite's error at bf16 under the harness).
           const std::optional<at::Tensor> pad32 =
               has_pad ? std::optional<at::Tensor>(pad.to(at::kFloat)) : std::nullopt;
-          out_fwd = std::get<0>(window_attention_fwd_impl<Backend>(qkv.to(at::kFloat), bias, pad32, head_scale,
-                                                                   g, scale));  // g: the frames geometry of qkv
+          out_fwd = std::get<0>(window_attention_fwd_impl<Backend>(qkv_in.to(at::kFloat), bias, pad32, head_scale,
+                                                                   g, scale));
           drow = Backend::output({plan.drow_elems}, acc_opts);
           dq_ws = Backend::output({plan.dq_ws_elems}, acc_opts);
           p.out_fwd = out_fwd.const_data_ptr();

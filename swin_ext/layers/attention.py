@@ -3,11 +3,10 @@
 What runs where (``fused=True``, the fused backend's setting): the fused op
 :func:`swin_ext.window_attention` (CPU kernel; CUDA kernel in a CUDA build),
 except with attention dropout active (``dropout_p > 0`` while training: the
-kernel has no dropout), on a device without a kernel, or for a 3-D window
-of depth > 1 on CUDA (this build's CUDA kernels take square 2-D windows),
-which run
+kernel has no dropout) or on a device without a kernel, which run
 :func:`swin_ext.reference.window_attention_reference` (plain PyTorch, also the
-``fused=False`` path).
+``fused=False`` path).  2-D windows (square or not) and Video Swin's 3-D
+windows run the same kernels.
 
 :func:`window_attention_v2` is Swin V2's cosine attention with the same
 dispatch (q and k rows L2-normalised, the logits scaled per head by
@@ -29,15 +28,6 @@ from . import config
 __all__ = ["window_attention", "window_attention_v2"]
 
 
-def _kernel_takes(qkv: torch.Tensor, window_size: Union[int, Sequence[int]]) -> bool:
-    """Whether this build's kernel of ``qkv``'s device runs the window: the CPU kernel any; the
-    CUDA kernels of this build square 2-D windows (a clip's window of depth 1 too)."""
-    if qkv.device.type != "cuda" or isinstance(window_size, int):
-        return True
-    w = tuple(window_size)
-    return w[-1] == w[-2] and (len(w) == 2 or w[0] == 1)
-
-
 def window_attention(
     qkv: torch.Tensor,
     bias: torch.Tensor,
@@ -51,8 +41,7 @@ def window_attention(
 ) -> torch.Tensor:
     """``qkv (B, [T,] H, W, 3C)``, ``bias (heads, N, N)`` -> ``(B, [T,] H, W, C)`` (see
     :func:`swin_ext.window_attention`; ``window_size`` and ``shift``: one entry per map axis)."""
-    if (fused and not (training and dropout_p > 0) and config.has_kernel("window_attention", qkv.device.type)
-            and _kernel_takes(qkv, window_size)):
+    if fused and not (training and dropout_p > 0) and config.has_kernel("window_attention", qkv.device.type):
         return _window_attention_op(qkv, bias, window_size, shift, scale, qkv_pad)
     return window_attention_reference(qkv, bias, window_size, shift, scale, qkv_pad, dropout_p, training)
 

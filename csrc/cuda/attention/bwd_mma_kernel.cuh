@@ -1017,11 +1017,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
 
 // Tokens (tab[0..63]) and shift regions (tab[64..127]) of rows [t0, t0 + 64)
 // of the window, one per thread tid < 64; -1 / 0 past N.
-__device__ __forceinline__ void tile_table(const Geom& g, int wy, int wx, int t0, int* tab) {
+__device__ __forceinline__ void tile_table(const Geom& g, const WinOrigin& wo, int t0, int* tab) {
   const int t = threadIdx.x;
   if (t < 64) {
     int tk = -1, rg = 0;
-    if (t0 + t < g.N) window_token(g, wy, wx, t0 + t, tk, rg);
+    if (t0 + t < g.N) window_token(g, wo, t0 + t, tk, rg);
     tab[t] = tk;
     tab[64 + t] = rg;
   }
@@ -1132,10 +1132,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   const int C = p.C;
 
   // blockIdx.x = (chunk * nW + win) * heads + h
-  int cw, h, chunk, win, wy, wx;
+  int cw, h, chunk, win;
   p.div_heads.divmod(blockIdx.x, cw, h);
   p.div_nW.divmod(cw, chunk, win);
-  g.div_nWw.divmod(win, wy, wx);
+  const WinOrigin wo = window_origin(g, win);
   const int hd = h * d;
 
   int* tabk = reinterpret_cast<int*>(smem + Tr::kWTabK);  // [stage][tok, reg][64]
@@ -1160,7 +1160,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   const uint4* pad16 = reinterpret_cast<const uint4*>(pad);
   const int C8 = C >> 3, hd8 = hd >> 3, dv = d >> 3;
   const bool has_pad = pad != nullptr, vec = p.vec;
-  const int64_t HW = static_cast<int64_t>(g.H) * g.W;
+  const int64_t tokens = g.tokens();  // per image (clip)
 
   for (int e = tid; e < Tr::kWarps * 2 * Tr::kDPad; e += Tr::kThreads)  // sass: trips(kWarps * 2 * kDPad / kThreads)
     reinterpret_cast<float*>(smem + Tr::kWDpad)[e] = 0.f;
@@ -1168,7 +1168,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   // Issues rows [t0, t0 + 64) of two operands (kKV: k, v; else q, dO) of
   // image b into `tiles` (one tile after the other), with their table.
   auto issue_pair = [&](int b, bool kKV, int t0, unsigned char* tiles, int* tab) {
-    tile_table(g, wy, wx, t0, tab);
+    tile_table(g, wo, t0, tab);
     const uint4* img16 = reinterpret_cast<const uint4*>(image_base(qkv, b, p.img_qkv));
     const uint4* go16 = reinterpret_cast<const uint4*>(image_base(gout, b, p.img_out));
     const int cv = tid % Tr::kVecs;
@@ -1177,7 +1177,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
     for (int u = 0; u < kPerPart; ++u) {
       const int row = tid / Tr::kVecs + u * (Tr::kThreads / Tr::kVecs), t = t0 + row;
       int tk = -1, rg = 0;
-      if (t < N) window_token(g, wy, wx, t, tk, rg);
+      if (t < N) window_token(g, wo, t, tk, rg);
 #pragma unroll
       for (int pi = 0; pi < 2; ++pi) {
         const int part = kKV ? 1 + pi : 3 * pi;
@@ -1211,7 +1211,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   for (int it = 0; it < nimg; ++it) {  // sass: image-loop
     const int b = b0 + it;
     const float* lse = static_cast<const float*>(p.lse) + ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * Nu;
-    const float* Db = Drow + static_cast<int64_t>(b) * HW * p.heads + h;
+    const float* Db = Drow + static_cast<int64_t>(b) * tokens * p.heads + h;
     // dqkv's image base, formed at each use (see image_base)
     const auto dimg_at = [&] { return image_base(static_cast<T*>(p.dqkv), b, p.img_qkv); };
     for (int kt = 0; kt < nkt; ++kt, ++kc) {  // sass: trips(keytiles)
@@ -1231,8 +1231,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
         if (vec) {
           cp_async_wait<0>();
         } else {  // sass: skip(scalar)
-          if (st == 0) tile_table(g, wy, wx, kt0, tk);
-          tile_table(g, wy, wx, q0, tq);
+          if (st == 0) tile_table(g, wo, kt0, tk);
+          tile_table(g, wo, q0, tq);
           __syncthreads();
           const T* img = image_base(qkv, b, p.img_qkv);
           const T* go = image_base(gout, b, p.img_out);
@@ -1475,13 +1475,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
 
 // ------------------------------------------------------------------ D = rowsum(dO o O)
 
-// D of every (token, head) of the batch, token-major (B, H, W, heads), in
+// D of every (token, head) of the batch, token-major (B, [T,] H, W, heads), in
 // float32 from the forward's float32 output (recomputed by the glue) and the
 // output gradient: a thread per row of head_dim elements, 16-byte loads when
 // the rows are aligned.
 template <typename T>
 __global__ void __launch_bounds__(256) attn_bwd_rowdot_kernel(const AttnParams p) {
-  const int64_t rows = static_cast<int64_t>(p.B) * p.g.H * p.g.W * p.heads;
+  const int64_t rows = static_cast<int64_t>(p.B) * p.g.tokens() * p.heads;
   const int d = p.d;
   const float* out = static_cast<const float*>(p.out_fwd);
   const T* go = static_cast<const T*>(p.grad_out);

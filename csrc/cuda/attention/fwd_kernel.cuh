@@ -12,7 +12,9 @@
 // Per key tile, each warp: S = Q K^T (tensor cores or SIMT, fp32/fp64
 // accumulation), bias + shift mask + softmax statistics in registers, P over
 // the scores in shared memory, O += P V.  The output is normalised and stored
-// as 16-byte rows of (B, H, W, C); only the per-row log-sum-exp is saved.
+// as 16-byte rows of (B, [T,] H, W, C); only the per-row log-sum-exp is saved.
+// A clip's windows (wt, wh, ww) are the same code: the token tables
+// (tile_io.cuh) do the 3-D pad, roll and partition.
 //
 // ATen-free (see cuda_compat.h).
 #pragma once

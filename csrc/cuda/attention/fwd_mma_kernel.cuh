@@ -18,20 +18,20 @@
 //   (a float4 per lane and 8-key tile), so the logits of an image cost one
 //   FFMA per element; then it walks its images with the next image's q, k, v
 //   in flight (two stages) while the current one is computed.
-// attn_fwd_stream_kernel (N > 64: windows 9 ... 24; and the generic
-//   head_dim at any N): one block per (image, window, head, 64 query rows),
-//   key tiles (64 keys; 32 at head_dim 64, 16 at 128) streamed through two
-//   cp.async stages with the online softmax (running max with -inf guards,
-//   rescaled sums and outputs, all in registers); the bias is read in the
-//   fragment layout from global memory (L2-resident) and the mask from
-//   per-row / per-key shift regions.
+// attn_fwd_stream_kernel (N > 64: windows 9 ... 24, Video Swin's (8, 7, 7)
+//   of N = 392; and the generic head_dim at any N): one block per (image,
+//   window, head, 64 query rows), key tiles (64 keys; 32 at head_dim 64,
+//   16 at 128) streamed through two cp.async stages with the online
+//   softmax (running max with -inf guards, rescaled sums and outputs, all in
+//   registers); the bias is read in the fragment layout from global memory
+//   (L2-resident) and the mask from per-row / per-key shift regions.
 //
 // Swin V2 (kV2): the scores come from the raw q / k rows (rounded once, as
 // loaded) and are scaled in float32 by head_scale / (||q|| ||k||): the
 // inverse norms are computed per image from the staged rows.
 //
 // Outputs as the SIMT kernel: O normalised, stored as 16-byte rows of
-// (B, H, W, C) through the warp's (consumed) Q rows in shared memory, and the
+// (B, [T,] H, W, C) through the warp's (consumed) Q rows in shared memory, and the
 // per-row log-sum-exp (natural log) of every row < N.  fp32 / fp64 keep the
 // SIMT kernel (fwd_kernel.cuh).
 //
@@ -506,12 +506,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
     // (bias + mask) * log2(e) of (row, key) in the accumulator layout, -inf
     // for keys >= N, 0 for rows >= N: entry q = (warp, n-tile, lane) holds
     // rows g, g + 8 x keys 2t, 2t + 1 of that warp's rows and that n-tile.
-    // The shift mask only in the last window row / column of a shifted map.
+    // The shift mask only in the last window along a shifted axis (window_mixed).
     const float* bias = static_cast<const float*>(p.bias) + static_cast<int64_t>(h) * N * N;
     const float l2e = static_cast<float>(kLog2e), ninf = neg_inf<float>();
-    int wy, wx;
-    g.div_nWw.divmod(win, wy, wx);
-    const bool mixed = (g.sh > 0 && (wy + 1) * g.ws == g.Hp) || (g.sw > 0 && (wx + 1) * g.ws == g.Wp);
+    const bool mixed = window_mixed(g, window_origin(g, win));
     const float mask_value = mixed ? kShiftMaskValue : 0.f;
     // Thread (warp, lane) fills the entries of n-tiles warp + kWarps h for
     // every warp-row block w: rows w*16 + g (+8), keys (warp + 4h)*8 + 2t (+1).
@@ -667,8 +665,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
   p.div_rb.divmod(blockIdx.x, bwh, rb);
   p.div_heads.divmod(bwh, bw, h);
   p.div_nW.divmod(bw, b, win);
-  int wy, wx;
-  g.div_nWw.divmod(win, wy, wx);
+  const WinOrigin wo = window_origin(g, win);
   const int hd = h * d, row0 = rb * Tr::kRows;
 
   int* tokq = reinterpret_cast<int*>(smem + Tr::kStrTokQ);
@@ -685,7 +682,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
 
   if (tid < 64) {
     int tk = -1, rg = 0;
-    if (row0 + tid < N) window_token(g, wy, wx, row0 + tid, tk, rg);
+    if (row0 + tid < N) window_token(g, wo, row0 + tid, tk, rg);
     tokq[tid] = tk;
     regq[tid] = rg;
   }
@@ -702,7 +699,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
       if (Tr::kD == 0 && cv * 8 >= dp) continue;
       int tk = -1, rg = 0;
       const bool in = t0 + r < N;
-      if (in) window_token(g, wy, wx, t0 + r, tk, rg);
+      if (in) window_token(g, wo, t0 + r, tk, rg);
       const uint4* src = img16;
       int bytes = 0;
       if (in && cv < dv) {
@@ -723,7 +720,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
     const int kt0 = kt * kKeys;
     if (tid < kKeys) {
       int tk = -1, rg = 0;
-      if (kt0 + tid < N) window_token(g, wy, wx, kt0 + tid, tk, rg);
+      if (kt0 + tid < N) window_token(g, wo, kt0 + tid, tk, rg);
       regk[st * kKeys + tid] = vec ? rg : tk;
     }
     if (vec) {
@@ -778,7 +775,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
       __syncthreads();  // the tokens are consumed: the table becomes the regions
       if (tid < kKeys) {
         int tk = -1, rg = 0;
-        if (kt0 + tid < N) window_token(g, wy, wx, kt0 + tid, tk, rg);
+        if (kt0 + tid < N) window_token(g, wo, kt0 + tid, tk, rg);
         regk[cur * kKeys + tid] = rg;
       }
       if (kt + 1 < nkt) issue_kv(kt + 1, cur ^ 1);  // the next tile's tokens (other stage)

@@ -199,7 +199,7 @@ BwdPlan plan_bwd_mma(const AttnParams& p, int smem_optin, BwdChoice choice, int 
   plan.dpad_slots = p.padded ? static_cast<int64_t>(plan.n_chunks) * p.g.nW * M1::kWarps : 0;
   plan.dscale_slots = p.qk_norm ? static_cast<int64_t>(plan.n_chunks) * p.g.nW : 0;
   if (plan.path != BwdPath::kFused) {
-    plan.drow_elems = static_cast<int64_t>(p.B) * p.g.H * p.g.W * p.heads;
+    plan.drow_elems = static_cast<int64_t>(p.B) * p.g.tokens() * p.heads;
     plan.dq_ws_elems = static_cast<int64_t>(plan.n_chunks) * wh * M1::window_ws(n16, plan.path == BwdPath::kWindow);
   }
   return plan;

@@ -2,7 +2,7 @@
 // filled by the ATen glue and passed by value to every kernel.
 //
 // All geometry is 32-bit: the glue checks that every size and every token
-// index of one image fits (H * W < 2^31, windows per image < 2^31, ...).
+// index of one image fits (T * H * W < 2^31, windows per image < 2^31, ...).
 // Only the per-image base offsets are 64-bit.
 #pragma once
 
@@ -16,37 +16,45 @@ namespace attn {
 
 constexpr int kMaxHeadDim = 128;  // the largest head_dim the CUDA kernels take
 
-// Window geometry of one image, as swin_geometry.h defines it, in 32 bits.
+// Window geometry of one image (a 2-D map or a 3-D clip), as
+// swin_geometry.h defines it, in 32 bits.  A 2-D map is the clip of one
+// frame with a window of depth 1 (T = Tp = wt = 1, st = 0): one code path.
 struct Geom {
-  int H, W;      // unpadded map
-  int Hp, Wp;    // padded to a window multiple
-  int ws, N;     // window side, tokens per window
-  int nWw, nW;   // windows along W, windows per image
-  int sh, sw;    // cyclic shift
-  // Divisors of the token tables, precomputed on the host (set_divisors).
-  FastDiv div_ws, div_nWw;
+  int T, H, W;        // unpadded map
+  int Tp, Hp, Wp;     // padded to a window multiple
+  int wt, wh, ww, N;  // window per axis, tokens per window (wt * wh * ww)
+  int nWh, nWw, nW;   // windows along H and W, windows per image
+  int st, sh, sw;     // cyclic shift per axis
+  // Divisors of the token tables, precomputed on the host (set_divisors):
+  // token t -> (frame, row, column) by wh * ww and ww; window -> (wz, wy, wx)
+  // by nWw and nWh.
+  FastDiv div_area, div_ww, div_nWw, div_nWh;
   void set_divisors() {
-    div_ws = FastDiv::make(ws);
+    div_area = FastDiv::make(wh * ww);
+    div_ww = FastDiv::make(ww);
     div_nWw = FastDiv::make(nWw);
+    div_nWh = FastDiv::make(nWh);
   }
+  // Tokens per image (frames x rows x columns).
+  __host__ __device__ __forceinline__ int tokens() const { return T * H * W; }
 };
 
 struct AttnParams {
   // Inputs (device pointers; element types are the kernel's T and acc_t).
-  const void* qkv = nullptr;       // (B, H, W, 3C)
+  const void* qkv = nullptr;       // (B, [T,] H, W, 3C)
   const void* bias = nullptr;      // (heads, N, N) acc_t
   const void* pad = nullptr;       // (3C,) or null: zero padding
   const void* lse = nullptr;       // (B, nW, heads, N) acc_t (backward input)
-  const void* grad_out = nullptr;  // (B, H, W, C) (backward)
+  const void* grad_out = nullptr;  // (B, [T,] H, W, C) (backward)
   // Outputs and workspaces.
-  void* out = nullptr;             // (B, H, W, C) forward output
+  void* out = nullptr;             // (B, [T,] H, W, C) forward output
   void* lse_out = nullptr;         // (B, nW, heads, N) acc_t forward output
-  void* dqkv = nullptr;            // (B, H, W, 3C)
+  void* dqkv = nullptr;            // (B, [T,] H, W, 3C)
   void* dbias_part = nullptr;      // (n_chunks, nW, heads, N, N) acc_t partials
   void* dpad_part = nullptr;       // (n_dpad_slots, 2, heads, d) acc_t partials, null when unpadded
   void* Dbuf = nullptr;            // (B, nW, heads, N) acc_t, streaming backward only (SIMT)
-  const void* out_fwd = nullptr;   // (B, H, W, C) float32: the forward's output recomputed (key-tiled tensor-core backward)
-  void* Drow = nullptr;            // (B, H, W, heads) float: rowsum(dO o O) per token and head (the same)
+  const void* out_fwd = nullptr;   // (B, [T,] H, W, C) float32: the forward's output recomputed (key-tiled tensor-core backward)
+  void* Drow = nullptr;            // (B, [T,] H, W, heads) float: rowsum(dO o O) per token and head (the same)
   void* dq_ws = nullptr;           // float32 dQ workspace (streamed key-tiled tensor-core backward)
   // Swin V2 (cosine attention): q and k rows L2-normalised, q times a
   // per-head scale s_h (logits = s_h * q^.k^ + bias + mask; p.scale is 1).
@@ -56,11 +64,11 @@ struct AttnParams {
 
   Geom g{};
   int B = 0, heads = 0, d = 0, C = 0;
-  int64_t img_qkv = 0;  // H * W * 3C: elements per image of qkv / dqkv
-  int64_t img_out = 0;  // H * W * C: elements per image of out / grad_out
+  int64_t img_qkv = 0;  // T * H * W * 3C: elements per image (clip) of qkv / dqkv
+  int64_t img_out = 0;  // T * H * W * C: elements per image (clip) of out / grad_out
   double scale = 1.0;
-  bool masked = false;  // shift active (sh or sw > 0)
-  bool padded = false;  // the map has padding tokens (H or W not a window multiple)
+  bool masked = false;  // shift active (st, sh or sw > 0)
+  bool padded = false;  // the map has padding tokens (T, H or W not a window multiple)
   bool vec = false;     // every row slice is 16-byte aligned: vector loads / stores
 
   // Divisors of the block decode, precomputed on the host (the launcher).
@@ -93,7 +101,7 @@ struct BwdPlan {
   int64_t dpad_slots = 0;        // rows of the (slots, 2, heads, d) dpad partials (0: unpadded)
   int64_t dbuf_elems = 0;        // B * nW * heads * N (streaming only)
   int64_t dscale_slots = 0;      // rows of the (slots, heads) d head_scale partials (qk_norm only)
-  int64_t drow_elems = 0;        // B * H * W * heads: D = rowsum(dO o O) per (token, head) (key-tiled kernels)
+  int64_t drow_elems = 0;        // B * T * H * W * heads: D = rowsum(dO o O) per (token, head) (key-tiled kernels)
   int64_t dq_ws_elems = 0;       // float32 dQ workspace of the streamed key-tiled kernel
   int smem = 0, smem_dkv = 0;    // dynamic shared memory of the launches
 };

@@ -1,9 +1,9 @@
 // Token tables, gathers and stores of the window-attention kernels.
 //
-// A block builds, once per tile, a table of 32-bit token indices (y * W + x
-// in the unpadded map, or -1 for a padding token) and shift regions for the
-// rows it touches: pad, roll and partition are index math here, no tensor is
-// copied.  Rows are then moved between global and shared memory as 16-byte
+// A block builds, once per tile, a table of 32-bit token indices ((z * H +
+// y) * W + x in the unpadded map or clip, or -1 for a padding token) and
+// shift regions (up to 27 on a clip) for the rows it touches: pad, roll and
+// partition are index math here, no tensor is copied.  Rows are then moved between global and shared memory as 16-byte
 // vectors when every row slice is aligned (AttnParams::vec), element by
 // element otherwise.  Index math inside the element loops is 32-bit; the
 // row address is one 64-bit multiply-add per row chunk.
@@ -26,18 +26,40 @@ __device__ __forceinline__ int region_of(int pos, int padded, int ws, int shift)
   return pos < padded - ws ? 0 : (pos < padded - shift ? 1 : 2);
 }
 
-// Token t (< N) of the window at window coordinates (wy, wx): its index
-// y * W + x in the unpadded map, or -1 for a padding token, and its shift
-// region (0..8).
-__device__ __forceinline__ void window_token(const Geom& g, int wy, int wx, int t, int& tok, int& reg) {
-  int r, c;
-  g.div_ws.divmod(t, r, c);
-  const int ry = wy * g.ws + r, rx = wx * g.ws + c;  // rolled, padded coordinates
-  int y = ry + g.sh, x = rx + g.sw;                  // roll(x, -s)[i] == x[(i + s) mod P]
+// Rolled, padded coordinates of the first token of a window.
+struct WinOrigin {
+  int z, y, x;
+};
+
+// Window `win` (row-major over (nWt, nWh, nWw)): where it starts.
+__device__ __forceinline__ WinOrigin window_origin(const Geom& g, int win) {
+  int wzy, wx, wz, wy;
+  g.div_nWw.divmod(win, wzy, wx);
+  g.div_nWh.divmod(wzy, wz, wy);
+  return {wz * g.wt, wy * g.wh, wx * g.ww};
+}
+
+// Whether the window's tokens can lie in different shift regions: only the
+// last window along a shifted axis holds more than one region of it.
+__device__ __forceinline__ bool window_mixed(const Geom& g, const WinOrigin& o) {
+  return (g.st > 0 && o.z + g.wt == g.Tp) || (g.sh > 0 && o.y + g.wh == g.Hp) || (g.sw > 0 && o.x + g.ww == g.Wp);
+}
+
+// Token t (< N, row-major (frame, row, column) inside the window) of the
+// window starting at o: its index (z * H + y) * W + x in the unpadded map,
+// or -1 for a padding token, and its shift region rz * 9 + ry * 3 + rx
+// (0..26; 0..8 on a 2-D map).
+__device__ __forceinline__ void window_token(const Geom& g, const WinOrigin& o, int t, int& tok, int& reg) {
+  int f, rem, r, c;
+  g.div_area.divmod(t, f, rem);
+  g.div_ww.divmod(rem, r, c);
+  const int rz = o.z + f, ry = o.y + r, rx = o.x + c;  // rolled, padded coordinates
+  int z = rz + g.st, y = ry + g.sh, x = rx + g.sw;     // roll(x, -s)[i] == x[(i + s) mod P]
+  if (z >= g.Tp) z -= g.Tp;
   if (y >= g.Hp) y -= g.Hp;
   if (x >= g.Wp) x -= g.Wp;
-  tok = (y < g.H && x < g.W) ? y * g.W + x : -1;
-  reg = region_of(ry, g.Hp, g.ws, g.sh) * 3 + region_of(rx, g.Wp, g.ws, g.sw);
+  tok = (z < g.T && y < g.H && x < g.W) ? (z * g.H + y) * g.W + x : -1;
+  reg = region_of(rz, g.Tp, g.wt, g.st) * 9 + region_of(ry, g.Hp, g.wh, g.sh) * 3 + region_of(rx, g.Wp, g.ww, g.sw);
 }
 
 // Table of rows [t0, t0 + n) of window `win`: token index or -1 (padding
@@ -45,12 +67,11 @@ __device__ __forceinline__ void window_token(const Geom& g, int wy, int wx, int 
 // are zero-filled by the gathers (n_valid).
 __device__ __forceinline__ void build_token_table(const Geom& g, int win, int t0, int n, int* tok,
                                                   int* reg) {
-  int wy, wx;
-  g.div_nWw.divmod(win, wy, wx);
+  const WinOrigin o = window_origin(g, win);
   for (int e = threadIdx.x; e < n; e += blockDim.x) {
     const int t = t0 + e;
     int tk = -1, rg = 0;
-    if (t < g.N) window_token(g, wy, wx, t, tk, rg);
+    if (t < g.N) window_token(g, o, t, tk, rg);
     tok[e] = tk;
     reg[e] = rg;
   }
