@@ -13,7 +13,9 @@
 #      reported), training then inference, img/s and peak memory
 #      (bench_model.py; the compiled model only while 100 s are left);
 #      then the UperNet-Swin-T segmentation row (bf16 inference at 512 px,
-#      batch 8, vs transformers' UperNet; at most 45 s);
+#      batch 8, vs transformers' UperNet; at most 45 s); then the Video Swin
+#      row (swin3d_t bf16, clip 16x224x224, batch 8, training and inference,
+#      vs torchvision's swin3d_t; at most 45 s);
 #   4. the op table (bench_ops.py): forward and forward+backward, bf16 then
 #      fp16: the attention at window 7 (Swin-T), 12 (Swin-B 384) and V2
 #      window 8 / 16 against timm's own attention code under autocast and
@@ -108,7 +110,7 @@ $PY -c "import swin_ext, json; print(json.dumps(swin_ext.build_info()))" >> "$RE
 
 # ---------------------------------------------------------------- 2. smoke
 step "2. Smoke test: every op against the reference"
-B=$(budget 60 260)
+B=$(budget 60 300)
 if (( B < 10 )); then
   say "(skipped: $B s of the budget for it)"
 elif ! timeout "$B" $PY benchmarks/bench_ops.py $DEV --smoke --md-out "$REPORT"; then
@@ -118,7 +120,7 @@ fi
 
 # ---------------------------------------------------------------- 3. model table
 step "3. Model table: Swin-T bf16, batch 128 (benchmarks/bench_model.py)"
-B=$(budget 180 200)
+B=$(budget 180 240)
 if (( B >= 30 )); then
   MB="--infer-batches 128 --train-batches 128 --warmup 3 --repeats 8"
   if [ "$DRY" = 1 ]; then MB=""; fi
@@ -132,7 +134,7 @@ fi
 
 # ---------------------------------------------------------------- 3b. segmentation row
 step "3b. Segmentation: UperNet-Swin-T bf16 inference, 512 px, batch 8, vs transformers (benchmarks/bench_model.py)"
-B=$(budget 45 170)
+B=$(budget 45 195)
 if [ "$DRY" = 1 ]; then
   say "(DRY: skipped; 512-px UperNet on a CPU is minutes)"
 elif (( B >= 30 )); then
@@ -140,6 +142,20 @@ elif (( B >= 30 )); then
       --impls swin_ext-fused transformers --infer-batches 8 --warmup 2 --repeats 6 \
       --md-out "$REPORT" --out-dir "$RES" \
     || say "(segmentation bench_model.py stopped: exit status $?)"
+else
+  say "(skipped: $B s of the budget for it)"
+fi
+
+# ---------------------------------------------------------------- 3c. video row
+step "3c. Video: swin3d_t bf16, clip 16x224x224, batch 8, training then inference, vs torchvision (benchmarks/bench_model.py)"
+B=$(budget 45 150)
+if [ "$DRY" = 1 ]; then
+  say "(DRY: skipped; a 16x224x224 clip on a CPU is minutes)"
+elif (( B >= 30 )); then
+  timeout "$B" $PY benchmarks/bench_model.py $DEV --model swin3d_t --dtypes bfloat16 --modes train infer \
+      --impls swin_ext-fused torchvision --clip 16 224 224 --infer-batches 8 --train-batches 8 --warmup 2 \
+      --repeats 5 --deadline $(( $(date +%s) + B - 10 )) --md-out "$REPORT" --out-dir "$RES" \
+    || say "(video bench_model.py stopped: exit status $? -- the rows above are complete cases)"
 else
   say "(skipped: $B s of the budget for it)"
 fi
