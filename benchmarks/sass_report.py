@@ -1212,9 +1212,11 @@ def floors_rows(so: str, arch: str = "sm_90", kernels: Optional[List[Kernel]] = 
     merge_markers = dyn_markers(src)
     merge_ins = {}
     with tempfile.TemporaryDirectory() as tmp:
-        listing = next(iter(disassemble_with_lines(so, arch, tmp, name_filter="patch_merging").values()), None)
+        # the kernels' unit (patch_merging_cuda.<arch>.cubin is the op's ATen glue: no project kernels)
+        cubin = f"patch_merging_kernels.{arch}.cubin"
+        listing = disassemble_with_lines(so, arch, tmp, name_filter="patch_merging_kernels").get(cubin)
         if listing is None:
-            raise ValueError(f"no patch_merging cubin for {arch} in {os.path.basename(so)}")
+            raise ValueError(f"no {cubin} in {os.path.basename(so)}")
         for k in want:
             if k.short.startswith("merge_"):
                 found, mi, labels = parse_gi(listing, k.mangled)
