@@ -74,9 +74,12 @@ def inference_cached(owner: nn.Module, key: Hashable, sources: Sequence[torch.Te
     CPU inference step at Video Swin's 392-token windows.  The value is kept
     on ``owner`` under ``key`` with a stamp of every source's storage pointer,
     version counter, device, dtype and shape (an optimizer step, a
-    ``load_state_dict``, ``.to()`` or ``.data =`` changes the stamp), and
+    ``load_state_dict``, ``.to()`` or ``.data =`` changes the stamp) and
     whether inference mode was on (an inference tensor cannot be reused
-    outside it).  With grad enabled, under ``torch.compile`` / ``torch.export``
+    outside it), and with a copy of every floating-point source: an in-place
+    write through ``.data`` bumps no version counter, so the values are
+    compared too (tables and CPB weights are 10-100x smaller than the bias
+    they gather into).  With grad enabled, under ``torch.compile`` / ``torch.export``
     / ``torch.jit`` / ONNX export, or for fake, meta or inference tensors,
     ``compute()`` runs every time, as before.
     """
@@ -86,10 +89,11 @@ def inference_cached(owner: nn.Module, key: Hashable, sources: Sequence[torch.Te
              tuple((t.data_ptr(), t._version, t.device, t.dtype, tuple(t.shape)) for t in sources))
     cache = owner.__dict__.setdefault("_inference_bias_cache", {})
     hit = cache.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
+    floats = [t for t in sources if t.is_floating_point()]
+    if hit is not None and hit[0] == stamp and all(torch.equal(a, b) for a, b in zip(hit[1], floats)):
+        return hit[2]
     value = compute()
-    cache[key] = (stamp, value)
+    cache[key] = (stamp, [t.detach().clone() for t in floats], value)
     return value
 
 
