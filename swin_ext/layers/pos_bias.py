@@ -55,14 +55,19 @@ def relative_coords_table(window_size: int, pretrained_window_size: int = 0) -> 
     return table.reshape(-1, 2)
 
 
+def _eager_plain(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a plain tensor (no subclass: fake, functional, ...) in a call that nothing
+    scripts, traces, compiles or exports: where the two shortcuts below may replace plain ops."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return not torch.onnx.is_in_onnx_export() and type(t) in (torch.Tensor, nn.Parameter)
+
+
 def _cacheable(sources: Sequence[torch.Tensor]) -> bool:
     """Whether nothing records, traces or fakes this call: grad off, eager, plain tensors with version counters."""
-    if torch.is_grad_enabled() or torch.jit.is_scripting() or torch.jit.is_tracing():
+    if torch.is_grad_enabled():
         return False
-    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
-        return False
-    return all(type(t) in (torch.Tensor, nn.Parameter) and not t.is_inference() and t.device.type != "meta"
-               for t in sources)
+    return all(_eager_plain(t) and not t.is_inference() and t.device.type != "meta" for t in sources)
 
 
 def inference_cached(owner: nn.Module, key: Hashable, sources: Sequence[torch.Tensor],
@@ -127,9 +132,7 @@ class _GatherBias(torch.autograd.Function):
 def _plain_autograd(t: torch.Tensor) -> bool:
     """Whether ``t`` is an ordinary CPU tensor under eager reverse-mode autograd only (no functorch
     wrapper, forward-AD tangent, compile or trace): where :class:`_GatherBias` may replace the gather."""
-    if t.device.type != "cpu" or type(t) not in (torch.Tensor, nn.Parameter):
-        return False
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if t.device.type != "cpu" or not _eager_plain(t):
         return False
     if torch._C._functorch.is_functorch_wrapped_tensor(t):
         return False

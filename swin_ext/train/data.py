@@ -209,8 +209,6 @@ def load_digits_split(
         from sklearn.datasets import load_digits
     except ImportError as e:  # pragma: no cover - dependency missing
         raise ImportError("the digits data set needs scikit-learn (pip install scikit-learn)") from e
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     d = load_digits()
     x = torch.from_numpy(d.images).float().div_(16.0).unsqueeze(1)  # (N, 1, 8, 8)
     y = torch.from_numpy(d.target).long()
