@@ -16,6 +16,7 @@
 #include <cmath>
 #include <vector>
 
+#include "bias_table.h"
 #include "swin_geometry.h"
 
 namespace swin_ext {
@@ -27,6 +28,9 @@ constexpr int64_t kMaxWindowSize = int64_t(1) << 15;
 // N = 392.  The CPU kernel takes any N up to this; what the CUDA kernels take
 // is checked in their glue (csrc/cuda/window_attention_cuda.h, check_attention_limits).
 constexpr int64_t kMaxWindowTokens = int64_t(1) << 30;
+// Largest relative-position table (rows) the table form of the bias takes
+// (bias_table.h indexes it with int).
+constexpr int64_t kMaxInt32Rows = (int64_t(1) << 31) - 1;
 // Largest dimension of any tensor argument (B, H, W, channels).  Only a
 // tensor without elements (or a meta tensor) can come near it; bounding it
 // keeps H + ws, 2 * H2, 4 * C and friends far from int64 overflow.
@@ -201,6 +205,11 @@ inline int64_t check_bias_gelu_bwd_args(const at::Tensor& grad_y, const at::Tens
   return K;
 }
 
+// The attention's `bias` is the gathered (heads, N, N) bias or the
+// relative-position table (rows, heads) of bias_table.h.
+inline bool bias_is_table(const at::Tensor& bias) { return bias.dim() == 2; }
+inline int64_t attention_heads(const at::Tensor& bias) { return bias_is_table(bias) ? bias.size(1) : bias.size(0); }
+
 // Validates the attention arguments and returns the window geometry.
 //
 // qkv is (B, H, W, 3C) -- a 2-D map, window (wh, ww), shift (sh, sw) -- or
@@ -240,10 +249,14 @@ inline WindowGeometry check_attention_args(const at::Tensor& qkv, const at::Tens
               " tokens, more than the supported ", kMaxWindowTokens);
   const int64_t C3 = qkv.size(-1);
   TORCH_CHECK(C3 % 3 == 0, "swin_ext.window_attention: last dim of qkv must be 3*C, got ", C3);
-  TORCH_CHECK(bias.dim() == 3 && bias.size(1) == N && bias.size(2) == N,
-              "swin_ext.window_attention: bias must be (heads, ", N, ", ", N, ") for window_size ", window,
-              ", got ", bias.sizes());
-  const int64_t heads = bias.size(0);
+  const int64_t rows = bias_table_rows(axes == 3 ? window[0] : 1, window[axes - 2], window[axes - 1]);
+  TORCH_CHECK((bias.dim() == 3 && bias.size(1) == N && bias.size(2) == N) || (bias.dim() == 2 && bias.size(0) == rows),
+              "swin_ext.window_attention: bias must be (heads, ", N, ", ", N, ") or the relative-position table (",
+              rows, ", heads) for window_size ", window, ", got ", bias.sizes());
+  TORCH_CHECK(!bias_is_table(bias) || rows <= kMaxInt32Rows,
+              "swin_ext.window_attention: the relative-position table of window_size ", window, " has ", rows,
+              " rows, more than the supported ", kMaxInt32Rows, "; pass the gathered (heads, N, N) bias");
+  const int64_t heads = attention_heads(bias);
   TORCH_CHECK(heads >= 1 && (C3 / 3) % heads == 0, "swin_ext.window_attention: C = ", C3 / 3,
               " is not divisible by heads = ", heads);
   TORCH_CHECK(bias.scalar_type() == acc_type_of(qkv.scalar_type()),
