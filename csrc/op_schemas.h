@@ -14,7 +14,9 @@ namespace schema {
 //   qkv     (B, H, W, 3C)     token-major output of the qkv Linear, or
 //           (B, T, H, W, 3C)  a clip of T frames
 //   bias    (heads, N, N)     relative-position bias, N = the window's token
-//                             count, dtype float32 (float64 when qkv is float64)
+//                             count, dtype float32 (float64 when qkv is float64),
+//           or (rows, heads)  the relative-position table, read through the
+//                             standard index of the window (bias_table.h)
 //   qkv_pad (3C,) or None     the qkv vector of padding tokens (the Linear's
 //                             bias: the map is zero-padded before the Linear)
 //   window_size, shift        one entry per map axis: (wh, ww) and (sh, sw),
@@ -24,8 +26,9 @@ namespace schema {
 constexpr const char* kWindowAttentionFwd =
     "window_attention_fwd(Tensor qkv, Tensor bias, Tensor? qkv_pad, int[] window_size, "
     "int[] shift, float scale) -> (Tensor, Tensor)";
-// returns dqkv (qkv's shape), dbias (heads, N, N) and dqkv_pad (3C,), the
-// last two in the accumulation dtype.
+// returns dqkv (qkv's shape), dbias (bias's shape: (heads, N, N) or the
+// table's (rows, heads), each row summed in a fixed order) and dqkv_pad
+// (3C,), the last two in the accumulation dtype.
 constexpr const char* kWindowAttentionBwd =
     "window_attention_bwd(Tensor grad_out, Tensor qkv, Tensor bias, Tensor? qkv_pad, "
     "Tensor lse, int[] window_size, int[] shift, float scale) -> (Tensor, Tensor, Tensor)";

@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .layers.pos_bias import relative_position_index
 from .ops.reference import SHIFT_MASK_VALUE
 
 __all__ = ["export_onnx", "onnx_translation_table", "ExportError", "MIN_OPSET"]
@@ -139,7 +140,14 @@ def _window_attention_graph(qkv, bias, qkv_pad, window, shift, scale: float, hea
     dims = _static_dims(qkv, "BHWC" if len(qkv.shape) == 4 else "BTHWC", "window_attention")
     sizes, C3 = dims[1:-1], dims[-1]
     L = math.prod(sizes)
-    heads, N = bias.shape[0], bias.shape[1]
+    N = math.prod(window)
+    if len(bias.shape) == 2:  # the relative-position table (rows, heads): gathered by the standard index
+        heads = bias.shape[1]
+        index = relative_position_index(tuple(window)).view(-1).numpy()
+        bias = op.Transpose(op.Reshape(op.Gather(bias, op.Constant(value=_tensor(index)), axis=0),
+                                       op.Constant(value_ints=[N, N, heads])), perm=[2, 0, 1])
+    else:
+        heads = bias.shape[0]
     C, d = C3 // 3, C3 // 3 // heads
     tok, inv, mask = window_tables(sizes, tuple(window), tuple(shift))
     nW = tok.size // N

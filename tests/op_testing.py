@@ -257,19 +257,22 @@ ATTN_V2_CASES = [
 
 
 def attention_inputs(
-    case: AttnCase, gen: torch.Generator, dtype: torch.dtype, v2: bool = False
+    case: AttnCase, gen: torch.Generator, dtype: torch.dtype, v2: bool = False, table: bool = False
 ) -> Dict[str, Optional[torch.Tensor]]:
     """float64 inputs of a case (large logits in half precision, where overflow would show).
 
     v2: also a per-head ``head_scale`` in [1, 21) (``exp(logit_scale)``; the
-    cosine logits times it span up to +-21).
+    cosine logits times it span up to +-21).  table: ``bias`` is the
+    relative-position table ``(rows, heads)`` (the ops read it through the
+    standard index; the reference gathers it), not the ``(heads, N, N)`` bias.
     """
     C = case.heads * case.d
     big = 1.0 if dtype in (torch.float32, torch.float64) else 3.0
     f64 = dict(dtype=torch.float64, generator=gen)
+    rows = math.prod(2 * w - 1 for w in case.window)
     inp = dict(
         qkv=torch.randn(case.B, *case.sizes, 3 * C, **f64) * big,
-        bias=torch.randn(case.heads, case.N, case.N, **f64),
+        bias=torch.randn(rows, case.heads, **f64) if table else torch.randn(case.heads, case.N, case.N, **f64),
         pad=torch.randn(3 * C, **f64) if case.pad else None,
         go=torch.randn(case.B, *case.sizes, C, **f64),
     )
@@ -345,6 +348,7 @@ def check_attention(case: AttnCase, inp: Dict, got: Dict, dtype: torch.dtype, sc
     nW = math.prod(-(-n // w) for n, w in zip(case.sizes, case.window))
     assert got["lse"].shape == (case.B, nW, case.heads, case.N)
     assert got["dqkv"].dtype == dtype and got["dbias"].dtype == acc and got["dpad"].dtype == acc
+    assert got["dbias"].shape == inp["bias"].shape  # (heads, N, N), or the table's (rows, heads)
     if v2:
         assert got["dscale"].dtype == acc and got["dscale"].shape == (case.heads,)
     exact = attention_reference(case, inp, scale, torch.float64, torch.float64)
@@ -772,9 +776,13 @@ def _attn_opcheck(v2: bool, sample: str, device: str) -> OpSample:
         extra = (torch.rand(3, dtype=torch.float64, device=device) + 1,) if v2 else ()
         return fwd.default, ((qkv, bias, None) + extra + ((4, 0, 0) if v2 else ([4, 4], [0, 0], 0.7)))
     video = "video" in sample  # a 3-D clip (B, T, H, W, 3C), window (2, 2, 3), V1 only
-    qkv, bias, pad = (
+    if sample.endswith("table"):  # the relative-position table form of the bias, (rows, heads)
+        grad = sample.startswith("fwd")
+        bias = _rand(*((3 * 3 * 5, 2) if video else (49, 2)), device=device, grad=grad)
+    else:
+        bias = _rand(*((2, 12, 12) if video else (2, 16, 16)), device=device, grad=grad)
+    qkv, pad = (
         _rand(*((2, 3, 5, 4, 24) if video else (2, 9, 7, 24)), device=device, grad=grad),
-        _rand(*((2, 12, 12) if video else (2, 16, 16)), device=device, grad=grad),
         _rand(24, device=device, grad=grad),
     )
     geometry = (4, 2, 2) if v2 else (([2, 2, 3], [1, 1, 2], 0.5) if video else ([4, 4], [2, 2], 0.5))
@@ -839,12 +847,13 @@ def _bias_gelu_opcheck(sample: str, device: str) -> OpSample:
     return ops.bias_gelu_bwd.default, (_rand(4, 9, device=device), z, b)
 
 
-_ATTN_SAMPLES = ("fwd-pad", "fwd-requires-grad", "fwd-strided-float64", "bwd")
+_ATTN_SAMPLES = ("fwd-pad", "fwd-requires-grad", "fwd-strided-float64", "bwd", "fwd-table", "bwd-table")
 #: op -> {sample id: (device -> (op overload, args))}; every forward and backward op, the shapes
 #: ``opcheck`` needs to see (requires_grad, strided inputs, optional arguments absent)
 OPCHECK: Dict[str, Dict[str, Callable[[str], OpSample]]] = {
     "window_attention": {
-        s: (lambda d, s=s: _attn_opcheck(False, s, d)) for s in _ATTN_SAMPLES + ("fwd-video-pad", "bwd-video")
+        s: (lambda d, s=s: _attn_opcheck(False, s, d))
+        for s in _ATTN_SAMPLES + ("fwd-video-pad", "bwd-video", "fwd-video-table", "bwd-video-table")
     },
     "window_attention_v2": {s: (lambda d, s=s: _attn_opcheck(True, s, d)) for s in _ATTN_SAMPLES},
     "patch_merging": {
@@ -893,15 +902,19 @@ def _f64(*shape, device, gen, scale=1.0, offset=0.0) -> torch.Tensor:
     return (torch.randn(*shape, dtype=torch.float64, generator=gen) * scale + offset).to(device).requires_grad_()
 
 
-def _attn_grad(v2: bool, B, H, W, ws, shift, heads, d, pad: bool, T: Optional[int] = None):
-    """``ws``: a side or one per map axis; ``T``: frames of a 3-D clip (None: a 2-D map)."""
+def _attn_grad(v2: bool, B, H, W, ws, shift, heads, d, pad: bool, T: Optional[int] = None, table: bool = False):
+    """``ws``: a side or one per map axis; ``T``: frames of a 3-D clip (None: a 2-D map); ``table``:
+    the bias as the relative-position table ``(rows, heads)``."""
     def build(device, gen):
         import swin_ext
 
         C = heads * d
         sizes = (H, W) if T is None else (T, H, W)
-        N = math.prod(ws) if isinstance(ws, tuple) else ws ** len(sizes)
-        leaves = [_f64(B, *sizes, 3 * C, device=device, gen=gen), _f64(heads, N, N, device=device, gen=gen)]
+        window = ws if isinstance(ws, tuple) else (ws,) * len(sizes)
+        N = math.prod(window)
+        bias = (_f64(math.prod(2 * w - 1 for w in window), heads, device=device, gen=gen) if table
+                else _f64(heads, N, N, device=device, gen=gen))
+        leaves = [_f64(B, *sizes, 3 * C, device=device, gen=gen), bias]
         if v2:
             leaves.append((torch.rand(heads, dtype=torch.float64, generator=gen) * 9 + 1).to(device).requires_grad_())
         if pad:
@@ -987,12 +1000,18 @@ GRADCHECK: Dict[str, List[GradCase]] = {
                  _attn_grad(False, 1, 3, 3, (2, 2, 3), (1, 1, 1), 1, 2, True, T=3)),
         GradCase("window_attention", "3x3x2-w222-s101-pad",
                  _attn_grad(False, 1, 3, 2, (2, 2, 2), (1, 0, 1), 1, 2, True, T=3), True),
+        GradCase("window_attention", "5x7-ws3-s1-pad-table",
+                 _attn_grad(False, 2, 5, 7, 3, (1, 1), 2, 3, True, table=True), True),
+        GradCase("window_attention", "3x3x3-w223-s111-table",
+                 _attn_grad(False, 1, 3, 3, (2, 2, 3), (1, 1, 1), 1, 2, False, T=3, table=True)),
     ],
     "window_attention_v2": [
         GradCase("window_attention_v2", "6x6-ws3-s1", _attn_grad(True, 1, 6, 6, 3, (1, 1), 2, 3, False)),
         GradCase("window_attention_v2", "5x7-ws3-s1-pad", _attn_grad(True, 1, 5, 7, 3, (1, 1), 2, 3, True)),
         GradCase("window_attention_v2", "2x2-ws3-s12-pad", _attn_grad(True, 1, 2, 2, 3, (1, 2), 2, 3, True)),
         GradCase("window_attention_v2", "3x3-ws2-s1-pad", _attn_grad(True, 1, 3, 3, 2, (1, 1), 1, 2, True), True),
+        GradCase("window_attention_v2", "5x7-ws3-s1-pad-table",
+                 _attn_grad(True, 1, 5, 7, 3, (1, 1), 2, 3, True, table=True), True),
     ],
     "patch_merging": [
         GradCase("patch_merging", "5x3-C3", _merging_grad(2, 5, 3, 3)),

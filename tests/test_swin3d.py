@@ -87,6 +87,37 @@ def test_logits_and_input_grads_match_torchvision(clip, backend):
     _assert_matches(tv, me, clip, 1, TINY["num_classes"])
 
 
+def _bias_forms(model, clip, monkeypatch):
+    """The dims of the ``bias`` each fused attention call of ``model(clip)`` gets (2: the table)."""
+    import swin_ext.layers.attention as attention
+
+    seen, op = [], attention._window_attention_op
+    monkeypatch.setattr(attention, "_window_attention_op", lambda q, b, *a: seen.append(b.dim()) or op(q, b, *a))
+    with torch.no_grad():
+        model(torch.randn(*clip, dtype=F64))
+    return seen
+
+
+def test_the_table_goes_to_the_op_unless_the_index_is_not_the_standard_one(monkeypatch):
+    """Full windows pass the table itself (the op reads the standard index); shrunk windows and a
+    loaded or written non-standard index keep the gather, so the model still matches torchvision."""
+    tv, me = _pair()
+    clip = (1, 3, 8, 24, 24)  # stages 1-2 full windows, 3-4 shrunk to the map
+    assert _bias_forms(me, clip, monkeypatch) == [2, 2, 2, 2, 3, 3, 3, 3]
+    with torch.no_grad():
+        for mod in tv.modules():
+            if isinstance(mod, tvv.ShiftedWindowAttention3d):
+                mod.relative_position_index.copy_(mod.relative_position_index.flip(-1))  # another lookup
+    me.load_state_dict(tv.state_dict())
+    assert _bias_forms(me, clip, monkeypatch) == [3] * 8
+    _assert_matches(tv, me, clip, 0, 7)
+    with torch.no_grad():  # the standard index written back in place: the table again
+        for mod in me.modules():
+            if hasattr(mod, "relative_position_index") and hasattr(mod, "_takes_table"):
+                mod.relative_position_index.copy_(mod.relative_position_index.flip(-1))
+    assert _bias_forms(me, clip, monkeypatch) == [2, 2, 2, 2, 3, 3, 3, 3]
+
+
 def test_swin3d_t_default_config_matches_torchvision():
     """torchvision's swin3d_t itself (window (8, 7, 7), N = 392) on a clip that shifts in time: T' = 9 > 8
     (padded to 16, shifted by 4), 8 x 8 tokens (padded to 14, shifted by 3), then shrinking windows."""

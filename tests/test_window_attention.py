@@ -23,6 +23,8 @@ from op_testing import (
     GRADCHECK,
     OPCHECK,
     TOL,
+    AttnCase,
+    assert_thread_independent,
     attention_inputs,
     check_attention,
     run_attention,
@@ -42,20 +44,27 @@ F64 = torch.float64
 # streaming backward, and several images per block (the backward's bias
 # accumulation; the one-tile forward's images in flight: chunk3 reuses a
 # stage for the third image).
+# The "table" variants pass the relative-position table ((rows, heads), read
+# through the standard index) instead of the (heads, N, N) bias: the kernels
+# gather it and bin the bias gradient into its rows.
 BWD_VARIANTS = {
     "auto": {},
     "streaming": {"SWIN_EXT_ATTN_BWD": "streaming"},
     "chunk2": {"SWIN_EXT_ATTN_CHUNK": "2"},
     "chunk3": {"SWIN_EXT_ATTN_CHUNK": "3"},
+    "table": {},
+    "table-streaming": {"SWIN_EXT_ATTN_BWD": "streaming"},
+    "table-chunk2": {"SWIN_EXT_ATTN_CHUNK": "2"},
 }
+CPU_VARIANTS = ("auto", "table")  # the others choose between CUDA kernels
 
 
 def _variants(case):
-    out = ["auto"]
+    out = ["auto", "table"]
     if case.N <= 64:
-        out.append("streaming")  # else streaming is what auto runs
+        out += ["streaming", "table-streaming"]  # else streaming is what auto runs
     if case.B >= 2:
-        out.append("chunk2")
+        out += ["chunk2", "table-chunk2"]
     if case.B >= 3 and case.N <= 64:
         out.append("chunk3")
     return out
@@ -63,13 +72,13 @@ def _variants(case):
 
 def _attention_case(executor, case, variant, dtype, monkeypatch, gen, v2: bool) -> None:
     """fwd + bwd of one attention case (V1 at the default scale, or V2) against the reference."""
-    if variant != "auto" and not executor.is_cuda_kernel:
+    if variant not in CPU_VARIANTS and not executor.is_cuda_kernel:
         pytest.skip("a CUDA backward variant")
     if variant == "chunk3" and dtype not in (torch.float16, torch.bfloat16):
         pytest.skip("chunk3 is for the tensor-core forward's image pipeline (chunk2 covers the backward)")
     for k, v in BWD_VARIANTS[variant].items():
         monkeypatch.setenv(k, v)
-    inp = attention_inputs(case, gen, dtype, v2=v2)
+    inp = attention_inputs(case, gen, dtype, v2=v2, table=variant.startswith("table"))
     scale = 1.0 if v2 else case.d ** -0.5  # V2: head_scale replaces it
     got = run_attention(executor, case, inp, dtype, scale)
     check_attention(case, inp, got, dtype, scale)
@@ -109,6 +118,60 @@ def test_gradcheck(executor, case):
     executor.require_wrappers()
     r = run_gradcheck(case, executor.device)
     assert r["ok"], r
+
+
+# (case, V2) of the table-form checks: Swin's window 7 shifted on a padded map, a
+# non-square window, 3-D clips (window (2, 3, 3) shifted; Video Swin's (8, 7, 7)),
+# V2 (window 8, several images: the backward's images per block)
+TABLE_CASES = [
+    pytest.param(AttnCase(2, 10, 13, 7, (3, 3), 2, 32, True), False, id="ws7-s3-pad"),
+    pytest.param(AttnCase(1, 7, 9, (3, 4), (1, 2), 2, 8, False), False, id="ws3x4-s12"),
+    pytest.param(AttnCase(2, 6, 6, (2, 3, 3), (1, 1, 1), 2, 16, True, T=4), False, id="video-w233-s111-pad"),
+    pytest.param(AttnCase(1, 7, 7, (8, 7, 7), (4, 3, 3), 1, 32, False, T=8), False, id="video-w877-s433"),
+    pytest.param(AttnCase(3, 16, 16, 8, (4, 4), 2, 32, False), True, id="v2-ws8-s4"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case,v2", TABLE_CASES)
+def test_table_form_is_the_gathered_bias(executor, case, v2, dtype, seed_generator):
+    """The table form reads the table through the standard relative_position_index: the forward and dqkv
+    are bitwise those of the gathered (heads, N, N) bias, and the table's gradient is the gathered
+    bias's gradient summed into the rows (bitwise on the CPU, which bins the same sums in the same
+    order; to rounding on the CUDA kernels, which bin each block's sums before adding the blocks)."""
+    from swin_ext.layers.pos_bias import relative_position_index
+
+    inp = attention_inputs(case, seed_generator, dtype, v2=v2, table=True)
+    table = inp["bias"]
+    index = relative_position_index(case.window).view(-1)
+    full = dict(inp, bias=table[index].view(case.N, case.N, case.heads).permute(2, 0, 1).contiguous())
+    scale = 1.0 if v2 else case.d ** -0.5
+    got_t = run_attention(executor, case, inp, dtype, scale)
+    got_f = run_attention(executor, case, full, dtype, scale)
+    for name in ("out", "lse", "dqkv", "dpad") + (("dscale",) if v2 else ()):
+        assert torch.equal(got_t[name], got_f[name]), name
+    dfull = got_f["dbias"].reshape(case.heads, -1)
+    want = dfull.new_zeros(case.heads, table.shape[0]).scatter_add_(1, index.expand(case.heads, -1), dfull).t()
+    assert got_t["dbias"].shape == table.shape
+    if executor.is_cuda_kernel:
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(got_t["dbias"], want, atol=tol * want.abs().max().item(), rtol=tol)
+    else:
+        assert torch.equal(got_t["dbias"], want)
+    again = run_attention(executor, case, inp, dtype, scale)
+    assert torch.equal(again["dbias"], got_t["dbias"])  # a fixed summation order
+
+
+def test_table_form_gradient_is_thread_independent():
+    qkv, _, pad = _attn_inputs(3, 11, 9, 4, 2, 8, torch.float32, True)
+    table = torch.randn(49, 2, requires_grad=True)
+    g = torch.randn(3, 11, 9, 16)
+
+    def run():
+        out = window_attention(qkv, table, 4, (2, 2), None, pad)
+        return torch.autograd.grad(out, (table,), g)
+
+    assert_thread_independent(run)
 
 
 # ----------------------------------------------------------------------------- the wrappers
@@ -254,6 +317,8 @@ def test_v2_torch_func():
         (dict(head_scale=torch.ones(2, device="meta")), ValueError, "head_scale is on meta"),
         (dict(shift=4), ValueError, "shift"),
         (dict(bias=torch.randn(2, 9, 9)), ValueError, "bias must be"),
+        (dict(bias=torch.randn(48, 2)), ValueError, "relative-position table \\(49, heads\\)"),
+        (dict(bias=torch.randn(2, 16)), ValueError, "bias must be"),
     ],
 )
 def test_v2_bad_input(kwargs, exc, match):
@@ -285,6 +350,8 @@ def test_v2_raw_op_checks_raise_python_errors():
         (dict(qkv=torch.randn(1, 4, 4, 13)), ValueError, "3\\*C"),
         (dict(qkv=torch.randn(1, 4, 4, 9)), ValueError, "divisible by heads"),
         (dict(bias=torch.randn(2, 9, 9)), ValueError, "bias must be"),
+        (dict(bias=torch.randn(48, 2)), ValueError, "relative-position table \\(49, heads\\)"),
+        (dict(bias=torch.randn(2, 16)), ValueError, "bias must be"),
         (dict(qkv_pad=torch.randn(5)), ValueError, "qkv_pad"),
         (dict(bias=torch.randn(2, 16, 16, device="meta")), ValueError, "meta"),
     ],
@@ -597,7 +664,8 @@ VIDEO_ARGUMENT_CASES = [
     ("shift-ge-window-T", dict(shift=(2, 0, 0)), ValueError, r"shift must satisfy 0 <= shift < window_size on every"),
     ("window-float", dict(window_size=(2, 2.0, 2)), TypeError, r"window_size\[1\] must be an int"),
     ("bias-shape", dict(bias=torch.randn(2, 16, 16)), ValueError,
-     r"bias must be \(heads, 8, 8\) for window_size \(2, 2, 2\)"),
+     r"bias must be \(heads, 8, 8\) or the relative-position table \(27, heads\) for window_size \(2, 2, 2\)"),
+    ("table-rows", dict(bias=torch.randn(25, 2)), ValueError, r"relative-position table \(27, heads\)"),
     ("too-many-tokens", dict(window_size=(2**11, 2**10, 2**10), bias=torch.randn(2, 0, 0)), ValueError,
      r"holds 2147483648 tokens, more than the supported 1073741824"),
     ("qkv-6d", dict(qkv=torch.randn(1, 1, 2, 2, 2, 12)), ValueError, r"qkv must have 4 dims \(B, H, W, 3C\) or 5 dims"),

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "bias_table_cpu.h"
 #include "cpu_microkernels.h"
 
 namespace swin_ext {
@@ -383,7 +384,7 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_cpu(
   check_attention_scale(scale);
   TORCH_CHECK(qkv_in.device().is_cpu(), "swin_ext: CPU kernel called with ", qkv_in.device());
   const at::Tensor qkv = qkv_in.contiguous();
-  const at::Tensor bias = bias_in.contiguous();
+  const at::Tensor bias = bias_is_table(bias_in) ? cpu::expand_bias_table(bias_in, g) : bias_in.contiguous();
   const bool has_pad = qkv_pad.has_value();
   const at::Tensor pad = has_pad ? qkv_pad->contiguous() : at::Tensor();
   const int64_t heads = bias.size(0);
@@ -411,11 +412,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cpu(
   const WindowGeometry g = check_attention_args(qkv_in, bias_in, qkv_pad, window_size, shift);
   check_attention_scale(scale);
   TORCH_CHECK(qkv_in.device().is_cpu(), "swin_ext: CPU kernel called with ", qkv_in.device());
-  const int64_t heads = bias_in.size(0);
+  const int64_t heads = attention_heads(bias_in);
   const int64_t C3 = qkv_in.size(-1);
   check_attention_bwd_args(grad_out_in, qkv_in, lse_in, g, heads);
   const at::Tensor qkv = qkv_in.contiguous();
-  const at::Tensor bias = bias_in.contiguous();
+  const bool table = bias_is_table(bias_in);
+  const at::Tensor bias = table ? cpu::expand_bias_table(bias_in, g) : bias_in.contiguous();
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor lse = lse_in.contiguous();
   const bool has_pad = qkv_pad.has_value();
@@ -423,7 +425,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cpu(
 
   at::Tensor dqkv = at::empty_like(qkv);
   if (qkv.numel() == 0) {
-    return {dqkv, at::zeros({heads, g.N, g.N}, bias.options()), at::zeros({C3}, bias.options())};
+    return {dqkv, at::zeros_like(bias_in, at::MemoryFormat::Contiguous), at::zeros({C3}, bias.options())};
   }
   at::Tensor dbias_part = at::empty({g.nW, heads, g.N, g.N}, bias.options());
   at::Tensor dpad_part = at::zeros({g.nW, C3}, bias.options());
@@ -439,7 +441,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_cpu(
         run_bwd(a);
       });
   // Window partials are reduced over a fixed shape, so the result is reproducible.
-  return {dqkv, dbias_part.sum(0), dpad_part.sum(0)};
+  const at::Tensor dbias = dbias_part.sum(0);
+  return {dqkv, table ? cpu::bin_bias_grad(dbias, g) : dbias, dpad_part.sum(0)};
 }
 
 }  // namespace

@@ -2,7 +2,10 @@
 //
 // q and k rows are L2-normalised (x / max(||x||, 1e-12), per token and head)
 // and q is multiplied by the per-head scale in one pass over qkv into a
-// normalised copy; the V1 CPU kernel then runs on it with scale 1.  The
+// normalised copy, kept in the accumulation dtype (a bfloat16 / float16 copy
+// would round q' = s q^ with s up to 100, an error of the logits that the
+// CUDA kernels, which scale the float32 scores, do not make); the V1 CPU
+// kernel then runs on it with scale 1.  The
 // backward recomputes that copy, runs the V1 backward, and chains its q and
 // k gradients through the normalisation (dx = (g - x^ (x^ . g)) / ||x||),
 // returning d head_scale = sum over tokens of q^ . dq'.  (The CUDA kernels do
@@ -36,7 +39,7 @@ at::Tensor inv_norm(const at::Tensor& x) {
 }
 
 struct Normalised {
-  at::Tensor qkv;           // (..., 3C) in qkv's dtype: q' = s q^, k^, v
+  at::Tensor qkv;           // (..., 3C) in the accumulation dtype: q' = s q^, k^, v
   at::Tensor qh, kh;        // q^, k^ (..., heads, d) in the accumulation dtype
   at::Tensor inv_q, inv_k;  // (..., heads, 1)
 };
@@ -52,7 +55,7 @@ Normalised normalise(const at::Tensor& qkv, const at::Tensor& head_scale) {
   n.kh = p.k * n.inv_k;
   const at::Tensor s = head_scale.view({heads, 1});
   auto flat = [&](const at::Tensor& t) { return t.flatten(-2); };
-  n.qkv = at::cat({flat(n.qh * s), flat(n.kh), flat(p.v)}, -1).to(qkv.scalar_type()).contiguous();
+  n.qkv = at::cat({flat(n.qh * s), flat(n.kh), flat(p.v)}, -1).contiguous();
   return n;
 }
 
@@ -86,11 +89,12 @@ std::tuple<at::Tensor, at::Tensor> window_attention_v2_fwd_cpu(const at::Tensor&
                                                                const at::Tensor& head_scale, int64_t window_size,
                                                                int64_t shift_h, int64_t shift_w) {
   check_attention_args_2d(qkv, bias, qkv_pad, window_size, shift_h, shift_w);
-  check_v2_head_scale(head_scale, qkv, bias.size(0));
+  check_v2_head_scale(head_scale, qkv, attention_heads(bias));
   const Normalised n = normalise(qkv, head_scale);
   std::optional<at::Tensor> pad_n;
   if (qkv_pad.has_value()) pad_n = normalise(qkv_pad->view({1, -1}), head_scale).qkv.view({-1});
-  return v1_fwd().call(n.qkv, bias, pad_n, {window_size, window_size}, {shift_h, shift_w}, 1.0);
+  auto [out, lse] = v1_fwd().call(n.qkv, bias, pad_n, {window_size, window_size}, {shift_h, shift_w}, 1.0);
+  return {out.to(qkv.scalar_type()), lse};
 }
 
 // d of (q' = s q^, k^, v) -> d of (q, k, v); adds sum(q^ . dq') over every
@@ -115,7 +119,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_v2_b
     const std::optional<at::Tensor>& qkv_pad, const at::Tensor& head_scale, const at::Tensor& lse,
     int64_t window_size, int64_t shift_h, int64_t shift_w) {
   check_attention_args_2d(qkv, bias, qkv_pad, window_size, shift_h, shift_w);
-  check_v2_head_scale(head_scale, qkv, bias.size(0));
+  check_v2_head_scale(head_scale, qkv, attention_heads(bias));
   const Normalised n = normalise(qkv, head_scale);
   std::optional<at::Tensor> pad_n;
   Normalised np;
@@ -123,8 +127,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_v2_b
     np = normalise(qkv_pad->view({1, -1}), head_scale);
     pad_n = np.qkv.view({-1});
   }
-  auto [dqkv_n, dbias, dpad_n] = v1_bwd().call(grad_out, n.qkv, bias, pad_n, lse, {window_size, window_size},
-                                              {shift_h, shift_w}, 1.0);
+  auto [dqkv_n, dbias, dpad_n] = v1_bwd().call(grad_out.to(n.qkv.scalar_type()), n.qkv, bias, pad_n, lse,
+                                              {window_size, window_size}, {shift_h, shift_w}, 1.0);
   at::Tensor ds = at::zeros({head_scale.size(0)}, head_scale.options());
   at::Tensor dqkv = chain(n, dqkv_n, head_scale, ds).to(qkv.scalar_type()).contiguous();
   at::Tensor dpad = dpad_n;

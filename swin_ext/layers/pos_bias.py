@@ -55,7 +55,7 @@ def relative_coords_table(window_size: int, pretrained_window_size: int = 0) -> 
     return table.reshape(-1, 2)
 
 
-def _eager_plain(t: torch.Tensor) -> bool:
+def eager_plain(t: torch.Tensor) -> bool:
     """Whether ``t`` is a plain tensor (no subclass: fake, functional, ...) in a call that nothing
     scripts, traces, compiles or exports: where the two shortcuts below may replace plain ops."""
     if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -67,7 +67,7 @@ def _cacheable(sources: Sequence[torch.Tensor]) -> bool:
     """Whether nothing records, traces or fakes this call: grad off, eager, plain tensors with version counters."""
     if torch.is_grad_enabled():
         return False
-    return all(_eager_plain(t) and not t.is_inference() and t.device.type != "meta" for t in sources)
+    return all(eager_plain(t) and not t.is_inference() and t.device.type != "meta" for t in sources)
 
 
 def inference_cached(owner: nn.Module, key: Hashable, sources: Sequence[torch.Tensor],
@@ -132,7 +132,7 @@ class _GatherBias(torch.autograd.Function):
 def _plain_autograd(t: torch.Tensor) -> bool:
     """Whether ``t`` is an ordinary CPU tensor under eager reverse-mode autograd only (no functorch
     wrapper, forward-AD tangent, compile or trace): where :class:`_GatherBias` may replace the gather."""
-    if t.device.type != "cpu" or not _eager_plain(t):
+    if t.device.type != "cpu" or not eager_plain(t):
         return False
     if torch._C._functorch.is_functorch_wrapped_tensor(t):
         return False

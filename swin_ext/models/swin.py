@@ -108,8 +108,10 @@ class WindowAttention(nn.Module):
         # the Linear's bias as their q, k and v.
         needs_pad = H % ws != 0 or W % ws != 0
         qkv_pad = self.qkv.bias.to(qkv.dtype) if (needs_pad and self.qkv.bias is not None) else None
-        out = window_attention(qkv, self.relative_position_bias(), ws, shift, self.scale, qkv_pad,
-                               self.attn_drop.p, self.training, self.fused)
+        # The table itself: the fused op gathers it and returns its gradient (the
+        # index is the standard one, a buffer rebuilt by __init__, never loaded).
+        out = window_attention(qkv, self.relative_position_bias_table, ws, shift, self.scale, qkv_pad,
+                               self.attn_drop.p, self.training, self.fused, self.relative_position_index)
         return self.proj_drop(self.proj(out))
 
     def flops(self, N: int) -> int:

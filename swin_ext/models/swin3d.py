@@ -33,7 +33,7 @@ from ..layers.drop import DropPath
 from ..layers.helpers import check_backend, int_field, int_list_field, rate_field, real_field
 from ..layers.merging import patch_merging
 from ..layers.patch_embed import PatchEmbed3d
-from ..layers.pos_bias import gather_bias, inference_cached, relative_position_index
+from ..layers.pos_bias import eager_plain, gather_bias, inference_cached, relative_position_index
 from ..ops import MAX_WINDOW_SIZE
 from ..ops.reference import clamp_window
 from ._base import FusedBackend, check_input, init_weights
@@ -107,6 +107,34 @@ class ShiftedWindowAttention3d(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         # persistent, as torchvision's (its state_dict holds it)
         self.register_buffer("relative_position_index", relative_position_index(self.window_size))
+        self._index_standard = True  # the buffer holds the standard index (see _takes_table)
+        self._index_stamp: Optional[tuple] = None
+
+    def _takes_table(self, window: Sequence[int]) -> bool:
+        """Whether the fused op may take the table itself: the block's full window (a shrunk one reads
+        the full index's first rows, not its own offsets) and the standard index in the buffer (the op
+        implies it).  The buffer is persistent, so a ``load_state_dict`` or an in-place write may change
+        it: eager calls compare it again after any change of its storage or version (a sync, once per
+        change), and loading re-checks it; a buffer that is not the standard index keeps the gather."""
+        if tuple(window) != self.window_size:
+            return False
+        index = self.relative_position_index
+        if eager_plain(index) and index.device.type != "meta":
+            stamp = (index.data_ptr(), index._version, index.device)
+            if stamp != self._index_stamp:
+                self._check_index()
+                self._index_stamp = stamp
+        return self._index_standard
+
+    def _check_index(self) -> None:
+        index = self.relative_position_index
+        want = relative_position_index(self.window_size)
+        self._index_standard = tuple(index.shape) == tuple(want.shape) and torch.equal(index.cpu(), want)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
+        super()._load_from_state_dict(*args, **kwargs)
+        if self.relative_position_index.device.type != "meta":
+            self._check_index()
 
     def relative_position_bias(self, window: Sequence[int]) -> torch.Tensor:
         """``(heads, N, N)`` bias of a window of ``N`` tokens: the table at the first ``N`` rows and
@@ -125,8 +153,12 @@ class ShiftedWindowAttention3d(nn.Module):
         qkv = self.qkv(x)
         needs_pad = any(n % w for n, w in zip(x.shape[1:4], window))
         qkv_pad = self.qkv.bias.to(qkv.dtype) if (needs_pad and self.qkv.bias is not None) else None
-        out = window_attention(qkv, self.relative_position_bias(window), tuple(window), tuple(shift), self.scale,
-                               qkv_pad, self.attention_dropout, self.training, self.fused)
+        if self._takes_table(window):
+            bias, index = self.relative_position_bias_table, self.relative_position_index
+        else:
+            bias, index = self.relative_position_bias(window), None
+        out = window_attention(qkv, bias, tuple(window), tuple(shift), self.scale, qkv_pad,
+                               self.attention_dropout, self.training, self.fused, index)
         return self.proj_drop(self.proj(out))
 
 

@@ -118,27 +118,36 @@ class WindowAttentionV2(nn.Module):
         gather (the same values as timm's gather-then-sigmoid, fewer of them).
         """
         w = self.window_size if window_size is None else window_size
-        sources = (*self.cpb_mlp.parameters(), self.relative_coords_table, self.relative_position_index)
-        return inference_cached(self, w, sources, lambda: self._position_bias(w))
+        return gather_bias(self.position_table(w), self._index(w).reshape(-1), w * w)
 
-    def _position_bias(self, w: int) -> torch.Tensor:
+    def position_table(self, window_size: Optional[int] = None) -> torch.Tensor:
+        """``((2w-1)^2, heads)`` ``16 * sigmoid(cpb_mlp(coords))``, the table the fused op gathers itself
+        (kept between inference calls: :func:`~swin_ext.layers.pos_bias.inference_cached`)."""
+        w = self.window_size if window_size is None else window_size
+        sources = (*self.cpb_mlp.parameters(), self.relative_coords_table)
+        return inference_cached(self, w, sources, lambda: self._position_table(w))
+
+    def _index(self, w: int) -> torch.Tensor:
+        """The standard ``(N, N)`` index of window ``w``: the buffer, or built for a smaller window."""
+        if w == self.window_size:
+            return self.relative_position_index
+        return relative_position_index(w).to(self.relative_position_index.device)
+
+    def _position_table(self, w: int) -> torch.Tensor:
         dtype = self.cpb_mlp[0].weight.dtype
-        # the configured window's coordinates and index are buffers; a smaller window's (a small map)
+        # the configured window's coordinates are a buffer; a smaller window's (a small map)
         # are built here, parameter-free and small
         if w == self.window_size:
-            coords, index = self.relative_coords_table, self.relative_position_index
+            coords = self.relative_coords_table
         else:
-            dev = self.relative_coords_table.device
-            coords = relative_coords_table(w, self.pretrained_window_size).to(dev)
-            index = relative_position_index(w).to(dev)
+            coords = relative_coords_table(w, self.pretrained_window_size).to(self.relative_coords_table.device)
         if autocast_dtype(coords.device.type) is not None:
             # the bias reaches 16: in float16 / bfloat16 it would lose 1-2 decimals of the logits
             with torch.autocast(coords.device.type, enabled=False):
                 table = 16 * torch.sigmoid(self.cpb_mlp(coords.to(dtype)))
         else:
             table = 16 * torch.sigmoid(self.cpb_mlp(coords.to(dtype)))  # (2w-1)^2, heads
-        N = w * w
-        return gather_bias(table, index.reshape(-1), N)
+        return table
 
     def forward(self, x: torch.Tensor, window_size: Optional[int] = None,
                 shift: Tuple[int, int] = (0, 0)) -> torch.Tensor:
@@ -150,8 +159,8 @@ class WindowAttentionV2(nn.Module):
         # The map is zero-padded before the qkv Linear, so padding tokens carry its bias.
         needs_pad = H % ws != 0 or W % ws != 0
         qkv_pad = bias.to(qkv.dtype) if (needs_pad and bias is not None) else None
-        out = window_attention_v2(qkv, self.position_bias(ws), self.head_scale(), ws, shift, qkv_pad,
-                                  self.attn_drop.p, self.training, self.fused)
+        out = window_attention_v2(qkv, self.position_table(ws), self.head_scale(), ws, shift, qkv_pad,
+                                  self.attn_drop.p, self.training, self.fused, self._index(ws))
         return self.proj_drop(self.proj(out))
 
     def flops(self, N: int) -> int:

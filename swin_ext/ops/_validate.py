@@ -54,6 +54,7 @@ MAX_MERGE_CHANNELS = LIMITS.get("MAX_MERGE_CHANNELS", _NO_LIMIT)
 #: Largest add_layernorm / bias_gelu channel count (kMaxLayerNormChannels).
 MAX_LAYERNORM_CHANNELS = LIMITS.get("MAX_LAYERNORM_CHANNELS", _NO_LIMIT)
 _INT64_MAX = 2**63 - 1
+_INT32_MAX = 2**31 - 1  # largest relative-position table (kMaxInt32Rows)
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -179,7 +180,7 @@ def check_attention(
         also = " or 5 dims (B, T, H, W, 3C)" if video else ""
         raise _exc(raw, ValueError, f"{where}: qkv must have 4 dims (B, H, W, 3C){also}, got shape {tuple(qkv.shape)}")
     _check_dims(qkv, "qkv", raw, where)
-    _check_tensor(bias, "bias", 3, raw, where)
+    _check_tensor(bias, "bias", None, raw, where)
     axes = qkv.dim() - 2
     window = axes_arg(window_size, axes, "window_size", raw, where)
     for w in window:
@@ -196,12 +197,17 @@ def check_attention(
     C3 = qkv.shape[-1]
     if C3 % 3 != 0:
         raise _exc(raw, ValueError, f"{where}: last dim of qkv must be 3*C, got {C3}")
-    if tuple(bias.shape[1:]) != (N, N):
+    rows = bias_table_rows(window)
+    if not ((bias.dim() == 3 and tuple(bias.shape[1:]) == (N, N)) or (bias.dim() == 2 and bias.shape[0] == rows)):
         raise _exc(
             raw, ValueError,
-            f"{where}: bias must be (heads, {N}, {N}) for window_size {window}, got {tuple(bias.shape)}"
+            f"{where}: bias must be (heads, {N}, {N}) or the relative-position table ({rows}, heads) for "
+            f"window_size {window}, got {tuple(bias.shape)}"
         )
-    heads = bias.shape[0]
+    if bias.dim() == 2 and _static(rows) and rows > _INT32_MAX:
+        raise _exc(raw, ValueError, f"{where}: the relative-position table of window_size {window} has {rows} "
+                                    f"rows, more than the supported {_INT32_MAX}; pass the gathered (heads, N, N) bias")
+    heads = bias.shape[-1] if bias.dim() == 2 else bias.shape[0]
     if heads < 1 or (C3 // 3) % heads != 0:
         raise _exc(raw, ValueError, f"{where}: channels C={C3 // 3} are not divisible by heads={heads}")
     if exact_dtypes and bias.dtype != acc_dtype(qkv.dtype):
@@ -226,6 +232,15 @@ def check_attention(
                 raw, ValueError, f"{where}: the lse size B * windows * heads * N = {B}*{nW}*{heads}*{N} overflows int64"
             )
     return window, shifts, heads
+
+
+def bias_table_rows(window: Sequence[int]) -> int:
+    """Rows of the relative-position bias table of a window (one entry per axis): ``prod(2 w - 1)``,
+    the table form of the attention's ``bias`` (``csrc/bias_table.h``)."""
+    rows = 1
+    for w in window:
+        rows *= 2 * w - 1
+    return rows
 
 
 def num_windows(sizes: Sequence[int], window: Sequence[int]) -> int:

@@ -8,6 +8,7 @@ reverse, roll back, crop), for 2-D maps and 3-D clips (Video Swin) alike: a
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -137,7 +138,8 @@ def window_attention_reference(
 
     Args:
         qkv: ``(B, H, W, 3C)`` or ``(B, T, H, W, 3C)``, the output of the block's qkv ``Linear``.
-        bias: ``(heads, N, N)`` relative-position bias, ``N`` the window's token count.
+        bias: ``(heads, N, N)`` relative-position bias, ``N`` the window's token count, or the
+            ``(rows, heads)`` table read through the standard index (:func:`gather_bias_table`).
         window_size: an int or one int per map axis (``(wh, ww)`` / ``(wt, wh, ww)``).
         shift: cyclic shift, an int or one per map axis, ``0 <= s < window``.
         scale: logit scale, default ``head_dim ** -0.5``.
@@ -175,7 +177,7 @@ def window_attention_v2_reference(
 
     Args:
         qkv: ``(B, H, W, 3C)``, the output of the block's qkv ``Linear``.
-        bias: ``(heads, N, N)``, the continuous position bias ``16 * sigmoid(cpb)``.
+        bias: ``(heads, N, N)``, the continuous position bias ``16 * sigmoid(cpb)``, or its table.
         head_scale: ``(heads,)`` per-head logit scale.
         window_size: the window side.
         shift: as :func:`window_attention_reference`.
@@ -190,12 +192,25 @@ def window_attention_v2_reference(
     return _windowed_attention(qkv, bias, (ws, ws), (sh, sw), heads, qkv_pad, None, head_scale, dropout_p, training)
 
 
+def gather_bias_table(table: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+    """The ``(heads, N, N)`` bias of the relative-position ``table ((2wt-1)(2wh-1)(2ww-1), heads)``
+    through the standard index of ``window`` (``(wh, ww)`` or ``(wt, wh, ww)``): the table form of
+    the attention's ``bias``, as the kernels read it (``csrc/bias_table.h``).  Differentiable."""
+    from ..layers.pos_bias import relative_position_index  # (layers import ops)
+
+    N = math.prod(window)
+    index = relative_position_index(tuple(window)).to(table.device).view(-1)
+    return table[index].view(N, N, table.shape[-1]).permute(2, 0, 1)
+
+
 def _windowed_attention(qkv, bias, window, shift, heads, qkv_pad, scale, head_scale, dropout_p, training):
     """The window math shared by V1 (scalar ``scale``) and V2 (cosine logits times ``head_scale``),
     2-D maps and 3-D clips: a 2-D map runs as the clip of one frame with a window of depth 1."""
     video = qkv.dim() == 5
     if not video:
         qkv, window, shift = qkv.unsqueeze(1), (1,) + tuple(window), (0,) + tuple(shift)
+    if bias.dim() == 2:
+        bias = gather_bias_table(bias, window)
     B, T, H, W, C3 = qkv.shape
     C = C3 // 3
     d = C // heads

@@ -63,7 +63,15 @@ def window_attention(
             ``Linear`` (float32/64/16, bfloat16).
         bias: ``(heads, N, N)`` relative-position bias, ``N`` the window's
             token count (``ws**2``; ``wt * wh * ww``, 392 for Video Swin's
-            ``(8, 7, 7)``; at most ``MAX_WINDOW_TOKENS``).
+            ``(8, 7, 7)``; at most ``MAX_WINDOW_TOKENS``); or the
+            relative-position table itself, ``(rows, heads)`` with ``rows =
+            (2wh-1)(2ww-1)`` (``(2wt-1)(2wh-1)(2ww-1)`` in 3-D), read through
+            the standard index :func:`swin_ext.layers.pos_bias.relative_position_index`
+            (the one of every official / timm / torchvision / transformers
+            checkpoint): the kernels gather the bias themselves and the
+            gradient is the table's, each row summed in a fixed order, so no
+            ``(heads, N, N)`` bias or gradient is built per call.  A model with
+            another lookup passes the gathered bias.
         window_size: an int in ``[1, 2**15]`` (the same on every axis) or one
             per map axis: ``(wh, ww)`` / ``(wt, wh, ww)``.
         shift: an int or one per map axis, ``0 <= s < window`` on every axis
@@ -111,7 +119,8 @@ def window_attention_v2(
     Args:
         qkv: ``(B, H, W, 3C)`` output of the qkv ``Linear`` (float32/64/16, bfloat16).
         bias: ``(heads, N, N)`` continuous position bias (``16 * sigmoid(cpb)``),
-            ``N = window_size**2``; differentiable.
+            ``N = window_size**2``, or its ``((2ws-1)**2, heads)`` table (as
+            :func:`window_attention`'s); differentiable.
         head_scale: ``(heads,)`` per-head logit scale, the model's
             ``exp(clamp(logit_scale, max=log(100)))``; differentiable.
         window_size: window side, an int in ``[1, 2**15]``.
