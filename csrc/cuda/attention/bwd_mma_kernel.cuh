@@ -166,15 +166,21 @@ struct BwdMmaTraits {
     return (dq_smem ? 0 : int64_t(n16) * kDPad) + (kKVSmem ? 0 : 2 * int64_t(kTile) * kDPad);
   }
   static constexpr int kWSlotsKV = 2 * kTile * kVecs / kThreads;  // 16-byte chunks per thread and tile pair
+  // The key / query tile tables written by the gather's lanes (no second
+  // token lookup) rather than by tile_table: fewer instructions for V2 and
+  // more for V1 under the register bound below (ptxas's rematerialisation;
+  // sass_report --dyn, window 12 and N = 392).
+  static constexpr bool kWTabFromChunks = kV2;
 
   static_assert(kThreads % kVecs == 0 && (kTile * kVecs) % kThreads == 0, "gather slots");
   static_assert(kTileBytes % 128 == 0 && kPBytes % 128 == 0 && kBiasBytes % 128 == 0, "128-byte buffers");
   static_assert(kDPad > 64 || kTileSmem <= kSmallestOptinSmem, "the tile backward fits every device");
-  // The window kernel's register bound: two blocks per SM, what its shared
-  // memory allows at window 12 and 16 (N = 144 / 256, the 384-px Swin: 80-96
-  // KB at head_dim 32; N <= 64 runs the tile kernel), so registers never
-  // limit its occupancy there.
-  static constexpr int kWindowMinBlocks = 2;
+  // The window kernel's register bound: at head_dim <= 32 three blocks per
+  // SM (<= 168 registers, met without spilling: no fragment array lives
+  // across the key / query tile loops), so that registers do not limit its
+  // occupancy; its shared memory (77 KB streamed at head_dim 32, 95 / 109 KB
+  // resident at window 12 / 16) still allows two.  Wider heads: two.
+  static constexpr int kWindowMinBlocks = kDPad <= 32 ? 3 : 2;
   static_assert(window_smem(0, false) <= kSmallestOptinSmem, "the streamed window backward fits every device");
 };
 
@@ -1041,6 +1047,19 @@ __device__ __forceinline__ void frag_add(float (&x)[kCols][4], const float4* f, 
     x[dn][3] = v.w + x[dn][3];
   }
 }
+// x = the stored tile (n-tiles past dp, generic head_dim: 0): no adds to a
+// zeroed accumulator.
+template <class Tr, int kCols>
+__device__ __forceinline__ void frag_load(float (&x)[kCols][4], const float4* f, int dp, int dn0) {
+#pragma unroll
+  for (int dn = 0; dn < kCols; ++dn) {
+    const float4 v = Tr::kD == 0 && (dn0 + dn) * 8 >= dp ? make_float4(0.f, 0.f, 0.f, 0.f) : f[dn * 32];
+    x[dn][0] = v.x;
+    x[dn][1] = v.y;
+    x[dn][2] = v.z;
+    x[dn][3] = v.w;
+  }
+}
 template <class Tr, int kCols>
 __device__ __forceinline__ void frag_store(float4* f, const float (&x)[kCols][4], int dp, int dn0) {
 #pragma unroll
@@ -1066,9 +1085,7 @@ __device__ __forceinline__ void finish_frags(const AttnParams& p, const float4* 
   if constexpr (Tr::kStagedOut) {
     static_assert(Tr::kHalves == 1, "staged stores: one column block");
     float x[kC][4];
-#pragma unroll
-    for (int n = 0; n < kC; ++n) x[n][0] = x[n][1] = x[n][2] = x[n][3] = 0.f;
-    frag_add<Tr, kC>(x, f, dp, 0);
+    frag_load<Tr, kC>(x, f, dp, 0);
     if (norm_rows != nullptr) {
       normalize_backward<Tr>(x, norm_rows, inv0, inv1, mul, dp, lane);
     } else {
@@ -1087,9 +1104,7 @@ __device__ __forceinline__ void finish_frags(const AttnParams& p, const float4* 
 #pragma unroll
     for (int hf = 0; hf < Tr::kHalves; ++hf) {
       float x[kC][4];
-#pragma unroll
-      for (int n = 0; n < kC; ++n) x[n][0] = x[n][1] = x[n][2] = x[n][3] = 0.f;
-      frag_add<Tr, kC>(x, f + hf * kC * 32, dp, hf * kC);
+      frag_load<Tr, kC>(x, f + hf * kC * 32, dp, hf * kC);
       row_dots<Tr, kC>(x, norm_rows, hf * kC, dp, lane, dot0, dot1);
     }
     dot0 = quad_sum4(dot0) * inv0 * inv0;
@@ -1098,9 +1113,7 @@ __device__ __forceinline__ void finish_frags(const AttnParams& p, const float4* 
 #pragma unroll
   for (int hf = 0; hf < Tr::kHalves; ++hf) {
     float x[kC][4];
-#pragma unroll
-    for (int n = 0; n < kC; ++n) x[n][0] = x[n][1] = x[n][2] = x[n][3] = 0.f;
-    frag_add<Tr, kC>(x, f + hf * kC * 32, dp, hf * kC);
+    frag_load<Tr, kC>(x, f + hf * kC * 32, dp, hf * kC);
     if (norm_rows != nullptr) {
       project_rows<Tr, kC>(x, norm_rows, hf * kC, dp, lane, dot0, dot1, inv0 * mul, inv1 * mul);
     } else {
@@ -1166,18 +1179,25 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
     reinterpret_cast<float*>(smem + Tr::kWDpad)[e] = 0.f;
 
   // Issues rows [t0, t0 + 64) of two operands (kKV: k, v; else q, dO) of
-  // image b into `tiles` (one tile after the other), with their table.
+  // image b into `tiles` (one tile after the other), with their table: by
+  // tile_table, or (kWTabFromChunks) by the lanes of column chunk 0 from the
+  // tokens they look up for their rows anyway.
   auto issue_pair = [&](int b, bool kKV, int t0, unsigned char* tiles, int* tab) {
-    tile_table(g, wo, t0, tab);
+    if constexpr (!Tr::kWTabFromChunks) tile_table(g, wo, t0, tab);
     const uint4* img16 = reinterpret_cast<const uint4*>(image_base(qkv, b, p.img_qkv));
     const uint4* go16 = reinterpret_cast<const uint4*>(image_base(gout, b, p.img_out));
     const int cv = tid % Tr::kVecs;
-    if (Tr::kD == 0 && cv * 8 >= dp) return;  // never read
+    static_assert(kPerPart * (Tr::kThreads / Tr::kVecs) == kTile, "the chunk-0 lanes cover the tile's rows");
 #pragma unroll
     for (int u = 0; u < kPerPart; ++u) {
       const int row = tid / Tr::kVecs + u * (Tr::kThreads / Tr::kVecs), t = t0 + row;
       int tk = -1, rg = 0;
       if (t < N) window_token(g, wo, t, tk, rg);
+      if (Tr::kWTabFromChunks && cv == 0) {
+        tab[row] = tk;
+        tab[64 + row] = rg;
+      }
+      if (Tr::kD == 0 && cv * 8 >= dp) continue;  // never read
 #pragma unroll
       for (int pi = 0; pi < 2; ++pi) {
         const int part = kKV ? 1 + pi : 3 * pi;
@@ -1268,7 +1288,6 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
         }
 
         // ---- rows of this warp: S, dP, P, dS in registers; dQ += dS K; P, dS staged
-        float dq[Tr::kDNH][4];  // (kHalves == 1) the window's dQ rows of this warp at the last key tile
         if (q0 + wrow0 < N) {
           const int i0 = q0 + wrow0 + gr, i1 = i0 + 8;
           const float lse0 = lse2_of(lse, i0, N), lse1 = lse2_of(lse, i1, N);
@@ -1283,7 +1302,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
             iq0 = invq[qs * 64 + wrow0 + gr];
             iq1 = invq[qs * 64 + wrow0 + gr + 8];
           }
-          uint32_t dsa[kK16][4];  // dS (V2: dS / ||k||) as the A fragments of dQ += dS K
+          // dS (V2: dS / ||k||) as the A fragments of dQ += dS K.  Zeroed: the
+          // k-steps past n_keys are never formed, and an array defined on some
+          // paths only stays live around the loops (a register per element).
+          uint32_t dsa[kK16][4] = {};
           // 32-key halves of the key tile (D is known: half the fragments live at a time).
 #pragma unroll
           for (int kh = 0; kh < 2; ++kh) {
@@ -1387,19 +1409,15 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
             for (int n = 0; n < Tr::kDNH; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
             regs_x_rows<Tr, Tr::kDNH>(acc, dsa, sK, n_keys, dp, lane, hf * Tr::kDNH);
             if (kt > 0) frag_add<Tr, Tr::kDNH>(acc, fq + hf * Tr::kDNH * 32, dp, hf * Tr::kDNH);
-            if (!last_kt || Tr::kHalves > 1) frag_store<Tr, Tr::kDNH>(fq + hf * Tr::kDNH * 32, acc, dp, hf * Tr::kDNH);
-            if constexpr (Tr::kHalves == 1) {
-#pragma unroll
-              for (int n = 0; n < Tr::kDNH; ++n)
-#pragma unroll
-                for (int r = 0; r < 4; ++r) dq[n][r] = acc[n][r];
+            if (last_kt && Tr::kHalves == 1 && !Tr::kStagedOut) {  // complete: stored from the fragments
+              if constexpr (Tr::kV2) normalize_backward<Tr>(acc, sQ + wrow0 * Tr::kRowBytes, iq0, iq1, s_h, dp, lane);
+              store_out<Tr>(p, acc, scale, 0, tq + wrow0, nullptr, dimg_at(), d, hd, lane);
+            } else {
+              frag_store<Tr, Tr::kDNH>(fq + hf * Tr::kDNH * 32, acc, dp, hf * Tr::kDNH);
             }
           }
-          if (last_kt) {  // the window's dQ rows of this warp are complete
-            if constexpr (Tr::kHalves == 1) {
-              if constexpr (Tr::kV2) normalize_backward<Tr>(dq, sQ + wrow0 * Tr::kRowBytes, iq0, iq1, s_h, dp, lane);
-              if constexpr (!Tr::kStagedOut) store_out<Tr>(p, dq, scale, 0, tq + wrow0, nullptr, dimg_at(), d, hd, lane);
-            } else {
+          if (last_kt && !Tr::kStagedOut) {  // the window's dQ rows of this warp are complete
+            if constexpr (Tr::kHalves > 1) {
               finish_frags<Tr>(p, fq, Tr::kV2 ? sQ + wrow0 * Tr::kRowBytes : nullptr, iq0, iq1, Tr::kV2 ? s_h : scale, 0,
                                tq + wrow0, nullptr, 0, dimg_at(), d, dp, hd, lane);
             }
@@ -1410,10 +1428,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
         // ---- keys of this warp: dV += P^T dO, dK += dS^T Q over the query tile
         if (active_k) {
           uint32_t at[kK16][4];
+          // The padding keys among the warp's (bit r), for the pad vector's gradient at the last step.
+          const uint32_t pm = p.padded && last_st ? padding_rows(tk + wrow0, n_keys - wrow0) : 0u;
 #pragma unroll
           for (int pass = 0; pass < 2; ++pass) {  // 0: dV, 1: dK
-            staged_t_frags<Tr>(at, pass ? sdS : sP, wrow0, n_q, lane);
-            const uint32_t pm = p.padded ? padding_rows(tk + wrow0, n_keys - wrow0) : 0u;
+            // Every k-step loaded (past n_q: rows never read by the product; an
+            // array loaded on some paths only would stay live around the loops).
+            staged_t_frags<Tr>(at, pass ? sdS : sP, wrow0, kTile, lane);
             float* dpad_acc = dpad_w + (pass ? 0 : Tr::kDPad);
             const float kmul = pass ? scale : 1.f;
             {  // float32 accumulators (shared memory or the workspace), kDNH n-tiles at a time
@@ -1439,7 +1460,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
         }
         if (Tr::kStagedOut && last_kt) {
           __syncthreads();  // q and dO of the tile are consumed: the warp's q rows take its dQ
-          if (q0 + wrow0 < N) store_out<Tr>(p, dq, scale, 0, tq + wrow0, sQ + wrow0 * Tr::kRowBytes, dimg_at(), d, hd, lane);
+          if (q0 + wrow0 < N) {  // from the buffer (not held in registers through dK, dV)
+            unsigned char* q_rows = sQ + wrow0 * Tr::kRowBytes;
+            [[maybe_unused]] const float* iq = invq + qs * 64 + wrow0 + gr;
+            finish_frags<Tr>(p, dqbuf + ((q0 + wrow0) / 16 * kDN) * 32 + lane, Tr::kV2 ? q_rows : nullptr,
+                             Tr::kV2 ? iq[0] : 0.f, Tr::kV2 ? iq[8] : 0.f, Tr::kV2 ? s_h : scale, 0, tq + wrow0, nullptr,
+                             0, dimg_at(), d, dp, hd, lane, q_rows);
+          }
         }
         if (kStages == 1) {
           __syncthreads();  // the step's tiles are consumed before they are refilled
