@@ -56,6 +56,7 @@
 // ATen-free (see cuda_compat.h).
 #pragma once
 
+#include "bias_table_kernels.cuh"
 #include "fwd_kernel.cuh"
 #include "kernel_traits.h"
 #include "mma.h"
@@ -645,6 +646,15 @@ __device__ __forceinline__ uint32_t padding_rows(const int* tok16, int n) {
   return m;
 }
 
+// Where the tile kernel's bias-gradient sums keep (row i, key j) of the
+// window: float4 [warp][n-tile][lane] in the accumulator layout (AccLayout:
+// row g + 8 (r >> 1), key 2t + (r & 1) of lane 4g + t), as floats.
+template <class Tr>
+__host__ __device__ __forceinline__ int dbias_frag_index(int i, int j) {
+  const int lane = ((i & 7) << 2) | ((j & 7) >> 1), r = (((i >> 3) & 1) << 1) | (j & 1);
+  return (((i >> 4) * Tr::kNT + (j >> 3)) * 32 + lane) * 4 + r;
+}
+
 // ------------------------------------------------------------------ N <= 64: one tile, images in flight
 
 template <class Tr>
@@ -688,10 +698,15 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     // (bias + mask) * log2(e) of (row, key) in the accumulator layout, -inf
     // for keys >= N, 0 for rows >= N: entry q = (warp, n-tile, lane) holds
     // rows g, g + 8 x keys 2t, 2t + 1 of that warp and n-tile.
-    const float* bias = static_cast<const float*>(p.bias) + static_cast<int64_t>(h) * (static_cast<uint64_t>(Nu) * Nu);
+    // The head's bias: the (heads, N, N) bias or the table (HeadBias).
+    const HeadBias bias = HeadBias::make(p, h);
     const float l2e = static_cast<float>(kLog2e), ninf = neg_inf<float>();
     for (int q = tid; q < Tr::kWarps * kNT * 32; q += Tr::kThreads) {  // sass: trips(kWarps * kNT * 32 / kThreads)
       const int w = q / (kNT * 32), nt = (q / 32) % kNT, ln = q % 32;
+      // Rows g, g + 8 and keys 2t, 2t + 1 of the entry: their coordinates (table).
+      const WinCoord ci[2] = {bias.coord(g, w * kRowTile + AccLayout::row(ln, 0)),
+                              bias.coord(g, w * kRowTile + AccLayout::row(ln, 2))};
+      const WinCoord cj[2] = {bias.coord(g, nt * 8 + AccLayout::col(ln, 0)), bias.coord(g, nt * 8 + AccLayout::col(ln, 1))};
       float v[4];
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
@@ -700,7 +715,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
         if (j < N) {
           x = 0.f;
           if (i < N) {
-            x = bias[i * N + j];
+            x = bias.at(i, ci[r >> 1], j, cj[r & 1]);
             if (p.masked && reg[i] != reg[j]) x += kShiftMaskValue;
             x *= l2e;
           }
@@ -973,7 +988,23 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
   }
 
   // ---- once per block: the bias-gradient partial, the padding-key and V2 partials
-  if (active) {
+  if (p.bias_table) {
+    // The table's gradient: each row (bin) the sum of the chunk's dS over
+    // its token pairs, read from every warp's fragment-order sums (the
+    // barrier: all of them complete), one thread per row, in bias_bin_sum's
+    // fixed order.  A partial of bias_rows floats per (chunk, window, head).
+    __syncthreads();
+    const float* dball = reinterpret_cast<const float*>(smem + Tr::kTDbias);
+    float* dst = static_cast<float*>(p.dbias_part) +
+                 ((static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h) * static_cast<uint32_t>(p.bias_rows);
+    const BiasTableShape shape = BiasTableShape::make(g.wt, g.wh, g.ww);
+    const auto dbias_at = [&](int i, int j) { return dball[dbias_frag_index<Tr>(i, j)]; };
+    for (int row = tid; row < p.bias_rows; row += Tr::kThreads) {  // sass: trips(bins_per_thread)
+      int dt, dy, dx;
+      bias_table_offsets(g, row, dt, dy, dx);
+      dst[row] = bias_bin_sum<float>(shape, dt, dy, dx, dbias_at);  // sass: trips(bin_pairs)
+    }
+  } else if (active) {
     float* dst = static_cast<float*>(p.dbias_part) +
                  ((static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h) * (static_cast<uint64_t>(Nu) * Nu);
     const int i0 = wrow0 + gr, i1 = i0 + 8;
