@@ -23,8 +23,11 @@
 //   blocks per SM) while the current one is computed.  D = rowsum(P o dP)
 //   comes from the register fragments (the whole row is in one key tile: two
 //   quad shuffles, no extra read of the forward's output).  The bias
-//   gradient is accumulated over the chunk in registers, one fixed owner
-//   lane per (i, j), and written once per block.
+//   gradient is accumulated over the chunk in shared memory, one fixed owner
+//   lane per (i, j), and written once per block: as the N x N partial, or,
+//   with the table form of the bias (AttnParams::bias_table, read through
+//   the token coordinates), binned into the table's rows in the kernel (a
+//   partial of rows floats, N^2 / rows times smaller: 14x at window 7).
 // attn_bwd_window_kernel (any N): the key-tiled fused backward.  One block
 //   per (window, head, chunk of images); per image the key tiles of 64 are
 //   walked once (K, V through two cp.async stages), each warp accumulating
@@ -999,12 +1002,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
                  ((static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h) * static_cast<uint32_t>(p.bias_rows);
     const BiasTableShape shape = BiasTableShape::make(g.wt, g.wh, g.ww);
     const auto dbias_at = [&](int i, int j) { return dball[dbias_frag_index<Tr>(i, j)]; };
-    for (int row = tid; row < p.bias_rows; row += Tr::kThreads) {  // sass: trips(bins_per_thread)
+    // (trips: the rows per thread; the bin's loops over frames, rows and
+    // columns of the window, innermost first, at most ww, wh, wt trips.)
+    for (int row = tid; row < p.bias_rows; row += Tr::kThreads) {  // sass: trips(-(-bias_rows // kThreads))
       int dt, dy, dx;
       bias_table_offsets(g, row, dt, dy, dx);
-      dst[row] = bias_bin_sum<float>(shape, dt, dy, dx, dbias_at);  // sass: trips(bin_pairs)
+      dst[row] = bias_bin_sum<float>(shape, dt, dy, dx, dbias_at);  // sass: trips(ww; wh; wt)
     }
-  } else if (active) {
+  } else if (active) {  // sass: skip(gathered)
     float* dst = static_cast<float*>(p.dbias_part) +
                  ((static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h) * (static_cast<uint64_t>(Nu) * Nu);
     const int i0 = wrow0 + gr, i1 = i0 + 8;

@@ -13,9 +13,10 @@
 // attn_fwd_tile_kernel (N <= 64, every 224-px Swin and V2 window 8): one
 //   block per (window, head, chunk of images), 4 warps over the window's (up
 //   to) 64 rows, one key tile: the softmax is exact in one pass.  The block
-//   stages, once, the window's token table and the head's bias with the
-//   window's shift mask, -inf past N, in log2 units and in fragment order
-//   (a float4 per lane and 8-key tile), so the logits of an image cost one
+//   stages, once, the window's token table and the head's bias (from the
+//   (heads, N, N) bias or from the relative-position table: bias_table.h)
+//   with the window's shift mask, -inf past N, in log2 units and in fragment
+//   order (a float4 per lane and 8-key tile), so the logits of an image cost one
 //   FFMA per element; then it walks its images with the next image's q, k, v
 //   in flight (two stages) while the current one is computed.
 // attn_fwd_stream_kernel (N > 64: windows 9 ... 24, Video Swin's (8, 7, 7)
