@@ -595,6 +595,18 @@ def test_kernel_attention_bias_table_launches(hops, dtype, ws):
         assert (expand, binned) == (2, 1), names
 
 
+def test_kernel_attention_bias_table_empty_batch(hops):
+    """An empty batch: the backward's dbias is still in the bias's form, the table's zeros."""
+    table = torch.randn(13 * 13, 3)
+    qkv = torch.randn(0, 7, 7, 3 * 96)
+    out, lse = hops.window_attention_fwd(qkv, table, None, [7, 7], [0, 0], 0.2)
+    _, dtable, dpad = hops.window_attention_bwd(torch.randn_like(out), qkv, table, None, lse, [7, 7], [0, 0], 0.2)
+    assert dtable.shape == table.shape and not dtable.any() and dpad.shape == (3 * 96,)
+    _, lse2 = hops.window_attention_v2_fwd(qkv, table, None, torch.ones(3), 7, 0, 0)
+    grads = hops.window_attention_v2_bwd(torch.randn_like(out), qkv, table, None, torch.ones(3), lse2, 7, 0, 0)
+    assert grads[1].shape == table.shape and grads[3].shape == (3,)
+
+
 def test_kernel_add_layernorm_and_bias_gelu_are_deterministic(hops, monkeypatch):
     """Bitwise-identical outputs and dweight / dbias / dbias(gelu) whatever the thread order and block
     placement: the register path's group and warp reductions, several row groups per warp (2 blocks)."""
