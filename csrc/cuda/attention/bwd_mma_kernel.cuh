@@ -649,15 +649,6 @@ __device__ __forceinline__ uint32_t padding_rows(const int* tok16, int n) {
   return m;
 }
 
-// Where the tile kernel's bias-gradient sums keep (row i, key j) of the
-// window: float4 [warp][n-tile][lane] in the accumulator layout (AccLayout:
-// row g + 8 (r >> 1), key 2t + (r & 1) of lane 4g + t), as floats.
-template <class Tr>
-__host__ __device__ __forceinline__ int dbias_frag_index(int i, int j) {
-  const int lane = ((i & 7) << 2) | ((j & 7) >> 1), r = (((i >> 3) & 1) << 1) | (j & 1);
-  return (((i >> 4) * Tr::kNT + (j >> 3)) * 32 + lane) * 4 + r;
-}
-
 // ------------------------------------------------------------------ N <= 64: one tile, images in flight
 
 template <class Tr>
@@ -993,15 +984,27 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
   // ---- once per block: the bias-gradient partial, the padding-key and V2 partials
   if (p.bias_table) {
     // The table's gradient: each row (bin) the sum of the chunk's dS over
-    // its token pairs, read from every warp's fragment-order sums (the
-    // barrier: all of them complete), one thread per row, in bias_bin_sum's
-    // fixed order.  A partial of bias_rows floats per (chunk, window, head).
+    // its token pairs, one thread per row, in bias_bin_sum's fixed order; a
+    // partial of bias_rows floats per (chunk, window, head).  First every
+    // warp copies its fragment-order sums to its 16 rows of a plain [row][key]
+    // array over its own quarter of the bias tile (dead now; only this warp
+    // ever read it), so that a pair costs one shared load; then the block
+    // barrier: every row is complete.
+    static_assert(Tr::kBiasBytes == Tr::kTile * Tr::kTile * 4, "a float per (row, key) of the tile");
+    float* sdb = reinterpret_cast<float*>(smem + Tr::kTBias);
+    float* own = sdb + (wrow0 + gr) * Tr::kTile + c0;
+    __syncwarp();
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      const float4 v = dbw[nt * 32];
+      *reinterpret_cast<float2*>(own + nt * 8) = make_float2(v.x, v.y);
+      *reinterpret_cast<float2*>(own + 8 * Tr::kTile + nt * 8) = make_float2(v.z, v.w);
+    }
     __syncthreads();
-    const float* dball = reinterpret_cast<const float*>(smem + Tr::kTDbias);
     float* dst = static_cast<float*>(p.dbias_part) +
                  ((static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h) * static_cast<uint32_t>(p.bias_rows);
     const BiasTableShape shape = BiasTableShape::make(g.wt, g.wh, g.ww);
-    const auto dbias_at = [&](int i, int j) { return dball[dbias_frag_index<Tr>(i, j)]; };
+    const auto dbias_at = [&](int i, int j) { return sdb[i * Tr::kTile + j]; };
     // (trips: the rows per thread; the bin's loops over frames, rows and
     // columns of the window, innermost first, at most ww, wh, wt trips.)
     for (int row = tid; row < p.bias_rows; row += Tr::kThreads) {  // sass: trips(-(-bias_rows // kThreads))
