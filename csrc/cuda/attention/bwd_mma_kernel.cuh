@@ -1007,7 +1007,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     const auto dbias_at = [&](int i, int j) { return sdb[i * Tr::kTile + j]; };
     // (trips: the rows per thread; the bin's loops over frames, rows and
     // columns of the window, innermost first, at most ww, wh, wt trips.)
-    for (int row = tid; row < p.bias_rows; row += Tr::kThreads) {  // sass: trips(-(-bias_rows // kThreads))
+    for (int row = tid; row < p.bias_rows; row += Tr::kThreads) {  // sass: trips(bias_rows // kThreads + 1)
       int dt, dy, dx;
       bias_table_offsets(g, row, dt, dy, dx);
       dst[row] = bias_bin_sum<float>(shape, dt, dy, dx, dbias_at);  // sass: trips(ww; wh; wt)
