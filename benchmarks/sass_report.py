@@ -437,7 +437,10 @@ def stream_table(so: str, arch: str = "sm_90", kernels: Optional[List[Kernel]] =
 #                               instructions close runs <expr> times
 #                               (names: images, warps, threads, N, d, keys,
 #                               keytiles; the backward's also kWarps, kThreads,
-#                               kDPad, kNT)
+#                               kDPad, kNT, and the window (wt, wh, ww) and its
+#                               bias table's bias_rows); `trips(a; b; c)` (the
+#                               backward's spelling) gives the nested loops of a
+#                               helper inlined on that line, innermost first
 #   // sass-dyn: skip           code off the costed path (scalar fallbacks)
 # or, in bwd_mma_kernel.cuh, the same as // sass: trips(<expr>), // sass:
 # image-loop (trips=images) and // sass: skip(<path>) over the block the line
@@ -643,9 +646,20 @@ def dynamic_count(ins: List[Instr], labels: Dict[str, int], kernel_file: str, ma
                 raise ValueError(f"{kernel_file}:{line}: marker {mk!r} is in no loop of the SASS -- "
                                  "is the extension built from this source?")
             continue  # another kernel's loop
-        lp = min(inside, key=lambda lp: lp[1] - lp[0])
-        lp[3] = float(eval(mk[len("trips="):], {"__builtins__": {}}, dict(env)))  # noqa: S307 - our own markers
-        lp[4] = mk
+        exprs = mk[len("trips="):].split(";")
+        if len(exprs) == 1:
+            chosen = [min(inside, key=lambda lp: lp[1] - lp[0])]
+        else:
+            # `trips(a; b; c)`: the nested loops of a helper inlined on this line (their
+            # back edges come from it), innermost first -- exactly that many, nested.
+            chosen = sorted([lp for lp in loops if line in lp[2]], key=lambda lp: lp[1] - lp[0])
+            nested = all(o[0] <= i_[0] and i_[1] <= o[1] for i_, o in zip(chosen, chosen[1:]))
+            if len(chosen) != len(exprs) or not nested:
+                raise ValueError(f"{kernel_file}:{line}: marker {mk!r} names {len(exprs)} nested loops, the SASS "
+                                 f"has {len(chosen)} loops from that line{'' if nested else ' (not nested)'}")
+        for lp, expr in zip(chosen, exprs):
+            lp[3] = float(eval(expr, {"__builtins__": {}}, dict(env)))  # noqa: S307 - our own markers
+            lp[4] = mk
     mult = [1.0] * len(ins)
     for j, i, _, trips, _ in loops:
         for k in range(j, i + 1):
@@ -840,6 +854,11 @@ REVIEW_ATT_MS = (6.6, 11.8)  # the review's attention per step (its 5.0 G), H200
 REVIEW_ATT_FLOOR_MS = 0.85
 
 
+# The models pass the relative-position bias as its table ((2ws - 1)^2, heads): the tile backward bins
+# its gradient into the table's rows, partials (chunks, windows, heads, rows) (bias_table_kernels.cuh).
+SWIN_T_BIAS_ROWS = 13 * 13
+
+
 def bwd_chunk(B: int, windows_heads: int, N: int = 49) -> int:
     """Images per backward block (launch_template.cuh, choose_chunk)."""
     chunk = max(1, min(BWD_MAX_CHUNK, B * windows_heads // BWD_TARGET_BLOCKS))
@@ -869,10 +888,12 @@ def _blocks_by_regs(regs: int, warps: int = 4) -> int:
 
 
 def attention_step_model(fwd: List[tuple], bwd: List[tuple], batch: int = 128, fwd_per_sm: int = 4,
-                         bwd_per_sm: int = 3, N: int = 49) -> dict:
+                         bwd_per_sm: int = 3, N: int = 49, bias_rows: int = SWIN_T_BIAS_ROWS) -> dict:
     """The review's H200 model of the Swin-T attention per training step (bf16, window 7, head_dim 32).
     fwd / bwd: per stage (images per block, warp-instructions per warp per (image, window, head)),
-    in the order of SWIN_T_STAGES.  Returns counts (G warp-instructions) and model outputs (ms)."""
+    in the order of SWIN_T_STAGES.  The bias is the relative-position table (the models pass it): the
+    backward's partials are (chunks, windows, heads, bias_rows) float32 (bias_rows = N * N: the
+    gathered (heads, N, N) form's).  Returns counts (G warp-instructions) and model outputs (ms)."""
     m = ATT_MODEL
     out = dict(fwd_g=0.0, bwd_g=0.0, floor=0.0, att=[0.0, 0.0], issue=[0.0, 0.0], ideal=0.0, stages=[])
     for (stage, depth, nw, heads), (hw, C, _), (fc, fper), (bc, bper) in zip(SWIN_T_STAGES, SWIN_T["stages"], fwd,
@@ -883,7 +904,7 @@ def attention_step_model(fwd: List[tuple], bwd: List[tuple], batch: int = 128, f
         fi, bi = units * 4 * fper, units * 4 * bper
         fwd_b, bwd_b = E * 8 + T * heads * 4, E * 14 + T * heads * 4  # q, k, v in, o out, lse; + dO, dq/dk/dv
         nchunk = -(-batch // bc)
-        part = nchunk * wh * N * N * 4  # the bias-gradient partials (float32), written, then summed
+        part = nchunk * wh * bias_rows * 4  # the bias-gradient partials (float32), written, then summed
         fblocks, bblocks = -(-batch // fc) * wh, nchunk * wh
         out["fwd_g"] += depth * fi / 1e9
         out["bwd_g"] += depth * bi / 1e9
@@ -929,14 +950,17 @@ def backward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
         "from `nvdisasm -c -gi` of the built extension, by the forward's counter: static SASS x loop trip",
         "counts, the loops and the paths off the costed one marked `sass:` in",
         "`csrc/cuda/attention/bwd_mma_kernel.cuh` (`image-loop`, `trips(...)`, `skip(scalar)`,",
-        "`skip(padded)`); the tool refuses a listing whose line attribution does not fit the source (a stale",
+        "`skip(padded)`, `skip(gathered)`: the costed path takes the bias as the relative-position table, as the",
+        "models pass it, and bins its gradient into the table's rows once per block); the tool refuses a",
+        "listing whose line attribution does not fit the source (a stale",
         "build).  Every branch inside the costed path is counted as taken: an upper bound (e.g. the n-tiles",
         "past N = 49 that break out at run time, the prefetch of the next image on the block's last one).",
         "",
         "**Counts** (from the SASS): the warp-instruction columns and the G per step.  **Model outputs**",
         "(no GPU ran): every ms and every ratio to the floor.  **Per warp per image**: one warp's",
         "instructions per block divided by the images of the block (the block's once-only work -- token",
-        "table, bias + mask tile in fragment order, bias-gradient partial -- spread over them).",
+        "table, bias + mask tile in fragment order from the table, the bias gradient binned into the table's",
+        "rows -- spread over them).",
         "",
         "Cross-check by hand (head_dim 32, N = 49 padded to one 64-key tile): per warp and image S = Q K^T",
         "and dP = dO V^T are 8 n-tiles x 2 k-steps each (32 mma), dQ += dS K 4 k-steps x 4 n-tiles (16), and",
@@ -976,7 +1000,7 @@ def backward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
                 check_lines_are_code(ins_, kernel_file, src)
             _, ins, labels = parsed[subs["tile"]]
             env = dict(kWarps=BWD_WARPS, kThreads=32 * BWD_WARPS, kDPad=32, kNT=8, N=49, warps=BWD_WARPS,
-                       threads=32 * BWD_WARPS, keytiles=1)
+                       threads=32 * BWD_WARPS, keytiles=1, wt=1, wh=7, ww=7, bias_rows=SWIN_T_BIAS_ROWS)
             one, _, _ = dynamic_count(ins, labels, kernel_file, markers, dict(env, images=1))
             two, _, _ = dynamic_count(ins, labels, kernel_file, markers, dict(env, images=2))
             body, once = two - one, 2 * one - two
@@ -1055,7 +1079,9 @@ def backward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
                   f"{m['bw'][0] / 1e12:.1f} / {m['bw'][1] / 1e12:.1f} TB/s (optimistic / pessimistic); bytes: "
                   "forward 8 B per token-channel (q, k, v in, o out, bf16) + the float32 lse per (token, head), "
                   "backward 14 B (+ dO in, dq, dk, dv out) + lse, plus the bias-gradient partials (float32 "
-                  "(chunks, windows, heads, 49, 49), written by the kernel and read by the glue's sum at "
+                  f"(chunks, windows, heads, {SWIN_T_BIAS_ROWS}): the models pass the relative-position table, whose "
+                  "rows the kernel bins the gradient into; (chunks, windows, heads, 49, 49) with the gathered bias), "
+                  "written by the kernel and read by the glue's sum at "
                   f"{m['bw_ew'][0] / 1e12:.1f} / {m['bw_ew'][1] / 1e12:.1f} TB/s, {1e6 * m['launch']:.0f} us per sum); "
                   f"wave efficiency at {fps} forward / {bps} backward blocks per SM (by registers and the traits' "
                   "launch bounds); HBM floor = the forward's and backward's bytes at the 4.8 TB/s peak.", "",

@@ -78,9 +78,15 @@ SWIN_HOST_DEVICE A bias_bin_sum(const BiasTableShape& s, int dt, int dy, int dx,
   const int t0 = dt < 0 ? -dt : 0, t1 = dt > 0 ? s.wt - dt : s.wt;
   const int y0 = dy < 0 ? -dy : 0, y1 = dy > 0 ? s.wh - dy : s.wh;
   const int x0 = dx < 0 ? -dx : 0, x1 = dx > 0 ? s.ww - dx : s.ww;
+  // One pair per trip (`unroll 1`: a bin holds at most ww pairs per
+  // window row, and the CUDA kernels' instruction counter reads these
+  // loops' trips from benchmarks/sass_report.py's markers).
+#pragma unroll 1
   for (int t = t0; t < t1; ++t) {
+#pragma unroll 1
     for (int y = y0; y < y1; ++y) {
       const int jrow = (t * s.wh + y) * s.ww;
+#pragma unroll 1
       for (int x = x0; x < x1; ++x) {
         const int j = jrow + x;
         acc += load(j + offset, j);

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -478,6 +479,132 @@ def test_kernel_3d_backward_is_deterministic(hops, monkeypatch, dtype, window, s
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------
+# The relative-position table form of the attention bias (csrc/bias_table.h):
+# the tensor-core tile kernels read the table and bin its gradient themselves,
+# every other kernel runs on the glue's expansion (bias_table_kernels.cuh).
+
+# (id, window, shift, map, head_dim, v2): V1 2-D (the Swin-T window 7 unshifted, and shifted on a
+# padded map; a non-square window), 3-D clips ((2, 3, 3), Video Swin's (8, 7, 7) of N = 392) and V2.
+TABLE_CASES = [
+    ("w7", (7, 7), (0, 0), (7, 14), 32, False),
+    ("w7-shifted-padded", (7, 7), (3, 3), (10, 13), 32, False),
+    ("3x5", (3, 5), (1, 2), (6, 10), 16, False),
+    ("3d", (2, 3, 3), (1, 1, 2), (3, 6, 4), 16, False),
+    ("video", (8, 7, 7), (4, 3, 3), (8, 7, 7), 16, False),
+    ("v2-w8", (8, 8), (4, 4), (8, 13), 16, True),
+]
+
+
+def _table_case(case, dtype, B=2, heads=2):
+    """Random inputs of a TABLE_CASES entry: qkv, dO, pad, head_scale (V2), the table and its
+    standard index (flattened), and the table gathered to (heads, N, N) (the contract's bias_full)."""
+    pos_bias = pytest.importorskip("swin_ext.layers.pos_bias")
+    _, window, _, hw, d, _ = case
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    index = pos_bias.relative_position_index(list(window)).flatten()
+    N, rows = math.prod(window), math.prod(2 * w - 1 for w in window)
+    table = torch.randn(rows, heads, dtype=acc)
+    full = table[index].view(N, N, heads).permute(2, 0, 1).contiguous()
+    C = heads * d
+    qkv = torch.randn(B, *hw, 3 * C).to(dtype)
+    go = torch.randn(B, *hw, C).to(dtype)
+    pad = torch.randn(3 * C).to(dtype)
+    hs = (torch.rand(heads) * 20 + 1).to(acc)
+    return qkv, go, pad, hs, table, index, full
+
+
+def _attention_fwd_bwd(hops, case, qkv, go, pad, hs, bias):
+    """(out, lse, dqkv, dbias, dpad[, dhead_scale]) of one case through the harness ops."""
+    _, window, shift, _, d, v2 = case
+    if v2:
+        out, lse = hops.window_attention_v2_fwd(qkv, bias, pad, hs, window[0], shift[0], shift[1])
+        return (out, lse) + tuple(hops.window_attention_v2_bwd(go, qkv, bias, pad, hs, lse, window[0], shift[0],
+                                                               shift[1]))
+    out, lse = hops.window_attention_fwd(qkv, bias, pad, list(window), list(shift), d**-0.5)
+    return (out, lse) + tuple(hops.window_attention_bwd(go, qkv, bias, pad, lse, list(window), list(shift), d**-0.5))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", TABLE_CASES, ids=[c[0] for c in TABLE_CASES])
+def test_kernel_attention_bias_table_matches_gathered_bias(hops, mode, monkeypatch, dtype, case):
+    """The table form gives the gathered form's results: the forward bitwise (the same float bias
+    values), dqkv, the pad vector's gradient and d head_scale bitwise (the same kernels and chunks),
+    and dtable = the gathered form's dbias scattered into the table's rows (its fp32 sums binned in
+    another order by the tile kernels, hence a tolerance there), with every row written."""
+    monkeypatch.setenv("SWIN_EXT_ATTN_CHUNK", "2")
+    qkv, go, pad, hs, table, index, full = _table_case(case, dtype, B=1 if case[0] == "video" else 2)
+    got = _attention_fwd_bwd(hops, case, qkv, go, pad, hs, table)
+    want = _attention_fwd_bwd(hops, case, qkv, go, pad, hs, full)
+    for name, a, b in zip(("out", "lse", "dqkv", "dbias", "dpad", "dhead_scale"), got, want):
+        if name != "dbias":
+            assert torch.equal(a, b), name
+    heads = table.shape[1]
+    dfull = want[3]
+    assert torch.isfinite(dfull).all()
+    scattered = torch.zeros(heads, table.shape[0], dtype=dfull.dtype).scatter_add_(
+        1, index.expand(heads, -1), dfull.reshape(heads, -1)).t()
+    assert got[3].shape == table.shape and got[3].is_contiguous()
+    tol = dict(atol=0, rtol=0) if dtype == torch.float64 else dict(atol=1e-5 * scattered.abs().max().item(), rtol=1e-5)
+    torch.testing.assert_close(got[3], scattered, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("case", [TABLE_CASES[1], TABLE_CASES[3], TABLE_CASES[5]], ids=["w7", "3d", "v2"])
+def test_kernel_attention_bias_table_gradient_is_deterministic(hops, monkeypatch, dtype, case):
+    """dtable (binned in the tile kernel, bf16; by the glue's kernel after the SIMT one, fp32) is
+    bitwise the same whatever the thread order and block placement, several images per block."""
+    monkeypatch.setenv("SWIN_EXT_ATTN_CHUNK", "2")
+    qkv, go, pad, hs, table, _, _ = _table_case(case, dtype, B=3)
+    results = []
+    for seed, workers in [(0, 1), (1, 2), (99, 3)]:
+        hops.set_options(seed, workers)
+        results.append(_attention_fwd_bwd(hops, case, qkv, go, pad, hs, table))
+    hops.clear_options()
+    assert all(torch.isfinite(t).all() for t in results[0])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("ws", [7, 12], ids=["tile", "key-tiled"])
+def test_kernel_attention_bias_table_launches(hops, dtype, ws):
+    """Who handles the table: the bf16 tile kernels (N <= 64) read it and bin its gradient in the
+    kernel -- no expansion, no binning launch -- every other kernel (SIMT fp32, the key-tiled bf16
+    backward and streamed forward) runs on the glue's expansion, one per op call, and its gradient
+    is binned by one launch after the backward."""
+    heads, d = 2, 16
+    table = torch.randn((2 * ws - 1) ** 2, heads)
+    qkv = torch.randn(1, ws, ws, 3 * heads * d).to(dtype)
+
+    def step():
+        out, lse = hops.window_attention_fwd(qkv, table, None, [ws, ws], [0, 0], 0.25)
+        _, dtable, _ = hops.window_attention_bwd(torch.randn_like(out), qkv, table, None, lse, [ws, ws], [0, 0], 0.25)
+        assert dtable.shape == table.shape and torch.isfinite(dtable).all()
+
+    names = [n for n, *_ in _launches(hops, step)]
+    expand = sum("bias_table_expand_kernel" in n for n in names)
+    binned = sum("bias_table_bin_kernel" in n for n in names)
+    if dtype == torch.bfloat16 and ws == 7:
+        assert any("attn_bwd_tile_kernel" in n for n in names) and (expand, binned) == (0, 0), names
+    else:
+        # forward + backward expand (the key-tiled backward's fp32 forward recompute reuses its expansion)
+        assert (expand, binned) == (2, 1), names
+
+
+def test_kernel_attention_bias_table_empty_batch(hops):
+    """An empty batch: the backward's dbias is still in the bias's form, the table's zeros."""
+    table = torch.randn(13 * 13, 3)
+    qkv = torch.randn(0, 7, 7, 3 * 96)
+    out, lse = hops.window_attention_fwd(qkv, table, None, [7, 7], [0, 0], 0.2)
+    _, dtable, dpad = hops.window_attention_bwd(torch.randn_like(out), qkv, table, None, lse, [7, 7], [0, 0], 0.2)
+    assert dtable.shape == table.shape and not dtable.any() and dpad.shape == (3 * 96,)
+    _, lse2 = hops.window_attention_v2_fwd(qkv, table, None, torch.ones(3), 7, 0, 0)
+    grads = hops.window_attention_v2_bwd(torch.randn_like(out), qkv, table, None, torch.ones(3), lse2, 7, 0, 0)
+    assert grads[1].shape == table.shape and grads[3].shape == (3,)
 
 
 def test_kernel_add_layernorm_and_bias_gelu_are_deterministic(hops, monkeypatch):

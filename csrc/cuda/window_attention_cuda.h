@@ -23,6 +23,15 @@ inline void check_attention_limits(const WindowGeometry& g, int64_t heads, int64
               ", batch ", g.B, ", channels ", heads * d, ") exceeds the kernels' 32-bit indexing");
 }
 
+// The table form of the bias (bias_table.h): the expansion's blocks (heads *
+// N) and the table's elements (rows * heads) are 32-bit in the kernels.
+inline void check_bias_table_limits(const WindowGeometry& g, int64_t heads, int64_t rows) {
+  constexpr int64_t kMax32 = (int64_t(1) << 31) - 1;
+  TORCH_CHECK(heads * g.N <= kMax32 && rows * heads <= kMax32, "swin_ext.window_attention (CUDA): the relative-position "
+              "table (", rows, ", ", heads, ") of window (", g.wt, ", ", g.wh, ", ", g.ww,
+              ") exceeds the kernels' 32-bit indexing; pass the gathered (heads, N, N) bias");
+}
+
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 inline cuda::attn::AttnParams attention_params(const WindowGeometry& g, int64_t heads, int64_t d,
@@ -112,6 +121,32 @@ inline void check_attention_status(cudaError_t e, const char* what) {
   TORCH_CHECK(e == cudaSuccess, "swin_ext.window_attention (CUDA): ", what, " failed: ", cudaGetErrorString(e));
 }
 
+// The accumulation type of the kernels of element type T (the bias's type).
+template <typename T>
+using attention_acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// The table form of the bias for the kernels that read the (heads, N, N)
+// bias: the table expanded on the device (bias_table_kernels.cuh).
+template <class Backend, typename A>
+at::Tensor expand_bias_table(const cuda::attn::AttnParams& p, const at::Tensor& table, cudaStream_t stream) {
+  at::Tensor full = Backend::output({p.heads, p.g.N, p.g.N}, table.options());
+  check_attention_status(cuda::attn::bias_table_expand<A>(p, table.const_data_ptr(), full.mutable_data_ptr(), stream),
+                         "the bias-table expansion launch");
+  Backend::check_launch();
+  return full;
+}
+
+// Their (heads, N, N) bias gradient binned into the table's rows: (rows, heads).
+template <class Backend, typename A>
+at::Tensor bin_bias_gradient(const cuda::attn::AttnParams& p, const at::Tensor& dfull, cudaStream_t stream) {
+  const at::Tensor src = dfull.contiguous();
+  at::Tensor dtable = Backend::output({p.bias_rows, p.heads}, dfull.options());
+  check_attention_status(cuda::attn::bias_table_bin<A>(p, src.const_data_ptr(), dtable.mutable_data_ptr(), stream),
+                         "the bias-table gradient launch");
+  Backend::check_launch();
+  return dtable;
+}
+
 // The forward of both attention ops: V1 (head_scale undefined) and Swin V2's
 // cosine attention (q, k L2-normalised, q times head_scale, scale 1).
 // g_in: the geometry check_attention_args returned for qkv_in.
@@ -131,7 +166,8 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_impl(const at::Tensor& q
   const bool has_pad = qkv_pad.has_value();
   const at::Tensor pad = has_pad ? qkv_pad->contiguous() : at::Tensor();
   const at::Tensor head_scale = v2 ? head_scale_in.contiguous() : at::Tensor();
-  const int64_t heads = bias.size(0), C = qkv.size(3) / 3, d = C / heads;
+  const bool table = bias_is_table(bias);
+  const int64_t heads = attention_heads(bias), C = qkv.size(3) / 3, d = C / heads;
   std::vector<int64_t> out_sizes = attention_map_sizes(g_in, qkv_in);
   out_sizes.push_back(C);
   at::Tensor out = Backend::output({g.B * g.T, g.H, g.W, C}, qkv.options());
@@ -140,6 +176,7 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_impl(const at::Tensor& q
   const std::vector<int64_t> lse_sizes = {g_in.B, g_in.nW, heads, g_in.N};
   if (out.numel() == 0) return {out.view(out_sizes), lse.view(lse_sizes)};
   check_attention_limits(g, heads, d);
+  if (table) check_bias_table_limits(g, heads, bias.size(0));
   const cudaStream_t stream = Backend::stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, qkv.scalar_type(), "window_attention_fwd_cuda", [&] {
@@ -147,6 +184,8 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_impl(const at::Tensor& q
         cuda::attn::AttnParams p = attention_params(g, heads, d, scale, sizeof(T));
         p.qkv = qkv.const_data_ptr();
         p.bias = bias.const_data_ptr();
+        p.bias_table = table;
+        p.bias_rows = table ? static_cast<int>(bias.size(0)) : 0;
         p.pad = has_pad ? pad.const_data_ptr() : nullptr;
         p.out = out.mutable_data_ptr();
         p.lse_out = lse.mutable_data_ptr();
@@ -158,6 +197,12 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_impl(const at::Tensor& q
         check_attention_image_size(p.img_qkv, sizeof(T));
         const cuda::attn::FwdPlan plan = cuda::attn::attention_fwd_plan<T>(p, attention_chunk());
         check_attention_launch(plan.blocks, plan.smem, device_smem_optin(), g, d, qkv.scalar_type(), "the forward kernel");
+        at::Tensor bias_full;  // the table expanded for a kernel without a table read
+        if (plan.bias_expanded) {
+          bias_full = expand_bias_table<Backend, attention_acc_t<scalar_t>>(p, bias, stream);
+          p.bias = bias_full.const_data_ptr();
+          p.bias_table = false;
+        }
         check_attention_status(cuda::attn::attention_fwd_run<T>(p, plan, stream),
                                "the forward launch (or raising its shared-memory limit)");
         Backend::check_launch();
@@ -175,7 +220,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
   const bool v2 = head_scale_in.defined();
   Backend::check_device(qkv_in, "qkv");
   const typename Backend::Guard guard(qkv_in.device());
-  const int64_t heads = bias_in.size(0), C3 = qkv_in.size(-1), C = C3 / 3, d = C / heads;
+  const bool table = bias_is_table(bias_in);
+  const int64_t heads = attention_heads(bias_in), C3 = qkv_in.size(-1), C = C3 / 3, d = C / heads;
   check_attention_bwd_args(grad_out_in, qkv_in, lse_in, g_in, heads);
   const WindowGeometry& g = g_in;
   const at::Tensor qkv = qkv_in.contiguous().view({g.B * g.T, g.H, g.W, C3});
@@ -189,10 +235,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
 
   at::Tensor dqkv = Backend::output(qkv.sizes(), qkv.options());
   if (qkv.numel() == 0) {
-    return {dqkv.view(qkv_in.sizes()), at::zeros({heads, g.N, g.N}, acc_opts), at::zeros({C3}, acc_opts),
+    // dbias in bias's form: the table's gradient, or the (heads, N, N) one.
+    return {dqkv.view(qkv_in.sizes()), at::zeros(bias.sizes(), acc_opts), at::zeros({C3}, acc_opts),
             v2 ? at::zeros({heads}, acc_opts) : at::Tensor()};
   }
   check_attention_limits(g, heads, d);
+  if (table) check_bias_table_limits(g, heads, bias.size(0));
   const cudaStream_t stream = Backend::stream();
   at::Tensor dbias, dpad, dscale;
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -201,6 +249,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
         cuda::attn::AttnParams p = attention_params(g, heads, d, scale, sizeof(T));
         p.qkv = qkv.const_data_ptr();
         p.bias = bias.const_data_ptr();
+        p.bias_table = table;
+        p.bias_rows = table ? static_cast<int>(bias.size(0)) : 0;
         p.pad = has_pad ? pad.const_data_ptr() : nullptr;
         p.lse = lse.const_data_ptr();
         p.grad_out = grad_out.const_data_ptr();
@@ -221,6 +271,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
           check_attention_launch(g.B * g.nW * heads * plan.n_key_blocks, plan.smem_dkv, optin, g, d,
                                  qkv.scalar_type(), "the dk/dv backward kernel");
         }
+        // The bias the kernels read: the table (the tile kernel reads it and
+        // bins its gradient), else the (heads, N, N) bias, expanded from a table.
+        at::Tensor bias_k = bias;
+        if (plan.bias_expanded) {
+          bias_k = expand_bias_table<Backend, attention_acc_t<scalar_t>>(p, bias, stream);
+          p.bias = bias_k.const_data_ptr();
+          p.bias_table = false;
+        }
         // Workspaces: every element is written by the kernels.
         at::Tensor dbias_part = Backend::output({plan.dbias_part_elems}, acc_opts);
         at::Tensor dpad_part = Backend::output({plan.dpad_slots, 2 * C}, acc_opts);
@@ -236,7 +294,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
           // composite's error at bf16 under the harness).
           const std::optional<at::Tensor> pad32 =
               has_pad ? std::optional<at::Tensor>(pad.to(at::kFloat)) : std::nullopt;
-          out_fwd = std::get<0>(window_attention_fwd_impl<Backend>(qkv_in.to(at::kFloat), bias, pad32, head_scale,
+          out_fwd = std::get<0>(window_attention_fwd_impl<Backend>(qkv_in.to(at::kFloat), bias_k, pad32, head_scale,
                                                                    g, scale));
           drow = Backend::output({plan.drow_elems}, acc_opts);
           dq_ws = Backend::output({plan.dq_ws_elems}, acc_opts);
@@ -253,7 +311,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
                                "the backward launch (or raising its shared-memory limit)");
         Backend::check_launch();
         // Partials reduced over fixed shapes: bitwise reproducible run to run.
-        dbias = dbias_part.view({-1, heads, g.N, g.N}).sum(0);
+        if (plan.dbias_binned) {  // (chunks, windows, heads, rows) partials of the table's gradient
+          dbias = dbias_part.view({-1, heads, p.bias_rows}).sum(0).t().contiguous();
+        } else {
+          dbias = dbias_part.view({-1, heads, g.N, g.N}).sum(0);
+          if (table) dbias = bin_bias_gradient<Backend, attention_acc_t<scalar_t>>(p, dbias, stream);
+        }
         // The q part of the padding vector's gradient is zero: padding queries have dO = 0.
         dpad = plan.dpad_slots ? at::cat({at::zeros({C}, acc_opts), dpad_part.sum(0)}) : at::zeros({C3}, acc_opts);
         if (v2) dscale = dscale_part.sum(0);

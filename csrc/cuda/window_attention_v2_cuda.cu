@@ -12,7 +12,7 @@ std::tuple<at::Tensor, at::Tensor> window_attention_v2_fwd(const at::Tensor& qkv
                                                            const at::Tensor& head_scale, int64_t window_size,
                                                            int64_t shift_h, int64_t shift_w) {
   const WindowGeometry g = check_attention_args_2d(qkv, bias, qkv_pad, window_size, shift_h, shift_w);
-  check_v2_head_scale(head_scale, qkv, bias.size(0));
+  check_v2_head_scale(head_scale, qkv, attention_heads(bias));
   return window_attention_fwd_impl<Backend>(qkv, bias, qkv_pad, head_scale, g, 1.0);
 }
 
@@ -22,7 +22,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_v2_b
     const std::optional<at::Tensor>& qkv_pad, const at::Tensor& head_scale, const at::Tensor& lse,
     int64_t window_size, int64_t shift_h, int64_t shift_w) {
   const WindowGeometry g = check_attention_args_2d(qkv, bias, qkv_pad, window_size, shift_h, shift_w);
-  check_v2_head_scale(head_scale, qkv, bias.size(0));
+  check_v2_head_scale(head_scale, qkv, attention_heads(bias));
   return window_attention_bwd_impl<Backend>(grad_out, qkv, bias, qkv_pad, head_scale, lse, g, 1.0);
 }
 

@@ -22,6 +22,7 @@ struct FwdPlan {
   // bf16 / fp16: the one-tile kernel (N <= 64; blocks over chunks of images)
   // or the streaming one; fp32 / fp64: the SIMT kernel.
   bool tile = false;
+  bool bias_expanded = false;  // the kernel needs the (heads, N, N) bias: the glue expands a table
   int chunk = 1, n_chunks = 1;
 };
 
@@ -45,6 +46,16 @@ template <typename T>
 BwdPlan attention_bwd_plan(const AttnParams& p, int smem_optin, BwdChoice choice, int chunk = 0);
 template <typename T>
 cudaError_t attention_bwd_run(AttnParams p, const BwdPlan& plan, cudaStream_t stream);
+
+// The relative-position table form of the bias (bias_table_kernels.cuh), A =
+// float or double (the accumulation type): the table (bias_rows, heads) ->
+// the (heads, N, N) bias the kernels without a table read take, and their
+// (heads, N, N) bias gradient -> the table's (bias_rows, heads), binned in a
+// fixed order.  p: geometry (divisors set), heads and bias_rows.
+template <typename A>
+cudaError_t bias_table_expand(const AttnParams& p, const void* table, void* full, cudaStream_t stream);
+template <typename A>
+cudaError_t bias_table_bin(const AttnParams& p, const void* dfull, void* dtable, cudaStream_t stream);
 
 }  // namespace attn
 }  // namespace cuda

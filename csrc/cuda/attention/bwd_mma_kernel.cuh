@@ -23,8 +23,11 @@
 //   blocks per SM) while the current one is computed.  D = rowsum(P o dP)
 //   comes from the register fragments (the whole row is in one key tile: two
 //   quad shuffles, no extra read of the forward's output).  The bias
-//   gradient is accumulated over the chunk in registers, one fixed owner
-//   lane per (i, j), and written once per block.
+//   gradient is accumulated over the chunk in shared memory, one fixed owner
+//   lane per (i, j), and written once per block: as the N x N partial, or,
+//   with the table form of the bias (AttnParams::bias_table, read through
+//   the token coordinates), binned into the table's rows in the kernel (a
+//   partial of rows floats, N^2 / rows times smaller: 14x at window 7).
 // attn_bwd_window_kernel (any N): the key-tiled fused backward.  One block
 //   per (window, head, chunk of images); per image the key tiles of 64 are
 //   walked once (K, V through two cp.async stages), each warp accumulating
@@ -56,6 +59,7 @@
 // ATen-free (see cuda_compat.h).
 #pragma once
 
+#include "bias_table_kernels.cuh"
 #include "fwd_kernel.cuh"
 #include "kernel_traits.h"
 #include "mma.h"
@@ -694,10 +698,15 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     // (bias + mask) * log2(e) of (row, key) in the accumulator layout, -inf
     // for keys >= N, 0 for rows >= N: entry q = (warp, n-tile, lane) holds
     // rows g, g + 8 x keys 2t, 2t + 1 of that warp and n-tile.
-    const float* bias = static_cast<const float*>(p.bias) + static_cast<int64_t>(h) * (static_cast<uint64_t>(Nu) * Nu);
+    // The head's bias: the (heads, N, N) bias or the table (HeadBias).
+    const HeadBias bias = HeadBias::make(p, h);
     const float l2e = static_cast<float>(kLog2e), ninf = neg_inf<float>();
     for (int q = tid; q < Tr::kWarps * kNT * 32; q += Tr::kThreads) {  // sass: trips(kWarps * kNT * 32 / kThreads)
       const int w = q / (kNT * 32), nt = (q / 32) % kNT, ln = q % 32;
+      // Rows g, g + 8 and keys 2t, 2t + 1 of the entry: their coordinates (table).
+      const WinCoord ci[2] = {bias.coord(g, w * kRowTile + AccLayout::row(ln, 0)),
+                              bias.coord(g, w * kRowTile + AccLayout::row(ln, 2))};
+      const WinCoord cj[2] = {bias.coord(g, nt * 8 + AccLayout::col(ln, 0)), bias.coord(g, nt * 8 + AccLayout::col(ln, 1))};
       float v[4];
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
@@ -706,7 +715,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
         if (j < N) {
           x = 0.f;
           if (i < N) {
-            x = bias[i * N + j];
+            x = bias.at(i, ci[r >> 1], j, cj[r & 1]);
             if (p.masked && reg[i] != reg[j]) x += kShiftMaskValue;
             x *= l2e;
           }
@@ -979,7 +988,37 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
   }
 
   // ---- once per block: the bias-gradient partial, the padding-key and V2 partials
-  if (active) {
+  if (p.bias_table) {
+    // The table's gradient: each row (bin) the sum of the chunk's dS over
+    // its token pairs, one thread per row, in bias_bin_sum's fixed order; a
+    // partial of bias_rows floats per (chunk, window, head).  First every
+    // warp copies its fragment-order sums to its 16 rows of a plain [row][key]
+    // array over its own quarter of the bias tile (dead now; only this warp
+    // ever read it), so that a pair costs one shared load; then the block
+    // barrier: every row is complete.
+    static_assert(Tr::kBiasBytes == Tr::kTile * Tr::kTile * 4, "a float per (row, key) of the tile");
+    float* sdb = reinterpret_cast<float*>(smem + Tr::kTBias);
+    float* own = sdb + (wrow0 + gr) * Tr::kTile + c0;
+    __syncwarp();
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      const float4 v = dbw[nt * 32];
+      *reinterpret_cast<float2*>(own + nt * 8) = make_float2(v.x, v.y);
+      *reinterpret_cast<float2*>(own + 8 * Tr::kTile + nt * 8) = make_float2(v.z, v.w);
+    }
+    __syncthreads();
+    float* dst = static_cast<float*>(p.dbias_part) +
+                 ((static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h) * static_cast<uint32_t>(p.bias_rows);
+    const BiasTableShape shape = BiasTableShape::make(g.wt, g.wh, g.ww);
+    const auto dbias_at = [&](int i, int j) { return sdb[i * Tr::kTile + j]; };
+    // (trips: the rows per thread; the bin's loops over frames, rows and
+    // columns of the window, innermost first, at most ww, wh, wt trips.)
+    for (int row = tid; row < p.bias_rows; row += Tr::kThreads) {  // sass: trips(bias_rows // kThreads + 1)
+      int dt, dy, dx;
+      bias_table_offsets(g, row, dt, dy, dx);
+      dst[row] = bias_bin_sum<float>(shape, dt, dy, dx, dbias_at);  // sass: trips(ww; wh; wt)
+    }
+  } else if (active) {  // sass: skip(gathered)
     float* dst = static_cast<float*>(p.dbias_part) +
                  ((static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h) * (static_cast<uint64_t>(Nu) * Nu);
     const int i0 = wrow0 + gr, i1 = i0 + 8;

@@ -12,6 +12,7 @@
 #include <mutex>
 
 #include "api.h"
+#include "bias_table_kernels.cuh"
 #include "bwd_kernel.cuh"
 #include "bwd_mma_kernel.cuh"
 #include "fwd_kernel.cuh"
@@ -108,6 +109,8 @@ FwdPlan plan_fwd(const AttnParams& p, int force_chunk) {
     plan.smem = fwd_layout<Tr>(p.d, plan.nwarps).total;
     plan.blocks = static_cast<int64_t>(p.B) * wh * plan.n_row_blocks;
   }
+  // Only the one-tile kernel reads the table form of the bias (staged once per block).
+  plan.bias_expanded = p.bias_table && !plan.tile;
   return plan;
 }
 
@@ -193,9 +196,17 @@ BwdPlan plan_bwd_mma(const AttnParams& p, int smem_optin, BwdChoice choice, int 
   }
   plan.nwarps = M1::kWarps;
   plan.n_row_blocks = plan.n_key_blocks = 1;
+  // The tile kernel reads the table form of the bias and bins its gradient
+  // into the table's rows once per block (partials of bias_rows, not N * N,
+  // per (chunk, window, head)); the key-tiled kernel takes the expanded bias.
+  plan.dbias_binned = p.bias_table && plan.path == BwdPath::kFused;
+  plan.bias_expanded = p.bias_table && !plan.dbias_binned;
+  // The chunk rule is the (heads, N, N) form's for both forms, so that every
+  // other gradient (dqkv, the pad vector's, d head_scale) has the same bits.
   plan.chunk = force_chunk > 0 ? std::min(force_chunk, std::max(p.B, 1)) : choose_chunk(p.B, wh, wh * N * N);
   plan.n_chunks = ceil_div<int>(p.B, plan.chunk);
-  plan.dbias_part_elems = static_cast<int64_t>(plan.n_chunks) * wh * N * N;
+  plan.dbias_part_elems =
+      static_cast<int64_t>(plan.n_chunks) * wh * (plan.dbias_binned ? static_cast<int64_t>(p.bias_rows) : int64_t(N) * N);
   plan.dpad_slots = p.padded ? static_cast<int64_t>(plan.n_chunks) * p.g.nW * M1::kWarps : 0;
   plan.dscale_slots = p.qk_norm ? static_cast<int64_t>(plan.n_chunks) * p.g.nW : 0;
   if (plan.path != BwdPath::kFused) {
@@ -265,6 +276,7 @@ BwdPlan plan_bwd_simt(const AttnParams& p, int smem_optin, BwdChoice choice, int
   }
   plan.dbias_part_elems = static_cast<int64_t>(plan.n_chunks) * partial;
   plan.dscale_slots = p.qk_norm ? static_cast<int64_t>(plan.n_chunks) * plan.n_row_blocks * p.g.nW : 0;
+  plan.bias_expanded = p.bias_table;  // the SIMT kernels read the (heads, N, N) bias
   return plan;
 }
 

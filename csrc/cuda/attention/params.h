@@ -27,13 +27,16 @@ struct Geom {
   int st, sh, sw;     // cyclic shift per axis
   // Divisors of the token tables, precomputed on the host (set_divisors):
   // token t -> (frame, row, column) by wh * ww and ww; window -> (wz, wy, wx)
-  // by nWw and nWh.
-  FastDiv div_area, div_ww, div_nWw, div_nWh;
+  // by nWw and nWh; a row of the relative-position bias table (bias_table.h)
+  // -> its offsets (dt, dy, dx) by (2wh - 1)(2ww - 1) and 2ww - 1.
+  FastDiv div_area, div_ww, div_nWw, div_nWh, div_rel_hw, div_rel_w;
   void set_divisors() {
     div_area = FastDiv::make(wh * ww);
     div_ww = FastDiv::make(ww);
     div_nWw = FastDiv::make(nWw);
     div_nWh = FastDiv::make(nWh);
+    div_rel_hw = FastDiv::make((2 * wh - 1) * (2 * ww - 1));
+    div_rel_w = FastDiv::make(2 * ww - 1);
   }
   // Tokens per image (frames x rows x columns).
   __host__ __device__ __forceinline__ int tokens() const { return T * H * W; }
@@ -42,7 +45,7 @@ struct Geom {
 struct AttnParams {
   // Inputs (device pointers; element types are the kernel's T and acc_t).
   const void* qkv = nullptr;       // (B, [T,] H, W, 3C)
-  const void* bias = nullptr;      // (heads, N, N) acc_t
+  const void* bias = nullptr;      // (heads, N, N) acc_t, or the table (bias_rows, heads) when bias_table
   const void* pad = nullptr;       // (3C,) or null: zero padding
   const void* lse = nullptr;       // (B, nW, heads, N) acc_t (backward input)
   const void* grad_out = nullptr;  // (B, [T,] H, W, C) (backward)
@@ -50,7 +53,8 @@ struct AttnParams {
   void* out = nullptr;             // (B, [T,] H, W, C) forward output
   void* lse_out = nullptr;         // (B, nW, heads, N) acc_t forward output
   void* dqkv = nullptr;            // (B, [T,] H, W, 3C)
-  void* dbias_part = nullptr;      // (n_chunks, nW, heads, N, N) acc_t partials
+  void* dbias_part = nullptr;      // (n_chunks, nW, heads, N, N) acc_t partials; (n_chunks, nW, heads,
+                                   // bias_rows) when bias_table and the tile backward (BwdPlan::dbias_binned)
   void* dpad_part = nullptr;       // (n_dpad_slots, 2, heads, d) acc_t partials, null when unpadded
   void* Dbuf = nullptr;            // (B, nW, heads, N) acc_t, streaming backward only (SIMT)
   const void* out_fwd = nullptr;   // (B, [T,] H, W, C) float32: the forward's output recomputed (key-tiled tensor-core backward)
@@ -61,6 +65,13 @@ struct AttnParams {
   bool qk_norm = false;
   const void* head_scale = nullptr;  // (heads,) acc_t
   void* dscale_part = nullptr;       // (n_dscale_slots, heads) acc_t partials of d head_scale (backward)
+
+  // The relative-position table form of the bias (bias_table.h): `bias` is
+  // (bias_rows, heads), entry (i, j) of head h at table[row(i, j) * heads + h]
+  // with the standard index implied by the window.  Only the tensor-core
+  // tile kernels read it; the glue expands it for every other kernel.
+  bool bias_table = false;
+  int bias_rows = 0;
 
   Geom g{};
   int B = 0, heads = 0, d = 0, C = 0;
@@ -97,7 +108,9 @@ struct BwdPlan {
   int chunk = 1, n_chunks = 1;
   int nwarps = 0, nwarps_dkv = 0;
   int n_row_blocks = 0, n_key_blocks = 0;
-  int64_t dbias_part_elems = 0;  // n_chunks * nW * heads * N * N
+  int64_t dbias_part_elems = 0;  // n_chunks * nW * heads * N * N, or * bias_rows when dbias_binned
+  bool dbias_binned = false;     // the kernel bins dbias into table rows (bias_table and the tile kernel)
+  bool bias_expanded = false;    // the kernels need the (heads, N, N) bias: the glue expands a table
   int64_t dpad_slots = 0;        // rows of the (slots, 2, heads, d) dpad partials (0: unpadded)
   int64_t dbuf_elems = 0;        // B * nW * heads * N (streaming only)
   int64_t dscale_slots = 0;      // rows of the (slots, heads) d head_scale partials (qk_norm only)
