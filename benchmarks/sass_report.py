@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -839,7 +839,19 @@ def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
 # --------------------------------------------------------------------------- backward, and the step
 
 BWD_WARPS = 4  # BwdMmaTraits::kWarps: launched always; at N = 49 all four own rows (rows 48..63 of warp 3)
-BWD_TARGET_BLOCKS, BWD_MAX_CHUNK, BWD_MAX_PARTIALS = 2048, 8, 1 << 25  # launch_template.cuh, choose_chunk
+
+
+def _launch_constants() -> Tuple[int, int, int]:
+    """choose_chunk's kTargetBlocks, kMaxChunk and kMaxBiasPartials, read from launch_template.cuh (so
+    that the estimate cannot drift from the planner)."""
+    src = open(os.path.join(ROOT, "csrc", "cuda", "attention", "launch_template.cuh")).read()
+    target = int(re.search(r"constexpr int kTargetBlocks = (\d+);", src).group(1))
+    chunk = int(re.search(r"constexpr int kMaxChunk = (\d+);", src).group(1))
+    parts = 1 << int(re.search(r"kMaxBiasPartials = int64_t\(1\) << (\d+);", src).group(1))
+    return target, chunk, parts
+
+
+BWD_TARGET_BLOCKS, BWD_MAX_CHUNK, BWD_MAX_PARTIALS = _launch_constants()  # launch_template.cuh, choose_chunk
 BWD_TILE_BLOCKS_PER_SM = 3  # BwdMmaTraits::kTileMinBlocks at head_dim 32 (<= 168 registers)
 FWD_TILE_BLOCKS_PER_SM = 4  # FwdMmaTraits: <= 128 registers, 4 blocks of 128 threads
 # The review's fused WMMA backward, per warp per image (+ ~650 per block), and the issue's targets.

@@ -132,7 +132,7 @@ TABLE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case,v2", TABLE_CASES)
 def test_table_form_is_the_gathered_bias(executor, case, v2, dtype, seed_generator):
     """The table form reads the table through the standard relative_position_index: the forward and dqkv

@@ -24,7 +24,14 @@ namespace cuda {
 namespace attn {
 
 constexpr int kMaxDevices = 64;
-constexpr int kTargetBlocks = 2048;            // enough blocks for every GPU, whatever its size
+// Backward blocks aimed at (images per block = B * blocks per image / this):
+// ~2 waves of 3 blocks per SM on an H200 (132 SMs), enough for any GPU, and
+// several images per block wherever the batch allows, to spread the block's
+// once-only work (token table, bias tile, bias-gradient binning) over them:
+// at 2048 Swin-T's stage 4 (B = 128, 24 heads, one window) ran one image per
+// block, 2,899 warp-instructions per warp per image against 1,643 at
+// stage 1 (benchmarks/results/attn_bwd_dyn_sm90.md).
+constexpr int kTargetBlocks = 768;
 constexpr int kMaxChunk = 8;                   // images per backward block
 constexpr int64_t kMaxBiasPartials = int64_t(1) << 25;  // elements of dbias partials (128 MB fp32)
 
