@@ -33,53 +33,44 @@ __host__ __device__ __forceinline__ void window_coords(const Geom& g, int i, int
   g.div_ww.divmod(rem, y, x);
 }
 
-// Coordinates (frame, row, column) of a window token.
-struct WinCoord {
+// Token i's coordinates as one mixed-radix number with the table's radices,
+// (t (2wh - 1) + y)(2ww - 1) + x: the table row of a pair is linear in it,
+// bias_table_row(i, j) = code(i) - code(j) + bias_table_row(offset 0).
+__host__ __device__ __forceinline__ int bias_table_code(const Geom& g, int i) {
   int t, y, x;
-};
-__host__ __device__ __forceinline__ WinCoord window_coord(const Geom& g, int i) {
-  WinCoord c;
-  window_coords(g, i, c.t, c.y, c.x);
-  return c;
+  window_coords(g, i, t, y, x);
+  return (t * (2 * g.wh - 1) + y) * (2 * g.ww - 1) + x;
 }
 
-// A head's bias as the tile kernels read it: `base` is the head's (N, N)
-// bias (row i, key j at i * N + j), or its column of the table (stride
-// heads), whose row of pair (i, j) comes from the tokens' coordinates
-// (decoded once per token by the caller, only for the table).
+// A head's bias as the tile kernels read it, either form through one
+// expression: entry (i, j) (i, j < N) is base[row_term(i) + col_term(j)] --
+// i * N + j in the head's (N, N) bias, or (code(i) - code(j) + row of offset
+// 0) * heads in its column of the table.  The terms are formed once per
+// token (the table's with the token decode), so an entry costs an add and a
+// load in both forms.
 struct HeadBias {
   const float* base;
   bool table;
-  int heads, N;
-  BiasTableShape shape;
+  int N, heads, center;  // center: the table row of offset (0, 0, 0)
 
   __host__ __device__ __forceinline__ static HeadBias make(const AttnParams& p, int h) {
     HeadBias b;
     const uint32_t Nu = static_cast<uint32_t>(p.g.N);
     b.table = p.bias_table;
     b.base = static_cast<const float*>(p.bias) + (b.table ? static_cast<uint64_t>(h) : h * (static_cast<uint64_t>(Nu) * Nu));
-    b.heads = p.heads;
     b.N = p.g.N;
-    b.shape = BiasTableShape::make(p.g.wt, p.g.wh, p.g.ww);
+    b.heads = p.heads;
+    b.center = bias_table_row(BiasTableShape::make(p.g.wt, p.g.wh, p.g.ww), 0, 0, 0, 0, 0, 0);
     return b;
   }
-  // The coordinates of token i when the table is read (else unused).
-  __host__ __device__ __forceinline__ WinCoord coord(const Geom& g, int i) const {
-    return table ? window_coord(g, i) : WinCoord{0, 0, 0};
+  __host__ __device__ __forceinline__ int row_term(const Geom& g, int i) const {
+    return table ? (bias_table_code(g, i) + center) * heads : i * N;
   }
-  // Entry (i, j), i, j < N.
-  __host__ __device__ __forceinline__ float at(int i, const WinCoord& ci, int j, const WinCoord& cj) const {
-    return table ? base[bias_table_row(shape, ci.t, ci.y, ci.x, cj.t, cj.y, cj.x) * heads] : base[i * N + j];
+  __host__ __device__ __forceinline__ int col_term(const Geom& g, int j) const {
+    return table ? -bias_table_code(g, j) * heads : j;
   }
+  __host__ __device__ __forceinline__ float at(int row_t, int col_t) const { return base[row_t + col_t]; }
 };
-
-// The table row of window tokens (i, j): relative_position_index[i, j].
-__host__ __device__ __forceinline__ int bias_table_row_of(const Geom& g, const BiasTableShape& s, int i, int j) {
-  int ti, yi, xi, tj, yj, xj;
-  window_coords(g, i, ti, yi, xi);
-  window_coords(g, j, tj, yj, xj);
-  return bias_table_row(s, ti, yi, xi, tj, yj, xj);
-}
 
 // Table row -> its relative offsets (dt, dy, dx), each in [-(w - 1), w - 1].
 __host__ __device__ __forceinline__ void bias_table_offsets(const Geom& g, int row, int& dt, int& dy, int& dx) {

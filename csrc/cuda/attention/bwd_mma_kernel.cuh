@@ -703,10 +703,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     const float l2e = static_cast<float>(kLog2e), ninf = neg_inf<float>();
     for (int q = tid; q < Tr::kWarps * kNT * 32; q += Tr::kThreads) {  // sass: trips(kWarps * kNT * 32 / kThreads)
       const int w = q / (kNT * 32), nt = (q / 32) % kNT, ln = q % 32;
-      // Rows g, g + 8 and keys 2t, 2t + 1 of the entry: their coordinates (table).
-      const WinCoord ci[2] = {bias.coord(g, w * kRowTile + AccLayout::row(ln, 0)),
-                              bias.coord(g, w * kRowTile + AccLayout::row(ln, 2))};
-      const WinCoord cj[2] = {bias.coord(g, nt * 8 + AccLayout::col(ln, 0)), bias.coord(g, nt * 8 + AccLayout::col(ln, 1))};
+      // Rows g, g + 8 and keys 2t, 2t + 1 of the entry: their terms (HeadBias).
+      const int ri[2] = {bias.row_term(g, w * kRowTile + AccLayout::row(ln, 0)),
+                         bias.row_term(g, w * kRowTile + AccLayout::row(ln, 2))};
+      const int cj[2] = {bias.col_term(g, nt * 8 + AccLayout::col(ln, 0)), bias.col_term(g, nt * 8 + AccLayout::col(ln, 1))};
       float v[4];
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
@@ -715,7 +715,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
         if (j < N) {
           x = 0.f;
           if (i < N) {
-            x = bias.at(i, ci[r >> 1], j, cj[r & 1]);
+            x = bias.at(ri[r >> 1], cj[r & 1]);
             if (p.masked && reg[i] != reg[j]) x += kShiftMaskValue;
             x *= l2e;
           }

@@ -524,14 +524,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
       const int j0 = nt * 8 + tl, j1 = j0 + 1;
       const bool jv0 = j0 < N, jv1 = j1 < N;
       const int rj0 = reg[j0], rj1 = reg[j1];
-      const WinCoord cj0 = bias.coord(g, j0), cj1 = bias.coord(g, j1);
+      const int cj0 = bias.col_term(g, j0), cj1 = bias.col_term(g, j1);
 #pragma unroll
       for (int w = 0; w < Tr::kWarps; ++w) {
         const int i0 = w * kRowTile + gl, i1 = i0 + 8;
         const bool iv0 = i0 < N, iv1 = i1 < N;
-        const WinCoord ci0 = bias.coord(g, i0), ci1 = bias.coord(g, i1);
-        float x00 = (iv0 && jv0) ? bias.at(i0, ci0, j0, cj0) : 0.f, x01 = (iv0 && jv1) ? bias.at(i0, ci0, j1, cj1) : 0.f;
-        float x10 = (iv1 && jv0) ? bias.at(i1, ci1, j0, cj0) : 0.f, x11 = (iv1 && jv1) ? bias.at(i1, ci1, j1, cj1) : 0.f;
+        const int ri0 = bias.row_term(g, i0), ri1 = bias.row_term(g, i1);
+        float x00 = (iv0 && jv0) ? bias.at(ri0, cj0) : 0.f, x01 = (iv0 && jv1) ? bias.at(ri0, cj1) : 0.f;
+        float x10 = (iv1 && jv0) ? bias.at(ri1, cj0) : 0.f, x11 = (iv1 && jv1) ? bias.at(ri1, cj1) : 0.f;
         if (mixed) {  // window-uniform
           const int ri0 = reg[i0], ri1 = reg[i1];
           x00 += ri0 != rj0 ? mask_value : 0.f;
