@@ -1,6 +1,6 @@
 // The relative-position table form of the attention bias on the GPU
 // (csrc/bias_table.h): the token-coordinate decode the tensor-core tile
-// kernels use to read the table and to bin their bias gradient, and the two
+// backward uses to read the table and to bin its bias gradient, and the two
 // small kernels the glue runs around every other attention kernel -- the
 // expansion of the table to the (heads, N, N) bias those kernels read, and
 // the binning of their (heads, N, N) bias gradient into the table's rows.
@@ -42,7 +42,7 @@ __host__ __device__ __forceinline__ int bias_table_code(const Geom& g, int i) {
   return (t * (2 * g.wh - 1) + y) * (2 * g.ww - 1) + x;
 }
 
-// A head's bias as the tile kernels read it, either form through one
+// A head's bias as the tile backward reads it, either form through one
 // expression: entry (i, j) (i, j < N) is base[row_term(i) + col_term(j)] --
 // i * N + j in the head's (N, N) bias, or (code(i) - code(j) + row of offset
 // 0) * heads in its column of the table.  The terms are formed once per
@@ -64,12 +64,20 @@ struct HeadBias {
     return b;
   }
   __host__ __device__ __forceinline__ int row_term(const Geom& g, int i) const {
-    return table ? (bias_table_code(g, i) + center) * heads : i * N;
+    return row_term_of(table ? bias_table_code(g, i) : 0, i);
   }
   __host__ __device__ __forceinline__ int col_term(const Geom& g, int j) const {
-    return table ? -bias_table_code(g, j) * heads : j;
+    return col_term_of(table ? bias_table_code(g, j) : 0, j);
   }
-  __host__ __device__ __forceinline__ float at(int row_t, int col_t) const { return base[row_t + col_t]; }
+  // The same from the token's code (table form; ignored for the gathered bias).
+  __host__ __device__ __forceinline__ int row_term_of(int code, int i) const {
+    return table ? (code + center) * heads : i * N;
+  }
+  __host__ __device__ __forceinline__ int col_term_of(int code, int j) const { return table ? -code * heads : j; }
+  // (The sum is >= 0 for i, j < N: an unsigned offset, one wide multiply-add.)
+  __host__ __device__ __forceinline__ float at(int row_t, int col_t) const {
+    return base[static_cast<uint32_t>(row_t + col_t)];
+  }
 };
 
 // Table row -> its relative offsets (dt, dy, dx), each in [-(w - 1), w - 1].

@@ -13,10 +13,9 @@
 // attn_fwd_tile_kernel (N <= 64, every 224-px Swin and V2 window 8): one
 //   block per (window, head, chunk of images), 4 warps over the window's (up
 //   to) 64 rows, one key tile: the softmax is exact in one pass.  The block
-//   stages, once, the window's token table and the head's bias (from the
-//   (heads, N, N) bias or from the relative-position table: bias_table.h)
-//   with the window's shift mask, -inf past N, in log2 units and in fragment
-//   order (a float4 per lane and 8-key tile), so the logits of an image cost one
+//   stages, once, the window's token table and the head's bias with the
+//   window's shift mask, -inf past N, in log2 units and in fragment order
+//   (a float4 per lane and 8-key tile), so the logits of an image cost one
 //   FFMA per element; then it walks its images with the next image's q, k, v
 //   in flight (two stages) while the current one is computed.
 // attn_fwd_stream_kernel (N > 64: windows 9 ... 24, Video Swin's (8, 7, 7)
@@ -44,7 +43,6 @@
 #pragma once
 
 #include "../../swin_geometry.h"
-#include "bias_table_kernels.cuh"
 #include "fwd_kernel.cuh"
 #include "kernel_traits.h"
 #include "mma.h"
@@ -509,8 +507,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
     // for keys >= N, 0 for rows >= N: entry q = (warp, n-tile, lane) holds
     // rows g, g + 8 x keys 2t, 2t + 1 of that warp's rows and that n-tile.
     // The shift mask only in the last window along a shifted axis (window_mixed).
-    // The head's bias: the (heads, N, N) bias or the table (HeadBias).
-    const HeadBias bias = HeadBias::make(p, h);
+    const float* bias = static_cast<const float*>(p.bias) + static_cast<int64_t>(h) * N * N;
     const float l2e = static_cast<float>(kLog2e), ninf = neg_inf<float>();
     const bool mixed = window_mixed(g, window_origin(g, win));
     const float mask_value = mixed ? kShiftMaskValue : 0.f;
@@ -524,14 +521,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
       const int j0 = nt * 8 + tl, j1 = j0 + 1;
       const bool jv0 = j0 < N, jv1 = j1 < N;
       const int rj0 = reg[j0], rj1 = reg[j1];
-      const int cj0 = bias.col_term(g, j0), cj1 = bias.col_term(g, j1);
 #pragma unroll
       for (int w = 0; w < Tr::kWarps; ++w) {
         const int i0 = w * kRowTile + gl, i1 = i0 + 8;
         const bool iv0 = i0 < N, iv1 = i1 < N;
-        const int ri0 = bias.row_term(g, i0), ri1 = bias.row_term(g, i1);
-        float x00 = (iv0 && jv0) ? bias.at(ri0, cj0) : 0.f, x01 = (iv0 && jv1) ? bias.at(ri0, cj1) : 0.f;
-        float x10 = (iv1 && jv0) ? bias.at(ri1, cj0) : 0.f, x11 = (iv1 && jv1) ? bias.at(ri1, cj1) : 0.f;
+        const float* b0 = bias + i0 * N;
+        const float* b1 = bias + i1 * N;
+        float x00 = (iv0 && jv0) ? b0[j0] : 0.f, x01 = (iv0 && jv1) ? b0[j1] : 0.f;
+        float x10 = (iv1 && jv0) ? b1[j0] : 0.f, x11 = (iv1 && jv1) ? b1[j1] : 0.f;
         if (mixed) {  // window-uniform
           const int ri0 = reg[i0], ri1 = reg[i1];
           x00 += ri0 != rj0 ? mask_value : 0.f;

@@ -116,8 +116,11 @@ FwdPlan plan_fwd(const AttnParams& p, int force_chunk) {
     plan.smem = fwd_layout<Tr>(p.d, plan.nwarps).total;
     plan.blocks = static_cast<int64_t>(p.B) * wh * plan.n_row_blocks;
   }
-  // Only the one-tile kernel reads the table form of the bias (staged once per block).
-  plan.bias_expanded = p.bias_table && !plan.tile;
+  // The forward kernels read the (heads, N, N) bias: a table is expanded by
+  // the glue (reading it in the one-tile kernel's once-per-block staging cost
+  // ~500 warp-instructions per block more than the gathered bias; see the
+  // issue 19 item 6 report).
+  plan.bias_expanded = p.bias_table;
   return plan;
 }
 

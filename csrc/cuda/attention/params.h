@@ -69,7 +69,7 @@ struct AttnParams {
   // The relative-position table form of the bias (bias_table.h): `bias` is
   // (bias_rows, heads), entry (i, j) of head h at table[row(i, j) * heads + h]
   // with the standard index implied by the window.  Only the tensor-core
-  // tile kernels read it; the glue expands it for every other kernel.
+  // tile backward reads it; the glue expands it for every other kernel.
   bool bias_table = false;
   int bias_rows = 0;
 
