@@ -408,21 +408,33 @@ def test_kernel_window_attention_matches_cpu_kernel_lse(hops):
     torch.testing.assert_close(lse, lse_cpu, atol=1e-5, rtol=1e-5)
 
 
+def _same_in_every_thread_order(hops, run, finite: bool = False) -> None:
+    """``run()``'s tensors are bitwise the same in thread order, shuffled on 2 OS threads and on 3
+    (different seeds); ``finite``: and every tensor of the first run is finite."""
+    results = []
+    for seed, workers in [(0, 1), (1, 2), (99, 3)]:
+        hops.set_options(seed, workers)
+        results.append(tuple(run()))
+    hops.clear_options()
+    if finite:
+        assert all(torch.isfinite(t).all() for t in results[0])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
 def test_kernel_window_attention_is_deterministic(hops):
     """Bitwise-identical results whatever the thread order and block placement."""
     qkv = torch.randn(2, 9, 11, 3 * 32)
     bias = torch.randn(2, 16, 16)
     pad = torch.randn(3 * 32)
     go = torch.randn(2, 9, 11, 32)
-    results = []
-    for seed, workers in [(0, 1), (1, 2), (99, 3)]:
-        hops.set_options(seed, workers)
+
+    def run():
         out, lse = hops.window_attention_fwd(qkv, bias, pad, [4, 4], [2, 2], 0.25)
-        results.append((out, lse) + tuple(hops.window_attention_bwd(go, qkv, bias, pad, lse, [4, 4], [2, 2], 0.25)))
-    hops.clear_options()
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert torch.equal(a, b)
+        return (out, lse) + tuple(hops.window_attention_bwd(go, qkv, bias, pad, lse, [4, 4], [2, 2], 0.25))
+
+    _same_in_every_thread_order(hops, run)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -439,21 +451,15 @@ def test_kernel_tensor_core_backward_is_deterministic(hops, monkeypatch, dtype, 
     go = torch.randn(B, H, W, heads * d).to(dtype)
     hs = torch.rand(heads) * 20 + 1
     monkeypatch.setenv("SWIN_EXT_ATTN_CHUNK", "2")
-    results = []
-    for seed, workers in [(0, 1), (1, 2), (99, 3)]:
-        hops.set_options(seed, workers)
+
+    def run():
         if v2:
             _, lse = hops.window_attention_v2_fwd(qkv, bias, pad, hs, ws, sh, sh)
-            grads = hops.window_attention_v2_bwd(go, qkv, bias, pad, hs, lse, ws, sh, sh)
-        else:
-            _, lse = hops.window_attention_fwd(qkv, bias, pad, [ws, ws], [sh, sh], d ** -0.5)
-            grads = hops.window_attention_bwd(go, qkv, bias, pad, lse, [ws, ws], [sh, sh], d ** -0.5)
-        results.append(tuple(grads))
-    hops.clear_options()
-    assert all(torch.isfinite(t).all() for t in results[0])
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert torch.equal(a, b)
+            return hops.window_attention_v2_bwd(go, qkv, bias, pad, hs, lse, ws, sh, sh)
+        _, lse = hops.window_attention_fwd(qkv, bias, pad, [ws, ws], [sh, sh], d ** -0.5)
+        return hops.window_attention_bwd(go, qkv, bias, pad, lse, [ws, ws], [sh, sh], d ** -0.5)
+
+    _same_in_every_thread_order(hops, run, finite=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
@@ -469,16 +475,12 @@ def test_kernel_3d_backward_is_deterministic(hops, monkeypatch, dtype, window, s
     pad = torch.randn(3 * heads * d).to(dtype)
     go = torch.randn(B, T, H, W, heads * d).to(dtype)
     monkeypatch.setenv("SWIN_EXT_ATTN_CHUNK", "2")
-    results = []
-    for seed, workers in [(0, 1), (1, 2), (99, 3)]:
-        hops.set_options(seed, workers)
+
+    def run():
         _, lse = hops.window_attention_fwd(qkv, bias, pad, list(window), list(shift), d ** -0.5)
-        results.append(tuple(hops.window_attention_bwd(go, qkv, bias, pad, lse, list(window), list(shift), d ** -0.5)))
-    hops.clear_options()
-    assert all(torch.isfinite(t).all() for t in results[0])
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert torch.equal(a, b)
+        return hops.window_attention_bwd(go, qkv, bias, pad, lse, list(window), list(shift), d ** -0.5)
+
+    _same_in_every_thread_order(hops, run, finite=True)
 
 
 # ---------------------------------------------------------------------------
@@ -532,15 +534,7 @@ def test_kernel_attention_bias_table_gradient_is_deterministic(hops, monkeypatch
     bitwise the same whatever the thread order and block placement, several images per block."""
     monkeypatch.setenv("SWIN_EXT_ATTN_CHUNK", "2")
     qkv, go, pad, hs, table, _, _ = _table_case(case, dtype, B=3)
-    results = []
-    for seed, workers in [(0, 1), (1, 2), (99, 3)]:
-        hops.set_options(seed, workers)
-        results.append(_attention_fwd_bwd(hops, case, qkv, go, pad, hs, table))
-    hops.clear_options()
-    assert all(torch.isfinite(t).all() for t in results[0])
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert torch.equal(a, b)
+    _same_in_every_thread_order(hops, lambda: _attention_fwd_bwd(hops, case, qkv, go, pad, hs, table), finite=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
@@ -590,16 +584,13 @@ def test_kernel_add_layernorm_and_bias_gelu_are_deterministic(hops, monkeypatch)
     gy, gh = torch.randn(300, 96).to(torch.bfloat16), torch.randn(300, 96)
     z, bias = torch.randn(300, 384).to(torch.bfloat16), torch.randn(384)
     dz = torch.randn(300, 384).to(torch.bfloat16)
-    results = []
-    for seed, workers in [(0, 1), (1, 2), (99, 3)]:
-        hops.set_options(seed, workers)
+
+    def run():
         h, y, mean, rstd = hops.add_layernorm_fwd(x, br, w, b, 1e-5, torch.bfloat16)
-        results.append((h, y, mean, rstd) + tuple(hops.add_layernorm_bwd(gh, gy, h, w, mean, rstd, torch.bfloat16))
-                       + (hops.bias_gelu_fwd(z, bias),) + tuple(hops.bias_gelu_bwd(dz, z, bias)))
-    hops.clear_options()
-    for other in results[1:]:
-        for a, c in zip(results[0], other):
-            assert torch.equal(a, c)
+        return ((h, y, mean, rstd) + tuple(hops.add_layernorm_bwd(gh, gy, h, w, mean, rstd, torch.bfloat16))
+                + (hops.bias_gelu_fwd(z, bias),) + tuple(hops.bias_gelu_bwd(dz, z, bias)))
+
+    _same_in_every_thread_order(hops, run)
 
 
 def test_kernel_window_attention_launch_errors_and_slow_paths(artefacts):
