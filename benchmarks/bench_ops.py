@@ -91,7 +91,7 @@ def sdpa_window_attention(qkv, bias, ws, shift, scale=None, qkv_pad=None, head_s
         scale = 1.0
     attn_mask = bias.to(q.dtype).unsqueeze(0)
     if sh:
-        mask = reference.shift_mask(Hp, Wp, ws, (sh, sw), device=qkv.device, dtype=q.dtype)
+        mask = reference.shift_mask((Hp, Wp), (ws, ws), (sh, sw), device=qkv.device, dtype=q.dtype)
         nW = mask.shape[0]
         attn_mask = (attn_mask.view(1, 1, heads, N, N) + mask.view(1, nW, 1, N, N)).expand(Bn // nW, -1, -1, -1, -1)
         attn_mask = attn_mask.reshape(Bn, heads, N, N)

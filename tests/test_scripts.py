@@ -3,6 +3,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 import swin_ext
 
@@ -39,3 +40,24 @@ def test_bench_ops_refuses_bad_argument(extra, text, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {extra[0]}" in err and text in err
+
+
+@pytest.mark.parametrize("v2", [False, True])
+@pytest.mark.parametrize("shift", [0, 2])
+def test_bench_ops_sdpa_baseline_is_the_reference(v2, shift):
+    """The op table's `sdpa` column computes the op's function (padded map, shifted and not): a
+    baseline that broke (its V2 rows once raised TypeError and were silently dropped) fails here."""
+    bench_ops = _benchmark("bench_ops")
+    from swin_ext.ops import reference
+
+    g = torch.Generator().manual_seed(11 + shift + 2 * v2)
+    qkv = torch.randn(2, 10, 10, 3 * 16, generator=g, dtype=torch.float64)
+    bias = torch.randn(2, 16, 16, generator=g, dtype=torch.float64)
+    if v2:
+        hs = torch.rand(2, generator=g, dtype=torch.float64) * 9 + 1
+        got = bench_ops.sdpa_window_attention(qkv, bias, 4, shift, head_scale=hs)
+        want = reference.window_attention_v2_reference(qkv, bias, hs, 4, shift)
+    else:
+        got = bench_ops.sdpa_window_attention(qkv, bias, 4, shift)
+        want = reference.window_attention_reference(qkv, bias, 4, shift)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
