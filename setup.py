@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import sys
 
 from setuptools import setup
 
@@ -99,6 +100,14 @@ def build_extensions():
         "-Wno-psabi",
     ]
     extra_link_args = ["-fopenmp"]
+    if sys.platform.startswith("linux"):
+        # A toolchain that links libstdc++ statically (the H200 image's /opt/gcc did,
+        # 2026-12-04) puts a second copy of it in _C beside the one torch loaded; with its
+        # symbols exported, some references bind to torch's copy and some to ours, and
+        # the first formatted TORCH_CHECK message (std::ostream << long) crashed the
+        # process.  Static archives' symbols stay private to _C; a normal build (libstdc++
+        # linked dynamically) is unchanged.
+        extra_link_args.append("-Wl,--exclude-libs,ALL")
     define_macros = []
     include_dirs = [os.path.join(ROOT, CSRC)]
     archs = ""

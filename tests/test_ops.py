@@ -271,3 +271,29 @@ def _func_case(name):
 def test_torch_func_matches_reference(name):
     got, want = _func_case(name)
     _close(got, want, 1e-9)
+
+
+def test_extension_keeps_a_static_libstdcxx_private():
+    """``_C`` exports none of libstdc++'s own definitions.  A toolchain that links libstdc++
+    statically (the H200 image's, 2026-12-04) put a second copy in ``_C``; exported, its symbols
+    mixed with the copy torch loaded and the first formatted error message crashed the process
+    (``setup.py`` links with ``--exclude-libs,ALL``).  A dynamic libstdc++ passes trivially."""
+    import shutil
+    import subprocess
+
+    from swin_ext import _C
+
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("no nm (binutils) on this machine")
+    out = subprocess.run([nm, "-D", "--defined-only", _C.__file__], capture_output=True, text=True, check=True).stdout
+    exported = {line.split()[-1] for line in out.splitlines() if line.strip()}
+    # std::locale::classic(), std::ostream::_M_insert<long>: defined only by libstdc++ itself
+    assert not exported & {"_ZNSt6locale7classicEv", "_ZNSo9_M_insertIlEERSoT_"}
+
+
+def test_formatted_argument_errors_raise():
+    """An op's argument check with numbers in its message comes back as a RuntimeError (the path
+    that crashed with the exported static libstdc++ above)."""
+    with pytest.raises(RuntimeError, match=r"bias must be .* \(4,\)"):
+        torch.ops.swin_ext.bias_gelu_fwd(torch.randn(2, 4), torch.randn(3))
