@@ -55,6 +55,26 @@ from swin_ext.ops import reference  # noqa: E402
 
 from _timing import measure  # noqa: E402
 
+
+def gpu_busy_time(fn: Callable[[], object], calls: int = 3) -> Optional[float]:
+    """Seconds of device work (kernels, copies, memsets) per call of ``fn``, summed from the
+    profiler's CUDA activity; the events column above is wall time per call, which a slow host
+    (Python wrappers, autograd, launches) inflates when the kernels are short.  None when the
+    profiler gives nothing."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    cuda = torch.autograd.DeviceType.CUDA
+    total_us = 0.0
+    for ev in prof.events():
+        if getattr(ev, "device_type", None) == cuda:
+            total_us += ev.time_range.elapsed_us()
+    return total_us * 1e-6 / calls if total_us > 0 else None
+
 # Stage shapes (H = W, C, heads) per configuration, with the window and the image size.
 CONFIGS = {
     "swin_t": dict(v2=False, ws=7, stages=[(56, 96, 3), (28, 192, 6), (14, 384, 12), (7, 768, 24)]),
@@ -499,9 +519,11 @@ def _positive_int(s: str) -> int:
     return v
 
 
-def _row_cells(case: Case, t: Dict[str, float], base: List[str], dtype, passname, copy_bw) -> List[str]:
+def _row_cells(case: Case, t: Dict[str, float], base: List[str], dtype, passname, copy_bw,
+               gpu: Optional[float] = None) -> List[str]:
     tf = t["fused"]
-    row = [case.op, case.config, case.shape, passname, str(dtype).split(".")[-1], f"{tf * 1e3:.3f}"]
+    row = [case.op, case.config, case.shape, passname, str(dtype).split(".")[-1], f"{tf * 1e3:.3f}",
+           f"{gpu * 1e3:.3f}" if gpu else "-"]
     row += [f"{t[b] * 1e3:.3f}" if b in t else "-" for b in base]
     row += [f"{t[b] / tf:.2f}x" if b in t else "-" for b in base]
     floor = case.floor_bytes / copy_bw if copy_bw else None
@@ -585,9 +607,11 @@ def main(argv=None):
         "bytes (inputs read once, outputs written once) at that rate.  `composite`: timm's own window-attention "
         "code under autocast (for the other ops the PyTorch composite); `sdpa`: the attention with "
         "F.scaled_dot_product_attention and the bias + mask materialised.  Median of "
-        f"{repeats} after warm-up, ms.")
+        f"{repeats} after warm-up, ms, wall time per call (CUDA events around one call: a slow host shows "
+        "here); `fused GPU ms`: the device work per call from the profiler (kernels, copies, memsets), "
+        "so wall >> GPU means the call is host-bound.")
     out("")
-    cols = (["op", "config", "shape", "pass", "dtype", "fused ms"] + [f"{b} ms" for b in base]
+    cols = (["op", "config", "shape", "pass", "dtype", "fused ms", "fused GPU ms"] + [f"{b} ms" for b in base]
             + [f"vs {b}" for b in base])
     cols += ["floor ms", "fused / floor"]
     out("| " + " | ".join(cols) + " |")
@@ -639,8 +663,14 @@ def main(argv=None):
                     times[impl] = measure(fn, device, warmup=1 if args.quick else 3, repeats=repeats)["median"]
                 except Exception as e:  # noqa: BLE001 - e.g. out of memory in a composite: a "-" in its column
                     print(f"# {case.op} {case.shape}: {impl} failed: {type(e).__name__}: {str(e)[:100]}", flush=True)
+            gpu = None
+            if cuda and "fused" in times:
+                try:
+                    gpu = gpu_busy_time(case.fns["fused"])
+                except Exception as e:  # noqa: BLE001 - the profiler is optional: a "-" in its column
+                    print(f"# {case.op} {case.shape}: profiler failed: {type(e).__name__}: {str(e)[:100]}", flush=True)
             if "fused" in times:
-                cells = _row_cells(case, times, base, dtype, "fwd+bwd" if backward else "fwd", copy_bw)
+                cells = _row_cells(case, times, base, dtype, "fwd+bwd" if backward else "fwd", copy_bw, gpu)
                 out("| " + " | ".join(cells) + " |")
                 rows_done += 1
         except Exception as e:  # noqa: BLE001
