@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -32,3 +32,23 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, rep
     times.sort()
     q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
     return {"median": statistics.median(times), "p20": q(0.2), "p80": q(0.8), "n": len(times)}
+
+
+def gpu_busy_time(fn: Callable[[], object], calls: int = 3) -> Optional[float]:
+    """Seconds of device work (kernels, copies, memsets) per call of ``fn``, summed from the
+    profiler's CUDA activity.  Beside the wall time per call (:func:`measure`), which a slow host
+    (Python wrappers, autograd, launches) inflates when the kernels are short: wall >> busy means
+    the call is host-bound.  None when the profiler gives nothing."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    cuda = torch.autograd.DeviceType.CUDA
+    total_us = 0.0
+    for ev in prof.events():
+        if getattr(ev, "device_type", None) == cuda:
+            total_us += ev.time_range.elapsed_us()
+    return total_us * 1e-6 / calls if total_us > 0 else None

@@ -103,7 +103,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import swin_ext  # noqa: E402
 from swin_ext.weights.layouts import to_timm, to_torchvision  # noqa: E402
 
-from _timing import measure  # noqa: E402
+from _timing import gpu_busy_time, measure  # noqa: E402
 
 ALL_IMPLS = ["swin_ext-fused", "swin_ext-fused-noepi", "swin_ext-fused-compiled", "swin_ext-reference", "timm",
              "timm-sdpa", "timm-compiled", "torchvision", "transformers", "transformers-eager"]
@@ -388,6 +388,18 @@ def make_runner(
     return step
 
 
+def _gpu_busy(fn: Callable[[], None], device: torch.device, name: str) -> Optional[float]:
+    """Device time of one iteration (kernels, copies, memsets) from the profiler, CUDA only:
+    against the wall time it says whether the step is host-bound (None where unmeasured)."""
+    if device.type != "cuda":
+        return None
+    try:
+        return gpu_busy_time(fn, calls=2)
+    except Exception as e:  # noqa: BLE001 - the profiler is optional: a "-" in its column
+        print(f"  {name}: profiler failed: {type(e).__name__}: {str(e)[:100]}", flush=True)
+        return None
+
+
 def bench_case(
     models, mode, batch, dtype, device, warmup, repeats, compile_s: Optional[Dict[str, float]] = None, img=224,
     model: str = "swin_t",
@@ -423,6 +435,7 @@ def bench_case(
             "p80_s": ts[min(len(ts) - 1, int(0.8 * len(ts)))],
             "img_s": batch / med,
             "peak_mib": peak_memory_mib(fn, device),
+            "gpu_s": _gpu_busy(fn, device, name),
         }
     for m in models.values():
         m.zero_grad(set_to_none=True)
@@ -491,14 +504,15 @@ def _case_rows(mode: str, dt: str, b: int, res: Dict[str, Dict[str, float]], imp
     rows = []
     for name in impls:
         if name not in res:
-            rows.append(f"| {mode} | {dt} | {b} | {name} | failed or skipped | | |" + " |" * len(baselines))
+            rows.append(f"| {mode} | {dt} | {b} | {name} | failed or skipped | | | |" + " |" * len(baselines))
             continue
         r = res[name]
         mem = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
         vs = [f"{r['img_s'] / res[t]['img_s']:.2f}x" if t in res else "-" for t in baselines]
         ips = f"{r['img_s']:.1f}" if r["img_s"] >= 10 else f"{r['img_s']:.3f}"  # 512-px segmentation: < 1 img/s
+        gpu = "-" if r.get("gpu_s") is None else f"{1e3 * r['gpu_s']:.1f}"
         rows.append(f"| {mode} | {dt} | {b} | {name} | {ips} | {1e3 * r['median_s']:.1f} "
-                    f"({1e3 * r['p20_s']:.1f}–{1e3 * r['p80_s']:.1f}) | {mem} | " + " | ".join(vs) + " |")
+                    f"({1e3 * r['p20_s']:.1f}–{1e3 * r['p80_s']:.1f}) | {gpu} | {mem} | " + " | ".join(vs) + " |")
     return rows
 
 
@@ -617,9 +631,9 @@ def main(argv=None) -> int:
     baselines = [t for t in (("torchvision",) if video else BASELINES) if t in impls]
     mem_head = "peak alloc MiB" if cuda else "peak RSS Δ MiB"
     unit = "clips" if video else "img"
-    head = [f"| mode | dtype | batch | implementation | {unit}/s | ms / iter (p20–p80) | {mem_head} | "
+    head = [f"| mode | dtype | batch | implementation | {unit}/s | ms / iter (p20–p80) | GPU busy ms | {mem_head} | "
             + " | ".join(f"vs {t}" for t in baselines) + " |",
-            "|---|---|---:|---|---:|---:|---:|" + "---:|" * len(baselines)]
+            "|---|---|---:|---|---:|---:|---:|---:|" + "---:|" * len(baselines)]
     md_write(head)
 
     results: Dict[Tuple[str, str, int], Dict[str, Dict[str, float]]] = {}
@@ -726,6 +740,8 @@ def main(argv=None) -> int:
         "`train` = forward + cross-entropy + backward + AdamW step. "
         "float16/bfloat16 run under torch.autocast (float32 weights). "
         + (
+            "GPU busy = the device work of one iteration from the profiler (kernels, copies, memsets): "
+            "ms / iter well above it means the host (Python, autograd, launches) sets the pace. "
             "Peak memory = torch.cuda.max_memory_allocated over one iteration "
             "(absolute, includes weights and optimizer state)."
             if cuda

@@ -53,27 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import swin_ext  # noqa: E402
 from swin_ext.ops import reference  # noqa: E402
 
-from _timing import measure  # noqa: E402
-
-
-def gpu_busy_time(fn: Callable[[], object], calls: int = 3) -> Optional[float]:
-    """Seconds of device work (kernels, copies, memsets) per call of ``fn``, summed from the
-    profiler's CUDA activity; the events column above is wall time per call, which a slow host
-    (Python wrappers, autograd, launches) inflates when the kernels are short.  None when the
-    profiler gives nothing."""
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    cuda = torch.autograd.DeviceType.CUDA
-    total_us = 0.0
-    for ev in prof.events():
-        if getattr(ev, "device_type", None) == cuda:
-            total_us += ev.time_range.elapsed_us()
-    return total_us * 1e-6 / calls if total_us > 0 else None
+from _timing import gpu_busy_time, measure  # noqa: E402
 
 # Stage shapes (H = W, C, heads) per configuration, with the window and the image size.
 CONFIGS = {

@@ -61,3 +61,13 @@ def test_bench_ops_sdpa_baseline_is_the_reference(v2, shift):
         got = bench_ops.sdpa_window_attention(qkv, bias, 4, shift)
         want = reference.window_attention_reference(qkv, bias, 4, shift)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_host_overhead_script_times_every_path(capsys):
+    """benchmarks/host_overhead.py (a gpu_check step): one row per op, every path timed."""
+    host_overhead = _benchmark("host_overhead")
+    assert host_overhead.main(["--calls", "2"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    assert [r.split("|")[1].strip() for r in rows] == ["add+LN", "bias+GELU", "attention"]
+    for r in rows:
+        assert all(float(c) > 0 for c in r.strip("| ").split("|")[1:]), r
