@@ -9,8 +9,13 @@ import torch
 
 
 def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10,
-            min_time_s: float = 0.0) -> Dict[str, float]:
-    """Median / p20 / p80 seconds of ``fn()``; CUDA events on GPU, perf_counter on CPU."""
+            min_time_s: float = 0.0, inner: int = 1) -> Dict[str, float]:
+    """Median / p20 / p80 seconds of ``fn()``; CUDA events on GPU, perf_counter on CPU.
+
+    Each sample times ``inner`` calls back to back and divides: with ``inner > 1`` on a GPU the
+    host queues the next call while the device runs the last, so a sample is the steady-state
+    cost per call (the larger of the host's and the device's), as in a model; ``inner=1`` starts
+    every call from an idle device, which adds the host's time before the first launch."""
     for _ in range(warmup):
         fn()
     if device.type == "cuda":
@@ -21,14 +26,16 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, rep
         if device.type == "cuda":
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
-            fn()
+            for _ in range(inner):
+                fn()
             e.record()
             torch.cuda.synchronize(device)
-            times.append(s.elapsed_time(e) / 1e3)
+            times.append(s.elapsed_time(e) / 1e3 / inner)
         else:
             t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+            for _ in range(inner):
+                fn()
+            times.append((time.perf_counter() - t0) / inner)
     times.sort()
     q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
     return {"median": statistics.median(times), "p20": q(0.2), "p80": q(0.8), "n": len(times)}

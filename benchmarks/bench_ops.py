@@ -568,6 +568,7 @@ def main(argv=None):
     dtypes = [getattr(torch, d) for d in (args.dtypes or ([args.dtype] if args.dtype else
                                                           ["bfloat16" if cuda else "float32"]))]
     stages = [0] if args.quick else args.stages
+    inner = 5 if cuda and not args.quick else 1  # CUDA: 5 calls back to back per sample (steady state)
     repeats = 2 if args.quick else args.repeats
     models = args.models or ["swin_t"]
     attn_cfgs = args.attention
@@ -587,9 +588,10 @@ def main(argv=None):
         "bytes (inputs read once, outputs written once) at that rate.  `composite`: timm's own window-attention "
         "code under autocast (for the other ops the PyTorch composite); `sdpa`: the attention with "
         "F.scaled_dot_product_attention and the bias + mask materialised.  Median of "
-        f"{repeats} after warm-up, ms, wall time per call (CUDA events around one call: a slow host shows "
-        "here); `fused GPU ms`: the device work per call from the profiler (kernels, copies, memsets), "
-        "so wall >> GPU means the call is host-bound.")
+        f"{repeats} samples after warm-up, ms per call; on CUDA a sample is {inner} calls back to back between "
+        "events (steady state: the larger of the host's and the device's time per call, as in a model).  "
+        "`fused GPU ms`: the device work per call from the profiler (kernels, copies, memsets), so "
+        "fused ms >> fused GPU ms means the call is host-bound.")
     out("")
     cols = (["op", "config", "shape", "pass", "dtype", "fused ms", "fused GPU ms"] + [f"{b} ms" for b in base]
             + [f"vs {b}" for b in base])
@@ -640,7 +642,8 @@ def main(argv=None):
             times = {}
             for impl, fn in case.fns.items():
                 try:
-                    times[impl] = measure(fn, device, warmup=1 if args.quick else 3, repeats=repeats)["median"]
+                    times[impl] = measure(fn, device, warmup=1 if args.quick else 3, repeats=repeats,
+                                          inner=inner)["median"]
                 except Exception as e:  # noqa: BLE001 - e.g. out of memory in a composite: a "-" in its column
                     print(f"# {case.op} {case.shape}: {impl} failed: {type(e).__name__}: {str(e)[:100]}", flush=True)
             gpu = None

@@ -215,7 +215,7 @@ if skipped 4; then :
 elif (( B >= 20 )); then
   DT="--dtypes bfloat16 float16"
   if [ "$DRY" = 1 ]; then DT="--dtypes bfloat16"; fi
-  timeout "$B" $PY benchmarks/bench_ops.py $DEV $QUICK $BATCH $DT --repeats 10 \
+  timeout "$B" $PY benchmarks/bench_ops.py $DEV $QUICK $BATCH $DT --repeats 5 \
       --deadline $(( $(date +%s) + B - 5 )) --md-out "$REPORT" \
     || say "(bench_ops.py stopped: exit status $?)"
 else

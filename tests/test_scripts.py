@@ -71,3 +71,11 @@ def test_host_overhead_script_times_every_path(capsys):
     assert [r.split("|")[1].strip() for r in rows] == ["add+LN", "bias+GELU", "attention"]
     for r in rows:
         assert all(float(c) > 0 for c in r.strip("| ").split("|")[1:]), r
+
+
+def test_measure_times_inner_calls_back_to_back():
+    """_timing.measure with inner=k: every sample runs k calls and reports the time per call."""
+    timing = _benchmark("_timing")
+    calls = []
+    r = timing.measure(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=4, inner=3)
+    assert len(calls) == 2 + 4 * 3 and r["n"] == 4 and r["median"] > 0
