@@ -8,7 +8,7 @@
 #   2. smoke: every op forward and backward against the reference, float32
 #      and bfloat16 (bench_ops.py --smoke, ~30 s);
 #   (measured on the H200, 2026-12-04: build 74 s, smoke 10, models 120 with two compiled
-#   cases, ops 120, ncu 15, tests: test_cuda 10 s, the op tests ~160 s on 6 workers)
+#   cases, ops 120, ncu 15, tests: test_cuda 10 s, the op tests 156 s on 6 workers)
 #   3. the model table, Swin-T bf16 at batch 128: swin_ext fused (eager and under
 #      torch.compile: its ops stay opaque, the host work around them goes), timm eager,
 #      timm + SDPA and timm under torch.compile (compile time excluded and
@@ -33,6 +33,7 @@
 # copies them to $OUT when set, after every step.
 #
 #   bash benchmarks/gpu_check.sh                 # PYTHON=python3 BUDGET_S=480 TORCH_CUDA_ARCH_LIST=9.0
+#   BUDGET_S=560 bash benchmarks/gpu_check.sh    # a whole 15-minute lease: one call of at most 600 s
 #   DRY=1 bash benchmarks/gpu_check.sh           # no GPU: the same steps on the CPU, tiny (no build, no ncu)
 #   SKIP="3b 3c" bash benchmarks/gpu_check.sh    # leave steps out (their ids above), to give the rest the time
 set -uo pipefail
@@ -257,9 +258,9 @@ if (( B >= 20 )); then
   (( RC != 0 && RC != 5 )) && STATUS=1
   B=$(budget 100000 5)
   if (( B >= 30 )); then
-    # six workers share the GPU; a worker that crashes is restarted and its test reported failed
+    # twelve workers share the GPU; a worker that crashes is restarted and its test reported failed
     XDIST=""
-    if $PY -c "import xdist" 2> /dev/null; then XDIST="-n 6 --max-worker-restart 50"; fi
+    if $PY -c "import xdist" 2> /dev/null; then XDIST="-n 12 --max-worker-restart 50"; fi
     SWIN_TEST_EXECUTORS=cuda timeout "$B" $PY -m pytest -q -rf --maxfail=30 $XDIST -p no:cacheprovider $OP_TESTS \
         > "$RES/gpu_check_${STAMP}_kernels.log" 2>&1
     RC=$?
