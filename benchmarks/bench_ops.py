@@ -507,7 +507,8 @@ def _row_cells(case: Case, t: Dict[str, float], base: List[str], dtype, passname
     row += [f"{t[b] * 1e3:.3f}" if b in t else "-" for b in base]
     row += [f"{t[b] / tf:.2f}x" if b in t else "-" for b in base]
     floor = case.floor_bytes / copy_bw if copy_bw else None
-    row += [f"{floor * 1e3:.3f}" if floor else "-", f"{tf / floor:.2f}x" if floor else "-"]
+    row += [f"{floor * 1e3:.3f}" if floor else "-", f"{tf / floor:.2f}x" if floor else "-",
+            f"{gpu / floor:.2f}x" if floor and gpu else "-"]
     return row
 
 
@@ -595,7 +596,7 @@ def main(argv=None):
     out("")
     cols = (["op", "config", "shape", "pass", "dtype", "fused ms", "fused GPU ms"] + [f"{b} ms" for b in base]
             + [f"vs {b}" for b in base])
-    cols += ["floor ms", "fused / floor"]
+    cols += ["floor ms", "fused / floor", "GPU / floor"]
     out("| " + " | ".join(cols) + " |")
     out("|" + "---|" * 5 + "---:|" * (len(cols) - 5))
     rows_done = skipped = 0
