@@ -41,18 +41,25 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, rep
     return {"median": statistics.median(times), "p20": q(0.2), "p80": q(0.8), "n": len(times)}
 
 
-def gpu_busy_time(fn: Callable[[], object], calls: int = 3) -> Optional[float]:
+def gpu_busy_time(fn: Callable[[], object], device: torch.device, calls: int = 3, label: str = "") -> Optional[float]:
     """Seconds of device work (kernels, copies, memsets) per call of ``fn``, summed from the
     profiler's CUDA activity.  Beside the wall time per call (:func:`measure`), which a slow host
     (Python wrappers, autograd, launches) inflates when the kernels are short: wall >> busy means
-    the call is host-bound.  None when the profiler gives nothing."""
+    the call is host-bound.  None off CUDA, when the profiler gives nothing or fails (said, with
+    ``label``): the column is optional."""
+    if device.type != "cuda":
+        return None
     from torch.profiler import ProfilerActivity, profile
 
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
+    try:
+        torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize(device)
+    except Exception as e:  # noqa: BLE001 - the profiler is optional: a "-" in its column
+        print(f"# {label}: profiler failed: {type(e).__name__}: {str(e)[:100]}", flush=True)
+        return None
     cuda = torch.autograd.DeviceType.CUDA
     total_us = 0.0
     for ev in prof.events():

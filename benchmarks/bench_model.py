@@ -388,18 +388,6 @@ def make_runner(
     return step
 
 
-def _gpu_busy(fn: Callable[[], None], device: torch.device, name: str) -> Optional[float]:
-    """Device time of one iteration (kernels, copies, memsets) from the profiler, CUDA only:
-    against the wall time it says whether the step is host-bound (None where unmeasured)."""
-    if device.type != "cuda":
-        return None
-    try:
-        return gpu_busy_time(fn, calls=2)
-    except Exception as e:  # noqa: BLE001 - the profiler is optional: a "-" in its column
-        print(f"  {name}: profiler failed: {type(e).__name__}: {str(e)[:100]}", flush=True)
-        return None
-
-
 def bench_case(
     models, mode, batch, dtype, device, warmup, repeats, compile_s: Optional[Dict[str, float]] = None, img=224,
     model: str = "swin_t",
@@ -435,7 +423,7 @@ def bench_case(
             "p80_s": ts[min(len(ts) - 1, int(0.8 * len(ts)))],
             "img_s": batch / med,
             "peak_mib": peak_memory_mib(fn, device),
-            "gpu_s": _gpu_busy(fn, device, name),
+            "gpu_s": gpu_busy_time(fn, device, calls=2, label=name),
         }
     for m in models.values():
         m.zero_grad(set_to_none=True)

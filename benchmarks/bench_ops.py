@@ -647,13 +647,8 @@ def main(argv=None):
                                           inner=inner)["median"]
                 except Exception as e:  # noqa: BLE001 - e.g. out of memory in a composite: a "-" in its column
                     print(f"# {case.op} {case.shape}: {impl} failed: {type(e).__name__}: {str(e)[:100]}", flush=True)
-            gpu = None
-            if cuda and "fused" in times:
-                try:
-                    gpu = gpu_busy_time(case.fns["fused"])
-                except Exception as e:  # noqa: BLE001 - the profiler is optional: a "-" in its column
-                    print(f"# {case.op} {case.shape}: profiler failed: {type(e).__name__}: {str(e)[:100]}", flush=True)
             if "fused" in times:
+                gpu = gpu_busy_time(case.fns["fused"], device, label=f"{case.op} {case.shape}")
                 cells = _row_cells(case, times, base, dtype, "fwd+bwd" if backward else "fwd", copy_bw, gpu)
                 out("| " + " | ".join(cells) + " |")
                 rows_done += 1

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from typing import Callable, Dict
 
 import torch
@@ -34,24 +33,14 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import swin_ext  # noqa: E402
 
+from _timing import measure  # noqa: E402
+
 OPS = torch.ops.swin_ext
 
 
 def per_call_us(fn: Callable[[], object], device: torch.device, calls: int) -> float:
-    """Microseconds per call of ``fn``, issued back to back, after a warm-up (median of 3 runs)."""
-    for _ in range(20):
-        fn()
-    runs = []
-    for _ in range(3):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        runs.append((time.perf_counter() - t0) / calls * 1e6)
-    return sorted(runs)[1]
+    """Microseconds per call of ``fn``, ``calls`` back to back per run, after a warm-up (median of 3 runs)."""
+    return measure(fn, device, warmup=20, repeats=3, inner=calls)["median"] * 1e6
 
 
 def cases(device: torch.device) -> Dict[str, Dict[str, Callable[[], object]]]:
