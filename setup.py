@@ -83,7 +83,11 @@ def _remove_stale_libraries() -> None:
 
 
 def build_extensions():
-    cpu_sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    cpu_sources = sorted(
+        glob.glob(os.path.join(CSRC, "*.cpp"))
+        + glob.glob(os.path.join(CSRC, "cpu", "*.cpp"))
+        + glob.glob(os.path.join(CSRC, "autograd", "*.cpp"))
+    )
     # csrc/cuda: the glue per op (<op>_cuda.cu) and the kernel units (<op>_kernels.cu,
     # attention/attention_<dtype>.cu).
     cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "**", "*.cu"), recursive=True))

@@ -14,10 +14,13 @@ says whether it is).
 
 With ``--step``, also a Swin-T-shaped training step (the 12 blocks and 4 stages of Swin-T
 at 56 px, embed 16: negligible compute, so the host path) of swin_ext and timm, eager and,
-with ``--compile``, under torch.compile (compile time not timed).
+with ``--compile``, under torch.compile (compile time not timed).  On a CPU swin_ext's Linears
+take the CPU-only oneDNN custom ops; ``--no-onednn`` switches them to ``F.linear``, the host path
+of a CUDA step.
 
     python benchmarks/host_overhead.py                    # CPU, one thread
     python benchmarks/host_overhead.py --step --compile   # + the step, eager and compiled (minutes on a CPU)
+    python benchmarks/host_overhead.py --step --no-onednn # the step with F.linear, as on CUDA
     python benchmarks/host_overhead.py --device cuda --md-out report.md
 """
 from __future__ import annotations
@@ -136,11 +139,15 @@ def main(argv=None) -> int:
     ap.add_argument("--md-out", default=None, help="append the table here")
     ap.add_argument("--step", action="store_true", help="also the Swin-T-shaped training step, swin_ext and timm")
     ap.add_argument("--compile", action="store_true", help="with --step: also under torch.compile")
+    ap.add_argument("--no-onednn", action="store_true",
+                    help="swin_ext's Linears on F.linear, not the CPU's oneDNN custom ops (the host path of CUDA)")
     args = ap.parse_args(argv)
     if args.calls < 1:
         ap.error(f"argument --calls: must be >= 1, got {args.calls}")
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    if args.no_onednn:
+        swin_ext.layers.config.set_onednn(False)
     lines = [f"Host time per forward + backward call, µs (tiny inputs, {args.calls} calls back to back, median of 3; "
              f"device {device}, {args.threads} CPU thread(s), torch {torch.__version__}).",
              "",
@@ -150,7 +157,9 @@ def main(argv=None) -> int:
         us = {k: per_call_us(fn, device, args.calls) for k, fn in paths.items()}
         lines.append(f"| {name} | {us['wrapper']:.1f} | {us['raw ops']:.1f} | {us['composite']:.1f} |")
     if args.step:
-        lines += ["", "Training step of the Swin-T-shaped model at 56 px, embed 16 (batch 1), ms:", "",
+        linears = "F.linear" if args.no_onednn or device.type != "cpu" else "oneDNN custom ops on the CPU"
+        lines += ["", f"Training step of the Swin-T-shaped model at 56 px, embed 16 (batch 1; swin_ext's Linears: "
+                  f"{linears}), ms:", "",
                   "| implementation | eager | torch.compile |", "|---|---:|---:|"]
         for impl in ("swin_ext", "timm"):
             eager = step_ms(impl, device, False)

@@ -98,6 +98,29 @@ constexpr const char* kBiasGeluFwd = "bias_gelu_fwd(Tensor z, Tensor bias) -> Te
 // column sums of dz (from float32 values, fixed-order partials).
 constexpr const char* kBiasGeluBwd = "bias_gelu_bwd(Tensor grad_y, Tensor z, Tensor bias) -> (Tensor, Tensor)";
 
+// The higher-order backward of each op: the vector-Jacobian product of its
+// plain-PyTorch composite (swin_ext/ops/reference.py), differentiable to any
+// order.  The C++ autograd kernels (csrc/autograd/) call one when grad mode is
+// on in the backward (create_graph=True) or a cotangent carries a forward-mode
+// tangent; its CompositeImplicitAutograd kernel is registered from Python, next
+// to the op's composite (swin_ext/ops/<op>.py).  Each returns one gradient per
+// differentiable input, in order (an empty placeholder where `needs` is false).
+// Not public: swin_ext's ops are differentiated through their wrappers.
+constexpr const char* kWindowAttentionVjp =
+    "window_attention_vjp(Tensor qkv, Tensor bias, Tensor? qkv_pad, Tensor grad_out, int[] window_size, "
+    "int[] shift, float scale, bool[3] needs) -> Tensor[]";
+constexpr const char* kWindowAttentionV2Vjp =
+    "window_attention_v2_vjp(Tensor qkv, Tensor bias, Tensor? qkv_pad, Tensor head_scale, Tensor grad_out, "
+    "int window_size, int shift_h, int shift_w, bool[4] needs) -> Tensor[]";
+constexpr const char* kPatchMergingVjp =
+    "patch_merging_vjp(Tensor x, Tensor weight, Tensor bias, Tensor? branch, Tensor grad_out, float eps, "
+    "ScalarType y_dtype, bool[4] needs) -> Tensor[]";
+// The LayerNorm of h (add_layernorm's saved output) only: (dh, dweight, dbias).
+constexpr const char* kAddLayerNormVjp =
+    "add_layernorm_vjp(Tensor h, Tensor weight, Tensor bias, Tensor grad_y, float eps, ScalarType y_dtype, "
+    "bool[3] needs) -> Tensor[]";
+constexpr const char* kBiasGeluVjp = "bias_gelu_vjp(Tensor z, Tensor bias, Tensor grad_y, bool[2] needs) -> Tensor[]";
+
 // Defines every operator of the list on `m`.
 inline void define_ops(torch::Library& m) {
   m.def(kWindowAttentionFwd);
@@ -110,6 +133,16 @@ inline void define_ops(torch::Library& m) {
   m.def(kAddLayerNormBwd);
   m.def(kBiasGeluFwd);
   m.def(kBiasGeluBwd);
+}
+
+// Defines the higher-order backward operators (swin_ext only: the CUDA harness
+// runs the raw kernels, without autograd).
+inline void define_vjp_ops(torch::Library& m) {
+  m.def(kWindowAttentionVjp);
+  m.def(kWindowAttentionV2Vjp);
+  m.def(kPatchMergingVjp);
+  m.def(kAddLayerNormVjp);
+  m.def(kBiasGeluVjp);
 }
 
 }  // namespace schema

@@ -1,10 +1,11 @@
 // Registration of every swin_ext operator schema (the strings, with their
 // shape contracts, and the list are in op_schemas.h).
 //
-// Forward and backward are separate operators (as torchvision does); Python
-// (swin_ext/ops.py) ties them together with torch.library.register_autograd
-// and gives each a fake (meta) kernel with register_fake.  Device kernels are
-// registered by csrc/cpu/*.cpp and csrc/cuda/*.cu with TORCH_LIBRARY_IMPL.
+// Forward and backward are separate operators (as torchvision does); their
+// autograd kernels (csrc/autograd/) tie them together, Python
+// (swin_ext/ops/<op>.py) gives each a fake (meta) kernel with register_fake and
+// the higher-order backward its composite.  Device kernels are registered by
+// csrc/cpu/*.cpp and csrc/cuda/*.cu with TORCH_LIBRARY_IMPL.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -43,4 +44,7 @@ PyObject* PyInit__C(void) {
 }
 }
 
-TORCH_LIBRARY(swin_ext, m) { swin_ext::schema::define_ops(m); }
+TORCH_LIBRARY(swin_ext, m) {
+  swin_ext::schema::define_ops(m);
+  swin_ext::schema::define_vjp_ops(m);
+}

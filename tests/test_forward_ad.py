@@ -203,7 +203,7 @@ def test_dual_cotangent_through_the_fused_backward(name):
     fn, ref, inputs = _case(name)
     leaves = [p.clone().requires_grad_(True) for p in inputs]
     outs = _outputs(fn(*leaves))
-    assert all("GeneratedBackwardFor_swin_ext" in type(o.grad_fn).__name__ for o in outs)  # the fused op
+    assert all("swin_ext::autograd::" in o.grad_fn.name() for o in outs)  # the fused op's C++ node
     cot, tcot = _randn_like(outs), _randn_like(outs)
     with fwAD.dual_level():
         grads = torch.autograd.grad(outs, leaves, [fwAD.make_dual(c, t) for c, t in zip(cot, tcot)])

@@ -2,15 +2,20 @@
 
 The contract each op module follows (see any of them top to bottom):
 
-* the first-order backward runs the op's fused backward kernel; when a
-  second-order graph is being built (``create_graph=True``,
-  ``gradgradcheck``, ``torch.func`` transforms) the backward is instead
-  :func:`vjp` of the op's plain-PyTorch composite (:mod:`.reference`), which
-  is differentiable to any order;
+* the autograd kernels of the raw ops are C++ (``csrc/autograd/``, the
+  contract in ``autograd_common.h``), so an eager training step pays no
+  Python autograd per call; the first-order backward runs the op's fused
+  backward kernel;
+* when a second-order graph is being built (``create_graph=True``,
+  ``gradgradcheck``) the backward is instead :func:`vjp` of the op's
+  plain-PyTorch composite (:mod:`.reference`), which is differentiable to
+  any order: the C++ backward calls the op's ``<op>_vjp`` operator, whose
+  kernel each op module registers here (:func:`register_vjp`);
 * under a ``torch.func`` transform the wrapper calls the op through an
   ``autograd.Function`` with ``setup_context`` and a generated vmap rule
-  (:func:`functorch_active` decides), because ``register_autograd`` alone
-  does not compose with functorch;
+  (:func:`functorch_active` decides), because an autograd kernel alone
+  does not compose with functorch; its Python backward follows the same
+  two paths;
 * forward-mode AD (``torch.autograd.forward_ad`` dual tensors,
   ``torch.func.jvp``, ``jacfwd``, ``hessian``, forward-over-forward): the
   wrappers compute the call through the op's reference composite
@@ -20,10 +25,11 @@ The contract each op module follows (see any of them top to bottom):
   ``autograd.Function`` would keep the fused forward, but torch drops the
   outer tangent of forward-over-forward through it (the jvp rule runs with
   forward grad disabled), a silently wrong second derivative.  The raw ops
-  refuse tangents with an error naming the wrapper (:func:`register_autograd`);
+  refuse tangents with an error naming the wrapper (the C++ kernels);
 * the raw ``*_bwd`` ops are not differentiable themselves: building a graph
-  through one raises (:func:`register_backward_op`), as torchvision's
-  ``autograd/roi_align_kernel.cpp`` does.
+  through one raises (the C++ kernels), as torchvision's
+  ``autograd/roi_align_kernel.cpp`` does; :func:`register_backward_op`
+  gives them a vmap rule.
 """
 from __future__ import annotations
 
@@ -32,8 +38,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch.autograd import forward_ad as _fwad
 
-__all__ = ["functorch_active", "has_tangent", "forward_mode", "autocast_dtype", "composite_call", "vjp", "vmap_loop",
-           "register_autograd", "register_backward_op"]
+__all__ = ["functorch_active", "has_tangent", "forward_mode", "autocast_dtype", "composite_call", "vjp", "vjp_list",
+           "vmap_loop", "register_vjp", "register_backward_op"]
 
 
 def functorch_active() -> bool:
@@ -137,70 +143,45 @@ def vmap_loop(op: Callable, info, in_dims, *args):
     return res, (0,) * len(res)
 
 
-_LIB: Optional[torch.library.Library] = None  # the autograd kernels of register_autograd
+_LIB: Optional[torch.library.Library] = None  # the Python kernels of register_vjp
 
 
-def register_autograd(name: str, backward: Callable, setup_context: Callable) -> None:
-    """``torch.library.register_autograd`` of ``swin_ext::<name>``, refusing forward-mode tangents.
+def vjp_list(
+    fn: Callable[..., torch.Tensor],
+    primals: Sequence[Optional[torch.Tensor]],
+    cotangent: torch.Tensor,
+    needs: Sequence[bool],
+) -> List[torch.Tensor]:
+    """:func:`vjp` as an ``<op>_vjp`` operator returns it: one tensor per primal, an empty
+    placeholder where ``needs`` is false (an operator's ``Tensor[]`` holds no ``None``)."""
+    grads = vjp(fn, primals, cotangent, needs)
+    return [g if g is not None else cotangent.new_empty((0,)) for g in grads]
 
-    ``register_autograd`` has no forward-mode rule: for a dual input that does
-    not require grad its kernel runs the op below autograd and the tangent is
-    dropped (read as zero downstream).  The same kernel
-    (``torch._library.autograd.make_autograd_impl``, what ``register_autograd``
-    registers) goes behind a check that raises on a tangent instead; the
-    public wrappers never pass one (their forward-mode path is the reference
-    composite).  A torch whose private helper differs gets the plain
-    ``register_autograd`` (the wrappers are right there too).
+
+def register_vjp(name: str, kernel: Callable[..., List[torch.Tensor]]) -> None:
+    """The CompositeImplicitAutograd kernel of ``swin_ext::<name>_vjp``, the op's higher-order backward.
+
+    The autograd kernels of the forward operators are C++ (``csrc/autograd/``); when a
+    backward builds a graph (``create_graph=True``) or a cotangent carries a
+    forward-mode tangent they call ``<name>_vjp``, whose kernel is this Python
+    function: :func:`vjp_list` of the op's differentiable composite.
     """
     global _LIB
-    op = getattr(torch.ops.swin_ext, name).default
-    try:
-        from torch._library.autograd import Info, make_autograd_impl
-
-        impl = make_autograd_impl(op, Info(backward, setup_context))
-    except (ImportError, TypeError, AttributeError):  # pragma: no cover - another torch
-        torch.library.register_autograd(f"swin_ext::{name}", backward, setup_context=setup_context)
-        return
-    public = name[: -len("_fwd")] if name.endswith("_fwd") else name[: -len("_bwd")]
-    if name.endswith("_fwd"):
-        advice = (f"call swin_ext.{public} eagerly (not under torch.compile), which computes forward-mode "
-                  "derivatives through the reference composite")
-    else:
-        advice = f"a backward operator has no forward-mode derivative; differentiate swin_ext.{public} instead"
-
-    def autograd_kernel(keyset, *args):
-        if has_tangent(args):
-            raise RuntimeError(
-                f"torch.ops.swin_ext.{name} does not propagate forward-mode AD tangents "
-                f"(torch.autograd.forward_ad dual tensors, torch.func.jvp): {advice}"
-            )
-        return impl(keyset, *args)
-
     if _LIB is None:
         _LIB = torch.library.Library("swin_ext", "FRAGMENT")
-    _LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True)
+    _LIB.impl(f"{name}_vjp", kernel, "CompositeImplicitAutograd")
 
 
 def register_backward_op(name: str) -> None:
-    """Register ``swin_ext::<name>_bwd`` as not differentiable, with a per-element vmap rule.
+    """A per-element vmap rule for ``swin_ext::<name>_bwd``.
 
-    Differentiating through the raw backward raises a ``RuntimeError`` that
-    points to the public wrapper, whose own backward supports
-    ``create_graph=True`` and ``torch.func``.
+    Its autograd kernel (C++, ``csrc/autograd/``) refuses to build a graph
+    through it: a ``RuntimeError`` points to the public wrapper, whose own
+    backward supports ``create_graph=True`` and ``torch.func``.
     """
     op = getattr(torch.ops.swin_ext, f"{name}_bwd")
-
-    def setup_context(ctx, inputs, output):
-        raise RuntimeError(
-            f"swin_ext::{name}_bwd is not differentiable; differentiate swin_ext.{name} instead "
-            "(its backward supports create_graph=True and torch.func)"
-        )
-
-    def backward(ctx, *grads):  # pragma: no cover - setup_context raises first
-        raise RuntimeError("unreachable")
 
     def rule(info, in_dims, *args):
         return vmap_loop(op, info, in_dims, *args)
 
-    register_autograd(f"{name}_bwd", backward, setup_context)
     torch.library.register_vmap(f"swin_ext::{name}_bwd", rule)

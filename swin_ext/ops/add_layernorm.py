@@ -26,9 +26,10 @@ from ._autograd import (
     forward_mode,
     functorch_active,
     has_tangent,
-    register_autograd,
     register_backward_op,
+    register_vjp,
     vjp,
+    vjp_list,
     vmap_loop,
 )
 from ._validate import acc_dtype, check_add_layernorm, check_add_layernorm_bwd, dtype_arg, real_arg
@@ -178,6 +179,12 @@ def _backward(ctx, grad_h, grad_y, grad_mean, grad_rstd):
     return (dh if need_x else None), dbranch, dw, db, None, None
 
 
+def _vjp(h, weight, bias, grad_y, eps, y_dtype, needs):
+    """``swin_ext::add_layernorm_vjp``, the higher-order backward of the C++ autograd kernel: the
+    LayerNorm part, ``[dh, dweight, dbias]``, through the composite (the kernel adds ``grad_h``)."""
+    return vjp_list(_ln_composite(eps, y_dtype), (h, weight, bias), grad_y, needs)
+
+
 class _AddLayerNormFn(torch.autograd.Function):
     """The add + LayerNorm op as an ``autograd.Function`` for torch.func transforms."""
 
@@ -211,6 +218,6 @@ def _fwd_vmap(info, in_dims, x, branch, weight, bias, eps, y_dtype):
 if HAS_OPS:
     torch.library.register_fake("swin_ext::add_layernorm_fwd", _fwd_fake)
     torch.library.register_fake("swin_ext::add_layernorm_bwd", _bwd_fake)
-    register_autograd("add_layernorm_fwd", _backward, _setup_context)
+    register_vjp("add_layernorm", _vjp)
     torch.library.register_vmap("swin_ext::add_layernorm_fwd", _fwd_vmap)
     register_backward_op("add_layernorm")

@@ -18,9 +18,10 @@ from ._autograd import (
     forward_mode,
     functorch_active,
     has_tangent,
-    register_autograd,
     register_backward_op,
+    register_vjp,
     vjp,
+    vjp_list,
     vmap_loop,
 )
 from ._validate import acc_dtype, check_bias_gelu
@@ -101,6 +102,11 @@ def _backward(ctx, grad_y):
     return dz, dbias
 
 
+def _vjp(z, bias, grad_y, needs):
+    """``swin_ext::bias_gelu_vjp``, the higher-order backward of the C++ autograd kernel, ``[dz, dbias]``."""
+    return vjp_list(bias_gelu_reference, (z, bias), grad_y, needs)
+
+
 class _BiasGeluFn(torch.autograd.Function):
     """The bias + GELU op as an ``autograd.Function`` for torch.func transforms."""
 
@@ -130,6 +136,6 @@ def _fwd_vmap(info, in_dims, z, bias):
 if HAS_OPS:
     torch.library.register_fake("swin_ext::bias_gelu_fwd", _fwd_fake)
     torch.library.register_fake("swin_ext::bias_gelu_bwd", _bwd_fake)
-    register_autograd("bias_gelu_fwd", _backward, _setup_context)
+    register_vjp("bias_gelu", _vjp)
     torch.library.register_vmap("swin_ext::bias_gelu_fwd", _fwd_vmap)
     register_backward_op("bias_gelu")

@@ -29,9 +29,10 @@ from ._autograd import (
     forward_mode,
     functorch_active,
     has_tangent,
-    register_autograd,
     register_backward_op,
+    register_vjp,
     vjp,
+    vjp_list,
     vmap_loop,
 )
 from ._validate import FLOAT_DTYPES, acc_dtype, check_merging, dtype_arg, real_arg
@@ -188,6 +189,12 @@ def _backward(ctx, grad_y, grad_mean, grad_rstd):
     return ((dx if need_x else None), dw, db, None, (dbranch if need_branch else None), None)[: ctx.n_inputs]
 
 
+def _vjp(x, weight, bias, branch, grad_y, eps, y_dtype, needs):
+    """``swin_ext::patch_merging_vjp``, the higher-order backward of the C++ autograd kernel,
+    ``[dx, dweight, dbias, dbranch]``."""
+    return vjp_list(_composite(eps, y_dtype), (x, weight, bias, branch), grad_y, needs)
+
+
 class _PatchMergingFn(torch.autograd.Function):
     """The patch-merging op as an ``autograd.Function`` for torch.func transforms."""
 
@@ -227,6 +234,6 @@ def _fwd_vmap(info, in_dims, x, weight, bias, eps, branch=None, y_dtype=None):
 if HAS_OPS:
     torch.library.register_fake("swin_ext::patch_merging_fwd", _fwd_fake)
     torch.library.register_fake("swin_ext::patch_merging_bwd", _bwd_fake)
-    register_autograd("patch_merging_fwd", _backward, _setup_context)
+    register_vjp("patch_merging", _vjp)
     torch.library.register_vmap("swin_ext::patch_merging_fwd", _fwd_vmap)
     register_backward_op("patch_merging")

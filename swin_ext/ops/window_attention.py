@@ -24,9 +24,10 @@ from ._autograd import (
     forward_mode,
     functorch_active,
     has_tangent,
-    register_autograd,
     register_backward_op,
+    register_vjp,
     vjp,
+    vjp_list,
     vmap_loop,
 )
 from ._validate import acc_dtype, attention_scale, check_attention, check_attention_v2, num_windows, real_arg
@@ -284,6 +285,18 @@ def _v2_backward(ctx, grad_out, grad_lse):
     return dqkv, dbias, dpad, dscale, None, None, None
 
 
+def _vjp(qkv, bias, qkv_pad, grad_out, window_size, shift, scale, needs):
+    """``swin_ext::window_attention_vjp``, the higher-order backward of the C++ autograd kernel,
+    ``[dqkv, dbias, dqkv_pad]``."""
+    return vjp_list(_composite(window_size, shift, scale), (qkv, bias, qkv_pad), grad_out, needs)
+
+
+def _v2_vjp(qkv, bias, qkv_pad, head_scale, grad_out, window_size, shift_h, shift_w, needs):
+    """``swin_ext::window_attention_v2_vjp``, the higher-order backward of the C++ autograd kernel,
+    ``[dqkv, dbias, dqkv_pad, dhead_scale]``."""
+    return vjp_list(_v2_composite(window_size, shift_h, shift_w), (qkv, bias, qkv_pad, head_scale), grad_out, needs)
+
+
 class _WindowAttentionFn(torch.autograd.Function):
     """The attention op as an ``autograd.Function`` for torch.func transforms."""
 
@@ -344,12 +357,12 @@ def _v2_fwd_vmap(info, in_dims, qkv, bias, qkv_pad, head_scale, window_size, shi
 if HAS_OPS:
     torch.library.register_fake("swin_ext::window_attention_fwd", _fwd_fake)
     torch.library.register_fake("swin_ext::window_attention_bwd", _bwd_fake)
-    register_autograd("window_attention_fwd", _backward, _setup_context)
+    register_vjp("window_attention", _vjp)
     torch.library.register_vmap("swin_ext::window_attention_fwd", _fwd_vmap)
     register_backward_op("window_attention")
 
     torch.library.register_fake("swin_ext::window_attention_v2_fwd", _v2_fwd_fake)
     torch.library.register_fake("swin_ext::window_attention_v2_bwd", _v2_bwd_fake)
-    register_autograd("window_attention_v2_fwd", _v2_backward, _v2_setup_context)
+    register_vjp("window_attention_v2", _v2_vjp)
     torch.library.register_vmap("swin_ext::window_attention_v2_fwd", _v2_fwd_vmap)
     register_backward_op("window_attention_v2")
