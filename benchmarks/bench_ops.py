@@ -422,19 +422,33 @@ def smoke(device: torch.device, out: Callable[[str], None]) -> bool:
 
 
 def ncu_driver(device: torch.device, batch: int) -> None:
-    """A stage-1 Swin-T attention forward and backward (bf16) inside cudaProfilerStart/Stop."""
+    """A stage-1 Swin-T attention forward and backward (bf16) inside cudaProfilerStart/Stop; then the
+    same backward again with ``SWIN_EXT_ATTN_BWD=tile4`` (the tile kernel at four blocks per SM, one
+    image in flight, against the default's three with two): the A/B of that kernel's two forms."""
     H, C, heads = CONFIGS["swin_t"]["stages"][0]
     qkv = torch.randn(batch, H, H, 3 * C, device=device, dtype=torch.bfloat16, requires_grad=True)
     bias = torch.randn(heads, 49, 49, device=device, requires_grad=True)
     go = torch.randn(batch, H, H, C, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        torch.autograd.grad(swin_ext.window_attention(qkv, bias, 7, 3), (qkv, bias), go)
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStart()
-    out = swin_ext.window_attention(qkv, bias, 7, 3)
-    torch.autograd.grad(out, (qkv, bias), go)
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStop()
+    old = os.environ.pop("SWIN_EXT_ATTN_BWD", None)
+    try:
+        for form in (None, "tile4"):  # warm-up of both forms (the first launch sets the kernel's attributes)
+            if form:
+                os.environ["SWIN_EXT_ATTN_BWD"] = form
+            for _ in range(3):
+                torch.autograd.grad(swin_ext.window_attention(qkv, bias, 7, 3), (qkv, bias), go)
+            os.environ.pop("SWIN_EXT_ATTN_BWD", None)
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStart()
+        out = swin_ext.window_attention(qkv, bias, 7, 3)
+        torch.autograd.grad(out, (qkv, bias), go, retain_graph=True)
+        os.environ["SWIN_EXT_ATTN_BWD"] = "tile4"
+        torch.autograd.grad(out, (qkv, bias), go)
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStop()
+    finally:
+        os.environ.pop("SWIN_EXT_ATTN_BWD", None)
+        if old is not None:
+            os.environ["SWIN_EXT_ATTN_BWD"] = old
 
 
 NCU_METRICS = [
@@ -476,7 +490,7 @@ def ncu_table(path: str) -> str:
         bu = units[idx["dram__bytes.sum.per_second"]] if "dram__bytes.sum.per_second" in idx else ""
         scale = {"Tbyte/second": 1e3, "Gbyte/second": 1.0, "Mbyte/second": 1e-3, "byte/second": 1e-9}.get(
             bu, float("nan"))
-        name = r[idx["Kernel Name"]][:70]
+        name = r[idx["Kernel Name"]][:90]
         lines.append(f"| `{name}` | {val(r, 'gpu__time_duration.sum'):.1f} {tu} | "
                      f"{val(r, 'sm__inst_executed.avg.per_cycle_active'):.2f} | "
                      f"{val(r, 'sm__warps_active.avg.pct_of_peak_sustained_active'):.0f}% | "

@@ -26,7 +26,10 @@
 #      merging against their PyTorch composites; every op against its byte
 #      floor at the device-copy bandwidth measured in the same run;
 #   5. one ncu pass over a stage-1 attention forward and backward (achieved
-#      IPC, warp stall reasons, DRAM throughput), where ncu exists;
+#      IPC, warp stall reasons, DRAM throughput), where ncu exists; the backward
+#      twice: the tile kernel as it runs, then its four-blocks-per-SM form
+#      (SWIN_EXT_ATTN_BWD=tile4: one image in flight, <= 128 registers), the A/B
+#      that decides which one runs by default;
 #   6. tests/test_cuda.py, then the cuda executor of the op tests (tests/test_<op>.py)
 #      while time is left.
 # Writes benchmarks/results/gpu_check_<stamp>.md (and .log, the ncu CSV) and
@@ -219,7 +222,7 @@ else
 fi
 
 # ---------------------------------------------------------------- 5. ncu
-step "5. ncu: every kernel of a stage-1 attention forward and backward (bf16, batch 128)"
+step "5. ncu: every kernel of a stage-1 attention forward and backward (bf16, batch 128), then the backward's tile4 form"
 if skipped 5; then :
 elif [ "$DRY" = 1 ]; then
   say "(DRY: no ncu)"

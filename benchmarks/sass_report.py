@@ -89,9 +89,10 @@ class Kernel:
             b = re.match(r"(.*),\s*(true|false)\s*$", args)
             if b:
                 args, kind = b.group(1), ", resident" if b.group(2) == "true" else ", streamed"
-        t = re.match(r"swin_ext::cuda::attn::(?:bwd::BwdMma|FwdMma)?Traits<(.*)>$", args.strip())
+        t = re.match(r"swin_ext::cuda::attn::(?:bwd::BwdMma(Lean)?|FwdMma)?Traits<(.*)>$", args.strip())
         if t:
-            args = t.group(1)
+            # the backward tile kernel's four-blocks-per-SM form: V1, head_dim 32 (BwdMmaLeanTraits<T>)
+            args = f"{t.group(2)}, 32, false, lean" if t.group(1) else t.group(2)
         args = args.replace("__nv_bfloat16", "bf16").replace("__half", "fp16")
         args = args.replace("float", "fp32").replace("double", "fp64")
         args = args.replace("false", "v1").replace("true", "v2")  # the Mma traits' Swin V2 flag
@@ -1002,6 +1003,7 @@ def backward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
                 continue
             subs = {
                 "tile": f"attn_bwd_tile_kernelINS2_12BwdMmaTraitsI{mt}Li32ELb0EEEEEv",
+                "tile4": f"attn_bwd_tile_kernelINS2_16BwdMmaLeanTraitsI{mt}EEEEv",
                 "resident": f"attn_bwd_window_kernelINS2_12BwdMmaTraitsI{mt}Li32ELb0EEELb1EEEv",
                 "streamed": f"attn_bwd_window_kernelINS2_12BwdMmaTraitsI{mt}Li32ELb0EEELb0EEEv",
             }
@@ -1036,6 +1038,14 @@ def backward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
                              f"**{per:.0f}** | {BWD_WARPS * per:.0f} | "
                              + " | ".join(f"{c.get(x, 0) / chunk:.0f}" for x in cats) + " |")
             stats.setdefault("bwd", {})[dt] = per_stage
+            _, ins4, lab4 = parsed[subs["tile4"]]
+            one4, _, _ = dynamic_count(ins4, lab4, kernel_file, markers, dict(env, images=1))
+            two4, _, _ = dynamic_count(ins4, lab4, kernel_file, markers, dict(env, images=2))
+            k4 = [k for k in ks if k.short == f"attn_bwd_tile_kernel<{dt}, 32, v1, lean>"]
+            lines += ["", f"The four-blocks-per-SM form (`SWIN_EXT_ATTN_BWD=tile4`, one image in flight, "
+                      f"{k4[0].regs if k4 else '?'} registers): image loop body **{two4 - one4:.0f}** "
+                      f"warp-instructions per warp and image (this kernel: {body:.0f}); outside it "
+                      f"{2 * one4 - two4:.0f} per warp and block."]
             avg = tot_instr / tot_units / BWD_WARPS
             old = REVIEW_BWD_PER_WARP_IMAGE[dt]
             over = [str(st) for (st, *_), (_, p) in zip(SWIN_T_STAGES, per_stage) if p > TARGET_BWD_PER_WARP_IMAGE]
@@ -1067,7 +1077,7 @@ def backward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
             lines.append("")
     if "bf16" in stats.get("bwd", {}) and "bf16" in stats.get("fwd", {}):
         fwd = [(c, p) for _, c, p in stats["fwd"]["bf16"]]
-        tile = [k for k in ks if k.short.startswith("attn_bwd_tile_kernel<bf16, 32, v1")]
+        tile = [k for k in ks if k.short == "attn_bwd_tile_kernel<bf16, 32, v1>"]
         fwdk = [k for k in kernels if k.short.startswith("attn_fwd_tile_kernel<bf16, 32, v1")]
         bps = min(BWD_TILE_BLOCKS_PER_SM, _blocks_by_regs(tile[0].regs)) if tile else BWD_TILE_BLOCKS_PER_SM
         fps = min(FWD_TILE_BLOCKS_PER_SM, _blocks_by_regs(fwdk[0].regs)) if fwdk else FWD_TILE_BLOCKS_PER_SM

@@ -67,10 +67,11 @@ def test_tensor_core_kernels_use_hmma(kernels):
     attn = [k for k in kernels if k.short.startswith("attn_")]
     # backward: the SIMT fused / dq / dk-dv kernels for fp32 / fp64 x 5 head_dim paths,
     # for bf16 / fp16 (V1, V2) the mma tile kernel of head_dims 16 / 32 / 64 and the
-    # key-tiled one (dQ resident or streamed) of all 5 paths, and the D pre-pass;
+    # key-tiled one (dQ resident or streamed) of all 5 paths, the tile kernel's four-blocks-per-SM
+    # form (V1, head_dim 32), and the D pre-pass;
     # forward: the SIMT kernel for fp32 / fp64, and for bf16 / fp16 (V1, V2) the
     # one-tile mma kernel of the 4 specialised head_dims and the streaming one of all 5 paths
-    n_bwd = 3 * 2 * 5 + 2 * 2 * (3 + 2 * 5) + 2
+    n_bwd = 3 * 2 * 5 + 2 * (2 * (3 + 2 * 5) + 1) + 2
     assert len(attn) == n_bwd + 2 * 5 + 2 * 2 * (4 + 5), [k.short for k in attn]
     for k in attn:
         if _dtype_of(k) in ("bf16", "fp16") and not k.short.startswith(ROWDOT):
@@ -101,12 +102,18 @@ def test_attention_backward_is_register_resident(kernels):
     """Every bf16 / fp16 attention backward kernel (the tile kernel, N <= 64, and the
     key-tiled one): mma.sync m16n8k16 fed by ldmatrix (.trans for P^T and dS^T), no
     MOVM, no local memory, rows gathered by cp.async; at Swin's head_dims (16, 32)
-    at most 168 registers (3 blocks of 128 threads per SM).  The tile kernel also: no
+    at most 168 registers (3 blocks of 128 threads per SM); the tile kernel's
+    four-blocks-per-SM form (``SWIN_EXT_ATTN_BWD=tile4``) at most 128.  The tile kernel also: no
     generic-address LD/ST.  Not yet met, so not asserted (see
     benchmarks/results/attn_bwd_resources_sm90.md): the key-tiled kernel's generic
     LD/ST, the V2 tile kernel at head_dim 64 (217)."""
     bwd = [k for k in kernels if k.short.startswith(MMA_BWD)]
-    assert len(bwd) == 2 * 2 * (3 + 2 * 5), [k.short for k in bwd]  # dtypes x V1/V2 x (tile: 3 + key-tiled: 2 x 5)
+    # dtypes x (V1/V2 x (tile: 3 + key-tiled: 2 x 5) + the tile kernel's lean form)
+    assert len(bwd) == 2 * (2 * (3 + 2 * 5) + 1), [k.short for k in bwd]
+    lean = [k for k in bwd if k.short.endswith(", lean>")]
+    assert sorted(k.short for k in lean) == [f"attn_bwd_tile_kernel<{dt}, 32, v1, lean>" for dt in ("bf16", "fp16")]
+    for k in lean:
+        assert k.regs <= 128, f"{k.short}: {k.regs} registers (4 blocks of 128 threads per SM)"
     for k in bwd:
         c = k.counts
         assert c.get("HMMA.16816", 0) > 0 and c.get("HMMA.16816", 0) == c.get("HMMA", 0), (k.short, c)
@@ -237,11 +244,11 @@ def _launch_shapes():
     for dtype, dn in names.items():
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         for d in (16, 32, 64, 128, 48):
-            for path in ("auto", "streaming"):
+            for path in ("auto", "tile4", "streaming"):  # (the last launch of a family names its row)
                 qkv = torch.randn(1, 7, 7, 3 * d).to(dtype)
                 bias = torch.randn(1, 49, 49).to(acc)
-                if path == "streaming":
-                    os.environ["SWIN_EXT_ATTN_BWD"] = "streaming"
+                if path != "auto":
+                    os.environ["SWIN_EXT_ATTN_BWD"] = path
                 hops.start_launch_log()
                 try:
                     out, lse = hops.window_attention_fwd(qkv, bias, None, [7, 7], [3, 3], 0.2)
@@ -253,7 +260,8 @@ def _launch_shapes():
                 for line in log.splitlines():
                     name, _, block, smem = line.split(";")
                     fam = name.strip("()").split("<")[0].split("::")[-1]
-                    shapes[(fam, dn, key_d)] = (int(block.split(",")[0]), int(smem))
+                    lean = ("lean",) if "BwdMmaLeanTraits" in name else ()  # the tile kernel's tile4 form
+                    shapes[(fam, dn, key_d) + lean] = (int(block.split(",")[0]), int(smem))
     return shapes
 
 
@@ -275,7 +283,9 @@ def test_write_sass_table(kernels):
     for k in kernels:
         fam = k.short.split("<")[0]
         parts = [p.strip() for p in k.short.split("<", 1)[1].rstrip(">").split(",")]
-        shape = shapes.get((fam, parts[0], int(parts[1]))) if fam.startswith("attn_") and len(parts) >= 2 else None
+        lean = ("lean",) if parts[-1] == "lean" else ()
+        key = (fam, parts[0], int(parts[1])) + lean if fam.startswith("attn_") and len(parts) >= 2 else None
+        shape = shapes.get(key) if key else None
         thr, smem, occ = ("-", "-", "-")
         if shape:
             thr, smem = shape

@@ -55,14 +55,20 @@ BWD_VARIANTS = {
     "table": {},
     "table-streaming": {"SWIN_EXT_ATTN_BWD": "streaming"},
     "table-chunk2": {"SWIN_EXT_ATTN_CHUNK": "2"},
+    # the tile kernel's four-blocks-per-SM form (V1, head_dim 32, bf16 / fp16)
+    "tile4": {"SWIN_EXT_ATTN_BWD": "tile4"},
+    "table-tile4": {"SWIN_EXT_ATTN_BWD": "tile4"},
 }
+TILE4_VARIANTS = ("tile4", "table-tile4")
 CPU_VARIANTS = ("auto", "table")  # the others choose between CUDA kernels
 
 
-def _variants(case):
+def _variants(case, v2=False):
     out = ["auto", "table"]
     if case.N <= 64:
         out += ["streaming", "table-streaming"]  # else streaming is what auto runs
+    if case.N <= 64 and case.d == 32 and not v2:
+        out += list(TILE4_VARIANTS)
     if case.B >= 2:
         out += ["chunk2", "table-chunk2"]
     if case.B >= 3 and case.N <= 64:
@@ -76,6 +82,8 @@ def _attention_case(executor, case, variant, dtype, monkeypatch, gen, v2: bool) 
         pytest.skip("a CUDA backward variant")
     if variant == "chunk3" and dtype not in (torch.float16, torch.bfloat16):
         pytest.skip("chunk3 is for the tensor-core forward's image pipeline (chunk2 covers the backward)")
+    if variant in TILE4_VARIANTS and dtype not in (torch.float16, torch.bfloat16):
+        pytest.skip("tile4 is a form of the tensor-core tile kernel (bf16 / fp16)")
     for k, v in BWD_VARIANTS[variant].items():
         monkeypatch.setenv(k, v)
     inp = attention_inputs(case, gen, dtype, v2=v2, table=variant.startswith("table"))
@@ -85,7 +93,7 @@ def _attention_case(executor, case, variant, dtype, monkeypatch, gen, v2: bool) 
 
 
 ATTN_PARAMS = [pytest.param(c, v, id=f"{c.id}-{v}") for c in ATTN_CASES for v in _variants(c)]
-ATTN_V2_PARAMS = [pytest.param(c, v, id=f"{c.id}-{v}") for c in ATTN_V2_CASES for v in _variants(c)]
+ATTN_V2_PARAMS = [pytest.param(c, v, id=f"{c.id}-{v}") for c in ATTN_V2_CASES for v in _variants(c, v2=True)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -99,6 +107,28 @@ def test_window_attention(executor, case, variant, dtype, monkeypatch, seed_gene
 def test_window_attention_v2(executor, case, variant, dtype, monkeypatch, seed_generator):
     """Swin V2 cosine attention (q, k normalized in the kernel, per-head scale), fwd + bwd."""
     _attention_case(executor, case, variant, dtype, monkeypatch, seed_generator, v2=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("table", [False, True], ids=["bias", "table"])
+@pytest.mark.parametrize("chunk", ["1", "3"])
+def test_tile4_backward_is_bitwise_the_tile_kernel(executor, dtype, table, chunk, monkeypatch, seed_generator):
+    """SWIN_EXT_ATTN_BWD=tile4 (the tile kernel at four blocks per SM: one image in flight, early
+    stores, dP one k-step at a time) computes the same values in the same order as the default
+    tile kernel: every gradient bitwise equal, with one and with several images per block (the
+    single stage refilled), padded and shifted, the (heads, N, N) bias and the table."""
+    if not executor.is_cuda_kernel:
+        pytest.skip("CUDA kernels only")
+    case = AttnCase(4, 13, 12, 7, (3, 3), 2, 32, True)  # Swin's window and head_dim, padded, shifted
+    inp = attention_inputs(case, seed_generator, dtype, table=table)
+    monkeypatch.setenv("SWIN_EXT_ATTN_CHUNK", chunk)
+    monkeypatch.delenv("SWIN_EXT_ATTN_BWD", raising=False)
+    want = run_attention(executor, case, inp, dtype, case.d ** -0.5)
+    monkeypatch.setenv("SWIN_EXT_ATTN_BWD", "tile4")
+    got = run_attention(executor, case, inp, dtype, case.d ** -0.5)
+    for k in ("out", "lse", "dqkv", "dbias", "dpad"):
+        assert torch.equal(got[k], want[k]), k
+    assert want["dqkv"].abs().max() > 0 and want["dbias"].abs().max() > 0
 
 
 @pytest.mark.parametrize(

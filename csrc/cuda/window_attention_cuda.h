@@ -66,12 +66,15 @@ inline int device_smem_optin() {
 }
 
 // SWIN_EXT_ATTN_BWD=fused|streaming forces the backward kernels (tests,
-// debugging); unset or anything else: the fused kernel where it fits.
+// debugging); =tile4 takes the tile kernel's four-blocks-per-SM form where it
+// exists (V1, head_dim 32, bf16 / fp16: an A/B of gpu_check); unset or
+// anything else: the fused kernel where it fits.
 inline cuda::attn::BwdChoice attention_bwd_choice() {
   const char* v = std::getenv("SWIN_EXT_ATTN_BWD");
   if (v == nullptr) return cuda::attn::BwdChoice::kAuto;
   if (std::strcmp(v, "fused") == 0) return cuda::attn::BwdChoice::kFused;
   if (std::strcmp(v, "streaming") == 0) return cuda::attn::BwdChoice::kStreaming;
+  if (std::strcmp(v, "tile4") == 0) return cuda::attn::BwdChoice::kTile4;
   return cuda::attn::BwdChoice::kAuto;
 }
 

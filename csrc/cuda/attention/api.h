@@ -26,8 +26,10 @@ struct FwdPlan {
   int chunk = 1, n_chunks = 1;
 };
 
-// Forced choice of the backward kernels (tests; SWIN_EXT_ATTN_BWD).
-enum class BwdChoice : int { kAuto = 0, kFused = 1, kStreaming = 2 };
+// Forced choice of the backward kernels (tests; SWIN_EXT_ATTN_BWD).  kTile4:
+// the tile kernel's four-blocks-per-SM form where it exists (V1, head_dim 32,
+// bf16 / fp16; bwd::BwdMmaLeanTraits), else as kAuto.
+enum class BwdChoice : int { kAuto = 0, kFused = 1, kStreaming = 2, kTile4 = 3 };
 
 // p: geometry, sizes and flags filled (pointers may be null).  chunk > 0
 // forces the images per block of the one-tile kernel (tests), else a rule of

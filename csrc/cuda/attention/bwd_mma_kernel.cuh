@@ -144,6 +144,9 @@ struct BwdMmaTraits {
   static constexpr int kTileMinBlocks = blocks_by_smem(kTileSmem) > 0 ? blocks_by_smem(kTileSmem) : 1;
   static constexpr int kTSlots = 4 * kTile * kVecs / kThreads;  // 16-byte chunks per thread and image
   static constexpr bool kCacheSlots = false && kTSlots <= 8;             // source offsets held in registers
+  // The tile kernel's lean form (BwdMmaLeanTraits): outputs stored as soon as
+  // each is formed, dP one k-step at a time (<= 128 registers).
+  static constexpr bool kLean = false;
 
   // ---- attn_bwd_window_kernel (key-tiled): bytes of dynamic shared memory.
   // dK and dV of the warp's 16 keys accumulate over the query tiles in
@@ -233,6 +236,26 @@ __device__ __forceinline__ void zero_frags(float (&x)[Tr::kDN][4]) {
     for (int r = 0; r < 4; ++r) x[n][r] = 0.f;
 }
 
+// The tile kernel at four blocks per SM, for Swin's path (V1, head_dim 32,
+// bf16 / fp16): one image in flight (54,784 B of shared memory instead of two
+// in 75,264 B) and at most 128 registers (kLean: dV and dK stored through the
+// warp's own dO rows as soon as each is formed, one barrier less per image;
+// dP one k-step at a time), so 16 warps per SM instead of 12.  The same
+// arithmetic in the same order as BwdMmaTraits: bit-identical results.  Which
+// one is faster (prefetch against occupancy) is for a GPU to say: it runs
+// with SWIN_EXT_ATTN_BWD=tile4 (benchmarks/gpu_check.sh times both).
+template <typename T_>
+struct BwdMmaLeanTraits : BwdMmaTraits<T_, 32, false> {
+  using Base = BwdMmaTraits<T_, 32, false>;
+  static_assert(Base::kSeqPdS && Base::kStagedOut, "the lean form stages P then dS over the dead k, v tiles");
+  static constexpr bool kLean = true;
+  static constexpr int kStages = 1;
+  static constexpr int kTSep = Base::kTStage + kStages * Base::kStageBytes;
+  static constexpr int kTileSmem = Base::tile_smem(kStages);
+  static constexpr int kTileMinBlocks = 4;
+  static_assert(4 * (kTileSmem + 1024) <= 233472, "four blocks per SM on sm_90");
+};
+
 // S (16 x 64: fragments s[n-tile][4]) = A_w B^T: the warp's 16 rows of A
 // (aw) and the 64 rows of B (n-major: row = key), both [row][head_dim] in
 // shared memory with stride kRowBytes.  A by ldmatrix.x4 (rows 0-7 | 8-15 x
@@ -240,7 +263,9 @@ __device__ __forceinline__ void zero_frags(float (&x)[Tr::kDN][4]) {
 // n-tiles at or past n_keys and (generic head_dim) k-steps at or past dp are
 // skipped (warp-uniform; their accumulators stay 0).
 // (kCols n-tiles from n-tile nt0: keys nt0 * 8 ...)
-template <class Tr, int kCols = Tr::kNT>
+// kOneStep: the A fragments of one k-step at a time, B by ldmatrix.x2 (4
+// registers fewer live; each accumulator sums its k-steps in the same order).
+template <class Tr, int kCols = Tr::kNT, bool kOneStep = false>
 __device__ __forceinline__ void rows_x_rowsT(float (&s)[kCols][4], const unsigned char* aw, const unsigned char* bt,
                                              int n_keys, int dp, int lane, int nt0 = 0) {
   using T = typename Tr::T;
@@ -250,6 +275,23 @@ __device__ __forceinline__ void rows_x_rowsT(float (&s)[kCols][4], const unsigne
     for (int r = 0; r < 4; ++r) s[nt][r] = 0.f;
   n_keys -= nt0 * 8;
   const unsigned char* a_row = aw + ((lane & 7) + ((lane >> 3) & 1) * 8) * Tr::kRowBytes + (lane >> 4) * 16;
+  if constexpr (kOneStep) {
+    const unsigned char* b1 = bt + (nt0 * 8 + (lane & 7)) * Tr::kRowBytes + ((lane >> 3) & 1) * 16;
+#pragma unroll
+    for (int kk = 0; kk < Tr::kKS; ++kk) {
+      if (Tr::kD == 0 && kk * 16 >= dp) break;
+      uint32_t a0[4];
+      ldsm<4>(a0, a_row + kk * 32);
+#pragma unroll
+      for (int nt = 0; nt < kCols; ++nt) {
+        if (nt * 8 >= n_keys) break;
+        uint32_t bb[2];
+        ldsm<2>(bb, b1 + nt * 8 * Tr::kRowBytes + kk * 32);
+        mma_16816<T>(s[nt], a0, bb, s[nt]);
+      }
+    }
+    return;
+  }
   const unsigned char* b_row = bt + (nt0 * 8 + (lane & 7)) * Tr::kRowBytes + (lane >> 3) * 16;
 #pragma unroll
   for (int kk = 0; kk < Tr::kKS; kk += 2) {
@@ -838,7 +880,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
           s[nt][3] = bexp2(fmaf(s[nt][3], scale_log2, bm.w) - lse1);
         }
       }
-      rows_x_rowsT<Tr>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, N, dp, lane);  // after P: fewer live registers
+      rows_x_rowsT<Tr, kNT, Tr::kLean>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, N, dp, lane);  // after P: fewer live registers
       // D = rowsum(P o dP): the whole row is in this tile.
       float D0 = 0.f, D1 = 0.f;
 #pragma unroll
@@ -964,16 +1006,31 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     if constexpr (Tr::kSeqPdS) {  // P's product first, then dS over P once every warp has read it
       if (active) grad_v();
       __syncthreads();
+      if constexpr (Tr::kLean) {
+        // dO is consumed (every warp is past dV): dV, then dK, through the
+        // warp's own dO rows as soon as each is formed (store_out ends with a
+        // __syncwarp: the rows are free again).
+        if (active) {
+          store_out<Tr>(p, dva, 1.f, 2, tok_w, sdO + wrow0 * Tr::kRowBytes,
+                        static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv, d, hd, lane);
+        }
+      }
       if (active) stage_a<Tr>(sdS + wrow0 * Tr::kPRowBytes, dsa, N, lane);
       __syncthreads();
       if (active) grad_k();
+      if constexpr (Tr::kLean) {
+        if (active) {
+          store_out<Tr>(p, dk, 1.f, 1, tok_w, sdO + wrow0 * Tr::kRowBytes,
+                        static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv, d, hd, lane);
+        }
+      }
     } else {  // dK first: its normalisation (V2) runs with fewer live registers
       if (active) {
         grad_k();
         grad_v();
       }
     }
-    if constexpr (Tr::kStagedOut) {
+    if constexpr (Tr::kStagedOut && !Tr::kLean) {
       __syncthreads();  // P, dS, Q and dO are consumed: the warp's rows of the stage take its outputs
       if (active) {
         T* dimg = static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv;

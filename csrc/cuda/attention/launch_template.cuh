@@ -197,6 +197,12 @@ BwdPlan plan_bwd_mma(const AttnParams& p, int smem_optin, BwdChoice choice, int 
   if (N <= M1::kTile && M1::kDPad <= 64 && choice != BwdChoice::kStreaming) {
     plan.path = BwdPath::kFused;
     plan.smem = p.qk_norm ? M2::kTileSmem : M1::kTileSmem;
+    if constexpr (Tr::kD == 32) {
+      if (choice == BwdChoice::kTile4 && !p.qk_norm) {
+        plan.tile4 = true;
+        plan.smem = bwd::BwdMmaLeanTraits<typename Tr::T>::kTileSmem;
+      }
+    }
   } else if (choice != BwdChoice::kStreaming && window_smem(true) <= smem_optin) {
     plan.path = BwdPath::kWindow;
     plan.smem = window_smem(true);
@@ -231,6 +237,17 @@ cudaError_t run_bwd_mma(AttnParams p, const BwdPlan& plan, cudaStream_t stream) 
   const dim3 grid(static_cast<unsigned>(static_cast<int64_t>(plan.n_chunks) * p.g.nW * p.heads));
   if constexpr (M::kDPad <= 64) {  // (the plan takes the tile kernel only there)
     if (plan.path == BwdPath::kFused) {
+      if constexpr (M::kD == 32 && !M::kV2) {
+        if (plan.tile4) {
+          using L = bwd::BwdMmaLeanTraits<typename M::T>;
+          const cudaError_t e = ensure_smem_limit<bwd::attn_bwd_tile_kernel<L>>(L::kTileSmem);
+          if (e != cudaSuccess) return e;
+          // (spelled out: the harness's launch log names the form)
+          SWIN_LAUNCH_KERNEL((bwd::attn_bwd_tile_kernel<bwd::BwdMmaLeanTraits<typename M::T>>), grid, L::kThreads,
+                             plan.smem, stream, p);
+          return cudaSuccess;
+        }
+      }
       const cudaError_t e = ensure_smem_limit<bwd::attn_bwd_tile_kernel<M>>(M::kTileSmem);
       if (e != cudaSuccess) return e;
       SWIN_LAUNCH_KERNEL((bwd::attn_bwd_tile_kernel<M>), grid, M::kThreads, plan.smem, stream, p);

@@ -110,6 +110,7 @@ struct BwdPlan {
   int n_row_blocks = 0, n_key_blocks = 0;
   int64_t dbias_part_elems = 0;  // n_chunks * nW * heads * N * N, or * bias_rows when dbias_binned
   bool dbias_binned = false;     // the kernel bins dbias into table rows (bias_table and the tile kernel)
+  bool tile4 = false;            // the tile kernel's four-blocks-per-SM form (BwdChoice::kTile4)
   bool bias_expanded = false;    // the kernels need the (heads, N, N) bias: the glue expands a table
   int64_t dpad_slots = 0;        // rows of the (slots, 2, heads, d) dpad partials (0: unpadded)
   int64_t dbuf_elems = 0;        // B * nW * heads * N (streaming only)
