@@ -143,6 +143,25 @@ def test_timm_equivalence(case):
         assert rel_err(got_g, want_g) <= TOL, backend
 
 
+def test_small_window_constants_are_built_once():
+    """A map smaller than the window (stage 3 of w16_small_map: 8 < 16): the smaller window's index and CPB
+    coordinates are built on the first call and kept (the same tensors on the next call, training and
+    eval), with the standard values; a move to another dtype keeps the outputs right."""
+    from swin_ext.layers.pos_bias import relative_coords_table
+
+    model = ours_v2(TIMM_CASES["w16_small_map"]).train()
+    attn = model.layers[2].blocks[0].attn
+    x = torch.randn(1, 3, 128, 128, dtype=torch.float64)
+    model(x)
+    kept = dict(attn._small_window)
+    assert set(kept) == {("index", 8), ("coords", 8)}
+    torch.testing.assert_close(kept[("index", 8)], relative_position_index(8), rtol=0, atol=0)
+    torch.testing.assert_close(kept[("coords", 8)], relative_coords_table(8, 4), rtol=0, atol=0)
+    out = model.eval()(x)
+    assert all(attn._small_window[k] is v for k, v in kept.items())
+    torch.testing.assert_close(model.float()(x.float()), out.float(), rtol=1e-4, atol=1e-4)
+
+
 def test_timm_window_change_goes_through_cpb():
     """A window-8 checkpoint in a window-16 model: nothing resized, the CPB MLP gives the new bias (as timm)."""
     small = dict(img_size=128, embed_dim=24, depths=(2, 2), num_heads=(2, 4), pretrained_window_sizes=(8, 8))

@@ -37,7 +37,7 @@ any input size works.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -100,6 +100,9 @@ class WindowAttentionV2(nn.Module):
         self.register_buffer("relative_coords_table", relative_coords_table(window_size, pretrained_window_size),
                              persistent=False)
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+        # a smaller window's (a map smaller than the window) index and CPB coordinates, built once
+        # (per window; again after a move to another device), not per call
+        self._small_window: Dict[Tuple[str, int], torch.Tensor] = {}
 
     def qkv_bias(self) -> Optional[torch.Tensor]:
         """``(3C,)`` ``(q_bias, 0, v_bias)``, or ``None`` without qkv bias."""
@@ -128,19 +131,29 @@ class WindowAttentionV2(nn.Module):
         return inference_cached(self, w, sources, lambda: self._position_table(w))
 
     def _index(self, w: int) -> torch.Tensor:
-        """The standard ``(N, N)`` index of window ``w``: the buffer, or built for a smaller window."""
+        """The standard ``(N, N)`` index of window ``w``: the buffer, or a smaller window's (kept)."""
         if w == self.window_size:
             return self.relative_position_index
-        return relative_position_index(w).to(self.relative_position_index.device)
+        return self._small("index", w, lambda: relative_position_index(w))
+
+    def _small(self, kind: str, w: int, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``build()`` (a parameter-free constant of window ``w``) on the module's device, kept between calls."""
+        dev = self.relative_position_index.device
+        if torch.compiler.is_compiling():  # traced as a constant of the graph
+            return build().to(dev)
+        t = self._small_window.get((kind, w))
+        if t is None or t.device != dev:
+            t = self._small_window[(kind, w)] = build().to(dev)
+        return t
 
     def _position_table(self, w: int) -> torch.Tensor:
         dtype = self.cpb_mlp[0].weight.dtype
         # the configured window's coordinates are a buffer; a smaller window's (a small map)
-        # are built here, parameter-free and small
+        # are built on its first call and kept (parameter-free and small)
         if w == self.window_size:
             coords = self.relative_coords_table
         else:
-            coords = relative_coords_table(w, self.pretrained_window_size).to(self.relative_coords_table.device)
+            coords = self._small("coords", w, lambda: relative_coords_table(w, self.pretrained_window_size))
         if autocast_dtype(coords.device.type) is not None:
             # the bias reaches 16: in float16 / bfloat16 it would lose 1-2 decimals of the logits
             with torch.autocast(coords.device.type, enabled=False):
