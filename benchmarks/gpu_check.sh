@@ -229,7 +229,7 @@ elif [ "$DRY" = 1 ]; then
 elif ! command -v ncu > /dev/null; then
   say "(no ncu on this machine)"
 else
-  B=$(budget 60 60)
+  B=$(budget 100 60)  # ~10 kernels (the backward in two forms), ~5-8 s of replays each
   if (( B >= 30 )); then
     timeout "$B" ncu --clock-control none --profile-from-start off \
         --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
