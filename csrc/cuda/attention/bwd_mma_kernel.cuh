@@ -263,8 +263,9 @@ struct BwdMmaLeanTraits : BwdMmaTraits<T_, 32, false> {
 // n-tiles at or past n_keys and (generic head_dim) k-steps at or past dp are
 // skipped (warp-uniform; their accumulators stay 0).
 // (kCols n-tiles from n-tile nt0: keys nt0 * 8 ...)
-// kOneStep: the A fragments of one k-step at a time, B by ldmatrix.x2 (4
-// registers fewer live; each accumulator sums its k-steps in the same order).
+// kOneStep: the A fragments of one k-step at a time, B of two n-tiles per
+// ldmatrix.x4 (4 registers fewer live; each accumulator sums its k-steps in
+// the same order).
 template <class Tr, int kCols = Tr::kNT, bool kOneStep = false>
 __device__ __forceinline__ void rows_x_rowsT(float (&s)[kCols][4], const unsigned char* aw, const unsigned char* bt,
                                              int n_keys, int dp, int lane, int nt0 = 0) {
@@ -276,18 +277,22 @@ __device__ __forceinline__ void rows_x_rowsT(float (&s)[kCols][4], const unsigne
   n_keys -= nt0 * 8;
   const unsigned char* a_row = aw + ((lane & 7) + ((lane >> 3) & 1) * 8) * Tr::kRowBytes + (lane >> 4) * 16;
   if constexpr (kOneStep) {
-    const unsigned char* b1 = bt + (nt0 * 8 + (lane & 7)) * Tr::kRowBytes + ((lane >> 3) & 1) * 16;
+    static_assert(kCols % 2 == 0, "n-tiles in pairs");
+    // lanes 0-15: keys of n-tile nt (columns 0-7 | 8-15 of the k-step), 16-31: of n-tile nt + 1
+    const unsigned char* b2 = bt + (nt0 * 8 + (lane >> 4) * 8 + (lane & 7)) * Tr::kRowBytes + ((lane >> 3) & 1) * 16;
 #pragma unroll
     for (int kk = 0; kk < Tr::kKS; ++kk) {
       if (Tr::kD == 0 && kk * 16 >= dp) break;
       uint32_t a0[4];
       ldsm<4>(a0, a_row + kk * 32);
 #pragma unroll
-      for (int nt = 0; nt < kCols; ++nt) {
+      for (int nt = 0; nt < kCols; nt += 2) {
         if (nt * 8 >= n_keys) break;
-        uint32_t bb[2];
-        ldsm<2>(bb, b1 + nt * 8 * Tr::kRowBytes + kk * 32);
-        mma_16816<T>(s[nt], a0, bb, s[nt]);
+        uint32_t bb[4];
+        ldsm<4>(bb, b2 + nt * 8 * Tr::kRowBytes + kk * 32);  // (rows of the tile: n_keys masks the second)
+        const uint32_t b0[2] = {bb[0], bb[1]}, b1[2] = {bb[2], bb[3]};
+        mma_16816<T>(s[nt], a0, b0, s[nt]);
+        if ((nt + 1) * 8 < n_keys) mma_16816<T>(s[nt + 1], a0, b1, s[nt + 1]);
       }
     }
     return;
