@@ -25,6 +25,8 @@
 #      SDPA with the bias + mask materialised; add+LN, bias+GELU and patch
 #      merging against their PyTorch composites; every op against its byte
 #      floor at the device-copy bandwidth measured in the same run;
+#   4b. the Swin-T attention rows again with SWIN_EXT_ATTN_BWD=tile4 (the
+#      backward tile kernel's four-blocks-per-SM form; at most 45 s);
 #   5. one ncu pass over a stage-1 attention forward and backward (achieved
 #      IPC, warp stall reasons, DRAM throughput), where ncu exists; the backward
 #      twice: the tile kernel as it runs, then its four-blocks-per-SM form
@@ -215,6 +217,22 @@ elif (( B >= 20 )); then
   DT="--dtypes bfloat16 float16"
   if [ "$DRY" = 1 ]; then DT="--dtypes bfloat16"; fi
   timeout "$B" $PY benchmarks/bench_ops.py $DEV $QUICK $BATCH $DT --repeats 5 \
+      --deadline $(( $(date +%s) + B - 5 )) --md-out "$REPORT" \
+    || say "(bench_ops.py stopped: exit status $?)"
+else
+  say "(skipped: $B s of the budget for it)"
+fi
+
+# ---------------------------------------------------------------- 4b. tile4 A/B
+step "4b. The attention backward's tile4 form (SWIN_EXT_ATTN_BWD=tile4): Swin-T attention rows, bf16"
+B=$(budget 45 100)
+if skipped 4b; then :
+elif (( B >= 15 )); then
+  say "The same rows as step 4's Swin-T attention, the backward in its four-blocks-per-SM form (one image in"
+  say "flight, <= 128 registers) instead of the default (two in flight, 3 blocks per SM): compare fwd+bwd."
+  say ""
+  SWIN_EXT_ATTN_BWD=tile4 timeout "$B" $PY benchmarks/bench_ops.py $DEV $QUICK $BATCH --dtypes bfloat16 \
+      --ops attention --attention swin_t --baselines sdpa --repeats 5 \
       --deadline $(( $(date +%s) + B - 5 )) --md-out "$REPORT" \
     || say "(bench_ops.py stopped: exit status $?)"
 else
