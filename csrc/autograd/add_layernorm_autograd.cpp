@@ -16,8 +16,14 @@ using VjpSig = std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, con
 Out4 call_fwd(const at::Tensor& x, const at::Tensor& branch, const at::Tensor& weight, const at::Tensor& bias,
               double eps, std::optional<at::ScalarType> y_dtype) {
   static auto op = typed_op<FwdSig>("swin_ext::add_layernorm_fwd");
-  at::AutoDispatchBelowADInplaceOrView below;
-  return op.call(x, branch, weight, bias, eps, y_dtype);
+  return below_autograd(op, x, branch, weight, bias, eps, y_dtype);
+}
+
+Out4 call_bwd(const std::optional<at::Tensor>& grad_h, const at::Tensor& grad_y, const at::Tensor& h,
+              const at::Tensor& weight, const at::Tensor& mean, const at::Tensor& rstd,
+              std::optional<at::ScalarType> branch_dtype) {
+  static auto op = typed_op<BwdSig>("swin_ext::add_layernorm_bwd");
+  return below_autograd(op, grad_h, grad_y, h, weight, mean, rstd, branch_dtype);
 }
 
 }  // namespace
@@ -62,11 +68,10 @@ class AddLayerNormFunction : public torch::autograd::Function<AddLayerNormFuncti
       dh = g[0], dw = g[1], db = g[2];
       if (need_h && grad_h.defined()) dh = dh + grad_h;
     } else {
-      static auto bwd = typed_op<BwdSig>("swin_ext::add_layernorm_bwd");
       const auto want = need_branch && branch_dtype != h.scalar_type() ? std::optional<at::ScalarType>(branch_dtype)
                                                                        : std::nullopt;
       at::Tensor dbranch;
-      std::tie(dh, dbranch, dw, db) = bwd.call(opt(grad_h), grad_y, h, weight, mean, rstd, want);
+      std::tie(dh, dbranch, dw, db) = call_bwd(opt(grad_h), grad_y, h, weight, mean, rstd, want);
       if (want.has_value()) return {need_x ? dh : at::Tensor(), dbranch, dw, db, at::Tensor(), at::Tensor()};
     }
     if (!dh.defined()) return {at::Tensor(), at::Tensor(), dw, db, at::Tensor(), at::Tensor()};
@@ -80,7 +85,7 @@ namespace {
 
 Out4 fwd_autograd(const at::Tensor& x, const at::Tensor& branch, const at::Tensor& weight, const at::Tensor& bias,
                   double eps, std::optional<at::ScalarType> y_dtype) {
-  refuse_tangents("add_layernorm_fwd", x, branch, weight, bias);
+  check_forward_call("add_layernorm", x, branch, weight, bias);
   if (!records(x, branch, weight, bias)) return call_fwd(x, branch, weight, bias, eps, y_dtype);
   auto out = AddLayerNormFunction::apply(x, branch, weight, bias, eps, y_dtype);
   return {out[0], out[1], out[2], out[3]};
@@ -89,11 +94,8 @@ Out4 fwd_autograd(const at::Tensor& x, const at::Tensor& branch, const at::Tenso
 Out4 bwd_autograd(const std::optional<at::Tensor>& grad_h, const at::Tensor& grad_y, const at::Tensor& h,
                   const at::Tensor& weight, const at::Tensor& mean, const at::Tensor& rstd,
                   std::optional<at::ScalarType> branch_dtype) {
-  refuse_tangents("add_layernorm_bwd", grad_h, grad_y, h, weight, mean, rstd);
-  refuse_graph("add_layernorm", grad_h, grad_y, h, weight, mean, rstd);
-  static auto op = typed_op<BwdSig>("swin_ext::add_layernorm_bwd");
-  at::AutoDispatchBelowADInplaceOrView below;
-  return op.call(grad_h, grad_y, h, weight, mean, rstd, branch_dtype);
+  check_backward_call("add_layernorm", grad_h, grad_y, h, weight, mean, rstd);
+  return call_bwd(grad_h, grad_y, h, weight, mean, rstd, branch_dtype);
 }
 
 }  // namespace

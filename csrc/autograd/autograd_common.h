@@ -33,7 +33,6 @@
 
 #include <array>
 #include <optional>
-#include <string>
 #include <vector>
 
 namespace swin_ext {
@@ -62,31 +61,32 @@ bool records(const Ts&... ts) {
   return at::GradMode::is_enabled() && (requires_grad(ts) || ...);
 }
 
-// Refuses forward-mode tangents on the tensor inputs of swin_ext::<name>.
+// The forward operator swin_ext::<pub>_fwd refuses forward-mode tangents on its tensor inputs.
 template <typename... Ts>
-void refuse_tangents(const char* name, const Ts&... ts) {
-  if (!(has_tangent(ts) || ...)) return;
-  const std::string op = name;
-  const bool is_fwd = op.size() > 4 && op.compare(op.size() - 4, 4, "_fwd") == 0;
-  const std::string pub = op.substr(0, op.size() - 4);
-  if (is_fwd) {
-    TORCH_CHECK(false, "torch.ops.swin_ext.", op,
-                " does not propagate forward-mode AD tangents (torch.autograd.forward_ad dual tensors, "
-                "torch.func.jvp): call swin_ext.",
-                pub, " eagerly (not under torch.compile), which computes forward-mode derivatives through "
-                "the reference composite");
-  }
-  TORCH_CHECK(false, "torch.ops.swin_ext.", op,
-              " does not propagate forward-mode AD tangents (torch.autograd.forward_ad dual tensors, "
-              "torch.func.jvp): a backward operator has no forward-mode derivative; differentiate swin_ext.",
-              pub, " instead");
+void check_forward_call(const char* pub, const Ts&... ts) {
+  TORCH_CHECK(!(has_tangent(ts) || ...), "torch.ops.swin_ext.", pub,
+              "_fwd does not propagate forward-mode AD tangents (torch.autograd.forward_ad dual tensors, "
+              "torch.func.jvp): call swin_ext.",
+              pub, " eagerly (not under torch.compile), which computes forward-mode derivatives through "
+              "the reference composite");
 }
 
-// The autograd kernel of a backward operator swin_ext::<public>_bwd: not differentiable.
+// The backward operator swin_ext::<pub>_bwd refuses tangents and is not differentiable.
 template <typename... Ts>
-void refuse_graph(const char* pub, const Ts&... ts) {
+void check_backward_call(const char* pub, const Ts&... ts) {
+  TORCH_CHECK(!(has_tangent(ts) || ...), "torch.ops.swin_ext.", pub,
+              "_bwd does not propagate forward-mode AD tangents (torch.autograd.forward_ad dual tensors, "
+              "torch.func.jvp): a backward operator has no forward-mode derivative; differentiate swin_ext.",
+              pub, " instead");
   TORCH_CHECK(!records(ts...), "swin_ext::", pub, "_bwd is not differentiable; differentiate swin_ext.", pub,
               " instead (its backward supports create_graph=True and torch.func)");
+}
+
+// `op(args...)` below autograd: the kernel of the device the arguments are on.
+template <typename Sig, typename... Args>
+decltype(auto) below_autograd(const c10::TypedOperatorHandle<Sig>& op, const Args&... args) {
+  at::AutoDispatchBelowADInplaceOrView below;
+  return op.call(args...);
 }
 
 // Whether a backward must go through the differentiable composite: a graph of the

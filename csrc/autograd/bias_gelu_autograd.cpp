@@ -9,14 +9,23 @@ using FwdSig = at::Tensor(const at::Tensor&, const at::Tensor&);
 using BwdSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&);
 using VjpSig = std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 2>);
 
+at::Tensor call_fwd(const at::Tensor& z, const at::Tensor& bias) {
+  static auto op = typed_op<FwdSig>("swin_ext::bias_gelu_fwd");
+  return below_autograd(op, z, bias);
+}
+
+std::tuple<at::Tensor, at::Tensor> call_bwd(const at::Tensor& grad_y, const at::Tensor& z, const at::Tensor& bias) {
+  static auto op = typed_op<BwdSig>("swin_ext::bias_gelu_bwd");
+  return below_autograd(op, grad_y, z, bias);
+}
+
 }  // namespace
 
+// Inputs z, bias (mask bits 0-1); output y.
 class BiasGeluFunction : public torch::autograd::Function<BiasGeluFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& z, const at::Tensor& bias) {
-    static auto op = typed_op<FwdSig>("swin_ext::bias_gelu_fwd");
-    at::AutoDispatchBelowADInplaceOrView below;
-    at::Tensor y = op.call(z, bias);
+    at::Tensor y = call_fwd(z, bias);
     ctx->save_for_backward({z, bias});
     ctx->saved_data["needs"] = grad_mask(z, bias);
     return {y};
@@ -32,8 +41,7 @@ class BiasGeluFunction : public torch::autograd::Function<BiasGeluFunction> {
       auto g = needed(vjp.call(z, bias, grad_y, need), need);
       return {g[0], g[1]};
     }
-    static auto bwd = typed_op<BwdSig>("swin_ext::bias_gelu_bwd");
-    auto [dz, dbias] = bwd.call(grad_y.contiguous(), z, bias);
+    auto [dz, dbias] = call_bwd(grad_y.contiguous(), z, bias);
     return {dz, dbias};
   }
 };
@@ -41,21 +49,14 @@ class BiasGeluFunction : public torch::autograd::Function<BiasGeluFunction> {
 namespace {
 
 at::Tensor fwd_autograd(const at::Tensor& z, const at::Tensor& bias) {
-  refuse_tangents("bias_gelu_fwd", z, bias);
-  if (!records(z, bias)) {
-    static auto op = typed_op<FwdSig>("swin_ext::bias_gelu_fwd");
-    at::AutoDispatchBelowADInplaceOrView below;
-    return op.call(z, bias);
-  }
+  check_forward_call("bias_gelu", z, bias);
+  if (!records(z, bias)) return call_fwd(z, bias);
   return BiasGeluFunction::apply(z, bias)[0];
 }
 
 std::tuple<at::Tensor, at::Tensor> bwd_autograd(const at::Tensor& grad_y, const at::Tensor& z, const at::Tensor& bias) {
-  refuse_tangents("bias_gelu_bwd", grad_y, z, bias);
-  refuse_graph("bias_gelu", grad_y, z, bias);
-  static auto op = typed_op<BwdSig>("swin_ext::bias_gelu_bwd");
-  at::AutoDispatchBelowADInplaceOrView below;
-  return op.call(grad_y, z, bias);
+  check_backward_call("bias_gelu", grad_y, z, bias);
+  return call_bwd(grad_y, z, bias);
 }
 
 }  // namespace

@@ -18,8 +18,14 @@ using VjpSig = std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, con
 Out3 call_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,
               const std::optional<at::Tensor>& branch, std::optional<at::ScalarType> y_dtype) {
   static auto op = typed_op<FwdSig>("swin_ext::patch_merging_fwd");
-  at::AutoDispatchBelowADInplaceOrView below;
-  return op.call(x, weight, bias, eps, branch, y_dtype);
+  return below_autograd(op, x, weight, bias, eps, branch, y_dtype);
+}
+
+Out4 call_bwd(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mean,
+              const at::Tensor& rstd, const std::optional<at::Tensor>& branch,
+              std::optional<at::ScalarType> branch_dtype) {
+  static auto op = typed_op<BwdSig>("swin_ext::patch_merging_bwd");
+  return below_autograd(op, grad_out, x, weight, mean, rstd, branch, branch_dtype);
 }
 
 }  // namespace
@@ -55,11 +61,10 @@ class PatchMergingFunction : public torch::autograd::Function<PatchMergingFuncti
                       need);
       dx = g[0], dw = g[1], db = g[2], dbranch = g[3];
     } else {
-      static auto bwd = typed_op<BwdSig>("swin_ext::patch_merging_bwd");
       const auto want = need_branch && branch.scalar_type() != x.scalar_type()
                             ? std::optional<at::ScalarType>(branch.scalar_type())
                             : std::nullopt;
-      std::tie(dx, dbranch, dw, db) = bwd.call(grad_y, x, weight, mean, rstd, opt(branch), want);
+      std::tie(dx, dbranch, dw, db) = call_bwd(grad_y, x, weight, mean, rstd, opt(branch), want);
       if (need_branch && !want.has_value()) dbranch = dx;  // x and branch get the same gradient
       if (!need_branch) dbranch = at::Tensor();
       if (!need_x) dx = at::Tensor();
@@ -72,7 +77,7 @@ namespace {
 
 Out3 fwd_autograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps,
                   const std::optional<at::Tensor>& branch, std::optional<at::ScalarType> y_dtype) {
-  refuse_tangents("patch_merging_fwd", x, weight, bias, branch);
+  check_forward_call("patch_merging", x, weight, bias, branch);
   if (!records(x, weight, bias, branch)) return call_fwd(x, weight, bias, eps, branch, y_dtype);
   auto out = PatchMergingFunction::apply(x, weight, bias, eps, branch, y_dtype);
   return {out[0], out[1], out[2]};
@@ -81,11 +86,8 @@ Out3 fwd_autograd(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 Out4 bwd_autograd(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mean,
                   const at::Tensor& rstd, const std::optional<at::Tensor>& branch,
                   std::optional<at::ScalarType> branch_dtype) {
-  refuse_tangents("patch_merging_bwd", grad_out, x, weight, mean, rstd, branch);
-  refuse_graph("patch_merging", grad_out, x, weight, mean, rstd, branch);
-  static auto op = typed_op<BwdSig>("swin_ext::patch_merging_bwd");
-  at::AutoDispatchBelowADInplaceOrView below;
-  return op.call(grad_out, x, weight, mean, rstd, branch, branch_dtype);
+  check_backward_call("patch_merging", grad_out, x, weight, mean, rstd, branch);
+  return call_bwd(grad_out, x, weight, mean, rstd, branch, branch_dtype);
 }
 
 }  // namespace

@@ -23,8 +23,13 @@ using VjpSig = std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, con
 Out2 call_fwd(const at::Tensor& qkv, const at::Tensor& bias, const Opt& qkv_pad, at::IntArrayRef window_size,
               at::IntArrayRef shift, double scale) {
   static auto op = typed_op<FwdSig>("swin_ext::window_attention_fwd");
-  at::AutoDispatchBelowADInplaceOrView below;
-  return op.call(qkv, bias, qkv_pad, window_size, shift, scale);
+  return below_autograd(op, qkv, bias, qkv_pad, window_size, shift, scale);
+}
+
+Out3 call_bwd(const at::Tensor& grad_out, const at::Tensor& qkv, const at::Tensor& bias, const Opt& qkv_pad,
+              const at::Tensor& lse, at::IntArrayRef window_size, at::IntArrayRef shift, double scale) {
+  static auto op = typed_op<BwdSig>("swin_ext::window_attention_bwd");
+  return below_autograd(op, grad_out, qkv, bias, qkv_pad, lse, window_size, shift, scale);
 }
 
 }  // namespace
@@ -58,8 +63,7 @@ class WindowAttentionFunction : public torch::autograd::Function<WindowAttention
       auto g = needed(vjp.call(qkv, bias, opt(qkv_pad), grad_out, window, shift, scale, need), need);
       dqkv = g[0], dbias = g[1], dpad = g[2];
     } else {
-      static auto bwd = typed_op<BwdSig>("swin_ext::window_attention_bwd");
-      std::tie(dqkv, dbias, dpad) = bwd.call(grad_out, qkv, bias, opt(qkv_pad), lse, window, shift, scale);
+      std::tie(dqkv, dbias, dpad) = call_bwd(grad_out, qkv, bias, opt(qkv_pad), lse, window, shift, scale);
       dpad = qkv_pad.defined() ? dpad.to(qkv.scalar_type()) : at::Tensor();
     }
     return {dqkv, dbias, dpad, at::Tensor(), at::Tensor(), at::Tensor()};
@@ -70,7 +74,7 @@ namespace {
 
 Out2 fwd_autograd(const at::Tensor& qkv, const at::Tensor& bias, const Opt& qkv_pad, at::IntArrayRef window_size,
                   at::IntArrayRef shift, double scale) {
-  refuse_tangents("window_attention_fwd", qkv, bias, qkv_pad);
+  check_forward_call("window_attention", qkv, bias, qkv_pad);
   if (!records(qkv, bias, qkv_pad)) return call_fwd(qkv, bias, qkv_pad, window_size, shift, scale);
   auto out = WindowAttentionFunction::apply(qkv, bias, qkv_pad, window_size, shift, scale);
   return {out[0], out[1]};
@@ -78,11 +82,8 @@ Out2 fwd_autograd(const at::Tensor& qkv, const at::Tensor& bias, const Opt& qkv_
 
 Out3 bwd_autograd(const at::Tensor& grad_out, const at::Tensor& qkv, const at::Tensor& bias, const Opt& qkv_pad,
                   const at::Tensor& lse, at::IntArrayRef window_size, at::IntArrayRef shift, double scale) {
-  refuse_tangents("window_attention_bwd", grad_out, qkv, bias, qkv_pad, lse);
-  refuse_graph("window_attention", grad_out, qkv, bias, qkv_pad, lse);
-  static auto op = typed_op<BwdSig>("swin_ext::window_attention_bwd");
-  at::AutoDispatchBelowADInplaceOrView below;
-  return op.call(grad_out, qkv, bias, qkv_pad, lse, window_size, shift, scale);
+  check_backward_call("window_attention", grad_out, qkv, bias, qkv_pad, lse);
+  return call_bwd(grad_out, qkv, bias, qkv_pad, lse, window_size, shift, scale);
 }
 
 // ----------------------------------------------------------------------------- V2
@@ -96,8 +97,14 @@ using V2VjpSig = std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, c
 Out2 call_v2_fwd(const at::Tensor& qkv, const at::Tensor& bias, const Opt& qkv_pad, const at::Tensor& head_scale,
                  int64_t window_size, int64_t shift_h, int64_t shift_w) {
   static auto op = typed_op<V2FwdSig>("swin_ext::window_attention_v2_fwd");
-  at::AutoDispatchBelowADInplaceOrView below;
-  return op.call(qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w);
+  return below_autograd(op, qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w);
+}
+
+Out4 call_v2_bwd(const at::Tensor& grad_out, const at::Tensor& qkv, const at::Tensor& bias, const Opt& qkv_pad,
+                 const at::Tensor& head_scale, const at::Tensor& lse, int64_t window_size, int64_t shift_h,
+                 int64_t shift_w) {
+  static auto op = typed_op<V2BwdSig>("swin_ext::window_attention_v2_bwd");
+  return below_autograd(op, grad_out, qkv, bias, qkv_pad, head_scale, lse, window_size, shift_h, shift_w);
 }
 
 }  // namespace
@@ -132,8 +139,7 @@ class WindowAttentionV2Function : public torch::autograd::Function<WindowAttenti
       auto g = needed(vjp.call(qkv, bias, opt(qkv_pad), head_scale, grad_out, ws, sh, sw, need), need);
       dqkv = g[0], dbias = g[1], dpad = g[2], dscale = g[3];
     } else {
-      static auto bwd = typed_op<V2BwdSig>("swin_ext::window_attention_v2_bwd");
-      std::tie(dqkv, dbias, dpad, dscale) = bwd.call(grad_out, qkv, bias, opt(qkv_pad), head_scale, lse, ws, sh, sw);
+      std::tie(dqkv, dbias, dpad, dscale) = call_v2_bwd(grad_out, qkv, bias, opt(qkv_pad), head_scale, lse, ws, sh, sw);
       dpad = qkv_pad.defined() ? dpad.to(qkv.scalar_type()) : at::Tensor();
     }
     return {dqkv, dbias, dpad, dscale, at::Tensor(), at::Tensor(), at::Tensor()};
@@ -144,7 +150,7 @@ namespace {
 
 Out2 v2_fwd_autograd(const at::Tensor& qkv, const at::Tensor& bias, const Opt& qkv_pad, const at::Tensor& head_scale,
                      int64_t window_size, int64_t shift_h, int64_t shift_w) {
-  refuse_tangents("window_attention_v2_fwd", qkv, bias, qkv_pad, head_scale);
+  check_forward_call("window_attention_v2", qkv, bias, qkv_pad, head_scale);
   if (!records(qkv, bias, qkv_pad, head_scale)) {
     return call_v2_fwd(qkv, bias, qkv_pad, head_scale, window_size, shift_h, shift_w);
   }
@@ -155,11 +161,8 @@ Out2 v2_fwd_autograd(const at::Tensor& qkv, const at::Tensor& bias, const Opt& q
 Out4 v2_bwd_autograd(const at::Tensor& grad_out, const at::Tensor& qkv, const at::Tensor& bias, const Opt& qkv_pad,
                      const at::Tensor& head_scale, const at::Tensor& lse, int64_t window_size, int64_t shift_h,
                      int64_t shift_w) {
-  refuse_tangents("window_attention_v2_bwd", grad_out, qkv, bias, qkv_pad, head_scale, lse);
-  refuse_graph("window_attention_v2", grad_out, qkv, bias, qkv_pad, head_scale, lse);
-  static auto op = typed_op<V2BwdSig>("swin_ext::window_attention_v2_bwd");
-  at::AutoDispatchBelowADInplaceOrView below;
-  return op.call(grad_out, qkv, bias, qkv_pad, head_scale, lse, window_size, shift_h, shift_w);
+  check_backward_call("window_attention_v2", grad_out, qkv, bias, qkv_pad, head_scale, lse);
+  return call_v2_bwd(grad_out, qkv, bias, qkv_pad, head_scale, lse, window_size, shift_h, shift_w);
 }
 
 }  // namespace
