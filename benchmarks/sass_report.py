@@ -1059,19 +1059,22 @@ def backward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
                          "do not (few images per block)") + ".", ""]
             # The key-tiled kernel at window 12 (N = 144: 3 key tiles x 3 query tiles per image).
             lines += [f"### {dt}, window 12 (N = 144, head_dim 32), for reference: attn_bwd_window_kernel", "",
-                      "One block per (window, head, chunk of images); per image the 3 key tiles x 3 query tiles; "
-                      "D = rowsum(dO o O) by the separate pre-pass (`attn_bwd_rowdot_kernel`, not counted here).  "
-                      "The last key tile holds 16 keys and the last query tile 16 rows: counted whole (upper bound).",
+                      "One block per (window, head, chunk of images); per image two passes over the 3 key tiles "
+                      "x 3 query tiles: the D pass (S and dP, D = rowsum(P o dP): 32 HMMA per warp and pair) and "
+                      "the main pass (S, dP, dQ, dV, dK: 80).  Everything the backward does is counted: there is "
+                      "no pre-pass and no recomputed forward.  The last key tile holds 16 keys and the last query "
+                      "tile 16 rows: counted whole (upper bound).",
                       "",
                       "| kernel (dQ of the window) | images per block | per warp per block | per warp per image | "
                       "per (image, window, head) (4 warps) | HMMA per warp per image (by hand: "
-                      f"{hand} x 3 x 3 = {9 * hand}) |",
+                      f"({hand} + 32) x 3 x 3 = {9 * (hand + 32)}) |",
                       "|---|---:|---:|---:|---:|---:|"]
             for kind in ("resident", "streamed"):
                 _, ins2, lab2 = parsed[subs[kind]]
                 for chunk in (1, 8):
                     total, c, _ = dynamic_count(ins2, lab2, kernel_file, markers,
-                                                dict(env, images=chunk, keytiles=3, N=144))
+                                                dict(env, images=chunk, keytiles=3, N=144, wh=12, ww=12,
+                                                     bias_rows=23 * 23))
                     lines.append(f"| {kind} | {chunk} | {total:.0f} | {total / chunk:.0f} | "
                                  f"{BWD_WARPS * total / chunk:.0f} | {c.get('HMMA', 0) / chunk:.0f} |")
             lines.append("")
@@ -1403,7 +1406,8 @@ def video_swin_report(arch: str, video_fwd: Dict[str, tuple], listings: Dict[str
     st = SWIN3D_T_STAGE1
     units = st["blocks"] * st["batch"] * st["windows"] * st["heads"]
     kt = VIDEO_KEYTILES
-    bwd_hand = bwd_hmma_by_hand() * kt * kt  # per warp and image: the tile kernel's 80 per (key, query) tile step
+    # per warp and image: the tile kernel's 80 per (key, query) tile step, plus the D pass's 32 (S, dP)
+    bwd_hand = (bwd_hmma_by_hand() + 32) * kt * kt
     # The planner's images per backward block at this shape (launch_template.cuh choose_chunk): the
     # (windows, heads, N, N) partial of one chunk (59 M floats) exceeds the 2^25 bound, so chunk = batch.
     chunk = st["batch"]
@@ -1411,8 +1415,8 @@ def video_swin_report(arch: str, video_fwd: Dict[str, tuple], listings: Dict[str
              f"Forward: `attn_fwd_stream_kernel`, {kt} row blocks of 64 queries x {kt} key tiles of 64 per "
              f"(clip, window, head), 4 warps a block.  Backward: `attn_bwd_window_kernel` (the window's dQ in "
              f"shared memory, 127 KB at N = 392 on sm_90), {kt} x {kt} (key tile, query tile) steps per image, "
-             f"{chunk} images per block (`choose_chunk` at batch {st['batch']}); D = rowsum(dO o O) by the "
-             "pre-pass, not counted.  Stage 1 at batch "
+             f"{chunk} images per block (`choose_chunk` at batch {st['batch']}), each with the D pass "
+             "(D = rowsum(P o dP)) before the main pass, both counted.  Stage 1 at batch "
              f"{st['batch']} of 32 x 224 x 224 clips: 16 x 56 x 56 tokens, {st['windows']} windows per clip, "
              f"{units} (clip, window, head) units over its {st['blocks']} blocks.  Upper bounds (every warp of the "
              "last, partial tiles counted active).", "",
@@ -1430,7 +1434,7 @@ def video_swin_report(arch: str, video_fwd: Dict[str, tuple], listings: Dict[str
             continue
         check_lines_are_code(ins, kernel_file, src)
         env = dict(kWarps=BWD_WARPS, kThreads=32 * BWD_WARPS, kDPad=32, kNT=8, N=VIDEO_N, warps=BWD_WARPS,
-                   threads=32 * BWD_WARPS, keytiles=kt, images=chunk)
+                   threads=32 * BWD_WARPS, keytiles=kt, images=chunk, wt=8, wh=7, ww=7, bias_rows=15 * 13 * 13)
         tot_b, cb, _ = dynamic_count(ins, labels, kernel_file, markers, env)
         per_warp = tot_b / chunk
         lines.append(f"| {dt} | backward | {tot_b:.0f} | {per_warp:.0f} | {BWD_WARPS * per_warp:.0f} | "

@@ -287,24 +287,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
         at::Tensor dpad_part = Backend::output({plan.dpad_slots, 2 * C}, acc_opts);
         at::Tensor dbuf = Backend::output({plan.dbuf_elems}, acc_opts);
         at::Tensor dscale_part = Backend::output({plan.dscale_slots, heads}, acc_opts);
-        at::Tensor out_fwd, drow, dq_ws;
-        if (plan.drow_elems) {
-          // The key-tiled tensor-core kernels take D = rowsum(dO o O) of the
-          // forward's output, recomputed here (the op's schema has no `out`) in
-          // float32 from the same rounded inputs: from the bf16 / fp16-rounded
-          // output, D would be off by dO . (O - round(O)) in every row, an error
-          // that V2's d head_scale sums over every window (twice the
-          // composite's error at bf16 under the harness).
-          const std::optional<at::Tensor> pad32 =
-              has_pad ? std::optional<at::Tensor>(pad.to(at::kFloat)) : std::nullopt;
-          out_fwd = std::get<0>(window_attention_fwd_impl<Backend>(qkv_in.to(at::kFloat), bias_k, pad32, head_scale,
-                                                                   g, scale));
+        at::Tensor drow, dq_ws, dbias_ws;
+        if (plan.drow_elems) {  // the key-tiled kernel's scratch: D of its rows, dQ (where not in shared memory)
           drow = Backend::output({plan.drow_elems}, acc_opts);
           dq_ws = Backend::output({plan.dq_ws_elems}, acc_opts);
-          p.out_fwd = out_fwd.const_data_ptr();
           p.Drow = drow.mutable_data_ptr();
           p.dq_ws = plan.dq_ws_elems ? dq_ws.mutable_data_ptr() : nullptr;
-          p.vec = p.vec && aligned16(p.out_fwd);
+        }
+        if (plan.dbias_ws_elems) {  // (and its bias gradient's sums before the binning)
+          dbias_ws = Backend::output({plan.dbias_ws_elems}, acc_opts);
+          p.dbias_ws = dbias_ws.mutable_data_ptr();
         }
         p.dscale_part = v2 ? dscale_part.mutable_data_ptr() : nullptr;
         p.dbias_part = dbias_part.mutable_data_ptr();

@@ -36,9 +36,12 @@
 //   in fragment order (kResident: q and dO of the whole window and the dQ
 //   buffer live in shared memory, windows up to 16 where it fits the device),
 //   or in a float32 workspace owned by the block, with q and dO streamed per
-//   query tile (any window; bounded shared memory).  D = rowsum(dO o O)
-//   comes from a pre-pass over the forward's output (attn_bwd_rowdot_kernel).
-//   S and dP are computed once per (query, key) pair.  The bias-gradient
+//   query tile (any window; bounded shared memory).  D = rowsum(P o dP), as
+//   in the tile kernel, from a first pass over the image's (query tile, key
+//   tile) pairs (S and dP in registers, the row sums to a block-private
+//   scratch): the op keeps no output, and D from the bf16 / fp16 output
+//   would be off by dO . (O - round(O)) in every row.  The main pass computes
+//   S and dP once more per (query, key) pair.  The bias-gradient
 //   partial of the block's chunk is read-modify-written in global memory by
 //   its owner lane (L2-resident), in a fixed order.
 //
@@ -207,15 +210,18 @@ __device__ __forceinline__ float bexp2(float x) {
 }
 
 // The base of image b of a tensor (image = img elements), formed where it is
-// used: the value is opaque to the compiler, which would otherwise keep the
-// 64-bit bases of every image it can see in registers across the loops.
+// used: the offset is opaque to the compiler, which would otherwise keep the
+// 64-bit bases of every image it can see in registers across the loops.  (The
+// offset, not the pointer: a pointer from the kernel's parameters plus an
+// offset is still known to be global, so its accesses are LDG / STG, not
+// generic LD / ST.)
 template <typename T>
 __device__ __forceinline__ const T* image_base(const T* base, int b, int64_t img) {
-  const T* q = base + static_cast<int64_t>(b) * img;
+  int64_t off = static_cast<int64_t>(b) * img;
 #if defined(__CUDACC__)
-  asm volatile("" : "+l"(q));
+  asm volatile("" : "+l"(off));
 #endif
-  return q;
+  return base + off;
 }
 template <typename T>
 __device__ __forceinline__ T* image_base(T* base, int b, int64_t img) {
@@ -1134,6 +1140,17 @@ __device__ __forceinline__ void tile_table(const Geom& g, const WinOrigin& wo, i
   }
 }
 
+// A lane's two query rows of a key-tiled step (rows g and g + 8 of its
+// warp's 16).
+struct RowPair {
+  int i0, i1;                // rows of the window (>= N: past it)
+  int rq0, rq1;              // their shift regions
+  float lse0, lse1;          // lse in log2 units (+inf: P = 0)
+  const float* brow0;        // the head's bias rows
+  const float* brow1;
+  float iq0, iq1;            // V2: 1 / ||q||
+};
+
 // Fragment-order float32 storage of a 16 x kDPad tile: float4 [dn][lane]
 // (f points at n-tile dn0 of this lane); kCols n-tiles at a time.
 template <class Tr, int kCols>
@@ -1274,7 +1291,6 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   const uint4* pad16 = reinterpret_cast<const uint4*>(pad);
   const int C8 = C >> 3, hd8 = hd >> 3, dv = d >> 3;
   const bool has_pad = pad != nullptr, vec = p.vec;
-  const int64_t tokens = g.tokens();  // per image (clip)
 
   for (int e = tid; e < Tr::kWarps * 2 * Tr::kDPad; e += Tr::kThreads)  // sass: trips(kWarps * 2 * kDPad / kThreads)
     reinterpret_cast<float*>(smem + Tr::kWDpad)[e] = 0.f;
@@ -1318,91 +1334,226 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   const int gr = lane >> 2, c0 = 2 * (lane & 3);
   const int wrow0 = warp * kRowTile;
   const float* bias_h = static_cast<const float*>(p.bias) + static_cast<int64_t>(h) * (static_cast<uint64_t>(Nu) * Nu);
-  float* dbias = static_cast<float*>(p.dbias_part) + ((static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h) * (static_cast<uint64_t>(Nu) * Nu);
-  const float* Drow = static_cast<const float*>(p.Drow);
+  // The bias gradient's N x N sums over the chunk's images, read-modify-written
+  // by each (i, j)'s owner lane: the partial itself, or (a table's gradient)
+  // the block's workspace, binned into the table's rows at the end.
+  const bool bin_dbias = p.dbias_ws != nullptr;
+  const int64_t cwh = (static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h;
+  float* dbias = static_cast<float*>(bin_dbias ? p.dbias_ws : p.dbias_part) + cwh * (static_cast<uint64_t>(Nu) * Nu);
   [[maybe_unused]] float ds_acc = 0.f;
 
-  int kc = 0, sc = 0;               // key tiles and steps issued so far (stage parities)
+  int kc = -1, sc = -1;  // key / query tiles taken so far (their stage parities)
+  int cur_b = -1, cur_kt = -1, cur_st = -1;  // the image and tiles of the step being computed
   __syncthreads();
   if (vec) {
     issue_pair(b0, true, 0, sKV, tabk);
     issue_pair(b0, false, 0, sQD, tabq);
     cp_async_commit();
   }
+  // Per image, two passes over the (key tile, query tile) steps: the D pass
+  // (query tile outer: D = rowsum(P o dP) of the tile's rows, summed over the
+  // key tiles in order, into the block's rows of the D scratch) and the main
+  // pass (key tile outer: dS, dQ, dK, dV).  A step's k, v and q, dO are
+  // issued only where they differ from the step before (the D pass reloads
+  // k, v every step, the main pass q, dO).
+  // The step after (b, pass, o, i) (pass 0: o the query tile, i the key tile;
+  // pass 1: the other way round): its image and tiles, false past the chunk.
+  const auto next_step = [&](int b, int pass, int o, int i, int& nb, int& nk, int& ns) {
+    int np = pass, no = o, ni = i + 1;
+    nb = b;
+    if (ni == nkt) {
+      ni = 0;
+      if (++no == nkt) {
+        no = 0;
+        if (++np == 2) {
+          np = 0;
+          ++nb;
+        }
+      }
+    }
+    nk = np ? no : ni;
+    ns = np ? ni : no;
+    return nb < b0 + nimg;
+  };
+  const auto stage_of = [](int n) { return kStages == 2 ? (n & 1) : 0; };
+  // The next step's new tiles, in flight while this step is computed.
+  const auto issue_next = [&](int pass, int o, int i) {
+    int nb, nk, ns;
+    if (!next_step(cur_b, pass, o, i, nb, nk, ns)) return;
+    if (nb != cur_b || nk != cur_kt) {
+      const int s = stage_of(kc + 1);
+      issue_pair(nb, true, nk * kTile, sKV + s * 2 * Tr::kTileBytes, tabk + s * 128);
+    }
+    if (nb != cur_b || ns != cur_st) {
+      const int s = stage_of(sc + 1);
+      issue_pair(nb, false, ns * kTile, sQD + s * 2 * Tr::kTileBytes, tabq + s * 128);
+    }
+    cp_async_commit();
+  };
+  // Takes the tiles of step (b, kt, st): their stages (ks, qs), the wait for
+  // them (the scalar path: the gather), the block barrier, the next step's
+  // issue (two stages) and V2's inverse norms of the new tiles.
+  const auto begin_step = [&](int b, int pass, int o, int i, int kt, int st, int& ks, int& qs) {
+    const bool knew = b != cur_b || kt != cur_kt, qnew = b != cur_b || st != cur_st;
+    kc += knew;
+    sc += qnew;
+    cur_b = b;
+    cur_kt = kt;
+    cur_st = st;
+    ks = stage_of(kc);
+    qs = stage_of(sc);
+    unsigned char* sK = sKV + ks * 2 * Tr::kTileBytes;
+    unsigned char* sQ = sQD + qs * 2 * Tr::kTileBytes;
+    if (vec) {
+      cp_async_wait<0>();
+    } else {  // sass: skip(scalar)
+      const int kt0 = kt * kTile, q0 = st * kTile;
+      if (knew) tile_table(g, wo, kt0, tabk + ks * 128);
+      if (qnew) tile_table(g, wo, q0, tabq + qs * 128);
+      __syncthreads();
+      const T* img = image_base(qkv, b, p.img_qkv);
+      const T* go = image_base(gout, b, p.img_out);
+      if (knew) gather_scalar<Tr>(sK, img, go, pad, tabk + ks * 128, 1, 1, 2, min(kTile, N - kt0), d, dp, C, hd);
+      if (qnew) gather_scalar<Tr>(sQ, img, go, pad, tabq + qs * 128, 0, 3, 2, min(kTile, N - q0), d, dp, C, hd);
+    }
+    __syncthreads();  // this step's tiles and tables are complete; the previous step is consumed
+    if (kStages == 2 && vec) issue_next(pass, o, i);
+    if constexpr (Tr::kV2) {
+      if (knew || qnew) {  // (block-uniform)
+        if (tid < 64) {
+          if (knew) invk[ks * 64 + tid] = staged_inv_norm<Tr>(sK + tid * Tr::kRowBytes, dp);
+        } else if (qnew) {
+          invq[qs * 64 + tid - 64] = staged_inv_norm<Tr>(sQ + (tid - 64) * Tr::kRowBytes, dp);
+        }
+        __syncthreads();
+      }
+    }
+  };
+  const auto end_step = [&](int pass, int o, int i) {
+    if (kStages == 1) {
+      __syncthreads();  // the step's tiles are consumed before they are refilled
+      if (vec) issue_next(pass, o, i);
+    }
+  };
+  // A lane's two query rows (g, g + 8 of the warp's 16) of query tile q0.
+  const auto rows_of = [&](const float* lse, int q0, const int* tq, int qs) {
+    RowPair r;
+    r.i0 = q0 + wrow0 + gr;
+    r.i1 = r.i0 + 8;
+    r.lse0 = lse2_of(lse, r.i0, N);
+    r.lse1 = lse2_of(lse, r.i1, N);
+    r.rq0 = tq[64 + wrow0 + gr];
+    r.rq1 = tq[64 + wrow0 + gr + 8];
+    r.brow0 = bias_h + static_cast<int64_t>(r.i0 < N ? r.i0 : 0) * Nu;
+    r.brow1 = bias_h + static_cast<int64_t>(r.i1 < N ? r.i1 : 0) * Nu;
+    r.iq0 = Tr::kV2 ? invq[qs * 64 + wrow0 + gr] : 0.f;
+    r.iq1 = Tr::kV2 ? invq[qs * 64 + wrow0 + gr + 8] : 0.f;
+    return r;
+  };
+  // The log2-unit logits (x0, x1) of the lane's rows at column c of the key
+  // tile (key j = kt0 + c; -inf past N) from the raw products s0, s1; V2 also
+  // the cosines times ||q|| (cs0, cs1).
+  const auto logits = [&](const RowPair& r, const int* tk, int ks, int c, int j, float s0, float s1, float& x0,
+                          float& x1, float& cs0, float& cs1) {
+    x0 = x1 = ninf;
+    cs0 = cs1 = 0.f;
+    if (j < N) {
+      float bb0 = r.i0 < N ? r.brow0[j] : 0.f, bb1 = r.i1 < N ? r.brow1[j] : 0.f;
+      if (p.masked) {
+        const int rk = tk[64 + c];
+        if (r.rq0 != rk) bb0 += kShiftMaskValue;
+        if (r.rq1 != rk) bb1 += kShiftMaskValue;
+      }
+      if constexpr (Tr::kV2) {
+        const float cf = invk[ks * 64 + c];
+        cs0 = s0 * cf;
+        cs1 = s1 * cf;
+        x0 = fmaf(cs0, sh_log2 * r.iq0, bb0 * l2e);
+        x1 = fmaf(cs1, sh_log2 * r.iq1, bb1 * l2e);
+      } else {
+        x0 = fmaf(s0, scale_log2, bb0 * l2e);
+        x1 = fmaf(s1, scale_log2, bb1 * l2e);
+      }
+    }
+  };
+
   for (int it = 0; it < nimg; ++it) {  // sass: image-loop
     const int b = b0 + it;
     const float* lse = static_cast<const float*>(p.lse) + ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * Nu;
-    const float* Db = Drow + static_cast<int64_t>(b) * tokens * p.heads + h;
+    // The image's D rows, in lse's layout (this block's own rows: written by
+    // the D pass, read back by the same warp after block barriers).
+    float* Dw = static_cast<float*>(p.Drow) + ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * Nu;
     // dqkv's image base, formed at each use (see image_base)
     const auto dimg_at = [&] { return image_base(static_cast<T*>(p.dqkv), b, p.img_qkv); };
-    for (int kt = 0; kt < nkt; ++kt, ++kc) {  // sass: trips(keytiles)
-      const int ks = kStages == 2 ? (kc & 1) : 0;
+
+    // ---- the D pass: D = rowsum(P o dP) (the tile kernel's D: no read of the
+    // forward's output, which the op does not keep), S and dP in registers
+    for (int st = 0; st < nkt; ++st) {  // sass: trips(keytiles)
+      float dsum0 = 0.f, dsum1 = 0.f;  // the lane's part of its two rows' D, key tiles in order
+      for (int kt = 0; kt < nkt; ++kt) {  // sass: trips(keytiles)
+        int ks, qs;
+        begin_step(b, 0, st, kt, kt, st, ks, qs);
+        const int kt0 = kt * kTile, n_keys = min(kTile, N - kt0), q0 = st * kTile;
+        const int* tk = tabk + ks * 128;
+        const unsigned char* sK = sKV + ks * 2 * Tr::kTileBytes;
+        const unsigned char* sV = sK + Tr::kTileBytes;
+        const unsigned char* sQ = sQD + qs * 2 * Tr::kTileBytes;
+        const unsigned char* sdO = sQ + Tr::kTileBytes;
+        if (q0 + wrow0 < N) {
+          const RowPair r = rows_of(lse, q0, tabq + qs * 128, qs);
+#pragma unroll
+          for (int kh = 0; kh < 2; ++kh) {
+            if (kh * 32 >= n_keys) break;
+            float s[4][4], dpf[4][4];
+            rows_x_rowsT<Tr, 4>(s, sQ + wrow0 * Tr::kRowBytes, sK, n_keys, dp, lane, kh * 4);
+            rows_x_rowsT<Tr, 4>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, n_keys, dp, lane, kh * 4);
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int c = (kh * 4 + nt) * 8 + c0 + e;
+                float x0, x1, cs0, cs1;
+                logits(r, tk, ks, c, kt0 + c, s[nt][e], s[nt][2 + e], x0, x1, cs0, cs1);
+                dsum0 = fmaf(bexp2(x0 - r.lse0), dpf[nt][e], dsum0);
+                dsum1 = fmaf(bexp2(x1 - r.lse1), dpf[nt][2 + e], dsum1);
+              }
+            }
+          }
+          if (kt == nkt - 1) {  // the rows' D: the quad's parts (padding rows: dO = 0, D = 0)
+            const float D0 = quad_sum4(dsum0), D1 = quad_sum4(dsum1);
+            if ((lane & 3) == 0) {
+              if (r.i0 < N) Dw[r.i0] = D0;
+              if (r.i1 < N) Dw[r.i1] = D1;
+            }
+          }
+        }
+        end_step(0, st, kt);
+      }
+    }
+
+    // ---- the main pass
+    for (int kt = 0; kt < nkt; ++kt) {  // sass: trips(keytiles)
       const int kt0 = kt * kTile, n_keys = min(kTile, N - kt0);
-      int* tk = tabk + ks * 128;
-      unsigned char* sK = sKV + ks * 2 * Tr::kTileBytes;
-      unsigned char* sV = sK + Tr::kTileBytes;
       const bool active_k = kt0 + wrow0 < N;
-      for (int st = 0; st < nkt; ++st, ++sc) {  // sass: trips(keytiles)
-        const int qs = kStages == 2 ? (sc & 1) : 0;
+      for (int st = 0; st < nkt; ++st) {  // sass: trips(keytiles)
+        int ks, qs;
+        begin_step(b, 1, kt, st, kt, st, ks, qs);
+        int* tk = tabk + ks * 128;
+        unsigned char* sK = sKV + ks * 2 * Tr::kTileBytes;
+        unsigned char* sV = sK + Tr::kTileBytes;
         const int q0 = st * kTile, n_q = min(kTile, N - q0);
         int* tq = tabq + qs * 128;
         unsigned char* sQ = sQD + qs * 2 * Tr::kTileBytes;
         unsigned char* sdO = sQ + Tr::kTileBytes;
         const bool last_kt = kt == nkt - 1, last_st = st == nkt - 1;
-        if (vec) {
-          cp_async_wait<0>();
-        } else {  // sass: skip(scalar)
-          if (st == 0) tile_table(g, wo, kt0, tk);
-          tile_table(g, wo, q0, tq);
-          __syncthreads();
-          const T* img = image_base(qkv, b, p.img_qkv);
-          const T* go = image_base(gout, b, p.img_out);
-          if (st == 0) gather_scalar<Tr>(sK, img, go, pad, tk, 1, 1, 2, n_keys, d, dp, C, hd);
-          gather_scalar<Tr>(sQ, img, go, pad, tq, 0, 3, 2, n_q, d, dp, C, hd);
-        }
-        __syncthreads();  // this step's tiles and tables are complete; the previous step is consumed
-        // The next step's tiles, in flight while this one is computed.
-        auto issue_next = [&] {
-          int nb = b, nk = kt, ns = st + 1;
-          if (ns == nkt) {
-            ns = 0;
-            if (++nk == nkt) {
-              nk = 0;
-              ++nb;
-            }
-          }
-          if (nb >= b0 + nimg) return;
-          if (ns == 0) issue_pair(nb, true, nk * kTile, sKV + (kStages == 2 ? ((kc + 1) & 1) : 0) * 2 * Tr::kTileBytes,
-                                  tabk + (kStages == 2 ? ((kc + 1) & 1) : 0) * 128);
-          const int nq = kStages == 2 ? ((sc + 1) & 1) : 0;
-          issue_pair(nb, false, ns * kTile, sQD + nq * 2 * Tr::kTileBytes, tabq + nq * 128);
-          cp_async_commit();
-        };
-        if (kStages == 2 && vec) issue_next();
-        if constexpr (Tr::kV2) {
-          if (tid < 64) {
-            if (st == 0) invk[ks * 64 + tid] = staged_inv_norm<Tr>(sK + tid * Tr::kRowBytes, dp);
-          } else {
-            invq[qs * 64 + tid - 64] = staged_inv_norm<Tr>(sQ + (tid - 64) * Tr::kRowBytes, dp);
-          }
-          __syncthreads();
-        }
 
         // ---- rows of this warp: S, dP, P, dS in registers; dQ += dS K; P, dS staged
         if (q0 + wrow0 < N) {
-          const int i0 = q0 + wrow0 + gr, i1 = i0 + 8;
-          const float lse0 = lse2_of(lse, i0, N), lse1 = lse2_of(lse, i1, N);
-          const int tq0 = tq[wrow0 + gr], tq1 = tq[wrow0 + gr + 8];
-          const float D0 = tq0 >= 0 ? Db[static_cast<int64_t>(tq0) * p.heads] : 0.f;
-          const float D1 = tq1 >= 0 ? Db[static_cast<int64_t>(tq1) * p.heads] : 0.f;
-          const int rq0 = tq[64 + wrow0 + gr], rq1 = tq[64 + wrow0 + gr + 8];
-          const float* brow0 = bias_h + static_cast<int64_t>(i0 < N ? i0 : 0) * Nu;
-          const float* brow1 = bias_h + static_cast<int64_t>(i1 < N ? i1 : 0) * Nu;
-          [[maybe_unused]] float iq0 = 0.f, iq1 = 0.f;
-          if constexpr (Tr::kV2) {
-            iq0 = invq[qs * 64 + wrow0 + gr];
-            iq1 = invq[qs * 64 + wrow0 + gr + 8];
-          }
+          const RowPair r = rows_of(lse, q0, tq, qs);
+          const int i0 = r.i0, i1 = r.i1;
+          // D of the rows, from the D pass (rows past N: P = 0, D unused)
+          const float D0 = i0 < N ? Dw[i0] : 0.f, D1 = i1 < N ? Dw[i1] : 0.f;
+          [[maybe_unused]] const float iq0 = r.iq0, iq1 = r.iq1;
           // dS (V2: dS / ||k||) as the A fragments of dQ += dS K.  Zeroed: the
           // k-steps past n_keys are never formed, and an array defined on some
           // paths only stays live around the loops (a register per element).
@@ -1419,28 +1570,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
             for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
               for (int e = 0; e < 2; ++e) {
-                const int c = (kh * 4 + nt) * 8 + c0 + e, j = kt0 + c;
-                float x0 = ninf, x1 = ninf;
-                [[maybe_unused]] float cs0 = 0.f, cs1 = 0.f;  // V2: q.k / ||k|| (the cosine times ||q||)
-                if (j < N) {
-                  float bb0 = i0 < N ? brow0[j] : 0.f, bb1 = i1 < N ? brow1[j] : 0.f;
-                  if (p.masked) {
-                    const int rk = tk[64 + c];
-                    if (rq0 != rk) bb0 += kShiftMaskValue;
-                    if (rq1 != rk) bb1 += kShiftMaskValue;
-                  }
-                  if constexpr (Tr::kV2) {
-                    const float cf = invk[ks * 64 + c];
-                    cs0 = s[nt][e] * cf;
-                    cs1 = s[nt][2 + e] * cf;
-                    x0 = fmaf(cs0, sh_log2 * iq0, bb0 * l2e);
-                    x1 = fmaf(cs1, sh_log2 * iq1, bb1 * l2e);
-                  } else {
-                    x0 = fmaf(s[nt][e], scale_log2, bb0 * l2e);
-                    x1 = fmaf(s[nt][2 + e], scale_log2, bb1 * l2e);
-                  }
-                }
-                const float p0 = bexp2(x0 - lse0), p1 = bexp2(x1 - lse1);
+                const int c = (kh * 4 + nt) * 8 + c0 + e;
+                float x0, x1;
+                [[maybe_unused]] float cs0, cs1;  // V2: q.k / ||k|| (the cosine times ||q||)
+                logits(r, tk, ks, c, kt0 + c, s[nt][e], s[nt][2 + e], x0, x1, cs0, cs1);
+                const float p0 = bexp2(x0 - r.lse0), p1 = bexp2(x1 - r.lse1);
                 if constexpr (Tr::kV2) {  // d head_scale: sum_j dS cos = sum_j P dP c - D sum_j P c, over ||q||
                   cb0 = fmaf(p0, cs0, cb0);
                   cb1 = fmaf(p1, cs1, cb1);
@@ -1569,15 +1703,25 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
                              0, dimg_at(), d, dp, hd, lane, q_rows);
           }
         }
-        if (kStages == 1) {
-          __syncthreads();  // the step's tiles are consumed before they are refilled
-          if (vec) issue_next();
-        }
+        end_step(1, kt, st);
       }
     }
   }
 
-  // ---- once per block: the padding-key and V2 partials
+  // ---- once per block: the table's gradient, the padding-key and V2 partials
+  if (bin_dbias) {  // each table row the sum of its token pairs, one thread per row, in bias_bin_sum's order
+    __syncthreads();  // every (i, j) sum of the chunk is in the workspace (and visible to the block)
+    float* dst = static_cast<float*>(p.dbias_part) + cwh * static_cast<uint32_t>(p.bias_rows);
+    const BiasTableShape shape = BiasTableShape::make(g.wt, g.wh, g.ww);
+    const auto dbias_at = [&](int i, int j) { return dbias[static_cast<int64_t>(i) * Nu + j]; };
+    // (trips: the rows per thread; the bin's loops over frames, rows and
+    // columns of the window, innermost first, at most ww, wh, wt trips.)
+    for (int row = tid; row < p.bias_rows; row += Tr::kThreads) {  // sass: trips(bias_rows // kThreads + 1)
+      int dt, dy, dx;
+      bias_table_offsets(g, row, dt, dy, dx);
+      dst[row] = bias_bin_sum<float>(shape, dt, dy, dx, dbias_at);  // sass: trips(ww; wh; wt)
+    }
+  }
   if (p.padded) {  // sass: skip(padded)
     __syncthreads();
     float* slot = static_cast<float*>(p.dpad_part) +
@@ -1598,41 +1742,6 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
       for (int w2 = 0; w2 < Tr::kWarps; ++w2) t += ds_w[w2];
       static_cast<float*>(p.dscale_part)[(static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h] = t;
     }
-  }
-}
-
-// ------------------------------------------------------------------ D = rowsum(dO o O)
-
-// D of every (token, head) of the batch, token-major (B, [T,] H, W, heads), in
-// float32 from the forward's float32 output (recomputed by the glue) and the
-// output gradient: a thread per row of head_dim elements, 16-byte loads when
-// the rows are aligned.
-template <typename T>
-__global__ void __launch_bounds__(256) attn_bwd_rowdot_kernel(const AttnParams p) {
-  const int64_t rows = static_cast<int64_t>(p.B) * p.g.tokens() * p.heads;
-  const int d = p.d;
-  const float* out = static_cast<const float*>(p.out_fwd);
-  const T* go = static_cast<const T*>(p.grad_out);
-  float* D = static_cast<float*>(p.Drow);
-  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < rows;
-       r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t off = r * d;  // (token, head) rows are contiguous: C = heads * d
-    float acc = 0.f;
-    if (p.vec) {
-      for (int c = 0; c < d; c += 8) {
-        const uint4 a0 = swin_ldg16(out + off + c), a1 = swin_ldg16(out + off + c + 4), b2 = swin_ldg16(go + off + c);
-        float x[8];
-        T y[8];
-        memcpy(static_cast<void*>(x), &a0, 16);
-        memcpy(static_cast<void*>(x + 4), &a1, 16);
-        memcpy(static_cast<void*>(y), &b2, 16);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc = fmaf(x[e], to_acc(y[e]), acc);
-      }
-    } else {
-      for (int c = 0; c < d; ++c) acc = fmaf(out[off + c], to_acc(go[off + c]), acc);
-    }
-    D[r] = acc;
   }
 }
 

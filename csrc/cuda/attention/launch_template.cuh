@@ -212,11 +212,14 @@ BwdPlan plan_bwd_mma(const AttnParams& p, int smem_optin, BwdChoice choice, int 
   }
   plan.nwarps = M1::kWarps;
   plan.n_row_blocks = plan.n_key_blocks = 1;
-  // The tile kernel reads the table form of the bias and bins its gradient
-  // into the table's rows once per block (partials of bias_rows, not N * N,
-  // per (chunk, window, head)); the key-tiled kernel takes the expanded bias.
-  plan.dbias_binned = p.bias_table && plan.path == BwdPath::kFused;
-  plan.bias_expanded = p.bias_table && !plan.dbias_binned;
+  // Both kernels bin the gradient of a table into its rows once per block
+  // (partials of bias_rows, not N * N, per (chunk, window, head)): the tile
+  // kernel from its shared-memory sums, the key-tiled one from its block's
+  // N x N sums over the chunk's images in a workspace (L2-resident while the
+  // block runs), which the glue never reads.  The tile kernel reads the table
+  // itself; the key-tiled kernel takes the expanded bias.
+  plan.dbias_binned = p.bias_table;
+  plan.bias_expanded = p.bias_table && plan.path != BwdPath::kFused;
   // The chunk rule is the (heads, N, N) form's for both forms, so that every
   // other gradient (dqkv, the pad vector's, d head_scale) has the same bits.
   plan.chunk = force_chunk > 0 ? std::min(force_chunk, std::max(p.B, 1)) : choose_chunk(p.B, wh, wh * N * N);
@@ -226,7 +229,8 @@ BwdPlan plan_bwd_mma(const AttnParams& p, int smem_optin, BwdChoice choice, int 
   plan.dpad_slots = p.padded ? static_cast<int64_t>(plan.n_chunks) * p.g.nW * M1::kWarps : 0;
   plan.dscale_slots = p.qk_norm ? static_cast<int64_t>(plan.n_chunks) * p.g.nW : 0;
   if (plan.path != BwdPath::kFused) {
-    plan.drow_elems = static_cast<int64_t>(p.B) * p.g.tokens() * p.heads;
+    if (plan.dbias_binned) plan.dbias_ws_elems = static_cast<int64_t>(plan.n_chunks) * wh * N * N;
+    plan.drow_elems = static_cast<int64_t>(p.B) * wh * N;
     plan.dq_ws_elems = static_cast<int64_t>(plan.n_chunks) * wh * M1::window_ws(n16, plan.path == BwdPath::kWindow);
   }
   return plan;
@@ -254,10 +258,6 @@ cudaError_t run_bwd_mma(AttnParams p, const BwdPlan& plan, cudaStream_t stream) 
       return cudaSuccess;
     }
   }
-  // D = rowsum(dO o O) per (token, head), then the key-tiled kernel.
-  const int64_t rows = plan.drow_elems;
-  const unsigned rd_blocks = static_cast<unsigned>(std::min<int64_t>((rows + 255) / 256, int64_t(1) << 20));
-  SWIN_LAUNCH_KERNEL((bwd::attn_bwd_rowdot_kernel<typename M::T>), dim3(rd_blocks), 256, 0, stream, p);
   if (plan.path == BwdPath::kWindow) {
     const cudaError_t e = ensure_smem_limit<bwd::attn_bwd_window_kernel<M, true>>(1 << 30);
     if (e != cudaSuccess) return e;

@@ -54,11 +54,12 @@ struct AttnParams {
   void* lse_out = nullptr;         // (B, nW, heads, N) acc_t forward output
   void* dqkv = nullptr;            // (B, [T,] H, W, 3C)
   void* dbias_part = nullptr;      // (n_chunks, nW, heads, N, N) acc_t partials; (n_chunks, nW, heads,
-                                   // bias_rows) when bias_table and the tile backward (BwdPlan::dbias_binned)
+                                   // bias_rows) for a table (BwdPlan::dbias_binned: binned by the kernel)
+  void* dbias_ws = nullptr;        // key-tiled tensor-core backward, table form: the (n_chunks, nW, heads,
+                                   // N, N) float sums over each block's images, binned at the block's end
   void* dpad_part = nullptr;       // (n_dpad_slots, 2, heads, d) acc_t partials, null when unpadded
   void* Dbuf = nullptr;            // (B, nW, heads, N) acc_t, streaming backward only (SIMT)
-  const void* out_fwd = nullptr;   // (B, [T,] H, W, C) float32: the forward's output recomputed (key-tiled tensor-core backward)
-  void* Drow = nullptr;            // (B, [T,] H, W, heads) float: rowsum(dO o O) per token and head (the same)
+  void* Drow = nullptr;            // lse's shape, float: D = rowsum(P o dP) per row (key-tiled tensor-core backward's scratch)
   void* dq_ws = nullptr;           // float32 dQ workspace (streamed key-tiled tensor-core backward)
   // Swin V2 (cosine attention): q and k rows L2-normalised, q times a
   // per-head scale s_h (logits = s_h * q^.k^ + bias + mask; p.scale is 1).
@@ -109,13 +110,14 @@ struct BwdPlan {
   int nwarps = 0, nwarps_dkv = 0;
   int n_row_blocks = 0, n_key_blocks = 0;
   int64_t dbias_part_elems = 0;  // n_chunks * nW * heads * N * N, or * bias_rows when dbias_binned
-  bool dbias_binned = false;     // the kernel bins dbias into table rows (bias_table and the tile kernel)
+  bool dbias_binned = false;     // the kernel bins dbias into table rows (bias_table, tensor-core kernels)
+  int64_t dbias_ws_elems = 0;    // n_chunks * nW * heads * N * N: the key-tiled kernel's sums to bin
   bool tile4 = false;            // the tile kernel's four-blocks-per-SM form (BwdChoice::kTile4)
   bool bias_expanded = false;    // the kernels need the (heads, N, N) bias: the glue expands a table
   int64_t dpad_slots = 0;        // rows of the (slots, 2, heads, d) dpad partials (0: unpadded)
   int64_t dbuf_elems = 0;        // B * nW * heads * N (streaming only)
   int64_t dscale_slots = 0;      // rows of the (slots, heads) d head_scale partials (qk_norm only)
-  int64_t drow_elems = 0;        // B * T * H * W * heads: D = rowsum(dO o O) per (token, head) (key-tiled kernels)
+  int64_t drow_elems = 0;        // B * nW * heads * N (lse's elements): the key-tiled kernel's D scratch
   int64_t dq_ws_elems = 0;       // float32 dQ workspace of the streamed key-tiled kernel
   int smem = 0, smem_dkv = 0;    // dynamic shared memory of the launches
 };
