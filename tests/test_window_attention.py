@@ -58,8 +58,13 @@ BWD_VARIANTS = {
     # the tile kernel's four-blocks-per-SM form (V1, head_dim 32, bf16 / fp16)
     "tile4": {"SWIN_EXT_ATTN_BWD": "tile4"},
     "table-tile4": {"SWIN_EXT_ATTN_BWD": "tile4"},
+    # the key-tiled kernel (N > 64) without the window's tables in shared memory: each
+    # tile's table formed as it is issued, a table expanded (the path of huge windows)
+    "pertile": {"SWIN_EXT_ATTN_BWD": "pertile"},
+    "table-pertile": {"SWIN_EXT_ATTN_BWD": "pertile"},
 }
 TILE4_VARIANTS = ("tile4", "table-tile4")
+PERTILE_VARIANTS = ("pertile", "table-pertile")
 CPU_VARIANTS = ("auto", "table")  # the others choose between CUDA kernels
 
 
@@ -69,6 +74,8 @@ def _variants(case, v2=False):
         out += ["streaming", "table-streaming"]  # else streaming is what auto runs
     if case.N <= 64 and case.d == 32 and not v2:
         out += list(TILE4_VARIANTS)
+    if case.N > 64:
+        out += list(PERTILE_VARIANTS)
     if case.B >= 2:
         out += ["chunk2", "table-chunk2"]
     if case.B >= 3 and case.N <= 64:
@@ -84,6 +91,8 @@ def _attention_case(executor, case, variant, dtype, monkeypatch, gen, v2: bool) 
         pytest.skip("chunk3 is for the tensor-core forward's image pipeline (chunk2 covers the backward)")
     if variant in TILE4_VARIANTS and dtype not in (torch.float16, torch.bfloat16):
         pytest.skip("tile4 is a form of the tensor-core tile kernel (bf16 / fp16)")
+    if variant in PERTILE_VARIANTS and dtype not in (torch.float16, torch.bfloat16):
+        pytest.skip("pertile is a form of the tensor-core key-tiled kernel (bf16 / fp16)")
     for k, v in BWD_VARIANTS[variant].items():
         monkeypatch.setenv(k, v)
     inp = attention_inputs(case, gen, dtype, v2=v2, table=variant.startswith("table"))
@@ -127,6 +136,31 @@ def test_tile4_backward_is_bitwise_the_tile_kernel(executor, dtype, table, chunk
     monkeypatch.setenv("SWIN_EXT_ATTN_BWD", "tile4")
     got = run_attention(executor, case, inp, dtype, case.d ** -0.5)
     for k in ("out", "lse", "dqkv", "dbias", "dpad"):
+        assert torch.equal(got[k], want[k]), k
+    assert want["dqkv"].abs().max() > 0 and want["dbias"].abs().max() > 0
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+@pytest.mark.parametrize("table", [False, True], ids=["bias", "table"])
+@pytest.mark.parametrize("chunk", ["1", "2"])
+def test_key_tiled_tables_in_shared_memory_are_bitwise_the_per_tile_path(executor, v2, table, chunk, monkeypatch,
+                                                                         seed_generator):
+    """The key-tiled backward (N > 64, bf16) with the window's tile tables and the bias table in
+    shared memory (the default) computes what its per-tile form computes (SWIN_EXT_ATTN_BWD=pertile:
+    each tile's table formed as it is issued, a table expanded by the glue): the same logits (the
+    bias times log2(e) either way), the same order, every gradient bitwise equal -- window 12,
+    padded and shifted, with one and several images per block."""
+    if not executor.is_cuda_kernel:
+        pytest.skip("CUDA kernels only")
+    case = AttnCase(2, 14, 13, 12, (6, 6), 2, 32, True)  # N = 144: 3 key tiles, padded, shifted
+    inp = attention_inputs(case, seed_generator, torch.bfloat16, v2=v2, table=table)
+    scale = 1.0 if v2 else case.d ** -0.5
+    monkeypatch.setenv("SWIN_EXT_ATTN_CHUNK", chunk)
+    monkeypatch.delenv("SWIN_EXT_ATTN_BWD", raising=False)
+    want = run_attention(executor, case, inp, torch.bfloat16, scale)
+    monkeypatch.setenv("SWIN_EXT_ATTN_BWD", "pertile")
+    got = run_attention(executor, case, inp, torch.bfloat16, scale)
+    for k in ("out", "lse", "dqkv", "dbias", "dpad") + (("dscale",) if v2 else ()):
         assert torch.equal(got[k], want[k]), k
     assert want["dqkv"].abs().max() > 0 and want["dbias"].abs().max() > 0
 

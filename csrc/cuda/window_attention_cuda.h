@@ -67,14 +67,17 @@ inline int device_smem_optin() {
 
 // SWIN_EXT_ATTN_BWD=fused|streaming forces the backward kernels (tests,
 // debugging); =tile4 takes the tile kernel's four-blocks-per-SM form where it
-// exists (V1, head_dim 32, bf16 / fp16: an A/B of gpu_check); unset or
-// anything else: the fused kernel where it fits.
+// exists (V1, head_dim 32, bf16 / fp16: an A/B of gpu_check); =pertile the
+// key-tiled kernel's form without the window's tables in shared memory
+// (tests: the path of windows too large for them); unset or anything else:
+// the fused kernel where it fits.
 inline cuda::attn::BwdChoice attention_bwd_choice() {
   const char* v = std::getenv("SWIN_EXT_ATTN_BWD");
   if (v == nullptr) return cuda::attn::BwdChoice::kAuto;
   if (std::strcmp(v, "fused") == 0) return cuda::attn::BwdChoice::kFused;
   if (std::strcmp(v, "streaming") == 0) return cuda::attn::BwdChoice::kStreaming;
   if (std::strcmp(v, "tile4") == 0) return cuda::attn::BwdChoice::kTile4;
+  if (std::strcmp(v, "pertile") == 0) return cuda::attn::BwdChoice::kPerTile;
   return cuda::attn::BwdChoice::kAuto;
 }
 

@@ -28,8 +28,11 @@ struct FwdPlan {
 
 // Forced choice of the backward kernels (tests; SWIN_EXT_ATTN_BWD).  kTile4:
 // the tile kernel's four-blocks-per-SM form where it exists (V1, head_dim 32,
-// bf16 / fp16; bwd::BwdMmaLeanTraits), else as kAuto.
-enum class BwdChoice : int { kAuto = 0, kFused = 1, kStreaming = 2, kTile4 = 3 };
+// bf16 / fp16; bwd::BwdMmaLeanTraits), else as kAuto.  kPerTile: the
+// key-tiled kernel without the window's tables in shared memory (each tile's
+// table formed as it is issued, a bias table expanded by the glue), the path
+// of a window whose tables do not fit; else as kAuto.
+enum class BwdChoice : int { kAuto = 0, kFused = 1, kStreaming = 2, kTile4 = 3, kPerTile = 4 };
 
 // p: geometry, sizes and flags filled (pointers may be null).  chunk > 0
 // forces the images per block of the one-tile kernel (tests), else a rule of

@@ -29,21 +29,27 @@
 //   the token coordinates), binned into the table's rows in the kernel (a
 //   partial of rows floats, N^2 / rows times smaller: 14x at window 7).
 // attn_bwd_window_kernel (any N): the key-tiled fused backward.  One block
-//   per (window, head, chunk of images); per image the key tiles of 64 are
-//   walked once (K, V through two cp.async stages), each warp accumulating
-//   dK and dV of its 16 keys in registers over the query tiles of 64 rows;
-//   dQ of the whole window accumulates in float32 in a block-local buffer,
-//   in fragment order (kResident: q and dO of the whole window and the dQ
-//   buffer live in shared memory, windows up to 16 where it fits the device),
-//   or in a float32 workspace owned by the block, with q and dO streamed per
-//   query tile (any window; bounded shared memory).  D = rowsum(P o dP), as
-//   in the tile kernel, from a first pass over the image's (query tile, key
-//   tile) pairs (S and dP in registers, the row sums to a block-private
-//   scratch): the op keeps no output, and D from the bf16 / fp16 output
-//   would be off by dO . (O - round(O)) in every row.  The main pass computes
-//   S and dP once more per (query, key) pair.  The bias-gradient
-//   partial of the block's chunk is read-modify-written in global memory by
-//   its owner lane (L2-resident), in a fixed order.
+//   per (window, head, chunk of images).  Per image two passes over the
+//   (query tile, key tile) pairs of 64 x 64, the tiles through two cp.async
+//   stages (a step issues only the tiles that change):
+//   * the D pass (query tile outer): S and dP in registers, D = rowsum(P o
+//     dP) as in the tile kernel, to a block-private scratch in lse's layout.
+//     (The op keeps no output, and D from the bf16 / fp16 output would be off
+//     by dO . (O - round(O)) in every row.)
+//   * the main pass (key tile outer): S and dP once more, dS, each warp
+//     accumulating dK and dV of its 16 keys over the query tiles; dQ of the
+//     whole window accumulates in float32 in fragment order, in shared memory
+//     (kResident, where it fits the device) or in a float32 workspace owned by
+//     the block (any window; bounded shared memory).
+//   Once per block, where they fit after the layout (AttnParams::win_tabs):
+//   every row's token, shift region and relative-position code, and the
+//   head's column of a bias table in log2 units (an entry is one shared load
+//   at code(i) - code(j) + the row of offset 0); else each tile's table is
+//   formed as it is issued and the glue expands a table.  The bias
+//   gradient's N x N sums over the chunk's images are read-modify-written in
+//   global memory (L2-resident) by each (i, j)'s owner lane, in a fixed
+//   order: the partial itself, or, for a table, the block's workspace, binned
+//   into the table's rows at the block's end (bias_bin_sum's order).
 //
 // Swin V2 (kV2): the scores are the raw q . k scaled in float32 by head_scale
 // / (||q|| ||k||) (the forward's formula); d head_scale = sum dS o cos from
@@ -160,9 +166,10 @@ struct BwdMmaTraits {
   static constexpr bool kKVSmem = kDPad <= 32;
   static constexpr int kWKStages = kDPad <= 64 ? 2 : 1;   // key tiles (k, v) in flight
   static constexpr int kWQStages = kDPad <= 64 ? 2 : 1;   // query tiles (q, dO) in flight
-  static constexpr int kWTabK = 0;                        // int [stage][tok, reg][64] of the key tiles
-  static constexpr int kWTabQ = kWTabK + kWKStages * 512;  // int [stage][tok, reg][64] of the query tiles
-  static constexpr int kWDpad = kWTabQ + kWQStages * 512;  // float [warp][k, v][kDPad]
+  static constexpr int kWTabInts = 3 * 64;               // a tile's table: int [tok, reg, code][64] (code: win_tabs)
+  static constexpr int kWTabK = 0;                        // [stage] tables of the key tiles
+  static constexpr int kWTabQ = kWTabK + kWKStages * kWTabInts * 4;  // [stage] tables of the query tiles
+  static constexpr int kWDpad = kWTabQ + kWQStages * kWTabInts * 4;  // float [warp][k, v][kDPad]
   static constexpr int kWInv = kWDpad + kWarps * 2 * kDPad * 4;  // V2: 1/||k|| [kstage][64], 1/||q|| [qstage][64], ds[warp]
   static constexpr int kWKV = align_up(kWInv + (kV2 ? (kWKStages + kWQStages) * 256 + kWarps * 4 : 0), kSmemAlign);
   static constexpr int kWQD = kWKV + kWKStages * 2 * kTileBytes;  // [stage][q, dO]
@@ -171,6 +178,12 @@ struct BwdMmaTraits {
   static constexpr int kWKVAcc = kWdS + kPBytes;                  // kKVSmem: float4 [v, k][row tile][dn][lane]
   static constexpr int kWDq = kWKVAcc + (kKVSmem ? 2 * kTile * kDPad * 4 : 0);  // kDqSmem: float4 [row tile][dn][lane]
   static constexpr int window_smem(int n16, bool dq_smem) { return kWDq + (dq_smem ? n16 * kDPad * 4 : 0); }
+  // After the layout above (AttnParams::win_tabs): the tables of the window's
+  // nkt tiles (token, shift region and relative-position code of every row,
+  // formed once per block), then (bias_table) the head's column of the
+  // relative-position table in log2 units.
+  static constexpr int window_tabs_bytes(int nkt) { return nkt * kWTabInts * 4; }
+  static constexpr int window_table_bytes(int bias_rows) { return align_up(bias_rows * 4, kSmemAlign); }
   // float32 workspace per block: dQ (unless in shared memory), dK and dV (unless in shared memory).
   static constexpr int64_t window_ws(int n16, bool dq_smem) {
     return (dq_smem ? 0 : int64_t(n16) * kDPad) + (kKVSmem ? 0 : 2 * int64_t(kTile) * kDPad);
@@ -1129,7 +1142,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
 // ------------------------------------------------------------------ any N: key tiles, the window's dQ in one place
 
 // Tokens (tab[0..63]) and shift regions (tab[64..127]) of rows [t0, t0 + 64)
-// of the window, one per thread tid < 64; -1 / 0 past N.
+// of the window, one per thread tid < 64; -1 / 0 past N.  (The tile tables of
+// a window too large for its tables in shared memory: see win_tabs.)
 __device__ __forceinline__ void tile_table(const Geom& g, const WinOrigin& wo, int t0, int* tab) {
   const int t = threadIdx.x;
   if (t < 64) {
@@ -1146,8 +1160,9 @@ struct RowPair {
   int i0, i1;                // rows of the window (>= N: past it)
   int rq0, rq1;              // their shift regions
   float lse0, lse1;          // lse in log2 units (+inf: P = 0)
-  const float* brow0;        // the head's bias rows
+  const float* brow0;        // the head's bias rows ((heads, N, N) form)
   const float* brow1;
+  int rc0, rc1;              // table form: code + the row of offset 0 (entry (i, j): row rc - code(j))
   float iq0, iq1;            // V2: 1 / ||q||
 };
 
@@ -1269,8 +1284,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   const WinOrigin wo = window_origin(g, win);
   const int hd = h * d;
 
-  int* tabk = reinterpret_cast<int*>(smem + Tr::kWTabK);  // [stage][tok, reg][64]
+  int* tabk = reinterpret_cast<int*>(smem + Tr::kWTabK);  // [stage][tok, reg, code][64]
   int* tabq = reinterpret_cast<int*>(smem + Tr::kWTabQ);
+  // The window's tile tables (win_tabs) and the bias table after the layout.
+  const bool win_tabs = p.win_tabs;
+  int* wtab = reinterpret_cast<int*>(smem + Tr::window_smem((N + 15) & ~15, kDqSmem));
   float* dpad_w = reinterpret_cast<float*>(smem + Tr::kWDpad) + warp * 2 * Tr::kDPad;
   [[maybe_unused]] float* invk = reinterpret_cast<float*>(smem + Tr::kWInv);  // V2: [kstage][64]
   [[maybe_unused]] float* invq = invk + kStages * 64;                         // V2: [qstage][64]
@@ -1299,8 +1317,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   // image b into `tiles` (one tile after the other), with their table: by
   // tile_table, or (kWTabFromChunks) by the lanes of column chunk 0 from the
   // tokens they look up for their rows anyway.
+  // With win_tabs, `tab` is the tile's part of the window tables (read only).
   auto issue_pair = [&](int b, bool kKV, int t0, unsigned char* tiles, int* tab) {
-    if constexpr (!Tr::kWTabFromChunks) tile_table(g, wo, t0, tab);
+    if (!Tr::kWTabFromChunks && !win_tabs) tile_table(g, wo, t0, tab);  // sass: skip(pertile)
     const uint4* img16 = reinterpret_cast<const uint4*>(image_base(qkv, b, p.img_qkv));
     const uint4* go16 = reinterpret_cast<const uint4*>(image_base(gout, b, p.img_out));
     const int cv = tid % Tr::kVecs;
@@ -1309,10 +1328,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
     for (int u = 0; u < kPerPart; ++u) {
       const int row = tid / Tr::kVecs + u * (Tr::kThreads / Tr::kVecs), t = t0 + row;
       int tk = -1, rg = 0;
-      if (t < N) window_token(g, wo, t, tk, rg);
-      if (Tr::kWTabFromChunks && cv == 0) {
-        tab[row] = tk;
-        tab[64 + row] = rg;
+      if (win_tabs) {
+        tk = tab[row];
+      } else {  // sass: skip(pertile)
+        if (t < N) window_token(g, wo, t, tk, rg);
+        if (Tr::kWTabFromChunks && cv == 0) {
+          tab[row] = tk;
+          tab[64 + row] = rg;
+        }
       }
       if (Tr::kD == 0 && cv * 8 >= dp) continue;  // never read
 #pragma unroll
@@ -1333,7 +1356,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   [[maybe_unused]] const float sh_log2 = s_h * l2e;
   const int gr = lane >> 2, c0 = 2 * (lane & 3);
   const int wrow0 = warp * kRowTile;
-  const float* bias_h = static_cast<const float*>(p.bias) + static_cast<int64_t>(h) * (static_cast<uint64_t>(Nu) * Nu);
+  const float* bias_h = static_cast<const float*>(p.bias) + (p.bias_table ? 0 : static_cast<int64_t>(h) * (static_cast<uint64_t>(Nu) * Nu));
   // The bias gradient's N x N sums over the chunk's images, read-modify-written
   // by each (i, j)'s owner lane: the partial itself, or (a table's gradient)
   // the block's workspace, binned into the table's rows at the end.
@@ -1342,12 +1365,40 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   float* dbias = static_cast<float*>(bin_dbias ? p.dbias_ws : p.dbias_part) + cwh * (static_cast<uint64_t>(Nu) * Nu);
   [[maybe_unused]] float ds_acc = 0.f;
 
+  // The bias: the head's column of the relative-position table staged once in
+  // log2 units (read through the tokens' codes: one shared load per entry), or
+  // the (heads, N, N) form read from global memory.
+  const bool table = p.bias_table;
+  const int center = bias_table_row(BiasTableShape::make(g.wt, g.wh, g.ww), 0, 0, 0, 0, 0, 0);
+  const float mask_l2 = kShiftMaskValue * l2e;
+  float* tbl = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(wtab) + Tr::window_tabs_bytes(nkt));
+  if (win_tabs) {  // every row's token, region and code, once per block
+    for (int t = tid; t < nkt * kTile; t += Tr::kThreads) {  // sass: trips(keytiles * 64 / kThreads)
+      int tk = -1, rg = 0, cd = 0;  // (code 0 past N: such a row still indexes the table in bounds)
+      if (t < N) {
+        window_token(g, wo, t, tk, rg);
+        cd = bias_table_code(g, t);
+      }
+      int* e = wtab + (t >> 6) * Tr::kWTabInts + (t & 63);
+      e[0] = tk;
+      e[64] = rg;
+      e[128] = cd;
+    }
+  }
+  if (table) {
+    const float* col = static_cast<const float*>(p.bias) + h;
+    for (int r = tid; r < p.bias_rows; r += Tr::kThreads)  // sass: trips(bias_rows // kThreads + 1)
+      tbl[r] = col[static_cast<int64_t>(r) * p.heads] * l2e;
+  }
+  // The tables of key tile kt (in stage s) and query tile st (in stage s).
+  const auto tab_k = [&](int s, int kt) { return win_tabs ? wtab + kt * Tr::kWTabInts : tabk + s * Tr::kWTabInts; };
+  const auto tab_q = [&](int s, int st) { return win_tabs ? wtab + st * Tr::kWTabInts : tabq + s * Tr::kWTabInts; };
   int kc = -1, sc = -1;  // key / query tiles taken so far (their stage parities)
   int cur_b = -1, cur_kt = -1, cur_st = -1;  // the image and tiles of the step being computed
   __syncthreads();
   if (vec) {
-    issue_pair(b0, true, 0, sKV, tabk);
-    issue_pair(b0, false, 0, sQD, tabq);
+    issue_pair(b0, true, 0, sKV, tab_k(0, 0));
+    issue_pair(b0, false, 0, sQD, tab_q(0, 0));
     cp_async_commit();
   }
   // Per image, two passes over the (key tile, query tile) steps: the D pass
@@ -1382,11 +1433,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
     if (!next_step(cur_b, pass, o, i, nb, nk, ns)) return;
     if (nb != cur_b || nk != cur_kt) {
       const int s = stage_of(kc + 1);
-      issue_pair(nb, true, nk * kTile, sKV + s * 2 * Tr::kTileBytes, tabk + s * 128);
+      issue_pair(nb, true, nk * kTile, sKV + s * 2 * Tr::kTileBytes, tab_k(s, nk));
     }
     if (nb != cur_b || ns != cur_st) {
       const int s = stage_of(sc + 1);
-      issue_pair(nb, false, ns * kTile, sQD + s * 2 * Tr::kTileBytes, tabq + s * 128);
+      issue_pair(nb, false, ns * kTile, sQD + s * 2 * Tr::kTileBytes, tab_q(s, ns));
     }
     cp_async_commit();
   };
@@ -1408,13 +1459,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
       cp_async_wait<0>();
     } else {  // sass: skip(scalar)
       const int kt0 = kt * kTile, q0 = st * kTile;
-      if (knew) tile_table(g, wo, kt0, tabk + ks * 128);
-      if (qnew) tile_table(g, wo, q0, tabq + qs * 128);
+      if (knew && !win_tabs) tile_table(g, wo, kt0, tab_k(ks, kt));
+      if (qnew && !win_tabs) tile_table(g, wo, q0, tab_q(qs, st));
       __syncthreads();
       const T* img = image_base(qkv, b, p.img_qkv);
       const T* go = image_base(gout, b, p.img_out);
-      if (knew) gather_scalar<Tr>(sK, img, go, pad, tabk + ks * 128, 1, 1, 2, min(kTile, N - kt0), d, dp, C, hd);
-      if (qnew) gather_scalar<Tr>(sQ, img, go, pad, tabq + qs * 128, 0, 3, 2, min(kTile, N - q0), d, dp, C, hd);
+      if (knew) gather_scalar<Tr>(sK, img, go, pad, tab_k(ks, kt), 1, 1, 2, min(kTile, N - kt0), d, dp, C, hd);
+      if (qnew) gather_scalar<Tr>(sQ, img, go, pad, tab_q(qs, st), 0, 3, 2, min(kTile, N - q0), d, dp, C, hd);
     }
     __syncthreads();  // this step's tiles and tables are complete; the previous step is consumed
     if (kStages == 2 && vec) issue_next(pass, o, i);
@@ -1446,6 +1497,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
     r.rq1 = tq[64 + wrow0 + gr + 8];
     r.brow0 = bias_h + static_cast<int64_t>(r.i0 < N ? r.i0 : 0) * Nu;
     r.brow1 = bias_h + static_cast<int64_t>(r.i1 < N ? r.i1 : 0) * Nu;
+    r.rc0 = table ? tq[128 + wrow0 + gr] + center : 0;
+    r.rc1 = table ? tq[128 + wrow0 + gr + 8] + center : 0;
     r.iq0 = Tr::kV2 ? invq[qs * 64 + wrow0 + gr] : 0.f;
     r.iq1 = Tr::kV2 ? invq[qs * 64 + wrow0 + gr + 8] : 0.f;
     return r;
@@ -1458,21 +1511,29 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
     x0 = x1 = ninf;
     cs0 = cs1 = 0.f;
     if (j < N) {
-      float bb0 = r.i0 < N ? r.brow0[j] : 0.f, bb1 = r.i1 < N ? r.brow1[j] : 0.f;
+      float bb0, bb1;  // bias and mask, log2 units
+      if (table) {  // the staged table column (rows past N: an in-bounds entry, P = 0 there)
+        const int kcd = tk[128 + c];
+        bb0 = tbl[r.rc0 - kcd];
+        bb1 = tbl[r.rc1 - kcd];
+      } else {  // sass: skip(gathered)
+        bb0 = r.i0 < N ? r.brow0[j] * l2e : 0.f;
+        bb1 = r.i1 < N ? r.brow1[j] * l2e : 0.f;
+      }
       if (p.masked) {
         const int rk = tk[64 + c];
-        if (r.rq0 != rk) bb0 += kShiftMaskValue;
-        if (r.rq1 != rk) bb1 += kShiftMaskValue;
+        if (r.rq0 != rk) bb0 += mask_l2;
+        if (r.rq1 != rk) bb1 += mask_l2;
       }
       if constexpr (Tr::kV2) {
         const float cf = invk[ks * 64 + c];
         cs0 = s0 * cf;
         cs1 = s1 * cf;
-        x0 = fmaf(cs0, sh_log2 * r.iq0, bb0 * l2e);
-        x1 = fmaf(cs1, sh_log2 * r.iq1, bb1 * l2e);
+        x0 = fmaf(cs0, sh_log2 * r.iq0, bb0);
+        x1 = fmaf(cs1, sh_log2 * r.iq1, bb1);
       } else {
-        x0 = fmaf(s0, scale_log2, bb0 * l2e);
-        x1 = fmaf(s1, scale_log2, bb1 * l2e);
+        x0 = fmaf(s0, scale_log2, bb0);
+        x1 = fmaf(s1, scale_log2, bb1);
       }
     }
   };
@@ -1494,13 +1555,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
         int ks, qs;
         begin_step(b, 0, st, kt, kt, st, ks, qs);
         const int kt0 = kt * kTile, n_keys = min(kTile, N - kt0), q0 = st * kTile;
-        const int* tk = tabk + ks * 128;
+        const int* tk = tab_k(ks, kt);
         const unsigned char* sK = sKV + ks * 2 * Tr::kTileBytes;
         const unsigned char* sV = sK + Tr::kTileBytes;
         const unsigned char* sQ = sQD + qs * 2 * Tr::kTileBytes;
         const unsigned char* sdO = sQ + Tr::kTileBytes;
         if (q0 + wrow0 < N) {
-          const RowPair r = rows_of(lse, q0, tabq + qs * 128, qs);
+          const RowPair r = rows_of(lse, q0, tab_q(qs, st), qs);
 #pragma unroll
           for (int kh = 0; kh < 2; ++kh) {
             if (kh * 32 >= n_keys) break;
@@ -1538,11 +1599,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
       for (int st = 0; st < nkt; ++st) {  // sass: trips(keytiles)
         int ks, qs;
         begin_step(b, 1, kt, st, kt, st, ks, qs);
-        int* tk = tabk + ks * 128;
+        const int* tk = tab_k(ks, kt);
         unsigned char* sK = sKV + ks * 2 * Tr::kTileBytes;
         unsigned char* sV = sK + Tr::kTileBytes;
         const int q0 = st * kTile, n_q = min(kTile, N - q0);
-        int* tq = tabq + qs * 128;
+        const int* tq = tab_q(qs, st);
         unsigned char* sQ = sQD + qs * 2 * Tr::kTileBytes;
         unsigned char* sdO = sQ + Tr::kTileBytes;
         const bool last_kt = kt == nkt - 1, last_st = st == nkt - 1;

@@ -191,9 +191,19 @@ BwdPlan plan_bwd_mma(const AttnParams& p, int smem_optin, BwdChoice choice, int 
   BwdPlan plan;
   const int N = p.g.N, n16 = align_up(N, kRowTile);
   const int64_t wh = static_cast<int64_t>(p.g.nW) * p.heads;
-  const auto window_smem = [&](bool dq_smem) {
-    return p.qk_norm ? M2::window_smem(n16, dq_smem) : M1::window_smem(n16, dq_smem);
+  // The key-tiled kernel keeps the window's tile tables in shared memory
+  // (formed once per block) and reads a bias table from there (its head's
+  // column), where they fit the device; else it forms each tile's table as
+  // the tile is issued, and the glue expands a table.
+  const int nkt = ceil_div<int>(N, M1::kTile);
+  const int tabs_bytes = M1::window_tabs_bytes(nkt);
+  const int table_bytes = p.bias_table ? M1::window_table_bytes(p.bias_rows) : 0;
+  const auto window_smem = [&](bool dq_smem, int extra) {
+    return (p.qk_norm ? M2::window_smem(n16, dq_smem) : M1::window_smem(n16, dq_smem)) + extra;
   };
+  // Blocks per SM a launch of `smem` bytes allows (the SM holds the opt-in
+  // limit plus 1 KB, and reserves 1 KB per block).
+  const auto per_sm = [&](int smem) { return (smem_optin + 1024) / (smem + 1024); };
   if (N <= M1::kTile && M1::kDPad <= 64 && choice != BwdChoice::kStreaming) {
     plan.path = BwdPath::kFused;
     plan.smem = p.qk_norm ? M2::kTileSmem : M1::kTileSmem;
@@ -203,12 +213,21 @@ BwdPlan plan_bwd_mma(const AttnParams& p, int smem_optin, BwdChoice choice, int 
         plan.smem = bwd::BwdMmaLeanTraits<typename Tr::T>::kTileSmem;
       }
     }
-  } else if (choice != BwdChoice::kStreaming && window_smem(true) <= smem_optin) {
-    plan.path = BwdPath::kWindow;
-    plan.smem = window_smem(true);
   } else {
-    plan.path = BwdPath::kStreaming;
-    plan.smem = window_smem(false);
+    // The table in shared memory where the streamed form fits with it; the
+    // window's dQ in shared memory (kWindow) where that fits as well and
+    // keeps as many blocks per SM as the streamed form.
+    plan.win_tabs = choice != BwdChoice::kPerTile && window_smem(false, tabs_bytes) <= smem_optin;
+    plan.table_smem = plan.win_tabs && p.bias_table && window_smem(false, tabs_bytes + table_bytes) <= smem_optin;
+    const int extra = (plan.win_tabs ? tabs_bytes : 0) + (plan.table_smem ? table_bytes : 0);
+    const int res = window_smem(true, extra), str = window_smem(false, extra);
+    if (choice != BwdChoice::kStreaming && res <= smem_optin && per_sm(res) >= per_sm(str)) {
+      plan.path = BwdPath::kWindow;
+      plan.smem = res;
+    } else {
+      plan.path = BwdPath::kStreaming;
+      plan.smem = str;
+    }
   }
   plan.nwarps = M1::kWarps;
   plan.n_row_blocks = plan.n_key_blocks = 1;
@@ -219,7 +238,7 @@ BwdPlan plan_bwd_mma(const AttnParams& p, int smem_optin, BwdChoice choice, int 
   // block runs), which the glue never reads.  The tile kernel reads the table
   // itself; the key-tiled kernel takes the expanded bias.
   plan.dbias_binned = p.bias_table;
-  plan.bias_expanded = p.bias_table && plan.path != BwdPath::kFused;
+  plan.bias_expanded = p.bias_table && plan.path != BwdPath::kFused && !plan.table_smem;
   // The chunk rule is the (heads, N, N) form's for both forms, so that every
   // other gradient (dqkv, the pad vector's, d head_scale) has the same bits.
   plan.chunk = force_chunk > 0 ? std::min(force_chunk, std::max(p.B, 1)) : choose_chunk(p.B, wh, wh * N * N);
@@ -258,12 +277,13 @@ cudaError_t run_bwd_mma(AttnParams p, const BwdPlan& plan, cudaStream_t stream) 
       return cudaSuccess;
     }
   }
+  p.win_tabs = plan.win_tabs;
   if (plan.path == BwdPath::kWindow) {
     const cudaError_t e = ensure_smem_limit<bwd::attn_bwd_window_kernel<M, true>>(1 << 30);
     if (e != cudaSuccess) return e;
     SWIN_LAUNCH_KERNEL((bwd::attn_bwd_window_kernel<M, true>), grid, M::kThreads, plan.smem, stream, p);
   } else {
-    const cudaError_t e = ensure_smem_limit<bwd::attn_bwd_window_kernel<M, false>>(M::window_smem(0, false));
+    const cudaError_t e = ensure_smem_limit<bwd::attn_bwd_window_kernel<M, false>>(1 << 30);  // (+ the table)
     if (e != cudaSuccess) return e;
     SWIN_LAUNCH_KERNEL((bwd::attn_bwd_window_kernel<M, false>), grid, M::kThreads, plan.smem, stream, p);
   }

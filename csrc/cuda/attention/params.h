@@ -69,10 +69,14 @@ struct AttnParams {
 
   // The relative-position table form of the bias (bias_table.h): `bias` is
   // (bias_rows, heads), entry (i, j) of head h at table[row(i, j) * heads + h]
-  // with the standard index implied by the window.  Only the tensor-core
-  // tile backward reads it; the glue expands it for every other kernel.
+  // with the standard index implied by the window.  The tensor-core
+  // backward kernels read it (the tile kernel, and the key-tiled one where the
+  // table fits its shared memory); the glue expands it for every other kernel.
   bool bias_table = false;
   int bias_rows = 0;
+  // The key-tiled tensor-core backward: the window's tile tables (and a bias
+  // table) in shared memory after its layout (set by the launcher's plan).
+  bool win_tabs = false;
 
   Geom g{};
   int B = 0, heads = 0, d = 0, C = 0;
@@ -114,6 +118,8 @@ struct BwdPlan {
   int64_t dbias_ws_elems = 0;    // n_chunks * nW * heads * N * N: the key-tiled kernel's sums to bin
   bool tile4 = false;            // the tile kernel's four-blocks-per-SM form (BwdChoice::kTile4)
   bool bias_expanded = false;    // the kernels need the (heads, N, N) bias: the glue expands a table
+  bool win_tabs = false;         // the key-tiled kernel keeps the window's tile tables in shared memory
+  bool table_smem = false;       // ... and reads the bias table from there (bias_table; needs win_tabs)
   int64_t dpad_slots = 0;        // rows of the (slots, 2, heads, d) dpad partials (0: unpadded)
   int64_t dbuf_elems = 0;        // B * nW * heads * N (streaming only)
   int64_t dscale_slots = 0;      // rows of the (slots, heads) d head_scale partials (qk_norm only)
