@@ -538,12 +538,16 @@ def test_kernel_attention_bias_table_gradient_is_deterministic(hops, monkeypatch
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("ws", [7, 12], ids=["tile", "key-tiled"])
-def test_kernel_attention_bias_table_launches(hops, dtype, ws):
-    """Who handles the table: the bf16 tile backward (N <= 64) reads it and bins its gradient in the
-    kernel -- no expansion, no binning launch -- every other kernel (the forwards, SIMT fp32, the
-    key-tiled bf16 backward) runs on the glue's expansion, one per op call, and their gradient is
-    binned by one launch after the backward."""
+@pytest.mark.parametrize("ws,bwd", [(7, None), (12, None), (12, "pertile")], ids=["tile", "key-tiled", "pertile"])
+def test_kernel_attention_bias_table_launches(hops, dtype, ws, bwd, monkeypatch):
+    """Who handles the table: the bf16 backward kernels read it (the tile kernel, N <= 64; the
+    key-tiled one from shared memory) and bin its gradient themselves -- no expansion, no binning
+    launch; the key-tiled kernel's per-tile form (SWIN_EXT_ATTN_BWD=pertile, the path of windows too
+    large for their tables in shared memory) runs on the glue's expansion and still bins; every other
+    kernel (the forwards, SIMT fp32) runs on the glue's expansion, one per op call, and the fp32
+    gradient is binned by one launch after the backward."""
+    if bwd is not None:
+        monkeypatch.setenv("SWIN_EXT_ATTN_BWD", bwd)
     heads, d = 2, 16
     table = torch.randn((2 * ws - 1) ** 2, heads)
     qkv = torch.randn(1, ws, ws, 3 * heads * d).to(dtype)
@@ -556,11 +560,12 @@ def test_kernel_attention_bias_table_launches(hops, dtype, ws):
     names = [n for n, *_ in _launches(hops, step)]
     expand = sum("bias_table_expand_kernel" in n for n in names)
     binned = sum("bias_table_bin_kernel" in n for n in names)
-    if dtype == torch.bfloat16 and ws == 7:  # the forward's expansion only
-        assert any("attn_bwd_tile_kernel" in n for n in names) and (expand, binned) == (1, 0), names
+    if dtype == torch.bfloat16:
+        kernel = "attn_bwd_tile_kernel" if ws == 7 else "attn_bwd_window_kernel"
+        # the forward's expansion (and the per-tile form's own)
+        assert any(kernel in n for n in names) and (expand, binned) == (1 + (bwd == "pertile"), 0), names
     else:
-        # forward + backward expand (the key-tiled backward's fp32 forward recompute reuses its expansion)
-        assert (expand, binned) == (2, 1), names
+        assert (expand, binned) == (2, 1), names  # forward + backward expand, one binning launch
 
 
 def test_kernel_attention_bias_table_empty_batch(hops):
