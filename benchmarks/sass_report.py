@@ -813,12 +813,12 @@ def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
             for ws in (12, 16, 24):
                 n = ws * ws
                 kt = (n + 63) // 64
-                total, cats, _ = dynamic_count(ins3, lab3, kernel_file, markers, dict(base, images=1, keytiles=kt))
+                total, cats, _ = dynamic_count(ins3, lab3, kernel_file, markers, dict(base, images=1, keytiles=kt, N=n))
                 lines.append(f"| window {ws} (N = {n}) | stream, V1 | 1 | {kt} | {total:.0f} | {total:.0f} | "
                              f"{FWD_WARPS * kt * total:.0f} ({kt} row blocks) | "
                              f"{cats.get('HMMA', 0):.0f} ({hand * kt}) |")
             total3, cats3, _ = dynamic_count(ins3, lab3, kernel_file, markers,
-                                             dict(base, images=1, keytiles=VIDEO_KEYTILES))
+                                             dict(base, images=1, keytiles=VIDEO_KEYTILES, N=VIDEO_N))
             video_fwd[dt] = (total3, cats3)
             lines.append(f"| Video Swin (8, 7, 7) (N = {VIDEO_N}) | stream, V1 | 1 | {VIDEO_KEYTILES} | {total3:.0f} | "
                          f"{total3:.0f} | {FWD_WARPS * VIDEO_KEYTILES * total3:.0f} ({VIDEO_KEYTILES} row blocks) | "

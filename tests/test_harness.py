@@ -542,10 +542,11 @@ def test_kernel_attention_bias_table_gradient_is_deterministic(hops, monkeypatch
 def test_kernel_attention_bias_table_launches(hops, dtype, ws, bwd, monkeypatch):
     """Who handles the table: the bf16 backward kernels read it (the tile kernel, N <= 64; the
     key-tiled one from shared memory) and bin its gradient themselves -- no expansion, no binning
-    launch; the key-tiled kernel's per-tile form (SWIN_EXT_ATTN_BWD=pertile, the path of windows too
-    large for their tables in shared memory) runs on the glue's expansion and still bins; every other
-    kernel (the forwards, SIMT fp32) runs on the glue's expansion, one per op call, and the fp32
-    gradient is binned by one launch after the backward."""
+    launch; the bf16 streaming forward (N > 64) reads it from shared memory too, the one-tile forward
+    (N <= 64) from the glue's expansion.  The key-tiled kernels' per-tile forms
+    (SWIN_EXT_ATTN_BWD=pertile, the path of windows too large for their tables in shared memory) run
+    on the glue's expansion (one per op call) and the backward still bins; SIMT fp32 expands in both
+    directions and bins by one launch after the backward."""
     if bwd is not None:
         monkeypatch.setenv("SWIN_EXT_ATTN_BWD", bwd)
     heads, d = 2, 16
@@ -562,8 +563,8 @@ def test_kernel_attention_bias_table_launches(hops, dtype, ws, bwd, monkeypatch)
     binned = sum("bias_table_bin_kernel" in n for n in names)
     if dtype == torch.bfloat16:
         kernel = "attn_bwd_tile_kernel" if ws == 7 else "attn_bwd_window_kernel"
-        # the forward's expansion (and the per-tile form's own)
-        assert any(kernel in n for n in names) and (expand, binned) == (1 + (bwd == "pertile"), 0), names
+        want = 1 if ws == 7 else (2 if bwd == "pertile" else 0)  # the expansions of the forward and backward
+        assert any(kernel in n for n in names) and (expand, binned) == (want, 0), names
     else:
         assert (expand, binned) == (2, 1), names  # forward + backward expand, one binning launch
 

@@ -68,8 +68,9 @@ inline int device_smem_optin() {
 // SWIN_EXT_ATTN_BWD=fused|streaming forces the backward kernels (tests,
 // debugging); =tile4 takes the tile kernel's four-blocks-per-SM form where it
 // exists (V1, head_dim 32, bf16 / fp16: an A/B of gpu_check); =pertile the
-// key-tiled kernel's form without the window's tables in shared memory
-// (tests: the path of windows too large for them); unset or anything else:
+// key-tiled kernel's form without the window's tables in shared memory, and
+// the streaming forward's likewise (tests: the path of windows too large for
+// them); unset or anything else:
 // the fused kernel where it fits.
 inline cuda::attn::BwdChoice attention_bwd_choice() {
   const char* v = std::getenv("SWIN_EXT_ATTN_BWD");
@@ -201,7 +202,8 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_impl(const at::Tensor& q
         warn_attention_scalar_path(d, sizeof(T), aligned, "forward");
         p.vec = p.vec && aligned;
         check_attention_image_size(p.img_qkv, sizeof(T));
-        const cuda::attn::FwdPlan plan = cuda::attn::attention_fwd_plan<T>(p, attention_chunk());
+        const cuda::attn::FwdPlan plan = cuda::attn::attention_fwd_plan<T>(
+            p, attention_chunk(), attention_bwd_choice() == cuda::attn::BwdChoice::kPerTile);
         check_attention_launch(plan.blocks, plan.smem, device_smem_optin(), g, d, qkv.scalar_type(), "the forward kernel");
         at::Tensor bias_full;  // the table expanded for a kernel without a table read
         if (plan.bias_expanded) {

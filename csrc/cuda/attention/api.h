@@ -23,6 +23,10 @@ struct FwdPlan {
   // or the streaming one; fp32 / fp64: the SIMT kernel.
   bool tile = false;
   bool bias_expanded = false;  // the kernel needs the (heads, N, N) bias: the glue expands a table
+  // The streaming kernel: the window's tables (and a table bias) in shared
+  // memory, formed once per block (AttnParams::win_tabs), where they fit the
+  // smallest device's 99 KB; else each tile's are formed as it is issued.
+  bool win_tabs = false, table_smem = false;
   int chunk = 1, n_chunks = 1;
 };
 
@@ -38,7 +42,7 @@ enum class BwdChoice : int { kAuto = 0, kFused = 1, kStreaming = 2, kTile4 = 3, 
 // forces the images per block of the one-tile kernel (tests), else a rule of
 // the shape.
 template <typename T>
-FwdPlan attention_fwd_plan(const AttnParams& p, int chunk = 0);
+FwdPlan attention_fwd_plan(const AttnParams& p, int chunk = 0, bool per_tile = false);
 template <typename T>
 cudaError_t attention_fwd_run(AttnParams p, const FwdPlan& plan, cudaStream_t stream);
 

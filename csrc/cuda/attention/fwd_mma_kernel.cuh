@@ -43,6 +43,7 @@
 #pragma once
 
 #include "../../swin_geometry.h"
+#include "bias_table_kernels.cuh"
 #include "fwd_kernel.cuh"
 #include "kernel_traits.h"
 #include "mma.h"
@@ -105,6 +106,15 @@ struct FwdMmaTraits {
   static constexpr int kStrKVOff = kStrQ + kTileBytes;  // [stage][k, v] tiles
   static constexpr int kStrInv = kStrKVOff + 4 * kKVTileBytes;  // V2: 1/||q||[64], 1/||k||[2][kStrKeys]
   static constexpr int kStrSmem = kStrInv + (kV2 ? 768 : 0);
+  // After it (AttnParams::win_tabs): every key's token, shift region and
+  // relative-position code, int [3][keys] (keys = the window's key tiles x
+  // kStrKeys), formed once per block; then (a table bias) the head's column
+  // of the relative-position table in log2 units.
+  // Not at head_dim 128, whose 64 float32 accumulators of O leave no
+  // registers for them (ptxas spills): its tiles form their own tables.
+  static constexpr bool kStrTabs = kDPad < 128;
+  static constexpr int str_tabs_bytes(int keys) { return align_up(3 * keys * 4, kSmemAlign); }
+  static constexpr int str_table_bytes(int bias_rows) { return align_up(bias_rows * 4, kSmemAlign); }
   static constexpr int kStrSlots = 2 * kStrKeys * kVecs / kThreads;  // k, v chunks per thread and key tile
   static constexpr int kQSlots = 64 * kVecs / kThreads;              // q chunks per thread
 
@@ -668,8 +678,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
   const WinOrigin wo = window_origin(g, win);
   const int hd = h * d, row0 = rb * Tr::kRows;
 
-  int* tokq = reinterpret_cast<int*>(smem + Tr::kStrTokQ);
-  int* regq = reinterpret_cast<int*>(smem + Tr::kStrRegQ);
+  int* tokq_own = reinterpret_cast<int*>(smem + Tr::kStrTokQ);
+  int* regq_own = reinterpret_cast<int*>(smem + Tr::kStrRegQ);
+  const int* tokq = tokq_own;  // (win_tabs: the window table's rows)
+  const int* regq = regq_own;
   int* regk = reinterpret_cast<int*>(smem + Tr::kStrRegK);  // [stage][kKeys]; the scalar path: tokens first
   unsigned char* sQ = smem + Tr::kStrQ;
   unsigned char* sKV = smem + Tr::kStrKVOff;                // [stage][k, v]
@@ -680,57 +692,92 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
   const int C8 = C >> 3, hd8 = hd >> 3, dv = d >> 3;
   const bool vec = p.vec;
 
-  if (tid < 64) {
+  const int nkt = (N + kKeys - 1) / kKeys;
+  // The window's tables and the bias table in shared memory (win_tabs): the
+  // tokens of every key decoded once per block (the gathers, the query rows
+  // and the key regions read them); else decoded per tile as it is issued.
+  bool win_tabs = p.win_tabs, table = p.bias_table;
+  if constexpr (!Tr::kStrTabs) win_tabs = table = false;
+  const int nkeys = nkt * kKeys;
+  int* wtok = reinterpret_cast<int*>(smem + Tr::kStrSmem);  // [nkeys], then regions, then codes
+  float* tbl = reinterpret_cast<float*>(smem + Tr::kStrSmem + Tr::str_tabs_bytes(nkeys));
+  if (win_tabs) {
+    for (int t = tid; t < nkeys; t += Tr::kThreads) {  // sass-dyn: trips=(keytiles * 64 + threads - 1) // threads
+      int tk = -1, rg = 0, cd = 0;  // (code 0 past N: such a row still indexes the table in bounds)
+      if (t < N) {
+        window_token(g, wo, t, tk, rg);
+        cd = bias_table_code(g, t);
+      }
+      wtok[t] = tk;
+      wtok[nkeys + t] = rg;
+      wtok[2 * nkeys + t] = cd;
+    }
+    if (table) {
+      const float* col = static_cast<const float*>(p.bias) + h;
+      for (int r = tid; r < p.bias_rows; r += Tr::kThreads)  // sass-dyn: trips=(4 * N) // threads + 1
+        tbl[r] = col[static_cast<int64_t>(r) * p.heads] * static_cast<float>(kLog2e);
+    }
+    __syncthreads();
+    tokq = wtok + row0;
+    regq = wtok + nkeys + row0;
+  } else if (tid < 64) {  // sass: skip(pertile)
     int tk = -1, rg = 0;
     if (row0 + tid < N) window_token(g, wo, row0 + tid, tk, rg);
-    tokq[tid] = tk;
-    regq[tid] = rg;
+    tokq_own[tid] = tk;
+    regq_own[tid] = rg;
   }
   // Every chunk of a tile set by cp.async: real rows from qkv, padding
   // tokens from the pad vector, rows >= N, missing pad vectors and columns
   // past d zero-filled (columns past dp are never read).  Rows t0 + r of the
   // window; SL: the slot map of the tile set, `slots` of them.
-  auto issue_rows = [&](auto slot_map, int slots, unsigned char* tiles, int first_part, int t0) {
+  auto issue_rows = [&](auto slot_map, int parts, unsigned char* tiles, int first_part, int t0) {
     using SL = decltype(slot_map);
 #pragma unroll
-    for (int s = 0; s < 2 * SL::kPerPart; ++s) {
-      if (s >= slots) break;
-      const int r = SL::row(tid, s), part = SL::part(s), cv = SL::col(tid);
+    for (int u = 0; u < SL::kPerPart; ++u) {
+      const int r = SL::row(tid, u), cv = SL::col(tid);
       if (Tr::kD == 0 && cv * 8 >= dp) continue;
       int tk = -1, rg = 0;
       const bool in = t0 + r < N;
-      if (in) window_token(g, wo, t0 + r, tk, rg);
-      const uint4* src = img16;
-      int bytes = 0;
-      if (in && cv < dv) {
-        if (tk >= 0) {
-          src = img16 + qkv_chunk16(tk, first_part + part, cv, dv, C8, hd8);
-          bytes = 16;
-        } else if (pad16 != nullptr) {
-          src = pad16 + (first_part + part) * C8 + hd8 + cv;
-          bytes = 16;
-        }
+      if (win_tabs) {  // (the row's token, once for both parts)
+        if (in) tk = wtok[t0 + r];
+      } else if (in) {  // sass: skip(pertile)
+        window_token(g, wo, t0 + r, tk, rg);
       }
-      cp_async16(tiles + SL::dst(tid, s), src, bytes);
+#pragma unroll
+      for (int part = 0; part < 2; ++part) {
+        if (part >= parts) break;
+        const int s = part * SL::kPerPart + u;
+        const uint4* src = img16;
+        int bytes = 0;
+        if (in && cv < dv) {
+          if (tk >= 0) {
+            src = img16 + qkv_chunk16(tk, first_part + part, cv, dv, C8, hd8);
+            bytes = 16;
+          } else if (pad16 != nullptr) {
+            src = pad16 + (first_part + part) * C8 + hd8 + cv;
+            bytes = 16;
+          }
+        }
+        cp_async16(tiles + SL::dst(tid, s), src, bytes);
+      }
     }
   };
   // Key tile kt into stage st: the region table (the tokens, on the scalar
   // path) of its keys, then (vector path) its k, v chunks as one group.
   auto issue_kv = [&](int kt, int st) {
     const int kt0 = kt * kKeys;
-    if (tid < kKeys) {
+    if (tid < kKeys && !(win_tabs && vec)) {  // sass: skip(pertile) (win_tabs: the window table's regions)
       int tk = -1, rg = 0;
       if (kt0 + tid < N) window_token(g, wo, kt0 + tid, tk, rg);
       regk[st * kKeys + tid] = vec ? rg : tk;
     }
     if (vec) {
-      issue_rows(SKV{}, 2 * SKV::kPerPart, sKV + st * 2 * Tr::kKVTileBytes, 1, kt0);
+      issue_rows(SKV{}, 2, sKV + st * 2 * Tr::kKVTileBytes, 1, kt0);
       cp_async_commit();
     }
   };
 
-  const int nkt = (N + kKeys - 1) / kKeys;
-  if (vec) issue_rows(SQ{}, SQ::kPerPart, sQ, 0, row0);  // the q tile joins key tile 0's group
+  if (vec) issue_rows(SQ{}, 1, sQ, 0, row0);  // the q tile joins key tile 0's group
   issue_kv(0, 0);
 
   const int wrow0 = warp * kRowTile;  // this warp's first row in the block
@@ -740,11 +787,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
   [[maybe_unused]] float* inv_q = reinterpret_cast<float*>(smem + Tr::kStrInv);  // V2: [64], then 1/||k|| [2][kKeys]
   [[maybe_unused]] const float sh_log2 =
       Tr::kV2 ? static_cast<const float*>(p.head_scale)[h] * static_cast<float>(kLog2e) : 0.f;
-  const float* bias_h = static_cast<const float*>(p.bias) + static_cast<int64_t>(h) * N * N;
+  const float* bias_h = static_cast<const float*>(p.bias) + (table ? 0 : static_cast<int64_t>(h) * N * N);
   const int gi = lane >> 2, ti = lane & 3;
   const int i0 = row0 + wrow0 + gi, i1 = i0 + 8;
-  const float* brow0 = bias_h + static_cast<int64_t>(i0 < N ? i0 : 0) * N;
-  const float* brow1 = bias_h + static_cast<int64_t>(i1 < N ? i1 : 0) * N;
+  const float mask_l2 = kShiftMaskValue * l2e;
+  // table: the rows' codes + the table row of offset 0 (an entry: rc - code(j))
+  const int center = bias_table_row(BiasTableShape::make(g.wt, g.wh, g.ww), 0, 0, 0, 0, 0, 0);
+
 
   float o[kDN][4];
 #pragma unroll
@@ -796,7 +845,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
     if (active) {
       float s[kNT][4];
       qk_tile<Tr, kNT>(s, sQ + wrow0 * Tr::kRowBytes, sK, dp, lane);
-      const int* rk = regk + cur * kKeys;
+      const int* rk = win_tabs && vec ? wtok + nkeys + kt0 : regk + cur * kKeys;
+      const int* ck = wtok + 2 * nkeys + kt0;  // (table: the keys' codes)
+      // (read per key tile: not held across the loop)
+      const int rc0 = table ? wtok[2 * nkeys + (i0 < N ? i0 : 0)] + center : 0;
+      const int rc1 = table ? wtok[2 * nkeys + (i1 < N ? i1 : 0)] + center : 0;
       const int rq0 = regq[wrow0 + gi], rq1 = regq[wrow0 + gi + 8];
       [[maybe_unused]] float rf0 = 0.f, rf1 = 0.f;
       if constexpr (Tr::kV2) {
@@ -810,19 +863,27 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
           const int c = nt * 8 + 2 * ti + e, j = kt0 + c;
           float x0 = ninf, x1 = ninf;
           if (j < N) {
-            float b0 = i0 < N ? brow0[j] : 0.f, b1 = i1 < N ? brow1[j] : 0.f;
+            float b0, b1;  // bias and mask, log2 units
+            if (table) {  // the staged table column (rows past N: an in-bounds entry, masked out below)
+              const int cj = ck[c];
+              b0 = tbl[rc0 - cj];
+              b1 = tbl[rc1 - cj];
+            } else {  // sass: skip(gathered)
+              b0 = i0 < N ? bias_h[static_cast<int64_t>(i0) * N + j] * l2e : 0.f;
+              b1 = i1 < N ? bias_h[static_cast<int64_t>(i1) * N + j] * l2e : 0.f;
+            }
             if (p.masked) {
               const int rkj = rk[c];
-              if (rq0 != rkj) b0 += kShiftMaskValue;
-              if (rq1 != rkj) b1 += kShiftMaskValue;
+              if (rq0 != rkj) b0 += mask_l2;
+              if (rq1 != rkj) b1 += mask_l2;
             }
             if constexpr (Tr::kV2) {
               const float cf = inv_q[64 + cur * kKeys + c];
-              x0 = fmaf(s[nt][e] * cf, rf0, b0 * l2e);
-              x1 = fmaf(s[nt][2 + e] * cf, rf1, b1 * l2e);
+              x0 = fmaf(s[nt][e] * cf, rf0, b0);
+              x1 = fmaf(s[nt][2 + e] * cf, rf1, b1);
             } else {
-              x0 = fmaf(s[nt][e], scale_log2, b0 * l2e);
-              x1 = fmaf(s[nt][2 + e], scale_log2, b1 * l2e);
+              x0 = fmaf(s[nt][e], scale_log2, b0);
+              x1 = fmaf(s[nt][2 + e], scale_log2, b1);
             }
           }
           s[nt][e] = x0;

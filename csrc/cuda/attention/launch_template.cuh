@@ -84,7 +84,7 @@ int dkv_smem_max() { return dkv_layout<Tr>(Tr::kMaxD, Tr::kDkvWarps).total; }
 constexpr int kFwdTargetBlocks = 1024;
 
 template <class Tr>
-FwdPlan plan_fwd(const AttnParams& p, int force_chunk) {
+FwdPlan plan_fwd(const AttnParams& p, int force_chunk, bool per_tile) {
   static_assert(streaming_fits_everywhere<Tr>(), "a streaming attention kernel does not fit 99 KB of shared memory");
   FwdPlan plan;
   const int64_t wh = static_cast<int64_t>(p.g.nW) * p.heads;
@@ -109,6 +109,13 @@ FwdPlan plan_fwd(const AttnParams& p, int force_chunk) {
       plan.n_row_blocks = ceil_div<int>(p.g.N, M1::kRows);
       plan.smem = p.qk_norm ? M2::kStrSmem : M1::kStrSmem;
       plan.blocks = static_cast<int64_t>(p.B) * wh * plan.n_row_blocks;
+      // The window's tables, then a table bias, after the layout where they
+      // keep it within 99 KB (a rule of the shape only).
+      const int keys = ceil_div<int>(p.g.N, M1::kStrKeys) * M1::kStrKeys;
+      const int tabs = M1::str_tabs_bytes(keys), tbl = p.bias_table ? M1::str_table_bytes(p.bias_rows) : 0;
+      plan.win_tabs = M1::kStrTabs && !per_tile && plan.smem + tabs <= kSmallestOptinSmem;
+      plan.table_smem = plan.win_tabs && p.bias_table && plan.smem + tabs + tbl <= kSmallestOptinSmem;
+      plan.smem += (plan.win_tabs ? tabs : 0) + (plan.table_smem ? tbl : 0);
     }
   } else {
     plan.nwarps = std::min(Tr::kFwdWarps, ceil_div<int>(p.g.N, kRowTile));
@@ -116,11 +123,12 @@ FwdPlan plan_fwd(const AttnParams& p, int force_chunk) {
     plan.smem = fwd_layout<Tr>(p.d, plan.nwarps).total;
     plan.blocks = static_cast<int64_t>(p.B) * wh * plan.n_row_blocks;
   }
-  // The forward kernels read the (heads, N, N) bias: a table is expanded by
-  // the glue (reading it in the one-tile kernel's once-per-block staging cost
-  // ~500 warp-instructions per block more than the gathered bias; see the
-  // issue 19 item 6 report).
-  plan.bias_expanded = p.bias_table;
+  // The one-tile kernel and the SIMT kernel read the (heads, N, N) bias: a
+  // table is expanded by the glue (reading it in the one-tile kernel's
+  // once-per-block staging cost ~500 warp-instructions per block more than the
+  // gathered bias; see the issue 19 item 6 report); the streaming kernel
+  // reads it from shared memory where it fits.
+  plan.bias_expanded = p.bias_table && !plan.table_smem;
   return plan;
 }
 
@@ -143,7 +151,8 @@ cudaError_t run_fwd_mma(AttnParams p, const FwdPlan& plan, cudaStream_t stream) 
     }
   }
   {
-    const cudaError_t e = ensure_smem_limit<attn_fwd_stream_kernel<M>>(M::kStrSmem);
+    p.win_tabs = plan.win_tabs;
+    const cudaError_t e = ensure_smem_limit<attn_fwd_stream_kernel<M>>(kSmallestOptinSmem);  // (+ the tables)
     if (e != cudaSuccess) return e;
     SWIN_LAUNCH_KERNEL((attn_fwd_stream_kernel<M>), grid, M::kThreads, plan.smem, stream, p);
   }
@@ -386,8 +395,8 @@ cudaError_t run_bwd(AttnParams p, const BwdPlan& plan, cudaStream_t stream) {
 // ------------------------------------------------------------------ per-dtype entry points
 
 template <typename T>
-FwdPlan attention_fwd_plan(const AttnParams& p, int chunk) {
-  return SWIN_HEADDIM_SWITCH(p.d, [&] { return plan_fwd<Traits<T, kHeadDim>>(p, chunk); });
+FwdPlan attention_fwd_plan(const AttnParams& p, int chunk, bool per_tile) {
+  return SWIN_HEADDIM_SWITCH(p.d, [&] { return plan_fwd<Traits<T, kHeadDim>>(p, chunk, per_tile); });
 }
 template <typename T>
 cudaError_t attention_fwd_run(AttnParams p, const FwdPlan& plan, cudaStream_t stream) {
@@ -403,7 +412,7 @@ cudaError_t attention_bwd_run(AttnParams p, const BwdPlan& plan, cudaStream_t st
 }
 
 #define SWIN_ATTN_INSTANTIATE(T)                                                                 \
-  template FwdPlan attention_fwd_plan<T>(const AttnParams&, int);                                \
+  template FwdPlan attention_fwd_plan<T>(const AttnParams&, int, bool);                                \
   template cudaError_t attention_fwd_run<T>(AttnParams, const FwdPlan&, cudaStream_t);           \
   template BwdPlan attention_bwd_plan<T>(const AttnParams&, int, BwdChoice, int);                \
   template cudaError_t attention_bwd_run<T>(AttnParams, const BwdPlan&, cudaStream_t);
