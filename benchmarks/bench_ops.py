@@ -199,7 +199,10 @@ def attention_cases(config: str, stage: int, B: int, device, dtype, backward: bo
     bias = torch.randn(heads, N, N, generator=g).to(device).requires_grad_(backward)
     head_scale = (torch.rand(heads, generator=g) * 9 + 1).to(device).requires_grad_(backward) if v2 else None
     go = torch.randn(B, H, H, C, generator=g).to(device, dtype)
-    timm_attn = TimmWindowAttention(H, C, heads, ws, shift, v2, device) if "composite" in baselines else None
+    # timm's module gives every implementation its bias (and V2 logit scale), also when only the SDPA
+    # baseline runs (which loads its weights): all compute one function
+    timm_attn = (TimmWindowAttention(H, C, heads, ws, shift, v2, device)
+                 if "composite" in baselines or "sdpa" in baselines else None)
     if timm_attn is not None:  # every implementation computes timm's function: its bias (and V2 logit scale)
         with torch.no_grad():
             b, s_ = timm_attn.position_bias()
@@ -212,7 +215,7 @@ def attention_cases(config: str, stage: int, B: int, device, dtype, backward: bo
         impls["fused"] = (lambda: swin_ext.window_attention_v2(qkv, bias, head_scale, ws, shift), leaves)
     else:
         impls["fused"] = (lambda: swin_ext.window_attention(qkv, bias, ws, shift), leaves)
-    if timm_attn is not None:
+    if "composite" in baselines:
         impls["composite"] = (lambda: timm_attn(qkv), [qkv] + list(timm_attn.blk.attn.parameters()))
     if "sdpa" in baselines:
         if v2:

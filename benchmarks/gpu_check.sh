@@ -27,6 +27,9 @@
 #      floor at the device-copy bandwidth measured in the same run;
 #   4b. the Swin-T attention rows again with SWIN_EXT_ATTN_BWD=tile4 (the
 #      backward tile kernel's four-blocks-per-SM form; at most 45 s);
+#   4c. the window-12 (Swin-B 384) attention rows again with
+#      SWIN_EXT_ATTN_BWD=pertile (the key-tiled kernels without the window's
+#      tables and the bias table in shared memory; at most 30 s);
 #   5. one ncu pass over a stage-1 attention forward and backward (achieved
 #      IPC, warp stall reasons, DRAM throughput), where ncu exists; the backward
 #      twice: the tile kernel as it runs, then its four-blocks-per-SM form
@@ -233,6 +236,23 @@ elif (( B >= 15 )); then
   say ""
   SWIN_EXT_ATTN_BWD=tile4 timeout "$B" $PY benchmarks/bench_ops.py $DEV $QUICK $BATCH --dtypes bfloat16 \
       --ops attention --attention swin_t --baselines sdpa --repeats 5 \
+      --deadline $(( $(date +%s) + B - 5 )) --md-out "$REPORT" \
+    || say "(bench_ops.py stopped: exit status $?)"
+else
+  say "(skipped: $B s of the budget for it)"
+fi
+
+# ---------------------------------------------------------------- 4c. pertile A/B
+step "4c. The key-tiled attention without its shared-memory tables (SWIN_EXT_ATTN_BWD=pertile): Swin-B 384 rows, bf16"
+B=$(budget 30 90)
+if skipped 4c; then :
+elif (( B >= 10 )); then
+  say "The same rows as step 4's swin_b_384 attention, both directions forming each tile's token table as it is"
+  say "issued and reading the glue's (heads, N, N) bias from global memory, instead of the window's tables and"
+  say "the bias table in shared memory (the default): compare fwd and fwd+bwd."
+  say ""
+  SWIN_EXT_ATTN_BWD=pertile timeout "$B" $PY benchmarks/bench_ops.py $DEV $QUICK $BATCH --dtypes bfloat16 \
+      --ops attention --attention swin_b_384 --baselines sdpa --repeats 5 \
       --deadline $(( $(date +%s) + B - 5 )) --md-out "$REPORT" \
     || say "(bench_ops.py stopped: exit status $?)"
 else

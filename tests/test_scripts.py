@@ -63,6 +63,16 @@ def test_bench_ops_sdpa_baseline_is_the_reference(v2, shift):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+def test_bench_ops_sdpa_alone_computes_the_fused_function(capsys):
+    """With only the SDPA baseline (gpu_check's A/B steps 4b and 4c), the fused op takes timm's bias as
+    before: the table's rows are one function, so no 'differs from fused' warning (it once printed
+    0.74 relative: the fused op ran on a random bias, the baseline on timm's)."""
+    bench_ops = _benchmark("bench_ops")
+    bench_ops.attention_cases("swin_t", 3, 1, torch.device("cpu"), torch.float32, False, ["sdpa"])
+    bench_ops.attention_cases("swin_t", 3, 1, torch.device("cpu"), torch.float32, False, ["sdpa", "composite"])
+    assert "differs from fused" not in capsys.readouterr().out
+
+
 def test_host_overhead_script_times_every_path(capsys):
     """benchmarks/host_overhead.py (a gpu_check step): one row per op, every path timed."""
     host_overhead = _benchmark("host_overhead")
