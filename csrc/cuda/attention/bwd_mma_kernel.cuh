@@ -166,10 +166,11 @@ struct BwdMmaTraits {
   static constexpr bool kKVSmem = kDPad <= 32;
   static constexpr int kWKStages = kDPad <= 64 ? 2 : 1;   // key tiles (k, v) in flight
   static constexpr int kWQStages = kDPad <= 64 ? 2 : 1;   // query tiles (q, dO) in flight
-  static constexpr int kWTabInts = 3 * 64;               // a tile's table: int [tok, reg, code][64] (code: win_tabs)
-  static constexpr int kWTabK = 0;                        // [stage] tables of the key tiles
-  static constexpr int kWTabQ = kWTabK + kWKStages * kWTabInts * 4;  // [stage] tables of the query tiles
-  static constexpr int kWDpad = kWTabQ + kWQStages * kWTabInts * 4;  // float [warp][k, v][kDPad]
+  static constexpr int kWTabInts = 3 * 64;       // a tile's part of the window tables: int [tok, reg, code][64]
+  static constexpr int kWStageTabInts = 2 * 64;  // a staged tile's table (no win_tabs): int [tok, reg][64]
+  static constexpr int kWTabK = 0;                                        // [stage] tables of the key tiles
+  static constexpr int kWTabQ = kWTabK + kWKStages * kWStageTabInts * 4;  // [stage] tables of the query tiles
+  static constexpr int kWDpad = kWTabQ + kWQStages * kWStageTabInts * 4;  // float [warp][k, v][kDPad]
   static constexpr int kWInv = kWDpad + kWarps * 2 * kDPad * 4;  // V2: 1/||k|| [kstage][64], 1/||q|| [qstage][64], ds[warp]
   static constexpr int kWKV = align_up(kWInv + (kV2 ? (kWKStages + kWQStages) * 256 + kWarps * 4 : 0), kSmemAlign);
   static constexpr int kWQD = kWKV + kWKStages * 2 * kTileBytes;  // [stage][q, dO]
@@ -1284,7 +1285,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   const WinOrigin wo = window_origin(g, win);
   const int hd = h * d;
 
-  int* tabk = reinterpret_cast<int*>(smem + Tr::kWTabK);  // [stage][tok, reg, code][64]
+  int* tabk = reinterpret_cast<int*>(smem + Tr::kWTabK);  // [stage][tok, reg][64] (no win_tabs)
   int* tabq = reinterpret_cast<int*>(smem + Tr::kWTabQ);
   // The window's tile tables (win_tabs) and the bias table after the layout.
   const bool win_tabs = p.win_tabs;
@@ -1391,8 +1392,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
       tbl[r] = col[static_cast<int64_t>(r) * p.heads] * l2e;
   }
   // The tables of key tile kt (in stage s) and query tile st (in stage s).
-  const auto tab_k = [&](int s, int kt) { return win_tabs ? wtab + kt * Tr::kWTabInts : tabk + s * Tr::kWTabInts; };
-  const auto tab_q = [&](int s, int st) { return win_tabs ? wtab + st * Tr::kWTabInts : tabq + s * Tr::kWTabInts; };
+  const auto tab_k = [&](int s, int kt) { return win_tabs ? wtab + kt * Tr::kWTabInts : tabk + s * Tr::kWStageTabInts; };
+  const auto tab_q = [&](int s, int st) { return win_tabs ? wtab + st * Tr::kWTabInts : tabq + s * Tr::kWStageTabInts; };
   int kc = -1, sc = -1;  // key / query tiles taken so far (their stage parities)
   int cur_b = -1, cur_kt = -1, cur_st = -1;  // the image and tiles of the step being computed
   __syncthreads();

@@ -791,9 +791,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
   const int gi = lane >> 2, ti = lane & 3;
   const int i0 = row0 + wrow0 + gi, i1 = i0 + 8;
   const float mask_l2 = kShiftMaskValue * l2e;
-  // table: the rows' codes + the table row of offset 0 (an entry: rc - code(j))
+  // table: entry (i, j) is row code(i) - code(j) + center (the row of offset 0)
   const int center = bias_table_row(BiasTableShape::make(g.wt, g.wh, g.ww), 0, 0, 0, 0, 0, 0);
-
 
   float o[kDN][4];
 #pragma unroll

@@ -152,6 +152,7 @@ cudaError_t run_fwd_mma(AttnParams p, const FwdPlan& plan, cudaStream_t stream) 
   }
   {
     p.win_tabs = plan.win_tabs;
+    if (p.bias_table && !plan.table_smem) return cudaErrorInvalidValue;  // (as in run_bwd_mma)
     const cudaError_t e = ensure_smem_limit<attn_fwd_stream_kernel<M>>(kSmallestOptinSmem);  // (+ the tables)
     if (e != cudaSuccess) return e;
     SWIN_LAUNCH_KERNEL((attn_fwd_stream_kernel<M>), grid, M::kThreads, plan.smem, stream, p);
@@ -287,6 +288,9 @@ cudaError_t run_bwd_mma(AttnParams p, const BwdPlan& plan, cudaStream_t stream) 
     }
   }
   p.win_tabs = plan.win_tabs;
+  // A table reaches the key-tiled kernel only with its shared-memory copy (the
+  // glue expands it otherwise): the kernel indexes it through the window's tables.
+  if (p.bias_table && !plan.table_smem) return cudaErrorInvalidValue;
   if (plan.path == BwdPath::kWindow) {
     const cudaError_t e = ensure_smem_limit<bwd::attn_bwd_window_kernel<M, true>>(1 << 30);
     if (e != cudaSuccess) return e;
