@@ -70,8 +70,7 @@ inline int device_smem_optin() {
 // exists (V1, head_dim 32, bf16 / fp16: an A/B of gpu_check); =pertile the
 // key-tiled kernel's form without the window's tables in shared memory, and
 // the streaming forward's likewise (tests: the path of windows too large for
-// them); unset or anything else:
-// the fused kernel where it fits.
+// them); unset or anything else: the fused kernel where it fits.
 inline cuda::attn::BwdChoice attention_bwd_choice() {
   const char* v = std::getenv("SWIN_EXT_ATTN_BWD");
   if (v == nullptr) return cuda::attn::BwdChoice::kAuto;

@@ -246,7 +246,8 @@ BwdPlan plan_bwd_mma(const AttnParams& p, int smem_optin, BwdChoice choice, int 
   // kernel from its shared-memory sums, the key-tiled one from its block's
   // N x N sums over the chunk's images in a workspace (L2-resident while the
   // block runs), which the glue never reads.  The tile kernel reads the table
-  // itself; the key-tiled kernel takes the expanded bias.
+  // itself, the key-tiled kernel its shared-memory copy (table_smem), else the
+  // glue's expansion.
   plan.dbias_binned = p.bias_table;
   plan.bias_expanded = p.bias_table && plan.path != BwdPath::kFused && !plan.table_smem;
   // The chunk rule is the (heads, N, N) form's for both forms, so that every
@@ -416,7 +417,7 @@ cudaError_t attention_bwd_run(AttnParams p, const BwdPlan& plan, cudaStream_t st
 }
 
 #define SWIN_ATTN_INSTANTIATE(T)                                                                 \
-  template FwdPlan attention_fwd_plan<T>(const AttnParams&, int, bool);                                \
+  template FwdPlan attention_fwd_plan<T>(const AttnParams&, int, bool);                          \
   template cudaError_t attention_fwd_run<T>(AttnParams, const FwdPlan&, cudaStream_t);           \
   template BwdPlan attention_bwd_plan<T>(const AttnParams&, int, BwdChoice, int);                \
   template cudaError_t attention_bwd_run<T>(AttnParams, const BwdPlan&, cudaStream_t);

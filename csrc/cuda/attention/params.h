@@ -69,13 +69,15 @@ struct AttnParams {
 
   // The relative-position table form of the bias (bias_table.h): `bias` is
   // (bias_rows, heads), entry (i, j) of head h at table[row(i, j) * heads + h]
-  // with the standard index implied by the window.  The tensor-core
-  // backward kernels read it (the tile kernel, and the key-tiled one where the
-  // table fits its shared memory); the glue expands it for every other kernel.
+  // with the standard index implied by the window.  The tensor-core kernels
+  // read it (the tile backward; the key-tiled backward and the streaming
+  // forward from a shared-memory copy where it fits); the glue expands it for
+  // every other kernel.
   bool bias_table = false;
   int bias_rows = 0;
-  // The key-tiled tensor-core backward: the window's tile tables (and a bias
-  // table) in shared memory after its layout (set by the launcher's plan).
+  // The key-tiled tensor-core kernels (the backward, the streaming forward):
+  // the window's tile tables (and a bias table) in shared memory after their
+  // layout (set by the launcher from its plan).
   bool win_tabs = false;
 
   Geom g{};
