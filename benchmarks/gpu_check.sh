@@ -226,38 +226,35 @@ else
   say "(skipped: $B s of the budget for it)"
 fi
 
-# ---------------------------------------------------------------- 4b. tile4 A/B
-step "4b. The attention backward's tile4 form (SWIN_EXT_ATTN_BWD=tile4): Swin-T attention rows, bf16"
-B=$(budget 45 100)
-if skipped 4b; then :
-elif (( B >= 15 )); then
-  say "The same rows as step 4's Swin-T attention, the backward in its four-blocks-per-SM form (one image in"
-  say "flight, <= 128 registers) instead of the default (two in flight, 3 blocks per SM): compare fwd+bwd."
-  say ""
-  SWIN_EXT_ATTN_BWD=tile4 timeout "$B" $PY benchmarks/bench_ops.py $DEV $QUICK $BATCH --dtypes bfloat16 \
-      --ops attention --attention swin_t --baselines sdpa --repeats 5 \
-      --deadline $(( $(date +%s) + B - 5 )) --md-out "$REPORT" \
-    || say "(bench_ops.py stopped: exit status $?)"
-else
-  say "(skipped: $B s of the budget for it)"
-fi
+# ---------------------------------------------------------------- 4b, 4c. A/Bs of step 4's attention rows
+# Step 4's attention rows of one configuration again (bf16), with SWIN_EXT_ATTN_BWD=$1: form $1, config $2,
+# at most $3 s leaving $4 for the steps after, skipped under $5 s; the lines after that explain it.
+attention_ab() {
+  local form=$1 cfg=$2 B line
+  B=$(budget "$3" "$4")
+  if (( B >= $5 )); then
+    shift 5
+    for line in "$@"; do say "$line"; done
+    say ""
+    SWIN_EXT_ATTN_BWD=$form timeout "$B" $PY benchmarks/bench_ops.py $DEV $QUICK $BATCH --dtypes bfloat16 \
+        --ops attention --attention "$cfg" --baselines sdpa --repeats 5 \
+        --deadline $(( $(date +%s) + B - 5 )) --md-out "$REPORT" \
+      || say "(bench_ops.py stopped: exit status $?)"
+  else
+    say "(skipped: $B s of the budget for it)"
+  fi
+}
 
-# ---------------------------------------------------------------- 4c. pertile A/B
+step "4b. The attention backward's tile4 form (SWIN_EXT_ATTN_BWD=tile4): Swin-T attention rows, bf16"
+skipped 4b || attention_ab tile4 swin_t 45 100 15 \
+    "The same rows as step 4's Swin-T attention, the backward in its four-blocks-per-SM form (one image in" \
+    "flight, <= 128 registers) instead of the default (two in flight, 3 blocks per SM): compare fwd+bwd."
+
 step "4c. The key-tiled attention without its shared-memory tables (SWIN_EXT_ATTN_BWD=pertile): Swin-B 384 rows, bf16"
-B=$(budget 30 90)
-if skipped 4c; then :
-elif (( B >= 10 )); then
-  say "The same rows as step 4's swin_b_384 attention, both directions forming each tile's token table as it is"
-  say "issued and reading the glue's (heads, N, N) bias from global memory, instead of the window's tables and"
-  say "the bias table in shared memory (the default): compare fwd and fwd+bwd."
-  say ""
-  SWIN_EXT_ATTN_BWD=pertile timeout "$B" $PY benchmarks/bench_ops.py $DEV $QUICK $BATCH --dtypes bfloat16 \
-      --ops attention --attention swin_b_384 --baselines sdpa --repeats 5 \
-      --deadline $(( $(date +%s) + B - 5 )) --md-out "$REPORT" \
-    || say "(bench_ops.py stopped: exit status $?)"
-else
-  say "(skipped: $B s of the budget for it)"
-fi
+skipped 4c || attention_ab pertile swin_b_384 30 90 10 \
+    "The same rows as step 4's swin_b_384 attention, both directions forming each tile's token table as it is" \
+    "issued and reading the glue's (heads, N, N) bias from global memory, instead of the window's tables and" \
+    "the bias table in shared memory (the default): compare fwd and fwd+bwd."
 
 # ---------------------------------------------------------------- 5. ncu
 step "5. ncu: every kernel of a stage-1 attention forward and backward (bf16, batch 128), then the backward's tile4 form"
