@@ -486,6 +486,13 @@ def disassemble_with_lines(so: str, arch: str, workdir: str, cuobjdump: Optional
     return out
 
 
+def bwd_unit(dt: str, arch: str, head_dim: int = 32) -> str:
+    """The cubin of the tensor-core backward of ``dt`` at ``head_dim``: one translation unit per
+    (head_dim, dtype), ``csrc/cuda/attention/attention_bwd_hdim<D>_<dt>.cu``; the forward is in
+    ``attention_<dt>.cu``."""
+    return f"attention_bwd_hdim{head_dim}_{dt}.{arch}.cubin"
+
+
 def parse_gi(path: str, name_substr: str):
     """Instructions (with inline chains) and labels of the first kernel whose mangled name contains name_substr."""
     ins: List[Instr] = []
@@ -997,9 +1004,10 @@ def backward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
         if "fwd" not in stats:
             forward_dynamic_report(so, arch, batch, kernels, listings, stats)
         for dt, mt in _MANGLED_T.items():
-            path = listings.get(f"attention_{dt}.{arch}.cubin")
+            unit = bwd_unit(dt, arch)
+            path = listings.get(unit)
             if path is None:
-                lines.append(f"no attention_{dt} cubin for {arch}")
+                lines.append(f"no {unit} for {arch}")
                 continue
             subs = {
                 "tile": f"attn_bwd_tile_kernelINS2_12BwdMmaTraitsI{mt}Li32ELb0EEEEEv",
@@ -1010,7 +1018,7 @@ def backward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
             parsed = parse_gi_all(path, list(subs.values()))
             for name, (found, ins_, _) in parsed.items():
                 if found is None or not ins_:
-                    raise ValueError(f"no kernel {name} in attention_{dt}.{arch}.cubin")
+                    raise ValueError(f"no kernel {name} in {unit}")
                 check_lines_are_code(ins_, kernel_file, src)
             _, ins, labels = parsed[subs["tile"]]
             env = dict(kWarps=BWD_WARPS, kThreads=32 * BWD_WARPS, kDPad=32, kNT=8, N=49, warps=BWD_WARPS,
@@ -1426,7 +1434,7 @@ def video_swin_report(arch: str, video_fwd: Dict[str, tuple], listings: Dict[str
         per_unit = 4 * kt * total
         lines.append(f"| {dt} | forward | {total:.0f} | {kt * total:.0f} | {per_unit:.0f} | "
                      f"{kt * cats.get('HMMA', 0):.0f} ({kt * kt * hmma_by_hand()}) | {units * per_unit / 1e9:.3f} |")
-        path = listings.get(f"attention_{dt}.{arch}.cubin")
+        path = listings.get(bwd_unit(dt, arch))
         name = f"attn_bwd_window_kernelINS2_12BwdMmaTraitsI{_MANGLED_T[dt]}Li32ELb0EEELb1EEEv"
         found, ins, labels = parse_gi_all(path, [name])[name] if path else (None, [], {})
         if found is None or not ins:

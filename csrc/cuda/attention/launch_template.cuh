@@ -422,6 +422,20 @@ cudaError_t attention_bwd_run(AttnParams p, const BwdPlan& plan, cudaStream_t st
   template BwdPlan attention_bwd_plan<T>(const AttnParams&, int, BwdChoice, int);                \
   template cudaError_t attention_bwd_run<T>(AttnParams, const BwdPlan&, cudaStream_t);
 
+// The tensor-core backward of one (dtype, head_dim), in a translation unit of
+// its own (attention_bwd_hdim<D>_<dtype>.cu, as flash-attention splits its
+// kernels): its launches hold ~90% of the attention's device code, and one
+// unit per dtype made the build's critical path (about 100 s of nvcc for one
+// sm_90a unit, 199 s of the H200 build on 2026-12-04).  The dtype's unit
+// declares these extern (SWIN_ATTN_BWD_EXTERN), so only the head_dim units
+// compile the kernels.  The head_dims are SWIN_HEADDIM_SWITCH's.
+#define SWIN_ATTN_BWD_HEADDIMS(X, T) X(T, 32) X(T, 16) X(T, 64) X(T, 128) X(T, 0)
+#define SWIN_ATTN_BWD_EXTERN_ONE(T, D) \
+  extern template cudaError_t run_bwd<Traits<T, D>>(AttnParams, const BwdPlan&, cudaStream_t);
+#define SWIN_ATTN_BWD_EXTERN(T) SWIN_ATTN_BWD_HEADDIMS(SWIN_ATTN_BWD_EXTERN_ONE, T)
+#define SWIN_ATTN_BWD_INSTANTIATE(T, D) \
+  template cudaError_t run_bwd<Traits<T, D>>(AttnParams, const BwdPlan&, cudaStream_t);
+
 }  // namespace attn
 }  // namespace cuda
 }  // namespace swin_ext

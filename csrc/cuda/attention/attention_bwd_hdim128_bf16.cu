@@ -1,0 +1,14 @@
+// The tensor-core window-attention backward for __nv_bfloat16, head_dim 128:
+// its launches and kernels (V1 and V2), in a translation unit of its own so
+// the backward compiles in parallel (launch_template.cuh,
+// SWIN_ATTN_BWD_INSTANTIATE).  ATen-free: the CPU harness compiles this file
+// too (docs/kernels.md).
+#include "launch_template.cuh"
+
+namespace swin_ext {
+namespace cuda {
+namespace attn {
+SWIN_ATTN_BWD_INSTANTIATE(__nv_bfloat16, 128)
+}  // namespace attn
+}  // namespace cuda
+}  // namespace swin_ext
