@@ -531,6 +531,35 @@ def parse_gi(path: str, name_substr: str):
     return found, ins, labels
 
 
+def block_lines(src: str, pattern: str) -> List[int]:
+    """1-based lines of the block that the first line matching ``pattern`` opens, from that line
+    to the brace matching the first ``{`` on it or after it (a signature may span lines)."""
+    with open(src) as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        if re.search(pattern, line):
+            j = next(k for k in range(i, len(lines)) if "{" in lines[k].split("//")[0])
+            return list(range(i + 1, _extent(lines, j) + 2))
+    raise ValueError(f"no line matching {pattern!r} in {src}")
+
+
+def branches_in(ins: List[Instr], kernel_file: str, lines) -> Dict[str, List[int]]:
+    """Of the instructions whose innermost frame in ``kernel_file`` is on one of ``lines``: the
+    source line of each branch (BRA) and divergence marker (BSSY / BSYNC), by op, and under
+    "all" the line of every instruction (so that a caller can tell the block was compiled)."""
+    want = set(lines)
+    out: Dict[str, List[int]] = {"all": [], "BRA": [], "BSSY": [], "BSYNC": []}
+    for x in ins:
+        line = next((ln for f, ln in x.chain if f == kernel_file), None)
+        if line not in want:
+            continue
+        out["all"].append(line)
+        op = x.op.split(".")[0]
+        if op in out:
+            out[op].append(line)
+    return out
+
+
 def _extent(lines: List[str], i: int) -> int:
     """0-based last line of the block a marker on line i covers: brace-matched from the
     line's last ``{``, or the one statement (a loop or ``if`` header's own ``;`` are
@@ -817,22 +846,19 @@ def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
                              f"{total / chunk:.0f} | "
                              f"{FWD_WARPS * total / chunk:.0f} | {cats.get('HMMA', 0):.0f} ({hand * chunk}) |")
             _, ins3, lab3 = parsed[subs["stream_v1"]]
-            for ws in (12, 16, 24):
-                n = ws * ws
-                kt = (n + 63) // 64
-                total, cats, _ = dynamic_count(ins3, lab3, kernel_file, markers, dict(base, images=1, keytiles=kt, N=n))
-                lines.append(f"| window {ws} (N = {n}) | stream, V1 | 1 | {kt} | {total:.0f} | {total:.0f} | "
-                             f"{FWD_WARPS * kt * total:.0f} ({kt} row blocks) | "
-                             f"{cats.get('HMMA', 0):.0f} ({hand * kt}) |")
-            total3, cats3, _ = dynamic_count(ins3, lab3, kernel_file, markers,
-                                             dict(base, images=1, keytiles=VIDEO_KEYTILES, N=VIDEO_N))
-            video_fwd[dt] = (total3, cats3)
-            lines.append(f"| Video Swin (8, 7, 7) (N = {VIDEO_N}) | stream, V1 | 1 | {VIDEO_KEYTILES} | {total3:.0f} | "
-                         f"{total3:.0f} | {FWD_WARPS * VIDEO_KEYTILES * total3:.0f} ({VIDEO_KEYTILES} row blocks) | "
-                         f"{cats3.get('HMMA', 0):.0f} ({hand * VIDEO_KEYTILES}) |")
-            lines += ["", "(The stream kernel's rows count every warp of every row block as active: "
-                      "an upper bound at N = 144, whose last row block holds 16 rows, and at N = 392, whose last "
-                      "holds 8.)", ""]
+            hand_str = hmma_by_hand(32, STREAM_KEYS)
+            for ws, n in [(f"window {w}", w * w) for w in (12, 16, 24)] + [("Video Swin (8, 7, 7)", VIDEO_N)]:
+                kt, rb = -(-n // STREAM_KEYS), -(-n // 64)  # key tiles, row blocks (64 query rows each)
+                total, cats, _ = dynamic_count(ins3, lab3, kernel_file, markers,
+                                               dict(base, images=1, keytiles=kt, keys=STREAM_KEYS, N=n))
+                if n == VIDEO_N:
+                    video_fwd[dt] = (total, cats)
+                lines.append(f"| {ws} (N = {n}) | stream, V1 | 1 | {kt} | {total:.0f} | {total:.0f} | "
+                             f"{FWD_WARPS * rb * total:.0f} ({rb} row blocks) | "
+                             f"{cats.get('HMMA', 0):.0f} ({hand_str * kt}) |")
+            lines += ["", f"(The stream kernel's key tiles are {STREAM_KEYS} keys at head_dim 32.  Its rows count "
+                      "every warp of every row block as active: an upper bound at N = 144, whose last row block "
+                      "holds 16 rows, and at N = 392, whose last holds 8.)", ""]
         lines += video_swin_report(arch, video_fwd, listings)
     for dt, g in step_g.items():
         stats.setdefault("fwd_g", {})[dt] = g
@@ -1397,12 +1423,14 @@ def floors_report(so: str, arch: str = "sm_90", kernels: Optional[List[Kernel]] 
 
 # Video Swin (swin3d_t) stage 1: window (8, 7, 7), 3 heads of head_dim 32, 2 blocks; at batch 8 of
 # 32 x 224 x 224 clips (patch 2 x 4 x 4) the map is 16 x 56 x 56: 2 x 8 x 8 = 128 windows per clip.
-VIDEO_N, VIDEO_KEYTILES = 392, 7
+VIDEO_N, VIDEO_KEYTILES = 392, 7  # the backward's 64-key tiles; also the forward's 64-row blocks
+# The streaming forward's key tile at head_dim 32 (FwdMmaTraits::kStrKeys).
+STREAM_KEYS = 32
 SWIN3D_T_STAGE1 = dict(blocks=2, batch=8, windows=128, heads=3)
 
 
 def video_swin_report(arch: str, video_fwd: Dict[str, tuple], listings: Dict[str, str]) -> List[str]:
-    """Markdown: the N = 392 forward (stream kernel, 7 key tiles x 7 row blocks; ``video_fwd[dtype]`` =
+    """Markdown: the N = 392 forward (stream kernel, 13 key tiles x 7 row blocks; ``video_fwd[dtype]`` =
     its (per warp per block, categories) from forward_dynamic_report) and the key-tiled backward (dQ in
     shared memory, 7 x 7 (key, query) tile steps per image, counted here by the same counter) per (clip,
     window, head), and per swin3d_t stage-1 step (batch 8 of 32 x 224 x 224)."""
@@ -1414,13 +1442,15 @@ def video_swin_report(arch: str, video_fwd: Dict[str, tuple], listings: Dict[str
     st = SWIN3D_T_STAGE1
     units = st["blocks"] * st["batch"] * st["windows"] * st["heads"]
     kt = VIDEO_KEYTILES
+    fkt = -(-VIDEO_N // STREAM_KEYS)  # the forward's key tiles
     # per warp and image: the tile kernel's 80 per (key, query) tile step, plus the D pass's 32 (S, dP)
     bwd_hand = (bwd_hmma_by_hand() + 32) * kt * kt
     # The planner's images per backward block at this shape (launch_template.cuh choose_chunk): the
     # (windows, heads, N, N) partial of one chunk (59 M floats) exceeds the 2^25 bound, so chunk = batch.
     chunk = st["batch"]
     lines = [f"## Video Swin: swin3d_t stage 1 (window (8, 7, 7), N = {VIDEO_N}, 3 heads, head_dim 32, V1)", "",
-             f"Forward: `attn_fwd_stream_kernel`, {kt} row blocks of 64 queries x {kt} key tiles of 64 per "
+             f"Forward: `attn_fwd_stream_kernel`, {kt} row blocks of 64 queries x {fkt} key tiles of "
+             f"{STREAM_KEYS} per "
              f"(clip, window, head), 4 warps a block.  Backward: `attn_bwd_window_kernel` (the window's dQ in "
              f"shared memory, 127 KB at N = 392 on sm_90), {kt} x {kt} (key tile, query tile) steps per image, "
              f"{chunk} images per block (`choose_chunk` at batch {st['batch']}), each with the D pass "
@@ -1433,7 +1463,8 @@ def video_swin_report(arch: str, video_fwd: Dict[str, tuple], listings: Dict[str
     for dt, (total, cats) in video_fwd.items():
         per_unit = 4 * kt * total
         lines.append(f"| {dt} | forward | {total:.0f} | {kt * total:.0f} | {per_unit:.0f} | "
-                     f"{kt * cats.get('HMMA', 0):.0f} ({kt * kt * hmma_by_hand()}) | {units * per_unit / 1e9:.3f} |")
+                     f"{kt * cats.get('HMMA', 0):.0f} ({kt * fkt * hmma_by_hand(32, STREAM_KEYS)}) | "
+                     f"{units * per_unit / 1e9:.3f} |")
         path = listings.get(bwd_unit(dt, arch))
         name = f"attn_bwd_window_kernelINS2_12BwdMmaTraitsI{_MANGLED_T[dt]}Li32ELb0EEELb1EEEv"
         found, ins, labels = parse_gi_all(path, [name])[name] if path else (None, [], {})

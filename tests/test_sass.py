@@ -126,12 +126,17 @@ def test_attention_backward_is_register_resident(kernels):
 
 
 @pytest.fixture(scope="module")
-def dyn(kernels, tmp_path_factory):
-    """(forward report, backward report, stats) of benchmarks/sass_report.py --dyn, one disassembly."""
-    so = swin_ext._C.__file__
+def listings(tmp_path_factory):
+    """cubin name -> its `nvdisasm -c -gi` listing (SASS with inlined source lines), one disassembly."""
     if sass_report.find_nvdisasm(sass_report.find_cuobjdump()) is None:
         pytest.skip("no nvdisasm")
-    listings = sass_report.disassemble_with_lines(so, "sm_90", str(tmp_path_factory.mktemp("gi")))
+    return sass_report.disassemble_with_lines(swin_ext._C.__file__, "sm_90", str(tmp_path_factory.mktemp("gi")))
+
+
+@pytest.fixture(scope="module")
+def dyn(kernels, listings):
+    """(forward report, backward report, stats) of benchmarks/sass_report.py --dyn."""
+    so = swin_ext._C.__file__
     stats: dict = {}
     fwd = sass_report.forward_dynamic_report(so, "sm_90", 128, kernels, listings, stats)
     bwd = sass_report.backward_dynamic_report(so, "sm_90", 128, kernels, listings, stats)
@@ -152,12 +157,15 @@ def test_attention_forward_instruction_estimate(dyn):
     assert sass_report.hmma_by_hand(32, 64) == 32
     assert all(int(hmma) == 32 for _, hmma in rows), text
     assert max(int(per) for per, _ in rows) <= 900, text
-    # the streamed key tiles: 32 HMMA per warp and key tile (window 12: 3 tiles ... window 24: 9)
+    # the streamed key tiles of 32 keys: 16 HMMA per warp and key tile (window 12: 5 tiles ... window 24: 18)
+    assert sass_report.STREAM_KEYS == 32 and sass_report.hmma_by_hand(32, 32) == 16
     streamed = re.findall(r"\| window \d+ \(N = \d+\) \| stream, V1 \| 1 \| (\d+) \|.*\| (\d+) \((\d+)\) \|", text)
-    assert len(streamed) == 2 * 3 and all(int(h) == int(e) == 32 * int(kt) for kt, h, e in streamed), text
-    # Video Swin's (8, 7, 7), N = 392: 7 key tiles per row block, 32 HMMA each
-    video = re.findall(r"\| Video Swin \(8, 7, 7\) \(N = 392\) \| stream, V1 \| 1 \| 7 \|.*\| (\d+) \((\d+)\) \|", text)
-    assert len(video) == 2 and all(int(h) == int(e) == 32 * 7 for h, e in video), text
+    assert len(streamed) == 2 * 3 and all(int(h) == int(e) == 16 * int(kt) for kt, h, e in streamed), text
+    assert [int(kt) for kt, _, _ in streamed[:3]] == [5, 8, 18], text
+    # Video Swin's (8, 7, 7), N = 392: 13 key tiles per row block, 16 HMMA each
+    video = re.findall(r"\| Video Swin \(8, 7, 7\) \(N = 392\) \| stream, V1 \| 1 \| 13 \|.*\| (\d+) \((\d+)\) \|",
+                       text)
+    assert len(video) == 2 and all(int(h) == int(e) == 16 * 13 for h, e in video), text
     # ... and its key-tiled backward: per (key tile, query tile) pair 2 x 16 HMMA per warp in the
     # D pass (S, dP) and 5 x 16 in the main pass, 7 x 7 pairs
     vbwd = re.findall(r"\| (?:bf16|fp16) \| backward \|.*\| (\d+) \((\d+)\) \| [\d.]+ \|", text)
@@ -192,6 +200,44 @@ def test_attention_backward_instruction_estimate(dyn):
     assert len(bodies) == 2 and all(int(b) <= sass_report.TARGET_BWD_PER_WARP_IMAGE for b in bodies), text
     with open(os.path.join(ROOT, "benchmarks", "results", "attn_bwd_dyn_sm90.md"), "w") as f:
         f.write(text)
+
+
+def test_key_tiled_scores_have_no_branch_per_entry(listings):
+    """The key-tiled kernels' per-entry code is straight-line: the forward's bias and mask
+    (add_bias), the backward's logits, and its bias-gradient read-modify-writes have no
+    divergent branch (BSSY / BSYNC) and no branch but the forward's uniform guard per 8-key
+    n-tile.  A branch per entry made each entry wait for its own loads, one entry after the
+    other: on the H200 the window-12 forward ran 33% slower than before the shared-memory
+    tables (gpu_check 2026-12-04-1835), against 5% fewer instructions."""
+    att = os.path.join(ROOT, "csrc", "cuda", "attention")
+    fsrc, bsrc = os.path.join(att, "fwd_mma_kernel.cuh"), os.path.join(att, "bwd_mma_kernel.cuh")
+    add_bias = sass_report.block_lines(fsrc, r"const auto add_bias = \[&\]\(auto tab\)")
+    guard = sass_report.block_lines(fsrc, r"if \(kt0 \+ nt \* 8 >= N\) \{")[0]
+    logits = sass_report.block_lines(bsrc, r"const auto logits = \[&\]\(auto tab,")
+    rmw = sass_report.block_lines(bsrc, r"for \(int n2 = 0; n2 < 4; n2 \+= kRmwNT\)")
+    checked = 0
+    for dt, mt in sass_report._MANGLED_T.items():
+        fwd = {f"stream V{v}": f"attn_fwd_stream_kernelINS1_12FwdMmaTraitsI{mt}Li32ELb{v - 1}E" for v in (1, 2)}
+        bwd = {f"window V{v} {form}": f"attn_bwd_window_kernelINS2_12BwdMmaTraitsI{mt}Li32ELb{v - 1}EEELb{r}EEEv"
+               for v in (1, 2) for r, form in ((1, "resident"), (0, "streamed"))}
+        for unit, names, blocks in ((f"attention_{dt}.sm_90.cubin", fwd, {"add_bias": add_bias}),
+                                    (sass_report.bwd_unit(dt, "sm_90"), bwd, {"logits": logits, "rmw": rmw})):
+            parsed = sass_report.parse_gi_all(listings[unit], list(names.values()))
+            for label, name in names.items():
+                found, ins, _ = parsed[name]
+                assert found, (dt, label)
+                for bname, lines in blocks.items():
+                    br = sass_report.branches_in(ins, os.path.basename(fsrc if bname == "add_bias" else bsrc), lines)
+                    where = (dt, label, bname)
+                    assert len(br["all"]) > 20, where  # the block is in the kernel (both table forms)
+                    # A branch per entry is >= 16 of each per block.  What may remain: the forward's
+                    # guard per n-tile, one jump over the other table form's copy, and one
+                    # reconvergence marker of the code after the block that ptxas scheduled into it.
+                    assert len(br["BSSY"]) <= 1 and len(br["BSYNC"]) <= 1, (where, br["BSSY"], br["BSYNC"])
+                    other = [line for line in br["BRA"] if bname != "add_bias" or line != guard]
+                    assert len(other) <= 1, (where, br["BRA"])
+                    checked += 1
+    assert checked == 2 * (2 + 4 * 2)
 
 
 def test_row_accesses_are_128_bit(kernels):

@@ -183,6 +183,10 @@ struct BwdMmaTraits {
   // nkt tiles (token, shift region and relative-position code of every row,
   // formed once per block), then (bias_table) the head's column of the
   // relative-position table in log2 units.
+  // Not at head_dim 16, whose V1 kernel does not fit them in 168 registers
+  // without local memory (the tile issue holds more chunks per thread): its
+  // tiles form their own tables, and the glue expands a table.
+  static constexpr bool kWinTabs = kDPad > 16;
   static constexpr int window_tabs_bytes(int nkt) { return nkt * kWTabInts * 4; }
   static constexpr int window_table_bytes(int bias_rows) { return align_up(bias_rows * 4, kSmemAlign); }
   // float32 workspace per block: dQ (unless in shared memory), dK and dV (unless in shared memory).
@@ -1163,7 +1167,7 @@ struct RowPair {
   float lse0, lse1;          // lse in log2 units (+inf: P = 0)
   const float* brow0;        // the head's bias rows ((heads, N, N) form)
   const float* brow1;
-  int rc0, rc1;              // table form: code + the row of offset 0 (entry (i, j): row rc - code(j))
+  int rc0, rc1;              // table form: the rows' codes (entry (i, j): tblc[rc - code(j)])
   float iq0, iq1;            // V2: 1 / ||q||
 };
 
@@ -1288,7 +1292,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   int* tabk = reinterpret_cast<int*>(smem + Tr::kWTabK);  // [stage][tok, reg][64] (no win_tabs)
   int* tabq = reinterpret_cast<int*>(smem + Tr::kWTabQ);
   // The window's tile tables (win_tabs) and the bias table after the layout.
-  const bool win_tabs = p.win_tabs;
+  const bool win_tabs = Tr::kWinTabs && p.win_tabs;
   int* wtab = reinterpret_cast<int*>(smem + Tr::window_smem((N + 15) & ~15, kDqSmem));
   float* dpad_w = reinterpret_cast<float*>(smem + Tr::kWDpad) + warp * 2 * Tr::kDPad;
   [[maybe_unused]] float* invk = reinterpret_cast<float*>(smem + Tr::kWInv);  // V2: [kstage][64]
@@ -1299,17 +1303,25 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   unsigned char* sdS = smem + Tr::kWdS;
   const int nkt = (N + kTile - 1) / kTile;  // key tiles (= query tiles): N / 64, a shift
   const int n16 = (N + 15) & ~15;
-  float* ws_block = static_cast<float*>(p.dq_ws) + static_cast<int64_t>(blockIdx.x) * Tr::window_ws(n16, kDqSmem);
-  float4* dqbuf = kDqSmem ? reinterpret_cast<float4*>(smem + Tr::kWDq) : reinterpret_cast<float4*>(ws_block);
-  float4* kvacc = Tr::kKVSmem ? reinterpret_cast<float4*>(smem + Tr::kWKVAcc)
-                              : reinterpret_cast<float4*>(ws_block + (kDqSmem ? 0 : int64_t(n16) * Tr::kDPad));
+  // The block's float32 workspace (what is not in shared memory): formed at
+  // each use, no global pointer held across the kernel.
+  const auto ws_block = [&] {
+    return static_cast<float*>(p.dq_ws) + static_cast<int64_t>(blockIdx.x) * Tr::window_ws(n16, kDqSmem);
+  };
+  const auto dqbuf = [&] {
+    return kDqSmem ? reinterpret_cast<float4*>(smem + Tr::kWDq) : reinterpret_cast<float4*>(ws_block());
+  };
+  const auto kvacc = [&] {
+    return Tr::kKVSmem ? reinterpret_cast<float4*>(smem + Tr::kWKVAcc)
+                       : reinterpret_cast<float4*>(ws_block() + (kDqSmem ? 0 : int64_t(n16) * Tr::kDPad));
+  };
 
   const T* qkv = static_cast<const T*>(p.qkv);
   const T* gout = static_cast<const T*>(p.grad_out);
-  const T* pad = static_cast<const T*>(p.pad);
-  const uint4* pad16 = reinterpret_cast<const uint4*>(pad);
   const int C8 = C >> 3, hd8 = hd >> 3, dv = d >> 3;
-  const bool has_pad = pad != nullptr, vec = p.vec;
+  // (the pad vector read from the parameters where used: no register held
+  // across the image loop)
+  const bool vec = p.vec;
 
   for (int e = tid; e < Tr::kWarps * 2 * Tr::kDPad; e += Tr::kThreads)  // sass: trips(kWarps * 2 * kDPad / kThreads)
     reinterpret_cast<float*>(smem + Tr::kWDpad)[e] = 0.f;
@@ -1343,7 +1355,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
       for (int pi = 0; pi < 2; ++pi) {
         const int part = kKV ? 1 + pi : 3 * pi;
         issue_chunk(tiles + pi * Tr::kTileBytes + row * Tr::kRowBytes + cv * 16,
-                    chunk_src(tk, t < N, part, cv, dv, C8, hd8, has_pad), img16, go16, pad16, part);
+                    chunk_src(tk, t < N, part, cv, dv, C8, hd8, p.pad != nullptr), img16, go16,
+                    static_cast<const uint4*>(p.pad), part);
       }
     }
   };
@@ -1357,7 +1370,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   [[maybe_unused]] const float sh_log2 = s_h * l2e;
   const int gr = lane >> 2, c0 = 2 * (lane & 3);
   const int wrow0 = warp * kRowTile;
-  const float* bias_h = static_cast<const float*>(p.bias) + (p.bias_table ? 0 : static_cast<int64_t>(h) * (static_cast<uint64_t>(Nu) * Nu));
+  // The head's (N, N) bias (the (heads, N, N) form), formed at each use: no
+  // pointer held across the kernel.
+  const auto bias_head = [&] {
+    return static_cast<const float*>(p.bias) + static_cast<int64_t>(h) * (static_cast<uint64_t>(Nu) * Nu);
+  };
   // The bias gradient's N x N sums over the chunk's images, read-modify-written
   // by each (i, j)'s owner lane: the partial itself, or (a table's gradient)
   // the block's workspace, binned into the table's rows at the end.
@@ -1369,11 +1386,12 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   // The bias: the head's column of the relative-position table staged once in
   // log2 units (read through the tokens' codes: one shared load per entry), or
   // the (heads, N, N) form read from global memory.
-  const bool table = p.bias_table;
-  const int center = bias_table_row(BiasTableShape::make(g.wt, g.wh, g.ww), 0, 0, 0, 0, 0, 0);
+  const bool table = Tr::kWinTabs && p.bias_table;  // (only with win_tabs: see run_bwd_mma)
   const float mask_l2 = kShiftMaskValue * l2e;
   float* tbl = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(wtab) + Tr::window_tabs_bytes(nkt));
-  if (win_tabs) {  // every row's token, region and code, once per block
+  // entry (i, j) is row code(i) - code(j) + center (the row of offset 0): read through tblc = tbl + center
+  const float* tblc = tbl + bias_table_row(BiasTableShape::make(g.wt, g.wh, g.ww), 0, 0, 0, 0, 0, 0);
+  if (win_tabs) {  // every row's token, region and code | region << kTabCodeBits, once per block
     for (int t = tid; t < nkt * kTile; t += Tr::kThreads) {  // sass: trips(keytiles * 64 / kThreads)
       int tk = -1, rg = 0, cd = 0;  // (code 0 past N: such a row still indexes the table in bounds)
       if (t < N) {
@@ -1383,7 +1401,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
       int* e = wtab + (t >> 6) * Tr::kWTabInts + (t & 63);
       e[0] = tk;
       e[64] = rg;
-      e[128] = cd;
+      e[128] = cd | (rg << kTabCodeBits);
     }
   }
   if (table) {
@@ -1465,6 +1483,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
       __syncthreads();
       const T* img = image_base(qkv, b, p.img_qkv);
       const T* go = image_base(gout, b, p.img_out);
+      const T* pad = static_cast<const T*>(p.pad);
       if (knew) gather_scalar<Tr>(sK, img, go, pad, tab_k(ks, kt), 1, 1, 2, min(kTile, N - kt0), d, dp, C, hd);
       if (qnew) gather_scalar<Tr>(sQ, img, go, pad, tab_q(qs, st), 0, 3, 2, min(kTile, N - q0), d, dp, C, hd);
     }
@@ -1496,10 +1515,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
     r.lse1 = lse2_of(lse, r.i1, N);
     r.rq0 = tq[64 + wrow0 + gr];
     r.rq1 = tq[64 + wrow0 + gr + 8];
-    r.brow0 = bias_h + static_cast<int64_t>(r.i0 < N ? r.i0 : 0) * Nu;
-    r.brow1 = bias_h + static_cast<int64_t>(r.i1 < N ? r.i1 : 0) * Nu;
-    r.rc0 = table ? tq[128 + wrow0 + gr] + center : 0;
-    r.rc1 = table ? tq[128 + wrow0 + gr + 8] + center : 0;
+    r.brow0 = bias_head() + static_cast<int64_t>(r.i0 < N ? r.i0 : 0) * Nu;  // (unread with a table)
+    r.brow1 = bias_head() + static_cast<int64_t>(r.i1 < N ? r.i1 : 0) * Nu;
+    r.rc0 = table ? tq[128 + wrow0 + gr] & kTabCodeMask : 0;
+    r.rc1 = table ? tq[128 + wrow0 + gr + 8] & kTabCodeMask : 0;
     r.iq0 = Tr::kV2 ? invq[qs * 64 + wrow0 + gr] : 0.f;
     r.iq1 = Tr::kV2 ? invq[qs * 64 + wrow0 + gr + 8] : 0.f;
     return r;
@@ -1507,44 +1526,53 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
   // The log2-unit logits (x0, x1) of the lane's rows at column c of the key
   // tile (key j = kt0 + c; -inf past N) from the raw products s0, s1; V2 also
   // the cosines times ||q|| (cs0, cs1).
-  const auto logits = [&](const RowPair& r, const int* tk, int ks, int c, int j, float s0, float s1, float& x0,
-                          float& x1, float& cs0, float& cs1) {
-    x0 = x1 = ninf;
-    cs0 = cs1 = 0.f;
-    if (j < N) {
-      float bb0, bb1;  // bias and mask, log2 units
-      if (table) {  // the staged table column (rows past N: an in-bounds entry, P = 0 there)
-        const int kcd = tk[128 + c];
-        bb0 = tbl[r.rc0 - kcd];
-        bb1 = tbl[r.rc1 - kcd];
-      } else {  // sass: skip(gathered)
-        bb0 = r.i0 < N ? r.brow0[j] * l2e : 0.f;
-        bb1 = r.i1 < N ? r.brow1[j] * l2e : 0.f;
-      }
-      if (p.masked) {
-        const int rk = tk[64 + c];
-        if (r.rq0 != rk) bb0 += mask_l2;
-        if (r.rq1 != rk) bb1 += mask_l2;
-      }
-      if constexpr (Tr::kV2) {
-        const float cf = invk[ks * 64 + c];
-        cs0 = s0 * cf;
-        cs1 = s1 * cf;
-        x0 = fmaf(cs0, sh_log2 * r.iq0, bb0);
-        x1 = fmaf(cs1, sh_log2 * r.iq1, bb1);
-      } else {
-        x0 = fmaf(s0, scale_log2, bb0);
-        x1 = fmaf(s1, scale_log2, bb1);
-      }
+  const auto logits = [&](auto tab, const RowPair& r, const int* tk, int ks, int c, int j, float s0, float s1,
+                          float& x0, float& x1, float& cs0, float& cs1) {
+    // Straight-line (the table's choice a template argument, keys past N
+    // selected away at the end): no branch per entry, so that ptxas issues an
+    // n-tile's loads together (see the streaming forward's add_bias).
+    float bb0, bb1;  // bias and mask, log2 units
+    int rk;          // the key's shift region
+    if constexpr (decltype(tab)::value) {  // the staged table column (rows, keys past N: in-bounds entries)
+      const int v = tk[128 + c];  // code | region << kTabCodeBits
+      bb0 = tblc[r.rc0 - (v & kTabCodeMask)];
+      bb1 = tblc[r.rc1 - (v & kTabCodeMask)];
+      rk = v >> kTabCodeBits;
+    } else {  // sass: skip(gathered) (predicated loads: none past N)
+      bb0 = r.i0 < N && j < N ? r.brow0[j] * l2e : 0.f;  // sass: skip(gathered)
+      bb1 = r.i1 < N && j < N ? r.brow1[j] * l2e : 0.f;  // sass: skip(gathered)
+      rk = p.masked ? tk[64 + c] : 0;  // sass: skip(gathered)
     }
+    if (p.masked) {
+      if (r.rq0 != rk) bb0 += mask_l2;
+      if (r.rq1 != rk) bb1 += mask_l2;
+    }
+    if constexpr (Tr::kV2) {
+      const float cf = invk[ks * 64 + c];
+      cs0 = s0 * cf;
+      cs1 = s1 * cf;
+      x0 = fmaf(cs0, sh_log2 * r.iq0, bb0);
+      x1 = fmaf(cs1, sh_log2 * r.iq1, bb1);
+    } else {
+      cs0 = cs1 = 0.f;
+      x0 = fmaf(s0, scale_log2, bb0);
+      x1 = fmaf(s1, scale_log2, bb1);
+    }
+    const bool in = j < N;
+    x0 = in ? x0 : ninf;
+    x1 = in ? x1 : ninf;
+    cs0 = in ? cs0 : 0.f;
+    cs1 = in ? cs1 : 0.f;
   };
 
   for (int it = 0; it < nimg; ++it) {  // sass: image-loop
     const int b = b0 + it;
-    const float* lse = static_cast<const float*>(p.lse) + ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * Nu;
-    // The image's D rows, in lse's layout (this block's own rows: written by
-    // the D pass, read back by the same warp after block barriers).
-    float* Dw = static_cast<float*>(p.Drow) + ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * Nu;
+    // lse's and D's rows of the image (one layout; D: this block's own rows,
+    // written by the D pass, read back by the same warp after block
+    // barriers), formed at each use: no pointer held across the passes.
+    const auto rows_off = [&] { return ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * Nu; };
+    const auto lse_at = [&] { return static_cast<const float*>(p.lse) + rows_off(); };
+    const auto Dw_at = [&] { return static_cast<float*>(p.Drow) + rows_off(); };
     // dqkv's image base, formed at each use (see image_base)
     const auto dimg_at = [&] { return image_base(static_cast<T*>(p.dqkv), b, p.img_qkv); };
 
@@ -1562,30 +1590,37 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
         const unsigned char* sQ = sQD + qs * 2 * Tr::kTileBytes;
         const unsigned char* sdO = sQ + Tr::kTileBytes;
         if (q0 + wrow0 < N) {
-          const RowPair r = rows_of(lse, q0, tab_q(qs, st), qs);
+          const RowPair r = rows_of(lse_at(), q0, tab_q(qs, st), qs);
 #pragma unroll
           for (int kh = 0; kh < 2; ++kh) {
             if (kh * 32 >= n_keys) break;
             float s[4][4], dpf[4][4];
             rows_x_rowsT<Tr, 4>(s, sQ + wrow0 * Tr::kRowBytes, sK, n_keys, dp, lane, kh * 4);
             rows_x_rowsT<Tr, 4>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, n_keys, dp, lane, kh * 4);
+            const auto dsum_half = [&](auto tab) {
 #pragma unroll
-            for (int nt = 0; nt < 4; ++nt) {
+              for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                const int c = (kh * 4 + nt) * 8 + c0 + e;
-                float x0, x1, cs0, cs1;
-                logits(r, tk, ks, c, kt0 + c, s[nt][e], s[nt][2 + e], x0, x1, cs0, cs1);
-                dsum0 = fmaf(bexp2(x0 - r.lse0), dpf[nt][e], dsum0);
-                dsum1 = fmaf(bexp2(x1 - r.lse1), dpf[nt][2 + e], dsum1);
+                for (int e = 0; e < 2; ++e) {
+                  const int c = (kh * 4 + nt) * 8 + c0 + e;
+                  float x0, x1, cs0, cs1;
+                  logits(tab, r, tk, ks, c, kt0 + c, s[nt][e], s[nt][2 + e], x0, x1, cs0, cs1);
+                  dsum0 = fmaf(bexp2(x0 - r.lse0), dpf[nt][e], dsum0);
+                  dsum1 = fmaf(bexp2(x1 - r.lse1), dpf[nt][2 + e], dsum1);
+                }
               }
+            };
+            if (table) {
+              dsum_half(std::true_type{});
+            } else {  // sass: skip(gathered)
+              dsum_half(std::false_type{});  // sass: skip(gathered)
             }
           }
           if (kt == nkt - 1) {  // the rows' D: the quad's parts (padding rows: dO = 0, D = 0)
             const float D0 = quad_sum4(dsum0), D1 = quad_sum4(dsum1);
             if ((lane & 3) == 0) {
-              if (r.i0 < N) Dw[r.i0] = D0;
-              if (r.i1 < N) Dw[r.i1] = D1;
+              if (r.i0 < N) Dw_at()[r.i0] = D0;
+              if (r.i1 < N) Dw_at()[r.i1] = D1;
             }
           }
         }
@@ -1611,10 +1646,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
 
         // ---- rows of this warp: S, dP, P, dS in registers; dQ += dS K; P, dS staged
         if (q0 + wrow0 < N) {
-          const RowPair r = rows_of(lse, q0, tq, qs);
+          const RowPair r = rows_of(lse_at(), q0, tq, qs);
           const int i0 = r.i0, i1 = r.i1;
           // D of the rows, from the D pass (rows past N: P = 0, D unused)
-          const float D0 = i0 < N ? Dw[i0] : 0.f, D1 = i1 < N ? Dw[i1] : 0.f;
+          const float D0 = i0 < N ? Dw_at()[i0] : 0.f, D1 = i1 < N ? Dw_at()[i1] : 0.f;
           [[maybe_unused]] const float iq0 = r.iq0, iq1 = r.iq1;
           // dS (V2: dS / ||k||) as the A fragments of dQ += dS K.  Zeroed: the
           // k-steps past n_keys are never formed, and an array defined on some
@@ -1628,44 +1663,70 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
             if constexpr (Tr::kV2) rows_x_rowsT<Tr, 4>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, n_keys, dp, lane, kh * 4);
             rows_x_rowsT<Tr, 4>(s, sQ + wrow0 * Tr::kRowBytes, sK, n_keys, dp, lane, kh * 4);
             [[maybe_unused]] float ca0 = 0.f, ca1 = 0.f, cb0 = 0.f, cb1 = 0.f;
+            const auto p_half = [&](auto tab) {
 #pragma unroll
-            for (int nt = 0; nt < 4; ++nt) {
+              for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                const int c = (kh * 4 + nt) * 8 + c0 + e;
-                float x0, x1;
-                [[maybe_unused]] float cs0, cs1;  // V2: q.k / ||k|| (the cosine times ||q||)
-                logits(r, tk, ks, c, kt0 + c, s[nt][e], s[nt][2 + e], x0, x1, cs0, cs1);
-                const float p0 = bexp2(x0 - r.lse0), p1 = bexp2(x1 - r.lse1);
-                if constexpr (Tr::kV2) {  // d head_scale: sum_j dS cos = sum_j P dP c - D sum_j P c, over ||q||
-                  cb0 = fmaf(p0, cs0, cb0);
-                  cb1 = fmaf(p1, cs1, cb1);
-                  ca0 = fmaf(p0 * dpf[nt][e], cs0, ca0);
-                  ca1 = fmaf(p1 * dpf[nt][2 + e], cs1, ca1);
+                for (int e = 0; e < 2; ++e) {
+                  const int c = (kh * 4 + nt) * 8 + c0 + e;
+                  float x0, x1;
+                  [[maybe_unused]] float cs0, cs1;  // V2: q.k / ||k|| (the cosine times ||q||)
+                  logits(tab, r, tk, ks, c, kt0 + c, s[nt][e], s[nt][2 + e], x0, x1, cs0, cs1);
+                  const float p0 = bexp2(x0 - r.lse0), p1 = bexp2(x1 - r.lse1);
+                  if constexpr (Tr::kV2) {  // d head_scale: sum_j dS cos = sum_j P dP c - D sum_j P c, over ||q||
+                    cb0 = fmaf(p0, cs0, cb0);
+                    cb1 = fmaf(p1, cs1, cb1);
+                    ca0 = fmaf(p0 * dpf[nt][e], cs0, ca0);
+                    ca1 = fmaf(p1 * dpf[nt][2 + e], cs1, ca1);
+                  }
+                  s[nt][e] = p0;
+                  s[nt][2 + e] = p1;
                 }
-                s[nt][e] = p0;
-                s[nt][2 + e] = p1;
               }
+            };
+            if (table) {
+              p_half(std::true_type{});
+            } else {  // sass: skip(gathered)
+              p_half(std::false_type{});  // sass: skip(gathered)
             }
             if constexpr (!Tr::kV2) rows_x_rowsT<Tr, 4>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, n_keys, dp, lane, kh * 4);
             if constexpr (Tr::kV2) ds_acc += iq0 * (ca0 - D0 * cb0) + iq1 * (ca1 - D1 * cb1);
 #pragma unroll
-            for (int nt = 0; nt < 4; ++nt) {  // dS = P o (dP - D); the chunk's bias gradient by its owner lane
+            for (int nt = 0; nt < 4; ++nt) {  // dS = P o (dP - D)
               dpf[nt][0] = s[nt][0] * (dpf[nt][0] - D0);
               dpf[nt][1] = s[nt][1] * (dpf[nt][1] - D0);
               dpf[nt][2] = s[nt][2] * (dpf[nt][2] - D1);
               dpf[nt][3] = s[nt][3] * (dpf[nt][3] - D1);
+            }
+            {
+              // The chunk's bias gradient, by its owner lane, into the block's N x N
+              // sums, kRmwNT n-tiles at a time: their entries' old sums loaded
+              // before any is stored (predicated, no branch per entry), so that
+              // the half's 16 read-modify-writes wait for about one load latency,
+              // not for 16 in a row (they did before: a branch per entry).
+              float* drow0 = dbias + static_cast<int64_t>(i0 < N ? i0 : 0) * Nu;
+              float* drow1 = dbias + static_cast<int64_t>(i1 < N ? i1 : 0) * Nu;
+              constexpr int kRmwNT = 4;  // (the whole half; 2 or 1 spilled in ptxas's V1 schedules)
 #pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                const int j = kt0 + (kh * 4 + nt) * 8 + c0 + e;
-                if (j < N) {
-                  if (i0 < N) {
-                    float* q = dbias + static_cast<int64_t>(i0) * Nu + j;
-                    *q = it == 0 ? dpf[nt][e] : *q + dpf[nt][e];
+              for (int n2 = 0; n2 < 4; n2 += kRmwNT) {
+                float old[kRmwNT][4];
+#pragma unroll
+                for (int n = 0; n < kRmwNT; ++n) {
+#pragma unroll
+                  for (int e = 0; e < 2; ++e) {
+                    const int j = kt0 + (kh * 4 + n2 + n) * 8 + c0 + e;
+                    old[n][e] = it != 0 && i0 < N && j < N ? drow0[j] : 0.f;
+                    old[n][2 + e] = it != 0 && i1 < N && j < N ? drow1[j] : 0.f;
                   }
-                  if (i1 < N) {
-                    float* q = dbias + static_cast<int64_t>(i1) * Nu + j;
-                    *q = it == 0 ? dpf[nt][2 + e] : *q + dpf[nt][2 + e];
+                }
+#pragma unroll
+                for (int n = 0; n < kRmwNT; ++n) {
+#pragma unroll
+                  for (int e = 0; e < 2; ++e) {
+                    const int j = kt0 + (kh * 4 + n2 + n) * 8 + c0 + e;
+                    const float* d = dpf[n2 + n];
+                    if (i0 < N && j < N) drow0[j] = it == 0 ? d[e] : old[n][e] + d[e];
+                    if (i1 < N && j < N) drow1[j] = it == 0 ? d[2 + e] : old[n][2 + e] + d[2 + e];
                   }
                 }
               }
@@ -1698,7 +1759,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
           }
           // dQ of the window: this key tile's part added in a fixed order
           // (key tile 0 first), kDNH n-tiles at a time.
-          float4* fq = dqbuf + ((q0 + wrow0) / 16 * kDN) * 32 + lane;
+          float4* fq = dqbuf() + ((q0 + wrow0) / 16 * kDN) * 32 + lane;
 #pragma unroll
           for (int hf = 0; hf < Tr::kHalves; ++hf) {
             float acc[Tr::kDNH][4];
@@ -1735,7 +1796,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
             float* dpad_acc = dpad_w + (pass ? 0 : Tr::kDPad);
             const float kmul = pass ? scale : 1.f;
             {  // float32 accumulators (shared memory or the workspace), kDNH n-tiles at a time
-              float4* fkv = kvacc + ((pass * kTile + wrow0) / 16 * kDN) * 32 + lane;
+              float4* fkv = kvacc() + ((pass * kTile + wrow0) / 16 * kDN) * 32 + lane;
 #pragma unroll
               for (int hf = 0; hf < Tr::kHalves; ++hf) {
                 float acc[Tr::kDNH][4];
@@ -1760,7 +1821,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
           if (q0 + wrow0 < N) {  // from the buffer (not held in registers through dK, dV)
             unsigned char* q_rows = sQ + wrow0 * Tr::kRowBytes;
             [[maybe_unused]] const float* iq = invq + qs * 64 + wrow0 + gr;
-            finish_frags<Tr>(p, dqbuf + ((q0 + wrow0) / 16 * kDN) * 32 + lane, Tr::kV2 ? q_rows : nullptr,
+            finish_frags<Tr>(p, dqbuf() + ((q0 + wrow0) / 16 * kDN) * 32 + lane, Tr::kV2 ? q_rows : nullptr,
                              Tr::kV2 ? iq[0] : 0.f, Tr::kV2 ? iq[8] : 0.f, Tr::kV2 ? s_h : scale, 0, tq + wrow0, nullptr,
                              0, dimg_at(), d, dp, hd, lane, q_rows);
           }

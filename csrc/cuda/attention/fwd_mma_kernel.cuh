@@ -95,8 +95,10 @@ struct FwdMmaTraits {
 
   // ---- attn_fwd_stream_kernel (N > 64): the running O of the whole head_dim
   // stays in registers, so larger head_dims take smaller key tiles (S: 4
-  // registers per 8 keys).
-  static constexpr int kStrKeys = kDPad >= 128 ? 16 : (kDPad >= 64 ? 32 : 64);
+  // registers per 8 keys).  32 keys at head_dim 32 (64 until 2026-12-04):
+  // the scores' loads issued together need the registers of a 64-key tile's
+  // second half; 64 at head_dim 16 (its gather needs 128 chunks a tile).
+  static constexpr int kStrKeys = kDPad >= 128 ? 16 : (kDPad >= 32 ? 32 : 64);
   static constexpr int kStrNT = kStrKeys / 8, kStrKV = kStrKeys / 16;
   static constexpr int kKVTileBytes = kStrKeys * kRowBytes;
   static constexpr int kStrTokQ = 0;                    // int[64]: token of each query row
@@ -111,8 +113,9 @@ struct FwdMmaTraits {
   // kStrKeys), formed once per block; then (a table bias) the head's column
   // of the relative-position table in log2 units.
   // Not at head_dim 128, whose 64 float32 accumulators of O leave no
-  // registers for them (ptxas spills): its tiles form their own tables.
-  static constexpr bool kStrTabs = kDPad < 128;
+  // registers for them, nor at head_dim 16, whose 64-key tiles' table loads
+  // do not fit (ptxas spills): their tiles form their own tables.
+  static constexpr bool kStrTabs = kDPad < 128 && kDPad > 16;
   static constexpr int str_tabs_bytes(int keys) { return align_up(3 * keys * 4, kSmemAlign); }
   static constexpr int str_table_bytes(int bias_rows) { return align_up(bias_rows * 4, kSmemAlign); }
   static constexpr int kStrSlots = 2 * kStrKeys * kVecs / kThreads;  // k, v chunks per thread and key tile
@@ -696,13 +699,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
   // The window's tables and the bias table in shared memory (win_tabs): the
   // tokens of every key decoded once per block (the gathers, the query rows
   // and the key regions read them); else decoded per tile as it is issued.
-  bool win_tabs = p.win_tabs, table = p.bias_table;
-  if constexpr (!Tr::kStrTabs) win_tabs = table = false;
+  // (read from the parameters where used: no register held across the kernel)
+  const bool win_tabs = Tr::kStrTabs && p.win_tabs, table = Tr::kStrTabs && p.bias_table;
   const int nkeys = nkt * kKeys;
-  int* wtok = reinterpret_cast<int*>(smem + Tr::kStrSmem);  // [nkeys], then regions, then codes
+  // [nkeys] tokens, then regions, then codes | region << kTabCodeBits
+  int* wtok = reinterpret_cast<int*>(smem + Tr::kStrSmem);
   float* tbl = reinterpret_cast<float*>(smem + Tr::kStrSmem + Tr::str_tabs_bytes(nkeys));
   if (win_tabs) {
-    for (int t = tid; t < nkeys; t += Tr::kThreads) {  // sass-dyn: trips=(keytiles * 64 + threads - 1) // threads
+    for (int t = tid; t < nkeys; t += Tr::kThreads) {  // sass-dyn: trips=(keytiles * keys + threads - 1) // threads
       int tk = -1, rg = 0, cd = 0;  // (code 0 past N: such a row still indexes the table in bounds)
       if (t < N) {
         window_token(g, wo, t, tk, rg);
@@ -710,7 +714,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
       }
       wtok[t] = tk;
       wtok[nkeys + t] = rg;
-      wtok[2 * nkeys + t] = cd;
+      wtok[2 * nkeys + t] = cd | (rg << kTabCodeBits);
     }
     if (table) {
       const float* col = static_cast<const float*>(p.bias) + h;
@@ -791,8 +795,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
   const int gi = lane >> 2, ti = lane & 3;
   const int i0 = row0 + wrow0 + gi, i1 = i0 + 8;
   const float mask_l2 = kShiftMaskValue * l2e;
-  // table: entry (i, j) is row code(i) - code(j) + center (the row of offset 0)
-  const int center = bias_table_row(BiasTableShape::make(g.wt, g.wh, g.ww), 0, 0, 0, 0, 0, 0);
+  // table: entry (i, j) is row code(i) - code(j) + center (the row of offset
+  // 0), read through tblc = the table + center
+  const float* tblc = tbl + bias_table_row(BiasTableShape::make(g.wt, g.wh, g.ww), 0, 0, 0, 0, 0, 0);
 
   float o[kDN][4];
 #pragma unroll
@@ -845,37 +850,56 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
       float s[kNT][4];
       qk_tile<Tr, kNT>(s, sQ + wrow0 * Tr::kRowBytes, sK, dp, lane);
       const int* rk = win_tabs && vec ? wtok + nkeys + kt0 : regk + cur * kKeys;
-      const int* ck = wtok + 2 * nkeys + kt0;  // (table: the keys' codes)
+      const int* ck = wtok + 2 * nkeys + kt0;  // (table: the keys' codes and regions)
       // (read per key tile: not held across the loop)
-      const int rc0 = table ? wtok[2 * nkeys + (i0 < N ? i0 : 0)] + center : 0;
-      const int rc1 = table ? wtok[2 * nkeys + (i1 < N ? i1 : 0)] + center : 0;
+      const int rc0 = table ? wtok[2 * nkeys + (i0 < N ? i0 : 0)] & kTabCodeMask : 0;
+      const int rc1 = table ? wtok[2 * nkeys + (i1 < N ? i1 : 0)] & kTabCodeMask : 0;
       const int rq0 = regq[wrow0 + gi], rq1 = regq[wrow0 + gi + 8];
       [[maybe_unused]] float rf0 = 0.f, rf1 = 0.f;
       if constexpr (Tr::kV2) {
         rf0 = sh_log2 * inv_q[wrow0 + gi];
         rf1 = sh_log2 * inv_q[wrow0 + gi + 8];
       }
+      // The scores plus bias and mask, log2 units, -inf past N: straight-line
+      // code per entry, the table's choice taken once per key tile, keys past
+      // N reading in-bounds table entries (code 0) or none, and selected
+      // away, so that ptxas issues the key tile's loads together.  (A branch
+      // per entry cost the window-12 forward a third of its time on the H200:
+      // each entry's load latency after the last one's; gpu_check 2026-12-04-1835.)
+      const auto add_bias = [&](auto tab) {
+        constexpr bool kTab = decltype(tab)::value;
+        [[maybe_unused]] const float* brow0 = bias_h + static_cast<int64_t>(i0 < N ? i0 : 0) * N;
+        [[maybe_unused]] const float* brow1 = bias_h + static_cast<int64_t>(i1 < N ? i1 : 0) * N;
+        // Per n-tile (8 keys): an n-tile whose keys are all past N is skipped
+        // (a uniform branch), which also bounds the loads ptxas issues ahead
+        // to one n-tile's (all of the tile's at once would not fit 128
+        // registers).
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
+        for (int nt = 0; nt < kNT; ++nt) {
+          if (kt0 + nt * 8 >= N) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = ninf;
+            continue;
+          }
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int c = nt * 8 + 2 * ti + e, j = kt0 + c;
-          float x0 = ninf, x1 = ninf;
-          if (j < N) {
+          for (int e = 0; e < 2; ++e) {
+            const int c = nt * 8 + 2 * ti + e, j = kt0 + c;
             float b0, b1;  // bias and mask, log2 units
-            if (table) {  // the staged table column (rows past N: an in-bounds entry, masked out below)
-              const int cj = ck[c];
-              b0 = tbl[rc0 - cj];
-              b1 = tbl[rc1 - cj];
-            } else {  // sass: skip(gathered)
-              b0 = i0 < N ? bias_h[static_cast<int64_t>(i0) * N + j] * l2e : 0.f;
-              b1 = i1 < N ? bias_h[static_cast<int64_t>(i1) * N + j] * l2e : 0.f;
+            int rkj;       // the key's shift region
+            if constexpr (kTab) {  // the staged table column (rows and keys past N: in-bounds entries)
+              const int v = ck[c];
+              b0 = tblc[rc0 - (v & kTabCodeMask)];
+              b1 = tblc[rc1 - (v & kTabCodeMask)];
+              rkj = v >> kTabCodeBits;
+            } else {  // sass: skip(gathered) (predicated loads: none past N)
+              b0 = i0 < N && j < N ? brow0[j] * l2e : 0.f;  // sass: skip(gathered)
+              b1 = i1 < N && j < N ? brow1[j] * l2e : 0.f;  // sass: skip(gathered)
+              rkj = p.masked ? rk[c] : 0;  // sass: skip(gathered)
             }
             if (p.masked) {
-              const int rkj = rk[c];
               if (rq0 != rkj) b0 += mask_l2;
               if (rq1 != rkj) b1 += mask_l2;
             }
+            float x0, x1;
             if constexpr (Tr::kV2) {
               const float cf = inv_q[64 + cur * kKeys + c];
               x0 = fmaf(s[nt][e] * cf, rf0, b0);
@@ -884,10 +908,15 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_stream_
               x0 = fmaf(s[nt][e], scale_log2, b0);
               x1 = fmaf(s[nt][2 + e], scale_log2, b1);
             }
+            s[nt][e] = j < N ? x0 : ninf;
+            s[nt][2 + e] = j < N ? x1 : ninf;
           }
-          s[nt][e] = x0;
-          s[nt][2 + e] = x1;
         }
+      };
+      if (table) {
+        add_bias(std::true_type{});
+      } else {  // sass: skip(gathered)
+        add_bias(std::false_type{});  // sass: skip(gathered)
       }
       float mx0 = m0, mx1 = m1;
       tile_row_max<kNT>(s, mx0, mx1);

@@ -27,6 +27,13 @@ constexpr int kRowTile = 16;        // rows of a warp tile (the WMMA M and the S
 constexpr int kFusedMaxN = 64;      // the fused backward holds the whole window in one tile
 constexpr int kSmallestOptinSmem = 101376;  // sm_86 / sm_89 opt-in limit per block (99 KB)
 constexpr int kSmemAlign = 128;
+// The key-tiled kernels' window tables pack a key's relative-position code
+// and its shift region into one int, code | region << kTabCodeBits: one
+// shared load for both in the scores' loop.  A table staged in shared memory
+// has at most 2^kTabCodeBits rows (kTabMaxRows; 99 KB allows ~25,000).
+constexpr int kTabCodeBits = 16;
+constexpr int kTabCodeMask = (1 << kTabCodeBits) - 1;
+constexpr int kTabMaxRows = 1 << kTabCodeBits;
 
 template <typename T>
 struct IsTensorCore : std::false_type {};

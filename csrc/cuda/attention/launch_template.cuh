@@ -114,7 +114,8 @@ FwdPlan plan_fwd(const AttnParams& p, int force_chunk, bool per_tile) {
       const int keys = ceil_div<int>(p.g.N, M1::kStrKeys) * M1::kStrKeys;
       const int tabs = M1::str_tabs_bytes(keys), tbl = p.bias_table ? M1::str_table_bytes(p.bias_rows) : 0;
       plan.win_tabs = M1::kStrTabs && !per_tile && plan.smem + tabs <= kSmallestOptinSmem;
-      plan.table_smem = plan.win_tabs && p.bias_table && plan.smem + tabs + tbl <= kSmallestOptinSmem;
+      plan.table_smem = plan.win_tabs && p.bias_table && p.bias_rows <= kTabMaxRows &&
+                        plan.smem + tabs + tbl <= kSmallestOptinSmem;
       plan.smem += (plan.win_tabs ? tabs : 0) + (plan.table_smem ? tbl : 0);
     }
   } else {
@@ -227,8 +228,9 @@ BwdPlan plan_bwd_mma(const AttnParams& p, int smem_optin, BwdChoice choice, int 
     // The table in shared memory where the streamed form fits with it; the
     // window's dQ in shared memory (kWindow) where that fits as well and
     // keeps as many blocks per SM as the streamed form.
-    plan.win_tabs = choice != BwdChoice::kPerTile && window_smem(false, tabs_bytes) <= smem_optin;
-    plan.table_smem = plan.win_tabs && p.bias_table && window_smem(false, tabs_bytes + table_bytes) <= smem_optin;
+    plan.win_tabs = M1::kWinTabs && choice != BwdChoice::kPerTile && window_smem(false, tabs_bytes) <= smem_optin;
+    plan.table_smem = plan.win_tabs && p.bias_table && p.bias_rows <= kTabMaxRows &&
+                      window_smem(false, tabs_bytes + table_bytes) <= smem_optin;
     const int extra = (plan.win_tabs ? tabs_bytes : 0) + (plan.table_smem ? table_bytes : 0);
     const int res = window_smem(true, extra), str = window_smem(false, extra);
     if (choice != BwdChoice::kStreaming && res <= smem_optin && per_sm(res) >= per_sm(str)) {
