@@ -34,8 +34,13 @@ if [ "$PHASE" != "build" ]; then
     echo "== dependencies: requirements-dev.txt unchanged since they were installed, skipping"
   else
     echo "== installing dependencies (requirements-dev.txt; the first time ~6 GB, torch's CUDA wheels included)"
-    $PIP install -q --upgrade pip >/dev/null 2>&1 || true
-    $PIP install -q -r requirements-dev.txt
+    # A full disk is the one failure here that is not the project's: say so before pip does.
+    FREE_GB=$(df -Pk "$VENV" 2>/dev/null | awk 'NR == 2 {print int($4 / 1048576)}')
+    if [ -n "$FREE_GB" ] && [ "$FREE_GB" -lt 8 ]; then
+      echo "== warning: $FREE_GB GB free on the disk of $VENV; the dependencies take ~6 GB and the build ~1 GB"
+    fi
+    $PIP install -q --no-cache-dir --upgrade pip >/dev/null 2>&1 || true
+    $PIP install -q --no-cache-dir -r requirements-dev.txt
     echo "$DEPS_KEY" > "$STAMPS/deps"
   fi
 fi
