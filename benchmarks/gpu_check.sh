@@ -18,7 +18,8 @@
 #      batch 8, vs transformers' UperNet; at most 45 s); then the Video Swin
 #      row (swin3d_t bf16, clip 16x224x224, batch 8, training and inference,
 #      vs torchvision's swin3d_t; at most 45 s);
-#   3d. host time per op call, public op vs raw ops vs composite (host_overhead.py, ~10 s);
+#   3d. host time per op call, public op vs raw ops vs composite, and of the whole Swin-T-shaped
+#       model at negligible compute, train step and inference forward (host_overhead.py --step, ~15 s);
 #   4. the op table (bench_ops.py): forward and forward+backward, bf16 then
 #      fp16: the attention at window 7 (Swin-T), 12 (Swin-B 384) and V2
 #      window 8 / 16 against timm's own attention code under autocast and
@@ -206,7 +207,7 @@ step "3d. Host time per op call (benchmarks/host_overhead.py)"
 B=$(budget 30 150)
 if skipped 3d; then :
 elif (( B >= 10 )); then
-  timeout "$B" $PY benchmarks/host_overhead.py $DEV --calls 200 --md-out "$REPORT" \
+  timeout "$B" $PY benchmarks/host_overhead.py $DEV --calls 200 --step --md-out "$REPORT" \
     || say "(host_overhead.py stopped: exit status $?)"
 else
   say "(skipped: $B s of the budget for it)"

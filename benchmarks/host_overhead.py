@@ -108,8 +108,9 @@ def cases(device: torch.device) -> Dict[str, Dict[str, Callable[[], object]]]:
     }
 
 
-def step_ms(impl: str, device: torch.device, compiled: bool, steps: int = 50) -> float:
-    """Milliseconds per training step of a Swin-T-shaped model at negligible compute (56 px, embed 16)."""
+def step_ms(impl: str, device: torch.device, compiled: bool, steps: int = 50, infer: bool = False) -> float:
+    """Milliseconds per training step (``infer``: per eval forward under inference_mode) of a
+    Swin-T-shaped model at negligible compute (56 px, embed 16): the host's time for the model."""
     kw = dict(img_size=56, embed_dim=16, num_heads=(1, 2, 4, 8), num_classes=10, drop_path_rate=0.0)
     torch.manual_seed(0)
     if impl == "timm":
@@ -128,6 +129,13 @@ def step_ms(impl: str, device: torch.device, compiled: bool, steps: int = 50) ->
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    def forward():
+        with torch.inference_mode():
+            run(x)
+
+    if infer:
+        model.eval()
+        return per_call_us(forward, device, steps) / 1e3
     return per_call_us(step, device, steps) / 1e3
 
 
@@ -158,13 +166,15 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | {us['wrapper']:.1f} | {us['raw ops']:.1f} | {us['composite']:.1f} |")
     if args.step:
         linears = "F.linear" if args.no_onednn or device.type != "cpu" else "oneDNN custom ops on the CPU"
-        lines += ["", f"Training step of the Swin-T-shaped model at 56 px, embed 16 (batch 1; swin_ext's Linears: "
-                  f"{linears}), ms:", "",
-                  "| implementation | eager | torch.compile |", "|---|---:|---:|"]
+        lines += ["", f"The Swin-T-shaped model at 56 px, embed 16 (batch 1; swin_ext's Linears: {linears}), "
+                  "ms per training step and per inference forward (eval, inference_mode): the host's time for "
+                  "the model, the compute negligible:", "",
+                  "| implementation | train, eager | train, torch.compile | inference, eager |", "|---|---:|---:|---:|"]
         for impl in ("swin_ext", "timm"):
             eager = step_ms(impl, device, False)
             comp = f"{step_ms(impl, device, True):.2f}" if args.compile else "-"
-            lines.append(f"| {impl} | {eager:.2f} | {comp} |")
+            infer = step_ms(impl, device, False, infer=True)
+            lines.append(f"| {impl} | {eager:.2f} | {comp} | {infer:.2f} |")
     text = "\n".join(lines)
     print(text, flush=True)
     if args.md_out:

@@ -76,11 +76,18 @@ def test_bench_ops_sdpa_alone_computes_the_fused_function(capsys):
 def test_host_overhead_script_times_every_path(capsys):
     """benchmarks/host_overhead.py (a gpu_check step): one row per op, every path timed."""
     host_overhead = _benchmark("host_overhead")
-    assert host_overhead.main(["--calls", "2"]) == 0
-    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
-    assert [r.split("|")[1].strip() for r in rows] == ["add+LN", "bias+GELU", "attention"]
-    for r in rows:
+    assert host_overhead.main(["--calls", "2", "--step"]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "---" not in ln]
+    ops = [r for r in rows if r.split("|")[1].strip() in ("add+LN", "bias+GELU", "attention")]
+    assert [r.split("|")[1].strip() for r in ops] == ["add+LN", "bias+GELU", "attention"]
+    for r in ops:
         assert all(float(c) > 0 for c in r.strip("| ").split("|")[1:]), r
+    # --step: the model's train step (eager) and inference forward, swin_ext and timm (no --compile: "-")
+    steps = {r.split("|")[1].strip(): [c.strip() for c in r.strip("| ").split("|")[1:]] for r in rows
+             if r.split("|")[1].strip() in ("swin_ext", "timm")}
+    assert set(steps) == {"swin_ext", "timm"}, rows
+    for cells in steps.values():
+        assert cells[1] == "-" and float(cells[0]) > 0 and float(cells[2]) > 0, cells
 
 
 def test_measure_times_inner_calls_back_to_back():
