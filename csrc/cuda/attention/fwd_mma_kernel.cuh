@@ -96,8 +96,8 @@ struct FwdMmaTraits {
   // ---- attn_fwd_stream_kernel (N > 64): the running O of the whole head_dim
   // stays in registers, so larger head_dims take smaller key tiles (S: 4
   // registers per 8 keys).  32 keys at head_dim 32 (64 until 2026-12-04):
-  // the scores' loads issued together need the registers of a 64-key tile's
-  // second half; 64 at head_dim 16 (its gather needs 128 chunks a tile).
+  // a 64-key tile's scores left no registers for the bias loads issued
+  // together; 64 at head_dim 16 (its gather needs 128 chunks a tile).
   static constexpr int kStrKeys = kDPad >= 128 ? 16 : (kDPad >= 32 ? 32 : 64);
   static constexpr int kStrNT = kStrKeys / 8, kStrKV = kStrKeys / 16;
   static constexpr int kKVTileBytes = kStrKeys * kRowBytes;
