@@ -204,7 +204,7 @@ fi
 
 # ---------------------------------------------------------------- 3d. host time per op call
 step "3d. Host time per op call (benchmarks/host_overhead.py)"
-B=$(budget 30 150)
+B=$(budget 45 150)  # (--step: the model's train step and inference forward too)
 if skipped 3d; then :
 elif (( B >= 10 )); then
   timeout "$B" $PY benchmarks/host_overhead.py $DEV --calls 200 --step --md-out "$REPORT" \
