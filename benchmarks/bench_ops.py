@@ -358,6 +358,13 @@ def smoke(device: torch.device, out: Callable[[str], None]) -> bool:
     def rnd(*shape):
         return torch.randn(*shape, generator=g, dtype=torch.float64)
 
+    from swin_ext.layers.pos_bias import gather_bias, relative_position_index
+
+    idx12 = relative_position_index(12).reshape(-1)
+
+    def gathered12(table):  # the (heads, 144, 144) bias of a window-12 table, as the models gather it
+        return gather_bias(table, idx12.to(table.device), 144)
+
     ops = {
         "window_attention": (lambda: [rnd(2, 14, 14, 288), rnd(3, 49, 49)], [1, 0],
                              lambda q, b: swin_ext.window_attention(q, b, 7, 3),
@@ -365,6 +372,14 @@ def smoke(device: torch.device, out: Callable[[str], None]) -> bool:
         "window_attention_v2": (lambda: [rnd(2, 16, 16, 288), rnd(3, 64, 64), rnd(3).abs() * 5 + 1], [1, 0, 0],
                                 lambda q, b, s: swin_ext.window_attention_v2(q, b, s, 8, 4),
                                 lambda q, b, s: reference.window_attention_v2_reference(q, b, s, 8, 4)),
+        # the key-tiled kernels (N > 64): window 12 with its table (padded map, shifted), V2 window 16
+        "window_attention w12 table": (lambda: [rnd(2, 26, 26, 192), rnd(23 * 23, 2)], [1, 0],
+                                       lambda q, t: swin_ext.window_attention(q, t, 12, 6),
+                                       lambda q, t: reference.window_attention_reference(q, gathered12(t), 12, 6)),
+        "window_attention_v2 w16": (lambda: [rnd(2, 32, 32, 192), rnd(2, 256, 256), rnd(2).abs() * 5 + 1],
+                                    [1, 0, 0],
+                                    lambda q, b, s: swin_ext.window_attention_v2(q, b, s, 16, 8),
+                                    lambda q, b, s: reference.window_attention_v2_reference(q, b, s, 16, 8)),
         "patch_merging": (lambda: [rnd(2, 14, 14, 96), rnd(384), rnd(384)], [1, 0, 0],
                           lambda x, w, b: swin_ext.patch_merging(x, w, b),
                           lambda x, w, b: reference.patch_merging_reference(x, w, b)),

@@ -6,7 +6,8 @@
 # into the report as it goes (a kill loses nothing done).  In order:
 #   1. build in place for sm_90 only (TORCH_CUDA_ARCH_LIST=9.0), MAX_JOBS=$(nproc);
 #   2. smoke: every op forward and backward against the reference, float32
-#      and bfloat16 (bench_ops.py --smoke, ~30 s);
+#      and bfloat16, the attention also at window 12 with its table and V2
+#      window 16 (the key-tiled kernels) (bench_ops.py --smoke, ~30 s);
 #   (measured on the H200, 2026-12-04: build 74 s, smoke 10, models 120 with two compiled
 #   cases, ops 120, ncu 15, tests: test_cuda 10 s, the op tests 156 s on 6 workers)
 #   3. the model table, Swin-T bf16 at batch 128: swin_ext fused (eager and under

@@ -90,6 +90,25 @@ def test_host_overhead_script_times_every_path(capsys):
         assert cells[1] == "-" and float(cells[0]) > 0 and float(cells[2]) > 0, cells
 
 
+def test_smoke_checks_every_op_and_fails_a_wrong_one(monkeypatch):
+    """bench_ops --smoke (gpu_check's step 2): every op, the key-tiled attention (window 12 with its
+    table, V2 window 16) among them, passes against the float64 reference; an attention that computes
+    something else fails its rows and only those."""
+    bench_ops = _benchmark("bench_ops")
+    rows: list = []
+    assert bench_ops.smoke(torch.device("cpu"), rows.append)
+    names = [r.split("|")[1].strip() for r in rows[2:]]
+    assert {"window_attention", "window_attention w12 table", "window_attention_v2 w16", "patch_merging",
+            "add_layernorm", "bias_gelu"} <= set(names), names
+    assert all("| pass (" in r for r in rows[2:]), rows
+    real = swin_ext.window_attention
+    monkeypatch.setattr(swin_ext, "window_attention", lambda q, b, *a: real(q, b * 1.5, *a))
+    rows = []
+    assert not bench_ops.smoke(torch.device("cpu"), rows.append)
+    failed = {r.split("|")[1].strip() for r in rows[2:] if "| FAIL (" in r}
+    assert failed == {"window_attention", "window_attention w12 table"}, rows
+
+
 def test_measure_times_inner_calls_back_to_back():
     """_timing.measure with inner=k: every sample runs k calls and reports the time per call."""
     timing = _benchmark("_timing")
