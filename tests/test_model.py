@@ -178,6 +178,82 @@ def test_cpu_inference_gemm_epilogues_match_plain_path(monkeypatch):
     assert torch.isnan(out[1]).all() and torch.isfinite(out[0]).all() and torch.isfinite(out[2]).all()
 
 
+def test_cpu_inference_mlp_in_row_chunks(monkeypatch):
+    """A large hidden map runs fc1 + GELU -> fc2 in row chunks (layers.mlp_inference): the same logits
+    as one GEMM per Linear, more GEMMs; never with autograd recording or an active dropout."""
+    if not swin_ext.layers.onednn_available():
+        pytest.skip("oneDNN linear+GELU op not available in this torch build")
+    import swin_ext.layers.fast_linear as L
+
+    calls = _count_onednn(monkeypatch)
+    m = tiny(drop_rate=0.1).eval()
+    randomize(m)
+    x = torch.randn(3, 3, 60, 52)
+    blocks, merges = sum(TINY["depths"]), len(TINY["depths"]) - 1
+    with torch.inference_mode():
+        whole = m(x)
+        assert calls.count("gelu") == blocks
+        calls.clear()
+        # every MLP chunks, into pieces of at most 19,200 bytes of hidden map
+        monkeypatch.setattr(L, "MLP_CHUNK_MIN_BYTES", 0)
+        monkeypatch.setattr(L, "MLP_CHUNK_BYTES", 4 * 48 * 100)
+        chunked = m(x)
+    gelu = calls.count("gelu")
+    # two blocks a stage of 3 * 15 * 13, 3 * 8 * 7 and 3 * 4 * 4 tokens, hidden 48, 96, 144 floats
+    assert gelu == 2 * sum(-(-t * h * 4 // 19200) for t, h in ((585, 48), (168, 96), (48, 144))) == 24
+    assert calls.count("none") == 2 * blocks + merges + gelu  # qkv, proj; fc2 once per chunk
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+    # no chunks where a gradient is recorded (nor the epilogue), dropout is active (one epilogue GEMM
+    # per MLP), or the oneDNN paths are switched off (no oneDNN GEMM)
+    for setup, gelu in (("grad", 0), ("train", blocks), ("off", 0)):
+        calls.clear()
+        m.eval().set_cpu_inference_fusion(setup != "off")
+        if setup == "train":
+            m.train()
+        with torch.no_grad() if setup != "grad" else torch.enable_grad():
+            m(x)
+        assert calls.count("gelu") == gelu and (setup != "off" or not calls), setup
+    m.set_cpu_inference_fusion(True).eval()
+    with torch.inference_mode():  # a chunk of the stage-4 map: its 2 x 2 tokens fit one chunk
+        torch.testing.assert_close(m(x[:1]), whole[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_inactive_dropouts_are_not_called():
+    """The blocks skip the module call of a dropout / stochastic depth that cannot change its input
+    (eval, or rate 0: layers.drop.maybe_drop), and call every active one, as nn.Module would."""
+    import torch.nn as nn
+
+    from swin_ext.layers.drop import DropPath
+
+    def count_calls(model):
+        calls = []
+        for name, mod in model.named_modules():
+            if isinstance(mod, (nn.Dropout, DropPath)) and name != "pos_drop":
+                mod.register_forward_hook(lambda mod, i, o, name=name: calls.append(name))
+        return calls
+
+    x = torch.randn(2, 3, 32, 32)
+    m = tiny(drop_rate=0.0, drop_path_rate=0.0)
+    calls = count_calls(m)
+    m(x).sum().backward()  # training, every rate 0
+    m.eval()(x)
+    assert calls == []
+    m = tiny(drop_rate=0.1, drop_path_rate=0.2)
+    calls = count_calls(m)
+    m.eval()(x)
+    assert calls == []
+    torch.manual_seed(0)
+    a = m.train()(x)
+    blocks = sum(TINY["depths"])
+    # per block: the attention's output dropout, the MLP's two, stochastic depth twice but the first
+    # block's (rate 0)
+    assert len(calls) == 3 * blocks + 2 * (blocks - 1)
+    torch.manual_seed(0)
+    b = m(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(a, m.eval()(x))
+
+
 def test_gemm_epilogues_only_for_float32_inference(monkeypatch):
     calls = _count_onednn(monkeypatch)
     m = tiny(drop_rate=0.1)

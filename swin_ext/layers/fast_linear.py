@@ -45,12 +45,18 @@ from ..ops import bias_gelu as _bias_gelu_op
 from ..ops import forward_mode, functorch_active
 from . import config
 
-__all__ = ["Linear", "linear", "linear_gelu"]
+__all__ = ["Linear", "linear", "linear_gelu", "mlp_inference"]
 
 #: CPU training: fc1's bias + GELU as :func:`swin_ext.bias_gelu` after the
 #: bias-free GEMM (measured: benchmarks/results/, issue 20); False: the GEMM
 #: with its bias, then torch's GELU.
 CPU_TRAINING_BIAS_GELU = True
+
+#: CPU inference: an MLP whose ``(tokens, hidden)`` map would take more than
+#: this many bytes runs in row chunks (:func:`mlp_inference`).
+MLP_CHUNK_MIN_BYTES = 16 << 20
+#: ... of about this many bytes of hidden map each.
+MLP_CHUNK_BYTES = 6 << 20
 
 
 def _onednn_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
@@ -187,6 +193,49 @@ def linear_gelu(x: torch.Tensor, fc: nn.Linear, approximate: str = "none") -> to
         y = onednn_linear(x.reshape(-1, x.shape[-1]), fc.weight, fc.bias, "gelu")
         return y.view(*x.shape[:-1], y.shape[-1])
     return F.gelu(fc(x), approximate=approximate)
+
+
+def mlp_inference(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, approximate: str = "none") -> Optional[torch.Tensor]:
+    """``fc2(gelu(fc1(x)))`` in row chunks on the CPU's oneDNN path, or ``None`` where that path does not apply.
+
+    ``x (..., in)`` -> ``(..., out)``.  Applies in inference (nothing records
+    a gradient) to float32 CPU input on oneDNN, both Linears ``fast``, the
+    exact GELU, when the hidden map would exceed :data:`MLP_CHUNK_MIN_BYTES`
+    (Swin-T's stage 1 from batch 4, stage 2 from batch 16, ...); the caller
+    runs its usual path on ``None``.
+
+    Why: a hidden map that large is a fresh allocation of every call (glibc
+    maps blocks over 32 MiB anew, so every page faults and is zeroed), written
+    to DRAM and read back by fc2.  Chunks of ~:data:`MLP_CHUNK_BYTES` are
+    reused from the heap and stay in the cache.  Measured on the 2-core dev
+    machine (benchmarks/results/, issue 20): Swin-T stage 1 at batch 8, 23.7 ->
+    15.6 ms per MLP.  Each row's result is the same GEMM's (the chunks split
+    the token rows, never the reduction), and the output is written in place.
+    """
+    if (
+        approximate != "none"
+        or not (getattr(fc1, "fast", False) and getattr(fc2, "fast", False))
+        or torch.compiler.is_compiling()
+        or (
+            torch.is_grad_enabled()
+            and (x.requires_grad or any(p.requires_grad for p in (*fc1.parameters(), *fc2.parameters())))
+        )
+        or not (_onednn_ok(x, fc1.weight, fc1.bias) and _onednn_ok(x, fc2.weight, fc2.bias))
+        or any(b is not None and b.dtype != torch.float32 for b in (fc1.bias, fc2.bias))
+    ):
+        return None
+    x2d = x.reshape(-1, x.shape[-1])
+    rows, hidden = x2d.shape[0], fc1.weight.shape[0]
+    hidden_bytes = rows * hidden * x2d.element_size()
+    if hidden_bytes <= MLP_CHUNK_MIN_BYTES or fc2.weight.shape[1] != hidden:
+        return None
+    chunks = -(-hidden_bytes // MLP_CHUNK_BYTES)
+    step = -(-rows // chunks)
+    out = x2d.new_empty((rows, fc2.weight.shape[0]))
+    for start in range(0, rows, step):
+        h = _lp(x2d[start : start + step], fc1.weight, fc1.bias, "gelu")
+        out[start : start + step] = _lp(h, fc2.weight, fc2.bias)
+    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 class Linear(nn.Linear):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .fast_linear import Linear, linear_gelu
+from .drop import drop_active, maybe_drop
+from .fast_linear import Linear, linear_gelu, mlp_inference
 
 __all__ = ["Mlp", "SequentialMlp"]
 
@@ -14,7 +15,8 @@ class Mlp(nn.Module):
 
     ``fast`` sets the fc layers' :attr:`Linear.fast`: on the CPU (float32, no
     autocast) both GEMMs run on oneDNN and, in inference, the exact GELU in
-    fc1's epilogue (see :mod:`swin_ext.layers.fast_linear`); elsewhere plain PyTorch.
+    fc1's epilogue, a large token map in row chunks (:func:`mlp_inference`;
+    see :mod:`swin_ext.layers.fast_linear`); elsewhere plain PyTorch.
     """
 
     def __init__(self, dim: int, hidden: int, drop: float = 0.0, fast: bool = True) -> None:
@@ -26,8 +28,12 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., dim)`` -> ``(..., dim)``."""
-        x = self.drop(linear_gelu(x, self.fc1, self.act.approximate))
-        return self.drop(self.fc2(x))
+        if not drop_active(self.drop):
+            y = mlp_inference(x, self.fc1, self.fc2, self.act.approximate)
+            if y is not None:
+                return y
+        x = maybe_drop(self.drop, linear_gelu(x, self.fc1, self.act.approximate))
+        return maybe_drop(self.drop, self.fc2(x))
 
 
 class SequentialMlp(nn.Sequential):
@@ -41,4 +47,8 @@ class SequentialMlp(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., dim)`` -> ``(..., dim)``."""
         fc1, act, drop1, fc2, drop2 = self
-        return drop2(fc2(drop1(linear_gelu(x, fc1, act.approximate))))
+        if not (drop_active(drop1) or drop_active(drop2)):
+            y = mlp_inference(x, fc1, fc2, act.approximate)
+            if y is not None:
+                return y
+        return maybe_drop(drop2, fc2(maybe_drop(drop1, linear_gelu(x, fc1, act.approximate))))

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import Linear, Mlp, add_layernorm, window_attention
-from ..layers.drop import DropPath, drop_path_rates
+from ..layers.drop import DropPath, drop_path_rates, maybe_drop
 from ..layers.helpers import BACKENDS, int_field, per_stage
 from ..layers.merging import patch_merging
 from ..layers.patch_embed import PatchEmbed
@@ -112,7 +112,7 @@ class WindowAttention(nn.Module):
         # index is the standard one, a buffer rebuilt by __init__, never loaded).
         out = window_attention(qkv, self.relative_position_bias_table, ws, shift, self.scale, qkv_pad,
                                self.attn_drop.p, self.training, self.fused, self.relative_position_index)
-        return self.proj_drop(self.proj(out))
+        return maybe_drop(self.proj_drop, self.proj(out))
 
     def flops(self, N: int) -> int:
         """Multiply-accumulates of one window of ``N`` tokens (official count)."""
@@ -171,8 +171,8 @@ class SwinTransformerBlock(SwinBlock):
         """
         shift = self.effective_shift(x.shape[1], x.shape[2])
         x, y = add_layernorm(x, branch, self.norm1, self.fused)
-        x, y = add_layernorm(x, self.drop_path(self.attn(y, shift)), self.norm2, self.fused)
-        return x, self.drop_path(self.mlp(y))
+        x, y = add_layernorm(x, maybe_drop(self.drop_path, self.attn(y, shift)), self.norm2, self.fused)
+        return x, maybe_drop(self.drop_path, self.mlp(y))
 
 
 class PatchMerging(nn.Module):

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from ..layers import Linear, SequentialMlp, add_layernorm, residual_add, window_attention
-from ..layers.drop import DropPath
+from ..layers.drop import DropPath, maybe_drop
 from ..layers.helpers import check_backend, int_field, int_list_field, rate_field, real_field
 from ..layers.merging import patch_merging
 from ..layers.patch_embed import PatchEmbed3d
@@ -159,7 +159,7 @@ class ShiftedWindowAttention3d(nn.Module):
             bias, index = self.relative_position_bias(window), None
         out = window_attention(qkv, bias, tuple(window), tuple(shift), self.scale, qkv_pad,
                                self.attention_dropout, self.training, self.fused, index)
-        return self.proj_drop(self.proj(out))
+        return maybe_drop(self.proj_drop, self.proj(out))
 
 
 class SwinTransformerBlock3d(nn.Module):
@@ -207,8 +207,9 @@ class SwinTransformerBlock3d(nn.Module):
         output being ``x' + branch'``."""
         window, shift = clamp_window(x.shape[1:4], self.window_size, self.shift_size)
         x, y = add_layernorm(x, branch, self.norm1, self.fused)
-        x, y = add_layernorm(x, self.stochastic_depth(self.attn(y, window, shift)), self.norm2, self.fused)
-        return x, self.stochastic_depth(self.mlp(y))
+        x, y = add_layernorm(x, maybe_drop(self.stochastic_depth, self.attn(y, window, shift)), self.norm2,
+                             self.fused)
+        return x, maybe_drop(self.stochastic_depth, self.mlp(y))
 
 
 class PatchMerging3d(nn.Module):

@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import Linear, Mlp, autocast_dtype, linear, residual_add, window_attention_v2
-from ..layers.drop import DropPath, drop_path_rates
+from ..layers.drop import DropPath, drop_path_rates, maybe_drop
 from ..layers.helpers import int_field, per_stage
 from ..layers.merging import merge_gather
 from ..layers.pos_bias import gather_bias, inference_cached, relative_coords_table, relative_position_index
@@ -174,7 +174,7 @@ class WindowAttentionV2(nn.Module):
         qkv_pad = bias.to(qkv.dtype) if (needs_pad and bias is not None) else None
         out = window_attention_v2(qkv, self.position_table(ws), self.head_scale(), ws, shift, qkv_pad,
                                   self.attn_drop.p, self.training, self.fused, self._index(ws))
-        return self.proj_drop(self.proj(out))
+        return maybe_drop(self.proj_drop, self.proj(out))
 
     def flops(self, N: int) -> int:
         """Multiply-accumulates of one window of ``N`` tokens (official count; the CPB MLP not counted)."""
@@ -215,8 +215,8 @@ class SwinTransformerV2Block(SwinBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` -> ``(B, H, W, C)``."""
         ws, shift = self.window_and_shift(x.shape[1], x.shape[2])
-        x = x + self.drop_path(self.norm1(self.attn(x, ws, shift)))
-        return x + self.drop_path(self.norm2(self.mlp(x)))
+        x = x + maybe_drop(self.drop_path, self.norm1(self.attn(x, ws, shift)))
+        return x + maybe_drop(self.drop_path, self.norm2(self.mlp(x)))
 
 
 class PatchMergingV2(nn.Module):
