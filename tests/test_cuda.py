@@ -117,3 +117,34 @@ def test_model_bf16_autocast_training_step():
         loss = m(x).float().logsumexp(-1).mean()
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2", "3d"])
+def test_inference_forward_never_waits_for_the_gpu(kind):
+    """An eval forward (grad off, inference mode) queues its kernels without synchronising the device
+    (torch's sync debug mode raises on any wait): a wait per block would serialise host and GPU.  The
+    inference bias cache compares values, so it is CPU-only (layers.pos_bias._cacheable)."""
+    from swin_ext import SwinTransformer3d, SwinTransformerV2
+
+    make = {
+        "v1": lambda: swin_ext.SwinTransformer(img_size=64, embed_dim=32, depths=(2, 2), num_heads=(1, 2),
+                                               window_size=4, num_classes=5),
+        "v2": lambda: SwinTransformerV2(img_size=64, embed_dim=32, depths=(2, 2), num_heads=(1, 2), window_size=4,
+                                        num_classes=5),
+        "3d": lambda: SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=32, depths=[2, 2], num_heads=[1, 2],
+                                        window_size=[2, 3, 3], num_classes=5),
+    }[kind]
+    shape = (1, 3, 2, 24, 24) if kind == "3d" else (2, 3, 64, 64)
+    m = make().to(DEV).eval()
+    x = torch.randn(shape, device=DEV)
+    ref = m(x)  # first call: probes, workspace sizes
+    torch.cuda.synchronize()
+    for ctx in (torch.no_grad, torch.inference_mode):
+        with ctx():
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                out = m(x)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert not any(mod.__dict__.get("_inference_bias_cache") for mod in m.modules())

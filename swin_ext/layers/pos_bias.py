@@ -64,10 +64,13 @@ def eager_plain(t: torch.Tensor) -> bool:
 
 
 def _cacheable(sources: Sequence[torch.Tensor]) -> bool:
-    """Whether nothing records, traces or fakes this call: grad off, eager, plain tensors with version counters."""
+    """Whether nothing records, traces or fakes this call: grad off, eager, plain CPU tensors with version
+    counters.  Not on a GPU: comparing the values there (``torch.equal``) would wait for the device, every
+    block, stalling the host that should be queueing the next kernels; and the gather is a few small
+    kernels there, far cheaper than that wait."""
     if torch.is_grad_enabled():
         return False
-    return all(eager_plain(t) and not t.is_inference() and t.device.type != "meta" for t in sources)
+    return all(eager_plain(t) and not t.is_inference() and t.device.type == "cpu" for t in sources)
 
 
 def inference_cached(owner: nn.Module, key: Hashable, sources: Sequence[torch.Tensor],
@@ -85,8 +88,9 @@ def inference_cached(owner: nn.Module, key: Hashable, sources: Sequence[torch.Te
     write through ``.data`` bumps no version counter, so the values are
     compared too (tables and CPB weights are 10-100x smaller than the bias
     they gather into).  With grad enabled, under ``torch.compile`` / ``torch.export``
-    / ``torch.jit`` / ONNX export, or for fake, meta or inference tensors,
-    ``compute()`` runs every time, as before.
+    / ``torch.jit`` / ONNX export, for fake, meta or inference tensors, or on a
+    GPU (where the comparison would synchronise the device), ``compute()`` runs
+    every time, as before.
     """
     if not _cacheable(sources):
         return compute()
