@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "../swin_geometry.h"  // ceil_div
 #include "isa_dispatch.h"
@@ -29,13 +30,23 @@ constexpr int64_t kRowBlock = 4;
 
 inline int64_t round_up(int64_t v, int64_t m) { return ceil_div(v, m) * m; }
 
-// 32-byte vectors (GCC/Clang vector extensions): one AVX2 register, two SSE
-// registers on the baseline ISA.
-template <typename T>
-struct Vec32 {
-  typedef T type __attribute__((vector_size(32)));
-  static constexpr int kLanes = 32 / sizeof(T);
+// Vectors of `Bytes` bytes (GCC/Clang vector extensions): 32 is one AVX2
+// register (two SSE registers on the baseline ISA), 64 one AVX-512 register.
+template <typename T, int Bytes>
+struct VecB {
+  typedef T type __attribute__((vector_size(Bytes)));
+  static constexpr int kLanes = Bytes / static_cast<int>(sizeof(T));
 };
+
+template <typename T>
+struct Vec32 : VecB<T, 32> {};
+
+// Column block of gemm_nn / gemm_tn with VB-byte vectors (two vectors): the
+// padded dimensions of their operands are multiples of it.
+template <typename T, int VB>
+constexpr int64_t col_block() {
+  return 2 * VecB<T, VB>::kLanes;
+}
 
 template <typename V, typename T>
 SWIN_ALWAYS_INLINE V load_vec(const T* p) {
@@ -49,14 +60,15 @@ SWIN_ALWAYS_INLINE void store_vec(T* p, V v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
-// C[M x Nc] = alpha * A[M x K] * B[K x Nc]  (+ C when accumulate), row-major.
-// Requires M % kRowBlock == 0 and Nc % (64 / sizeof(T)) == 0 (buffers are
+// C[M x Nc] = alpha * A[M x K] * B[K x Nc]  (+ C when accumulate), row-major,
+// with VB-byte vectors (32: AVX2, 64: AVX-512; the caller's ISA build picks).
+// Requires M % kRowBlock == 0 and Nc % col_block<T, VB>() == 0 (buffers are
 // padded).  4 x 2 vector accumulators stay in registers across the K loop.
-template <typename T>
+template <typename T, int VB = 32>
 SWIN_ALWAYS_INLINE void gemm_nn(int64_t M, int64_t Nc, int64_t K, T alpha, const T* A, int64_t lda,
                                 const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
-  typedef typename Vec32<T>::type V;
-  constexpr int L = Vec32<T>::kLanes;
+  typedef typename VecB<T, VB>::type V;
+  constexpr int L = VecB<T, VB>::kLanes;
   static_assert(kRowBlock == 4, "micro-kernel is written for 4 rows");
   for (int64_t i0 = 0; i0 < M; i0 += 4) {
     const T* a0p = A + (i0 + 0) * lda;
@@ -95,11 +107,11 @@ SWIN_ALWAYS_INLINE void gemm_nn(int64_t M, int64_t Nc, int64_t K, T alpha, const
 // C[M x Nc] = alpha * A^T * B with A stored K x M (row-major, lda >= M): the
 // transposed operand without a transposed copy (the broadcast loads read four
 // consecutive A elements of row k).  Same blocking and padding rules as gemm_nn.
-template <typename T>
+template <typename T, int VB = 32>
 SWIN_ALWAYS_INLINE void gemm_tn(int64_t M, int64_t Nc, int64_t K, T alpha, const T* A, int64_t lda,
                                 const T* B, int64_t ldb, T* C, int64_t ldc) {
-  typedef typename Vec32<T>::type V;
-  constexpr int L = Vec32<T>::kLanes;
+  typedef typename VecB<T, VB>::type V;
+  constexpr int L = VecB<T, VB>::kLanes;
   for (int64_t i0 = 0; i0 < M; i0 += 4) {
     for (int64_t j0 = 0; j0 < Nc; j0 += 2 * L) {
       V c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
@@ -201,56 +213,75 @@ SWIN_ALWAYS_INLINE V exp_vec(V x) {
 
 SWIN_ALWAYS_INLINE v8f exp_v8f(v8f x) { return exp_vec<v8f, v8i>(x); }
 
-// In-place row softmax over Np (a multiple of 16) entries whose padding holds
-// -inf; returns the log-sum-exp.  Generic version (double): scalar std::exp.
-template <typename T>
+// Sum / maximum of a vector's lanes by halving (log2(lanes) dependent steps,
+// not a chain of one add per lane): a short row's softmax waits on these.
+template <typename T, typename V>
+SWIN_ALWAYS_INLINE T lanes_reduce(V v, bool max) {
+  constexpr int kBytes = static_cast<int>(sizeof(V));
+  if constexpr (kBytes == static_cast<int>(sizeof(T))) {
+    return v[0];
+  } else {
+    typedef T H __attribute__((vector_size(kBytes / 2)));
+    H lo, hi;
+    std::memcpy(&lo, &v, sizeof(H));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(H), sizeof(H));
+    return lanes_reduce<T>(max ? (hi > lo ? hi : lo) : lo + hi, max);
+  }
+}
+
+// In-place row softmax over Np entries whose padding holds -inf; returns the
+// log-sum-exp.  float: VB-byte vectors, Np a multiple of col_block<float, VB>();
+// double: scalar std::exp.
+template <int VB, typename T>
 SWIN_ALWAYS_INLINE T softmax_row(T* __restrict s, int64_t Np) {
-  T mx = s[0];
-  for (int64_t j = 1; j < Np; ++j) mx = s[j] > mx ? s[j] : mx;
-  T sum = 0;
-  for (int64_t j = 0; j < Np; ++j) {
-    s[j] = __builtin_exp(s[j] - mx);
-    sum += s[j];
+  if constexpr (std::is_same<T, float>::value) {
+    typedef typename VecB<float, VB>::type V;
+    typedef typename VecB<int32_t, VB>::type VI;
+    constexpr int L = VecB<float, VB>::kLanes;
+    V m0 = load_vec<V>(s), m1 = load_vec<V>(s + L);
+    for (int64_t j = 2 * L; j < Np; j += 2 * L) {
+      const V a = load_vec<V>(s + j), b = load_vec<V>(s + j + L);
+      m0 = a > m0 ? a : m0;
+      m1 = b > m1 ? b : m1;
+    }
+    const float mx = lanes_reduce<float>(m1 > m0 ? m1 : m0, true);
+    V s0 = {}, s1 = {};
+    for (int64_t j = 0; j < Np; j += 2 * L) {
+      const V a = exp_vec<V, VI>(load_vec<V>(s + j) - mx), b = exp_vec<V, VI>(load_vec<V>(s + j + L) - mx);
+      store_vec(s + j, a);
+      store_vec(s + j + L, b);
+      s0 += a;
+      s1 += b;
+    }
+    const float sum = lanes_reduce<float>(s0 + s1, false);
+    const float inv = 1.0f / sum;
+    for (int64_t j = 0; j < Np; j += L) store_vec(s + j, load_vec<V>(s + j) * inv);
+    return mx + __builtin_logf(sum);
+  } else {
+    T mx = s[0];
+    for (int64_t j = 1; j < Np; ++j) mx = s[j] > mx ? s[j] : mx;
+    T sum = 0;
+    for (int64_t j = 0; j < Np; ++j) {
+      s[j] = __builtin_exp(s[j] - mx);
+      sum += s[j];
+    }
+    const T inv = T(1) / sum;
+    for (int64_t j = 0; j < Np; ++j) s[j] *= inv;
+    return mx + __builtin_log(sum);
   }
-  const T inv = T(1) / sum;
-  for (int64_t j = 0; j < Np; ++j) s[j] *= inv;
-  return mx + __builtin_log(sum);
 }
 
-SWIN_ALWAYS_INLINE float softmax_row(float* __restrict s, int64_t Np) {
-  v8f m0 = load_vec<v8f>(s), m1 = load_vec<v8f>(s + 8);
-  for (int64_t j = 16; j < Np; j += 16) {
-    const v8f a = load_vec<v8f>(s + j), b = load_vec<v8f>(s + j + 8);
-    m0 = a > m0 ? a : m0;
-    m1 = b > m1 ? b : m1;
-  }
-  m0 = m1 > m0 ? m1 : m0;
-  float mx = m0[0];
-  for (int l = 1; l < 8; ++l) mx = m0[l] > mx ? m0[l] : mx;
-  v8f s0 = {}, s1 = {};
-  for (int64_t j = 0; j < Np; j += 16) {
-    const v8f a = exp_v8f(load_vec<v8f>(s + j) - mx), b = exp_v8f(load_vec<v8f>(s + j + 8) - mx);
-    store_vec(s + j, a);
-    store_vec(s + j + 8, b);
-    s0 += a;
-    s1 += b;
-  }
-  s0 += s1;
-  float sum = 0;
-  for (int l = 0; l < 8; ++l) sum += s0[l];
-  const float inv = 1.0f / sum;
-  for (int64_t j = 0; j < Np; j += 8) store_vec(s + j, load_vec<v8f>(s + j) * inv);
-  return mx + __builtin_logf(sum);
-}
-
-// s[j] = exp(s[j] - l) over Np entries (padding -inf -> 0).
-template <typename T>
+// s[j] = exp(s[j] - l) over Np entries (padding -inf -> 0); float as softmax_row.
+template <int VB, typename T>
 SWIN_ALWAYS_INLINE void exp_shift_row(T* __restrict s, T l, int64_t Np) {
-  for (int64_t j = 0; j < Np; ++j) s[j] = __builtin_exp(s[j] - l);
-}
-
-SWIN_ALWAYS_INLINE void exp_shift_row(float* __restrict s, float l, int64_t Np) {
-  for (int64_t j = 0; j < Np; j += 8) store_vec(s + j, exp_v8f(load_vec<v8f>(s + j) - l));
+  if constexpr (std::is_same<T, float>::value) {
+    typedef typename VecB<float, VB>::type V;
+    typedef typename VecB<int32_t, VB>::type VI;
+    constexpr int L = VecB<float, VB>::kLanes;
+    for (int64_t j = 0; j < Np; j += L) store_vec(s + j, exp_vec<V, VI>(load_vec<V>(s + j) - l));
+  } else {
+    for (int64_t j = 0; j < Np; ++j) s[j] = __builtin_exp(s[j] - l);
+  }
 }
 
 }  // namespace cpu

@@ -17,7 +17,8 @@
 // small late-stage maps have few windows); the chunking depends only on the
 // shapes, and each (window, head)'s bias gradient is summed over the batch in
 // a fixed order inside its item, so the result does not depend on threads.
-// The item code is compiled twice (AVX2+FMA and baseline) and picked at run
+// The item code is compiled three times (AVX-512 with 64-byte vectors in its
+// GEMMs and exps, AVX2+FMA with 32-byte ones, and baseline) and picked at run
 // time.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -80,17 +81,18 @@ inline int64_t head_chunks(int64_t items_per_chunk, int64_t heads) {
 
 // Zero-padded per-thread buffers of one work item: per head of the chunk,
 // q (scaled), k, v and the gradients as Nr x dp (rows padded to the GEMM row
-// block), k^T and v^T as d x Np (token columns padded to the column block);
-// S and dS shared, Nr x Np.  Padding stays zero for the buffers' lifetime.
+// block), k^T and v^T as d x Np (token columns padded to `pad`, the GEMMs'
+// column block); S and dS shared, Nr x Np.  Padding stays zero for the
+// buffers' lifetime.
 template <typename acc_t>
 struct Work {
   int64_t N, Nr, Np, d, dp, tile, ttile;
   std::vector<acc_t> q, k, v, kt, vt, o, dO, dq, dk, dv, S, dS;
   std::vector<int64_t> offset;  // token row of the (B, [T,] H, W) map; -1: padding
   std::vector<int> region;
-  Work(int64_t N_, int64_t d_, int64_t hmax, bool backward)
-      : N(N_), Nr(round_up(N_, cpu::kRowBlock)), Np(round_up(N_, cpu::kPad)), d(d_),
-        dp(round_up(d_, cpu::kPad)), tile(Nr * dp), ttile(d_ * Np), offset(N_), region(N_) {
+  Work(int64_t N_, int64_t d_, int64_t hmax, bool backward, int64_t pad)
+      : N(N_), Nr(round_up(N_, cpu::kRowBlock)), Np(round_up(N_, pad)), d(d_),
+        dp(round_up(d_, pad)), tile(Nr * dp), ttile(d_ * Np), offset(N_), region(N_) {
     auto sized = [&](std::vector<acc_t>& b, int64_t n) { b.assign(n, acc_t(0)); };
     sized(q, hmax * tile);
     sized(kt, hmax * ttile);
@@ -192,10 +194,10 @@ SWIN_ALWAYS_INLINE void gather_qkv(const AttnArgs<scalar_t>& a, int64_t h0, int6
 }
 
 // S = (q * scale) k^T + bias (+ mask) for rows < N; padding columns -inf.
-template <typename scalar_t, typename acc_t>
+template <int VB, typename scalar_t, typename acc_t>
 SWIN_ALWAYS_INLINE void tile_logits(const AttnArgs<scalar_t>& a, int64_t h, int64_t hh, Work<acc_t>& w) {
   const int64_t N = w.N, Np = w.Np;
-  gemm_nn<acc_t>(w.Nr, Np, a.d, acc_t(1), w.q.data() + hh * w.tile, w.dp, w.kt.data() + hh * w.ttile, Np,
+  gemm_nn<acc_t, VB>(w.Nr, Np, a.d, acc_t(1), w.q.data() + hh * w.tile, w.dp, w.kt.data() + hh * w.ttile, Np,
                  w.S.data(), Np, false);
   const acc_t* bias_h = a.bias + h * N * N;
   const int* __restrict region = w.region.data();
@@ -213,12 +215,13 @@ SWIN_ALWAYS_INLINE void tile_logits(const AttnArgs<scalar_t>& a, int64_t h, int6
   }
 }
 
-template <typename scalar_t>
+// Items [begin, end) of the forward, with VB-byte vectors in the GEMMs and exps.
+template <int VB, typename scalar_t>
 SWIN_ALWAYS_INLINE void attention_fwd_items(const AttnArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const WindowGeometry& g = a.g;
   const int64_t N = g.N, d = a.d;
-  Work<acc_t> w(N, d, ceil_div(a.heads, a.chunks), false);
+  Work<acc_t> w(N, d, ceil_div(a.heads, a.chunks), false, std::max(cpu::kPad, cpu::col_block<acc_t, VB>()));
   const int64_t Np = w.Np, dp = w.dp;
   for (int64_t item = begin; item < end; ++item) {
     const int64_t chunk = item % a.chunks;
@@ -234,10 +237,10 @@ SWIN_ALWAYS_INLINE void attention_fwd_items(const AttnArgs<scalar_t>& a, int64_t
     }
     for (int64_t h = h0; h < h1; ++h) {
       const int64_t hh = h - h0;
-      tile_logits(a, h, hh, w);
+      tile_logits<VB>(a, h, hh, w);
       acc_t* lse = a.lse + (bw * a.heads + h) * N;
-      for (int64_t i = 0; i < N; ++i) lse[i] = softmax_row(w.S.data() + i * Np, Np);
-      gemm_nn<acc_t>(w.Nr, dp, N, acc_t(1), w.S.data(), Np, w.v.data() + hh * w.tile, dp,
+      for (int64_t i = 0; i < N; ++i) lse[i] = softmax_row<VB>(w.S.data() + i * Np, Np);
+      gemm_nn<acc_t, VB>(w.Nr, dp, N, acc_t(1), w.S.data(), Np, w.v.data() + hh * w.tile, dp,
                      w.o.data() + hh * w.tile, dp, false);
     }
     for (int64_t i = 0; i < N; ++i) {
@@ -248,12 +251,13 @@ SWIN_ALWAYS_INLINE void attention_fwd_items(const AttnArgs<scalar_t>& a, int64_t
   }
 }
 
-template <typename scalar_t>
+// Items [begin, end) of the backward, with VB-byte vectors in the GEMMs and exps.
+template <int VB, typename scalar_t>
 SWIN_ALWAYS_INLINE void attention_bwd_items(const AttnArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const WindowGeometry& g = a.g;
   const int64_t N = g.N, d = a.d, C = a.C, C3 = 3 * C;
-  Work<acc_t> w(N, d, ceil_div(a.heads, a.chunks), true);
+  Work<acc_t> w(N, d, ceil_div(a.heads, a.chunks), true, std::max(cpu::kPad, cpu::col_block<acc_t, VB>()));
   const int64_t Nr = w.Nr, Np = w.Np, dp = w.dp;
   acc_t* P = w.S.data();
   acc_t* dS = w.dS.data();
@@ -289,11 +293,11 @@ SWIN_ALWAYS_INLINE void attention_bwd_items(const AttnArgs<scalar_t>& a, int64_t
         const acc_t* k = w.k.data() + hh * w.tile;
         const acc_t* dO = w.dO.data() + hh * w.tile;
         // P = exp(S - lse)
-        tile_logits(a, h, hh, w);
+        tile_logits<VB>(a, h, hh, w);
         const acc_t* lse_t = a.lse_in + ((b * g.nW + win) * a.heads + h) * N;
-        for (int64_t i = 0; i < N; ++i) exp_shift_row(P + i * Np, lse_t[i], Np);
+        for (int64_t i = 0; i < N; ++i) exp_shift_row<VB>(P + i * Np, lse_t[i], Np);
         // dP = dO v^T  (into dS), dS = P * (dP - rowsum(P * dP))
-        gemm_nn<acc_t>(Nr, Np, d, acc_t(1), dO, dp, w.vt.data() + hh * w.ttile, Np, dS, Np, false);
+        gemm_nn<acc_t, VB>(Nr, Np, d, acc_t(1), dO, dp, w.vt.data() + hh * w.ttile, Np, dS, Np, false);
         acc_t* dbias_w = a.dbias_part + (win * a.heads + h) * N * N;
         for (int64_t i = 0; i < N; ++i) {
           const acc_t* __restrict p = P + i * Np;
@@ -308,9 +312,9 @@ SWIN_ALWAYS_INLINE void attention_bwd_items(const AttnArgs<scalar_t>& a, int64_t
         }
         // dV = P^T dO, dQ = scale * dS k, dK = dS^T (q * scale); P's and dS's
         // padding columns are 0, so the rows of dV and dK past N are 0.
-        gemm_tn<acc_t>(Nr, dp, N, acc_t(1), P, Np, dO, dp, w.dv.data(), dp);
-        gemm_nn<acc_t>(Nr, dp, N, a.scale, dS, Np, k, dp, w.dq.data(), dp, false);
-        gemm_tn<acc_t>(Nr, dp, N, acc_t(1), dS, Np, q, dp, w.dk.data(), dp);
+        gemm_tn<acc_t, VB>(Nr, dp, N, acc_t(1), P, Np, dO, dp, w.dv.data(), dp);
+        gemm_nn<acc_t, VB>(Nr, dp, N, a.scale, dS, Np, k, dp, w.dq.data(), dp, false);
+        gemm_tn<acc_t, VB>(Nr, dp, N, acc_t(1), dS, Np, q, dp, w.dk.data(), dp);
         for (int64_t i = 0; i < N; ++i) {
           const acc_t* dqi = w.dq.data() + i * dp;
           const acc_t* dki = w.dk.data() + i * dp;
@@ -337,15 +341,19 @@ SWIN_ALWAYS_INLINE void attention_bwd_items(const AttnArgs<scalar_t>& a, int64_t
 // ---------------------------------------------------------------- ISA dispatch
 
 SWIN_CPU_CLONES((template <typename scalar_t>), fwd_items, (const AttnArgs<scalar_t>& a, int64_t b, int64_t e),
-                attention_fwd_items(a, b, e));
+                attention_fwd_items<32>(a, b, e));
+SWIN_CPU_CLONE_AVX512((template <typename scalar_t>), fwd_items, (const AttnArgs<scalar_t>& a, int64_t b, int64_t e),
+                      attention_fwd_items<64>(a, b, e));
 SWIN_CPU_CLONES((template <typename scalar_t>), bwd_items, (const AttnArgs<scalar_t>& a, int64_t b, int64_t e),
-                attention_bwd_items(a, b, e));
+                attention_bwd_items<32>(a, b, e));
+SWIN_CPU_CLONE_AVX512((template <typename scalar_t>), bwd_items, (const AttnArgs<scalar_t>& a, int64_t b, int64_t e),
+                      attention_bwd_items<64>(a, b, e));
 
 template <typename scalar_t>
 void run_fwd(AttnArgs<scalar_t>& a) {
   a.chunks = head_chunks(a.g.B * a.g.nW, a.heads);
   at::parallel_for(0, a.g.B * a.g.nW * a.chunks, 1, [&](int64_t begin, int64_t end) {
-    SWIN_CPU_DISPATCH(fwd_items, (a, begin, end));
+    SWIN_CPU_DISPATCH_AVX512(fwd_items, (a, begin, end));
   });
 }
 
@@ -353,7 +361,7 @@ template <typename scalar_t>
 void run_bwd(AttnArgs<scalar_t>& a) {
   a.chunks = head_chunks(a.g.nW, a.heads);
   at::parallel_for(0, a.g.nW * a.chunks, 1, [&](int64_t begin, int64_t end) {
-    SWIN_CPU_DISPATCH(bwd_items, (a, begin, end));
+    SWIN_CPU_DISPATCH_AVX512(bwd_items, (a, begin, end));
   });
 }
 
