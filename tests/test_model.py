@@ -218,6 +218,49 @@ def test_cpu_inference_mlp_in_row_chunks(monkeypatch):
         torch.testing.assert_close(m(x[:1]), whole[:1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["v1", "v2"])
+def test_cpu_inference_stages_in_image_chunks(kind, monkeypatch):
+    """A large stage map in CPU inference runs a few images at a time (layers.chunking): the same logits
+    and features as the whole batch at once; never with grad on, in train mode, on the reference
+    backend or in float64."""
+    import swin_ext.layers.chunking as CH
+    from swin_ext import SwinTransformerV2
+
+    if kind == "v1":
+        m = tiny(drop_path_rate=0.1)
+    else:
+        m = SwinTransformerV2(img_size=64, embed_dim=12, depths=(2, 2), num_heads=(1, 2), window_size=4, num_classes=7)
+    randomize(m)
+    m.eval()
+    x = torch.randn(5, 3, 60, 52)
+    calls = []
+    for blk in m.layers[0].blocks:
+        blk.register_forward_hook(lambda mod, i, o: calls.append(i[0].shape[0]))
+    with torch.inference_mode():
+        whole, feats = m(x), m.forward_features(x)
+    assert calls == [5] * 2 * len(m.layers[0].blocks)
+    calls.clear()
+    per_image = 15 * 13 * 12 * 4  # stage 1: 15 x 13 tokens of 12 float32 channels
+    monkeypatch.setattr(CH, "STAGE_CHUNK_MIN_BYTES", 0)
+    monkeypatch.setattr(CH, "STAGE_CHUNK_BYTES", 2 * per_image)  # two images a chunk: 2 + 2 + 1
+    with torch.inference_mode():
+        chunked, chunked_feats = m(x), m.forward_features(x)
+    depth = len(m.layers[0].blocks)
+    assert calls == [c for c in (2, 2, 1) for _ in range(depth)] * 2
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(chunked_feats, feats, rtol=1e-6, atol=1e-6)
+    for setup in ("grad", "train", "reference", "float64"):
+        calls.clear()
+        m.eval().set_backend("fused").float()
+        if setup == "train":
+            m.train()
+        if setup == "reference":
+            m.set_backend("reference")
+        with torch.enable_grad() if setup == "grad" else torch.no_grad():
+            m.double()(x.double()) if setup == "float64" else m(x)
+        assert calls == [5] * len(m.layers[0].blocks), setup
+
+
 def test_inactive_dropouts_are_not_called():
     """The blocks skip the module call of a dropout / stochastic depth that cannot change its input
     (eval, or rate 0: layers.drop.maybe_drop), and call every active one, as nn.Module would."""

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from ..layers import Linear, add_layernorm, residual_add
+from ..layers.chunking import inference_image_chunk
 from ..layers.helpers import check_backend, int_field, int_list_field, is_int, rate_field, real_field, to_2tuple
 from ..layers.patch_embed import PatchEmbed
 from ._features import OUTPUT_FORMATS, feature_info, normalize_indices
@@ -255,7 +256,28 @@ class SwinStage(nn.Module):
         self, x: torch.Tensor, branch: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``(x, branch)`` -> ``(x', branch')``: the stage's output is ``x' + branch'``.  With a
-        downsample the pending branch goes into it (``downsample(x, branch)``) and ``branch'`` is ``None``."""
+        downsample the pending branch goes into it (``downsample(x, branch)``) and ``branch'`` is ``None``.
+
+        With the fused blocks, a large map in CPU inference runs a few images at a time
+        (:func:`swin_ext.layers.chunking.inference_image_chunk`): the same values, written into
+        the batch's outputs chunk by chunk."""
+        chunk = inference_image_chunk(x, self)
+        if not chunk or not any(getattr(m, "fused", False) is True for m in self.blocks.modules()):
+            return self._forward_whole(x, branch)
+        outs: List[Optional[torch.Tensor]] = []
+        for start in range(0, x.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            part = self._forward_whole(x[rows], None if branch is None else branch[rows])
+            if not outs:
+                outs = [None if t is None else t.new_empty((x.shape[0], *t.shape[1:])) for t in part]
+            for out, t in zip(outs, part):
+                if out is not None:
+                    out[rows] = t
+        return outs[0], outs[1]
+
+    def _forward_whole(
+        self, x: torch.Tensor, branch: Optional[torch.Tensor]
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         x, branch = self.forward_blocks(x, branch)
         if self.downsample is not None:
             return self.downsample(x, branch), None
