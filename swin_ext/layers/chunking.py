@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from ..ops import forward_mode, functorch_active
 from . import config
+from .pos_bias import eager_plain
 
 __all__ = ["inference_image_chunk", "STAGE_CHUNK_MIN_BYTES", "STAGE_CHUNK_BYTES"]
 
@@ -33,8 +34,8 @@ def inference_image_chunk(x: torch.Tensor, module: nn.Module) -> int:
     """Images per chunk to run ``module`` on ``x (B, ...)`` with, or 0 to run it on the whole batch.
 
     Non-zero only in CPU float32 inference (grad mode off, ``module`` in eval mode: no dropout
-    whose random stream a chunking would change), no autocast, eager (not compiled, traced,
-    exported or under ``torch.func`` / forward-mode AD), and for an input over
+    whose random stream a chunking would change), no autocast, eager on a plain tensor (not
+    compiled, traced, exported or under ``torch.func`` / forward-mode AD), and for an input over
     :data:`STAGE_CHUNK_MIN_BYTES` of at least two images.  The caller guarantees that ``module``
     treats the images independently.
     """
@@ -45,8 +46,8 @@ def inference_image_chunk(x: torch.Tensor, module: nn.Module) -> int:
         or x.dtype != torch.float32
         or x.dim() < 2
         or config.autocast_dtype("cpu") is not None
-        or torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
+        or not eager_plain(x)  # (compiled, traced, scripted, ONNX export; a fake or functional tensor)
+        or torch.compiler.is_exporting()
         or functorch_active()
         or forward_mode((x,))
     ):
