@@ -214,7 +214,7 @@ def test_cpu_inference_mlp_in_row_chunks(monkeypatch):
             m(x)
         assert calls.count("gelu") == gelu and (setup != "off" or not calls), setup
     m.set_cpu_inference_fusion(True).eval()
-    with torch.inference_mode():  # a chunk of the stage-4 map: its 2 x 2 tokens fit one chunk
+    with torch.inference_mode():  # one image: fewer rows, other chunk boundaries, the same logits
         torch.testing.assert_close(m(x[:1]), whole[:1], rtol=1e-5, atol=1e-5)
 
 
