@@ -198,7 +198,7 @@ template <int VB, typename scalar_t, typename acc_t>
 SWIN_ALWAYS_INLINE void tile_logits(const AttnArgs<scalar_t>& a, int64_t h, int64_t hh, Work<acc_t>& w) {
   const int64_t N = w.N, Np = w.Np;
   gemm_nn<acc_t, VB>(w.Nr, Np, a.d, acc_t(1), w.q.data() + hh * w.tile, w.dp, w.kt.data() + hh * w.ttile, Np,
-                 w.S.data(), Np, false);
+                     w.S.data(), Np, false);
   const acc_t* bias_h = a.bias + h * N * N;
   const int* __restrict region = w.region.data();
   const acc_t mask_value = static_cast<acc_t>(kShiftMaskValue);
@@ -241,7 +241,7 @@ SWIN_ALWAYS_INLINE void attention_fwd_items(const AttnArgs<scalar_t>& a, int64_t
       acc_t* lse = a.lse + (bw * a.heads + h) * N;
       for (int64_t i = 0; i < N; ++i) lse[i] = softmax_row<VB>(w.S.data() + i * Np, Np);
       gemm_nn<acc_t, VB>(w.Nr, dp, N, acc_t(1), w.S.data(), Np, w.v.data() + hh * w.tile, dp,
-                     w.o.data() + hh * w.tile, dp, false);
+                         w.o.data() + hh * w.tile, dp, false);
     }
     for (int64_t i = 0; i < N; ++i) {
       if (w.offset[i] < 0) continue;  // padding token: its output is cropped away

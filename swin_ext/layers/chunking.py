@@ -25,7 +25,7 @@ from .pos_bias import eager_plain
 __all__ = ["inference_image_chunk", "STAGE_CHUNK_MIN_BYTES", "STAGE_CHUNK_BYTES"]
 
 #: a stage input ``(B, ...)`` larger than this many bytes runs in image chunks (Swin-T's stage 1
-#: from batch 8, stage 2 from batch 16); set it to ``float("inf")`` to turn the chunking off
+#: from batch 7, stage 2 from batch 14, at 224 px); set it to ``float("inf")`` to turn the chunking off
 STAGE_CHUNK_MIN_BYTES = 8 << 20
 #: ... of about this many bytes of input each (at least one image): 2 images of Swin-T's stage 1
 STAGE_CHUNK_BYTES = 5 << 19
