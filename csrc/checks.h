@@ -11,6 +11,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/safe_numerics.h>
 
 #include <cmath>
@@ -202,6 +203,20 @@ inline int64_t check_bias_gelu_bwd_args(const at::Tensor& grad_y, const at::Tens
               "swin_ext.bias_gelu_bwd: grad_y must be ", z.scalar_type(), " ", z.sizes(), ", got ",
               grad_y.scalar_type(), " ", grad_y.sizes());
   check_same_device(z, grad_y, "z", "grad_y");
+  return K;
+}
+
+// Validates the arguments of bias_gelu_bwd_inplace (dz is written over grad_y):
+// those of bias_gelu_bwd, and grad_y contiguous, sharing no memory with z or bias.
+inline int64_t check_bias_gelu_bwd_inplace_args(const at::Tensor& grad_y, const at::Tensor& z,
+                                                const at::Tensor& bias) {
+  const int64_t K = check_bias_gelu_bwd_args(grad_y, z, bias);
+  constexpr const char* op = "swin_ext.bias_gelu_bwd_inplace";
+  TORCH_CHECK(grad_y.is_contiguous(), op, ": grad_y is overwritten with dz, so it must be contiguous, got strides ",
+              grad_y.strides());
+  TORCH_CHECK(at::get_overlap_status(grad_y, z) == at::MemOverlapStatus::No &&
+                  at::get_overlap_status(grad_y, bias) == at::MemOverlapStatus::No,
+              op, ": grad_y is overwritten with dz, so it must not share memory with z or bias");
   return K;
 }
 

@@ -97,6 +97,12 @@ constexpr const char* kBiasGeluFwd = "bias_gelu_fwd(Tensor z, Tensor bias) -> Te
 // returns dz = grad_y * GELU'(z + bias) in z's dtype and dbias (K,) = the
 // column sums of dz (from float32 values, fixed-order partials).
 constexpr const char* kBiasGeluBwd = "bias_gelu_bwd(Tensor grad_y, Tensor z, Tensor bias) -> (Tensor, Tensor)";
+// The same with dz written over grad_y (contiguous, sharing no memory with z
+// or bias); returns dbias.  The autograd kernel of bias_gelu_fwd calls it when
+// the incoming gradient is a CPU tensor that nothing else references (no
+// allocation and first touch of a fresh (..., K) map per MLP); on CUDA it is
+// bias_gelu_bwd and a copy.
+constexpr const char* kBiasGeluBwdInplace = "bias_gelu_bwd_inplace(Tensor(a!) grad_y, Tensor z, Tensor bias) -> Tensor";
 
 // The higher-order backward of each op: the vector-Jacobian product of its
 // plain-PyTorch composite (swin_ext/ops/reference.py), differentiable to any
@@ -133,6 +139,7 @@ inline void define_ops(torch::Library& m) {
   m.def(kAddLayerNormBwd);
   m.def(kBiasGeluFwd);
   m.def(kBiasGeluBwd);
+  m.def(kBiasGeluBwdInplace);
 }
 
 // Defines the higher-order backward operators (swin_ext only: the CUDA harness

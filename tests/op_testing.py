@@ -718,10 +718,13 @@ def run_bias_gelu(ex: Executor, case: BgCase, inp: Dict, dtype: torch.dtype):
     acc = acc_dtype(dtype)
     dev = ex.device
     z, b, gy = inp["z"].to(dev, dtype), inp["b"].to(dev, acc), inp["gy"].to(dev, dtype)
+    gy_inplace = gy.clone()
     with ex:
         y = ex.ops.bias_gelu_fwd(z, b)
         dz, db = ex.ops.bias_gelu_bwd(gy, z, b)
-    return {k: v.cpu() for k, v in dict(y=y, dz=dz, dbias=db).items()}
+        db_inplace = ex.ops.bias_gelu_bwd_inplace(gy_inplace, z, b)  # dz written over gy_inplace
+    out = dict(y=y, dz=dz, dbias=db, dz_inplace=gy_inplace, dbias_inplace=db_inplace)
+    return {k: v.cpu() for k, v in out.items()}
 
 
 def bg_reference(case: BgCase, inp: Dict, dtype: torch.dtype, exact: bool) -> List[torch.Tensor]:
@@ -751,6 +754,10 @@ def check_bias_gelu(case: BgCase, inp: Dict, got: Dict, dtype: torch.dtype) -> N
     comp = bg_reference(case, inp, dtype, exact=False)
     for i, (name, odt) in enumerate((("y", dtype), ("dz", dtype), ("dbias", acc))):
         check_close(name, got[name], exact[i], comp[i], exact[i].to(odt), dtype)
+    # bias_gelu_bwd_inplace is the same kernel writing over grad_y: the same bits
+    for name in ("dz", "dbias"):
+        if f"{name}_inplace" in got:
+            assert torch.equal(got[f"{name}_inplace"], got[name]), name
 
 
 # ----------------------------------------------------------------------------- opcheck rows
@@ -844,6 +851,8 @@ def _bias_gelu_opcheck(sample: str, device: str) -> OpSample:
         return ops.bias_gelu_fwd.default, (z, b)
     if sample == "fwd-requires-grad":
         return ops.bias_gelu_fwd.default, (z.requires_grad_(), b.requires_grad_())
+    if sample == "bwd-inplace":
+        return ops.bias_gelu_bwd_inplace.default, (_rand(4, 9, device=device), z, b)
     return ops.bias_gelu_bwd.default, (_rand(4, 9, device=device), z, b)
 
 
@@ -871,7 +880,9 @@ OPCHECK: Dict[str, Dict[str, Callable[[str], OpSample]]] = {
             "bwd-no-grad-h-bf16",
         )
     },
-    "bias_gelu": {s: (lambda d, s=s: _bias_gelu_opcheck(s, d)) for s in ("fwd", "fwd-requires-grad", "bwd")},
+    "bias_gelu": {
+        s: (lambda d, s=s: _bias_gelu_opcheck(s, d)) for s in ("fwd", "fwd-requires-grad", "bwd", "bwd-inplace")
+    },
 }
 
 

@@ -122,6 +122,123 @@ def test_bias_gelu_cpu_accuracy_over_the_bf16_range():
     torch.testing.assert_close(db.double(), dz.double().sum(0), rtol=1e-6, atol=0)
 
 
+# ----------------------------------------------------------------------------- dz over the incoming gradient
+
+
+def _bwd_ops_called(fn):
+    """The names of the bias_gelu backward ops that ``fn()`` runs (the profiler sees the C++ node's calls)."""
+    from torch.profiler import profile
+
+    with profile() as p:
+        fn()
+    return [e.name for e in p.events() if e.name.startswith("swin_ext::bias_gelu_bwd")]
+
+
+def _grads_out_of_place(z, b, g):
+    dz, db = torch.ops.swin_ext.bias_gelu_bwd(g.contiguous(), z.detach(), b.detach())
+    return dz, db
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_backward_writes_dz_over_a_gradient_nothing_else_holds(dtype):
+    """A gradient made inside the backward (here by mul's node) is the node's alone: dz goes over it
+    (bias_gelu_bwd_inplace), and the gradients are the out-of-place op's, bit for bit."""
+    z = (torch.randn(37, 48, dtype=dtype) * 2).requires_grad_()
+    b = torch.randn(48, dtype=torch.float64 if dtype == torch.float64 else torch.float32, requires_grad=True)
+    w = torch.randn(37, 48, dtype=dtype)
+    y = swin_ext.bias_gelu(z, b)
+    called = _bwd_ops_called(lambda: torch.autograd.backward((y * w).sum()))
+    assert called == ["swin_ext::bias_gelu_bwd_inplace"], called
+    dz, db = _grads_out_of_place(z, b, w)
+    assert torch.equal(z.grad, dz) and torch.equal(b.grad, db)
+
+
+def test_backward_through_a_reshape_writes_over_its_base():
+    """The gradient reaching the node through a reshape's backward is a view whose base nothing else holds."""
+    z, b = torch.randn(2, 5, 16, requires_grad=True), torch.randn(16, requires_grad=True)
+    w = torch.randn(8, 16)
+    y = swin_ext.bias_gelu(z, b)
+    called = _bwd_ops_called(lambda: torch.autograd.backward((y.reshape(10, 16) @ w.t()).sum()))
+    assert called == ["swin_ext::bias_gelu_bwd_inplace"], called
+
+
+def test_backward_over_a_retained_gradient_keeps_the_retained_copy():
+    """retain_grad stores a copy of the gradient (torch clones it into .grad), so dz may go over the
+    node's own: y.grad stays the gradient of y."""
+    z, b = (torch.randn(6, 24) * 2).requires_grad_(), torch.randn(24, requires_grad=True)
+    y = swin_ext.bias_gelu(z, b)
+    y.retain_grad()
+    g = torch.randn(6, 24)
+    called = _bwd_ops_called(lambda: torch.autograd.backward((y * g).sum()))
+    assert called == ["swin_ext::bias_gelu_bwd_inplace"], called
+    assert torch.equal(y.grad, g)
+    dz, db = _grads_out_of_place(z, b, g)
+    assert torch.equal(z.grad, dz) and torch.equal(b.grad, db)
+
+
+@pytest.mark.parametrize("holder", ["grad_tensors", "hook", "view_of_callers_tensor"])
+def test_backward_leaves_a_gradient_others_can_see_alone(holder):
+    """A gradient the caller passed, a hook kept, or a view of the caller's tensor is never
+    overwritten: the node runs the out-of-place op, and the gradients are right."""
+    z, b = (torch.randn(6, 24) * 2).requires_grad_(), torch.randn(24, requires_grad=True)
+    y = swin_ext.bias_gelu(z, b)
+    g = torch.randn(6, 24)
+    kept = []
+    if holder == "grad_tensors":
+        run, seen = (lambda: torch.autograd.backward(y, g)), g
+    elif holder == "view_of_callers_tensor":
+        big = torch.randn(2, 6, 24)
+        g = big[1]
+        run, seen = (lambda: torch.autograd.backward(y, g)), g
+    else:
+        y.register_hook(lambda t: kept.append(t))
+        run = lambda: torch.autograd.backward((y * g).sum())  # noqa: E731
+        seen = None
+    before = g.clone()
+    called = _bwd_ops_called(run)
+    assert called == ["swin_ext::bias_gelu_bwd"], called
+    if seen is not None:
+        assert torch.equal(seen, before)  # the caller's tensor is untouched
+    if holder == "hook":
+        assert torch.equal(kept[0], g)
+    dz, db = _grads_out_of_place(z, b, g)
+    assert torch.equal(z.grad, dz) and torch.equal(b.grad, db)
+
+
+@pytest.mark.skipif(
+    tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 13),
+    reason="before torch 2.13 a gradient out of a Python backward counts its wrapper's reference",
+)
+def test_model_training_step_writes_every_mlp_dz_in_place():
+    """Swin-T's CPU training path: fc2's input gradient comes out of the oneDNN Linear's (Python)
+    backward through a reshape; every MLP's GELU backward writes over it."""
+    torch.manual_seed(0)
+    m = swin_ext.swin_t(backend="fused", drop_path_rate=0.0, img_size=64, window_size=2).train()
+    x = torch.randn(1, 3, 64, 64)
+    called = _bwd_ops_called(lambda: m(x).sum().backward())
+    assert called == ["swin_ext::bias_gelu_bwd_inplace"] * 12, called
+
+
+def test_inplace_backward_op_bad_input():
+    z, b = torch.randn(4, 6), torch.randn(6)
+    op = torch.ops.swin_ext.bias_gelu_bwd_inplace
+    with pytest.raises(RuntimeError, match="grad_y is overwritten with dz, so it must be contiguous"):
+        op(torch.randn(6, 4).t(), z, b)
+    with pytest.raises(RuntimeError, match="must not share memory with z or bias"):
+        op(z, z, b)
+    with pytest.raises(RuntimeError, match="grad_y must be"):
+        op(torch.randn(4, 6, dtype=torch.float64), z, b)
+    g = torch.randn(4, 6, requires_grad=True)
+    with pytest.raises(RuntimeError, match="bias_gelu_bwd is not differentiable"):
+        op(g, z, b)
+    # a failed call leaves grad_y as it was
+    g2 = torch.randn(4, 6)
+    keep = g2.clone()
+    with pytest.raises(RuntimeError):
+        op(g2, z, torch.randn(5))
+    assert torch.equal(g2, keep)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -220,6 +220,7 @@ def test_dual_cotangent_through_the_fused_backward(name):
         ("add_layernorm_fwd", lambda d: (d, _r(2, 6), _r(6), _r(6), 1e-5, None), "call swin_ext.add_layernorm"),
         ("patch_merging_fwd", lambda d: (d.view(1, 2, 3, 2), _r(8), _r(8), 1e-5), "call swin_ext.patch_merging"),
         ("bias_gelu_bwd", lambda d: (d, _r(2, 6), _r(6)), "differentiate swin_ext.bias_gelu"),
+        ("bias_gelu_bwd_inplace", lambda d: (d, _r(2, 6), _r(6)), "differentiate swin_ext.bias_gelu"),
     ],
 )
 def test_raw_ops_refuse_a_tangent(op, args, advice):

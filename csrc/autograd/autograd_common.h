@@ -30,6 +30,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>
+#include <torch/version.h>
 
 #include <array>
 #include <optional>
@@ -124,6 +125,31 @@ std::array<at::Tensor, N> needed(std::vector<at::Tensor> grads, const std::array
     if (needs[i]) out[i] = std::move(grads[i]);
   }
   return out;
+}
+
+// Whether nothing but this handle can observe a write into t's memory: no other
+// reference to the tensor (a hook's list, retain_grad, a caller's grad_tensors,
+// a saved variable) and none to its storage, except -- for a view, such as the
+// gradient a reshape's backward hands on -- its base, which nothing else holds.
+// A Python wrapper that holds the only reference to its tensor (the tensor came
+// out of a Python backward and the wrapper waits to be freed) does not count,
+// as for AccumulateGrad's stealing of a gradient (torch >= 2.13; older
+// releases count it, which only makes this more conservative).
+inline bool sole_handle(const at::Tensor& t) {
+  // x has no reference but `refs` (and perhaps its Python wrapper's, as above).
+  const auto unshared = [](const at::Tensor& x, size_t refs) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 13)
+    return torch::autograd::impl::is_tensor_stealable(x, refs);
+#else
+    return x.use_count() == refs;
+#endif
+  };
+  if (!t.has_storage() || !unshared(t, 1)) return false;
+  if (!t.is_view()) return t.storage().use_count() == 1;
+  at::TensorBase base_ref = t._base();
+  const at::Tensor base(std::move(base_ref));  // a second reference, beside t's view metadata
+  return t.storage().use_count() == 2 && base.has_storage() && base.storage().is_alias_of(t.storage()) &&
+         unshared(base, 2);
 }
 
 }  // namespace autograd

@@ -129,9 +129,10 @@ SWIN_ALWAYS_INLINE void bg_bwd_blocks_vec(const T* gy, const T* z, const float* 
     std::fill(acc, acc + K, 0.0f);
     const int64_t r1 = std::min(rows, (p + 1) * kBgRowsPerPartial);
     for (int64_t r = p * kBgRowsPerPartial; r < r1; ++r) {
+      // gr and dr may be the same rows (bias_gelu_bwd_inplace): each element is read before it is written.
       const T* __restrict zr = z + r * K;
-      const T* __restrict gr = gy + r * K;
-      T* __restrict dr = dz + r * K;
+      const T* gr = gy + r * K;
+      T* dr = dz + r * K;
       int64_t k = 0;
       for (; k < Kv; k += L) {
         const V g = cpu::load_lanes<V>(gr + k) *
@@ -240,14 +241,12 @@ at::Tensor bias_gelu_fwd_cpu(const at::Tensor& z_in, const at::Tensor& bias_in) 
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd_cpu(const at::Tensor& grad_y_in, const at::Tensor& z_in,
-                                                     const at::Tensor& bias_in) {
-  const int64_t K = check_bias_gelu_bwd_args(grad_y_in, z_in, bias_in);
-  TORCH_CHECK(z_in.device().is_cpu(), "swin_ext.bias_gelu (CPU kernel): z must be on the CPU, got ", z_in.device());
-  const at::Tensor z = z_in.contiguous(), grad_y = grad_y_in.contiguous(), bias = bias_in.contiguous();
-  at::Tensor dz = at::empty(z.sizes(), z.options());
+// dz = grad_y * GELU'(z + bias) written to `dz` (grad_y itself for the in-place op; z's
+// dtype and shape, contiguous); returns dbias.
+at::Tensor bias_gelu_bwd_into(const at::Tensor& grad_y, const at::Tensor& z, const at::Tensor& bias,
+                              const at::Tensor& dz, int64_t K) {
   const int64_t rows = z.numel() / K;
-  if (rows == 0) return {dz, at::zeros({K}, bias.options())};
+  if (rows == 0) return at::zeros({K}, bias.options());
   const int64_t nparts = ceil_div(rows, kBgRowsPerPartial);
   at::Tensor part = at::empty({nparts, K}, bias.options());
   at::Tensor dbias = at::empty({K}, bias.options());
@@ -263,7 +262,25 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd_cpu(const at::Tensor& grad_y_in
                      [&](int64_t pb, int64_t pe) { bg_bwd_blocks(gp, zp, bp, dp, pp, rows, K, pb, pe); });
     cpu::sum_partials<acc_t>(pp, nullptr, nparts, K, dbias.mutable_data_ptr<acc_t>(), nullptr);
   });
+  return dbias;
+}
+
+std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd_cpu(const at::Tensor& grad_y_in, const at::Tensor& z_in,
+                                                     const at::Tensor& bias_in) {
+  const int64_t K = check_bias_gelu_bwd_args(grad_y_in, z_in, bias_in);
+  TORCH_CHECK(z_in.device().is_cpu(), "swin_ext.bias_gelu (CPU kernel): z must be on the CPU, got ", z_in.device());
+  const at::Tensor z = z_in.contiguous(), grad_y = grad_y_in.contiguous(), bias = bias_in.contiguous();
+  at::Tensor dz = at::empty(z.sizes(), z.options());
+  at::Tensor dbias = bias_gelu_bwd_into(grad_y, z, bias, dz, K);
   return {dz, dbias};
+}
+
+// The same, dz written over grad_y (which must be contiguous: it is the output).
+at::Tensor bias_gelu_bwd_inplace_cpu(const at::Tensor& grad_y, const at::Tensor& z_in, const at::Tensor& bias_in) {
+  const int64_t K = check_bias_gelu_bwd_inplace_args(grad_y, z_in, bias_in);
+  TORCH_CHECK(z_in.device().is_cpu(), "swin_ext.bias_gelu (CPU kernel): z must be on the CPU, got ", z_in.device());
+  const at::Tensor z = z_in.contiguous(), bias = bias_in.contiguous();
+  return bias_gelu_bwd_into(grad_y, z, bias, grad_y, K);
 }
 
 }  // namespace
@@ -271,6 +288,7 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd_cpu(const at::Tensor& grad_y_in
 TORCH_LIBRARY_IMPL(swin_ext, CPU, m) {
   m.impl("bias_gelu_fwd", &bias_gelu_fwd_cpu);
   m.impl("bias_gelu_bwd", &bias_gelu_bwd_cpu);
+  m.impl("bias_gelu_bwd_inplace", &bias_gelu_bwd_inplace_cpu);
 }
 
 }  // namespace swin_ext

@@ -59,9 +59,20 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd(const at::Tensor& grad_y_in, co
   return {dz, db_part.sum(0)};
 }
 
+// dz over grad_y: the kernel's dy and dz are __restrict__ (read-only cache for dy), so
+// this runs the out-of-place kernel and copies; the model calls it on the CPU only.
+template <class Backend>
+at::Tensor bias_gelu_bwd_inplace(const at::Tensor& grad_y, const at::Tensor& z, const at::Tensor& bias) {
+  check_bias_gelu_bwd_inplace_args(grad_y, z, bias);
+  auto [dz, dbias] = bias_gelu_bwd<Backend>(grad_y, z, bias);
+  grad_y.copy_(dz);
+  return dbias;
+}
+
 SWIN_CUDA_GLUE_IMPL(m) {
   m.impl("bias_gelu_fwd", &bias_gelu_fwd<GlueBackend>);
   m.impl("bias_gelu_bwd", &bias_gelu_bwd<GlueBackend>);
+  m.impl("bias_gelu_bwd_inplace", &bias_gelu_bwd_inplace<GlueBackend>);
 }
 
 }  // namespace cuda_glue

@@ -3,7 +3,10 @@
 Raw ops ``swin_ext::bias_gelu_{fwd,bwd}``: schemas in ``csrc/op_schemas.h``,
 CPU kernel in ``csrc/cpu/bias_gelu_cpu.cpp``, CUDA kernels in
 ``csrc/cuda/bias_gelu.cuh``.  The backward writes ``dz`` and the bias
-gradient (the column sums of ``dz``) in one pass.
+gradient (the column sums of ``dz``) in one pass;
+``swin_ext::bias_gelu_bwd_inplace`` writes ``dz`` over ``grad_y`` instead, and
+the autograd kernel (``csrc/autograd/bias_gelu_autograd.cpp``) calls it on
+the CPU when nothing else holds the incoming gradient.
 
 This file reads top to bottom: wrapper, fakes, autograd, the
 ``autograd.Function`` used under ``torch.func``, vmap rule, registration.
@@ -85,6 +88,11 @@ def _bwd_fake(grad_y, z, bias):
     return z.new_empty(z.shape), bias.new_empty(bias.shape)
 
 
+def _bwd_inplace_fake(grad_y, z, bias):
+    _bwd_fake(grad_y, z, bias)
+    return bias.new_empty(bias.shape)
+
+
 # --------------------------------------------------------------------------- autograd
 
 
@@ -136,6 +144,7 @@ def _fwd_vmap(info, in_dims, z, bias):
 if HAS_OPS:
     torch.library.register_fake("swin_ext::bias_gelu_fwd", _fwd_fake)
     torch.library.register_fake("swin_ext::bias_gelu_bwd", _bwd_fake)
+    torch.library.register_fake("swin_ext::bias_gelu_bwd_inplace", _bwd_inplace_fake)
     register_vjp("bias_gelu", _vjp)
     torch.library.register_vmap("swin_ext::bias_gelu_fwd", _fwd_vmap)
     register_backward_op("bias_gelu")
