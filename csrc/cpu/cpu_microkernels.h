@@ -139,6 +139,38 @@ SWIN_ALWAYS_INLINE void gemm_tn(int64_t M, int64_t Nc, int64_t K, T alpha, const
   }
 }
 
+// dst (8 x 8, row stride ldd) = transpose(src (8 x 8, row stride lds)), floats:
+// 24 two-source shuffles, not 64 scalar loads and strided stores.
+typedef int32_t v8i_mask __attribute__((vector_size(32)));
+#if defined(__clang__)
+#define SWIN_SHUFFLE8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) \
+  __builtin_shufflevector(a, b, i0, i1, i2, i3, i4, i5, i6, i7)
+#else
+#define SWIN_SHUFFLE8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) \
+  __builtin_shuffle(a, b, (v8i_mask){i0, i1, i2, i3, i4, i5, i6, i7})
+#endif
+SWIN_ALWAYS_INLINE void transpose8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  typedef Vec32<float>::type V;
+  V r[8];
+  for (int i = 0; i < 8; ++i) r[i] = load_vec<V>(src + i * lds);
+  V a[8], b[8];
+  for (int i = 0; i < 8; i += 2) {  // interleave row pairs
+    a[i] = SWIN_SHUFFLE8(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    a[i + 1] = SWIN_SHUFFLE8(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4) {  // then pairs of pairs
+    b[i] = SWIN_SHUFFLE8(a[i], a[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    b[i + 1] = SWIN_SHUFFLE8(a[i], a[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    b[i + 2] = SWIN_SHUFFLE8(a[i + 1], a[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    b[i + 3] = SWIN_SHUFFLE8(a[i + 1], a[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  for (int j = 0; j < 4; ++j) {  // then the 128-bit halves
+    store_vec(dst + j * ldd, SWIN_SHUFFLE8(b[j], b[j + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+    store_vec(dst + (j + 4) * ldd, SWIN_SHUFFLE8(b[j], b[j + 4], 4, 5, 6, 7, 12, 13, 14, 15));
+  }
+}
+#undef SWIN_SHUFFLE8
+
 // dst[c] = src[c] * scale (converted), n elements.  Written with explicit
 // vectors for float so that no copy loop becomes a memmove call (GCC turns
 // plain copy loops into library calls, costly on rows of 32 elements).
@@ -229,11 +261,14 @@ SWIN_ALWAYS_INLINE T lanes_reduce(V v, bool max) {
   }
 }
 
-// In-place row softmax over Np entries whose padding holds -inf; returns the
-// log-sum-exp.  float: VB-byte vectors, Np a multiple of col_block<float, VB>();
-// double: scalar std::exp.
+// The numerator of a row softmax, in place: s[j] = exp(s[j] - max) over Np
+// entries whose padding holds -inf (-> 0); returns the max, and the row's sum
+// in `sum`.  The caller divides by the sum where it is cheaper than here (the
+// attention scales its d-wide output rows, not the Np-wide P rows) and forms
+// the log-sum-exp max + log(sum) outside the row's chain of dependent steps.
+// float: VB-byte vectors, Np a multiple of col_block<float, VB>(); double: scalar std::exp.
 template <int VB, typename T>
-SWIN_ALWAYS_INLINE T softmax_row(T* __restrict s, int64_t Np) {
+SWIN_ALWAYS_INLINE T exp_row_max(T* __restrict s, int64_t Np, T& sum) {
   if constexpr (std::is_same<T, float>::value) {
     typedef typename VecB<float, VB>::type V;
     typedef typename VecB<int32_t, VB>::type VI;
@@ -253,25 +288,22 @@ SWIN_ALWAYS_INLINE T softmax_row(T* __restrict s, int64_t Np) {
       s0 += a;
       s1 += b;
     }
-    const float sum = lanes_reduce<float>(s0 + s1, false);
-    const float inv = 1.0f / sum;
-    for (int64_t j = 0; j < Np; j += L) store_vec(s + j, load_vec<V>(s + j) * inv);
-    return mx + __builtin_logf(sum);
+    sum = lanes_reduce<float>(s0 + s1, false);
+    return mx;
   } else {
     T mx = s[0];
     for (int64_t j = 1; j < Np; ++j) mx = s[j] > mx ? s[j] : mx;
-    T sum = 0;
+    T acc = 0;
     for (int64_t j = 0; j < Np; ++j) {
       s[j] = __builtin_exp(s[j] - mx);
-      sum += s[j];
+      acc += s[j];
     }
-    const T inv = T(1) / sum;
-    for (int64_t j = 0; j < Np; ++j) s[j] *= inv;
-    return mx + __builtin_log(sum);
+    sum = acc;
+    return mx;
   }
 }
 
-// s[j] = exp(s[j] - l) over Np entries (padding -inf -> 0); float as softmax_row.
+// s[j] = exp(s[j] - l) over Np entries (padding -inf -> 0); float as exp_row_max.
 template <int VB, typename T>
 SWIN_ALWAYS_INLINE void exp_shift_row(T* __restrict s, T l, int64_t Np) {
   if constexpr (std::is_same<T, float>::value) {

@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -40,11 +41,11 @@ namespace {
 
 using cpu::copy_row;
 using cpu::copy_row_scaled;
+using cpu::exp_row_max;
 using cpu::exp_shift_row;
 using cpu::gemm_nn;
 using cpu::gemm_tn;
 using cpu::round_up;
-using cpu::softmax_row;
 
 // Work items of a call are at least this many (when there are enough heads).
 constexpr int64_t kMinItems = 16;
@@ -88,6 +89,7 @@ template <typename acc_t>
 struct Work {
   int64_t N, Nr, Np, d, dp, tile, ttile;
   std::vector<acc_t> q, k, v, kt, vt, o, dO, dq, dk, dv, S, dS;
+  std::vector<acc_t> row_max, row_sum;  // forward: the softmax rows' max and sum
   std::vector<int64_t> offset;  // token row of the (B, [T,] H, W) map; -1: padding
   std::vector<int> region;
   Work(int64_t N_, int64_t d_, int64_t hmax, bool backward, int64_t pad)
@@ -95,10 +97,11 @@ struct Work {
         dp(round_up(d_, pad)), tile(Nr * dp), ttile(d_ * Np), offset(N_), region(N_) {
     auto sized = [&](std::vector<acc_t>& b, int64_t n) { b.assign(n, acc_t(0)); };
     sized(q, hmax * tile);
+    sized(k, hmax * tile);
+    sized(v, hmax * tile);
     sized(kt, hmax * ttile);
     sized(S, Nr * Np);
     if (backward) {
-      sized(k, hmax * tile);
       sized(vt, hmax * ttile);
       sized(dO, hmax * tile);
       sized(dq, tile);
@@ -106,20 +109,47 @@ struct Work {
       sized(dv, tile);
       sized(dS, Nr * Np);
     } else {
-      sized(v, hmax * tile);
       sized(o, hmax * tile);
+      sized(row_max, N_);
+      sized(row_sum, N_);
     }
   }
 };
 
+// fn(t, loc) for the tokens t = 0..N-1 of window `win`, loc = locate_token(g, win, t):
+// the window's coordinates decoded once and the token's walked (frame, row,
+// column), not four 64-bit divisions per token, twice per item.
+template <typename Fn>
+SWIN_ALWAYS_INLINE void for_window_tokens(const WindowGeometry& g, int64_t win, Fn&& fn) {
+  const int64_t plane = g.nWh * g.nWw;
+  const int64_t wz = win / plane, wrem = win - wz * plane;
+  const int64_t wy = wrem / g.nWw, wx = wrem - wy * g.nWw;
+  int64_t t = 0;
+  for (int64_t f = 0; f < g.wt; ++f) {
+    const int64_t rz = wz * g.wt + f;
+    for (int64_t r = 0; r < g.wh; ++r) {
+      const int64_t ry = wy * g.wh + r;
+      for (int64_t c = 0; c < g.ww; ++c, ++t) {
+        const int64_t rx = wx * g.ww + c;
+        TokenLoc loc;
+        loc.z = unroll(rz, g.st, g.Tp);
+        loc.y = unroll(ry, g.sh, g.Hp);
+        loc.x = unroll(rx, g.sw, g.Wp);
+        loc.valid = (loc.z < g.T) && (loc.y < g.H) && (loc.x < g.W);
+        loc.region = region_id(g, rz, ry, rx);
+        fn(t, loc);
+      }
+    }
+  }
+}
+
 // Token positions and regions of window `win`.
 template <typename scalar_t, typename acc_t>
 SWIN_ALWAYS_INLINE void locate_window(const AttnArgs<scalar_t>& a, int64_t b, int64_t win, Work<acc_t>& w) {
-  for (int64_t i = 0; i < w.N; ++i) {
-    const TokenLoc loc = locate_token(a.g, win, i);
+  for_window_tokens(a.g, win, [&](int64_t i, const TokenLoc& loc) {
     w.region[i] = loc.region;
     w.offset[i] = loc.valid ? token_row(a.g, b, loc) : -1;
-  }
+  });
 }
 
 // Software prefetch of the pieces of window `win`'s token rows that an item
@@ -132,9 +162,8 @@ SWIN_ALWAYS_INLINE void prefetch_window(const AttnArgs<scalar_t>& a, int64_t b, 
 #if defined(__GNUC__)
   constexpr int64_t kLine = 64 / sizeof(scalar_t);
   const int64_t C = a.C, len = (h1 - h0) * a.d;
-  for (int64_t i = 0; i < a.g.N; ++i) {
-    const TokenLoc loc = locate_token(a.g, win, i);
-    if (!loc.valid) continue;
+  for_window_tokens(a.g, win, [&](int64_t, const TokenLoc& loc) {
+    if (!loc.valid) return;
     const int64_t off = token_row(a.g, b, loc);
     const scalar_t* row = a.qkv + off * 3 * C + h0 * a.d;
     for (int part = 0; part < 3; ++part)
@@ -143,53 +172,51 @@ SWIN_ALWAYS_INLINE void prefetch_window(const AttnArgs<scalar_t>& a, int64_t b, 
       const scalar_t* grow = a.grad_out + off * C + h0 * a.d;
       for (int64_t c = 0; c < len; c += kLine) __builtin_prefetch(grow + c, 0, 3);
     }
-  }
+  });
 #endif
 }
 
-// One pass over each token's qkv row for heads [h0, h1): q (scaled) and k^T
-// always; v (forward) or k and v^T (backward).
+// dst (d x rows, row stride ldd) = transpose(src (rows x d, row stride lds)):
+// 8 x 8 blocks through shuffles for float (cpu::transpose8), the rest scalar.
+template <typename acc_t>
+SWIN_ALWAYS_INLINE void transpose_rows(const acc_t* src, int64_t lds, int64_t rows, int64_t d, acc_t* dst,
+                                       int64_t ldd) {
+  int64_t t0 = 0;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (d % 8 == 0) {
+      for (; t0 + 8 <= rows; t0 += 8)
+        for (int64_t c0 = 0; c0 < d; c0 += 8) cpu::transpose8(src + t0 * lds + c0, lds, dst + c0 * ldd + t0, ldd);
+    }
+  }
+  for (int64_t t = t0; t < rows; ++t)
+    for (int64_t c = 0; c < d; ++c) dst[c * ldd + t] = src[t * lds + c];
+}
+
+// One pass over each token's qkv row for heads [h0, h1) -- q (scaled), then k,
+// then v of those heads, in the row's order -- into row-major buffers; then k^T
+// (and, for the backward, v^T) by blocked transposes, not a strided scalar
+// store per element (which took a fifth of the forward).
 template <typename scalar_t, typename acc_t>
 SWIN_ALWAYS_INLINE void gather_qkv(const AttnArgs<scalar_t>& a, int64_t h0, int64_t h1, Work<acc_t>& w,
                                    bool backward) {
-  const int64_t d = a.d, C = a.C, dp = w.dp, Np = w.Np;
-  for (int64_t i = 0; i < w.N; ++i) {
+  const int64_t d = a.d, C = a.C, dp = w.dp, N = w.N;
+  for (int64_t i = 0; i < N; ++i) {
     const scalar_t* src = w.offset[i] >= 0 ? a.qkv + w.offset[i] * 3 * C : a.pad;
-    for (int64_t h = h0; h < h1; ++h) {
-      const int64_t hh = h - h0;
-      acc_t* qi = w.q.data() + hh * w.tile + i * dp;
-      acc_t* kt = w.kt.data() + hh * w.ttile + i;
-      if (src == nullptr) {
-        std::fill(qi, qi + d, acc_t(0));
-        for (int64_t c = 0; c < d; ++c) kt[c * Np] = acc_t(0);
-        continue;
+    if (src == nullptr) {  // a padding token without qkv_pad: zeros
+      for (int64_t h = h0; h < h1; ++h) {
+        const int64_t row = (h - h0) * w.tile + i * dp;
+        for (acc_t* buf : {w.q.data(), w.k.data(), w.v.data()}) std::fill(buf + row, buf + row + d, acc_t(0));
       }
-      copy_row_scaled(src + h * d, qi, d, a.scale);
-      const scalar_t* ks = src + C + h * d;
-      for (int64_t c = 0; c < d; ++c) kt[c * Np] = static_cast<acc_t>(ks[c]);
+      continue;
     }
-    for (int64_t h = h0; h < h1; ++h) {
-      const int64_t hh = h - h0;
-      if (backward) {
-        acc_t* ki = w.k.data() + hh * w.tile + i * dp;
-        acc_t* vt = w.vt.data() + hh * w.ttile + i;
-        if (src == nullptr) {
-          std::fill(ki, ki + d, acc_t(0));
-          for (int64_t c = 0; c < d; ++c) vt[c * Np] = acc_t(0);
-          continue;
-        }
-        copy_row(src + C + h * d, ki, d);
-        const scalar_t* vs = src + 2 * C + h * d;
-        for (int64_t c = 0; c < d; ++c) vt[c * Np] = static_cast<acc_t>(vs[c]);
-      } else {
-        acc_t* vi = w.v.data() + hh * w.tile + i * dp;
-        if (src == nullptr) {
-          std::fill(vi, vi + d, acc_t(0));
-        } else {
-          copy_row(src + 2 * C + h * d, vi, d);
-        }
-      }
-    }
+    const auto row_of = [&](std::vector<acc_t>& buf, int64_t h) { return buf.data() + (h - h0) * w.tile + i * dp; };
+    for (int64_t h = h0; h < h1; ++h) copy_row_scaled(src + h * d, row_of(w.q, h), d, a.scale);
+    for (int64_t h = h0; h < h1; ++h) copy_row(src + C + h * d, row_of(w.k, h), d);
+    for (int64_t h = h0; h < h1; ++h) copy_row(src + 2 * C + h * d, row_of(w.v, h), d);
+  }
+  for (int64_t hh = 0; hh < h1 - h0; ++hh) {
+    transpose_rows(w.k.data() + hh * w.tile, dp, N, d, w.kt.data() + hh * w.ttile, w.Np);
+    if (backward) transpose_rows(w.v.data() + hh * w.tile, dp, N, d, w.vt.data() + hh * w.ttile, w.Np);
   }
 }
 
@@ -238,10 +265,18 @@ SWIN_ALWAYS_INLINE void attention_fwd_items(const AttnArgs<scalar_t>& a, int64_t
     for (int64_t h = h0; h < h1; ++h) {
       const int64_t hh = h - h0;
       tile_logits<VB>(a, h, hh, w);
+      // O = softmax(S) v as (exp(S - max) v) / sum: the division scales O's d-wide rows,
+      // not P's Np-wide ones (the backward recomputes P from the log-sum-exp).
+      for (int64_t i = 0; i < N; ++i) w.row_max[i] = exp_row_max<VB>(w.S.data() + i * Np, Np, w.row_sum[i]);
+      acc_t* o = w.o.data() + hh * w.tile;
+      gemm_nn<acc_t, VB>(w.Nr, dp, N, acc_t(1), w.S.data(), Np, w.v.data() + hh * w.tile, dp, o, dp, false);
       acc_t* lse = a.lse + (bw * a.heads + h) * N;
-      for (int64_t i = 0; i < N; ++i) lse[i] = softmax_row<VB>(w.S.data() + i * Np, Np);
-      gemm_nn<acc_t, VB>(w.Nr, dp, N, acc_t(1), w.S.data(), Np, w.v.data() + hh * w.tile, dp,
-                         w.o.data() + hh * w.tile, dp, false);
+      for (int64_t i = 0; i < N; ++i) {
+        const acc_t inv = acc_t(1) / w.row_sum[i];
+        acc_t* __restrict oi = o + i * dp;
+        for (int64_t c = 0; c < d; ++c) oi[c] *= inv;
+        lse[i] = w.row_max[i] + std::log(w.row_sum[i]);
+      }
     }
     for (int64_t i = 0; i < N; ++i) {
       if (w.offset[i] < 0) continue;  // padding token: its output is cropped away
