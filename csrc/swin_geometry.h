@@ -117,6 +117,20 @@ struct TokenLoc {
   int region;       // shift region id, 0..26
 };
 
+// The token at rolled, padded coordinates (rz, ry, rx): where it lives in the
+// original map, whether it is real, its shift region.
+SWIN_HOST_DEVICE TokenLoc token_at(const WindowGeometry& g, int64_t rz, int64_t ry, int64_t rx) {
+  TokenLoc loc;
+  loc.z = unroll(rz, g.st, g.Tp);
+  loc.y = unroll(ry, g.sh, g.Hp);
+  loc.x = unroll(rx, g.sw, g.Wp);
+  loc.valid = (loc.z < g.T) && (loc.y < g.H) && (loc.x < g.W);
+  loc.region = region_id(g, rz, ry, rx);
+  return loc;
+}
+
+// Token `t` of window `win`: both decoded by division (the CPU kernel walks a
+// whole window instead, window_attention_cpu.cpp's for_window_tokens).
 SWIN_HOST_DEVICE TokenLoc locate_token(const WindowGeometry& g, int64_t win, int64_t t) {
   const int64_t plane = g.nWh * g.nWw;  // windows per frame-slab
   const int64_t wz = win / plane;
@@ -128,16 +142,8 @@ SWIN_HOST_DEVICE TokenLoc locate_token(const WindowGeometry& g, int64_t win, int
   const int64_t trem = t - f * area;
   const int64_t r = trem / g.ww;
   const int64_t c = trem - r * g.ww;
-  const int64_t rz = wz * g.wt + f;  // rolled, padded coordinates
-  const int64_t ry = wy * g.wh + r;
-  const int64_t rx = wx * g.ww + c;
-  TokenLoc loc;
-  loc.z = unroll(rz, g.st, g.Tp);
-  loc.y = unroll(ry, g.sh, g.Hp);
-  loc.x = unroll(rx, g.sw, g.Wp);
-  loc.valid = (loc.z < g.T) && (loc.y < g.H) && (loc.x < g.W);
-  loc.region = region_id(g, rz, ry, rx);
-  return loc;
+  // rolled, padded coordinates
+  return token_at(g, wz * g.wt + f, wy * g.wh + r, wx * g.ww + c);
 }
 
 // Row of a valid token in the token-major (B, T, H, W, .) map.

@@ -129,16 +129,7 @@ SWIN_ALWAYS_INLINE void for_window_tokens(const WindowGeometry& g, int64_t win, 
     const int64_t rz = wz * g.wt + f;
     for (int64_t r = 0; r < g.wh; ++r) {
       const int64_t ry = wy * g.wh + r;
-      for (int64_t c = 0; c < g.ww; ++c, ++t) {
-        const int64_t rx = wx * g.ww + c;
-        TokenLoc loc;
-        loc.z = unroll(rz, g.st, g.Tp);
-        loc.y = unroll(ry, g.sh, g.Hp);
-        loc.x = unroll(rx, g.sw, g.Wp);
-        loc.valid = (loc.z < g.T) && (loc.y < g.H) && (loc.x < g.W);
-        loc.region = region_id(g, rz, ry, rx);
-        fn(t, loc);
-      }
+      for (int64_t c = 0; c < g.ww; ++c, ++t) fn(t, token_at(g, rz, ry, wx * g.ww + c));
     }
   }
 }
