@@ -1,11 +1,21 @@
 """Shared timing helper for the benchmark scripts: warm-up, then the median of repeats."""
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Callable, Dict, Optional
 
 import torch
+
+# Kineto leaves CUPTI attached after a profiler session unless TEARDOWN_CUPTI=1
+# (pytorch/pytorch#144455), and an attached CUPTI keeps its callbacks on every
+# later CUDA API call of the process: a wall time taken after a
+# gpu_busy_time() would carry profiler overhead, milliseconds per step on a
+# host-bound model.  Kineto reads the variable when a session ends, so setting
+# it here covers every session of a benchmark process.  (torch itself turns
+# teardown off only around CUDA graphs, which no benchmark here captures.)
+os.environ.setdefault("TEARDOWN_CUPTI", "1")
 
 
 def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10,
@@ -46,7 +56,8 @@ def gpu_busy_time(fn: Callable[[], object], device: torch.device, calls: int = 3
     profiler's CUDA activity.  Beside the wall time per call (:func:`measure`), which a slow host
     (Python wrappers, autograd, launches) inflates when the kernels are short: wall >> busy means
     the call is host-bound.  None off CUDA, when the profiler gives nothing or fails (said, with
-    ``label``): the column is optional."""
+    ``label``): the column is optional.  Profile after the wall times of a process, not between
+    them (``bench_model.py`` does): even with CUPTI torn down (above), a session costs its set-up."""
     if device.type != "cuda":
         return None
     from torch.profiler import ProfilerActivity, profile

@@ -390,8 +390,13 @@ def make_runner(
 
 def bench_case(
     models, mode, batch, dtype, device, warmup, repeats, compile_s: Optional[Dict[str, float]] = None, img=224,
-    model: str = "swin_t",
+    model: str = "swin_t", profile_later: Optional[List[Tuple[Dict[str, float], str, Callable[[], None]]]] = None,
 ) -> Dict[str, Dict[str, float]]:
+    """Wall time (interleaved rounds), peak memory and GPU busy time of each model's iteration.
+
+    With ``profile_later`` (a list), the GPU busy time is not measured here: ``(result, name,
+    runner)`` is appended for :func:`profile_pending`, so that no profiler session runs before
+    a later case's wall times (a session leaves set-up and, unless torn down, CUPTI behind)."""
     runners = {}
     for name, m in models.items():
         try:
@@ -423,12 +428,41 @@ def bench_case(
             "p80_s": ts[min(len(ts) - 1, int(0.8 * len(ts)))],
             "img_s": batch / med,
             "peak_mib": peak_memory_mib(fn, device),
-            "gpu_s": gpu_busy_time(fn, device, calls=2, label=name),
+            "gpu_s": None,
         }
+        if device.type != "cuda":
+            continue
+        if profile_later is not None:
+            m = models[name]
+
+            def again(m=m, fn=fn, training=mode == "train"):  # a later case may have switched the mode
+                m.train(training)
+                fn()
+
+            profile_later.append((res[name], name, again))
+        else:
+            res[name]["gpu_s"] = gpu_busy_time(fn, device, calls=2, label=name)
     for m in models.values():
         m.zero_grad(set_to_none=True)
     gc.collect()
     return res
+
+
+def profile_pending(pending: List[Tuple[Dict[str, float], str, Callable[[], None]]], device: torch.device,
+                    deadline: Optional[float] = None) -> int:
+    """The GPU busy time of every runner :func:`bench_case` left in ``pending``, after all wall
+    times; stops at ``deadline`` (those keep no busy time).  Returns how many were profiled."""
+    done = 0
+    for entry, name, fn in pending:
+        if deadline is not None and time.time() > deadline - 5:
+            break
+        entry["gpu_s"] = gpu_busy_time(fn, device, calls=2, label=name)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        done += 1
+    pending.clear()
+    gc.collect()
+    return done
 
 
 # --------------------------------------------------------------------------- report
@@ -626,6 +660,7 @@ def main(argv=None) -> int:
 
     results: Dict[Tuple[str, str, int], Dict[str, Dict[str, float]]] = {}
     compile_s: Dict[str, float] = {}
+    pending: List[Tuple[Dict[str, float], str, Callable[[], None]]] = []  # GPU busy: profiled after every wall time
     left_out: List[str] = []
     for mode in args.modes:
         for dt in dtypes:
@@ -644,12 +679,27 @@ def main(argv=None) -> int:
                                                 f"{args.compile_min_s:.0f} s needed to compile)")
                 print(f"\n... {mode} {dt} batch {b}", flush=True)
                 res = bench_case(case_models, mode, b, getattr(torch, dt), device, warmup, repeats, compile_s, img,
-                                 args.model)
+                                 args.model, profile_later=pending)
                 results[(mode, dt, b)] = res
                 md_write(_case_rows(mode, dt, b, res, impls, baselines)
                          + [f"| | | | compile (first call, not timed): {k} {v:.0f} s |" for k, v in compile_s.items()
                             if k.startswith(tuple(case_models)) and f" {mode} {dt} b{b}" in k])
     md_write([""] + [f"* {x}" for x in left_out] + [""])
+    if pending:
+        n = len(pending)
+        profiled = profile_pending(pending, device, args.deadline)
+        busy = ["GPU busy ms per iteration, profiled after all the wall times above "
+                f"({profiled} of {n} runners; wall >> busy: the host or a wait sets the pace):", "",
+                "| mode | dtype | batch | implementation | ms / iter | GPU busy ms | wall / busy |",
+                "|---|---|---:|---|---:|---:|---:|"]
+        for (mode, dt, b), res in results.items():
+            for name in impls:
+                r = res.get(name)
+                if r is not None and r.get("gpu_s"):
+                    busy.append(f"| {mode} | {dt} | {b} | {name} | {1e3 * r['median_s']:.1f} | "
+                                f"{1e3 * r['gpu_s']:.1f} | {r['median_s'] / r['gpu_s']:.2f} |")
+        md_write(busy + [""])
+        print("\n".join(busy), flush=True)
     if md:
         md.close()
 
@@ -728,8 +778,9 @@ def main(argv=None) -> int:
         "`train` = forward + cross-entropy + backward + AdamW step. "
         "float16/bfloat16 run under torch.autocast (float32 weights). "
         + (
-            "GPU busy = the device work of one iteration from the profiler (kernels, copies, memsets): "
-            "ms / iter well above it means the host (Python, autograd, launches) sets the pace. "
+            "GPU busy = the device work of one iteration from the profiler (kernels, copies, memsets), "
+            "profiled after every wall time of the run (the per-case rows written as they go show '-'): "
+            "ms / iter well above it means the host (Python, autograd, launches) or a wait sets the pace. "
             "Peak memory = torch.cuda.max_memory_allocated over one iteration "
             "(absolute, includes weights and optimizer state)."
             if cuda

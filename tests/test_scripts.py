@@ -115,3 +115,29 @@ def test_measure_times_inner_calls_back_to_back():
     calls = []
     r = timing.measure(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=4, inner=3)
     assert len(calls) == 2 + 4 * 3 and r["n"] == 4 and r["median"] > 0
+
+
+def test_bench_model_profiles_only_after_every_wall_time(monkeypatch):
+    """bench_model measures GPU busy time in a pass after all the wall times (a profiler session
+    before a wall time would slow it), stops that pass at the deadline, and the benchmark
+    processes tear CUPTI down after each session."""
+    bench_model = _benchmark("bench_model")
+    assert os.environ.get("TEARDOWN_CUPTI") == "1"
+    profiled = []
+
+    def fake_busy(fn, device, calls=3, label=""):
+        fn()
+        profiled.append(label)
+        return 0.25
+
+    monkeypatch.setattr(bench_model, "gpu_busy_time", fake_busy)
+    ran = []
+    entries = [{"gpu_s": None} for _ in range(3)]
+    pending = [(e, f"m{i}", lambda i=i: ran.append(i)) for i, e in enumerate(entries)]
+    assert bench_model.profile_pending(pending, torch.device("cpu")) == 3
+    assert profiled == ["m0", "m1", "m2"] and ran == [0, 1, 2] and pending == []
+    assert [e["gpu_s"] for e in entries] == [0.25] * 3
+
+    late = [({"gpu_s": None}, "m", lambda: ran.append("late"))]
+    assert bench_model.profile_pending(late, torch.device("cpu"), deadline=0.0) == 0
+    assert ran[-1] != "late" and late == []
