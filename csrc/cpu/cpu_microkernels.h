@@ -316,5 +316,43 @@ SWIN_ALWAYS_INLINE void exp_shift_row(T* __restrict s, T l, int64_t Np) {
   }
 }
 
+// The softmax backward of one row, in place: with D = sum_{j<N} p[j] ds[j],
+// ds[j] = p[j] (ds[j] - D) for j < N and 0 on the padding N <= j < Np.  On
+// entry ds holds dP.  float: VB-byte vectors (Np a multiple of their lanes),
+// the padding lanes masked out of D whatever they hold, and D summed from two
+// vector accumulators by halving -- not an `omp simd` reduction, whose 49-long
+// rows GCC finished with a scalar tail and a lane-by-lane sum through the
+// stack (a twentieth of the attention backward); double: scalar.
+template <int VB, typename T>
+SWIN_ALWAYS_INLINE void softmax_bwd_row(const T* __restrict p, T* __restrict ds, int64_t N, int64_t Np) {
+  if constexpr (std::is_same<T, float>::value) {
+    typedef typename VecB<float, VB>::type V;
+    typedef typename VecB<int32_t, VB>::type VI;
+    constexpr int L = VecB<float, VB>::kLanes;
+    VI lane;
+    for (int i = 0; i < L; ++i) lane[i] = i;
+    V a0 = {}, a1 = {};
+    int64_t j = 0;
+    for (; j + 2 * L <= N; j += 2 * L) {
+      a0 += load_vec<V>(p + j) * load_vec<V>(ds + j);
+      a1 += load_vec<V>(p + j + L) * load_vec<V>(ds + j + L);
+    }
+    for (; j < N; j += L) {
+      const V x = load_vec<V>(p + j) * load_vec<V>(ds + j);
+      a0 += lane + static_cast<int32_t>(j) < static_cast<int32_t>(N) ? x : V{};
+    }
+    const float D = lanes_reduce<float>(a0 + a1, false);
+    for (j = 0; j < Np; j += L) {
+      const V x = load_vec<V>(p + j) * (load_vec<V>(ds + j) - D);
+      store_vec(ds + j, lane + static_cast<int32_t>(j) < static_cast<int32_t>(N) ? x : V{});
+    }
+  } else {
+    T D = 0;
+    for (int64_t j = 0; j < N; ++j) D += p[j] * ds[j];
+    for (int64_t j = 0; j < N; ++j) ds[j] = p[j] * (ds[j] - D);
+    for (int64_t j = N; j < Np; ++j) ds[j] = T(0);
+  }
+}
+
 }  // namespace cpu
 }  // namespace swin_ext

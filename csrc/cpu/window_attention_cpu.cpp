@@ -46,6 +46,7 @@ using cpu::exp_shift_row;
 using cpu::gemm_nn;
 using cpu::gemm_tn;
 using cpu::round_up;
+using cpu::softmax_bwd_row;
 
 // Work items of a call are at least this many (when there are enough heads).
 constexpr int64_t kMinItems = 16;
@@ -326,13 +327,8 @@ SWIN_ALWAYS_INLINE void attention_bwd_items(const AttnArgs<scalar_t>& a, int64_t
         gemm_nn<acc_t, VB>(Nr, Np, d, acc_t(1), dO, dp, w.vt.data() + hh * w.ttile, Np, dS, Np, false);
         acc_t* dbias_w = a.dbias_part + (win * a.heads + h) * N * N;
         for (int64_t i = 0; i < N; ++i) {
-          const acc_t* __restrict p = P + i * Np;
           acc_t* __restrict ds = dS + i * Np;
-          acc_t D = 0;
-#pragma omp simd reduction(+ : D)
-          for (int64_t j = 0; j < N; ++j) D += p[j] * ds[j];
-          for (int64_t j = 0; j < N; ++j) ds[j] = p[j] * (ds[j] - D);
-          for (int64_t j = N; j < Np; ++j) ds[j] = acc_t(0);
+          softmax_bwd_row<VB>(P + i * Np, ds, N, Np);
           acc_t* __restrict dbi = dbias_w + i * N;
           for (int64_t j = 0; j < N; ++j) dbi[j] += ds[j];
         }
