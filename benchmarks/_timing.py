@@ -77,3 +77,22 @@ def gpu_busy_time(fn: Callable[[], object], device: torch.device, calls: int = 3
         if getattr(ev, "device_type", None) == cuda:
             total_us += ev.time_range.elapsed_us()
     return total_us * 1e-6 / calls if total_us > 0 else None
+
+
+def host_issue_time(fn: Callable[[], object], device: torch.device, repeats: int = 3) -> Optional[float]:
+    """Median seconds until ``fn()`` returns, each call started on an idle device: the host's time to
+    issue the call's work (Python, dispatch, autograd, launches).  Beside the wall time and
+    :func:`gpu_busy_time` it says what sets the pace: issue ~ wall > busy, the host, or a wait
+    inside the call (the host then cannot return before the device; so can a full launch queue,
+    about a thousand pending kernels); issue << wall ~ busy, the device.  None off CUDA (there
+    the call is its own work)."""
+    if device.type != "cuda":
+        return None
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    torch.cuda.synchronize(device)
+    return statistics.median(times)

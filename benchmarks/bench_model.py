@@ -103,7 +103,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import swin_ext  # noqa: E402
 from swin_ext.weights.layouts import to_timm, to_torchvision  # noqa: E402
 
-from _timing import gpu_busy_time, measure  # noqa: E402
+from _timing import gpu_busy_time, host_issue_time, measure  # noqa: E402
 
 ALL_IMPLS = ["swin_ext-fused", "swin_ext-fused-noepi", "swin_ext-fused-compiled", "swin_ext-reference", "timm",
              "timm-sdpa", "timm-compiled", "torchvision", "transformers", "transformers-eager"]
@@ -428,6 +428,7 @@ def bench_case(
             "p80_s": ts[min(len(ts) - 1, int(0.8 * len(ts)))],
             "img_s": batch / med,
             "peak_mib": peak_memory_mib(fn, device),
+            "host_s": host_issue_time(fn, device),
             "gpu_s": None,
         }
         if device.type != "cuda":
@@ -689,14 +690,17 @@ def main(argv=None) -> int:
         n = len(pending)
         profiled = profile_pending(pending, device, args.deadline)
         busy = ["GPU busy ms per iteration, profiled after all the wall times above "
-                f"({profiled} of {n} runners; wall >> busy: the host or a wait sets the pace):", "",
-                "| mode | dtype | batch | implementation | ms / iter | GPU busy ms | wall / busy |",
-                "|---|---|---:|---|---:|---:|---:|"]
+                f"({profiled} of {n} runners), and the host's time to issue an iteration started on an idle "
+                "GPU (before any profile): wall >> busy with issue ~ wall, the host (or a wait inside the "
+                "iteration) sets the pace; issue << wall ~ busy, the GPU does:", "",
+                "| mode | dtype | batch | implementation | ms / iter | host issue ms | GPU busy ms | wall / busy |",
+                "|---|---|---:|---|---:|---:|---:|---:|"]
         for (mode, dt, b), res in results.items():
             for name in impls:
                 r = res.get(name)
                 if r is not None and r.get("gpu_s"):
-                    busy.append(f"| {mode} | {dt} | {b} | {name} | {1e3 * r['median_s']:.1f} | "
+                    issue = "-" if r.get("host_s") is None else f"{1e3 * r['host_s']:.1f}"
+                    busy.append(f"| {mode} | {dt} | {b} | {name} | {1e3 * r['median_s']:.1f} | {issue} | "
                                 f"{1e3 * r['gpu_s']:.1f} | {r['median_s'] / r['gpu_s']:.2f} |")
         md_write(busy + [""])
         print("\n".join(busy), flush=True)

@@ -141,3 +141,11 @@ def test_bench_model_profiles_only_after_every_wall_time(monkeypatch):
     late = [({"gpu_s": None}, "m", lambda: ran.append("late"))]
     assert bench_model.profile_pending(late, torch.device("cpu"), deadline=0.0) == 0
     assert ran[-1] != "late" and late == []
+
+
+def test_host_issue_time_is_for_cuda_only():
+    """The host-issue column exists only where host and device run apart (CUDA); on a CPU it is None,
+    not a number that would read as a host time."""
+    timing = _benchmark("_timing")
+    calls = []
+    assert timing.host_issue_time(lambda: calls.append(1), torch.device("cpu")) is None and not calls
