@@ -770,6 +770,35 @@ def test_kernel_bias_gelu_block_shape(hops):
     assert len(runs) == 2 and all(block == [192, 1, 1] and grid == 19 for _, grid, block, _ in runs), runs
 
 
+@pytest.mark.skipif(os.environ.get("SWIN_HARNESS_ARCH", "90") != "90", reason="the grid sizes are sm_90's (132 SMs)")
+def test_kernel_bias_gelu_backward_avoids_a_short_last_wave(hops):
+    """The backward's plan halves its 128-row blocks while the grid is one to four waves of the
+    device's resident blocks (5 per SM, 132 SMs on the emulated sm_90: 660) and its last wave is
+    less than half full: 89,600 rows (700 blocks of 128, 40 in the last wave) run as 2,800 blocks
+    of 32.  The forward, one row pass per element with no partials, keeps 700.  The result is the
+    float64 reference's, and the bias gradient is the sum of the smaller chunks' partials."""
+    hops.clear_options()
+    gen = torch.Generator().manual_seed(7)
+    z = torch.randn(89600, 8, generator=gen).to(torch.bfloat16)
+    bias, gy = torch.randn(8, generator=gen), torch.randn(89600, 8, generator=gen).to(torch.bfloat16)
+    got = {}
+
+    def step():
+        got["y"] = hops.bias_gelu_fwd(z, bias)
+        got["dz"], got["db"] = hops.bias_gelu_bwd(gy, z, bias)
+
+    runs = _launches(hops, step)
+    grids = {name.split("<")[0].split("::")[-1]: grid for name, grid, _, _ in runs}
+    assert grids == {"bias_gelu_fwd_kernel": 700, "bias_gelu_bwd_kernel": 2800}, runs
+    u = z.double() + bias.double()
+    gelu = 0.5 * u * (1 + torch.erf(u / 2**0.5))
+    dgelu = 0.5 * (1 + torch.erf(u / 2**0.5)) + u * torch.exp(-0.5 * u * u) / (2 * torch.pi) ** 0.5
+    dz = gy.double() * dgelu
+    torch.testing.assert_close(got["y"].double(), gelu, rtol=8e-3, atol=1e-5)
+    torch.testing.assert_close(got["dz"].double(), dz, rtol=8e-3, atol=1e-5)
+    torch.testing.assert_close(got["db"].double(), dz.sum(0), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.skipif(
     os.environ.get("SWIN_HARNESS_ARCH") != "86", reason="runs in test_sm86_kernel_suite's child (SWIN_HARNESS_ARCH=86)"
 )

@@ -45,6 +45,10 @@ constexpr int kBgThreads = 192;  // threads per block, at most (6 warps: 48 / 96
 constexpr int kBgMaxRows = 128;  // rows per block (blockIdx.y), at most ...
 constexpr int kBgMinRows = 16;   // ... and at least: fewer while the grid has under
 constexpr int64_t kBgTargetBlocks = 384;  // blocks (3 per SM on 132 SMs: Swin-T's stages 3 and 4)
+// The backward's resident blocks per SM with a float accumulator: its
+// __launch_bounds__ minimum, which is also what it gets (63 registers at 16-byte
+// vectors on sm_90: 5 blocks of 6 warps fill the register file).
+constexpr int kBgBwdBlocksPerSm = 5;
 
 template <typename T>
 constexpr int bias_gelu_vec() {
@@ -77,6 +81,17 @@ inline BgGeom bias_gelu_geom(int64_t K, int vec) {
 // How a launch runs: the block geometry, 16-byte vectors or not, rows per
 // block (128, halved down to 16 while the grid has fewer than
 // kBgTargetBlocks blocks), and the row chunks (= the backward's partial rows).
+//
+// With `resident` (the blocks the device holds at once; the backward passes
+// kBgBwdBlocksPerSm x SMs), rows per block are also halved while the grid is
+// one to four waves of blocks and its last wave is less than half full: those
+// few blocks would run their whole row loop, one latency-bound load pair per
+// iteration, with the rest of the GPU idle.  Swin-T's stage 2 at batch 128
+// (100352 rows of 768, 784 blocks of 128 rows on 660 slots: the last wave 124
+// blocks) ran its backward at 1.59x its byte floor against 1.08x at stage 1
+// (4.75 waves; H200, stop 30's gpu_check: fwd+bwd less fwd GPU time); at 32 rows
+// it is 3136 blocks, 4.75 waves.  The partial rows grow with the chunks (there:
+// 4% of the op's bytes, from 1%); the kernel and its per-element code are as before.
 struct BgPlan {
   BgGeom g;
   bool vec;
@@ -84,12 +99,15 @@ struct BgPlan {
   int64_t chunks;
 };
 template <typename T>
-BgPlan bias_gelu_plan(int64_t rows, int64_t K, bool aligned) {
+BgPlan bias_gelu_plan(int64_t rows, int64_t K, bool aligned, int64_t resident = 0) {
   BgPlan p;
   p.vec = K % bias_gelu_vec<T>() == 0 && aligned;
   p.g = bias_gelu_geom(K, p.vec ? bias_gelu_vec<T>() : 1);
   p.rows_per_block = kBgMaxRows;
-  while (p.rows_per_block > kBgMinRows && int64_t(p.g.gx) * ceil_div<int64_t>(rows, p.rows_per_block) < kBgTargetBlocks)
+  auto blocks = [&] { return int64_t(p.g.gx) * ceil_div<int64_t>(rows, p.rows_per_block); };
+  while (p.rows_per_block > kBgMinRows && blocks() < kBgTargetBlocks) p.rows_per_block /= 2;
+  while (resident > 0 && p.rows_per_block > kBgMinRows && blocks() > resident && blocks() < 4 * resident &&
+         blocks() % resident != 0 && blocks() % resident < resident / 2)
     p.rows_per_block /= 2;
   p.chunks = ceil_div<int64_t>(rows, p.rows_per_block);
   return p;
@@ -177,7 +195,7 @@ __device__ __forceinline__ void gelu_grad_store(T* p, const RawVec<T, VEC>& dy, 
 }
 
 template <typename T, typename A, int VEC>
-__global__ void __launch_bounds__(kBgThreads, sizeof(A) == 4 ? 5 : 1)
+__global__ void __launch_bounds__(kBgThreads, sizeof(A) == 4 ? kBgBwdBlocksPerSm : 1)
     bias_gelu_bwd_kernel(const T* __restrict__ dy, const T* __restrict__ z, const A* __restrict__ bias,
                          T* __restrict__ dz, A* __restrict__ db_part, int rows, int K, int nvec_blk, int rows_par,
                          int rows_per_block) {

@@ -6,6 +6,18 @@
 namespace swin_ext {
 namespace cuda_glue {
 
+// The current device's SM count (0 when unreadable: the plan then ignores
+// waves).  Not cached: the runtime answers from its own device table, and the
+// CPU harness changes its emulated device between tests.
+inline int64_t device_sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
 inline void check_bias_gelu_limits(int64_t K) {
   TORCH_CHECK(K <= kMaxInt32, "swin_ext.bias_gelu (CUDA): K = ", K, " exceeds the kernels' 32-bit column indexing");
 }
@@ -48,8 +60,10 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd(const at::Tensor& grad_y_in, co
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "bias_gelu_bwd_cuda", [&] {
     using T = cuda_t<scalar_t>;
     using A = typename cuda::AccType<T>::type;
+    const int64_t resident = sizeof(A) == 4 ? cuda::kBgBwdBlocksPerSm * device_sm_count() : 0;
     const cuda::BgPlan plan = cuda::bias_gelu_plan<T>(
-        rows, K, cuda::bias_gelu_aligned({grad_y.const_data_ptr(), z.const_data_ptr(), dz.const_data_ptr()}));
+        rows, K, cuda::bias_gelu_aligned({grad_y.const_data_ptr(), z.const_data_ptr(), dz.const_data_ptr()}),
+        resident);
     db_part = Backend::output({plan.chunks, K}, bias.options());
     cuda::launch_bias_gelu_bwd<T, A>(ptr<T>(grad_y), ptr<T>(z), ptr<A>(bias), mut_ptr<T>(dz), mut_ptr<A>(db_part),
                                      rows, K, plan, stream);
