@@ -340,11 +340,16 @@ def _add_ln_rows_per_block(rows: int, lg: int) -> int:
     return per_iter * iters
 
 
-def _bias_gelu_rows_per_block(rows: int, K: int, vec: int = 8) -> int:
-    """bias_gelu_plan's rows per block (bias_gelu.cuh: 128 halved to 16 while under 384 blocks, 192 threads)."""
+def _bias_gelu_rows_per_block(rows: int, K: int, vec: int = 8, backward: bool = False) -> int:
+    """bias_gelu_plan's rows per block (bias_gelu.cuh: 128 halved to 16 while under 384 blocks, 192 threads;
+    the backward also while its grid is 1-4 waves of 5 blocks per SM with the last wave under half full)."""
     gx = -(-(K // vec) // 192)
     rpb = 128
-    while rpb > 16 and gx * -(-rows // rpb) < 384:
+    blocks = lambda: gx * -(-rows // rpb)  # noqa: E731
+    while rpb > 16 and blocks() < 384:
+        rpb //= 2
+    resident = 5 * H200_SMS if backward else 0
+    while resident and rpb > 16 and resident < blocks() < 4 * resident and 0 < blocks() % resident < resident // 2:
         rpb //= 2
     return rpb
 
@@ -375,7 +380,7 @@ def stream_estimates(counts: Dict[str, LoopCount]) -> List[dict]:
             elems = rows * K
             fb = elems * floor_b + rows * row_b
             if gelu:
-                nparts = -(-rows // _bias_gelu_rows_per_block(rows, K))
+                nparts = -(-rows // _bias_gelu_rows_per_block(rows, K, backward=True))
             else:
                 lg = 0
                 while (3 << lg) * 8 < C:  # add_ln_plan: the smallest 2^lg with 2^lg * NCH * VEC >= C (NCH 3, VEC 8)
@@ -1250,7 +1255,7 @@ def op_partial_bytes(op: str, B: int, H: int, W: int, C: int) -> int:
             lg += 1
         return 2 * 2 * F32 * C * -(-rows // _add_ln_rows_per_block(rows, lg))
     if op == "bias+GELU bwd":
-        return 2 * F32 * C * -(-rows // _bias_gelu_rows_per_block(rows, C))
+        return 2 * F32 * C * -(-rows // _bias_gelu_rows_per_block(rows, C, backward=True))
     if op == "merging bwd":
         lg, _, _ = _merge_geometry(C, True)
         P = B * ((H + 1) // 2) * ((W + 1) // 2)
