@@ -1245,6 +1245,21 @@ def _merge_geometry(C: int, backward: bool, vec: int = 8) -> tuple:
     return lg, nch, chunks / ((1 << lg) * nch)
 
 
+def _merge_bwd_iters(P: int, groups: int) -> int:
+    """merge_bwd_iters (patch_merging.cuh): pixel groups per register-backward block, the fewest
+    (waves of 4 blocks per SM on the H200) x (groups per block) from 16 down to 8, the largest on a tie."""
+    resident = 4 * H200_SMS
+
+    def cost(it: int) -> int:
+        return -(-(-(-P // (groups * it))) // resident) * it
+
+    best = 16
+    for it in range(15, 7, -1):
+        if cost(it) < cost(best):
+            best = it
+    return best
+
+
 def op_partial_bytes(op: str, B: int, H: int, W: int, C: int) -> int:
     """Bytes the design moves beyond the floor: the float32 dweight / dbias partial rows of the backward
     kernels (one row pair per block; bias+GELU: dbias only), written by the kernel and read by the glue's sum."""
@@ -1259,7 +1274,8 @@ def op_partial_bytes(op: str, B: int, H: int, W: int, C: int) -> int:
     if op == "merging bwd":
         lg, _, _ = _merge_geometry(C, True)
         P = B * ((H + 1) // 2) * ((W + 1) // 2)
-        blocks = -(-P // (max(1, 128 >> lg) * 16))  # kMergeBwdIters pixel groups per block
+        groups = max(1, 128 >> lg)
+        blocks = -(-P // (groups * _merge_bwd_iters(P, groups)))  # one partial row pair per block
         return 2 * 2 * F32 * 4 * C * blocks
     return 0
 
@@ -1340,11 +1356,13 @@ def floors_rows(so: str, arch: str = "sm_90", kernels: Optional[List[Kernel]] = 
             else:  # merging: the dynamic counter over patch_merging.cuh's sass-dyn markers
                 bwd = op.endswith("bwd")
                 lg, nch, busy = _merge_geometry(C, bwd)
-                env = dict(bfly=min(lg, 5), wpg=max(1, 1 << max(lg - 5, 0)), iters=16, groups=max(1, 128 >> lg),
+                groups = max(1, 128 >> lg)
+                iters = _merge_bwd_iters(batch * hw * hw // 4, groups) if bwd else 16  # output pixels (hw even)
+                env = dict(bfly=min(lg, 5), wpg=max(1, 1 << max(lg - 5, 0)), iters=iters, groups=groups,
                            c4_threads=-(-4 * C // 128))
                 total, _, _ = dynamic_count(merge_ins[k.mangled][0], merge_ins[k.mangled][1], "patch_merging.cuh",
                                             merge_markers, env)
-                pe = total / ((16 if bwd else 1) * 8 * nch)  # per thread: iters x chunks x VEC (fwd: one pixel)
+                pe = total / ((iters if bwd else 1) * 8 * nch)  # per thread: iters x chunks x VEC (fwd: one pixel)
             pe /= busy  # lanes without a chunk still issue the trip
             per_elem.append(pe)
             floor_b += n * fb

@@ -692,8 +692,9 @@ def test_kernel_grids_grow_with_the_batch(hops, monkeypatch, dtype, path, ws):
     """Every kernel's grid grows with the batch (none loops over the images of a batch).
 
     The merging map is 39 x 39 (400 output pixels an image): the register backward
-    gives each block a fixed range of 1,024 output pixels at C = 8, so its grid
-    grows by whole ranges -- 1 block at B = 1, 2 at B = 3 here."""
+    gives each block a fixed range of 512 output pixels at C = 8 (8 groups of 64:
+    under one wave of blocks its plan takes the fewest groups, merge_bwd_iters), so
+    its grid grows by whole ranges -- 1 block at B = 1, 3 at B = 3 here."""
     if path == "streaming":
         monkeypatch.setenv("SWIN_EXT_ATTN_BWD", "streaming")
     H = W = 2 * ws + 1  # padded, shifted
@@ -768,6 +769,35 @@ def test_kernel_bias_gelu_block_shape(hops):
 
     runs = _launches(hops, step)
     assert len(runs) == 2 and all(block == [192, 1, 1] and grid == 19 for _, grid, block, _ in runs), runs
+
+
+@pytest.mark.skipif(os.environ.get("SWIN_HARNESS_ARCH", "90") != "90", reason="the grid sizes are sm_90's (132 SMs)")
+@pytest.mark.parametrize("B,H,blocks", [(32, 28, 523), (6, 20, 75)])
+def test_kernel_merging_backward_groups_per_block_by_waves(hops, B, H, blocks):
+    """The register backward of patch merging walks its pixel groups one after another, so its plan
+    takes the fewest (waves of 4 x 132 resident blocks) x (groups per block), from 16 down to 8:
+    6,272 pixels of 4C = 1,056 (one pixel per group, Swin-T's third merging in miniature) run as
+    523 blocks of 12, one wave, not 392 of 16; 600 pixels, under a wave either way, as 75 of 8.
+    The gradients are the CPU kernel's."""
+    hops.clear_options()
+    gen = torch.Generator().manual_seed(3)
+    C = 264
+    x = torch.randn(B, H, H, C, generator=gen)
+    w, b = torch.randn(4 * C, generator=gen), torch.randn(4 * C, generator=gen)
+    got = {}
+
+    def step():
+        y, mean, rstd = hops.patch_merging_fwd(x, w, b, 1e-5)
+        got["gy"] = torch.randn(y.shape, generator=gen)
+        got["bwd"] = hops.patch_merging_bwd(got["gy"], x, w, mean, rstd)
+
+    runs = _launches(hops, step)
+    grids = {name.split("<")[0].split("::")[-1]: grid for name, grid, _, _ in runs}
+    assert grids["merge_bwd_reg_kernel"] == blocks, runs
+    _, mean, rstd = torch.ops.swin_ext.patch_merging_fwd(x, w, b, 1e-5)
+    want = torch.ops.swin_ext.patch_merging_bwd(got["gy"], x, w, mean, rstd)
+    for g, r in zip(got["bwd"], want):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(os.environ.get("SWIN_HARNESS_ARCH", "90") != "90", reason="the grid sizes are sm_90's (132 SMs)")

@@ -6,18 +6,6 @@
 namespace swin_ext {
 namespace cuda_glue {
 
-// The current device's SM count (0 when unreadable: the plan then ignores
-// waves).  Not cached: the runtime answers from its own device table, and the
-// CPU harness changes its emulated device between tests.
-inline int64_t device_sm_count() {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return 0;
-  }
-  return n;
-}
-
 inline void check_bias_gelu_limits(int64_t K) {
   TORCH_CHECK(K <= kMaxInt32, "swin_ext.bias_gelu (CUDA): K = ", K, " exceeds the kernels' 32-bit column indexing");
 }

@@ -75,6 +75,20 @@ namespace cuda_glue {
 // The Backend of this build (see the top of the file).
 using GlueBackend = SWIN_CUDA_GLUE_BACKEND;
 
+// The current device's SM count, for the launch plans that size their grids
+// in waves of resident blocks (0 when unreadable: the plans then ignore
+// waves).  Not cached: the runtime answers from its device table, and the CPU
+// harness reads its emulated device from the environment at every call.
+inline int64_t device_sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
 // at::Half / at::BFloat16 -> the CUDA types the kernels are written for
 // (same layout).
 template <typename T>

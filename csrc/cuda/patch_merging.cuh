@@ -605,15 +605,37 @@ struct MergePlan {
   bool vec = false;
   int log2G = 0;
   int nch = 0;
-  int nwarps = 0;           // streaming backward
-  int64_t blocks = 0;       // grid size (backward: the number of partial rows)
-  size_t smem = 0;          // dynamic shared memory (backward)
+  int iters = kMergeBwdIters;  // register backward: pixel groups per block
+  int nwarps = 0;              // streaming backward
+  int64_t blocks = 0;          // grid size (backward: the number of partial rows)
+  size_t smem = 0;             // dynamic shared memory (backward)
 };
+
+// Pixel groups per register-backward block.  Each block walks its groups one
+// after another (loads, a group reduction, stores: a latency-bound chain),
+// so the backward takes about (waves of resident blocks) x (groups per
+// block): the fewest-waves-times-groups choice from kMergeBwdIters down to
+// half of it (each block writes one partial row pair, so fewer groups cost
+// bytes), the largest on a tie.  At Swin-T's batch 128 on an H200 (4 blocks
+// per SM, 528 slots), the second merging (25088 pixels, 2 per group) goes from
+// 784 blocks of 16 (two waves, 32 groups deep) to 1046 of 12 (two waves, 24
+// deep) and the third (6272 pixels, 1 per group) from 392 blocks of 16 to 523
+// of 12 (one wave each); the first (1568 blocks, 2.97 waves) keeps 16.  The
+// H200 measured these two backwards at 2.5x and 2.3x their byte floor (stop
+// 30's gpu_check).  resident 0: 16.
+inline int merge_bwd_iters(int64_t P, int64_t groups, int64_t resident) {
+  int best = kMergeBwdIters;
+  if (resident <= 0) return best;
+  auto cost = [&](int it) { return ceil_div<int64_t>(ceil_div<int64_t>(P, groups * it), resident) * it; };
+  for (int it = kMergeBwdIters - 1; it >= kMergeBwdIters / 2; --it)
+    if (cost(it) < cost(best)) best = it;
+  return best;
+}
 
 // acc_size: 4 (float accumulation) or 8 (float64); elems: kMergeFwdElems or
 // kMergeBwdElems; aligned: every tensor pointer 16-byte aligned.
 inline MergePlan merge_plan(int64_t B, int64_t H, int64_t W, int64_t C, int vec, size_t acc_size, bool aligned,
-                            bool backward) {
+                            bool backward, int64_t resident = 0) {
   MergePlan p;
   const int64_t P = B * ((H + 1) / 2) * ((W + 1) / 2), C4 = 4 * C;
   p.vec = aligned && C % vec == 0;
@@ -626,7 +648,8 @@ inline MergePlan merge_plan(int64_t B, int64_t H, int64_t W, int64_t C, int vec,
     p.log2G = log2G;
     p.nch = static_cast<int>(ceil_div<int64_t>(chunks, int64_t(1) << log2G));
     const int64_t groups = kMergeThreads >> log2G;
-    p.blocks = ceil_div<int64_t>(P, backward ? groups * kMergeBwdIters : groups);
+    if (backward) p.iters = merge_bwd_iters(P, groups, resident);
+    p.blocks = ceil_div<int64_t>(P, backward ? groups * p.iters : groups);
     if (backward) p.smem = merge_bwd_reg_smem(log2G, C4);
     return p;
   }
@@ -686,7 +709,7 @@ void launch_patch_merging_bwd(const ty* grad_out, const tx* x, const tb* branch,
     if (plan.reg) {
       SWIN_LAUNCH_KERNEL((merge_bwd_reg_kernel<tx, tb, ty, kVec, kMergeBwdElems / kVec>), blocks, kMergeThreads,
                          plan.smem, stream, grad_out, x, branch, weight, mean, rstd, dx, dbranch, dw_part, db_part, b,
-                         h, w, c, plan.log2G, plan.nch, kMergeBwdIters, inv_n);
+                         h, w, c, plan.log2G, plan.nch, plan.iters, inv_n);
       return;
     }
   }

@@ -122,7 +122,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_merging_bwd(
                                             dx.const_data_ptr(), dbp});
   cuda::MergePlan plan;
   dispatch_add_layernorm(tx, tb, ty, "patch_merging backward", [&]<typename TX, typename TB, typename TY>() {
-    plan = cuda::merge_plan(B, H, W, C, cuda::merge_vec<TX, TB, TY>(), acc_size, aligned, /*backward=*/true);
+    plan = cuda::merge_plan(B, H, W, C, cuda::merge_vec<TX, TB, TY>(), acc_size, aligned, /*backward=*/true,
+                            cuda::kMergeRegBlocks * device_sm_count());
   });
   TORCH_CHECK(plan.reg || plan.nwarps > 0, "swin_ext.patch_merging (CUDA): C = ", C,
               " is too large for the backward kernel (its per-block weight/bias accumulators of 2 * 4C values exceed ",
