@@ -333,10 +333,22 @@ def loop_count(k: Kernel, ins: List[tuple], lg: int = 2, elems: Optional[int] = 
     return LoopCount(k, body, elems, cold, len(ins) - (hi - lo + 1))
 
 
-def _add_ln_rows_per_block(rows: int, lg: int) -> int:
-    """add_ln_plan's rows per block (add_layernorm.cuh: kAddLnTargetBlocks 512, kAddLnMaxRowIters 16, 4 warps)."""
+def _add_ln_rows_per_block(rows: int, lg: int, backward: bool = False) -> int:
+    """add_ln_plan's rows per block (add_layernorm.cuh: kAddLnTargetBlocks 512, kAddLnMaxRowIters 16, 4 warps;
+    the backward's groups per warp by add_ln_bwd_iters: 4 blocks per SM on the H200, the small capacity)."""
     per_iter = 4 * (32 >> lg)
     iters = min(16, -(-rows // (512 * per_iter)))
+    if backward:
+        resident = 4 * H200_SMS
+
+        def cost(it: int) -> int:
+            return -(-(-(-rows // (per_iter * it))) // resident) * it
+
+        best = iters
+        for it in range(iters - 1, max((iters + 1) // 2, 1) - 1, -1):
+            if cost(it) < cost(best):
+                best = it
+        iters = best
     return per_iter * iters
 
 
@@ -385,7 +397,7 @@ def stream_estimates(counts: Dict[str, LoopCount]) -> List[dict]:
                 lg = 0
                 while (3 << lg) * 8 < C:  # add_ln_plan: the smallest 2^lg with 2^lg * NCH * VEC >= C (NCH 3, VEC 8)
                     lg += 1
-                nparts = -(-rows // _add_ln_rows_per_block(rows, lg))
+                nparts = -(-rows // _add_ln_rows_per_block(rows, lg, backward=True))
             ab = fb + (2 * 4 * nparts * K * (2 if not gelu else 1) if partials else 0)  # written, then read by sum
             floor_bytes += depth * per_block * fb
             actual_bytes += depth * per_block * ab
@@ -1268,7 +1280,7 @@ def op_partial_bytes(op: str, B: int, H: int, W: int, C: int) -> int:
         lg = 0
         while (3 << lg) * 8 < C:  # add_ln_plan: smallest 2^lg lanes with 2^lg * NCH (3) * VEC (8) >= C
             lg += 1
-        return 2 * 2 * F32 * C * -(-rows // _add_ln_rows_per_block(rows, lg))
+        return 2 * 2 * F32 * C * -(-rows // _add_ln_rows_per_block(rows, lg, backward=True))
     if op == "bias+GELU bwd":
         return 2 * F32 * C * -(-rows // _bias_gelu_rows_per_block(rows, C, backward=True))
     if op == "merging bwd":

@@ -772,6 +772,38 @@ def test_kernel_bias_gelu_block_shape(hops):
 
 
 @pytest.mark.skipif(os.environ.get("SWIN_HARNESS_ARCH", "90") != "90", reason="the grid sizes are sm_90's (132 SMs)")
+def test_kernel_add_layernorm_backward_groups_per_warp_by_waves(hops, monkeypatch):
+    """The register backward's warps walk their row groups one after another, so its plan takes the
+    fewest (waves of 4 x 132 resident blocks) x (groups per warp), from the target's down to half:
+    Swin-T's stage 4 at batch 128 (6,272 rows of 768, one row a warp-iteration) runs as 523 blocks
+    of 3 groups, one wave, not 392 of 4; the forward keeps 392.  SWIN_EXT_ADD_LN_BLOCKS (a fixed
+    target) turns the choice off.  The gradients are the CPU kernel's."""
+    hops.clear_options()
+    gen = torch.Generator().manual_seed(5)
+    rows, C = 6272, 768
+    x, br = torch.randn(rows, C, generator=gen), torch.randn(rows, C, generator=gen).to(torch.bfloat16)
+    w, b = torch.randn(C, generator=gen), torch.randn(C, generator=gen)
+    gy = torch.randn(rows, C, generator=gen).to(torch.bfloat16)
+    got = {}
+
+    def step():
+        h, _, mean, rstd = hops.add_layernorm_fwd(x, br, w, b, 1e-5, torch.bfloat16)
+        got["bwd"] = hops.add_layernorm_bwd(None, gy, h, w, mean, rstd, torch.bfloat16)
+
+    def grids():
+        return {n.split("<")[0].split("::")[-1]: g for n, g, _, _ in _launches(hops, step)}
+
+    assert grids() == {"add_ln_fwd_reg_kernel": 392, "add_ln_bwd_reg_kernel": 523}
+    h, _, mean, rstd = torch.ops.swin_ext.add_layernorm_fwd(x, br, w, b, 1e-5, torch.bfloat16)
+    want = torch.ops.swin_ext.add_layernorm_bwd(None, gy, h, w, mean, rstd, torch.bfloat16)
+    for g, r in zip(got["bwd"], want):  # dh, dw, db in float32; dbranch in bfloat16 (one ulp: 2^-7 relative)
+        tol = 1e-2 if g.dtype == torch.bfloat16 else 1e-3
+        torch.testing.assert_close(g.float(), r.float(), rtol=tol, atol=tol)
+    monkeypatch.setenv("SWIN_EXT_ADD_LN_BLOCKS", "512")
+    assert grids()["add_ln_bwd_reg_kernel"] == 392
+
+
+@pytest.mark.skipif(os.environ.get("SWIN_HARNESS_ARCH", "90") != "90", reason="the grid sizes are sm_90's (132 SMs)")
 @pytest.mark.parametrize("B,H,blocks", [(32, 28, 523), (6, 20, 75)])
 def test_kernel_merging_backward_groups_per_block_by_waves(hops, B, H, blocks):
     """The register backward of patch merging walks its pixel groups one after another, so its plan

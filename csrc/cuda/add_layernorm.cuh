@@ -104,14 +104,40 @@ inline bool add_ln_aligned(std::initializer_list<const void*> ptrs) {
   return true;
 }
 
+// Resident blocks per SM of the register backward: its __launch_bounds__
+// minimum, which its registers make exact (128 at the small capacity in
+// float, 4 x 4 warps; 2 otherwise).
+template <typename acc_t>
+constexpr int add_ln_bwd_blocks_per_sm(int nch_vec) {
+  return sizeof(acc_t) == 4 && nch_vec <= kAddLnLaneRegsSmall ? 4 : 2;
+}
+
+// Row groups per warp of the register backward, from the target's `iters`
+// down to half of it: each warp walks its groups one after another (loads, a
+// row reduction, stores), so the kernel takes about (waves of `resident`
+// blocks) x (groups per warp); the fewest, the largest on a tie (each block
+// writes one partial row pair).  Swin-T's stage 1 at batch 128 on an H200
+// (401408 rows of 96, 32 a group; 528 slots) goes from 784 blocks of 16 groups
+// (two waves, 32 deep) to 1046 of 12 (24): the H200 measured that backward at
+// 1.7x its byte floor (stop 30's gpu_check).  Stages 2-4 go from 13 / 7 / 4
+// groups in one wave to 12 / 6 / 3.
+inline int64_t add_ln_bwd_iters(int64_t rows, int64_t rows_per_iter, int64_t iters, int64_t resident) {
+  auto cost = [&](int64_t it) { return ceil_div<int64_t>(ceil_div<int64_t>(rows, rows_per_iter * it), resident) * it; };
+  int64_t best = iters;
+  for (int64_t it = iters - 1; it >= (iters + 1) / 2 && it >= 1; --it)
+    if (cost(it) < cost(best)) best = it;
+  return best;
+}
+
 // The launch of rows x C with the given dtypes; aligned: every row pointer
 // 16-byte aligned; target_blocks: about this many blocks on the register
-// path (fewer: more row groups per warp, at most kAddLnMaxRowIters).
-// Backward: nwarps = 0 when the wide backward's accumulators cannot fit (C
-// too large; the caller reports it).
+// path (fewer: more row groups per warp, at most kAddLnMaxRowIters); sms:
+// the device's SM count, for the register backward's groups per warp
+// (add_ln_bwd_iters; 0: the target's).  Backward: nwarps = 0 when the wide
+// backward's accumulators cannot fit (C too large; the caller reports it).
 template <typename tx, typename tb, typename ty, typename acc_t>
 AddLnPlan add_ln_plan(int64_t rows, int64_t C, bool aligned, bool backward,
-                      int64_t target_blocks = kAddLnTargetBlocks) {
+                      int64_t target_blocks = kAddLnTargetBlocks, int64_t sms = 0) {
   constexpr int kVec = add_ln_vec<tx, tb, ty>();
   AddLnPlan p;
   if (rows == 0) return p;
@@ -124,8 +150,11 @@ AddLnPlan add_ln_plan(int64_t rows, int64_t C, bool aligned, bool backward,
       const int nch = p.large ? nch_large : nch_small;
       while ((int64_t(nch) << p.lg) < chunks) ++p.lg;
       const int64_t rows_per_iter = int64_t(kAddLnWarps) * (32 >> p.lg);
-      const int64_t iters = ceil_div<int64_t>(rows, (target_blocks > 0 ? target_blocks : 1) * rows_per_iter);
-      p.rows_per_block = static_cast<int>(rows_per_iter * (iters < kAddLnMaxRowIters ? iters : kAddLnMaxRowIters));
+      int64_t iters = ceil_div<int64_t>(rows, (target_blocks > 0 ? target_blocks : 1) * rows_per_iter);
+      if (iters > kAddLnMaxRowIters) iters = kAddLnMaxRowIters;
+      if (backward && sms > 0)
+        iters = add_ln_bwd_iters(rows, rows_per_iter, iters, sms * add_ln_bwd_blocks_per_sm<acc_t>(nch * kVec));
+      p.rows_per_block = static_cast<int>(rows_per_iter * iters);
       p.blocks = ceil_div<int64_t>(rows, p.rows_per_block);
       p.vec = kVec;
       // forward: weight and bias; backward: weight and the dweight / dbias reduction rows
@@ -277,7 +306,7 @@ __global__ void __launch_bounds__(kAddLnWarps * 32)
 
 // grad_h may be null (no other use of h); dbranch may be null (branch has h's dtype).
 template <typename th, typename tb, typename ty, typename acc_t, int VEC, int NCH>
-__global__ void __launch_bounds__(kAddLnWarps * 32, sizeof(acc_t) == 4 && NCH * VEC <= kAddLnLaneRegsSmall ? 4 : 2)
+__global__ void __launch_bounds__(kAddLnWarps * 32, add_ln_bwd_blocks_per_sm<acc_t>(NCH * VEC))
     add_ln_bwd_reg_kernel(const th* __restrict__ grad_h, const ty* __restrict__ grad_y, const th* __restrict__ h,
                           const acc_t* __restrict__ weight, const acc_t* __restrict__ mean,
                           const acc_t* __restrict__ rstd, th* __restrict__ dh, tb* __restrict__ dbranch,

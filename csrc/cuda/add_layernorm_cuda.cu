@@ -15,6 +15,12 @@ inline int64_t add_layernorm_target_blocks() {
   return n > 0 && n < (1L << 30) ? n : cuda::kAddLnTargetBlocks;
 }
 
+// The SM count for the backward's plan; 0 (the target's groups per warp, as
+// set) when SWIN_EXT_ADD_LN_BLOCKS is set.
+inline int64_t add_layernorm_plan_sms() {
+  return std::getenv("SWIN_EXT_ADD_LN_BLOCKS") == nullptr ? device_sm_count() : 0;
+}
+
 inline void check_add_layernorm_limits(int64_t rows, int64_t C) {
   TORCH_CHECK(rows <= kMaxInt32 && C <= kMaxInt32, "swin_ext.add_layernorm (CUDA): ", rows, " rows of ", C,
               " channels exceed the kernels' 32-bit row indexing");
@@ -110,7 +116,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_bwd(
     const bool aligned = cuda::add_ln_aligned({grad_h.defined() ? grad_h.const_data_ptr() : nullptr,
                                                grad_y.const_data_ptr(), h.const_data_ptr(), dh.const_data_ptr(),
                                                branch_dtype.has_value() ? dbranch.const_data_ptr() : nullptr});
-    const cuda::AddLnPlan plan = cuda::add_ln_plan<TX, TB, TY, A>(rows, C, aligned, true, add_layernorm_target_blocks());
+    const cuda::AddLnPlan plan =
+        cuda::add_ln_plan<TX, TB, TY, A>(rows, C, aligned, true, add_layernorm_target_blocks(), add_layernorm_plan_sms());
     TORCH_CHECK(plan.reg || plan.nwarps > 0, "swin_ext.add_layernorm (CUDA): C = ", C, " is too large for the ",
                 "backward kernel (its per-block weight/bias accumulators of 2C values exceed ", cuda::kAddLnBwdMaxSmem,
                 " bytes of shared memory)");
