@@ -119,23 +119,27 @@ def test_model_bf16_autocast_training_step():
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 
 
+def _small_model(kind: str) -> torch.nn.Module:
+    """Two-stage V1, V2 or Video Swin with 5 classes: 64 px images, or 2 x 24 x 24 clips."""
+    from swin_ext import SwinTransformer3d, SwinTransformerV2
+
+    if kind == "v1":
+        return swin_ext.SwinTransformer(img_size=64, embed_dim=32, depths=(2, 2), num_heads=(1, 2), window_size=4,
+                                        num_classes=5)
+    if kind == "v2":
+        return SwinTransformerV2(img_size=64, embed_dim=32, depths=(2, 2), num_heads=(1, 2), window_size=4,
+                                 num_classes=5)
+    return SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=32, depths=[2, 2], num_heads=[1, 2],
+                             window_size=[2, 3, 3], num_classes=5)
+
+
 @pytest.mark.parametrize("kind", ["v1", "v2", "3d"])
 def test_inference_forward_never_waits_for_the_gpu(kind):
     """An eval forward (grad off, inference mode) queues its kernels without synchronising the device
     (torch's sync debug mode raises on any wait): a wait per block would serialise host and GPU.  The
     inference bias cache compares values, so it is CPU-only (layers.pos_bias._cacheable)."""
-    from swin_ext import SwinTransformer3d, SwinTransformerV2
-
-    make = {
-        "v1": lambda: swin_ext.SwinTransformer(img_size=64, embed_dim=32, depths=(2, 2), num_heads=(1, 2),
-                                               window_size=4, num_classes=5),
-        "v2": lambda: SwinTransformerV2(img_size=64, embed_dim=32, depths=(2, 2), num_heads=(1, 2), window_size=4,
-                                        num_classes=5),
-        "3d": lambda: SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=32, depths=[2, 2], num_heads=[1, 2],
-                                        window_size=[2, 3, 3], num_classes=5),
-    }[kind]
+    m = _small_model(kind).to(DEV).eval()
     shape = (1, 3, 2, 24, 24) if kind == "3d" else (2, 3, 64, 64)
-    m = make().to(DEV).eval()
     x = torch.randn(shape, device=DEV)
     with torch.no_grad():
         ref = m(x)  # a first call (one-time probes and limits) outside the check
@@ -158,19 +162,9 @@ def test_training_step_never_waits_for_the_gpu(kind):
     measured host-paced (gpu_check 2026-12-04: 34.2 ms a step against 24.0 ms of kernels); a wait
     inside the step would make the host's and the GPU's times add instead of overlap.  SGD with
     momentum (foreach) keeps the optimizer's own behaviour out of the question."""
-    from swin_ext import SwinTransformer3d, SwinTransformerV2
-
-    make = {
-        "v1": lambda: swin_ext.SwinTransformer(img_size=64, embed_dim=32, depths=(2, 2), num_heads=(1, 2),
-                                               window_size=4, num_classes=5),
-        "v2": lambda: SwinTransformerV2(img_size=64, embed_dim=32, depths=(2, 2), num_heads=(1, 2), window_size=4,
-                                        num_classes=5),
-        "3d": lambda: SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=32, depths=[2, 2], num_heads=[1, 2],
-                                        window_size=[2, 3, 3], num_classes=5),
-    }[kind]
     shape = (2, 3, 2, 24, 24) if kind == "3d" else (2, 3, 64, 64)
     torch.manual_seed(0)
-    m = make().to(DEV).train()
+    m = _small_model(kind).to(DEV).train()
     opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
     x = torch.randn(shape, device=DEV)
     y = torch.tensor([1, 3], device=DEV)
