@@ -457,9 +457,7 @@ def profile_pending(pending: List[Tuple[Dict[str, float], str, Callable[[], None
     for entry, name, fn in pending:
         if deadline is not None and time.time() > deadline - 5:
             break
-        entry["gpu_s"] = gpu_busy_time(fn, device, calls=2, label=name)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        entry["gpu_s"] = gpu_busy_time(fn, device, calls=2, label=name)  # synchronises the device itself
         done += 1
     pending.clear()
     gc.collect()

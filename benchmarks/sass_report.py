@@ -333,22 +333,26 @@ def loop_count(k: Kernel, ins: List[tuple], lg: int = 2, elems: Optional[int] = 
     return LoopCount(k, body, elems, cold, len(ins) - (hi - lo + 1))
 
 
+def _fewest_wave_steps(items: int, per_step: int, most: int, fewest: int, resident: int) -> int:
+    """fewest_wave_steps (common.cuh): the steps per block in [fewest, most] with the fewest (waves of
+    ``resident`` blocks) x (steps per block), the most on a tie."""
+    def cost(s: int) -> int:
+        return -(-(-(-items // (per_step * s))) // resident) * s
+
+    best = most
+    for s in range(most - 1, max(fewest, 1) - 1, -1):
+        if cost(s) < cost(best):
+            best = s
+    return best
+
+
 def _add_ln_rows_per_block(rows: int, lg: int, backward: bool = False) -> int:
     """add_ln_plan's rows per block (add_layernorm.cuh: kAddLnTargetBlocks 512, kAddLnMaxRowIters 16, 4 warps;
     the backward's groups per warp by add_ln_bwd_iters: 4 blocks per SM on the H200, the small capacity)."""
     per_iter = 4 * (32 >> lg)
     iters = min(16, -(-rows // (512 * per_iter)))
     if backward:
-        resident = 4 * H200_SMS
-
-        def cost(it: int) -> int:
-            return -(-(-(-rows // (per_iter * it))) // resident) * it
-
-        best = iters
-        for it in range(iters - 1, max((iters + 1) // 2, 1) - 1, -1):
-            if cost(it) < cost(best):
-                best = it
-        iters = best
+        iters = _fewest_wave_steps(rows, per_iter, iters, (iters + 1) // 2, 4 * H200_SMS)
     return per_iter * iters
 
 
@@ -1258,18 +1262,9 @@ def _merge_geometry(C: int, backward: bool, vec: int = 8) -> tuple:
 
 
 def _merge_bwd_iters(P: int, groups: int) -> int:
-    """merge_bwd_iters (patch_merging.cuh): pixel groups per register-backward block, the fewest
-    (waves of 4 blocks per SM on the H200) x (groups per block) from 16 down to 8, the largest on a tie."""
-    resident = 4 * H200_SMS
-
-    def cost(it: int) -> int:
-        return -(-(-(-P // (groups * it))) // resident) * it
-
-    best = 16
-    for it in range(15, 7, -1):
-        if cost(it) < cost(best):
-            best = it
-    return best
+    """merge_bwd_iters (patch_merging.cuh): pixel groups per register-backward block, from 16 down to 8
+    (4 blocks per SM on the H200)."""
+    return _fewest_wave_steps(P, groups, 16, 8, 4 * H200_SMS)
 
 
 def op_partial_bytes(op: str, B: int, H: int, W: int, C: int) -> int:

@@ -112,21 +112,15 @@ constexpr int add_ln_bwd_blocks_per_sm(int nch_vec) {
   return sizeof(acc_t) == 4 && nch_vec <= kAddLnLaneRegsSmall ? 4 : 2;
 }
 
-// Row groups per warp of the register backward, from the target's `iters`
-// down to half of it: each warp walks its groups one after another (loads, a
-// row reduction, stores), so the kernel takes about (waves of `resident`
-// blocks) x (groups per warp); the fewest, the largest on a tie (each block
-// writes one partial row pair).  Swin-T's stage 1 at batch 128 on an H200
-// (401408 rows of 96, 32 a group; 528 slots) goes from 784 blocks of 16 groups
-// (two waves, 32 deep) to 1046 of 12 (24): the H200 measured that backward at
-// 1.7x its byte floor (stop 30's gpu_check).  Stages 2-4 go from 13 / 7 / 4
-// groups in one wave to 12 / 6 / 3.
+// Row groups per warp of the register backward: fewest_wave_steps from the
+// target's `iters` down to half of it (each warp walks its groups one after
+// another: loads, a row reduction, stores).  Swin-T's stage 1 at batch 128 on
+// an H200 (401408 rows of 96, 32 a group; 528 slots) goes from 784 blocks of
+// 16 groups (two waves, 32 deep) to 1046 of 12 (24): the H200 measured that
+// backward at 1.7x its byte floor (stop 30's gpu_check).  Stages 2-4 go from
+// 13 / 7 / 4 groups in one wave to 12 / 6 / 3.
 inline int64_t add_ln_bwd_iters(int64_t rows, int64_t rows_per_iter, int64_t iters, int64_t resident) {
-  auto cost = [&](int64_t it) { return ceil_div<int64_t>(ceil_div<int64_t>(rows, rows_per_iter * it), resident) * it; };
-  int64_t best = iters;
-  for (int64_t it = iters - 1; it >= (iters + 1) / 2 && it >= 1; --it)
-    if (cost(it) < cost(best)) best = it;
-  return best;
+  return fewest_wave_steps(rows, rows_per_iter, iters, (iters + 1) / 2, resident);
 }
 
 // The launch of rows x C with the given dtypes; aligned: every row pointer

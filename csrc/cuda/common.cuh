@@ -10,6 +10,23 @@
 namespace swin_ext {
 namespace cuda {
 
+// Host-side launch planning: the number of steps, in [fewest, most], that each
+// block of a grid walks one after another, `per_step` items a step, so that
+// the grid's blocks (of `resident` the device holds at once) finish soonest.
+// The kernel takes about (waves of blocks) x (steps per block) -- each step
+// waits on its loads and a reduction -- so the fewest of that product wins,
+// the most steps on a tie (each block also writes a partial row).  resident
+// <= 0: `most`.  The register backwards of patch merging and add+LN plan
+// with it.
+inline int64_t fewest_wave_steps(int64_t items, int64_t per_step, int64_t most, int64_t fewest, int64_t resident) {
+  if (resident <= 0) return most;
+  auto cost = [&](int64_t s) { return ceil_div<int64_t>(ceil_div<int64_t>(items, per_step * s), resident) * s; };
+  int64_t best = most;
+  for (int64_t s = most - 1; s >= fewest && s >= 1; --s)
+    if (cost(s) < cost(best)) best = s;
+  return best;
+}
+
 template <typename T>
 struct AccType {
   using type = float;

@@ -611,25 +611,17 @@ struct MergePlan {
   size_t smem = 0;             // dynamic shared memory (backward)
 };
 
-// Pixel groups per register-backward block.  Each block walks its groups one
-// after another (loads, a group reduction, stores: a latency-bound chain),
-// so the backward takes about (waves of resident blocks) x (groups per
-// block): the fewest-waves-times-groups choice from kMergeBwdIters down to
-// half of it (each block writes one partial row pair, so fewer groups cost
-// bytes), the largest on a tie.  At Swin-T's batch 128 on an H200 (4 blocks
-// per SM, 528 slots), the second merging (25088 pixels, 2 per group) goes from
-// 784 blocks of 16 (two waves, 32 groups deep) to 1046 of 12 (two waves, 24
-// deep) and the third (6272 pixels, 1 per group) from 392 blocks of 16 to 523
-// of 12 (one wave each); the first (1568 blocks, 2.97 waves) keeps 16.  The
-// H200 measured these two backwards at 2.5x and 2.3x their byte floor (stop
-// 30's gpu_check).  resident 0: 16.
+// Pixel groups per register-backward block: fewest_wave_steps from
+// kMergeBwdIters down to half of it (each block walks its groups one after
+// another: loads, a group reduction, stores).  At Swin-T's batch 128 on an
+// H200 (4 blocks per SM, 528 slots), the second merging (25088 pixels, 2 per
+// group) goes from 784 blocks of 16 (two waves, 32 groups deep) to 1046 of 12
+// (two waves, 24 deep) and the third (6272 pixels, 1 per group) from 392
+// blocks of 16 to 523 of 12 (one wave each); the first (1568 blocks, 2.97
+// waves) keeps 16.  The H200 measured these two backwards at 2.5x and 2.3x
+// their byte floor (stop 30's gpu_check).  resident 0: 16.
 inline int merge_bwd_iters(int64_t P, int64_t groups, int64_t resident) {
-  int best = kMergeBwdIters;
-  if (resident <= 0) return best;
-  auto cost = [&](int it) { return ceil_div<int64_t>(ceil_div<int64_t>(P, groups * it), resident) * it; };
-  for (int it = kMergeBwdIters - 1; it >= kMergeBwdIters / 2; --it)
-    if (cost(it) < cost(best)) best = it;
-  return best;
+  return static_cast<int>(fewest_wave_steps(P, groups, kMergeBwdIters, kMergeBwdIters / 2, resident));
 }
 
 // acc_size: 4 (float accumulation) or 8 (float64); elems: kMergeFwdElems or
