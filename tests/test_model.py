@@ -140,9 +140,11 @@ def test_nan_sample_is_isolated():
 
 
 def _count_onednn(monkeypatch):
-    """Records every oneDNN GEMM of swin_ext.layers.fast_linear: "gelu" (fc1 + GELU epilogue) or "none"."""
+    """Records every oneDNN GEMM of swin_ext.layers.fast_linear: "gelu" (fc1 + GELU epilogue) or "none".
+    The oneDNN paths are switched on (as SWIN_EXT_ONEDNN_MLP=1), whatever this CPU's default."""
     import swin_ext.layers.fast_linear as L
 
+    monkeypatch.setattr(swin_ext.layers.config, "_ONEDNN_ENABLED", True)
     calls = []
     real = L._lp
 
@@ -303,7 +305,10 @@ def test_gemm_epilogues_only_for_float32_inference(monkeypatch):
     x = torch.randn(2, 3, 64, 64)
     m.eval()
     m(x).sum().backward()  # autograd: oneDNN GEMMs (forward, input gradient), no GELU epilogue
-    assert "gelu" not in calls and calls.count("none") == (len(calls) if swin_ext.layers.use_onednn() else 0)
+    assert "gelu" not in calls and calls.count("none") == len(calls)
+    # forward and input gradient of qkv, proj, fc1, fc2 and each merge's reduction
+    want = 8 * sum(TINY["depths"]) + 2 * (len(TINY["depths"]) - 1)
+    assert len(calls) == (want if swin_ext.layers.onednn_available() else 0)
     calls.clear()
     with torch.no_grad():
         m.double()(x.double())  # float64 stays on the plain path
@@ -326,6 +331,47 @@ def test_gemm_epilogues_only_for_float32_inference(monkeypatch):
     with torch.no_grad():
         m(x)
     assert calls == []
+
+
+def test_onednn_default_follows_the_cpu(monkeypatch, recwarn):
+    """Unless chosen (SWIN_EXT_ONEDNN_MLP, set_onednn), the oneDNN GEMM paths are on where ATen's CPU
+    capability is AVX-512 and off elsewhere (ATen's GEMMs measured faster on an AVX2 CPU); the model then
+    makes no oneDNN call at all."""
+    cfg = swin_ext.layers.config
+    monkeypatch.setattr(cfg, "_ONEDNN_ENABLED", None)
+    calls = []
+    for capability, preferred in (("AVX512", True), ("AVX2", False), ("DEFAULT", False)):
+        monkeypatch.setattr(cfg, "CPU_CAPABILITY", capability)
+        assert cfg.onednn_preferred() is preferred
+        assert cfg.use_onednn() == (preferred and cfg.onednn_available())
+    # an AVX2 CPU: the model's Linears and MLPs take ATen's GEMMs, training and inference alike
+    import swin_ext.layers.fast_linear as L
+
+    real = L._lp
+    monkeypatch.setattr(L, "_lp", lambda *a, **k: calls.append(a[3] if len(a) > 3 else "none") or real(*a, **k))
+    m = tiny(drop_path_rate=0.0)
+    x = torch.randn(2, 3, 64, 64)
+    m(x).sum().backward()
+    with torch.inference_mode():
+        m.eval()(x)
+    assert calls == []
+    # a choice overrides the CPU's default, both ways; None restores it
+    swin_ext.layers.set_onednn(True)
+    assert cfg.use_onednn() == cfg.onednn_available()
+    monkeypatch.setattr(cfg, "CPU_CAPABILITY", "AVX512")
+    swin_ext.layers.set_onednn(False)
+    assert not cfg.use_onednn()
+    swin_ext.layers.set_onednn(None)
+    assert cfg.use_onednn() == cfg.onednn_available()
+    # the environment variable: 1 on, 0 off, unset / empty the default, anything else a warning
+    for value, want in (("1", True), ("0", False), ("", None), (" 1 ", True)):
+        monkeypatch.setenv("SWIN_EXT_ONEDNN_MLP", value)
+        assert cfg._onednn_env() is want
+    monkeypatch.delenv("SWIN_EXT_ONEDNN_MLP")
+    assert cfg._onednn_env() is None and not recwarn.list
+    monkeypatch.setenv("SWIN_EXT_ONEDNN_MLP", "yes")
+    with pytest.warns(RuntimeWarning, match="SWIN_EXT_ONEDNN_MLP='yes' is not 0 or 1"):
+        assert cfg._onednn_env() is None
 
 
 @pytest.mark.parametrize("bias_gelu", [True, False])

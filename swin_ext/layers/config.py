@@ -11,9 +11,13 @@ functions ask this module whether a fast path exists here:
   (``torch.ops.mkldnn._linear_pointwise``: Linear forward and input-gradient
   GEMMs, the fc1 + GELU epilogue) are available and enabled.  The op is
   private to PyTorch, so it is checked once against ``F.linear`` /
-  ``F.gelu`` and skipped if missing or different.  ``SWIN_EXT_ONEDNN_MLP=0``
-  (read once) or :func:`set_onednn` turn it off for the process;
-  ``SwinTransformer.set_cpu_inference_fusion(False)`` for one model.
+  ``F.gelu`` and skipped if missing or different.  By default they are
+  enabled where ATen's CPU capability is AVX-512 (:func:`onednn_preferred`:
+  there oneDNN's GEMMs were measured faster than ATen's ``addmm`` / ``mm``,
+  MKL, for the Swin Linears; on an AVX2 CPU slower).
+  ``SWIN_EXT_ONEDNN_MLP=1`` / ``=0`` (read once) or :func:`set_onednn`
+  choose for the process; ``SwinTransformer.set_cpu_inference_fusion(False)``
+  turns them off for one model.
 * :func:`autocast_dtype` -- the autocast dtype of a device type, or ``None``.
 
 Everything here is a cached Python value by the time a model runs, so
@@ -22,6 +26,7 @@ Everything here is a cached Python value by the time a model runs, so
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -30,7 +35,7 @@ import torch.nn.functional as F
 from .._ext import HAS_OPS
 from ..ops import OPS, autocast_dtype
 
-__all__ = ["has_kernel", "use_onednn", "set_onednn", "onednn_available", "autocast_dtype"]
+__all__ = ["has_kernel", "use_onednn", "set_onednn", "onednn_available", "onednn_preferred", "autocast_dtype"]
 
 def _probe_kernels() -> Dict[Tuple[str, str], bool]:
     out = {}
@@ -60,9 +65,43 @@ def has_kernel(op: str, device_type: str) -> bool:
     return _KERNELS.get((op, device_type), False)
 
 
-# SWIN_EXT_ONEDNN_MLP (its name from when it governed the MLP only) switches every oneDNN Linear path.
-_ONEDNN_ENABLED = os.environ.get("SWIN_EXT_ONEDNN_MLP", "1") != "0"
+def _onednn_env() -> Optional[bool]:
+    """``SWIN_EXT_ONEDNN_MLP`` (its name from when it governed the MLP only; it switches every oneDNN
+    Linear path): ``1`` on, ``0`` off, unset or empty: the CPU's default (:func:`onednn_preferred`)."""
+    value = os.environ.get("SWIN_EXT_ONEDNN_MLP", "").strip()
+    if value in ("", "1", "0"):
+        return None if value == "" else value == "1"
+    warnings.warn(f"SWIN_EXT_ONEDNN_MLP={value!r} is not 0 or 1; ignored (the CPU's default applies)",
+                  RuntimeWarning, stacklevel=2)
+    return None
+
+
+def _cpu_capability() -> str:
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # an old torch without the query, or a platform it does not know
+        return "DEFAULT"
+
+
+#: ATen's CPU capability at import ("AVX512", "AVX2", "DEFAULT", ...; ATEN_CPU_CAPABILITY lowers it)
+CPU_CAPABILITY = _cpu_capability()
+# None: the CPU's default; True / False: chosen by SWIN_EXT_ONEDNN_MLP or set_onednn.
+_ONEDNN_ENABLED: Optional[bool] = _onednn_env()
 _ONEDNN_OK: Optional[bool] = None
+
+
+def onednn_preferred() -> bool:
+    """Whether the oneDNN GEMM paths are the default on this CPU: where ATen's CPU capability is
+    AVX-512.
+
+    Why by the ISA: over the Swin-T Linears, oneDNN's GEMMs were measured faster than ATen's
+    (MKL) on the 2-core AVX-512 Xeon (forward 185 vs 225 ms, input gradient 184 vs 232 ms per
+    training step at batch 4) and slower on a 2-core AVX2 AMD EPYC (Zen 2: the model's
+    inference at batch 8 624 vs 585 ms, the training step at batch 4 1037 vs 990 ms; numbers in
+    ``benchmarks/results/``).  A fixed rule, not a timing at start-up: the two libraries round
+    differently, and a choice by timing could change a model's bits from one run to the next.
+    """
+    return CPU_CAPABILITY.upper().startswith("AVX512")
 
 
 def onednn_available() -> bool:
@@ -101,11 +140,14 @@ def onednn_available() -> bool:
 
 
 def use_onednn() -> bool:
-    """Whether the oneDNN GEMM paths are enabled and available."""
-    return _ONEDNN_ENABLED and onednn_available()
+    """Whether the oneDNN GEMM paths are enabled (by :func:`set_onednn`, ``SWIN_EXT_ONEDNN_MLP`` or
+    else :func:`onednn_preferred`) and available."""
+    enabled = _ONEDNN_ENABLED if _ONEDNN_ENABLED is not None else onednn_preferred()
+    return enabled and onednn_available()
 
 
-def set_onednn(enabled: bool) -> None:
-    """Enable or disable the oneDNN GEMM paths for the whole process."""
+def set_onednn(enabled: Optional[bool]) -> None:
+    """Enable (``True``) or disable (``False``) the oneDNN GEMM paths for the whole process;
+    ``None``: the CPU's default again (:func:`onednn_preferred`)."""
     global _ONEDNN_ENABLED
-    _ONEDNN_ENABLED = bool(enabled)
+    _ONEDNN_ENABLED = None if enabled is None else bool(enabled)

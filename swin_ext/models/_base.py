@@ -319,8 +319,9 @@ class FusedBackend:
         model: fc1 + GELU in one GEMM in inference, oneDNN forward and input-gradient
         GEMMs for every block Linear (see :mod:`swin_ext.layers.fast_linear`).  On by
         default; kept across :meth:`set_backend`; the reference backend never uses
-        them.  ``SWIN_EXT_ONEDNN_MLP=0`` or ``swin_ext.layers.set_onednn(False)``
-        turn them off process-wide."""
+        them.  Process-wide they are on where the CPU prefers them
+        (:func:`swin_ext.layers.onednn_preferred`: AVX-512) unless
+        ``SWIN_EXT_ONEDNN_MLP`` or :func:`swin_ext.layers.set_onednn` chooses."""
         self._cpu_gemm_fusion = bool(enabled)
         return self.set_backend(self.backend)
 
