@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import swin_ext
 from swin_ext import SwinTransformer, swin_b, swin_l, swin_s, swin_t
@@ -372,6 +373,49 @@ def test_onednn_default_follows_the_cpu(monkeypatch, recwarn):
     monkeypatch.setenv("SWIN_EXT_ONEDNN_MLP", "yes")
     with pytest.warns(RuntimeWarning, match="SWIN_EXT_ONEDNN_MLP='yes' is not 0 or 1"):
         assert cfg._onednn_env() is None
+
+
+def test_cpu_inference_gelu_in_place_without_onednn(monkeypatch):
+    """Without oneDNN's epilogue, CPU inference runs fc1's GELU in place over the GEMM's output: the
+    same bits as F.gelu(fc1(x)); never where a gradient is recorded, nor over an output that a forward
+    hook of fc1 may have kept."""
+    from swin_ext.layers import linear_gelu
+    from swin_ext.layers.fast_linear import Linear
+
+    monkeypatch.setattr(swin_ext.layers.config, "_ONEDNN_ENABLED", False)
+    fc = Linear(24, 40)
+    x = torch.randn(5, 7, 24)
+    import swin_ext.layers.fast_linear as L
+
+    inplace = []  # the GELUs run in place
+    real = L._gelu_in_place_ok
+    monkeypatch.setattr(L, "_gelu_in_place_ok", lambda fc, y: real(fc, y) and (inplace.append(1) or True))
+    want = F.gelu(F.linear(x, fc.weight, fc.bias))
+    with torch.inference_mode():
+        got = linear_gelu(x, fc)
+    assert inplace == [1] and torch.equal(got, want)
+    with torch.no_grad():
+        assert torch.equal(linear_gelu(x, fc, "tanh"), F.gelu(F.linear(x, fc.weight, fc.bias), approximate="tanh"))
+    assert len(inplace) == 2
+    # a hook that keeps fc1's output sees the pre-activation, not the GELU
+    kept = []
+    handle = fc.register_forward_hook(lambda m, i, o: kept.append(o))
+    with torch.no_grad():
+        assert torch.equal(linear_gelu(x, fc), want)
+    handle.remove()
+    assert len(inplace) == 2 and torch.equal(kept[0], F.linear(x, fc.weight, fc.bias))
+    # autograd recording: out of place (the GELU's backward needs its input; the CPU's bias_gelu kernel)
+    y = linear_gelu(x.requires_grad_(), fc)
+    assert len(inplace) == 2
+    torch.testing.assert_close(y, want)
+    y.sum().backward()
+    # and the model: the same logits with the in-place GELU as with the reference backend
+    m = tiny().eval()
+    with torch.inference_mode():
+        fast = m(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+        plain = m.set_backend("reference")(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    assert len(inplace) == 2 + sum(TINY["depths"])
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("bias_gelu", [True, False])

@@ -2,7 +2,8 @@
 
 What runs where (``fast=True``, the fused backend's setting):
 
-* **CPU, float32, no autocast, oneDNN available** (:func:`config.use_onednn`):
+* **CPU, float32, no autocast, oneDNN available and enabled** (:func:`config.use_onednn`: by default
+  on an AVX-512 CPU, :func:`config.onednn_preferred`; elsewhere the paths below use ``F.linear``):
   the forward GEMM is oneDNN's (``torch.ops.mkldnn._linear_pointwise``, the
   op inductor's CPU backend uses), the bias in its epilogue, wrapped as the
   custom op ``swin_ext_layers::onednn_linear`` so that ``torch.compile``
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 from ..ops import bias_gelu as _bias_gelu_op
 from ..ops import forward_mode, functorch_active
 from . import config
+from .pos_bias import eager_plain
 
 __all__ = ["Linear", "linear", "linear_gelu", "mlp_inference"]
 
@@ -150,6 +152,8 @@ def linear_gelu(x: torch.Tensor, fc: nn.Linear, approximate: str = "none") -> to
       bfloat16): the bias-free :func:`linear` then :func:`swin_ext.bias_gelu`
       (the GELU backward needs the pre-activation, which the epilogue does
       not keep; the bias gradient comes out of the GELU backward's pass).
+      CPU inference without oneDNN (its default on a CPU without AVX-512):
+      ``fc(x)`` then the GELU in place over it (:func:`_gelu_in_place_ok`).
     * CUDA (any dtype, autocast, training and inference): the bias-free GEMM
       ``F.linear(x, weight)`` then :func:`swin_ext.bias_gelu` -- the same
       forward bytes as ``addmm`` + GELU, and a backward that writes ``dz``
@@ -192,7 +196,27 @@ def linear_gelu(x: torch.Tensor, fc: nn.Linear, approximate: str = "none") -> to
     ):
         y = onednn_linear(x.reshape(-1, x.shape[-1]), fc.weight, fc.bias, "gelu")
         return y.view(*x.shape[:-1], y.shape[-1])
-    return F.gelu(fc(x), approximate=approximate)
+    y = fc(x)
+    if fast and x.device.type == "cpu" and _gelu_in_place_ok(fc, y):
+        return torch.ops.aten.gelu_(y, approximate=approximate)
+    return F.gelu(y, approximate=approximate)
+
+
+def _gelu_in_place_ok(fc: nn.Module, y: torch.Tensor) -> bool:
+    """Whether the GELU may overwrite fc's output ``y``: nothing records a gradient, an eager call on a
+    plain tensor, and no forward hook of ``fc`` (or a global one) that may have kept ``y``.
+
+    Why: in CPU inference without oneDNN's GELU epilogue, the out-of-place GELU allocated a second
+    ``(tokens, hidden)`` map per MLP, the largest of a block (fresh pages, each faulting on first
+    touch); in place it takes the same values in one map.  Measured on the AVX2 EPYC, Swin-T
+    inference at batch 8: 584 -> 575 ms (``benchmarks/results/cpu_gemm_backend_avx2_2026-12-05.md``)."""
+    return (
+        not torch.is_grad_enabled()
+        and eager_plain(y)
+        and not functorch_active()
+        and not forward_mode((y,))
+        and not (fc._forward_hooks or fc._forward_pre_hooks or nn.modules.module._global_forward_hooks)
+    )
 
 
 def mlp_inference(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, approximate: str = "none") -> Optional[torch.Tensor]:
