@@ -69,8 +69,8 @@ peak RSS above the RSS before that iteration, from the kernel's VmHWM after
 resetting it through ``/proc/self/clear_refs`` (Linux); "n/a" where that is
 unavailable.  CPU numbers include allocator caching and are approximate.
 
-Writes ``benchmarks/results/bench_model_<model>_<device>_<date>.md`` (``<device>``: ``cpu-<threads>t``, or the GPU
-name on CUDA) and a ``.png`` chart; ``--no-save`` prints only.
+Writes ``benchmarks/results/bench_model_<model>_<device>_<date>.md`` (``<device>``: ``cpu-<ISA>-<threads>t``,
+e.g. ``cpu-avx2-2t`` by ATen's CPU capability, or the GPU name on CUDA) and a ``.png`` chart; ``--no-save`` prints only.
 
 For a lent GPU with a time budget (benchmarks/gpu_check.sh): ``--md-out``
 appends each case's rows to a file as soon as the case is timed (a kill
@@ -470,7 +470,9 @@ def profile_pending(pending: List[Tuple[Dict[str, float], str, Callable[[], None
 def device_tag(device: torch.device) -> str:
     if device.type == "cuda":
         return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
-    return f"cpu-{torch.get_num_threads()}t"
+    # ATen's CPU capability in the name: an AVX2 and an AVX-512 machine choose different GEMM paths
+    # (swin_ext.layers.onednn_preferred), and a run on one must not overwrite the other's file.
+    return f"cpu-{swin_ext.layers.config.CPU_CAPABILITY.lower()}-{torch.get_num_threads()}t"
 
 
 def cpu_name() -> str:

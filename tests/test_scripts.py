@@ -149,3 +149,26 @@ def test_host_issue_time_is_for_cuda_only():
     timing = _benchmark("_timing")
     calls = []
     assert timing.host_issue_time(lambda: calls.append(1), torch.device("cpu")) is None and not calls
+
+
+def test_cpu_breakdown_sorts_each_op_into_its_category():
+    """benchmarks/cpu_breakdown.py: a Linear GEMM, a swin_ext op, the optimizer's ops and the rest each
+    land in their own category, and the categories add up to the profiled total."""
+    cpu_breakdown = _benchmark("cpu_breakdown")
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 64)
+    opt = torch.optim.AdamW(lin.parameters(), lr=1e-3)
+    x, z, b = torch.randn(256, 64), torch.randn(256, 64), torch.randn(64)
+
+    def step():
+        y = swin_ext.bias_gelu(lin(x), b)  # addmm, then the swin_ext op
+        (y.exp() * z).sum().backward()  # the rest: exp, mul, sum and their backwards; mm for the GEMM's
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    r = cpu_breakdown.breakdown(step, iters=2)
+    assert all(r[c] > 0 for c in cpu_breakdown.CATEGORIES), r
+    assert abs(sum(r[c] for c in cpu_breakdown.CATEGORIES) - r["profiled total"]) < 1e-6 * r["profiled total"] + 1e-9
+    without_opt = cpu_breakdown.breakdown(lambda: lin(x).sum().backward(), iters=2)
+    assert without_opt["optimizer"] == 0 and without_opt["swin_ext kernels"] == 0 and without_opt["linear GEMMs"] > 0
