@@ -264,6 +264,35 @@ def test_cpu_inference_stages_in_image_chunks(kind, monkeypatch):
         assert calls == [5] * len(m.layers[0].blocks), setup
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_drop_path_is_timms(dtype):
+    """Stochastic depth draws and scales as timm's drop_path: the same bits forward and backward from the
+    same seed (every dtype), one multiply over x; rate 1 drops every sample (no 0 / 0)."""
+    timm_drop = pytest.importorskip("timm.layers.drop")
+    from swin_ext.layers.drop import DropPath
+
+    x = torch.randn(64, 5, 6, 7, dtype=dtype)
+    g = torch.randn_like(x)
+    for rate in (0.1, 0.5, 0.93):
+        ours, theirs = DropPath(rate), timm_drop.DropPath(rate)
+        outs = []
+        for mod in (ours, theirs):
+            torch.manual_seed(7)
+            xi = x.clone().requires_grad_()
+            y = mod.train()(xi)
+            outs.append((y, torch.autograd.grad(y, xi, g)[0]))
+        (y, gx), (ty, tgx) = outs
+        assert torch.equal(y, ty) and torch.equal(gx, tgx), rate
+        kept = (y.flatten(1) != 0).any(1)
+        assert 0 < int(kept.sum()) < x.shape[0]  # some samples dropped, some kept
+        assert torch.equal(y[~kept], torch.zeros_like(y[~kept]))
+        scale = torch.tensor(1.0, dtype=dtype) / (1.0 - rate)  # the mask's scale, rounded to the dtype
+        torch.testing.assert_close(y[kept], x[kept] * scale, rtol=0, atol=0)
+    with torch.no_grad():
+        assert torch.equal(DropPath(1.0).train()(x), torch.zeros_like(x))
+        assert DropPath(0.5).eval()(x) is x and DropPath(0.0).train()(x) is x
+
+
 def test_inactive_dropouts_are_not_called():
     """The blocks skip the module call of a dropout / stochastic depth that cannot change its input
     (eval, or rate 0: layers.drop.maybe_drop), and call every active one, as nn.Module would."""

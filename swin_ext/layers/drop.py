@@ -13,7 +13,14 @@ class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch of a sample with probability ``drop_prob``.
 
     ``(B, ...)`` -> ``(B, ...)``; kept samples are scaled by ``1 / (1 - drop_prob)``
-    so the expectation is unchanged.  The identity in eval mode and at rate 0.
+    so the expectation is unchanged (at rate 1 every sample is dropped, unscaled).  The identity
+    in eval mode and at rate 0.
+
+    As timm's ``drop_path``: the ``(B, 1, ...)`` mask is drawn in ``x``'s dtype and scaled, then
+    multiplies ``x`` -- the same random draws and the same bits as timm (in bfloat16 / float16 the
+    scale is rounded to that dtype, as there), and one pass over ``x`` forward and one backward.
+    ``x * mask / keep`` took two each: ~2.3 GB more memory traffic in a Swin-T bf16 training step at
+    batch 128 (22 branches with a rate above 0), ~0.55 ms of an H200's bandwidth.
     """
 
     def __init__(self, drop_prob: float = 0.0) -> None:
@@ -26,7 +33,9 @@ class DropPath(nn.Module):
         keep = 1.0 - self.drop_prob
         shape = (x.shape[0],) + (1,) * (x.dim() - 1)
         mask = x.new_empty(shape).bernoulli_(keep)
-        return x * mask / keep
+        if keep > 0.0:
+            mask.div_(keep)
+        return x * mask
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}"
