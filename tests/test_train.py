@@ -567,6 +567,11 @@ def test_resume_applies_new_lr_and_weight_decay_and_says_so(tmp_path, capsys):
         assert g["weight_decay"] in (0.0, 0.2)
     assert {g["weight_decay"] for g in st["optimizer"]["param_groups"]} == {0.0, 0.2}
     assert st["scheduler"]["base_lrs"] == [g["initial_lr"] for g in st["optimizer"]["param_groups"]]
+    # the fused AdamW where torch has one for the device (the CPU from torch 2.4), kept across the resume
+    from swin_ext.train.optim import adamw_kwargs
+
+    assert adamw_kwargs(torch.device("cpu")) == {"fused": True}
+    assert all(g["fused"] is True for g in st["optimizer"]["param_groups"])
 
 
 @pytest.mark.parametrize("extra,match", [

@@ -55,7 +55,7 @@ from .data import Augment, SeededDataset, build_datasets, class_names, sample_se
 from .distributed import DistEnv, ShardedSampler, ShardSampler, on_main
 from .errors import TrainArgumentError, TrainError
 from .finetune import adopt_checkpoint_model, eval_report, load_into, pretrained_windows
-from .optim import lr_factor, param_groups
+from .optim import adamw_kwargs, lr_factor, param_groups
 from .plot import plot_curves
 from .presets import PRESETS, build_model, default_in_chans, run_config
 
@@ -313,7 +313,7 @@ class Trainer:
         for g in groups:
             g["lr"] = args.lr * g["lr_scale"]
         self.optimizer = torch.optim.AdamW(
-            groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if device.type == "cuda" else {})
+            groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, **adamw_kwargs(device)
         )
         min_ratio = self.min_ratio = args.min_lr / args.lr if args.lr > 0 else 0.0
         total, warmup = self.total_steps, self.warmup_steps

@@ -4,9 +4,28 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
 import torch.nn as nn
 
-__all__ = ["param_groups", "layer_ids", "lr_factor"]
+__all__ = ["param_groups", "layer_ids", "lr_factor", "adamw_kwargs"]
+
+
+def adamw_kwargs(device: torch.device) -> Dict[str, Any]:
+    """``{"fused": True}`` where torch has a fused AdamW for ``device``'s type (CUDA; the CPU from
+    torch 2.4), else ``{}`` (torch's default implementation).
+
+    Why: the whole update in one kernel per parameter group and dtype, instead of the default's
+    handful of elementwise passes (and, on a GPU, launches) per parameter.  Swin-T's 173 parameters
+    on a 2-core AVX2 CPU: 53-71 ms a step with the default, 56 with ``foreach``, 14-15 fused -- about
+    4% of a training step at batch 4.  Elementwise, so its bits do not depend on the thread count.
+    """
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+        fused_devices = set(_get_fused_kernels_supported_devices())
+    except Exception:  # a torch without the private helper: CUDA has had it the longest
+        fused_devices = {"cuda"}
+    return {"fused": True} if device.type in fused_devices else {}
 
 
 def layer_ids(model: nn.Module) -> Dict[str, int]:
