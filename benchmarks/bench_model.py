@@ -12,6 +12,8 @@ Implementations (those whose library is missing are skipped):
 * ``swin_ext-fused-noepi`` the same, ``set_cpu_inference_fusion(False)``: on the CPU without
                          the oneDNN GEMM paths (fc1+GELU epilogue in inference, oneDNN
                          forward / input-gradient GEMMs); identical to ``swin_ext-fused`` on CUDA
+                         and on a CPU without AVX-512 (there they are off by default:
+                         ``swin_ext.layers.onednn_preferred``)
 * ``swin_ext-fused-compiled`` swin_ext-fused under ``torch.compile`` (inductor, static shapes)
 * ``swin_ext-reference`` the same weights, backend="reference" (plain PyTorch composite)
 * ``timm``               timm ``swin_tiny_patch4_window7_224``, pretrained=False, with its

@@ -243,8 +243,6 @@ SWIN_ALWAYS_INLINE V exp_vec(V x) {
   return x < lo ? V{} : y;
 }
 
-SWIN_ALWAYS_INLINE v8f exp_v8f(v8f x) { return exp_vec<v8f, v8i>(x); }
-
 // Sum / maximum of a vector's lanes by halving (log2(lanes) dependent steps,
 // not a chain of one add per lane): a short row's softmax waits on these.
 template <typename T, typename V>
