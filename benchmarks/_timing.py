@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import time
 from typing import Callable, Dict, Optional
@@ -96,3 +97,15 @@ def host_issue_time(fn: Callable[[], object], device: torch.device, repeats: int
         times.append(time.perf_counter() - t0)
     torch.cuda.synchronize(device)
     return statistics.median(times)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for the heading of a CPU report."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

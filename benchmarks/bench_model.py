@@ -105,7 +105,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import swin_ext  # noqa: E402
 from swin_ext.weights.layouts import to_timm, to_torchvision  # noqa: E402
 
-from _timing import gpu_busy_time, host_issue_time, measure  # noqa: E402
+from _timing import cpu_name, gpu_busy_time, host_issue_time, measure  # noqa: E402
 
 ALL_IMPLS = ["swin_ext-fused", "swin_ext-fused-noepi", "swin_ext-fused-compiled", "swin_ext-reference", "timm",
              "timm-sdpa", "timm-compiled", "torchvision", "transformers", "transformers-eager"]
@@ -475,17 +475,6 @@ def device_tag(device: torch.device) -> str:
     # ATen's CPU capability in the name: an AVX2 and an AVX-512 machine choose different GEMM paths
     # (swin_ext.layers.onednn_preferred), and a run on one must not overwrite the other's file.
     return f"cpu-{swin_ext.layers.config.CPU_CAPABILITY.lower()}-{torch.get_num_threads()}t"
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def plot(results, impls, path: str, title: str) -> Optional[str]:

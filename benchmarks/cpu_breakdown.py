@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from typing import Callable, Dict
 
@@ -32,21 +31,10 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import swin_ext  # noqa: E402
 
-from _timing import measure  # noqa: E402
+from _timing import cpu_name, measure  # noqa: E402
 
 GEMMS = ("aten::addmm", "aten::mm", "mkldnn::_linear_pointwise")
 CATEGORIES = ("linear GEMMs", "optimizer", "swin_ext kernels", "rest")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def runner(impl: str, mode: str, batch: int) -> Callable[[], None]:

@@ -98,8 +98,9 @@ def onednn_preferred() -> bool:
     (MKL) on the 2-core AVX-512 Xeon (forward 185 vs 225 ms, input gradient 184 vs 232 ms per
     training step at batch 4) and slower on a 2-core AVX2 AMD EPYC (Zen 2: the model's
     inference at batch 8 641.5 vs 607.6 ms, the training step at batch 4 1010 vs 1002 ms, within
-    that machine's drift; ``benchmarks/results/cpu_gemm_backend_avx2_2026-12-05.md``).  A fixed rule, not a timing at start-up: the two libraries round
-    differently, and a choice by timing could change a model's bits from one run to the next.
+    that machine's drift; ``benchmarks/results/cpu_gemm_backend_avx2_2026-12-05.md``).  A fixed
+    rule, not a timing at start-up: the two libraries round differently, and a choice by timing
+    could change a model's bits from one run to the next.
     """
     return CPU_CAPABILITY.upper().startswith("AVX512")
 
