@@ -2,7 +2,8 @@
 
 Profiles (``torch.profiler``, CPU) a float32 training step (forward, cross-entropy, backward, AdamW;
 batch 4) and an inference forward (eval, inference_mode; batch 8) of ``swin_ext.swin_t()`` and timm's
-``swin_tiny_patch4_window7_224`` with the same weights, and sums each op's self time into:
+``swin_tiny_patch4_window7_224`` (random weights: the times do not depend on them), and sums each
+op's self time into:
 
 * ``linear GEMMs``: the Linear layers' GEMMs, forward and backward (``aten::addmm``, ``aten::mm``,
   ``mkldnn::_linear_pointwise``: swin_ext's oneDNN path);
@@ -11,10 +12,11 @@ batch 4) and an inference forward (eval, inference_mode; batch 8) of ``swin_ext.
 * ``rest``: everything else (timm's attention ``bmm`` / softmax, GELU, LayerNorm, copies; the patch
   embedding; autograd's own ops).
 
-Both models run the same Linear shapes on the same GEMM library (with ``SWIN_EXT_ONEDNN_MLP=0``:
-see ``swin_ext.layers.onednn_preferred``), so ``timm's step / (timm's linear GEMMs + optimizer)``
-bounds swin_ext's speed-up over timm: what swin_ext would reach if everything it fuses cost nothing.
-A speed-up target above that bound needs faster GEMMs than the library's, not faster kernels.
+Both models run the same Linear shapes, so ``timm's step / (timm's linear GEMMs + optimizer)`` bounds
+swin_ext's speed-up over timm wherever swin_ext's Linears take the same GEMM library (ATen's: the
+default on a CPU without AVX-512, ``swin_ext.layers.onednn_preferred``; ``SWIN_EXT_ONEDNN_MLP=0``
+elsewhere): what swin_ext would reach if everything it fuses cost nothing.  A speed-up target above
+that bound needs faster GEMMs than the library's, not faster kernels.
 
     OMP_NUM_THREADS=2 python benchmarks/cpu_breakdown.py --threads 2
 """
