@@ -28,9 +28,10 @@ import sys
 from typing import Callable, Dict
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_model import make_runner  # noqa: E402
+
 import swin_ext  # noqa: E402
 
 from _timing import cpu_name, measure  # noqa: E402
@@ -40,6 +41,8 @@ CATEGORIES = ("linear GEMMs", "optimizer", "swin_ext kernels", "rest")
 
 
 def runner(impl: str, mode: str, batch: int) -> Callable[[], None]:
+    """One iteration of ``impl`` (``swin_ext`` or ``timm``) in ``mode``: bench_model's runner (its input,
+    labels, loss and AdamW step), float32 on the CPU."""
     torch.manual_seed(0)
     if impl == "timm":
         import timm
@@ -47,26 +50,7 @@ def runner(impl: str, mode: str, batch: int) -> Callable[[], None]:
         model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)
     else:
         model = swin_ext.swin_t()
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(batch, 3, 224, 224, generator=g)
-    y = torch.randint(0, 1000, (batch,), generator=g)
-    if mode == "infer":
-        model.eval()
-
-        def run():
-            with torch.inference_mode():
-                model(x)
-
-        return run
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-
-    def step():
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
+    return make_runner(model, mode, batch, torch.float32, torch.device("cpu"))
 
 
 def breakdown(fn: Callable[[], None], iters: int) -> Dict[str, float]:

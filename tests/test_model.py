@@ -140,12 +140,13 @@ def test_nan_sample_is_isolated():
     torch.testing.assert_close(out[0], m(x[:1])[0])
 
 
-def _count_onednn(monkeypatch):
+def _count_onednn(monkeypatch, enabled=True):
     """Records every oneDNN GEMM of swin_ext.layers.fast_linear: "gelu" (fc1 + GELU epilogue) or "none".
-    The oneDNN paths are switched on (as SWIN_EXT_ONEDNN_MLP=1), whatever this CPU's default."""
+    The oneDNN paths are switched on (as SWIN_EXT_ONEDNN_MLP=1), whatever this CPU's default; ``enabled``
+    None leaves them to the CPU's default."""
     import swin_ext.layers.fast_linear as L
 
-    monkeypatch.setattr(swin_ext.layers.config, "_ONEDNN_ENABLED", True)
+    monkeypatch.setattr(swin_ext.layers.config, "_ONEDNN_ENABLED", enabled)
     calls = []
     real = L._lp
 
@@ -368,17 +369,12 @@ def test_onednn_default_follows_the_cpu(monkeypatch, recwarn):
     capability is AVX-512 and off elsewhere (ATen's GEMMs measured faster on an AVX2 CPU); the model then
     makes no oneDNN call at all."""
     cfg = swin_ext.layers.config
-    monkeypatch.setattr(cfg, "_ONEDNN_ENABLED", None)
-    calls = []
+    calls = _count_onednn(monkeypatch, enabled=None)
     for capability, preferred in (("AVX512", True), ("AVX2", False), ("DEFAULT", False)):
         monkeypatch.setattr(cfg, "CPU_CAPABILITY", capability)
         assert cfg.onednn_preferred() is preferred
         assert cfg.use_onednn() == (preferred and cfg.onednn_available())
     # an AVX2 CPU: the model's Linears and MLPs take ATen's GEMMs, training and inference alike
-    import swin_ext.layers.fast_linear as L
-
-    real = L._lp
-    monkeypatch.setattr(L, "_lp", lambda *a, **k: calls.append(a[3] if len(a) > 3 else "none") or real(*a, **k))
     m = tiny(drop_path_rate=0.0)
     x = torch.randn(2, 3, 64, 64)
     m(x).sum().backward()
