@@ -201,6 +201,9 @@ def _asan_available():
 
 
 needs_asan = pytest.mark.skipif(ASAN_CHILD or not _asan_available(), reason="needs the compiler's ASan runtime")
+# The launch-plan tests whose grid sizes assume the emulated sm_90 (132 SMs), not the sm_86 child's.
+sm90_grids = pytest.mark.skipif(os.environ.get("SWIN_HARNESS_ARCH", "90") != "90",
+                                reason="the grid sizes are sm_90's (132 SMs)")
 
 
 @needs_asan
@@ -771,7 +774,7 @@ def test_kernel_bias_gelu_block_shape(hops):
     assert len(runs) == 2 and all(block == [192, 1, 1] and grid == 19 for _, grid, block, _ in runs), runs
 
 
-@pytest.mark.skipif(os.environ.get("SWIN_HARNESS_ARCH", "90") != "90", reason="the grid sizes are sm_90's (132 SMs)")
+@sm90_grids
 def test_kernel_add_layernorm_backward_groups_per_warp_by_waves(hops, monkeypatch):
     """The register backward's warps walk their row groups one after another, so its plan takes the
     fewest (waves of 4 x 132 resident blocks) x (groups per warp), from the target's down to half:
@@ -803,7 +806,7 @@ def test_kernel_add_layernorm_backward_groups_per_warp_by_waves(hops, monkeypatc
     assert grids()["add_ln_bwd_reg_kernel"] == 392
 
 
-@pytest.mark.skipif(os.environ.get("SWIN_HARNESS_ARCH", "90") != "90", reason="the grid sizes are sm_90's (132 SMs)")
+@sm90_grids
 @pytest.mark.parametrize("B,H,blocks", [(32, 28, 523), (6, 20, 75)])
 def test_kernel_merging_backward_groups_per_block_by_waves(hops, B, H, blocks):
     """The register backward of patch merging walks its pixel groups one after another, so its plan
@@ -832,7 +835,7 @@ def test_kernel_merging_backward_groups_per_block_by_waves(hops, B, H, blocks):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.skipif(os.environ.get("SWIN_HARNESS_ARCH", "90") != "90", reason="the grid sizes are sm_90's (132 SMs)")
+@sm90_grids
 def test_kernel_bias_gelu_backward_avoids_a_short_last_wave(hops):
     """The backward's plan halves its 128-row blocks while the grid is one to four waves of the
     device's resident blocks (5 per SM, 132 SMs on the emulated sm_90: 660) and its last wave is
