@@ -361,3 +361,145 @@ def test_formatted_argument_errors_raise():
     that crashed with the exported static libstdc++ above)."""
     with pytest.raises(RuntimeError, match=r"bias must be .* \(4,\)"):
         torch.ops.swin_ext.bias_gelu_fwd(torch.randn(2, 4), torch.randn(3))
+
+
+def _unchecked_cases(dtype):
+    """Per op: the public call and its ``<op>_unchecked`` twin on the same fresh random inputs (the
+    parameters in the inputs' dtype, so that the twin's conversion to the accumulation dtype runs)."""
+    from swin_ext import ops
+
+    g = torch.Generator().manual_seed(7)
+
+    def rg(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(dtype).requires_grad_()
+
+    qkv, tbl, pad = rg(2, 9, 11, 36), rg(49, 3, scale=0.2), rg(36)
+    qkv3, bias3 = rg(1, 3, 5, 6, 24), rg(2, 32, 32, scale=0.2)
+    qkv2, bias2, hs = rg(2, 9, 7, 24), rg(2, 16, 16, scale=0.2), (torch.rand(2, generator=g) * 5 + 1).to(dtype)
+    hs.requires_grad_()
+    x, br, w, b = rg(2, 7, 5, 6), rg(2, 7, 5, 6), rg(24), rg(24)
+    xl, brl, wl, bl = rg(3, 4, 16), rg(3, 4, 16), rg(16), rg(16)
+    z, zb = rg(3, 5, 16), rg(16)
+    return {
+        "window_attention": (
+            lambda: window_attention(qkv, tbl, 4, 2, 0.3, pad),
+            lambda: ops.window_attention_unchecked(qkv, tbl, (4, 4), (2, 2), 0.3, pad),
+            (qkv, tbl, pad),
+        ),
+        "window_attention_3d": (
+            lambda: window_attention(qkv3, bias3, (2, 4, 4), (1, 2, 2), 0.4),
+            lambda: ops.window_attention_unchecked(qkv3, bias3, [2, 4, 4], [1, 2, 2], 0.4),
+            (qkv3, bias3),
+        ),
+        "window_attention_v2": (
+            lambda: swin_ext.window_attention_v2(qkv2, bias2, hs, 4, (2, 1), pad[:24]),
+            lambda: ops.window_attention_v2_unchecked(qkv2, bias2, hs, 4, (2, 1), pad[:24]),
+            (qkv2, bias2, hs, pad),
+        ),
+        "patch_merging": (
+            lambda: patch_merging(x, w, b, 1e-5, br),
+            lambda: ops.patch_merging_unchecked(x, w, b, 1e-5, br),
+            (x, br, w, b),
+        ),
+        "add_layernorm": (
+            lambda: add_layernorm(xl, brl, wl, bl, 1e-5),
+            lambda: ops.add_layernorm_unchecked(xl, brl, wl, bl, 1e-5),
+            (xl, brl, wl, bl),
+        ),
+        "bias_gelu": (
+            lambda: swin_ext.bias_gelu(z, zb),
+            lambda: ops.bias_gelu_unchecked(z, zb),
+            (z, zb),
+        ),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize(
+    "name", ["window_attention", "window_attention_3d", "window_attention_v2", "patch_merging", "add_layernorm",
+             "bias_gelu"]
+)
+def test_unchecked_twin_is_the_public_op(name, dtype):
+    """``<op>_unchecked`` (what the layers call) is the public op less its Python checks: the same raw
+    op on the same converted arguments, so the outputs and every input's gradient are bitwise equal."""
+    public, unchecked, inputs = _unchecked_cases(dtype)[name]
+    outs = []
+    for call in (public, unchecked):
+        out = call()
+        out = out if isinstance(out, tuple) else (out,)
+        cot = [torch.randn(o.shape, generator=torch.Generator().manual_seed(3)).to(o.dtype) for o in out]
+        grads = torch.autograd.grad(out, inputs, cot, allow_unused=True)
+        outs.append((out, grads))
+    (o1, g1), (o2, g2) = outs
+    assert all(torch.equal(a, b) for a, b in zip(o1, o2))
+    for t, a, b in zip(inputs, g1, g2):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.dtype == t.dtype and torch.equal(a, b)
+
+
+def test_unchecked_twins_still_refuse_bad_arguments():
+    """Without the Python checks, a bad argument is refused by the raw op's C++ checks: a RuntimeError
+    naming the problem, never a crash or a wrong answer."""
+    from swin_ext import ops
+
+    q, t = torch.randn(1, 4, 4, 12), torch.randn(50, 2)
+    with pytest.raises(RuntimeError, match="shift must satisfy"):
+        ops.window_attention_unchecked(q, torch.randn(2, 16, 16), (4, 4), (4, 0), 1.0)
+    with pytest.raises(RuntimeError, match="one entry per map axis"):
+        ops.window_attention_unchecked(q, torch.randn(2, 16, 16), (4, 4, 4), (0, 0, 0), 1.0)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        ops.window_attention_unchecked(q, t, (4, 4), (0, 0), 1.0)  # window 4's table has 49 rows
+    with pytest.raises(RuntimeError, match="scale must be finite"):
+        ops.window_attention_unchecked(q, torch.randn(2, 16, 16), (4, 4), (0, 0), float("nan"))
+    with pytest.raises(RuntimeError, match="head_scale"):
+        ops.window_attention_v2_unchecked(q, torch.randn(2, 16, 16), torch.ones(3), 4, (0, 0))
+    with pytest.raises(RuntimeError, match="branch must have the shape of x"):
+        ops.add_layernorm_unchecked(torch.randn(2, 8), torch.randn(2, 7), torch.ones(8), torch.zeros(8), 1e-5)
+    with pytest.raises(RuntimeError, match="eps must be finite and >= 0"):
+        ops.add_layernorm_unchecked(torch.randn(2, 8), torch.randn(2, 8), torch.ones(8), torch.zeros(8), -1.0)
+    with pytest.raises(RuntimeError, match=r"weight and bias must be \(8,\)"):
+        ops.patch_merging_unchecked(torch.randn(1, 4, 4, 2), torch.ones(7), torch.zeros(7), 1e-5)
+    with pytest.raises(RuntimeError, match="bias"):
+        ops.bias_gelu_unchecked(torch.randn(3, 8), torch.zeros(7))
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2", "3d"])
+def test_models_skip_the_python_checks(monkeypatch, kind):
+    """The fused models call the ops through their unchecked twins (the layers build valid arguments;
+    the C++ checks still run): a training step and an inference forward run with every Python check
+    of the op modules made to fail.  Why it matters: those checks were ~13% of an eager Swin-T
+    forward's host time (``benchmarks/host_overhead.py --step``), which a host-bound GPU step waits on."""
+    import sys
+
+    from swin_ext import SwinTransformer3d, SwinTransformerV2
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Python op check ran in the model's fused path")
+
+    torch.manual_seed(0)
+    if kind == "v1":
+        m = swin_ext.SwinTransformer(img_size=36, embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4,
+                                     num_classes=5)
+        x = torch.randn(2, 3, 36, 36)
+    elif kind == "v2":
+        m = SwinTransformerV2(img_size=36, embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4,
+                              num_classes=5)
+        x = torch.randn(2, 3, 36, 36)
+    else:
+        m = SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=16, depths=[2, 2], num_heads=[1, 2],
+                              window_size=[2, 3, 3], num_classes=5)
+        x = torch.randn(1, 3, 4, 24, 20)
+    with torch.no_grad():
+        ref = m.eval()(x)
+    for mod in swin_ext.ops._MODULES:
+        for attr in dir(mod):
+            if attr.startswith("check_") or attr == "attention_scale":
+                monkeypatch.setattr(sys.modules[mod.__name__], attr, refuse)
+    with torch.no_grad():
+        assert torch.equal(m(x), ref)
+    m.train()
+    m(x).square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
+    with pytest.raises(AssertionError, match="Python op check"):  # the patch is live: the public op hits it
+        window_attention(torch.randn(1, 4, 4, 12), torch.randn(2, 16, 16), 4)

@@ -1,7 +1,9 @@
 """Shifted-window attention: the fused kernel or the reference composite.
 
 What runs where (``fused=True``, the fused backend's setting): the fused op
-:func:`swin_ext.window_attention` (CPU kernel; CUDA kernel in a CUDA build),
+:func:`swin_ext.window_attention` (CPU kernel; CUDA kernel in a CUDA build;
+called as :func:`swin_ext.ops.window_attention_unchecked`, since the model's
+modules build valid arguments and the raw op checks them again in C++),
 except with attention dropout active (``dropout_p > 0`` while training: the
 kernel has no dropout) or on a device without a kernel, which run
 :func:`swin_ext.reference.window_attention_reference` (plain PyTorch, also the
@@ -20,8 +22,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..ops import window_attention as _window_attention_op
-from ..ops import window_attention_v2 as _window_attention_v2_op
+from ..ops import window_attention_unchecked as _window_attention_op
+from ..ops import window_attention_v2_unchecked as _window_attention_v2_op
 from ..ops.reference import window_attention_reference, window_attention_v2_reference
 from . import config
 from .pos_bias import gather_bias
@@ -51,7 +53,8 @@ def window_attention(
     returns the table's gradient; the composite gathers through ``bias_index``.
     """
     if fused and not (training and dropout_p > 0) and config.has_kernel("window_attention", qkv.device.type):
-        return _window_attention_op(qkv, bias, window_size, shift, scale, qkv_pad)
+        window = (window_size,) * (qkv.dim() - 2) if isinstance(window_size, int) else window_size
+        return _window_attention_op(qkv, bias, window, shift, scale, qkv_pad)
     bias = _gathered(bias, bias_index)
     return window_attention_reference(qkv, bias, window_size, shift, scale, qkv_pad, dropout_p, training)
 

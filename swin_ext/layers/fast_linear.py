@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import bias_gelu as _bias_gelu_op
+from ..ops import bias_gelu_unchecked as _bias_gelu_op
 from ..ops import forward_mode, functorch_active
 from . import config
 from .pos_bias import eager_plain
@@ -65,14 +65,14 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     """float32 CPU input and weight, no CPU autocast (it picks the GEMM's dtype itself), oneDNN on,
     no forward-mode AD (the custom op has no forward-mode rule: a dual input's tangent would be lost)."""
     return (
-        x.device.type == "cpu"
+        x.device.type == "cpu"  # first the two tests that end it off the path: a GPU model, oneDNN off
+        and config.use_onednn()
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.dim() >= 1
         and x.shape[-1] > 0  # oneDNN has no primitive for an empty reduction
         and weight.shape[0] > 0
         and config.autocast_dtype("cpu") is None
-        and config.use_onednn()
         and not functorch_active()
         and not forward_mode((x, weight, bias))
         and not torch.compiler.is_exporting()  # an exported program (torch.export, ONNX) keeps aten.linear

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import patch_merging as _patch_merging_op
+from ..ops import patch_merging_unchecked as _patch_merging_op
 from ..ops.reference import patch_merging_reference
 from . import config
 from .norm import residual_add

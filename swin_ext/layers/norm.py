@@ -4,7 +4,8 @@ What runs where (``fused=True``, the fused backend's setting):
 
 * **a device with an ``add_layernorm`` kernel** (CPU; CUDA in a CUDA build:
   :func:`config.has_kernel`), an affine ``nn.LayerNorm`` over the last dim: the fused op
-  :func:`swin_ext.add_layernorm` -- ``h = x + branch`` and ``y = LN(h)`` in
+  :func:`swin_ext.add_layernorm` (called as :func:`swin_ext.ops.add_layernorm_unchecked`:
+  :func:`_fusable` has checked the shapes) -- ``h = x + branch`` and ``y = LN(h)`` in
   one pass forward and one backward, which also adds the gradient reaching
   ``h`` from the residual stream.  Under autocast ``h`` stays in ``x``'s
   dtype (float32) and ``y`` comes out in the autocast dtype.
@@ -19,7 +20,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..ops import add_layernorm as _add_layernorm_op
+from ..ops import add_layernorm_unchecked as _add_layernorm_op
 from . import config
 
 __all__ = ["add_layernorm", "residual_add"]

@@ -3,7 +3,9 @@
 Each op module (``window_attention`` for V1 and V2, ``patch_merging``,
 ``add_layernorm``, ``bias_gelu``) holds the public wrapper, which validates
 its arguments (:mod:`._validate`, the Python mirror of ``csrc/checks.h``) and
-calls ``torch.ops.swin_ext.<op>_fwd``, and wires the op into PyTorch: fake
+calls ``torch.ops.swin_ext.<op>_fwd`` through ``<op>_unchecked`` (the same call without the
+Python checks, which the layers use: their arguments are valid by construction, and the raw
+op checks them again in C++), and wires the op into PyTorch: fake
 kernels (so ``torch.compile(fullgraph=True)``, ``torch.export`` and the meta
 device run the same checks), autograd with the backward op, higher-order
 gradients and ``torch.func`` (:mod:`._autograd`), and vmap rules.
@@ -22,10 +24,15 @@ from typing import Tuple
 
 from ._autograd import forward_mode, functorch_active
 from ._validate import MAX_WINDOW_SIZE, acc_dtype
-from .add_layernorm import add_layernorm, autocast_dtype
-from .bias_gelu import bias_gelu
-from .patch_merging import patch_merging
-from .window_attention import window_attention, window_attention_v2
+from .add_layernorm import add_layernorm, add_layernorm_unchecked, autocast_dtype
+from .bias_gelu import bias_gelu, bias_gelu_unchecked
+from .patch_merging import patch_merging, patch_merging_unchecked
+from .window_attention import (
+    window_attention,
+    window_attention_unchecked,
+    window_attention_v2,
+    window_attention_v2_unchecked,
+)
 
 __all__ = [
     "window_attention",
@@ -33,6 +40,11 @@ __all__ = [
     "patch_merging",
     "add_layernorm",
     "bias_gelu",
+    "window_attention_unchecked",
+    "window_attention_v2_unchecked",
+    "patch_merging_unchecked",
+    "add_layernorm_unchecked",
+    "bias_gelu_unchecked",
     "OPS",
     "MAX_WINDOW_SIZE",
     "acc_dtype",

@@ -30,7 +30,7 @@ from ._autograd import (
 from ._validate import acc_dtype, check_bias_gelu
 from .reference import bias_gelu_reference
 
-__all__ = ["bias_gelu"]
+__all__ = ["bias_gelu", "bias_gelu_unchecked"]
 
 #: the public ops of this module; ``swin_ext::<name>_fwd`` / ``_bwd`` are their raw ops
 OPS = ("bias_gelu",)
@@ -62,7 +62,15 @@ def bias_gelu(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """
     check_bias_gelu(z, bias)
     require_ops(z.device)
-    args = (z, bias.to(acc_dtype(z.dtype)))
+    return bias_gelu_unchecked(z, bias)
+
+
+def bias_gelu_unchecked(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """:func:`bias_gelu` without its Python argument checks: for callers whose arguments are valid by
+    construction (:func:`swin_ext.layers.linear_gelu`: ``z`` the bias-free output of fc1, ``bias``
+    fc1's).  A bad argument is still refused, as a ``RuntimeError`` from the raw op's own checks."""
+    acc = acc_dtype(z.dtype)
+    args = (z, bias if bias.dtype == acc else bias.to(acc))
     if forward_mode(args):
         return composite_call(bias_gelu_reference, *args)
     if functorch_active():

@@ -38,7 +38,7 @@ from ._autograd import (
 from ._validate import FLOAT_DTYPES, acc_dtype, check_merging, dtype_arg, real_arg
 from .reference import layer_norm_composite, patch_gather, residual_sum
 
-__all__ = ["patch_merging"]
+__all__ = ["patch_merging", "patch_merging_unchecked"]
 
 #: the public ops of this module; ``swin_ext::<name>_fwd`` / ``_bwd`` are their raw ops
 OPS = ("patch_merging",)
@@ -92,8 +92,18 @@ def patch_merging(
     if eps < 0:
         raise ValueError(f"swin_ext.patch_merging: eps must be >= 0, got {eps}")
     require_ops(x.device)
+    return patch_merging_unchecked(x, weight, bias, eps, branch)
+
+
+def patch_merging_unchecked(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, branch: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """:func:`patch_merging` without its Python argument checks: for callers whose arguments are valid
+    by construction (:func:`swin_ext.layers.patch_merging`, from a model's stage).  A bad argument is
+    still refused, as a ``RuntimeError`` from the raw op's own checks (``csrc/checks.h``)."""
     acc = acc_dtype(x.dtype)
-    args = (x, weight.to(acc), bias.to(acc), eps, branch, autocast_dtype(x.device.type))
+    args = (x, weight if weight.dtype == acc else weight.to(acc), bias if bias.dtype == acc else bias.to(acc), eps,
+            branch, autocast_dtype(x.device.type))
     if forward_mode(args):
         return composite_call(_composite(eps, args[5] or x.dtype), x, args[1], args[2], branch)
     if functorch_active():

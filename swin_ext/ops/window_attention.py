@@ -33,7 +33,7 @@ from ._autograd import (
 from ._validate import acc_dtype, attention_scale, check_attention, check_attention_v2, num_windows, real_arg
 from .reference import window_attention_reference, window_attention_v2_reference
 
-__all__ = ["window_attention", "window_attention_v2"]
+__all__ = ["window_attention", "window_attention_v2", "window_attention_unchecked", "window_attention_v2_unchecked"]
 
 #: the public ops of this module; ``swin_ext::<name>_fwd`` / ``_bwd`` are their raw ops
 OPS = ("window_attention", "window_attention_v2")
@@ -89,12 +89,33 @@ def window_attention(
     """
     window, shifts, heads = check_attention(qkv, bias, qkv_pad, window_size, shift)
     scale = attention_scale(scale, qkv, heads, "swin_ext.window_attention")
-    if qkv_pad is not None:
-        qkv_pad = qkv_pad.to(qkv.dtype)
     require_ops(qkv.device)
-    args = (qkv, bias.to(acc_dtype(qkv.dtype)), qkv_pad, list(window), list(shifts), scale)
+    return window_attention_unchecked(qkv, bias, window, shifts, scale, qkv_pad)
+
+
+def window_attention_unchecked(
+    qkv: torch.Tensor,
+    bias: torch.Tensor,
+    window: Sequence[int],
+    shift: Sequence[int],
+    scale: float,
+    qkv_pad: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """:func:`window_attention` without its Python argument checks: for callers whose arguments are
+    valid by construction (the layers of :mod:`swin_ext.layers`, fed by a model's own modules).
+
+    ``window`` and ``shift`` hold one int per map axis, ``scale`` is a float; the rest as
+    :func:`window_attention`.  Why: the checks cost the host ~25 us a call, a tenth of an eager
+    Swin-T forward's host time (``benchmarks/host_overhead.py``), which a host-bound GPU step waits
+    on.  A bad argument is still refused, as a ``RuntimeError`` from the raw op's own checks
+    (``csrc/checks.h``, the same rules) rather than the ``TypeError`` / ``ValueError`` naming it here.
+    """
+    acc = acc_dtype(qkv.dtype)
+    if qkv_pad is not None and qkv_pad.dtype != qkv.dtype:
+        qkv_pad = qkv_pad.to(qkv.dtype)
+    args = (qkv, bias if bias.dtype == acc else bias.to(acc), qkv_pad, list(window), list(shift), scale)
     if forward_mode(args):
-        return composite_call(_composite(window, shifts, scale), *args[:3])
+        return composite_call(_composite(tuple(window), tuple(shift), scale), *args[:3])
     if functorch_active():
         return _WindowAttentionFn.apply(*args)[0]
     return torch.ops.swin_ext.window_attention_fwd(*args)[0]
@@ -135,11 +156,26 @@ def window_attention_v2(
         message names it.
     """
     ws, sh, sw, _ = check_attention_v2(qkv, bias, head_scale, qkv_pad, window_size, shift)
-    if qkv_pad is not None:
-        qkv_pad = qkv_pad.to(qkv.dtype)
     require_ops(qkv.device)
+    return window_attention_v2_unchecked(qkv, bias, head_scale, ws, (sh, sw), qkv_pad)
+
+
+def window_attention_v2_unchecked(
+    qkv: torch.Tensor,
+    bias: torch.Tensor,
+    head_scale: torch.Tensor,
+    window_size: int,
+    shift: Sequence[int],
+    qkv_pad: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """:func:`window_attention_v2` without its Python argument checks, as
+    :func:`window_attention_unchecked` (``window_size`` an int, ``shift`` a pair of ints)."""
+    ws, (sh, sw) = window_size, shift
+    if qkv_pad is not None and qkv_pad.dtype != qkv.dtype:
+        qkv_pad = qkv_pad.to(qkv.dtype)
     acc = acc_dtype(qkv.dtype)
-    args = (qkv, bias.to(acc), qkv_pad, head_scale.to(acc), ws, sh, sw)
+    args = (qkv, bias if bias.dtype == acc else bias.to(acc), qkv_pad,
+            head_scale if head_scale.dtype == acc else head_scale.to(acc), ws, sh, sw)
     if forward_mode(args):
         return composite_call(_v2_composite(ws, sh, sw), *args[:4])
     if functorch_active():
