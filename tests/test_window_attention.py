@@ -746,3 +746,31 @@ def test_video_op_argument(over, exc, match):
     if all(isinstance(v, int) for v in (*w, *s)):
         with pytest.raises(RuntimeError, match="swin_ext.window_attention"):  # the raw op's own TORCH_CHECK
             torch.ops.swin_ext.window_attention_fwd(a["qkv"], a["bias"], None, list(w), list(s), 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("window", [(1, 1), (2, 3), (3, 3), (4, 5), (5, 5), (6, 6)])
+def test_cpu_gemm_row_blocks_match_reference(dtype, window):
+    """The CPU kernels' GEMMs take 6-row register blocks on AVX2 / AVX-512 with 4-row blocks at the end
+    (cpu::gemm_rows): windows whose padded token count Nr (a multiple of 4) leaves 0, 4 and 8 rows
+    after the 6-row blocks (N = 9, 36; 25; 6, 20) and one below 6 (N = 1), forward and backward, shifted
+    and padded, against the reference."""
+    torch.manual_seed(sum(window))
+    wh, ww = window
+    heads, d, B = 2, 8, 2
+    H, W = 2 * wh + 1, 2 * ww + 1  # padded along both axes (but a window of 1)
+    shift = (wh // 2, ww // 2)
+    qkv = torch.randn(B, H, W, 3 * heads * d, dtype=dtype, requires_grad=True)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    table = torch.randn((2 * wh - 1) * (2 * ww - 1), heads, dtype=acc, requires_grad=True)
+    pad = torch.randn(3 * heads * d, dtype=dtype, requires_grad=True) if window != (1, 1) else None
+    out = window_attention(qkv, table, window, shift, None, pad)
+    index = swin_ext.layers.pos_bias.relative_position_index(window)
+    bias = table[index.reshape(-1)].reshape(wh * ww, wh * ww, heads).permute(2, 0, 1)
+    ref = window_attention_reference(qkv, bias, window, shift, None, pad)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(out, ref, **tol)
+    g = torch.randn_like(out)
+    leaves = [t for t in (qkv, table, pad) if t is not None]
+    for a, b in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(ref, leaves, g)):
+        torch.testing.assert_close(a, b, **tol)

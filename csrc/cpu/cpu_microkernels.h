@@ -60,83 +60,88 @@ SWIN_ALWAYS_INLINE void store_vec(T* p, V v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
-// C[M x Nc] = alpha * A[M x K] * B[K x Nc]  (+ C when accumulate), row-major,
-// with VB-byte vectors (32: AVX2, 64: AVX-512; the caller's ISA build picks).
-// Requires M % kRowBlock == 0 and Nc % col_block<T, VB>() == 0 (buffers are
-// padded).  4 x 2 vector accumulators stay in registers across the K loop.
-template <typename T, int VB = 32>
-SWIN_ALWAYS_INLINE void gemm_nn(int64_t M, int64_t Nc, int64_t K, T alpha, const T* A, int64_t lda,
-                                const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+// Rows of A per register block of gemm_nn / gemm_tn: 4 or 6 (each row holds
+// two vector accumulators).  The operands' row counts are multiples of
+// kRowBlock (4); with 6-row blocks the last one or two blocks take 4 rows.
+//
+// Why 6 where the ISA has the registers (AVX2: 16 ymm, AVX-512: 32 zmm; the
+// 6 x 2 block uses 12 accumulators, 2 B vectors and a broadcast): an FMA
+// chain per accumulator leaves 2 FMA pipes of latency 5 (Zen 2) at most 8/10
+// busy with the 4 x 2 block's 8 chains, and the 6 x 2 block also loads 8
+// operands per 12 FMAs instead of 6 per 8.  Measured on one Zen 2 core at the
+// attention's shapes (N = 49, 144, 392; head_dim 32): 80-85 GFLOP/s with
+// 4 rows, 99-103 with 6 (benchmarks/results/cpu_attention_row_block_avx2_2026-12-05.md).
+// The baseline build keeps 4: SSE has 16 xmm registers, and a 32-byte vector
+// takes two.  Every element of C is the same sum in the same order either
+// way, so the block size never changes a result bit.
+// The row block of an ISA's build: 4 on the baseline ISA, 6 on AVX2 and AVX-512.
+constexpr int gemm_rows_for(Isa isa) { return isa == Isa::kDefault ? 4 : 6; }
+
+template <typename T, int VB, int RB, bool kTransA>
+SWIN_ALWAYS_INLINE void gemm_row_block(int64_t i0, int64_t Nc, int64_t K, T alpha, const T* A, int64_t lda,
+                                       const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
   typedef typename VecB<T, VB>::type V;
   constexpr int L = VecB<T, VB>::kLanes;
-  static_assert(kRowBlock == 4, "micro-kernel is written for 4 rows");
-  for (int64_t i0 = 0; i0 < M; i0 += 4) {
-    const T* a0p = A + (i0 + 0) * lda;
-    const T* a1p = A + (i0 + 1) * lda;
-    const T* a2p = A + (i0 + 2) * lda;
-    const T* a3p = A + (i0 + 3) * lda;
-    for (int64_t j0 = 0; j0 < Nc; j0 += 2 * L) {
-      V c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
-      const T* bp = B + j0;
-      for (int64_t k = 0; k < K; ++k, bp += ldb) {
-        const V b0 = load_vec<V>(bp);
-        const V b1 = load_vec<V>(bp + L);
-        const T a0 = a0p[k], a1 = a1p[k], a2 = a2p[k], a3 = a3p[k];
-        c00 += a0 * b0;
-        c01 += a0 * b1;
-        c10 += a1 * b0;
-        c11 += a1 * b1;
-        c20 += a2 * b0;
-        c21 += a2 * b1;
-        c30 += a3 * b0;
-        c31 += a3 * b1;
+  for (int64_t j0 = 0; j0 < Nc; j0 += 2 * L) {
+    V c[RB][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; ++r) c[r][0] = c[r][1] = V{};
+    const T* bp = B + j0;
+    // A's element of row i0 + r at k: A[(i0 + r) * lda + k], or A[k * lda + i0 + r] transposed.
+    const T* ap = kTransA ? A + i0 : A + i0 * lda;
+    for (int64_t k = 0; k < K; ++k, bp += ldb) {
+      const V b0 = load_vec<V>(bp);
+      const V b1 = load_vec<V>(bp + L);
+#pragma GCC unroll 8
+      for (int r = 0; r < RB; ++r) {
+        const T a = kTransA ? ap[k * lda + r] : ap[r * lda + k];
+        c[r][0] += a * b0;
+        c[r][1] += a * b1;
       }
-      V* rows[4][2] = {{&c00, &c01}, {&c10, &c11}, {&c20, &c21}, {&c30, &c31}};
-      for (int r = 0; r < 4; ++r) {
-        T* c = C + (i0 + r) * ldc + j0;
-        for (int h = 0; h < 2; ++h) {
-          V v = alpha * *rows[r][h];
-          if (accumulate) v += load_vec<V>(c + h * L);
-          store_vec(c + h * L, v);
-        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; ++r) {
+      T* cr = C + (i0 + r) * ldc + j0;
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        V v = alpha * c[r][h];
+        if (accumulate) v += load_vec<V>(cr + h * L);
+        store_vec(cr + h * L, v);
       }
     }
   }
 }
 
+template <typename T, int VB, int RB, bool kTransA>
+SWIN_ALWAYS_INLINE void gemm_rows(int64_t M, int64_t Nc, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+                                  int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  static_assert(kRowBlock == 4 && (RB == 4 || RB == 6), "row blocks of 4 or 6 rows over rows padded to 4");
+  int64_t i0 = 0;
+  if constexpr (RB == 6) {
+    const int64_t rows6 = M - (M % 12);  // M % 4 == 0: what is left is 0, 4 or 8 rows
+    for (; i0 < rows6; i0 += 6)
+      gemm_row_block<T, VB, 6, kTransA>(i0, Nc, K, alpha, A, lda, B, ldb, C, ldc, accumulate);
+  }
+  for (; i0 < M; i0 += 4) gemm_row_block<T, VB, 4, kTransA>(i0, Nc, K, alpha, A, lda, B, ldb, C, ldc, accumulate);
+}
+
+// C[M x Nc] = alpha * A[M x K] * B[K x Nc]  (+ C when accumulate), row-major,
+// with VB-byte vectors (32: AVX2, 64: AVX-512; the caller's ISA build picks)
+// and RB-row register blocks (gemm_row_block).  Requires M % kRowBlock == 0
+// and Nc % col_block<T, VB>() == 0 (buffers are padded).
+template <typename T, int VB = 32, int RB = 4>
+SWIN_ALWAYS_INLINE void gemm_nn(int64_t M, int64_t Nc, int64_t K, T alpha, const T* A, int64_t lda,
+                                const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  gemm_rows<T, VB, RB, false>(M, Nc, K, alpha, A, lda, B, ldb, C, ldc, accumulate);
+}
+
 // C[M x Nc] = alpha * A^T * B with A stored K x M (row-major, lda >= M): the
-// transposed operand without a transposed copy (the broadcast loads read four
+// transposed operand without a transposed copy (the broadcast loads read RB
 // consecutive A elements of row k).  Same blocking and padding rules as gemm_nn.
-template <typename T, int VB = 32>
+template <typename T, int VB = 32, int RB = 4>
 SWIN_ALWAYS_INLINE void gemm_tn(int64_t M, int64_t Nc, int64_t K, T alpha, const T* A, int64_t lda,
                                 const T* B, int64_t ldb, T* C, int64_t ldc) {
-  typedef typename VecB<T, VB>::type V;
-  constexpr int L = VecB<T, VB>::kLanes;
-  for (int64_t i0 = 0; i0 < M; i0 += 4) {
-    for (int64_t j0 = 0; j0 < Nc; j0 += 2 * L) {
-      V c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
-      const T* bp = B + j0;
-      const T* ap = A + i0;
-      for (int64_t k = 0; k < K; ++k, bp += ldb, ap += lda) {
-        const V b0 = load_vec<V>(bp);
-        const V b1 = load_vec<V>(bp + L);
-        const T a0 = ap[0], a1 = ap[1], a2 = ap[2], a3 = ap[3];
-        c00 += a0 * b0;
-        c01 += a0 * b1;
-        c10 += a1 * b0;
-        c11 += a1 * b1;
-        c20 += a2 * b0;
-        c21 += a2 * b1;
-        c30 += a3 * b0;
-        c31 += a3 * b1;
-      }
-      V* rows[4][2] = {{&c00, &c01}, {&c10, &c11}, {&c20, &c21}, {&c30, &c31}};
-      for (int r = 0; r < 4; ++r) {
-        T* c = C + (i0 + r) * ldc + j0;
-        for (int h = 0; h < 2; ++h) store_vec(c + h * L, alpha * *rows[r][h]);
-      }
-    }
-  }
+  gemm_rows<T, VB, RB, true>(M, Nc, K, alpha, A, lda, B, ldb, C, ldc, false);
 }
 
 // dst (8 x 8, row stride ldd) = transpose(src (8 x 8, row stride lds)), floats:

@@ -13,7 +13,8 @@
 //       defines fwd_items_default and (where clones exist) fwd_items_avx2,
 //       each `void name params { body; }`, the body compiled for that ISA
 //       (it is inlined into the clone: write it as SWIN_ALWAYS_INLINE or a
-//       template the clone instantiates);
+//       template the clone instantiates); the body sees `kIsa`, the clone's
+//       cpu::Isa, as a constant expression;
 //   SWIN_CPU_CLONE_AVX512((template <typename T>), name, (params), body);
 //       adds name_avx512, with a body of its own (16-lane vectors);
 //   SWIN_CPU_DISPATCH(fwd_items, (a, begin, end));
@@ -40,6 +41,21 @@
 #endif
 
 #define SWIN_CPU_UNPAREN(...) __VA_ARGS__
+
+namespace swin_ext {
+namespace cpu {
+
+// The instruction set a clone's body is compiled for: each clone of
+// SWIN_CPU_CLONES / SWIN_CPU_CLONE_AVX512 declares `kIsa`, a constant its body
+// may pass on as a template argument (the one body text is compiled per ISA,
+// so a tuning that depends on the register file, such as the GEMM row block
+// of gemm_rows_for, is chosen there).
+enum class Isa { kDefault, kAvx2, kAvx512 };
+
+}  // namespace cpu
+}  // namespace swin_ext
+
+#define SWIN_CPU_ISA(isa) [[maybe_unused]] constexpr ::swin_ext::cpu::Isa kIsa = ::swin_ext::cpu::Isa::isa;
 
 #if SWIN_HAVE_AVX2_CLONE
 
@@ -70,12 +86,12 @@ inline bool cpu_has_avx512() {
 }  // namespace cpu
 }  // namespace swin_ext
 
-#define SWIN_CPU_CLONES(head, name, params, ...)                                  \
-  SWIN_CPU_UNPAREN head void name##_default params { __VA_ARGS__; }               \
-  SWIN_CPU_UNPAREN head SWIN_TARGET_AVX2 void name##_avx2 params { __VA_ARGS__; } \
+#define SWIN_CPU_CLONES(head, name, params, ...)                                                 \
+  SWIN_CPU_UNPAREN head void name##_default params { SWIN_CPU_ISA(kDefault) __VA_ARGS__; }        \
+  SWIN_CPU_UNPAREN head SWIN_TARGET_AVX2 void name##_avx2 params { SWIN_CPU_ISA(kAvx2) __VA_ARGS__; } \
   static_assert(true, "")
-#define SWIN_CPU_CLONE_AVX512(head, name, params, ...)                                \
-  SWIN_CPU_UNPAREN head SWIN_TARGET_AVX512 void name##_avx512 params { __VA_ARGS__; } \
+#define SWIN_CPU_CLONE_AVX512(head, name, params, ...)                                                       \
+  SWIN_CPU_UNPAREN head SWIN_TARGET_AVX512 void name##_avx512 params { SWIN_CPU_ISA(kAvx512) __VA_ARGS__; } \
   static_assert(true, "")
 #define SWIN_CPU_DISPATCH(name, ...) \
   (::swin_ext::cpu::cpu_has_avx2() ? name##_avx2 __VA_ARGS__ : name##_default __VA_ARGS__)
@@ -87,7 +103,7 @@ inline bool cpu_has_avx512() {
 #else
 
 #define SWIN_CPU_CLONES(head, name, params, ...) \
-  SWIN_CPU_UNPAREN head void name##_default params { __VA_ARGS__; } static_assert(true, "")
+  SWIN_CPU_UNPAREN head void name##_default params { SWIN_CPU_ISA(kDefault) __VA_ARGS__; } static_assert(true, "")
 #define SWIN_CPU_CLONE_AVX512(head, name, params, ...) static_assert(true, "")
 #define SWIN_CPU_DISPATCH(name, ...) (name##_default __VA_ARGS__)
 #define SWIN_CPU_DISPATCH_AVX512(name, ...) (name##_default __VA_ARGS__)

@@ -213,10 +213,10 @@ SWIN_ALWAYS_INLINE void gather_qkv(const AttnArgs<scalar_t>& a, int64_t h0, int6
 }
 
 // S = (q * scale) k^T + bias (+ mask) for rows < N; padding columns -inf.
-template <int VB, typename scalar_t, typename acc_t>
+template <int VB, int RB, typename scalar_t, typename acc_t>
 SWIN_ALWAYS_INLINE void tile_logits(const AttnArgs<scalar_t>& a, int64_t h, int64_t hh, Work<acc_t>& w) {
   const int64_t N = w.N, Np = w.Np;
-  gemm_nn<acc_t, VB>(w.Nr, Np, a.d, acc_t(1), w.q.data() + hh * w.tile, w.dp, w.kt.data() + hh * w.ttile, Np,
+  gemm_nn<acc_t, VB, RB>(w.Nr, Np, a.d, acc_t(1), w.q.data() + hh * w.tile, w.dp, w.kt.data() + hh * w.ttile, Np,
                      w.S.data(), Np, false);
   const acc_t* bias_h = a.bias + h * N * N;
   const int* __restrict region = w.region.data();
@@ -234,8 +234,9 @@ SWIN_ALWAYS_INLINE void tile_logits(const AttnArgs<scalar_t>& a, int64_t h, int6
   }
 }
 
-// Items [begin, end) of the forward, with VB-byte vectors in the GEMMs and exps.
-template <int VB, typename scalar_t>
+// Items [begin, end) of the forward, with VB-byte vectors in the GEMMs and exps
+// and RB-row register blocks in the GEMMs (cpu::gemm_rows_for).
+template <int VB, int RB, typename scalar_t>
 SWIN_ALWAYS_INLINE void attention_fwd_items(const AttnArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const WindowGeometry& g = a.g;
@@ -256,12 +257,12 @@ SWIN_ALWAYS_INLINE void attention_fwd_items(const AttnArgs<scalar_t>& a, int64_t
     }
     for (int64_t h = h0; h < h1; ++h) {
       const int64_t hh = h - h0;
-      tile_logits<VB>(a, h, hh, w);
+      tile_logits<VB, RB>(a, h, hh, w);
       // O = softmax(S) v as (exp(S - max) v) / sum: the division scales O's d-wide rows,
       // not P's Np-wide ones (the backward recomputes P from the log-sum-exp).
       for (int64_t i = 0; i < N; ++i) w.row_max[i] = exp_row_max<VB>(w.S.data() + i * Np, Np, w.row_sum[i]);
       acc_t* o = w.o.data() + hh * w.tile;
-      gemm_nn<acc_t, VB>(w.Nr, dp, N, acc_t(1), w.S.data(), Np, w.v.data() + hh * w.tile, dp, o, dp, false);
+      gemm_nn<acc_t, VB, RB>(w.Nr, dp, N, acc_t(1), w.S.data(), Np, w.v.data() + hh * w.tile, dp, o, dp, false);
       acc_t* lse = a.lse + (bw * a.heads + h) * N;
       for (int64_t i = 0; i < N; ++i) {
         const acc_t inv = acc_t(1) / w.row_sum[i];
@@ -278,8 +279,8 @@ SWIN_ALWAYS_INLINE void attention_fwd_items(const AttnArgs<scalar_t>& a, int64_t
   }
 }
 
-// Items [begin, end) of the backward, with VB-byte vectors in the GEMMs and exps.
-template <int VB, typename scalar_t>
+// Items [begin, end) of the backward, with VB-byte vectors and RB-row blocks, as the forward.
+template <int VB, int RB, typename scalar_t>
 SWIN_ALWAYS_INLINE void attention_bwd_items(const AttnArgs<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const WindowGeometry& g = a.g;
@@ -320,11 +321,11 @@ SWIN_ALWAYS_INLINE void attention_bwd_items(const AttnArgs<scalar_t>& a, int64_t
         const acc_t* k = w.k.data() + hh * w.tile;
         const acc_t* dO = w.dO.data() + hh * w.tile;
         // P = exp(S - lse)
-        tile_logits<VB>(a, h, hh, w);
+        tile_logits<VB, RB>(a, h, hh, w);
         const acc_t* lse_t = a.lse_in + ((b * g.nW + win) * a.heads + h) * N;
         for (int64_t i = 0; i < N; ++i) exp_shift_row<VB>(P + i * Np, lse_t[i], Np);
         // dP = dO v^T  (into dS), dS = P * (dP - rowsum(P * dP))
-        gemm_nn<acc_t, VB>(Nr, Np, d, acc_t(1), dO, dp, w.vt.data() + hh * w.ttile, Np, dS, Np, false);
+        gemm_nn<acc_t, VB, RB>(Nr, Np, d, acc_t(1), dO, dp, w.vt.data() + hh * w.ttile, Np, dS, Np, false);
         acc_t* dbias_w = a.dbias_part + (win * a.heads + h) * N * N;
         for (int64_t i = 0; i < N; ++i) {
           acc_t* __restrict ds = dS + i * Np;
@@ -334,9 +335,9 @@ SWIN_ALWAYS_INLINE void attention_bwd_items(const AttnArgs<scalar_t>& a, int64_t
         }
         // dV = P^T dO, dQ = scale * dS k, dK = dS^T (q * scale); P's and dS's
         // padding columns are 0, so the rows of dV and dK past N are 0.
-        gemm_tn<acc_t, VB>(Nr, dp, N, acc_t(1), P, Np, dO, dp, w.dv.data(), dp);
-        gemm_nn<acc_t, VB>(Nr, dp, N, a.scale, dS, Np, k, dp, w.dq.data(), dp, false);
-        gemm_tn<acc_t, VB>(Nr, dp, N, acc_t(1), dS, Np, q, dp, w.dk.data(), dp);
+        gemm_tn<acc_t, VB, RB>(Nr, dp, N, acc_t(1), P, Np, dO, dp, w.dv.data(), dp);
+        gemm_nn<acc_t, VB, RB>(Nr, dp, N, a.scale, dS, Np, k, dp, w.dq.data(), dp, false);
+        gemm_tn<acc_t, VB, RB>(Nr, dp, N, acc_t(1), dS, Np, q, dp, w.dk.data(), dp);
         for (int64_t i = 0; i < N; ++i) {
           const acc_t* dqi = w.dq.data() + i * dp;
           const acc_t* dki = w.dk.data() + i * dp;
@@ -363,13 +364,13 @@ SWIN_ALWAYS_INLINE void attention_bwd_items(const AttnArgs<scalar_t>& a, int64_t
 // ---------------------------------------------------------------- ISA dispatch
 
 SWIN_CPU_CLONES((template <typename scalar_t>), fwd_items, (const AttnArgs<scalar_t>& a, int64_t b, int64_t e),
-                attention_fwd_items<32>(a, b, e));
+                attention_fwd_items<32, cpu::gemm_rows_for(kIsa)>(a, b, e));
 SWIN_CPU_CLONE_AVX512((template <typename scalar_t>), fwd_items, (const AttnArgs<scalar_t>& a, int64_t b, int64_t e),
-                      attention_fwd_items<64>(a, b, e));
+                      attention_fwd_items<64, cpu::gemm_rows_for(kIsa)>(a, b, e));
 SWIN_CPU_CLONES((template <typename scalar_t>), bwd_items, (const AttnArgs<scalar_t>& a, int64_t b, int64_t e),
-                attention_bwd_items<32>(a, b, e));
+                attention_bwd_items<32, cpu::gemm_rows_for(kIsa)>(a, b, e));
 SWIN_CPU_CLONE_AVX512((template <typename scalar_t>), bwd_items, (const AttnArgs<scalar_t>& a, int64_t b, int64_t e),
-                      attention_bwd_items<64>(a, b, e));
+                      attention_bwd_items<64, cpu::gemm_rows_for(kIsa)>(a, b, e));
 
 // The AVX-512 build pads the head dimension to its 32-float column block:
 // taken where that costs nothing (head_dim a multiple of 32, as every Swin's);
