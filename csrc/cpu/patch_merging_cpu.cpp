@@ -275,29 +275,41 @@ inline FastPath fast_path(const MergeArgs<float>& a, bool backward) {
   return p;
 }
 
-// f(BT-tag, YT-tag) for the fast path p (the branch and y / grad_out types).
-template <typename F>
-SWIN_ALWAYS_INLINE void with_fast_types(const FastPath& p, F&& f) {
-  using BF = c10::BFloat16;
-  auto y = [&](auto b) {
-    if (p.low) return f(b, BF{});
-    return f(b, float{});
-  };
-  if (p.branch == 0) return y(static_cast<void*>(nullptr));
-  if (p.branch == 1) return y(float{});
-  return y(BF{});
+// The fast paths are picked by switches over plain function templates, every
+// one SWIN_ALWAYS_INLINE down to the row passes, so that each is compiled
+// inside the ISA clone that calls it.  (A lambda here -- as a generic
+// `with_types(p, [&](auto bt, auto yt) {...})` was -- is a function of its
+// own, compiled for the baseline ISA whichever clone calls it: the AVX2
+// build then ran these paths as SSE code, 2-2.5x slower.
+// tests/test_cpu_isa.py checks the clones' code.)
+template <typename BT>
+SWIN_ALWAYS_INLINE void fwd_pixels_f32(const MergeArgs<float>& a, const FastPath& p, int64_t b, int64_t e) {
+  if (p.low) return merging_fwd_pixels_f32<BT, c10::BFloat16>(a, b, e);
+  merging_fwd_pixels_f32<BT, float>(a, b, e);
 }
 
-template <typename T>
-using tag_t = std::conditional_t<std::is_same<T, void*>::value, void, T>;
+template <typename BT, typename GT>
+SWIN_ALWAYS_INLINE void bwd_blocks_f32_dbranch(const MergeArgs<float>& a, const FastPath& p, int64_t b, int64_t e) {
+  if constexpr (std::is_same<BT, c10::BFloat16>::value) {
+    if (p.dbranch) return merging_bwd_blocks_f32<BT, GT, BT>(a, b, e);
+  }
+  merging_bwd_blocks_f32<BT, GT, void>(a, b, e);
+}
+
+template <typename BT>
+SWIN_ALWAYS_INLINE void bwd_blocks_f32(const MergeArgs<float>& a, const FastPath& p, int64_t b, int64_t e) {
+  if (p.low) return bwd_blocks_f32_dbranch<BT, c10::BFloat16>(a, p, b, e);
+  bwd_blocks_f32_dbranch<BT, float>(a, p, b, e);
+}
 
 template <typename add_t, typename acc_t>
 SWIN_ALWAYS_INLINE void fwd_pixels(const MergeArgs<acc_t>& a, const FastPath& p, int64_t b, int64_t e) {
   if constexpr (std::is_same<acc_t, float>::value && std::is_same<add_t, float>::value) {
-    if (p.branch >= 0) {
-      return with_fast_types(p, [&](auto bt, auto yt) {
-        merging_fwd_pixels_f32<tag_t<decltype(bt)>, decltype(yt)>(a, b, e);
-      });
+    switch (p.branch) {
+      case 0: return fwd_pixels_f32<void>(a, p, b, e);
+      case 1: return fwd_pixels_f32<float>(a, p, b, e);
+      case 2: return fwd_pixels_f32<c10::BFloat16>(a, p, b, e);
+      default: break;
     }
   }
   merging_fwd_pixels<add_t>(a, b, e);
@@ -306,15 +318,11 @@ SWIN_ALWAYS_INLINE void fwd_pixels(const MergeArgs<acc_t>& a, const FastPath& p,
 template <typename add_t, typename acc_t>
 SWIN_ALWAYS_INLINE void bwd_blocks(const MergeArgs<acc_t>& a, const FastPath& p, int64_t b, int64_t e) {
   if constexpr (std::is_same<acc_t, float>::value && std::is_same<add_t, float>::value) {
-    if (p.branch >= 0) {
-      return with_fast_types(p, [&](auto bt, auto gt) {
-        using BT = tag_t<decltype(bt)>;
-        using GT = decltype(gt);
-        if constexpr (std::is_same<BT, c10::BFloat16>::value) {
-          if (p.dbranch) return merging_bwd_blocks_f32<BT, GT, BT>(a, b, e);
-        }
-        merging_bwd_blocks_f32<BT, GT, void>(a, b, e);
-      });
+    switch (p.branch) {
+      case 0: return bwd_blocks_f32<void>(a, p, b, e);
+      case 1: return bwd_blocks_f32<float>(a, p, b, e);
+      case 2: return bwd_blocks_f32<c10::BFloat16>(a, p, b, e);
+      default: break;
     }
   }
   merging_bwd_blocks<add_t>(a, b, e);
