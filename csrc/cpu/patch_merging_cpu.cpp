@@ -277,10 +277,11 @@ inline FastPath fast_path(const MergeArgs<float>& a, bool backward) {
 
 // The fast paths are picked by switches over plain function templates, every
 // one SWIN_ALWAYS_INLINE down to the row passes, so that each is compiled
-// inside the ISA clone that calls it.  (A lambda here -- as a generic
-// `with_types(p, [&](auto bt, auto yt) {...})` was -- is a function of its
-// own, compiled for the baseline ISA whichever clone calls it: the AVX2
-// build then ran these paths as SSE code, 2-2.5x slower.
+// inside the ISA clone that calls it.  (A lambda here -- as the generic
+// `with_fast_types(p, [&](auto bt, auto yt) {...})` was -- is a function of
+// its own, compiled for the baseline ISA whichever clone calls it: the AVX2
+// build ran these paths as SSE code, 4-5x slower; see
+// benchmarks/results/cpu_merging_isa_avx2_2026-12-05.md.
 // tests/test_cpu_isa.py checks the clones' code.)
 template <typename BT>
 SWIN_ALWAYS_INLINE void fwd_pixels_f32(const MergeArgs<float>& a, const FastPath& p, int64_t b, int64_t e) {

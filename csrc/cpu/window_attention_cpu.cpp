@@ -217,7 +217,7 @@ template <int VB, int RB, typename scalar_t, typename acc_t>
 SWIN_ALWAYS_INLINE void tile_logits(const AttnArgs<scalar_t>& a, int64_t h, int64_t hh, Work<acc_t>& w) {
   const int64_t N = w.N, Np = w.Np;
   gemm_nn<acc_t, VB, RB>(w.Nr, Np, a.d, acc_t(1), w.q.data() + hh * w.tile, w.dp, w.kt.data() + hh * w.ttile, Np,
-                     w.S.data(), Np, false);
+                         w.S.data(), Np, false);
   const acc_t* bias_h = a.bias + h * N * N;
   const int* __restrict region = w.region.data();
   const acc_t mask_value = static_cast<acc_t>(kShiftMaskValue);
