@@ -28,6 +28,7 @@ __all__ = [
     "MAX_LAYERNORM_CHANNELS",
     "FLOAT_DTYPES",
     "acc_dtype",
+    "in_dtype",
     "int_arg",
     "pair_arg",
     "axes_arg",
@@ -62,6 +63,14 @@ FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype of the kernels: float64 for float64, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def in_dtype(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """``t`` in ``dtype`` (``None`` stays ``None``): ``t`` itself, without a dispatch, when it already is.
+
+    Why not ``t.to(dtype)``: the same result, but each call costs the host a dispatch (~1 us), and the
+    ops' unchecked paths, which the models call per block, make several a call."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
 def _exc(raw: bool, kind: Type[Exception], msg: str) -> Exception:

@@ -32,7 +32,7 @@ from ._autograd import (
     vjp_list,
     vmap_loop,
 )
-from ._validate import acc_dtype, check_add_layernorm, check_add_layernorm_bwd, dtype_arg, real_arg
+from ._validate import acc_dtype, check_add_layernorm, check_add_layernorm_bwd, dtype_arg, in_dtype, real_arg
 from .reference import layer_norm_composite, residual_sum
 
 __all__ = ["add_layernorm", "add_layernorm_unchecked", "autocast_dtype"]
@@ -95,8 +95,7 @@ def add_layernorm_unchecked(
     checks (``csrc/checks.h``, the same rules).
     """
     acc = acc_dtype(x.dtype)
-    args = (x, branch, weight if weight.dtype == acc else weight.to(acc), bias if bias.dtype == acc else bias.to(acc),
-            eps, autocast_dtype(x.device.type))
+    args = (x, branch, in_dtype(weight, acc), in_dtype(bias, acc), eps, autocast_dtype(x.device.type))
     if forward_mode(args):
         return composite_call(_composite(eps, args[5] or x.dtype), *args[:4])
     if functorch_active():

@@ -27,7 +27,7 @@ from ._autograd import (
     vjp_list,
     vmap_loop,
 )
-from ._validate import acc_dtype, check_bias_gelu
+from ._validate import acc_dtype, check_bias_gelu, in_dtype
 from .reference import bias_gelu_reference
 
 __all__ = ["bias_gelu", "bias_gelu_unchecked"]
@@ -69,8 +69,7 @@ def bias_gelu_unchecked(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """:func:`bias_gelu` without its Python argument checks: for callers whose arguments are valid by
     construction (:func:`swin_ext.layers.linear_gelu`: ``z`` the bias-free output of fc1, ``bias``
     fc1's).  A bad argument is still refused, as a ``RuntimeError`` from the raw op's own checks."""
-    acc = acc_dtype(z.dtype)
-    args = (z, bias if bias.dtype == acc else bias.to(acc))
+    args = (z, in_dtype(bias, acc_dtype(z.dtype)))
     if forward_mode(args):
         return composite_call(bias_gelu_reference, *args)
     if functorch_active():

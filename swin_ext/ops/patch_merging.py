@@ -35,7 +35,7 @@ from ._autograd import (
     vjp_list,
     vmap_loop,
 )
-from ._validate import FLOAT_DTYPES, acc_dtype, check_merging, dtype_arg, real_arg
+from ._validate import FLOAT_DTYPES, acc_dtype, check_merging, dtype_arg, in_dtype, real_arg
 from .reference import layer_norm_composite, patch_gather, residual_sum
 
 __all__ = ["patch_merging", "patch_merging_unchecked"]
@@ -102,8 +102,7 @@ def patch_merging_unchecked(
     by construction (:func:`swin_ext.layers.patch_merging`, from a model's stage).  A bad argument is
     still refused, as a ``RuntimeError`` from the raw op's own checks (``csrc/checks.h``)."""
     acc = acc_dtype(x.dtype)
-    args = (x, weight if weight.dtype == acc else weight.to(acc), bias if bias.dtype == acc else bias.to(acc), eps,
-            branch, autocast_dtype(x.device.type))
+    args = (x, in_dtype(weight, acc), in_dtype(bias, acc), eps, branch, autocast_dtype(x.device.type))
     if forward_mode(args):
         return composite_call(_composite(eps, args[5] or x.dtype), x, args[1], args[2], branch)
     if functorch_active():

@@ -30,7 +30,7 @@ from ._autograd import (
     vjp_list,
     vmap_loop,
 )
-from ._validate import acc_dtype, attention_scale, check_attention, check_attention_v2, num_windows, real_arg
+from ._validate import acc_dtype, attention_scale, check_attention, check_attention_v2, in_dtype, num_windows, real_arg
 from .reference import window_attention_reference, window_attention_v2_reference
 
 __all__ = ["window_attention", "window_attention_v2", "window_attention_unchecked", "window_attention_v2_unchecked"]
@@ -110,10 +110,7 @@ def window_attention_unchecked(
     on.  A bad argument is still refused, as a ``RuntimeError`` from the raw op's own checks
     (``csrc/checks.h``, the same rules) rather than the ``TypeError`` / ``ValueError`` naming it here.
     """
-    acc = acc_dtype(qkv.dtype)
-    if qkv_pad is not None and qkv_pad.dtype != qkv.dtype:
-        qkv_pad = qkv_pad.to(qkv.dtype)
-    args = (qkv, bias if bias.dtype == acc else bias.to(acc), qkv_pad, list(window), list(shift), scale)
+    args = (qkv, in_dtype(bias, acc_dtype(qkv.dtype)), in_dtype(qkv_pad, qkv.dtype), list(window), list(shift), scale)
     if forward_mode(args):
         return composite_call(_composite(tuple(window), tuple(shift), scale), *args[:3])
     if functorch_active():
@@ -171,11 +168,8 @@ def window_attention_v2_unchecked(
     """:func:`window_attention_v2` without its Python argument checks, as
     :func:`window_attention_unchecked` (``window_size`` an int, ``shift`` a pair of ints)."""
     ws, (sh, sw) = window_size, shift
-    if qkv_pad is not None and qkv_pad.dtype != qkv.dtype:
-        qkv_pad = qkv_pad.to(qkv.dtype)
     acc = acc_dtype(qkv.dtype)
-    args = (qkv, bias if bias.dtype == acc else bias.to(acc), qkv_pad,
-            head_scale if head_scale.dtype == acc else head_scale.to(acc), ws, sh, sw)
+    args = (qkv, in_dtype(bias, acc), in_dtype(qkv_pad, qkv.dtype), in_dtype(head_scale, acc), ws, sh, sw)
     if forward_mode(args):
         return composite_call(_v2_composite(ws, sh, sw), *args[:4])
     if functorch_active():
