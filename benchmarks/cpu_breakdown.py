@@ -6,17 +6,19 @@ batch 4) and an inference forward (eval, inference_mode; batch 8) of ``swin_ext.
 op's self time into:
 
 * ``linear GEMMs``: the Linear layers' GEMMs, forward and backward (``aten::addmm``, ``aten::mm``,
-  ``mkldnn::_linear_pointwise``: swin_ext's oneDNN path);
+  ``mkldnn::_linear_pointwise``: swin_ext's oneDNN path; ``swin_ext::linear_cpu_fwd`` / ``_bwd``:
+  swin_ext's own CPU GEMMs, the default on an AVX2 CPU);
 * ``optimizer``: everything inside ``AdamW.step`` (the same torch code for both models);
-* ``swin_ext kernels``: the ``swin_ext::`` ops;
+* ``swin_ext kernels``: the other ``swin_ext::`` ops;
 * ``rest``: everything else (timm's attention ``bmm`` / softmax, GELU, LayerNorm, copies; the patch
   embedding; autograd's own ops).
 
 Both models run the same Linear shapes, so ``timm's step / (timm's linear GEMMs + optimizer)`` bounds
 swin_ext's speed-up over timm wherever swin_ext's Linears take the same GEMM library (ATen's: the
 default on a CPU without AVX-512, ``swin_ext.layers.onednn_preferred``; ``SWIN_EXT_ONEDNN_MLP=0``
-elsewhere): what swin_ext would reach if everything it fuses cost nothing.  A speed-up target above
-that bound needs faster GEMMs than the library's, not faster kernels.
+elsewhere; ``SWIN_EXT_CPU_GEMM=0`` where swin_ext's own GEMMs would run): what swin_ext would reach
+if everything it fuses cost nothing.  A speed-up target above that bound needs faster GEMMs than the
+library's, not faster kernels (what swin_ext's own GEMMs are for).
 
     OMP_NUM_THREADS=2 python benchmarks/cpu_breakdown.py --threads 2
 """
@@ -36,7 +38,7 @@ import swin_ext  # noqa: E402
 
 from _timing import cpu_name, measure  # noqa: E402
 
-GEMMS = ("aten::addmm", "aten::mm", "mkldnn::_linear_pointwise")
+GEMMS = ("aten::addmm", "aten::mm", "mkldnn::_linear_pointwise", "swin_ext::linear_cpu_fwd", "swin_ext::linear_cpu_bwd")
 CATEGORIES = ("linear GEMMs", "optimizer", "swin_ext kernels", "rest")
 
 
@@ -92,7 +94,8 @@ def main(argv=None) -> int:
     ap.add_argument("--md-out", default=None, help="append the tables here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    gemm = "oneDNN" if swin_ext.layers.use_onednn() else "ATen (MKL)"
+    gemm = ("oneDNN" if swin_ext.layers.use_onednn()
+            else "swin_ext's CPU GEMMs" if swin_ext.layers.use_cpu_gemm() else "ATen (MKL)")
     lines = [f"CPU: {cpu_name()}, ATen capability {swin_ext.layers.config.CPU_CAPABILITY}, {args.threads} threads; "
              f"torch {torch.__version__}; swin_ext's Linear GEMMs on {gemm}.", ""]
     for mode, batch in (("train", 4), ("infer", 8)):

@@ -104,6 +104,18 @@ constexpr const char* kBiasGeluBwd = "bias_gelu_bwd(Tensor grad_y, Tensor z, Ten
 // bias_gelu_bwd and a copy.
 constexpr const char* kBiasGeluBwdInplace = "bias_gelu_bwd_inplace(Tensor(a!) grad_y, Tensor z, Tensor bias) -> Tensor";
 
+// The block Linears' float32 GEMMs on the CPU (csrc/cpu/linear_cpu.cpp; no
+// CUDA kernel: on a GPU the model uses cuBLAS through F.linear).
+//   x (T, in), weight (out, in), bias (out,) or None: float32 CPU tensors,
+//   in and out positive multiples of 16
+// returns y = x weight^T + bias (T, out).
+constexpr const char* kLinearCpuFwd = "linear_cpu_fwd(Tensor x, Tensor weight, Tensor? bias) -> Tensor";
+// returns dx = grad_y weight (T, in) and dweight = grad_y^T x (out, in), each
+// an empty (0,) tensor where `needs` is false; bitwise the same for any
+// number of threads.  The bias gradient is grad_y's column sum (the caller's).
+constexpr const char* kLinearCpuBwd =
+    "linear_cpu_bwd(Tensor grad_y, Tensor x, Tensor weight, bool[2] needs) -> (Tensor, Tensor)";
+
 // The higher-order backward of each op: the vector-Jacobian product of its
 // plain-PyTorch composite (swin_ext/ops/reference.py), differentiable to any
 // order.  The C++ autograd kernels (csrc/autograd/) call one when grad mode is
@@ -150,6 +162,13 @@ inline void define_vjp_ops(torch::Library& m) {
   m.def(kPatchMergingVjp);
   m.def(kAddLayerNormVjp);
   m.def(kBiasGeluVjp);
+}
+
+// Defines the CPU-only operators (swin_ext only: the CUDA harness has no use
+// for them).
+inline void define_cpu_ops(torch::Library& m) {
+  m.def(kLinearCpuFwd);
+  m.def(kLinearCpuBwd);
 }
 
 }  // namespace schema

@@ -47,4 +47,5 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(swin_ext, m) {
   swin_ext::schema::define_ops(m);
   swin_ext::schema::define_vjp_ops(m);
+  swin_ext::schema::define_cpu_ops(m);
 }

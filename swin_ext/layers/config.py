@@ -18,6 +18,14 @@ functions ask this module whether a fast path exists here:
   ``SWIN_EXT_ONEDNN_MLP=1`` / ``=0`` (read once) or :func:`set_onednn`
   choose for the process; ``SwinTransformer.set_cpu_inference_fusion(False)``
   turns them off for one model.
+* :func:`use_cpu_gemm` -- whether the block Linears' float32 GEMMs run on
+  swin_ext's own CPU kernels (``torch.ops.swin_ext.linear_cpu_fwd`` / ``_bwd``,
+  ``csrc/cpu/linear_cpu.cpp``) instead of ATen's ``addmm`` / ``mm`` (MKL).  By
+  default where ATen's CPU capability is AVX2 (:func:`cpu_gemm_preferred`:
+  there they were measured faster than MKL for the Swin Linears; on an
+  AVX-512 CPU oneDNN's GEMMs are the default instead, and take precedence
+  when both are on).  ``SWIN_EXT_CPU_GEMM=1`` / ``=0`` (read once) or
+  :func:`set_cpu_gemm` choose for the process.
 * :func:`autocast_dtype` -- the autocast dtype of a device type, or ``None``.
 
 Everything here is a cached Python value by the time a model runs, so
@@ -35,7 +43,17 @@ import torch.nn.functional as F
 from .._ext import HAS_OPS
 from ..ops import OPS, autocast_dtype
 
-__all__ = ["has_kernel", "use_onednn", "set_onednn", "onednn_available", "onednn_preferred", "autocast_dtype"]
+__all__ = [
+    "has_kernel",
+    "use_onednn",
+    "set_onednn",
+    "onednn_available",
+    "onednn_preferred",
+    "use_cpu_gemm",
+    "set_cpu_gemm",
+    "cpu_gemm_preferred",
+    "autocast_dtype",
+]
 
 def _probe_kernels() -> Dict[Tuple[str, str], bool]:
     out = {}
@@ -65,15 +83,21 @@ def has_kernel(op: str, device_type: str) -> bool:
     return _KERNELS.get((op, device_type), False)
 
 
+def _switch_env(name: str) -> Optional[bool]:
+    """A switch variable: ``1`` on, ``0`` off, unset or empty ``None`` (the CPU's default); any other
+    value warns and counts as unset."""
+    value = os.environ.get(name, "").strip()
+    if value in ("", "1", "0"):
+        return None if value == "" else value == "1"
+    warnings.warn(f"{name}={value!r} is not 0 or 1; ignored (the CPU's default applies)", RuntimeWarning,
+                  stacklevel=3)
+    return None
+
+
 def _onednn_env() -> Optional[bool]:
     """``SWIN_EXT_ONEDNN_MLP`` (its name from when it governed the MLP only; it switches every oneDNN
     Linear path): ``1`` on, ``0`` off, unset or empty: the CPU's default (:func:`onednn_preferred`)."""
-    value = os.environ.get("SWIN_EXT_ONEDNN_MLP", "").strip()
-    if value in ("", "1", "0"):
-        return None if value == "" else value == "1"
-    warnings.warn(f"SWIN_EXT_ONEDNN_MLP={value!r} is not 0 or 1; ignored (the CPU's default applies)",
-                  RuntimeWarning, stacklevel=2)
-    return None
+    return _switch_env("SWIN_EXT_ONEDNN_MLP")
 
 
 def _cpu_capability() -> str:
@@ -88,6 +112,20 @@ CPU_CAPABILITY = _cpu_capability()
 # None: the CPU's default; True / False: chosen by SWIN_EXT_ONEDNN_MLP or set_onednn.
 _ONEDNN_ENABLED: Optional[bool] = _onednn_env()
 _ONEDNN_OK: Optional[bool] = None
+# None: the CPU's default; True / False: chosen by SWIN_EXT_CPU_GEMM or set_cpu_gemm.
+_CPU_GEMM_ENABLED: Optional[bool] = _switch_env("SWIN_EXT_CPU_GEMM")
+
+
+def _probe_cpu_gemm() -> bool:
+    if not HAS_OPS:
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key("swin_ext::linear_cpu_fwd", "CPU")
+    except RuntimeError:  # op not defined in this build
+        return False
+
+
+_CPU_GEMM_KERNEL = _probe_cpu_gemm()
 
 
 def onednn_preferred() -> bool:
@@ -152,3 +190,30 @@ def set_onednn(enabled: Optional[bool]) -> None:
     ``None``: the CPU's default again (:func:`onednn_preferred`)."""
     global _ONEDNN_ENABLED
     _ONEDNN_ENABLED = None if enabled is None else bool(enabled)
+
+
+def cpu_gemm_preferred() -> bool:
+    """Whether swin_ext's CPU GEMMs are the default for the block Linears on this CPU: where ATen's
+    CPU capability is AVX2 (not AVX-512, where oneDNN's are; :func:`onednn_preferred`).
+
+    Why: on the 2-core AVX2 AMD EPYC (Zen 2), torch's GEMMs (MKL's sgemm) run the Swin-T Linears at
+    50-80 GFLOP/s a core, swin_ext's at 60-98, faster at every shape of the model
+    (``benchmarks/results/cpu_linear_gemm_avx2_2026-12-05.md``).  On the AVX-512 Xeon, oneDNN's
+    GEMMs were measured against MKL's only; they stay its default.  A fixed rule, not a timing
+    at start-up, for the reason :func:`onednn_preferred` gives.
+    """
+    return CPU_CAPABILITY.upper() == "AVX2"
+
+
+def use_cpu_gemm() -> bool:
+    """Whether swin_ext's CPU GEMMs are enabled (by :func:`set_cpu_gemm`, ``SWIN_EXT_CPU_GEMM`` or
+    else :func:`cpu_gemm_preferred`) and compiled into this build."""
+    enabled = _CPU_GEMM_ENABLED if _CPU_GEMM_ENABLED is not None else cpu_gemm_preferred()
+    return enabled and _CPU_GEMM_KERNEL
+
+
+def set_cpu_gemm(enabled: Optional[bool]) -> None:
+    """Enable (``True``) or disable (``False``) swin_ext's CPU GEMMs for the block Linears for the
+    whole process; ``None``: the CPU's default again (:func:`cpu_gemm_preferred`)."""
+    global _CPU_GEMM_ENABLED
+    _CPU_GEMM_ENABLED = None if enabled is None else bool(enabled)

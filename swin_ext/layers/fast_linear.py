@@ -1,6 +1,19 @@
-"""Linear layers with the CPU's oneDNN GEMM paths.
+"""Linear layers with the CPU's fast GEMM paths: oneDNN's, or swin_ext's own.
 
 What runs where (``fast=True``, the fused backend's setting):
+
+* **CPU, float32, no autocast, swin_ext's CPU GEMMs enabled** (:func:`config.use_cpu_gemm`: by
+  default on an AVX2 CPU, :func:`config.cpu_gemm_preferred`) and oneDNN not (it takes
+  precedence), both widths multiples of 16 (every block Linear and merge reduction of the Swin
+  family; not the classifier): the forward ``x W^T + b``, the input gradient ``grad W`` and the
+  weight gradient ``grad^T x`` on ``torch.ops.swin_ext.linear_cpu_fwd`` / ``linear_cpu_bwd``
+  (``csrc/cpu/linear_cpu.cpp``: 6 x 16 register blocks, packed panels, bitwise the same for any
+  thread count); the bias gradient a ``sum``.  On the AVX2 EPYC they run the Swin-T Linears at
+  1.1-1.45x MKL's rate, which took the model's CPU inference from 568 to 499 ms (batch 8) and the
+  training step from 951 to 870 ms (batch 4;
+  ``benchmarks/results/cpu_linear_gemm_avx2_2026-12-05.md``).  The op has Python autograd and fake
+  kernels (registered below), so ``torch.compile`` keeps it; an exported program keeps
+  ``aten.linear``.
 
 * **CPU, float32, no autocast, oneDNN available and enabled** (:func:`config.use_onednn`: by default
   on an AVX-512 CPU, :func:`config.onednn_preferred`; elsewhere the paths below use ``F.linear``):
@@ -27,11 +40,12 @@ What runs where (``fast=True``, the fused backend's setting):
   GEMM ``F.linear(x, weight)`` and :func:`swin_ext.bias_gelu` (bias + exact
   GELU in one pass, and in the backward GELU' and the bias gradient in one);
   the other Linears ``F.linear``.
-* **anything else** (float64 / half inputs or autocast on the CPU, ``torch.func``
+* **anything else** (float64 / half inputs or autocast on the CPU, a width that is not a multiple of
+  16 without oneDNN, ``torch.func``
   transforms, forward-mode AD, ``torch.export`` / ONNX export on the CPU, ``fast=False``):
   ``F.linear`` and ``F.gelu``, as ``nn.Linear``.
 
-Second-order gradients (``create_graph=True``) through the oneDNN path are
+Second-order gradients (``create_graph=True``) through the oneDNN path and swin_ext's GEMMs are
 computed with differentiable torch ops.
 """
 from __future__ import annotations
@@ -76,6 +90,74 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         and not functorch_active()
         and not forward_mode((x, weight, bias))
         and not torch.compiler.is_exporting()  # an exported program (torch.export, ONNX) keeps aten.linear
+    )
+
+
+def _cpu_gemm_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """float32 CPU input, weight and bias, widths that are multiples of 16 (the kernel's column tile;
+    every Swin Linear but the classifier), no CPU autocast, swin_ext's CPU GEMMs on
+    (:func:`config.use_cpu_gemm`), no forward-mode AD or ``torch.func`` transform (the op has no rule
+    for them), not exporting (an exported program keeps ``aten.linear``)."""
+    return (
+        x.device.type == "cpu"  # first the two tests that end it off the path: a GPU model, the GEMMs off
+        and config.use_cpu_gemm()
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and (bias is None or bias.dtype == torch.float32)
+        and x.dim() >= 1
+        and weight.dim() == 2
+        and weight.shape[0] % 16 == 0
+        and weight.shape[1] % 16 == 0
+        and weight.shape[0] > 0
+        and weight.shape[1] > 0
+        and x.shape[-1] == weight.shape[1]
+        and config.autocast_dtype("cpu") is None
+        and not functorch_active()
+        and not forward_mode((x, weight, bias))
+        and not torch.compiler.is_exporting()
+    )
+
+
+def _cpu_linear_setup(ctx, inputs, output):
+    x2d, weight, bias = inputs
+    ctx.save_for_backward(x2d, weight)
+    ctx.has_bias = bias is not None
+
+
+def _cpu_linear_backward(ctx, grad):
+    """The Linear backward on swin_ext's CPU GEMMs (``dx = grad W``, ``dW = grad^T x``), the bias
+    gradient by ``sum``; differentiable torch ops when grad mode is on (``create_graph=True``)."""
+    x2d, weight = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    dx = dw = db = None
+    if torch.is_grad_enabled():
+        if need_x:
+            dx = grad @ weight
+        if need_w:
+            dw = grad.t().mm(x2d)
+    elif need_x or need_w:
+        gx, gw = torch.ops.swin_ext.linear_cpu_bwd(grad, x2d, weight, [need_x, need_w])
+        dx = gx if need_x else None
+        dw = gw if need_w else None
+    if need_b and ctx.has_bias:
+        db = grad.sum(0)
+    return dx, dw, db
+
+
+if config._CPU_GEMM_KERNEL:  # the op exists in this build
+
+    @torch.library.register_fake("swin_ext::linear_cpu_fwd")
+    def _linear_cpu_fwd_fake(x, weight, bias):
+        return x.new_empty((x.shape[0], weight.shape[0]))
+
+    @torch.library.register_fake("swin_ext::linear_cpu_bwd")
+    def _linear_cpu_bwd_fake(grad_y, x, weight, needs):
+        dx = x.new_empty(x.shape) if needs[0] else x.new_empty((0,))
+        dw = weight.new_empty(weight.shape) if needs[1] else weight.new_empty((0,))
+        return dx, dw
+
+    torch.library.register_autograd(
+        "swin_ext::linear_cpu_fwd", _cpu_linear_backward, setup_context=_cpu_linear_setup
     )
 
 
@@ -131,13 +213,17 @@ onednn_linear.register_autograd(_onednn_linear_backward, setup_context=_onednn_l
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, fast: bool = True
 ) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``; on the oneDNN path when ``fast`` and eligible (module docstring).
+    """``F.linear(x, weight, bias)``; on the oneDNN path or swin_ext's CPU GEMMs when ``fast`` and
+    eligible (module docstring).
 
     ``x (..., in)`` -> ``(..., out)``.
     """
-    if not (fast and _onednn_ok(x, weight, bias) and (bias is None or bias.dtype == torch.float32)):
+    if fast and _onednn_ok(x, weight, bias) and (bias is None or bias.dtype == torch.float32):
+        y = onednn_linear(x.reshape(-1, x.shape[-1]), weight, bias, "none")
+    elif fast and _cpu_gemm_ok(x, weight, bias):
+        y = torch.ops.swin_ext.linear_cpu_fwd(x.reshape(-1, x.shape[-1]), weight, bias)
+    else:
         return F.linear(x, weight, bias)
-    y = onednn_linear(x.reshape(-1, x.shape[-1]), weight, bias, "none")
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
@@ -265,12 +351,12 @@ def mlp_inference(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, approximate: 
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, keys and initialisation) that takes the oneDNN path of
-    :func:`linear` when :attr:`fast` (set by the model from its backend)."""
+    """``nn.Linear`` (same parameters, keys and initialisation) that takes the CPU GEMM paths of
+    :func:`linear` (oneDNN's or swin_ext's) when :attr:`fast` (set by the model from its backend)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fast: bool = True, **kw) -> None:
         super().__init__(in_features, out_features, bias, **kw)
-        #: use the CPU's oneDNN GEMM paths where eligible
+        #: use the CPU's fast GEMM paths (oneDNN's, swin_ext's) where eligible
         self.fast = bool(fast)
         config.onednn_available()  # probe once, eagerly (never while compiling)
 

@@ -315,13 +315,16 @@ class FusedBackend:
         return self
 
     def set_cpu_inference_fusion(self, enabled: bool) -> "FusedBackend":
-        """Turn the CPU's oneDNN GEMM paths of the fused backend on or off for this
-        model: fc1 + GELU in one GEMM in inference, oneDNN forward and input-gradient
-        GEMMs for every block Linear (see :mod:`swin_ext.layers.fast_linear`).  On by
-        default; kept across :meth:`set_backend`; the reference backend never uses
-        them.  Process-wide they are on where the CPU prefers them
+        """Turn the CPU's fast GEMM paths of the fused backend on or off for this
+        model: oneDNN's (fc1 + GELU in one GEMM in inference, oneDNN forward and
+        input-gradient GEMMs for every block Linear) and swin_ext's own CPU GEMMs
+        (see :mod:`swin_ext.layers.fast_linear`).  On by default; kept across
+        :meth:`set_backend`; the reference backend never uses them.  Process-wide
+        oneDNN's are on where the CPU prefers them
         (:func:`swin_ext.layers.onednn_preferred`: AVX-512) unless
-        ``SWIN_EXT_ONEDNN_MLP`` or :func:`swin_ext.layers.set_onednn` chooses."""
+        ``SWIN_EXT_ONEDNN_MLP`` or :func:`swin_ext.layers.set_onednn` chooses, and
+        swin_ext's on an AVX2 CPU (:func:`swin_ext.layers.cpu_gemm_preferred`) unless
+        ``SWIN_EXT_CPU_GEMM`` or :func:`swin_ext.layers.set_cpu_gemm` chooses."""
         self._cpu_gemm_fusion = bool(enabled)
         return self.set_backend(self.backend)
 

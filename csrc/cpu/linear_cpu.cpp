@@ -1,0 +1,351 @@
+// The block Linears' float32 GEMMs on the CPU (linear_cpu_fwd / linear_cpu_bwd,
+// schemas in op_schemas.h): y = x W^T + b, dx = dy W, dW = dy^T x.
+//
+// Why swin_ext has its own: on the AVX2 CPUs measured (Zen 2), the GEMMs are
+// ~75% of a Swin-T step and torch's (MKL's sgemm) runs them at 52-80 GFLOP/s
+// a core, ~50-78% of the FMA peak; the attention's 6 x 16 register block
+// (cpu_microkernels.h) runs at ~100 in the cache.  The Linear shapes are
+// regular -- every width a multiple of 16 -- so one register block with
+// cache blocking around it covers them (the numbers:
+// benchmarks/results/cpu_linear_gemm_avx2_2026-12-05.md).
+//
+// The blocking (GotoBLAS-style, for C(M x J) = sum_p A(M, p) B(p, J)):
+//   * B is packed into column panels of kColTile columns, each panel's rows
+//     contiguous (Bp[panel][p][kColTile]), so a panel's kDepth rows stream
+//     from L1;
+//   * A is read in place, by broadcast, from kRowTile rows at a time (the
+//     forward and the input gradient: rows of x / dy, contiguous in p), or
+//     packed per (row chunk, depth block) when it is read transposed (the
+//     weight gradient: A = dy^T, whose rows are dy's columns);
+//   * the depth is summed in blocks of kDepth: each block's sum is formed in
+//     registers and added to C, so every element of C is the same sum in the
+//     same order whatever the number of threads (rows of C are split over
+//     threads, never the depth): bitwise reproducible.
+// The weight gradient takes B (= x) unpacked where the output is small (Swin's
+// stage-1 shapes, where packing x costs more than it saves) and packed
+// elsewhere; the two give the same bits (same sums, same order).
+//
+// Compiled as the baseline and the AVX2 + FMA clones (isa_dispatch.h); the
+// model uses this op only on CPUs where it was measured faster than torch's
+// GEMM (swin_ext/layers/config.py, use_cpu_gemm).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "../checks.h"
+#include "cpu_microkernels.h"
+
+namespace swin_ext {
+namespace {
+
+// Columns of C per register block: two 8-float vectors.
+constexpr int64_t kColTile = 16;
+// Depth (summed dimension) per block: a packed panel of kDepth x kColTile
+// floats is 16 KiB, half of L1.
+constexpr int64_t kDepth = 256;
+// Rows of C per cache chunk (a multiple of both row tiles, 4 and 6).
+constexpr int64_t kRowChunk = 96;
+// Columns of C per cache chunk: the packed B block (kDepth x kColChunk) that
+// a row chunk walks over stays in L2.
+constexpr int64_t kColChunk = 512;
+// The weight gradient packs x where its output has at least this many rows
+// and columns (measured: benchmarks/results/cpu_linear_gemm_avx2_2026-12-05.md).
+constexpr int64_t kPackMinRows = 384;
+constexpr int64_t kPackMinCols = 192;
+
+typedef float v8 __attribute__((vector_size(32)));
+
+// C[RB x kColTile] (+)= sum_{p < depth} a(r, p) * b(p, 0..15), with
+// a(r, p) = A[r * ars + p * aps] and b(p) = B + p * ldb; `add` adds the block's
+// sum to C (a later depth block), else C = sum (+ bias, when given).
+template <int RB>
+SWIN_ALWAYS_INLINE void tile(int64_t depth, const float* A, int64_t ars, int64_t aps, const float* B, int64_t ldb,
+                             float* C, int64_t ldc, bool add, const float* bias) {
+  v8 c[RB][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r) c[r][0] = c[r][1] = v8{};
+  for (int64_t p = 0; p < depth; ++p) {
+    const v8 b0 = cpu::load_vec<v8>(B + p * ldb);
+    const v8 b1 = cpu::load_vec<v8>(B + p * ldb + 8);
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; ++r) {
+      const float a = A[r * ars + p * aps];
+      c[r][0] += a * b0;
+      c[r][1] += a * b1;
+    }
+  }
+  v8 b0{}, b1{};
+  if (bias != nullptr) {
+    b0 = cpu::load_vec<v8>(bias);
+    b1 = cpu::load_vec<v8>(bias + 8);
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r) {
+    float* cr = C + r * ldc;
+    if (add) {
+      c[r][0] += cpu::load_vec<v8>(cr);
+      c[r][1] += cpu::load_vec<v8>(cr + 8);
+    } else if (bias != nullptr) {
+      c[r][0] += b0;
+      c[r][1] += b1;
+    }
+    cpu::store_vec(cr, c[r][0]);
+    cpu::store_vec(cr + 8, c[r][1]);
+  }
+}
+
+// Rows [i0, i1) of C: full RB-row tiles, then single rows.
+template <int RB>
+SWIN_ALWAYS_INLINE void tile_rows(int64_t i0, int64_t i1, int64_t depth, const float* A, int64_t ars, int64_t aps,
+                                  const float* B, int64_t ldb, float* C, int64_t ldc, bool add, const float* bias) {
+  int64_t i = i0;
+  for (; i + RB <= i1; i += RB) tile<RB>(depth, A + i * ars, ars, aps, B, ldb, C + i * ldc, ldc, add, bias);
+  for (; i < i1; ++i) tile<1>(depth, A + i * ars, ars, aps, B, ldb, C + i * ldc, ldc, add, bias);
+}
+
+// Bp[panel][p][c] = src(p, panel * kColTile + c) for p < P, panels [pb, pe);
+// src(p, j) = S[j * lds + p] (trans) or S[p * lds + j].
+SWIN_ALWAYS_INLINE void pack_panels_body(int64_t P, const float* S, int64_t lds, bool trans, float* Bp, int64_t pb,
+                                         int64_t pe) {
+  for (int64_t jp = pb; jp < pe; ++jp) {
+    float* d = Bp + jp * P * kColTile;
+    if (trans) {  // P is a multiple of 16 here (the weight's in-features): 8 x 8 transposes
+      for (int64_t p = 0; p < P; p += 8)
+        for (int64_t c = 0; c < kColTile; c += 8)
+          cpu::transpose8(S + (jp * kColTile + c) * lds + p, lds, d + p * kColTile + c, kColTile);
+    } else {
+      for (int64_t p = 0; p < P; ++p) std::memcpy(d + p * kColTile, S + p * lds + jp * kColTile, kColTile * 4);
+    }
+  }
+}
+
+// Rows [r0, r1) and columns [c0, c1) of C(M x J) = A(M x P) * B(P x J) (+ bias), B packed
+// (pack_panels), A read in place: a(r, p) = A[r * ars + p * aps].
+template <int RB>
+SWIN_ALWAYS_INLINE void gemm_packed_b(int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t P, const float* A,
+                                      int64_t ars, int64_t aps, const float* Bp, const float* bias, float* C,
+                                      int64_t ldc) {
+  for (int64_t ic = r0; ic < r1; ic += kRowChunk) {
+    const int64_t ie = std::min(ic + kRowChunk, r1);
+    for (int64_t jc = c0; jc < c1; jc += kColChunk) {
+      const int64_t je = std::min(jc + kColChunk, c1);
+      for (int64_t pc = 0; pc < P; pc += kDepth) {
+        const int64_t depth = std::min(kDepth, P - pc);
+        for (int64_t j = jc; j < je; j += kColTile) {
+          const float* bp = Bp + ((j / kColTile) * P + pc) * kColTile;
+          tile_rows<RB>(ic, ie, depth, A + pc * aps, ars, aps, bp, kColTile, C + j, ldc, pc > 0,
+                        bias != nullptr ? bias + j : nullptr);
+        }
+      }
+    }
+  }
+}
+
+// Rows [r0, r1) of dW(N x K) = sum_p dy[p, n] x[p, k] with x read in place.
+template <int RB>
+SWIN_ALWAYS_INLINE void wgrad_unpacked(int64_t r0, int64_t r1, int64_t N, int64_t K, int64_t P, const float* dy,
+                                       const float* x, float* dw) {
+  for (int64_t pc = 0; pc < P; pc += kDepth) {
+    const int64_t depth = std::min(kDepth, P - pc);
+    for (int64_t j = 0; j < K; j += kColTile)
+      tile_rows<RB>(r0, r1, depth, dy + pc * N, 1, N, x + pc * K + j, K, dw + j, K, pc > 0, nullptr);
+  }
+}
+
+// The same with x packed (xp, pack_panels) and dy^T packed per (row chunk,
+// depth block) into `ap` (kRowChunk x kDepth floats: RB-row panels, each p's
+// RB values contiguous).
+template <int RB>
+SWIN_ALWAYS_INLINE void wgrad_packed(int64_t r0, int64_t r1, int64_t N, int64_t K, int64_t P, const float* dy,
+                                     const float* xp, float* dw, float* ap) {
+  for (int64_t ic = r0; ic < r1; ic += kRowChunk) {
+    const int64_t rows = std::min(kRowChunk, r1 - ic);
+    for (int64_t pc = 0; pc < P; pc += kDepth) {
+      const int64_t depth = std::min(kDepth, P - pc);
+      for (int64_t ir = 0; ir < rows; ir += RB) {
+        const int64_t rb = std::min<int64_t>(RB, rows - ir);
+        float* d = ap + ir * depth;
+        for (int64_t p = 0; p < depth; ++p) {
+          const float* s = dy + (pc + p) * N + ic + ir;
+          for (int64_t r = 0; r < RB; ++r) d[p * RB + r] = r < rb ? s[r] : 0.0f;
+        }
+      }
+      for (int64_t j = 0; j < K; j += kColTile) {
+        const float* bp = xp + ((j / kColTile) * P + pc) * kColTile;
+        float* c = dw + ic * K + j;
+        int64_t ir = 0;
+        for (; ir + RB <= rows; ir += RB) tile<RB>(depth, ap + ir * depth, 1, RB, bp, kColTile, c + ir * K, K, pc > 0, nullptr);
+        for (; ir < rows; ++ir)
+          tile<1>(depth, ap + (ir - ir % RB) * depth + ir % RB, 1, RB, bp, kColTile, c + ir * K, K, pc > 0, nullptr);
+      }
+    }
+  }
+}
+
+// The ISA clones: the row tile is 6 on AVX2 (12 accumulators of the 16 ymm),
+// 4 on the baseline (a 32-byte vector is two xmm there).
+SWIN_CPU_CLONES((), pack_panels,
+                (int64_t P, const float* S, int64_t lds, bool trans, float* Bp, int64_t pb, int64_t pe),
+                pack_panels_body(P, S, lds, trans, Bp, pb, pe));
+SWIN_CPU_CLONES((), gemm_rows_packed_b,
+                (int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t P, const float* A, int64_t ars,
+                 int64_t aps, const float* Bp, const float* bias, float* C, int64_t ldc),
+                gemm_packed_b<cpu::gemm_rows_for(kIsa)>(r0, r1, c0, c1, P, A, ars, aps, Bp, bias, C, ldc));
+SWIN_CPU_CLONES((), wgrad_rows_unpacked,
+                (int64_t r0, int64_t r1, int64_t N, int64_t K, int64_t P, const float* dy, const float* x,
+                 float* dw),
+                wgrad_unpacked<cpu::gemm_rows_for(kIsa)>(r0, r1, N, K, P, dy, x, dw));
+SWIN_CPU_CLONES((), wgrad_rows_packed,
+                (int64_t r0, int64_t r1, int64_t N, int64_t K, int64_t P, const float* dy, const float* xp,
+                 float* dw, float* ap),
+                wgrad_packed<cpu::gemm_rows_for(kIsa)>(r0, r1, N, K, P, dy, xp, dw, ap));
+
+inline int64_t row_tile() {
+#if SWIN_HAVE_AVX2_CLONE
+  if (cpu::cpu_has_avx2()) return cpu::gemm_rows_for(cpu::Isa::kAvx2);
+#endif
+  return cpu::gemm_rows_for(cpu::Isa::kDefault);
+}
+
+// Bp: src (P x J, or J x P when trans) in column panels, packed in parallel.
+at::Tensor pack_b(int64_t P, int64_t J, const float* S, int64_t lds, bool trans, const at::TensorOptions& opts) {
+  at::Tensor bp = at::empty({J / kColTile, P, kColTile}, opts);
+  float* d = bp.mutable_data_ptr<float>();
+  at::parallel_for(0, J / kColTile, 1, [&](int64_t b, int64_t e) {
+    SWIN_CPU_DISPATCH(pack_panels, (P, S, lds, trans, d, b, e));
+  });
+  return bp;
+}
+
+// The start of row chunk i of n over [0, M): boundaries on multiples of 12
+// (whole 4- and 6-row tiles, so only the last chunk can end in a partial
+// tile), the chunks within 12 rows of each other (a short C, such as stage
+// 4's 392 rows a batch element, still splits evenly over the threads).
+inline int64_t chunk_start(int64_t i, int64_t n, int64_t M) {
+  return i == n ? M : (M * i / n) / 12 * 12;
+}
+
+// Splits C (M x J) over threads in blocks of at most ~kRowChunk rows and
+// kColChunk columns, row-major: f(r0, r1, c0, c1) per block.  Every element
+// of C is computed by one block, so the split never changes a result bit.
+template <typename F>
+void for_blocks(int64_t M, int64_t J, F&& f) {
+  const int64_t rows = ceil_div(M, kRowChunk), cols = ceil_div(J, kColChunk);
+  at::parallel_for(0, rows * cols, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const int64_t r = t / cols, c = t % cols;
+      f(chunk_start(r, rows, M), chunk_start(r + 1, rows, M), c * kColChunk, std::min((c + 1) * kColChunk, J));
+    }
+  });
+}
+
+void check_linear_operand(const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu(), "swin_ext linear_cpu: ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "swin_ext linear_cpu: ", name, " must be float32, got ",
+              t.scalar_type());
+  TORCH_CHECK(t.dim() == dim, "swin_ext linear_cpu: ", name, " must be ", dim, "-D, got shape ", t.sizes());
+}
+
+// (out, in) of the weight, checked: both positive multiples of kColTile.
+std::pair<int64_t, int64_t> check_linear_weight(const at::Tensor& weight) {
+  check_linear_operand(weight, "weight", 2);
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(N > 0 && K > 0 && N % kColTile == 0 && K % kColTile == 0,
+              "swin_ext linear_cpu: the weight's dimensions must be positive multiples of ", kColTile, ", got ",
+              weight.sizes());
+  return {N, K};
+}
+
+at::Tensor linear_cpu_fwd(const at::Tensor& x_in, const at::Tensor& weight_in, const std::optional<at::Tensor>& bias_in) {
+  check_linear_operand(x_in, "x", 2);
+  const auto [N, K] = check_linear_weight(weight_in);
+  TORCH_CHECK(x_in.size(1) == K, "swin_ext linear_cpu: x has ", x_in.size(1), " features, the weight ", K);
+  if (bias_in.has_value()) {
+    check_linear_operand(*bias_in, "bias", 1);
+    TORCH_CHECK(bias_in->size(0) == N, "swin_ext linear_cpu: bias has ", bias_in->size(0), " elements, the weight ",
+                N, " rows");
+  }
+  const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous();
+  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
+  const int64_t M = x.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0) return y;
+  const at::Tensor wp = pack_b(K, N, weight.const_data_ptr<float>(), K, true, x.options());
+  const float* xp = x.const_data_ptr<float>();
+  const float* wpp = wp.const_data_ptr<float>();
+  const float* bp = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  float* yp = y.mutable_data_ptr<float>();
+  for_blocks(M, N, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+    SWIN_CPU_DISPATCH(gemm_rows_packed_b, (r0, r1, c0, c1, K, xp, K, 1, wpp, bp, yp, N));
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_cpu_bwd(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                  const at::Tensor& weight_in, std::array<bool, 2> needs) {
+  check_linear_operand(grad_in, "grad_y", 2);
+  check_linear_operand(x_in, "x", 2);
+  const auto [N, K] = check_linear_weight(weight_in);
+  const int64_t M = x_in.size(0);
+  TORCH_CHECK(x_in.size(1) == K, "swin_ext linear_cpu: x has ", x_in.size(1), " features, the weight ", K);
+  TORCH_CHECK(grad_in.size(0) == M && grad_in.size(1) == N, "swin_ext linear_cpu: grad_y must be (", M, ", ", N,
+              "), got ", grad_in.sizes());
+  const at::Tensor g = grad_in.contiguous(), x = x_in.contiguous(), weight = weight_in.contiguous();
+  at::Tensor dx, dw;
+  const float* gp = g.const_data_ptr<float>();
+  if (needs[0]) {
+    dx = at::empty({M, K}, x.options());
+    if (M > 0) {
+      const at::Tensor wp = pack_b(N, K, weight.const_data_ptr<float>(), K, false, x.options());
+      const float* wpp = wp.const_data_ptr<float>();
+      float* dxp = dx.mutable_data_ptr<float>();
+      for_blocks(M, K, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+        SWIN_CPU_DISPATCH(gemm_rows_packed_b, (r0, r1, c0, c1, N, gp, N, 1, wpp, nullptr, dxp, K));
+      });
+    }
+  } else {
+    dx = at::empty({0}, x.options());
+  }
+  if (needs[1]) {
+    if (M == 0) {
+      dw = at::zeros({N, K}, x.options());
+    } else {
+      dw = at::empty({N, K}, x.options());
+      float* dwp = dw.mutable_data_ptr<float>();
+      const float* xp = x.const_data_ptr<float>();
+      if (N >= kPackMinRows && K >= kPackMinCols) {
+        const at::Tensor xpk = pack_b(M, K, xp, K, false, x.options());
+        const float* xpkp = xpk.const_data_ptr<float>();
+        for_blocks(N, 1, [&](int64_t r0, int64_t r1, int64_t, int64_t) {  // row chunks only
+          std::vector<float> ap(kRowChunk * kDepth);
+          SWIN_CPU_DISPATCH(wgrad_rows_packed, (r0, r1, N, K, M, gp, xpkp, dwp, ap.data()));
+        });
+      } else {
+        const int64_t tile = row_tile();
+        const int64_t tiles = ceil_div(N, tile);
+        at::parallel_for(0, tiles, 1, [&](int64_t b, int64_t e) {
+          SWIN_CPU_DISPATCH(wgrad_rows_unpacked, (b * tile, std::min(e * tile, N), N, K, M, gp, xp, dwp));
+        });
+      }
+    }
+  } else {
+    dw = at::empty({0}, x.options());
+  }
+  return {dx, dw};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(swin_ext, CPU, m) {
+  m.impl("linear_cpu_fwd", &linear_cpu_fwd);
+  m.impl("linear_cpu_bwd", &linear_cpu_bwd);
+}
+
+}  // namespace swin_ext
