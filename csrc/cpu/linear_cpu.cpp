@@ -50,8 +50,11 @@ constexpr int64_t kColTile = 16;
 // Depth (summed dimension) per block: a packed panel of kDepth x kColTile
 // floats is 16 KiB, half of L1.
 constexpr int64_t kDepth = 256;
-// Rows of C per cache chunk (a multiple of both row tiles, 4 and 6).
+// Rows of C per cache chunk (a multiple of both row tiles, 4 and 6): the
+// chunk's A block (kRowChunk x kDepth floats) stays in L2.
 constexpr int64_t kRowChunk = 96;
+// A C of at most this many rows is one row chunk (for_blocks).
+constexpr int64_t kShortRows = 256;
 // Columns of C per cache chunk: the packed B block (kDepth x kColChunk) that
 // a row chunk walks over stays in L2.
 constexpr int64_t kColChunk = 512;
@@ -101,13 +104,24 @@ SWIN_ALWAYS_INLINE void tile(int64_t depth, const float* A, int64_t ars, int64_t
   }
 }
 
-// Rows [i0, i1) of C: full RB-row tiles, then single rows.
+// Rows [i0, i1) of C: full RB-row tiles, then the remaining rows as one
+// tile of that height (a single-row tile has 2 FMA chains, a fifth of the
+// pipes' throughput; stage 4's 49 rows an image end in such tails).
 template <int RB>
 SWIN_ALWAYS_INLINE void tile_rows(int64_t i0, int64_t i1, int64_t depth, const float* A, int64_t ars, int64_t aps,
                                   const float* B, int64_t ldb, float* C, int64_t ldc, bool add, const float* bias) {
   int64_t i = i0;
   for (; i + RB <= i1; i += RB) tile<RB>(depth, A + i * ars, ars, aps, B, ldb, C + i * ldc, ldc, add, bias);
-  for (; i < i1; ++i) tile<1>(depth, A + i * ars, ars, aps, B, ldb, C + i * ldc, ldc, add, bias);
+  const float* a = A + i * ars;
+  float* c = C + i * ldc;
+  switch (i1 - i) {
+    case 5: if constexpr (RB > 5) tile<5>(depth, a, ars, aps, B, ldb, c, ldc, add, bias); break;
+    case 4: if constexpr (RB > 4) tile<4>(depth, a, ars, aps, B, ldb, c, ldc, add, bias); break;
+    case 3: tile<3>(depth, a, ars, aps, B, ldb, c, ldc, add, bias); break;
+    case 2: tile<2>(depth, a, ars, aps, B, ldb, c, ldc, add, bias); break;
+    case 1: tile<1>(depth, a, ars, aps, B, ldb, c, ldc, add, bias); break;
+    default: break;
+  }
 }
 
 // Bp[panel][p][c] = src(p, panel * kColTile + c) for p < P, panels [pb, pe);
@@ -132,17 +146,14 @@ template <int RB>
 SWIN_ALWAYS_INLINE void gemm_packed_b(int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t P, const float* A,
                                       int64_t ars, int64_t aps, const float* Bp, const float* bias, float* C,
                                       int64_t ldc) {
-  for (int64_t ic = r0; ic < r1; ic += kRowChunk) {
-    const int64_t ie = std::min(ic + kRowChunk, r1);
-    for (int64_t jc = c0; jc < c1; jc += kColChunk) {
-      const int64_t je = std::min(jc + kColChunk, c1);
-      for (int64_t pc = 0; pc < P; pc += kDepth) {
-        const int64_t depth = std::min(kDepth, P - pc);
-        for (int64_t j = jc; j < je; j += kColTile) {
-          const float* bp = Bp + ((j / kColTile) * P + pc) * kColTile;
-          tile_rows<RB>(ic, ie, depth, A + pc * aps, ars, aps, bp, kColTile, C + j, ldc, pc > 0,
-                        bias != nullptr ? bias + j : nullptr);
-        }
+  for (int64_t jc = c0; jc < c1; jc += kColChunk) {
+    const int64_t je = std::min(jc + kColChunk, c1);
+    for (int64_t pc = 0; pc < P; pc += kDepth) {
+      const int64_t depth = std::min(kDepth, P - pc);
+      for (int64_t j = jc; j < je; j += kColTile) {
+        const float* bp = Bp + ((j / kColTile) * P + pc) * kColTile;
+        tile_rows<RB>(r0, r1, depth, A + pc * aps, ars, aps, bp, kColTile, C + j, ldc, pc > 0,
+                      bias != nullptr ? bias + j : nullptr);
       }
     }
   }
@@ -233,15 +244,27 @@ inline int64_t chunk_start(int64_t i, int64_t n, int64_t M) {
 }
 
 // Splits C (M x J) over threads in blocks of at most ~kRowChunk rows and
-// kColChunk columns, row-major: f(r0, r1, c0, c1) per block.  Every element
-// of C is computed by one block, so the split never changes a result bit.
+// ~kColChunk columns (boundaries on whole tiles, the chunks of each axis
+// within a tile of each other), row-major: f(r0, r1, c0, c1) per block.
+// Every element of C is computed by one block, so the split never changes a
+// result bit.  A short C (M <= kShortRows) is cut into column chunks only,
+// at least one per thread: each row chunk would stream the packed B again
+// (stage 4's fc weights are 9.4 MB), while all of A's rows (kShortRows x
+// kDepth floats) fit in L2.
 template <typename F>
 void for_blocks(int64_t M, int64_t J, F&& f) {
-  const int64_t rows = ceil_div(M, kRowChunk), cols = ceil_div(J, kColChunk);
+  const int64_t panels = J / kColTile;
+  int64_t cols = ceil_div(J, kColChunk), rows = ceil_div(M, kRowChunk);
+  if (M <= kShortRows) {
+    const int64_t threads = at::get_num_threads();
+    rows = 1;
+    cols = std::min(panels, ceil_div(std::max(cols, threads), threads) * threads);
+  }
   at::parallel_for(0, rows * cols, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t r = t / cols, c = t % cols;
-      f(chunk_start(r, rows, M), chunk_start(r + 1, rows, M), c * kColChunk, std::min((c + 1) * kColChunk, J));
+      f(chunk_start(r, rows, M), chunk_start(r + 1, rows, M), panels * c / cols * kColTile,
+        panels * (c + 1) / cols * kColTile);
     }
   });
 }
@@ -323,7 +346,7 @@ std::tuple<at::Tensor, at::Tensor> linear_cpu_bwd(const at::Tensor& grad_in, con
       if (N >= kPackMinRows && K >= kPackMinCols) {
         const at::Tensor xpk = pack_b(M, K, xp, K, false, x.options());
         const float* xpkp = xpk.const_data_ptr<float>();
-        for_blocks(N, 1, [&](int64_t r0, int64_t r1, int64_t, int64_t) {  // row chunks only
+        for_blocks(N, kColTile, [&](int64_t r0, int64_t r1, int64_t, int64_t) {  // row chunks only
           std::vector<float> ap(kRowChunk * kDepth);
           SWIN_CPU_DISPATCH(wgrad_rows_packed, (r0, r1, N, K, M, gp, xpkp, dwp, ap.data()));
         });
