@@ -73,7 +73,11 @@ SWIN_ALWAYS_INLINE void tile(int64_t depth, const float* A, int64_t ars, int64_t
                              float* C, int64_t ldc, bool add, const float* bias) {
   v8 c[RB][2];
 #pragma GCC unroll 8
-  for (int r = 0; r < RB; ++r) c[r][0] = c[r][1] = v8{};
+  for (int r = 0; r < RB; ++r) {
+    c[r][0] = c[r][1] = v8{};
+    __builtin_prefetch(C + r * ldc, 1, 3);
+    __builtin_prefetch(C + r * ldc + kColTile - 1, 1, 3);
+  }
   for (int64_t p = 0; p < depth; ++p) {
     const v8 b0 = cpu::load_vec<v8>(B + p * ldb);
     const v8 b1 = cpu::load_vec<v8>(B + p * ldb + 8);
