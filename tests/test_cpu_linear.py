@@ -90,22 +90,27 @@ def test_strided_inputs_and_empty_rows():
 
 
 def test_bitwise_the_same_for_any_thread_count():
-    """Rows (and column chunks) of C are split over threads, never the depth: the same bits on 1 and 2
-    threads, in both weight-gradient paths."""
+    """Rows and column chunks of C are split over threads, never the depth: the same bits on 1, 2 and 3
+    threads, in both weight-gradient paths, for short outputs (column chunks only) and few blocks (made
+    a multiple of the threads), and within the error bound on each."""
     before = torch.get_num_threads()
     outs = []
     try:
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             res = []
-            for M, K, N in ((391, 272, 96), (450, 192, 384), (1200, 96, 48)):
+            for M, K, N in ((391, 272, 96), (450, 192, 384), (1200, 96, 48), (700, 96, 288), (60, 768, 2304)):
                 x, w, b, g = _case(M, K, N, seed=2)
                 res.append(torch.ops.swin_ext.linear_cpu_fwd(x, w, b))
                 res.extend(torch.ops.swin_ext.linear_cpu_bwd(g, x, w, [True, True]))
             outs.append(res)
+            x, _, _, g = _case(700, 96, 288, seed=2)
+            xd, gd = x.double(), g.double()
+            _check(res[-4], gd.T @ xd, _bound(gd.abs().T, xd.abs(), 700))  # dW, 288 rows: few blocks
     finally:
         torch.set_num_threads(before)
-    assert all(torch.equal(a, c) for a, c in zip(*outs))
+    assert all(torch.equal(a, c) for a, c in zip(outs[0], outs[1])) and len(outs[0]) == 15
+    assert all(torch.equal(a, c) for a, c in zip(outs[0], outs[2]))
 
 
 def test_bad_arguments_are_refused():

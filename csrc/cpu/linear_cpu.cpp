@@ -13,17 +13,21 @@
 //   * B is packed into column panels of kColTile columns, each panel's rows
 //     contiguous (Bp[panel][p][kColTile]), so a panel's kDepth rows stream
 //     from L1;
-//   * A is read in place, by broadcast, from kRowTile rows at a time (the
-//     forward and the input gradient: rows of x / dy, contiguous in p), or
-//     packed per (row chunk, depth block) when it is read transposed (the
-//     weight gradient: A = dy^T, whose rows are dy's columns);
+//   * A is read in place, by broadcast, from RB rows at a time (the forward
+//     and the input gradient: rows of x / dy, contiguous in p; the weight
+//     gradient, A = dy^T: RB neighbouring floats of each dy row);
+//   * each tile prefetches its output lines for writing before its depth
+//     loop (C is walked down columns of lines, which no hardware prefetcher
+//     follows);
 //   * the depth is summed in blocks of kDepth: each block's sum is formed in
 //     registers and added to C, so every element of C is the same sum in the
-//     same order whatever the number of threads (rows of C are split over
-//     threads, never the depth): bitwise reproducible.
-// The weight gradient takes B (= x) unpacked where the output is small (Swin's
-// stage-1 shapes, where packing x costs more than it saves) and packed
-// elsewhere; the two give the same bits (same sums, same order).
+//     same order whatever the number of threads (rows and columns of C are
+//     split over threads, never the depth): bitwise reproducible.
+// Where the weight gradient's output is large (kPackMinRows, kPackMinCols) it
+// packs x into panels and dy^T per (row chunk, depth block) as well; small
+// outputs (Swin's stage-1 and -2 shapes, where packing costs more than it
+// saves) read both in place.  The two give the same bits (same sums, same
+// order).
 //
 // Compiled as the baseline and the AVX2 + FMA clones (isa_dispatch.h); the
 // model uses this op only on CPUs where it was measured faster than torch's
@@ -55,11 +59,11 @@ constexpr int64_t kDepth = 256;
 constexpr int64_t kRowChunk = 96;
 // A C of at most this many rows is one row chunk (for_blocks).
 constexpr int64_t kShortRows = 256;
-// Columns of C per cache chunk: the packed B block (kDepth x kColChunk) that
-// a row chunk walks over stays in L2.
+// Columns of C per block of the thread split (for_blocks): with the row
+// chunks, enough blocks for the threads at every Swin shape.
 constexpr int64_t kColChunk = 512;
-// The weight gradient packs x where its output has at least this many rows
-// and columns (measured: benchmarks/results/cpu_linear_gemm_avx2_2026-12-05.md).
+// The weight gradient packs x and dy^T where its output has at least this
+// many rows and columns (measured: benchmarks/results/cpu_linear_gemm_avx2_2026-12-05.md).
 constexpr int64_t kPackMinRows = 384;
 constexpr int64_t kPackMinCols = 192;
 
@@ -73,7 +77,7 @@ SWIN_ALWAYS_INLINE void tile(int64_t depth, const float* A, int64_t ars, int64_t
                              float* C, int64_t ldc, bool add, const float* bias) {
   v8 c[RB][2];
 #pragma GCC unroll 8
-  for (int r = 0; r < RB; ++r) {
+  for (int r = 0; r < RB; ++r) {  // zero the accumulators; fetch C's lines for writing, a depth loop ahead
     c[r][0] = c[r][1] = v8{};
     __builtin_prefetch(C + r * ldc, 1, 3);
     __builtin_prefetch(C + r * ldc + kColTile - 1, 1, 3);
@@ -119,12 +123,23 @@ SWIN_ALWAYS_INLINE void tile_rows(int64_t i0, int64_t i1, int64_t depth, const f
   const float* a = A + i * ars;
   float* c = C + i * ldc;
   switch (i1 - i) {
-    case 5: if constexpr (RB > 5) tile<5>(depth, a, ars, aps, B, ldb, c, ldc, add, bias); break;
-    case 4: if constexpr (RB > 4) tile<4>(depth, a, ars, aps, B, ldb, c, ldc, add, bias); break;
-    case 3: tile<3>(depth, a, ars, aps, B, ldb, c, ldc, add, bias); break;
-    case 2: tile<2>(depth, a, ars, aps, B, ldb, c, ldc, add, bias); break;
-    case 1: tile<1>(depth, a, ars, aps, B, ldb, c, ldc, add, bias); break;
-    default: break;
+    case 5:
+      if constexpr (RB > 5) tile<5>(depth, a, ars, aps, B, ldb, c, ldc, add, bias);
+      break;
+    case 4:
+      if constexpr (RB > 4) tile<4>(depth, a, ars, aps, B, ldb, c, ldc, add, bias);
+      break;
+    case 3:
+      tile<3>(depth, a, ars, aps, B, ldb, c, ldc, add, bias);
+      break;
+    case 2:
+      tile<2>(depth, a, ars, aps, B, ldb, c, ldc, add, bias);
+      break;
+    case 1:
+      tile<1>(depth, a, ars, aps, B, ldb, c, ldc, add, bias);
+      break;
+    default:
+      break;
   }
 }
 
@@ -144,39 +159,32 @@ SWIN_ALWAYS_INLINE void pack_panels_body(int64_t P, const float* S, int64_t lds,
   }
 }
 
-// Rows [r0, r1) and columns [c0, c1) of C(M x J) = A(M x P) * B(P x J) (+ bias), B packed
-// (pack_panels), A read in place: a(r, p) = A[r * ars + p * aps].
+// Rows [r0, r1) and columns [c0, c1) of C(M x J) = A(M x P) * B(P x J) (+ bias), A read in
+// place: a(r, p) = A[r * ars + p * aps]; B's kColTile-column panel q starting at B + q * bps,
+// row p of it ldb floats further on (packed by pack_panels: bps = P * kColTile, ldb = kColTile;
+// in place, row-major: bps = kColTile, ldb = J; the input gradient could read W so, but its
+// rows are K floats apart and a 256-deep panel then spans 256 pages at K = 3072: measured
+// 118 against 176 GFLOP/s packed at stage 4's shape).
 template <int RB>
-SWIN_ALWAYS_INLINE void gemm_packed_b(int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t P, const float* A,
-                                      int64_t ars, int64_t aps, const float* Bp, const float* bias, float* C,
-                                      int64_t ldc) {
+SWIN_ALWAYS_INLINE void gemm_b(int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t P, const float* A, int64_t ars,
+                               int64_t aps, const float* B, int64_t bps, int64_t ldb, const float* bias, float* C,
+                               int64_t ldc) {
   for (int64_t jc = c0; jc < c1; jc += kColChunk) {
     const int64_t je = std::min(jc + kColChunk, c1);
     for (int64_t pc = 0; pc < P; pc += kDepth) {
       const int64_t depth = std::min(kDepth, P - pc);
       for (int64_t j = jc; j < je; j += kColTile) {
-        const float* bp = Bp + ((j / kColTile) * P + pc) * kColTile;
-        tile_rows<RB>(r0, r1, depth, A + pc * aps, ars, aps, bp, kColTile, C + j, ldc, pc > 0,
+        const float* bp = B + (j / kColTile) * bps + pc * ldb;
+        tile_rows<RB>(r0, r1, depth, A + pc * aps, ars, aps, bp, ldb, C + j, ldc, pc > 0,
                       bias != nullptr ? bias + j : nullptr);
       }
     }
   }
 }
 
-// Rows [r0, r1) of dW(N x K) = sum_p dy[p, n] x[p, k] with x read in place.
-template <int RB>
-SWIN_ALWAYS_INLINE void wgrad_unpacked(int64_t r0, int64_t r1, int64_t N, int64_t K, int64_t P, const float* dy,
-                                       const float* x, float* dw) {
-  for (int64_t pc = 0; pc < P; pc += kDepth) {
-    const int64_t depth = std::min(kDepth, P - pc);
-    for (int64_t j = 0; j < K; j += kColTile)
-      tile_rows<RB>(r0, r1, depth, dy + pc * N, 1, N, x + pc * K + j, K, dw + j, K, pc > 0, nullptr);
-  }
-}
-
-// The same with x packed (xp, pack_panels) and dy^T packed per (row chunk,
-// depth block) into `ap` (kRowChunk x kDepth floats: RB-row panels, each p's
-// RB values contiguous).
+// Rows [r0, r1) of dW(N x K) = sum_p dy[p, n] x[p, k] with x packed (xp,
+// pack_panels) and dy^T packed per (row chunk, depth block) into `ap`
+// (kRowChunk x kDepth floats: RB-row panels, each p's RB values contiguous).
 template <int RB>
 SWIN_ALWAYS_INLINE void wgrad_packed(int64_t r0, int64_t r1, int64_t N, int64_t K, int64_t P, const float* dy,
                                      const float* xp, float* dw, float* ap) {
@@ -196,7 +204,8 @@ SWIN_ALWAYS_INLINE void wgrad_packed(int64_t r0, int64_t r1, int64_t N, int64_t 
         const float* bp = xp + ((j / kColTile) * P + pc) * kColTile;
         float* c = dw + ic * K + j;
         int64_t ir = 0;
-        for (; ir + RB <= rows; ir += RB) tile<RB>(depth, ap + ir * depth, 1, RB, bp, kColTile, c + ir * K, K, pc > 0, nullptr);
+        for (; ir + RB <= rows; ir += RB)
+          tile<RB>(depth, ap + ir * depth, 1, RB, bp, kColTile, c + ir * K, K, pc > 0, nullptr);
         for (; ir < rows; ++ir)
           tile<1>(depth, ap + (ir - ir % RB) * depth + ir % RB, 1, RB, bp, kColTile, c + ir * K, K, pc > 0, nullptr);
       }
@@ -209,33 +218,21 @@ SWIN_ALWAYS_INLINE void wgrad_packed(int64_t r0, int64_t r1, int64_t N, int64_t 
 SWIN_CPU_CLONES((), pack_panels,
                 (int64_t P, const float* S, int64_t lds, bool trans, float* Bp, int64_t pb, int64_t pe),
                 pack_panels_body(P, S, lds, trans, Bp, pb, pe));
-SWIN_CPU_CLONES((), gemm_rows_packed_b,
-                (int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t P, const float* A, int64_t ars,
-                 int64_t aps, const float* Bp, const float* bias, float* C, int64_t ldc),
-                gemm_packed_b<cpu::gemm_rows_for(kIsa)>(r0, r1, c0, c1, P, A, ars, aps, Bp, bias, C, ldc));
-SWIN_CPU_CLONES((), wgrad_rows_unpacked,
-                (int64_t r0, int64_t r1, int64_t N, int64_t K, int64_t P, const float* dy, const float* x,
-                 float* dw),
-                wgrad_unpacked<cpu::gemm_rows_for(kIsa)>(r0, r1, N, K, P, dy, x, dw));
+SWIN_CPU_CLONES((), gemm_rows,
+                (int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t P, const float* A, int64_t ars, int64_t aps,
+                 const float* B, int64_t bps, int64_t ldb, const float* bias, float* C, int64_t ldc),
+                gemm_b<cpu::gemm_rows_for(kIsa)>(r0, r1, c0, c1, P, A, ars, aps, B, bps, ldb, bias, C, ldc));
 SWIN_CPU_CLONES((), wgrad_rows_packed,
-                (int64_t r0, int64_t r1, int64_t N, int64_t K, int64_t P, const float* dy, const float* xp,
-                 float* dw, float* ap),
+                (int64_t r0, int64_t r1, int64_t N, int64_t K, int64_t P, const float* dy, const float* xp, float* dw,
+                 float* ap),
                 wgrad_packed<cpu::gemm_rows_for(kIsa)>(r0, r1, N, K, P, dy, xp, dw, ap));
-
-inline int64_t row_tile() {
-#if SWIN_HAVE_AVX2_CLONE
-  if (cpu::cpu_has_avx2()) return cpu::gemm_rows_for(cpu::Isa::kAvx2);
-#endif
-  return cpu::gemm_rows_for(cpu::Isa::kDefault);
-}
 
 // Bp: src (P x J, or J x P when trans) in column panels, packed in parallel.
 at::Tensor pack_b(int64_t P, int64_t J, const float* S, int64_t lds, bool trans, const at::TensorOptions& opts) {
   at::Tensor bp = at::empty({J / kColTile, P, kColTile}, opts);
   float* d = bp.mutable_data_ptr<float>();
-  at::parallel_for(0, J / kColTile, 1, [&](int64_t b, int64_t e) {
-    SWIN_CPU_DISPATCH(pack_panels, (P, S, lds, trans, d, b, e));
-  });
+  at::parallel_for(0, J / kColTile, 1,
+                   [&](int64_t b, int64_t e) { SWIN_CPU_DISPATCH(pack_panels, (P, S, lds, trans, d, b, e)); });
   return bp;
 }
 
@@ -251,18 +248,23 @@ inline int64_t chunk_start(int64_t i, int64_t n, int64_t M) {
 // ~kColChunk columns (boundaries on whole tiles, the chunks of each axis
 // within a tile of each other), row-major: f(r0, r1, c0, c1) per block.
 // Every element of C is computed by one block, so the split never changes a
-// result bit.  A short C (M <= kShortRows) is cut into column chunks only,
-// at least one per thread: each row chunk would stream the packed B again
-// (stage 4's fc weights are 9.4 MB), while all of A's rows (kShortRows x
-// kDepth floats) fit in L2.
+// result bit.  A few blocks are made a multiple of the threads.  A short C (M <= kShortRows) is cut into column chunks
+// only, at least one per thread: each row chunk would stream the packed B again (stage 4's fc weights are 9.4 MB),
+// while all of A's rows (kShortRows x kDepth floats) fit in L2.
 template <typename F>
 void for_blocks(int64_t M, int64_t J, F&& f) {
   const int64_t panels = J / kColTile;
+  const int64_t threads = at::get_num_threads();
   int64_t cols = ceil_div(J, kColChunk), rows = ceil_div(M, kRowChunk);
   if (M <= kShortRows) {
-    const int64_t threads = at::get_num_threads();
     rows = 1;
     cols = std::min(panels, ceil_div(std::max(cols, threads), threads) * threads);
+  } else if (rows * cols < 8 * threads && (rows * cols) % threads != 0) {
+    // few blocks (stage 1's qkv weight gradient: 3 row chunks): a multiple of the threads
+    if (ceil_div(cols, threads) * threads <= panels)
+      cols = ceil_div(cols, threads) * threads;
+    else
+      rows = std::min(ceil_div(M, int64_t(12)), ceil_div(rows, threads) * threads);
   }
   at::parallel_for(0, rows * cols, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
@@ -275,8 +277,7 @@ void for_blocks(int64_t M, int64_t J, F&& f) {
 
 void check_linear_operand(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK(t.device().is_cpu(), "swin_ext linear_cpu: ", name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat, "swin_ext linear_cpu: ", name, " must be float32, got ",
-              t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "swin_ext linear_cpu: ", name, " must be float32, got ", t.scalar_type());
   TORCH_CHECK(t.dim() == dim, "swin_ext linear_cpu: ", name, " must be ", dim, "-D, got shape ", t.sizes());
 }
 
@@ -290,14 +291,15 @@ std::pair<int64_t, int64_t> check_linear_weight(const at::Tensor& weight) {
   return {N, K};
 }
 
-at::Tensor linear_cpu_fwd(const at::Tensor& x_in, const at::Tensor& weight_in, const std::optional<at::Tensor>& bias_in) {
+at::Tensor linear_cpu_fwd(const at::Tensor& x_in, const at::Tensor& weight_in,
+                          const std::optional<at::Tensor>& bias_in) {
   check_linear_operand(x_in, "x", 2);
   const auto [N, K] = check_linear_weight(weight_in);
   TORCH_CHECK(x_in.size(1) == K, "swin_ext linear_cpu: x has ", x_in.size(1), " features, the weight ", K);
   if (bias_in.has_value()) {
     check_linear_operand(*bias_in, "bias", 1);
-    TORCH_CHECK(bias_in->size(0) == N, "swin_ext linear_cpu: bias has ", bias_in->size(0), " elements, the weight ",
-                N, " rows");
+    TORCH_CHECK(bias_in->size(0) == N, "swin_ext linear_cpu: bias has ", bias_in->size(0), " elements, the weight ", N,
+                " rows");
   }
   const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous();
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
@@ -310,7 +312,7 @@ at::Tensor linear_cpu_fwd(const at::Tensor& x_in, const at::Tensor& weight_in, c
   const float* bp = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
   float* yp = y.mutable_data_ptr<float>();
   for_blocks(M, N, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-    SWIN_CPU_DISPATCH(gemm_rows_packed_b, (r0, r1, c0, c1, K, xp, K, 1, wpp, bp, yp, N));
+    SWIN_CPU_DISPATCH(gemm_rows, (r0, r1, c0, c1, K, xp, K, 1, wpp, K * kColTile, kColTile, bp, yp, N));
   });
   return y;
 }
@@ -334,7 +336,7 @@ std::tuple<at::Tensor, at::Tensor> linear_cpu_bwd(const at::Tensor& grad_in, con
       const float* wpp = wp.const_data_ptr<float>();
       float* dxp = dx.mutable_data_ptr<float>();
       for_blocks(M, K, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-        SWIN_CPU_DISPATCH(gemm_rows_packed_b, (r0, r1, c0, c1, N, gp, N, 1, wpp, nullptr, dxp, K));
+        SWIN_CPU_DISPATCH(gemm_rows, (r0, r1, c0, c1, N, gp, N, 1, wpp, N * kColTile, kColTile, nullptr, dxp, K));
       });
     }
   } else {
@@ -355,10 +357,9 @@ std::tuple<at::Tensor, at::Tensor> linear_cpu_bwd(const at::Tensor& grad_in, con
           SWIN_CPU_DISPATCH(wgrad_rows_packed, (r0, r1, N, K, M, gp, xpkp, dwp, ap.data()));
         });
       } else {
-        const int64_t tile = row_tile();
-        const int64_t tiles = ceil_div(N, tile);
-        at::parallel_for(0, tiles, 1, [&](int64_t b, int64_t e) {
-          SWIN_CPU_DISPATCH(wgrad_rows_unpacked, (b * tile, std::min(e * tile, N), N, K, M, gp, xp, dwp));
+        // A = dy^T (a(n, p) = dy[p * N + n]), B = x in place (rows of K floats).
+        for_blocks(N, K, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+          SWIN_CPU_DISPATCH(gemm_rows, (r0, r1, c0, c1, M, gp, 1, N, xp, kColTile, K, nullptr, dwp, K));
         });
       }
     }
