@@ -172,3 +172,36 @@ def test_cpu_breakdown_sorts_each_op_into_its_category():
     assert abs(sum(r[c] for c in cpu_breakdown.CATEGORIES) - r["profiled total"]) < 1e-6 * r["profiled total"] + 1e-9
     without_opt = cpu_breakdown.breakdown(lambda: lin(x).sum().backward(), iters=2)
     assert without_opt["optimizer"] == 0 and without_opt["swin_ext kernels"] == 0 and without_opt["linear GEMMs"] > 0
+
+
+def test_cpu_breakdown_counts_swin_ext_gemms_as_gemms(monkeypatch):
+    """swin_ext's own CPU GEMM (and its autograd node, where the profiler puts the forward's time) is a
+    linear GEMM for cpu_breakdown.py, not a swin_ext kernel."""
+    from swin_ext.layers import config
+    from swin_ext.layers.fast_linear import linear
+
+    if not config._CPU_GEMM_KERNEL:
+        pytest.skip("this build has no swin_ext CPU GEMM")
+    monkeypatch.setattr(config, "_CPU_GEMM_ENABLED", True)
+    monkeypatch.setattr(config, "_ONEDNN_ENABLED", False)
+    cpu_breakdown = _benchmark("cpu_breakdown")
+    x = torch.randn(512, 64, requires_grad=True)
+    w = torch.randn(128, 64, requires_grad=True)
+    r = cpu_breakdown.breakdown(lambda: linear(x, w).sum().backward(), iters=2)
+    assert r["linear GEMMs"] > 0 and r["swin_ext kernels"] == 0, r
+
+
+def test_bench_cpu_gemm_shapes_are_swin_t_linears():
+    """benchmarks/bench_cpu_gemm.py times every Linear of Swin-T but the classifier, each as often as
+    the model runs it."""
+    from collections import Counter
+
+    bench = _benchmark("bench_cpu_gemm")
+    model = swin_ext.swin_t()
+    want = Counter((m.in_features, m.out_features) for n, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and not n.startswith("head"))
+    got = Counter()
+    for _, tokens, k, n, count in bench.shapes(1):
+        got[(k, n)] += count
+        assert tokens in (3136, 784, 196, 49)
+    assert got == want
