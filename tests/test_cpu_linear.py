@@ -289,3 +289,32 @@ def test_default_follows_the_cpu(monkeypatch, recwarn):
     monkeypatch.setenv("SWIN_EXT_CPU_GEMM", "on")
     with pytest.warns(RuntimeWarning, match="SWIN_EXT_CPU_GEMM='on' is not 0 or 1"):
         assert config._switch_env("SWIN_EXT_CPU_GEMM") is None
+
+
+@pytest.mark.slow
+def test_model_compiles_with_the_op_in_its_graph(monkeypatch):
+    """torch.compile(fullgraph=True) keeps swin_ext's CPU GEMM as an op of the graph (fake and autograd
+    kernels registered), with the eager model's logits and gradients."""
+    from swin_ext.models.swin import SwinTransformer
+
+    monkeypatch.setattr(config, "_CPU_GEMM_ENABLED", True)
+    monkeypatch.setattr(config, "_ONEDNN_ENABLED", False)
+    torch.manual_seed(0)
+    m = SwinTransformer(img_size=64, patch_size=4, embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=4,
+                        num_classes=10, drop_path_rate=0.0)
+    x = torch.randn(2, 3, 64, 64)
+    ref = m(x)
+    ref.square().sum().backward()
+    want = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(m)(x)
+    assert explained.graph_break_count == 0
+    targets = {str(n.target) for g in explained.graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert "swin_ext.linear_cpu_fwd" in targets
+    out = torch.compile(m, fullgraph=True)(x)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], rtol=1e-4, atol=1e-5, msg=n)
+    torch._dynamo.reset()
