@@ -318,3 +318,20 @@ def test_model_compiles_with_the_op_in_its_graph(monkeypatch):
     for n, p in m.named_parameters():
         torch.testing.assert_close(p.grad, want[n], rtol=1e-4, atol=1e-5, msg=n)
     torch._dynamo.reset()
+
+
+def test_non_finite_values_stay_in_their_rows():
+    """A NaN or inf in one token's features reaches only that token's output and input-gradient rows (no
+    sum mixes rows); the weight gradient sums every token, so it is NaN wherever the token's row is used."""
+    x, w, b, g = _case(50, 96, 288, seed=5)
+    x[7, 3] = float("nan")
+    x[20, 0] = float("inf")
+    y = torch.ops.swin_ext.linear_cpu_fwd(x, w, b)
+    bad = torch.zeros(50, dtype=torch.bool)
+    bad[[7, 20]] = True
+    assert not torch.isfinite(y[bad]).any(dim=1).any()
+    assert torch.isfinite(y[~bad]).all()
+    g[11, 5] = float("nan")
+    dx, dw = torch.ops.swin_ext.linear_cpu_bwd(g, x, w, [True, True])
+    assert torch.isnan(dx[11]).all() and torch.isfinite(dx[torch.arange(50) != 11]).all()
+    assert torch.isnan(dw[5]).all()
