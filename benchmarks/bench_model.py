@@ -10,10 +10,10 @@ Implementations (those whose library is missing are skipped):
 
 * ``swin_ext-fused``     swin_ext.swin_t(backend="fused")
 * ``swin_ext-fused-noepi`` the same, ``set_cpu_inference_fusion(False)``: on the CPU without
-                         the oneDNN GEMM paths (fc1+GELU epilogue in inference, oneDNN
-                         forward / input-gradient GEMMs); identical to ``swin_ext-fused`` on CUDA
-                         and on a CPU without AVX-512 (there they are off by default:
-                         ``swin_ext.layers.onednn_preferred``)
+                         the fast GEMM paths (oneDNN's: fc1+GELU epilogue in inference, forward /
+                         input-gradient GEMMs, by default on an AVX-512 CPU; swin_ext's own
+                         GEMMs, by default on an AVX2 CPU), i.e. torch's GEMMs; identical to
+                         ``swin_ext-fused`` on CUDA
 * ``swin_ext-fused-compiled`` swin_ext-fused under ``torch.compile`` (inductor, static shapes)
 * ``swin_ext-reference`` the same weights, backend="reference" (plain PyTorch composite)
 * ``timm``               timm ``swin_tiny_patch4_window7_224``, pretrained=False, with its
@@ -190,7 +190,7 @@ def build_models(
             notes[name] = "swin_ext fused C++/CUDA kernels"
         elif name == "swin_ext-fused-noepi":
             models[name] = copy.deepcopy(base).set_backend("fused").set_cpu_inference_fusion(False)
-            notes[name] = "swin_ext fused kernels without the oneDNN GEMM epilogues of CPU inference"
+            notes[name] = "swin_ext fused kernels on torch's GEMMs (no oneDNN or swin_ext CPU GEMM paths)"
         elif name == "swin_ext-fused-compiled":
             models[name] = torch.compile(copy.deepcopy(base).set_backend("fused").to(device), dynamic=False)
             notes[name] = "swin_ext fused kernels under torch.compile (inductor, dynamic=False)"
