@@ -236,21 +236,26 @@ at::Tensor pack_b(int64_t P, int64_t J, const float* S, int64_t lds, bool trans,
   return bp;
 }
 
-// The start of row chunk i of n over [0, M): boundaries on multiples of 12
-// (whole 4- and 6-row tiles, so only the last chunk can end in a partial
-// tile), the chunks within 12 rows of each other (a short C, such as stage
-// 4's 392 rows a batch element, still splits evenly over the threads).
-inline int64_t chunk_start(int64_t i, int64_t n, int64_t M) {
-  return i == n ? M : (M * i / n) / 12 * 12;
+// The start of part i of n of [0, total), on a multiple of `unit` (the last
+// part ends at total): the parts are within a unit of each other.  Rows split
+// on multiples of 12 (whole 4- and 6-row tiles, so only the last part can end
+// in a partial tile), columns on whole kColTile panels.
+// floor(total * i / n) without forming total * i: (total % n) * i < n^2, and n
+// is at most total / 12 rows or total / 16 panels of a tensor in memory.
+inline int64_t split_point(int64_t i, int64_t n, int64_t total, int64_t unit) {
+  if (i == n) return total;
+  return ((total / n) * i + (total % n) * i / n) / unit * unit;
 }
 
 // Splits C (M x J) over threads in blocks of at most ~kRowChunk rows and
-// ~kColChunk columns (boundaries on whole tiles, the chunks of each axis
-// within a tile of each other), row-major: f(r0, r1, c0, c1) per block.
-// Every element of C is computed by one block, so the split never changes a
-// result bit.  A few blocks are made a multiple of the threads.  A short C (M <= kShortRows) is cut into column chunks
-// only, at least one per thread: each row chunk would stream the packed B again (stage 4's fc weights are 9.4 MB),
-// while all of A's rows (kShortRows x kDepth floats) fit in L2.
+// ~kColChunk columns, row-major: f(r0, r1, c0, c1) per block.  Every element
+// of C is computed by one block, so the split never changes a result bit.
+// - A short C (M <= kShortRows: stage 4's 196 rows at batch 4) is cut into
+//   column chunks only, at least one per thread: each row chunk would stream
+//   the packed B again (stage 4's fc weights are 9.4 MB), while all of A's
+//   rows (kShortRows x kDepth floats) fit in L2.
+// - A few blocks (stage 1's qkv weight gradient: 3 row chunks) are made a
+//   multiple of the threads, columns first.
 template <typename F>
 void for_blocks(int64_t M, int64_t J, F&& f) {
   const int64_t panels = J / kColTile;
@@ -260,7 +265,6 @@ void for_blocks(int64_t M, int64_t J, F&& f) {
     rows = 1;
     cols = std::min(panels, ceil_div(std::max(cols, threads), threads) * threads);
   } else if (rows * cols < 8 * threads && (rows * cols) % threads != 0) {
-    // few blocks (stage 1's qkv weight gradient: 3 row chunks): a multiple of the threads
     if (ceil_div(cols, threads) * threads <= panels)
       cols = ceil_div(cols, threads) * threads;
     else
@@ -269,8 +273,8 @@ void for_blocks(int64_t M, int64_t J, F&& f) {
   at::parallel_for(0, rows * cols, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const int64_t r = t / cols, c = t % cols;
-      f(chunk_start(r, rows, M), chunk_start(r + 1, rows, M), panels * c / cols * kColTile,
-        panels * (c + 1) / cols * kColTile);
+      f(split_point(r, rows, M, 12), split_point(r + 1, rows, M, 12), split_point(c, cols, panels, 1) * kColTile,
+        split_point(c + 1, cols, panels, 1) * kColTile);
     }
   });
 }
