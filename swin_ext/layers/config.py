@@ -197,8 +197,9 @@ def cpu_gemm_preferred() -> bool:
     CPU capability is AVX2 (not AVX-512, where oneDNN's are; :func:`onednn_preferred`).
 
     Why: on the 2-core AVX2 AMD EPYC (Zen 2), torch's GEMMs (MKL's sgemm) run the Swin-T Linears at
-    50-80 GFLOP/s a core, swin_ext's at 60-98, faster at every shape of the model
-    (``benchmarks/results/cpu_linear_gemm_avx2_2026-12-05.md``).  On the AVX-512 Xeon, oneDNN's
+    61-79 GFLOP/s on one core, swin_ext's at 72-101, faster at every shape of the model (on two
+    threads every shape but one, which ties; 1.19-1.26x by the model's FLOPs;
+    ``benchmarks/results/cpu_linear_gemm_avx2_2026-12-05.md``).  On the AVX-512 Xeon, oneDNN's
     GEMMs were measured against MKL's only; they stay its default.  A fixed rule, not a timing
     at start-up, for the reason :func:`onednn_preferred` gives.
     """

@@ -9,8 +9,8 @@ What runs where (``fast=True``, the fused backend's setting):
   weight gradient ``grad^T x`` on ``torch.ops.swin_ext.linear_cpu_fwd`` / ``linear_cpu_bwd``
   (``csrc/cpu/linear_cpu.cpp``: 6 x 16 register blocks, packed panels, bitwise the same for any
   thread count); the bias gradient a ``sum``.  On the AVX2 EPYC they run the Swin-T Linears at
-  1.1-1.45x MKL's rate, which took the model's CPU inference from 568 to 499 ms (batch 8) and the
-  training step from 951 to 870 ms (batch 4;
+  1.19-1.26x MKL's rate (by the model's FLOPs), which took the model's CPU inference from 568 to
+  466-476 ms (batch 8) and the training step from 951 to 798-801 ms (batch 4;
   ``benchmarks/results/cpu_linear_gemm_avx2_2026-12-05.md``).  The op has Python autograd and fake
   kernels (registered below), so ``torch.compile`` keeps it; an exported program keeps
   ``aten.linear``.
