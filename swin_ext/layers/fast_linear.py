@@ -75,35 +75,41 @@ MLP_CHUNK_MIN_BYTES = 16 << 20
 MLP_CHUNK_BYTES = 6 << 20
 
 
-def _onednn_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """float32 CPU input and weight, no CPU autocast (it picks the GEMM's dtype itself), oneDNN on,
-    no forward-mode AD (the custom op has no forward-mode rule: a dual input's tangent would be lost)."""
+def _plain_float32(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """What both CPU GEMM paths need: float32 input, weight and bias (or none), no CPU autocast (it
+    picks the GEMM's dtype itself), no ``torch.func`` transform or forward-mode AD (their custom ops
+    have no rule for them: a dual input's tangent would be lost), not exporting (an exported program,
+    ``torch.export`` or ONNX, keeps ``aten.linear``)."""
     return (
-        x.device.type == "cpu"  # first the two tests that end it off the path: a GPU model, oneDNN off
-        and config.use_onednn()
-        and x.dtype == torch.float32
+        x.dtype == torch.float32
         and weight.dtype == torch.float32
-        and x.dim() >= 1
-        and x.shape[-1] > 0  # oneDNN has no primitive for an empty reduction
-        and weight.shape[0] > 0
+        and (bias is None or bias.dtype == torch.float32)
         and config.autocast_dtype("cpu") is None
         and not functorch_active()
         and not forward_mode((x, weight, bias))
-        and not torch.compiler.is_exporting()  # an exported program (torch.export, ONNX) keeps aten.linear
+        and not torch.compiler.is_exporting()
+    )
+
+
+def _onednn_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """A CPU input, oneDNN on, non-empty widths, and :func:`_plain_float32`."""
+    return (
+        x.device.type == "cpu"  # first the two tests that end it off the path: a GPU model, oneDNN off
+        and config.use_onednn()
+        and x.dim() >= 1
+        and x.shape[-1] > 0  # oneDNN has no primitive for an empty reduction
+        and weight.shape[0] > 0
+        and _plain_float32(x, weight, bias)
     )
 
 
 def _cpu_gemm_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """float32 CPU input, weight and bias, widths that are multiples of 16 (the kernel's column tile;
-    every Swin Linear but the classifier), no CPU autocast, swin_ext's CPU GEMMs on
-    (:func:`config.use_cpu_gemm`), no forward-mode AD or ``torch.func`` transform (the op has no rule
-    for them), not exporting (an exported program keeps ``aten.linear``)."""
+    """A CPU input, swin_ext's CPU GEMMs on (:func:`config.use_cpu_gemm`), widths that are positive
+    multiples of 16 (the kernel's column tile; every Swin Linear but the classifier), and
+    :func:`_plain_float32`."""
     return (
         x.device.type == "cpu"  # first the two tests that end it off the path: a GPU model, the GEMMs off
         and config.use_cpu_gemm()
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and (bias is None or bias.dtype == torch.float32)
         and x.dim() >= 1
         and weight.dim() == 2
         and weight.shape[0] % 16 == 0
@@ -111,10 +117,7 @@ def _cpu_gemm_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         and weight.shape[0] > 0
         and weight.shape[1] > 0
         and x.shape[-1] == weight.shape[1]
-        and config.autocast_dtype("cpu") is None
-        and not functorch_active()
-        and not forward_mode((x, weight, bias))
-        and not torch.compiler.is_exporting()
+        and _plain_float32(x, weight, bias)
     )
 
 
@@ -218,7 +221,7 @@ def linear(
 
     ``x (..., in)`` -> ``(..., out)``.
     """
-    if fast and _onednn_ok(x, weight, bias) and (bias is None or bias.dtype == torch.float32):
+    if fast and _onednn_ok(x, weight, bias):
         y = onednn_linear(x.reshape(-1, x.shape[-1]), weight, bias, "none")
     elif fast and _cpu_gemm_ok(x, weight, bias):
         y = torch.ops.swin_ext.linear_cpu_fwd(x.reshape(-1, x.shape[-1]), weight, bias)
@@ -278,7 +281,6 @@ def linear_gelu(x: torch.Tensor, fc: nn.Linear, approximate: str = "none") -> to
             and (x.requires_grad or fc.weight.requires_grad or (fc.bias is not None and fc.bias.requires_grad))
         )
         and _onednn_ok(x, fc.weight, fc.bias)
-        and (fc.bias is None or fc.bias.dtype == torch.float32)
     ):
         y = onednn_linear(x.reshape(-1, x.shape[-1]), fc.weight, fc.bias, "gelu")
         return y.view(*x.shape[:-1], y.shape[-1])
@@ -333,7 +335,6 @@ def mlp_inference(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, approximate: 
             and (x.requires_grad or any(p.requires_grad for p in (*fc1.parameters(), *fc2.parameters())))
         )
         or not (_onednn_ok(x, fc1.weight, fc1.bias) and _onednn_ok(x, fc2.weight, fc2.bias))
-        or any(b is not None and b.dtype != torch.float32 for b in (fc1.bias, fc2.bias))
     ):
         return None
     x2d = x.reshape(-1, x.shape[-1])
