@@ -112,35 +112,41 @@ SWIN_ALWAYS_INLINE void tile(int64_t depth, const float* A, int64_t ars, int64_t
   }
 }
 
-// Rows [i0, i1) of C: full RB-row tiles, then the remaining rows as one
-// tile of that height (a single-row tile has 2 FMA chains, a fifth of the
-// pipes' throughput; stage 4's 49 rows an image end in such tails).
+// The last `rows` (< RB) rows of a block as one tile of that height (a
+// single-row tile has 2 FMA chains, a fifth of the pipes' throughput;
+// stage 4's 49 rows an image end in such tails).  Each row's sum is the same
+// whatever the tile's height.
+template <int RB>
+SWIN_ALWAYS_INLINE void tile_tail(int64_t rows, int64_t depth, const float* A, int64_t ars, int64_t aps, const float* B,
+                                  int64_t ldb, float* C, int64_t ldc, bool add, const float* bias) {
+  switch (rows) {
+    case 5:
+      if constexpr (RB > 5) tile<5>(depth, A, ars, aps, B, ldb, C, ldc, add, bias);
+      break;
+    case 4:
+      if constexpr (RB > 4) tile<4>(depth, A, ars, aps, B, ldb, C, ldc, add, bias);
+      break;
+    case 3:
+      tile<3>(depth, A, ars, aps, B, ldb, C, ldc, add, bias);
+      break;
+    case 2:
+      tile<2>(depth, A, ars, aps, B, ldb, C, ldc, add, bias);
+      break;
+    case 1:
+      tile<1>(depth, A, ars, aps, B, ldb, C, ldc, add, bias);
+      break;
+    default:
+      break;
+  }
+}
+
+// Rows [i0, i1) of C: full RB-row tiles, then the tail (tile_tail).
 template <int RB>
 SWIN_ALWAYS_INLINE void tile_rows(int64_t i0, int64_t i1, int64_t depth, const float* A, int64_t ars, int64_t aps,
                                   const float* B, int64_t ldb, float* C, int64_t ldc, bool add, const float* bias) {
   int64_t i = i0;
   for (; i + RB <= i1; i += RB) tile<RB>(depth, A + i * ars, ars, aps, B, ldb, C + i * ldc, ldc, add, bias);
-  const float* a = A + i * ars;
-  float* c = C + i * ldc;
-  switch (i1 - i) {
-    case 5:
-      if constexpr (RB > 5) tile<5>(depth, a, ars, aps, B, ldb, c, ldc, add, bias);
-      break;
-    case 4:
-      if constexpr (RB > 4) tile<4>(depth, a, ars, aps, B, ldb, c, ldc, add, bias);
-      break;
-    case 3:
-      tile<3>(depth, a, ars, aps, B, ldb, c, ldc, add, bias);
-      break;
-    case 2:
-      tile<2>(depth, a, ars, aps, B, ldb, c, ldc, add, bias);
-      break;
-    case 1:
-      tile<1>(depth, a, ars, aps, B, ldb, c, ldc, add, bias);
-      break;
-    default:
-      break;
-  }
+  tile_tail<RB>(i1 - i, depth, A + i * ars, ars, aps, B, ldb, C + i * ldc, ldc, add, bias);
 }
 
 // Bp[panel][p][c] = src(p, panel * kColTile + c) for p < P, panels [pb, pe);
@@ -206,8 +212,7 @@ SWIN_ALWAYS_INLINE void wgrad_packed(int64_t r0, int64_t r1, int64_t N, int64_t 
         int64_t ir = 0;
         for (; ir + RB <= rows; ir += RB)
           tile<RB>(depth, ap + ir * depth, 1, RB, bp, kColTile, c + ir * K, K, pc > 0, nullptr);
-        for (; ir < rows; ++ir)
-          tile<1>(depth, ap + (ir - ir % RB) * depth + ir % RB, 1, RB, bp, kColTile, c + ir * K, K, pc > 0, nullptr);
+        tile_tail<RB>(rows - ir, depth, ap + ir * depth, 1, RB, bp, kColTile, c + ir * K, K, pc > 0, nullptr);
       }
     }
   }
