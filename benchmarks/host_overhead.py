@@ -15,8 +15,8 @@ says whether it is).
 With ``--step``, also a Swin-T-shaped training step (the 12 blocks and 4 stages of Swin-T
 at 56 px, embed 16: negligible compute, so the host path) of swin_ext and timm, eager and,
 with ``--compile``, under torch.compile (compile time not timed).  On a CPU swin_ext's Linears
-take the CPU-only oneDNN custom ops; ``--no-onednn`` switches them to ``F.linear``, the host path
-of a CUDA step.
+take CPU-only custom ops (oneDNN's GEMMs on AVX-512, swin_ext's own on AVX2); ``--no-onednn``
+switches them to ``F.linear``, the host path of a CUDA step.
 
     python benchmarks/host_overhead.py                    # CPU, one thread
     python benchmarks/host_overhead.py --step --compile   # + the step, eager and compiled (minutes on a CPU)
@@ -148,7 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--step", action="store_true", help="also the Swin-T-shaped training step, swin_ext and timm")
     ap.add_argument("--compile", action="store_true", help="with --step: also under torch.compile")
     ap.add_argument("--no-onednn", action="store_true",
-                    help="swin_ext's Linears on F.linear, not the CPU's oneDNN custom ops (the host path of CUDA)")
+                    help="swin_ext's Linears on F.linear, not the CPU-only GEMM custom ops (oneDNN's or swin_ext's "
+                         "own): the host path of CUDA")
     args = ap.parse_args(argv)
     if args.calls < 1:
         ap.error(f"argument --calls: must be >= 1, got {args.calls}")
@@ -156,6 +157,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.no_onednn:
         swin_ext.layers.config.set_onednn(False)
+        swin_ext.layers.config.set_cpu_gemm(False)
     lines = [f"Host time per forward + backward call, µs (tiny inputs, {args.calls} calls back to back, median of 3; "
              f"device {device}, {args.threads} CPU thread(s), torch {torch.__version__}).",
              "",
@@ -165,7 +167,7 @@ def main(argv=None) -> int:
         us = {k: per_call_us(fn, device, args.calls) for k, fn in paths.items()}
         lines.append(f"| {name} | {us['wrapper']:.1f} | {us['raw ops']:.1f} | {us['composite']:.1f} |")
     if args.step:
-        linears = "F.linear" if args.no_onednn or device.type != "cpu" else "oneDNN custom ops on the CPU"
+        linears = "F.linear" if args.no_onednn or device.type != "cpu" else "the CPU-only GEMM custom ops"
         lines += ["", f"The Swin-T-shaped model at 56 px, embed 16 (batch 1; swin_ext's Linears: {linears}), "
                   "ms per training step and per inference forward (eval, inference_mode): the host's time for "
                   "the model, the compute negligible:", "",

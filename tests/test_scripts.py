@@ -90,6 +90,19 @@ def test_host_overhead_script_times_every_path(capsys):
         assert cells[1] == "-" and float(cells[0]) > 0 and float(cells[2]) > 0, cells
 
 
+def test_host_overhead_no_onednn_takes_f_linear(monkeypatch, capsys):
+    """host_overhead.py --no-onednn times the host path of a CUDA step: swin_ext's Linears on F.linear, so
+    both CPU-only GEMM custom ops (oneDNN's and swin_ext's own) are off, whatever the CPU's default."""
+    from swin_ext.layers import config
+
+    monkeypatch.setattr(config, "_ONEDNN_ENABLED", True)
+    monkeypatch.setattr(config, "_CPU_GEMM_ENABLED", True)
+    host_overhead = _benchmark("host_overhead")
+    assert host_overhead.main(["--calls", "2", "--no-onednn"]) == 0
+    capsys.readouterr()
+    assert not config.use_onednn() and not config.use_cpu_gemm()
+
+
 def test_smoke_checks_every_op_and_fails_a_wrong_one(monkeypatch):
     """bench_ops --smoke (gpu_check's step 2): every op, the key-tiled attention (window 12 with its
     table, V2 window 16) among them, passes against the float64 reference; an attention that computes
