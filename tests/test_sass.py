@@ -240,6 +240,36 @@ def test_key_tiled_scores_have_no_branch_per_entry(listings):
     assert checked == 2 * (2 + 4 * 2)
 
 
+def test_backward_score_products_have_no_branch_per_n_tile(listings):
+    """S = Q K^T and dP = dO V^T of the tensor-core backward (rows_x_rowsT) take every n-tile of
+    their key tile or 32-key half (kAllKeys): no branch among their mma.  A warp-uniform branch per
+    n-tile is a scheduling barrier: ptxas issued each n-tile's two dependent HMMA back to back
+    after the previous n-tile's (LDSM -> HMMA -> HMMA -> BRA, seven times for N = 49; stop 30's
+    ncu of the tile kernel had fixed-latency waits as its largest stall).  Checked: the V1 tile
+    kernels, both forms.  The V2 tile kernel and the key-tiled kernels keep their branches: without
+    them they spill at 168 registers."""
+    bsrc = os.path.join(ROOT, "csrc", "cuda", "attention", "bwd_mma_kernel.cuh")
+    block = sass_report.block_lines(bsrc, r"__device__ __forceinline__ void rows_x_rowsT\(")
+    checked = 0
+    for dt, mt in sass_report._MANGLED_T.items():
+        names = {
+            "tile V1": f"attn_bwd_tile_kernelINS2_12BwdMmaTraitsI{mt}Li32ELb0EEEEEv",
+            "tile4 V1": f"attn_bwd_tile_kernelINS2_16BwdMmaLeanTraitsI{mt}EEEEv",
+        }
+        parsed = sass_report.parse_gi_all(listings[sass_report.bwd_unit(dt, "sm_90")], list(names.values()))
+        for label, name in names.items():
+            found, ins, _ = parsed[name]
+            assert found, (dt, label)
+            br = sass_report.branches_in(ins, os.path.basename(bsrc), block)
+            assert sum(1 for x in ins if x.op.startswith("HMMA")) >= 64, (dt, label)
+            assert len(br["all"]) > 32, (dt, label)  # the products are in the kernel
+            # (On the build before, 14 / 15 BRA.  What may remain: one reconvergence marker of the code
+            # after the products that ptxas scheduled among them.)
+            assert not br["BRA"] and len(br["BSSY"]) <= 1, (dt, label, br["BRA"], br["BSSY"])
+            checked += 1
+    assert checked == 2 * 2
+
+
 def test_row_accesses_are_128_bit(kernels):
     for k in kernels:
         vec = k.short.startswith("attn_") or not k.short.rstrip(">").endswith(

@@ -296,7 +296,8 @@ struct BwdMmaLeanTraits : BwdMmaTraits<T_, 32, false> {
 // ptxas issued each n-tile's two dependent mma only after the previous
 // n-tile's (LDSM -> HMMA -> HMMA -> BRA, seven times in a row for N = 49);
 // without it the eight n-tiles' loads and mma pairs interleave, for two mma
-// more (the last n-tile) at N = 49.
+// more (the last n-tile) at N = 49.  (The key-tiled kernel's halves have the
+// same chains, but there kAllKeys spills: 8-40 B at head_dim 32.)
 template <class Tr, int kCols = Tr::kNT, bool kOneStep = false, bool kAllKeys = false>
 __device__ __forceinline__ void rows_x_rowsT(float (&s)[kCols][4], const unsigned char* aw, const unsigned char* bt,
                                              int n_keys, int dp, int lane, int nt0 = 0) {
