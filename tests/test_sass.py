@@ -242,7 +242,7 @@ def test_key_tiled_scores_have_no_branch_per_entry(listings):
 
 def test_backward_score_products_have_no_branch_per_n_tile(listings):
     """S = Q K^T and dP = dO V^T of the tile backward (rows_x_rowsT) take every n-tile of the key
-    tile (kAllKeys): no branch among their mma.  A warp-uniform branch per
+    tile (n_keys = 64): no branch among their mma.  A warp-uniform branch per
     n-tile is a scheduling barrier: ptxas issued each n-tile's two dependent HMMA back to back
     after the previous n-tile's (LDSM -> HMMA -> HMMA -> BRA, seven times for N = 49; stop 30's
     ncu of the tile kernel had fixed-latency waits as its largest stall).  Checked: the V1 tile

@@ -290,15 +290,16 @@ struct BwdMmaLeanTraits : BwdMmaTraits<T_, 32, false> {
 // kOneStep: the A fragments of one k-step at a time, B of two n-tiles per
 // ldmatrix.x4 (4 registers fewer live; each accumulator sums its k-steps in
 // the same order).
-// kAllKeys: every n-tile, n_keys unused -- for B tiles whose rows past n_keys
-// are zero (the tile kernel's gathers zero-fill them), as the forward's
-// qk_tile does.  Why: a branch per n-tile is also a scheduling barrier, so
-// ptxas issued each n-tile's two dependent mma only after the previous
-// n-tile's (LDSM -> HMMA -> HMMA -> BRA, seven times in a row for N = 49);
-// without it the eight n-tiles' loads and mma pairs interleave, for two mma
-// more (the last n-tile) at N = 49.  (The key-tiled kernel's halves have the
-// same chains, but there kAllKeys spills: 8-40 B at head_dim 32.)
-template <class Tr, int kCols = Tr::kNT, bool kOneStep = false, bool kAllKeys = false>
+// n_keys = the tile's 64 (a compile-time constant: no branch) where the B
+// rows past the window are zero (the tile kernel's gathers zero-fill them),
+// as the forward's qk_tile does.  Why: a branch per n-tile is also a
+// scheduling barrier, so ptxas issued each n-tile's two dependent mma only
+// after the previous n-tile's (LDSM -> HMMA -> HMMA -> BRA, seven times in a
+// row for N = 49); without it the eight n-tiles' loads and mma pairs
+// interleave, for two mma more (the last n-tile) at N = 49.  (The key-tiled
+// kernel's halves have the same chains, but there every n-tile spills: 8-40 B
+// at head_dim 32.)
+template <class Tr, int kCols = Tr::kNT, bool kOneStep = false>
 __device__ __forceinline__ void rows_x_rowsT(float (&s)[kCols][4], const unsigned char* aw, const unsigned char* bt,
                                              int n_keys, int dp, int lane, int nt0 = 0) {
   using T = typename Tr::T;
@@ -306,7 +307,7 @@ __device__ __forceinline__ void rows_x_rowsT(float (&s)[kCols][4], const unsigne
   for (int nt = 0; nt < kCols; ++nt)
 #pragma unroll
     for (int r = 0; r < 4; ++r) s[nt][r] = 0.f;
-  n_keys = kAllKeys ? kCols * 8 : n_keys - nt0 * 8;
+  n_keys -= nt0 * 8;
   const unsigned char* a_row = aw + ((lane & 7) + ((lane >> 3) & 1) * 8) * Tr::kRowBytes + (lane >> 4) * 16;
   if constexpr (kOneStep) {
     static_assert(kCols % 2 == 0, "n-tiles in pairs");
@@ -893,7 +894,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       // V1: every n-tile (the rows of sK, sV past N are zero: the gathers'
       // zero fill).  V2 keeps the branches: without them its kernel spills at
       // 168 registers.
-      rows_x_rowsT<Tr, kNT, false, !Tr::kV2>(s, sQ + wrow0 * Tr::kRowBytes, sK, N, dp, lane);
+      const int n_keys = Tr::kV2 ? N : Tr::kTile;
+      rows_x_rowsT<Tr>(s, sQ + wrow0 * Tr::kRowBytes, sK, n_keys, dp, lane);
       [[maybe_unused]] float rq0 = 0.f, rq1 = 0.f;  // V2: 1 / ||q|| of rows g, g + 8
       if constexpr (Tr::kV2) {
         // head_scale q.k / (||q|| ||k||) in float32 plus the bias (the
@@ -920,7 +922,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
           s[nt][3] = bexp2(fmaf(s[nt][3], scale_log2, bm.w) - lse1);
         }
       }
-      rows_x_rowsT<Tr, kNT, Tr::kLean, !Tr::kV2>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, N, dp, lane);  // after P: fewer live registers
+      rows_x_rowsT<Tr, kNT, Tr::kLean>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, n_keys, dp, lane);  // after P: fewer live registers
       // D = rowsum(P o dP): the whole row is in this tile.
       float D0 = 0.f, D1 = 0.f;
 #pragma unroll
@@ -931,11 +933,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       D0 = quad_sum4(D0);
       D1 = quad_sum4(D1);
       dscores<Tr>(s, dpf, D0, D1);
-      // V1: every n-tile (no branch between the read-modify-writes; the sums
-      // of keys past N are never read).  V2 keeps the branch (registers).
+      // The n-tiles of S (V1 all of them: no branch between the
+      // read-modify-writes; the sums of keys past N are never read).
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) {
-        if (Tr::kV2 && nt * 8 >= N) break;
+        if (nt * 8 >= n_keys) break;
         float4 v = dbw[nt * 32];
         v.x += dpf[nt][0];
         v.y += dpf[nt][1];
