@@ -349,9 +349,12 @@ SWIN_ALWAYS_INLINE void reduce_partials(const acc_t* part, int64_t nblocks, int6
 
 // dweight (and dbias, unless db_part is null) = the partials summed in block
 // order, over all n channels in chunks of 64 (a multiple of every vector
-// width) split over threads.
+// width) split over threads.  Not inlined: its baseline-ISA loop stays a
+// function of its own, outside the callers (tests/test_cpu_isa.py checks the
+// callers have no baseline SSE arithmetic; GCC had inlined it into
+// bias_gelu_bwd_into).
 template <typename acc_t>
-inline void sum_partials(const acc_t* dw_part, const acc_t* db_part, int64_t nblocks, int64_t n, acc_t* dweight,
+__attribute__((noinline)) void sum_partials(const acc_t* dw_part, const acc_t* db_part, int64_t nblocks, int64_t n, acc_t* dweight,
                          acc_t* dbias) {
   at::parallel_for(0, (n + 63) / 64, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, nblocks)),
                    [&](int64_t begin, int64_t end) {
