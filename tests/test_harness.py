@@ -692,7 +692,8 @@ def _merging_step(hops, B, H, W, C, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("path,ws", [("auto", 7), ("streaming", 7), ("auto", 12)])
 def test_kernel_grids_grow_with_the_batch(hops, monkeypatch, dtype, path, ws):
-    """Every kernel's grid grows with the batch (none loops over the images of a batch).
+    """Every kernel's grid grows with the batch (none loops over the images of a batch), but the
+    reduction of the merging backward's partial rows, whose grid is its gradients' columns.
 
     The merging map is 39 x 39 (400 output pixels an image): the register backward
     gives each block a fixed range of 512 output pixels at C = 8 (8 groups of 64:
@@ -714,6 +715,8 @@ def test_kernel_grids_grow_with_the_batch(hops, monkeypatch, dtype, path, ws):
         want = "attn_bwd_fused_kernel" if (path, ws) == ("auto", 7) else "attn_bwd_dq_kernel"
     assert any(want in n for n in names1), names1
     for (name, g1, _, _), (_, g3, _, _) in zip(runs[1], runs[3]):
+        if "sum_partials_kernel" in name:  # the partial rows' reduction: a block per 32 gradient columns
+            continue
         assert g3 > g1, f"{name}: {g1} blocks at B=1, {g3} at B=3"
 
 
@@ -735,7 +738,8 @@ def _add_ln_launches(hops, rows, C, dtype, branch=None, offset=0):
         h, y, mean, rstd = hops.add_layernorm_fwd(x, b, w, bb, 1e-5, None)
         hops.add_layernorm_bwd(None, gy, h, w, mean, rstd, branch if branch != dtype else None)
 
-    return _launches(hops, step)
+    # the row kernels (not the reduction of the backward's partial rows)
+    return [r for r in _launches(hops, step) if "sum_partials_kernel" not in r[0]]
 
 
 @pytest.mark.parametrize("dtype,branch", [(torch.bfloat16, None), (torch.float32, torch.bfloat16)], ids=str)
@@ -796,7 +800,8 @@ def test_kernel_add_layernorm_backward_groups_per_warp_by_waves(hops, monkeypatc
     def grids():
         return {n.split("<")[0].split("::")[-1]: g for n, g, _, _ in _launches(hops, step)}
 
-    assert grids() == {"add_ln_fwd_reg_kernel": 392, "add_ln_bwd_reg_kernel": 523}
+    # (and the partial rows' reduction: 2 x 768 columns, 32 a block)
+    assert grids() == {"add_ln_fwd_reg_kernel": 392, "add_ln_bwd_reg_kernel": 523, "sum_partials_kernel": 48}
     h, _, mean, rstd = torch.ops.swin_ext.add_layernorm_fwd(x, br, w, b, 1e-5, torch.bfloat16)
     want = torch.ops.swin_ext.add_layernorm_bwd(None, gy, h, w, mean, rstd, torch.bfloat16)
     for g, r in zip(got["bwd"], want):  # dh, dw, db in float32; dbranch in bfloat16 (one ulp: 2^-7 relative)
@@ -833,6 +838,77 @@ def test_kernel_merging_backward_groups_per_block_by_waves(hops, B, H, blocks):
     want = torch.ops.swin_ext.patch_merging_bwd(got["gy"], x, w, mean, rstd)
     for g, r in zip(got["bwd"], want):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+def _aten_ops(fn) -> list:
+    """The ATen ops ``fn()`` dispatches (the profiler's CPU events; in the harness every ATen call of
+    the glue is one, and on a GPU each of them is a launch or an allocation)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events() if e.name.startswith("aten::")]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_kernel_backward_partials_in_one_launch(hops, dtype):
+    """The add+LN and merging backwards sum their dweight and dbias partial rows in one launch of the
+    fixed-order reduction (``partials.cuh``), not an ATen ``sum`` each: two launches a call, and the
+    sums are the CPU kernel's.  The attention backward sums the binned table gradient straight into
+    the table's (rows, heads) layout (no transposing copy) and its padding vector's gradient into
+    its k / v part (no ``cat``)."""
+    hops.clear_options()
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(300, 96, generator=gen).to(dtype)
+    br = torch.randn(300, 96, generator=gen).to(torch.bfloat16)
+    w, b = torch.randn(96, generator=gen), torch.randn(96, generator=gen)
+    gy = torch.randn(300, 96, generator=gen).to(dtype)
+    h, _, mean, rstd = hops.add_layernorm_fwd(x, br, w, b, 1e-5, None)
+    got = {}
+
+    def ln_bwd():
+        got["ln"] = hops.add_layernorm_bwd(None, gy, h, w, mean, rstd, torch.bfloat16)
+
+    runs = _launches(hops, ln_bwd)
+    assert len(runs) == 2 and "add_ln_bwd" in runs[0][0] and "sum_partials_kernel" in runs[1][0], runs
+    assert "aten::sum" not in _aten_ops(ln_bwd)
+    want = torch.ops.swin_ext.add_layernorm_bwd(None, gy, h, w, mean, rstd, torch.bfloat16)
+    for g, r in zip(got["ln"][2:], want[2:]):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-4)
+
+    xm = torch.randn(2, 8, 8, 24, generator=gen).to(dtype)
+    wm, bm = torch.randn(96, generator=gen), torch.randn(96, generator=gen)
+    y, mean, rstd = hops.patch_merging_fwd(xm, wm, bm, 1e-5)
+    gm = torch.randn(y.shape, generator=gen).to(y.dtype)
+
+    def merge_bwd():
+        got["merge"] = hops.patch_merging_bwd(gm, xm, wm, mean, rstd)
+
+    runs = _launches(hops, merge_bwd)
+    assert len(runs) == 2 and "merge_bwd" in runs[0][0] and "sum_partials_kernel" in runs[1][0], runs
+    assert "aten::sum" not in _aten_ops(merge_bwd)
+    want = torch.ops.swin_ext.patch_merging_bwd(gm, xm, wm, mean, rstd)
+    for g, r in zip(got["merge"][2:], want[2:]):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-4)
+
+    heads, d, ws = 2, 32, 7
+    acc = torch.float32
+    table = torch.randn((2 * ws - 1) ** 2, heads, generator=gen).to(acc)
+    for pad in (None, torch.randn(3 * heads * d, generator=gen).to(dtype)):
+        H = 14 if pad is None else 12  # 12: padded to 14
+        qkv = torch.randn(2, H, H, 3 * heads * d, generator=gen).to(dtype)
+        out, lse = hops.window_attention_fwd(qkv, table, pad, [ws, ws], [3, 3], d**-0.5)
+        go = torch.randn(out.shape, generator=gen).to(dtype)
+
+        def attn_bwd():
+            got["attn"] = hops.window_attention_bwd(go, qkv, table, pad, lse, [ws, ws], [3, 3], d**-0.5)
+
+        ops = _aten_ops(attn_bwd)
+        assert not {"aten::clone", "aten::copy_", "aten::cat"} & set(ops), ops
+        _, lse_ref = torch.ops.swin_ext.window_attention_fwd(qkv, table, pad, [ws, ws], [3, 3], d**-0.5)
+        want = torch.ops.swin_ext.window_attention_bwd(go, qkv, table, pad, lse_ref, [ws, ws], [3, 3], d**-0.5)
+        tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)
+        for g, r in zip(got["attn"][1:], want[1:]):
+            assert g.shape == r.shape
+            torch.testing.assert_close(g, r, **tol)
 
 
 @sm90_grids

@@ -110,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_bwd(
   check_add_layernorm_limits(rows, C);
   const cudaStream_t stream = Backend::stream();
   const at::ScalarType tb = branch_dtype.value_or(h.scalar_type());
-  at::Tensor dw_part, db_part;
+  at::Tensor part;  // (2, partials, C): dweight's rows, then dbias's
   dispatch_add_layernorm(h.scalar_type(), tb, grad_y.scalar_type(), "backward", [&]<typename TX, typename TB, typename TY>() {
     using A = typename cuda::AccType<TX>::type;
     const bool aligned = cuda::add_ln_aligned({grad_h.defined() ? grad_h.const_data_ptr() : nullptr,
@@ -121,16 +121,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_bwd(
     TORCH_CHECK(plan.reg || plan.nwarps > 0, "swin_ext.add_layernorm (CUDA): C = ", C, " is too large for the ",
                 "backward kernel (its per-block weight/bias accumulators of 2C values exceed ", cuda::kAddLnBwdMaxSmem,
                 " bytes of shared memory)");
-    dw_part = Backend::output({plan.partials(), C}, weight.options());
-    db_part = Backend::output({plan.partials(), C}, weight.options());
+    part = partial_pair_workspace<Backend>(plan.partials(), C, weight.options());
+    A* dw_part = mut_ptr<A>(part);
     cuda::launch_add_layernorm_bwd<TX, TB, TY, A>(
         grad_h.defined() ? ptr<TX>(grad_h) : nullptr, ptr<TY>(grad_y), ptr<TX>(h), ptr<A>(weight), ptr<A>(mean),
-        ptr<A>(rstd), mut_ptr<TX>(dh), branch_dtype.has_value() ? mut_ptr<TB>(dbranch) : nullptr,
-        mut_ptr<A>(dw_part), mut_ptr<A>(db_part), rows, C, plan, stream);
+        ptr<A>(rstd), mut_ptr<TX>(dh), branch_dtype.has_value() ? mut_ptr<TB>(dbranch) : nullptr, dw_part,
+        dw_part + plan.partials() * C, rows, C, plan, stream);
     Backend::check_launch();
   });
-  // Partials reduced over a fixed shape: bitwise reproducible run to run.
-  return {dh, dbranch, dw_part.sum(0), db_part.sum(0)};
+  auto [dweight, dbias] = sum_partial_pair<Backend>(part, stream);
+  return {dh, dbranch, dweight, dbias};
 }
 
 SWIN_CUDA_GLUE_IMPL(m) {

@@ -34,10 +34,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "../checks.h"
 #include "common.cuh"
 #include "layernorm_stats.cuh"  // SWIN_LN_DTYPE_MIXES
+#include "partials.cuh"
 
 #if defined(__CUDACC__)
 #include <ATen/cuda/CUDAContext.h>
@@ -125,6 +127,31 @@ inline T* mut_ptr(at::Tensor& t) {
 
 // The largest index the kernels' 32-bit indexing holds.
 constexpr int64_t kMaxInt32 = (int64_t(1) << 31) - 1;
+
+// ------------------------------------------------------------------ partial rows
+
+// A backward kernel's dweight and dbias partial rows, (rows, n) each, in one
+// workspace (2, rows, n): [0] for dweight, [1] for dbias; every element is
+// written by the kernel.
+template <typename Backend>
+at::Tensor partial_pair_workspace(int64_t rows, int64_t n, const at::TensorOptions& opts) {
+  return Backend::output({2, rows, n}, opts);
+}
+
+// Their column sums, in one launch of the fixed-order reduction
+// (partials.cuh): bitwise reproducible run to run.
+template <typename Backend>
+std::pair<at::Tensor, at::Tensor> sum_partial_pair(const at::Tensor& part, cudaStream_t stream) {
+  const int64_t rows = part.size(1), n = part.size(2);
+  at::Tensor a = Backend::output({n}, part.options()), b = Backend::output({n}, part.options());
+  AT_DISPATCH_FLOATING_TYPES(part.scalar_type(), "swin_ext sum_partials", [&] {
+    const scalar_t* p = part.const_data_ptr<scalar_t>();
+    cuda::launch_sum_partials<scalar_t>(p, p + rows * n, a.mutable_data_ptr<scalar_t>(), b.mutable_data_ptr<scalar_t>(),
+                                        rows, n, stream);
+  });
+  Backend::check_launch();
+  return {a, b};
+}
 
 // ------------------------------------------------------------------ LayerNorm dtype mixes
 

@@ -128,19 +128,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> patch_merging_bwd(
   TORCH_CHECK(plan.reg || plan.nwarps > 0, "swin_ext.patch_merging (CUDA): C = ", C,
               " is too large for the backward kernel (its per-block weight/bias accumulators of 2 * 4C values exceed ",
               cuda::kMergeBwdMaxSmem, " bytes of shared memory)");
-  at::Tensor dw_part = Backend::output({plan.blocks, 4 * C}, weight.options());
-  at::Tensor db_part = Backend::output({plan.blocks, 4 * C}, weight.options());
+  at::Tensor part = partial_pair_workspace<Backend>(plan.blocks, 4 * C, weight.options());  // dweight's, dbias's rows
   const cudaStream_t stream = Backend::stream();
   dispatch_add_layernorm(tx, tb, ty, "patch_merging backward", [&]<typename TX, typename TB, typename TY>() {
     using A = typename cuda::AccType<TX>::type;
+    A* dw_part = mut_ptr<A>(part);
     cuda::launch_patch_merging_bwd<TX, TB, TY, A>(ptr<TY>(grad_out), ptr<TX>(x), static_cast<const TB*>(bp),
                                                   ptr<A>(weight), ptr<A>(mean), ptr<A>(rstd), mut_ptr<TX>(dx),
-                                                  static_cast<TB*>(dbp), mut_ptr<A>(dw_part), mut_ptr<A>(db_part), B,
+                                                  static_cast<TB*>(dbp), dw_part, dw_part + plan.blocks * 4 * C, B,
                                                   H, W, C, plan, stream);
     Backend::check_launch();
   });
-  // Partials reduced over a fixed shape: bitwise reproducible run to run.
-  return {dx, dbranch, dw_part.sum(0), db_part.sum(0)};
+  auto [dweight, dbias] = sum_partial_pair<Backend>(part, stream);
+  return {dx, dbranch, dweight, dbias};
 }
 
 SWIN_CUDA_GLUE_IMPL(m) {

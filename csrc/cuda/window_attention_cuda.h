@@ -311,13 +311,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_attention_bwd_
         Backend::check_launch();
         // Partials reduced over fixed shapes: bitwise reproducible run to run.
         if (plan.dbias_binned) {  // (chunks, windows, heads, rows) partials of the table's gradient
-          dbias = dbias_part.view({-1, heads, p.bias_rows}).sum(0).t().contiguous();
+          // Summed straight into the table's (rows, heads) layout: one launch, no transposing copy.
+          dbias = Backend::output({p.bias_rows, heads}, acc_opts);
+          at::Tensor dbias_t = dbias.t();
+          at::sum_out(dbias_t, dbias_part.view({-1, heads, p.bias_rows}), at::IntArrayRef{0});
         } else {
           dbias = dbias_part.view({-1, heads, g.N, g.N}).sum(0);
           if (table) dbias = bin_bias_gradient<Backend, attention_acc_t<scalar_t>>(p, dbias, stream);
         }
         // The q part of the padding vector's gradient is zero: padding queries have dO = 0.
-        dpad = plan.dpad_slots ? at::cat({at::zeros({C}, acc_opts), dpad_part.sum(0)}) : at::zeros({C3}, acc_opts);
+        if (plan.dpad_slots) {
+          dpad = Backend::output({C3}, acc_opts);
+          dpad.narrow(0, 0, C).zero_();
+          at::Tensor dpad_kv = dpad.narrow(0, C, 2 * C);
+          at::sum_out(dpad_kv, dpad_part, at::IntArrayRef{0});
+        } else {
+          dpad = at::zeros({C3}, acc_opts);
+        }
         if (v2) dscale = dscale_part.sum(0);
       });
   return {dqkv.view(qkv_in.sizes()), dbias, dpad, dscale};
