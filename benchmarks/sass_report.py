@@ -1039,7 +1039,9 @@ def backward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
     bwd_names = ("attn_bwd_tile_kernel", "attn_bwd_window_kernel")
     ks = [k for k in kernels if k.short.startswith(bwd_names) and ", 32," in k.short]
     lines += ["## Registers and local memory (cuobjdump --dump-resource-usage), head_dim 32", "",
-              "Limit (issue 19, item 5): <= 168 registers (3 blocks of 128 threads per SM), no local memory.", "",
+              "Limit (issue 19, item 5): <= 168 registers (3 blocks of 128 threads per SM), no local memory; "
+              "the key-tiled kernel (>= 78 KB of shared memory at head_dim 32: 2 blocks per SM) <= 255, "
+              "which its shared memory leaves it.", "",
               "| kernel | registers | stack B | STL / LDL | blocks per SM by registers |", "|---|---:|---:|---:|---:|"]
     for k in ks:
         lines.append(f"| `{k.short}` | {k.regs} | {k.stack} | {k.counts.get('STL', 0)} / {k.counts.get('LDL', 0)} | "

@@ -203,12 +203,19 @@ struct BwdMmaTraits {
   static_assert(kThreads % kVecs == 0 && (kTile * kVecs) % kThreads == 0, "gather slots");
   static_assert(kTileBytes % 128 == 0 && kPBytes % 128 == 0 && kBiasBytes % 128 == 0, "128-byte buffers");
   static_assert(kDPad > 64 || kTileSmem <= kSmallestOptinSmem, "the tile backward fits every device");
-  // The window kernel's register bound: at head_dim <= 32 three blocks per
-  // SM (<= 168 registers, met without spilling: no fragment array lives
-  // across the key / query tile loops), so that registers do not limit its
-  // occupancy; its shared memory (77 KB streamed at head_dim 32, 95 / 109 KB
-  // resident at window 12 / 16) still allows two.  Wider heads: two.
-  static constexpr int kWindowMinBlocks = kDPad <= 32 ? 3 : 2;
+  // The window kernel's register bound: as many blocks per SM as its
+  // smallest shared memory (the streamed form's, without tables) allows, at
+  // most 3.  Head_dim 16 (54 KB): 3 (<= 168 registers); every wider head: 2
+  // (78 KB streamed at head_dim 32; <= 255 registers), since no sm_90 SM
+  // holds three of those blocks.  (Head_dim 32 was bounded for three, which
+  // it never had: it spent registers it could use.)
+  static constexpr int kWindowMinBlocks =
+      blocks_by_smem(window_smem(0, false)) > 0 ? blocks_by_smem(window_smem(0, false)) : 1;
+  // S and dP of a 32-key half over all four n-tiles, no branch per n-tile
+  // (see rows_x_rowsT; the staged key rows past N are zeros), where the
+  // registers hold it without local memory: head_dim 32 and 64 at two blocks
+  // per SM.  Head_dim 16 (<= 168 registers) and 128 spill with it.
+  static constexpr bool kWindowAllNTiles = kWindowMinBlocks <= 2 && kDPad <= 64;
   static_assert(window_smem(0, false) <= kSmallestOptinSmem, "the streamed window backward fits every device");
 };
 
@@ -296,9 +303,9 @@ struct BwdMmaLeanTraits : BwdMmaTraits<T_, 32, false> {
 // scheduling barrier, so ptxas issued each n-tile's two dependent mma only
 // after the previous n-tile's (LDSM -> HMMA -> HMMA -> BRA, seven times in a
 // row for N = 49); without it the eight n-tiles' loads and mma pairs
-// interleave, for two mma more (the last n-tile) at N = 49.  (The key-tiled
-// kernel's halves have the same chains, but there every n-tile spills: 8-40 B
-// at head_dim 32.)
+// interleave, for two mma more (the last n-tile) at N = 49.  The key-tiled
+// kernel's 32-key halves do the same at head_dim 32 and 64
+// (kWindowAllNTiles; its staged key rows past N are zero-filled too).
 template <class Tr, int kCols = Tr::kNT, bool kOneStep = false>
 __device__ __forceinline__ void rows_x_rowsT(float (&s)[kCols][4], const unsigned char* aw, const unsigned char* bt,
                                              int n_keys, int dp, int lane, int nt0 = 0) {
@@ -1599,6 +1606,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
         int ks, qs;
         begin_step(b, 0, st, kt, kt, st, ks, qs);
         const int kt0 = kt * kTile, n_keys = min(kTile, N - kt0), q0 = st * kTile;
+        const int n_tile_keys = Tr::kWindowAllNTiles ? kTile : n_keys;  // S, dP: see kWindowAllNTiles
         const int* tk = tab_k(ks, kt);
         const unsigned char* sK = sKV + ks * 2 * Tr::kTileBytes;
         const unsigned char* sV = sK + Tr::kTileBytes;
@@ -1610,8 +1618,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
           for (int kh = 0; kh < 2; ++kh) {
             if (kh * 32 >= n_keys) break;
             float s[4][4], dpf[4][4];
-            rows_x_rowsT<Tr, 4>(s, sQ + wrow0 * Tr::kRowBytes, sK, n_keys, dp, lane, kh * 4);
-            rows_x_rowsT<Tr, 4>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, n_keys, dp, lane, kh * 4);
+            rows_x_rowsT<Tr, 4>(s, sQ + wrow0 * Tr::kRowBytes, sK, n_tile_keys, dp, lane, kh * 4);
+            rows_x_rowsT<Tr, 4>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, n_tile_keys, dp, lane, kh * 4);
             const auto dsum_half = [&](auto tab) {
 #pragma unroll
               for (int nt = 0; nt < 4; ++nt) {
@@ -1646,6 +1654,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
     // ---- the main pass
     for (int kt = 0; kt < nkt; ++kt) {  // sass: trips(keytiles)
       const int kt0 = kt * kTile, n_keys = min(kTile, N - kt0);
+      const int n_tile_keys = Tr::kWindowAllNTiles ? kTile : n_keys;  // S, dP: see kWindowAllNTiles
       const bool active_k = kt0 + wrow0 < N;
       for (int st = 0; st < nkt; ++st) {  // sass: trips(keytiles)
         int ks, qs;
@@ -1675,8 +1684,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
           for (int kh = 0; kh < 2; ++kh) {
             if (kh * 32 >= n_keys) break;
             float s[4][4], dpf[4][4];
-            if constexpr (Tr::kV2) rows_x_rowsT<Tr, 4>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, n_keys, dp, lane, kh * 4);
-            rows_x_rowsT<Tr, 4>(s, sQ + wrow0 * Tr::kRowBytes, sK, n_keys, dp, lane, kh * 4);
+            if constexpr (Tr::kV2)
+              rows_x_rowsT<Tr, 4>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, n_tile_keys, dp, lane, kh * 4);
+            rows_x_rowsT<Tr, 4>(s, sQ + wrow0 * Tr::kRowBytes, sK, n_tile_keys, dp, lane, kh * 4);
             [[maybe_unused]] float ca0 = 0.f, ca1 = 0.f, cb0 = 0.f, cb1 = 0.f;
             const auto p_half = [&](auto tab) {
 #pragma unroll
@@ -1704,7 +1714,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kWindowMinBlocks) attn_bwd_w
             } else {  // sass: skip(gathered)
               p_half(std::false_type{});  // sass: skip(gathered)
             }
-            if constexpr (!Tr::kV2) rows_x_rowsT<Tr, 4>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, n_keys, dp, lane, kh * 4);
+            if constexpr (!Tr::kV2)
+              rows_x_rowsT<Tr, 4>(dpf, sdO + wrow0 * Tr::kRowBytes, sV, n_tile_keys, dp, lane, kh * 4);
             if constexpr (Tr::kV2) ds_acc += iq0 * (ca0 - D0 * cb0) + iq1 * (ca1 - D1 * cb1);
 #pragma unroll
             for (int nt = 0; nt < 4; ++nt) {  // dS = P o (dP - D)
