@@ -354,8 +354,8 @@ SWIN_ALWAYS_INLINE void reduce_partials(const acc_t* part, int64_t nblocks, int6
 // callers have no baseline SSE arithmetic; GCC had inlined it into
 // bias_gelu_bwd_into).
 template <typename acc_t>
-__attribute__((noinline)) void sum_partials(const acc_t* dw_part, const acc_t* db_part, int64_t nblocks, int64_t n, acc_t* dweight,
-                         acc_t* dbias) {
+__attribute__((noinline)) void sum_partials(const acc_t* dw_part, const acc_t* db_part, int64_t nblocks, int64_t n,
+                                            acc_t* dweight, acc_t* dbias) {
   at::parallel_for(0, (n + 63) / 64, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, nblocks)),
                    [&](int64_t begin, int64_t end) {
                      reduce_partials(dw_part, nblocks, n, dweight, begin * 64, std::min(n, end * 64));
