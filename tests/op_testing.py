@@ -383,6 +383,17 @@ def assert_thread_independent(fn: Callable[[], Tuple[torch.Tensor, ...]]) -> Non
             assert torch.equal(a, b)
 
 
+def ops_dispatched(fn: Callable[[], object], prefix: str) -> List[str]:
+    """The names of the ops starting with ``prefix`` that ``fn()`` dispatches, in order: the profiler's
+    CPU events, which include the calls made inside C++ kernels, glue and autograd nodes (on a GPU
+    each ATen call of the glue is a launch or an allocation)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        fn()
+    return [e.name for e in p.events() if e.name.startswith(prefix)]
+
+
 def _reference_leaf(inp: Dict, dt: Dict, exact: bool) -> Callable[[str], torch.Tensor]:
     """Input ``k`` rounded to its kernel dtype: in float64 (``exact``) or in that dtype; always a copy
     (never the caller's tensor: the callers set requires_grad)."""

@@ -840,14 +840,6 @@ def test_kernel_merging_backward_groups_per_block_by_waves(hops, B, H, blocks):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
-def _aten_ops(fn) -> list:
-    """The ATen ops ``fn()`` dispatches (the profiler's CPU events; in the harness every ATen call of
-    the glue is one, and on a GPU each of them is a launch or an allocation)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fn()
-    return [e.name for e in prof.events() if e.name.startswith("aten::")]
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_kernel_backward_partials_in_one_launch(hops, dtype):
     """The add+LN and merging backwards sum their dweight and dbias partial rows in one launch of the
@@ -855,6 +847,8 @@ def test_kernel_backward_partials_in_one_launch(hops, dtype):
     sums are the CPU kernel's.  The attention backward sums the binned table gradient straight into
     the table's (rows, heads) layout (no transposing copy) and its padding vector's gradient into
     its k / v part (no ``cat``)."""
+    from op_testing import ops_dispatched
+
     hops.clear_options()
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(300, 96, generator=gen).to(dtype)
@@ -869,7 +863,7 @@ def test_kernel_backward_partials_in_one_launch(hops, dtype):
 
     runs = _launches(hops, ln_bwd)
     assert len(runs) == 2 and "add_ln_bwd" in runs[0][0] and "sum_partials_kernel" in runs[1][0], runs
-    assert "aten::sum" not in _aten_ops(ln_bwd)
+    assert "aten::sum" not in ops_dispatched(ln_bwd, "aten::")
     want = torch.ops.swin_ext.add_layernorm_bwd(None, gy, h, w, mean, rstd, torch.bfloat16)
     for g, r in zip(got["ln"][2:], want[2:]):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-4)
@@ -884,7 +878,7 @@ def test_kernel_backward_partials_in_one_launch(hops, dtype):
 
     runs = _launches(hops, merge_bwd)
     assert len(runs) == 2 and "merge_bwd" in runs[0][0] and "sum_partials_kernel" in runs[1][0], runs
-    assert "aten::sum" not in _aten_ops(merge_bwd)
+    assert "aten::sum" not in ops_dispatched(merge_bwd, "aten::")
     want = torch.ops.swin_ext.patch_merging_bwd(gm, xm, wm, mean, rstd)
     for g, r in zip(got["merge"][2:], want[2:]):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-4)
@@ -901,7 +895,7 @@ def test_kernel_backward_partials_in_one_launch(hops, dtype):
         def attn_bwd():
             got["attn"] = hops.window_attention_bwd(go, qkv, table, pad, lse, [ws, ws], [3, 3], d**-0.5)
 
-        ops = _aten_ops(attn_bwd)
+        ops = ops_dispatched(attn_bwd, "aten::")
         assert not {"aten::clone", "aten::copy_", "aten::cat"} & set(ops), ops
         _, lse_ref = torch.ops.swin_ext.window_attention_fwd(qkv, table, pad, [ws, ws], [3, 3], d**-0.5)
         want = torch.ops.swin_ext.window_attention_bwd(go, qkv, table, pad, lse_ref, [ws, ws], [3, 3], d**-0.5)

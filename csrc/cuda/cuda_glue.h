@@ -145,9 +145,8 @@ std::pair<at::Tensor, at::Tensor> sum_partial_pair(const at::Tensor& part, cudaS
   const int64_t rows = part.size(1), n = part.size(2);
   at::Tensor a = Backend::output({n}, part.options()), b = Backend::output({n}, part.options());
   AT_DISPATCH_FLOATING_TYPES(part.scalar_type(), "swin_ext sum_partials", [&] {
-    const scalar_t* p = part.const_data_ptr<scalar_t>();
-    cuda::launch_sum_partials<scalar_t>(p, p + rows * n, a.mutable_data_ptr<scalar_t>(), b.mutable_data_ptr<scalar_t>(),
-                                        rows, n, stream);
+    cuda::launch_sum_partials<scalar_t>(part.const_data_ptr<scalar_t>(), a.mutable_data_ptr<scalar_t>(),
+                                        b.mutable_data_ptr<scalar_t>(), rows, n, stream);
   });
   Backend::check_launch();
   return {a, b};

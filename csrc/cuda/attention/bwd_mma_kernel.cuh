@@ -150,7 +150,9 @@ struct BwdMmaTraits {
   // Resident blocks per SM the registers are bounded for: as many as shared
   // memory allows, at most 3 (<= 168 registers: 19% occupancy on sm_90).
   static constexpr int blocks_by_smem(int smem) { return 233472 / (smem + 1024) < 3 ? 233472 / (smem + 1024) : 3; }
-  static constexpr int kTileMinBlocks = blocks_by_smem(kTileSmem) > 0 ? blocks_by_smem(kTileSmem) : 1;
+  // ... as a launch bound (at least 1)
+  static constexpr int min_blocks_by_smem(int smem) { return blocks_by_smem(smem) > 0 ? blocks_by_smem(smem) : 1; }
+  static constexpr int kTileMinBlocks = min_blocks_by_smem(kTileSmem);
   static constexpr int kTSlots = 4 * kTile * kVecs / kThreads;  // 16-byte chunks per thread and image
   static constexpr bool kCacheSlots = false && kTSlots <= 8;             // source offsets held in registers
   // The tile kernel's lean form (BwdMmaLeanTraits): outputs stored as soon as
@@ -209,8 +211,7 @@ struct BwdMmaTraits {
   // (78 KB streamed at head_dim 32; <= 255 registers), since no sm_90 SM
   // holds three of those blocks.  (Head_dim 32 was bounded for three, which
   // it never had: it spent registers it could use.)
-  static constexpr int kWindowMinBlocks =
-      blocks_by_smem(window_smem(0, false)) > 0 ? blocks_by_smem(window_smem(0, false)) : 1;
+  static constexpr int kWindowMinBlocks = min_blocks_by_smem(window_smem(0, false));
   // S and dP of a 32-key half over all four n-tiles, no branch per n-tile
   // (see rows_x_rowsT; the staged key rows past N are zeros), where the
   // registers hold it without local memory: head_dim 32 and 64 at two blocks
