@@ -478,6 +478,18 @@ class Instr:
     op: str
     text: str
     chain: List[tuple]  # (file basename, line), innermost first
+    # The control code's stall count (``nvdisasm -hex``; 0 without it): cycles before the warp may
+    # issue its next instruction, set by ptxas for the fixed-latency dependences it scheduled.
+    stall: int = 0
+
+
+def control_stall(hi: int) -> int:
+    """The stall count of an sm_70+ instruction from the high 64-bit word of its 128-bit encoding:
+    bits 105-108 of the instruction (41-44 of the word), the cycles the warp waits before issuing its
+    next instruction (the rest of the control code: yield, the write / read scoreboards and the
+    scoreboards it waits on, operand reuse).  A warp's fixed-latency dependences show up here, as
+    ncu's ``stall_wait`` (cycles per issued instruction ~ this count minus the one cycle of issue)."""
+    return (hi >> 41) & 0xF
 
 
 def find_nvdisasm(cuobjdump: Optional[str] = None) -> Optional[str]:
@@ -490,7 +502,8 @@ def find_nvdisasm(cuobjdump: Optional[str] = None) -> Optional[str]:
 
 def disassemble_with_lines(so: str, arch: str, workdir: str, cuobjdump: Optional[str] = None,
                            name_filter: str = "attention") -> Dict[str, str]:
-    """cubin name -> path of its ``nvdisasm -c -gi`` listing (SASS with inlined source lines)."""
+    """cubin name -> path of its ``nvdisasm -c -gi -hex`` listing (SASS with inlined source lines and
+    the encodings)."""
     cuobjdump = cuobjdump or find_cuobjdump()
     nvdisasm = find_nvdisasm(cuobjdump)
     if cuobjdump is None or nvdisasm is None:
@@ -501,8 +514,8 @@ def disassemble_with_lines(so: str, arch: str, workdir: str, cuobjdump: Optional
         if name_filter not in os.path.basename(cubin):
             continue
         path = cubin[: -len(".cubin")] + ".gi.sass"
-        with open(path, "w") as f:
-            subprocess.run([nvdisasm, "-c", "-gi", cubin], stdout=f, check=True)
+        with open(path, "w") as f:  # -hex: the encodings, for the control codes' stall counts
+            subprocess.run([nvdisasm, "-c", "-gi", "-hex", cubin], stdout=f, check=True)
         out[os.path.basename(cubin)] = path
     return out
 
@@ -521,6 +534,7 @@ def parse_gi(path: str, name_substr: str):
     cur = None
     chain: List[tuple] = []
     fresh = True
+    high_next = False
     found = None
     with open(path) as f:
         for line in f:
@@ -549,6 +563,12 @@ def parse_gi(path: str, name_substr: str):
                 text = m.group(1).strip()
                 op = re.sub(r"^@!?U?P\w+\s+", "", text).split()[0]
                 ins.append(Instr(op, text, list(chain)))
+                high_next = True  # with -hex: the encoding's high word is the next line
+                continue
+            m = re.match(r"\s*/\* (0x[0-9a-f]{16}) \*/\s*$", line)
+            if m and ins and high_next:
+                ins[-1].stall = control_stall(int(m.group(1), 16))
+            high_next = False
     return found, ins, labels
 
 
@@ -668,7 +688,8 @@ def check_lines_are_code(ins: List[Instr], kernel_file: str, src: str) -> None:
 
 def dynamic_count(ins: List[Instr], labels: Dict[str, int], kernel_file: str, markers: Dict[int, str],
                   env: Dict[str, float]):
-    """(total warp-instructions per warp, counts by category, loops) of one kernel path."""
+    """(total warp-instructions per warp, counts by category, loops) of one kernel path; category
+    ``stall``: the control codes' stall cycles over the path (Instr.stall, 0 without ``-hex``)."""
     skip_lines = {ln for ln, m in markers.items() if m == "skip"}
 
     def outer(ch):
@@ -728,6 +749,7 @@ def dynamic_count(ins: List[Instr], labels: Dict[str, int], kernel_file: str, ma
         if any(f_ == kernel_file and l_ in skip_lines for f_, l_ in x.chain):
             continue
         total += mult[k]
+        cats["stall"] = cats.get("stall", 0.0) + mult[k] * x.stall  # fixed-latency cycles (control codes)
         for cat, pat in _DYN_CATS:
             if re.match(pat, x.op):
                 cats[cat] = cats.get(cat, 0.0) + mult[k]
@@ -748,6 +770,23 @@ def fwd_chunk(B: int, windows_heads: int) -> int:
 
 def parse_gi_all(path: str, name_substrs: List[str]):
     return {sub: parse_gi(path, sub) for sub in name_substrs}
+
+
+def stall_summary(ins: List[Instr], labels: Dict[str, int], kernel_file: str, markers: Dict[int, str],
+                  env: Dict[str, float], images: int) -> Tuple[dict, str]:
+    """The fixed-latency stall cycles (control codes) of a kernel with an image loop: per warp and image
+    in the loop, and per instruction over a block of ``images`` images; (numbers, a sentence)."""
+    one_n, one, _ = dynamic_count(ins, labels, kernel_file, markers, dict(env, images=1))
+    two_n, two, _ = dynamic_count(ins, labels, kernel_file, markers, dict(env, images=images))
+    k = images - 1 if images > 1 else 1
+    body_n, body_s = (two_n - one_n) / k, (two["stall"] - one["stall"]) / k
+    mean = two["stall"] / two_n
+    d = dict(body_instr=body_n, body_stall=body_s, block_mean=mean)
+    return d, (f"Fixed-latency stall cycles (the control codes' stall counts over the same path): "
+               f"**{body_s:.0f}** per warp and image in the loop ({body_s / body_n:.2f} per instruction); "
+               f"over a block of {images} images {mean:.2f} per instruction: {mean - 1:.2f} cycles of fixed-latency "
+               "wait per issued instruction, what ncu calls `stall_wait` (on stop 30's build the H200's ncu read "
+               "0.12 above this count in each tile kernel: `attn_bwd_stalls_sm90_2026-12-05.md`).")
 
 
 # The review of 2026-12-03 (shared/notes/cuda-kernel-review-2026-12-03.md): the SIMT/WMMA forward it
@@ -784,7 +823,7 @@ def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
         f"# Dynamic warp-instruction estimate of the attention forward ({arch})",
         "",
         f"Written by `PYTHONPATH=$PWD python benchmarks/sass_report.py --dyn --batch {batch}` (also by",
-        "`tests/test_sass.py::test_attention_forward_instruction_estimate`) from `nvdisasm -c -gi` of the built",
+        "`tests/test_sass.py::test_attention_forward_instruction_estimate`) from `nvdisasm -c -gi -hex` of the built",
         "extension: static SASS x loop trip counts (the loops and the paths off the costed one are marked",
         "`sass-dyn:` in `csrc/cuda/attention/fwd_mma_kernel.cuh`; the tool refuses a listing whose line",
         "attribution does not fit the source, i.e. a stale build).  Every branch inside the costed path is",
@@ -855,6 +894,9 @@ def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
                       "warp-instructions per warp per "
                       f"unit on average, **{step_g[dt]:.3f} G** per forward; the review's kernel: ~{old} per warp, "
                       f"{4 * old * tot_units / 1e9:.2f} G ({old / avg:.1f}x this one).", ""]
+            st, st_line = stall_summary(ins, labels, kernel_file, markers, base, fwd_chunk(batch, 64 * 3))
+            stats.setdefault("fwd_stall", {})[dt] = st
+            lines += [st_line, ""]
             # Other paths: the V2 one-tile kernel, and the streamed key tiles (one block per 64 query rows).
             lines += [f"### {dt}, other windows (head_dim 32)", "",
                       "| path | kernel | images per block | key tiles | per warp per block | per warp per image | "
@@ -1014,7 +1056,7 @@ def backward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
         "",
         f"Written by `PYTHONPATH=$PWD python benchmarks/sass_report.py --dyn --batch {batch}` (with",
         f"`attn_fwd_dyn_{tag}.md`; also by `tests/test_sass.py::test_attention_backward_instruction_estimate`)",
-        "from `nvdisasm -c -gi` of the built extension, by the forward's counter: static SASS x loop trip",
+        "from `nvdisasm -c -gi -hex` of the built extension, by the forward's counter: static SASS x loop trip",
         "counts, the loops and the paths off the costed one marked `sass:` in",
         "`csrc/cuda/attention/bwd_mma_kernel.cuh` (`image-loop`, `trips(...)`, `skip(scalar)`,",
         "`skip(padded)`, `skip(gathered)`: the costed path takes the bias as the relative-position table, as the",
@@ -1075,9 +1117,11 @@ def backward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
             one, _, _ = dynamic_count(ins, labels, kernel_file, markers, dict(env, images=1))
             two, _, _ = dynamic_count(ins, labels, kernel_file, markers, dict(env, images=2))
             body, once = two - one, 2 * one - two
+            st, st_line = stall_summary(ins, labels, kernel_file, markers, env, bwd_chunk(batch, 64 * 3))
+            stats.setdefault("bwd_stall", {})[dt] = st
             lines += [f"## {dt}, Swin-T (window 7, N = 49, head_dim 32), batch {batch}: attn_bwd_tile_kernel", "",
                       f"Image loop body **{body:.0f}** warp-instructions per warp and image; outside it {once:.0f} "
-                      "per warp and block.", "",
+                      "per warp and block.", "", st_line, "",
                       "| stage | (image, window, head) units | images per block | blocks | per warp per block | "
                       f"**per warp per image** | per unit (4 warps) | HMMA per warp per image (by hand: {hand}) | "
                       + " | ".join(cats[1:]) + " |",
@@ -1099,10 +1143,13 @@ def backward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
             one4, _, _ = dynamic_count(ins4, lab4, kernel_file, markers, dict(env, images=1))
             two4, _, _ = dynamic_count(ins4, lab4, kernel_file, markers, dict(env, images=2))
             k4 = [k for k in ks if k.short == f"attn_bwd_tile_kernel<{dt}, 32, v1, lean>"]
+            st4, _ = stall_summary(ins4, lab4, kernel_file, markers, env, bwd_chunk(batch, 64 * 3))
             lines += ["", f"The four-blocks-per-SM form (`SWIN_EXT_ATTN_BWD=tile4`, one image in flight, "
                       f"{k4[0].regs if k4 else '?'} registers): image loop body **{two4 - one4:.0f}** "
                       f"warp-instructions per warp and image (this kernel: {body:.0f}); outside it "
-                      f"{2 * one4 - two4:.0f} per warp and block."]
+                      f"{2 * one4 - two4:.0f} per warp and block; {st4['body_stall']:.0f} stall cycles per warp and "
+                      f"image in the loop (this kernel: {st['body_stall']:.0f}), {st4['block_mean']:.2f} per "
+                      "instruction over a block at stage 1."]
             avg = tot_instr / tot_units / BWD_WARPS
             old = REVIEW_BWD_PER_WARP_IMAGE[dt]
             over = [str(st) for (st, *_), (_, p) in zip(SWIN_T_STAGES, per_stage) if p > TARGET_BWD_PER_WARP_IMAGE]

@@ -141,7 +141,8 @@ def test_attention_backward_is_register_resident(kernels):
 
 @pytest.fixture(scope="module")
 def listings(tmp_path_factory):
-    """cubin name -> its `nvdisasm -c -gi` listing (SASS with inlined source lines), one disassembly."""
+    """cubin name -> its `nvdisasm -c -gi -hex` listing (SASS with inlined source lines and the
+    encodings), one disassembly."""
     if sass_report.find_nvdisasm(sass_report.find_cuobjdump()) is None:
         pytest.skip("no nvdisasm")
     return sass_report.disassemble_with_lines(swin_ext._C.__file__, "sm_90", str(tmp_path_factory.mktemp("gi")))
@@ -214,6 +215,30 @@ def test_attention_backward_instruction_estimate(dyn):
     assert len(bodies) == 2 and all(int(b) <= sass_report.TARGET_BWD_PER_WARP_IMAGE for b in bodies), text
     with open(os.path.join(ROOT, "benchmarks", "results", "attn_bwd_dyn_sm90.md"), "w") as f:
         f.write(text)
+
+
+def test_control_code_stalls_are_read(dyn, listings):
+    """The stall counts of the control codes (sass_report.control_stall, from the encodings'
+    high words) are read for every instruction of the tile kernels: a 4-bit count, at least one
+    cycle for almost all of them, and for HMMA.16816 at least one (the tensor pipe's issue
+    interval).  The reports give the fixed-latency stall cycles per warp and image, which on
+    stop 30's build predicted ncu's stall_wait on the H200 within 0.12 cycles per instruction
+    (benchmarks/results/attn_bwd_stalls_sm90_2026-12-05.md)."""
+    fwd, bwd, stats = dyn
+    assert sass_report.control_stall(0x048FEC00000418FF) == 6  # an HMMA's high word: stall 6, yield
+    for dt, mt in sass_report._MANGLED_T.items():
+        name = f"attn_bwd_tile_kernelINS2_12BwdMmaTraitsI{mt}Li32ELb0EEEEEv"
+        found, ins, _ = sass_report.parse_gi(listings[sass_report.bwd_unit(dt, "sm_90")], name)
+        assert found and len(ins) > 1000, dt
+        assert all(0 <= x.stall <= 15 for x in ins), dt
+        assert sum(1 for x in ins if x.stall >= 1) >= 0.95 * len(ins), dt
+        hmma = [x.stall for x in ins if x.op.startswith("HMMA")]
+        assert hmma and min(hmma) >= 1, dt
+        for key in ("bwd_stall", "fwd_stall"):
+            st = stats[key][dt]
+            assert st["body_instr"] < st["body_stall"] < 15 * st["body_instr"], (key, dt, st)
+            assert 1.0 < st["block_mean"] < 15.0, (key, dt, st)
+    assert bwd.count("Fixed-latency stall cycles") == 2 and fwd.count("Fixed-latency stall cycles") == 2
 
 
 def test_key_tiled_scores_have_no_branch_per_entry(listings):
