@@ -241,6 +241,32 @@ def test_control_code_stalls_are_read(dyn, listings):
     assert bwd.count("Fixed-latency stall cycles") == 2 and fwd.count("Fixed-latency stall cycles") == 2
 
 
+def test_tile_backward_key_products_have_no_branch_per_k_step(listings):
+    """The V1 tile backward's products over the tile's keys or queries (dQ = dS K, dV = P^T dO,
+    dK = dS^T Q: regs_x_rows over staged_t_frags) and the staging of P and dS (stage_a) take all
+    four 16-wide k-steps (kTileAllKSteps), not those below N: no branch among them.  With a
+    run-time count, each k-step's four HMMA ended in a BRA that ptxas padded with a NOP (3 BRA per
+    product at N = 49 on the build before; ~23 fixed-latency cycles a k-step).  The lean tile4
+    form keeps the count (it spills with it at 128 registers), as do V2 and head_dim 64."""
+    bsrc = os.path.join(ROOT, "csrc", "cuda", "attention", "bwd_mma_kernel.cuh")
+    blocks = [
+        line
+        for fn in ("regs_x_rows", "staged_t_frags", "stage_a")
+        for line in sass_report.block_lines(bsrc, rf"__device__ __forceinline__ void {fn}\(")
+    ]
+    checked = 0
+    for dt, mt in sass_report._MANGLED_T.items():
+        for hd in (16, 32):
+            name = f"attn_bwd_tile_kernelINS2_12BwdMmaTraitsI{mt}Li{hd}ELb0EEEEEv"
+            found, ins, _ = sass_report.parse_gi(listings[sass_report.bwd_unit(dt, "sm_90", hd)], name)
+            assert found, (dt, hd)
+            br = sass_report.branches_in(ins, os.path.basename(bsrc), blocks)
+            assert len(br["all"]) > 48, (dt, hd)  # the products are in the kernel
+            assert not br["BRA"], (dt, hd, br["BRA"])
+            checked += 1
+    assert checked == 4
+
+
 def test_key_tiled_scores_have_no_branch_per_entry(listings):
     """The key-tiled kernels' per-entry code is straight-line: the forward's bias and mask
     (add_bias), the backward's logits, and its bias-gradient read-modify-writes have no

@@ -158,6 +158,18 @@ struct BwdMmaTraits {
   // The tile kernel's lean form (BwdMmaLeanTraits): outputs stored as soon as
   // each is formed, dP one k-step at a time (<= 128 registers).
   static constexpr bool kLean = false;
+  // The tile kernel's products over the tile's keys or queries (dQ = dS K,
+  // dV = P^T dO, dK = dS^T Q) and the staging of P and dS take all kK16
+  // k-steps, a compile-time count, not those below N (V1): a run-time
+  // k-step count put a branch after every k-step's four mma, each a
+  // scheduling barrier that ptxas pads with a NOP (~23 cycles of a warp's
+  // fixed-latency stalls per k-step: benchmarks/sass_report.py --stalls).
+  // Rows and keys past N hold zeros there: the gathers zero-fill q, k, v and
+  // dO, P and dS are 0 past N (lse +inf, bias -inf), and warps past the
+  // window stage zeros as their rows of P and dS (stage_zero).  V2 and
+  // head_dim 64 keep the count: their kernels have no registers to spare at
+  // 168 (head_dim 64 spills 20 B with it).
+  static constexpr bool kTileAllKSteps = !kV2 && kDPad <= 32;
 
   // ---- attn_bwd_window_kernel (key-tiled): bytes of dynamic shared memory.
   // dK and dV of the warp's 16 keys accumulate over the query tiles in
@@ -281,6 +293,7 @@ struct BwdMmaLeanTraits : BwdMmaTraits<T_, 32, false> {
   using Base = BwdMmaTraits<T_, 32, false>;
   static_assert(Base::kSeqPdS && Base::kStagedOut, "the lean form stages P then dS over the dead k, v tiles");
   static constexpr bool kLean = true;
+  static constexpr bool kTileAllKSteps = false;  // at 128 registers it spills (12 B) with them
   static constexpr int kStages = 1;
   static constexpr int kTSep = Base::kTStage + kStages * Base::kStageBytes;
   static constexpr int kTileSmem = Base::tile_smem(kStages);
@@ -459,6 +472,16 @@ __device__ __forceinline__ void stage_a(unsigned char* rows, const uint32_t (&a)
     *reinterpret_cast<uint32_t*>(r0 + kv * 32 + 16) = a[kv][2];
     *reinterpret_cast<uint32_t*>(r1 + kv * 32 + 16) = a[kv][3];
   }
+}
+
+// Zeros as the warp's rows of a staged [query][key] tile, every k-step: a
+// warp past the window, so that products over all of the tile's k-steps
+// (kTileAllKSteps) read zeros there, never the bytes of an earlier image or
+// unset shared memory.
+template <class Tr>
+__device__ __forceinline__ void stage_zero(unsigned char* rows, int lane) {
+  const uint32_t z[Tr::kK16][4] = {};
+  stage_a<Tr>(rows, z, Tr::kTile, lane);
 }
 
 // Two elements (columns c, c + 1) of a staged [row][head_dim] row as floats.
@@ -826,6 +849,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
   }
   const int wrow0 = warp * kRowTile;
   const bool active = wrow0 < N;  // warp-uniform: warps past the window only stage and wait
+  const int n_kq = Tr::kTileAllKSteps ? Tr::kTile : N;  // keys / queries of the dQ, dV, dK products
 
   const uint4* pad16 = reinterpret_cast<const uint4*>(pad);
   // Issues image b's q, k, v, dO chunks into stage st (one cp.async group).
@@ -1001,7 +1025,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       } else {
         pack_a<Tr>(dsa, dpf);
         zero_frags<Tr>(dq);
-        regs_x_rows<Tr>(dq, dsa, sK, N, dp, lane);  // dQ = dS K (times scale at the store)
+        regs_x_rows<Tr>(dq, dsa, sK, n_kq, dp, lane);  // dQ = dS K (times scale at the store)
       }
     }
     if constexpr (Tr::kDSAlias) __syncthreads();  // every warp is done with K and V: P / dS may overwrite them
@@ -1014,8 +1038,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       } else {
         store_out<Tr, false>(p, dq, scale, 0, tok_w, nullptr, dimg, d, hd, lane);
       }
-      stage_a<Tr>(sP + wrow0 * Tr::kPRowBytes, pa, N, lane);
-      if constexpr (!Tr::kSeqPdS) stage_a<Tr>(sdS + wrow0 * Tr::kPRowBytes, dsa, N, lane);
+      stage_a<Tr>(sP + wrow0 * Tr::kPRowBytes, pa, n_kq, lane);
+      if constexpr (!Tr::kSeqPdS) stage_a<Tr>(sdS + wrow0 * Tr::kPRowBytes, dsa, n_kq, lane);
+    } else if constexpr (Tr::kTileAllKSteps) {  // (kSeqPdS: dS is staged over P, whose rows here stay zero)
+      stage_zero<Tr>(sP + wrow0 * Tr::kPRowBytes, lane);
+      if constexpr (!Tr::kSeqPdS) stage_zero<Tr>(sdS + wrow0 * Tr::kPRowBytes, lane);
     }
     __syncthreads();  // P (and dS) of every row are staged
     // The warp's 16 keys (the same positions as its rows): dV = P^T dO and
@@ -1026,9 +1053,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     float dk[Tr::kDN][4], dva[Tr::kDN][4];
     const auto grad_v = [&] {
       uint32_t at[kK16][4];
-      staged_t_frags<Tr>(at, sP, wrow0, N, lane);
+      staged_t_frags<Tr>(at, sP, wrow0, n_kq, lane);
       zero_frags<Tr>(dva);
-      regs_x_rows<Tr>(dva, at, sdO, N, dp, lane);
+      regs_x_rows<Tr>(dva, at, sdO, n_kq, dp, lane);
       if (pad_rows) add_padding_rows_frag<Tr>(dpad_w + Tr::kDPad, dva, pad_rows, dp, lane);  // sass: skip(padded)
       if constexpr (!Tr::kStagedOut) {
         store_out<Tr>(p, dva, 1.f, 2, tok_w, nullptr, static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv, d, hd,
@@ -1037,9 +1064,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     };
     const auto grad_k = [&] {
       uint32_t at[kK16][4];
-      staged_t_frags<Tr>(at, sdS, wrow0, N, lane);
+      staged_t_frags<Tr>(at, sdS, wrow0, n_kq, lane);
       zero_frags<Tr>(dk);
-      regs_x_rows<Tr>(dk, at, sQ, N, dp, lane);
+      regs_x_rows<Tr>(dk, at, sQ, n_kq, dp, lane);
       if constexpr (Tr::kV2) {
         normalize_backward<Tr>(dk, sK + wrow0 * Tr::kRowBytes, inv[64 + wrow0 + gr], inv[64 + wrow0 + gr + 8], 1.f, dp,
                                lane);
@@ -1067,7 +1094,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
                         static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv, d, hd, lane);
         }
       }
-      if (active) stage_a<Tr>(sdS + wrow0 * Tr::kPRowBytes, dsa, N, lane);
+      if (active) stage_a<Tr>(sdS + wrow0 * Tr::kPRowBytes, dsa, n_kq, lane);
       __syncthreads();
       if (active) grad_k();
       if constexpr (Tr::kLean) {
