@@ -163,7 +163,7 @@ struct BwdMmaTraits {
   // k-steps, a compile-time count, not those below N (V1): a run-time
   // k-step count put a branch after every k-step's four mma, each a
   // scheduling barrier that ptxas pads with a NOP (~23 cycles of a warp's
-  // fixed-latency stalls per k-step: benchmarks/sass_report.py --stalls).
+  // fixed-latency stalls a k-step: attn_bwd_stalls_sm90_2026-12-05.md).
   // Rows and keys past N hold zeros there: the gathers zero-fill q, k, v and
   // dO, P and dS are 0 past N (lse +inf, bias -inf), and warps past the
   // window stage zeros as their rows of P and dS (stage_zero).  V2 and
