@@ -686,10 +686,10 @@ def check_lines_are_code(ins: List[Instr], kernel_file: str, src: str) -> None:
                          "the extension was not built from this source -- rebuild it")
 
 
-def dynamic_count(ins: List[Instr], labels: Dict[str, int], kernel_file: str, markers: Dict[int, str],
-                  env: Dict[str, float]):
-    """(total warp-instructions per warp, counts by category, loops) of one kernel path; category
-    ``stall``: the control codes' stall cycles over the path (Instr.stall, 0 without ``-hex``)."""
+def path_weights(ins: List[Instr], labels: Dict[str, int], kernel_file: str, markers: Dict[int, str],
+                 env: Dict[str, float]):
+    """(executions of each instruction on the costed path, loops): its loops' trips multiplied, 0 for
+    the instructions on a skip line or after the last EXIT."""
     skip_lines = {ln for ln, m in markers.items() if m == "skip"}
 
     def outer(ch):
@@ -743,10 +743,21 @@ def dynamic_count(ins: List[Instr], labels: Dict[str, int], kernel_file: str, ma
     for j, i, _, trips, _ in loops:
         for k in range(j, i + 1):
             mult[k] *= trips
+    for k, x in enumerate(ins):
+        if k >= end or any(f_ == kernel_file and l_ in skip_lines for f_, l_ in x.chain):
+            mult[k] = 0.0
+    return mult, loops
+
+
+def dynamic_count(ins: List[Instr], labels: Dict[str, int], kernel_file: str, markers: Dict[int, str],
+                  env: Dict[str, float]):
+    """(total warp-instructions per warp, counts by category, loops) of one kernel path; category
+    ``stall``: the control codes' stall cycles over the path (Instr.stall, 0 without ``-hex``)."""
+    mult, loops = path_weights(ins, labels, kernel_file, markers, env)
     total = 0.0
     cats: Dict[str, float] = {}
-    for k, x in enumerate(ins[:end]):
-        if any(f_ == kernel_file and l_ in skip_lines for f_, l_ in x.chain):
+    for k, x in enumerate(ins):
+        if not mult[k]:
             continue
         total += mult[k]
         cats["stall"] = cats.get("stall", 0.0) + mult[k] * x.stall  # fixed-latency cycles (control codes)
@@ -770,6 +781,27 @@ def fwd_chunk(B: int, windows_heads: int) -> int:
 
 def parse_gi_all(path: str, name_substrs: List[str]):
     return {sub: parse_gi(path, sub) for sub in name_substrs}
+
+
+def stall_lines(ins: List[Instr], labels: Dict[str, int], kernel_file: str, markers: Dict[int, str],
+                env: Dict[str, float]) -> List[tuple]:
+    """Where a kernel's image loop spends its fixed-latency stall cycles: (kernel_file line, innermost
+    file:line, warp-instructions, stall cycles, {op: count}) per warp and image, most cycles first --
+    the loop body being the difference between the counts at two and at one image."""
+    one = path_weights(ins, labels, kernel_file, markers, dict(env, images=1))[0]
+    two = path_weights(ins, labels, kernel_file, markers, dict(env, images=2))[0]
+    agg: Dict[tuple, list] = {}
+    for k, x in enumerate(ins):
+        n = two[k] - one[k]
+        if n <= 0:
+            continue
+        outer = next((l_ for f_, l_ in reversed(x.chain) if f_ == kernel_file), None)
+        inner = f"{x.chain[0][0]}:{x.chain[0][1]}" if x.chain else "?"
+        a = agg.setdefault((outer, inner), [0.0, 0.0, {}])
+        a[0] += n
+        a[1] += n * x.stall
+        a[2][x.op] = a[2].get(x.op, 0.0) + n
+    return sorted(((o, i, n, st, ops) for (o, i), (n, st, ops) in agg.items()), key=lambda r: -r[3])
 
 
 def stall_summary(ins: List[Instr], labels: Dict[str, int], kernel_file: str, markers: Dict[int, str],
@@ -966,6 +998,29 @@ REVIEW_ATT_FLOOR_MS = 0.85
 # The models pass the relative-position bias as its table ((2ws - 1)^2, heads): the tile backward bins
 # its gradient into the table's rows, partials (chunks, windows, heads, rows) (bias_table_kernels.cuh).
 SWIN_T_BIAS_ROWS = 13 * 13
+# The `sass:` markers' variables for the tile backward on the Swin-T path (window 7, head_dim 32).
+SWIN_T_BWD_ENV = dict(kWarps=BWD_WARPS, kThreads=32 * BWD_WARPS, kDPad=32, kNT=8, N=49, warps=BWD_WARPS,
+                      threads=32 * BWD_WARPS, keytiles=1, wt=1, wh=7, ww=7, bias_rows=SWIN_T_BIAS_ROWS)
+
+
+def tile_bwd_stall_lines(listing: str, dt: str = "bf16", top: int = 30) -> List[str]:
+    """The ``top`` source lines of the Swin-T tile backward's image loop by fixed-latency stall cycles
+    (stall_lines), as text."""
+    kernel_file = "bwd_mma_kernel.cuh"
+    src = os.path.join(ROOT, "csrc", "cuda", "attention", kernel_file)
+    markers = dyn_markers(src)
+    found, ins, labels = parse_gi(listing, f"attn_bwd_tile_kernelINS2_12BwdMmaTraitsI{_MANGLED_T[dt]}Li32ELb0EEEEEv")
+    if found is None:
+        raise ValueError(f"no V1 head_dim 32 tile backward in {listing}")
+    check_lines_are_code(ins, kernel_file, src)
+    rows = stall_lines(ins, labels, kernel_file, markers, SWIN_T_BWD_ENV)
+    n_all, st_all = sum(r[2] for r in rows), sum(r[3] for r in rows)
+    out = [f"{dt} tile backward, image loop: {n_all:.0f} warp-instructions, {st_all:.0f} stall cycles per warp and "
+           "image; by line of " + kernel_file + " (innermost frame):"]
+    for line, inner, n, st, ops in rows[:top]:
+        top_ops = ", ".join(f"{o} {c:.0f}" for o, c in sorted(ops.items(), key=lambda t: -t[1])[:4])
+        out.append(f"  {line} ({inner}): {n:.0f} instr, {st:.0f} cycles ({st / n:.2f} each) -- {top_ops}")
+    return out
 
 
 def bwd_chunk(B: int, windows_heads: int, N: int = 49) -> int:
@@ -1112,8 +1167,7 @@ def backward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
                     raise ValueError(f"no kernel {name} in {unit}")
                 check_lines_are_code(ins_, kernel_file, src)
             _, ins, labels = parsed[subs["tile"]]
-            env = dict(kWarps=BWD_WARPS, kThreads=32 * BWD_WARPS, kDPad=32, kNT=8, N=49, warps=BWD_WARPS,
-                       threads=32 * BWD_WARPS, keytiles=1, wt=1, wh=7, ww=7, bias_rows=SWIN_T_BIAS_ROWS)
+            env = SWIN_T_BWD_ENV
             one, _, _ = dynamic_count(ins, labels, kernel_file, markers, dict(env, images=1))
             two, _, _ = dynamic_count(ins, labels, kernel_file, markers, dict(env, images=2))
             body, once = two - one, 2 * one - two
@@ -1577,11 +1631,24 @@ def main(argv=None) -> int:
                     help="the rest of the step (add+LN, bias+GELU, patch merging; fwd and bwd) against its HBM "
                          "floors, before and now; --out defaults to benchmarks/results/step_floors_<arch>.md")
     ap.add_argument("--batch", type=int, default=128, help="batch of the --dyn estimate")
+    ap.add_argument("--stall-lines", type=int, default=0, metavar="N",
+                    help="print the N source lines with the most fixed-latency stall cycles in the image loop of "
+                         "the Swin-T tile backward (bf16, head_dim 32, V1) and stop")
     a = ap.parse_args(argv)
     so = a.so or extension_path()
     if not so:
         print("no built extension (swin_ext/_C*.so)", file=sys.stderr)
         return 2
+    if a.stall_lines:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            listing = disassemble_with_lines(so, a.arch, tmp).get(bwd_unit("bf16", a.arch))
+            if listing is None:
+                print(f"no {bwd_unit('bf16', a.arch)} in {so}", file=sys.stderr)
+                return 2
+            print("\n".join(tile_bwd_stall_lines(listing, "bf16", a.stall_lines)))
+        return 0
     if a.dyn:
         import tempfile
 

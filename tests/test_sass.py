@@ -239,6 +239,12 @@ def test_control_code_stalls_are_read(dyn, listings):
             assert st["body_instr"] < st["body_stall"] < 15 * st["body_instr"], (key, dt, st)
             assert 1.0 < st["block_mean"] < 15.0, (key, dt, st)
     assert bwd.count("Fixed-latency stall cycles") == 2 and fwd.count("Fixed-latency stall cycles") == 2
+    # the per-line breakdown (sass_report --stall-lines) sums to the image loop's totals
+    text = sass_report.tile_bwd_stall_lines(listings[sass_report.bwd_unit("bf16", "sm_90")], "bf16", 5)
+    m = re.match(r"bf16 tile backward, image loop: (\d+) warp-instructions, (\d+) stall cycles", text[0])
+    st = stats["bwd_stall"]["bf16"]
+    assert m and len(text) == 6, text
+    assert int(m.group(1)) == round(st["body_instr"]) and int(m.group(2)) == round(st["body_stall"]), (text[0], st)
 
 
 def test_tile_backward_key_products_have_no_branch_per_k_step(listings):

@@ -170,6 +170,10 @@ struct BwdMmaTraits {
   // head_dim 64 keep the count: their kernels have no registers to spare at
   // 168 (head_dim 64 spills 20 B with it).
   static constexpr bool kTileAllKSteps = !kV2 && kDPad <= 32;
+  // The tile kernel's gather of the next image picks each chunk's source by
+  // selects, not branches (chunk_src<true>), where that spills nothing:
+  // head_dim <= 32 (head_dim 64 spills 12 B with it, the lean form 8 B).
+  static constexpr bool kTileChunkSelect = kDPad <= 32;
 
   // ---- attn_bwd_window_kernel (key-tiled): bytes of dynamic shared memory.
   // dK and dV of the warp's 16 keys accumulate over the query tiles in
@@ -294,6 +298,7 @@ struct BwdMmaLeanTraits : BwdMmaTraits<T_, 32, false> {
   static_assert(Base::kSeqPdS && Base::kStagedOut, "the lean form stages P then dS over the dead k, v tiles");
   static constexpr bool kLean = true;
   static constexpr bool kTileAllKSteps = false;  // at 128 registers it spills (12 B) with them
+  static constexpr bool kTileChunkSelect = false;  // ... 8 B with them
   static constexpr int kStages = 1;
   static constexpr int kTSep = Base::kTStage + kStages * Base::kStageBytes;
   static constexpr int kTileSmem = Base::tile_smem(kStages);
@@ -689,16 +694,31 @@ struct ChunkSrc {
   uint32_t off;
   uint32_t kind;
 };
+// kSelect: selects, no branch.  Issued for every chunk of every image, a
+// branch per case was a scheduling barrier per chunk (BSSY, two BRA, BSYNC;
+// ptxas waited out each tok load and predicate there: the tile backward's
+// image loop 3,032 -> 2,822 fixed-latency stall cycles per warp, sass_report
+// --dyn).  Where the tile kernel's registers allow it (kTileChunkSelect);
+// the key-tiled kernel keeps the branches.
+template <bool kSelect = false>
 __device__ __forceinline__ ChunkSrc chunk_src(int tok, bool in_window, int part, int cv, int dv, int C8, int hd8,
                                               bool has_pad) {
-  if (!in_window || cv >= dv) return {0u, kChunkZero};
-  if (tok >= 0) {
-    return {part < 3 ? qkv16(tok, part, cv, C8, hd8)
-                     : static_cast<uint32_t>(tok) * static_cast<uint32_t>(C8) + static_cast<uint32_t>(hd8 + cv),
-            kChunkImg};
+  const auto img_off = [&] {  // (meaningful only for tok >= 0)
+    return part < 3 ? qkv16(tok, part, cv, C8, hd8)
+                    : static_cast<uint32_t>(tok) * static_cast<uint32_t>(C8) + static_cast<uint32_t>(hd8 + cv);
+  };
+  if constexpr (kSelect) {
+    const uint32_t off_img = img_off(), off_pad = static_cast<uint32_t>(part * C8 + hd8 + cv);
+    const bool live = in_window && cv < dv;
+    const bool img = live && tok >= 0;
+    const bool padv = live && tok < 0 && part < 3 && has_pad;
+    return {img ? off_img : (padv ? off_pad : 0u), img ? kChunkImg : (padv ? kChunkPad : kChunkZero)};
+  } else {
+    if (!in_window || cv >= dv) return {0u, kChunkZero};
+    if (tok >= 0) return {img_off(), kChunkImg};
+    if (part < 3 && has_pad) return {static_cast<uint32_t>(part * C8 + hd8 + cv), kChunkPad};
+    return {0u, kChunkZero};
   }
-  if (part < 3 && has_pad) return {static_cast<uint32_t>(part * C8 + hd8 + cv), kChunkPad};
-  return {0u, kChunkZero};
 }
 __device__ __forceinline__ void issue_chunk(unsigned char* dst, const ChunkSrc& c, const uint4* img16,
                                             const uint4* go16, const uint4* pad16, int part) {
@@ -865,7 +885,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
         c = src_c[s];
       } else {
         const int r = SL::row(tid, s);
-        c = chunk_src(tok[r], r < N, SL::part(s), SL::col(tid), dv, C8, hd8, has_pad);
+        c = chunk_src<Tr::kTileChunkSelect>(tok[r], r < N, SL::part(s), SL::col(tid), dv, C8, hd8, has_pad);
       }
       issue_chunk(dst + SL::dst(tid, s), c, img16, go16, pad16, SL::part(s));
     }
