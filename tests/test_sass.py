@@ -251,15 +251,18 @@ def test_tile_backward_key_products_have_no_branch_per_k_step(listings):
     """The V1 tile backward's products over the tile's keys or queries (dQ = dS K, dV = P^T dO,
     dK = dS^T Q: regs_x_rows over staged_t_frags) and the staging of P and dS (stage_a) take all
     four 16-wide k-steps (kTileAllKSteps), not those below N: no branch among them.  With a
-    run-time count, each k-step's four HMMA ended in a BRA that ptxas padded with a NOP (3 BRA per
-    product at N = 49 on the build before; ~23 fixed-latency cycles a k-step).  The lean tile4
-    form keeps the count (it spills with it at 128 registers), as do V2 and head_dim 64."""
+    run-time count, each k-step's four HMMA ended in a BRA that ptxas padded with a NOP (21 BRA in
+    these functions on the build before; ~23 fixed-latency cycles a k-step).  And the gather of the
+    next image picks each chunk's source by selects (chunk_src<true>, kTileChunkSelect): no branch
+    or divergence marker there (30 BRA, 5 BSSY, 12 BSYNC before).  The lean tile4 form keeps both
+    (it spills with them at 128 registers), as do head_dim 64 and (the k-steps) V2."""
     bsrc = os.path.join(ROOT, "csrc", "cuda", "attention", "bwd_mma_kernel.cuh")
     blocks = [
         line
         for fn in ("regs_x_rows", "staged_t_frags", "stage_a")
         for line in sass_report.block_lines(bsrc, rf"__device__ __forceinline__ void {fn}\(")
     ]
+    chunk = sass_report.block_lines(bsrc, r"__device__ __forceinline__ ChunkSrc chunk_src\(")
     checked = 0
     for dt, mt in sass_report._MANGLED_T.items():
         for hd in (16, 32):
@@ -269,6 +272,9 @@ def test_tile_backward_key_products_have_no_branch_per_k_step(listings):
             br = sass_report.branches_in(ins, os.path.basename(bsrc), blocks)
             assert len(br["all"]) > 48, (dt, hd)  # the products are in the kernel
             assert not br["BRA"], (dt, hd, br["BRA"])
+            bc = sass_report.branches_in(ins, os.path.basename(bsrc), chunk)
+            assert len(bc["all"]) > 16, (dt, hd)  # the gather is in the kernel
+            assert not (bc["BRA"] or bc["BSSY"] or bc["BSYNC"]), (dt, hd, bc)
             checked += 1
     assert checked == 4
 
