@@ -818,7 +818,7 @@ def stall_summary(ins: List[Instr], labels: Dict[str, int], kernel_file: str, ma
                f"**{body_s:.0f}** per warp and image in the loop ({body_s / body_n:.2f} per instruction); "
                f"over a block of {images} images {mean:.2f} per instruction: {mean - 1:.2f} cycles of fixed-latency "
                "wait per issued instruction, what ncu calls `stall_wait` (on stop 30's build the H200's ncu read "
-               "0.12 above this count in each tile kernel: `attn_bwd_stalls_sm90_2026-12-05.md`).")
+               "0.08-0.12 above this count in the tile kernels: `attn_bwd_stalls_sm90_2026-12-05.md`).")
 
 
 # The review of 2026-12-03 (shared/notes/cuda-kernel-review-2026-12-03.md): the SIMT/WMMA forward it
