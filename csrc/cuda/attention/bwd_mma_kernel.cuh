@@ -166,9 +166,9 @@ struct BwdMmaTraits {
   // fixed-latency stalls a k-step: attn_bwd_stalls_sm90_2026-12-05.md).
   // Rows and keys past N hold zeros there: the gathers zero-fill q, k, v and
   // dO, P and dS are 0 past N (lse +inf, bias -inf), and warps past the
-  // window stage zeros as their rows of P and dS (stage_zero).  V2 and
-  // head_dim 64 keep the count: their kernels have no registers to spare at
-  // 168 (head_dim 64 spills 20 B with it).
+  // window stage zeros as their rows of P and dS (stage_zero).  Head_dim 64
+  // keeps the count (it spills 20 B at 168 registers with it), and so does
+  // V2, as it keeps its n-tile branches (not tried: no registers to spare).
   static constexpr bool kTileAllKSteps = !kV2 && kDPad <= 32;
   // The tile kernel's gather of the next image picks each chunk's source by
   // selects, not branches (chunk_src<true>), where that spills nothing:
@@ -696,8 +696,8 @@ struct ChunkSrc {
 };
 // kSelect: selects, no branch.  Issued for every chunk of every image, a
 // branch per case was a scheduling barrier per chunk (BSSY, two BRA, BSYNC;
-// ptxas waited out each tok load and predicate there: the tile backward's
-// image loop 3,032 -> 2,822 fixed-latency stall cycles per warp, sass_report
+// ptxas waited out each tok load and predicate there: ~210 of the tile
+// backward's fixed-latency stall cycles per warp and image, sass_report
 // --dyn).  Where the tile kernel's registers allow it (kTileChunkSelect);
 // the key-tiled kernel keeps the branches.
 template <bool kSelect = false>
