@@ -248,14 +248,14 @@ def test_control_code_stalls_are_read(dyn, listings):
 
 
 def test_tile_backward_key_products_have_no_branch_per_k_step(listings):
-    """The V1 tile backward's products over the tile's keys or queries (dQ = dS K, dV = P^T dO,
+    """The tile backward's products over the tile's keys or queries (dQ = dS K, dV = P^T dO,
     dK = dS^T Q: regs_x_rows over staged_t_frags) and the staging of P and dS (stage_a) take all
     four 16-wide k-steps (kTileAllKSteps), not those below N: no branch among them.  With a
     run-time count, each k-step's four HMMA ended in a BRA that ptxas padded with a NOP (21 BRA in
     these functions on the build before; ~23 fixed-latency cycles a k-step).  And the gather of the
     next image picks each chunk's source by selects (chunk_src<true>, kTileChunkSelect): no branch
-    or divergence marker there (30 BRA, 5 BSSY, 12 BSYNC before).  The lean tile4 form keeps both
-    (it spills with them at 128 registers), as do head_dim 64 and (the k-steps) V2."""
+    or divergence marker there (30 BRA, 5 BSSY, 12 BSYNC before).  V1 and V2 at head_dim 16 and 32;
+    the lean tile4 form keeps both (it spills with them at 128 registers), as does head_dim 64."""
     bsrc = os.path.join(ROOT, "csrc", "cuda", "attention", "bwd_mma_kernel.cuh")
     blocks = [
         line
@@ -265,18 +265,18 @@ def test_tile_backward_key_products_have_no_branch_per_k_step(listings):
     chunk = sass_report.block_lines(bsrc, r"__device__ __forceinline__ ChunkSrc chunk_src\(")
     checked = 0
     for dt, mt in sass_report._MANGLED_T.items():
-        for hd in (16, 32):
-            name = f"attn_bwd_tile_kernelINS2_12BwdMmaTraitsI{mt}Li{hd}ELb0EEEEEv"
+        for hd, v2 in ((16, 0), (32, 0), (16, 1), (32, 1)):
+            name = f"attn_bwd_tile_kernelINS2_12BwdMmaTraitsI{mt}Li{hd}ELb{v2}EEEEEv"
             found, ins, _ = sass_report.parse_gi(listings[sass_report.bwd_unit(dt, "sm_90", hd)], name)
-            assert found, (dt, hd)
+            assert found, (dt, hd, v2)
             br = sass_report.branches_in(ins, os.path.basename(bsrc), blocks)
-            assert len(br["all"]) > 48, (dt, hd)  # the products are in the kernel
-            assert not br["BRA"], (dt, hd, br["BRA"])
+            assert len(br["all"]) > 48, (dt, hd, v2)  # the products are in the kernel
+            assert not br["BRA"], (dt, hd, v2, br["BRA"])
             bc = sass_report.branches_in(ins, os.path.basename(bsrc), chunk)
-            assert len(bc["all"]) > 16, (dt, hd)  # the gather is in the kernel
-            assert not (bc["BRA"] or bc["BSSY"] or bc["BSYNC"]), (dt, hd, bc)
+            assert len(bc["all"]) > 16, (dt, hd, v2)  # the gather is in the kernel
+            assert not (bc["BRA"] or bc["BSSY"] or bc["BSYNC"]), (dt, hd, v2, bc)
             checked += 1
-    assert checked == 4
+    assert checked == 8
 
 
 def test_key_tiled_scores_have_no_branch_per_entry(listings):

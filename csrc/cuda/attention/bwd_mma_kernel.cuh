@@ -160,16 +160,16 @@ struct BwdMmaTraits {
   static constexpr bool kLean = false;
   // The tile kernel's products over the tile's keys or queries (dQ = dS K,
   // dV = P^T dO, dK = dS^T Q) and the staging of P and dS take all kK16
-  // k-steps, a compile-time count, not those below N (V1): a run-time
+  // k-steps, a compile-time count, not those below N: a run-time
   // k-step count put a branch after every k-step's four mma, each a
   // scheduling barrier that ptxas pads with a NOP (~23 cycles of a warp's
   // fixed-latency stalls a k-step: attn_bwd_stalls_sm90_2026-12-05.md).
   // Rows and keys past N hold zeros there: the gathers zero-fill q, k, v and
   // dO, P and dS are 0 past N (lse +inf, bias -inf), and warps past the
-  // window stage zeros as their rows of P and dS (stage_zero).  Head_dim 64
-  // keeps the count (it spills 20 B at 168 registers with it), and so does
-  // V2, as it keeps its n-tile branches (not tried: no registers to spare).
-  static constexpr bool kTileAllKSteps = !kV2 && kDPad <= 32;
+  // window stage zeros as their rows of P and dS (stage_zero); V2's inverse
+  // norms of those zero rows are finite (1e12) and meet zeros.  Head_dim 64
+  // keeps the count: it spills 20 B at 168 registers with it.
+  static constexpr bool kTileAllKSteps = kDPad <= 32;
   // The tile kernel's gather of the next image picks each chunk's source by
   // selects, not branches (chunk_src<true>), where that spills nothing:
   // head_dim <= 32 (head_dim 64 spills 12 B with it, the lean form 8 B).
@@ -1040,7 +1040,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
           dsa[kv][3] = pack2<T>(x1[2] * m1, x1[3] * m1);
         }
         zero_frags<Tr>(dq);
-        regs_x_rows<Tr>(dq, dsq, sK, N, dp, lane);  // the gradient of q^ / head_scale
+        regs_x_rows<Tr>(dq, dsq, sK, n_kq, dp, lane);  // the gradient of q^ / head_scale
         normalize_backward<Tr>(dq, sQ + wrow0 * Tr::kRowBytes, rq0, rq1, s_h, dp, lane);
       } else {
         pack_a<Tr>(dsa, dpf);
