@@ -809,10 +809,10 @@ def stall_summary(ins: List[Instr], labels: Dict[str, int], kernel_file: str, ma
     """The fixed-latency stall cycles (control codes) of a kernel with an image loop: per warp and image
     in the loop, and per instruction over a block of ``images`` images; (numbers, a sentence)."""
     one_n, one, _ = dynamic_count(ins, labels, kernel_file, markers, dict(env, images=1))
-    two_n, two, _ = dynamic_count(ins, labels, kernel_file, markers, dict(env, images=images))
-    k = images - 1 if images > 1 else 1
-    body_n, body_s = (two_n - one_n) / k, (two["stall"] - one["stall"]) / k
-    mean = two["stall"] / two_n
+    two_n, two, _ = dynamic_count(ins, labels, kernel_file, markers, dict(env, images=2))
+    blk_n, blk, _ = dynamic_count(ins, labels, kernel_file, markers, dict(env, images=images))
+    body_n, body_s = two_n - one_n, two["stall"] - one["stall"]
+    mean = blk["stall"] / blk_n
     d = dict(body_instr=body_n, body_stall=body_s, block_mean=mean)
     return d, (f"Fixed-latency stall cycles (the control codes' stall counts over the same path): "
                f"**{body_s:.0f}** per warp and image in the loop ({body_s / body_n:.2f} per instruction); "
@@ -1003,13 +1003,18 @@ SWIN_T_BWD_ENV = dict(kWarps=BWD_WARPS, kThreads=32 * BWD_WARPS, kDPad=32, kNT=8
                       threads=32 * BWD_WARPS, keytiles=1, wt=1, wh=7, ww=7, bias_rows=SWIN_T_BIAS_ROWS)
 
 
+def bwd_tile_kernel(dt: str, head_dim: int = 32, v2: bool = False) -> str:
+    """The mangled-name part that picks the tensor-core tile backward (BwdMmaTraits) of ``dt``."""
+    return f"attn_bwd_tile_kernelINS2_12BwdMmaTraitsI{_MANGLED_T[dt]}Li{head_dim}ELb{int(v2)}EEEEEv"
+
+
 def tile_bwd_stall_lines(listing: str, dt: str = "bf16", top: int = 30) -> List[str]:
     """The ``top`` source lines of the Swin-T tile backward's image loop by fixed-latency stall cycles
     (stall_lines), as text."""
     kernel_file = "bwd_mma_kernel.cuh"
     src = os.path.join(ROOT, "csrc", "cuda", "attention", kernel_file)
     markers = dyn_markers(src)
-    found, ins, labels = parse_gi(listing, f"attn_bwd_tile_kernelINS2_12BwdMmaTraitsI{_MANGLED_T[dt]}Li32ELb0EEEEEv")
+    found, ins, labels = parse_gi(listing, bwd_tile_kernel(dt))
     if found is None:
         raise ValueError(f"no V1 head_dim 32 tile backward in {listing}")
     check_lines_are_code(ins, kernel_file, src)
@@ -1156,7 +1161,7 @@ def backward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
                 lines.append(f"no {unit} for {arch}")
                 continue
             subs = {
-                "tile": f"attn_bwd_tile_kernelINS2_12BwdMmaTraitsI{mt}Li32ELb0EEEEEv",
+                "tile": bwd_tile_kernel(dt),
                 "tile4": f"attn_bwd_tile_kernelINS2_16BwdMmaLeanTraitsI{mt}EEEEv",
                 "resident": f"attn_bwd_window_kernelINS2_12BwdMmaTraitsI{mt}Li32ELb0EEELb1EEEv",
                 "streamed": f"attn_bwd_window_kernelINS2_12BwdMmaTraitsI{mt}Li32ELb0EEELb0EEEv",
@@ -1643,7 +1648,8 @@ def main(argv=None) -> int:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            listing = disassemble_with_lines(so, a.arch, tmp).get(bwd_unit("bf16", a.arch))
+            unit = bwd_unit("bf16", a.arch)
+            listing = disassemble_with_lines(so, a.arch, tmp, name_filter=unit[: -len(".cubin")]).get(unit)
             if listing is None:
                 print(f"no {bwd_unit('bf16', a.arch)} in {so}", file=sys.stderr)
                 return 2

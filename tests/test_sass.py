@@ -226,9 +226,9 @@ def test_control_code_stalls_are_read(dyn, listings):
     (benchmarks/results/attn_bwd_stalls_sm90_2026-12-05.md)."""
     fwd, bwd, stats = dyn
     assert sass_report.control_stall(0x048FEC00000418FF) == 6  # an HMMA's high word: stall 6, yield
-    for dt, mt in sass_report._MANGLED_T.items():
-        name = f"attn_bwd_tile_kernelINS2_12BwdMmaTraitsI{mt}Li32ELb0EEEEEv"
-        found, ins, _ = sass_report.parse_gi(listings[sass_report.bwd_unit(dt, "sm_90")], name)
+    for dt in sass_report._MANGLED_T:
+        listing = listings[sass_report.bwd_unit(dt, "sm_90")]
+        found, ins, _ = sass_report.parse_gi(listing, sass_report.bwd_tile_kernel(dt))
         assert found and len(ins) > 1000, dt
         assert all(0 <= x.stall <= 15 for x in ins), dt
         assert sum(1 for x in ins if x.stall >= 1) >= 0.95 * len(ins), dt
@@ -264,9 +264,9 @@ def test_tile_backward_key_products_have_no_branch_per_k_step(listings):
     ]
     chunk = sass_report.block_lines(bsrc, r"__device__ __forceinline__ ChunkSrc chunk_src\(")
     checked = 0
-    for dt, mt in sass_report._MANGLED_T.items():
+    for dt in sass_report._MANGLED_T:
         for hd, v2 in ((16, 0), (32, 0), (16, 1), (32, 1)):
-            name = f"attn_bwd_tile_kernelINS2_12BwdMmaTraitsI{mt}Li{hd}ELb{v2}EEEEEv"
+            name = sass_report.bwd_tile_kernel(dt, hd, bool(v2))
             found, ins, _ = sass_report.parse_gi(listings[sass_report.bwd_unit(dt, "sm_90", hd)], name)
             assert found, (dt, hd, v2)
             br = sass_report.branches_in(ins, os.path.basename(bsrc), blocks)
