@@ -822,38 +822,56 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
 
   // ---- once per block: token table, bias + mask in fragment order, padding-key accumulators
   build_token_table(g, win, 0, Tr::kTile, tok, reg);
+  // Each token's table code (bias_table_code; 0 past N and for the gathered
+  // bias), decoded once here rather than per bias entry below: in the stage
+  // buffers, which no gather writes before the barrier after the bias tile.
+  int* code = reinterpret_cast<int*>(stages);
+  static_assert(Tr::kStageBytes >= Tr::kTile * int(sizeof(int)) && Tr::kThreads >= Tr::kTile, "a code per thread");
+  if (tid < Tr::kTile) code[tid] = p.bias_table && tid < N ? bias_table_code(g, tid) : 0;
   for (int e = tid; e < Tr::kWarps * 2 * Tr::kDPad; e += Tr::kThreads)  // sass: trips(kWarps * 2 * kDPad / kThreads)
     reinterpret_cast<float*>(smem + Tr::kTDpad)[e] = 0.f;
   __syncthreads();
   {
     // (bias + mask) * log2(e) of (row, key) in the accumulator layout, -inf
-    // for keys >= N, 0 for rows >= N: entry q = (warp, n-tile, lane) holds
-    // rows g, g + 8 x keys 2t, 2t + 1 of that warp and n-tile.
+    // for keys >= N, 0 for rows >= N: entry (w, nt, lane) holds rows
+    // w * 16 + g, + 8 x keys nt * 8 + 2t, + 1 of row block w and n-tile nt.
+    // Thread (warp, lane) fills n-tiles warp and warp + kWarps of every row
+    // block: its keys' terms once, each row's once per row block.  No branch:
+    // rows and keys past N read the entry of token N - 1 (in bounds in both
+    // bias forms), and the selects put 0 / -inf in its place.
     // The head's bias: the (heads, N, N) bias or the table (HeadBias).
+    static_assert(kNT == 2 * Tr::kWarps && Tr::kWarps * kRowTile == Tr::kTile, "two n-tiles per thread and row block");
     const HeadBias bias = HeadBias::make(p, h);
     const float l2e = static_cast<float>(kLog2e), ninf = neg_inf<float>();
-    for (int q = tid; q < Tr::kWarps * kNT * 32; q += Tr::kThreads) {  // sass: trips(kWarps * kNT * 32 / kThreads)
-      const int w = q / (kNT * 32), nt = (q / 32) % kNT, ln = q % 32;
-      // Rows g, g + 8 and keys 2t, 2t + 1 of the entry: their terms (HeadBias).
-      const int ri[2] = {bias.row_term(g, w * kRowTile + AccLayout::row(ln, 0)),
-                         bias.row_term(g, w * kRowTile + AccLayout::row(ln, 2))};
-      const int cj[2] = {bias.col_term(g, nt * 8 + AccLayout::col(ln, 0)), bias.col_term(g, nt * 8 + AccLayout::col(ln, 1))};
-      float v[4];
+    const float mask_value = p.masked ? kShiftMaskValue : 0.f;
+    const int gl = AccLayout::row(lane, 0), tl = AccLayout::col(lane, 0);
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int i = w * kRowTile + AccLayout::row(ln, r), j = nt * 8 + AccLayout::col(ln, r);
-        float x = ninf;
-        if (j < N) {
-          x = 0.f;
-          if (i < N) {
-            x = bias.at(ri[r >> 1], cj[r & 1]);
-            if (p.masked && reg[i] != reg[j]) x += kShiftMaskValue;
-            x *= l2e;
+    for (int hn = 0; hn < 2; ++hn) {
+      const int j0 = (warp + Tr::kWarps * hn) * 8 + tl;
+      int cj[2], rj[2];
+      bool jin[2];
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int j = j0 + c, jc = min(j, N - 1);
+        jin[c] = j < N;
+        cj[c] = bias.col_term_of(code[jc], jc);
+        rj[c] = reg[j];
+      }
+#pragma unroll 1
+      for (int w = 0; w < Tr::kWarps; ++w) {  // sass: trips(kWarps)
+        float v[4];
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const int i = w * kRowTile + gl + 8 * rr, ic = min(i, N - 1);
+          const int ri = bias.row_term_of(code[ic], ic), rgi = reg[i];
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const float x = (bias.at(ri, cj[c]) + (rgi != rj[c] ? mask_value : 0.f)) * l2e;
+            v[2 * rr + c] = jin[c] ? (i < N ? x : 0.f) : ninf;
           }
         }
-        v[r] = x;
+        sbias[(w * kNT + warp + Tr::kWarps * hn) * 32 + lane] = make_float4(v[0], v[1], v[2], v[3]);
       }
-      sbias[q] = make_float4(v[0], v[1], v[2], v[3]);
     }
   }
   // This thread's gather slots (token table fixed for the block).
