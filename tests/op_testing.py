@@ -365,7 +365,30 @@ def check_attention(case: AttnCase, inp: Dict, got: Dict, dtype: torch.dtype, sc
     for i, name in enumerate(names):
         check_close(name, got[name], exact[i], comp[i], floor[i], dtype)
     if case.B and all(case.sizes):
-        assert torch.isfinite(got["lse"]).all()
+        # Every row's log-sum-exp, padding tokens' rows included: the backward reads them all.
+        want = attention_lse_reference(case, inp, scale, dtype)
+        tol = LSE_TOL[dtype]
+        torch.testing.assert_close(got["lse"].double(), want, rtol=tol, atol=tol, msg=lambda m: f"lse: {m}")
+
+
+# The forward's log-sum-exp against the float64 one from the same rounded inputs: float32
+# accumulation and the exp2 / log2 evaluation (|lse| < ~30 in these cases).
+LSE_TOL = {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-4}
+
+
+def attention_lse_reference(case: AttnCase, inp: Dict, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """(B, nW, heads, N) float64 log-sum-exp of every window row from the inputs as the kernels
+    read them (qkv and pad in ``dtype``, bias and head_scale in its accumulation dtype)."""
+    from swin_ext.ops.reference import window_attention_lse_reference
+
+    acc = acc_dtype(dtype)
+    low = lambda t: None if t is None else t.to(dtype).double()  # noqa: E731
+    bias = inp["bias"].to(acc).double()
+    pad = low(inp["pad"]) if case.pad else None
+    if "head_scale" in inp:
+        hs = inp["head_scale"].to(acc).double()
+        return window_attention_lse_reference(low(inp["qkv"]), bias, case.ws, case.shift, None, pad, hs)
+    return window_attention_lse_reference(low(inp["qkv"]), bias, case.window, case.shift, scale, pad)
 
 
 def assert_thread_independent(fn: Callable[[], Tuple[torch.Tensor, ...]]) -> None:

@@ -203,26 +203,13 @@ def gather_bias_table(table: torch.Tensor, window: Sequence[int]) -> torch.Tenso
     return table[index].view(N, N, table.shape[-1]).permute(2, 0, 1)
 
 
-def _windowed_attention(qkv, bias, window, shift, heads, qkv_pad, scale, head_scale, dropout_p, training):
-    """The window math shared by V1 (scalar ``scale``) and V2 (cosine logits times ``head_scale``),
-    2-D maps and 3-D clips: a 2-D map runs as the clip of one frame with a window of depth 1."""
-    video = qkv.dim() == 5
-    if not video:
-        qkv, window, shift = qkv.unsqueeze(1), (1,) + tuple(window), (0,) + tuple(shift)
+def _window_logits(qkv, bias, window, shift, heads, qkv_pad, scale, head_scale):
+    """The logits of every window of a non-empty map (a 2-D map as the clip of one frame):
+    ``(attn (B * nW, heads, N, N), v (B * nW, heads, N, d), padded (T, H, W), shifted)``."""
     if bias.dim() == 2:
         bias = gather_bias_table(bias, window)
     B, T, H, W, C3 = qkv.shape
-    C = C3 // 3
-    d = C // heads
-    if T == 0 or H == 0 or W == 0:
-        # An empty map: an empty output that still depends on every input
-        # (so their gradients are zeros, as the kernel's are).
-        out = qkv[..., :C] * 0 + (bias.sum() * 0).to(qkv.dtype)
-        if head_scale is not None:
-            out = out + (head_scale.sum() * 0).to(qkv.dtype)
-        if qkv_pad is not None:
-            out = out + (qkv_pad.sum() * 0).to(qkv.dtype)
-        return out if video else out.squeeze(1)
+    d = C3 // 3 // heads
     size = (T, H, W)
     pads = tuple((-n) % w for n, w in zip(size, window))
     x = qkv
@@ -250,6 +237,28 @@ def _windowed_attention(qkv, bias, window, shift, heads, qkv_pad, scale, head_sc
         nW = mask.shape[0]
         attn = attn.view(Bn // nW, nW, heads, N, N) + mask[None, :, None]
         attn = attn.view(Bn, heads, N, N)
+    return attn, v, padded, shifted
+
+
+def _windowed_attention(qkv, bias, window, shift, heads, qkv_pad, scale, head_scale, dropout_p, training):
+    """The window math shared by V1 (scalar ``scale``) and V2 (cosine logits times ``head_scale``),
+    2-D maps and 3-D clips: a 2-D map runs as the clip of one frame with a window of depth 1."""
+    video = qkv.dim() == 5
+    if not video:
+        qkv, window, shift = qkv.unsqueeze(1), (1,) + tuple(window), (0,) + tuple(shift)
+    B, T, H, W, C3 = qkv.shape
+    C = C3 // 3
+    if T == 0 or H == 0 or W == 0:
+        # An empty map: an empty output that still depends on every input
+        # (so their gradients are zeros, as the kernel's are).
+        out = qkv[..., :C] * 0 + (bias.sum() * 0).to(qkv.dtype)
+        if head_scale is not None:
+            out = out + (head_scale.sum() * 0).to(qkv.dtype)
+        if qkv_pad is not None:
+            out = out + (qkv_pad.sum() * 0).to(qkv.dtype)
+        return out if video else out.squeeze(1)
+    attn, v, padded, shifted = _window_logits(qkv, bias, window, shift, heads, qkv_pad, scale, head_scale)
+    Bn, N = attn.shape[0], attn.shape[-1]
     attn = attn.softmax(dim=-1)
     if dropout_p > 0 and training:
         attn = F.dropout(attn, dropout_p, training=True)
@@ -259,6 +268,36 @@ def _windowed_attention(qkv, bias, window, shift, heads, qkv_pad, scale, head_sc
         out = torch.roll(out, shifts=tuple(shift), dims=(1, 2, 3))
     out = out[:, :T, :H, :W].contiguous()
     return out if video else out.squeeze(1)
+
+
+def window_attention_lse_reference(
+    qkv: torch.Tensor,
+    bias: torch.Tensor,
+    window_size: Union[int, Sequence[int]],
+    shift: Union[int, Sequence[int]] = 0,
+    scale: Optional[float] = None,
+    qkv_pad: Optional[torch.Tensor] = None,
+    head_scale: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``(B, nW, heads, N)``: the log-sum-exp over the keys of every row of every window, padding
+    tokens' rows included -- the statistic the forward ops return beside the output and the
+    backward ops read (windows in row-major order of the padded, shifted map, as the ops number
+    them).  V1 logits (``scale``), or V2's (``head_scale``: cosine logits, square window).  The
+    arguments as :func:`window_attention_reference` / :func:`window_attention_v2_reference`; a map
+    with a zero-size axis has no windows to speak of and is refused."""
+    where = "swin_ext.window_attention_lse_reference"
+    if head_scale is None:
+        window, shifts, heads = check_attention(qkv, bias, qkv_pad, window_size, shift, where=where)
+        scale = attention_scale(scale, qkv, heads, where)
+    else:
+        ws, sh, sw, heads = check_attention_v2(qkv, bias, head_scale, qkv_pad, window_size, shift, where=where)
+        window, shifts = (ws, ws), (sh, sw)
+    if qkv.numel() == 0:
+        raise ValueError(f"{where}: an empty map has no windows")
+    if qkv.dim() == 4:
+        qkv, window, shifts = qkv.unsqueeze(1), (1,) + tuple(window), (0,) + tuple(shifts)
+    attn, _, _, _ = _window_logits(qkv, bias, window, shifts, heads, qkv_pad, scale, head_scale)
+    return attn.logsumexp(dim=-1).view(qkv.shape[0], -1, heads, attn.shape[-1])
 
 
 def residual_sum(x: torch.Tensor, branch: Optional[torch.Tensor]) -> torch.Tensor:

@@ -392,17 +392,20 @@ __device__ __forceinline__ void finish_rows(const AttnParams& p, float m0, float
 
 // stage_o: O columns [c0, c0 + 8 kDT) times 1 / l, packed into the warp's
 // (consumed) Q rows of shared memory (the caller has synchronised the warp
-// after its last ldmatrix of them).
+// after its last ldmatrix of them) -- rows g and g + 8 of the lane's quad
+// only where keep0 / keep1: the one-tile forward keeps the Q rows no image
+// gathers (padding tokens: the pad vector's q, prefilled once per block),
+// which its next images in the stage read again.
 template <class Tr, int kDT>
 __device__ __forceinline__ void stage_o(const float (&o)[kDT][4], float i0, float i1, unsigned char* sQw, int c0,
-                                        int lane) {
+                                        int lane, bool keep0 = true, bool keep1 = true) {
   using T = typename Tr::T;
   const int g = lane >> 2, t = lane & 3;
   unsigned char* r0 = sQw + g * Tr::kRowBytes + c0 * 2 + t * 4;
 #pragma unroll
   for (int dn = 0; dn < kDT; ++dn) {
-    *reinterpret_cast<uint32_t*>(r0 + dn * 16) = pack2<T>(o[dn][0] * i0, o[dn][1] * i0);
-    *reinterpret_cast<uint32_t*>(r0 + 8 * Tr::kRowBytes + dn * 16) = pack2<T>(o[dn][2] * i1, o[dn][3] * i1);
+    if (keep0) *reinterpret_cast<uint32_t*>(r0 + dn * 16) = pack2<T>(o[dn][0] * i0, o[dn][1] * i0);
+    if (keep1) *reinterpret_cast<uint32_t*>(r0 + 8 * Tr::kRowBytes + dn * 16) = pack2<T>(o[dn][2] * i1, o[dn][3] * i1);
   }
 }
 
@@ -556,6 +559,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
     }
   }
   const int wrow0 = warp * kRowTile;
+  // The lane's rows g and g + 8 that hold a real token take O in the stage:
+  // the others keep what the prefill put there for every image of the block.
+  const bool real0 = tok[wrow0 + (lane >> 2)] >= 0, real1 = tok[wrow0 + (lane >> 2) + 8] >= 0;
   uint32_t out_off[OC::kCache ? OC::kPerLane : 1];
   if constexpr (OC::kCache) {
 #pragma unroll
@@ -650,7 +656,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
 #pragma unroll
           for (int r = 0; r < 4; ++r) o[dn][r] = 0.f;
         pv_tile<Tr, kKV, kDT>(o, pa, st + 2 * Tr::kTileBytes, c0, dp, lane);
-        stage_o<Tr, kDT>(o, i0, i1, sQw, c0, lane);
+        stage_o<Tr, kDT>(o, i0, i1, sQw, c0, lane, real0, real1);
       }
       store_staged<Tr, OC::kCache>(p, sQw, tok + wrow0, static_cast<T*>(p.out) + static_cast<int64_t>(b) * p.img_out,
                                    out_off, d, hd, lane);
