@@ -770,7 +770,7 @@ def dynamic_count(ins: List[Instr], labels: Dict[str, int], kernel_file: str, ma
 
 # Swin-T at 224 px: (stage, blocks, windows per image, heads); window 7, head_dim 32.
 SWIN_T_STAGES = [(1, 2, 64, 3), (2, 2, 16, 6), (3, 6, 4, 12), (4, 2, 1, 24)]
-FWD_TARGET_BLOCKS, FWD_MAX_CHUNK = 1024, 8  # csrc/cuda/attention/launch_template.cuh, plan_fwd
+FWD_TARGET_BLOCKS = 1024  # csrc/cuda/attention/launch_template.cuh, plan_fwd (its cap: FWD_MAX_CHUNK below)
 _MANGLED_T = {"bf16": "13__nv_bfloat16", "fp16": "6__half"}
 
 
@@ -981,6 +981,7 @@ def _launch_constants() -> Tuple[int, int, int]:
 
 
 BWD_TARGET_BLOCKS, BWD_MAX_CHUNK, BWD_MAX_PARTIALS = _launch_constants()  # launch_template.cuh, choose_chunk
+FWD_MAX_CHUNK = BWD_MAX_CHUNK  # plan_fwd's cap is the same kMaxChunk
 BWD_TILE_BLOCKS_PER_SM = 3  # BwdMmaTraits::kTileMinBlocks at head_dim 32 (<= 168 registers)
 FWD_TILE_BLOCKS_PER_SM = 4  # FwdMmaTraits: <= 128 registers, 4 blocks of 128 threads
 # The review's fused WMMA backward, per warp per image (+ ~650 per block), and the targets.

@@ -142,6 +142,33 @@ def test_tile4_backward_is_bitwise_the_tile_kernel(executor, dtype, table, chunk
 
 @pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
 @pytest.mark.parametrize("table", [False, True], ids=["bias", "table"])
+def test_sixteen_images_per_block(executor, v2, table, monkeypatch, seed_generator):
+    """The planners' most images per block (kMaxChunk = 16, launch_template.cuh), forced on 17
+    images (a block of 16, then one of 1): every per-image result (out, lse, dqkv) bitwise what one
+    image per block gives -- the one-tile forward and the tile backward walk their images without
+    carrying anything from one to the next but the chunk's sums -- and those sums (the bias, padding
+    and V2 head-scale gradients, summed over a block's images, then over blocks) the same values to
+    float32 rounding."""
+    if not executor.is_cuda_kernel:
+        pytest.skip("CUDA kernels only")
+    case = AttnCase(17, 13, 12, 7, (3, 3), 2, 32, True)  # Swin's window and head_dim, padded, shifted
+    inp = attention_inputs(case, seed_generator, torch.bfloat16, v2=v2, table=table)
+    scale = 1.0 if v2 else case.d ** -0.5
+    monkeypatch.delenv("SWIN_EXT_ATTN_BWD", raising=False)
+    monkeypatch.setenv("SWIN_EXT_ATTN_CHUNK", "1")
+    want = run_attention(executor, case, inp, torch.bfloat16, scale)
+    monkeypatch.setenv("SWIN_EXT_ATTN_CHUNK", "16")
+    got = run_attention(executor, case, inp, torch.bfloat16, scale)
+    for k in ("out", "lse", "dqkv"):
+        assert torch.equal(got[k], want[k]), k
+    for k in ("dbias", "dpad") + (("dscale",) if v2 else ()):
+        scale_k = want[k].abs().max().item()
+        assert scale_k > 0, k
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5 * scale_k, msg=k)
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+@pytest.mark.parametrize("table", [False, True], ids=["bias", "table"])
 @pytest.mark.parametrize("chunk", ["1", "2"])
 def test_key_tiled_tables_in_shared_memory_are_bitwise_the_per_tile_path(executor, v2, table, chunk, monkeypatch,
                                                                          seed_generator):

@@ -30,9 +30,13 @@ constexpr int kMaxDevices = 64;
 // once-only work (token table, bias tile, bias-gradient binning) over them:
 // at 2048 Swin-T's stage 4 (B = 128, 24 heads, one window) ran one image per
 // block, 2,899 warp-instructions per warp per image against 1,643 at
-// stage 1 (benchmarks/results/attn_bwd_dyn_sm90.md).
+// stage 1 (benchmarks/results/attn_bwd_dyn_sm90.md).  At most 16 images: at
+// 8, Swin-T's stages 1 and 2 (B = 128: 3,072 and 1,536 blocks) still spread
+// the tile backward's 1,923 once-only warp-instructions per warp over 8
+// images, 240 of its 1,406 per image; at 16, 120 (and half the bias-gradient
+// partials), with 3.9 and 1.9 waves of blocks left.
 constexpr int kTargetBlocks = 768;
-constexpr int kMaxChunk = 8;                   // images per backward block
+constexpr int kMaxChunk = 16;                  // images per block (backward, and the one-tile forward)
 constexpr int64_t kMaxBiasPartials = int64_t(1) << 25;  // elements of dbias partials (128 MB fp32)
 
 // Raises a kernel's dynamic shared-memory limit once per (device, kernel),
