@@ -148,10 +148,10 @@ def test_sixteen_images_per_block(executor, v2, table, monkeypatch, seed_generat
     image per block gives -- the one-tile forward and the tile backward walk their images without
     carrying anything from one to the next but the chunk's sums -- and those sums (the bias, padding
     and V2 head-scale gradients, summed over a block's images, then over blocks) the same values to
-    float32 rounding."""
-    if not executor.is_cuda_kernel:
-        pytest.skip("CUDA kernels only")
-    case = AttnCase(17, 13, 12, 7, (3, 3), 2, 32, True)  # Swin's window and head_dim, padded, shifted
+    float32 rounding.  (One thread order: the subject is the image loop.)"""
+    if not executor.is_cuda_kernel or executor.name == "harness-shuffled":
+        pytest.skip("CUDA kernels only, in one thread order")
+    case = AttnCase(17, 9, 10, 7, (3, 3), 1, 32, True)  # Swin's window and head_dim, 4 windows, padded, shifted
     inp = attention_inputs(case, seed_generator, torch.bfloat16, v2=v2, table=table)
     scale = 1.0 if v2 else case.d ** -0.5
     monkeypatch.delenv("SWIN_EXT_ATTN_BWD", raising=False)
