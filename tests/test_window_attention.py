@@ -801,3 +801,26 @@ def test_cpu_gemm_row_blocks_match_reference(dtype, window):
     leaves = [t for t in (qkv, table, pad) if t is not None]
     for a, b in zip(torch.autograd.grad(out, leaves, g), torch.autograd.grad(ref, leaves, g)):
         torch.testing.assert_close(a, b, **tol)
+
+
+def test_lse_reference():
+    """window_attention_lse_reference, which the op tests hold every kernel's lse to: with q = 0 the
+    logits are the bias (plus the shift mask), so each row's value is the log-sum-exp of its bias row
+    -- of the masked row where the shift splits the window; an empty map is refused."""
+    from swin_ext.ops.reference import shift_mask, window_attention_lse_reference
+
+    g = torch.Generator().manual_seed(3)
+    heads, d, ws = 2, 4, 3
+    qkv = torch.randn(2, 6, 6, 3 * heads * d, dtype=torch.float64, generator=g)
+    qkv[..., : heads * d] = 0  # q = 0
+    bias = torch.randn(heads, ws * ws, ws * ws, dtype=torch.float64, generator=g)
+    lse = window_attention_lse_reference(qkv, bias, ws, 0)
+    assert lse.shape == (2, 4, heads, ws * ws)
+    torch.testing.assert_close(lse, bias.logsumexp(-1).expand(2, 4, heads, ws * ws))
+    shifted = window_attention_lse_reference(qkv, bias, ws, 1)
+    mask = shift_mask((6, 6), (ws, ws), (1, 1), dtype=torch.float64)  # (nW, N, N)
+    want = (bias[None] + mask[:, None]).logsumexp(-1)  # (nW, heads, N)
+    torch.testing.assert_close(shifted, want.expand(2, 4, heads, ws * ws))
+    assert not torch.equal(shifted, lse)  # the last windows along each axis are split
+    with pytest.raises(ValueError, match="empty map"):
+        window_attention_lse_reference(qkv[:0], bias, ws, 0)
