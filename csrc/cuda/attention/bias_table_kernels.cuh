@@ -43,11 +43,11 @@ __host__ __device__ __forceinline__ int bias_table_code(const Geom& g, int i) {
 }
 
 // A head's bias as the tile backward reads it, either form through one
-// expression: entry (i, j) (i, j < N) is base[row_term(i) + col_term(j)] --
-// i * N + j in the head's (N, N) bias, or (code(i) - code(j) + row of offset
-// 0) * heads in its column of the table.  The terms are formed once per
-// token (the table's with the token decode), so an entry costs an add and a
-// load in both forms.
+// expression: entry (i, j) (i, j < N) is base[row_term_of(i) + col_term_of(j)]
+// -- i * N + j in the head's (N, N) bias, or (code(i) - code(j) + row of
+// offset 0) * heads in its column of the table, code = bias_table_code (the
+// caller decodes each token's once), so an entry costs an add and a load in
+// both forms.
 struct HeadBias {
   const float* base;
   bool table;
@@ -63,13 +63,7 @@ struct HeadBias {
     b.center = bias_table_row(BiasTableShape::make(p.g.wt, p.g.wh, p.g.ww), 0, 0, 0, 0, 0, 0);
     return b;
   }
-  __host__ __device__ __forceinline__ int row_term(const Geom& g, int i) const {
-    return row_term_of(table ? bias_table_code(g, i) : 0, i);
-  }
-  __host__ __device__ __forceinline__ int col_term(const Geom& g, int j) const {
-    return col_term_of(table ? bias_table_code(g, j) : 0, j);
-  }
-  // The same from the token's code (table form; ignored for the gathered bias).
+  // The terms of token i (row) and j (key) from their codes (ignored for the gathered bias).
   __host__ __device__ __forceinline__ int row_term_of(int code, int i) const {
     return table ? (code + center) * heads : i * N;
   }
