@@ -307,6 +307,29 @@ def run_attention(ex: Executor, case: AttnCase, inp: Dict, dtype: torch.dtype, s
     return {k: v.cpu() for k, v in got.items()}
 
 
+def _as_reference(t: torch.Tensor, prec: torch.dtype, rnd: Optional[torch.dtype]) -> torch.Tensor:
+    """A fresh copy of ``t`` (never the caller's tensor) in ``prec``, or with ``rnd`` in float64 from
+    its values rounded to ``prec``."""
+    t = t.to(prec, copy=True)
+    return t.double() if rnd else t
+
+
+def _reference_inputs(
+    case: AttnCase, inp: Dict, prec: torch.dtype, bias_prec: torch.dtype, rnd: Optional[torch.dtype] = None
+) -> Dict[str, Optional[torch.Tensor]]:
+    """qkv, bias, pad (None on an unpadded case) and, for V2 inputs, head_scale as the reference
+    composites take them: qkv and pad in ``prec`` (``rnd``: rounded to it, in float64), bias and
+    head_scale in ``bias_prec``."""
+    x = {
+        "qkv": _as_reference(inp["qkv"], rnd or prec, rnd),
+        "bias": _as_reference(inp["bias"], bias_prec, rnd),
+        "pad": _as_reference(inp["pad"], rnd or prec, rnd) if case.pad else None,
+    }
+    if "head_scale" in inp:
+        x["head_scale"] = _as_reference(inp["head_scale"], bias_prec, rnd)
+    return x
+
+
 def attention_reference(
     case: AttnCase,
     inp: Dict,
@@ -321,22 +344,16 @@ def attention_reference(
     """
     from swin_ext.ops.reference import window_attention_reference, window_attention_v2_reference
 
-    q = (lambda t, p: t.to(p).double()) if rnd else (lambda t, p: t.to(p, copy=True))  # never the caller's tensor
-    leaves = [q(inp["qkv"], rnd or prec).requires_grad_(), q(inp["bias"], bias_prec).requires_grad_()]
-    pad = None
-    if case.pad:
-        pad = q(inp["pad"], rnd or prec).requires_grad_()
-        leaves.append(pad)
-    if "head_scale" in inp:
-        hs = q(inp["head_scale"], bias_prec).requires_grad_()
-        leaves.append(hs)
-        out = window_attention_v2_reference(leaves[0], leaves[1], hs, case.ws, case.shift, pad)
+    x = _reference_inputs(case, inp, prec, bias_prec, rnd)
+    leaves = [x[k].requires_grad_() for k in ("qkv", "bias", "pad", "head_scale") if x.get(k) is not None]
+    if "head_scale" in x:
+        out = window_attention_v2_reference(x["qkv"], x["bias"], x["head_scale"], case.ws, case.shift, x["pad"])
     else:
-        out = window_attention_reference(leaves[0], leaves[1], case.window, case.shift, scale, pad)
+        out = window_attention_reference(x["qkv"], x["bias"], case.window, case.shift, scale, x["pad"])
     if out.numel() == 0:
         return [out] + [torch.zeros_like(t) for t in leaves]
     grads = torch.autograd.grad(
-        out, leaves, q(inp["go"], rnd or prec), allow_unused=True
+        out, leaves, _as_reference(inp["go"], rnd or prec, rnd), allow_unused=True
     )  # pad: unused on unpadded maps
     return [out] + [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)]
 
@@ -381,14 +398,11 @@ def attention_lse_reference(case: AttnCase, inp: Dict, scale: float, dtype: torc
     read them (qkv and pad in ``dtype``, bias and head_scale in its accumulation dtype)."""
     from swin_ext.ops.reference import window_attention_lse_reference
 
-    acc = acc_dtype(dtype)
-    low = lambda t: None if t is None else t.to(dtype).double()  # noqa: E731
-    bias = inp["bias"].to(acc).double()
-    pad = low(inp["pad"]) if case.pad else None
-    if "head_scale" in inp:
-        hs = inp["head_scale"].to(acc).double()
-        return window_attention_lse_reference(low(inp["qkv"]), bias, case.ws, case.shift, None, pad, hs)
-    return window_attention_lse_reference(low(inp["qkv"]), bias, case.window, case.shift, scale, pad)
+    x = _reference_inputs(case, inp, torch.float64, acc_dtype(dtype), rnd=dtype)
+    if "head_scale" in x:
+        return window_attention_lse_reference(x["qkv"], x["bias"], case.ws, case.shift, None, x["pad"],
+                                              x["head_scale"])
+    return window_attention_lse_reference(x["qkv"], x["bias"], case.window, case.shift, scale, x["pad"])
 
 
 def assert_thread_independent(fn: Callable[[], Tuple[torch.Tensor, ...]]) -> None:
