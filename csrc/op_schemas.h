@@ -115,6 +115,14 @@ constexpr const char* kLinearCpuFwd = "linear_cpu_fwd(Tensor x, Tensor weight, T
 // number of threads.  The bias gradient is grad_y's column sum (the caller's).
 constexpr const char* kLinearCpuBwd =
     "linear_cpu_bwd(Tensor grad_y, Tensor x, Tensor weight, bool[2] needs) -> (Tensor, Tensor)";
+// The transformer MLP's inference forward on the CPU (csrc/cpu/mlp_cpu.cpp; no
+// autograd, no CUDA kernel): x (T, in), fc1_weight (hidden, in), fc2_weight
+// (out, hidden), biases (hidden,) / (out,) or None, float32 CPU tensors, every
+// width a positive multiple of 16; returns y = fc2(GELU(fc1(x))) (T, out),
+// exact GELU, bitwise linear_cpu_fwd(bias_gelu_fwd(linear_cpu_fwd(x,
+// fc1_weight, None), fc1_bias), fc2_weight, fc2_bias).
+constexpr const char* kMlpCpuFwd =
+    "mlp_cpu_fwd(Tensor x, Tensor fc1_weight, Tensor? fc1_bias, Tensor fc2_weight, Tensor? fc2_bias) -> Tensor";
 
 // The higher-order backward of each op: the vector-Jacobian product of its
 // plain-PyTorch composite (swin_ext/ops/reference.py), differentiable to any
@@ -169,6 +177,7 @@ inline void define_vjp_ops(torch::Library& m) {
 inline void define_cpu_ops(torch::Library& m) {
   m.def(kLinearCpuFwd);
   m.def(kLinearCpuBwd);
+  m.def(kMlpCpuFwd);
 }
 
 }  // namespace schema

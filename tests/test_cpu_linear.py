@@ -255,14 +255,20 @@ def test_model_on_cpu_gemms_matches_aten(monkeypatch):
     for n, p in m.named_parameters():
         torch.testing.assert_close(fast_grads[n], p.grad, rtol=1e-4, atol=1e-5, msg=n)
     monkeypatch.setattr(config, "_CPU_GEMM_ENABLED", True)
+    mlps = []
+    if config._CPU_MLP_KERNEL:  # inference: each MLP in one fused op (test_cpu_mlp.py)
+        real_mlp = torch.ops.swin_ext.mlp_cpu_fwd
+        monkeypatch.setattr(torch.ops.swin_ext, "mlp_cpu_fwd", lambda *a: mlps.append(1) or real_mlp(*a))
     with torch.inference_mode():
         torch.testing.assert_close(m.eval()(x), ref.detach(), rtol=1e-5, atol=1e-5)
-    assert len(calls) == 4 * blocks + merges
+    assert len(calls) + 2 * len(mlps) == 4 * blocks + merges
+    assert len(mlps) == (blocks if config._CPU_MLP_KERNEL else 0)
     # the user's switch for one model turns them off with the other CPU GEMM paths
     calls.clear()
+    mlps.clear()
     with torch.no_grad():
         m.set_cpu_inference_fusion(False)(x)
-    assert calls == []
+    assert calls == [] and mlps == []
 
 
 def test_default_follows_the_cpu(monkeypatch, recwarn):

@@ -116,16 +116,18 @@ _ONEDNN_OK: Optional[bool] = None
 _CPU_GEMM_ENABLED: Optional[bool] = _switch_env("SWIN_EXT_CPU_GEMM")
 
 
-def _probe_cpu_gemm() -> bool:
+def _probe_cpu_kernel(op: str) -> bool:
     if not HAS_OPS:
         return False
     try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key("swin_ext::linear_cpu_fwd", "CPU")
+        return torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU")
     except RuntimeError:  # op not defined in this build
         return False
 
 
-_CPU_GEMM_KERNEL = _probe_cpu_gemm()
+_CPU_GEMM_KERNEL = _probe_cpu_kernel("swin_ext::linear_cpu_fwd")
+#: the fused inference MLP on swin_ext's CPU GEMMs (``swin_ext::mlp_cpu_fwd``) is in this build
+_CPU_MLP_KERNEL = _probe_cpu_kernel("swin_ext::mlp_cpu_fwd")
 
 
 def onednn_preferred() -> bool:

@@ -73,6 +73,10 @@ CPU_TRAINING_BIAS_GELU = True
 MLP_CHUNK_MIN_BYTES = 16 << 20
 #: ... of about this many bytes of hidden map each.
 MLP_CHUNK_BYTES = 6 << 20
+#: CPU inference on swin_ext's GEMMs: an MLP whose two weights hold at most this many elements runs
+#: as one fused op (:func:`mlp_inference`); larger weights, streamed once per row block there, run
+#: as two Linears.
+MLP_FUSED_MAX_WEIGHT = 2 * 768 * 192
 
 
 def _plain_float32(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
@@ -162,6 +166,12 @@ if config._CPU_GEMM_KERNEL:  # the op exists in this build
     torch.library.register_autograd(
         "swin_ext::linear_cpu_fwd", _cpu_linear_backward, setup_context=_cpu_linear_setup
     )
+
+if config._CPU_MLP_KERNEL:
+
+    @torch.library.register_fake("swin_ext::mlp_cpu_fwd")
+    def _mlp_cpu_fwd_fake(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
+        return x.new_empty((x.shape[0], fc2_weight.shape[0]))
 
 
 def _lp(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], act: str = "none") -> torch.Tensor:
@@ -303,27 +313,33 @@ def _gelu_in_place_ok(fc: nn.Module, y: torch.Tensor) -> bool:
         and eager_plain(y)
         and not functorch_active()
         and not forward_mode((y,))
-        and not (fc._forward_hooks or fc._forward_pre_hooks or nn.modules.module._global_forward_hooks)
+        and not _has_hooks(fc)
     )
 
 
 def mlp_inference(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, approximate: str = "none") -> Optional[torch.Tensor]:
-    """``fc2(gelu(fc1(x)))`` in row chunks on the CPU's oneDNN path, or ``None`` where that path does not apply.
+    """``fc2(gelu(fc1(x)))`` on a fused CPU inference path, or ``None`` where none applies.
 
-    ``x (..., in)`` -> ``(..., out)``.  Applies in inference (nothing records
-    a gradient) to float32 CPU input on oneDNN, both Linears ``fast``, the
-    exact GELU, when the hidden map would exceed :data:`MLP_CHUNK_MIN_BYTES`
-    (Swin-T's stage 1 from batch 4, stage 2 from batch 7, at 224 px; a stage run in
-    image chunks, :mod:`swin_ext.layers.chunking`, passes smaller maps); the
-    caller runs its usual path on ``None``.
+    ``x (..., in)`` -> ``(..., out)``.  Applies in inference (nothing records a gradient) to
+    float32 CPU input, both Linears ``fast`` and without forward hooks (a fused path does not call
+    the modules), the exact GELU, eager; the caller runs its usual path on ``None``.  Two paths:
 
-    Why: a hidden map that large is a fresh allocation of every call (glibc
-    maps blocks over 32 MiB anew, so every page faults and is zeroed), written
-    to DRAM and read back by fc2.  Chunks of ~:data:`MLP_CHUNK_BYTES` are
-    reused from the heap and stay in the cache.  Measured on the 2-core dev
-    machine (benchmarks/results/, issue 20): Swin-T stage 1 at batch 8, 23.7 ->
-    15.6 ms per MLP.  Each row's result is the same GEMM's (the chunks split
-    the token rows, never the reduction), and the output is written in place.
+    * **oneDNN** (:func:`config.use_onednn`), when the hidden map would exceed
+      :data:`MLP_CHUNK_MIN_BYTES` (Swin-T's stage 1 from batch 4, stage 2 from batch 7, at 224 px;
+      a stage run in image chunks, :mod:`swin_ext.layers.chunking`, passes smaller maps): row
+      chunks of ~:data:`MLP_CHUNK_BYTES`, each oneDNN's fc1 with the GELU in its epilogue, then
+      fc2.  Why: a hidden map that large is a fresh allocation of every call (glibc maps blocks
+      over 32 MiB anew, so every page faults and is zeroed), written to DRAM and read back by fc2;
+      the chunks are reused from the heap and stay in the cache.  Measured on the 2-core dev
+      machine (benchmarks/results/, issue 20): Swin-T stage 1 at batch 8, 23.7 -> 15.6 ms per
+      MLP.  Each row's result is the same GEMM's (the chunks split the token rows, never the
+      reduction).
+    * **swin_ext's CPU GEMMs** (:func:`config.use_cpu_gemm`, both widths multiples of 16), when
+      the two weights hold at most :data:`MLP_FUSED_MAX_WEIGHT` elements:
+      ``torch.ops.swin_ext.mlp_cpu_fwd`` (``csrc/cpu/mlp_cpu.cpp``), the whole MLP in one op
+      whose rows go in blocks small enough that their hidden map never leaves the core's L2.
+      The same bits as the training path's forward (fc1 without bias, :func:`swin_ext.bias_gelu`,
+      fc2); measured: :data:`MLP_FUSED_MAX_WEIGHT`.
     """
     if (
         x.device.type != "cpu"  # first: the one test a GPU model's host pays per MLP
@@ -334,9 +350,36 @@ def mlp_inference(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, approximate: 
             torch.is_grad_enabled()
             and (x.requires_grad or any(p.requires_grad for p in (*fc1.parameters(), *fc2.parameters())))
         )
-        or not (_onednn_ok(x, fc1.weight, fc1.bias) and _onednn_ok(x, fc2.weight, fc2.bias))
+        or _has_hooks(fc1)
+        or _has_hooks(fc2)
     ):
         return None
+    if _onednn_ok(x, fc1.weight, fc1.bias) and _onednn_ok(x, fc2.weight, fc2.bias):
+        return _mlp_onednn_chunks(x, fc1, fc2)
+    if (
+        config._CPU_MLP_KERNEL
+        and fc1.weight.numel() + fc2.weight.numel() <= MLP_FUSED_MAX_WEIGHT
+        and fc2.weight.dim() == 2
+        and fc2.weight.shape[1] == fc1.weight.shape[0]
+        and _cpu_gemm_ok(x, fc1.weight, fc1.bias)
+        and fc2.weight.shape[0] % 16 == 0
+        and fc2.weight.shape[0] > 0
+        and (fc2.bias is None or fc2.bias.dtype == torch.float32)
+        and fc2.weight.dtype == torch.float32
+    ):
+        y = torch.ops.swin_ext.mlp_cpu_fwd(x.reshape(-1, x.shape[-1]), fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        return y.view(*x.shape[:-1], y.shape[-1])
+    return None
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    """Whether a forward hook (``m``'s own or a global one) would see the module's call."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks)
+
+
+def _mlp_onednn_chunks(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear) -> Optional[torch.Tensor]:
+    """:func:`mlp_inference`'s oneDNN path: row chunks when the hidden map is large, else ``None``."""
     x2d = x.reshape(-1, x.shape[-1])
     rows, hidden = x2d.shape[0], fc1.weight.shape[0]
     hidden_bytes = rows * hidden * x2d.element_size()
