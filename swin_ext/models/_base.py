@@ -318,9 +318,9 @@ class FusedBackend:
         """Turn the CPU's fast GEMM paths of the fused backend on or off for this
         model: oneDNN's (fc1 + GELU in one GEMM in inference, oneDNN forward and
         input-gradient GEMMs for every block Linear) and swin_ext's own CPU GEMMs
-        (in inference also the MLP as one op; see :mod:`swin_ext.layers.fast_linear`).  On by default; kept across
-        :meth:`set_backend`; the reference backend never uses them.  Process-wide
-        oneDNN's are on where the CPU prefers them
+        (and in inference the MLP as one op; see :mod:`swin_ext.layers.fast_linear`).
+        On by default; kept across :meth:`set_backend`; the reference backend never
+        uses them.  Process-wide oneDNN's are on where the CPU prefers them
         (:func:`swin_ext.layers.onednn_preferred`: AVX-512) unless
         ``SWIN_EXT_ONEDNN_MLP`` or :func:`swin_ext.layers.set_onednn` chooses, and
         swin_ext's on an AVX2 CPU (:func:`swin_ext.layers.cpu_gemm_preferred`) unless
