@@ -60,6 +60,15 @@ def run_child(code: str, timeout: float = 120) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def run_on_isa(code: str, isa: str, timeout: float = 300) -> None:
+    """Run ``code`` in a fresh interpreter on the CPU kernels' ``isa`` build (``SWIN_EXT_CPU_ISA``:
+    ``default`` is the baseline one, which a CPU without AVX2 runs); it prints ``ok`` when its
+    checks pass."""
+    env = dict(os.environ, SWIN_EXT_CPU_ISA=isa)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
 # Child-process harness: runs each named case with a 20 s alarm, records "ok",
 # "<ExcType>: <message>" or "timeout", and prints them as JSON.
 CHILD_HARNESS = r'''

@@ -6,10 +6,6 @@ Each result is checked against float64 with the error bound of any float32 dot p
 off by O(1) and fails it."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +13,8 @@ import torch.nn.functional as F
 import swin_ext
 from swin_ext.layers import config
 from swin_ext.layers import fast_linear as L
+
+from swin_test_utils import run_on_isa
 
 pytestmark = pytest.mark.skipif(not config._CPU_GEMM_KERNEL, reason="this build has no swin_ext CPU GEMM")
 
@@ -160,9 +158,7 @@ def test_baseline_isa_build_within_bound():
         "        assert bool(((got.double() - want).abs() <= bound).all())\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, SWIN_EXT_CPU_ISA="default")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+    run_on_isa(code, "default")
 
 
 # ----------------------------------------------------------------------------- the layer path

@@ -9,9 +9,6 @@ block exceeds by orders of magnitude."""
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,6 +18,8 @@ import torch.nn.functional as F
 from swin_ext.layers import config
 from swin_ext.layers import fast_linear as L
 from swin_ext.layers.mlp import Mlp, SequentialMlp
+
+from swin_test_utils import run_on_isa
 
 pytestmark = pytest.mark.skipif(not config._CPU_MLP_KERNEL, reason="this build has no fused CPU MLP")
 
@@ -155,9 +154,7 @@ def test_baseline_isa_build_bitwise_the_unfused_composition():
         "    assert torch.allclose(y.double(), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, SWIN_EXT_CPU_ISA="default")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+    run_on_isa(code, "default")
 
 
 # ----------------------------------------------------------------------------- the layer path

@@ -18,6 +18,7 @@ from swin_ext import (
 )
 
 from op_testing import GRADCHECK, OPCHECK
+from swin_test_utils import run_on_isa
 
 pytestmark = pytest.mark.skipif(not swin_ext.HAS_OPS, reason="compiled ops not built")
 F64 = torch.float64
@@ -93,10 +94,6 @@ def test_limits_come_from_the_compiled_checks():
 def test_baseline_isa_path_matches_reference(isa):
     """The kernels' baseline (non-AVX2) build, which machines without AVX2 run, and the AVX2 build where the
     machine has AVX-512 (bias + GELU is compiled a third time for it; SWIN_EXT_CPU_ISA=avx2 stops before)."""
-    import os
-    import subprocess
-    import sys
-
     code = (
         "import torch, swin_ext\n"
         "from swin_ext.ops import reference as R\n"
@@ -143,9 +140,7 @@ def test_baseline_isa_path_matches_reference(isa):
         "        torch.testing.assert_close(a, b, atol=tol, rtol=tol)\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, SWIN_EXT_CPU_ISA=isa)
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+    run_on_isa(code, isa)
 
 
 # ----------------------------------------------------------------------------- autograd contracts
