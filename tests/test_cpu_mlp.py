@@ -209,9 +209,11 @@ def test_layer_keeps_the_unfused_path_where_the_op_does_not_apply(monkeypatch):
         assert len(calls) == 1
         calls.clear()
         copy.deepcopy(m).double()(x.double())  # float64: the op is float32 only
-        handle = m.fc1.register_forward_hook(lambda mod, i, o: None)  # a hook must see fc1's call
-        m(x)
+        seen = []
+        handle = m.fc1.register_forward_hook(lambda mod, i, o: seen.append(tuple(o.shape)))
+        m(x)  # a hook of fc1 sees fc1's call: the unfused path
         handle.remove()
+        assert seen == [(3, 384)]
         big = Mlp(384, 1536).eval()  # weights above MLP_FUSED_MAX_WEIGHT
         assert big.fc1.weight.numel() * 2 > L.MLP_FUSED_MAX_WEIGHT
         big(torch.randn(3, 384))

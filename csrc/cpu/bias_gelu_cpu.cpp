@@ -15,8 +15,9 @@
 // / double, before rounding to z's dtype) into a partial row and adds the
 // partials in block order, so dbias does not depend on the number of threads
 // (bitwise reproducible, no atomics).  The model runs this op for fc1 on the
-// CPU in training (see swin_ext/layers/fast_linear.py); inference keeps
-// oneDNN's GEMM with the GELU in its epilogue.
+// CPU in training (see swin_ext/layers/fast_linear.py); inference takes
+// oneDNN's GEMM with the GELU in its epilogue, or the fused MLP
+// (mlp_cpu.cpp), which runs this file's forward rows (gelu_cpu.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
