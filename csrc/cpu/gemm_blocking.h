@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "cpu_microkernels.h"
 
@@ -221,6 +222,22 @@ void for_blocks(int64_t M, int64_t J, F&& f) {
         split_point(c + 1, cols, panels, 1) * kColTile);
     }
   });
+}
+
+// The operands' checks, with the op's name (`op`) in every message.
+inline void check_gemm_operand(const char* op, const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got shape ", t.sizes());
+}
+
+// (out, in) of a weight, checked: both positive multiples of kColTile.
+inline std::pair<int64_t, int64_t> check_gemm_weight(const char* op, const at::Tensor& w, const char* name) {
+  check_gemm_operand(op, w, name, 2);
+  const int64_t N = w.size(0), K = w.size(1);
+  TORCH_CHECK(N > 0 && K > 0 && N % kColTile == 0 && K % kColTile == 0, op, ": the ", name,
+              "'s dimensions must be positive multiples of ", kColTile, ", got ", w.sizes());
+  return {N, K};
 }
 
 }  // namespace cpu_gemm

@@ -85,30 +85,16 @@ SWIN_CPU_CLONES((), wgrad_rows_packed,
                  float* ap),
                 wgrad_packed<cpu::gemm_rows_for(kIsa)>(r0, r1, N, K, P, dy, xp, dw, ap));
 
-
-void check_linear_operand(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.device().is_cpu(), "swin_ext linear_cpu: ", name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat, "swin_ext linear_cpu: ", name, " must be float32, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == dim, "swin_ext linear_cpu: ", name, " must be ", dim, "-D, got shape ", t.sizes());
-}
-
-// (out, in) of the weight, checked: both positive multiples of kColTile.
-std::pair<int64_t, int64_t> check_linear_weight(const at::Tensor& weight) {
-  check_linear_operand(weight, "weight", 2);
-  const int64_t N = weight.size(0), K = weight.size(1);
-  TORCH_CHECK(N > 0 && K > 0 && N % kColTile == 0 && K % kColTile == 0,
-              "swin_ext linear_cpu: the weight's dimensions must be positive multiples of ", kColTile, ", got ",
-              weight.sizes());
-  return {N, K};
-}
+// The op name of the argument checks' messages (check_gemm_operand).
+constexpr const char* kOp = "swin_ext linear_cpu";
 
 at::Tensor linear_cpu_fwd(const at::Tensor& x_in, const at::Tensor& weight_in,
                           const std::optional<at::Tensor>& bias_in) {
-  check_linear_operand(x_in, "x", 2);
-  const auto [N, K] = check_linear_weight(weight_in);
+  check_gemm_operand(kOp, x_in, "x", 2);
+  const auto [N, K] = check_gemm_weight(kOp, weight_in, "weight");
   TORCH_CHECK(x_in.size(1) == K, "swin_ext linear_cpu: x has ", x_in.size(1), " features, the weight ", K);
   if (bias_in.has_value()) {
-    check_linear_operand(*bias_in, "bias", 1);
+    check_gemm_operand(kOp, *bias_in, "bias", 1);
     TORCH_CHECK(bias_in->size(0) == N, "swin_ext linear_cpu: bias has ", bias_in->size(0), " elements, the weight ", N,
                 " rows");
   }
@@ -130,9 +116,9 @@ at::Tensor linear_cpu_fwd(const at::Tensor& x_in, const at::Tensor& weight_in,
 
 std::tuple<at::Tensor, at::Tensor> linear_cpu_bwd(const at::Tensor& grad_in, const at::Tensor& x_in,
                                                   const at::Tensor& weight_in, std::array<bool, 2> needs) {
-  check_linear_operand(grad_in, "grad_y", 2);
-  check_linear_operand(x_in, "x", 2);
-  const auto [N, K] = check_linear_weight(weight_in);
+  check_gemm_operand(kOp, grad_in, "grad_y", 2);
+  check_gemm_operand(kOp, x_in, "x", 2);
+  const auto [N, K] = check_gemm_weight(kOp, weight_in, "weight");
   const int64_t M = x_in.size(0);
   TORCH_CHECK(x_in.size(1) == K, "swin_ext linear_cpu: x has ", x_in.size(1), " features, the weight ", K);
   TORCH_CHECK(grad_in.size(0) == M && grad_in.size(1) == N, "swin_ext linear_cpu: grad_y must be (", M, ", ", N,

@@ -5,12 +5,12 @@
 // Why: run as two Linears and a GELU, the (tokens, hidden) map between them
 // -- the largest tensor of a Swin block, 4x the token map -- is a fresh
 // allocation that fc1 writes out of the cache, the GELU reads and writes, and
-// fc2 reads back.  In the model (Swin-T inference at batch 8 on the AVX2
-// EPYC) that made stage 1's fc1 GEMM run at ~97 GFLOP/s against ~163 on the
-// same shape in isolation.  Here the rows go in blocks whose hidden map
+// fc2 reads back.  Here the rows go in blocks whose hidden map
 // (block rows x hidden floats, about kHiddenBytes) stays in the core's L2:
 // fc1 writes it, the GELU rewrites it in place, fc2 reads it, and only x and
-// y touch memory.
+// y touch memory.  Measured on the AVX2 EPYC (Swin-T, batch 8): 1.05-1.08x
+// the unfused MLPs of stages 1-2, ~1% of the forward
+// (benchmarks/results/cpu_mlp_fused_avx2_2026-12-06.md).
 //
 // The same bits as the unfused composition: each block is fc1 without its
 // bias (linear_cpu_fwd's tiles and depth blocks; a row's sums do not depend
@@ -75,32 +75,20 @@ SWIN_ALWAYS_INLINE void mlp_blocks_body(const MlpArgs& a, int64_t b0, int64_t b1
 SWIN_CPU_CLONES((), mlp_blocks, (const MlpArgs& a, int64_t b0, int64_t b1, float* h),
                 mlp_blocks_body<cpu::gemm_rows_for(kIsa), cpu::v8f>(a, b0, b1, h));
 
-void check_operand(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.device().is_cpu(), "swin_ext mlp_cpu_fwd: ", name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat, "swin_ext mlp_cpu_fwd: ", name, " must be float32, got ",
-              t.scalar_type());
-  TORCH_CHECK(t.dim() == dim, "swin_ext mlp_cpu_fwd: ", name, " must be ", dim, "-D, got shape ", t.sizes());
-}
-
-void check_weight(const at::Tensor& w, const char* name) {
-  check_operand(w, name, 2);
-  TORCH_CHECK(w.size(0) > 0 && w.size(1) > 0 && w.size(0) % kColTile == 0 && w.size(1) % kColTile == 0,
-              "swin_ext mlp_cpu_fwd: ", name, "'s dimensions must be positive multiples of ", kColTile, ", got ",
-              w.sizes());
-}
+constexpr const char* kOp = "swin_ext mlp_cpu_fwd";
 
 void check_bias(const std::optional<at::Tensor>& b, const char* name, int64_t n) {
   if (!b.has_value()) return;
-  check_operand(*b, name, 1);
+  check_gemm_operand(kOp, *b, name, 1);
   TORCH_CHECK(b->size(0) == n, "swin_ext mlp_cpu_fwd: ", name, " has ", b->size(0), " elements, its weight ", n,
               " rows");
 }
 
 at::Tensor mlp_cpu_fwd(const at::Tensor& x_in, const at::Tensor& w1_in, const std::optional<at::Tensor>& b1_in,
                        const at::Tensor& w2_in, const std::optional<at::Tensor>& b2_in) {
-  check_operand(x_in, "x", 2);
-  check_weight(w1_in, "fc1_weight");
-  check_weight(w2_in, "fc2_weight");
+  check_gemm_operand(kOp, x_in, "x", 2);
+  check_gemm_weight(kOp, w1_in, "fc1_weight");
+  check_gemm_weight(kOp, w2_in, "fc2_weight");
   const int64_t M = x_in.size(0), C = w1_in.size(1), H = w1_in.size(0), C2 = w2_in.size(0);
   TORCH_CHECK(x_in.size(1) == C, "swin_ext mlp_cpu_fwd: x has ", x_in.size(1), " features, fc1_weight ", C);
   TORCH_CHECK(w2_in.size(1) == H, "swin_ext mlp_cpu_fwd: fc2_weight takes ", w2_in.size(1), " features, fc1 gives ",
