@@ -110,20 +110,27 @@ def _onednn_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 
 
 def _cpu_gemm_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """A CPU input, swin_ext's CPU GEMMs on (:func:`config.use_cpu_gemm`), widths that are positive
-    multiples of 16 (the kernel's column tile; every Swin Linear but the classifier), and
-    :func:`_plain_float32`."""
+    """A CPU input, swin_ext's CPU GEMMs on (:func:`config.use_cpu_gemm`), a weight they take
+    (:func:`_cpu_gemm_weight_ok`) and :func:`_plain_float32`."""
     return (
         x.device.type == "cpu"  # first the two tests that end it off the path: a GPU model, the GEMMs off
         and config.use_cpu_gemm()
         and x.dim() >= 1
-        and weight.dim() == 2
+        and _cpu_gemm_weight_ok(weight)
+        and x.shape[-1] == weight.shape[1]
+        and _plain_float32(x, weight, bias)
+    )
+
+
+def _cpu_gemm_weight_ok(weight: torch.Tensor) -> bool:
+    """A 2-D weight whose widths are positive multiples of 16 (the CPU GEMM's column tile; every
+    Swin Linear but the classifier)."""
+    return (
+        weight.dim() == 2
         and weight.shape[0] % 16 == 0
         and weight.shape[1] % 16 == 0
         and weight.shape[0] > 0
         and weight.shape[1] > 0
-        and x.shape[-1] == weight.shape[1]
-        and _plain_float32(x, weight, bias)
     )
 
 
@@ -364,10 +371,8 @@ def mlp_inference(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, approximate: 
         and fc2.weight.dim() == 2
         and fc2.weight.shape[1] == fc1.weight.shape[0]
         and _cpu_gemm_ok(x, fc1.weight, fc1.bias)
-        and fc2.weight.shape[0] % 16 == 0
-        and fc2.weight.shape[0] > 0
-        and (fc2.bias is None or fc2.bias.dtype == torch.float32)
-        and fc2.weight.dtype == torch.float32
+        and _cpu_gemm_weight_ok(fc2.weight)
+        and _plain_float32(x, fc2.weight, fc2.bias)
     ):
         y = torch.ops.swin_ext.mlp_cpu_fwd(x.reshape(-1, x.shape[-1]), fc1.weight, fc1.bias, fc2.weight, fc2.bias)
         return y.view(*x.shape[:-1], y.shape[-1])
