@@ -21,10 +21,12 @@ import sys
 import time
 
 import torch
+import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import swin_ext  # noqa: E402
 from swin_ext.layers import config, fast_linear  # noqa: E402
+from swin_ext.layers.chunking import inference_image_chunk  # noqa: E402
 
 from _timing import cpu_name  # noqa: E402
 
@@ -107,9 +109,9 @@ def main(argv=None) -> int:
     print("| stage MLP | tokens x in -> hidden | unfused, ms (GFLOP/s) | fused, ms (GFLOP/s) | unfused / fused |")
     print("|---|---|---:|---:|---:|")
     for i, (tok, c) in enumerate(STAGES):
-        per_chunk = tok * args.batch
-        if i == 0:  # the model runs stage 1 in image chunks at this batch
-            per_chunk = tok * max(1, min(args.batch, (5 << 19) // (tok * c * 4)))
+        with torch.no_grad():  # the images per chunk that the model runs this stage in (0: all at once)
+            images = inference_image_chunk(torch.empty(args.batch, tok, c), nn.Identity().eval())
+        per_chunk = tok * (images or args.batch)
         r = bench_stage(per_chunk, c, args.repeats, args.evict)
         (tu, gu), (tf, gf) = r["unfused"], r["fused"]
         print(f"| s{i + 1} | {per_chunk} x {c} -> {4 * c} | {tu:.2f} ({gu:.0f}) | {tf:.2f} ({gf:.0f}) "
