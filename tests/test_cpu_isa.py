@@ -34,6 +34,7 @@ pytestmark = pytest.mark.skipif(
 #: Legacy-SSE (non-VEX) packed float / double arithmetic.
 _SSE_PACKED = re.compile(r"^\s*[0-9a-f]+:\s+(add|sub|mul|div|max|min|sqrt)p[sd]\s")
 _YMM = re.compile(r"%ymm\d+")
+_ZMM = re.compile(r"%zmm\d+")
 _FUNC = re.compile(r"^[0-9a-f]+ <(.*)>:$")
 
 #: Baseline code on purpose, called outside the clones: the fixed-order sum of the weight / bias
@@ -46,7 +47,7 @@ def _functions(lib: str) -> Dict[str, Dict[str, int]]:
     instructions on ymm registers."""
     out = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", lib], capture_output=True, text=True,
                          check=True).stdout
-    funcs: Dict[str, Dict[str, int]] = collections.defaultdict(lambda: {"sse": 0, "ymm": 0})
+    funcs: Dict[str, Dict[str, int]] = collections.defaultdict(lambda: {"sse": 0, "ymm": 0, "zmm": 0})
     name = None
     for line in out.splitlines():
         m = _FUNC.match(line)
@@ -59,6 +60,8 @@ def _functions(lib: str) -> Dict[str, Dict[str, int]]:
             funcs[name]["sse"] += 1
         if _YMM.search(line):
             funcs[name]["ymm"] += 1
+        if _ZMM.search(line):
+            funcs[name]["zmm"] += 1
     return funcs
 
 
@@ -91,3 +94,14 @@ def test_avx2_clones_compute_on_ymm(functions, clone):
     assert mine, f"no {clone} in the extension"
     for n, f in mine.items():
         assert f["ymm"] > 0 and f["sse"] == 0, (n[:200], f)
+
+
+@pytest.mark.parametrize("clone", ["gemm_rows_avx512", "wgrad_rows_packed_avx512", "mlp_blocks_avx512"])
+def test_avx512_gemm_clones_compute_on_zmm(functions, clone):
+    """The CPU GEMM's AVX-512 clones (linear_cpu.cpp, mlp_cpu.cpp) exist and run their tiles on 512-bit
+    registers (gemm_blocking.h, tile_pair): a clone that fell back to the 8-float tile would hold ymm
+    code only, at half the FMA width."""
+    mine = {n: f for n, f in functions.items() if re.search(rf"\b{clone}\b", n)}
+    assert mine, f"no {clone} in the extension"
+    for n, f in mine.items():
+        assert f["zmm"] > 0 and f["sse"] == 0, (n[:200], f)

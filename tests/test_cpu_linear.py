@@ -6,6 +6,10 @@ Each result is checked against float64 with the error bound of any float32 dot p
 off by O(1) and fails it."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +26,8 @@ U32 = 2.0**-24
 
 # (tokens, in, out): row tails (not multiples of 4 or 6), depths across the 256-deep blocks, outputs
 # across the 512-column chunks, and weight gradients on both sides of the packing rule (out >= 384 and
-# in >= 192: x packed; else read in place).
+# in >= 192: x packed; else read in place); odd panel counts (48, 400 and, packed, 208 columns: the
+# AVX-512 clones' panel pairs end in a single panel).
 SHAPES = [
     (1, 16, 16),
     (7, 32, 48),
@@ -32,6 +37,7 @@ SHAPES = [
     (257, 608, 544),
     (450, 192, 384),
     (97, 528, 400),
+    (300, 208, 400),
 ]
 
 
@@ -137,6 +143,48 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.swin_ext.linear_cpu_fwd.default, (x, w, b))
     torch.library.opcheck(torch.ops.swin_ext.linear_cpu_fwd.default, (x.requires_grad_(), w.requires_grad_(), None))
     torch.library.opcheck(torch.ops.swin_ext.linear_cpu_bwd.default, (g, x.detach(), w.detach(), [True, True]))
+
+
+def _cpu_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return all(x in flags for x in ("avx2", "fma", "avx512f", "avx512vl", "avx512bw", "avx512dq"))
+
+
+@pytest.mark.skipif(not _cpu_has_avx512(), reason="needs an AVX-512 CPU (the AVX-512 clones)")
+def test_avx512_build_bitwise_the_avx2_build(tmp_path):
+    """The AVX-512 clones (two 16-column panels per tile) form each element's sum in the same order as the
+    AVX2 ones (one panel as two 8-float vectors): the same bits, forward, both gradients (in place and
+    packed) and the fused MLP, odd panel counts and row tails included."""
+    code = (
+        "import sys, torch, swin_ext\n"
+        "g = torch.Generator().manual_seed(5)\n"
+        "out = []\n"
+        "for M, K, N in ((391, 272, 96), (300, 208, 400), (97, 528, 400), (13, 96, 48), (60, 768, 2304)):\n"
+        "    x, w, b, d = (torch.randn(M, K, generator=g), torch.randn(N, K, generator=g),\n"
+        "                  torch.randn(N, generator=g), torch.randn(M, N, generator=g))\n"
+        "    out.append(torch.ops.swin_ext.linear_cpu_fwd(x, w, b))\n"
+        "    out.extend(torch.ops.swin_ext.linear_cpu_bwd(d, x, w, [True, True]))\n"
+        "x, w1 = torch.randn(203, 96, generator=g), torch.randn(400, 96, generator=g)\n"
+        "b1, w2, b2 = torch.randn(400, generator=g), torch.randn(48, 400, generator=g), torch.randn(48, generator=g)\n"
+        "out.append(torch.ops.swin_ext.mlp_cpu_fwd(x, w1, b1, w2, b2))\n"
+        "torch.save(out, sys.argv[1])\n"
+        "print('ok')\n"
+    )
+    results = {}
+    for isa in ("avx512", "avx2"):
+        path = tmp_path / f"{isa}.pt"
+        env = dict(os.environ, SWIN_EXT_CPU_ISA=isa)
+        res = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+        results[isa] = torch.load(path)
+    assert len(results["avx512"]) == 16
+    for a, b in zip(results["avx512"], results["avx2"]):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.slow

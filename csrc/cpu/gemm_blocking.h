@@ -17,7 +17,11 @@
 //     split over threads, never the depth): bitwise reproducible.
 //
 // Each user compiles the templates into its own ISA clones
-// (isa_dispatch.h); the packing is cloned here, once for all of them.
+// (isa_dispatch.h); the packing is cloned here, once for all of them.  The
+// AVX-512 clones (gemm_b<RB, true>) run two neighbouring panels at once as
+// one 16-float vector each (tile_pair): the same 12 accumulators and the
+// same sums in the same order as the 8-float tile, so the same bits, at
+// twice the columns per FMA.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -47,6 +51,7 @@ constexpr int64_t kShortRows = 256;
 constexpr int64_t kColChunk = 512;
 
 typedef float v8 __attribute__((vector_size(32)));
+typedef float v16 __attribute__((vector_size(64)));
 
 // C[RB x kColTile] (+)= sum_{p < depth} a(r, p) * b(p, 0..15), with
 // a(r, p) = A[r * ars + p * aps] and b(p) = B + p * ldb; `add` adds the block's
@@ -128,6 +133,104 @@ SWIN_ALWAYS_INLINE void tile_rows(int64_t i0, int64_t i1, int64_t depth, const f
   tile_tail<RB>(i1 - i, depth, A + i * ars, ars, aps, B, ldb, C + i * ldc, ldc, add, bias);
 }
 
+// tile over two neighbouring panels, for the AVX-512 clones: C[RB x 2 kColTile]
+// (+)= sum_p a(r, p) * (b0(p), b1(p)) with b0(p) = B + p * ldb and b1(p) =
+// b0(p) + bps (the next panel), one 16-float vector per panel row.  Each
+// element is the sum tile() forms, in the same order: the same bits.
+template <int RB>
+SWIN_ALWAYS_INLINE void tile_pair(int64_t depth, const float* A, int64_t ars, int64_t aps, const float* B,
+                                  int64_t bps, int64_t ldb, float* C, int64_t ldc, bool add, const float* bias) {
+  v16 c[RB][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r) {
+    c[r][0] = c[r][1] = v16{};
+    __builtin_prefetch(C + r * ldc, 1, 3);
+    __builtin_prefetch(C + r * ldc + kColTile, 1, 3);
+    __builtin_prefetch(C + r * ldc + 2 * kColTile - 1, 1, 3);
+  }
+  for (int64_t p = 0; p < depth; ++p) {
+    const v16 b0 = cpu::load_vec<v16>(B + p * ldb);
+    const v16 b1 = cpu::load_vec<v16>(B + bps + p * ldb);
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; ++r) {
+      const float a = A[r * ars + p * aps];
+      c[r][0] += a * b0;
+      c[r][1] += a * b1;
+    }
+  }
+  v16 b0{}, b1{};
+  if (bias != nullptr) {
+    b0 = cpu::load_vec<v16>(bias);
+    b1 = cpu::load_vec<v16>(bias + kColTile);
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < RB; ++r) {
+    float* cr = C + r * ldc;
+    if (add) {
+      c[r][0] += cpu::load_vec<v16>(cr);
+      c[r][1] += cpu::load_vec<v16>(cr + kColTile);
+    } else if (bias != nullptr) {
+      c[r][0] += b0;
+      c[r][1] += b1;
+    }
+    cpu::store_vec(cr, c[r][0]);
+    cpu::store_vec(cr + kColTile, c[r][1]);
+  }
+}
+
+// Rows [i0, i1) of C over the panel pair at B (tile_pair): full RB-row tiles, then the tail's
+// rows as one shorter tile.
+template <int RB>
+SWIN_ALWAYS_INLINE void tile_rows_pair(int64_t i0, int64_t i1, int64_t depth, const float* A, int64_t ars,
+                                       int64_t aps, const float* B, int64_t bps, int64_t ldb, float* C, int64_t ldc,
+                                       bool add, const float* bias) {
+  int64_t i = i0;
+  for (; i + RB <= i1; i += RB)
+    tile_pair<RB>(depth, A + i * ars, ars, aps, B, bps, ldb, C + i * ldc, ldc, add, bias);
+  const float* a = A + i * ars;
+  float* c = C + i * ldc;
+  switch (i1 - i) {
+    case 5:
+      if constexpr (RB > 5) tile_pair<5>(depth, a, ars, aps, B, bps, ldb, c, ldc, add, bias);
+      break;
+    case 4:
+      if constexpr (RB > 4) tile_pair<4>(depth, a, ars, aps, B, bps, ldb, c, ldc, add, bias);
+      break;
+    case 3:
+      tile_pair<3>(depth, a, ars, aps, B, bps, ldb, c, ldc, add, bias);
+      break;
+    case 2:
+      tile_pair<2>(depth, a, ars, aps, B, bps, ldb, c, ldc, add, bias);
+      break;
+    case 1:
+      tile_pair<1>(depth, a, ars, aps, B, bps, ldb, c, ldc, add, bias);
+      break;
+    default:
+      break;
+  }
+}
+
+// Columns [j, je) of C, panel by panel (tile_rows) or, kWide (the AVX-512
+// clones), two panels at a time (tile_rows_pair) and a last odd panel alone.
+// B: the panel of column j, the next bps floats on; the rest as tile_rows.
+template <int RB, bool kWide>
+SWIN_ALWAYS_INLINE void panel_cols(int64_t j, int64_t je, int64_t i0, int64_t i1, int64_t depth, const float* A,
+                                   int64_t ars, int64_t aps, const float* B, int64_t bps, int64_t ldb, float* C,
+                                   int64_t ldc, bool add, const float* bias) {
+  while (j < je) {
+    const float* bj = bias != nullptr ? bias + j : nullptr;
+    if (kWide && j + 2 * kColTile <= je) {
+      tile_rows_pair<RB>(i0, i1, depth, A, ars, aps, B, bps, ldb, C + j, ldc, add, bj);
+      B += 2 * bps;
+      j += 2 * kColTile;
+    } else {
+      tile_rows<RB>(i0, i1, depth, A, ars, aps, B, ldb, C + j, ldc, add, bj);
+      B += bps;
+      j += kColTile;
+    }
+  }
+}
+
 // Bp[panel][p][c] = src(p, panel * kColTile + c) for p < P, panels [pb, pe);
 // src(p, j) = S[j * lds + p] (trans) or S[p * lds + j].
 SWIN_ALWAYS_INLINE void pack_panels_body(int64_t P, const float* S, int64_t lds, bool trans, float* Bp, int64_t pb,
@@ -150,7 +253,8 @@ SWIN_ALWAYS_INLINE void pack_panels_body(int64_t P, const float* S, int64_t lds,
 // in place, row-major: bps = kColTile, ldb = J; the input gradient could read W so, but its
 // rows are K floats apart and a 256-deep panel then spans 256 pages at K = 3072: measured
 // 118 against 176 GFLOP/s packed at stage 4's shape).
-template <int RB>
+// kWide: two panels per tile (the AVX-512 clones; panel_cols).
+template <int RB, bool kWide = false>
 SWIN_ALWAYS_INLINE void gemm_b(int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t P, const float* A, int64_t ars,
                                int64_t aps, const float* B, int64_t bps, int64_t ldb, const float* bias, float* C,
                                int64_t ldc) {
@@ -158,11 +262,8 @@ SWIN_ALWAYS_INLINE void gemm_b(int64_t r0, int64_t r1, int64_t c0, int64_t c1, i
     const int64_t je = std::min(jc + kColChunk, c1);
     for (int64_t pc = 0; pc < P; pc += kDepth) {
       const int64_t depth = std::min(kDepth, P - pc);
-      for (int64_t j = jc; j < je; j += kColTile) {
-        const float* bp = B + (j / kColTile) * bps + pc * ldb;
-        tile_rows<RB>(r0, r1, depth, A + pc * aps, ars, aps, bp, ldb, C + j, ldc, pc > 0,
-                      bias != nullptr ? bias + j : nullptr);
-      }
+      panel_cols<RB, kWide>(jc, je, r0, r1, depth, A + pc * aps, ars, aps, B + (jc / kColTile) * bps + pc * ldb, bps,
+                            ldb, C, ldc, pc > 0, bias);
     }
   }
 }

@@ -16,9 +16,10 @@
 // where packing costs more than it saves) read both in place.  The two give
 // the same bits (same sums, same order).
 //
-// Compiled as the baseline and the AVX2 + FMA clones (isa_dispatch.h); the
-// model uses this op only on CPUs where it was measured faster than torch's
-// GEMM (swin_ext/layers/config.py, use_cpu_gemm).
+// Compiled as the baseline, the AVX2 + FMA and the AVX-512 clones
+// (isa_dispatch.h), all with the same bits; the model uses this op only on
+// CPUs where it was measured faster than the alternatives
+// (swin_ext/layers/config.py, use_cpu_gemm).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -47,7 +48,7 @@ constexpr int64_t kPackMinCols = 192;
 // Rows [r0, r1) of dW(N x K) = sum_p dy[p, n] x[p, k] with x packed (xp,
 // pack_panels) and dy^T packed per (row chunk, depth block) into `ap`
 // (kRowChunk x kDepth floats: RB-row panels, each p's RB values contiguous).
-template <int RB>
+template <int RB, bool kWide = false>
 SWIN_ALWAYS_INLINE void wgrad_packed(int64_t r0, int64_t r1, int64_t N, int64_t K, int64_t P, const float* dy,
                                      const float* xp, float* dw, float* ap) {
   for (int64_t ic = r0; ic < r1; ic += kRowChunk) {
@@ -62,20 +63,29 @@ SWIN_ALWAYS_INLINE void wgrad_packed(int64_t r0, int64_t r1, int64_t N, int64_t 
           for (int64_t r = 0; r < RB; ++r) d[p * RB + r] = r < rb ? s[r] : 0.0f;
         }
       }
-      for (int64_t j = 0; j < K; j += kColTile) {
+      // x's panel (or, kWide, panel pair) stays in L1 while the row panels of ap stream past it.
+      for (int64_t j = 0; j < K;) {
+        const bool pair = kWide && j + 2 * kColTile <= K;
         const float* bp = xp + ((j / kColTile) * P + pc) * kColTile;
         float* c = dw + ic * K + j;
-        int64_t ir = 0;
-        for (; ir + RB <= rows; ir += RB)
-          tile<RB>(depth, ap + ir * depth, 1, RB, bp, kColTile, c + ir * K, K, pc > 0, nullptr);
-        tile_tail<RB>(rows - ir, depth, ap + ir * depth, 1, RB, bp, kColTile, c + ir * K, K, pc > 0, nullptr);
+        for (int64_t ir = 0; ir < rows; ir += RB) {
+          const int64_t rb = std::min<int64_t>(RB, rows - ir);
+          if (pair)
+            tile_rows_pair<RB>(0, rb, depth, ap + ir * depth, 1, RB, bp, P * kColTile, kColTile, c + ir * K, K,
+                               pc > 0, nullptr);
+          else
+            tile_rows<RB>(0, rb, depth, ap + ir * depth, 1, RB, bp, kColTile, c + ir * K, K, pc > 0, nullptr);
+        }
+        j += pair ? 2 * kColTile : kColTile;
       }
     }
   }
 }
 
 // The ISA clones: the row tile is 6 on AVX2 (12 accumulators of the 16 ymm),
-// 4 on the baseline (a 32-byte vector is two xmm there).
+// 4 on the baseline (a 32-byte vector is two xmm there); AVX-512 runs 6 rows
+// over two panels at once (12 of the 32 zmm; gemm_blocking.h, tile_pair),
+// with the same bits as the others.
 SWIN_CPU_CLONES((), gemm_rows,
                 (int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t P, const float* A, int64_t ars, int64_t aps,
                  const float* B, int64_t bps, int64_t ldb, const float* bias, float* C, int64_t ldc),
@@ -84,6 +94,15 @@ SWIN_CPU_CLONES((), wgrad_rows_packed,
                 (int64_t r0, int64_t r1, int64_t N, int64_t K, int64_t P, const float* dy, const float* xp, float* dw,
                  float* ap),
                 wgrad_packed<cpu::gemm_rows_for(kIsa)>(r0, r1, N, K, P, dy, xp, dw, ap));
+SWIN_CPU_CLONE_AVX512((), gemm_rows,
+                      (int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t P, const float* A, int64_t ars,
+                       int64_t aps, const float* B, int64_t bps, int64_t ldb, const float* bias, float* C, int64_t ldc),
+                      gemm_b<cpu::gemm_rows_for(kIsa), true>(r0, r1, c0, c1, P, A, ars, aps, B, bps, ldb, bias, C,
+                                                             ldc));
+SWIN_CPU_CLONE_AVX512((), wgrad_rows_packed,
+                      (int64_t r0, int64_t r1, int64_t N, int64_t K, int64_t P, const float* dy, const float* xp,
+                       float* dw, float* ap),
+                      wgrad_packed<cpu::gemm_rows_for(kIsa), true>(r0, r1, N, K, P, dy, xp, dw, ap));
 
 // The op name of the argument checks' messages (check_gemm_operand).
 constexpr const char* kOp = "swin_ext linear_cpu";
@@ -109,7 +128,7 @@ at::Tensor linear_cpu_fwd(const at::Tensor& x_in, const at::Tensor& weight_in,
   const float* bp = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
   float* yp = y.mutable_data_ptr<float>();
   for_blocks(M, N, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-    SWIN_CPU_DISPATCH(gemm_rows, (r0, r1, c0, c1, K, xp, K, 1, wpp, K * kColTile, kColTile, bp, yp, N));
+    SWIN_CPU_DISPATCH_AVX512(gemm_rows, (r0, r1, c0, c1, K, xp, K, 1, wpp, K * kColTile, kColTile, bp, yp, N));
   });
   return y;
 }
@@ -133,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor> linear_cpu_bwd(const at::Tensor& grad_in, con
       const float* wpp = wp.const_data_ptr<float>();
       float* dxp = dx.mutable_data_ptr<float>();
       for_blocks(M, K, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-        SWIN_CPU_DISPATCH(gemm_rows, (r0, r1, c0, c1, N, gp, N, 1, wpp, N * kColTile, kColTile, nullptr, dxp, K));
+        SWIN_CPU_DISPATCH_AVX512(gemm_rows, (r0, r1, c0, c1, N, gp, N, 1, wpp, N * kColTile, kColTile, nullptr, dxp, K));
       });
     }
   } else {
@@ -151,12 +170,12 @@ std::tuple<at::Tensor, at::Tensor> linear_cpu_bwd(const at::Tensor& grad_in, con
         const float* xpkp = xpk.const_data_ptr<float>();
         for_blocks(N, kColTile, [&](int64_t r0, int64_t r1, int64_t, int64_t) {  // row chunks only
           std::vector<float> ap(kRowChunk * kDepth);
-          SWIN_CPU_DISPATCH(wgrad_rows_packed, (r0, r1, N, K, M, gp, xpkp, dwp, ap.data()));
+          SWIN_CPU_DISPATCH_AVX512(wgrad_rows_packed, (r0, r1, N, K, M, gp, xpkp, dwp, ap.data()));
         });
       } else {
         // A = dy^T (a(n, p) = dy[p * N + n]), B = x in place (rows of K floats).
         for_blocks(N, K, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-          SWIN_CPU_DISPATCH(gemm_rows, (r0, r1, c0, c1, M, gp, 1, N, xp, kColTile, K, nullptr, dwp, K));
+          SWIN_CPU_DISPATCH_AVX512(gemm_rows, (r0, r1, c0, c1, M, gp, 1, N, xp, kColTile, K, nullptr, dwp, K));
         });
       }
     }

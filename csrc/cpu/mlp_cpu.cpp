@@ -62,18 +62,23 @@ struct MlpArgs {
 };
 
 // Row blocks [b0, b1), with `h` (R x H floats) for the hidden map.
-template <int RB, typename V>
+// kWide: the GEMMs' AVX-512 tiles (gemm_b), with 16-lane GELU vectors.
+template <int RB, typename V, bool kWide = false>
 SWIN_ALWAYS_INLINE void mlp_blocks_body(const MlpArgs& a, int64_t b0, int64_t b1, float* h) {
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int64_t r0 = blk * a.R, rows = std::min(a.R, a.M - r0);
-    gemm_b<RB>(0, rows, 0, a.H, a.C, a.x + r0 * a.C, a.C, 1, a.w1p, a.C * kColTile, kColTile, nullptr, h, a.H);
+    gemm_b<RB, kWide>(0, rows, 0, a.H, a.C, a.x + r0 * a.C, a.C, 1, a.w1p, a.C * kColTile, kColTile, nullptr, h,
+                      a.H);
     cpu_gelu::bg_fwd_rows_vec<V>(h, a.b1, h, a.H, 0, rows);
-    gemm_b<RB>(0, rows, 0, a.C2, a.H, h, a.H, 1, a.w2p, a.H * kColTile, kColTile, a.b2, a.y + r0 * a.C2, a.C2);
+    gemm_b<RB, kWide>(0, rows, 0, a.C2, a.H, h, a.H, 1, a.w2p, a.H * kColTile, kColTile, a.b2, a.y + r0 * a.C2,
+                      a.C2);
   }
 }
 
 SWIN_CPU_CLONES((), mlp_blocks, (const MlpArgs& a, int64_t b0, int64_t b1, float* h),
                 mlp_blocks_body<cpu::gemm_rows_for(kIsa), cpu::v8f>(a, b0, b1, h));
+SWIN_CPU_CLONE_AVX512((), mlp_blocks, (const MlpArgs& a, int64_t b0, int64_t b1, float* h),
+                      mlp_blocks_body<cpu::gemm_rows_for(kIsa), cpu::v16f, true>(a, b0, b1, h));
 
 constexpr const char* kOp = "swin_ext mlp_cpu_fwd";
 
@@ -115,7 +120,7 @@ at::Tensor mlp_cpu_fwd(const at::Tensor& x_in, const at::Tensor& w1_in, const st
             y.mutable_data_ptr<float>()};
   at::parallel_for(0, ceil_div(M, a.R), 1, [&](int64_t b, int64_t e) {
     std::vector<float> h(a.R * H);
-    SWIN_CPU_DISPATCH(mlp_blocks, (a, b, e, h.data()));
+    SWIN_CPU_DISPATCH_AVX512(mlp_blocks, (a, b, e, h.data()));
   });
   return y;
 }
