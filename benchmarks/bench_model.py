@@ -11,8 +11,8 @@ Implementations (those whose library is missing are skipped):
 * ``swin_ext-fused``     swin_ext.swin_t(backend="fused")
 * ``swin_ext-fused-noepi`` the same, ``set_cpu_inference_fusion(False)``: on the CPU without
                          the fast GEMM paths (oneDNN's: fc1+GELU epilogue in inference, forward /
-                         input-gradient GEMMs, by default on an AVX-512 CPU; swin_ext's own
-                         GEMMs, by default on an AVX2 CPU), i.e. torch's GEMMs; identical to
+                         input-gradient GEMMs, where chosen; swin_ext's own GEMMs, by
+                         default on an AVX2 or AVX-512 CPU), i.e. torch's GEMMs; identical to
                          ``swin_ext-fused`` on CUDA
 * ``swin_ext-fused-compiled`` swin_ext-fused under ``torch.compile`` (inductor, static shapes)
 * ``swin_ext-reference`` the same weights, backend="reference" (plain PyTorch composite)

@@ -7,7 +7,7 @@ op's self time into:
 
 * ``linear GEMMs``: the Linear layers' GEMMs, forward and backward (``aten::addmm``, ``aten::mm``,
   ``mkldnn::_linear_pointwise``: swin_ext's oneDNN path; ``swin_ext::linear_cpu_fwd`` / ``_bwd``:
-  swin_ext's own CPU GEMMs, the default on an AVX2 CPU);
+  swin_ext's own CPU GEMMs, the default on an AVX2 or AVX-512 CPU);
 * ``optimizer``: everything inside ``AdamW.step`` (the same torch code for both models);
 * ``swin_ext kernels``: the other ``swin_ext::`` ops;
 * ``rest``: everything else (timm's attention ``bmm`` / softmax, GELU, LayerNorm, copies; the patch

@@ -230,6 +230,47 @@ def _count_gemm(monkeypatch, enabled=True):
     return calls
 
 
+def test_onednn_backward_takes_the_weight_gradient_from_the_cpu_gemm(monkeypatch):
+    """With oneDNN chosen and swin_ext's GEMMs on, the oneDNN Linear's backward computes dW = grad^T x on
+    swin_ext's GEMM (linear_cpu_bwd, weight gradient only), with its bits; with the GEMMs off, or under
+    create_graph, by mm.  Every result within the float32 bound of float64."""
+    if not config.onednn_available():
+        pytest.skip("oneDNN's linear is not available in this torch")
+    monkeypatch.setattr(config, "_ONEDNN_ENABLED", True)
+    monkeypatch.setattr(config, "_CPU_GEMM_ENABLED", True)
+    calls = []
+    real = torch.ops.swin_ext.linear_cpu_bwd
+
+    class Counting:
+        def __call__(self, g, x, w, needs):
+            calls.append(tuple(needs))
+            return real(g, x, w, needs)
+
+    monkeypatch.setattr(torch.ops.swin_ext, "linear_cpu_bwd", Counting())
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(5, 41, 96, generator=gen, requires_grad=True)
+    w = torch.randn(288, 96, generator=gen, requires_grad=True)
+    b = torch.randn(288, generator=gen, requires_grad=True)
+    go = torch.randn(5, 41, 288, generator=gen)
+    dx, dw, db = torch.autograd.grad(L.linear(x, w, b), (x, w, b), go)
+    assert calls == [(False, True)]
+    x2, g2 = x.detach().reshape(-1, 96), go.reshape(-1, 288)
+    assert torch.equal(dw, real(g2, x2, w.detach(), [False, True])[1])
+    xd, gd, wd = x2.double(), g2.double(), w.detach().double()
+    _check(dw, gd.T @ xd, _bound(gd.abs().T, xd.abs(), x2.shape[0]))
+    _check(dx.reshape(-1, 96), gd @ wd, _bound(gd.abs(), wd.abs(), 288))
+    _check(db, gd.sum(0), _bound(gd.abs().T, torch.ones(x2.shape[0], 1, dtype=torch.float64), x2.shape[0]))
+    calls.clear()
+    monkeypatch.setattr(config, "_CPU_GEMM_ENABLED", False)
+    dw_mm = torch.autograd.grad(L.linear(x, w, b), w, go)[0]
+    assert calls == []
+    _check(dw_mm, gd.T @ xd, _bound(gd.abs().T, xd.abs(), x2.shape[0]))
+    monkeypatch.setattr(config, "_CPU_GEMM_ENABLED", True)
+    (dw_graph,) = torch.autograd.grad(L.linear(x, w, b), w, go, create_graph=True)  # differentiable ops
+    assert calls == [] and dw_graph.requires_grad  # a function of x, for the second order
+    _check(dw_graph.detach(), gd.T @ xd, _bound(gd.abs().T, xd.abs(), x2.shape[0]))
+
+
 def test_layer_gradients_match_f_linear(monkeypatch):
     calls = _count_gemm(monkeypatch)
     g = torch.Generator().manual_seed(4)
@@ -317,9 +358,10 @@ def test_model_on_cpu_gemms_matches_aten(monkeypatch):
 
 def test_default_follows_the_cpu(monkeypatch, recwarn):
     """Unless chosen (SWIN_EXT_CPU_GEMM, set_cpu_gemm), the CPU GEMMs are on where ATen's capability is
-    AVX2 (measured faster than MKL there) and off elsewhere (AVX-512: oneDNN's; DEFAULT: no AVX2 clone)."""
+    AVX2 or AVX-512 (measured faster than MKL's, and on AVX-512 than oneDNN's) and off elsewhere
+    (DEFAULT: no AVX2 clone)."""
     _count_gemm(monkeypatch, enabled=None)
-    for capability, preferred in (("AVX512", False), ("AVX2", True), ("DEFAULT", False)):
+    for capability, preferred in (("AVX512", True), ("AVX512_VNNI", True), ("AVX2", True), ("DEFAULT", False)):
         monkeypatch.setattr(config, "CPU_CAPABILITY", capability)
         assert config.cpu_gemm_preferred() is preferred
         assert config.use_cpu_gemm() is preferred

@@ -365,15 +365,19 @@ def test_gemm_epilogues_only_for_float32_inference(monkeypatch):
 
 
 def test_onednn_default_follows_the_cpu(monkeypatch, recwarn):
-    """Unless chosen (SWIN_EXT_ONEDNN_MLP, set_onednn), the oneDNN GEMM paths are on where ATen's CPU
-    capability is AVX-512 and off elsewhere (ATen's GEMMs measured faster on an AVX2 CPU); the model then
-    makes no oneDNN call at all."""
+    """Unless chosen (SWIN_EXT_ONEDNN_MLP, set_onednn), the oneDNN GEMM paths are on only where ATen's
+    CPU capability is AVX-512 and the build has no CPU GEMM of swin_ext's own (measured faster than
+    oneDNN's on an AVX-512 CPU; ATen's faster than oneDNN's on an AVX2 CPU); the model then makes no
+    oneDNN call at all."""
     cfg = swin_ext.layers.config
     calls = _count_onednn(monkeypatch, enabled=None)
-    for capability, preferred in (("AVX512", True), ("AVX2", False), ("DEFAULT", False)):
-        monkeypatch.setattr(cfg, "CPU_CAPABILITY", capability)
-        assert cfg.onednn_preferred() is preferred
-        assert cfg.use_onednn() == (preferred and cfg.onednn_available())
+    for own_gemm in (True, False):
+        monkeypatch.setattr(cfg, "_CPU_GEMM_KERNEL", own_gemm)
+        for capability, preferred in (("AVX512", not own_gemm), ("AVX2", False), ("DEFAULT", False)):
+            monkeypatch.setattr(cfg, "CPU_CAPABILITY", capability)
+            assert cfg.onednn_preferred() is preferred
+            assert cfg.use_onednn() == (preferred and cfg.onednn_available())
+    # from here on a build without swin_ext's CPU GEMM (the loop's last): oneDNN is AVX-512's default
     # an AVX2 CPU: the model's Linears and MLPs take ATen's GEMMs, training and inference alike
     m = tiny(drop_path_rate=0.0)
     x = torch.randn(2, 3, 64, 64)

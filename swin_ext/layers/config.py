@@ -12,19 +12,22 @@ functions ask this module whether a fast path exists here:
   GEMMs, the fc1 + GELU epilogue) are available and enabled.  The op is
   private to PyTorch, so it is checked once against ``F.linear`` /
   ``F.gelu`` and skipped if missing or different.  By default they are
-  enabled where ATen's CPU capability is AVX-512 (:func:`onednn_preferred`:
-  there oneDNN's GEMMs were measured faster than ATen's ``addmm`` / ``mm``,
-  MKL, for the Swin Linears; on an AVX2 CPU slower).
+  enabled only where ATen's CPU capability is AVX-512 and the build has no
+  CPU GEMM of swin_ext's own (:func:`onednn_preferred`: on AVX-512 CPUs
+  oneDNN's GEMMs were measured faster than ATen's ``addmm`` / ``mm``, MKL,
+  and swin_ext's AVX-512 GEMMs faster than oneDNN's; on an AVX2 CPU
+  oneDNN's were slower than MKL's).
   ``SWIN_EXT_ONEDNN_MLP=1`` / ``=0`` (read once) or :func:`set_onednn`
   choose for the process; ``SwinTransformer.set_cpu_inference_fusion(False)``
   turns them off for one model.
 * :func:`use_cpu_gemm` -- whether the block Linears' float32 GEMMs run on
   swin_ext's own CPU kernels (``torch.ops.swin_ext.linear_cpu_fwd`` / ``_bwd``,
   ``csrc/cpu/linear_cpu.cpp``) instead of ATen's ``addmm`` / ``mm`` (MKL).  By
-  default where ATen's CPU capability is AVX2 (:func:`cpu_gemm_preferred`:
-  there they were measured faster than MKL for the Swin Linears; on an
-  AVX-512 CPU oneDNN's GEMMs are the default instead, and take precedence
-  when both are on).  ``SWIN_EXT_CPU_GEMM=1`` / ``=0`` (read once) or
+  default where ATen's CPU capability is AVX2 or AVX-512
+  (:func:`cpu_gemm_preferred`: there they were measured faster than MKL's
+  and, on AVX-512, oneDNN's for the Swin Linears).  When oneDNN is on too
+  (chosen), oneDNN takes the forward and input-gradient GEMMs and these the
+  weight gradient.  ``SWIN_EXT_CPU_GEMM=1`` / ``=0`` (read once) or
   :func:`set_cpu_gemm` choose for the process.
 * :func:`autocast_dtype` -- the autocast dtype of a device type, or ``None``.
 
@@ -132,17 +135,21 @@ _CPU_MLP_KERNEL = _probe_cpu_kernel("swin_ext::mlp_cpu_fwd")
 
 def onednn_preferred() -> bool:
     """Whether the oneDNN GEMM paths are the default on this CPU: where ATen's CPU capability is
-    AVX-512.
+    AVX-512 and this build has no CPU GEMM of swin_ext's own (:func:`cpu_gemm_preferred` takes
+    AVX-512 CPUs where it has).
 
     Why by the ISA: over the Swin-T Linears, oneDNN's GEMMs were measured faster than ATen's
     (MKL) on the 2-core AVX-512 Xeon (forward 185 vs 225 ms, input gradient 184 vs 232 ms per
     training step at batch 4) and slower on a 2-core AVX2 AMD EPYC (Zen 2: the model's
     inference at batch 8 641.5 vs 607.6 ms, the training step at batch 4 1010 vs 1002 ms, within
-    that machine's drift; ``benchmarks/results/cpu_gemm_backend_avx2_2026-12-05.md``).  A fixed
-    rule, not a timing at start-up: the two libraries round differently, and a choice by timing
-    could change a model's bits from one run to the next.
+    that machine's drift; ``benchmarks/results/cpu_gemm_backend_avx2_2026-12-05.md``).  On a
+    2-core AVX-512 AMD EPYC (Zen 5) swin_ext's AVX-512 GEMMs were faster than oneDNN's: Swin-T
+    inference 192 vs 203 ms at batch 8, the training step 372 vs 463 ms at batch 4
+    (``benchmarks/results/cpu_gemm_avx512_zen5_2026-12-06.md``).  A fixed rule, not a timing at
+    start-up: the libraries round differently, and a choice by timing could change a model's bits
+    from one run to the next.
     """
-    return CPU_CAPABILITY.upper().startswith("AVX512")
+    return CPU_CAPABILITY.upper().startswith("AVX512") and not _CPU_GEMM_KERNEL
 
 
 def onednn_available() -> bool:
@@ -196,16 +203,20 @@ def set_onednn(enabled: Optional[bool]) -> None:
 
 def cpu_gemm_preferred() -> bool:
     """Whether swin_ext's CPU GEMMs are the default for the block Linears on this CPU: where ATen's
-    CPU capability is AVX2 (not AVX-512, where oneDNN's are; :func:`onednn_preferred`).
+    CPU capability is AVX2 or AVX-512.
 
     Why: on the 2-core AVX2 AMD EPYC (Zen 2), torch's GEMMs (MKL's sgemm) run the Swin-T Linears at
     61-79 GFLOP/s on one core, swin_ext's at 72-101, faster at every shape of the model (on two
     threads every shape but one, which ties; 1.19-1.26x by the model's FLOPs;
-    ``benchmarks/results/cpu_linear_gemm_avx2_2026-12-05.md``).  On the AVX-512 Xeon, oneDNN's
-    GEMMs were measured against MKL's only; they stay its default.  A fixed rule, not a timing
-    at start-up, for the reason :func:`onednn_preferred` gives.
+    ``benchmarks/results/cpu_linear_gemm_avx2_2026-12-05.md``).  On the 2-core AVX-512 AMD EPYC
+    (Zen 5) swin_ext's AVX-512 clones (two 16-column panels per register tile) run them at
+    383-389 GFLOP/s on two threads by the model's FLOPs, MKL's at 194-205 (1.87-1.97x), and the
+    model faster than on oneDNN's GEMMs (:func:`onednn_preferred`;
+    ``benchmarks/results/cpu_gemm_avx512_zen5_2026-12-06.md``).  On an AVX-512 Xeon swin_ext's
+    GEMMs have not been measured.  A fixed rule, not a timing at start-up, for the reason
+    :func:`onednn_preferred` gives.
     """
-    return CPU_CAPABILITY.upper() == "AVX2"
+    return CPU_CAPABILITY.upper() == "AVX2" or CPU_CAPABILITY.upper().startswith("AVX512")
 
 
 def use_cpu_gemm() -> bool:

@@ -3,28 +3,29 @@
 What runs where (``fast=True``, the fused backend's setting):
 
 * **CPU, float32, no autocast, swin_ext's CPU GEMMs enabled** (:func:`config.use_cpu_gemm`: by
-  default on an AVX2 CPU, :func:`config.cpu_gemm_preferred`) and oneDNN not (it takes
-  precedence), both widths multiples of 16 (every block Linear and merge reduction of the Swin
-  family; not the classifier): the forward ``x W^T + b``, the input gradient ``grad W`` and the
-  weight gradient ``grad^T x`` on ``torch.ops.swin_ext.linear_cpu_fwd`` / ``linear_cpu_bwd``
-  (``csrc/cpu/linear_cpu.cpp``: 6 x 16 register blocks, packed panels, bitwise the same for any
-  thread count); the bias gradient a ``sum``.  On the AVX2 EPYC they run the Swin-T Linears at
-  1.19-1.26x MKL's rate (by the model's FLOPs), which took the model's CPU inference from 568 to
-  466-476 ms (batch 8) and the training step from 951 to 798-801 ms (batch 4;
-  ``benchmarks/results/cpu_linear_gemm_avx2_2026-12-05.md``).  The op has Python autograd and fake
-  kernels (registered below), so ``torch.compile`` keeps it; an exported program keeps
+  default on an AVX2 or AVX-512 CPU, :func:`config.cpu_gemm_preferred`) and oneDNN not (it takes
+  precedence when chosen), both widths multiples of 16 (every block Linear and merge reduction of
+  the Swin family; not the classifier): the forward ``x W^T + b``, the input gradient ``grad W``
+  and the weight gradient ``grad^T x`` on ``torch.ops.swin_ext.linear_cpu_fwd`` /
+  ``linear_cpu_bwd`` (``csrc/cpu/linear_cpu.cpp``: 6 x 16 register blocks, on AVX-512 6 x 32,
+  packed panels, bitwise the same for any thread count and ISA); the bias gradient a ``sum``.  On
+  the AVX2 EPYC (Zen 2) they run the Swin-T Linears at 1.19-1.26x MKL's rate (by the model's
+  FLOPs), which took the model's CPU inference from 568 to 466-476 ms (batch 8) and the training
+  step from 951 to 798-801 ms (batch 4; ``benchmarks/results/cpu_linear_gemm_avx2_2026-12-05.md``);
+  on the AVX-512 EPYC (Zen 5) at 1.87-1.97x MKL's, and the model faster than on oneDNN's GEMMs
+  (``benchmarks/results/cpu_gemm_avx512_zen5_2026-12-06.md``).  The op has Python autograd and
+  fake kernels (registered below), so ``torch.compile`` keeps it; an exported program keeps
   ``aten.linear``.
 
 * **CPU, float32, no autocast, oneDNN available and enabled** (:func:`config.use_onednn`: by default
-  on an AVX-512 CPU, :func:`config.onednn_preferred`; elsewhere the paths below use ``F.linear``):
-  the forward GEMM is oneDNN's (``torch.ops.mkldnn._linear_pointwise``, the
+  only on an AVX-512 CPU whose build lacks swin_ext's GEMMs, :func:`config.onednn_preferred`;
+  elsewhere when chosen): the forward GEMM is oneDNN's (``torch.ops.mkldnn._linear_pointwise``, the
   op inductor's CPU backend uses), the bias in its epilogue, wrapped as the
   custom op ``swin_ext_layers::onednn_linear`` so that ``torch.compile``
   keeps it as one kernel.  Its autograd formula is the plain Linear
   backward: the input gradient ``grad @ W`` on oneDNN too, the weight
-  gradient ``grad^T @ x`` on torch's ``mm``, the bias gradient a ``sum``
-  -- each on whichever measured faster on the CPU for the Swin-T shapes
-  (the numbers: ``docs/models.md``).
+  gradient ``grad^T @ x`` on swin_ext's GEMM where that is on (else torch's ``mm``), the bias
+  gradient a ``sum`` (the numbers: ``docs/models.md``).
   :func:`linear_gelu` puts fc1's exact (erf) GELU into the GEMM epilogue in
   inference (no pass over the ``(tokens, 4C)`` hidden map for the GELU); in
   training the epilogue cannot be used, since the GELU backward needs the
@@ -213,7 +214,13 @@ def _onednn_linear_setup(ctx, inputs, output):
 
 
 def _onednn_linear_backward(ctx, grad):
-    """The plain Linear backward: ``dx = grad @ W`` on oneDNN, ``dW = grad^T x`` by ``mm``, ``db`` by ``sum``."""
+    """The plain Linear backward: ``dx = grad @ W`` on oneDNN; ``dW = grad^T x`` on swin_ext's CPU GEMM
+    where it is on (:func:`config.use_cpu_gemm`) and takes the weight, else by ``mm``; ``db`` by
+    ``sum``.  Why the weight gradient is not oneDNN's or ``mm``'s: on the AVX-512 AMD EPYC (Zen 5),
+    swin_ext's AVX-512 tiles run Swin-T's weight gradients at 383 GFLOP/s on two threads against
+    ``mm``'s (MKL) 205, and oneDNN's (reading the transposed operands in place) is slower than ``mm``
+    at stage 1's shapes (``benchmarks/results/cpu_gemm_avx512_zen5_2026-12-06.md``); and its result
+    is bitwise the same for any thread count."""
     x2d, weight = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     dx = dw = db = None
@@ -223,7 +230,10 @@ def _onednn_linear_backward(ctx, grad):
         else:
             dx = onednn_linear(grad.contiguous(), weight.t(), None, "none")
     if need_w:
-        dw = grad.t().mm(x2d)
+        if not torch.is_grad_enabled() and config.use_cpu_gemm() and _cpu_gemm_weight_ok(weight):
+            dw = torch.ops.swin_ext.linear_cpu_bwd(grad, x2d, weight, [False, True])[1]
+        else:
+            dw = grad.t().mm(x2d)
     if need_b and ctx.has_bias:
         db = grad.sum(0)
     return dx, dw, db, None

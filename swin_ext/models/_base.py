@@ -320,11 +320,11 @@ class FusedBackend:
         input-gradient GEMMs for every block Linear) and swin_ext's own CPU GEMMs
         (and in inference the MLP as one op; see :mod:`swin_ext.layers.fast_linear`).
         On by default; kept across :meth:`set_backend`; the reference backend never
-        uses them.  Process-wide oneDNN's are on where the CPU prefers them
-        (:func:`swin_ext.layers.onednn_preferred`: AVX-512) unless
-        ``SWIN_EXT_ONEDNN_MLP`` or :func:`swin_ext.layers.set_onednn` chooses, and
-        swin_ext's on an AVX2 CPU (:func:`swin_ext.layers.cpu_gemm_preferred`) unless
-        ``SWIN_EXT_CPU_GEMM`` or :func:`swin_ext.layers.set_cpu_gemm` chooses."""
+        uses them.  Process-wide swin_ext's are on for an AVX2 or AVX-512 CPU
+        (:func:`swin_ext.layers.cpu_gemm_preferred`) unless ``SWIN_EXT_CPU_GEMM`` or
+        :func:`swin_ext.layers.set_cpu_gemm` chooses, and oneDNN's only where chosen
+        (``SWIN_EXT_ONEDNN_MLP``, :func:`swin_ext.layers.set_onednn`) or on an AVX-512
+        CPU whose build lacks swin_ext's GEMMs (:func:`swin_ext.layers.onednn_preferred`)."""
         self._cpu_gemm_fusion = bool(enabled)
         return self.set_backend(self.backend)
 
