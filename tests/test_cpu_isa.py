@@ -99,7 +99,7 @@ def test_avx2_clones_compute_on_ymm(functions, clone):
 @pytest.mark.parametrize("clone", ["gemm_rows_avx512", "wgrad_rows_packed_avx512", "mlp_blocks_avx512"])
 def test_avx512_gemm_clones_compute_on_zmm(functions, clone):
     """The CPU GEMM's AVX-512 clones (linear_cpu.cpp, mlp_cpu.cpp) exist and run their tiles on 512-bit
-    registers (gemm_blocking.h, tile_pair): a clone that fell back to the 8-float tile would hold ymm
+    registers (gemm_blocking.h, tile_rows_pair): a clone that fell back to the 8-float tile would hold ymm
     code only, at half the FMA width."""
     mine = {n: f for n, f in functions.items() if re.search(rf"\b{clone}\b", n)}
     assert mine, f"no {clone} in the extension"

@@ -19,7 +19,7 @@
 // Each user compiles the templates into its own ISA clones
 // (isa_dispatch.h); the packing is cloned here, once for all of them.  The
 // AVX-512 clones (gemm_b<RB, true>) run two neighbouring panels at once as
-// one 16-float vector each (tile_pair): the same 12 accumulators and the
+// one 16-float vector each (tile_rows_pair): the same 12 accumulators and the
 // same sums in the same order as the 8-float tile, so the same bits, at
 // twice the columns per FMA.
 #pragma once
@@ -53,22 +53,27 @@ constexpr int64_t kColChunk = 512;
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v16 __attribute__((vector_size(64)));
 
-// C[RB x kColTile] (+)= sum_{p < depth} a(r, p) * b(p, 0..15), with
-// a(r, p) = A[r * ars + p * aps] and b(p) = B + p * ldb; `add` adds the block's
-// sum to C (a later depth block), else C = sum (+ bias, when given).
-template <int RB>
-SWIN_ALWAYS_INLINE void tile(int64_t depth, const float* A, int64_t ars, int64_t aps, const float* B, int64_t ldb,
-                             float* C, int64_t ldc, bool add, const float* bias) {
-  v8 c[RB][2];
+// The register tile: C[RB x 2L] (+)= sum_{p < depth} a(r, p) * (b(p), b(p) + off),
+// L the lanes of V, with a(r, p) = A[r * ars + p * aps] and b(p) = B + p * ldb: two
+// L-float vectors of B per depth step, one broadcast of A per row.  The 8-float
+// tile (AVX2, baseline) is one panel, the second vector its columns 8..15 (off
+// 8); the 16-float one (AVX-512) two neighbouring panels (off: the panel stride).
+// Each element is the same FMA chain either way: the same bits.  `add` adds the
+// block's sum to C (a later depth block), else C = sum (+ bias, when given).
+template <int RB, typename V>
+SWIN_ALWAYS_INLINE void tile(int64_t depth, const float* A, int64_t ars, int64_t aps, const float* B, int64_t off,
+                             int64_t ldb, float* C, int64_t ldc, bool add, const float* bias) {
+  constexpr int L = static_cast<int>(sizeof(V) / sizeof(float));
+  V c[RB][2];
 #pragma GCC unroll 8
   for (int r = 0; r < RB; ++r) {  // zero the accumulators; fetch C's lines for writing, a depth loop ahead
-    c[r][0] = c[r][1] = v8{};
-    __builtin_prefetch(C + r * ldc, 1, 3);
-    __builtin_prefetch(C + r * ldc + kColTile - 1, 1, 3);
+    c[r][0] = c[r][1] = V{};
+    for (int o = 0; o < 2 * L; o += 16) __builtin_prefetch(C + r * ldc + o, 1, 3);
+    __builtin_prefetch(C + r * ldc + 2 * L - 1, 1, 3);
   }
   for (int64_t p = 0; p < depth; ++p) {
-    const v8 b0 = cpu::load_vec<v8>(B + p * ldb);
-    const v8 b1 = cpu::load_vec<v8>(B + p * ldb + 8);
+    const V b0 = cpu::load_vec<V>(B + p * ldb);
+    const V b1 = cpu::load_vec<V>(B + off + p * ldb);
 #pragma GCC unroll 8
     for (int r = 0; r < RB; ++r) {
       const float a = A[r * ars + p * aps];
@@ -76,138 +81,73 @@ SWIN_ALWAYS_INLINE void tile(int64_t depth, const float* A, int64_t ars, int64_t
       c[r][1] += a * b1;
     }
   }
-  v8 b0{}, b1{};
+  V b0{}, b1{};
   if (bias != nullptr) {
-    b0 = cpu::load_vec<v8>(bias);
-    b1 = cpu::load_vec<v8>(bias + 8);
+    b0 = cpu::load_vec<V>(bias);
+    b1 = cpu::load_vec<V>(bias + L);
   }
 #pragma GCC unroll 8
   for (int r = 0; r < RB; ++r) {
     float* cr = C + r * ldc;
     if (add) {
-      c[r][0] += cpu::load_vec<v8>(cr);
-      c[r][1] += cpu::load_vec<v8>(cr + 8);
+      c[r][0] += cpu::load_vec<V>(cr);
+      c[r][1] += cpu::load_vec<V>(cr + L);
     } else if (bias != nullptr) {
       c[r][0] += b0;
       c[r][1] += b1;
     }
     cpu::store_vec(cr, c[r][0]);
-    cpu::store_vec(cr + 8, c[r][1]);
+    cpu::store_vec(cr + L, c[r][1]);
   }
 }
 
-// The last `rows` (< RB) rows of a block as one tile of that height (a
-// single-row tile has 2 FMA chains, a fifth of the pipes' throughput;
-// stage 4's 49 rows an image end in such tails).  Each row's sum is the same
-// whatever the tile's height.
-template <int RB>
-SWIN_ALWAYS_INLINE void tile_tail(int64_t rows, int64_t depth, const float* A, int64_t ars, int64_t aps, const float* B,
-                                  int64_t ldb, float* C, int64_t ldc, bool add, const float* bias) {
-  switch (rows) {
-    case 5:
-      if constexpr (RB > 5) tile<5>(depth, A, ars, aps, B, ldb, C, ldc, add, bias);
-      break;
-    case 4:
-      if constexpr (RB > 4) tile<4>(depth, A, ars, aps, B, ldb, C, ldc, add, bias);
-      break;
-    case 3:
-      tile<3>(depth, A, ars, aps, B, ldb, C, ldc, add, bias);
-      break;
-    case 2:
-      tile<2>(depth, A, ars, aps, B, ldb, C, ldc, add, bias);
-      break;
-    case 1:
-      tile<1>(depth, A, ars, aps, B, ldb, C, ldc, add, bias);
-      break;
-    default:
-      break;
-  }
-}
-
-// Rows [i0, i1) of C: full RB-row tiles, then the tail (tile_tail).
-template <int RB>
-SWIN_ALWAYS_INLINE void tile_rows(int64_t i0, int64_t i1, int64_t depth, const float* A, int64_t ars, int64_t aps,
-                                  const float* B, int64_t ldb, float* C, int64_t ldc, bool add, const float* bias) {
+// Rows [i0, i1) of C: full RB-row tiles, then the last (< RB) rows as one tile
+// of that height (a single-row tile has 2 FMA chains, a fifth of the pipes'
+// throughput; stage 4's 49 rows an image end in such tails).  Each row's sum is
+// the same whatever the tile's height.
+template <int RB, typename V>
+SWIN_ALWAYS_INLINE void tile_rows_v(int64_t i0, int64_t i1, int64_t depth, const float* A, int64_t ars, int64_t aps,
+                                    const float* B, int64_t off, int64_t ldb, float* C, int64_t ldc, bool add,
+                                    const float* bias) {
   int64_t i = i0;
-  for (; i + RB <= i1; i += RB) tile<RB>(depth, A + i * ars, ars, aps, B, ldb, C + i * ldc, ldc, add, bias);
-  tile_tail<RB>(i1 - i, depth, A + i * ars, ars, aps, B, ldb, C + i * ldc, ldc, add, bias);
-}
-
-// tile over two neighbouring panels, for the AVX-512 clones: C[RB x 2 kColTile]
-// (+)= sum_p a(r, p) * (b0(p), b1(p)) with b0(p) = B + p * ldb and b1(p) =
-// b0(p) + bps (the next panel), one 16-float vector per panel row.  Each
-// element is the sum tile() forms, in the same order: the same bits.
-template <int RB>
-SWIN_ALWAYS_INLINE void tile_pair(int64_t depth, const float* A, int64_t ars, int64_t aps, const float* B,
-                                  int64_t bps, int64_t ldb, float* C, int64_t ldc, bool add, const float* bias) {
-  v16 c[RB][2];
-#pragma GCC unroll 8
-  for (int r = 0; r < RB; ++r) {
-    c[r][0] = c[r][1] = v16{};
-    __builtin_prefetch(C + r * ldc, 1, 3);
-    __builtin_prefetch(C + r * ldc + kColTile, 1, 3);
-    __builtin_prefetch(C + r * ldc + 2 * kColTile - 1, 1, 3);
-  }
-  for (int64_t p = 0; p < depth; ++p) {
-    const v16 b0 = cpu::load_vec<v16>(B + p * ldb);
-    const v16 b1 = cpu::load_vec<v16>(B + bps + p * ldb);
-#pragma GCC unroll 8
-    for (int r = 0; r < RB; ++r) {
-      const float a = A[r * ars + p * aps];
-      c[r][0] += a * b0;
-      c[r][1] += a * b1;
-    }
-  }
-  v16 b0{}, b1{};
-  if (bias != nullptr) {
-    b0 = cpu::load_vec<v16>(bias);
-    b1 = cpu::load_vec<v16>(bias + kColTile);
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < RB; ++r) {
-    float* cr = C + r * ldc;
-    if (add) {
-      c[r][0] += cpu::load_vec<v16>(cr);
-      c[r][1] += cpu::load_vec<v16>(cr + kColTile);
-    } else if (bias != nullptr) {
-      c[r][0] += b0;
-      c[r][1] += b1;
-    }
-    cpu::store_vec(cr, c[r][0]);
-    cpu::store_vec(cr + kColTile, c[r][1]);
-  }
-}
-
-// Rows [i0, i1) of C over the panel pair at B (tile_pair): full RB-row tiles, then the tail's
-// rows as one shorter tile.
-template <int RB>
-SWIN_ALWAYS_INLINE void tile_rows_pair(int64_t i0, int64_t i1, int64_t depth, const float* A, int64_t ars,
-                                       int64_t aps, const float* B, int64_t bps, int64_t ldb, float* C, int64_t ldc,
-                                       bool add, const float* bias) {
-  int64_t i = i0;
-  for (; i + RB <= i1; i += RB)
-    tile_pair<RB>(depth, A + i * ars, ars, aps, B, bps, ldb, C + i * ldc, ldc, add, bias);
+  for (; i + RB <= i1; i += RB) tile<RB, V>(depth, A + i * ars, ars, aps, B, off, ldb, C + i * ldc, ldc, add, bias);
   const float* a = A + i * ars;
   float* c = C + i * ldc;
   switch (i1 - i) {
     case 5:
-      if constexpr (RB > 5) tile_pair<5>(depth, a, ars, aps, B, bps, ldb, c, ldc, add, bias);
+      if constexpr (RB > 5) tile<5, V>(depth, a, ars, aps, B, off, ldb, c, ldc, add, bias);
       break;
     case 4:
-      if constexpr (RB > 4) tile_pair<4>(depth, a, ars, aps, B, bps, ldb, c, ldc, add, bias);
+      if constexpr (RB > 4) tile<4, V>(depth, a, ars, aps, B, off, ldb, c, ldc, add, bias);
       break;
     case 3:
-      tile_pair<3>(depth, a, ars, aps, B, bps, ldb, c, ldc, add, bias);
+      tile<3, V>(depth, a, ars, aps, B, off, ldb, c, ldc, add, bias);
       break;
     case 2:
-      tile_pair<2>(depth, a, ars, aps, B, bps, ldb, c, ldc, add, bias);
+      tile<2, V>(depth, a, ars, aps, B, off, ldb, c, ldc, add, bias);
       break;
     case 1:
-      tile_pair<1>(depth, a, ars, aps, B, bps, ldb, c, ldc, add, bias);
+      tile<1, V>(depth, a, ars, aps, B, off, ldb, c, ldc, add, bias);
       break;
     default:
       break;
   }
+}
+
+// Rows [i0, i1) of C over one kColTile-column panel at B (8-float vectors).
+template <int RB>
+SWIN_ALWAYS_INLINE void tile_rows(int64_t i0, int64_t i1, int64_t depth, const float* A, int64_t ars, int64_t aps,
+                                  const float* B, int64_t ldb, float* C, int64_t ldc, bool add, const float* bias) {
+  tile_rows_v<RB, v8>(i0, i1, depth, A, ars, aps, B, 8, ldb, C, ldc, add, bias);
+}
+
+// Rows [i0, i1) of C over the panel at B and the next, bps floats on (16-float
+// vectors, the AVX-512 clones): 2 kColTile columns.
+template <int RB>
+SWIN_ALWAYS_INLINE void tile_rows_pair(int64_t i0, int64_t i1, int64_t depth, const float* A, int64_t ars,
+                                       int64_t aps, const float* B, int64_t bps, int64_t ldb, float* C, int64_t ldc,
+                                       bool add, const float* bias) {
+  tile_rows_v<RB, v16>(i0, i1, depth, A, ars, aps, B, bps, ldb, C, ldc, add, bias);
 }
 
 // Columns [j, je) of C, panel by panel (tile_rows) or, kWide (the AVX-512

@@ -84,7 +84,7 @@ SWIN_ALWAYS_INLINE void wgrad_packed(int64_t r0, int64_t r1, int64_t N, int64_t 
 
 // The ISA clones: the row tile is 6 on AVX2 (12 accumulators of the 16 ymm),
 // 4 on the baseline (a 32-byte vector is two xmm there); AVX-512 runs 6 rows
-// over two panels at once (12 of the 32 zmm; gemm_blocking.h, tile_pair),
+// over two panels at once (12 of the 32 zmm; gemm_blocking.h, tile_rows_pair),
 // with the same bits as the others.
 SWIN_CPU_CLONES((), gemm_rows,
                 (int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t P, const float* A, int64_t ars, int64_t aps,
