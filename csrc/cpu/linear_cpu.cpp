@@ -152,7 +152,8 @@ std::tuple<at::Tensor, at::Tensor> linear_cpu_bwd(const at::Tensor& grad_in, con
       const float* wpp = wp.const_data_ptr<float>();
       float* dxp = dx.mutable_data_ptr<float>();
       for_blocks(M, K, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-        SWIN_CPU_DISPATCH_AVX512(gemm_rows, (r0, r1, c0, c1, N, gp, N, 1, wpp, N * kColTile, kColTile, nullptr, dxp, K));
+        SWIN_CPU_DISPATCH_AVX512(gemm_rows,
+                                 (r0, r1, c0, c1, N, gp, N, 1, wpp, N * kColTile, kColTile, nullptr, dxp, K));
       });
     }
   } else {
