@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from typing import Sequence
 
 import torch
 
@@ -60,12 +61,13 @@ def run_child(code: str, timeout: float = 120) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def run_on_isa(code: str, isa: str, timeout: float = 300) -> None:
+def run_on_isa(code: str, isa: str, timeout: float = 300, args: Sequence[str] = ()) -> None:
     """Run ``code`` in a fresh interpreter on the CPU kernels' ``isa`` build (``SWIN_EXT_CPU_ISA``:
-    ``default`` is the baseline one, which a CPU without AVX2 runs); it prints ``ok`` when its
-    checks pass."""
+    ``default`` is the baseline one, which a CPU without AVX2 runs; ``avx2`` stops at the AVX2 one),
+    with ``args`` as its ``sys.argv[1:]``; it prints ``ok`` when its checks pass."""
     env = dict(os.environ, SWIN_EXT_CPU_ISA=isa)
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                         timeout=timeout)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
 
 

@@ -6,10 +6,6 @@ Each result is checked against float64 with the error bound of any float32 dot p
 off by O(1) and fails it."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -177,10 +173,7 @@ def test_avx512_build_bitwise_the_avx2_build(tmp_path):
     results = {}
     for isa in ("avx512", "avx2"):
         path = tmp_path / f"{isa}.pt"
-        env = dict(os.environ, SWIN_EXT_CPU_ISA=isa)
-        res = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True,
-                             timeout=300)
-        assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+        run_on_isa(code, isa, args=[str(path)])
         results[isa] = torch.load(path)
     assert len(results["avx512"]) == 16
     for a, b in zip(results["avx512"], results["avx2"]):
