@@ -211,16 +211,22 @@ def _count_gemm(monkeypatch, enabled=True):
     GEMMs to the CPU's default."""
     monkeypatch.setattr(config, "_CPU_GEMM_ENABLED", enabled)
     monkeypatch.setattr(config, "_ONEDNN_ENABLED", False)
+    return _spy(monkeypatch, "linear_cpu_fwd", lambda x, w, b: tuple(w.shape))[0]
+
+
+def _spy(monkeypatch, op: str, key):
+    """Replaces ``torch.ops.swin_ext.<op>`` (as the layers look it up, at call time) by a wrapper that
+    appends ``key(*args)`` to a list and calls the op; returns the list and the op itself."""
     calls = []
-    real = torch.ops.swin_ext.linear_cpu_fwd
+    real = getattr(torch.ops.swin_ext, op)
 
-    class Counting:
-        def __call__(self, x, w, b):
-            calls.append(tuple(w.shape))
-            return real(x, w, b)
+    class Recording:
+        def __call__(self, *args):
+            calls.append(key(*args))
+            return real(*args)
 
-    monkeypatch.setattr(torch.ops.swin_ext, "linear_cpu_fwd", Counting())
-    return calls
+    monkeypatch.setattr(torch.ops.swin_ext, op, Recording())
+    return calls, real
 
 
 def test_onednn_backward_takes_the_weight_gradient_from_the_cpu_gemm(monkeypatch):
@@ -231,15 +237,7 @@ def test_onednn_backward_takes_the_weight_gradient_from_the_cpu_gemm(monkeypatch
         pytest.skip("oneDNN's linear is not available in this torch")
     monkeypatch.setattr(config, "_ONEDNN_ENABLED", True)
     monkeypatch.setattr(config, "_CPU_GEMM_ENABLED", True)
-    calls = []
-    real = torch.ops.swin_ext.linear_cpu_bwd
-
-    class Counting:
-        def __call__(self, g, x, w, needs):
-            calls.append(tuple(needs))
-            return real(g, x, w, needs)
-
-    monkeypatch.setattr(torch.ops.swin_ext, "linear_cpu_bwd", Counting())
+    calls, real = _spy(monkeypatch, "linear_cpu_bwd", lambda g, x, w, needs: tuple(needs))
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(5, 41, 96, generator=gen, requires_grad=True)
     w = torch.randn(288, 96, generator=gen, requires_grad=True)
