@@ -16,7 +16,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda/attention/fast_div.h"
+#include "cuda/fast_div.h"
 #include "selftest_kernels.cuh"
 
 using namespace swin_selftest;
@@ -266,7 +266,7 @@ int test_planted_ldmatrix_misaligned() {
 // / and %: every divisor below 2^12, powers of two and their neighbours, and
 // dividends at the edges of [0, 2^31) plus a pseudo-random sample.
 int test_fast_div() {
-  using swin_ext::cuda::attn::FastDiv;
+  using swin_ext::cuda::FastDiv;
   std::vector<int> divisors;
   for (int d = 1; d < 4096; ++d) divisors.push_back(d);
   for (int k = 12; k < 31; ++k)

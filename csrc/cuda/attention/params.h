@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "fast_div.h"
+#include "../fast_div.h"
 
 namespace swin_ext {
 namespace cuda {

@@ -3,7 +3,7 @@
 // by invariant integers using multiplication", PLDI 1994, theorem 4.2;
 // CUTLASS's FastDivmod is the same idea), the kernel does one 32 x 32 -> 64-bit
 // multiply and a shift.  Exact for dividends in [0, 2^31) and divisors in
-// [1, 2^31); the kernels' block indices and token positions are (the glue
+// [1, 2^31); the kernels' block, token and pixel indices are (the glue
 // checks their 32-bit geometry).
 //
 // ATen-free (see cuda_compat.h).
@@ -11,11 +11,10 @@
 
 #include <cstdint>
 
-#include "../cuda_compat.h"
+#include "cuda_compat.h"
 
 namespace swin_ext {
 namespace cuda {
-namespace attn {
 
 struct FastDiv {
   int d = 1;
@@ -44,6 +43,5 @@ struct FastDiv {
   }
 };
 
-}  // namespace attn
 }  // namespace cuda
 }  // namespace swin_ext
