@@ -629,6 +629,10 @@ def dyn_markers(src: str) -> Dict[int, str]:
 
     * ``// sass-dyn: trips=<expr>`` / ``skip`` (that line) / ``skip-begin`` ... ``skip-end``
       (the lines between), as in fwd_mma_kernel.cuh;
+    * ``// sass-dyn: when=<expr>`` on a line that opens a block (an ``if`` whose condition the
+      launch geometry decides): the block's body, brace-matched, is on the costed path only where
+      ``<expr>`` holds in the counter's environment (the line itself, the test, always is), as in
+      patch_merging.cuh's group reduction across warps;
     * ``// sass: trips(<expr>)``, ``// sass: image-loop`` (= ``trips=images``) and
       ``// sass: skip(<path>)`` (the block the line opens, brace-matched, or its one
       statement), as in bwd_mma_kernel.cuh.
@@ -646,6 +650,13 @@ def dyn_markers(src: str) -> Dict[int, str]:
             for k in range(begin, i + 1):
                 out[k] = "skip"
             begin = None
+        elif mk and mk.startswith("when="):
+            for k in range(i + 1, _extent(lines, i - 1) + 2):
+                if k in out:
+                    raise ValueError(f"{src}:{k}: a marker inside the `when` block of line {i} (not supported)")
+                out[k] = mk
+        elif mk and out.get(i, "").startswith("when="):
+            raise ValueError(f"{src}:{i}: a marker inside a `when` block (not supported)")
         elif mk:
             out[i] = mk
         m = re.search(r"//\s*sass:\s*(image-loop|skip\(\w+\)|trips\(([^)]*)\))", line)
@@ -689,8 +700,11 @@ def check_lines_are_code(ins: List[Instr], kernel_file: str, src: str) -> None:
 def path_weights(ins: List[Instr], labels: Dict[str, int], kernel_file: str, markers: Dict[int, str],
                  env: Dict[str, float]):
     """(executions of each instruction on the costed path, loops): its loops' trips multiplied, 0 for
-    the instructions on a skip line or after the last EXIT."""
-    skip_lines = {ln for ln, m in markers.items() if m == "skip"}
+    the instructions on a skip line, on a ``when`` line whose condition is false in ``env``, or after
+    the last EXIT."""
+    skip_lines = {ln for ln, m in markers.items()
+                  if m == "skip" or (m.startswith("when=")
+                                     and not eval(m[len("when="):], {"__builtins__": {}}, dict(env)))}  # noqa: S307
 
     def outer(ch):
         for f_, l_ in reversed(ch):

@@ -42,7 +42,8 @@
 // Group reductions are xor-butterflies inside a warp and, for a group wider
 // than a warp, the warps' values added in warp order through shared memory:
 // every lane of a group ends with the bitwise same value.  The pixel index is
-// split into (b, oy, ox) once per pixel in 32-bit arithmetic.
+// split into (b, oy, ox) once per pixel by the output map's host-computed
+// divisors (MergeGeom, fast_div.h): no division in any kernel.
 // ATen-free (see cuda_compat.h).
 #pragma once
 
@@ -53,6 +54,7 @@
 
 #include "../swin_geometry.h"
 #include "common.cuh"
+#include "fast_div.h"
 #include "layernorm_stats.cuh"
 
 namespace swin_ext {
@@ -68,29 +70,55 @@ constexpr int kMergeBwdElems = 16;             // register backward: row element
 constexpr int kMergeBwdIters = 16;             // register backward: pixel groups per block
 constexpr int kMergeRegBlocks = 4;             // register kernels: resident blocks per SM (<= 128 registers)
 
-// Where the four quadrants of an output pixel come from: element offsets of
-// the source pixels' channel rows, or -1 for zero padding (odd H / W).
-struct MergeSrc {
-  int64_t off[4];
+// The kernels' geometry: the input map (B, H, W, C), its P = B * H2 * W2
+// output pixels, and the output map's width and height as host-computed
+// divisors.  Sizes fit 32-bit indices (the glue checks them).
+struct MergeGeom {
+  int H = 0, W = 0, C = 0, P = 0;
+  FastDiv w2, h2;
+  static MergeGeom make(int64_t B, int64_t H, int64_t W, int64_t C) {
+    MergeGeom g;
+    const int64_t H2 = (H + 1) / 2, W2 = (W + 1) / 2;
+    g.H = static_cast<int>(H);
+    g.W = static_cast<int>(W);
+    g.C = static_cast<int>(C);
+    g.P = static_cast<int>(B * H2 * W2);
+    g.w2 = FastDiv::make(static_cast<int>(W2));
+    g.h2 = FastDiv::make(static_cast<int>(H2));
+    return g;
+  }
 };
 
-__device__ __forceinline__ MergeSrc merge_sources(int pix, int H, int W, int H2, int W2, int C) {
-  const int ox = pix % W2;
-  const int t = pix / W2;
-  const int oy = t % H2, b = t / H2;
-  MergeSrc s;
-#pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    const int y = 2 * oy + (q & 1), x = 2 * ox + (q >> 1);  // x0=(0,0), x1=(1,0), x2=(0,1), x3=(1,1)
-    s.off[q] = (y < H && x < W) ? ((static_cast<int64_t>(b) * H + y) * W + x) * C : int64_t(-1);
-  }
-  return s;
+// Where output pixel pix's 2x2 sources are: the element offset of its
+// (2 oy, 2 ox) source row, and whether the row below and the column to the
+// right exist (odd H / W: zero padding).  A pixel past P is not active and
+// has no sources.
+struct MergePixel {
+  int64_t base;
+  bool below, right, active;
+};
+
+__device__ __forceinline__ MergePixel merge_pixel(const MergeGeom& g, int pix) {
+  int t, ox, b, oy;
+  g.w2.divmod(pix, t, ox);
+  g.h2.divmod(t, b, oy);
+  const int y = 2 * oy, x = 2 * ox;
+  // The source pixel's index fits 31 bits (B H W < 2^31) for an active pixel;
+  // unsigned, so that an inactive one's wraps without overflow.
+  const uint32_t src = (static_cast<uint32_t>(b) * g.H + y) * g.W + x;
+  MergePixel p;
+  p.base = static_cast<int64_t>(src) * g.C;
+  p.below = y + 1 < g.H;
+  p.right = x + 1 < g.W;
+  p.active = pix < g.P;
+  return p;
 }
 
-// Offset of quadrant q by selects, not an indexed load: a quadrant loop the
-// compiler does not unroll would otherwise put MergeSrc in local memory.
-__device__ __forceinline__ int64_t merge_off(const MergeSrc& s, int q) {
-  return q == 0 ? s.off[0] : q == 1 ? s.off[1] : q == 2 ? s.off[2] : s.off[3];
+// Offset of quadrant q's source row, or -1 for zero padding: x0 = (0, 0),
+// x1 = (1, 0) (the row below), x2 = (0, 1), x3 = (1, 1), the official order.
+__device__ __forceinline__ int64_t quadrant_off(const MergeGeom& g, const MergePixel& p, int q) {
+  if (((q & 1) && !p.below) || ((q >> 1) && !p.right)) return -1;
+  return p.base + (q & 1) * static_cast<int64_t>(g.W) * g.C + (q >> 1) * g.C;
 }
 
 // VEC consecutive elements as one 16-byte (or smaller) access.
@@ -228,7 +256,7 @@ __device__ __forceinline__ void group_allreduce(float (&a)[N], int log2G, unsign
       a[i] = ((max_mask >> i) & 1u) ? acc_max(a[i], o) : a[i] + o;
     }
   }
-  if (log2G > 5) {  // block-uniform
+  if (log2G > 5) {  // block-uniform  // sass-dyn: when=wpg > 1
     const int warp = threadIdx.x >> 5, wpg = 1 << (log2G - 5), w0 = warp & ~(wpg - 1);
     if ((threadIdx.x & 31) == 0) {
 #pragma unroll
@@ -238,9 +266,12 @@ __device__ __forceinline__ void group_allreduce(float (&a)[N], int log2G, unsign
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       float r = xchg[w0 * N + i];
-      for (int w = 1; w < wpg; ++w) {  // sass-dyn: trips=wpg - 1
-        const float o = xchg[(w0 + w) * N + i];
-        r = ((max_mask >> i) & 1u) ? acc_max(r, o) : r + o;
+#pragma unroll
+      for (int w = 1; w < kMergeWarps; ++w) {  // a group is at most the block: wpg <= kMergeWarps
+        if (w < wpg) {
+          const float o = xchg[(w0 + w) * N + i];
+          r = ((max_mask >> i) & 1u) ? acc_max(r, o) : r + o;
+        }
       }
       a[i] = r;
     }
@@ -255,61 +286,59 @@ __device__ __forceinline__ bool group_any(bool pred, int log2G) {
   return __any_sync(0xffffffffu, pred) != 0;
 }
 
-// The chunks a lane owns: output column k (a multiple of VEC) and its
-// quadrant (-1: no chunk), the same for every pixel.
+// The chunks a lane owns, the same for every pixel: output column k (a
+// multiple of VEC), its quadrant q (-1: no chunk) and its element offset
+// from the pixel's source row (MergePixel::base): the quadrant's row plus the
+// column within it.  The quadrant by comparisons, not a division.  src fits
+// 32 bits: merge_plan's register path requires (W + 2) C < 2^31.
 template <int NCH>
 struct MergeChunks {
   int k[NCH];
   int q[NCH];
+  int src[NCH];
 };
 
 template <int VEC, int NCH>
-__device__ __forceinline__ MergeChunks<NCH> merge_chunks(int lig, int log2G, int nch, int C) {
+__device__ __forceinline__ MergeChunks<NCH> merge_chunks(int lig, int log2G, int nch, const MergeGeom& g) {
+  const int C = g.C;
   MergeChunks<NCH> ch;
 #pragma unroll
   for (int i = 0; i < NCH; ++i) {
     const int k = (lig + (i << log2G)) * VEC;
+    const int q = (i < nch && k < 4 * C) ? (k >= C) + (k >= 2 * C) + (k >= 3 * C) : -1;
     ch.k[i] = k;
-    ch.q[i] = (i < nch && k < 4 * C) ? k / C : -1;
+    ch.q[i] = q;
+    ch.src[i] = q < 0 ? 0 : (q & 1) * g.W * C + (q >> 1) * C + (k - q * C);
   }
   return ch;
 }
 
-// Source offset of chunk i for the pixel's sources (-1: no chunk or padding).
+// Source offset of chunk i of pixel p (-1: no chunk, inactive pixel or padding).
 template <int NCH>
-__device__ __forceinline__ int64_t chunk_off(const MergeChunks<NCH>& ch, int i, const MergeSrc& src, int C) {
-  if (ch.q[i] < 0) return -1;
-  const int64_t base = merge_off(src, ch.q[i]);
-  return base < 0 ? int64_t(-1) : base + (ch.k[i] - ch.q[i] * C);
-}
-
-__device__ __forceinline__ MergeSrc merge_sources_or_none(bool active, int pix, int H, int W, int H2, int W2, int C) {
-  if (active) return merge_sources(pix, H, W, H2, W2, C);
-  MergeSrc s;
-#pragma unroll
-  for (int q = 0; q < 4; ++q) s.off[q] = -1;
-  return s;
+__device__ __forceinline__ int64_t chunk_off(const MergeChunks<NCH>& ch, int i, const MergePixel& p) {
+  const int q = ch.q[i];
+  const bool ok = p.active && q >= 0 && (p.below || !(q & 1)) && (p.right || !(q >> 1));
+  return ok ? p.base + ch.src[i] : int64_t(-1);
 }
 
 template <typename tx, typename tb, typename ty, int VEC, int NCH>
 __global__ void __launch_bounds__(kMergeThreads, kMergeRegBlocks)
     merge_fwd_reg_kernel(const tx* __restrict__ x, const tb* __restrict__ branch, const float* __restrict__ weight,
                          const float* __restrict__ bias, ty* __restrict__ y, float* __restrict__ mean,
-                         float* __restrict__ rstd, int B, int H, int W, int C, int log2G, int nch, float eps,
-                         float inv_n) {
+                         float* __restrict__ rstd, MergeGeom g, int log2G, int nch, float eps, float inv_n) {
   __shared__ float xchg[kMergeWarps * 2];
-  const int H2 = (H + 1) / 2, W2 = (W + 1) / 2, C4 = 4 * C;
+  const int C4 = 4 * g.C;
   const int grp = threadIdx.x >> log2G, lig = threadIdx.x & ((1 << log2G) - 1);
   const int pix = blockIdx.x * (kMergeThreads >> log2G) + grp;
-  const bool active = pix < B * H2 * W2;  // an idle group still joins the reductions
-  const MergeChunks<NCH> ch = merge_chunks<VEC, NCH>(lig, log2G, nch, C);
-  const MergeSrc src = merge_sources_or_none(active, pix, H, W, H2, W2, C);
+  const MergePixel px = merge_pixel(g, pix);
+  const bool active = px.active;  // an idle group still joins the reductions
+  const MergeChunks<NCH> ch = merge_chunks<VEC, NCH>(lig, log2G, nch, g);
 
   float v[NCH][VEC];
   float r[2] = {0.0f, 0.0f};  // sum, max|h|
 #pragma unroll
   for (int i = 0; i < NCH; ++i) {
-    ld16_h<tx, tb, VEC>(x, branch, chunk_off(ch, i, src, C), v[i]);
+    ld16_h<tx, tb, VEC>(x, branch, chunk_off(ch, i, px), v[i]);
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
       r[0] += v[i][e];
@@ -326,7 +355,8 @@ __global__ void __launch_bounds__(kMergeThreads, kMergeRegBlocks)
     f = acc_ldexp(1.0f, -k);
     if (eps > 0) eps = acc_max(acc_ldexp(eps, -2 * k), std::numeric_limits<float>::min());
   }
-  if (group_any(huge, log2G)) {  // sass: skip(cold): rows above 2^40
+  const bool any_huge = group_any(huge, log2G);  // (the vote is on the costed path, its block is not)
+  if (any_huge) {  // sass: skip(cold): rows above 2^40
     float s[1] = {0.0f};
 #pragma unroll
     for (int i = 0; i < NCH; ++i)
@@ -381,15 +411,15 @@ __global__ void __launch_bounds__(kMergeThreads, kMergeRegBlocks)
     merge_bwd_reg_kernel(const ty* __restrict__ grad_out, const tx* __restrict__ x, const tb* __restrict__ branch,
                          const float* __restrict__ weight, const float* __restrict__ mean,
                          const float* __restrict__ rstd, tx* __restrict__ dx, tb* __restrict__ dbranch,
-                         float* __restrict__ dw_part, float* __restrict__ db_part, int B, int H, int W, int C,
-                         int log2G, int nch, int iters, float inv_n) {
+                         float* __restrict__ dw_part, float* __restrict__ db_part, MergeGeom g, int log2G,
+                         int nch, int iters, float inv_n) {
   static_assert(VEC % 4 == 0, "the partial rows are written as float4");
   __shared__ float xchg[kMergeWarps * 2];
   SWIN_DYNAMIC_SHARED(float, red);  // [groups][2][4C]
-  const int H2 = (H + 1) / 2, W2 = (W + 1) / 2, C4 = 4 * C, P = B * H2 * W2;
+  const int C4 = 4 * g.C;
   const int groups = kMergeThreads >> log2G;
   const int grp = threadIdx.x >> log2G, lig = threadIdx.x & ((1 << log2G) - 1);
-  const MergeChunks<NCH> ch = merge_chunks<VEC, NCH>(lig, log2G, nch, C);
+  const MergeChunks<NCH> ch = merge_chunks<VEC, NCH>(lig, log2G, nch, g);
   float dw[NCH][VEC], db[NCH][VEC];
 #pragma unroll
   for (int i = 0; i < NCH; ++i)
@@ -399,8 +429,8 @@ __global__ void __launch_bounds__(kMergeThreads, kMergeRegBlocks)
   const int p0 = blockIdx.x * iters * groups;
   for (int it = 0; it < iters; ++it) {  // block-uniform  // sass-dyn: trips=iters
     const int pix = p0 + it * groups + grp;
-    const bool active = pix < P;
-    const MergeSrc src = merge_sources_or_none(active, pix, H, W, H2, W2, C);
+    const MergePixel px = merge_pixel(g, pix);
+    const bool active = px.active;
     const float mu = active ? mean[pix] : 0.0f, rs = active ? rstd[pix] : 0.0f;
     const ty* go = grad_out + static_cast<int64_t>(pix) * C4;
     float xh[NCH][VEC], g[NCH][VEC];
@@ -408,7 +438,7 @@ __global__ void __launch_bounds__(kMergeThreads, kMergeRegBlocks)
 #pragma unroll
     for (int i = 0; i < NCH; ++i) {
       float h[VEC], dy[VEC], wv[VEC];
-      ld16_h<tx, tb, VEC>(x, branch, chunk_off(ch, i, src, C), h);
+      ld16_h<tx, tb, VEC>(x, branch, chunk_off(ch, i, px), h);
       if (active && ch.q[i] >= 0) {
         ld16<ty, VEC>(go + ch.k[i], dy);
         ld16<float, VEC>(weight + ch.k[i], wv);
@@ -430,7 +460,7 @@ __global__ void __launch_bounds__(kMergeThreads, kMergeRegBlocks)
     const float mg = s[0] * inv_n, mgx = s[1] * inv_n;
 #pragma unroll
     for (int i = 0; i < NCH; ++i) {
-      const int64_t off = chunk_off(ch, i, src, C);
+      const int64_t off = chunk_off(ch, i, px);
       if (off < 0) continue;  // no chunk, idle group, or padding (no gradient)
       float d[VEC];
 #pragma unroll
@@ -464,17 +494,17 @@ template <typename tx, typename tb, typename ty, typename acc_t, int VEC>
 __global__ void __launch_bounds__(kMergeThreads, 1)
     merge_fwd_kernel(const tx* __restrict__ x, const tb* __restrict__ branch, const acc_t* __restrict__ weight,
                      const acc_t* __restrict__ bias, ty* __restrict__ y, acc_t* __restrict__ mean,
-                     acc_t* __restrict__ rstd, int B, int H, int W, int C, acc_t eps, acc_t inv_n) {
-  const int H2 = (H + 1) / 2, W2 = (W + 1) / 2, C4 = 4 * C;
+                     acc_t* __restrict__ rstd, MergeGeom g, acc_t eps, acc_t inv_n) {
+  const int C = g.C, C4 = 4 * C;
   const int pix = blockIdx.x * kMergeWarps + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
-  if (pix >= B * H2 * W2) return;  // the whole warp leaves together
-  const MergeSrc src = merge_sources(pix, H, W, H2, W2, C);
+  if (pix >= g.P) return;  // the whole warp leaves together
+  const MergePixel px = merge_pixel(g, pix);
   auto for_each = [&](auto&& fn) {
 #pragma unroll
     for (int q = 0; q < 4; ++q)
       for (int c = lane * VEC; c < C; c += 32 * VEC) {
-        const int64_t off = merge_off(src, q);
+        const int64_t off = quadrant_off(g, px, q);
         acc_t v[VEC];
         load_h<tx, tb, acc_t, VEC>(x, branch, off < 0 ? off : off + c, v);  // L1-hot after the first pass
         fn(v);
@@ -485,7 +515,7 @@ __global__ void __launch_bounds__(kMergeThreads, 1)
 #pragma unroll
   for (int q = 0; q < 4; ++q)
     for (int c = lane * VEC; c < C; c += 32 * VEC) {
-      const int64_t off = merge_off(src, q);
+      const int64_t off = quadrant_off(g, px, q);
       acc_t v[VEC];
       load_h<tx, tb, acc_t, VEC>(x, branch, off < 0 ? off : off + c, v);
       const int kk = q * C + c;
@@ -521,13 +551,11 @@ __global__ void __launch_bounds__(kMergeThreads, 1)
     merge_bwd_kernel(const ty* __restrict__ grad_out, const tx* __restrict__ x, const tb* __restrict__ branch,
                      const acc_t* __restrict__ weight, const acc_t* __restrict__ mean,
                      const acc_t* __restrict__ rstd, tx* __restrict__ dx, tb* __restrict__ dbranch,
-                     acc_t* __restrict__ dw_part, acc_t* __restrict__ db_part, int B, int H, int W, int C,
-                     acc_t inv_n) {
+                     acc_t* __restrict__ dw_part, acc_t* __restrict__ db_part, MergeGeom g, acc_t inv_n) {
   SWIN_DYNAMIC_SHARED(acc_t, smem);
-  const int H2 = (H + 1) / 2, W2 = (W + 1) / 2, C4 = 4 * C;
+  const int C = g.C, C4 = 4 * C, P = g.P;
   const int nwarps = blockDim.x >> 5;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int P = B * H2 * W2;
   acc_t* dw_acc = smem + static_cast<int64_t>(warp) * 2 * C4;
   acc_t* db_acc = dw_acc + C4;
   for (int k = lane; k < 2 * C4; k += 32) dw_acc[k] = acc_t(0);  // the warp's own accumulators
@@ -536,7 +564,7 @@ __global__ void __launch_bounds__(kMergeThreads, 1)
   const int p0 = blockIdx.x * nwarps * kMergePixelsPerWarp;
   const int p1 = p0 + nwarps * kMergePixelsPerWarp < P ? p0 + nwarps * kMergePixelsPerWarp : P;
   for (int pix = p0 + warp; pix < p1; pix += nwarps) {
-    const MergeSrc src = merge_sources(pix, H, W, H2, W2, C);
+    const MergePixel px = merge_pixel(g, pix);
     const acc_t mu = mean[pix], rs = rstd[pix];
     const ty* go = grad_out + static_cast<int64_t>(pix) * C4;
     acc_t xv[VEC], gv[VEC];
@@ -545,7 +573,7 @@ __global__ void __launch_bounds__(kMergeThreads, 1)
     for (int q = 0; q < 4; ++q)
       for (int c = lane * VEC; c < C; c += 32 * VEC) {
         const int k = q * C + c;
-        const int64_t off = merge_off(src, q);
+        const int64_t off = quadrant_off(g, px, q);
         load_h<tx, tb, acc_t, VEC>(x, branch, off < 0 ? off : off + c, xv);
         load_pack<ty, acc_t, VEC>(go + k, gv);
 #pragma unroll
@@ -560,7 +588,7 @@ __global__ void __launch_bounds__(kMergeThreads, 1)
     for (int q = 0; q < 4; ++q)
       for (int c = lane * VEC; c < C; c += 32 * VEC) {
         const int k = q * C + c;
-        const int64_t off = merge_off(src, q);
+        const int64_t off = quadrant_off(g, px, q);
         load_h<tx, tb, acc_t, VEC>(x, branch, off < 0 ? off : off + c, xv);  // L1-hot: read in pass 1
         load_pack<ty, acc_t, VEC>(go + k, gv);
         acc_t d[VEC], aw[VEC], ab[VEC];
@@ -624,15 +652,17 @@ inline int merge_bwd_iters(int64_t P, int64_t groups, int64_t resident) {
   return static_cast<int>(fewest_wave_steps(P, groups, kMergeBwdIters, kMergeBwdIters / 2, resident));
 }
 
-// acc_size: 4 (float accumulation) or 8 (float64); elems: kMergeFwdElems or
-// kMergeBwdElems; aligned: every tensor pointer 16-byte aligned.
+// acc_size: 4 (float accumulation) or 8 (float64); aligned: every tensor
+// pointer 16-byte aligned.
 inline MergePlan merge_plan(int64_t B, int64_t H, int64_t W, int64_t C, int vec, size_t acc_size, bool aligned,
                             bool backward, int64_t resident = 0) {
   MergePlan p;
   const int64_t P = B * ((H + 1) / 2) * ((W + 1) / 2), C4 = 4 * C;
   p.vec = aligned && C % vec == 0;
   const int nch_max = (backward ? kMergeBwdElems : kMergeFwdElems) / vec;
-  if (p.vec && acc_size == sizeof(float) && C4 <= int64_t(kMergeMaxGroup) * nch_max * vec) {
+  // (W + 2) C < 2^31: the chunks' source offsets in 32 bits (MergeChunks).
+  if (p.vec && acc_size == sizeof(float) && C4 <= int64_t(kMergeMaxGroup) * nch_max * vec &&
+      (W + 2) * C <= int64_t(std::numeric_limits<int>::max())) {
     const int64_t chunks = C4 / vec;
     int log2G = 0;
     while ((int64_t(1) << log2G) * nch_max < chunks) ++log2G;
@@ -665,22 +695,22 @@ void launch_patch_merging_fwd(const tx* x, const tb* branch, const acc_t* weight
   if (plan.blocks == 0) return;
   constexpr int kVec = merge_vec<tx, tb, ty>();
   const unsigned blocks = static_cast<unsigned>(plan.blocks);
-  const int b = static_cast<int>(B), h = static_cast<int>(H), w = static_cast<int>(W), c = static_cast<int>(C);
+  const MergeGeom g = MergeGeom::make(B, H, W, C);
   const acc_t inv_n = acc_t(1) / static_cast<acc_t>(4 * C);  // on the host: no division in the kernel
   if constexpr (sizeof(acc_t) == sizeof(float)) {
     if (plan.reg) {
       SWIN_LAUNCH_KERNEL((merge_fwd_reg_kernel<tx, tb, ty, kVec, kMergeFwdElems / kVec>), blocks, kMergeThreads, 0,
-                         stream, x, branch, weight, bias, y, mean, rstd, b, h, w, c, plan.log2G, plan.nch,
+                         stream, x, branch, weight, bias, y, mean, rstd, g, plan.log2G, plan.nch,
                          static_cast<float>(eps), inv_n);
       return;
     }
   }
   if (plan.vec) {
     SWIN_LAUNCH_KERNEL((merge_fwd_kernel<tx, tb, ty, acc_t, kVec>), blocks, kMergeThreads, 0, stream, x, branch,
-                       weight, bias, y, mean, rstd, b, h, w, c, static_cast<acc_t>(eps), inv_n);
+                       weight, bias, y, mean, rstd, g, static_cast<acc_t>(eps), inv_n);
   } else {
     SWIN_LAUNCH_KERNEL((merge_fwd_kernel<tx, tb, ty, acc_t, 1>), blocks, kMergeThreads, 0, stream, x, branch,
-                       weight, bias, y, mean, rstd, b, h, w, c, static_cast<acc_t>(eps), inv_n);
+                       weight, bias, y, mean, rstd, g, static_cast<acc_t>(eps), inv_n);
   }
 }
 
@@ -695,23 +725,23 @@ void launch_patch_merging_bwd(const ty* grad_out, const tx* x, const tb* branch,
   if (plan.blocks == 0) return;
   constexpr int kVec = merge_vec<tx, tb, ty>();
   const unsigned blocks = static_cast<unsigned>(plan.blocks);
-  const int b = static_cast<int>(B), h = static_cast<int>(H), w = static_cast<int>(W), c = static_cast<int>(C);
+  const MergeGeom g = MergeGeom::make(B, H, W, C);
   const acc_t inv_n = acc_t(1) / static_cast<acc_t>(4 * C);
   if constexpr (sizeof(acc_t) == sizeof(float)) {
     if (plan.reg) {
       SWIN_LAUNCH_KERNEL((merge_bwd_reg_kernel<tx, tb, ty, kVec, kMergeBwdElems / kVec>), blocks, kMergeThreads,
-                         plan.smem, stream, grad_out, x, branch, weight, mean, rstd, dx, dbranch, dw_part, db_part, b,
-                         h, w, c, plan.log2G, plan.nch, plan.iters, inv_n);
+                         plan.smem, stream, grad_out, x, branch, weight, mean, rstd, dx, dbranch, dw_part, db_part, g,
+                         plan.log2G, plan.nch, plan.iters, inv_n);
       return;
     }
   }
   const int threads = plan.nwarps * 32;
   if (plan.vec) {
     SWIN_LAUNCH_KERNEL((merge_bwd_kernel<tx, tb, ty, acc_t, kVec>), blocks, threads, plan.smem, stream, grad_out, x,
-                       branch, weight, mean, rstd, dx, dbranch, dw_part, db_part, b, h, w, c, inv_n);
+                       branch, weight, mean, rstd, dx, dbranch, dw_part, db_part, g, inv_n);
   } else {
     SWIN_LAUNCH_KERNEL((merge_bwd_kernel<tx, tb, ty, acc_t, 1>), blocks, threads, plan.smem, stream, grad_out, x,
-                       branch, weight, mean, rstd, dx, dbranch, dw_part, db_part, b, h, w, c, inv_n);
+                       branch, weight, mean, rstd, dx, dbranch, dw_part, db_part, g, inv_n);
   }
 }
 
