@@ -151,13 +151,18 @@ SWIN_HOST_DEVICE int64_t token_row(const WindowGeometry& g, int64_t b, const Tok
   return ((b * g.T + loc.z) * g.H + loc.y) * g.W + loc.x;
 }
 
+// Patch merging's quadrant order, the official one: x0=(0,0), x1=(1,0),
+// x2=(0,1), x3=(1,1) as the (row, col) offsets of quadrant q (0..3) within
+// its 2x2 block of source pixels.
+SWIN_HOST_DEVICE int merge_quadrant_dy(int q) { return q & 1; }
+SWIN_HOST_DEVICE int merge_quadrant_dx(int q) { return q >> 1; }
+
 // Patch merging: source pixel of quadrant q (0..3) of output pixel (oy, ox).
-// Quadrant order is the official one: x0=(0,0), x1=(1,0), x2=(0,1), x3=(1,1)
-// as (row, col) offsets.  Returns false for zero padding (odd H or W).
+// Returns false for zero padding (odd H or W).
 SWIN_HOST_DEVICE bool merge_source(int64_t H, int64_t W, int64_t oy, int64_t ox, int q,
                                    int64_t* y, int64_t* x) {
-  *y = 2 * oy + (q & 1);
-  *x = 2 * ox + (q >> 1);
+  *y = 2 * oy + merge_quadrant_dy(q);
+  *x = 2 * ox + merge_quadrant_dx(q);
   return (*y < H) && (*x < W);
 }
 

@@ -114,11 +114,21 @@ __device__ __forceinline__ MergePixel merge_pixel(const MergeGeom& g, int pix) {
   return p;
 }
 
-// Offset of quadrant q's source row, or -1 for zero padding: x0 = (0, 0),
-// x1 = (1, 0) (the row below), x2 = (0, 1), x3 = (1, 1), the official order.
+// Quadrant q of a pixel (merge_quadrant_dy / _dx, swin_geometry.h: the
+// official order): whether pixel p has it (else zero padding), and its source
+// row's offset from MergePixel::base -- merge_source's pixel, from the base
+// the pixel decoded once.
+__device__ __forceinline__ bool has_quadrant(const MergePixel& p, int q) {
+  return (merge_quadrant_dy(q) == 0 || p.below) && (merge_quadrant_dx(q) == 0 || p.right);
+}
+
+__device__ __forceinline__ int64_t quadrant_row(const MergeGeom& g, int q) {
+  return merge_quadrant_dy(q) * static_cast<int64_t>(g.W) * g.C + merge_quadrant_dx(q) * g.C;
+}
+
+// Offset of quadrant q's source row, or -1 for zero padding.
 __device__ __forceinline__ int64_t quadrant_off(const MergeGeom& g, const MergePixel& p, int q) {
-  if (((q & 1) && !p.below) || ((q >> 1) && !p.right)) return -1;
-  return p.base + (q & 1) * static_cast<int64_t>(g.W) * g.C + (q >> 1) * g.C;
+  return has_quadrant(p, q) ? p.base + quadrant_row(g, q) : int64_t(-1);
 }
 
 // VEC consecutive elements as one 16-byte (or smaller) access.
@@ -308,7 +318,7 @@ __device__ __forceinline__ MergeChunks<NCH> merge_chunks(int lig, int log2G, int
     const int q = (i < nch && k < 4 * C) ? (k >= C) + (k >= 2 * C) + (k >= 3 * C) : -1;
     ch.k[i] = k;
     ch.q[i] = q;
-    ch.src[i] = q < 0 ? 0 : (q & 1) * g.W * C + (q >> 1) * C + (k - q * C);
+    ch.src[i] = q < 0 ? 0 : static_cast<int>(quadrant_row(g, q) + (k - q * C));
   }
   return ch;
 }
@@ -317,7 +327,7 @@ __device__ __forceinline__ MergeChunks<NCH> merge_chunks(int lig, int log2G, int
 template <int NCH>
 __device__ __forceinline__ int64_t chunk_off(const MergeChunks<NCH>& ch, int i, const MergePixel& p) {
   const int q = ch.q[i];
-  const bool ok = p.active && q >= 0 && (p.below || !(q & 1)) && (p.right || !(q >> 1));
+  const bool ok = p.active && q >= 0 && has_quadrant(p, q);
   return ok ? p.base + ch.src[i] : int64_t(-1);
 }
 
