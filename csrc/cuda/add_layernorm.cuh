@@ -44,6 +44,13 @@ namespace swin_ext {
 namespace cuda {
 
 constexpr int kAddLnWarps = 4;
+// Register backward: warps per block.  Twice the forward's at the same
+// resident warps per SM (2 blocks of 8 at the small capacity against 4 of 4),
+// so that each block's dweight / dbias partial row covers twice the rows:
+// Swin-T's stages 3 and 4 (384 and 768 channels, 2 and 1 rows a
+// warp-iteration) wrote one partial row pair per 48 and 12 rows, 0.33 and
+// 1.33 B per element beside the op's 16.
+constexpr int kAddLnBwdWarps = 8;
 constexpr int kAddLnRowsPerWarp = 16;        // wide backward: rows per warp per block
 constexpr int kAddLnBwdMaxSmem = 48 * 1024;  // wide backward: dweight / dbias accumulators per block
 // Register path: 32-bit registers of a row a lane holds (24 / 48 floats, 12 / 24 doubles).
@@ -106,19 +113,19 @@ inline bool add_ln_aligned(std::initializer_list<const void*> ptrs) {
 
 // Resident blocks per SM of the register backward: its __launch_bounds__
 // minimum, which its registers make exact (128 at the small capacity in
-// float, 4 x 4 warps; 2 otherwise).
+// float, 2 x 8 warps; 1 otherwise).
 template <typename acc_t>
 constexpr int add_ln_bwd_blocks_per_sm(int nch_vec) {
-  return sizeof(acc_t) == 4 && nch_vec <= kAddLnLaneRegsSmall ? 4 : 2;
+  return sizeof(acc_t) == 4 && nch_vec <= kAddLnLaneRegsSmall ? 2 : 1;
 }
 
 // Row groups per warp of the register backward: fewest_wave_steps from the
 // target's `iters` down to half of it (each warp walks its groups one after
 // another: loads, a row reduction, stores).  Swin-T's stage 1 at batch 128 on
-// an H200 (401408 rows of 96, 32 a group; 528 slots) goes from 784 blocks of
-// 16 groups (two waves, 32 deep) to 1046 of 12 (24): the H200 measured that
-// backward at 1.7x its byte floor (stop 30's gpu_check).  Stages 2-4 go from
-// 13 / 7 / 4 groups in one wave to 12 / 6 / 3.
+// an H200 (401408 rows of 96, 64 a group of 8 warps; 264 slots) goes from 392
+// blocks of 16 groups (two waves, 32 deep) to 523 of 12 (24): the H200
+// measured that backward at 1.7x its byte floor (stop 30's gpu_check, 4-warp
+// blocks).  Stages 2-4 go from 13 / 7 / 4 groups in one wave to 12 / 6 / 3.
 inline int64_t add_ln_bwd_iters(int64_t rows, int64_t rows_per_iter, int64_t iters, int64_t resident) {
   return fewest_wave_steps(rows, rows_per_iter, iters, (iters + 1) / 2, resident);
 }
@@ -143,9 +150,11 @@ AddLnPlan add_ln_plan(int64_t rows, int64_t C, bool aligned, bool backward,
       p.large = chunks > 32 * nch_small;
       const int nch = p.large ? nch_large : nch_small;
       while ((int64_t(nch) << p.lg) < chunks) ++p.lg;
-      const int64_t rows_per_iter = int64_t(kAddLnWarps) * (32 >> p.lg);
-      int64_t iters = ceil_div<int64_t>(rows, (target_blocks > 0 ? target_blocks : 1) * rows_per_iter);
+      // Groups per warp from the target at the forward's 4 warps (the backward's
+      // 8-warp blocks: half as many blocks, the same groups per warp).
+      int64_t iters = ceil_div<int64_t>(rows, (target_blocks > 0 ? target_blocks : 1) * kAddLnWarps * (32 >> p.lg));
       if (iters > kAddLnMaxRowIters) iters = kAddLnMaxRowIters;
+      const int64_t rows_per_iter = int64_t(backward ? kAddLnBwdWarps : kAddLnWarps) * (32 >> p.lg);
       if (backward && sms > 0)
         iters = add_ln_bwd_iters(rows, rows_per_iter, iters, sms * add_ln_bwd_blocks_per_sm<acc_t>(nch * kVec));
       p.rows_per_block = static_cast<int>(rows_per_iter * iters);
@@ -300,7 +309,7 @@ __global__ void __launch_bounds__(kAddLnWarps * 32)
 
 // grad_h may be null (no other use of h); dbranch may be null (branch has h's dtype).
 template <typename th, typename tb, typename ty, typename acc_t, int VEC, int NCH>
-__global__ void __launch_bounds__(kAddLnWarps * 32, add_ln_bwd_blocks_per_sm<acc_t>(NCH * VEC))
+__global__ void __launch_bounds__(kAddLnBwdWarps * 32, add_ln_bwd_blocks_per_sm<acc_t>(NCH * VEC))
     add_ln_bwd_reg_kernel(const th* __restrict__ grad_h, const ty* __restrict__ grad_y, const th* __restrict__ h,
                           const acc_t* __restrict__ weight, const acc_t* __restrict__ mean,
                           const acc_t* __restrict__ rstd, th* __restrict__ dh, tb* __restrict__ dbranch,
@@ -319,7 +328,7 @@ __global__ void __launch_bounds__(kAddLnWarps * 32, add_ln_bwd_blocks_per_sm<acc
   for (int k = 0; k < NCH; ++k)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) dw[k][e] = db[k][e] = acc_t(0);
-  for (int base = rr.first; base < rr.end; base += kAddLnWarps * rr.rpw) {  // warp-uniform
+  for (int base = rr.first; base < rr.end; base += kAddLnBwdWarps * rr.rpw) {  // warp-uniform
     const int row = base + (rr.lane >> lg);
     const unsigned valid = row < rr.end ? rr.cols : 0u;
     const int64_t off = static_cast<int64_t>(row) * C;
@@ -384,7 +393,7 @@ __global__ void __launch_bounds__(kAddLnWarps * 32, add_ln_bwd_blocks_per_sm<acc
   }
   // Then the warps, in warp order: group 0 of warp j adds its row to the block's
   // at word (k * VEC + e) * 2^lg + gl (consecutive lanes, consecutive words).
-  for (int j = 0; j < kAddLnWarps; ++j) {
+  for (int j = 0; j < kAddLnBwdWarps; ++j) {
     if (rr.warp == j && rr.lane < (1 << lg)) {
 #pragma unroll
       for (int k = 0; k < NCH; ++k)
@@ -568,11 +577,11 @@ void launch_add_layernorm_bwd(const th* grad_h, const ty* grad_y, const th* h, c
   const int r = static_cast<int>(rows), c = static_cast<int>(C);
   if (p.reg && p.large) {
     SWIN_LAUNCH_KERNEL((add_ln_bwd_reg_kernel<th, tb, ty, acc_t, kVec, add_ln_nch<acc_t, kVec, true>()>), blocks,
-                       kAddLnWarps * 32, p.smem, stream, grad_h, grad_y, h, weight, mean, rstd, dh, dbranch,
+                       kAddLnBwdWarps * 32, p.smem, stream, grad_h, grad_y, h, weight, mean, rstd, dh, dbranch,
                        dw_part, db_part, r, c, inv_n, p.lg, p.rows_per_block);
   } else if (p.reg) {
     SWIN_LAUNCH_KERNEL((add_ln_bwd_reg_kernel<th, tb, ty, acc_t, kVec, add_ln_nch<acc_t, kVec, false>()>), blocks,
-                       kAddLnWarps * 32, p.smem, stream, grad_h, grad_y, h, weight, mean, rstd, dh, dbranch,
+                       kAddLnBwdWarps * 32, p.smem, stream, grad_h, grad_y, h, weight, mean, rstd, dh, dbranch,
                        dw_part, db_part, r, c, inv_n, p.lg, p.rows_per_block);
   } else {
     const int c_pad = static_cast<int>(add_ln_wide_cols(C, p.vec));
