@@ -154,7 +154,6 @@ struct BwdMmaTraits {
   static constexpr int min_blocks_by_smem(int smem) { return blocks_by_smem(smem) > 0 ? blocks_by_smem(smem) : 1; }
   static constexpr int kTileMinBlocks = min_blocks_by_smem(kTileSmem);
   static constexpr int kTSlots = 4 * kTile * kVecs / kThreads;  // 16-byte chunks per thread and image
-  static constexpr bool kCacheSlots = false && kTSlots <= 8;             // source offsets held in registers
   // The tile kernel's lean form (BwdMmaLeanTraits): outputs stored as soon as
   // each is formed, dP one k-step at a time (<= 128 registers).
   static constexpr bool kLean = false;
@@ -170,10 +169,11 @@ struct BwdMmaTraits {
   // norms of those zero rows are finite (1e12) and meet zeros.  Head_dim 64
   // keeps the count: it spills 20 B at 168 registers with it.
   static constexpr bool kTileAllKSteps = kDPad <= 32;
-  // The tile kernel's gather of the next image picks each chunk's source by
-  // selects, not branches (chunk_src<true>), where that spills nothing:
-  // head_dim <= 32 (head_dim 64 spills 12 B with it, the lean form 8 B).
-  static constexpr bool kTileChunkSelect = kDPad <= 32;
+  // The tile kernel's gather of the next image forms each row's source once
+  // for its four chunks, by selects (row_src), where that spills nothing:
+  // head_dim <= 32, the lean form too; head_dim 64 (8 B by rows, 12 B with
+  // selects per chunk) a chunk at a time with branches (chunk_src).
+  static constexpr bool kTileRowGather = kDPad <= 32;
 
   // ---- attn_bwd_window_kernel (key-tiled): bytes of dynamic shared memory.
   // dK and dV of the warp's 16 keys accumulate over the query tiles in
@@ -298,7 +298,6 @@ struct BwdMmaLeanTraits : BwdMmaTraits<T_, 32, false> {
   static_assert(Base::kSeqPdS && Base::kStagedOut, "the lean form stages P then dS over the dead k, v tiles");
   static constexpr bool kLean = true;
   static constexpr bool kTileAllKSteps = false;  // at 128 registers it spills (12 B) with them
-  static constexpr bool kTileChunkSelect = false;  // ... 8 B with them
   static constexpr int kStages = 1;
   static constexpr int kTSep = Base::kTStage + kStages * Base::kStageBytes;
   static constexpr int kTileSmem = Base::tile_smem(kStages);
@@ -694,32 +693,45 @@ struct ChunkSrc {
   uint32_t off;
   uint32_t kind;
 };
-// kSelect: selects, no branch.  Issued for every chunk of every image, a
-// branch per case was a scheduling barrier per chunk (BSSY, two BRA, BSYNC;
-// ptxas waited out each tok load and predicate there: ~210 of the tile
-// backward's fixed-latency stall cycles per warp and image, sass_report
-// --dyn).  Where the tile kernel's registers allow it (kTileChunkSelect);
-// the key-tiled kernel keeps the branches.
-template <bool kSelect = false>
+// Branches: the key-tiled kernels' gathers and the tile kernel's at head_dim
+// 64; the tile kernel's at head_dim <= 32 takes a row at a time (row_src).
 __device__ __forceinline__ ChunkSrc chunk_src(int tok, bool in_window, int part, int cv, int dv, int C8, int hd8,
                                               bool has_pad) {
-  const auto img_off = [&] {  // (meaningful only for tok >= 0)
-    return part < 3 ? qkv16(tok, part, cv, C8, hd8)
-                    : static_cast<uint32_t>(tok) * static_cast<uint32_t>(C8) + static_cast<uint32_t>(hd8 + cv);
-  };
-  if constexpr (kSelect) {
-    const uint32_t off_img = img_off(), off_pad = static_cast<uint32_t>(part * C8 + hd8 + cv);
-    const bool live = in_window && cv < dv;
-    const bool img = live && tok >= 0;
-    const bool padv = live && tok < 0 && part < 3 && has_pad;
-    return {img ? off_img : (padv ? off_pad : 0u), img ? kChunkImg : (padv ? kChunkPad : kChunkZero)};
-  } else {
-    if (!in_window || cv >= dv) return {0u, kChunkZero};
-    if (tok >= 0) return {img_off(), kChunkImg};
-    if (part < 3 && has_pad) return {static_cast<uint32_t>(part * C8 + hd8 + cv), kChunkPad};
-    return {0u, kChunkZero};
-  }
+  if (!in_window || cv >= dv) return {0u, kChunkZero};
+  if (tok >= 0)
+    return {part < 3 ? qkv16(tok, part, cv, C8, hd8)
+                     : static_cast<uint32_t>(tok) * static_cast<uint32_t>(C8) + static_cast<uint32_t>(hd8 + cv),
+            kChunkImg};
+  if (part < 3 && has_pad) return {static_cast<uint32_t>(part * C8 + hd8 + cv), kChunkPad};
+  return {0u, kChunkZero};
 }
+
+// Where chunk column cv of a gathered row comes from, for its four parts at
+// once: q, k, v at (pad ? the pad vector : the image's qkv) + off + part * C8
+// (16-byte units; qkv_bytes 0: zero fill), dO at the image's grad_out +
+// do_off (do_bytes 0: zero fill; padding tokens have no dO).  The sources of
+// chunk_src part by part, but the row's token, tests and offsets are formed
+// once for its four chunks (the tile backward's gather of the next image:
+// ~22 instructions a chunk formed per chunk, 181 per warp and image at
+// head_dim 32, 81 by rows).  Zero-filled chunks point at offset 0 of the
+// image, never read.  Selects, no branch: a branch structure per case was a
+// scheduling barrier per chunk (BSSY, two BRA, BSYNC, where ptxas waited out
+// each tok load and predicate: ~210 of the tile backward's fixed-latency
+// stall cycles per warp and image, sass_report --dyn).
+struct RowSrc {
+  uint32_t off, do_off;
+  int qkv_bytes, do_bytes;
+  bool pad;
+};
+__device__ __forceinline__ RowSrc row_src(int tok, bool in_window, int cv, int dv, int C8, int hd8, bool has_pad) {
+  const uint32_t col = static_cast<uint32_t>(hd8 + cv), tu = static_cast<uint32_t>(tok), c8 = static_cast<uint32_t>(C8);
+  const bool live = in_window && cv < dv;
+  const bool img = live && tok >= 0;
+  const bool padv = live && tok < 0 && has_pad;
+  return {img ? tu * (3u * c8) + col : (padv ? col : 0u), img ? tu * c8 + col : 0u, img || padv ? 16 : 0,
+          img ? 16 : 0, padv};
+}
+
 __device__ __forceinline__ void issue_chunk(unsigned char* dst, const ChunkSrc& c, const uint4* img16,
                                             const uint4* go16, const uint4* pad16, int part) {
   const uint4* src = c.kind == kChunkPad ? pad16 + c.off : (part < 3 ? img16 : go16) + c.off;
@@ -874,38 +886,41 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       }
     }
   }
-  // This thread's gather slots (token table fixed for the block).
   const int C8 = C >> 3, hd8 = hd >> 3, dv = d >> 3;
   const bool has_pad = pad != nullptr;
-  ChunkSrc src_c[Tr::kCacheSlots ? Tr::kTSlots : 1];
-  if constexpr (Tr::kCacheSlots) {
-#pragma unroll
-    for (int s = 0; s < Tr::kTSlots; ++s) {
-      const int r = SL::row(tid, s);
-      src_c[s] = chunk_src(tok[r], r < N, SL::part(s), SL::col(tid), dv, C8, hd8, has_pad);
-    }
-  }
   const int wrow0 = warp * kRowTile;
   const bool active = wrow0 < N;  // warp-uniform: warps past the window only stage and wait
   const int n_kq = Tr::kTileAllKSteps ? Tr::kTile : N;  // keys / queries of the dQ, dV, dK products
 
   const uint4* pad16 = reinterpret_cast<const uint4*>(pad);
-  // Issues image b's q, k, v, dO chunks into stage st (one cp.async group).
+  // Issues image b's q, k, v, dO chunks into stage st (one cp.async group):
+  // the thread's chunk column cv of its kPerPart rows, each row's source
+  // formed once for its four parts (row_src).
   auto issue = [&](int b, int st) {
     const uint4* img16 = reinterpret_cast<const uint4*>(image_base(qkv, b, p.img_qkv));
     const uint4* go16 = reinterpret_cast<const uint4*>(image_base(gout, b, p.img_out));
     unsigned char* dst = stages + st * Tr::kStageBytes;
+    const int cv = SL::col(tid);
+    if constexpr (Tr::kTileRowGather) {
+      static_assert(Tr::kD != 0, "the generic head_dim skips the columns past dp chunk by chunk");
 #pragma unroll
-    for (int s = 0; s < Tr::kTSlots; ++s) {
-      if (Tr::kD == 0 && SL::col(tid) * 8 >= dp) continue;  // never read
-      ChunkSrc c;
-      if constexpr (Tr::kCacheSlots) {
-        c = src_c[s];
-      } else {
-        const int r = SL::row(tid, s);
-        c = chunk_src<Tr::kTileChunkSelect>(tok[r], r < N, SL::part(s), SL::col(tid), dv, C8, hd8, has_pad);
+      for (int u = 0; u < SL::kPerPart; ++u) {
+        const int r = SL::row(tid, u);
+        const RowSrc rs = row_src(tok[r], r < N, cv, dv, C8, hd8, has_pad);
+        const uint4* src = (rs.pad ? pad16 : img16) + rs.off;
+#pragma unroll
+        for (int part = 0; part < 3; ++part)
+          cp_async16(dst + SL::dst(tid, part * SL::kPerPart + u), src + part * C8, rs.qkv_bytes);
+        cp_async16(dst + SL::dst(tid, 3 * SL::kPerPart + u), go16 + rs.do_off, rs.do_bytes);
       }
-      issue_chunk(dst + SL::dst(tid, s), c, img16, go16, pad16, SL::part(s));
+    } else {  // a chunk at a time, branches (head_dim 64 spills 8 B by rows)
+#pragma unroll
+      for (int s = 0; s < Tr::kTSlots; ++s) {
+        if (Tr::kD == 0 && cv * 8 >= dp) continue;  // never read
+        const int r = SL::row(tid, s);
+        issue_chunk(dst + SL::dst(tid, s), chunk_src(tok[r], r < N, SL::part(s), cv, dv, C8, hd8, has_pad), img16,
+                    go16, pad16, SL::part(s));
+      }
     }
     cp_async_commit();
   };
