@@ -886,19 +886,28 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       }
     }
   }
-  const int C8 = C >> 3, hd8 = hd >> 3, dv = d >> 3;
+  const int C8 = C >> 3, dv = d >> 3;
   const bool has_pad = pad != nullptr;
   const int wrow0 = warp * kRowTile;
   const bool active = wrow0 < N;  // warp-uniform: warps past the window only stage and wait
   const int n_kq = Tr::kTileAllKSteps ? Tr::kTile : N;  // keys / queries of the dQ, dV, dK products
-
-  const uint4* pad16 = reinterpret_cast<const uint4*>(pad);
+  // The image loop's gathers and stores address qkv, grad_out, the pad
+  // vector and dqkv from these bases at head offset hd_i: with kHeadBases the
+  // bases are the head's columns and hd_i is 0, so that the loop does not
+  // re-form h * d (ptxas rematerialised it ~27 times per image at 167
+  // registers); the lean form and head_dim 64 spill holding the bases.
+  constexpr bool kHeadBases = Tr::kTileRowGather && !Tr::kLean;
+  const int hd_i = kHeadBases ? 0 : hd;
+  const T* qkv_h = kHeadBases ? qkv + hd : qkv;
+  const T* gout_h = kHeadBases ? gout + hd : gout;
+  T* dqkv_h = static_cast<T*>(p.dqkv) + (kHeadBases ? hd : 0);
+  const uint4* pad16 = reinterpret_cast<const uint4*>(kHeadBases && has_pad ? pad + hd : pad);
   // Issues image b's q, k, v, dO chunks into stage st (one cp.async group):
   // the thread's chunk column cv of its kPerPart rows, each row's source
   // formed once for its four parts (row_src).
   auto issue = [&](int b, int st) {
-    const uint4* img16 = reinterpret_cast<const uint4*>(image_base(qkv, b, p.img_qkv));
-    const uint4* go16 = reinterpret_cast<const uint4*>(image_base(gout, b, p.img_out));
+    const uint4* img16 = reinterpret_cast<const uint4*>(image_base(qkv_h, b, p.img_qkv));
+    const uint4* go16 = reinterpret_cast<const uint4*>(image_base(gout_h, b, p.img_out));
     unsigned char* dst = stages + st * Tr::kStageBytes;
     const int cv = SL::col(tid);
     if constexpr (Tr::kTileRowGather) {
@@ -906,7 +915,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
 #pragma unroll
       for (int u = 0; u < SL::kPerPart; ++u) {
         const int r = SL::row(tid, u);
-        const RowSrc rs = row_src(tok[r], r < N, cv, dv, C8, hd8, has_pad);
+        const RowSrc rs = row_src(tok[r], r < N, cv, dv, C8, hd_i >> 3, has_pad);
         const uint4* src = (rs.pad ? pad16 : img16) + rs.off;
 #pragma unroll
         for (int part = 0; part < 3; ++part)
@@ -918,7 +927,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       for (int s = 0; s < Tr::kTSlots; ++s) {
         if (Tr::kD == 0 && cv * 8 >= dp) continue;  // never read
         const int r = SL::row(tid, s);
-        issue_chunk(dst + SL::dst(tid, s), chunk_src(tok[r], r < N, SL::part(s), cv, dv, C8, hd8, has_pad), img16,
+        issue_chunk(dst + SL::dst(tid, s), chunk_src(tok[r], r < N, SL::part(s), cv, dv, C8, hd_i >> 3, has_pad), img16,
                     go16, pad16, SL::part(s));
       }
     }
@@ -1085,11 +1094,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     if (active) {
       // dQ now (not held through dK, dV): through the warp's own rows of P
       // (written right after), or from the fragments.
-      T* dimg = static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv;
+      T* dimg = image_base(dqkv_h, b, p.img_qkv);
       if constexpr (Tr::kStagedOut) {
-        store_out<Tr, true, Tr::kPRowBytes>(p, dq, scale, 0, tok_w, sP + wrow0 * Tr::kPRowBytes, dimg, d, hd, lane);
+        store_out<Tr, true, Tr::kPRowBytes>(p, dq, scale, 0, tok_w, sP + wrow0 * Tr::kPRowBytes, dimg, d, hd_i, lane);
       } else {
-        store_out<Tr, false>(p, dq, scale, 0, tok_w, nullptr, dimg, d, hd, lane);
+        store_out<Tr, false>(p, dq, scale, 0, tok_w, nullptr, dimg, d, hd_i, lane);
       }
       stage_a<Tr>(sP + wrow0 * Tr::kPRowBytes, pa, n_kq, lane);
       if constexpr (!Tr::kSeqPdS) stage_a<Tr>(sdS + wrow0 * Tr::kPRowBytes, dsa, n_kq, lane);
@@ -1111,8 +1120,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       regs_x_rows<Tr>(dva, at, sdO, n_kq, dp, lane);
       if (pad_rows) add_padding_rows_frag<Tr>(dpad_w + Tr::kDPad, dva, pad_rows, dp, lane);  // sass: skip(padded)
       if constexpr (!Tr::kStagedOut) {
-        store_out<Tr>(p, dva, 1.f, 2, tok_w, nullptr, static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv, d, hd,
-                      lane);
+        store_out<Tr>(p, dva, 1.f, 2, tok_w, nullptr, image_base(dqkv_h, b, p.img_qkv), d, hd_i, lane);
       }
     };
     const auto grad_k = [&] {
@@ -1131,8 +1139,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       }
       if (pad_rows) add_padding_rows_frag<Tr>(dpad_w, dk, pad_rows, dp, lane);  // sass: skip(padded)
       if constexpr (!Tr::kStagedOut) {
-        store_out<Tr>(p, dk, 1.f, 1, tok_w, nullptr, static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv, d, hd,
-                      lane);
+        store_out<Tr>(p, dk, 1.f, 1, tok_w, nullptr, image_base(dqkv_h, b, p.img_qkv), d, hd_i, lane);
       }
     };
     if constexpr (Tr::kSeqPdS) {  // P's product first, then dS over P once every warp has read it
@@ -1143,8 +1150,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
         // warp's own dO rows as soon as each is formed (store_out ends with a
         // __syncwarp: the rows are free again).
         if (active) {
-          store_out<Tr>(p, dva, 1.f, 2, tok_w, sdO + wrow0 * Tr::kRowBytes,
-                        static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv, d, hd, lane);
+          store_out<Tr>(p, dva, 1.f, 2, tok_w, sdO + wrow0 * Tr::kRowBytes, image_base(dqkv_h, b, p.img_qkv), d,
+                        hd_i, lane);
         }
       }
       if (active) stage_a<Tr>(sdS + wrow0 * Tr::kPRowBytes, dsa, n_kq, lane);
@@ -1152,8 +1159,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       if (active) grad_k();
       if constexpr (Tr::kLean) {
         if (active) {
-          store_out<Tr>(p, dk, 1.f, 1, tok_w, sdO + wrow0 * Tr::kRowBytes,
-                        static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv, d, hd, lane);
+          store_out<Tr>(p, dk, 1.f, 1, tok_w, sdO + wrow0 * Tr::kRowBytes, image_base(dqkv_h, b, p.img_qkv), d,
+                        hd_i, lane);
         }
       }
     } else {  // dK first: its normalisation (V2) runs with fewer live registers
@@ -1165,9 +1172,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     if constexpr (Tr::kStagedOut && !Tr::kLean) {
       __syncthreads();  // P, dS, Q and dO are consumed: the warp's rows of the stage take its outputs
       if (active) {
-        T* dimg = static_cast<T*>(p.dqkv) + static_cast<int64_t>(b) * p.img_qkv;
-        store_out<Tr>(p, dk, 1.f, 1, tok_w, sK + wrow0 * Tr::kRowBytes, dimg, d, hd, lane);
-        store_out<Tr>(p, dva, 1.f, 2, tok_w, sV + wrow0 * Tr::kRowBytes, dimg, d, hd, lane);
+        T* dimg = image_base(dqkv_h, b, p.img_qkv);
+        store_out<Tr>(p, dk, 1.f, 1, tok_w, sK + wrow0 * Tr::kRowBytes, dimg, d, hd_i, lane);
+        store_out<Tr>(p, dva, 1.f, 2, tok_w, sV + wrow0 * Tr::kRowBytes, dimg, d, hd_i, lane);
       }
     }
     if (Tr::kStages == 1) {
