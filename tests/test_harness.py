@@ -779,6 +779,33 @@ def test_kernel_bias_gelu_block_shape(hops):
 
 
 @sm90_grids
+@pytest.mark.parametrize("B,chunk", [(12, 2), (40, 4)])
+def test_kernel_attention_forward_images_per_block_by_waves(hops, monkeypatch, B, chunk):
+    """The one-tile forward takes, from the target's images per block (B x windows x heads / 1024) up to 16,
+    the most whose (waves of 4 x 132 resident blocks) x (images per block) is no more than the target's:
+    Swin-T's stage 3 shape (4 windows of 7 x 7, 12 heads) at batch 12 runs as one wave of 288 blocks of 2
+    images, not two of 576 blocks of 1; at batch 40, one of 480 blocks of 4, not four of 1,920.  Images are
+    independent: the output and lse are bitwise those of one image per block (SWIN_EXT_ATTN_CHUNK=1)."""
+    hops.clear_options()
+    gen = torch.Generator().manual_seed(7)
+    heads, d, ws = 12, 32, 7
+    qkv = torch.randn(B, 14, 14, 3 * heads * d, generator=gen).to(torch.bfloat16)
+    bias = torch.randn(heads, ws * ws, ws * ws, generator=gen)
+    got = {}
+
+    def fwd():
+        got["out"] = hops.window_attention_fwd(qkv, bias, None, [ws, ws], [3, 3], d ** -0.5)
+
+    runs = _launches(hops, fwd)
+    assert [(n.split("<")[0].split("::")[-1], g) for n, g, _, _ in runs] == \
+        [("attn_fwd_tile_kernel", -(-B // chunk) * 4 * heads)], runs
+    monkeypatch.setenv("SWIN_EXT_ATTN_CHUNK", "1")
+    one = hops.window_attention_fwd(qkv, bias, None, [ws, ws], [3, 3], d ** -0.5)
+    for g, r in zip(got["out"], one):
+        assert torch.equal(g, r)
+
+
+@sm90_grids
 def test_kernel_add_layernorm_backward_groups_per_warp_by_waves(hops, monkeypatch):
     """The register backward's warps walk their row groups one after another, so its plan takes the
     fewest (waves of 2 x 132 resident blocks of 8 warps) x (groups per warp), from the target's down

@@ -202,7 +202,8 @@ std::tuple<at::Tensor, at::Tensor> window_attention_fwd_impl(const at::Tensor& q
         p.vec = p.vec && aligned;
         check_attention_image_size(p.img_qkv, sizeof(T));
         const cuda::attn::FwdPlan plan = cuda::attn::attention_fwd_plan<T>(
-            p, attention_chunk(), attention_bwd_choice() == cuda::attn::BwdChoice::kPerTile);
+            p, attention_chunk(), attention_bwd_choice() == cuda::attn::BwdChoice::kPerTile,
+            static_cast<int>(device_sm_count()));
         check_attention_launch(plan.blocks, plan.smem, device_smem_optin(), g, d, qkv.scalar_type(), "the forward kernel");
         at::Tensor bias_full;  // the table expanded for a kernel without a table read
         if (plan.bias_expanded) {

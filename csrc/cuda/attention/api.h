@@ -40,9 +40,10 @@ enum class BwdChoice : int { kAuto = 0, kFused = 1, kStreaming = 2, kTile4 = 3, 
 
 // p: geometry, sizes and flags filled (pointers may be null).  chunk > 0
 // forces the images per block of the one-tile kernel (tests), else a rule of
-// the shape.
+// the shape and, when sms > 0, the device's SM count (fwd_chunk; the outputs
+// do not depend on it).
 template <typename T>
-FwdPlan attention_fwd_plan(const AttnParams& p, int chunk = 0, bool per_tile = false);
+FwdPlan attention_fwd_plan(const AttnParams& p, int chunk = 0, bool per_tile = false, int sms = 0);
 template <typename T>
 cudaError_t attention_fwd_run(AttnParams p, const FwdPlan& plan, cudaStream_t stream);
 

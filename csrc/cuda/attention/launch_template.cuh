@@ -81,14 +81,29 @@ int dq_smem_max() { return dq_layout<Tr>(Tr::kMaxD, Tr::kDqWarps).total; }
 template <class Tr>
 int dkv_smem_max() { return dkv_layout<Tr>(Tr::kMaxD, Tr::kDkvWarps).total; }
 
-// Images per block of the one-tile forward: a function of the shape only,
-// at most kMaxChunk, with at least ~1024 blocks (~2 waves of 4 blocks per SM
-// on 132 SMs) where the batch allows: the bias tile and the token table are
-// staged once per block, so more images per block cost fewer instructions.
+// Images per block of the one-tile forward, at most kMaxChunk: the bias tile
+// and the token table are staged once per block, so more images per block
+// cost fewer instructions.  At least the target's, B * (windows x heads) /
+// kFwdTargetBlocks (~2 waves of 4 blocks per SM on 132 SMs where the batch
+// allows); given the device's resident blocks, the largest chunk above it
+// whose (waves of blocks) x (images per block) is no more than the target's:
+// Swin-T at batch 128 on an H200 (528 slots) runs stage 3 as one wave of 528
+// blocks of 12 images instead of two of 6, stage 4 as one of 6 instead of
+// two of 3.  Any chunk gives the same outputs: images are independent.
 constexpr int kFwdTargetBlocks = 1024;
 
+inline int fwd_chunk(int64_t B, int64_t wh, int64_t resident) {
+  const int64_t most = std::min<int64_t>(kMaxChunk, std::max<int64_t>(B, 1));
+  int best = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(most, B * wh / kFwdTargetBlocks)));
+  if (resident <= 0) return best;
+  const auto cost = [&](int64_t c) { return ceil_div<int64_t>(ceil_div<int64_t>(B, c) * wh, resident) * c; };
+  for (int c = best + 1; c <= most; ++c)
+    if (cost(c) <= cost(best)) best = c;
+  return best;
+}
+
 template <class Tr>
-FwdPlan plan_fwd(const AttnParams& p, int force_chunk, bool per_tile) {
+FwdPlan plan_fwd(const AttnParams& p, int force_chunk, bool per_tile, int sms) {
   static_assert(streaming_fits_everywhere<Tr>(), "a streaming attention kernel does not fit 99 KB of shared memory");
   FwdPlan plan;
   const int64_t wh = static_cast<int64_t>(p.g.nW) * p.heads;
@@ -103,9 +118,8 @@ FwdPlan plan_fwd(const AttnParams& p, int force_chunk, bool per_tile) {
     plan.tile = Tr::kD != 0 && p.g.N <= M1::kKeys;
     if (plan.tile) {
       plan.n_row_blocks = 1;
-      plan.chunk = force_chunk > 0
-                       ? std::min(force_chunk, std::max(p.B, 1))
-                       : static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(kMaxChunk, p.B * wh / kFwdTargetBlocks)));
+      plan.chunk = force_chunk > 0 ? std::min(force_chunk, std::max(p.B, 1))
+                                   : fwd_chunk(p.B, wh, static_cast<int64_t>(sms) * M1::kMinBlocks);
       plan.n_chunks = ceil_div<int>(p.B, plan.chunk);
       plan.smem = p.qk_norm ? M2::kTileSmem : M1::kTileSmem;
       plan.blocks = static_cast<int64_t>(plan.n_chunks) * wh;
@@ -406,8 +420,8 @@ cudaError_t run_bwd(AttnParams p, const BwdPlan& plan, cudaStream_t stream) {
 // ------------------------------------------------------------------ per-dtype entry points
 
 template <typename T>
-FwdPlan attention_fwd_plan(const AttnParams& p, int chunk, bool per_tile) {
-  return SWIN_HEADDIM_SWITCH(p.d, [&] { return plan_fwd<Traits<T, kHeadDim>>(p, chunk, per_tile); });
+FwdPlan attention_fwd_plan(const AttnParams& p, int chunk, bool per_tile, int sms) {
+  return SWIN_HEADDIM_SWITCH(p.d, [&] { return plan_fwd<Traits<T, kHeadDim>>(p, chunk, per_tile, sms); });
 }
 template <typename T>
 cudaError_t attention_fwd_run(AttnParams p, const FwdPlan& plan, cudaStream_t stream) {
@@ -423,7 +437,7 @@ cudaError_t attention_bwd_run(AttnParams p, const BwdPlan& plan, cudaStream_t st
 }
 
 #define SWIN_ATTN_INSTANTIATE(T)                                                                 \
-  template FwdPlan attention_fwd_plan<T>(const AttnParams&, int, bool);                          \
+  template FwdPlan attention_fwd_plan<T>(const AttnParams&, int, bool, int);                     \
   template cudaError_t attention_fwd_run<T>(AttnParams, const FwdPlan&, cudaStream_t);           \
   template BwdPlan attention_bwd_plan<T>(const AttnParams&, int, BwdChoice, int);                \
   template cudaError_t attention_bwd_run<T>(AttnParams, const BwdPlan&, cudaStream_t);
