@@ -791,7 +791,7 @@ _MANGLED_T = {"bf16": "13__nv_bfloat16", "fp16": "6__half"}
 
 def fwd_chunk(B: int, windows_heads: int, resident: int = 4 * H200_SMS) -> int:
     """Images per block of the one-tile forward (launch_template.cuh's fwd_chunk: from the target's up to
-    FWD_MAX_CHUNK, the largest with no more (waves of ``resident`` blocks) x (images per block); the
+    FWD_MAX_CHUNK, the largest with the fewest (waves of ``resident`` blocks) x (images per block); the
     forward's 4 blocks per SM on the H200's SMs)."""
     most = min(FWD_MAX_CHUNK, max(B, 1))
     best = max(1, min(most, B * windows_heads // FWD_TARGET_BLOCKS))

@@ -782,7 +782,7 @@ def test_kernel_bias_gelu_block_shape(hops):
 @pytest.mark.parametrize("B,chunk", [(12, 2), (40, 4)])
 def test_kernel_attention_forward_images_per_block_by_waves(hops, monkeypatch, B, chunk):
     """The one-tile forward takes, from the target's images per block (B x windows x heads / 1024) up to 16,
-    the most whose (waves of 4 x 132 resident blocks) x (images per block) is no more than the target's:
+    the largest with the fewest (waves of 4 x 132 resident blocks) x (images per block):
     Swin-T's stage 3 shape (4 windows of 7 x 7, 12 heads) at batch 12 runs as one wave of 288 blocks of 2
     images, not two of 576 blocks of 1; at batch 40, one of 480 blocks of 4, not four of 1,920.  Images are
     independent: the output and lse are bitwise those of one image per block (SWIN_EXT_ATTN_CHUNK=1)."""

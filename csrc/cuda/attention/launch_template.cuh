@@ -85,8 +85,8 @@ int dkv_smem_max() { return dkv_layout<Tr>(Tr::kMaxD, Tr::kDkvWarps).total; }
 // and the token table are staged once per block, so more images per block
 // cost fewer instructions.  At least the target's, B * (windows x heads) /
 // kFwdTargetBlocks (~2 waves of 4 blocks per SM on 132 SMs where the batch
-// allows); given the device's resident blocks, the largest chunk above it
-// whose (waves of blocks) x (images per block) is no more than the target's:
+// allows); given the device's resident blocks, the largest chunk from there
+// up with the fewest (waves of blocks) x (images per block):
 // Swin-T at batch 128 on an H200 (528 slots) runs stage 3 as one wave of 528
 // blocks of 12 images instead of two of 6, stage 4 as one of 6 instead of
 // two of 3.  Any chunk gives the same outputs: images are independent.
