@@ -443,7 +443,7 @@ __global__ void __launch_bounds__(kMergeThreads, kMergeRegBlocks)
     const bool active = px.active;
     const float mu = active ? mean[pix] : 0.0f, rs = active ? rstd[pix] : 0.0f;
     const ty* go = grad_out + static_cast<int64_t>(pix) * C4;
-    float xh[NCH][VEC], g[NCH][VEC];
+    float xh[NCH][VEC], gw[NCH][VEC];  // xhat, dy * weight (not g: the geometry)
     float s[2] = {0.0f, 0.0f};  // sum of dy * w and of dy * w * xhat
 #pragma unroll
     for (int i = 0; i < NCH; ++i) {
@@ -459,9 +459,9 @@ __global__ void __launch_bounds__(kMergeThreads, kMergeRegBlocks)
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
         xh[i][e] = (h[e] - mu) * rs;
-        g[i][e] = dy[e] * wv[e];
-        s[0] += g[i][e];
-        s[1] += g[i][e] * xh[i][e];
+        gw[i][e] = dy[e] * wv[e];
+        s[0] += gw[i][e];
+        s[1] += gw[i][e] * xh[i][e];
         dw[i][e] += dy[e] * xh[i][e];
         db[i][e] += dy[e];
       }
@@ -474,7 +474,7 @@ __global__ void __launch_bounds__(kMergeThreads, kMergeRegBlocks)
       if (off < 0) continue;  // no chunk, idle group, or padding (no gradient)
       float d[VEC];
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) d[e] = rs * (g[i][e] - mg - xh[i][e] * mgx);
+      for (int e = 0; e < VEC; ++e) d[e] = rs * (gw[i][e] - mg - xh[i][e] * mgx);
       st16<tx, VEC>(dx + off, d);
       if (dbranch != nullptr) st16<tb, VEC>(dbranch + off, d);
     }
