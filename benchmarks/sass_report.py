@@ -1003,10 +1003,11 @@ def _launch_constants() -> Tuple[int, int, int]:
     target = int(re.search(r"constexpr int kTargetBlocks = (\d+);", src).group(1))
     chunk = int(re.search(r"constexpr int kMaxChunk = (\d+);", src).group(1))
     parts = 1 << int(re.search(r"kMaxBiasPartials = int64_t\(1\) << (\d+);", src).group(1))
-    return target, chunk, parts
+    sms, per_sm = map(int, re.search(r"constexpr int64_t kBwdWaveSlots = (\d+) \* (\d+);", src).groups())
+    return target, chunk, parts, sms * per_sm
 
 
-BWD_TARGET_BLOCKS, BWD_MAX_CHUNK, BWD_MAX_PARTIALS = _launch_constants()  # launch_template.cuh, choose_chunk
+BWD_TARGET_BLOCKS, BWD_MAX_CHUNK, BWD_MAX_PARTIALS, BWD_WAVE_SLOTS = _launch_constants()  # launch_template.cuh
 FWD_MAX_CHUNK = BWD_MAX_CHUNK  # plan_fwd's cap is the same kMaxChunk
 BWD_TILE_BLOCKS_PER_SM = 3  # BwdMmaTraits::kTileMinBlocks at head_dim 32 (<= 168 registers)
 FWD_TILE_BLOCKS_PER_SM = 4  # FwdMmaTraits: <= 128 registers, 4 blocks of 128 threads
@@ -1055,9 +1056,17 @@ def tile_bwd_stall_lines(listing: str, dt: str = "bf16", top: int = 30) -> List[
     return out
 
 
-def bwd_chunk(B: int, windows_heads: int, N: int = 49) -> int:
-    """Images per backward block (launch_template.cuh, choose_chunk)."""
-    chunk = max(1, min(BWD_MAX_CHUNK, B * windows_heads // BWD_TARGET_BLOCKS))
+def bwd_chunk(B: int, windows_heads: int, N: int = 49, slots: int = BWD_WAVE_SLOTS) -> int:
+    """Images per backward block (launch_template.cuh, choose_chunk); slots: the tile kernel's notional
+    resident blocks (kBwdWaveSlots), 0 for the other kernels."""
+    most = min(BWD_MAX_CHUNK, max(B, 1))
+    chunk = max(1, min(most, B * windows_heads // BWD_TARGET_BLOCKS))
+    if slots > 0:
+        def cost(c: int) -> int:
+            return -(-(-(-B // c) * windows_heads) // slots) * c
+        for c in range(chunk + 1, most + 1):
+            if cost(c) <= cost(chunk):
+                chunk = c
     while chunk < B and -(-B // chunk) * windows_heads * N * N > BWD_MAX_PARTIALS:
         chunk *= 2
     return min(max(chunk, 1), max(B, 1))

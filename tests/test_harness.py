@@ -805,6 +805,37 @@ def test_kernel_attention_forward_images_per_block_by_waves(hops, monkeypatch, B
         assert torch.equal(g, r)
 
 
+@pytest.mark.parametrize("B,chunk", [(20, 3), (32, 4)])
+def test_kernel_attention_backward_images_per_block_by_waves(hops, monkeypatch, B, chunk):
+    """The tile backward takes, from the target's images per block (B x windows x heads / 768) up to 16,
+    the largest with the fewest (waves of 396 blocks: 132 SMs x 3, a constant, so that the bias gradient's
+    bits do not depend on the GPU) x (images per block): Swin-T's stage 3 shape (4 windows of 7 x 7,
+    12 heads) at batch 20 runs as 336 blocks of 3 images, not 960 of 1; at batch 32 as 384 of 4, not 768
+    of 2.  Not an sm_90 grid: the same on every device (also under SWIN_HARNESS_ARCH=86).  Only the bias
+    gradient's order of summation follows the chunk: dqkv is bitwise that of SWIN_EXT_ATTN_CHUNK=1, the
+    table's gradient its partials summed in another order."""
+    hops.clear_options()
+    gen = torch.Generator().manual_seed(11)
+    heads, d, ws = 12, 32, 7
+    qkv = torch.randn(B, 14, 14, 3 * heads * d, generator=gen).to(torch.bfloat16)
+    table = torch.randn(13 * 13, heads, generator=gen)
+    go = torch.randn(B, 14, 14, heads * d, generator=gen).to(torch.bfloat16)
+    _, lse = hops.window_attention_fwd(qkv, table, None, [ws, ws], [3, 3], d ** -0.5)
+    got = {}
+
+    def bwd():
+        got["grads"] = hops.window_attention_bwd(go, qkv, table, None, lse, [ws, ws], [3, 3], d ** -0.5)
+
+    runs = [(n.split("<")[0].split("::")[-1], g) for n, g, _, _ in _launches(hops, bwd)]
+    assert ("attn_bwd_tile_kernel", -(-B // chunk) * 4 * heads) in runs, runs
+    monkeypatch.setenv("SWIN_EXT_ATTN_CHUNK", "1")
+    one = hops.window_attention_bwd(go, qkv, table, None, lse, [ws, ws], [3, 3], d ** -0.5)
+    assert torch.equal(got["grads"][0], one[0])
+    assert got["grads"][1].shape == one[1].shape == table.shape
+    torch.testing.assert_close(got["grads"][1], one[1], rtol=1e-5, atol=1e-4)
+    assert not torch.equal(got["grads"][1], torch.zeros_like(one[1]))
+
+
 @sm90_grids
 def test_kernel_add_layernorm_backward_groups_per_warp_by_waves(hops, monkeypatch):
     """The register backward's warps walk their row groups one after another, so its plan takes the

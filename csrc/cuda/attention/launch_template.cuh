@@ -199,11 +199,29 @@ cudaError_t run_fwd(AttnParams p, const FwdPlan& plan, cudaStream_t stream) {
   }
 }
 
+// Resident blocks of the notional device the tile backward's chunk is
+// planned for: 132 SMs (H100 SXM / H200) x the tile kernel's 3 blocks per SM.
+// A constant, not the device's: the chunk must not depend on the GPU.
+constexpr int64_t kBwdWaveSlots = 132 * 3;
+
 // Images per backward block: a function of the shape only (so the bias
 // gradient's summation order, hence its bits, do not depend on the GPU),
-// enough blocks for any GPU, partials of bounded size.
-inline int choose_chunk(int B, int64_t blocks_per_image, int64_t partial_per_chunk) {
-  int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(kMaxChunk, B * blocks_per_image / kTargetBlocks));
+// enough blocks for any GPU, partials of bounded size.  At least the
+// target's B * blocks_per_image / kTargetBlocks; with `slots` (> 0: the tile
+// kernel, kBwdWaveSlots) the largest chunk from there up to kMaxChunk with
+// the fewest (waves of `slots` blocks) x (images per block), as fwd_chunk
+// does for the device: each block's once-only work (token table, bias tile,
+// the binning of the bias gradient) is then spread over more images at no
+// cost in waves.  Swin-T at batch 128 runs stage 3 as 384 blocks of 16
+// images instead of 768 of 8, stage 4 as 384 of 8 instead of 768 of 4.
+inline int choose_chunk(int B, int64_t blocks_per_image, int64_t partial_per_chunk, int64_t slots = 0) {
+  const int64_t most = std::min<int64_t>(kMaxChunk, std::max(B, 1));
+  int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(most, B * blocks_per_image / kTargetBlocks));
+  if (slots > 0) {
+    const auto cost = [&](int64_t c) { return ceil_div<int64_t>(ceil_div<int64_t>(B, c) * blocks_per_image, slots) * c; };
+    for (int64_t c = chunk + 1; c <= most; ++c)
+      if (cost(c) <= cost(chunk)) chunk = c;
+  }
   while (chunk < B && ceil_div<int64_t>(B, chunk) * partial_per_chunk > kMaxBiasPartials) chunk *= 2;
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>(chunk, 1), std::max(B, 1)));
 }
@@ -272,7 +290,8 @@ BwdPlan plan_bwd_mma(const AttnParams& p, int smem_optin, BwdChoice choice, int 
   plan.bias_expanded = p.bias_table && plan.path != BwdPath::kFused && !plan.table_smem;
   // The chunk rule is the (heads, N, N) form's for both forms, so that every
   // other gradient (dqkv, the pad vector's, d head_scale) has the same bits.
-  plan.chunk = force_chunk > 0 ? std::min(force_chunk, std::max(p.B, 1)) : choose_chunk(p.B, wh, wh * N * N);
+  plan.chunk = force_chunk > 0 ? std::min(force_chunk, std::max(p.B, 1))
+                               : choose_chunk(p.B, wh, wh * N * N, plan.path == BwdPath::kFused ? kBwdWaveSlots : 0);
   plan.n_chunks = ceil_div<int>(p.B, plan.chunk);
   plan.dbias_part_elems =
       static_cast<int64_t>(plan.n_chunks) * wh * (plan.dbias_binned ? static_cast<int64_t>(p.bias_rows) : int64_t(N) * N);
