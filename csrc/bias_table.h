@@ -96,6 +96,32 @@ SWIN_HOST_DEVICE A bias_bin_sum(const BiasTableShape& s, int dt, int dy, int dx,
   return acc;
 }
 
+// bias_bin_sum for windows at most 8 tokens wide (s.ww <= 8: Swin's 7 x 7):
+// a window row's pairs (at most 8) are added under a predicate each, not one
+// loop trip each -- the same pairs in the same order, so the same bits, at
+// ~3 instructions a pair in place of ~7.  The tensor-core tile backward bins
+// each block's sums with it.  `load` is called for the bin's pairs only.
+template <typename A, typename Load>
+SWIN_HOST_DEVICE A bias_bin_sum_narrow(const BiasTableShape& s, int dt, int dy, int dx, Load load) {
+  const int offset = (dt * s.wh + dy) * s.ww + dx;  // i = j + offset
+  A acc = A(0);
+  const int t0 = dt < 0 ? -dt : 0, t1 = dt > 0 ? s.wt - dt : s.wt;
+  const int y0 = dy < 0 ? -dy : 0, y1 = dy > 0 ? s.wh - dy : s.wh;
+  const int x0 = dx < 0 ? -dx : 0, n = (dx > 0 ? s.ww - dx : s.ww) - x0;  // pairs per window row
+#pragma unroll 1
+  for (int t = t0; t < t1; ++t) {
+#pragma unroll 1
+    for (int y = y0; y < y1; ++y) {
+      const int j0 = (t * s.wh + y) * s.ww + x0;
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        if (u < n) acc += load(j0 + u + offset, j0 + u);
+      }
+    }
+  }
+  return acc;
+}
+
 // The same for table row `row` (host code; kernels decode the row with their
 // precomputed divisors).
 template <typename A, typename Load>

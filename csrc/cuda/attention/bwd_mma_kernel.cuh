@@ -1207,12 +1207,17 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
                  ((static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h) * static_cast<uint32_t>(p.bias_rows);
     const BiasTableShape shape = BiasTableShape::make(g.wt, g.wh, g.ww);
     const auto dbias_at = [&](int i, int j) { return sdb[i * Tr::kTile + j]; };
-    // (trips: the rows per thread; the bin's loops over frames, rows and
-    // columns of the window, innermost first, at most ww, wh, wt trips.)
+    // (trips: the rows per thread; the bin's loops over the window's rows
+    // and frames, innermost first, at most wh, wt trips: a row's pairs are
+    // not a loop where the window is at most 8 wide.)
     for (int row = tid; row < p.bias_rows; row += Tr::kThreads) {  // sass: trips(bias_rows // kThreads + 1)
       int dt, dy, dx;
       bias_table_offsets(g, row, dt, dy, dx);
-      dst[row] = bias_bin_sum<float>(shape, dt, dy, dx, dbias_at);  // sass: trips(ww; wh; wt)
+      if (shape.ww <= 8) {
+        dst[row] = bias_bin_sum_narrow<float>(shape, dt, dy, dx, dbias_at);  // sass: trips(wh; wt)
+      } else {  // sass: skip(wide)
+        dst[row] = bias_bin_sum<float>(shape, dt, dy, dx, dbias_at);
+      }
     }
   } else if (active) {  // sass: skip(gathered)
     float* dst = static_cast<float*>(p.dbias_part) +
