@@ -97,7 +97,7 @@ def run_selftest(exe: str, name: str, shuffle: int = 0, workers: int = 0, asan: 
 
 
 SELFTESTS = ["smem_reduction", "shuffle_reduction", "atomics", "exited_barrier", "wmma", "launch_config", "mma",
-             "cp_async", "fast_div"]
+             "cp_async", "stmatrix", "fast_div"]
 
 
 @needs_parent
@@ -130,6 +130,8 @@ def test_planted_missing_barrier_caught_by_shuffled_mode(artefacts):
         ("planted_ldmatrix_no_trans", "the B tile loaded without .trans"),
         # cp.async data read after the barrier but without cp.async.wait_group
         ("planted_cp_async_no_wait", "the missing cp.async wait"),
+        # stmatrix given an A fragment whose registers 1 and 2 are exchanged
+        ("planted_stmatrix_swapped_fragment", "the swapped fragment registers"),
     ],
 )
 def test_planted_wrong_fragment_use_gives_wrong_numbers(artefacts, name, needle):
@@ -148,6 +150,7 @@ def test_planted_wrong_fragment_use_gives_wrong_numbers(artefacts, name, needle)
          r"mma\.sync\.aligned\.m16n8k16 \(f16\) at .*selftest_kernels.cuh:\d+ in warp 0: lanes 16-31 have exited"),
         ("planted_ldmatrix_misaligned",
          r"ldmatrix\.sync\.aligned\.m8n8\.x1\.shared\.b16 at .*: the row address of lane 0 is not 16-byte aligned"),
+        ("planted_stmatrix_below_sm90", r"stmatrix needs sm_90 or newer; the emulated device \(SWIN_HARNESS_ARCH\) is sm_86"),
     ],
 )
 def test_planted_mma_misuse_is_reported(artefacts, name, needle):
@@ -208,7 +211,7 @@ sm90_grids = pytest.mark.skipif(os.environ.get("SWIN_HARNESS_ARCH", "90") != "90
 
 @needs_asan
 @pytest.mark.parametrize("name", ["smem_reduction", "shuffle_reduction", "atomics", "exited_barrier", "wmma", "mma",
-                                  "cp_async"])
+                                  "cp_async", "stmatrix"])
 def test_selftest_under_asan(artefacts, name):
     rc, out = run_selftest(built("selftest_asan"), name, shuffle=5)
     assert rc == 0 and f"PASS {name}" in out, out

@@ -962,6 +962,7 @@ unsigned active_mask() {
 
 void* dynamic_smem() { return require_worker("dynamic shared memory").smem; }
 size_t dynamic_smem_size() { return require_worker("dynamic shared memory").L->spec->smem; }
+int launch_arch() { return require_worker("the emulated device's arch").L->opt.arch; }
 
 [[noreturn]] void kernel_fail(const std::string& msg) {
   Worker* w = tls_worker;
@@ -1310,6 +1311,45 @@ const char* ldmatrix_fn(void* const* lanes, unsigned arrived) {
   return nullptr;
 }
 
+struct StsmLane {
+  void* row;
+  const uint32_t* r;
+};
+
+template <int kNum>
+const char* stmatrix_fn(void* const* lanes, unsigned arrived) {
+  if (const char* e = need_full_warp(arrived)) return e;
+  unsigned char* lo = static_cast<unsigned char*>(detail::dynamic_smem());
+  const size_t size = detail::dynamic_smem_size();
+  uint16_t M[kNum][8][8];
+  for (int l = 0; l < 32; ++l) {
+    const uint32_t* r = static_cast<const StsmLane*>(lanes[l])->r;
+    const int row = l >> 2, col = 2 * (l & 3);
+    for (int m = 0; m < kNum; ++m) {
+      M[m][row][col] = static_cast<uint16_t>(r[m] & 0xffffu);
+      M[m][row][col + 1] = static_cast<uint16_t>(r[m] >> 16);
+    }
+  }
+  for (int m = 0; m < kNum; ++m)
+    for (int i = 0; i < 8; ++i) {
+      const int l = 8 * m + i;
+      unsigned char* p = static_cast<unsigned char*>(static_cast<const StsmLane*>(lanes[l])->row);
+      thread_local std::string msg;
+      if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
+        msg = "the row address of lane " + std::to_string(l) + " is not 16-byte aligned";
+        return msg.c_str();
+      }
+      if (p < lo || p + 16 > lo + size) {
+        msg = "the row address of lane " + std::to_string(l) + " is not in the block's dynamic shared memory";
+        return msg.c_str();
+      }
+    }
+  for (int m = 0; m < kNum; ++m)
+    for (int i = 0; i < 8; ++i)
+      std::memcpy(static_cast<const StsmLane*>(lanes[8 * m + i])->row, M[m][i], 16);
+  return nullptr;
+}
+
 }  // namespace
 
 void mma_m16n8k16(MmaIn type, float* d, const uint32_t* a, const uint32_t* b, const float* c, const char* file,
@@ -1339,6 +1379,17 @@ void ldmatrix(int num, bool trans, uint32_t* r, const void* row, const char* fil
   }
   detail::warp_collective(fn, 0xffffffffu, &me, what, file, line);
   std::memcpy(r, out, sizeof(uint32_t) * static_cast<size_t>(num));
+}
+
+int device_arch() { return detail::launch_arch(); }
+
+void stmatrix(int num, const uint32_t* r, void* row, const char* file, int line) {
+  if (device_arch() < 90)
+    detail::kernel_fail("stmatrix needs sm_90 or newer; the emulated device (SWIN_HARNESS_ARCH) is sm_" +
+                        std::to_string(device_arch()));
+  if (num != 4) detail::kernel_fail("stmatrix: only .x4 is emulated");
+  StsmLane me{row, r};
+  detail::warp_collective(&stmatrix_fn<4>, 0xffffffffu, &me, "stmatrix.sync.aligned.m8n8.x4.shared.b16", file, line);
 }
 
 }  // namespace ptx

@@ -171,6 +171,7 @@ uint64_t warp_op(int kind, unsigned mask, uint64_t value, int param, int width, 
 unsigned active_mask();
 void* dynamic_smem();
 size_t dynamic_smem_size();
+int launch_arch();  // SWIN_HARNESS_ARCH of the running launch
 
 // A warp-collective operation whose result is computed by `fn` once every
 // lane named in `mask` has arrived at the same call site: fn(lanes, arrived)
@@ -860,6 +861,11 @@ inline float __float_to_tf32(float x) { return __float_to_tf32_value(x); }
 //     give the row addresses of matrix m (16-byte aligned, inside the block's
 //     dynamic shared memory, checked); lane l receives, per matrix, elements
 //     (l / 4, 2 (l % 4)) and (l / 4, 2 (l % 4) + 1) -- of the transpose with .trans.
+//   * stmatrix.sync.aligned.m8n8.x4.shared.b16 (sm_90): the inverse, lane l's
+//     register m written as those two elements of matrix m at the row
+//     addresses of lanes 8m..8m+7 (checked as ldmatrix's).  device_arch() is
+//     the launch's SWIN_HARNESS_ARCH, so that a kernel takes its sm_90 path
+//     (stmatrix) only where the emulated device has it.
 //   * cp.async.{ca,cg}.shared.global (4, 8, 16 bytes, with a source size for
 //     zero fill) + commit_group / wait_group: the destination is poisoned
 //     (0xFF bytes) when the copy is issued and written when a wait_group of the
@@ -874,6 +880,8 @@ enum class MmaIn { kF16, kBF16 };
 void mma_m16n8k16(MmaIn type, float* d, const uint32_t* a, const uint32_t* b, const float* c, const char* file,
                   int line);
 void ldmatrix(int num, bool trans, uint32_t* r, const void* row, const char* file, int line);
+void stmatrix(int num, const uint32_t* r, void* row, const char* file, int line);
+int device_arch();  // the emulated device's compute capability (90: sm_90), inside a kernel
 inline void cp_async(void* dst, const void* src, int bytes, int src_bytes, const char* file, int line) {
   detail::async_copy(dst, src, bytes, src_bytes, file, line);
 }

@@ -228,6 +228,50 @@ int test_planted_ldmatrix_no_trans() {
   return bad ? 1 : 0;
 }
 
+// store_a_tile on the emulated sm_90 (stmatrix) and sm_86 (32-bit stores):
+// the tile holds each element at its (row, col), and ldmatrix.x4 gives back
+// the fragment stored.
+int store_a_tile_errors(int arch, bool planted) {
+  swin_harness::Options o = swin_harness::current_options();
+  o.arch = arch;
+  swin_harness::set_options(o);
+  DeviceVec<uint16_t> tile(256, 0);
+  DeviceVec<uint32_t> frag(128, 0);
+  SWIN_LAUNCH_KERNEL(store_a_tile_kernel, 1, 32, 16 * 80, nullptr, tile.data(), frag.data(), planted);
+  swin_harness::clear_options();
+  int bad = 0;
+  for (int e = 0; e < 256; ++e)
+    if (tile[e] != e + 1) ++bad;
+  for (int l = 0; l < 32; ++l)
+    for (int r = 0; r < 4; ++r) {
+      const int row = swin_ext::cuda::attn::ALayout::row(l, r), col = swin_ext::cuda::attn::ALayout::col(l, r);
+      const uint32_t want = static_cast<uint32_t>(row * 16 + col + 1) | (static_cast<uint32_t>(row * 16 + col + 2) << 16);
+      if (frag[l * 4 + r] != want) ++bad;
+    }
+  return bad;
+}
+
+int test_stmatrix() {
+  check(store_a_tile_errors(90, false) == 0, "store_a_tile by stmatrix.x4 (sm_90)");
+  check(store_a_tile_errors(86, false) == 0, "store_a_tile by 32-bit stores (sm_86)");
+  return g_fail;
+}
+
+int test_planted_stmatrix_swapped_fragment() {
+  const int bad = store_a_tile_errors(90, true);
+  if (bad) std::printf("FAIL: %d of 384 values are wrong (the swapped fragment registers)\n", bad);
+  return bad ? 1 : 0;
+}
+
+int test_planted_stmatrix_below_sm90() {
+  swin_harness::Options o = swin_harness::current_options();
+  o.arch = 86;
+  swin_harness::set_options(o);
+  std::vector<float> out(32);
+  SWIN_LAUNCH_KERNEL(planted_stmatrix_below_sm90_kernel, 1, 32, 512, nullptr, out.data());
+  return 0;
+}
+
 int cp_async_errors(bool planted) {
   DeviceVec<float> in(128), out(128, -1.0f);
   for (int i = 0; i < 128; ++i) in[i] = static_cast<float>(i) + 0.5f;
@@ -397,6 +441,9 @@ const std::map<std::string, int (*)()>& tests() {
       {"mma", test_mma},
       {"fast_div", test_fast_div},
       {"cp_async", test_cp_async},
+      {"stmatrix", test_stmatrix},
+      {"planted_stmatrix_swapped_fragment", test_planted_stmatrix_swapped_fragment},
+      {"planted_stmatrix_below_sm90", test_planted_stmatrix_below_sm90},
       {"planted_mma_swapped_fragment", test_planted_mma_swapped_fragment},
       {"planted_ldmatrix_no_trans", test_planted_ldmatrix_no_trans},
       {"planted_cp_async_no_wait", test_planted_cp_async_no_wait},

@@ -280,6 +280,45 @@ __global__ void cp_async_kernel(const float* __restrict__ in, float* __restrict_
   for (int e = 0; e < 4; ++e) out[4 * ((t + 1) % 32) + e] = s[4 * ((t + 1) % 32) + e];  // a neighbour's chunk
 }
 
+// store_a_tile (stmatrix.x4 on sm_90, four 32-bit stores below): each lane
+// forms the A fragment of a 16 x 16 tile whose element (r, c) is the 16-bit
+// pattern r * 16 + c + 1 (by ALayout), stores it at rows of stride 80 bytes,
+// then reads the tile back through ldmatrix.x4 (the inverse) into `frag` and
+// copies it out row-major into `tile`.  planted_swap: registers 1 and 2
+// exchanged before the store.
+__global__ void store_a_tile_kernel(uint16_t* __restrict__ tile, uint32_t* __restrict__ frag, bool planted_swap) {
+  using namespace swin_ext::cuda::attn;
+  constexpr int kStride = 80;
+  SWIN_DYNAMIC_SHARED(unsigned char, s);
+  const int lane = threadIdx.x;
+  for (int e = lane; e < 16 * kStride; e += 32) s[e] = 0xAB;  // poison: an element not stored shows
+  __syncwarp();
+  uint32_t a[4];
+  for (int r = 0; r < 4; ++r) {
+    const int row = ALayout::row(lane, r), col = ALayout::col(lane, r);
+    a[r] = static_cast<uint32_t>(row * 16 + col + 1) | (static_cast<uint32_t>(row * 16 + col + 2) << 16);
+  }
+  if (planted_swap) {
+    const uint32_t t = a[1];
+    a[1] = a[2];
+    a[2] = t;
+  }
+  store_a_tile<kStride>(s, a, lane);
+  __syncwarp();
+  uint32_t back[4];
+  ldsm<4>(back, s + ((lane & 7) + (lane & 8)) * kStride + ((lane >> 4) << 4));
+  for (int r = 0; r < 4; ++r) frag[lane * 4 + r] = back[r];
+  for (int e = lane; e < 256; e += 32) memcpy(tile + e, s + (e / 16) * kStride + (e % 16) * 2, 2);
+}
+
+// stmatrix at an sm_86 launch (stsm4 called directly, as no kernel may).
+__global__ void planted_stmatrix_below_sm90_kernel(float* out) {
+  SWIN_DYNAMIC_SHARED(unsigned char, s);
+  const uint32_t r[4] = {1, 2, 3, 4};
+  swin_ext::cuda::attn::stsm4(s + (threadIdx.x & 15) * 16, r);
+  out[threadIdx.x] = 0.f;
+}
+
 // mma.sync by half a warp (the other half has returned).
 __global__ void planted_mma_exited_lane_kernel(float* out) {
   if (threadIdx.x >= 16) return;

@@ -4,6 +4,8 @@
 //   mma_16816<T>(d, a, b, c)      mma.sync.aligned.m16n8k16.row.col.f32.T.T.f32,
 //                                 T = __nv_bfloat16 (bf16) or __half (f16)
 //   ldsm<kNum, kTrans>(r, row)    ldmatrix.sync.aligned.m8n8.x{1,2,4}{,.trans}.shared.b16
+//   stsm4(row, r)                 stmatrix.sync.aligned.m8n8.x4.shared.b16 (sm_90; store_a_tile:
+//                                 the portable store of a 16 x 16 fragment tile)
 //   cp_async16(dst, src[, bytes]) cp.async.cg.shared.global, 16 bytes (bytes < 16: zero fill)
 //   cp_async_commit(), cp_async_wait<N>()   commit_group / wait_group N
 //   pack2<T>(lo, hi)              two floats -> one .b32 register of T (round to nearest)
@@ -147,6 +149,66 @@ __device__ __forceinline__ void ldsm(uint32_t (&r)[kNum], const void* row SWIN_P
 #else
   ::swin_harness::ptx::ldmatrix(kNum, kTrans, r, row, swin_file, swin_line);
 #endif
+}
+
+// The inverse of ldsm<4>: lanes 8m..8m+7 give the row addresses of matrix m
+// (16 bytes each, 16-byte aligned, shared memory); lane l's register m is
+// stored as (row l/4, columns 2(l%4), 2(l%4)+1) of matrix m.  stmatrix is
+// sm_90's (PTX ISA 7.8); store_a_tile below is the portable form.
+__device__ __forceinline__ void stsm4(void* row, const uint32_t (&r)[4] SWIN_PTX_SITE_PARAM) {
+#if defined(__CUDACC__)
+#if __CUDA_ARCH__ >= 900
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_u32(row)), "r"(r[0]),
+               "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+#else
+  __trap();  // (store_a_tile never calls it below sm_90)
+#endif
+#else
+  ::swin_harness::ptx::stmatrix(4, r, row, swin_file, swin_line);
+#endif
+}
+
+// Whether stsm4 exists on the device this code runs on (sm_90 and newer; in
+// the harness, the emulated device of the launch: SWIN_HARNESS_ARCH).
+__device__ __forceinline__ bool has_stmatrix() {
+#if defined(__CUDACC__)
+#if __CUDA_ARCH__ >= 900
+  return true;
+#else
+  return false;
+#endif
+#else
+  return ::swin_harness::ptx::device_arch() >= 90;
+#endif
+}
+
+// Stores a 16 x 16 tile of 16-bit elements held as an A fragment (a[0..3] as
+// above: rows g / g + 8, columns 2t / 2t + 8) to rows [0, 16) of `tile` (row
+// stride kStride bytes, a multiple of 16; `tile` 16-byte aligned): one
+// stmatrix.x4 on sm_90 in place of four 32-bit stores.  Two accumulator
+// n-tiles packed (pack2 of c[0], c[1] and of c[2], c[3]) are the A fragment of
+// their 16 columns: {lo(n), hi(n), lo(n + 1), hi(n + 1)}.  A warp-collective
+// on sm_90 (every lane).  kStsm = false: the 32-bit stores everywhere (a
+// kernel whose registers have no room for stmatrix's row address).
+template <int kStride, bool kStsm = true>
+__device__ __forceinline__ void store_a_tile(unsigned char* tile, const uint32_t (&a)[4], int lane
+                                             SWIN_PTX_SITE_PARAM) {
+  static_assert(kStride % 16 == 0, "stmatrix rows are 16-byte aligned");
+  if (kStsm && has_stmatrix()) {
+    // lane l: row l % 8 of matrix l / 8, i.e. row (l & 7) + (l & 8), byte column 16 (l >> 4)
+    stsm4(tile + ((lane & 7) + (lane & 8)) * kStride + ((lane >> 4) << 4), a
+#if defined(SWIN_CUDA_HARNESS)
+          , swin_file, swin_line
+#endif
+    );
+  } else {
+    unsigned char* r0 = tile + (lane >> 2) * kStride + (lane & 3) * 4;
+    *reinterpret_cast<uint32_t*>(r0) = a[0];
+    *reinterpret_cast<uint32_t*>(r0 + 8 * kStride) = a[1];
+    *reinterpret_cast<uint32_t*>(r0 + 16) = a[2];
+    *reinterpret_cast<uint32_t*>(r0 + 8 * kStride + 16) = a[3];
+  }
 }
 
 // 16 bytes global -> shared, asynchronous; src_bytes < 16 reads that many
