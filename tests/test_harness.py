@@ -839,6 +839,32 @@ def test_kernel_attention_backward_images_per_block_by_waves(hops, monkeypatch, 
     assert not torch.equal(got["grads"][1], torch.zeros_like(one[1]))
 
 
+@pytest.mark.parametrize("ws,d", [(7, 32), (8, 16), (4, 16)])
+def test_kernel_table_gradient_of_one_block_is_the_scatter_add(hops, monkeypatch, ws, d):
+    """With one block per head (one window, the batch in one chunk) the tile backward's table gradient is
+    that block's dS sums binned once: bitwise the gathered form's gradient scatter-added into the table's
+    rows, the order bias_bin_sum documents -- which the narrow binning (windows at most 8 wide, a row's
+    pairs unrolled under predicates) keeps."""
+    from swin_ext.layers.pos_bias import relative_position_index
+
+    hops.clear_options()
+    monkeypatch.setenv("SWIN_EXT_ATTN_CHUNK", "3")
+    gen = torch.Generator().manual_seed(ws)
+    B, heads, N = 3, 2, ws * ws
+    qkv = torch.randn(B, ws, ws, 3 * heads * d, generator=gen).to(torch.bfloat16)
+    table = torch.randn((2 * ws - 1) ** 2, heads, generator=gen)
+    index = relative_position_index((ws, ws)).view(-1)
+    full = table[index].view(N, N, heads).permute(2, 0, 1).contiguous()
+    go = torch.randn(B, ws, ws, heads * d, generator=gen).to(torch.bfloat16)
+    args = ([ws, ws], [0, 0], d ** -0.5)
+    _, lse = hops.window_attention_fwd(qkv, table, None, *args)
+    got = hops.window_attention_bwd(go, qkv, table, None, lse, *args)[1]
+    dfull = hops.window_attention_bwd(go, qkv, full, None, lse, *args)[1].reshape(heads, -1)
+    want = dfull.new_zeros(heads, table.shape[0]).scatter_add_(1, index.expand(heads, -1), dfull).t()
+    assert got.abs().max() > 0
+    assert torch.equal(got, want)
+
+
 @sm90_grids
 def test_kernel_add_layernorm_backward_groups_per_warp_by_waves(hops, monkeypatch):
     """The register backward's warps walk their row groups one after another, so its plan takes the

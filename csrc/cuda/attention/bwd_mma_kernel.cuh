@@ -110,6 +110,11 @@ struct BwdMmaTraits {
   // or are stored from the fragments as soon as each is formed (wider heads:
   // their float32 accumulators are not held).
   static constexpr bool kStagedOut = kDPad <= 32;
+  // P, dS and the staged outputs are written to shared memory by stmatrix on
+  // sm_90 (store_a_tile: a quarter of the store instructions), except where
+  // the tile kernel spills holding its row address at 168 registers: V2 (36
+  // B) and head_dim 64 (8 B).
+  static constexpr bool kStMatrix = !kV2 && kDPad <= 32;
   static constexpr int kOutChunks = kRowTile * kVecs / 32;  // 16-byte output chunks per lane and operand
   // Accumulators over head_dim are formed kDNH n-tiles (<= 64 columns) at a time.
   static constexpr int kDNH = kDN < 8 ? kDN : 8;
@@ -452,29 +457,20 @@ __device__ __forceinline__ void pack_kstep(uint32_t (&a)[4], const float (&x0)[4
 // rows g, g + 8 of a staged [query][key] tile (see stage_a).
 template <class Tr>
 __device__ __forceinline__ void stage_kstep(unsigned char* rows, const uint32_t (&a)[4], int kv, int lane) {
-  unsigned char* r0 = rows + (lane >> 2) * Tr::kPRowBytes + (lane & 3) * 4 + kv * 32;
-  unsigned char* r1 = r0 + 8 * Tr::kPRowBytes;
-  *reinterpret_cast<uint32_t*>(r0) = a[0];
-  *reinterpret_cast<uint32_t*>(r1) = a[1];
-  *reinterpret_cast<uint32_t*>(r0 + 16) = a[2];
-  *reinterpret_cast<uint32_t*>(r1 + 16) = a[3];
+  store_a_tile<Tr::kPRowBytes, Tr::kStMatrix>(rows + kv * 32, a, lane);
 }
 
 // Writes packed A fragments (16 rows x 64 keys) as rows g, g + 8 of a staged
-// [query][key] tile at the warp's rows `rows` (stride kPRowBytes): 32-bit
-// stores, conflict-free (row stride 36 words).  k-steps at or past n_k are
-// skipped (never read).
+// [query][key] tile at the warp's rows `rows` (stride kPRowBytes): a
+// stmatrix.x4 per k-step on sm_90, else 32-bit stores; conflict-free either
+// way (row stride 36 words: a matrix's 8 rows of 4 words cover the 32
+// banks).  k-steps at or past n_k (warp-uniform) are skipped (never read).
 template <class Tr>
 __device__ __forceinline__ void stage_a(unsigned char* rows, const uint32_t (&a)[Tr::kK16][4], int n_k, int lane) {
-  unsigned char* r0 = rows + (lane >> 2) * Tr::kPRowBytes + (lane & 3) * 4;
-  unsigned char* r1 = r0 + 8 * Tr::kPRowBytes;
 #pragma unroll
   for (int kv = 0; kv < Tr::kK16; ++kv) {
     if (kv * 16 >= n_k) break;
-    *reinterpret_cast<uint32_t*>(r0 + kv * 32) = a[kv][0];
-    *reinterpret_cast<uint32_t*>(r1 + kv * 32) = a[kv][1];
-    *reinterpret_cast<uint32_t*>(r0 + kv * 32 + 16) = a[kv][2];
-    *reinterpret_cast<uint32_t*>(r1 + kv * 32 + 16) = a[kv][3];
+    store_a_tile<Tr::kPRowBytes, Tr::kStMatrix>(rows + kv * 32, a[kv], lane);
   }
 }
 
@@ -600,6 +596,22 @@ __device__ __forceinline__ uint32_t qkv16(int tok, int part, int cv, int C8, int
   return static_cast<uint32_t>(tok) * static_cast<uint32_t>(3 * C8) + static_cast<uint32_t>(part * C8 + hd8 + cv);
 }
 
+// Packs a warp's 16 x kDPad fragment tile x (times mul) into its 16 staging
+// rows (stride kStride bytes): two n-tiles packed are the A fragment of
+// their 16 columns (store_a_tile).
+template <class Tr, int kStride>
+__device__ __forceinline__ void stage_frags(const float (&x)[Tr::kDN][4], float mul, unsigned char* rows, int lane) {
+  using T = typename Tr::T;
+  static_assert(kStride >= 2 * Tr::kDPad && Tr::kDN % 2 == 0, "staging rows hold a row of head_dim, 16 columns a tile");
+#pragma unroll
+  for (int dn = 0; dn < Tr::kDN; dn += 2) {
+    const uint32_t a[4] = {pack2<T>(x[dn][0] * mul, x[dn][1] * mul), pack2<T>(x[dn][2] * mul, x[dn][3] * mul),
+                           pack2<T>(x[dn + 1][0] * mul, x[dn + 1][1] * mul),
+                           pack2<T>(x[dn + 1][2] * mul, x[dn + 1][3] * mul)};
+    store_a_tile<kStride, Tr::kStMatrix>(rows + dn * 16, a, lane);
+  }
+}
+
 // Stores a warp's 16 x d fragment tile x (times mul) of one operand of dqkv
 // (part 0 q, 1 k, 2 v) at the tokens tok_w[0..15] of the image (dst = its
 // base), skipping rows whose token is -1 (padding, or past the window).
@@ -614,13 +626,8 @@ __device__ __forceinline__ void store_out(const AttnParams& p, const float (&x)[
   const int C = p.C;
   const int gr = lane >> 2, c0 = 2 * (lane & 3);
   if constexpr (kStaged) {
-    static_assert(kStride >= 2 * Tr::kDPad && kCols == Tr::kDN, "staging rows hold a row of head_dim");
-    unsigned char* r0 = stage_rows + gr * kStride + c0 * 2;
-#pragma unroll
-    for (int dn = 0; dn < Tr::kDN; ++dn) {
-      *reinterpret_cast<uint32_t*>(r0 + dn * 16) = pack2<T>(x[dn][0] * mul, x[dn][1] * mul);
-      *reinterpret_cast<uint32_t*>(r0 + 8 * kStride + dn * 16) = pack2<T>(x[dn][2] * mul, x[dn][3] * mul);
-    }
+    static_assert(kCols == Tr::kDN, "a row of head_dim");
+    stage_frags<Tr, kStride>(x, mul, stage_rows, lane);
     __syncwarp();
     if (p.vec) {
       uint4* d16 = reinterpret_cast<uint4*>(dst);
@@ -665,6 +672,48 @@ __device__ __forceinline__ void store_out(const AttnParams& p, const float (&x)[
       }
     }
   }
+}
+
+// dK and dV of a warp's 16 rows (parts 1 and 2 of dqkv) through their
+// staging rows (kStagedOut) in one pass: each row's token and address are
+// formed once for both stores.
+template <class Tr, int kStride = Tr::kRowBytes>
+__device__ __forceinline__ void store_out_kv(const AttnParams& p, const float (&xk)[Tr::kDN][4],
+                                             const float (&xv)[Tr::kDN][4], const int* tok_w, unsigned char* rows_k,
+                                             unsigned char* rows_v, typename Tr::T* dst, int d, int hd, int lane) {
+  using T = typename Tr::T;
+  static_assert(Tr::kStagedOut, "the staged outputs' form");
+  const int C = p.C;
+  stage_frags<Tr, kStride>(xk, 1.f, rows_k, lane);
+  stage_frags<Tr, kStride>(xv, 1.f, rows_v, lane);
+  __syncwarp();
+  if (p.vec) {
+    uint4* d16 = reinterpret_cast<uint4*>(dst);
+    const int C8 = C >> 3, hd8 = hd >> 3, dv = d >> 3;
+#pragma unroll
+    for (int u = 0; u < Tr::kOutChunks; ++u) {
+      const int e = lane + 32 * u, r = e / Tr::kVecs, cv = e % Tr::kVecs;
+      const int tk = tok_w[r];
+      if (tk >= 0 && cv < dv) {
+        uint4* o = d16 + qkv16(tk, 1, cv, C8, hd8);
+        swin_stg16(o, *reinterpret_cast<const uint4*>(rows_k + r * kStride + cv * 16));
+        swin_stg16(o + C8, *reinterpret_cast<const uint4*>(rows_v + r * kStride + cv * 16));
+      }
+    }
+  } else {  // sass: skip(scalar)
+    for (int r = 0; r < kRowTile; ++r) {
+      const int tk = tok_w[r];
+      if (tk < 0) continue;
+      const T* k = reinterpret_cast<const T*>(rows_k + r * kStride);
+      const T* v = reinterpret_cast<const T*>(rows_v + r * kStride);
+      T* o = dst + static_cast<int64_t>(tk) * (3 * C) + C + hd;
+      for (int c = lane; c < d; c += 32) {
+        o[c] = k[c];
+        o[C + c] = v[c];
+      }
+    }
+  }
+  __syncwarp();  // the staging rows are read before anything overwrites them
 }
 
 // ------------------------------------------------------------------ gathers
@@ -1172,9 +1221,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     if constexpr (Tr::kStagedOut && !Tr::kLean) {
       __syncthreads();  // P, dS, Q and dO are consumed: the warp's rows of the stage take its outputs
       if (active) {
-        T* dimg = image_base(dqkv_h, b, p.img_qkv);
-        store_out<Tr>(p, dk, 1.f, 1, tok_w, sK + wrow0 * Tr::kRowBytes, dimg, d, hd_i, lane);
-        store_out<Tr>(p, dva, 1.f, 2, tok_w, sV + wrow0 * Tr::kRowBytes, dimg, d, hd_i, lane);
+        store_out_kv<Tr>(p, dk, dva, tok_w, sK + wrow0 * Tr::kRowBytes, sV + wrow0 * Tr::kRowBytes,
+                         image_base(dqkv_h, b, p.img_qkv), d, hd_i, lane);
       }
     }
     if (Tr::kStages == 1) {
