@@ -865,6 +865,32 @@ def test_kernel_table_gradient_of_one_block_is_the_scatter_add(hops, monkeypatch
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("scale,kernel", [(0.25, "attn_fwd_tile_kernel"), (0.0, "attn_fwd_stream_kernel"),
+                                          (-0.3, "attn_fwd_stream_kernel"), (1e-40, "attn_fwd_stream_kernel")])
+def test_kernel_attention_forward_scale_folded_into_the_tile(hops, scale, kernel):
+    """The one-tile forward holds (bias + mask) / scale as the initial accumulators of S = q.k and forms
+    the logits as S * scale * log2(e) (tile_folds_bias): only for scale > 0 with 1 / scale a normal float.
+    Any other scale runs the streaming forward.  Either way out and lse are the CPU kernel's (shifted
+    window 7 on a padded map, the pad vector)."""
+    hops.clear_options()
+    gen = torch.Generator().manual_seed(3)
+    heads, d, ws = 2, 32, 7
+    qkv = torch.randn(2, 10, 13, 3 * heads * d, generator=gen).to(torch.bfloat16)
+    bias = torch.randn(heads, ws * ws, ws * ws, generator=gen)
+    pad = torch.randn(3 * heads * d, generator=gen).to(torch.bfloat16)
+    args = (qkv, bias, pad, [ws, ws], [3, 3], scale)
+    got = {}
+
+    def fwd():
+        got["out"] = hops.window_attention_fwd(*args)
+
+    runs = [n.split("<")[0].split("::")[-1] for n, _, _, _ in _launches(hops, fwd)]
+    assert runs == [kernel], runs
+    want = torch.ops.swin_ext.window_attention_fwd(*args)
+    torch.testing.assert_close(got["out"][0].float(), want[0].float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got["out"][1], want[1], rtol=1e-4, atol=1e-4)
+
+
 @sm90_grids
 def test_kernel_add_layernorm_backward_groups_per_warp_by_waves(hops, monkeypatch):
     """The register backward's warps walk their row groups one after another, so its plan takes the

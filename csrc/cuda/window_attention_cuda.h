@@ -48,6 +48,7 @@ inline cuda::attn::AttnParams attention_params(const WindowGeometry& g, int64_t 
   p.img_qkv = g.tokens() * 3 * heads * d;
   p.img_out = g.tokens() * heads * d;
   p.scale = scale;
+  p.inv_scale = static_cast<float>(1.0 / scale);  // (scale 0: inf; tile_folds_bias is then false)
   p.masked = g.shifted();
   p.padded = g.padded();
   // 16-byte vectors when every row slice (token stride 3C or C, head offset

@@ -68,6 +68,12 @@ struct FwdMmaTraits {
   static constexpr int kKeys = 64;                      // keys per tile
   static constexpr int kNT = kKeys / 8;                 // 8-key n-tiles of S
   static constexpr int kKS = kDPad / 16;                // k-steps of S = Q K^T
+  // The one-tile kernel's bias tile is the initial value of S = q.k: (bias +
+  // mask) / scale, the logits S * scale * log2(e) in the softmax's FFMA (36
+  // warp-instructions fewer per warp and image at head_dim 32; the launcher
+  // requires tile_folds_bias).  Not V2 (cosine logits), nor head_dim 64 /
+  // 128: fp16 at head_dim 64 spills (8 B at 128 registers) with it.
+  static constexpr bool kFoldBias = !kV2 && kDPad <= 32;
   static constexpr int kDN = kDPad / 8;                 // 8-column n-tiles of O
   static constexpr int kKV = kKeys / 16;                // k-steps of O += P V
   static constexpr int kLd = kDPad + 8;                 // row stride (elements): 16-byte rows, and
@@ -232,14 +238,18 @@ __device__ __forceinline__ float staged_row_inv_norm(const unsigned char* row, i
 // computed (keys past N are zero rows, their logits -inf: a branch per
 // n-tile would cost more than the two mma it saves); the generic kernel skips
 // the k-steps at or past dp (warp-uniform).
-template <class Tr, int kNT>
+// kAccumulate: S is added to s as the caller set it (the tile kernel's
+// bias tile), not to zeros.
+template <class Tr, int kNT, bool kAccumulate = false>
 __device__ __forceinline__ void qk_tile(float (&s)[kNT][4], const unsigned char* sQw, const unsigned char* sK,
                                         int dp, int lane) {
   using T = typename Tr::T;
+  if constexpr (!kAccumulate) {
 #pragma unroll
-  for (int nt = 0; nt < kNT; ++nt)
+    for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
-    for (int r = 0; r < 4; ++r) s[nt][r] = 0.f;
+      for (int r = 0; r < 4; ++r) s[nt][r] = 0.f;
+  }
   const unsigned char* qa_row = sQw + ((lane & 7) + ((lane >> 3) & 1) * 8) * Tr::kRowBytes + (lane >> 4) * 16;
   const unsigned char* kb_row = sK + (lane & 7) * Tr::kRowBytes + (lane >> 3) * 16;
 #pragma unroll
@@ -335,20 +345,22 @@ __device__ __forceinline__ void tile_row_max(const float (&s)[kNT][4], float& mx
   }
 }
 
-// p = exp2(x - m) in place (m already -inf guarded), the lane's row sums
-// added to l0 / l1, and P packed into the A fragments of P V: key k-step kv
-// is n-tiles 2kv, 2kv+1, so a0 = (g, 2t..), a1 = (g+8, 2t..), a2 = (g, 8+2t..),
-// a3 = (g+8, 8+2t..) -- the accumulator layout of S is the A layout of P.
+// p = exp2(x c - m) in place (m already -inf guarded; c = 1: x holds the
+// log2-unit logits, else the scale's c = scale log2(e), one FFMA), the lane's
+// row sums added to l0 / l1, and P packed into the A fragments of P V: key
+// k-step kv is n-tiles 2kv, 2kv+1, so a0 = (g, 2t..), a1 = (g+8, 2t..),
+// a2 = (g, 8+2t..), a3 = (g+8, 8+2t..) -- the accumulator layout of S is the
+// A layout of P.
 template <class Tr, int kNT>
 __device__ __forceinline__ void exp_pack(float (&s)[kNT][4], float m0, float m1, float& l0, float& l1,
-                                         uint32_t (&pa)[kNT / 2][4]) {
+                                         uint32_t (&pa)[kNT / 2][4], float c = 1.f) {
   using T = typename Tr::T;
 #pragma unroll
   for (int nt = 0; nt < kNT; ++nt) {
-    s[nt][0] = exp2_fast(s[nt][0] - m0);
-    s[nt][1] = exp2_fast(s[nt][1] - m0);
-    s[nt][2] = exp2_fast(s[nt][2] - m1);
-    s[nt][3] = exp2_fast(s[nt][3] - m1);
+    s[nt][0] = exp2_fast(fmaf(s[nt][0], c, -m0));
+    s[nt][1] = exp2_fast(fmaf(s[nt][1], c, -m0));
+    s[nt][2] = exp2_fast(fmaf(s[nt][2], c, -m1));
+    s[nt][3] = exp2_fast(fmaf(s[nt][3], c, -m1));
     l0 += s[nt][0] + s[nt][1];
     l1 += s[nt][2] + s[nt][3];
   }
@@ -519,12 +531,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
       prefill_rows<Tr>(stages + st * Tr::kStageBytes, pad, tok, 0, 3, N, d, dp, C, hd);  // sass-dyn: skip
   }
   {
-    // (bias + mask) * log2(e) of (row, key) in the accumulator layout, -inf
+    // (bias + mask) * bmul of (row, key) in the accumulator layout, -inf
     // for keys >= N, 0 for rows >= N: entry q = (warp, n-tile, lane) holds
     // rows g, g + 8 x keys 2t, 2t + 1 of that warp's rows and that n-tile.
     // The shift mask only in the last window along a shifted axis (window_mixed).
+    // bmul: 1 / scale with kFoldBias (the tile is the initial value of
+    // S = q.k), else log2(e) (the tile is added to the log2-unit logits).
     const float* bias = static_cast<const float*>(p.bias) + static_cast<int64_t>(h) * N * N;
-    const float l2e = static_cast<float>(kLog2e), ninf = neg_inf<float>();
+    const float l2e = Tr::kFoldBias ? p.inv_scale : static_cast<float>(kLog2e), ninf = neg_inf<float>();
     const bool mixed = window_mixed(g, window_origin(g, win));
     const float mask_value = mixed ? kShiftMaskValue : 0.f;
     // Thread (warp, lane) fills the entries of n-tiles warp + kWarps h for
@@ -612,9 +626,19 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
     if (wrow0 < N) {  // warp-uniform: warps past the window only stage and wait
       unsigned char* sQw = st + wrow0 * Tr::kRowBytes;
       float s[kNT][4];
-      qk_tile<Tr, kNT>(s, sQw, st + Tr::kTileBytes, dp, lane);
       const float4* bw = sbias + warp * kNT * 32 + lane;
       float mx0 = neg_inf<float>(), mx1 = neg_inf<float>();
+      if constexpr (Tr::kFoldBias) {  // S = (bias + mask) / scale + q.k
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          const float4 bm = bw[nt * 32];
+          s[nt][0] = bm.x;
+          s[nt][1] = bm.y;
+          s[nt][2] = bm.z;
+          s[nt][3] = bm.w;
+        }
+      }
+      qk_tile<Tr, kNT, Tr::kFoldBias>(s, sQw, st + Tr::kTileBytes, dp, lane);
       if constexpr (Tr::kV2) {  // head_scale q.k / (||q|| ||k||), in float32, plus the bias
         const float rf0 = sh_log2 * inv[wrow0 + (lane >> 2)], rf1 = sh_log2 * inv[wrow0 + (lane >> 2) + 8];
 #pragma unroll
@@ -626,7 +650,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
           s[nt][2] = fmaf(s[nt][2] * cf.x, rf1, bm.z);
           s[nt][3] = fmaf(s[nt][3] * cf.y, rf1, bm.w);
         }
-      } else {
+      } else if constexpr (!Tr::kFoldBias) {
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
           const float4 bm = bw[nt * 32];
@@ -636,11 +660,15 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks) attn_fwd_tile_ke
           s[nt][3] = fmaf(s[nt][3], scale_log2, bm.w);
         }
       }
+      // kFoldBias: the row maxima of S, then of the logits (scale > 0: the
+      // same keys); p = exp2(S scale log2(e) - m), one FFMA.  Else s holds
+      // the log2-unit logits (c = 1).
+      const float c = Tr::kFoldBias ? scale_log2 : 1.f;
       tile_row_max<kNT>(s, mx0, mx1);
-      const float m0 = finite_or_zero(quad_max(mx0)), m1 = finite_or_zero(quad_max(mx1));
+      const float m0 = finite_or_zero(quad_max(mx0) * c), m1 = finite_or_zero(quad_max(mx1) * c);
       float l0 = 0.f, l1 = 0.f;
       uint32_t pa[kKV][4];
-      exp_pack<Tr, kNT>(s, m0, m1, l0, l1, pa);
+      exp_pack<Tr, kNT>(s, m0, m1, l0, l1, pa, c);
       float i0, i1;
       finish_rows(p, m0, m1, l0, l1, wrow0, ((static_cast<int64_t>(b) * g.nW + win) * p.heads + h) * N + wrow0, lane,
                   i0, i1);

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <mutex>
 
@@ -24,6 +25,22 @@ namespace cuda {
 namespace attn {
 
 constexpr int kMaxDevices = 64;
+
+// Whether the one-tile forward may fold the bias into S (V1 at head_dim 16
+// and 32: FwdMmaTraits::kFoldBias).  Its bias tile then holds (bias + mask)
+// / scale, the initial value of the accumulators of S = q.k, and the logits
+// are S * scale * log2(e), formed in the softmax's FFMA (36 warp-instructions
+// fewer per warp and image).  That needs scale > 0 (the row maxima of S are
+// then those of the logits) with 1 / scale a normal float; any other scale --
+// 0, negative, subnormal -- runs the streaming forward, which adds the bias
+// to the scaled logits.  (Bias entries above FLT_MAX * scale in magnitude
+// overflow the tile, where the log2(e) tile overflowed above FLT_MAX / 1.44.)
+// The tile backward keeps the log2(e) tile: holding its initial accumulators
+// spills at 168 registers.
+inline bool tile_folds_bias(const AttnParams& p) {
+  return p.scale > 0 && std::isnormal(p.inv_scale) && std::isnormal(static_cast<float>(p.scale));
+}
+
 // Backward blocks aimed at (images per block = B * blocks per image / this):
 // ~2 waves of 3 blocks per SM on an H200 (132 SMs), enough for any GPU, and
 // several images per block wherever the batch allows, to spread the block's
@@ -115,7 +132,7 @@ FwdPlan plan_fwd(const AttnParams& p, int force_chunk, bool per_tile, int sms) {
     // The one-tile kernel for the specialised head_dims; the generic head_dim
     // (a correctness path) always streams, which keeps it within 128
     // registers without local memory.
-    plan.tile = Tr::kD != 0 && p.g.N <= M1::kKeys;
+    plan.tile = Tr::kD != 0 && p.g.N <= M1::kKeys && (p.qk_norm || !M1::kFoldBias || tile_folds_bias(p));
     if (plan.tile) {
       plan.n_row_blocks = 1;
       plan.chunk = force_chunk > 0 ? std::min(force_chunk, std::max(p.B, 1))

@@ -97,6 +97,12 @@ struct AttnParams {
   int n_row_blocks = 0; // query-row (or key) blocks per window
   int chunk = 1;        // images per block (backward: bias partials per chunk)
   int n_chunks = 1;
+
+  // (float) (1 / scale): the V1 one-tile forward's bias tile is (bias + mask)
+  // * inv_scale (tile_folds_bias).  Last, so that the fields above keep their
+  // offsets: placed after `scale`, it moved them and the tile backward (which
+  // does not read it) came out at 166 registers and its lean form spilled.
+  float inv_scale = 1.f;
 };
 
 // Which backward kernels run, and the workspaces they need (elements of acc_t).
