@@ -115,6 +115,15 @@ struct BwdMmaTraits {
   // the tile kernel spills holding its row address at 168 registers: V2 (36
   // B) and head_dim 64 (8 B).
   static constexpr bool kStMatrix = !kV2 && kDPad <= 32;
+  // Every warp runs the image loop's math, also a warp whose 16 rows are all
+  // past N (windows of N <= 48): its rows of q, k, v and dO are the gathers'
+  // zeros and its lse +inf (lse2_of), so its P, dP and dS are exact zeros --
+  // what the skipped warp left in P and dS (stage_zero) -- and its outputs
+  // go to no token.  Without the `if (active)` branches (their convergence
+  // barriers and re-formed addresses) the image loop is 96 warp-
+  // instructions shorter at head_dim 32 (968 -> 872) and at 159 registers.
+  // Not V2, nor the lean form (40 B of spill), nor head_dim 64.
+  static constexpr bool kAllWarps = !kV2 && kDPad <= 32;
   static constexpr int kOutChunks = kRowTile * kVecs / 32;  // 16-byte output chunks per lane and operand
   // Accumulators over head_dim are formed kDNH n-tiles (<= 64 columns) at a time.
   static constexpr int kDNH = kDN < 8 ? kDN : 8;
@@ -303,6 +312,7 @@ struct BwdMmaLeanTraits : BwdMmaTraits<T_, 32, false> {
   static_assert(Base::kSeqPdS && Base::kStagedOut, "the lean form stages P then dS over the dead k, v tiles");
   static constexpr bool kLean = true;
   static constexpr bool kTileAllKSteps = false;  // at 128 registers it spills (12 B) with them
+  static constexpr bool kAllWarps = false;       // 40 B of spill
   static constexpr int kStages = 1;
   static constexpr int kTSep = Base::kTStage + kStages * Base::kStageBytes;
   static constexpr int kTileSmem = Base::tile_smem(kStages);
@@ -889,8 +899,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
   int* code = reinterpret_cast<int*>(stages);
   static_assert(Tr::kStageBytes >= Tr::kTile * int(sizeof(int)) && Tr::kThreads >= Tr::kTile, "a code per thread");
   if (tid < Tr::kTile) code[tid] = p.bias_table && tid < N ? bias_table_code(g, tid) : 0;
-  for (int e = tid; e < Tr::kWarps * 2 * Tr::kDPad; e += Tr::kThreads)  // sass: trips(kWarps * 2 * kDPad / kThreads)
-    reinterpret_cast<float*>(smem + Tr::kTDpad)[e] = 0.f;
+  static_assert(Tr::kWarps * 2 * Tr::kDPad % Tr::kThreads == 0, "whole trips");
+#pragma unroll
+  for (int k = 0; k < Tr::kWarps * 2 * Tr::kDPad / Tr::kThreads; ++k)  // (unrolled: ptxas's loop of any
+    reinterpret_cast<float*>(smem + Tr::kTDpad)[tid + k * Tr::kThreads] = 0.f;  // trip count cost 86 here)
   __syncthreads();
   {
     // (bias + mask) * log2(e) of (row, key) in the accumulator layout, -inf
@@ -938,7 +950,9 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
   const int C8 = C >> 3, dv = d >> 3;
   const bool has_pad = pad != nullptr;
   const int wrow0 = warp * kRowTile;
-  const bool active = wrow0 < N;  // warp-uniform: warps past the window only stage and wait
+  const bool has_rows = wrow0 < N;  // warp-uniform
+  // In the image loop: warps past the window only stage and wait, unless kAllWarps.
+  const bool active = Tr::kAllWarps || has_rows;
   const int n_kq = Tr::kTileAllKSteps ? Tr::kTile : N;  // keys / queries of the dQ, dV, dK products
   // The image loop's gathers and stores address qkv, grad_out, the pad
   // vector and dqkv from these bases at head offset hd_i: with kHeadBases the
@@ -1267,7 +1281,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
         dst[row] = bias_bin_sum<float>(shape, dt, dy, dx, dbias_at);
       }
     }
-  } else if (active) {  // sass: skip(gathered)
+  } else if (has_rows) {  // sass: skip(gathered)
     float* dst = static_cast<float*>(p.dbias_part) +
                  ((static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h) * (static_cast<uint64_t>(Nu) * Nu);
     const int i0 = wrow0 + gr, i1 = i0 + 8;
