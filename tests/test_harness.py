@@ -865,13 +865,12 @@ def test_kernel_table_gradient_of_one_block_is_the_scatter_add(hops, monkeypatch
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("scale,kernel", [(0.25, "attn_fwd_tile_kernel"), (0.0, "attn_fwd_stream_kernel"),
-                                          (-0.3, "attn_fwd_stream_kernel"), (1e-40, "attn_fwd_stream_kernel")])
-def test_kernel_attention_forward_scale_folded_into_the_tile(hops, scale, kernel):
-    """The one-tile forward holds (bias + mask) / scale as the initial accumulators of S = q.k and forms
-    the logits as S * scale * log2(e) (tile_folds_bias): only for scale > 0 with 1 / scale a normal float.
-    Any other scale runs the streaming forward.  Either way out and lse are the CPU kernel's (shifted
-    window 7 on a padded map, the pad vector)."""
+@pytest.mark.parametrize("scale,folded", [(0.25, True), (0.0, False), (-0.3, False), (1e-40, False)])
+def test_kernel_attention_scale_folded_into_the_tile(hops, scale, folded):
+    """The one-tile forward and the tile backward hold (bias + mask) / scale as the initial accumulators of
+    S = q.k and form the logits as S * scale * log2(e) (tile_folds_bias): only for scale > 0 with 1 / scale
+    a normal float.  Any other scale runs the streaming forward and the key-tiled backward.  Either way
+    out, lse and the gradients are the CPU kernel's (shifted window 7 on a padded map, the pad vector)."""
     hops.clear_options()
     gen = torch.Generator().manual_seed(3)
     heads, d, ws = 2, 32, 7
@@ -881,14 +880,23 @@ def test_kernel_attention_forward_scale_folded_into_the_tile(hops, scale, kernel
     args = (qkv, bias, pad, [ws, ws], [3, 3], scale)
     got = {}
 
-    def fwd():
-        got["out"] = hops.window_attention_fwd(*args)
+    go = torch.randn(2, 10, 13, heads * d, generator=gen).to(torch.bfloat16)
 
-    runs = [n.split("<")[0].split("::")[-1] for n, _, _, _ in _launches(hops, fwd)]
-    assert runs == [kernel], runs
+    def step():
+        got["out"] = hops.window_attention_fwd(*args)
+        got["grads"] = hops.window_attention_bwd(go, qkv, bias, pad, got["out"][1], *args[3:])
+
+    runs = [n.split("<")[0].split("::")[-1] for n, _, _, _ in _launches(hops, step)]
+    kernels = ["attn_fwd_tile_kernel", "attn_bwd_tile_kernel"] if folded else \
+        ["attn_fwd_stream_kernel", "attn_bwd_window_kernel"]
+    assert [r for r in runs if r.startswith("attn_")] == kernels, runs
     want = torch.ops.swin_ext.window_attention_fwd(*args)
     torch.testing.assert_close(got["out"][0].float(), want[0].float(), rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(got["out"][1], want[1], rtol=1e-4, atol=1e-4)
+    want_g = torch.ops.swin_ext.window_attention_bwd(go, qkv, bias, pad, want[1], *args[3:])
+    for g, w in zip(got["grads"], want_g):
+        tol = 3e-2 * max(w.abs().max().item(), 1e-6)
+        torch.testing.assert_close(g.float(), w.float(), rtol=3e-2, atol=tol)
 
 
 @sm90_grids

@@ -124,6 +124,12 @@ struct BwdMmaTraits {
   // instructions shorter at head_dim 32 (968 -> 872) and at 159 registers.
   // Not V2, nor the lean form (40 B of spill), nor head_dim 64.
   static constexpr bool kAllWarps = !kV2 && kDPad <= 32;
+  // The tile kernel's bias tile is the initial value of S = q.k, (bias +
+  // mask) / scale, and P = exp2(S * scale * log2(e) - lse): one FFMA an
+  // element in place of an FFMA and an FADD (the forward's kFoldBias; the
+  // launcher requires tile_folds_bias).  Not V2, nor head_dim 64 (8 B of
+  // spill).
+  static constexpr bool kFoldBias = !kV2 && kDPad <= 32;
   static constexpr int kOutChunks = kRowTile * kVecs / 32;  // 16-byte output chunks per lane and operand
   // Accumulators over head_dim are formed kDNH n-tiles (<= 64 columns) at a time.
   static constexpr int kDNH = kDN < 8 ? kDN : 8;
@@ -339,10 +345,15 @@ struct BwdMmaLeanTraits : BwdMmaTraits<T_, 32, false> {
 // interleave, for two mma more (the last n-tile) at N = 49.  The key-tiled
 // kernel's 32-key halves do the same at head_dim 32 and 64
 // (kWindowAllNTiles; its staged key rows past N are zero-filled too).
-template <class Tr, int kCols = Tr::kNT, bool kOneStep = false>
+// kInit: each n-tile's accumulators start at init[nt * 32] (the tile
+// kernel's bias tile in fragment order, this lane's entry), loaded just
+// before the n-tile's first mma; else at zero.
+template <class Tr, int kCols = Tr::kNT, bool kOneStep = false, bool kInit = false>
 __device__ __forceinline__ void rows_x_rowsT(float (&s)[kCols][4], const unsigned char* aw, const unsigned char* bt,
-                                             int n_keys, int dp, int lane, int nt0 = 0) {
+                                             int n_keys, int dp, int lane, int nt0 = 0,
+                                             const float4* init = nullptr) {
   using T = typename Tr::T;
+  static_assert(!(kInit && kOneStep), "kInit: the paired k-steps' form");
 #pragma unroll
   for (int nt = 0; nt < kCols; ++nt)
 #pragma unroll
@@ -381,6 +392,15 @@ __device__ __forceinline__ void rows_x_rowsT(float (&s)[kCols][4], const unsigne
 #pragma unroll
     for (int nt = 0; nt < kCols; ++nt) {
       if (nt * 8 >= n_keys) break;
+      if constexpr (kInit) {
+        if (kk == 0) {
+          const float4 v = init[nt * 32];
+          s[nt][0] = v.x;
+          s[nt][1] = v.y;
+          s[nt][2] = v.z;
+          s[nt][3] = v.w;
+        }
+      }
       if constexpr (kPair) {
         uint32_t bb[4];
         ldsm<4>(bb, b_row + nt * 8 * Tr::kRowBytes + kk * 32);
@@ -905,7 +925,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     reinterpret_cast<float*>(smem + Tr::kTDpad)[tid + k * Tr::kThreads] = 0.f;  // trip count cost 86 here)
   __syncthreads();
   {
-    // (bias + mask) * log2(e) of (row, key) in the accumulator layout, -inf
+    // (bias + mask) * bmul of (row, key) in the accumulator layout, -inf
     // for keys >= N, 0 for rows >= N: entry (w, nt, lane) holds rows
     // w * 16 + g, + 8 x keys nt * 8 + 2t, + 1 of row block w and n-tile nt.
     // Thread (warp, lane) fills n-tiles warp and warp + kWarps of every row
@@ -914,8 +934,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     // bias forms), and the selects put 0 / -inf in its place.
     // The head's bias: the (heads, N, N) bias or the table (HeadBias).
     static_assert(kNT == 2 * Tr::kWarps && Tr::kWarps * kRowTile == Tr::kTile, "two n-tiles per thread and row block");
+    // bmul: 1 / scale with kFoldBias (the tile is the initial value of
+    // S = q.k), else log2(e) (the tile is added to the log2-unit logits).
     const HeadBias bias = HeadBias::make(p, h);
-    const float l2e = static_cast<float>(kLog2e), ninf = neg_inf<float>();
+    const float l2e = Tr::kFoldBias ? p.inv_scale : static_cast<float>(kLog2e), ninf = neg_inf<float>();
     const float mask_value = p.masked ? kShiftMaskValue : 0.f;
     const int gl = AccLayout::row(lane, 0), tl = AccLayout::col(lane, 0);
 #pragma unroll
@@ -1052,7 +1074,8 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       // zero fill).  V2 keeps the branches: without them its kernel spills at
       // 168 registers.
       const int n_keys = Tr::kV2 ? N : Tr::kTile;
-      rows_x_rowsT<Tr>(s, sQ + wrow0 * Tr::kRowBytes, sK, n_keys, dp, lane);
+      // kFoldBias: S = (bias + mask) / scale + q.k (the bias tile is the initial accumulator)
+      rows_x_rowsT<Tr, kNT, false, Tr::kFoldBias>(s, sQ + wrow0 * Tr::kRowBytes, sK, n_keys, dp, lane, 0, bw);
       [[maybe_unused]] float rq0 = 0.f, rq1 = 0.f;  // V2: 1 / ||q|| of rows g, g + 8
       if constexpr (Tr::kV2) {
         // head_scale q.k / (||q|| ||k||) in float32 plus the bias (the
@@ -1068,6 +1091,14 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
           s[nt][1] = bexp2(fmaf(s[nt][1] * cf.y, rf0, bm.y) - lse0);
           s[nt][2] = bexp2(fmaf(s[nt][2] * cf.x, rf1, bm.z) - lse1);
           s[nt][3] = bexp2(fmaf(s[nt][3] * cf.y, rf1, bm.w) - lse1);
+        }
+      } else if constexpr (Tr::kFoldBias) {  // P = exp2(S scale log2(e) - lse): one FFMA
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          s[nt][0] = bexp2(fmaf(s[nt][0], scale_log2, -lse0));
+          s[nt][1] = bexp2(fmaf(s[nt][1], scale_log2, -lse0));
+          s[nt][2] = bexp2(fmaf(s[nt][2], scale_log2, -lse1));
+          s[nt][3] = bexp2(fmaf(s[nt][3], scale_log2, -lse1));
         }
       } else {
 #pragma unroll

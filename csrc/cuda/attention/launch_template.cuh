@@ -26,17 +26,17 @@ namespace attn {
 
 constexpr int kMaxDevices = 64;
 
-// Whether the one-tile forward may fold the bias into S (V1 at head_dim 16
-// and 32: FwdMmaTraits::kFoldBias).  Its bias tile then holds (bias + mask)
-// / scale, the initial value of the accumulators of S = q.k, and the logits
-// are S * scale * log2(e), formed in the softmax's FFMA (36 warp-instructions
-// fewer per warp and image).  That needs scale > 0 (the row maxima of S are
-// then those of the logits) with 1 / scale a normal float; any other scale --
-// 0, negative, subnormal -- runs the streaming forward, which adds the bias
-// to the scaled logits.  (Bias entries above FLT_MAX * scale in magnitude
-// overflow the tile, where the log2(e) tile overflowed above FLT_MAX / 1.44.)
-// The tile backward keeps the log2(e) tile: holding its initial accumulators
-// spills at 168 registers.
+// Whether the one-tile kernels may fold the bias into S (V1 at head_dim 16
+// and 32: FwdMmaTraits::kFoldBias, BwdMmaTraits::kFoldBias).  Their bias tile
+// then holds (bias + mask) / scale, the initial value of the accumulators of
+// S = q.k, and the logits are S * scale * log2(e), formed in the FFMA before
+// the exp2 (36 warp-instructions fewer per warp and image in the forward, 32
+// in the backward).  That needs scale > 0 (the row maxima of S are then
+// those of the logits) with 1 / scale a normal float; any other scale -- 0,
+// negative, subnormal -- runs the streaming forward and the key-tiled
+// backward, which add the bias to the scaled logits.  (Bias entries above
+// FLT_MAX * scale in magnitude overflow the tile, where the log2(e) tile
+// overflowed above FLT_MAX / 1.44.)
 inline bool tile_folds_bias(const AttnParams& p) {
   return p.scale > 0 && std::isnormal(p.inv_scale) && std::isnormal(static_cast<float>(p.scale));
 }
@@ -268,7 +268,8 @@ BwdPlan plan_bwd_mma(const AttnParams& p, int smem_optin, BwdChoice choice, int 
   // Blocks per SM a launch of `smem` bytes allows (the SM holds the opt-in
   // limit plus 1 KB, and reserves 1 KB per block).
   const auto per_sm = [&](int smem) { return (smem_optin + 1024) / (smem + 1024); };
-  if (N <= M1::kTile && M1::kDPad <= 64 && choice != BwdChoice::kStreaming) {
+  if (N <= M1::kTile && M1::kDPad <= 64 && choice != BwdChoice::kStreaming &&
+      (p.qk_norm || !M1::kFoldBias || tile_folds_bias(p))) {
     plan.path = BwdPath::kFused;
     plan.smem = p.qk_norm ? M2::kTileSmem : M1::kTileSmem;
     if constexpr (Tr::kD == 32) {
