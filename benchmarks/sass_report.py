@@ -1098,9 +1098,11 @@ def attention_step_model(fwd: List[tuple], bwd: List[tuple], batch: int = 128, f
     fwd / bwd: per stage (images per block, warp-instructions per warp per (image, window, head)),
     in the order of SWIN_T_STAGES.  The bias is the relative-position table (the models pass it): the
     backward's partials are (chunks, windows, heads, bias_rows) float32 (bias_rows = N * N: the
-    gathered (heads, N, N) form's).  Returns counts (G warp-instructions) and model outputs (ms)."""
+    gathered (heads, N, N) form's).  Returns counts (G warp-instructions) and model outputs (seconds:
+    ``att`` forward + backward and ``att_fwd`` the forward alone, optimistic and pessimistic)."""
     m = ATT_MODEL
-    out = dict(fwd_g=0.0, bwd_g=0.0, floor=0.0, att=[0.0, 0.0], issue=[0.0, 0.0], ideal=0.0, stages=[])
+    out = dict(fwd_g=0.0, bwd_g=0.0, floor=0.0, att=[0.0, 0.0], att_fwd=[0.0, 0.0], floor_fwd=0.0, issue=[0.0, 0.0],
+               ideal=0.0, stages=[])
     for (stage, depth, nw, heads), (hw, C, _), (fc, fper), (bc, bper) in zip(SWIN_T_STAGES, SWIN_T["stages"], fwd,
                                                                               bwd):
         T = batch * hw * hw
@@ -1114,6 +1116,7 @@ def attention_step_model(fwd: List[tuple], bwd: List[tuple], batch: int = 128, f
         out["fwd_g"] += depth * fi / 1e9
         out["bwd_g"] += depth * bi / 1e9
         out["floor"] += depth * (fwd_b + bwd_b) / m["peak"]
+        out["floor_fwd"] += depth * fwd_b / m["peak"]
         out["ideal"] += depth * (fi + bi) / (m["sms"] * 4.0 * m["clk"][0])
         row = dict(stage=stage, fwd_instr=fi, bwd_instr=bi, part_mb=part / 1e6, bwd_blocks=bblocks,
                    fwd_blocks=fblocks, ms=[])
@@ -1123,6 +1126,7 @@ def attention_step_model(fwd: List[tuple], bwd: List[tuple], batch: int = 128, f
             tb = (max(bi / rate, (bwd_b + part) / m["bw"][k]) / _waves_eff(bblocks, bwd_per_sm)
                   + 2 * part / m["bw_ew"][k] + m["launch"])
             out["att"][k] += depth * (tf + tb)
+            out["att_fwd"][k] += depth * tf  # inference: the forward alone
             out["issue"][k] += depth * (fi + bi) / rate
             row["ms"].append(1e3 * depth * (tf + tb))
         out["stages"].append(row)

@@ -32,6 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import sass_report  # noqa: E402
+import step_estimate  # noqa: E402
 
 # Disassembling the extension takes minutes on 2 cores: the slow tier.
 pytestmark = [
@@ -659,13 +660,19 @@ def _op_bytes(op: str, B: int, H: int, W: int, C: int) -> int:
         return sum(t.numel() * t.element_size() for t in list(ins) + list(outs))
 
 
-def test_step_floors(kernels):
+@pytest.fixture(scope="module")
+def floor_rows(kernels):
+    """benchmarks/sass_report.py --floors' rows (add+LN, bias+GELU, patch merging over a Swin-T step)."""
+    return sass_report.floors_rows(swin_ext._C.__file__, "sm_90", kernels)
+
+
+def test_step_floors(kernels, floor_rows):
     """The floor bytes of every op in step_floors_sm90.md are the op's own tensors (inputs read once,
     outputs written once, from its fake implementation at the autocast dtypes) summed over a Swin-T
     step at batch 128 (2 add+LN and 1 bias+GELU per block, 3 mergings); the design moves at most
     the floor plus a few percent of partial rows; the estimate is never below the floor."""
     stages = [(56, 96, 2), (28, 192, 2), (14, 384, 6), (7, 768, 2)]
-    rows = sass_report.floors_rows(swin_ext._C.__file__, "sm_90", kernels)
+    rows = floor_rows
     assert [r["op"] for r in rows] == [op for op, _, _ in sass_report.FLOOR_OPS]
     for r in rows:
         op = r["op"]
@@ -699,4 +706,39 @@ def test_step_floors(kernels):
     text = sass_report.floors_report(swin_ext._C.__file__, "sm_90", kernels, rows=rows)
     assert "| merging bwd |" in text
     with open(os.path.join(ROOT, "benchmarks", "results", "step_floors_sm90.md"), "w") as f:
+        f.write(text)
+
+
+def test_step_model_reproduces_the_review():
+    """benchmarks/step_estimate.py's baselines are the review's model (step_model_h200.py): with it,
+    the GEMMs and timm's three steps on an H200 are the review's published table (ms, training step and
+    inference forward, optimistic and pessimistic)."""
+    none = dict(attention=(0.0, 0.0), add_ln=(0.0, 0.0), bias_gelu=(0.0, 0.0), merging=(0.0, 0.0))
+    review = {True: [(5.92, 27.08, 22.85, 16.58), (7.31, 34.90, 28.88, 21.51)],
+              False: [(1.97, 10.69, 8.34, 5.80), (2.44, 13.92, 10.51, 7.60)]}
+    for train, want in review.items():
+        for r, w in zip(step_estimate.steps(none, train), want):
+            got = tuple(round(1e3 * r[k], 2) for k in ("gemm", "timm eager", "timm + SDPA", "timm compiled"))
+            assert got == w, (train, got, w)
+
+
+def test_step_estimate(dyn, floor_rows):
+    """The whole Swin-T step (benchmarks/step_estimate.py): swin_ext's kernels from this build (the
+    attention from the --dyn model, the rest from the --floors rows) in the review's H200 model.  The
+    parts are the reports' own numbers, the step is their sum, and the issue's targets hold at both
+    consistent sets of assumptions: training >= 1.15x timm under torch.compile, inference >= 1.2x."""
+    model = dyn[2]["model"]
+    train_k, infer_k = step_estimate.kernels_from(model, floor_rows)
+    assert train_k["attention"] == tuple(model["att"]) and infer_k["attention"] == tuple(model["att_fwd"])
+    assert all(0 < infer_k["attention"][k] < train_k["attention"][k] for k in (0, 1)), (train_k, infer_k)
+    add_ln = [r for r in floor_rows if r["op"].startswith("add+LN")]
+    assert train_k["add_ln"][1] == pytest.approx(sum(r["est_ms"][1] for r in add_ln) / 1e3)
+    for train, kern in ((True, train_k), (False, infer_k)):
+        for r in step_estimate.steps(kern, train):
+            parts = r["gemm"] + r["swin_att"] + r["swin_ew"] + r["swin_merge"] + r["misc"]
+            assert r["swin_ext"] == pytest.approx(parts)
+            assert r["timm compiled"] / r["swin_ext"] >= step_estimate.TARGETS[train], (train, r)
+    text = step_estimate.report(train_k, infer_k, model)
+    assert text.count("**met**") == 2, text
+    with open(os.path.join(ROOT, "benchmarks", "results", "step_estimate_sm90.md"), "w") as f:
         f.write(text)
