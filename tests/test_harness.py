@@ -865,22 +865,28 @@ def test_kernel_table_gradient_of_one_block_is_the_scatter_add(hops, monkeypatch
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("scale,folded", [(0.25, True), (0.0, False), (-0.3, False), (1e-40, False)])
-def test_kernel_attention_scale_folded_into_the_tile(hops, scale, folded):
+@pytest.mark.parametrize("scale,folded,dtype", [
+    (0.25, True, torch.bfloat16), (3.0, True, torch.bfloat16), (2.0 ** -32, True, torch.bfloat16),
+    (0.25, True, torch.float16), (3.0, True, torch.float16), (0.0, False, torch.bfloat16),
+    (-0.3, False, torch.bfloat16), (1e-12, False, torch.bfloat16), (2.0 ** 33, False, torch.bfloat16),
+    (1e-40, False, torch.bfloat16)])
+def test_kernel_attention_scale_folded_into_the_tile(hops, scale, folded, dtype):
     """The one-tile forward and the tile backward hold (bias + mask) / scale as the initial accumulators of
-    S = q.k and form the logits as S * scale * log2(e) (tile_folds_bias): only for scale > 0 with 1 / scale
-    a normal float.  Any other scale runs the streaming forward and the key-tiled backward.  Either way
-    out, lse and the gradients are the CPU kernel's (shifted window 7 on a padded map, the pad vector)."""
+    S = q.k and form the logits as S * scale * log2(e); the backward forms dS times scale and unscales the
+    bias gradient's sums (tile_folds_bias): only for 2^-32 <= scale <= 2^32.  Any other scale runs the
+    streaming forward and the key-tiled backward.  Either way out, lse and the gradients (q, k, v, the
+    bias, the pad vector) are the CPU kernel's (shifted window 7 on a padded map).  The bf16 backward forms
+    dS times scale (kScaledDS), the fp16 one does not (its exponent range)."""
     hops.clear_options()
     gen = torch.Generator().manual_seed(3)
     heads, d, ws = 2, 32, 7
-    qkv = torch.randn(2, 10, 13, 3 * heads * d, generator=gen).to(torch.bfloat16)
+    qkv = torch.randn(2, 10, 13, 3 * heads * d, generator=gen).to(dtype)
     bias = torch.randn(heads, ws * ws, ws * ws, generator=gen)
-    pad = torch.randn(3 * heads * d, generator=gen).to(torch.bfloat16)
+    pad = torch.randn(3 * heads * d, generator=gen).to(dtype)
     args = (qkv, bias, pad, [ws, ws], [3, 3], scale)
     got = {}
 
-    go = torch.randn(2, 10, 13, heads * d, generator=gen).to(torch.bfloat16)
+    go = torch.randn(2, 10, 13, heads * d, generator=gen).to(dtype)
 
     def step():
         got["out"] = hops.window_attention_fwd(*args)

@@ -16,9 +16,10 @@
 // attn_bwd_tile_kernel (N <= 64, every 224-px Swin and V2 window 8): one
 //   block per (window, head, chunk of images), 4 warps over the window's (up
 //   to) 64 rows and keys, one key tile.  Once per block: the token table and
-//   the head's bias with the window's shift mask, in log2 units, -inf past N,
-//   in fragment order (a float4 per lane and 8-key tile), so a logit costs
-//   one FFMA.  Then the images of the chunk one after another, the next
+//   the head's bias with the window's shift mask, -inf past N, in fragment
+//   order (a float4 per lane and 8-key tile): in log2 units, or divided by
+//   scale as S's initial accumulators (kFoldBias), so a logit costs one
+//   FFMA.  Then the images of the chunk one after another, the next
 //   image's q, k, v, dO in flight (two stages where the layout fits three
 //   blocks per SM) while the current one is computed.  D = rowsum(P o dP)
 //   comes from the register fragments (the whole row is in one key tile: two
@@ -130,6 +131,14 @@ struct BwdMmaTraits {
   // launcher requires tile_folds_bias).  Not V2, nor head_dim 64 (8 B of
   // spill).
   static constexpr bool kFoldBias = !kV2 && kDPad <= 32;
+  // dS is formed times scale, P (dP - D) scale = P FFMA(dP, scale, -D scale),
+  // so that dQ = dS K and dK = dS^T Q need no FMUL an element (32 fewer
+  // warp-instructions per warp and image); the bias gradient's sums are
+  // multiplied by 1 / scale once per block.  Under kFoldBias's condition
+  // (tile_folds_bias: 2^-32 <= scale <= 2^32) and in bf16 only: dS scale is
+  // packed to T, and bf16 has float32's exponent range, where fp16's would
+  // overflow at |dS| > 65504 / scale and lose bits below 2^-14 / scale.
+  static constexpr bool kScaledDS = kFoldBias && std::is_same_v<T, __nv_bfloat16>;
   static constexpr int kOutChunks = kRowTile * kVecs / 32;  // 16-byte output chunks per lane and operand
   // Accumulators over head_dim are formed kDNH n-tiles (<= 64 columns) at a time.
   static constexpr int kDNH = kDN < 8 ? kDN : 8;
@@ -137,7 +146,7 @@ struct BwdMmaTraits {
 
   // ---- attn_bwd_tile_kernel (N <= 64): bytes of dynamic shared memory
   static constexpr int kBiasBytes = kWarps * kNT * 32 * 16;
-  static constexpr int kTBias = 0;                        // float4 [warp][n-tile][lane]: bias + mask, log2 units
+  static constexpr int kTBias = 0;                        // float4 [warp][n-tile][lane]: bias + mask (x bmul)
   static constexpr int kTTok = kTBias + kBiasBytes;       // int[64]: token of each row (-1: padding / >= N)
   static constexpr int kTReg = kTTok + 256;               // int[64]: shift region of each row
   static constexpr int kTDpad = kTReg + 256;              // float [warp][k, v][kDPad]: padding-key gradients
@@ -185,7 +194,9 @@ struct BwdMmaTraits {
   // fixed-latency stalls a k-step: attn_bwd_stalls_sm90_2026-12-05.md).
   // Rows and keys past N hold zeros there: the gathers zero-fill q, k, v and
   // dO, P and dS are 0 past N (lse +inf, bias -inf), and warps past the
-  // window stage zeros as their rows of P and dS (stage_zero); V2's inverse
+  // window form zeros as their rows of P and dS (kAllWarps: the image loop
+  // of a warp without real rows meets zero q and dO rows) or stage zeros
+  // (stage_zero: V2 and the lean form); V2's inverse
   // norms of those zero rows are finite (1e12) and meet zeros.  Head_dim 64
   // keeps the count: it spills 20 B at 168 registers with it.
   static constexpr bool kTileAllKSteps = kDPad <= 32;
@@ -867,6 +878,19 @@ __device__ __forceinline__ void dscores(const float (&pr)[Tr::kNT][4], float (&d
     dpf[nt][3] = pr[nt][3] * (dpf[nt][3] - D1);
   }
 }
+// dS scale = P (dP scale - D scale) (kScaledDS): the same two instructions
+// an element, an FFMA in place of the FADD (sD0, sD1: D scale).
+template <class Tr>
+__device__ __forceinline__ void dscores_scaled(const float (&pr)[Tr::kNT][4], float (&dpf)[Tr::kNT][4], float scale,
+                                               float sD0, float sD1) {
+#pragma unroll
+  for (int nt = 0; nt < Tr::kNT; ++nt) {
+    dpf[nt][0] = pr[nt][0] * fmaf(dpf[nt][0], scale, -sD0);
+    dpf[nt][1] = pr[nt][1] * fmaf(dpf[nt][1], scale, -sD0);
+    dpf[nt][2] = pr[nt][2] * fmaf(dpf[nt][2], scale, -sD1);
+    dpf[nt][3] = pr[nt][3] * fmaf(dpf[nt][3], scale, -sD1);
+  }
+}
 
 // The padding keys (bit r) among 16 rows of a tile table (valid: row < n).
 __device__ __forceinline__ uint32_t padding_rows(const int* tok16, int n) {
@@ -1120,7 +1144,11 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       }
       D0 = quad_sum4(D0);
       D1 = quad_sum4(D1);
-      dscores<Tr>(s, dpf, D0, D1);
+      if constexpr (Tr::kScaledDS) {
+        dscores_scaled<Tr>(s, dpf, scale, D0 * scale, D1 * scale);
+      } else {
+        dscores<Tr>(s, dpf, D0, D1);
+      }
       // The n-tiles of S (V1 all of them: no branch between the
       // read-modify-writes; the sums of keys past N are never read).
 #pragma unroll
@@ -1181,7 +1209,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       } else {
         pack_a<Tr>(dsa, dpf);
         zero_frags<Tr>(dq);
-        regs_x_rows<Tr>(dq, dsa, sK, n_kq, dp, lane);  // dQ = dS K (times scale at the store)
+        regs_x_rows<Tr>(dq, dsa, sK, n_kq, dp, lane);  // dQ = dS K (kScaledDS: dS holds the scale; else at the store)
       }
     }
     if constexpr (Tr::kDSAlias) __syncthreads();  // every warp is done with K and V: P / dS may overwrite them
@@ -1190,9 +1218,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       // (written right after), or from the fragments.
       T* dimg = image_base(dqkv_h, b, p.img_qkv);
       if constexpr (Tr::kStagedOut) {
-        store_out<Tr, true, Tr::kPRowBytes>(p, dq, scale, 0, tok_w, sP + wrow0 * Tr::kPRowBytes, dimg, d, hd_i, lane);
+        store_out<Tr, true, Tr::kPRowBytes>(p, dq, Tr::kScaledDS ? 1.f : scale, 0, tok_w, sP + wrow0 * Tr::kPRowBytes,
+                                            dimg, d, hd_i, lane);
       } else {
-        store_out<Tr, false>(p, dq, scale, 0, tok_w, nullptr, dimg, d, hd_i, lane);
+        store_out<Tr, false>(p, dq, Tr::kScaledDS ? 1.f : scale, 0, tok_w, nullptr, dimg, d, hd_i, lane);
       }
       stage_a<Tr>(sP + wrow0 * Tr::kPRowBytes, pa, n_kq, lane);
       if constexpr (!Tr::kSeqPdS) stage_a<Tr>(sdS + wrow0 * Tr::kPRowBytes, dsa, n_kq, lane);
@@ -1225,7 +1254,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
       if constexpr (Tr::kV2) {
         normalize_backward<Tr>(dk, sK + wrow0 * Tr::kRowBytes, inv[64 + wrow0 + gr], inv[64 + wrow0 + gr + 8], 1.f, dp,
                                lane);
-      } else {
+      } else if constexpr (!Tr::kScaledDS) {
 #pragma unroll
         for (int dn = 0; dn < Tr::kDN; ++dn)
 #pragma unroll
@@ -1288,12 +1317,13 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     static_assert(Tr::kBiasBytes == Tr::kTile * Tr::kTile * 4, "a float per (row, key) of the tile");
     float* sdb = reinterpret_cast<float*>(smem + Tr::kTBias);
     float* own = sdb + (wrow0 + gr) * Tr::kTile + c0;
+    const float unscale = Tr::kScaledDS ? p.inv_scale : 1.f;  // the sums are of dS scale
     __syncwarp();
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) {
       const float4 v = dbw[nt * 32];
-      *reinterpret_cast<float2*>(own + nt * 8) = make_float2(v.x, v.y);
-      *reinterpret_cast<float2*>(own + 8 * Tr::kTile + nt * 8) = make_float2(v.z, v.w);
+      *reinterpret_cast<float2*>(own + nt * 8) = make_float2(v.x * unscale, v.y * unscale);
+      *reinterpret_cast<float2*>(own + 8 * Tr::kTile + nt * 8) = make_float2(v.z * unscale, v.w * unscale);
     }
     __syncthreads();
     float* dst = static_cast<float*>(p.dbias_part) +
@@ -1316,11 +1346,16 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kTileMinBlocks) attn_bwd_til
     float* dst = static_cast<float*>(p.dbias_part) +
                  ((static_cast<int64_t>(chunk) * g.nW + win) * p.heads + h) * (static_cast<uint64_t>(Nu) * Nu);
     const int i0 = wrow0 + gr, i1 = i0 + 8;
+    const float unscale = Tr::kScaledDS ? p.inv_scale : 1.f;  // the sums are of dS scale
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) {
       const int j = nt * 8 + c0;
       if (j >= N) break;
-      const float4 v = dbw[nt * 32];
+      float4 v = dbw[nt * 32];
+      v.x *= unscale;
+      v.y *= unscale;
+      v.z *= unscale;
+      v.w *= unscale;
       if (i0 < N) {
         dst[i0 * N + j] = v.x;
         if (j + 1 < N) dst[i0 * N + j + 1] = v.y;

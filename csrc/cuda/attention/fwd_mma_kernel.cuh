@@ -14,9 +14,10 @@
 //   block per (window, head, chunk of images), 4 warps over the window's (up
 //   to) 64 rows, one key tile: the softmax is exact in one pass.  The block
 //   stages, once, the window's token table and the head's bias with the
-//   window's shift mask, -inf past N, in log2 units and in fragment order
-//   (a float4 per lane and 8-key tile), so the logits of an image cost one
-//   FFMA per element; then it walks its images with the next image's q, k, v
+//   window's shift mask, -inf past N, in fragment order (a float4 per lane
+//   and 8-key tile), in log2 units or divided by scale as S's initial
+//   accumulators (kFoldBias), so the logits of an image cost one FFMA per
+//   element; then it walks its images with the next image's q, k, v
 //   in flight (two stages) while the current one is computed.
 // attn_fwd_stream_kernel (N > 64: windows 9 ... 24, Video Swin's (8, 7, 7)
 //   of N = 392; and the generic head_dim at any N): one block per (image,

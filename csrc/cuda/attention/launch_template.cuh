@@ -31,14 +31,16 @@ constexpr int kMaxDevices = 64;
 // then holds (bias + mask) / scale, the initial value of the accumulators of
 // S = q.k, and the logits are S * scale * log2(e), formed in the FFMA before
 // the exp2 (36 warp-instructions fewer per warp and image in the forward, 32
-// in the backward).  That needs scale > 0 (the row maxima of S are then
-// those of the logits) with 1 / scale a normal float; any other scale -- 0,
-// negative, subnormal -- runs the streaming forward and the key-tiled
-// backward, which add the bias to the scaled logits.  (Bias entries above
-// FLT_MAX * scale in magnitude overflow the tile, where the log2(e) tile
-// overflowed above FLT_MAX / 1.44.)
+// in the backward).  The bf16 tile backward also forms dS times scale
+// (BwdMmaTraits::kScaledDS) and multiplies the bias gradient's sums by
+// 1 / scale.  That needs scale > 0 (the row maxima of S are then those of the
+// logits), and a range: 2^-32 <= scale <= 2^32, so that a bias below 7.9e28
+// in magnitude stays finite in the tile and dS scale does not underflow
+// where dS matters (|dS| >= 2^-94).  Any other scale -- 0, negative, tiny,
+// huge -- runs the streaming forward and the key-tiled backward, which add
+// the bias to the scaled logits and scale dQ and dK at the end.
 inline bool tile_folds_bias(const AttnParams& p) {
-  return p.scale > 0 && std::isnormal(p.inv_scale) && std::isnormal(static_cast<float>(p.scale));
+  return p.scale >= 0x1p-32 && p.scale <= 0x1p32;
 }
 
 // Backward blocks aimed at (images per block = B * blocks per image / this):

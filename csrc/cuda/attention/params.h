@@ -98,10 +98,11 @@ struct AttnParams {
   int chunk = 1;        // images per block (backward: bias partials per chunk)
   int n_chunks = 1;
 
-  // (float) (1 / scale): the V1 one-tile forward's bias tile is (bias + mask)
-  // * inv_scale (tile_folds_bias).  Last, so that the fields above keep their
-  // offsets: placed after `scale`, it moved them and the tile backward (which
-  // does not read it) came out at 166 registers and its lean form spilled.
+  // (float) (1 / scale): the V1 one-tile kernels' bias tile is (bias + mask)
+  // * inv_scale (tile_folds_bias), and the tile backward's bias-gradient sums
+  // of dS scale (bf16) are multiplied by it.  Last, so that the fields above
+  // keep their offsets: placed after `scale`, it moved them and the tile
+  // backward came out at 166 registers and its lean form spilled.
   float inv_scale = 1.f;
 };
 
