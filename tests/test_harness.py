@@ -150,7 +150,8 @@ def test_planted_wrong_fragment_use_gives_wrong_numbers(artefacts, name, needle)
          r"mma\.sync\.aligned\.m16n8k16 \(f16\) at .*selftest_kernels.cuh:\d+ in warp 0: lanes 16-31 have exited"),
         ("planted_ldmatrix_misaligned",
          r"ldmatrix\.sync\.aligned\.m8n8\.x1\.shared\.b16 at .*: the row address of lane 0 is not 16-byte aligned"),
-        ("planted_stmatrix_below_sm90", r"stmatrix needs sm_90 or newer; the emulated device \(SWIN_HARNESS_ARCH\) is sm_86"),
+        ("planted_stmatrix_below_sm90",
+         r"stmatrix needs sm_90 or newer; the emulated device \(SWIN_HARNESS_ARCH\) is sm_86"),
     ],
 )
 def test_planted_mma_misuse_is_reported(artefacts, name, needle):
