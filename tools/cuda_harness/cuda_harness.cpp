@@ -1233,6 +1233,21 @@ const char* need_full_warp(unsigned arrived) {
   return msg.c_str();
 }
 
+// ldmatrix / stmatrix: lane l's row address p must be 16-byte aligned and its
+// 16 bytes inside the block's dynamic shared memory [lo, lo + size).
+const char* row_address_error(const unsigned char* p, const unsigned char* lo, size_t size, int l) {
+  thread_local std::string msg;
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
+    msg = "the row address of lane " + std::to_string(l) + " is not 16-byte aligned";
+    return msg.c_str();
+  }
+  if (p < lo || p + 16 > lo + size) {
+    msg = "the row address of lane " + std::to_string(l) + " is not in the block's dynamic shared memory";
+    return msg.c_str();
+  }
+  return nullptr;
+}
+
 // m16n8k16, .row A / .col B, f32 accumulators (PTX ISA, "Matrix Fragments for
 // mma.m16n8k16 with floating point type"), with g = lane >> 2, t = lane & 3:
 //   A: a0 = (g, 2t..2t+1), a1 = (g+8, 2t..2t+1), a2 = (g, 2t+8..2t+9), a3 = (g+8, 2t+8..2t+9)
@@ -1288,15 +1303,7 @@ const char* ldmatrix_fn(void* const* lanes, unsigned arrived) {
     for (int i = 0; i < 8; ++i) {
       const int l = 8 * m + i;
       const unsigned char* p = static_cast<const unsigned char*>(static_cast<const LdsmLane*>(lanes[l])->row);
-      thread_local std::string msg;
-      if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
-        msg = "the row address of lane " + std::to_string(l) + " is not 16-byte aligned";
-        return msg.c_str();
-      }
-      if (p < lo || p + 16 > lo + size) {
-        msg = "the row address of lane " + std::to_string(l) + " is not in the block's dynamic shared memory";
-        return msg.c_str();
-      }
+      if (const char* e = row_address_error(p, lo, size, l)) return e;
       std::memcpy(M[m][i], p, 16);
     }
   for (int l = 0; l < 32; ++l) {
@@ -1334,15 +1341,7 @@ const char* stmatrix_fn(void* const* lanes, unsigned arrived) {
     for (int i = 0; i < 8; ++i) {
       const int l = 8 * m + i;
       unsigned char* p = static_cast<unsigned char*>(static_cast<const StsmLane*>(lanes[l])->row);
-      thread_local std::string msg;
-      if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
-        msg = "the row address of lane " + std::to_string(l) + " is not 16-byte aligned";
-        return msg.c_str();
-      }
-      if (p < lo || p + 16 > lo + size) {
-        msg = "the row address of lane " + std::to_string(l) + " is not in the block's dynamic shared memory";
-        return msg.c_str();
-      }
+      if (const char* e = row_address_error(p, lo, size, l)) return e;
     }
   for (int m = 0; m < kNum; ++m)
     for (int i = 0; i < 8; ++i)
