@@ -996,9 +996,9 @@ def forward_dynamic_report(so: str, arch: str = "sm_90", batch: int = 128,
 BWD_WARPS = 4  # BwdMmaTraits::kWarps: launched always; at N = 49 all four own rows (rows 48..63 of warp 3)
 
 
-def _launch_constants() -> Tuple[int, int, int]:
-    """choose_chunk's kTargetBlocks, kMaxChunk and kMaxBiasPartials, read from launch_template.cuh (so
-    that the estimate cannot drift from the planner)."""
+def _launch_constants() -> Tuple[int, int, int, int]:
+    """choose_chunk's kTargetBlocks, kMaxChunk, kMaxBiasPartials and kBwdWaveSlots, read from
+    launch_template.cuh (so that the estimate cannot drift from the planner)."""
     src = open(os.path.join(ROOT, "csrc", "cuda", "attention", "launch_template.cuh")).read()
     target = int(re.search(r"constexpr int kTargetBlocks = (\d+);", src).group(1))
     chunk = int(re.search(r"constexpr int kMaxChunk = (\d+);", src).group(1))

@@ -873,21 +873,20 @@ def test_kernel_table_gradient_of_one_block_is_the_scatter_add(hops, monkeypatch
     (1e-40, False, torch.bfloat16)])
 def test_kernel_attention_scale_folded_into_the_tile(hops, scale, folded, dtype):
     """The one-tile forward and the tile backward hold (bias + mask) / scale as the initial accumulators of
-    S = q.k and form the logits as S * scale * log2(e); the backward forms dS times scale and unscales the
-    bias gradient's sums (tile_folds_bias): only for 2^-32 <= scale <= 2^32.  Any other scale runs the
-    streaming forward and the key-tiled backward.  Either way out, lse and the gradients (q, k, v, the
-    bias, the pad vector) are the CPU kernel's (shifted window 7 on a padded map).  The bf16 backward forms
-    dS times scale (kScaledDS), the fp16 one does not (its exponent range)."""
+    S = q.k and form the logits as S * scale * log2(e); the bf16 backward also forms dS times scale and
+    unscales the bias gradient's sums (kScaledDS; not fp16, for its exponent range).  Only for
+    2^-32 <= scale <= 2^32 (tile_folds_bias): any other scale runs the streaming forward and the key-tiled
+    backward.  Either way out, lse and the gradients (q, k, v, the bias, the pad vector) are the CPU
+    kernel's (shifted window 7 on a padded map)."""
     hops.clear_options()
     gen = torch.Generator().manual_seed(3)
     heads, d, ws = 2, 32, 7
     qkv = torch.randn(2, 10, 13, 3 * heads * d, generator=gen).to(dtype)
     bias = torch.randn(heads, ws * ws, ws * ws, generator=gen)
     pad = torch.randn(3 * heads * d, generator=gen).to(dtype)
+    go = torch.randn(2, 10, 13, heads * d, generator=gen).to(dtype)
     args = (qkv, bias, pad, [ws, ws], [3, 3], scale)
     got = {}
-
-    go = torch.randn(2, 10, 13, heads * d, generator=gen).to(dtype)
 
     def step():
         got["out"] = hops.window_attention_fwd(*args)
