@@ -36,13 +36,13 @@ import sass_report  # noqa: E402
 ROOT = sass_report.ROOT
 B, N = 128, 49
 STAGES = [(56, 96, 3, 2), (28, 192, 6, 2), (14, 384, 12, 6), (7, 768, 24, 2)]  # (H = W, C, heads, depth)
-SMS = 132
-PEAK = 4.8e12
-BW = (4.2e12, 3.8e12)     # streaming bandwidth of a well-written kernel (optimistic, pessimistic)
-BW_EW = (3.9e12, 3.4e12)  # PyTorch eager / inductor elementwise kernels
+# The review's H200 assumptions, as sass_report's attention and floors models hold them (optimistic,
+# pessimistic): streaming bandwidth of a well-written kernel, of PyTorch eager / inductor elementwise
+# kernels, SM clock; the streaming kernels' warp-instructions per clock per SM.
+_M = sass_report.ATT_MODEL
+SMS, BW, BW_EW, CLK = _M["sms"], _M["bw"], _M["bw_ew"], _M["clk"]
+IPC_EW = tuple(sass_report.H200_CASES[c][1] for c in ("optimistic", "pessimistic"))
 TC = (650e12, 500e12)     # dense bf16 tensor-core rate cuBLAS reaches at these shapes
-CLK = (1.98e9, 1.755e9)
-IPC_EW = (3.4, 2.6)       # streaming kernels, warp-instructions per clock per SM
 MISC = (1.1e-3, 1.6e-3)   # loss, optimizer, embedding, head: per training step; x 0.35 for inference
 INFER_MISC, COMPILED_MISC = 0.35, 0.8
 GELU_FWD_PER_256, GELU_BWD_PER_256 = 247, 369  # the review's eager GELU instructions per 256 elements

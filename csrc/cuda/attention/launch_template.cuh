@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <cstdint>
 #include <mutex>
 
@@ -41,6 +40,26 @@ constexpr int kMaxDevices = 64;
 // the bias to the scaled logits and scale dQ and dK at the end.
 inline bool tile_folds_bias(const AttnParams& p) {
   return p.scale >= 0x1p-32 && p.scale <= 0x1p32;
+}
+
+// Whether the one-tile kernel of traits M1 (the V1 form of either pass) may
+// run for p: V2 (M2, never folded) always; V1 where it does not fold the
+// bias, or where tile_folds_bias allows the fold.
+template <class M1>
+bool tile_allowed(const AttnParams& p) {
+  return p.qk_norm || !M1::kFoldBias || tile_folds_bias(p);
+}
+
+// The largest images per block in [start, most] with the fewest (waves of
+// `slots` blocks) x (images per block), where B images of blocks_per_image
+// blocks each run as ceil(B / c) * blocks_per_image blocks: fwd_chunk (the
+// device's slots) and choose_chunk (the tile backward's notional ones).
+inline int64_t fewest_waves_chunk(int64_t B, int64_t blocks_per_image, int64_t start, int64_t most, int64_t slots) {
+  const auto cost = [&](int64_t c) { return ceil_div<int64_t>(ceil_div<int64_t>(B, c) * blocks_per_image, slots) * c; };
+  int64_t best = start;
+  for (int64_t c = start + 1; c <= most; ++c)
+    if (cost(c) <= cost(best)) best = c;
+  return best;
 }
 
 // Backward blocks aimed at (images per block = B * blocks per image / this):
@@ -113,12 +132,8 @@ constexpr int kFwdTargetBlocks = 1024;
 
 inline int fwd_chunk(int64_t B, int64_t wh, int64_t resident) {
   const int64_t most = std::min<int64_t>(kMaxChunk, std::max<int64_t>(B, 1));
-  int best = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(most, B * wh / kFwdTargetBlocks)));
-  if (resident <= 0) return best;
-  const auto cost = [&](int64_t c) { return ceil_div<int64_t>(ceil_div<int64_t>(B, c) * wh, resident) * c; };
-  for (int c = best + 1; c <= most; ++c)
-    if (cost(c) <= cost(best)) best = c;
-  return best;
+  const int64_t start = std::max<int64_t>(1, std::min<int64_t>(most, B * wh / kFwdTargetBlocks));
+  return static_cast<int>(resident > 0 ? fewest_waves_chunk(B, wh, start, most, resident) : start);
 }
 
 template <class Tr>
@@ -134,7 +149,7 @@ FwdPlan plan_fwd(const AttnParams& p, int force_chunk, bool per_tile, int sms) {
     // The one-tile kernel for the specialised head_dims; the generic head_dim
     // (a correctness path) always streams, which keeps it within 128
     // registers without local memory.
-    plan.tile = Tr::kD != 0 && p.g.N <= M1::kKeys && (p.qk_norm || !M1::kFoldBias || tile_folds_bias(p));
+    plan.tile = Tr::kD != 0 && p.g.N <= M1::kKeys && tile_allowed<M1>(p);
     if (plan.tile) {
       plan.n_row_blocks = 1;
       plan.chunk = force_chunk > 0 ? std::min(force_chunk, std::max(p.B, 1))
@@ -236,11 +251,7 @@ constexpr int64_t kBwdWaveSlots = 132 * 3;
 inline int choose_chunk(int B, int64_t blocks_per_image, int64_t partial_per_chunk, int64_t slots = 0) {
   const int64_t most = std::min<int64_t>(kMaxChunk, std::max(B, 1));
   int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(most, B * blocks_per_image / kTargetBlocks));
-  if (slots > 0) {
-    const auto cost = [&](int64_t c) { return ceil_div<int64_t>(ceil_div<int64_t>(B, c) * blocks_per_image, slots) * c; };
-    for (int64_t c = chunk + 1; c <= most; ++c)
-      if (cost(c) <= cost(chunk)) chunk = c;
-  }
+  if (slots > 0) chunk = fewest_waves_chunk(B, blocks_per_image, chunk, most, slots);
   while (chunk < B && ceil_div<int64_t>(B, chunk) * partial_per_chunk > kMaxBiasPartials) chunk *= 2;
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>(chunk, 1), std::max(B, 1)));
 }
@@ -270,8 +281,7 @@ BwdPlan plan_bwd_mma(const AttnParams& p, int smem_optin, BwdChoice choice, int 
   // Blocks per SM a launch of `smem` bytes allows (the SM holds the opt-in
   // limit plus 1 KB, and reserves 1 KB per block).
   const auto per_sm = [&](int smem) { return (smem_optin + 1024) / (smem + 1024); };
-  if (N <= M1::kTile && M1::kDPad <= 64 && choice != BwdChoice::kStreaming &&
-      (p.qk_norm || !M1::kFoldBias || tile_folds_bias(p))) {
+  if (N <= M1::kTile && M1::kDPad <= 64 && choice != BwdChoice::kStreaming && tile_allowed<M1>(p)) {
     plan.path = BwdPath::kFused;
     plan.smem = p.qk_norm ? M2::kTileSmem : M1::kTileSmem;
     if constexpr (Tr::kD == 32) {
